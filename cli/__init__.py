@@ -1,0 +1,40 @@
+"""The `simsearch` console script: one parser, a subcommand per module `cli/_<name>.py`.
+
+This package is the composition root: it is the only place that wires training/, index/ and app/
+together, and the boundary where user errors become one clear message and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ._errors import CliError
+
+__all__ = ["CliError", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simsearch", description="Image similarity search with compact models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Each cli/_<name>.py with a register(subparsers) function contributes its subcommands.
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_") and not info.name.startswith("__") and info.name != "_errors":
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            if hasattr(module, "register"):
+                module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"simsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

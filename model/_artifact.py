@@ -1,0 +1,150 @@
+"""The model artifact: one .safetensors file, weights plus a JSON metadata header. Never unpickles."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ._registry import create_model
+
+FORMAT = "simsearch-artifact/1"
+_META_KEY = "simsearch"
+_MODEL_PREFIX = "model."
+
+
+class ArtifactError(ValueError):
+    """The file is not a usable simsearch artifact; the message says why."""
+
+
+class ArtifactMeta(BaseModel):
+    """Everything needed to use a model, stored in the artifact's header."""
+
+    format: str = FORMAT
+    name: str = Field(description="human name, e.g. hybrid1-cifar10")
+    arch: str = Field(description="registered architecture name")
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments besides in_chans")
+    in_chans: int = 3
+    image_size: int = 32
+    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
+    embed_dim: int = 256
+    class_names: list[str] = Field(default_factory=list)
+    training: dict[str, Any] = Field(default_factory=dict, description="data and recipe it was trained with")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation scores")
+    heads: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="extra heads stored beside the model, name -> build arguments")
+
+    def build(self) -> nn.Module:
+        """An untrained model of this artifact's architecture."""
+        return create_model(self.arch, in_chans=self.in_chans, embed_dim=self.embed_dim, **self.arch_kwargs)
+
+
+class Artifact:
+    """A loaded artifact: metadata, the embedding model (eval mode) and any extra head weights."""
+
+    def __init__(self, meta: ArtifactMeta, model: nn.Module, heads: dict[str, dict[str, torch.Tensor]],
+                 sha256: str):
+        self.meta, self.model, self.heads, self.sha256 = meta, model, heads, sha256
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights: the artifact name plus the first 12 hex digits of the file's SHA-256."""
+        return f"{self.meta.name}@{self.sha256[:12]}"
+
+
+def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
+                  heads: dict[str, nn.Module] | None = None) -> Path:
+    """Write `model` (and optional named heads) with `meta` to `path`, atomically."""
+    path = Path(path)
+    tensors = {_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    for head_name, head in (heads or {}).items():
+        tensors.update({f"{head_name}.{k}": v for k, v in head.state_dict().items()})
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: meta.model_dump_json()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> ArtifactMeta:
+    """Only the metadata header of an artifact."""
+    return _parse_meta(_read_header(Path(path)))
+
+
+def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> Artifact:
+    """Load an artifact; raises ArtifactError with the reason when the file is not usable."""
+    path = Path(path)
+    meta = _parse_meta(_read_header(path))
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path}: cannot read the weights: {exc}") from exc
+    try:
+        model = meta.build()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot build architecture {meta.arch!r}: {exc}") from exc
+    state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit architecture {meta.arch!r}: {exc}") from exc
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    for name in meta.heads:
+        prefix = name + "."
+        heads[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model.to(device).eval()
+    return Artifact(meta, model, heads, _sha256(path))
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    # safetensors layout: 8-byte little-endian header length, then the JSON header.
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise ArtifactError(f"{path}: too short to be a safetensors file")
+            n = int.from_bytes(raw_len, "little")
+            if n > 100_000_000:
+                raise ArtifactError(f"{path}: not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such model artifact") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a safetensors file: {exc}") from exc
+    return header
+
+
+def _parse_meta(header: dict[str, Any]) -> ArtifactMeta:
+    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    if raw is None:
+        raise ArtifactError("the safetensors file has no simsearch metadata (was it written by simsearch?)")
+    try:
+        meta = ArtifactMeta.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"invalid artifact metadata: {exc}") from exc
+    if meta.format != FORMAT:
+        raise ArtifactError(f"unsupported artifact format {meta.format!r} (this version reads {FORMAT!r})")
+    return meta
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,52 @@
+"""Any PIL image -> a fixed-size uint8 array in the model's channel layout."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def to_model_array(image: Image.Image, in_chans: int, size: int) -> np.ndarray:
+    """Orient by EXIF, flatten transparency onto white, convert to L or RGB, resize the short side
+    to `size` and centre-crop to size x size. Returns uint8 (in_chans, size, size)."""
+    mode = "L" if in_chans == 1 else "RGB"
+    if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK", "YCbCr"):
+        # Let libjpeg decode at a reduced scale (never smaller than needed): much cheaper for photos.
+        image.draft(mode, (size, size))
+    image = ImageOps.exif_transpose(image)
+    image = _to_mode(image, mode)
+    w, h = image.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None if max(w, h) < 4 * size else 2.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in _HIGH_DEPTH:
+        image = _high_depth_to_l(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    # Pillow's own conversion clips 16-bit grey at 255; scale by the value range instead.
+    arr = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        peak = 65535.0
+    else:
+        peak = 255.0
+    arr = np.clip(np.nan_to_num(arr) / peak * 255.0, 0, 255)
+    return Image.fromarray(arr.round().astype(np.uint8), "L")
