@@ -49,4 +49,4 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     else:
         peak = 255.0
     arr = np.clip(np.nan_to_num(arr) / peak * 255.0, 0, 255)
-    return Image.fromarray(arr.round().astype(np.uint8), "L")
+    return Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L

@@ -1,0 +1,77 @@
+"""The artifact file: safetensors weights plus JSON metadata, round trips exactly, never unpickles."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import model
+
+
+def _images(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_round_trip_gives_identical_embeddings(tmp_path):
+    torch.manual_seed(1)
+    net = model.create_model("hybrid1", in_chans=3)
+    meta = model.ArtifactMeta(name="rt", arch="hybrid1", class_names=["a", "b"], metrics={"p@1": 0.5})
+    path = model.save_artifact(tmp_path / "rt.safetensors", net, meta)
+    direct = model.Embedder(model.Artifact(meta, net.eval(), {}, "0" * 64), device="cpu")
+    loaded = model.Embedder.from_file(path, device="cpu")
+    np.testing.assert_array_equal(direct.embed(_images()), loaded.embed(_images()))
+    assert loaded.meta.class_names == ["a", "b"] and loaded.meta.metrics == {"p@1": 0.5}
+
+
+def test_hybrid1_artifact_is_under_one_million_bytes(hybrid1_artifact):
+    assert hybrid1_artifact.stat().st_size < 1_000_000
+
+
+def test_artifact_is_plain_safetensors_with_json_metadata(hybrid1_artifact):
+    raw = hybrid1_artifact.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    meta = json.loads(header["__metadata__"]["simsearch"])
+    assert meta["arch"] == "hybrid1" and meta["in_chans"] == 3 and meta["embed_dim"] == 256
+    assert "model.embed.weight" in header
+    assert b"pickle" not in raw and not raw.startswith(b"\x80")  # no pickle protocol header
+
+
+def test_extra_heads_are_stored_beside_the_model(tmp_path):
+    net, head = model.create_model("hybrid1"), torch.nn.Linear(256, 10)
+    meta = model.ArtifactMeta(name="h", arch="hybrid1", heads={"ce_head": {"classes": 10}})
+    art = model.load_artifact(model.save_artifact(tmp_path / "h.safetensors", net, meta, heads={"ce_head": head}))
+    torch.testing.assert_close(art.heads["ce_head"]["weight"], head.weight.detach())
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "too short"),
+    (b"\x80\x04\x95 pickle bytes here", "not a safetensors file"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ", "not a safetensors file"),
+])
+def test_unreadable_file_gives_a_clear_error(tmp_path, content, reason):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(model.ArtifactError, match=reason):
+        model.load_artifact(path)
+
+
+def test_safetensors_without_simsearch_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(model.ArtifactError, match="no simsearch metadata"):
+        model.load_artifact(tmp_path / "plain.safetensors")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    meta = model.ArtifactMeta(name="x", arch="hybrid1")
+    path = model.save_artifact(tmp_path / "x.safetensors", model.create_model("cnn3b"), meta)
+    with pytest.raises(model.ArtifactError, match="do not fit architecture 'hybrid1'"):
+        model.load_artifact(path)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(model.ArtifactError, match="no such model artifact"):
+        model.load_artifact(tmp_path / "nope.safetensors")

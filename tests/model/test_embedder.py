@@ -1,0 +1,101 @@
+"""The Embedder: any PIL image in, unit-length float32 vectors out, deterministically."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import model
+
+
+@pytest.fixture(scope="module")
+def embedder(hybrid1_artifact):
+    return model.Embedder.from_file(hybrid1_artifact, device="cpu", batch_size=4)
+
+
+def _photo(w=640, h=480, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)
+
+
+MODES = ["L", "RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr", "I;16", "I", "F", "HSV", "LAB"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_any_mode_gives_one_unit_vector(embedder, mode):
+    img = _photo(97, 61).convert(mode) if mode not in ("I;16", "I", "F", "PA", "HSV", "LAB") else None
+    if img is None:
+        grey = np.asarray(_photo(97, 61).convert("L"))
+        if mode == "I;16":
+            img = Image.fromarray(grey.astype(np.uint16) * 257)
+        elif mode == "I":
+            img = Image.fromarray(grey.astype(np.int32) * 257)
+        elif mode == "F":
+            img = Image.fromarray(grey.astype(np.float32) / 255.0)
+        elif mode == "PA":
+            img = _photo(97, 61).convert("RGBA").convert("PA")
+        else:
+            img = _photo(97, 61).convert(mode)
+    assert img.mode == mode
+    out = embedder.embed([img])
+    assert out.shape == (1, 256) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert abs(float(np.linalg.norm(out[0])) - 1.0) < 1e-5
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(embedder):
+    grey = np.asarray(_photo(64, 64).convert("L"))
+    eight = embedder.embed([Image.fromarray(grey)])
+    sixteen = embedder.embed([Image.fromarray(grey.astype(np.uint16) * 257)])
+    np.testing.assert_allclose(eight, sixteen, atol=1e-6)
+
+
+def test_transparent_pixels_are_flattened_onto_white(embedder):
+    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    np.testing.assert_allclose(embedder.embed([clear]), embedder.embed([white]), atol=1e-6)
+
+
+def test_same_image_gives_the_same_vector_alone_or_in_a_batch(embedder):
+    images = [_photo(seed=i) for i in range(9)]  # more than one batch of 4
+    together = embedder.embed(images)
+    for i in (0, 4, 8):
+        np.testing.assert_allclose(embedder.embed([images[i]])[0], together[i], atol=1e-5)
+    np.testing.assert_array_equal(embedder.embed(images), together)
+
+
+def test_different_images_give_different_vectors(embedder):
+    a, b = embedder.embed([_photo(seed=1), _photo(seed=2)])
+    assert float(a @ b) < 0.99999
+
+
+def test_exif_orientation_is_applied(embedder):
+    upright = _photo(60, 40, seed=3)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated; viewers turn it 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=95, exif=exif)
+    stored = Image.open(io.BytesIO(buf.getvalue()))
+    buf2 = io.BytesIO()
+    upright.save(buf2, "JPEG", quality=95)
+    plain = Image.open(io.BytesIO(buf2.getvalue()))
+    a, b = embedder.embed([stored, plain])
+    assert float(a @ b) > 0.99
+
+
+def test_preprocess_resizes_short_side_and_centre_crops(embedder):
+    arr = embedder.preprocess(_photo(640, 480))
+    assert arr.shape == (3, 32, 32) and arr.dtype == np.uint8
+
+
+def test_empty_list_gives_an_empty_matrix(embedder):
+    assert embedder.embed([]).shape == (0, 256)
+
+
+def test_grey_model_accepts_colour_photos(tmp_path):
+    meta = model.ArtifactMeta(name="g", arch="hybrid1", in_chans=1, image_size=28, mean=[0.13], std=[0.31])
+    path = model.save_artifact(tmp_path / "g.safetensors", model.create_model("hybrid1", in_chans=1), meta)
+    out = model.Embedder.from_file(path, device="cpu").embed([_photo(), _photo().convert("L")])
+    assert out.shape == (2, 256)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-2)
