@@ -1,0 +1,282 @@
+"""The search page (GET /) driven end to end in headless Chromium against a real `simsearch serve`.
+
+A real server process is started on a free port with the seeded Hybrid-1 artifact (or the trained
+CIFAR-10 one when present) and a temporary data directory; 30 real CIFAR-10 test images are indexed
+over HTTP with their labels; then Selenium drives Debian's Chromium through the page like a person:
+pick a file, read the result grid, click a result, add images with the API key, upload a non-image.
+Screenshots land in test-artifacts/ (git-ignored).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._browser import ARTIFACTS, REPO, cifar10_images, make_driver, require_chromium, start_server
+
+pytestmark = pytest.mark.browser
+
+API_KEY = "page-test-key"
+PER_CLASS = 3          # 3 x 10 classes = 30 gallery images
+WAIT = 60              # seconds; the CPU is shared, embedding on it is not instant
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hybrid1_artifact):
+    require_chromium()
+    trained = REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"
+    artifact = trained if trained.exists() else hybrid1_artifact
+    work = tmp_path_factory.mktemp("page-server")
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                         "SIMSEARCH_API_KEY": API_KEY}, work)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def gallery(server, shared_data):
+    """30 CIFAR-10 test images indexed over HTTP, one request per class; {id: (name, label, jpeg)}."""
+    images = cifar10_images(shared_data, PER_CLASS)
+    assert len(images) == 10 * PER_CLASS
+    by_label: dict[str, list[tuple[str, str, bytes]]] = {}
+    for item in images:
+        by_label.setdefault(item[1], []).append(item)
+    indexed: dict[str, tuple[str, str, bytes]] = {}
+    with httpx.Client(base_url=server.url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
+        for label, group in by_label.items():
+            files = [("file", (name, data, "image/jpeg")) for name, _, data in group]
+            response = client.post("/index", files=files, data={"label": label})
+            assert response.status_code == 201, f"{response.status_code} {response.text}\n{server.log_tail()}"
+            ids = response.json()["ids"]
+            assert len(ids) == len(group)
+            indexed.update(zip(ids, group))
+    return indexed
+
+
+@pytest.fixture(scope="module")
+def browser(server, tmp_path_factory):
+    driver = make_driver(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser, server, gallery):
+    """The page freshly loaded, once it has shown the gallery size."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
+    return browser
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+def choose_k(driver, k: int) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "k")).select_by_visible_text(str(k))
+
+
+def wait_for_search(driver, previous: list[str] | None = None) -> None:
+    """Until the page shows a finished search (results, or an error in words) different from `previous`."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def done(d):
+        if d.find_element("id", "search-error").text.strip():
+            return True
+        if "ok" not in (d.find_element("id", "search-status").get_attribute("class") or ""):
+            return False
+        return previous is None or result_ids(d) != previous
+
+    WebDriverWait(driver, WAIT).until(done)
+
+
+def result_ids(driver) -> list[str]:
+    return [b.get_attribute("data-id") for b in driver.find_elements("css selector", "#results button.result")]
+
+
+def result_cards(driver) -> list[dict]:
+    """What a person sees on each card: id, score text, label text, and whether the thumbnail loaded."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('#results button.result')].map(b => {
+          const img = b.querySelector('img');
+          return {id: b.dataset.id, score: b.querySelector('.score').firstChild.textContent,
+                  label: b.querySelector('.label').textContent, idText: b.querySelector('.id').textContent,
+                  alt: img ? img.alt : null,
+                  loaded: !!img && img.complete && img.naturalWidth > 0};
+        });""")
+
+
+def wait_for_thumbnails(driver) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
+        "const imgs = [...document.querySelectorAll('#results img')];"
+        "return imgs.length > 0 && imgs.every(i => i.complete);"))
+
+
+def upload(driver, path: Path) -> None:
+    driver.find_element("css selector", "input#file[type=file]").send_keys(str(path))
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    assert driver.save_screenshot(str(path)), f"could not save {path}"
+    return path
+
+
+def api_error_message(server, path: str, **kwargs) -> str:
+    """The words the service itself gives for a failing request (the page must show exactly these)."""
+    response = httpx.post(server.url + path, timeout=120, **kwargs)
+    assert 400 <= response.status_code < 500, f"{response.status_code} {response.text}"
+    return response.json()["error"]["message"]
+
+
+# ---- tests -------------------------------------------------------------------------------------------
+
+def test_page_shows_gallery_size_and_model(page, server, gallery):
+    info = httpx.get(server.url + "/index", timeout=30).json()
+    assert page.find_element("id", "gallery-count").text == str(info["count"])
+    assert info["count"] >= len(gallery)
+    assert page.find_element("id", "gallery-model").text == str(info["model"])
+
+
+def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(page, gallery, tmp_path):
+    query_id, (name, label, data) = list(gallery.items())[7]
+    query = tmp_path / name
+    query.write_bytes(data)
+    choose_k(page, 8)
+    upload(page, query)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == ""
+    wait_for_thumbnails(page)
+    cards = result_cards(page)
+    assert len(cards) == 8, cards
+    assert cards[0]["id"] == query_id, f"the query's own gallery copy should rank first: {cards}"
+    assert float(cards[0]["score"]) == pytest.approx(1.0, abs=1e-3)
+    assert cards[0]["label"] == label
+    scores = [float(c["score"]) for c in cards]
+    assert scores == sorted(scores, reverse=True)
+    assert len({c["id"] for c in cards}) == 8
+    for card in cards:
+        assert card["id"] in gallery and card["idText"] == card["id"]
+        assert card["label"] == gallery[card["id"]][1]
+        assert card["loaded"], f"thumbnail of {card['id']} did not load"
+        assert card["alt"] and card["id"] in card["alt"]
+    assert name in page.find_element("id", "query").text
+    screenshot(page, "page.png")
+
+
+def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_path):
+    _, (name, _, data) = list(gallery.items())[12]
+    query = tmp_path / name
+    query.write_bytes(data)
+    choose_k(page, 4)
+    upload(page, query)
+    wait_for_search(page)
+    before = result_ids(page)
+    assert len(before) == 4
+    clicked = before[1]
+    page.find_element("css selector", f'#results button.result[data-id="{clicked}"]').click()
+    wait_for_search(page, previous=before)
+    assert page.find_element("id", "search-error").text == ""
+    after = result_ids(page)
+    assert len(after) == 4 and after != before
+    assert clicked not in after, "a search from a gallery item excludes the item itself"
+    assert clicked in page.find_element("id", "query").text
+    wait_for_thumbnails(page)
+    assert all(c["loaded"] for c in result_cards(page))
+
+
+def test_label_filter_limits_results_to_that_label(page, gallery, tmp_path):
+    _, (name, _, data) = list(gallery.items())[0]
+    query = tmp_path / name
+    query.write_bytes(data)
+    choose_k(page, 4)
+    page.find_element("id", "label-filter").send_keys("ship")
+    upload(page, query)
+    wait_for_search(page)
+    cards = result_cards(page)
+    assert len(cards) == PER_CLASS          # only 3 ships in the gallery, fewer than k
+    assert {c["label"] for c in cards} == {"ship"}
+
+
+def test_a_non_image_upload_shows_the_services_error_in_words(page, server, gallery, tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("this is not an image, just some words\n")
+    expected = api_error_message(server, "/search", files={"file": ("notes.txt", bogus.read_bytes(), "text/plain")})
+    upload(page, bogus)
+    wait_for_search(page)
+    shown = page.find_element("id", "search-error").text
+    assert shown == expected
+    assert len(shown.split()) >= 3 and "HTTP" not in shown
+    assert page.find_element("id", "search-error").get_attribute("role") == "alert"
+    assert result_ids(page) == []
+    screenshot(page, "page-error.png")
+
+
+def _open_add_panel(page):
+    panel = page.find_element("id", "add-panel")
+    if not panel.get_attribute("open"):
+        page.find_element("css selector", "#add-panel summary").click()
+
+
+def _wait_add(page):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "add-error").text.strip()
+                                    or "ok" in (d.find_element("id", "add-status").get_attribute("class") or ""))
+
+
+def test_adding_images_with_a_wrong_key_shows_the_error_and_adds_nothing(page, server, shared_data, tmp_path):
+    (name, _, data), = cifar10_images(shared_data, 1, skip=PER_CLASS)[:1]
+    image = tmp_path / name
+    image.write_bytes(data)
+    expected = api_error_message(server, "/index", files={"file": (name, data, "image/jpeg")},
+                                 headers={"X-API-Key": "wrong-key"})
+    count_before = httpx.get(server.url + "/index", timeout=30).json()["count"]
+    _open_add_panel(page)
+    key = page.find_element("id", "api-key")
+    key.clear()
+    key.send_keys("wrong-key")
+    page.find_element("id", "add-files").send_keys(str(image))
+    page.find_element("id", "add-submit").click()
+    _wait_add(page)
+    assert page.find_element("id", "add-error").text == expected
+    assert httpx.get(server.url + "/index", timeout=30).json()["count"] == count_before
+
+
+def test_adding_images_with_the_api_key_grows_the_gallery(page, server, shared_data, tmp_path):
+    extra = cifar10_images(shared_data, 1, skip=PER_CLASS + 1)[:2]
+    paths = []
+    for name, _, data in extra:
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    count_before = httpx.get(server.url + "/index", timeout=30).json()["count"]
+    assert page.find_element("id", "gallery-count").text == str(count_before)
+    _open_add_panel(page)
+    key = page.find_element("id", "api-key")
+    key.clear()
+    key.send_keys(API_KEY)
+    page.find_element("id", "add-label").send_keys("newcomer")
+    page.find_element("id", "add-files").send_keys("\n".join(str(p) for p in paths))
+    page.find_element("id", "add-submit").click()
+    _wait_add(page)
+    assert page.find_element("id", "add-error").text == ""
+    assert "Added 2 images" in page.find_element("id", "add-status").text
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(page, WAIT).until(
+        lambda d: d.find_element("id", "gallery-count").text == str(count_before + 2))
+    assert httpx.get(server.url + "/index", timeout=30).json()["count"] == count_before + 2
+    # The key is kept for this tab (sessionStorage), so a reload still has it.
+    assert page.execute_script("return sessionStorage.getItem('simsearch.apiKey')") == API_KEY
+    page.refresh()
+    _open_add_panel(page)
+    assert page.find_element("id", "api-key").get_attribute("value") == API_KEY
