@@ -8,7 +8,6 @@ Screenshots land in test-artifacts/ (git-ignored).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ pytestmark = pytest.mark.browser
 
 API_KEY = "page-test-key"
 PER_CLASS = 3          # 3 x 10 classes = 30 gallery images
+MAX_BODY_BYTES = 256 * 1024   # small, so that a too-large upload is cheap to make
 WAIT = 60              # seconds; the CPU is shared, embedding on it is not instant
 
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory, hybrid1_artifact):
     artifact = trained if trained.exists() else hybrid1_artifact
     work = tmp_path_factory.mktemp("page-server")
     live = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
-                         "SIMSEARCH_API_KEY": API_KEY}, work)
+                         "SIMSEARCH_API_KEY": API_KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}, work)
     yield live
     live.stop()
 
@@ -69,6 +69,8 @@ def page(browser, server, gallery):
     """The page freshly loaded, once it has shown the gallery size."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    browser.get(server.url + "/")
+    browser.execute_script("sessionStorage.clear()")   # no API key left over from another test
     browser.get(server.url + "/")
     WebDriverWait(browser, WAIT).until(lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
     return browser
@@ -219,6 +221,21 @@ def test_a_non_image_upload_shows_the_services_error_in_words(page, server, gall
     assert page.find_element("id", "search-error").get_attribute("role") == "alert"
     assert result_ids(page) == []
     screenshot(page, "page-error.png")
+
+
+def test_a_too_large_upload_shows_the_services_error_in_words(page, server, gallery, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    big = tmp_path / "noise.png"   # a real image, but random pixels do not compress: ~470 KB
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > MAX_BODY_BYTES
+    expected = api_error_message(server, "/search", files={"file": ("noise.png", big.read_bytes(), "image/png")})
+    upload(page, big)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == expected
+    assert str(MAX_BODY_BYTES) in expected
+    assert result_ids(page) == []
 
 
 def _open_add_panel(page):
