@@ -6,9 +6,10 @@ from ._preprocess import to_model_array
 from ._registry import create_model, is_model, list_models, register_model
 from . import _baselines, _hybrid  # noqa: F401  (registers the zoo)
 from ._params import count_parameters, default_artifact_path
+from ._pddm import PDDM
 
 __all__ = [
-    "Artifact", "ArtifactError", "ArtifactMeta", "Embedder", "Involution", "count_parameters",
+    "Artifact", "ArtifactError", "ArtifactMeta", "Embedder", "Involution", "PDDM", "count_parameters",
     "create_model", "default_artifact_path", "default_device", "is_model", "list_models",
     "load_artifact", "read_meta", "register_model", "save_artifact", "to_model_array",
 ]
