@@ -1,0 +1,61 @@
+"""app: the HTTP service (FastAPI). `create_app(settings)` builds it; `Settings` reads SIMSEARCH_*.
+
+Run it with `simsearch serve`, or `uvicorn app:create_app --factory`.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from PIL import Image
+from starlette.staticfiles import StaticFiles
+
+from ._errors import install_error_handlers
+from ._metrics import Metrics
+from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, MetricsMiddleware,
+                          route_resolver)
+from ._routes import STATIC_DIR, router
+from ._service import Service
+from ._settings import Settings
+
+__all__ = ["Settings", "create_app"]
+
+_DESCRIPTION = """Image similarity search. Add images to the gallery with `POST /index`, find the
+nearest ones to an uploaded image with `POST /search`. Images are JPEG, PNG, WebP, GIF or BMP,
+decided from their bytes. Writes need the API key (`X-API-Key` or `Authorization: Bearer`) when one
+is configured. Every error is `{"error": {"code": ..., "message": ...}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. The model and index load in a thread after startup: /healthz answers at
+    once, /readyz (and every route that needs them) answers 503 until they are loaded, with the
+    reason when loading failed."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    service = Service(settings, metrics)
+    # Pillow's own bomb check must not be stricter than ours (ours is per app, in decode_image).
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="simsearch", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    # Added innermost first: metrics -> key and rate limit -> concurrency cap -> body limit -> routes.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(AuthMiddleware, api_key=key, require_key_for_reads=settings.require_key_for_reads,
+                       rate_limit_per_minute=settings.rate_limit_per_minute, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
+    return app

@@ -1,0 +1,152 @@
+"""Micro-batching: concurrent requests' images are embedded (and searched) together, in one worker
+thread, off the event loop."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ._metrics import Metrics
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """What a query asks the index for."""
+
+    k: int
+    label: str | None = None
+    max_distance: float | None = None
+
+
+@dataclass
+class _Job:
+    arrays: np.ndarray                       # uint8 (n, C, S, S)
+    search: SearchParams | None
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    """Collects embedding jobs until `max_size` images are waiting or `max_wait_s` has passed since
+    the first, then embeds them in one model call and runs the searches, in a single worker thread.
+
+    `embed(arrays) -> vectors` and `search(vectors, params) -> list[list[hit]]` are called in that
+    thread; submit() resolves to (vectors, hits or None) for each job.
+    """
+
+    def __init__(self, embed: Callable[[np.ndarray], np.ndarray],
+                 search: Callable[[np.ndarray, SearchParams], list], max_size: int, max_wait_s: float,
+                 metrics: Metrics):
+        self._embed, self._search = embed, search
+        self.max_size, self.max_wait_s = max_size, max_wait_s
+        self.metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._pending_rows = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simsearch-embed")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="simsearch-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker; pending jobs fail with RuntimeError."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, arrays: np.ndarray, search: SearchParams | None = None) -> tuple[np.ndarray, Any]:
+        """Embed `arrays` (and search with the vectors when `search` is given)."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the embedding worker is not running")
+        job = _Job(arrays, search, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._pending_rows += len(arrays)
+        self._wake.set()
+        if self._pending_rows >= self.max_size:
+            self._full.set()
+        return await job.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            if self._pending_rows < self.max_size and self.max_wait_s > 0:
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+                except (TimeoutError, asyncio.TimeoutError):
+                    pass
+            batch, rows = [], 0
+            while self._pending and (not batch or rows + len(self._pending[0].arrays) <= self.max_size):
+                job = self._pending.popleft()
+                self._pending_rows -= len(job.arrays)
+                if job.future.done():  # the client went away
+                    continue
+                batch.append(job)
+                rows += len(job.arrays)
+            if not self._pending:
+                self._wake.clear()
+            if self._pending_rows < self.max_size:
+                self._full.clear()
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._process, batch)
+            except Exception as exc:  # noqa: BLE001  (handed to every waiting request)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results):
+                if not job.future.done():
+                    if isinstance(result, BaseException):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
+
+    def _process(self, batch: list[_Job]) -> list[tuple[np.ndarray, Any] | BaseException]:
+        arrays = np.concatenate([job.arrays for job in batch]) if len(batch) > 1 else batch[0].arrays
+        t0 = time.perf_counter()
+        vectors = self._embed(arrays)
+        self.metrics.embed_seconds.observe(time.perf_counter() - t0)
+        self.metrics.embed_batch.observe(len(arrays))
+        out: list[Any] = []
+        start = 0
+        for job in batch:
+            out.append((vectors[start:start + len(job.arrays)], None))
+            start += len(job.arrays)
+        # One index call per distinct set of search parameters.
+        groups: dict[SearchParams, list[int]] = {}
+        for i, job in enumerate(batch):
+            if job.search is not None:
+                groups.setdefault(job.search, []).append(i)
+        for params, members in groups.items():
+            queries = np.concatenate([out[i][0] for i in members])
+            t0 = time.perf_counter()
+            try:
+                hits = self._search(queries, params)
+            except Exception as exc:  # noqa: BLE001  (only this group's requests fail)
+                for i in members:
+                    out[i] = exc
+                continue
+            self.metrics.search_seconds.observe(time.perf_counter() - t0)
+            row = 0
+            for i in members:
+                n = len(batch[i].arrays)
+                out[i] = (out[i][0], hits[row:row + n])
+                row += n
+        return out

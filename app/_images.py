@@ -1,0 +1,101 @@
+"""Image bytes -> a decoded PIL image, with the format decided from the bytes against an allow-list,
+a pixel limit checked before any pixel is decoded, and every failure mapped to a client error."""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ._errors import ApiError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_ALLOWED_TEXT = "JPEG, PNG, WebP, GIF or BMP"
+
+# Names for formats we refuse, recognised from their first bytes only (no decoder is involved),
+# so that the error can say what was sent.
+_KNOWN_OTHER = [
+    (b"%PDF", "PDF"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"icns", "ICNS"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"gd2\x00", "GD2"), (b"\xff\xfe", "GD"), (b"\xff\xff", "GD"),
+    (b"P1", "PBM/PNM"), (b"P2", "PNM"), (b"P3", "PNM"), (b"P4", "PBM"), (b"P5", "PGM"), (b"P6", "PPM"),
+    (b"<?xml", "XML/SVG"), (b"<svg", "SVG"), (b"\x89HDF", "HDF5"), (b"DDS ", "DDS"), (b"qoif", "QOI"),
+    (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"#define", "XBM"), (b"/* XPM */", "XPM"),
+]
+
+
+def sniff_unsupported(data: bytes) -> str | None:
+    """Name a refused format from its magic bytes (None when not recognised)."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        brand = data[8:12].decode("latin-1", "replace")
+        return {"avif": "AVIF", "avis": "AVIF", "heic": "HEIC", "heix": "HEIC", "mif1": "HEIF"}.get(brand, "ISO media")
+    for magic, name in _KNOWN_OTHER:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: str = "file") -> Image.Image:
+    """Decode image bytes into a fully loaded PIL image.
+
+    The format is identified from the bytes by Pillow restricted to ALLOWED_FORMATS (the
+    Content-Type is ignored); width x height is checked against `max_pixels` before decoding, and
+    Pillow's DecompressionBombWarning is an error. `draft` lets JPEG decode at a reduced scale no
+    smaller than draft x draft. Raises ApiError: 400 empty or corrupt/truncated, 413 too many pixels,
+    415 a format outside the allow-list or not an image. `what` names the part in messages.
+    """
+    if not data:
+        raise ApiError(400, "empty_file", f"{what} is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
+        except UnidentifiedImageError:
+            other = sniff_unsupported(data)
+            if other:
+                raise ApiError(415, "unsupported_format",
+                               f"{what} is a {other} file; send a {_ALLOWED_TEXT} image") from None
+            raise ApiError(415, "unsupported_format",
+                           f"{what} is not a {_ALLOWED_TEXT} image (first bytes {data[:8]!r})") from None
+        except Exception as exc:  # a malformed header of an allowed format
+            raise ApiError(400, "invalid_image", f"{what}: cannot read the image header: {exc}") from None
+        if img.format not in ALLOWED_FORMATS:  # e.g. an MPO that opened through the JPEG plugin
+            raise ApiError(415, "unsupported_format",
+                           f"{what} is a {img.format} file; send a {_ALLOWED_TEXT} image")
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ApiError(413, "image_too_large",
+                           f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+        if w < 1 or h < 1:
+            raise ApiError(400, "invalid_image", f"{what} has no pixels ({w}x{h})")
+        try:
+            if draft and img.format == "JPEG":
+                img.draft(None, (draft, draft))
+            img.load()
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
+        except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, ValueError, ...
+            raise ApiError(400, "invalid_image", f"{what}: the image data is corrupt or truncated: {exc}") from None
+    return img
+
+
+def make_thumbnail(img: Image.Image, size: int) -> bytes:
+    """A JPEG thumbnail whose longest side is `size` pixels (oriented by EXIF, alpha on white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    scale = size / max(w, h)
+    if (w, h) != (round(w * scale), round(h * scale)):
+        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample, reducing_gap=3.0 if scale < 1 else None)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()

@@ -1,0 +1,37 @@
+"""Prometheus metrics, in a registry per app (several apps in one process do not clash)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The service's metrics: requests by route and status, embed and search time, gallery size."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("simsearch_requests", "HTTP requests by method, route template and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("simsearch_request_duration_seconds", "HTTP request latency",
+                                 ["method", "route", "status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("simsearch_requests_in_flight", "HTTP requests being served", registry=r)
+        self.rejected = Counter("simsearch_rejected_requests", "requests refused by a limit",
+                                ["reason"], registry=r)
+        self.embed_seconds = Histogram("simsearch_embed_seconds", "time to embed one batch (model forward)",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.embed_batch = Histogram("simsearch_embed_batch_size", "images embedded together",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.search_seconds = Histogram("simsearch_search_seconds", "time of one index search call",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.decode_seconds = Histogram("simsearch_decode_seconds", "time to decode and preprocess one image",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.gallery = Gauge("simsearch_gallery_items", "items in the gallery", registry=r)
+        self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
+
+    def track_gallery(self, count: Callable[[], int]) -> None:
+        """Read the gallery size from `count()` at every scrape."""
+        self.gallery.set_function(lambda: float(count()))

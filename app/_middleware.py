@@ -1,0 +1,250 @@
+"""Pure-ASGI middleware: metrics, API key and rate limit, concurrency cap, body-size limit.
+
+They run before any route, so a request refused here never has its body read: the key is checked
+and a too-large Content-Length is refused before a single body byte is received.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from starlette.datastructures import Headers
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._errors import ApiError, send_error
+from ._metrics import Metrics
+
+# Paths that never need a key, are never rate limited and never count against the concurrency cap.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_OPEN_PATHS = PROBE_PATHS | {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"}
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def is_open_path(path: str) -> bool:
+    """Probes, docs, the search page and its static files: no key, no rate limit."""
+    return path in _OPEN_PATHS or path.startswith("/static/")
+
+
+def is_write(method: str, path: str) -> bool:
+    """Writes change the gallery: POST/PUT/PATCH/DELETE on /index and below."""
+    return method in _WRITE_METHODS and (path == "/index" or path.startswith("/index/"))
+
+
+def route_resolver(app) -> Callable[[Scope], str]:
+    """A function giving the route template of a request (bounded label values for metrics)."""
+
+    def flat(routes):
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
+            if inner is not None:
+                yield from flat(inner.routes)
+            else:
+                yield route
+
+    def resolve(scope: Scope) -> str:
+        partial = None
+        for route in flat(app.router.routes):
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", "other")
+            if match == Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", "other")
+        return partial or "unmatched"
+
+    return resolve
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request and its latency by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, resolve: Callable[[Scope], str]):
+        self.app, self.metrics, self.resolve = app, metrics, resolve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = self.resolve(scope)
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            labels = (scope["method"], route, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+
+class RateLimiter:
+    """A token bucket per client: `per_minute` requests a minute, bursts up to `per_minute`.
+    Kept in memory for the `max_clients` most recently seen clients."""
+
+    def __init__(self, per_minute: int, max_clients: int = 10_000):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float:
+        """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self._buckets[client] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key from `X-API-Key`, or from `Authorization: Bearer <key>`."""
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class AuthMiddleware:
+    """API key for writes (and reads when configured), checked in constant time before the body is
+    read; then a per-key (or per-client-IP) rate limit answering 429 with Retry-After."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, require_key_for_reads: bool,
+                 rate_limit_per_minute: int, metrics: Metrics):
+        self.app = app
+        self.key_digest = _digest(api_key) if api_key else None
+        self.require_key_for_reads = require_key_for_reads
+        self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open_path(scope["path"]):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        key = presented_key(headers)
+        key_ok = key is not None and self.key_digest is not None and hmac.compare_digest(_digest(key), self.key_digest)
+        needs_key = self.key_digest is not None and (
+            self.require_key_for_reads or is_write(scope["method"], scope["path"]))
+        if needs_key and key is None:
+            self.metrics.rejected.labels("missing_key").inc()
+            return await send_error(send, 401, "missing_api_key",
+                                    "this request needs an API key in the X-API-Key header or "
+                                    "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+        if needs_key and not key_ok:
+            self.metrics.rejected.labels("wrong_key").inc()
+            return await send_error(send, 403, "invalid_api_key", "the API key is not valid")
+        if self.limiter is not None:
+            if key_ok:
+                client = "key"  # one key, one bucket (the digest is the same for everyone holding it)
+            else:
+                client = "ip:" + (scope.get("client") or ("unknown", 0))[0]
+            wait = self.limiter.take(client)
+            if wait > 0:
+                self.metrics.rejected.labels("rate_limited").inc()
+                retry = max(1, math.ceil(wait))
+                return await send_error(send, 429, "rate_limited",
+                                        f"more than {int(self.limiter.capacity)} requests a minute; "
+                                        f"retry in {retry} s", {"Retry-After": str(retry)})
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimitMiddleware:
+    """Answers 503 at once when `limit` requests are already in flight (probes exempt), so an
+    overloaded server sheds load instead of queueing without bound."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"] in PROBE_PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            self.metrics.rejected.labels("overloaded").inc()
+            return await send_error(send, 503, "overloaded",
+                                    f"the server is at its limit of {self.limit} requests in flight; retry shortly",
+                                    {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class BodyTooLarge(ApiError):
+    """The request body passed the size limit while it was being received."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, "body_too_large", f"the request body is larger than the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses a Content-Length over the limit before reading anything, and cuts a body without
+    Content-Length (chunked) as soon as the bytes received pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await send_error(send, 400, "bad_request", f"Content-Length is not a number: {length!r}")
+            if declared > self.limit:
+                self.metrics.rejected.labels("body_too_large").inc()
+                return await send_error(send, 413, "body_too_large",
+                                        f"Content-Length {declared} is larger than the limit of {self.limit} bytes")
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    self.metrics.rejected.labels("body_too_large").inc()
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watch_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watch_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await send_error(send, exc.status, exc.code, exc.message)

@@ -1,0 +1,345 @@
+"""The HTTP routes. CPU work (decoding, the model, FAISS, SQLite) runs in threads, never on the
+event loop; the body is parsed here (not by FastAPI params) so the multipart limits apply."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from pathlib import Path as FsPath
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Path, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import FileResponse, JSONResponse
+
+from ._batcher import SearchParams
+from ._errors import ApiError, error_response
+from ._images import decode_image, make_thumbnail
+from ._schemas import ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
+from ._service import Service
+from ._settings import Settings
+
+STATIC_DIR = FsPath(__file__).resolve().parent / "static"
+MAX_ID_CHARS = 256
+MAX_LABEL_CHARS = 256
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in {
+        400: "a file part is missing, empty, corrupt or truncated; malformed multipart",
+        401: "the API key is missing", 403: "the API key is wrong",
+        413: "the body, a field, the number of parts or the image's pixel count is over a limit",
+        415: "not a JPEG, PNG, WebP, GIF or BMP image (decided from the bytes)",
+        404: "no item with this id", 422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
+        503: "not ready, or over the concurrency limit"}.items()}
+
+
+def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": fields, "required": ["file"]}
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    service.require_ready()
+    return service
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+# ---- body parsing ------------------------------------------------------------------------------
+
+async def _read_form(request: Request, allowed: set[str]) -> FormData:
+    """Parse a multipart body with the part-count and field-size limits of the settings."""
+    s = _settings(request)
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=s.max_files_per_request,
+                             max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        msg = exc.message
+        if msg.startswith("Too many files"):
+            raise ApiError(413, "too_many_parts", f"more than {s.max_files_per_request} `file` parts") from None
+        if msg.startswith("Too many fields"):
+            raise ApiError(413, "too_many_parts", f"more than {s.max_fields_per_request} non-file fields") from None
+        if "exceeded maximum size" in msg:
+            raise ApiError(413, "field_too_large",
+                           f"a non-file field is larger than the limit of {s.max_field_bytes} bytes") from None
+        raise ApiError(400, "malformed_multipart", f"the multipart body is malformed: {msg}") from None
+    unknown = sorted({name for name in form.keys() if name not in allowed})
+    if unknown:
+        await form.close()
+        raise ApiError(422, "unknown_field", f"unknown form field(s) {unknown}; this route accepts {sorted(allowed)}")
+    return form
+
+
+async def _file_parts(form: FormData, max_count: int | None = None) -> list[tuple[str, bytes]]:
+    files = form.getlist("file")
+    if not files:
+        raise ApiError(400, "missing_file", "no `file` part in the form; send the image as a file part named `file`")
+    out = []
+    for i, part in enumerate(files):
+        if not isinstance(part, UploadFile):
+            raise ApiError(400, "missing_file",
+                           f"`file` part {i} is a plain field, not a file upload (give it a filename)")
+        out.append((f"file {i} ({part.filename!r})" if part.filename else f"file {i}", await part.read()))
+    if max_count is not None and len(out) > max_count:
+        raise ApiError(422, "too_many_files", f"this route takes exactly one `file` part, got {len(out)}")
+    return out
+
+
+def _strings(form: FormData, name: str) -> list[str]:
+    values = form.getlist(name)
+    for v in values:
+        if not isinstance(v, str):
+            raise ApiError(422, f"invalid_{name}", f"`{name}` must be a text field, not a file upload")
+    return values  # type: ignore[return-value]
+
+
+def _per_file(values: list[Any], n: int, name: str, allow_one: bool) -> list[Any]:
+    if not values:
+        return [None] * n
+    if len(values) == n:
+        return values
+    if allow_one and len(values) == 1:
+        return values * n
+    expected = f"1 or {n}" if allow_one else f"{n}"
+    raise ApiError(422, f"invalid_{name}", f"got {len(values)} `{name}` parts for {n} files; send {expected} (or none)")
+
+
+def _check_id(value: str) -> str:
+    if (not value or len(value) > MAX_ID_CHARS or "/" in value or value != value.strip()
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+        raise ApiError(422, "invalid_id", f"id {value!r} is not valid: 1-{MAX_ID_CHARS} characters, "
+                                          "no '/', no control characters, no surrounding spaces")
+    return value
+
+
+def _check_label(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_LABEL_CHARS or any(ord(c) < 32 for c in value):
+        raise ApiError(422, "invalid_label", f"label {value[:40]!r} is not valid: at most {MAX_LABEL_CHARS} "
+                                             "characters, no control characters")
+    return value
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_metadata(text: str, i: int) -> dict[str, Any]:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, "invalid_metadata", f"metadata part {i} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_metadata",
+                       f"metadata part {i} must be a JSON object, got {type(value).__name__}: {text[:60]!r}")
+    return value
+
+
+# ---- CPU work (runs in threads) ----------------------------------------------------------------
+
+def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: int) -> tuple[np.ndarray, list]:
+    s = service.settings
+    size = service.embedder.meta.image_size
+    arrays, thumbs = [], []
+    for what, data in files:
+        t0 = time.perf_counter()
+        img = decode_image(data, s.max_pixels, draft=max(size, thumbnail_size), what=what)
+        try:
+            arrays.append(service.embedder.preprocess(img))
+            thumbs.append(make_thumbnail(img, thumbnail_size) if thumbnail_size else None)
+        except Exception as exc:  # noqa: BLE001  (a decoded image the pipeline cannot handle)
+            raise ApiError(400, "invalid_image", f"{what}: cannot process the image: {exc}") from None
+        service.metrics.decode_seconds.observe(time.perf_counter() - t0)
+    return np.stack(arrays), thumbs
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else 0.0
+
+
+def _hit(h) -> Hit:
+    return Hit(id=h.id, score=_finite(h.score), distance=_finite(h.distance), label=h.label, metadata=h.metadata)
+
+
+# ---- routes ------------------------------------------------------------------------------------
+
+@router.get("/healthz", tags=["probes"], summary="liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["probes"], summary="readiness: model and index loaded",
+            responses={503: _ERRORS[503]})
+async def readyz(request: Request):
+    service: Service = request.app.state.service
+    if not service.ready:
+        return error_response(503, "not_ready", f"the service is not ready: {service.reason}", {"Retry-After": "5"})
+    return {"status": "ready", "model": service.model_id, "index": service.settings.index}
+
+
+@router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    index_html = STATIC_DIR / "index.html"
+    if not index_html.is_file():
+        return error_response(404, "not_found", "the search page is not installed (app/static/index.html)")
+    return FileResponse(index_html, media_type="text/html")
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"],
+             summary="the k gallery items nearest to an uploaded image",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_multipart("one image", {"file": {"type": "string", "format": "binary"}}))
+async def search(request: Request,
+                 k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
+                 label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
+                 max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                    description="only neighbours at most this far (0..2)")):
+    t0 = time.perf_counter()
+    service = _service(request)
+    form = await _read_form(request, {"file"})
+    try:
+        files = await _file_parts(form, max_count=1)
+    finally:
+        await form.close()
+    arrays, _ = await anyio.to_thread.run_sync(_prepare, service, files, 0)
+    _, hits = await service.batcher.submit(arrays, SearchParams(k, _check_label(label), max_distance))
+    return SearchResponse(results=[_hit(h) for h in hits[0]], k=k,
+                          took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
+
+
+@router.post("/search/{id}", response_model=SearchResponse, tags=["search"],
+             summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
+             responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
+async def search_by_id(request: Request, id: str = Path(description="gallery id"),
+                       k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
+                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False)):
+    t0 = time.perf_counter()
+    service = _service(request)
+    label = _check_label(label)
+
+    def run():
+        t = time.perf_counter()
+        hits = service.store.search_by_id(id, k=k, label=label, max_distance=max_distance)
+        service.metrics.search_seconds.observe(time.perf_counter() - t)
+        return hits
+
+    try:
+        hits = await anyio.to_thread.run_sync(run)
+    except KeyError:
+        raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
+    return SearchResponse(results=[_hit(h) for h in hits], k=k,
+                          took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
+
+
+@router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],
+             summary="add (or replace, by id) one or more images",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_multipart(
+                 "one or more images with optional ids, labels and metadata",
+                 {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                  "id": {"type": "array", "items": {"type": "string"},
+                         "description": "one per file; generated when absent; an existing id is replaced"},
+                  "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
+                  "metadata": {"type": "array", "items": {"type": "string"},
+                               "description": "a JSON object: one for all files, or one per file"}}))
+async def add(request: Request):
+    import index as index_pkg  # the app's one dependency on index/ types, at request time
+
+    service = _service(request)
+    thumb = service.settings.thumbnail_size
+    form = await _read_form(request, {"file", "id", "label", "metadata"})
+    try:
+        files = await _file_parts(form)
+        n = len(files)
+        ids = [_check_id(v) for v in _per_file(_strings(form, "id"), n, "id", allow_one=False)
+               if v is not None] or [uuid.uuid4().hex for _ in range(n)]
+        if len(set(ids)) != n:
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ApiError(422, "invalid_id", f"the same id is given twice in one request: {dup}")
+        labels = [_check_label(v) for v in _per_file(_strings(form, "label"), n, "label", allow_one=True)]
+        metas = _strings(form, "metadata")
+        metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
+    finally:
+        await form.close()
+    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb)
+    vectors, _ = await service.batcher.submit(arrays)
+    items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
+             for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
+    try:
+        await anyio.to_thread.run_sync(service.store.upsert, items)
+    except index_pkg.StoreError as exc:
+        raise ApiError(422, "rejected_by_index", str(exc)) from None
+    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201)
+
+
+@router.get("/index", response_model=IndexInfo, tags=["gallery"],
+            summary="gallery size, dimension, model, index kind, and a page of the listing",
+            responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
+async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+               label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label")):
+    service = _service(request)
+    label = _check_label(label)
+
+    def run():
+        return service.store.info(), service.store.list(offset=offset, limit=limit + 1, label=label)
+
+    store_info, items = await anyio.to_thread.run_sync(run)
+    more = len(items) > limit
+    return IndexInfo(count=int(store_info.get("count", 0)), dimension=service.embedder.dim, model=service.model_id,
+                     index=str(store_info.get("index") or store_info.get("kind") or service.settings.index),
+                     items=[ItemOut(id=it.id, label=it.label, metadata=it.metadata) for it in items[:limit]],
+                     offset=offset, limit=limit, next_offset=offset + limit if more else None)
+
+
+@router.get("/index/{id}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
+            responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)})
+async def get_item(request: Request, id: str = Path()):
+    service = _service(request)
+    item = await anyio.to_thread.run_sync(service.store.get, id)
+    if item is None:
+        raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
+    return ItemOut(id=item.id, label=item.label, metadata=item.metadata)
+
+
+@router.delete("/index/{id}", status_code=204, tags=["gallery"], summary="remove a gallery item",
+               responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}, response_class=Response)
+async def delete_item(request: Request, id: str = Path()) -> Response:
+    service = _service(request)
+    deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
+    if id not in deleted:
+        raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
+    return Response(status_code=204)
+
+
+@router.get("/index/{id}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
+                                                **{k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}})
+async def thumbnail(request: Request, id: str = Path()) -> Response:
+    service = _service(request)
+    data = await anyio.to_thread.run_sync(service.store.thumbnail, id)
+    if not data:
+        raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})

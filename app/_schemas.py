@@ -1,0 +1,54 @@
+"""Response bodies (they make the OpenAPI document at /docs)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Hit(BaseModel):
+    """One neighbour: higher score (cosine similarity) is nearer; distance = sqrt(2 - 2 score)."""
+
+    id: str
+    score: float
+    distance: float
+    label: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit] = Field(description="nearest first")
+    k: int
+    took_ms: float = Field(description="time spent on the request in the server, milliseconds")
+    model: str = Field(description="the model that embedded the query (name@sha12)")
+
+
+class IndexResponse(BaseModel):
+    ids: list[str] = Field(description="the ids of the stored items, in the order of the `file` parts")
+    count: int = Field(description="how many items were stored")
+
+
+class ItemOut(BaseModel):
+    id: str
+    label: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class IndexInfo(BaseModel):
+    count: int = Field(description="items in the gallery")
+    dimension: int
+    model: str
+    index: str = Field(description="the index kind (preset or FAISS factory string)")
+    items: list[ItemOut] = Field(description="one page of the listing, in insertion order")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,110 @@
+"""The loaded state of one app: the Embedder, the Store and the micro-batcher, loaded in a thread
+after startup so that /healthz answers at once and /readyz flips when everything is in place."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import anyio.to_thread
+import numpy as np
+
+from ._batcher import MicroBatcher, SearchParams
+from ._errors import ApiError
+from ._metrics import Metrics
+from ._settings import Settings
+
+log = logging.getLogger("simsearch.app")
+
+
+class Service:
+    """Holds the model and the index once loaded; `ready` is True from then on, and `reason` says
+    what is missing (still loading, or why loading failed) until it is."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.embedder = None
+        self.store = None
+        self.batcher: MicroBatcher | None = None
+        self.ready = False
+        self.reason = "loading the model and the index"
+        self.started = time.time()
+        self._load_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Begin loading in the background (returns at once)."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="simsearch-load")
+
+    async def wait_loaded(self) -> None:
+        """Wait until loading has finished (successfully or not)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    async def stop(self) -> None:
+        """Stop the batcher and close the store (waits for a load in progress to finish first)."""
+        if self._load_task is not None and not self._load_task.done():
+            try:
+                await self._load_task
+            except BaseException:  # noqa: BLE001
+                pass
+        self.ready = False
+        self.reason = "shutting down"
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.store is not None:
+            await anyio.to_thread.run_sync(self.store.close)
+
+    def _open(self):
+        import index
+        import model
+
+        s = self.settings
+        path = s.resolved_model_path()
+        try:
+            embedder = model.Embedder.from_file(path, device=s.device)
+        except FileNotFoundError:
+            raise RuntimeError(f"the model artifact {path} does not exist (set SIMSEARCH_MODEL_PATH)") from None
+        except Exception as exc:
+            raise RuntimeError(f"cannot load the model artifact {path}: {exc}") from exc
+        cfg = index.StoreConfig(path=s.data_dir / "index", dim=embedder.dim, model_id=embedder.model_id,
+                                index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None)
+        try:
+            store = index.Store.open(cfg)
+        except Exception as exc:
+            raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}") from exc
+        return embedder, store
+
+    async def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            embedder, store = await anyio.to_thread.run_sync(self._open)
+        except Exception as exc:  # noqa: BLE001  (reported by /readyz; /healthz keeps answering)
+            self.reason = str(exc)
+            log.error("not ready: %s", exc)
+            return
+        self.embedder, self.store = embedder, store
+        s = self.settings
+        self.batcher = MicroBatcher(embedder.embed_arrays, self._search, s.batch_max_size,
+                                    s.batch_max_wait_ms / 1000.0, self.metrics)
+        self.batcher.start()
+        self.metrics.track_gallery(store.count)
+        self.metrics.ready.set(1)
+        self.ready = True
+        self.reason = ""
+        log.info("ready in %.1f s: model %s, index %s (%d items)", time.perf_counter() - t0,
+                 embedder.model_id, s.index, store.count())
+
+    def _search(self, queries: np.ndarray, params: SearchParams) -> list:
+        return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance)
+
+    def require_ready(self) -> None:
+        """Raise 503 not_ready (with the reason) until the model and index are loaded."""
+        if not self.ready:
+            raise ApiError(503, "not_ready", f"the service is not ready: {self.reason}", {"Retry-After": "5"})
+
+    @property
+    def model_id(self) -> str | None:
+        """The loaded model's id (name@sha12), or None."""
+        return self.embedder.model_id if self.embedder is not None else None

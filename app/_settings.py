@@ -1,0 +1,51 @@
+"""Service settings: SIMSEARCH_* environment variables (the CLI sets them too)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Each field is read from SIMSEARCH_<FIELD> (e.g.
+    SIMSEARCH_API_KEY, SIMSEARCH_MAX_BODY_BYTES); limits of 0 switch that limit off where noted."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMSEARCH_", extra="ignore", validate_default=True)
+
+    model_path: Path | None = Field(None, description="model artifact; default: the bundled CIFAR-10 Hybrid-1")
+    data_dir: Path = Field(Path("data"), description="directory holding the index (<data_dir>/index)")
+    index: str = Field("flat", description="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string")
+    device: str | None = Field(None, description="torch device for the model (cpu, cuda, cuda:1); default: auto")
+    api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below)")
+    require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels (width x height)")
+    max_files_per_request: int = Field(64, ge=1, description="most `file` parts in one request")
+    max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
+    max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
+    rate_limit_per_minute: int = Field(1200, ge=0, description="requests per minute per API key or client IP; 0 = off")
+    max_concurrency: int = Field(64, ge=0, description="requests in flight before answering 503; 0 = off")
+    batch_max_size: int = Field(32, ge=1, description="most images embedded together")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    @field_validator("device")
+    @classmethod
+    def _empty_device_is_auto(cls, v: str | None) -> str | None:
+        return v or None
+
+    def resolved_model_path(self) -> Path:
+        """The artifact to load: model_path, or the bundled CIFAR-10 Hybrid-1."""
+        if self.model_path is not None:
+            return self.model_path
+        import model
+
+        return model.default_artifact_path("cifar10")

@@ -1,0 +1,82 @@
+"""`simsearch serve`: the HTTP service (uvicorn running app:create_app)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ._errors import CliError
+
+# CLI option -> the SIMSEARCH_* variable it sets (app.Settings reads them).
+_ENV = {
+    "model": "SIMSEARCH_MODEL_PATH", "data": "SIMSEARCH_DATA_DIR", "index": "SIMSEARCH_INDEX",
+    "device": "SIMSEARCH_DEVICE", "api_key": "SIMSEARCH_API_KEY",
+    "max_body_bytes": "SIMSEARCH_MAX_BODY_BYTES", "max_pixels": "SIMSEARCH_MAX_PIXELS",
+    "max_concurrency": "SIMSEARCH_MAX_CONCURRENCY", "rate_limit": "SIMSEARCH_RATE_LIMIT_PER_MINUTE",
+    "thumbnail_size": "SIMSEARCH_THUMBNAIL_SIZE", "host": "SIMSEARCH_HOST", "port": "SIMSEARCH_PORT",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP service (search, index, metrics, the search page)",
+                       description="Run the HTTP service with uvicorn. Every option is also a SIMSEARCH_* "
+                                   "environment variable (docs/service.md); options given here win.")
+    env = os.environ.get
+    p.add_argument("--host", default=env("SIMSEARCH_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env("SIMSEARCH_PORT", "8000")), help="port (default 8000)")
+    p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
+    p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
+    p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default flat)")
+    p.add_argument("--device", help="torch device for the model: cpu, cuda, cuda:1 (default: auto)")
+    p.add_argument("--api-key", help="require this key for writes (prefer SIMSEARCH_API_KEY or --api-key-file: "
+                                     "a command-line key is visible in the process list)")
+    p.add_argument("--api-key-file", type=Path, help="read the API key from this file")
+    p.add_argument("--require-key-for-reads", action="store_true", help="also require the key for searches")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body (default 10 MiB)")
+    p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 40,000,000)")
+    p.add_argument("--max-concurrency", type=int, help="requests in flight before 503 (default 64)")
+    p.add_argument("--rate-limit", type=int, help="requests per minute per key or client IP; 0 = off (default 1200)")
+    p.add_argument("--thumbnail-size", type=int, help="longest side of stored thumbnails; 0 = none (default 128)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes; only 1 is supported (one process owns the index)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_serve)
+
+
+def _serve(args) -> int:
+    if args.workers != 1:
+        raise CliError(f"--workers {args.workers}: only 1 is supported, since one process owns the index "
+                       "(run several containers behind the gateway with a shared store backend instead)")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port {args.port} is not a port number (0-65535)")
+    if args.api_key_file is not None:
+        try:
+            args.api_key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
+        if not args.api_key:
+            raise CliError(f"--api-key-file {args.api_key_file} is empty")
+    if args.model is not None and not Path(args.model).is_file():
+        raise CliError(f"--model {args.model}: no such file")
+    for name, var in _ENV.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[var] = str(value)
+    if args.require_key_for_reads:
+        os.environ["SIMSEARCH_REQUIRE_KEY_FOR_READS"] = "true"
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    try:  # check the settings here, so that a bad value is one clear line, not a traceback per worker
+        from app import Settings
+
+        Settings()
+    except ValidationError as exc:
+        raise CliError("invalid setting: " + "; ".join(
+            f"SIMSEARCH_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors())) from None
+    uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
+                proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                timeout_graceful_shutdown=10)
+    return 0
