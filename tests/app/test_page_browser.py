@@ -149,6 +149,19 @@ def test_page_shows_gallery_size_and_model(page, server, gallery):
     assert page.find_element("id", "gallery-model").text == str(info["model"])
 
 
+def test_the_drop_zone_is_reached_by_keyboard_and_labelled(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(page).send_keys(Keys.TAB).perform()    # the first stop on the page
+    focused = page.switch_to.active_element
+    assert focused.get_attribute("id") == "file" and focused.get_attribute("type") == "file"
+    label = page.execute_script("return arguments[0].labels[0].textContent", focused)
+    assert "Choose an image" in label and "drop" in label
+    outline = page.execute_script("return getComputedStyle(document.getElementById('drop-zone')).outlineStyle")
+    assert outline != "none", "the drop zone shows no focus ring"
+
+
 def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(page, gallery, tmp_path):
     query_id, (name, label, data) = list(gallery.items())[7]
     query = tmp_path / name
