@@ -1,0 +1,86 @@
+"""Decoding: the allow-list decided from the bytes, pixel limits, truncation, thumbnails."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from app._errors import ApiError
+from app._images import decode_image, make_thumbnail
+
+from . import crafted
+from .conftest import encode, pattern
+
+LIMIT = 40_000_000
+
+
+@pytest.mark.parametrize("fmt,kw", [("JPEG", {}), ("PNG", {}), ("WEBP", {}), ("GIF", {}), ("BMP", {})])
+def test_allowed_formats_decode_to_loaded_images(fmt, kw):
+    img = decode_image(encode(pattern(3), fmt, **kw), LIMIT)
+    assert img.format == fmt and img.size == (64, 48)
+
+
+@pytest.mark.parametrize("name,make,plugin_opens", [
+    ("FITS", crafted.fits, True), ("EPS", crafted.eps, True), ("MPO", crafted.mpo, True),
+    ("PDF", crafted.pdf, False), ("TIFF", crafted.tiff, True)])
+def test_formats_outside_the_allow_list_are_415_even_those_pillow_could_open(name, make, plugin_opens):
+    data = make()
+    if plugin_opens:  # without the allow-list, Pillow would hand these to their decoders
+        assert Image.open(io.BytesIO(data)).format in (name, "EPS", "MPO", "FITS", "TIFF")
+    with pytest.raises(ApiError) as err:
+        decode_image(data, LIMIT)
+    assert err.value.status == 415 and err.value.code == "unsupported_format"
+    assert name in err.value.message or "MPO" in err.value.message
+
+
+def test_bytes_that_are_no_image_are_415_with_their_first_bytes_named():
+    with pytest.raises(ApiError) as err:
+        decode_image(b"hello, this is text", LIMIT)
+    assert err.value.status == 415 and "b'hello, t'" in err.value.message
+
+
+def test_empty_bytes_are_400_empty_file():
+    with pytest.raises(ApiError) as err:
+        decode_image(b"", LIMIT, what="file 0 ('x.png')")
+    assert (err.value.status, err.value.code) == (400, "empty_file") and "x.png" in err.value.message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_is_400_invalid_image(fmt):
+    data = encode(pattern(5, (256, 256)), fmt)
+    with pytest.raises(ApiError) as err:
+        decode_image(data[: len(data) // 2], LIMIT)
+    assert (err.value.status, err.value.code) == (400, "invalid_image")
+    assert "truncated" in err.value.message or "corrupt" in err.value.message
+
+
+def test_pixel_limit_setting_is_enforced_before_decoding():
+    data = encode(pattern(1, (200, 100)), "PNG")
+    assert decode_image(data, 20_000).size == (200, 100)
+    with pytest.raises(ApiError) as err:
+        decode_image(data, 19_999)
+    assert (err.value.status, err.value.code) == (413, "image_too_large") and "200x100" in err.value.message
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])   # Pillow's warning (> 89 Mpx) and error (> 179 Mpx)
+def test_decompression_bomb_header_is_413_without_decoding(side):
+    data = crafted.png_claiming(side, side)
+    assert len(data) < 200
+    with pytest.raises(ApiError) as err:
+        decode_image(data, 10**12)   # our own limit out of the way: Pillow's bomb check must still fire
+    assert (err.value.status, err.value.code) == (413, "image_too_large")
+
+
+def test_thumbnail_is_a_jpeg_with_longest_side_the_setting():
+    for size, src in [(128, (640, 320)), (128, (32, 32)), (64, (50, 200))]:
+        thumb = Image.open(io.BytesIO(make_thumbnail(pattern(2, src), size)))
+        assert thumb.format == "JPEG" and max(thumb.size) == size
+        assert abs(thumb.size[0] / thumb.size[1] - src[0] / src[1]) < 0.05
+
+
+def test_thumbnail_of_transparent_png_is_flattened_on_white():
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    thumb = Image.open(io.BytesIO(make_thumbnail(decode_image(encode(img, "PNG"), LIMIT), 32)))
+    r, g, b = thumb.convert("RGB").getpixel((16, 16))
+    assert min(r, g, b) > 240
