@@ -25,6 +25,21 @@ _KNOWN_OTHER = [
 ]
 
 
+def sniff_allowed(data: bytes) -> str | None:
+    """Name an allowed format from its magic bytes (None when not recognised)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WebP"
+    if data.startswith(b"BM"):
+        return "BMP"
+    return None
+
+
 def sniff_unsupported(data: bytes) -> str | None:
     """Name a refused format from its magic bytes (None when not recognised)."""
     if len(data) >= 12 and data[4:8] == b"ftyp":
@@ -54,6 +69,10 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
         except UnidentifiedImageError:
+            allowed = sniff_allowed(data)
+            if allowed:
+                raise ApiError(400, "invalid_image", f"{what} starts like a {allowed} image but its header "
+                                                     "is corrupt or truncated") from None
             other = sniff_unsupported(data)
             if other:
                 raise ApiError(415, "unsupported_format",

@@ -12,6 +12,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -62,6 +63,9 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
     """Parse a multipart body with the part-count and field-size limits of the settings."""
     s = _settings(request)
     ctype = request.headers.get("content-type", "")
+    if ctype.lower().startswith("application/x-www-form-urlencoded"):
+        raise ApiError(400, "missing_file", "no `file` part: a urlencoded form cannot carry files; "
+                                            "send multipart/form-data with the image as a part named `file`")
     if not ctype.lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
                        f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}")
@@ -69,6 +73,8 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:
         form = await parser.parse()
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
     except MultiPartException as exc:
         msg = exc.message
         if msg.startswith("Too many files"):
@@ -176,7 +182,8 @@ def _finite(x: float) -> float:
 
 
 def _hit(h) -> Hit:
-    return Hit(id=h.id, score=_finite(h.score), distance=_finite(h.distance), label=h.label, metadata=h.metadata)
+    score = min(1.0, max(-1.0, _finite(h.score)))  # float32 rounding can put a self-match at 1.0000001
+    return Hit(id=h.id, score=score, distance=_finite(h.distance), label=h.label, metadata=h.metadata)
 
 
 # ---- routes ------------------------------------------------------------------------------------
@@ -309,7 +316,8 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
     store_info, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit
     return IndexInfo(count=int(store_info.get("count", 0)), dimension=service.embedder.dim, model=service.model_id,
-                     index=str(store_info.get("index") or store_info.get("kind") or service.settings.index),
+                     index=str(store_info.get("index") or service.settings.index),
+                     index_kind=store_info.get("index_kind"),
                      items=[ItemOut(id=it.id, label=it.label, metadata=it.metadata) for it in items[:limit]],
                      offset=offset, limit=limit, next_offset=offset + limit if more else None)
 

@@ -38,7 +38,8 @@ class IndexInfo(BaseModel):
     count: int = Field(description="items in the gallery")
     dimension: int
     model: str
-    index: str = Field(description="the index kind (preset or FAISS factory string)")
+    index: str = Field(description="the index kind asked for (preset or FAISS factory string)")
+    index_kind: str | None = Field(None, description="what FAISS runs now (e.g. exact until an IVF is trained)")
     items: list[ItemOut] = Field(description="one page of the listing, in insertion order")
     offset: int
     limit: int

@@ -1,0 +1,290 @@
+"""The API in-process (ASGI, with its lifespan): the real model, the real Store and FAISS."""
+from __future__ import annotations
+
+import io
+import json
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+from . import crafted
+from .conftest import encode, pattern, running
+
+pytestmark = pytest.mark.anyio
+
+
+def png(seed: int, size=(64, 48)) -> bytes:
+    return encode(pattern(seed, size), "PNG")
+
+
+def upload(data: bytes, name: str = "img.png", ctype: str = "image/png"):
+    return ("file", (name, data, ctype))
+
+
+def assert_error(r: httpx.Response, status: int, code: str, *words: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert err["code"] == code, err
+    for w in words:
+        assert w in err["message"], err
+    return err
+
+
+async def still_serving(c: httpx.AsyncClient) -> None:
+    """After a bad request the service answers good ones."""
+    assert (await c.get("/healthz")).status_code == 200
+    r = await c.post("/search?k=1", files=[upload(png(99))])
+    assert r.status_code == 200, r.text
+
+
+# ---- the happy paths ---------------------------------------------------------------------------
+
+async def test_index_then_search_finds_the_same_image_first_with_score_one(make_settings, cifar):
+    async with running(make_settings()) as c:
+        planes, cars = cifar["airplane"], cifar["automobile"]
+        files = [upload(b, f"p{i}.jpg", "image/jpeg") for i, b in enumerate(planes)]
+        r = await c.post("/index", files=files, data={"label": "airplane"})
+        assert r.status_code == 201, r.text
+        ids = r.json()["ids"]
+        assert len(ids) == len(planes) == r.json()["count"] and len(set(ids)) == len(ids)
+        for i in (0, 5):
+            r = await c.post("/search?k=3", files=[upload(planes[i], "q.jpg", "image/jpeg")])
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["results"][0]["id"] == ids[i]
+            assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+            assert body["results"][0]["distance"] == pytest.approx(0.0, abs=2e-3)
+            assert body["results"][0]["label"] == "airplane"
+            assert [h["score"] for h in body["results"]] == sorted((h["score"] for h in body["results"]), reverse=True)
+            assert body["k"] == 3 and body["took_ms"] > 0 and body["model"].startswith("hybrid1-test@")
+        r = await c.post("/search?k=1", files=[upload(cars[0], "car.jpg", "image/jpeg")])
+        assert r.status_code == 200 and r.json()["results"][0]["score"] < 1.0 - 1e-6
+
+
+async def test_search_caps_results_at_k_and_at_the_gallery_size(make_settings):
+    async with running(make_settings()) as c:
+        r = await c.post("/search", files=[upload(png(1))])
+        assert r.status_code == 200 and r.json()["results"] == []
+        await c.post("/index", files=[upload(png(i)) for i in range(12)])
+        assert len((await c.post("/search", files=[upload(png(1))])).json()["results"]) == 10   # default k
+        assert len((await c.post("/search?k=3", files=[upload(png(1))])).json()["results"]) == 3
+        assert len((await c.post("/search?k=1000", files=[upload(png(1))])).json()["results"]) == 12
+
+
+async def test_label_filter_returns_only_that_label(make_settings, cifar):
+    async with running(make_settings()) as c:
+        for label in ("airplane", "automobile"):
+            r = await c.post("/index", files=[upload(b, "x.jpg") for b in cifar[label]], data={"label": label})
+            assert r.status_code == 201
+        query = [upload(cifar["airplane"][0], "q.jpg")]
+        r = await c.post("/search?k=20&label=automobile", files=query)
+        hits = r.json()["results"]
+        assert len(hits) == 8 and {h["label"] for h in hits} == {"automobile"}
+        r = await c.post("/search?k=20", files=query)
+        assert {h["label"] for h in r.json()["results"]} == {"airplane", "automobile"}
+        r = await c.post("/search?k=20&label=ship", files=query)
+        assert r.status_code == 200 and r.json()["results"] == []
+
+
+async def test_max_distance_drops_farther_neighbours(make_settings):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(6)], data={"id": [f"i{i}" for i in range(6)]})
+        r = await c.post("/search?k=10&max_distance=0.000001", files=[upload(png(3))])
+        assert [h["id"] for h in r.json()["results"]] == ["i3"]
+
+
+async def test_ids_labels_and_metadata_per_file_or_shared(make_settings):
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(png(1)), upload(png(2))],
+                         data={"id": ["a", "b"], "label": ["cat", "dog"],
+                               "metadata": ['{"n": 1}', '{"n": 2, "tags": ["x"]}']})
+        assert r.status_code == 201 and r.json()["ids"] == ["a", "b"]
+        assert (await c.get("/index/a")).json() == {"id": "a", "label": "cat", "metadata": {"n": 1}}
+        assert (await c.get("/index/b")).json() == {"id": "b", "label": "dog", "metadata": {"n": 2, "tags": ["x"]}}
+        r = await c.post("/index", files=[upload(png(3)), upload(png(4))],
+                         data={"id": ["c", "d"], "label": "bird", "metadata": '{"src": "cam"}'})
+        assert r.status_code == 201
+        for i in ("c", "d"):
+            assert (await c.get(f"/index/{i}")).json() == {"id": i, "label": "bird", "metadata": {"src": "cam"}}
+
+
+async def test_same_id_again_replaces_the_item(make_settings):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(1)), upload(png(2))], data={"id": ["x", "y"], "label": "old"})
+        r = await c.post("/index", files=[upload(png(7))], data={"id": "x", "label": "new"})
+        assert r.status_code == 201 and r.json()["ids"] == ["x"]
+        assert (await c.get("/index")).json()["count"] == 2
+        assert (await c.get("/index/x")).json()["label"] == "new"
+        hit = (await c.post("/search?k=1", files=[upload(png(7))])).json()["results"][0]
+        assert hit["id"] == "x" and hit["score"] == pytest.approx(1.0, abs=1e-5)
+        hit = (await c.post("/search?k=1", files=[upload(png(1))])).json()["results"][0]
+        assert hit["score"] < 1.0 - 1e-6   # the old image is gone
+
+
+async def test_delete_then_get_search_and_delete_are_404(make_settings):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(1)), upload(png(2))], data={"id": ["a", "b"]})
+        r = await c.delete("/index/a")
+        assert r.status_code == 204 and r.content == b""
+        assert_error(await c.get("/index/a"), 404, "not_found", "'a'")
+        assert_error(await c.delete("/index/a"), 404, "not_found", "'a'")
+        assert_error(await c.post("/search/a"), 404, "not_found", "'a'")
+        assert_error(await c.get("/index/a/thumbnail"), 404, "not_found")
+        ids = [h["id"] for h in (await c.post("/search?k=10", files=[upload(png(1))])).json()["results"]]
+        assert ids == ["b"]
+        await still_serving(c)
+
+
+async def test_search_by_id_excludes_the_item_and_filters(make_settings):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(5)],
+                     data={"id": [f"i{i}" for i in range(5)], "label": ["a", "a", "b", "b", "b"]})
+        r = await c.post("/search/i0?k=10")
+        assert r.status_code == 200
+        assert sorted(h["id"] for h in r.json()["results"]) == ["i1", "i2", "i3", "i4"]
+        r = await c.post("/search/i0?k=10&label=b")
+        assert sorted(h["id"] for h in r.json()["results"]) == ["i2", "i3", "i4"]
+        assert_error(await c.post("/search/i0?k=0"), 422, "invalid_parameter", "k")
+
+
+async def test_listing_paginates_in_insertion_order_with_counts(make_settings):
+    async with running(make_settings(index="flat")) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(5)],
+                     data={"id": [f"i{i}" for i in range(5)], "label": ["a", "b", "a", "b", "a"]})
+        first = (await c.get("/index?limit=2")).json()
+        assert first["count"] == 5 and first["dimension"] == 256 and first["index"] == "flat"
+        assert first["model"].startswith("hybrid1-test@")
+        assert [i["id"] for i in first["items"]] == ["i0", "i1"] and first["next_offset"] == 2
+        second = (await c.get("/index?limit=2&offset=2")).json()
+        assert [i["id"] for i in second["items"]] == ["i2", "i3"] and second["next_offset"] == 4
+        last = (await c.get("/index?limit=2&offset=4")).json()
+        assert [i["id"] for i in last["items"]] == ["i4"] and last["next_offset"] is None
+        only_a = (await c.get("/index?label=a")).json()
+        assert [i["id"] for i in only_a["items"]] == ["i0", "i2", "i4"]
+        assert_error(await c.get("/index?limit=0"), 422, "invalid_parameter", "limit")
+        assert_error(await c.get("/index?offset=-1"), 422, "invalid_parameter", "offset")
+
+
+async def test_thumbnail_is_stored_as_jpeg_of_the_configured_size(make_settings):
+    async with running(make_settings(thumbnail_size=96)) as c:
+        await c.post("/index", files=[upload(png(1, (300, 150)))], data={"id": "wide"})
+        r = await c.get("/index/wide/thumbnail")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(r.content)).size == (96, 48)
+
+
+async def test_thumbnail_size_zero_stores_no_image(make_settings):
+    async with running(make_settings(thumbnail_size=0)) as c:
+        await c.post("/index", files=[upload(png(1))], data={"id": "a"})
+        assert (await c.get("/index/a")).status_code == 200
+        assert_error(await c.get("/index/a/thumbnail"), 404, "not_found", "'a'")
+
+
+async def test_concurrent_searches_are_embedded_together(make_settings):
+    async with running(make_settings(batch_max_wait_ms=200, batch_max_size=32)) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(4)], data={"id": ["a", "b", "c", "d"]})
+        results = {}
+
+        async def one(i):
+            r = await c.post("/search?k=1", files=[upload(png(i % 4))])
+            results[i] = r.json()["results"][0]["id"]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(one, i)
+        assert results == {i: "abcd"[i % 4] for i in range(8)}   # each got its own answer
+        metrics = (await c.get("/metrics")).text
+        count = _sample(metrics, "simsearch_embed_batch_size_count")
+        total = _sample(metrics, "simsearch_embed_batch_size_sum")
+        assert total == 4 + 8 and count < 1 + 8, metrics   # fewer model calls than requests
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+async def test_metrics_count_requests_by_route_and_status_and_time_embed_and_search(make_settings):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(1)), upload(png(2))])
+        await c.post("/search", files=[upload(png(1))])
+        await c.get("/index/nope")
+        await c.post("/search?k=0", files=[upload(png(1))])
+        r = await c.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        assert 'simsearch_requests_total{method="POST",route="/index",status="201"} 1.0' in text
+        assert 'simsearch_requests_total{method="POST",route="/search",status="200"} 1.0' in text
+        assert 'simsearch_requests_total{method="GET",route="/index/{id}",status="404"} 1.0' in text
+        assert 'simsearch_requests_total{method="POST",route="/search",status="422"} 1.0' in text
+        assert 'simsearch_request_duration_seconds_count{method="POST",route="/search",status="200"} 1.0' in text
+        assert _sample(text, "simsearch_embed_seconds_count") >= 2
+        assert _sample(text, "simsearch_search_seconds_count") >= 1
+        assert _sample(text, "simsearch_gallery_items") == 2
+        assert _sample(text, "simsearch_ready") == 1
+
+
+async def test_probes_openapi_and_page(make_settings):
+    async with running(make_settings()) as c:
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        ready = (await c.get("/readyz")).json()
+        assert ready["status"] == "ready" and ready["model"].startswith("hybrid1-test@")
+        spec = (await c.get("/openapi.json")).json()
+        for path in ("/search", "/search/{id}", "/index", "/index/{id}", "/index/{id}/thumbnail", "/healthz"):
+            assert path in spec["paths"], path
+        assert "multipart/form-data" in spec["paths"]["/search"]["post"]["requestBody"]["content"]
+        assert (await c.get("/docs")).status_code == 200
+        page = await c.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert (await c.get("/static/index.html")).text == page.text
+
+
+async def test_page_absent_is_a_json_404(make_settings, monkeypatch, tmp_path):
+    import app._routes
+
+    monkeypatch.setattr(app._routes, "STATIC_DIR", tmp_path / "empty")
+    async with running(make_settings()) as c:
+        assert_error(await c.get("/"), 404, "not_found", "index.html")
+
+
+# ---- readiness -----------------------------------------------------------------------------------
+
+async def test_model_that_fails_to_load_keeps_healthz_up_and_readyz_503_with_the_reason(make_settings, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    async with running(make_settings(model_path=missing)) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert_error(await c.get("/readyz"), 503, "not_ready", str(missing))
+        assert_error(await c.post("/search", files=[upload(png(1))]), 503, "not_ready", "nope.safetensors")
+        assert_error(await c.get("/index"), 503, "not_ready")
+        assert (await c.get("/metrics")).status_code == 200
+
+
+async def test_index_of_another_model_is_not_ready_with_the_mismatch(make_settings, tmp_path):
+    import model
+    import torch
+
+    async with running(make_settings()) as c:
+        assert (await c.post("/index", files=[upload(png(1))])).status_code == 201
+    torch.manual_seed(1)
+    net = model.create_model("hybrid1", in_chans=3)
+    other = model.save_artifact(tmp_path / "other.safetensors", net,
+                                model.ArtifactMeta(name="other", arch="hybrid1", in_chans=3, image_size=32))
+    async with running(make_settings(model_path=other)) as c:
+        err = assert_error(await c.get("/readyz"), 503, "not_ready")
+        assert "other@" in err["message"] or "model" in err["message"]
+
+
+async def test_requests_before_the_model_is_loaded_get_503(make_settings):
+    from app import create_app
+
+    app = create_app(make_settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:   # lifespan not run
+        assert (await c.get("/healthz")).status_code == 200
+        assert_error(await c.get("/readyz"), 503, "not_ready", "loading")
+        assert_error(await c.post("/search", files=[upload(png(1))]), 503, "not_ready")
