@@ -88,8 +88,8 @@ class LiveServer:
                 self.process.wait(timeout=15)
 
 
-def start_server(env_extra: dict[str, str], workdir: Path, timeout: float = 180.0) -> LiveServer:
-    """Start `simsearch serve` on a free port; return once GET /index answers 200."""
+def start_server(env_extra: dict[str, str], workdir: Path, timeout: float = 120.0) -> LiveServer:
+    """Start `simsearch serve` on a free port; return once GET /readyz answers 200 (model and index loaded)."""
     import httpx
 
     port = free_port()
@@ -101,17 +101,21 @@ def start_server(env_extra: dict[str, str], workdir: Path, timeout: float = 180.
             cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = LiveServer(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + timeout
+    last = "no answer yet"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"simsearch serve exited with status {process.returncode}:\n{server.log_tail()}")
         try:
-            if httpx.get(f"{server.url}/index", timeout=5).status_code == 200:
+            response = httpx.get(f"{server.url}/readyz", timeout=5)
+            if response.status_code == 200:
                 return server
-        except httpx.HTTPError:
-            pass
+            last = f"{response.status_code} {response.text}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
         time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"simsearch serve did not answer GET /index within {timeout:.0f}s:\n{server.log_tail()}")
+    raise RuntimeError(f"simsearch serve was not ready within {timeout:.0f}s (GET /readyz: {last})\n"
+                       f"{server.log_tail(1500)}")
 
 
 def cifar10_images(shared_data: Path, per_class: int, split: str = "test",

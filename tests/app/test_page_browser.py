@@ -8,6 +8,7 @@ Screenshots land in test-artifacts/ (git-ignored).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -246,8 +247,10 @@ def test_a_too_large_upload_shows_the_services_error_in_words(page, server, gall
     expected = api_error_message(server, "/search", files={"file": ("noise.png", big.read_bytes(), "image/png")})
     upload(page, big)
     wait_for_search(page)
-    assert page.find_element("id", "search-error").text == expected
-    assert str(MAX_BODY_BYTES) in expected
+    shown = page.find_element("id", "search-error").text
+    # The message names the request's size, which differs by the multipart boundary: compare the rest.
+    assert re.sub(r"\d+", "N", shown) == re.sub(r"\d+", "N", expected)
+    assert str(MAX_BODY_BYTES) in shown
     assert result_ids(page) == []
 
 
