@@ -1,20 +1,13 @@
-"""Helpers for the browser test: a real `simsearch serve` process, headless Chromium, CIFAR-10 images.
+"""Helpers for the browser test: headless Chromium and real CIFAR-10 images.
 
-Nothing here is a stand-in: the server is the console script over real HTTP, the browser is Debian's
-Chromium driven by Selenium through chromedriver, the images come from the shared CIFAR-10 tarball.
+Nothing here is a stand-in: the browser is Debian's Chromium driven by Selenium through chromedriver,
+the images come from the shared CIFAR-10 tarball. (The real `simsearch serve` process comes from
+tests/app/conftest.py's start_server.)
 """
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
-import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,73 +42,6 @@ def make_driver(profile_dir: Path, width: int = 1280, height: int = 900):
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     return driver
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def simsearch_command() -> list[str]:
-    """The installed console script beside this interpreter (the venv's), else `python -m cli`."""
-    script = Path(sys.executable).with_name("simsearch")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("simsearch")
-    return [found] if found else [sys.executable, "-m", "cli"]
-
-
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)   # its own session: only this server and its children
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-
-
-def start_server(env_extra: dict[str, str], workdir: Path, timeout: float = 120.0) -> LiveServer:
-    """Start `simsearch serve` on a free port; return once GET /readyz answers 200 (model and index loaded)."""
-    import httpx
-
-    port = free_port()
-    log = workdir / "server.log"
-    env = {**os.environ, **env_extra}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*simsearch_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"simsearch serve exited with status {process.returncode}:\n{server.log_tail()}")
-        try:
-            response = httpx.get(f"{server.url}/readyz", timeout=5)
-            if response.status_code == 200:
-                return server
-            last = f"{response.status_code} {response.text}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"simsearch serve was not ready within {timeout:.0f}s (GET /readyz: {last})\n"
-                       f"{server.log_tail(1500)}")
 
 
 def cifar10_images(shared_data: Path, per_class: int, split: str = "test",

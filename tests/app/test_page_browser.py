@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._browser import ARTIFACTS, REPO, cifar10_images, make_driver, require_chromium, start_server
+from ._browser import ARTIFACTS, REPO, cifar10_images, make_driver, require_chromium
+from .conftest import start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +28,9 @@ WAIT = 60              # seconds; the CPU is shared, embedding on it is not inst
 # ---- fixtures ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, hybrid1_artifact):
+def page_server(tmp_path_factory, hybrid1_artifact):
+    """This module's own `simsearch serve` (the session-wide one of conftest.py is shared with other
+    tests, whose images would tie with ours and change the gallery size under the page)."""
     require_chromium()
     trained = REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"
     artifact = trained if trained.exists() else hybrid1_artifact
@@ -35,11 +38,11 @@ def server(tmp_path_factory, hybrid1_artifact):
     live = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
                          "SIMSEARCH_API_KEY": API_KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}, work)
     yield live
-    live.stop()
+    stop_server(live)
 
 
 @pytest.fixture(scope="module")
-def gallery(server, shared_data):
+def gallery(page_server, shared_data):
     """30 CIFAR-10 test images indexed over HTTP, one request per class; {id: (name, label, jpeg)}."""
     images = cifar10_images(shared_data, PER_CLASS)
     assert len(images) == 10 * PER_CLASS
@@ -47,11 +50,12 @@ def gallery(server, shared_data):
     for item in images:
         by_label.setdefault(item[1], []).append(item)
     indexed: dict[str, tuple[str, str, bytes]] = {}
-    with httpx.Client(base_url=server.url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
+    with httpx.Client(base_url=page_server.url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
         for label, group in by_label.items():
             files = [("file", (name, data, "image/jpeg")) for name, _, data in group]
             response = client.post("/index", files=files, data={"label": label})
-            assert response.status_code == 201, f"{response.status_code} {response.text}\n{server.log_tail()}"
+            assert response.status_code == 201, \
+                f"{response.status_code} {response.text}\n{page_server.log_tail()}"
             ids = response.json()["ids"]
             assert len(ids) == len(group)
             indexed.update(zip(ids, group))
@@ -59,20 +63,20 @@ def gallery(server, shared_data):
 
 
 @pytest.fixture(scope="module")
-def browser(server, tmp_path_factory):
+def browser(page_server, tmp_path_factory):
     driver = make_driver(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 
 
 @pytest.fixture
-def page(browser, server, gallery):
+def page(browser, page_server, gallery):
     """The page freshly loaded, once it has shown the gallery size."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server.url + "/")
+    browser.get(page_server.url + "/")
     browser.execute_script("sessionStorage.clear()")   # no API key left over from another test
-    browser.get(server.url + "/")
+    browser.get(page_server.url + "/")
     WebDriverWait(browser, WAIT).until(lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
     return browser
 
@@ -134,17 +138,17 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
-def api_error_message(server, path: str, **kwargs) -> str:
+def api_error_message(page_server, path: str, **kwargs) -> str:
     """The words the service itself gives for a failing request (the page must show exactly these)."""
-    response = httpx.post(server.url + path, timeout=120, **kwargs)
+    response = httpx.post(page_server.url + path, timeout=120, **kwargs)
     assert 400 <= response.status_code < 500, f"{response.status_code} {response.text}"
     return response.json()["error"]["message"]
 
 
 # ---- tests -------------------------------------------------------------------------------------------
 
-def test_page_shows_gallery_size_and_model(page, server, gallery):
-    info = httpx.get(server.url + "/index", timeout=30).json()
+def test_page_shows_gallery_size_and_model(page, page_server, gallery):
+    info = httpx.get(page_server.url + "/index", timeout=30).json()
     assert page.find_element("id", "gallery-count").text == str(info["count"])
     assert info["count"] >= len(gallery)
     assert page.find_element("id", "gallery-model").text == str(info["model"])
@@ -223,10 +227,11 @@ def test_label_filter_limits_results_to_that_label(page, gallery, tmp_path):
     assert {c["label"] for c in cards} == {"ship"}
 
 
-def test_a_non_image_upload_shows_the_services_error_in_words(page, server, gallery, tmp_path):
+def test_a_non_image_upload_shows_the_services_error_in_words(page, page_server, gallery, tmp_path):
     bogus = tmp_path / "notes.txt"
     bogus.write_text("this is not an image, just some words\n")
-    expected = api_error_message(server, "/search", files={"file": ("notes.txt", bogus.read_bytes(), "text/plain")})
+    expected = api_error_message(page_server, "/search",
+                                 files={"file": ("notes.txt", bogus.read_bytes(), "text/plain")})
     upload(page, bogus)
     wait_for_search(page)
     shown = page.find_element("id", "search-error").text
@@ -237,14 +242,15 @@ def test_a_non_image_upload_shows_the_services_error_in_words(page, server, gall
     screenshot(page, "page-error.png")
 
 
-def test_a_too_large_upload_shows_the_services_error_in_words(page, server, gallery, tmp_path):
+def test_a_too_large_upload_shows_the_services_error_in_words(page, page_server, gallery, tmp_path):
     import numpy as np
     from PIL import Image
 
     big = tmp_path / "noise.png"   # a real image, but random pixels do not compress: ~470 KB
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(big)
     assert big.stat().st_size > MAX_BODY_BYTES
-    expected = api_error_message(server, "/search", files={"file": ("noise.png", big.read_bytes(), "image/png")})
+    expected = api_error_message(page_server, "/search",
+                                 files={"file": ("noise.png", big.read_bytes(), "image/png")})
     upload(page, big)
     wait_for_search(page)
     shown = page.find_element("id", "search-error").text
@@ -267,13 +273,14 @@ def _wait_add(page):
                                     or "ok" in (d.find_element("id", "add-status").get_attribute("class") or ""))
 
 
-def test_adding_images_with_a_wrong_key_shows_the_error_and_adds_nothing(page, server, shared_data, tmp_path):
+def test_adding_images_with_a_wrong_key_shows_the_error_and_adds_nothing(page, page_server, shared_data,
+                                                                       tmp_path):
     (name, _, data), = cifar10_images(shared_data, 1, skip=PER_CLASS)[:1]
     image = tmp_path / name
     image.write_bytes(data)
-    expected = api_error_message(server, "/index", files={"file": (name, data, "image/jpeg")},
+    expected = api_error_message(page_server, "/index", files={"file": (name, data, "image/jpeg")},
                                  headers={"X-API-Key": "wrong-key"})
-    count_before = httpx.get(server.url + "/index", timeout=30).json()["count"]
+    count_before = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
     _open_add_panel(page)
     key = page.find_element("id", "api-key")
     key.clear()
@@ -282,16 +289,16 @@ def test_adding_images_with_a_wrong_key_shows_the_error_and_adds_nothing(page, s
     page.find_element("id", "add-submit").click()
     _wait_add(page)
     assert page.find_element("id", "add-error").text == expected
-    assert httpx.get(server.url + "/index", timeout=30).json()["count"] == count_before
+    assert httpx.get(page_server.url + "/index", timeout=30).json()["count"] == count_before
 
 
-def test_adding_images_with_the_api_key_grows_the_gallery(page, server, shared_data, tmp_path):
+def test_adding_images_with_the_api_key_grows_the_gallery(page, page_server, shared_data, tmp_path):
     extra = cifar10_images(shared_data, 1, skip=PER_CLASS + 1)[:2]
     paths = []
     for name, _, data in extra:
         paths.append(tmp_path / name)
         paths[-1].write_bytes(data)
-    count_before = httpx.get(server.url + "/index", timeout=30).json()["count"]
+    count_before = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
     assert page.find_element("id", "gallery-count").text == str(count_before)
     _open_add_panel(page)
     key = page.find_element("id", "api-key")
@@ -307,7 +314,7 @@ def test_adding_images_with_the_api_key_grows_the_gallery(page, server, shared_d
 
     WebDriverWait(page, WAIT).until(
         lambda d: d.find_element("id", "gallery-count").text == str(count_before + 2))
-    assert httpx.get(server.url + "/index", timeout=30).json()["count"] == count_before + 2
+    assert httpx.get(page_server.url + "/index", timeout=30).json()["count"] == count_before + 2
     # The key is kept for this tab (sessionStorage), so a reload still has it.
     assert page.execute_script("return sessionStorage.getItem('simsearch.apiKey')") == API_KEY
     page.refresh()
