@@ -34,4 +34,10 @@ class Metrics:
 
     def track_gallery(self, count: Callable[[], int]) -> None:
         """Read the gallery size from `count()` at every scrape."""
-        self.gallery.set_function(lambda: float(count()))
+        def read() -> float:
+            try:
+                return float(count())
+            except Exception:  # noqa: BLE001  (closed during shutdown: no value rather than a failed scrape)
+                return float("nan")
+
+        self.gallery.set_function(read)

@@ -297,8 +297,10 @@ async def add(request: Request):
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
     try:
         await anyio.to_thread.run_sync(service.store.upsert, items)
-    except index_pkg.StoreError as exc:
+    except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None
+    except index_pkg.StoreError as exc:
+        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
     return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201)
 
 

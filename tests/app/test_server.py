@@ -1,0 +1,204 @@
+"""A real `simsearch serve` process over real HTTP (and raw sockets where the point is what a client
+sends before the server answers)."""
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+
+import httpx
+import pytest
+
+from . import crafted
+from .conftest import SERVER_MAX_BODY, SERVER_MAX_CONCURRENCY, encode, pattern
+from .test_api import assert_error, png, upload
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def writer(server):
+    with httpx.Client(base_url=server.url, timeout=60, headers={"X-API-Key": server.key}) as c:
+        yield c
+
+
+def assert_alive(server, client) -> None:
+    assert server.alive(), server.log_tail()
+    assert client.post("/search?k=1", files=[upload(png(99))]).status_code == 200
+
+
+def raw_request(server, head: str, body: bytes = b"") -> socket.socket:
+    s = socket.create_connection((server.host, server.port), timeout=10)
+    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return s
+
+
+def read_response(s: socket.socket, timeout: float = 10) -> tuple[int, dict, bytes]:
+    s.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = s.recv(65536)
+        if not part:
+            break
+        data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    want = int(headers.get("content-length", "0"))
+    while len(body) < want:
+        part = s.recv(65536)
+        if not part:
+            break
+        body += part
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_index_search_get_list_delete_over_http(server, client, writer, cifar):
+    planes = cifar["airplane"]
+    r = writer.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(planes[:4])],
+                    data={"id": [f"http-{i}" for i in range(4)], "label": "airplane",
+                          "metadata": json.dumps({"source": "cifar10"})})
+    assert r.status_code == 201, r.text
+    assert r.json()["ids"] == [f"http-{i}" for i in range(4)]
+    hit = client.post("/search?k=2", files=[upload(planes[2], "q.jpg", "image/jpeg")]).json()["results"][0]
+    assert hit["id"] == "http-2" and hit["score"] == pytest.approx(1.0, abs=1e-5)
+    assert hit["metadata"] == {"source": "cifar10"} and hit["label"] == "airplane"
+    assert client.get("/index/http-1").json()["label"] == "airplane"
+    listing = client.get("/index?limit=100").json()
+    assert {f"http-{i}" for i in range(4)} <= {i["id"] for i in listing["items"]}
+    thumb = client.get("/index/http-0/thumbnail")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    neighbours = client.post("/search/http-0?k=3").json()["results"]
+    assert len(neighbours) == 3 and "http-0" not in {h["id"] for h in neighbours}
+    assert writer.delete("/index/http-3").status_code == 204
+    assert_error(client.get("/index/http-3"), 404, "not_found", "http-3")
+    metrics = client.get("/metrics").text
+    assert 'simsearch_requests_total{method="POST",route="/index",status="201"}' in metrics
+
+
+@pytest.mark.parametrize("files,status,code", [
+    ([upload(b"", "e.png")], 400, "empty_file"),
+    ([upload(b"%PDF-1.4 not an image", "x.png")], 415, "unsupported_format"),
+    ([upload(crafted.fits(), "x.jpg", "image/jpeg")], 415, "unsupported_format"),
+    ([upload(crafted.mpo(), "x.jpg", "image/jpeg")], 415, "unsupported_format"),
+    ([upload(crafted.png_claiming(20_000, 20_000), "bomb.png")], 413, "image_too_large"),
+    ([upload(encode(pattern(1, (200, 200)), "JPEG")[:900], "cut.jpg")], 400, "invalid_image"),
+])
+def test_bad_images_over_http_are_client_errors_and_the_server_keeps_serving(server, client, files, status, code):
+    assert_error(client.post("/search", files=files), status, code)
+    assert_alive(server, client)
+
+
+def test_k_out_of_range_and_unknown_id_over_http(server, client):
+    assert_error(client.post("/search?k=5000", files=[upload(png(1))]), 422, "invalid_parameter", "k")
+    assert_error(client.post("/search/no-such-id"), 404, "not_found", "no-such-id")
+    assert_error(client.delete("/index/no-such-id", headers={"X-API-Key": server.key}), 404, "not_found")
+    assert_alive(server, client)
+
+
+def test_wrong_or_missing_key_over_http(server, client):
+    assert_error(client.post("/index", files=[upload(png(1))]), 401, "missing_api_key")
+    assert_error(client.post("/index", files=[upload(png(1))], headers={"Authorization": "Bearer nope"}),
+                 403, "invalid_api_key")
+    assert_alive(server, client)
+
+
+def test_huge_body_with_wrong_key_is_refused_before_it_is_sent(server, client):
+    # Headers announcing 500 MB, then nothing: the answer must come without the body.
+    s = raw_request(server, f"POST /index HTTP/1.1\nHost: x\nX-API-Key: wrong\nContent-Length: {500 * 2**20}\n"
+                            "Content-Type: multipart/form-data; boundary=b\n")
+    t0 = time.perf_counter()
+    status, headers, body = read_response(s, timeout=5)
+    s.close()
+    assert status == 403 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert time.perf_counter() - t0 < 3
+    assert_alive(server, client)
+
+
+def test_content_length_over_the_limit_is_413_before_the_body(server, client):
+    s = raw_request(server, f"POST /search HTTP/1.1\nHost: x\nContent-Length: {SERVER_MAX_BODY + 1}\n"
+                            "Content-Type: multipart/form-data; boundary=b\n")
+    status, _, body = read_response(s, timeout=5)
+    s.close()
+    assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
+    assert str(SERVER_MAX_BODY) in json.loads(body)["error"]["message"]
+    assert_alive(server, client)
+
+
+def test_chunked_body_is_cut_at_the_limit_before_it_is_all_sent(server, client):
+    s = raw_request(server, "POST /search HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+                            "Content-Type: multipart/form-data; boundary=b\n")
+    start = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    s.sendall(b"%x\r\n" % len(start) + start + b"\r\n")
+    chunk = b"z" * 65536
+    frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    planned, sent = 40 * SERVER_MAX_BODY, 0
+    answered = False
+    try:
+        while sent < planned:
+            if select.select([s], [], [], 0)[0]:   # the server has answered: stop sending
+                answered = True
+                break
+            s.sendall(frame)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        answered = True
+    assert answered and sent < planned, f"sent all {sent} bytes without an answer"
+    status, _, body = read_response(s, timeout=10)
+    s.close()
+    assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
+    assert_alive(server, client)
+
+
+def test_past_the_concurrency_cap_503_at_once_while_healthz_answers(server, client):
+    # Hold SERVER_MAX_CONCURRENCY requests open by sending only part of their bodies.
+    held = [raw_request(server, "POST /search HTTP/1.1\nHost: x\nContent-Length: 1000\n"
+                                "Content-Type: multipart/form-data; boundary=b\n", b"--b\r\n")
+            for _ in range(SERVER_MAX_CONCURRENCY)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:   # until all the held requests have reached the app
+            t0 = time.perf_counter()
+            r = client.post("/search", files=[upload(png(1))])
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert_error(r, 503, "overloaded", f"{SERVER_MAX_CONCURRENCY} requests in flight")
+        assert time.perf_counter() - t0 < 2
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while client.post("/search", files=[upload(png(1))]).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_alive(server, client)
+
+
+def test_serve_rejects_more_than_one_worker(server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "simsearch"
+    r = subprocess.run([str(exe), "serve", "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--workers 2" in r.stderr
+
+
+def test_serve_reports_a_bad_setting_in_one_line(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "simsearch"
+    env = {**os.environ, "SIMSEARCH_MAX_BODY_BYTES": "lots"}
+    r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "SIMSEARCH_MAX_BODY_BYTES" in r.stderr and "'lots'" in r.stderr
+    assert "Traceback" not in r.stderr
