@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# simsearch: the HTTP service with the bundled CIFAR-10 Hybrid-1 model.
+#   docker build -t simsearch:cpu .                         (default: slim CPU image)
+#   docker build -t simsearch:gpu --build-arg VARIANT=gpu .  (CUDA torch + faiss-gpu; run with --gpus all)
+#   docker run -p 8000:8000 -v simsearch-data:/data -e SIMSEARCH_API_KEY=... simsearch:cpu
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a virtual environment with torch, faiss and the project ------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ARG VARIANT=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch first: the largest layer, and the one that changes least. The CPU wheels (about 200 MB)
+# come from the PyTorch CPU index; PyPI's Linux wheels are the CUDA build (several GB).
+RUN case "$VARIANT" in \
+      cpu) pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu ;; \
+      gpu) pip install torch torchvision ;; \
+      *) echo "VARIANT must be cpu or gpu, got '$VARIANT'" >&2; exit 1 ;; \
+    esac
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY cli ./cli
+COPY index ./index
+COPY model ./model
+COPY training ./training
+# faiss-gpu-cu12 has the same Python module as faiss-cpu: remove one before installing the other.
+RUN pip install . \
+    && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.8"; fi \
+    && python -c "import model, app, index; p = model.default_artifact_path('cifar10'); assert p.is_file(), f'bundled model missing: {p}'"
+
+# ---- runtime: the environment, a non-root user, the index on a volume --------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VARIANT=cpu
+LABEL org.opencontainers.image.title="simsearch" \
+      org.opencontainers.image.description="Image similarity search (Hybrid-1 + FAISS + FastAPI), ${VARIANT} variant"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    SIMSEARCH_DATA_DIR=/data \
+    SIMSEARCH_PORT=8000
+RUN groupadd --system --gid 10001 simsearch \
+    && useradd --system --uid 10001 --gid simsearch --home-dir /data --no-create-home \
+               --shell /usr/sbin/nologin simsearch \
+    && mkdir -p /data && chown simsearch:simsearch /data
+COPY --from=build /opt/venv /opt/venv
+USER simsearch:simsearch
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8000
+# Liveness; readiness (model and index loaded) is GET /readyz, used by docker-compose.yml.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+CMD ["simsearch", "serve", "--host", "0.0.0.0", "--port", "8000"]
