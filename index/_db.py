@@ -1,0 +1,125 @@
+"""The record of truth: SQLite in WAL mode with synchronous=FULL, so a commit survives kill -9
+(and power loss, as far as the disk honours fsync)."""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import struct
+from pathlib import Path
+
+from ._errors import StoreCorruptError
+
+log = logging.getLogger("index")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- seq: the sequence number of the write that produced this version of the row; it is also the
+-- row's int64 id in the FAISS index, so a replaced row gets a new FAISS id.
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    vector BLOB NOT NULL,
+    label TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS items_label_seq ON items(label, seq);
+CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+
+def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """Open (creating when allowed) the database; StoreCorruptError when it is not readable."""
+    try:
+        if read_only:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+        # Touch the schema so that "file is not a database" surfaces here, at open.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorruptError(
+            f"cannot open the store's database {path}: {exc}. It is the record of truth, so the "
+            f"store will not start on it; restore it from a backup or move it away to start empty"
+        ) from None
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    try:
+        conn.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorruptError(f"cannot initialise the store's database: {exc}") from None
+
+
+def get_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def check_wal(db_path: Path) -> None:
+    """Look at the WAL (the journal) before SQLite replays it and log clearly what will not be
+    recovered: frames after the last committed transaction, or a torn / corrupt tail. SQLite
+    itself recovers every intact committed transaction; this makes the discarded part visible."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    try:
+        data = wal.read_bytes()
+    except FileNotFoundError:
+        return
+    if len(data) == 0:
+        return
+    if len(data) < 32:
+        log.error("index: journal %s is truncated to %d bytes (no valid header); SQLite will ignore "
+                  "it and recover from the database file alone", wal, len(data))
+        return
+    magic, _version, page_size, _ckpt, salt1, salt2, c1, c2 = struct.unpack(">8I", data[:32])
+    if magic not in (0x377F0682, 0x377F0683):
+        log.error("index: journal %s has a corrupt header; SQLite will ignore it", wal)
+        return
+    big = magic & 1
+    fmt = ">" if big else "<"
+
+    def cksum(buf: bytes, s1: int, s2: int) -> tuple[int, int]:
+        words = struct.unpack(f"{fmt}{len(buf) // 4}I", buf)
+        for i in range(0, len(words), 2):
+            s1 = (s1 + words[i] + s2) & 0xFFFFFFFF
+            s2 = (s2 + words[i + 1] + s1) & 0xFFFFFFFF
+        return s1, s2
+
+    s1, s2 = cksum(data[:24], 0, 0)
+    if (s1, s2) != (c1, c2):
+        log.error("index: journal %s header checksum mismatch; SQLite will ignore the journal", wal)
+        return
+    frame = 24 + page_size
+    off, frames, committed_end, last_commit_frames = 32, 0, 32, 0
+    while off + frame <= len(data):
+        hdr = data[off:off + 24]
+        _pgno, commit, fs1, fs2, fc1, fc2 = struct.unpack(">6I", hdr)
+        if (fs1, fs2) != (salt1, salt2):
+            break  # frames of an earlier WAL generation: normal after a checkpoint
+        s1, s2 = cksum(hdr[:8], s1, s2)
+        s1, s2 = cksum(data[off + 24:off + frame], s1, s2)
+        if (s1, s2) != (fc1, fc2):
+            log.error("index: journal %s: frame %d fails its checksum (corrupt); the %d committed "
+                      "frames before it are recovered, everything from it on is discarded",
+                      wal, frames, last_commit_frames)
+            return
+        frames += 1
+        off += frame
+        if commit:
+            committed_end, last_commit_frames = off, frames
+    uncommitted = frames - last_commit_frames
+    if uncommitted:
+        log.warning("index: journal %s: %d frames after the last commit are discarded (a write "
+                    "that was interrupted before it was committed, so never acknowledged)",
+                    wal, uncommitted)
+    tail = len(data) - off
+    if 0 < tail < frame and off == len(data) - tail and committed_end == off:
+        # A partial frame right after valid frames with nothing else: a torn write or truncation.
+        torn_salt = len(data) - off >= 24 and struct.unpack(">2I", data[off + 8:off + 16]) == (salt1, salt2)
+        if torn_salt or tail < 24:
+            log.warning("index: journal %s ends with a partial frame (%d bytes: an interrupted or "
+                        "truncated write); the %d committed frames before it are recovered",
+                        wal, tail, last_commit_frames)

@@ -1,0 +1,30 @@
+"""Errors raised by the store: all StoreError subclasses, each message naming the wrong value."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class ModelMismatchError(StoreError):
+    """The store holds vectors of another model or dimension than the one asked for."""
+
+
+class InvalidItemError(StoreError, ValueError):
+    """An id, vector, label, metadata object or query is malformed."""
+
+
+class StoreCorruptError(StoreError):
+    """The record of truth (SQLite) cannot be read; the message says which file and why."""
+
+
+class StoreLockedError(StoreError):
+    """Another process has the store open for writing."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after close()."""
+
+
+class ReadOnlyError(StoreError):
+    """A write was attempted on a store opened read-only."""

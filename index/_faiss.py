@@ -1,0 +1,265 @@
+"""The derived FAISS side: presets, building and training, search parameters, snapshots, GPU."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ._errors import InvalidItemError
+
+log = logging.getLogger("index")
+
+# Named presets. "{nlist}" and "{m}" are filled in at training time from the gallery size and dim.
+PRESETS: dict[str, str] = {
+    "flat": "Flat",
+    "hnsw": "HNSW32,Flat",
+    "ivf": "IVF{nlist},Flat",
+    # 4-bit fast-scan PQ (dim/4 bytes) trains ~10x faster than 8-bit PQ; the SQ8 refine stage
+    # (dim bytes) re-ranks k_factor*k candidates, which is what brings recall@10 above 0.95.
+    "ivfpq": "IVF{nlist},PQ{m}x4fs,Refine(SQ8)",
+}
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+IVFPQ_K_FACTOR = 8
+
+
+def nlist_for(n: int) -> int:
+    """IVF list count for a gallery of n vectors: about 4*sqrt(n), with at least 39 training
+    points a list (FAISS's own minimum), clamped to [8, 16384]."""
+    return int(max(8, min(16384, 4 * math.sqrt(n), n // 39)))
+
+
+def nprobe_for(nlist: int) -> int:
+    """Lists probed per query: 1/8 of them (at least 16). Measured recall is in docs/index.md."""
+    return int(min(nlist, max(16, nlist // 8)))
+
+
+def factory_for(spec: str, dim: int, n: int) -> str:
+    """The FAISS factory string for a preset name or factory string, given the gallery size n."""
+    template = PRESETS.get(spec, spec)
+    m = next(m for m in (dim // 4, dim // 2, dim) if m and dim % m == 0 and m % 2 == 0)
+    return template.format(nlist=nlist_for(max(n, 1)), m=m)
+
+
+def needs_training(spec: str, dim: int) -> bool:
+    """Whether the index kind must be trained before vectors can be added."""
+    return not _new_index(factory_for(spec, dim, 100_000), dim).is_trained
+
+
+def validate_spec(spec: str, dim: int) -> None:
+    """Raise InvalidItemError naming the spec when FAISS cannot build it."""
+    try:
+        _new_index(factory_for(spec, dim, 100_000), dim)
+    except Exception as exc:  # FAISS raises RuntimeError with its C++ message
+        raise InvalidItemError(f"index {spec!r} is not a preset ({', '.join(PRESETS)}) "
+                               f"nor a valid FAISS factory string: {str(exc).strip()[:200]}") from None
+
+
+def _new_index(factory: str, dim: int) -> faiss.Index:
+    return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def build(spec: str, dim: int, train_vectors: np.ndarray | None) -> tuple[faiss.Index, str]:
+    """A new empty index of kind `spec` taking int64 ids, trained on `train_vectors` when it needs
+    it. With train_vectors None an index that needs training falls back to exact (Flat).
+    IVF indexes take ids themselves (and renumber nothing on removal), so they are used as they
+    are; everything else is wrapped in an IndexIDMap."""
+    n = 0 if train_vectors is None else len(train_vectors)
+    factory = factory_for(spec, dim, n)
+    inner = _new_index(factory, dim)
+    if not inner.is_trained:
+        if train_vectors is None:
+            factory, inner = "Flat", _new_index("Flat", dim)
+        else:
+            inner.train(np.ascontiguousarray(train_vectors, dtype=np.float32))
+    hnsw = _find(inner, faiss.IndexHNSW)
+    if hnsw is not None:
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if isinstance(inner, faiss.IndexIVF):
+        return inner, factory
+    return faiss.IndexIDMap(inner), factory
+
+
+def _find(index: faiss.Index, cls):
+    """The first index of class `cls` in a (possibly nested) index, or None."""
+    index = faiss.downcast_index(index)
+    while index is not None:
+        if isinstance(index, cls):
+            return index
+        if isinstance(index, faiss.IndexIDMap):
+            index = faiss.downcast_index(index.index)
+        elif isinstance(index, faiss.IndexRefine):
+            index = faiss.downcast_index(index.base_index)
+        elif isinstance(index, faiss.IndexPreTransform):
+            index = faiss.downcast_index(index.index)
+        else:
+            return None
+    return None
+
+
+def inner(index: faiss.Index) -> faiss.Index:
+    """The index under the IndexIDMap wrapper (or the index itself: IVF has no wrapper)."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def supports_remove(index: faiss.Index) -> bool:
+    """Flat (renumbered by IndexIDMap) and IVF (own ids) can remove vectors; HNSW and refine
+    indexes cannot: the store hides their removed ids with an IDSelector until a rebuild."""
+    return isinstance(index, faiss.IndexIVF) or isinstance(inner(index), faiss.IndexFlat)
+
+
+def is_exact(index: faiss.Index) -> bool:
+    return isinstance(inner(index), faiss.IndexFlat)
+
+
+def ids_of(index: faiss.Index) -> np.ndarray:
+    """The external (int64) ids the index holds."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    inv = index.invlists
+    parts = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+             for i in range(index.nlist) if inv.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def search_params(index: faiss.Index, sel, k: int, nprobe: int | None, ef_search: int | None,
+                  k_factor: int | None):
+    """(SearchParameters for this index kind, objects to keep alive while it is used): the
+    selector (on external ids) plus nprobe / efSearch / k_factor."""
+    base = inner(index)
+    if isinstance(base, faiss.IndexRefine):
+        # IndexRefine passes only base_index_params to its base index, with the base's internal
+        # ids; IndexIDMap translates only params.sel. So translate for the base ourselves.
+        tsel = faiss.IDSelectorTranslated(index.id_map, sel) if sel is not None else None
+        sub = _params_for(faiss.downcast_index(base.base_index), tsel, k, nprobe, ef_search)
+        params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor or IVFPQ_K_FACTOR),
+                                                   base_index_params=sub)
+        return params, (sub, tsel)
+    return _params_for(base, sel, k, nprobe, ef_search), None
+
+
+def _params_for(base, sel, k, nprobe, ef_search):
+    if isinstance(base, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or HNSW_EF_SEARCH, k))
+    if isinstance(base, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or nprobe_for(base.nlist))
+    if sel is None:
+        return None
+    return faiss.SearchParameters(sel=sel)
+
+
+def describe(index: faiss.Index) -> str:
+    base = inner(index)
+    name = type(base).__name__
+    ivf = _find(base, faiss.IndexIVF)
+    return f"{name}(nlist={ivf.nlist})" if ivf is not None else name
+
+
+# ---- GPU -------------------------------------------------------------------------------------
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class GpuMirror:
+    """A GPU copy of the CPU index for unfiltered searches, re-copied lazily after writes.
+    The CPU index stays the master (mutations, selectors, snapshots)."""
+
+    def __init__(self) -> None:
+        self._res = faiss.StandardGpuResources()
+        self._gpu = None
+        self._version = -1
+
+    def get(self, index: faiss.Index, version: int):
+        """The GPU copy of `index` at `version`, or None when this kind cannot run on the GPU."""
+        if self._version != version:
+            try:
+                self._gpu = faiss.index_cpu_to_gpu(self._res, 0, index)
+            except Exception as exc:  # e.g. HNSW has no GPU implementation
+                log.info("index: %s stays on the CPU (%s)", describe(index), str(exc).strip()[:120])
+                self._gpu = None
+            self._version = version
+        return self._gpu
+
+
+# ---- snapshots -------------------------------------------------------------------------------
+
+_MAGIC = b"SIMSNAP1"
+_HEADER = struct.Struct("<8sQQI")  # magic, header-json length, payload length, crc32(json+payload)
+
+
+@dataclass
+class Snapshot:
+    seq: int
+    meta: dict
+    index: faiss.Index
+
+
+class SnapshotError(Exception):
+    """The snapshot file is unreadable; the message says why."""
+
+
+def write_snapshot(path: Path, payload: np.ndarray, meta: dict) -> None:
+    """Write atomically: a temp file in the same folder, fsync, rename over, fsync the folder."""
+    head = json.dumps(meta, sort_keys=True).encode()
+    data = memoryview(payload).cast("B")
+    crc = zlib.crc32(data, zlib.crc32(head))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(_HEADER.pack(_MAGIC, len(head), len(data), crc))
+        f.write(head)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Read and verify a snapshot; SnapshotError says what is wrong (truncated, bad checksum...)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_HEADER.size)
+            if len(raw) < _HEADER.size:
+                raise SnapshotError(f"truncated header ({len(raw)} bytes)")
+            magic, hlen, plen, crc = _HEADER.unpack(raw)
+            if magic != _MAGIC:
+                raise SnapshotError(f"not a snapshot (magic {magic!r})")
+            head = f.read(hlen)
+            payload = np.fromfile(f, dtype=np.uint8, count=plen)
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc}") from None
+    if len(head) != hlen or len(payload) != plen:
+        raise SnapshotError(f"truncated: {len(head) + len(payload) + _HEADER.size} of "
+                            f"{hlen + plen + _HEADER.size} bytes")
+    if zlib.crc32(payload, zlib.crc32(head)) != crc:
+        raise SnapshotError("checksum mismatch (corrupt)")
+    try:
+        meta = json.loads(head)
+        index = faiss.deserialize_index(payload)  # already downcast, and the owner of its parts
+    except Exception as exc:
+        raise SnapshotError(f"cannot decode: {str(exc).strip()[:200]}") from None
+    if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIVF)):
+        raise SnapshotError(f"unexpected index type {type(index).__name__}")
+    return Snapshot(int(meta["seq"]), meta, index)
+
+
+def serialize(index: faiss.Index) -> np.ndarray:
+    return faiss.serialize_index(index)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

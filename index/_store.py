@@ -1,0 +1,778 @@
+"""Store: string ids, vectors, labels, metadata and thumbnails; SQLite is the record of truth,
+the FAISS index is derived from it and snapshotted. See docs/index.md."""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import faiss
+import numpy as np
+
+from . import _db, _faiss
+from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
+                      StoreCorruptError, StoreError, StoreLockedError)
+from ._rwlock import RWLock
+from ._types import Hit, Item, StoreConfig, score_to_distance
+
+log = logging.getLogger("index")
+
+DB_NAME = "store.sqlite3"
+SNAPSHOT_NAME = "index.snapshot"
+LOCK_NAME = "LOCK"
+MAX_ID_LEN = 1024
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class Store:
+    """A durable gallery of vectors with string ids. Open with Store.open(config).
+
+    Thread-safe: searches run concurrently with each other and with writes; a write becomes
+    visible to searches all at once (under an exclusive lock) after it is committed."""
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: StoreConfig) -> "Store":
+        """Create or recover the store at config.path. Raises ModelMismatchError when the store
+        holds another model or dimension, StoreCorruptError when its database is unreadable,
+        StoreLockedError when another process has it open for writing."""
+        return cls(config)
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._path = config.path
+        self._db_path = self._path / DB_NAME
+        self._snap_path = self._path / SNAPSHOT_NAME
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._rw = RWLock()
+        self._writer = threading.Lock()      # one write (commit + apply) at a time
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._snap_thread: threading.Thread | None = None
+        self._snapshot_lock = threading.Lock()
+        self._gpu = None
+        self._version = 0                    # bumped on every applied write (caches, GPU mirror)
+        self._label_cache: dict[str | None, tuple[int, np.ndarray]] = {}
+        try:
+            self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self) -> None:
+        cfg = self.config
+        if cfg.read_only:
+            if not self._db_path.exists():
+                raise StoreError(f"no store at {self._path} ({DB_NAME} is missing)")
+        else:
+            self._path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            _db.check_wal(self._db_path)
+        self._conn = _db.connect(self._db_path, cfg.read_only)
+        if not cfg.read_only:
+            _db.init_schema(self._conn)
+        try:
+            meta = _db.get_meta(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruptError(f"cannot read the store's database {self._db_path}: {exc}") from None
+        self._init_meta(meta)
+        self._open_index()
+
+    def _take_lock(self) -> None:
+        fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreLockedError(f"the store at {self._path} is open for writing in another "
+                                   f"process (pid {holder or '?'}); open it read_only to inspect it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _init_meta(self, meta: dict[str, str]) -> None:
+        cfg = self.config
+        if "model_id" in meta:
+            have_model, have_dim = meta["model_id"], int(meta["dim"])
+            if (cfg.model_id is not None and cfg.model_id != have_model) or \
+                    (cfg.dim is not None and cfg.dim != have_dim):
+                raise ModelMismatchError(
+                    f"the store at {self._path} holds vectors of model {have_model!r} (dim "
+                    f"{have_dim}), not of model {cfg.model_id!r} (dim {cfg.dim}); use another "
+                    f"--data folder or re-index with that model")
+            self.model_id, self.dim = have_model, have_dim
+            self.spec = cfg.index or meta.get("index", "flat")
+            self._last_seq = int(meta.get("last_seq", 0))
+        else:
+            if cfg.read_only:
+                raise StoreError(f"the store at {self._path} is empty (no model recorded)")
+            if cfg.model_id is None or cfg.dim is None:
+                raise StoreError(f"a new store at {self._path} needs model_id and dim "
+                                 f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")
+            if not isinstance(cfg.dim, int) or cfg.dim <= 0:
+                raise InvalidItemError(f"dim must be a positive integer, got {cfg.dim!r}")
+            self.model_id, self.dim = cfg.model_id, cfg.dim
+            self.spec = cfg.index or "flat"
+            self._last_seq = 0
+        _faiss.validate_spec(self.spec, self.dim)
+        self._needs_training = _faiss.needs_training(self.spec, self.dim)
+        if not cfg.read_only:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for k, v in (("model_id", self.model_id), ("dim", str(self.dim)),
+                             ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
+                             ("last_seq", str(self._last_seq))):
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+        self._stored_spec = meta.get("index")
+
+    # ---- recovery: snapshot + replay --------------------------------------------------------
+
+    def _open_index(self) -> None:
+        t0 = time.perf_counter()
+        # In-memory view of the applied state: FAISS id (= row seq) -> (id, label, metadata json).
+        self._rows: dict[int, tuple[str, str | None, str]] = {}
+        self._fid_of: dict[str, int] = {}
+        self._by_label: dict[str | None, set[int]] = {}
+        self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
+        for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
+            self._rows[seq] = (id_, label, meta)
+            self._fid_of[id_] = seq
+            self._by_label.setdefault(label, set()).add(seq)
+        max_row_seq = max(self._rows, default=0)
+        if max_row_seq > self._last_seq:  # cannot happen with our writes; trust the rows
+            log.warning("index: rows up to seq %d beyond recorded last_seq %d", max_row_seq, self._last_seq)
+            self._last_seq = max_row_seq
+
+        snap = self._load_snapshot()
+        if snap is None:
+            self._rebuild_locked(reason="no usable snapshot")
+            self._snapshot_seq = 0
+        else:
+            self._index, self._factory = snap.index, snap.meta["factory"]
+            self._trained_n = int(snap.meta.get("trained_n", 0))
+            self._snapshot_seq = snap.seq
+            live = np.fromiter(self._rows.keys(), dtype=np.int64, count=len(self._rows))
+            in_index = _faiss.ids_of(self._index)
+            stale = in_index[~np.isin(in_index, live)]        # deleted or replaced since
+            tail = live[live > snap.seq]                      # written since
+            missing = live[(live <= snap.seq) & ~np.isin(live, in_index)]
+            if len(missing):
+                log.error("index: snapshot lacks %d rows it should hold; adding them from the "
+                          "record of truth", len(missing))
+            self._remove_fids(stale)
+            self._add_fids(np.concatenate([missing, tail]))
+            log.info("index: loaded snapshot at seq %d (%d vectors), replayed %d writes and %d "
+                     "removals after it", snap.seq, snap.index.ntotal, len(tail), len(stale))
+        self._applied_seq = self._last_seq
+        self._maybe_train_locked()
+        self._setup_gpu()
+        log.info("index: opened %s: %d items, %s, model %s, dim %d, seq %d (%.2fs)", self._path,
+                 len(self._rows), _faiss.describe(self._index), self.model_id, self.dim,
+                 self._applied_seq, time.perf_counter() - t0)
+
+    def _load_snapshot(self) -> _faiss.Snapshot | None:
+        if not self._snap_path.exists():
+            return None
+        try:
+            snap = _faiss.read_snapshot(self._snap_path)
+        except _faiss.SnapshotError as exc:
+            aside = self._set_aside(self._snap_path)
+            log.error("index: snapshot %s is unusable (%s); moved it to %s and rebuilding the "
+                      "index from the record of truth (%d items)", self._snap_path, exc, aside,
+                      len(self._rows))
+            return None
+        m = snap.meta
+        if (m.get("model_id"), m.get("dim"), m.get("spec")) != (self.model_id, self.dim, self.spec):
+            log.warning("index: snapshot is for model %s dim %s index %s, the store is %s dim %d "
+                        "index %s; rebuilding", m.get("model_id"), m.get("dim"), m.get("spec"),
+                        self.model_id, self.dim, self.spec)
+            return None
+        if snap.seq > self._last_seq:
+            log.error("index: snapshot is at seq %d but the record of truth ends at seq %d: the "
+                      "database lost acknowledged writes (restored from an older copy, or its "
+                      "journal was removed). Serving what the database holds; the snapshot is "
+                      "moved to %s for inspection", snap.seq, self._last_seq,
+                      self._set_aside(self._snap_path))
+            return None
+        return snap
+
+    @staticmethod
+    def _set_aside(path: Path) -> Path:
+        aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return path
+        return aside
+
+    def _rebuild_locked(self, reason: str) -> None:
+        """Build the index from the record of truth (caller holds the writer lock or is opening)."""
+        n = len(self._rows)
+        train = None
+        if self._needs_training and n >= self._train_threshold():
+            train = self._training_sample()
+        index, factory = _faiss.build(self.spec, self.dim, train)
+        self._index, self._factory = index, factory
+        self._trained_n = 0 if train is None else n
+        self._dead = set()
+        self._add_fids(np.fromiter(self._rows.keys(), dtype=np.int64, count=n))
+        log.info("index: built %s from %d items (%s)", _faiss.describe(index), n, reason)
+
+    def _train_threshold(self) -> int:
+        return max(self.config.train_threshold, 1)
+
+    def _maybe_train_locked(self) -> bool:
+        """Train the approximate index once the gallery is big enough (until then: exact)."""
+        if (_faiss.is_exact(self._index) and self._needs_training
+                and len(self._rows) >= self._train_threshold()):
+            self._rebuild_locked(reason=f"gallery reached the training threshold "
+                                        f"{self._train_threshold()}")
+            return True
+        return False
+
+    def _setup_gpu(self) -> None:
+        want = self.config.use_gpu
+        if want is False:
+            return
+        if _faiss.gpu_available():
+            self._gpu = _faiss.GpuMirror()
+            log.info("index: GPU FAISS available; unfiltered searches run on GPU 0")
+        elif want:
+            log.warning("index: use_gpu=True but this FAISS build has no GPU support or sees no "
+                        "GPU; searching on the CPU")
+
+    def _fetch_vectors(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(seqs, vectors) of the rows with these seqs, read from the database in chunks."""
+        fids = np.sort(np.asarray(fids, dtype=np.int64))
+        conn = self._read_conn()
+        out_ids, out_vecs = [], []
+        for start in range(0, len(fids), 20_000):
+            chunk = fids[start:start + 20_000]
+            if len(chunk) > 900:  # a range scan on the seq index beats a long IN list
+                rows = conn.execute("SELECT seq, vector FROM items WHERE seq BETWEEN ? AND ?",
+                                    (int(chunk[0]), int(chunk[-1]))).fetchall()
+                want = set(chunk.tolist())
+                rows = [r for r in rows if r[0] in want]
+            else:
+                rows = conn.execute(f"SELECT seq, vector FROM items WHERE seq IN "
+                                    f"({','.join('?' * len(chunk))})", [int(x) for x in chunk]).fetchall()
+            if rows:
+                out_ids.append(np.array([r[0] for r in rows], dtype=np.int64))
+                out_vecs.append(_blobs_to_matrix([r[1] for r in rows], self.dim))
+        if not out_ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out_ids), np.concatenate(out_vecs)
+
+    def _add_fids(self, fids: np.ndarray, index: faiss.Index | None = None) -> None:
+        """Add the rows with these seqs to `index` (default: the live one), vectors from the database."""
+        index = self._index if index is None else index
+        fids = np.asarray(fids, dtype=np.int64)
+        for start in range(0, len(fids), 100_000):
+            ids, vecs = self._fetch_vectors(fids[start:start + 100_000])
+            if len(ids):
+                index.add_with_ids(vecs, ids)
+
+    def _training_sample(self) -> np.ndarray:
+        n = len(self._rows)
+        fids = np.fromiter(self._rows.keys(), dtype=np.int64, count=n)
+        m = _train_sample(n)
+        if m < n:
+            fids = np.random.default_rng(0).choice(fids, m, replace=False)
+        return self._fetch_vectors(fids)[1]
+
+    def _remove_fids(self, fids: Iterable[int]) -> None:
+        fids = np.asarray(list(fids) if not isinstance(fids, np.ndarray) else fids, dtype=np.int64)
+        if not len(fids):
+            return
+        if _faiss.supports_remove(self._index):
+            self._index.remove_ids(faiss.IDSelectorBatch(fids))
+        else:
+            self._dead.update(fids.tolist())
+
+    # ---- connections -------------------------------------------------------------------------
+
+    def _read_conn(self) -> sqlite3.Connection:
+        """A per-thread connection for reads (WAL readers never block the writer)."""
+        self._check_open()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
+                sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the store at {self._path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.config.read_only:
+            raise ReadOnlyError(f"the store at {self._path} was opened read-only")
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def upsert(self, items: Sequence[Item]) -> int:
+        """Add or replace items (same id: replaced, including label, metadata and thumbnail).
+        Returns the number written. Durable when it returns: the commit is fsynced, so it
+        survives kill -9. All items are validated first; an invalid one writes nothing."""
+        self._check_writable()
+        rows = {}
+        for item in items:  # the last of duplicate ids wins
+            rows[self._check_id(item.id)] = self._validate(item)
+        if not rows:
+            return 0
+        with self._writer:
+            self._check_writable()
+            seq0 = self._last_seq
+            new: list[tuple[int, str, np.ndarray, str | None, str]] = []
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                seq = seq0
+                for id_, (vec, label, meta, thumb) in rows.items():
+                    seq += 1
+                    conn.execute("INSERT OR REPLACE INTO items (id, seq, vector, label, metadata) "
+                                 "VALUES (?, ?, ?, ?, ?)", (id_, seq, vec.tobytes(), label, meta))
+                    if thumb is None:
+                        conn.execute("DELETE FROM thumbnails WHERE id = ?", (id_,))
+                    else:
+                        conn.execute("INSERT OR REPLACE INTO thumbnails VALUES (?, ?)", (id_, thumb))
+                    new.append((seq, id_, vec, label, meta))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._last_seq = seq
+            self._apply(new, [], seq)
+        self._after_write(len(new))
+        return len(new)
+
+    def delete(self, ids: Iterable[str]) -> list[str]:
+        """Delete items by id; returns the ids that existed (and are now gone). Durable on return."""
+        self._check_writable()
+        ids = list(dict.fromkeys(self._check_id(i) for i in ids))
+        if not ids:
+            return []
+        with self._writer:
+            self._check_writable()
+            conn = self._conn
+            gone: list[str] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for id_ in ids:
+                    if conn.execute("DELETE FROM items WHERE id = ?", (id_,)).rowcount:
+                        gone.append(id_)
+                    conn.execute("DELETE FROM thumbnails WHERE id = ?", (id_,))
+                seq = self._last_seq + 1 if gone else self._last_seq
+                if gone:  # a delete is a write with its own sequence number
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if gone:
+                self._last_seq = seq
+                self._apply([], gone, seq)
+        self._after_write(len(gone))
+        return gone
+
+    def _apply(self, new, deleted_ids: list[str], seq: int) -> None:
+        """Make a committed write visible to searches, all at once (exclusive lock)."""
+        with self._rw.write():
+            try:
+                old = [self._fid_of[i] for i in deleted_ids + [n[1] for n in new] if i in self._fid_of]
+                self._remove_fids(old)
+                for fid in old:
+                    id_, label, _ = self._rows.pop(fid)
+                    del self._fid_of[id_]
+                    self._by_label[label].discard(fid)
+                if new:
+                    fids = np.array([n[0] for n in new], dtype=np.int64)
+                    self._index.add_with_ids(np.stack([n[2] for n in new]), fids)
+                    for fid, id_, _vec, label, meta in new:
+                        self._rows[fid] = (id_, label, meta)
+                        self._fid_of[id_] = fid
+                        self._by_label.setdefault(label, set()).add(fid)
+                self._applied_seq = seq
+                self._version += 1
+            except Exception as exc:
+                # The write is committed; rebuild the derived index from the record of truth.
+                log.error("index: applying write seq %d to FAISS failed (%s); rebuilding", seq, exc)
+                self._rebuild_locked(reason="recovery after a failed apply")
+                self._applied_seq = seq
+                self._version += 1
+            if _faiss.is_exact(self._index) and self._needs_training \
+                    and len(self._rows) >= self._train_threshold():
+                # Crossing the threshold: train now (searches wait; documented in docs/index.md).
+                self._maybe_train_locked()
+            elif len(self._dead) > max(1000, len(self._rows) // 5):
+                self._rebuild_locked(reason=f"{len(self._dead)} removed vectors to compact")
+
+    def _after_write(self, n: int) -> None:
+        every = self.config.snapshot_every
+        if every and self._applied_seq - self._snapshot_seq >= every:
+            t = self._snap_thread
+            if t is None or not t.is_alive():
+                self._snap_thread = threading.Thread(target=self._background_snapshot,
+                                                     name="index-snapshot", daemon=True)
+                self._snap_thread.start()
+
+    def _background_snapshot(self) -> None:
+        try:
+            self.snapshot()
+        except StoreClosedError:
+            pass
+        except Exception:  # a failed snapshot loses nothing (the database has it): log, go on
+            log.exception("index: background snapshot failed")
+
+    # ---- validation --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_id(id_: Any) -> str:
+        if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_LEN or "\x00" in id_:
+            raise InvalidItemError(f"an id must be a non-empty string of at most {MAX_ID_LEN} "
+                                   f"characters without NUL, got {id_!r:.80}")
+        return id_
+
+    def _validate(self, item: Item):
+        vec = self._check_vector(item.vector, f"item {item.id!r}")[0]
+        if item.label is not None and not isinstance(item.label, str):
+            raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
+        meta = item.metadata if item.metadata is not None else {}
+        if not isinstance(meta, dict):
+            raise InvalidItemError(f"item {item.id!r}: metadata must be a JSON object (dict), "
+                                   f"got {type(meta).__name__}")
+        try:
+            meta_json = json.dumps(meta, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidItemError(f"item {item.id!r}: metadata is not JSON-serialisable: {exc}") from None
+        if len(meta_json) > MAX_METADATA_BYTES:
+            raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, "
+                                   f"more than {MAX_METADATA_BYTES}")
+        thumb = item.thumbnail
+        if thumb is not None and not isinstance(thumb, (bytes, bytearray, memoryview)):
+            raise InvalidItemError(f"item {item.id!r}: thumbnail must be bytes, got {type(thumb).__name__}")
+        return vec, item.label, meta_json, (bytes(thumb) if thumb is not None else None)
+
+    def _check_vector(self, v: Any, what: str, batch: bool = False) -> np.ndarray:
+        """float32, L2-normalised copy; InvalidItemError naming the wrong shape, dtype or value."""
+        arr = np.asarray(v)
+        if not (np.issubdtype(arr.dtype, np.floating)):
+            raise InvalidItemError(f"{what}: vector dtype must be floating point, got {arr.dtype}")
+        if batch and arr.ndim == 1:
+            arr = arr[None]
+        want = "(n, %d)" % self.dim if batch else "(%d,)" % self.dim
+        if (batch and (arr.ndim != 2 or arr.shape[1] != self.dim)) or \
+                (not batch and arr.shape != (self.dim,)):
+            raise InvalidItemError(f"{what}: vector shape must be {want} for model {self.model_id!r}, "
+                                   f"got {arr.shape}")
+        arr = np.array(arr, dtype=np.float32, ndmin=2)
+        if not np.isfinite(arr).all():
+            raise InvalidItemError(f"{what}: vector contains NaN or infinity")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise InvalidItemError(f"{what}: vector has zero length (cannot be normalised)")
+        return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, id: str) -> Item | None:
+        """The item with this id (vector, label, metadata; thumbnail not loaded), or None."""
+        row = self._read_conn().execute("SELECT id, vector, label, metadata FROM items WHERE id = ?",
+                                        (id,)).fetchone()
+        return None if row is None else _row_to_item(row, self.dim)
+
+    def thumbnail(self, id: str) -> bytes | None:
+        """The stored thumbnail bytes of an item, or None."""
+        row = self._read_conn().execute("SELECT data FROM thumbnails WHERE id = ?", (id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def __contains__(self, id: str) -> bool:
+        with self._rw.read():
+            return id in self._fid_of
+
+    def has_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of `ids` present in the store (fast: in memory)."""
+        with self._rw.read():
+            return {i for i in ids if i in self._fid_of}
+
+    def count(self, label: str | None = None) -> int:
+        """Number of items (with this label, when given)."""
+        self._check_open()
+        with self._rw.read():
+            return len(self._rows) if label is None else len(self._by_label.get(label, ()))
+
+    def labels(self) -> dict[str | None, int]:
+        """Histogram of labels: label -> number of items (None for unlabelled)."""
+        with self._rw.read():
+            return {k: len(v) for k, v in sorted(self._by_label.items(), key=lambda kv: str(kv[0])) if v}
+
+    def list(self, offset: int = 0, limit: int = 100, label: str | None = None) -> list[Item]:
+        """Items in insertion order (an upsert moves an item to the end), paginated."""
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+        conn = self._read_conn()
+        if label is None:
+            rows = conn.execute("SELECT id, vector, label, metadata FROM items ORDER BY seq "
+                                "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        else:
+            rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE label = ? "
+                                "ORDER BY seq LIMIT ? OFFSET ?", (label, limit, offset)).fetchall()
+        return [_row_to_item(r, self.dim) for r in rows]
+
+    # ---- search ------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
+               max_distance: float | None = None) -> list[list[Hit]]:
+        """The k nearest items of each query row (inner product on unit vectors), best first.
+        label: only items with this label (k of them when k exist). max_distance: only hits with
+        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
+        self._check_open()
+        q = self._check_vector(queries, "query", batch=True)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
+        if max_distance is not None and (not isinstance(max_distance, (int, float))
+                                         or not math.isfinite(max_distance) or max_distance < 0):
+            raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
+        return self._search(q, k, label, max_distance, exclude=None)
+
+    def search_by_id(self, id: str, k: int = 10, label: str | None = None,
+                     max_distance: float | None = None) -> list[Hit]:
+        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
+        item = self.get(id)
+        if item is None:
+            raise KeyError(id)
+        if not isinstance(k, int) or k < 1:
+            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
+        return self._search(item.vector[None], k, label, max_distance, exclude=id)[0]
+
+    def _search(self, q, k, label, max_distance, exclude):
+        attempt = 0
+        while True:
+            with self._rw.read():
+                result = self._search_locked(q, k, label, max_distance, exclude)
+            if result is not None:
+                return result
+            attempt += 1  # the exact fallback met a write committed but not yet applied: retry
+            time.sleep(min(0.001 * attempt, 0.05))
+
+    def _search_locked(self, q, k, label, max_distance, exclude):
+        if label is None:
+            population = len(self._rows)
+            allowed = None
+        else:
+            population = len(self._by_label.get(label, ()))
+            allowed = self._label_fids(label)
+        if exclude is not None and exclude in self._fid_of:
+            ex = self._fid_of[exclude]
+            if label is None or self._rows[ex][1] == label:
+                population -= 1
+        else:
+            ex = None
+        want = min(k, population)
+        if want <= 0:
+            return [[] for _ in range(len(q))]
+        kk = min(k + (ex is not None), population + (ex is not None))
+        index = self._index
+        sel = keep = None
+        if allowed is not None:
+            keep = [allowed]
+            sel = faiss.IDSelectorBatch(allowed)
+        if self._dead:
+            dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+            not_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+            keep = (keep or []) + [dead, not_dead]
+            sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
+        cfg = self.config
+        params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor)
+        gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
+        if gpu is not None:
+            D, I = gpu.search(q, kk)
+        elif params is None:
+            D, I = index.search(q, kk)
+        else:
+            D, I = index.search(q, kk, params=params)
+        del keep, sel
+        out = []
+        for qi in range(len(q)):
+            pairs = [(int(f), float(s)) for f, s in zip(I[qi], D[qi]) if f >= 0 and f != ex]
+            if len(pairs) < want:
+                # The approximate index found fewer than exist (a selective label filter, or
+                # removed vectors crowding the candidates): answer this query exactly.
+                pairs = self._exact_locked(q[qi], want, label, ex)
+                if pairs is None:
+                    return None
+            out.append(self._hits(pairs[:k], max_distance))
+        return out
+
+    def _label_fids(self, label: str | None) -> np.ndarray:
+        cached = self._label_cache.get(label)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        fids = self._by_label.get(label, set())
+        arr = np.fromiter(fids, dtype=np.int64, count=len(fids))
+        if len(self._label_cache) > 64:
+            self._label_cache.clear()
+        self._label_cache[label] = (self._version, arr)
+        return arr
+
+    def _exact_locked(self, qv, want, label, ex):
+        """Exact scores over the candidates, from the database. None when the database is ahead
+        of the applied state for them (a write in flight); the caller then retries."""
+        applied = self._applied_seq
+        if label is None:
+            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ?",
+                                             (applied,)).fetchall()
+        else:
+            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ?",
+                                             (label, applied)).fetchall()
+        rows = [r for r in rows if r[0] in self._rows and r[0] != ex]
+        expected = len(self._rows) if label is None else len(self._by_label.get(label, ()))
+        expected -= ex is not None and (label is None or self._rows[ex][1] == label)
+        if len(rows) != expected:
+            return None
+        fids = np.array([r[0] for r in rows], dtype=np.int64)
+        scores = _blobs_to_matrix([r[1] for r in rows], self.dim) @ qv
+        top = np.argsort(-scores, kind="stable")[:want]
+        return [(int(fids[i]), float(scores[i])) for i in top]
+
+    def _hits(self, pairs, max_distance) -> list[Hit]:
+        hits = []
+        for fid, score in pairs:
+            dist = score_to_distance(score)
+            if max_distance is not None and dist > max_distance:
+                break  # sorted by score, so the rest are farther
+            id_, label, meta = self._rows[fid]
+            hits.append(Hit(id_, score, dist, label, json.loads(meta)))
+        return hits
+
+    # ---- maintenance -------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Re-train (approximate kinds) and rebuild the index from every stored vector; searches
+        keep using the old index until the new one is swapped in."""
+        self._check_writable()
+        with self._writer:
+            n = len(self._rows)
+            train = None
+            if self._needs_training and n >= self._train_threshold():
+                train = self._training_sample()
+            index, factory = _faiss.build(self.spec, self.dim, train)
+            # Build off to the side (no writes can happen: we hold the writer lock), then swap.
+            self._add_fids(np.fromiter(self._rows.keys(), dtype=np.int64, count=n), index)
+            with self._rw.write():
+                self._index, self._factory = index, factory
+                self._trained_n = 0 if train is None else n
+                self._dead = set()
+                self._version += 1
+            log.info("index: rebuilt %s from %d items", _faiss.describe(index), n)
+
+    def snapshot(self) -> int:
+        """Write the index atomically with the last sequence number it contains; returns it.
+        Rebuilds first when an approximate index was trained on a gallery 4x smaller than now."""
+        self._check_writable()
+        with self._snapshot_lock:
+            if (self._trained_n and len(self._rows) >= 4 * self._trained_n):
+                self.rebuild()
+            with self._rw.read():
+                seq = self._applied_seq
+                if seq == self._snapshot_seq and self._snap_path.exists():
+                    return seq
+                payload = _faiss.serialize(self._index)
+                meta = {"seq": seq, "model_id": self.model_id, "dim": self.dim, "spec": self.spec,
+                        "factory": self._factory, "trained_n": self._trained_n,
+                        "ntotal": int(self._index.ntotal), "written": time.time()}
+            _faiss.write_snapshot(self._snap_path, payload, meta)
+            self._snapshot_seq = seq
+            log.info("index: snapshot at seq %d (%d vectors, %.1f MB)", seq, meta["ntotal"],
+                     len(payload) / 1e6)
+            return seq
+
+    def info(self) -> dict[str, Any]:
+        """count, dim, model_id, index (the asked kind), index_kind (what FAISS runs now), path,
+        last_seq, snapshot_seq, trained (approximate kinds), removed_pending, gpu."""
+        self._check_open()
+        with self._rw.read():
+            exact = _faiss.is_exact(self._index)
+            return {
+                "count": len(self._rows), "dim": self.dim, "model_id": self.model_id,
+                "index": self.spec, "index_kind": _faiss.describe(self._index),
+                "factory": self._factory, "exact": exact,
+                "trained_on": self._trained_n or None,
+                "train_threshold": self._train_threshold()
+                if self._needs_training else None,
+                "path": str(self._path), "last_seq": self._applied_seq,
+                "snapshot_seq": self._snapshot_seq, "removed_pending": len(self._dead),
+                "gpu": self._gpu is not None, "labels": len([v for v in self._by_label.values() if v]),
+            }
+
+    def close(self) -> None:
+        """Snapshot (when writable and anything changed) and release files and the lock."""
+        if self._closed:
+            return
+        t = self._snap_thread
+        if t is not None:
+            t.join()
+        try:
+            if not self.config.read_only and self._applied_seq != self._snapshot_seq:
+                self.snapshot()
+        finally:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self._path)!r}, {self.spec}, {len(self._rows)} items)"
+
+
+def _train_sample(n: int) -> int:
+    # FAISS k-means uses at most 256 points a centroid; sample no more than that from SQLite.
+    return min(n, 256 * _faiss.nlist_for(n))
+
+
+def _blobs_to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def _row_to_item(row, dim: int) -> Item:
+    id_, blob, label, meta = row
+    return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
+                metadata=json.loads(meta))

@@ -1,0 +1,71 @@
+"""The store's value types: configuration, items and search hits."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class StoreConfig:
+    """How to open a store.
+
+    path: folder holding store.sqlite3 (the record of truth) and index.snapshot (derived).
+    dim, model_id: what produced the vectors. None means "whatever the existing store records"
+        (the store must then exist); given values must match an existing store.
+    index: "flat" (exact, default for a new store), "hnsw", "ivf", "ivfpq", or any FAISS factory
+        string (inner-product metric). None means "the kind the store already uses, else flat".
+    use_gpu: None = GPU FAISS when faiss-gpu and a GPU are present; False = never; True = want it
+        (a warning, and the CPU, when there is none).
+    train_threshold: gallery size at which an index that needs training (IVF, PQ) is trained;
+        below it the store searches exactly.
+    snapshot_every: writes after which a snapshot is written in the background (0 = only on
+        snapshot() and close()).
+    nprobe, ef_search, k_factor: override the search parameters of the approximate presets.
+    read_only: no writes, no lock, no snapshots (for inspecting a store another process serves).
+    """
+
+    path: Path
+    dim: int | None = None
+    model_id: str | None = None
+    index: str | None = None
+    use_gpu: bool | None = None
+    train_threshold: int = 10_000
+    snapshot_every: int = 50_000
+    nprobe: int | None = None
+    ef_search: int | None = None
+    k_factor: int | None = None
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+
+@dataclass
+class Item:
+    """One gallery entry. vector is float32 (dim,); it is stored L2-normalised."""
+
+    id: str
+    vector: np.ndarray
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    thumbnail: bytes | None = None
+
+
+@dataclass
+class Hit:
+    """One search result: score is the inner product (cosine) and distance = sqrt(2 - 2 * score)."""
+
+    id: str
+    score: float
+    distance: float
+    label: str | None
+    metadata: dict[str, Any]
+
+
+def score_to_distance(score: float) -> float:
+    """Euclidean distance between unit vectors whose inner product is `score`."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * score))
