@@ -8,14 +8,18 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---- build: a virtual environment with torch, faiss and the project ------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ARG VARIANT=cpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+ARG FAISS_GPU_VERSION=1.14.1.post1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch first: the largest layer, and the one that changes least. The CPU wheels (about 200 MB)
 # come from the PyTorch CPU index; PyPI's Linux wheels are the CUDA build (several GB).
 RUN case "$VARIANT" in \
-      cpu) pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu ;; \
-      gpu) pip install torch torchvision ;; \
+      cpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+               --index-url https://download.pytorch.org/whl/cpu ;; \
+      gpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ;; \
       *) echo "VARIANT must be cpu or gpu, got '$VARIANT'" >&2; exit 1 ;; \
     esac
 WORKDIR /src
@@ -26,8 +30,9 @@ COPY index ./index
 COPY model ./model
 COPY training ./training
 # faiss-gpu-cu12 has the same Python module as faiss-cpu: remove one before installing the other.
+# hadolint ignore=DL3013
 RUN pip install . \
-    && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.8"; fi \
+    && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12==${FAISS_GPU_VERSION}"; fi \
     && python -c "import model, app, index; p = model.default_artifact_path('cifar10'); assert p.is_file(), f'bundled model missing: {p}'"
 
 # ---- runtime: the environment, a non-root user, the index on a volume --------------------------
@@ -44,7 +49,7 @@ RUN groupadd --system --gid 10001 simsearch \
                --shell /usr/sbin/nologin simsearch \
     && mkdir -p /data && chown simsearch:simsearch /data
 COPY --from=build /opt/venv /opt/venv
-USER simsearch:simsearch
+USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
