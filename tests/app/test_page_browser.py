@@ -320,3 +320,37 @@ def test_adding_images_with_the_api_key_grows_the_gallery(page, page_server, sha
     page.refresh()
     _open_add_panel(page)
     assert page.find_element("id", "api-key").get_attribute("value") == API_KEY
+
+
+def test_a_gallery_without_thumbnails_still_shows_score_label_and_id(browser, hybrid1_artifact, shared_data,
+                                                                      tmp_path_factory, tmp_path):
+    """SIMSEARCH_THUMBNAIL_SIZE=0 (a gallery that must not store images): the cards say so in words."""
+    work = tmp_path_factory.mktemp("page-server-no-thumbs")
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                         "SIMSEARCH_THUMBNAIL_SIZE": "0"}, work)
+    try:
+        images = cifar10_images(shared_data, 1)[:5]
+        response = httpx.post(live.url + "/index", timeout=120,
+                              files=[("file", (name, data, "image/jpeg")) for name, _, data in images])
+        assert response.status_code == 201, response.text
+        ids = response.json()["ids"]
+        assert httpx.get(f"{live.url}/index/{ids[0]}/thumbnail", timeout=30).status_code == 404
+        query = tmp_path / images[0][0]
+        query.write_bytes(images[0][2])
+        browser.get(live.url + "/")
+        choose_k(browser, 4)
+        upload(browser, query)
+        wait_for_search(browser)
+        assert browser.find_element("id", "search-error").text == ""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, WAIT).until(
+            lambda d: len(d.find_elements("css selector", "#results .no-thumb")) == 4)
+        cards = browser.find_elements("css selector", "#results button.result")
+        assert [c.get_attribute("data-id") for c in cards][0] == ids[0]
+        for card in cards:
+            assert card.find_element("css selector", ".no-thumb").text == "no thumbnail stored"
+            assert card.find_element("css selector", ".score").text
+            assert card.find_element("css selector", ".id").get_attribute("textContent") in ids
+    finally:
+        stop_server(live)
