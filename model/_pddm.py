@@ -26,6 +26,7 @@ class PDDM(nn.Module):
     u1 = |f_i - f_j|, v1 = (f_i + f_j) / 2 (on L2-normalised embeddings);
     u = L2norm(ReLU(W_u u1 + b_u)), v = L2norm(ReLU(W_v v1 + b_v));
     c = ReLU(W_c [u; v] + b_c); S = W_s c + b_s.
+    Each L2norm is scaled by sqrt(its size) (unit RMS): see docs/pddm.md.
     """
 
     def __init__(self, embed_dim: int = 256, hidden: int = 128):
@@ -44,9 +45,12 @@ class PDDM(nn.Module):
     def forward(self, f_i: torch.Tensor, f_j: torch.Tensor) -> torch.Tensor:
         """Scores of the pairs (f_i[..., :], f_j[..., :]): shapes broadcast, the last is the
         embedding; returns the broadcast shape without it. Inputs are L2-normalised here."""
-        f_i, f_j = F.normalize(f_i.float(), dim=-1), F.normalize(f_j.float(), dim=-1)
-        u = F.normalize(F.relu(self.fc_u((f_i - f_j).abs())), dim=-1)
-        v = F.normalize(F.relu(self.fc_v((f_i + f_j) / 2)), dim=-1)
+        # Unit vectors have entries of about 1/sqrt(dim); every L2 normalisation here is scaled by
+        # sqrt(dim) (unit RMS, entries of about 1) so that the layers start well conditioned. A fixed
+        # factor: the function class is that of plain L2 normalisation.
+        f_i, f_j = _unit_rms(f_i.float()), _unit_rms(f_j.float())
+        u = _unit_rms(F.relu(self.fc_u((f_i - f_j).abs())))
+        v = _unit_rms(F.relu(self.fc_v((f_i + f_j) / 2)))
         c = F.relu(self.fc_c(torch.cat(torch.broadcast_tensors(u, v), dim=-1)))
         return self.fc_s(c).squeeze(-1)
 
@@ -111,3 +115,8 @@ class PDDM(nn.Module):
         except StopIteration:
             device = torch.device("cpu")
         return head.to(device)
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last axis, times sqrt(its size): entries of root mean square 1 (0 stays 0)."""
+    return F.normalize(x, dim=-1) * (x.shape[-1] ** 0.5)
