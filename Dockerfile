@@ -11,6 +11,8 @@ ARG VARIANT=cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG FAISS_GPU_VERSION=1.14.1.post1
+# where the CPU wheels of torch come from (a mirror can be given here)
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -18,7 +20,7 @@ ENV PATH=/opt/venv/bin:$PATH
 # come from the PyTorch CPU index; PyPI's Linux wheels are the CUDA build (several GB).
 RUN case "$VARIANT" in \
       cpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-               --index-url https://download.pytorch.org/whl/cpu ;; \
+               --index-url "${TORCH_CPU_INDEX}" ;; \
       gpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ;; \
       *) echo "VARIANT must be cpu or gpu, got '$VARIANT'" >&2; exit 1 ;; \
     esac
