@@ -231,7 +231,7 @@ async def search(request: Request,
         files = await _file_parts(form, max_count=1)
     finally:
         await form.close()
-    arrays, _ = await anyio.to_thread.run_sync(_prepare, service, files, 0)
+    arrays, _ = await anyio.to_thread.run_sync(_prepare, service, files, 0, limiter=service.decode_limiter)
     _, hits = await service.batcher.submit(arrays, SearchParams(k, _check_label(label), max_distance))
     return SearchResponse(results=[_hit(h) for h in hits[0]], k=k,
                           took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
@@ -291,7 +291,7 @@ async def add(request: Request):
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
-    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb)
+    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb, limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)
     items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]

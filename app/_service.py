@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
+import anyio
 import anyio.to_thread
 import numpy as np
 
@@ -31,9 +33,12 @@ class Service:
         self.reason = "loading the model and the index"
         self.started = time.time()
         self._load_task: asyncio.Task | None = None
+        self.decode_limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
+        # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
+        self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="simsearch-load")
 
     async def wait_loaded(self) -> None:
