@@ -111,15 +111,16 @@ def check_wal(db_path: Path) -> None:
         if commit:
             committed_end, last_commit_frames = off, frames
     uncommitted = frames - last_commit_frames
-    if uncommitted:
-        log.warning("index: journal %s: %d frames after the last commit are discarded (a write "
-                    "that was interrupted before it was committed, so never acknowledged)",
-                    wal, uncommitted)
     tail = len(data) - off
-    if 0 < tail < frame and off == len(data) - tail and committed_end == off:
-        # A partial frame right after valid frames with nothing else: a torn write or truncation.
-        torn_salt = len(data) - off >= 24 and struct.unpack(">2I", data[off + 8:off + 16]) == (salt1, salt2)
-        if torn_salt or tail < 24:
-            log.warning("index: journal %s ends with a partial frame (%d bytes: an interrupted or "
-                        "truncated write); the %d committed frames before it are recovered",
-                        wal, tail, last_commit_frames)
+    partial = 0 < tail < frame and (tail < 16 or struct.unpack(">2I", data[off + 8:off + 16]) == (salt1, salt2))
+    if partial:
+        log.warning("index: journal %s ends with a partial frame (%d bytes) after %d frames of an "
+                    "unfinished transaction: a write interrupted mid-way (never acknowledged) or a "
+                    "truncated journal (then the transactions cut off are lost). Recovering the %d "
+                    "frames up to the last complete commit; the rest is discarded",
+                    wal, tail, uncommitted, last_commit_frames)
+    elif uncommitted:
+        log.warning("index: journal %s: %d frames after the last commit are discarded (a write "
+                    "interrupted before its commit, so never acknowledged, or a journal cut at a "
+                    "frame boundary); the %d committed frames are recovered",
+                    wal, uncommitted, last_commit_frames)

@@ -29,6 +29,8 @@ SNAPSHOT_NAME = "index.snapshot"
 LOCK_NAME = "LOCK"
 MAX_ID_LEN = 1024
 MAX_METADATA_BYTES = 64 * 1024
+COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
+SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
 
 
 class Store:
@@ -58,7 +60,8 @@ class Store:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._snap_thread: threading.Thread | None = None
+        self._maint_thread: threading.Thread | None = None
+        self._rebuild_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._gpu = None
         self._version = 0                    # bumped on every applied write (caches, GPU mirror)
@@ -221,7 +224,7 @@ class Store:
         n = len(self._rows)
         train = None
         if self._needs_training and n >= self._train_threshold():
-            train = self._training_sample()
+            train = self._training_sample(np.fromiter(self._rows.keys(), dtype=np.int64, count=n))
         index, factory = _faiss.build(self.spec, self.dim, train)
         self._index, self._factory = index, factory
         self._trained_n = 0 if train is None else n
@@ -283,22 +286,25 @@ class Store:
             if len(ids):
                 index.add_with_ids(vecs, ids)
 
-    def _training_sample(self) -> np.ndarray:
-        n = len(self._rows)
-        fids = np.fromiter(self._rows.keys(), dtype=np.int64, count=n)
+    def _training_sample(self, fids: np.ndarray) -> np.ndarray:
+        n = len(fids)
         m = _train_sample(n)
         if m < n:
             fids = np.random.default_rng(0).choice(fids, m, replace=False)
         return self._fetch_vectors(fids)[1]
 
-    def _remove_fids(self, fids: Iterable[int]) -> None:
+    def _remove_fids(self, fids: Iterable[int], index: faiss.Index | None = None,
+                     dead: set[int] | None = None) -> None:
+        """Remove these FAISS ids (or, where the index cannot remove, hide them via `dead`)."""
+        index = self._index if index is None else index
+        dead = self._dead if dead is None else dead
         fids = np.asarray(list(fids) if not isinstance(fids, np.ndarray) else fids, dtype=np.int64)
         if not len(fids):
             return
-        if _faiss.supports_remove(self._index):
-            self._index.remove_ids(faiss.IDSelectorBatch(fids))
+        if _faiss.supports_remove(index):
+            index.remove_ids(faiss.IDSelectorBatch(fids))
         else:
-            self._dead.update(fids.tolist())
+            dead.update(fids.tolist())
 
     # ---- connections -------------------------------------------------------------------------
 
@@ -418,29 +424,40 @@ class Store:
                 self._rebuild_locked(reason="recovery after a failed apply")
                 self._applied_seq = seq
                 self._version += 1
-            if _faiss.is_exact(self._index) and self._needs_training \
-                    and len(self._rows) >= self._train_threshold():
-                # Crossing the threshold: train now (searches wait; documented in docs/index.md).
-                self._maybe_train_locked()
-            elif len(self._dead) > max(1000, len(self._rows) // 5):
-                self._rebuild_locked(reason=f"{len(self._dead)} removed vectors to compact")
+
+    def _maintenance_due(self) -> str | None:
+        n = len(self._rows)
+        if self._needs_training and _faiss.is_exact(self._index) and n >= self._train_threshold():
+            return f"gallery reached the training threshold {self._train_threshold()}"
+        if len(self._dead) > max(COMPACT_MIN, n // 10):
+            # Removed vectors still in an HNSW / refine graph crowd out live neighbours.
+            return f"{len(self._dead)} removed vectors to compact"
+        return None
 
     def _after_write(self, n: int) -> None:
+        reason = self._maintenance_due()
         every = self.config.snapshot_every
-        if every and self._applied_seq - self._snapshot_seq >= every:
-            t = self._snap_thread
+        snap_due = every and self._applied_seq - self._snapshot_seq >= every
+        if reason and len(self._rows) <= SYNC_REBUILD_MAX:
+            self.rebuild(reason)  # seconds at this size; searches carry on meanwhile
+            reason = None
+        if reason or snap_due:
+            t = self._maint_thread
             if t is None or not t.is_alive():
-                self._snap_thread = threading.Thread(target=self._background_snapshot,
-                                                     name="index-snapshot", daemon=True)
-                self._snap_thread.start()
+                self._maint_thread = threading.Thread(target=self._background, args=(reason, snap_due),
+                                                      name="index-maintenance", daemon=True)
+                self._maint_thread.start()
 
-    def _background_snapshot(self) -> None:
+    def _background(self, reason: str | None, snap: bool) -> None:
         try:
-            self.snapshot()
+            if reason:
+                self.rebuild(reason)
+            if snap:
+                self.snapshot()
         except StoreClosedError:
             pass
-        except Exception:  # a failed snapshot loses nothing (the database has it): log, go on
-            log.exception("index: background snapshot failed")
+        except Exception:  # nothing is lost (the database has every write): log and go on
+            log.exception("index: background maintenance failed")
 
     # ---- validation --------------------------------------------------------------------------
 
@@ -603,7 +620,8 @@ class Store:
             keep = (keep or []) + [dead, not_dead]
             sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
         cfg = self.config
-        params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor)
+        widen = len(self._rows) / max(population, 1) if label is not None else 1.0
+        params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
         if gpu is not None:
             D, I = gpu.search(q, kk)
@@ -612,6 +630,7 @@ class Store:
         else:
             D, I = index.search(q, kk, params=params)
         del keep, sel
+        D = _faiss.to_scores(index, D)
         out = []
         for qi in range(len(q)):
             pairs = [(int(f), float(s)) for f, s in zip(I[qi], D[qi]) if f >= 0 and f != ex]
@@ -667,24 +686,41 @@ class Store:
 
     # ---- maintenance -------------------------------------------------------------------------
 
-    def rebuild(self) -> None:
-        """Re-train (approximate kinds) and rebuild the index from every stored vector; searches
-        keep using the old index until the new one is swapped in."""
+    def rebuild(self, reason: str = "asked") -> None:
+        """Re-train (approximate kinds) and rebuild the index from every stored vector, off to
+        the side: searches use the old index and writes go on until the new one, brought up to
+        date with the writes made meanwhile, is swapped in."""
         self._check_writable()
-        with self._writer:
-            n = len(self._rows)
+        with self._rebuild_lock:
+            t0 = time.perf_counter()
+            with self._writer:
+                fids = np.fromiter(self._rows.keys(), dtype=np.int64, count=len(self._rows))
+            n = len(fids)
             train = None
             if self._needs_training and n >= self._train_threshold():
-                train = self._training_sample()
+                train = self._training_sample(fids)
             index, factory = _faiss.build(self.spec, self.dim, train)
-            # Build off to the side (no writes can happen: we hold the writer lock), then swap.
-            self._add_fids(np.fromiter(self._rows.keys(), dtype=np.int64, count=n), index)
-            with self._rw.write():
-                self._index, self._factory = index, factory
-                self._trained_n = 0 if train is None else n
-                self._dead = set()
-                self._version += 1
-            log.info("index: rebuilt %s from %d items", _faiss.describe(index), n)
+            self._add_fids(fids, index)  # rows replaced or deleted meanwhile are simply absent
+            with self._writer:
+                dead: set[int] = set()
+                self._reconcile(index, dead)
+                with self._rw.write():
+                    self._index, self._factory, self._dead = index, factory, dead
+                    self._trained_n = 0 if train is None else n
+                    self._version += 1
+            log.info("index: rebuilt %s from %d items in %.1fs (%s)", _faiss.describe(index), n,
+                     time.perf_counter() - t0, reason)
+
+    def _reconcile(self, index: faiss.Index, dead: set[int]) -> tuple[int, int]:
+        """Bring `index` to the applied state: remove ids no longer live, add live rows it lacks.
+        Caller holds the writer lock (no write can be half-way)."""
+        live = np.fromiter(self._rows.keys(), dtype=np.int64, count=len(self._rows))
+        have = _faiss.ids_of(index)
+        stale = have[~np.isin(have, live)]
+        missing = live[~np.isin(live, have)]
+        self._remove_fids(stale, index, dead)
+        self._add_fids(missing, index)
+        return len(stale), len(missing)
 
     def snapshot(self) -> int:
         """Write the index atomically with the last sequence number it contains; returns it.
@@ -692,7 +728,7 @@ class Store:
         self._check_writable()
         with self._snapshot_lock:
             if (self._trained_n and len(self._rows) >= 4 * self._trained_n):
-                self.rebuild()
+                self.rebuild(f"gallery grew from {self._trained_n} to {len(self._rows)} since training")
             with self._rw.read():
                 seq = self._applied_seq
                 if seq == self._snapshot_seq and self._snap_path.exists():
@@ -729,7 +765,7 @@ class Store:
         """Snapshot (when writable and anything changed) and release files and the lock."""
         if self._closed:
             return
-        t = self._snap_thread
+        t = self._maint_thread
         if t is not None:
             t.join()
         try:

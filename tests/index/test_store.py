@@ -1,0 +1,249 @@
+"""Store behaviour: writes, reads, search options, validation, model records (real FAISS, real SQLite)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import (PRESET_NAMES, InvalidItemError, Item, ModelMismatchError, ReadOnlyError, Store,
+                   StoreConfig, StoreError, StoreLockedError)
+
+from .conftest import DIM, unit
+
+APPROX = [p for p in PRESET_NAMES if p != "flat"]
+
+
+def _fill(store: Store, vecs: np.ndarray, labels=None, prefix="id") -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(len(vecs))]
+    store.upsert([Item(ids[i], vecs[i], label=None if labels is None else labels[i], metadata={"i": i})
+                  for i in range(len(vecs))])
+    return ids
+
+
+def test_upsert_then_get_returns_normalised_vector_label_metadata_and_thumbnail(open_store):
+    store = open_store()
+    v = np.arange(1, DIM + 1, dtype=np.float32)
+    assert store.upsert([Item("a", v, label="cat", metadata={"k": [1, 2]}, thumbnail=b"\xff\xd8jpeg")]) == 1
+    item = store.get("a")
+    assert item.label == "cat" and item.metadata == {"k": [1, 2]}
+    np.testing.assert_allclose(item.vector, v / np.linalg.norm(v), rtol=1e-6)
+    assert store.thumbnail("a") == b"\xff\xd8jpeg"
+    assert store.get("missing") is None and store.thumbnail("missing") is None
+    assert store.count() == 1
+
+
+@pytest.mark.parametrize("kind", PRESET_NAMES)
+def test_delete_readd_and_upsert_replace_in_every_index_kind(open_store, kind):
+    rng = np.random.default_rng(1)
+    store = open_store(index=kind, train_threshold=300)
+    vecs = unit(rng, 400)
+    ids = _fill(store, vecs)
+    assert store.info()["exact"] is (kind == "flat")
+    # delete: gone from get, count and search
+    assert store.delete(["id5", "nope"]) == ["id5"]
+    assert store.get("id5") is None and store.count() == 399
+    assert all(h.id != "id5" for h in store.search(vecs[5], k=10)[0])
+    # re-add the deleted id
+    store.upsert([Item("id5", vecs[5], label="back")])
+    top = store.search(vecs[5], k=1)[0][0]
+    assert (top.id, top.label) == ("id5", "back") and store.count() == 400
+    # upsert replaces: the old vector no longer finds the item, the new one does
+    new = unit(rng, 1)[0]
+    store.upsert([Item("id7", new, label="new", metadata={"v": 2})])
+    assert store.count() == 400
+    assert store.search(new, k=1)[0][0].id == "id7"
+    assert all(h.id != "id7" for h in store.search(vecs[7], k=5)[0])
+    assert store.get("id7").metadata == {"v": 2} and store.get("id7").label == "new"
+    assert ids[0] in store and "id5" in store
+
+
+def test_duplicate_ids_in_one_upsert_keep_the_last(open_store):
+    store = open_store()
+    a, b = unit(np.random.default_rng(2), 2)
+    assert store.upsert([Item("x", a, label="first"), Item("x", b, label="last")]) == 1
+    assert store.count() == 1 and store.get("x").label == "last"
+    assert store.search(b, k=5)[0][0].id == "x" and len(store.search(b, k=5)[0]) == 1
+
+
+def test_upsert_without_thumbnail_drops_the_old_thumbnail(open_store):
+    store = open_store()
+    v = unit(np.random.default_rng(3), 1)[0]
+    store.upsert([Item("t", v, thumbnail=b"old")])
+    store.upsert([Item("t", v)])
+    assert store.thumbnail("t") is None
+
+
+@pytest.mark.parametrize("kind", PRESET_NAMES)
+def test_label_filter_returns_k_items_of_that_label_when_k_exist(open_store, kind):
+    rng = np.random.default_rng(4)
+    store = open_store(index=kind, train_threshold=500)
+    vecs = unit(rng, 2000)
+    labels = ["rare" if i % 200 == 0 else f"c{i % 4}" for i in range(2000)]  # 10 rare items
+    _fill(store, vecs, labels)
+    q = unit(rng, 5)
+    for hits in store.search(q, k=8, label="rare"):
+        assert len(hits) == 8 and {h.label for h in hits} == {"rare"}
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # asking for more than exist returns all of them
+    assert len(store.search(q[0], k=50, label="rare")[0]) == 10
+    assert store.search(q[0], k=5, label="no-such-label") == [[]]
+    # exact check of the filtered answer against brute force
+    rare = np.array([i for i in range(2000) if labels[i] == "rare"])
+    best = rare[np.argsort(-(vecs[rare] @ q[0]))[:8]]
+    assert [h.id for h in store.search(q[0], k=8, label="rare")[0]] == [f"id{i}" for i in best]
+
+
+def test_max_distance_keeps_only_hits_within_it(open_store):
+    rng = np.random.default_rng(5)
+    store = open_store()
+    vecs = unit(rng, 500)
+    _fill(store, vecs)
+    q = vecs[0]
+    everything = store.search(q, k=500)[0]
+    limit = everything[20].distance
+    hits = store.search(q, k=500, max_distance=limit)[0]
+    assert 20 < len(hits) < 500 and all(h.distance <= limit for h in hits)
+    assert [h.id for h in hits] == [h.id for h in everything[:len(hits)]]
+    for h in hits:  # distance is the Euclidean distance between the unit vectors
+        i = int(h.id[2:])
+        assert h.distance == pytest.approx(float(np.linalg.norm(q - vecs[i])), abs=1e-3)
+        assert h.score == pytest.approx(float(q @ vecs[i]), abs=1e-5)
+    assert store.search(q, k=5, max_distance=0.0)[0][0].id == "id0"
+
+
+def test_search_many_queries_returns_one_list_each_best_first(open_store):
+    rng = np.random.default_rng(6)
+    store = open_store()
+    vecs = unit(rng, 300)
+    _fill(store, vecs)
+    results = store.search(vecs[:7], k=4)
+    assert [r[0].id for r in results] == [f"id{i}" for i in range(7)]
+    assert all(len(r) == 4 and r[0].score >= r[1].score >= r[3].score for r in results)
+
+
+def test_search_by_id_excludes_the_item_and_raises_keyerror_when_absent(open_store):
+    rng = np.random.default_rng(7)
+    store = open_store()
+    vecs = unit(rng, 100)
+    _fill(store, vecs)
+    hits = store.search_by_id("id3", k=5)
+    assert len(hits) == 5 and all(h.id != "id3" for h in hits)
+    assert [h.id for h in hits] == [h.id for h in store.search(vecs[3], k=6)[0][1:]]
+    with pytest.raises(KeyError):
+        store.search_by_id("missing")
+
+
+def test_list_paginates_in_insertion_order_and_filters_by_label(open_store):
+    rng = np.random.default_rng(8)
+    store = open_store()
+    vecs = unit(rng, 25)
+    _fill(store, vecs, [("even" if i % 2 == 0 else "odd") for i in range(25)])
+    pages = [store.list(offset=o, limit=10) for o in (0, 10, 20, 30)]
+    assert [len(p) for p in pages] == [10, 10, 5, 0]
+    assert [it.id for p in pages for it in p] == [f"id{i}" for i in range(25)]
+    odd = store.list(offset=2, limit=3, label="odd")
+    assert [it.id for it in odd] == ["id5", "id7", "id9"]
+    store.upsert([Item("id0", vecs[0], label="even")])  # an upsert moves the item to the end
+    assert store.list(offset=24, limit=5)[0].id == "id0"
+    assert store.labels() == {"even": 13, "odd": 12}
+    with pytest.raises(InvalidItemError, match="offset"):
+        store.list(offset=-1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros(DIM + 1, np.float32), r"shape must be \(32,\).*got \(33,\)"),
+    (np.ones((2, DIM), np.float32), r"got \(2, 32\)"),
+    (np.full(DIM, np.nan, np.float32), "NaN"),
+    (np.ones(DIM, np.int64), "dtype must be floating point, got int64"),
+    (np.zeros(DIM, np.float32), "zero length"),
+])
+def test_invalid_vectors_are_refused_naming_the_wrong_value(open_store, bad, match):
+    store = open_store()
+    with pytest.raises(InvalidItemError, match=match):
+        store.upsert([Item("ok", np.ones(DIM, np.float32)), Item("bad", bad)])
+    assert store.count() == 0 and store.get("ok") is None  # the whole batch was refused
+
+
+def test_invalid_ids_metadata_and_queries_are_refused(open_store):
+    store = open_store()
+    v = np.ones(DIM, np.float32)
+    with pytest.raises(InvalidItemError, match="id must be"):
+        store.upsert([Item("", v)])
+    with pytest.raises(InvalidItemError, match="metadata must be a JSON object"):
+        store.upsert([Item("a", v, metadata=[1, 2])])
+    with pytest.raises(InvalidItemError, match="not JSON-serialisable"):
+        store.upsert([Item("a", v, metadata={"x": object()})])
+    with pytest.raises(InvalidItemError, match="label must be a string"):
+        store.upsert([Item("a", v, label=3)])
+    store.upsert([Item("a", v)])
+    with pytest.raises(InvalidItemError, match="k must be a positive integer, got 0"):
+        store.search(v, k=0)
+    with pytest.raises(InvalidItemError, match=r"got \(3, 31\)"):
+        store.search(np.ones((3, DIM - 1), np.float32))
+    with pytest.raises(InvalidItemError, match="max_distance"):
+        store.search(v, max_distance=-1)
+    assert isinstance(InvalidItemError("x"), StoreError)
+
+
+def test_reopening_with_another_model_or_dim_raises_model_mismatch_naming_both(open_store, tmp_path):
+    store = open_store(model_id="model-a@111111111111")
+    store.upsert([Item("a", np.ones(DIM, np.float32))])
+    store.close()
+    with pytest.raises(ModelMismatchError, match=r"model-a@111111111111.*model-b@222222222222"):
+        Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id="model-b@222222222222"))
+    with pytest.raises(ModelMismatchError, match=rf"dim {DIM}.*dim 64"):
+        Store.open(StoreConfig(tmp_path / "store", dim=64, model_id="model-a@111111111111"))
+    # and None means "whatever it records"
+    again = open_store(model_id=None, dim=None)
+    assert (again.model_id, again.dim, again.count()) == ("model-a@111111111111", DIM, 1)
+
+
+def test_a_second_writer_is_refused_and_read_only_refuses_writes(open_store, tmp_path):
+    store = open_store()
+    store.upsert([Item("a", np.ones(DIM, np.float32))])
+    with pytest.raises(StoreLockedError, match="another process"):
+        Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id=store.model_id))
+    ro = Store.open(StoreConfig(tmp_path / "store", read_only=True))
+    try:
+        assert ro.count() == 1 and ro.get("a") is not None
+        with pytest.raises(ReadOnlyError):
+            ro.upsert([Item("b", np.ones(DIM, np.float32))])
+    finally:
+        ro.close()
+
+
+def test_unknown_index_kind_is_refused_naming_it(open_store):
+    with pytest.raises(InvalidItemError, match="'IVFbogus'"):
+        open_store(index="IVFbogus")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_trained_index_is_exact_below_the_threshold_and_trained_above(open_store, kind):
+    rng = np.random.default_rng(9)
+    store = open_store(index=kind, train_threshold=400)
+    _fill(store, unit(rng, 399))
+    assert store.info()["exact"] and store.info()["index_kind"].startswith("IndexFlat")
+    _fill(store, unit(rng, 1), prefix="more")
+    info = store.info()
+    assert not info["exact"] and info["trained_on"] == 400 and "nlist" in info["index_kind"]
+
+
+def test_custom_factory_string_is_used(open_store):
+    store = open_store(index="IVF8,SQ8", train_threshold=300)
+    vecs = unit(np.random.default_rng(10), 320)
+    _fill(store, vecs)
+    assert "IndexIVFScalarQuantizer" in store.info()["index_kind"]
+    assert store.search(vecs[3], k=1)[0][0].id == "id3"
+
+
+def test_hnsw_hides_deleted_vectors_and_compacts_them_on_rebuild(open_store):
+    rng = np.random.default_rng(11)
+    store = open_store(index="hnsw")
+    vecs = unit(rng, 300)
+    _fill(store, vecs)
+    store.delete([f"id{i}" for i in range(0, 300, 2)])
+    assert store.info()["removed_pending"] == 150
+    for i in range(0, 300, 2):  # a deleted item never comes back, even as its own nearest
+        assert all(int(h.id[2:]) % 2 == 1 for h in store.search(vecs[i], k=3)[0])
+    store.rebuild()
+    assert store.info()["removed_pending"] == 0 and store.count() == 150
+    assert store.search(vecs[1], k=1)[0][0].id == "id1"
