@@ -1,0 +1,257 @@
+"""`simsearch index build|stats` (embed a gallery into the store) and `simsearch search IMAGE`.
+
+--data is the data directory, as for `simsearch serve`: the store lives in DATA/index.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ._errors import CliError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+THUMB_PX = 96
+
+
+def _default_data() -> str:
+    return os.environ.get("SIMSEARCH_DATA_DIR", "data")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build or inspect the gallery index")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
+
+    b = isub.add_parser("build", help="embed a folder or tar of images into the index (resumable)")
+    b.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one; "
+                                  "an image's folder name is its label (ImageFolder layout)")
+    _common(b, model=True)
+    b.add_argument("--index", help="flat (exact, default for a new store), hnsw, ivf, ivfpq, or a FAISS "
+                                   "factory string; an existing store keeps its kind unless given")
+    b.add_argument("--batch-size", type=int, default=256, help="images embedded and committed together (256)")
+    b.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads decoding images (default: CPU count, at most 8)")
+    b.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
+    b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
+    b.set_defaults(func=_build)
+
+    s = isub.add_parser("stats", help="count, model, index kind and labels of the index")
+    _common(s, model=False)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_stats)
+
+    q = sub.add_parser("search", help="print the nearest gallery images of an image")
+    q.add_argument("image", help="query image file")
+    _common(q, model=True)
+    q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
+    q.add_argument("--label", help="only neighbours with this label")
+    q.add_argument("--max-distance", type=float, help="only neighbours within this distance (0..2)")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_search)
+
+
+def _common(p: argparse.ArgumentParser, model: bool) -> None:
+    p.add_argument("--data", default=_default_data(),
+                   help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
+    if model:
+        p.add_argument("--model", help="model artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+
+
+def _embedder(path: str | None):
+    import model
+
+    artifact = Path(path) if path else model.default_artifact_path("cifar10")
+    if not artifact.exists():
+        raise CliError(f"no model artifact at {artifact}" + ("" if path else "; pass --model"))
+    try:
+        return model.Embedder.from_file(artifact)
+    except model.ArtifactError as exc:
+        raise CliError(f"--model {artifact}: {exc}") from None
+
+
+def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None):
+    import index
+
+    path = Path(data) / "index"
+    if read_only and not (path / "store.sqlite3").exists():
+        raise CliError(f"no index at {path} (build one with `simsearch index build SOURCE --data {data}`)")
+    cfg = index.StoreConfig(path=path, dim=embedder.dim if embedder else None,
+                            model_id=embedder.model_id if embedder else None, index=kind, read_only=read_only)
+    try:
+        return index.Store.open(cfg)
+    except index.StoreError as exc:  # mismatch, lock, corrupt database, bad --index: all user-facing
+        raise CliError(str(exc)) from None
+
+
+# ---- build -------------------------------------------------------------------------------------
+
+def _scan(source: Path, labels: bool):
+    """(ids, label of each id, reader) for a folder or a tar. The reader maps an id to its bytes."""
+    import tarfile
+
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        ids = [p.relative_to(source).as_posix() for p in files]
+        return ids, {i: _label_of(i, labels) for i in ids}, None
+    if source.is_file() and tarfile.is_tarfile(source):
+        tf = tarfile.open(source)
+        members = {m.name.removeprefix("./"): m for m in tf.getmembers()
+                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTS}
+        ids = sorted(members)
+        return ids, {i: _label_of(i, labels) for i in ids}, (tf, members)
+    raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+def _label_of(id_: str, labels: bool) -> str | None:
+    """ImageFolder: the folder an image sits in names its class; top-level images have none."""
+    parts = id_.split("/")
+    return parts[-2] if labels and len(parts) >= 2 else None
+
+
+def _decode(data: bytes, embedder, thumbs: bool):
+    """bytes -> (model array, thumbnail JPEG bytes or None, (w, h)). Runs in worker threads."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        size = im.size
+        arr = embedder.preprocess(im)
+        thumb = None
+        if thumbs:
+            t = im.convert("RGB")
+            t.thumbnail((THUMB_PX, THUMB_PX))
+            buf = io.BytesIO()
+            t.save(buf, "JPEG", quality=85)
+            thumb = buf.getvalue()
+    return arr, thumb, size
+
+
+def _build(args) -> int:
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from tqdm import tqdm
+
+    import index
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    source = Path(args.source)
+    if not source.exists():
+        raise CliError(f"source {source} does not exist")
+    embedder = _embedder(args.model)
+    ids, labels, tar = _scan(source, not args.no_labels)
+    if not ids:
+        raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {source}")
+    store = _open_store(args.data, False, embedder, args.index)
+    try:
+        done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
+        todo = [i for i in ids if i not in done]
+        print(f"{len(ids)} images in {source}: {len(done)} already indexed, {len(todo)} to embed "
+              f"with {embedder.model_id} into {store.info()['path']}")
+        failed = 0
+
+        def read(id_: str) -> bytes:
+            if tar is None:
+                return (source / id_).read_bytes()
+            tf, members = tar
+            return tf.extractfile(members[id_]).read()
+
+        def work(item):
+            id_, data = item
+            try:
+                return id_, _decode(data, embedder, not args.no_thumbnails), None
+            except Exception as exc:  # a broken file is reported and skipped, not fatal
+                return id_, None, exc
+
+        with ThreadPoolExecutor(max(1, args.workers)) as pool, \
+                tqdm(total=len(todo), unit="img", desc="indexing") as bar:
+            for start in range(0, len(todo), args.batch_size):
+                chunk = todo[start:start + args.batch_size]
+                # A tar is read sequentially in this thread; decoding fans out to the pool.
+                blobs = [(i, read(i)) for i in chunk] if tar is not None else None
+                results = list(pool.map(work, blobs)) if blobs is not None else \
+                    list(pool.map(lambda i: work((i, read(i))), chunk))
+                good = [(i, r) for i, r, e in results if e is None]
+                for i, _r, e in results:
+                    if e is not None:
+                        failed += 1
+                        tqdm.write(f"skipped {i}: {type(e).__name__}: {e}")
+                if good:
+                    vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
+                    store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
+                                             metadata={"width": r[2][0], "height": r[2][1]})
+                                  for (i, r), v in zip(good, vecs)])
+                bar.update(len(chunk))
+        info = store.info()
+        print(f"indexed {len(todo) - failed} images ({failed} skipped); the index holds {info['count']} "
+              f"items ({info['index_kind']})")
+    finally:
+        store.close()
+        if tar is not None:
+            tar[0].close()
+    return 1 if failed and failed == len(todo) else 0
+
+
+# ---- stats and search ---------------------------------------------------------------------------
+
+def _stats(args) -> int:
+    import json
+
+    store = _open_store(args.data, True)
+    try:
+        info = store.info()
+        info["labels"] = {str(k): v for k, v in store.labels().items()}
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"index     {info['path']}")
+    print(f"items     {info['count']}")
+    print(f"model     {info['model_id']} (dim {info['dim']})")
+    print(f"kind      {info['index']} -> {info['index_kind']}" + (" (exact)" if info["exact"] else ""))
+    print(f"last seq  {info['last_seq']} (snapshot at {info['snapshot_seq']})")
+    if info["labels"]:
+        print("labels")
+        width = max(len(k) for k in info["labels"])
+        for label, n in info["labels"].items():
+            print(f"  {label:<{width}}  {n}")
+    return 0
+
+
+def _search(args) -> int:
+    import json
+
+    from PIL import Image, UnidentifiedImageError
+
+    import index
+
+    if args.k < 1:
+        raise CliError(f"-k must be at least 1, got {args.k}")
+    try:
+        with Image.open(args.image) as im:
+            im.load()
+            embedder = _embedder(args.model)
+            vec = embedder.embed([im])
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise CliError(f"cannot read image {args.image}: {exc}") from None
+    store = _open_store(args.data, True, embedder)
+    try:
+        hits = store.search(vec, k=args.k, label=args.label, max_distance=args.max_distance)[0]
+    except index.StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2))
+        return 0
+    if not hits:
+        print("no neighbours")
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
+    return 0

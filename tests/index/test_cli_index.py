@@ -1,0 +1,108 @@
+"""`simsearch index build|stats` and `simsearch search` end to end (real images, real model)."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cli import main
+from index import Store, StoreConfig
+
+
+@pytest.fixture(scope="module")
+def gallery_tar(shared_data, tmp_path_factory) -> Path:
+    """A small ImageFolder tar: 8 CIFAR-10 test images in each of 3 class folders, plus one
+    broken file."""
+    out = tmp_path_factory.mktemp("gallery") / "mini.tar.gz"
+    keep = {"cat", "dog", "ship"}
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as src, tarfile.open(out, "w:gz") as dst:
+        for m in src:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in keep \
+                    and int(parts[3][:4]) < 8:
+                dst.addfile(m, src.extractfile(m))
+        bad = tarfile.TarInfo("cifar10-jpeg/test/cat/broken.jpg")
+        bad.size = 10
+        dst.addfile(bad, io.BytesIO(b"not a jpeg"))
+    return out
+
+
+def _extract(tar: Path, dest: Path, only: int | None = None) -> Path:
+    with tarfile.open(tar) as tf:
+        members = [m for m in tf.getmembers() if m.isfile()]
+        tf.extractall(dest, members=members[:only] if only else members, filter="data")
+    return dest / "cifar10-jpeg"
+
+
+def test_build_from_a_tar_labels_from_class_folders_skips_broken_files_and_stores_thumbnails(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data),
+                 "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "25 images" in out and "indexed 24 images (1 skipped)" in out
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.count() == 24
+        assert store.labels() == {"cat": 8, "dog": 8, "ship": 8}
+        item = store.get("cifar10-jpeg/test/dog/0003.jpg")
+        assert item.label == "dog" and item.metadata == {"width": 32, "height": 32}
+        thumb = store.thumbnail("cifar10-jpeg/test/dog/0003.jpg")
+        assert thumb.startswith(b"\xff\xd8") and len(thumb) > 100
+
+
+def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    folder = _extract(gallery_tar, tmp_path / "first", only=10)
+    data = tmp_path / "data"
+    args = ["--model", str(hybrid1_artifact), "--data", str(data), "--index", "hnsw"]
+    assert main(["index", "build", str(folder), *args]) == 0
+    capsys.readouterr()
+    folder = _extract(gallery_tar, tmp_path / "first")  # the rest arrives (or the run was cut)
+    assert main(["index", "build", str(folder), *args]) == 0
+    out = capsys.readouterr().out
+    assert "10 already indexed, 15 to embed" in out
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.count() == 24 and store.info()["index"] == "hnsw"
+        assert store.get("test/ship/0000.jpg").label == "ship"  # ids are paths relative to SOURCE
+
+
+def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["index", "stats", "--data", str(data), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] == 24 and stats["dim"] == 256 and stats["labels"] == {"cat": 8, "dog": 8, "ship": 8}
+    assert stats["model_id"].startswith("hybrid1-test@")
+    assert main(["index", "stats", "--data", str(data)]) == 0
+    assert "items     24" in capsys.readouterr().out
+
+    query = _extract(gallery_tar, tmp_path / "q") / "test" / "ship" / "0002.jpg"
+    assert main(["search", str(query), "--data", str(data), "--model", str(hybrid1_artifact), "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].endswith("cifar10-jpeg/test/ship/0002.jpg") and "d=0.0000" in lines[0]
+    assert main(["search", str(query), "--data", str(data), "--model", str(hybrid1_artifact),
+                 "-k", "4", "--label", "cat", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 4 and {h["label"] for h in hits} == {"cat"}
+
+
+def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    import model
+    import torch
+
+    data = tmp_path / "data"
+    assert main(["index", "stats", "--data", str(data)]) == 2
+    assert "no index at" in capsys.readouterr().err
+    assert main(["index", "build", str(tmp_path / "nope"), "--model", str(hybrid1_artifact), "--data", str(data)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    torch.manual_seed(1)  # another model: the store refuses its vectors
+    other = model.save_artifact(tmp_path / "other.safetensors", model.create_model("hybrid1", in_chans=3),
+                                model.ArtifactMeta(name="other", arch="hybrid1", in_chans=3, image_size=32))
+    assert main(["index", "build", str(gallery_tar), "--model", str(other), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "hybrid1-test@" in err and "other@" in err
