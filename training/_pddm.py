@@ -16,6 +16,11 @@ embeddings f of one mini-batch:
   the batch (our addition: it calibrates S on ordinary pairs, which re-ranking needs);
 * L_emb, the trainer's Multi-Similarity loss on the embeddings.
 
+E_m and E_p train the PDDM on detached features by default (detach=True): the features are shaped by
+E_e on the PDDM-mined quadruplets and by L_emb. With detach=False (fully end to end) E_m's gradient
+reaches the network through the PDDM, and at Hybrid-1's start it is about 1000 times the
+Multi-Similarity gradient and follows the untrained PDDM (measured; see docs/pddm.md).
+
 docs/pddm.md gives the reasons for each choice.
 """
 from __future__ import annotations
@@ -67,7 +72,7 @@ class PDDMLoss(MetricLoss):
 
     def __init__(self, embed_dim: int = 256, hidden: int = 128, margin: float = 0.5,
                  feature_margin: float = 0.5, lam: float = 0.5, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
-                 embedding_loss: nn.Module | None = None, embedding_weight: float = 1.0, detach: bool = False):
+                 embedding_loss: nn.Module | None = None, embedding_weight: float = 1.0, detach: bool = True):
         super().__init__()
         if per not in _MINING:
             raise ValueError(f"per must be one of {_MINING}, got {per!r}")
@@ -132,8 +137,8 @@ class PDDMLoss(MetricLoss):
 @register_loss("pddm")
 def _pddm(embed_dim: int, num_classes: int, hidden: int = 128, margin: float = 0.5, feature_margin: float = 0.5,
           lam: float = 0.5, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
-          embedding_weight: float = 1.0, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
-          epsilon: float = 0.1, **_) -> MetricLoss:
+          embedding_weight: float = 1.0, detach: bool = True, alpha: float = 2.0, beta: float = 50.0,
+          base: float = 0.5, epsilon: float = 0.1, **_) -> MetricLoss:
     """The joint PDDM loss; alpha, beta, base and epsilon are the Multi-Similarity settings, as for "ms"."""
     return PDDMLoss(embed_dim, hidden, margin, feature_margin, lam, pair_weight, pair_sample, per,
-                    MultiSimilarity(alpha, beta, base, epsilon), embedding_weight)
+                    MultiSimilarity(alpha, beta, base, epsilon), embedding_weight, detach)

@@ -95,7 +95,7 @@ def test_joint_loss_decreases_on_real_digits(shared_data):
     pddm_before = {k: v.clone() for k, v in loss_fn.pddm.state_dict().items()}
     opt = torch.optim.Adam(list(net.parameters()) + list(loss_fn.parameters()), lr=2e-3)
     history = []
-    for _ in range(60):
+    for _ in range(30):
         opt.zero_grad()
         loss = loss_fn(net(x), y)
         loss.backward()
