@@ -46,8 +46,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     SIMSEARCH_DATA_DIR=/data \
     SIMSEARCH_PORT=8000
-RUN groupadd --system --gid 10001 simsearch \
-    && useradd --system --uid 10001 --gid simsearch --home-dir /data --no-create-home \
+RUN groupadd --gid 10001 simsearch \
+    && useradd --uid 10001 --gid simsearch --home-dir /data --no-create-home \
                --shell /usr/sbin/nologin simsearch \
     && mkdir -p /data && chown simsearch:simsearch /data
 COPY --from=build /opt/venv /opt/venv
