@@ -177,6 +177,8 @@ def _params_for(base, sel, k, nprobe, ef_search, widen=1.0):
 def describe(index: faiss.Index) -> str:
     base = inner(index)
     name = type(base).__name__
+    if isinstance(base, faiss.IndexFlat):  # index_factory gives IndexFlat, a reload IndexFlatIP
+        return "IndexFlatIP" if base.metric_type == faiss.METRIC_INNER_PRODUCT else "IndexFlatL2"
     ivf = _find(base, faiss.IndexIVF)
     return f"{name}(nlist={ivf.nlist})" if ivf is not None else name
 
