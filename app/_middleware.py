@@ -51,9 +51,9 @@ def route_resolver(app) -> Callable[[Scope], str]:
         for route in flat(app.router.routes):
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                return getattr(route, "path", "other")
+                return getattr(route, "path_format", None) or getattr(route, "path", "other")
             if match == Match.PARTIAL and partial is None:
-                partial = getattr(route, "path", "other")
+                partial = getattr(route, "path_format", None) or getattr(route, "path", "other")
         return partial or "unmatched"
 
     return resolve

@@ -26,7 +26,7 @@ from ._service import Service
 from ._settings import Settings
 
 STATIC_DIR = FsPath(__file__).resolve().parent / "static"
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = 1024   # the store's limit
 MAX_LABEL_CHARS = 256
 
 router = APIRouter()
@@ -127,10 +127,11 @@ def _per_file(values: list[Any], n: int, name: str, allow_one: bool) -> list[Any
 
 
 def _check_id(value: str) -> str:
-    if (not value or len(value) > MAX_ID_CHARS or "/" in value or value != value.strip()
+    # '/' is allowed (`simsearch index build` uses relative paths as ids); the id routes take it.
+    if (not value or len(value) > MAX_ID_CHARS or value != value.strip() or value.endswith("/thumbnail")
             or any(ord(c) < 32 or ord(c) == 127 for c in value)):
-        raise ApiError(422, "invalid_id", f"id {value!r} is not valid: 1-{MAX_ID_CHARS} characters, "
-                                          "no '/', no control characters, no surrounding spaces")
+        raise ApiError(422, "invalid_id", f"id {value[:80]!r} is not valid: 1-{MAX_ID_CHARS} characters, no control "
+                                          "characters, no surrounding spaces, not ending in '/thumbnail'")
     return value
 
 
@@ -237,7 +238,7 @@ async def search(request: Request,
                           took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
 
 
-@router.post("/search/{id}", response_model=SearchResponse, tags=["search"],
+@router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
              responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
 async def search_by_id(request: Request, id: str = Path(description="gallery id"),
@@ -324,7 +325,18 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
                      offset=offset, limit=limit, next_offset=offset + limit if more else None)
 
 
-@router.get("/index/{id}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
+@router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
+                                                **{k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}})
+async def thumbnail(request: Request, id: str = Path()) -> Response:
+    service = _service(request)
+    data = await anyio.to_thread.run_sync(service.store.thumbnail, id)
+    if not data:
+        raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
             responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)})
 async def get_item(request: Request, id: str = Path()):
     service = _service(request)
@@ -334,7 +346,7 @@ async def get_item(request: Request, id: str = Path()):
     return ItemOut(id=item.id, label=item.label, metadata=item.metadata)
 
 
-@router.delete("/index/{id}", status_code=204, tags=["gallery"], summary="remove a gallery item",
+@router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
                responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}, response_class=Response)
 async def delete_item(request: Request, id: str = Path()) -> Response:
     service = _service(request)
@@ -342,14 +354,3 @@ async def delete_item(request: Request, id: str = Path()) -> Response:
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
     return Response(status_code=204)
-
-
-@router.get("/index/{id}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
-            response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
-                                                **{k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}})
-async def thumbnail(request: Request, id: str = Path()) -> Response:
-    service = _service(request)
-    data = await anyio.to_thread.run_sync(service.store.thumbnail, id)
-    if not data:
-        raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})

@@ -138,6 +138,24 @@ async def test_delete_then_get_search_and_delete_are_404(make_settings):
         await still_serving(c)
 
 
+async def test_ids_with_slashes_work_on_every_id_route(make_settings):
+    # `simsearch index build` uses relative paths ("cat/0001.jpg") as ids; the page escapes them (%2F).
+    async with running(make_settings()) as c:
+        ids = ["cat/0001.jpg", "dog/sub/0002.jpg"]
+        r = await c.post("/index", files=[upload(png(1)), upload(png(2))], data={"id": ids})
+        assert r.status_code == 201 and r.json()["ids"] == ids
+        for path in ("/index/cat/0001.jpg", "/index/cat%2F0001.jpg"):
+            assert (await c.get(path)).json()["id"] == "cat/0001.jpg"
+        thumb = await c.get("/index/dog%2Fsub%2F0002.jpg/thumbnail")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        hits = (await c.post("/search/cat%2F0001.jpg?k=5")).json()["results"]
+        assert [h["id"] for h in hits] == ["dog/sub/0002.jpg"]
+        assert (await c.delete("/index/dog/sub/0002.jpg")).status_code == 204
+        assert_error(await c.get("/index/dog/sub/0002.jpg"), 404, "not_found", "dog/sub/0002.jpg")
+        metrics = (await c.get("/metrics")).text
+        assert 'route="/index/{id}/thumbnail",status="200"' in metrics and "{id:path}" not in metrics
+
+
 async def test_search_by_id_excludes_the_item_and_filters(make_settings):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(i)) for i in range(5)],
