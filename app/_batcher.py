@@ -21,6 +21,7 @@ class SearchParams:
     k: int
     label: str | None = None
     max_distance: float | None = None
+    rerank: int | None = None   # re-order this many nearest candidates with the PDDM head, keep k
 
 
 @dataclass

@@ -224,18 +224,29 @@ async def search(request: Request,
                  k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
                  label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
                  max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
-                                                    description="only neighbours at most this far (0..2)")):
+                                                    description="only neighbours at most this far (0..2)"),
+                 rerank: int | None = Query(None, ge=1, le=1000,
+                                            description="re-order this many nearest candidates with the model's "
+                                                        "PDDM head and return the best k (needs an artifact "
+                                                        "with a PDDM head; at least k)")):
     t0 = time.perf_counter()
     service = _service(request)
+    if rerank is not None:
+        if service.pddm is None:
+            raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
+                                                     "head; rerank needs an artifact trained with the PDDM")
+        if rerank < k:
+            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
+                                                     "of nearest candidates the PDDM re-orders")
     form = await _read_form(request, {"file"})
     try:
         files = await _file_parts(form, max_count=1)
     finally:
         await form.close()
     arrays, _ = await anyio.to_thread.run_sync(_prepare, service, files, 0, limiter=service.decode_limiter)
-    _, hits = await service.batcher.submit(arrays, SearchParams(k, _check_label(label), max_distance))
-    return SearchResponse(results=[_hit(h) for h in hits[0]], k=k,
-                          took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
+    _, hits = await service.batcher.submit(arrays, SearchParams(k, _check_label(label), max_distance, rerank))
+    return SearchResponse(results=[_hit(h) for h in hits[0]], k=k, took_ms=(time.perf_counter() - t0) * 1000,
+                          model=service.model_id, reranked=rerank is not None, candidates=rerank)
 
 
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],

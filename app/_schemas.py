@@ -21,6 +21,8 @@ class SearchResponse(BaseModel):
     k: int
     took_ms: float = Field(description="time spent on the request in the server, milliseconds")
     model: str = Field(description="the model that embedded the query (name@sha12)")
+    reranked: bool = Field(False, description="whether the PDDM head re-ordered the candidates")
+    candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
 
 
 class IndexResponse(BaseModel):

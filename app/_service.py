@@ -28,6 +28,7 @@ class Service:
         self.metrics = metrics
         self.embedder = None
         self.store = None
+        self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
         self.batcher: MicroBatcher | None = None
         self.ready = False
         self.reason = "loading the model and the index"
@@ -79,6 +80,7 @@ class Service:
             store = index.Store.open(cfg)
         except Exception as exc:
             raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}") from exc
+        self.pddm = model.PDDM.from_artifact(embedder.artifact)
         return embedder, store
 
     async def _load(self) -> None:
@@ -102,7 +104,19 @@ class Service:
                  embedder.model_id, s.index, store.count())
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
-        return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance)
+        if not params.rerank:
+            return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance)
+        found = self.store.search(queries, k=params.rerank, label=params.label, max_distance=params.max_distance)
+        return [self._rerank(q, hits, params.k) for q, hits in zip(queries, found)]
+
+    def _rerank(self, query: np.ndarray, hits: list, k: int) -> list:
+        """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""
+        items = [self.store.get(h.id) for h in hits]
+        kept = [(h, it) for h, it in zip(hits, items) if it is not None]  # deleted meanwhile
+        if not kept:
+            return []
+        order, _ = self.pddm.rerank(query, np.stack([it.vector for _, it in kept]))
+        return [kept[i][0] for i in order[:k]]
 
     def require_ready(self) -> None:
         """Raise 503 not_ready (with the reason) until the model and index are loaded."""

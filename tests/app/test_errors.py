@@ -216,7 +216,7 @@ async def test_the_key_is_checked_before_the_body_is_read(make_settings):
             t0 = time.perf_counter()
             r = await c.post("/index", content=body(), headers={**headers, "content-type": "multipart/form-data; boundary=b"})
             assert r.status_code == status
-            assert time.perf_counter() - t0 < 2.0
+            assert time.perf_counter() - t0 < 5.0   # not after a 64 MB body
         assert pulled == 0       # not one body chunk was read
 
 
@@ -257,7 +257,7 @@ async def test_past_the_concurrency_cap_503_at_once_while_healthz_answers(make_s
             r = await c.post("/search", files=[upload(png(1))])
             assert_error(r, 503, "overloaded", "2 requests in flight")
             assert r.headers["retry-after"] == "1"
-            assert time.perf_counter() - t0 < 1.0
+            assert time.perf_counter() - t0 < 5.0   # at once, not after the held requests
             assert (await c.get("/healthz")).status_code == 200
             assert (await c.get("/readyz")).status_code == 200
             assert (await c.get("/metrics")).status_code == 200
