@@ -43,7 +43,9 @@ def page_server(tmp_path_factory, hybrid1_artifact):
 
 @pytest.fixture(scope="module")
 def gallery(page_server, shared_data):
-    """30 CIFAR-10 test images indexed over HTTP, one request per class; {id: (name, label, jpeg)}."""
+    """30 CIFAR-10 test images indexed over HTTP, one request per class; {id: (name, label, jpeg)}.
+    Ids are paths with a space ("cifar10 test/cat/cat-0001.jpg"), as `simsearch index build` makes
+    them, so the page must escape them in its URLs."""
     images = cifar10_images(shared_data, PER_CLASS)
     assert len(images) == 10 * PER_CLASS
     by_label: dict[str, list[tuple[str, str, bytes]]] = {}
@@ -53,11 +55,11 @@ def gallery(page_server, shared_data):
     with httpx.Client(base_url=page_server.url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
         for label, group in by_label.items():
             files = [("file", (name, data, "image/jpeg")) for name, _, data in group]
-            response = client.post("/index", files=files, data={"label": label})
+            ids = [f"cifar10 test/{label}/{name}" for name, _, _ in group]
+            response = client.post("/index", files=files, data={"label": label, "id": ids})
             assert response.status_code == 201, \
                 f"{response.status_code} {response.text}\n{page_server.log_tail()}"
-            ids = response.json()["ids"]
-            assert len(ids) == len(group)
+            assert response.json()["ids"] == ids
             indexed.update(zip(ids, group))
     return indexed
 
