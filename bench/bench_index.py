@@ -70,6 +70,9 @@ def run(kind: str, n: int, gallery: np.ndarray, queries: np.ndarray, truth: np.n
     ids = [f"img/{i:07d}.jpg" for i in range(n)]
     for s in range(0, n, batch):
         store.upsert([Item(ids[i], gallery[i]) for i in range(s, min(n, s + batch))])
+        done, el = min(n, s + batch), time.perf_counter() - t0
+        if n >= 100_000 and done % 100_000 == 0:  # progress, so that a cut-short run still tells
+            print(f"  {kind} {n}: {done:,} added in {el:.0f}s ({done / el:,.0f}/s)", file=sys.stderr, flush=True)
     row["add_s"] = time.perf_counter() - t0
     row["add_per_s"] = n / row["add_s"]
     # Retrain on the whole gallery (what snapshot() does once it has grown 4x past training).
