@@ -1,0 +1,145 @@
+"""`simsearch train DATA`, `simsearch evaluate ARTIFACT DATA`, `simsearch experiment table1|ablation`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._errors import CliError
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a zoo model on a dataset and write a model artifact",
+                       description="Train any zoo model with cross-entropy and/or Multi-Similarity loss. DATA is a "
+                                   "folder with MNIST-style IDX files, a cifar-10-batches-py folder, an ImageFolder "
+                                   "tree (train/<class>/..., test/<class>/..., or just <class>/...), or a .tar of one.")
+    p.add_argument("data", help="dataset path (see above)")
+    p.add_argument("--out", "-o", required=True, help="artifact to write (.safetensors); also writes .metrics.json")
+    p.add_argument("--model", default=None, help="zoo architecture (simsearch models; default hybrid1)")
+    p.add_argument("--loss", default=None, help="ce, ms or ce+ms (default ce+ms)")
+    p.add_argument("--preset", default="default", help="default (our recipe) or paper (Adam 1e-3, no augmentation)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--schedule", default=None, help="none, cosine or step")
+    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--image-size", type=int, default=None, help="ImageFolder images are decoded to this size (32)")
+    p.add_argument("--in-chans", type=int, default=None, choices=(1, 3), help="ImageFolder channels (3)")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--max-test", type=int, default=None, help="evaluate on at most this many test images")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs, keeping OUT.ckpt to --resume later")
+    p.add_argument("--arch", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="model builder argument, e.g. --arch stride=1 --arch act=relu --arch norm=true")
+    p.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field, e.g. --set loss_kwargs='{\"ms_weight\": 2}'")
+    p.add_argument("--name", default=None, help="artifact name (default MODEL-DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt when it exists")
+    p.add_argument("--download", default=None, choices=("mnist", "fashion-mnist", "cifar10"),
+                   help="first download this dataset with torchvision into DATA (needs internet)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics and test losses of an artifact on a dataset's test split")
+    p.add_argument("artifact", help="model artifact (.safetensors)")
+    p.add_argument("data", help="dataset path (same layouts as train)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("experiment", help="regenerate the paper's tables (table1, table2, ablation)")
+    p.add_argument("which", choices=("table1", "table2", "ablation"))
+    p.add_argument("--data-root", default=None, help="folder with mnist/, fashion-mnist/, cifar10-jpeg.tar "
+                                                     "(default ../shared/data)")
+    p.add_argument("--epochs", default=None, help="epochs per run, or MNIST,FASHION,CIFAR (default the paper's 20,20,25)")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--models", default=None, help="comma-separated subset of the table's models")
+    p.add_argument("--losses", default=None, help="comma-separated subset of ce,ms")
+    p.add_argument("--datasets", default=None, help="comma-separated subset of mnist,fashion-mnist,cifar10")
+    p.add_argument("--max-train", type=int, default=None, help="train on at most this many images per run")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out-dir", default="docs/results", help="where the Markdown and JSON go")
+    p.add_argument("--work-dir", default=None, help="where per-run artifacts go (default a cache folder)")
+    p.set_defaults(func=_experiment)
+
+
+def _train(args) -> int:
+    import training
+
+    data = Path(args.data)
+    if args.download:
+        try:
+            data = training.download_dataset(args.download, data)
+        except Exception as exc:  # network errors: say what failed
+            raise CliError(f"could not download {args.download} into {args.data}: {exc}") from None
+    overrides = {k: v for k, v in {
+        "model": args.model, "loss": args.loss, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "weight_decay": args.weight_decay, "schedule": args.schedule, "val_fraction": args.val_fraction,
+        "seed": args.seed, "threads": args.threads, "device": args.device, "image_size": args.image_size,
+        "in_chans": args.in_chans, "max_train": args.max_train,
+        "max_test": args.max_test}.items() if v is not None}
+    if args.no_augment:
+        overrides["augment"] = False
+    overrides.update(dict(args.set))
+    if args.arch:
+        overrides["arch_kwargs"] = {**overrides.get("arch_kwargs", {}), **dict(args.arch)}
+    try:
+        cfg = training.preset(args.preset, **overrides).validate()
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    import model
+
+    if not model.is_model(cfg.model):
+        raise CliError(f"unknown model {cfg.model!r}; known: {', '.join(model.list_models())}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CliError(f"--out must end in .safetensors, got {args.out!r}")
+    try:
+        training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
+                       stop_after=args.stop_after)
+    except training.DatasetError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:  # e.g. a checkpoint written with another configuration
+        raise CliError(str(exc)) from None
+    except TypeError as exc:  # a bad --arch keyword reaches the model builder
+        raise CliError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    return 0
+
+
+def _evaluate(args) -> int:
+    import model
+    import training
+
+    try:
+        res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test)
+    except (model.ArtifactError, training.DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    print(training.format_metrics(res))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _experiment(args) -> int:
+    from training import _experiment as exp
+
+    try:
+        return exp.run_from_cli(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None

@@ -1,0 +1,55 @@
+"""`simsearch train` and `simsearch evaluate` end to end in a subprocess, on a tiny real ImageFolder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _simsearch(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+                   "--threads", "1", "--quiet", "--arch", "norm=true", "--name", "tiny-shapes", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = model.read_meta(out)
+    assert meta.name == "tiny-shapes" and meta.class_names == ["airplane", "automobile", "cat", "ship"]
+    assert meta.arch_kwargs == {"norm": True} and meta.in_chans == 3 and meta.image_size == 32
+    assert meta.metrics["test_size"] == 24 and "ce_loss" in meta.metrics
+    metrics = json.loads(out.with_name("tiny.metrics.json").read_text())["metrics"]
+    assert metrics["precision_at_1"] == meta.metrics["precision_at_1"]
+
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--json", str(tmp_path / "eval.json"),
+                   cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "precision_at_1" in r.stdout and "ms_loss" in r.stdout
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["precision_at_1"] == meta.metrics["precision_at_1"]
+    assert res["dataset"]["num_classes"] == 4
+
+
+def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
+    import cli
+
+    (tmp_path / "empty").mkdir()
+    r = _simsearch("train", str(tmp_path / "empty"), "--out", str(tmp_path / "m.safetensors"), cache=tmp_path)
+    assert r.returncode == 2 and "not a dataset layout" in r.stderr and "Traceback" not in r.stderr
+    out = str(tmp_path / "m.safetensors")
+    for args, message in [(["train", str(tmp_path / "empty"), "--out", out, "--loss", "hinge"], "unknown loss 'hinge'"),
+                          (["train", str(tmp_path / "empty"), "--out", out, "--model", "resnet9"],
+                           "unknown model 'resnet9'"),
+                          (["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m.pt")], "must end in .safetensors"),
+                          (["evaluate", str(tmp_path / "nope.safetensors"), str(tmp_path)], "no such model artifact")]:
+        assert cli.main(args) == 2
+        assert message in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""Dataset readers on the real data and on small files written here in every supported layout."""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import DatasetError, load_dataset
+from training._data import stratified_split
+
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def _synthetic_idx(folder, gz: bool, n_train=30, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte": np.arange(n_test) % 10}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        _write_idx(folder / (name + (".gz" if gz else "")), arr, gz)
+    return arrays
+
+
+def test_real_mnist_and_fashion(shared_data):
+    mnist = load_dataset(shared_data / "mnist")
+    assert mnist.train.images.shape == (60000, 1, 28, 28) and mnist.train.images.dtype == torch.uint8
+    assert mnist.test.images.shape == (10000, 1, 28, 28)
+    assert abs(mnist.train.images.float().mean().item() / 255 - 0.1307) < 1e-3
+    assert torch.bincount(mnist.train.labels).tolist()[:2] == [5923, 6742]
+    fashion = load_dataset(shared_data / "fashion-mnist")
+    assert fashion.name == "fashion-mnist" and fashion.class_names[0] == "T-shirt/top"
+    assert torch.bincount(fashion.test.labels).tolist() == [1000] * 10
+
+
+@pytest.mark.slow
+def test_real_cifar_tar(shared_data):
+    ds = load_dataset(shared_data / "cifar10-jpeg.tar")
+    assert ds.layout == "imagefolder"
+    assert ds.train.images.shape == (50000, 3, 32, 32) and len(ds.test) == 10000
+    assert ds.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert torch.bincount(ds.train.labels).tolist() == [5000] * 10
+    assert 0.4 < ds.train.images.float().mean().item() / 255 < 0.55
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_synthetic_idx(tmp_path, gz):
+    arrays = _synthetic_idx(tmp_path / "digits", gz)
+    ds = load_dataset(tmp_path / "digits")
+    assert ds.layout == "idx" and ds.class_names == [str(i) for i in range(10)]
+    assert torch.equal(ds.train.images[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.uint8)))
+    assert ds.test.labels.tolist() == list(arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_idx_in_torchvision_raw_layout_inside_a_tar(tmp_path):
+    _synthetic_idx(tmp_path / "src" / "MNIST" / "raw", gz=False)
+    with tarfile.open(tmp_path / "mnist.tar", "w") as tar:
+        tar.add(tmp_path / "src" / "MNIST", arcname="MNIST")
+    ds = load_dataset(tmp_path / "mnist.tar")
+    assert len(ds.train) == 30 and len(ds.test) == 10
+
+
+def test_truncated_idx_is_explained(tmp_path):
+    _synthetic_idx(tmp_path / "d", gz=False)
+    data = (tmp_path / "d" / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "d" / "t10k-images-idx3-ubyte").write_bytes(data[:-100])
+    with pytest.raises(DatasetError, match="truncated"):
+        load_dataset(tmp_path / "d")
+
+
+def test_cifar_python_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    images = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        images[name] = data
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": [0, 1, 2, 3]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b", "c", "d"]}))
+    ds = load_dataset(tmp_path)  # the parent folder is found too
+    assert ds.layout == "cifar-batches" and ds.class_names == ["a", "b", "c", "d"]
+    assert ds.train.images.shape == (20, 3, 32, 32) and len(ds.test) == 4
+    # CIFAR rows are channel-major 1024 R, 1024 G, 1024 B values
+    assert torch.equal(ds.test.images[2].flatten(), torch.from_numpy(images["test_batch"][2]))
+    assert ds.train.labels.tolist() == [0, 1, 2, 3] * 5
+
+
+def _png(color, size=(40, 30), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _image_tree(root, with_splits: bool):
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    for c, rgb in colours.items():
+        for i in range(5):
+            sub = (root / ("train" if i < 4 else "test") / c) if with_splits else (root / c)
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"{i}.png").write_bytes(_png(rgb))
+    (root / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
+
+
+def test_imagefolder_with_train_and_test(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=True)
+    ds = load_dataset(tmp_path / "photos")
+    assert ds.class_names == ["blue", "green", "red"]
+    assert ds.train.images.shape == (12, 3, 32, 32) and len(ds.test) == 3
+    red = ds.train.images[ds.train.labels == 2]
+    assert (red[:, 0] == 255).all() and (red[:, 1] == 0).all()
+
+
+def test_imagefolder_without_splits_gets_a_seeded_stratified_test_split(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=False)
+    a = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3, use_cache=False)
+    b = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3)
+    assert len(a.train) == 12 and torch.bincount(a.test.labels).tolist() == [1, 1, 1]
+    assert torch.equal(a.train.images, b.train.images)
+    grey = load_dataset(tmp_path / "photos", in_chans=1, image_size=16)
+    assert grey.train.images.shape == (12, 1, 16, 16)
+
+
+def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):
+    _image_tree(tmp_path / "tree" / "shapes", with_splits=True)
+    with tarfile.open(tmp_path / "shapes.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "shapes", arcname="shapes")
+    monkeypatch.setenv("SIMSEARCH_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset(tmp_path / "shapes.tar.gz")
+    assert ds.class_names == ["blue", "green", "red"] and len(ds.train) == 12
+    assert len(list((tmp_path / "cache" / "datasets").glob("*.safetensors"))) == 1
+    again = load_dataset(tmp_path / "shapes.tar.gz")
+    assert torch.equal(again.test.images, ds.test.images) and again.class_names == ds.class_names
+
+
+def test_bad_inputs_are_explained(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="not a dataset layout.*IDX.*ImageFolder"):
+        load_dataset(tmp_path / "notes")
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    (tmp_path / "one" / "only" / "x.png").write_bytes(_png((1, 2, 3)))
+    with pytest.raises(DatasetError, match="no class folders"):
+        load_dataset(tmp_path / "one")
+    for split in ("train", "test"):
+        (tmp_path / "single" / split / "only").mkdir(parents=True)
+        (tmp_path / "single" / split / "only" / "x.png").write_bytes(_png((1, 2, 3)))
+    with pytest.raises(DatasetError, match="only 1 class"):
+        load_dataset(tmp_path / "single")
+    (tmp_path / "broken" / "a").mkdir(parents=True)
+    (tmp_path / "broken" / "b").mkdir(parents=True)
+    (tmp_path / "broken" / "a" / "x.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "broken" / "b" / "y.png").write_bytes(_png((1, 2, 3)))
+    with pytest.raises(DatasetError, match="cannot decode image 'a/x.jpg'"):
+        load_dataset(tmp_path / "broken")
+
+
+def test_two_datasets_in_one_folder_is_ambiguous(tmp_path):
+    _synthetic_idx(tmp_path / "all" / "mnist", gz=True)
+    _synthetic_idx(tmp_path / "all" / "fashion-mnist", gz=True)
+    with pytest.raises(DatasetError, match="holds 2 IDX datasets"):
+        load_dataset(tmp_path / "all")
+
+
+def test_stratified_split_holds_out_each_class():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    keep, held = stratified_split(labels, 0.1, seed=0)
+    assert torch.bincount(labels[held]).tolist() == [5, 3, 2]
+    assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == 100
+    assert torch.equal(stratified_split(labels, 0.1, seed=0)[1], held)
+    assert not torch.equal(stratified_split(labels, 0.1, seed=1)[1], held)

@@ -1,0 +1,63 @@
+"""The loss registry and what each loss computes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training import create_loss, list_losses, register_loss
+from training._losses import MetricLoss
+
+
+def _batch(seed=0, n_per_class=4, classes=4, dim=16):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    centres = torch.randn(classes, dim, generator=g)
+    return centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_registry_lists_the_three_losses():
+    assert {"ce", "ms", "ce+ms"} <= set(list_losses())
+    with pytest.raises(ValueError, match="unknown loss 'triplet'"):
+        create_loss("triplet", 16, 4)
+
+
+def test_ce_has_a_head_that_is_stored_and_matches_plain_cross_entropy():
+    emb, labels = _batch()
+    loss = create_loss("ce", 16, 4)
+    assert set(loss.heads()) == {"ce_head"} and loss.head_meta()["ce_head"]["out_features"] == 4
+    expected = torch.nn.functional.cross_entropy(loss.heads()["ce_head"](emb), labels)
+    assert torch.allclose(loss(emb, labels), expected)
+    assert not loss.needs_pairs
+
+
+def test_ms_is_small_for_separated_classes_and_large_for_mixed_ones():
+    emb, labels = _batch()
+    ms = create_loss("ms", 16, 4)
+    assert ms.needs_pairs and ms.heads() == {}
+    separated = torch.nn.functional.one_hot(labels, 16).float()  # orthogonal per class, identical within
+    assert ms(separated, labels).item() < 1e-6  # no hard pairs are mined
+    mixed = ms(emb, labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]).item()
+    assert mixed > 0.3
+
+
+def test_combined_is_the_weighted_sum_and_gradients_reach_the_head():
+    emb, labels = _batch()
+    emb.requires_grad_(True)
+    both = create_loss("ce+ms", 16, 4, ce_weight=0.5, ms_weight=2.0)
+    parts = both.parts
+    total = both(emb, labels)
+    assert torch.allclose(total, 0.5 * parts["ce"](emb, labels) + 2.0 * parts["ms"](emb, labels))
+    total.backward()
+    assert both.heads()["ce_head"].weight.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_a_new_loss_plugs_in_by_name():
+    @register_loss("test-l2-centre")
+    def _factory(embed_dim, num_classes, **_):
+        class L2(MetricLoss):
+            def forward(self, embeddings, labels):
+                return embeddings.pow(2).mean()
+        return L2()
+
+    loss = create_loss("test-l2-centre", 8, 2)
+    assert loss(torch.ones(3, 8), torch.zeros(3, dtype=torch.long)).item() == 1.0

@@ -1,0 +1,96 @@
+"""A short real training run, resuming from a checkpoint, and evaluation of the artifact it writes."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import model
+from training import evaluate_artifact, preset, train
+
+QUICK = dict(epochs=2, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "hybrid1-mnist.safetensors"
+    result = train(preset("default", **QUICK), shared_data / "mnist", out, progress=False, log=lambda _: None)
+    return result
+
+
+def test_short_real_run_beats_chance_by_far(mnist_run):
+    m = mnist_run.metrics
+    # 10 balanced classes: a random embedding has precision@1 about 0.1
+    assert m["precision_at_1"] > 0.4, m
+    assert m["ce_accuracy"] > 0.3 and m["ce_loss"] < math.log(10)
+    art = model.load_artifact(mnist_run.artifact)
+    assert art.meta.in_chans == 1 and art.meta.image_size == 28 and len(art.meta.class_names) == 10
+    assert art.meta.metrics["precision_at_1"] == m["precision_at_1"]
+    assert "ce_head" in art.heads and art.heads["ce_head"]["weight"].shape == (10, 256)
+    assert art.meta.training["config"]["loss"] == "ce+ms" and len(art.meta.training["history"]) == 2
+    saved = json.loads(mnist_run.metrics_path.read_text())
+    assert saved["metrics"]["ms_loss"] == m["ms_loss"]
+    assert not mnist_run.artifact.with_name(mnist_run.artifact.name + ".ckpt").exists()
+
+
+def test_evaluate_is_consistent_with_training(mnist_run, shared_data):
+    # the stored artifact reproduces the training-time evaluation exactly on the same test subset
+    same = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"])
+    for k in ("precision_at_1", "mean_average_precision_at_r", "recall_at_10", "ce_loss", "ms_loss"):
+        assert same[k] == pytest.approx(mnist_run.metrics[k], abs=1e-5), k
+    res = evaluate_artifact(mnist_run.artifact, shared_data / "mnist")
+    for k in ("precision_at_1", "r_precision", "mean_average_precision_at_r", "recall_at_1", "recall_at_5",
+              "recall_at_10", "ce_accuracy"):
+        assert 0.0 <= res[k] <= 1.0, (k, res[k])
+    assert res["recall_at_1"] == pytest.approx(res["precision_at_1"])
+    assert res["recall_at_1"] <= res["recall_at_5"] <= res["recall_at_10"]
+    assert res["mean_average_precision_at_r"] <= res["r_precision"] + 1e-9
+    assert res["test_size"] == 10000 and res["ce_loss"] > 0 and res["ms_loss"] >= 0
+    assert res["ms_loss_settings"]["batch_size"] == 64 and res["ms_loss_settings"]["m_per_class"] == 8
+
+
+def test_evaluate_refuses_a_model_of_another_shape(hybrid1_artifact, shared_data):
+    from training import DatasetError
+
+    with pytest.raises(DatasetError, match="the model expects 3x32x32"):
+        evaluate_artifact(hybrid1_artifact, shared_data / "mnist")
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "max_train": 240, "max_test": 200, "loss": "ms", "model": "cnn3a"})
+    straight = train(cfg, shared_data / "fashion-mnist", tmp_path / "a.safetensors", progress=False,
+                     log=lambda _: None)
+    logs: list[str] = []
+    assert train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
+                 log=logs.append, stop_after=1) is None
+    assert (tmp_path / "b.safetensors.ckpt").exists() and not (tmp_path / "b.safetensors").exists()
+    resumed = train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
+                    log=logs.append, resume=True)
+    assert any("resumed" in line and "epoch 1" in line for line in logs)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    a, b = model.load_artifact(straight.artifact), model.load_artifact(resumed.artifact)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-5), k
+    assert resumed.metrics["precision_at_1"] == pytest.approx(straight.metrics["precision_at_1"], abs=1e-6)
+    # MS-only training has no CE head, so no CE loss is reported
+    assert "ce_loss" not in resumed.metrics and "ms_loss" in resumed.metrics
+
+
+def test_resume_refuses_another_configuration(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "max_train": 100, "max_test": 100, "model": "inn2"})
+    train(cfg, shared_data / "mnist", tmp_path / "c.safetensors", progress=False, log=lambda _: None,
+          stop_after=1)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(cfg.replace(lr=0.1), shared_data / "mnist", tmp_path / "c.safetensors", progress=False,
+              log=lambda _: None, resume=True)
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        preset("default", loss="hinge").validate()
+    with pytest.raises(ValueError, match="schedule must be"):
+        preset("default", schedule="linear").validate()
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        preset("fast")

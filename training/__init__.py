@@ -1,0 +1,18 @@
+"""training: make model artifacts. Dataset readers, losses by name, the training loop, evaluation and
+the experiment that regenerates the paper's tables.
+
+    from training import TrainConfig, preset, train, evaluate_artifact, load_dataset
+    result = train(preset("default", model="hybrid1", loss="ce+ms", epochs=30), "../shared/data/mnist", "m.safetensors")
+"""
+from ._config import PRESETS, TrainConfig, preset
+from ._data import Dataset, DatasetError, Split, cache_dir, download_dataset, load_dataset
+from ._evaluate import evaluate_artifact, evaluate_embeddings, format_metrics, retrieval_metrics
+from ._losses import MetricLoss, create_loss, list_losses, register_loss
+from . import _pddm  # noqa: F401  (registers the "pddm" loss)
+from ._trainer import TrainResult, train
+
+__all__ = [
+    "PRESETS", "Dataset", "DatasetError", "MetricLoss", "Split", "TrainConfig", "TrainResult", "cache_dir",
+    "create_loss", "download_dataset", "evaluate_artifact", "evaluate_embeddings", "format_metrics",
+    "list_losses", "load_dataset", "preset", "register_loss", "retrieval_metrics", "train",
+]

@@ -1,0 +1,442 @@
+"""Dataset readers: IDX (MNIST, Fashion-MNIST), CIFAR-10 python batches, ImageFolder trees and tars.
+
+Every reader returns the same thing, a `Dataset` of uint8 image tensors (N, C, S, S) and int64
+labels for a train and a test split, plus class names. A decoded dataset is cached once as a
+safetensors file under $SIMSEARCH_CACHE (default ~/.cache/simsearch/datasets), keyed by the source
+path, its size and modification time and the decoding options, so that training never decodes
+JPEGs twice. Nothing is downloaded here: see `download_dataset` for the one explicit exception.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+_CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CACHE_VERSION = 2
+
+
+class DatasetError(ValueError):
+    """The path is not a dataset in a layout we read; the message says what was expected."""
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, C, S, S) and labels as int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "Split":
+        """The rows `index` (a new Split sharing no memory with this one)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Split(self.images[index].clone(), self.labels[index].clone())
+
+
+@dataclass
+class Dataset:
+    """A decoded dataset: train and test splits, class names and where it came from."""
+
+    name: str
+    layout: str  # "idx", "cifar-batches" or "imagefolder"
+    train: Split
+    test: Split
+    class_names: list[str]
+    source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        """A JSON-able summary (recorded in artifacts and metrics files)."""
+        return {"name": self.name, "layout": self.layout, "source": self.source, "num_classes": self.num_classes,
+                "train_size": len(self.train), "test_size": len(self.test), "in_chans": self.in_chans,
+                "image_size": self.image_size, **self.info}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a folder or a tar, both seen as a set of relative posix names with a byte reader.
+
+
+class _Source:
+    def __init__(self, path: Path):
+        self.path = path
+        self._tar: tarfile.TarFile | None = None
+        if path.is_dir():
+            files = [p for p in path.rglob("*") if p.is_file() or (p.is_symlink() and p.exists())]
+            self.names = sorted(p.relative_to(path).as_posix() for p in files)
+        elif path.is_file() and tarfile.is_tarfile(path):
+            self._tar = tarfile.open(path)
+            self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+            self.names = sorted(self._members)
+        elif path.exists():
+            raise DatasetError(f"{path}: not a folder or a tar archive")
+        else:
+            raise DatasetError(f"{path}: no such file or folder")
+        self.names = [n for n in self.names if not any(part.startswith(".") for part in n.split("/"))]
+
+    def read(self, name: str) -> bytes:
+        if self._tar is not None:
+            f = self._tar.extractfile(self._members[name])
+            assert f is not None
+            return f.read()
+        return (self.path / name).read_bytes()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def fingerprint(self) -> str:
+        """Changes whenever the source's content plausibly changes (names, sizes, mtimes)."""
+        h = hashlib.sha256(str(self.path.resolve()).encode())
+        if self._tar is not None:
+            st = self.path.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            for n in self.names:
+                st = (self.path / n).stat()
+                h.update(f"{n}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+
+def _strip_common_dir(names: list[str]) -> tuple[str, list[str]]:
+    """If every name lies under one top folder, descend into it (repeatedly)."""
+    prefix = ""
+    while names and all("/" in n for n in names):
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) != 1:
+            break
+        top = tops.pop()
+        prefix += top + "/"
+        names = [n.split("/", 1)[1] for n in names]
+    return prefix, names
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers.
+
+
+def _read_idx(data: bytes) -> np.ndarray:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DatasetError("not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"IDX file is truncated: header says {dims}, found {body.size} values")
+    return body.reshape(dims)
+
+
+def _by_folder(names: list[str], wanted: dict[str, tuple[str, ...]], what: str, display: str) -> dict[str, str] | None:
+    """The one folder holding a file for every key of `wanted` (key -> accepted base names)."""
+    folders: dict[str, dict[str, str]] = {}
+    for n in names:
+        path = PurePosixPath(n)
+        for key, bases in wanted.items():
+            if path.name in bases:
+                got = folders.setdefault(str(path.parent), {})
+                # prefer the uncompressed file when both are present
+                if key not in got or not n.endswith(".gz"):
+                    got[key] = n
+    complete = sorted(f for f, got in folders.items() if len(got) == len(wanted))
+    if len(complete) > 1:
+        raise DatasetError(f"{display}: holds {len(complete)} {what} datasets ({', '.join(complete)}); "
+                           f"pass one of those folders")
+    return folders[complete[0]] if complete else None
+
+
+def _find_idx(names: list[str], display: str) -> dict[str, str] | None:
+    # torchvision's MNIST keeps the files in <root>/MNIST/raw/; any one folder, raw or .gz, is accepted.
+    return _by_folder(names, {k: (v, v + ".gz") for k, v in _IDX_FILES.items()}, "IDX", display)
+
+
+def _idx_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
+    arrays = {k: _read_idx(src.read(v)) for k, v in files.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DatasetError(f"{display}: {split} images and labels differ in count")
+    fashion = "fashion" in str(src.path).lower()
+    classes = FASHION_CLASSES if fashion else MNIST_CLASSES
+    nclass = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
+    if nclass != 10:
+        classes = [str(i) for i in range(nclass)]
+
+    def split(kind: str) -> Split:
+        images = torch.from_numpy(arrays[f"{kind}_images"].copy())
+        images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
+        return Split(images, torch.from_numpy(arrays[f"{kind}_labels"].astype(np.int64)))
+
+    name = "fashion-mnist" if fashion else ("mnist" if "mnist" in str(src.path).lower() else src.path.stem)
+    return Dataset(name, "idx", split("train"), split("test"), list(classes), display)
+
+
+def _find_cifar(names: list[str], display: str) -> dict[str, str] | None:
+    found = _by_folder(names, {b: (b,) for b in _CIFAR_TRAIN + ["test_batch"]}, "CIFAR batch", display)
+    if found:
+        folder = str(PurePosixPath(found["test_batch"]).parent)
+        meta = "batches.meta" if folder == "." else f"{folder}/batches.meta"
+        if meta in names:
+            found["batches.meta"] = meta
+    return found
+
+
+def _unpickle(data: bytes) -> dict:
+    # The CIFAR batches are Python pickles (that is the published format; torchvision reads them the same way).
+    return pickle.loads(data, encoding="latin1")
+
+
+def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
+    def load(batches: list[str]) -> Split:
+        xs, ys = [], []
+        for b in batches:
+            d = _unpickle(src.read(files[b]))
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
+        return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+    classes = CIFAR10_CLASSES
+    if "batches.meta" in files:
+        classes = list(_unpickle(src.read(files["batches.meta"])).get("label_names", classes))
+    return Dataset("cifar10", "cifar-batches", load(_CIFAR_TRAIN), load(["test_batch"]), classes, display)
+
+
+def _decode_images(src: _Source, names: list[str], in_chans: int, size: int, desc: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from model import to_model_array
+
+    out = np.empty((len(names), in_chans, size, size), np.uint8)
+    for i, n in enumerate(tqdm(names, desc=desc, unit="img", leave=False, mininterval=2.0,
+                               disable=len(names) < 2000)):
+        try:
+            with Image.open(io.BytesIO(src.read(n))) as im:
+                out[i] = to_model_array(im, in_chans, size)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DatasetError(f"{src.path}: cannot decode image {n!r}: {exc}") from exc
+    return torch.from_numpy(out)
+
+
+def _class_tree(names: list[str]) -> dict[str, list[str]]:
+    """class folder -> image names, for names shaped <class>/.../<image>."""
+    tree: dict[str, list[str]] = {}
+    for n in names:
+        if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS):
+            tree.setdefault(n.split("/", 1)[0], []).append(n)
+    return tree
+
+
+def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
+                         image_size: int, test_fraction: float, seed: int) -> Dataset:
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    info: dict = {}
+    if {"train", "test"} <= tops or {"train", "val"} <= tops:
+        test_dir = "test" if "test" in tops else "val"
+        train_tree = _class_tree([n.split("/", 1)[1] for n in names if n.startswith("train/")])
+        test_tree = _class_tree([n.split("/", 1)[1] for n in names if n.startswith(test_dir + "/")])
+        if not train_tree:
+            raise DatasetError(f"{display}: train/ has no class folders with images in them")
+        classes = sorted(set(train_tree) | set(test_tree))
+        info["test_from"] = f"{test_dir}/"
+        parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
+    else:
+        tree = _class_tree(names)
+        if not tree:
+            raise DatasetError(_explain(display, names))
+        classes = sorted(tree)
+        parts = {"all": ("", tree)}
+    if len(classes) < 2:
+        raise DatasetError(f"{display}: found only {len(classes)} class folder ({classes}); need at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for key, (sub, tree) in parts.items():
+        files = [(sub + n, index[c]) for c in sorted(tree) for n in sorted(tree[c])]
+        images = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}")
+        splits[key] = Split(images, torch.tensor([y for _, y in files], dtype=torch.long))
+    if "all" in splits:
+        if not 0.0 < test_fraction < 1.0:
+            raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
+        train_idx, test_idx = stratified_split(splits["all"].labels, test_fraction, seed)
+        splits = {"train": splits["all"].subset(train_idx), "test": splits["all"].subset(test_idx)}
+        info.update(test_from=f"seeded stratified {test_fraction:g} of each class", split_seed=seed)
+    name = src.path.name
+    for suffix in (".tar", ".gz", ".tgz", ".bz2", ".xz"):
+        name = name.removesuffix(suffix)
+    name = name.removesuffix(".tar")
+    return Dataset(name, "imagefolder", splits["train"], splits["test"], classes, display, info)
+
+
+def _explain(display: str, names: list[str]) -> str:
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
+    loose = [n for n in names if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
+    if loose:
+        return (f"{display}: found images but no class folders (e.g. {loose[0]!r}): put each class's images in "
+                f"its own folder, <class>/<image>, with at least 2 classes")
+    return (f"{display}: not a dataset layout simsearch reads. Expected one of: the four MNIST-style IDX "
+            f"files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            f"t10k-labels-idx1-ubyte[.gz]); a cifar-10-batches-py folder (data_batch_1..5, test_batch); or an "
+            f"ImageFolder tree (train/<class>/<image>, test/<class>/<image>, or just <class>/<image>), or a "
+            f".tar of any of these. Found: {shown}")
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of indices into (keep, held_out) with `fraction` of every class held out (at least 1
+    per class with 2 or more members)."""
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        else:
+            n = 0
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point with the cache.
+
+
+def cache_dir() -> Path:
+    """$SIMSEARCH_CACHE or ~/.cache/simsearch."""
+    return Path(os.environ.get("SIMSEARCH_CACHE", Path.home() / ".cache" / "simsearch"))
+
+
+def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_size: int | None = None,
+                 test_fraction: float = 0.2, split_seed: int = 0, use_cache: bool = True) -> Dataset:
+    """Read the dataset at `path`, autodetecting its layout (IDX, CIFAR batches, ImageFolder, a tar of one).
+
+    `in_chans` and `image_size` apply to ImageFolder data (default 3 and 32; images are decoded with
+    model.to_model_array, the same preprocessing the service uses). IDX and CIFAR data keep their
+    native shape. A folder of class folders without train/ and test/ gets a seeded stratified test
+    split of `test_fraction`. Raises DatasetError with an explanation when the layout is unknown.
+    """
+    path = Path(path).expanduser()
+    src = _Source(path)
+    try:
+        key = hashlib.sha256(json.dumps([_CACHE_VERSION, src.fingerprint(), in_chans, image_size, test_fraction,
+                                         split_seed]).encode()).hexdigest()[:24]
+        cached = cache_dir() / "datasets" / f"{key}.safetensors"
+        if use_cache and cached.exists():
+            try:
+                return _load_cached(cached)
+            except Exception:  # a damaged cache entry is rebuilt
+                pass
+        ds = _read(src, str(path), in_chans, image_size, test_fraction, split_seed)
+        if in_chans is not None and ds.in_chans != in_chans:
+            ds = _convert_channels(ds, in_chans)
+        if use_cache:
+            _save_cached(cached, ds)
+        return ds
+    finally:
+        src.close()
+
+
+def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed) -> Dataset:
+    prefix, names = _strip_common_dir(src.names)
+    idx = _find_idx(names, display)
+    if idx:
+        return _idx_dataset(src, {k: prefix + v for k, v in idx.items()}, display)
+    cifar = _find_cifar(names, display)
+    if cifar:
+        return _cifar_dataset(src, {k: prefix + v for k, v in cifar.items()}, display)
+    return _imagefolder_dataset(src, prefix, names, display, in_chans or 3, image_size or 32, test_fraction, seed)
+
+
+def _convert_channels(ds: Dataset, in_chans: int) -> Dataset:
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        if in_chans == 1 and x.shape[1] == 3:  # ITU-R 601-2 luma, as PIL's convert("L")
+            w = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+            return ((x.int() * w).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").clamp(0, 255).byte()
+        if in_chans == 3 and x.shape[1] == 1:
+            return x.expand(-1, 3, -1, -1).contiguous()
+        raise DatasetError(f"cannot convert {x.shape[1]} channels to {in_chans}")
+
+    ds.train.images, ds.test.images = conv(ds.train.images), conv(ds.test.images)
+    return ds
+
+
+def _save_cached(path: Path, ds: Dataset) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: getattr(ds, k) for k in ("name", "layout", "class_names", "source", "info")}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels,
+               "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels}, str(tmp),
+              metadata={"dataset": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_cached(path: Path) -> Dataset:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["dataset"])
+    t = load_file(str(path))
+    return Dataset(meta["name"], meta["layout"], Split(t["train_images"], t["train_labels"]),
+                   Split(t["test_images"], t["test_labels"]), meta["class_names"], meta["source"], meta["info"])
+
+
+def download_dataset(name: str, root: str | os.PathLike) -> Path:
+    """Download MNIST, Fashion-MNIST or CIFAR-10 with torchvision into `root` (only when the user asks:
+    `simsearch train --download`). Returns the folder to pass to load_dataset."""
+    from torchvision import datasets
+
+    root = Path(root)
+    makers: dict[str, Callable] = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
+                                   "cifar10": datasets.CIFAR10}
+    if name not in makers:
+        raise DatasetError(f"cannot download {name!r}; known: {sorted(makers)}")
+    for train in (True, False):
+        makers[name](str(root), train=train, download=True)
+    return {"mnist": root / "MNIST" / "raw", "fashion-mnist": root / "FashionMNIST" / "raw",
+            "cifar10": root / "cifar-10-batches-py"}[name]
+
+
+def iter_batches(x: Iterable, n: int):  # small helper used by evaluation
+    buf = []
+    for item in x:
+        buf.append(item)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -1,0 +1,173 @@
+"""Evaluation on a test split: retrieval metrics (pytorch-metric-learning's AccuracyCalculator with
+FAISS k-NN) and the paper's two figures, test-set cross-entropy loss and Multi-Similarity loss.
+
+How each number is computed is documented in docs/training.md ("Evaluation").
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RETRIEVAL_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+RECALL_AT = (1, 5, 10)
+
+
+def _accuracy_calculator(k: int | str | None = "max_bin_count"):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    class _Calculator(AccuracyCalculator):
+        """AccuracyCalculator plus Recall@K (a query counts when any of its K nearest neighbours shares its
+        label), the usual deep-metric-learning recall."""
+
+        def requires_knn(self):
+            return super().requires_knn() + [f"recall_at_{r}" for r in RECALL_AT]
+
+    def make(r: int):
+        def calc(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
+            keep = not_lone_query_mask
+            hits = (knn_labels[keep, :r] == query_labels[keep, None]).any(dim=1)
+            return hits.float().mean().item() if len(hits) else float("nan")
+        return calc
+
+    for r in RECALL_AT:
+        setattr(_Calculator, f"calculate_recall_at_{r}", make(r))
+    return _Calculator(include=RETRIEVAL_METRICS + tuple(f"recall_at_{r}" for r in RECALL_AT), k=k,
+                       device=torch.device("cpu"))
+
+
+@torch.inference_mode()
+def embed_images(net: nn.Module, images: torch.Tensor, mean, std, device: torch.device | str = "cpu",
+                 batch_size: int = 512) -> torch.Tensor:
+    """Raw (not normalised) float32 embeddings of uint8 images (N, C, S, S), the way the Embedder feeds them."""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    c = images.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device).float().div_(255.0)
+        out.append(net((x - m) / s).float().cpu())
+    net.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, getattr(net, "embed_dim", 0))
+
+
+def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, k: int | str | None = "max_bin_count",
+                      only_p1: bool = False) -> dict[str, float]:
+    """Leave-one-out retrieval over one split: every item queries all the others (cosine, via FAISS on
+    L2-normalised vectors). precision@1, R-precision, MAP@R and recall@1/5/10, each in [0, 1]."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    emb = F.normalize(embeddings.float(), dim=1).numpy().astype(np.float32)
+    lab = labels.numpy()
+    if only_p1:
+        calc = AccuracyCalculator(include=("precision_at_1",), k=1, device=torch.device("cpu"))
+    else:
+        calc = _accuracy_calculator(k)
+    res = calc.get_accuracy(emb, lab)
+    return {k2: float(v) for k2, v in res.items()}
+
+
+def ce_loss(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean cross-entropy of the stored linear head over the whole split (and its accuracy)."""
+    w, b = head_state["weight"].float().cpu(), head_state["bias"].float().cpu()
+    logits = embeddings.float() @ w.T + b
+    return {"ce_loss": float(F.cross_entropy(logits, labels).item()),
+            "ce_accuracy": float((logits.argmax(1) == labels).float().mean().item())}
+
+
+def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_per_batch: int = 8,
+            alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
+            seed: int = 0) -> dict[str, Any]:
+    """Multi-Similarity loss on the test split, averaged over class-balanced batches.
+
+    Batches: pml MPerClassSampler with `m` images of each of `classes_per_batch` classes (fewer when the
+    split has fewer classes), seeded, as many batches as cover the split once. Per batch: pml
+    MultiSimilarityMiner(epsilon) then MultiSimilarityLoss(alpha, beta, base) on cosine similarity,
+    mean over all anchors in the batch (anchors with no mined pair count as 0). Result: mean over batches.
+    """
+    from pytorch_metric_learning import losses, miners
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    cpb = min(classes_per_batch, len(torch.unique(labels)))
+    batch = m * cpb
+    state = np.random.get_state()
+    np.random.seed(seed)  # MPerClassSampler draws from numpy's global generator
+    try:
+        order = list(iter(MPerClassSampler(labels.numpy(), m, batch_size=batch,
+                                           length_before_new_iter=max(len(labels), batch))))
+    finally:
+        np.random.set_state(state)
+    loss_fn = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    miner = miners.MultiSimilarityMiner(epsilon=epsilon)
+    values, raw = [], []
+    with torch.no_grad():
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = torch.tensor(order[i:i + batch])
+            e, y = embeddings[idx].float(), labels[idx]
+            values.append(loss_fn(e, y, miner(e, y)).item())
+            raw.append(loss_fn(e, y).item())
+    return {"ms_loss": float(np.mean(values)), "ms_loss_unmined": float(np.mean(raw)),
+            "ms_loss_settings": {"batch_size": batch, "m_per_class": m, "batches": len(values), "alpha": alpha,
+                                 "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
+
+
+def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
+                        ms_m: int = 8, ms_classes: int = 8) -> dict[str, Any]:
+    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given) and ms_loss."""
+    out: dict[str, Any] = retrieval_metrics(embeddings, labels)
+    if ce_head is not None:
+        out.update(ce_loss(embeddings, labels, ce_head))
+    out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
+    out["test_size"] = int(len(labels))
+    return out
+
+
+def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
+                      batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
+                      max_test: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
+
+    The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
+    class names when it has them, so the CE head's classes line up. `max_test` evaluates a seeded
+    stratified subset (the same one `simsearch train --max-test` with that `seed` uses).
+    """
+    import model
+
+    from ._data import DatasetError, load_dataset, stratified_split
+
+    art = model.load_artifact(artifact)
+    meta = art.meta
+    ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
+                      split_seed=split_seed)
+    if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
+        raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
+                           f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
+    dev = torch.device(device) if device else model.default_device()
+    net = art.model.to(dev)
+    test = ds.test
+    if max_test and max_test < len(test):
+        keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
+        test = test.subset(keep)
+    emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size)
+    head = art.heads.get("ce_head")
+    if head is not None and meta.class_names and meta.class_names != ds.class_names:
+        head = None  # classes differ: a CE loss against this head would be meaningless
+    res = evaluate_embeddings(emb, test.labels, head)
+    res["dataset"] = ds.describe()
+    res["model_id"] = art.model_id
+    res["parameters"] = model.count_parameters(art.model)
+    return res
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """One line per headline metric, for the console."""
+    keys = list(RETRIEVAL_METRICS) + [f"recall_at_{r}" for r in RECALL_AT] + ["ce_loss", "ce_accuracy", "ms_loss"]
+    return "\n".join(f"{k:30s} {m[k]:.4f}" for k in keys if k in m)

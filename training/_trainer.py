@@ -1,0 +1,291 @@
+"""The training loop: any zoo model, any registered loss, CPU or CUDA (mixed precision there),
+seeded, resumable from a per-epoch checkpoint, best epoch kept on a validation split."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._config import TrainConfig
+from ._data import Dataset, Split, load_dataset, stratified_split
+from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
+from ._losses import MetricLoss, create_loss
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the artifact path, its test metrics and the per-epoch history."""
+
+    artifact: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    metrics_path: Path
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[int, int]:
+    """(batch_size, m_per_class) for class-balanced batches; m=0 means plain shuffling."""
+    if not needs_pairs:
+        return cfg.batch_size, 0
+    m = cfg.m_per_class
+    if m * num_classes < cfg.batch_size:  # too few classes to fill a batch with m of each: raise m
+        m = max(2, cfg.batch_size // num_classes)
+    return max(m, (cfg.batch_size // m) * m), m
+
+
+def _augmenter(cfg: TrainConfig, ds: Dataset):
+    from torchvision.transforms import v2
+
+    if not cfg.augment:
+        return None
+    hflip = cfg.hflip if cfg.hflip is not None else ds.class_names != [str(i) for i in range(10)]
+    steps: list[nn.Module] = []
+    if cfg.crop_padding > 0:
+        steps.append(v2.RandomCrop(ds.image_size, padding=cfg.crop_padding, padding_mode="reflect"))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps) if steps else None
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt")
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            p = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+        if cfg.schedule == "step":
+            return 0.1 ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+    return f
+
+
+def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.PathLike, *, name: str | None = None,
+          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> TrainResult | None:
+    """Train `cfg.model` with `cfg.loss` on `data` and write the artifact to `out` (plus `out`.metrics.json
+    and a resumable checkpoint `out`.ckpt, removed when the run completes).
+
+    `data` is a path that load_dataset reads (or an already loaded Dataset). `stop_after` ends this session
+    after that many epochs, leaving the checkpoint for a later `resume=True` (returns None then).
+    """
+    import model as zoo
+    from tqdm import tqdm
+
+    cfg.validate()
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_amp = cfg.amp and device.type == "cuda"
+    t_start = time.time()
+
+    ds = data if isinstance(data, Dataset) else load_dataset(
+        data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+    _seed_all(cfg.seed)
+    train_split = ds.train
+    if cfg.max_train and cfg.max_train < len(train_split):
+        keep, _ = stratified_split(train_split.labels, 1 - cfg.max_train / len(train_split), cfg.seed)
+        train_split = train_split.subset(keep)
+    test_split = ds.test
+    if cfg.max_test and cfg.max_test < len(test_split):
+        keep, _ = stratified_split(test_split.labels, 1 - cfg.max_test / len(test_split), cfg.seed)
+        test_split = test_split.subset(keep)
+    val_split: Split | None = None
+    if cfg.val_fraction > 0:
+        tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
+        train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
+
+    # Normalisation statistics of the training images (stored in the artifact, used by the Embedder).
+    x = train_split.images.float().div(255.0)
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    del x
+
+    net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **cfg.arch_kwargs).to(device)
+    loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
+                                      **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    params = list(net.parameters()) + list(loss_fn.parameters())
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
+    n_train = len(train_split)
+    steps_per_epoch = max(1, n_train // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    aug = _augmenter(cfg, ds)
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_p1, best_state = 0, -1.0, None
+    ckpt = _checkpoint_path(out)
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if json.loads(state["config"]) != json.loads(json.dumps(cfg.to_dict())):
+            raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration")
+        net.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_p1 = int(state["epoch"]), float(state["best_p1"])
+        best_state = state.get("best_model") or None
+        history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(_np_state(state))
+        random.seed(int(state["epoch"]) + cfg.seed)
+        log(f"resumed from {ckpt} at epoch {start_epoch}")
+
+    if loss_fn.needs_pairs:
+        from pytorch_metric_learning.samplers import MPerClassSampler
+        sampler = MPerClassSampler(train_split.labels.numpy(), m, batch_size=batch_size,
+                                   length_before_new_iter=steps_per_epoch * batch_size)
+    log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
+        f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
+        f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}, {cfg.epochs} epochs")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        net.train()
+        loss_fn.train()
+        if loss_fn.needs_pairs:
+            order = torch.tensor(list(iter(sampler)), dtype=torch.long)
+        else:
+            order = torch.randperm(n_train)
+        total, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False, mininterval=1.0)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            imgs = train_split.images[idx]
+            if aug is not None:
+                imgs = torch.stack([aug(im) for im in imgs])
+            xb = imgs.to(device, non_blocking=True).float().div_(255.0)
+            xb = (xb - mean_t) / std_t
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = train_split.labels[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                emb = net(xb)
+            loss = loss_fn(emb.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total += loss.item()
+            count += 1
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total / max(count, 1), 5),
+                               "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
+        if val_split is not None:
+            emb = embed_images(net, val_split.images, mean, std, device)
+            rec["val_precision_at_1"] = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
+            if rec["val_precision_at_1"] > best_p1:
+                best_p1 = rec["val_precision_at_1"]
+                best_state = {"model": _cpu_state(net), "loss": _cpu_state(loss_fn), "epoch": epoch + 1}
+                best_state = _flatten_best(best_state)
+        history.append(rec)
+        log(json.dumps(rec))
+        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg)
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
+            log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
+            return None
+
+    best_epoch = cfg.epochs
+    if best_state is not None:
+        net.load_state_dict({k[6:]: v for k, v in best_state.items() if k.startswith("model.")})
+        loss_fn.load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("loss.")})
+        best_epoch = int(best_state["_epoch"].item())
+    train_seconds = time.time() - t_start
+
+    # Final evaluation on the test split.
+    emb = embed_images(net, test_split.images, mean, std, device)
+    heads = loss_fn.heads()
+    ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
+    metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
+                                  ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m))
+    metrics["best_epoch"] = best_epoch
+    if val_split is not None:
+        metrics["val_precision_at_1"] = best_p1
+    net = net.to("cpu").to(memory_format=torch.contiguous_format)
+    metrics["parameters"] = zoo.count_parameters(net)
+    metrics["size_kb_float32"] = round(metrics["parameters"] * 4 / 1024, 2)
+
+    artifact_name = name or f"{cfg.model}-{ds.name}"
+    training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device),
+                     "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
+                     "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
+                     "torch": torch.__version__}
+    meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=dict(cfg.arch_kwargs),
+                            in_chans=ds.in_chans, image_size=ds.image_size, mean=mean, std=std,
+                            embed_dim=cfg.embed_dim, class_names=list(ds.class_names), training=training_info,
+                            metrics=metrics, heads=loss_fn.head_meta())
+    zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
+    metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
+    metrics_path.write_text(json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
+                                        "training": training_info}, indent=2) + "\n")
+    if ckpt.exists():
+        ckpt.unlink()
+    log(format_metrics(metrics))
+    log(f"wrote {out} and {metrics_path} ({train_seconds:.0f} s)")
+    return TrainResult(out, metrics, history, metrics_path)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _flatten_best(best: dict) -> dict[str, torch.Tensor]:
+    flat = {f"model.{k}": v for k, v in best["model"].items()}
+    flat.update({f"loss.{k}": v for k, v in best["loss"].items()})
+    flat["_epoch"] = torch.tensor(best["epoch"])
+    return flat
+
+
+def _np_state(state: dict):
+    s = json.loads(state["numpy_rng"])
+    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
+
+
+def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, best_p1: float, best_state,
+                     history: list, cfg: TrainConfig) -> None:
+    ns = np.random.get_state()
+    state = {"model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best_p1": best_p1,
+             "best_model": best_state or {}, "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
+             "torch_rng": torch.get_rng_state(),
+             "numpy_rng": json.dumps([ns[0], ns[1].tolist(), ns[2], ns[3], ns[4]])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
