@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Callable, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._errors import ApiError
+
+T = TypeVar("T")
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _ALLOWED_TEXT = "JPEG, PNG, WebP, GIF or BMP"
@@ -51,14 +54,18 @@ def sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: str = "file") -> Image.Image:
-    """Decode image bytes into a fully loaded PIL image.
+def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: str = "file",
+                 convert: Callable[[Image.Image], T] | None = None) -> Image.Image | T:
+    """Decode image bytes into a fully loaded PIL image, or into `convert(image)`.
 
     The format is identified from the bytes by Pillow restricted to ALLOWED_FORMATS (the
     Content-Type is ignored); width x height is checked against `max_pixels` before decoding, and
     Pillow's DecompressionBombWarning is an error. `draft` lets JPEG decode at a reduced scale no
-    smaller than draft x draft. Raises ApiError: 400 empty or corrupt/truncated, 413 too many pixels,
-    415 a format outside the allow-list or not an image. `what` names the part in messages.
+    smaller than draft x draft. `convert` receives the opened, not yet decoded image and does the
+    decoding itself (e.g. Embedder.preprocess, which drafts JPEGs to the model's size exactly as
+    for images read from disk); its failures are reported like decoding failures.
+    Raises ApiError: 400 empty or corrupt/truncated, 413 too many pixels, 415 a format outside the
+    allow-list or not an image. `what` names the part in messages.
     """
     if not data:
         raise ApiError(400, "empty_file", f"{what} is empty (0 bytes)")
@@ -91,6 +98,8 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
         if w < 1 or h < 1:
             raise ApiError(400, "invalid_image", f"{what} has no pixels ({w}x{h})")
         try:
+            if convert is not None:
+                return convert(img)
             if draft and img.format == "JPEG":
                 img.draft(None, (draft, draft))
             img.load()

@@ -162,17 +162,21 @@ def _parse_metadata(text: str, i: int) -> dict[str, Any]:
 # ---- CPU work (runs in threads) ----------------------------------------------------------------
 
 def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: int) -> tuple[np.ndarray, list]:
-    s = service.settings
-    size = service.embedder.meta.image_size
+    # The model's input is made exactly as Embedder.embed makes it from a file (its own JPEG draft),
+    # so an image indexed here, by `simsearch index build` or searched for gets the same vector.
+    max_pixels = service.settings.max_pixels
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        img = decode_image(data, s.max_pixels, draft=max(size, thumbnail_size), what=what)
-        try:
-            arrays.append(service.embedder.preprocess(img))
-            thumbs.append(make_thumbnail(img, thumbnail_size) if thumbnail_size else None)
-        except Exception as exc:  # noqa: BLE001  (a decoded image the pipeline cannot handle)
-            raise ApiError(400, "invalid_image", f"{what}: cannot process the image: {exc}") from None
+        arrays.append(decode_image(data, max_pixels, what=what, convert=service.embedder.preprocess))
+        if thumbnail_size:
+            img = decode_image(data, max_pixels, draft=thumbnail_size, what=what)
+            try:
+                thumbs.append(make_thumbnail(img, thumbnail_size))
+            except Exception as exc:  # noqa: BLE001  (a decoded image the thumbnailer cannot handle)
+                raise ApiError(400, "invalid_image", f"{what}: cannot make a thumbnail: {exc}") from None
+        else:
+            thumbs.append(None)
         service.metrics.decode_seconds.observe(time.perf_counter() - t0)
     return np.stack(arrays), thumbs
 

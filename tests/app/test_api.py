@@ -6,6 +6,7 @@ import json
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -62,6 +63,24 @@ async def test_index_then_search_finds_the_same_image_first_with_score_one(make_
             assert body["k"] == 3 and body["took_ms"] > 0 and body["model"].startswith("hybrid1-test@")
         r = await c.post("/search?k=1", files=[upload(cars[0], "car.jpg", "image/jpeg")])
         assert r.status_code == 200 and r.json()["results"][0]["score"] < 1.0 - 1e-6
+
+
+async def test_a_large_photo_gets_the_same_vector_when_indexed_and_searched(make_settings, hybrid1_artifact):
+    import model
+
+    # 1000x700: libjpeg's reduced-scale decoding (draft) picks different scales for a 128-pixel
+    # thumbnail and for the 32-pixel model input, so decoding once for both would change the vector.
+    photo = encode(pattern(8, (1000, 700)), "JPEG", quality=92)
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(photo, "big.jpg", "image/jpeg")], data={"id": "big"})
+        await c.post("/index", files=[upload(encode(pattern(8, (1600, 1200)).rotate(3), "JPEG"), "near.jpg")],
+                     data={"id": "near"})
+        hit = (await c.post("/search?k=2", files=[upload(photo, "q.jpg", "image/jpeg")])).json()["results"][0]
+        assert hit["id"] == "big" and hit["score"] == pytest.approx(1.0, abs=1e-6)
+        # and the same vector as the Embedder gives for the file (what `simsearch index build` stores)
+        stored = c.app.state.service.store.get("big").vector
+        direct = model.Embedder.from_file(hybrid1_artifact, device="cpu").embed([Image.open(io.BytesIO(photo))])[0]
+        assert np.abs(stored - direct).max() < 1e-6
 
 
 async def test_search_caps_results_at_k_and_at_the_gallery_size(make_settings):
