@@ -4,7 +4,7 @@
 
 Measured in one process, interleaved round by round:
 - Hybrid-1 through model.Embedder.embed_arrays (uint8 in, normalised float32 out: the service's path)
-  at batch 1, 32 and 256, with torch's default thread count and with 1 thread;
+  at batch 1, 8 (typical of the service's micro-batches), 32 and 256, with torch's default thread count and with 1 thread;
 - ResNet-50 from torchvision (no weights needed) on 224x224 float input at batch 1 and 16;
 - the practical peak: a 4096x4096 fp32 matmul on the same threads;
 - the theoretical peak: cores x GHz x FLOPs/cycle from lscpu (see bench/_common.py).
@@ -113,7 +113,7 @@ def main() -> None:
           f"+ involution by hand {flops['involution_by_hand']/1e6:.3f} M); ResNet-50@224 {rn_flops['total']/1e9:.2f} G")
 
     rng = np.random.default_rng(0)
-    batches = {bs: rng.integers(0, 256, (bs, c, s, s), dtype=np.uint8) for bs in (1, 32, 256)}
+    batches = {bs: rng.integers(0, 256, (bs, c, s, s), dtype=np.uint8) for bs in (1, 8, 32, 256)}
     proposed = None
     if not args.no_proposed:
         proposed = model.Embedder(emb.artifact, device="cpu")

@@ -1,0 +1,160 @@
+"""Training speed: seconds per epoch of Hybrid-1 on CPU (and on CUDA when present), per dataset.
+
+    .venv/bin/python bench/bench_train.py [--datasets mnist,fashion-mnist,cifar10] [--steps 60]
+        [--trainer-max-train 0] [--threads 0]
+
+Per dataset (the real data from ../shared/data, decoded once into training's uint8 cache):
+- minimal loop: Hybrid-1 + a Linear cross-entropy head, AdamW, batch 128, uint8 tensors normalised
+  on the fly, no augmentation; `--steps` timed steps (after 3 warm-up steps), extrapolated to one
+  epoch of the full training split. Run for the current model and for the proposed involution
+  forward (bench_embed.proposed_involution_forward), interleaved in blocks of 10 steps.
+- the project's trainer (training.train, default preset, loss ce+ms, 1 epoch, no validation
+  split): the epoch's own wall time from its history (augmentation and sampling included), on
+  `--trainer-max-train` images (0 = the whole split) and scaled to the full split.
+On CUDA (when torch sees a GPU) the minimal loop also runs there (plain fp32, data copied per batch);
+without a GPU that part is reported as not measured.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import _common  # noqa: E402
+import model  # noqa: E402
+
+DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10-jpeg.tar"}
+
+
+def _patch_proposed(net: torch.nn.Module) -> torch.nn.Module:
+    from bench_embed import proposed_involution_forward
+
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, model.Involution):
+            m.forward = types.MethodType(proposed_involution_forward, m)
+    return net
+
+
+def minimal_loop(ds, steps: int, device: torch.device, batch: int = 128, block: int = 10) -> dict:
+    """Seconds per step of a plain CE training loop, current vs proposed involution, interleaved."""
+    torch.manual_seed(0)
+    base = model.create_model("hybrid1", in_chans=ds.in_chans)
+    nets = {"current": base, "proposed": _patch_proposed(base)}
+    imgs, labels = ds.train.images, ds.train.labels
+    x_all = imgs.float().div(255.0)
+    mean = x_all.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+    std = x_all.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+    del x_all
+    state = {}
+    for name, net in nets.items():
+        net = net.to(device).train()
+        head = torch.nn.Linear(256, ds.num_classes).to(device)
+        opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=1e-3)
+        state[name] = (net, head, opt)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(name):
+        net, head, opt = state[name]
+        idx = torch.randint(0, len(labels), (batch,), generator=gen)
+        xb = (imgs[idx].to(device).float().div_(255.0) - mean) / std
+        loss = F.cross_entropy(head(net(xb)), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for name in state:
+        for _ in range(3):
+            step(name)
+    times = {name: [] for name in state}
+    done = 0
+    while done < steps:
+        for name in state:
+            t0 = time.perf_counter()
+            for _ in range(block):
+                step(name)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) / block)
+        done += block
+    steps_per_epoch = len(labels) // batch
+    out = {}
+    for name, ts in times.items():
+        ts = sorted(ts)
+        med = ts[len(ts) // 2]
+        out[name] = {"sec_per_step_median": med, "sec_per_step_best": ts[0],
+                     "sec_per_epoch_median": med * steps_per_epoch, "sec_per_epoch_best": ts[0] * steps_per_epoch}
+    out["steps_per_epoch"] = steps_per_epoch
+    out["proposed_speedup"] = out["current"]["sec_per_step_median"] / out["proposed"]["sec_per_step_median"]
+    return out
+
+
+def trainer_epoch(ds, max_train: int) -> dict:
+    from training import preset, train
+
+    cfg = preset("default", model="hybrid1", epochs=1, val_fraction=0.0, max_train=max_train or None)
+    n_full = len(ds.train)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = train(cfg, ds, Path(tmp) / "bench.safetensors", progress=False, log=lambda s: None)
+        total = time.perf_counter() - t0
+    n_used = min(max_train or n_full, n_full)
+    sec = res.history[0]["seconds"]
+    return {"images": n_used, "epoch_seconds": sec, "epoch_seconds_full_split": sec * n_full / n_used,
+            "run_seconds_incl_test_eval": total, "loss": cfg.loss, "batch_size": cfg.batch_size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="mnist,fashion-mnist,cifar10")
+    ap.add_argument("--steps", type=int, default=60, help="timed steps per variant in the minimal loop")
+    ap.add_argument("--trainer-max-train", type=int, default=0, help="images for the trainer epoch (0 = all)")
+    ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = _common.machine()
+    from training import load_dataset
+
+    results = {}
+    for name in args.datasets.split(","):
+        path = _common.SHARED_DATA / DATASETS[name]
+        t0 = time.perf_counter()
+        ds = load_dataset(path)
+        load_s = time.perf_counter() - t0
+        print(f"\n== {name}: {len(ds.train)} train images {tuple(ds.train.images.shape[1:])}, "
+              f"loaded in {load_s:.1f} s; torch threads {torch.get_num_threads()}")
+        r = {"train_images": len(ds.train), "load_seconds": load_s}
+        r["cpu_minimal_loop"] = m = minimal_loop(ds, args.steps, torch.device("cpu"))
+        print(f"  minimal CE loop, batch 128, CPU: current {m['current']['sec_per_epoch_median']:.1f} s/epoch "
+              f"(best {m['current']['sec_per_epoch_best']:.1f}); proposed involution "
+              f"{m['proposed']['sec_per_epoch_median']:.1f} s/epoch ({m['proposed_speedup']:.2f}x)")
+        if not args.no_trainer:
+            r["cpu_trainer"] = t = trainer_epoch(ds, args.trainer_max_train)
+            print(f"  trainer (default preset, ce+ms, augmentation): {t['epoch_seconds']:.1f} s for {t['images']} "
+                  f"images = {t['epoch_seconds_full_split']:.1f} s per full epoch")
+        if torch.cuda.is_available():
+            r["cuda_minimal_loop"] = g = minimal_loop(ds, args.steps, torch.device("cuda"))
+            print(f"  minimal loop on {torch.cuda.get_device_name()}: {g['current']['sec_per_epoch_median']:.2f} s/epoch")
+        else:
+            r["cuda"] = "not measured: no GPU on this machine"
+        results[name] = r
+    _common.write_result("train", {"command": _common.command_line(), "machine": machine,
+                                   "loadavg_at_end": list(os.getloadavg()), "torch_threads": torch.get_num_threads(),
+                                   "results": results})
+
+
+if __name__ == "__main__":
+    main()
