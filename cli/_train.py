@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--losses", default=None, help="comma-separated subset of ce,ms")
     p.add_argument("--datasets", default=None, help="comma-separated subset of mnist,fashion-mnist,cifar10")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images per run")
+    p.add_argument("--max-test", type=int, default=None, help="evaluate on this many test images (default all)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default="docs/results", help="where the Markdown and JSON go")
     p.add_argument("--work-dir", default=None, help="where per-run artifacts go (default a cache folder)")

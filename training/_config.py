@@ -19,8 +19,8 @@ class TrainConfig:
     batch_size: int = 128
     m_per_class: int = 8  # class-balanced batches (pml MPerClassSampler) for pair losses
     optimizer: str = "adamw"  # "adam" or "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
+    lr: float = 2e-3
+    weight_decay: float = 0.02
     schedule: str = "cosine"  # "none", "cosine" (per step, with warmup) or "step"
     warmup_epochs: float = 1.0
     step_size: int = 10  # epochs between x0.1 steps for schedule="step"

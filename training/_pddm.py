@@ -72,7 +72,8 @@ class PDDMLoss(MetricLoss):
 
     def __init__(self, embed_dim: int = 256, hidden: int = 128, margin: float = 0.5,
                  feature_margin: float = 0.5, lam: float = 0.5, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
-                 embedding_loss: nn.Module | None = None, embedding_weight: float = 1.0, detach: bool = True):
+                 embedding_loss: nn.Module | None = None, embedding_weight: float = 1.0, detach: bool = True,
+                 warmup_steps: int = 0):
         super().__init__()
         if per not in _MINING:
             raise ValueError(f"per must be one of {_MINING}, got {per!r}")
@@ -82,6 +83,8 @@ class PDDMLoss(MetricLoss):
         self.embedding_loss = embedding_loss if embedding_loss is not None else MultiSimilarity()
         self.embedding_weight = float(embedding_weight)
         self.detach = bool(detach)
+        self.warmup_steps = int(warmup_steps)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps seen
         #: the parts of the last forward, as floats (for logs and tests)
         self.last: dict[str, float] = {}
 
@@ -103,10 +106,19 @@ class PDDMLoss(MetricLoss):
             e_m = e_e = zero
         e_p = self._pair_loss(f.detach() if self.detach else f, labels) if self.pair_weight else zero
         l_emb = self.embedding_loss(embeddings, labels) if self.embedding_weight else zero
-        total = e_m + self.lam * e_e + self.pair_weight * e_p + self.embedding_weight * l_emb
+        ramp = self._ramp()
+        total = ramp * (e_m + self.lam * e_e) + self.pair_weight * e_p + self.embedding_weight * l_emb
         parts = {"pddm_hinge": e_m, "feature_hinge": e_e, "pair_logistic": e_p, "embedding": l_emb, "total": total}
         self.last = {k: float(v.detach()) for k, v in parts.items()} | {"quadruplets": float(len(quads))}
         return total
+
+    def _ramp(self) -> float:
+        """The weight of the mined terms: 0 -> 1 linearly over the first warmup_steps training calls."""
+        if self.training:
+            self.steps += 1
+        if self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, float(self.steps) / self.warmup_steps)
 
     def _pair_loss(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Class-balanced logistic loss of S against the same-class indicator over the pairs i < j of a
