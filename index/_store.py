@@ -137,7 +137,6 @@ class Store:
                              ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
                              ("last_seq", str(self._last_seq))):
                     self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
-        self._stored_spec = meta.get("index")
 
     # ---- recovery: snapshot + replay --------------------------------------------------------
 
@@ -180,6 +179,12 @@ class Store:
         self._applied_seq = self._last_seq
         self._maybe_train_locked()
         self._setup_gpu()
+        if snap is None and self._rows and not self.config.read_only:
+            # The index was rebuilt from SQLite: snapshot it now (in the background) so that the
+            # next start, even after a crash, does not pay for the rebuild again.
+            self._maint_thread = threading.Thread(target=self._background, args=(None, True),
+                                                  name="index-maintenance", daemon=True)
+            self._maint_thread.start()
         log.info("index: opened %s: %d items, %s, model %s, dim %d, seq %d (%.2fs)", self._path,
                  len(self._rows), _faiss.describe(self._index), self.model_id, self.dim,
                  self._applied_seq, time.perf_counter() - t0)
@@ -190,7 +195,7 @@ class Store:
         try:
             snap = _faiss.read_snapshot(self._snap_path)
         except _faiss.SnapshotError as exc:
-            aside = self._set_aside(self._snap_path)
+            aside = self._snap_path if self.config.read_only else self._set_aside(self._snap_path)
             log.error("index: snapshot %s is unusable (%s); moved it to %s and rebuilding the "
                       "index from the record of truth (%d items)", self._snap_path, exc, aside,
                       len(self._rows))
@@ -206,7 +211,7 @@ class Store:
                       "database lost acknowledged writes (restored from an older copy, or its "
                       "journal was removed). Serving what the database holds; the snapshot is "
                       "moved to %s for inspection", snap.seq, self._last_seq,
-                      self._set_aside(self._snap_path))
+                      self._snap_path if self.config.read_only else self._set_aside(self._snap_path))
             return None
         return snap
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -161,10 +162,17 @@ def test_truncated_journal_is_logged_and_the_intact_commits_recovered(tmp_path, 
     path = tmp_path / "store"
     acked = _run_writer_and_kill(path, 60)
     wal = path / "store.sqlite3-wal"
-    size = wal.stat().st_size
-    assert size > 10_000, "the killed writer left its commits in the WAL"
-    with open(wal, "r+b") as f:  # cut the journal in the middle of its last frames
-        f.truncate(size - 3000)
+    data = wal.read_bytes()
+    page = struct.unpack(">I", data[8:12])[0]
+    frame = 24 + page
+    commit_ends = [off + frame for off in range(32, len(data) - frame + 1, frame)
+                   if struct.unpack(">I", data[off + 4:off + 8])[0]]
+    assert len(commit_ends) > 10, "the killed writer left its commits in the WAL"
+    # Cut the journal in the middle of the commit frame three transactions from the end: at
+    # most one transaction after it can be unacknowledged (the one in flight at the kill), so
+    # acknowledged writes are cut off.
+    with open(wal, "r+b") as f:
+        f.truncate(commit_ends[-3] - frame // 2)
     caplog.set_level(logging.INFO, logger="index")
     with Store.open(StoreConfig(path, dim=DIM, model_id=MODEL_ID)) as store:
         present = [i for i in acked if store.get(i) is not None]
