@@ -215,19 +215,19 @@ def run_table1(data_root: Path, *, datasets: list[str], models: list[str], losse
 
 def run_ablation(data_root: Path, *, datasets: list[str], losses: list[str], epochs: dict[str, int],
                  preset_name: str, max_train: int | None, threads: int | None, out_dir: Path,
-                 work_dir: Path | None, command: str = "", log=print) -> tuple[Path, Path]:
+                 work_dir: Path | None, command: str = "", log=print, max_test: int | None = None) -> tuple[Path, Path]:
     """Hybrid-1 with GELU against the same with ReLU (the paper's activation claim)."""
     work_dir = work_dir or cache_dir() / "experiments" / "ablation-act"
     work_dir.mkdir(parents=True, exist_ok=True)
     cells = [{"dataset": d, "model": "hybrid1", "loss": l, "preset": preset_name, "tag": f"{d}-hybrid1-{act}-{l}",
-              "overrides": {"epochs": epochs[d], "max_train": max_train, "threads": threads,
+              "overrides": {"epochs": epochs[d], "max_train": max_train, "max_test": max_test, "threads": threads,
                             "arch_kwargs": {"act": act}}}
              for d in datasets for l in losses for act in ("gelu", "relu")]
     results = run_cells(cells, data_root, work_dir, log)
     lines = ["# Ablation: GELU vs ReLU in Hybrid-1", "", f"Command: `{command or ' '.join(sys.argv)}`  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
              f"Machine: {machine().get('cpu', '?')}  ",
-             f"Recipe: preset {preset_name!r}, epochs {epochs}, max_train {max_train}", "",
+             f"Recipe: preset {preset_name!r}, epochs {epochs}, max_train {max_train}, max_test {max_test}", "",
              "| Dataset | Loss | GELU loss | ReLU loss | GELU p@1 | ReLU p@1 | GELU MAP@R | ReLU MAP@R |",
              "|---|---|---|---|---|---|---|---|"]
     by = {(r["dataset"], r["loss"], r["arch_kwargs"].get("act")): r for r in results}
@@ -297,7 +297,7 @@ def run_from_cli(args) -> int:
     elif args.which == "ablation":
         md, js = run_ablation(data_root, datasets=datasets, losses=losses, epochs=epochs, preset_name=args.preset,
                               max_train=args.max_train, threads=args.threads, out_dir=Path(args.out_dir),
-                              work_dir=work, command=command)
+                              work_dir=work, command=command, max_test=args.max_test)
     else:
         rows = table2_costs(threads=args.threads)
         lines = ["# Paper Table 2: cost of the large baselines on CIFAR-10", "", f"Command: `{command}`  ",
