@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V")
+    ap.add_argument("--tag", default="", help="suffix for the JSON file name (bench_ingest<tag>.json)")
     args = ap.parse_args()
     import model
 
@@ -156,9 +157,10 @@ def main() -> None:
               f"{100 * cb['ratio_to_in_process']:.0f}% of in-process")
     else:
         print(f"simsearch index build: {cb}")
-    _common.write_result("ingest", {"command": _common.command_line(), "machine": machine,
+    _common.write_result("ingest" + args.tag, {"command": _common.command_line(), "machine": machine,
                                     "loadavg_at_end": list(os.getloadavg()), "artifact": art_kind,
-                                    "model_id": model_id, "server_env": env, "results": res})
+                                    "model_id": model_id, "server_env": env, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                    "torch_threads_in_process": __import__("torch").get_num_threads(), "results": res})
 
 
 if __name__ == "__main__":
