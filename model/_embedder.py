@@ -29,8 +29,9 @@ class Embedder:
         c = self.meta.in_chans
         self._mean = torch.tensor(self.meta.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._std = torch.tensor(self.meta.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        # (x / 255 - mean) / std as one fused x * scale + shift (one pass instead of three; ~4x
-        # cheaper at batch 256, equal to within float rounding): see docs/results/benchmarks.md.
+        # (x / 255 - mean) / std as x * scale + shift, in place on the float copy: no further
+        # allocations (fresh multi-MB tensors cost page faults) and equal to within float rounding;
+        # see docs/results/benchmarks.md.
         self._scale = 1.0 / (255.0 * self._std)
         self._shift = -self._mean / self._std
 
@@ -65,6 +66,6 @@ class Embedder:
         out = []
         for start in range(0, len(batch), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch[start:start + self.batch_size])).to(self.device)
-            x = torch.addcmul(self._shift, x.float(), self._scale)
+            x = x.to(torch.float32, copy=True).mul_(self._scale).add_(self._shift)  # never the caller's memory
             out.append(F.normalize(self.model(x).float(), dim=1).cpu())
         return (out[0] if len(out) == 1 else torch.cat(out)).numpy().astype(np.float32, copy=False)
