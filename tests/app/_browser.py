@@ -71,3 +71,64 @@ def cifar10_images(shared_data: Path, per_class: int, split: str = "test",
             if len(taken) == 10 and all(v >= per_class for v in taken.values()):
                 break
     return out
+
+
+def make_screenshot(artifact: Path, out: Path, shared_data: Path, per_class: int = 30,
+                    query_label: str = "automobile", query_index: int = 3, k: int = 12) -> Path:
+    """docs/screenshot.png: a real `simsearch serve` with `per_class` CIFAR-10 test images of each class,
+    and the `query_index`-th `query_label` image of the *train* split (not in the gallery) as the query."""
+    import io
+    import tempfile
+    import time
+
+    import httpx
+    from PIL import Image
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from .conftest import start_server, stop_server
+
+    work = Path(tempfile.mkdtemp(prefix="page-screenshot-"))
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                           "SIMSEARCH_API_KEY": "screenshot", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work)
+    try:
+        by_label: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for name, label, data in cifar10_images(shared_data, per_class):
+            by_label[label].append((name, data))
+        with httpx.Client(base_url=server.url, timeout=300, headers={"X-API-Key": "screenshot"}) as client:
+            for label, group in by_label.items():
+                response = client.post("/index", data={"label": label},
+                                       files=[("file", (n, d, "image/jpeg")) for n, d in group])
+                response.raise_for_status()
+        train = [x for x in cifar10_images(shared_data, query_index + 1, split="train") if x[1] == query_label]
+        query = work / f"query-{query_label}.jpg"
+        query.write_bytes(train[query_index][2])
+        driver = make_driver(work / "profile")
+        try:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+            driver.get(server.url + "/")
+            Select(driver.find_element("id", "k")).select_by_visible_text(str(k))
+            driver.find_element("id", "file").send_keys(str(query))
+            WebDriverWait(driver, 60).until(
+                lambda d: "ok" in (d.find_element("id", "search-status").get_attribute("class") or ""))
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+                "return [...document.querySelectorAll('#results img')].every(i => i.complete)"))
+            driver.execute_script("document.activeElement.blur()")
+            time.sleep(0.5)
+            png = driver.get_screenshot_as_png()
+        finally:
+            driver.quit()
+        Image.open(io.BytesIO(png)).convert("RGB").save(out, optimize=True)
+        return out
+    finally:
+        stop_server(server)
+
+
+if __name__ == "__main__":
+    # .venv/bin/python -m tests.app._browser ARTIFACT [OUT]   (from the repository root)
+    import os
+    import sys
+
+    shared = Path(os.environ.get("SIMSEARCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "docs" / "screenshot.png"
+    print(make_screenshot(Path(sys.argv[1]), target, shared))
