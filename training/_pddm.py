@@ -1,7 +1,7 @@
 """PDDM training: hard quadruplet mining with the PDDM score and the joint loss of Huang et al. 2016.
 
-loss = E_m + lam * E_e + pair_weight * E_p + embedding_weight * L_emb, where on the L2-normalised
-embeddings f of one mini-batch:
+loss = hinge_weight * E_m + lam * E_e + pair_weight * E_p + embedding_weight * L_emb (defaults 0.1, 0.1,
+1, 1), where on the L2-normalised embeddings f of one mini-batch:
 
 * the miner scores every pair with the PDDM (no gradient) and, for every class in the batch, takes
   the positive pair (i, j) with the lowest score and, for it, the negative k of i and the negative l
@@ -15,6 +15,10 @@ embeddings f of one mini-batch:
 * E_p, a class-balanced logistic loss of S against "same class" on all pairs of a random subset of
   the batch (our addition: it calibrates S on ordinary pairs, which re-ranking needs);
 * L_emb, the trainer's Multi-Similarity loss on the embeddings.
+
+Warm-up: for the first warmup_steps training steps only L_emb is used (the PDDM is untouched), then
+E_e's weight ramps from 0 to lam over the next warmup_steps. Why these weights and the warm-up: see
+docs/pddm.md ("What it took to make it learn").
 
 E_m and E_p train the PDDM on detached features by default (detach=True): the features are shaped by
 E_e on the PDDM-mined quadruplets and by L_emb. With detach=False (fully end to end) E_m's gradient
@@ -71,9 +75,9 @@ class PDDMLoss(MetricLoss):
     needs_pairs = True
 
     def __init__(self, embed_dim: int = 256, hidden: int = 128, margin: float = 0.5,
-                 feature_margin: float = 0.5, lam: float = 0.5, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
+                 feature_margin: float = 0.5, lam: float = 0.1, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
                  embedding_loss: nn.Module | None = None, embedding_weight: float = 1.0, detach: bool = True,
-                 warmup_steps: int = 0):
+                 warmup_steps: int = 200, hinge_weight: float = 0.1):
         super().__init__()
         if per not in _MINING:
             raise ValueError(f"per must be one of {_MINING}, got {per!r}")
@@ -84,11 +88,18 @@ class PDDMLoss(MetricLoss):
         self.embedding_weight = float(embedding_weight)
         self.detach = bool(detach)
         self.warmup_steps = int(warmup_steps)
+        self.hinge_weight = float(hinge_weight)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps seen
         #: the parts of the last forward, as floats (for logs and tests)
         self.last: dict[str, float] = {}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps += 1
+        if int(self.steps) <= self.warmup_steps:  # the embedding loss alone, the PDDM untouched
+            l_emb = self.embedding_loss(embeddings, labels)
+            self.last = {"embedding": float(l_emb.detach()), "total": float(l_emb.detach()), "quadruplets": 0.0}
+            return self.embedding_weight * l_emb
         f = F.normalize(embeddings.float(), dim=1)
         with torch.no_grad():
             scores = self.pddm.pairwise(f.detach())
@@ -107,18 +118,16 @@ class PDDMLoss(MetricLoss):
         e_p = self._pair_loss(f.detach() if self.detach else f, labels) if self.pair_weight else zero
         l_emb = self.embedding_loss(embeddings, labels) if self.embedding_weight else zero
         ramp = self._ramp()
-        total = ramp * (e_m + self.lam * e_e) + self.pair_weight * e_p + self.embedding_weight * l_emb
+        total = self.hinge_weight * e_m + ramp * self.lam * e_e + self.pair_weight * e_p + self.embedding_weight * l_emb
         parts = {"pddm_hinge": e_m, "feature_hinge": e_e, "pair_logistic": e_p, "embedding": l_emb, "total": total}
         self.last = {k: float(v.detach()) for k, v in parts.items()} | {"quadruplets": float(len(quads))}
         return total
 
     def _ramp(self) -> float:
-        """The weight of the mined terms: 0 -> 1 linearly over the first warmup_steps training calls."""
-        if self.training:
-            self.steps += 1
+        """The weight factor of E_e: 0 -> 1 linearly over the warmup_steps training steps after the warm-up."""
         if self.warmup_steps <= 0:
             return 1.0
-        return min(1.0, float(self.steps) / self.warmup_steps)
+        return min(1.0, max(0.0, float(self.steps) - self.warmup_steps) / self.warmup_steps)
 
     def _pair_loss(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Class-balanced logistic loss of S against the same-class indicator over the pairs i < j of a
@@ -148,9 +157,9 @@ class PDDMLoss(MetricLoss):
 
 @register_loss("pddm")
 def _pddm(embed_dim: int, num_classes: int, hidden: int = 128, margin: float = 0.5, feature_margin: float = 0.5,
-          lam: float = 0.5, pair_weight: float = 1.0, pair_sample: int = 64, per: str = "class",
-          embedding_weight: float = 1.0, detach: bool = True, alpha: float = 2.0, beta: float = 50.0,
-          base: float = 0.5, epsilon: float = 0.1, **_) -> MetricLoss:
+          lam: float = 0.1, hinge_weight: float = 0.1, pair_weight: float = 1.0, pair_sample: int = 64,
+          per: str = "class", embedding_weight: float = 1.0, detach: bool = True, warmup_steps: int = 200,
+          alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1, **_) -> MetricLoss:
     """The joint PDDM loss; alpha, beta, base and epsilon are the Multi-Similarity settings, as for "ms"."""
     return PDDMLoss(embed_dim, hidden, margin, feature_margin, lam, pair_weight, pair_sample, per,
-                    MultiSimilarity(alpha, beta, base, epsilon), embedding_weight, detach)
+                    MultiSimilarity(alpha, beta, base, epsilon), embedding_weight, detach, warmup_steps, hinge_weight)
