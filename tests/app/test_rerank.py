@@ -1,0 +1,90 @@
+"""POST /search?rerank=N end to end (in-process ASGI app with its lifespan, the real model, Store and
+FAISS): the N nearest candidates are re-ordered by the artifact's PDDM head and the best k returned."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import model
+
+from .conftest import running, settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def pddm_artifact(hybrid1_artifact, tmp_path_factory):
+    """The seeded Hybrid-1 test artifact plus a seeded PDDM head."""
+    art = model.load_artifact(hybrid1_artifact)
+    torch.manual_seed(7)
+    head = model.PDDM(embed_dim=art.meta.embed_dim)
+    meta = art.meta.model_copy(update={"name": "hybrid1-pddm-test", "heads": {"pddm": head.build_args}})
+    return model.save_artifact(tmp_path_factory.mktemp("pddm") / "hybrid1-pddm.safetensors", art.model, meta,
+                               heads={"pddm": head})
+
+
+def upload(data: bytes, name: str = "q.jpg"):
+    return ("file", (name, data, "image/jpeg"))
+
+
+async def index_gallery(c, cifar) -> tuple[list[str], list[bytes]]:
+    images = cifar["airplane"] + cifar["automobile"]
+    labels = ["airplane"] * len(cifar["airplane"]) + ["automobile"] * len(cifar["automobile"])
+    ids = []
+    for lab in ("airplane", "automobile"):
+        r = await c.post("/index", files=[upload(b, f"{lab}{i}.jpg") for i, b in enumerate(cifar[lab])],
+                         data={"label": lab})
+        assert r.status_code == 201, r.text
+        ids += r.json()["ids"]
+    assert len(ids) == len(images) == len(labels)
+    return ids, images
+
+
+def expected_order(artifact, images: list[bytes], ids: list[str], query: bytes, n: int, k: int) -> list[str]:
+    """The answer computed outside the service: cosine top-n over the gallery, re-ordered by PDDM, best k."""
+    emb = model.Embedder.from_file(artifact, device="cpu")
+    gallery = emb.embed([Image.open(io.BytesIO(b)) for b in images])
+    q = emb.embed([Image.open(io.BytesIO(query))])[0]
+    top = np.argsort(-(gallery @ q), kind="stable")[:n]
+    order, _ = model.PDDM.from_artifact(model.load_artifact(artifact)).rerank(q, gallery[top])
+    return [ids[i] for i in top[order][:k]]
+
+
+async def test_rerank_reorders_the_faiss_candidates_by_pddm_score(pddm_artifact, cifar, tmp_path):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        ids, images = await index_gallery(c, cifar)
+        query = cifar["airplane"][2]
+        plain = await c.post("/search?k=12", files=[upload(query)])
+        assert plain.status_code == 200, plain.text
+        assert plain.json()["reranked"] is False
+        r = await c.post("/search?k=5&rerank=12", files=[upload(query)])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["reranked"] is True and body["candidates"] == 12 and body["k"] == 5
+        got = [h["id"] for h in body["results"]]
+        assert len(got) == 5 and set(got) <= {h["id"] for h in plain.json()["results"]}
+        assert got == expected_order(pddm_artifact, images, ids, query, 12, 5)
+        assert got != [h["id"] for h in plain.json()["results"]][:5]  # the PDDM changed the order
+        # the hits keep their cosine score and distance
+        cos = {h["id"]: h["score"] for h in plain.json()["results"]}
+        assert all(h["score"] == pytest.approx(cos[h["id"]], abs=1e-6) for h in body["results"])
+
+
+async def test_rerank_fewer_candidates_than_k_is_a_422(pddm_artifact, tmp_path, jpeg):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        r = await c.post("/search?k=10&rerank=5", files=[upload(jpeg)])
+        assert r.status_code == 422, r.text
+        assert "rerank" in r.json()["error"]["message"]
+
+
+async def test_rerank_without_a_pddm_head_is_a_422_that_says_so(hybrid1_artifact, tmp_path, jpeg):
+    async with running(settings_for(hybrid1_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        r = await c.post("/search?k=3&rerank=20", files=[upload(jpeg)])
+        assert r.status_code == 422, r.text
+        assert "PDDM" in r.json()["error"]["message"]
+        ok = await c.post("/search?k=3", files=[upload(jpeg)])
+        assert ok.status_code == 200 and ok.json()["reranked"] is False
