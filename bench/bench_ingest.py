@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V")
     ap.add_argument("--tag", default="", help="suffix for the JSON file name (bench_ingest<tag>.json)")
+    ap.add_argument("--variant", help="run the server with bench/variants/NAME/sitecustomize.py on PYTHONPATH")
+    ap.add_argument("--no-cli", action="store_true", help="skip `simsearch index build`")
+    ap.add_argument("--no-in-process", action="store_true", help="skip the in-process reference")
     args = ap.parse_args()
     import model
 
@@ -117,14 +120,22 @@ def main() -> None:
         artifact, art_kind = _common.default_or_seeded_artifact(Path(tempfile.mkdtemp(prefix="bench-ingest-")))
     model_id = model.load_artifact(artifact).model_id
     env = dict(kv.split("=", 1) for kv in args.server_env)
+    if args.variant:
+        vdir = Path(__file__).resolve().parent / "variants" / args.variant
+        if not (vdir / "sitecustomize.py").is_file():
+            raise SystemExit(f"--variant {args.variant}: no {vdir}/sitecustomize.py")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
     folder = extract_folder(args.images)
     files = sorted(folder.glob("*/*.jpg"))
     print(f"artifact {art_kind} ({model_id}); {len(files)} CIFAR-10 test JPEGs in {folder}")
 
     res: dict = {}
-    res["in_process"] = ip = in_process(files, artifact)
-    print(f"in-process decode+embed+upsert: {ip['images_per_s']:.0f} images/s (decode {ip['decode_per_s']:.0f}/s, "
-          f"embed {ip['embed_per_s']:.0f}/s, upsert {ip['upsert_per_s']:.0f}/s)")
+    if args.no_in_process:
+        ip = {"images_per_s": float("nan")}
+    else:
+        res["in_process"] = ip = in_process(files, artifact)
+        print(f"in-process decode+embed+upsert: {ip['images_per_s']:.0f} images/s (decode {ip['decode_per_s']:.0f}/s, "
+              f"embed {ip['embed_per_s']:.0f}/s, upsert {ip['upsert_per_s']:.0f}/s)")
 
     empty = Path(tempfile.mkdtemp(prefix="bench-ingest-data-"))
     sample = files[:64]
@@ -136,8 +147,11 @@ def main() -> None:
         print(f"GET /healthz c=8: {ref['rps']:.0f} req/s")
         for per, conc in ((1, 8), (64, 2)):
             before = srv.metrics()
+            cpu0 = _server.cpu_seconds(srv.pid)
             r = _server.wrk(srv.url, "/index", conc, args.seconds, sample, "image/jpeg", files_per_request=per,
                             timeout_s=30)
+            r["server_cpu_ms_per_image"] = (1e3 * (_server.cpu_seconds(srv.pid)["total"] - cpu0["total"])
+                                            / max(1, r["requests"] * per))
             r.update(_server.server_breakdown(srv.metrics(), before))
             r["files_per_request"] = per
             r["images_per_s"] = r["ok_rps"] * per
@@ -146,11 +160,12 @@ def main() -> None:
             res[f"post_index_{per}_per_request_c{conc}"] = r
             print(f"POST /index, {per} image(s)/request, c={conc}: {r['images_per_s']:.0f} images/s "
                   f"({r['ok_rps']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}); "
-                  f"{100 * r['ratio_to_in_process']:.0f}% of in-process; mean embed batch {r.get('mean_embed_batch', 0):.1f}")
+                  f"{100 * r['ratio_to_in_process']:.0f}% of in-process; mean embed batch {r.get('mean_embed_batch', 0):.1f}; "
+                  f"server CPU {r['server_cpu_ms_per_image']:.2f} ms/image")
         res["gallery_after"] = srv.metrics().get("simsearch_gallery_items")
     shutil.rmtree(empty, ignore_errors=True)
 
-    res["cli_build"] = cb = cli_build(folder, artifact, len(files))
+    res["cli_build"] = cb = {"skipped": "--no-cli"} if args.no_cli else cli_build(folder, artifact, len(files))
     if "images_per_s" in cb:
         cb["ratio_to_in_process"] = cb["images_per_s"] / ip["images_per_s"]
         print(f"simsearch index build: {cb['images_per_s']:.0f} images/s ({cb['seconds']:.1f} s for {len(files)}); "
@@ -159,7 +174,7 @@ def main() -> None:
         print(f"simsearch index build: {cb}")
     _common.write_result("ingest" + args.tag, {"command": _common.command_line(), "machine": machine,
                                     "loadavg_at_end": list(os.getloadavg()), "artifact": art_kind,
-                                    "model_id": model_id, "server_env": env, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                    "model_id": model_id, "server_env": env, "variant": args.variant, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                     "torch_threads_in_process": __import__("torch").get_num_threads(), "results": res})
 
 
