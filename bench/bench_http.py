@@ -90,7 +90,8 @@ def main() -> None:
         if not (vdir / "sitecustomize.py").is_file():
             raise SystemExit(f"--variant {args.variant}: no {vdir}/sitecustomize.py")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
-    print(f"artifact: {art_kind} ({model_id}); server env: {env or 'default'}")
+    print(f"artifact: {art_kind} ({model_id}); server env: {env or 'default'}; OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
 
     results: dict = {"galleries": {}}
     for size in [int(s) for s in args.sizes.split(",")]:
