@@ -51,6 +51,9 @@ class MicroBatcher:
         self._full = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simsearch-embed")
         self._task: asyncio.Task | None = None
+        # Whether requests are arriving together: only then is waiting for a fuller batch worth it
+        # (at one request at a time the wait is pure latency; docs/results/benchmarks.md, P4).
+        self._concurrent = False
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -86,7 +89,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self._pending_rows < self.max_size and self.max_wait_s > 0:
+            if self._pending_rows < self.max_size and self.max_wait_s > 0 and self._concurrent:
                 try:
                     await asyncio.wait_for(self._full.wait(), self.max_wait_s)
                 except (TimeoutError, asyncio.TimeoutError):
@@ -99,6 +102,7 @@ class MicroBatcher:
                     continue
                 batch.append(job)
                 rows += len(job.arrays)
+            self._concurrent = len(batch) > 1 or bool(self._pending)
             if not self._pending:
                 self._wake.clear()
             if self._pending_rows < self.max_size:

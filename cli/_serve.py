@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args) -> int:
+    # One OpenMP thread for torch and FAISS (before either is imported): the event loop needs a core,
+    # and spinning intra-op threads on busy cores cost 10-100x (docs/results/benchmarks.md, P2).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.workers != 1:
         raise CliError(f"--workers {args.workers}: only 1 is supported, since one process owns the index "
                        "(run several containers behind the gateway with a shared store backend instead)")
