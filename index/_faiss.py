@@ -245,7 +245,12 @@ def write_snapshot(path: Path, payload: np.ndarray, meta: dict) -> None:
 
 
 def read_snapshot(path: Path) -> Snapshot:
-    """Read and verify a snapshot; SnapshotError says what is wrong (truncated, bad checksum...)."""
+    """Read and verify a snapshot; SnapshotError says what is wrong (truncated, bad checksum...).
+
+    The checksum is verified in a streaming pass first (so a damaged payload never reaches FAISS's
+    parser), then FAISS reads the payload straight from the file: the peak memory is the index
+    itself, not the index plus a copy of the file (docs/results/benchmarks.md, P3).
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read(_HEADER.size)
@@ -255,22 +260,48 @@ def read_snapshot(path: Path) -> Snapshot:
             if magic != _MAGIC:
                 raise SnapshotError(f"not a snapshot (magic {magic!r})")
             head = f.read(hlen)
-            payload = np.fromfile(f, dtype=np.uint8, count=plen)
+            start = f.tell()
+            have = os.fstat(f.fileno()).st_size - start
+            if len(head) != hlen or have < plen:
+                raise SnapshotError(f"truncated: {len(head) + max(have, 0) + _HEADER.size} of "
+                                    f"{hlen + plen + _HEADER.size} bytes")
+            actual, left = zlib.crc32(head), plen
+            while left:
+                chunk = f.read(min(left, _CHUNK))
+                if not chunk:
+                    raise SnapshotError(f"truncated: payload ends {left} bytes early")
+                actual, left = zlib.crc32(chunk, actual), left - len(chunk)
+            if actual != crc:
+                raise SnapshotError("checksum mismatch (corrupt)")
+            try:
+                meta = json.loads(head)
+                f.seek(start)
+                index = faiss.read_index(faiss.PyCallbackIOReader(_bounded_reader(f, plen), _CHUNK))
+            except SnapshotError:
+                raise
+            except Exception as exc:
+                raise SnapshotError(f"cannot decode: {str(exc).strip()[:200]}") from None
     except OSError as exc:
         raise SnapshotError(f"cannot read: {exc}") from None
-    if len(head) != hlen or len(payload) != plen:
-        raise SnapshotError(f"truncated: {len(head) + len(payload) + _HEADER.size} of "
-                            f"{hlen + plen + _HEADER.size} bytes")
-    if zlib.crc32(payload, zlib.crc32(head)) != crc:
-        raise SnapshotError("checksum mismatch (corrupt)")
-    try:
-        meta = json.loads(head)
-        index = faiss.deserialize_index(payload)  # already downcast, and the owner of its parts
-    except Exception as exc:
-        raise SnapshotError(f"cannot decode: {str(exc).strip()[:200]}") from None
     if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIVF)):
         raise SnapshotError(f"unexpected index type {type(index).__name__}")
     return Snapshot(int(meta["seq"]), meta, index)
+
+
+_CHUNK = 1 << 22
+
+
+def _bounded_reader(f, size: int):
+    """A read callback for FAISS that never reads past the payload's `size` bytes."""
+    left = size
+
+    def read(n: int) -> bytes:
+        nonlocal left
+        b = f.read(min(n, left))
+        left -= len(b)
+        return b
+
+    return read
 
 
 def serialize(index: faiss.Index) -> np.ndarray:
