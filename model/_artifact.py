@@ -74,6 +74,10 @@ def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_META_KEY: meta.model_dump_json()})
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -28,13 +28,15 @@ class InvConvNet(nn.Module):
     """`involutions` involution layers, then 3x3 convolutions of `widths`, pooled to an embedding.
 
     With no convolutions (the INN models) the pooled input channels feed the embedding layer.
+    `stride` applies to every convolution unless `strides` gives one per convolution.
     `norm` adds BatchNorm after every convolution and `residual` wraps each convolution after the
     first by a same-width residual block; both are off in the paper's models.
     """
 
     def __init__(self, in_chans: int = 3, involutions: int = 1, widths: Sequence[int] = (16, 64, 128),
                  stride: int = 2, act: str = "gelu", embed_dim: int = 256, kernel_size: int = 3,
-                 reduction: int | None = None, norm: bool = False, residual: bool = False):
+                 reduction: int | None = None, norm: bool = False, residual: bool = False,
+                 strides: Sequence[int] | None = None):
         super().__init__()
         act_layer = _activation(act)
         self.in_chans, self.embed_dim = in_chans, embed_dim
@@ -43,9 +45,12 @@ class InvConvNet(nn.Module):
         layers: list[nn.Module] = []
         for _ in range(involutions):
             layers += [Involution(in_chans, kernel_size, reduction=reduction), act_layer()]
+        strides = tuple(strides) if strides is not None else (stride,) * len(widths)
+        if len(strides) != len(widths):
+            raise ValueError(f"strides {strides} must give one stride per convolution {tuple(widths)}")
         chans = in_chans
-        for i, width in enumerate(widths):
-            block: list[nn.Module] = [nn.Conv2d(chans, width, 3, stride=stride, padding=1, bias=not norm)]
+        for i, (width, s) in enumerate(zip(widths, strides)):
+            block: list[nn.Module] = [nn.Conv2d(chans, width, 3, stride=s, padding=1, bias=not norm)]
             if norm:
                 block.append(nn.BatchNorm2d(width))
             block.append(act_layer())

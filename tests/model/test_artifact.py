@@ -75,3 +75,16 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(model.ArtifactError, match="no such model artifact"):
         model.load_artifact(tmp_path / "nope.safetensors")
+
+
+def test_saved_artifact_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = model.save_artifact(tmp_path / "m.safetensors", model.create_model("inn2"),
+                                   model.ArtifactMeta(name="m", arch="inn2"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

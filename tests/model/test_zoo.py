@@ -88,3 +88,10 @@ def test_involution_equals_its_per_pixel_definition():
 def test_involution_with_stride_halves_the_map():
     layer = model.Involution(3, stride=2, reduction=2)
     assert layer(torch.randn(2, 3, 32, 32)).shape == (2, 3, 16, 16)
+
+
+def test_per_layer_strides_override_the_common_stride():
+    features = model.create_model("hybrid1", strides=(1, 2, 2)).features
+    assert features(torch.randn(1, 3, 32, 32)).shape[-1] == 8
+    with pytest.raises(ValueError, match="one stride per convolution"):
+        model.create_model("hybrid1", strides=(1, 2))
