@@ -144,11 +144,12 @@ def test_train_with_loss_pddm_writes_an_artifact_with_the_pddm_head(shared_data,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMSEARCH_CACHE": os.environ.get(
         "SIMSEARCH_CACHE", str(Path.home() / ".cache" / "simsearch"))}
     cmd = [sys.executable, "-m", "cli", "train", str(shared_data / "mnist"), "--loss", "pddm", "--epochs", "1",
-           "--max-train", "400", "--threads", "1", "--out", str(out)]
+           "--max-train", "400", "--threads", "1", "--set", 'loss_kwargs={"warmup_steps": 1}', "--out", str(out)]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     art = model.load_artifact(out)
     assert art.meta.training["config"]["loss"] == "pddm"
+    assert art.meta.training["config"]["loss_kwargs"] == {"warmup_steps": 1}  # so the run mined and used E_m
     assert art.meta.heads["pddm"]["type"] == "pddm"
     pddm = PDDM.from_artifact(art)
     assert pddm is not None
