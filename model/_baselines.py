@@ -3,8 +3,8 @@
 Each keeps the library's convolutional base and replaces its classifier by one Linear layer to the
 embedding, as the paper's Keras models (include_top=False + Dense) do. With `small_input` (the
 default) the stem does not downsample, so 28-32 pixel images keep a useful spatial extent.
-NASNet-Mobile and the pre-activation ResNet50-V2 are in no library installed here: resnet50 is the
-plain (v1.5) torchvision ResNet-50, named as such.
+ResNet50-V2 (pre-activation) comes from timm; resnet50 is the plain (v1.5) torchvision ResNet-50.
+NASNet-Mobile is in neither library (timm has only NASNet-A Large), so it is not built.
 """
 from __future__ import annotations
 
@@ -72,3 +72,15 @@ def vgg16(in_chans: int = 3, embed_dim: int = 256, **_) -> nn.Module:
     m = tv()
     m.features[0] = _stem_conv(m.features[0], in_chans, small_input=True)
     return _Backbone(m.features, 512, in_chans, embed_dim)
+
+
+@register_model
+def resnet50v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **_) -> nn.Module:
+    """timm ResNet50-V2 (pre-activation, the paper's Table 2 model) base + Linear(2048 -> embed_dim)."""
+    import timm
+
+    m = timm.create_model("resnetv2_50", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
+    if small_input:
+        m.stem.conv = _stem_conv(m.stem.conv, in_chans, small_input, kernel_size=3)
+        m.stem.pool = nn.Identity()
+    return _Backbone(m, 2048, in_chans, embed_dim)

@@ -45,7 +45,7 @@ PAPER_TABLE2: dict[str, dict[str, Any]] = {
                         "ms": 1.569},
     "mobilenet_v2": {"label": "MobileNetV2", "params_m": 2.2, "size_mb": 8.6, "epoch_s": 41, "ce": 1.623,
                      "ms": 1.429},
-    "resnet50": {"label": "ResNet50V2", "params_m": 23, "size_mb": 90, "epoch_s": 53, "ce": 1.286, "ms": 0.901},
+    "resnet50v2": {"label": "ResNet50V2", "params_m": 23, "size_mb": 90, "epoch_s": 53, "ce": 1.286, "ms": 0.901},
     "vgg16": {"label": "VGG16", "params_m": 14, "size_mb": 56, "epoch_s": 16, "ce": 1.729, "ms": 1.559},
     "nasnet_mobile": {"label": "NASNetMobile", "params_m": 4.2, "size_mb": 16, "epoch_s": 213, "ce": 1.357,
                       "ms": 1.023},
