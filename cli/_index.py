@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
     q.add_argument("--label", help="only neighbours with this label")
     q.add_argument("--max-distance", type=float, help="only neighbours within this distance (0..2)")
+    q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
+                                                            "PDDM head and print the best k (N >= k)")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_search)
 
@@ -240,9 +242,12 @@ def _search(args) -> int:
             vec = embedder.embed([im])
     except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
         raise CliError(f"cannot read image {args.image}: {exc}") from None
+    pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder)
     try:
-        hits = store.search(vec, k=args.k, label=args.label, max_distance=args.max_distance)[0]
+        hits = store.search(vec, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance)[0]
+        if pddm is not None:
+            hits = _rerank(store, pddm, vec[0], hits, args.k)
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -250,8 +255,33 @@ def _search(args) -> int:
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
         return 0
+    if pddm is not None:
+        print(f"re-ranked the {args.rerank} nearest candidates with the PDDM head")
     if not hits:
         print("no neighbours")
     for rank, h in enumerate(hits, 1):
         print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
     return 0
+
+
+def _reranker(embedder, n: int, k: int):
+    """The artifact's PDDM head for --rerank N (CliError without one, or when N < k)."""
+    import model
+
+    if n < k:
+        raise CliError(f"--rerank {n} must be at least -k {k}: it is the number of nearest candidates re-ordered")
+    pddm = model.PDDM.from_artifact(embedder.artifact)
+    if pddm is None:
+        raise CliError(f"--rerank: the model {embedder.model_id} has no PDDM head (train one with --loss pddm)")
+    return pddm
+
+
+def _rerank(store, pddm, query, hits: list, k: int) -> list:
+    """The best k of `hits` by PDDM score against their stored vectors (cosine score and distance kept)."""
+    import numpy as np
+
+    kept = [(h, it) for h in hits if (it := store.get(h.id)) is not None]
+    if not kept:
+        return []
+    order, _ = pddm.rerank(query, np.stack([it.vector for _, it in kept]))
+    return [kept[i][0] for i in order[:k]]
