@@ -14,17 +14,14 @@ involution's multiply-and-sum counted by hand (see involution_flops below).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import _common  # noqa: E402
 import model  # noqa: E402
@@ -53,44 +50,12 @@ def flops_per_image(net: torch.nn.Module, shape: tuple[int, int, int]) -> dict:
     return {"total": counted + hand, "flop_counter": counted, "involution_by_hand": hand, "by_op": by_op}
 
 
-def _pointwise(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution as one batched matmul: oneDNN's convolution on 1-3 channels at 32x32 costs
-    ~100x more than this (see the profile in docs/results/benchmarks.md)."""
-    b, c, h, w = x.shape
-    weight = conv.weight.view(1, -1, c).expand(b, -1, -1)
-    flat = x.reshape(b, c, h * w)
-    out = torch.bmm(weight, flat) if conv.bias is None else torch.baddbmm(conv.bias.view(1, -1, 1), weight, flat)
-    return out.view(b, -1, h, w)
-
-
-def proposed_involution_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Proposed model/_involution.py Involution.forward: the same arithmetic as the current one
-    (conv1x1 -> BN -> ReLU -> conv1x1 kernel; per-pixel weighted sum over the k x k neighbourhood),
-    with the two 1x1 convolutions done as batched matmuls and the unfold+mul+sum replaced by k*k
-    shifted multiply-adds on the padded input (no k*k-fold im2col buffer). Any stride and groups.
-    Bench-only here: it is patched onto a copy of the model, never into model/."""
-    b, c, h, w = x.shape
-    k, g, s = self.kernel_size, self.groups, self.stride
-    kernel = _pointwise(self.span, F.relu(self.bn(_pointwise(self.reduce, self.pool(x)))))
-    ho, wo = kernel.shape[-2:]
-    kernel = kernel.view(b, g, 1, k * k, ho, wo)
-    p = (k - 1) // 2
-    xp = F.pad(x, (p, p, p, p)).view(b, g, c // g, h + 2 * p, w + 2 * p)
-    out = None
-    for i in range(k * k):
-        dy, dx = divmod(i, k)
-        patch = xp[..., dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s]
-        out = kernel[:, :, :, i] * patch if out is None else out.addcmul_(kernel[:, :, :, i], patch)
-    return out.reshape(b, c, ho, wo)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.4, help="seconds per case per round")
     ap.add_argument("--artifact", type=Path, help="default: the trained CIFAR-10 artifact, else a seeded one")
     ap.add_argument("--resnet-batches", default="1,16")
-    ap.add_argument("--no-proposed", action="store_true", help="skip the proposed involution forward")
     args = ap.parse_args()
 
     machine = _common.machine()
@@ -114,16 +79,6 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     batches = {bs: rng.integers(0, 256, (bs, c, s, s), dtype=np.uint8) for bs in (1, 8, 32, 256)}
-    proposed = None
-    if not args.no_proposed:
-        proposed = model.Embedder(emb.artifact, device="cpu")
-        proposed.model = copy.deepcopy(emb.model)
-        for m in proposed.model.modules():
-            if isinstance(m, model.Involution):
-                m.forward = types.MethodType(proposed_involution_forward, m)
-        diff = np.abs(proposed.embed_arrays(batches[32]) - emb.embed_arrays(batches[32])).max()
-        print(f"proposed involution forward: max |diff| vs current = {diff:.2e}")
-
     n = 4096
     a, b = torch.randn(n, n), torch.randn(n, n)
     rn_inputs = {bs: torch.randn(bs, 3, 224, 224) for bs in [int(x) for x in args.resnet_batches.split(",")]}
@@ -135,8 +90,6 @@ def main() -> None:
         cases = {}
         for bs, arr in batches.items():
             cases[f"hybrid1_b{bs}"] = (lambda arr=arr: len(emb.embed_arrays(arr)))
-            if proposed is not None:
-                cases[f"hybrid1_proposed_b{bs}"] = (lambda arr=arr: len(proposed.embed_arrays(arr)))
         cases["matmul_4096"] = lambda: (torch.mm(a, b), 1)[1]
         print(f"\n== {threads} thread(s): Hybrid-1 + matmul, {args.rounds} rounds x {args.seconds}s each")
         with torch.inference_mode():
@@ -196,14 +149,6 @@ def main() -> None:
         "b256_x_resnet50": {"value": b256["x_resnet50"], "target": ">= 1000", "threads": best_t,
                             "met": b256["x_resnet50"] >= 1000},
     }
-    p256 = results["threads"][best_t]["cases"].get("hybrid1_proposed_b256")
-    if p256:
-        targets["proposed_b256_pct_of_matmul_peak"] = {"value": p256["pct_of_matmul_peak"], "target": ">= 25",
-                                                       "threads": best_t, "met": p256["pct_of_matmul_peak"] >= 25}
-        targets["proposed_b256_x_resnet50"] = {"value": p256["x_resnet50"], "target": ">= 1000", "threads": best_t,
-                                               "met": p256["x_resnet50"] >= 1000}
-        print(f"proposed involution forward: {p256['pct_of_matmul_peak']:.1f}% of matmul peak, "
-              f"{p256['x_resnet50']:.0f}x ResNet-50")
     print(f"\ntargets (threads={best_t}): batch 256 at {b256['pct_of_matmul_peak']:.1f}% of matmul peak "
           f"({'met' if targets['b256_pct_of_matmul_peak']['met'] else 'MISSED'}, >= 25%); "
           f"{b256['x_resnet50']:.0f}x ResNet-50 ({'met' if targets['b256_x_resnet50']['met'] else 'MISSED'}, >= 1000x)")
