@@ -10,7 +10,7 @@ import torch
 import model
 from training import evaluate_artifact, preset, train
 
-QUICK = dict(epochs=2, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
+QUICK = dict(epochs=4, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_short_real_run_beats_chance_by_far(mnist_run):
     assert art.meta.in_chans == 1 and art.meta.image_size == 28 and len(art.meta.class_names) == 10
     assert art.meta.metrics["precision_at_1"] == m["precision_at_1"]
     assert "ce_head" in art.heads and art.heads["ce_head"]["weight"].shape == (10, 256)
-    assert art.meta.training["config"]["loss"] == "ce+ms" and len(art.meta.training["history"]) == 2
+    assert art.meta.training["config"]["loss"] == "ce+ms" and len(art.meta.training["history"]) == QUICK["epochs"]
     saved = json.loads(mnist_run.metrics_path.read_text())
     assert saved["metrics"]["ms_loss"] == m["ms_loss"]
     assert not mnist_run.artifact.with_name(mnist_run.artifact.name + ".ckpt").exists()
@@ -59,7 +59,7 @@ def test_evaluate_refuses_a_model_of_another_shape(hybrid1_artifact, shared_data
 
 
 def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(shared_data, tmp_path):
-    cfg = preset("default", **{**QUICK, "max_train": 240, "max_test": 200, "loss": "ms", "model": "cnn3a"})
+    cfg = preset("default", **{**QUICK, "epochs": 2, "max_train": 240, "max_test": 200, "loss": "ms", "model": "cnn3a"})
     straight = train(cfg, shared_data / "fashion-mnist", tmp_path / "a.safetensors", progress=False,
                      log=lambda _: None)
     logs: list[str] = []
