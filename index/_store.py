@@ -2,6 +2,7 @@
 the FAISS index is derived from it and snapshotted. See docs/index.md."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -355,9 +356,7 @@ class Store:
             seq = seq0 + len(batch)
             new = [(seq0 + 1 + j, item.id, vecs[j], label, meta)
                    for j, (item, (label, meta, _t)) in enumerate(zip(batch, rows))]
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction() as conn:
                 conn.executemany("INSERT OR REPLACE INTO items (id, seq, vector, label, metadata) "
                                  "VALUES (?, ?, ?, ?, ?)",
                                  ((id_, sq, vecs[j].tobytes(), label, meta)
@@ -367,11 +366,6 @@ class Store:
                 conn.executemany("INSERT OR REPLACE INTO thumbnails VALUES (?, ?)",
                                  ((item.id, r[2]) for item, r in zip(batch, rows) if r[2] is not None))
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
             self._last_seq = seq
             self._apply(new, [], seq)
         self._after_write(len(new))
@@ -385,10 +379,8 @@ class Store:
             return []
         with self._writer:
             self._check_writable()
-            conn = self._conn
             gone: list[str] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction() as conn:
                 for id_ in ids:
                     if conn.execute("DELETE FROM items WHERE id = ?", (id_,)).rowcount:
                         gone.append(id_)
@@ -396,16 +388,24 @@ class Store:
                 seq = self._last_seq + 1 if gone else self._last_seq
                 if gone:  # a delete is a write with its own sequence number
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
             if gone:
                 self._last_seq = seq
                 self._apply([], gone, seq)
         self._after_write(len(gone))
         return gone
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction: committed (and so durable) when the block ends, rolled back if it raises."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _apply(self, new, deleted_ids: list[str], seq: int) -> None:
         """Make a committed write visible to searches, all at once (exclusive lock)."""
