@@ -215,3 +215,23 @@ def default_or_seeded_artifact(tmpdir: Path) -> tuple[Path, str]:
     if path.is_file():
         return path, "trained default (model/weights)"
     return seeded_artifact(tmpdir / "hybrid1-bench.safetensors"), "seeded random Hybrid-1 (stride 2)"
+
+
+def chosen_artifact(arg: Path | None, prefix: str) -> tuple[Path, str]:
+    """The --artifact given on the command line, else the bundled one (or a seeded stand-in)."""
+    if arg:
+        return arg.resolve(), str(arg)
+    import tempfile
+
+    return default_or_seeded_artifact(Path(tempfile.mkdtemp(prefix=prefix)))
+
+
+def server_env(pairs: list[str], variant: str | None) -> dict[str, str]:
+    """The server's extra environment: --server-env K=V pairs, plus a --variant's sitecustomize on PYTHONPATH."""
+    env = dict(kv.split("=", 1) for kv in pairs)
+    if variant:
+        vdir = Path(__file__).resolve().parent / "variants" / variant
+        if not (vdir / "sitecustomize.py").is_file():
+            raise SystemExit(f"--variant {variant}: no {vdir}/sitecustomize.py")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
+    return env

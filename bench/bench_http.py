@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,20 +75,12 @@ def main() -> None:
     machine = _common.machine()
     workdir = _server.WORK
     workdir.mkdir(parents=True, exist_ok=True)
-    if args.artifact:
-        artifact, art_kind = args.artifact.resolve(), str(args.artifact)
-    else:
-        artifact, art_kind = _common.default_or_seeded_artifact(Path(tempfile.mkdtemp(prefix="bench-http-")))
+    artifact, art_kind = _common.chosen_artifact(args.artifact, "bench-http-")
     meta = model.read_meta(artifact)
     model_id = model.load_artifact(artifact).model_id
     queries = query_files(workdir)
     kinds = [k for k in args.kinds.split(",") if k]
-    env = dict(kv.split("=", 1) for kv in args.server_env)
-    if args.variant:
-        vdir = Path(__file__).resolve().parent / "variants" / args.variant
-        if not (vdir / "sitecustomize.py").is_file():
-            raise SystemExit(f"--variant {args.variant}: no {vdir}/sitecustomize.py")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
+    env = _common.server_env(args.server_env, args.variant)
     print(f"artifact: {art_kind} ({model_id}); server env: {env or 'default'}; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
 

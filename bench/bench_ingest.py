@@ -114,17 +114,9 @@ def main() -> None:
     import model
 
     machine = _common.machine()
-    if args.artifact:
-        artifact, art_kind = args.artifact.resolve(), str(args.artifact)
-    else:
-        artifact, art_kind = _common.default_or_seeded_artifact(Path(tempfile.mkdtemp(prefix="bench-ingest-")))
+    artifact, art_kind = _common.chosen_artifact(args.artifact, "bench-ingest-")
     model_id = model.load_artifact(artifact).model_id
-    env = dict(kv.split("=", 1) for kv in args.server_env)
-    if args.variant:
-        vdir = Path(__file__).resolve().parent / "variants" / args.variant
-        if not (vdir / "sitecustomize.py").is_file():
-            raise SystemExit(f"--variant {args.variant}: no {vdir}/sitecustomize.py")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
+    env = _common.server_env(args.server_env, args.variant)
     folder = extract_folder(args.images)
     files = sorted(folder.glob("*/*.jpg"))
     print(f"artifact {art_kind} ({model_id}); {len(files)} CIFAR-10 test JPEGs in {folder}")

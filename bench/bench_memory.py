@@ -31,10 +31,7 @@ def main() -> None:
     import model
 
     machine = _common.machine()
-    if args.artifact:
-        artifact, art_kind = args.artifact.resolve(), str(args.artifact)
-    else:
-        artifact, art_kind = _common.default_or_seeded_artifact(Path(tempfile.mkdtemp(prefix="bench-mem-")))
+    artifact, art_kind = _common.chosen_artifact(args.artifact, "bench-mem-")
     meta = model.read_meta(artifact)
     model_id = model.load_artifact(artifact).model_id
     mime, files = query_files(_server.WORK)["png32"]
