@@ -129,6 +129,14 @@ def wait_for_thumbnails(driver) -> None:
         "return imgs.length > 0 && imgs.every(i => i.complete);"))
 
 
+def gallery_image_file(gallery, i: int, folder: Path) -> tuple[str, str, Path]:
+    """Gallery item i written to a file, to upload as a query: (its gallery id, its label, the path)."""
+    item_id, (name, label, data) = list(gallery.items())[i]
+    path = folder / name
+    path.write_bytes(data)
+    return item_id, label, path
+
+
 def upload(driver, path: Path) -> None:
     driver.find_element("css selector", "input#file[type=file]").send_keys(str(path))
 
@@ -170,9 +178,7 @@ def test_the_drop_zone_is_reached_by_keyboard_and_labelled(page):
 
 
 def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(page, gallery, tmp_path):
-    query_id, (name, label, data) = list(gallery.items())[7]
-    query = tmp_path / name
-    query.write_bytes(data)
+    query_id, label, query = gallery_image_file(gallery, 7, tmp_path)
     choose_k(page, 8)
     upload(page, query)
     wait_for_search(page)
@@ -191,14 +197,12 @@ def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(pa
         assert card["label"] == gallery[card["id"]][1]
         assert card["loaded"], f"thumbnail of {card['id']} did not load"
         assert card["alt"] and card["id"] in card["alt"]
-    assert name in page.find_element("id", "query").text
+    assert query.name in page.find_element("id", "query").text
     screenshot(page, "page.png")
 
 
 def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_path):
-    _, (name, _, data) = list(gallery.items())[12]
-    query = tmp_path / name
-    query.write_bytes(data)
+    _, _, query = gallery_image_file(gallery, 12, tmp_path)
     choose_k(page, 4)
     upload(page, query)
     wait_for_search(page)
@@ -217,9 +221,7 @@ def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_p
 
 
 def test_label_filter_limits_results_to_that_label(page, gallery, tmp_path):
-    _, (name, _, data) = list(gallery.items())[0]
-    query = tmp_path / name
-    query.write_bytes(data)
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
     choose_k(page, 4)
     page.find_element("id", "label-filter").send_keys("ship")
     upload(page, query)
