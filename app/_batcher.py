@@ -1,5 +1,5 @@
-"""Micro-batching: concurrent requests' images are embedded (and searched) together, in one worker
-thread, off the event loop."""
+"""Micro-batching: concurrent requests' images are decoded, embedded and searched together, in one
+worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
@@ -26,17 +26,23 @@ class SearchParams:
 
 @dataclass
 class _Job:
-    arrays: np.ndarray                       # uint8 (n, C, S, S)
+    rows: int                                # images in this job
+    arrays: np.ndarray | None                # uint8 (rows, C, S, S), or None until `decode` makes it
+    decode: Callable[[], np.ndarray] | None  # runs in the worker thread; may raise (fails this job only)
     search: SearchParams | None
     future: asyncio.Future = field(repr=False)
 
 
 class MicroBatcher:
     """Collects embedding jobs until `max_size` images are waiting or `max_wait_s` has passed since
-    the first, then embeds them in one model call and runs the searches, in a single worker thread.
+    the first, then decodes the jobs that came as bytes, embeds them in one model call and runs the
+    searches, in a single worker thread.
 
     `embed(arrays) -> vectors` and `search(vectors, params) -> list[list[hit]]` are called in that
-    thread; submit() resolves to (vectors, hits or None) for each job.
+    thread; submit() and submit_encoded() resolve to (vectors, hits or None) for each job. Decoding
+    in the worker means one thread hop per batch instead of one per request plus one per batch: on a
+    small machine the hop costs as much event-loop CPU as the rest of the request
+    (docs/results/benchmarks.md, P5).
     """
 
     def __init__(self, embed: Callable[[np.ndarray], np.ndarray],
@@ -74,12 +80,23 @@ class MicroBatcher:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, arrays: np.ndarray, search: SearchParams | None = None) -> tuple[np.ndarray, Any]:
-        """Embed `arrays` (and search with the vectors when `search` is given)."""
+        """Embed uint8 `arrays` (and search with the vectors when `search` is given)."""
+        return await self._enqueue(_Job(len(arrays), arrays, None, search, self._new_future()))
+
+    async def submit_encoded(self, decode: Callable[[], np.ndarray], rows: int,
+                             search: SearchParams | None = None) -> tuple[np.ndarray, Any]:
+        """Like submit(), for `rows` images that `decode()` turns into uint8 arrays in the worker
+        thread; an exception from it (e.g. a corrupt image) is raised here, for this job only."""
+        return await self._enqueue(_Job(rows, None, decode, search, self._new_future()))
+
+    def _new_future(self) -> asyncio.Future:
         if self._task is None or self._task.done():
             raise RuntimeError("the embedding worker is not running")
-        job = _Job(arrays, search, asyncio.get_running_loop().create_future())
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, job: _Job) -> tuple[np.ndarray, Any]:
         self._pending.append(job)
-        self._pending_rows += len(arrays)
+        self._pending_rows += job.rows
         self._wake.set()
         if self._pending_rows >= self.max_size:
             self._full.set()
@@ -95,13 +112,13 @@ class MicroBatcher:
                 except (TimeoutError, asyncio.TimeoutError):
                     pass
             batch, rows = [], 0
-            while self._pending and (not batch or rows + len(self._pending[0].arrays) <= self.max_size):
+            while self._pending and (not batch or rows + self._pending[0].rows <= self.max_size):
                 job = self._pending.popleft()
-                self._pending_rows -= len(job.arrays)
+                self._pending_rows -= job.rows
                 if job.future.done():  # the client went away
                     continue
                 batch.append(job)
-                rows += len(job.arrays)
+                rows += job.rows
             self._concurrent = len(batch) > 1 or bool(self._pending)
             if not self._pending:
                 self._wake.clear()
@@ -124,23 +141,35 @@ class MicroBatcher:
                         job.future.set_result(result)
 
     def _process(self, batch: list[_Job]) -> list[tuple[np.ndarray, Any] | BaseException]:
-        arrays = np.concatenate([job.arrays for job in batch]) if len(batch) > 1 else batch[0].arrays
+        out: list[Any] = [None] * len(batch)
+        live: list[int] = []   # the jobs whose images are ready to embed
+        for i, job in enumerate(batch):
+            if job.decode is not None:
+                try:
+                    job.arrays = job.decode()
+                except Exception as exc:  # noqa: BLE001  (a bad upload fails its own request only)
+                    out[i] = exc
+                    continue
+            live.append(i)
+        if not live:
+            return out
+        arrays = (np.concatenate([batch[i].arrays for i in live]) if len(live) > 1 else batch[live[0]].arrays)
         t0 = time.perf_counter()
         vectors = self._embed(arrays)
         self.metrics.embed_seconds.observe(time.perf_counter() - t0)
         self.metrics.embed_batch.observe(len(arrays))
-        out: list[Any] = []
         start = 0
-        for job in batch:
-            out.append((vectors[start:start + len(job.arrays)], None))
-            start += len(job.arrays)
+        for i in live:
+            n = len(batch[i].arrays)
+            out[i] = (vectors[start:start + n], None)
+            start += n
         # One index call per distinct set of search parameters.
         groups: dict[SearchParams, list[int]] = {}
-        for i, job in enumerate(batch):
-            if job.search is not None:
-                groups.setdefault(job.search, []).append(i)
+        for i in live:
+            if batch[i].search is not None:
+                groups.setdefault(batch[i].search, []).append(i)
         for params, members in groups.items():
-            queries = np.concatenate([out[i][0] for i in members])
+            queries = np.concatenate([out[i][0] for i in members]) if len(members) > 1 else out[members[0]][0]
             t0 = time.perf_counter()
             try:
                 hits = self._search(queries, params)

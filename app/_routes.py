@@ -47,6 +47,14 @@ def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
                             "content": {"multipart/form-data": {"schema": schema}}}}
 
 
+def _search_body() -> dict[str, Any]:
+    spec = _multipart("one image: a multipart `file` part, or the image itself as the body",
+                      {"file": {"type": "string", "format": "binary"}})
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    spec["requestBody"]["content"].update({t: binary for t in _RAW_IMAGE_TYPES})
+    return spec
+
+
 def _service(request: Request) -> Service:
     service: Service = request.app.state.service
     service.require_ready()
@@ -59,6 +67,23 @@ def _settings(request: Request) -> Settings:
 
 # ---- body parsing ------------------------------------------------------------------------------
 
+# A body with one of these types is the image itself (`curl --data-binary @photo.jpg`); the format
+# is still decided from the bytes, never from the type.
+_RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream")
+
+
+def _is_raw_image(content_type: str) -> bool:
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    return ctype in _RAW_IMAGE_TYPES or ctype.startswith("image/")
+
+
+async def _read_body(request: Request) -> bytes:
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
+
+
 async def _read_form(request: Request, allowed: set[str]) -> FormData:
     """Parse a multipart body with the part-count and field-size limits of the settings."""
     s = _settings(request)
@@ -68,7 +93,9 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
                                             "send multipart/form-data with the image as a part named `file`")
     if not ctype.lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
-                       f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}")
+                       f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}"
+                       + (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
+                          "application/octet-stream)" if request.url.path.rstrip("/").endswith("/search") else ""))
     parser = MultiPartParser(request.headers, request.stream(), max_files=s.max_files_per_request,
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:
@@ -186,9 +213,13 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def _hit(h) -> Hit:
+def _hit_dict(h) -> dict[str, Any]:
     score = min(1.0, max(-1.0, _finite(h.score)))  # float32 rounding can put a self-match at 1.0000001
-    return Hit(id=h.id, score=score, distance=_finite(h.distance), label=h.label, metadata=h.metadata)
+    return {"id": h.id, "score": score, "distance": _finite(h.distance), "label": h.label, "metadata": h.metadata}
+
+
+def _hit(h) -> Hit:
+    return Hit(**_hit_dict(h))
 
 
 # ---- routes ------------------------------------------------------------------------------------
@@ -223,7 +254,7 @@ async def page():
 @router.post("/search", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an uploaded image",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
-             openapi_extra=_multipart("one image", {"file": {"type": "string", "format": "binary"}}))
+             openapi_extra=_search_body())
 async def search(request: Request,
                  k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
                  label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
@@ -242,15 +273,23 @@ async def search(request: Request,
         if rerank < k:
             raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
                                                      "of nearest candidates the PDDM re-orders")
-    form = await _read_form(request, {"file"})
-    try:
-        files = await _file_parts(form, max_count=1)
-    finally:
-        await form.close()
-    arrays, _ = await anyio.to_thread.run_sync(_prepare, service, files, 0, limiter=service.decode_limiter)
-    _, hits = await service.batcher.submit(arrays, SearchParams(k, _check_label(label), max_distance, rerank))
-    return SearchResponse(results=[_hit(h) for h in hits[0]], k=k, took_ms=(time.perf_counter() - t0) * 1000,
-                          model=service.model_id, reranked=rerank is not None, candidates=rerank)
+    label = _check_label(label)
+    if _is_raw_image(request.headers.get("content-type", "")):
+        files = [("the body", await _read_body(request))]
+    else:
+        form = await _read_form(request, {"file"})
+        try:
+            files = await _file_parts(form, max_count=1)
+        finally:
+            await form.close()
+    # Decoded in the batcher's worker together with the model call: one thread hop per batch.
+    _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1,
+                                                   SearchParams(k, label, max_distance, rerank))
+    # Built by hand and sent as is: validating the response model again costs event-loop time on
+    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
+    return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": rerank is not None, "candidates": rerank})
 
 
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],

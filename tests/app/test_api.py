@@ -239,6 +239,25 @@ async def test_concurrent_searches_are_embedded_together(make_settings):
         assert total == 4 + 8 and count < 1 + 8, metrics   # fewer model calls than requests
 
 
+async def test_search_takes_the_image_itself_as_the_body_with_the_same_answer(make_settings, cifar):
+    async with running(make_settings()) as c:
+        planes = cifar["airplane"][:4]
+        r = await c.post("/index", files=[upload(b, f"p{i}.jpg", "image/jpeg") for i, b in enumerate(planes)],
+                         data={"id": ["p0", "p1", "p2", "p3"]})
+        assert r.status_code == 201, r.text
+        multipart = (await c.post("/search?k=4", files=[upload(planes[2], "q.jpg", "image/jpeg")])).json()
+        for ctype in ("image/jpeg", "application/octet-stream", "image/jpeg; charset=binary"):
+            r = await c.post("/search?k=4", content=planes[2], headers={"content-type": ctype})
+            assert r.status_code == 200, (ctype, r.text)
+            raw = r.json()
+            assert raw["results"][0]["id"] == "p2"
+            assert [h["id"] for h in raw["results"]] == [h["id"] for h in multipart["results"]]
+            assert [h["score"] for h in raw["results"]] == pytest.approx([h["score"] for h in multipart["results"]])
+        # The bytes decide the format, not the declared type.
+        r = await c.post("/search?k=1", content=planes[1], headers={"content-type": "image/png"})
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == "p1"
+
+
 def _sample(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):

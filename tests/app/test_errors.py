@@ -69,12 +69,47 @@ async def test_missing_file_part_is_400(make_settings):
         await still_serving(c)
 
 
-async def test_non_multipart_bodies_are_415(make_settings):
+async def test_non_multipart_bodies_are_415_except_a_raw_image_on_search(make_settings):
     async with running(make_settings()) as c:
-        assert_error(await c.post("/search", content=png(1), headers={"content-type": "image/png"}),
+        assert_error(await c.post("/index", content=png(1), headers={"content-type": "image/png"}),
                      415, "unsupported_media_type", "image/png")
         assert_error(await c.post("/index", json={"file": "x"}), 415, "unsupported_media_type", "application/json")
+        assert_error(await c.post("/search", json={"file": "x"}), 415, "unsupported_media_type",
+                     "application/json", "the image itself as the body")
         assert_error(await c.post("/search"), 415, "unsupported_media_type", "none")
+
+
+async def test_bad_raw_image_bodies_on_search_are_client_errors_naming_the_body(make_settings):
+    raw = {"content-type": "application/octet-stream"}
+    async with running(make_settings(max_pixels=50_000)) as c:
+        assert_error(await c.post("/search", content=b"", headers=raw), 400, "empty_file", "the body")
+        assert_error(await c.post("/search", content=crafted.pdf(), headers={"content-type": "image/png"}),
+                     415, "unsupported_format", "PDF")
+        jpeg = encode(pattern(4, (128, 128)), "JPEG")
+        assert_error(await c.post("/search", content=jpeg[: len(jpeg) // 2], headers=raw),
+                     400, "invalid_image", "truncated")
+        assert_error(await c.post("/search", content=png(1, (300, 300)), headers=raw), 413, "image_too_large")
+        await still_serving(c)
+
+
+async def test_a_bad_image_fails_only_its_own_request_when_batched_with_good_ones(make_settings):
+    async with running(make_settings(batch_max_wait_ms=200, batch_max_size=32)) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(2)], data={"id": ["a", "b"]})
+        statuses = {}
+
+        async def one(i):
+            data = png(i % 2) if i % 3 else b"GIF89a... not really"
+            r = await c.post("/search?k=1", files=[upload(data)])
+            statuses[i] = (r.status_code, r.json()["results"][0]["id"] if r.status_code == 200 else r.json())
+
+        async with anyio.create_task_group() as tg:
+            for i in range(9):
+                tg.start_soon(one, i)
+        for i, (status, body) in statuses.items():
+            if i % 3:
+                assert (status, body) == (200, "ab"[i % 2]), (i, status, body)
+            else:
+                assert status == 400 and body["error"]["code"] == "invalid_image", (i, body)
 
 
 async def test_malformed_multipart_is_400(make_settings):
