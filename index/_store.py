@@ -647,6 +647,7 @@ class Store:
         if gpu is not None:
             D, I = gpu.search(q, kk)
         elif params is None:
+            _faiss.tune_exact_search(index)
             D, I = index.search(q, kk)
         else:
             D, I = index.search(q, kk, params=params)

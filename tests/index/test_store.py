@@ -120,6 +120,27 @@ def test_search_many_queries_returns_one_list_each_best_first(open_store):
     assert all(len(r) == 4 and r[0].score >= r[1].score >= r[3].score for r in results)
 
 
+def test_exact_search_on_a_gallery_larger_than_the_cache_uses_blas_and_stays_exact(open_store):
+    import faiss
+
+    from index import _faiss
+
+    rng = np.random.default_rng(16)
+    dim = 256
+    store = open_store(dim=dim)
+    vecs = unit(rng, 20_000, dim)   # 20 MB of vectors: over the 16 MB cache bound
+    _fill(store, vecs)
+    queries = unit(rng, 8, dim)
+    results = store.search(queries, k=10)
+    assert faiss.cvar.distance_compute_blas_threshold == _faiss.BLAS_MIN_QUERIES * dim
+    expected = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
+    assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
+    small = open_store(path=store.config.path.parent / "small", dim=dim)
+    _fill(small, vecs[:100])
+    small.search(queries, k=3)
+    assert faiss.cvar.distance_compute_blas_threshold == _faiss._FAISS_BLAS_THRESHOLD   # back to FAISS's
+
+
 def test_search_by_id_excludes_the_item_and_raises_keyerror_when_absent(open_store):
     rng = np.random.default_rng(7)
     store = open_store()
