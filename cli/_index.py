@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=256, help="images embedded and committed together (256)")
     b.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads decoding images (default: CPU count, at most 8)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch and FAISS threads for the model (default: $OMP_NUM_THREADS, else 1, so that the "
+                        "decoding workers keep the other cores)")
     b.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
     b.set_defaults(func=_build)
@@ -131,6 +134,16 @@ def _decode(data: bytes, embedder, thumbs: bool):
 
 
 def _build(args) -> int:
+    # OpenMP reads its thread count when torch or FAISS is first imported, so this comes first. One
+    # intra-op thread by default: the decoding workers need the other cores, and spinning OpenMP
+    # threads beside them made the build 5.5x slower on 2 cores (docs/results/benchmarks.md, ingestion).
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1, got {args.threads}")
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
     import logging
     from concurrent.futures import ThreadPoolExecutor
 

@@ -98,6 +98,8 @@ def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifac
     assert "no index at" in capsys.readouterr().err
     assert main(["index", "build", str(tmp_path / "nope"), "--model", str(hybrid1_artifact), "--data", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["index", "build", str(gallery_tar), "--threads", "0", "--data", str(data)]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
     capsys.readouterr()
     torch.manual_seed(1)  # another model: the store refuses its vectors
