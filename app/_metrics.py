@@ -29,6 +29,9 @@ class Metrics:
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.decode_seconds = Histogram("simsearch_decode_seconds", "time to decode and preprocess one image",
                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.commit_requests = Histogram("simsearch_index_commit_requests",
+                                         "POST /index requests committed together (one transaction and fsync)",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.gallery = Gauge("simsearch_gallery_items", "items in the gallery", registry=r)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
 

@@ -351,7 +351,7 @@ async def add(request: Request):
     items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
     try:
-        await anyio.to_thread.run_sync(service.store.upsert, items)
+        await service.commits.upsert(items)   # with the other requests waiting to commit
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:

@@ -12,6 +12,7 @@ import anyio.to_thread
 import numpy as np
 
 from ._batcher import MicroBatcher, SearchParams
+from ._commits import GroupCommitter
 from ._errors import ApiError
 from ._metrics import Metrics
 from ._settings import Settings
@@ -30,6 +31,7 @@ class Service:
         self.store = None
         self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
         self.batcher: MicroBatcher | None = None
+        self.commits: GroupCommitter | None = None
         self.ready = False
         self.reason = "loading the model and the index"
         self.started = time.time()
@@ -59,6 +61,8 @@ class Service:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.commits is not None:
+            await self.commits.stop()
         if self.store is not None:
             await anyio.to_thread.run_sync(self.store.close)
 
@@ -96,6 +100,9 @@ class Service:
         self.batcher = MicroBatcher(embedder.embed_arrays, self._search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
+        import index
+        self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
+        self.commits.start()
         self.metrics.track_gallery(store.count)
         self.metrics.ready.set(1)
         self.ready = True
