@@ -118,7 +118,7 @@ class Service:
 
     def _rerank(self, query: np.ndarray, hits: list, k: int) -> list:
         """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""
-        items = [self.store.get(h.id) for h in hits]
+        items = self.store.get_many([h.id for h in hits])
         kept = [(h, it) for h, it in zip(hits, items) if it is not None]  # deleted meanwhile
         if not kept:
             return []

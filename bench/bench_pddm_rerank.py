@@ -122,13 +122,20 @@ def main() -> None:
             def run() -> int:
                 q = next_query()
                 hits = store.search(q, k=c)[0]
-                cand = np.stack([store.get(h.id).vector for h in hits])
+                cand = np.stack([it.vector for it in store.get_many([h.id for h in hits])])
                 order, _ = pddm.rerank(q, cand)
                 _ = [hits[i] for i in order[:10]]
                 return 1
             return run
 
         def fetch_only(c: int):
+            def run() -> int:
+                hits = store.search(next_query(), k=c)[0]
+                np.stack([it.vector for it in store.get_many([h.id for h in hits])])
+                return 1
+            return run
+
+        def fetch_one_by_one(c: int):   # what the service did before Store.get_many
             def run() -> int:
                 hits = store.search(next_query(), k=c)[0]
                 np.stack([store.get(h.id).vector for h in hits])
@@ -138,6 +145,7 @@ def main() -> None:
         cases = {"search_k10": plain}
         for c in cands:
             cases[f"search_k{c}_fetch"] = fetch_only(c)
+            cases[f"search_k{c}_fetch_one_by_one"] = fetch_one_by_one(c)
             cases[f"search_k{c}_fetch_rerank"] = reranked(c)
         res = _common.interleaved(cases, rounds=args.rounds, seconds=0.5)
         for k, v in res.items():

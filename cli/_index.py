@@ -293,7 +293,7 @@ def _rerank(store, pddm, query, hits: list, k: int) -> list:
     """The best k of `hits` by PDDM score against their stored vectors (cosine score and distance kept)."""
     import numpy as np
 
-    kept = [(h, it) for h in hits if (it := store.get(h.id)) is not None]
+    kept = [(h, it) for h, it in zip(hits, store.get_many([h.id for h in hits])) if it is not None]
     if not kept:
         return []
     order, _ = pddm.rerank(query, np.stack([it.vector for _, it in kept]))

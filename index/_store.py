@@ -537,6 +537,19 @@ class Store:
                                         (id,)).fetchone()
         return None if row is None else _row_to_item(row, self.dim)
 
+    def get_many(self, ids: Sequence[str]) -> list[Item | None]:
+        """get() for many ids in few queries (e.g. re-ranking candidates): one entry per id, in
+        order, None where absent."""
+        found: dict[str, Item] = {}
+        conn = self._read_conn()
+        unique = list(dict.fromkeys(ids))
+        for i in range(0, len(unique), 500):  # SQLite's bound-parameter limit is 999 on old builds
+            chunk = unique[i:i + 500]
+            rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE id IN "
+                                f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            found.update((row[0], _row_to_item(row, self.dim)) for row in rows)
+        return [found.get(i) for i in ids]
+
     def thumbnail(self, id: str) -> bytes | None:
         """The stored thumbnail bytes of an item, or None."""
         row = self._read_conn().execute("SELECT data FROM thumbnails WHERE id = ?", (id,)).fetchone()

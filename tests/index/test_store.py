@@ -56,6 +56,24 @@ def test_delete_readd_and_upsert_replace_in_every_index_kind(open_store, kind):
     assert ids[0] in store and "id5" in store
 
 
+def test_get_many_returns_one_entry_per_id_in_order_with_none_where_absent(open_store):
+    rng = np.random.default_rng(3)
+    store = open_store()
+    vecs = unit(rng, 1200)
+    ids = _fill(store, vecs, labels=[f"l{i % 3}" for i in range(1200)])
+    store.delete(["id5"])
+    asked = ["id7", "nope", "id5", "id1199", "id7"] + ids[600:1100]   # more than one query's worth
+    got = store.get_many(asked)
+    assert len(got) == len(asked)
+    assert got[1] is None and got[2] is None
+    for want, item in zip(asked, got):
+        if item is not None:
+            single = store.get(want)
+            assert item.id == want and item.label == single.label and item.metadata == single.metadata
+            np.testing.assert_array_equal(item.vector, single.vector)
+    assert store.get_many([]) == []
+
+
 def test_duplicate_ids_in_one_upsert_keep_the_last(open_store):
     store = open_store()
     a, b = unit(np.random.default_rng(2), 2)
