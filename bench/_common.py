@@ -235,3 +235,18 @@ def server_env(pairs: list[str], variant: str | None) -> dict[str, str]:
             raise SystemExit(f"--variant {variant}: no {vdir}/sitecustomize.py")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(vdir), os.environ.get("PYTHONPATH")]))
     return env
+
+
+def unfold_involution_forward(self, x):
+    """The textbook involution forward (the model's before 2026-11-25): 1x1 Conv2d modules for the
+    kernel and unfold (im2col) + multiply + sum for the neighbourhood. The reference for the
+    model's own forward in bench_train.py; same arithmetic, so the same output to float rounding."""
+    import torch.nn.functional as F
+
+    b, c, h, w = x.shape
+    k, g, s = self.kernel_size, self.groups, self.stride
+    kernel = self.span(F.relu(self.bn(self.reduce(self.pool(x)))))
+    ho, wo = kernel.shape[-2:]
+    kernel = kernel.view(b, g, 1, k * k, ho, wo)
+    cols = F.unfold(x, k, padding=(k - 1) // 2, stride=s).view(b, g, c // g, k * k, ho, wo)
+    return (kernel * cols).sum(dim=3).reshape(b, c, ho, wo)

@@ -166,15 +166,16 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def wrk(url: str, path: str, connections: int, seconds: float, files: list[Path] = (), mime: str = "",
-        threads: int = 1, timeout_s: int = 10, files_per_request: int = 1) -> dict:
-    """One wrk run; returns requests/s, latency percentiles (ms) and error counts."""
+        threads: int = 1, timeout_s: int = 10, files_per_request: int = 1, raw: bool = False) -> dict:
+    """One wrk run; returns requests/s, latency percentiles (ms) and error counts. `raw`: each file is
+    sent as the body itself instead of a multipart part."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s", "-s", str(LUA),
            url, "--", path]
     if files:
         cmd += [mime, *[str(f) for f in files]]
-    env = {**os.environ, "WRK_FILES_PER_REQUEST": str(files_per_request)}
+    env = {**os.environ, "WRK_FILES_PER_REQUEST": str(files_per_request), "WRK_RAW": "1" if raw else "0"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:

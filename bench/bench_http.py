@@ -7,7 +7,8 @@ For each gallery size: a data directory is filled through index.Store directly w
 vectors (cached under $SIMSEARCH_BENCH_DIR, default /tmp/simsearch-bench), `simsearch serve` is
 started on a free 127.0.0.1 port (rate limit off), and at each concurrency wrk (1 thread) runs, one
 after another: GET /healthz (the reference), POST /search?k=10 with 32x32 PNG queries (CIFAR-10
-test images), POST /search?k=10 with 640x480 JPEG photos. Reported: requests/s, p50/p99 latency,
+test images), POST /search?k=10 with 640x480 JPEG photos (as multipart; the kinds png32raw and
+jpeg640raw send the same images as the body itself). Reported: requests/s, p50/p99 latency,
 the ratio to /healthz at the same concurrency, the service's own mean embed batch size and
 decode/embed/search times (from /metrics), and the server's resident memory.
 """
@@ -37,6 +38,7 @@ def query_files(workdir: Path) -> dict[str, tuple[str, list[Path]]]:
         p = qdir / f"photo{i}.jpg"
         p.write_bytes(data)
         out["jpeg640"][1].append(p)
+    out["png32raw"], out["jpeg640raw"] = out["png32"], out["jpeg640"]
     return out
 
 
@@ -60,7 +62,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,1000000")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=8.0, help="wrk duration per case")
-    ap.add_argument("--kinds", default="png32,jpeg640")
+    ap.add_argument("--kinds", default="png32,jpeg640", help="png32, jpeg640 (multipart), png32raw, jpeg640raw")
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server (e.g. OMP_NUM_THREADS=1)")
@@ -95,7 +97,7 @@ def main() -> None:
             print(f"server pid {srv.pid} ready in {g['ready_seconds']:.1f} s, RSS {g['rss_ready_mb']:.0f} MiB")
             for kind in kinds:  # warm-up: every code path once, untimed
                 mime, files = queries[kind]
-                _server.wrk(srv.url, "/search?k=10", 2, 1, files, mime)
+                _server.wrk(srv.url, "/search?k=10", 2, 1, files, mime, raw=kind.endswith("raw"))
             for conc in [int(c) for c in args.concurrency.split(",")]:
                 cpu0 = _server.cpu_seconds(srv.pid)
                 ref = _server.wrk(srv.url, "/healthz", conc, args.seconds)
@@ -112,7 +114,7 @@ def main() -> None:
                         spy = _server.py_spy(srv.pid, args.seconds,
                                              args.py_spy / f"http_{size}_{kind}_c{conc}.txt")
                     cpu0 = _server.cpu_seconds(srv.pid)
-                    r = _server.wrk(srv.url, "/search?k=10", conc, args.seconds, files, mime)
+                    r = _server.wrk(srv.url, "/search?k=10", conc, args.seconds, files, mime, raw=kind.endswith("raw"))
                     r.update(cpu_per_request(_server.cpu_seconds(srv.pid), cpu0, r["requests"], srv.pid))
                     if spy is not None:
                         spy.wait(30)

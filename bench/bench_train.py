@@ -6,8 +6,9 @@
 Per dataset (the real data from ../shared/data, decoded once into training's uint8 cache):
 - minimal loop: Hybrid-1 + a Linear cross-entropy head, AdamW, batch 128, uint8 tensors normalised
   on the fly, no augmentation; `--steps` timed steps (after 3 warm-up steps), extrapolated to one
-  epoch of the full training split. Run for the current model and for the proposed involution
-  forward (bench_embed.proposed_involution_forward), interleaved in blocks of 10 steps.
+  epoch of the full training split. Run for the model as it is and with the textbook unfold
+  involution forward (_common.unfold_involution_forward) as the reference, interleaved in blocks
+  of 10 steps.
 - the project's trainer (training.train, default preset, loss ce+ms, 1 epoch, no validation
   split): the epoch's own wall time from its history (augmentation and sampling included), on
   `--trainer-max-train` images (0 = the whole split) and scaled to the full split.
@@ -36,21 +37,20 @@ import model  # noqa: E402
 DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10-jpeg.tar"}
 
 
-def _patch_proposed(net: torch.nn.Module) -> torch.nn.Module:
-    from bench_embed import proposed_involution_forward
-
+def _with_unfold_involution(net: torch.nn.Module) -> torch.nn.Module:
     net = copy.deepcopy(net)
     for m in net.modules():
         if isinstance(m, model.Involution):
-            m.forward = types.MethodType(proposed_involution_forward, m)
+            m.forward = types.MethodType(_common.unfold_involution_forward, m)
     return net
 
 
 def minimal_loop(ds, steps: int, device: torch.device, batch: int = 128, block: int = 10) -> dict:
-    """Seconds per step of a plain CE training loop, current vs proposed involution, interleaved."""
+    """Seconds per step of a plain CE training loop, the model's involution forward against the
+    textbook unfold forward, interleaved."""
     torch.manual_seed(0)
     base = model.create_model("hybrid1", in_chans=ds.in_chans)
-    nets = {"current": base, "proposed": _patch_proposed(base)}
+    nets = {"current": base, "unfold": _with_unfold_involution(base)}
     imgs, labels = ds.train.images, ds.train.labels
     x_all = imgs.float().div(255.0)
     mean = x_all.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
@@ -96,7 +96,7 @@ def minimal_loop(ds, steps: int, device: torch.device, batch: int = 128, block: 
         out[name] = {"sec_per_step_median": med, "sec_per_step_best": ts[0],
                      "sec_per_epoch_median": med * steps_per_epoch, "sec_per_epoch_best": ts[0] * steps_per_epoch}
     out["steps_per_epoch"] = steps_per_epoch
-    out["proposed_speedup"] = out["current"]["sec_per_step_median"] / out["proposed"]["sec_per_step_median"]
+    out["speedup_over_unfold"] = out["unfold"]["sec_per_step_median"] / out["current"]["sec_per_step_median"]
     return out
 
 
@@ -139,8 +139,8 @@ def main() -> None:
         r = {"train_images": len(ds.train), "load_seconds": load_s}
         r["cpu_minimal_loop"] = m = minimal_loop(ds, args.steps, torch.device("cpu"))
         print(f"  minimal CE loop, batch 128, CPU: current {m['current']['sec_per_epoch_median']:.1f} s/epoch "
-              f"(best {m['current']['sec_per_epoch_best']:.1f}); proposed involution "
-              f"{m['proposed']['sec_per_epoch_median']:.1f} s/epoch ({m['proposed_speedup']:.2f}x)")
+              f"(best {m['current']['sec_per_epoch_best']:.1f}); unfold involution "
+              f"{m['unfold']['sec_per_epoch_median']:.1f} s/epoch (current is {m['speedup_over_unfold']:.2f}x faster)")
         if not args.no_trainer:
             r["cpu_trainer"] = t = trainer_epoch(ds, args.trainer_max_train)
             print(f"  trainer (default preset, ce+ms, augmentation): {t['epoch_seconds']:.1f} s for {t['images']} "

@@ -1,5 +1,6 @@
 -- wrk script: POST each request as multipart/form-data with one image as the `file` part, rotating
--- over the files given; with no files, a plain GET of the path (the reference endpoint).
+-- over the files given; with WRK_RAW=1, the image itself is the body (Content-Type: the mime given);
+-- with no files, a plain GET of the path (the reference endpoint).
 -- Prints one line "WRKJSON {...}" with the counts and latency percentiles (microseconds).
 --
 --   wrk -t1 -c8 -d10s -s bench/wrk_multipart.lua http://127.0.0.1:8000 -- /search?k=10 image/png a.png b.png
@@ -30,6 +31,16 @@ function init(args)
   path = args[1] or "/"
   local mime = args[2]
   local per = tonumber(os.getenv("WRK_FILES_PER_REQUEST") or "1")
+  if os.getenv("WRK_RAW") == "1" then
+    for k = 3, #args do
+      bodies[#bodies + 1] = read_file(args[k])
+    end
+    n = #bodies
+    if n > 0 then
+      content_type = mime
+    end
+    return
+  end
   local parts = {}
   for k = 3, #args do
     parts[#parts + 1] = part(args[k], mime)
