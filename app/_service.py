@@ -3,6 +3,7 @@ after startup so that /healthz answers at once and /readyz flips when everything
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -104,6 +105,11 @@ class Service:
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
         self.commits.start()
         self.metrics.track_gallery(store.count)
+        # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
+        # collector's reach: a full collection over it took 110 ms, and under load one ran every
+        # few seconds, which was the p99 of /search (docs/results/benchmarks.md).
+        await anyio.to_thread.run_sync(gc.collect)
+        gc.freeze()
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""

@@ -258,6 +258,17 @@ async def test_search_takes_the_image_itself_as_the_body_with_the_same_answer(ma
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "p1"
 
 
+async def test_objects_loaded_at_startup_are_frozen_out_of_the_garbage_collector(make_settings):
+    import gc
+
+    gc.unfreeze()   # process-wide: start from nothing frozen
+    assert gc.get_freeze_count() == 0
+    async with running(make_settings()) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        # the model, FAISS and the store were loaded before the freeze: full collections skip them
+        assert gc.get_freeze_count() > 10_000
+
+
 def _sample(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
