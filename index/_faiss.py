@@ -145,7 +145,7 @@ def is_exact(index: faiss.Index) -> bool:
 # queries is big enough for its BLAS path, which reads the gallery once per block. Its default switch
 # (queries x dim >= 128,000: 500 queries at dim 256) suits a gallery that stays in the CPU cache; one
 # that does not is bound by memory bandwidth, and there BLAS is faster from about 6 queries (1.9x at 8,
-# 2.8x at 16 on 100k vectors; docs/index.md, "Batched exact search").
+# 2.8x at 16 on 100k vectors; bench/bench_exact_blas.py, docs/index.md "Batched exact search").
 _FAISS_BLAS_THRESHOLD = int(faiss.cvar.distance_compute_blas_threshold)
 _CACHE_BYTES = 16 << 20
 BLAS_MIN_QUERIES = 6
