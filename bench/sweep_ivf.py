@@ -5,18 +5,26 @@
 KIND is a preset name or a FAISS factory string; one JSON line per setting: recall@10 against
 exact search, p50/p99 ms for one query, ms for a batch of 32. Stores are built under /tmp/sweep.
 Results: docs/results/index.md, "IVF and IVF-PQ search parameters"."""
-import sys, time, json, numpy as np, logging
+import json
+import shutil
+import sys
+import time
 from pathlib import Path
+
+import numpy as np
+
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / "bench")); sys.path.insert(0, str(_ROOT))
 from bench_index import clustered_vectors, exact_top10, DIM
 from index import Store, StoreConfig, Item
+# a folder name per kind: "/" and "," become "_", brackets are dropped
+_DIR_SAFE = str.maketrans({"/": "_", ",": "_", "{": None, "}": None, "(": None, ")": None})
 n = int(sys.argv[1]); kinds = sys.argv[2].split(";"); out = sys.argv[3]
 gallery = clustered_vectors(n, seed=n); queries = clustered_vectors(320, seed=12345)
 truth = exact_top10(gallery, queries)
 for kind in kinds:
-    path = __import__("pathlib").Path(f"/tmp/sweep/{kind.replace('/', '_').replace('{', '').replace('}', '').replace(',', '_').replace('(', '').replace(')', '')}-{n}")
-    import shutil; shutil.rmtree(path, ignore_errors=True)
+    path = Path(f"/tmp/sweep/{kind.translate(_DIR_SAFE)}-{n}")
+    shutil.rmtree(path, ignore_errors=True)
     st = Store.open(StoreConfig(path, dim=DIM, model_id="bench@000000000000", index=kind, snapshot_every=0))
     t0 = time.perf_counter()
     for s in range(0, n, 10000):
@@ -41,5 +49,6 @@ for kind in kinds:
         row = dict(kind=kind, n=n, nprobe=nprobe, k_factor=kf, recall10=recall,
                    p50_ms_b1=float(np.median(lat) * 1e3), p99_ms_b1=float(np.percentile(lat, 99) * 1e3), ms_b32=b32 * 1e3)
         print(json.dumps(row), flush=True)
-        open(out, "a").write(json.dumps(row) + "\n")
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
         st.close()
