@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--schedule", default=None, help="none, cosine or step")
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    p.add_argument("--fold-norm", action="store_true",
+                   help="train with BatchNorm after every convolution and before the embedding layer, folded into "
+                        "the weights of the artifact (which keeps the plain architecture and parameter count)")
     p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -97,6 +100,8 @@ def _train(args) -> int:
         "max_test": args.max_test}.items() if v is not None}
     if args.no_augment:
         overrides["augment"] = False
+    if args.fold_norm:
+        overrides["fold_norm"] = True
     overrides.update(dict(args.set))
     if args.arch:
         overrides["arch_kwargs"] = {**overrides.get("arch_kwargs", {}), **dict(args.arch)}

@@ -29,15 +29,19 @@ class InvConvNet(nn.Module):
 
     With no convolutions (the INN models) the pooled input channels feed the embedding layer.
     `stride` applies to every convolution unless `strides` gives one per convolution.
-    `norm` adds BatchNorm after every convolution and `residual` wraps each convolution after the
-    first by a same-width residual block; both are off in the paper's models.
+    `norm` adds BatchNorm after every convolution, `head_norm` BatchNorm on the pooled features before
+    the embedding layer, and `residual` wraps each convolution after the first by a same-width residual
+    block; all three are off in the paper's models. `fused()` folds both BatchNorms away.
     """
 
     def __init__(self, in_chans: int = 3, involutions: int = 1, widths: Sequence[int] = (16, 64, 128),
                  stride: int = 2, act: str = "gelu", embed_dim: int = 256, kernel_size: int = 3,
                  reduction: int | None = None, norm: bool = False, residual: bool = False,
-                 strides: Sequence[int] | None = None):
+                 strides: Sequence[int] | None = None, head_norm: bool = False):
         super().__init__()
+        self.config = dict(in_chans=in_chans, involutions=involutions, widths=tuple(widths), stride=stride,
+                           act=act, embed_dim=embed_dim, kernel_size=kernel_size, reduction=reduction,
+                           norm=norm, residual=residual, strides=strides, head_norm=head_norm)
         act_layer = _activation(act)
         self.in_chans, self.embed_dim = in_chans, embed_dim
         # The paper's counts fit a reduction of 2 for RGB and 1 for grey input.
@@ -60,10 +64,61 @@ class InvConvNet(nn.Module):
             chans = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_norm = nn.BatchNorm1d(chans) if head_norm else nn.Identity()
         self.embed = nn.Linear(chans, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.pool(self.features(x)).flatten(1))
+        return self.embed(self.head_norm(self.pool(self.features(x)).flatten(1)))
+
+    @torch.no_grad()
+    def fused(self) -> "InvConvNet":
+        """The same function without the optional BatchNorms: each one folded into the layer before it
+        (convolutions) or after it (the embedding layer), using its running statistics.
+
+        The result is built with norm=False and head_norm=False, so a model trained with them becomes the
+        plain architecture, with its parameter count, for inference (eval-mode outputs agree to float
+        rounding). The involution's own BatchNorm is part of the architecture and stays.
+        """
+        out = InvConvNet(**{**self.config, "norm": False, "head_norm": False}).to(self.embed.weight.device)
+        pairs, targets = _conv_norm_pairs(self.features), _conv_norm_pairs(out.features)
+        if len(pairs) != len(targets):  # cannot happen for models this class builds
+            raise RuntimeError(f"{len(pairs)} convolutions to fold into {len(targets)}")
+        for (conv, bn), (target, _) in zip(pairs, targets):
+            weight, bias = conv.weight, conv.bias if conv.bias is not None else torch.zeros_like(target.bias)
+            if bn is not None:
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                weight = weight * scale.view(-1, 1, 1, 1)
+                bias = (bias - bn.running_mean) * scale + bn.bias
+            target.weight.copy_(weight)
+            target.bias.copy_(bias)
+        for src, dst in zip(_involutions(self.features), _involutions(out.features)):
+            dst.load_state_dict(src.state_dict())
+        weight, bias = self.embed.weight, self.embed.bias
+        if isinstance(self.head_norm, nn.BatchNorm1d):
+            bn = self.head_norm
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bias + weight @ (bn.bias - bn.running_mean * scale)
+            weight = weight * scale.view(1, -1)
+        out.embed.weight.copy_(weight)
+        out.embed.bias.copy_(bias)
+        return out.train(self.training)
+
+
+def _involutions(features: nn.Module) -> list[Involution]:
+    return [m for m in features.modules() if isinstance(m, Involution)]
+
+
+def _conv_norm_pairs(features: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+    """Every convolution outside the involutions, in forward order, with the BatchNorm that follows it."""
+    inside = {id(m) for inv in _involutions(features) for m in inv.modules()}
+    following: dict[int, nn.BatchNorm2d] = {}
+    for seq in features.modules():
+        if isinstance(seq, nn.Sequential):
+            kids = list(seq)
+            following.update({id(a): b for a, b in zip(kids, kids[1:])
+                              if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)})
+    return [(m, following.get(id(m))) for m in features.modules()
+            if isinstance(m, nn.Conv2d) and id(m) not in inside]
 
 
 class _Residual(nn.Module):

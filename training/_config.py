@@ -12,6 +12,9 @@ class TrainConfig:
 
     model: str = "hybrid1"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model kwargs: stride, act, widths, norm...
+    # Train with BatchNorm after every convolution and before the embedding layer, and fold it into the
+    # weights for the artifact, which keeps the plain architecture (arch_kwargs less norm/head_norm).
+    fold_norm: bool = False
     embed_dim: int = 256
     loss: str = "ce+ms"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon

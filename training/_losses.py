@@ -3,7 +3,8 @@ its trainable parameters (the cross-entropy head) and names the heads to store i
 
 Registered: "ce" (a Linear head on the raw embedding + cross-entropy; the head is dropped from the
 embedding model and stored beside it as "ce_head"), "ms" (pytorch-metric-learning's
-MultiSimilarityLoss on cosine similarity with its MultiSimilarityMiner), "ce+ms" (their weighted sum).
+MultiSimilarityLoss on cosine similarity with its MultiSimilarityMiner), "ce+ms" (their weighted sum),
+"nsoftmax" (pml's NormalizedSoftmaxLoss: cosine to a learned proxy per class) and "nsoftmax+ms".
 Add one with @register_loss("name") on a factory taking (embed_dim, num_classes, **options).
 """
 from __future__ import annotations
@@ -98,6 +99,24 @@ class MultiSimilarity(MetricLoss):
         return self.loss(embeddings, labels, pairs)
 
 
+class NormalizedSoftmax(MetricLoss):
+    """pytorch-metric-learning NormalizedSoftmaxLoss: cross-entropy over the cosine similarities between the
+    embedding and one learned proxy per class, divided by `temperature`.
+
+    It trains for the cosine search the service runs; a linear head on the raw embedding ("ce") can classify
+    well while nearest neighbours lag behind it. The proxies are dropped after training."""
+
+    def __init__(self, embed_dim: int, num_classes: int, temperature: float = 0.05):
+        super().__init__()
+        from pytorch_metric_learning import losses
+
+        self.loss = losses.NormalizedSoftmaxLoss(num_classes=num_classes, embedding_size=embed_dim,
+                                                 temperature=temperature)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings.float(), labels)
+
+
 class Combined(MetricLoss):
     """A weighted sum of losses; heads of every part are kept."""
 
@@ -134,3 +153,17 @@ def _ce_ms(embed_dim: int, num_classes: int, ce_weight: float = 1.0, ms_weight: 
            epsilon: float = 0.1, **_) -> MetricLoss:
     return Combined({"ce": CrossEntropyLoss(embed_dim, num_classes, label_smoothing),
                      "ms": MultiSimilarity(alpha, beta, base, epsilon)}, {"ce": ce_weight, "ms": ms_weight})
+
+
+@register_loss("nsoftmax")
+def _nsoftmax(embed_dim: int, num_classes: int, temperature: float = 0.05, **_) -> MetricLoss:
+    return NormalizedSoftmax(embed_dim, num_classes, temperature)
+
+
+@register_loss("nsoftmax+ms")
+def _nsoftmax_ms(embed_dim: int, num_classes: int, nsoftmax_weight: float = 1.0, ms_weight: float = 1.0,
+                 temperature: float = 0.05, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
+                 epsilon: float = 0.1, **_) -> MetricLoss:
+    return Combined({"nsoftmax": NormalizedSoftmax(embed_dim, num_classes, temperature),
+                     "ms": MultiSimilarity(alpha, beta, base, epsilon)},
+                    {"nsoftmax": nsoftmax_weight, "ms": ms_weight})

@@ -123,7 +123,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     del x
 
-    net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **cfg.arch_kwargs).to(device)
+    build_kwargs = {"norm": True, "head_norm": True, **cfg.arch_kwargs} if cfg.fold_norm else cfg.arch_kwargs
+    net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **build_kwargs).to(device)
+    if cfg.fold_norm and not callable(getattr(net, "fused", None)):
+        raise ValueError(f"fold_norm needs a model that can fold its BatchNorms (the hybrid/cnn/inn family); "
+                         f"{cfg.model!r} cannot")
     loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                                       **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
     if device.type == "cuda":
@@ -227,6 +231,10 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         loss_fn.load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("loss.")})
         best_epoch = int(best_state["_epoch"].item())
     train_seconds = time.time() - t_start
+    arch_kwargs = dict(cfg.arch_kwargs)
+    if cfg.fold_norm:  # the artifact is the plain architecture; its test scores are measured after folding
+        net = net.fused()
+        arch_kwargs = {k: v for k, v in arch_kwargs.items() if k not in ("norm", "head_norm")}
 
     # Final evaluation on the test split.
     emb = embed_images(net, test_split.images, mean, std, device)
@@ -246,7 +254,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
                      "torch": torch.__version__}
-    meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=dict(cfg.arch_kwargs),
+    meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=arch_kwargs,
                             in_chans=ds.in_chans, image_size=ds.image_size, mean=mean, std=std,
                             embed_dim=cfg.embed_dim, class_names=list(ds.class_names), training=training_info,
                             metrics=metrics, heads=loss_fn.head_meta())

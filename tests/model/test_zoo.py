@@ -95,3 +95,43 @@ def test_per_layer_strides_override_the_common_stride():
     assert features(torch.randn(1, 3, 32, 32)).shape[-1] == 8
     with pytest.raises(ValueError, match="one stride per convolution"):
         model.create_model("hybrid1", strides=(1, 2))
+
+
+def _with_trained_norm_statistics(net: nn.Module, in_chans: int) -> nn.Module:
+    """Give every optional BatchNorm non-trivial affine weights and running statistics, as training would."""
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, in_chans, 32, 32) * 2 + 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("arch", [{}, {"strides": (1, 2, 2)}, {"residual": True, "widths": (32, 64, 64)}],
+                         ids=["hybrid1", "strides122", "residual"])
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_folding_the_batchnorms_keeps_the_function_and_gives_the_plain_architecture(arch, in_chans):
+    trained = _with_trained_norm_statistics(
+        model.create_model("hybrid1", in_chans=in_chans, norm=True, head_norm=True, **arch), in_chans)
+    fused = trained.fused().eval()
+    plain = model.create_model("hybrid1", in_chans=in_chans, **arch)
+    # the fused model is the plain architecture: same parameters, same state-dict keys and shapes
+    assert model.count_parameters(fused) == model.count_parameters(plain)
+    assert {k: v.shape for k, v in fused.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in fused.modules())
+    x = torch.randn(8, in_chans, 32, 32)
+    with torch.no_grad():
+        expected, got = trained(x), fused(x)
+    assert expected.abs().max() > 0.1  # the comparison is not between two near-zero outputs
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_papers_hybrid1_counts_hold_after_folding():
+    for in_chans, expected in ((1, 116_344), (3, 116_634)):
+        net = model.create_model("hybrid1", in_chans=in_chans, norm=True, head_norm=True)
+        assert model.count_parameters(net) > expected  # the training-time BatchNorms are extra
+        assert model.count_parameters(net.fused()) == expected

@@ -61,3 +61,28 @@ def test_a_new_loss_plugs_in_by_name():
 
     loss = create_loss("test-l2-centre", 8, 2)
     assert loss(torch.ones(3, 8), torch.zeros(3, dtype=torch.long)).item() == 1.0
+
+
+def test_nsoftmax_scores_cosine_to_class_proxies_so_the_embedding_scale_does_not_matter():
+    emb, labels = _batch()
+    loss = create_loss("nsoftmax", 16, 4, temperature=0.05)
+    assert not loss.needs_pairs and loss.heads() == {}
+    # proxies set to the class means: the loss is low, and the same for a rescaled embedding
+    means = torch.stack([emb[labels == c].mean(0) for c in range(4)])
+    with torch.no_grad():
+        loss.loss.W.copy_(means.T)
+    fitted = loss(emb, labels)
+    assert torch.allclose(loss(emb * 7.0, labels), fitted)
+    wrong = loss(emb, (labels + 1) % 4)
+    assert fitted.item() < 0.5 < wrong.item()
+
+
+def test_nsoftmax_plus_ms_is_the_weighted_sum_and_trains_the_proxies():
+    emb, labels = _batch()
+    emb.requires_grad_(True)
+    both = create_loss("nsoftmax+ms", 16, 4, nsoftmax_weight=0.5, ms_weight=2.0)
+    assert both.needs_pairs
+    total = both(emb, labels)
+    assert torch.allclose(total, 0.5 * both.parts["nsoftmax"](emb, labels) + 2.0 * both.parts["ms"](emb, labels))
+    total.backward()
+    assert both.parts["nsoftmax"].loss.W.grad.abs().sum() > 0 and emb.grad.abs().sum() > 0

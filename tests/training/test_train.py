@@ -94,3 +94,29 @@ def test_bad_config_values_are_named():
         preset("default", schedule="linear").validate()
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         preset("fast")
+
+
+def test_fold_norm_trains_with_batchnorm_and_writes_the_plain_architecture(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "arch_kwargs": {}, "epochs": 1, "max_train": 600, "max_test": 300,
+                               "fold_norm": True})
+    logs: list[str] = []
+    result = train(cfg, shared_data / "mnist", tmp_path / "f.safetensors", progress=False, log=logs.append)
+    # trained with the extra BatchNorms (more values than the paper's model) ...
+    assert "117,480 parameters" in logs[0], logs[0]
+    art = model.load_artifact(result.artifact)
+    # ... written as the paper's Hybrid-1: no norm arguments, its exact parameter count
+    assert art.meta.arch == "hybrid1" and "norm" not in art.meta.arch_kwargs
+    assert "head_norm" not in art.meta.arch_kwargs
+    assert model.count_parameters(art.model) == 116_344 == result.metrics["parameters"]
+    assert art.meta.training["config"]["fold_norm"] is True
+    # the recorded scores are those of the folded model the artifact holds
+    again = evaluate_artifact(result.artifact, shared_data / "mnist", max_test=300)
+    for k in ("precision_at_1", "ms_loss", "ce_loss"):
+        assert again[k] == pytest.approx(result.metrics[k], abs=1e-5), k
+
+
+def test_fold_norm_is_refused_for_a_model_that_cannot_fold(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "arch_kwargs": {}, "model": "vgg16", "epochs": 1, "max_train": 100,
+                               "max_test": 100, "fold_norm": True})
+    with pytest.raises(ValueError, match="fold_norm needs .* 'vgg16' cannot"):
+        train(cfg, shared_data / "mnist", tmp_path / "v.safetensors", progress=False, log=lambda _: None)
