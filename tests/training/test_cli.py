@@ -39,6 +39,19 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert res["dataset"]["num_classes"] == 4
 
 
+def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):
+    out = tmp_path / "folded.safetensors"
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+                   "--threads", "1", "--quiet", "--fold-norm", "--arch", "strides=[1,2,2]", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = model.read_meta(out)
+    assert meta.arch_kwargs == {"strides": [1, 2, 2]} and meta.training["config"]["fold_norm"] is True
+    assert meta.metrics["parameters"] == 116_634
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "v.safetensors"), "--epochs", "1",
+                   "--model", "vgg16", "--fold-norm", "--quiet", cache=tmp_path)
+    assert r.returncode == 2 and "fold_norm needs" in r.stderr and "'vgg16' cannot" in r.stderr
+
+
 def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
     import cli
 
