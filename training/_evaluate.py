@@ -123,8 +123,9 @@ def similarity_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str
     """Mean cosine similarity over all pairs of distinct items of the same class and of different classes.
 
     Exact over the whole split, from per-class sums of the unit vectors (the sum over pairs of a set is
-    |sum|^2 less the set's size). A small gap with both means high says the embeddings sit in a narrow cone,
-    which the MS loss's absolute threshold (base 0.5) punishes whatever the ranking."""
+    |sum|^2 less the set's size). They say where the similarities sit, which the MS loss's absolute threshold
+    (base 0.5) responds to beside their order: both means high is a narrow cone, a same-class mean far below
+    0.5 costs MS dearly however well the items rank."""
     e = F.normalize(embeddings.double(), dim=1)
     n = len(labels)
     classes, counts = torch.unique(labels, return_counts=True)
