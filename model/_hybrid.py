@@ -86,22 +86,25 @@ class InvConvNet(nn.Module):
         for (conv, bn), (target, _) in zip(pairs, targets):
             weight, bias = conv.weight, conv.bias if conv.bias is not None else torch.zeros_like(target.bias)
             if bn is not None:
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                weight = weight * scale.view(-1, 1, 1, 1)
-                bias = (bias - bn.running_mean) * scale + bn.bias
+                scale, shift = _scale_shift(bn)
+                weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale + shift
             target.weight.copy_(weight)
             target.bias.copy_(bias)
         for src, dst in zip(_involutions(self.features), _involutions(out.features)):
             dst.load_state_dict(src.state_dict())
         weight, bias = self.embed.weight, self.embed.bias
         if isinstance(self.head_norm, nn.BatchNorm1d):
-            bn = self.head_norm
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            bias = bias + weight @ (bn.bias - bn.running_mean * scale)
-            weight = weight * scale.view(1, -1)
+            scale, shift = _scale_shift(self.head_norm)
+            weight, bias = weight * scale.view(1, -1), bias + weight @ shift
         out.embed.weight.copy_(weight)
         out.embed.bias.copy_(bias)
         return out.train(self.training)
+
+
+def _scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as x * scale + shift, per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 def _involutions(features: nn.Module) -> list[Involution]:
