@@ -143,23 +143,26 @@ def is_exact(index: faiss.Index) -> bool:
 
 # FAISS's exact search streams the whole gallery once per query (its SIMD path) unless the block of
 # queries is big enough for its BLAS path, which reads the gallery once per block. Its default switch
-# (queries x dim >= 128,000: 500 queries at dim 256) suits a gallery that stays in the CPU cache; one
-# that does not is bound by memory bandwidth, and there BLAS is faster from about 6 queries (1.9x at 8,
-# 2.8x at 16 on 100k vectors; bench/bench_exact_blas.py, docs/index.md "Batched exact search").
-_FAISS_BLAS_THRESHOLD = int(faiss.cvar.distance_compute_blas_threshold)
+# (queries x dim >= 128,000: 500 queries at dim 256) is far too late for the service's micro-batches
+# (8-32 queries). A gallery larger than the cache is bound by memory bandwidth and BLAS wins from about
+# 6 queries (1.9x at 8, 2.8x at 16 on 100k vectors); one that fits wins less and later: from about 12
+# queries (10k vectors, quiet machine: 1.5x at 12, 2.5x at 32; a busy one: 0.85x at 12). Measured with
+# bench/bench_exact_blas.py; docs/index.md "Batched exact search".
 _CACHE_BYTES = 16 << 20
 BLAS_MIN_QUERIES = 6
+BLAS_MIN_QUERIES_IN_CACHE = 12
 
 
 def tune_exact_search(index: faiss.Index) -> None:
     """Set FAISS's BLAS switch (a process-wide setting) for exact search on this index's size:
-    BLAS from BLAS_MIN_QUERIES queries on a gallery larger than the cache, FAISS's default otherwise.
-    Either path gives the exact result; only the speed differs."""
+    BLAS from BLAS_MIN_QUERIES queries on a gallery larger than the cache, from
+    BLAS_MIN_QUERIES_IN_CACHE on a smaller one. Either path gives the exact result; only the speed
+    differs."""
     base = inner(index)
     if not isinstance(base, faiss.IndexFlat):
         return
     large = base.ntotal * base.d * 4 > _CACHE_BYTES
-    threshold = BLAS_MIN_QUERIES * base.d if large else _FAISS_BLAS_THRESHOLD
+    threshold = (BLAS_MIN_QUERIES if large else BLAS_MIN_QUERIES_IN_CACHE) * base.d
     if faiss.cvar.distance_compute_blas_threshold != threshold:
         faiss.cvar.distance_compute_blas_threshold = threshold
 

@@ -138,7 +138,7 @@ def test_search_many_queries_returns_one_list_each_best_first(open_store):
     assert all(len(r) == 4 and r[0].score >= r[1].score >= r[3].score for r in results)
 
 
-def test_exact_search_on_a_gallery_larger_than_the_cache_uses_blas_and_stays_exact(open_store):
+def test_exact_search_switches_to_blas_by_gallery_size_and_stays_exact(open_store):
     import faiss
 
     from index import _faiss
@@ -155,8 +155,11 @@ def test_exact_search_on_a_gallery_larger_than_the_cache_uses_blas_and_stays_exa
     assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
     small = open_store(path=store.config.path.parent / "small", dim=dim)
     _fill(small, vecs[:100])
-    small.search(queries, k=3)
-    assert faiss.cvar.distance_compute_blas_threshold == _faiss._FAISS_BLAS_THRESHOLD   # back to FAISS's
+    batch = unit(rng, 16, dim)   # over BLAS_MIN_QUERIES_IN_CACHE: the small gallery takes BLAS too
+    results = small.search(batch, k=3)
+    assert faiss.cvar.distance_compute_blas_threshold == _faiss.BLAS_MIN_QUERIES_IN_CACHE * dim
+    expected = np.argsort(-(batch @ vecs[:100].T), axis=1)[:, :3]
+    assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
 
 
 def test_search_by_id_excludes_the_item_and_raises_keyerror_when_absent(open_store):
