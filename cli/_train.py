@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-norm", action="store_true",
                    help="train with BatchNorm after every convolution and before the embedding layer, folded into "
                         "the weights of the artifact (which keeps the plain architecture and parameter count)")
+    p.add_argument("--init", default=None, metavar="ARTIFACT",
+                   help="start from this artifact's embedding network (fine-tuning; same architecture, its "
+                        "normalisation kept) instead of random weights")
     p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -97,7 +100,7 @@ def _train(args) -> int:
         "weight_decay": args.weight_decay, "schedule": args.schedule, "val_fraction": args.val_fraction,
         "seed": args.seed, "threads": args.threads, "device": args.device, "image_size": args.image_size,
         "in_chans": args.in_chans, "max_train": args.max_train,
-        "max_test": args.max_test}.items() if v is not None}
+        "max_test": args.max_test, "init_from": args.init}.items() if v is not None}
     if args.no_augment:
         overrides["augment"] = False
     if args.fold_norm:

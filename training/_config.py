@@ -15,6 +15,9 @@ class TrainConfig:
     # Train with BatchNorm after every convolution and before the embedding layer, and fold it into the
     # weights for the artifact, which keeps the plain architecture (arch_kwargs less norm/head_norm).
     fold_norm: bool = False
+    # Start from the embedding network of this model artifact (fine-tuning) instead of random weights:
+    # the architecture must be the one trained here; its normalisation statistics are kept. Heads start anew.
+    init_from: str | None = None
     embed_dim: int = 256
     loss: str = "ce+ms"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon

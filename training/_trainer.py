@@ -61,6 +61,37 @@ def _augmenter(cfg: TrainConfig, ds: Dataset):
     return v2.Compose(steps) if steps else None
 
 
+def _init_from(net: nn.Module, cfg: TrainConfig, in_chans: int, image_size: int) -> tuple[list, list, str]:
+    """Load the embedding weights of artifact cfg.init_from into `net`; returns the artifact's normalisation
+    (mean, std), which the weights were trained with, and its model id. Raises ValueError naming what differs."""
+    import model as zoo
+
+    try:
+        art = zoo.load_artifact(cfg.init_from)
+    except zoo.ArtifactError as exc:
+        raise ValueError(f"init_from: {exc}") from None
+    meta = art.meta
+    theirs = (meta.arch, meta.in_chans, meta.image_size, meta.embed_dim)
+    ours = (cfg.model, in_chans, image_size, cfg.embed_dim)
+    if theirs != ours:
+        raise ValueError(f"init_from {cfg.init_from}: it is {meta.arch} for {meta.in_chans}x{meta.image_size}x"
+                         f"{meta.image_size} images with {meta.embed_dim}-d embeddings; this run trains {cfg.model} "
+                         f"for {in_chans}x{image_size}x{image_size} with {cfg.embed_dim}-d")
+    # BatchNorms that fold_norm (or norm=true) adds start as identity; every other weight must be there.
+    norm_keys = {f"{name}.{k}" for name, mod in net.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+                 for k in mod.state_dict()}
+    try:
+        missing, unexpected = net.load_state_dict(art.model.state_dict(), strict=False)
+    except RuntimeError as exc:  # same names, other shapes (widths, kernel size)
+        raise ValueError(f"init_from {cfg.init_from}: its weights do not fit {cfg.model} with "
+                         f"{cfg.arch_kwargs or 'default arguments'}: {str(exc).splitlines()[-1].strip()}") from None
+    if unexpected or set(missing) - norm_keys:
+        raise ValueError(f"init_from {cfg.init_from}: its architecture ({meta.arch_kwargs or 'default arguments'}) "
+                         f"is not the one trained here ({cfg.arch_kwargs or 'default arguments'}): "
+                         f"missing {sorted(set(missing) - norm_keys)[:4]}, unexpected {sorted(unexpected)[:4]}")
+    return list(meta.mean), list(meta.std), art.model_id
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
@@ -128,6 +159,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     if cfg.fold_norm and not callable(getattr(net, "fused", None)):
         raise ValueError(f"fold_norm needs a model that can fold its BatchNorms (the hybrid/cnn/inn family); "
                          f"{cfg.model!r} cannot")
+    init_id = None
+    if cfg.init_from:
+        mean, std, init_id = _init_from(net, cfg, ds.in_chans, ds.image_size)
     loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                                       **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
     if device.type == "cuda":
@@ -250,7 +284,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     metrics["size_kb_float32"] = round(metrics["parameters"] * 4 / 1024, 2)
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
-    training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device),
+    training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
                      "torch": torch.__version__}

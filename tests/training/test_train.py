@@ -120,3 +120,32 @@ def test_fold_norm_is_refused_for_a_model_that_cannot_fold(shared_data, tmp_path
                                "max_test": 100, "fold_norm": True})
     with pytest.raises(ValueError, match="fold_norm needs .* 'vgg16' cannot"):
         train(cfg, shared_data / "mnist", tmp_path / "v.safetensors", progress=False, log=lambda _: None)
+
+
+def test_init_from_starts_from_the_artifacts_weights_and_keeps_its_normalisation(mnist_run, shared_data, tmp_path):
+    # lr so small that one epoch cannot move the weights: what the run reports is the starting point
+    still = dict(QUICK, epochs=1, max_train=240, lr=1e-9, val_fraction=0.0)
+    tuned = train(preset("default", **still, init_from=str(mnist_run.artifact)), shared_data / "mnist",
+                  tmp_path / "tuned.safetensors", progress=False, log=lambda _: None)
+    fresh = train(preset("default", **still), shared_data / "mnist", tmp_path / "fresh.safetensors",
+                  progress=False, log=lambda _: None)
+    assert tuned.metrics["precision_at_1"] == pytest.approx(mnist_run.metrics["precision_at_1"], abs=0.03)
+    assert fresh.metrics["precision_at_1"] < mnist_run.metrics["precision_at_1"] - 0.15
+    start, art = model.load_artifact(mnist_run.artifact), model.load_artifact(tuned.artifact)
+    # the normalisation the weights were trained with, not that of this run's 240 images
+    assert art.meta.mean == start.meta.mean and art.meta.std == start.meta.std
+    assert model.load_artifact(fresh.artifact).meta.mean != start.meta.mean
+    assert art.meta.training["init_from"] == start.model_id
+
+
+def test_init_from_refuses_another_architecture_naming_both(mnist_run, shared_data, tmp_path):
+    base = dict(QUICK, epochs=1, max_train=100, max_test=100, init_from=str(mnist_run.artifact))
+    with pytest.raises(ValueError, match="it is hybrid1 .* this run trains inn2"):
+        train(preset("default", **base, model="inn2"), shared_data / "mnist", tmp_path / "a.safetensors",
+              progress=False, log=lambda _: None)
+    with pytest.raises(ValueError, match="do not fit hybrid1"):
+        train(preset("default", **{**base, "arch_kwargs": {"norm": True, "widths": [8, 16, 32]}}),
+              shared_data / "mnist", tmp_path / "b.safetensors", progress=False, log=lambda _: None)
+    with pytest.raises(ValueError, match="init_from: .*no such model artifact"):
+        train(preset("default", **{**base, "init_from": str(tmp_path / "none.safetensors")}),
+              shared_data / "mnist", tmp_path / "c.safetensors", progress=False, log=lambda _: None)
