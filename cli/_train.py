@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train with BatchNorm after every convolution and before the embedding layer, folded into "
                         "the weights of the artifact (which keeps the plain architecture and parameter count)")
     p.add_argument("--init", default=None, metavar="ARTIFACT",
-                   help="start from this artifact's embedding network (fine-tuning; same architecture, its "
-                        "normalisation kept) instead of random weights")
+                   help="start from this artifact's embedding network instead of random weights (fine-tuning; "
+                        "its normalisation kept); --model, --arch, the embedding size, --in-chans and "
+                        "--image-size default to the artifact's")
     p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -105,6 +106,8 @@ def _train(args) -> int:
         overrides["augment"] = False
     if args.fold_norm:
         overrides["fold_norm"] = True
+    if args.init and args.model is None and not args.arch:
+        overrides.update(_architecture_of(args.init, overrides))
     overrides.update(dict(args.set))
     if args.arch:
         overrides["arch_kwargs"] = {**overrides.get("arch_kwargs", {}), **dict(args.arch)}
@@ -129,6 +132,19 @@ def _train(args) -> int:
     except TypeError as exc:  # a bad --arch keyword reaches the model builder
         raise CliError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
     return 0
+
+
+def _architecture_of(artifact: str, overrides: dict) -> dict:
+    """The TrainConfig fields that make `artifact`'s architecture, for those not given on the command line."""
+    import model
+
+    try:
+        meta = model.read_meta(artifact)
+    except model.ArtifactError as exc:
+        raise CliError(f"--init: {exc}") from None
+    found = {"model": meta.arch, "arch_kwargs": dict(meta.arch_kwargs), "embed_dim": meta.embed_dim,
+             "in_chans": meta.in_chans, "image_size": meta.image_size}
+    return {k: v for k, v in found.items() if k not in overrides}
 
 
 def _evaluate(args) -> int:

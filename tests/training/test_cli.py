@@ -55,17 +55,23 @@ def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_fo
 def test_init_fine_tunes_from_an_artifact_and_refuses_one_that_does_not_fit(tiny_cifar_folder, tmp_path):
     start = tmp_path / "start.safetensors"
     common = ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(start), "--name", "start", *common, cache=tmp_path)
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(start), "--name", "start", "--arch", "norm=true",
+                   "--arch", "widths=[8,16,32]", *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr
     tuned = tmp_path / "tuned.safetensors"
+    # no --arch: the architecture is the artifact's
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tuned), "--init", str(start), "--loss", "ms",
                    *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr
     meta = model.read_meta(tuned)
+    assert meta.arch_kwargs == {"norm": True, "widths": [8, 16, 32]}
     assert meta.training["init_from"].startswith("start@") and meta.mean == model.read_meta(start).mean
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--init", str(start),
-                   "--arch", "widths=[8,16,32]", *common, cache=tmp_path)
+                   "--arch", "norm=true", *common, cache=tmp_path)   # an --arch of its own: default widths
     assert r.returncode == 2 and "do not fit hybrid1" in r.stderr and "Traceback" not in r.stderr
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "y.safetensors"), "--init",
+                   str(tmp_path / "missing.safetensors"), *common, cache=tmp_path)
+    assert r.returncode == 2 and "--init:" in r.stderr and "no such model artifact" in r.stderr
 
 
 def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
