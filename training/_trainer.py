@@ -77,7 +77,7 @@ def _init_from(net: nn.Module, cfg: TrainConfig, in_chans: int, image_size: int)
         raise ValueError(f"init_from {cfg.init_from}: it is {meta.arch} for {meta.in_chans}x{meta.image_size}x"
                          f"{meta.image_size} images with {meta.embed_dim}-d embeddings; this run trains {cfg.model} "
                          f"for {in_chans}x{image_size}x{image_size} with {cfg.embed_dim}-d")
-    # BatchNorms that fold_norm (or norm=true) adds start as identity; every other weight must be there.
+    # BatchNorms that fold_norm (or norm=true) adds start fresh; every other weight must be there.
     norm_keys = {f"{name}.{k}" for name, mod in net.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
                  for k in mod.state_dict()}
     try:
