@@ -148,20 +148,21 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
         train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
 
-    # Normalisation statistics of the training images (stored in the artifact, used by the Embedder).
-    x = train_split.images.float().div(255.0)
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    del x
-
     build_kwargs = {"norm": True, "head_norm": True, **cfg.arch_kwargs} if cfg.fold_norm else cfg.arch_kwargs
     net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **build_kwargs).to(device)
     if cfg.fold_norm and not callable(getattr(net, "fused", None)):
         raise ValueError(f"fold_norm needs a model that can fold its BatchNorms (the hybrid/cnn/inn family); "
                          f"{cfg.model!r} cannot")
+    # Normalisation statistics (stored in the artifact, used by the Embedder): those the starting
+    # weights were trained with, else those of the training images.
     init_id = None
     if cfg.init_from:
         mean, std, init_id = _init_from(net, cfg, ds.in_chans, ds.image_size)
+    else:
+        x = train_split.images.float().div(255.0)
+        mean = x.mean(dim=(0, 2, 3)).tolist()
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+        del x
     loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                                       **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
     if device.type == "cuda":
