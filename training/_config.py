@@ -33,6 +33,12 @@ class TrainConfig:
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
     crop_padding: int = 4
     hflip: bool | None = None  # None: on, except for digit datasets (class names 0..9)
+    # Extra augmentation, off by default: random rotation by up to `rotate` degrees and scaling by up to
+    # +-`scale` (torchvision RandomAffine; suits digits), and random erasing of one rectangle with
+    # probability `erase` (torchvision RandomErasing, i.e. cutout; suits photos and clothing).
+    rotate: float = 0.0
+    scale: float = 0.0
+    erase: float = 0.0
     label_smoothing: float = 0.0
     val_fraction: float = 0.1  # held out of train to pick the best epoch by precision@1; 0 keeps the last
     grad_clip: float | None = 5.0
@@ -78,6 +84,12 @@ class TrainConfig:
             raise ValueError(f"schedule must be none, cosine or step, got {self.schedule!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.rotate <= 180:
+            raise ValueError(f"rotate must be in [0, 180] degrees, got {self.rotate}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"scale must be in [0, 1), got {self.scale}")
+        if not 0 <= self.erase <= 1:
+            raise ValueError(f"erase is a probability in [0, 1], got {self.erase}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

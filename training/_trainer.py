@@ -58,6 +58,11 @@ def _augmenter(cfg: TrainConfig, ds: Dataset):
         steps.append(v2.RandomCrop(ds.image_size, padding=cfg.crop_padding, padding_mode="reflect"))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
+    if cfg.rotate or cfg.scale:
+        steps.append(v2.RandomAffine(degrees=cfg.rotate, scale=(1 - cfg.scale, 1 + cfg.scale) if cfg.scale else None,
+                                    interpolation=v2.InterpolationMode.BILINEAR))
+    if cfg.erase:
+        steps.append(v2.RandomErasing(p=cfg.erase, value=0))
     return v2.Compose(steps) if steps else None
 
 

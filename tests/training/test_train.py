@@ -94,6 +94,28 @@ def test_bad_config_values_are_named():
         preset("default", schedule="linear").validate()
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         preset("fast")
+    with pytest.raises(ValueError, match="rotate must be in .* got 200"):
+        preset("default", rotate=200).validate()
+    with pytest.raises(ValueError, match="erase is a probability .* got 1.5"):
+        preset("default", erase=1.5).validate()
+
+
+def test_rotation_scaling_and_erasing_change_training_images_but_not_their_shape(shared_data):
+    from training import load_dataset
+    from training._trainer import _augmenter
+
+    ds = load_dataset(shared_data / "mnist")
+    images = ds.train.images[:64]
+    torch.manual_seed(0)
+    crop_only = _augmenter(preset("default", crop_padding=0), ds)
+    assert crop_only is None  # digits: no flip, and nothing else asked for
+    aug = _augmenter(preset("default", crop_padding=0, rotate=20, scale=0.2, erase=1.0), ds)
+    out = torch.stack([aug(im) for im in images])
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    changed = (out != images).flatten(1).any(dim=1)
+    assert changed.all()
+    # every image lost a rectangle to erasing: some pixel that was ink is now exactly 0
+    assert ((images > 0) & (out == 0)).flatten(1).any(dim=1).float().mean() > 0.9
 
 
 def test_fold_norm_trains_with_batchnorm_and_writes_the_plain_architecture(shared_data, tmp_path):
