@@ -40,6 +40,9 @@ class TrainConfig:
     scale: float = 0.0
     erase: float = 0.0
     label_smoothing: float = 0.0
+    # Decay of an exponential moving average of the weights (embedding network and heads), updated every
+    # step; 0 turns it off. When on, the average is what is validated, kept as the best epoch and shipped.
+    ema: float = 0.0
     val_fraction: float = 0.1  # held out of train to pick the best epoch by precision@1; 0 keeps the last
     grad_clip: float | None = 5.0
     seed: int = 0
@@ -90,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"scale must be in [0, 1), got {self.scale}")
         if not 0 <= self.erase <= 1:
             raise ValueError(f"erase is a probability in [0, 1], got {self.erase}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema is a decay in [0, 1), got {self.ema}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

@@ -181,6 +181,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = _augmenter(cfg, ds)
+    ema = _ema_of(net, loss_fn, cfg.ema) if cfg.ema else None
+    # What is validated, kept as the best epoch and shipped: the moving average when there is one.
+    eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
@@ -196,6 +199,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch, best_p1 = int(state["epoch"]), float(state["best_p1"])
         best_state = state.get("best_model") or None
         history = json.loads(state["history"])
@@ -244,6 +249,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(_train_pair(net, loss_fn))
             total += loss.item()
             count += 1
             if step % 20 == 0:
@@ -252,19 +259,20 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total / max(count, 1), 5),
                                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
         if val_split is not None:
-            emb = embed_images(net, val_split.images, mean, std, device)
+            emb = embed_images(eval_net, val_split.images, mean, std, device)
             rec["val_precision_at_1"] = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
             if rec["val_precision_at_1"] > best_p1:
                 best_p1 = rec["val_precision_at_1"]
-                best_state = {"model": _cpu_state(net), "loss": _cpu_state(loss_fn), "epoch": epoch + 1}
+                best_state = {"model": _cpu_state(eval_net), "loss": _cpu_state(eval_loss), "epoch": epoch + 1}
                 best_state = _flatten_best(best_state)
         history.append(rec)
         log(json.dumps(rec))
-        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg)
+        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg, ema)
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
             return None
 
+    net, loss_fn = eval_net, eval_loss
     best_epoch = cfg.epochs
     if best_state is not None:
         net.load_state_dict({k[6:]: v for k, v in best_state.items() if k.startswith("model.")})
@@ -309,6 +317,18 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     return TrainResult(out, metrics, history, metrics_path)
 
 
+def _train_pair(net: nn.Module, loss_fn: nn.Module) -> nn.ModuleDict:
+    return nn.ModuleDict({"net": net, "loss": loss_fn})
+
+
+def _ema_of(net: nn.Module, loss_fn: nn.Module, decay: float):
+    """A moving average of net and loss_fn together (torch's AveragedModel), so the shipped embedding and
+    the heads it is scored with come from the same average; BatchNorm statistics are averaged too."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(_train_pair(net, loss_fn), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -326,9 +346,10 @@ def _np_state(state: dict):
 
 
 def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, best_p1: float, best_state,
-                     history: list, cfg: TrainConfig) -> None:
+                     history: list, cfg: TrainConfig, ema=None) -> None:
     ns = np.random.get_state()
     state = {"model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+             "ema": ema.state_dict() if ema is not None else {},
              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best_p1": best_p1,
              "best_model": best_state or {}, "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
              "torch_rng": torch.get_rng_state(),

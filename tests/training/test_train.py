@@ -78,6 +78,32 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(shar
     assert "ce_loss" not in resumed.metrics and "ms_loss" in resumed.metrics
 
 
+def test_ema_ships_the_moving_average_and_resumes_with_it(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "epochs": 2, "max_train": 240, "max_test": 200, "model": "cnn3a", "ema": 0.9})
+    straight = train(cfg, shared_data / "fashion-mnist", tmp_path / "a.safetensors", progress=False,
+                     log=lambda _: None)
+    assert train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
+                 log=lambda _: None, stop_after=1) is None
+    ckpt = torch.load(tmp_path / "b.safetensors.ckpt", weights_only=True)
+    raw = ckpt["model"]
+    averaged = {k.removeprefix("module.net."): v for k, v in ckpt["ema"].items() if k.startswith("module.net.")}
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.allclose(averaged[k].float(), raw[k].float()) for k in raw)  # the average lags the weights
+    resumed = train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
+                    log=lambda _: None, resume=True)
+    a, b = model.load_artifact(straight.artifact), model.load_artifact(resumed.artifact)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-5), k
+    assert resumed.metrics["ce_loss"] == pytest.approx(straight.metrics["ce_loss"], abs=1e-5)
+    assert b.meta.training["config"]["ema"] == 0.9
+    # the same run without the average trains the same weights but ships them, not the average
+    plain = train(cfg.replace(ema=0.0), shared_data / "fashion-mnist", tmp_path / "c.safetensors", progress=False,
+                  log=lambda _: None)
+    c = model.load_artifact(plain.artifact)
+    assert any(not torch.allclose(va, vc, atol=1e-4)
+               for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
+
+
 def test_resume_refuses_another_configuration(shared_data, tmp_path):
     cfg = preset("default", **{**QUICK, "max_train": 100, "max_test": 100, "model": "inn2"})
     train(cfg, shared_data / "mnist", tmp_path / "c.safetensors", progress=False, log=lambda _: None,
@@ -98,6 +124,8 @@ def test_bad_config_values_are_named():
         preset("default", rotate=200).validate()
     with pytest.raises(ValueError, match="erase is a probability .* got 1.5"):
         preset("default", erase=1.5).validate()
+    with pytest.raises(ValueError, match="ema is a decay in .* got 1"):
+        preset("default", ema=1.0).validate()
 
 
 def test_rotation_scaling_and_erasing_change_training_images_but_not_their_shape(shared_data):
