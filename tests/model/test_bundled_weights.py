@@ -1,0 +1,28 @@
+"""The artifacts shipped in model/weights/: each loads, is named after its file, is under 1 MB of float32
+weights, and carries the test scores it was measured with."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+
+WEIGHTS = sorted((Path(__file__).resolve().parents[2] / "model" / "weights").glob("*.safetensors"))
+
+
+def test_the_service_default_and_the_three_datasets_are_bundled():
+    names = {p.stem for p in WEIGHTS}
+    assert {"hybrid1-cifar10", "hybrid1-mnist", "hybrid1-fashion-mnist"} <= names
+
+
+@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+def test_bundled_artifact_loads_embeds_and_records_its_scores(path):
+    art = model.load_artifact(path)
+    assert art.meta.name == path.stem
+    assert model.count_parameters(art.model) * 4 < 1_000_000
+    x = torch.rand(2, art.meta.in_chans, art.meta.image_size, art.meta.image_size)
+    with torch.no_grad():
+        emb = art.model(x)
+    assert emb.shape == (2, art.meta.embed_dim) and torch.isfinite(emb).all()
+    assert 0.1 < art.meta.metrics["precision_at_1"] <= 1.0
+    assert art.meta.metrics["parameters"] == model.count_parameters(art.model)
