@@ -192,8 +192,14 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     ckpt = _checkpoint_path(out)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
-        if json.loads(state["config"]) != json.loads(json.dumps(cfg.to_dict())):
-            raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration")
+        # Fields added to TrainConfig after the checkpoint was written take their defaults (which keep the
+        # old behaviour), so a run survives an upgrade of simsearch.
+        ours = json.loads(json.dumps(cfg.to_dict()))
+        theirs = {**json.loads(json.dumps(TrainConfig().to_dict())), **json.loads(state["config"])}
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration: "
+                             + ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))
         net.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])

@@ -108,9 +108,25 @@ def test_resume_refuses_another_configuration(shared_data, tmp_path):
     cfg = preset("default", **{**QUICK, "max_train": 100, "max_test": 100, "model": "inn2"})
     train(cfg, shared_data / "mnist", tmp_path / "c.safetensors", progress=False, log=lambda _: None,
           stop_after=1)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="different configuration: lr 0.003 there, 0.1 here"):
         train(cfg.replace(lr=0.1), shared_data / "mnist", tmp_path / "c.safetensors", progress=False,
               log=lambda _: None, resume=True)
+
+
+def test_resume_accepts_a_checkpoint_from_before_newer_config_fields(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "epochs": 2, "max_train": 100, "max_test": 100, "model": "inn2"})
+    out = tmp_path / "old.safetensors"
+    train(cfg, shared_data / "mnist", out, progress=False, log=lambda _: None, stop_after=1)
+    ckpt = out.with_name(out.name + ".ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    stored = json.loads(state["config"])
+    for field in ("rotate", "scale", "erase", "ema"):  # fields this checkpoint's writer did not know yet
+        del stored[field]
+    state["config"] = json.dumps(stored)
+    torch.save(state, ckpt)
+    logs: list[str] = []
+    result = train(cfg, shared_data / "mnist", out, progress=False, log=logs.append, resume=True)
+    assert any("resumed" in line for line in logs) and [h["epoch"] for h in result.history] == [1, 2]
 
 
 def test_bad_config_values_are_named():
