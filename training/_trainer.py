@@ -181,7 +181,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = _augmenter(cfg, ds)
-    ema = _ema_of(net, loss_fn, cfg.ema) if cfg.ema else None
+    trained = nn.ModuleDict({"net": net, "loss": loss_fn})  # what the moving average follows
+    ema = _ema_of(trained, cfg.ema) if cfg.ema else None
     # What is validated, kept as the best epoch and shipped: the moving average when there is one.
     eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -256,7 +257,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             scaler.update()
             sched.step()
             if ema is not None:
-                ema.update_parameters(_train_pair(net, loss_fn))
+                ema.update_parameters(trained)
             total += loss.item()
             count += 1
             if step % 20 == 0:
@@ -323,16 +324,12 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     return TrainResult(out, metrics, history, metrics_path)
 
 
-def _train_pair(net: nn.Module, loss_fn: nn.Module) -> nn.ModuleDict:
-    return nn.ModuleDict({"net": net, "loss": loss_fn})
-
-
-def _ema_of(net: nn.Module, loss_fn: nn.Module, decay: float):
-    """A moving average of net and loss_fn together (torch's AveragedModel), so the shipped embedding and
-    the heads it is scored with come from the same average; BatchNorm statistics are averaged too."""
+def _ema_of(trained: nn.ModuleDict, decay: float):
+    """A moving average of the net and the loss together (torch's AveragedModel), so the shipped embedding
+    and the heads it is scored with come from the same average; BatchNorm statistics are averaged too."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(_train_pair(net, loss_fn), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
