@@ -119,6 +119,34 @@ def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_
                                  "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
 
 
+def ms_loss_plain(embeddings: torch.Tensor, labels: torch.Tensor, batch_size: int = 32, alpha: float = 2.0,
+                  beta: float = 40.0, base: float = 0.5, epsilon: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    """Multi-Similarity loss over plain batches: the figure Keras's `model.evaluate` would print for a model
+    compiled with TensorFlow Similarity's MultiSimilarityLoss at its defaults (alpha 2, beta 40, epsilon 0.1,
+    lambda 0.5), the paper's toolkit.
+
+    Batches of `batch_size` consecutive items of the split in a seeded random order (Keras keeps the
+    array's order, which for the Keras datasets is random by class; our readers sort by class, so the order
+    is shuffled once), the last batch short; per batch pml's miner and loss (the same formula as TF
+    Similarity's); the mean over items, as Keras averages. Far fewer positives per anchor than `ms_loss`'s
+    class-balanced batches, hence a far lower figure for the same model (docs/training.md, "Evaluation").
+    """
+    from pytorch_metric_learning import losses, miners
+
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    loss_fn = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    miner = miners.MultiSimilarityMiner(epsilon=epsilon)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            e, y = embeddings[idx].float(), labels[idx]
+            total += loss_fn(e, y, miner(e, y)).item() * len(idx)
+    return {"ms_loss_plain": total / max(len(order), 1),
+            "ms_loss_plain_settings": {"batch_size": batch_size, "order": "seeded shuffle", "alpha": alpha,
+                                       "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
+
+
 def similarity_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Mean cosine similarity over all pairs of distinct items of the same class and of different classes.
 
@@ -141,11 +169,13 @@ def similarity_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str
 
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
                         ms_m: int = 8, ms_classes: int = 8) -> dict[str, Any]:
-    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given) and ms_loss."""
+    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss and
+    ms_loss_plain."""
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
         out.update(ce_loss(embeddings, labels, ce_head))
     out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
+    out.update(ms_loss_plain(embeddings, labels))
     out.update(similarity_stats(embeddings, labels))
     out["test_size"] = int(len(labels))
     return out
@@ -191,5 +221,5 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
 def format_metrics(m: dict[str, Any]) -> str:
     """One line per headline metric, for the console."""
     keys = list(RETRIEVAL_METRICS) + [f"recall_at_{r}" for r in RECALL_AT] + [
-        "ce_loss", "ce_accuracy", "ms_loss", "mean_cos_same_class", "mean_cos_other_class"]
+        "ce_loss", "ce_accuracy", "ms_loss", "ms_loss_plain", "mean_cos_same_class", "mean_cos_other_class"]
     return "\n".join(f"{k:30s} {m[k]:.4f}" for k in keys if k in m)

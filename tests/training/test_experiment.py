@@ -19,6 +19,8 @@ def test_table1_slice_writes_ours_beside_the_papers(shared_data, tmp_path):
     assert rows["ms"]["ce_loss"] is None  # an MS-trained model has no classification head
     text = md.read_text()
     assert "Vanilla INN-2" in text and "/ 1.8941" in text and "/ 1.1249" in text and "Reduced run" in text
+    assert rows["ms"]["ms_loss_plain"] is not None and "`ms_loss_plain`" in text  # the MS cells' second protocol
+    assert f"{rows['ms']['ms_loss_plain']:.4f}" in text
     # a second call reuses both finished runs instead of training again
     logs.clear()
     exp.run_table1(shared_data, **kwargs)

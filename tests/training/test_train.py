@@ -49,6 +49,7 @@ def test_evaluate_is_consistent_with_training(mnist_run, shared_data):
     assert res["mean_average_precision_at_r"] <= res["r_precision"] + 1e-9
     assert res["test_size"] == 10000 and res["ce_loss"] > 0 and res["ms_loss"] >= 0
     assert res["ms_loss_settings"]["batch_size"] == 64 and res["ms_loss_settings"]["m_per_class"] == 8
+    assert 0 <= res["ms_loss_plain"] < res["ms_loss"] and res["ms_loss_plain_settings"]["batch_size"] == 32
 
 
 def test_evaluate_refuses_a_model_of_another_shape(hybrid1_artifact, shared_data):

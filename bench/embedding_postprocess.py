@@ -1,0 +1,96 @@
+"""Does a fixed transform of the embeddings retrieve better than the raw ones? (run by hand)
+
+Not a speed benchmark: retrieval quality (precision@1, MAP@R, recall@10; the same leave-one-out
+measure as `simsearch evaluate`) on the test split, for transforms that need no training and could be
+stored in an artifact:
+
+- `raw`: what the service searches (the embedding, L2-normalised);
+- `centered`: minus the training split's mean embedding, then L2-normalised;
+- `cl2n`: L2-normalised, minus the mean of the L2-normalised training embeddings, L2-normalised again
+  (SimpleShot's CL2N);
+- `whiten-<eps>`: PCA whitening fitted on the training split, eigenvalues floored at eps x the largest;
+- `logits`, `softmax`: the CE head's outputs (artifacts trained with a CE term only): how far the
+  classifier is from the embedding as a search space.
+
+    .venv/bin/python bench/embedding_postprocess.py model/weights/hybrid1-res-cifar10.safetensors \
+        ../shared/data/cifar10-jpeg.tar [MORE ARTIFACT DATA PAIRS...]
+
+Writes docs/results/bench_embedding_postprocess.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import model  # noqa: E402
+from _common import command_line, machine, write_result  # noqa: E402
+from training import load_dataset, retrieval_metrics  # noqa: E402
+from training._evaluate import embed_images  # noqa: E402
+
+KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
+
+
+def _transforms(train: torch.Tensor, head: dict | None) -> dict:
+    mean = train.mean(0, keepdim=True)
+    mean_unit = F.normalize(train, dim=1).mean(0, keepdim=True)
+    x = (train - mean).double()
+    eigval, eigvec = torch.linalg.eigh(x.T @ x / len(x))
+    out = {
+        "raw": lambda e: e,
+        "centered": lambda e: e - mean,
+        "cl2n": lambda e: F.normalize(e, dim=1) - mean_unit,
+    }
+    for eps in (1e-1, 1e-2, 1e-3):
+        w = (eigvec / torch.sqrt(eigval + eps * eigval.max())).float()
+        out[f"whiten-{eps:g}"] = lambda e, w=w: (e - mean) @ w
+    if head is not None:
+        weight, bias = head["weight"].float(), head["bias"].float()
+        out["logits"] = lambda e: e @ weight.T + bias
+        out["softmax"] = lambda e: (e @ weight.T + bias).softmax(1)
+    return out
+
+
+def study(artifact: str, data: str) -> dict:
+    """Every transform's retrieval metrics for one artifact on its dataset's test split."""
+    art = model.load_artifact(artifact)
+    meta = art.meta
+    ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size)
+    train = embed_images(art.model, ds.train.images, meta.mean, meta.std)
+    test = embed_images(art.model, ds.test.images, meta.mean, meta.std)
+    head = art.heads.get("ce_head") if meta.class_names == ds.class_names else None
+    rows = {}
+    for name, fn in _transforms(train, head).items():
+        res = retrieval_metrics(fn(test), ds.test.labels)
+        rows[name] = {k: round(res[k], 4) for k in KEYS}
+        print(f"{art.model_id:32s} {name:12s} " + "  ".join(f"{k} {rows[name][k]:.4f}" for k in KEYS), flush=True)
+    if head is not None:
+        logits = test @ head["weight"].float().T + head["bias"].float()
+        rows["head_accuracy"] = round(float((logits.argmax(1) == ds.test.labels).float().mean()), 4)
+    return {"artifact": artifact, "model_id": art.model_id, "dataset": ds.describe(), "results": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pairs", nargs="+", help="ARTIFACT DATA [ARTIFACT DATA ...]")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if len(args.pairs) % 2:
+        ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    runs = [study(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
+    write_result("embedding_postprocess", {"command": command_line(), "machine": machine(),
+                                  "seconds": round(time.time() - started, 1), "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
