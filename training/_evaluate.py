@@ -126,8 +126,8 @@ def ms_loss_plain(embeddings: torch.Tensor, labels: torch.Tensor, batch_size: in
     lambda 0.5), the paper's toolkit.
 
     Batches of `batch_size` consecutive items of the split in a seeded random order (Keras keeps the
-    array's order, which for the Keras datasets is random by class; our readers sort by class, so the order
-    is shuffled once), the last batch short; per batch pml's miner and loss (the same formula as TF
+    array's order, which for the Keras datasets is not sorted by class; an ImageFolder split is, so the
+    order is shuffled once), the last batch short; per batch pml's miner and loss (the same formula as TF
     Similarity's); the mean over items, as Keras averages. Far fewer positives per anchor than `ms_loss`'s
     class-balanced batches, hence a far lower figure for the same model (docs/training.md, "Evaluation").
     """
