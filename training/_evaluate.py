@@ -83,6 +83,22 @@ def ce_loss(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str
             "ce_accuracy": float((logits.argmax(1) == labels).float().mean().item())}
 
 
+def _ms_batch_losses(embeddings: torch.Tensor, labels: torch.Tensor, batches, alpha: float, beta: float,
+                     base: float, epsilon: float, mined: bool) -> list[float]:
+    """pml's MultiSimilarityLoss on each batch of indices, after its MultiSimilarityMiner when `mined`:
+    the mean over the batch's anchors (anchors with no mined pair count as 0)."""
+    from pytorch_metric_learning import losses, miners
+
+    loss_fn = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    miner = miners.MultiSimilarityMiner(epsilon=epsilon)
+    out = []
+    with torch.no_grad():
+        for idx in batches:
+            e, y = embeddings[idx].float(), labels[idx]
+            out.append(loss_fn(e, y, miner(e, y) if mined else None).item())
+    return out
+
+
 def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_per_batch: int = 8,
             alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
             seed: int = 0) -> dict[str, Any]:
@@ -93,7 +109,6 @@ def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_
     MultiSimilarityMiner(epsilon) then MultiSimilarityLoss(alpha, beta, base) on cosine similarity,
     mean over all anchors in the batch (anchors with no mined pair count as 0). Result: mean over batches.
     """
-    from pytorch_metric_learning import losses, miners
     from pytorch_metric_learning.samplers import MPerClassSampler
 
     cpb = min(classes_per_batch, len(torch.unique(labels)))
@@ -105,15 +120,9 @@ def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_
                                            length_before_new_iter=max(len(labels), batch))))
     finally:
         np.random.set_state(state)
-    loss_fn = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-    miner = miners.MultiSimilarityMiner(epsilon=epsilon)
-    values, raw = [], []
-    with torch.no_grad():
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = torch.tensor(order[i:i + batch])
-            e, y = embeddings[idx].float(), labels[idx]
-            values.append(loss_fn(e, y, miner(e, y)).item())
-            raw.append(loss_fn(e, y).item())
+    batches = [torch.tensor(order[i:i + batch]) for i in range(0, len(order) - batch + 1, batch)]
+    values = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=True)
+    raw = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=False)
     return {"ms_loss": float(np.mean(values)), "ms_loss_unmined": float(np.mean(raw)),
             "ms_loss_settings": {"batch_size": batch, "m_per_class": m, "batches": len(values), "alpha": alpha,
                                  "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
@@ -131,17 +140,10 @@ def ms_loss_plain(embeddings: torch.Tensor, labels: torch.Tensor, batch_size: in
     Similarity's); the mean over items, as Keras averages. Far fewer positives per anchor than `ms_loss`'s
     class-balanced batches, hence a far lower figure for the same model (docs/training.md, "Evaluation").
     """
-    from pytorch_metric_learning import losses, miners
-
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    loss_fn = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-    miner = miners.MultiSimilarityMiner(epsilon=epsilon)
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            e, y = embeddings[idx].float(), labels[idx]
-            total += loss_fn(e, y, miner(e, y)).item() * len(idx)
+    batches = order.split(batch_size)
+    values = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=True)
+    total = sum(v * len(idx) for v, idx in zip(values, batches))
     return {"ms_loss_plain": total / max(len(order), 1),
             "ms_loss_plain_settings": {"batch_size": batch_size, "order": "seeded shuffle", "alpha": alpha,
                                        "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
