@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset path (same layouts as train)")
     p.add_argument("--device", default=None)
     p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
+    p.add_argument("--tta", default=None, choices=("none", "hflip"),
+                   help="test-time augmentation (default: the artifact's own, as the service embeds); hflip averages "
+                        "with the embedding of the mirrored image")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     p.set_defaults(func=_evaluate)
 
@@ -152,7 +155,8 @@ def _evaluate(args) -> int:
     import training
 
     try:
-        res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test)
+        res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
+                                         tta=args.tta)
     except (model.ArtifactError, training.DatasetError) as exc:
         raise CliError(str(exc)) from None
     print(training.format_metrics(res))

@@ -1,6 +1,6 @@
 """model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder."""
 from ._artifact import Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta, save_artifact
-from ._embedder import Embedder, default_device
+from ._embedder import TTA_MODES, Embedder, default_device, embed_tensor
 from ._involution import Involution
 from ._preprocess import to_model_array
 from ._registry import create_model, is_model, list_models, register_model
@@ -9,7 +9,7 @@ from ._params import count_parameters, default_artifact_path
 from ._pddm import PDDM
 
 __all__ = [
-    "Artifact", "ArtifactError", "ArtifactMeta", "Embedder", "Involution", "PDDM", "count_parameters",
-    "create_model", "default_artifact_path", "default_device", "is_model", "list_models",
+    "Artifact", "ArtifactError", "ArtifactMeta", "Embedder", "Involution", "PDDM", "TTA_MODES", "count_parameters",
+    "create_model", "default_artifact_path", "default_device", "embed_tensor", "is_model", "list_models",
     "load_artifact", "read_meta", "register_model", "save_artifact", "to_model_array",
 ]

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
@@ -42,6 +42,9 @@ class ArtifactMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation scores")
     heads: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="extra heads stored beside the model, name -> build arguments")
+    tta: Literal["none", "hflip"] = Field(
+        "none", description="test-time augmentation of every embedding: 'hflip' averages it with the embedding "
+                            "of the mirrored image (twice the compute); see model.embed_tensor")
 
     def build(self) -> nn.Module:
         """An untrained model of this artifact's architecture."""

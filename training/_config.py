@@ -40,6 +40,10 @@ class TrainConfig:
     scale: float = 0.0
     erase: float = 0.0
     label_smoothing: float = 0.0
+    # Test-time augmentation stored in the artifact and used by validation, the test scores, the indexer and
+    # the service (model.embed_tensor): "none" or "hflip" (average with the mirrored image's embedding; twice the
+    # compute). None: "hflip" when the run trains with horizontal flips, else "none".
+    tta: str | None = None
     # Decay of an exponential moving average of the weights (embedding network and heads), updated every
     # step; 0 turns it off. When on, the average is what is validated, kept as the best epoch and shipped.
     ema: float = 0.0
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"erase is a probability in [0, 1], got {self.erase}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay in [0, 1), got {self.ema}")
+        if self.tta not in (None, "none", "hflip"):
+            raise ValueError(f"tta must be none or hflip, got {self.tta!r}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

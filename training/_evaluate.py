@@ -43,8 +43,11 @@ def _accuracy_calculator(k: int | str | None = "max_bin_count"):
 
 @torch.inference_mode()
 def embed_images(net: nn.Module, images: torch.Tensor, mean, std, device: torch.device | str = "cpu",
-                 batch_size: int = 512) -> torch.Tensor:
-    """Raw (not normalised) float32 embeddings of uint8 images (N, C, S, S), the way the Embedder feeds them."""
+                 batch_size: int = 512, tta: str = "none") -> torch.Tensor:
+    """Raw (not normalised) float32 embeddings of uint8 images (N, C, S, S), the way the Embedder feeds them
+    (with test-time augmentation `tta`, see model.embed_tensor)."""
+    import model
+
     device = torch.device(device)
     was_training = net.training
     net.eval()
@@ -54,7 +57,7 @@ def embed_images(net: nn.Module, images: torch.Tensor, mean, std, device: torch.
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device).float().div_(255.0)
-        out.append(net((x - m) / s).float().cpu())
+        out.append(model.embed_tensor(net, (x - m) / s, tta).float().cpu())
     net.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(net, "embed_dim", 0))
 
@@ -185,19 +188,23 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head:
 
 def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
-                      max_test: int | None = None, seed: int = 0) -> dict[str, Any]:
+                      max_test: int | None = None, seed: int = 0, tta: str | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
     class names when it has them, so the CE head's classes line up. `max_test` evaluates a seeded
-    stratified subset (the same one `simsearch train --max-test` with that `seed` uses).
+    stratified subset (the same one `simsearch train --max-test` with that `seed` uses). `tta` overrides
+    the artifact's test-time augmentation (None: the artifact's own, which is what the service computes).
     """
     import model
 
     from ._data import DatasetError, load_dataset, stratified_split
 
+    if tta is not None and tta not in model.TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(model.TTA_MODES)}")
     art = model.load_artifact(artifact)
     meta = art.meta
+    tta = meta.tta if tta is None else tta
     ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
                       split_seed=split_seed)
     if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
@@ -209,13 +216,14 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if max_test and max_test < len(test):
         keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
         test = test.subset(keep)
-    emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size)
+    emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size, tta)
     head = art.heads.get("ce_head")
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
         head = None  # classes differ: a CE loss against this head would be meaningless
     res = evaluate_embeddings(emb, test.labels, head)
     res["dataset"] = ds.describe()
     res["model_id"] = art.model_id
+    res["tta"] = tta
     res["parameters"] = model.count_parameters(art.model)
     return res
 

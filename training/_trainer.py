@@ -47,16 +47,20 @@ def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[
     return max(m, (cfg.batch_size // m) * m), m
 
 
+def _trains_with_flips(cfg: TrainConfig, ds: Dataset) -> bool:
+    hflip = cfg.hflip if cfg.hflip is not None else ds.class_names != [str(i) for i in range(10)]
+    return cfg.augment and hflip
+
+
 def _augmenter(cfg: TrainConfig, ds: Dataset):
     from torchvision.transforms import v2
 
     if not cfg.augment:
         return None
-    hflip = cfg.hflip if cfg.hflip is not None else ds.class_names != [str(i) for i in range(10)]
     steps: list[nn.Module] = []
     if cfg.crop_padding > 0:
         steps.append(v2.RandomCrop(ds.image_size, padding=cfg.crop_padding, padding_mode="reflect"))
-    if hflip:
+    if _trains_with_flips(cfg, ds):
         steps.append(v2.RandomHorizontalFlip())
     if cfg.rotate or cfg.scale:
         steps.append(v2.RandomAffine(degrees=cfg.rotate, scale=(1 - cfg.scale, 1 + cfg.scale) if cfg.scale else None,
@@ -181,6 +185,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = _augmenter(cfg, ds)
+    # A model that learnt to ignore mirroring embeds better as the sum over an image and its mirror image.
+    tta = cfg.tta or ("hflip" if _trains_with_flips(cfg, ds) else "none")
     trained = nn.ModuleDict({"net": net, "loss": loss_fn})  # what the moving average follows
     ema = _ema_of(trained, cfg.ema) if cfg.ema else None
     # What is validated, kept as the best epoch and shipped: the moving average when there is one.
@@ -201,6 +207,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         if differ:
             raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration: "
                              + ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))
+        if cfg.tta is None and "tta" not in json.loads(state["config"]):
+            tta = "none"  # started before test-time augmentation existed: validate and ship as it began
         net.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
@@ -266,7 +274,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total / max(count, 1), 5),
                                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
         if val_split is not None:
-            emb = embed_images(eval_net, val_split.images, mean, std, device)
+            emb = embed_images(eval_net, val_split.images, mean, std, device, tta=tta)
             rec["val_precision_at_1"] = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
             if rec["val_precision_at_1"] > best_p1:
                 best_p1 = rec["val_precision_at_1"]
@@ -292,12 +300,13 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         arch_kwargs = {k: v for k, v in arch_kwargs.items() if k not in ("norm", "head_norm")}
 
     # Final evaluation on the test split.
-    emb = embed_images(net, test_split.images, mean, std, device)
+    emb = embed_images(net, test_split.images, mean, std, device, tta=tta)
     heads = loss_fn.heads()
     ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
     metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
                                   ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m))
     metrics["best_epoch"] = best_epoch
+    metrics["tta"] = tta
     if val_split is not None:
         metrics["val_precision_at_1"] = best_p1
     net = net.to("cpu").to(memory_format=torch.contiguous_format)
@@ -312,7 +321,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=arch_kwargs,
                             in_chans=ds.in_chans, image_size=ds.image_size, mean=mean, std=std,
                             embed_dim=cfg.embed_dim, class_names=list(ds.class_names), training=training_info,
-                            metrics=metrics, heads=loss_fn.head_meta())
+                            metrics=metrics, heads=loss_fn.head_meta(), tta=tta)
     zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
     metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
     metrics_path.write_text(json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,

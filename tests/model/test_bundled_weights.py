@@ -26,3 +26,5 @@ def test_bundled_artifact_loads_embeds_and_records_its_scores(path):
     assert emb.shape == (2, art.meta.embed_dim) and torch.isfinite(emb).all()
     assert 0.1 < art.meta.metrics["precision_at_1"] <= 1.0
     assert art.meta.metrics["parameters"] == model.count_parameters(art.model)
+    # the scores were measured with the test-time augmentation the service applies
+    assert art.meta.metrics.get("tta", "none") == art.meta.tta

@@ -3,6 +3,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import model
@@ -99,3 +100,35 @@ def test_grey_model_accepts_colour_photos(tmp_path):
     out = model.Embedder.from_file(path, device="cpu").embed([_photo(), _photo().convert("L")])
     assert out.shape == (2, 256)
     np.testing.assert_allclose(out[0], out[1], atol=1e-2)
+
+
+def _tta_artifact(tmp_path, tta):
+    torch.manual_seed(0)
+    meta = model.ArtifactMeta(name=f"t-{tta}", arch="hybrid1", in_chans=3, image_size=32, tta=tta)
+    return model.save_artifact(tmp_path / f"{tta}.safetensors", model.create_model("hybrid1", in_chans=3), meta)
+
+
+def test_hflip_tta_embeds_an_image_and_its_mirror_alike(tmp_path):
+    img = _photo(32, 32, seed=3)  # the model's size: no resize or crop that could break the symmetry
+    mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    plain = model.Embedder.from_file(_tta_artifact(tmp_path, "none"), device="cpu").embed([img, mirror])
+    flipped = model.Embedder.from_file(_tta_artifact(tmp_path, "hflip"), device="cpu").embed([img, mirror])
+    # the untrained net is nearly, not exactly, mirror-symmetric; its hflip embedding is exactly (to rounding)
+    assert np.abs(flipped[0] - flipped[1]).max() < np.abs(plain[0] - plain[1]).max() / 100
+    np.testing.assert_allclose(np.linalg.norm(flipped, axis=1), 1.0, atol=1e-5)
+
+
+def test_hflip_tta_is_the_normalised_mean_of_the_image_and_mirror_embeddings(tmp_path):
+    emb = model.Embedder.from_file(_tta_artifact(tmp_path, "hflip"), device="cpu")
+    arr = np.stack([emb.preprocess(_photo(seed=s)) for s in range(3)])
+    x = (torch.from_numpy(arr).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        want = torch.nn.functional.normalize((emb.model(x) + emb.model(x.flip(3))) / 2, dim=1).numpy()
+    np.testing.assert_allclose(emb.embed_arrays(arr), want, atol=1e-5)
+
+
+def test_unknown_tta_is_refused_naming_it():
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rot90'"):
+        model.embed_tensor(model.create_model("hybrid1"), torch.zeros(1, 3, 32, 32), "rot90")
+    with pytest.raises(ValueError, match="tta"):
+        model.ArtifactMeta(name="x", arch="hybrid1", tta="rot90")

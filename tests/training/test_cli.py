@@ -27,6 +27,7 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert meta.name == "tiny-shapes" and meta.class_names == ["airplane", "automobile", "cat", "ship"]
     assert meta.arch_kwargs == {"norm": True} and meta.in_chans == 3 and meta.image_size == 32
     assert meta.metrics["test_size"] == 24 and "ce_loss" in meta.metrics
+    assert meta.tta == "hflip"  # photos are trained with mirror images, so they are embedded with them too
     metrics = json.loads(out.with_name("tiny.metrics.json").read_text())["metrics"]
     assert metrics["precision_at_1"] == meta.metrics["precision_at_1"]
 
@@ -36,7 +37,13 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert "precision_at_1" in r.stdout and "ms_loss" in r.stdout
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["precision_at_1"] == meta.metrics["precision_at_1"]
-    assert res["dataset"]["num_classes"] == 4
+    assert res["dataset"]["num_classes"] == 4 and res["tta"] == "hflip"
+
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--json",
+                   str(tmp_path / "plain.json"), cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert plain["tta"] == "none" and plain["ms_loss"] != res["ms_loss"]
 
 
 def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):

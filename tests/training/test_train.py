@@ -27,6 +27,7 @@ def test_short_real_run_beats_chance_by_far(mnist_run):
     assert m["ce_accuracy"] > 0.3 and m["ce_loss"] < math.log(10)
     art = model.load_artifact(mnist_run.artifact)
     assert art.meta.in_chans == 1 and art.meta.image_size == 28 and len(art.meta.class_names) == 10
+    assert art.meta.tta == "none" and m["tta"] == "none"  # digits are not trained with mirror images
     assert art.meta.metrics["precision_at_1"] == m["precision_at_1"]
     assert "ce_head" in art.heads and art.heads["ce_head"]["weight"].shape == (10, 256)
     assert art.meta.training["config"]["loss"] == "ce+ms" and len(art.meta.training["history"]) == QUICK["epochs"]
@@ -40,6 +41,11 @@ def test_evaluate_is_consistent_with_training(mnist_run, shared_data):
     same = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"])
     for k in ("precision_at_1", "mean_average_precision_at_r", "recall_at_10", "ce_loss", "ms_loss"):
         assert same[k] == pytest.approx(mnist_run.metrics[k], abs=1e-5), k
+    assert same["tta"] == "none"
+    mirrored = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"], tta="hflip")
+    assert mirrored["tta"] == "hflip" and mirrored["ms_loss"] != pytest.approx(same["ms_loss"], abs=1e-4)
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rot90'"):
+        evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=100, tta="rot90")
     res = evaluate_artifact(mnist_run.artifact, shared_data / "mnist")
     for k in ("precision_at_1", "r_precision", "mean_average_precision_at_r", "recall_at_1", "recall_at_5",
               "recall_at_10", "ce_accuracy"):
@@ -117,17 +123,19 @@ def test_resume_refuses_another_configuration(shared_data, tmp_path):
 def test_resume_accepts_a_checkpoint_from_before_newer_config_fields(shared_data, tmp_path):
     cfg = preset("default", **{**QUICK, "epochs": 2, "max_train": 100, "max_test": 100, "model": "inn2"})
     out = tmp_path / "old.safetensors"
-    train(cfg, shared_data / "mnist", out, progress=False, log=lambda _: None, stop_after=1)
+    train(cfg, shared_data / "fashion-mnist", out, progress=False, log=lambda _: None, stop_after=1)
     ckpt = out.with_name(out.name + ".ckpt")
     state = torch.load(ckpt, weights_only=True)
     stored = json.loads(state["config"])
-    for field in ("rotate", "scale", "erase", "ema"):  # fields this checkpoint's writer did not know yet
+    for field in ("rotate", "scale", "erase", "ema", "tta"):  # fields this checkpoint's writer did not know yet
         del stored[field]
     state["config"] = json.dumps(stored)
     torch.save(state, ckpt)
     logs: list[str] = []
-    result = train(cfg, shared_data / "mnist", out, progress=False, log=logs.append, resume=True)
+    result = train(cfg, shared_data / "fashion-mnist", out, progress=False, log=logs.append, resume=True)
     assert any("resumed" in line for line in logs) and [h["epoch"] for h in result.history] == [1, 2]
+    # a run begun before test-time augmentation existed ships without it, though this one trains with flips
+    assert model.read_meta(out).tta == "none" and result.metrics["tta"] == "none"
 
 
 def test_bad_config_values_are_named():
@@ -143,6 +151,8 @@ def test_bad_config_values_are_named():
         preset("default", erase=1.5).validate()
     with pytest.raises(ValueError, match="ema is a decay in .* got 1"):
         preset("default", ema=1.0).validate()
+    with pytest.raises(ValueError, match="tta must be none or hflip, got 'rot90'"):
+        preset("default", tta="rot90").validate()
 
 
 def test_rotation_scaling_and_erasing_change_training_images_but_not_their_shape(shared_data):
