@@ -1,4 +1,4 @@
-"""Does a fixed transform of the embeddings retrieve better than the raw ones? (run by hand)
+"""Does a fixed transform of the embeddings (or of the input) retrieve better than the raw ones? (run by hand)
 
 Not a speed benchmark: retrieval quality (precision@1, MAP@R, recall@10; the same leave-one-out
 measure as `simsearch evaluate`) on the test split, for transforms that need no training and could be
@@ -10,7 +10,10 @@ stored in an artifact:
   (SimpleShot's CL2N);
 - `whiten-<eps>`: PCA whitening fitted on the training split, eigenvalues floored at eps x the largest;
 - `logits`, `softmax`: the CE head's outputs (artifacts trained with a CE term only): how far the
-  classifier is from the embedding as a search space.
+  classifier is from the embedding as a search space;
+- `hflip`: not a transform of the embedding but of the input: the mean of the embeddings of the image and
+  of its mirror image (`model.embed_tensor(..., tta="hflip")`, what an artifact with `meta.tta = "hflip"`
+  serves). Every other row starts from the plain embedding (tta "none"), whatever the artifact's own `tta`.
 
     .venv/bin/python bench/embedding_postprocess.py model/weights/hybrid1-res-cifar10.safetensors \
         ../shared/data/cifar10-jpeg.tar [MORE ARTIFACT DATA PAIRS...]
@@ -68,8 +71,10 @@ def study(artifact: str, data: str) -> dict:
     test = embed_images(art.model, ds.test.images, meta.mean, meta.std)
     head = art.heads.get("ce_head") if meta.class_names == ds.class_names else None
     rows = {}
-    for name, fn in _transforms(train, head).items():
-        res = retrieval_metrics(fn(test), ds.test.labels)
+    variants = {name: fn(test) for name, fn in _transforms(train, head).items()}
+    variants["hflip"] = embed_images(art.model, ds.test.images, meta.mean, meta.std, tta="hflip")
+    for name, emb in variants.items():
+        res = retrieval_metrics(emb, ds.test.labels)
         rows[name] = {k: round(res[k], 4) for k in KEYS}
         print(f"{art.model_id:32s} {name:12s} " + "  ".join(f"{k} {rows[name][k]:.4f}" for k in KEYS), flush=True)
     if head is not None:
