@@ -69,7 +69,7 @@ def main() -> None:
         raise SystemExit(f"{args.artifact} has no PDDM head")
     meta = art.meta
     ds = load_dataset(args.data, in_chans=meta.in_chans, image_size=meta.image_size)
-    raw = embed_images(art.model, ds.test.images, meta.mean, meta.std, "cpu")
+    raw = embed_images(art.model, ds.test.images, meta.mean, meta.std, "cpu", tta=meta.tta)  # as the service
     vecs = F.normalize(raw, dim=1).numpy().astype(np.float32)
     labels = ds.test.labels.numpy()
     n = len(labels)

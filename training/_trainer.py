@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = _augmenter(cfg, ds)
-    # A model that learnt to ignore mirroring embeds better as the sum over an image and its mirror image.
+    # A model that learnt to ignore mirroring embeds better as the mean over an image and its mirror image.
     tta = cfg.tta or ("hflip" if _trains_with_flips(cfg, ds) else "none")
     trained = nn.ModuleDict({"net": net, "loss": loss_fn})  # what the moving average follows
     ema = _ema_of(trained, cfg.ema) if cfg.ema else None
