@@ -13,7 +13,10 @@ stored in an artifact:
   classifier is from the embedding as a search space;
 - `hflip`: not a transform of the embedding but of the input: the mean of the embeddings of the image and
   of its mirror image (`model.embed_tensor(..., tta="hflip")`, what an artifact with `meta.tta = "hflip"`
-  serves). Every other row starts from the plain embedding (tta "none"), whatever the artifact's own `tta`.
+  serves). Every other row starts from the plain embedding (tta "none"), whatever the artifact's own `tta`;
+- `hflip-shift4`: the mean over ten views, the image and the image shifted by 2 pixels left, right, up and
+  down (reflect padding), each with its mirror image: five times hflip's work, not an artifact option,
+  measured to see how much of the gap is invariance the network has not learnt.
 
     .venv/bin/python bench/embedding_postprocess.py model/weights/hybrid1-res-cifar10.safetensors \
         ../shared/data/cifar10-jpeg.tar [MORE ARTIFACT DATA PAIRS...]
@@ -62,6 +65,13 @@ def _transforms(train: torch.Tensor, head: dict | None) -> dict:
     return out
 
 
+def _shift(images: torch.Tensor, dx: int, dy: int, pad: int = 2) -> torch.Tensor:
+    """uint8 images moved by (dx, dy) pixels, the uncovered border filled by reflection."""
+    size = images.shape[-1]
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(torch.uint8)
+    return padded[..., pad + dy:pad + dy + size, pad + dx:pad + dx + size].contiguous()
+
+
 def study(artifact: str, data: str) -> dict:
     """Every transform's retrieval metrics for one artifact on its dataset's test split."""
     art = model.load_artifact(artifact)
@@ -73,6 +83,9 @@ def study(artifact: str, data: str) -> dict:
     rows = {}
     variants = {name: fn(test) for name, fn in _transforms(train, head).items()}
     variants["hflip"] = embed_images(art.model, ds.test.images, meta.mean, meta.std, tta="hflip")
+    shifted = [embed_images(art.model, _shift(ds.test.images, dx, dy), meta.mean, meta.std, tta="hflip")
+               for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))]
+    variants["hflip-shift4"] = variants["hflip"] + sum(shifted)
     for name, emb in variants.items():
         res = retrieval_metrics(emb, ds.test.labels)
         rows[name] = {k: round(res[k], 4) for k in KEYS}

@@ -71,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time augmentation (default: the artifact's own, as the service embeds); hflip averages "
                         "with the embedding of the mirrored image")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--out", default=None, help="also write a copy of the artifact that uses this --tta and records "
+                                               "these scores (same weights)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("experiment", help="regenerate the paper's tables (table1, table2, ablation)")
@@ -156,10 +158,14 @@ def _evaluate(args) -> int:
 
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
-                                         tta=args.tta)
+                                         tta=args.tta, out=args.out)
     except (model.ArtifactError, training.DatasetError) as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file
+        raise CliError(str(exc)) from None
     print(training.format_metrics(res))
+    if args.out:
+        print(f"wrote {args.out} (tta {res['tta']})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -1,5 +1,6 @@
 """model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder."""
-from ._artifact import Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta, save_artifact
+from ._artifact import (Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta, resave_artifact,
+                        save_artifact)
 from ._embedder import TTA_MODES, Embedder, default_device, embed_tensor
 from ._involution import Involution
 from ._preprocess import to_model_array
@@ -11,5 +12,5 @@ from ._pddm import PDDM
 __all__ = [
     "Artifact", "ArtifactError", "ArtifactMeta", "Embedder", "Involution", "PDDM", "TTA_MODES", "count_parameters",
     "create_model", "default_artifact_path", "default_device", "embed_tensor", "is_model", "list_models",
-    "load_artifact", "read_meta", "register_model", "save_artifact", "to_model_array",
+    "load_artifact", "read_meta", "register_model", "resave_artifact", "save_artifact", "to_model_array",
 ]

@@ -67,10 +67,22 @@ class Artifact:
 def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
                   heads: dict[str, nn.Module] | None = None) -> Path:
     """Write `model` (and optional named heads) with `meta` to `path`, atomically."""
-    path = Path(path)
     tensors = {_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     for head_name, head in (heads or {}).items():
         tensors.update({f"{head_name}.{k}": v for k, v in head.state_dict().items()})
+    return _write(Path(path), tensors, meta)
+
+
+def resave_artifact(artifact: Artifact, path: str | os.PathLike, meta: ArtifactMeta) -> Path:
+    """Write `artifact`'s weights and heads unchanged with new metadata `meta` to `path`, atomically (for
+    settings that do not touch the weights, such as `tta`)."""
+    tensors = {_MODEL_PREFIX + k: v for k, v in artifact.model.state_dict().items()}
+    for head_name, state in artifact.heads.items():
+        tensors.update({f"{head_name}.{k}": v for k, v in state.items()})
+    return _write(Path(path), tensors, meta)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], meta: ArtifactMeta) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

@@ -45,6 +45,14 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     plain = json.loads((tmp_path / "plain.json").read_text())
     assert plain["tta"] == "none" and plain["ms_loss"] != res["ms_loss"]
 
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--out",
+                   str(tmp_path / "single-view.safetensors"), cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and model.read_meta(tmp_path / "single-view.safetensors").tta == "none"
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--out", "/proc/no/such.safetensors",
+                   cache=tmp_path)
+    assert r.returncode != 0 and "/proc/no" in r.stderr and "Traceback" not in r.stderr
+
 
 def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):
     out = tmp_path / "folded.safetensors"

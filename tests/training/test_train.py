@@ -226,3 +226,20 @@ def test_init_from_refuses_another_architecture_naming_both(mnist_run, shared_da
     with pytest.raises(ValueError, match="init_from: .*no such model artifact"):
         train(preset("default", **{**base, "init_from": str(tmp_path / "none.safetensors")}),
               shared_data / "mnist", tmp_path / "c.safetensors", progress=False, log=lambda _: None)
+
+
+def test_evaluate_out_writes_the_same_weights_with_the_evaluated_tta_and_scores(mnist_run, shared_data, tmp_path):
+    out = tmp_path / "mirrored.safetensors"
+    res = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"], tta="hflip",
+                            out=out)
+    src, new = model.load_artifact(mnist_run.artifact), model.load_artifact(out)
+    assert new.meta.tta == "hflip" and src.meta.tta == "none" and new.model_id != src.model_id
+    assert all(torch.equal(a, b) for a, b in zip(src.model.state_dict().values(), new.model.state_dict().values()))
+    assert torch.equal(src.heads["ce_head"]["weight"], new.heads["ce_head"]["weight"])
+    assert new.meta.metrics["precision_at_1"] == res["precision_at_1"] and new.meta.metrics["tta"] == "hflip"
+    assert new.meta.metrics["evaluated_from"] == src.model_id
+    assert new.meta.metrics["best_epoch"] == src.meta.metrics["best_epoch"]
+    assert new.meta.training == src.meta.training
+    # the copy scores the same by default: the service would compute these embeddings
+    again = evaluate_artifact(out, shared_data / "mnist", max_test=QUICK["max_test"])
+    assert again["tta"] == "hflip" and again["ms_loss"] == pytest.approx(res["ms_loss"], abs=1e-6)
