@@ -113,8 +113,8 @@ class Service:
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
-        log.info("ready in %.1f s: model %s, index %s (%d items)", time.perf_counter() - t0,
-                 embedder.model_id, s.index, store.count())
+        log.info("ready in %.1f s: model %s (test-time augmentation %s), index %s (%d items)",
+                 time.perf_counter() - t0, embedder.model_id, embedder.meta.tta, s.index, store.count())
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
         if not params.rerank:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def _serve(args) -> int:
         raise CliError("invalid setting: " + "; ".join(
             f"SIMSEARCH_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
             for e in exc.errors())) from None
+    # The service's own loggers ("simsearch.*": ready, not ready, errors) go where uvicorn's go, at the same
+    # level; without this only their warnings would reach stderr, unformatted.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["simsearch"] = {"handlers": ["default"], "level": args.log_level.upper(), "propagate": False}
     uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                log_config=log_config, proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                 timeout_graceful_shutdown=10)
     return 0

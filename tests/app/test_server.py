@@ -202,3 +202,37 @@ def test_serve_reports_a_bad_setting_in_one_line(tmp_path):
     r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert r.returncode == 2 and "SIMSEARCH_MAX_BODY_BYTES" in r.stderr and "'lots'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifar, tmp_path):
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    import model
+    from .conftest import start_server, stop_server
+
+    weights = Path(__file__).resolve().parents[2] / "model" / "weights"
+    planes = cifar["airplane"][:4]
+    mirrors = [encode(Image.open(io.BytesIO(b)).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG") for b in planes]
+    # A single-view model (the bundled default) sees a mirror image as a different picture...
+    single = model.Embedder.from_file(weights / "hybrid1-cifar10.safetensors", device="cpu")
+    originals = single.embed([Image.open(io.BytesIO(b)) for b in planes])
+    flipped = single.embed([Image.open(io.BytesIO(b)) for b in mirrors])
+    assert single.meta.tta == "none" and min((originals * flipped).sum(1)) < 0.95
+    # ...the bundled hflip model, served for real, finds the original at cosine 1 from its mirror image.
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(weights / "hybrid1-res-cifar10.safetensors"),
+                         "SIMSEARCH_DATA_DIR": str(tmp_path / "data"), "SIMSEARCH_API_KEY": "k",
+                         "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, ["--log-level", "info"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=60, headers={"X-API-Key": "k"}) as c:
+            r = c.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(planes)],
+                       data={"id": [f"plane-{i}" for i in range(4)]})
+            assert r.status_code == 201, r.text
+            for i, m in enumerate(mirrors):
+                hit = c.post("/search?k=1", files=[upload(m, "mirror.png", "image/png")]).json()["results"][0]
+                assert hit["id"] == f"plane-{i}" and hit["score"] == pytest.approx(1.0, abs=1e-5)
+        assert "test-time augmentation hflip" in live.log_tail(20_000)
+    finally:
+        stop_server(live)
