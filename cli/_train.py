@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--out", default=None, help="also write a copy of the artifact that uses this --tta and records "
                                                "these scores (same weights)")
+    p.add_argument("--name", default=None, help="with --out: the copy's artifact name (default the same)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("experiment", help="regenerate the paper's tables (table1, table2, ablation)")
@@ -156,9 +157,11 @@ def _evaluate(args) -> int:
     import model
     import training
 
+    if args.name and not args.out:
+        raise CliError("--name names the copy that --out writes; give --out too")
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
-                                         tta=args.tta, out=args.out)
+                                         tta=args.tta, out=args.out, out_name=args.name)
     except (model.ArtifactError, training.DatasetError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file

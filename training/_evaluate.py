@@ -189,7 +189,7 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head:
 def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
-                      out: str | os.PathLike | None = None) -> dict[str, Any]:
+                      out: str | os.PathLike | None = None, out_name: str | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -198,7 +198,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     the artifact's test-time augmentation (None: the artifact's own, which is what the service computes).
 
     `out`: also write a copy of the artifact (same weights and heads) whose `tta` is the one evaluated here
-    and whose recorded scores are these, e.g. to turn mirror-image averaging on for a trained model.
+    and whose recorded scores are these, e.g. to turn mirror-image averaging on for a trained model;
+    `out_name` renames the copy (its `training.trained_as` keeps the name it was trained under).
     """
     import model
 
@@ -233,7 +234,11 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         # Scores measured here replace the recorded ones; what only training knew stays.
         kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
         scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id")}
-        new_meta = meta.model_copy(update={"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}})
+        update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
+        if out_name and out_name != meta.name:
+            update.update(name=out_name, training={**meta.training, "trained_as": meta.training.get("trained_as",
+                                                                                                 meta.name)})
+        new_meta = meta.model_copy(update=update)
         model.resave_artifact(art, out, new_meta)
     return res
 

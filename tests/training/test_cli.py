@@ -46,9 +46,13 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert plain["tta"] == "none" and plain["ms_loss"] != res["ms_loss"]
 
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--out",
-                   str(tmp_path / "single-view.safetensors"), cache=tmp_path)
+                   str(tmp_path / "single-view.safetensors"), "--name", "tiny-single", cache=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout and model.read_meta(tmp_path / "single-view.safetensors").tta == "none"
+    copy = model.read_meta(tmp_path / "single-view.safetensors")
+    assert "wrote" in r.stdout and copy.tta == "none" and copy.name == "tiny-single"
+    assert copy.training["trained_as"] == "tiny-shapes"
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--name", "x", cache=tmp_path)
+    assert r.returncode == 2 and "give --out too" in r.stderr
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--out", "/proc/no/such.safetensors",
                    cache=tmp_path)
     assert r.returncode != 0 and "/proc/no" in r.stderr and "Traceback" not in r.stderr
