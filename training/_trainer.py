@@ -230,7 +230,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                                    length_before_new_iter=steps_per_epoch * batch_size)
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
         f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
-        f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}, {cfg.epochs} epochs")
+        f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}, {cfg.epochs} epochs; "
+        f"embeddings with test-time augmentation {tta}")
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
