@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset path (same layouts as train)")
     p.add_argument("--device", default=None)
     p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
+    # model.TTA_MODES, spelt out: building the parser must not import torch
     p.add_argument("--tta", default=None, choices=("none", "hflip"),
                    help="test-time augmentation (default: the artifact's own, as the service embeds); hflip averages "
                         "with the embedding of the mirrored image")

@@ -1,7 +1,7 @@
 """model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder."""
-from ._artifact import (Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta, resave_artifact,
-                        save_artifact)
-from ._embedder import TTA_MODES, Embedder, default_device, embed_tensor
+from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta,
+                        resave_artifact, save_artifact)
+from ._embedder import Embedder, default_device, embed_tensor
 from ._involution import Involution
 from ._preprocess import to_model_array
 from ._registry import create_model, is_model, list_models, register_model

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
@@ -19,6 +19,11 @@ from ._registry import create_model
 FORMAT = "simsearch-artifact/1"
 _META_KEY = "simsearch"
 _MODEL_PREFIX = "model."
+
+
+# Test-time augmentations an artifact can ask for (model.embed_tensor computes them).
+TTA = Literal["none", "hflip"]
+TTA_MODES: tuple[str, ...] = get_args(TTA)
 
 
 class ArtifactError(ValueError):
@@ -42,7 +47,7 @@ class ArtifactMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation scores")
     heads: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="extra heads stored beside the model, name -> build arguments")
-    tta: Literal["none", "hflip"] = Field(
+    tta: TTA = Field(
         "none", description="test-time augmentation of every embedding: 'hflip' averages it with the embedding "
                             "of the mirrored image (twice the compute); see model.embed_tensor")
 
@@ -67,19 +72,22 @@ class Artifact:
 def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
                   heads: dict[str, nn.Module] | None = None) -> Path:
     """Write `model` (and optional named heads) with `meta` to `path`, atomically."""
-    tensors = {_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
-    for head_name, head in (heads or {}).items():
-        tensors.update({f"{head_name}.{k}": v for k, v in head.state_dict().items()})
-    return _write(Path(path), tensors, meta)
+    head_states = {name: head.state_dict() for name, head in (heads or {}).items()}
+    return _write(Path(path), _tensors(model.state_dict(), head_states), meta)
 
 
 def resave_artifact(artifact: Artifact, path: str | os.PathLike, meta: ArtifactMeta) -> Path:
     """Write `artifact`'s weights and heads unchanged with new metadata `meta` to `path`, atomically (for
     settings that do not touch the weights, such as `tta`)."""
-    tensors = {_MODEL_PREFIX + k: v for k, v in artifact.model.state_dict().items()}
-    for head_name, state in artifact.heads.items():
+    return _write(Path(path), _tensors(artifact.model.state_dict(), artifact.heads), meta)
+
+
+def _tensors(model_state: dict[str, torch.Tensor], head_states: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """The file's tensor names: the model's under "model.", each head's under "<head name>."."""
+    tensors = {_MODEL_PREFIX + k: v for k, v in model_state.items()}
+    for head_name, state in head_states.items():
         tensors.update({f"{head_name}.{k}": v for k, v in state.items()})
-    return _write(Path(path), tensors, meta)
+    return tensors
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: ArtifactMeta) -> Path:

@@ -9,11 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._artifact import Artifact, ArtifactMeta, load_artifact
+from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
 from ._preprocess import to_model_array
-
-
-TTA_MODES = ("none", "hflip")
 
 
 def default_device() -> torch.device:

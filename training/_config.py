@@ -99,8 +99,10 @@ class TrainConfig:
             raise ValueError(f"erase is a probability in [0, 1], got {self.erase}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay in [0, 1), got {self.ema}")
-        if self.tta not in (None, "none", "hflip"):
-            raise ValueError(f"tta must be none or hflip, got {self.tta!r}")
+        from model import TTA_MODES
+
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be {' or '.join(TTA_MODES)}, got {self.tta!r}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self
