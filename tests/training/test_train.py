@@ -10,7 +10,7 @@ import torch
 import model
 from training import evaluate_artifact, preset, train
 
-QUICK = dict(epochs=4, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
+QUICK = dict(epochs=6, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +160,35 @@ def test_rotation_scaling_and_erasing_change_training_images_but_not_their_shape
     from training._trainer import _augmenter
 
     ds = load_dataset(shared_data / "mnist")
-    images = ds.train.images[:64]
+    images = ds.train.images[:64].float().div(255.0)
     torch.manual_seed(0)
     crop_only = _augmenter(preset("default", crop_padding=0), ds)
     assert crop_only is None  # digits: no flip, and nothing else asked for
     aug = _augmenter(preset("default", crop_padding=0, rotate=20, scale=0.2, erase=1.0), ds)
-    out = torch.stack([aug(im) for im in images])
-    assert out.shape == images.shape and out.dtype == torch.uint8
+    out = aug(images)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1
     changed = (out != images).flatten(1).any(dim=1)
     assert changed.all()
     # every image lost a rectangle to erasing: some pixel that was ink is now exactly 0
     assert ((images > 0) & (out == 0)).flatten(1).any(dim=1).float().mean() > 0.9
+
+
+def test_augmentation_draws_each_image_of_a_batch_on_its_own(shared_data):
+    from training import load_dataset
+    from training._trainer import _augmenter
+
+    ds = load_dataset(shared_data / "cifar10-jpeg.tar")
+    one = ds.train.images[:1].float().div(255.0)
+    torch.manual_seed(0)
+    out = _augmenter(preset("default"), ds)(one.expand(32, -1, -1, -1).contiguous())
+    # 32 copies of one photo come out as many different crops/flips, each a shifted copy of the photo
+    assert len({tuple(o.flatten()[::97].tolist()) for o in out}) > 16
+    padded = torch.nn.functional.pad(one, (4, 4, 4, 4), mode="reflect")[0]
+    for o in out[:8]:
+        found = any(torch.equal(o, padded[:, dy:dy + 32, dx:dx + 32]) or torch.equal(o.flip(2), padded[:, dy:dy + 32, dx:dx + 32])
+                    for dy in range(9) for dx in range(9))
+        assert found, "an augmented image is not an exact crop (or mirrored crop) of the padded photo"
 
 
 def test_fold_norm_trains_with_batchnorm_and_writes_the_plain_architecture(shared_data, tmp_path):
