@@ -144,6 +144,33 @@ def cuda_fast_epochs(ds, batch: int, epochs: int, device: str = "cuda") -> dict:
             "images_per_second_median": steps * batch / times[len(times) // 2]}
 
 
+def augment_ms(ds, device: str, batch: int = 128, reps: int = 50) -> dict:
+    """Milliseconds per batch of the trainer's augmentation (default preset) on `device`, and of kornia's
+    random crop alone in each of its two modes (a slice per image, or one batched warp)."""
+    import kornia.augmentation as K
+    from training import preset
+    from training._trainer import _augmenter
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    x = ds.train.images[:batch].to(dev).float().div(255.0)
+    size = (ds.image_size, ds.image_size)
+    variants = {"trainer": _augmenter(preset("default", erase=0.5), ds, dev)}
+    for mode in ("slice", "resample"):
+        variants[f"crop_{mode}"] = K.RandomCrop(size, padding=4, padding_mode="reflect", cropping_mode=mode)
+    out = {}
+    for name, aug in variants.items():
+        for _ in range(5):
+            aug(x)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            aug(x)
+        sync()
+        out[name] = (time.perf_counter() - t0) / reps * 1e3
+    return out
+
+
 def trainer_epoch(ds, max_train: int, device: str | None = None, epochs: int = 1) -> dict:
     from training import preset, train
 
@@ -200,6 +227,9 @@ def main() -> None:
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name()
             r["cuda_device"] = gpu
+            r["cuda_augment_ms_per_batch128"] = a = augment_ms(ds, "cuda")
+            print(f"  augmentation on {gpu}, ms per batch of 128: " + ", ".join(f"{k} {v:.2f}" for k, v in a.items()),
+                  flush=True)
             if not args.no_trainer:
                 r["cuda_trainer"] = t = trainer_epoch(ds, 0, "cuda", epochs=1 + args.cuda_epochs)
                 print(f"  trainer on {gpu} (default preset, ce+ms, kornia augmentation, fp16): "

@@ -2,7 +2,8 @@
 # One call of a lent GPU machine (see /work/.library/device): GPU training speed (bench_train.py) and long
 # training runs (runs.py), in one command that ends inside the call's 10 minutes. Run there, from the
 # repository root, with .devdata carried (bash bench/gpu/pack.sh makes it here):
-#   BUDGET_S=570 bash bench/gpu/session.sh
+#   BUDGET_S=570 bash bench/gpu/session.sh           (bench, then runs.py's long runs)
+#   RUNS=0 FAST_BATCHES=128 bash bench/gpu/session.sh  (bench, then the bundled res recipe's epoch time alone)
 # Results go to $OUT: bench_train_gpu.json, runs.tar.gz (artifacts, metrics, logs, unfinished checkpoints), log.
 set -uo pipefail
 T0=$(date +%s)
@@ -25,11 +26,18 @@ timeout 120 python3 -m cli train /tmp/data/fashion-mnist --out /tmp/smoke.safete
 test -f /tmp/smoke.safetensors || exit 4
 echo "setup+smoke done at $(( $(date +%s) - T0 )) s"
 timeout "${BENCH_S:-130}" python3 bench/bench_train.py --datasets cifar10 --no-cpu --steps 30 --cuda-epochs 2 \
-  --fast-batches 512 \
+  --fast-batches "${FAST_BATCHES:-512}" \
   --result train_gpu 2>&1 | grep -v Warning
 cp docs/results/bench_train_gpu.json "$OUT/" 2>/dev/null
 echo "bench done at $(( $(date +%s) - T0 )) s"
-python3 bench/gpu/runs.py 2>&1
-echo "runs done at $(( $(date +%s) - T0 )) s"
+if [ "${RUNS:-1}" = 1 ]; then
+  python3 bench/gpu/runs.py 2>&1
+  echo "runs done at $(( $(date +%s) - T0 )) s"
+else  # the bundled hybrid1-res-cifar10 recipe, 3 epochs on the GPU alone: its seconds per epoch
+  mkdir -p /tmp/runs/res-recipe-3ep
+  timeout 150 python3 -m cli train /tmp/data/cifar10-jpeg.tar --out /tmp/runs/res-recipe-3ep/r.safetensors --epochs 3 \
+    --val-fraction 0 --quiet --arch norm=true --arch residual=true --arch widths=[32,64,64] --set erase=0.5 \
+    2>&1 | grep '"epoch"' | tee /tmp/runs/res-recipe-3ep/log.txt
+fi
 tar czf "$OUT/runs.tar.gz" -C /tmp runs
 ls -la "$OUT"
