@@ -155,7 +155,7 @@ def augment_ms(ds, device: str, batch: int = 128, reps: int = 50) -> dict:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     x = ds.train.images[:batch].to(dev).float().div(255.0)
     size = (ds.image_size, ds.image_size)
-    variants = {"trainer": _augmenter(preset("default", erase=0.5), ds, dev)}
+    variants = {"trainer": _augmenter(preset("default", erase=0.5), ds)}
     for mode in ("slice", "resample"):
         variants[f"crop_{mode}"] = K.RandomCrop(size, padding=4, padding_mode="reflect", cropping_mode=mode)
     out = {}

@@ -189,13 +189,6 @@ def test_augmentation_draws_each_image_of_a_batch_on_its_own(shared_data):
         found = any(torch.equal(o, padded[:, dy:dy + 32, dx:dx + 32]) or torch.equal(o.flip(2), padded[:, dy:dy + 32, dx:dx + 32])
                     for dy in range(9) for dx in range(9))
         assert found, "an augmented image is not an exact crop (or mirrored crop) of the padded photo"
-    # on CUDA the crop is a batched warp at whole-pixel offsets: the same crops, to float rounding
-    warped = _augmenter(preset("default"), ds, "cuda")(one.expand(8, -1, -1, -1).contiguous())
-    for o in warped:
-        err = min(min((o - padded[:, dy:dy + 32, dx:dx + 32]).abs().max().item(),
-                      (o.flip(2) - padded[:, dy:dy + 32, dx:dx + 32]).abs().max().item())
-                  for dy in range(9) for dx in range(9))
-        assert err < 1e-4, err
 
 
 def test_fold_norm_trains_with_batchnorm_and_writes_the_plain_architecture(shared_data, tmp_path):
