@@ -171,6 +171,44 @@ def augment_ms(ds, device: str, batch: int = 128, reps: int = 50) -> dict:
     return out
 
 
+class _PerImageTorchvision(torch.nn.Module):
+    """The reference for the trainer's augmentation: torchvision's v2 transforms applied image by image (what
+    the trainer did before it used kornia's batched augmentations)."""
+
+    def __init__(self, cfg, ds):
+        super().__init__()
+        from torchvision.transforms import v2
+        from training._trainer import _trains_with_flips
+
+        steps = [v2.RandomCrop(ds.image_size, padding=cfg.crop_padding, padding_mode="reflect")]
+        if _trains_with_flips(cfg, ds):
+            steps.append(v2.RandomHorizontalFlip())
+        if cfg.erase:
+            steps.append(v2.RandomErasing(p=cfg.erase, value=0))
+        self.t = v2.Compose(steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.t(im) for im in x])
+
+
+def trainer_reference_pair(ds, max_train: int, rounds: int = 2) -> dict:
+    """The trainer's epoch with kornia's batched augmentation against torchvision per image, interleaved."""
+    import training._trainer as trainer_mod
+
+    batched = trainer_mod._augmenter
+    times: dict[str, list[float]] = {"kornia_batched": [], "torchvision_per_image": []}
+    for _ in range(rounds):
+        for name in times:
+            trainer_mod._augmenter = batched if name == "kornia_batched" else _PerImageTorchvision
+            try:
+                times[name].append(trainer_epoch(ds, max_train)["epoch_seconds_full_split"])
+            finally:
+                trainer_mod._augmenter = batched
+    out = {k: {"epoch_seconds_full_split": sorted(v)[0], "all": v} for k, v in times.items()}
+    out["speedup"] = out["torchvision_per_image"]["epoch_seconds_full_split"] / out["kornia_batched"]["epoch_seconds_full_split"]
+    return out
+
+
 def trainer_epoch(ds, max_train: int, device: str | None = None, epochs: int = 1) -> dict:
     from training import preset, train
 
@@ -196,6 +234,8 @@ def main() -> None:
     ap.add_argument("--trainer-max-train", type=int, default=0, help="images for the trainer epoch (0 = all)")
     ap.add_argument("--no-trainer", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--augment-reference", action="store_true",
+                    help="also time the CPU trainer with torchvision's per-image augmentation, interleaved")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU measurements (GPU machine)")
     ap.add_argument("--cuda-epochs", type=int, default=3, help="timed epochs per CUDA variant")
     ap.add_argument("--fast-batches", default="128,512", help="batch sizes of the CUDA fast loop")
@@ -224,6 +264,11 @@ def main() -> None:
             r["cpu_trainer"] = t = trainer_epoch(ds, args.trainer_max_train)
             print(f"  trainer (default preset, ce+ms, augmentation): {t['epoch_seconds']:.1f} s for {t['images']} "
                   f"images = {t['epoch_seconds_full_split']:.1f} s per full epoch")
+        if args.augment_reference and not args.no_cpu:
+            r["cpu_trainer_augment_reference"] = a = trainer_reference_pair(ds, args.trainer_max_train)
+            print(f"  trainer epoch, best of 2: kornia batched {a['kornia_batched']['epoch_seconds_full_split']:.1f} s, "
+                  f"torchvision per image {a['torchvision_per_image']['epoch_seconds_full_split']:.1f} s "
+                  f"({a['speedup']:.2f}x)", flush=True)
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name()
             r["cuda_device"] = gpu

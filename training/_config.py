@@ -34,8 +34,8 @@ class TrainConfig:
     crop_padding: int = 4
     hflip: bool | None = None  # None: on, except for digit datasets (class names 0..9)
     # Extra augmentation, off by default: random rotation by up to `rotate` degrees and scaling by up to
-    # +-`scale` (torchvision RandomAffine; suits digits), and random erasing of one rectangle with
-    # probability `erase` (torchvision RandomErasing, i.e. cutout; suits photos and clothing).
+    # +-`scale` (kornia RandomAffine; suits digits), and random erasing of one rectangle with
+    # probability `erase` (kornia RandomErasing, i.e. cutout; suits photos and clothing).
     rotate: float = 0.0
     scale: float = 0.0
     erase: float = 0.0
