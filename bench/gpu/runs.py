@@ -5,6 +5,8 @@ CALIBRATE epochs, their epoch times (the last one logged, with all runs sharing 
 fit before the deadline, less EVAL_S for the test scores. The runs are then started afresh with that count
 (the cosine schedule needs it), and stopped at the deadline if they overrun, keeping their checkpoints.
 Writes under /tmp/runs/NAME/: the artifact, its .metrics.json, log.txt, and the .ckpt of an unfinished run.
+Environment: ONLY=NAME,NAME runs a subset of RUNS; MAX_EPOCHS caps the fitted count (say 64 for one run
+alone, which then ends early rather than running longer than its recipe); RUNS_EXTRA adds train flags.
 """
 from __future__ import annotations
 
@@ -69,9 +71,15 @@ def stop(p: subprocess.Popen) -> None:
 
 def main() -> None:
     t0 = time.time()
-    procs = {n: start(n, 1000) for n in RUNS}
+    only = [n for n in os.environ.get("ONLY", "").split(",") if n]
+    unknown = sorted(set(only) - set(RUNS))
+    if unknown:
+        raise SystemExit(f"ONLY names unknown runs {unknown}; known: {sorted(RUNS)}")
+    names = only or list(RUNS)
+    cap = int(os.environ.get("MAX_EPOCHS", "1000"))
+    procs = {n: start(n, 1000) for n in names}
     sec: dict[str, float] = {}
-    while len(sec) < len(RUNS) and time.time() < t0 + 120:
+    while len(sec) < len(names) and time.time() < t0 + 120:
         time.sleep(2)
         for n, (p, log) in procs.items():
             h = epochs_logged(log)
@@ -83,7 +91,7 @@ def main() -> None:
     for p, _ in procs.values():
         stop(p)
     window = DEADLINE - time.time() - EVAL_S - 15  # 15 s: loading the cached dataset, building the model
-    plan = {n: max(1, int(window / (s * 1.15))) if s != float("inf") else 0 for n, s in sec.items()}
+    plan = {n: min(cap, max(1, int(window / (s * 1.15)))) if s != float("inf") else 0 for n, s in sec.items()}
     print(f"calibration ({time.time() - t0:.0f} s): seconds per epoch side by side {sec}; window {window:.0f} s; "
           f"epochs {plan}", flush=True)
     procs = {n: start(n, e) for n, e in plan.items() if e > 0}

@@ -4,6 +4,7 @@
 # repository root, with .devdata carried (bash bench/gpu/pack.sh makes it here):
 #   BUDGET_S=570 bash bench/gpu/session.sh           (bench, then runs.py's long runs)
 #   RUNS=0 FAST_BATCHES=128 bash bench/gpu/session.sh  (bench, then the bundled res recipe's epoch time alone)
+#   BENCH=0 ONLY=hybrid1-res-s1-cifar10 MAX_EPOCHS=64 bash bench/gpu/session.sh   (one long run, no bench)
 # Results go to $OUT: bench_train_gpu.json, runs.tar.gz (artifacts, metrics, logs, unfinished checkpoints), log.
 set -uo pipefail
 T0=$(date +%s)
@@ -25,7 +26,7 @@ timeout 120 python3 -m cli train /tmp/data/fashion-mnist --out /tmp/smoke.safete
   --max-test 500 --val-fraction 0 --quiet 2>&1 | tail -3 || exit 4
 test -f /tmp/smoke.safetensors || exit 4
 echo "setup+smoke done at $(( $(date +%s) - T0 )) s"
-timeout "${BENCH_S:-130}" python3 bench/bench_train.py --datasets cifar10 --no-cpu --steps 30 --cuda-epochs 2 \
+[ "${BENCH:-1}" = 1 ] && timeout "${BENCH_S:-130}" python3 bench/bench_train.py --datasets cifar10 --no-cpu --steps 30 --cuda-epochs 2 \
   --fast-batches "${FAST_BATCHES:-512}" \
   --result train_gpu 2>&1 | grep -v Warning
 cp docs/results/bench_train_gpu.json "$OUT/" 2>/dev/null
