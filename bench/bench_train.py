@@ -1,7 +1,8 @@
 """Training speed: seconds per epoch of Hybrid-1 on CPU (and on CUDA when present), per dataset.
 
     .venv/bin/python bench/bench_train.py [--datasets mnist,fashion-mnist,cifar10] [--steps 60]
-        [--trainer-max-train 0] [--threads 0]
+        [--trainer-max-train 0] [--threads 0] [--augment-reference] [--no-cpu] [--no-trainer]
+        [--cuda-epochs 3] [--fast-batches 128,512] [--result train]
 
 Per dataset (the real data from ../shared/data, decoded once into training's uint8 cache):
 - minimal loop: Hybrid-1 + a Linear cross-entropy head, AdamW, batch 128, uint8 tensors normalised
@@ -11,7 +12,9 @@ Per dataset (the real data from ../shared/data, decoded once into training's uin
   of 10 steps.
 - the project's trainer (training.train, default preset, loss ce+ms, 1 epoch, no validation
   split): the epoch's own wall time from its history (augmentation and sampling included), on
-  `--trainer-max-train` images (0 = the whole split) and scaled to the full split.
+  `--trainer-max-train` images (0 = the whole split) and scaled to the full split. With
+  `--augment-reference`, also with torchvision's per-image transforms (the trainer before kornia),
+  interleaved, best of two each.
 On CUDA (when torch sees a GPU) three more, each a whole epoch of the full training split timed after
 one warm-up epoch (`--cuda-epochs` timed epochs, median):
 - eager: the minimal loop on the GPU (plain fp32, data copied per batch);
