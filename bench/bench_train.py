@@ -54,6 +54,12 @@ def _with_unfold_involution(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def _channel_stats(imgs: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (1, C, 1, 1) of uint8 images scaled to [0, 1], on `device`."""
+    x = imgs.float().div(255.0)
+    return (x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device), x.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device))
+
+
 def minimal_loop(ds, steps: int, device: torch.device, batch: int = 128, block: int = 10) -> dict:
     """Seconds per step of a plain CE training loop, the model's involution forward against the
     textbook unfold forward, interleaved."""
@@ -61,10 +67,7 @@ def minimal_loop(ds, steps: int, device: torch.device, batch: int = 128, block: 
     base = model.create_model("hybrid1", in_chans=ds.in_chans)
     nets = {"current": base, "unfold": _with_unfold_involution(base)}
     imgs, labels = ds.train.images, ds.train.labels
-    x_all = imgs.float().div(255.0)
-    mean = x_all.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
-    std = x_all.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
-    del x_all
+    mean, std = _channel_stats(imgs, device)
     state = {}
     for name, net in nets.items():
         net = net.to(device).train()
@@ -119,9 +122,7 @@ def cuda_fast_epochs(ds, batch: int, epochs: int, device: str = "cuda") -> dict:
     head = torch.nn.Linear(256, ds.num_classes).to(device)
     opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=1e-3, fused=device.type == "cuda")
     imgs, labels = ds.train.images.to(device), ds.train.labels.to(device)
-    x_all = imgs.float().div(255.0)
-    mean, std = x_all.mean(dim=(0, 2, 3)).view(1, -1, 1, 1), x_all.std(dim=(0, 2, 3)).view(1, -1, 1, 1)
-    del x_all
+    mean, std = _channel_stats(imgs, device)
     fwd = torch.compile(lambda x: head(net(x)))
     steps = len(labels) // batch
 
