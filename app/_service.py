@@ -74,7 +74,7 @@ class Service:
         s = self.settings
         path = s.resolved_model_path()
         try:
-            embedder = model.Embedder.from_file(path, device=s.device)
+            embedder = model.Embedder.from_file(path, device=s.device, trace=s.trace_model)
         except FileNotFoundError:
             raise RuntimeError(f"the model artifact {path} does not exist (set SIMSEARCH_MODEL_PATH)") from None
         except Exception as exc:
@@ -113,8 +113,9 @@ class Service:
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
-        log.info("ready in %.1f s: model %s (test-time augmentation %s), index %s (%d items)",
-                 time.perf_counter() - t0, embedder.model_id, embedder.meta.tta, s.index, store.count())
+        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items)",
+                 time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
+                 "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count())
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
         if not params.rerank:

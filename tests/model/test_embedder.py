@@ -132,3 +132,37 @@ def test_unknown_tta_is_refused_naming_it():
         model.embed_tensor(model.create_model("hybrid1"), torch.zeros(1, 3, 32, 32), "rot90")
     with pytest.raises(ValueError, match="tta"):
         model.ArtifactMeta(name="x", arch="hybrid1", tta="rot90")
+
+
+def test_traced_graph_gives_the_eager_embeddings(hybrid1_artifact):
+    traced = model.Embedder.from_file(hybrid1_artifact, device="cpu", batch_size=4)
+    eager = model.Embedder.from_file(hybrid1_artifact, device="cpu", batch_size=4, trace=False)
+    assert traced.traced and not eager.traced
+    arrays = np.random.default_rng(3).integers(0, 256, (9, 3, 32, 32), dtype=np.uint8)
+    for n in (1, 4, 9):  # one image, one full batch, two batches and a remainder
+        np.testing.assert_allclose(traced.embed_arrays(arrays[:n]), eager.embed_arrays(arrays[:n]), atol=1e-6)
+
+
+class _ShapeBranching(torch.nn.Module):
+    """A network whose forward takes a Python branch on the batch size: a trace records only one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 32)
+        self.b = torch.nn.Conv2d(3, 8, 32)
+
+    def forward(self, x):
+        return (self.a(x) if x.shape[0] % 2 == 0 else self.b(x)).flatten(1)
+
+
+def test_network_that_does_not_trace_faithfully_stays_eager():
+    torch.manual_seed(0)
+    meta = model.ArtifactMeta(name="branching", arch="hybrid1", embed_dim=8)
+    embedder = model.Embedder(model.Artifact(meta, _ShapeBranching(), {}, "0" * 64), device="cpu")
+    assert not embedder.traced
+    net = embedder.model
+    arrays = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    x = (torch.from_numpy(arrays).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(net.b(x).flatten(1), dim=1).numpy()
+    np.testing.assert_allclose(embedder.embed_arrays(arrays), expected, atol=1e-5)
