@@ -5,6 +5,7 @@
 Measured in one process, interleaved round by round:
 - Hybrid-1 through model.Embedder.embed_arrays (uint8 in, normalised float32 out: the service's path)
   at batch 1, 8 (typical of the service's micro-batches), 32 and 256, with torch's default thread count and with 1 thread;
+  the same with trace=False (hybrid1_eager_b*: the eager modules instead of the TorchScript graph);
 - ResNet-50 from torchvision (no weights needed) on 224x224 float input at batch 1 and 16;
 - the practical peak: a 4096x4096 fp32 matmul on the same threads;
 - the theoretical peak: cores x GHz x FLOPs/cycle from lscpu (see bench/_common.py).
@@ -66,8 +67,10 @@ def main() -> None:
     else:
         art_path, art_kind = _common.default_or_seeded_artifact(tmp)
     emb = model.Embedder.from_file(art_path, device="cpu")
+    eager = model.Embedder.from_file(art_path, device="cpu", trace=False)
     c, s = emb.meta.in_chans, emb.meta.image_size
-    print(f"artifact: {art_kind}; {emb.model_id}; input {c}x{s}x{s}; torch threads default {default_threads}")
+    print(f"artifact: {art_kind}; {emb.model_id}; input {c}x{s}x{s}; torch threads default {default_threads}; "
+          f"{'TorchScript graph' if emb.traced else 'eager (did not trace)'}")
 
     flops = flops_per_image(emb.model, (c, s, s))
     from torchvision.models import resnet50
@@ -90,6 +93,7 @@ def main() -> None:
         cases = {}
         for bs, arr in batches.items():
             cases[f"hybrid1_b{bs}"] = (lambda arr=arr: len(emb.embed_arrays(arr)))
+            cases[f"hybrid1_eager_b{bs}"] = (lambda arr=arr: len(eager.embed_arrays(arr)))
         cases["matmul_4096"] = lambda: (torch.mm(a, b), 1)[1]
         print(f"\n== {threads} thread(s): Hybrid-1 + matmul, {args.rounds} rounds x {args.seconds}s each")
         with torch.inference_mode():

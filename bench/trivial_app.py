@@ -7,11 +7,17 @@ layer, under the same uvicorn as the service (not part of the service; never imp
     POST /form_two_hops      the same plus a second hop through a one-thread executor (like the batcher)
     POST /form_decode        /form_two_hops with the first hop decoding the image with Pillow and
                              model.to_model_array (32x32), the second a no-op: everything but model and index
+    POST /raw                read the body (the image itself, no multipart), answer its length
+    POST /raw_pipeline       /raw plus one hop that decodes, embeds (batch 1) and searches a flat FAISS
+                             index: the least a search endpoint can do, with none of the service's
+                             validation, batching, metrics or middleware. Only when FLOOR_ARTIFACT names
+                             an artifact (FLOOR_GALLERY random unit vectors, default 10,000)
 """
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio.to_thread
@@ -68,4 +74,38 @@ def create_app() -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(_executor, len, arr)
         return {"shape": list(arr.shape)}
 
+    @app.post("/raw")
+    async def raw(request: Request):
+        return {"bytes": len(await request.body())}
+
+    if os.environ.get("FLOOR_ARTIFACT"):
+        search_one = _pipeline(os.environ["FLOOR_ARTIFACT"], int(os.environ.get("FLOOR_GALLERY", "10000")))
+
+        @app.post("/raw_pipeline")
+        async def raw_pipeline(request: Request):
+            data = await request.body()
+            return await asyncio.get_running_loop().run_in_executor(_executor, search_one, data)
+
     return app
+
+
+def _pipeline(artifact: str, gallery: int):
+    """decode -> embed -> flat search of `gallery` random unit vectors, for one image's bytes."""
+    import faiss
+    import numpy as np
+    from PIL import Image
+
+    import model
+
+    embedder = model.Embedder.from_file(artifact, device="cpu")
+    vectors = np.random.default_rng(0).standard_normal((gallery, embedder.dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(embedder.dim)
+    index.add(vectors)
+
+    def search_one(data: bytes) -> dict:
+        arr = embedder.preprocess(Image.open(io.BytesIO(data)))  # JPEG draft decoding included
+        scores, ids = index.search(embedder.embed_arrays(arr[None]), 10)
+        return {"ids": ids[0].tolist(), "scores": scores[0].tolist()}
+
+    return search_one
