@@ -15,6 +15,7 @@ run embed $PY bench/bench_embed.py
 run decode $PY bench/bench_decode.py
 run http $PY bench/bench_http.py --kinds png32,jpeg640,png32raw,jpeg640raw
 run http_floor $PY bench/bench_http_floor.py
+run worker_contention $PY bench/bench_worker_contention.py
 run ingest $PY bench/bench_ingest.py
 run memory $PY bench/bench_memory.py
 run train $PY bench/bench_train.py --threads 1 --steps 40 --trainer-max-train 10000
