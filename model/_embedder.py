@@ -56,6 +56,8 @@ def _traced(net: torch.nn.Module, in_chans: int, size: int, device: torch.device
             graph = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
             same = torch.allclose(F.normalize(graph(check).float(), dim=1), F.normalize(net(check).float(), dim=1),
                                   atol=1e-5)
+            for _ in range(2):  # the graph executor optimises on its first runs (17 ms): not on a request
+                graph(example[:1])
     except Exception:  # noqa: BLE001  (any failure to trace leaves the eager network in use)
         return None
     return graph if same else None
