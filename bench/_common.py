@@ -157,6 +157,18 @@ def cifar_test_jpegs(n: int) -> list[bytes]:
     return out
 
 
+def random_flat_index(n: int, dim: int, seed: int = 0):
+    """A FAISS IndexFlatIP of `n` random unit vectors: a stand-in gallery for timing exact search."""
+    import faiss
+    import numpy as np
+
+    vectors = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    return index
+
+
 def png_32(n: int = 64) -> list[bytes]:
     """32x32 RGB PNG queries: CIFAR-10 test images re-encoded losslessly as PNG."""
     from PIL import Image

@@ -64,10 +64,7 @@ def in_process_ms(artifact: Path, batch: int = 8, gallery: int = 10_000) -> dict
     faiss.omp_set_num_threads(1)
     embedder = model.Embedder.from_file(artifact, device="cpu")
     pngs = _common.png_32(batch)
-    vectors = np.random.default_rng(0).standard_normal((gallery, embedder.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(embedder.dim)
-    index.add(vectors)
+    index = _common.random_flat_index(gallery, embedder.dim)
 
     def decode():
         return np.stack([embedder.preprocess(Image.open(io.BytesIO(b))) for b in pngs])

@@ -88,10 +88,7 @@ def main() -> None:
     artifact = args.artifact or model.default_artifact_path()
     embedders = {"traced": model.Embedder.from_file(artifact, device="cpu"),
                  "eager": model.Embedder.from_file(artifact, device="cpu", trace=False)}
-    vectors = np.random.default_rng(0).standard_normal((10_000, embedders["eager"].dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
+    index = _common.random_flat_index(10_000, embedders["eager"].dim)
     pngs = _common.png_32(8)
     machine = _common.machine()
     rows = {}

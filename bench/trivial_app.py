@@ -91,17 +91,13 @@ def create_app() -> FastAPI:
 
 def _pipeline(artifact: str, gallery: int):
     """decode -> embed -> flat search of `gallery` random unit vectors, for one image's bytes."""
-    import faiss
-    import numpy as np
     from PIL import Image
 
+    import _common  # bench/, the app's working directory
     import model
 
     embedder = model.Embedder.from_file(artifact, device="cpu")
-    vectors = np.random.default_rng(0).standard_normal((gallery, embedder.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(embedder.dim)
-    index.add(vectors)
+    index = _common.random_flat_index(gallery, embedder.dim)
 
     def search_one(data: bytes) -> dict:
         arr = embedder.preprocess(Image.open(io.BytesIO(data)))  # JPEG draft decoding included
