@@ -40,8 +40,8 @@ def _traced(net: torch.nn.Module, in_chans: int, size: int, device: torch.device
 
     Why: an eager forward is some thirty Python calls, and a small model's forward at small batches
     is mostly those calls; in the server each of them also has to win the GIL back from the event
-    loop. The graph runs the whole forward in C++: 1.33x the images/s of the eager Hybrid-1 at batch
-    1, 1.17x at 8, level at 256; inside the server the embedding step of /search is 10-14% shorter
+    loop. The graph runs the whole forward in C++: 1.27x the images/s of the eager Hybrid-1 at batch
+    1, 1.18x at 8, 1.06x at 256 (one thread); inside the server the embedding step of /search is 10-14% shorter
     (docs/results/benchmarks.md, tenth session). The trace is checked against the eager
     forward on another batch size and other pixels, so a network whose forward branches on its
     input, or anything TorchScript cannot follow, stays eager. TorchScript is deprecated in favour
