@@ -98,6 +98,10 @@ class Server:
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
 
+    def tree_rss_bytes(self) -> int:
+        """RSS of the server and its embedding process together."""
+        return tree_rss_bytes(self.pid)
+
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
             return parse_prometheus(r.read().decode())
@@ -125,9 +129,36 @@ def rss_bytes(pid: int) -> int:
     return int(m.group(1)) * 1024 if m else -1
 
 
+def child_pids(pid: int) -> list[int]:
+    """The living child processes of `pid` (the service's embedding process)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children, summed (pages shared between them count twice)."""
+    return rss_bytes(pid) + sum(max(rss_bytes(c), 0) for c in child_pids(pid))
+
+
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each thread of a process (/proc/PID/task/TID/stat,
-    keyed tid<TID>), plus "total" for the whole process."""
+    keyed tid<TID>) and by each of its living children (keyed child<PID>), plus "total" for all."""
+    out = _process_cpu_seconds(pid)
+    for child in child_pids(pid):
+        try:
+            out[f"child{child}"] = _process_cpu_seconds(child)["total"]
+        except OSError:   # exited meanwhile
+            continue
+        out["total"] += out[f"child{child}"]
+    return out
+
+
+def _process_cpu_seconds(pid: int) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
