@@ -1,4 +1,4 @@
-"""Micro-batching: concurrent requests' images are decoded, embedded and searched together, from one
+"""Micro-batching: concurrent requests' images are decoded, embedded and searched together, in one
 worker thread, off the event loop."""
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._embedding import Embedded, Payload
 from ._metrics import Metrics
 
 
@@ -27,25 +26,26 @@ class SearchParams:
 
 @dataclass
 class _Job:
-    rows: int                 # images in this job
-    payload: Payload          # encoded uploads, or uint8 arrays (rows, C, S, S)
+    rows: int                                # images in this job
+    arrays: np.ndarray | None                # uint8 (rows, C, S, S), or None until `decode` makes it
+    decode: Callable[[], np.ndarray] | None  # runs in the worker thread; may raise (fails this job only)
     search: SearchParams | None
     future: asyncio.Future = field(repr=False)
 
 
 class MicroBatcher:
     """Collects embedding jobs until `max_size` images are waiting or `max_wait_s` has passed since
-    the first, then has `embed(payloads) -> Embedded` decode and embed the whole batch (in this
-    worker thread, or in the embedding process: app/_embedding.py) and runs the searches, in a
-    single worker thread.
+    the first, then decodes the jobs that came as bytes, embeds them in one model call and runs the
+    searches, in a single worker thread.
 
-    `search(vectors, params) -> list[list[hit]]` is called in that thread too; submit() and
-    submit_encoded() resolve to (vectors, hits or None) for each job. Decoding in the worker means
-    one thread hop per batch instead of one per request plus one per batch: on a small machine the
-    hop costs as much event-loop CPU as the rest of the request (docs/results/benchmarks.md, P5).
+    `embed(arrays) -> vectors` and `search(vectors, params) -> list[list[hit]]` are called in that
+    thread; submit() and submit_encoded() resolve to (vectors, hits or None) for each job. Decoding
+    in the worker means one thread hop per batch instead of one per request plus one per batch: on a
+    small machine the hop costs as much event-loop CPU as the rest of the request
+    (docs/results/benchmarks.md, P5).
     """
 
-    def __init__(self, embed: Callable[[list[Payload]], Embedded],
+    def __init__(self, embed: Callable[[np.ndarray], np.ndarray],
                  search: Callable[[np.ndarray, SearchParams], list], max_size: int, max_wait_s: float,
                  metrics: Metrics):
         self._embed, self._search = embed, search
@@ -81,13 +81,13 @@ class MicroBatcher:
 
     async def submit(self, arrays: np.ndarray, search: SearchParams | None = None) -> tuple[np.ndarray, Any]:
         """Embed uint8 `arrays` (and search with the vectors when `search` is given)."""
-        return await self._enqueue(_Job(len(arrays), arrays, search, self._new_future()))
+        return await self._enqueue(_Job(len(arrays), arrays, None, search, self._new_future()))
 
-    async def submit_encoded(self, files: list[tuple[str, bytes]],
+    async def submit_encoded(self, decode: Callable[[], np.ndarray], rows: int,
                              search: SearchParams | None = None) -> tuple[np.ndarray, Any]:
-        """Like submit(), for encoded uploads as (what, bytes) pairs, decoded in the worker; the
-        ApiError of one that cannot be decoded (e.g. a corrupt image) is raised here, for this job only."""
-        return await self._enqueue(_Job(len(files), files, search, self._new_future()))
+        """Like submit(), for `rows` images that `decode()` turns into uint8 arrays in the worker
+        thread; an exception from it (e.g. a corrupt image) is raised here, for this job only."""
+        return await self._enqueue(_Job(rows, None, decode, search, self._new_future()))
 
     def _new_future(self) -> asyncio.Future:
         if self._task is None or self._task.done():
@@ -141,19 +141,28 @@ class MicroBatcher:
                         job.future.set_result(result)
 
     def _process(self, batch: list[_Job]) -> list[tuple[np.ndarray, Any] | BaseException]:
-        done = self._embed([job.payload for job in batch])
-        m = self.metrics
-        for seconds in done.decode_seconds:
-            m.decode_seconds.observe(seconds)
-        if done.rows:
-            m.embed_seconds.observe(done.embed_seconds)
-            m.embed_batch.observe(done.rows)
-        out: list[Any] = list(done.failures)
-        live = [i for i, failure in enumerate(done.failures) if failure is None]
+        out: list[Any] = [None] * len(batch)
+        live: list[int] = []   # the jobs whose images are ready to embed
+        for i, job in enumerate(batch):
+            if job.decode is not None:
+                try:
+                    job.arrays = job.decode()
+                except Exception as exc:  # noqa: BLE001  (a bad upload fails its own request only)
+                    out[i] = exc
+                    continue
+            live.append(i)
+        if not live:
+            return out
+        arrays = (np.concatenate([batch[i].arrays for i in live]) if len(live) > 1 else batch[live[0]].arrays)
+        t0 = time.perf_counter()
+        vectors = self._embed(arrays)
+        self.metrics.embed_seconds.observe(time.perf_counter() - t0)
+        self.metrics.embed_batch.observe(len(arrays))
         start = 0
         for i in live:
-            out[i] = (done.vectors[start:start + batch[i].rows], None)
-            start += batch[i].rows
+            n = len(batch[i].arrays)
+            out[i] = (vectors[start:start + n], None)
+            start += n
         # One index call per distinct set of search parameters.
         groups: dict[SearchParams, list[int]] = {}
         for i in live:
@@ -168,10 +177,10 @@ class MicroBatcher:
                 for i in members:
                     out[i] = exc
                 continue
-            m.search_seconds.observe(time.perf_counter() - t0)
+            self.metrics.search_seconds.observe(time.perf_counter() - t0)
             row = 0
             for i in members:
-                n = batch[i].rows
+                n = len(batch[i].arrays)
                 out[i] = (out[i][0], hits[row:row + n])
                 row += n
         return out

@@ -282,8 +282,9 @@ async def search(request: Request,
             files = await _file_parts(form, max_count=1)
         finally:
             await form.close()
-    # Decoded in the batcher's worker (or the embedding process) with the model call: one hop per batch.
-    _, hits = await service.batcher.submit_encoded(files, SearchParams(k, label, max_distance, rerank))
+    # Decoded in the batcher's worker together with the model call: one thread hop per batch.
+    _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1,
+                                                   SearchParams(k, label, max_distance, rerank))
     # Built by hand and sent as is: validating the response model again costs event-loop time on
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
     return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,

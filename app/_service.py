@@ -14,7 +14,6 @@ import numpy as np
 
 from ._batcher import MicroBatcher, SearchParams
 from ._commits import GroupCommitter
-from ._embedding import EmbeddingProcess, LocalEmbedding
 from ._errors import ApiError
 from ._metrics import Metrics
 from ._settings import Settings
@@ -33,7 +32,6 @@ class Service:
         self.store = None
         self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
         self.batcher: MicroBatcher | None = None
-        self.embedding_process: EmbeddingProcess | None = None   # when settings.embed_process
         self.commits: GroupCommitter | None = None
         self.ready = False
         self.reason = "loading the model and the index"
@@ -66,8 +64,6 @@ class Service:
             await self.batcher.stop()
         if self.commits is not None:
             await self.commits.stop()
-        if self.embedding_process is not None:
-            await anyio.to_thread.run_sync(self.embedding_process.close)
         if self.store is not None:
             await anyio.to_thread.run_sync(self.store.close)
 
@@ -90,17 +86,6 @@ class Service:
         except Exception as exc:
             raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}") from exc
         self.pddm = model.PDDM.from_artifact(embedder.artifact)
-        if s.embed_process:
-            import torch
-
-            proc = EmbeddingProcess(path, s.device, s.trace_model, s.max_pixels,
-                                    expect_model_id=embedder.model_id, threads=torch.get_num_threads())
-            try:
-                proc.start()
-            except Exception:
-                store.close()
-                raise
-            self.embedding_process = proc
         return embedder, store
 
     async def _load(self) -> None:
@@ -113,8 +98,8 @@ class Service:
             return
         self.embedder, self.store = embedder, store
         s = self.settings
-        embed = self.embedding_process or LocalEmbedding(embedder, s.max_pixels)
-        self.batcher = MicroBatcher(embed, self._search, s.batch_max_size, s.batch_max_wait_ms / 1000.0, self.metrics)
+        self.batcher = MicroBatcher(embedder.embed_arrays, self._search, s.batch_max_size,
+                                    s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
         import index
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
@@ -128,11 +113,9 @@ class Service:
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
-        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s, %s), index %s (%d items)",
+        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items)",
                  time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
-                 "TorchScript graph" if embedder.traced else "eager modules",
-                 f"embedding process pid {self.embedding_process.pid}" if self.embedding_process else "in process",
-                 s.index, store.count())
+                 "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count())
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
         if not params.rerank:

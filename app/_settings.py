@@ -19,8 +19,6 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for the model (cpu, cuda, cuda:1); default: auto")
     trace_model: bool = Field(True, description="run the network as a TorchScript graph when it traces faithfully "
                                                 "(fewer Python calls per batch); false: always the eager modules")
-    embed_process: bool = Field(True, description="decode uploads and run the model in a child process with its "
-                                                  "own GIL (faster under load); false: in a thread of the server")
     api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below)")
     require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
