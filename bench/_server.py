@@ -99,7 +99,7 @@ class Server:
         return rss_bytes(self.pid)
 
     def tree_rss_bytes(self) -> int:
-        """RSS of the server and its embedding process together."""
+        """RSS of the server and its child processes together."""
         return tree_rss_bytes(self.pid)
 
     def metrics(self) -> dict[str, float]:
@@ -130,7 +130,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The living child processes of `pid` (the service's embedding process)."""
+    """The living child processes of `pid` (none for the service as shipped; a variant may start some)."""
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -142,7 +142,13 @@ def child_pids(pid: int) -> list[int]:
 
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of a process and its children, summed (pages shared between them count twice)."""
-    return rss_bytes(pid) + sum(max(rss_bytes(c), 0) for c in child_pids(pid))
+    total = rss_bytes(pid)
+    for child in child_pids(pid):
+        try:
+            total += max(rss_bytes(child), 0)
+        except OSError:   # exited meanwhile
+            continue
+    return total
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

@@ -132,7 +132,7 @@ def main() -> None:
             g["rss_after_with_children_mb"] = srv.tree_rss_bytes() / 2 ** 20
             g["peak_rss_mb"] = _server.peak_rss_bytes(srv.pid) / 2 ** 20
             print(f"server RSS after the runs {g['rss_after_mb']:.0f} MiB (peak {g['peak_rss_mb']:.0f} MiB), "
-                  f"with its embedding process {g['rss_after_with_children_mb']:.0f} MiB")
+                  f"with its child processes {g['rss_after_with_children_mb']:.0f} MiB")
         results["galleries"][str(size)] = g
 
     targets = {}
