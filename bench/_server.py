@@ -98,10 +98,6 @@ class Server:
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
 
-    def tree_rss_bytes(self) -> int:
-        """RSS of the server and its child processes together."""
-        return tree_rss_bytes(self.pid)
-
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
             return parse_prometheus(r.read().decode())
@@ -129,42 +125,9 @@ def rss_bytes(pid: int) -> int:
     return int(m.group(1)) * 1024 if m else -1
 
 
-def child_pids(pid: int) -> list[int]:
-    """The living child processes of `pid` (none for the service as shipped; a variant may start some)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children, summed (pages shared between them count twice)."""
-    total = rss_bytes(pid)
-    for child in child_pids(pid):
-        try:
-            total += max(rss_bytes(child), 0)
-        except OSError:   # exited meanwhile
-            continue
-    return total
-
-
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each thread of a process (/proc/PID/task/TID/stat,
-    keyed tid<TID>) and by each of its living children (keyed child<PID>), plus "total" for all."""
-    out = _process_cpu_seconds(pid)
-    for child in child_pids(pid):
-        try:
-            out[f"child{child}"] = _process_cpu_seconds(child)["total"]
-        except OSError:   # exited meanwhile
-            continue
-        out["total"] += out[f"child{child}"]
-    return out
-
-
-def _process_cpu_seconds(pid: int) -> dict[str, float]:
+    keyed tid<TID>), plus "total" for the whole process."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -94,7 +94,6 @@ def main() -> None:
         with _server.Server(data_dir, artifact, env=env) as srv:
             g["ready_seconds"] = srv.wait_ready()
             g["rss_ready_mb"] = srv.rss_bytes() / 2 ** 20
-            g["rss_ready_with_children_mb"] = srv.tree_rss_bytes() / 2 ** 20
             print(f"server pid {srv.pid} ready in {g['ready_seconds']:.1f} s, RSS {g['rss_ready_mb']:.0f} MiB")
             for kind in kinds:  # warm-up: every code path once, untimed
                 mime, files = queries[kind]
@@ -129,10 +128,8 @@ def main() -> None:
                           f"ms/batch, search {r.get('mean_search_ms_per_call', 0):.2f} ms/call; server CPU "
                           f"{r['server_cpu_ms_per_request']:.3f} ms/req ({_threads_text(r)})")
             g["rss_after_mb"] = srv.rss_bytes() / 2 ** 20
-            g["rss_after_with_children_mb"] = srv.tree_rss_bytes() / 2 ** 20
             g["peak_rss_mb"] = _server.peak_rss_bytes(srv.pid) / 2 ** 20
-            print(f"server RSS after the runs {g['rss_after_mb']:.0f} MiB (peak {g['peak_rss_mb']:.0f} MiB), "
-                  f"with its child processes {g['rss_after_with_children_mb']:.0f} MiB")
+            print(f"server RSS after the runs {g['rss_after_mb']:.0f} MiB (peak {g['peak_rss_mb']:.0f} MiB)")
         results["galleries"][str(size)] = g
 
     targets = {}
