@@ -18,6 +18,12 @@ class TrainConfig:
     # Start from the embedding network of this model artifact (fine-tuning) instead of random weights:
     # the architecture must be the one trained here; its normalisation statistics are kept. Heads start anew.
     init_from: str | None = None
+    # Distil from this model artifact (a better, usually larger model for the same images): beside `loss`, the
+    # student matches the teacher's in-batch similarity distributions at `distill_temperature`, weighted by
+    # `distill_weight` (training/_distill.py). The teacher embeds the training images once, unaugmented.
+    teacher: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 0.1
     embed_dim: int = 256
     loss: str = "ce+ms"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon
@@ -103,6 +109,10 @@ class TrainConfig:
 
         if self.tta is not None and self.tta not in TTA_MODES:
             raise ValueError(f"tta must be {' or '.join(TTA_MODES)}, got {self.tta!r}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill weight must be at least 0, got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill temperature must be positive, got {self.distill_temperature}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

@@ -17,6 +17,7 @@ from torch import nn
 
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
+from ._distill import SimilarityDistillation, teacher_embeddings
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._losses import MetricLoss, create_loss
 
@@ -209,6 +210,13 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
     train_images = _resident(train_split.images, device)
     train_labels = train_split.labels.to(train_images.device)  # beside the images: one index serves both
+    teacher_emb, teacher_id, distill = None, None, None
+    if cfg.teacher:
+        log(f"teacher {cfg.teacher} embeds the {n_train} training images")
+        teacher_emb, teacher_id = teacher_embeddings(cfg.teacher, train_split.images, ds.in_chans, ds.image_size,
+                                                     device)
+        teacher_emb = teacher_emb.to(train_images.device)
+        distill = SimilarityDistillation(cfg.distill_temperature)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
@@ -275,6 +283,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 emb = net(xb)
             loss = loss_fn(emb.float(), yb)
+            if distill is not None:
+                loss = loss + cfg.distill_weight * distill(emb, teacher_emb[idx].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -334,6 +344,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
     training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
+                     "teacher": teacher_id,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
                      "torch": torch.__version__}

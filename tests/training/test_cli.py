@@ -93,6 +93,32 @@ def test_init_fine_tunes_from_an_artifact_and_refuses_one_that_does_not_fit(tiny
     assert r.returncode == 2 and "--init:" in r.stderr and "no such model artifact" in r.stderr
 
 
+def test_a_teacher_distils_into_a_student_and_one_for_other_images_is_refused(tiny_cifar_folder, tmp_path):
+    common = ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]
+    teacher = tmp_path / "teacher.safetensors"
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(teacher), "--name", "teacher", "--arch", "norm=true",
+                   *common, cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    student = tmp_path / "student.safetensors"
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(student), "--teacher", str(teacher), "--loss", "ce",
+                   "--fold-norm", "--set", "distill_weight=2", *common, cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = model.read_meta(student)
+    assert meta.training["teacher"] == model.load_artifact(teacher).model_id
+    assert meta.training["config"]["teacher"] == str(teacher) and meta.training["config"]["distill_weight"] == 2
+    assert meta.metrics["parameters"] == 116_634  # the student keeps its own architecture
+    small = tmp_path / "small.safetensors"
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(small), "--image-size", "16", *common, cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--teacher", str(small),
+                   *common, cache=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "it embeds 3x16x16 images, this run trains on 3x32x32" in r.stderr
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "y.safetensors"), "--teacher",
+                   str(teacher), "--set", "distill_temperature=0", *common, cache=tmp_path)
+    assert r.returncode == 2 and "distill temperature must be positive, got 0" in r.stderr
+
+
 def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
     import cli
 
