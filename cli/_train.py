@@ -41,9 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this artifact's embedding network instead of random weights (fine-tuning; "
                         "its normalisation kept); --model, --arch, the embedding size, --in-chans and "
                         "--image-size default to the artifact's")
-    p.add_argument("--teacher", default=None, metavar="ARTIFACT",
-                   help="distil from this artifact (a better model for the same images): the student also learns "
-                        "its in-batch similarities; --set distill_weight=W, distill_temperature=T (1.0, 0.1)")
+    p.add_argument("--teacher", action="append", default=[], metavar="ARTIFACT",
+                   help="distil from this artifact (a better model for the same images; repeat for an ensemble): "
+                        "the student also learns its in-batch similarities; --set distill_weight=W, "
+                        "distill_temperature=T (1.0, 0.1)")
     p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -111,7 +112,8 @@ def _train(args) -> int:
         "weight_decay": args.weight_decay, "schedule": args.schedule, "val_fraction": args.val_fraction,
         "seed": args.seed, "threads": args.threads, "device": args.device, "image_size": args.image_size,
         "in_chans": args.in_chans, "max_train": args.max_train,
-        "max_test": args.max_test, "init_from": args.init, "teacher": args.teacher}.items() if v is not None}
+        "max_test": args.max_test, "init_from": args.init,
+        "teachers": args.teacher or None}.items() if v is not None}
     if args.no_augment:
         overrides["augment"] = False
     if args.fold_norm:

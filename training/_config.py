@@ -18,10 +18,11 @@ class TrainConfig:
     # Start from the embedding network of this model artifact (fine-tuning) instead of random weights:
     # the architecture must be the one trained here; its normalisation statistics are kept. Heads start anew.
     init_from: str | None = None
-    # Distil from this model artifact (a better, usually larger model for the same images): beside `loss`, the
-    # student matches the teacher's in-batch similarity distributions at `distill_temperature`, weighted by
-    # `distill_weight` (training/_distill.py). The teacher embeds the training images once, unaugmented.
-    teacher: str | None = None
+    # Distil from these model artifacts (better, usually larger models for the same images; several are an
+    # ensemble whose cosine similarity is the mean of theirs): beside `loss`, the student matches the teachers'
+    # in-batch similarity distributions at `distill_temperature`, weighted by `distill_weight`
+    # (training/_distill.py). The teachers embed the training images once, unaugmented.
+    teachers: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
     distill_temperature: float = 0.1
     embed_dim: int = 256

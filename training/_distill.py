@@ -38,22 +38,28 @@ class SimilarityDistillation(nn.Module):
         return F.kl_div(log_rows(student), target, log_target=True, reduction="batchmean")
 
 
-def teacher_embeddings(path: str, images: torch.Tensor, in_chans: int, image_size: int,
-                       device: torch.device) -> tuple[torch.Tensor, str]:
-    """The teacher artifact at `path` embeds `images` (uint8 (N, C, S, S)) as the service would (its own
-    normalisation and test-time augmentation). Returns (embeddings (N, D) on the CPU, the teacher's model id).
-    Raises ValueError when the artifact cannot be read or was made for other images."""
+def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, image_size: int,
+                       device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """The teacher artifacts at `paths` embed `images` (uint8 (N, C, S, S)) as the service would (each with
+    its own normalisation and test-time augmentation). Returns (embeddings (N, D) on the CPU, the teachers'
+    model ids). Several teachers are an ensemble: their L2-normalised embeddings are concatenated and scaled
+    by 1/sqrt(k), so that the cosine similarity of two images is the mean of the k teachers'.
+    Raises ValueError when an artifact cannot be read or was made for other images."""
     import model as zoo
 
     from ._evaluate import embed_images
 
-    try:
-        art = zoo.load_artifact(path)
-    except zoo.ArtifactError as exc:
-        raise ValueError(f"teacher: {exc}") from None
-    meta = art.meta
-    if (meta.in_chans, meta.image_size) != (in_chans, image_size):
-        raise ValueError(f"teacher {path}: it embeds {meta.in_chans}x{meta.image_size}x{meta.image_size} images, "
-                         f"this run trains on {in_chans}x{image_size}x{image_size}")
-    emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
-    return emb, art.model_id
+    parts, ids = [], []
+    for path in paths:
+        try:
+            art = zoo.load_artifact(path)
+        except zoo.ArtifactError as exc:
+            raise ValueError(f"teacher: {exc}") from None
+        meta = art.meta
+        if (meta.in_chans, meta.image_size) != (in_chans, image_size):
+            raise ValueError(f"teacher {path}: it embeds {meta.in_chans}x{meta.image_size}x{meta.image_size} "
+                             f"images, this run trains on {in_chans}x{image_size}x{image_size}")
+        emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
+        parts.append(F.normalize(emb, dim=1))
+        ids.append(art.model_id)
+    return torch.cat(parts, dim=1) / len(parts) ** 0.5, ids

@@ -210,11 +210,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
     train_images = _resident(train_split.images, device)
     train_labels = train_split.labels.to(train_images.device)  # beside the images: one index serves both
-    teacher_emb, teacher_id, distill = None, None, None
-    if cfg.teacher:
-        log(f"teacher {cfg.teacher} embeds the {n_train} training images")
-        teacher_emb, teacher_id = teacher_embeddings(cfg.teacher, train_split.images, ds.in_chans, ds.image_size,
-                                                     device)
+    teacher_emb, teacher_ids, distill = None, [], None
+    if cfg.teachers:
+        log(f"{' and '.join(cfg.teachers)} embed the {n_train} training images (teacher)")
+        teacher_emb, teacher_ids = teacher_embeddings(cfg.teachers, train_split.images, ds.in_chans, ds.image_size,
+                                                      device)
         teacher_emb = teacher_emb.to(train_images.device)
         distill = SimilarityDistillation(cfg.distill_temperature)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -344,7 +344,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
     training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
-                     "teacher": teacher_id,
+                     "teachers": teacher_ids,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
                      "torch": torch.__version__}

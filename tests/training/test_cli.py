@@ -104,8 +104,8 @@ def test_a_teacher_distils_into_a_student_and_one_for_other_images_is_refused(ti
                    "--fold-norm", "--set", "distill_weight=2", *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr
     meta = model.read_meta(student)
-    assert meta.training["teacher"] == model.load_artifact(teacher).model_id
-    assert meta.training["config"]["teacher"] == str(teacher) and meta.training["config"]["distill_weight"] == 2
+    assert meta.training["teachers"] == [model.load_artifact(teacher).model_id]
+    assert meta.training["config"]["teachers"] == [str(teacher)] and meta.training["config"]["distill_weight"] == 2
     assert meta.metrics["parameters"] == 116_634  # the student keeps its own architecture
     small = tmp_path / "small.safetensors"
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(small), "--image-size", "16", *common, cache=tmp_path)
