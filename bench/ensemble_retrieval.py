@@ -33,23 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     import model
     from training import load_dataset, retrieval_metrics
-    from training._distill import teacher_embeddings
+    from training._distill import ensemble_of, teacher_embeddings
 
     ds = load_dataset(args.data)
     x, y = ds.test.images, ds.test.labels
-    rows = []
-    for path in args.artifacts:
+    rows, parts, all_ids = [], [], []
+    for path in args.artifacts:  # each model embeds the test split once; the ensemble reuses those
         emb, ids = teacher_embeddings([path], x, ds.in_chans, ds.image_size, torch.device("cpu"))
+        parts.append(emb)
+        all_ids += ids
         m = retrieval_metrics(emb, y)
         rows.append({"models": ids, "tta": [model.read_meta(path).tta], **{k: round(m[k], 4) for k in KEYS}})
         print(rows[-1], flush=True)
-    emb, ids = teacher_embeddings(args.artifacts, x, ds.in_chans, ds.image_size, torch.device("cpu"))
-    m = retrieval_metrics(F.normalize(emb, dim=1), y)
-    rows.append({"models": ids, "ensemble": True, **{k: round(m[k], 4) for k in KEYS}})
+    m = retrieval_metrics(ensemble_of(parts), y)  # retrieval_metrics L2-normalises
+    rows.append({"models": all_ids, "ensemble": True, **{k: round(m[k], 4) for k in KEYS}})
     print(rows[-1])
     result = {"command": " ".join([".venv/bin/python", "bench/ensemble_retrieval.py", *(argv or sys.argv[1:])]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dataset": ds.describe(),

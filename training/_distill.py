@@ -62,4 +62,10 @@ def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, im
         emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
         parts.append(F.normalize(emb, dim=1))
         ids.append(art.model_id)
-    return torch.cat(parts, dim=1) / len(parts) ** 0.5, ids
+    return ensemble_of(parts), ids
+
+
+def ensemble_of(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One embedding for k models' L2-normalised embeddings (each (N, D_i)): concatenated and scaled by
+    1/sqrt(k), so that the cosine similarity of two images is the mean of the k models'."""
+    return torch.cat(parts, dim=1) / len(parts) ** 0.5
