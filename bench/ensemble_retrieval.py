@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = ds.test.images, ds.test.labels
     rows, parts, all_ids = [], [], []
     for path in args.artifacts:  # each model embeds the test split once; the ensemble reuses those
-        emb, ids = teacher_embeddings([path], x, ds.in_chans, ds.image_size, torch.device("cpu"))
+        emb, _, ids = teacher_embeddings([path], x, ds.in_chans, ds.image_size, torch.device("cpu"))
         parts.append(emb)
         all_ids += ids
         m = retrieval_metrics(emb, y)

@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--image-size default to the artifact's")
     p.add_argument("--teacher", action="append", default=[], metavar="ARTIFACT",
                    help="distil from this artifact (a better model for the same images; repeat for an ensemble): "
-                        "the student also learns its in-batch similarities; --set distill_weight=W, "
-                        "distill_temperature=T (1.0, 0.1)")
+                        "the student also learns its in-batch similarities (--set distill_weight=W, "
+                        "distill_temperature=T; 1.0, 0.1) and, with --set distill_logits_weight=W (0; "
+                        "distill_logits_temperature=T, 4.0), its classifier's soft labels")
     p.add_argument("--val-fraction", type=float, default=None, help="validation split for the best epoch (0: last)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

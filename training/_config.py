@@ -25,6 +25,11 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
     distill_temperature: float = 0.1
+    # Soft labels as well (Hinton's knowledge distillation): the student's cross-entropy head learns the teachers'
+    # class distributions at this temperature, weighted by this (0: off). Needs teachers with a cross-entropy
+    # head for the same classes and a loss with one ("ce", "ce+ms").
+    distill_logits_weight: float = 0.0
+    distill_logits_temperature: float = 4.0
     embed_dim: int = 256
     loss: str = "ce+ms"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon
@@ -114,6 +119,12 @@ class TrainConfig:
             raise ValueError(f"distill weight must be at least 0, got {self.distill_weight}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill temperature must be positive, got {self.distill_temperature}")
+        if self.distill_logits_weight < 0:
+            raise ValueError(f"distill logits weight must be at least 0, got {self.distill_logits_weight}")
+        if self.distill_logits_temperature <= 0:
+            raise ValueError(f"distill logits temperature must be positive, got {self.distill_logits_temperature}")
+        if self.distill_logits_weight and not self.teachers:
+            raise ValueError("distill logits weight needs a teacher (--teacher ARTIFACT)")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

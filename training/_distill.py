@@ -1,5 +1,5 @@
 """Distillation from a teacher artifact: the student learns, beside its own loss, the teacher's similarity
-structure over each batch.
+structure over each batch and, optionally, its classifier's soft labels.
 
 For every image of a batch, the teacher's cosine similarities to the other images of the batch, divided by a
 temperature and soft-maxed, are a distribution over those images; the student is pulled towards the same
@@ -8,8 +8,13 @@ embeddings may differ in size and basis). The teacher's embeddings of the traini
 before the first epoch, from the images without augmentation (with the teacher's own test-time augmentation):
 one forward pass of the teacher per image for the whole run instead of one per image and epoch, which is what
 lets a slow teacher (the stride-1 residual model costs 16x the faithful model) teach on a CPU.
+
+Soft labels (Hinton et al., 2015) need a teacher trained with a cross-entropy head (stored in its artifact as
+"ce_head") for the same classes, and a student loss with such a head ("ce", "ce+ms").
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,18 +43,47 @@ class SimilarityDistillation(nn.Module):
         return F.kl_div(log_rows(student), target, log_target=True, reduction="batchmean")
 
 
+class LogitDistillation(nn.Module):
+    """Knowledge distillation from soft labels: KL(teacher || student) between the class distributions of the
+    two classifiers' logits, both divided by `temperature`, times temperature squared (which keeps the
+    gradients' scale that of the hard-label loss as the temperature changes). forward(student (N, K),
+    teacher (N, K))."""
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        with torch.no_grad():
+            target = F.log_softmax(teacher.float() / t, dim=1)
+        return F.kl_div(F.log_softmax(student.float() / t, dim=1), target, log_target=True,
+                        reduction="batchmean") * t * t
+
+
+class Teaching(NamedTuple):
+    """What the teachers say about the training images: `embeddings` (N, D), `logits` (N, K) or None when
+    soft labels were not asked for, and the teachers' model ids."""
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor | None
+    ids: list[str]
+
+
 def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, image_size: int,
-                       device: torch.device) -> tuple[torch.Tensor, list[str]]:
+                       device: torch.device, class_names: list[str] | None = None) -> Teaching:
     """The teacher artifacts at `paths` embed `images` (uint8 (N, C, S, S)) as the service would (each with
-    its own normalisation and test-time augmentation). Returns (embeddings (N, D) on the CPU, the teachers'
-    model ids). Several teachers are an ensemble: their L2-normalised embeddings are concatenated and scaled
-    by 1/sqrt(k), so that the cosine similarity of two images is the mean of the k teachers'.
-    Raises ValueError when an artifact cannot be read or was made for other images."""
+    its own normalisation and test-time augmentation). Several teachers are an ensemble: their L2-normalised
+    embeddings are concatenated and scaled by 1/sqrt(k), so that the cosine similarity of two images is the
+    mean of the k teachers'. With `class_names` (the run's classes, in label order), each teacher's stored
+    cross-entropy head also classifies the images and the ensemble's logits are the mean of theirs.
+    Raises ValueError when an artifact cannot be read, was made for other images or, for soft labels, has no
+    cross-entropy head or other classes."""
     import model as zoo
 
     from ._evaluate import embed_images
 
-    parts, ids = [], []
+    parts, logits, ids = [], [], []
     for path in paths:
         try:
             art = zoo.load_artifact(path)
@@ -59,10 +93,21 @@ def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, im
         if (meta.in_chans, meta.image_size) != (in_chans, image_size):
             raise ValueError(f"teacher {path}: it embeds {meta.in_chans}x{meta.image_size}x{meta.image_size} "
                              f"images, this run trains on {in_chans}x{image_size}x{image_size}")
+        if class_names is not None:
+            head = art.heads.get("ce_head")
+            if head is None:
+                raise ValueError(f"teacher {path}: soft labels need a model trained with a cross-entropy head "
+                                 f"(loss ce or ce+ms); it was trained with "
+                                 f"{(meta.training or {}).get('config', {}).get('loss', 'another loss')!r}")
+            if list(meta.class_names) != list(class_names):
+                raise ValueError(f"teacher {path}: soft labels need the same classes in the same order; it "
+                                 f"knows {list(meta.class_names)}, this run trains on {list(class_names)}")
         emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
         parts.append(F.normalize(emb, dim=1))
+        if class_names is not None:
+            logits.append(emb @ head["weight"].float().T + head["bias"].float())
         ids.append(art.model_id)
-    return ensemble_of(parts), ids
+    return Teaching(ensemble_of(parts), torch.stack(logits).mean(0) if logits else None, ids)
 
 
 def ensemble_of(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
-from ._distill import SimilarityDistillation, teacher_embeddings
+from ._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._losses import MetricLoss, create_loss
 
@@ -210,12 +210,21 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
     train_images = _resident(train_split.images, device)
     train_labels = train_split.labels.to(train_images.device)  # beside the images: one index serves both
-    teacher_emb, teacher_ids, distill = None, [], None
+    teacher_emb, teacher_logits, teacher_ids, distill, distill_logits = None, None, [], None, None
+    if cfg.distill_logits_weight:
+        student_head = loss_fn.heads().get("ce_head")
+        if student_head is None:
+            raise ValueError(f"distill logits weight needs a loss with a cross-entropy head (ce, ce+ms), "
+                             f"not {cfg.loss!r}")
+        distill_logits = LogitDistillation(cfg.distill_logits_temperature)
     if cfg.teachers:
         log(f"{' and '.join(cfg.teachers)} embed the {n_train} training images (teacher)")
-        teacher_emb, teacher_ids = teacher_embeddings(cfg.teachers, train_split.images, ds.in_chans, ds.image_size,
-                                                      device)
+        teacher_emb, teacher_logits, teacher_ids = teacher_embeddings(
+            cfg.teachers, train_split.images, ds.in_chans, ds.image_size, device,
+            class_names=list(ds.class_names) if distill_logits is not None else None)
         teacher_emb = teacher_emb.to(train_images.device)
+        if teacher_logits is not None:
+            teacher_logits = teacher_logits.to(train_images.device)
         distill = SimilarityDistillation(cfg.distill_temperature)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -285,6 +294,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             loss = loss_fn(emb.float(), yb)
             if distill is not None:
                 loss = loss + cfg.distill_weight * distill(emb, teacher_emb[idx].to(device, non_blocking=True))
+            if distill_logits is not None:
+                loss = loss + cfg.distill_logits_weight * distill_logits(
+                    student_head(emb.float()), teacher_logits[idx].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:

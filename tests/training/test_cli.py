@@ -107,6 +107,17 @@ def test_a_teacher_distils_into_a_student_and_one_for_other_images_is_refused(ti
     assert meta.training["teachers"] == [model.load_artifact(teacher).model_id]
     assert meta.training["config"]["teachers"] == [str(teacher)] and meta.training["config"]["distill_weight"] == 2
     assert meta.metrics["parameters"] == 116_634  # the student keeps its own architecture
+    soft = tmp_path / "soft.safetensors"  # soft labels too: the teacher (ce+ms) has a cross-entropy head
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(soft), "--teacher", str(teacher), "--loss", "ce",
+                   "--set", "distill_logits_weight=0.5", *common, cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert model.read_meta(soft).training["config"]["distill_logits_weight"] == 0.5
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "z.safetensors"), "--teacher",
+                   str(teacher), "--loss", "ms", "--set", "distill_logits_weight=1", *common, cache=tmp_path)
+    assert r.returncode == 2 and "needs a loss with a cross-entropy head (ce, ce+ms), not 'ms'" in r.stderr
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "w.safetensors"), "--set",
+                   "distill_logits_weight=1", *common, cache=tmp_path)
+    assert r.returncode == 2 and "distill logits weight needs a teacher (--teacher ARTIFACT)" in r.stderr
     small = tmp_path / "small.safetensors"
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(small), "--image-size", "16", *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr

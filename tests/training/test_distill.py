@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training._distill import SimilarityDistillation, teacher_embeddings
+from training._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
 
 
 def _embeddings(n=24, dim=16, seed=0):
@@ -46,7 +46,7 @@ def test_teachers_embed_as_their_artifacts_do_an_ensemble_averages_their_cosines
 
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cpu = torch.device("cpu")
-    emb, ids = teacher_embeddings([str(hybrid1_artifact)], images, 3, 32, cpu)
+    emb, _, ids = teacher_embeddings([str(hybrid1_artifact)], images, 3, 32, cpu)
     art = model.load_artifact(hybrid1_artifact)
     assert ids == [art.model_id] and emb.shape == (10, art.meta.embed_dim)
     own = torch.nn.functional.normalize(embed_images(art.model, images, art.meta.mean, art.meta.std), dim=1)
@@ -56,7 +56,7 @@ def test_teachers_embed_as_their_artifacts_do_an_ensemble_averages_their_cosines
     other_net = model.create_model("hybrid1", in_chans=3, embed_dim=64)
     other = model.save_artifact(tmp_path / "other.safetensors", other_net, model.ArtifactMeta(
         name="other", arch="hybrid1", in_chans=3, image_size=32, embed_dim=64, class_names=["a", "b"]))
-    both, ids = teacher_embeddings([str(hybrid1_artifact), str(other)], images, 3, 32, cpu)
+    both, _, ids = teacher_embeddings([str(hybrid1_artifact), str(other)], images, 3, 32, cpu)
     assert both.shape == (10, art.meta.embed_dim + 64) and len(ids) == 2
     o = model.load_artifact(other)
     theirs = torch.nn.functional.normalize(embed_images(o.model, images, o.meta.mean, o.meta.std), dim=1)
@@ -66,3 +66,67 @@ def test_teachers_embed_as_their_artifacts_do_an_ensemble_averages_their_cosines
         teacher_embeddings([str(hybrid1_artifact)], images[:, :1, :28, :28], 1, 28, cpu)
     with pytest.raises(ValueError, match="teacher: .*no such model artifact"):
         teacher_embeddings([str(hybrid1_artifact) + ".missing"], images, 3, 32, cpu)
+
+
+def test_soft_labels_cost_nothing_when_the_student_agrees_up_to_a_shift_and_teach_the_teachers_ranking():
+    teacher = _embeddings(n=32, dim=10) * 3
+    loss = LogitDistillation(4.0)
+    assert loss(teacher + 7.0, teacher).item() == pytest.approx(0.0, abs=1e-5)  # softmax ignores a shift
+    student = _embeddings(n=32, dim=10, seed=4).requires_grad_(True)
+    first = loss(student, teacher).item()
+    assert first > 0.1
+    opt = torch.optim.Adam([student], lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        loss(student, teacher).backward()
+        opt.step()
+    assert loss(student, teacher).item() < 0.05 * first
+    # the student now ranks the classes as the teacher does, not only its top class
+    assert (student.detach().argsort(dim=1) == teacher.argsort(dim=1)).float().mean().item() > 0.9
+
+
+def test_the_temperature_is_squared_back_so_soft_labels_keep_the_hard_losss_gradient_scale():
+    teacher, student = _embeddings(n=64, dim=10) * 2, _embeddings(n=64, dim=10, seed=6) * 2
+
+    def grad_norm(t):
+        s = student.clone().requires_grad_(True)
+        LogitDistillation(t)(s, teacher).backward()
+        return s.grad.norm().item()
+
+    # without the T^2 factor the gradient would shrink about 1/T^2 = 64x from T=1 to T=8
+    assert 0.2 < grad_norm(8.0) / grad_norm(1.0) < 5
+
+
+def _with_ce_head(tmp_path, name, seed, class_names):
+    import model
+
+    torch.manual_seed(seed)
+    net = model.create_model("hybrid1", in_chans=3)
+    head = torch.nn.Linear(net.embed_dim, len(class_names))
+    meta = model.ArtifactMeta(name=name, arch="hybrid1", in_chans=3, image_size=32, class_names=class_names,
+                              heads={"ce_head": {"type": "linear", "in_features": net.embed_dim,
+                                                 "out_features": len(class_names)}})
+    return model.save_artifact(tmp_path / f"{name}.safetensors", net, meta, heads={"ce_head": head}), net, head
+
+
+def test_teachers_soft_labels_are_their_stored_heads_logits_averaged_and_need_a_head_for_the_same_classes(
+        hybrid1_artifact, tmp_path):
+    from training._evaluate import embed_images
+
+    classes = [f"c{i}" for i in range(10)]
+    a, net_a, head_a = _with_ce_head(tmp_path, "a", 1, classes)
+    b, net_b, head_b = _with_ce_head(tmp_path, "b", 2, classes)
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    assert teacher_embeddings([str(a)], images, 3, 32, cpu).logits is None  # not asked for
+    taught = teacher_embeddings([str(a), str(b)], images, 3, 32, cpu, class_names=classes)
+    with torch.no_grad():
+        own_a = head_a(embed_images(net_a, images, [0.5] * 3, [0.5] * 3))
+        own_b = head_b(embed_images(net_b, images, [0.5] * 3, [0.5] * 3))
+    assert taught.logits.shape == (12, 10) and len(taught.ids) == 2
+    assert torch.allclose(taught.logits, (own_a + own_b) / 2, atol=1e-4)
+
+    with pytest.raises(ValueError, match="soft labels need a model trained with a cross-entropy head"):
+        teacher_embeddings([str(hybrid1_artifact)], images, 3, 32, cpu, class_names=classes)
+    with pytest.raises(ValueError, match=r"same classes in the same order; it knows \['c0'.*this run trains on \['c1'"):
+        teacher_embeddings([str(a)], images, 3, 32, cpu, class_names=classes[1:] + classes[:1])
