@@ -81,7 +81,7 @@ def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, im
     cross-entropy head or other classes."""
     import model as zoo
 
-    from ._evaluate import embed_images
+    from ._evaluate import embed_images, head_logits
 
     parts, logits, ids = [], [], []
     for path in paths:
@@ -105,7 +105,7 @@ def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, im
         emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
         parts.append(F.normalize(emb, dim=1))
         if class_names is not None:
-            logits.append(emb @ head["weight"].float().T + head["bias"].float())
+            logits.append(head_logits(emb, head))
         ids.append(art.model_id)
     return Teaching(ensemble_of(parts), torch.stack(logits).mean(0) if logits else None, ids)
 

@@ -78,10 +78,15 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, k: int | s
     return {k2: float(v) for k2, v in res.items()}
 
 
+def head_logits(embeddings: torch.Tensor, head_state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a stored linear head (its state dict: weight, bias) on raw embeddings, on the CPU in float32."""
+    w, b = head_state["weight"].float().cpu(), head_state["bias"].float().cpu()
+    return embeddings.float().cpu() @ w.T + b
+
+
 def ce_loss(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean cross-entropy of the stored linear head over the whole split (and its accuracy)."""
-    w, b = head_state["weight"].float().cpu(), head_state["bias"].float().cpu()
-    logits = embeddings.float() @ w.T + b
+    logits = head_logits(embeddings, head_state)
     return {"ce_loss": float(F.cross_entropy(logits, labels).item()),
             "ce_accuracy": float((logits.argmax(1) == labels).float().mean().item())}
 
