@@ -225,7 +225,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         teacher_emb = teacher_emb.to(train_images.device)
         if teacher_logits is not None:
             teacher_logits = teacher_logits.to(train_images.device)
-        distill = SimilarityDistillation(cfg.distill_temperature)
+        # distill_weight=0 (soft labels alone): no similarity matrix per step only to multiply it by 0
+        distill = SimilarityDistillation(cfg.distill_temperature) if cfg.distill_weight else None
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
