@@ -95,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-test", type=int, default=None, help="evaluate on this many test images (default all)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default="docs/results", help="where the Markdown and JSON go")
-    p.add_argument("--work-dir", default=None, help="where per-run artifacts go (default a cache folder)")
+    p.add_argument("--work-dir", default=None,
+                   help="where per-run artifacts go (default a cache folder); processes sharing one never "
+                        "train the same run")
     p.set_defaults(func=_experiment)
 
 

@@ -94,39 +94,105 @@ def _parse_epochs(text: str | None) -> dict[str, int]:
     return dict(zip(PAPER_EPOCHS, parts))
 
 
-def run_cells(cells: list[dict[str, Any]], data_root: Path, work_dir: Path, log=print) -> list[dict[str, Any]]:
-    """Train and evaluate every cell {dataset, model, loss, config overrides, preset}; reuse finished runs."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _claim(lock: Path) -> bool:
+    """Take the cell's lock file unless a live process on this machine holds it; a dead holder's lock is
+    taken over (an interrupted experiment resumes from that run's checkpoint)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _pid_alive(holder):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _tag(cell: dict[str, Any]) -> str:
+    return cell.get("tag") or f"{cell['dataset']}-{cell['model']}-{cell['loss']}"
+
+
+def _row(cell: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    m, t = saved["metrics"], saved["training"]
+    return {**{k: cell[k] for k in ("dataset", "model", "loss")}, "tag": _tag(cell),
+            "parameters": m["parameters"], "loss_value": m.get(LOSS_KEY.get(cell["loss"], ""), None),
+            "ce_loss": m.get("ce_loss"), "ms_loss": m.get("ms_loss"), "ms_loss_plain": m.get("ms_loss_plain"),
+            "precision_at_1": m["precision_at_1"], "r_precision": m["r_precision"],
+            "map_at_r": m["mean_average_precision_at_r"], "recall_at_5": m["recall_at_5"],
+            "train_seconds": t["train_seconds"], "epochs": t["config"]["epochs"],
+            "max_train": t["config"]["max_train"], "arch_kwargs": t["config"]["arch_kwargs"]}
+
+
+def _finished(metrics_path: Path, cfg) -> dict[str, Any] | None:
+    """The run's saved metrics if it finished with this very config, else None."""
+    if not metrics_path.exists():
+        return None
+    saved = json.loads(metrics_path.read_text())
+    return saved if saved["training"]["config"] == json.loads(json.dumps(cfg.to_dict())) else None
+
+
+def run_cells(cells: list[dict[str, Any]], data_root: Path, work_dir: Path, log=print,
+              poll_seconds: float = 30.0) -> list[dict[str, Any]]:
+    """Train and evaluate every cell {dataset, model, loss, config overrides, preset}; reuse finished runs.
+
+    Several processes may share one work folder (one per dataset, say, to use more cores): each cell is
+    claimed with a lock file, a cell that another live process is training is left to it, and its result
+    is waited for once this process has nothing else to do."""
     from ._trainer import train
 
-    results = []
+    rows: dict[int, dict[str, Any]] = {}
     loaded: dict[str, Any] = {}
-    for i, cell in enumerate(cells):
-        cfg = preset(cell["preset"], model=cell["model"], loss=cell["loss"], **cell.get("overrides", {}))
-        tag = cell.get("tag") or f"{cell['dataset']}-{cell['model']}-{cell['loss']}"
-        out = work_dir / f"{tag}.safetensors"
-        metrics_path = work_dir / f"{tag}.metrics.json"
-        done = None
-        if metrics_path.exists():
-            saved = json.loads(metrics_path.read_text())
-            if saved["training"]["config"] == json.loads(json.dumps(cfg.to_dict())):
-                done = saved
-        if done is None:
-            if cell["dataset"] not in loaded:
-                loaded.clear()  # keep one decoded dataset in memory at a time
-                loaded[cell["dataset"]] = load_dataset(data_root / DATASETS[cell["dataset"]][0])
-            log(f"[{i + 1}/{len(cells)}] {tag}")
-            train(cfg, loaded[cell["dataset"]], out, name=tag, progress=False, resume=True, log=lambda s: None)
-            done = json.loads(metrics_path.read_text())
-        m, t = done["metrics"], done["training"]
-        results.append({**{k: cell[k] for k in ("dataset", "model", "loss")}, "tag": tag,
-                        "parameters": m["parameters"], "loss_value": m.get(LOSS_KEY.get(cell["loss"], ""), None),
-                        "ce_loss": m.get("ce_loss"), "ms_loss": m.get("ms_loss"), "ms_loss_plain": m.get("ms_loss_plain"),
-                        "precision_at_1": m["precision_at_1"], "r_precision": m["r_precision"],
-                        "map_at_r": m["mean_average_precision_at_r"], "recall_at_5": m["recall_at_5"],
-                        "train_seconds": t["train_seconds"], "epochs": t["config"]["epochs"],
-                        "max_train": t["config"]["max_train"], "arch_kwargs": t["config"]["arch_kwargs"]})
-        log(f"  {tag}: loss {results[-1]['loss_value']}, p@1 {m['precision_at_1']:.4f}, {t['train_seconds']:.0f} s")
-    return results
+    pending = list(range(len(cells)))
+    while True:
+        deferred = []
+        for i in pending:
+            cell, tag = cells[i], _tag(cells[i])
+            cfg = preset(cell["preset"], model=cell["model"], loss=cell["loss"], **cell.get("overrides", {}))
+            metrics_path = work_dir / f"{tag}.metrics.json"
+            saved = _finished(metrics_path, cfg)
+            if saved is None:
+                lock = work_dir / f"{tag}.lock"
+                if not _claim(lock):
+                    deferred.append(i)
+                    continue
+                try:
+                    saved = _finished(metrics_path, cfg)  # another process may have finished it meanwhile
+                    if saved is None:
+                        if cell["dataset"] not in loaded:
+                            loaded.clear()  # keep one decoded dataset in memory at a time
+                            loaded[cell["dataset"]] = load_dataset(data_root / DATASETS[cell["dataset"]][0])
+                        log(f"[{i + 1}/{len(cells)}] {tag}")
+                        train(cfg, loaded[cell["dataset"]], work_dir / f"{tag}.safetensors", name=tag,
+                              progress=False, resume=True, log=lambda s: None)
+                        saved = json.loads(metrics_path.read_text())
+                finally:
+                    lock.unlink(missing_ok=True)
+            rows[i] = _row(cell, saved)
+            log(f"  {tag}: loss {rows[i]['loss_value']}, p@1 {rows[i]['precision_at_1']:.4f}, "
+                f"{rows[i]['train_seconds']:.0f} s")
+        if not deferred:
+            return [rows[i] for i in range(len(cells))]
+        log(f"waiting for {', '.join(_tag(cells[i]) for i in deferred)}: another process holds "
+            f"{'its' if len(deferred) == 1 else 'their'} lock file in {work_dir}")
+        time.sleep(poll_seconds)
+        pending = deferred
 
 
 def _fmt(v, digits=4) -> str:

@@ -1,7 +1,12 @@
-"""The Table 1 runner on a tiny slice: it trains each cell, writes Markdown and JSON, and reuses finished runs."""
+"""The Table 1 runner on a tiny slice: it trains each cell, writes Markdown and JSON, reuses finished runs, and
+shares a work folder with other processes without training a cell twice."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import threading
+import time
 
 from training import _experiment as exp
 
@@ -25,3 +30,46 @@ def test_table1_slice_writes_ours_beside_the_papers(shared_data, tmp_path):
     logs.clear()
     exp.run_table1(shared_data, **kwargs)
     assert not any(line.startswith("[") for line in logs)
+
+
+def _cell() -> dict:
+    return {"dataset": "mnist", "model": "inn2", "loss": "ce", "preset": "paper",
+            "overrides": {"epochs": 1, "max_train": 300, "max_test": 500, "threads": 1}}
+
+
+def test_a_cell_another_live_process_is_training_is_waited_for_not_trained_twice(shared_data, tmp_path):
+    first = exp.run_cells([_cell()], shared_data, tmp_path, log=lambda s: None)
+    work = tmp_path / "shared-work"
+    work.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])  # stands in for the process that holds the cell
+    (work / "mnist-inn2-ce.lock").write_text(str(holder.pid))
+
+    def other_process_finishes():
+        time.sleep(1.0)
+        for suffix in (".metrics.json", ".safetensors"):
+            shutil.copy(tmp_path / f"mnist-inn2-ce{suffix}", work / f"mnist-inn2-ce{suffix}")
+        (work / "mnist-inn2-ce.lock").unlink()
+        holder.kill()
+        holder.wait()
+
+    finisher = threading.Thread(target=other_process_finishes)
+    finisher.start()
+    logs: list[str] = []
+    try:
+        rows = exp.run_cells([_cell()], shared_data, work, log=logs.append, poll_seconds=0.2)
+    finally:
+        finisher.join()
+    assert any(line.startswith("waiting for mnist-inn2-ce") for line in logs)
+    assert not any(line.startswith("[") for line in logs)  # it did not train the cell itself
+    assert rows == first
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(shared_data, tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "mnist-inn2-ce.lock").write_text(str(gone.pid))
+    logs: list[str] = []
+    rows = exp.run_cells([_cell()], shared_data, tmp_path, log=logs.append, poll_seconds=0.2)
+    assert "[1/1] mnist-inn2-ce" in logs and not any(line.startswith("waiting") for line in logs)
+    assert rows[0]["parameters"] == 560
+    assert not (tmp_path / "mnist-inn2-ce.lock").exists()  # released once the run is written
