@@ -117,6 +117,8 @@ def _claim(lock: Path) -> bool:
                 holder = 0
             if holder and holder != os.getpid() and _pid_alive(holder):
                 return False
+            # Two processes that find the same dead holder at the same instant could both go on; rare
+            # enough (they would have to start the same run together) to leave without a second lock.
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:

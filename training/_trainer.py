@@ -367,8 +367,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                             metrics=metrics, heads=loss_fn.head_meta(), tta=tta)
     zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
     metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
-    metrics_path.write_text(json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
-                                        "training": training_info}, indent=2) + "\n")
+    # written whole or not at all: a finished run is recognised by this file (experiments reuse it)
+    tmp = metrics_path.with_name(metrics_path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
+                               "training": training_info}, indent=2) + "\n")
+    os.replace(tmp, metrics_path)
     if ckpt.exists():
         ckpt.unlink()
     log(format_metrics(metrics))
