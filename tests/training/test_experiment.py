@@ -46,8 +46,9 @@ def test_a_cell_another_live_process_is_training_is_waited_for_not_trained_twice
 
     def other_process_finishes():
         time.sleep(1.0)
-        for suffix in (".metrics.json", ".safetensors"):
-            shutil.copy(tmp_path / f"mnist-inn2-ce{suffix}", work / f"mnist-inn2-ce{suffix}")
+        for suffix in (".safetensors", ".metrics.json"):  # the metrics last and whole, as the trainer does
+            shutil.copy(tmp_path / f"mnist-inn2-ce{suffix}", work / "partial")
+            (work / "partial").replace(work / f"mnist-inn2-ce{suffix}")
         (work / "mnist-inn2-ce.lock").unlink()
         holder.kill()
         holder.wait()
