@@ -4,6 +4,7 @@ work folder (runs already there are reused, so an interrupted experiment continu
 docs/results/ as Markdown and JSON with the command and the machine."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -94,37 +95,19 @@ def _parse_epochs(text: str | None) -> dict[str, int]:
     return dict(zip(PAPER_EPOCHS, parts))
 
 
-def _pid_alive(pid: int) -> bool:
+def _claim(lock: Path) -> int | None:
+    """An open descriptor holding the cell's lock file exclusively, or None while another process holds it.
+    The kernel drops an flock when its holder exits, killed or not, so a dead process never blocks a run
+    (its run resumes from its checkpoint); the file names the holder's process id for whoever looks."""
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def _claim(lock: Path) -> bool:
-    """Take the cell's lock file unless a live process on this machine holds it; a dead holder's lock is
-    taken over (an interrupted experiment resumes from that run's checkpoint)."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
-                return False
-            # Two processes that find the same dead holder at the same instant could both go on; rare
-            # enough (they would have to start the same run together) to leave without a second lock.
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def _tag(cell: dict[str, Any]) -> str:
@@ -171,7 +154,8 @@ def run_cells(cells: list[dict[str, Any]], data_root: Path, work_dir: Path, log=
             saved = _finished(metrics_path, cfg)
             if saved is None:
                 lock = work_dir / f"{tag}.lock"
-                if not _claim(lock):
+                held = _claim(lock)
+                if held is None:
                     deferred.append(i)
                     continue
                 try:
@@ -185,7 +169,10 @@ def run_cells(cells: list[dict[str, Any]], data_root: Path, work_dir: Path, log=
                               progress=False, resume=True, log=lambda s: None)
                         saved = json.loads(metrics_path.read_text())
                 finally:
+                    # a process that opened the old file meanwhile may lock it too: it re-reads the metrics,
+                    # written before this point, and does not train again
                     lock.unlink(missing_ok=True)
+                    os.close(held)
             rows[i] = _row(cell, saved)
             log(f"  {tag}: loss {rows[i]['loss_value']}, p@1 {rows[i]['precision_at_1']:.4f}, "
                 f"{rows[i]['train_seconds']:.0f} s")

@@ -2,9 +2,12 @@
 shares a work folder with other processes without training a cell twice."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -41,8 +44,9 @@ def test_a_cell_another_live_process_is_training_is_waited_for_not_trained_twice
     first = exp.run_cells([_cell()], shared_data, tmp_path, log=lambda s: None)
     work = tmp_path / "shared-work"
     work.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])  # stands in for the process that holds the cell
-    (work / "mnist-inn2-ce.lock").write_text(str(holder.pid))
+    # stands in for the process that holds the cell: an flock on its own open file description
+    holder = os.open(work / "mnist-inn2-ce.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
 
     def other_process_finishes():
         time.sleep(1.0)
@@ -50,8 +54,7 @@ def test_a_cell_another_live_process_is_training_is_waited_for_not_trained_twice
             shutil.copy(tmp_path / f"mnist-inn2-ce{suffix}", work / "partial")
             (work / "partial").replace(work / f"mnist-inn2-ce{suffix}")
         (work / "mnist-inn2-ce.lock").unlink()
-        holder.kill()
-        holder.wait()
+        os.close(holder)
 
     finisher = threading.Thread(target=other_process_finishes)
     finisher.start()
@@ -66,9 +69,16 @@ def test_a_cell_another_live_process_is_training_is_waited_for_not_trained_twice
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(shared_data, tmp_path):
-    gone = subprocess.Popen(["true"])
+    holds_then_dies = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+                       "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); "
+                       "print('held', flush=True); time.sleep(60)")
+    gone = subprocess.Popen([sys.executable, "-c", holds_then_dies, str(tmp_path / "mnist-inn2-ce.lock")],
+                            stdout=subprocess.PIPE, text=True)
+    assert gone.stdout.readline().strip() == "held"
+    gone.kill()  # SIGKILL: no chance to remove its lock file
     gone.wait()
-    (tmp_path / "mnist-inn2-ce.lock").write_text(str(gone.pid))
+    gone.stdout.close()
+    assert (tmp_path / "mnist-inn2-ce.lock").exists()
     logs: list[str] = []
     rows = exp.run_cells([_cell()], shared_data, tmp_path, log=logs.append, poll_seconds=0.2)
     assert "[1/1] mnist-inn2-ce" in logs and not any(line.startswith("waiting") for line in logs)
