@@ -249,7 +249,12 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    """One line per headline metric, for the console."""
+    """One line per headline metric, for the console, under a line saying what was measured: the number of
+    test images and the test-time augmentation (the same weights score differently with and without mirror
+    images, so a figure is only comparable with one measured the same way)."""
     keys = list(RETRIEVAL_METRICS) + [f"recall_at_{r}" for r in RECALL_AT] + [
         "ce_loss", "ce_accuracy", "ms_loss", "ms_loss_plain", "mean_cos_same_class", "mean_cos_other_class"]
-    return "\n".join(f"{k:30s} {m[k]:.4f}" for k in keys if k in m)
+    what = [f"{m['test_size']} test images" if "test_size" in m else "",
+            f"test-time augmentation {m['tta']}" if "tta" in m else ""]
+    head = [", ".join(w for w in what if w)] if any(what) else []
+    return "\n".join(head + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m])

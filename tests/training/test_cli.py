@@ -35,6 +35,7 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
                    cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "precision_at_1" in r.stdout and "ms_loss" in r.stdout
+    assert r.stdout.startswith("24 test images, test-time augmentation hflip\n")
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["precision_at_1"] == meta.metrics["precision_at_1"]
     assert res["dataset"]["num_classes"] == 4 and res["tta"] == "hflip"
@@ -42,6 +43,7 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--json",
                    str(tmp_path / "plain.json"), cache=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("24 test images, test-time augmentation none\n")
     plain = json.loads((tmp_path / "plain.json").read_text())
     assert plain["tta"] == "none" and plain["ms_loss"] != res["ms_loss"]
 
