@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ._files import write_whole
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -397,11 +399,9 @@ def _save_cached(path: Path, ds: Dataset) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(ds, k) for k in ("name", "layout", "class_names", "source", "info")}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels,
-               "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels}, str(tmp),
-              metadata={"dataset": json.dumps(meta)})
-    os.replace(tmp, path)
+    tensors = {"train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels,
+               "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels}
+    write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={"dataset": json.dumps(meta)}))
 
 
 def _load_cached(path: Path) -> Dataset:

@@ -19,6 +19,7 @@ from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
 from ._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
+from ._files import write_whole
 from ._losses import MetricLoss, create_loss
 
 
@@ -367,11 +368,10 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                             metrics=metrics, heads=loss_fn.head_meta(), tta=tta)
     zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
     metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
-    # written whole or not at all: a finished run is recognised by this file (experiments reuse it)
-    tmp = metrics_path.with_name(metrics_path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
-                               "training": training_info}, indent=2) + "\n")
-    os.replace(tmp, metrics_path)
+    # written whole: a finished run is recognised by this file (experiments reuse it)
+    text = json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
+                       "training": training_info}, indent=2) + "\n"
+    write_whole(metrics_path, lambda tmp: tmp.write_text(text))
     if ckpt.exists():
         ckpt.unlink()
     log(format_metrics(metrics))
@@ -413,6 +413,4 @@ def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, b
              "torch_rng": torch.get_rng_state(),
              "numpy_rng": json.dumps([ns[0], ns[1].tolist(), ns[2], ns[3], ns[4]])}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_whole(path, lambda tmp: torch.save(state, tmp))
