@@ -254,7 +254,10 @@ def format_metrics(m: dict[str, Any]) -> str:
     images, so a figure is only comparable with one measured the same way)."""
     keys = list(RETRIEVAL_METRICS) + [f"recall_at_{r}" for r in RECALL_AT] + [
         "ce_loss", "ce_accuracy", "ms_loss", "ms_loss_plain", "mean_cos_same_class", "mean_cos_other_class"]
-    what = [f"{m['test_size']} test images" if "test_size" in m else "",
-            f"test-time augmentation {m['tta']}" if "tta" in m else ""]
-    head = [", ".join(w for w in what if w)] if any(what) else []
+    what = []
+    if "test_size" in m:
+        what.append(f"{m['test_size']} test images")
+    if "tta" in m:
+        what.append(f"test-time augmentation {m['tta']}")
+    head = [", ".join(what)] if what else []
     return "\n".join(head + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m])
