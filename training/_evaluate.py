@@ -177,16 +177,42 @@ def similarity_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str
             "mean_cos_other_class": (every - same) / n_other if n_other else float("nan")}
 
 
+def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None,
+                 top: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """Where retrieval goes wrong, from the same leave-one-out nearest neighbour as precision@1 (pml's FaissKNN
+    on L2-normalised embeddings): `per_class`, each class's size and precision@1, and `confusions`, the `top`
+    most frequent (query class, class of its nearest neighbour) pairs that differ, with their count and
+    their share of the query class."""
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    emb = F.normalize(embeddings.float(), dim=1)
+    _, idx = FaissKNN()(emb, 1, emb, ref_includes_query=True)
+    classes, sizes = torch.unique(labels, return_counts=True)
+    n = len(classes)
+    query = torch.searchsorted(classes, labels)
+    found = torch.searchsorted(classes, labels[idx[:, 0].long()])
+    pairs = torch.bincount(query * n + found, minlength=n * n).view(n, n)
+    names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes.tolist()]
+    per_class = [{"class": names[i], "count": int(sizes[i]), "precision_at_1": int(pairs[i, i]) / int(sizes[i])}
+                 for i in range(n)]
+    wrong = pairs.clone().fill_diagonal_(0).flatten()
+    counts, at = torch.topk(wrong, min(top, int((wrong > 0).sum())))
+    confusions = [{"query_class": names[j // n], "neighbour_class": names[j % n], "count": int(c),
+                   "share_of_class": c / int(sizes[j // n])} for c, j in zip(counts.tolist(), at.tolist())]
+    return {"per_class": per_class, "confusions": confusions}
+
+
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
-                        ms_m: int = 8, ms_classes: int = 8) -> dict[str, Any]:
-    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss and
-    ms_loss_plain."""
+                        ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None) -> dict[str, Any]:
+    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss,
+    ms_loss_plain, and the per-class report (class_report; `class_names[label]` names the classes)."""
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
         out.update(ce_loss(embeddings, labels, ce_head))
     out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
     out.update(ms_loss_plain(embeddings, labels))
     out.update(similarity_stats(embeddings, labels))
+    out.update(class_report(embeddings, labels, class_names))
     out["test_size"] = int(len(labels))
     return out
 
@@ -230,7 +256,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     head = art.heads.get("ce_head")
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
         head = None  # classes differ: a CE loss against this head would be meaningless
-    res = evaluate_embeddings(emb, test.labels, head)
+    res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names))
     res["dataset"] = ds.describe()
     res["model_id"] = art.model_id
     res["tta"] = tta
@@ -259,5 +285,12 @@ def format_metrics(m: dict[str, Any]) -> str:
         what.append(f"{m['test_size']} test images")
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
-    head = [", ".join(what)] if what else []
-    return "\n".join(head + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m])
+    lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
+    if m.get("per_class"):
+        worst = sorted(m["per_class"], key=lambda c: c["precision_at_1"])[:5]
+        lines.append("lowest precision@1 by class: " + ", ".join(
+            f"{c['class']} {c['precision_at_1']:.3f}" for c in worst))
+    if m.get("confusions"):
+        lines.append("most frequent wrong nearest neighbours (query class -> its neighbour's, count): " + ", ".join(
+            f"{c['query_class']} -> {c['neighbour_class']} {c['count']}" for c in m["confusions"][:5]))
+    return "\n".join(lines)

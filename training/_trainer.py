@@ -347,7 +347,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     heads = loss_fn.heads()
     ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
     metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
-                                  ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m))
+                                  ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m),
+                                  class_names=list(ds.class_names))
     metrics["best_epoch"] = best_epoch
     metrics["tta"] = tta
     if val_split is not None:

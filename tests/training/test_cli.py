@@ -38,6 +38,11 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert r.stdout.startswith("24 test images, test-time augmentation hflip\n")
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["precision_at_1"] == meta.metrics["precision_at_1"]
+    # the per-class report names the user's folders, as the console line does
+    assert [c["class"] for c in res["per_class"]] == meta.class_names
+    assert all(c["count"] == 6 for c in res["per_class"])
+    worst = min(res["per_class"], key=lambda c: c["precision_at_1"])
+    assert f"lowest precision@1 by class: {worst['class']} {worst['precision_at_1']:.3f}" in r.stdout
     assert res["dataset"]["num_classes"] == 4 and res["tta"] == "hflip"
 
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--json",

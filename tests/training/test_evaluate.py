@@ -1,12 +1,12 @@
-"""Evaluation's similarity statistics (exact over the split, and what they say about the geometry) and the
-plain-batch MS figure."""
+"""Evaluation's similarity statistics (exact over the split, and what they say about the geometry), the
+plain-batch MS figure, and the per-class report."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training._evaluate import evaluate_embeddings, ms_loss, ms_loss_plain, similarity_stats
+from training._evaluate import class_report, evaluate_embeddings, ms_loss, ms_loss_plain, similarity_stats
 
 
 def test_similarity_stats_equal_the_mean_over_every_pair():
@@ -54,3 +54,34 @@ def test_plain_batches_see_fewer_positives_so_the_same_embedding_scores_lower_th
     assert 0 < plain < balanced
     assert ms_loss_plain(emb, labels, batch_size=128)["ms_loss_plain"] > plain  # more pairs, higher figure
     assert "ms_loss_plain" in evaluate_embeddings(emb, labels)
+
+
+def test_class_report_agrees_with_pmls_per_class_precision_and_counts_every_wrong_neighbour():
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.tensor([5, 2, 9] * 40 + [2] * 10)  # uneven, sparse, unsorted class ids
+    emb = F.one_hot(labels, 12).float() + 0.8 * torch.randn(len(labels), 12, generator=g)
+    got = class_report(emb, labels, class_names=[f"c{i}" for i in range(12)])
+    expected = AccuracyCalculator(include=("precision_at_1",), k=1, return_per_class=True).get_accuracy(
+        F.normalize(emb, dim=1).numpy(), labels.numpy())["precision_at_1"]
+    assert [c["class"] for c in got["per_class"]] == ["c2", "c5", "c9"]
+    assert [c["count"] for c in got["per_class"]] == [50, 40, 40]
+    assert [c["precision_at_1"] for c in got["per_class"]] == pytest.approx(expected, abs=1e-6)
+    assert 0 < min(expected) < 1  # the noise makes mistakes, so there is something to report
+    wrong = {c["class"]: round(c["count"] * (1 - c["precision_at_1"])) for c in got["per_class"]}
+    reported = {}
+    for c in got["confusions"]:
+        assert c["query_class"] != c["neighbour_class"]
+        reported[c["query_class"]] = reported.get(c["query_class"], 0) + c["count"]
+    assert reported == {k: v for k, v in wrong.items() if v}  # 3 classes: at most 6 pairs, all listed
+    counts = [c["count"] for c in got["confusions"]]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_class_report_of_separated_classes_has_no_confusions_and_names_default_to_the_label():
+    labels = torch.arange(3).repeat_interleave(4)
+    got = class_report(F.one_hot(labels, 4).float(), labels)
+    assert got["confusions"] == []
+    assert [(c["class"], c["precision_at_1"]) for c in got["per_class"]] == [("0", 1.0), ("1", 1.0), ("2", 1.0)]
+    assert "per_class" in evaluate_embeddings(F.one_hot(labels, 4).float(), labels)
