@@ -191,14 +191,17 @@ def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: li
     n = len(classes)
     query = torch.searchsorted(classes, labels)
     found = torch.searchsorted(classes, labels[idx[:, 0].long()])
-    pairs = torch.bincount(query * n + found, minlength=n * n).view(n, n)
+    right = torch.bincount(query[query == found], minlength=n)
     names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes.tolist()]
-    per_class = [{"class": names[i], "count": int(sizes[i]), "precision_at_1": int(pairs[i, i]) / int(sizes[i])}
+    per_class = [{"class": names[i], "count": int(sizes[i]), "precision_at_1": int(right[i]) / int(sizes[i])}
                  for i in range(n)]
-    wrong = pairs.clone().fill_diagonal_(0).flatten()
-    counts, at = torch.topk(wrong, min(top, int((wrong > 0).sum())))
-    confusions = [{"query_class": names[j // n], "neighbour_class": names[j % n], "count": int(c),
-                   "share_of_class": c / int(sizes[j // n])} for c, j in zip(counts.tolist(), at.tolist())]
+    # only the pairs that occur are counted: a dense n x n table would not fit for tens of thousands of classes
+    miss = query != found
+    pairs, counts = torch.unique(query[miss] * n + found[miss], return_counts=True)
+    counts, at = torch.topk(counts, min(top, len(counts)))
+    confusions = [{"query_class": names[j // n], "neighbour_class": names[j % n], "count": c,
+                   "share_of_class": c / int(sizes[j // n])}
+                  for c, j in zip(counts.tolist(), pairs[at].tolist())]
     return {"per_class": per_class, "confusions": confusions}
 
 
