@@ -175,11 +175,11 @@ def _evaluate(args) -> int:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file
         raise CliError(str(exc)) from None
+    if args.json_out:  # before printing: a closed stdout (`| head`) must not lose the file
+        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     print(training.format_metrics(res))
     if args.out:
         print(f"wrote {args.out} (tta {res['tta']})")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
