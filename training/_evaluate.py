@@ -182,7 +182,8 @@ def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: li
     """Where retrieval goes wrong, from the same leave-one-out nearest neighbour as precision@1 (pml's FaissKNN
     on L2-normalised embeddings): `per_class`, each class's size and precision@1, and `confusions`, the `top`
     most frequent (query class, class of its nearest neighbour) pairs that differ, with their count and
-    their share of the query class."""
+    their share of the query class. A class with one item has no precision@1 (None) and no confusions: there
+    is nothing of its class to find, and pml leaves such queries out of precision@1 too."""
     from pytorch_metric_learning.utils.inference import FaissKNN
 
     emb = F.normalize(embeddings.float(), dim=1)
@@ -193,10 +194,10 @@ def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: li
     found = torch.searchsorted(classes, labels[idx[:, 0].long()])
     right = torch.bincount(query[query == found], minlength=n)
     names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes.tolist()]
-    per_class = [{"class": names[i], "count": int(sizes[i]), "precision_at_1": int(right[i]) / int(sizes[i])}
-                 for i in range(n)]
+    per_class = [{"class": names[i], "count": int(sizes[i]),
+                  "precision_at_1": int(right[i]) / int(sizes[i]) if sizes[i] > 1 else None} for i in range(n)]
     # only the pairs that occur are counted: a dense n x n table would not fit for tens of thousands of classes
-    miss = query != found
+    miss = (query != found) & (sizes[query] > 1)
     pairs, counts = torch.unique(query[miss] * n + found[miss], return_counts=True)
     counts, at = torch.topk(counts, min(top, len(counts)))
     confusions = [{"query_class": names[j // n], "neighbour_class": names[j % n], "count": c,
@@ -289,8 +290,9 @@ def format_metrics(m: dict[str, Any]) -> str:
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
     lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
-    if m.get("per_class"):
-        worst = sorted(m["per_class"], key=lambda c: c["precision_at_1"])[:5]
+    if any(c["precision_at_1"] is not None for c in m.get("per_class", [])):
+        worst = sorted((c for c in m["per_class"] if c["precision_at_1"] is not None),
+                       key=lambda c: c["precision_at_1"])[:5]
         lines.append("lowest precision@1 by class: " + ", ".join(
             f"{c['class']} {c['precision_at_1']:.3f}" for c in worst))
     if m.get("confusions"):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training._evaluate import class_report, evaluate_embeddings, ms_loss, ms_loss_plain, similarity_stats
+from training._evaluate import (class_report, evaluate_embeddings, format_metrics, ms_loss, ms_loss_plain,
+                                similarity_stats)
 
 
 def test_similarity_stats_equal_the_mean_over_every_pair():
@@ -77,6 +78,15 @@ def test_class_report_agrees_with_pmls_per_class_precision_and_counts_every_wron
     assert reported == {k: v for k, v in wrong.items() if v}  # 3 classes: at most 6 pairs, all listed
     counts = [c["count"] for c in got["confusions"]]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_a_class_with_one_item_has_no_precision_and_no_confusions_as_pml_leaves_it_out():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    emb = F.one_hot(torch.tensor([0, 0, 0, 1, 1, 1, 0]), 3).float()  # the lone item sits among class 0
+    got = class_report(emb, labels)
+    assert [c["precision_at_1"] for c in got["per_class"]] == [1.0, 1.0, None]
+    assert got["confusions"] == []
+    assert "lowest precision@1 by class: 0 1.000, 1 1.000\n" in format_metrics(got) + "\n"
 
 
 def test_class_report_of_separated_classes_has_no_confusions_and_names_default_to_the_label():
