@@ -290,9 +290,9 @@ def format_metrics(m: dict[str, Any]) -> str:
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
     lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
-    if any(c["precision_at_1"] is not None for c in m.get("per_class", [])):
-        worst = sorted((c for c in m["per_class"] if c["precision_at_1"] is not None),
-                       key=lambda c: c["precision_at_1"])[:5]
+    worst = sorted((c for c in m.get("per_class", []) if c["precision_at_1"] is not None),
+                   key=lambda c: c["precision_at_1"])[:5]
+    if worst:
         lines.append("lowest precision@1 by class: " + ", ".join(
             f"{c['class']} {c['precision_at_1']:.3f}" for c in worst))
     if m.get("confusions"):
