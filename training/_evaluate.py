@@ -16,6 +16,7 @@ from torch import nn
 
 RETRIEVAL_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 RECALL_AT = (1, 5, 10)
+MATCH_PRECISIONS = (0.9, 0.95, 0.99)
 
 
 def _accuracy_calculator(k: int | str | None = "max_bin_count"):
@@ -177,21 +178,30 @@ def similarity_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str
             "mean_cos_other_class": (every - same) / n_other if n_other else float("nan")}
 
 
+def _nearest_neighbours(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item's leave-one-out nearest neighbour, the one precision@1 counts (pml's FaissKNN on L2-normalised
+    embeddings): its index, and its distance in the service's units (Euclidean between unit vectors)."""
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    emb = F.normalize(embeddings.float(), dim=1)
+    squared, idx = FaissKNN()(emb, 1, emb, ref_includes_query=True)
+    return idx[:, 0].long(), squared[:, 0].clamp_min(0).sqrt()
+
+
 def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None,
-                 top: int = 10) -> dict[str, list[dict[str, Any]]]:
+                 top: int = 10, *, neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> dict[str, list[dict[str, Any]]]:
     """Where retrieval goes wrong, from the same leave-one-out nearest neighbour as precision@1 (pml's FaissKNN
     on L2-normalised embeddings): `per_class`, each class's size and precision@1, and `confusions`, the `top`
     most frequent (query class, class of its nearest neighbour) pairs that differ, with their count and
     their share of the query class. A class with one item has no precision@1 (None) and no confusions: there
-    is nothing of its class to find, and pml leaves such queries out of precision@1 too."""
-    from pytorch_metric_learning.utils.inference import FaissKNN
-
-    emb = F.normalize(embeddings.float(), dim=1)
-    _, idx = FaissKNN()(emb, 1, emb, ref_includes_query=True)
+    is nothing of its class to find, and pml leaves such queries out of precision@1 too. `neighbours`: the
+    result of `_nearest_neighbours(embeddings)` when the caller has it already."""
+    idx, _ = neighbours if neighbours is not None else _nearest_neighbours(embeddings)
     classes, sizes = torch.unique(labels, return_counts=True)
     n = len(classes)
     query = torch.searchsorted(classes, labels)
-    found = torch.searchsorted(classes, labels[idx[:, 0].long()])
+    found = torch.searchsorted(classes, labels[idx])
     right = torch.bincount(query[query == found], minlength=n)
     names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes.tolist()]
     per_class = [{"class": names[i], "count": int(sizes[i]),
@@ -206,17 +216,53 @@ def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: li
     return {"per_class": per_class, "confusions": confusions}
 
 
+def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=MATCH_PRECISIONS, *,
+                     neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The `max_distance` to search with for a wanted precision of the top hit, calibrated on the split.
+
+    For each wanted precision p: the largest distance d such that, of the queries whose leave-one-out nearest
+    neighbour lies within d, a share of at least p found their own class (scikit-learn's
+    precision_recall_curve, the neighbour's distance as the score); `max_distance` lies halfway from d to the
+    next query's distance, so it keeps the same queries. Beside it `precision`, that share, and
+    `answered`, the share of the queries that keep their hit. `max_distance` is None where no distance
+    reaches p. Queries whose class has no other item are left out, as in precision@1.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    idx, dist = neighbours if neighbours is not None else _nearest_neighbours(embeddings)
+    _, inverse, sizes = torch.unique(labels, return_inverse=True, return_counts=True)
+    keep = sizes[inverse] > 1
+    right, dist = (labels[idx] == labels)[keep].numpy(), dist[keep].double().numpy()
+    rows = [{"target_precision": p, "max_distance": None, "precision": None, "answered": 0.0} for p in precisions]
+    if not right.any():
+        return {"match_thresholds": rows}
+    precision, _, thresholds = precision_recall_curve(right, -dist)
+    distances = np.unique(dist)
+    for row in rows:
+        reached = np.flatnonzero(precision[:-1] >= row["target_precision"])
+        if len(reached):  # the thresholds ascend, so the first that reaches p keeps the most queries
+            last = -thresholds[reached[0]]
+            beyond = distances[distances > last]
+            # halfway to the next query's distance, so that rounding in another search cannot move the cut
+            cut = float((last + beyond[0]) / 2 if len(beyond) else last)
+            row.update(max_distance=cut, precision=float(precision[reached[0]]), answered=float((dist <= cut).mean()))
+    return {"match_thresholds": rows}
+
+
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
                         ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None) -> dict[str, Any]:
     """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss,
-    ms_loss_plain, and the per-class report (class_report; `class_names[label]` names the classes)."""
+    ms_loss_plain, the per-class report (class_report; `class_names[label]` names the classes) and the
+    distances for a wanted precision of the top hit (match_thresholds)."""
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
         out.update(ce_loss(embeddings, labels, ce_head))
     out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
     out.update(ms_loss_plain(embeddings, labels))
     out.update(similarity_stats(embeddings, labels))
-    out.update(class_report(embeddings, labels, class_names))
+    neighbours = _nearest_neighbours(embeddings)
+    out.update(class_report(embeddings, labels, class_names, neighbours=neighbours))
+    out.update(match_thresholds(embeddings, labels, neighbours=neighbours))
     out["test_size"] = int(len(labels))
     return out
 
@@ -298,4 +344,9 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("confusions"):
         lines.append("most frequent wrong nearest neighbours (query class -> its neighbour's, count): " + ", ".join(
             f"{c['query_class']} -> {c['neighbour_class']} {c['count']}" for c in m["confusions"][:5]))
+    found = [t for t in m.get("match_thresholds", []) if t["max_distance"] is not None]
+    if found:
+        lines.append("max_distance for a top hit of the right class with a precision of: " + ", ".join(
+            f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {100 * t['answered']:.1f} %)"
+            for t in found))
     return "\n".join(lines)

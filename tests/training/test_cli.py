@@ -44,6 +44,7 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     worst = min(res["per_class"], key=lambda c: c["precision_at_1"])
     assert f"lowest precision@1 by class: {worst['class']} {worst['precision_at_1']:.3f}" in r.stdout
     assert res["dataset"]["num_classes"] == 4 and res["tta"] == "hflip"
+    assert [t["target_precision"] for t in res["match_thresholds"]] == [0.9, 0.95, 0.99]
 
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--tta", "none", "--json",
                    str(tmp_path / "plain.json"), cache=tmp_path)

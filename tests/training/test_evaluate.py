@@ -1,13 +1,13 @@
 """Evaluation's similarity statistics (exact over the split, and what they say about the geometry), the
-plain-batch MS figure, and the per-class report."""
+plain-batch MS figure, the per-class report, and the distances for a wanted precision of the top hit."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training._evaluate import (class_report, evaluate_embeddings, format_metrics, ms_loss, ms_loss_plain,
-                                similarity_stats)
+from training._evaluate import (class_report, evaluate_embeddings, format_metrics, match_thresholds, ms_loss,
+                                ms_loss_plain, similarity_stats)
 
 
 def test_similarity_stats_equal_the_mean_over_every_pair():
@@ -95,3 +95,54 @@ def test_class_report_of_separated_classes_has_no_confusions_and_names_default_t
     assert got["confusions"] == []
     assert [(c["class"], c["precision_at_1"]) for c in got["per_class"]] == [("0", 1.0), ("1", 1.0), ("2", 1.0)]
     assert "per_class" in evaluate_embeddings(F.one_hot(labels, 4).float(), labels)
+
+
+def _noisy_classes(seed=5, classes=6, per_class=30, noise=0.4):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return F.one_hot(labels, 16).float() + noise * torch.randn(len(labels), 16, generator=g), labels
+
+
+def test_a_match_threshold_is_the_largest_cut_that_keeps_the_wanted_precision():
+    emb, labels = _noisy_classes()
+    idx = (F.normalize(emb) @ F.normalize(emb).T).fill_diagonal_(-2).argmax(1)
+    dist = (2 - 2 * (F.normalize(emb) * F.normalize(emb)[idx]).sum(1)).clamp_min(0).sqrt()
+    right = labels[idx] == labels
+    assert 0.5 < right.float().mean() < 0.9  # so that a cut is needed, and can be found
+    for row in match_thresholds(emb, labels, precisions=(0.9, 0.95, 0.99))["match_thresholds"]:
+        kept = dist <= row["max_distance"]
+        assert right[kept].float().mean().item() == pytest.approx(row["precision"], abs=1e-6)
+        assert row["precision"] >= row["target_precision"]
+        assert kept.float().mean().item() == pytest.approx(row["answered"])
+        # every larger cut, up to the farthest neighbour, falls below the wanted precision
+        for d in dist[dist > row["max_distance"]].tolist():
+            assert right[dist <= d].float().mean() < row["target_precision"]
+
+
+def test_match_thresholds_are_what_a_store_search_with_that_max_distance_answers(tmp_path):
+    from index import Item, Store, StoreConfig
+
+    emb, labels = _noisy_classes(seed=6)
+    rows = match_thresholds(emb, labels, precisions=(0.8, 0.9))["match_thresholds"]
+    store = Store.open(StoreConfig(tmp_path / "store", dim=16, model_id="test"))
+    store.upsert([Item(str(i), v.numpy(), label=str(int(y))) for i, (v, y) in enumerate(zip(emb, labels))])
+    for row in rows:
+        top = [store.search_by_id(str(i), k=1, max_distance=row["max_distance"]) for i in range(len(labels))]
+        answered = [i for i, hits in enumerate(top) if hits]
+        assert 0 < len(answered) < len(labels)
+        assert len(answered) / len(labels) == pytest.approx(row["answered"])
+        right = sum(top[i][0].label == str(int(labels[i])) for i in answered)
+        assert right / len(answered) == pytest.approx(row["precision"])
+    store.close()
+
+
+def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_and_lone_queries_do_not_count():
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    emb = F.one_hot(torch.tensor([0, 0, 1, 1, 2]), 3).float()  # every neighbour is of the other class
+    rows = match_thresholds(emb, labels)["match_thresholds"]
+    assert [(r["max_distance"], r["answered"]) for r in rows] == [(None, 0.0)] * 3
+    assert "max_distance for" not in format_metrics(evaluate_embeddings(emb, labels))
+    # item 4 is alone in its class: it is left out, so the other four alone decide
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    rows = match_thresholds(emb, labels)["match_thresholds"]
+    assert [(r["precision"], r["answered"]) for r in rows] == [(1.0, 1.0)] * 3
