@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write a copy of the artifact that uses this --tta and records "
                                                "these scores (same weights)")
     p.add_argument("--name", default=None, help="with --out: the copy's artifact name (default the same)")
+    p.add_argument("--centre", type=float, default=None, metavar="SHARE",
+                   help="first take this share (0..1) of the training images' mean embedding off every embedding, "
+                        "folded into the weights that are scored and that --out writes")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("experiment", help="regenerate the paper's tables (table1, table2, ablation)")
@@ -168,10 +171,12 @@ def _evaluate(args) -> int:
 
     if args.name and not args.out:
         raise CliError("--name names the copy that --out writes; give --out too")
+    if args.centre is not None and not 0 <= args.centre <= 1:
+        raise CliError(f"--centre is a share of the mean embedding in [0, 1], got {args.centre}")
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
-                                         tta=args.tta, out=args.out, out_name=args.name)
-    except (model.ArtifactError, training.DatasetError) as exc:
+                                         tta=args.tta, out=args.out, out_name=args.name, centre=args.centre)
+    except (model.ArtifactError, training.DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file
         raise CliError(str(exc)) from None

@@ -77,8 +77,8 @@ def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
 
 
 def resave_artifact(artifact: Artifact, path: str | os.PathLike, meta: ArtifactMeta) -> Path:
-    """Write `artifact`'s weights and heads unchanged with new metadata `meta` to `path`, atomically (for
-    settings that do not touch the weights, such as `tta`)."""
+    """Write `artifact`'s weights and heads as they are now with new metadata `meta` to `path`, atomically (for
+    settings such as `tta`, or a shift folded into the weights of the loaded model)."""
     return _write(Path(path), _tensors(artifact.model.state_dict(), artifact.heads), meta)
 
 

@@ -59,6 +59,10 @@ class TrainConfig:
     # Decay of an exponential moving average of the weights (embedding network and heads), updated every
     # step; 0 turns it off. When on, the average is what is validated, kept as the best epoch and shipped.
     ema: float = 0.0
+    # Take this share of the training images' mean embedding off every embedding, folded into the embedding
+    # layer's bias (training/_centre.py): cosine similarity then weighs what tells images apart more. None:
+    # the share (0, 0.25, 0.5, 0.75 or 1) with the best precision@1 on the validation split; 0 without one.
+    centre: float | None = None
     val_fraction: float = 0.1  # held out of train to pick the best epoch by precision@1; 0 keeps the last
     grad_clip: float | None = 5.0
     seed: int = 0
@@ -125,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"distill logits temperature must be positive, got {self.distill_logits_temperature}")
         if self.distill_logits_weight and not self.teachers:
             raise ValueError("distill logits weight needs a teacher (--teacher ARTIFACT)")
+        if self.centre is not None and not 0 <= self.centre <= 1:
+            raise ValueError(f"centre is a share of the mean embedding in [0, 1], got {self.centre}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self

@@ -270,7 +270,8 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head:
 def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
-                      out: str | os.PathLike | None = None, out_name: str | None = None) -> dict[str, Any]:
+                      out: str | os.PathLike | None = None, out_name: str | None = None,
+                      centre: float | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -281,6 +282,9 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     `out`: also write a copy of the artifact (same weights and heads) whose `tta` is the one evaluated here
     and whose recorded scores are these, e.g. to turn mirror-image averaging on for a trained model;
     `out_name` renames the copy (its `training.trained_as` keeps the name it was trained under).
+
+    `centre`: first take this share of the mean embedding of the dataset's training images off every
+    embedding (training/_centre.py), folded into the weights that are evaluated and that `out` writes.
     """
     import model
 
@@ -302,6 +306,15 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if max_test and max_test < len(test):
         keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
         test = test.subset(keep)
+    if centre:
+        from ._centre import fold_shift, mean_embedding
+
+        if set(art.heads) - {"ce_head"}:
+            raise ValueError(f"cannot centre {artifact}: its heads {sorted(art.heads)} read the embeddings as they are")
+        shift = mean_embedding(net, ds.train.images, meta.mean, meta.std, dev, tta)
+        head = fold_shift(net, centre * shift, art.heads.get("ce_head"))
+        if head is not None:
+            art.heads = {**art.heads, "ce_head": head}  # what `out` writes
     emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size, tta)
     head = art.heads.get("ce_head")
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
@@ -311,6 +324,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     res["model_id"] = art.model_id
     res["tta"] = tta
     res["parameters"] = model.count_parameters(art.model)
+    if centre:
+        res["centre"] = centre
     if out is not None:
         # Scores measured here replace the recorded ones; what only training knew stays.
         kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
@@ -335,6 +350,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         what.append(f"{m['test_size']} test images")
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
+    if m.get("centre"):
+        what.append(f"centred by {m['centre']:g} of the mean embedding")
     lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
     worst = sorted((c for c in m.get("per_class", []) if c["precision_at_1"] is not None),
                    key=lambda c: c["precision_at_1"])[:5]

@@ -18,6 +18,7 @@ from torch import nn
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
 from ._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
+from ._centre import can_centre, choose_centre, fold_shift, mean_embedding
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._files import write_whole
 from ._losses import MetricLoss, create_loss
@@ -192,6 +193,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         del x
     loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                                       **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
+    # Centring moves the embeddings: a head other than the CE one (whose bias can follow) would read them wrong.
+    centrable = can_centre(net) and set(loss_fn.heads()) <= {"ce_head"}
+    if cfg.centre and not centrable:
+        raise ValueError(f"centre needs a model with a Linear embedding layer to fold the shift into and no head "
+                         f"but the CE one; {cfg.model!r} with loss {cfg.loss!r} is not")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     params = list(net.parameters()) + list(loss_fn.parameters())
@@ -342,10 +348,26 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         net = net.fused()
         arch_kwargs = {k: v for k, v in arch_kwargs.items() if k not in ("norm", "head_norm")}
 
-    # Final evaluation on the test split.
-    emb = embed_images(net, test_split.images, mean, std, device, tta=tta)
     heads = loss_fn.heads()
     ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
+    centring: dict[str, Any] = {}
+    if cfg.centre or (cfg.centre is None and val_split is not None and centrable):
+        shift = mean_embedding(net, train_split.images, mean, std, device, tta, seed=cfg.seed)
+        share = cfg.centre
+        if share is None:
+            val_emb = embed_images(net, val_split.images, mean, std, device, tta=tta)
+            share, centring["centre_val_precision_at_1"] = choose_centre(val_emb, val_split.labels, shift)
+        centring["centre"] = share
+        log(f"embeddings centred by {share:g} of the training images' mean embedding" + (
+            " (validation precision@1 by share: " + ", ".join(
+                f"{a} {p:.4f}" for a, p in centring["centre_val_precision_at_1"].items()) + ")"
+            if "centre_val_precision_at_1" in centring else ""))
+        ce_head = fold_shift(net, share * shift, ce_head)
+        if ce_head is not None:
+            heads["ce_head"].load_state_dict(ce_head)  # the artifact stores the heads from here
+
+    # Final evaluation on the test split.
+    emb = embed_images(net, test_split.images, mean, std, device, tta=tta)
     metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
                                   ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m),
                                   class_names=list(ds.class_names))
@@ -359,7 +381,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
     training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
-                     "teachers": teacher_ids,
+                     "teachers": teacher_ids, **centring,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
                      "torch": torch.__version__}

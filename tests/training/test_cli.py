@@ -61,6 +61,11 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     assert copy.training["trained_as"] == "tiny-shapes"
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--name", "x", cache=tmp_path)
     assert r.returncode == 2 and "give --out too" in r.stderr
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--centre", "0.5", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("24 test images, test-time augmentation hflip, centred by 0.5 of the mean embedding\n")
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--centre", "1.5", cache=tmp_path)
+    assert r.returncode == 2 and "--centre is a share of the mean embedding in [0, 1], got 1.5" in r.stderr
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--out", "/proc/no/such.safetensors",
                    cache=tmp_path)
     assert r.returncode != 0 and "/proc/no" in r.stderr and "Traceback" not in r.stderr

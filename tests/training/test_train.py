@@ -9,6 +9,7 @@ import torch
 
 import model
 from training import evaluate_artifact, preset, train
+from training._centre import CENTRE_CHOICES
 
 QUICK = dict(epochs=6, max_train=1200, arch_kwargs={"norm": True}, max_test=1000, threads=1, batch_size=60, lr=3e-3, val_fraction=0.1)
 
@@ -31,6 +32,9 @@ def test_short_real_run_beats_chance_by_far(mnist_run):
     assert art.meta.metrics["precision_at_1"] == m["precision_at_1"]
     assert "ce_head" in art.heads and art.heads["ce_head"]["weight"].shape == (10, 256)
     assert art.meta.training["config"]["loss"] == "ce+ms" and len(art.meta.training["history"]) == QUICK["epochs"]
+    # with a validation split, the share of the mean embedding taken off is the one that retrieved best there
+    chosen, scores = art.meta.training["centre"], art.meta.training["centre_val_precision_at_1"]
+    assert chosen in CENTRE_CHOICES and scores[str(chosen)] == max(scores.values()) and len(scores) == 5
     saved = json.loads(mnist_run.metrics_path.read_text())
     assert saved["metrics"]["ms_loss"] == m["ms_loss"]
     assert not mnist_run.artifact.with_name(mnist_run.artifact.name + ".ckpt").exists()
@@ -153,6 +157,8 @@ def test_bad_config_values_are_named():
         preset("default", ema=1.0).validate()
     with pytest.raises(ValueError, match="tta must be none or hflip, got 'rot90'"):
         preset("default", tta="rot90").validate()
+    with pytest.raises(ValueError, match=r"centre is a share of the mean embedding in \[0, 1\], got 1.5"):
+        preset("default", centre=1.5).validate()
 
 
 def test_rotation_scaling_and_erasing_change_training_images_but_not_their_shape(shared_data):
@@ -217,6 +223,41 @@ def test_fold_norm_is_refused_for_a_model_that_cannot_fold(shared_data, tmp_path
         train(cfg, shared_data / "mnist", tmp_path / "v.safetensors", progress=False, log=lambda _: None)
 
 
+def test_centring_is_refused_where_a_head_reads_the_embeddings_as_they_are(shared_data, tmp_path):
+    cfg = preset("default", **{**QUICK, "epochs": 1, "max_train": 100, "max_test": 100, "loss": "pddm",
+                               "centre": 0.5})
+    with pytest.raises(ValueError, match="centre needs .* no head but the CE one; 'hybrid1' with loss 'pddm'"):
+        train(cfg, shared_data / "mnist", tmp_path / "p.safetensors", progress=False, log=lambda _: None)
+
+
+def test_evaluate_centre_writes_weights_whose_embeddings_lose_that_share_of_the_mean(mnist_run, shared_data,
+                                                                                     tmp_path):
+    from training import load_dataset
+    from training._centre import mean_embedding
+    from training._evaluate import embed_images, head_logits
+
+    out = tmp_path / "centred.safetensors"
+    plain = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"])
+    res = evaluate_artifact(mnist_run.artifact, shared_data / "mnist", max_test=QUICK["max_test"], centre=0.5,
+                            out=out)
+    src, new = model.load_artifact(mnist_run.artifact), model.load_artifact(out)
+    ds = load_dataset(shared_data / "mnist")
+    m = src.meta
+    mu = mean_embedding(src.model, ds.train.images, m.mean, m.std)
+    assert torch.allclose(mean_embedding(new.model, ds.train.images, m.mean, m.std), 0.5 * mu, atol=1e-4)
+    before = embed_images(src.model, ds.test.images[:200], m.mean, m.std)
+    after = embed_images(new.model, ds.test.images[:200], m.mean, m.std)
+    assert torch.allclose(after, before - 0.5 * mu, atol=1e-4)
+    # the CE head moved with the embeddings: the same logits, the same CE figures; retrieval is what changes
+    assert torch.allclose(head_logits(after, new.heads["ce_head"]), head_logits(before, src.heads["ce_head"]),
+                          atol=1e-3)
+    assert res["ce_loss"] == pytest.approx(plain["ce_loss"], abs=1e-5) and res["centre"] == 0.5
+    assert res["ms_loss"] != pytest.approx(plain["ms_loss"], abs=1e-4)
+    assert new.meta.metrics["precision_at_1"] == res["precision_at_1"] and new.model_id != src.model_id
+    again = evaluate_artifact(out, shared_data / "mnist", max_test=QUICK["max_test"])
+    assert again["precision_at_1"] == res["precision_at_1"] and "centre" not in again
+
+
 def test_init_from_starts_from_the_artifacts_weights_and_keeps_its_normalisation(mnist_run, shared_data, tmp_path):
     # lr so small that one epoch cannot move the weights: what the run reports is the starting point
     still = dict(QUICK, epochs=1, max_train=240, lr=1e-9, val_fraction=0.0)
@@ -231,6 +272,7 @@ def test_init_from_starts_from_the_artifacts_weights_and_keeps_its_normalisation
     assert art.meta.mean == start.meta.mean and art.meta.std == start.meta.std
     assert model.load_artifact(fresh.artifact).meta.mean != start.meta.mean
     assert art.meta.training["init_from"] == start.model_id
+    assert "centre" not in art.meta.training  # no validation split, so nothing to choose a share on
 
 
 def test_init_from_refuses_another_architecture_naming_both(mnist_run, shared_data, tmp_path):

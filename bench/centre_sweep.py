@@ -1,0 +1,71 @@
+"""How much of the mean embedding to take off: retrieval and MS figures of artifacts centred by each share (run by hand).
+
+Not a speed benchmark. For each ARTIFACT DATA pair: the mean embedding of up to 10,000 training images
+(`training._centre.mean_embedding`, the artifact's own test-time augmentation, as `simsearch evaluate --centre`
+takes it), then for each share in 0, 0.25, 0.5, 0.75 and 1 the test split's embeddings less that share of
+the mean, scored as `simsearch evaluate` scores them (precision@1, MAP@R, R@10, the strict MS figure).
+The shares are read off the test split here, so choosing one from this table is choosing on test data.
+
+    .venv/bin/python bench/centre_sweep.py model/weights/hybrid1-cifar10.safetensors \\
+        ../shared/data/cifar10-jpeg.tar [MORE ARTIFACT DATA PAIRS...] [--tag _NAME]
+
+Writes docs/results/bench_centre_sweep[_NAME].json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import model  # noqa: E402
+from _common import command_line, machine, write_result  # noqa: E402
+from training import load_dataset, retrieval_metrics  # noqa: E402
+from training._centre import CENTRE_CHOICES, mean_embedding  # noqa: E402
+from training._evaluate import embed_images, ms_loss  # noqa: E402
+
+KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
+
+
+def sweep(artifact: str, data: str) -> dict:
+    """Each share's scores for one artifact on its dataset's test split."""
+    art = model.load_artifact(artifact)
+    meta = art.meta
+    ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size)
+    mean = mean_embedding(art.model, ds.train.images, meta.mean, meta.std, tta=meta.tta)
+    test = embed_images(art.model, ds.test.images, meta.mean, meta.std, tta=meta.tta)
+    rows = {}
+    for share in CENTRE_CHOICES:
+        emb = test - share * mean
+        res = retrieval_metrics(emb, ds.test.labels)
+        rows[str(share)] = {**{k: round(res[k], 4) for k in KEYS},
+                            "ms_loss": round(ms_loss(emb, ds.test.labels)["ms_loss"], 4)}
+        print(f"{art.model_id:34s} share {share:<5g}" + "  ".join(f"{k} {v:.4f}" for k, v in rows[str(share)].items()),
+              flush=True)
+    return {"artifact": artifact, "model_id": art.model_id, "tta": meta.tta, "dataset": ds.describe(),
+            "results": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pairs", nargs="+", help="ARTIFACT DATA [ARTIFACT DATA ...]")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
+    args = ap.parse_args()
+    if len(args.pairs) % 2:
+        ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    runs = [sweep(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
+    write_result("centre_sweep" + args.tag, {"command": command_line(), "machine": machine(),
+                                            "seconds": round(time.time() - started, 1), "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
