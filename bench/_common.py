@@ -138,6 +138,28 @@ def write_result(name: str, data: dict) -> Path:
     return path
 
 
+def run_per_artifact(name: str, doc: str, study: Callable[[str, str], dict]) -> None:
+    """The main() of a bench that studies ARTIFACT DATA pairs one by one: reads the pairs, --threads (torch's,
+    default 1) and --tag, runs `study(artifact, data)` on each and writes bench_<name><tag>.json with the
+    command, the machine and the time taken."""
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("pairs", nargs="+", help="ARTIFACT DATA [ARTIFACT DATA ...]")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
+    args = ap.parse_args()
+    if len(args.pairs) % 2:
+        ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    runs = [study(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
+    write_result(name + args.tag, {"command": command_line(), "machine": machine(),
+                                   "seconds": round(time.time() - started, 1), "runs": runs})
+
+
 # ---- inputs ---------------------------------------------------------------------------------------
 
 def cifar_test_jpegs(n: int) -> list[bytes]:

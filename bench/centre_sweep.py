@@ -13,19 +13,16 @@ Writes docs/results/bench_centre_sweep[_NAME].json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import model  # noqa: E402
-from _common import command_line, machine, write_result  # noqa: E402
+from _common import run_per_artifact  # noqa: E402
 from training import load_dataset, retrieval_metrics  # noqa: E402
 from training._centre import CENTRE_CHOICES, mean_embedding  # noqa: E402
 from training._evaluate import embed_images, ms_loss  # noqa: E402
@@ -53,18 +50,7 @@ def sweep(artifact: str, data: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("pairs", nargs="+", help="ARTIFACT DATA [ARTIFACT DATA ...]")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
-    args = ap.parse_args()
-    if len(args.pairs) % 2:
-        ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    runs = [sweep(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
-    write_result("centre_sweep" + args.tag, {"command": command_line(), "machine": machine(),
-                                            "seconds": round(time.time() - started, 1), "runs": runs})
+    run_per_artifact("centre_sweep", __doc__, sweep)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ stored in an artifact:
     .venv/bin/python bench/embedding_postprocess.py model/weights/hybrid1-res-cifar10.safetensors \
         ../shared/data/cifar10-jpeg.tar [MORE ARTIFACT DATA PAIRS...]
 
-Writes docs/results/bench_embedding_postprocess.json.
+Writes docs/results/bench_embedding_postprocess[_NAME].json (`--tag _NAME`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import model  # noqa: E402
-from _common import command_line, machine, write_result  # noqa: E402
+from _common import run_per_artifact  # noqa: E402
 from training import load_dataset, retrieval_metrics  # noqa: E402
 from training._evaluate import embed_images  # noqa: E402
 
@@ -97,17 +95,7 @@ def study(artifact: str, data: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("pairs", nargs="+", help="ARTIFACT DATA [ARTIFACT DATA ...]")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    if len(args.pairs) % 2:
-        ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    runs = [study(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
-    write_result("embedding_postprocess", {"command": command_line(), "machine": machine(),
-                                  "seconds": round(time.time() - started, 1), "runs": runs})
+    run_per_artifact("embedding_postprocess", __doc__, study)
 
 
 if __name__ == "__main__":
