@@ -339,6 +339,11 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     return res
 
 
+def _share(x: float) -> str:
+    """A share as a percentage for the console; a few queries out of thousands are not "0.0 %"."""
+    return f"{100 * x:.1f} %" if x >= 0.0005 or x == 0 else "under 0.05 %"
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     """One line per headline metric, for the console, under a line saying what was measured: the number of
     test images and the test-time augmentation (the same weights score differently with and without mirror
@@ -364,6 +369,5 @@ def format_metrics(m: dict[str, Any]) -> str:
     found = [t for t in m.get("match_thresholds", []) if t["max_distance"] is not None]
     if found:
         lines.append("max_distance for a top hit of the right class with a precision of: " + ", ".join(
-            f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {100 * t['answered']:.1f} %)"
-            for t in found))
+            f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {_share(t['answered'])})" for t in found))
     return "\n".join(lines)

@@ -146,3 +146,9 @@ def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_a
     labels = torch.tensor([0, 0, 1, 1, 2])
     rows = match_thresholds(emb, labels)["match_thresholds"]
     assert [(r["precision"], r["answered"]) for r in rows] == [(1.0, 1.0)] * 3
+    assert "0.90 -> 0.000 (answers 100.0 %)" in format_metrics({"match_thresholds": rows})
+
+
+def test_a_cut_that_keeps_a_few_queries_of_thousands_says_so_rather_than_zero_percent():
+    rows = [{"target_precision": 0.9, "max_distance": 0.194, "precision": 1.0, "answered": 0.0003}]
+    assert "0.90 -> 0.194 (answers under 0.05 %)" in format_metrics({"match_thresholds": rows})
