@@ -307,10 +307,11 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
         test = test.subset(keep)
     if centre:
-        from ._centre import fold_shift, mean_embedding
+        from ._centre import can_centre, fold_shift, mean_embedding  # here: _centre imports this module
 
-        if set(art.heads) - {"ce_head"}:
-            raise ValueError(f"cannot centre {artifact}: its heads {sorted(art.heads)} read the embeddings as they are")
+        if not can_centre(net, art.heads):
+            raise ValueError(f"cannot centre {artifact}: it needs a Linear embedding layer and no head but the CE "
+                             f"one (its heads: {sorted(art.heads) or 'none'})")
         shift = mean_embedding(net, ds.train.images, meta.mean, meta.std, dev, tta)
         head = fold_shift(net, centre * shift, art.heads.get("ce_head"))
         if head is not None:

@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     loss_fn: MetricLoss = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                                       **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).to(device)
     # Centring moves the embeddings: a head other than the CE one (whose bias can follow) would read them wrong.
-    centrable = can_centre(net) and set(loss_fn.heads()) <= {"ce_head"}
+    centrable = can_centre(net, loss_fn.heads())
     if cfg.centre and not centrable:
         raise ValueError(f"centre needs a model with a Linear embedding layer to fold the shift into and no head "
                          f"but the CE one; {cfg.model!r} with loss {cfg.loss!r} is not")

@@ -44,7 +44,8 @@ def test_mean_embedding_samples_at_most_limit_images_the_same_way_each_time():
 
 def test_a_model_without_a_linear_embedding_layer_is_refused_by_name():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
-    assert not can_centre(net) and can_centre(model.create_model("hybrid1"))
+    assert not can_centre(net) and can_centre(model.create_model("hybrid1"), ["ce_head"])
+    assert not can_centre(model.create_model("hybrid1"), ["ce_head", "pddm"])
     with pytest.raises(ValueError, match="cannot fold a shift into Sequential"):
         fold_shift(net, torch.zeros(4))
 

@@ -151,6 +151,12 @@ def test_train_with_loss_pddm_writes_an_artifact_with_the_pddm_head(shared_data,
     assert art.meta.training["config"]["loss"] == "pddm"
     assert art.meta.training["config"]["loss_kwargs"] == {"warmup_steps": 1}  # so the run mined and used E_m
     assert art.meta.heads["pddm"]["type"] == "pddm"
+    # the PDDM head reads the embeddings as they are, so they are never centred, by default or on request
+    assert "centre" not in art.meta.training
+    refused = subprocess.run([sys.executable, "-m", "cli", "evaluate", str(out), str(shared_data / "mnist"),
+                              "--centre", "0.5", "--max-test", "100"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "cannot centre" in refused.stderr and "'pddm'" in refused.stderr
     pddm = PDDM.from_artifact(art)
     assert pddm is not None
     images, _ = read_mnist(shared_data, "test", 20)
