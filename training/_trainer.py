@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._centre import can_centre, choose_centre, fold_shift, mean_embedding
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
 from ._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
-from ._centre import can_centre, choose_centre, fold_shift, mean_embedding
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._files import write_whole
 from ._losses import MetricLoss, create_loss
@@ -138,6 +138,22 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
             return 0.1 ** ((step // steps_per_epoch) // cfg.step_size)
         return 1.0
     return f
+
+
+def _centre(net: nn.Module, ce_head: dict | None, share: float | None, train_split: Split, val_split: Split | None,
+            mean, std, device: torch.device, tta: str, seed: int, log: Callable[[str], None]) -> tuple[dict | None, dict]:
+    """Take `share` (None: the best on the validation split) of the training images' mean embedding off `net`'s
+    embeddings (training/_centre.py). Returns the CE head's state moved to match, and what meta.training records."""
+    shift = mean_embedding(net, train_split.images, mean, std, device, tta, seed=seed)
+    record: dict[str, Any] = {}
+    if share is None:
+        val_emb = embed_images(net, val_split.images, mean, std, device, tta=tta)
+        share, record["centre_val_precision_at_1"] = choose_centre(val_emb, val_split.labels, shift)
+        log("validation precision@1 by share of the mean embedding taken off: " + ", ".join(
+            f"{a} {p:.4f}" for a, p in record["centre_val_precision_at_1"].items()))
+    record["centre"] = share
+    log(f"embeddings centred by {share:g} of the training images' mean embedding")
+    return fold_shift(net, share * shift, ce_head), record
 
 
 def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.PathLike, *, name: str | None = None,
@@ -352,17 +368,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
     centring: dict[str, Any] = {}
     if cfg.centre or (cfg.centre is None and val_split is not None and centrable):
-        shift = mean_embedding(net, train_split.images, mean, std, device, tta, seed=cfg.seed)
-        share = cfg.centre
-        if share is None:
-            val_emb = embed_images(net, val_split.images, mean, std, device, tta=tta)
-            share, centring["centre_val_precision_at_1"] = choose_centre(val_emb, val_split.labels, shift)
-        centring["centre"] = share
-        log(f"embeddings centred by {share:g} of the training images' mean embedding" + (
-            " (validation precision@1 by share: " + ", ".join(
-                f"{a} {p:.4f}" for a, p in centring["centre_val_precision_at_1"].items()) + ")"
-            if "centre_val_precision_at_1" in centring else ""))
-        ce_head = fold_shift(net, share * shift, ce_head)
+        ce_head, centring = _centre(net, ce_head, cfg.centre, train_split, val_split, mean, std, device, tta,
+                                    cfg.seed, log)
         if ce_head is not None:
             heads["ce_head"].load_state_dict(ce_head)  # the artifact stores the heads from here
 
