@@ -21,6 +21,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
+# the retrieval figures the quality benches report, as `simsearch evaluate` computes them
+QUALITY_KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
 SHARED_DATA = Path(os.environ.get("SIMSEARCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -16,18 +16,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import model  # noqa: E402
-from _common import run_per_artifact  # noqa: E402
+from _common import QUALITY_KEYS, run_per_artifact  # noqa: E402
 from training import load_dataset, retrieval_metrics  # noqa: E402
 from training._centre import CENTRE_CHOICES, mean_embedding  # noqa: E402
 from training._evaluate import embed_images, ms_loss  # noqa: E402
-
-KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
 
 
 def sweep(artifact: str, data: str) -> dict:
@@ -41,7 +38,7 @@ def sweep(artifact: str, data: str) -> dict:
     for share in CENTRE_CHOICES:
         emb = test - share * mean
         res = retrieval_metrics(emb, ds.test.labels)
-        rows[str(share)] = {**{k: round(res[k], 4) for k in KEYS},
+        rows[str(share)] = {**{k: round(res[k], 4) for k in QUALITY_KEYS},
                             "ms_loss": round(ms_loss(emb, ds.test.labels)["ms_loss"], 4)}
         print(f"{art.model_id:34s} share {share:<5g}" + "  ".join(f"{k} {v:.4f}" for k, v in rows[str(share)].items()),
               flush=True)

@@ -21,13 +21,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import model  # noqa: E402
-from _common import run_per_artifact  # noqa: E402
+from _common import QUALITY_KEYS, run_per_artifact  # noqa: E402
 from training import load_dataset, retrieval_metrics  # noqa: E402
 from training._centre import fold_shift, mean_embedding  # noqa: E402
 from training._data import stratified_split  # noqa: E402
 from training._evaluate import embed_images  # noqa: E402
-
-KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
 
 
 def undo(artifact: str, data: str) -> dict:
@@ -49,7 +47,7 @@ def undo(artifact: str, data: str) -> dict:
             fold_shift(art.model, shift)
         res = retrieval_metrics(embed_images(art.model, ds.test.images, meta.mean, meta.std, tta=meta.tta),
                                 ds.test.labels)
-        rows[name] = {k: round(res[k], 4) for k in KEYS}
+        rows[name] = {k: round(res[k], 4) for k in QUALITY_KEYS}
         print(f"{art.model_id:34s} {name:22s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[name].items()), flush=True)
     return {"artifact": artifact, "model_id": art.model_id, "centre": share,
             "centre_val_precision_at_1": training.get("centre_val_precision_at_1"), "results": rows}

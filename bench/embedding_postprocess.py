@@ -36,11 +36,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import model  # noqa: E402
-from _common import run_per_artifact  # noqa: E402
+from _common import QUALITY_KEYS, run_per_artifact  # noqa: E402
 from training import load_dataset, retrieval_metrics  # noqa: E402
 from training._evaluate import embed_images  # noqa: E402
-
-KEYS = ("precision_at_1", "mean_average_precision_at_r", "recall_at_10")
 
 
 def _transforms(train: torch.Tensor, head: dict | None) -> dict:
@@ -86,8 +84,8 @@ def study(artifact: str, data: str) -> dict:
     variants["hflip-shift4"] = variants["hflip"] + sum(shifted)
     for name, emb in variants.items():
         res = retrieval_metrics(emb, ds.test.labels)
-        rows[name] = {k: round(res[k], 4) for k in KEYS}
-        print(f"{art.model_id:32s} {name:12s} " + "  ".join(f"{k} {rows[name][k]:.4f}" for k in KEYS), flush=True)
+        rows[name] = {k: round(res[k], 4) for k in QUALITY_KEYS}
+        print(f"{art.model_id:32s} {name:12s} " + "  ".join(f"{k} {rows[name][k]:.4f}" for k in QUALITY_KEYS), flush=True)
     if head is not None:
         logits = test @ head["weight"].float().T + head["bias"].float()
         rows["head_accuracy"] = round(float((logits.argmax(1) == ds.test.labels).float().mean()), 4)
