@@ -140,6 +140,24 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
     return f
 
 
+def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Split]:
+    """The (train, validation or None, test) splits a run with `cfg` uses on `ds`: seeded and stratified, so the
+    same configuration always gets the same images (`max_train`, `max_test`, then `val_fraction` of train)."""
+    train_split = ds.train
+    if cfg.max_train and cfg.max_train < len(train_split):
+        keep, _ = stratified_split(train_split.labels, 1 - cfg.max_train / len(train_split), cfg.seed)
+        train_split = train_split.subset(keep)
+    test_split = ds.test
+    if cfg.max_test and cfg.max_test < len(test_split):
+        keep, _ = stratified_split(test_split.labels, 1 - cfg.max_test / len(test_split), cfg.seed)
+        test_split = test_split.subset(keep)
+    val_split: Split | None = None
+    if cfg.val_fraction > 0:
+        tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
+        train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
+    return train_split, val_split, test_split
+
+
 def _centre(net: nn.Module, ce_head: dict | None, share: float | None, train_split: Split, val_split: Split | None,
             mean, std, device: torch.device, tta: str, seed: int, log: Callable[[str], None]) -> tuple[dict | None, dict]:
     """Take `share` (None: the best on the validation split) of the training images' mean embedding off `net`'s
@@ -179,18 +197,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
     _seed_all(cfg.seed)
-    train_split = ds.train
-    if cfg.max_train and cfg.max_train < len(train_split):
-        keep, _ = stratified_split(train_split.labels, 1 - cfg.max_train / len(train_split), cfg.seed)
-        train_split = train_split.subset(keep)
-    test_split = ds.test
-    if cfg.max_test and cfg.max_test < len(test_split):
-        keep, _ = stratified_split(test_split.labels, 1 - cfg.max_test / len(test_split), cfg.seed)
-        test_split = test_split.subset(keep)
-    val_split: Split | None = None
-    if cfg.val_fraction > 0:
-        tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
-        train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
+    train_split, val_split, test_split = run_splits(cfg, ds)
 
     build_kwargs = {"norm": True, "head_norm": True, **cfg.arch_kwargs} if cfg.fold_norm else cfg.arch_kwargs
     net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **build_kwargs).to(device)
