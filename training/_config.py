@@ -21,8 +21,11 @@ class TrainConfig:
     # Distil from these model artifacts (better, usually larger models for the same images; several are an
     # ensemble whose cosine similarity is the mean of theirs): beside `loss`, the student matches the teachers'
     # in-batch similarity distributions at `distill_temperature`, weighted by `distill_weight`
-    # (training/_distill.py). The teachers embed the training images once, unaugmented.
+    # (training/_distill.py).
     teachers: list[str] = field(default_factory=list)
+    # What the teachers embed: "clean" (each training image once, unaugmented, before the first epoch) or
+    # "augmented" (every batch as the student sees it: consistent, and one teacher forward pass per step).
+    distill_views: str = "clean"
     distill_weight: float = 1.0
     distill_temperature: float = 0.1
     # Soft labels as well (Hinton's knowledge distillation): the student's cross-entropy head learns the teachers'
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"distill logits weight must be at least 0, got {self.distill_logits_weight}")
         if self.distill_logits_temperature <= 0:
             raise ValueError(f"distill logits temperature must be positive, got {self.distill_logits_temperature}")
+        if self.distill_views not in ("clean", "augmented"):
+            raise ValueError(f"distill views must be clean or augmented, got {self.distill_views!r}")
         if self.distill_logits_weight and not self.teachers:
             raise ValueError("distill logits weight needs a teacher (--teacher ARTIFACT)")
         if self.centre is not None and not 0 <= self.centre <= 1:

@@ -4,10 +4,18 @@ structure over each batch and, optionally, its classifier's soft labels.
 For every image of a batch, the teacher's cosine similarities to the other images of the batch, divided by a
 temperature and soft-maxed, are a distribution over those images; the student is pulled towards the same
 distribution by KL divergence (relational distillation: only similarities are compared, so the two
-embeddings may differ in size and basis). The teacher's embeddings of the training images are computed once,
-before the first epoch, from the images without augmentation (with the teacher's own test-time augmentation):
-one forward pass of the teacher per image for the whole run instead of one per image and epoch, which is what
-lets a slow teacher (the stride-1 residual model costs 16x the faithful model) teach on a CPU.
+embeddings may differ in size and basis).
+
+Where the teachers look (`TrainConfig.distill_views`):
+- "clean" (the default): the teachers embed the training images once, before the first epoch, without
+  augmentation (with their own test-time augmentation). One forward pass of each teacher per image for the
+  whole run instead of one per image and epoch, which is what lets a slow teacher (the stride-1 residual model
+  costs 16x the faithful model) teach on a CPU; but the student's cropped, mirrored, erased view is then
+  pulled towards the teacher's view of the whole image.
+- "augmented": the teachers embed every batch as the student sees it, augmentation included ("consistent"
+  teaching, Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and consistent"). Each step
+  costs one more forward pass per teacher; the views are embedded without the teachers' test-time
+  augmentation, since the batch already holds mirror images and it would double that cost.
 
 Soft labels (Hinton et al., 2015) need a teacher trained with a cross-entropy head (stored in its artifact as
 "ce_head") for the same classes, and a student loss with such a head ("ce", "ce+ms").
@@ -70,20 +78,11 @@ class Teaching(NamedTuple):
     ids: list[str]
 
 
-def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, image_size: int,
-                       device: torch.device, class_names: list[str] | None = None) -> Teaching:
-    """The teacher artifacts at `paths` embed `images` (uint8 (N, C, S, S)) as the service would (each with
-    its own normalisation and test-time augmentation). Several teachers are an ensemble: their L2-normalised
-    embeddings are concatenated and scaled by 1/sqrt(k), so that the cosine similarity of two images is the
-    mean of the k teachers'. With `class_names` (the run's classes, in label order), each teacher's stored
-    cross-entropy head also classifies the images and the ensemble's logits are the mean of theirs.
-    Raises ValueError when an artifact cannot be read, was made for other images or, for soft labels, has no
-    cross-entropy head or other classes."""
+def _load_teachers(paths: list[str], in_chans: int, image_size: int, class_names: list[str] | None):
+    """The teacher artifacts at `paths`, checked against the run's images and (for soft labels) classes."""
     import model as zoo
 
-    from ._evaluate import embed_images, head_logits
-
-    parts, logits, ids = [], [], []
+    arts = []
     for path in paths:
         try:
             art = zoo.load_artifact(path)
@@ -94,20 +93,72 @@ def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, im
             raise ValueError(f"teacher {path}: it embeds {meta.in_chans}x{meta.image_size}x{meta.image_size} "
                              f"images, this run trains on {in_chans}x{image_size}x{image_size}")
         if class_names is not None:
-            head = art.heads.get("ce_head")
-            if head is None:
+            if art.heads.get("ce_head") is None:
                 raise ValueError(f"teacher {path}: soft labels need a model trained with a cross-entropy head "
                                  f"(loss ce or ce+ms); it was trained with "
                                  f"{(meta.training or {}).get('config', {}).get('loss', 'another loss')!r}")
             if list(meta.class_names) != list(class_names):
                 raise ValueError(f"teacher {path}: soft labels need the same classes in the same order; it "
                                  f"knows {list(meta.class_names)}, this run trains on {list(class_names)}")
+        arts.append(art)
+    return arts
+
+
+def teacher_embeddings(paths: list[str], images: torch.Tensor, in_chans: int, image_size: int,
+                       device: torch.device, class_names: list[str] | None = None) -> Teaching:
+    """The teacher artifacts at `paths` embed `images` (uint8 (N, C, S, S)) as the service would (each with
+    its own normalisation and test-time augmentation). Several teachers are an ensemble: their L2-normalised
+    embeddings are concatenated and scaled by 1/sqrt(k), so that the cosine similarity of two images is the
+    mean of the k teachers'. With `class_names` (the run's classes, in label order), each teacher's stored
+    cross-entropy head also classifies the images and the ensemble's logits are the mean of theirs.
+    Raises ValueError when an artifact cannot be read, was made for other images or, for soft labels, has no
+    cross-entropy head or other classes."""
+    from ._evaluate import embed_images, head_logits
+
+    arts = _load_teachers(paths, in_chans, image_size, class_names)
+    parts, logits = [], []
+    for art in arts:
+        meta = art.meta
         emb = embed_images(art.model.to(device), images, list(meta.mean), list(meta.std), device, tta=meta.tta)
         parts.append(F.normalize(emb, dim=1))
         if class_names is not None:
-            logits.append(head_logits(emb, head))
-        ids.append(art.model_id)
-    return Teaching(ensemble_of(parts), torch.stack(logits).mean(0) if logits else None, ids)
+            logits.append(head_logits(emb, art.heads["ce_head"]))
+    return Teaching(ensemble_of(parts), torch.stack(logits).mean(0) if logits else None,
+                    [a.model_id for a in arts])
+
+
+class AugmentedViewTeachers:
+    """The teachers kept in memory to embed each augmented batch as the student sees it ("consistent"
+    teaching). Called with a batch of images in [0, 1] (N, C, S, S), already augmented, it returns a
+    Teaching of that batch: the ensemble's embeddings (as teacher_embeddings) and, with `class_names`, its
+    mean logits. Same checks and errors as teacher_embeddings."""
+
+    def __init__(self, paths: list[str], in_chans: int, image_size: int, device: torch.device,
+                 class_names: list[str] | None = None):
+        arts = _load_teachers(paths, in_chans, image_size, class_names)
+        self.ids = [a.model_id for a in arts]
+        self._teachers = []
+        for art in arts:
+            net = art.model.to(device).eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            c = art.meta.in_chans
+            mean = torch.tensor(list(art.meta.mean), dtype=torch.float32, device=device).view(1, c, 1, 1)
+            std = torch.tensor(list(art.meta.std), dtype=torch.float32, device=device).view(1, c, 1, 1)
+            head = art.heads.get("ce_head") if class_names is not None else None
+            self._teachers.append((net, mean, std, head))
+
+    @torch.no_grad()
+    def __call__(self, views: torch.Tensor) -> Teaching:
+        from ._evaluate import head_logits
+
+        parts, logits = [], []
+        for net, mean, std, head in self._teachers:
+            emb = net((views - mean) / std).float()
+            parts.append(F.normalize(emb, dim=1))
+            if head is not None:
+                logits.append(head_logits(emb, head))
+        return Teaching(ensemble_of(parts), torch.stack(logits).mean(0) if logits else None, self.ids)
 
 
 def ensemble_of(parts: list[torch.Tensor]) -> torch.Tensor:

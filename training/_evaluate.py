@@ -80,9 +80,10 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, k: int | s
 
 
 def head_logits(embeddings: torch.Tensor, head_state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of a stored linear head (its state dict: weight, bias) on raw embeddings, on the CPU in float32."""
-    w, b = head_state["weight"].float().cpu(), head_state["bias"].float().cpu()
-    return embeddings.float().cpu() @ w.T + b
+    """Logits of a stored linear head (its state dict: weight, bias) on raw embeddings, in float32 on the
+    embeddings' device."""
+    e = embeddings.float()
+    return e @ head_state["weight"].to(e).T + head_state["bias"].to(e)
 
 
 def ce_loss(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from torch import nn
 from ._centre import can_centre, choose_centre, fold_shift, mean_embedding
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
-from ._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
+from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._files import write_whole
 from ._losses import MetricLoss, create_loss
@@ -241,6 +241,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     train_images = _resident(train_split.images, device)
     train_labels = train_split.labels.to(train_images.device)  # beside the images: one index serves both
     teacher_emb, teacher_logits, teacher_ids, distill, distill_logits = None, None, [], None, None
+    view_teachers = None
     if cfg.distill_logits_weight:
         student_head = loss_fn.heads().get("ce_head")
         if student_head is None:
@@ -248,13 +249,18 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                              f"not {cfg.loss!r}")
         distill_logits = LogitDistillation(cfg.distill_logits_temperature)
     if cfg.teachers:
-        log(f"{' and '.join(cfg.teachers)} embed the {n_train} training images (teacher)")
-        teacher_emb, teacher_logits, teacher_ids = teacher_embeddings(
-            cfg.teachers, train_split.images, ds.in_chans, ds.image_size, device,
-            class_names=list(ds.class_names) if distill_logits is not None else None)
-        teacher_emb = teacher_emb.to(train_images.device)
-        if teacher_logits is not None:
-            teacher_logits = teacher_logits.to(train_images.device)
+        class_names = list(ds.class_names) if distill_logits is not None else None
+        if cfg.distill_views == "augmented":
+            log(f"{' and '.join(cfg.teachers)} embed every augmented batch (teacher)")
+            view_teachers = AugmentedViewTeachers(cfg.teachers, ds.in_chans, ds.image_size, device, class_names)
+            teacher_ids = view_teachers.ids
+        else:
+            log(f"{' and '.join(cfg.teachers)} embed the {n_train} training images (teacher)")
+            teacher_emb, teacher_logits, teacher_ids = teacher_embeddings(
+                cfg.teachers, train_split.images, ds.in_chans, ds.image_size, device, class_names)
+            teacher_emb = teacher_emb.to(train_images.device)
+            if teacher_logits is not None:
+                teacher_logits = teacher_logits.to(train_images.device)
         # distill_weight=0 (soft labels alone): no similarity matrix per step only to multiply it by 0
         distill = SimilarityDistillation(cfg.distill_temperature) if cfg.distill_weight else None
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -316,6 +322,12 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             xb = train_images[idx].to(device, non_blocking=True).float().div_(255.0)
             if aug is not None:
                 xb = aug(xb)
+            if view_teachers is not None:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    t_emb, t_logits, _ = view_teachers(xb)
+            elif teacher_emb is not None:
+                t_emb = teacher_emb[idx].to(device, non_blocking=True)
+                t_logits = teacher_logits[idx].to(device, non_blocking=True) if teacher_logits is not None else None
             xb = (xb - mean_t) / std_t
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -324,10 +336,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                 emb = net(xb)
             loss = loss_fn(emb.float(), yb)
             if distill is not None:
-                loss = loss + cfg.distill_weight * distill(emb, teacher_emb[idx].to(device, non_blocking=True))
+                loss = loss + cfg.distill_weight * distill(emb, t_emb)
             if distill_logits is not None:
-                loss = loss + cfg.distill_logits_weight * distill_logits(
-                    student_head(emb.float()), teacher_logits[idx].to(device, non_blocking=True))
+                loss = loss + cfg.distill_logits_weight * distill_logits(student_head(emb.float()), t_logits)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:

@@ -125,6 +125,16 @@ def test_a_teacher_distils_into_a_student_and_one_for_other_images_is_refused(ti
                    "--set", "distill_logits_weight=0.5", *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert model.read_meta(soft).training["config"]["distill_logits_weight"] == 0.5
+    views = tmp_path / "views.safetensors"  # the teacher embeds each augmented batch, soft labels included
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(views), "--teacher", str(teacher), "--loss", "ce",
+                   "--set", "distill_views=augmented", "--set", "distill_logits_weight=0.5", *common, cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = model.read_meta(views)
+    assert meta.training["config"]["distill_views"] == "augmented"
+    assert meta.training["teachers"] == [model.load_artifact(teacher).model_id]
+    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "v.safetensors"), "--teacher",
+                   str(teacher), "--set", "distill_views=noisy", *common, cache=tmp_path)
+    assert r.returncode == 2 and "distill views must be clean or augmented, got 'noisy'" in r.stderr
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "z.safetensors"), "--teacher",
                    str(teacher), "--loss", "ms", "--set", "distill_logits_weight=1", *common, cache=tmp_path)
     assert r.returncode == 2 and "needs a loss with a cross-entropy head (ce, ce+ms), not 'ms'" in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training._distill import LogitDistillation, SimilarityDistillation, teacher_embeddings
+from training._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 
 
 def _embeddings(n=24, dim=16, seed=0):
@@ -66,6 +66,41 @@ def test_teachers_embed_as_their_artifacts_do_an_ensemble_averages_their_cosines
         teacher_embeddings([str(hybrid1_artifact)], images[:, :1, :28, :28], 1, 28, cpu)
     with pytest.raises(ValueError, match="teacher: .*no such model artifact"):
         teacher_embeddings([str(hybrid1_artifact) + ".missing"], images, 3, 32, cpu)
+
+
+def test_teachers_of_augmented_views_embed_each_batch_as_given_without_their_test_time_augmentation(tmp_path):
+    import model
+    from training._evaluate import embed_images, head_logits
+
+    torch.manual_seed(3)
+    net = model.create_model("hybrid1", in_chans=3, embed_dim=32)
+    head = torch.nn.Linear(32, 4)
+    names = ["a", "b", "c", "d"]
+    meta = dict(arch="hybrid1", in_chans=3, image_size=32, embed_dim=32, class_names=names, mean=[0.4, 0.5, 0.6],
+                std=[0.2, 0.25, 0.3], heads={"ce_head": {"type": "linear", "in_features": 32, "out_features": 4}})
+    plain = model.save_artifact(tmp_path / "plain.safetensors", net, model.ArtifactMeta(name="plain", **meta),
+                                heads={"ce_head": head})
+    mirrored = model.save_artifact(tmp_path / "mirrored.safetensors", net,
+                                   model.ArtifactMeta(name="mirrored", tta="hflip", **meta), heads={"ce_head": head})
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")
+    clean = teacher_embeddings([str(plain)], images, 3, 32, cpu, class_names=names)
+    views = AugmentedViewTeachers([str(plain)], 3, 32, cpu, class_names=names)(images.float() / 255)
+    assert torch.allclose(views.embeddings, clean.embeddings, atol=1e-5)  # the same images: the same answer
+    assert torch.allclose(views.logits, clean.logits, atol=1e-4) and views.ids == clean.ids
+    # The stored mirror-image averaging is not applied to the views: the plain network's output, normalised.
+    art = model.load_artifact(mirrored)
+    out = AugmentedViewTeachers([str(mirrored)], 3, 32, cpu)(images.float() / 255)
+    raw = embed_images(art.model, images, art.meta.mean, art.meta.std)  # tta none
+    assert out.logits is None
+    assert torch.allclose(out.embeddings, torch.nn.functional.normalize(raw, dim=1), atol=1e-5)
+    assert not torch.allclose(out.embeddings, teacher_embeddings([str(mirrored)], images, 3, 32, cpu).embeddings,
+                              atol=1e-3)
+    assert torch.allclose(head_logits(raw, art.heads["ce_head"]),
+                          AugmentedViewTeachers([str(mirrored)], 3, 32, cpu, names)(images.float() / 255).logits,
+                          atol=1e-4)
+    with pytest.raises(ValueError, match="soft labels need the same classes"):
+        AugmentedViewTeachers([str(plain)], 3, 32, cpu, class_names=["a", "b", "c", "e"])
 
 
 def test_soft_labels_cost_nothing_when_the_student_agrees_up_to_a_shift_and_teach_the_teachers_ranking():
