@@ -139,9 +139,7 @@ class AugmentedViewTeachers:
         self.ids = [a.model_id for a in arts]
         self._teachers = []
         for art in arts:
-            net = art.model.to(device).eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
+            net = art.model.to(device).eval()  # __call__ runs under no_grad: no gradient reaches it
             c = art.meta.in_chans
             mean = torch.tensor(list(art.meta.mean), dtype=torch.float32, device=device).view(1, c, 1, 1)
             std = torch.tensor(list(art.meta.std), dtype=torch.float32, device=device).view(1, c, 1, 1)
