@@ -109,6 +109,22 @@ def _ms_batch_losses(embeddings: torch.Tensor, labels: torch.Tensor, batches, al
     return out
 
 
+def _class_balanced_batches(labels: torch.Tensor, m: int, classes_per_batch: int, seed: int) -> list[torch.Tensor]:
+    """The strict MS figure's batches: index tensors of `m` items of each of `classes_per_batch` classes (fewer
+    when the split has fewer classes), from pml's MPerClassSampler seeded with `seed`, covering the split once."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    batch = m * min(classes_per_batch, len(torch.unique(labels)))
+    state = np.random.get_state()
+    np.random.seed(seed)  # MPerClassSampler draws from numpy's global generator
+    try:
+        order = list(iter(MPerClassSampler(labels.numpy(), m, batch_size=batch,
+                                           length_before_new_iter=max(len(labels), batch))))
+    finally:
+        np.random.set_state(state)
+    return [torch.tensor(order[i:i + batch]) for i in range(0, len(order) - batch + 1, batch)]
+
+
 def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_per_batch: int = 8,
             alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
             seed: int = 0) -> dict[str, Any]:
@@ -119,18 +135,8 @@ def ms_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: int = 8, classes_
     MultiSimilarityMiner(epsilon) then MultiSimilarityLoss(alpha, beta, base) on cosine similarity,
     mean over all anchors in the batch (anchors with no mined pair count as 0). Result: mean over batches.
     """
-    from pytorch_metric_learning.samplers import MPerClassSampler
-
-    cpb = min(classes_per_batch, len(torch.unique(labels)))
-    batch = m * cpb
-    state = np.random.get_state()
-    np.random.seed(seed)  # MPerClassSampler draws from numpy's global generator
-    try:
-        order = list(iter(MPerClassSampler(labels.numpy(), m, batch_size=batch,
-                                           length_before_new_iter=max(len(labels), batch))))
-    finally:
-        np.random.set_state(state)
-    batches = [torch.tensor(order[i:i + batch]) for i in range(0, len(order) - batch + 1, batch)]
+    batches = _class_balanced_batches(labels, m, classes_per_batch, seed)
+    batch = m * min(classes_per_batch, len(torch.unique(labels)))
     values = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=True)
     raw = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=False)
     return {"ms_loss": float(np.mean(values)), "ms_loss_unmined": float(np.mean(raw)),
