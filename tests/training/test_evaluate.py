@@ -57,6 +57,21 @@ def test_plain_batches_see_fewer_positives_so_the_same_embedding_scores_lower_th
     assert "ms_loss_plain" in evaluate_embeddings(emb, labels)
 
 
+def test_strict_ms_batches_hold_m_of_each_of_their_classes_cover_the_split_and_repeat_with_the_seed():
+    from training._evaluate import _class_balanced_batches
+
+    labels = torch.tensor([4, 1, 7, 1, 4, 9, 2, 7, 5, 3, 0, 8] * 20)  # ten classes; 1, 4 and 7 twice as common
+    batches = _class_balanced_batches(labels, m=4, classes_per_batch=3, seed=0)
+    assert len(batches) == len(labels) // 12
+    for idx in batches:
+        counts = torch.unique(labels[idx], return_counts=True)[1]
+        assert len(idx) == 12 and counts.tolist() == [4, 4, 4]
+    assert [b.tolist() for b in _class_balanced_batches(labels, 4, 3, seed=0)] == [b.tolist() for b in batches]
+    assert [b.tolist() for b in _class_balanced_batches(labels, 4, 3, seed=1)] != [b.tolist() for b in batches]
+    two_classes = torch.tensor([0, 1] * 20)  # fewer classes than asked: every batch takes both
+    assert all(len(b) == 8 for b in _class_balanced_batches(two_classes, 4, 3, seed=0))
+
+
 def test_class_report_agrees_with_pmls_per_class_precision_and_counts_every_wrong_neighbour():
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
