@@ -8,12 +8,23 @@ from typing import Callable, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE
+
 from ._errors import ApiError
 
 T = TypeVar("T")
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-_ALLOWED_TEXT = "JPEG, PNG, WebP, GIF or BMP"
+# What phones and cameras write is allowed: MPO (a JPEG with more pictures after it; its first is
+# read, by the JPEG decoder), and AVIF and HEIC/HEIF where this Pillow can read them. Everything else
+# Pillow could open (TIFF, EPS, FITS, ...) is refused, so its decoders are never reached.
+_OPENERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", *(("AVIF",) if AVIF_READABLE else ()),
+            *(("HEIF",) if HEIF_READABLE else ()))
+ALLOWED_FORMATS = (*_OPENERS, "MPO")  # the JPEG opener hands back an MPO; it has none of its own
+_NAMES = ["JPEG", "PNG", "WebP", "GIF", "BMP", *(["AVIF"] if AVIF_READABLE else []),
+          *(["HEIC/HEIF"] if HEIF_READABLE else [])]
+_ALLOWED_TEXT = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
+_ISO_BRANDS = {"avif": "AVIF", "avis": "AVIF", "heic": "HEIC", "heix": "HEIC", "heim": "HEIC", "heis": "HEIC",
+               "hevc": "HEIC", "hevx": "HEIC", "mif1": "HEIF", "msf1": "HEIF"}
 
 # Names for formats we refuse, recognised from their first bytes only (no decoder is involved),
 # so that the error can say what was sent.
@@ -40,14 +51,24 @@ def sniff_allowed(data: bytes) -> str | None:
         return "WebP"
     if data.startswith(b"BM"):
         return "BMP"
+    brand = _iso_brand(data)
+    if brand == "AVIF" and AVIF_READABLE or brand in ("HEIC", "HEIF") and HEIF_READABLE:
+        return brand
+    return None
+
+
+def _iso_brand(data: bytes) -> str | None:
+    """AVIF, HEIC or HEIF from an ISO media file's major brand; "ISO media" for another brand."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return _ISO_BRANDS.get(data[8:12].decode("latin-1", "replace"), "ISO media")
     return None
 
 
 def sniff_unsupported(data: bytes) -> str | None:
     """Name a refused format from its magic bytes (None when not recognised)."""
-    if len(data) >= 12 and data[4:8] == b"ftyp":
-        brand = data[8:12].decode("latin-1", "replace")
-        return {"avif": "AVIF", "avis": "AVIF", "heic": "HEIC", "heix": "HEIC", "mif1": "HEIF"}.get(brand, "ISO media")
+    brand = _iso_brand(data)
+    if brand:
+        return brand
     for magic, name in _KNOWN_OTHER:
         if data.startswith(magic):
             return name
@@ -60,8 +81,8 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
 
     The format is identified from the bytes by Pillow restricted to ALLOWED_FORMATS (the
     Content-Type is ignored); width x height is checked against `max_pixels` before decoding, and
-    Pillow's DecompressionBombWarning is an error. `draft` lets JPEG decode at a reduced scale no
-    smaller than draft x draft. `convert` receives the opened, not yet decoded image and does the
+    Pillow's DecompressionBombWarning is an error. `draft` lets JPEG (and MPO, HEIC) decode at a reduced
+    scale no smaller than draft x draft. `convert` receives the opened, not yet decoded image and does the
     decoding itself (e.g. Embedder.preprocess, which drafts JPEGs to the model's size exactly as
     for images read from disk); its failures are reported like decoding failures.
     Raises ApiError: 400 empty or corrupt/truncated, 413 too many pixels, 415 a format outside the
@@ -72,7 +93,7 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=_OPENERS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
         except UnidentifiedImageError:
@@ -88,7 +109,7 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
                            f"{what} is not a {_ALLOWED_TEXT} image (first bytes {data[:8]!r})") from None
         except Exception as exc:  # a malformed header of an allowed format
             raise ApiError(400, "invalid_image", f"{what}: cannot read the image header: {exc}") from None
-        if img.format not in ALLOWED_FORMATS:  # e.g. an MPO that opened through the JPEG plugin
+        if img.format not in ALLOWED_FORMATS:  # a plugin that hands back another format than its own
             raise ApiError(415, "unsupported_format",
                            f"{what} is a {img.format} file; send a {_ALLOWED_TEXT} image")
         w, h = img.size
@@ -100,7 +121,7 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
         try:
             if convert is not None:
                 return convert(img)
-            if draft and img.format == "JPEG":
+            if draft and img.format in DRAFT_FORMATS:
                 img.draft(None, (draft, draft))
             img.load()
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:

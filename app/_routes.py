@@ -36,7 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "a file part is missing, empty, corrupt or truncated; malformed multipart",
         401: "the API key is missing", 403: "the API key is wrong",
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
-        415: "not a JPEG, PNG, WebP, GIF or BMP image (decided from the bytes)",
+        415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
         404: "no item with this id", 422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
         503: "not ready, or over the concurrency limit"}.items()}
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ._errors import CliError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 THUMB_PX = 96
 
 
@@ -94,14 +93,16 @@ def _scan(source: Path, labels: bool):
     """(ids, label of each id, reader) for a folder or a tar. The reader maps an id to its bytes."""
     import tarfile
 
+    from model import IMAGE_EXTENSIONS
+
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         ids = [p.relative_to(source).as_posix() for p in files]
         return ids, {i: _label_of(i, labels) for i in ids}, None
     if source.is_file() and tarfile.is_tarfile(source):
         tf = tarfile.open(source)
         members = {m.name.removeprefix("./"): m for m in tf.getmembers()
-                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTS}
+                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS}
         ids = sorted(members)
         return ids, {i: _label_of(i, labels) for i in ids}, (tf, members)
     raise CliError(f"source {source} is neither a folder nor a tar archive")
@@ -161,7 +162,9 @@ def _build(args) -> int:
     embedder = _embedder(args.model)
     ids, labels, tar = _scan(source, not args.no_labels)
     if not ids:
-        raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {source}")
+        from model import IMAGE_EXTENSIONS
+
+        raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
     store = _open_store(args.data, False, embedder, args.index)
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._formats import DRAFT_FORMATS
+
 _HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
@@ -11,8 +13,9 @@ def to_model_array(image: Image.Image, in_chans: int, size: int) -> np.ndarray:
     """Orient by EXIF, flatten transparency onto white, convert to L or RGB, resize the short side
     to `size` and centre-crop to size x size. Returns uint8 (in_chans, size, size)."""
     mode = "L" if in_chans == 1 else "RGB"
-    if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK", "YCbCr"):
-        # Let libjpeg decode at a reduced scale (never smaller than needed): much cheaper for photos.
+    if image.format in DRAFT_FORMATS and image.mode in ("L", "RGB", "CMYK", "YCbCr"):
+        # Let libjpeg decode at a reduced scale (never smaller than needed), or pillow-heif decode the
+        # HEIC's embedded thumbnail when it is large enough: much cheaper for photos.
         image.draft(mode, (size, size))
     image = ImageOps.exif_transpose(image)
     image = _to_mode(image, mode)

@@ -22,9 +22,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from model import IMAGE_EXTENSIONS
+
 from ._files import write_whole
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -352,8 +353,10 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
     path = Path(path).expanduser()
     src = _Source(path)
     try:
+        # The readable extensions are in the key: a tar's fingerprint does not change when HEIC support
+        # is installed, but the images read from it do.
         key = hashlib.sha256(json.dumps([_CACHE_VERSION, src.fingerprint(), in_chans, image_size, test_fraction,
-                                         split_seed]).encode()).hexdigest()[:24]
+                                         split_seed, IMAGE_EXTENSIONS]).encode()).hexdigest()[:24]
         cached = cache_dir() / "datasets" / f"{key}.safetensors"
         if use_cache and cached.exists():
             try:

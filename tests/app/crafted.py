@@ -29,14 +29,6 @@ def pdf() -> bytes:
     return out.getvalue()
 
 
-def mpo() -> bytes:
-    """A two-frame MPO (multi-picture JPEG, as phone cameras write) written by Pillow."""
-    out = io.BytesIO()
-    Image.new("RGB", (16, 16), "red").save(out, "MPO", save_all=True,
-                                           append_images=[Image.new("RGB", (16, 16), "blue")])
-    return out.getvalue()
-
-
 def tiff() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (8, 8), "green").save(out, "TIFF")

@@ -8,6 +8,7 @@ import anyio
 import httpx
 import pytest
 
+from ..photo_formats import encode_as
 from . import crafted
 from .conftest import encode, pattern, running
 from .test_api import assert_error, png, still_serving, upload
@@ -29,7 +30,8 @@ async def test_bad_image_parts_are_client_errors_and_the_server_keeps_serving(ma
         ([upload(crafted.fits(), "x.jpg", "image/jpeg")], 415, "unsupported_format", "FITS"),
         ([upload(crafted.pdf(), "x.png", "image/png")], 415, "unsupported_format", "PDF"),
         ([upload(crafted.eps(), "x.png", "image/png")], 415, "unsupported_format", "EPS"),
-        ([upload(crafted.mpo(), "x.jpg", "image/jpeg")], 415, "unsupported_format", "MPO"),
+        ([upload(encode_as(pattern(2, (400, 300)), "HEIC"), "big.heic")], 413, "image_too_large", "400x300"),
+        ([upload(encode_as(pattern(2, (400, 300)), "HEIC")[:300], "cut.heic")], 400, "invalid_image", "cut.heic"),
         ([upload(crafted.tiff(), "x.tif", "image/tiff")], 415, "unsupported_format", "TIFF"),
         ([upload(crafted.png_claiming(10_000, 10_000), "bomb.png")], 413, "image_too_large", "bomb.png"),
         ([upload(crafted.png_claiming(30_000, 30_000), "bomb.png")], 413, "image_too_large", "bomb.png"),

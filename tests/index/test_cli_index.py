@@ -7,9 +7,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cli import main
 from index import Store, StoreConfig
+
+from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,29 @@ def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, t
                  "-k", "4", "--label", "cat", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and {h["label"] for h in hits} == {"cat"}
+
+
+def test_build_and_search_read_the_files_phones_write(shared_data, hybrid1_artifact, tmp_path, capsys):
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        pic = Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")).convert("RGB")
+    photo = pic.resize((640, 480), Image.Resampling.BICUBIC)
+    folder = tmp_path / "photos"
+    for i, fmt in enumerate(PHONE_FORMATS):
+        (folder / "car").mkdir(parents=True, exist_ok=True)
+        (folder / "car" / f"{i}{SUFFIX[fmt]}").write_bytes(encode_as(photo, fmt))
+    (folder / "plane").mkdir()
+    (folder / "plane" / "0.jpg").write_bytes(encode_as(photo.rotate(90), "JPEG"))
+    (folder / "notes.txt").write_text("not an image")
+    data = tmp_path / "data"
+    assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    assert "indexed 4 images (0 skipped)" in capsys.readouterr().out
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.labels() == {"car": 3, "plane": 1}
+        assert store.get("car/1.heic").metadata == {"width": 640, "height": 480}
+    assert main(["search", str(folder / "car" / "1.heic"), "--data", str(data), "--model", str(hybrid1_artifact),
+                 "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["id"] for h in hits} == {"car/0.mpo", "car/1.heic", "car/2.avif"}
 
 
 def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):

@@ -14,6 +14,8 @@ from PIL import Image
 from training import DatasetError, load_dataset
 from training._data import stratified_split
 
+from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as
+
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -130,6 +132,21 @@ def test_imagefolder_without_splits_gets_a_seeded_stratified_test_split(tmp_path
     assert torch.equal(a.train.images, b.train.images)
     grey = load_dataset(tmp_path / "photos", in_chans=1, image_size=16)
     assert grey.train.images.shape == (12, 1, 16, 16)
+
+
+def test_imagefolder_of_phone_photos_reads_heic_avif_and_mpo(tmp_path):
+    colours = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+    for c, rgb in colours.items():
+        for i, fmt in enumerate([*PHONE_FORMATS, "JPEG"]):
+            sub = tmp_path / "photos" / ("train" if i < 3 else "test") / c
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"{i}{SUFFIX[fmt]}").write_bytes(encode_as(Image.new("RGB", (64, 48), rgb), fmt))
+    ds = load_dataset(tmp_path / "photos", use_cache=False)
+    assert ds.class_names == ["blue", "green", "red"] and len(ds.train) == 9 and len(ds.test) == 3
+    for split in (ds.train, ds.test):
+        for label, c in enumerate(ds.class_names):
+            mean = split.images[split.labels == label].float().mean(dim=(0, 2, 3))
+            assert (mean - torch.tensor(colours[c], dtype=torch.float)).abs().max() < 12, (c, mean)
 
 
 def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):

@@ -1,0 +1,36 @@
+"""Which image files can be read: Pillow's own formats, plus the HEIC/HEIF photos that phones take,
+through pillow-heif when it is installed. Importing `model` registers it with Pillow, so the service,
+`simsearch index build` and the dataset readers all read the same files."""
+from __future__ import annotations
+
+from PIL import Image
+
+
+def _register_heif() -> bool:
+    try:
+        import pillow_heif
+    except ImportError:  # a platform without its wheels: HEIC stays unreadable, everything else works
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _pillow_reads(fmt: str) -> bool:
+    Image.init()
+    return fmt in Image.OPEN
+
+
+HEIF_READABLE = _register_heif()
+AVIF_READABLE = _pillow_reads("AVIF")  # Pillow 11.2+ wheels decode AVIF themselves
+
+#: Formats whose decoders can make a smaller image directly (`Image.draft`): libjpeg at 1/2 to 1/8
+#: scale, pillow-heif from the HEIC's embedded thumbnail. MPO is a JPEG with more pictures after it
+#: (cameras and phones write them); its first picture is read, by the JPEG decoder.
+DRAFT_FORMATS = ("JPEG", "MPO", "HEIF")
+
+#: File name endings read as images when a folder or tar is scanned (lower case).
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+    *((".avif",) if AVIF_READABLE else ()),
+    *((".heic", ".heif") if HEIF_READABLE else ()),
+)

@@ -1,0 +1,64 @@
+"""The files phones and cameras write (MPO, HEIC, AVIF) become the same model input as a JPEG of the
+same picture, through the cheap reduced-scale decoding where the format has one."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import model
+
+from ..photo_formats import PHONE_FORMATS, encode_as
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[Image.Image]:
+    """One real CIFAR-10 test image of each class, enlarged to 640x480 like a phone photo's shape."""
+    out: dict[str, Image.Image] = {}
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] not in out:
+                out[parts[2]] = Image.open(tar.extractfile(m)).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+            if len(out) == 10:
+                break
+    return [out[c] for c in sorted(out)]
+
+
+def test_heic_avif_and_mpo_files_are_readable_and_scanned():
+    assert model.HEIF_READABLE and model.AVIF_READABLE  # pillow-heif is a dependency; Pillow 11.2+ reads AVIF
+    assert {".heic", ".heif", ".avif", ".mpo", ".jpg", ".png"} <= set(model.IMAGE_EXTENSIONS)
+
+
+def test_an_mpo_is_read_as_its_first_picture_exactly_like_the_same_jpeg(photos):
+    mpo, jpeg = encode_as(photos[0], "MPO"), encode_as(photos[0], "JPEG")
+    assert _open(mpo).format == "MPO" and _open(mpo).n_frames == 2
+    np.testing.assert_array_equal(model.to_model_array(_open(mpo), 3, 32), model.to_model_array(_open(jpeg), 3, 32))
+
+
+def test_a_heic_is_embedded_from_its_thumbnail_when_that_is_large_enough(photos):
+    data = encode_as(photos[0], "HEIC")
+    im = _open(data)
+    assert im.format == "HEIF" and im.size == (640, 480)
+    small = model.to_model_array(im, 3, 32)
+    assert im.size == (160, 120)  # the embedded thumbnail was decoded, not the 640x480 picture
+    full = _open(data)
+    full.load()  # decoded at full size first: no draft is possible any more
+    assert np.abs(small.astype(int) - model.to_model_array(full, 3, 32)).mean() < 3
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+def test_a_phone_format_query_finds_its_own_picture_among_jpegs(photos, fmt):
+    embedder = model.Embedder.from_file(model.default_artifact_path(), device="cpu")
+    gallery = embedder.embed([_open(encode_as(p, "JPEG")) for p in photos])
+    queries = embedder.embed([_open(encode_as(p, fmt)) for p in photos])
+    sims = queries @ gallery.T
+    assert (sims.argmax(axis=1) == np.arange(len(photos))).all()
+    assert sims.diagonal().min() > 0.95

@@ -1,0 +1,23 @@
+"""One picture as the files phones and cameras write, for the tests of every layer that reads them."""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+PHONE_FORMATS = ("MPO", "HEIC", "AVIF")
+SUFFIX = {"MPO": ".mpo", "HEIC": ".heic", "AVIF": ".avif", "JPEG": ".jpg"}
+
+
+def encode_as(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    """`img` as JPEG, MPO (two pictures: `img`, then `img` upside down, as a camera stores a second
+    view), HEIC (with a 160-pixel embedded thumbnail, as iPhones write) or AVIF."""
+    out = io.BytesIO()
+    if fmt == "MPO":
+        img.save(out, "MPO", save_all=True, append_images=[img.transpose(Image.Transpose.ROTATE_180)],
+                 quality=quality)
+    elif fmt == "HEIC":
+        img.save(out, "HEIF", quality=quality, thumbnails=[160])
+    else:
+        img.save(out, fmt, quality=quality)
+    return out.getvalue()
