@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below)")
     require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
-    max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels (width x height)")
+    # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
+    # photos are decoded at reduced scale, so only the other formats ever hold that many pixels.
+    max_pixels: int = Field(64_000_000, ge=1, description="largest image in pixels (width x height)")
     max_files_per_request: int = Field(64, ge=1, description="most `file` parts in one request")
     max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")

@@ -83,6 +83,16 @@ async def test_a_large_photo_gets_the_same_vector_when_indexed_and_searched(make
         assert np.abs(stored - direct).max() < 1e-6
 
 
+async def test_a_48_megapixel_phone_photo_is_indexed_and_found_under_the_default_limits(make_settings):
+    # 8064x6048, a 48 MP phone mode; a smooth picture keeps the JPEG under the 10 MiB body limit
+    photo = encode(pattern(9, (252, 189)).resize((8064, 6048), Image.Resampling.BILINEAR), "JPEG", quality=85)
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(photo, "48mp.jpg", "image/jpeg")], data={"id": "48mp"})
+        assert r.status_code == 201, r.text
+        hit = (await c.post("/search?k=1", files=[upload(photo, "q.jpg", "image/jpeg")])).json()["results"][0]
+        assert hit["id"] == "48mp" and hit["score"] == pytest.approx(1.0, abs=1e-6)
+
+
 async def test_search_caps_results_at_k_and_at_the_gallery_size(make_settings):
     async with running(make_settings()) as c:
         r = await c.post("/search", files=[upload(png(1))])
