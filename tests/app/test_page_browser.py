@@ -164,6 +164,26 @@ def test_page_shows_gallery_size_and_model(page, page_server, gallery):
     assert page.find_element("id", "gallery-model").text == str(info["model"])
 
 
+def test_a_heic_photo_is_searched_from_the_page_though_the_browser_cannot_show_it(page, gallery, tmp_path):
+    from PIL import Image
+
+    from ..photo_formats import encode_as
+
+    query_id, label, jpeg = gallery_image_file(gallery, 4, tmp_path)
+    photo = Image.open(jpeg).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(encode_as(photo, "HEIC"))
+    choose_k(page, 4)
+    upload(page, heic)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == ""
+    cards = result_cards(page)
+    # the gallery holds the 32x32 original, the query was enlarged to 640x480 first: its own copy ranks first
+    assert cards[0]["id"] == query_id and cards[0]["label"] == label, cards
+    query = page.find_element("id", "query").text
+    assert "IMG_0001.HEIC" in query and "(no preview)" in query   # Chromium does not decode HEIC
+
+
 def test_the_drop_zone_is_reached_by_keyboard_and_labelled(page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
