@@ -11,7 +11,8 @@ from ._params import count_parameters, default_artifact_path
 from ._pddm import PDDM
 
 __all__ = [
-    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "PDDM", "TTA_MODES", "count_parameters",
+    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
+    "IMAGE_EXTENSIONS", "Involution", "PDDM", "TTA_MODES", "count_parameters",
     "create_model", "default_artifact_path", "default_device", "embed_tensor", "is_model", "list_models",
     "load_artifact", "read_meta", "register_model", "resave_artifact", "save_artifact", "to_model_array",
 ]

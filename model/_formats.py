@@ -21,7 +21,7 @@ def _pillow_reads(fmt: str) -> bool:
 
 
 HEIF_READABLE = _register_heif()
-AVIF_READABLE = _pillow_reads("AVIF")  # Pillow 11.2+ wheels decode AVIF themselves
+AVIF_READABLE = _pillow_reads("AVIF")  # recent Pillow wheels carry their own AVIF decoder
 
 #: Formats whose decoders can make a smaller image directly (`Image.draft`): libjpeg at 1/2 to 1/8
 #: scale, pillow-heif from the HEIC's embedded thumbnail. MPO is a JPEG with more pictures after it
