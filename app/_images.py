@@ -20,8 +20,7 @@ T = TypeVar("T")
 _OPENERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", *(("AVIF",) if AVIF_READABLE else ()),
             *(("HEIF",) if HEIF_READABLE else ()))
 ALLOWED_FORMATS = (*_OPENERS, "MPO")  # the JPEG opener hands back an MPO; it has none of its own
-_NAMES = ["JPEG", "PNG", "WebP", "GIF", "BMP", *(["AVIF"] if AVIF_READABLE else []),
-          *(["HEIC/HEIF"] if HEIF_READABLE else [])]
+_NAMES = [{"WEBP": "WebP", "HEIF": "HEIC/HEIF"}.get(f, f) for f in _OPENERS]
 _ALLOWED_TEXT = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
 _ISO_BRANDS = {"avif": "AVIF", "avis": "AVIF", "heic": "HEIC", "heix": "HEIC", "heim": "HEIC", "heis": "HEIC",
                "hevc": "HEIC", "hevx": "HEIC", "mif1": "HEIF", "msf1": "HEIF"}

@@ -9,6 +9,11 @@ PHONE_FORMATS = ("MPO", "HEIC", "AVIF")
 SUFFIX = {"MPO": ".mpo", "HEIC": ".heic", "AVIF": ".avif", "JPEG": ".jpg"}
 
 
+def phone_sized(img: Image.Image) -> Image.Image:
+    """`img` (a 32x32 CIFAR-10 picture, say) enlarged to 640x480 RGB, a phone photo's shape."""
+    return img.convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+
+
 def encode_as(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     """`img` as JPEG, MPO (two pictures: `img`, then `img` upside down, as a camera stores a second
     view), HEIC (with a 160-pixel embedded thumbnail, as iPhones write) or AVIF."""

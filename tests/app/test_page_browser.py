@@ -167,10 +167,10 @@ def test_page_shows_gallery_size_and_model(page, page_server, gallery):
 def test_a_heic_photo_is_searched_from_the_page_though_the_browser_cannot_show_it(page, gallery, tmp_path):
     from PIL import Image
 
-    from ..photo_formats import encode_as
+    from ..photo_formats import encode_as, phone_sized
 
     query_id, label, jpeg = gallery_image_file(gallery, 4, tmp_path)
-    photo = Image.open(jpeg).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+    photo = phone_sized(Image.open(jpeg))
     heic = tmp_path / "IMG_0001.HEIC"
     heic.write_bytes(encode_as(photo, "HEIC"))
     choose_k(page, 4)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as
+from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as, phone_sized
 from . import crafted
 from .conftest import SERVER_MAX_BODY, SERVER_MAX_CONCURRENCY, encode, pattern
 from .test_api import assert_error, png, upload
@@ -87,8 +87,7 @@ def test_index_search_get_list_delete_over_http(server, client, writer, cifar):
 def test_photos_as_phones_write_them_are_indexed_and_found_over_http(server, client, writer, cifar):
     """MPO, HEIC and AVIF copies of one photo are found first by the same photo as a JPEG, among JPEGs of
     other photos; a HEIC query works as a raw body too, and a HEIC item has a JPEG thumbnail."""
-    photos = [Image.open(io.BytesIO(b)).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
-              for b in cifar["automobile"][:5]]
+    photos = [phone_sized(Image.open(io.BytesIO(b))) for b in cifar["automobile"][:5]]
     files = [upload(encode_as(photos[0], f), f"car{SUFFIX[f]}", "application/octet-stream") for f in PHONE_FORMATS]
     files += [upload(encode_as(p, "JPEG"), f"other-{i}.jpg", "image/jpeg") for i, p in enumerate(photos[1:])]
     ids = [f"phone-{f}" for f in PHONE_FORMATS] + [f"phone-other-{i}" for i in range(4)]

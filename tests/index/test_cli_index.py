@@ -12,7 +12,7 @@ from PIL import Image
 from cli import main
 from index import Store, StoreConfig
 
-from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as
+from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as, phone_sized
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,7 @@ def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, t
 
 def test_build_and_search_read_the_files_phones_write(shared_data, hybrid1_artifact, tmp_path, capsys):
     with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        pic = Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")).convert("RGB")
-    photo = pic.resize((640, 480), Image.Resampling.BICUBIC)
+        photo = phone_sized(Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")))
     folder = tmp_path / "photos"
     for i, fmt in enumerate(PHONE_FORMATS):
         (folder / "car").mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import model
 
-from ..photo_formats import PHONE_FORMATS, encode_as
+from ..photo_formats import PHONE_FORMATS, encode_as, phone_sized
 
 
 def _open(data: bytes) -> Image.Image:
@@ -26,7 +26,7 @@ def photos(shared_data) -> list[Image.Image]:
         for m in tar:
             parts = m.name.split("/")
             if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] not in out:
-                out[parts[2]] = Image.open(tar.extractfile(m)).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+                out[parts[2]] = phone_sized(Image.open(tar.extractfile(m)))
             if len(out) == 10:
                 break
     return [out[c] for c in sorted(out)]
