@@ -2,6 +2,7 @@
 # simsearch: the HTTP service with the bundled CIFAR-10 Hybrid-1 model.
 #   docker build -t simsearch:cpu .                         (default: slim CPU image)
 #   docker build -t simsearch:gpu --build-arg VARIANT=gpu .  (CUDA torch + faiss-gpu; run with --gpus all)
+#   docker build -t simsearch:train --build-arg EXTRAS=train .  (also `simsearch train`/`evaluate`)
 #   docker run -p 8000:8000 -v simsearch-data:/data -e SIMSEARCH_API_KEY=... simsearch:cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -11,17 +12,21 @@ ARG VARIANT=cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG FAISS_GPU_VERSION=1.14.1.post1
+# extras of the project to install beside the service: "" (serving, indexing, searching) or "train"
+ARG EXTRAS=""
 # where the CPU wheels of torch come from (a mirror can be given here)
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch first: the largest layer, and the one that changes least. The CPU wheels (about 200 MB)
-# come from the PyTorch CPU index; PyPI's Linux wheels are the CUDA build (several GB).
-RUN case "$VARIANT" in \
-      cpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-               --index-url "${TORCH_CPU_INDEX}" ;; \
-      gpu) pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ;; \
+# come from the PyTorch CPU index; PyPI's Linux wheels are the CUDA build (several GB). torchvision
+# (only the train extra uses it) must come from the same index as torch, so it is installed here too.
+# hadolint ignore=DL3013
+RUN case ",${EXTRAS}," in *,train,*) tv="torchvision==${TORCHVISION_VERSION}" ;; *) tv="" ;; esac \
+    && case "$VARIANT" in \
+      cpu) pip install "torch==${TORCH_VERSION}" ${tv:+"$tv"} --index-url "${TORCH_CPU_INDEX}" ;; \
+      gpu) pip install "torch==${TORCH_VERSION}" ${tv:+"$tv"} ;; \
       *) echo "VARIANT must be cpu or gpu, got '$VARIANT'" >&2; exit 1 ;; \
     esac
 WORKDIR /src
@@ -33,7 +38,7 @@ COPY model ./model
 COPY training ./training
 # faiss-gpu-cu12 has the same Python module as faiss-cpu: remove one before installing the other.
 # hadolint ignore=DL3013
-RUN pip install . \
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
     && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12==${FAISS_GPU_VERSION}"; fi \
     && python -c "import model, app, index; p = model.default_artifact_path('cifar10'); assert p.is_file(), f'bundled model missing: {p}'"
 

@@ -20,7 +20,11 @@ def _list(args) -> int:
     import model
 
     for name in model.list_models():
-        m = model.create_model(name, in_chans=args.in_chans)
+        try:
+            m = model.create_model(name, in_chans=args.in_chans)
+        except ModuleNotFoundError as exc:  # a baseline, on an install without the `train` extra
+            print(f"{name:16s} needs {(exc.name or '?').split('.')[0]}, not installed (pip install 'simsearch[train]')")
+            continue
         n = model.count_parameters(m)
         print(f"{name:16s} {n:>12,d} parameters  {n * 4 / 1024:>10.2f} KB (float32)")
     return 0

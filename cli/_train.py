@@ -7,6 +7,24 @@ from pathlib import Path
 
 from ._errors import CliError
 
+# The import names of the `train` extra's packages (pyproject.toml). A slim install (the container's)
+# has none of them; each command below says so up front instead of failing mid-run.
+_TRAIN_MODULES = {"torchvision": "torchvision", "pytorch_metric_learning": "pytorch-metric-learning",
+                  "sklearn": "scikit-learn", "kornia": "kornia", "timm": "timm"}
+
+
+def _import_training(command: str):
+    """The training package, or a CliError that names the missing packages and the install command."""
+    import importlib.util
+
+    missing = [pkg for mod, pkg in _TRAIN_MODULES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise CliError(f"'simsearch {command}' needs the training extra, and {', '.join(missing)} "
+                       f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'simsearch[train]'")
+    import training
+
+    return training
+
 
 def _kv(text: str) -> tuple[str, object]:
     if "=" not in text:
@@ -105,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args) -> int:
-    import training
+    training = _import_training("train")
 
     data = Path(args.data)
     if args.download:
@@ -167,8 +185,8 @@ def _architecture_of(artifact: str, overrides: dict) -> dict:
 
 def _evaluate(args) -> int:
     import model
-    import training
 
+    training = _import_training("evaluate")
     if args.name and not args.out:
         raise CliError("--name names the copy that --out writes; give --out too")
     if args.centre is not None and not 0 <= args.centre <= 1:
@@ -189,6 +207,7 @@ def _evaluate(args) -> int:
 
 
 def _experiment(args) -> int:
+    _import_training("experiment")
     from training import _experiment as exp
 
     try:
