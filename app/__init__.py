@@ -22,7 +22,7 @@ __all__ = ["Settings", "create_app"]
 
 _DESCRIPTION = """Image similarity search. Add images to the gallery with `POST /index`, find the
 nearest ones to an uploaded image with `POST /search`. Images are JPEG (MPO too), PNG, WebP, GIF, BMP,
-AVIF or HEIC/HEIF, decided from their bytes. Writes need the API key (`X-API-Key` or `Authorization: Bearer`) when one
+AVIF or HEIC/HEIF (or fewer, as the operator sets), decided from their bytes. Writes need the API key (`X-API-Key` or `Authorization: Bearer`) when one
 is configured. Every error is `{"error": {"code": ..., "message": ...}}`."""
 
 

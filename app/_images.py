@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -16,14 +17,41 @@ T = TypeVar("T")
 
 # What phones and cameras write is allowed: MPO (a JPEG with more pictures after it; its first is
 # read, by the JPEG decoder), and AVIF and HEIC/HEIF where this Pillow can read them. Everything else
-# Pillow could open (TIFF, EPS, FITS, ...) is refused, so its decoders are never reached.
-_OPENERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", *(("AVIF",) if AVIF_READABLE else ()),
-            *(("HEIF",) if HEIF_READABLE else ()))
-ALLOWED_FORMATS = (*_OPENERS, "MPO")  # the JPEG opener hands back an MPO; it has none of its own
-_NAMES = [{"WEBP": "WebP", "HEIF": "HEIC/HEIF"}.get(f, f) for f in _OPENERS]
-_ALLOWED_TEXT = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
+# Pillow could open (TIFF, EPS, FITS, ...) is refused, so its decoders are never reached. An operator
+# may narrow the list further (SIMSEARCH_IMAGE_FORMATS), e.g. to keep libheif away from uploads.
+FORMAT_NAMES = ("jpeg", "png", "webp", "gif", "bmp", "avif", "heif")  # what SIMSEARCH_IMAGE_FORMATS takes
+_OPENER = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "avif": "AVIF", "heif": "HEIF"}
+_READABLE = {"avif": AVIF_READABLE, "heif": HEIF_READABLE}
 _ISO_BRANDS = {"avif": "AVIF", "avis": "AVIF", "heic": "HEIC", "heix": "HEIC", "heim": "HEIC", "heis": "HEIC",
                "hevc": "HEIC", "hevx": "HEIC", "mif1": "HEIF", "msf1": "HEIF"}
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """The formats uploads may be in: `openers` go to Image.open, `allowed` are the formats it may hand
+    back (the JPEG opener returns MPO files as MPO), `text` names them for error messages."""
+
+    openers: tuple[str, ...]
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return (*self.openers, "MPO") if "JPEG" in self.openers else self.openers
+
+    @property
+    def text(self) -> str:
+        names = [{"WEBP": "WebP", "HEIF": "HEIC/HEIF"}.get(f, f) for f in self.openers]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def image_policy(names: Iterable[str] = FORMAT_NAMES) -> ImagePolicy:
+    """The policy for these FORMAT_NAMES, less AVIF/HEIF where this Pillow cannot read them."""
+    picked = [n for n in FORMAT_NAMES if n in set(names) and _READABLE.get(n, True)]
+    if not picked:
+        raise ValueError(f"none of the image formats {sorted(set(names))} can be read here")
+    return ImagePolicy(tuple(_OPENER[n] for n in picked))
+
+
+DEFAULT_POLICY = image_policy()
 
 # Names for formats we refuse, recognised from their first bytes only (no decoder is involved),
 # so that the error can say what was sent.
@@ -38,22 +66,30 @@ _KNOWN_OTHER = [
 ]
 
 
-def sniff_allowed(data: bytes) -> str | None:
-    """Name an allowed format from its magic bytes (None when not recognised)."""
+def sniff_allowed(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> str | None:
+    """Name a format the policy allows from its magic bytes (None when not recognised)."""
+    name, opener = _sniff_known(data)
+    return name if opener in policy.openers else None
+
+
+def _sniff_known(data: bytes) -> tuple[str | None, str | None]:
+    """(name for messages, Pillow opener) of a format the service can read, from its magic bytes."""
     if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
+        return "JPEG", "JPEG"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
+        return "PNG", "PNG"
     if data.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
+        return "GIF", "GIF"
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "WebP"
+        return "WebP", "WEBP"
     if data.startswith(b"BM"):
-        return "BMP"
+        return "BMP", "BMP"
     brand = _iso_brand(data)
-    if brand == "AVIF" and AVIF_READABLE or brand in ("HEIC", "HEIF") and HEIF_READABLE:
-        return brand
-    return None
+    if brand == "AVIF" and AVIF_READABLE:
+        return brand, "AVIF"
+    if brand in ("HEIC", "HEIF") and HEIF_READABLE:
+        return brand, "HEIF"
+    return None, None
 
 
 def _iso_brand(data: bytes) -> str | None:
@@ -64,7 +100,11 @@ def _iso_brand(data: bytes) -> str | None:
 
 
 def sniff_unsupported(data: bytes) -> str | None:
-    """Name a refused format from its magic bytes (None when not recognised)."""
+    """Name a refused format from its magic bytes (None when not recognised). A format the service
+    could read but the policy refuses is named by sniff_allowed's name for it."""
+    known, _ = _sniff_known(data)
+    if known:
+        return known
     brand = _iso_brand(data)
     if brand:
         return brand
@@ -75,10 +115,11 @@ def sniff_unsupported(data: bytes) -> str | None:
 
 
 def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: str = "file",
-                 convert: Callable[[Image.Image], T] | None = None) -> Image.Image | T:
+                 convert: Callable[[Image.Image], T] | None = None,
+                 policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image | T:
     """Decode image bytes into a fully loaded PIL image, or into `convert(image)`.
 
-    The format is identified from the bytes by Pillow restricted to ALLOWED_FORMATS (the
+    The format is identified from the bytes by Pillow restricted to `policy`'s formats (the
     Content-Type is ignored); width x height is checked against `max_pixels` before decoding, and
     Pillow's DecompressionBombWarning is an error. `draft` lets JPEG (and MPO, HEIC) decode at a reduced
     scale no smaller than draft x draft. `convert` receives the opened, not yet decoded image and does the
@@ -92,25 +133,25 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=_OPENERS)
+            img = Image.open(io.BytesIO(data), formats=policy.openers)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
         except UnidentifiedImageError:
-            allowed = sniff_allowed(data)
+            allowed = sniff_allowed(data, policy)
             if allowed:
                 raise ApiError(400, "invalid_image", f"{what} starts like a {allowed} image but its header "
                                                      "is corrupt or truncated") from None
             other = sniff_unsupported(data)
             if other:
                 raise ApiError(415, "unsupported_format",
-                               f"{what} is a {other} file; send a {_ALLOWED_TEXT} image") from None
+                               f"{what} is a {other} file; send a {policy.text} image") from None
             raise ApiError(415, "unsupported_format",
-                           f"{what} is not a {_ALLOWED_TEXT} image (first bytes {data[:8]!r})") from None
+                           f"{what} is not a {policy.text} image (first bytes {data[:8]!r})") from None
         except Exception as exc:  # a malformed header of an allowed format
             raise ApiError(400, "invalid_image", f"{what}: cannot read the image header: {exc}") from None
-        if img.format not in ALLOWED_FORMATS:  # a plugin that hands back another format than its own
+        if img.format not in policy.allowed:  # a plugin that hands back another format than its own
             raise ApiError(415, "unsupported_format",
-                           f"{what} is a {img.format} file; send a {_ALLOWED_TEXT} image")
+                           f"{what} is a {img.format} file; send a {policy.text} image")
         w, h = img.size
         if w * h > max_pixels:
             raise ApiError(413, "image_too_large",

@@ -191,13 +191,13 @@ def _parse_metadata(text: str, i: int) -> dict[str, Any]:
 def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: int) -> tuple[np.ndarray, list]:
     # The model's input is made exactly as Embedder.embed makes it from a file (its own JPEG draft),
     # so an image indexed here, by `simsearch index build` or searched for gets the same vector.
-    max_pixels = service.settings.max_pixels
+    max_pixels, policy = service.settings.max_pixels, service.image_policy
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        arrays.append(decode_image(data, max_pixels, what=what, convert=service.embedder.preprocess))
+        arrays.append(decode_image(data, max_pixels, what=what, convert=service.embedder.preprocess, policy=policy))
         if thumbnail_size:
-            img = decode_image(data, max_pixels, draft=thumbnail_size, what=what)
+            img = decode_image(data, max_pixels, draft=thumbnail_size, what=what, policy=policy)
             try:
                 thumbs.append(make_thumbnail(img, thumbnail_size))
             except Exception as exc:  # noqa: BLE001  (a decoded image the thumbnailer cannot handle)

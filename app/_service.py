@@ -15,6 +15,7 @@ import numpy as np
 from ._batcher import MicroBatcher, SearchParams
 from ._commits import GroupCommitter
 from ._errors import ApiError
+from ._images import image_policy
 from ._metrics import Metrics
 from ._settings import Settings
 
@@ -28,6 +29,7 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
+        self.image_policy = image_policy(settings.image_formats.split(","))
         self.embedder = None
         self.store = None
         self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
@@ -113,9 +115,10 @@ class Service:
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
-        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items)",
-                 time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
-                 "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count())
+        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items), "
+                 "uploads as %s", time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
+                 "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count(),
+                 ", ".join(self.image_policy.allowed))
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
         if not params.rerank:

@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._images import FORMAT_NAMES, image_policy
+
 
 class Settings(BaseSettings):
     """Everything the service can be told. Each field is read from SIMSEARCH_<FIELD> (e.g.
@@ -25,6 +27,10 @@ class Settings(BaseSettings):
     # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
     # photos are decoded at reduced scale, so only the other formats ever hold that many pixels.
     max_pixels: int = Field(64_000_000, ge=1, description="largest image in pixels (width x height)")
+    image_formats: str = Field(",".join(FORMAT_NAMES),
+                               description="comma-separated formats uploads may be in, of " + ", ".join(FORMAT_NAMES)
+                                           + " (jpeg includes MPO; heif includes HEIC; avif and heif only "
+                                             "where their decoders are installed)")
     max_files_per_request: int = Field(64, ge=1, description="most `file` parts in one request")
     max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
@@ -40,6 +46,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None
+
+    @field_validator("image_formats")
+    @classmethod
+    def _known_formats(cls, v: str) -> str:
+        names = [{"jpg": "jpeg", "heic": "heif"}.get(n, n) for n in (x.strip().lower() for x in v.split(",")) if n]
+        unknown = [n for n in names if n not in FORMAT_NAMES]
+        if unknown or not names:
+            raise ValueError(f"{v!r}: give a comma-separated list of {', '.join(FORMAT_NAMES)}"
+                             + (f" ({unknown[0]!r} is none of them)" if unknown else ""))
+        image_policy(names)  # raises when none of them can be read here
+        return ",".join(n for n in FORMAT_NAMES if n in names)
 
     @field_validator("device")
     @classmethod

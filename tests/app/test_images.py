@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app._errors import ApiError
-from app._images import decode_image, make_thumbnail
+from app._images import decode_image, image_policy, make_thumbnail
 
 from ..photo_formats import encode_as
 from . import crafted
@@ -56,6 +56,27 @@ def test_a_cut_phone_photo_is_400_invalid_image_naming_its_format(fmt, name):
     with pytest.raises(ApiError) as err:
         decode_image(data[:40], LIMIT)  # not even a whole header: named from the file type box
     assert (err.value.status, err.value.code) == (400, "invalid_image") and name in err.value.message
+
+
+def test_a_narrowed_policy_refuses_the_formats_it_leaves_out_as_415_naming_them():
+    policy = image_policy(["jpeg", "png"])
+    heic = encode_as(pattern(5, (64, 48)), "HEIC")
+    for data in (heic, heic[:40]):  # whole, and cut short: refused, not read as a corrupt HEIC
+        with pytest.raises(ApiError) as err:
+            decode_image(data, LIMIT, policy=policy)
+        assert (err.value.status, err.value.code) == (415, "unsupported_format")
+        assert "is a HEIC file; send a JPEG or PNG image" in err.value.message
+    # JPEG's multi-picture files come with JPEG; WebP, left out, is refused although Pillow reads it
+    assert decode_image(encode_as(pattern(5, (64, 48)), "MPO"), LIMIT, policy=policy).format == "MPO"
+    with pytest.raises(ApiError) as err:
+        decode_image(encode(pattern(3), "WEBP"), LIMIT, policy=policy)
+    assert err.value.status == 415 and "is a WebP file" in err.value.message
+
+
+def test_a_policy_without_jpeg_refuses_mpo_too():
+    with pytest.raises(ApiError) as err:
+        decode_image(encode_as(pattern(5, (64, 48)), "MPO"), LIMIT, policy=image_policy(["png"]))
+    assert err.value.status == 415 and "is a JPEG file; send a PNG image" in err.value.message
 
 
 def test_bytes_that_are_no_image_are_415_with_their_first_bytes_named():

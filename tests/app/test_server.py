@@ -227,6 +227,43 @@ def test_serve_reports_a_bad_setting_in_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_serve_refuses_an_unknown_image_format_setting_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "simsearch"
+    env = {**os.environ, "SIMSEARCH_IMAGE_FORMATS": "jpeg,tiff"}
+    r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "SIMSEARCH_IMAGE_FORMATS" in r.stderr and "'tiff' is none of them" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_operator_can_narrow_the_upload_formats_and_the_rest_get_415(hybrid1_artifact, cifar, tmp_path):
+    """SIMSEARCH_IMAGE_FORMATS=jpeg,png: a HEIC or AVIF upload is refused before any decoder sees it,
+    JPEG and PNG work, and the server keeps serving."""
+    from .conftest import start_server, stop_server
+
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_IMAGE_FORMATS": "JPG, png", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"},
+                        tmp_path, ["--log-level", "info"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            photo = phone_sized(Image.open(io.BytesIO(cifar["automobile"][0])))
+            for fmt in ("HEIC", "AVIF"):
+                r = c.post("/index", files=[upload(encode_as(photo, fmt), f"x{SUFFIX[fmt]}", "image/heic")])
+                assert_error(r, 415, "unsupported_format", f"is a {fmt} file; send a JPEG or PNG image")
+            r = c.post("/index", files=[upload(encode_as(photo, "JPEG"), "x.jpg", "image/jpeg")], data={"id": "ok"})
+            assert r.status_code == 201, r.text
+            hit = c.post("/search?k=1", files=[upload(encode(photo, "PNG"), "q.png", "image/png")]).json()
+            assert hit["results"][0]["id"] == "ok"
+            assert c.get("/index").json()["count"] == 1
+        assert "uploads as JPEG, PNG, MPO" in live.log_tail(20_000)
+    finally:
+        stop_server(live)
+
+
 def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifar, tmp_path):
     import io
     from pathlib import Path
