@@ -230,6 +230,21 @@ def photo_640x480(quality: int = 90) -> list[bytes]:
     return out
 
 
+def reencode(jpegs: list[bytes], fmt: str) -> list[bytes]:
+    """The same photos as HEIC (quality 90, with a 320-pixel embedded thumbnail, as phones write it) or
+    AVIF (quality 90). Importing model registers pillow-heif's HEIF plugin with Pillow."""
+    import model  # noqa: F401
+    from PIL import Image
+
+    options = {"HEIF": {"quality": 90, "thumbnails": [320]}, "AVIF": {"quality": 90}}[fmt]
+    out = []
+    for data in jpegs:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").save(buf, fmt, **options)
+        out.append(buf.getvalue())
+    return out
+
+
 def seeded_artifact(path: Path, stride: int = 2) -> Path:
     """A Hybrid-1 RGB artifact with seeded random weights (speed does not depend on the weights)."""
     import torch

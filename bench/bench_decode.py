@@ -48,15 +48,7 @@ def main() -> None:
     size, chans = 32, 3
 
     pngs, jpegs = _common.png_32(64), _common.photo_640x480()
-    photos = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
-    heics, avifs = [], []
-    for p in photos:
-        out = io.BytesIO()
-        p.save(out, "HEIF", quality=90, thumbnails=[320])
-        heics.append(out.getvalue())
-        out = io.BytesIO()
-        p.save(out, "AVIF", quality=90)
-        avifs.append(out.getvalue())
+    heics, avifs = _common.reencode(jpegs, "HEIF"), _common.reencode(jpegs, "AVIF")
     print(f"inputs: {len(pngs)} PNG 32x32 (mean {np.mean([len(b) for b in pngs]):.0f} bytes), "
           f"{len(jpegs)} JPEG 640x480 (mean {np.mean([len(b) for b in jpegs]) / 1024:.0f} KiB)")
 

@@ -8,7 +8,8 @@ vectors (cached under $SIMSEARCH_BENCH_DIR, default /tmp/simsearch-bench), `sims
 started on a free 127.0.0.1 port (rate limit off), and at each concurrency wrk (1 thread) runs, one
 after another: GET /healthz (the reference), POST /search?k=10 with 32x32 PNG queries (CIFAR-10
 test images), POST /search?k=10 with 640x480 JPEG photos (as multipart; the kinds png32raw and
-jpeg640raw send the same images as the body itself). Reported: requests/s, p50/p99 latency,
+jpeg640raw send the same images as the body itself; heic640 and avif640 are those photos as HEIC
+and AVIF). Reported: requests/s, p50/p99 latency,
 the ratio to /healthz at the same concurrency, the service's own mean embed batch size and
 decode/embed/search times (from /metrics), and the server's resident memory.
 """
@@ -39,6 +40,13 @@ def query_files(workdir: Path) -> dict[str, tuple[str, list[Path]]]:
         p.write_bytes(data)
         out["jpeg640"][1].append(p)
     out["png32raw"], out["jpeg640raw"] = out["png32"], out["jpeg640"]
+    # the same photos as phones write them (HEIC with its embedded thumbnail, AVIF)
+    for kind, fmt, mime in (("heic640", "HEIF", "image/heic"), ("avif640", "AVIF", "image/avif")):
+        out[kind] = (mime, [])
+        for i, data in enumerate(_common.reencode(_common.photo_640x480(), fmt)):
+            p = qdir / f"photo{i}.{kind[:4]}"
+            p.write_bytes(data)
+            out[kind][1].append(p)
     return out
 
 
@@ -62,7 +70,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,1000000")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=8.0, help="wrk duration per case")
-    ap.add_argument("--kinds", default="png32,jpeg640", help="png32, jpeg640 (multipart), png32raw, jpeg640raw")
+    ap.add_argument("--kinds", default="png32,jpeg640", help="png32, jpeg640, heic640, avif640 (multipart), png32raw, jpeg640raw (the body)")
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server (e.g. OMP_NUM_THREADS=1)")
