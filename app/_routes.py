@@ -171,6 +171,28 @@ def _check_label(value: str | None) -> str | None:
     return value
 
 
+_WHERE_DOC = ('only neighbours whose metadata has each of these keys with this value: a JSON object of '
+              'strings, numbers, true, false or null, e.g. {"source": "phone"} (URL-encoded)')
+
+
+def _check_where(text: str | None) -> str | None:
+    """The `where` query parameter as canonical JSON (keys sorted), or None; 422 naming what is wrong."""
+    if text is None or text == "":
+        return None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, "invalid_parameter", f"where={text[:80]!r} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not value:
+        raise ApiError(422, "invalid_parameter", f"where={text[:80]!r} must be a non-empty JSON object "
+                                                 'of metadata keys and values, e.g. {"source": "phone"}')
+    for key, v in value.items():
+        if isinstance(v, (dict, list)):
+            raise ApiError(422, "invalid_parameter", f"where: the value of {key[:40]!r} must be a string, number, "
+                                                     f"true, false or null, got {json.dumps(v)[:60]}")
+    return json.dumps(value, sort_keys=True)
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -263,7 +285,8 @@ async def search(request: Request,
                  rerank: int | None = Query(None, ge=1, le=1000,
                                             description="re-order this many nearest candidates with the model's "
                                                         "PDDM head and return the best k (needs an artifact "
-                                                        "with a PDDM head; at least k)")):
+                                                        "with a PDDM head; at least k)"),
+                 where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
     t0 = time.perf_counter()
     service = _service(request)
     if rerank is not None:
@@ -273,7 +296,7 @@ async def search(request: Request,
         if rerank < k:
             raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
                                                      "of nearest candidates the PDDM re-orders")
-    label = _check_label(label)
+    label, where = _check_label(label), _check_where(where)
     if _is_raw_image(request.headers.get("content-type", "")):
         files = [("the body", await _read_body(request))]
     else:
@@ -284,7 +307,7 @@ async def search(request: Request,
             await form.close()
     # Decoded in the batcher's worker together with the model call: one thread hop per batch.
     _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1,
-                                                   SearchParams(k, label, max_distance, rerank))
+                                                   SearchParams(k, label, max_distance, rerank, where))
     # Built by hand and sent as is: validating the response model again costs event-loop time on
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
     return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
@@ -297,14 +320,16 @@ async def search(request: Request,
              responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
 async def search_by_id(request: Request, id: str = Path(description="gallery id"),
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
-                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False)):
+                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
     t0 = time.perf_counter()
     service = _service(request)
-    label = _check_label(label)
+    label, where = _check_label(label), _check_where(where)
+    where_filter = json.loads(where) if where else None
 
     def run():
         t = time.perf_counter()
-        hits = service.store.search_by_id(id, k=k, label=label, max_distance=max_distance)
+        hits = service.store.search_by_id(id, k=k, label=label, max_distance=max_distance, where=where_filter)
         service.metrics.search_seconds.observe(time.perf_counter() - t)
         return hits
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import time
@@ -121,9 +122,12 @@ class Service:
                  ", ".join(self.image_policy.allowed))
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
+        where = json.loads(params.where) if params.where else None
         if not params.rerank:
-            return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance)
-        found = self.store.search(queries, k=params.rerank, label=params.label, max_distance=params.max_distance)
+            return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance,
+                                     where=where)
+        found = self.store.search(queries, k=params.rerank, label=params.label, max_distance=params.max_distance,
+                                  where=where)
         return [self._rerank(q, hits, params.k) for q, hits in zip(queries, found)]
 
     def _rerank(self, query: np.ndarray, hits: list, k: int) -> list:

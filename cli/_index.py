@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(q, model=True)
     q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
     q.add_argument("--label", help="only neighbours with this label")
+    q.add_argument("--where", metavar="JSON", help='only neighbours whose metadata has these keys and values, '
+                                                   'e.g. \'{"source": "phone"}\'')
     q.add_argument("--max-distance", type=float, help="only neighbours within this distance (0..2)")
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
@@ -252,6 +254,10 @@ def _search(args) -> int:
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
     try:
+        where = json.loads(args.where) if args.where else None
+    except ValueError as exc:
+        raise CliError(f"--where {args.where!r} is not valid JSON: {exc}") from None
+    try:
         with Image.open(args.image) as im:
             im.load()
             embedder = _embedder(args.model)
@@ -261,7 +267,8 @@ def _search(args) -> int:
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder)
     try:
-        hits = store.search(vec, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance)[0]
+        hits = store.search(vec, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
+                            where=where)[0]
         if pddm is not None:
             hits = _rerank(store, pddm, vec[0], hits, args.k)
     except index.StoreError as exc:

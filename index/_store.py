@@ -66,7 +66,7 @@ class Store:
         self._snapshot_lock = threading.Lock()
         self._gpu = None
         self._version = 0                    # bumped on every applied write (caches, GPU mirror)
-        self._label_cache: dict[str | None, tuple[int, np.ndarray]] = {}
+        self._label_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         try:
             self._open()
         except BaseException:
@@ -147,6 +147,9 @@ class Store:
         self._rows: dict[int, tuple[str, str | None, str]] = {}
         self._fid_of: dict[str, int] = {}
         self._by_label: dict[str | None, set[int]] = {}
+        # metadata key -> (its value, as _value_key) -> FAISS ids: built for a key the first time a
+        # search filters on it, then kept up to date by every write
+        self._by_meta: dict[str, dict[tuple, set[int]]] = {}
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
         for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
             self._rows[seq] = (id_, label, meta)
@@ -414,9 +417,11 @@ class Store:
                 old = [self._fid_of[i] for i in deleted_ids + [n[1] for n in new] if i in self._fid_of]
                 self._remove_fids(old)
                 for fid in old:
-                    id_, label, _ = self._rows.pop(fid)
+                    id_, label, meta = self._rows.pop(fid)
                     del self._fid_of[id_]
                     self._by_label[label].discard(fid)
+                    for key, value in self._indexed_values(meta):
+                        self._by_meta[key].get(value, set()).discard(fid)
                 if new:
                     fids = np.array([n[0] for n in new], dtype=np.int64)
                     self._index.add_with_ids(np.stack([n[2] for n in new]), fids)
@@ -424,6 +429,8 @@ class Store:
                         self._rows[fid] = (id_, label, meta)
                         self._fid_of[id_] = fid
                         self._by_label.setdefault(label, set()).add(fid)
+                        for key, value in self._indexed_values(meta):
+                            self._by_meta[key].setdefault(value, set()).add(fid)
                 self._applied_seq = seq
                 self._version += 1
             except Exception as exc:
@@ -593,10 +600,12 @@ class Store:
     # ---- search ------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
-               max_distance: float | None = None) -> list[list[Hit]]:
+               max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """The k nearest items of each query row (inner product on unit vectors), best first.
-        label: only items with this label (k of them when k exist). max_distance: only hits with
-        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
+        label: only items with this label (k of them when k exist). where: only items whose metadata
+        has each of these keys with this value (JSON scalars, compared with their JSON type: 1 matches
+        1 and 1.0, not "1" or true). max_distance: only hits with distance = sqrt(2 - 2*score) <=
+        max_distance. Accepts (dim,) or (n, dim)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -604,38 +613,36 @@ class Store:
         if max_distance is not None and (not isinstance(max_distance, (int, float))
                                          or not math.isfinite(max_distance) or max_distance < 0):
             raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
-        return self._search(q, k, label, max_distance, exclude=None)
+        return self._search(q, k, label, max_distance, exclude=None, where=_check_where(where))
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
-                     max_distance: float | None = None) -> list[Hit]:
+                     max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
         """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
+        where = _check_where(where)
         item = self.get(id)
         if item is None:
             raise KeyError(id)
         if not isinstance(k, int) or k < 1:
             raise InvalidItemError(f"k must be a positive integer, got {k!r}")
-        return self._search(item.vector[None], k, label, max_distance, exclude=id)[0]
+        return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
 
-    def _search(self, q, k, label, max_distance, exclude):
+    def _search(self, q, k, label, max_distance, exclude, where=None):
         attempt = 0
         while True:
             with self._rw.read():
-                result = self._search_locked(q, k, label, max_distance, exclude)
+                result = self._search_locked(q, k, label, max_distance, exclude, where)
             if result is not None:
                 return result
             attempt += 1  # the exact fallback met a write committed but not yet applied: retry
             time.sleep(min(0.001 * attempt, 0.05))
 
-    def _search_locked(self, q, k, label, max_distance, exclude):
-        if label is None:
-            population = len(self._rows)
-            allowed = None
-        else:
-            population = len(self._by_label.get(label, ()))
-            allowed = self._label_fids(label)
+    def _search_locked(self, q, k, label, max_distance, exclude, where=None):
+        filtered = label is not None or where is not None
+        allowed = self._filter_fids(label, where) if filtered else None
+        population = len(allowed) if filtered else len(self._rows)
         if exclude is not None and exclude in self._fid_of:
             ex = self._fid_of[exclude]
-            if label is None or self._rows[ex][1] == label:
+            if not filtered or self._row_matches(ex, label, where):
                 population -= 1
         else:
             ex = None
@@ -654,7 +661,7 @@ class Store:
             keep = (keep or []) + [dead, not_dead]
             sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
         cfg = self.config
-        widen = len(self._rows) / max(population, 1) if label is not None else 1.0
+        widen = len(self._rows) / max(population, 1) if filtered else 1.0
         params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
         if gpu is not None:
@@ -670,28 +677,60 @@ class Store:
         for qi in range(len(q)):
             pairs = [(int(f), float(s)) for f, s in zip(I[qi], D[qi]) if f >= 0 and f != ex]
             if len(pairs) < want:
-                # The approximate index found fewer than exist (a selective label filter, or
+                # The approximate index found fewer than exist (a selective filter, or
                 # removed vectors crowding the candidates): answer this query exactly.
-                pairs = self._exact_locked(q[qi], want, label, ex)
+                pairs = self._exact_locked(q[qi], want, label, allowed, ex)
                 if pairs is None:
                     return None
             out.append(self._hits(pairs[:k], max_distance))
         return out
 
-    def _label_fids(self, label: str | None) -> np.ndarray:
-        cached = self._label_cache.get(label)
+    def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
+        """FAISS ids of the items with this label (any label when None) whose metadata matches
+        `where`, from the label and metadata indexes; cached until the next write."""
+        key = (label, where)
+        cached = self._label_cache.get(key)
         if cached is not None and cached[0] == self._version:
             return cached[1]
-        fids = self._by_label.get(label, set())
+        sets = [self._by_label.get(label, set())] if label is not None else []
+        for meta_key, value in _decode_where(where or ()):
+            sets.append(self._meta_index(meta_key).get(_value_key(value), set()))
+        sets.sort(key=len)
+        fids = sets[0].intersection(*sets[1:]) if sets else self._rows.keys()
         arr = np.fromiter(fids, dtype=np.int64, count=len(fids))
         if len(self._label_cache) > 64:
             self._label_cache.clear()
-        self._label_cache[label] = (self._version, arr)
+        self._label_cache[key] = (self._version, arr)
         return arr
 
-    def _exact_locked(self, qv, want, label, ex):
-        """Exact scores over the candidates, from the database. None when the database is ahead
-        of the applied state for them (a write in flight); the caller then retries."""
+    def _meta_index(self, key: str) -> dict[tuple, set[int]]:
+        """The index of one metadata key, built by reading every item's metadata the first time
+        (under the read lock: no write runs meanwhile; two searches may both build it, alike)."""
+        built = self._by_meta.get(key)
+        if built is None:
+            built = {}
+            for fid, (_id, _label, meta) in self._rows.items():
+                value = json.loads(meta).get(key, _MISSING)
+                if _indexable(value):
+                    built.setdefault(_value_key(value), set()).add(fid)
+            self._by_meta[key] = built
+        return built
+
+    def _indexed_values(self, meta_json: str) -> list[tuple[str, tuple]]:
+        """(key, value key) of this metadata for every metadata key indexed so far."""
+        if not self._by_meta:
+            return []
+        meta = json.loads(meta_json)
+        return [(k, _value_key(meta[k])) for k in self._by_meta if k in meta and _indexable(meta[k])]
+
+    def _row_matches(self, fid: int, label: str | None, where: tuple | None) -> bool:
+        _id, row_label, meta = self._rows[fid]
+        return (label is None or row_label == label) and (where is None or _meta_matches(meta, _decode_where(where)))
+
+    def _exact_locked(self, qv, want, label, allowed, ex):
+        """Exact scores over the candidates (`allowed`, or every item when None), from the database.
+        None when the database is ahead of the applied state for them (a write in flight); the
+        caller then retries."""
         applied = self._applied_seq
         if label is None:
             rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ?",
@@ -699,9 +738,10 @@ class Store:
         else:
             rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ?",
                                              (label, applied)).fetchall()
-        rows = [r for r in rows if r[0] in self._rows and r[0] != ex]
-        expected = len(self._rows) if label is None else len(self._by_label.get(label, ()))
-        expected -= ex is not None and (label is None or self._rows[ex][1] == label)
+        keep = self._rows if allowed is None else set(allowed.tolist())
+        rows = [r for r in rows if r[0] in keep and r[0] in self._rows and r[0] != ex]
+        expected = len(self._rows) if allowed is None else len(allowed)
+        expected -= ex is not None and ex in keep
         if len(rows) != expected:
             return None
         fids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -847,3 +887,49 @@ def _row_to_item(row, dim: int) -> Item:
     id_, blob, label, meta = row
     return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
                 metadata=json.loads(meta))
+
+
+def _check_where(where: dict[str, Any] | None) -> tuple | None:
+    """A metadata filter as a hashable, canonical tuple of (key, JSON value) pairs; None for none."""
+    if where is None:
+        return None
+    if not isinstance(where, dict) or not where:
+        raise InvalidItemError(f"where must be a non-empty object of metadata keys and values, got {where!r:.80}")
+    pairs = []
+    for key, value in where.items():
+        if not isinstance(key, str):
+            raise InvalidItemError(f"where: keys must be strings, got {key!r:.40}")
+        if value is not None and not isinstance(value, (str, int, float, bool)) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            raise InvalidItemError(f"where: {key!r} must be a string, number, true, false or null, "
+                                   f"got {value!r:.60}")
+        pairs.append((key, json.dumps(value)))
+    return tuple(sorted(pairs))
+
+
+def _decode_where(where: tuple) -> list[tuple[str, Any]]:
+    return [(key, json.loads(value)) for key, value in where]
+
+
+def _meta_matches(meta_json: str, want: list[tuple[str, Any]]) -> bool:
+    meta = json.loads(meta_json)
+    return all(key in meta and _json_equal(meta[key], value) for key, value in want)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: numbers by value (1 == 1.0), but never a number and a boolean."""
+    return _indexable(a) and _indexable(b) and _value_key(a) == _value_key(b)
+
+
+_MISSING = object()
+
+
+def _indexable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _value_key(value: Any) -> tuple:
+    """A scalar JSON value as a dict key that keeps JSON's types apart and numbers by value."""
+    if value is None or isinstance(value, (bool, str)):
+        return (type(value).__name__, value)
+    return ("number", value)  # 1 == 1.0 with one hash, so both find the same entry

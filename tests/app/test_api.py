@@ -118,6 +118,44 @@ async def test_label_filter_returns_only_that_label(make_settings, cifar):
         assert r.status_code == 200 and r.json()["results"] == []
 
 
+async def test_where_filters_searches_by_metadata_with_json_types(make_settings):
+    async with running(make_settings()) as c:
+        metas = ['{"album": "trip", "year": 2024}', '{"album": "trip", "year": "2024"}',
+                 '{"album": "home", "year": 2024}', '{"album": "trip", "year": 2023}', '{}']
+        r = await c.post("/index", files=[upload(png(i)) for i in range(5)],
+                         data={"id": [f"m{i}" for i in range(5)], "metadata": metas})
+        assert r.status_code == 201, r.text
+
+        async def ids(path: str, where: str, **params) -> list[str]:
+            r = await c.post(path, params={"k": 10, "where": where, **params},
+                             files=[upload(png(0))] if path == "/search" else None)
+            assert r.status_code == 200, r.text
+            return sorted(h["id"] for h in r.json()["results"])
+
+        assert await ids("/search", '{"album": "trip"}') == ["m0", "m1", "m3"]
+        assert await ids("/search", '{"year": 2024, "album": "trip"}') == ["m0"]  # 2024, not "2024"
+        assert await ids("/search", '{"year": "2024"}') == ["m1"]
+        assert await ids("/search", '{"album": "none"}') == []
+        assert await ids("/search/m0", '{"album": "trip"}') == ["m1", "m3"]  # m0 itself left out
+        # as the raw body too, and with the same answer
+        r = await c.post("/search", params={"k": 10, "where": '{"album": "home"}'}, content=png(0),
+                         headers={"Content-Type": "image/png"})
+        assert [h["id"] for h in r.json()["results"]] == ["m2"]
+
+
+@pytest.mark.parametrize("where, words", [
+    ("{album", ["not valid JSON"]), ('["trip"]', ["non-empty JSON object"]), ("{}", ["non-empty JSON object"]),
+    ('{"tags": ["x"]}', ["'tags'", "must be a string, number, true, false or null"]),
+    ('{"n": NaN}', ["not valid JSON", "NaN"])])
+async def test_a_bad_where_is_422_naming_it_and_the_service_keeps_serving(make_settings, where, words):
+    async with running(make_settings()) as c:
+        await c.post("/index", files=[upload(png(1))], data={"id": "x"})
+        assert_error(await c.post("/search", params={"where": where}, files=[upload(png(1))]), 422,
+                     "invalid_parameter", *words)
+        assert_error(await c.post("/search/x", params={"where": where}), 422, "invalid_parameter", *words)
+        await still_serving(c)
+
+
 async def test_max_distance_drops_farther_neighbours(make_settings):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(i)) for i in range(6)], data={"id": [f"i{i}" for i in range(6)]})

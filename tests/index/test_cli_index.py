@@ -92,6 +92,23 @@ def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, t
     assert len(hits) == 4 and {h["label"] for h in hits} == {"cat"}
 
 
+def test_search_filters_by_metadata_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    query = _extract(gallery_tar, tmp_path / "q") / "test" / "ship" / "0002.jpg"
+    args = ["search", str(query), "--data", str(data), "--model", str(hybrid1_artifact), "-k", "5", "--json"]
+    capsys.readouterr()
+    # index build records each image's size: the 32x32 CIFAR-10 images all match 32, none "32"
+    assert main([*args, "--where", '{"width": 32, "height": 32}']) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert main([*args, "--where", '{"width": "32"}']) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main([*args, "--where", '{"width": [32]}']) == 2
+    assert "'width' must be a string, number, true, false or null" in capsys.readouterr().err
+    assert main([*args, "--where", "{width"]) == 2
+    assert "--where '{width' is not valid JSON" in capsys.readouterr().err
+
+
 def test_build_and_search_read_the_files_phones_write(shared_data, hybrid1_artifact, tmp_path, capsys):
     with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
         photo = phone_sized(Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")))

@@ -25,7 +25,7 @@ def test_concurrent_searches_during_writes_see_each_write_whole(open_store, kind
     def group(gen):
         noise = unit(np.random.default_rng(gen), GROUP) * 0.05
         vecs = centre + noise
-        return [Item(f"g{j}", vecs[j], label="group", metadata={"gen": gen}) for j in range(GROUP)]
+        return [Item(f"g{j}", vecs[j], label="group", metadata={"gen": gen, "in": "group"}) for j in range(GROUP)]
 
     store.upsert(group(0))
     stop = threading.Event()
@@ -36,10 +36,12 @@ def test_concurrent_searches_during_writes_see_each_write_whole(open_store, kind
     def reader():
         try:
             while not stop.is_set():
-                # The label-filtered search is exact in what it returns (approximate kinds fall
-                # back to exact when short), so it must show the whole group; the unfiltered
-                # approximate search may miss a member, but must never mix generations.
+                # The label- and metadata-filtered searches are exact in what they return
+                # (approximate kinds fall back to exact when short), so they must show the whole
+                # group (the metadata index is updated by each write); the unfiltered approximate
+                # search may miss a member, but must never mix generations.
                 for hits, whole in ((store.search(centre, k=GROUP, label="group")[0], True),
+                                    (store.search(centre, k=GROUP, where={"in": "group"})[0], True),
                                     (store.search(centre, k=GROUP)[0], kind == "flat")):
                     gens = {h.metadata["gen"] for h in hits if h.id.startswith("g")}
                     ids = {h.id for h in hits if h.id.startswith("g")}
@@ -67,4 +69,5 @@ def test_concurrent_searches_during_writes_see_each_write_whole(open_store, kind
     assert not errors, errors[:3]
     assert searches[0] > 20 and len(seen_gens) > 3  # readers really ran during the writes
     assert {h.metadata["gen"] for h in store.search(centre, k=GROUP, label="group")[0]} == {59}
+    assert {h.id for h in store.search(centre, k=50, where={"in": "group"})[0]} == {f"g{j}" for j in range(GROUP)}
     assert store.count() == 1000 + GROUP + 59 * 5

@@ -110,6 +110,68 @@ def test_label_filter_returns_k_items_of_that_label_when_k_exist(open_store, kin
     assert [h.id for h in store.search(q[0], k=8, label="rare")[0]] == [f"id{i}" for i in best]
 
 
+def _meta(i: int) -> dict:
+    return {"n": i % 7, "src": "phone" if i % 2 else "camera", "flag": i % 5 == 0, "rare": i % 250 == 3}
+
+
+@pytest.mark.parametrize("kind", PRESET_NAMES)
+def test_metadata_filter_returns_the_exact_nearest_matching_items_in_every_index_kind(open_store, kind):
+    rng = np.random.default_rng(5)
+    store = open_store(index=kind, train_threshold=500)
+    vecs = unit(rng, 2000)
+    store.upsert([Item(f"id{i}", vecs[i], f"c{i % 4}", _meta(i)) for i in range(2000)])
+    q = unit(rng, 3)
+    for where, label in [({"n": 3}, None), ({"src": "phone", "n": 5.0}, "c1"), ({"flag": True}, None),
+                         ({"rare": True}, None)]:  # rare: 8 of 2,000, so the approximate kinds fall back
+        match = np.array([i for i in range(2000) if all(_meta(i)[k] == v for k, v in where.items())
+                          and (label is None or f"c{i % 4}" == label)])
+        for qi, hits in enumerate(store.search(q, k=10, label=label, where=where)):
+            best = match[np.argsort(-(vecs[match] @ q[qi]))[:10]]
+            assert [h.id for h in hits] == [f"id{i}" for i in best], (kind, where)
+            assert all(all(h.metadata[k] == v for k, v in where.items()) for h in hits)
+
+
+def test_metadata_filter_compares_json_types_and_needs_the_key(open_store):
+    store = open_store()
+    vecs = unit(np.random.default_rng(6), 6)
+    metas = [{"v": 1}, {"v": 1.0}, {"v": "1"}, {"v": True}, {"v": None}, {}]
+    store.upsert([Item(f"m{i}", vecs[i], None, m) for i, m in enumerate(metas)])
+
+    def ids(where):
+        return sorted(h.id for h in store.search(vecs[0], k=10, where=where)[0])
+
+    assert ids({"v": 1}) == ["m0", "m1"]  # numbers by value, never "1" or true
+    assert ids({"v": "1"}) == ["m2"] and ids({"v": True}) == ["m3"]
+    assert ids({"v": None}) == ["m4"]  # null matches a null value, not a missing key
+    assert ids({"v": 2}) == []
+
+
+def test_metadata_filter_sees_every_write(open_store):
+    store = open_store()
+    vecs = unit(np.random.default_rng(7), 4)
+    store.upsert([Item(f"w{i}", vecs[i], None, {"album": "a"}) for i in range(3)])
+    assert len(store.search(vecs[0], k=10, where={"album": "a"})[0]) == 3  # cached from here on
+    store.upsert([Item("w3", vecs[3], None, {"album": "a"}), Item("w0", vecs[0], None, {"album": "b"})])
+    assert {h.id for h in store.search(vecs[0], k=10, where={"album": "a"})[0]} == {"w1", "w2", "w3"}
+    store.delete(["w1"])
+    assert {h.id for h in store.search(vecs[0], k=10, where={"album": "a"})[0]} == {"w2", "w3"}
+    # search_by_id: the item itself is left out whether or not it matches
+    assert {h.id for h in store.search_by_id("w2", k=10, where={"album": "a"})} == {"w3"}
+    assert [h.id for h in store.search_by_id("w0", k=10, where={"album": "b"})] == []
+
+
+@pytest.mark.parametrize("where, match", [
+    ({}, "non-empty object"), (["album"], "non-empty object"), ({"a": {"b": 1}}, "'a' must be a string"),
+    ({"a": [1]}, "'a' must be a string"), ({"a": float("nan")}, "'a' must be a string")])
+def test_invalid_metadata_filters_are_refused_naming_the_value(open_store, where, match):
+    store = open_store()
+    store.upsert([Item("x", unit(np.random.default_rng(8), 1)[0], None, {"a": 1})])
+    with pytest.raises(InvalidItemError, match=match):
+        store.search(unit(np.random.default_rng(9), 1), k=1, where=where)
+    with pytest.raises(InvalidItemError, match=match):
+        store.search_by_id("x", k=1, where=where)
+
+
 def test_max_distance_keeps_only_hits_within_it(open_store):
     rng = np.random.default_rng(5)
     store = open_store()
