@@ -388,12 +388,15 @@ async def add(request: Request):
             summary="gallery size, dimension, model, index kind, and a page of the listing",
             responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
 async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
-               label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label")):
+               label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
+               where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items"))):
     service = _service(request)
-    label = _check_label(label)
+    label, where = _check_label(label), _check_where(where)
+    where_filter = json.loads(where) if where else None
 
     def run():
-        return service.store.info(), service.store.list(offset=offset, limit=limit + 1, label=label)
+        return service.store.info(), service.store.list(offset=offset, limit=limit + 1, label=label,
+                                                        where=where_filter)
 
     store_info, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit

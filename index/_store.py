@@ -582,14 +582,23 @@ class Store:
         with self._rw.read():
             return {k: len(v) for k, v in sorted(self._by_label.items(), key=lambda kv: str(kv[0])) if v}
 
-    def list(self, offset: int = 0, limit: int = 100, label: str | None = None) -> list[Item]:
-        """Items in insertion order (an upsert moves an item to the end), paginated."""
+    def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
+             where: dict[str, Any] | None = None) -> list[Item]:
+        """Items in insertion order (an upsert moves an item to the end), paginated; label and where
+        filter as in search."""
         if not isinstance(offset, int) or offset < 0:
             raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
         if not isinstance(limit, int) or limit < 0:
             raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
         conn = self._read_conn()
-        if label is None:
+        if where is not None:
+            where = _check_where(where)
+            self._check_open()
+            with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
+                seqs = np.sort(self._filter_fids(label, where))[offset:offset + limit].tolist()
+            rows = conn.execute(f"SELECT id, vector, label, metadata FROM items WHERE seq IN "
+                                f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall() if seqs else []
+        elif label is None:
             rows = conn.execute("SELECT id, vector, label, metadata FROM items ORDER BY seq "
                                 "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         else:

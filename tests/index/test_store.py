@@ -146,6 +146,19 @@ def test_metadata_filter_compares_json_types_and_needs_the_key(open_store):
     assert ids({"v": 2}) == []
 
 
+def test_list_filters_by_metadata_in_insertion_order_and_paginates(open_store):
+    store = open_store()
+    vecs = unit(np.random.default_rng(10), 30)
+    store.upsert([Item(f"l{i}", vecs[i], f"c{i % 2}", {"n": i % 3}) for i in range(30)])
+    store.upsert([Item("l0", vecs[0], "c0", {"n": 0})])  # replaced: moves to the end
+    want = [f"l{i}" for i in range(1, 30) if i % 3 == 0] + ["l0"]
+    assert [it.id for it in store.list(limit=100, where={"n": 0})] == want
+    assert [it.id for it in store.list(offset=2, limit=3, where={"n": 0})] == want[2:5]
+    assert [it.id for it in store.list(limit=100, label="c1", where={"n": 0})] == [i for i in want if int(i[1:]) % 2]
+    assert store.list(offset=50, where={"n": 0}) == [] and store.list(where={"n": 7}) == []
+    assert all(it.metadata == {"n": 0} for it in store.list(where={"n": 0}))
+
+
 def test_metadata_filter_sees_every_write(open_store):
     store = open_store()
     vecs = unit(np.random.default_rng(7), 4)
