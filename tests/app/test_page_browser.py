@@ -8,8 +8,10 @@ Screenshots land in test-artifacts/ (git-ignored).
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -56,7 +58,8 @@ def gallery(page_server, shared_data):
         for label, group in by_label.items():
             files = [("file", (name, data, "image/jpeg")) for name, _, data in group]
             ids = [f"cifar10 test/{label}/{name}" for name, _, _ in group]
-            response = client.post("/index", files=files, data={"label": label, "id": ids})
+            metadata = [json.dumps({"n": n}) for n in range(len(group))]
+            response = client.post("/index", files=files, data={"label": label, "id": ids, "metadata": metadata})
             assert response.status_code == 201, \
                 f"{response.status_code} {response.text}\n{page_server.log_tail()}"
             assert response.json()["ids"] == ids
@@ -249,6 +252,27 @@ def test_label_filter_limits_results_to_that_label(page, gallery, tmp_path):
     cards = result_cards(page)
     assert len(cards) == PER_CLASS          # only 3 ships in the gallery, fewer than k
     assert {c["label"] for c in cards} == {"ship"}
+
+
+def test_metadata_filter_limits_results_and_a_bad_one_is_explained(page, page_server, gallery, tmp_path):
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
+    choose_k(page, 12)
+    page.find_element("id", "where-filter").send_keys('{"n": 1}')
+    upload(page, query)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == ""
+    by_label: dict[str, list[str]] = {}
+    for item_id, (_, label, _) in gallery.items():  # in the order indexed, so n is the place in the list
+        by_label.setdefault(label, []).append(item_id)
+    want = {ids[1] for ids in by_label.values()}
+    assert set(result_ids(page)) == want and len(want) == 10   # one per class: the second indexed
+    page.find_element("id", "where-filter").clear()
+    page.find_element("id", "where-filter").send_keys('{"n": [1]}')
+    expected = api_error_message(page_server, "/search?where=" + quote('{"n": [1]}'),
+                                 files={"file": ("q.jpg", query.read_bytes(), "image/jpeg")})
+    upload(page, query)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == expected and "'n'" in expected
 
 
 def test_a_non_image_upload_shows_the_services_error_in_words(page, page_server, gallery, tmp_path):
