@@ -153,16 +153,25 @@ BLAS_MIN_QUERIES = 6
 BLAS_MIN_QUERIES_IN_CACHE = 12
 
 
+def blas_min_queries(index: faiss.Index) -> int | None:
+    """From how many queries exact search on this index takes the BLAS path (once tuned by
+    tune_exact_search); None for an index that is not exact."""
+    base = inner(index)
+    if not isinstance(base, faiss.IndexFlat):
+        return None
+    large = base.ntotal * base.d * 4 > _CACHE_BYTES
+    return BLAS_MIN_QUERIES if large else BLAS_MIN_QUERIES_IN_CACHE
+
+
 def tune_exact_search(index: faiss.Index) -> None:
     """Set FAISS's BLAS switch (a process-wide setting) for exact search on this index's size:
     BLAS from BLAS_MIN_QUERIES queries on a gallery larger than the cache, from
     BLAS_MIN_QUERIES_IN_CACHE on a smaller one. Either path gives the exact result; only the speed
     differs."""
-    base = inner(index)
-    if not isinstance(base, faiss.IndexFlat):
+    min_queries = blas_min_queries(index)
+    if min_queries is None:
         return
-    large = base.ntotal * base.d * 4 > _CACHE_BYTES
-    threshold = (BLAS_MIN_QUERIES if large else BLAS_MIN_QUERIES_IN_CACHE) * base.d
+    threshold = min_queries * inner(index).d
     if faiss.cvar.distance_compute_blas_threshold != threshold:
         faiss.cvar.distance_compute_blas_threshold = threshold
 

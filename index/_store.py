@@ -32,6 +32,7 @@ MAX_ID_LEN = 1024
 MAX_METADATA_BYTES = 64 * 1024
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
+BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 
 
 class Store:
@@ -595,7 +596,7 @@ class Store:
             where = _check_where(where)
             self._check_open()
             with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
-                seqs = np.sort(self._filter_fids(label, where))[offset:offset + limit].tolist()
+                seqs = self._filter_fids(label, where)[offset:offset + limit].tolist()
             rows = conn.execute(f"SELECT id, vector, label, metadata FROM items WHERE seq IN "
                                 f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall() if seqs else []
         elif label is None:
@@ -673,7 +674,15 @@ class Store:
         widen = len(self._rows) / max(population, 1) if filtered else 1.0
         params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
-        if gpu is not None:
+        blas_from = _faiss.blas_min_queries(index)
+        if (allowed is not None and gpu is None and not self._dead and blas_from is not None
+                and len(q) >= blas_from and population * BROAD_FILTER >= len(self._rows)):
+            # FAISS's exact search with a selector goes vector by vector, never through BLAS: for a
+            # batch and a filter that keeps much of the gallery, searching everything through BLAS
+            # for more candidates and keeping the allowed ones is 2-3x cheaper (bench_filter.py).
+            # A query left short by it takes the selector path after all.
+            D, I = self._search_broad(q, kk, allowed, population, params)
+        elif gpu is not None:
             D, I = gpu.search(q, kk)
         elif params is None:
             _faiss.tune_exact_search(index)
@@ -694,6 +703,27 @@ class Store:
             out.append(self._hits(pairs[:k], max_distance))
         return out
 
+    def _search_broad(self, q, kk, allowed, population, params):
+        """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
+        candidates; queries it leaves short are searched again with the selector (`params`)."""
+        index = self._index
+        over = min(len(self._rows), int(kk * len(self._rows) / population * 2) + 16)
+        _faiss.tune_exact_search(index)
+        D, I = index.search(q, over)
+        pos = np.minimum(np.searchsorted(allowed, I), len(allowed) - 1)
+        ok = allowed[pos] == I  # `allowed` is sorted; I's -1 pads never match
+        D_out = np.full((len(q), kk), -np.inf, dtype=D.dtype)
+        I_out = np.full((len(q), kk), -1, dtype=np.int64)
+        short = []
+        for row in range(len(q)):
+            hits = np.flatnonzero(ok[row])[:kk]
+            if len(hits) < kk:
+                short.append(row)
+            D_out[row, :len(hits)], I_out[row, :len(hits)] = D[row, hits], I[row, hits]
+        if short:
+            D_out[short], I_out[short] = index.search(q[short], kk, params=params)
+        return D_out, I_out
+
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where`, from the label and metadata indexes; cached until the next write."""
@@ -706,7 +736,7 @@ class Store:
             sets.append(self._meta_index(meta_key).get(_value_key(value), set()))
         sets.sort(key=len)
         fids = sets[0].intersection(*sets[1:]) if sets else self._rows.keys()
-        arr = np.fromiter(fids, dtype=np.int64, count=len(fids))
+        arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
         if len(self._label_cache) > 64:
             self._label_cache.clear()
         self._label_cache[key] = (self._version, arr)

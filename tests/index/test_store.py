@@ -131,6 +131,27 @@ def test_metadata_filter_returns_the_exact_nearest_matching_items_in_every_index
             assert all(all(h.metadata[k] == v for k, v in where.items()) for h in hits)
 
 
+def test_a_broad_filter_on_a_batch_is_exact_also_when_the_allowed_items_are_far_from_the_queries(open_store):
+    # A batch of 16 on an exact gallery with a filter keeping 1/4 of it takes the BLAS path for more
+    # candidates (Store._search_broad); where those candidates hold too few allowed items (here: the
+    # allowed quarter lies opposite the first 8 queries), those queries take the selector path.
+    rng = np.random.default_rng(11)
+    store = open_store()
+    vecs = unit(rng, 4000)
+    vecs[:, 0] = np.abs(vecs[:, 0]) * np.where(np.arange(4000) % 4 == 0, -1, 1)  # allowed: x0 <= 0
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store.upsert([Item(f"b{i}", vecs[i], None, {"q": i % 4}) for i in range(4000)])
+    q = unit(rng, 16)
+    q[:8, 0] = 3.0  # near the not-allowed side
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    allowed = np.arange(0, 4000, 4)
+    for where, label in (({"q": 0}, None), (None, None)):
+        keep = allowed if where else np.arange(4000)
+        for row, hits in enumerate(store.search(q, k=10, where=where, label=label)):
+            best = keep[np.argsort(-(vecs[keep] @ q[row]), kind="stable")[:10]]
+            assert [h.id for h in hits] == [f"b{i}" for i in best], (where, row)
+
+
 def test_metadata_filter_compares_json_types_and_needs_the_key(open_store):
     store = open_store()
     vecs = unit(np.random.default_rng(6), 6)
