@@ -395,12 +395,14 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
     where_filter = json.loads(where) if where else None
 
     def run():
-        return service.store.info(), service.store.list(offset=offset, limit=limit + 1, label=label,
-                                                        where=where_filter)
+        matching = service.store.count(label, where_filter) if label or where_filter else None
+        return service.store.info(), matching, service.store.list(offset=offset, limit=limit + 1, label=label,
+                                                                  where=where_filter)
 
-    store_info, items = await anyio.to_thread.run_sync(run)
+    store_info, matching, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit
-    return IndexInfo(count=int(store_info.get("count", 0)), dimension=service.embedder.dim, model=service.model_id,
+    return IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
+                     model=service.model_id,
                      index=str(store_info.get("index") or service.settings.index),
                      index_kind=store_info.get("index_kind"),
                      items=[ItemOut(id=it.id, label=it.label, metadata=it.metadata) for it in items[:limit]],

@@ -38,6 +38,7 @@ class ItemOut(BaseModel):
 
 class IndexInfo(BaseModel):
     count: int = Field(description="items in the gallery")
+    matching: int | None = Field(None, description="items that match `label` and `where`; null without them")
     dimension: int
     model: str
     index: str = Field(description="the index kind asked for (preset or FAISS factory string)")

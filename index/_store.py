@@ -572,10 +572,13 @@ class Store:
         with self._rw.read():
             return {i for i in ids if i in self._fid_of}
 
-    def count(self, label: str | None = None) -> int:
-        """Number of items (with this label, when given)."""
+    def count(self, label: str | None = None, where: dict[str, Any] | None = None) -> int:
+        """Number of items (with this label, and matching this metadata filter, when given)."""
+        where = _check_where(where)
         self._check_open()
         with self._rw.read():
+            if where is not None:
+                return len(self._filter_fids(label, where))
             return len(self._rows) if label is None else len(self._by_label.get(label, ()))
 
     def labels(self) -> dict[str | None, int]:

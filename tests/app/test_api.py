@@ -139,6 +139,8 @@ async def test_where_filters_searches_by_metadata_with_json_types(make_settings)
         assert await ids("/search/m0", '{"album": "trip"}') == ["m1", "m3"]  # m0 itself left out
         listing = (await c.get("/index", params={"where": '{"album": "trip"}', "limit": 2})).json()
         assert [i["id"] for i in listing["items"]] == ["m0", "m1"] and listing["next_offset"] == 2
+        assert (listing["count"], listing["matching"]) == (5, 3)
+        assert (await c.get("/index")).json()["matching"] is None
         assert_error(await c.get("/index", params={"where": "[1]"}), 422, "invalid_parameter", "non-empty JSON object")
         # as the raw body too, and with the same answer
         r = await c.post("/search", params={"k": 10, "where": '{"album": "home"}'}, content=png(0),

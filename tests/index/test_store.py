@@ -177,6 +177,7 @@ def test_list_filters_by_metadata_in_insertion_order_and_paginates(open_store):
     assert [it.id for it in store.list(offset=2, limit=3, where={"n": 0})] == want[2:5]
     assert [it.id for it in store.list(limit=100, label="c1", where={"n": 0})] == [i for i in want if int(i[1:]) % 2]
     assert store.list(offset=50, where={"n": 0}) == [] and store.list(where={"n": 7}) == []
+    assert store.count(where={"n": 0}) == len(want) and store.count("c1", {"n": 0}) == 5
     assert all(it.metadata == {"n": 0} for it in store.list(where={"n": 0}))
 
 
