@@ -1,5 +1,6 @@
 """Metadata filters (`where`) on Store.search: what the first filter on a key costs (building its
-index), a filtered search afterwards, a write while keys are indexed, and the memory a key's index keeps (the process's RSS growth).
+index), a filtered search afterwards, a write while keys are indexed, and the memory a key's index
+keeps (the process's RSS growth).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_filter.py [--sizes 100000,1000000] [--dim 256]
 

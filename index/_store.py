@@ -33,6 +33,7 @@ MAX_METADATA_BYTES = 64 * 1024
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
+BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
 
 
 class Store:
@@ -597,7 +598,6 @@ class Store:
         conn = self._read_conn()
         if where is not None:
             where = _check_where(where)
-            self._check_open()
             with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
                 seqs = self._filter_fids(label, where)[offset:offset + limit].tolist()
             rows = conn.execute(f"SELECT id, vector, label, metadata FROM items WHERE seq IN "
@@ -679,7 +679,8 @@ class Store:
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
         blas_from = _faiss.blas_min_queries(index)
         if (allowed is not None and gpu is None and not self._dead and blas_from is not None
-                and len(q) >= blas_from and population * BROAD_FILTER >= len(self._rows)):
+                and len(q) >= blas_from and population * BROAD_FILTER >= len(self._rows)
+                and _broad_candidates(kk, population, len(self._rows)) <= BROAD_MAX_CANDIDATES):
             # FAISS's exact search with a selector goes vector by vector, never through BLAS: for a
             # batch and a filter that keeps much of the gallery, searching everything through BLAS
             # for more candidates and keeping the allowed ones is 2-3x cheaper (bench_filter.py).
@@ -710,7 +711,7 @@ class Store:
         """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
         candidates; queries it leaves short are searched again with the selector (`params`)."""
         index = self._index
-        over = min(len(self._rows), int(kk * len(self._rows) / population * 2) + 16)
+        over = _broad_candidates(kk, population, len(self._rows))
         _faiss.tune_exact_search(index)
         D, I = index.search(q, over)
         pos = np.minimum(np.searchsorted(allowed, I), len(allowed) - 1)
@@ -767,7 +768,9 @@ class Store:
 
     def _row_matches(self, fid: int, label: str | None, where: tuple | None) -> bool:
         _id, row_label, meta = self._rows[fid]
-        return (label is None or row_label == label) and (where is None or _meta_matches(meta, _decode_where(where)))
+        if label is not None and row_label != label:
+            return False
+        return where is None or _meta_matches(meta, _decode_where(where))
 
     def _exact_locked(self, qv, want, label, allowed, ex):
         """Exact scores over the candidates (`allowed`, or every item when None), from the database.
@@ -929,6 +932,12 @@ def _row_to_item(row, dim: int) -> Item:
     id_, blob, label, meta = row
     return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
                 metadata=json.loads(meta))
+
+
+def _broad_candidates(k: int, population: int, total: int) -> int:
+    """Candidates an unfiltered search needs to hold k of `population` allowed items among `total`,
+    with room to spare (twice the expected number, plus 16)."""
+    return min(total, int(k * total / max(population, 1) * 2) + 16)
 
 
 def _check_where(where: dict[str, Any] | None) -> tuple | None:

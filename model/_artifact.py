@@ -126,7 +126,8 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot build architecture {meta.arch!r}: {exc}") from exc
     except ModuleNotFoundError as exc:  # the torchvision/timm baselines, on an install without them
-        raise ArtifactError(f"{path}: architecture {meta.arch!r} needs the package {(exc.name or '?').split('.')[0]!r}, which is not "
+        package = (exc.name or "?").split(".")[0]
+        raise ArtifactError(f"{path}: architecture {meta.arch!r} needs the package {package!r}, which is not "
                             "installed (pip install 'simsearch[train]')") from exc
     state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
     try:

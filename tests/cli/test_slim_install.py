@@ -77,6 +77,19 @@ def test_models_lists_the_hybrid_zoo_and_says_what_the_baselines_need(slim_env):
     assert "needs torchvision" in lines["resnet50"] and "needs timm" in lines["resnet50v2"]
 
 
+def test_a_baseline_artifact_without_torchvision_is_one_line_naming_the_package(slim_env, gallery, tmp_path):
+    import model
+
+    net = model.create_model("mobilenet_v2", in_chans=3)  # built here, where torchvision is installed
+    meta = model.ArtifactMeta(name="mnv2-test", arch="mobilenet_v2", in_chans=3, image_size=32)
+    artifact = model.save_artifact(tmp_path / "mnv2.safetensors", net, meta)
+    query = sorted((gallery / "cat").iterdir())[0]
+    r = _cli(slim_env, "search", str(query), "--model", str(artifact), "--data", str(tmp_path / "data"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "architecture 'mobilenet_v2' needs the package 'torchvision'" in r.stderr
+    assert "pip install 'simsearch[train]'" in r.stderr
+
+
 def test_index_build_and_the_server_work_without_the_train_extra(slim_env, gallery, tmp_path):
     data = tmp_path / "data"
     r = _cli(slim_env, "index", "build", str(gallery), "--data", str(data), "--workers", "1")
