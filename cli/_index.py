@@ -42,6 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
+    k = isub.add_parser("backup", help="copy the index, consistently, while the service keeps serving it",
+                        description="Copy the gallery (ids, vectors, labels, metadata, thumbnails) as it is at one "
+                                    "moment into DEST, a new or empty folder, which then serves as a --data folder "
+                                    "of its own. Safe while `simsearch serve` runs on DATA.")
+    k.add_argument("dest", help="a new or empty folder; the copy goes to DEST/index")
+    _common(k, model=False)
+    k.set_defaults(func=_backup)
+
     q = sub.add_parser("search", help="print the nearest gallery images of an image")
     q.add_argument("image", help="query image file")
     _common(q, model=True)
@@ -241,6 +249,21 @@ def _stats(args) -> int:
         width = max(len(k) for k in info["labels"])
         for label, n in info["labels"].items():
             print(f"  {label:<{width}}  {n}")
+    return 0
+
+
+def _backup(args) -> int:
+    import index
+
+    dest = Path(args.dest)
+    try:
+        copied = index.backup(Path(args.data) / "index", dest / "index")
+    except index.StoreError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:  # DEST not writable, disk full: the message names the file
+        raise CliError(f"cannot write the copy into {dest}: {exc}") from None
+    print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
+          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {dest / 'index'}; serve it with --data {dest}")
     return 0
 
 

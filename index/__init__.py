@@ -2,7 +2,9 @@
 
     from index import Store, StoreConfig, Item, Hit
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
+    backup(path, dest)   # a consistent copy while another process serves the store
 """
+from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError)
 from ._faiss import PRESETS
@@ -14,5 +16,5 @@ PRESET_NAMES = tuple(PRESETS)
 __all__ = [
     "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError",
+    "StoreLockedError", "backup",
 ]

@@ -1,0 +1,69 @@
+"""`simsearch index backup` / index.backup: a copy taken while another process keeps writing is the
+store at one moment, and it opens and searches as a store of its own."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from index import Store, StoreConfig
+
+from ._writer import vector_for
+
+SIMSEARCH = str(Path(sys.executable).parent / "simsearch")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SIMSEARCH, "index", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_a_backup_taken_during_writes_is_one_moment_of_the_store_and_serves_on_its_own(tmp_path):
+    data, dest = tmp_path / "data", tmp_path / "copy"
+    writer = subprocess.Popen([sys.executable, "-m", "tests.index._writer", str(data / "index"), "100000"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    acked: list[str] = []
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        while len(acked) < 150:
+            acked.append(writer.stdout.readline().strip())
+        before = len(acked)
+        r = _cli("backup", str(dest), "--data", str(data))  # the writer holds the store's lock meanwhile
+        assert r.returncode == 0, r.stderr
+        assert writer.poll() is None, "the writer kept writing during the backup"
+    finally:
+        writer.kill()
+        acked += writer.stdout.read().split()  # everything it acknowledged, up to the kill
+        writer.wait(10)
+    copy = Store.open(StoreConfig(dest / "index", snapshot_every=0))
+    try:
+        n = copy.count()
+        # one moment: exactly the first n writes; at least those acknowledged before the copy began
+        # (and one write may be committed but not yet acknowledged when the writer was killed)
+        assert before <= n <= len(acked) + 1
+        items = copy.get_many([f"item-{i}" for i in range(n + 1)])
+        assert items[n] is None and all(it is not None for it in items[:n])
+        for i in (0, n // 2, n - 1):
+            assert np.allclose(items[i].vector, vector_for(i), atol=1e-6) and items[i].metadata == {"i": i}
+        # the derived FAISS index is rebuilt from the copied record: searches work on the copy
+        assert copy.search(vector_for(n // 2), k=1)[0][0].id == f"item-{n // 2}"
+    finally:
+        copy.close()
+    assert f"copied {n} items" in r.stdout and f"--data {dest}" in r.stdout
+
+
+def test_a_backup_into_a_folder_in_use_or_from_no_store_is_one_clear_line(tmp_path):
+    (tmp_path / "busy" / "index").mkdir(parents=True)
+    (tmp_path / "busy" / "index" / "keep.txt").write_text("x")
+    store = Store.open(StoreConfig(tmp_path / "data" / "index", dim=4, model_id="m@0", snapshot_every=0))
+    store.close()
+    r = _cli("backup", str(tmp_path / "busy"), "--data", str(tmp_path / "data"))
+    assert r.returncode == 2 and "is not an empty folder" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "busy" / "index" / "keep.txt").read_text() == "x"
+    r = _cli("backup", str(tmp_path / "new"), "--data", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no store at" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("backup", str(tmp_path / "copy"), "--data", str(tmp_path / "data"))
+    assert r.returncode == 0 and "copied 0 items (model m@0" in r.stdout
+    assert Store.open(StoreConfig(tmp_path / "copy" / "index", read_only=True)).model_id == "m@0"
