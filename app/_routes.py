@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, JSONResponse
 from ._batcher import SearchParams
 from ._errors import ApiError, error_response
 from ._images import decode_image, make_thumbnail
-from ._schemas import ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
+from ._schemas import EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
 from ._service import Service
 from ._settings import Settings
 
@@ -52,6 +52,14 @@ def _search_body() -> dict[str, Any]:
                       {"file": {"type": "string", "format": "binary"}})
     binary = {"schema": {"type": "string", "format": "binary"}}
     spec["requestBody"]["content"].update({t: binary for t in _RAW_IMAGE_TYPES})
+    return spec
+
+
+def _embed_body() -> dict[str, Any]:
+    spec = _search_body()
+    spec["requestBody"]["description"] = "one or more multipart `file` parts, or one image itself as the body"
+    form = spec["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    form["file"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
     return spec
 
 
@@ -313,6 +321,26 @@ async def search(request: Request,
     return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": rerank is not None, "candidates": rerank})
+
+
+@router.post("/embed", response_model=EmbedResponse, tags=["search"],
+             summary="the model's embedding of one or more images (nothing is stored)",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_embed_body())
+async def embed(request: Request):
+    service = _service(request)
+    if _is_raw_image(request.headers.get("content-type", "")):
+        files = [("the body", await _read_body(request))]
+    else:
+        form = await _read_form(request, {"file"})
+        try:
+            files = await _file_parts(form)
+        finally:
+            await form.close()
+    # the same decoding and batching as a search, so a vector here is the one a search would use
+    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files))
+    return JSONResponse({"model": service.model_id, "dimension": service.embedder.dim,
+                         "vectors": vectors.tolist()})
 
 
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],

@@ -25,6 +25,13 @@ class SearchResponse(BaseModel):
     candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
 
 
+class EmbedResponse(BaseModel):
+    model: str = Field(description="the model that embedded the images (name@sha12)")
+    dimension: int
+    vectors: list[list[float]] = Field(description="one unit vector per image, in the order sent; the cosine "
+                                                   "similarity of two is their dot product")
+
+
 class IndexResponse(BaseModel):
     ids: list[str] = Field(description="the ids of the stored items, in the order of the `file` parts")
     count: int = Field(description="how many items were stored")

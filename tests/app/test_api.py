@@ -161,6 +161,28 @@ async def test_a_bad_where_is_422_naming_it_and_the_service_keeps_serving(make_s
         await still_serving(c)
 
 
+async def test_embed_returns_the_vectors_a_search_uses_and_stores_nothing(make_settings, hybrid1_artifact, cifar):
+    import model
+
+    photos = cifar["airplane"][:3]
+    async with running(make_settings()) as c:
+        r = await c.post("/embed", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(photos)])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        vectors = np.array(body["vectors"], dtype=np.float32)
+        assert body["dimension"] == 256 and vectors.shape == (3, 256) and body["model"].startswith("hybrid1-test@")
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        # the same vectors the model gives those files in-process
+        direct = model.Embedder.from_file(hybrid1_artifact, device="cpu").embed(
+            [Image.open(io.BytesIO(b)) for b in photos])
+        assert np.allclose(vectors, direct, atol=1e-5)
+        raw = await c.post("/embed", content=photos[1], headers={"Content-Type": "image/jpeg"})
+        assert np.allclose(raw.json()["vectors"][0], vectors[1], atol=1e-6)
+        assert (await c.get("/index")).json()["count"] == 0  # nothing stored
+        assert_error(await c.post("/embed", files=[upload(b"%PDF-1.4", "x.pdf")]), 415, "unsupported_format")
+        await still_serving(c)
+
+
 async def test_max_distance_drops_farther_neighbours(make_settings):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(i)) for i in range(6)], data={"id": [f"i{i}" for i in range(6)]})
