@@ -105,6 +105,22 @@ def test_photos_as_phones_write_them_are_indexed_and_found_over_http(server, cli
     assert_alive(server, client)
 
 
+def test_embed_and_a_metadata_filter_over_http(server, client, writer, cifar):
+    ships = cifar["airplane"][5:8]
+    r = writer.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(ships)],
+                    data={"id": ["where-0", "where-1", "where-2"],
+                          "metadata": ['{"trip": "oslo"}', '{"trip": "rome"}', '{"trip": "oslo"}']})
+    assert r.status_code == 201, r.text
+    r = client.post("/embed", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(ships)])
+    vectors = r.json()["vectors"]
+    assert r.status_code == 200 and len(vectors) == 3 and all(len(v) == r.json()["dimension"] for v in vectors)
+    hits = client.post("/search", params={"k": 5, "where": '{"trip": "oslo"}'},
+                       files=[upload(ships[1], "q.jpg", "image/jpeg")]).json()["results"]
+    assert sorted(h["id"] for h in hits) == ["where-0", "where-2"]
+    assert 'route="/embed",status="200"' in client.get("/metrics").text
+    assert_alive(server, client)
+
+
 @pytest.mark.parametrize("files,status,code", [
     ([upload(b"", "e.png")], 400, "empty_file"),
     ([upload(b"%PDF-1.4 not an image", "x.png")], 415, "unsupported_format"),
