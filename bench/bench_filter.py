@@ -77,6 +77,7 @@ def run(n: int, dim: int, rounds: int) -> dict:
                 "label (1 in 10)": ({"label": "c3"}, ii % 10 == 3),
                 "source (1 in 3)": ({"where": {"source": "phone"}}, ii % 3 == 0),
                 "album (1 in 1,000)": ({"where": {"album": "a7"}}, ii % 1000 == 7),
+                "a key no item has": ({"where": {"camera": "x"}}, np.zeros(n, bool)),
                 "label + year (1 in 50)": ({"label": "c3", "where": {"year": 2003}}, (ii % 10 == 3) & (ii % 25 == 3)),
                 "source + album (1 in 3,000)": (
                     {"where": {"source": "camera", "album": "a7"}}, (ii % 3 == 1) & (ii % 1000 == 7)),

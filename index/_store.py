@@ -150,8 +150,11 @@ class Store:
         self._fid_of: dict[str, int] = {}
         self._by_label: dict[str | None, set[int]] = {}
         # metadata key -> (its value, as _value_key) -> FAISS ids: built for a key the first time a
-        # search filters on it, then kept up to date by every write
+        # search filters on it, then kept up to date by every write. _meta_keys counts the items that
+        # have each key (None until the first metadata filter), so that a filter on a key no item has
+        # costs nothing: readers cannot make the store scan for keys that writers never stored.
         self._by_meta: dict[str, dict[tuple, set[int]]] = {}
+        self._meta_keys: dict[str, int] | None = None
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
         for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
             self._rows[seq] = (id_, label, meta)
@@ -422,7 +425,7 @@ class Store:
                     id_, label, meta = self._rows.pop(fid)
                     del self._fid_of[id_]
                     self._by_label[label].discard(fid)
-                    for key, value in self._indexed_values(meta):
+                    for key, value in self._meta_changed(meta, -1):
                         self._by_meta[key].get(value, set()).discard(fid)
                 if new:
                     fids = np.array([n[0] for n in new], dtype=np.int64)
@@ -431,7 +434,7 @@ class Store:
                         self._rows[fid] = (id_, label, meta)
                         self._fid_of[id_] = fid
                         self._by_label.setdefault(label, set()).add(fid)
-                        for key, value in self._indexed_values(meta):
+                        for key, value in self._meta_changed(meta, +1):
                             self._by_meta[key].setdefault(value, set()).add(fid)
                 self._applied_seq = seq
                 self._version += 1
@@ -748,23 +751,39 @@ class Store:
 
     def _meta_index(self, key: str) -> dict[tuple, set[int]]:
         """The index of one metadata key, built by reading every item's metadata the first time
-        (under the read lock: no write runs meanwhile; two searches may both build it, alike)."""
+        (under the read lock: no write runs meanwhile; two searches may both build it, alike). Empty,
+        and not kept, for a key no item has."""
         built = self._by_meta.get(key)
-        if built is None:
-            built = {}
-            for fid, (_id, _label, meta) in self._rows.items():
-                value = json.loads(meta).get(key, _MISSING)
-                if _indexable(value):
-                    built.setdefault(_value_key(value), set()).add(fid)
+        if built is not None:
+            return built
+        if self._meta_keys is not None and key not in self._meta_keys:
+            return {}
+        built, keys = {}, {}
+        for fid, (_id, _label, meta_json) in self._rows.items():
+            meta = json.loads(meta_json)
+            for k in meta:
+                keys[k] = keys.get(k, 0) + 1
+            value = meta.get(key, _MISSING)
+            if _indexable(value):
+                built.setdefault(_value_key(value), set()).add(fid)
+        if self._meta_keys is None:
+            self._meta_keys = keys
+        if key in self._meta_keys:
             self._by_meta[key] = built
         return built
 
-    def _indexed_values(self, meta_json: str) -> list[tuple[str, tuple]]:
-        """(key, value key) of this metadata for every metadata key indexed so far."""
-        if not self._by_meta:
+    def _meta_changed(self, meta_json: str, delta: int) -> list[tuple[str, tuple]]:
+        """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
+        if self._meta_keys is None:
             return []
         meta = json.loads(meta_json)
-        return [(k, _value_key(meta[k])) for k in self._by_meta if k in meta and _indexable(meta[k])]
+        for k in meta:
+            n = self._meta_keys.get(k, 0) + delta
+            if n > 0:
+                self._meta_keys[k] = n
+            else:
+                self._meta_keys.pop(k, None)
+        return [(k, _value_key(meta[k])) for k in meta if k in self._by_meta and _indexable(meta[k])]
 
     def _row_matches(self, fid: int, label: str | None, where: tuple | None) -> bool:
         _id, row_label, meta = self._rows[fid]

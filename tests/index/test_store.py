@@ -190,6 +190,12 @@ def test_metadata_filter_sees_every_write(open_store):
     assert {h.id for h in store.search(vecs[0], k=10, where={"album": "a"})[0]} == {"w1", "w2", "w3"}
     store.delete(["w1"])
     assert {h.id for h in store.search(vecs[0], k=10, where={"album": "a"})[0]} == {"w2", "w3"}
+    # a key that no item has: nothing, and found once a write brings it (and gone with the item)
+    assert store.search(vecs[0], k=10, where={"camera": "x"}) == [[]]
+    store.upsert([Item("w9", vecs[1], None, {"camera": "x", "album": "c"})])
+    assert [h.id for h in store.search(vecs[0], k=10, where={"camera": "x"})[0]] == ["w9"]
+    store.delete(["w9"])
+    assert store.search(vecs[0], k=10, where={"camera": "x"}) == [[]] and store.count(where={"album": "c"}) == 0
     # search_by_id: the item itself is left out whether or not it matches
     assert {h.id for h in store.search_by_id("w2", k=10, where={"album": "a"})} == {"w3"}
     assert [h.id for h in store.search_by_id("w0", k=10, where={"album": "b"})] == []
