@@ -21,9 +21,10 @@ from ._settings import Settings
 __all__ = ["Settings", "create_app"]
 
 _DESCRIPTION = """Image similarity search. Add images to the gallery with `POST /index`, find the
-nearest ones to an uploaded image with `POST /search`. Images are JPEG (MPO too), PNG, WebP, GIF, BMP,
-AVIF or HEIC/HEIF (or fewer, as the operator sets), decided from their bytes. Writes need the API key (`X-API-Key` or `Authorization: Bearer`) when one
-is configured. Every error is `{"error": {"code": ..., "message": ...}}`."""
+nearest ones to an uploaded image with `POST /search` (filtered by `label` and by metadata, `where`), get
+the vectors alone with `POST /embed`. Images are JPEG (MPO too), PNG, WebP, GIF, BMP, AVIF or HEIC/HEIF
+(or fewer, as the operator sets), decided from their bytes. Writes need the API key (`X-API-Key` or
+`Authorization: Bearer`) when one is configured. Every error is `{"error": {"code": ..., "message": ...}}`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
