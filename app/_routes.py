@@ -417,7 +417,8 @@ async def add(request: Request):
             responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
 async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
-               where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items"))):
+               where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
+               vector: bool = Query(False, description="include each item's stored vector (to export the gallery)")):
     service = _service(request)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
@@ -429,12 +430,13 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
 
     store_info, matching, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit
-    return IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
-                     model=service.model_id,
-                     index=str(store_info.get("index") or service.settings.index),
-                     index_kind=store_info.get("index_kind"),
-                     items=[ItemOut(id=it.id, label=it.label, metadata=it.metadata) for it in items[:limit]],
-                     offset=offset, limit=limit, next_offset=offset + limit if more else None)
+    listing = IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
+                        model=service.model_id,
+                        index=str(store_info.get("index") or service.settings.index),
+                        index_kind=store_info.get("index_kind"),
+                        items=[_item_out(it, vector) for it in items[:limit]],
+                        offset=offset, limit=limit, next_offset=offset + limit if more else None)
+    return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}))
 
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
@@ -450,12 +452,18 @@ async def thumbnail(request: Request, id: str = Path()) -> Response:
 
 @router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
             responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)})
-async def get_item(request: Request, id: str = Path()):
+async def get_item(request: Request, id: str = Path(),
+                   vector: bool = Query(False, description="include the stored vector")):
     service = _service(request)
     item = await anyio.to_thread.run_sync(service.store.get, id)
     if item is None:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
-    return ItemOut(id=item.id, label=item.label, metadata=item.metadata)
+    return JSONResponse(_item_out(item, vector).model_dump(exclude=None if vector else {"vector"}))
+
+
+def _item_out(item, vector: bool) -> ItemOut:
+    return ItemOut(id=item.id, label=item.label, metadata=item.metadata,
+                   vector=item.vector.tolist() if vector else None)
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",

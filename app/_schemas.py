@@ -41,6 +41,7 @@ class ItemOut(BaseModel):
     id: str
     label: str | None = None
     metadata: dict[str, Any] | None = None
+    vector: list[float] | None = Field(None, description="the stored unit vector; only with vector=true")
 
 
 class IndexInfo(BaseModel):

@@ -179,6 +179,14 @@ async def test_embed_returns_the_vectors_a_search_uses_and_stores_nothing(make_s
         raw = await c.post("/embed", content=photos[1], headers={"Content-Type": "image/jpeg"})
         assert np.allclose(raw.json()["vectors"][0], vectors[1], atol=1e-6)
         assert (await c.get("/index")).json()["count"] == 0  # nothing stored
+        # once indexed, the stored vector is the one /embed gave, with vector=true (for export)
+        await c.post("/index", files=[upload(photos[2], "p.jpg", "image/jpeg")], data={"id": "p2"})
+        stored = (await c.get("/index/p2", params={"vector": "true"})).json()["vector"]
+        assert np.allclose(stored, vectors[2], atol=1e-6)
+        assert "vector" not in (await c.get("/index/p2")).json()
+        listing = (await c.get("/index", params={"vector": "true"})).json()["items"]
+        assert np.allclose(listing[0]["vector"], vectors[2], atol=1e-6)
+        assert "vector" not in (await c.get("/index")).json()["items"][0]
         assert_error(await c.post("/embed", files=[upload(b"%PDF-1.4", "x.pdf")]), 415, "unsupported_format")
         await still_serving(c)
 
