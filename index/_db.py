@@ -32,7 +32,8 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
     """Open (creating when allowed) the database; StoreCorruptError when it is not readable."""
     try:
         if read_only:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+            # as a URI, percent-encoded: a folder named "my photos #2" must not end the path at "#"
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
                                    isolation_level=None, timeout=30)
         else:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)

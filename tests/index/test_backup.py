@@ -57,13 +57,17 @@ def test_a_backup_taken_during_writes_is_one_moment_of_the_store_and_serves_on_i
 def test_a_backup_into_a_folder_in_use_or_from_no_store_is_one_clear_line(tmp_path):
     (tmp_path / "busy" / "index").mkdir(parents=True)
     (tmp_path / "busy" / "index" / "keep.txt").write_text("x")
-    store = Store.open(StoreConfig(tmp_path / "data" / "index", dim=4, model_id="m@0", snapshot_every=0))
+    data = tmp_path / "my photos #2?"  # read through an SQLite URI: these must not cut the path
+    store = Store.open(StoreConfig(data / "index", dim=4, model_id="m@0", snapshot_every=0))
     store.close()
-    r = _cli("backup", str(tmp_path / "busy"), "--data", str(tmp_path / "data"))
+    r = _cli("backup", str(tmp_path / "busy"), "--data", str(data))
     assert r.returncode == 2 and "is not an empty folder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "busy" / "index" / "keep.txt").read_text() == "x"
     r = _cli("backup", str(tmp_path / "new"), "--data", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "no store at" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("backup", str(tmp_path / "copy"), "--data", str(tmp_path / "data"))
-    assert r.returncode == 0 and "copied 0 items (model m@0" in r.stdout
-    assert Store.open(StoreConfig(tmp_path / "copy" / "index", read_only=True)).model_id == "m@0"
+    r = _cli("backup", str(tmp_path / "copy #3"), "--data", str(data))
+    assert r.returncode == 0 and "copied 0 items (model m@0" in r.stdout, r.stderr
+    for path in (data, tmp_path / "copy #3"):
+        copy = Store.open(StoreConfig(path / "index", read_only=True))
+        assert copy.model_id == "m@0"
+        copy.close()
