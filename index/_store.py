@@ -68,7 +68,7 @@ class Store:
         self._snapshot_lock = threading.Lock()
         self._gpu = None
         self._version = 0                    # bumped on every applied write (caches, GPU mirror)
-        self._label_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
+        self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         try:
             self._open()
         except BaseException:
@@ -658,7 +658,7 @@ class Store:
         population = len(allowed) if filtered else len(self._rows)
         if exclude is not None and exclude in self._fid_of:
             ex = self._fid_of[exclude]
-            if not filtered or self._row_matches(ex, label, where):
+            if not filtered or _in_sorted(allowed, np.array([ex]))[0]:
                 population -= 1
         else:
             ex = None
@@ -717,8 +717,7 @@ class Store:
         over = _broad_candidates(kk, population, len(self._rows))
         _faiss.tune_exact_search(index)
         D, I = index.search(q, over)
-        pos = np.minimum(np.searchsorted(allowed, I), len(allowed) - 1)
-        ok = allowed[pos] == I  # `allowed` is sorted; I's -1 pads never match
+        ok = _in_sorted(allowed, I)  # I's -1 pads never match
         D_out = np.full((len(q), kk), -np.inf, dtype=D.dtype)
         I_out = np.full((len(q), kk), -1, dtype=np.int64)
         short = []
@@ -735,18 +734,18 @@ class Store:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where`, from the label and metadata indexes; cached until the next write."""
         key = (label, where)
-        cached = self._label_cache.get(key)
+        cached = self._filter_cache.get(key)
         if cached is not None and cached[0] == self._version:
             return cached[1]
         sets = [self._by_label.get(label, set())] if label is not None else []
-        for meta_key, value in _decode_where(where or ()):
-            sets.append(self._meta_index(meta_key).get(_value_key(value), set()))
+        for meta_key, value_key in where or ():
+            sets.append(self._meta_index(meta_key).get(value_key, set()))
         sets.sort(key=len)
         fids = sets[0].intersection(*sets[1:]) if sets else self._rows.keys()
         arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
-        if len(self._label_cache) > 64:
-            self._label_cache.clear()
-        self._label_cache[key] = (self._version, arr)
+        if len(self._filter_cache) > 64:
+            self._filter_cache.clear()
+        self._filter_cache[key] = (self._version, arr)
         return arr
 
     def _meta_index(self, key: str) -> dict[tuple, set[int]]:
@@ -784,12 +783,6 @@ class Store:
             else:
                 self._meta_keys.pop(k, None)
         return [(k, _value_key(meta[k])) for k in meta if k in self._by_meta and _indexable(meta[k])]
-
-    def _row_matches(self, fid: int, label: str | None, where: tuple | None) -> bool:
-        _id, row_label, meta = self._rows[fid]
-        if label is not None and row_label != label:
-            return False
-        return where is None or _meta_matches(meta, _decode_where(where))
 
     def _exact_locked(self, qv, want, label, allowed, ex):
         """Exact scores over the candidates (`allowed`, or every item when None), from the database.
@@ -960,7 +953,7 @@ def _broad_candidates(k: int, population: int, total: int) -> int:
 
 
 def _check_where(where: dict[str, Any] | None) -> tuple | None:
-    """A metadata filter as a hashable, canonical tuple of (key, JSON value) pairs; None for none."""
+    """A metadata filter as a hashable, canonical tuple of (key, _value_key(value)) pairs; None for none."""
     if where is None:
         return None
     if not isinstance(where, dict) or not where:
@@ -973,22 +966,16 @@ def _check_where(where: dict[str, Any] | None) -> tuple | None:
                 isinstance(value, float) and not math.isfinite(value)):
             raise InvalidItemError(f"where: {key!r} must be a string, number, true, false or null, "
                                    f"got {value!r:.60}")
-        pairs.append((key, json.dumps(value)))
-    return tuple(sorted(pairs))
+        pairs.append((key, _value_key(value)))
+    return tuple(sorted(pairs))  # keys are unique, so the values are never compared
 
 
-def _decode_where(where: tuple) -> list[tuple[str, Any]]:
-    return [(key, json.loads(value)) for key, value in where]
-
-
-def _meta_matches(meta_json: str, want: list[tuple[str, Any]]) -> bool:
-    meta = json.loads(meta_json)
-    return all(key in meta and _json_equal(meta[key], value) for key, value in want)
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    """Equal as JSON values: numbers by value (1 == 1.0), but never a number and a boolean."""
-    return _indexable(a) and _indexable(b) and _value_key(a) == _value_key(b)
+def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see _filter_fids)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(np.shape(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
 
 
 _MISSING = object()
