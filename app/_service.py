@@ -122,12 +122,11 @@ class Service:
                  ", ".join(self.image_policy.allowed))
 
     def _search(self, queries: np.ndarray, params: SearchParams) -> list:
-        where = json.loads(params.where) if params.where else None
+        found = self.store.search(queries, k=params.rerank or params.k, label=params.label,
+                                  max_distance=params.max_distance,
+                                  where=json.loads(params.where) if params.where else None)
         if not params.rerank:
-            return self.store.search(queries, k=params.k, label=params.label, max_distance=params.max_distance,
-                                     where=where)
-        found = self.store.search(queries, k=params.rerank, label=params.label, max_distance=params.max_distance,
-                                  where=where)
+            return found
         return [self._rerank(q, hits, params.k) for q, hits in zip(queries, found)]
 
     def _rerank(self, query: np.ndarray, hits: list, k: int) -> list:
