@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, JSONResponse
 from ._batcher import SearchParams
 from ._errors import ApiError, error_response
 from ._images import decode_image, make_thumbnail
-from ._schemas import EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
+from ._schemas import DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
 from ._service import Service
 from ._settings import Settings
 
@@ -179,8 +179,9 @@ def _check_label(value: str | None) -> str | None:
     return value
 
 
-_WHERE_DOC = ('only neighbours whose metadata has each of these keys with this value: a JSON object of '
-              'strings, numbers, true, false or null, e.g. {"source": "phone"} (URL-encoded)')
+_WHERE_DOC = ('only neighbours whose metadata matches: a JSON object of keys and values (strings, numbers, '
+              'true, false, null), or of keys and operators ($eq $ne $in $nin $exists $gt $gte $lt $lte), e.g. '
+              '{"source": "phone", "year": {"$gte": 2020}} (URL-encoded)')
 
 
 def _check_where(text: str | None) -> str | None:
@@ -191,13 +192,12 @@ def _check_where(text: str | None) -> str | None:
         value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(422, "invalid_parameter", f"where={text[:80]!r} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict) or not value:
-        raise ApiError(422, "invalid_parameter", f"where={text[:80]!r} must be a non-empty JSON object "
-                                                 'of metadata keys and values, e.g. {"source": "phone"}')
-    for key, v in value.items():
-        if isinstance(v, (dict, list)):
-            raise ApiError(422, "invalid_parameter", f"where: the value of {key[:40]!r} must be a string, number, "
-                                                     f"true, false or null, got {json.dumps(v)[:60]}")
+    import index as index_pkg  # see add()
+
+    try:
+        index_pkg.check_where(value)
+    except index_pkg.InvalidItemError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
     return json.dumps(value, sort_keys=True)
 
 
@@ -381,7 +381,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                   "metadata": {"type": "array", "items": {"type": "string"},
                                "description": "a JSON object: one for all files, or one per file"}}))
 async def add(request: Request):
-    import index as index_pkg  # the app's one dependency on index/ types, at request time
+    import index as index_pkg  # imported when used: the app answers /healthz before torch and FAISS load
 
     service = _service(request)
     thumb = service.settings.thumbnail_size
@@ -464,6 +464,27 @@ async def get_item(request: Request, id: str = Path(),
 def _item_out(item, vector: bool) -> ItemOut:
     return ItemOut(id=item.id, label=item.label, metadata=item.metadata,
                    vector=item.vector.tolist() if vector else None)
+
+
+@router.delete("/index", response_model=DeleteResponse, tags=["gallery"],
+               summary="remove every gallery item that matches a label and/or a metadata filter",
+               responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
+async def delete_matching(request: Request,
+                          label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="items with this label"),
+                          where: str | None = Query(None, max_length=4096,
+                                                    description=_WHERE_DOC.replace("neighbours", "items"))):
+    import index as index_pkg  # see add()
+
+    service = _service(request)
+    label, where = _check_label(label), _check_where(where)
+    if label is None and where is None:
+        raise ApiError(422, "invalid_parameter", "DELETE /index needs label or where (it never empties the gallery; "
+                                                 "GET /index with the same parameters shows what would go)")
+    try:
+        gone = await anyio.to_thread.run_sync(service.store.delete_where, label, json.loads(where) if where else None)
+    except index_pkg.StoreError as exc:
+        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
+    return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump())
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",

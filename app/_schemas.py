@@ -37,6 +37,10 @@ class IndexResponse(BaseModel):
     count: int = Field(description="how many items were stored")
 
 
+class DeleteResponse(BaseModel):
+    deleted: int = Field(description="how many items were removed (durably, before this answer)")
+
+
 class ItemOut(BaseModel):
     id: str
     label: str | None = None

@@ -5,7 +5,8 @@ keeps (the process's RSS growth).
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_filter.py [--sizes 100000,1000000] [--dim 256]
 
 Each gallery is random unit vectors with metadata like a photo library's: {"source": one of 3,
-"album": one of 1,000, "year": one of 25}, labels c0..c9, in a flat index (index.Store directly,
+"album": one of 1,000, "year": one of 25, "t": the item's number (a key with a million distinct values)},
+labels c0..c9, in a flat index (index.Store directly,
 in this process, in a temporary folder). References in the same run: the unfiltered search and the
 label filter (whose index the store has always kept). Queries: batches of 8, k=10, median of
 --rounds; every filtered answer is checked against brute force over the same vectors.
@@ -30,7 +31,7 @@ from index import Item, Store, StoreConfig  # noqa: E402
 
 
 def meta(i: int) -> dict:
-    return {"source": ("phone", "camera", "scan")[i % 3], "album": f"a{i % 1000}", "year": 2000 + i % 25}
+    return {"source": ("phone", "camera", "scan")[i % 3], "album": f"a{i % 1000}", "year": 2000 + i % 25, "t": i}
 
 
 def rss_mb() -> float:
@@ -81,6 +82,14 @@ def run(n: int, dim: int, rounds: int) -> dict:
                 "label + year (1 in 50)": ({"label": "c3", "where": {"year": 2003}}, (ii % 10 == 3) & (ii % 25 == 3)),
                 "source + album (1 in 3,000)": (
                     {"where": {"source": "camera", "album": "a7"}}, (ii % 3 == 1) & (ii % 1000 == 7)),
+                # operators (session 24): ranges and sets are unions of the key's value sets
+                "year $gte/$lt (1 in 5)": ({"where": {"year": {"$gte": 2005, "$lt": 2010}}},
+                                           (ii % 25 >= 5) & (ii % 25 < 10)),
+                "album $in 3 (3 in 1,000)": ({"where": {"album": {"$in": ["a7", "a8", "a9"]}}},
+                                             (ii % 1000 >= 7) & (ii % 1000 <= 9)),
+                "source $ne (2 in 3)": ({"where": {"source": {"$ne": "phone"}}}, ii % 3 != 0),
+                "t $lt n/10 (1 in 10, n values)": ({"where": {"t": {"$lt": n // 10}}}, ii < n // 10),
+                "t $gte n/1000 (999 in 1,000)": ({"where": {"t": {"$gte": n // 1000}}}, ii >= n // 1000),
             }
             res = {}
             for name, (kw, keep) in cases.items():

@@ -55,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(q, model=True)
     q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
     q.add_argument("--label", help="only neighbours with this label")
-    q.add_argument("--where", metavar="JSON", help='only neighbours whose metadata has these keys and values, '
-                                                   'e.g. \'{"source": "phone"}\'')
+    q.add_argument("--where", metavar="JSON", help='only neighbours whose metadata matches, e.g. \'{"source": "phone", '
+                                                   '"year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")')
     q.add_argument("--max-distance", type=float, help="only neighbours within this distance (0..2)")
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
@@ -280,6 +280,10 @@ def _search(args) -> int:
         where = json.loads(args.where) if args.where else None
     except ValueError as exc:
         raise CliError(f"--where {args.where!r} is not valid JSON: {exc}") from None
+    try:
+        index.check_where(where)  # before the model loads
+    except index.InvalidItemError as exc:
+        raise CliError(f"--{exc}") from None
     try:
         with Image.open(args.image) as im:
             im.load()

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import faiss
 import numpy as np
 
-from . import _db, _faiss
+from . import _db, _faiss, _filter
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError)
 from ._rwlock import RWLock
@@ -33,6 +33,7 @@ MAX_METADATA_BYTES = 64 * 1024
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
+SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
 
 
@@ -149,11 +150,12 @@ class Store:
         self._rows: dict[int, tuple[str, str | None, str]] = {}
         self._fid_of: dict[str, int] = {}
         self._by_label: dict[str | None, set[int]] = {}
-        # metadata key -> (its value, as _value_key) -> FAISS ids: built for a key the first time a
-        # search filters on it, then kept up to date by every write. _meta_keys counts the items that
-        # have each key (None until the first metadata filter), so that a filter on a key no item has
-        # costs nothing: readers cannot make the store scan for keys that writers never stored.
-        self._by_meta: dict[str, dict[tuple, set[int]]] = {}
+        # metadata key -> (its value, as _filter.value_key) -> FAISS ids (one id as a bare int, see
+        # _filter.add): built for a key the first time a search filters on it, then kept up to date
+        # by every write. _meta_keys counts the items that have each key (None until the first
+        # metadata filter), so that a filter on a key no item has costs nothing: readers cannot make
+        # the store scan for keys that writers never stored.
+        self._by_meta: dict[str, dict[Any, int | set[int]]] = {}
         self._meta_keys: dict[str, int] | None = None
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
         for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
@@ -386,20 +388,39 @@ class Store:
         if not ids:
             return []
         with self._writer:
-            self._check_writable()
-            gone: list[str] = []
-            with self._transaction() as conn:
-                for id_ in ids:
-                    if conn.execute("DELETE FROM items WHERE id = ?", (id_,)).rowcount:
-                        gone.append(id_)
-                    conn.execute("DELETE FROM thumbnails WHERE id = ?", (id_,))
-                seq = self._last_seq + 1 if gone else self._last_seq
-                if gone:  # a delete is a write with its own sequence number
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
-            if gone:
-                self._last_seq = seq
-                self._apply([], gone, seq)
+            gone = self._delete_locked(ids)
         self._after_write(len(gone))
+        return gone
+
+    def delete_where(self, label: str | None = None, where: dict[str, Any] | None = None) -> list[str]:
+        """Delete every item with this label and matching `where` (as in search; one of the two is
+        required); returns the ids deleted. No write runs between choosing the items and deleting
+        them. Durable on return."""
+        self._check_writable()
+        conditions = _filter.check_where(where)
+        if label is None and conditions is None:
+            raise InvalidItemError("delete_where needs a label or a where filter (it never empties the store)")
+        with self._writer:
+            with self._rw.read():
+                ids = [self._rows[fid][0] for fid in self._filter_fids(label, conditions).tolist()]
+            gone = self._delete_locked(ids) if ids else []
+        self._after_write(len(gone))
+        return gone
+
+    def _delete_locked(self, ids: list[str]) -> list[str]:
+        self._check_writable()
+        gone: list[str] = []
+        with self._transaction() as conn:
+            for id_ in ids:
+                if conn.execute("DELETE FROM items WHERE id = ?", (id_,)).rowcount:
+                    gone.append(id_)
+                conn.execute("DELETE FROM thumbnails WHERE id = ?", (id_,))
+            seq = self._last_seq + 1 if gone else self._last_seq
+            if gone:  # a delete is a write with its own sequence number
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
+        if gone:
+            self._last_seq = seq
+            self._apply([], gone, seq)
         return gone
 
     @contextlib.contextmanager
@@ -426,7 +447,7 @@ class Store:
                     del self._fid_of[id_]
                     self._by_label[label].discard(fid)
                     for key, value in self._meta_changed(meta, -1):
-                        self._by_meta[key].get(value, set()).discard(fid)
+                        _filter.discard(self._by_meta[key], value, fid)
                 if new:
                     fids = np.array([n[0] for n in new], dtype=np.int64)
                     self._index.add_with_ids(np.stack([n[2] for n in new]), fids)
@@ -435,7 +456,7 @@ class Store:
                         self._fid_of[id_] = fid
                         self._by_label.setdefault(label, set()).add(fid)
                         for key, value in self._meta_changed(meta, +1):
-                            self._by_meta[key].setdefault(value, set()).add(fid)
+                            _filter.add(self._by_meta[key], value, fid)
                 self._applied_seq = seq
                 self._version += 1
             except Exception as exc:
@@ -578,7 +599,7 @@ class Store:
 
     def count(self, label: str | None = None, where: dict[str, Any] | None = None) -> int:
         """Number of items (with this label, and matching this metadata filter, when given)."""
-        where = _check_where(where)
+        where = _filter.check_where(where)
         self._check_open()
         with self._rw.read():
             if where is not None:
@@ -600,7 +621,7 @@ class Store:
             raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
         conn = self._read_conn()
         if where is not None:
-            where = _check_where(where)
+            where = _filter.check_where(where)
             with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
                 seqs = self._filter_fids(label, where)[offset:offset + limit].tolist()
             rows = conn.execute(f"SELECT id, vector, label, metadata FROM items WHERE seq IN "
@@ -619,9 +640,10 @@ class Store:
                max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """The k nearest items of each query row (inner product on unit vectors), best first.
         label: only items with this label (k of them when k exist). where: only items whose metadata
-        has each of these keys with this value (JSON scalars, compared with their JSON type: 1 matches
-        1 and 1.0, not "1" or true). max_distance: only hits with distance = sqrt(2 - 2*score) <=
-        max_distance. Accepts (dim,) or (n, dim)."""
+        matches, e.g. {"source": "phone", "year": {"$gte": 2020}}: each key with this value (a JSON
+        scalar, compared with its JSON type: 1 matches 1 and 1.0, not "1" or true) or these operators
+        ($eq $ne $in $nin $exists $gt $gte $lt $lte; docs/index.md). max_distance: only hits with
+        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -629,12 +651,12 @@ class Store:
         if max_distance is not None and (not isinstance(max_distance, (int, float))
                                          or not math.isfinite(max_distance) or max_distance < 0):
             raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
-        return self._search(q, k, label, max_distance, exclude=None, where=_check_where(where))
+        return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
                      max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
         """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
-        where = _check_where(where)
+        where = _filter.check_where(where)
         item = self.get(id)
         if item is None:
             raise KeyError(id)
@@ -643,13 +665,17 @@ class Store:
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
 
     def _search(self, q, k, label, max_distance, exclude, where=None):
-        attempt = 0
+        attempt, deadline = 0, time.monotonic() + SEARCH_RETRY_SECONDS
         while True:
             with self._rw.read():
                 result = self._search_locked(q, k, label, max_distance, exclude, where)
             if result is not None:
                 return result
             attempt += 1  # the exact fallback met a write committed but not yet applied: retry
+            if time.monotonic() > deadline:  # not a write in flight: the in-memory state is wrong
+                raise StoreError(f"the exact search of {self._path} found the database and the in-memory "
+                                 f"index disagreeing for {SEARCH_RETRY_SECONDS} s (a bug: please report it); "
+                                 "reopening the store (restarting the service) rebuilds that state")
             time.sleep(min(0.001 * attempt, 0.05))
 
     def _search_locked(self, q, k, label, max_distance, exclude, where=None):
@@ -732,23 +758,20 @@ class Store:
 
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
-        `where`, from the label and metadata indexes; cached until the next write."""
+        `where` (see _filter), from the label and metadata indexes; cached until the next write."""
         key = (label, where)
         cached = self._filter_cache.get(key)
         if cached is not None and cached[0] == self._version:
             return cached[1]
-        sets = [self._by_label.get(label, set())] if label is not None else []
-        for meta_key, value_key in where or ():
-            sets.append(self._meta_index(meta_key).get(value_key, set()))
-        sets.sort(key=len)
-        fids = sets[0].intersection(*sets[1:]) if sets else self._rows.keys()
+        within = [self._by_label.get(label, set())] if label is not None else []
+        fids = _filter.matching(where or (), self._meta_index, within, self._rows.keys)
         arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
         if len(self._filter_cache) > 64:
             self._filter_cache.clear()
         self._filter_cache[key] = (self._version, arr)
         return arr
 
-    def _meta_index(self, key: str) -> dict[tuple, set[int]]:
+    def _meta_index(self, key: str) -> dict[Any, int | set[int]]:
         """The index of one metadata key, built by reading every item's metadata the first time
         (under the read lock: no write runs meanwhile; two searches may both build it, alike). Empty,
         and not kept, for a key no item has."""
@@ -762,16 +785,15 @@ class Store:
             meta = json.loads(meta_json)
             for k in meta:
                 keys[k] = keys.get(k, 0) + 1
-            value = meta.get(key, _MISSING)
-            if _indexable(value):
-                built.setdefault(_value_key(value), set()).add(fid)
+            if key in meta:
+                _filter.add(built, _filter.value_key(meta[key]), fid)
         if self._meta_keys is None:
             self._meta_keys = keys
         if key in self._meta_keys:
             self._by_meta[key] = built
         return built
 
-    def _meta_changed(self, meta_json: str, delta: int) -> list[tuple[str, tuple]]:
+    def _meta_changed(self, meta_json: str, delta: int) -> list[tuple[str, Any]]:
         """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
         if self._meta_keys is None:
             return []
@@ -782,7 +804,7 @@ class Store:
                 self._meta_keys[k] = n
             else:
                 self._meta_keys.pop(k, None)
-        return [(k, _value_key(meta[k])) for k in meta if k in self._by_meta and _indexable(meta[k])]
+        return [(k, _filter.value_key(meta[k])) for k in meta if k in self._by_meta]
 
     def _exact_locked(self, qv, want, label, allowed, ex):
         """Exact scores over the candidates (`allowed`, or every item when None), from the database.
@@ -952,41 +974,9 @@ def _broad_candidates(k: int, population: int, total: int) -> int:
     return min(total, int(k * total / max(population, 1) * 2) + 16)
 
 
-def _check_where(where: dict[str, Any] | None) -> tuple | None:
-    """A metadata filter as a hashable, canonical tuple of (key, _value_key(value)) pairs; None for none."""
-    if where is None:
-        return None
-    if not isinstance(where, dict) or not where:
-        raise InvalidItemError(f"where must be a non-empty object of metadata keys and values, got {where!r:.80}")
-    pairs = []
-    for key, value in where.items():
-        if not isinstance(key, str):
-            raise InvalidItemError(f"where: keys must be strings, got {key!r:.40}")
-        if value is not None and not isinstance(value, (str, int, float, bool)) or (
-                isinstance(value, float) and not math.isfinite(value)):
-            raise InvalidItemError(f"where: {key!r} must be a string, number, true, false or null, "
-                                   f"got {value!r:.60}")
-        pairs.append((key, _value_key(value)))
-    return tuple(sorted(pairs))  # keys are unique, so the values are never compared
-
-
 def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see _filter_fids)."""
     if len(sorted_ids) == 0:
         return np.zeros(np.shape(ids), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return sorted_ids[pos] == ids
-
-
-_MISSING = object()
-
-
-def _indexable(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _value_key(value: Any) -> tuple:
-    """A scalar JSON value as a dict key that keeps JSON's types apart and numbers by value."""
-    if value is None or isinstance(value, (bool, str)):
-        return (type(value).__name__, value)
-    return ("number", value)  # 1 == 1.0 with one hash, so both find the same entry

@@ -141,7 +141,7 @@ async def test_where_filters_searches_by_metadata_with_json_types(make_settings)
         assert [i["id"] for i in listing["items"]] == ["m0", "m1"] and listing["next_offset"] == 2
         assert (listing["count"], listing["matching"]) == (5, 3)
         assert (await c.get("/index")).json()["matching"] is None
-        assert_error(await c.get("/index", params={"where": "[1]"}), 422, "invalid_parameter", "non-empty JSON object")
+        assert_error(await c.get("/index", params={"where": "[1]"}), 422, "invalid_parameter", "non-empty object")
         # as the raw body too, and with the same answer
         r = await c.post("/search", params={"k": 10, "where": '{"album": "home"}'}, content=png(0),
                          headers={"Content-Type": "image/png"})
@@ -149,8 +149,10 @@ async def test_where_filters_searches_by_metadata_with_json_types(make_settings)
 
 
 @pytest.mark.parametrize("where, words", [
-    ("{album", ["not valid JSON"]), ('["trip"]', ["non-empty JSON object"]), ("{}", ["non-empty JSON object"]),
+    ("{album", ["not valid JSON"]), ('["trip"]', ["non-empty object"]), ("{}", ["non-empty object"]),
     ('{"tags": ["x"]}', ["'tags'", "must be a string, number, true, false or null"]),
+    ('{"year": {"$after": 2020}}', ["'year'", "unknown operator '$after'", "$gte"]),
+    ('{"year": {"$in": 2020}}', ["'year'.$in must be a non-empty list"]),
     ('{"n": NaN}', ["not valid JSON", "NaN"])])
 async def test_a_bad_where_is_422_naming_it_and_the_service_keeps_serving(make_settings, where, words):
     async with running(make_settings()) as c:
@@ -158,6 +160,34 @@ async def test_a_bad_where_is_422_naming_it_and_the_service_keeps_serving(make_s
         assert_error(await c.post("/search", params={"where": where}, files=[upload(png(1))]), 422,
                      "invalid_parameter", *words)
         assert_error(await c.post("/search/x", params={"where": where}), 422, "invalid_parameter", *words)
+        await still_serving(c)
+
+
+async def test_where_operators_and_delete_by_filter_over_the_api(make_settings):
+    async with running(make_settings()) as c:
+        metas = [json.dumps({"year": 2018 + i, "src": "phone" if i % 2 else "camera"}) for i in range(6)]
+        r = await c.post("/index", files=[upload(png(i)) for i in range(6)],
+                         data={"id": [f"y{i}" for i in range(6)], "metadata": metas})
+        assert r.status_code == 201, r.text
+
+        async def ids(where: str) -> list[str]:
+            r = await c.post("/search", params={"k": 10, "where": where}, files=[upload(png(0))])
+            assert r.status_code == 200, r.text
+            return sorted(h["id"] for h in r.json()["results"])
+
+        assert await ids('{"year": {"$gte": 2020, "$lt": 2023}}') == ["y2", "y3", "y4"]
+        assert await ids('{"year": {"$in": [2018, 2023]}, "src": {"$ne": "phone"}}') == ["y0"]
+        assert (await c.get("/index", params={"where": '{"src": "phone"}'})).json()["matching"] == 3
+        # DELETE /index: what matches goes, and only that; never without a filter
+        assert_error(await c.delete("/index"), 422, "invalid_parameter", "needs label or where")
+        assert_error(await c.delete("/index", params={"where": '{"year": {"$gt": []}}'}), 422,
+                     "invalid_parameter", "'year'.$gt must be a number or a string")
+        r = await c.delete("/index", params={"where": '{"src": "phone", "year": {"$lte": 2021}}'})
+        assert r.status_code == 200 and r.json() == {"deleted": 2}, r.text
+        listing = (await c.get("/index")).json()
+        assert sorted(i["id"] for i in listing["items"]) == ["y0", "y2", "y4", "y5"]
+        r = await c.delete("/index", params={"where": '{"src": "nobody"}'})
+        assert r.json() == {"deleted": 0}
         await still_serving(c)
 
 

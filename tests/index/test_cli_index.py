@@ -103,6 +103,12 @@ def test_search_filters_by_metadata_from_the_command_line(gallery_tar, hybrid1_a
     assert len(json.loads(capsys.readouterr().out)) == 5
     assert main([*args, "--where", '{"width": "32"}']) == 0
     assert json.loads(capsys.readouterr().out) == []
+    assert main([*args, "--where", '{"width": {"$lt": 32}}']) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main([*args, "--where", '{"width": {"$gte": 32}, "height": {"$in": [16, 32]}}']) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert main([*args, "--where", '{"width": {"$wider": 32}}']) == 2
+    assert "--where: 'width' has an unknown operator '$wider'" in capsys.readouterr().err
     assert main([*args, "--where", '{"width": [32]}']) == 2
     assert "'width' must be a string, number, true, false or null" in capsys.readouterr().err
     assert main([*args, "--where", "{width"]) == 2

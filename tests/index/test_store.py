@@ -167,6 +167,137 @@ def test_metadata_filter_compares_json_types_and_needs_the_key(open_store):
     assert ids({"v": 2}) == []
 
 
+_OPS_METAS = [{"year": 2019, "day": "2019-12-31", "tags": ["x"]}, {"year": 2020, "day": "2020-01-01"},
+              {"year": 2020.5, "day": "2020-06-30"}, {"year": 2021, "day": "2021-01-01", "src": "phone"},
+              {"year": "2020", "src": "camera"}, {"year": True, "src": None}, {"src": "phone"}, {}]
+
+
+def _reference(meta: dict, where: dict) -> bool:
+    """What each operator means, item by item (the store answers from its indexes)."""
+    def same(a, b):  # JSON equality: numbers by value, never a bool or a string
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        return (num(a) and num(b) and a == b) or (type(a) is type(b) and not num(a) and a == b)
+
+    for key, cond in where.items():
+        ops = cond if isinstance(cond, dict) else {"$eq": cond}
+        has, v = key in meta, meta.get(key)
+        for op, x in ops.items():
+            ok = {"$eq": lambda: has and same(v, x), "$ne": lambda: not (has and same(v, x)),
+                  "$in": lambda: has and any(same(v, y) for y in x), "$nin": lambda: not (has and any(same(v, y) for y in x)),
+                  "$exists": lambda: has == x,
+                  "$gt": lambda: has and _cmp(v, x) and v > x,
+                  "$gte": lambda: has and _cmp(v, x) and v >= x, "$lt": lambda: has and _cmp(v, x) and v < x,
+                  "$lte": lambda: has and _cmp(v, x) and v <= x}[op]()
+            if not ok:
+                return False
+    return True
+
+
+def _cmp(v, x) -> bool:
+    """Range operators compare numbers with numbers and strings with strings."""
+    if isinstance(x, str):
+        return isinstance(v, str)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@pytest.mark.parametrize("where, want", [
+    ({"year": {"$gte": 2020}}, ["o1", "o2", "o3"]),                      # numbers only: not "2020" or true
+    ({"year": {"$gt": 2019, "$lt": 2021}}, ["o1", "o2"]),
+    ({"year": {"$lte": 2020}}, ["o0", "o1"]),
+    ({"day": {"$gte": "2020-01-01", "$lt": "2021-01-01"}}, ["o1", "o2"]),  # ISO dates compare as strings
+    ({"year": {"$in": [2019, "2020", True]}}, ["o0", "o4", "o5"]),
+    ({"year": {"$nin": [2019, 2020]}}, ["o2", "o3", "o4", "o5", "o6", "o7"]),  # missing keys too
+    ({"src": {"$ne": "phone"}}, ["o0", "o1", "o2", "o4", "o5", "o7"]),
+    ({"src": {"$exists": True}}, ["o3", "o4", "o5", "o6"]), ({"tags": {"$exists": True}}, ["o0"]),
+    ({"src": {"$exists": False}, "year": {"$eq": 2020}}, ["o1"]),
+    ({"src": "phone", "year": {"$exists": False}}, ["o6"]),
+    ({"src": {"$in": ["phone", None], "$ne": None}}, ["o3", "o6"]),
+    ({"tags": {"$ne": "x"}}, [f"o{i}" for i in range(8)]),              # a list value equals no scalar
+    ({"nobody": {"$ne": 1}}, [f"o{i}" for i in range(8)]), ({"nobody": {"$gte": 1}}, [])])
+def test_filter_operators_select_what_they_say_in_search_count_and_list(open_store, where, want):
+    store = open_store()
+    vecs = unit(np.random.default_rng(12), len(_OPS_METAS))
+    store.upsert([Item(f"o{i}", vecs[i], None, m) for i, m in enumerate(_OPS_METAS)])
+    assert [f"o{i}" for i, m in enumerate(_OPS_METAS) if _reference(m, where)] == want  # the test's own reading
+    assert sorted(h.id for h in store.search(vecs[0], k=10, where=where)[0]) == want
+    assert store.count(where=where) == len(want) and [it.id for it in store.list(where=where)] == want
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_range_and_set_filters_return_the_nearest_matching_items(open_store, kind):
+    rng = np.random.default_rng(13)
+    store = open_store(index=kind, train_threshold=500)
+    vecs = unit(rng, 3000)
+    metas = [{"t": i % 100, "day": f"2024-{i % 12 + 1:02d}-01"} | ({"odd": True} if i % 2 else {}) for i in range(3000)]
+    store.upsert([Item(f"r{i}", vecs[i], None, m) for i, m in enumerate(metas)])
+    q = unit(rng, 12)  # a batch: the broad (BLAS) path for the wide filters on the exact gallery
+    for where in ({"t": {"$gte": 10, "$lt": 60}}, {"t": {"$gt": 97}}, {"day": {"$lte": "2024-03-01"}},
+                  {"t": {"$in": [1, 2, 3]}, "odd": {"$exists": False}}, {"t": {"$nin": [0, 1]}, "odd": {"$ne": True}}):
+        match = np.array([i for i, m in enumerate(metas) if _reference(m, where)])
+        for row, hits in enumerate(store.search(q, k=10, where=where)):
+            best = match[np.argsort(-(vecs[match] @ q[row]), kind="stable")[:10]]
+            if kind == "flat":  # exact: the very same list
+                assert [h.id for h in hits] == [f"r{i}" for i in best], (where, row)
+            else:  # approximate: ten hits, all matching
+                assert len(hits) == 10 and {h.id for h in hits} <= {f"r{i}" for i in match}, (where, row)
+
+
+def test_a_filter_on_a_key_with_a_value_per_item_follows_every_write(open_store):
+    # such keys (timestamps, file names) keep one id, not a set, per value: writes move between the two
+    store = open_store()
+    vecs = unit(np.random.default_rng(15), 10)
+    metas = {f"t{i}": {"ts": 100 + i} for i in range(8)}
+    store.upsert([Item(i, vecs[int(i[1:])], None, m) for i, m in metas.items()])
+
+    def check():
+        for where in ({"ts": 103}, {"ts": {"$gte": 102, "$lt": 106}}, {"ts": {"$in": [100, 107, 300]}},
+                      {"ts": {"$ne": 104}}, {"ts": {"$exists": True}}):
+            want = sorted(i for i, m in metas.items() if _reference(m, where))
+            assert sorted(h.id for h in store.search(vecs[9], k=10, where=where)[0]) == want, where
+            assert store.count(where=where) == len(want), where
+
+    check()
+    for change in ({"t5": {"ts": 103}}, {"t6": {"ts": 103}}, {"t3": {"ts": 999}}, {"t5": {}}, {"t9": {"ts": 103}}):
+        metas.update(change)
+        store.upsert([Item(i, vecs[int(i[1:])], None, m) for i, m in change.items()])
+        check()
+    for gone in (["t6"], ["t9", "t0"]):
+        store.delete(gone)
+        for i in gone:
+            del metas[i]
+        check()
+
+
+def test_a_search_that_cannot_reconcile_memory_with_the_database_fails_instead_of_hanging(open_store, monkeypatch):
+    import index._store as store_module
+
+    monkeypatch.setattr(store_module, "SEARCH_RETRY_SECONDS", 0.3)
+    store = open_store()
+    vecs = unit(np.random.default_rng(16), 3)
+    store.upsert([Item(f"h{i}", vecs[i], "a", {}) for i in range(3)])
+    store._by_label["a"].add(12345)  # an id no item has: what a bug in the in-memory state would leave
+    with pytest.raises(StoreError, match="disagreeing for 0.3 s"):
+        store.search(vecs[0], k=5, label="a")
+
+
+def test_delete_where_removes_exactly_the_matching_items_durably(open_store, tmp_path):
+    store = open_store()
+    vecs = unit(np.random.default_rng(14), 40)
+    store.upsert([Item(f"d{i}", vecs[i], f"c{i % 2}", {"n": i % 4}) for i in range(40)])
+    assert store.search(vecs[0], k=5, where={"n": {"$in": [0, 1]}})[0]  # an index for "n", kept current
+    assert sorted(store.delete_where(where={"n": {"$in": [0, 1]}}, label="c0")) == \
+        sorted(f"d{i}" for i in range(40) if i % 4 == 0)  # label c0 = even, so n is 0 or 2
+    assert store.delete_where(where={"n": {"$in": [0, 1]}}, label="c0") == []
+    assert store.count(where={"n": 0}) == 0 and store.count() == 30
+    with pytest.raises(InvalidItemError, match="needs a label or a where"):
+        store.delete_where()
+    with pytest.raises(InvalidItemError, match="unknown operator"):
+        store.delete_where(where={"n": {"$regex": "x"}})
+    store.close()
+    reopened = open_store(tmp_path / "store")
+    assert reopened.count() == 30 and reopened.get("d0") is None and reopened.get("d1") is not None
+
+
 def test_list_filters_by_metadata_in_insertion_order_and_paginates(open_store):
     store = open_store()
     vecs = unit(np.random.default_rng(10), 30)
@@ -202,8 +333,13 @@ def test_metadata_filter_sees_every_write(open_store):
 
 
 @pytest.mark.parametrize("where, match", [
-    ({}, "non-empty object"), (["album"], "non-empty object"), ({"a": {"b": 1}}, "'a' must be a string"),
-    ({"a": [1]}, "'a' must be a string"), ({"a": float("nan")}, "'a' must be a string")])
+    ({}, "non-empty object"), (["album"], "non-empty object"), ({"a": {"b": 1}}, "unknown operator 'b'"),
+    ({"a": [1]}, "'a' must be a string"), ({"a": float("nan")}, "'a' must be a string"),
+    ({"a": {}}, "'a' has an empty object"), ({"a": {"$in": 1}}, r"'a'.\$in must be a non-empty list"),
+    ({"a": {"$nin": []}}, "non-empty list"), ({"a": {"$in": [[1]]}}, r"'a'.\$in must be a string"),
+    ({"a": {"$gt": True}}, "must be a number or a string"), ({"a": {"$lt": None}}, "must be a number or a string"),
+    ({"a": {"$gt": 1, "$lte": "z"}}, "mixes a number and a string"), ({"a": {"$gt": 1, "$gte": 2}}, "two lower bounds"),
+    ({"a": {"$exists": 1}}, "true or false"), ({"a": {"$ne": {"x": 1}}}, r"'a'.\$ne must be a string")])
 def test_invalid_metadata_filters_are_refused_naming_the_value(open_store, where, match):
     store = open_store()
     store.upsert([Item("x", unit(np.random.default_rng(8), 1)[0], None, {"a": 1})])

@@ -1,0 +1,183 @@
+"""Metadata filters (`where`): parsed into a canonical, hashable form, and matched against the
+store's per-key indexes of metadata values. See docs/index.md "Filters"."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+from ._errors import InvalidItemError
+
+# A condition is (key, op, operand). Ops: "eq"/"ne" (a value key), "in"/"nin" (a tuple of value keys),
+# "exists" (a bool), "range" (kind, low, low_inclusive, high, high_inclusive; None for an open end).
+Condition = tuple[str, str, Any]
+
+_RANGE_OPS = {"$gt": (0, False), "$gte": (0, True), "$lt": (1, False), "$lte": (1, True)}
+OPERATORS = ("$eq", "$ne", "$in", "$nin", "$exists", *_RANGE_OPS)
+NOT_SCALAR = ("json",)  # the value key of a list or object: found by $exists and $ne, never equal to a query
+
+
+def value_key(value: Any) -> Any:
+    """A metadata value as a dict key that keeps JSON's types apart and numbers by value: a string or
+    a number is its own key (1 == 1.0 with one hash, so both find the same entry; "1" is another),
+    true, false and null are tagged tuples (so true is not 1), a list or an object is NOT_SCALAR."""
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value  # no wrapper: a key with a value per item keeps a million of these
+    if value is None or isinstance(value, bool):
+        return (type(value).__name__, value)
+    return NOT_SCALAR
+
+
+# A key's index maps value key -> ids. A value held by one item (a timestamp, a file name) maps to the
+# bare id: a set per value cost 342 MiB for a million distinct values, more than their vectors.
+
+
+def add(values: dict[Any, Any], vk: Any, fid: int) -> None:
+    """Record that item `fid` has the value `vk`."""
+    have = values.get(vk)
+    if have is None:
+        values[vk] = fid
+    elif isinstance(have, int):
+        if have != fid:
+            values[vk] = {have, fid}
+    else:
+        have.add(fid)
+
+
+def discard(values: dict[Any, Any], vk: Any, fid: int) -> None:
+    """Forget that item `fid` has the value `vk` (a value no item has any more is dropped)."""
+    have = values.get(vk)
+    if have is None:
+        return
+    if isinstance(have, int):
+        if have == fid:
+            del values[vk]
+        return
+    have.discard(fid)
+    if len(have) == 1:
+        values[vk] = next(iter(have))
+
+
+def _ids(entry: Any) -> set[int]:
+    return set() if entry is None else {entry} if isinstance(entry, int) else entry
+
+
+def _union(entries: Iterable[Any]) -> set[int]:
+    out: set[int] = set()
+    singles = []
+    for e in entries:
+        if isinstance(e, int):
+            singles.append(e)
+        else:
+            out |= e
+    out.update(singles)
+    return out
+
+
+def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
+    """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none.
+    Raises InvalidItemError naming the key and value that are wrong."""
+    if where is None:
+        return None
+    if not isinstance(where, dict) or not where:
+        raise InvalidItemError('where must be a non-empty object of metadata keys and values, e.g. '
+                               f'{{"source": "phone"}} or {{"year": {{"$gte": 2020}}}}; got {where!r:.80}')
+    conditions: list[Condition] = []
+    for key, value in where.items():
+        if not isinstance(key, str):
+            raise InvalidItemError(f"where: keys must be strings, got {key!r:.40}")
+        if isinstance(value, dict):
+            conditions += _operators(key, value)
+        else:
+            conditions.append((key, "eq", _scalar_key(key, value)))
+    # (key, op) pairs are unique, so operands of different types are never compared
+    return tuple(sorted(conditions, key=lambda c: (c[0], c[1])))
+
+
+def _scalar(key: str, value: Any, what: str = "") -> Any:
+    if value is not None and not isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise InvalidItemError(f"where: {key!r}{what} must be a string, number, true, false or null, "
+                               f"got {value!r:.60} (operators: {', '.join(OPERATORS)})")
+    return value
+
+
+def _scalar_key(key: str, value: Any, what: str = "") -> Any:
+    return value_key(_scalar(key, value, what))
+
+
+def _operators(key: str, ops: dict[str, Any]) -> list[Condition]:
+    if not ops:
+        raise InvalidItemError(f"where: {key!r} has an empty object; give a value or operators "
+                               f"({', '.join(OPERATORS)})")
+    out: list[Condition] = []
+    bounds: list[Any] = [None, None]
+    inclusive = [False, False]
+    for op, operand in ops.items():
+        if op == "$eq" or op == "$ne":
+            out.append((key, op[1:], _scalar_key(key, operand, f".{op}")))
+        elif op == "$in" or op == "$nin":
+            if not isinstance(operand, list) or not operand:
+                raise InvalidItemError(f"where: {key!r}.{op} must be a non-empty list of values, got {operand!r:.60}")
+            keys = {_scalar_key(key, v, f".{op}") for v in operand}
+            out.append((key, op[1:], tuple(sorted(keys, key=repr))))
+        elif op == "$exists":
+            if not isinstance(operand, bool):
+                raise InvalidItemError(f"where: {key!r}.$exists must be true or false, got {operand!r:.60}")
+            out.append((key, "exists", operand))
+        elif op in _RANGE_OPS:
+            if isinstance(operand, bool) or not isinstance(operand, (int, float, str)) or (
+                    isinstance(operand, float) and not math.isfinite(operand)):
+                raise InvalidItemError(f"where: {key!r}.{op} must be a number or a string, got {operand!r:.60}")
+            end, incl = _RANGE_OPS[op]
+            if bounds[end] is not None:
+                raise InvalidItemError(f"where: {key!r} has two {'lower' if end == 0 else 'upper'} bounds")
+            bounds[end], inclusive[end] = operand, incl
+        else:
+            raise InvalidItemError(f"where: {key!r} has an unknown operator {op!r:.40}; the operators are "
+                                   f"{', '.join(OPERATORS)} (a nested object cannot be matched)")
+    if bounds != [None, None]:
+        kinds = {"str" if isinstance(b, str) else "number" for b in bounds if b is not None}
+        if len(kinds) > 1:
+            raise InvalidItemError(f"where: {key!r} mixes a number and a string bound ({bounds[0]!r}, {bounds[1]!r})")
+        out.append((key, "range", (kinds.pop(), bounds[0], inclusive[0], bounds[1], inclusive[1])))
+    return out
+
+
+def matching(conditions: Iterable[Condition], index_of: Callable[[str], dict[Any, Any]],
+             within: list[set[int]], universe: Callable[[], Iterable[int]]) -> set[int] | Iterable[int]:
+    """The ids (FAISS ids) that satisfy every condition and are in every set of `within`.
+    index_of(key) gives one metadata key's index (value key -> ids, see add); universe() every id."""
+    include = list(within)
+    exclude: list[set[int]] = []
+    for key, op, operand in conditions:
+        values = index_of(key)
+        if op == "eq":
+            include.append(_ids(values.get(operand)))
+        elif op == "ne":
+            exclude.append(_ids(values.get(operand)))
+        elif op in ("in", "nin"):
+            (include if op == "in" else exclude).append(_union(values[v] for v in operand if v in values))
+        elif op == "exists":
+            (include if operand else exclude).append(_union(values.values()))
+        else:
+            include.append(_union(ids for vk, ids in values.items() if _in_range(vk, operand)))
+    if include:
+        include.sort(key=len)
+        found = include[0].intersection(*include[1:])
+    elif exclude:
+        found = set(universe())
+    else:
+        return universe()
+    for ids in exclude:
+        found -= ids
+    return found
+
+
+def _in_range(vk: Any, range_: tuple) -> bool:
+    kind, low, low_incl, high, high_incl = range_
+    # numbers compare with numbers, strings with strings (by code point); true/false/null are tuples
+    if not (isinstance(vk, str) if kind == "str" else isinstance(vk, (int, float))):
+        return False
+    if low is not None and (vk < low or (vk == low and not low_incl)):
+        return False
+    return high is None or vk < high or (vk == high and high_incl)
