@@ -48,10 +48,15 @@ def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _search_body() -> dict[str, Any]:
-    spec = _multipart("one image: a multipart `file` part, or the image itself as the body",
+    spec = _multipart("one image: a multipart `file` part, or the image itself as the body; or a vector, "
+                      'as JSON {"vector": [...]} (a vector from POST /embed or GET /index/{id}?vector=true)',
                       {"file": {"type": "string", "format": "binary"}})
     binary = {"schema": {"type": "string", "format": "binary"}}
     spec["requestBody"]["content"].update({t: binary for t in _RAW_IMAGE_TYPES})
+    spec["requestBody"]["content"]["application/json"] = {"schema": {
+        "type": "object", "required": ["vector"], "additionalProperties": False,
+        "properties": {"vector": {"type": "array", "items": {"type": "number"},
+                                  "description": "the model's dimension; normalised to unit length"}}}}
     return spec
 
 
@@ -80,6 +85,33 @@ def _settings(request: Request) -> Settings:
 _RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream")
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _query_vector(body: bytes, dim: int) -> np.ndarray:
+    """The `vector` of a JSON search body, as a (1, dim) float32 array; 422 naming what is wrong."""
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, "invalid_vector", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or set(value) != {"vector"}:
+        got = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ApiError(422, "invalid_vector", f'the JSON body must be {{"vector": [...]}} and nothing else, got {got}')
+    vec = value["vector"]
+    if not isinstance(vec, list) or len(vec) != dim or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
+        shape = f"a list of {len(vec)} values" if isinstance(vec, list) else type(vec).__name__
+        raise ApiError(422, "invalid_vector", f"vector must be a list of {dim} numbers (the model's dimension), "
+                                              f"got {shape}")
+    arr = np.asarray(vec, dtype=np.float64)
+    scale = np.abs(arr).max()  # divided out first, so that no square overflows
+    if not np.isfinite(scale) or scale == 0:
+        raise ApiError(422, "invalid_vector", "vector must have a finite, non-zero length")
+    arr /= scale
+    return (arr / np.linalg.norm(arr)).astype(np.float32)[None]
+
+
 def _is_raw_image(content_type: str) -> bool:
     ctype = content_type.split(";", 1)[0].strip().lower()
     return ctype in _RAW_IMAGE_TYPES or ctype.startswith("image/")
@@ -103,7 +135,8 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
         raise ApiError(415, "unsupported_media_type",
                        f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}"
                        + (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
-                          "application/octet-stream)" if request.url.path.rstrip("/").endswith("/search") else ""))
+                          "application/octet-stream; or a vector as an application/json body)"
+                          if request.url.path.rstrip("/").endswith("/search") else ""))
     parser = MultiPartParser(request.headers, request.stream(), max_files=s.max_files_per_request,
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:
@@ -305,6 +338,21 @@ async def search(request: Request,
             raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
                                                      "of nearest candidates the PDDM re-orders")
     label, where = _check_label(label), _check_where(where)
+    params = SearchParams(k, label, max_distance, rerank, where)
+    ctype = request.headers.get("content-type", "")
+    if _is_json(ctype):  # a vector: no image, no model; the store only
+        vector = _query_vector(await _read_body(request), service.embedder.dim)
+        hits = await anyio.to_thread.run_sync(service.search, vector, params)
+    else:
+        hits = await _search_image(request, service, params)
+    # Built by hand and sent as is: validating the response model again costs event-loop time on
+    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
+    return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": rerank is not None, "candidates": rerank})
+
+
+async def _search_image(request: Request, service: Service, params: SearchParams) -> list:
     if _is_raw_image(request.headers.get("content-type", "")):
         files = [("the body", await _read_body(request))]
     else:
@@ -314,13 +362,8 @@ async def search(request: Request,
         finally:
             await form.close()
     # Decoded in the batcher's worker together with the model call: one thread hop per batch.
-    _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1,
-                                                   SearchParams(k, label, max_distance, rerank, where))
-    # Built by hand and sent as is: validating the response model again costs event-loop time on
-    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
-    return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
-                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
-                         "reranked": rerank is not None, "candidates": rerank})
+    _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
+    return hits
 
 
 @router.post("/embed", response_model=EmbedResponse, tags=["search"],

@@ -101,7 +101,7 @@ class Service:
             return
         self.embedder, self.store = embedder, store
         s = self.settings
-        self.batcher = MicroBatcher(embedder.embed_arrays, self._search, s.batch_max_size,
+        self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
         import index
@@ -121,7 +121,9 @@ class Service:
                  "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count(),
                  ", ".join(self.image_policy.allowed))
 
-    def _search(self, queries: np.ndarray, params: SearchParams) -> list:
+    def search(self, queries: np.ndarray, params: SearchParams) -> list:
+        """The hits of each query vector (unit rows) under params: the store's search, then the PDDM
+        re-ranking when asked for. Blocking: run it in a worker thread."""
         found = self.store.search(queries, k=params.rerank or params.k, label=params.label,
                                   max_distance=params.max_distance,
                                   where=json.loads(params.where) if params.where else None)

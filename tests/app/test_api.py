@@ -221,6 +221,34 @@ async def test_embed_returns_the_vectors_a_search_uses_and_stores_nothing(make_s
         await still_serving(c)
 
 
+async def test_search_by_vector_answers_as_the_image_would_and_refuses_bad_vectors(make_settings, cifar):
+    photos = cifar["automobile"][:4]
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(photos)],
+                         data={"id": [f"s{i}" for i in range(4)], "metadata": ['{"n": 0}', '{"n": 1}', '{"n": 2}', '{"n": 3}']})
+        assert r.status_code == 201, r.text
+        vector = (await c.post("/embed", files=[upload(photos[1], "q.jpg", "image/jpeg")])).json()["vectors"][0]
+        by_image = (await c.post("/search?k=3", files=[upload(photos[1], "q.jpg", "image/jpeg")])).json()["results"]
+        r = await c.post("/search?k=3", json={"vector": vector})
+        assert r.status_code == 200, r.text
+        by_vector = r.json()["results"]
+        assert [h["id"] for h in by_vector] == [h["id"] for h in by_image] and by_vector[0]["id"] == "s1"
+        assert np.allclose([h["score"] for h in by_vector], [h["score"] for h in by_image], atol=1e-5)
+        # any length is normalised; the filters apply as for an image
+        r = await c.post("/search", params={"k": 3, "where": '{"n": {"$gte": 2}}'}, json={"vector": [3 * x for x in vector]})
+        assert sorted(h["id"] for h in r.json()["results"]) == ["s2", "s3"]
+        for body, words in ((b'{"vector": [1, 2', ["not valid JSON"]), (b'[1, 2]', ['{"vector": [...]}', "list"]),
+                            (b'{"vector": [1], "k": 3}', ["nothing else", "'k'"]),
+                            (b'{"vector": [1, 2, 3]}', ["list of 256 numbers", "got a list of 3 values"]),
+                            (json.dumps({"vector": [0] * 256}).encode(), ["finite, non-zero length"]),
+                            (b'{"vector": [1e999' + b', 0' * 255 + b']}', ["finite, non-zero length"]),  # inf
+                            (json.dumps({"vector": [True] * 256}).encode(), ["list of 256 numbers"]),
+                            (b'{"vector": [NaN]}', ["not valid JSON", "NaN"])):
+            assert_error(await c.post("/search", content=body, headers={"Content-Type": "application/json"}),
+                         422, "invalid_vector", *words)
+        await still_serving(c)
+
+
 async def test_max_distance_drops_farther_neighbours(make_settings):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(i)) for i in range(6)], data={"id": [f"i{i}" for i in range(6)]})

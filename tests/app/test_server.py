@@ -105,7 +105,7 @@ def test_photos_as_phones_write_them_are_indexed_and_found_over_http(server, cli
     assert_alive(server, client)
 
 
-def test_embed_a_metadata_filter_and_delete_by_filter_over_http(server, client, writer, cifar):
+def test_embed_search_by_vector_filters_and_delete_by_filter_over_http(server, client, writer, cifar):
     ships = cifar["airplane"][5:8]
     r = writer.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(ships)],
                     data={"id": ["where-0", "where-1", "where-2"],
@@ -117,6 +117,9 @@ def test_embed_a_metadata_filter_and_delete_by_filter_over_http(server, client, 
     hits = client.post("/search", params={"k": 5, "where": '{"trip": "oslo"}'},
                        files=[upload(ships[1], "q.jpg", "image/jpeg")]).json()["results"]
     assert sorted(h["id"] for h in hits) == ["where-0", "where-2"]
+    by_vector = client.post("/search", params={"k": 1, "where": '{"trip": {"$ne": "oslo"}}'},
+                            json={"vector": vectors[1]}).json()["results"]
+    assert [h["id"] for h in by_vector] == ["where-1"] and by_vector[0]["score"] > 0.999
     r = writer.delete("/index", params={"where": '{"trip": {"$in": ["rome", "paris"]}}'})
     assert r.status_code == 200 and r.json() == {"deleted": 1}, r.text
     assert client.get("/index/where-1").status_code == 404 and client.get("/index/where-0").status_code == 200
