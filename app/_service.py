@@ -88,6 +88,11 @@ class Service:
             store = index.Store.open(cfg)
         except Exception as exc:
             raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}") from exc
+        if s.filter_keys:  # before ready, so that no search waits for a key's index
+            t0 = time.perf_counter()
+            values = store.index_metadata(s.filter_keys.split(","))
+            log.info("metadata keys indexed for filters in %.1f s: %s", time.perf_counter() - t0,
+                     ", ".join(f"{k} ({n} values)" for k, n in values.items()))
         self.pddm = model.PDDM.from_artifact(embedder.artifact)
         return embedder, store
 

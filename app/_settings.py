@@ -31,6 +31,9 @@ class Settings(BaseSettings):
                                description="comma-separated formats uploads may be in, of " + ", ".join(FORMAT_NAMES)
                                            + " (jpeg includes MPO; heif includes HEIC; avif and heif only "
                                              "where their decoders are installed)")
+    filter_keys: str = Field("", description="comma-separated metadata keys whose filter indexes are built at "
+                                             "start-up (before ready) instead of by the first search that filters "
+                                             "on each")
     max_files_per_request: int = Field(64, ge=1, description="most `file` parts in one request")
     max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
@@ -57,6 +60,11 @@ class Settings(BaseSettings):
                              + (f" ({unknown[0]!r} is none of them)" if unknown else ""))
         image_policy(names)  # raises when none of them can be read here
         return ",".join(n for n in FORMAT_NAMES if n in names)
+
+    @field_validator("filter_keys")
+    @classmethod
+    def _key_list(cls, v: str) -> str:
+        return ",".join(dict.fromkeys(k.strip() for k in v.split(",") if k.strip()))
 
     @field_validator("device")
     @classmethod

@@ -3,6 +3,7 @@ index), a filtered search afterwards, a write while keys are indexed, and the me
 keeps (the process's RSS growth).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_filter.py [--sizes 100000,1000000] [--dim 256]
+        [--index-keys source,album,year]
 
 Each gallery is random unit vectors with metadata like a photo library's: {"source": one of 3,
 "album": one of 1,000, "year": one of 25, "t": the item's number (a key with a million distinct values)},
@@ -56,7 +57,7 @@ def brute(X: np.ndarray, q: np.ndarray, keep: np.ndarray, k: int) -> list[list[s
     return [[f"g{idx[j]}" for j in np.argsort(-S[:, c], kind="stable")[:k]] for c in range(len(q))]
 
 
-def run(n: int, dim: int, rounds: int) -> dict:
+def run(n: int, dim: int, rounds: int, index_keys: list[str]) -> dict:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, dim), dtype=np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
@@ -73,6 +74,13 @@ def run(n: int, dim: int, rounds: int) -> dict:
                 store.upsert([Item(f"g{i}", X[i], f"c{i % 10}", meta(i)) for i in range(a, min(n, a + 10_000))])
             out["fill_seconds"] = time.perf_counter() - t0
             print(f"{n:,} items filled in {out['fill_seconds']:.0f} s", flush=True)
+            if index_keys:  # as SIMSEARCH_FILTER_KEYS does at start-up: the first searches then find them built
+                rss0, t0 = rss_mb(), time.perf_counter()
+                values = store.index_metadata(index_keys)
+                out["index_metadata"] = {"keys": index_keys, "seconds": time.perf_counter() - t0,
+                                         "distinct_values": values, "rss_growth_mb": rss_mb() - rss0}
+                print(f"  index_metadata({', '.join(index_keys)}): {out['index_metadata']['seconds']:.1f} s, "
+                      f"RSS +{out['index_metadata']['rss_growth_mb']:.0f} MiB", flush=True)
             cases = {
                 "unfiltered": ({}, np.ones(n, bool)),
                 "label (1 in 10)": ({"label": "c3"}, ii % 10 == 3),
@@ -128,9 +136,11 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--index-keys", default="", help="comma-separated keys for Store.index_metadata before the searches")
     args = ap.parse_args()
     machine = _common.machine()
-    results = [run(int(s), args.dim, args.rounds) for s in args.sizes.split(",")]
+    keys = [k for k in args.index_keys.split(",") if k]
+    results = [run(int(s), args.dim, args.rounds, keys) for s in args.sizes.split(",")]
     path = _common.RESULTS / f"bench_filter{args.tag}.json"
     path.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine, "results": results}, indent=2) + "\n")
     print(f"wrote {path}")

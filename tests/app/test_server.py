@@ -277,6 +277,38 @@ def test_an_operator_can_narrow_the_upload_formats_and_the_rest_get_415(hybrid1_
         stop_server(live)
 
 
+def test_filter_keys_are_indexed_before_ready_and_kept_current(hybrid1_artifact, cifar, tmp_path):
+    """SIMSEARCH_FILTER_KEYS: the keys' indexes are built while the service loads (logged), cover the
+    items already stored, and follow later writes, also for a key no item had."""
+    from cli import main
+
+    from .conftest import start_server, stop_server
+
+    folder = tmp_path / "photos" / "cars"
+    folder.mkdir(parents=True)
+    for i, data in enumerate(cifar["automobile"][:3]):
+        (folder / f"{i}.jpg").write_bytes(data)
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact),
+                 "--data", str(tmp_path / "data")]) == 0  # records {"width": 32, "height": 32}
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_FILTER_KEYS": " width, trip ,width", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"},
+                        tmp_path, ["--log-level", "info"])
+    try:
+        assert "metadata keys indexed for filters" in live.log_tail(20_000)
+        assert "width (1 values), trip (0 values)" in live.log_tail(20_000)
+        with httpx.Client(base_url=live.url, timeout=60, headers={"X-API-Key": live.key}) as c:
+            query = [upload(cifar["automobile"][0], "q.jpg", "image/jpeg")]
+            hits = c.post("/search", params={"k": 5, "where": '{"width": {"$gte": 32}}'}, files=query).json()
+            assert sorted(h["id"] for h in hits["results"]) == ["cars/0.jpg", "cars/1.jpg", "cars/2.jpg"]
+            r = c.post("/index", files=[upload(cifar["automobile"][3], "x.jpg", "image/jpeg")],
+                       data={"id": "new", "metadata": '{"trip": "oslo"}'})
+            assert r.status_code == 201, r.text
+            hits = c.post("/search", params={"k": 5, "where": '{"trip": "oslo"}'}, files=query).json()
+            assert [h["id"] for h in hits["results"]] == ["new"]
+    finally:
+        stop_server(live)
+
+
 def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifar, tmp_path):
     import io
     from pathlib import Path

@@ -280,6 +280,22 @@ def test_a_search_that_cannot_reconcile_memory_with_the_database_fails_instead_o
         store.search(vecs[0], k=5, label="a")
 
 
+def test_index_metadata_builds_key_indexes_up_front_and_keeps_them_current(open_store):
+    store = open_store()
+    vecs = unit(np.random.default_rng(17), 12)
+    store.upsert([Item(f"k{i}", vecs[i], None, {"album": f"a{i % 3}", "n": i}) for i in range(10)])
+    assert store.index_metadata(["album", "n", "camera", "album"]) == {"album": 3, "n": 10, "camera": 0}
+    # a key no item had is kept current too, and every write reaches the indexes built
+    store.upsert([Item("k10", vecs[10], None, {"camera": "x", "album": "a9"}), Item("k0", vecs[0], None, {"n": 0})])
+    store.delete(["k1"])
+    assert sorted(h.id for h in store.search(vecs[0], k=20, where={"camera": "x"})[0]) == ["k10"]
+    assert sorted(h.id for h in store.search(vecs[0], k=20, where={"album": {"$in": ["a0", "a9"]}})[0]) == \
+        ["k10", "k3", "k6", "k9"]
+    assert store.index_metadata(["camera", "album", "n"]) == {"camera": 1, "album": 4, "n": 9}
+    with pytest.raises(InvalidItemError, match="non-empty strings"):
+        store.index_metadata(["album", ""])
+
+
 def test_delete_where_removes_exactly_the_matching_items_durably(open_store, tmp_path):
     store = open_store()
     vecs = unit(np.random.default_rng(14), 40)
