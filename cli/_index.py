@@ -50,6 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(k, model=False)
     k.set_defaults(func=_backup)
 
+    d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
+                        description="Remove items from the index: the ids given, or every item with --label and/or "
+                                    "matching --where. Without --yes, only says how many would go. While "
+                                    "`simsearch serve` has the index open, delete over HTTP instead "
+                                    "(DELETE /index/{id}, DELETE /index?where=...).")
+    d.add_argument("ids", nargs="*", metavar="ID", help="ids of items to remove")
+    _common(d, model=False)
+    d.add_argument("--label", help="every item with this label")
+    d.add_argument("--where", metavar="JSON", help='every item whose metadata matches, e.g. \'{"year": {"$lt": 2020}}\'')
+    d.add_argument("--yes", action="store_true", help="delete (otherwise only count what would go)")
+    d.set_defaults(func=_delete)
+
     q = sub.add_parser("search", help="print the nearest gallery images of an image")
     q.add_argument("image", help="query image file")
     _common(q, model=True)
@@ -267,6 +279,58 @@ def _backup(args) -> int:
     return 0
 
 
+def _where_arg(text: str | None) -> dict | None:
+    """--where parsed and checked, or None; CliError naming what is wrong."""
+    import json
+
+    import index
+
+    if not text:
+        return None
+    try:
+        where = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"--where {text!r} is not valid JSON: {exc}") from None
+    try:
+        index.check_where(where)
+    except index.InvalidItemError as exc:
+        raise CliError(f"--{exc}") from None
+    return where
+
+
+def _delete(args) -> int:
+    import index
+
+    where = _where_arg(args.where)
+    if not args.ids and args.label is None and where is None:
+        raise CliError("give the ids to delete, or --label and/or --where (it never empties the index)")
+    if args.ids and (args.label is not None or where is not None):
+        raise CliError("give either ids or --label/--where, not both")
+    store = _open_store(args.data, True)  # read-only: counting works while the service runs
+    try:
+        n = len(store.has_ids(args.ids)) if args.ids else store.count(args.label, where)
+    finally:
+        store.close()
+    if not args.yes:
+        print(f"would delete {n} of the items in {Path(args.data) / 'index'}; run again with --yes to delete them")
+        return 0
+    try:
+        store = _open_store(args.data, False)
+    except CliError as exc:
+        if "open for writing in another process" in str(exc):
+            raise CliError(f"{exc}. While `simsearch serve` runs, delete over HTTP: DELETE /index/{{id}} or "
+                           "DELETE /index?label=...&where=...") from None
+        raise
+    try:
+        gone = store.delete(args.ids) if args.ids else store.delete_where(args.label, where)
+    except index.InvalidItemError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"deleted {len(gone)} item{'' if len(gone) == 1 else 's'}")
+    return 0
+
+
 def _search(args) -> int:
     import json
 
@@ -276,14 +340,7 @@ def _search(args) -> int:
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
-    try:
-        where = json.loads(args.where) if args.where else None
-    except ValueError as exc:
-        raise CliError(f"--where {args.where!r} is not valid JSON: {exc}") from None
-    try:
-        index.check_where(where)  # before the model loads
-    except index.InvalidItemError as exc:
-        raise CliError(f"--{exc}") from None
+    where = _where_arg(args.where)  # before the model loads
     try:
         with Image.open(args.image) as im:
             im.load()

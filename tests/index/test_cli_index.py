@@ -115,6 +115,36 @@ def test_search_filters_by_metadata_from_the_command_line(gallery_tar, hybrid1_a
     assert "--where '{width' is not valid JSON" in capsys.readouterr().err
 
 
+def test_delete_counts_first_then_removes_by_id_label_or_filter(gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+
+    def count() -> int:
+        with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+            return store.count()
+
+    assert main(["index", "delete", "--data", str(data), "--label", "cat"]) == 0  # a dry run without --yes
+    assert "would delete 8 of the items" in capsys.readouterr().out and count() == 24
+    assert main(["index", "delete", "--data", str(data), "--label", "cat", "--yes"]) == 0
+    assert "deleted 8 items" in capsys.readouterr().out and count() == 16
+    assert main(["index", "delete", "--data", str(data), "--where", '{"width": {"$gte": 32}}', "--label", "dog",
+                 "--yes"]) == 0
+    assert "deleted 8 items" in capsys.readouterr().out and count() == 8
+    assert main(["index", "delete", "--data", str(data), "cifar10-jpeg/test/ship/0001.jpg", "nope", "--yes"]) == 0
+    assert "deleted 1 item\n" in capsys.readouterr().out and count() == 7
+    for args, words in ((["--yes"], "give the ids to delete, or --label"), (["x", "--label", "ship"], "not both"),
+                        (["--where", '{"width": {"$near": 1}}'], "--where: 'width' has an unknown operator")):
+        assert main(["index", "delete", "--data", str(data), *args]) == 2
+        assert words in capsys.readouterr().err
+    with Store.open(StoreConfig(data / "index")):  # as `simsearch serve` holds it
+        assert main(["index", "delete", "--data", str(data), "--label", "ship"]) == 0  # counting still works
+        assert "would delete 7" in capsys.readouterr().out
+        assert main(["index", "delete", "--data", str(data), "--label", "ship", "--yes"]) == 2
+        assert "delete over HTTP: DELETE /index/{id}" in capsys.readouterr().err
+    assert count() == 7
+
+
 def test_build_and_search_read_the_files_phones_write(shared_data, hybrid1_artifact, tmp_path, capsys):
     with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
         photo = phone_sized(Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")))
