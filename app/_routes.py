@@ -530,11 +530,62 @@ async def delete_matching(request: Request,
     return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump())
 
 
+@router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
+              summary="change an item's label and/or metadata, keeping its image, vector and place",
+              responses={k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503)},
+              openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {
+                  "type": "object", "additionalProperties": False,
+                  "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
+                                 "metadata": {"type": "object", "description": "a JSON merge patch (RFC 7396): "
+                                              "each key given is set, a key given as null is removed"}}}}
+                  for t in ("application/json", "application/merge-patch+json")}}})
+async def update_item(request: Request, id: str = Path()) -> JSONResponse:
+    import index as index_pkg  # see add()
+
+    service = _service(request)
+    id = _check_id(id)
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in ("application/json", "application/merge-patch+json"):
+        raise ApiError(415, "unsupported_media_type", f"expected a JSON body (application/json), got Content-Type "
+                                                      f"{ctype or 'none'!r}")
+    try:
+        body = json.loads(await _read_body(request), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, "invalid_metadata", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not body or set(body) - {"label", "metadata"}:
+        got = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise ApiError(422, "invalid_metadata", f'the body must be an object with "label" and/or "metadata", got {got}')
+    changes: dict[str, Any] = {}
+    if "label" in body:
+        if body["label"] is not None and not isinstance(body["label"], str):
+            raise ApiError(422, "invalid_label", f"label must be a string or null, got {json.dumps(body['label'])[:60]}")
+        changes["label"] = _check_label(body["label"])
+    if "metadata" in body:
+        if not isinstance(body["metadata"], dict):
+            raise ApiError(422, "invalid_metadata", "metadata must be a JSON object (a merge patch: null removes a "
+                                                    f"key), got {json.dumps(body['metadata'])[:60]}")
+        changes["metadata_patch"] = body["metadata"]
+    try:
+        item = await anyio.to_thread.run_sync(lambda: service.store.update(id, **changes))
+    except KeyError:
+        raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
+    except index_pkg.InvalidItemError as exc:
+        raise ApiError(422, "invalid_metadata", str(exc)) from None
+    except index_pkg.StoreError as exc:
+        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
+    return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}))
+
+
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
                responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}, response_class=Response)
 async def delete_item(request: Request, id: str = Path()) -> Response:
+    import index as index_pkg  # see add()
+
     service = _service(request)
-    deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
+    try:
+        deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
+    except index_pkg.InvalidItemError:  # an id no item can have (too long, say): as absent as any other
+        deleted = []
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
     return Response(status_code=204)

@@ -35,6 +35,7 @@ SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write ca
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
+_KEEP = object()            # Store.update: the label is not changed
 
 
 class Store:
@@ -380,6 +381,40 @@ class Store:
             self._apply(new, [], seq)
         self._after_write(len(new))
         return len(new)
+
+    def update(self, id: str, label: Any = _KEEP, metadata_patch: dict[str, Any] | None = None) -> Item:
+        """Change an item's label and/or metadata in place, keeping its vector, thumbnail and place in
+        the listing; returns the item as it now is. label: the new label (None removes it), kept when
+        not given. metadata_patch: a JSON merge patch (RFC 7396) on its metadata: each key given is
+        set, a key given as None is removed, objects merge key by key. KeyError when no item has
+        the id. Durable on return; searches see the change all at once."""
+        self._check_writable()
+        id = self._check_id(id)
+        if metadata_patch is not None and not isinstance(metadata_patch, dict):
+            raise InvalidItemError(f"item {id!r}: the metadata patch must be a JSON object (dict), "
+                                   f"got {type(metadata_patch).__name__}")
+        with self._writer:
+            self._check_writable()
+            row = self._conn.execute("SELECT seq, vector, label, metadata FROM items WHERE id = ?", (id,)).fetchone()
+            if row is None:
+                raise KeyError(id)
+            fid, blob, old_label, old_meta = row
+            meta = json.loads(old_meta)
+            if metadata_patch is not None:
+                meta = _merge_patch(meta, metadata_patch)
+            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is _KEEP else label, meta))
+            with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
+                conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
+            with self._rw.write():
+                self._by_label[old_label].discard(fid)
+                self._by_label.setdefault(new_label, set()).add(fid)
+                for key, value in self._meta_changed(old_meta, -1):
+                    _filter.discard(self._by_meta[key], value, fid)
+                self._rows[fid] = (id, new_label, meta_json)
+                for key, value in self._meta_changed(meta_json, +1):
+                    _filter.add(self._by_meta[key], value, fid)
+                self._version += 1
+        return Item(id, np.frombuffer(blob, dtype=np.float32).copy(), new_label, json.loads(meta_json))
 
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Delete items by id; returns the ids that existed (and are now gone). Durable on return."""
@@ -974,6 +1009,19 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r}, {self.spec}, {len(self._rows)} items)"
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: an object patch merges key by key (None removes), anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
 
 
 def _train_sample(n: int) -> int:

@@ -105,7 +105,7 @@ def test_photos_as_phones_write_them_are_indexed_and_found_over_http(server, cli
     assert_alive(server, client)
 
 
-def test_embed_search_by_vector_filters_and_delete_by_filter_over_http(server, client, writer, cifar):
+def test_embed_search_by_vector_filters_patch_and_delete_by_filter_over_http(server, client, writer, cifar):
     ships = cifar["airplane"][5:8]
     r = writer.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(ships)],
                     data={"id": ["where-0", "where-1", "where-2"],
@@ -123,6 +123,11 @@ def test_embed_search_by_vector_filters_and_delete_by_filter_over_http(server, c
     r = writer.delete("/index", params={"where": '{"trip": {"$in": ["rome", "paris"]}}'})
     assert r.status_code == 200 and r.json() == {"deleted": 1}, r.text
     assert client.get("/index/where-1").status_code == 404 and client.get("/index/where-0").status_code == 200
+    r = writer.patch("/index/where-0", json={"metadata": {"trip": "rome", "day": 3}})
+    assert r.status_code == 200 and r.json()["metadata"] == {"trip": "rome", "day": 3}, r.text
+    hits = client.post("/search", params={"k": 5, "where": '{"trip": "oslo"}'},
+                       files=[upload(ships[1], "q.jpg", "image/jpeg")]).json()["results"]
+    assert [h["id"] for h in hits] == ["where-2"]
     assert 'route="/embed",status="200"' in client.get("/metrics").text
     assert_alive(server, client)
 
@@ -151,6 +156,7 @@ def test_wrong_or_missing_key_over_http(server, client):
     assert_error(client.post("/index", files=[upload(png(1))], headers={"Authorization": "Bearer nope"}),
                  403, "invalid_api_key")
     assert_error(client.delete("/index", params={"where": '{"trip": "oslo"}'}), 401, "missing_api_key")
+    assert_error(client.patch("/index/x", json={"label": "y"}), 401, "missing_api_key")
     assert_alive(server, client)
 
 

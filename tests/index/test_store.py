@@ -296,6 +296,40 @@ def test_index_metadata_builds_key_indexes_up_front_and_keeps_them_current(open_
         store.index_metadata(["album", ""])
 
 
+def test_update_changes_label_and_metadata_in_place_durably_and_filters_follow(open_store, tmp_path):
+    store = open_store()
+    vecs = unit(np.random.default_rng(18), 3)
+    store.upsert([Item("u0", vecs[0], "cat", {"album": "a", "place": {"city": "oslo", "zip": 1}}, thumbnail=b"\xff\xd8t"),
+                  Item("u1", vecs[1], "cat", {"album": "a"}), Item("u2", vecs[2], None, {})])
+    assert store.count(where={"album": "a"}) == 2  # the album index exists before the update
+    item = store.update("u0", label="dog", metadata_patch={"album": "b", "place": {"zip": None, "country": "no"},
+                                                           "stars": 4})
+    assert item.label == "dog" and item.metadata == {"album": "b", "place": {"city": "oslo", "country": "no"}, "stars": 4}
+    np.testing.assert_allclose(item.vector, vecs[0], rtol=1e-6)
+    assert store.get("u0").metadata == item.metadata and store.thumbnail("u0") == b"\xff\xd8t"
+    assert [it.id for it in store.list()] == ["u0", "u1", "u2"]  # its place in the listing is kept
+    assert store.labels() == {"cat": 1, "dog": 1, None: 1}
+    assert [h.id for h in store.search(vecs[0], k=3, where={"album": "a"})[0]] == ["u1"]
+    assert [h.id for h in store.search(vecs[0], k=3, label="dog", where={"stars": {"$gte": 4}})[0]] == ["u0"]
+    assert store.search(vecs[0], k=1)[0][0].id == "u0" and store.search(vecs[0], k=1)[0][0].score > 0.999
+    assert store.update("u0").label == "dog"  # nothing given: nothing changes
+    assert store.update("u0", label=None, metadata_patch={"album": None}).metadata == \
+        {"place": {"city": "oslo", "country": "no"}, "stars": 4}
+    with pytest.raises(KeyError):
+        store.update("nobody", label="x")
+    with pytest.raises(InvalidItemError, match="must be a JSON object"):
+        store.update("u1", metadata_patch=["x"])
+    with pytest.raises(InvalidItemError, match="label must be a string"):
+        store.update("u1", label=3)
+    with pytest.raises(InvalidItemError, match="more than"):
+        store.update("u1", metadata_patch={"big": "x" * 70_000})
+    assert store.get("u1").metadata == {"album": "a"} and store.get("u1").label == "cat"  # refused: unchanged
+    store.close()
+    reopened = open_store(tmp_path / "store")
+    assert reopened.get("u0").label is None and reopened.get("u0").metadata["stars"] == 4
+    assert [h.id for h in reopened.search(vecs[0], k=3, where={"stars": 4})[0]] == ["u0"]
+
+
 def test_delete_where_removes_exactly_the_matching_items_durably(open_store, tmp_path):
     store = open_store()
     vecs = unit(np.random.default_rng(14), 40)
