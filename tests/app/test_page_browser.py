@@ -275,6 +275,23 @@ def test_metadata_filter_limits_results_and_a_bad_one_is_explained(page, page_se
     assert page.find_element("id", "search-error").text == expected and "'n'" in expected
 
 
+def test_an_empty_answer_under_a_filter_says_whether_anything_matches(page, gallery, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)  # its own copy in the gallery has n = 0
+    for where, max_distance, words in (('{"n": {"$gt": 99}}', "", "No item in the gallery matches the filters (of 30"),
+                                       ('{"n": {"$gte": 1}}', "0.0001", "20 items match the filters, but none within")):
+        page.find_element("id", "where-filter").clear()
+        page.find_element("id", "where-filter").send_keys(where)
+        page.find_element("id", "max-distance").clear()
+        page.find_element("id", "max-distance").send_keys(max_distance)
+        upload(page, query)
+        wait_for_search(page)
+        WebDriverWait(page, 10).until(lambda d: words in d.find_element("id", "results").text,
+                                      f"{words!r} not shown: {page.find_element('id', 'results').text!r}")
+        assert result_cards(page) == []
+
+
 def test_a_non_image_upload_shows_the_services_error_in_words(page, page_server, gallery, tmp_path):
     bogus = tmp_path / "notes.txt"
     bogus.write_text("this is not an image, just some words\n")
