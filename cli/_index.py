@@ -50,6 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(k, model=False)
     k.set_defaults(func=_backup)
 
+    u = isub.add_parser("upload", help="send a folder or tar of images to a running service (resumable)",
+                        description="Add the images of SOURCE to a running `simsearch serve` over its HTTP API (POST "
+                                    "/index), as `index build` would add them to a stopped one: the path relative "
+                                    "to SOURCE is the id, the folder the label, {width, height} the metadata. Ids "
+                                    "the service already holds are skipped (unless --replace), so an interrupted "
+                                    "upload continues where it stopped; a file the service refuses is reported "
+                                    "and skipped; 429 and 503 answers are waited out.")
+    u.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one")
+    u.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
+    u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    u.add_argument("--batch-size", type=int, default=32, help="images per request (32)")
+    u.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer (120)")
+    u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
+    u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
+    u.set_defaults(func=_upload)
+
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "
                                     "matching --where. Without --yes, only says how many would go. While "
@@ -277,6 +293,12 @@ def _backup(args) -> int:
     print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
           f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {dest / 'index'}; serve it with --data {dest}")
     return 0
+
+
+def _upload(args) -> int:
+    from ._upload import upload
+
+    return upload(args)
 
 
 def _where_arg(text: str | None) -> dict | None:

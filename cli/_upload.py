@@ -1,0 +1,160 @@
+"""`simsearch index upload`: a folder or tar of images into a running service, over its HTTP API (the
+service holds its index open, so `index build` cannot write to it meanwhile)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from ._errors import CliError
+
+RETRIES = 8            # 429 and 503 answers waited out (Retry-After), so many times a request
+RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s apart), so many times
+PAGE = 1000            # ids listed per GET /index when finding what the service already holds
+
+
+def upload(args) -> int:
+    import httpx
+    from tqdm import tqdm
+
+    from ._index import _scan
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    source = Path(args.source)
+    if not source.exists():
+        raise CliError(f"source {source} does not exist")
+    ids, labels, tar = _scan(source, not args.no_labels)
+    if not ids:
+        raise CliError(f"no images in {source}")
+    try:  # HEIC sizes for the metadata; without it they go without, and the service decides about them
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    url = args.url.rstrip("/")
+    try:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client:
+            have = set() if args.replace else _ids_in_service(client)
+            todo = [i for i in ids if i not in have]
+            print(f"{len(ids)} images in {source}: {len(ids) - len(todo)} already in the service, "
+                  f"{len(todo)} to upload to {url}")
+
+            def read(id_: str) -> bytes:
+                if tar is None:
+                    return (source / id_).read_bytes()
+                tf, members = tar
+                return tf.extractfile(members[id_]).read()
+
+            uploaded, rejected = 0, []
+            with tqdm(total=len(todo), unit="img", desc="uploading") as bar:
+                for start in range(0, len(todo), args.batch_size):
+                    files = [(i, read(i)) for i in todo[start:start + args.batch_size]]
+                    status, message = _post(client, files, labels)
+                    if status == 201:
+                        uploaded += len(files)
+                    elif status in (400, 413, 415, 422):  # one of them is refused: learn which, keep the rest
+                        for one in files:
+                            st, msg = _post(client, [one], labels) if len(files) > 1 else (status, message)
+                            if st == 201:
+                                uploaded += 1
+                            elif st in (400, 413, 415, 422):
+                                rejected.append(one[0])
+                                tqdm.write(f"rejected {one[0]}: {st} {msg}")
+                            else:
+                                raise CliError(_fatal(st, msg, url))
+                    else:
+                        raise CliError(_fatal(status, message, url))
+                    bar.update(len(files))
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    finally:
+        if tar is not None:
+            tar[0].close()
+    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds "
+          f"{_count(url, key, args.timeout)} items")
+    return 1 if rejected and not uploaded else 0
+
+
+def _ids_in_service(client) -> set[str]:
+    """Every id the service holds (GET /index, page by page): what an earlier run uploaded."""
+    have: set[str] = set()
+    offset = 0
+    while offset is not None:
+        r = _request(client, "GET", "/index", params={"offset": offset, "limit": PAGE})
+        if r.status_code != 200:
+            raise CliError(_fatal(r.status_code, _message(r), str(client.base_url)))
+        body = r.json()
+        have.update(item["id"] for item in body["items"])
+        offset = body["next_offset"]
+    return have
+
+
+def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None]) -> tuple[int, str]:
+    """POST /index of these (id, bytes), with their labels and {"width", "height"} as `index build`
+    records; (status, the service's message)."""
+    data = {"id": [i for i, _ in files], "metadata": [json.dumps(_size(b)) for _, b in files]}
+    if any(labels[i] is not None for i, _ in files):
+        data["label"] = [labels[i] or "" for i, _ in files]
+    r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data)
+    return r.status_code, _message(r)
+
+
+def _request(client, method: str, path: str, **kwargs):
+    """One request, waiting out 429 and 503 (Retry-After) and refused or dropped connections."""
+    import httpx
+
+    busy = dropped = 0
+    while True:
+        try:
+            r = client.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            if dropped == RECONNECTS:
+                raise
+            time.sleep(0.25 * 2 ** dropped)
+            dropped += 1
+            continue
+        if r.status_code not in (429, 503) or busy == RETRIES:
+            return r
+        busy += 1
+        time.sleep(min(float(r.headers.get("Retry-After", 1) or 1), 30))
+
+
+def _size(data: bytes) -> dict[str, int]:
+    """Width and height from the image's header (no decoding); {} where Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return {"width": im.width, "height": im.height}
+    except Exception:  # noqa: BLE001  (the service gives the reason when it refuses the file)
+        return {}
+
+
+def _message(r) -> str:
+    try:
+        return r.json()["error"]["message"]
+    except Exception:  # noqa: BLE001
+        return r.text[:200]
+
+
+def _fatal(status: int, message: str, url: str) -> str:
+    if status == 401:
+        return f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY ({message})"
+    if status == 403:
+        return f"the service at {url} refused the API key ({message})"
+    return f"the service at {url} answered {status}: {message}"
+
+
+def _count(url: str, key: str, timeout: float) -> str:
+    import httpx
+
+    try:
+        r = httpx.get(f"{url}/index", params={"limit": 1}, headers={"X-API-Key": key} if key else {}, timeout=timeout)
+        return str(r.json()["count"])
+    except Exception:  # noqa: BLE001
+        return "?"

@@ -1,0 +1,89 @@
+"""`simsearch index upload` into a real `simsearch serve` over real HTTP: what `index build` would
+store, resumed where it stopped, refused files reported and skipped, and a missing key or an absent
+service said in one line."""
+from __future__ import annotations
+
+import tarfile
+
+import httpx
+import pytest
+
+from cli import main
+from tests.app.conftest import start_server, stop_server
+
+KEY = "upload-test-key"
+
+
+def serving(artifact, tmp_path, **env):
+    return start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", **env}, tmp_path)
+
+
+@pytest.fixture
+def live(hybrid1_artifact, tmp_path):
+    server = serving(hybrid1_artifact, tmp_path)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def photos(shared_data, tmp_path):
+    """photos/<class>/NNNN.jpg: 4 CIFAR-10 test images of each of 3 classes, plus a file that is not an image."""
+    root = tmp_path / "photos"
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
+        for m in tf:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "dog", "ship") \
+                    and int(parts[3][:4]) < 4:
+                (root / parts[2]).mkdir(parents=True, exist_ok=True)
+                (root / parts[2] / parts[3]).write_bytes(tf.extractfile(m).read())
+    (root / "cat" / "notes.jpg").write_text("not an image at all\n")
+    return root
+
+
+def listing(server) -> dict[str, dict]:
+    r = httpx.get(server.url + "/index", params={"limit": 1000})
+    return {item["id"]: item for item in r.json()["items"]}
+
+
+def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, photos, capsys):
+    args = ["index", "upload", str(photos), "--url", live.url, "--api-key", KEY, "--batch-size", "5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "13 images in" in out and "0 already in the service, 13 to upload" in out
+    assert "uploaded 12 images (1 rejected by the service); it holds 12 items" in out
+    items = listing(live)
+    assert len(items) == 12 and "cat/notes.jpg" not in items
+    assert items["dog/0002.jpg"]["label"] == "dog" and items["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32}
+    # the same search finds an uploaded image by itself
+    hit = httpx.post(live.url + "/search?k=1", files={"file": ("q.jpg", (photos / "ship" / "0003.jpg").read_bytes())})
+    assert hit.json()["results"][0]["id"] == "ship/0003.jpg"
+    # resumed: what the service holds is not sent again (only the refused file is retried)
+    (photos / "ship" / "0009.jpg").write_bytes((photos / "ship" / "0001.jpg").read_bytes())
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "12 already in the service, 2 to upload" in out and "uploaded 1 images (1 rejected" in out
+    assert len(listing(live)) == 13
+
+
+def test_upload_without_the_key_or_the_service_says_so_in_one_line(live, photos, capsys):
+    assert main(["index", "upload", str(photos), "--url", live.url]) == 2
+    err = capsys.readouterr().err
+    assert "needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY" in err and "Traceback" not in err
+    assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", "wrong"]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    assert listing(live) == {}
+    assert main(["index", "upload", str(photos), "--url", "http://127.0.0.1:9", "--api-key", KEY]) == 2
+    assert "cannot reach the service at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_upload_waits_out_the_rate_limit_and_loses_nothing(hybrid1_artifact, photos, tmp_path, capsys):
+    # 12 requests a minute, so a burst of 12, then one every 5 s: the upload's 15 requests meet 429s
+    server = serving(hybrid1_artifact, tmp_path, SIMSEARCH_RATE_LIMIT_PER_MINUTE="12")
+    try:
+        assert main(["index", "upload", str(photos), "--url", server.url, "--api-key", KEY, "--batch-size", "1"]) == 0
+        assert "uploaded 12 images (1 rejected" in capsys.readouterr().out
+        assert 'status="429"' in httpx.get(server.url + "/metrics").text  # without the key: its own bucket
+        assert len(listing(server)) == 12
+    finally:
+        stop_server(server)
