@@ -10,6 +10,8 @@ into a fresh store), and GET /healthz on the same server.
   at the default size, into a fresh store.
 - `simsearch index build` on an ImageFolder of the first --images CIFAR-10 test JPEGs (extracted
   once under $SIMSEARCH_BENCH_DIR), into a fresh data directory; skipped when the command is absent.
+- `simsearch index upload` of the same folder into the running server (after the POST /index runs),
+  batches of 32 images a request, one request at a time.
 """
 from __future__ import annotations
 
@@ -100,6 +102,19 @@ def cli_build(folder: Path, artifact: Path, n: int) -> dict:
             "output_tail": (out.stdout + out.stderr)[-400:]}
 
 
+def cli_upload(folder: Path, url: str, n: int) -> dict:
+    exe = _server.simsearch_exe()
+    cmd = [exe, "index", "upload", str(folder), "--url", url]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if out.returncode != 0:
+        return {"error": (out.stdout + out.stderr)[-1000:], "command": " ".join(cmd)}
+    return {"images": n, "seconds": dt, "images_per_s": n / dt, "command": " ".join(cmd),
+            "note": "wall time of the whole command, process start included",
+            "output_tail": (out.stdout + out.stderr)[-300:]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=5000)
@@ -154,6 +169,14 @@ def main() -> None:
                   f"({r['ok_rps']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}); "
                   f"{100 * r['ratio_to_in_process']:.0f}% of in-process; mean embed batch {r.get('mean_embed_batch', 0):.1f}; "
                   f"server CPU {r['server_cpu_ms_per_image']:.2f} ms/image")
+        if not args.no_cli:
+            res["cli_upload"] = cu = cli_upload(folder, srv.url, len(files))
+            if "images_per_s" in cu:
+                cu["ratio_to_in_process"] = cu["images_per_s"] / ip["images_per_s"]
+                print(f"simsearch index upload: {cu['images_per_s']:.0f} images/s ({cu['seconds']:.1f} s for "
+                      f"{len(files)}); {100 * cu['ratio_to_in_process']:.0f}% of in-process")
+            else:
+                print(f"simsearch index upload: {cu}")
         res["gallery_after"] = srv.metrics().get("simsearch_gallery_items")
     shutil.rmtree(empty, ignore_errors=True)
 

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ._errors import CliError
@@ -23,6 +25,8 @@ def upload(args) -> int:
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.parallel < 1:
+        raise CliError(f"--parallel must be at least 1, got {args.parallel}")
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
@@ -50,26 +54,47 @@ def upload(args) -> int:
                 tf, members = tar
                 return tf.extractfile(members[id_]).read()
 
+            def send(files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
+                """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
+                status, message = _post(client, files, labels)
+                if status == 201:
+                    return len(files), []
+                if status not in (400, 413, 415, 422):
+                    raise CliError(_fatal(status, message, url))
+                stored, refused = 0, []  # one of them is refused: learn which, keep the rest
+                for one in files:
+                    st, msg = _post(client, [one], labels) if len(files) > 1 else (status, message)
+                    if st == 201:
+                        stored += 1
+                    elif st in (400, 413, 415, 422):
+                        refused.append(one[0])
+                        tqdm.write(f"rejected {one[0]}: {st} {msg}")
+                    else:
+                        raise CliError(_fatal(st, msg, url))
+                return stored, refused
+
             uploaded, rejected = 0, []
-            with tqdm(total=len(todo), unit="img", desc="uploading") as bar:
+            # Batches are read here (a tar in order) and sent by `parallel` threads, so the service
+            # embeds one batch while the next is on its way; at most 2 x parallel batches are read ahead.
+            with tqdm(total=len(todo), unit="img", desc="uploading") as bar, \
+                    ThreadPoolExecutor(args.parallel) as pool:
+                pending: deque = deque()
+
+                def finish() -> None:
+                    nonlocal uploaded
+                    future, n = pending.popleft()
+                    stored, refused = future.result()
+                    uploaded += stored
+                    rejected.extend(refused)
+                    bar.update(n)
+
                 for start in range(0, len(todo), args.batch_size):
                     files = [(i, read(i)) for i in todo[start:start + args.batch_size]]
-                    status, message = _post(client, files, labels)
-                    if status == 201:
-                        uploaded += len(files)
-                    elif status in (400, 413, 415, 422):  # one of them is refused: learn which, keep the rest
-                        for one in files:
-                            st, msg = _post(client, [one], labels) if len(files) > 1 else (status, message)
-                            if st == 201:
-                                uploaded += 1
-                            elif st in (400, 413, 415, 422):
-                                rejected.append(one[0])
-                                tqdm.write(f"rejected {one[0]}: {st} {msg}")
-                            else:
-                                raise CliError(_fatal(st, msg, url))
-                    else:
-                        raise CliError(_fatal(status, message, url))
-                    bar.update(len(files))
+                    pending.append((pool.submit(send, files), len(files)))
+                    if len(pending) >= 2 * args.parallel:
+                        finish()
+                while pending:
+                    finish()
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
