@@ -146,7 +146,15 @@ def _request(client, method: str, path: str, **kwargs):
         if r.status_code not in (429, 503) or busy == RETRIES:
             return r
         busy += 1
-        time.sleep(min(float(r.headers.get("Retry-After", 1) or 1), 30))
+        time.sleep(_retry_after(r.headers.get("Retry-After")))
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (ours are seconds; a date or nothing: 1 s), at most 30."""
+    try:
+        return min(max(float(value), 0.0), 30.0)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _size(data: bytes) -> dict[str, int]:
