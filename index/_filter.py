@@ -8,11 +8,13 @@ from typing import Any, Callable, Iterable
 from ._errors import InvalidItemError
 
 # A condition is (key, op, operand). Ops: "eq"/"ne" (a value key), "in"/"nin" (a tuple of value keys),
-# "exists" (a bool), "range" (kind, low, low_inclusive, high, high_inclusive; None for an open end).
+# "exists" (a bool), "range" (kind, low, low_inclusive, high, high_inclusive; None for an open end),
+# and with the key "$or"/"$and": "or"/"and" (a tuple of filters, each a tuple of conditions).
 Condition = tuple[str, str, Any]
 
 _RANGE_OPS = {"$gt": (0, False), "$gte": (0, True), "$lt": (1, False), "$lte": (1, True)}
 OPERATORS = ("$eq", "$ne", "$in", "$nin", "$exists", *_RANGE_OPS)
+_LOGICAL = {"$or": "or", "$and": "and"}  # {"$or": [filter, ...]}: any of them; "$and": all of them
 NOT_SCALAR = ("json",)  # the value key of a list or object: found by $exists and $ne, never equal to a query
 
 
@@ -78,19 +80,35 @@ def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
     Raises InvalidItemError naming the key and value that are wrong."""
     if where is None:
         return None
-    if not isinstance(where, dict) or not where:
+    if not isinstance(where, dict) or not where:  # also an empty or null filter inside $or/$and
         raise InvalidItemError('where must be a non-empty object of metadata keys and values, e.g. '
                                f'{{"source": "phone"}} or {{"year": {{"$gte": 2020}}}}; got {where!r:.80}')
     conditions: list[Condition] = []
     for key, value in where.items():
         if not isinstance(key, str):
             raise InvalidItemError(f"where: keys must be strings, got {key!r:.40}")
-        if isinstance(value, dict):
+        if key in _LOGICAL:
+            if not isinstance(value, list) or not value:
+                raise InvalidItemError(f"where: {key} must be a non-empty list of filters, got {value!r:.60}")
+            conditions.append((key, _LOGICAL[key], tuple(_sub_filter(key, i, sub) for i, sub in enumerate(value))))
+        elif key.startswith("$"):
+            raise InvalidItemError(f"where: {key!r:.40} is not a logical operator; at the top of a filter "
+                                   f"they are {', '.join(_LOGICAL)} (the others go under a key)")
+        elif isinstance(value, dict):
             conditions += _operators(key, value)
         else:
             conditions.append((key, "eq", _scalar_key(key, value)))
     # (key, op) pairs are unique, so operands of different types are never compared
     return tuple(sorted(conditions, key=lambda c: (c[0], c[1])))
+
+
+def _sub_filter(op: str, i: int, sub: Any) -> tuple[Condition, ...]:
+    if not isinstance(sub, dict):
+        raise InvalidItemError(f"where: {op}[{i}] must be a filter object, got {sub!r:.60}")
+    try:
+        return check_where(sub)
+    except InvalidItemError as exc:
+        raise InvalidItemError(f"where: {op}[{i}]: {str(exc).removeprefix('where: ')}") from None
 
 
 def _scalar(key: str, value: Any, what: str = "") -> Any:
@@ -150,6 +168,12 @@ def matching(conditions: Iterable[Condition], index_of: Callable[[str], dict[Any
     include = list(within)
     exclude: list[set[int]] = []
     for key, op, operand in conditions:
+        if op == "or":
+            include.append(set().union(*(matching(sub, index_of, [], universe) for sub in operand)))
+            continue
+        if op == "and":
+            include.extend(_as_set(matching(sub, index_of, [], universe)) for sub in operand)
+            continue
         values = index_of(key)
         if op == "eq":
             include.append(_ids(values.get(operand)))
@@ -171,6 +195,10 @@ def matching(conditions: Iterable[Condition], index_of: Callable[[str], dict[Any
     for ids in exclude:
         found -= ids
     return found
+
+
+def _as_set(ids: set[int] | Iterable[int]) -> set[int]:
+    return ids if isinstance(ids, set) else set(ids)
 
 
 def _in_range(vk: Any, range_: tuple) -> bool:

@@ -177,6 +177,7 @@ async def test_where_operators_and_delete_by_filter_over_the_api(make_settings):
 
         assert await ids('{"year": {"$gte": 2020, "$lt": 2023}}') == ["y2", "y3", "y4"]
         assert await ids('{"year": {"$in": [2018, 2023]}, "src": {"$ne": "phone"}}') == ["y0"]
+        assert await ids('{"$or": [{"year": 2018}, {"year": {"$gt": 2022}}]}') == ["y0", "y5"]
         assert (await c.get("/index", params={"where": '{"src": "phone"}'})).json()["matching"] == 3
         # DELETE /index: what matches goes, and only that; never without a filter
         assert_error(await c.delete("/index"), 422, "invalid_parameter", "needs label or where")

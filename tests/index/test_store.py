@@ -179,6 +179,14 @@ def _reference(meta: dict, where: dict) -> bool:
         return (num(a) and num(b) and a == b) or (type(a) is type(b) and not num(a) and a == b)
 
     for key, cond in where.items():
+        if key == "$or":
+            if not any(_reference(meta, sub) for sub in cond):
+                return False
+            continue
+        if key == "$and":
+            if not all(_reference(meta, sub) for sub in cond):
+                return False
+            continue
         ops = cond if isinstance(cond, dict) else {"$eq": cond}
         has, v = key in meta, meta.get(key)
         for op, x in ops.items():
@@ -213,7 +221,12 @@ def _cmp(v, x) -> bool:
     ({"src": "phone", "year": {"$exists": False}}, ["o6"]),
     ({"src": {"$in": ["phone", None], "$ne": None}}, ["o3", "o6"]),
     ({"tags": {"$ne": "x"}}, [f"o{i}" for i in range(8)]),              # a list value equals no scalar
-    ({"nobody": {"$ne": 1}}, [f"o{i}" for i in range(8)]), ({"nobody": {"$gte": 1}}, [])])
+    ({"nobody": {"$ne": 1}}, [f"o{i}" for i in range(8)]), ({"nobody": {"$gte": 1}}, []),
+    ({"$or": [{"year": 2019}, {"src": "camera"}]}, ["o0", "o4"]),
+    ({"$or": [{"year": {"$gte": 2021}}, {"src": {"$exists": False}}], "day": {"$exists": True}}, ["o0", "o1", "o2", "o3"]),
+    ({"$or": [{"src": {"$ne": "phone"}}, {"year": 2021}]}, ["o0", "o1", "o2", "o3", "o4", "o5", "o7"]),
+    ({"$and": [{"$or": [{"year": 2020}, {"year": 2021}]}, {"$or": [{"src": "phone"}, {"day": {"$lt": "2021"}}]}]},
+     ["o1", "o3"])])
 def test_filter_operators_select_what_they_say_in_search_count_and_list(open_store, where, want):
     store = open_store()
     vecs = unit(np.random.default_rng(12), len(_OPS_METAS))
@@ -232,7 +245,8 @@ def test_range_and_set_filters_return_the_nearest_matching_items(open_store, kin
     store.upsert([Item(f"r{i}", vecs[i], None, m) for i, m in enumerate(metas)])
     q = unit(rng, 12)  # a batch: the broad (BLAS) path for the wide filters on the exact gallery
     for where in ({"t": {"$gte": 10, "$lt": 60}}, {"t": {"$gt": 97}}, {"day": {"$lte": "2024-03-01"}},
-                  {"t": {"$in": [1, 2, 3]}, "odd": {"$exists": False}}, {"t": {"$nin": [0, 1]}, "odd": {"$ne": True}}):
+                  {"t": {"$in": [1, 2, 3]}, "odd": {"$exists": False}}, {"t": {"$nin": [0, 1]}, "odd": {"$ne": True}},
+                  {"$or": [{"t": {"$lt": 5}}, {"odd": True}]}):
         match = np.array([i for i, m in enumerate(metas) if _reference(m, where)])
         for row, hits in enumerate(store.search(q, k=10, where=where)):
             best = match[np.argsort(-(vecs[match] @ q[row]), kind="stable")[:10]]
@@ -389,7 +403,9 @@ def test_metadata_filter_sees_every_write(open_store):
     ({"a": {"$nin": []}}, "non-empty list"), ({"a": {"$in": [[1]]}}, r"'a'.\$in must be a string"),
     ({"a": {"$gt": True}}, "must be a number or a string"), ({"a": {"$lt": None}}, "must be a number or a string"),
     ({"a": {"$gt": 1, "$lte": "z"}}, "mixes a number and a string"), ({"a": {"$gt": 1, "$gte": 2}}, "two lower bounds"),
-    ({"a": {"$exists": 1}}, "true or false"), ({"a": {"$ne": {"x": 1}}}, r"'a'.\$ne must be a string")])
+    ({"a": {"$exists": 1}}, "true or false"), ({"a": {"$ne": {"x": 1}}}, r"'a'.\$ne must be a string"),
+    ({"$or": []}, r"\$or must be a non-empty list"), ({"$or": [{"a": 1}, None]}, r"\$or\[1\] must be a filter object"),
+    ({"$and": [{"a": {"$near": 1}}]}, r"\$and\[0\]: 'a' has an unknown operator"), ({"$nor": [{"a": 1}]}, "not a logical operator")])
 def test_invalid_metadata_filters_are_refused_naming_the_value(open_store, where, match):
     store = open_store()
     store.upsert([Item("x", unit(np.random.default_rng(8), 1)[0], None, {"a": 1})])
