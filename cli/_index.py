@@ -332,10 +332,12 @@ def _delete(args) -> int:
     store = _open_store(args.data, True)  # read-only: counting works while the service runs
     try:
         n = len(store.has_ids(args.ids)) if args.ids else store.count(args.label, where)
+        total = store.count()
     finally:
         store.close()
     if not args.yes:
-        print(f"would delete {n} of the items in {Path(args.data) / 'index'}; run again with --yes to delete them")
+        print(f"would delete {n} of the {total} items in {Path(args.data) / 'index'}; run again with --yes "
+              "to delete them")
         return 0
     try:
         store = _open_store(args.data, False)

@@ -125,7 +125,7 @@ def test_delete_counts_first_then_removes_by_id_label_or_filter(gallery_tar, hyb
             return store.count()
 
     assert main(["index", "delete", "--data", str(data), "--label", "cat"]) == 0  # a dry run without --yes
-    assert "would delete 8 of the items" in capsys.readouterr().out and count() == 24
+    assert "would delete 8 of the 24 items" in capsys.readouterr().out and count() == 24
     assert main(["index", "delete", "--data", str(data), "--label", "cat", "--yes"]) == 0
     assert "deleted 8 items" in capsys.readouterr().out and count() == 16
     assert main(["index", "delete", "--data", str(data), "--where", '{"width": {"$gte": 32}}', "--label", "dog",
@@ -139,7 +139,7 @@ def test_delete_counts_first_then_removes_by_id_label_or_filter(gallery_tar, hyb
         assert words in capsys.readouterr().err
     with Store.open(StoreConfig(data / "index")):  # as `simsearch serve` holds it
         assert main(["index", "delete", "--data", str(data), "--label", "ship"]) == 0  # counting still works
-        assert "would delete 7" in capsys.readouterr().out
+        assert "would delete 7 of the 7 items" in capsys.readouterr().out
         assert main(["index", "delete", "--data", str(data), "--label", "ship", "--yes"]) == 2
         assert "delete over HTTP: DELETE /index/{id}" in capsys.readouterr().err
     assert count() == 7
