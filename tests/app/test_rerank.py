@@ -72,6 +72,10 @@ async def test_rerank_reorders_the_faiss_candidates_by_pddm_score(pddm_artifact,
         # the hits keep their cosine score and distance
         cos = {h["id"]: h["score"] for h in plain.json()["results"]}
         assert all(h["score"] == pytest.approx(cos[h["id"]], abs=1e-6) for h in body["results"])
+        # a search by the query's vector is re-ranked the same way
+        vector = (await c.post("/embed", files=[upload(query)])).json()["vectors"][0]
+        by_vector = await c.post("/search?k=5&rerank=12", json={"vector": vector})
+        assert [h["id"] for h in by_vector.json()["results"]] == got and by_vector.json()["reranked"] is True
 
 
 async def test_rerank_fewer_candidates_than_k_is_a_422(pddm_artifact, tmp_path, jpeg):
