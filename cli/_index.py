@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one")
     u.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY)")
-    u.add_argument("--batch-size", type=int, default=32, help="images per request (32)")
+    u.add_argument("--batch-size", type=int, default=32,
+                   help="images per request (32; at most the service's SIMSEARCH_MAX_FILES_PER_REQUEST, 64 by default)")
     u.add_argument("--parallel", type=int, default=2, help="requests in flight (2)")
     u.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer (120)")
     u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
