@@ -90,29 +90,36 @@ def cli_build(folder: Path, artifact: Path, n: int) -> dict:
     if probe.returncode != 0:
         return {"skipped": f"`simsearch index build` is not available: {probe.stderr.strip()[-200:]}"}
     data = Path(tempfile.mkdtemp(prefix="bench-build-"))
-    cmd = [exe, "index", "build", str(folder), "--data", str(data), "--model", str(artifact)]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    shutil.rmtree(data, ignore_errors=True)
-    if out.returncode != 0:
-        return {"error": (out.stdout + out.stderr)[-1000:], "command": " ".join(cmd)}
-    return {"images": n, "seconds": dt, "images_per_s": n / dt, "command": " ".join(cmd),
-            "note": "wall time of the whole command, process start and model load included",
-            "output_tail": (out.stdout + out.stderr)[-400:]}
+    try:
+        return timed_command([exe, "index", "build", str(folder), "--data", str(data), "--model", str(artifact)], n,
+                             "wall time of the whole command, process start and model load included")
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def cli_upload(folder: Path, url: str, n: int) -> dict:
-    exe = _server.simsearch_exe()
-    cmd = [exe, "index", "upload", str(folder), "--url", url]
+    return timed_command([_server.simsearch_exe(), "index", "upload", str(folder), "--url", url], n,
+                         "wall time of the whole command, process start included")
+
+
+def timed_command(cmd: list[str], n: int, note: str) -> dict:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if out.returncode != 0:
         return {"error": (out.stdout + out.stderr)[-1000:], "command": " ".join(cmd)}
-    return {"images": n, "seconds": dt, "images_per_s": n / dt, "command": " ".join(cmd),
-            "note": "wall time of the whole command, process start included",
-            "output_tail": (out.stdout + out.stderr)[-300:]}
+    return {"images": n, "seconds": dt, "images_per_s": n / dt, "command": " ".join(cmd), "note": note,
+            "output_tail": (out.stdout + out.stderr)[-400:]}
+
+
+def report(what: str, r: dict, in_process: dict, n: int) -> None:
+    """Add the ratio to the in-process pipeline to a command's result, and print it."""
+    if "images_per_s" not in r:
+        print(f"{what}: {r}")
+        return
+    r["ratio_to_in_process"] = r["images_per_s"] / in_process["images_per_s"]
+    print(f"{what}: {r['images_per_s']:.0f} images/s ({r['seconds']:.1f} s for {n}); "
+          f"{100 * r['ratio_to_in_process']:.0f}% of in-process")
 
 
 def main() -> None:
@@ -170,23 +177,13 @@ def main() -> None:
                   f"{100 * r['ratio_to_in_process']:.0f}% of in-process; mean embed batch {r.get('mean_embed_batch', 0):.1f}; "
                   f"server CPU {r['server_cpu_ms_per_image']:.2f} ms/image")
         if not args.no_cli:
-            res["cli_upload"] = cu = cli_upload(folder, srv.url, len(files))
-            if "images_per_s" in cu:
-                cu["ratio_to_in_process"] = cu["images_per_s"] / ip["images_per_s"]
-                print(f"simsearch index upload: {cu['images_per_s']:.0f} images/s ({cu['seconds']:.1f} s for "
-                      f"{len(files)}); {100 * cu['ratio_to_in_process']:.0f}% of in-process")
-            else:
-                print(f"simsearch index upload: {cu}")
+            res["cli_upload"] = cli_upload(folder, srv.url, len(files))
+            report("simsearch index upload", res["cli_upload"], ip, len(files))
         res["gallery_after"] = srv.metrics().get("simsearch_gallery_items")
     shutil.rmtree(empty, ignore_errors=True)
 
-    res["cli_build"] = cb = {"skipped": "--no-cli"} if args.no_cli else cli_build(folder, artifact, len(files))
-    if "images_per_s" in cb:
-        cb["ratio_to_in_process"] = cb["images_per_s"] / ip["images_per_s"]
-        print(f"simsearch index build: {cb['images_per_s']:.0f} images/s ({cb['seconds']:.1f} s for {len(files)}); "
-              f"{100 * cb['ratio_to_in_process']:.0f}% of in-process")
-    else:
-        print(f"simsearch index build: {cb}")
+    res["cli_build"] = {"skipped": "--no-cli"} if args.no_cli else cli_build(folder, artifact, len(files))
+    report("simsearch index build", res["cli_build"], ip, len(files))
     _common.write_result("ingest" + args.tag, {"command": _common.command_line(), "machine": machine,
                                     "loadavg_at_end": list(os.getloadavg()), "artifact": art_kind,
                                     "model_id": model_id, "server_env": env, "variant": args.variant, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
