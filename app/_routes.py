@@ -85,16 +85,22 @@ def _settings(request: Request) -> Settings:
 _RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream")
 
 
-def _is_json(content_type: str) -> bool:
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+def _media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case, without its parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _json(text: str | bytes, code: str, what: str) -> Any:
+    """Strict JSON (no NaN or Infinity); a 422 with `code` saying that `what` is not valid JSON."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, code, f"{what} is not valid JSON: {exc}") from None
 
 
 def _query_vector(body: bytes, dim: int) -> np.ndarray:
     """The `vector` of a JSON search body, as a (1, dim) float32 array; 422 naming what is wrong."""
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(422, "invalid_vector", f"the body is not valid JSON: {exc}") from None
+    value = _json(body, "invalid_vector", "the body")
     if not isinstance(value, dict) or set(value) != {"vector"}:
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise ApiError(422, "invalid_vector", f'the JSON body must be {{"vector": [...]}} and nothing else, got {got}')
@@ -112,9 +118,8 @@ def _query_vector(body: bytes, dim: int) -> np.ndarray:
     return (arr / np.linalg.norm(arr)).astype(np.float32)[None]
 
 
-def _is_raw_image(content_type: str) -> bool:
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    return ctype in _RAW_IMAGE_TYPES or ctype.startswith("image/")
+def _is_raw_image(media_type: str) -> bool:
+    return media_type in _RAW_IMAGE_TYPES or media_type.startswith("image/")
 
 
 async def _read_body(request: Request) -> bytes:
@@ -158,6 +163,17 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
         await form.close()
         raise ApiError(422, "unknown_field", f"unknown form field(s) {unknown}; this route accepts {sorted(allowed)}")
     return form
+
+
+async def _uploads(request: Request, media_type: str, max_count: int | None = None) -> list[tuple[str, bytes]]:
+    """The images of a search or embed request: the body itself (an image media type), or its `file` parts."""
+    if _is_raw_image(media_type):
+        return [("the body", await _read_body(request))]
+    form = await _read_form(request, {"file"})
+    try:
+        return await _file_parts(form, max_count)
+    finally:
+        await form.close()
 
 
 async def _file_parts(form: FormData, max_count: int | None = None) -> list[tuple[str, bytes]]:
@@ -221,10 +237,7 @@ def _check_where(text: str | None) -> str | None:
     """The `where` query parameter as canonical JSON (keys sorted), or None; 422 naming what is wrong."""
     if text is None or text == "":
         return None
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(422, "invalid_parameter", f"where={text[:80]!r} is not valid JSON: {exc}") from None
+    value = _json(text, "invalid_parameter", f"where={text[:80]!r}")
     import index as index_pkg  # see add()
 
     try:
@@ -239,10 +252,7 @@ def _reject_constant(name: str):
 
 
 def _parse_metadata(text: str, i: int) -> dict[str, Any]:
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(422, "invalid_metadata", f"metadata part {i} is not valid JSON: {exc}") from None
+    value = _json(text, "invalid_metadata", f"metadata part {i}")
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_metadata",
                        f"metadata part {i} must be a JSON object, got {type(value).__name__}: {text[:60]!r}")
@@ -339,31 +349,19 @@ async def search(request: Request,
                                                      "of nearest candidates the PDDM re-orders")
     label, where = _check_label(label), _check_where(where)
     params = SearchParams(k, label, max_distance, rerank, where)
-    ctype = request.headers.get("content-type", "")
-    if _is_json(ctype):  # a vector: no image, no model; the store only
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":  # a vector: no image, no model; the store only
         vector = _query_vector(await _read_body(request), service.embedder.dim)
         hits = await anyio.to_thread.run_sync(service.search, vector, params)
     else:
-        hits = await _search_image(request, service, params)
+        files = await _uploads(request, media_type, max_count=1)
+        # Decoded in the batcher's worker together with the model call: one thread hop per batch.
+        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
     # Built by hand and sent as is: validating the response model again costs event-loop time on
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
     return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": rerank is not None, "candidates": rerank})
-
-
-async def _search_image(request: Request, service: Service, params: SearchParams) -> list:
-    if _is_raw_image(request.headers.get("content-type", "")):
-        files = [("the body", await _read_body(request))]
-    else:
-        form = await _read_form(request, {"file"})
-        try:
-            files = await _file_parts(form, max_count=1)
-        finally:
-            await form.close()
-    # Decoded in the batcher's worker together with the model call: one thread hop per batch.
-    _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
-    return hits
 
 
 @router.post("/embed", response_model=EmbedResponse, tags=["search"],
@@ -372,14 +370,7 @@ async def _search_image(request: Request, service: Service, params: SearchParams
              openapi_extra=_embed_body())
 async def embed(request: Request):
     service = _service(request)
-    if _is_raw_image(request.headers.get("content-type", "")):
-        files = [("the body", await _read_body(request))]
-    else:
-        form = await _read_form(request, {"file"})
-        try:
-            files = await _file_parts(form)
-        finally:
-            await form.close()
+    files = await _uploads(request, _media_type(request.headers.get("content-type", "")))
     # the same decoding and batching as a search, so a vector here is the one a search would use
     vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files))
     return JSONResponse({"model": service.model_id, "dimension": service.embedder.dim,
@@ -544,14 +535,11 @@ async def update_item(request: Request, id: str = Path()) -> JSONResponse:
 
     service = _service(request)
     id = _check_id(id)
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype not in ("application/json", "application/merge-patch+json"):
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type not in ("application/json", "application/merge-patch+json"):
         raise ApiError(415, "unsupported_media_type", f"expected a JSON body (application/json), got Content-Type "
-                                                      f"{ctype or 'none'!r}")
-    try:
-        body = json.loads(await _read_body(request), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(422, "invalid_metadata", f"the body is not valid JSON: {exc}") from None
+                                                      f"{media_type or 'none'!r}")
+    body = _json(await _read_body(request), "invalid_metadata", "the body")
     if not isinstance(body, dict) or not body or set(body) - {"label", "metadata"}:
         got = sorted(body) if isinstance(body, dict) else type(body).__name__
         raise ApiError(422, "invalid_metadata", f'the body must be an object with "label" and/or "metadata", got {got}')

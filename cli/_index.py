@@ -113,7 +113,9 @@ def _embedder(path: str | None):
         raise CliError(f"--model {artifact}: {exc}") from None
 
 
-def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None):
+def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = ""):
+    """The store in DATA/index; CliError for every store error, `locked_hint` appended when another process
+    (a running service) holds it for writing."""
     import index
 
     path = Path(data) / "index"
@@ -123,6 +125,8 @@ def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = No
                             model_id=embedder.model_id if embedder else None, index=kind, read_only=read_only)
     try:
         return index.Store.open(cfg)
+    except index.StoreLockedError as exc:
+        raise CliError(f"{exc}{locked_hint}") from None
     except index.StoreError as exc:  # mismatch, lock, corrupt database, bad --index: all user-facing
         raise CliError(str(exc)) from None
 
@@ -340,13 +344,8 @@ def _delete(args) -> int:
         print(f"would delete {n} of the {total} items in {Path(args.data) / 'index'}; run again with --yes "
               "to delete them")
         return 0
-    try:
-        store = _open_store(args.data, False)
-    except CliError as exc:
-        if "open for writing in another process" in str(exc):
-            raise CliError(f"{exc}. While `simsearch serve` runs, delete over HTTP: DELETE /index/{{id}} or "
-                           "DELETE /index?label=...&where=...") from None
-        raise
+    store = _open_store(args.data, False, locked_hint=". While `simsearch serve` runs, delete over HTTP: "
+                                                    "DELETE /index/{id} or DELETE /index?label=...&where=...")
     try:
         gone = store.delete(args.ids) if args.ids else store.delete_where(args.label, where)
     except index.InvalidItemError as exc:

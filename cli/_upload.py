@@ -95,13 +95,13 @@ def upload(args) -> int:
                         finish()
                 while pending:
                     finish()
+            held = _count(client)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
         if tar is not None:
             tar[0].close()
-    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds "
-          f"{_count(url, key, args.timeout)} items")
+    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds {held} items")
     return 1 if rejected and not uploaded else 0
 
 
@@ -183,11 +183,9 @@ def _fatal(status: int, message: str, url: str) -> str:
     return f"the service at {url} answered {status}: {message}"
 
 
-def _count(url: str, key: str, timeout: float) -> str:
-    import httpx
-
+def _count(client) -> str:
+    """How many items the service holds now ("?" when it does not say)."""
     try:
-        r = httpx.get(f"{url}/index", params={"limit": 1}, headers={"X-API-Key": key} if key else {}, timeout=timeout)
-        return str(r.json()["count"])
+        return str(_request(client, "GET", "/index", params={"limit": 1}).json()["count"])
     except Exception:  # noqa: BLE001
         return "?"
