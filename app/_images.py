@@ -172,7 +172,10 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
 
 
 def make_thumbnail(img: Image.Image, size: int) -> bytes:
-    """A JPEG thumbnail whose longest side is `size` pixels (oriented by EXIF, alpha on white)."""
+    """A JPEG thumbnail whose longest side is `size` pixels, or the image's own size when it is smaller
+    (oriented by EXIF, alpha on white). Never enlarged: the page scales it for display, and
+    `simsearch index reembed` embeds from it, where an enlarged copy of a small image costs
+    fidelity (docs/results/benchmarks.md, "Re-embedding")."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
         rgba = img.convert("RGBA")
@@ -182,9 +185,8 @@ def make_thumbnail(img: Image.Image, size: int) -> bytes:
         img = img.convert("RGB")
     w, h = img.size
     scale = size / max(w, h)
-    if (w, h) != (round(w * scale), round(h * scale)):
-        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample, reducing_gap=3.0 if scale < 1 else None)
+    if scale < 1 and (w, h) != (round(w * scale), round(h * scale)):
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85, optimize=True)
     return out.getvalue()

@@ -68,6 +68,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     u.set_defaults(func=_upload)
 
+    r = isub.add_parser("reembed", help="embed the index again with another model, from its thumbnails, into a new folder",
+                        description="Embed every item of the index in DATA again with --model, from the thumbnail "
+                                    "stored with it, into a new index in DEST/index (ids, labels, metadata and "
+                                    "thumbnails copied, same index kind unless --index). DATA is only read, so "
+                                    "`simsearch serve` can keep serving it meanwhile; run again to catch up with "
+                                    "what it wrote since (after stopping it, for an exact copy). Items stored "
+                                    "without a thumbnail are reported and left out (exit status 1).")
+    r.add_argument("dest", help="a new folder, or one an earlier run of this command filled; the index goes to DEST/index")
+    _common(r, model=True)
+    r.add_argument("--index", help="index kind of the new index (default: the kind DATA's index uses)")
+    r.add_argument("--batch-size", type=int, default=256, help="items embedded and committed together (256)")
+    r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads decoding thumbnails (default: CPU count, at most 8)")
+    r.add_argument("--threads", type=int, default=None, help="torch and FAISS threads for the model (default 1)")
+    r.set_defaults(func=_reembed)
+
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "
                                     "matching --where. Without --yes, only says how many would go. While "
@@ -305,6 +321,12 @@ def _upload(args) -> int:
     from ._upload import upload
 
     return upload(args)
+
+
+def _reembed(args) -> int:
+    from ._reembed import reembed
+
+    return reembed(args)
 
 
 def _where_arg(text: str | None) -> dict | None:

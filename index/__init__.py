@@ -3,12 +3,14 @@
     from index import Store, StoreConfig, Item, Hit
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
     backup(path, dest)   # a consistent copy while another process serves the store
+    StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError)
 from ._faiss import PRESETS
+from ._reader import Row, StoreReader
 from ._filter import check_where
 from ._store import Store
 from ._types import Hit, Item, StoreConfig
@@ -18,5 +20,5 @@ PRESET_NAMES = tuple(PRESETS)
 __all__ = [
     "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "backup", "check_where",
+    "StoreLockedError", "StoreReader", "Row", "backup", "check_where",
 ]

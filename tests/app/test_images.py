@@ -117,11 +117,11 @@ def test_decompression_bomb_header_is_413_without_decoding(side):
     assert (err.value.status, err.value.code) == (413, "image_too_large")
 
 
-def test_thumbnail_is_a_jpeg_with_longest_side_the_setting():
-    for size, src in [(128, (640, 320)), (128, (32, 32)), (64, (50, 200))]:
+def test_thumbnail_is_a_jpeg_with_longest_side_the_setting_and_a_smaller_image_is_not_enlarged():
+    for size, src, want in [(128, (640, 320), (128, 64)), (64, (50, 200), (16, 64)), (128, (32, 32), (32, 32)),
+                            (128, (200, 90), (128, 58)), (128, (100, 300), (43, 128)), (128, (128, 20), (128, 20))]:
         thumb = Image.open(io.BytesIO(make_thumbnail(pattern(2, src), size)))
-        assert thumb.format == "JPEG" and max(thumb.size) == size
-        assert abs(thumb.size[0] / thumb.size[1] - src[0] / src[1]) < 0.05
+        assert thumb.format == "JPEG" and thumb.size == want
 
 
 def test_thumbnail_of_transparent_png_is_flattened_on_white():

@@ -1,6 +1,8 @@
 """Store behaviour: writes, reads, search options, validation, model records (real FAISS, real SQLite)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -594,3 +596,26 @@ def test_hnsw_hides_deleted_vectors_and_compacts_them_on_rebuild(open_store):
     store.rebuild()
     assert store.info()["removed_pending"] == 0 and store.count() == 150
     assert store.search(vecs[1], k=1)[0][0].id == "id1"
+
+
+def test_a_reader_lists_and_reads_items_while_the_store_is_open_for_writing(open_store, tmp_path):
+    from index import StoreReader
+
+    store = open_store()
+    rng = np.random.default_rng(3)
+    v = unit(rng, 3)
+    store.upsert([Item("a", v[0], label="x", metadata={"n": 1}, thumbnail=b"jpeg-a"), Item("b", v[1], thumbnail=b"jpeg-b")])
+    store.upsert([Item("a", v[2], label="y", metadata={"n": 2})])  # replaced: a new seq, no thumbnail
+    store.update("b", metadata_patch={"k": "v"})                   # edited in place: the seq stays
+    with StoreReader(tmp_path / "store") as reader:  # no lock taken: the store above still holds it
+        assert (reader.model_id, reader.dim) == (store.model_id, DIM)
+        last_seq, rows = reader.rows()
+        assert last_seq == store.info()["last_seq"] == 3
+        assert list(rows) == ["b", "a"] and rows["b"].seq == 2 and rows["a"].seq == 3
+        assert rows["a"].label == "y" and json.loads(rows["b"].metadata_json) == {"k": "v"}
+        a, missing, b = reader.items(["a", "nope", "b"])
+        assert missing is None and a.thumbnail is None and np.allclose(a.vector, v[2])
+        assert b.metadata == {"k": "v"} and b.thumbnail == b"jpeg-b"
+        assert reader.items(["b"], thumbnails=False)[0].thumbnail is None
+    with pytest.raises(StoreError, match="no store at"):
+        StoreReader(tmp_path / "elsewhere")

@@ -1,0 +1,160 @@
+"""`simsearch index reembed DEST --data DATA --model NEW`: the gallery of DATA embedded again by another
+model, from the thumbnails it stores, into a new index in DEST/index.
+
+The source is only read (a read-only SQLite connection), so the service keeps serving it meanwhile. A
+run makes DEST mirror the source as it was when the run began; running again catches up with what the
+service wrote since: new and replaced items are embedded, edited ones re-copied, deleted ones removed.
+How: DEST/index/reembed.json records the source and `since_seq`, the source's last write when the
+last complete run began. Every item the source wrote after it is embedded again; an item written
+before it was already copied as it is now (a write gives an item a new seq; only label/metadata
+edits keep it, and those are compared).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ._errors import CliError
+from ._index import _decode, _embedder, _open_store
+
+STATE_NAME = "reembed.json"
+
+
+def reembed(args) -> int:
+    if args.threads is not None:  # before torch and FAISS are imported, as for `index build`
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1, got {args.threads}")
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+    import logging
+
+    import index
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    source, dest = Path(args.data) / "index", Path(args.dest) / "index"
+    if dest.resolve() == source.resolve():
+        raise CliError(f"DEST {args.dest} is the --data folder; re-embed into a new folder, then serve that")
+    embedder = _embedder(args.model)
+    try:
+        reader = index.StoreReader(source)
+    except index.StoreError as exc:
+        raise CliError(f"--data {args.data}: {exc}") from None
+    try:
+        if reader.model_id == embedder.model_id:
+            raise CliError(f"the index at {source} already holds vectors of {embedder.model_id}; "
+                           "give --model the artifact to re-embed with")
+        state = _read_state(dest, source)
+        store = _open_store(args.dest, False, embedder, args.index or (None if state else reader.index_spec),
+                            locked_hint=f". Stop the service serving {args.dest} first")
+        try:
+            return _copy(args, reader, store, state, dest, source, embedder)
+        finally:
+            store.close()
+    finally:
+        reader.close()
+
+
+def _read_state(dest: Path, source: Path) -> dict | None:
+    """DEST's record of an earlier run, or None for a new DEST; CliError when DEST holds another store."""
+    path = dest / STATE_NAME
+    if not path.exists():
+        if (dest / "store.sqlite3").exists():
+            raise CliError(f"{dest} holds an index that `index reembed` did not make; give a new or empty folder")
+        return None
+    try:
+        state = json.loads(path.read_text())
+        have = state["source"]
+        int(state["since_seq"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{path} is unreadable ({exc}); re-embed into a new folder") from None
+    if have != str(source.resolve()):
+        raise CliError(f"{dest} is a re-embedding of {have}, not of {source.resolve()}")
+    return state
+
+
+def _write_state(dest: Path, state: dict) -> None:
+    part = dest / (STATE_NAME + ".part")
+    part.write_text(json.dumps(state, indent=2) + "\n")
+    part.replace(dest / STATE_NAME)
+
+
+def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, embedder) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from tqdm import tqdm
+
+    import index
+
+    last_seq, rows = reader.rows()
+    if state is None:  # recorded before anything is copied: an interrupted first run resumes from it
+        state = {"source": str(source.resolve()), "source_model": reader.model_id, "since_seq": last_seq}
+        _write_state(dest, state)
+    since = int(state["since_seq"])
+    with index.StoreReader(dest) as own:
+        _, have = own.rows()
+    gone = [i for i in have if i not in rows]
+    todo = [i for i, r in rows.items() if i not in have or r.seq > since or _edited(r, have[i])]
+    print(f"{len(rows)} items in {source} ({reader.model_id}): {len(todo)} to embed with {embedder.model_id}, "
+          f"{len(rows) - len(todo)} already copied, {len(gone)} to remove from {dest}")
+    if gone:
+        store.delete(gone)
+
+    left_out: dict[str, list[str]] = {"no thumbnail": [], "unreadable thumbnail": []}
+    small = 0
+
+    def work(item):
+        try:
+            return item, _decode(item.thumbnail, embedder, False), None
+        except Exception as exc:  # noqa: BLE001  (a thumbnail Pillow cannot read: reported, not fatal)
+            return item, None, exc
+
+    with ThreadPoolExecutor(max(1, args.workers)) as pool, tqdm(total=len(todo), unit="img", desc="re-embedding") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            items = [it for it in reader.items(chunk) if it is not None]  # None: deleted since the listing
+            left_out["no thumbnail"] += [it.id for it in items if it.thumbnail is None]
+            good = []
+            for item, decoded, exc in pool.map(work, [it for it in items if it.thumbnail is not None]):
+                if exc is not None:
+                    left_out["unreadable thumbnail"].append(item.id)
+                    tqdm.write(f"skipped {item.id}: {type(exc).__name__}: {exc}")
+                else:
+                    good.append((item, decoded[0]))
+                    small += max(decoded[2]) < embedder.meta.image_size
+            if good:
+                vecs = embedder.embed_arrays(np.stack([arr for _, arr in good]))
+                store.upsert([index.Item(id=it.id, vector=v, label=it.label, metadata=it.metadata,
+                                         thumbnail=it.thumbnail) for (it, _), v in zip(good, vecs)])
+            bar.update(len(chunk))
+
+    missed = [i for ids in left_out.values() for i in ids]
+    if missed:  # an older copy of an item that could not be embedded now must not stay in DEST
+        store.delete(missed)
+    state["since_seq"] = last_seq
+    _write_state(dest, state)
+    count = store.count()
+    print(f"re-embedded {len(todo) - len(missed)} items; {dest} holds {count} items of {embedder.model_id}. "
+          f"Serve it with --data {args.dest} --model {args.model or '(the bundled default)'}; run this again "
+          "to catch up with writes made to the source meanwhile")
+    if small:
+        print(f"note: {small} thumbnails were smaller than the model's input ({embedder.meta.image_size} px): "
+              "their vectors come from upscaled thumbnails, not from the originals")
+    for why, ids in left_out.items():
+        if ids:
+            print(f"not copied, {why}: {len(ids)} items (first: {', '.join(ids[:3])}); add them from their "
+                  f"original images with `simsearch index build SOURCE --data {args.dest} --model ...`")
+    return 1 if missed else 0
+
+
+def _edited(row, have) -> bool:
+    """Label or metadata changed in place (an edit keeps the seq); the JSON is compared parsed, so that
+    two spellings of the same metadata are not a change."""
+    if row.label != have.label:
+        return True
+    return row.metadata_json != have.metadata_json and json.loads(row.metadata_json) != json.loads(have.metadata_json)

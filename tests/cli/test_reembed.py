@@ -1,0 +1,150 @@
+"""`simsearch index reembed`: a served gallery embedded again by another model from its stored thumbnails,
+while the service keeps serving it; run again, it catches up with what the service wrote meanwhile; the
+copy then serves under the new model. Real server, real HTTP, real trained model."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli import main
+from index import Store, StoreConfig
+from tests.app.conftest import start_server, stop_server
+from tests.conftest import REPO
+
+KEY = "reembed-test-key"
+NEW = REPO / "model" / "weights" / "hybrid1-res-cifar10.safetensors"
+
+
+@pytest.fixture
+def photos(shared_data, tmp_path) -> dict[str, bytes]:
+    """label/NNNN.jpg -> bytes: 6 CIFAR-10 test images of each of 3 classes."""
+    out = {}
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
+        for m in tf:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "ship", "truck") \
+                    and int(parts[3][:4]) < 6:
+                out[f"{parts[2]}/{parts[3]}"] = tf.extractfile(m).read()
+    return out
+
+
+def _post(server, photos: dict[str, bytes], metadata: dict | None = None) -> None:
+    r = httpx.post(server.url + "/index", headers={"x-api-key": KEY},
+                   files=[("file", (i.split("/")[1], data)) for i, data in photos.items()],
+                   data={"id": list(photos), "label": [i.split("/")[0] for i in photos],
+                         **({"metadata": json.dumps(metadata)} if metadata else {})})
+    assert r.status_code == 201, r.text
+
+
+def _serve(artifact, data, tmp_path):
+    return start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(data),
+                         "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+
+
+def _embed_thumbnail(store: Store, id_: str) -> np.ndarray:
+    import model
+
+    with Image.open(io.BytesIO(store.thumbnail(id_))) as im:
+        im.load()  # decoded whole, as `index build` and `reembed` do (not in JPEG draft mode)
+        return model.Embedder.from_file(NEW, device="cpu").embed([im])[0]
+
+
+def test_reembed_copies_a_served_gallery_under_the_new_model_and_catches_up_with_later_writes(
+        hybrid1_artifact, photos, tmp_path, capsys):
+    source = _serve(hybrid1_artifact, tmp_path / "old", tmp_path)
+    try:
+        _post(source, dict(list(photos.items())[:15]), {"trip": "rome"})
+        args = ["index", "reembed", str(tmp_path / "new"), "--data", str(tmp_path / "old"), "--model", str(NEW)]
+        assert main(args) == 0  # while the service holds the index for writing
+        out = capsys.readouterr().out
+        assert "15 to embed with hybrid1-res-cifar10@" in out and "holds 15 items of hybrid1-res-cifar10@" in out
+
+        # the service writes on: an addition, a replacement (same id, another image), an edit, a deletion
+        ids = list(photos)
+        _post(source, {ids[15]: photos[ids[15]], ids[0]: photos[ids[16]]})
+        assert httpx.patch(f"{source.url}/index/{ids[1]}", headers={"x-api-key": KEY},
+                           json={"label": "boat", "metadata": {"trip": None, "stars": 5}}).status_code == 200
+        assert httpx.delete(f"{source.url}/index/{ids[2]}", headers={"x-api-key": KEY}).status_code == 204
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "15 items in" in out and "3 to embed" in out and "12 already copied, 1 to remove" in out
+        assert main(args) == 0
+        assert "0 to embed" in capsys.readouterr().out  # nothing changed since
+    finally:
+        stop_server(source)
+
+    with Store.open(StoreConfig(tmp_path / "old" / "index", read_only=True)) as old, \
+            Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        assert new.model_id.startswith("hybrid1-res-cifar10@") and new.info()["index"] == old.info()["index"]
+        assert new.count() == old.count() == 15 and new.labels() == old.labels()
+        for item in old.list(limit=100):  # same ids, labels, metadata and thumbnails
+            copy = new.get(item.id)
+            assert (copy.label, copy.metadata) == (item.label, item.metadata)
+            assert new.thumbnail(item.id) == old.thumbnail(item.id)
+        # in the source's listing order, but for the edited item (embedded again, it moved back)
+        assert [i.id for i in new.list(limit=100) if i.id != ids[1]] == \
+            [i.id for i in old.list(limit=100) if i.id != ids[1]]
+        assert new.get(ids[1]).label == "boat" and new.get(ids[1]).metadata == {"stars": 5}
+        assert ids[2] not in new
+        # the replaced item carries the vector of its new image's thumbnail, not of the first one
+        assert np.dot(new.get(ids[0]).vector, _embed_thumbnail(old, ids[0])) > 0.9999
+
+    # the copy serves under the new model: each stored image finds itself first
+    copy = _serve(NEW, tmp_path / "new", tmp_path)
+    try:
+        assert httpx.get(copy.url + "/readyz").status_code == 200
+        firsts = [httpx.post(copy.url + "/search?k=1", files={"file": ("q.jpg", photos[i])}).json()["results"][0]["id"]
+                  for i in ids[3:15]]
+        assert firsts == ids[3:15]
+    finally:
+        stop_server(copy)
+
+
+def test_reembed_leaves_out_items_stored_without_thumbnails_and_says_which(hybrid1_artifact, photos, tmp_path, capsys):
+    for i, data in photos.items():  # cat/... in one folder, ship/... and truck/... in another
+        path = tmp_path / ("a" if i.startswith("cat/") else "b") / i
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    data = str(tmp_path / "old")
+    assert main(["index", "build", str(tmp_path / "a"), "--data", data, "--model", str(hybrid1_artifact),
+                 "--no-thumbnails"]) == 0
+    assert main(["index", "build", str(tmp_path / "b"), "--data", data, "--model", str(hybrid1_artifact)]) == 0
+    capsys.readouterr()
+    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 1
+    out = capsys.readouterr().out
+    assert "not copied, no thumbnail: 6 items (first: cat/0000.jpg, cat/0001.jpg, cat/0002.jpg)" in out
+    assert "simsearch index build SOURCE" in out
+    with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        assert new.count() == 12 and new.labels() == {"ship": 6, "truck": 6}
+
+
+def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(next(iter(photos.values())))
+    data, other = str(tmp_path / "old"), str(tmp_path / "other")
+    for d in (data, other):
+        assert main(["index", "build", str(folder), "--data", d, "--model", str(hybrid1_artifact)]) == 0
+    capsys.readouterr()
+
+    def refused(*args: str) -> str:
+        assert main(["index", "reembed", *args]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        return err
+
+    assert "already holds vectors of hybrid1-test@" in refused(str(tmp_path / "new"), "--data", data, "--model",
+                                                             str(hybrid1_artifact))
+    assert not (tmp_path / "new").exists()
+    assert "is the --data folder" in refused(data, "--data", data, "--model", str(NEW))
+    assert "did not make; give a new or empty folder" in refused(other, "--data", data, "--model", str(NEW))
+    assert "no store at" in refused(str(tmp_path / "new"), "--data", str(tmp_path / "nothing"), "--model", str(NEW))
+    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 0
+    capsys.readouterr()
+    assert "is a re-embedding of" in refused(str(tmp_path / "new"), "--data", other, "--model", str(NEW))
