@@ -225,7 +225,9 @@ def _build(args) -> int:
         from model import IMAGE_EXTENSIONS
 
         raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
-    store = _open_store(args.data, False, embedder, args.index)
+    store = _open_store(args.data, False, embedder, args.index,
+                        locked_hint=". While `simsearch serve` runs on it, add images through the service: "
+                                    f"simsearch index upload {args.source} --url http://HOST:PORT --api-key KEY")
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
         todo = [i for i in ids if i not in done]

@@ -186,3 +186,7 @@ def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifac
     assert main(["index", "build", str(gallery_tar), "--model", str(other), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "hybrid1-test@" in err and "other@" in err
+    with Store.open(StoreConfig(data / "index")):  # as `simsearch serve` holds it
+        assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert "open for writing in another process" in err and f"simsearch index upload {gallery_tar} --url" in err
