@@ -148,3 +148,69 @@ def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photo
     assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 0
     capsys.readouterr()
     assert "is a re-embedding of" in refused(str(tmp_path / "new"), "--data", other, "--model", str(NEW))
+
+
+def test_writes_made_while_a_run_copies_are_caught_up_by_the_next_run_exactly(hybrid1_artifact, photos, tmp_path,
+                                                                              capsys):
+    import threading
+
+    import model
+
+    images = list(photos.values())
+    source = _serve(hybrid1_artifact, tmp_path / "old", tmp_path)
+    try:
+        for start in range(0, 360, 36):
+            _post(source, {f"g{i % 3}/p{i}": images[i % len(images)] for i in range(start, start + 36)}, {"round": 0})
+        stop, writes = threading.Event(), []
+
+        def write_on():  # replace, add, edit and delete, until the first run has finished
+            n = 0
+            with httpx.Client(base_url=source.url, headers={"x-api-key": KEY}) as c:
+                while not stop.is_set():
+                    n += 1
+                    i = (n * 37) % 400
+                    id_ = f"g{i % 3}/p{i}"
+                    if n % 4 == 0:
+                        r = c.patch(f"/index/{id_}", json={"metadata": {"round": n}})
+                    elif n % 4 == 1:
+                        r = c.delete(f"/index/{id_}")
+                    else:
+                        r = c.post("/index", files=[("file", ("x.jpg", images[n % len(images)]))],
+                                   data={"id": id_, "label": f"w{n % 3}", "metadata": json.dumps({"round": n})})
+                    writes.append(r.status_code)
+
+        writer = threading.Thread(target=write_on)
+        writer.start()
+        args = ["index", "reembed", str(tmp_path / "new"), "--data", str(tmp_path / "old"), "--model", str(NEW),
+                "--batch-size", "8"]
+        try:
+            assert main(args) == 0
+        finally:
+            stop.set()
+            writer.join()
+        assert len(writes) > 10 and set(writes) <= {200, 201, 204, 404}
+        capsys.readouterr()
+        assert main(args) == 0  # the catch-up: the service no longer writes
+        out = capsys.readouterr().out
+        assert " 0 to embed" not in out and " to embed with " in out  # writes fell after the first run's listing
+    finally:
+        stop_server(source)
+
+    embedder = model.Embedder.from_file(NEW, device="cpu")
+    with Store.open(StoreConfig(tmp_path / "old" / "index", read_only=True)) as old, \
+            Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        ids = [it.id for it in old.list(limit=1000)]
+        assert sorted(it.id for it in new.list(limit=1000)) == sorted(ids)
+        thumbs = []
+        for id_, mine, copy in zip(ids, old.get_many(ids), new.get_many(ids)):
+            assert (copy.label, copy.metadata) == (mine.label, mine.metadata), id_
+            thumbs.append(new.thumbnail(id_))
+            assert thumbs[-1] == old.thumbnail(id_), id_
+        loaded = []
+        for data in thumbs:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                loaded.append(im.copy())
+        want = embedder.embed(loaded)
+        got = np.stack([it.vector for it in new.get_many(ids)])
+        assert np.min(np.sum(want * got, axis=1)) > 0.9999  # each vector is its current thumbnail's
