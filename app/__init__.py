@@ -13,18 +13,19 @@ from starlette.staticfiles import StaticFiles
 from ._errors import install_error_handlers
 from ._metrics import Metrics
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, MetricsMiddleware,
-                          route_resolver)
+                          RequestIdLogFilter, RequestIdMiddleware, route_resolver)
 from ._routes import STATIC_DIR, router
 from ._service import Service
 from ._settings import Settings
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["RequestIdLogFilter", "Settings", "create_app"]
 
 _DESCRIPTION = """Image similarity search. Add images to the gallery with `POST /index`, find the
 nearest ones to an uploaded image with `POST /search` (filtered by `label` and by metadata, `where`), get
 the vectors alone with `POST /embed`. Images are JPEG (MPO too), PNG, WebP, GIF, BMP, AVIF or HEIC/HEIF
 (or fewer, as the operator sets), decided from their bytes. Writes need the API key (`X-API-Key` or
-`Authorization: Bearer`) when one is configured. Every error is `{"error": {"code": ..., "message": ...}}`."""
+`Authorization: Bearer`) when one is configured. Every error is `{"error": {"code": ..., "message": ..., "request_id": ...}}`; every answer carries its
+`X-Request-ID` (the caller's, when sent)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,4 +60,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthMiddleware, api_key=key, require_key_for_reads=settings.require_key_for_reads,
                        rate_limit_per_minute=settings.rate_limit_per_minute, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
     return app

@@ -1,6 +1,7 @@
 """The one JSON error shape of the API, and the handlers that map every failure onto it."""
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from typing import Any
@@ -12,6 +13,10 @@ from starlette.responses import JSONResponse
 from starlette.types import Send
 
 log = logging.getLogger("simsearch.app")
+
+# The id of the request being served (set by RequestIdMiddleware), for error bodies and log lines:
+# contextvars follow the request's task, and anyio copies them into the worker threads it runs.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -33,8 +38,12 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The JSON document of every error response."""
-    return {"error": {"code": code, "message": message}}
+    """The JSON document of every error response, with the request's id (to quote when reporting it)."""
+    body = {"code": code, "message": message}
+    rid = REQUEST_ID.get()
+    if rid is not None:
+        body["request_id"] = rid
+    return {"error": body}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -86,5 +95,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, REQUEST_ID.get())
         return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: metrics, API key and rate limit, concurrency cap, body-size limit.
+"""Pure-ASGI middleware: request ids, metrics, API key and rate limit, concurrency cap, body-size limit.
 
 They run before any route, so a request refused here never has its body read: the key is checked
 and a too-large Content-Length is refused before a single body byte is received.
@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
+import re
 import time
+import uuid
 from collections import OrderedDict
 from typing import Callable
 
@@ -16,13 +19,54 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import ApiError, send_error
+from ._errors import REQUEST_ID, ApiError, send_error
 from ._metrics import Metrics
 
 # Paths that never need a key, are never rate limited and never count against the concurrency cap.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _OPEN_PATHS = PROBE_PATHS | {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"}
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+# A caller's id is kept when it is 1-200 visible ASCII characters (a UUID, nginx's $request_id, AWS's
+# "Root=1-..."); anything else (spaces, control characters, longer) could forge log lines: replaced.
+_REQUEST_ID_OK = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id: the caller's X-Request-ID when it is sane, else a new one (32 hex
+    characters). It is sent back as X-Request-ID on every response, errors included, put in error
+    bodies and in the log lines of the request (RequestIdLogFilter), so one id follows a request from
+    the gateway's log through the service's."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = Headers(scope=scope).get("x-request-id")
+        rid = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else uuid.uuid4().hex
+        header = (b"x-request-id", rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        token = REQUEST_ID.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Sets `request_id` on every log record: the id of the request it was logged in, or "-"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get() or "-"
+        return True
 
 
 def is_open_path(path: str) -> bool:

@@ -84,6 +84,11 @@ def _serve(args) -> int:
     # level; without this only their warnings would reach stderr, unformatted.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["simsearch"] = {"handlers": ["default"], "level": args.log_level.upper(), "propagate": False}
+    # Each request's id (X-Request-ID, from the gateway or made here) on its access log line.
+    log_config["filters"] = {"request_id": {"()": "app.RequestIdLogFilter"}}
+    for handler in log_config["handlers"].values():
+        handler["filters"] = ["request_id"]
+    log_config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
     uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=log_config, proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                 timeout_graceful_shutdown=10)

@@ -347,3 +347,41 @@ def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifa
         assert "test-time augmentation hflip" in live.log_tail(20_000)
     finally:
         stop_server(live)
+
+
+def test_every_answer_carries_a_request_id_kept_from_a_sane_caller_and_logged_with_its_request(
+        hybrid1_artifact, tmp_path):
+    """X-Request-ID: the caller's when it is 1-200 visible ASCII characters, else a new one; on every
+    answer (the middlewares' refusals too), in error bodies, and on the request's access log line."""
+    import re
+
+    from .conftest import start_server, stop_server
+
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_API_KEY": "k", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path,
+                        ["--log-level", "info"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            made = [c.get("/healthz").headers["x-request-id"] for _ in range(2)]
+            assert all(re.fullmatch(r"[0-9a-f]{32}", m) for m in made) and made[0] != made[1]
+            assert c.get("/healthz", headers={"X-Request-ID": "gw-7f3a:1"}).headers["x-request-id"] == "gw-7f3a:1"
+            for bad in ("has space", "x" * 201, "tab\there"):
+                r = c.get("/healthz", headers={"X-Request-ID": bad})
+                assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]), bad
+            # a route's error and a middleware's refusal (no key for a write) both name the id
+            r = c.get("/index/nothing-here", headers={"X-Request-ID": "trace-404"})
+            assert r.status_code == 404 and r.json()["error"]["request_id"] == "trace-404"
+            r = c.post("/index", files=[upload(png(1))], headers={"X-Request-ID": "trace-401"})
+            assert r.status_code == 401 and r.headers["x-request-id"] == "trace-401"
+            assert r.json()["error"]["request_id"] == "trace-401"
+            r = c.post("/search?k=1", files=[upload(png(2))], headers={"X-Request-ID": "trace-search"})
+            assert r.status_code == 200 and r.headers["x-request-id"] == "trace-search"
+        deadline = time.monotonic() + 10
+        while "trace-search" not in live.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines = live.log.read_text().splitlines()
+        assert any('"POST /search?k=1 HTTP/1.1" 200' in ln and ln.endswith("request_id=trace-search") for ln in lines)
+        assert any('"GET /index/nothing-here HTTP/1.1" 404' in ln and ln.endswith("request_id=trace-404") for ln in lines)
+        assert not any("has space" in ln for ln in lines)
+    finally:
+        stop_server(live)
