@@ -145,8 +145,10 @@ def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photo
     assert "is the --data folder" in refused(data, "--data", data, "--model", str(NEW))
     assert "did not make; give a new or empty folder" in refused(other, "--data", data, "--model", str(NEW))
     assert "no store at" in refused(str(tmp_path / "new"), "--data", str(tmp_path / "nothing"), "--model", str(NEW))
-    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 0
+    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW), "--index", "hnsw"]) == 0
     capsys.readouterr()
+    with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        assert new.info()["index"] == "hnsw" and new.count() == 1  # --index: another kind than DATA's flat
     assert "is a re-embedding of" in refused(str(tmp_path / "new"), "--data", other, "--model", str(NEW))
 
 
