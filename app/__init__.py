@@ -24,8 +24,8 @@ _DESCRIPTION = """Image similarity search. Add images to the gallery with `POST 
 nearest ones to an uploaded image with `POST /search` (filtered by `label` and by metadata, `where`), get
 the vectors alone with `POST /embed`. Images are JPEG (MPO too), PNG, WebP, GIF, BMP, AVIF or HEIC/HEIF
 (or fewer, as the operator sets), decided from their bytes. Writes need the API key (`X-API-Key` or
-`Authorization: Bearer`) when one is configured. Every error is `{"error": {"code": ..., "message": ..., "request_id": ...}}`; every answer carries its
-`X-Request-ID` (the caller's, when sent)."""
+`Authorization: Bearer`) when one is configured. Every error is `{"error": {"code": ..., "message": ...,
+"request_id": ...}}`; every answer carries its `X-Request-ID` (the caller's, when sent)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -175,7 +175,7 @@ def make_thumbnail(img: Image.Image, size: int) -> bytes:
     """A JPEG thumbnail whose longest side is `size` pixels, or the image's own size when it is smaller
     (oriented by EXIF, alpha on white). Never enlarged: the page scales it for display, and
     `simsearch index reembed` embeds from it, where an enlarged copy of a small image costs
-    fidelity (docs/results/benchmarks.md, "Re-embedding")."""
+    fidelity (docs/index.md, "A new model for a gallery")."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
         rgba = img.convert("RGBA")
