@@ -139,9 +139,9 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
     state["since_seq"] = last_seq
     _write_state(dest, state)
     count = store.count()
+    serve = f"--data {args.dest}" + (f" --model {args.model}" if args.model else " (the bundled default model)")
     print(f"re-embedded {len(todo) - len(missed)} items; {dest} holds {count} items of {embedder.model_id}. "
-          f"Serve it with --data {args.dest} --model {args.model or '(the bundled default)'}; run this again "
-          "to catch up with writes made to the source meanwhile")
+          f"Serve it with {serve}; run this again to catch up with writes made to the source meanwhile")
     if small:
         print(f"note: {small} thumbnails were smaller than the model's input ({embedder.meta.image_size} px): "
               "their vectors come from upscaled thumbnails, not from the originals")

@@ -106,7 +106,7 @@ def test_reembed_copies_a_served_gallery_under_the_new_model_and_catches_up_with
         stop_server(copy)
 
 
-def test_reembed_leaves_out_items_stored_without_thumbnails_and_says_which(hybrid1_artifact, photos, tmp_path, capsys):
+def test_reembed_to_the_bundled_default_leaves_out_items_stored_without_thumbnails_and_says_which(hybrid1_artifact, photos, tmp_path, capsys):
     for i, data in photos.items():  # cat/... in one folder, ship/... and truck/... in another
         path = tmp_path / ("a" if i.startswith("cat/") else "b") / i
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +116,14 @@ def test_reembed_leaves_out_items_stored_without_thumbnails_and_says_which(hybri
                  "--no-thumbnails"]) == 0
     assert main(["index", "build", str(tmp_path / "b"), "--data", data, "--model", str(hybrid1_artifact)]) == 0
     capsys.readouterr()
-    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 1
+    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data]) == 1  # to the bundled default
     out = capsys.readouterr().out
     assert "not copied, no thumbnail: 6 items (first: cat/0000.jpg, cat/0001.jpg, cat/0002.jpg)" in out
+    assert f"Serve it with --data {tmp_path / 'new'} (the bundled default model)" in out
     assert "simsearch index build SOURCE" in out
     with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
         assert new.count() == 12 and new.labels() == {"ship": 6, "truck": 6}
+        assert new.model_id.startswith("hybrid1-cifar10@")
 
 
 def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photos, tmp_path, capsys):
