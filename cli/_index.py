@@ -194,16 +194,21 @@ def _decode(data: bytes, embedder, thumbs: bool):
     return arr, thumb, size
 
 
-def _build(args) -> int:
-    # OpenMP reads its thread count when torch or FAISS is first imported, so this comes first. One
-    # intra-op thread by default: the decoding workers need the other cores, and spinning OpenMP
-    # threads beside them made the build 5.5x slower on 2 cores (docs/results/benchmarks.md, ingestion).
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads must be at least 1, got {args.threads}")
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+def _model_threads(threads: int | None) -> None:
+    """--threads for a command that decodes in worker threads and embeds (build, reembed). OpenMP reads
+    its thread count when torch or FAISS is first imported, so this runs first. One intra-op thread by
+    default: the decoding workers need the other cores, and spinning OpenMP threads beside them made
+    the build 5.5x slower on 2 cores (docs/results/benchmarks.md, ingestion)."""
+    if threads is not None:
+        if threads < 1:
+            raise CliError(f"--threads must be at least 1, got {threads}")
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _build(args) -> int:
+    _model_threads(args.threads)
 
     import logging
     from concurrent.futures import ThreadPoolExecutor

@@ -12,22 +12,16 @@ edits keep it, and those are compared).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ._errors import CliError
-from ._index import _decode, _embedder, _open_store
+from ._index import _decode, _embedder, _model_threads, _open_store
 
 STATE_NAME = "reembed.json"
 
 
 def reembed(args) -> int:
-    if args.threads is not None:  # before torch and FAISS are imported, as for `index build`
-        if args.threads < 1:
-            raise CliError(f"--threads must be at least 1, got {args.threads}")
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    else:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _model_threads(args.threads)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
 

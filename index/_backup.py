@@ -13,7 +13,6 @@ from pathlib import Path
 from . import _db
 from ._errors import StoreError
 
-DB_NAME = "store.sqlite3"
 
 
 def backup(source: Path, dest: Path) -> dict:
@@ -22,13 +21,13 @@ def backup(source: Path, dest: Path) -> dict:
     {"items", "last_seq", "model_id", "dim", "bytes"}. Raises StoreError naming the folder when
     `source` holds no store or `dest` is not empty."""
     source, dest = Path(source), Path(dest)
-    src_db = source / DB_NAME
+    src_db = source / _db.DB_NAME
     if not src_db.is_file():
-        raise StoreError(f"no store at {source} (no {DB_NAME} there)")
+        raise StoreError(f"no store at {source} (no {_db.DB_NAME} there)")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StoreError(f"{dest} is not an empty folder; a backup goes into a new or empty one")
     dest.mkdir(parents=True, exist_ok=True)
-    part = dest / (DB_NAME + ".part")
+    part = dest / (_db.DB_NAME + ".part")
     try:
         src, out = _db.connect(src_db, read_only=True), sqlite3.connect(part)
         try:
@@ -45,8 +44,8 @@ def backup(source: Path, dest: Path) -> dict:
             copy.close()
         if check != "ok":
             raise StoreError(f"the copy of {source} failed SQLite's integrity check: {check}")
-        part.replace(dest / DB_NAME)  # only a checked copy gets the name a store is opened by
+        part.replace(dest / _db.DB_NAME)  # only a checked copy gets the name a store is opened by
     finally:
         part.unlink(missing_ok=True)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta.get("model_id"),
-            "dim": int(meta["dim"]) if "dim" in meta else None, "bytes": (dest / DB_NAME).stat().st_size}
+            "dim": int(meta["dim"]) if "dim" in meta else None, "bytes": (dest / _db.DB_NAME).stat().st_size}

@@ -11,6 +11,7 @@ from ._errors import StoreCorruptError
 
 log = logging.getLogger("index")
 
+DB_NAME = "store.sqlite3"  # the record of truth, in a store's folder
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -6,17 +6,13 @@ never block that process's writes. Each call reads the store as it is at that ca
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import numpy as np
-
 from . import _db
 from ._errors import StoreError
+from ._store import _row_to_item
 from ._types import Item
-
-DB_NAME = "store.sqlite3"
 
 
 class Row(NamedTuple):
@@ -34,9 +30,9 @@ class StoreReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        db = self.path / DB_NAME
+        db = self.path / _db.DB_NAME
         if not db.is_file():
-            raise StoreError(f"no store at {self.path} (no {DB_NAME} there)")
+            raise StoreError(f"no store at {self.path} (no {_db.DB_NAME} there)")
         self._conn = _db.connect(db, read_only=True)
         meta = _db.get_meta(self._conn)
         if "model_id" not in meta:
@@ -70,9 +66,9 @@ class StoreReader:
                 f"SELECT i.id, i.vector, i.label, i.metadata, {'t.data' if thumbnails else 'NULL'} FROM items i "
                 f"{'LEFT JOIN thumbnails t ON t.id = i.id ' if thumbnails else ''}WHERE i.id IN ({marks})",
                 chunk).fetchall()
-            for id_, blob, label, meta, thumb in rows:
-                found[id_] = Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
-                                  metadata=json.loads(meta), thumbnail=None if thumb is None else bytes(thumb))
+            for *row, thumb in rows:
+                item = found[row[0]] = _row_to_item(row, self.dim)
+                item.thumbnail = None if thumb is None else bytes(thumb)
         return [found.get(i) for i in ids]
 
     def close(self) -> None:

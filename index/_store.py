@@ -25,7 +25,6 @@ from ._types import Hit, Item, StoreConfig, score_to_distance
 
 log = logging.getLogger("index")
 
-DB_NAME = "store.sqlite3"
 SNAPSHOT_NAME = "index.snapshot"
 LOCK_NAME = "LOCK"
 MAX_ID_LEN = 1024
@@ -56,7 +55,7 @@ class Store:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._path = config.path
-        self._db_path = self._path / DB_NAME
+        self._db_path = self._path / _db.DB_NAME
         self._snap_path = self._path / SNAPSHOT_NAME
         self._closed = False
         self._lock_fd: int | None = None
@@ -81,7 +80,7 @@ class Store:
         cfg = self.config
         if cfg.read_only:
             if not self._db_path.exists():
-                raise StoreError(f"no store at {self._path} ({DB_NAME} is missing)")
+                raise StoreError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
         else:
             self._path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
