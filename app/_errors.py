@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,8 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Send
-
-log = logging.getLogger("simsearch.app")
 
 # The id of the request being served (set by RequestIdMiddleware), for error bodies and log lines:
 # contextvars follow the request's task, and anyio copies them into the worker threads it runs.
@@ -72,8 +69,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map ApiError, HTTP exceptions, parameter validation and unexpected exceptions onto the JSON
-    error shape (an unexpected exception is a 500 with no internals in the message, and is logged)."""
+    """Map ApiError, HTTP exceptions and parameter validation onto the JSON error shape. (Unexpected
+    exceptions are answered by RequestIdMiddleware: a 500 with no internals in the message, logged
+    with the request's id.)"""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -93,7 +91,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_parameter", _describe_validation(exc))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, REQUEST_ID.get())
-        return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")

@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._errors import REQUEST_ID, ApiError, send_error
 from ._metrics import Metrics
 
+log = logging.getLogger("simsearch.app")
+
 # Paths that never need a key, are never rate limited and never count against the concurrency cap.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _OPEN_PATHS = PROBE_PATHS | {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"}
@@ -37,7 +39,11 @@ class RequestIdMiddleware:
     """Gives every request an id: the caller's X-Request-ID when it is sane, else a new one (32 hex
     characters). It is sent back as X-Request-ID on every response, errors included, put in error
     bodies and in the log lines of the request (RequestIdLogFilter), so one id follows a request from
-    the gateway's log through the service's."""
+    the gateway's log through the service's.
+
+    It also answers what nothing else handled: an unexpected exception becomes the API's 500 here,
+    with the id, logged with its traceback and the id. (Starlette's own last-resort handler runs
+    outside every middleware, after the id is gone, and closes the client's connection.)"""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -49,14 +55,24 @@ class RequestIdMiddleware:
         rid = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else uuid.uuid4().hex
         header = (b"x-request-id", rid.encode("ascii"))
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message = {**message, "headers": [*message.get("headers", []), header]}
             await send(message)
 
         token = REQUEST_ID.set(rid)
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # noqa: BLE001  (answered and logged; the server keeps serving)
+            if started:  # part of the answer is out: nothing to do but let the server cut it
+                raise
+            log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
+            await send_error(send_with_id, 500, "internal_error",
+                             f"internal error ({type(exc).__name__}); see the server log")
         finally:
             REQUEST_ID.reset(token)
 

@@ -3,6 +3,7 @@ event loop; the body is parsed here (not by FastAPI params) so the multipart lim
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -25,6 +26,8 @@ from ._schemas import DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexIn
 from ._service import Service
 from ._settings import Settings
 
+log = logging.getLogger("simsearch.app")
+
 STATIC_DIR = FsPath(__file__).resolve().parent / "static"
 MAX_ID_CHARS = 1024   # the store's limit
 MAX_LABEL_CHARS = 256
@@ -38,7 +41,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
         404: "no item with this id", 422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
-        503: "not ready, or over the concurrency limit"}.items()}
+        503: "not ready, or over the concurrency limit; for a write, the index cannot take writes",
+        507: "the service's disk is full: the write was not stored"}.items()}
 
 
 def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +80,21 @@ def _service(request: Request) -> Service:
 
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def _write_refused(exc: Exception) -> ApiError:
+    """The answer to a write the store did not make (it changed nothing). A disk that is full or
+    failing is the operator's to fix: its path and free space go to the log, not to the client."""
+    import index as index_pkg
+
+    if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down, opened read-only
+        return ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}", {"Retry-After": "5"})
+    log.error("write refused by the disk: %s", exc)
+    if exc.full:
+        return ApiError(507, "insufficient_storage", "the service's disk is full: this write was not stored and "
+                        "changed nothing; searches still work. Retry once the operator has freed space")
+    return ApiError(503, "index_unavailable", "the service's disk refused this write: it was not stored and "
+                    "changed nothing; searches still work", {"Retry-After": "30"})
 
 
 # ---- body parsing ------------------------------------------------------------------------------
@@ -405,7 +424,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],
              summary="add (or replace, by id) one or more images",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503, 507)},
              openapi_extra=_multipart(
                  "one or more images with optional ids, labels and metadata",
                  {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
@@ -442,7 +461,7 @@ async def add(request: Request):
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:
-        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
+        raise _write_refused(exc) from None
     return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201)
 
 
@@ -502,7 +521,7 @@ def _item_out(item, vector: bool) -> ItemOut:
 
 @router.delete("/index", response_model=DeleteResponse, tags=["gallery"],
                summary="remove every gallery item that matches a label and/or a metadata filter",
-               responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
+               responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503, 507)})
 async def delete_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="items with this label"),
                           where: str | None = Query(None, max_length=4096,
@@ -517,13 +536,13 @@ async def delete_matching(request: Request,
     try:
         gone = await anyio.to_thread.run_sync(service.store.delete_where, label, json.loads(where) if where else None)
     except index_pkg.StoreError as exc:
-        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
+        raise _write_refused(exc) from None
     return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump())
 
 
 @router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
               summary="change an item's label and/or metadata, keeping its image, vector and place",
-              responses={k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503)},
+              responses={k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)},
               openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {
                   "type": "object", "additionalProperties": False,
                   "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
@@ -560,12 +579,12 @@ async def update_item(request: Request, id: str = Path()) -> JSONResponse:
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "invalid_metadata", str(exc)) from None
     except index_pkg.StoreError as exc:
-        raise ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}") from None
+        raise _write_refused(exc) from None
     return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}))
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
-               responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}, response_class=Response)
+               responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503, 507)}, response_class=Response)
 async def delete_item(request: Request, id: str = Path()) -> Response:
     import index as index_pkg  # see add()
 
@@ -574,6 +593,8 @@ async def delete_item(request: Request, id: str = Path()) -> Response:
         deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
     except index_pkg.InvalidItemError:  # an id no item can have (too long, say): as absent as any other
         deleted = []
+    except index_pkg.StoreError as exc:
+        raise _write_refused(exc) from None
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
     return Response(status_code=204)

@@ -275,6 +275,9 @@ def _build(args) -> int:
         info = store.info()
         print(f"indexed {len(todo) - failed} images ({failed} skipped); the index holds {info['count']} "
               f"items ({info['index_kind']})")
+    except index.StorageError as exc:  # every batch committed before it is kept: a re-run resumes
+        raise CliError(f"{exc}. The images indexed before are kept: free space, then run the same "
+                       "command again to go on") from None
     finally:
         store.close()
         if tar is not None:

@@ -47,6 +47,9 @@ def reembed(args) -> int:
                             locked_hint=f". Stop the service serving {args.dest} first")
         try:
             return _copy(args, reader, store, state, dest, source, embedder)
+        except index.StorageError as exc:  # what was copied is kept: the next run goes on from there
+            raise CliError(f"{exc}. What was copied is kept: free space, then run the same command "
+                           "again to go on") from None
         finally:
             store.close()
     finally:

@@ -180,6 +180,9 @@ def _fatal(status: int, message: str, url: str) -> str:
         return f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY ({message})"
     if status == 403:
         return f"the service at {url} refused the API key ({message})"
+    if status == 507:  # what was stored before is kept, and skipped by the next run
+        return (f"the service at {url} answered 507: {message}. Run the same command again once it has "
+                "space: it skips what is already stored")
     return f"the service at {url} answered {status}: {message}"
 
 

@@ -8,7 +8,7 @@
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
-                      StoreCorruptError, StoreError, StoreLockedError)
+                      StorageError, StoreCorruptError, StoreError, StoreLockedError)
 from ._faiss import PRESETS
 from ._reader import Row, StoreReader
 from ._filter import check_where
@@ -19,6 +19,6 @@ PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
     "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
-    "ReadOnlyError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
+    "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreReader", "Row", "backup", "check_where",
 ]

@@ -28,3 +28,12 @@ class StoreClosedError(StoreError):
 
 class ReadOnlyError(StoreError):
     """A write was attempted on a store opened read-only."""
+
+
+class StorageError(StoreError):
+    """The disk refused a write (full, read-only, failing): the write was rolled back and nothing
+    changed; reads go on. `full` is True when the disk is full (space freed, writes work again)."""
+
+    def __init__(self, message: str, full: bool):
+        super().__init__(message)
+        self.full = full

@@ -276,13 +276,17 @@ def write_snapshot(path: Path, payload: np.ndarray, meta: dict) -> None:
     data = memoryview(payload).cast("B")
     crc = zlib.crc32(data, zlib.crc32(head))
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, len(head), len(data), crc))
-        f.write(head)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_HEADER.pack(_MAGIC, len(head), len(data), crc))
+            f.write(head)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a part written to a full disk must not keep its space
+        raise
     fsync_dir(path.parent)
 
 

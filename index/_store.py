@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ import faiss
 import numpy as np
 
 from . import _db, _faiss, _filter
-from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
+from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StorageError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError)
 from ._rwlock import RWLock
 from ._types import Hit, Item, StoreConfig, score_to_distance
@@ -134,13 +135,13 @@ class Store:
             self._last_seq = 0
         _faiss.validate_spec(self.spec, self.dim)
         self._needs_training = _faiss.needs_training(self.spec, self.dim)
-        if not cfg.read_only:
+        changed = [(k, v) for k, v in (("model_id", self.model_id), ("dim", str(self.dim)),
+                                        ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
+                                        ("last_seq", str(self._last_seq))) if meta.get(k) != v]
+        if changed and not cfg.read_only:  # only what changed: a store on a full disk still opens
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
-                for k, v in (("model_id", self.model_id), ("dim", str(self.dim)),
-                             ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
-                             ("last_seq", str(self._last_seq))):
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
 
     # ---- recovery: snapshot + replay --------------------------------------------------------
 
@@ -465,10 +466,31 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the disk failing under it; the next BEGIN starts clean
+                    log.warning("index: rollback failed after %s", exc)
+            refused = self._refused_write(exc)
+            if refused is not None:
+                raise refused from exc
             raise
+
+    def _refused_write(self, exc: BaseException) -> StorageError | None:
+        """The StorageError to raise for a write the disk refused (full, read-only, I/O error), or None
+        for any other failure. SQLite has rolled the write back: nothing of it was made."""
+        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
+        if code is None or code & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+            return None
+        full = code & 0xFF == sqlite3.SQLITE_FULL
+        try:
+            free = f"{shutil.disk_usage(self._path).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        what = "is full" if full else f"refused the write ({exc})"
+        return StorageError(f"the disk holding the index at {self._path} {what} ({free}): the write was "
+                            "rolled back, nothing changed", full=full)
 
     def _apply(self, new, deleted_ids: list[str], seq: int) -> None:
         """Make a committed write visible to searches, all at once (exclusive lock)."""
@@ -531,6 +553,9 @@ class Store:
                 self.snapshot()
         except StoreClosedError:
             pass
+        except OSError as exc:  # a full or failing disk: one line, not a traceback after every write
+            log.error("index: snapshot not written (%s); the database holds every write, and the next "
+                      "snapshot tries again", exc)
         except Exception:  # nothing is lost (the database has every write): log and go on
             log.exception("index: background maintenance failed")
 
@@ -984,6 +1009,9 @@ class Store:
         try:
             if not self.config.read_only and self._applied_seq != self._snapshot_seq:
                 self.snapshot()
+        except OSError as exc:  # a full disk: the database holds every write, the next open replays them
+            log.error("index: no snapshot written at close (%s); the next open replays the writes since "
+                      "the last one from the database", exc)
         finally:
             self._closed = True
             self._release()

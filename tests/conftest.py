@@ -1,11 +1,16 @@
 """Fixtures shared by every test folder."""
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,3 +34,35 @@ def hybrid1_artifact(tmp_path_factory) -> Path:
     meta = model.ArtifactMeta(name="hybrid1-test", arch="hybrid1", in_chans=3, image_size=32,
                               class_names=[f"c{i}" for i in range(10)])
     return model.save_artifact(tmp_path_factory.mktemp("artifact") / "hybrid1-test.safetensors", net, meta)
+
+
+def noise_png(rng: np.random.Generator, size: int = 128) -> bytes:
+    """A PNG of random pixels: noise does not compress, so each stored thumbnail takes its full share
+    of a disk."""
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real disk that fills, without root: (the mount point of a 16 MB tmpfs holding an 8 MB file
+    `ballast`, the command prefix that runs a program where that tmpfs is mounted). The tmpfs lives
+    in a user and mount namespace of its own (`unshare`), held open by a sleeping process."""
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("util-linux's unshare and nsenter are needed for a private tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size=16m simsearch-test {mount} && head -c 8000000 /dev/zero > {mount}/ballast "
+         "&& echo mounted && exec sleep 900"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if holder.stdout.readline().strip() != "mounted":
+        holder.kill()
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {holder.stderr.read().strip()}")
+    try:
+        yield mount, ["nsenter", "-t", str(holder.pid), "--user", "--mount", "--preserve-credentials", "--"]
+    finally:
+        holder.kill()
+        holder.wait(10)

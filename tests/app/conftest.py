@@ -127,13 +127,15 @@ class LiveServer:
         return httpx.get(self.url + "/healthz", timeout=10).status_code == 200
 
 
-def start_server(env_extra: dict[str, str], work: Path, args: list[str] = ()) -> LiveServer:
-    """Start `simsearch serve` on a free port and wait until /readyz answers 200."""
+def start_server(env_extra: dict[str, str], work: Path, args: list[str] = (),
+                 prefix: list[str] = (), log_name: str = "server.log") -> LiveServer:
+    """Start `simsearch serve` on a free port and wait until /readyz answers 200. prefix: a command
+    that runs it (nsenter into a namespace, say)."""
     port = free_port()
-    log = work / "server.log"
+    log = work / log_name
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
     exe = Path(sys.executable).parent / "simsearch"
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--log-level", "warning", *args],
+    proc = subprocess.Popen([*prefix, str(exe), "serve", "--port", str(port), "--log-level", "warning", *args],
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=work)
     server = LiveServer(f"http://127.0.0.1:{port}", "127.0.0.1", port, env_extra.get("SIMSEARCH_API_KEY", ""),
                         proc, log)

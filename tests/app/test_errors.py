@@ -308,3 +308,22 @@ async def test_unknown_routes_and_methods_are_json(make_settings):
     async with running(make_settings()) as c:
         assert_error(await c.get("/nope"), 404, "not_found", "/nope")
         assert_error(await c.put("/search"), 405, "method_not_allowed", "PUT")
+
+
+async def test_an_unexpected_error_is_a_json_500_naming_the_request_id_and_logged_with_it(caplog):
+    """What no route handles is answered by the outermost middleware while the request's id is still
+    known: the JSON error shape, the id in the body and the header, the traceback in the log."""
+    from app._middleware import RequestIdMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("the disk went away")
+
+    transport = httpx.ASGITransport(app=RequestIdMiddleware(broken))
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as c:
+        with caplog.at_level("ERROR", logger="simsearch.app"):
+            r = await c.post("/index", headers={"X-Request-ID": "trace-500"})
+    assert_error(r, 500, "internal_error", "RuntimeError", "server log")
+    assert r.headers["x-request-id"] == r.json()["error"]["request_id"] == "trace-500"
+    assert "the disk went away" not in r.text  # internals stay in the log
+    record = next(rec for rec in caplog.records if "unhandled error" in rec.getMessage())
+    assert "POST /index (request trace-500)" in record.getMessage() and record.exc_info[1].args == ("the disk went away",)

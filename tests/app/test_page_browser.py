@@ -419,3 +419,43 @@ def test_a_gallery_without_thumbnails_still_shows_score_label_and_id(browser, hy
             assert card.find_element("css selector", ".id").get_attribute("textContent") in ids
     finally:
         stop_server(live)
+
+
+def test_a_failure_of_the_service_is_shown_in_its_words_with_the_request_id_to_quote(hybrid1_artifact, small_disk,
+                                                                                     tmp_path):
+    """A 5xx (here a real full disk, tests/conftest.py's small_disk: 507) is shown as the service words
+    it, followed by the request's id, which is on the service's access log line of that request."""
+    import numpy as np
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ..conftest import noise_png
+    from .test_disk_full import fill_until_refused
+
+    require_chromium()
+    mount, inside = small_disk
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(mount / "data"),
+                         "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, ["--log-level", "info"], prefix=inside)
+    driver = make_driver(tmp_path / "profile")
+    try:
+        rng = np.random.default_rng(11)
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            _, _, refused = fill_until_refused(c, rng, [])
+        assert refused.status_code == 507, refused.text
+        expected = refused.json()["error"]["message"]
+        image = tmp_path / "one-more.png"
+        image.write_bytes(noise_png(rng))
+        driver.get(live.url + "/")
+        WebDriverWait(driver, WAIT).until(lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
+        _open_add_panel(driver)
+        driver.find_element("id", "add-files").send_keys(str(image))
+        driver.find_element("id", "add-submit").click()
+        _wait_add(driver)
+        shown = driver.find_element("id", "add-error").text
+        found = re.fullmatch(re.escape(expected) + r" \(request id ([0-9a-f]{32})\)", shown)
+        assert found, shown
+        WebDriverWait(driver, WAIT).until(lambda d: f"request_id={found[1]}" in live.log.read_text())
+        line = next(ln for ln in live.log.read_text().splitlines() if ln.endswith(f"request_id={found[1]}"))
+        assert '"POST /index HTTP/1.1" 507' in line
+    finally:
+        driver.quit()
+        stop_server(live)

@@ -190,3 +190,36 @@ def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifac
         assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 2
         err = capsys.readouterr().err
         assert "open for writing in another process" in err and f"simsearch index upload {gallery_tar} --url" in err
+
+
+def test_build_on_a_full_disk_stops_with_one_line_and_resumes_once_space_is_freed(hybrid1_artifact, tmp_path,
+                                                                                  small_disk):
+    """A real full disk (tests/conftest.py's small_disk): the batch that does not fit is not stored, the
+    ones before it are, and the same command finishes the job once there is room."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from ..conftest import noise_png
+
+    mount, inside = small_disk
+    photos = tmp_path / "photos" / "noise"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(1000):
+        (photos / f"{i:03d}.png").write_bytes(noise_png(rng))
+    build = [*inside, str(Path(sys.executable).parent / "simsearch"), "index", "build", str(photos.parent),
+             "--data", str(mount / "data"), "--model", str(hybrid1_artifact), "--batch-size", "16"]
+    first = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 2, first.stdout + first.stderr
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("simsearch index: error: the disk holding the index at") and "is full" in last
+    assert "run the same command again" in last and "Traceback" not in first.stderr
+
+    subprocess.run([*inside, "rm", str(mount / "ballast")], check=True)
+    second = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already indexed" in second.stdout and "the index holds 1000 items" in second.stdout
+    held = int(second.stdout.split(" images in ")[1].split(": ")[1].split(" already")[0])
+    assert 0 < held < 1000  # the first run kept what it had committed

@@ -1,0 +1,88 @@
+"""A full disk under a real server: writes are refused with 507 and change nothing, searches go on on
+the same connection, writes work again once space is freed, and every acknowledged item survives a
+restart. The disk is a real 16 MB tmpfs, mounted in a user and mount namespace of its own (`unshare`), so
+the test needs no root; the server runs inside that namespace (`nsenter`; tests/conftest.py's
+small_disk)."""
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+import numpy as np
+
+import cli
+
+from ..conftest import noise_png as _noise_png
+from .conftest import start_server, stop_server
+from .test_api import upload
+
+
+def fill_until_refused(client: httpx.Client, rng: np.random.Generator, acknowledged: list[str]):
+    """POST /index batches of 8 noise images until one is refused; the ids of those stored are
+    appended to `acknowledged`. Returns (the refused ids, their file parts, the response)."""
+    for n in range(400):  # about 10-20 KB an item: a 16 MB disk is full long before
+        ids = [f"noise-{n}-{j}" for j in range(8)]
+        files = [upload(_noise_png(rng), f"{i}.png") for i in ids]
+        r = client.post("/index", files=files, data={"id": ids}, headers={"X-Request-ID": f"fill-{ids[0]}"})
+        if r.status_code != 201:
+            return ids, files, r
+        acknowledged += ids
+    raise AssertionError("3,200 noise images were stored: the disk never filled")
+
+
+def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_acknowledged(
+        hybrid1_artifact, tmp_path, small_disk, capsys):
+    mount, inside = small_disk
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(mount / "data"),
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
+    rng = np.random.default_rng(7)
+    live = start_server(env, tmp_path, prefix=inside)
+    acknowledged: list[str] = []
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            ids, files, r = fill_until_refused(c, rng, acknowledged)
+            assert r.status_code == 507, r.text
+            err = r.json()["error"]
+            assert err["code"] == "insufficient_storage" and "nothing" in err["message"]
+            assert err["request_id"] == r.headers["x-request-id"] == f"fill-{ids[0]}"
+            assert str(mount) not in err["message"]  # the path is for the operator's log
+            assert len(acknowledged) >= 80
+            # refused again while full; a deletion (it writes too) is refused the same way and deletes nothing
+            assert c.post("/index", files=files, data={"id": ids}).status_code == 507
+            assert c.delete(f"/index/{acknowledged[0]}").status_code == 507
+            # on the same connection, reads go on and show exactly what was acknowledged
+            info = c.get("/index", params={"limit": 1000}).json()
+            assert info["count"] == len(acknowledged)
+            assert [it["id"] for it in info["items"]] == acknowledged
+            hit = c.post("/search?k=1", files=[upload(_noise_png(np.random.default_rng(7)), "q.png")]).json()
+            assert hit["results"][0]["id"] == acknowledged[0] and hit["results"][0]["distance"] < 1e-3
+            assert c.get("/readyz").status_code == 200
+
+            # `index upload` stops at the 507 with what to do, rather than retrying or skipping files
+            folder = tmp_path / "more" / "noise"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                (folder / f"{i}.png").write_bytes(_noise_png(rng))
+            assert cli.main(["index", "upload", str(folder.parent), "--url", live.url]) == 2
+            err_line = capsys.readouterr().err.strip().splitlines()[-1]
+            assert "answered 507" in err_line and "Run the same command again" in err_line
+
+            subprocess.run([*inside, "rm", str(mount / "ballast")], check=True)
+            r = c.post("/index", files=files, data={"id": ids})
+            assert r.status_code == 201, r.text
+            acknowledged += ids
+        log = live.log_tail(50_000)
+        assert "write refused by the disk" in log and str(mount) in log and "is full" in log
+    finally:
+        stop_server(live)
+    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
+
+    # every acknowledged item is there after a restart, in order, and nothing else is
+    live = start_server(env, tmp_path, prefix=inside, log_name="server2.log")
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            info = c.get("/index", params={"limit": 1000}).json()
+            assert [it["id"] for it in info["items"]] == acknowledged
+            assert c.get(f"/index/{ids[-1]}/thumbnail").status_code == 200
+    finally:
+        stop_server(live)
