@@ -1,6 +1,8 @@
 """Prometheus metrics, in a registry per app (several apps in one process do not clash)."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,6 +36,8 @@ class Metrics:
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.gallery = Gauge("simsearch_gallery_items", "items in the gallery", registry=r)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
+        self.disk_free = Gauge("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
+                               "(writes are refused with 507 when it runs out)", registry=r)
 
     def track_gallery(self, count: Callable[[], int]) -> None:
         """Read the gallery size from `count()` at every scrape."""
@@ -44,3 +48,13 @@ class Metrics:
                 return float("nan")
 
         self.gallery.set_function(read)
+
+    def track_disk(self, folder: Path) -> None:
+        """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""
+        def read() -> float:
+            try:
+                return float(shutil.disk_usage(folder).free)
+            except OSError:  # the folder is gone or the volume unmounted: no value rather than a failed scrape
+                return float("nan")
+
+        self.disk_free.set_function(read)

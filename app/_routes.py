@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import FileResponse, JSONResponse
 
 from ._batcher import SearchParams
-from ._errors import ApiError, error_response
+from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
 from ._schemas import DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
 from ._service import Service
@@ -89,7 +89,7 @@ def _write_refused(exc: Exception) -> ApiError:
 
     if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down, opened read-only
         return ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}", {"Retry-After": "5"})
-    log.error("write refused by the disk: %s", exc)
+    log.error("write refused by the disk (request %s): %s", REQUEST_ID.get(), exc)
     if exc.full:
         return ApiError(507, "insufficient_storage", "the service's disk is full: this write was not stored and "
                         "changed nothing; searches still work. Retry once the operator has freed space")

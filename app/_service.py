@@ -113,6 +113,7 @@ class Service:
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
         self.commits.start()
         self.metrics.track_gallery(store.count)
+        self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
         # collector's reach: a full collection over it took 110 ms, and under load one ran every
         # few seconds, which was the p99 of /search (docs/results/benchmarks.md).

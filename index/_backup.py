@@ -7,12 +7,12 @@ writer that keeps serving meanwhile.
 """
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
 from . import _db
-from ._errors import StoreError
-
+from ._errors import StorageError, StoreError
 
 
 def backup(source: Path, dest: Path) -> dict:
@@ -45,7 +45,14 @@ def backup(source: Path, dest: Path) -> dict:
         if check != "ok":
             raise StoreError(f"the copy of {source} failed SQLite's integrity check: {check}")
         part.replace(dest / _db.DB_NAME)  # only a checked copy gets the name a store is opened by
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL:
+            raise
+        raise StorageError(f"the disk holding {dest} is full ({shutil.disk_usage(dest).free / 1e6:.1f} MB free): "
+                           f"the copy needs about {src_db.stat().st_size / 1e6:.1f} MB; nothing was left there",
+                           full=True) from None
     finally:
-        part.unlink(missing_ok=True)
+        for leftover in (part, part.with_name(part.name + "-journal")):  # the journal of a failed copy too
+            leftover.unlink(missing_ok=True)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta.get("model_id"),
             "dim": int(meta["dim"]) if "dim" in meta else None, "bytes": (dest / _db.DB_NAME).stat().st_size}

@@ -57,6 +57,8 @@ def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_ack
             hit = c.post("/search?k=1", files=[upload(_noise_png(np.random.default_rng(7)), "q.png")]).json()
             assert hit["results"][0]["id"] == acknowledged[0] and hit["results"][0]["distance"] < 1e-3
             assert c.get("/readyz").status_code == 200
+            free = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("simsearch_data_disk_free_bytes ")]
+            assert len(free) == 1 and float(free[0].split()[1]) < 100_000  # what an operator alerts on
 
             # `index upload` stops at the 507 with what to do, rather than retrying or skipping files
             folder = tmp_path / "more" / "noise"
@@ -71,8 +73,10 @@ def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_ack
             r = c.post("/index", files=files, data={"id": ids})
             assert r.status_code == 201, r.text
             acknowledged += ids
+            free = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("simsearch_data_disk_free_bytes ")]
+            assert float(free[0].split()[1]) > 1_000_000
         log = live.log_tail(50_000)
-        assert "write refused by the disk" in log and str(mount) in log and "is full" in log
+        assert f"write refused by the disk (request fill-{ids[0]})" in log and str(mount) in log and "is full" in log
     finally:
         stop_server(live)
     assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()

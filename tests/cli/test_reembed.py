@@ -218,3 +218,34 @@ def test_writes_made_while_a_run_copies_are_caught_up_by_the_next_run_exactly(hy
         want = embedder.embed(loaded)
         got = np.stack([it.vector for it in new.get_many(ids)])
         assert np.min(np.sum(want * got, axis=1)) > 0.9999  # each vector is its current thumbnail's
+
+
+def test_reembed_onto_a_full_disk_stops_with_one_line_and_the_same_command_finishes(hybrid1_artifact, tmp_path,
+                                                                                   small_disk):
+    """DEST on a real full disk (tests/conftest.py's small_disk): the run stops in one line keeping what it
+    copied, and once there is room the same command copies the rest and nothing twice."""
+    import subprocess
+    import sys
+
+    from tests.conftest import noise_png
+
+    mount, inside = small_disk
+    photos = tmp_path / "photos" / "noise"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for i in range(1000):
+        (photos / f"{i:03d}.png").write_bytes(noise_png(rng))
+    data = str(tmp_path / "data")
+    assert main(["index", "build", str(photos.parent), "--data", data, "--model", str(hybrid1_artifact)]) == 0
+    reembed = [*inside, sys.executable, "-m", "cli", "index", "reembed", str(mount / "new"), "--data", data,
+               "--model", str(NEW), "--batch-size", "32"]
+    first = subprocess.run(reembed, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 2, first.stdout + first.stderr
+    last = first.stderr.strip().splitlines()[-1]
+    assert "is full" in last and "What was copied is kept" in last and "Traceback" not in first.stderr
+
+    subprocess.run([*inside, "rm", str(mount / "ballast")], check=True)
+    second = subprocess.run(reembed, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert second.returncode == 0, second.stdout + second.stderr
+    done = int(second.stdout.split(" to embed with ")[1].split("already copied")[0].split(", ")[1])
+    assert 0 < done < 1000 and "holds 1000 items of hybrid1-res-cifar10@" in second.stdout

@@ -10,7 +10,7 @@ import numpy as np
 
 from index import Store, StoreConfig
 
-from ._writer import vector_for
+from ._writer import DIM, vector_for
 
 SIMSEARCH = str(Path(sys.executable).parent / "simsearch")
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +71,20 @@ def test_a_backup_into_a_folder_in_use_or_from_no_store_is_one_clear_line(tmp_pa
         copy = Store.open(StoreConfig(path / "index", read_only=True))
         assert copy.model_id == "m@0"
         copy.close()
+
+
+def test_a_backup_onto_a_full_disk_is_one_clear_line_and_leaves_nothing_behind(tmp_path, small_disk):
+    """A real full disk (tests/conftest.py's small_disk, 8 MB free): a 12 MB store does not fit."""
+    from index import Item
+
+    mount, inside = small_disk
+    data = tmp_path / "data"
+    rng = np.random.default_rng(5)
+    with Store.open(StoreConfig(data / "index", dim=DIM, model_id="m@0", snapshot_every=0)) as store:
+        store.upsert([Item(f"p{i}", vector_for(i), thumbnail=rng.bytes(12_000)) for i in range(1000)])
+    r = subprocess.run([*inside, SIMSEARCH, "index", "backup", str(mount / "copy"), "--data", str(data)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "is full" in r.stderr and "the copy needs about 12" in r.stderr, r.stderr
+    left = subprocess.run([*inside, "find", str(mount / "copy")], capture_output=True, text=True, check=True)
+    assert left.stdout.split() == [str(mount / "copy"), str(mount / "copy" / "index")]
