@@ -12,8 +12,8 @@ from starlette.staticfiles import StaticFiles
 
 from ._errors import install_error_handlers
 from ._metrics import Metrics
-from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, MetricsMiddleware,
-                          RequestIdLogFilter, RequestIdMiddleware, route_resolver)
+from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
+                          RequestIdLogFilter, RequestIdMiddleware, parse_keys, route_resolver)
 from ._routes import STATIC_DIR, router
 from ._service import Service
 from ._settings import Settings
@@ -56,8 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: metrics -> key and rate limit -> concurrency cap -> body limit -> routes.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(AuthMiddleware, api_key=key, require_key_for_reads=settings.require_key_for_reads,
+    keys = KeyRing(parse_keys(settings.api_key.get_secret_value()) if settings.api_key else [], settings.api_key_file)
+    app.add_middleware(AuthMiddleware, keys=keys, require_key_for_reads=settings.require_key_for_reads,
                        rate_limit_per_minute=settings.rate_limit_per_minute, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id

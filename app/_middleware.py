@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 from starlette.datastructures import Headers
@@ -190,14 +191,73 @@ def presented_key(headers: Headers) -> str | None:
     return None
 
 
+def parse_keys(text: str) -> list[str]:
+    """The keys in a key file's text or a SIMSEARCH_API_KEY value: one per line or comma-separated,
+    surrounding spaces ignored, blank lines and lines starting with # skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return [k.strip() for line in lines if line and not line.startswith("#") for k in line.split(",") if k.strip()]
+
+
+class KeyRing:
+    """The API keys accepted now (as digests): the fixed ones, or those of a key file, which is read
+    again when it changes (looked at no more than once a second), so that keys rotate without a
+    restart: add the new key, move the clients over, remove the old one. A file that becomes empty or
+    unreadable keeps the keys read before (never opens the service by accident), logged as an error."""
+
+    CHECK_EVERY = 1.0  # seconds between looks at the file
+
+    def __init__(self, keys: list[str], file: Path | None = None):
+        self.file = file
+        self._seen: tuple | None = None
+        self._next_check = 0.0
+        self.digests: frozenset[bytes] = frozenset(_digest(k) for k in keys)
+        if file is not None:
+            self._reload(time.monotonic())
+
+    def __bool__(self) -> bool:
+        return bool(self.digests) or self.file is not None
+
+    def accepts(self, key: str) -> bool:
+        """Whether `key` is one of the keys (each compared in constant time)."""
+        if self.file is not None:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._reload(now)
+        digest = _digest(key)
+        return any([hmac.compare_digest(digest, d) for d in self.digests])  # a list: no early exit
+
+    def _reload(self, now: float) -> None:
+        self._next_check = now + self.CHECK_EVERY
+        try:
+            st = self.file.stat()
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen == self._seen:
+                return
+            keys = parse_keys(self.file.read_text())
+        except OSError as exc:
+            seen, keys, why = None, [], f"unreadable ({exc.strerror})"
+        else:
+            why = "empty"
+        if seen is not None and seen == self._seen:
+            return
+        self._seen = seen
+        if not keys:
+            log.error("API key file %s is %s: keeping the %d keys read before", self.file, why, len(self.digests))
+            return
+        before = len(self.digests)
+        self.digests = frozenset(_digest(k) for k in keys)
+        log.info("API keys read from %s: %d (%s)", self.file, len(self.digests),
+                 "at start" if before == 0 else f"{before} before")
+
+
 class AuthMiddleware:
     """API key for writes (and reads when configured), checked in constant time before the body is
     read; then a per-key (or per-client-IP) rate limit answering 429 with Retry-After."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, require_key_for_reads: bool,
+    def __init__(self, app: ASGIApp, keys: KeyRing, require_key_for_reads: bool,
                  rate_limit_per_minute: int, metrics: Metrics):
         self.app = app
-        self.key_digest = _digest(api_key) if api_key else None
+        self.keys = keys
         self.require_key_for_reads = require_key_for_reads
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
         self.metrics = metrics
@@ -207,9 +267,8 @@ class AuthMiddleware:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         key = presented_key(headers)
-        key_ok = key is not None and self.key_digest is not None and hmac.compare_digest(_digest(key), self.key_digest)
-        needs_key = self.key_digest is not None and (
-            self.require_key_for_reads or is_write(scope["method"], scope["path"]))
+        key_ok = key is not None and bool(self.keys) and self.keys.accepts(key)
+        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], scope["path"]))
         if needs_key and key is None:
             self.metrics.rejected.labels("missing_key").inc()
             return await send_error(send, 401, "missing_api_key",
@@ -220,7 +279,7 @@ class AuthMiddleware:
             return await send_error(send, 403, "invalid_api_key", "the API key is not valid")
         if self.limiter is not None:
             if key_ok:
-                client = "key"  # one key, one bucket (the digest is the same for everyone holding it)
+                client = "key:" + _digest(key).hex()[:16]  # one bucket per key, shared by all who hold it
             else:
                 client = "ip:" + (scope.get("client") or ("unknown", 0))[0]
             wait = self.limiter.take(client)

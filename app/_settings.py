@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._images import FORMAT_NAMES, image_policy
@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for the model (cpu, cuda, cuda:1); default: auto")
     trace_model: bool = Field(True, description="run the network as a TorchScript graph when it traces faithfully "
                                                 "(fewer Python calls per batch); false: always the eager modules")
-    api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below)")
+    api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below); several "
+                                                        "keys comma-separated")
+    api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), read again "
+                                                        "when it changes: keys rotate without a restart")
     require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
     # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
@@ -49,6 +52,27 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _readable_key_file(cls, v: Path | None) -> Path | None:
+        if v is None or not str(v):
+            return None
+        from ._middleware import parse_keys
+
+        try:
+            keys = parse_keys(v.read_text())
+        except OSError as exc:
+            raise ValueError(f"{v}: {exc.strerror}") from None
+        if not keys:
+            raise ValueError(f"{v} holds no key (one per line; blank lines and # comments are skipped)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source_of_keys(self) -> "Settings":
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give the API keys in SIMSEARCH_API_KEY or in SIMSEARCH_API_KEY_FILE, not both")
+        return self
 
     @field_validator("image_formats")
     @classmethod

@@ -11,7 +11,7 @@ from ._errors import CliError
 # CLI option -> the SIMSEARCH_* variable it sets (app.Settings reads them).
 _ENV = {
     "model": "SIMSEARCH_MODEL_PATH", "data": "SIMSEARCH_DATA_DIR", "index": "SIMSEARCH_INDEX",
-    "device": "SIMSEARCH_DEVICE", "api_key": "SIMSEARCH_API_KEY",
+    "device": "SIMSEARCH_DEVICE", "api_key": "SIMSEARCH_API_KEY", "api_key_file": "SIMSEARCH_API_KEY_FILE",
     "max_body_bytes": "SIMSEARCH_MAX_BODY_BYTES", "max_pixels": "SIMSEARCH_MAX_PIXELS",
     "max_concurrency": "SIMSEARCH_MAX_CONCURRENCY", "rate_limit": "SIMSEARCH_RATE_LIMIT_PER_MINUTE",
     "thumbnail_size": "SIMSEARCH_THUMBNAIL_SIZE", "host": "SIMSEARCH_HOST", "port": "SIMSEARCH_PORT",
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device for the model: cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--api-key", help="require this key for writes (prefer SIMSEARCH_API_KEY or --api-key-file: "
                                      "a command-line key is visible in the process list)")
-    p.add_argument("--api-key-file", type=Path, help="read the API key from this file")
+    p.add_argument("--api-key-file", type=Path, help="read the API keys from this file, one per line; it is read "
+                                                     "again when it changes (keys rotate without a restart)")
     p.add_argument("--require-key-for-reads", action="store_true", help="also require the key for searches")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 10 MiB)")
     p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 40,000,000)")
@@ -53,13 +54,8 @@ def _serve(args) -> int:
                        "(run several containers behind the gateway with a shared store backend instead)")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port} is not a port number (0-65535)")
-    if args.api_key_file is not None:
-        try:
-            args.api_key = args.api_key_file.read_text().strip()
-        except OSError as exc:
-            raise CliError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
-        if not args.api_key:
-            raise CliError(f"--api-key-file {args.api_key_file} is empty")
+    if args.api_key_file is not None:  # read by the service, again whenever it changes
+        args.api_key_file = args.api_key_file.resolve()
     if args.model is not None and not Path(args.model).is_file():
         raise CliError(f"--model {args.model}: no such file")
     for name, var in _ENV.items():
@@ -77,9 +73,7 @@ def _serve(args) -> int:
 
         Settings()
     except ValidationError as exc:
-        raise CliError("invalid setting: " + "; ".join(
-            f"SIMSEARCH_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors())) from None
+        raise CliError("invalid setting: " + "; ".join(_describe(e) for e in exc.errors())) from None
     # The service's own loggers ("simsearch.*": ready, not ready, errors) go where uvicorn's go, at the same
     # level; without this only their warnings would reach stderr, unformatted.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
@@ -93,3 +87,12 @@ def _serve(args) -> int:
                 log_config=log_config, proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                 timeout_graceful_shutdown=10)
     return 0
+
+
+def _describe(error: dict) -> str:
+    """One setting's validation error: the variable, why, and the value given (never a key's)."""
+    name = "_".join(str(x) for x in error["loc"]).upper()
+    if not name:  # a rule across settings: the message names them
+        return error["msg"].removeprefix("Value error, ")
+    got = "" if name == "API_KEY" else f" (got {error.get('input')!r})"
+    return f"SIMSEARCH_{name}: {error['msg']}{got}"

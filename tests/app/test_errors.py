@@ -230,6 +230,16 @@ async def test_writes_need_the_key_reads_do_not(make_settings):
         assert (await c.delete("/index/a", headers={"X-API-Key": KEY})).status_code == 204
 
 
+async def test_several_keys_are_each_accepted_and_counted_in_buckets_of_their_own(make_settings):
+    async with running(make_settings(api_key=" first-key, second-key ", rate_limit_per_minute=2)) as c:
+        for key in ("first-key", "second-key"):  # two requests each: each key has its own bucket
+            for _ in range(2):
+                assert (await c.delete("/index/absent", headers={"X-API-Key": key})).status_code == 404
+        assert_error(await c.delete("/index/absent", headers={"X-API-Key": "first-key"}), 429, "rate_limited")
+        assert_error(await c.delete("/index/absent", headers={"X-API-Key": "first-key,second-key"}),
+                     403, "invalid_api_key")
+
+
 async def test_reads_need_the_key_when_configured_but_probes_and_page_do_not(make_settings):
     async with running(make_settings(api_key=KEY, require_key_for_reads=True)) as c:
         assert_error(await c.post("/search", files=[upload(png(1))]), 401, "missing_api_key")

@@ -385,3 +385,51 @@ def test_every_answer_carries_a_request_id_kept_from_a_sane_caller_and_logged_wi
         assert not any("has space" in ln for ln in lines)
     finally:
         stop_server(live)
+
+
+def test_api_keys_rotate_without_a_restart_by_editing_the_key_file(hybrid1_artifact, tmp_path):
+    """--api-key-file is read again when it changes: a key added is accepted, a key removed refused,
+    and a file emptied or deleted by mistake keeps the keys read before (the service never opens up)."""
+    from .conftest import start_server, stop_server
+
+    keys = tmp_path / "keys"
+
+    def write_keys(text: str) -> None:  # as a secret mount updates it: a new file renamed over the old
+        (tmp_path / "keys.new").write_text(text)
+        (tmp_path / "keys.new").replace(keys)
+
+    write_keys("# the writers' keys\nold-key\n")
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, ["--api-key-file", str(keys),
+                                                                              "--log-level", "info"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            def status(key: str) -> int:  # a write that needs the key: 404 once the key is accepted
+                return c.delete("/index/absent", headers={"X-API-Key": key}).status_code
+
+            def soon(key: str, want: int) -> bool:
+                deadline = time.monotonic() + 10
+                while status(key) != want:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.1)
+                return True
+
+            assert status("old-key") == 404 and status("new-key") == 403
+            assert c.delete("/index/absent").status_code == 401
+            write_keys("old-key\nnew-key\n")
+            assert soon("new-key", 404) and status("old-key") == 404  # both, while clients move over
+            write_keys("new-key\n")
+            assert soon("old-key", 403) and status("new-key") == 404
+            write_keys("# emptied by mistake\n")
+            time.sleep(2.5)
+            assert status("new-key") == 404 and status("old-key") == 403
+            keys.unlink()
+            time.sleep(2.5)
+            assert status("new-key") == 404 and status("old-key") == 403
+        log = live.log_tail(20_000)
+        assert "API keys read from" in log and ": 2 (1 before)" in log and ": 1 (2 before)" in log
+        assert "is empty: keeping the 1 keys read before" in log and "is unreadable" in log
+        assert "old-key" not in log and "new-key" not in log
+    finally:
+        stop_server(live)
