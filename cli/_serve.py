@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="uvicorn worker processes; only 1 is supported (one process owns the index)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-format", default=env("SIMSEARCH_LOG_FORMAT", "text"), choices=("text", "json"),
+                   help="text (uvicorn's lines) or json (one object a line: time, level, logger, message, "
+                        "request_id; method, path, status on access lines). Default text")
     p.set_defaults(func=_serve)
 
 
@@ -74,19 +77,58 @@ def _serve(args) -> int:
         Settings()
     except ValidationError as exc:
         raise CliError("invalid setting: " + "; ".join(_describe(e) for e in exc.errors())) from None
-    # The service's own loggers ("simsearch.*": ready, not ready, errors) go where uvicorn's go, at the same
-    # level; without this only their warnings would reach stderr, unformatted.
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["simsearch"] = {"handlers": ["default"], "level": args.log_level.upper(), "propagate": False}
-    # Each request's id (X-Request-ID, from the gateway or made here) on its access log line.
-    log_config["filters"] = {"request_id": {"()": "app.RequestIdLogFilter"}}
-    for handler in log_config["handlers"].values():
-        handler["filters"] = ["request_id"]
-    log_config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
     uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-                log_config=log_config, proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-                timeout_graceful_shutdown=10)
+                log_config=_log_config(args.log_level, args.log_format), proxy_headers=True,
+                forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"), timeout_graceful_shutdown=10)
     return 0
+
+
+def _log_config(level: str, fmt: str) -> dict:
+    """uvicorn's logging config, with the service's own loggers and each request's id added; in JSON
+    when fmt is "json" (one object a line, for log shippers)."""
+    import logging
+
+    import uvicorn
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    # The service's loggers ("simsearch.*": ready, not ready, errors; "index": opening, snapshots, a full
+    # disk) and Python's warnings go where uvicorn's go, at the same level; without this only their
+    # warnings would reach stderr, unformatted.
+    for name in ("simsearch", "index", "py.warnings"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    logging.captureWarnings(True)
+    # Each request's id (X-Request-ID, from the gateway or made here) on its log lines.
+    config["filters"] = {"request_id": {"()": "app.RequestIdLogFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["request_id"]
+    if fmt == "json":
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": "cli._serve._json_formatter"}
+    else:
+        config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
+    return config
+
+
+def _json_formatter():
+    """A python-json-logger formatter: time, level, logger, message, request_id (inside a request), the
+    traceback as exc_info, and for access lines client, method, path, http_version and status."""
+    import logging
+
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
+    class AccessJsonFormatter(JsonFormatter):
+        def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+            super().add_fields(log_data, record, message_dict)
+            if log_data.get("request_id") == "-":  # not logged inside a request
+                del log_data["request_id"]
+            if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+                client, method, path, version, status = record.args
+                log_data.update(client=client, method=method, path=path, http_version=version, status=int(status))
+
+    return AccessJsonFormatter(["asctime", "levelname", "name", "message"], datefmt="%Y-%m-%dT%H:%M:%S%z",
+                               rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                               reserved_attrs=[*RESERVED_ATTRS, "color_message"], json_ensure_ascii=False)
 
 
 def _describe(error: dict) -> str:

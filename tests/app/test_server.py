@@ -433,3 +433,29 @@ def test_api_keys_rotate_without_a_restart_by_editing_the_key_file(hybrid1_artif
         assert "old-key" not in log and "new-key" not in log
     finally:
         stop_server(live)
+
+
+def test_json_logs_are_one_object_a_line_with_the_request_fields(hybrid1_artifact, tmp_path):
+    """--log-format json: every line the server writes is a JSON object (startup, the index's own
+    lines, access lines, shutdown); access lines carry method, path, status and the request id."""
+    from .conftest import start_server, stop_server
+
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_LOG_FORMAT": "json"}, tmp_path, ["--log-level", "info"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.post("/search?k=1", files=[upload(png(3))], headers={"X-Request-ID": "json-1"}).status_code == 200
+            assert c.get("/index/absent", headers={"X-Request-ID": "json-2"}).status_code == 404
+    finally:
+        stop_server(live)
+    records = [json.loads(line) for line in live.log.read_text().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    by_id = {r["request_id"]: r for r in records if "request_id" in r}
+    assert by_id["json-1"] | {"time": None} == {
+        "time": None, "level": "INFO", "logger": "uvicorn.access", "message": by_id["json-1"]["message"],
+        "request_id": "json-1", "client": by_id["json-1"]["client"], "method": "POST", "path": "/search?k=1",
+        "http_version": "1.1", "status": 200}
+    assert by_id["json-2"]["status"] == 404 and by_id["json-2"]["path"] == "/index/absent"
+    loggers = {r["logger"] for r in records}
+    assert {"uvicorn.error", "uvicorn.access", "simsearch.app", "index"} <= loggers
+    assert any(r["logger"] == "simsearch.app" and r["message"].startswith("ready in") for r in records)
