@@ -44,6 +44,16 @@ def noise_png(rng: np.random.Generator, size: int = 128) -> bytes:
     return buf.getvalue()
 
 
+def noise_folder(root: Path, n: int, seed: int) -> Path:
+    """An ImageFolder `root` with n noise PNGs in its class folder `noise` (1,000 take about 12 MB as a
+    gallery); returns root."""
+    (root / "noise").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        (root / "noise" / f"{i:03d}.png").write_bytes(noise_png(rng))
+    return root
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real disk that fills, without root: (the mount point of a 16 MB tmpfs holding an 8 MB file

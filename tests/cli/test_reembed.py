@@ -227,16 +227,12 @@ def test_reembed_onto_a_full_disk_stops_with_one_line_and_the_same_command_finis
     import subprocess
     import sys
 
-    from tests.conftest import noise_png
+    from tests.conftest import noise_folder
 
     mount, inside = small_disk
-    photos = tmp_path / "photos" / "noise"
-    photos.mkdir(parents=True)
-    rng = np.random.default_rng(4)
-    for i in range(1000):
-        (photos / f"{i:03d}.png").write_bytes(noise_png(rng))
+    photos = noise_folder(tmp_path / "photos", 1000, seed=4)
     data = str(tmp_path / "data")
-    assert main(["index", "build", str(photos.parent), "--data", data, "--model", str(hybrid1_artifact)]) == 0
+    assert main(["index", "build", str(photos), "--data", data, "--model", str(hybrid1_artifact)]) == 0
     reembed = [*inside, sys.executable, "-m", "cli", "index", "reembed", str(mount / "new"), "--data", data,
                "--model", str(NEW), "--batch-size", "32"]
     first = subprocess.run(reembed, capture_output=True, text=True, timeout=300, cwd=REPO)

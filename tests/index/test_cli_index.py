@@ -199,17 +199,11 @@ def test_build_on_a_full_disk_stops_with_one_line_and_resumes_once_space_is_free
     import subprocess
     import sys
 
-    import numpy as np
-
-    from ..conftest import noise_png
+    from ..conftest import noise_folder
 
     mount, inside = small_disk
-    photos = tmp_path / "photos" / "noise"
-    photos.mkdir(parents=True)
-    rng = np.random.default_rng(3)
-    for i in range(1000):
-        (photos / f"{i:03d}.png").write_bytes(noise_png(rng))
-    build = [*inside, str(Path(sys.executable).parent / "simsearch"), "index", "build", str(photos.parent),
+    photos = noise_folder(tmp_path / "photos", 1000, seed=3)
+    build = [*inside, str(Path(sys.executable).parent / "simsearch"), "index", "build", str(photos),
              "--data", str(mount / "data"), "--model", str(hybrid1_artifact), "--batch-size", "16"]
     first = subprocess.run(build, capture_output=True, text=True, timeout=300)
     assert first.returncode == 2, first.stdout + first.stderr
