@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(s, model=False)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
+
+    c = isub.add_parser("check", help="look the index over for damage (safe while the service serves it)",
+                        description="Read the whole index and report damage: SQLite's quick_check, every item's "
+                                    "vector (length, finite, unit norm), label and metadata, the FAISS snapshot's "
+                                    "checksum, and with --thumbnails every thumbnail decoded. Reads only, so it is "
+                                    "safe while `simsearch serve` runs on DATA. Exit status 1 when anything is "
+                                    "damaged.")
+    _common(c, model=False)
+    c.add_argument("--thumbnails", action="store_true", help="also decode every stored thumbnail (slower)")
+    c.set_defaults(func=_check)
 
     k = isub.add_parser("backup", help="copy the index, consistently, while the service keeps serving it",
                         description="Copy the gallery (ids, vectors, labels, metadata, thumbnails) as it is at one "
@@ -310,6 +321,47 @@ def _stats(args) -> int:
         for label, n in info["labels"].items():
             print(f"  {label:<{width}}  {n}")
     return 0
+
+
+def _check(args) -> int:
+    import index
+
+    path = Path(args.data) / "index"
+    try:
+        reader = index.StoreReader(path)
+    except index.StoreError as exc:
+        raise CliError(str(exc)) from None
+    with reader:
+        found = reader.check()
+        bad_thumbs = _check_thumbnails(reader) if args.thumbnails else []
+    problems = found.problems + bad_thumbs[:50]
+    for note in found.notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"damaged: {problem}")
+    checked = f"{found.items} items ({reader.model_id}, dim {reader.dim}) in {path}"
+    if not problems:
+        print(f"ok: checked {checked}" + (", thumbnails decoded" if args.thumbnails else ""))
+        return 0
+    print(f"{found.damaged + len(bad_thumbs)} damaged of {checked}" + (" (first 50 listed)" if
+          found.damaged + len(bad_thumbs) > len(problems) else "") + ". Damaged items can be deleted "
+          f"(`simsearch index delete ID ... --data {args.data} --yes`, or over HTTP) and added again from their images; a damaged snapshot is "
+          "rebuilt by the next start; for SQLite damage restore a backup (docs/index.md)")
+    return 1
+
+
+def _check_thumbnails(reader) -> list[str]:
+    """A problem line for every stored thumbnail Pillow cannot decode."""
+    from PIL import Image
+
+    bad = []
+    for id_, data in reader.thumbnails():
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as exc:  # noqa: BLE001  (any decoder failure is damage to report)
+            bad.append(f"item {id_!r}: its thumbnail does not decode ({type(exc).__name__}: {exc})")
+    return bad
 
 
 def _backup(args) -> int:

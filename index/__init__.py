@@ -4,13 +4,14 @@
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
     backup(path, dest)   # a consistent copy while another process serves the store
     StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
+    StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
                       StorageError, StoreCorruptError, StoreError, StoreLockedError)
 from ._faiss import PRESETS
-from ._reader import Row, StoreReader
+from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._store import Store
 from ._types import Hit, Item, StoreConfig
@@ -18,7 +19,7 @@ from ._types import Hit, Item, StoreConfig
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
+    "Check", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreReader", "Row", "backup", "check_where",
 ]

@@ -299,28 +299,8 @@ def read_snapshot(path: Path) -> Snapshot:
     """
     try:
         with open(path, "rb") as f:
-            raw = f.read(_HEADER.size)
-            if len(raw) < _HEADER.size:
-                raise SnapshotError(f"truncated header ({len(raw)} bytes)")
-            magic, hlen, plen, crc = _HEADER.unpack(raw)
-            if magic != _MAGIC:
-                raise SnapshotError(f"not a snapshot (magic {magic!r})")
-            head = f.read(hlen)
-            start = f.tell()
-            have = os.fstat(f.fileno()).st_size - start
-            if len(head) != hlen or have < plen:
-                raise SnapshotError(f"truncated: {len(head) + max(have, 0) + _HEADER.size} of "
-                                    f"{hlen + plen + _HEADER.size} bytes")
-            actual, left = zlib.crc32(head), plen
-            while left:
-                chunk = f.read(min(left, _CHUNK))
-                if not chunk:
-                    raise SnapshotError(f"truncated: payload ends {left} bytes early")
-                actual, left = zlib.crc32(chunk, actual), left - len(chunk)
-            if actual != crc:
-                raise SnapshotError("checksum mismatch (corrupt)")
+            meta, start, plen = _verify(f)
             try:
-                meta = json.loads(head)
                 f.seek(start)
                 index = faiss.read_index(faiss.PyCallbackIOReader(_bounded_reader(f, plen), _CHUNK))
             except SnapshotError:
@@ -332,6 +312,44 @@ def read_snapshot(path: Path) -> Snapshot:
     if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIVF)):
         raise SnapshotError(f"unexpected index type {type(index).__name__}")
     return Snapshot(int(meta["seq"]), meta, index)
+
+
+def verify_snapshot(path: Path) -> dict:
+    """The snapshot's header (seq, ntotal, model_id...) once its checksum is verified, without decoding
+    the index; SnapshotError says what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            return _verify(f)[0]
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc}") from None
+
+
+def _verify(f) -> tuple[dict, int, int]:
+    """Check header, lengths and checksum in one streaming pass: (header, payload offset, payload length)."""
+    raw = f.read(_HEADER.size)
+    if len(raw) < _HEADER.size:
+        raise SnapshotError(f"truncated header ({len(raw)} bytes)")
+    magic, hlen, plen, crc = _HEADER.unpack(raw)
+    if magic != _MAGIC:
+        raise SnapshotError(f"not a snapshot (magic {magic!r})")
+    head = f.read(hlen)
+    start = f.tell()
+    have = os.fstat(f.fileno()).st_size - start
+    if len(head) != hlen or have < plen:
+        raise SnapshotError(f"truncated: {len(head) + max(have, 0) + _HEADER.size} of "
+                            f"{hlen + plen + _HEADER.size} bytes")
+    actual, left = zlib.crc32(head), plen
+    while left:
+        chunk = f.read(min(left, _CHUNK))
+        if not chunk:
+            raise SnapshotError(f"truncated: payload ends {left} bytes early")
+        actual, left = zlib.crc32(chunk, actual), left - len(chunk)
+    if actual != crc:
+        raise SnapshotError("checksum mismatch (corrupt)")
+    try:
+        return json.loads(head), start, plen
+    except ValueError as exc:
+        raise SnapshotError(f"cannot decode its header: {exc}") from None
 
 
 _CHUNK = 1 << 22

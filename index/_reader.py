@@ -6,12 +6,16 @@ never block that process's writes. Each call reads the store as it is at that ca
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
-from . import _db
+import numpy as np
+
+from . import _db, _faiss
 from ._errors import StoreError
-from ._store import _row_to_item
+from ._store import SNAPSHOT_NAME, _row_to_item
 from ._types import Item
 
 
@@ -22,6 +26,24 @@ class Row(NamedTuple):
     seq: int
     label: str | None
     metadata_json: str
+
+
+_MAX_LISTED = 50  # problems listed by a check (all are counted)
+
+
+@dataclass
+class Check:
+    """What StoreReader.check found: `problems` (damage, each naming the item or file; at most 50
+    listed), `damaged` (how many item problems in all), `notes` (states that are not damage)."""
+
+    items: int = 0
+    damaged: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class StoreReader:
@@ -70,6 +92,79 @@ class StoreReader:
                 item = found[row[0]] = _row_to_item(row, self.dim)
                 item.thumbnail = None if thumb is None else bytes(thumb)
         return [found.get(i) for i in ids]
+
+    def thumbnails(self) -> Iterator[tuple[str, bytes]]:
+        """(id, the stored bytes) of every thumbnail, whatever state the item's other fields are in."""
+        cur = self._conn.execute("SELECT id, data FROM thumbnails")
+        while rows := cur.fetchmany(500):
+            yield from ((id_, bytes(data)) for id_, data in rows)
+
+    def check(self) -> Check:
+        """Look over the whole store for damage, reading only (safe while a service serves it): SQLite's
+        quick_check, the record (last_seq not behind any item), every item's vector (its length, finite,
+        of unit norm: a flipped bit shows there, as SQLite keeps no checksums of its own), label and
+        metadata, and the FAISS snapshot's checksum and place. Each problem names the item or file."""
+        conn, out = self._conn, Check()
+        out.problems += [f"SQLite: {row[0]}" for row in conn.execute("PRAGMA quick_check")
+                         if row[0] != "ok"][:_MAX_LISTED]
+        conn.execute("BEGIN")  # one moment of the store, whatever a serving process writes meanwhile
+        try:
+            last_seq = int(_db.get_meta(conn).get("last_seq", 0))
+            cur = conn.execute("SELECT id, seq, vector, label, metadata FROM items ORDER BY seq")
+            while rows := cur.fetchmany(4096):
+                out.items += len(rows)
+                self._check_rows(rows, last_seq, out)
+        finally:
+            conn.execute("COMMIT")
+        snap = self.path / SNAPSHOT_NAME
+        if not snap.exists():
+            out.notes.append("no snapshot: the next start builds the index from the database")
+        else:
+            try:
+                head = _faiss.verify_snapshot(snap)
+            except _faiss.SnapshotError as exc:
+                out.problems.append(f"snapshot {snap}: {exc} (the next start moves it aside and rebuilds "
+                                    "from the database; nothing is lost)")
+            else:
+                behind = last_seq - int(head["seq"])
+                if behind < 0:
+                    out.problems.append(f"snapshot {snap} is at write {head['seq']}, beyond the database's "
+                                        f"{last_seq}: the database lost acknowledged writes (restored from an "
+                                        "older copy?)")
+                elif behind:
+                    out.notes.append(f"snapshot at write {head['seq']}, {behind} writes behind the database "
+                                     "(replayed at the next start)")
+        return out
+
+    def _check_rows(self, rows: list, last_seq: int, out: Check) -> None:
+        def problem(text: str) -> None:
+            out.damaged += 1
+            if len(out.problems) < _MAX_LISTED:
+                out.problems.append(text)
+
+        good = [r for r in rows if isinstance(r[2], bytes) and len(r[2]) == 4 * self.dim]
+        for id_, _seq, vec, _label, _meta in rows:
+            if not (isinstance(vec, bytes) and len(vec) == 4 * self.dim):
+                problem(f"item {id_!r}: its vector has {len(vec) if isinstance(vec, bytes) else 0} bytes, "
+                        f"not {4 * self.dim} ({self.dim} float32)")
+        if good:
+            vecs = np.frombuffer(b"".join(r[2] for r in good), dtype=np.float32).reshape(len(good), self.dim)
+            finite = np.isfinite(vecs).all(axis=1)
+            with np.errstate(invalid="ignore"):
+                norms = np.linalg.norm(vecs.astype(np.float64), axis=1)  # float64: a 1e38 component squares
+            for i in np.flatnonzero(~finite | (np.abs(norms - 1) > 1e-3)):
+                what = "holds NaN or infinity" if not finite[i] else f"has norm {norms[i]:.6g}, not 1"
+                problem(f"item {good[i][0]!r}: its vector {what}")
+        for id_, seq, _vec, label, meta in rows:
+            if seq > last_seq:
+                problem(f"item {id_!r}: written at {seq}, after the store's last write {last_seq}")
+            if label is not None and not isinstance(label, str):
+                problem(f"item {id_!r}: its label is a {type(label).__name__}, not text")
+            try:
+                if not isinstance(json.loads(meta), dict):
+                    raise ValueError("not a JSON object")
+            except (TypeError, ValueError) as exc:
+                problem(f"item {id_!r}: its metadata is unreadable ({exc})")
 
     def close(self) -> None:
         """Release the database connection."""

@@ -217,3 +217,40 @@ def test_build_on_a_full_disk_stops_with_one_line_and_resumes_once_space_is_free
     assert "already indexed" in second.stdout and "the index holds 1000 items" in second.stdout
     held = int(second.stdout.split(" images in ")[1].split(": ")[1].split(" already")[0])
     assert 0 < held < 1000  # the first run kept what it had committed
+
+
+def test_check_names_each_damaged_item_and_the_snapshot_and_passes_a_sound_index(gallery_tar, hybrid1_artifact,
+                                                                                 tmp_path, capsys):
+    """`index check` on real damage, made in the files as a failing disk would: a flipped bit in a vector,
+    a cut vector, metadata that is not JSON, a thumbnail of garbage, a truncated snapshot."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    assert main(["index", "build", str(gallery_tar), "--data", str(data), "--model", str(hybrid1_artifact)]) == 0
+    assert main(["index", "check", "--data", str(data), "--thumbnails"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: checked 24 items (hybrid1-test@" in out and "thumbnails decoded" in out
+
+    db = sqlite3.connect(data / "index" / "store.sqlite3")
+    (v,), = db.execute("SELECT vector FROM items WHERE id = 'cifar10-jpeg/test/cat/0001.jpg'")
+    flipped = bytearray(v)
+    flipped[3] ^= 0x40  # the exponent's top bit of the first component: 1e38-scale
+    db.execute("UPDATE items SET vector = ? WHERE id = 'cifar10-jpeg/test/cat/0001.jpg'", (bytes(flipped),))
+    db.execute("UPDATE items SET vector = substr(vector, 1, 100) WHERE id = 'cifar10-jpeg/test/dog/0002.jpg'")
+    db.execute("UPDATE items SET metadata = '{\"width\": 3' WHERE id = 'cifar10-jpeg/test/ship/0003.jpg'")
+    db.execute("UPDATE thumbnails SET data = ? WHERE id = 'cifar10-jpeg/test/ship/0004.jpg'", (b"\xff\xd8\xff" + bytes(200),))
+    db.commit()
+    db.close()
+    snap = data / "index" / "index.snapshot"
+    snap.write_bytes(snap.read_bytes()[:-10])
+
+    assert main(["index", "check", "--data", str(data), "--thumbnails"]) == 1
+    out = capsys.readouterr().out
+    damaged = [ln for ln in out.splitlines() if ln.startswith("damaged: ")]
+    assert len(damaged) == 5, out
+    assert "item 'cifar10-jpeg/test/cat/0001.jpg': its vector has norm" in out
+    assert "item 'cifar10-jpeg/test/dog/0002.jpg': its vector has 100 bytes" in out
+    assert "item 'cifar10-jpeg/test/ship/0003.jpg': its metadata is unreadable" in out
+    assert "item 'cifar10-jpeg/test/ship/0004.jpg': its thumbnail does not decode" in out
+    assert "index.snapshot: truncated" in out and "rebuilds from the database" in out
+    assert out.strip().splitlines()[-1].startswith("4 damaged of 24 items")
