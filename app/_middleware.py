@@ -230,17 +230,18 @@ class KeyRing:
         self._next_check = now + self.CHECK_EVERY
         try:
             st = self.file.stat()
-            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if seen == self._seen:
-                return
-            keys = parse_keys(self.file.read_text())
+            seen: tuple = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError as exc:
-            seen, keys, why = None, [], f"unreadable ({exc.strerror})"
-        else:
-            why = "empty"
-        if seen is not None and seen == self._seen:
+            seen = ("unreadable", exc.strerror)
+        if seen == self._seen:  # unchanged, or still missing: said once
             return
         self._seen = seen
+        keys, why = [], f"unreadable ({seen[1]})"
+        if seen[0] != "unreadable":
+            try:
+                keys, why = parse_keys(self.file.read_text()), "empty"
+            except OSError as exc:
+                why = f"unreadable ({exc.strerror})"
         if not keys:
             log.error("API key file %s is %s: keeping the %d keys read before", self.file, why, len(self.digests))
             return

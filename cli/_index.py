@@ -333,35 +333,34 @@ def _check(args) -> int:
         raise CliError(str(exc)) from None
     with reader:
         found = reader.check()
-        bad_thumbs = _check_thumbnails(reader) if args.thumbnails else []
-    problems = found.problems + bad_thumbs[:50]
+        if args.thumbnails:
+            _check_thumbnails(reader, found)
     for note in found.notes:
         print(f"note: {note}")
-    for problem in problems:
+    for problem in found.problems:
         print(f"damaged: {problem}")
     checked = f"{found.items} items ({reader.model_id}, dim {reader.dim}) in {path}"
-    if not problems:
+    if found.ok:
         print(f"ok: checked {checked}" + (", thumbnails decoded" if args.thumbnails else ""))
         return 0
-    print(f"{found.damaged + len(bad_thumbs)} damaged of {checked}" + (" (first 50 listed)" if
-          found.damaged + len(bad_thumbs) > len(problems) else "") + ". Damaged items can be deleted "
-          f"(`simsearch index delete ID ... --data {args.data} --yes`, or over HTTP) and added again from their images; a damaged snapshot is "
-          "rebuilt by the next start; for SQLite damage restore a backup (docs/index.md)")
+    listed = " (first 50 listed)" if found.damaged > len(found.problems) else ""
+    print(f"{found.damaged} problems{listed} in {checked}"
+          + f". Damaged items can be deleted (`simsearch index delete ID ... --data {args.data} --yes`, or "
+          "over HTTP) and added again from their images; a damaged snapshot is rebuilt by the next start; "
+          "for SQLite damage restore a backup (docs/index.md)")
     return 1
 
 
-def _check_thumbnails(reader) -> list[str]:
-    """A problem line for every stored thumbnail Pillow cannot decode."""
+def _check_thumbnails(reader, found) -> None:
+    """Add to `found` (index.Check) every stored thumbnail Pillow cannot decode."""
     from PIL import Image
 
-    bad = []
     for id_, data in reader.thumbnails():
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
         except Exception as exc:  # noqa: BLE001  (any decoder failure is damage to report)
-            bad.append(f"item {id_!r}: its thumbnail does not decode ({type(exc).__name__}: {exc})")
-    return bad
+            found.add(f"item {id_!r}: its thumbnail does not decode ({type(exc).__name__}: {exc})")
 
 
 def _backup(args) -> int:

@@ -34,7 +34,7 @@ _MAX_LISTED = 50  # problems listed by a check (all are counted)
 @dataclass
 class Check:
     """What StoreReader.check found: `problems` (damage, each naming the item or file; at most 50
-    listed), `damaged` (how many item problems in all), `notes` (states that are not damage)."""
+    listed), `damaged` (how many problems in all), `notes` (states that are not damage)."""
 
     items: int = 0
     damaged: int = 0
@@ -44,6 +44,12 @@ class Check:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, problem: str) -> None:
+        """Count a problem; list it while fewer than 50 are."""
+        self.damaged += 1
+        if len(self.problems) < _MAX_LISTED:
+            self.problems.append(problem)
 
 
 class StoreReader:
@@ -105,8 +111,9 @@ class StoreReader:
         of unit norm: a flipped bit shows there, as SQLite keeps no checksums of its own), label and
         metadata, and the FAISS snapshot's checksum and place. Each problem names the item or file."""
         conn, out = self._conn, Check()
-        out.problems += [f"SQLite: {row[0]}" for row in conn.execute("PRAGMA quick_check")
-                         if row[0] != "ok"][:_MAX_LISTED]
+        for (line,) in conn.execute("PRAGMA quick_check"):
+            if line != "ok":
+                out.add(f"SQLite: {line}")
         conn.execute("BEGIN")  # one moment of the store, whatever a serving process writes meanwhile
         try:
             last_seq = int(_db.get_meta(conn).get("last_seq", 0))
@@ -123,29 +130,26 @@ class StoreReader:
             try:
                 head = _faiss.verify_snapshot(snap)
             except _faiss.SnapshotError as exc:
-                out.problems.append(f"snapshot {snap}: {exc} (the next start moves it aside and rebuilds "
-                                    "from the database; nothing is lost)")
+                out.add(f"snapshot {snap}: {exc} (the next start moves it aside and rebuilds from the "
+                        "database; nothing is lost)")
             else:
+                # read after the snapshot: a serving process may have written and snapshotted since the
+                # items were read, and a sound database is never behind a snapshot taken before it is read
+                last_seq = int(_db.get_meta(conn).get("last_seq", 0))
                 behind = last_seq - int(head["seq"])
                 if behind < 0:
-                    out.problems.append(f"snapshot {snap} is at write {head['seq']}, beyond the database's "
-                                        f"{last_seq}: the database lost acknowledged writes (restored from an "
-                                        "older copy?)")
+                    out.add(f"snapshot {snap} is at write {head['seq']}, beyond the database's {last_seq}: "
+                            "the database lost acknowledged writes (restored from an older copy?)")
                 elif behind:
                     out.notes.append(f"snapshot at write {head['seq']}, {behind} writes behind the database "
                                      "(replayed at the next start)")
         return out
 
     def _check_rows(self, rows: list, last_seq: int, out: Check) -> None:
-        def problem(text: str) -> None:
-            out.damaged += 1
-            if len(out.problems) < _MAX_LISTED:
-                out.problems.append(text)
-
         good = [r for r in rows if isinstance(r[2], bytes) and len(r[2]) == 4 * self.dim]
         for id_, _seq, vec, _label, _meta in rows:
             if not (isinstance(vec, bytes) and len(vec) == 4 * self.dim):
-                problem(f"item {id_!r}: its vector has {len(vec) if isinstance(vec, bytes) else 0} bytes, "
+                out.add(f"item {id_!r}: its vector has {len(vec) if isinstance(vec, bytes) else 0} bytes, "
                         f"not {4 * self.dim} ({self.dim} float32)")
         if good:
             vecs = np.frombuffer(b"".join(r[2] for r in good), dtype=np.float32).reshape(len(good), self.dim)
@@ -154,17 +158,17 @@ class StoreReader:
                 norms = np.linalg.norm(vecs.astype(np.float64), axis=1)  # float64: a 1e38 component squares
             for i in np.flatnonzero(~finite | (np.abs(norms - 1) > 1e-3)):
                 what = "holds NaN or infinity" if not finite[i] else f"has norm {norms[i]:.6g}, not 1"
-                problem(f"item {good[i][0]!r}: its vector {what}")
+                out.add(f"item {good[i][0]!r}: its vector {what}")
         for id_, seq, _vec, label, meta in rows:
             if seq > last_seq:
-                problem(f"item {id_!r}: written at {seq}, after the store's last write {last_seq}")
+                out.add(f"item {id_!r}: written at {seq}, after the store's last write {last_seq}")
             if label is not None and not isinstance(label, str):
-                problem(f"item {id_!r}: its label is a {type(label).__name__}, not text")
+                out.add(f"item {id_!r}: its label is a {type(label).__name__}, not text")
             try:
                 if not isinstance(json.loads(meta), dict):
                     raise ValueError("not a JSON object")
             except (TypeError, ValueError) as exc:
-                problem(f"item {id_!r}: its metadata is unreadable ({exc})")
+                out.add(f"item {id_!r}: its metadata is unreadable ({exc})")
 
     def close(self) -> None:
         """Release the database connection."""

@@ -253,4 +253,4 @@ def test_check_names_each_damaged_item_and_the_snapshot_and_passes_a_sound_index
     assert "item 'cifar10-jpeg/test/ship/0003.jpg': its metadata is unreadable" in out
     assert "item 'cifar10-jpeg/test/ship/0004.jpg': its thumbnail does not decode" in out
     assert "index.snapshot: truncated" in out and "rebuilds from the database" in out
-    assert out.strip().splitlines()[-1].startswith("4 damaged of 24 items")
+    assert out.strip().splitlines()[-1].startswith("5 problems in 24 items")
