@@ -619,3 +619,32 @@ def test_a_reader_lists_and_reads_items_while_the_store_is_open_for_writing(open
         assert reader.items(["b"], thumbnails=False)[0].thumbnail is None
     with pytest.raises(StoreError, match="no store at"):
         StoreReader(tmp_path / "elsewhere")
+
+
+def test_a_check_beside_a_writer_that_snapshots_finds_nothing_wrong(tmp_path):
+    """StoreReader.check while another thread writes and snapshots every few writes: never a false
+    alarm (a snapshot newer than the items the check read is not damage)."""
+    import threading
+
+    from index import StoreReader
+
+    store = Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id="m@0", snapshot_every=5))
+    rng = np.random.default_rng(4)
+    store.upsert([Item(f"w{i}", v) for i, v in enumerate(unit(rng, 20))])
+    done = threading.Event()
+
+    def write() -> None:
+        for n in range(300):
+            store.upsert([Item(f"x{n}", unit(rng, 1)[0])])
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    checks = []
+    with StoreReader(tmp_path / "store") as reader:
+        while not done.is_set() or not checks:
+            checks.append(reader.check())
+    writer.join()
+    store.close()
+    assert len(checks) > 1 and all(c.ok for c in checks), [c.problems for c in checks if not c.ok][:1]
+    assert checks[-1].items >= 20
