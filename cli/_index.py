@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 from ._errors import CliError
 
@@ -107,8 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--yes", action="store_true", help="delete (otherwise only count what would go)")
     d.set_defaults(func=_delete)
 
-    q = sub.add_parser("search", help="print the nearest gallery images of an image")
-    q.add_argument("image", help="query image file")
+    q = sub.add_parser("search", help="print the nearest gallery images of an image (or of many)",
+                       description="Search the index with one query image, or with many: several files, folders "
+                                   "(searched recursively) or tars of images, embedded in batches. With several "
+                                   "queries, --json prints one JSON object a line ({\"query\", \"label\", "
+                                   "\"results\"}), and where the queries sit in class folders (ImageFolder) the "
+                                   "share whose nearest neighbour has the query's label is reported.")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
     _common(q, model=True)
     q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
     q.add_argument("--label", help="only neighbours with this label")
@@ -440,43 +447,101 @@ def _delete(args) -> int:
 
 
 def _search(args) -> int:
-    import json
-
-    from PIL import Image, UnidentifiedImageError
+    import numpy as np
 
     import index
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
     where = _where_arg(args.where)  # before the model loads
-    try:
-        with Image.open(args.image) as im:
-            im.load()
-            embedder = _embedder(args.model)
-            vec = embedder.embed([im])
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise CliError(f"cannot read image {args.image}: {exc}") from None
+    queries, tars = _queries(args.images)
+    single = len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0]))
+    embedder = _embedder(args.model)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder)
+    agree = labelled = failed = 0
     try:
-        hits = store.search(vec, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
-                            where=where)[0]
-        if pddm is not None:
-            hits = _rerank(store, pddm, vec[0], hits, args.k)
+        for start in range(0, len(queries), 256):
+            chunk, arrays = [], []
+            for name, label, read in queries[start:start + 256]:
+                try:
+                    arrays.append(_decode(read(), embedder, False)[0])
+                    chunk.append((name, label))
+                except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
+                    if single:
+                        raise CliError(f"cannot read image {name}: {exc}") from None
+                    failed += 1
+                    print(f"skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if not chunk:
+                continue
+            vecs = embedder.embed_arrays(np.stack(arrays))
+            found = store.search(vecs, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
+                                 where=where)
+            for (name, label), vec, hits in zip(chunk, vecs, found):
+                if pddm is not None:
+                    hits = _rerank(store, pddm, vec, hits, args.k)
+                if label is not None:
+                    labelled += 1
+                    agree += bool(hits) and hits[0].label == label
+                _print_hits(name, label, hits, args, single, pddm is not None)
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     finally:
         store.close()
+        for tf in tars:
+            tf.close()
+    if labelled and not args.json:
+        print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) have a nearest neighbour of "
+              f"that label")
+    if failed:
+        print(f"{failed} of {len(queries)} queries could not be read", file=sys.stderr)
+    return 1 if failed == len(queries) else 0
+
+
+def _print_hits(name: str, label: str | None, hits: list, args, single: bool, reranked: bool) -> None:
+    import json
+
     if args.json:
-        print(json.dumps([h.__dict__ for h in hits], indent=2))
-        return 0
-    if pddm is not None:
+        rows = [h.__dict__ for h in hits]
+        print(json.dumps(rows, indent=2) if single else json.dumps({"query": name, "label": label, "results": rows}))
+        return
+    if not single:
+        print(f"{name}" + (f"  (label {label})" if label is not None else ""))
+    if reranked:
         print(f"re-ranked the {args.rerank} nearest candidates with the PDDM head")
     if not hits:
         print("no neighbours")
     for rank, h in enumerate(hits, 1):
         print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
-    return 0
+
+
+def _is_tar(path: Path) -> bool:
+    import tarfile
+
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+def _queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[], bytes]]], list]:
+    """(name, label, read) of each query: a file as given (no label), or every image in a folder or tar
+    with its class folder as label (ImageFolder); read() returns the bytes. Also the tars opened."""
+    out, tars = [], []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_file() and not _is_tar(path):
+            out.append((arg, None, path.read_bytes))
+            continue
+        if not path.exists():
+            raise CliError(f"cannot read image {arg}: no such file or folder")
+        ids, labels, tar = _scan(path, True)
+        if tar is None:
+            out += [(str(path / i), labels[i], (path / i).read_bytes) for i in ids]
+        else:
+            tf, members = tar
+            tars.append(tf)
+            out += [(f"{arg}:{i}", labels[i], lambda m=members[i], tf=tf: tf.extractfile(m).read()) for i in ids]
+    if not out:
+        raise CliError(f"no query images in {' '.join(paths)}")
+    return out, tars
 
 
 def _reranker(embedder, n: int, k: int):

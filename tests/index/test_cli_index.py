@@ -254,3 +254,32 @@ def test_check_names_each_damaged_item_and_the_snapshot_and_passes_a_sound_index
     assert "item 'cifar10-jpeg/test/ship/0004.jpg': its thumbnail does not decode" in out
     assert "index.snapshot: truncated" in out and "rebuilds from the database" in out
     assert out.strip().splitlines()[-1].startswith("5 problems in 24 items")
+
+
+def test_search_with_a_folder_or_tar_of_labelled_queries_reports_each_and_the_label_agreement(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    """Many queries in one run: the gallery's own tar as queries (each finds itself, so its label), the
+    broken file skipped with its reason, JSON Lines with --json."""
+    data = tmp_path / "data"
+    args = ["--data", str(data), "--model", str(hybrid1_artifact)]
+    assert main(["index", "build", str(gallery_tar), *args]) == 0
+    capsys.readouterr()
+    assert main(["search", str(gallery_tar), *args, "-k", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped " in captured.err and "broken.jpg" in captured.err and "1 of 25 queries could not be read" in captured.err
+    assert f"{gallery_tar}:cifar10-jpeg/test/dog/0003.jpg  (label dog)" in captured.out
+    assert captured.out.strip().splitlines()[-1] == \
+        "24 of 24 queries with a label (1.000) have a nearest neighbour of that label"
+
+    folder = _extract(gallery_tar, tmp_path / "queries")
+    (folder / "test" / "cat" / "broken.jpg").unlink()
+    assert main(["search", str(folder / "test"), str(folder / "test" / "cat" / "0001.jpg"), *args,
+                 "-k", "3", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 25 and all(len(r["results"]) == 3 for r in lines)
+    single = lines[-1]
+    assert single["query"].endswith("cat/0001.jpg") and single["label"] is None
+    for r in lines[:-1]:  # each labelled by its class folder, each finding itself first
+        rel = Path(r["query"]).relative_to(folder / "test").as_posix()
+        assert r["label"] == rel.split("/")[0]
+        assert r["results"][0]["id"] == f"cifar10-jpeg/test/{rel}" and r["results"][0]["distance"] < 1e-3
