@@ -7,7 +7,6 @@ writer that keeps serving meanwhile.
 """
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -46,11 +45,10 @@ def backup(source: Path, dest: Path) -> dict:
             raise StoreError(f"the copy of {source} failed SQLite's integrity check: {check}")
         part.replace(dest / _db.DB_NAME)  # only a checked copy gets the name a store is opened by
     except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL:
+        if _db.disk_refusal(exc) != sqlite3.SQLITE_FULL:
             raise
-        raise StorageError(f"the disk holding {dest} is full ({shutil.disk_usage(dest).free / 1e6:.1f} MB free): "
-                           f"the copy needs about {src_db.stat().st_size / 1e6:.1f} MB; nothing was left there",
-                           full=True) from None
+        raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): the copy needs about "
+                           f"{src_db.stat().st_size / 1e6:.1f} MB; nothing was left there", full=True) from None
     finally:
         for leftover in (part, part.with_name(part.name + "-journal")):  # the journal of a failed copy too
             leftover.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import struct
 from pathlib import Path
@@ -48,6 +49,23 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
             f"store will not start on it; restore it from a backup or move it away to start empty"
         ) from None
     return conn
+
+
+def disk_refusal(exc: BaseException) -> int | None:
+    """SQLITE_FULL, SQLITE_IOERR or SQLITE_READONLY when `exc` is SQLite saying the disk refused a write
+    (SQLite has rolled it back); None for any other failure."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
+    if code is None or code & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+        return None
+    return code & 0xFF
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the disk holding `folder`, in words for an error message."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        return "free space unknown"
 
 
 def init_schema(conn: sqlite3.Connection) -> None:

@@ -146,10 +146,13 @@ class StoreReader:
         return out
 
     def _check_rows(self, rows: list, last_seq: int, out: Check) -> None:
-        good = [r for r in rows if isinstance(r[2], bytes) and len(r[2]) == 4 * self.dim]
-        for id_, _seq, vec, _label, _meta in rows:
-            if not (isinstance(vec, bytes) and len(vec) == 4 * self.dim):
-                out.add(f"item {id_!r}: its vector has {len(vec) if isinstance(vec, bytes) else 0} bytes, "
+        good = []
+        for row in rows:
+            vec = row[2]
+            if isinstance(vec, bytes) and len(vec) == 4 * self.dim:
+                good.append(row)
+            else:
+                out.add(f"item {row[0]!r}: its vector has {len(vec) if isinstance(vec, bytes) else 0} bytes, "
                         f"not {4 * self.dim} ({self.dim} float32)")
         if good:
             vecs = np.frombuffer(b"".join(r[2] for r in good), dtype=np.float32).reshape(len(good), self.dim)

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -480,17 +479,13 @@ class Store:
     def _refused_write(self, exc: BaseException) -> StorageError | None:
         """The StorageError to raise for a write the disk refused (full, read-only, I/O error), or None
         for any other failure. SQLite has rolled the write back: nothing of it was made."""
-        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
-        if code is None or code & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+        code = _db.disk_refusal(exc)
+        if code is None:
             return None
-        full = code & 0xFF == sqlite3.SQLITE_FULL
-        try:
-            free = f"{shutil.disk_usage(self._path).free / 1e6:.1f} MB free"
-        except OSError:
-            free = "free space unknown"
+        full = code == sqlite3.SQLITE_FULL
         what = "is full" if full else f"refused the write ({exc})"
-        return StorageError(f"the disk holding the index at {self._path} {what} ({free}): the write was "
-                            "rolled back, nothing changed", full=full)
+        return StorageError(f"the disk holding the index at {self._path} {what} ({_db.free_space(self._path)}): "
+                            "the write was rolled back, nothing changed", full=full)
 
     def _apply(self, new, deleted_ids: list[str], seq: int) -> None:
         """Make a committed write visible to searches, all at once (exclusive lock)."""
