@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, JSONResponse
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
-from ._schemas import DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
+from ._schemas import BatchSearchResponse, DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
 from ._service import Service
 from ._settings import Settings
 
@@ -61,6 +61,18 @@ def _search_body() -> dict[str, Any]:
         "type": "object", "required": ["vector"], "additionalProperties": False,
         "properties": {"vector": {"type": "array", "items": {"type": "number"},
                                   "description": "the model's dimension; normalised to unit length"}}}}
+    return spec
+
+
+def _batch_search_body() -> dict[str, Any]:
+    spec = _embed_body()
+    spec["requestBody"]["description"] = ("the query images as multipart `file` parts (or one image itself as "
+                                          'the body); or query vectors, as JSON {"vectors": [[...], ...]}')
+    spec["requestBody"]["content"]["application/json"] = {"schema": {
+        "type": "object", "required": ["vectors"], "additionalProperties": False,
+        "properties": {"vectors": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "items": {"type": "number"},
+            "description": "the model's dimension; normalised to unit length"}}}}}
     return spec
 
 
@@ -123,18 +135,38 @@ def _query_vector(body: bytes, dim: int) -> np.ndarray:
     if not isinstance(value, dict) or set(value) != {"vector"}:
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise ApiError(422, "invalid_vector", f'the JSON body must be {{"vector": [...]}} and nothing else, got {got}')
-    vec = value["vector"]
+    return _unit_vector(value["vector"], dim, "vector")[None]
+
+
+def _query_vectors(body: bytes, dim: int, max_count: int) -> np.ndarray:
+    """The `vectors` of a JSON batch search body, as an (n, dim) float32 array; 422 (413 for too many)
+    naming the vector that is wrong."""
+    value = _json(body, "invalid_vector", "the body")
+    if not isinstance(value, dict) or set(value) != {"vectors"}:
+        got = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ApiError(422, "invalid_vector",
+                       f'the JSON body must be {{"vectors": [[...], ...]}} and nothing else, got {got}')
+    vectors = value["vectors"]
+    if not isinstance(vectors, list) or not vectors:
+        raise ApiError(422, "invalid_vector", "vectors must be a non-empty list of vectors")
+    if len(vectors) > max_count:
+        raise ApiError(413, "too_many_vectors", f"{len(vectors)} vectors in one request; at most {max_count} "
+                                                "(SIMSEARCH_MAX_FILES_PER_REQUEST)")
+    return np.stack([_unit_vector(v, dim, f"vectors[{i}]") for i, v in enumerate(vectors)])
+
+
+def _unit_vector(vec: Any, dim: int, what: str) -> np.ndarray:
     if not isinstance(vec, list) or len(vec) != dim or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
         shape = f"a list of {len(vec)} values" if isinstance(vec, list) else type(vec).__name__
-        raise ApiError(422, "invalid_vector", f"vector must be a list of {dim} numbers (the model's dimension), "
+        raise ApiError(422, "invalid_vector", f"{what} must be a list of {dim} numbers (the model's dimension), "
                                               f"got {shape}")
     arr = np.asarray(vec, dtype=np.float64)
     scale = np.abs(arr).max()  # divided out first, so that no square overflows
     if not np.isfinite(scale) or scale == 0:
-        raise ApiError(422, "invalid_vector", "vector must have a finite, non-zero length")
+        raise ApiError(422, "invalid_vector", f"{what} must have a finite, non-zero length")
     arr /= scale
-    return (arr / np.linalg.norm(arr)).astype(np.float32)[None]
+    return (arr / np.linalg.norm(arr)).astype(np.float32)
 
 
 def _is_raw_image(media_type: str) -> bool:
@@ -300,6 +332,19 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     return np.stack(arrays), thumbs
 
 
+def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
+                   rerank: int | None, where: str | None) -> SearchParams:
+    """A search's query parameters, checked; 422 naming the one that is wrong."""
+    if rerank is not None:
+        if service.pddm is None:
+            raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
+                                                     "head; rerank needs an artifact trained with the PDDM")
+        if rerank < k:
+            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
+                                                     "of nearest candidates the PDDM re-orders")
+    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where))
+
+
 def _finite(x: float) -> float:
     x = float(x)
     return x if math.isfinite(x) else 0.0
@@ -359,15 +404,7 @@ async def search(request: Request,
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
     t0 = time.perf_counter()
     service = _service(request)
-    if rerank is not None:
-        if service.pddm is None:
-            raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
-                                                     "head; rerank needs an artifact trained with the PDDM")
-        if rerank < k:
-            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
-                                                     "of nearest candidates the PDDM re-orders")
-    label, where = _check_label(label), _check_where(where)
-    params = SearchParams(k, label, max_distance, rerank, where)
+    params = _search_params(service, k, label, max_distance, rerank, where)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":  # a vector: no image, no model; the store only
         vector = _query_vector(await _read_body(request), service.embedder.dim)
@@ -380,6 +417,46 @@ async def search(request: Request,
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
     return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": rerank is not None, "candidates": rerank})
+
+
+@router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],
+             summary="the k gallery items nearest to each of several images (or vectors), in one request",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_batch_search_body())
+async def batch_search(request: Request,
+                       k: int = Query(10, ge=1, le=1000, description="how many neighbours for each query"),
+                       label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
+                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                          description="only neighbours at most this far (0..2)"),
+                       rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
+    # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
+    # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
+    t0 = time.perf_counter()
+    service = _service(request)
+    params = _search_params(service, k, label, max_distance, rerank, where)
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":
+        vectors = _query_vectors(await _read_body(request), service.embedder.dim,
+                                 service.settings.max_files_per_request)
+        names: list[str | None] = [None] * len(vectors)
+        hits = await anyio.to_thread.run_sync(service.search, vectors, params)
+    else:
+        if _is_raw_image(media_type):
+            files, names = [("the body", await _read_body(request))], [None]
+        else:
+            form = await _read_form(request, {"file"})
+            try:
+                files = await _file_parts(form)
+                names = [part.filename or None for part in form.getlist("file")]  # type: ignore[union-attr]
+            finally:
+                await form.close()
+        # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
+        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files), params)
+    return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found]}
+                                     for n, found in zip(names, hits)],
+                         "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": rerank is not None, "candidates": rerank})
 
 

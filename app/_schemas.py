@@ -25,6 +25,20 @@ class SearchResponse(BaseModel):
     candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
 
 
+class QueryResults(BaseModel):
+    name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` part")
+    results: list[Hit] = Field(description="nearest first")
+
+
+class BatchSearchResponse(BaseModel):
+    queries: list[QueryResults] = Field(description="one per query image or vector, in the order sent")
+    k: int
+    took_ms: float = Field(description="time spent on the request in the server, milliseconds")
+    model: str = Field(description="the model that embedded the queries (name@sha12)")
+    reranked: bool = Field(False, description="whether the PDDM head re-ordered the candidates")
+    candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
+
+
 class EmbedResponse(BaseModel):
     model: str = Field(description="the model that embedded the images (name@sha12)")
     dimension: int

@@ -9,7 +9,8 @@ started on a free 127.0.0.1 port (rate limit off), and at each concurrency wrk (
 after another: GET /healthz (the reference), POST /search?k=10 with 32x32 PNG queries (CIFAR-10
 test images), POST /search?k=10 with 640x480 JPEG photos (as multipart; the kinds png32raw and
 jpeg640raw send the same images as the body itself; heic640 and avif640 are those photos as HEIC
-and AVIF). Reported: requests/s, p50/p99 latency,
+and AVIF; a kind with `-batchN`, e.g. png32-batch32, sends N images in each request to POST
+/batch/search?k=10, and its ratio is images/s against /healthz's requests/s). Reported: requests/s, p50/p99 latency,
 the ratio to /healthz at the same concurrency, the service's own mean embed batch size and
 decode/embed/search times (from /metrics), and the server's resident memory.
 """
@@ -50,6 +51,15 @@ def query_files(workdir: Path) -> dict[str, tuple[str, list[Path]]]:
     return out
 
 
+def _route(kind: str, queries: dict) -> tuple[str, int, tuple[str, list[Path]]]:
+    """The path, images per request and query files of a kind: `png32` one image to /search,
+    `png32-batch32` 32 images a request to /batch/search."""
+    base, _, per = kind.partition("-batch")
+    if per:
+        return "/batch/search?k=10", int(per), queries[base]
+    return "/search?k=10", 1, queries[kind]
+
+
 def cpu_per_request(after: dict[str, float], before: dict[str, float], requests: int, pid: int) -> dict:
     """The server's CPU milliseconds per request over one run, in total and per thread (the main thread,
     which runs the event loop, then the busiest others): less sensitive to the other load on the
@@ -70,7 +80,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,1000000")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=8.0, help="wrk duration per case")
-    ap.add_argument("--kinds", default="png32,jpeg640", help="png32, jpeg640, heic640, avif640 (multipart), png32raw, jpeg640raw (the body)")
+    ap.add_argument("--kinds", default="png32,jpeg640", help="png32, jpeg640, heic640, avif640 (multipart), png32raw, "
+                                                             "jpeg640raw (the body); KIND-batchN: N images a request "
+                                                             "to /batch/search")
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server (e.g. OMP_NUM_THREADS=1)")
@@ -104,8 +116,8 @@ def main() -> None:
             g["rss_ready_mb"] = srv.rss_bytes() / 2 ** 20
             print(f"server pid {srv.pid} ready in {g['ready_seconds']:.1f} s, RSS {g['rss_ready_mb']:.0f} MiB")
             for kind in kinds:  # warm-up: every code path once, untimed
-                mime, files = queries[kind]
-                _server.wrk(srv.url, "/search?k=10", 2, 1, files, mime, raw=kind.endswith("raw"))
+                path, per, (mime, files) = _route(kind, queries)
+                _server.wrk(srv.url, path, 2, 1, files, mime, raw=kind.endswith("raw"), files_per_request=per)
             for conc in [int(c) for c in args.concurrency.split(",")]:
                 cpu0 = _server.cpu_seconds(srv.pid)
                 ref = _server.wrk(srv.url, "/healthz", conc, args.seconds)
@@ -114,7 +126,7 @@ def main() -> None:
                 print(f"  c={conc:<3d} {'GET /healthz':26s} {ref['rps']:8.0f} req/s  p50 {ref['p50_ms']:7.2f} ms  "
                       f"p99 {ref['p99_ms']:7.2f} ms  errors {ref['errors']}  server CPU {ref['server_cpu_ms_per_request']:.3f} ms/req")
                 for kind in kinds:
-                    mime, files = queries[kind]
+                    path, per, (mime, files) = _route(kind, queries)
                     before = srv.metrics()
                     spy = None
                     if args.py_spy:
@@ -122,19 +134,22 @@ def main() -> None:
                         spy = _server.py_spy(srv.pid, args.seconds,
                                              args.py_spy / f"http_{size}_{kind}_c{conc}.txt")
                     cpu0 = _server.cpu_seconds(srv.pid)
-                    r = _server.wrk(srv.url, "/search?k=10", conc, args.seconds, files, mime, raw=kind.endswith("raw"))
-                    r.update(cpu_per_request(_server.cpu_seconds(srv.pid), cpu0, r["requests"], srv.pid))
+                    r = _server.wrk(srv.url, path, conc, args.seconds, files, mime, raw=kind.endswith("raw"),
+                                    files_per_request=per)
+                    r.update(cpu_per_request(_server.cpu_seconds(srv.pid), cpu0, r["requests"] * per, srv.pid))
                     if spy is not None:
                         spy.wait(30)
                     r.update(_server.server_breakdown(srv.metrics(), before))
-                    r["ratio_to_healthz"] = r["ok_rps"] / ref["rps"] if ref["rps"] else None
+                    r["images_per_request"], r["images_per_s"] = per, r["ok_rps"] * per
+                    r["ratio_to_healthz"] = r["images_per_s"] / ref["rps"] if ref["rps"] else None
                     g["runs"][f"search_{kind}_c{conc}"] = r
-                    print(f"  c={conc:<3d} {'POST /search ' + kind:26s} {r['ok_rps']:8.0f} req/s  "
+                    print(f"  c={conc:<3d} {'POST ' + path.split('?')[0] + ' ' + kind:26s} {r['ok_rps']:8.0f} req/s  "
                           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
                           f"= {100 * r['ratio_to_healthz']:.1f}% of /healthz; batch {r.get('mean_embed_batch', 0):.1f}, "
                           f"decode {r.get('mean_decode_ms', 0):.2f} ms, embed {r.get('mean_embed_ms_per_batch', 0):.2f} "
                           f"ms/batch, search {r.get('mean_search_ms_per_call', 0):.2f} ms/call; server CPU "
-                          f"{r['server_cpu_ms_per_request']:.3f} ms/req ({_threads_text(r)})")
+                          f"{r['server_cpu_ms_per_request']:.3f} ms/image ({_threads_text(r)})"
+                          + (f"; {r['images_per_s']:.0f} images/s" if per > 1 else ""))
             g["rss_after_mb"] = srv.rss_bytes() / 2 ** 20
             g["peak_rss_mb"] = _server.peak_rss_bytes(srv.pid) / 2 ** 20
             print(f"server RSS after the runs {g['rss_after_mb']:.0f} MiB (peak {g['peak_rss_mb']:.0f} MiB)")
@@ -152,7 +167,9 @@ def main() -> None:
         if f"search_jpeg640_c8" in runs:
             v = runs["search_jpeg640_c8"]["ratio_to_healthz"]
             targets[f"jpeg640_{size}_c8_ratio"] = {"value": v, "target": ">= 0.3", "met": v >= 0.3}
-        for kind in kinds:
+        for kind in kinds:  # the batching target is about single-image requests
+            if "-batch" in kind:
+                continue
             a, b = runs.get(f"search_{kind}_c8"), runs.get(f"search_{kind}_c32")
             if a and b:
                 targets[f"{kind}_{size}_c32_vs_c8"] = {"value": b["ok_rps"] / a["ok_rps"], "target": ">= 1.0",

@@ -280,6 +280,62 @@ async def test_search_by_vector_answers_as_the_image_would_and_refuses_bad_vecto
         await still_serving(c)
 
 
+async def test_batch_search_answers_each_query_as_its_own_search_would(make_settings, cifar):
+    planes, cars = cifar["airplane"][:4], cifar["automobile"][:4]
+    async with running(make_settings(batch_max_wait_ms=0)) as c:
+        r = await c.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(planes + cars)],
+                         data={"id": [f"p{i}" for i in range(4)] + [f"c{i}" for i in range(4)],
+                               "label": ["airplane"] * 4 + ["automobile"] * 4})
+        assert r.status_code == 201, r.text
+        queries = [(planes[2], "plane.jpg"), (cars[1], "car.jpg"), (planes[0], "third.jpg")]
+        r = await c.post("/batch/search?k=3", files=[upload(b, n, "image/jpeg") for b, n in queries])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [q["name"] for q in body["queries"]] == ["plane.jpg", "car.jpg", "third.jpg"]
+        assert body["k"] == 3 and body["model"].startswith("hybrid1-test@") and body["reranked"] is False
+        for (image, _), got in zip(queries, body["queries"]):
+            single = (await c.post("/search?k=3", files=[upload(image, "q.jpg", "image/jpeg")])).json()["results"]
+            assert [h["id"] for h in got["results"]] == [h["id"] for h in single]
+            assert [h["score"] for h in got["results"]] == pytest.approx([h["score"] for h in single], abs=1e-5)
+        assert [q["results"][0]["id"] for q in body["queries"]] == ["p2", "c1", "p0"]
+        # the filters apply to every query
+        r = await c.post("/batch/search", params={"k": 8, "label": "automobile"},
+                         files=[upload(b, "q.jpg", "image/jpeg") for b, _ in queries])
+        assert all({h["label"] for h in q["results"]} == {"automobile"} and len(q["results"]) == 4
+                   for q in r.json()["queries"])
+        # vectors answer as the images would; one image as the body is one query
+        vectors = (await c.post("/embed", files=[upload(b, "q.jpg", "image/jpeg") for b, _ in queries])).json()["vectors"]
+        r = await c.post("/batch/search?k=3", json={"vectors": vectors})
+        assert r.status_code == 200, r.text
+        assert [[h["id"] for h in q["results"]] for q in r.json()["queries"]] == \
+            [[h["id"] for h in q["results"]] for q in body["queries"]]
+        r = await c.post("/batch/search?k=1", content=cars[3], headers={"Content-Type": "image/jpeg"})
+        assert r.json()["queries"] == [{"name": None, "results": [r.json()["queries"][0]["results"][0]]}]
+        assert r.json()["queries"][0]["results"][0]["id"] == "c3"
+
+
+async def test_batch_search_refuses_the_whole_request_naming_the_bad_query(make_settings, cifar):
+    async with running(make_settings(max_files_per_request=4)) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(3)])
+        good = upload(cifar["airplane"][0], "a.jpg", "image/jpeg")
+        assert_error(await c.post("/batch/search", files=[good, upload(b"%PDF-1.4", "notes.pdf")]),
+                     415, "unsupported_format", "file 1", "notes.pdf")
+        assert_error(await c.post("/batch/search", files=[good] * 5), 413, "too_many_parts", "4")
+        assert_error(await c.post("/batch/search", json={"vectors": [[1.0] * 256] * 5}), 413, "too_many_vectors",
+                     "5 vectors", "at most 4")
+        for body, words in (({"vectors": [[1.0] * 256, [1.0] * 3]}, ["vectors[1]", "list of 256 numbers"]),
+                            ({"vectors": [[0.0] * 256]}, ["vectors[0]", "finite, non-zero length"]),
+                            ({"vectors": []}, ["non-empty list"]),
+                            ({"vector": [1.0] * 256}, ['{"vectors": [[...], ...]}', "'vector'"])):
+            assert_error(await c.post("/batch/search", json=body), 422, "invalid_vector", *words)
+        assert_error(await c.post("/batch/search?k=0", files=[good]), 422, "invalid_parameter", "k")
+        assert_error(await c.post("/batch/search?rerank=5", files=[good]), 422, "invalid_parameter", "no PDDM")
+        assert_error(await c.post("/batch/search", params={"where": "{"}, files=[good]), 422, "invalid_parameter", "where")
+        r = await c.post("/batch/search?k=2", files=[good, good])
+        assert r.status_code == 200 and [len(q["results"]) for q in r.json()["queries"]] == [2, 2]
+        await still_serving(c)
+
+
 async def test_max_distance_drops_farther_neighbours(make_settings):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(i)) for i in range(6)], data={"id": [f"i{i}" for i in range(6)]})

@@ -132,6 +132,23 @@ def test_embed_search_by_vector_filters_patch_and_delete_by_filter_over_http(ser
     assert_alive(server, client)
 
 
+def test_batch_search_over_http_answers_every_query_of_one_request(server, client, writer, cifar):
+    cars = cifar["automobile"][4:8]
+    ids = [f"batch-car-{i}" for i in range(4)]
+    r = writer.post("/index", files=[upload(b, f"{i}.jpg", "image/jpeg") for i, b in enumerate(cars)],
+                    data={"id": ids, "metadata": '{"set": "batch"}'})
+    assert r.status_code == 201, r.text
+    r = client.post("/batch/search", params={"k": 2, "where": '{"set": "batch"}'},
+                    files=[upload(b, f"q{i}.jpg", "image/jpeg") for i, b in reversed(list(enumerate(cars)))])
+    assert r.status_code == 200, r.text
+    queries = r.json()["queries"]
+    assert [q["name"] for q in queries] == ["q3.jpg", "q2.jpg", "q1.jpg", "q0.jpg"]
+    assert [q["results"][0]["id"] for q in queries] == ids[::-1]
+    assert all(len(q["results"]) == 2 and q["results"][0]["score"] > 0.999 for q in queries)
+    assert 'route="/batch/search",status="200"' in client.get("/metrics").text
+    assert_alive(server, client)
+
+
 @pytest.mark.parametrize("files,status,code", [
     ([upload(b"", "e.png")], 400, "empty_file"),
     ([upload(b"%PDF-1.4 not an image", "x.png")], 415, "unsupported_format"),
