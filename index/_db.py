@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import struct
 from pathlib import Path
 
-from ._errors import StoreCorruptError
+from ._errors import StoreCorruptError, StoreError
 
 log = logging.getLogger("index")
 
@@ -31,12 +32,11 @@ CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 
 
 def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
-    """Open (creating when allowed) the database; StoreCorruptError when it is not readable."""
+    """Open (creating when allowed) the database; StoreCorruptError when it is not readable,
+    StoreError when it cannot be opened at all (permissions, a read-only disk it cannot be read on)."""
     try:
         if read_only:
-            # as a URI, percent-encoded: a folder named "my photos #2" must not end the path at "#"
-            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                                   isolation_level=None, timeout=30)
+            conn = _connect_read_only(Path(path))
         else:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -44,11 +44,58 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
         # Touch the schema so that "file is not a database" surfaces here, at open.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
+        if _cannot_open(exc):
+            raise StoreError(f"cannot open the store's database {path}: {exc}. {_why_not_opened(Path(path))}") from None
         raise StoreCorruptError(
             f"cannot open the store's database {path}: {exc}. It is the record of truth, so the "
             f"store will not start on it; restore it from a backup or move it away to start empty"
         ) from None
     return conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    # as a URI, percent-encoded: a folder named "my photos #2" must not end the path at "#"
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if not (_cannot_open(exc) and _read_only_disk(path) and not _wal_pending(path)):
+            raise
+    # A store on a read-only disk (a backup on read-only media, a volume mounted :ro) that no writer
+    # has open: SQLite cannot create the WAL's shared-memory file there, so it is read as immutable,
+    # which needs none. A writer keeps that file beside the database, so with none there is no writer;
+    # and the write-ahead log is empty (checked above), so the database file holds every write.
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False, isolation_level=None,
+                           timeout=30)
+
+
+def _cannot_open(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN
+
+
+def _read_only_disk(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _wal_pending(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def _why_not_opened(path: Path) -> str:
+    if _read_only_disk(path) and _wal_pending(path):
+        return (f"It is on a read-only disk, and its write-ahead log ({path.name}-wal) holds writes that are "
+                f"not yet in the database file, which SQLite cannot read without writing there. Copy the "
+                f"folder to a writable disk and open the copy")
+    return ("Check that this user may read the file and write to its folder (SQLite keeps its -wal and -shm "
+            "files beside it), or that the disk is mounted")
 
 
 def disk_refusal(exc: BaseException) -> int | None:

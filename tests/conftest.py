@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,27 @@ def small_disk(tmp_path):
     """A real disk that fills, without root: (the mount point of a 16 MB tmpfs holding an 8 MB file
     `ballast`, the command prefix that runs a program where that tmpfs is mounted). The tmpfs lives
     in a user and mount namespace of its own (`unshare`), held open by a sleeping process."""
+    with _private_tmpfs(tmp_path / "disk", f"head -c 8000000 /dev/zero > {tmp_path / 'disk'}/ballast") as disk:
+        yield disk
+
+
+@pytest.fixture
+def private_disk(tmp_path):
+    """A 16 MB tmpfs of this test's own, mounted as small_disk's is (without a ballast): (its mount
+    point, the command prefix that runs a program where it is mounted). The prefix can remount it
+    read-only (`mount -o remount,ro MOUNT`), which a process with files open for writing there blocks."""
+    with _private_tmpfs(tmp_path / "disk", "true") as disk:
+        yield disk
+
+
+@contextmanager
+def _private_tmpfs(mount: Path, then: str):
     if not (shutil.which("unshare") and shutil.which("nsenter")):
         pytest.skip("util-linux's unshare and nsenter are needed for a private tmpfs")
-    mount = tmp_path / "disk"
     mount.mkdir()
     holder = subprocess.Popen(
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         f"mount -t tmpfs -o size=16m simsearch-test {mount} && head -c 8000000 /dev/zero > {mount}/ballast "
-         "&& echo mounted && exec sleep 900"],
+         f"mount -t tmpfs -o size=16m simsearch-test {mount} && {then} && echo mounted && exec sleep 900"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if holder.stdout.readline().strip() != "mounted":
         holder.kill()
