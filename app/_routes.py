@@ -84,10 +84,19 @@ def _embed_body() -> dict[str, Any]:
     return spec
 
 
-def _service(request: Request) -> Service:
+def _service(request: Request, write: bool = False) -> Service:
+    """The ready service (503 until it is); for a write, 405 when it serves its index read-only."""
     service: Service = request.app.state.service
     service.require_ready()
+    if write and service.settings.read_only:
+        raise _read_only()
     return service
+
+
+def _read_only() -> ApiError:
+    return ApiError(405, "read_only", "this service serves its index read-only (SIMSEARCH_READ_ONLY): add, "
+                                      "change and delete items through the service that owns the index",
+                    {"Allow": "GET"})
 
 
 def _settings(request: Request) -> Settings:
@@ -99,7 +108,9 @@ def _write_refused(exc: Exception) -> ApiError:
     failing is the operator's to fix: its path and free space go to the log, not to the client."""
     import index as index_pkg
 
-    if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down, opened read-only
+    if isinstance(exc, index_pkg.ReadOnlyError):
+        return _read_only()
+    if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down
         return ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}", {"Retry-After": "5"})
     log.error("write refused by the disk (request %s): %s", REQUEST_ID.get(), exc)
     if exc.full:
@@ -372,7 +383,8 @@ async def readyz(request: Request):
     service: Service = request.app.state.service
     if not service.ready:
         return error_response(503, "not_ready", f"the service is not ready: {service.reason}", {"Retry-After": "5"})
-    return {"status": "ready", "model": service.model_id, "index": service.settings.index}
+    return {"status": "ready", "model": service.model_id, "index": service.settings.index,
+            "read_only": service.settings.read_only}
 
 
 @router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
@@ -513,7 +525,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
 async def add(request: Request):
     import index as index_pkg  # imported when used: the app answers /healthz before torch and FAISS load
 
-    service = _service(request)
+    service = _service(request, write=True)
     thumb = service.settings.thumbnail_size
     form = await _read_form(request, {"file", "id", "label", "metadata"})
     try:
@@ -605,7 +617,7 @@ async def delete_matching(request: Request,
                                                     description=_WHERE_DOC.replace("neighbours", "items"))):
     import index as index_pkg  # see add()
 
-    service = _service(request)
+    service = _service(request, write=True)
     label, where = _check_label(label), _check_where(where)
     if label is None and where is None:
         raise ApiError(422, "invalid_parameter", "DELETE /index needs label or where (it never empties the gallery; "
@@ -629,7 +641,7 @@ async def delete_matching(request: Request,
 async def update_item(request: Request, id: str = Path()) -> JSONResponse:
     import index as index_pkg  # see add()
 
-    service = _service(request)
+    service = _service(request, write=True)
     id = _check_id(id)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type not in ("application/json", "application/merge-patch+json"):
@@ -665,7 +677,7 @@ async def update_item(request: Request, id: str = Path()) -> JSONResponse:
 async def delete_item(request: Request, id: str = Path()) -> Response:
     import index as index_pkg  # see add()
 
-    service = _service(request)
+    service = _service(request, write=True)
     try:
         deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
     except index_pkg.InvalidItemError:  # an id no item can have (too long, say): as absent as any other

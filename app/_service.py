@@ -3,6 +3,7 @@ after startup so that /healthz answers at once and /readyz flips when everything
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import logging
@@ -83,11 +84,14 @@ class Service:
         except Exception as exc:
             raise RuntimeError(f"cannot load the model artifact {path}: {exc}") from exc
         cfg = index.StoreConfig(path=s.data_dir / "index", dim=embedder.dim, model_id=embedder.model_id,
-                                index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None)
+                                index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None,
+                                read_only=s.read_only)
         try:
             store = index.Store.open(cfg)
         except Exception as exc:
-            raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}") from exc
+            hint = ("; the disk is read-only: to serve the index as it is, set SIMSEARCH_READ_ONLY=true "
+                    "(simsearch serve --read-only)" if getattr(exc, "errno", None) == errno.EROFS else "")
+            raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}{hint}") from exc
         if s.filter_keys:  # before ready, so that no search waits for a key's index
             t0 = time.perf_counter()
             values = store.index_metadata(s.filter_keys.split(","))
@@ -122,9 +126,10 @@ class Service:
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
-        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items), "
+        log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items%s), "
                  "uploads as %s", time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
                  "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count(),
+                 ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
 
     def search(self, queries: np.ndarray, params: SearchParams) -> list:

@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key-file", type=Path, help="read the API keys from this file, one per line; it is read "
                                                      "again when it changes (keys rotate without a restart)")
     p.add_argument("--require-key-for-reads", action="store_true", help="also require the key for searches")
+    p.add_argument("--read-only", action="store_true",
+                   help="serve the index as it is at start without writing to it (a backup, read-only media, "
+                        "replicas of a published gallery): writes get 405")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 10 MiB)")
-    p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 40,000,000)")
+    p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 64,000,000)")
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 503 (default 64)")
     p.add_argument("--rate-limit", type=int, help="requests per minute per key or client IP; 0 = off (default 1200)")
     p.add_argument("--thumbnail-size", type=int, help="longest side of stored thumbnails; 0 = none (default 128)")
@@ -67,6 +70,8 @@ def _serve(args) -> int:
             os.environ[var] = str(value)
     if args.require_key_for_reads:
         os.environ["SIMSEARCH_REQUIRE_KEY_FOR_READS"] = "true"
+    if args.read_only:
+        os.environ["SIMSEARCH_READ_ONLY"] = "true"
 
     import uvicorn
     from pydantic import ValidationError

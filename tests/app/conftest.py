@@ -128,9 +128,10 @@ class LiveServer:
 
 
 def start_server(env_extra: dict[str, str], work: Path, args: list[str] = (),
-                 prefix: list[str] = (), log_name: str = "server.log") -> LiveServer:
-    """Start `simsearch serve` on a free port and wait until /readyz answers 200. prefix: a command
-    that runs it (nsenter into a namespace, say)."""
+                 prefix: list[str] = (), log_name: str = "server.log", ready: bool = True) -> LiveServer:
+    """Start `simsearch serve` on a free port and wait until /readyz answers 200 (or, with
+    ready=False, until /readyz answers at all). prefix: a command that runs it (nsenter into a
+    namespace, say)."""
     port = free_port()
     log = work / log_name
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
@@ -144,7 +145,8 @@ def start_server(env_extra: dict[str, str], work: Path, args: list[str] = (),
         if proc.poll() is not None:
             pytest.fail(f"simsearch serve exited with {proc.returncode}:\n{server.log_tail()}")
         try:
-            if httpx.get(server.url + "/readyz", timeout=5).status_code == 200:
+            r = httpx.get(server.url + "/readyz", timeout=5)
+            if r.status_code == 200 or (not ready and "loading" not in r.text):
                 return server
         except httpx.TransportError:
             pass
