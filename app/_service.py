@@ -41,6 +41,7 @@ class Service:
         self.reason = "loading the model and the index"
         self.started = time.time()
         self._load_task: asyncio.Task | None = None
+        self._follow_task: asyncio.Task | None = None
         self.decode_limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
@@ -64,6 +65,12 @@ class Service:
         self.ready = False
         self.reason = "shutting down"
         self.metrics.ready.set(0)
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            try:
+                await self._follow_task
+            except asyncio.CancelledError:
+                pass
         if self.batcher is not None:
             await self.batcher.stop()
         if self.commits is not None:
@@ -123,6 +130,8 @@ class Service:
         # few seconds, which was the p99 of /search (docs/results/benchmarks.md).
         await anyio.to_thread.run_sync(gc.collect)
         gc.freeze()
+        if s.read_only and s.refresh_seconds > 0:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow(store), name="simsearch-follow")
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
@@ -131,6 +140,25 @@ class Service:
                  "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count(),
                  ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
+
+    async def _follow(self, store) -> None:
+        """Read-only: apply another process's writes to the same folder every refresh_seconds."""
+        last_error = None
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                added, removed, changed = await anyio.to_thread.run_sync(store.refresh)
+            except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
+                if str(exc) != last_error:
+                    log.error("index: cannot read the writer's changes: %s; serving the gallery as last read", exc)
+                    last_error = str(exc)
+                continue
+            if last_error is not None:
+                log.info("index: reading the writer's changes again")
+                last_error = None
+            if added or removed or changed:
+                log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
+                         added, removed, changed, store.count())
 
     def search(self, queries: np.ndarray, params: SearchParams) -> list:
         """The hits of each query vector (unit rows) under params: the store's search, then the PDDM

@@ -26,9 +26,10 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), read again "
                                                         "when it changes: keys rotate without a restart")
     require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
-    read_only: bool = Field(False, description="serve the index as it is at start, without writing to it (a "
-                                               "backup, read-only media, replicas of a published gallery); "
-                                               "writes get 405")
+    read_only: bool = Field(False, description="serve the index without writing to it (a backup, read-only "
+                                               "media, replicas beside the service that writes); writes get 405")
+    refresh_seconds: float = Field(5.0, ge=0, description="read_only: how often to apply the writes another process "
+                                                          "makes to the same folder; 0 = serve it as it was at start")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
     # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
     # photos are decoded at reduced scale, so only the other formats ever hold that many pixels.

@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "again when it changes (keys rotate without a restart)")
     p.add_argument("--require-key-for-reads", action="store_true", help="also require the key for searches")
     p.add_argument("--read-only", action="store_true",
-                   help="serve the index as it is at start without writing to it (a backup, read-only media, "
-                        "replicas of a published gallery): writes get 405")
+                   help="serve the index without writing to it (a backup, read-only media, replicas beside the "
+                        "service that writes, whose writes it applies every SIMSEARCH_REFRESH_SECONDS): writes get 405")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 10 MiB)")
     p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 64,000,000)")
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 503 (default 64)")

@@ -5,6 +5,7 @@
     backup(path, dest)   # a consistent copy while another process serves the store
     StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
     StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
+    Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
 """
 from ._backup import backup

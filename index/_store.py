@@ -70,6 +70,8 @@ class Store:
         self._gpu = None
         self._version = 0                    # bumped on every applied write (caches, GPU mirror)
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
+        self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
+        self._data_version: int | None = None
         try:
             self._open()
         except BaseException:
@@ -405,13 +407,7 @@ class Store:
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
             with self._rw.write():
-                self._by_label[old_label].discard(fid)
-                self._by_label.setdefault(new_label, set()).add(fid)
-                for key, value in self._meta_changed(old_meta, -1):
-                    _filter.discard(self._by_meta[key], value, fid)
-                self._rows[fid] = (id, new_label, meta_json)
-                for key, value in self._meta_changed(meta_json, +1):
-                    _filter.add(self._by_meta[key], value, fid)
+                self._relabel_locked(fid, new_label, meta_json)
                 self._version += 1
         return Item(id, np.frombuffer(blob, dtype=np.float32).copy(), new_label, json.loads(meta_json))
 
@@ -516,6 +512,73 @@ class Store:
                 self._rebuild_locked(reason="recovery after a failed apply")
                 self._applied_seq = seq
                 self._version += 1
+
+    def refresh(self) -> tuple[int, int, int]:
+        """For a store opened read_only: apply what another process has written to it since it was
+        opened or last refreshed, all at once (searches see the store before or after, never between).
+        Returns (added, removed, changed) items (a replaced item counts as removed and added; a changed
+        one had its label or metadata edited). Cheap when nothing was written (one PRAGMA)."""
+        self._check_open()
+        if not self.config.read_only:
+            raise StoreError(f"the store at {self._path} is open for writing: it holds every write already")
+        with self._writer:
+            if self._follow_conn is None:  # one connection: PRAGMA data_version counts per connection
+                self._follow_conn = _db.connect(self._db_path, read_only=True)
+                with self._conns_lock:
+                    self._conns.append(self._follow_conn)
+            conn = self._follow_conn
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return 0, 0, 0
+            conn.execute("BEGIN")   # the listing and the new vectors from one state of the database
+            try:
+                last_seq = int(_db.get_meta(conn).get("last_seq", 0))
+                live = {seq: (id_, label, meta) for seq, id_, label, meta in
+                        conn.execute("SELECT seq, id, label, metadata FROM items")}
+                fresh = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ?",
+                                     (self._applied_seq,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            self._data_version = version
+            gone = [fid for fid in self._rows if fid not in live]
+            changed = [fid for fid, row in live.items() if fid in self._rows and self._rows[fid] != row]
+            fresh = [r for r in fresh if r[0] not in self._rows]
+            if not (gone or changed or fresh):
+                return 0, 0, 0
+            vectors = _blobs_to_matrix([r[2] for r in fresh], self.dim) if fresh else None
+            with self._rw.write():
+                self._remove_fids(gone)
+                for fid in gone:
+                    id_, label, meta = self._rows.pop(fid)
+                    if self._fid_of.get(id_) == fid:
+                        del self._fid_of[id_]
+                    self._by_label[label].discard(fid)
+                    for key, value in self._meta_changed(meta, -1):
+                        _filter.discard(self._by_meta[key], value, fid)
+                for fid in changed:
+                    self._relabel_locked(fid, live[fid][1], live[fid][2])
+                if fresh:
+                    self._index.add_with_ids(vectors, np.array([r[0] for r in fresh], dtype=np.int64))
+                    for fid, id_, _blob, label, meta in fresh:
+                        self._rows[fid] = (id_, label, meta)
+                        self._fid_of[id_] = fid
+                        self._by_label.setdefault(label, set()).add(fid)
+                        for key, value in self._meta_changed(meta, +1):
+                            _filter.add(self._by_meta[key], value, fid)
+                self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
+                self._version += 1
+        return len(fresh), len(gone), len(changed)
+
+    def _relabel_locked(self, fid: int, label: str | None, meta_json: str) -> None:
+        """Give the row `fid` a new label and metadata (the write lock held): its vector stays."""
+        id_, old_label, old_meta = self._rows[fid]
+        self._by_label[old_label].discard(fid)
+        self._by_label.setdefault(label, set()).add(fid)
+        for key, value in self._meta_changed(old_meta, -1):
+            _filter.discard(self._by_meta[key], value, fid)
+        self._rows[fid] = (id_, label, meta_json)
+        for key, value in self._meta_changed(meta_json, +1):
+            _filter.add(self._by_meta[key], value, fid)
 
     def _maintenance_due(self) -> str | None:
         n = len(self._rows)

@@ -1,11 +1,13 @@
-"""A gallery on a read-only disk served as it is (SIMSEARCH_READ_ONLY): searches, listings and
-thumbnails over real HTTP, every write a 405 that says where writes go, nothing written to the disk;
-without the setting the service says why it is not ready and what to set. The disk is a real tmpfs
-in a user and mount namespace of the test's own, remounted read-only (tests/conftest.py's
-private_disk); the server runs inside it (`nsenter`)."""
+"""Read-only serving (SIMSEARCH_READ_ONLY) over real HTTP: a gallery on a read-only disk served as it is
+(searches, listings and thumbnails; every write a 405 that says where writes go; nothing written to the
+disk; without the setting, the service says why it is not ready and what to set), and a read-only
+replica beside the service that writes, following its writes. The read-only disk is a real tmpfs in a
+user and mount namespace of the test's own, remounted read-only (tests/conftest.py's private_disk);
+the server runs inside it (`nsenter`)."""
 from __future__ import annotations
 
 import subprocess
+import time
 
 import httpx
 
@@ -66,3 +68,42 @@ def test_a_gallery_on_a_read_only_disk_is_served_read_only_and_refuses_writes_wi
     after = subprocess.run([*inside, "ls", "-l", "--time-style=+%s.%N", str(mount / "data" / "index")],
                            capture_output=True, text=True).stdout
     assert after == listing   # not a byte written: the same files, sizes and times
+
+
+def test_a_read_only_replica_beside_the_writer_follows_its_writes(hybrid1_artifact, tmp_path):
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": "w-key"}
+    key = {"X-API-Key": "w-key"}
+    writer = start_server(env, tmp_path, log_name="writer.log")
+    replica = None
+    try:
+        with httpx.Client(base_url=writer.url, timeout=60, headers=key) as w:
+            assert w.post("/index", files=[upload(png(i)) for i in range(4)], data={"id": ["a", "b", "c", "d"]}
+                          ).status_code == 201
+            replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "0.2"},
+                                   tmp_path, log_name="replica.log")
+            with httpx.Client(base_url=replica.url, timeout=60) as r:
+                assert r.get("/index").json()["count"] == 4
+                assert w.post("/index", files=[upload(png(i)) for i in (10, 11)], data={"id": ["e", "f"]}
+                              ).status_code == 201
+                assert w.delete("/index/b").status_code == 204
+                assert w.patch("/index/c", json={"label": "edited", "metadata": {"n": 1}}).status_code == 200
+                deadline = time.monotonic() + 20
+                while r.get("/index").json()["count"] != 5 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(0.5)   # one more refresh: the three writes may have been read in two
+                listing = r.get("/index").json()
+                assert [it["id"] for it in listing["items"]] == ["a", "c", "d", "e", "f"]
+                assert listing["items"][1] == {"id": "c", "label": "edited", "metadata": {"n": 1}}
+                assert r.post("/search?k=1", files=[upload(png(11))]).json()["results"][0]["id"] == "f"
+                assert r.post("/search?k=5", params={"label": "edited"}, files=[upload(png(1))]
+                              ).json()["results"][0]["id"] == "c"
+                assert r.get("/index/b").status_code == 404
+                assert r.get("/index/e/thumbnail").status_code == 200
+                assert r.post("/index", files=[upload(png(12))], headers=key).status_code == 405
+    finally:
+        if replica is not None:
+            stop_server(replica)
+        stop_server(writer)
+    log = replica.log_tail(20_000)
+    assert "Traceback" not in log and "ERROR" not in log

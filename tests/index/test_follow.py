@@ -1,0 +1,56 @@
+"""A read-only Store follows another process's writes with refresh(): additions, replacements,
+deletions and label and metadata edits, with searches, filters, counts and the listing equal to the
+writer's afterwards."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import Item, StoreError
+
+from .conftest import DIM, unit
+
+
+def _same_view(reader, writer, queries: np.ndarray) -> None:
+    assert reader.count() == writer.count()
+    assert [it.id for it in reader.list(limit=1000)] == [it.id for it in writer.list(limit=1000)]
+    for kw in ({}, {"label": "b"}, {"where": {"n": {"$gte": 5}}}, {"where": {"tag": "x"}}):
+        got = [[h.id for h in hits] for hits in reader.search(queries, k=5, **kw)]
+        want = [[h.id for h in hits] for hits in writer.search(queries, k=5, **kw)]
+        assert got == want, kw
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])   # hnsw cannot remove: deletions are hidden
+def test_a_read_only_store_follows_another_writers_changes_on_refresh(open_store, tmp_path, kind):
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 40)
+    writer = open_store(index=kind)
+    writer.upsert([Item(f"i{k}", vectors[k], "ab"[k % 2], {"n": k}) for k in range(20)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    queries = np.concatenate([vectors[:3], unit(rng, 4)])
+    # filters used before the changes, so that their indexes are kept up to date, not built afresh
+    reader.search(queries, k=3, where={"n": 1}), reader.search(queries, k=3, where={"tag": "x"})
+    assert reader.refresh() == (0, 0, 0)
+
+    writer.upsert([Item(f"i{k}", vectors[k], "b", {"n": k, "tag": "x"}) for k in range(20, 30)])   # added
+    writer.upsert([Item("i3", vectors[30], "a", {"n": 3})])                                        # replaced
+    writer.delete(["i4", "i5"])
+    writer.update("i6", label="b", metadata_patch={"tag": "x"})                                    # edited
+    writer.update("i7", metadata_patch={"n": None})
+    assert reader.count() == 20 and reader.search(vectors[4], k=1)[0][0].id == "i4"   # not yet
+
+    assert reader.refresh() == (11, 3, 2)   # 10 new + i3's new version; i3's old, i4, i5; i6, i7
+    _same_view(reader, writer, np.concatenate([queries, vectors[[3, 30, 25]]]))
+    assert reader.search(vectors[30], k=1)[0][0].id == "i3"
+    assert all(h.id not in ("i4", "i5") for hits in reader.search(vectors[:8], k=30) for h in hits)
+    assert reader.get("i6").label == "b" and reader.get("i7").metadata == {}
+    assert reader.refresh() == (0, 0, 0)
+
+    writer.delete_where(label="b")
+    assert reader.refresh() == (0, 19, 0)   # every "b": i1, the odd ones from i7, i6, i20-i29
+    _same_view(reader, writer, queries)
+
+
+def test_refresh_is_for_a_read_only_store(open_store):
+    with pytest.raises(StoreError, match="open for writing"):
+        open_store().refresh()
