@@ -42,6 +42,7 @@ class Service:
         self.started = time.time()
         self._load_task: asyncio.Task | None = None
         self._follow_task: asyncio.Task | None = None
+        self._stopping = False
         self.decode_limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
@@ -57,6 +58,7 @@ class Service:
 
     async def stop(self) -> None:
         """Stop the batcher and close the store (waits for a load in progress to finish first)."""
+        self._stopping = True   # a read-only load waiting for the store gives up
         if self._load_task is not None and not self._load_task.done():
             try:
                 await self._load_task
@@ -78,23 +80,30 @@ class Service:
         if self.store is not None:
             await anyio.to_thread.run_sync(self.store.close)
 
-    def _open(self):
-        import index
+    def _open_model(self):
         import model
 
-        s = self.settings
-        path = s.resolved_model_path()
+        path = self.settings.resolved_model_path()
         try:
-            embedder = model.Embedder.from_file(path, device=s.device, trace=s.trace_model)
+            embedder = model.Embedder.from_file(path, device=self.settings.device, trace=self.settings.trace_model)
         except FileNotFoundError:
             raise RuntimeError(f"the model artifact {path} does not exist (set SIMSEARCH_MODEL_PATH)") from None
         except Exception as exc:
             raise RuntimeError(f"cannot load the model artifact {path}: {exc}") from exc
+        self.pddm = model.PDDM.from_artifact(embedder.artifact)
+        return embedder
+
+    def _open_store(self, embedder):
+        import index
+
+        s = self.settings
         cfg = index.StoreConfig(path=s.data_dir / "index", dim=embedder.dim, model_id=embedder.model_id,
                                 index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None,
                                 read_only=s.read_only)
         try:
             store = index.Store.open(cfg)
+        except index.StoreMissingError:  # read-only, before the service that writes created it: _load waits
+            raise
         except Exception as exc:
             hint = ("; the disk is read-only: to serve the index as it is, set SIMSEARCH_READ_ONLY=true "
                     "(simsearch serve --read-only)" if getattr(exc, "errno", None) == errno.EROFS else "")
@@ -104,13 +113,25 @@ class Service:
             values = store.index_metadata(s.filter_keys.split(","))
             log.info("metadata keys indexed for filters in %.1f s: %s", time.perf_counter() - t0,
                      ", ".join(f"{k} ({n} values)" for k, n in values.items()))
-        self.pddm = model.PDDM.from_artifact(embedder.artifact)
-        return embedder, store
+        return store
 
     async def _load(self) -> None:
+        import index
+
         t0 = time.perf_counter()
         try:
-            embedder, store = await anyio.to_thread.run_sync(self._open)
+            embedder = await anyio.to_thread.run_sync(self._open_model)
+            while True:
+                try:
+                    store = await anyio.to_thread.run_sync(self._open_store, embedder)
+                    break
+                except index.StoreMissingError as exc:  # read-only, before the writer made the store
+                    if not self.reason.startswith("waiting"):
+                        log.warning("read-only: waiting for the service that writes to create the store (%s)", exc)
+                    self.reason = f"waiting for the service that writes to create the store: {exc}"
+                    await asyncio.sleep(1.0)
+                    if self._stopping:
+                        return
         except Exception as exc:  # noqa: BLE001  (reported by /readyz; /healthz keeps answering)
             self.reason = str(exc)
             log.error("not ready: %s", exc)
@@ -120,7 +141,6 @@ class Service:
         self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
-        import index
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
         self.commits.start()
         self.metrics.track_gallery(store.count)

@@ -10,7 +10,7 @@
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
-                      StorageError, StoreCorruptError, StoreError, StoreLockedError)
+                      StorageError, StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._faiss import PRESETS
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
@@ -22,5 +22,5 @@ PRESET_NAMES = tuple(PRESETS)
 __all__ = [
     "Check", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "StoreReader", "Row", "backup", "check_where",
+    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "backup", "check_where",
 ]

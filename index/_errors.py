@@ -26,6 +26,10 @@ class StoreClosedError(StoreError):
     """The store was used after close()."""
 
 
+class StoreMissingError(StoreError):
+    """A store opened read-only has not been created yet (no database, or no model recorded in it)."""
+
+
 class ReadOnlyError(StoreError):
     """A write was attempted on a store opened read-only."""
 

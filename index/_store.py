@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _db, _faiss, _filter
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StorageError, StoreClosedError,
-                      StoreCorruptError, StoreError, StoreLockedError)
+                      StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._rwlock import RWLock
 from ._types import Hit, Item, StoreConfig, score_to_distance
 
@@ -82,7 +82,7 @@ class Store:
         cfg = self.config
         if cfg.read_only:
             if not self._db_path.exists():
-                raise StoreError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
+                raise StoreMissingError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
         else:
             self._path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
@@ -93,6 +93,8 @@ class Store:
         try:
             meta = _db.get_meta(self._conn)
         except sqlite3.DatabaseError as exc:
+            if cfg.read_only and "no such table" in str(exc):  # a writer is creating it this moment
+                raise StoreMissingError(f"the store at {self._path} has no tables yet") from None
             raise StoreCorruptError(f"cannot read the store's database {self._db_path}: {exc}") from None
         self._init_meta(meta)
         self._open_index()
@@ -125,7 +127,7 @@ class Store:
             self._last_seq = int(meta.get("last_seq", 0))
         else:
             if cfg.read_only:
-                raise StoreError(f"the store at {self._path} is empty (no model recorded)")
+                raise StoreMissingError(f"the store at {self._path} is empty (no model recorded)")
             if cfg.model_id is None or cfg.dim is None:
                 raise StoreError(f"a new store at {self._path} needs model_id and dim "
                                  f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")

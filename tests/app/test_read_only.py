@@ -74,15 +74,24 @@ def test_a_read_only_replica_beside_the_writer_follows_its_writes(hybrid1_artifa
     env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
            "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": "w-key"}
     key = {"X-API-Key": "w-key"}
-    writer = start_server(env, tmp_path, log_name="writer.log")
-    replica = None
+    # started first, as a container may be: it waits for the writer to create the store
+    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "0.2"},
+                           tmp_path, log_name="replica.log", ready=False)
+    writer = None
     try:
+        r = httpx.get(replica.url + "/readyz", timeout=10)
+        assert r.status_code == 503 and "waiting for the service that writes to create the store" in r.text, r.text
+        writer = start_server(env, tmp_path, log_name="writer.log")
         with httpx.Client(base_url=writer.url, timeout=60, headers=key) as w:
             assert w.post("/index", files=[upload(png(i)) for i in range(4)], data={"id": ["a", "b", "c", "d"]}
                           ).status_code == 201
-            replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "0.2"},
-                                   tmp_path, log_name="replica.log")
             with httpx.Client(base_url=replica.url, timeout=60) as r:
+                deadline = time.monotonic() + 30
+                while r.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                deadline = time.monotonic() + 10
+                while r.get("/index").json()["count"] != 4 and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 assert r.get("/index").json()["count"] == 4
                 assert w.post("/index", files=[upload(png(i)) for i in (10, 11)], data={"id": ["e", "f"]}
                               ).status_code == 201
@@ -102,8 +111,8 @@ def test_a_read_only_replica_beside_the_writer_follows_its_writes(hybrid1_artifa
                 assert r.get("/index/e/thumbnail").status_code == 200
                 assert r.post("/index", files=[upload(png(12))], headers=key).status_code == 405
     finally:
-        if replica is not None:
-            stop_server(replica)
-        stop_server(writer)
+        stop_server(replica)
+        if writer is not None:
+            stop_server(writer)
     log = replica.log_tail(20_000)
     assert "Traceback" not in log and "ERROR" not in log

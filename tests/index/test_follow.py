@@ -54,3 +54,17 @@ def test_a_read_only_store_follows_another_writers_changes_on_refresh(open_store
 def test_refresh_is_for_a_read_only_store(open_store):
     with pytest.raises(StoreError, match="open for writing"):
         open_store().refresh()
+
+
+def test_a_read_only_store_not_created_yet_is_missing_not_corrupt(tmp_path):
+    import sqlite3
+
+    from index import Store, StoreConfig, StoreMissingError
+
+    folder = tmp_path / "store"
+    with pytest.raises(StoreMissingError, match="is missing"):
+        Store.open(StoreConfig(folder, read_only=True))
+    folder.mkdir()
+    sqlite3.connect(folder / "store.sqlite3").execute("PRAGMA journal_mode=WAL").fetchone()  # a writer, mid-way
+    with pytest.raises(StoreMissingError, match="no tables yet"):
+        Store.open(StoreConfig(folder, read_only=True))
