@@ -577,7 +577,8 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
                         index=str(store_info.get("index") or service.settings.index),
                         index_kind=store_info.get("index_kind"),
                         items=[_item_out(it, vector) for it in items[:limit]],
-                        offset=offset, limit=limit, next_offset=offset + limit if more else None)
+                        offset=offset, limit=limit, next_offset=offset + limit if more else None,
+                        read_only=service.settings.read_only)
     return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}))
 
 

@@ -73,6 +73,8 @@ class IndexInfo(BaseModel):
     offset: int
     limit: int
     next_offset: int | None = Field(description="offset of the next page; null on the last page")
+    read_only: bool = Field(False, description="this service serves the index read-only (SIMSEARCH_READ_ONLY): "
+                                               "writes to it get 405")
 
 
 class ErrorDetail(BaseModel):

@@ -29,15 +29,18 @@ WAIT = 60              # seconds; the CPU is shared, embedding on it is not inst
 
 # ---- fixtures ----------------------------------------------------------------------------------------
 
+def _artifact(hybrid1_artifact) -> Path:
+    trained = REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"
+    return trained if trained.exists() else hybrid1_artifact
+
+
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory, hybrid1_artifact):
     """This module's own `simsearch serve` (the session-wide one of conftest.py is shared with other
     tests, whose images would tie with ours and change the gallery size under the page)."""
     require_chromium()
-    trained = REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"
-    artifact = trained if trained.exists() else hybrid1_artifact
     work = tmp_path_factory.mktemp("page-server")
-    live = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(_artifact(hybrid1_artifact)), "SIMSEARCH_DATA_DIR": str(work / "data"),
                          "SIMSEARCH_API_KEY": API_KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}, work)
     yield live
     stop_server(live)
@@ -459,3 +462,25 @@ def test_a_failure_of_the_service_is_shown_in_its_words_with_the_request_id_to_q
     finally:
         driver.quit()
         stop_server(live)
+
+
+def test_a_read_only_replica_serves_the_page_without_the_add_form(page, page_server, gallery, tmp_path,
+                                                                   hybrid1_artifact):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # a read-only process on the page server's own gallery (its data folder is beside its log)
+    replica = start_server({"SIMSEARCH_MODEL_PATH": str(_artifact(hybrid1_artifact)),
+                            "SIMSEARCH_DATA_DIR": str(page_server.log.parent / "data"), "SIMSEARCH_READ_ONLY": "true"},
+                           tmp_path, log_name="replica.log")
+    try:
+        assert page.find_element("id", "add-panel").is_displayed()   # the writer's page has it
+        count = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
+        page.get(replica.url + "/")
+        WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == str(count))
+        assert not page.find_element("id", "add-panel").is_displayed()
+        query_id, _, query = gallery_image_file(gallery, 4, tmp_path)
+        upload(page, query)
+        wait_for_search(page)
+        assert page.find_element("id", "search-error").text == "" and result_ids(page)[0] == query_id
+    finally:
+        stop_server(replica)
