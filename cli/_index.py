@@ -125,6 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
     q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--url", help="search a running service instead (its POST /batch/search, many queries a "
+                                 "request), e.g. http://127.0.0.1:8000; --data and --model are then its own")
+    q.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
+                                     "$SIMSEARCH_API_KEY)")
+    q.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
     q.set_defaults(func=_search)
 
 
@@ -454,8 +459,21 @@ def _search(args) -> int:
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
     where = _where_arg(args.where)  # before the model loads
+    if args.url and args.model:
+        raise CliError("--model with --url: the service searches with its own model")
     queries, tars = _queries(args.images)
     single = len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0]))
+    if args.url:
+        from . import _remote
+
+        try:
+            labelled, agree, failed = _remote.search(
+                args, queries, single, lambda name, label, hits: _print_hits(name, label, hits, args, single,
+                                                                             args.rerank is not None))
+        finally:
+            for tf in tars:
+                tf.close()
+        return _search_summary(args, labelled, agree, failed, len(queries))
     embedder = _embedder(args.model)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder)
@@ -490,12 +508,16 @@ def _search(args) -> int:
         store.close()
         for tf in tars:
             tf.close()
+    return _search_summary(args, labelled, agree, failed, len(queries))
+
+
+def _search_summary(args, labelled: int, agree: int, failed: int, n: int) -> int:
     if labelled and not args.json:
         print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) have a nearest neighbour of "
               f"that label")
     if failed:
-        print(f"{failed} of {len(queries)} queries could not be read", file=sys.stderr)
-    return 1 if failed == len(queries) else 0
+        print(f"{failed} of {n} queries could not be read", file=sys.stderr)
+    return 1 if failed == n else 0
 
 
 def _print_hits(name: str, label: str | None, hits: list, args, single: bool, reranked: bool) -> None:

@@ -1,0 +1,114 @@
+"""`simsearch search --url`: the queries sent to a running service's POST /batch/search, many a request,
+and its answers printed as the local search prints them."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+from ._errors import CliError
+from ._upload import _fatal, _message, _request
+
+MAX_FILES = 64                 # the service's default SIMSEARCH_MAX_FILES_PER_REQUEST
+MAX_BYTES = 8 * 1024 * 1024    # under its default 10 MiB body limit
+_TOO_BIG = ("too_many_parts", "body_too_large")   # the request, not one image: send fewer at once
+
+
+def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], single: bool,
+           show: Callable[..., None]) -> tuple[int, int, int]:
+    """Search the service at args.url with every query; show(name, label, hits) each answer. Returns
+    (queries with a label, of them those whose first hit has it, queries skipped)."""
+    import httpx
+
+    params = {k: v for k, v in (("k", args.k), ("label", args.label), ("where", args.where),
+                                ("max_distance", args.max_distance), ("rerank", args.rerank)) if v is not None}
+    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    url = args.url.rstrip("/")
+    agree = labelled = failed = 0
+    limit = MAX_FILES
+    try:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client:
+            todo = list(queries)
+            while todo:
+                chunk, size = [], 0
+                while todo and len(chunk) < limit and (not chunk or size + _size_hint(todo[0]) <= MAX_BYTES):
+                    name, label, read = todo.pop(0)
+                    try:
+                        data = read()
+                    except OSError as exc:
+                        if single:
+                            raise CliError(f"cannot read image {name}: {exc}") from None
+                        failed += 1
+                        print(f"skipped {name}: {exc}", file=sys.stderr)
+                        continue
+                    chunk.append((name, label, data))
+                    size += len(data)
+                if not chunk:
+                    continue
+                answers, too_big = _ask(client, chunk, params, url, single)
+                if too_big:   # put them back and send fewer a request
+                    if len(chunk) == 1:
+                        raise CliError(f"the service at {url} refused {chunk[0][0]}: {too_big}")
+                    limit = max(1, len(chunk) // 2)
+                    todo[:0] = [(n, lb, (lambda d=d: d)) for n, lb, d in chunk]
+                    continue
+                for (name, label, _), hits in zip(chunk, answers):
+                    if hits is None:
+                        failed += 1
+                        continue
+                    hits = [SimpleNamespace(**h) for h in hits]
+                    if label is not None:
+                        labelled += 1
+                        agree += bool(hits) and hits[0].label == label
+                    show(name, label, hits)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    return labelled, agree, failed
+
+
+def _size_hint(query) -> int:
+    # the bytes are read when the query joins a request; a file's size is known before
+    name, _, read = query
+    try:
+        return Path(name).stat().st_size if Path(name).is_file() else 0
+    except OSError:
+        return 0
+
+
+def _ask(client, chunk, params, url: str, single: bool) -> tuple[list, str]:
+    """POST one request of queries: (each query's hits, or None where the service refused its image;
+    the service's message when the request as a whole was too big)."""
+    files = [("file", (Path(name).name or "query", data)) for name, _, data in chunk]
+    r = _request(client, "POST", "/batch/search", params=params, files=files)
+    if r.status_code == 200:
+        return [q["results"] for q in r.json()["queries"]], ""
+    code = _code(r)
+    if r.status_code == 413 and code in _TOO_BIG:
+        return [], _message(r)
+    if r.status_code in (400, 413, 415) and len(chunk) > 1:
+        # One image the service cannot read fails its whole request: ask one at a time, so that
+        # only that one is skipped, with the service's reason.
+        out = []
+        for one in chunk:
+            hits, too_big = _ask(client, [one], params, url, single)
+            if too_big:
+                print(f"skipped {one[0]}: {too_big}", file=sys.stderr)
+            out.extend([None] if too_big else hits)
+        return out, ""
+    if r.status_code in (400, 413, 415) and not single:
+        print(f"skipped {chunk[0][0]}: {_message(r)}", file=sys.stderr)
+        return [None], ""
+    if r.status_code == 401:
+        raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "
+                       f"SIMSEARCH_API_KEY ({_message(r)})")
+    raise CliError(_fatal(r.status_code, _message(r), url))
+
+
+def _code(r) -> str:
+    try:
+        return json.loads(r.text)["error"]["code"]
+    except Exception:  # noqa: BLE001
+        return ""

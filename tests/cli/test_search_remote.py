@@ -1,0 +1,70 @@
+"""`simsearch search --url`: many queries through a real `simsearch serve`'s POST /batch/search, printed
+as the local search prints them, with a refused image skipped, requests made smaller when the service
+takes fewer files, and a missing key said in one line."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from cli import main
+
+from .test_upload import KEY, photos, serving  # noqa: F401  (photos is a fixture)
+from tests.app.conftest import stop_server
+
+
+def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_image(
+        hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
+    # a service that takes at most 5 files a request: the 13 queries are sent in smaller requests
+    live = serving(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_FILES_PER_REQUEST="5")
+    try:
+        assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0
+        capsys.readouterr()
+        local_args = ["search", str(photos), "-k", "3", "--data", str(tmp_path / "data"), "--model", str(hybrid1_artifact)]
+        remote_args = ["search", str(photos), "-k", "3", "--url", live.url]
+        runs = {}
+        for name, args in (("local", local_args), ("remote", remote_args)):
+            assert main(args + ["--json"]) == 0
+            runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert main(args) == 0
+            runs[name + " text"] = capsys.readouterr()
+        # the same queries, neighbours, labels and scores (to float rounding: the batches differ)
+        assert [(r["query"], r["label"], [h["id"] for h in r["results"]]) for r in runs["remote"]] == \
+            [(r["query"], r["label"], [h["id"] for h in r["results"]]) for r in runs["local"]]
+        assert len(runs["remote"]) == 12 and all(r["query"].endswith("/" + r["results"][0]["id"]) for r in runs["remote"])
+        for got, want in zip(runs["remote"], runs["local"]):
+            assert [h["score"] for h in got["results"]] == pytest.approx([h["score"] for h in want["results"]], abs=1e-4)
+        remote = runs["remote text"]
+        assert remote.out.splitlines()[-1] == runs["local text"].out.splitlines()[-1] == \
+            "12 of 12 queries with a label (1.000) have a nearest neighbour of that label"
+        assert "cat/notes.jpg: file 0 ('notes.jpg') is not a JPEG" in remote.err and "1 of 13 queries could not be read" in remote.err
+
+        assert main(["search", str(photos / "dog"), "-k", "2", "--json", "--url", live.url,
+                     "--where", '{"width": 32}']) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [row["query"] for row in lines] == [str(photos / "dog" / f"000{i}.jpg") for i in range(4)]
+        assert [row["results"][0]["id"] for row in lines] == [f"dog/000{i}.jpg" for i in range(4)]
+
+        assert main(["search", str(photos / "ship" / "0001.jpg"), "-k", "1", "--url", live.url]) == 0
+        assert capsys.readouterr().out.split()[-1] == "ship/0001.jpg"
+        metrics = httpx.get(live.url + "/metrics").text
+        assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
+    finally:
+        stop_server(live)
+
+
+def test_remote_search_without_a_needed_key_or_with_a_model_says_so_in_one_line(
+        hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
+    live = serving(hybrid1_artifact, tmp_path, SIMSEARCH_REQUIRE_KEY_FOR_READS="true")
+    try:
+        assert main(["search", str(photos / "dog"), "--url", live.url]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "needs an API key for searches" in err[0] and "--api-key" in err[0]
+        assert main(["search", str(photos / "dog"), "--url", live.url, "--api-key", KEY]) == 0
+        assert main(["search", str(photos / "dog"), "--url", live.url, "--model", str(hybrid1_artifact)]) == 2
+        assert "--model with --url" in capsys.readouterr().err
+    finally:
+        stop_server(live)
+    assert main(["search", str(photos / "dog"), "--url", live.url]) == 2   # nothing listening there now
+    assert "cannot reach the service" in capsys.readouterr().err
