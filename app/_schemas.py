@@ -16,13 +16,16 @@ class Hit(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class SearchResponse(BaseModel):
-    results: list[Hit] = Field(description="nearest first")
+class _Answer(BaseModel):
     k: int
     took_ms: float = Field(description="time spent on the request in the server, milliseconds")
-    model: str = Field(description="the model that embedded the query (name@sha12)")
+    model: str = Field(description="the model that embedded the queries (name@sha12)")
     reranked: bool = Field(False, description="whether the PDDM head re-ordered the candidates")
     candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
+
+
+class SearchResponse(_Answer):
+    results: list[Hit] = Field(description="nearest first")
 
 
 class QueryResults(BaseModel):
@@ -30,13 +33,8 @@ class QueryResults(BaseModel):
     results: list[Hit] = Field(description="nearest first")
 
 
-class BatchSearchResponse(BaseModel):
+class BatchSearchResponse(_Answer):
     queries: list[QueryResults] = Field(description="one per query image or vector, in the order sent")
-    k: int
-    took_ms: float = Field(description="time spent on the request in the server, milliseconds")
-    model: str = Field(description="the model that embedded the queries (name@sha12)")
-    reranked: bool = Field(False, description="whether the PDDM head re-ordered the candidates")
-    candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
 
 
 class EmbedResponse(BaseModel):

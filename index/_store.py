@@ -492,20 +492,12 @@ class Store:
                 old = [self._fid_of[i] for i in deleted_ids + [n[1] for n in new] if i in self._fid_of]
                 self._remove_fids(old)
                 for fid in old:
-                    id_, label, meta = self._rows.pop(fid)
-                    del self._fid_of[id_]
-                    self._by_label[label].discard(fid)
-                    for key, value in self._meta_changed(meta, -1):
-                        _filter.discard(self._by_meta[key], value, fid)
+                    self._forget_locked(fid)
                 if new:
                     fids = np.array([n[0] for n in new], dtype=np.int64)
                     self._index.add_with_ids(np.stack([n[2] for n in new]), fids)
                     for fid, id_, _vec, label, meta in new:
-                        self._rows[fid] = (id_, label, meta)
-                        self._fid_of[id_] = fid
-                        self._by_label.setdefault(label, set()).add(fid)
-                        for key, value in self._meta_changed(meta, +1):
-                            _filter.add(self._by_meta[key], value, fid)
+                        self._remember_locked(fid, id_, label, meta)
                 self._applied_seq = seq
                 self._version += 1
             except Exception as exc:
@@ -551,25 +543,33 @@ class Store:
             with self._rw.write():
                 self._remove_fids(gone)
                 for fid in gone:
-                    id_, label, meta = self._rows.pop(fid)
-                    if self._fid_of.get(id_) == fid:
-                        del self._fid_of[id_]
-                    self._by_label[label].discard(fid)
-                    for key, value in self._meta_changed(meta, -1):
-                        _filter.discard(self._by_meta[key], value, fid)
+                    self._forget_locked(fid)
                 for fid in changed:
                     self._relabel_locked(fid, live[fid][1], live[fid][2])
                 if fresh:
                     self._index.add_with_ids(vectors, np.array([r[0] for r in fresh], dtype=np.int64))
                     for fid, id_, _blob, label, meta in fresh:
-                        self._rows[fid] = (id_, label, meta)
-                        self._fid_of[id_] = fid
-                        self._by_label.setdefault(label, set()).add(fid)
-                        for key, value in self._meta_changed(meta, +1):
-                            _filter.add(self._by_meta[key], value, fid)
+                        self._remember_locked(fid, id_, label, meta)
                 self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
                 self._version += 1
         return len(fresh), len(gone), len(changed)
+
+    def _forget_locked(self, fid: int) -> None:
+        """Drop the row `fid` from the in-memory maps (the write lock held; FAISS is the caller's)."""
+        id_, label, meta = self._rows.pop(fid)
+        if self._fid_of.get(id_) == fid:   # not when a newer version of the item is already there
+            del self._fid_of[id_]
+        self._by_label[label].discard(fid)
+        for key, value in self._meta_changed(meta, -1):
+            _filter.discard(self._by_meta[key], value, fid)
+
+    def _remember_locked(self, fid: int, id_: str, label: str | None, meta_json: str) -> None:
+        """Add the row `fid` to the in-memory maps (the write lock held; FAISS is the caller's)."""
+        self._rows[fid] = (id_, label, meta_json)
+        self._fid_of[id_] = fid
+        self._by_label.setdefault(label, set()).add(fid)
+        for key, value in self._meta_changed(meta_json, +1):
+            _filter.add(self._by_meta[key], value, fid)
 
     def _relabel_locked(self, fid: int, label: str | None, meta_json: str) -> None:
         """Give the row `fid` a new label and metadata (the write lock held): its vector stays."""
