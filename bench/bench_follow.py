@@ -5,7 +5,9 @@
 For each size: a store of that many random unit vectors (dim 256, metadata {"n": i}) is written in a
 temporary folder, a read-only Store opened on it, and then timed: refresh() with nothing committed;
 after one metadata edit; after 1,000 upserts (half of them replacing items) and 100 deletions. Also the
-time to open the read-only store, which is what a replica restarted instead of refreshed would pay.
+time to open the read-only store, which is what a replica restarted instead of refreshed would pay, and a
+writer's first and second single-item writes after it opens the store again (the first grows FAISS's
+flat array, as a replica's first refresh that adds does).
 """
 from __future__ import annotations
 
@@ -64,6 +66,12 @@ def study(size: int) -> dict:
         assert reader.count() == writer.count(), (reader.count(), writer.count())
         reader.close()
         writer.close()
+        # the writer's side of the same growth: its first write after opening the store again
+        writer = Store.open(StoreConfig(folder, dim=DIM, model_id="bench", snapshot_every=0))
+        vecs = _unit(rng, 2)
+        out["writer_first_write_seconds"], _ = _timed(lambda: writer.upsert([Item("after-0", vecs[0], None, {})]))
+        out["writer_second_write_seconds"], _ = _timed(lambda: writer.upsert([Item("after-1", vecs[1], None, {})]))
+        writer.close()
         return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -82,7 +90,9 @@ def main() -> None:
         print(f"{size:>9,} items: open read-only {r['open_read_only_seconds']:.2f} s; refresh: first "
               f"{r['refresh_first_seconds']:.3f} s, nothing committed {1e3 * r['refresh_nothing_seconds']:.2f} ms, "
               f"one edit {r['refresh_one_edit_seconds']:.3f} s {r['refresh_one_edit']}, 1,000 upserts + 100 "
-              f"deletes {r['refresh_1000_upserts_100_deletes_seconds']:.3f} s {r['refresh_1000_upserts_100_deletes']}")
+              f"deletes {r['refresh_1000_upserts_100_deletes_seconds']:.3f} s {r['refresh_1000_upserts_100_deletes']}; "
+              f"a writer's first write after opening {r['writer_first_write_seconds']:.3f} s, its second "
+              f"{r['writer_second_write_seconds']:.3f} s")
     _common.write_result("follow" + args.tag, {"command": _common.command_line(), "machine": machine,
                                                "results": results})
 

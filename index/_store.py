@@ -72,6 +72,7 @@ class Store:
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
         self._data_version: int | None = None
+        self._edits_seen: str | None = None                     # the writer's edit count at the last refresh
         try:
             self._open()
         except BaseException:
@@ -141,6 +142,8 @@ class Store:
         changed = [(k, v) for k, v in (("model_id", self.model_id), ("dim", str(self.dim)),
                                         ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
                                         ("last_seq", str(self._last_seq))) if meta.get(k) != v]
+        if "edits" not in meta:  # label/metadata edits made so far: read-only followers skip comparing them
+            changed.append(("edits", "0"))
         if changed and not cfg.read_only:  # only what changed: a store on a full disk still opens
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -408,6 +411,7 @@ class Store:
             new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is _KEEP else label, meta))
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'edits'")
             with self._rw.write():
                 self._relabel_locked(fid, new_label, meta_json)
                 self._version += 1
@@ -526,16 +530,21 @@ class Store:
                 return 0, 0, 0
             conn.execute("BEGIN")   # the listing and the new vectors from one state of the database
             try:
-                last_seq = int(_db.get_meta(conn).get("last_seq", 0))
-                live = {seq: (id_, label, meta) for seq, id_, label, meta in
-                        conn.execute("SELECT seq, id, label, metadata FROM items")}
+                meta = _db.get_meta(conn)
+                last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
+                # Labels and metadata are compared only when the writer has edited some since the last
+                # look (or does not count its edits); otherwise the sequence numbers say it all.
+                compare = edits is None or edits != self._edits_seen
+                query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
+                live = {row[0]: row[1:] for row in conn.execute(query)}
                 fresh = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ?",
                                      (self._applied_seq,)).fetchall()
             finally:
                 conn.execute("COMMIT")
-            self._data_version = version
+            self._data_version, self._edits_seen = version, edits
             gone = [fid for fid in self._rows if fid not in live]
-            changed = [fid for fid, row in live.items() if fid in self._rows and self._rows[fid] != row]
+            changed = [fid for fid, row in live.items() if fid in self._rows and self._rows[fid] != row] \
+                if compare else []
             fresh = [r for r in fresh if r[0] not in self._rows]
             if not (gone or changed or fresh):
                 return 0, 0, 0

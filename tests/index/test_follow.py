@@ -68,3 +68,19 @@ def test_a_read_only_store_not_created_yet_is_missing_not_corrupt(tmp_path):
     sqlite3.connect(folder / "store.sqlite3").execute("PRAGMA journal_mode=WAL").fetchone()  # a writer, mid-way
     with pytest.raises(StoreMissingError, match="no tables yet"):
         Store.open(StoreConfig(folder, read_only=True))
+
+
+def test_edits_of_a_writer_that_does_not_count_them_are_still_followed(open_store, tmp_path):
+    import sqlite3
+
+    rng = np.random.default_rng(6)
+    writer = open_store()
+    writer.upsert([Item(f"i{k}", v, "a", {"n": k}) for k, v in enumerate(unit(rng, 5))])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    assert reader.refresh() == (0, 0, 0)
+    # an older writer: no edit counter in the store, and a label changed in place
+    with sqlite3.connect(tmp_path / "store" / "store.sqlite3") as db:
+        db.execute("DELETE FROM meta WHERE key = 'edits'")
+        db.execute("UPDATE items SET label = 'b' WHERE id = 'i2'")
+    assert reader.refresh() == (0, 0, 1)
+    assert reader.get("i2").label == "b" and [h.id for h in reader.search(unit(rng, 1), k=5, label="b")[0]] == ["i2"]
