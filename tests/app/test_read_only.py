@@ -43,7 +43,7 @@ def test_a_gallery_on_a_read_only_disk_is_served_read_only_and_refuses_writes_wi
     finally:
         stop_server(live)
 
-    live = start_server({**env, "SIMSEARCH_READ_ONLY": "true"}, tmp_path, prefix=inside, log_name="reader.log")
+    live = start_server(env, tmp_path, args=["--read-only"], prefix=inside, log_name="reader.log")
     try:
         with httpx.Client(base_url=live.url, timeout=60) as c:
             assert c.get("/readyz").json()["read_only"] is True
