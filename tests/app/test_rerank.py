@@ -76,6 +76,12 @@ async def test_rerank_reorders_the_faiss_candidates_by_pddm_score(pddm_artifact,
         vector = (await c.post("/embed", files=[upload(query)])).json()["vectors"][0]
         by_vector = await c.post("/search?k=5&rerank=12", json={"vector": vector})
         assert [h["id"] for h in by_vector.json()["results"]] == got and by_vector.json()["reranked"] is True
+        # a batch search re-ranks each of its queries as a single search would
+        other = cifar["automobile"][5]
+        batch = await c.post("/batch/search?k=5&rerank=12", files=[upload(other, "car.jpg"), upload(query)])
+        assert batch.status_code == 200 and batch.json()["reranked"] is True, batch.text
+        answers = [[h["id"] for h in q["results"]] for q in batch.json()["queries"]]
+        assert answers == [expected_order(pddm_artifact, images, ids, other, 12, 5), got]
 
 
 async def test_rerank_fewer_candidates_than_k_is_a_422(pddm_artifact, tmp_path, jpeg):
