@@ -9,7 +9,7 @@ import sqlite3
 import struct
 from pathlib import Path
 
-from ._errors import StoreCorruptError, StoreError
+from ._errors import StorageError, StoreCorruptError, StoreError
 
 log = logging.getLogger("index")
 
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 
 def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
     """Open (creating when allowed) the database; StoreCorruptError when it is not readable,
-    StoreError when it cannot be opened at all (permissions, a read-only disk it cannot be read on)."""
+    StorageError when its disk refuses the journal files (full, failing), StoreError when it cannot be
+    opened at all (permissions, a read-only disk it cannot be read on)."""
     try:
         if read_only:
             conn = _connect_read_only(Path(path))
@@ -46,6 +47,13 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         if _cannot_open(exc):
             raise StoreError(f"cannot open the store's database {path}: {exc}. {_why_not_opened(Path(path))}") from None
+        refusal = disk_refusal(exc)
+        if refusal is not None:  # not damage: SQLite could not write its journal files beside it
+            free = free_space(Path(path).parent)
+            full = refusal == sqlite3.SQLITE_FULL or free.startswith("0.0 MB")
+            raise StorageError(f"cannot open the store's database {path}: {exc}; the disk holding it "
+                               f"{'is full' if full else 'refused a write'} ({free}). Nothing was changed; "
+                               "free space (or fix the disk) and start again", full=full) from None
         raise StoreCorruptError(
             f"cannot open the store's database {path}: {exc}. It is the record of truth, so the "
             f"store will not start on it; restore it from a backup or move it away to start empty"

@@ -142,12 +142,23 @@ class Store:
         changed = [(k, v) for k, v in (("model_id", self.model_id), ("dim", str(self.dim)),
                                         ("index", self.spec), ("schema", str(_db.SCHEMA_VERSION)),
                                         ("last_seq", str(self._last_seq))) if meta.get(k) != v]
-        if "edits" not in meta:  # label/metadata edits made so far: read-only followers skip comparing them
-            changed.append(("edits", "0"))
         if changed and not cfg.read_only:  # only what changed: a store on a full disk still opens
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
+        if "edits" not in meta and not cfg.read_only:
+            # The count of label/metadata edits, which lets read-only followers skip comparing them. A
+            # store from before it starts counting here; on a full disk it starts at a later open
+            # (without it, followers compare every time, which is slower, not wrong).
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('edits', '0')")
+            except sqlite3.OperationalError as exc:
+                if self._conn.in_transaction:   # a failed COMMIT leaves it open
+                    self._conn.execute("ROLLBACK")
+                if _db.disk_refusal(exc) is None:
+                    raise
 
     # ---- recovery: snapshot + replay --------------------------------------------------------
 

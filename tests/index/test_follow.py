@@ -84,3 +84,44 @@ def test_edits_of_a_writer_that_does_not_count_them_are_still_followed(open_stor
         db.execute("UPDATE items SET label = 'b' WHERE id = 'i2'")
     assert reader.refresh() == (0, 0, 1)
     assert reader.get("i2").label == "b" and [h.id for h in reader.search(unit(rng, 1), k=5, label="b")[0]] == ["i2"]
+
+
+def test_a_store_from_before_the_edit_count_starts_counting_when_opened_for_writing(tmp_path):
+    import sqlite3
+
+    from index import Store, StoreConfig
+
+    folder = tmp_path / "store"
+    Store.open(StoreConfig(folder, dim=8, model_id="m")).close()
+    with sqlite3.connect(folder / "store.sqlite3") as db:   # as an older version wrote it
+        db.execute("DELETE FROM meta WHERE key = 'edits'")
+    Store.open(StoreConfig(folder, read_only=True)).close()   # a reader writes nothing
+    with sqlite3.connect(folder / "store.sqlite3") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'edits'").fetchone() is None
+    with Store.open(StoreConfig(folder, dim=8, model_id="m")) as writer:
+        writer.upsert([Item("a", np.eye(8, dtype=np.float32)[0], None, {})])
+        writer.update("a", label="x")
+    with sqlite3.connect(folder / "store.sqlite3") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'edits'").fetchone() == ("1",)
+
+
+def test_a_store_on_a_disk_with_no_byte_free_is_refused_as_full_not_as_damaged(small_disk):
+    import subprocess
+    import sys
+
+    mount, inside = small_disk
+    folder = mount / "store"
+    make = ("import sys, pathlib, numpy as np; from index import Store, StoreConfig, Item\n"
+            "s = Store.open(StoreConfig(pathlib.Path(sys.argv[1]), dim=8, model_id='m'))\n"
+            "s.upsert([Item('a', np.eye(8, dtype=np.float32)[0], None, {})]); s.close()")
+    assert subprocess.run([*inside, sys.executable, "-c", make, str(folder)], timeout=120).returncode == 0
+    subprocess.run([*inside, "sh", "-c", f"cat /dev/zero > {mount}/fill"], capture_output=True)   # to the last byte
+    reopen = ("import sys, pathlib; from index import Store, StoreConfig, StorageError\n"
+              "try:\n    Store.open(StoreConfig(pathlib.Path(sys.argv[1]), dim=8, model_id='m')).close(); print('opened')\n"
+              "except StorageError as exc:\n    print('StorageError', exc.full, exc)")
+    r = subprocess.run([*inside, sys.executable, "-c", reopen, str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("StorageError True") and "is full" in r.stdout, r.stdout + r.stderr
+    assert "restore it from a backup" not in r.stdout
+    subprocess.run([*inside, "rm", str(mount / "fill")], check=True)
+    r = subprocess.run([*inside, sys.executable, "-c", reopen, str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "opened", r.stdout + r.stderr
