@@ -1,14 +1,24 @@
-"""model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder."""
-from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta,
-                        resave_artifact, save_artifact)
-from ._embedder import Embedder, default_device, embed_tensor
+"""model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder.
+
+Only the image formats are imported with the package: they need Pillow, not torch. Everything else is
+imported on first use, so the HTTP clients (`simsearch index upload`, `simsearch search --url`) that
+only need the list of image file extensions do not pay torch's second and hundreds of MiB."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS
-from ._involution import Involution
-from ._preprocess import to_model_array
-from ._registry import create_model, is_model, list_models, register_model
-from . import _baselines, _hybrid  # noqa: F401  (registers the zoo)
-from ._params import count_parameters, default_artifact_path
-from ._pddm import PDDM
+
+if TYPE_CHECKING:
+    from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta,
+                            resave_artifact, save_artifact)
+    from ._embedder import Embedder, default_device, embed_tensor
+    from ._involution import Involution
+    from ._params import count_parameters, default_artifact_path
+    from ._pddm import PDDM
+    from ._preprocess import to_model_array
+    from ._registry import create_model, is_model, list_models, register_model
 
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
@@ -16,3 +26,32 @@ __all__ = [
     "create_model", "default_artifact_path", "default_device", "embed_tensor", "is_model", "list_models",
     "load_artifact", "read_meta", "register_model", "resave_artifact", "save_artifact", "to_model_array",
 ]
+
+# The module each torch-side name lives in. The zoo modules come along on the first of them, so that
+# create_model and load_artifact always see every registered architecture.
+_SOURCES = {
+    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "load_artifact", "read_meta",
+                  "resave_artifact", "save_artifact"),
+    "_embedder": ("Embedder", "default_device", "embed_tensor"),
+    "_involution": ("Involution",),
+    "_preprocess": ("to_model_array",),
+    "_registry": ("create_model", "is_model", "list_models", "register_model"),
+    "_params": ("count_parameters", "default_artifact_path"),
+    "_pddm": ("PDDM",),
+}
+_ZOO = ("_baselines", "_hybrid")
+
+
+def __getattr__(name: str) -> Any:
+    if not any(name in names for names in _SOURCES.values()):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for module, names in _SOURCES.items():
+        loaded = importlib.import_module(f"{__name__}.{module}")
+        globals().update({n: getattr(loaded, n) for n in names})
+    for module in _ZOO:
+        importlib.import_module(f"{__name__}.{module}")
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -87,3 +87,31 @@ def test_upload_waits_out_the_rate_limit_and_loses_nothing(hybrid1_artifact, pho
         assert len(listing(server)) == 12
     finally:
         stop_server(server)
+
+
+def test_upload_and_remote_search_work_where_torch_cannot_be_imported(live, photos, tmp_path):
+    """The HTTP clients import no torch: a machine that only uploads or queries need not carry it,
+    and each command starts in a fraction of a second instead of over one."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path / "no-torch-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{repo}", "SIMSEARCH_API_KEY": KEY}
+    simsearch = str(Path(sys.executable).parent / "simsearch")
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "torch" in probe.stderr   # the blocker works
+
+    up = subprocess.run([simsearch, "index", "upload", str(photos), "--url", live.url],
+                        env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert "uploaded 12 images (1 rejected by the service)" in up.stdout
+    found = subprocess.run([simsearch, "search", str(photos), "--url", live.url, "-k", "1"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert "12 of 12 queries with a label (1.000) have a nearest neighbour of that label" in found.stdout
+    assert "1 of 13 queries could not be read" in found.stderr
