@@ -4,7 +4,8 @@
 
 For each size: a store of that many random unit vectors (dim 256, metadata {"n": i}) is written in a
 temporary folder, a read-only Store opened on it, and then timed: refresh() with nothing committed;
-after one metadata edit; after 1,000 upserts (half of them replacing items) and 100 deletions. Also the
+after one metadata edit; after 1,000 upserts (half of them replacing items) and 100 deletions;
+after 100 label edits; after 10,000 deletions in one call (and that call's time). Also the
 time to open the read-only store, which is what a replica restarted instead of refreshed would pay, and a
 writer's first and second single-item writes after it opens the store again (the first grows FAISS's
 flat array, as a replica's first refresh that adds does).
@@ -64,6 +65,13 @@ def study(size: int) -> dict:
         writer.delete([f"i{k}" for k in range(1000, 1100)])
         out["refresh_1000_upserts_100_deletes_seconds"], out["refresh_1000_upserts_100_deletes"] = _timed(reader.refresh)
         assert reader.count() == writer.count(), (reader.count(), writer.count())
+        for k in range(100):
+            writer.update(f"i{2000 + k}", label="edited")
+        out["refresh_100_edits_seconds"], out["refresh_100_edits"] = _timed(reader.refresh)
+        doomed = [f"i{k}" for k in range(10_000, 20_000)]
+        out["writer_delete_10000_seconds"], _ = _timed(lambda: writer.delete(doomed))
+        out["refresh_10000_deletes_seconds"], out["refresh_10000_deletes"] = _timed(reader.refresh)
+        assert reader.count() == writer.count() and reader.count(label="edited") == 100
         reader.close()
         writer.close()
         # the writer's side of the same growth: its first write after opening the store again
@@ -90,7 +98,9 @@ def main() -> None:
         print(f"{size:>9,} items: open read-only {r['open_read_only_seconds']:.2f} s; refresh: first "
               f"{r['refresh_first_seconds']:.3f} s, nothing committed {1e3 * r['refresh_nothing_seconds']:.2f} ms, "
               f"one edit {r['refresh_one_edit_seconds']:.3f} s {r['refresh_one_edit']}, 1,000 upserts + 100 "
-              f"deletes {r['refresh_1000_upserts_100_deletes_seconds']:.3f} s {r['refresh_1000_upserts_100_deletes']}; "
+              f"deletes {r['refresh_1000_upserts_100_deletes_seconds']:.3f} s {r['refresh_1000_upserts_100_deletes']}, "
+              f"100 edits {r['refresh_100_edits_seconds']:.3f} s, 10,000 deletes {r['refresh_10000_deletes_seconds']:.3f} s "
+              f"(the writer's delete of them {r['writer_delete_10000_seconds']:.3f} s); "
               f"a writer's first write after opening {r['writer_first_write_seconds']:.3f} s, its second "
               f"{r['writer_second_write_seconds']:.3f} s")
     _common.write_result("follow" + args.tag, {"command": _common.command_line(), "machine": machine,

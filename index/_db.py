@@ -29,6 +29,20 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_label_seq ON items(label, seq);
 CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
+# The change log that read-only followers apply instead of comparing the whole listing: the seq of
+# every row deleted or edited in place. Triggers write it, so every writer records it, whichever
+# version of this code (or the sqlite3 shell) it is. A replaced item needs no entry: it comes back
+# with its id under a new seq. Old entries are pruned; `changes_pruned` in meta is the last n gone.
+# One transaction: a table without its triggers would be a log that misses changes.
+_CHANGES_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS changes (n INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS items_deleted_log AFTER DELETE ON items
+    BEGIN INSERT INTO changes (seq) VALUES (OLD.seq); END;
+CREATE TRIGGER IF NOT EXISTS items_edited_log AFTER UPDATE OF label, metadata ON items
+    BEGIN INSERT INTO changes (seq) VALUES (NEW.seq); END;
+COMMIT;
+"""
 
 
 def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
@@ -128,6 +142,25 @@ def init_schema(conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)
     except sqlite3.DatabaseError as exc:
         raise StoreCorruptError(f"cannot initialise the store's database: {exc}") from None
+
+
+def init_changes(conn: sqlite3.Connection) -> bool:
+    """Add the change log to a store that lacks it (one from before it); False when the disk refuses
+    the write (full): the store works without it, its followers compare listings instead."""
+    try:
+        conn.executescript(_CHANGES_SCHEMA)
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if disk_refusal(exc) is None:
+            raise
+        return False
+    return True
+
+
+def has_changes(conn: sqlite3.Connection) -> bool:
+    """Whether the store keeps the change log (its writer has opened it since the log was added)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes'").fetchone() is not None
 
 
 def get_meta(conn: sqlite3.Connection) -> dict[str, str]:

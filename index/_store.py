@@ -31,6 +31,7 @@ MAX_ID_LEN = 1024
 MAX_METADATA_BYTES = 64 * 1024
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
+CHANGES_KEPT = 100_000     # change-log entries kept; a follower further behind compares listings
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
@@ -73,6 +74,9 @@ class Store:
         self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
         self._data_version: int | None = None
         self._edits_seen: str | None = None                     # the writer's edit count at the last refresh
+        self._log_seen: int | None = None      # the last change-log entry applied (None: compare listings)
+        self._has_log = False                  # the store keeps the change log (a writer's view)
+        self._changes_pruned = 0
         try:
             self._open()
         except BaseException:
@@ -91,6 +95,7 @@ class Store:
         self._conn = _db.connect(self._db_path, cfg.read_only)
         if not cfg.read_only:
             _db.init_schema(self._conn)
+            self._has_log = _db.has_changes(self._conn) or _db.init_changes(self._conn)
         try:
             meta = _db.get_meta(self._conn)
         except sqlite3.DatabaseError as exc:
@@ -126,6 +131,7 @@ class Store:
             self.model_id, self.dim = have_model, have_dim
             self.spec = cfg.index or meta.get("index", "flat")
             self._last_seq = int(meta.get("last_seq", 0))
+            self._changes_pruned = int(meta.get("changes_pruned", 0))
         else:
             if cfg.read_only:
                 raise StoreMissingError(f"the store at {self._path} is empty (no model recorded)")
@@ -176,6 +182,10 @@ class Store:
         self._by_meta: dict[str, dict[Any, int | set[int]]] = {}
         self._meta_keys: dict[str, int] | None = None
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
+        if self.config.read_only and _db.has_changes(self._conn):
+            # Read before the rows: a change committed in between is then applied again by the first
+            # refresh, which is harmless, rather than missed.
+            self._log_seen = self._conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0]
         for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
             self._rows[seq] = (id_, label, meta)
             self._fid_of[id_] = seq
@@ -423,6 +433,7 @@ class Store:
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'edits'")
+                self._prune_changes(conn)
             with self._rw.write():
                 self._relabel_locked(fid, new_label, meta_json)
                 self._version += 1
@@ -465,10 +476,22 @@ class Store:
             seq = self._last_seq + 1 if gone else self._last_seq
             if gone:  # a delete is a write with its own sequence number
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
+                self._prune_changes(conn)
         if gone:
             self._last_seq = seq
             self._apply([], gone, seq)
         return gone
+
+    def _prune_changes(self, conn: sqlite3.Connection) -> None:
+        """Keep the change log to its last CHANGES_KEPT entries (in a write's transaction, now and then)."""
+        if not self._has_log:
+            return
+        top = conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0]
+        if top - self._changes_pruned > 2 * CHANGES_KEPT:
+            cut = top - CHANGES_KEPT
+            conn.execute("DELETE FROM changes WHERE n <= ?", (cut,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('changes_pruned', ?)", (str(cut),))
+            self._changes_pruned = cut   # if the write rolls back, the next prune merely comes later
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -539,24 +562,40 @@ class Store:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
                 return 0, 0, 0
-            conn.execute("BEGIN")   # the listing and the new vectors from one state of the database
+            conn.execute("BEGIN")   # the changes and the new rows from one state of the database
             try:
                 meta = _db.get_meta(conn)
                 last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
-                # Labels and metadata are compared only when the writer has edited some since the last
-                # look (or does not count its edits); otherwise the sequence numbers say it all.
-                compare = edits is None or edits != self._edits_seen
-                query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
-                live = {row[0]: row[1:] for row in conn.execute(query)}
+                log_top = conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0] \
+                    if _db.has_changes(conn) else None
+                if (log_top is not None and self._log_seen is not None
+                        and int(meta.get("changes_pruned", 0)) <= self._log_seen):
+                    # The log holds every deletion and edit since the last look: read only those rows
+                    # (a row gone from the table was deleted; one still there may have been edited).
+                    touched = conn.execute(
+                        "SELECT c.seq, i.id, i.label, i.metadata FROM (SELECT DISTINCT seq FROM changes "
+                        "WHERE n > ?) AS c LEFT JOIN items AS i ON i.seq = c.seq", (self._log_seen,)).fetchall()
+                    current = {r[0]: r[1:] for r in touched if r[1] is not None}
+                    gone = {r[0] for r in touched if r[1] is None and r[0] in self._rows}
+                    changed = [fid for fid, row in current.items() if self._rows.get(fid, row) != row]
+                else:
+                    # No log (a store from before it), or the follower is further behind than it
+                    # reaches: compare the listing. Labels and metadata only when the writer has
+                    # edited some since the last look (or does not count its edits).
+                    compare = edits is None or edits != self._edits_seen
+                    query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
+                    current = {row[0]: row[1:] for row in conn.execute(query)}
+                    gone = {fid for fid in self._rows if fid not in current}
+                    changed = [fid for fid, row in current.items() if fid in self._rows and self._rows[fid] != row] \
+                        if compare else []
                 fresh = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ?",
                                      (self._applied_seq,)).fetchall()
             finally:
                 conn.execute("COMMIT")
-            self._data_version, self._edits_seen = version, edits
-            gone = [fid for fid in self._rows if fid not in live]
-            changed = [fid for fid, row in live.items() if fid in self._rows and self._rows[fid] != row] \
-                if compare else []
+            self._data_version, self._edits_seen, self._log_seen = version, edits, log_top
             fresh = [r for r in fresh if r[0] not in self._rows]
+            # A replaced item is its id under a new seq: its old row goes (the log does not list it).
+            gone.update(self._fid_of[r[1]] for r in fresh if r[1] in self._fid_of)
             if not (gone or changed or fresh):
                 return 0, 0, 0
             vectors = _blobs_to_matrix([r[2] for r in fresh], self.dim) if fresh else None
@@ -565,7 +604,7 @@ class Store:
                 for fid in gone:
                     self._forget_locked(fid)
                 for fid in changed:
-                    self._relabel_locked(fid, live[fid][1], live[fid][2])
+                    self._relabel_locked(fid, current[fid][1], current[fid][2])
                 if fresh:
                     self._index.add_with_ids(vectors, np.array([r[0] for r in fresh], dtype=np.int64))
                     for fid, id_, _blob, label, meta in fresh:

@@ -125,3 +125,120 @@ def test_a_store_on_a_disk_with_no_byte_free_is_refused_as_full_not_as_damaged(s
     subprocess.run([*inside, "rm", str(mount / "fill")], check=True)
     r = subprocess.run([*inside, sys.executable, "-c", reopen, str(folder)], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "opened", r.stdout + r.stderr
+
+
+def _statements(reader) -> list[str]:
+    """The SQL the follower's connection runs from now on (it exists after a first refresh)."""
+    seen: list[str] = []
+    reader._follow_conn.set_trace_callback(seen.append)
+    return seen
+
+
+def _reads_listing(statements: list[str]) -> bool:
+    return any(s.startswith("SELECT seq") and "FROM items" in s and "WHERE" not in s for s in statements)
+
+
+def test_a_follower_applies_deletions_and_edits_from_the_change_log_without_reading_the_listing(
+        open_store, tmp_path):
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 30)
+    writer = open_store()
+    writer.upsert([Item(f"i{k}", vectors[k], "ab"[k % 2], {"n": k}) for k in range(20)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    assert reader.refresh() == (0, 0, 0)
+    sql = _statements(reader)
+
+    writer.delete(["i1", "i2"])
+    writer.update("i3", label="c")
+    writer.update("i3", metadata_patch={"tag": "x"})           # twice: one change
+    writer.upsert([Item("i4", vectors[20], "a", {"n": 4})])   # replaced: not in the log, found by its id
+    writer.upsert([Item("new", vectors[21], "b", {})])
+    writer.update("new", label="c")                             # added and edited since the last look
+    writer.delete(["i5"])
+    writer.upsert([Item("i5", vectors[22], "b", {})])           # deleted, then added again
+    writer.update("i6", label="a")                              # an edit that changes nothing
+    assert reader.refresh() == (3, 4, 1)   # new, i4, i5 / i1, i2, i4's and i5's old rows / i3
+    assert not _reads_listing(sql) and any("FROM changes" in s for s in sql)
+    _same_view(reader, writer, np.concatenate([vectors[:8], vectors[20:23]]))
+    assert reader.get("i3").label == "c" and reader.get("i3").metadata == {"n": 3, "tag": "x"}
+    assert reader.get("new").label == "c" and reader.get("i1") is None
+
+    writer.delete_where(label="c")
+    assert reader.refresh() == (0, 2, 0)
+    assert not _reads_listing(sql)
+    _same_view(reader, writer, vectors[:8])
+
+
+def test_a_follower_further_behind_than_the_kept_log_compares_the_listing(open_store, tmp_path, monkeypatch):
+    import index._store as store_module
+
+    monkeypatch.setattr(store_module, "CHANGES_KEPT", 2)
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 20)
+    writer = open_store()
+    writer.upsert([Item(f"i{k}", vectors[k], "a", {"n": k}) for k in range(20)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    assert reader.refresh() == (0, 0, 0)
+    sql = _statements(reader)
+    for k in range(6):   # six log entries: the first ones are pruned
+        writer.update(f"i{k}", label="b")
+    writer.delete(["i10"])
+    assert reader.refresh() == (0, 1, 6)
+    assert _reads_listing(sql)
+    _same_view(reader, writer, vectors[:12])
+    del sql[:]
+    writer.update("i11", label="b")   # caught up again: back to the log
+    assert reader.refresh() == (0, 0, 1) and not _reads_listing(sql)
+    _same_view(reader, writer, vectors[:12])
+
+
+def test_a_store_from_before_the_change_log_is_followed_by_listing_until_a_writer_adds_it(tmp_path):
+    import sqlite3
+
+    from index import Store, StoreConfig
+
+    folder = tmp_path / "store"
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 10)
+    with Store.open(StoreConfig(folder, dim=DIM, model_id="m", snapshot_every=0)) as writer:
+        writer.upsert([Item(f"i{k}", vectors[k], "a", {}) for k in range(10)])
+    with sqlite3.connect(folder / "store.sqlite3") as db:   # as an older version left it
+        db.executescript("DROP TRIGGER items_deleted_log; DROP TRIGGER items_edited_log; DROP TABLE changes;")
+    with Store.open(StoreConfig(folder, read_only=True)) as reader:
+        assert reader.refresh() == (0, 0, 0)
+        with sqlite3.connect(folder / "store.sqlite3") as db:   # an older writer: an edit (counted) and a deletion
+            db.execute("UPDATE items SET label = 'b' WHERE id = 'i1'")
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'edits'")
+            db.execute("DELETE FROM items WHERE id = 'i2'")
+        assert reader.refresh() == (0, 1, 1)
+        assert reader.get("i1").label == "b" and reader.get("i2") is None
+        with Store.open(StoreConfig(folder, dim=DIM, model_id="m", snapshot_every=0)) as writer:   # adds the log
+            writer.update("i3", label="b")
+            assert reader.refresh() == (0, 0, 1)   # listing compared once more: the log starts now
+            sql = _statements(reader)
+            writer.delete(["i4"])
+            writer.update("i5", label="b")
+            assert reader.refresh() == (0, 1, 1) and not _reads_listing(sql)
+            assert reader.count(label="b") == writer.count(label="b") == 3
+
+
+def test_a_store_from_before_the_change_log_still_opens_on_a_full_disk_and_gets_it_when_there_is_room(small_disk):
+    import subprocess
+    import sys
+
+    mount, inside = small_disk
+    script = (
+        "import sys, pathlib, sqlite3, subprocess, numpy as np\n"
+        "from index import Store, StoreConfig, Item\n"
+        "folder = pathlib.Path(sys.argv[1]); config = StoreConfig(folder, dim=8, model_id='m')\n"
+        "with Store.open(config) as s: s.upsert([Item('a', np.eye(8, dtype=np.float32)[0], None, {})])\n"
+        "db = sqlite3.connect(folder / 'store.sqlite3')   # kept open, as a reader would: the WAL stays\n"
+        "db.executescript('DROP TRIGGER items_deleted_log; DROP TRIGGER items_edited_log; DROP TABLE changes;')\n"
+        "has_log = lambda: db.execute(\"SELECT count(*) FROM sqlite_master WHERE name = 'changes'\").fetchone()[0]\n"
+        "subprocess.run(['sh', '-c', f'cat /dev/zero > {folder.parent}/fill'], capture_output=True)\n"
+        "with Store.open(config) as s: print('full', s.count(), has_log())\n"
+        "(folder.parent / 'fill').unlink()\n"
+        "with Store.open(config) as s: print('room', s.count(), has_log())\n")
+    r = subprocess.run([*inside, sys.executable, "-c", script, str(mount / "store")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.split("\n")[:2] == ["full 1 0", "room 1 1"], r.stdout + r.stderr
