@@ -131,6 +131,18 @@ def inner(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
 
 
+def make_room(index: faiss.Index) -> None:
+    """Give a flat index loaded from a snapshot room to grow. Its code array is read to exactly its
+    size, so the first addition copies the whole array while searches wait on the write lock (0.6 s
+    at a million vectors of 256 floats; 2.5 s beside a writer in one process). Growing it by one row
+    and back makes that copy now, at open; the unused half is address space, not resident memory."""
+    flat = inner(index)
+    if isinstance(flat, faiss.IndexFlat) and flat.ntotal:
+        size = flat.codes.size()
+        flat.codes.resize(size + flat.code_size)   # std::vector doubles its capacity here
+        flat.codes.resize(size)                    # and keeps it when it shrinks
+
+
 def supports_remove(index: faiss.Index) -> bool:
     """Flat (renumbered by IndexIDMap) and IVF (own ids) can remove vectors; HNSW and refine
     indexes cannot: the store hides their removed ids with an IDSelector until a rebuild."""

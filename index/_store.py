@@ -201,6 +201,7 @@ class Store:
             self._snapshot_seq = 0
         else:
             self._index, self._factory = snap.index, snap.meta["factory"]
+            _faiss.make_room(self._index)
             self._trained_n = int(snap.meta.get("trained_n", 0))
             self._snapshot_seq = snap.seq
             live = np.fromiter(self._rows.keys(), dtype=np.int64, count=len(self._rows))

@@ -183,3 +183,21 @@ def test_truncated_journal_is_logged_and_the_intact_commits_recovered(tmp_path, 
         assert 0 < len(present) < len(acked) and present == acked[: len(present)]
         _assert_all_present(store, present)
     assert "partial frame" in caplog.text and "journal" in caplog.text
+
+
+def test_a_flat_index_loaded_from_its_snapshot_grows_shrinks_and_searches_exactly(tmp_path):
+    # make_room at open leaves spare capacity behind the loaded vectors: writes must land in it exactly
+    path = tmp_path / "store"
+    cfg = _store_with_snapshot(path, n=40)
+    with Store.open(cfg) as store:
+        store.upsert([Item(f"item-{i}", vector_for(i)) for i in range(40, 60)])
+        store.delete([f"item-{i}" for i in range(0, 60, 3)])
+        store.upsert([Item("item-1", vector_for(500))])
+        live = {f"item-{i}": vector_for(i) for i in range(60) if i % 3}
+        live["item-1"] = vector_for(500)
+        ids = sorted(live)
+        matrix = np.stack([live[i] for i in ids])
+        for q in (vector_for(7), vector_for(500), vector_for(59), vector_for(999)):
+            want = [ids[j] for j in np.argsort(-(matrix @ q), kind="stable")[:5]]
+            assert [h.id for h in store.search(q, k=5)[0]] == want
+        assert store.count() == len(live)
