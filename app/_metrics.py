@@ -36,6 +36,11 @@ class Metrics:
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.gallery = Gauge("simsearch_gallery_items", "items in the gallery", registry=r)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
+        self.followed = Gauge("simsearch_index_followed_timestamp_seconds",
+                              "read-only replicas: when the writer's changes were last read (Unix time; alert "
+                              "when it falls minutes behind)", registry=r)
+        self.follow_errors = Counter("simsearch_index_follow_errors",
+                                     "read-only replicas: failed reads of the writer's changes", registry=r)
         self.disk_free = Gauge("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
                                "(writes are refused with 507 when it runs out)", registry=r)
 

@@ -151,6 +151,7 @@ class Service:
         await anyio.to_thread.run_sync(gc.collect)
         gc.freeze()
         if s.read_only and s.refresh_seconds > 0:
+            self.metrics.followed.set_to_current_time()   # the store as opened is the writer's state now
             self._follow_task = asyncio.get_running_loop().create_task(self._follow(store), name="simsearch-follow")
         self.metrics.ready.set(1)
         self.ready = True
@@ -169,10 +170,12 @@ class Service:
             try:
                 added, removed, changed = await anyio.to_thread.run_sync(store.refresh)
             except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
+                self.metrics.follow_errors.inc()
                 if str(exc) != last_error:
                     log.error("index: cannot read the writer's changes: %s; serving the gallery as last read", exc)
                     last_error = str(exc)
                 continue
+            self.metrics.followed.set_to_current_time()
             if last_error is not None:
                 log.info("index: reading the writer's changes again")
                 last_error = None

@@ -6,6 +6,7 @@ user and mount namespace of the test's own, remounted read-only (tests/conftest.
 the server runs inside it (`nsenter`)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -110,6 +111,11 @@ def test_a_read_only_replica_beside_the_writer_follows_its_writes(hybrid1_artifa
                 assert r.get("/index/b").status_code == 404
                 assert r.get("/index/e/thumbnail").status_code == 200
                 assert r.post("/index", files=[upload(png(12))], headers=key).status_code == 405
+                # an operator can alert on a replica that stops following
+                metrics = r.get("/metrics").text
+                followed = float(re.search(r"^simsearch_index_followed_timestamp_seconds (\S+)$", metrics, re.M)[1])
+                assert time.time() - 5 < followed <= time.time()
+                assert re.search(r"^simsearch_index_follow_errors_total 0\.0$", metrics, re.M)
     finally:
         stop_server(replica)
         if writer is not None:
