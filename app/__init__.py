@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from ._errors import install_error_handlers
@@ -53,12 +54,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    # Added innermost first: metrics -> key and rate limit -> concurrency cap -> body limit -> routes.
+    # Added innermost first: metrics -> CORS -> key and rate limit -> concurrency cap -> body limit -> routes.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
     keys = KeyRing(parse_keys(settings.api_key.get_secret_value()) if settings.api_key else [], settings.api_key_file)
     app.add_middleware(AuthMiddleware, keys=keys, require_key_for_reads=settings.require_key_for_reads,
                        rate_limit_per_minute=settings.rate_limit_per_minute, metrics=metrics)
+    if settings.cors_origin_list():
+        # Outside the key check: a browser's preflight carries no key; and the refusals inside (401, 413,
+        # 429) get the CORS headers, so that the calling page can read why.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(),
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", "Allow"], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
     return app

@@ -1,6 +1,7 @@
 """Service settings: SIMSEARCH_* environment variables (the CLI sets them too)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     filter_keys: str = Field("", description="comma-separated metadata keys whose filter indexes are built at "
                                              "start-up (before ready) instead of by the first search that filters "
                                              "on each")
+    cors_origins: str = Field("", description="comma-separated origins (scheme://host[:port]) whose web pages may "
+                                              "call the API from a browser, or * for any; default: none (the "
+                                              "service's own page needs none)")
     max_files_per_request: int = Field(64, ge=1, description="most `file` parts in one request")
     max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
@@ -93,6 +97,22 @@ class Settings(BaseSettings):
     @classmethod
     def _key_list(cls, v: str) -> str:
         return ",".join(dict.fromkeys(k.strip() for k in v.split(",") if k.strip()))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origin_list(cls, v: str) -> str:
+        origins = list(dict.fromkeys(o.strip().rstrip("/") for o in v.split(",") if o.strip()))
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] "
+                                 "(https://photos.example.com, say), without a path, or *")
+        if "*" in origins and len(origins) > 1:
+            raise ValueError(f"{v!r}: * already allows every origin; give it alone")
+        return ",".join(origins)
+
+    def cors_origin_list(self) -> list[str]:
+        """The origins allowed to call the API from a browser (empty: none)."""
+        return [o for o in self.cors_origins.split(",") if o]
 
     @field_validator("device")
     @classmethod
