@@ -22,7 +22,8 @@ from starlette.responses import FileResponse, JSONResponse
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
-from ._schemas import BatchSearchResponse, DeleteResponse, EmbedResponse, ErrorResponse, Hit, IndexInfo, IndexResponse, ItemOut, SearchResponse
+from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse, Hit,
+                       IndexInfo, IndexResponse, ItemOut, SearchResponse)
 from ._service import Service
 from ._settings import Settings
 
@@ -416,7 +417,17 @@ async def search(request: Request,
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
     t0 = time.perf_counter()
     service = _service(request)
-    params = _search_params(service, k, label, max_distance, rerank, where)
+    hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where))
+    # Built by hand and sent as is: validating the response model again costs event-loop time on
+    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
+    return JSONResponse({"results": [_hit_dict(h) for h in hits], "k": k,
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": rerank is not None, "candidates": rerank})
+
+
+async def _search_one(request: Request, service: Service, params: SearchParams) -> list:
+    """The hits of the one query a request carries: an image (a multipart `file` part or the body) or a
+    JSON vector."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":  # a vector: no image, no model; the store only
         vector = _query_vector(await _read_body(request), service.embedder.dim)
@@ -425,11 +436,32 @@ async def search(request: Request,
         files = await _uploads(request, media_type, max_count=1)
         # Decoded in the batcher's worker together with the model call: one thread hop per batch.
         _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
-    # Built by hand and sent as is: validating the response model again costs event-loop time on
-    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
-    return JSONResponse({"results": [_hit_dict(h) for h in hits[0]], "k": k,
-                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
-                         "reranked": rerank is not None, "candidates": rerank})
+    return hits[0]
+
+
+@router.post("/classify", response_model=ClassifyResponse, tags=["search"],
+             summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_search_body())
+async def classify(request: Request,
+                   k: int = Query(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones "
+                                                               "abstain; 1: the nearest item's label)"),
+                   max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                      description="only items at most this far vote; none that "
+                                                                  "near: label null (unknown). `simsearch "
+                                                                  "evaluate` gives the distance for a wanted "
+                                                                  "precision (match_thresholds)"),
+                   where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
+                                                                                "metadata filter vote; " + _WHERE_DOC)):
+    from index import vote   # imported when used: the app answers /healthz before torch and FAISS load
+
+    t0 = time.perf_counter()
+    service = _service(request)
+    hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where))
+    decided = vote(hits)
+    return JSONResponse({"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
+                         "results": [_hit_dict(h) for h in hits], "k": k,
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id})
 
 
 @router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],

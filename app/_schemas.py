@@ -28,6 +28,14 @@ class SearchResponse(_Answer):
     results: list[Hit] = Field(description="nearest first")
 
 
+class ClassifyResponse(_Answer):
+    label: str | None = Field(description="the label most of the neighbours that vote have (a tie: the nearest's); "
+                                          "null when none has a label or none is within max_distance")
+    confidence: float = Field(description="the label's share of the votes (0 when there is no label)")
+    votes: dict[str, int] = Field(description="votes by label, most first")
+    results: list[Hit] = Field(description="the neighbours that were asked, nearest first")
+
+
 class QueryResults(BaseModel):
     name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` part")
     results: list[Hit] = Field(description="nearest first")

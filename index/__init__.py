@@ -7,6 +7,7 @@
     StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
+    vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
@@ -16,11 +17,12 @@ from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._store import Store
 from ._types import Hit, Item, StoreConfig
+from ._vote import Vote, vote
 
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
     "Check", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "backup", "check_where",
+    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "Vote", "backup", "check_where", "vote",
 ]
