@@ -185,10 +185,14 @@ def test_truncated_journal_is_logged_and_the_intact_commits_recovered(tmp_path, 
     assert "partial frame" in caplog.text and "journal" in caplog.text
 
 
-def test_a_flat_index_loaded_from_its_snapshot_grows_shrinks_and_searches_exactly(tmp_path):
-    # make_room at open leaves spare capacity behind the loaded vectors: writes must land in it exactly
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_an_index_loaded_from_its_snapshot_grows_shrinks_and_searches_exactly(tmp_path, kind):
+    # make_room at open leaves spare capacity behind the loaded arrays: writes must land in it exactly
     path = tmp_path / "store"
-    cfg = _store_with_snapshot(path, n=40)
+    cfg = StoreConfig(path, dim=DIM, model_id=MODEL_ID, index=kind, snapshot_every=0)
+    with Store.open(cfg) as store:
+        store.upsert([Item(f"item-{i}", vector_for(i)) for i in range(40)])
+    assert (path / "index.snapshot").exists()   # written at close, read at the next open
     with Store.open(cfg) as store:
         store.upsert([Item(f"item-{i}", vector_for(i)) for i in range(40, 60)])
         store.delete([f"item-{i}" for i in range(0, 60, 3)])
