@@ -4,7 +4,9 @@ its trainable parameters (the cross-entropy head) and names the heads to store i
 Registered: "ce" (a Linear head on the raw embedding + cross-entropy; the head is dropped from the
 embedding model and stored beside it as "ce_head"), "ms" (pytorch-metric-learning's
 MultiSimilarityLoss on cosine similarity with its MultiSimilarityMiner), "ce+ms" (their weighted sum),
-"nsoftmax" (pml's NormalizedSoftmaxLoss: cosine to a learned proxy per class) and "nsoftmax+ms".
+"nsoftmax" (pml's NormalizedSoftmaxLoss: cosine to a learned proxy per class), "nsoftmax+ms",
+"proxy_anchor" (pml's ProxyAnchorLoss, its proxies learning 100 times faster) and "arcface" (pml's
+ArcFaceLoss: an additive angular margin to the class proxies).
 Add one with @register_loss("name") on a factory taking (embed_dim, num_classes, **options).
 """
 from __future__ import annotations
@@ -30,6 +32,12 @@ class MetricLoss(nn.Module):
     def head_meta(self) -> dict[str, dict]:
         """Build arguments of each head (recorded in ArtifactMeta.heads)."""
         return {}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimizer's parameter groups for this loss's own parameters (heads, proxies) at the
+        model's learning rate `lr`: one group at `lr` unless a loss says otherwise."""
+        params = list(self.parameters())
+        return [{"params": params, "lr": lr}] if params else []
 
 
 def register_loss(name: str):
@@ -117,6 +125,44 @@ class NormalizedSoftmax(MetricLoss):
         return self.loss(embeddings.float(), labels)
 
 
+class ProxyAnchor(MetricLoss):
+    """pytorch-metric-learning ProxyAnchorLoss (Kim et al., 2020): each class proxy is an anchor pulling its
+    class's embeddings in and pushing the others away, cosine similarity, `margin` and `alpha` as in the
+    paper. As there, the proxies learn `proxy_lr_scale` (100) times faster than the network; they are
+    dropped after training."""
+
+    def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.1, alpha: float = 32.0,
+                 proxy_lr_scale: float = 100.0):
+        super().__init__()
+        from pytorch_metric_learning import losses
+
+        self.loss = losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embed_dim,
+                                           margin=margin, alpha=alpha)
+        self.proxy_lr_scale = proxy_lr_scale
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings.float(), labels)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.parameters()), "lr": lr * self.proxy_lr_scale}]
+
+
+class ArcFace(MetricLoss):
+    """pytorch-metric-learning ArcFaceLoss (Deng et al., 2019): softmax over the cosines to one learned
+    weight per class, scaled by `scale`, with an additive angular `margin` (degrees) on the true class.
+    The weights are dropped after training."""
+
+    def __init__(self, embed_dim: int, num_classes: int, margin: float = 28.6, scale: float = 64.0):
+        super().__init__()
+        from pytorch_metric_learning import losses
+
+        self.loss = losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embed_dim, margin=margin,
+                                       scale=scale)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings.float(), labels)
+
+
 class Combined(MetricLoss):
     """A weighted sum of losses; heads of every part are kept."""
 
@@ -134,6 +180,9 @@ class Combined(MetricLoss):
 
     def head_meta(self) -> dict[str, dict]:
         return {k: v for p in self.parts.values() for k, v in p.head_meta().items()}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [g for p in self.parts.values() for g in p.param_groups(lr)]
 
 
 @register_loss("ce")
@@ -167,3 +216,14 @@ def _nsoftmax_ms(embed_dim: int, num_classes: int, nsoftmax_weight: float = 1.0,
     return Combined({"nsoftmax": NormalizedSoftmax(embed_dim, num_classes, temperature),
                      "ms": MultiSimilarity(alpha, beta, base, epsilon)},
                     {"nsoftmax": nsoftmax_weight, "ms": ms_weight})
+
+
+@register_loss("proxy_anchor")
+def _proxy_anchor(embed_dim: int, num_classes: int, margin: float = 0.1, alpha: float = 32.0,
+                  proxy_lr_scale: float = 100.0, **_) -> MetricLoss:
+    return ProxyAnchor(embed_dim, num_classes, margin, alpha, proxy_lr_scale)
+
+
+@register_loss("arcface")
+def _arcface(embed_dim: int, num_classes: int, margin: float = 28.6, scale: float = 64.0, **_) -> MetricLoss:
+    return ArcFace(embed_dim, num_classes, margin, scale)

@@ -223,9 +223,14 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                          f"but the CE one; {cfg.model!r} with loss {cfg.loss!r} is not")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    params = list(net.parameters()) + list(loss_fn.parameters())
+    # The loss's own parameters (heads, proxies) join the network's group unless the loss gives them a
+    # learning rate of their own (proxies learning faster): one group as before keeps old checkpoints resumable.
+    loss_groups = loss_fn.param_groups(cfg.lr)
+    groups = [{"params": list(net.parameters()) + [p for g in loss_groups if g["lr"] == cfg.lr for p in g["params"]],
+               "lr": cfg.lr}] + [g for g in loss_groups if g["lr"] != cfg.lr]
+    params = [p for g in groups for p in g["params"]]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
     n_train = len(train_split)
     steps_per_epoch = max(1, n_train // batch_size)

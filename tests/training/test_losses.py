@@ -86,3 +86,25 @@ def test_nsoftmax_plus_ms_is_the_weighted_sum_and_trains_the_proxies():
     assert torch.allclose(total, 0.5 * both.parts["nsoftmax"](emb, labels) + 2.0 * both.parts["ms"](emb, labels))
     total.backward()
     assert both.parts["nsoftmax"].loss.W.grad.abs().sum() > 0 and emb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["proxy_anchor", "arcface"])
+def test_proxy_losses_are_low_when_embeddings_sit_on_their_class_proxies(name):
+    emb, labels = _batch()
+    loss = create_loss(name, 16, 4)
+    assert not loss.needs_pairs and loss.heads() == {}   # the proxies are not stored with the model
+    means = torch.stack([emb[labels == c].mean(0) for c in range(4)])
+    proxies = next(iter(loss.parameters()))
+    with torch.no_grad():
+        proxies.copy_(means if proxies.shape == (4, 16) else means.T)
+    fitted, wrong = loss(emb, labels), loss(emb, (labels + 1) % 4)
+    assert fitted.item() < wrong.item()
+    fitted.backward()
+    assert proxies.grad.abs().sum() > 0
+
+
+def test_proxy_anchor_proxies_learn_a_hundred_times_faster_and_other_losses_at_the_models_rate():
+    groups = create_loss("proxy_anchor", 16, 4).param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [pytest.approx(0.1)]
+    assert [g["lr"] for g in create_loss("ce+ms", 16, 4).param_groups(1e-3)] == [1e-3]   # the CE head
+    assert create_loss("ms", 16, 4).param_groups(1e-3) == []

@@ -303,3 +303,13 @@ def test_evaluate_out_writes_the_same_weights_with_the_evaluated_tta_and_scores(
     # the copy scores the same by default: the service would compute these embeddings
     again = evaluate_artifact(out, shared_data / "mnist", max_test=QUICK["max_test"])
     assert again["tta"] == "hflip" and again["ms_loss"] == pytest.approx(res["ms_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["proxy_anchor", "arcface"])
+def test_a_short_run_with_a_proxy_loss_beats_chance_and_ships_no_proxies(shared_data, tmp_path, loss):
+    out = tmp_path / f"{loss}.safetensors"
+    result = train(preset("default", **{**QUICK, "loss": loss}), shared_data / "mnist", out, progress=False,
+                   log=lambda _: None)
+    assert result.metrics["precision_at_1"] > 0.4, result.metrics   # chance: about 0.1
+    art = model.load_artifact(out)
+    assert art.heads == {} and art.meta.training["config"]["loss"] == loss
