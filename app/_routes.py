@@ -461,7 +461,8 @@ async def classify(request: Request,
     decided = vote(hits)
     return JSONResponse({"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
                          "results": [_hit_dict(h) for h in hits], "k": k,
-                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id})
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": False, "candidates": None})
 
 
 @router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],

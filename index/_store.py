@@ -569,7 +569,7 @@ class Store:
                 last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
                 log_top = conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0] \
                     if _db.has_changes(conn) else None
-                if (log_top is not None and self._log_seen is not None
+                if (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
                         and int(meta.get("changes_pruned", 0)) <= self._log_seen):
                     # The log holds every deletion and edit since the last look: read only those rows
                     # (a row gone from the table was deleted; one still there may have been edited).
@@ -580,8 +580,8 @@ class Store:
                     gone = {r[0] for r in touched if r[1] is None and r[0] in self._rows}
                     changed = [fid for fid, row in current.items() if self._rows.get(fid, row) != row]
                 else:
-                    # No log (a store from before it), or the follower is further behind than it
-                    # reaches: compare the listing. Labels and metadata only when the writer has
+                    # No log (a store from before it), the follower further behind than it reaches,
+                    # or a log made anew since the last look (it counts from 1 again): compare the listing. Labels and metadata only when the writer has
                     # edited some since the last look (or does not count its edits).
                     compare = edits is None or edits != self._edits_seen
                     query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"

@@ -242,3 +242,25 @@ def test_a_store_from_before_the_change_log_still_opens_on_a_full_disk_and_gets_
     r = subprocess.run([*inside, sys.executable, "-c", script, str(mount / "store")],
                        capture_output=True, text=True, timeout=120)
     assert r.stdout.split("\n")[:2] == ["full 1 0", "room 1 1"], r.stdout + r.stderr
+
+
+def test_a_change_log_made_anew_under_a_follower_is_not_read_from_where_the_old_one_was(tmp_path):
+    import sqlite3
+
+    from index import Store, StoreConfig
+
+    folder = tmp_path / "store"
+    config = StoreConfig(folder, dim=DIM, model_id="m", snapshot_every=0)
+    rng = np.random.default_rng(10)
+    with Store.open(config) as writer:
+        writer.upsert([Item(f"i{k}", v, "a", {}) for k, v in enumerate(unit(rng, 10))])
+        for k in range(3):
+            writer.update(f"i{k}", label="b")   # log entries 1-3
+    with Store.open(StoreConfig(folder, read_only=True)) as reader:   # has read up to entry 3
+        with sqlite3.connect(folder / "store.sqlite3") as db:
+            db.executescript("DROP TRIGGER items_deleted_log; DROP TRIGGER items_edited_log; DROP TABLE changes;")
+        with Store.open(config) as writer:   # adds the log again: it counts from 1
+            writer.update("i5", label="b")
+            writer.delete(["i6"])
+            assert reader.refresh() == (0, 1, 1)
+            assert reader.count(label="b") == writer.count(label="b") == 4 and reader.get("i6") is None
