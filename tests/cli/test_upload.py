@@ -1,9 +1,13 @@
 """`simsearch index upload` into a real `simsearch serve` over real HTTP: what `index build` would
 store, resumed where it stopped, refused files reported and skipped, and a missing key or an absent
-service said in one line."""
+service said in one line; and both HTTP clients (`index upload`, `search --url`) run without torch."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,11 +96,6 @@ def test_upload_waits_out_the_rate_limit_and_loses_nothing(hybrid1_artifact, pho
 def test_upload_and_remote_search_work_where_torch_cannot_be_imported(live, photos, tmp_path):
     """The HTTP clients import no torch: a machine that only uploads or queries need not carry it,
     and each command starts in a fraction of a second instead of over one."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     site = tmp_path / "no-torch-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n")
