@@ -145,8 +145,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
 
 
 def init_changes(conn: sqlite3.Connection) -> bool:
-    """Add the change log to a store that lacks it (one from before it); False when the disk refuses
-    the write (full): the store works without it, its followers compare listings instead."""
+    """Add the change log, or what of it is missing, to a store (one from before it); False when the disk
+    refuses the write (full): the store works without it, its followers compare listings instead."""
     try:
         conn.executescript(_CHANGES_SCHEMA)
     except sqlite3.OperationalError as exc:
@@ -156,6 +156,18 @@ def init_changes(conn: sqlite3.Connection) -> bool:
             raise
         return False
     return True
+
+
+CHANGE_TRIGGERS = ("items_deleted_log", "items_edited_log")
+
+
+def missing_change_triggers(conn: sqlite3.Connection) -> list[str]:
+    """The change log's triggers a store lacks while it has the log (dropped by hand): without them its
+    followers would miss deletions or edits."""
+    if not has_changes(conn):
+        return []
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    return [t for t in CHANGE_TRIGGERS if t not in have]
 
 
 def has_changes(conn: sqlite3.Connection) -> bool:

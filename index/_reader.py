@@ -109,7 +109,8 @@ class StoreReader:
         """Look over the whole store for damage, reading only (safe while a service serves it): SQLite's
         quick_check, the record (last_seq not behind any item), every item's vector (its length, finite,
         of unit norm: a flipped bit shows there, as SQLite keeps no checksums of its own), label and
-        metadata, and the FAISS snapshot's checksum and place. Each problem names the item or file."""
+        metadata, the change log's triggers, and the FAISS snapshot's checksum and place. Each problem
+        names the item or file."""
         conn, out = self._conn, Check()
         for (line,) in conn.execute("PRAGMA quick_check"):
             if line != "ok":
@@ -123,6 +124,9 @@ class StoreReader:
                 self._check_rows(rows, last_seq, out)
         finally:
             conn.execute("COMMIT")
+        for trigger in _db.missing_change_triggers(conn):
+            out.add(f"the change log lacks its trigger {trigger!r}: read-only replicas would miss deletions or "
+                    "edits; opening the store for writing (the service that writes to it) restores it")
         snap = self.path / SNAPSHOT_NAME
         if not snap.exists():
             out.notes.append("no snapshot: the next start builds the index from the database")

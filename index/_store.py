@@ -95,7 +95,7 @@ class Store:
         self._conn = _db.connect(self._db_path, cfg.read_only)
         if not cfg.read_only:
             _db.init_schema(self._conn)
-            self._has_log = _db.has_changes(self._conn) or _db.init_changes(self._conn)
+            self._has_log = _db.init_changes(self._conn)   # idempotent: restores a trigger lost by hand too
         try:
             meta = _db.get_meta(self._conn)
         except sqlite3.DatabaseError as exc:

@@ -264,3 +264,25 @@ def test_a_change_log_made_anew_under_a_follower_is_not_read_from_where_the_old_
             writer.delete(["i6"])
             assert reader.refresh() == (0, 1, 1)
             assert reader.count(label="b") == writer.count(label="b") == 4 and reader.get("i6") is None
+
+
+def test_a_lost_change_log_trigger_is_named_by_check_and_restored_by_the_next_writer(tmp_path):
+    import sqlite3
+
+    from index import Store, StoreConfig, StoreReader
+
+    folder = tmp_path / "store"
+    config = StoreConfig(folder, dim=DIM, model_id="m", snapshot_every=0)
+    with Store.open(config) as writer:
+        writer.upsert([Item(f"i{k}", v, "a", {}) for k, v in enumerate(unit(np.random.default_rng(11), 4))])
+    with sqlite3.connect(folder / "store.sqlite3") as db:
+        db.execute("DROP TRIGGER items_deleted_log")
+    with StoreReader(folder) as reader:
+        found = reader.check()
+    assert not found.ok and any("items_deleted_log" in p and "replicas would miss" in p for p in found.problems)
+    with Store.open(StoreConfig(folder, read_only=True)) as follower:
+        with Store.open(config) as writer:   # restores the trigger
+            writer.delete(["i1"])
+        assert follower.refresh() == (0, 1, 0)
+    with StoreReader(folder) as reader:
+        assert reader.check().ok
