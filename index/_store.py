@@ -612,6 +612,9 @@ class Store:
                         self._remember_locked(fid, id_, label, meta)
                 self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
                 self._version += 1
+        # As the writer does after its writes: train an approximate index that has become big enough,
+        # compact one that hides many removed vectors (HNSW), each in the background when large.
+        self._after_write(len(fresh) + len(gone))
         return len(fresh), len(gone), len(changed)
 
     def _forget_locked(self, fid: int) -> None:
@@ -654,7 +657,7 @@ class Store:
     def _after_write(self, n: int) -> None:
         reason = self._maintenance_due()
         every = self.config.snapshot_every
-        snap_due = every and self._applied_seq - self._snapshot_seq >= every
+        snap_due = every and not self.config.read_only and self._applied_seq - self._snapshot_seq >= every
         if reason and len(self._rows) <= SYNC_REBUILD_MAX:
             self.rebuild(reason)  # seconds at this size; searches carry on meanwhile
             reason = None
@@ -1047,8 +1050,9 @@ class Store:
     def rebuild(self, reason: str = "asked") -> None:
         """Re-train (approximate kinds) and rebuild the index from every stored vector, off to
         the side: searches use the old index and writes go on until the new one, brought up to
-        date with the writes made meanwhile, is swapped in."""
-        self._check_writable()
+        date with the writes made meanwhile, is swapped in. A read-only store rebuilds too, when its
+        refreshes make it due: it reads the database and writes nothing."""
+        self._check_open()
         with self._rebuild_lock:
             t0 = time.perf_counter()
             with self._writer:

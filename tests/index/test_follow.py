@@ -286,3 +286,32 @@ def test_a_lost_change_log_trigger_is_named_by_check_and_restored_by_the_next_wr
         assert follower.refresh() == (0, 1, 0)
     with StoreReader(folder) as reader:
         assert reader.check().ok
+
+
+def test_an_hnsw_replica_compacts_the_vectors_it_hides_as_the_writer_does(open_store, tmp_path):
+    rng = np.random.default_rng(12)
+    vectors = unit(rng, 600)
+    writer = open_store(index="hnsw")
+    writer.upsert([Item(f"i{k}", vectors[k], "ab"[k % 2], {"n": k}) for k in range(600)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    writer.delete([f"i{k}" for k in range(100)])   # under the compaction threshold (256): hidden
+    assert reader.refresh() == (0, 100, 0) and reader.info()["removed_pending"] == 100
+    writer.delete([f"i{k}" for k in range(100, 400)])   # 400 hidden: due, as it is for the writer
+    assert reader.refresh() == (0, 300, 0)
+    assert reader.info()["removed_pending"] == writer.info()["removed_pending"] == 0
+    _same_view(reader, writer, vectors[::37])
+
+
+def test_an_ivf_replica_opened_while_the_gallery_was_small_trains_when_it_grows(open_store, tmp_path):
+    rng = np.random.default_rng(13)
+    vectors = unit(rng, 400)
+    writer = open_store(index="ivf", train_threshold=300)
+    writer.upsert([Item(f"i{k}", vectors[k], None, {}) for k in range(100)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None, train_threshold=300)
+    assert reader.info()["exact"]
+    writer.upsert([Item(f"i{k}", vectors[k], None, {}) for k in range(100, 400)])
+    assert not writer.info()["exact"]
+    assert reader.refresh() == (300, 0, 0)
+    assert not reader.info()["exact"] and reader.count() == 400
+    hits = reader.search(vectors[:20], k=1)
+    assert sum(h[0].id == f"i{k}" for k, h in enumerate(hits)) >= 18   # approximate, but finds itself
