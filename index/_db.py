@@ -170,6 +170,13 @@ def missing_change_triggers(conn: sqlite3.Connection) -> list[str]:
     return [t for t in CHANGE_TRIGGERS if t not in have]
 
 
+def change_log_top(conn: sqlite3.Connection) -> int | None:
+    """The last entry of the store's change log (0 when empty), or None when the store has no log."""
+    if not has_changes(conn):
+        return None
+    return conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0]
+
+
 def has_changes(conn: sqlite3.Connection) -> bool:
     """Whether the store keeps the change log (its writer has opened it since the log was added)."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes'").fetchone() is not None

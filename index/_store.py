@@ -182,10 +182,10 @@ class Store:
         self._by_meta: dict[str, dict[Any, int | set[int]]] = {}
         self._meta_keys: dict[str, int] | None = None
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
-        if self.config.read_only and _db.has_changes(self._conn):
+        if self.config.read_only:
             # Read before the rows: a change committed in between is then applied again by the first
             # refresh, which is harmless, rather than missed.
-            self._log_seen = self._conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0]
+            self._log_seen = _db.change_log_top(self._conn)
         for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
             self._rows[seq] = (id_, label, meta)
             self._fid_of[id_] = seq
@@ -487,7 +487,7 @@ class Store:
         """Keep the change log to its last CHANGES_KEPT entries (in a write's transaction, now and then)."""
         if not self._has_log:
             return
-        top = conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0]
+        top = _db.change_log_top(conn) or 0
         if top - self._changes_pruned > 2 * CHANGES_KEPT:
             cut = top - CHANGES_KEPT
             conn.execute("DELETE FROM changes WHERE n <= ?", (cut,))
@@ -567,8 +567,7 @@ class Store:
             try:
                 meta = _db.get_meta(conn)
                 last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
-                log_top = conn.execute("SELECT coalesce(max(n), 0) FROM changes").fetchone()[0] \
-                    if _db.has_changes(conn) else None
+                log_top = _db.change_log_top(conn)
                 if (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
                         and int(meta.get("changes_pruned", 0)) <= self._log_seen):
                     # The log holds every deletion and edit since the last look: read only those rows
@@ -580,9 +579,10 @@ class Store:
                     gone = {r[0] for r in touched if r[1] is None and r[0] in self._rows}
                     changed = [fid for fid, row in current.items() if self._rows.get(fid, row) != row]
                 else:
-                    # No log (a store from before it), the follower further behind than it reaches,
-                    # or a log made anew since the last look (it counts from 1 again): compare the listing. Labels and metadata only when the writer has
-                    # edited some since the last look (or does not count its edits).
+                    # No log (a store from before it), the follower further behind than it reaches, or
+                    # a log made anew since the last look (it counts from 1 again): compare the listing.
+                    # Labels and metadata only when the writer has edited some since the last look (or
+                    # does not count its edits).
                     compare = edits is None or edits != self._edits_seen
                     query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
                     current = {row[0]: row[1:] for row in conn.execute(query)}
