@@ -107,7 +107,17 @@ class MultiSimilarity(MetricLoss):
         return self.loss(embeddings, labels, pairs)
 
 
-class NormalizedSoftmax(MetricLoss):
+class _ProxyLoss(MetricLoss):
+    """A pytorch-metric-learning loss over learned class proxies (`self.loss`), called on the embeddings
+    as float32 and the labels; the proxies are its parameters, dropped after training."""
+
+    loss: nn.Module
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings.float(), labels)
+
+
+class NormalizedSoftmax(_ProxyLoss):
     """pytorch-metric-learning NormalizedSoftmaxLoss: cross-entropy over the cosine similarities between the
     embedding and one learned proxy per class, divided by `temperature`.
 
@@ -121,11 +131,8 @@ class NormalizedSoftmax(MetricLoss):
         self.loss = losses.NormalizedSoftmaxLoss(num_classes=num_classes, embedding_size=embed_dim,
                                                  temperature=temperature)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(embeddings.float(), labels)
 
-
-class ProxyAnchor(MetricLoss):
+class ProxyAnchor(_ProxyLoss):
     """pytorch-metric-learning ProxyAnchorLoss (Kim et al., 2020): each class proxy is an anchor pulling its
     class's embeddings in and pushing the others away, cosine similarity, `margin` and `alpha` as in the
     paper. As there, the proxies learn `proxy_lr_scale` (100) times faster than the network; they are
@@ -140,14 +147,11 @@ class ProxyAnchor(MetricLoss):
                                            margin=margin, alpha=alpha)
         self.proxy_lr_scale = proxy_lr_scale
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(embeddings.float(), labels)
-
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr * self.proxy_lr_scale}]
 
 
-class ArcFace(MetricLoss):
+class ArcFace(_ProxyLoss):
     """pytorch-metric-learning ArcFaceLoss (Deng et al., 2019): softmax over the cosines to one learned
     weight per class, scaled by `scale`, with an additive angular `margin` (degrees) on the true class.
     The weights are dropped after training."""
@@ -158,9 +162,6 @@ class ArcFace(MetricLoss):
 
         self.loss = losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embed_dim, margin=margin,
                                        scale=scale)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(embeddings.float(), labels)
 
 
 class Combined(MetricLoss):
