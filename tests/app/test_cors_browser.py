@@ -14,6 +14,7 @@ import pytest
 
 from ._browser import make_driver, require_chromium
 from .conftest import free_port, start_server, stop_server
+from .test_api import png, upload
 
 KEY = "cors-test-key"
 
@@ -115,16 +116,6 @@ def test_without_the_setting_no_other_origin_can_call_the_api_from_a_browser(
         assert "error" in blocked and "Failed to fetch" in blocked["error"], blocked
         assert httpx.get(server.url + "/index").json()["count"] == 0
         # outside a browser nothing changes: CORS is the browser's rule, the key is the service's
-        assert httpx.post(server.url + "/search?k=1", files={"file": ("a.png", _png())}).status_code == 200
+        assert httpx.post(server.url + "/search?k=1", files=[upload(png(1))]).status_code == 200
     finally:
         stop_server(server)
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 30, 30)).save(out, "PNG")
-    return out.getvalue()
