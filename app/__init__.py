@@ -15,7 +15,7 @@ from ._errors import install_error_handlers
 from ._metrics import Metrics
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
                           RequestIdLogFilter, RequestIdMiddleware, parse_keys, route_resolver)
-from ._routes import STATIC_DIR, router
+from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
 from ._service import Service
 from ._settings import Settings
 
@@ -65,8 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # 429) get the CORS headers, so that the calling page can read why.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(),
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Retry-After", "Allow"], max_age=600)
+                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", AFTER_HEADER],
+                           expose_headers=["X-Request-ID", "Retry-After", "Allow", POSITION_HEADER], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
     return app

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import FormData, UploadFile
@@ -32,16 +32,21 @@ log = logging.getLogger("simsearch.app")
 STATIC_DIR = FsPath(__file__).resolve().parent / "static"
 MAX_ID_CHARS = 1024   # the store's limit
 MAX_LABEL_CHARS = 256
+# Read-your-writes across replicas: every write answers with the gallery's position after it, and a read
+# that sends it back is answered from a state at least that new (docs/service.md, "Reading your own writes").
+POSITION_HEADER = "X-Simsearch-Position"
+AFTER_HEADER = "X-Simsearch-After"
 
 router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
-        400: "a file part is missing, empty, corrupt or truncated; malformed multipart",
+        400: "a file part is missing, empty, corrupt or truncated; malformed multipart; a malformed X-Simsearch-After",
         401: "the API key is missing", 403: "the API key is wrong",
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
-        404: "no item with this id", 422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
+        404: "no item with this id", 409: "X-Simsearch-After names a position this gallery never had",
+        422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
         503: "not ready, or over the concurrency limit; for a write, the index cannot take writes",
         507: "the service's disk is full: the write was not stored"}.items()}
 
@@ -92,6 +97,26 @@ def _service(request: Request, write: bool = False) -> Service:
     if write and service.settings.read_only:
         raise _read_only()
     return service
+
+
+def _after() -> Any:
+    return Header(None, alias=AFTER_HEADER, max_length=64,
+                  description="answer from a state of the gallery at least as new as this position (the "
+                              f"{POSITION_HEADER} a write answered): read-your-writes on a read-only replica, "
+                              "which applies the writer's changes first when it is behind")
+
+
+async def _reading(request: Request, after: str | None) -> Service:
+    """The ready service for a read of the gallery, caught up to X-Simsearch-After when it is sent."""
+    service = _service(request)
+    if after is not None:
+        await service.catch_up(after.strip())
+    return service
+
+
+def _position(service: Service) -> dict[str, str]:
+    """The header that tells a client where the gallery stands after its write."""
+    return {POSITION_HEADER: service.store.position()}
 
 
 def _read_only() -> ApiError:
@@ -403,7 +428,7 @@ async def page():
 
 @router.post("/search", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an uploaded image",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
 async def search(request: Request,
                  k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
@@ -414,9 +439,10 @@ async def search(request: Request,
                                             description="re-order this many nearest candidates with the model's "
                                                         "PDDM head and return the best k (needs an artifact "
                                                         "with a PDDM head; at least k)"),
-                 where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
+                 where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                 after: str | None = _after()):
     t0 = time.perf_counter()
-    service = _service(request)
+    service = await _reading(request, after)
     hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where))
     # Built by hand and sent as is: validating the response model again costs event-loop time on
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
@@ -441,7 +467,7 @@ async def _search_one(request: Request, service: Service, params: SearchParams) 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],
              summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
 async def classify(request: Request,
                    k: int = Query(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones "
@@ -452,11 +478,12 @@ async def classify(request: Request,
                                                                   "evaluate` gives the distance for a wanted "
                                                                   "precision (match_thresholds)"),
                    where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
-                                                                                "metadata filter vote; " + _WHERE_DOC)):
+                                                                                "metadata filter vote; " + _WHERE_DOC),
+                   after: str | None = _after()):
     from index import vote   # imported when used: the app answers /healthz before torch and FAISS load
 
     t0 = time.perf_counter()
-    service = _service(request)
+    service = await _reading(request, after)
     hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where))
     decided = vote(hits)
     return JSONResponse({"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
@@ -467,7 +494,7 @@ async def classify(request: Request,
 
 @router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],
              summary="the k gallery items nearest to each of several images (or vectors), in one request",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_batch_search_body())
 async def batch_search(request: Request,
                        k: int = Query(10, ge=1, le=1000, description="how many neighbours for each query"),
@@ -475,11 +502,12 @@ async def batch_search(request: Request,
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
                                                           description="only neighbours at most this far (0..2)"),
                        rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
-                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
-    service = _service(request)
+    service = await _reading(request, after)
     params = _search_params(service, k, label, max_distance, rerank, where)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
@@ -520,13 +548,14 @@ async def embed(request: Request):
 
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
-             responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def search_by_id(request: Request, id: str = Path(description="gallery id"),
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
-                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC)):
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       after: str | None = _after()):
     t0 = time.perf_counter()
-    service = _service(request)
+    service = await _reading(request, after)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
 
@@ -584,26 +613,28 @@ async def add(request: Request):
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201)
+    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201, headers=_position(service))
 
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
             summary="gallery size, dimension, model, index kind, and a page of the listing",
-            responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 422, 429, 503)})
 async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
                where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
-               vector: bool = Query(False, description="include each item's stored vector (to export the gallery)")):
-    service = _service(request)
+               vector: bool = Query(False, description="include each item's stored vector (to export the gallery)"),
+               after: str | None = _after()):
+    service = await _reading(request, after)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
 
     def run():
+        position = service.store.position()   # first: the listing is at least this new
         matching = service.store.count(label, where_filter) if label or where_filter else None
-        return service.store.info(), matching, service.store.list(offset=offset, limit=limit + 1, label=label,
-                                                                  where=where_filter)
+        return position, service.store.info(), matching, service.store.list(offset=offset, limit=limit + 1,
+                                                                            label=label, where=where_filter)
 
-    store_info, matching, items = await anyio.to_thread.run_sync(run)
+    position, store_info, matching, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit
     listing = IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
                         model=service.model_id,
@@ -611,15 +642,16 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
                         index_kind=store_info.get("index_kind"),
                         items=[_item_out(it, vector) for it in items[:limit]],
                         offset=offset, limit=limit, next_offset=offset + limit if more else None,
-                        read_only=service.settings.read_only)
-    return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}))
+                        read_only=service.settings.read_only, position=position)
+    return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}),
+                        headers={POSITION_HEADER: position})
 
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
-                                                **{k: _ERRORS[k] for k in (401, 403, 404, 429, 503)}})
-async def thumbnail(request: Request, id: str = Path()) -> Response:
-    service = _service(request)
+                                                **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)}})
+async def thumbnail(request: Request, id: str = Path(), after: str | None = _after()) -> Response:
+    service = await _reading(request, after)
     data = await anyio.to_thread.run_sync(service.store.thumbnail, id)
     if not data:
         raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
@@ -627,10 +659,10 @@ async def thumbnail(request: Request, id: str = Path()) -> Response:
 
 
 @router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
-            responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)})
 async def get_item(request: Request, id: str = Path(),
-                   vector: bool = Query(False, description="include the stored vector")):
-    service = _service(request)
+                   vector: bool = Query(False, description="include the stored vector"), after: str | None = _after()):
+    service = await _reading(request, after)
     item = await anyio.to_thread.run_sync(service.store.get, id)
     if item is None:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
@@ -660,7 +692,7 @@ async def delete_matching(request: Request,
         gone = await anyio.to_thread.run_sync(service.store.delete_where, label, json.loads(where) if where else None)
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump())
+    return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump(), headers=_position(service))
 
 
 @router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
@@ -703,7 +735,7 @@ async def update_item(request: Request, id: str = Path()) -> JSONResponse:
         raise ApiError(422, "invalid_metadata", str(exc)) from None
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}))
+    return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}), headers=_position(service))
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
@@ -720,4 +752,4 @@ async def delete_item(request: Request, id: str = Path()) -> Response:
         raise _write_refused(exc) from None
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
-    return Response(status_code=204)
+    return Response(status_code=204, headers=_position(service))

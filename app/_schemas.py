@@ -81,6 +81,8 @@ class IndexInfo(BaseModel):
     next_offset: int | None = Field(description="offset of the next page; null on the last page")
     read_only: bool = Field(False, description="this service serves the index read-only (SIMSEARCH_READ_ONLY): "
                                                "writes to it get 405")
+    position: str | None = Field(None, description="where this listing stands in the writer's history (what "
+                                                   "X-Simsearch-Position answers a write with)")
 
 
 class ErrorDetail(BaseModel):

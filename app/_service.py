@@ -42,6 +42,7 @@ class Service:
         self.started = time.time()
         self._load_task: asyncio.Task | None = None
         self._follow_task: asyncio.Task | None = None
+        self._catch_up_lock = asyncio.Lock()   # one on-demand refresh at a time (catch_up)
         self._stopping = False
         self.decode_limiter: anyio.CapacityLimiter | None = None
 
@@ -168,20 +169,54 @@ class Service:
         while True:
             await asyncio.sleep(self.settings.refresh_seconds)
             try:
-                added, removed, changed = await anyio.to_thread.run_sync(store.refresh)
+                await anyio.to_thread.run_sync(self._refresh, store)
             except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
-                self.metrics.follow_errors.inc()
                 if str(exc) != last_error:
                     log.error("index: cannot read the writer's changes: %s; serving the gallery as last read", exc)
                     last_error = str(exc)
                 continue
-            self.metrics.followed.set_to_current_time()
             if last_error is not None:
                 log.info("index: reading the writer's changes again")
                 last_error = None
-            if added or removed or changed:
-                log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
-                         added, removed, changed, store.count())
+
+    def _refresh(self, store) -> None:
+        """Read-only: apply the writer's changes now (blocking), counting failures in the metrics."""
+        try:
+            added, removed, changed = store.refresh()
+        except Exception:
+            self.metrics.follow_errors.inc()
+            raise
+        self.metrics.followed.set_to_current_time()
+        if added or removed or changed:
+            log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
+                     added, removed, changed, store.count())
+
+    async def catch_up(self, position: str) -> None:
+        """Make this request's reads see a state at least as new as `position` (the X-Simsearch-Position
+        a write answered): a read-only replica behind it applies the writer's changes now instead of at
+        its next refresh. 400 for a malformed position, 409 for one this gallery never had."""
+        import index
+
+        try:
+            if self.store.reaches(position):
+                return
+        except index.InvalidItemError as exc:
+            raise ApiError(400, "invalid_position", f"X-Simsearch-After: {exc}") from None
+        if self.settings.read_only:
+            async with self._catch_up_lock:   # the requests that wait on one write share its refresh
+                if not self.store.reaches(position):
+                    try:
+                        await anyio.to_thread.run_sync(self._refresh, self.store)
+                    except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
+                        log.error("index: cannot read the writer's changes for X-Simsearch-After %s: %s", position, exc)
+                        raise ApiError(503, "index_unavailable", "this replica cannot read the writer's changes "
+                                       "just now, so it cannot answer from a state as new as X-Simsearch-After "
+                                       f"{position}; retry, or read without the header", {"Retry-After": "5"}) from None
+            if self.store.reaches(position):
+                return
+        raise ApiError(409, "position_ahead", f"X-Simsearch-After {position} is ahead of this gallery, which is at "
+                       f"{self.store.position()}: it was not answered by a write to this gallery (another "
+                       "gallery's, or one since replaced?)")
 
     def search(self, queries: np.ndarray, params: SearchParams) -> list:
         """The hits of each query vector (unit rows) under params: the store's search, then the PDDM

@@ -6,6 +6,7 @@
     StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
     StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
+    replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
 """

@@ -38,6 +38,16 @@ BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates
 _KEEP = object()            # Store.update: the label is not changed
 
 
+def _parse_position(position: str) -> tuple[int, int]:
+    """The (sequence number, edits) of a `Store.position()` token; InvalidItemError when malformed."""
+    seq, dot, edits = position.partition(".") if isinstance(position, str) else ("", "", "")
+    if not (dot and seq.isascii() and seq.isdigit() and edits.isascii() and edits.isdigit()
+            and len(seq) <= 19 and len(edits) <= 19):
+        raise InvalidItemError(f"a store position is two whole numbers joined by a dot, like '1042.7' "
+                               f"(what a write answered), got {str(position)[:40]!r}")
+    return int(seq), int(edits)
+
+
 class Store:
     """A durable gallery of vectors with string ids. Open with Store.open(config).
 
@@ -74,6 +84,8 @@ class Store:
         self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
         self._data_version: int | None = None
         self._edits_seen: str | None = None                     # the writer's edit count at the last refresh
+        self._edits = 0                        # label/metadata edits in the state searches see (position())
+        self._edits_counted = False            # the store counts them (meta 'edits'; a writer's view)
         self._log_seen: int | None = None      # the last change-log entry applied (None: compare listings)
         self._has_log = False                  # the store keeps the change log (a writer's view)
         self._changes_pruned = 0
@@ -131,6 +143,7 @@ class Store:
             self.model_id, self.dim = have_model, have_dim
             self.spec = cfg.index or meta.get("index", "flat")
             self._last_seq = int(meta.get("last_seq", 0))
+            self._edits = int(meta.get("edits", 0))
             self._changes_pruned = int(meta.get("changes_pruned", 0))
         else:
             if cfg.read_only:
@@ -152,6 +165,7 @@ class Store:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
+        self._edits_counted = "edits" in meta
         if "edits" not in meta and not cfg.read_only:
             # The count of label/metadata edits, which lets read-only followers skip comparing them. A
             # store from before it starts counting here; on a full disk it starts at a later open
@@ -160,6 +174,7 @@ class Store:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
                     self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('edits', '0')")
+                self._edits_counted = True
             except sqlite3.OperationalError as exc:
                 if self._conn.in_transaction:   # a failed COMMIT leaves it open
                     self._conn.execute("ROLLBACK")
@@ -433,10 +448,12 @@ class Store:
             new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is _KEEP else label, meta))
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
-                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'edits'")
+                counted = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                                       "WHERE key = 'edits'").rowcount == 1
                 self._prune_changes(conn)
             with self._rw.write():
                 self._relabel_locked(fid, new_label, meta_json)
+                self._edits += counted   # as followers will read it: uncounted edits do not move position()
                 self._version += 1
         return Item(id, np.frombuffer(blob, dtype=np.float32).copy(), new_label, json.loads(meta_json))
 
@@ -597,7 +614,9 @@ class Store:
             fresh = [r for r in fresh if r[0] not in self._rows]
             # A replaced item is its id under a new seq: its old row goes (the log does not list it).
             gone.update(self._fid_of[r[1]] for r in fresh if r[1] in self._fid_of)
-            if not (gone or changed or fresh):
+            if not (gone or changed or fresh):   # writes that left nothing to apply (added, then deleted)
+                self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
+                self._edits = max(int(edits or 0), self._edits)
                 return 0, 0, 0
             vectors = _blobs_to_matrix([r[2] for r in fresh], self.dim) if fresh else None
             with self._rw.write():
@@ -611,6 +630,7 @@ class Store:
                     for fid, id_, _blob, label, meta in fresh:
                         self._remember_locked(fid, id_, label, meta)
                 self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
+                self._edits = max(int(edits or 0), self._edits)
                 self._version += 1
         # As the writer does after its writes: train an approximate index that has become big enough,
         # compact one that hides many removed vectors (HNSW), each in the background when large.
@@ -1104,6 +1124,20 @@ class Store:
             log.info("index: snapshot at seq %d (%d vectors, %.1f MB)", seq, meta["ntotal"],
                      len(payload) / 1e6)
             return seq
+
+    def position(self) -> str:
+        """Where the state searches see stands in the writer's history, as a token ("1042.7": the
+        last write's sequence number, then the count of label/metadata edits). It only moves forward.
+        A writer's token taken after a write names a state that holds that write: a read-only replica
+        `reaches` it once it has applied the write (`refresh`)."""
+        self._check_open()
+        return f"{self._applied_seq}.{self._edits}"
+
+    def reaches(self, position: str) -> bool:
+        """True when the state searches see is at least as new as `position` (a `position()` token,
+        of this store's writer or of a replica of it). InvalidItemError when it is not such a token."""
+        seq, edits = _parse_position(position)
+        return seq <= self._applied_seq and edits <= self._edits
 
     def info(self) -> dict[str, Any]:
         """count, dim, model_id, index (the asked kind), index_kind (what FAISS runs now), path,

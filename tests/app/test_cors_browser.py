@@ -19,7 +19,8 @@ from .test_api import png, upload
 KEY = "cors-test-key"
 
 # Draws a 32x32 PNG, posts it as a multipart `file` (and an `id` when given) with the headers given,
-# and reports what the page could read: the status, the body and the X-Request-ID header, or the error.
+# and reports what the page could read: the status, the body, the X-Request-ID and X-Simsearch-Position
+# headers, or the error.
 _POST_DRAWN_PNG = """
 const [url, headers, id, done] = arguments;
 const canvas = document.createElement('canvas');
@@ -33,7 +34,8 @@ canvas.toBlob(async (png) => {
   if (id) form.append('id', id);
   try {
     const r = await fetch(url, {method: 'POST', headers: headers, body: form});
-    done({status: r.status, body: await r.text(), requestId: r.headers.get('X-Request-ID')});
+    done({status: r.status, body: await r.text(), requestId: r.headers.get('X-Request-ID'),
+          position: r.headers.get('X-Simsearch-Position')});
   } catch (e) {
     done({error: String(e)});
   }
@@ -94,8 +96,9 @@ def test_a_page_of_an_allowed_origin_indexes_searches_and_reads_refusals_and_req
     try:
         added = _call_from(browser, allowed, server.url + "/index", {"X-API-Key": KEY}, "drawn-1")
         assert added.get("status") == 201, added
-        assert '"drawn-1"' in added["body"] and len(added["requestId"]) == 32
-        found = _call_from(browser, allowed, server.url + "/search?k=1", {})
+        assert '"drawn-1"' in added["body"] and len(added["requestId"]) == 32 and added["position"] == "1.0"
+        # read-your-writes: the header a replica needs passes the browser's preflight
+        found = _call_from(browser, allowed, server.url + "/search?k=1", {"X-Simsearch-After": added["position"]})
         assert found.get("status") == 200 and '"id":"drawn-1"' in found["body"].replace(" ", ""), found
         refused = _call_from(browser, allowed, server.url + "/index", {}, "drawn-2")   # no key
         assert refused.get("status") == 401 and "X-API-Key" in refused["body"] and refused["requestId"], refused

@@ -122,3 +122,63 @@ def test_a_read_only_replica_beside_the_writer_follows_its_writes(hybrid1_artifa
             stop_server(writer)
     log = replica.log_tail(20_000)
     assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_a_read_sent_with_a_writes_position_sees_that_write_on_a_replica_that_has_not_refreshed_yet(
+        hybrid1_artifact, tmp_path):
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
+    writer = start_server(env, tmp_path, log_name="writer.log")
+    replica = None
+    try:
+        with httpx.Client(base_url=writer.url, timeout=60) as w:
+            r = w.post("/index", files=[upload(png(i)) for i in range(3)], data={"id": ["a", "b", "c"]})
+            assert r.status_code == 201 and r.headers["x-simsearch-position"] == "3.0", r.headers
+            # a replica that reads the writer's changes only when asked to (an hour between refreshes)
+            replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "3600"},
+                                   tmp_path, log_name="replica.log")
+            with httpx.Client(base_url=replica.url, timeout=60) as r_:
+                listing = r_.get("/index").json()
+                assert listing["count"] == 3 and listing["position"] == "3.0"
+
+                added = w.post("/index", files=[upload(png(7))], data={"id": "new", "label": "x"})
+                after = {"X-Simsearch-After": added.headers["x-simsearch-position"]}
+                assert r_.post("/search?k=1", files=[upload(png(7))]).json()["results"][0]["id"] != "new"
+                hit = r_.post("/search?k=1", files=[upload(png(7))], headers=after).json()["results"][0]
+                assert hit["id"] == "new" and hit["score"] > 0.999
+                edited = w.patch("/index/new", json={"label": "y"})
+                after = {"X-Simsearch-After": edited.headers["x-simsearch-position"]}
+                assert r_.post("/search?label=y", files=[upload(png(7))]).json()["results"] == []   # as last read
+                assert [h["id"] for h in r_.post("/search?label=y", files=[upload(png(7))], headers=after
+                                                 ).json()["results"]] == ["new"]
+                deleted = w.delete("/index/a")
+                assert deleted.status_code == 204
+                after = {"X-Simsearch-After": deleted.headers["x-simsearch-position"]}
+                assert r_.post("/search?k=1", files=[upload(png(0))]).json()["results"][0]["id"] == "a"
+                assert r_.post("/search?k=1", files=[upload(png(0))], headers=after).json()["results"][0]["id"] != "a"
+                assert r_.get("/index/a", headers=after).status_code == 404
+                for path, kw in (("/classify", {"files": [upload(png(7))]}), ("/batch/search", {"files": [upload(png(7))]}),
+                                 ("/search/b", {})):
+                    assert r_.post(path, headers=after, **kw).status_code == 200, path
+                listing = r_.get("/index", headers=after).json()
+                assert listing["count"] == 3 and listing["position"] == deleted.headers["x-simsearch-position"]
+                gone = w.delete("/index", params={"label": "y"})
+                assert gone.json()["deleted"] == 1
+                assert r_.get("/index", headers={"X-Simsearch-After": gone.headers["x-simsearch-position"]}
+                              ).json()["count"] == 2
+
+                bad = r_.get("/index", headers={"X-Simsearch-After": "yesterday"})
+                assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_position"
+                assert "yesterday" in bad.json()["error"]["message"]
+                ahead = r_.post("/search", files=[upload(png(1))], headers={"X-Simsearch-After": "99.0"})
+                assert ahead.status_code == 409 and ahead.json()["error"]["code"] == "position_ahead"
+                assert "99.0" in ahead.json()["error"]["message"] and "6.1" in ahead.json()["error"]["message"]
+                assert r_.get("/readyz").status_code == 200   # and it keeps serving
+            assert w.get("/index", headers={"X-Simsearch-After": "6.1"}).json()["position"] == "6.1"
+            assert w.get("/index", headers={"X-Simsearch-After": "6.2"}).status_code == 409
+    finally:
+        if replica is not None:
+            stop_server(replica)
+        stop_server(writer)
+    for server in (writer, replica):
+        assert "Traceback" not in server.log_tail(20_000)

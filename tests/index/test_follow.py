@@ -315,3 +315,46 @@ def test_an_ivf_replica_opened_while_the_gallery_was_small_trains_when_it_grows(
     assert not reader.info()["exact"] and reader.count() == 400
     hits = reader.search(vectors[:20], k=1)
     assert sum(h[0].id == f"i{k}" for k, h in enumerate(hits)) >= 18   # approximate, but finds itself
+
+
+def test_a_replica_reaches_the_writers_position_exactly_when_it_has_applied_that_write(open_store, tmp_path):
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 8)
+    writer = open_store()
+    writer.upsert([Item(f"i{k}", vectors[k], None, {}) for k in range(3)])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    assert reader.position() == writer.position() == "3.0"   # opened after the writes: it holds them
+    for write in (lambda: writer.upsert([Item("i3", vectors[3], None, {})]),   # each kind of write moves it
+                  lambda: writer.delete(["i0"]),
+                  lambda: writer.update("i1", label="edited"),
+                  lambda: writer.upsert([Item("i1", vectors[4], "edited", {})]),
+                  lambda: writer.delete_where(label="edited")):
+        before = writer.position()
+        write()
+        token = writer.position()
+        assert token != before and writer.reaches(token) and writer.reaches(before)
+        assert not reader.reaches(token) and reader.reaches(before)   # the replica has not looked yet
+        reader.refresh()
+        assert reader.reaches(token) and reader.position() == token
+        assert not writer.reaches(f"{int(token.split('.')[0]) + 1}.0")   # a position it never had
+    assert [h.id for h in reader.search(vectors[3], k=5)[0]] == ["i3", "i2"]   # i0 deleted, i1 edited then deleted
+
+
+def test_a_write_that_leaves_nothing_to_apply_still_moves_the_replicas_position(open_store, tmp_path):
+    rng = np.random.default_rng(9)
+    writer = open_store()
+    writer.upsert([Item("a", unit(rng, 1)[0], None, {})])
+    reader = open_store(path=tmp_path / "store", read_only=True, model_id=None, dim=None)
+    writer.upsert([Item("b", unit(rng, 1)[0], None, {})])   # added and deleted between two looks
+    writer.delete(["b"])
+    writer.update("a", label=None)                            # an edit that changes nothing
+    assert reader.refresh() == (0, 0, 0)
+    assert reader.position() == writer.position() == "3.1" and reader.reaches(writer.position())
+
+
+@pytest.mark.parametrize("token", ["", "3", "3.", ".1", "a.b", "-1.0", "1.2.3", "１.0", "1" * 20 + ".0", None])
+def test_a_malformed_position_is_refused_with_the_value(open_store, token):
+    from index import InvalidItemError
+
+    with pytest.raises(InvalidItemError, match="two whole numbers joined by a dot"):
+        open_store().reaches(token)
