@@ -130,7 +130,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
                                      "$SIMSEARCH_API_KEY)")
     q.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
-    q.set_defaults(func=_search)
+    q.set_defaults(func=_search, classify=False)
+
+    v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
+                       description="Classification by retrieval, as the service's POST /classify: the k nearest "
+                                   "gallery items vote with their labels (unlabelled ones abstain; a tie goes to "
+                                   "the label of the nearest of the tied), and no item within --max-distance "
+                                   "means unknown. Queries as for `simsearch search`; with several, --json prints "
+                                   "one JSON object a line, and where the queries sit in class folders the share "
+                                   "classified as their folder's label is reported.")
+    v.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
+    _common(v, model=True)
+    v.add_argument("-k", type=int, default=1, help="how many nearest items vote (1: the nearest item's label)")
+    v.add_argument("--where", metavar="JSON", help="only gallery items whose metadata matches vote (as for search)")
+    v.add_argument("--max-distance", type=float, help="only items within this distance vote; none: unknown "
+                                                      "(`simsearch evaluate` gives it for a wanted precision)")
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.add_argument("--url", help="classify with a running service instead (its POST /batch/search, many queries a "
+                                 "request, voted here as its /classify votes)")
+    v.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
+                                     "$SIMSEARCH_API_KEY)")
+    v.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
+    v.set_defaults(func=_search, classify=True, label=None, rerank=None)
 
 
 def _common(p: argparse.ArgumentParser, model: bool) -> None:
@@ -463,17 +484,16 @@ def _search(args) -> int:
         raise CliError("--model with --url: the service searches with its own model")
     queries, tars = _queries(args.images)
     single = len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0]))
+    show = _Answers(args, single)
     if args.url:
         from . import _remote
 
         try:
-            labelled, agree, failed = _remote.search(
-                args, queries, single, lambda name, label, hits: _print_hits(name, label, hits, args, single,
-                                                                             args.rerank is not None))
+            labelled, agree, failed = _remote.search(args, queries, single, show)
         finally:
             for tf in tars:
                 tf.close()
-        return _search_summary(args, labelled, agree, failed, len(queries))
+        return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
     embedder = _embedder(args.model)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder)
@@ -498,23 +518,47 @@ def _search(args) -> int:
             for (name, label), vec, hits in zip(chunk, vecs, found):
                 if pddm is not None:
                     hits = _rerank(store, pddm, vec, hits, args.k)
+                answer = show(name, label, hits)
                 if label is not None:
                     labelled += 1
-                    agree += bool(hits) and hits[0].label == label
-                _print_hits(name, label, hits, args, single, pddm is not None)
+                    agree += answer == label
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     finally:
         store.close()
         for tf in tars:
             tf.close()
-    return _search_summary(args, labelled, agree, failed, len(queries))
+    return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
 
 
-def _search_summary(args, labelled: int, agree: int, failed: int, n: int) -> int:
+class _Answers:
+    """show(name, label, hits) prints one query's answer and returns the label it gives: its nearest
+    neighbour's, or with `classify` the neighbours' vote (None: unknown, counted in `unknown`)."""
+
+    def __init__(self, args, single: bool):
+        self.args, self.single, self.unknown = args, single, 0
+        if args.classify:
+            from index import vote
+            self._vote = vote
+
+    def __call__(self, name: str, label: str | None, hits: list) -> str | None:
+        args = self.args
+        if not args.classify:
+            _print_hits(name, label, hits, args, self.single, args.rerank is not None)
+            return hits[0].label if hits else None
+        decided = self._vote(hits)
+        self.unknown += decided.label is None
+        _print_vote(name, label, decided, hits, args, self.single)
+        return decided.label
+
+
+def _search_summary(args, labelled: int, agree: int, failed: int, n: int, unknown: int) -> int:
+    if args.classify and not args.json and n - failed > 1:
+        answered = n - failed - unknown
+        print(f"{answered} of {n - failed} queries classified ({answered / (n - failed):.3f}), {unknown} unknown")
     if labelled and not args.json:
-        print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) have a nearest neighbour of "
-              f"that label")
+        what = "are classified as" if args.classify else "have a nearest neighbour of"
+        print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) {what} that label")
     if failed:
         print(f"{failed} of {n} queries could not be read", file=sys.stderr)
     return 1 if failed == n else 0
@@ -535,6 +579,21 @@ def _print_hits(name: str, label: str | None, hits: list, args, single: bool, re
         print("no neighbours")
     for rank, h in enumerate(hits, 1):
         print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
+
+
+def _print_vote(name: str, label: str | None, decided, hits: list, args, single: bool) -> None:
+    import json
+
+    if args.json:
+        answer = {"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
+                  "results": [h.__dict__ for h in hits]}
+        print(json.dumps(answer, indent=2) if single else json.dumps({"query": name, "query_label": label, **answer}))
+        return
+    said = (f"{decided.label}  (confidence {decided.confidence:.2f}; votes "
+            + ", ".join(f"{lb} {n}" for lb, n in decided.votes.items()) + ")") if decided.label is not None else \
+        ("unknown  (no labelled gallery item" + (f" within {args.max_distance}" if args.max_distance is not None
+                                                  else "") + ")")
+    print(said if single else f"{name}" + (f"  (label {label})" if label is not None else "") + f"  ->  {said}")
 
 
 def _is_tar(path: Path) -> bool:

@@ -18,9 +18,10 @@ _TOO_BIG = ("too_many_parts", "body_too_large")   # the request, not one image: 
 
 
 def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], single: bool,
-           show: Callable[..., None]) -> tuple[int, int, int]:
-    """Search the service at args.url with every query; show(name, label, hits) each answer. Returns
-    (queries with a label, of them those whose first hit has it, queries skipped)."""
+           show: Callable[..., str | None]) -> tuple[int, int, int]:
+    """Search the service at args.url with every query; show(name, label, hits) each answer, which
+    returns the label it gives. Returns (queries with a label, of them those given that label, queries
+    skipped)."""
     import httpx
 
     params = {k: v for k, v in (("k", args.k), ("label", args.label), ("where", args.where),
@@ -59,11 +60,10 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
                     if hits is None:
                         failed += 1
                         continue
-                    hits = [SimpleNamespace(**h) for h in hits]
+                    answer = show(name, label, [SimpleNamespace(**h) for h in hits])
                     if label is not None:
                         labelled += 1
-                        agree += bool(hits) and hits[0].label == label
-                    show(name, label, hits)
+                        agree += answer == label
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     return labelled, agree, failed
