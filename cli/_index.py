@@ -130,6 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
                                      "$SIMSEARCH_API_KEY)")
     q.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
+    q.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
+                                                       "position (what a write or `index upload` reported), from a "
+                                                       "read-only replica too")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -151,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
                                      "$SIMSEARCH_API_KEY)")
     v.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
+    v.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
+                                                       "position (what a write or `index upload` reported), from a "
+                                                       "read-only replica too")
     v.set_defaults(func=_search, classify=True, label=None, rerank=None)
 
 
@@ -482,6 +488,8 @@ def _search(args) -> int:
     where = _where_arg(args.where)  # before the model loads
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
+    if args.after and not args.url:
+        raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     queries, tars = _queries(args.images)
     single = len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0]))
     show = _Answers(args, single)

@@ -31,7 +31,10 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     agree = labelled = failed = 0
     limit = MAX_FILES
     try:
-        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client:
+        headers = {"X-API-Key": key} if key else {}
+        if args.after:
+            headers["X-Simsearch-After"] = args.after
+        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout) as client:
             todo = list(queries)
             while todo:
                 chunk, size = [], 0

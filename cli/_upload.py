@@ -95,13 +95,13 @@ def upload(args) -> int:
                         finish()
                 while pending:
                     finish()
-            held = _count(client)
+            held = _held(client)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
         if tar is not None:
             tar[0].close()
-    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds {held} items")
+    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds {held}")
     return 1 if rejected and not uploaded else 0
 
 
@@ -186,9 +186,13 @@ def _fatal(status: int, message: str, url: str) -> str:
     return f"the service at {url} answered {status}: {message}"
 
 
-def _count(client) -> str:
-    """How many items the service holds now ("?" when it does not say)."""
+def _held(client) -> str:
+    """How many items the service holds now ("?" when it does not say), and the position its gallery
+    is at (X-Simsearch-Position), when it says."""
     try:
-        return str(_request(client, "GET", "/index", params={"limit": 1}).json()["count"])
+        body = _request(client, "GET", "/index", params={"limit": 1}).json()
     except Exception:  # noqa: BLE001
         return "?"
+    position = body.get("position")
+    return f"{body['count']} items" + (f" (position {position}: `--after {position}` makes a search through a "
+                                       "replica see them)" if position else "")

@@ -68,3 +68,39 @@ def test_remote_search_without_a_needed_key_or_with_a_model_says_so_in_one_line(
         stop_server(live)
     assert main(["search", str(photos / "dog"), "--url", live.url]) == 2   # nothing listening there now
     assert "cannot reach the service" in capsys.readouterr().err
+
+
+def test_an_upload_reports_the_position_that_makes_a_search_through_a_replica_see_it(
+        hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
+    import re
+    import shutil
+
+    from tests.app.conftest import start_server
+
+    first = tmp_path / "first"
+    shutil.copytree(photos / "cat", first / "cat")
+    live = serving(hybrid1_artifact, tmp_path)
+    replica = None
+    try:
+        assert main(["index", "upload", str(first), "--url", live.url, "--api-key", KEY]) == 0
+        # a replica that applies the writer's changes only when asked (an hour between refreshes)
+        replica = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                                "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "3600",
+                                "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, log_name="replica.log")
+        capsys.readouterr()
+        assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0   # dogs and ships
+        out = capsys.readouterr().out
+        position = re.search(r"it holds 12 items \(position (\d+\.\d+): `--after \1` makes a search", out)[1]
+        query = str(photos / "ship" / "0002.jpg")
+        assert main(["search", query, "-k", "1", "--url", replica.url]) == 0
+        assert capsys.readouterr().out.split()[-1] != "ship/0002.jpg"   # the replica has not looked yet
+        assert main(["classify", query, "--url", replica.url, "--after", position]) == 0
+        assert capsys.readouterr().out.startswith("ship  ")
+        assert main(["search", query, "-k", "1", "--url", replica.url, "--after", position]) == 0
+        assert capsys.readouterr().out.split()[-1] == "ship/0002.jpg"
+        assert main(["search", query, "--after", position, "--data", str(tmp_path / "data")]) == 2
+        assert "--after is for a search through a service" in capsys.readouterr().err
+    finally:
+        if replica is not None:
+            stop_server(replica)
+        stop_server(live)
