@@ -115,24 +115,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "queries, --json prints one JSON object a line ({\"query\", \"label\", "
                                    "\"results\"}), and where the queries sit in class folders (ImageFolder) the "
                                    "share whose nearest neighbour has the query's label is reported.")
-    q.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
-    _common(q, model=True)
-    q.add_argument("-k", type=int, default=10, help="number of neighbours (10)")
+    _query_options(q, k=10, k_help="number of neighbours (10)", where_help='only neighbours whose metadata matches, '
+                   'e.g. \'{"source": "phone", "year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")',
+                   distance_help="only neighbours within this distance (0..2)",
+                   url_help="search a running service instead (its POST /batch/search, many queries a request), "
+                            "e.g. http://127.0.0.1:8000; --data and --model are then its own")
     q.add_argument("--label", help="only neighbours with this label")
-    q.add_argument("--where", metavar="JSON", help='only neighbours whose metadata matches, e.g. \'{"source": "phone", '
-                                                   '"year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")')
-    q.add_argument("--max-distance", type=float, help="only neighbours within this distance (0..2)")
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
-    q.add_argument("--json", action="store_true", help="print JSON")
-    q.add_argument("--url", help="search a running service instead (its POST /batch/search, many queries a "
-                                 "request), e.g. http://127.0.0.1:8000; --data and --model are then its own")
-    q.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
-                                     "$SIMSEARCH_API_KEY)")
-    q.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
-    q.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
-                                                       "position (what a write or `index upload` reported), from a "
-                                                       "read-only replica too")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -142,22 +132,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "means unknown. Queries as for `simsearch search`; with several, --json prints "
                                    "one JSON object a line, and where the queries sit in class folders the share "
                                    "classified as their folder's label is reported.")
-    v.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
-    _common(v, model=True)
-    v.add_argument("-k", type=int, default=1, help="how many nearest items vote (1: the nearest item's label)")
-    v.add_argument("--where", metavar="JSON", help="only gallery items whose metadata matches vote (as for search)")
-    v.add_argument("--max-distance", type=float, help="only items within this distance vote; none: unknown "
-                                                      "(`simsearch evaluate` gives it for a wanted precision)")
-    v.add_argument("--json", action="store_true", help="print JSON")
-    v.add_argument("--url", help="classify with a running service instead (its POST /batch/search, many queries a "
-                                 "request, voted here as its /classify votes)")
-    v.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
+    _query_options(v, k=1, k_help="how many nearest items vote (1: the nearest item's label)",
+                   where_help="only gallery items whose metadata matches vote (as for search)",
+                   distance_help="only items within this distance vote; none: unknown (`simsearch evaluate` gives "
+                                 "it for a wanted precision)",
+                   url_help="classify with a running service instead (its POST /batch/search, many queries a "
+                            "request, voted here as its /classify votes)")
+    v.set_defaults(func=_search, classify=True, label=None, rerank=None)
+
+
+def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
+                   url_help: str) -> None:
+    """The options `search` and `classify` share: the queries, where the gallery is, and how to ask."""
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
+    _common(p, model=True)
+    p.add_argument("-k", type=int, default=k, help=k_help)
+    p.add_argument("--where", metavar="JSON", help=where_help)
+    p.add_argument("--max-distance", type=float, help=distance_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--url", help=url_help)
+    p.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
                                      "$SIMSEARCH_API_KEY)")
-    v.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
-    v.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
+    p.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
+    p.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
                                                        "position (what a write or `index upload` reported), from a "
                                                        "read-only replica too")
-    v.set_defaults(func=_search, classify=True, label=None, rerank=None)
 
 
 def _common(p: argparse.ArgumentParser, model: bool) -> None:

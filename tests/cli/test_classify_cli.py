@@ -4,7 +4,6 @@ and through a running service, agreeing with the service's own POST /classify; u
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from cli import main
 
-from .test_upload import KEY, photos, serving  # noqa: F401  (photos is a fixture)
+from .test_upload import KEY, cifar_folder, photos, serving  # noqa: F401  (photos is a fixture)
 from tests.app.conftest import stop_server
 
 # The service's default model: votes need a trained embedding (a fresh one puts every image at cosine
@@ -23,15 +22,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model" / "weights" / "hyb
 @pytest.fixture
 def queries(shared_data, tmp_path):
     """queries/<class>/NNNN.jpg: 4 more CIFAR-10 test images of each class of `photos`, not in the gallery."""
-    root = tmp_path / "queries"
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
-        for m in tf:
-            parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "dog", "ship") \
-                    and 4 <= int(parts[3][:4]) < 8:
-                (root / parts[2]).mkdir(parents=True, exist_ok=True)
-                (root / parts[2] / parts[3]).write_bytes(tf.extractfile(m).read())
-    return root
+    return cifar_folder(shared_data, tmp_path / "queries", range(4, 8))
 
 
 def test_classify_votes_as_the_services_classify_does_locally_and_through_the_service(

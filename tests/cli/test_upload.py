@@ -33,15 +33,20 @@ def live(hybrid1_artifact, tmp_path):
 @pytest.fixture
 def photos(shared_data, tmp_path):
     """photos/<class>/NNNN.jpg: 4 CIFAR-10 test images of each of 3 classes, plus a file that is not an image."""
-    root = tmp_path / "photos"
+    root = cifar_folder(shared_data, tmp_path / "photos", range(4))
+    (root / "cat" / "notes.jpg").write_text("not an image at all\n")
+    return root
+
+
+def cifar_folder(shared_data, root, numbers, classes=("cat", "dog", "ship")):
+    """root/<class>/NNNN.jpg: the CIFAR-10 (JPEG) test images of these classes with these numbers."""
     with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
         for m in tf:
             parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "dog", "ship") \
-                    and int(parts[3][:4]) < 4:
+            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in classes \
+                    and int(parts[3][:4]) in numbers:
                 (root / parts[2]).mkdir(parents=True, exist_ok=True)
                 (root / parts[2] / parts[3]).write_bytes(tf.extractfile(m).read())
-    (root / "cat" / "notes.jpg").write_text("not an image at all\n")
     return root
 
 
