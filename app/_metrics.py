@@ -41,6 +41,8 @@ class Metrics:
                               "when it falls minutes behind)", registry=r)
         self.follow_errors = Counter("simsearch_index_follow_errors",
                                      "read-only replicas: failed reads of the writer's changes", registry=r)
+        self.catch_ups = Counter("simsearch_index_catch_ups", "read-only replicas: reads that had the writer's "
+                                 "changes applied first, being behind their X-Simsearch-After", registry=r)
         self.disk_free = Gauge("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
                                "(writes are refused with 507 when it runs out)", registry=r)
 

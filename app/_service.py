@@ -205,6 +205,7 @@ class Service:
         if self.settings.read_only:
             async with self._catch_up_lock:   # the requests that wait on one write share its refresh
                 if not self.store.reaches(position):
+                    self.metrics.catch_ups.inc()
                     try:
                         await anyio.to_thread.run_sync(self._refresh, self.store)
                     except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)

@@ -174,6 +174,9 @@ def test_a_read_sent_with_a_writes_position_sees_that_write_on_a_replica_that_ha
                 assert ahead.status_code == 409 and ahead.json()["error"]["code"] == "position_ahead"
                 assert "99.0" in ahead.json()["error"]["message"] and "6.1" in ahead.json()["error"]["message"]
                 assert r_.get("/readyz").status_code == 200   # and it keeps serving
+                # the four writes above each read on demand once (the reads after a first share it), and 99.0 tried once
+                metrics = r_.get("/metrics").text
+                assert re.search(r"^simsearch_index_catch_ups_total 5\.0$", metrics, re.M), metrics[-2000:]
             assert w.get("/index", headers={"X-Simsearch-After": "6.1"}).json()["position"] == "6.1"
             assert w.get("/index", headers={"X-Simsearch-After": "6.2"}).status_code == 409
     finally:
