@@ -26,8 +26,9 @@ def require_chromium() -> None:
                     "(apt-get install chromium chromium-driver; scripts/test installs them)")
 
 
-def make_driver(profile_dir: Path, width: int = 1280, height: int = 900):
-    """A headless Chromium driven through Debian's chromedriver, with a throwaway profile."""
+def make_driver(profile_dir: Path, width: int = 1280, height: int = 900, network_log: bool = False):
+    """A headless Chromium driven through Debian's chromedriver, with a throwaway profile. network_log:
+    keep the DevTools network events, for `sent_requests`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,10 +39,26 @@ def make_driver(profile_dir: Path, width: int = 1280, height: int = 900):
                 "--no-first-run", "--disable-extensions", "--hide-scrollbars",
                 f"--user-data-dir={profile_dir}", f"--window-size={width},{height}"):
         options.add_argument(arg)
+    if network_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     return driver
+
+
+def sent_requests(driver) -> list[dict]:
+    """The requests the page has sent since the last call, as DevTools reports them: {method, url,
+    headers} (a driver made with network_log=True)."""
+    import json
+
+    sent = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            request = message["params"]["request"]
+            sent.append({"method": request["method"], "url": request["url"], "headers": request["headers"]})
+    return sent
 
 
 def cifar10_images(shared_data: Path, per_class: int, split: str = "test",

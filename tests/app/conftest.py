@@ -128,11 +128,12 @@ class LiveServer:
 
 
 def start_server(env_extra: dict[str, str], work: Path, args: list[str] = (),
-                 prefix: list[str] = (), log_name: str = "server.log", ready: bool = True) -> LiveServer:
-    """Start `simsearch serve` on a free port and wait until /readyz answers 200 (or, with
+                 prefix: list[str] = (), log_name: str = "server.log", ready: bool = True,
+                 port: int | None = None) -> LiveServer:
+    """Start `simsearch serve` on a free port (or `port`) and wait until /readyz answers 200 (or, with
     ready=False, until /readyz answers at all). prefix: a command that runs it (nsenter into a
     namespace, say)."""
-    port = free_port()
+    port = port or free_port()
     log = work / log_name
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
     exe = Path(sys.executable).parent / "simsearch"

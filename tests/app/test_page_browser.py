@@ -484,3 +484,50 @@ def test_a_read_only_replica_serves_the_page_without_the_add_form(page, page_ser
         assert page.find_element("id", "search-error").text == "" and result_ids(page)[0] == query_id
     finally:
         stop_server(replica)
+
+
+def test_searches_after_adding_send_the_gallery_position_and_a_replaced_gallery_does_not_break_them(
+        hybrid1_artifact, shared_data, tmp_path_factory, tmp_path):
+    """Behind a gateway that shares searches among replicas, the page's searches carry the position of
+    what it has added (X-Simsearch-After), so they find it; and a position from a gallery since replaced
+    (the service restarted on another folder, same address) is dropped, not shown as an error."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ._browser import sent_requests
+
+    require_chromium()
+    env = {"SIMSEARCH_MODEL_PATH": str(_artifact(hybrid1_artifact)), "SIMSEARCH_API_KEY": API_KEY}
+    first = start_server({**env, "SIMSEARCH_DATA_DIR": str(tmp_path / "first")}, tmp_path, log_name="first.log")
+    driver = make_driver(tmp_path_factory.mktemp("chromium-network"), network_log=True)
+    second = None
+    try:
+        name, _, data = cifar10_images(shared_data, 1)[0]
+        (tmp_path / name).write_bytes(data)
+        driver.get(first.url + "/")
+        WebDriverWait(driver, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == "0")
+        _open_add_panel(driver)
+        driver.find_element("id", "api-key").send_keys(API_KEY)
+        driver.find_element("id", "add-files").send_keys(str(tmp_path / name))
+        sent_requests(driver)
+        driver.find_element("id", "add-submit").click()
+        _wait_add(driver)
+        assert "Added 1 image" in driver.find_element("id", "add-status").text
+        upload(driver, tmp_path / name)
+        wait_for_search(driver)
+        assert driver.find_element("id", "search-error").text == "" and len(result_ids(driver)) == 1
+        searches = [r for r in sent_requests(driver) if r["method"] == "POST" and "/search?" in r["url"]]
+        assert searches and all(r["headers"].get("X-Simsearch-After") == "1.0" for r in searches), searches
+
+        # the same address, another gallery: position 0.0 there, so 1.0 is ahead of it (409)
+        stop_server(first)
+        second = start_server({**env, "SIMSEARCH_DATA_DIR": str(tmp_path / "second")}, tmp_path,
+                              log_name="second.log", port=first.port)
+        upload(driver, tmp_path / name)
+        WebDriverWait(driver, WAIT).until(lambda d: "No neighbours found" in d.find_element("id", "results").text
+                                          or d.find_element("id", "search-error").text)
+        assert driver.find_element("id", "search-error").text == ""
+        sent = [r for r in sent_requests(driver) if r["method"] == "POST" and "/search?" in r["url"]]
+        assert [r["headers"].get("X-Simsearch-After") for r in sent] == ["1.0", None]   # refused once, then asked afresh
+    finally:
+        driver.quit()
+        stop_server(second or first)
