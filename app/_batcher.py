@@ -23,6 +23,7 @@ class SearchParams:
     max_distance: float | None = None
     rerank: int | None = None   # re-order this many nearest candidates with the PDDM head, keep k
     where: str | None = None    # metadata filter: a JSON object, keys sorted (hashable, one batch group)
+    gallery: str = "default"   # which gallery to search
 
 
 @dataclass

@@ -34,7 +34,8 @@ class Metrics:
         self.commit_requests = Histogram("simsearch_index_commit_requests",
                                          "POST /index requests committed together (one transaction and fsync)",
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self.gallery = Gauge("simsearch_gallery_items", "items in the gallery", registry=r)
+        self.gallery = Gauge("simsearch_gallery_items", "items in the default gallery", registry=r)
+        self.galleries = Gauge("simsearch_galleries", "galleries open (the default one and named ones)", registry=r)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
         self.followed = Gauge("simsearch_index_followed_timestamp_seconds",
                               "read-only replicas: when the writer's changes were last read (Unix time; alert "
@@ -55,6 +56,10 @@ class Metrics:
                 return float("nan")
 
         self.gallery.set_function(read)
+
+    def track_galleries(self, count: Callable[[], int]) -> None:
+        """Read how many galleries are open from `count()` at every scrape."""
+        self.galleries.set_function(lambda: float(count()))
 
     def track_disk(self, folder: Path) -> None:
         """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""

@@ -10,6 +10,7 @@ import hmac
 import logging
 import math
 import re
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -71,6 +72,11 @@ class RequestIdMiddleware:
         except Exception as exc:  # noqa: BLE001  (answered and logged; the server keeps serving)
             if started:  # part of the answer is out: nothing to do but let the server cut it
                 raise
+            index = sys.modules.get("index")   # loaded by then; not imported here, before /healthz answers
+            if index is not None and isinstance(exc, index.StoreClosedError):
+                await send_error(send_with_id, 503, "index_unavailable", "the gallery was closed while this request "
+                                 "was under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
+                return
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
             await send_error(send_with_id, 500, "internal_error",
                              f"internal error ({type(exc).__name__}); see the server log")
@@ -92,8 +98,8 @@ def is_open_path(path: str) -> bool:
 
 
 def is_write(method: str, path: str) -> bool:
-    """Writes change the gallery: POST/PUT/PATCH/DELETE on /index and below."""
-    return method in _WRITE_METHODS and (path == "/index" or path.startswith("/index/"))
+    """Writes change a gallery: POST/PUT/PATCH/DELETE on /index and below, and on /galleries/<name>."""
+    return method in _WRITE_METHODS and (path == "/index" or path.startswith(("/index/", "/galleries/")))
 
 
 def route_resolver(app) -> Callable[[Scope], str]:

@@ -22,9 +22,10 @@ from starlette.responses import FileResponse, JSONResponse
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
-from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse, Hit,
-                       IndexInfo, IndexResponse, ItemOut, SearchResponse)
-from ._service import Service
+from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
+                       GalleriesResponse, GalleryDeleted, GalleryOut, Hit, IndexInfo, IndexResponse, ItemOut,
+                       SearchResponse)
+from ._service import DEFAULT_GALLERY, Gallery, Service
 from ._settings import Settings
 
 log = logging.getLogger("simsearch.app")
@@ -106,17 +107,31 @@ def _after() -> Any:
                               "which applies the writer's changes first when it is behind")
 
 
-async def _reading(request: Request, after: str | None) -> Service:
-    """The ready service for a read of the gallery, caught up to X-Simsearch-After when it is sent."""
+def _gallery() -> Any:
+    return Query(DEFAULT_GALLERY, min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                 description="which gallery: `default` (the service's first, in DATA/index) or a named one "
+                             "(lower-case letters, digits, - and _), which the first POST /index to it makes")
+
+
+async def _reading(request: Request, after: str | None, gallery: str) -> tuple[Service, Gallery]:
+    """The ready service and the gallery a read asks for (404 when there is none of that name), caught
+    up to X-Simsearch-After when it is sent."""
     service = _service(request)
+    g = await service.gallery(gallery)
     if after is not None:
-        await service.catch_up(after.strip())
-    return service
+        await service.catch_up(g, after.strip())
+    return service, g
 
 
-def _position(service: Service) -> dict[str, str]:
+async def _writing(request: Request, gallery: str, create: bool = False) -> tuple[Service, Gallery]:
+    """The ready service (405 when read-only) and the gallery a write is for; `create` makes it."""
+    service = _service(request, write=True)
+    return service, await service.gallery(gallery, create=create)
+
+
+def _position(g: Gallery) -> dict[str, str]:
     """The header that tells a client where the gallery stands after its write."""
-    return {POSITION_HEADER: service.store.position()}
+    return {POSITION_HEADER: g.store.position()}
 
 
 def _read_only() -> ApiError:
@@ -370,7 +385,7 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
 
 
 def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
-                   rerank: int | None, where: str | None) -> SearchParams:
+                   rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
     if rerank is not None:
         if service.pddm is None:
@@ -379,7 +394,7 @@ def _search_params(service: Service, k: int, label: str | None, max_distance: fl
         if rerank < k:
             raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
                                                      "of nearest candidates the PDDM re-orders")
-    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where))
+    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery)
 
 
 def _finite(x: float) -> float:
@@ -440,10 +455,10 @@ async def search(request: Request,
                                                         "PDDM head and return the best k (needs an artifact "
                                                         "with a PDDM head; at least k)"),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                 after: str | None = _after()):
+                 gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
-    service = await _reading(request, after)
-    hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where))
+    service, g = await _reading(request, after, gallery)
+    hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where, g.name))
     # Built by hand and sent as is: validating the response model again costs event-loop time on
     # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
     return JSONResponse({"results": [_hit_dict(h) for h in hits], "k": k,
@@ -479,12 +494,12 @@ async def classify(request: Request,
                                                                   "precision (match_thresholds)"),
                    where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
                                                                                 "metadata filter vote; " + _WHERE_DOC),
-                   after: str | None = _after()):
+                   gallery: str = _gallery(), after: str | None = _after()):
     from index import vote   # imported when used: the app answers /healthz before torch and FAISS load
 
     t0 = time.perf_counter()
-    service = await _reading(request, after)
-    hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where))
+    service, g = await _reading(request, after, gallery)
+    hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where, g.name))
     decided = vote(hits)
     return JSONResponse({"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
                          "results": [_hit_dict(h) for h in hits], "k": k,
@@ -503,12 +518,12 @@ async def batch_search(request: Request,
                                                           description="only neighbours at most this far (0..2)"),
                        rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       after: str | None = _after()):
+                       gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
-    service = await _reading(request, after)
-    params = _search_params(service, k, label, max_distance, rerank, where)
+    service, g = await _reading(request, after, gallery)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         vectors = _query_vectors(await _read_body(request), service.embedder.dim,
@@ -553,15 +568,15 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       after: str | None = _after()):
+                       gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
-    service = await _reading(request, after)
+    service, g = await _reading(request, after, gallery)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
 
     def run():
         t = time.perf_counter()
-        hits = service.store.search_by_id(id, k=k, label=label, max_distance=max_distance, where=where_filter)
+        hits = g.store.search_by_id(id, k=k, label=label, max_distance=max_distance, where=where_filter)
         service.metrics.search_seconds.observe(time.perf_counter() - t)
         return hits
 
@@ -584,7 +599,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                   "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
                   "metadata": {"type": "array", "items": {"type": "string"},
                                "description": "a JSON object: one for all files, or one per file"}}))
-async def add(request: Request):
+async def add(request: Request, gallery: str = _gallery()):
     import index as index_pkg  # imported when used: the app answers /healthz before torch and FAISS load
 
     service = _service(request, write=True)
@@ -607,13 +622,17 @@ async def add(request: Request):
     vectors, _ = await service.batcher.submit(arrays)
     items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
+    _, g = await _writing(request, gallery, create=True)   # once the request is known to be sound
     try:
-        await service.commits.upsert(items)   # with the other requests waiting to commit
+        await g.commits.upsert(items)   # with the other requests waiting to commit
+    except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
+        raise ApiError(503, "index_unavailable", f"gallery {g.name!r} was closed while this request was under way "
+                       "(deleted, or the service is stopping); nothing of it was stored", {"Retry-After": "1"}) from None
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201, headers=_position(service))
+    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201, headers=_position(g))
 
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
@@ -623,16 +642,16 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
                where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
                vector: bool = Query(False, description="include each item's stored vector (to export the gallery)"),
-               after: str | None = _after()):
-    service = await _reading(request, after)
+               gallery: str = _gallery(), after: str | None = _after()):
+    service, g = await _reading(request, after, gallery)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
 
     def run():
-        position = service.store.position()   # first: the listing is at least this new
-        matching = service.store.count(label, where_filter) if label or where_filter else None
-        return position, service.store.info(), matching, service.store.list(offset=offset, limit=limit + 1,
-                                                                            label=label, where=where_filter)
+        position = g.store.position()   # first: the listing is at least this new
+        matching = g.store.count(label, where_filter) if label or where_filter else None
+        return position, g.store.info(), matching, g.store.list(offset=offset, limit=limit + 1,
+                                                                label=label, where=where_filter)
 
     position, store_info, matching, items = await anyio.to_thread.run_sync(run)
     more = len(items) > limit
@@ -642,7 +661,7 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
                         index_kind=store_info.get("index_kind"),
                         items=[_item_out(it, vector) for it in items[:limit]],
                         offset=offset, limit=limit, next_offset=offset + limit if more else None,
-                        read_only=service.settings.read_only, position=position)
+                        read_only=service.settings.read_only, position=position, gallery=g.name)
     return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}),
                         headers={POSITION_HEADER: position})
 
@@ -650,9 +669,10 @@ async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Quer
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
                                                 **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)}})
-async def thumbnail(request: Request, id: str = Path(), after: str | None = _after()) -> Response:
-    service = await _reading(request, after)
-    data = await anyio.to_thread.run_sync(service.store.thumbnail, id)
+async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(),
+                    after: str | None = _after()) -> Response:
+    _, g = await _reading(request, after, gallery)
+    data = await anyio.to_thread.run_sync(g.store.thumbnail, id)
     if not data:
         raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
@@ -661,9 +681,10 @@ async def thumbnail(request: Request, id: str = Path(), after: str | None = _aft
 @router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)})
 async def get_item(request: Request, id: str = Path(),
-                   vector: bool = Query(False, description="include the stored vector"), after: str | None = _after()):
-    service = await _reading(request, after)
-    item = await anyio.to_thread.run_sync(service.store.get, id)
+                   vector: bool = Query(False, description="include the stored vector"), gallery: str = _gallery(),
+                   after: str | None = _after()):
+    _, g = await _reading(request, after, gallery)
+    item = await anyio.to_thread.run_sync(g.store.get, id)
     if item is None:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
     return JSONResponse(_item_out(item, vector).model_dump(exclude=None if vector else {"vector"}))
@@ -680,19 +701,20 @@ def _item_out(item, vector: bool) -> ItemOut:
 async def delete_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="items with this label"),
                           where: str | None = Query(None, max_length=4096,
-                                                    description=_WHERE_DOC.replace("neighbours", "items"))):
+                                                    description=_WHERE_DOC.replace("neighbours", "items")),
+                          gallery: str = _gallery()):
     import index as index_pkg  # see add()
 
-    service = _service(request, write=True)
+    _, g = await _writing(request, gallery)
     label, where = _check_label(label), _check_where(where)
     if label is None and where is None:
         raise ApiError(422, "invalid_parameter", "DELETE /index needs label or where (it never empties the gallery; "
                                                  "GET /index with the same parameters shows what would go)")
     try:
-        gone = await anyio.to_thread.run_sync(service.store.delete_where, label, json.loads(where) if where else None)
+        gone = await anyio.to_thread.run_sync(g.store.delete_where, label, json.loads(where) if where else None)
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump(), headers=_position(service))
+    return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump(), headers=_position(g))
 
 
 @router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
@@ -704,10 +726,10 @@ async def delete_matching(request: Request,
                                  "metadata": {"type": "object", "description": "a JSON merge patch (RFC 7396): "
                                               "each key given is set, a key given as null is removed"}}}}
                   for t in ("application/json", "application/merge-patch+json")}}})
-async def update_item(request: Request, id: str = Path()) -> JSONResponse:
+async def update_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> JSONResponse:
     import index as index_pkg  # see add()
 
-    service = _service(request, write=True)
+    _, g = await _writing(request, gallery)
     id = _check_id(id)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type not in ("application/json", "application/merge-patch+json"):
@@ -728,28 +750,63 @@ async def update_item(request: Request, id: str = Path()) -> JSONResponse:
                                                     f"key), got {json.dumps(body['metadata'])[:60]}")
         changes["metadata_patch"] = body["metadata"]
     try:
-        item = await anyio.to_thread.run_sync(lambda: service.store.update(id, **changes))
+        item = await anyio.to_thread.run_sync(lambda: g.store.update(id, **changes))
     except KeyError:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "invalid_metadata", str(exc)) from None
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}), headers=_position(service))
+    return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}), headers=_position(g))
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
                responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503, 507)}, response_class=Response)
-async def delete_item(request: Request, id: str = Path()) -> Response:
+async def delete_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> Response:
     import index as index_pkg  # see add()
 
-    service = _service(request, write=True)
+    _, g = await _writing(request, gallery)
     try:
-        deleted = await anyio.to_thread.run_sync(service.store.delete, [id])
+        deleted = await anyio.to_thread.run_sync(g.store.delete, [id])
     except index_pkg.InvalidItemError:  # an id no item can have (too long, say): as absent as any other
         deleted = []
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
-    return Response(status_code=204, headers=_position(service))
+    return Response(status_code=204, headers=_position(g))
+
+
+@router.get("/galleries", response_model=GalleriesResponse, tags=["gallery"],
+            summary="the galleries: the default one and the named ones, with their sizes",
+            responses={k: _ERRORS[k] for k in (401, 403, 429, 503)})
+async def galleries(request: Request):
+    import index as index_pkg  # see add()
+
+    service = _service(request)
+
+    def run():
+        out = []
+        for name in index_pkg.gallery_names(service.settings.data_dir):
+            g = service.galleries.get(name)
+            if g is not None:
+                out.append(GalleryOut(name=name, count=g.store.count(), open=True))
+                continue
+            try:
+                with index_pkg.StoreReader(index_pkg.gallery_path(service.settings.data_dir, name)) as reader:
+                    out.append(GalleryOut(name=name, count=reader.count(), open=False))
+            except index_pkg.StoreError:   # deleted, or being made, this moment
+                continue
+        return out
+
+    listed = await anyio.to_thread.run_sync(run)
+    return JSONResponse(GalleriesResponse(galleries=listed, max_galleries=service.settings.max_galleries).model_dump())
+
+
+@router.delete("/galleries/{name}", response_model=GalleryDeleted, tags=["gallery"],
+               summary="delete a named gallery: its items, its index and its folder",
+               responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
+async def delete_gallery(request: Request, name: str = Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")):
+    service = _service(request, write=True)
+    deleted = await service.drop_gallery(name)
+    return JSONResponse(GalleryDeleted(name=name, deleted=deleted).model_dump())

@@ -83,6 +83,23 @@ class IndexInfo(BaseModel):
                                                "writes to it get 405")
     position: str | None = Field(None, description="where this listing stands in the writer's history (what "
                                                    "X-Simsearch-Position answers a write with)")
+    gallery: str = Field("default", description="the gallery listed")
+
+
+class GalleryOut(BaseModel):
+    name: str
+    count: int = Field(description="items in it")
+    open: bool = Field(description="the service has it open (its index in memory); others open when first asked for")
+
+
+class GalleriesResponse(BaseModel):
+    galleries: list[GalleryOut] = Field(description="the default gallery first, then the named ones by name")
+    max_galleries: int = Field(description="how many may be open at once (SIMSEARCH_MAX_GALLERIES)")
+
+
+class GalleryDeleted(BaseModel):
+    name: str
+    deleted: int = Field(description="items the gallery held")
 
 
 class ErrorDetail(BaseModel):

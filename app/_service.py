@@ -8,7 +8,10 @@ import gc
 import json
 import logging
 import os
+import shutil
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -22,6 +25,18 @@ from ._metrics import Metrics
 from ._settings import Settings
 
 log = logging.getLogger("simsearch.app")
+
+DEFAULT_GALLERY = "default"   # index.DEFAULT_GALLERY, without importing index (and FAISS) before /healthz answers
+
+
+@dataclass
+class Gallery:
+    """One gallery the service has open: its store, and (when it writes) its group committer."""
+
+    name: str
+    store: Any                           # index.Store
+    commits: GroupCommitter | None
+
 
 
 class Service:
@@ -37,6 +52,8 @@ class Service:
         self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
         self.batcher: MicroBatcher | None = None
         self.commits: GroupCommitter | None = None
+        self.galleries: dict[str, Gallery] = {}   # open ones by name; the default one once loaded
+        self._gallery_lock = asyncio.Lock()        # one gallery opened or dropped at a time
         self.ready = False
         self.reason = "loading the model and the index"
         self.started = time.time()
@@ -76,10 +93,11 @@ class Service:
                 pass
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.commits is not None:
-            await self.commits.stop()
-        if self.store is not None:
-            await anyio.to_thread.run_sync(self.store.close)
+        for g in list(self.galleries.values()) or ([Gallery(DEFAULT_GALLERY, self.store, self.commits)]
+                                                   if self.store is not None else []):
+            if g.commits is not None:
+                await g.commits.stop()
+            await anyio.to_thread.run_sync(g.store.close)
 
     def _open_model(self):
         import model
@@ -94,11 +112,11 @@ class Service:
         self.pddm = model.PDDM.from_artifact(embedder.artifact)
         return embedder
 
-    def _open_store(self, embedder):
+    def _open_store(self, embedder, name: str = DEFAULT_GALLERY):
         import index
 
         s = self.settings
-        cfg = index.StoreConfig(path=s.data_dir / "index", dim=embedder.dim, model_id=embedder.model_id,
+        cfg = index.StoreConfig(path=index.gallery_path(s.data_dir, name), dim=embedder.dim, model_id=embedder.model_id,
                                 index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None,
                                 read_only=s.read_only)
         try:
@@ -144,6 +162,8 @@ class Service:
         self.batcher.start()
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
         self.commits.start()
+        self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, self.commits)
+        self.metrics.track_galleries(lambda: len(self.galleries))
         self.metrics.track_gallery(store.count)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
@@ -164,12 +184,17 @@ class Service:
                  ", ".join(self.image_policy.allowed))
 
     async def _follow(self, store) -> None:
-        """Read-only: apply another process's writes to the same folder every refresh_seconds."""
+        """Read-only: apply another process's writes to each open gallery every refresh_seconds; forget a
+        gallery whose folder was deleted or made anew (it is opened again when next asked for)."""
         last_error = None
         while True:
             await asyncio.sleep(self.settings.refresh_seconds)
             try:
-                await anyio.to_thread.run_sync(self._refresh, store)
+                for g in list(self.galleries.values()):
+                    if g.name != DEFAULT_GALLERY and g.store.folder_changed():
+                        await self._forget(g, "its folder was deleted or made anew by the service that writes")
+                        continue
+                    await anyio.to_thread.run_sync(self._refresh, g.store)
             except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
                 if str(exc) != last_error:
                     log.error("index: cannot read the writer's changes: %s; serving the gallery as last read", exc)
@@ -191,47 +216,114 @@ class Service:
             log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
                      added, removed, changed, store.count())
 
-    async def catch_up(self, position: str) -> None:
-        """Make this request's reads see a state at least as new as `position` (the X-Simsearch-Position
-        a write answered): a read-only replica behind it applies the writer's changes now instead of at
-        its next refresh. 400 for a malformed position, 409 for one this gallery never had."""
+    async def gallery(self, name: str, create: bool = False) -> Gallery:
+        """The open gallery `name` (a valid name: the HTTP layer checks it), opened now when it is on disk
+        but not open yet; with create (a write that adds items), made when it does not exist. 404 when it
+        does not exist (and is not to be made), 422 when SIMSEARCH_MAX_GALLERIES are open already."""
+        g = self.galleries.get(name)
+        if g is not None:
+            return g
+        import index
+
+        async with self._gallery_lock:
+            g = self.galleries.get(name)
+            if g is not None:
+                return g
+            s = self.settings
+            if name not in index.gallery_names(s.data_dir) and not (create and not s.read_only):
+                how = "POST /index?gallery=NAME makes one" if not s.read_only else \
+                    "galleries are made through the service that writes (this one is read-only)"
+                raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} ({how})")
+            if len(self.galleries) >= s.max_galleries:
+                raise ApiError(422, "too_many_galleries", f"this service holds at most {s.max_galleries} galleries "
+                               f"(SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+            try:
+                store = await anyio.to_thread.run_sync(self._open_store, self.embedder, name)
+            except index.StoreMissingError:   # read-only, and the writer has not finished making it
+                raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} yet") from None
+            except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
+                log.error("index: cannot open gallery %s: %s", name, exc)
+                raise ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
+                               "service's log says why", {"Retry-After": "5"}) from None
+            commits = None
+            if not s.read_only:
+                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
+                commits.start()
+            g = self.galleries[name] = Gallery(name, store, commits)
+            log.info("gallery %s %s: %d items", name, "opened" if store.count() or s.read_only else "made",
+                     store.count())
+            return g
+
+    async def drop_gallery(self, name: str) -> int:
+        """Delete the named gallery `name` (not the default one) and its folder; the items it held."""
+        import index
+
+        if name == DEFAULT_GALLERY:
+            raise ApiError(422, "invalid_gallery", "the default gallery cannot be deleted (delete its items with "
+                           "DELETE /index?label=... or ?where=...)")
+        g = await self.gallery(name)   # open: this process holds its lock, so no other writer has it
+        async with self._gallery_lock:
+            count = g.store.count()
+            await self._forget(g, "deleted")
+            folder = index.gallery_path(self.settings.data_dir, name).parent
+            await anyio.to_thread.run_sync(shutil.rmtree, folder)
+        return count
+
+    async def _forget(self, g: Gallery, why: str) -> None:
+        """Close an open gallery and stop serving it (its folder is left as it is)."""
+        self.galleries.pop(g.name, None)
+        if g.commits is not None:
+            await g.commits.stop()
+        await anyio.to_thread.run_sync(g.store.close)
+        log.info("gallery %s closed: %s", g.name, why)
+
+    async def catch_up(self, g: Gallery, position: str) -> None:
+        """Make this request's reads of gallery `g` see a state at least as new as `position` (the
+        X-Simsearch-Position a write answered): a read-only replica behind it applies the writer's
+        changes now instead of at its next refresh. 400 for a malformed position, 409 for one this
+        gallery never had."""
         import index
 
         try:
-            if self.store.reaches(position):
+            if g.store.reaches(position):
                 return
         except index.InvalidItemError as exc:
             raise ApiError(400, "invalid_position", f"X-Simsearch-After: {exc}") from None
         if self.settings.read_only:
             async with self._catch_up_lock:   # the requests that wait on one write share its refresh
-                if not self.store.reaches(position):
+                if not g.store.reaches(position):
                     self.metrics.catch_ups.inc()
                     try:
-                        await anyio.to_thread.run_sync(self._refresh, self.store)
+                        await anyio.to_thread.run_sync(self._refresh, g.store)
                     except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
                         log.error("index: cannot read the writer's changes for X-Simsearch-After %s: %s", position, exc)
                         raise ApiError(503, "index_unavailable", "this replica cannot read the writer's changes "
                                        "just now, so it cannot answer from a state as new as X-Simsearch-After "
                                        f"{position}; retry, or read without the header", {"Retry-After": "5"}) from None
-            if self.store.reaches(position):
+            if g.store.reaches(position):
                 return
         raise ApiError(409, "position_ahead", f"X-Simsearch-After {position} is ahead of this gallery, which is at "
-                       f"{self.store.position()}: it was not answered by a write to this gallery (another "
+                       f"{g.store.position()}: it was not answered by a write to this gallery (another "
                        "gallery's, or one since replaced?)")
 
     def search(self, queries: np.ndarray, params: SearchParams) -> list:
-        """The hits of each query vector (unit rows) under params: the store's search, then the PDDM
-        re-ranking when asked for. Blocking: run it in a worker thread."""
-        found = self.store.search(queries, k=params.rerank or params.k, label=params.label,
-                                  max_distance=params.max_distance,
-                                  where=json.loads(params.where) if params.where else None)
+        """The hits of each query vector (unit rows) under params, in params.gallery: the store's search,
+        then the PDDM re-ranking when asked for. Blocking: run it in a worker thread."""
+        g = self.galleries.get(params.gallery)
+        if g is None:   # dropped since the request began
+            raise ApiError(503, "index_unavailable", f"gallery {params.gallery!r} was closed while this request was "
+                           "under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
+        store = g.store
+        found = store.search(queries, k=params.rerank or params.k, label=params.label,
+                             max_distance=params.max_distance,
+                             where=json.loads(params.where) if params.where else None)
         if not params.rerank:
             return found
-        return [self._rerank(q, hits, params.k) for q, hits in zip(queries, found)]
+        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, found)]
 
-    def _rerank(self, query: np.ndarray, hits: list, k: int) -> list:
+    def _rerank(self, store, query: np.ndarray, hits: list, k: int) -> list:
         """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""
-        items = self.store.get_many([h.id for h in hits])
+        items = store.get_many([h.id for h in hits])
         kept = [(h, it) for h, it in zip(hits, items) if it is not None]  # deleted meanwhile
         if not kept:
             return []

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
     rate_limit_per_minute: int = Field(1200, ge=0, description="requests per minute per API key or client IP; 0 = off")
     max_concurrency: int = Field(64, ge=0, description="requests in flight before answering 503; 0 = off")
+    max_galleries: int = Field(100, ge=1, description="most galleries open at once (the default one and named "
+                                                       "ones, each its own index in memory)")
     batch_max_size: int = Field(32, ge=1, description="most images embedded together")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")

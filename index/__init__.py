@@ -9,11 +9,13 @@
     replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
+    gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
                       StorageError, StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._faiss import PRESETS
+from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._store import Store
@@ -23,7 +25,8 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
+    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "Vote", "backup", "check_where", "vote",
+    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
+    "gallery_names", "gallery_path", "vote",
 ]

@@ -69,6 +69,10 @@ class StoreReader:
         self.dim = int(meta["dim"])
         self.index_spec: str = meta.get("index", "flat")
 
+    def count(self) -> int:
+        """How many items the store holds (one SQL count; the index is not loaded)."""
+        return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
     def rows(self) -> tuple[int, dict[str, Row]]:
         """(last_seq, id -> Row) in one read transaction: every write up to last_seq is in the rows,
         none after it. Ordered by seq (the store's listing order)."""

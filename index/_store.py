@@ -105,6 +105,8 @@ class Store:
             self._take_lock()
             _db.check_wal(self._db_path)
         self._conn = _db.connect(self._db_path, cfg.read_only)
+        st = os.stat(self._db_path)
+        self._db_file = (st.st_dev, st.st_ino)   # folder_changed(): is it still this file?
         if not cfg.read_only:
             _db.init_schema(self._conn)
             self._has_log = _db.init_changes(self._conn)   # idempotent: restores a trigger lost by hand too
@@ -1132,6 +1134,15 @@ class Store:
         `reaches` it once it has applied the write (`refresh`)."""
         self._check_open()
         return f"{self._applied_seq}.{self._edits}"
+
+    def folder_changed(self) -> bool:
+        """True when the store's folder no longer holds the database this store opened: deleted, or made
+        anew by another process (a read-only follower of a gallery that was dropped, then made again)."""
+        try:
+            st = os.stat(self._db_path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._db_file
 
     def reaches(self, position: str) -> bool:
         """True when the state searches see is at least as new as `position` (a `position()` token,

@@ -1,0 +1,140 @@
+"""Named galleries over real HTTP: `?gallery=NAME` on every gallery route keeps separate indexes in one
+service (the first POST /index to a name makes it), GET /galleries lists them, DELETE /galleries/NAME
+drops one; they outlast a restart, are capped by SIMSEARCH_MAX_GALLERIES, and a read-only replica
+serves one the writer made after it started and forgets one the writer dropped."""
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .conftest import start_server, stop_server
+from .test_api import assert_error, png, upload
+
+KEY = {"X-API-Key": "gallery-key"}
+
+
+def _env(artifact, tmp_path, **extra):
+    return {"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+            "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": "gallery-key", **extra}
+
+
+def _first(client, image: bytes, **params) -> str | None:
+    r = client.post("/search", params={"k": 1, **params}, files=[upload(image)])
+    assert r.status_code == 200, r.text
+    hits = r.json()["results"]
+    return hits[0]["id"] if hits else None
+
+
+def test_named_galleries_keep_their_items_apart_and_are_listed_edited_and_dropped(hybrid1_artifact, tmp_path):
+    live = start_server(_env(hybrid1_artifact, tmp_path), tmp_path)
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.post("/index", files=[upload(png(1))], data={"id": "home"}, headers=KEY).status_code == 201
+            made = c.post("/index", params={"gallery": "shoes"}, files=[upload(png(i)) for i in (2, 3)],
+                          data={"id": ["boot", "sandal"], "label": "shoe"}, headers=KEY)
+            assert made.status_code == 201 and made.headers["x-simsearch-position"] == "2.0", made.text
+            assert (tmp_path / "data" / "galleries" / "shoes" / "index" / "store.sqlite3").is_file()
+            # each gallery finds only its own items
+            assert _first(c, png(2), gallery="shoes") == "boot" and _first(c, png(1), gallery="shoes") != "home"
+            assert _first(c, png(2)) == "home" and _first(c, png(1), gallery="default") == "home"
+            listing = c.get("/index", params={"gallery": "shoes"}).json()
+            assert (listing["gallery"], listing["count"], [it["id"] for it in listing["items"]]) == \
+                ("shoes", 2, ["boot", "sandal"])
+            assert c.get("/index").json()["count"] == 1
+            batch = c.post("/batch/search", params={"k": 1, "gallery": "shoes"},
+                           files=[upload(png(3), "a.png"), upload(png(2), "b.png")]).json()
+            assert [q["results"][0]["id"] for q in batch["queries"]] == ["sandal", "boot"]
+            assert c.post("/classify", params={"gallery": "shoes"}, files=[upload(png(3))]).json()["label"] == "shoe"
+            assert [h["id"] for h in c.post("/search/boot", params={"gallery": "shoes"}).json()["results"]] == ["sandal"]
+            assert c.get("/index/boot/thumbnail", params={"gallery": "shoes"}).status_code == 200
+            assert c.get("/index/boot").status_code == 404   # not in the default gallery
+            # edits and deletions in a gallery, with its own positions
+            edited = c.patch("/index/boot", params={"gallery": "shoes"}, json={"label": "boot"}, headers=KEY)
+            assert edited.status_code == 200 and edited.headers["x-simsearch-position"] == "2.1"
+            assert c.get("/index/boot", params={"gallery": "shoes"}).json()["label"] == "boot"
+            assert c.delete("/index/sandal", params={"gallery": "shoes"}, headers=KEY).status_code == 204
+            assert c.delete("/index", params={"gallery": "shoes", "label": "boot"}, headers=KEY).json()["deleted"] == 1
+            assert c.post("/index", params={"gallery": "shoes"}, files=[upload(png(4))], data={"id": "clog"},
+                          headers=KEY).status_code == 201
+            assert c.get("/galleries").json() == {
+                "galleries": [{"name": "default", "count": 1, "open": True}, {"name": "shoes", "count": 1, "open": True}],
+                "max_galleries": 100}
+
+            # what cannot be: each refused in words, nothing made
+            for r in (c.get("/index", params={"gallery": "hats"}),
+                      c.post("/search", params={"gallery": "hats"}, files=[upload(png(1))]),
+                      c.patch("/index/x", params={"gallery": "hats"}, json={"label": "y"}, headers=KEY),
+                      c.delete("/index/x", params={"gallery": "hats"}, headers=KEY),
+                      c.delete("/galleries/hats", headers=KEY)):
+                assert_error(r, 404, "gallery_not_found", "'hats'")
+            assert_error(c.get("/index", params={"gallery": "Hats!"}), 422, "invalid_parameter")
+            assert_error(c.delete("/galleries/default", headers=KEY), 422, "invalid_gallery", "cannot be deleted")
+            assert c.delete("/galleries/shoes").status_code == 401   # a write: the key is asked
+            assert [g["name"] for g in c.get("/galleries").json()["galleries"]] == ["default", "shoes"]
+
+            dropped = c.delete("/galleries/shoes", headers=KEY)
+            assert dropped.status_code == 200 and dropped.json() == {"name": "shoes", "deleted": 1}
+            assert not (tmp_path / "data" / "galleries" / "shoes").exists()
+            assert [g["name"] for g in c.get("/galleries").json()["galleries"]] == ["default"]
+            assert_error(c.get("/index", params={"gallery": "shoes"}), 404, "gallery_not_found")
+            # the same name again is a new, empty gallery
+            assert c.post("/index", params={"gallery": "shoes"}, files=[upload(png(5))], data={"id": "new"},
+                          headers=KEY).headers["x-simsearch-position"] == "1.0"
+    finally:
+        stop_server(live)
+    assert "Traceback" not in live.log_tail(20_000)
+
+
+def test_galleries_outlast_a_restart_and_are_capped(hybrid1_artifact, tmp_path):
+    env = _env(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_GALLERIES="2")
+    live = start_server(env, tmp_path)
+    try:
+        assert httpx.post(live.url + "/index", params={"gallery": "a"}, files=[upload(png(1))], data={"id": "one"},
+                          headers=KEY, timeout=60).status_code == 201
+        refused = httpx.post(live.url + "/index", params={"gallery": "b"}, files=[upload(png(2))], headers=KEY, timeout=60)
+        assert_error(refused, 422, "too_many_galleries", "SIMSEARCH_MAX_GALLERIES", "'b'")
+        assert not (tmp_path / "data" / "galleries" / "b").exists()
+    finally:
+        stop_server(live)
+    live = start_server(env, tmp_path, log_name="again.log")
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.get("/galleries").json()["galleries"] == [
+                {"name": "default", "count": 0, "open": True}, {"name": "a", "count": 1, "open": False}]
+            assert _first(c, png(1), gallery="a") == "one"   # opened when first asked for
+            assert c.get("/galleries").json()["galleries"][1] == {"name": "a", "count": 1, "open": True}
+    finally:
+        stop_server(live)
+
+
+def test_a_replica_serves_galleries_the_writer_makes_after_it_started_and_forgets_dropped_ones(
+        hybrid1_artifact, tmp_path):
+    env = _env(hybrid1_artifact, tmp_path)
+    writer = start_server(env, tmp_path, log_name="writer.log")
+    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "0.2"}, tmp_path,
+                           log_name="replica.log")
+    try:
+        with httpx.Client(base_url=writer.url, timeout=60, headers=KEY) as w, \
+                httpx.Client(base_url=replica.url, timeout=60) as r:
+            assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found", "read-only")
+            made = w.post("/index", params={"gallery": "late"}, files=[upload(png(6))], data={"id": "six"})
+            assert _first(r, png(6), gallery="late") == "six"   # opened on first use
+            assert r.post("/index", params={"gallery": "late"}, files=[upload(png(7))], headers=KEY).status_code == 405
+            added = w.post("/index", params={"gallery": "late"}, files=[upload(png(7))], data={"id": "seven"})
+            hit = r.post("/search", params={"k": 1, "gallery": "late"}, files=[upload(png(7))],
+                         headers={"X-Simsearch-After": added.headers["x-simsearch-position"]}).json()["results"][0]
+            assert hit["id"] == "seven" and made.headers["x-simsearch-position"] == "1.0"
+            assert w.delete("/galleries/late").status_code == 200
+            deadline = time.monotonic() + 10
+            while r.get("/index", params={"gallery": "late"}).status_code != 404 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found")
+            # made again under the same name: the replica serves the new one, not the one it had open
+            assert w.post("/index", params={"gallery": "late"}, files=[upload(png(8))], data={"id": "eight"}
+                          ).status_code == 201
+            assert _first(r, png(8), gallery="late") == "eight" and _first(r, png(6), gallery="late") == "eight"
+    finally:
+        stop_server(replica)
+        stop_server(writer)
+    assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)
