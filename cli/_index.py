@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "and skipped; 429 and 503 answers are waited out.")
     u.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one")
     u.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
+    _gallery_option(u)
     u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY)")
     u.add_argument("--batch-size", type=int, default=32,
                    help="images per request (32; at most the service's SIMSEARCH_MAX_FILES_PER_REQUEST, 64 by default)")
@@ -162,8 +163,25 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
 def _common(p: argparse.ArgumentParser, model: bool) -> None:
     p.add_argument("--data", default=_default_data(),
                    help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
+    _gallery_option(p)
     if model:
         p.add_argument("--model", help="model artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+
+
+def _gallery_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gallery", default="default", metavar="NAME",
+                   help="a named gallery (DATA/galleries/NAME/index; through a service, its ?gallery=NAME) instead "
+                        "of the default one")
+
+
+def _gallery_folder(data: str, gallery: str) -> Path:
+    """The store folder of --gallery in --data; CliError for a name no gallery can have."""
+    import index
+
+    try:
+        return index.gallery_path(Path(data), gallery)
+    except index.InvalidItemError as exc:
+        raise CliError(f"--gallery: {exc}") from None
 
 
 def _embedder(path: str | None):
@@ -178,14 +196,16 @@ def _embedder(path: str | None):
         raise CliError(f"--model {artifact}: {exc}") from None
 
 
-def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = ""):
-    """The store in DATA/index; CliError for every store error, `locked_hint` appended when another process
-    (a running service) holds it for writing."""
+def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
+                gallery: str = "default"):
+    """The store of `gallery` in DATA (DATA/index for the default one); CliError for every store error,
+    `locked_hint` appended when another process (a running service) holds it for writing."""
     import index
 
-    path = Path(data) / "index"
+    path = _gallery_folder(data, gallery)
     if read_only and not (path / "store.sqlite3").exists():
-        raise CliError(f"no index at {path} (build one with `simsearch index build SOURCE --data {data}`)")
+        named = "" if gallery == "default" else f" --gallery {gallery}"
+        raise CliError(f"no index at {path} (build one with `simsearch index build SOURCE --data {data}{named}`)")
     cfg = index.StoreConfig(path=path, dim=embedder.dim if embedder else None,
                             model_id=embedder.model_id if embedder else None, index=kind, read_only=read_only)
     try:
@@ -279,7 +299,7 @@ def _build(args) -> int:
         from model import IMAGE_EXTENSIONS
 
         raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
-    store = _open_store(args.data, False, embedder, args.index,
+    store = _open_store(args.data, False, embedder, args.index, gallery=args.gallery,
                         locked_hint=". While `simsearch serve` runs on it, add images through the service: "
                                     f"simsearch index upload {args.source} --url http://HOST:PORT --api-key KEY")
     try:
@@ -339,7 +359,7 @@ def _build(args) -> int:
 def _stats(args) -> int:
     import json
 
-    store = _open_store(args.data, True)
+    store = _open_store(args.data, True, gallery=args.gallery)
     try:
         info = store.info()
         info["labels"] = {str(k): v for k, v in store.labels().items()}
@@ -364,7 +384,7 @@ def _stats(args) -> int:
 def _check(args) -> int:
     import index
 
-    path = Path(args.data) / "index"
+    path = _gallery_folder(args.data, args.gallery)
     try:
         reader = index.StoreReader(path)
     except index.StoreError as exc:
@@ -406,13 +426,13 @@ def _backup(args) -> int:
 
     dest = Path(args.dest)
     try:
-        copied = index.backup(Path(args.data) / "index", dest / "index")
+        copied = index.backup(_gallery_folder(args.data, args.gallery), _gallery_folder(dest, args.gallery))
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # DEST not writable, disk full: the message names the file
         raise CliError(f"cannot write the copy into {dest}: {exc}") from None
     print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
-          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {dest / 'index'}; serve it with --data {dest}")
+          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; serve it with --data {dest}")
     return 0
 
 
@@ -455,7 +475,7 @@ def _delete(args) -> int:
         raise CliError("give the ids to delete, or --label and/or --where (it never empties the index)")
     if args.ids and (args.label is not None or where is not None):
         raise CliError("give either ids or --label/--where, not both")
-    store = _open_store(args.data, True)  # read-only: counting works while the service runs
+    store = _open_store(args.data, True, gallery=args.gallery)  # read-only: counting works while the service runs
     try:
         n = len(store.has_ids(args.ids)) if args.ids else store.count(args.label, where)
         total = store.count()
@@ -465,7 +485,7 @@ def _delete(args) -> int:
         print(f"would delete {n} of the {total} items in {Path(args.data) / 'index'}; run again with --yes "
               "to delete them")
         return 0
-    store = _open_store(args.data, False, locked_hint=". While `simsearch serve` runs, delete over HTTP: "
+    store = _open_store(args.data, False, gallery=args.gallery, locked_hint=". While `simsearch serve` runs, delete over HTTP: "
                                                     "DELETE /index/{id} or DELETE /index?label=...&where=...")
     try:
         gone = store.delete(args.ids) if args.ids else store.delete_where(args.label, where)
@@ -503,7 +523,7 @@ def _search(args) -> int:
         return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
     embedder = _embedder(args.model)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
-    store = _open_store(args.data, True, embedder)
+    store = _open_store(args.data, True, embedder, gallery=args.gallery)
     agree = labelled = failed = 0
     try:
         for start in range(0, len(queries), 256):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ._errors import CliError
-from ._index import _decode, _embedder, _model_threads, _open_store
+from ._index import _decode, _embedder, _gallery_folder, _model_threads, _open_store
 
 STATE_NAME = "reembed.json"
 
@@ -30,7 +30,7 @@ def reembed(args) -> int:
     import index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source, dest = Path(args.data) / "index", Path(args.dest) / "index"
+    source, dest = _gallery_folder(args.data, args.gallery), _gallery_folder(args.dest, args.gallery)
     if dest.resolve() == source.resolve():
         raise CliError(f"DEST {args.dest} is the --data folder; re-embed into a new folder, then serve that")
     embedder = _embedder(args.model)
@@ -44,6 +44,7 @@ def reembed(args) -> int:
                            "give --model the artifact to re-embed with")
         state = _read_state(dest, source)
         store = _open_store(args.dest, False, embedder, args.index or (None if state else reader.index_spec),
+                            gallery=args.gallery,
                             locked_hint=f". Stop the service serving {args.dest} first")
         try:
             return _copy(args, reader, store, state, dest, source, embedder)

@@ -42,7 +42,10 @@ def upload(args) -> int:
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
     url = args.url.rstrip("/")
     try:
-        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client:
+        # ?gallery= on every request (the default gallery takes none: a service from before galleries works)
+        gallery = {"gallery": args.gallery} if args.gallery != "default" else None
+        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, params=gallery,
+                          timeout=args.timeout) as client:
             have = set() if args.replace else _ids_in_service(client)
             todo = [i for i in ids if i not in have]
             print(f"{len(ids)} images in {source}: {len(ids) - len(todo)} already in the service, "
@@ -111,6 +114,8 @@ def _ids_in_service(client) -> set[str]:
     offset = 0
     while offset is not None:
         r = _request(client, "GET", "/index", params={"offset": offset, "limit": PAGE})
+        if r.status_code == 404 and not have:   # a named gallery not made yet: the first upload makes it
+            return have
         if r.status_code != 200:
             raise CliError(_fatal(r.status_code, _message(r), str(client.base_url)))
         body = r.json()

@@ -104,3 +104,23 @@ def test_an_upload_reports_the_position_that_makes_a_search_through_a_replica_se
         if replica is not None:
             stop_server(replica)
         stop_server(live)
+
+
+def test_upload_and_remote_search_use_a_named_gallery(hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
+    live = serving(hybrid1_artifact, tmp_path)
+    try:
+        assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY, "--gallery", "pets"]) == 0
+        assert "it holds 12 items" in capsys.readouterr().out
+        assert httpx.get(live.url + "/galleries").json()["galleries"] == [
+            {"name": "default", "count": 0, "open": True}, {"name": "pets", "count": 12, "open": True}]
+        query = str(photos / "dog" / "0001.jpg")
+        assert main(["search", query, "-k", "1", "--url", live.url, "--gallery", "pets"]) == 0
+        assert capsys.readouterr().out.split()[-1] == "dog/0001.jpg"
+        assert main(["classify", query, "--url", live.url, "--gallery", "pets", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["label"] == "dog"
+        assert main(["search", query, "-k", "1", "--url", live.url]) == 0   # the default gallery is empty
+        assert capsys.readouterr().out.strip() == "no neighbours"
+        assert main(["search", query, "--url", live.url, "--gallery", "hats"]) == 2
+        assert "no gallery named 'hats'" in capsys.readouterr().err
+    finally:
+        stop_server(live)

@@ -283,3 +283,35 @@ def test_search_with_a_folder_or_tar_of_labelled_queries_reports_each_and_the_la
         rel = Path(r["query"]).relative_to(folder / "test").as_posix()
         assert r["label"] == rel.split("/")[0]
         assert r["results"][0]["id"] == f"cifar10-jpeg/test/{rel}" and r["results"][0]["distance"] < 1e-3
+
+
+def test_every_index_command_works_on_a_named_gallery_beside_the_default_one(gallery_tar, hybrid1_artifact, tmp_path,
+                                                                             capsys):
+    data, model_args = tmp_path / "data", ["--model", str(hybrid1_artifact)]
+    folder = _extract(gallery_tar, tmp_path / "src")
+    assert main(["index", "build", str(folder / "test" / "ship"), "--data", str(data), *model_args]) == 0
+    assert main(["index", "build", str(folder / "test"), "--data", str(data), "--gallery", "pets", *model_args]) == 0
+    assert (data / "galleries" / "pets" / "index" / "store.sqlite3").is_file()
+    capsys.readouterr()
+    for gallery, count in (("default", 8), ("pets", 24)):
+        assert main(["index", "stats", "--data", str(data), "--gallery", gallery, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["count"] == count
+    query = folder / "test" / "cat" / "0002.jpg"
+    assert main(["search", str(query), "--data", str(data), "--gallery", "pets", "-k", "1", *model_args]) == 0
+    assert capsys.readouterr().out.split()[-1] == "cat/0002.jpg"
+    assert main(["search", str(query), "--data", str(data), "-k", "1", *model_args]) == 0   # ships only
+    assert capsys.readouterr().out.split()[-2] == "-"
+    assert main(["classify", str(query), "--data", str(data), "--gallery", "pets", *model_args]) == 0
+    assert capsys.readouterr().out.startswith("cat  ")
+    assert main(["index", "check", "--data", str(data), "--gallery", "pets"]) == 0
+    assert "ok: checked 24 items" in capsys.readouterr().out
+    assert main(["index", "backup", str(tmp_path / "copy"), "--data", str(data), "--gallery", "pets"]) == 0
+    assert (tmp_path / "copy" / "galleries" / "pets" / "index" / "store.sqlite3").is_file()
+    assert main(["index", "delete", "cat/0002.jpg", "--data", str(data), "--gallery", "pets", "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["index", "stats", "--data", str(data), "--gallery", "pets", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 23
+    for args in (["index", "stats", "--gallery", "hats"], ["index", "stats", "--gallery", "Hats!"]):
+        assert main([*args, "--data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert ("no index at" in err and "--gallery hats" in err) or "a gallery name is 1 to 63" in err, err
