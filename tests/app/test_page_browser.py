@@ -531,3 +531,30 @@ def test_searches_after_adding_send_the_gallery_position_and_a_replaced_gallery_
     finally:
         driver.quit()
         stop_server(second or first)
+
+
+def test_the_page_of_a_named_gallery_counts_searches_and_shows_that_gallery(page, page_server, gallery, shared_data,
+                                                                           tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    extra = cifar10_images(shared_data, 1, skip=PER_CLASS + 3)[:3]
+    r = httpx.post(page_server.url + "/index", params={"gallery": "pets"}, headers={"X-API-Key": API_KEY}, timeout=60,
+                   files=[("file", (name, data, "image/jpeg")) for name, _, data in extra],
+                   data={"id": [f"pets/{name}" for name, _, _ in extra], "label": [label for _, label, _ in extra]})
+    assert r.status_code == 201, r.text
+    page.get(page_server.url + "/?gallery=pets")
+    WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == "3")
+    assert page.find_element("id", "gallery-info").text.startswith("Gallery pets: 3 images")
+    name, label, data = extra[1]
+    (tmp_path / name).write_bytes(data)
+    upload(page, tmp_path / name)
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == ""
+    assert result_ids(page)[0] == f"pets/{name}" and all(i.startswith("pets/") for i in result_ids(page))
+    wait_for_thumbnails(page)
+    assert all(card["loaded"] for card in result_cards(page))   # the thumbnails of that gallery
+    page.get(page_server.url + "/")   # the default gallery, as before
+    count = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
+    assert count >= len(gallery)
+    WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == str(count))
+    assert page.find_element("id", "gallery-info").text.startswith(f"Gallery: {count} images")
