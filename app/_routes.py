@@ -46,7 +46,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "the API key is missing", 403: "the API key is wrong",
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
-        404: "no item with this id", 409: "X-Simsearch-After names a position this gallery never had",
+        404: "no item with this id; no gallery of that name", 409: "X-Simsearch-After names a position this gallery never had",
         422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
         503: "not ready, or over the concurrency limit; for a write, the index cannot take writes",
         507: "the service's disk is full: the write was not stored"}.items()}
@@ -443,7 +443,7 @@ async def page():
 
 @router.post("/search", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an uploaded image",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
 async def search(request: Request,
                  k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
@@ -482,7 +482,7 @@ async def _search_one(request: Request, service: Service, params: SearchParams) 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],
              summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
 async def classify(request: Request,
                    k: int = Query(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones "
@@ -509,7 +509,7 @@ async def classify(request: Request,
 
 @router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],
              summary="the k gallery items nearest to each of several images (or vectors), in one request",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503)},
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_batch_search_body())
 async def batch_search(request: Request,
                        k: int = Query(10, ge=1, le=1000, description="how many neighbours for each query"),
@@ -637,7 +637,7 @@ async def add(request: Request, gallery: str = _gallery()):
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
             summary="gallery size, dimension, model, index kind, and a page of the listing",
-            responses={k: _ERRORS[k] for k in (400, 401, 403, 409, 422, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
                where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
@@ -697,7 +697,7 @@ def _item_out(item, vector: bool) -> ItemOut:
 
 @router.delete("/index", response_model=DeleteResponse, tags=["gallery"],
                summary="remove every gallery item that matches a label and/or a metadata filter",
-               responses={k: _ERRORS[k] for k in (401, 403, 422, 429, 503, 507)})
+               responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)})
 async def delete_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="items with this label"),
                           where: str | None = Query(None, max_length=4096,
