@@ -245,3 +245,18 @@ def test_reembed_onto_a_full_disk_stops_with_one_line_and_the_same_command_finis
     assert second.returncode == 0, second.stdout + second.stderr
     done = int(second.stdout.split(" to embed with ")[1].split("already copied")[0].split(", ")[1])
     assert 0 < done < 1000 and "holds 1000 items of hybrid1-res-cifar10@" in second.stdout
+
+
+def test_reembed_of_a_named_gallery_goes_to_the_same_name_in_dest(hybrid1_artifact, photos, tmp_path, capsys):
+    data, dest = tmp_path / "data", tmp_path / "new"
+    folder = tmp_path / "photos"
+    for id_, jpeg in photos.items():
+        (folder / id_).parent.mkdir(parents=True, exist_ok=True)
+        (folder / id_).write_bytes(jpeg)
+    assert main(["index", "build", str(folder), "--data", str(data), "--gallery", "pets",
+                 "--model", str(hybrid1_artifact)]) == 0
+    assert main(["index", "reembed", str(dest), "--data", str(data), "--gallery", "pets", "--model", str(NEW)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(dest / "galleries" / "pets" / "index", read_only=True)) as store:
+        assert store.count() == len(photos) and store.model_id.startswith("hybrid1-res-cifar10@")
+    assert not (dest / "index").exists()   # the default gallery was not asked for
