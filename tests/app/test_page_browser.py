@@ -542,8 +542,19 @@ def test_the_page_of_a_named_gallery_counts_searches_and_shows_that_gallery(page
                    files=[("file", (name, data, "image/jpeg")) for name, _, data in extra],
                    data={"id": [f"pets/{name}" for name, _, _ in extra], "label": [label for _, label, _ in extra]})
     assert r.status_code == 201, r.text
-    page.get(page_server.url + "/?gallery=pets")
+    # with two galleries the page offers a choice; choosing one opens the page of that gallery
+    from selenium.webdriver.support.ui import Select
+
+    page.get(page_server.url + "/")
+    WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-choice").is_displayed())
+    choice = Select(page.find_element("id", "gallery-select"))
+    count = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
+    assert [o.text for o in choice.options] == [f"default ({count})", "pets (3)"]
+    assert choice.first_selected_option.text.startswith("default")
+    choice.select_by_value("pets")
+    WebDriverWait(page, WAIT).until(lambda d: d.current_url.endswith("/?gallery=pets"))
     WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == "3")
+    assert Select(page.find_element("id", "gallery-select")).first_selected_option.text == "pets (3)"
     assert page.find_element("id", "gallery-info").text.startswith("Gallery pets: 3 images")
     name, label, data = extra[1]
     (tmp_path / name).write_bytes(data)
