@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -34,8 +35,8 @@ class Metrics:
         self.commit_requests = Histogram("simsearch_index_commit_requests",
                                          "POST /index requests committed together (one transaction and fsync)",
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self.gallery = Gauge("simsearch_gallery_items", "items in the default gallery", registry=r)
-        self.galleries = Gauge("simsearch_galleries", "galleries open (the default one and named ones)", registry=r)
+        self._gallery_sizes: Callable[[], dict[str, int]] = dict
+        r.register(_GallerySizes(lambda: self._gallery_sizes()))
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
         self.followed = Gauge("simsearch_index_followed_timestamp_seconds",
                               "read-only replicas: when the writer's changes were last read (Unix time; alert "
@@ -47,19 +48,9 @@ class Metrics:
         self.disk_free = Gauge("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
                                "(writes are refused with 507 when it runs out)", registry=r)
 
-    def track_gallery(self, count: Callable[[], int]) -> None:
-        """Read the gallery size from `count()` at every scrape."""
-        def read() -> float:
-            try:
-                return float(count())
-            except Exception:  # noqa: BLE001  (closed during shutdown: no value rather than a failed scrape)
-                return float("nan")
-
-        self.gallery.set_function(read)
-
-    def track_galleries(self, count: Callable[[], int]) -> None:
-        """Read how many galleries are open from `count()` at every scrape."""
-        self.galleries.set_function(lambda: float(count()))
+    def track_galleries(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Read each open gallery's size from `sizes()` ({name: items}) at every scrape."""
+        self._gallery_sizes = sizes
 
     def track_disk(self, folder: Path) -> None:
         """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""
@@ -70,3 +61,26 @@ class Metrics:
                 return float("nan")
 
         self.disk_free.set_function(read)
+
+
+class _GallerySizes:
+    """simsearch_gallery_items{gallery} (items in each open gallery) and simsearch_galleries (how many are
+    open), read at each scrape."""
+
+    def __init__(self, sizes: Callable[[], dict[str, int]]):
+        self._sizes = sizes
+
+    def describe(self):
+        return []   # the names are known only at a scrape (auto_describe would call collect() at registration)
+
+    def collect(self):
+        try:
+            sizes = self._sizes()
+        except Exception:  # noqa: BLE001  (closed during shutdown: no values rather than a failed scrape)
+            sizes = {}
+        items = GaugeMetricFamily("simsearch_gallery_items", "items in each open gallery", labels=["gallery"])
+        for name, count in sizes.items():
+            items.add_metric([name], float(count))
+        yield items
+        yield GaugeMetricFamily("simsearch_galleries", "galleries open (the default one and named ones)",
+                                value=float(len(sizes)))

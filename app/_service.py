@@ -163,8 +163,7 @@ class Service:
         self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
         self.commits.start()
         self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, self.commits)
-        self.metrics.track_galleries(lambda: len(self.galleries))
-        self.metrics.track_gallery(store.count)
+        self.metrics.track_galleries(self._gallery_sizes)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
         # collector's reach: a full collection over it took 110 ms, and under load one ran every
@@ -203,6 +202,16 @@ class Service:
             if last_error is not None:
                 log.info("index: reading the writer's changes again")
                 last_error = None
+
+    def _gallery_sizes(self) -> dict[str, int]:
+        """Items in each open gallery (for the metrics)."""
+        sizes = {}
+        for name, g in list(self.galleries.items()):
+            try:
+                sizes[name] = g.store.count()
+            except Exception:  # noqa: BLE001  (closed this moment: left out of this scrape)
+                continue
+        return sizes
 
     def _refresh(self, store) -> None:
         """Read-only: apply the writer's changes now (blocking), counting failures in the metrics."""

@@ -60,6 +60,10 @@ def test_named_galleries_keep_their_items_apart_and_are_listed_edited_and_droppe
             assert c.get("/galleries").json() == {
                 "galleries": [{"name": "default", "count": 1, "open": True}, {"name": "shoes", "count": 1, "open": True}],
                 "max_galleries": 100}
+            metrics = c.get("/metrics").text
+            for line in ('simsearch_gallery_items{gallery="default"} 1.0', 'simsearch_gallery_items{gallery="shoes"} 1.0',
+                         "simsearch_galleries 2.0"):
+                assert line in metrics.splitlines(), metrics[-1500:]
 
             # what cannot be: each refused in words, nothing made
             for r in (c.get("/index", params={"gallery": "hats"}),
