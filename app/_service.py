@@ -172,7 +172,7 @@ class Service:
         gc.freeze()
         if s.read_only and s.refresh_seconds > 0:
             self.metrics.followed.set_to_current_time()   # the store as opened is the writer's state now
-            self._follow_task = asyncio.get_running_loop().create_task(self._follow(store), name="simsearch-follow")
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="simsearch-follow")
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
@@ -182,7 +182,7 @@ class Service:
                  ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
 
-    async def _follow(self, store) -> None:
+    async def _follow(self) -> None:
         """Read-only: apply another process's writes to each open gallery every refresh_seconds; forget a
         gallery whose folder was deleted or made anew (it is opened again when next asked for)."""
         last_error = None
@@ -239,7 +239,8 @@ class Service:
             if g is not None:
                 return g
             s = self.settings
-            if name not in index.gallery_names(s.data_dir) and not (create and not s.read_only):
+            exists = name in index.gallery_names(s.data_dir)
+            if not exists and not (create and not s.read_only):
                 how = "POST /index?gallery=NAME makes one" if not s.read_only else \
                     "galleries are made through the service that writes (this one is read-only)"
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} ({how})")
@@ -259,8 +260,7 @@ class Service:
                 commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
                 commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)
-            log.info("gallery %s %s: %d items", name, "opened" if store.count() or s.read_only else "made",
-                     store.count())
+            log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())
             return g
 
     async def drop_gallery(self, name: str) -> int:
