@@ -185,23 +185,23 @@ class Service:
     async def _follow(self) -> None:
         """Read-only: apply another process's writes to each open gallery every refresh_seconds; forget a
         gallery whose folder was deleted or made anew (it is opened again when next asked for)."""
-        last_error = None
+        last_error: dict[str, str] = {}   # by gallery: each error is logged once, until it clears
         while True:
             await asyncio.sleep(self.settings.refresh_seconds)
-            try:
-                for g in list(self.galleries.values()):
+            for g in list(self.galleries.values()):
+                try:
                     if g.name != DEFAULT_GALLERY and g.store.folder_changed():
                         await self._forget(g, "its folder was deleted or made anew by the service that writes")
                         continue
                     await anyio.to_thread.run_sync(self._refresh, g.store)
-            except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
-                if str(exc) != last_error:
-                    log.error("index: cannot read the writer's changes: %s; serving the gallery as last read", exc)
-                    last_error = str(exc)
-                continue
-            if last_error is not None:
-                log.info("index: reading the writer's changes again")
-                last_error = None
+                except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
+                    if str(exc) != last_error.get(g.name):
+                        log.error("index: cannot read the writer's changes to gallery %s: %s; serving it as last "
+                                  "read", g.name, exc)
+                        last_error[g.name] = str(exc)
+                    continue
+                if last_error.pop(g.name, None) is not None:
+                    log.info("index: reading the writer's changes to gallery %s again", g.name)
 
     def _gallery_sizes(self) -> dict[str, int]:
         """Items in each open gallery (for the metrics)."""
@@ -272,6 +272,8 @@ class Service:
                            "DELETE /index?label=... or ?where=...)")
         g = await self.gallery(name)   # open: this process holds its lock, so no other writer has it
         async with self._gallery_lock:
+            if self.galleries.get(name) is not g:   # another request dropped it meanwhile
+                raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} (just deleted)")
             count = g.store.count()
             await self._forget(g, "deleted")
             folder = index.gallery_path(self.settings.data_dir, name).parent
