@@ -45,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
+    g = isub.add_parser("galleries", help="the galleries of a data folder (the default one and named ones), with "
+                                          "their sizes and models")
+    g.add_argument("--data", default=_default_data(), help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
+    g.add_argument("--json", action="store_true", help="print JSON")
+    g.set_defaults(func=_galleries)
+
     c = isub.add_parser("check", help="look the index over for damage (safe while the service serves it)",
                         description="Read the whole index and report damage: SQLite's quick_check, every item's "
                                     "vector (length, finite, unit norm), label and metadata, the FAISS snapshot's "
@@ -378,6 +384,28 @@ def _stats(args) -> int:
         width = max(len(k) for k in info["labels"])
         for label, n in info["labels"].items():
             print(f"  {label:<{width}}  {n}")
+    return 0
+
+
+def _galleries(args) -> int:
+    import json
+
+    import index
+
+    rows = []
+    for name in index.gallery_names(Path(args.data)):
+        try:
+            with index.StoreReader(index.gallery_path(Path(args.data), name)) as reader:
+                rows.append({"name": name, "count": reader.count(), "model_id": reader.model_id,
+                             "path": str(reader.path)})
+        except index.StoreError as exc:   # being made, or damaged: said, not fatal
+            rows.append({"name": name, "count": None, "model_id": None, "path": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no galleries in {args.data} (`simsearch index build SOURCE --data {args.data}` makes the default one)")
+    for r in rows if not args.json else []:
+        print(f"{r['name']:<20} {r['count'] if r['count'] is not None else '?':>9}  {r['model_id'] or ''}  {r['path']}")
     return 0
 
 

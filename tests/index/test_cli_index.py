@@ -311,6 +311,14 @@ def test_every_index_command_works_on_a_named_gallery_beside_the_default_one(gal
     capsys.readouterr()
     assert main(["index", "stats", "--data", str(data), "--gallery", "pets", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 23
+    assert main(["index", "galleries", "--data", str(data), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["count"]) for r in listed] == [("default", 8), ("pets", 23)]
+    assert all(r["model_id"].startswith("hybrid1-test@") for r in listed)
+    assert main(["index", "galleries", "--data", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["pets", "23"]
+    assert main(["index", "galleries", "--data", str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().out.startswith("no galleries in")
     for args in (["index", "stats", "--gallery", "hats"], ["index", "stats", "--gallery", "Hats!"]):
         assert main([*args, "--data", str(data)]) == 2
         err = capsys.readouterr().err
