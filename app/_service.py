@@ -252,6 +252,14 @@ class Service:
             except index.StoreMissingError:   # read-only, and the writer has not finished making it
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} yet") from None
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
+                if not exists:   # nothing half-made is left to be listed as a gallery
+                    await anyio.to_thread.run_sync(
+                        lambda: shutil.rmtree(index.gallery_path(s.data_dir, name).parent, ignore_errors=True))
+                cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
+                if (isinstance(cause, index.StorageError) and cause.full) or getattr(cause, "errno", None) == errno.ENOSPC:
+                    log.error("index: gallery %s not made: %s", name, cause)
+                    raise ApiError(507, "insufficient_storage", f"the service's disk is full: gallery {name!r} was "
+                                   "not made and nothing was stored; retry once the operator has freed space") from None
                 log.error("index: cannot open gallery %s: %s", name, exc)
                 raise ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
                                "service's log says why", {"Retry-After": "5"}) from None

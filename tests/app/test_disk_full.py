@@ -50,6 +50,11 @@ def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_ack
             # refused again while full; a deletion (it writes too) is refused the same way and deletes nothing
             assert c.post("/index", files=files, data={"id": ids}).status_code == 507
             assert c.delete(f"/index/{acknowledged[0]}").status_code == 507
+            # a new gallery cannot be made either: 507, and no half-made gallery left behind
+            made = c.post("/index", params={"gallery": "new"}, files=files[:1], data={"id": ids[:1]})
+            assert made.status_code == 507 and "gallery 'new' was not made" in made.json()["error"]["message"], made.text
+            assert c.get("/galleries").json()["galleries"] == [{"name": "default", "count": len(acknowledged), "open": True}]
+            assert subprocess.run([*inside, "test", "-e", str(mount / "data" / "galleries" / "new")]).returncode == 1
             # on the same connection, reads go on and show exactly what was acknowledged
             info = c.get("/index", params={"limit": 1000}).json()
             assert info["count"] == len(acknowledged)
