@@ -48,10 +48,8 @@ class Service:
         self.metrics = metrics
         self.image_policy = image_policy(settings.image_formats.split(","))
         self.embedder = None
-        self.store = None
         self.pddm = None     # the artifact's PDDM head (model.PDDM), when it has one
         self.batcher: MicroBatcher | None = None
-        self.commits: GroupCommitter | None = None
         self.galleries: dict[str, Gallery] = {}   # open ones by name; the default one once loaded
         self._gallery_lock = asyncio.Lock()        # one gallery opened or dropped at a time
         self.ready = False
@@ -93,8 +91,7 @@ class Service:
                 pass
         if self.batcher is not None:
             await self.batcher.stop()
-        for g in list(self.galleries.values()) or ([Gallery(DEFAULT_GALLERY, self.store, self.commits)]
-                                                   if self.store is not None else []):
+        for g in list(self.galleries.values()):
             if g.commits is not None:
                 await g.commits.stop()
             await anyio.to_thread.run_sync(g.store.close)
@@ -155,14 +152,14 @@ class Service:
             self.reason = str(exc)
             log.error("not ready: %s", exc)
             return
-        self.embedder, self.store = embedder, store
+        self.embedder = embedder
         s = self.settings
         self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
-        self.commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
-        self.commits.start()
-        self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, self.commits)
+        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
+        commits.start()
+        self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
         self.metrics.track_galleries(self._gallery_sizes)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
@@ -353,6 +350,12 @@ class Service:
         """Raise 503 not_ready (with the reason) until the model and index are loaded."""
         if not self.ready:
             raise ApiError(503, "not_ready", f"the service is not ready: {self.reason}", {"Retry-After": "5"})
+
+    @property
+    def store(self):
+        """The default gallery's store (index.Store), or None until it is loaded."""
+        g = self.galleries.get(DEFAULT_GALLERY)
+        return g.store if g is not None else None
 
     @property
     def model_id(self) -> str | None:
