@@ -25,7 +25,7 @@ from ._images import decode_image, make_thumbnail
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
                        GalleriesResponse, GalleryDeleted, GalleryOut, Hit, IndexInfo, IndexResponse, ItemOut,
                        SearchResponse)
-from ._service import DEFAULT_GALLERY, Gallery, Service
+from ._service import DEFAULT_GALLERY, GALLERY_NAME, Gallery, Service
 from ._settings import Settings
 
 log = logging.getLogger("simsearch.app")
@@ -108,7 +108,7 @@ def _after() -> Any:
 
 
 def _gallery() -> Any:
-    return Query(DEFAULT_GALLERY, min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    return Query(DEFAULT_GALLERY, min_length=1, max_length=63, pattern=GALLERY_NAME,
                  description="which gallery: `default` (the service's first, in DATA/index) or a named one "
                              "(lower-case letters, digits, - and _), which the first POST /index to it makes")
 
@@ -806,7 +806,7 @@ async def galleries(request: Request):
 @router.delete("/galleries/{name}", response_model=GalleryDeleted, tags=["gallery"],
                summary="delete a named gallery: its items, its index and its folder",
                responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)})
-async def delete_gallery(request: Request, name: str = Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")):
+async def delete_gallery(request: Request, name: str = Path(pattern=GALLERY_NAME)):
     service = _service(request, write=True)
     deleted = await service.drop_gallery(name)
     return JSONResponse(GalleryDeleted(name=name, deleted=deleted).model_dump())

@@ -27,6 +27,7 @@ from ._settings import Settings
 log = logging.getLogger("simsearch.app")
 
 DEFAULT_GALLERY = "default"   # index.DEFAULT_GALLERY, without importing index (and FAISS) before /healthz answers
+GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
 
 @dataclass
