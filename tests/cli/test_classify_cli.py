@@ -11,6 +11,7 @@ import pytest
 
 from cli import main
 
+from .test_search_remote import runs_with_and_without_json
 from .test_upload import KEY, cifar_folder, photos, serving  # noqa: F401  (photos is a fixture)
 from tests.app.conftest import stop_server
 
@@ -33,12 +34,7 @@ def test_classify_votes_as_the_services_classify_does_locally_and_through_the_se
         capsys.readouterr()
         local = ["classify", str(queries), "-k", "5", "--data", str(tmp_path / "data"), "--model", str(DEFAULT_MODEL)]
         remote = ["classify", str(queries), "-k", "5", "--url", live.url]
-        runs = {}
-        for name, args in (("local", local), ("remote", remote)):
-            assert main(args + ["--json"]) == 0
-            runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-            assert main(args) == 0
-            runs[name + " text"] = capsys.readouterr().out.splitlines()
+        runs = runs_with_and_without_json(capsys, local=local, remote=remote)
         assert len(runs["local"]) == 12
         for got, want in zip(runs["remote"], runs["local"]):
             assert (got["query"], got["query_label"], got["label"], got["votes"]) == \
@@ -52,7 +48,7 @@ def test_classify_votes_as_the_services_classify_does_locally_and_through_the_se
         right = sum(row["label"] == row["query_label"] for row in runs["local"])
         assert right > 4   # better than chance (a third) with a trained model: 8 of 12 when written
         for name in ("local text", "remote text"):
-            lines = runs[name]
+            lines = runs[name].out.splitlines()
             assert lines[-2:] == ["12 of 12 queries classified (1.000), 0 unknown",
                                   f"{right} of 12 queries with a label ({right / 12:.3f}) are classified as that label"]
             first = runs["local"][0]

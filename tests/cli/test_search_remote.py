@@ -14,6 +14,18 @@ from .test_upload import KEY, photos, serving  # noqa: F401  (photos is a fixtur
 from tests.app.conftest import stop_server
 
 
+def runs_with_and_without_json(capsys, **commands: list[str]) -> dict:
+    """Each command run with --json (its JSON lines, under its name) and without (what it printed, under
+    "<name> text"), each expected to exit 0."""
+    runs = {}
+    for name, args in commands.items():
+        assert main(args + ["--json"]) == 0
+        runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert main(args) == 0
+        runs[name + " text"] = capsys.readouterr()
+    return runs
+
+
 def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_image(
         hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
     # a service that takes at most 5 files a request: the 13 queries are sent in smaller requests
@@ -23,12 +35,7 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
         capsys.readouterr()
         local_args = ["search", str(photos), "-k", "3", "--data", str(tmp_path / "data"), "--model", str(hybrid1_artifact)]
         remote_args = ["search", str(photos), "-k", "3", "--url", live.url]
-        runs = {}
-        for name, args in (("local", local_args), ("remote", remote_args)):
-            assert main(args + ["--json"]) == 0
-            runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-            assert main(args) == 0
-            runs[name + " text"] = capsys.readouterr()
+        runs = runs_with_and_without_json(capsys, local=local_args, remote=remote_args)
         # the same queries, neighbours, labels and scores (to float rounding: the batches differ)
         assert [(r["query"], r["label"], [h["id"] for h in r["results"]]) for r in runs["remote"]] == \
             [(r["query"], r["label"], [h["id"] for h in r["results"]]) for r in runs["local"]]
