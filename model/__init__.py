@@ -9,12 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS
+from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
     from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta,
                             resave_artifact, save_artifact)
     from ._embedder import Embedder, default_device, embed_tensor
     from ._involution import Involution
+    from ._onnx import OnnxUnavailable, export_onnx, to_onnx
     from ._params import count_parameters, default_artifact_path
     from ._pddm import PDDM
     from ._preprocess import to_model_array
@@ -22,9 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
-    "IMAGE_EXTENSIONS", "Involution", "PDDM", "TTA_MODES", "count_parameters",
-    "create_model", "default_artifact_path", "default_device", "embed_tensor", "is_model", "list_models",
-    "load_artifact", "read_meta", "register_model", "resave_artifact", "save_artifact", "to_model_array",
+    "IMAGE_EXTENSIONS", "Involution", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES", "count_parameters",
+    "create_model", "default_artifact_path", "default_device", "embed_tensor", "export_onnx", "is_model",
+    "list_models", "load_artifact", "missing_onnx_packages", "read_meta", "register_model", "resave_artifact",
+    "save_artifact", "to_model_array", "to_onnx",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
@@ -34,6 +37,7 @@ _SOURCES = {
                   "resave_artifact", "save_artifact"),
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
+    "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
     "_preprocess": ("to_model_array",),
     "_registry": ("create_model", "is_model", "list_models", "register_model"),
     "_params": ("count_parameters", "default_artifact_path"),

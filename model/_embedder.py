@@ -12,6 +12,7 @@ from PIL import Image
 
 from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
 from ._preprocess import to_model_array
+from ._runtimes import RUNTIMES
 
 
 def default_device() -> torch.device:
@@ -30,8 +31,9 @@ def embed_tensor(net: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> to
     if tta == "none":
         return net(x)
     if tta == "hflip":
+        n = x.shape[0]   # not len(x): an exported graph would fix the batch size at the example's
         y = net(torch.cat([x, x.flip(3)]))
-        return (y[:len(x)] + y[len(x):]) * 0.5
+        return (y[:n] + y[n:]) * 0.5
     raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_MODES)}")
 
 
@@ -67,17 +69,36 @@ class Embedder:
     """Embeds images with a loaded model artifact, in batches, deterministically."""
 
     def __init__(self, artifact: Artifact, device: str | torch.device | None = None, batch_size: int = 256,
-                 trace: bool = True):
-        """`trace`: run the network as a TorchScript graph when it traces faithfully (see `traced`)."""
+                 trace: bool = True, runtime: str = "torch"):
+        """`trace`: run the network as a TorchScript graph when it traces faithfully (see `traced`).
+        `runtime`: "torch", or "onnx" to run the model exported to ONNX in onnxruntime on the CPU (the
+        `onnx` extra; several times torch's images/s at the small batches a server sees, fewer at 256:
+        docs/results/benchmarks.md). Raises ValueError for an unknown runtime or onnx on a GPU, and
+        model.OnnxUnavailable when onnxruntime is not installed."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
         self.artifact = artifact
         self.meta: ArtifactMeta = artifact.meta
-        self.device = torch.device(device) if device else default_device()
+        self.device = torch.device(device) if device else (
+            torch.device("cpu") if runtime == "onnx" else default_device())
+        if runtime == "onnx" and self.device.type != "cpu":
+            raise ValueError(f"the onnx runtime runs on the CPU; device {self.device} needs runtime torch")
         self.batch_size = batch_size
         self.model = artifact.model.to(self.device).eval()
-        graph = _traced(self.model, self.meta.in_chans, self.meta.image_size, self.device) if trace else None
+        self._session = None
+        graph = None
+        if runtime == "onnx":
+            from ._onnx import session_from_bytes, to_onnx_in_child
+
+            self._session = session_from_bytes(to_onnx_in_child(artifact), threads=torch.get_num_threads())
+        elif trace:
+            graph = _traced(self.model, self.meta.in_chans, self.meta.image_size, self.device)
         self._net = graph if graph is not None else self.model
-        #: whether embeddings come from the traced graph (True) or the eager modules (False)
+        #: whether embeddings come from the traced graph (True) or not (eager modules, or onnxruntime)
         self.traced = graph is not None
+        #: what runs the network: "onnxruntime", "TorchScript graph" or "eager modules"
+        self.runtime = "onnxruntime" if self._session is not None else (
+            "TorchScript graph" if self.traced else "eager modules")
         c = self.meta.in_chans
         self._mean = torch.tensor(self.meta.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._std = torch.tensor(self.meta.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
@@ -89,10 +110,10 @@ class Embedder:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                  batch_size: int = 256, trace: bool = True) -> "Embedder":
+                  batch_size: int = 256, trace: bool = True, runtime: str = "torch") -> "Embedder":
         """Load an artifact file (raises model.ArtifactError when it is not usable)."""
-        dev = torch.device(device) if device else default_device()
-        return cls(load_artifact(path, device=dev), dev, batch_size, trace)
+        dev = torch.device(device) if device else (torch.device("cpu") if runtime == "onnx" else default_device())
+        return cls(load_artifact(path, device=dev), dev, batch_size, trace, runtime)
 
     @property
     def dim(self) -> int:
@@ -115,6 +136,13 @@ class Embedder:
     @torch.inference_mode()
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed preprocessed uint8 arrays of shape (N, C, S, S)."""
+        if self._session is not None:
+            # One call holds the whole graph (scaling, network, tta, normalisation) and releases the GIL.
+            if not len(batch):
+                return np.zeros((0, self.dim), np.float32)
+            return np.concatenate([self._session.run(None, {"images": np.ascontiguousarray(
+                batch[start:start + self.batch_size], dtype=np.uint8)})[0]
+                for start in range(0, len(batch), self.batch_size)]).astype(np.float32, copy=False)
         out = []
         for start in range(0, len(batch), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch[start:start + self.batch_size])).to(self.device)

@@ -1,0 +1,87 @@
+"""The ONNX export (model.export_onnx) and the Embedder's onnx runtime give the vectors torch gives, at
+any batch size, for every kind of bundled model (grey and RGB, with and without mirror-image averaging)."""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+import model
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
+# One of each kind: the faithful RGB model (no tta), the residual stride-1 one (hflip), a grey one.
+KINDS = ["hybrid1-cifar10", "hybrid1-res-s1-cifar10", "hybrid1-mnist"]
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[Image.Image]:
+    """Nine real CIFAR-10 (JPEG) test images."""
+    out = []
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        for m in tar:
+            if m.isfile() and m.name.split("/")[1:2] == ["test"]:
+                out.append(Image.open(tar.extractfile(m)).copy())
+            if len(out) == 9:
+                return out
+    pytest.fail("no CIFAR-10 test images in the tar")
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_the_exported_file_embeds_real_photos_as_the_service_does(name, photos, tmp_path):
+    torch_embedder = model.Embedder.from_file(WEIGHTS / f"{name}.safetensors", device="cpu")
+    path = model.export_onnx(torch_embedder.artifact, tmp_path / f"{name}.onnx")
+    # Read by onnxruntime alone, as an app on another device would.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = torch_embedder.meta
+    arrays = np.stack([model.to_model_array(p, meta.in_chans, meta.image_size) for p in photos])
+    for batch in (arrays[:1], arrays[1:8], arrays):   # the batch size is free
+        got = session.run(["embeddings"], {"images": batch})[0]
+        want = torch_embedder.embed_arrays(batch)
+        assert got.shape == want.shape == (len(batch), meta.embed_dim) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # The file says what made it and what it expects.
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["simsearch.model_id"] == torch_embedder.model_id
+    stored = json.loads(props["simsearch.meta"])
+    assert (stored["in_chans"], stored["image_size"], stored["tta"]) == (meta.in_chans, meta.image_size, meta.tta)
+    assert "to_model_array" in props["simsearch.input"]
+
+
+def test_the_onnx_runtime_embeds_as_torch_does_across_its_batches(photos):
+    path = WEIGHTS / "hybrid1-res-s1-cifar10.safetensors"
+    torch_embedder = model.Embedder.from_file(path, device="cpu")
+    onnx_embedder = model.Embedder.from_file(path, runtime="onnx", batch_size=4)
+    assert onnx_embedder.runtime == "onnxruntime" and torch_embedder.runtime == "TorchScript graph"
+    assert onnx_embedder.device.type == "cpu" and onnx_embedder.model_id == torch_embedder.model_id
+    got = onnx_embedder.embed(photos)   # 9 images in batches of 4, 4 and 1
+    np.testing.assert_allclose(got, torch_embedder.embed(photos), atol=1e-5)
+    assert onnx_embedder.embed([]).shape == (0, 256)
+
+
+def test_the_onnx_runtime_refuses_a_gpu_and_unknown_runtimes_are_named():
+    art = model.load_artifact(WEIGHTS / "hybrid1-cifar10.safetensors")
+    with pytest.raises(ValueError, match="onnx runtime runs on the CPU; device cuda"):
+        model.Embedder(art, device="cuda", runtime="onnx")
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; known: torch, onnx"):
+        model.Embedder(art, device="cpu", runtime="tensorrt")
+
+
+@pytest.mark.parametrize("opset", [5, 17, 99])
+def test_an_opset_the_exporter_cannot_write_is_refused_with_the_range(opset):
+    art = model.load_artifact(WEIGHTS / "hybrid1-mnist.safetensors")
+    with pytest.raises(ValueError, match=rf"opset {opset}: the exporter writes opsets 18 to \d+"):
+        model.to_onnx(art, opset=opset)
+
+
+def test_a_chosen_opset_is_the_one_written():
+    art = model.load_artifact(WEIGHTS / "hybrid1-mnist.safetensors")
+    proto = onnx.load_from_string(model.to_onnx(art, opset=20))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [20]
