@@ -424,8 +424,8 @@ async def readyz(request: Request):
     service: Service = request.app.state.service
     if not service.ready:
         return error_response(503, "not_ready", f"the service is not ready: {service.reason}", {"Retry-After": "5"})
-    return {"status": "ready", "model": service.model_id, "index": service.settings.index,
-            "read_only": service.settings.read_only}
+    return {"status": "ready", "model": service.model_id, "runtime": service.embedder.runtime,
+            "index": service.settings.index, "read_only": service.settings.read_only}
 
 
 @router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)

@@ -102,7 +102,8 @@ class Service:
 
         path = self.settings.resolved_model_path()
         try:
-            embedder = model.Embedder.from_file(path, device=self.settings.device, trace=self.settings.trace_model)
+            embedder = model.Embedder.from_file(path, device=self.settings.device, trace=self.settings.trace_model,
+                                                runtime=self.settings.runtime)
         except FileNotFoundError:
             raise RuntimeError(f"the model artifact {path} does not exist (set SIMSEARCH_MODEL_PATH)") from None
         except Exception as exc:
@@ -176,7 +177,7 @@ class Service:
         self.reason = ""
         log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items%s), "
                  "uploads as %s", time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
-                 "TorchScript graph" if embedder.traced else "eager modules", s.index, store.count(),
+                 embedder.runtime, s.index, store.count(),
                  ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
 

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for the model (cpu, cuda, cuda:1); default: auto")
     trace_model: bool = Field(True, description="run the network as a TorchScript graph when it traces faithfully "
                                                 "(fewer Python calls per batch); false: always the eager modules")
+    runtime: str = Field("torch", description="what runs the network: torch, or onnx (exported to ONNX at start and "
+                                              "run by onnxruntime on the CPU; needs the onnx extra)")
     api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below); several "
                                                         "keys comma-separated")
     api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), read again "
@@ -120,6 +122,27 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_device_is_auto(cls, v: str | None) -> str | None:
         return v or None
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        import model
+
+        v = v.strip().lower()
+        if v not in model.RUNTIMES:
+            raise ValueError(f"give one of {', '.join(model.RUNTIMES)}")
+        missing = model.missing_onnx_packages() if v == "onnx" else []
+        if missing:
+            raise ValueError(f"the onnx runtime needs {', '.join(missing)} installed "
+                             "(pip install 'simsearch[onnx]')")
+        return v
+
+    @model_validator(mode="after")
+    def _onnx_on_the_cpu(self) -> "Settings":
+        if self.runtime == "onnx" and self.device not in (None, "cpu"):
+            raise ValueError(f"SIMSEARCH_RUNTIME onnx runs on the CPU; SIMSEARCH_DEVICE {self.device} needs "
+                             "SIMSEARCH_RUNTIME torch")
+        return self
 
     def resolved_model_path(self) -> Path:
         """The artifact to load: model_path, or the bundled CIFAR-10 Hybrid-1."""

@@ -1,4 +1,4 @@
-"""`simsearch models` (the zoo) and `simsearch model-info ARTIFACT`."""
+"""`simsearch models` (the zoo), `simsearch model-info ARTIFACT` and `simsearch model-export ARTIFACT`."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model-info", help="print an artifact's metadata as JSON")
     p.add_argument("artifact", help="path to a .safetensors model artifact")
     p.set_defaults(func=_info)
+    p = sub.add_parser("model-export", help="write an artifact's embedding as an ONNX model (embed on other devices)",
+                       description="Write the artifact's embedding as one ONNX file: uint8 images (N, C, S, S), "
+                                   "as model.to_model_array makes them, in; the service's unit vectors out "
+                                   "(scaling, test-time augmentation and normalisation are in the graph). The "
+                                   "graph is checked against torch before it is written. Needs the onnx extra.")
+    p.add_argument("artifact", help="path to a .safetensors model artifact")
+    p.add_argument("--out", "-o", help="the ONNX file to write (default: the artifact's name with .onnx)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.set_defaults(func=_export)
 
 
 def _list(args) -> int:
@@ -38,4 +47,34 @@ def _info(args) -> int:
     except model.ArtifactError as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(meta.model_dump(), indent=2))
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    import model
+
+    missing = model.missing_onnx_packages()
+    if missing:
+        raise CliError(f"ONNX export needs {', '.join(missing)}: pip install 'simsearch[onnx]'")
+    out = Path(args.out) if args.out else Path(args.artifact).with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise CliError(f"--out {out}: give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: no such folder {out.parent}")
+    try:
+        artifact = model.load_artifact(args.artifact, device="cpu")
+    except FileNotFoundError:
+        raise CliError(f"{args.artifact}: no such file") from None
+    except model.ArtifactError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        model.export_onnx(artifact, out, opset=args.opset)
+    except Exception as exc:  # noqa: BLE001  (the exporter's own errors: an opset it cannot write, say)
+        raise CliError(f"cannot export {args.artifact}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    m = artifact.meta
+    print(f"wrote {out} ({out.stat().st_size:,} bytes), model {artifact.model_id}: input 'images' uint8 "
+          f"(N, {m.in_chans}, {m.image_size}, {m.image_size}), output 'embeddings' float32 (N, {m.embed_dim}) "
+          f"of unit length (test-time augmentation {m.tta})")
     return 0

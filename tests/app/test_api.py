@@ -530,6 +530,7 @@ async def test_probes_openapi_and_page(make_settings):
         assert (await c.get("/healthz")).json() == {"status": "ok"}
         ready = (await c.get("/readyz")).json()
         assert ready["status"] == "ready" and ready["model"].startswith("hybrid1-test@")
+        assert ready["runtime"] == "TorchScript graph"
         spec = (await c.get("/openapi.json")).json()
         for path in ("/search", "/search/{id}", "/index", "/index/{id}", "/index/{id}/thumbnail", "/healthz"):
             assert path in spec["paths"], path

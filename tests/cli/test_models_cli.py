@@ -1,4 +1,4 @@
-"""`simsearch models` and `simsearch model-info` through the installed console script."""
+"""`simsearch models`, `simsearch model-info` and `simsearch model-export` through the console script."""
 import json
 import subprocess
 import sys
@@ -25,3 +25,28 @@ def test_model_info_on_a_missing_file_is_one_clear_line(tmp_path):
     out = _run("model-info", str(tmp_path / "missing.safetensors"))
     assert out.returncode == 2
     assert "no such model artifact" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_model_export_writes_an_onnx_file_beside_the_artifact_and_says_what_it_takes(hybrid1_artifact, tmp_path):
+    import shutil
+
+    import onnx
+
+    art = shutil.copy(hybrid1_artifact, tmp_path / "mine.safetensors")
+    out = _run("model-export", str(art))
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {tmp_path / 'mine.onnx'}" in out.stdout
+    assert "input 'images' uint8 (N, 3, 32, 32), output 'embeddings' float32 (N, 256)" in out.stdout
+    onnx.checker.check_model(str(tmp_path / "mine.onnx"))
+
+
+def test_model_export_mistakes_are_one_clear_line_and_write_nothing(hybrid1_artifact, tmp_path):
+    cases = [(["--out", str(tmp_path / "m.txt")], "give a file name ending in .onnx"),
+             (["--out", str(tmp_path / "no" / "m.onnx")], "no such folder"),
+             (["--out", str(tmp_path / "m.onnx"), "--opset", "11"], "opset 11: the exporter writes opsets 18 to")]
+    for args, words in cases:
+        out = _run("model-export", str(hybrid1_artifact), *args)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    out = _run("model-export", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "m.onnx"))
+    assert out.returncode == 2 and "no such model artifact" in out.stderr
+    assert not list(tmp_path.iterdir())
