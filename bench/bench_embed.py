@@ -5,7 +5,9 @@
 Measured in one process, interleaved round by round:
 - Hybrid-1 through model.Embedder.embed_arrays (uint8 in, normalised float32 out: the service's path)
   at batch 1, 8 (typical of the service's micro-batches), 32 and 256, with torch's default thread count and with 1 thread;
-  the same with trace=False (hybrid1_eager_b*: the eager modules instead of the TorchScript graph);
+  the same with trace=False (hybrid1_eager_b*: the eager modules instead of the TorchScript graph) and,
+  when the `onnx` extra is installed, with runtime="onnx" (hybrid1_onnx_b*: the model exported to ONNX,
+  run by onnxruntime; the same uint8-in, unit-vectors-out contract);
 - ResNet-50 from torchvision (no weights needed) on 224x224 float input at batch 1 and 16;
 - the practical peak: a 4096x4096 fp32 matmul on the same threads;
 - the theoretical peak: cores x GHz x FLOPs/cycle from lscpu (see bench/_common.py).
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.4, help="seconds per case per round")
     ap.add_argument("--artifact", type=Path, help="default: the trained CIFAR-10 artifact, else a seeded one")
     ap.add_argument("--resnet-batches", default="1,16")
+    ap.add_argument("--tag", default="", help="suffix of the result file: bench_embed<TAG>.json")
     args = ap.parse_args()
 
     machine = _common.machine()
@@ -90,10 +93,15 @@ def main() -> None:
     theo = _common.theoretical_peak_gflops()
     for threads in sorted({default_threads, 1}, reverse=True):
         torch.set_num_threads(threads)
+        # onnxruntime's threads are fixed when its session is made: one Embedder per thread count.
+        ort = (None if model.missing_onnx_packages() else
+               model.Embedder.from_file(art_path, device="cpu", runtime="onnx", batch_size=256))
         cases = {}
         for bs, arr in batches.items():
             cases[f"hybrid1_b{bs}"] = (lambda arr=arr: len(emb.embed_arrays(arr)))
             cases[f"hybrid1_eager_b{bs}"] = (lambda arr=arr: len(eager.embed_arrays(arr)))
+            if ort is not None:
+                cases[f"hybrid1_onnx_b{bs}"] = (lambda arr=arr: len(ort.embed_arrays(arr)))
         cases["matmul_4096"] = lambda: (torch.mm(a, b), 1)[1]
         print(f"\n== {threads} thread(s): Hybrid-1 + matmul, {args.rounds} rounds x {args.seconds}s each")
         with torch.inference_mode():
@@ -156,7 +164,7 @@ def main() -> None:
     print(f"\ntargets (threads={best_t}): batch 256 at {b256['pct_of_matmul_peak']:.1f}% of matmul peak "
           f"({'met' if targets['b256_pct_of_matmul_peak']['met'] else 'MISSED'}, >= 25%); "
           f"{b256['x_resnet50']:.0f}x ResNet-50 ({'met' if targets['b256_x_resnet50']['met'] else 'MISSED'}, >= 1000x)")
-    _common.write_result("embed", {
+    _common.write_result("embed" + args.tag, {
         "command": _common.command_line(), "machine": machine, "loadavg_at_end": list(__import__("os").getloadavg()),
         "artifact": art_kind, "model_id": emb.model_id,
         "flops_per_image": {"hybrid1": flops, "resnet50_224": rn_flops}, "theoretical_peak": theo,
