@@ -166,29 +166,69 @@ def is_exact(index: faiss.Index) -> bool:
 # queries is big enough for its BLAS path, which reads the gallery once per block. Its default switch
 # (queries x dim >= 128,000: 500 queries at dim 256) is far too late for the service's micro-batches
 # (8-32 queries). A gallery larger than the cache is bound by memory bandwidth and BLAS wins from about
-# 6 queries (1.9x at 8, 2.8x at 16 on 100k vectors); one that fits wins less and later: from about 12
-# queries (10k vectors, quiet machine: 1.5x at 12, 2.5x at 32; a busy one: 0.85x at 12). Measured with
-# bench/bench_exact_blas.py; docs/index.md "Batched exact search".
-_CACHE_BYTES = 16 << 20
+# 6 queries (1.9x at 8, 2.8x at 16 on 100k vectors). Below that the switch point depends on the machine
+# as much as on the gallery: on the AMD EPYC VM of 2026-11-25 a 10k gallery kept SIMD faster up to 12-16
+# queries, on the Intel Xeon VM of 2026-12-03 BLAS was 2.8x faster at 8 and won from 3. So a gallery of
+# up to _MEASURE_MAX_BYTES has its switch measured, once per size class (a doubling of the gallery), on
+# its own vectors. Measured with bench/bench_exact_blas.py; docs/index.md "Batched exact search".
 BLAS_MIN_QUERIES = 6
-BLAS_MIN_QUERIES_IN_CACHE = 12
+_MEASURE_MAX_BYTES = 64 << 20
+_MEASURE_MIN_ITEMS = 256          # smaller galleries: either path takes microseconds
+_MEASURED_QUERIES = (2, 3, 4, 6, 8, 12, 16)
+_measured: dict[tuple[int, int], int] = {}   # (dim, ntotal.bit_length()) -> BLAS from this many queries
 
 
 def blas_min_queries(index: faiss.Index) -> int | None:
     """From how many queries exact search on this index takes the BLAS path (once tuned by
-    tune_exact_search); None for an index that is not exact."""
+    tune_exact_search); None for an index that is not exact. The first call for a gallery of a new
+    size class measures it (at most about half a second, at 64 MB of vectors)."""
     base = inner(index)
     if not isinstance(base, faiss.IndexFlat):
         return None
-    large = base.ntotal * base.d * 4 > _CACHE_BYTES
-    return BLAS_MIN_QUERIES if large else BLAS_MIN_QUERIES_IN_CACHE
+    if base.ntotal * base.d * 4 > _MEASURE_MAX_BYTES:
+        return BLAS_MIN_QUERIES
+    if base.ntotal < _MEASURE_MIN_ITEMS:
+        return _MEASURED_QUERIES[-1]
+    key = (base.d, base.ntotal.bit_length())
+    found = _measured.get(key)
+    if found is None:
+        found = _measured[key] = _measure_blas_switch(base)
+        log.debug("exact search of %d x %d vectors: BLAS from %d queries (measured)", base.ntotal, base.d, found)
+    return found
+
+
+def _measure_blas_switch(base: faiss.IndexFlat) -> int:
+    """The fewest queries (of _MEASURED_QUERIES) for which the BLAS path beats the SIMD path on this
+    gallery, best of three timings each, with the gallery's own vectors as queries; twice the largest
+    when it never does. Both paths give the same result; only the process-wide switch moves, and it
+    is put back."""
+    import time
+
+    rows = base.reconstruct_n(0, min(base.ntotal, _MEASURED_QUERIES[-1]))
+    queries = np.resize(rows, (_MEASURED_QUERIES[-1], base.d))
+    saved = faiss.cvar.distance_compute_blas_threshold
+    try:
+        for n in _MEASURED_QUERIES:
+            x = np.ascontiguousarray(queries[:n])
+            best = {}
+            for path, threshold in (("simd", 2**31 - 1), ("blas", 1)):
+                faiss.cvar.distance_compute_blas_threshold = threshold
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    base.search(x, 10)
+                    times.append(time.perf_counter() - t0)
+                best[path] = min(times)
+            if best["blas"] < best["simd"]:
+                return n
+        return 2 * _MEASURED_QUERIES[-1]
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = saved
 
 
 def tune_exact_search(index: faiss.Index) -> None:
-    """Set FAISS's BLAS switch (a process-wide setting) for exact search on this index's size:
-    BLAS from BLAS_MIN_QUERIES queries on a gallery larger than the cache, from
-    BLAS_MIN_QUERIES_IN_CACHE on a smaller one. Either path gives the exact result; only the speed
-    differs."""
+    """Set FAISS's BLAS switch (a process-wide setting) for exact search on this index: from
+    blas_min_queries(index) queries. Either path gives the exact result; only the speed differs."""
     min_queries = blas_min_queries(index)
     if min_queries is None:
         return

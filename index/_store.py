@@ -118,6 +118,7 @@ class Store:
             raise StoreCorruptError(f"cannot read the store's database {self._db_path}: {exc}") from None
         self._init_meta(meta)
         self._open_index()
+        _faiss.blas_min_queries(self._index)   # measured now (if at all), not in the first search
 
     def _take_lock(self) -> None:
         fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)

@@ -445,28 +445,40 @@ def test_search_many_queries_returns_one_list_each_best_first(open_store):
     assert all(len(r) == 4 and r[0].score >= r[1].score >= r[3].score for r in results)
 
 
-def test_exact_search_switches_to_blas_by_gallery_size_and_stays_exact(open_store):
+def test_exact_search_switches_to_blas_by_gallery_size_and_stays_exact(open_store, monkeypatch):
     import faiss
 
     from index import _faiss
 
     rng = np.random.default_rng(16)
     dim = 256
+    # Over the size up to which the switch is measured (lowered here to 1 MB): BLAS from 6 queries.
+    monkeypatch.setattr(_faiss, "_MEASURE_MAX_BYTES", 1 << 20)
     store = open_store(dim=dim)
-    vecs = unit(rng, 20_000, dim)   # 20 MB of vectors: over the 16 MB cache bound
+    vecs = unit(rng, 2_000, dim)   # 2 MB of vectors
     _fill(store, vecs)
     queries = unit(rng, 8, dim)
     results = store.search(queries, k=10)
     assert faiss.cvar.distance_compute_blas_threshold == _faiss.BLAS_MIN_QUERIES * dim
     expected = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
     assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
-    small = open_store(path=store.config.path.parent / "small", dim=dim)
-    _fill(small, vecs[:100])
-    batch = unit(rng, 16, dim)   # over BLAS_MIN_QUERIES_IN_CACHE: the small gallery takes BLAS too
-    results = small.search(batch, k=3)
-    assert faiss.cvar.distance_compute_blas_threshold == _faiss.BLAS_MIN_QUERIES_IN_CACHE * dim
-    expected = np.argsort(-(batch @ vecs[:100].T), axis=1)[:, :3]
-    assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
+    monkeypatch.undo()
+    # Under it, the switch is measured on the gallery's own vectors, once per size class...
+    key = (dim, len(vecs).bit_length())
+    _faiss._measured.pop(key, None)
+    for batch_size in (2, 16):   # on either side of any switch point it can choose
+        batch = unit(rng, batch_size, dim)
+        results = store.search(batch, k=10)
+        expected = np.argsort(-(batch @ vecs.T), axis=1)[:, :10]
+        assert [[h.id for h in r] for r in results] == [[f"id{j}" for j in row] for row in expected]
+    measured = _faiss._measured[key]
+    assert measured in (*_faiss._MEASURED_QUERIES, 2 * _faiss._MEASURED_QUERIES[-1])
+    assert faiss.cvar.distance_compute_blas_threshold == measured * dim
+    # ...and the measurement is what later searches of that size use.
+    _faiss._measured[key] = 5
+    store.search(queries, k=3)
+    assert faiss.cvar.distance_compute_blas_threshold == 5 * dim
+    _faiss._measured.pop(key)
 
 
 def test_search_by_id_excludes_the_item_and_raises_keyerror_when_absent(open_store):
