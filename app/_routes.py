@@ -46,7 +46,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "the API key is missing", 403: "the API key is wrong",
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
-        404: "no item with this id; no gallery of that name", 409: "X-Simsearch-After names a position this gallery never had",
+        404: "no item with this id; no gallery of that name",
+        409: "X-Simsearch-After names a position this gallery never had; a JSON vector's `model` is not this service's",
         422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
         503: "not ready, or over the concurrency limit; for a write, the index cannot take writes",
         507: "the service's disk is full: the write was not stored"}.items()}
@@ -58,6 +59,11 @@ def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
                             "content": {"multipart/form-data": {"schema": schema}}}}
 
 
+_MODEL_FIELD = {"type": "string", "description": "optional: the model that made the vector (name@sha12, as /readyz, "
+                                                "every answer and an exported ONNX file's simsearch.model_id "
+                                                "give it); another model's vector is refused with 409"}
+
+
 def _search_body() -> dict[str, Any]:
     spec = _multipart("one image: a multipart `file` part, or the image itself as the body; or a vector, "
                       'as JSON {"vector": [...]} (a vector from POST /embed or GET /index/{id}?vector=true)',
@@ -67,7 +73,8 @@ def _search_body() -> dict[str, Any]:
     spec["requestBody"]["content"]["application/json"] = {"schema": {
         "type": "object", "required": ["vector"], "additionalProperties": False,
         "properties": {"vector": {"type": "array", "items": {"type": "number"},
-                                  "description": "the model's dimension; normalised to unit length"}}}}
+                                  "description": "the model's dimension; normalised to unit length"},
+                       "model": _MODEL_FIELD}}}
     return spec
 
 
@@ -79,7 +86,8 @@ def _batch_search_body() -> dict[str, Any]:
         "type": "object", "required": ["vectors"], "additionalProperties": False,
         "properties": {"vectors": {"type": "array", "minItems": 1, "items": {
             "type": "array", "items": {"type": "number"},
-            "description": "the model's dimension; normalised to unit length"}}}}}
+            "description": "the model's dimension; normalised to unit length"}},
+            "model": _MODEL_FIELD}}}
     return spec
 
 
@@ -181,23 +189,34 @@ def _json(text: str | bytes, code: str, what: str) -> Any:
         raise ApiError(422, code, f"{what} is not valid JSON: {exc}") from None
 
 
-def _query_vector(body: bytes, dim: int) -> np.ndarray:
-    """The `vector` of a JSON search body, as a (1, dim) float32 array; 422 naming what is wrong."""
+def _vector_body(body: bytes, key: str, shape: str, model_id: str) -> dict:
+    """A JSON search body: an object with `key` and optionally `model`, which must be this service's
+    model (vectors of two models cannot be compared); 422 or 409 naming what is wrong."""
     value = _json(body, "invalid_vector", "the body")
-    if not isinstance(value, dict) or set(value) != {"vector"}:
+    if not isinstance(value, dict) or key not in value or not set(value) <= {key, "model"}:
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
-        raise ApiError(422, "invalid_vector", f'the JSON body must be {{"vector": [...]}} and nothing else, got {got}')
+        raise ApiError(422, "invalid_vector", f'the JSON body must be {{"{key}": {shape}}}, with an optional '
+                                              f'"model", and nothing else; got {got}')
+    model = value.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(422, "invalid_vector", f"model must be a string (name@sha12), got {type(model).__name__}")
+    if model is not None and model != model_id:
+        raise ApiError(409, "model_mismatch", f"the vectors were made by model {model!r}; this service embeds with "
+                                              f"{model_id!r}, and another model's vectors cannot be compared with "
+                                              "its gallery (export this service's model: simsearch model-export)")
+    return value
+
+
+def _query_vector(body: bytes, dim: int, model_id: str) -> np.ndarray:
+    """The `vector` of a JSON search body, as a (1, dim) float32 array; 422 naming what is wrong."""
+    value = _vector_body(body, "vector", "[...]", model_id)
     return _unit_vector(value["vector"], dim, "vector")[None]
 
 
-def _query_vectors(body: bytes, dim: int, max_count: int) -> np.ndarray:
+def _query_vectors(body: bytes, dim: int, max_count: int, model_id: str) -> np.ndarray:
     """The `vectors` of a JSON batch search body, as an (n, dim) float32 array; 422 (413 for too many)
     naming the vector that is wrong."""
-    value = _json(body, "invalid_vector", "the body")
-    if not isinstance(value, dict) or set(value) != {"vectors"}:
-        got = sorted(value) if isinstance(value, dict) else type(value).__name__
-        raise ApiError(422, "invalid_vector",
-                       f'the JSON body must be {{"vectors": [[...], ...]}} and nothing else, got {got}')
+    value = _vector_body(body, "vectors", "[[...], ...]", model_id)
     vectors = value["vectors"]
     if not isinstance(vectors, list) or not vectors:
         raise ApiError(422, "invalid_vector", "vectors must be a non-empty list of vectors")
@@ -471,7 +490,7 @@ async def _search_one(request: Request, service: Service, params: SearchParams) 
     JSON vector."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":  # a vector: no image, no model; the store only
-        vector = _query_vector(await _read_body(request), service.embedder.dim)
+        vector = _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
         hits = await anyio.to_thread.run_sync(service.search, vector, params)
     else:
         files = await _uploads(request, media_type, max_count=1)
@@ -527,7 +546,7 @@ async def batch_search(request: Request,
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         vectors = _query_vectors(await _read_body(request), service.embedder.dim,
-                                 service.settings.max_files_per_request)
+                                 service.settings.max_files_per_request, service.model_id)
         names: list[str | None] = [None] * len(vectors)
         hits = await anyio.to_thread.run_sync(service.search, vectors, params)
     else:

@@ -270,6 +270,7 @@ async def test_search_by_vector_answers_as_the_image_would_and_refuses_bad_vecto
         assert sorted(h["id"] for h in r.json()["results"]) == ["s2", "s3"]
         for body, words in ((b'{"vector": [1, 2', ["not valid JSON"]), (b'[1, 2]', ['{"vector": [...]}', "list"]),
                             (b'{"vector": [1], "k": 3}', ["nothing else", "'k'"]),
+                            (b'{"vector": [1], "model": 7}', ["model must be a string", "int"]),
                             (b'{"vector": [1, 2, 3]}', ["list of 256 numbers", "got a list of 3 values"]),
                             (json.dumps({"vector": [0] * 256}).encode(), ["finite, non-zero length"]),
                             (b'{"vector": [1e999' + b', 0' * 255 + b']}', ["finite, non-zero length"]),  # inf
@@ -277,6 +278,12 @@ async def test_search_by_vector_answers_as_the_image_would_and_refuses_bad_vecto
                             (b'{"vector": [NaN]}', ["not valid JSON", "NaN"])):
             assert_error(await c.post("/search", content=body, headers={"Content-Type": "application/json"}),
                          422, "invalid_vector", *words)
+        # a vector may say which model made it; another model's is refused, this service's answered
+        model_id = (await c.get("/readyz")).json()["model"]
+        r = await c.post("/search?k=3", json={"vector": vector, "model": model_id})
+        assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == [h["id"] for h in by_image]
+        assert_error(await c.post("/search", json={"vector": vector, "model": "hybrid1-cifar10@80e598ecc6a6"}),
+                     409, "model_mismatch", "'hybrid1-cifar10@80e598ecc6a6'", repr(model_id), "model-export")
         await still_serving(c)
 
 
@@ -305,7 +312,7 @@ async def test_batch_search_answers_each_query_as_its_own_search_would(make_sett
                    for q in r.json()["queries"])
         # vectors answer as the images would; one image as the body is one query
         vectors = (await c.post("/embed", files=[upload(b, "q.jpg", "image/jpeg") for b, _ in queries])).json()["vectors"]
-        r = await c.post("/batch/search?k=3", json={"vectors": vectors})
+        r = await c.post("/batch/search?k=3", json={"vectors": vectors, "model": body["model"]})
         assert r.status_code == 200, r.text
         assert [[h["id"] for h in q["results"]] for q in r.json()["queries"]] == \
             [[h["id"] for h in q["results"]] for q in body["queries"]]
@@ -328,6 +335,8 @@ async def test_batch_search_refuses_the_whole_request_naming_the_bad_query(make_
                             ({"vectors": []}, ["non-empty list"]),
                             ({"vector": [1.0] * 256}, ['{"vectors": [[...], ...]}', "'vector'"])):
             assert_error(await c.post("/batch/search", json=body), 422, "invalid_vector", *words)
+        assert_error(await c.post("/batch/search", json={"vectors": [[1.0] * 256], "model": "other@000000000000"}),
+                     409, "model_mismatch", "'other@000000000000'")
         assert_error(await c.post("/batch/search?k=0", files=[good]), 422, "invalid_parameter", "k")
         assert_error(await c.post("/batch/search?rerank=5", files=[good]), 422, "invalid_parameter", "no PDDM")
         assert_error(await c.post("/batch/search", params={"where": "{"}, files=[good]), 422, "invalid_parameter", "where")

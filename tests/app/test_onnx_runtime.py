@@ -32,6 +32,7 @@ def test_the_onnx_runtime_serves_the_vectors_torch_and_an_exported_file_make(cif
     onnx_file = tmp_path / "phone.onnx"
     assert main(["model-export", str(artifact), "--out", str(onnx_file)]) == 0
     on_device = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    made_by = on_device.get_modelmeta().custom_metadata_map["simsearch.model_id"]
     live = start_server({"SIMSEARCH_MODEL_PATH": str(artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
                          "SIMSEARCH_RUNTIME": "onnx", "SIMSEARCH_API_KEY": "k",
                          "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, ["--log-level", "info"])
@@ -47,7 +48,7 @@ def test_the_onnx_runtime_serves_the_vectors_torch_and_an_exported_file_make(cif
                     # a vector the exported file made on the "device" does too
                     pixels = model.to_model_array(Image.open(io.BytesIO(data)), 3, 32)[None]
                     vector = on_device.run(["embeddings"], {"images": pixels})[0][0]
-                    hit = c.post("/search?k=1", json={"vector": vector.tolist()}).json()["results"][0]
+                    hit = c.post("/search?k=1", json={"vector": vector.tolist(), "model": made_by}).json()["results"][0]
                     assert hit["id"] == want and hit["score"] == pytest.approx(1.0, abs=1e-5)
             # What the onnx runtime stores is what torch would: a torch vector finds the new item at cosine 1.
             new = cifar["airplane"][7]
