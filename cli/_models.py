@@ -65,14 +65,13 @@ def _export(args) -> int:
         raise CliError(f"--out {out}: no such folder {out.parent}")
     try:
         artifact = model.load_artifact(args.artifact, device="cpu")
-    except FileNotFoundError:
-        raise CliError(f"{args.artifact}: no such file") from None
-    except model.ArtifactError as exc:
+    except model.ArtifactError as exc:   # a missing file included
         raise CliError(str(exc)) from None
     try:
         model.export_onnx(artifact, out, opset=args.opset)
     except Exception as exc:  # noqa: BLE001  (the exporter's own errors: an opset it cannot write, say)
-        raise CliError(f"cannot export {args.artifact}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CliError(f"cannot export {args.artifact}: {why}") from None
     m = artifact.meta
     print(f"wrote {out} ({out.stat().st_size:,} bytes), model {artifact.model_id}: input 'images' uint8 "
           f"(N, {m.in_chans}, {m.image_size}, {m.image_size}), output 'embeddings' float32 (N, {m.embed_dim}) "

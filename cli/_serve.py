@@ -11,7 +11,8 @@ from ._errors import CliError
 # CLI option -> the SIMSEARCH_* variable it sets (app.Settings reads them).
 _ENV = {
     "model": "SIMSEARCH_MODEL_PATH", "data": "SIMSEARCH_DATA_DIR", "index": "SIMSEARCH_INDEX",
-    "device": "SIMSEARCH_DEVICE", "runtime": "SIMSEARCH_RUNTIME", "api_key": "SIMSEARCH_API_KEY", "api_key_file": "SIMSEARCH_API_KEY_FILE",
+    "device": "SIMSEARCH_DEVICE", "runtime": "SIMSEARCH_RUNTIME",
+    "api_key": "SIMSEARCH_API_KEY", "api_key_file": "SIMSEARCH_API_KEY_FILE",
     "max_body_bytes": "SIMSEARCH_MAX_BODY_BYTES", "max_pixels": "SIMSEARCH_MAX_PIXELS",
     "max_concurrency": "SIMSEARCH_MAX_CONCURRENCY", "rate_limit": "SIMSEARCH_RATE_LIMIT_PER_MINUTE",
     "thumbnail_size": "SIMSEARCH_THUMBNAIL_SIZE", "host": "SIMSEARCH_HOST", "port": "SIMSEARCH_PORT",
