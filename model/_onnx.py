@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,6 @@ def to_onnx(artifact: Artifact, opset: int | None = None) -> bytes:
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= newest:
             raise ValueError(f"opset {opset}: the exporter writes opsets {MIN_OPSET} to {newest}")
-    import warnings
 
     meta = artifact.meta
     net = copy.deepcopy(artifact.model).cpu()   # the artifact's own model may live on a GPU
@@ -80,11 +81,19 @@ def to_onnx(artifact: Artifact, opset: int | None = None) -> bytes:
     size = (meta.in_chans, meta.image_size, meta.image_size)
     example = torch.randint(0, 256, (2, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the exporter's notes on its own internals
-        program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
-                                    opset_version=opset, external_data=False, verbose=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the exporter's notes on its own internals
+            # and its log lines, e.g. that torchvision's detection operators are skipped where torchvision
+            # is not installed (the service image): nothing here uses them
+            exporter_log.setLevel(logging.ERROR)
+            program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
+                                        opset_version=opset, external_data=False, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
     proto = program.model_proto
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and written != opset:
