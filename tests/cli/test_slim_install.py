@@ -1,5 +1,6 @@
-"""The service without the `train` extra, as the container installs it: `simsearch index build`,
-`simsearch serve` over real HTTP and `simsearch models` work; the training commands say what to install.
+"""The service without the `train` and `onnx` extras, as the container installs it: `simsearch index
+build`, `simsearch serve` over real HTTP and `simsearch models` work; the training commands, the ONNX
+export and the onnx runtime say what to install.
 
 The extra's packages are made unimportable in the child processes (a sitecustomize.py that sets their
 sys.modules entries to None, which is what Python does for a package that is not there), so any
@@ -20,8 +21,9 @@ from tests.app.conftest import start_server, stop_server
 
 SIMSEARCH = str(Path(sys.executable).parent / "simsearch")
 REPO = Path(__file__).resolve().parents[2]
-# the import names of pyproject's `train` extra, and scipy, which only they bring
+# the import names of pyproject's `train` extra, and scipy, which only they bring; then the `onnx` extra's
 TRAIN_ONLY = ("torchvision", "pytorch_metric_learning", "sklearn", "kornia", "timm", "scipy")
+ONNX_ONLY = ("onnx", "onnxscript", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def slim_env(tmp_path_factory) -> dict[str, str]:
     site = tmp_path_factory.mktemp("slim-site")
     (site / "sitecustomize.py").write_text(
         "import sys\n"
-        f"for name in {TRAIN_ONLY!r}:\n"
+        f"for name in {TRAIN_ONLY + ONNX_ONLY!r}:\n"
         "    sys.modules[name] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
     # the blocker itself works, or nothing below proves anything
@@ -67,6 +69,16 @@ def test_training_commands_without_the_train_extra_name_the_missing_packages(sli
         assert "pytorch-metric-learning" in r.stderr and "pip install 'simsearch[train]'" in r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_onnx_export_and_runtime_without_the_onnx_extra_say_what_to_install(slim_env, tmp_path):
+    r = _cli(slim_env, "model-export", "model/weights/hybrid1-mnist.safetensors", "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "ONNX export needs onnx, onnxscript, onnxruntime: pip install 'simsearch[onnx]'" in r.stderr
+    r = _cli(slim_env, "serve", "--runtime", "onnx", "--port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "SIMSEARCH_RUNTIME" in r.stderr and "pip install 'simsearch[onnx]'" in r.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_models_lists_the_hybrid_zoo_and_says_what_the_baselines_need(slim_env):
