@@ -50,3 +50,25 @@ def test_model_export_mistakes_are_one_clear_line_and_write_nothing(hybrid1_arti
     out = _run("model-export", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "m.onnx"))
     assert out.returncode == 2 and "no such model artifact" in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_model_export_int8_calibrates_on_a_tar_of_photos_and_reports_how_close_it_stays(shared_data, tmp_path):
+    bundled = "model/weights/hybrid1-cifar10.safetensors"
+    out = _run("model-export", bundled, "--out", str(tmp_path / "f.onnx"))
+    assert out.returncode == 0, out.stderr
+    out = _run("model-export", bundled, "--out", str(tmp_path / "q.onnx"), "--int8",
+               str(shared_data / "cifar10-jpeg.tar"), "--calibration-images", "32")
+    assert out.returncode == 0, out.stderr
+    assert "int8, calibrated on 32 images of" in out.stdout and "mean 0.9" in out.stdout
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size
+
+
+def test_model_export_int8_mistakes_are_one_clear_line(hybrid1_artifact, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "note.txt").write_text("not images")
+    for args, words in ((["--int8", str(tmp_path / "note.txt")], "give an image folder or a tar of one"),
+                        (["--int8", str(tmp_path / "empty")], "no images in it"),
+                        (["--int8", str(tmp_path / "empty"), "--calibration-images", "0"], "give a positive number")):
+        out = _run("model-export", str(hybrid1_artifact), "--out", str(tmp_path / "m.onnx"), *args)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert not (tmp_path / "m.onnx").exists()

@@ -100,3 +100,40 @@ def test_the_export_says_nothing_where_torchvision_is_not_installed():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and int(r.stdout) > 100_000, r.stderr
     assert r.stderr == "", r.stderr
+
+
+@pytest.fixture(scope="module")
+def training_arrays(shared_data) -> np.ndarray:
+    """64 real CIFAR-10 (JPEG) training images as the model's uint8 input: calibration data."""
+    out = []
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        for m in tar:
+            if m.isfile() and m.name.split("/")[1:2] == ["train"]:
+                out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
+            if len(out) == 64:
+                return np.stack(out)
+    pytest.fail("no CIFAR-10 training images in the tar")
+
+
+def test_an_int8_graph_is_smaller_and_embeds_close_to_torch_on_unseen_photos(training_arrays, photos):
+    embedder = model.Embedder.from_file(WEIGHTS / "hybrid1-cifar10.safetensors", device="cpu")
+    float_graph = model.to_onnx(embedder.artifact)
+    int8_graph = model.to_onnx(embedder.artifact, int8_calibration=training_arrays)
+    assert len(int8_graph) < 0.5 * len(float_graph)
+    proto = onnx.load_from_string(int8_graph)
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["simsearch.model_id"] == embedder.model_id
+    report = json.loads(props["simsearch.int8"])
+    assert report["calibration_images"] == 64 and report["mean_cosine_to_float"] >= 0.9
+    # test photos, not the calibration images: unit vectors, close to torch's
+    arrays = np.stack([model.to_model_array(p, 3, 32) for p in photos])
+    got = ort.InferenceSession(int8_graph, providers=["CPUExecutionProvider"]).run(["embeddings"], {"images": arrays})[0]
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (got * embedder.embed_arrays(arrays)).sum(1).mean() > 0.9
+
+
+def test_int8_calibration_that_is_not_a_batch_of_images_is_refused():
+    art = model.load_artifact(WEIGHTS / "hybrid1-mnist.safetensors")
+    with pytest.raises(ValueError, match=r"uint8 images \(N, C, S, S\), got shape \(28, 28\)"):
+        model.to_onnx(art, int8_calibration=np.zeros((28, 28), np.uint8))
