@@ -4,7 +4,8 @@
         [--data ../shared/data/cifar10-jpeg.tar] [--calibration-images 512] [--tag TAG]
 
 The int8 graph is calibrated on --calibration-images images drawn at random (seed 0) from the TRAINING
-split, never the test split. Retrieval: each test image searched against all the others (precision@1,
+split, never the test split (three quarters set the ranges, the last quarter picks the calibration method:
+model/_onnx.py). Retrieval: each test image searched against all the others (precision@1,
 the same figure as `simsearch evaluate`), with float queries in a float gallery, int8 queries in the
 float gallery (an app embedding on a device with the int8 file, the service holding float vectors) and
 int8 in int8. Speed: onnxruntime, one intra-op thread, uint8 in, unit vectors out, interleaved rounds.
@@ -64,6 +65,12 @@ def main() -> None:
              for name, s in sessions.items() for bs in (1, 8, 256)}
     speed = _common.interleaved(cases, rounds=args.rounds, seconds=0.4)
     sizes = {name: len(data) for name, data in graphs.items()}
+    import json
+
+    import onnx
+
+    int8 = json.loads({p.key: p.value for p in onnx.load_from_string(graphs["int8"]).metadata_props}["simsearch.int8"])
+    print(f"int8 calibration chosen: {int8['calibration']} (tried: {int8['tried']})")
     print(f"{artifact.model_id} on {args.data}: int8 calibrated on {args.calibration_images} training images")
     print(f"file bytes: float32 {sizes['float32']:,}, int8 {sizes['int8']:,}")
     print("precision@1 (test split, leave one out): " + ", ".join(
@@ -74,7 +81,7 @@ def main() -> None:
         print(f"  {name:14s} {v['median']:10.0f} images/s (best {v['best']:.0f})")
     _common.write_result("onnx_int8" + args.tag, {
         "command": _common.command_line(), "machine": _common.machine(), "model_id": artifact.model_id,
-        "data": args.data, "calibration_images": args.calibration_images, "file_bytes": sizes,
+        "data": args.data, "calibration_images": args.calibration_images, "int8_metadata": int8, "file_bytes": sizes,
         "precision_at_1": quality, "images_per_s_1_thread": speed})
 
 

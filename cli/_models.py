@@ -88,9 +88,9 @@ def _export(args) -> int:
 
         props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         int8 = json.loads(props["simsearch.int8"])
-        print(f"int8, calibrated on {len(calibration)} images of {args.int8}; its vectors' cosine to the float "
-              f"model's on {int8['checked_images']} of them: mean {int8['mean_cosine_to_float']:.4f}, "
-              f"least {int8['min_cosine_to_float']:.4f}")
+        print(f"int8, {int8['calibration']} ranges from {int8['calibration_images']} images of {args.int8}; its "
+              f"vectors' cosine to the float model's on {int8['checked_images']} others: mean "
+              f"{int8['mean_cosine_to_float']:.4f}, least {int8['min_cosine_to_float']:.4f}")
     return 0
 
 
