@@ -32,8 +32,9 @@ OUTPUT_NAME = "embeddings"
 # How far the graph's vectors may be from torch's (unit vectors; observed: under 1e-6).
 _TOLERANCE = 1e-4
 INPUT_DOC = ("uint8 (N, C, S, S), channels L or RGB: the image turned upright by its EXIF orientation, "
-             "transparency flattened onto white, its short side resized to S (bilinear) and centre-cropped "
-             "to S x S; model.to_model_array does exactly this")
+             "transparency flattened onto white, its short side resized to S (bilinear; a JPEG or HEIC may "
+             "first be decoded at a reduced scale) and centre-cropped to S x S; model.to_model_array does "
+             "exactly this")
 
 
 class OnnxUnavailable(RuntimeError):
@@ -64,7 +65,7 @@ def to_onnx(artifact: Artifact, opset: int | None = None, int8_calibration: np.n
     then quantized to int8 (see `_quantize_int8`), a file about 2.3x smaller. Raises OnnxUnavailable
     when the `onnx` extra is missing, ValueError for an opset it cannot write, RuntimeError when the
     exported graph does not give torch's vectors (to within 1e-4 on random images; for int8, a mean
-    cosine of 0.9 on the calibration images).
+    cosine of 0.9 on held-out calibration images).
     """
     missing = missing_onnx_packages()
     if missing:
@@ -234,6 +235,9 @@ def export_onnx(artifact: Artifact, path: str | os.PathLike, opset: int | None =
     data = to_onnx(artifact, opset, int8_calibration)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)   # never a half-written file under the name asked for
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
