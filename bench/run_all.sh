@@ -12,6 +12,7 @@ mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1
 run() { local name=$1; shift; echo "== $name: $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"; "$@" > "$LOGS/$name.log" 2>&1; tail -n 30 "$LOGS/$name.log"; }
 run embed $PY bench/bench_embed.py
+run onnx_int8 $PY bench/bench_onnx_int8.py
 run decode $PY bench/bench_decode.py
 run http $PY bench/bench_http.py --kinds png32,jpeg640,png32raw,jpeg640raw
 run http_floor $PY bench/bench_http_floor.py
