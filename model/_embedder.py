@@ -37,6 +37,15 @@ def embed_tensor(net: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> to
     raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_MODES)}")
 
 
+def pixel_scaling(meta: ArtifactMeta, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, C, 1, 1), with uint8 pixels x * scale + shift = (x / 255 - mean) / std:
+    the model's input normalisation as one multiply-add (the Embedder's and the exported graph's)."""
+    c = meta.in_chans
+    mean = torch.tensor(meta.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
 def _traced(net: torch.nn.Module, in_chans: int, size: int, device: torch.device) -> torch.nn.Module | None:
     """`net` as a frozen TorchScript graph, or None when it cannot be traced faithfully.
 
@@ -105,8 +114,7 @@ class Embedder:
         # (x / 255 - mean) / std as x * scale + shift, in place on the float copy: no further
         # allocations (fresh multi-MB tensors cost page faults) and equal to within float rounding;
         # see docs/results/benchmarks.md.
-        self._scale = 1.0 / (255.0 * self._std)
-        self._shift = -self._mean / self._std
+        self._scale, self._shift = pixel_scaling(self.meta, self.device)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,

@@ -10,6 +10,7 @@ onnxruntime checks it against torch before it is handed out.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -22,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._artifact import Artifact
-from ._embedder import embed_tensor
+from ._artifact import Artifact, ArtifactMeta
+from ._embedder import embed_tensor, pixel_scaling
 from ._runtimes import missing_onnx_packages
 
 MIN_OPSET = 18
@@ -44,13 +45,12 @@ class OnnxUnavailable(RuntimeError):
 class _Exported(nn.Module):
     """What the graph computes: (x / 255 - mean) / std, the network under its tta, L2-normalised."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], tta: str):
+    def __init__(self, net: nn.Module, meta: ArtifactMeta):
         super().__init__()
-        self.net, self.tta = net, tta
-        c = len(mean)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std_t))
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) / std_t)
+        self.net, self.tta = net, meta.tta
+        scale, shift = pixel_scaling(meta)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(torch.float32) * self.scale + self.shift
@@ -81,23 +81,17 @@ def to_onnx(artifact: Artifact, opset: int | None = None, int8_calibration: np.n
 
     meta = artifact.meta
     net = copy.deepcopy(artifact.model).cpu()   # the artifact's own model may live on a GPU
-    wrapped = _Exported(net.eval(), meta.mean, meta.std, meta.tta).eval()
+    wrapped = _Exported(net.eval(), meta).eval()
     size = (meta.in_chans, meta.image_size, meta.image_size)
     example = torch.randint(0, 256, (2, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # the exporter's notes on its own internals
-            # and its log lines, e.g. that torchvision's detection operators are skipped where torchvision
-            # is not installed (the service image): nothing here uses them
-            exporter_log.setLevel(logging.ERROR)
-            program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
-                                        opset_version=opset, external_data=False, verbose=False)
-    finally:
-        exporter_log.setLevel(level)
+    # The exporter's warnings on its own internals, and its log lines, e.g. that torchvision's detection
+    # operators are skipped where torchvision is not installed (the service image): nothing here uses them.
+    with warnings.catch_warnings(), _errors_only("torch.onnx"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
+                                    opset_version=opset, external_data=False, verbose=False)
     proto = program.model_proto
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and written != opset:
@@ -155,19 +149,15 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
             return None if batch is None else {INPUT_NAME: batch}
 
     tried, best = {}, None
-    logger = logging.getLogger()   # it advises pre-processing, which fails on this graph's Expand
-    level = logger.level
-    with tempfile.TemporaryDirectory(prefix="simsearch-int8-") as tmp:
+    # onnxruntime's quantizer logs to the root logger, advising pre-processing (which fails on this
+    # graph's Expand)
+    with tempfile.TemporaryDirectory(prefix="simsearch-int8-") as tmp, _errors_only(None):
         for name, (method, extra) in _CALIBRATIONS.items():
             out = Path(tmp) / "int8.onnx"
-            logger.setLevel(logging.ERROR)
-            try:
-                q.quantize_static(onnx.load_from_string(data), out, _Batches(), quant_format=q.QuantFormat.QDQ,
-                                  activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                                  per_channel=True, calibrate_method=getattr(q.CalibrationMethod, method),
-                                  extra_options=extra)
-            finally:
-                logger.setLevel(level)
+            q.quantize_static(onnx.load_from_string(data), out, _Batches(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              per_channel=True, calibrate_method=getattr(q.CalibrationMethod, method),
+                              extra_options=extra)
             proto = onnx.load(str(out))
             got = session_from_bytes(proto.SerializeToString()).run([OUTPUT_NAME], {INPUT_NAME: check})[0]
             cosine = (got * want).sum(1)
@@ -184,6 +174,18 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
     entry.value = json.dumps({"calibration_images": len(fit), "checked_images": len(check), "calibration": name,
                               **tried[name], "tried": tried})
     return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _errors_only(logger_name: str | None):
+    """Within: the named logger (None: the root logger) passes errors only; its level is put back after."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def to_onnx_in_child(artifact: Artifact, opset: int | None = None) -> bytes:
