@@ -30,6 +30,8 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.search_seconds = Histogram("simsearch_search_seconds", "time of one index search call",
                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.decoded_ahead = Counter("simsearch_decoded_ahead_batches", "batches decoded in the decode thread "
+                                     "while the model thread worked on the one before (photos)", registry=r)
         self.decode_seconds = Histogram("simsearch_decode_seconds", "time to decode and preprocess one image",
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.commit_requests = Histogram("simsearch_index_commit_requests",
