@@ -23,7 +23,7 @@ from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
-                       GalleriesResponse, GalleryDeleted, GalleryOut, Hit, IndexInfo, IndexResponse, ItemOut,
+                       GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
                        SearchResponse)
 from ._service import DEFAULT_GALLERY, GALLERY_NAME, Gallery, Service
 from ._settings import Settings
@@ -426,8 +426,26 @@ def _hit_dict(h) -> dict[str, Any]:
     return {"id": h.id, "score": score, "distance": _finite(h.distance), "label": h.label, "metadata": h.metadata}
 
 
-def _hit(h) -> Hit:
-    return Hit(**_hit_dict(h))
+def _vote_param():
+    return Query(False, description="also say which label the returned neighbours agree on (`vote`: label, "
+                                    "confidence, votes), decided as POST /classify decides it, over these results")
+
+
+def _vote_dict(hits) -> dict[str, Any]:
+    from index import vote   # imported when used: the app answers /healthz before torch and FAISS load
+
+    decided = vote(hits)
+    return {"label": decided.label, "confidence": decided.confidence, "votes": decided.votes}
+
+
+def _search_answer(service: Service, hits, k: int, t0: float, rerank: int | None, vote: bool) -> JSONResponse:
+    """A SearchResponse, built by hand and sent as is: validating the response model again costs
+    event-loop time on the hottest route (docs/results/benchmarks.md, P5); the model still documents it."""
+    answer = {"results": [_hit_dict(h) for h in hits], "k": k, "took_ms": (time.perf_counter() - t0) * 1000,
+              "model": service.model_id, "reranked": rerank is not None, "candidates": rerank}
+    if vote:
+        answer["vote"] = _vote_dict(hits)
+    return JSONResponse(answer)
 
 
 # ---- routes ------------------------------------------------------------------------------------
@@ -474,15 +492,11 @@ async def search(request: Request,
                                                         "PDDM head and return the best k (needs an artifact "
                                                         "with a PDDM head; at least k)"),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                 gallery: str = _gallery(), after: str | None = _after()):
+                 vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where, g.name))
-    # Built by hand and sent as is: validating the response model again costs event-loop time on
-    # the hottest route (docs/results/benchmarks.md, P5); SearchResponse still documents it.
-    return JSONResponse({"results": [_hit_dict(h) for h in hits], "k": k,
-                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
-                         "reranked": rerank is not None, "candidates": rerank})
+    return _search_answer(service, hits, k, t0, rerank, vote)
 
 
 async def _search_one(request: Request, service: Service, params: SearchParams) -> list:
@@ -494,7 +508,7 @@ async def _search_one(request: Request, service: Service, params: SearchParams) 
         hits = await anyio.to_thread.run_sync(service.search, vector, params)
     else:
         files = await _uploads(request, media_type, max_count=1)
-        # Decoded in the batcher's worker together with the model call: one thread hop per batch.
+        # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
         _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
     return hits[0]
 
@@ -514,14 +528,10 @@ async def classify(request: Request,
                    where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
                                                                                 "metadata filter vote; " + _WHERE_DOC),
                    gallery: str = _gallery(), after: str | None = _after()):
-    from index import vote   # imported when used: the app answers /healthz before torch and FAISS load
-
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where, g.name))
-    decided = vote(hits)
-    return JSONResponse({"label": decided.label, "confidence": decided.confidence, "votes": decided.votes,
-                         "results": [_hit_dict(h) for h in hits], "k": k,
+    return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": False, "candidates": None})
 
@@ -537,7 +547,7 @@ async def batch_search(request: Request,
                                                           description="only neighbours at most this far (0..2)"),
                        rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       gallery: str = _gallery(), after: str | None = _after()):
+                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
@@ -561,7 +571,8 @@ async def batch_search(request: Request,
                 await form.close()
         # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
         _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files), params)
-    return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found]}
+    return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found],
+                                      **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
                          "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": rerank is not None, "candidates": rerank})
@@ -587,7 +598,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       gallery: str = _gallery(), after: str | None = _after()):
+                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     label, where = _check_label(label), _check_where(where)
@@ -603,8 +614,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
         hits = await anyio.to_thread.run_sync(run)
     except KeyError:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
-    return SearchResponse(results=[_hit(h) for h in hits], k=k,
-                          took_ms=(time.perf_counter() - t0) * 1000, model=service.model_id)
+    return _search_answer(service, hits, k, t0, None, vote)
 
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],

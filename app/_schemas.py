@@ -24,8 +24,18 @@ class _Answer(BaseModel):
     candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
 
 
+class Vote(BaseModel):
+    """The label the returned neighbours agree on, as POST /classify decides it."""
+
+    label: str | None = Field(description="the label most of the labelled neighbours have (a tie: the nearest's); "
+                                          "null when none has a label")
+    confidence: float = Field(description="the label's share of the votes (0 when there is no label)")
+    votes: dict[str, int] = Field(description="votes by label, most first")
+
+
 class SearchResponse(_Answer):
     results: list[Hit] = Field(description="nearest first")
+    vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
 
 
 class ClassifyResponse(_Answer):
@@ -39,6 +49,7 @@ class ClassifyResponse(_Answer):
 class QueryResults(BaseModel):
     name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` part")
     results: list[Hit] = Field(description="nearest first")
+    vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
 
 
 class BatchSearchResponse(_Answer):

@@ -115,3 +115,29 @@ def test_a_bad_parameter_is_422_naming_it_and_the_service_keeps_classifying(serv
         r = c.post(f"/classify?{query}", files={"file": ("q.jpg", queries[0][1], "image/jpeg")})
         assert r.status_code == 422 and words in r.text, r.text
         assert c.post("/classify", files={"file": ("q.jpg", queries[0][1], "image/jpeg")}).status_code == 200
+
+
+def test_search_with_vote_true_says_what_classify_says_and_only_when_asked(served):
+    server, queries = served
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for label, data in queries[::7]:
+            image = {"file": ("q.jpg", data, "image/jpeg")}
+            classified = c.post("/classify?k=8", files=image).json()
+            searched = c.post("/search?k=8&vote=true", files=image).json()
+            assert searched["results"] == classified["results"]
+            assert searched["vote"] == {key: classified[key] for key in ("label", "confidence", "votes")}
+            assert "vote" not in c.post("/search?k=8", files=image).json()
+            # from a gallery item: the vote of the neighbours it lists (itself excluded)
+            first = searched["results"][0]["id"]
+            by_id = c.post(f"/search/{first}", params={"k": 8, "vote": "true"}).json()
+            assert first not in [h["id"] for h in by_id["results"]]
+            assert (by_id["vote"]["label"], by_id["vote"]["votes"]) == _expected(by_id["results"])
+            assert "vote" not in c.post(f"/search/{first}", params={"k": 8}).json()
+        # many queries in one request: one vote each, in the order sent
+        batch = c.post("/batch/search?k=8&vote=true",
+                       files=[("file", (f"q{i}.jpg", d, "image/jpeg")) for i, (_, d) in enumerate(queries[:3])]).json()
+        for (_, data), answer in zip(queries[:3], batch["queries"]):
+            alone = c.post("/classify?k=8", files={"file": ("q.jpg", data, "image/jpeg")}).json()
+            assert (answer["vote"]["label"], answer["vote"]["votes"]) == (alone["label"], alone["votes"])
+        r = c.post("/search?vote=maybe", files={"file": ("q.jpg", queries[0][1], "image/jpeg")})
+        assert r.status_code == 422 and "vote" in r.text, r.text

@@ -147,6 +147,16 @@ def upload(driver, path: Path) -> None:
     driver.find_element("css selector", "input#file[type=file]").send_keys(str(path))
 
 
+def search_gallery_image(driver, gallery, i: int, k: int, folder: Path) -> tuple[str, str, Path]:
+    """Gallery item i uploaded as a query with k results, once the page shows the answer:
+    gallery_image_file's (id, label, path)."""
+    item = gallery_image_file(gallery, i, folder)
+    choose_k(driver, k)
+    upload(driver, item[2])
+    wait_for_search(driver)
+    return item
+
+
 def screenshot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -204,10 +214,7 @@ def test_the_drop_zone_is_reached_by_keyboard_and_labelled(page):
 
 
 def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(page, gallery, tmp_path):
-    query_id, label, query = gallery_image_file(gallery, 7, tmp_path)
-    choose_k(page, 8)
-    upload(page, query)
-    wait_for_search(page)
+    query_id, label, query = search_gallery_image(page, gallery, 7, 8, tmp_path)
     assert page.find_element("id", "search-error").text == ""
     wait_for_thumbnails(page)
     cards = result_cards(page)
@@ -228,10 +235,7 @@ def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(pa
 
 
 def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_path):
-    _, _, query = gallery_image_file(gallery, 12, tmp_path)
-    choose_k(page, 4)
-    upload(page, query)
-    wait_for_search(page)
+    _, _, query = search_gallery_image(page, gallery, 12, 4, tmp_path)
     before = result_ids(page)
     assert len(before) == 4
     clicked = before[1]
@@ -244,6 +248,32 @@ def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_p
     assert clicked in page.find_element("id", "query").text
     wait_for_thumbnails(page)
     assert all(c["loaded"] for c in result_cards(page))
+
+
+def _majority(labels: list[str]) -> tuple[str, int]:
+    """The label most cards have, a tie going to the nearest (POST /classify's rule), and its count."""
+    counts = {label: labels.count(label) for label in labels}
+    best = max(counts.values())
+    return next(label for label in labels if counts[label] == best), best
+
+
+def test_the_label_most_neighbours_have_is_shown_above_them_and_not_under_a_label_filter(page, gallery, tmp_path):
+    _, _, query = search_gallery_image(page, gallery, 7, 8, tmp_path)
+    cards = result_cards(page)
+    label, n = _majority([c["label"] for c in cards])
+    vote = page.find_element("id", "vote")
+    assert vote.is_displayed()
+    assert vote.text == f"Most neighbours are labelled {label} ({n} of 8 labelled neighbours)"
+    before = result_ids(page)
+    page.find_element("css selector", f'#results button.result[data-id="{before[2]}"]').click()
+    wait_for_search(page, previous=before)
+    label, n = _majority([c["label"] for c in result_cards(page)])   # the new neighbours' vote
+    assert vote.text == f"Most neighbours are labelled {label} ({n} of 8 labelled neighbours)"
+    page.find_element("id", "label-filter").send_keys("ship")
+    before = result_ids(page)
+    upload(page, query)
+    wait_for_search(page, previous=before)
+    assert {c["label"] for c in result_cards(page)} == {"ship"} and not vote.is_displayed()
 
 
 def test_label_filter_limits_results_to_that_label(page, gallery, tmp_path):
