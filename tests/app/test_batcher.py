@@ -114,10 +114,14 @@ async def test_small_images_are_gathered_while_the_model_works_and_taken_early_o
         return run
 
     rest = [asyncio.ensure_future(batcher.submit_encoded(decode(i), 1, SearchParams(k=1))) for i in range(waiting)]
-    await asyncio.sleep(0.2)
     if waiting < 4:   # a part batch stays in the queue while the model works
+        await asyncio.sleep(0.2)
         assert decoded_in == []
     else:             # a full one is taken and decoded meanwhile
+        for _ in range(1000):
+            if len(decoded_in) == 4:
+                break
+            await asyncio.sleep(0.01)
         assert len(decoded_in) == 4 and all(t.startswith("simsearch-decode") for t in decoded_in), decoded_in
     model.release.set()
     await asyncio.gather(first, *rest)
