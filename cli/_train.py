@@ -96,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time augmentation (default: the artifact's own, as the service embeds); hflip averages "
                         "with the embedding of the mirrored image")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--mistakes-sheet", default=None, metavar="PNG",
+                   help="also draw the test images whose nearest neighbour is of another class, the nearest first, "
+                        "each with its neighbours, into this PNG: duplicates filed under two classes and wrong "
+                        "labels come first")
+    p.add_argument("--mistakes-rows", type=int, default=12, help="rows of the mistakes sheet (default 12)")
     p.add_argument("--out", default=None, help="also write a copy of the artifact that uses this --tta and records "
                                                "these scores (same weights)")
     p.add_argument("--name", default=None, help="with --out: the copy's artifact name (default the same)")
@@ -192,9 +197,14 @@ def _evaluate(args) -> int:
         raise CliError("--name names the copy that --out writes; give --out too")
     if args.centre is not None and not 0 <= args.centre <= 1:
         raise CliError(f"--centre is a share of the mean embedding in [0, 1], got {args.centre}")
+    if args.mistakes_sheet is not None and not args.mistakes_sheet.lower().endswith(".png"):
+        raise CliError(f"--mistakes-sheet writes a PNG: give a name ending in .png, got {args.mistakes_sheet!r}")
+    if not 1 <= args.mistakes_rows <= 1000:
+        raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
-                                         tta=args.tta, out=args.out, out_name=args.name, centre=args.centre)
+                                         tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
+                                         sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows)
     except (model.ArtifactError, training.DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file
@@ -202,6 +212,8 @@ def _evaluate(args) -> int:
     if args.json_out:  # before printing: a closed stdout (`| head`) must not lose the file
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     print(training.format_metrics(res))
+    if args.mistakes_sheet:
+        print(f"wrote {args.mistakes_sheet}: {res['mistakes_sheet']['rows']} queries with their neighbours")
     if args.out:
         print(f"wrote {args.out} (tta {res['tta']})")
     return 0

@@ -33,7 +33,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3   # 3: ImageFolder splits keep their images' file names
 
 
 class DatasetError(ValueError):
@@ -42,10 +42,12 @@ class DatasetError(ValueError):
 
 @dataclass
 class Split:
-    """Images as uint8 (N, C, S, S) and labels as int64 (N,)."""
+    """Images as uint8 (N, C, S, S) and labels as int64 (N,); for an ImageFolder, each image's file within the
+    dataset (`test/cat/0001.jpg`), so that what evaluation finds can be traced to a file."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,7 +55,8 @@ class Split:
     def subset(self, index: torch.Tensor | np.ndarray) -> "Split":
         """The rows `index` (a new Split sharing no memory with this one)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return Split(self.images[index].clone(), self.labels[index].clone())
+        names = [self.names[i] for i in index.tolist()] if self.names is not None else None
+        return Split(self.images[index].clone(), self.labels[index].clone(), names)
 
 
 @dataclass
@@ -287,7 +290,7 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     for key, (sub, tree) in parts.items():
         files = [(sub + n, index[c]) for c in sorted(tree) for n in sorted(tree[c])]
         images = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}")
-        splits[key] = Split(images, torch.tensor([y for _, y in files], dtype=torch.long))
+        splits[key] = Split(images, torch.tensor([y for _, y in files], dtype=torch.long), [f for f, _ in files])
     if "all" in splits:
         if not 0.0 < test_fraction < 1.0:
             raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
@@ -402,6 +405,7 @@ def _save_cached(path: Path, ds: Dataset) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(ds, k) for k in ("name", "layout", "class_names", "source", "info")}
+    meta.update(train_names=ds.train.names, test_names=ds.test.names)
     tensors = {"train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels,
                "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels}
     write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={"dataset": json.dumps(meta)}))
@@ -414,8 +418,9 @@ def _load_cached(path: Path) -> Dataset:
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["dataset"])
     t = load_file(str(path))
-    return Dataset(meta["name"], meta["layout"], Split(t["train_images"], t["train_labels"]),
-                   Split(t["test_images"], t["test_labels"]), meta["class_names"], meta["source"], meta["info"])
+    return Dataset(meta["name"], meta["layout"], Split(t["train_images"], t["train_labels"], meta["train_names"]),
+                   Split(t["test_images"], t["test_labels"], meta["test_names"]), meta["class_names"], meta["source"],
+                   meta["info"])
 
 
 def download_dataset(name: str, root: str | os.PathLike) -> Path:

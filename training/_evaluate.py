@@ -278,7 +278,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,
-                      centre: float | None = None) -> dict[str, Any]:
+                      centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
+                      sheet_rows: int = 12) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -292,6 +293,10 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
 
     `centre`: first take this share of the mean embedding of the dataset's training images off every
     embedding (training/_centre.py), folded into the weights that are evaluated and that `out` writes.
+
+    `confident_mistakes` in the result: the `mistakes` test queries whose nearest neighbour is of another
+    class, the most similar pair first, with their files for an ImageFolder (training/_mistakes.py).
+    `sheet`: also draw the first `sheet_rows` of them with their neighbours into this PNG.
     """
     import model
 
@@ -328,6 +333,17 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
         head = None  # classes differ: a CE loss against this head would be meaningless
     res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names))
+    from ._mistakes import confident_mistakes, mistakes_sheet
+
+    found = confident_mistakes(test.labels, _nearest_neighbours(emb), max(mistakes, sheet_rows if sheet else 0),
+                               list(ds.class_names), test.names)
+    res["confident_mistakes"] = found[:mistakes]
+    if sheet is not None:
+        title = (f"{art.model_id} on {ds.name}: the {min(sheet_rows, len(found))} test images whose nearest "
+                 f"neighbour is of another class, the nearest first")
+        mistakes_sheet(sheet, test.images, test.labels, emb, found[:sheet_rows], class_names=list(ds.class_names),
+                       names=test.names, title=title)
+        res["mistakes_sheet"] = {"path": str(sheet), "rows": min(sheet_rows, len(found))}
     res["dataset"] = ds.describe()
     res["model_id"] = art.model_id
     res["tta"] = tta
@@ -337,7 +353,9 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if out is not None:
         # Scores measured here replace the recorded ones; what only training knew stays.
         kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
-        scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id")}
+        # the mistakes name this dataset's images: the copy keeps the scores only
+        scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id", "confident_mistakes",
+                                                                  "mistakes_sheet")}
         update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
         if out_name and out_name != meta.name:
             update.update(name=out_name, training={**meta.training, "trained_as": meta.training.get("trained_as",
@@ -374,8 +392,18 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("confusions"):
         lines.append("most frequent wrong nearest neighbours (query class -> its neighbour's, count): " + ", ".join(
             f"{c['query_class']} -> {c['neighbour_class']} {c['count']}" for c in m["confusions"][:5]))
+    if m.get("confident_mistakes"):
+        lines.append("most confident mistakes (a query -> its nearest neighbour, of another class; cosine):")
+        lines += [f"  {_image(c, 'query')} -> {_image(c, 'neighbour')}  {c['cosine']:.3f}"
+                  for c in m["confident_mistakes"][:5]]
     found = [t for t in m.get("match_thresholds", []) if t["max_distance"] is not None]
     if found:
         lines.append("max_distance for a top hit of the right class with a precision of: " + ", ".join(
             f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {_share(t['answered'])})" for t in found))
     return "\n".join(lines)
+
+
+def _image(mistake: dict[str, Any], which: str) -> str:
+    """One side of a confident mistake for the console: its file (or its index in the split) and class."""
+    where = mistake.get(f"{which}_file", f"test image {mistake[which]}")
+    return f"{where} ({mistake[f'{which}_class']})"

@@ -159,6 +159,20 @@ def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "datasets").glob("*.safetensors"))) == 1
     again = load_dataset(tmp_path / "shapes.tar.gz")
     assert torch.equal(again.test.images, ds.test.images) and again.class_names == ds.class_names
+    # each image's file within the dataset, in the images' order, also when read from the cache
+    assert ds.test.names == ["test/blue/4.png", "test/green/4.png", "test/red/4.png"]
+    assert again.train.names == ds.train.names and len(ds.train.names) == 12
+    assert ds.train.subset([5, 0]).names == [ds.train.names[5], ds.train.names[0]]
+
+
+def test_files_are_named_in_a_split_made_from_one_folder_and_not_for_idx(tmp_path, shared_data):
+    _image_tree(tmp_path / "photos", with_splits=False)
+    ds = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3, use_cache=False)
+    for split in (ds.train, ds.test):
+        assert [ds.class_names[y] for y in split.labels.tolist()] == [n.split("/")[0] for n in split.names]
+    assert sorted(ds.train.names + ds.test.names) == sorted(f"{c}/{i}.png" for c in ("blue", "green", "red")
+                                                            for i in range(5))
+    assert load_dataset(shared_data / "mnist").test.names is None
 
 
 def test_bad_inputs_are_explained(tmp_path):

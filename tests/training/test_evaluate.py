@@ -1,10 +1,14 @@
 """Evaluation's similarity statistics (exact over the split, and what they say about the geometry), the
-plain-batch MS figure, the per-class report, and the distances for a wanted precision of the top hit."""
+plain-batch MS figure, the per-class report, the distances for a wanted precision of the top hit, and the
+most confident mistakes with their files and sheet."""
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from training._evaluate import (class_report, evaluate_embeddings, format_metrics, match_thresholds, ms_loss,
                                 ms_loss_plain, similarity_stats)
@@ -167,3 +171,65 @@ def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_a
 def test_a_cut_that_keeps_a_few_queries_of_thousands_says_so_rather_than_zero_percent():
     rows = [{"target_precision": 0.9, "max_distance": 0.194, "precision": 1.0, "answered": 0.0003}]
     assert "0.90 -> 0.194 (answers under 0.05 %)" in format_metrics({"match_thresholds": rows})
+
+
+def _with_a_duplicate_filed_twice(tiny_cifar_folder, tmp_path):
+    """A copy of the tiny real ImageFolder where one test cat is also filed, as the same file, under ship."""
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_cifar_folder, root)
+    cat = sorted((root / "test" / "cat").iterdir())[2]
+    shutil.copyfile(cat, root / "test" / "ship" / "filed-twice.jpg")
+    return root, f"test/cat/{cat.name}"
+
+
+def test_the_most_confident_mistake_is_a_duplicate_filed_under_two_classes_and_names_both_files(
+        tiny_cifar_folder, tmp_path):
+    import model
+    from training import evaluate_artifact
+    from training._mistakes import QUERY, RIGHT, WRONG
+
+    root, cat = _with_a_duplicate_filed_twice(tiny_cifar_folder, tmp_path)
+    sheet = tmp_path / "mistakes.png"
+    res = evaluate_artifact(model.default_artifact_path("cifar10"), root, device="cpu", sheet=sheet, sheet_rows=3)
+    first, second = res["confident_mistakes"][:2]
+    # the same pixels under two labels: each is the other's nearest neighbour, at cosine 1
+    assert {first["query_file"], first["neighbour_file"]} == {cat, "test/ship/filed-twice.jpg"}
+    assert (second["query_file"], second["neighbour_file"]) == (first["neighbour_file"], first["query_file"])
+    assert {first["query_class"], first["neighbour_class"]} == {"cat", "ship"} and first["cosine"] > 0.9999
+    cosines = [m["cosine"] for m in res["confident_mistakes"]]
+    assert cosines == sorted(cosines, reverse=True)
+    # the queries precision@1 counts as wrong, the ten nearest of them
+    wrong = round((1 - res["precision_at_1"]) * res["test_size"])
+    assert len(cosines) == min(10, wrong) and wrong >= 3
+    assert all(m["query_class"] != m["neighbour_class"] for m in res["confident_mistakes"])
+    # the sheet: a title, then three rows of the query and six neighbours, framed by whether each is of its class
+    assert res["mistakes_sheet"] == {"path": str(sheet), "rows": 3}
+    im = Image.open(sheet).convert("RGB")
+    cell, pad = 96 + 2 * 3, 6
+    assert im.size == (pad + 7 * (cell + pad), 20 + pad + 3 * (cell + 36 + pad))
+    top = 20 + pad
+    assert im.getpixel((pad + 1, top + 1)) == QUERY
+    assert im.getpixel((pad + cell + pad + 1, top + 1)) == WRONG   # the duplicate, under the other class
+    frames = {im.getpixel((pad + c * (cell + pad) + 1, top + 1)) for c in range(1, 7)}
+    assert frames <= {RIGHT, WRONG}
+
+
+def test_evaluate_prints_the_confident_mistakes_and_refuses_a_sheet_that_is_not_a_png(tiny_cifar_folder, tmp_path,
+                                                                                     capsys):
+    import cli
+    import model
+
+    root, cat = _with_a_duplicate_filed_twice(tiny_cifar_folder, tmp_path)
+    artifact = str(model.default_artifact_path("cifar10"))
+    assert cli.main(["evaluate", artifact, str(root), "--device", "cpu", "--mistakes-sheet",
+                     str(tmp_path / "m.png"), "--mistakes-rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "most confident mistakes (a query -> its nearest neighbour, of another class; cosine):" in out
+    assert f"  {cat} (cat) -> test/ship/filed-twice.jpg (ship)  1.000" in out or \
+        f"  test/ship/filed-twice.jpg (ship) -> {cat} (cat)  1.000" in out
+    assert f"wrote {tmp_path / 'm.png'}: 2 queries with their neighbours" in out
+    for args, message in [(["--mistakes-sheet", str(tmp_path / "m.jpg")], "give a name ending in .png"),
+                          (["--mistakes-sheet", str(tmp_path / "m.png"), "--mistakes-rows", "0"],
+                           "--mistakes-rows must be 1..1000, got 0")]:
+        assert cli.main(["evaluate", artifact, str(root), *args]) == 2
+        assert message in capsys.readouterr().err
