@@ -227,16 +227,20 @@ class Service:
     async def gallery(self, name: str, create: bool = False) -> Gallery:
         """The open gallery `name` (a valid name: the HTTP layer checks it), opened now when it is on disk
         but not open yet; with create (a write that adds items), made when it does not exist. 404 when it
-        does not exist (and is not to be made), 422 when SIMSEARCH_MAX_GALLERIES are open already."""
+        does not exist (and is not to be made), 422 when SIMSEARCH_MAX_GALLERIES are open already.
+        Read-only, a named gallery the writer dropped (or dropped and made again) since it was opened is
+        forgotten at once, not at the next refresh: 404, or the new one."""
         g = self.galleries.get(name)
-        if g is not None:
+        if g is not None and not self._dropped_by_writer(g):
             return g
         import index
 
         async with self._gallery_lock:
             g = self.galleries.get(name)
             if g is not None:
-                return g
+                if not self._dropped_by_writer(g):
+                    return g
+                await self._forget(g, "its folder was deleted or made anew by the service that writes")
             s = self.settings
             exists = name in index.gallery_names(s.data_dir)
             if not exists and not (create and not s.read_only):
@@ -269,6 +273,10 @@ class Service:
             g = self.galleries[name] = Gallery(name, store, commits)
             log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())
             return g
+
+    def _dropped_by_writer(self, g: Gallery) -> bool:
+        # one stat of the database file: a replica must not answer from a gallery that no longer exists
+        return self.settings.read_only and g.name != DEFAULT_GALLERY and g.store.folder_changed()
 
     async def drop_gallery(self, name: str) -> int:
         """Delete the named gallery `name` (not the default one) and its folder; the items it held."""

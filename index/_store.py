@@ -376,8 +376,14 @@ class Store:
         self._check_open()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
-                sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
+            try:
+                conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
+                    sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
+            except StoreError:
+                if self.config.read_only and self.folder_changed():   # the writer dropped it under us
+                    raise StoreClosedError(f"the store at {self._path} was deleted or made anew by the process "
+                                           "that writes it") from None
+                raise
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)

@@ -142,3 +142,35 @@ def test_a_replica_serves_galleries_the_writer_makes_after_it_started_and_forget
         stop_server(replica)
         stop_server(writer)
     assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)
+
+
+def test_a_replica_asked_for_a_gallery_the_writer_just_dropped_says_404_before_its_next_refresh(
+        hybrid1_artifact, tmp_path):
+    env = _env(hybrid1_artifact, tmp_path)
+    writer = start_server(env, tmp_path, log_name="writer.log")
+    # refreshing once a minute: the replica's own loop never sees the drop during the test
+    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "60"}, tmp_path,
+                           log_name="replica.log")
+    try:
+        with httpx.Client(base_url=writer.url, timeout=60, headers=KEY) as w, \
+                httpx.Client(base_url=replica.url, timeout=60) as r:
+            assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(6))], data={"id": "six"}
+                          ).status_code == 201
+            # opened on the replica, and read from several of its worker threads
+            for _ in range(8):
+                assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
+            assert _first(r, png(6), gallery="brief") == "six"
+            assert w.delete("/galleries/brief").status_code == 200
+            for path in ("/index", "/index/six"):
+                assert_error(r.get(path, params={"gallery": "brief"}), 404, "gallery_not_found")
+            assert_error(r.post("/search", params={"gallery": "brief"}, files=[upload(png(6))]), 404,
+                         "gallery_not_found")
+            # made again under the same name: the replica opens the new one at once
+            assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(8))], data={"id": "eight"}
+                          ).status_code == 201
+            assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
+            assert _first(r, png(6), gallery="brief") == "eight"
+    finally:
+        stop_server(replica)
+        stop_server(writer)
+    assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)

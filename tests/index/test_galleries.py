@@ -49,3 +49,33 @@ def test_a_follower_notices_its_folder_deleted_or_made_anew_and_a_reader_counts_
         assert follower.folder_changed()
     finally:
         follower.close()
+
+
+def test_a_follower_reading_in_a_new_thread_after_its_folder_was_deleted_says_the_store_is_closed(tmp_path):
+    import threading
+
+    from index import StoreClosedError
+
+    rng = np.random.default_rng(4)
+    folder = gallery_path(tmp_path, "g")
+    with Store.open(StoreConfig(folder, dim=DIM, model_id="m")) as writer:
+        writer.upsert([Item(f"i{k}", v, None, {}) for k, v in enumerate(unit(rng, 3))])
+    follower = Store.open(StoreConfig(folder, read_only=True))
+    try:
+        assert follower.count() == 3
+        shutil.rmtree(folder.parent)
+        raised: list[BaseException] = []
+
+        def read():   # a thread that has no connection yet must open one, on a file that is gone
+            try:
+                follower.list()
+            except BaseException as exc:  # noqa: BLE001
+                raised.append(exc)
+
+        t = threading.Thread(target=read)
+        t.start()
+        t.join(30)
+        assert len(raised) == 1 and isinstance(raised[0], StoreClosedError), raised
+        assert "deleted or made anew" in str(raised[0])
+    finally:
+        follower.close()
