@@ -61,6 +61,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--thumbnails", action="store_true", help="also decode every stored thumbnail (slower)")
     c.set_defaults(func=_check)
 
+    x = isub.add_parser("duplicates", help="pairs of gallery items that look alike, the most alike first",
+                        description="Search the gallery with every one of its own items and print the pairs at "
+                                    "least --min-score alike (cosine of their vectors), the most alike first, "
+                                    "marking pairs whose labels differ: copies, near-copies (a re-encoded or "
+                                    "resized file) and the same picture stored under two labels. Reads only, so it "
+                                    "is safe while `simsearch serve` runs on DATA; items written meanwhile may be "
+                                    "missed.")
+    _common(x, model=False)
+    x.add_argument("--min-score", type=float, default=0.98, help="cosine at which two items count as alike (0.98)")
+    x.add_argument("-k", type=int, default=5, help="nearest items looked at for each item (5)")
+    x.add_argument("--conflicts", action="store_true", help="only pairs whose labels differ")
+    x.add_argument("--limit", type=int, default=100, help="pairs to print, the most alike first (100; 0: all)")
+    x.add_argument("--json", action="store_true", help="print one JSON object: the settings and every pair")
+    x.set_defaults(func=_duplicates)
+
     k = isub.add_parser("backup", help="copy the index, consistently, while the service keeps serving it",
                         description="Copy the gallery (ids, vectors, labels, metadata, thumbnails) as it is at one "
                                     "moment into DEST, a new or empty folder, which then serves as a --data folder "
@@ -435,6 +450,52 @@ def _check(args) -> int:
           "over HTTP) and added again from their images; a damaged snapshot is rebuilt by the next start; "
           "for SQLite damage restore a backup (docs/index.md)")
     return 1
+
+
+def _duplicates(args) -> int:
+    import json
+
+    import numpy as np
+
+    if not 0 < args.min_score <= 1:
+        raise CliError(f"--min-score is a cosine in (0, 1], got {args.min_score}")
+    if not 1 <= args.k <= 1000:
+        raise CliError(f"-k must be 1..1000, got {args.k}")
+    if args.limit < 0:
+        raise CliError(f"--limit must be 0 (all) or more, got {args.limit}")
+    store = _open_store(args.data, True, gallery=args.gallery)
+    pairs: dict[tuple[str, str], dict] = {}   # each pair once, its ids in order
+    items = 0
+    try:
+        while True:
+            page = store.list(items, 1024)
+            if not page:
+                break
+            items += len(page)
+            found = store.search(np.stack([it.vector for it in page]), k=args.k + 1)   # + 1: the item itself
+            for item, hits in zip(page, found):
+                for h in hits:
+                    if h.id == item.id or h.score < args.min_score:
+                        continue
+                    (a, la), (b, lb) = sorted([(item.id, item.label), (h.id, h.label)], key=lambda p: p[0])
+                    pairs.setdefault((a, b), {"score": min(1.0, h.score), "a": a, "b": b, "label_a": la,
+                                              "label_b": lb, "labels_differ": la != lb})
+    finally:
+        store.close()
+    rows = sorted(pairs.values(), key=lambda p: (-p["score"], p["a"], p["b"]))
+    conflicts = sum(p["labels_differ"] for p in rows)
+    if args.conflicts:
+        rows = [p for p in rows if p["labels_differ"]]
+    if args.json:
+        print(json.dumps({"items": items, "min_score": args.min_score, "k": args.k, "pairs": rows}))
+        return 0
+    for p in rows[:args.limit or None]:
+        print(f"{p['score']:.4f}  {p['a']} ({p['label_a'] or '-'})  {p['b']} ({p['label_b'] or '-'})"
+              + ("  labels differ" if p["labels_differ"] else ""))
+    shown = "" if not args.limit or len(rows) <= args.limit else f" (the first {args.limit} printed; --limit 0 for all)"
+    print(f"{len(pairs)} pairs at cosine {args.min_score:g} or more among {items} items, {conflicts} of them with "
+          f"different labels{shown}")
+    return 0
 
 
 def _check_thumbnails(reader, found) -> None:

@@ -323,3 +323,46 @@ def test_every_index_command_works_on_a_named_gallery_beside_the_default_one(gal
         assert main([*args, "--data", str(data)]) == 2
         err = capsys.readouterr().err
         assert ("no index at" in err and "--gallery hats" in err) or "a gallery name is 1 to 63" in err, err
+
+
+def test_duplicates_finds_a_copy_under_another_label_and_a_re_encoded_copy_and_nothing_else(
+        gallery_tar, tmp_path, capsys):
+    import model
+
+    folder = _extract(gallery_tar, tmp_path / "photos")
+    (folder / "test" / "cat" / "broken.jpg").unlink()
+    dog = folder / "test" / "dog" / "0003.jpg"
+    (folder / "test" / "cat" / "copy-of-a-dog.jpg").write_bytes(dog.read_bytes())        # the same file, filed twice
+    # a photo, and a smaller copy of it as a JPEG, as a phone's share sheet makes one
+    photo = Image.open(folder / "test" / "ship" / "0001.jpg").resize((256, 256), Image.Resampling.BICUBIC)
+    photo.save(folder / "test" / "ship" / "photo.png")
+    photo.resize((192, 192), Image.Resampling.BICUBIC).save(folder / "test" / "ship" / "photo-shared.jpg", quality=75)
+    data = tmp_path / "data"
+    trained = str(model.default_artifact_path("cifar10"))
+    assert main(["index", "build", str(folder), "--model", trained, "--data", str(data)]) == 0
+    capsys.readouterr()
+
+    assert main(["index", "duplicates", "--data", str(data), "--min-score", "0.99"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1.0000  test/cat/copy-of-a-dog.jpg (cat)  test/dog/0003.jpg (dog)  labels differ"
+    assert lines[1].endswith("  test/ship/photo-shared.jpg (ship)  test/ship/photo.png (ship)")
+    assert 0.99 <= float(lines[1].split()[0]) < 1
+    assert lines[2:] == ["2 pairs at cosine 0.99 or more among 27 items, 1 of them with different labels"]
+
+    assert main(["index", "duplicates", "--data", str(data), "--min-score", "0.99", "--conflicts", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"] == 27 and report["min_score"] == 0.99
+    assert [(p["a"], p["b"], p["label_a"], p["label_b"]) for p in report["pairs"]] == [
+        ("test/cat/copy-of-a-dog.jpg", "test/dog/0003.jpg", "cat", "dog")]
+    # a lower bar finds more pairs, each once, the most alike first
+    assert main(["index", "duplicates", "--data", str(data), "--min-score", "0.5", "--json", "-k", "3"]) == 0
+    pairs = json.loads(capsys.readouterr().out)["pairs"]
+    assert len(pairs) > 2 and len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
+    assert [p["score"] for p in pairs] == sorted((p["score"] for p in pairs), reverse=True)
+    assert all(p["a"] < p["b"] and p["score"] >= 0.5 for p in pairs)
+    for args, message in [(["--min-score", "0"], "--min-score is a cosine in (0, 1], got 0.0"),
+                          (["-k", "0"], "-k must be 1..1000, got 0")]:
+        assert main(["index", "duplicates", "--data", str(data), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["index", "duplicates", "--data", str(tmp_path / "none")]) == 2
+    assert "no index at" in capsys.readouterr().err
