@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._mistakes import confident_mistakes, mistakes_sheet
+
 RETRIEVAL_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 RECALL_AT = (1, 5, 10)
 MATCH_PRECISIONS = (0.9, 0.95, 0.99)
@@ -333,8 +335,6 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
         head = None  # classes differ: a CE loss against this head would be meaningless
     res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names))
-    from ._mistakes import confident_mistakes, mistakes_sheet
-
     found = confident_mistakes(test.labels, _nearest_neighbours(emb), max(mistakes, sheet_rows if sheet else 0),
                                list(ds.class_names), test.names)
     res["confident_mistakes"] = found[:mistakes]
