@@ -305,6 +305,9 @@ def test_every_index_command_works_on_a_named_gallery_beside_the_default_one(gal
     assert capsys.readouterr().out.startswith("cat  ")
     assert main(["index", "check", "--data", str(data), "--gallery", "pets"]) == 0
     assert "ok: checked 24 items" in capsys.readouterr().out
+    for gallery, items in (("pets", 24), ("default", 8)):
+        assert main(["index", "duplicates", "--data", str(data), "--gallery", gallery, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["items"] == items
     assert main(["index", "backup", str(tmp_path / "copy"), "--data", str(data), "--gallery", "pets"]) == 0
     assert (tmp_path / "copy" / "galleries" / "pets" / "index" / "store.sqlite3").is_file()
     assert main(["index", "delete", "cat/0002.jpg", "--data", str(data), "--gallery", "pets", "--yes"]) == 0
