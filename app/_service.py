@@ -296,8 +296,11 @@ class Service:
         return count
 
     async def _forget(self, g: Gallery, why: str) -> None:
-        """Close an open gallery and stop serving it (its folder is left as it is)."""
-        self.galleries.pop(g.name, None)
+        """Close an open gallery and stop serving it (its folder is left as it is); once, when the refresh
+        loop and a request both find its folder gone."""
+        if self.galleries.get(g.name) is not g:
+            return
+        del self.galleries[g.name]
         if g.commits is not None:
             await g.commits.stop()
         await anyio.to_thread.run_sync(g.store.close)
