@@ -463,15 +463,19 @@ def _duplicates(args) -> int:
         raise CliError(f"-k must be 1..1000, got {args.k}")
     if args.limit < 0:
         raise CliError(f"--limit must be 0 (all) or more, got {args.limit}")
+    from tqdm import tqdm
+
     store = _open_store(args.data, True, gallery=args.gallery)
     pairs: dict[tuple[str, str], dict] = {}   # each pair once, its ids in order
     items = 0
     try:
+        bar = tqdm(total=store.count(), unit="item", desc="searching", leave=False)   # on stderr
         while True:
             page = store.list(items, 1024)
             if not page:
                 break
             items += len(page)
+            bar.update(len(page))
             found = store.search(np.stack([it.vector for it in page]), k=args.k + 1)   # + 1: the item itself
             for item, hits in zip(page, found):
                 for h in hits:
@@ -480,6 +484,7 @@ def _duplicates(args) -> int:
                     (a, la), (b, lb) = sorted([(item.id, item.label), (h.id, h.label)], key=lambda p: p[0])
                     pairs.setdefault((a, b), {"score": min(1.0, h.score), "a": a, "b": b, "label_a": la,
                                               "label_b": lb, "labels_differ": la != lb})
+        bar.close()
     finally:
         store.close()
     rows = sorted(pairs.values(), key=lambda p: (-p["score"], p["a"], p["b"]))
