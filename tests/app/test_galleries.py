@@ -5,6 +5,7 @@ serves one the writer made after it started and forgets one the writer dropped."
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import httpx
 
@@ -24,6 +25,24 @@ def _first(client, image: bytes, **params) -> str | None:
     assert r.status_code == 200, r.text
     hits = r.json()["results"]
     return hits[0]["id"] if hits else None
+
+
+@contextmanager
+def _writer_and_replica(artifact, tmp_path, refresh_seconds: str):
+    """A writer and a read-only replica of its data folder, as clients (w, r); afterwards, their logs are
+    checked to be free of Tracebacks."""
+    env = _env(artifact, tmp_path)
+    writer = start_server(env, tmp_path, log_name="writer.log")
+    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": refresh_seconds},
+                           tmp_path, log_name="replica.log")
+    try:
+        with httpx.Client(base_url=writer.url, timeout=60, headers=KEY) as w, \
+                httpx.Client(base_url=replica.url, timeout=60) as r:
+            yield w, r
+    finally:
+        stop_server(replica)
+        stop_server(writer)
+    assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)
 
 
 def test_named_galleries_keep_their_items_apart_and_are_listed_edited_and_dropped(hybrid1_artifact, tmp_path):
@@ -114,63 +133,43 @@ def test_galleries_outlast_a_restart_and_are_capped(hybrid1_artifact, tmp_path):
 
 def test_a_replica_serves_galleries_the_writer_makes_after_it_started_and_forgets_dropped_ones(
         hybrid1_artifact, tmp_path):
-    env = _env(hybrid1_artifact, tmp_path)
-    writer = start_server(env, tmp_path, log_name="writer.log")
-    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "0.2"}, tmp_path,
-                           log_name="replica.log")
-    try:
-        with httpx.Client(base_url=writer.url, timeout=60, headers=KEY) as w, \
-                httpx.Client(base_url=replica.url, timeout=60) as r:
-            assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found", "read-only")
-            made = w.post("/index", params={"gallery": "late"}, files=[upload(png(6))], data={"id": "six"})
-            assert _first(r, png(6), gallery="late") == "six"   # opened on first use
-            assert r.post("/index", params={"gallery": "late"}, files=[upload(png(7))], headers=KEY).status_code == 405
-            added = w.post("/index", params={"gallery": "late"}, files=[upload(png(7))], data={"id": "seven"})
-            hit = r.post("/search", params={"k": 1, "gallery": "late"}, files=[upload(png(7))],
-                         headers={"X-Simsearch-After": added.headers["x-simsearch-position"]}).json()["results"][0]
-            assert hit["id"] == "seven" and made.headers["x-simsearch-position"] == "1.0"
-            assert w.delete("/galleries/late").status_code == 200
-            deadline = time.monotonic() + 10
-            while r.get("/index", params={"gallery": "late"}).status_code != 404 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found")
-            # made again under the same name: the replica serves the new one, not the one it had open
-            assert w.post("/index", params={"gallery": "late"}, files=[upload(png(8))], data={"id": "eight"}
-                          ).status_code == 201
-            assert _first(r, png(8), gallery="late") == "eight" and _first(r, png(6), gallery="late") == "eight"
-    finally:
-        stop_server(replica)
-        stop_server(writer)
-    assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)
+    with _writer_and_replica(hybrid1_artifact, tmp_path, "0.2") as (w, r):
+        assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found", "read-only")
+        made = w.post("/index", params={"gallery": "late"}, files=[upload(png(6))], data={"id": "six"})
+        assert _first(r, png(6), gallery="late") == "six"   # opened on first use
+        assert r.post("/index", params={"gallery": "late"}, files=[upload(png(7))], headers=KEY).status_code == 405
+        added = w.post("/index", params={"gallery": "late"}, files=[upload(png(7))], data={"id": "seven"})
+        hit = r.post("/search", params={"k": 1, "gallery": "late"}, files=[upload(png(7))],
+                     headers={"X-Simsearch-After": added.headers["x-simsearch-position"]}).json()["results"][0]
+        assert hit["id"] == "seven" and made.headers["x-simsearch-position"] == "1.0"
+        assert w.delete("/galleries/late").status_code == 200
+        deadline = time.monotonic() + 10
+        while r.get("/index", params={"gallery": "late"}).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert_error(r.get("/index", params={"gallery": "late"}), 404, "gallery_not_found")
+        # made again under the same name: the replica serves the new one, not the one it had open
+        assert w.post("/index", params={"gallery": "late"}, files=[upload(png(8))], data={"id": "eight"}
+                      ).status_code == 201
+        assert _first(r, png(8), gallery="late") == "eight" and _first(r, png(6), gallery="late") == "eight"
 
 
 def test_a_replica_asked_for_a_gallery_the_writer_just_dropped_says_404_before_its_next_refresh(
         hybrid1_artifact, tmp_path):
-    env = _env(hybrid1_artifact, tmp_path)
-    writer = start_server(env, tmp_path, log_name="writer.log")
     # refreshing once a minute: the replica's own loop never sees the drop during the test
-    replica = start_server({**env, "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_REFRESH_SECONDS": "60"}, tmp_path,
-                           log_name="replica.log")
-    try:
-        with httpx.Client(base_url=writer.url, timeout=60, headers=KEY) as w, \
-                httpx.Client(base_url=replica.url, timeout=60) as r:
-            assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(6))], data={"id": "six"}
-                          ).status_code == 201
-            # opened on the replica, and read from several of its worker threads
-            for _ in range(8):
-                assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
-            assert _first(r, png(6), gallery="brief") == "six"
-            assert w.delete("/galleries/brief").status_code == 200
-            for path in ("/index", "/index/six"):
-                assert_error(r.get(path, params={"gallery": "brief"}), 404, "gallery_not_found")
-            assert_error(r.post("/search", params={"gallery": "brief"}, files=[upload(png(6))]), 404,
-                         "gallery_not_found")
-            # made again under the same name: the replica opens the new one at once
-            assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(8))], data={"id": "eight"}
-                          ).status_code == 201
+    with _writer_and_replica(hybrid1_artifact, tmp_path, "60") as (w, r):
+        assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(6))], data={"id": "six"}
+                      ).status_code == 201
+        # opened on the replica, and read from several of its worker threads
+        for _ in range(8):
             assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
-            assert _first(r, png(6), gallery="brief") == "eight"
-    finally:
-        stop_server(replica)
-        stop_server(writer)
-    assert "Traceback" not in replica.log_tail(20_000) and "Traceback" not in writer.log_tail(20_000)
+        assert _first(r, png(6), gallery="brief") == "six"
+        assert w.delete("/galleries/brief").status_code == 200
+        for path in ("/index", "/index/six"):
+            assert_error(r.get(path, params={"gallery": "brief"}), 404, "gallery_not_found")
+        assert_error(r.post("/search", params={"gallery": "brief"}, files=[upload(png(6))]), 404,
+                     "gallery_not_found")
+        # made again under the same name: the replica opens the new one at once
+        assert w.post("/index", params={"gallery": "brief"}, files=[upload(png(8))], data={"id": "eight"}
+                      ).status_code == 201
+        assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
+        assert _first(r, png(6), gallery="brief") == "eight"
