@@ -27,6 +27,7 @@ from ._settings import Settings
 log = logging.getLogger("simsearch.app")
 
 DEFAULT_GALLERY = "default"   # index.DEFAULT_GALLERY, without importing index (and FAISS) before /healthz answers
+_DROPPED = "its folder was deleted or made anew by the service that writes"   # why a replica forgets a gallery
 GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
 
@@ -189,8 +190,8 @@ class Service:
             await asyncio.sleep(self.settings.refresh_seconds)
             for g in list(self.galleries.values()):
                 try:
-                    if g.name != DEFAULT_GALLERY and g.store.folder_changed():
-                        await self._forget(g, "its folder was deleted or made anew by the service that writes")
+                    if self._dropped_by_writer(g):
+                        await self._forget(g, _DROPPED)
                         continue
                     await anyio.to_thread.run_sync(self._refresh, g.store)
                 except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
@@ -240,7 +241,7 @@ class Service:
             if g is not None:
                 if not self._dropped_by_writer(g):
                     return g
-                await self._forget(g, "its folder was deleted or made anew by the service that writes")
+                await self._forget(g, _DROPPED)
             s = self.settings
             exists = name in index.gallery_names(s.data_dir)
             if not exists and not (create and not s.read_only):
