@@ -259,17 +259,19 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
 
 
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
-                        ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None) -> dict[str, Any]:
+                        ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None, *,
+                        neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss,
     ms_loss_plain, the per-class report (class_report; `class_names[label]` names the classes) and the
-    distances for a wanted precision of the top hit (match_thresholds)."""
+    distances for a wanted precision of the top hit (match_thresholds). `neighbours`: the result of
+    `_nearest_neighbours(embeddings)` when the caller has it already."""
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
         out.update(ce_loss(embeddings, labels, ce_head))
     out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
     out.update(ms_loss_plain(embeddings, labels))
     out.update(similarity_stats(embeddings, labels))
-    neighbours = _nearest_neighbours(embeddings)
+    neighbours = neighbours if neighbours is not None else _nearest_neighbours(embeddings)
     out.update(class_report(embeddings, labels, class_names, neighbours=neighbours))
     out.update(match_thresholds(embeddings, labels, neighbours=neighbours))
     out["test_size"] = int(len(labels))
@@ -334,8 +336,9 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     head = art.heads.get("ce_head")
     if head is not None and meta.class_names and meta.class_names != ds.class_names:
         head = None  # classes differ: a CE loss against this head would be meaningless
-    res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names))
-    found = confident_mistakes(test.labels, _nearest_neighbours(emb), max(mistakes, sheet_rows if sheet else 0),
+    neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike
+    res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours)
+    found = confident_mistakes(test.labels, neighbours, max(mistakes, sheet_rows if sheet else 0),
                                list(ds.class_names), test.names)
     res["confident_mistakes"] = found[:mistakes]
     if sheet is not None:
