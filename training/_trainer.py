@@ -273,6 +273,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
 
     history: list[dict[str, Any]] = []
     start_epoch, best_p1, best_state = 0, -1.0, None
+    sampler_labels = None
     ckpt = _checkpoint_path(out)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -296,6 +297,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         start_epoch, best_p1 = int(state["epoch"]), float(state["best_p1"])
         best_state = state.get("best_model") or None
         history = json.loads(state["history"])
+        sampler_labels = json.loads(state.get("sampler_labels", "null"))
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(_np_state(state))
         random.seed(int(state["epoch"]) + cfg.seed)
@@ -305,6 +307,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         from pytorch_metric_learning.samplers import MPerClassSampler
         sampler = MPerClassSampler(train_split.labels.numpy(), m, batch_size=batch_size,
                                    length_before_new_iter=steps_per_epoch * batch_size)
+        if sampler_labels is not None:  # the class order it shuffles in place, epoch after epoch
+            as_int = {int(k): k for k in sampler.labels}
+            sampler.labels = [as_int[k] for k in sampler_labels]
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
         f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
         f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}, {cfg.epochs} epochs; "
@@ -370,7 +375,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                 best_state = _flatten_best(best_state)
         history.append(rec)
         log(json.dumps(rec))
-        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg, ema)
+        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg, ema,
+                         [int(k) for k in sampler.labels] if loss_fn.needs_pairs else None)
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
             return None
@@ -457,13 +463,13 @@ def _np_state(state: dict):
 
 
 def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, best_p1: float, best_state,
-                     history: list, cfg: TrainConfig, ema=None) -> None:
+                     history: list, cfg: TrainConfig, ema=None, sampler_labels: list[int] | None = None) -> None:
     ns = np.random.get_state()
     state = {"model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
              "ema": ema.state_dict() if ema is not None else {},
              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best_p1": best_p1,
              "best_model": best_state or {}, "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
-             "torch_rng": torch.get_rng_state(),
+             "torch_rng": torch.get_rng_state(), "sampler_labels": json.dumps(sampler_labels),
              "numpy_rng": json.dumps([ns[0], ns[1].tolist(), ns[2], ns[3], ns[4]])}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, lambda tmp: torch.save(state, tmp))
