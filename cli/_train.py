@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ._errors import CliError
@@ -69,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N processes (torchrun, DistributedDataParallel), each on its share of every batch: "
+                        "one per GPU, or on a CPU one per core, each with one thread (default 1)")
     p.add_argument("--image-size", type=int, default=None, help="ImageFolder images are decoded to this size (32)")
     p.add_argument("--in-chans", type=int, default=None, choices=(1, 3), help="ImageFolder channels (3)")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
@@ -164,6 +168,10 @@ def _train(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got {args.out!r}")
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
+        return _launch(args, cfg)
     try:
         training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
                        stop_after=args.stop_after)
@@ -173,6 +181,38 @@ def _train(args) -> int:
         raise CliError(str(exc)) from None
     except TypeError as exc:  # a bad --arch keyword reaches the model builder
         raise CliError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    return 0
+
+
+def _launch(args, cfg) -> int:
+    """Run this same command in `args.nproc` processes under torchrun (one machine), showing the main process's
+    output; each of them trains its share (training/_distributed.py)."""
+    import torch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    n = args.nproc
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        if cfg.device not in (None, "cuda"):
+            raise CliError(f"--nproc {n} trains on cuda:0 ... cuda:{n - 1}, one process each; give --device cuda "
+                           f"or cpu, not {cfg.device!r}")
+        if n > torch.cuda.device_count():
+            raise CliError(f"--nproc {n} needs a GPU per process and there are {torch.cuda.device_count()}; "
+                           f"give --nproc {torch.cuda.device_count()}, or --device cpu")
+    try:
+        launch = parse_args(["--standalone", f"--nproc-per-node={n}", "--local-ranks-filter=0", "--module", "cli"])
+        launch.training_script_args = list(args.argv)  # set, not parsed: torchrun's parser would read our options
+        run(launch)
+    except ChildFailedError as exc:
+        main = exc.failures.get(0)
+        if main is not None and main.exitcode == 2:  # the main process said what was wrong, above
+            return 2
+        if main is not None and main.exitcode > 0:  # not stopped by a signal because another failed
+            raise CliError(f"the main training process failed (exit code {main.exitcode}); its output is above") from None
+        rank, first = exc.get_first_failure()
+        raise CliError(f"training process {rank} of {n} failed first (exit code {first.exitcode}); only the main "
+                       f"process's output is shown: start the same command with `torchrun --nproc-per-node {n} "
+                       f"$(which simsearch) train ...` to see every process's") from None
     return 0
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from ._centre import can_centre, choose_centre, fold_shift, mean_embedding
 from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
+from . import _distributed as dist_
 from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._files import write_whole
@@ -182,20 +183,39 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
 
     `data` is a path that load_dataset reads (or an already loaded Dataset). `stop_after` ends this session
     after that many epochs, leaving the checkpoint for a later `resume=True` (returns None then).
+
+    Started by torchrun (WORLD_SIZE > 1), each process trains on its share of every batch
+    (training/_distributed.py); the main process alone logs, validates, checkpoints and writes the artifact,
+    and the others return None.
     """
+    cfg.validate()
+    world, device_name = dist_.join(cfg.device)
+    try:
+        return _train(cfg, data, Path(out), name, resume, progress, log, stop_after, world, device_name)
+    finally:
+        dist_.leave(world)
+
+
+def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool, log, stop_after,
+           world: dist_.World | None, device_name: str | None) -> TrainResult | None:
     import model as zoo
     from tqdm import tqdm
 
-    cfg.validate()
-    out = Path(out)
+    main = world is None or world.main
+    if not main:
+        progress, log = False, (lambda _msg: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     use_amp = cfg.amp and device.type == "cuda"
     t_start = time.time()
 
+    if not isinstance(data, Dataset) and not main:
+        dist_.barrier(world)  # the main process decodes and caches the data first; the others read the cache
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+    if not isinstance(data, Dataset) and main:
+        dist_.barrier(world)
     _seed_all(cfg.seed)
     train_split, val_split, test_split = run_splits(cfg, ds)
 
@@ -232,6 +252,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
+    if world is not None and batch_size % world.size:
+        fits = [n for n in range(2, min(batch_size, 64) + 1) if batch_size % n == 0]
+        raise ValueError(f"a batch of {batch_size}{f' ({batch_size // m} classes x {m})' if m else ''} does not "
+                         f"split into {world.size} equal shares, one for each process: use {', '.join(map(str, fits))} "
+                         f"processes, or another batch size")
     n_train = len(train_split)
     steps_per_epoch = max(1, n_train // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
@@ -303,6 +328,15 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
         random.seed(int(state["epoch"]) + cfg.seed)
         log(f"resumed from {ckpt} at epoch {start_epoch}")
 
+    # Every process starts from the main one's weights (DDP copies the network's when it wraps it), and draws its
+    # own augmentations.
+    dist_.broadcast_module(world, loss_fn)
+    step_net = net
+    if world is not None:
+        step_net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        if not main:
+            torch.manual_seed(cfg.seed + 7919 * world.rank + start_epoch)
+    loss_params = list(loss_fn.parameters())
     if loss_fn.needs_pairs:
         from pytorch_metric_learning.samplers import MPerClassSampler
         sampler = MPerClassSampler(train_split.labels.numpy(), m, batch_size=batch_size,
@@ -312,7 +346,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             sampler.labels = [as_int[k] for k in sampler_labels]
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
         f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
-        f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}, {cfg.epochs} epochs; "
+        f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}"
+        f"{f' in {world.size} processes of {batch_size // world.size}' if world else ''}, {cfg.epochs} epochs; "
         f"embeddings with test-time augmentation {tta}")
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -323,12 +358,12 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             order = torch.tensor(list(iter(sampler)), dtype=torch.long)
         else:
             order = torch.randperm(n_train)
-        order = order.to(train_images.device)
+        order = dist_.broadcast(world, order).to(train_images.device)  # one batch order for every process
         total, count = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False, mininterval=1.0)
         for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
+            idx = dist_.share(world, order[step * batch_size:(step + 1) * batch_size])
             xb = train_images[idx].to(device, non_blocking=True).float().div_(255.0)
             if aug is not None:
                 xb = aug(xb)
@@ -343,7 +378,12 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = train_labels[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                emb = net(xb)
+                emb = step_net(xb)
+            if world is not None:  # the whole batch, in every process: the loss a single process would compute
+                if view_teachers is not None or teacher_emb is not None:
+                    emb, yb, t_emb, t_logits = dist_.gather(world, emb, yb, t_emb, t_logits)
+                else:
+                    emb, yb = dist_.gather(world, emb, yb)
             loss = loss_fn(emb.float(), yb)
             if distill is not None:
                 loss = loss + cfg.distill_weight * distill(emb, t_emb)
@@ -351,6 +391,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
                 loss = loss + cfg.distill_logits_weight * distill_logits(student_head(emb.float()), t_logits)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            dist_.average_gradients(world, loss_params)
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -364,6 +405,10 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{total.item() / count:.4f}")
         bar.close()
+        if not main:  # the main process validates and checkpoints
+            if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
+                return None
+            continue
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total.item() / max(count, 1), 5),
                                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
         if val_split is not None:
@@ -381,6 +426,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
             return None
 
+    if not main:
+        return None
     net, loss_fn = eval_net, eval_loss
     best_epoch = cfg.epochs
     if best_state is not None:
@@ -419,7 +466,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
                      "teachers": teacher_ids, **centring,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
-                     "batch_size_used": batch_size, "m_per_class_used": m, "history": history,
+                     "batch_size_used": batch_size, "m_per_class_used": m, "processes": world.size if world else 1,
+                     "history": history,
                      "torch": torch.__version__}
     meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=arch_kwargs,
                             in_chans=ds.in_chans, image_size=ds.image_size, mean=mean, std=std,
