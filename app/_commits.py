@@ -4,9 +4,21 @@ only once its own items are durable."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import anyio.to_thread
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An item not stored because the gallery, or an item stored before it, holds a look-alike."""
+
+    position: int        # its place among the items of its request
+    id: str              # the id it would have had
+    duplicate_of: str    # the look-alike's id
+    score: float         # their cosine similarity
 
 from ._metrics import Metrics
 
@@ -22,9 +34,10 @@ class GroupCommitter:
     """
 
     def __init__(self, upsert: Callable[[Sequence[Any]], Any], item_error: type[BaseException],
-                 metrics: Metrics):
+                 metrics: Metrics, search: Callable[..., list] | None = None):
         self._upsert, self._item_error, self.metrics = upsert, item_error, metrics
-        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._search = search  # Store.search: what `skip_duplicates` compares with
+        self._pending: list[tuple[list, asyncio.Future, float | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -41,45 +54,90 @@ class GroupCommitter:
         if self._task is not None:
             await self._task
 
-    async def upsert(self, items: Sequence[Any]) -> None:
-        """Return once `items` are committed (durable), or raise what the store raised for them."""
+    async def upsert(self, items: Sequence[Any], skip_duplicates: float | None = None) -> list[Duplicate]:
+        """Return once `items` are committed (durable), or raise what the store raised for them.
+
+        skip_duplicates: leave out each item whose vector has a cosine similarity of at least this with an
+        item of another id in the gallery or stored before it (earlier in this request, or in a request
+        committed with it); returns those left out. Decided in the commit, so two requests carrying the
+        same new image at once store it once."""
         if self._task is None or self._task.done() or self._stopping:
             raise RuntimeError("the index writer is not running")
+        if skip_duplicates is not None and self._search is None:
+            raise RuntimeError("this committer cannot search for duplicates")
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((list(items), fut))
+        self._pending.append((list(items), fut, skip_duplicates))
         self._wake.set()
-        await fut
+        return await fut
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            group = [(items, fut) for items, fut in self._pending if not fut.done()]  # not: client gone
+            group = [entry for entry in self._pending if not entry[1].done()]  # not: client gone
             self._pending.clear()
             if group:
                 outcomes = await anyio.to_thread.run_sync(self._commit, group)
-                for (_, fut), exc in zip(group, outcomes):
+                for (_, fut, _), (exc, skipped) in zip(group, outcomes):
                     if not fut.done():
                         if exc is None:
-                            fut.set_result(None)
+                            fut.set_result(skipped)
                         else:
                             fut.set_exception(exc)
             if self._stopping and not self._pending:
                 return
 
-    def _commit(self, group: list[tuple[list, asyncio.Future]]) -> list[BaseException | None]:
+    def _commit(self, group: list[tuple[list, asyncio.Future, float | None]]
+                ) -> list[tuple[BaseException | None, list[Duplicate]]]:
         self.metrics.commit_requests.observe(len(group))
         try:
-            self._upsert([item for items, _ in group for item in items])
-            return [None] * len(group)
+            kept, skipped = self._without_duplicates(group)
+        except Exception as exc:  # noqa: BLE001  (the search failed: the store is closing, say)
+            return [(exc, [])] * len(group)
+        try:
+            self._upsert([item for items in kept for item in items])
+            return [(None, s) for s in skipped]
         except Exception as exc:  # noqa: BLE001  (handed to the requests)
             if len(group) == 1 or not isinstance(exc, self._item_error):
-                return [exc] * len(group)
-        outcomes: list[BaseException | None] = []
-        for items, _ in group:  # find the request with the refused item: one commit each
+                return [(exc, [])] * len(group)
+        outcomes: list[tuple[BaseException | None, list[Duplicate]]] = []
+        for items, s in zip(kept, skipped):  # find the request with the refused item: one commit each
             try:
                 self._upsert(items)
-                outcomes.append(None)
+                outcomes.append((None, s))
             except Exception as exc:  # noqa: BLE001
-                outcomes.append(exc)
+                outcomes.append((exc, []))
         return outcomes
+
+    def _without_duplicates(self, group) -> tuple[list[list], list[list[Duplicate]]]:
+        """Each request's items less those `skip_duplicates` leaves out, and those, in commit order."""
+        def unit(v: np.ndarray) -> np.ndarray:  # as the store keeps them
+            v = np.asarray(v, dtype=np.float32)
+            return v / max(float(np.linalg.norm(v)), 1e-12)
+
+        earlier: list[tuple[str, np.ndarray]] = []   # (id, unit vector) stored before, in this commit
+        kept, skipped = [], []
+        for items, _, threshold in group:
+            if threshold is None:
+                kept.append(items)
+                skipped.append([])
+                earlier.extend((it.id, unit(it.vector)) for it in items)
+                continue
+            vectors = np.stack([unit(it.vector) for it in items])
+            stored = self._search(vectors, k=2)   # two: one may be the item's own id, which it replaces
+            mine, dups = [], []
+            for pos, (it, v, hits) in enumerate(zip(items, vectors, stored)):
+                best = max(((h.score, h.id) for h in hits if h.id != it.id), default=(-2.0, ""))
+                others = [(i, u) for i, u in earlier if i != it.id]   # not in the gallery yet
+                if others:
+                    scores = np.stack([u for _, u in others]) @ v
+                    j = int(np.argmax(scores))
+                    best = max(best, (float(scores[j]), others[j][0]))
+                if best[0] >= threshold:
+                    dups.append(Duplicate(pos, it.id, best[1], round(best[0], 6)))
+                else:
+                    mine.append(it)
+                    earlier.append((it.id, v))
+            kept.append(mine)
+            skipped.append(dups)
+        return kept, skipped

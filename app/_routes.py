@@ -24,7 +24,7 @@ from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image, make_thumbnail
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
                        GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
-                       SearchResponse)
+                       SearchResponse, SkippedItem)
 from ._service import DEFAULT_GALLERY, GALLERY_NAME, Gallery, Service
 from ._settings import Settings
 
@@ -628,7 +628,14 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                   "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
                   "metadata": {"type": "array", "items": {"type": "string"},
                                "description": "a JSON object: one for all files, or one per file"}}))
-async def add(request: Request, gallery: str = _gallery()):
+async def add(request: Request, gallery: str = _gallery(),
+              skip_duplicates: float | None = Query(
+                  None, gt=0, le=1, allow_inf_nan=False,
+                  description="do not store a file whose cosine similarity with an item of another id in the gallery "
+                              "(or a file stored before it) is at least this; 0.98 catches copies (re-encoded, "
+                              "resized), lower values look-alikes. The answer's `skipped` names each file left out "
+                              "and its look-alike. Decided as the items are committed, so two requests carrying the "
+                              "same new image at once store it once")):
     import index as index_pkg  # imported when used: the app answers /healthz before torch and FAISS load
 
     service = _service(request, write=True)
@@ -653,7 +660,7 @@ async def add(request: Request, gallery: str = _gallery()):
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
     _, g = await _writing(request, gallery, create=True)   # once the request is known to be sound
     try:
-        await g.commits.upsert(items)   # with the other requests waiting to commit
+        skipped = await g.commits.upsert(items, skip_duplicates)   # with the other requests waiting to commit
     except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
         raise ApiError(503, "index_unavailable", f"gallery {g.name!r} was closed while this request was under way "
                        "(deleted, or the service is stopping); nothing of it was stored", {"Retry-After": "1"}) from None
@@ -661,7 +668,11 @@ async def add(request: Request, gallery: str = _gallery()):
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:
         raise _write_refused(exc) from None
-    return JSONResponse(IndexResponse(ids=ids, count=n).model_dump(), status_code=201, headers=_position(g))
+    left_out = {d.position for d in skipped}
+    stored = [i for pos, i in enumerate(ids) if pos not in left_out]
+    answer = IndexResponse(ids=stored, count=len(stored), skipped=[
+        SkippedItem(file=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score) for d in skipped])
+    return JSONResponse(answer.model_dump(), status_code=201, headers=_position(g))
 
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],

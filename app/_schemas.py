@@ -63,9 +63,18 @@ class EmbedResponse(BaseModel):
                                                    "similarity of two is their dot product")
 
 
+class SkippedItem(BaseModel):
+    file: int = Field(description="its place among the request's `file` parts, from 0")
+    id: str = Field(description="the id it would have had")
+    duplicate_of: str = Field(description="the id of the look-alike already stored (or stored before it)")
+    score: float = Field(description="their cosine similarity, at least `skip_duplicates`")
+
+
 class IndexResponse(BaseModel):
     ids: list[str] = Field(description="the ids of the stored items, in the order of the `file` parts")
     count: int = Field(description="how many items were stored")
+    skipped: list[SkippedItem] = Field(default_factory=list,
+                                       description="with `skip_duplicates`: the files not stored, as look-alikes")
 
 
 class DeleteResponse(BaseModel):

@@ -160,7 +160,7 @@ class Service:
         self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
-        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
+        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search)
         commits.start()
         self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
         self.metrics.track_galleries(self._gallery_sizes)
@@ -269,7 +269,7 @@ class Service:
                                "service's log says why", {"Retry-After": "5"}) from None
             commits = None
             if not s.read_only:
-                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics)
+                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search)
                 commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)
             log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())

@@ -101,6 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer (120)")
     u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
     u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
+    u.add_argument("--skip-duplicates", type=float, default=None, metavar="SCORE",
+                   help="leave out each image whose cosine similarity with one the service holds (or this upload "
+                        "sent before it) is at least SCORE, and name it: 0.98 catches copies, re-encoded or resized "
+                        "(POST /index?skip_duplicates)")
     u.set_defaults(func=_upload)
 
     r = isub.add_parser("reembed", help="embed the index again with another model, from its thumbnails, into a new folder",

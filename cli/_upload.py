@@ -27,6 +27,9 @@ def upload(args) -> int:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.parallel < 1:
         raise CliError(f"--parallel must be at least 1, got {args.parallel}")
+    if args.skip_duplicates is not None and not 0 < args.skip_duplicates <= 1:
+        raise CliError(f"--skip-duplicates is a cosine similarity in (0, 1], got {args.skip_duplicates}")
+    dedupe = {"skip_duplicates": args.skip_duplicates} if args.skip_duplicates is not None else {}
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
@@ -57,18 +60,24 @@ def upload(args) -> int:
                 tf, members = tar
                 return tf.extractfile(members[id_]).read()
 
+            def stored_of(answer: dict) -> int:
+                for s in answer.get("skipped", []):
+                    tqdm.write(f"left out {s['id']}: a look-alike of {s['duplicate_of']} ({s['score']:.4f})")
+                left_out.extend(s["id"] for s in answer.get("skipped", []))
+                return answer["count"]
+
             def send(files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
                 """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
-                status, message = _post(client, files, labels)
+                status, message, answer = _post(client, files, labels, dedupe)
                 if status == 201:
-                    return len(files), []
+                    return stored_of(answer), []
                 if status not in (400, 413, 415, 422):
                     raise CliError(_fatal(status, message, url))
                 stored, refused = 0, []  # one of them is refused: learn which, keep the rest
                 for one in files:
-                    st, msg = _post(client, [one], labels) if len(files) > 1 else (status, message)
+                    st, msg, ans = _post(client, [one], labels, dedupe) if len(files) > 1 else (status, message, answer)
                     if st == 201:
-                        stored += 1
+                        stored += stored_of(ans)
                     elif st in (400, 413, 415, 422):
                         refused.append(one[0])
                         tqdm.write(f"rejected {one[0]}: {st} {msg}")
@@ -76,7 +85,7 @@ def upload(args) -> int:
                         raise CliError(_fatal(st, msg, url))
                 return stored, refused
 
-            uploaded, rejected = 0, []
+            uploaded, rejected, left_out = 0, [], []
             # Batches are read here (a tar in order) and sent by `parallel` threads, so the service
             # embeds one batch while the next is on its way; at most 2 x parallel batches are read ahead.
             with tqdm(total=len(todo), unit="img", desc="uploading") as bar, \
@@ -104,7 +113,8 @@ def upload(args) -> int:
     finally:
         if tar is not None:
             tar[0].close()
-    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service); it holds {held}")
+    dups = f", {len(left_out)} left out as look-alikes" if args.skip_duplicates is not None else ""
+    print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service{dups}); it holds {held}")
     return 1 if rejected and not uploaded else 0
 
 
@@ -124,14 +134,16 @@ def _ids_in_service(client) -> set[str]:
     return have
 
 
-def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None]) -> tuple[int, str]:
+def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None],
+          params: dict) -> tuple[int, str, dict]:
     """POST /index of these (id, bytes), with their labels and {"width", "height"} as `index build`
-    records; (status, the service's message)."""
+    records; (status, the service's message, its answer when it stored them)."""
     data = {"id": [i for i, _ in files], "metadata": [json.dumps(_size(b)) for _, b in files]}
     if any(labels[i] is not None for i, _ in files):
         data["label"] = [labels[i] or "" for i, _ in files]
-    r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data)
-    return r.status_code, _message(r)
+    r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,
+                 params=params)   # httpx adds them to the client's ?gallery=
+    return r.status_code, _message(r), (r.json() if r.status_code == 201 else {})
 
 
 def _request(client, method: str, path: str, **kwargs):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import index
-from app._commits import GroupCommitter
+from app._commits import Duplicate, GroupCommitter
 from app._metrics import Metrics
 
 from .conftest import running
@@ -68,10 +68,51 @@ async def test_a_refused_item_fails_only_its_own_request_and_the_others_are_writ
     too_big = {"blob": "x" * (64 * 1024 + 1)}   # over the store's 64 KiB metadata limit
     results = await asyncio.gather(committer.upsert(_items("a", 2)), committer.upsert(_items("bad", 1, metadata=too_big)),
                                    committer.upsert(_items("c", 2)), return_exceptions=True)
-    assert results[0] is None and results[2] is None
+    assert results[0] == [] and results[2] == []   # stored, nothing left out
     assert isinstance(results[1], index.InvalidItemError) and "bad0" in str(results[1])
     assert sorted(it.id for it in store.list(limit=10)) == ["a0", "a1", "c0", "c1"]
     assert _commits(metrics)[0] == 1.0   # the combined attempt; the retries one by one are not grouped
+    await committer.stop()
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+async def test_requests_committed_together_skip_look_alikes_of_each_other(store):
+    metrics = Metrics()
+    committer = GroupCommitter(store.upsert, index.InvalidItemError, metrics, store.search)
+    committer.start()
+    rng = np.random.default_rng(5)
+    v, w = _unit(rng), _unit(rng)
+    store.upsert([index.Item("old", w)])
+    near_v = v + 0.01 * _unit(rng)   # cosine about 0.99995 with v
+    # queued together: a new picture, its near copy, a copy of what the gallery holds, and one that asks nothing
+    results = await asyncio.gather(committer.upsert([index.Item("a", v)], 0.98),
+                                   committer.upsert([index.Item("b", near_v)], 0.98),
+                                   committer.upsert([index.Item("c", w.copy())], 0.98),
+                                   committer.upsert([index.Item("d", v.copy())]))
+    assert _commits(metrics) == (1.0, 4.0)   # one commit: the copies were found among its own items
+    assert results[0] == [] and results[3] == []
+    assert results[1] == [Duplicate(0, "b", "a", pytest.approx(1.0, abs=1e-3))]
+    assert results[2] == [Duplicate(0, "c", "old", pytest.approx(1.0, abs=1e-5))]
+    assert sorted(it.id for it in store.list(limit=10)) == ["a", "d", "old"]
+    await committer.stop()
+
+
+async def test_look_alikes_stay_left_out_when_a_refused_item_splits_the_commit(store):
+    committer = GroupCommitter(store.upsert, index.InvalidItemError, Metrics(), store.search)
+    committer.start()
+    rng = np.random.default_rng(6)
+    v = _unit(rng)
+    too_big = {"blob": "x" * (64 * 1024 + 1)}
+    results = await asyncio.gather(
+        committer.upsert([index.Item("a", v), index.Item("a-copy", v.copy())], 0.98),
+        committer.upsert([index.Item("bad", _unit(rng), metadata=too_big)], 0.98), return_exceptions=True)
+    assert results[0] == [Duplicate(1, "a-copy", "a", pytest.approx(1.0, abs=1e-5))]
+    assert isinstance(results[1], index.InvalidItemError)
+    assert [it.id for it in store.list(limit=10)] == ["a"]
     await committer.stop()
 
 

@@ -75,6 +75,31 @@ def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, ph
     assert len(listing(live)) == 13
 
 
+def test_upload_can_leave_out_copies_of_what_the_service_holds(shared_data, tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    photos = cifar_folder(shared_data, tmp_path / "photos", range(4))
+    again = io.BytesIO()
+    Image.open(photos / "cat" / "0001.jpg").save(again, "JPEG", quality=75)   # the same picture, saved again
+    (photos / "cat" / "copy-of-0001.jpg").write_bytes(again.getvalue())
+    bundled = Path(__file__).resolve().parents[2] / "model" / "weights" / "hybrid1-cifar10.safetensors"
+    server = serving(bundled, tmp_path)
+    try:
+        args = ["index", "upload", str(photos), "--url", server.url, "--api-key", KEY, "--skip-duplicates", "0.98"]
+        assert main(args + ["--gallery", "dedup"]) == 0
+        out = capsys.readouterr()
+        assert "left out cat/copy-of-0001.jpg: a look-alike of cat/0001.jpg" in out.out + out.err
+        assert "uploaded 12 images (0 rejected by the service, 1 left out as look-alikes); it holds 12 items" in out.out
+        r = httpx.get(server.url + "/index", params={"limit": 100, "gallery": "dedup"})
+        assert r.json()["count"] == 12 and "cat/copy-of-0001.jpg" not in {it["id"] for it in r.json()["items"]}
+        assert main(args[:-2] + ["--skip-duplicates", "1.5"]) == 2
+        assert "--skip-duplicates is a cosine similarity in (0, 1], got 1.5" in capsys.readouterr().err
+    finally:
+        stop_server(server)
+
+
 def test_upload_without_the_key_or_the_service_says_so_in_one_line(live, photos, capsys):
     assert main(["index", "upload", str(photos), "--url", live.url]) == 2
     err = capsys.readouterr().err
