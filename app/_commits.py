@@ -10,6 +10,8 @@ from typing import Any, Callable, Sequence
 import anyio.to_thread
 import numpy as np
 
+from ._metrics import Metrics
+
 
 @dataclass(frozen=True)
 class Duplicate:
@@ -19,8 +21,6 @@ class Duplicate:
     id: str              # the id it would have had
     duplicate_of: str    # the look-alike's id
     score: float         # their cosine similarity
-
-from ._metrics import Metrics
 
 
 class GroupCommitter:

@@ -61,6 +61,10 @@ def upload(args) -> int:
                 return tf.extractfile(members[id_]).read()
 
             def stored_of(answer: dict) -> int:
+                if dedupe and "skipped" not in answer and not warned:
+                    warned.append(True)
+                    tqdm.write(f"warning: the service at {url} does not know skip_duplicates (an older simsearch): "
+                               "it stores copies too")
                 for s in answer.get("skipped", []):
                     tqdm.write(f"left out {s['id']}: a look-alike of {s['duplicate_of']} ({s['score']:.4f})")
                 left_out.extend(s["id"] for s in answer.get("skipped", []))
@@ -85,7 +89,7 @@ def upload(args) -> int:
                         raise CliError(_fatal(st, msg, url))
                 return stored, refused
 
-            uploaded, rejected, left_out = 0, [], []
+            uploaded, rejected, left_out, warned = 0, [], [], []
             # Batches are read here (a tar in order) and sent by `parallel` threads, so the service
             # embeds one batch while the next is on its way; at most 2 x parallel batches are read ahead.
             with tqdm(total=len(todo), unit="img", desc="uploading") as bar, \
