@@ -58,8 +58,17 @@ def join(device: str | None) -> tuple[World | None, str | None]:
     return World(dist.get_rank(), dist.get_world_size(), local_rank, backend), device
 
 
+def finish(world: World | None) -> None:
+    """The end of the processes' work together (the last step, or a stop): wait until every process is here,
+    then leave the group. Leaving while another process was still on its way out aborted one process in
+    eight ("terminate called without an active exception")."""
+    if world is not None and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def leave(world: World | None) -> None:
-    """Leave the process group (the end of a run, or its failure)."""
+    """Leave the process group without waiting for the others (a failure: torchrun stops them)."""
     if world is not None and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -407,6 +407,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         bar.close()
         if not main:  # the main process validates and checkpoints
             if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
+                dist_.finish(world)
                 return None
             continue
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total.item() / max(count, 1), 5),
@@ -424,8 +425,10 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                          [int(k) for k in sampler.labels] if loss_fn.needs_pairs else None)
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
+            dist_.finish(world)
             return None
 
+    dist_.finish(world)  # the main process alone from here: centring, the test scores, the artifact
     if not main:
         return None
     net, loss_fn = eval_net, eval_loss
