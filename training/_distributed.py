@@ -74,6 +74,7 @@ def leave(world: World | None) -> None:
 
 
 def barrier(world: World | None) -> None:
+    """Wait until every process is here (nothing without torchrun)."""
     if world is not None:
         dist.barrier()
 

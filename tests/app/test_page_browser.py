@@ -420,6 +420,35 @@ def test_adding_images_with_the_api_key_grows_the_gallery(page, page_server, sha
     assert page.find_element("id", "api-key").get_attribute("value") == API_KEY
 
 
+def test_adding_with_copies_left_out_stores_the_new_image_and_names_the_copy(page, page_server, gallery, shared_data,
+                                                                           tmp_path):
+    import io
+
+    from PIL import Image
+
+    original_id, (_, _, original) = next(iter(gallery.items()))
+    again = io.BytesIO()
+    Image.open(io.BytesIO(original)).save(again, "JPEG", quality=75)   # the same picture, saved again
+    (tmp_path / "copy.jpg").write_bytes(again.getvalue())
+    name, _, data = cifar10_images(shared_data, 1, skip=PER_CLASS + 2)[0]
+    (tmp_path / "new.jpg").write_bytes(data)
+    count_before = httpx.get(page_server.url + "/index", timeout=30).json()["count"]
+    _open_add_panel(page)
+    key = page.find_element("id", "api-key")
+    key.clear()
+    key.send_keys(API_KEY)
+    page.find_element("id", "add-skip").click()
+    page.find_element("id", "add-files").send_keys(f"{tmp_path / 'copy.jpg'}\n{tmp_path / 'new.jpg'}")
+    page.find_element("id", "add-submit").click()
+    _wait_add(page)
+    status = page.find_element("id", "add-status").text
+    assert page.find_element("id", "add-error").text == ""
+    assert status.startswith("Added 1 image: ") and f"Left out 1 copy: copy.jpg (like {original_id})." in status
+    assert httpx.get(page_server.url + "/index", timeout=30).json()["count"] == count_before + 1
+    page.find_element("id", "add-skip").click()   # as the other tests expect it
+    assert not page.find_element("id", "add-skip").is_selected()
+
+
 def test_a_gallery_without_thumbnails_still_shows_score_label_and_id(browser, hybrid1_artifact, shared_data,
                                                                       tmp_path_factory, tmp_path):
     """SIMSEARCH_THUMBNAIL_SIZE=0 (a gallery that must not store images): the cards say so in words."""
