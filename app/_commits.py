@@ -111,33 +111,38 @@ class GroupCommitter:
 
     def _without_duplicates(self, group) -> tuple[list[list], list[list[Duplicate]]]:
         """Each request's items less those `skip_duplicates` leaves out, and those, in commit order."""
-        def unit(v: np.ndarray) -> np.ndarray:  # as the store keeps them
-            v = np.asarray(v, dtype=np.float32)
-            return v / max(float(np.linalg.norm(v)), 1e-12)
-
-        earlier: list[tuple[str, np.ndarray]] = []   # (id, unit vector) stored before, in this commit
-        kept, skipped = [], []
-        for items, _, threshold in group:
+        kept: list[list] = [items for items, _, _ in group]
+        skipped: list[list[Duplicate]] = [[] for _ in group]
+        if all(threshold is None for _, _, threshold in group):
+            return kept, skipped   # plain writes, the usual case: no vector is looked at
+        earlier_ids: list[str] = []           # the items stored before, in this commit: not in the gallery yet
+        earlier: list[np.ndarray] = []        # their unit vectors, a block per request
+        for r, (items, _, threshold) in enumerate(group):
+            vectors = np.stack([np.asarray(it.vector, dtype=np.float32) for it in items])
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)   # as the store keeps them
             if threshold is None:
-                kept.append(items)
-                skipped.append([])
-                earlier.extend((it.id, unit(it.vector)) for it in items)
+                earlier_ids += [it.id for it in items]
+                earlier.append(vectors)
                 continue
-            vectors = np.stack([unit(it.vector) for it in items])
             stored = self._search(vectors, k=2)   # two: one may be the item's own id, which it replaces
-            mine, dups = [], []
-            for pos, (it, v, hits) in enumerate(zip(items, vectors, stored)):
+            before = np.concatenate(earlier) @ vectors.T if earlier_ids else None   # (earlier items, this request's)
+            before_ids = np.array(earlier_ids, dtype=object)
+            within = vectors @ vectors.T
+            mine: list[int] = []   # positions of this request's items kept so far
+            for pos, (it, hits) in enumerate(zip(items, stored)):
                 best = max(((h.score, h.id) for h in hits if h.id != it.id), default=(-2.0, ""))
-                others = [(i, u) for i, u in earlier if i != it.id]   # not in the gallery yet
-                if others:
-                    scores = np.stack([u for _, u in others]) @ v
-                    j = int(np.argmax(scores))
-                    best = max(best, (float(scores[j]), others[j][0]))
+                if before is not None:
+                    col = np.where(before_ids != it.id, before[:, pos], -np.inf)
+                    j = int(np.argmax(col))
+                    best = max(best, (float(col[j]), earlier_ids[j]))
+                for q in mine:
+                    if items[q].id != it.id:
+                        best = max(best, (float(within[q, pos]), items[q].id))
                 if best[0] >= threshold:
-                    dups.append(Duplicate(pos, it.id, best[1], round(best[0], 6)))
+                    skipped[r].append(Duplicate(pos, it.id, best[1], round(best[0], 6)))
                 else:
-                    mine.append(it)
-                    earlier.append((it.id, v))
-            kept.append(mine)
-            skipped.append(dups)
+                    mine.append(pos)
+            kept[r] = [items[q] for q in mine]
+            earlier_ids += [items[q].id for q in mine]
+            earlier.append(vectors[mine])
         return kept, skipped
