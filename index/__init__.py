@@ -10,6 +10,8 @@
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
+    MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
+        surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
 """
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
@@ -18,6 +20,7 @@ from ._faiss import PRESETS
 from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
+from ._milvus import MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
 from ._store import Store
 from ._types import Hit, Item, StoreConfig
 from ._vote import Vote, vote
@@ -26,7 +29,7 @@ PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
     "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
-    "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
+    "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
-    "gallery_names", "gallery_path", "vote",
+    "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "vote",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 from . import _db, _faiss, _filter
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StorageError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
+from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
 from ._types import Hit, Item, StoreConfig, score_to_distance
 
@@ -27,28 +28,15 @@ log = logging.getLogger("index")
 
 SNAPSHOT_NAME = "index.snapshot"
 LOCK_NAME = "LOCK"
-MAX_ID_LEN = 1024
-MAX_METADATA_BYTES = 64 * 1024
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
 CHANGES_KEPT = 100_000     # change-log entries kept; a follower further behind compares listings
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
-_KEEP = object()            # Store.update: the label is not changed
 
 
-def _parse_position(position: str) -> tuple[int, int]:
-    """The (sequence number, edits) of a `Store.position()` token; InvalidItemError when malformed."""
-    seq, dot, edits = position.partition(".") if isinstance(position, str) else ("", "", "")
-    if not (dot and seq.isascii() and seq.isdigit() and edits.isascii() and edits.isdigit()
-            and len(seq) <= 19 and len(edits) <= 19):
-        raise InvalidItemError(f"a store position is two whole numbers joined by a dot, like '1042.7' "
-                               f"(what a write answered), got {str(position)[:40]!r}")
-    return int(seq), int(edits)
-
-
-class Store:
+class Store(ItemChecks):
     """A durable gallery of vectors with string ids. Open with Store.open(config).
 
     Thread-safe: searches run concurrently with each other and with writes; a write becomes
@@ -434,7 +422,7 @@ class Store:
         self._after_write(len(new))
         return len(new)
 
-    def update(self, id: str, label: Any = _KEEP, metadata_patch: dict[str, Any] | None = None) -> Item:
+    def update(self, id: str, label: Any = KEEP, metadata_patch: dict[str, Any] | None = None) -> Item:
         """Change an item's label and/or metadata in place, keeping its vector, thumbnail and place in
         the listing; returns the item as it now is. label: the new label (None removes it), kept when
         not given. metadata_patch: a JSON merge patch (RFC 7396) on its metadata: each key given is
@@ -453,8 +441,8 @@ class Store:
             fid, blob, old_label, old_meta = row
             meta = json.loads(old_meta)
             if metadata_patch is not None:
-                meta = _merge_patch(meta, metadata_patch)
-            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is _KEEP else label, meta))
+                meta = merge_patch(meta, metadata_patch)
+            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is KEEP else label, meta))
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
                 counted = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
@@ -710,68 +698,6 @@ class Store:
                       "snapshot tries again", exc)
         except Exception:  # nothing is lost (the database has every write): log and go on
             log.exception("index: background maintenance failed")
-
-    # ---- validation --------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_id(id_: Any) -> str:
-        if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_LEN or "\x00" in id_:
-            raise InvalidItemError(f"an id must be a non-empty string of at most {MAX_ID_LEN} "
-                                   f"characters without NUL, got {id_!r:.80}")
-        return id_
-
-    def _check_vectors(self, batch: list[Item]) -> np.ndarray:
-        """The items' vectors as one normalised float32 matrix (checked all at once: fast)."""
-        arrs = [np.asarray(item.vector) for item in batch]
-        for item, arr in zip(batch, arrs):
-            if not np.issubdtype(arr.dtype, np.floating) or arr.shape != (self.dim,):
-                self._check_vector(arr, f"item {item.id!r}")  # raises, naming the problem
-        mat = np.stack(arrs).astype(np.float32, copy=False)
-        norms = np.linalg.norm(mat, axis=1)
-        bad = ~np.isfinite(norms) | (norms < 1e-12)
-        if bad.any():
-            j = int(np.argmax(bad))
-            self._check_vector(arrs[j], f"item {batch[j].id!r}")
-        return mat / norms[:, None]
-
-    def _validate(self, item: Item):
-        if item.label is not None and not isinstance(item.label, str):
-            raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
-        meta = item.metadata if item.metadata is not None else {}
-        if not isinstance(meta, dict):
-            raise InvalidItemError(f"item {item.id!r}: metadata must be a JSON object (dict), "
-                                   f"got {type(meta).__name__}")
-        try:
-            meta_json = json.dumps(meta, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidItemError(f"item {item.id!r}: metadata is not JSON-serialisable: {exc}") from None
-        if len(meta_json) > MAX_METADATA_BYTES:
-            raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, "
-                                   f"more than {MAX_METADATA_BYTES}")
-        thumb = item.thumbnail
-        if thumb is not None and not isinstance(thumb, (bytes, bytearray, memoryview)):
-            raise InvalidItemError(f"item {item.id!r}: thumbnail must be bytes, got {type(thumb).__name__}")
-        return item.label, meta_json, (bytes(thumb) if thumb is not None else None)
-
-    def _check_vector(self, v: Any, what: str, batch: bool = False) -> np.ndarray:
-        """float32, L2-normalised copy; InvalidItemError naming the wrong shape, dtype or value."""
-        arr = np.asarray(v)
-        if not (np.issubdtype(arr.dtype, np.floating)):
-            raise InvalidItemError(f"{what}: vector dtype must be floating point, got {arr.dtype}")
-        if batch and arr.ndim == 1:
-            arr = arr[None]
-        want = "(n, %d)" % self.dim if batch else "(%d,)" % self.dim
-        if (batch and (arr.ndim != 2 or arr.shape[1] != self.dim)) or \
-                (not batch and arr.shape != (self.dim,)):
-            raise InvalidItemError(f"{what}: vector shape must be {want} for model {self.model_id!r}, "
-                                   f"got {arr.shape}")
-        arr = np.array(arr, dtype=np.float32, ndmin=2)
-        if not np.isfinite(arr).all():
-            raise InvalidItemError(f"{what}: vector contains NaN or infinity")
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
-        if (norms < 1e-12).any():
-            raise InvalidItemError(f"{what}: vector has zero length (cannot be normalised)")
-        return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -1154,7 +1080,7 @@ class Store:
     def reaches(self, position: str) -> bool:
         """True when the state searches see is at least as new as `position` (a `position()` token,
         of this store's writer or of a replica of it). InvalidItemError when it is not such a token."""
-        seq, edits = _parse_position(position)
+        seq, edits = parse_position(position)
         return seq <= self._applied_seq and edits <= self._edits
 
     def info(self) -> dict[str, Any]:
@@ -1212,19 +1138,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r}, {self.spec}, {len(self._rows)} items)"
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 JSON merge patch: an object patch merges key by key (None removes), anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge_patch(out.get(key), value)
-    return out
 
 
 def _train_sample(n: int) -> int:

@@ -1,0 +1,106 @@
+"""The checks every store runs on what it is given (ids, vectors, labels, metadata, thumbnails), each
+error naming the wrong value, and the JSON merge patch of `update`: shared by the FAISS store and the
+Milvus one so that both refuse and accept the same things."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidItemError
+from ._types import Item
+
+MAX_ID_LEN = 1024
+MAX_METADATA_BYTES = 64 * 1024
+KEEP = object()   # update(): the label is not changed
+
+
+class ItemChecks:
+    """Validation of items and queries against a store's `dim` and `model_id` (set by the store)."""
+
+    dim: int
+    model_id: str | None
+
+    @staticmethod
+    def _check_id(id_: Any) -> str:
+        if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_LEN or "\x00" in id_:
+            raise InvalidItemError(f"an id must be a non-empty string of at most {MAX_ID_LEN} "
+                                   f"characters without NUL, got {id_!r:.80}")
+        return id_
+
+    def _check_vectors(self, batch: list[Item]) -> np.ndarray:
+        """The items' vectors as one normalised float32 matrix (checked all at once: fast)."""
+        arrs = [np.asarray(item.vector) for item in batch]
+        for item, arr in zip(batch, arrs):
+            if not np.issubdtype(arr.dtype, np.floating) or arr.shape != (self.dim,):
+                self._check_vector(arr, f"item {item.id!r}")  # raises, naming the problem
+        mat = np.stack(arrs).astype(np.float32, copy=False)
+        norms = np.linalg.norm(mat, axis=1)
+        bad = ~np.isfinite(norms) | (norms < 1e-12)
+        if bad.any():
+            j = int(np.argmax(bad))
+            self._check_vector(arrs[j], f"item {batch[j].id!r}")
+        return mat / norms[:, None]
+
+    def _validate(self, item: Item):
+        if item.label is not None and not isinstance(item.label, str):
+            raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
+        meta = item.metadata if item.metadata is not None else {}
+        if not isinstance(meta, dict):
+            raise InvalidItemError(f"item {item.id!r}: metadata must be a JSON object (dict), "
+                                   f"got {type(meta).__name__}")
+        try:
+            meta_json = json.dumps(meta, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidItemError(f"item {item.id!r}: metadata is not JSON-serialisable: {exc}") from None
+        if len(meta_json) > MAX_METADATA_BYTES:
+            raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, "
+                                   f"more than {MAX_METADATA_BYTES}")
+        thumb = item.thumbnail
+        if thumb is not None and not isinstance(thumb, (bytes, bytearray, memoryview)):
+            raise InvalidItemError(f"item {item.id!r}: thumbnail must be bytes, got {type(thumb).__name__}")
+        return item.label, meta_json, (bytes(thumb) if thumb is not None else None)
+
+    def _check_vector(self, v: Any, what: str, batch: bool = False) -> np.ndarray:
+        """float32, L2-normalised copy; InvalidItemError naming the wrong shape, dtype or value."""
+        arr = np.asarray(v)
+        if not (np.issubdtype(arr.dtype, np.floating)):
+            raise InvalidItemError(f"{what}: vector dtype must be floating point, got {arr.dtype}")
+        if batch and arr.ndim == 1:
+            arr = arr[None]
+        want = "(n, %d)" % self.dim if batch else "(%d,)" % self.dim
+        if (batch and (arr.ndim != 2 or arr.shape[1] != self.dim)) or \
+                (not batch and arr.shape != (self.dim,)):
+            raise InvalidItemError(f"{what}: vector shape must be {want} for model {self.model_id!r}, "
+                                   f"got {arr.shape}")
+        arr = np.array(arr, dtype=np.float32, ndmin=2)
+        if not np.isfinite(arr).all():
+            raise InvalidItemError(f"{what}: vector contains NaN or infinity")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise InvalidItemError(f"{what}: vector has zero length (cannot be normalised)")
+        return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: an object patch merges key by key (None removes), anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def parse_position(position: str) -> tuple[int, int]:
+    """The (sequence number, edits) of a `Store.position()` token; InvalidItemError when malformed."""
+    seq, dot, edits = position.partition(".") if isinstance(position, str) else ("", "", "")
+    if not (dot and seq.isascii() and seq.isdigit() and edits.isascii() and edits.isdigit()
+            and len(seq) <= 19 and len(edits) <= 19):
+        raise InvalidItemError(f"a store position is two whole numbers joined by a dot, like '1042.7' "
+                               f"(what a write answered), got {str(position)[:40]!r}")
+    return int(seq), int(edits)

@@ -1,0 +1,630 @@
+"""A gallery kept in Milvus instead of this process's folder: the same surface as `Store`, so that many
+stateless API processes, on as many machines, serve and write one gallery (docs/index.md "Milvus").
+
+Each gallery is one collection ("simsearch_" + its name) of: id (primary key), seq (insertion order, for
+the listing), vector, label, metadata (its JSON text, returned as stored), thumbnail (base64) and
+`match`, a JSON object derived from the label and metadata that `where` filters run on. Milvus's own
+JSON comparisons do not keep JSON's types apart (true == 1, a null value is a missing key, and != skips
+items without the key), so `match` holds each metadata value under a key that names its type, and a
+filter becomes an expression over those keys with the semantics of `index.check_where` (docs/index.md
+"Filters"): the same items match in both stores (tests/index/test_milvus.py compares them).
+
+Reads are at Milvus's Strong consistency level: every process sees every write that was acknowledged
+before the read began, so positions never need to wait (`reaches` is always true).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import _filter
+from ._checks import KEEP, ItemChecks, merge_patch, parse_position
+from ._errors import InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StoreError, StoreMissingError
+from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
+from ._types import Hit, Item, score_to_distance
+
+log = logging.getLogger("index")
+
+PREFIX = "simsearch_"
+MAX_TEXT = 65_535          # Milvus's longest VARCHAR, in bytes
+MAX_THUMBNAIL = MAX_TEXT // 4 * 3   # bytes whose base64 fits in one VARCHAR
+MAX_LABEL_BYTES = 4096
+_PAGE = 1000               # rows a query or a get asks for at once (Milvus caps offset + limit at 16,384)
+_KEY_HASH = 16             # hex digits of a metadata key's or value's hash in `match`
+_INDEXES = {               # simsearch's index kinds as Milvus index parameters (metric: inner product)
+    "flat": ("FLAT", {}, {}),
+    "hnsw": ("HNSW", {"M": 32, "efConstruction": 200}, {"ef": 128}),
+    "ivf": ("IVF_FLAT", {"nlist": 1024}, {"nprobe": 32}),
+}
+_STRONG = "Strong"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class MilvusConfig:
+    """How to reach a gallery in Milvus.
+
+    uri: a Milvus server ("http://milvus:19530"; Zilliz Cloud's endpoint) or a Milvus Lite file
+        ("./galleries.db": a Milvus in this process, for one process or for tests).
+    token: "user:password" or an API key, when the server asks for one.
+    db_name: the Milvus database (its default when None).
+    gallery: the gallery's name (index.check_gallery_name); its collection is "simsearch_" + name.
+    dim, model_id: what produced the vectors; None adopts what the collection records (it must then
+        exist). Given values must match an existing collection (ModelMismatchError).
+    index: "flat" (exact; the default), "hnsw" or "ivf", for a new collection.
+    read_only: no writes (ReadOnlyError); a collection that does not exist is StoreMissingError.
+    """
+
+    uri: str
+    token: str | None = None
+    db_name: str | None = None
+    gallery: str = DEFAULT_GALLERY
+    dim: int | None = None
+    model_id: str | None = None
+    index: str | None = None
+    read_only: bool = False
+
+
+def collection_name(gallery: str) -> str:
+    """The collection holding `gallery`: "simsearch_" + the name, "_" written "__" and "-" written "_d"
+    (collection names take letters, digits and "_" only), so that two galleries never share one."""
+    return PREFIX + check_gallery_name(gallery).replace("_", "__").replace("-", "_d")
+
+
+def _gallery_of(collection: str) -> str | None:
+    if not collection.startswith(PREFIX):
+        return None
+    out, rest = [], collection[len(PREFIX):]
+    i = 0
+    while i < len(rest):
+        if rest[i] == "_":
+            nxt = rest[i + 1:i + 2]
+            if nxt not in ("_", "d"):
+                return None
+            out.append("_" if nxt == "_" else "-")
+            i += 2
+        else:
+            out.append(rest[i])
+            i += 1
+    name = "".join(out)
+    return name if _NAME.fullmatch(name) and collection_name(name) == collection else None
+
+
+def _client(uri: str, token: str | None, db_name: str | None):
+    from pymilvus import MilvusClient   # the `milvus` extra: imported only by those who use it
+
+    kwargs: dict[str, Any] = {"uri": uri}
+    if token:
+        kwargs["token"] = token
+    if db_name:
+        kwargs["db_name"] = db_name
+    if "://" not in uri:   # Milvus Lite reports no session time to iterators; pymilvus warns on each, harmlessly
+        logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+    try:
+        return MilvusClient(**kwargs)
+    except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds; the message says which)
+        raise StoreError(f"cannot reach Milvus at {redact(uri)}: {exc}") from exc
+
+
+def redact(uri: str) -> str:
+    """The uri without a password (for logs and errors)."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+def milvus_gallery_names(uri: str, token: str | None = None, db_name: str | None = None) -> list[str]:
+    """The galleries that have a collection in this Milvus database: the default first, then by name."""
+    client = _client(uri, token, db_name)
+    try:
+        names = {_gallery_of(c) for c in client.list_collections()} - {None}
+    finally:
+        client.close()
+    return ([DEFAULT_GALLERY] if DEFAULT_GALLERY in names else []) + sorted(n for n in names if n != DEFAULT_GALLERY)
+
+
+def drop_milvus_gallery(uri: str, gallery: str, token: str | None = None, db_name: str | None = None) -> bool:
+    """Drop the gallery's collection and everything in it; False when there was none."""
+    client = _client(uri, token, db_name)
+    try:
+        name = collection_name(gallery)
+        if not client.has_collection(name):
+            return False
+        client.drop_collection(name)
+        return True
+    finally:
+        client.close()
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=_KEY_HASH // 2).hexdigest()
+
+
+def match_fields(label: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The `match` object of an item: "l" the label's hash; for each metadata key (by its hash h):
+    "e"+h for any value, and one of "h"+h (a string's hash) with "s"+h (the string, for ranges), "n"+h (a
+    number), "b"+h (1 true, 0 false) or "z"+h (null). Lists and objects get "e"+h alone."""
+    out: dict[str, Any] = {}
+    if label is not None:
+        out["l"] = _hash(label)
+    for key, value in metadata.items():
+        h = _hash(key)
+        out["e" + h] = 1
+        if isinstance(value, str):
+            out["h" + h] = _hash(value)
+            out["s" + h] = value
+        elif isinstance(value, bool):
+            out["b" + h] = int(value)
+        elif isinstance(value, (int, float)):
+            out["n" + h] = value
+        elif value is None:
+            out["z" + h] = 1
+    return out
+
+
+def _path(kind: str, key: str) -> str:
+    return f'match["{kind}{_hash(key)}"]'
+
+
+def _literal(value: str | int | float) -> str:
+    """A string or number as a Milvus expression literal (strings quoted and escaped)."""
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise InvalidItemError(f"where: the Milvus store cannot compare with a string holding control "
+                                   f"characters, got {value[:40]!r}")
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
+            .replace("\r", "\\r").replace("\t", "\\t") + '"'
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def _equals(key: str, vk: Any) -> tuple[str, str]:
+    """(the expression that key has the value key vk, the path whose presence it needs)."""
+    if isinstance(vk, str):
+        p = _path("h", key)
+        return f'{p} == "{_hash(vk)}"', p
+    if isinstance(vk, tuple):   # ("bool", True) / ("NoneType", None): _filter.value_key
+        if vk[0] == "bool":
+            p = _path("b", key)
+            return f"{p} == {int(vk[1])}", p
+        p = _path("z", key)
+        return f"{p} == 1", p
+    p = _path("n", key)
+    return f"{p} == {_literal(vk)}", p
+
+
+def _not_equals(key: str, vk: Any) -> str:
+    # Milvus's comparisons with a missing path are null, and so is their negation: the presence test
+    # makes an item without the key match, as $ne asks
+    expr, p = _equals(key, vk)
+    return f"(not exists {p} or not ({expr}))"
+
+
+def where_expression(conditions: Iterable[_filter.Condition]) -> str:
+    """A filter's conditions (index.check_where's canonical form) as one Milvus boolean expression."""
+    parts = []
+    for key, op, operand in conditions:
+        if op == "or":
+            parts.append("(" + " or ".join(where_expression(sub) for sub in operand) + ")")
+        elif op == "and":
+            parts.append("(" + " and ".join(where_expression(sub) for sub in operand) + ")")
+        elif op == "eq":
+            parts.append(_equals(key, operand)[0])
+        elif op == "ne":
+            parts.append(_not_equals(key, operand))
+        elif op == "in":
+            parts.append("(" + " or ".join(_equals(key, v)[0] for v in operand) + ")")
+        elif op == "nin":
+            parts.append("(" + " and ".join(_not_equals(key, v) for v in operand) + ")")
+        elif op == "exists":
+            parts.append(f"{'' if operand else 'not '}exists {_path('e', key)}")
+        else:   # range: numbers with numbers, strings with strings
+            kind, low, low_incl, high, high_incl = operand
+            p = _path("s" if kind == "str" else "n", key)
+            terms = []   # a missing path compares as null: no exists test needed
+            if low is not None:
+                terms.append(f"{p} {'>=' if low_incl else '>'} {_literal(low)}")
+            if high is not None:
+                terms.append(f"{p} {'<=' if high_incl else '<'} {_literal(high)}")
+            parts.append("(" + " and ".join(terms) + ")")
+    return " and ".join(parts)
+
+
+class MilvusStore(ItemChecks):
+    """A gallery in a Milvus collection, with Store's methods (docs/CONTRACTS.md). Open with
+    MilvusStore.open(config). Thread-safe (pymilvus's client is); writes acknowledged by Milvus."""
+
+    @classmethod
+    def open(cls, config: MilvusConfig) -> "MilvusStore":
+        """Connect, and make the gallery's collection when it does not exist (not when read_only)."""
+        self = cls.__new__(cls)
+        self.config = config
+        self.gallery = check_gallery_name(config.gallery)
+        self.collection = collection_name(self.gallery)
+        self._client = _client(config.uri, config.token, config.db_name)
+        self._lock = threading.Lock()   # this process's read-modify-write (update) and seq
+        self._last_seq = 0
+        self._closed = False
+        try:
+            props = self._properties()
+            if props is None:
+                if config.read_only:
+                    raise StoreMissingError(f"Milvus at {redact(config.uri)} has no collection {self.collection} "
+                                            f"(gallery {self.gallery!r}) yet")
+                if config.dim is None or config.model_id is None:
+                    raise StoreMissingError(f"Milvus at {redact(config.uri)} has no collection {self.collection}: "
+                                            "a new gallery needs the model's dim and model_id")
+                props = self._create(config)
+            self._load()
+        except BaseException:
+            self._client.close()
+            raise
+        self.dim = int(props["simsearch.dim"])
+        self.model_id = props["simsearch.model_id"]
+        self.spec = props.get("simsearch.index", "flat")
+        self._made = props.get("simsearch.made")
+        if (config.dim is not None and config.dim != self.dim) or \
+                (config.model_id is not None and config.model_id != self.model_id):
+            self._client.close()
+            raise ModelMismatchError(
+                f"gallery {self.gallery!r} in Milvus ({self.collection}) holds vectors of model {self.model_id!r} "
+                f"(dim {self.dim}), not {config.model_id!r} (dim {config.dim}); use that model, or another gallery")
+        return self
+
+    def _load(self) -> None:
+        # a collection must be loaded to be read; a restarted Milvus (Lite) can hold it released
+        from pymilvus.client.types import LoadState
+
+        if self._client.get_load_state(self.collection).get("state") != LoadState.Loaded:
+            self._client.load_collection(self.collection)
+
+    def _properties(self) -> dict[str, str] | None:
+        if not self._client.has_collection(self.collection):
+            return None
+        props = dict(self._client.describe_collection(self.collection).get("properties") or {})
+        if "simsearch.dim" not in props:
+            raise StoreError(f"the collection {self.collection} in Milvus at {redact(self.config.uri)} was not made "
+                             "by simsearch (it records no model); drop it or use another gallery name")
+        return props
+
+    def _create(self, config: MilvusConfig) -> dict[str, str]:
+        from pymilvus import DataType
+
+        spec = config.index or "flat"
+        if spec not in _INDEXES:
+            raise InvalidItemError(f"the Milvus store's index kinds are {', '.join(_INDEXES)}; got {spec!r}")
+        kind, build, _ = _INDEXES[spec]
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=4 * 1024)
+        schema.add_field("seq", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(config.dim))
+        schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_BYTES, nullable=True)
+        schema.add_field("metadata", DataType.VARCHAR, max_length=MAX_TEXT)
+        schema.add_field("match", DataType.JSON)
+        schema.add_field("thumbnail", DataType.VARCHAR, max_length=MAX_TEXT, nullable=True)
+        params = self._client.prepare_index_params()
+        params.add_index("vector", index_type=kind, metric_type="IP", params=build)
+        props = {"simsearch.dim": str(int(config.dim)), "simsearch.model_id": config.model_id,
+                 "simsearch.index": spec, "simsearch.made": uuid.uuid4().hex}
+        try:
+            self._client.create_collection(self.collection, schema=schema, index_params=params,
+                                           consistency_level=_STRONG, properties=props)
+        except Exception:  # noqa: BLE001  (another process made it first: use that one)
+            made = self._properties()
+            if made is None:
+                raise
+            return made
+        log.info("index: made the Milvus collection %s (gallery %s, %s, dim %d, model %s)", self.collection,
+                 self.gallery, spec, config.dim, config.model_id)
+        return props
+
+    # ---- checks ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the gallery {self.gallery!r} in Milvus is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.config.read_only:
+            raise ReadOnlyError(f"the gallery {self.gallery!r} in Milvus was opened read-only")
+
+    def _row(self, item: Item, vector: np.ndarray, seq: int) -> dict[str, Any]:
+        label, meta_json, thumb = self._validate(item)
+        if len(meta_json) > MAX_TEXT:
+            raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, more than the "
+                                   f"{MAX_TEXT} a Milvus store holds")
+        if label is not None and len(label.encode("utf-8")) > MAX_LABEL_BYTES:
+            raise InvalidItemError(f"item {item.id!r}: the label is {len(label.encode('utf-8'))} bytes, more than "
+                                   f"the {MAX_LABEL_BYTES} a Milvus store holds")
+        if thumb is not None and len(thumb) > MAX_THUMBNAIL:
+            raise InvalidItemError(f"item {item.id!r}: the thumbnail is {len(thumb)} bytes, more than the "
+                                   f"{MAX_THUMBNAIL} a Milvus store holds (a smaller SIMSEARCH_THUMBNAIL_SIZE)")
+        match = match_fields(label, json.loads(meta_json))
+        if len(json.dumps(match)) > MAX_TEXT:
+            raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys need more than "
+                                   f"the {MAX_TEXT} bytes a Milvus store gives the filter fields of one item")
+        return {"id": item.id, "seq": seq, "vector": vector.tolist(), "label": label, "metadata": meta_json,
+                "match": match, "thumbnail": base64.b64encode(thumb).decode("ascii") if thumb is not None else None}
+
+    def _next_seqs(self, n: int) -> int:
+        # insertion order across processes: the clock in microseconds, never backwards in this process
+        with self._lock:
+            first = max(self._last_seq + 1, time.time_ns() // 1000)
+            self._last_seq = first + n - 1
+        return first
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def upsert(self, items: Sequence[Item]) -> int:
+        """Add or replace items (same id: replaced, moved to the end of the listing). All are checked
+        first; an invalid one writes nothing. Acknowledged by Milvus when it returns."""
+        self._check_writable()
+        latest: dict[str, Item] = {}
+        for item in items:
+            latest[self._check_id(item.id)] = item
+        if not latest:
+            return 0
+        batch = list(latest.values())
+        vecs = self._check_vectors(batch)
+        seq = self._next_seqs(len(batch))
+        rows = [self._row(item, vecs[j], seq + j) for j, item in enumerate(batch)]
+        for i in range(0, len(rows), _PAGE):
+            self._client.upsert(self.collection, rows[i:i + _PAGE])
+        return len(rows)
+
+    def update(self, id: str, label: Any = KEEP, metadata_patch: dict[str, Any] | None = None) -> Item:
+        """Change an item's label and/or metadata, keeping its vector, thumbnail and place in the
+        listing; as Store.update (label None removes it; metadata_patch is an RFC 7396 merge patch).
+        KeyError when no item has the id. Two processes editing one item at once: the last write wins."""
+        self._check_writable()
+        id = self._check_id(id)
+        if metadata_patch is not None and not isinstance(metadata_patch, dict):
+            raise InvalidItemError(f"item {id!r}: the metadata patch must be a JSON object (dict), "
+                                   f"got {type(metadata_patch).__name__}")
+        with self._lock:
+            row = self._get([id], ["seq", "vector", "label", "metadata", "thumbnail"]).get(id)
+            if row is None:
+                raise KeyError(id)
+            meta = json.loads(row["metadata"])
+            if metadata_patch is not None:
+                meta = merge_patch(meta, metadata_patch)
+            thumb = row.get("thumbnail")
+            item = Item(id, np.asarray(row["vector"], dtype=np.float32), row.get("label") if label is KEEP else label,
+                        meta, base64.b64decode(thumb) if thumb is not None else None)
+            self._client.upsert(self.collection, [self._row(item, item.vector, int(row["seq"]))])
+        return Item(id, item.vector, item.label, json.loads(json.dumps(meta)))
+
+    def delete(self, ids: Iterable[str]) -> list[str]:
+        """Delete items by id; returns the ids that existed (and are now gone)."""
+        self._check_writable()
+        ids = list(dict.fromkeys(self._check_id(i) for i in ids))
+        if not ids:
+            return []
+        found = self.has_ids(ids)
+        gone = [i for i in ids if i in found]
+        for i in range(0, len(gone), _PAGE):
+            self._client.delete(self.collection, ids=gone[i:i + _PAGE])
+        return gone
+
+    def delete_where(self, label: str | None = None, where: dict[str, Any] | None = None) -> list[str]:
+        """Delete every item with this label and/or matching this filter (one of the two is required);
+        returns their ids."""
+        self._check_writable()
+        if label is None and where is None:
+            raise InvalidItemError("delete_where needs a label or a where filter (it never empties the store)")
+        expr = self._filter(label, _filter.check_where(where))
+        return self.delete([r["id"] for r in self._scan(expr, [])])
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def _get(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict]:
+        self._check_open()
+        out: dict[str, dict] = {}
+        unique = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
+        for i in range(0, len(unique), _PAGE):
+            for row in self._client.get(self.collection, ids=unique[i:i + _PAGE], output_fields=fields,
+                                        consistency_level=_STRONG):
+                out[row["id"]] = row
+        return out
+
+    def _item(self, row: dict) -> Item:
+        return Item(row["id"], np.asarray(row["vector"], dtype=np.float32), row.get("label"),
+                    json.loads(row["metadata"]))
+
+    def get(self, id: str) -> Item | None:
+        """The item with this id (vector, label, metadata; thumbnail not loaded), or None."""
+        return self.get_many([id])[0]
+
+    def get_many(self, ids: Sequence[str]) -> list[Item | None]:
+        """get() for many ids: one entry per id, in order, None where absent."""
+        rows = self._get(ids, ["vector", "label", "metadata"])
+        return [self._item(rows[i]) if i in rows else None for i in ids]
+
+    def thumbnail(self, id: str) -> bytes | None:
+        """The stored thumbnail bytes of an item, or None."""
+        row = self._get([id], ["thumbnail"]).get(id)
+        return None if row is None or row.get("thumbnail") is None else base64.b64decode(row["thumbnail"])
+
+    def has_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of `ids` present in the gallery."""
+        return set(self._get(list(ids), ["seq"]))
+
+    def _filter(self, label: str | None, conditions, exclude: str | None = None) -> str:
+        parts = []
+        if label is not None:
+            parts.append(f'match["l"] == "{_hash(label)}"')
+        if conditions is not None:
+            parts.append("(" + where_expression(conditions) + ")")
+        if exclude is not None:
+            parts.append(f"id != {_literal(exclude)}" if not _CONTROL.search(exclude)
+                         else f'not (id in [{_literal(exclude)}])')
+        return " and ".join(parts)
+
+    def _scan(self, expr: str, fields: list[str]):
+        """Every row matching expr (all when empty), in pages of _PAGE, with these fields and the id."""
+        self._check_open()
+        it = self._client.query_iterator(self.collection, batch_size=_PAGE, filter=expr, output_fields=fields or ["id"],
+                                         consistency_level=_STRONG)
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    return
+                yield from page
+        finally:
+            it.close()
+
+    def count(self, label: str | None = None, where: dict[str, Any] | None = None) -> int:
+        """Number of items (with this label, and matching this metadata filter, when given)."""
+        expr = self._filter(label, _filter.check_where(where))
+        self._check_open()
+        rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"], consistency_level=_STRONG)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def labels(self) -> dict[str | None, int]:
+        """Histogram of labels: label -> number of items (None for unlabelled)."""
+        counts: dict[str | None, int] = {}
+        for row in self._scan("", ["label"]):
+            counts[row.get("label")] = counts.get(row.get("label"), 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+    def index_metadata(self, keys: Iterable[str]) -> dict[str, int]:
+        """Each key's number of distinct values (Milvus filters need no index built by simsearch)."""
+        keys = list(dict.fromkeys(keys))
+        bad = [k for k in keys if not isinstance(k, str) or not k]
+        if bad:
+            raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")
+        values: dict[str, set] = {k: set() for k in keys}
+        for row in self._scan("", ["metadata"]):
+            meta = json.loads(row["metadata"])
+            for k in keys:
+                if k in meta:
+                    values[k].add(_filter.value_key(meta[k]))
+        return {k: len(v) for k, v in values.items()}
+
+    def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
+             where: dict[str, Any] | None = None) -> list[Item]:
+        """Items in insertion order (an upsert moves an item to the end), paginated; label and where
+        filter as in search. Reads the ids and positions of every matching item to order them."""
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+        expr = self._filter(label, _filter.check_where(where))
+        order = sorted(((r["seq"], r["id"]) for r in self._scan(expr, ["seq"])))
+        page = [i for _, i in order[offset:offset + limit]]
+        return [it for it in self.get_many(page) if it is not None]
+
+    # ---- search ------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
+               max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
+        """The k nearest items of each query row (inner product on unit vectors), best first; label,
+        where and max_distance as in Store.search."""
+        self._check_open()
+        q = self._check_vector(queries, "query", batch=True)
+        self._check_search(k, max_distance)
+        return self._search(q, k, label, max_distance, _filter.check_where(where), None)
+
+    def search_by_id(self, id: str, k: int = 10, label: str | None = None,
+                     max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
+        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
+        conditions = _filter.check_where(where)
+        item = self.get(id)
+        if item is None:
+            raise KeyError(id)
+        self._check_search(k, max_distance)
+        return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
+
+    @staticmethod
+    def _check_search(k: Any, max_distance: Any) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
+        if max_distance is not None and (not isinstance(max_distance, (int, float))
+                                         or not math.isfinite(max_distance) or max_distance < 0):
+            raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
+
+    def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:
+        expr = self._filter(label, conditions, exclude)
+        params = {"metric_type": "IP", "params": dict(_INDEXES.get(self.spec, _INDEXES["flat"])[2])}
+        if "ef" in params["params"]:
+            params["params"]["ef"] = max(params["params"]["ef"], k)
+        found = self._client.search(self.collection, data=q.tolist(), limit=k, filter=expr,
+                                    output_fields=["label", "metadata"], search_params=params,
+                                    consistency_level=_STRONG)
+        out = []
+        for hits in found:
+            row = []
+            for h in hits:
+                score = float(h["distance"])
+                distance = score_to_distance(score)
+                if max_distance is not None and distance > max_distance:
+                    continue
+                entity = h.get("entity") or {}
+                row.append(Hit(str(h["id"]), score, distance, entity.get("label"), json.loads(entity["metadata"])))
+            out.append(row)
+        return out
+
+    # ---- the rest of Store's surface -------------------------------------------------------
+
+    def position(self) -> str:
+        """Always "0.0": every read sees every acknowledged write (Strong consistency)."""
+        self._check_open()
+        return "0.0"
+
+    def reaches(self, position: str) -> bool:
+        """True for any well-formed position token: no process lags another. InvalidItemError otherwise."""
+        parse_position(position)
+        return True
+
+    def refresh(self) -> tuple[int, int, int]:
+        """Nothing to apply: Milvus holds the one copy. (0, 0, 0)."""
+        self._check_open()
+        return 0, 0, 0
+
+    def folder_changed(self) -> bool:
+        """True when the gallery's collection was dropped, or dropped and made anew, since it was opened
+        (by another process: this one should forget it)."""
+        try:
+            props = self._properties()
+        except StoreError:
+            return True
+        return props is None or props.get("simsearch.made") != self._made
+
+    def snapshot(self) -> int:
+        """Nothing to write: Milvus persists its own segments. 0."""
+        return 0
+
+    def rebuild(self, reason: str = "asked") -> None:
+        """Nothing to rebuild here: Milvus maintains its own index."""
+
+    def info(self) -> dict[str, Any]:
+        """count, dim, model_id, index, index_kind, backend ("milvus"), uri (without a password), collection."""
+        return {"count": self.count(), "dim": self.dim, "model_id": self.model_id, "index": self.spec,
+                "index_kind": _INDEXES.get(self.spec, ("?",))[0], "exact": self.spec == "flat",
+                "backend": "milvus", "uri": redact(self.config.uri), "collection": self.collection,
+                "path": f"{redact(self.config.uri)}#{self.collection}"}
+
+    def close(self) -> None:
+        """Release the connection (nothing to flush: every write was acknowledged by Milvus)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,274 @@
+"""The Milvus store (index.MilvusStore) against a real Milvus: Milvus Lite, in this process (a file) or as
+its own server process. It must answer as the FAISS store does: the same filters select the same items,
+the same searches find the same neighbours, the same bad input is refused, and what it acknowledged
+survives the Milvus server being killed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+
+import index  # noqa: E402
+from index import InvalidItemError, Item, MilvusConfig, MilvusStore  # noqa: E402
+from index._milvus import _gallery_of, collection_name, match_fields, where_expression  # noqa: E402
+
+from .conftest import DIM, unit  # noqa: E402
+from .test_store import _OPS_METAS, _reference  # noqa: E402
+
+MODEL = "test-model@000000000000"
+
+
+@pytest.fixture
+def open_milvus(tmp_path):
+    """open_milvus(**config) -> a MilvusStore on a Milvus Lite file in tmp_path (closed at teardown)."""
+    opened: list[MilvusStore] = []
+
+    def _open(**kw) -> MilvusStore:
+        kw.setdefault("uri", str(tmp_path / "milvus.db"))
+        kw.setdefault("dim", DIM)
+        kw.setdefault("model_id", MODEL)
+        store = MilvusStore.open(MilvusConfig(**kw))
+        opened.append(store)
+        return store
+
+    yield _open
+    for s in opened:
+        s.close()
+
+
+def test_items_round_trip_with_normalised_vectors_labels_metadata_and_thumbnails(open_milvus):
+    store = open_milvus()
+    v = np.arange(1, DIM + 1, dtype=np.float32)
+    meta = {"year": 2020, "ratio": 1.0, "tags": ["a", "b"], "deep": {"x": None}, "quote": 'say "hi"\\'}
+    assert store.upsert([Item("a/1.jpg", v, "cat", meta, b"\xff\xd8jpeg"), Item("b", -v)]) == 2
+    got = store.get("a/1.jpg")
+    assert np.allclose(got.vector, v / np.linalg.norm(v), atol=1e-6) and got.label == "cat"
+    assert json.dumps(got.metadata) == json.dumps(meta)   # as stored: 1.0 stays 1.0, key order kept
+    assert store.thumbnail("a/1.jpg") == b"\xff\xd8jpeg" and store.thumbnail("b") is None
+    assert [it.id if it else None for it in store.get_many(["b", "zz", "a/1.jpg"])] == ["b", None, "a/1.jpg"]
+    assert store.has_ids(["b", "zz"]) == {"b"} and store.count() == 2 and store.labels() == {None: 1, "cat": 1}
+
+
+def test_replacing_an_item_moves_it_to_the_end_and_editing_keeps_its_place(open_milvus):
+    store = open_milvus()
+    vecs = unit(np.random.default_rng(1), 4)
+    store.upsert([Item(f"i{j}", vecs[j], "x", {"n": j}, b"t%d" % j) for j in range(4)])
+    store.upsert([Item("i1", vecs[1], "y", {"n": 10})])
+    assert [it.id for it in store.list()] == ["i0", "i2", "i3", "i1"]
+    edited = store.update("i2", metadata_patch={"n": None, "new": True})
+    assert edited.metadata == {"new": True} and edited.label == "x"
+    assert store.update("i0", label=None).label is None and store.thumbnail("i0") == b"t0"
+    assert [it.id for it in store.list()] == ["i0", "i2", "i3", "i1"]
+    assert [it.id for it in store.list(offset=1, limit=2)] == ["i2", "i3"]
+    assert store.count(label="x") == 2 and store.count(where={"new": True}) == 1
+    with pytest.raises(KeyError):
+        store.update("nope", label="z")
+
+
+def test_deletes_return_what_existed_and_delete_where_removes_exactly_the_matching_items(open_milvus):
+    store = open_milvus()
+    vecs = unit(np.random.default_rng(2), 6)
+    store.upsert([Item(f"i{j}", vecs[j], "odd" if j % 2 else "even", {"j": j}) for j in range(6)])
+    assert store.delete(["i0", "nope", "i0"]) == ["i0"]
+    assert sorted(store.delete_where(label="odd", where={"j": {"$gte": 3}})) == ["i3", "i5"]
+    assert sorted(it.id for it in store.list()) == ["i1", "i2", "i4"]
+    with pytest.raises(InvalidItemError, match="needs a label or a where"):
+        store.delete_where()
+
+
+def test_search_finds_the_exact_nearest_items_as_the_faiss_store_does(open_milvus, open_store):
+    rng = np.random.default_rng(3)
+    vecs, queries = unit(rng, 500), unit(rng, 20)
+    items = [Item(f"i{j}", vecs[j], f"c{j % 5}", {"j": j}) for j in range(500)]
+    milvus, faiss_store = open_milvus(), open_store()
+    milvus.upsert(items)
+    faiss_store.upsert(items)
+    for kw in ({}, {"label": "c2"}, {"where": {"j": {"$lt": 100}}}, {"max_distance": 1.2}):
+        got, want = milvus.search(queries, k=7, **kw), faiss_store.search(queries, k=7, **kw)
+        assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in want], kw
+        assert np.allclose([h.score for row in got for h in row], [h.score for row in want for h in row], atol=1e-5)
+    assert [h.id for h in milvus.search_by_id("i7", k=5)] == [h.id for h in faiss_store.search_by_id("i7", k=5)]
+    assert "i7" not in [h.id for h in milvus.search_by_id("i7", k=50)]
+    hit = milvus.search(vecs[4], k=1)[0][0]
+    assert (hit.id, hit.label, hit.metadata) == ("i4", "c4", {"j": 4}) and hit.score == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.parametrize("where", [w for w, _ in [
+    ({"year": {"$gte": 2020}}, 0), ({"year": {"$in": [2019, "2020", True]}}, 0), ({"src": {"$ne": "phone"}}, 0),
+    ({"tags": {"$ne": "x"}}, 0), ({"nobody": {"$ne": 1}}, 0), ({"src": {"$in": ["phone", None], "$ne": None}}, 0),
+    ({"$or": [{"src": {"$ne": "phone"}}, {"year": 2021}]}, 0),
+    ({"$and": [{"$or": [{"year": 2020}, {"year": 2021}]}, {"$or": [{"src": "phone"}, {"day": {"$lt": "2021"}}]}]}, 0)]])
+def test_the_faiss_stores_filter_cases_select_the_same_items(open_milvus, where):
+    store = open_milvus()
+    vecs = unit(np.random.default_rng(12), len(_OPS_METAS))
+    store.upsert([Item(f"o{i}", vecs[i], None, m) for i, m in enumerate(_OPS_METAS)])
+    want = [f"o{i}" for i, m in enumerate(_OPS_METAS) if _reference(m, where)]
+    assert sorted(h.id for h in store.search(vecs[0], k=10, where=where)[0]) == want
+    assert store.count(where=where) == len(want) and [it.id for it in store.list(where=where)] == want
+
+
+_VALUES = [1, 1.0, 2, -3.5, 2020, "1", "x", "y", "2020-06-30", 'q"uote', "back\\slash", "é✓", "", True, False, None,
+           [1], {"o": 1}]
+
+
+def _random_condition(rng: np.random.Generator, depth: int = 0) -> dict:
+    key = f"k{rng.integers(3)}"
+    pick = lambda: _VALUES[rng.integers(len(_VALUES) - 2)]  # noqa: E731  (scalars only)
+    op = rng.integers(9 if depth < 2 else 7)
+    if op == 0:
+        return {key: pick()}
+    if op == 1:
+        return {key: {"$ne": pick()}}
+    if op == 2:
+        return {key: {"$in": [pick() for _ in range(rng.integers(1, 4))]}}
+    if op == 3:
+        return {key: {"$nin": [pick() for _ in range(rng.integers(1, 4))]}}
+    if op == 4:
+        return {key: {"$exists": bool(rng.integers(2))}}
+    if op == 5:
+        low, high = sorted([float(rng.integers(-5, 2030)), float(rng.integers(-5, 2030))])
+        return {key: {"$gte" if rng.integers(2) else "$gt": low, "$lte" if rng.integers(2) else "$lt": high}}
+    if op == 6:
+        return {key: {"$gt" if rng.integers(2) else "$lte": ["1", "x", "2020", "é"][rng.integers(4)]}}
+    logical = "$or" if op == 7 else "$and"
+    return {logical: [_random_condition(rng, depth + 1) for _ in range(rng.integers(1, 4))]}
+
+
+def test_random_filters_select_the_same_items_in_milvus_as_the_reference_and_the_faiss_store(open_milvus, open_store):
+    """Milvus's own JSON comparisons take true for 1 and a null value for a missing key; the store's
+    typed `match` fields must give the FAISS store's answers (docs/index.md "Filters") on every value."""
+    rng = np.random.default_rng(7)
+    metas = []
+    for _ in range(240):
+        metas.append({f"k{k}": _VALUES[rng.integers(len(_VALUES))] for k in range(3) if rng.random() < 0.7})
+    vecs = unit(rng, len(metas))
+    items = [Item(f"m{i:03d}", vecs[i], None, m) for i, m in enumerate(metas)]
+    milvus, faiss_store = open_milvus(), open_store()
+    milvus.upsert(items)
+    faiss_store.upsert(items)
+    nonempty = 0
+    for _ in range(150):
+        where = {}
+        for _ in range(rng.integers(1, 3)):
+            where.update(_random_condition(rng))
+        want = [f"m{i:03d}" for i, m in enumerate(metas) if _reference(m, where)]
+        assert [it.id for it in faiss_store.list(limit=1000, where=where)] == want, where
+        assert [it.id for it in milvus.list(limit=1000, where=where)] == want, (where, where_expression(index.check_where(where)))
+        nonempty += 0 < len(want) < len(metas)
+    assert nonempty > 50   # the filters tell items apart, rather than keeping all or none
+
+
+def test_bad_items_filters_and_queries_are_refused_naming_the_value(open_milvus):
+    store = open_milvus()
+    good = np.ones(DIM, dtype=np.float32)
+    for bad, match in [(Item("a", np.ones(DIM + 1, np.float32)), "shape"), (Item("a", np.full(DIM, np.nan, np.float32)), "NaN"),
+                       (Item("", good), "non-empty string"), (Item("a", good, metadata={"x": float("inf")}), "JSON"),
+                       (Item("a", good, thumbnail=b"x" * 60_000), "thumbnail is 60000 bytes"),
+                       (Item("a", good, label="l" * 5000), "label is 5000 bytes")]:
+        with pytest.raises(InvalidItemError, match=match):
+            store.upsert([Item("ok", good), bad])
+    assert store.count() == 0   # one bad item writes nothing
+    with pytest.raises(InvalidItemError, match="unknown operator"):
+        store.search(good, where={"x": {"$regex": "a"}})
+    with pytest.raises(InvalidItemError, match="control characters"):
+        store.count(where={"x": {"$gt": "a\x01"}})
+    with pytest.raises(InvalidItemError, match="k must be"):
+        store.search(good, k=0)
+    with pytest.raises(KeyError):
+        store.search_by_id("nope")
+    with pytest.raises(InvalidItemError, match="two whole numbers"):
+        store.reaches("x")
+    assert store.reaches("99999.3") and store.position() == "0.0"
+
+
+def test_a_gallery_records_its_model_and_refuses_another_and_read_only_refuses_writes(open_milvus):
+    open_milvus(gallery="shoes").upsert([Item("a", np.ones(DIM, np.float32))])
+    with pytest.raises(index.ModelMismatchError, match="dim 32.*dim 64"):
+        open_milvus(gallery="shoes", dim=64)
+    with pytest.raises(index.ModelMismatchError, match="other@1"):
+        open_milvus(gallery="shoes", model_id="other@1")
+    adopted = open_milvus(gallery="shoes", dim=None, model_id=None, read_only=True)
+    assert (adopted.dim, adopted.model_id, adopted.count()) == (DIM, MODEL, 1)
+    with pytest.raises(index.ReadOnlyError):
+        adopted.delete(["a"])
+    with pytest.raises(index.StoreMissingError):
+        open_milvus(gallery="hats", read_only=True)
+
+
+def test_galleries_map_to_collections_one_to_one_and_are_listed_and_dropped(open_milvus, tmp_path):
+    names = ["default", "a-b", "a_b", "a__b", "a_d", "a-d", "x" * 63, "0"]
+    assert len({collection_name(n) for n in names}) == len(names)
+    assert all(_gallery_of(collection_name(n)) == n for n in names)
+    assert _gallery_of("simsearch_a_x") is None and _gallery_of("other") is None
+    for n in ["a-b", "default", "a_b"]:
+        open_milvus(gallery=n)
+    uri = str(tmp_path / "milvus.db")
+    assert index.milvus_gallery_names(uri) == ["default", "a-b", "a_b"]
+    store = open_milvus(gallery="a-b")
+    assert not store.folder_changed()
+    assert index.drop_milvus_gallery(uri, "a-b") and not index.drop_milvus_gallery(uri, "a-b")
+    assert store.folder_changed() and index.milvus_gallery_names(uri) == ["default", "a_b"]
+    with pytest.raises(InvalidItemError):
+        collection_name("Bad Name")
+
+
+def test_match_fields_keep_json_types_apart():
+    m = match_fields("cat", {"a": 1, "b": True, "c": None, "d": "1", "e": [1]})
+    kinds = sorted(k[0] for k in m if k != "l")
+    assert kinds == ["b", "e", "e", "e", "e", "e", "h", "n", "s", "z"] and "l" in m
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _milvus_server(data_dir, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, "the Milvus Lite server exited"
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the Milvus Lite server did not listen within 60 s")
+
+
+def test_what_milvus_acknowledged_survives_kill_9_of_the_milvus_server(tmp_path):
+    port = _free_port()
+    server = _milvus_server(tmp_path / "data", port)
+    uri = f"http://127.0.0.1:{port}"
+    vecs = unit(np.random.default_rng(4), 30)
+    try:
+        store = MilvusStore.open(MilvusConfig(uri, dim=DIM, model_id=MODEL))
+        store.upsert([Item(f"i{j}", vecs[j], "x", {"j": j}, b"thumb") for j in range(30)])
+        store.delete(["i0"])
+        store.update("i1", label="y")
+        store.close()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    server = _milvus_server(tmp_path / "data", port)
+    try:
+        store = MilvusStore.open(MilvusConfig(uri, dim=DIM, model_id=MODEL))
+        assert store.count() == 29 and store.get("i1").label == "y" and store.thumbnail("i29") == b"thumb"
+        assert store.search(vecs[5], k=1)[0][0].id == "i5"
+        store.close()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
