@@ -77,6 +77,11 @@ class RequestIdMiddleware:
                 await send_error(send_with_id, 503, "index_unavailable", "the gallery was closed while this request "
                                  "was under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
                 return
+            if index is not None and isinstance(exc, index.StoreUnavailableError):
+                log.error("index unavailable on %s %s (request %s): %s", scope.get("method"), scope.get("path"), rid, exc)
+                await send_error(send_with_id, 503, "index_unavailable", "the database that holds the gallery cannot "
+                                 "be reached just now (the service's log says why); retry", {"Retry-After": "5"})
+                return
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
             await send_error(send_with_id, 500, "internal_error",
                              f"internal error ({type(exc).__name__}); see the server log")

@@ -821,22 +821,18 @@ async def delete_item(request: Request, id: str = Path(), gallery: str = _galler
             summary="the galleries: the default one and the named ones, with their sizes",
             responses={k: _ERRORS[k] for k in (401, 403, 429, 503)})
 async def galleries(request: Request):
-    import index as index_pkg  # see add()
-
     service = _service(request)
 
     def run():
         out = []
-        for name in index_pkg.gallery_names(service.settings.data_dir):
+        for name in service.gallery_names():
             g = service.galleries.get(name)
             if g is not None:
                 out.append(GalleryOut(name=name, count=g.store.count(), open=True))
                 continue
-            try:
-                with index_pkg.StoreReader(index_pkg.gallery_path(service.settings.data_dir, name)) as reader:
-                    out.append(GalleryOut(name=name, count=reader.count(), open=False))
-            except index_pkg.StoreError:   # deleted, or being made, this moment
-                continue
+            count = service.unopened_count(name)
+            if count is not None:
+                out.append(GalleryOut(name=name, count=count, open=False))
         return out
 
     listed = await anyio.to_thread.run_sync(run)

@@ -116,6 +116,8 @@ class Service:
         import index
 
         s = self.settings
+        if s.milvus_uri:
+            return self._open_milvus(embedder, name)
         cfg = index.StoreConfig(path=index.gallery_path(s.data_dir, name), dim=embedder.dim, model_id=embedder.model_id,
                                 index=s.index, use_gpu=False if str(embedder.device) == "cpu" else None,
                                 read_only=s.read_only)
@@ -133,6 +135,58 @@ class Service:
             log.info("metadata keys indexed for filters in %.1f s: %s", time.perf_counter() - t0,
                      ", ".join(f"{k} ({n} values)" for k, n in values.items()))
         return store
+
+    def _open_milvus(self, embedder, name: str):
+        import index
+
+        s = self.settings
+        cfg = index.MilvusConfig(s.milvus_uri, token=s.milvus_token_value(), db_name=s.milvus_db, gallery=name,
+                                 dim=embedder.dim, model_id=embedder.model_id, index=s.index, read_only=s.read_only)
+        try:
+            store = index.MilvusStore.open(cfg)
+        except (index.StoreMissingError, index.ModelMismatchError):
+            raise
+        except Exception as exc:
+            raise RuntimeError(f"cannot open gallery {name!r} in Milvus: {exc}") from exc
+        if s.filter_keys:
+            log.info("metadata keys in gallery %s: %s", name, ", ".join(
+                f"{k} ({n} values)" for k, n in store.index_metadata(s.filter_keys.split(",")).items()))
+        return store
+
+    def gallery_names(self) -> list[str]:
+        """The galleries that exist (in the data folder, or in Milvus), the default first. Blocking."""
+        import index
+
+        s = self.settings
+        if s.milvus_uri:
+            return index.milvus_gallery_names(s.milvus_uri, s.milvus_token_value(), s.milvus_db)
+        return index.gallery_names(s.data_dir)
+
+    def unopened_count(self, name: str) -> int | None:
+        """Items in a gallery this process has not opened, read without opening it (None: gone). Blocking."""
+        import index
+
+        s = self.settings
+        try:
+            if s.milvus_uri:
+                with index.MilvusStore.open(index.MilvusConfig(s.milvus_uri, token=s.milvus_token_value(),
+                                                               db_name=s.milvus_db, gallery=name,
+                                                               read_only=True)) as store:
+                    return store.count()
+            with index.StoreReader(index.gallery_path(s.data_dir, name)) as reader:
+                return reader.count()
+        except index.StoreError:   # deleted, or being made, this moment
+            return None
+
+    def _remove_gallery(self, name: str) -> None:
+        """Delete what holds the named gallery: its folder, or its Milvus collection. Blocking."""
+        import index
+
+        s = self.settings
+        if s.milvus_uri:
+            index.drop_milvus_gallery(s.milvus_uri, name, s.milvus_token_value(), s.milvus_db)
+        else:
+            shutil.rmtree(index.gallery_path(s.data_dir, name).parent)
 
     async def _load(self) -> None:
         import index
@@ -170,7 +224,7 @@ class Service:
         # few seconds, which was the p99 of /search (docs/results/benchmarks.md).
         await anyio.to_thread.run_sync(gc.collect)
         gc.freeze()
-        if s.read_only and s.refresh_seconds > 0:
+        if (s.read_only or s.milvus_uri) and s.refresh_seconds > 0:
             self.metrics.followed.set_to_current_time()   # the store as opened is the writer's state now
             self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="simsearch-follow")
         self.metrics.ready.set(1)
@@ -190,7 +244,7 @@ class Service:
             await asyncio.sleep(self.settings.refresh_seconds)
             for g in list(self.galleries.values()):
                 try:
-                    if self._dropped_by_writer(g):
+                    if await anyio.to_thread.run_sync(self._dropped_by_writer, g, False):
                         await self._forget(g, _DROPPED)
                         continue
                     await anyio.to_thread.run_sync(self._refresh, g.store)
@@ -243,7 +297,7 @@ class Service:
                     return g
                 await self._forget(g, _DROPPED)
             s = self.settings
-            exists = name in index.gallery_names(s.data_dir)
+            exists = name in await anyio.to_thread.run_sync(self.gallery_names)
             if not exists and not (create and not s.read_only):
                 how = "POST /index?gallery=NAME makes one" if not s.read_only else \
                     "galleries are made through the service that writes (this one is read-only)"
@@ -256,7 +310,7 @@ class Service:
             except index.StoreMissingError:   # read-only, and the writer has not finished making it
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} yet") from None
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
-                if not exists:   # nothing half-made is left to be listed as a gallery
+                if not exists and not s.milvus_uri:   # nothing half-made is left to be listed as a gallery
                     await anyio.to_thread.run_sync(
                         lambda: shutil.rmtree(index.gallery_path(s.data_dir, name).parent, ignore_errors=True))
                 cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
@@ -275,14 +329,18 @@ class Service:
             log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())
             return g
 
-    def _dropped_by_writer(self, g: Gallery) -> bool:
-        # one stat of the database file: a replica must not answer from a gallery that no longer exists
-        return self.settings.read_only and g.name != DEFAULT_GALLERY and g.store.folder_changed()
+    def _dropped_by_writer(self, g: Gallery, request: bool = True) -> bool:
+        # read-only: one stat of the database file, so that a replica never answers from a gallery that no
+        # longer exists. In Milvus, where any process may drop a gallery, the check is a round trip: the
+        # follow loop makes it (request=False); a request meanwhile gets the store's StoreClosedError (503)
+        if g.name == DEFAULT_GALLERY:
+            return False
+        if self.settings.milvus_uri:
+            return not request and g.store.folder_changed()
+        return self.settings.read_only and g.store.folder_changed()
 
     async def drop_gallery(self, name: str) -> int:
         """Delete the named gallery `name` (not the default one) and its folder; the items it held."""
-        import index
-
         if name == DEFAULT_GALLERY:
             raise ApiError(422, "invalid_gallery", "the default gallery cannot be deleted (delete its items with "
                            "DELETE /index?label=... or ?where=...)")
@@ -290,10 +348,9 @@ class Service:
         async with self._gallery_lock:
             if self.galleries.get(name) is not g:   # another request dropped it meanwhile
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} (just deleted)")
-            count = g.store.count()
+            count = await anyio.to_thread.run_sync(g.store.count)
             await self._forget(g, "deleted")
-            folder = index.gallery_path(self.settings.data_dir, name).parent
-            await anyio.to_thread.run_sync(shutil.rmtree, folder)
+            await anyio.to_thread.run_sync(self._remove_gallery, name)
         return count
 
     async def _forget(self, g: Gallery, why: str) -> None:

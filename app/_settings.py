@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._images import FORMAT_NAMES, image_policy
 
+MILVUS_INDEXES = ("flat", "hnsw", "ivf")   # index._milvus's kinds, without importing index before /healthz
+
 
 class Settings(BaseSettings):
     """Everything the service can be told. Each field is read from SIMSEARCH_<FIELD> (e.g.
@@ -19,6 +21,13 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="model artifact; default: the bundled CIFAR-10 Hybrid-1")
     data_dir: Path = Field(Path("data"), description="directory holding the index (<data_dir>/index)")
     index: str = Field("flat", description="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string")
+    milvus_uri: str | None = Field(None, description="keep the galleries in Milvus instead of data_dir: a Milvus server "
+                                                     "(http://milvus:19530), which many service processes share, "
+                                                     "or a Milvus Lite file (galleries.db, one process); the "
+                                                     "milvus extra")
+    milvus_token: SecretStr | None = Field(None, description="milvus_uri: user:password or an API key, when the "
+                                                             "server asks for one")
+    milvus_db: str | None = Field(None, description="milvus_uri: the Milvus database (default: its default one)")
     device: str | None = Field(None, description="torch device for the model (cpu, cuda, cuda:1); default: auto")
     trace_model: bool = Field(True, description="run the network as a TorchScript graph when it traces faithfully "
                                                 "(fewer Python calls per batch); false: always the eager modules")
@@ -136,6 +145,33 @@ class Settings(BaseSettings):
             raise ValueError(f"the onnx runtime needs {', '.join(missing)} installed "
                              "(pip install 'simsearch[onnx]')")
         return v
+
+    @field_validator("milvus_uri", "milvus_db")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    @field_validator("milvus_token")
+    @classmethod
+    def _empty_token_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _milvus_installed_and_its_index(self) -> "Settings":
+        if self.milvus_uri is None:
+            return self
+        import importlib.util
+
+        if importlib.util.find_spec("pymilvus") is None:
+            raise ValueError("SIMSEARCH_MILVUS_URI needs pymilvus installed (pip install 'simsearch[milvus]')")
+        if self.index not in MILVUS_INDEXES:
+            raise ValueError(f"SIMSEARCH_INDEX {self.index!r}: with SIMSEARCH_MILVUS_URI the index kinds are "
+                             f"{', '.join(MILVUS_INDEXES)} (Milvus builds and keeps the index)")
+        return self
+
+    def milvus_token_value(self) -> str | None:
+        """The Milvus token as a string, or None."""
+        return self.milvus_token.get_secret_value() if self.milvus_token is not None else None
 
     @model_validator(mode="after")
     def _onnx_on_the_cpu(self) -> "Settings":

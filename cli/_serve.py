@@ -11,6 +11,7 @@ from ._errors import CliError
 # CLI option -> the SIMSEARCH_* variable it sets (app.Settings reads them).
 _ENV = {
     "model": "SIMSEARCH_MODEL_PATH", "data": "SIMSEARCH_DATA_DIR", "index": "SIMSEARCH_INDEX",
+    "milvus_uri": "SIMSEARCH_MILVUS_URI",
     "device": "SIMSEARCH_DEVICE", "runtime": "SIMSEARCH_RUNTIME",
     "api_key": "SIMSEARCH_API_KEY", "api_key_file": "SIMSEARCH_API_KEY_FILE",
     "max_body_bytes": "SIMSEARCH_MAX_BODY_BYTES", "max_pixels": "SIMSEARCH_MAX_PIXELS",
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
     p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
     p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default flat)")
+    p.add_argument("--milvus-uri", help="keep the galleries in Milvus instead of DATA: a server (http://milvus:19530; "
+                                        "many service processes may share it) or a Milvus Lite file (galleries.db); "
+                                        "SIMSEARCH_MILVUS_TOKEN for its credentials (the milvus extra)")
     p.add_argument("--device", help="torch device for the model: cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--runtime", help="what runs the network: torch (default) or onnx (onnxruntime on the CPU, "
                                      "faster at the small batches a server sees; the onnx extra)")

@@ -14,8 +14,8 @@
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
 """
 from ._backup import backup
-from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError,
-                      StorageError, StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
+from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
+                      StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._faiss import PRESETS
 from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path
 from ._reader import Check, Row, StoreReader
@@ -30,6 +30,6 @@ PRESET_NAMES = tuple(PRESETS)
 __all__ = [
     "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "StoreMissingError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
+    "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "vote",
 ]

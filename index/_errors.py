@@ -30,6 +30,11 @@ class StoreMissingError(StoreError):
     """A store opened read-only has not been created yet (no database, or no model recorded in it)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database that holds the gallery (Milvus) cannot be reached or refused a request; nothing
+    was changed by the request that got it, and a retry may succeed."""
+
+
 class ReadOnlyError(StoreError):
     """A write was attempted on a store opened read-only."""
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from . import _filter
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
-from ._errors import InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StoreError, StoreMissingError
+from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StoreError,
+                      StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._types import Hit, Item, score_to_distance
 
@@ -101,6 +102,54 @@ def _gallery_of(collection: str) -> str | None:
     return name if _NAME.fullmatch(name) and collection_name(name) == collection else None
 
 
+class _Guarded:
+    """A MilvusClient whose calls raise the store's errors: StoreClosedError when the collection is gone
+    (another process dropped the gallery), StoreUnavailableError when Milvus cannot be reached or
+    refuses, each naming the server and what it said."""
+
+    def __init__(self, client, uri: str):
+        self._client, self._uri = client, redact(uri)
+        self.reload = None   # the store's: load its collection again (a restarted Milvus Lite releases it)
+
+    def __getattr__(self, name: str):
+        call = getattr(self._client, name)
+        if not callable(call):
+            return call
+
+        def guarded(*args, **kwargs):
+            with _translated(self._uri):
+                try:
+                    return call(*args, **kwargs)
+                except Exception as exc:
+                    if getattr(exc, "code", None) != 101 or self.reload is None or name == "load_collection":
+                        raise
+                    self.reload()   # "collection not loaded": load it, then ask once more
+                    return call(*args, **kwargs)
+        return guarded
+
+
+class _translated:
+    def __init__(self, uri: str):
+        self._uri = uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, StoreError) or not _is_milvus_error(exc):
+            return False
+        if getattr(exc, "code", None) == 100:   # collection not found
+            raise StoreClosedError(f"the gallery's collection in Milvus at {self._uri} was dropped: "
+                                   f"{getattr(exc, 'message', exc)}") from exc
+        raise StoreUnavailableError(f"Milvus at {self._uri}: {getattr(exc, 'message', exc)}") from exc
+
+
+def _is_milvus_error(exc: BaseException) -> bool:
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, (MilvusException, ConnectionError, TimeoutError))
+
+
 def _client(uri: str, token: str | None, db_name: str | None):
     from pymilvus import MilvusClient   # the `milvus` extra: imported only by those who use it
 
@@ -109,12 +158,15 @@ def _client(uri: str, token: str | None, db_name: str | None):
         kwargs["token"] = token
     if db_name:
         kwargs["db_name"] = db_name
+    # pymilvus logs each failed call with its traceback; the store raises its own error for it, which the
+    # service logs in one line
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     if "://" not in uri:   # Milvus Lite reports no session time to iterators; pymilvus warns on each, harmlessly
         logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     try:
-        return MilvusClient(**kwargs)
+        return _Guarded(MilvusClient(**kwargs), uri)
     except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds; the message says which)
-        raise StoreError(f"cannot reach Milvus at {redact(uri)}: {exc}") from exc
+        raise StoreUnavailableError(f"cannot reach Milvus at {redact(uri)}: {exc}") from exc
 
 
 def redact(uri: str) -> str:
@@ -266,6 +318,7 @@ class MilvusStore(ItemChecks):
                                             "a new gallery needs the model's dim and model_id")
                 props = self._create(config)
             self._load()
+            self._client.reload = self._load
         except BaseException:
             self._client.close()
             raise
@@ -478,7 +531,8 @@ class MilvusStore(ItemChecks):
                                          consistency_level=_STRONG)
         try:
             while True:
-                page = it.next()
+                with _translated(redact(self.config.uri)):
+                    page = it.next()
                 if not page:
                     return
                 yield from page
@@ -598,6 +652,8 @@ class MilvusStore(ItemChecks):
         (by another process: this one should forget it)."""
         try:
             props = self._properties()
+        except StoreUnavailableError:   # cannot tell: kept until Milvus answers
+            return False
         except StoreError:
             return True
         return props is None or props.get("simsearch.made") != self._made

@@ -272,3 +272,28 @@ def test_what_milvus_acknowledged_survives_kill_9_of_the_milvus_server(tmp_path)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_a_dropped_collection_and_an_unreachable_milvus_raise_the_stores_errors(tmp_path):
+    port = _free_port()
+    server = _milvus_server(tmp_path / "data", port)
+    uri = f"http://user:secret@127.0.0.1:{port}"
+    try:
+        store = MilvusStore.open(MilvusConfig(uri, gallery="g", dim=DIM, model_id=MODEL))
+        store.upsert([Item("a", np.ones(DIM, np.float32))])
+        index.drop_milvus_gallery(uri, "g")
+        assert store.folder_changed()
+        with pytest.raises(index.StoreClosedError, match="dropped"):
+            store.search(np.ones(DIM, np.float32))
+        store.close()
+        store = MilvusStore.open(MilvusConfig(uri, gallery="g", dim=DIM, model_id=MODEL))
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    assert not store.folder_changed()   # cannot tell while Milvus is down: kept
+    with pytest.raises(index.StoreUnavailableError, match=r"Milvus at http://\*\*\*@127.0.0.1") as err:
+        store.count()
+    assert "secret" not in str(err.value)
+    with pytest.raises(index.StoreUnavailableError):
+        store.upsert([Item("b", np.ones(DIM, np.float32))])
+    store.close()

@@ -1,0 +1,127 @@
+"""Galleries in Milvus (SIMSEARCH_MILVUS_URI) over real HTTP: two `simsearch serve` processes, each with a
+data folder of its own, share one Milvus server (Milvus Lite's own server process, real gRPC): what one
+stores the other finds at once, either may write, a gallery one makes or drops the other sees, and when
+Milvus is down both keep serving /healthz, answer 503 and recover once it is back."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("pymilvus")
+
+from ..index.test_milvus import _milvus_server  # noqa: E402
+from .conftest import free_port, start_server, stop_server  # noqa: E402
+from .test_api import assert_error, png, upload  # noqa: E402
+
+KEY = {"X-API-Key": "mv-key"}
+
+
+@pytest.fixture
+def two_services(hybrid1_artifact, tmp_path):
+    port = free_port()
+    milvus = _milvus_server(tmp_path / "milvus", port)
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": "mv-key", "SIMSEARCH_REFRESH_SECONDS": "0.3"}
+    services = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            services.append(start_server({**env, "SIMSEARCH_DATA_DIR": str(tmp_path / name / "data")},
+                                         tmp_path / name, log_name=f"{name}.log"))
+        yield services, (milvus, tmp_path / "milvus", port)
+    finally:
+        for s in services:
+            stop_server(s)
+        if milvus.poll() is None:
+            os.killpg(milvus.pid, signal.SIGKILL)
+            milvus.wait()
+    for s in services:
+        assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail()
+
+
+def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services):
+    (a, b), _ = two_services
+    with httpx.Client(timeout=60) as c:
+        r = c.post(a.url + "/index", files=[upload(png(i)) for i in range(4)],
+                   data={"id": [f"p{i}" for i in range(4)], "label": ["x", "x", "y", "y"],
+                         "metadata": ['{"n": 0}', '{"n": 1}', '{"n": 2}', '{"n": 3}']}, headers=KEY)
+        assert r.status_code == 201, r.text
+        hits = c.post(b.url + "/search?k=2", files=[upload(png(2))]).json()["results"]   # no refresh, no wait
+        assert hits[0]["id"] == "p2" and hits[0]["score"] > 0.999 and hits[0]["label"] == "y"
+        listing = c.get(b.url + "/index").json()
+        assert listing["count"] == 4 and [it["id"] for it in listing["items"]] == ["p0", "p1", "p2", "p3"]
+        assert c.get(b.url + "/index/p1/thumbnail").headers["content-type"] == "image/jpeg"
+        # either one writes: b edits and deletes, a sees it
+        assert c.patch(b.url + "/index/p0", json={"label": "z"}, headers=KEY).status_code == 200
+        assert c.delete(b.url + "/index/p3", headers=KEY).status_code == 204
+        assert c.get(a.url + "/index/p0").json()["label"] == "z"
+        assert_error(c.get(a.url + "/index/p3"), 404, "not_found")
+        filtered = c.post(a.url + "/search?k=5", files=[upload(png(1))], params={"where": '{"n": {"$gte": 1}}'})
+        assert sorted(h["id"] for h in filtered.json()["results"]) == ["p1", "p2"]
+        r = c.delete(a.url + "/index", params={"label": "y"}, headers=KEY)
+        assert r.json()["deleted"] == 1 and c.get(b.url + "/index").json()["count"] == 2
+
+
+def test_a_gallery_made_by_one_service_is_served_by_the_other_until_one_drops_it(two_services):
+    (a, b), _ = two_services
+    with httpx.Client(timeout=60) as c:
+        r = c.post(a.url + "/index?gallery=shoes", files=[upload(png(7))], data={"id": "boot"}, headers=KEY)
+        assert r.status_code == 201, r.text
+        assert c.post(b.url + "/search?k=1&gallery=shoes", files=[upload(png(7))]).json()["results"][0]["id"] == "boot"
+        listed = {g["name"]: g["count"] for g in c.get(a.url + "/galleries").json()["galleries"]}
+        assert listed == {"default": 0, "shoes": 1}
+        assert c.delete(a.url + "/galleries/shoes", headers=KEY).json()["deleted"] == 1
+        # b forgets it at its next check (SIMSEARCH_REFRESH_SECONDS 0.3): a 503 meanwhile, then 404
+        deadline = time.monotonic() + 10
+        while True:
+            r = c.post(b.url + "/search?k=1&gallery=shoes", files=[upload(png(7))])
+            if r.status_code == 404 or time.monotonic() > deadline:
+                break
+            assert r.status_code == 503 and r.json()["error"]["code"] == "index_unavailable", r.text
+            time.sleep(0.2)
+        assert_error(r, 404, "gallery_not_found")
+        assert [g["name"] for g in c.get(b.url + "/galleries").json()["galleries"]] == ["default"]
+
+
+def test_with_milvus_down_the_services_answer_503_keep_serving_and_recover(two_services):
+    (a, b), (milvus, data, port) = two_services
+    with httpx.Client(timeout=60) as c:
+        assert c.post(a.url + "/index", files=[upload(png(1))], data={"id": "kept"}, headers=KEY).status_code == 201
+        os.killpg(milvus.pid, signal.SIGKILL)
+        milvus.wait()
+        assert_error(c.post(b.url + "/search?k=1", files=[upload(png(1))]), 503, "index_unavailable")
+        r = c.post(a.url + "/index", files=[upload(png(2))], data={"id": "lost"}, headers=KEY)
+        assert_error(r, 503, "index_unavailable")
+        assert_error(c.get(a.url + "/index"), 503, "index_unavailable")
+        assert c.get(a.url + "/healthz").status_code == 200 and c.get(b.url + "/healthz").status_code == 200
+        restarted = _milvus_server(data, port)
+        try:
+            deadline = time.monotonic() + 30   # gRPC waits out its reconnect backoff (about a second here)
+            while (r := c.post(b.url + "/search?k=1", files=[upload(png(1))])).status_code == 503 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert r.status_code == 200, r.text
+            hits = r.json()["results"]
+            assert hits[0]["id"] == "kept"   # what was acknowledged before Milvus died; nothing of the refused write
+            while (r := c.get(a.url + "/index")).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert r.json()["count"] == 1
+        finally:
+            os.killpg(restarted.pid, signal.SIGKILL)
+            restarted.wait()
+
+
+def test_milvus_settings_refuse_an_index_kind_milvus_does_not_build(monkeypatch):
+    from pydantic import ValidationError
+
+    from app import Settings
+
+    with pytest.raises(ValidationError, match="index kinds are flat, hnsw, ivf"):
+        Settings(milvus_uri="galleries.db", index="ivfpq")
+    s = Settings(milvus_uri=" ", milvus_token="", index="hnsw")
+    assert s.milvus_uri is None and s.milvus_token_value() is None
+    assert Settings(milvus_uri="http://m:19530", milvus_token="u:p").milvus_token_value() == "u:p"
