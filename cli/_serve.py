@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-limit", type=int, help="requests per minute per key or client IP; 0 = off (default 1200)")
     p.add_argument("--thumbnail-size", type=int, help="longest side of stored thumbnails; 0 = none (default 128)")
     p.add_argument("--workers", type=int, default=1,
-                   help="uvicorn worker processes; only 1 is supported (one process owns the index)")
+                   help="uvicorn worker processes (default 1); more than 1 needs --milvus-uri with a Milvus server, "
+                        "since one process owns an index in DATA")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--log-format", default=env("SIMSEARCH_LOG_FORMAT", "text"), choices=("text", "json"),
                    help="text (uvicorn's lines) or json (one object a line: time, level, logger, message, "
@@ -62,9 +63,8 @@ def _serve(args) -> int:
     # One OpenMP thread for torch and FAISS (before either is imported): the event loop needs a core,
     # and spinning intra-op threads on busy cores cost 10-100x (docs/results/benchmarks.md, P2).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if args.workers != 1:
-        raise CliError(f"--workers {args.workers}: only 1 is supported, since one process owns the index "
-                       "(run several containers behind the gateway with a shared store backend instead)")
+    if args.workers < 1:
+        raise CliError(f"--workers {args.workers}: give 1 or more")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port} is not a port number (0-65535)")
     if args.api_key_file is not None:  # read by the service, again whenever it changes
@@ -86,10 +86,16 @@ def _serve(args) -> int:
     try:  # check the settings here, so that a bad value is one clear line, not a traceback per worker
         from app import Settings
 
-        Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise CliError("invalid setting: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    if args.workers != 1 and (settings.milvus_uri is None or "://" not in settings.milvus_uri):
+        raise CliError(f"--workers {args.workers}: several worker processes need the galleries in a Milvus server "
+                       "(--milvus-uri http://HOST:19530): " + ("a Milvus Lite file is opened by one process"
+                                                               if settings.milvus_uri else
+                                                               "one process owns an index in DATA (its writer lock)"))
     uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
+                workers=args.workers if args.workers != 1 else None,
                 log_config=_log_config(args.log_level, args.log_format), proxy_headers=True,
                 forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"), timeout_graceful_shutdown=10)
     return 0

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -65,6 +66,8 @@ class MilvusConfig:
         exist). Given values must match an existing collection (ModelMismatchError).
     index: "flat" (exact; the default), "hnsw" or "ivf", for a new collection.
     read_only: no writes (ReadOnlyError); a collection that does not exist is StoreMissingError.
+    flush_every: rows this process writes before it asks Milvus to seal them into a segment (0 = never;
+        Milvus seals on its own as well).
     """
 
     uri: str
@@ -75,6 +78,7 @@ class MilvusConfig:
     model_id: str | None = None
     index: str | None = None
     read_only: bool = False
+    flush_every: int = 10_000
 
 
 def collection_name(gallery: str) -> str:
@@ -163,6 +167,10 @@ def _client(uri: str, token: str | None, db_name: str | None):
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     if "://" not in uri:   # Milvus Lite reports no session time to iterators; pymilvus warns on each, harmlessly
         logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+        try:   # Milvus Lite makes the file's folder, not its parents
+            os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot make the folder of the Milvus Lite file {uri}: {exc}") from exc
     try:
         return _Guarded(MilvusClient(**kwargs), uri)
     except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds; the message says which)
@@ -306,6 +314,7 @@ class MilvusStore(ItemChecks):
         self._client = _client(config.uri, config.token, config.db_name)
         self._lock = threading.Lock()   # this process's read-modify-write (update) and seq
         self._last_seq = 0
+        self._unflushed = 0   # rows this process wrote since its last flush
         self._closed = False
         try:
             props = self._properties()
@@ -434,6 +443,16 @@ class MilvusStore(ItemChecks):
         rows = [self._row(item, vecs[j], seq + j) for j, item in enumerate(batch)]
         for i in range(0, len(rows), _PAGE):
             self._client.upsert(self.collection, rows[i:i + _PAGE])
+        with self._lock:
+            self._unflushed += len(rows)
+            due = self.config.flush_every > 0 and self._unflushed >= self.config.flush_every
+            if due:
+                self._unflushed = 0
+        if due:   # written and acknowledged already: a failed flush is Milvus's to retry, not this write's
+            try:
+                self._client.flush(self.collection)
+            except StoreError as exc:
+                log.warning("index: Milvus flush after %d rows failed (%s); the rows are stored", len(rows), exc)
         return len(rows)
 
     def update(self, id: str, label: Any = KEEP, metadata_patch: dict[str, Any] | None = None) -> Item:
@@ -659,8 +678,14 @@ class MilvusStore(ItemChecks):
         return props is None or props.get("simsearch.made") != self._made
 
     def snapshot(self) -> int:
-        """Nothing to write: Milvus persists its own segments. 0."""
-        return 0
+        """Flush: Milvus seals the rows it holds in memory into a segment, which its index serves (Milvus
+        Lite searches unsealed rows by copying them at every search: 230 ms a search at 10,000 rows, 8
+        ms once sealed, docs/results/bench_milvus_s34.json). Returns the number of items."""
+        self._check_open()
+        self._client.flush(self.collection)
+        with self._lock:
+            self._unflushed = 0
+        return self.count()
 
     def rebuild(self, reason: str = "asked") -> None:
         """Nothing to rebuild here: Milvus maintains its own index."""

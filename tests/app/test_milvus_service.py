@@ -125,3 +125,28 @@ def test_milvus_settings_refuse_an_index_kind_milvus_does_not_build(monkeypatch)
     s = Settings(milvus_uri=" ", milvus_token="", index="hnsw")
     assert s.milvus_uri is None and s.milvus_token_value() is None
     assert Settings(milvus_uri="http://m:19530", milvus_token="u:p").milvus_token_value() == "u:p"
+
+
+def test_serve_with_two_worker_processes_on_a_milvus_server_starts_both_and_answers_every_request(hybrid1_artifact, tmp_path):
+    port = free_port()
+    milvus = _milvus_server(tmp_path / "milvus", port)
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_DATA_DIR": str(tmp_path / "data")}
+    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
+    try:
+        deadline = time.monotonic() + 60
+        while live.log.read_text(errors="replace").count("ready in") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live.log.read_text(errors="replace").count("ready in") == 2, live.log_tail()
+        with httpx.Client(timeout=60) as c:
+            r = c.post(live.url + "/index", files=[upload(png(i)) for i in range(3)], data={"id": ["w0", "w1", "w2"]})
+            assert r.status_code == 201, r.text
+            for i in range(30):   # new connections: the kernel spreads them over both workers
+                with httpx.Client(timeout=60) as fresh:
+                    r = fresh.post(live.url + "/search?k=1", files=[upload(png(i % 3))])
+                assert r.status_code == 200 and r.json()["results"][0]["id"] == f"w{i % 3}", r.text
+    finally:
+        stop_server(live)
+        os.killpg(milvus.pid, signal.SIGKILL)
+        milvus.wait()
+    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()

@@ -250,14 +250,19 @@ def test_past_the_concurrency_cap_503_at_once_while_healthz_answers(server, clie
     assert_alive(server, client)
 
 
-def test_serve_rejects_more_than_one_worker():
+def test_serve_rejects_more_than_one_worker_unless_the_galleries_are_in_a_milvus_server(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     exe = Path(sys.executable).parent / "simsearch"
     r = subprocess.run([str(exe), "serve", "--workers", "2"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--workers 2" in r.stderr
+    assert r.returncode == 2 and "--workers 2" in r.stderr and "one process owns an index" in r.stderr
+    r = subprocess.run([str(exe), "serve", "--workers", "2", "--milvus-uri", str(tmp_path / "g.db")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "a Milvus Lite file is opened by one process" in r.stderr, r.stderr
+    r = subprocess.run([str(exe), "serve", "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--workers 0" in r.stderr
 
 
 @pytest.mark.parametrize("name, value, words", [

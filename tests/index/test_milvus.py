@@ -297,3 +297,17 @@ def test_a_dropped_collection_and_an_unreachable_milvus_raise_the_stores_errors(
     with pytest.raises(index.StoreUnavailableError):
         store.upsert([Item("b", np.ones(DIM, np.float32))])
     store.close()
+
+
+def test_every_flush_every_rows_written_are_sealed_into_a_segment(open_milvus, tmp_path):
+    """Milvus Lite copies unsealed rows at every search (230 ms a search at 10,000 of them): the store
+    asks for a flush every flush_every rows it writes. Seen here as Milvus Lite's segment files."""
+    store = open_milvus(flush_every=20)
+    segments = lambda: list((tmp_path / "milvus.db").rglob("*.parquet"))  # noqa: E731
+    store.upsert([Item(f"a{i}", np.ones(DIM, np.float32)) for i in range(15)])
+    assert segments() == []
+    store.upsert([Item(f"b{i}", np.ones(DIM, np.float32)) for i in range(5)])
+    assert len(segments()) == 1 and store.count() == 20
+    store.upsert([Item(f"c{i}", np.ones(DIM, np.float32)) for i in range(5)])
+    assert len(segments()) == 1
+    assert store.snapshot() == 25 and len(segments()) == 2
