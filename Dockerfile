@@ -13,7 +13,8 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG FAISS_GPU_VERSION=1.14.1.post1
 # extras of the project to install beside the service: "" (serving, indexing, searching), "train",
-# "onnx" (SIMSEARCH_RUNTIME=onnx and simsearch model-export) or both ("train,onnx")
+# "onnx" (SIMSEARCH_RUNTIME=onnx and simsearch model-export), "milvus" (SIMSEARCH_MILVUS_URI), or
+# several ("train,onnx")
 ARG EXTRAS=""
 # where the CPU wheels of torch come from (a mirror can be given here)
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
