@@ -43,6 +43,7 @@ MAX_TEXT = 65_535          # Milvus's longest VARCHAR, in bytes
 MAX_THUMBNAIL = MAX_TEXT // 4 * 3   # bytes whose base64 fits in one VARCHAR
 MAX_LABEL_BYTES = 4096
 _PAGE = 1000               # rows a query or a get asks for at once (Milvus caps offset + limit at 16,384)
+_SCAN_PAGE = 16_000         # rows one query or iterator page reads (Milvus caps a query at 16,384)
 _KEY_HASH = 16             # hex digits of a metadata key's or value's hash in `match`
 _INDEXES = {               # simsearch's index kinds as Milvus index parameters (metric: inner product)
     "flat": ("FLAT", {}, {}),
@@ -534,8 +535,9 @@ class MilvusStore(ItemChecks):
 
     def _filter(self, label: str | None, conditions, exclude: str | None = None) -> str:
         parts = []
-        if label is not None:
-            parts.append(f'match["l"] == "{_hash(label)}"')
+        if label is not None:   # the scalar field (Milvus can index it); its hash for what no literal can hold
+            parts.append(f"label == {_literal(label)}" if not _CONTROL.search(label)
+                         else f'match["l"] == "{_hash(label)}"')
         if conditions is not None:
             parts.append("(" + where_expression(conditions) + ")")
         if exclude is not None:
@@ -544,9 +546,15 @@ class MilvusStore(ItemChecks):
         return " and ".join(parts)
 
     def _scan(self, expr: str, fields: list[str]):
-        """Every row matching expr (all when empty), in pages of _PAGE, with these fields and the id."""
+        """Every row matching expr (all when empty), with these fields and the id: one query when they
+        fit in one, else an iterator in pages of _SCAN_PAGE."""
         self._check_open()
-        it = self._client.query_iterator(self.collection, batch_size=_PAGE, filter=expr, output_fields=fields or ["id"],
+        rows = self._client.query(self.collection, filter=expr, output_fields=fields or ["id"], limit=_SCAN_PAGE + 1,
+                                  consistency_level=_STRONG)
+        if len(rows) <= _SCAN_PAGE:
+            yield from rows
+            return
+        it = self._client.query_iterator(self.collection, batch_size=_SCAN_PAGE, filter=expr, output_fields=fields or ["id"],
                                          consistency_level=_STRONG)
         try:
             while True:

@@ -55,6 +55,9 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
         listing = c.get(b.url + "/index").json()
         assert listing["count"] == 4 and [it["id"] for it in listing["items"]] == ["p0", "p1", "p2", "p3"]
         assert c.get(b.url + "/index/p1/thumbnail").headers["content-type"] == "image/jpeg"
+        r = c.post(b.url + "/index?skip_duplicates=0.98", files=[upload(png(2))], data={"id": "copy"}, headers=KEY)
+        assert r.status_code == 201 and r.json()["count"] == 0, r.text   # a's p2, found by b's check
+        assert r.json()["skipped"][0]["duplicate_of"] == "p2"
         # either one writes: b edits and deletes, a sees it
         assert c.patch(b.url + "/index/p0", json={"label": "z"}, headers=KEY).status_code == 200
         assert c.delete(b.url + "/index/p3", headers=KEY).status_code == 204

@@ -311,3 +311,28 @@ def test_every_flush_every_rows_written_are_sealed_into_a_segment(open_milvus, t
     store.upsert([Item(f"c{i}", np.ones(DIM, np.float32)) for i in range(5)])
     assert len(segments()) == 1
     assert store.snapshot() == 25 and len(segments()) == 2
+
+
+def test_labels_with_quotes_backslashes_and_control_characters_filter_exactly(open_milvus):
+    store = open_milvus()
+    labels = ['a"b', "back\\slash", "tab\tx", "ctl\x01y", "new\nline", "é✓", "plain"]
+    vecs = unit(np.random.default_rng(8), len(labels))
+    store.upsert([Item(f"i{j}", vecs[j], lab) for j, lab in enumerate(labels)])
+    for j, lab in enumerate(labels):
+        assert store.count(label=lab) == 1 and [it.id for it in store.list(label=lab)] == [f"i{j}"], lab
+        assert [h.id for h in store.search(vecs[0], k=5, label=lab)[0]] == [f"i{j}"], lab
+    assert store.delete_where(label="ctl\x01y") == ["i3"] and store.count() == len(labels) - 1
+
+
+def test_listings_past_one_query_page_read_every_row_in_order(open_milvus, monkeypatch):
+    import index._milvus as milvus_module
+
+    monkeypatch.setattr(milvus_module, "_SCAN_PAGE", 5)   # 12 items: the iterator's pages, not one query
+    store = open_milvus()
+    vecs = unit(np.random.default_rng(9), 12)
+    for j in range(12):   # one write each: twelve positions in the listing
+        store.upsert([Item(f"i{j:02d}", vecs[j], "odd" if j % 2 else "even", {"j": j})])
+    assert [it.id for it in store.list(limit=100)] == [f"i{j:02d}" for j in range(12)]
+    assert [it.id for it in store.list(offset=4, limit=3)] == ["i04", "i05", "i06"]
+    assert store.labels() == {"even": 6, "odd": 6} and store.index_metadata(["j"]) == {"j": 12}
+    assert sorted(store.delete_where(where={"j": {"$gte": 5}})) == [f"i{j:02d}" for j in range(5, 12)]
