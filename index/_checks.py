@@ -4,11 +4,12 @@ Milvus one so that both refuse and accept the same things."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 
-from ._errors import InvalidItemError
+from ._errors import InvalidItemError, ReadOnlyError, StoreClosedError
 from ._types import Item
 
 MAX_ID_LEN = 1024
@@ -17,10 +18,48 @@ KEEP = object()   # update(): the label is not changed
 
 
 class ItemChecks:
-    """Validation of items and queries against a store's `dim` and `model_id` (set by the store)."""
+    """Validation of items and queries against a store's `dim` and `model_id`, and of its state
+    (`_closed`, `config.read_only`), all set by the store."""
 
     dim: int
     model_id: str | None
+    _closed: bool
+
+    def _describe(self) -> str:
+        """The store, as errors name it."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self._describe()} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.config.read_only:
+            raise ReadOnlyError(f"{self._describe()} was opened read-only")
+
+    @classmethod
+    def _unique(cls, items) -> list[Item]:
+        """The items with checked ids, the last of duplicate ids kept (as one write after the other would)."""
+        latest: dict[str, Item] = {}
+        for item in items:
+            latest[cls._check_id(item.id)] = item
+        return list(latest.values())
+
+    @staticmethod
+    def _check_page(offset: Any, limit: Any) -> None:
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+
+    @staticmethod
+    def _check_search(k: Any, max_distance: Any) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
+        if max_distance is not None and (not isinstance(max_distance, (int, float)) or isinstance(max_distance, bool)
+                                         or not math.isfinite(max_distance) or max_distance < 0):
+            raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
 
     @staticmethod
     def _check_id(id_: Any) -> str:

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -31,7 +30,7 @@ import numpy as np
 
 from . import _filter
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
-from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StoreError,
+from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, StoreError,
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._types import Hit, Item, score_to_distance
@@ -393,14 +392,8 @@ class MilvusStore(ItemChecks):
 
     # ---- checks ------------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"the gallery {self.gallery!r} in Milvus is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.config.read_only:
-            raise ReadOnlyError(f"the gallery {self.gallery!r} in Milvus was opened read-only")
+    def _describe(self) -> str:
+        return f"the gallery {self.gallery!r} in Milvus"
 
     def _row(self, item: Item, vector: np.ndarray, seq: int) -> dict[str, Any]:
         label, meta_json, thumb = self._validate(item)
@@ -433,12 +426,9 @@ class MilvusStore(ItemChecks):
         """Add or replace items (same id: replaced, moved to the end of the listing). All are checked
         first; an invalid one writes nothing. Acknowledged by Milvus when it returns."""
         self._check_writable()
-        latest: dict[str, Item] = {}
-        for item in items:
-            latest[self._check_id(item.id)] = item
-        if not latest:
+        batch = self._unique(items)
+        if not batch:
             return 0
-        batch = list(latest.values())
         vecs = self._check_vectors(batch)
         seq = self._next_seqs(len(batch))
         rows = [self._row(item, vecs[j], seq + j) for j, item in enumerate(batch)]
@@ -598,10 +588,7 @@ class MilvusStore(ItemChecks):
              where: dict[str, Any] | None = None) -> list[Item]:
         """Items in insertion order (an upsert moves an item to the end), paginated; label and where
         filter as in search. Reads the ids and positions of every matching item to order them."""
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
-        if not isinstance(limit, int) or limit < 0:
-            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+        self._check_page(offset, limit)
         expr = self._filter(label, _filter.check_where(where))
         order = sorted(((r["seq"], r["id"]) for r in self._scan(expr, ["seq"])))
         page = [i for _, i in order[offset:offset + limit]]
@@ -627,14 +614,6 @@ class MilvusStore(ItemChecks):
             raise KeyError(id)
         self._check_search(k, max_distance)
         return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
-
-    @staticmethod
-    def _check_search(k: Any, max_distance: Any) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
-        if max_distance is not None and (not isinstance(max_distance, (int, float))
-                                         or not math.isfinite(max_distance) or max_distance < 0):
-            raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
 
     def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:
         expr = self._filter(label, conditions, exclude)

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -18,7 +17,7 @@ import faiss
 import numpy as np
 
 from . import _db, _faiss, _filter
-from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StorageError, StoreClosedError,
+from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreClosedError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
@@ -377,14 +376,8 @@ class Store(ItemChecks):
                 self._conns.append(conn)
         return conn
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"the store at {self._path} is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.config.read_only:
-            raise ReadOnlyError(f"the store at {self._path} was opened read-only")
+    def _describe(self) -> str:
+        return f"the store at {self._path}"
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -393,12 +386,9 @@ class Store(ItemChecks):
         Returns the number written. Durable when it returns: the commit is fsynced, so it
         survives kill -9. All items are validated first; an invalid one writes nothing."""
         self._check_writable()
-        latest: dict[str, Item] = {}
-        for item in items:  # the last of duplicate ids wins
-            latest[self._check_id(item.id)] = item
-        if not latest:
+        batch = self._unique(items)
+        if not batch:
             return 0
-        batch = list(latest.values())
         vecs = self._check_vectors(batch)
         rows = [self._validate(item) for item in batch]
         with self._writer:
@@ -768,10 +758,7 @@ class Store(ItemChecks):
              where: dict[str, Any] | None = None) -> list[Item]:
         """Items in insertion order (an upsert moves an item to the end), paginated; label and where
         filter as in search."""
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
-        if not isinstance(limit, int) or limit < 0:
-            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+        self._check_page(offset, limit)
         conn = self._read_conn()
         if where is not None:
             where = _filter.check_where(where)
@@ -799,11 +786,7 @@ class Store(ItemChecks):
         distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
-        if max_distance is not None and (not isinstance(max_distance, (int, float))
-                                         or not math.isfinite(max_distance) or max_distance < 0):
-            raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
+        self._check_search(k, max_distance)
         return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
@@ -813,8 +796,7 @@ class Store(ItemChecks):
         item = self.get(id)
         if item is None:
             raise KeyError(id)
-        if not isinstance(k, int) or k < 1:
-            raise InvalidItemError(f"k must be a positive integer, got {k!r}")
+        self._check_search(k, max_distance)
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
 
     def _search(self, q, k, label, max_distance, exclude, where=None):

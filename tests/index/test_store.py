@@ -491,6 +491,9 @@ def test_search_by_id_excludes_the_item_and_raises_keyerror_when_absent(open_sto
     assert [h.id for h in hits] == [h.id for h in store.search(vecs[3], k=6)[0][1:]]
     with pytest.raises(KeyError):
         store.search_by_id("missing")
+    for bad in ({"k": 0}, {"k": True}, {"max_distance": -1.0}, {"max_distance": float("nan")}):
+        with pytest.raises(InvalidItemError, match="k must be|max_distance must be"):
+            store.search_by_id("id3", **bad)
 
 
 def test_list_paginates_in_insertion_order_and_filters_by_label(open_store):
