@@ -1,5 +1,6 @@
 """A gallery kept in Milvus instead of this process's folder: the same surface as `Store`, so that many
-stateless API processes, on as many machines, serve and write one gallery (docs/index.md "Milvus").
+stateless API processes, on as many machines, serve and write one gallery (docs/index.md, "Galleries in
+Milvus").
 
 Each gallery is one collection ("simsearch_" + its name) of: id (primary key), seq (insertion order, for
 the listing), vector, label, metadata (its JSON text, returned as stored), thumbnail (base64) and
@@ -57,7 +58,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 class MilvusConfig:
     """How to reach a gallery in Milvus.
 
-    uri: a Milvus server ("http://milvus:19530"; Zilliz Cloud's endpoint) or a Milvus Lite file
+    uri: a Milvus server ("http://milvus:19530") or a Milvus Lite file
         ("./galleries.db": a Milvus in this process, for one process or for tests).
     token: "user:password" or an API key, when the server asks for one.
     db_name: the Milvus database (its default when None).
@@ -523,16 +524,13 @@ class MilvusStore(ItemChecks):
         """The subset of `ids` present in the gallery."""
         return set(self._get(list(ids), ["seq"]))
 
-    def _filter(self, label: str | None, conditions, exclude: str | None = None) -> str:
+    def _filter(self, label: str | None, conditions) -> str:
         parts = []
         if label is not None:   # the scalar field (Milvus can index it); its hash for what no literal can hold
             parts.append(f"label == {_literal(label)}" if not _CONTROL.search(label)
                          else f'match["l"] == "{_hash(label)}"')
         if conditions is not None:
             parts.append("(" + where_expression(conditions) + ")")
-        if exclude is not None:
-            parts.append(f"id != {_literal(exclude)}" if not _CONTROL.search(exclude)
-                         else f'not (id in [{_literal(exclude)}])')
         return " and ".join(parts)
 
     def _scan(self, expr: str, fields: list[str]):
@@ -616,24 +614,29 @@ class MilvusStore(ItemChecks):
         return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
 
     def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:
-        expr = self._filter(label, conditions, exclude)
+        # `exclude` (search_by_id's own item) is dropped from k + 1 hits here, not in the expression: an
+        # id may hold characters no Milvus literal can
+        expr = self._filter(label, conditions)
+        limit = k + (exclude is not None)
         params = {"metric_type": "IP", "params": dict(_INDEXES.get(self.spec, _INDEXES["flat"])[2])}
         if "ef" in params["params"]:
-            params["params"]["ef"] = max(params["params"]["ef"], k)
-        found = self._client.search(self.collection, data=q.tolist(), limit=k, filter=expr,
+            params["params"]["ef"] = max(params["params"]["ef"], limit)
+        found = self._client.search(self.collection, data=q.tolist(), limit=limit, filter=expr,
                                     output_fields=["label", "metadata"], search_params=params,
                                     consistency_level=_STRONG)
         out = []
         for hits in found:
             row = []
             for h in hits:
+                if str(h["id"]) == exclude:
+                    continue
                 score = float(h["distance"])
                 distance = score_to_distance(score)
                 if max_distance is not None and distance > max_distance:
                     continue
                 entity = h.get("entity") or {}
                 row.append(Hit(str(h["id"]), score, distance, entity.get("label"), json.loads(entity["metadata"])))
-            out.append(row)
+            out.append(row[:k])
         return out
 
     # ---- the rest of Store's surface -------------------------------------------------------

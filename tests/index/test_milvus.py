@@ -97,7 +97,12 @@ def test_search_finds_the_exact_nearest_items_as_the_faiss_store_does(open_milvu
         assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in want], kw
         assert np.allclose([h.score for row in got for h in row], [h.score for row in want for h in row], atol=1e-5)
     assert [h.id for h in milvus.search_by_id("i7", k=5)] == [h.id for h in faiss_store.search_by_id("i7", k=5)]
-    assert "i7" not in [h.id for h in milvus.search_by_id("i7", k=50)]
+    assert "i7" not in [h.id for h in milvus.search_by_id("i7", k=50)] and len(milvus.search_by_id("i7", k=50)) == 50
+    odd = Item('odd\x01"id', vecs[7] + 1e-3)   # an id no Milvus literal can hold
+    milvus.upsert([odd])
+    faiss_store.upsert([odd])
+    assert [h.id for h in milvus.search_by_id(odd.id, k=3)] == [h.id for h in faiss_store.search_by_id(odd.id, k=3)]
+    assert milvus.search_by_id(odd.id, k=3)[0].id == "i7"
     hit = milvus.search(vecs[4], k=1)[0][0]
     assert (hit.id, hit.label, hit.metadata) == ("i4", "c4", {"j": 4}) and hit.score == pytest.approx(1, abs=1e-5)
 
