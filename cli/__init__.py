@@ -40,3 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        index = sys.modules.get("index")   # imported by then, when the error is its; not imported here
+        if index is None or not isinstance(exc, index.StoreUnavailableError):
+            raise
+        # Milvus went away under a command: one line; what was committed before it is kept
+        print(f"simsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 1

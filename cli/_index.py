@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = isub.add_parser("build", help="embed a folder or tar of images into the index (resumable)")
     b.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one; "
                                   "an image's folder name is its label (ImageFolder layout)")
-    _common(b, model=True)
+    _common(b, model=True, milvus=True)
     b.add_argument("--index", help="flat (exact, default for a new store), hnsw, ivf, ivfpq, or a FAISS "
                                    "factory string; an existing store keeps its kind unless given")
     b.add_argument("--batch-size", type=int, default=256, help="images embedded and committed together (256)")
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
 
     s = isub.add_parser("stats", help="count, model, index kind and labels of the index")
-    _common(s, model=False)
+    _common(s, model=False, milvus=True)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "resized file) and the same picture stored under two labels. Reads only, so it "
                                     "is safe while `simsearch serve` runs on DATA; items written meanwhile may be "
                                     "missed.")
-    _common(x, model=False)
+    _common(x, model=False, milvus=True)
     x.add_argument("--min-score", type=float, default=0.98, help="cosine at which two items count as alike (0.98)")
     x.add_argument("-k", type=int, default=5, help="nearest items looked at for each item (5)")
     x.add_argument("--conflicts", action="store_true", help="only pairs whose labels differ")
@@ -129,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "`simsearch serve` has the index open, delete over HTTP instead "
                                     "(DELETE /index/{id}, DELETE /index?where=...).")
     d.add_argument("ids", nargs="*", metavar="ID", help="ids of items to remove")
-    _common(d, model=False)
+    _common(d, model=False, milvus=True)
     d.add_argument("--label", help="every item with this label")
     d.add_argument("--where", metavar="JSON", help='every item whose metadata matches, e.g. \'{"year": {"$lt": 2020}}\'')
     d.add_argument("--yes", action="store_true", help="delete (otherwise only count what would go)")
@@ -171,7 +171,7 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
                    url_help: str) -> None:
     """The options `search` and `classify` share: the queries, where the gallery is, and how to ask."""
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
-    _common(p, model=True)
+    _common(p, model=True, milvus=True)
     p.add_argument("-k", type=int, default=k, help=k_help)
     p.add_argument("--where", metavar="JSON", help=where_help)
     p.add_argument("--max-distance", type=float, help=distance_help)
@@ -185,12 +185,17 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
                                                        "read-only replica too")
 
 
-def _common(p: argparse.ArgumentParser, model: bool) -> None:
+def _common(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> None:
     p.add_argument("--data", default=_default_data(),
                    help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
     _gallery_option(p)
     if model:
         p.add_argument("--model", help="model artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+    if milvus:
+        p.add_argument("--milvus-uri", default=os.environ.get("SIMSEARCH_MILVUS_URI") or None,
+                       help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
+                            "$SIMSEARCH_MILVUS_URI; its credentials from $SIMSEARCH_MILVUS_TOKEN, its database from "
+                            "$SIMSEARCH_MILVUS_DB)")
 
 
 def _gallery_option(p: argparse.ArgumentParser) -> None:
@@ -222,11 +227,14 @@ def _embedder(path: str | None):
 
 
 def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
-                gallery: str = "default"):
-    """The store of `gallery` in DATA (DATA/index for the default one); CliError for every store error,
-    `locked_hint` appended when another process (a running service) holds it for writing."""
+                gallery: str = "default", milvus_uri: str | None = None):
+    """The store of `gallery` in DATA (DATA/index for the default one), or in Milvus at milvus_uri;
+    CliError for every store error, `locked_hint` appended when another process (a running service)
+    holds it for writing."""
     import index
 
+    if milvus_uri:
+        return _open_milvus(milvus_uri, read_only, embedder, kind, gallery)
     path = _gallery_folder(data, gallery)
     if read_only and not (path / "store.sqlite3").exists():
         named = "" if gallery == "default" else f" --gallery {gallery}"
@@ -238,6 +246,23 @@ def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = No
     except index.StoreLockedError as exc:
         raise CliError(f"{exc}{locked_hint}") from None
     except index.StoreError as exc:  # mismatch, lock, corrupt database, bad --index: all user-facing
+        raise CliError(str(exc)) from None
+
+
+def _open_milvus(uri: str, read_only: bool, embedder, kind: str | None, gallery: str):
+    import importlib.util
+
+    import index
+
+    if importlib.util.find_spec("pymilvus") is None:
+        raise CliError("--milvus-uri needs pymilvus installed (pip install 'simsearch[milvus]')")
+    cfg = index.MilvusConfig(uri, token=os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
+                             db_name=os.environ.get("SIMSEARCH_MILVUS_DB") or None, gallery=gallery,
+                             dim=embedder.dim if embedder else None, model_id=embedder.model_id if embedder else None,
+                             index=kind, read_only=read_only)
+    try:
+        return index.MilvusStore.open(cfg)
+    except index.StoreError as exc:   # mismatch, unreachable, bad --index or --gallery
         raise CliError(str(exc)) from None
 
 
@@ -324,7 +349,7 @@ def _build(args) -> int:
         from model import IMAGE_EXTENSIONS
 
         raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
-    store = _open_store(args.data, False, embedder, args.index, gallery=args.gallery,
+    store = _open_store(args.data, False, embedder, args.index, gallery=args.gallery, milvus_uri=args.milvus_uri,
                         locked_hint=". While `simsearch serve` runs on it, add images through the service: "
                                     f"simsearch index upload {args.source} --url http://HOST:PORT --api-key KEY")
     try:
@@ -384,7 +409,7 @@ def _build(args) -> int:
 def _stats(args) -> int:
     import json
 
-    store = _open_store(args.data, True, gallery=args.gallery)
+    store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
     try:
         info = store.info()
         info["labels"] = {str(k): v for k, v in store.labels().items()}
@@ -397,7 +422,8 @@ def _stats(args) -> int:
     print(f"items     {info['count']}")
     print(f"model     {info['model_id']} (dim {info['dim']})")
     print(f"kind      {info['index']} -> {info['index_kind']}" + (" (exact)" if info["exact"] else ""))
-    print(f"last seq  {info['last_seq']} (snapshot at {info['snapshot_seq']})")
+    if "last_seq" in info:   # a Milvus gallery has no sequence or snapshot of its own
+        print(f"last seq  {info['last_seq']} (snapshot at {info['snapshot_seq']})")
     if info["labels"]:
         print("labels")
         width = max(len(k) for k in info["labels"])
@@ -469,7 +495,7 @@ def _duplicates(args) -> int:
         raise CliError(f"--limit must be 0 (all) or more, got {args.limit}")
     from tqdm import tqdm
 
-    store = _open_store(args.data, True, gallery=args.gallery)
+    store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
     pairs: dict[tuple[str, str], dict] = {}   # each pair once, its ids in order
     items = 0
     try:
@@ -573,17 +599,16 @@ def _delete(args) -> int:
         raise CliError("give the ids to delete, or --label and/or --where (it never empties the index)")
     if args.ids and (args.label is not None or where is not None):
         raise CliError("give either ids or --label/--where, not both")
-    store = _open_store(args.data, True, gallery=args.gallery)  # read-only: counting works while the service runs
+    store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)  # read-only: counting works while the service runs
     try:
         n = len(store.has_ids(args.ids)) if args.ids else store.count(args.label, where)
-        total = store.count()
+        total, place = store.count(), store.info()["path"]
     finally:
         store.close()
     if not args.yes:
-        print(f"would delete {n} of the {total} items in {Path(args.data) / 'index'}; run again with --yes "
-              "to delete them")
+        print(f"would delete {n} of the {total} items in {place}; run again with --yes to delete them")
         return 0
-    store = _open_store(args.data, False, gallery=args.gallery, locked_hint=". While `simsearch serve` runs, delete over HTTP: "
+    store = _open_store(args.data, False, gallery=args.gallery, milvus_uri=args.milvus_uri, locked_hint=". While `simsearch serve` runs, delete over HTTP: "
                                                     "DELETE /index/{id} or DELETE /index?label=...&where=...")
     try:
         gone = store.delete(args.ids) if args.ids else store.delete_where(args.label, where)
@@ -621,7 +646,7 @@ def _search(args) -> int:
         return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
     embedder = _embedder(args.model)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
-    store = _open_store(args.data, True, embedder, gallery=args.gallery)
+    store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0
     try:
         for start in range(0, len(queries), 256):
