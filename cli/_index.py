@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = isub.add_parser("galleries", help="the galleries of a data folder (the default one and named ones), with "
                                           "their sizes and models")
     g.add_argument("--data", default=_default_data(), help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
+    _milvus_option(g)
     g.add_argument("--json", action="store_true", help="print JSON")
     g.set_defaults(func=_galleries)
 
@@ -192,10 +193,14 @@ def _common(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> No
     if model:
         p.add_argument("--model", help="model artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
     if milvus:
-        p.add_argument("--milvus-uri", default=os.environ.get("SIMSEARCH_MILVUS_URI") or None,
-                       help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
-                            "$SIMSEARCH_MILVUS_URI; its credentials from $SIMSEARCH_MILVUS_TOKEN, its database from "
-                            "$SIMSEARCH_MILVUS_DB)")
+        _milvus_option(p)
+
+
+def _milvus_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--milvus-uri", default=os.environ.get("SIMSEARCH_MILVUS_URI") or None,
+                   help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
+                        "$SIMSEARCH_MILVUS_URI; its credentials from $SIMSEARCH_MILVUS_TOKEN, its database from "
+                        "$SIMSEARCH_MILVUS_DB)")
 
 
 def _gallery_option(p: argparse.ArgumentParser) -> None:
@@ -438,7 +443,20 @@ def _galleries(args) -> int:
     import index
 
     rows = []
-    for name in index.gallery_names(Path(args.data)):
+    if args.milvus_uri:
+        try:
+            names = index.milvus_gallery_names(args.milvus_uri, os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
+                                               os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+        except index.StoreError as exc:
+            raise CliError(str(exc)) from None
+        for name in names:
+            try:
+                with _open_milvus(args.milvus_uri, True, None, None, name) as store:
+                    info = store.info()
+                rows.append({"name": name, "count": info["count"], "model_id": info["model_id"], "path": info["path"]})
+            except CliError as exc:   # dropped this moment
+                rows.append({"name": name, "count": None, "model_id": None, "path": str(exc)})
+    for name in index.gallery_names(Path(args.data)) if not args.milvus_uri else []:
         try:
             with index.StoreReader(index.gallery_path(Path(args.data), name)) as reader:
                 rows.append({"name": name, "count": reader.count(), "model_id": reader.model_id,
@@ -448,7 +466,7 @@ def _galleries(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        print(f"no galleries in {args.data} (`simsearch index build SOURCE --data {args.data}` makes the default one)")
+        print(f"no galleries in {args.milvus_uri or args.data} (`simsearch index build SOURCE` makes the default one)")
     for r in rows if not args.json else []:
         print(f"{r['name']:<20} {r['count'] if r['count'] is not None else '?':>9}  {r['model_id'] or ''}  {r['path']}")
     return 0

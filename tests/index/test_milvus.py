@@ -369,6 +369,8 @@ def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hy
         assert "indexed 12 images" in capsys.readouterr().out
         assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), *common]) == 0
         assert "12 already indexed, 0 to embed" in capsys.readouterr().out   # it resumes
+        assert main(["index", "galleries", "--json", "--milvus-uri", uri]) == 0
+        assert [(g["name"], g["count"]) for g in json.loads(capsys.readouterr().out)] == [("pets", 12)]
         assert main(["index", "stats", "--json", *common]) == 0
         stats = json.loads(capsys.readouterr().out)
         assert stats["count"] == 12 and stats["labels"] == {"cat": 6, "ship": 6} and stats["backend"] == "milvus"
