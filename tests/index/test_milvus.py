@@ -391,3 +391,17 @@ def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hy
     assert main(["index", "stats", *common]) == 2
     err = capsys.readouterr().err
     assert err.startswith("simsearch index: error: ") and "Milvus at " + uri in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind, milvus_kind", [("hnsw", "HNSW"), ("ivf", "IVF_FLAT")])
+def test_approximate_index_kinds_are_built_by_milvus_and_find_each_item_first(open_milvus, kind, milvus_kind):
+    store = open_milvus(index=kind, flush_every=0)
+    vecs = unit(np.random.default_rng(10), 2000)
+    store.upsert([Item(f"i{j}", vecs[j], f"c{j % 4}") for j in range(2000)])
+    store.snapshot()   # sealed: Milvus builds the index on the segment
+    assert store.info()["index_kind"] == milvus_kind and store.info()["exact"] is False
+    found = store.search(vecs[:50], k=3)
+    assert sum(hits[0].id == f"i{j}" for j, hits in enumerate(found)) >= 49
+    assert all(h.label == "c1" for h in store.search(vecs[1], k=5, label="c1")[0])
+    with pytest.raises(InvalidItemError, match="index kinds are flat, hnsw, ivf"):
+        open_milvus(gallery="other", index="ivfpq")
