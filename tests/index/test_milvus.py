@@ -343,56 +343,6 @@ def test_listings_past_one_query_page_read_every_row_in_order(open_milvus, monke
     assert sorted(store.delete_where(where={"j": {"$gte": 5}})) == [f"i{j:02d}" for j in range(5, 12)]
 
 
-def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hybrid1_artifact, shared_data,
-                                                                              tmp_path, capsys):
-    """`simsearch index build|stats|delete` and `search` with --milvus-uri, on a folder of real CIFAR-10
-    images, against a Milvus Lite server process."""
-    import tarfile
-
-    from cli import main
-
-    folder = tmp_path / "photos"
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
-        for m in tf:
-            parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "ship") \
-                    and int(parts[3][:4]) < 6:
-                out = folder / parts[2] / parts[3]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tf.extractfile(m).read())
-    port = _free_port()
-    server = _milvus_server(tmp_path / "milvus", port)
-    uri = f"http://127.0.0.1:{port}"
-    common = ["--milvus-uri", uri, "--gallery", "pets", "--data", str(tmp_path / "unused")]
-    try:
-        assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), *common]) == 0
-        assert "indexed 12 images" in capsys.readouterr().out
-        assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), *common]) == 0
-        assert "12 already indexed, 0 to embed" in capsys.readouterr().out   # it resumes
-        assert main(["index", "galleries", "--json", "--milvus-uri", uri]) == 0
-        assert [(g["name"], g["count"]) for g in json.loads(capsys.readouterr().out)] == [("pets", 12)]
-        assert main(["index", "stats", "--json", *common]) == 0
-        stats = json.loads(capsys.readouterr().out)
-        assert stats["count"] == 12 and stats["labels"] == {"cat": 6, "ship": 6} and stats["backend"] == "milvus"
-        query = folder / "ship" / "0003.jpg"
-        assert main(["search", str(query), "-k", "2", "--json", "--model", str(hybrid1_artifact), *common]) == 0
-        hits = json.loads(capsys.readouterr().out)   # one query: its hits
-        assert hits[0]["id"] == "ship/0003.jpg" and hits[0]["score"] > 0.999
-        assert main(["index", "delete", "--label", "cat", *common]) == 0
-        assert "would delete 6 of the 12 items in " + uri in capsys.readouterr().out
-        assert main(["index", "delete", "--label", "cat", "--yes", *common]) == 0
-        assert "deleted 6 items" in capsys.readouterr().out
-        with MilvusStore.open(MilvusConfig(uri, gallery="pets")) as store:
-            assert store.labels() == {"ship": 6}
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    # Milvus gone: one line naming it, not a traceback
-    assert main(["index", "stats", *common]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("simsearch index: error: ") and "Milvus at " + uri in err and "Traceback" not in err
-
-
 @pytest.mark.parametrize("kind, milvus_kind", [("hnsw", "HNSW"), ("ivf", "IVF_FLAT")])
 def test_approximate_index_kinds_are_built_by_milvus_and_find_each_item_first(open_milvus, kind, milvus_kind):
     store = open_milvus(index=kind, flush_every=0)
