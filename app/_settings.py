@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ._images import FORMAT_NAMES, image_policy
 
 MILVUS_INDEXES = ("flat", "hnsw", "ivf")   # index._milvus's kinds, without importing index before /healthz
+# A thumbnail this size fits index._milvus.MAX_THUMBNAIL (49,149 bytes): at 384 px the largest measured
+# was 33,532 bytes (noise, the worst case for JPEG); at 512, a 640x480 photo's was 52,691
+MILVUS_MAX_THUMBNAIL_SIZE = 384
 
 
 class Settings(BaseSettings):
@@ -167,6 +170,10 @@ class Settings(BaseSettings):
         if self.index not in MILVUS_INDEXES:
             raise ValueError(f"SIMSEARCH_INDEX {self.index!r}: with SIMSEARCH_MILVUS_URI the index kinds are "
                              f"{', '.join(MILVUS_INDEXES)} (Milvus builds and keeps the index)")
+        if self.thumbnail_size > MILVUS_MAX_THUMBNAIL_SIZE:
+            raise ValueError(f"SIMSEARCH_THUMBNAIL_SIZE {self.thumbnail_size}: with SIMSEARCH_MILVUS_URI it is at most "
+                             f"{MILVUS_MAX_THUMBNAIL_SIZE}, as Milvus keeps a thumbnail in one text field of 49,149 "
+                             "bytes (at 512 a photo's thumbnail took 52,691)")
         return self
 
     def milvus_token_value(self) -> str | None:

@@ -125,6 +125,9 @@ def test_milvus_settings_refuse_an_index_kind_milvus_does_not_build(monkeypatch)
 
     with pytest.raises(ValidationError, match="index kinds are flat, hnsw, ivf"):
         Settings(milvus_uri="galleries.db", index="ivfpq")
+    with pytest.raises(ValidationError, match="SIMSEARCH_THUMBNAIL_SIZE 512: with SIMSEARCH_MILVUS_URI it is at most 384"):
+        Settings(milvus_uri="galleries.db", thumbnail_size=512)
+    assert Settings(thumbnail_size=512).thumbnail_size == 512 and Settings(milvus_uri="g.db", thumbnail_size=384)
     s = Settings(milvus_uri=" ", milvus_token="", index="hnsw")
     assert s.milvus_uri is None and s.milvus_token_value() is None
     assert Settings(milvus_uri="http://m:19530", milvus_token="u:p").milvus_token_value() == "u:p"
@@ -153,3 +156,25 @@ def test_serve_with_two_worker_processes_on_a_milvus_server_starts_both_and_answ
         os.killpg(milvus.pid, signal.SIGKILL)
         milvus.wait()
     assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
+
+
+def test_the_largest_thumbnail_the_settings_allow_fits_a_milvus_store(tmp_path):
+    """Noise is JPEG's worst case: its thumbnail at the largest size allowed with Milvus is stored; one
+    size up it would be refused, which is why the settings stop at that size."""
+    import numpy as np
+    from PIL import Image
+
+    import index
+    from app._images import make_thumbnail
+    from app._settings import MILVUS_MAX_THUMBNAIL_SIZE
+
+    noise = Image.fromarray((np.random.default_rng(0).random((1200, 1600, 3)) * 255).astype("uint8"))
+    store = index.MilvusStore.open(index.MilvusConfig(str(tmp_path / "m.db"), dim=4, model_id="m@1"))
+    try:
+        thumb = make_thumbnail(noise, MILVUS_MAX_THUMBNAIL_SIZE)
+        store.upsert([index.Item("noise", np.ones(4, np.float32), thumbnail=thumb)])
+        assert store.thumbnail("noise") == thumb
+        with pytest.raises(index.InvalidItemError, match="thumbnail is"):
+            store.upsert([index.Item("big", np.ones(4, np.float32), thumbnail=make_thumbnail(noise, 512))])
+    finally:
+        store.close()
