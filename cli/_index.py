@@ -466,7 +466,9 @@ def _galleries(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        print(f"no galleries in {args.milvus_uri or args.data} (`simsearch index build SOURCE` makes the default one)")
+        where = f"--milvus-uri {args.milvus_uri}" if args.milvus_uri else f"--data {args.data}"
+        print(f"no galleries in {args.milvus_uri or args.data} (`simsearch index build SOURCE {where}` makes the "
+              "default one)")
     for r in rows if not args.json else []:
         print(f"{r['name']:<20} {r['count'] if r['count'] is not None else '?':>9}  {r['model_id'] or ''}  {r['path']}")
     return 0
