@@ -148,9 +148,8 @@ class Service:
             raise
         except Exception as exc:
             raise RuntimeError(f"cannot open gallery {name!r} in Milvus: {exc}") from exc
-        if s.filter_keys:
-            log.info("metadata keys in gallery %s: %s", name, ", ".join(
-                f"{k} ({n} values)" for k, n in store.index_metadata(s.filter_keys.split(",")).items()))
+        # SIMSEARCH_FILTER_KEYS builds nothing here: Milvus filters without an index of simsearch's, and
+        # counting each key's values would read every item's metadata at every gallery's opening
         return store
 
     def gallery_names(self) -> list[str]:
