@@ -14,7 +14,8 @@ pytest.importorskip("pymilvus")
 from cli import main  # noqa: E402
 from index import MilvusConfig, MilvusStore  # noqa: E402
 
-from ..index.test_milvus import _free_port, _milvus_server  # noqa: E402
+from ..app.conftest import free_port  # noqa: E402
+from ..index.test_milvus import _milvus_server  # noqa: E402
 
 
 def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hybrid1_artifact, shared_data,
@@ -32,7 +33,7 @@ def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hy
                 out = folder / parts[2] / parts[3]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(tf.extractfile(m).read())
-    port = _free_port()
+    port = free_port()
     server = _milvus_server(tmp_path / "milvus", port)
     uri = f"http://127.0.0.1:{port}"
     common = ["--milvus-uri", uri, "--gallery", "pets", "--data", str(tmp_path / "unused")]

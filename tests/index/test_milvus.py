@@ -21,6 +21,7 @@ import index  # noqa: E402
 from index import InvalidItemError, Item, MilvusConfig, MilvusStore  # noqa: E402
 from index._milvus import _gallery_of, collection_name, match_fields, where_expression  # noqa: E402
 
+from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
 from .test_store import _OPS_METAS, _reference  # noqa: E402
 
@@ -232,12 +233,6 @@ def test_match_fields_keep_json_types_apart():
     assert kinds == ["b", "e", "e", "e", "e", "e", "h", "n", "s", "z"] and "l" in m
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _milvus_server(data_dir, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
                              "--host", "127.0.0.1", "--port", str(port)],
@@ -255,7 +250,7 @@ def _milvus_server(data_dir, port: int) -> subprocess.Popen:
 
 
 def test_what_milvus_acknowledged_survives_kill_9_of_the_milvus_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     server = _milvus_server(tmp_path / "data", port)
     uri = f"http://127.0.0.1:{port}"
     vecs = unit(np.random.default_rng(4), 30)
@@ -280,7 +275,7 @@ def test_what_milvus_acknowledged_survives_kill_9_of_the_milvus_server(tmp_path)
 
 
 def test_a_dropped_collection_and_an_unreachable_milvus_raise_the_stores_errors(tmp_path):
-    port = _free_port()
+    port = free_port()
     server = _milvus_server(tmp_path / "data", port)
     uri = f"http://user:secret@127.0.0.1:{port}"
     try:
