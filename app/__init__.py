@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await service.stop()
+            metrics.close()
 
     app = FastAPI(title="simsearch", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

@@ -1,11 +1,18 @@
-"""Prometheus metrics, in a registry per app (several apps in one process do not clash)."""
+"""Prometheus metrics, in a registry per app (several apps in one process do not clash).
+
+With several worker processes (`simsearch serve --workers N`, or any process manager that sets
+PROMETHEUS_MULTIPROC_DIR), each process writes its counts to files in that folder and a scrape of any
+worker reads them all (prometheus_client's multiprocess mode): /metrics counts the requests of every
+worker, whichever one answers it."""
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -15,13 +22,20 @@ class Metrics:
     """The service's metrics: requests by route and status, embed and search time, gallery size."""
 
     def __init__(self) -> None:
+        # Read where prometheus_client reads it (its values live in files there when it is set).
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("simsearch_requests", "HTTP requests by method, route template and status",
                                 ["method", "route", "status"], registry=r)
         self.latency = Histogram("simsearch_request_duration_seconds", "HTTP request latency",
                                  ["method", "route", "status"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("simsearch_requests_in_flight", "HTTP requests being served", registry=r)
+        # A gauge's multiprocess_mode says how the workers' values combine (ignored in one process).
+        self.in_flight = Gauge("simsearch_requests_in_flight", "HTTP requests being served", registry=r,
+                               multiprocess_mode="livesum")
+        self.workers = Gauge("simsearch_worker_processes", "worker processes serving (each counts 1 while it runs)",
+                             registry=r, multiprocess_mode="livesum")
+        self.workers.set(1)
         self.rejected = Counter("simsearch_rejected_requests", "requests refused by a limit",
                                 ["reason"], registry=r)
         self.embed_seconds = Histogram("simsearch_embed_seconds", "time to embed one batch (model forward)",
@@ -38,17 +52,21 @@ class Metrics:
                                          "POST /index requests committed together (one transaction and fsync)",
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self._gallery_sizes: Callable[[], dict[str, int]] = dict
-        r.register(_GallerySizes(lambda: self._gallery_sizes()))
-        self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded", registry=r)
+        self._disk_folder: Path | None = None
+        # Read at each scrape from this process's state, not counted: any worker's answer is the answer.
+        self._state = (_GallerySizes(lambda: self._gallery_sizes()), _DiskFree(lambda: self._disk_folder))
+        for collector in self._state:
+            r.register(collector)
+        self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded (in every worker)", registry=r,
+                           multiprocess_mode="livemin")
         self.followed = Gauge("simsearch_index_followed_timestamp_seconds",
                               "read-only replicas: when the writer's changes were last read (Unix time; alert "
-                              "when it falls minutes behind)", registry=r)
+                              "when it falls minutes behind; the oldest worker's)", registry=r,
+                              multiprocess_mode="livemin")
         self.follow_errors = Counter("simsearch_index_follow_errors",
                                      "read-only replicas: failed reads of the writer's changes", registry=r)
         self.catch_ups = Counter("simsearch_index_catch_ups", "read-only replicas: reads that had the writer's "
                                  "changes applied first, being behind their X-Simsearch-After", registry=r)
-        self.disk_free = Gauge("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
-                               "(writes are refused with 507 when it runs out)", registry=r)
 
     def track_galleries(self, sizes: Callable[[], dict[str, int]]) -> None:
         """Read each open gallery's size from `sizes()` ({name: items}) at every scrape."""
@@ -56,13 +74,45 @@ class Metrics:
 
     def track_disk(self, folder: Path) -> None:
         """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""
-        def read() -> float:
-            try:
-                return float(shutil.disk_usage(folder).free)
-            except OSError:  # the folder is gone or the volume unmounted: no value rather than a failed scrape
-                return float("nan")
+        self._disk_folder = folder
 
-        self.disk_free.set_function(read)
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus's text format: this process's, or with several worker processes
+        every worker's counts combined."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self._multiprocess_dir)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)
+        for collector in self._state:
+            registry.register(collector)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This worker is stopping: its gauges (in flight, ready, workers) stop counting."""
+        self.workers.set(0)
+        if self._multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self._multiprocess_dir)
+
+
+def _forget_dead_workers(folder: str) -> None:
+    """Drop the gauges of workers that died without closing (killed; the process manager starts another),
+    so that a killed worker's requests in flight and its `ready` do not count for ever. Counters and
+    histograms keep a dead worker's counts: a total never goes back."""
+    pids = {os.path.basename(f).rsplit("_", 1)[-1][:-3] for f in glob.glob(os.path.join(folder, "gauge_live*_*.db"))}
+    for pid in pids:
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class _GallerySizes:
@@ -86,3 +136,25 @@ class _GallerySizes:
         yield items
         yield GaugeMetricFamily("simsearch_galleries", "galleries open (the default one and named ones)",
                                 value=float(len(sizes)))
+
+
+class _DiskFree:
+    """simsearch_data_disk_free_bytes: free space on the disk holding the data folder (writes are refused
+    with 507 when it runs out), read at each scrape; none before the service knows its folder."""
+
+    def __init__(self, folder: Callable[[], Path | None]):
+        self._folder = folder
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        folder = self._folder()
+        if folder is None:
+            return
+        try:
+            free = float(shutil.disk_usage(folder).free)
+        except OSError:  # the folder is gone or the volume unmounted: no value rather than a failed scrape
+            free = float("nan")
+        yield GaugeMetricFamily("simsearch_data_disk_free_bytes", "free space on the disk holding the index "
+                                "(writes are refused with 507 when it runs out)", value=free)

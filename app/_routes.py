@@ -14,7 +14,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.requests import ClientDisconnect
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import FileResponse, JSONResponse
@@ -467,7 +467,7 @@ async def readyz(request: Request):
 
 @router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ._errors import CliError
@@ -94,11 +96,37 @@ def _serve(args) -> int:
                        "(--milvus-uri http://HOST:19530): " + ("a Milvus Lite file is opened by one process"
                                                                if settings.milvus_uri else
                                                                "one process owns an index in DATA (its writer lock)"))
-    uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-                workers=args.workers if args.workers != 1 else None,
-                log_config=_log_config(args.log_level, args.log_format), proxy_headers=True,
-                forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"), timeout_graceful_shutdown=10)
+    made = _metrics_folder() if args.workers != 1 else None
+    try:
+        uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
+                    workers=args.workers if args.workers != 1 else None,
+                    log_config=_log_config(args.log_level, args.log_format), proxy_headers=True,
+                    forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                    timeout_graceful_shutdown=10)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
+
+
+def _metrics_folder() -> Path | None:
+    """Several workers: the folder where each writes its metrics, so that a scrape of any one counts all
+    (prometheus_client's multiprocess mode; set before the workers start, which read it). The operator's
+    PROMETHEUS_MULTIPROC_DIR when set, emptied of the last run's counts; else a temporary folder, which is
+    returned to be removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        made = tempfile.mkdtemp(prefix="simsearch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        return Path(made)
+    folder = Path(given)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):   # a run's counts must not carry into the next
+            stale.unlink()
+    except OSError as exc:
+        raise CliError(f"PROMETHEUS_MULTIPROC_DIR={given}: cannot use it for the workers' metrics ({exc})") from None
+    return None
 
 
 def _log_config(level: str, fmt: str) -> dict:

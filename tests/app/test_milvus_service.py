@@ -133,28 +133,97 @@ def test_milvus_settings_refuse_an_index_kind_milvus_does_not_build(monkeypatch)
     assert Settings(milvus_uri="http://m:19530", milvus_token="u:p").milvus_token_value() == "u:p"
 
 
-def test_serve_with_two_worker_processes_on_a_milvus_server_starts_both_and_answers_every_request(hybrid1_artifact, tmp_path):
+def _requests(metrics_text: str, route: str) -> float:
+    """simsearch_requests_total for POST `route` with status 200, from Prometheus's text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
+               if s.name == "simsearch_requests_total" and s.labels == {"method": "POST", "route": route, "status": "200"})
+
+
+def _sample(metrics_text: str, name: str, labels: dict | None = None) -> list[float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
+            if s.name == name and s.labels == (labels or {})]
+
+
+def _each_workers_searches(folder) -> dict[str, float]:
+    """{pid: POST /search answered 200} read from each worker's own counter file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for f in folder.glob("counter_*.db"):
+        counts[f.stem.split("_")[1]] = sum(
+            s.value for m in MultiProcessCollector.merge([str(f)]) for s in m.samples
+            if s.name == "simsearch_requests_total" and s.labels.get("route") == "/search")
+    return counts
+
+
+def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_count_both_workers(hybrid1_artifact, tmp_path):
+    """`serve --workers 2` on a Milvus server: both workers start and answer; every scrape of /metrics,
+    whichever worker answers it, counts the searches of both (each worker's own file holds its share),
+    counts 2 workers still after one is killed and replaced, and the metrics folder goes at exit."""
+    from concurrent.futures import ThreadPoolExecutor
+
     port = free_port()
     milvus = _milvus_server(tmp_path / "milvus", port)
+    (tmp_path / "tmp").mkdir()
     env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
-           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_DATA_DIR": str(tmp_path / "data")}
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "TMPDIR": str(tmp_path / "tmp")}
     live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
-    try:
+
+    def wait_ready(n: int) -> None:
         deadline = time.monotonic() + 60
-        while live.log.read_text(errors="replace").count("ready in") < 2 and time.monotonic() < deadline:
+        while live.log.read_text(errors="replace").count("ready in") < n and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert live.log.read_text(errors="replace").count("ready in") == 2, live.log_tail()
+        assert live.log.read_text(errors="replace").count("ready in") == n, live.log_tail()
+
+    def search(i: int) -> None:
+        with httpx.Client(timeout=60) as fresh:   # a new connection: the kernel spreads them over both workers
+            r = fresh.post(live.url + "/search?k=1", files=[upload(png(i % 3))])
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == f"w{i % 3}", r.text
+
+    def scrape() -> str:
+        with httpx.Client(timeout=60) as fresh:
+            r = fresh.get(live.url + "/metrics")
+        assert r.status_code == 200, r.text
+        return r.text
+
+    try:
+        wait_ready(2)
+        [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
         with httpx.Client(timeout=60) as c:
             r = c.post(live.url + "/index", files=[upload(png(i)) for i in range(3)], data={"id": ["w0", "w1", "w2"]})
             assert r.status_code == 201, r.text
-            for i in range(30):   # new connections: the kernel spreads them over both workers
-                with httpx.Client(timeout=60) as fresh:
-                    r = fresh.post(live.url + "/search?k=1", files=[upload(png(i % 3))])
-                assert r.status_code == 200 and r.json()["results"][0]["id"] == f"w{i % 3}", r.text
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(search, range(40)))
+        shares = _each_workers_searches(folder)
+        assert sorted(shares.values()) != [0.0, 40.0] and sum(shares.values()) == 40 and len(shares) == 2, shares
+        for _ in range(6):   # each scrape may reach either worker
+            text = scrape()
+            assert _requests(text, "/search") == 40 and _requests(text, "/index") == 0, text
+            assert _sample(text, "simsearch_worker_processes") == [2.0]
+            assert _sample(text, "simsearch_ready") == [1.0]
+            assert _sample(text, "simsearch_gallery_items", {"gallery": "default"}) == [3.0]
+            assert 'pid="' not in text and len(_sample(text, "simsearch_data_disk_free_bytes")) == 1
+        assert sum(_sample(scrape(), "simsearch_requests_total", {"method": "POST", "route": "/index",
+                                                                  "status": "201"})) == 1
+
+        os.kill(int(next(iter(shares))), signal.SIGKILL)   # uvicorn starts another in its place
+        wait_ready(3)
+        for _ in range(4):
+            text = scrape()
+            assert _sample(text, "simsearch_worker_processes") == [2.0] and _sample(text, "simsearch_ready") == [1.0]
+            assert _requests(text, "/search") == 40   # a dead worker's counts stay: a total never goes back
+        search(1)
+        assert _requests(scrape(), "/search") == 41
     finally:
         stop_server(live)
         os.killpg(milvus.pid, signal.SIGKILL)
         milvus.wait()
+    assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))
     assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
 
 
