@@ -124,6 +124,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, default=None, help="torch and FAISS threads for the model (default 1)")
     r.set_defaults(func=_reembed)
 
+    y = isub.add_parser("copy", help="copy a gallery with its vectors: folder to Milvus, Milvus to folder, or alike",
+                        description="Copy the gallery of --data (or --milvus-uri) into --to-data or --to-milvus-uri: "
+                                    "every item's id, vector, label, metadata and thumbnail, in listing order, "
+                                    "nothing embedded again (the destination is for the same model). The source is "
+                                    "only read, so a service can keep serving it; stop its writes first for an exact "
+                                    "copy. Items the destination holds already are replaced by the source's, others "
+                                    "it holds are kept. A copy cut off is run again (it writes every item again). "
+                                    "Exit status 1 when an item could not be copied exactly (each is named: Milvus "
+                                    "holds smaller thumbnails, labels and metadata than a folder).")
+    _common(y, model=False, milvus=True)
+    y.add_argument("--to-data", metavar="FOLDER", help="the destination: a data folder (its DATA/index, or "
+                                                       "DATA/galleries/NAME/index)")
+    y.add_argument("--to-milvus-uri", metavar="URI", help="the destination: a Milvus server (http://HOST:19530) or a "
+                                                          "Milvus Lite file (.db); credentials and database as for "
+                                                          "--milvus-uri")
+    y.add_argument("--to-gallery", metavar="NAME", help="the destination gallery's name (default: the source's)")
+    y.add_argument("--all", action="store_true", help="copy every gallery of the source, each under its own name")
+    y.add_argument("--index", help="index kind of a new destination (default: the source's; flat when Milvus "
+                                   "does not build it)")
+    y.add_argument("--batch-size", type=int, default=1000, help="items read and written together (1000)")
+    y.set_defaults(func=_copy)
+
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "
                                     "matching --where. Without --yes, only says how many would go. While "
@@ -232,20 +254,23 @@ def _embedder(path: str | None):
 
 
 def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
-                gallery: str = "default", milvus_uri: str | None = None):
-    """The store of `gallery` in DATA (DATA/index for the default one), or in Milvus at milvus_uri;
+                gallery: str = "default", milvus_uri: str | None = None, vectors: tuple[int, str] | None = None):
+    """The store of `gallery` in DATA (DATA/index for the default one), or in Milvus at milvus_uri, for
+    the vectors of `embedder` (or `vectors`: their dim and model id; neither: what the store records);
     CliError for every store error, `locked_hint` appended when another process (a running service)
     holds it for writing."""
     import index
 
+    if embedder is not None:
+        vectors = (embedder.dim, embedder.model_id)
     if milvus_uri:
-        return _open_milvus(milvus_uri, read_only, embedder, kind, gallery)
+        return _open_milvus(milvus_uri, read_only, None, kind, gallery, vectors)
     path = _gallery_folder(data, gallery)
     if read_only and not (path / "store.sqlite3").exists():
         named = "" if gallery == "default" else f" --gallery {gallery}"
         raise CliError(f"no index at {path} (build one with `simsearch index build SOURCE --data {data}{named}`)")
-    cfg = index.StoreConfig(path=path, dim=embedder.dim if embedder else None,
-                            model_id=embedder.model_id if embedder else None, index=kind, read_only=read_only)
+    cfg = index.StoreConfig(path=path, dim=vectors[0] if vectors else None,
+                            model_id=vectors[1] if vectors else None, index=kind, read_only=read_only)
     try:
         return index.Store.open(cfg)
     except index.StoreLockedError as exc:
@@ -254,16 +279,19 @@ def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = No
         raise CliError(str(exc)) from None
 
 
-def _open_milvus(uri: str, read_only: bool, embedder, kind: str | None, gallery: str):
+def _open_milvus(uri: str, read_only: bool, embedder, kind: str | None, gallery: str,
+                 vectors: tuple[int, str] | None = None):
     import importlib.util
 
     import index
 
     if importlib.util.find_spec("pymilvus") is None:
         raise CliError("--milvus-uri needs pymilvus installed (pip install 'simsearch[milvus]')")
+    if embedder is not None:
+        vectors = (embedder.dim, embedder.model_id)
     cfg = index.MilvusConfig(uri, token=os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
                              db_name=os.environ.get("SIMSEARCH_MILVUS_DB") or None, gallery=gallery,
-                             dim=embedder.dim if embedder else None, model_id=embedder.model_id if embedder else None,
+                             dim=vectors[0] if vectors else None, model_id=vectors[1] if vectors else None,
                              index=kind, read_only=read_only)
     try:
         return index.MilvusStore.open(cfg)
@@ -584,6 +612,12 @@ def _upload(args) -> int:
     from ._upload import upload
 
     return upload(args)
+
+
+def _copy(args) -> int:
+    from ._copy import copy
+
+    return copy(args)
 
 
 def _reembed(args) -> int:

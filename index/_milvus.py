@@ -520,6 +520,23 @@ class MilvusStore(ItemChecks):
         row = self._get([id], ["thumbnail"]).get(id)
         return None if row is None or row.get("thumbnail") is None else base64.b64decode(row["thumbnail"])
 
+    def ids(self) -> list[str]:
+        """Every item's id, in listing order (one scan of the gallery; for copying it whole)."""
+        return [row["id"] for row in sorted(self._scan("", ["seq"]), key=lambda row: row["seq"])]
+
+    def items(self, ids: Sequence[str], thumbnails: bool = True) -> list[Item | None]:
+        """The items with these ids (vector, label, metadata and, when asked, thumbnail), as
+        `StoreReader.items` reads them from a folder: one entry per id, in order, None where absent."""
+        rows = self._get(ids, ["vector", "label", "metadata"] + (["thumbnail"] if thumbnails else []))
+        out: list[Item | None] = []
+        for i in ids:
+            row = rows.get(i)
+            item = None if row is None else self._item(row)
+            if item is not None and row.get("thumbnail") is not None:
+                item.thumbnail = base64.b64decode(row["thumbnail"])
+            out.append(item)
+        return out
+
     def has_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of `ids` present in the gallery."""
         return set(self._get(list(ids), ["seq"]))

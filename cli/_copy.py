@@ -1,0 +1,174 @@
+"""`simsearch index copy`: a gallery copied whole, with its vectors (nothing is embedded again), between
+a data folder and Milvus either way, or folder to folder, or Milvus to Milvus.
+
+What moves a gallery from one machine's folder to a Milvus server when the service scales out, and what
+takes a copy of a gallery in Milvus into a folder (a backup that `simsearch serve --data` serves). Each
+item keeps its id, vector, label, metadata and thumbnail, and the items keep their listing order. The
+source is only read, so a service can keep serving it; the copy holds the items the source listed when
+the copy began, each as it was when its batch was read (one deleted meanwhile is left out).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ._errors import CliError
+from ._index import _gallery_folder, _open_milvus, _open_store
+
+_MILVUS_KINDS = ("flat", "hnsw", "ivf")
+
+
+@dataclass
+class _Source:
+    """One gallery to read: its ids in listing order, how to read items, and what made its vectors."""
+
+    where: str
+    ids: list[str]
+    read: Callable[[list[str]], list]
+    dim: int
+    model_id: str
+    kind: str
+    close: Callable[[], None]
+
+
+def copy(args) -> int:
+    """Copy the gallery (or with --all every gallery) of --data / --milvus-uri into --to-data /
+    --to-milvus-uri. Exit status 1 when an item could not be copied exactly (each is named)."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if (args.to_data is None) == (args.to_milvus_uri is None):
+        raise CliError("give the destination: --to-data FOLDER or --to-milvus-uri URI (one of them)")
+    if args.all and (args.gallery != "default" or args.to_gallery is not None):
+        raise CliError("--all copies every gallery under its own name: give it without --gallery and --to-gallery")
+    names = _gallery_names(args) if args.all else [args.gallery]
+    if not names:
+        raise CliError(f"no galleries in {args.milvus_uri or args.data} to copy")
+    status = 0
+    for name in names:
+        status |= _copy_gallery(args, name, args.to_gallery or name)
+    return status
+
+
+def _gallery_names(args) -> list[str]:
+    import index
+
+    if args.milvus_uri:
+        return index.milvus_gallery_names(args.milvus_uri, os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
+                                          os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+    return index.gallery_names(Path(args.data))
+
+
+def _open_source(args, gallery: str) -> _Source:
+    import index
+
+    if args.milvus_uri:
+        store = _open_milvus(args.milvus_uri, True, None, None, gallery)
+        return _Source(f"{store.info()['path']}", store.ids(), store.items, store.dim, store.model_id, store.spec,
+                       store.close)
+    path = _gallery_folder(args.data, gallery)
+    if not (path / "store.sqlite3").exists():
+        raise CliError(f"no index at {path} to copy")
+    try:
+        reader = index.StoreReader(path)
+    except index.StoreError as exc:
+        raise CliError(f"--data {args.data}: {exc}") from None
+    _, rows = reader.rows()   # one read: every item the source held at this moment, in listing order
+    return _Source(str(path), list(rows), reader.items, reader.dim, reader.model_id, reader.index_spec, reader.close)
+
+
+def _same_place(args, gallery: str, to_gallery: str) -> bool:
+    if gallery != to_gallery:
+        return False
+    if args.milvus_uri and args.to_milvus_uri:
+        return args.milvus_uri.rstrip("/") == args.to_milvus_uri.rstrip("/")
+    if not args.milvus_uri and args.to_data:
+        return _gallery_folder(args.data, gallery).resolve() == _gallery_folder(args.to_data, gallery).resolve()
+    return False
+
+
+def _destination_exists(args, gallery: str) -> bool:
+    import index
+
+    if args.to_milvus_uri:
+        return gallery in index.milvus_gallery_names(args.to_milvus_uri,
+                                                     os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
+                                                     os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+    return (_gallery_folder(args.to_data, gallery) / "store.sqlite3").exists()
+
+
+def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
+    from tqdm import tqdm
+
+    import index
+
+    if _same_place(args, gallery, to_gallery):
+        raise CliError(f"the source and the destination are the same gallery ({gallery!r}); copy into another")
+    source = _open_source(args, gallery)
+    try:
+        kind = args.index
+        if kind is None and not _destination_exists(args, to_gallery):   # a new one: the source's kind
+            kind = source.kind
+            if args.to_milvus_uri and kind not in _MILVUS_KINDS:
+                print(f"note: Milvus does not build the source's index kind {kind!r}: the copy is flat (exact); "
+                      "give --index hnsw or ivf for an approximate one")
+                kind = "flat"
+        dest = _open_store(args.to_data or "", False, kind=kind, gallery=to_gallery, milvus_uri=args.to_milvus_uri,
+                           vectors=(source.dim, source.model_id),
+                           locked_hint=f". Stop the service serving {args.to_data} first, or copy into another folder")
+        where = dest.info()["path"]
+        copied, bare, left_out = 0, [], []
+        try:
+            with tqdm(total=len(source.ids), unit="item", desc=f"copying {gallery}") as bar:
+                for start in range(0, len(source.ids), args.batch_size):
+                    chunk = source.ids[start:start + args.batch_size]
+                    items = [it for it in source.read(chunk) if it is not None]   # None: deleted since the listing
+                    copied += _write(dest, items, bare, left_out)
+                    bar.update(len(chunk))
+            dest.snapshot()   # a folder: its FAISS snapshot now; Milvus: its rows sealed, for fast searches
+            count = dest.count()
+        except index.StorageError as exc:
+            raise CliError(f"{exc}. What was copied is kept: free space, then run the same command again") from None
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    serve = (f"--milvus-uri {args.to_milvus_uri}" if args.to_milvus_uri else f"--data {args.to_data}") + \
+        ("" if to_gallery == "default" else f" (gallery {to_gallery})")
+    more = f", {count - copied} of them held before and kept" if count > copied else ""
+    print(f"copied {copied} of the {len(source.ids)} items of {source.where} ({source.model_id}) to {where}; "
+          f"it holds {count} items{more}. Serve it with {serve} and the model {source.model_id}")
+    for id_, why in bare:
+        print(f"copied without its thumbnail: {id_!r} ({why})")
+    for id_, why in left_out:
+        print(f"not copied: {id_!r} ({why})")
+    return 1 if bare or left_out else 0
+
+
+def _write(dest, items: list, bare: list, left_out: list) -> int:
+    """Upsert items into dest; when the batch is refused, each alone, then without its thumbnail (Milvus
+    holds smaller ones than a folder), then left out: the refusals go to `bare` and `left_out` with the
+    reason. Returns how many were written."""
+    import index
+
+    try:
+        return dest.upsert(items) if items else 0
+    except index.InvalidItemError:
+        pass
+    written = 0
+    for item in items:
+        try:
+            written += dest.upsert([item])
+            continue
+        except index.InvalidItemError as exc:
+            why = str(exc)
+        if item.thumbnail is not None:
+            try:
+                written += dest.upsert([replace(item, thumbnail=None)])
+                bare.append((item.id, why))
+                continue
+            except index.InvalidItemError as exc:
+                why = str(exc)
+        left_out.append((item.id, why))
+    return written
