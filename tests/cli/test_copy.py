@@ -5,7 +5,6 @@ one line."""
 from __future__ import annotations
 
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -14,21 +13,6 @@ pytest.importorskip("pymilvus")
 
 from cli import main  # noqa: E402
 from index import Item, MilvusConfig, MilvusStore, Store, StoreConfig, StoreReader  # noqa: E402
-
-
-@pytest.fixture
-def photos(shared_data, tmp_path):
-    """Real CIFAR-10 (JPEG) test images: 6 cats and 6 ships, in an ImageFolder layout."""
-    folder = tmp_path / "photos"
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
-        for m in tf:
-            parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "ship") \
-                    and int(parts[3][:4]) < 6:
-                out = folder / parts[2] / parts[3]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tf.extractfile(m).read())
-    return folder
 
 
 def _folder_items(path) -> list[Item]:
@@ -55,7 +39,8 @@ def _hits(capsys, query, model, place: list[str]) -> list[tuple[str, float]]:
 
 
 def test_every_gallery_goes_from_a_folder_into_milvus_and_back_with_the_same_items_and_answers(
-        photos, hybrid1_artifact, tmp_path, capsys):
+        cat_and_ship_photos, hybrid1_artifact, tmp_path, capsys):
+    photos = cat_and_ship_photos
     data, back, uri = tmp_path / "data", tmp_path / "back", str(tmp_path / "galleries.db")
     assert main(["index", "build", str(photos / "cat"), "--data", str(data), "--model", str(hybrid1_artifact)]) == 0
     assert main(["index", "build", str(photos), "--data", str(data), "--gallery", "pets",

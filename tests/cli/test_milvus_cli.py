@@ -18,21 +18,11 @@ from ..app.conftest import free_port  # noqa: E402
 from ..index.test_milvus import _milvus_server  # noqa: E402
 
 
-def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hybrid1_artifact, shared_data,
+def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hybrid1_artifact, cat_and_ship_photos,
                                                                               tmp_path, capsys):
     """`simsearch index build|stats|delete` and `search` with --milvus-uri, on a folder of real CIFAR-10
     images, against a Milvus Lite server process."""
-    import tarfile
-
-    folder = tmp_path / "photos"
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tf:
-        for m in tf:
-            parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and parts[1] == "test" and parts[2] in ("cat", "ship") \
-                    and int(parts[3][:4]) < 6:
-                out = folder / parts[2] / parts[3]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tf.extractfile(m).read())
+    folder = cat_and_ship_photos
     port = free_port()
     server = _milvus_server(tmp_path / "milvus", port)
     uri = f"http://127.0.0.1:{port}"
