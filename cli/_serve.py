@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 503 (default 64)")
     p.add_argument("--rate-limit", type=int, help="requests per minute per key or client IP; 0 = off (default 1200)")
     p.add_argument("--thumbnail-size", type=int, help="longest side of stored thumbnails; 0 = none (default 128)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="uvicorn worker processes (default 1); more than 1 needs --milvus-uri with a Milvus server, "
-                        "since one process owns an index in DATA")
+    p.add_argument("--workers", type=int, default=env("SIMSEARCH_WORKERS", "1"),
+                   help="uvicorn worker processes (default $SIMSEARCH_WORKERS, else 1); more than 1 needs --milvus-uri "
+                        "with a Milvus server, since one process owns an index in DATA; /metrics counts them all")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--log-format", default=env("SIMSEARCH_LOG_FORMAT", "text"), choices=("text", "json"),
                    help="text (uvicorn's lines) or json (one object a line: time, level, logger, message, "

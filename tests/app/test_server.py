@@ -263,6 +263,13 @@ def test_serve_rejects_more_than_one_worker_unless_the_galleries_are_in_a_milvus
     assert r.returncode == 2 and "a Milvus Lite file is opened by one process" in r.stderr, r.stderr
     r = subprocess.run([str(exe), "serve", "--workers", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--workers 0" in r.stderr
+    import os   # SIMSEARCH_WORKERS is the default of --workers, checked the same way
+    r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SIMSEARCH_WORKERS": "3"})
+    assert r.returncode == 2 and "--workers 3" in r.stderr and "one process owns an index" in r.stderr, r.stderr
+    r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SIMSEARCH_WORKERS": "many"})
+    assert r.returncode == 2 and "invalid int value: 'many'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("name, value, words", [
