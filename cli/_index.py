@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = isub.add_parser("galleries", help="the galleries of a data folder (the default one and named ones), with "
                                           "their sizes and models")
-    g.add_argument("--data", default=_default_data(), help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
+    g.add_argument("--data", default=_default_data(), action=_DataFolder,
+                   help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
     _milvus_option(g)
     g.add_argument("--json", action="store_true", help="print JSON")
     g.set_defaults(func=_galleries)
@@ -209,7 +210,7 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
 
 
 def _common(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> None:
-    p.add_argument("--data", default=_default_data(),
+    p.add_argument("--data", default=_default_data(), action=_DataFolder,
                    help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
     _gallery_option(p)
     if model:
@@ -218,11 +219,26 @@ def _common(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> No
         _milvus_option(p)
 
 
+class _MilvusUriFromEnv(str):
+    """$SIMSEARCH_MILVUS_URI as the default of --milvus-uri: set aside by a --data given on the command line."""
+
+
+class _DataFolder(argparse.Action):
+    """--data given on the command line: the folder is meant, even where $SIMSEARCH_MILVUS_URI is set (as in
+    the service's container); an explicit --milvus-uri still wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if isinstance(getattr(namespace, "milvus_uri", None), _MilvusUriFromEnv):
+            namespace.milvus_uri = None
+
+
 def _milvus_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--milvus-uri", default=os.environ.get("SIMSEARCH_MILVUS_URI") or None,
+    env = os.environ.get("SIMSEARCH_MILVUS_URI")
+    p.add_argument("--milvus-uri", default=_MilvusUriFromEnv(env) if env else None,
                    help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
-                        "$SIMSEARCH_MILVUS_URI; its credentials from $SIMSEARCH_MILVUS_TOKEN, its database from "
-                        "$SIMSEARCH_MILVUS_DB)")
+                        "$SIMSEARCH_MILVUS_URI unless --data is given; its credentials from $SIMSEARCH_MILVUS_TOKEN, "
+                        "its database from $SIMSEARCH_MILVUS_DB)")
 
 
 def _gallery_option(p: argparse.ArgumentParser) -> None:

@@ -140,3 +140,31 @@ def test_an_operators_mistakes_are_one_line_each(tmp_path, capsys):
         assert main(d + ["--to-data", str(tmp_path / "e")]) == 2
         assert "Stop the service serving" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_explicit_data_folder_is_read_even_where_the_milvus_uri_is_set_in_the_environment(
+        tmp_path, capsys, monkeypatch):
+    """In the service's container SIMSEARCH_MILVUS_URI is set: `--data /data` there means the folder (to
+    copy it into Milvus, say), no flag means Milvus, and an explicit --milvus-uri wins."""
+    rng = np.random.default_rng(3)
+    with Store.open(StoreConfig(tmp_path / "d" / "index", dim=8, model_id="m@1")) as s:
+        s.upsert([Item(f"f{i}", rng.normal(size=8).astype(np.float32)) for i in range(2)])
+    uri = str(tmp_path / "g.db")
+    with MilvusStore.open(MilvusConfig(uri, dim=8, model_id="m@1")) as m:
+        m.upsert([Item("m0", rng.normal(size=8).astype(np.float32))])
+    monkeypatch.setenv("SIMSEARCH_MILVUS_URI", uri)
+
+    def count(*argv: str) -> int:
+        assert main(["index", "stats", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)["count"]
+
+    assert count("--data", str(tmp_path / "d")) == 2
+    assert count() == 1
+    assert count("--data", str(tmp_path / "d"), "--milvus-uri", uri) == 1
+    assert count("--milvus-uri", uri, "--data", str(tmp_path / "d")) == 1
+    assert main(["index", "copy", "--data", str(tmp_path / "d"), "--to-milvus-uri", uri, "--to-gallery", "f"]) == 0
+    assert "copied 2 of the 2 items" in capsys.readouterr().out
+    assert main(["index", "galleries", "--json", "--data", str(tmp_path / "d")]) == 0
+    assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["default"]   # the folder's
+    assert main(["index", "galleries", "--json"]) == 0
+    assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["default", "f"]   # Milvus's
