@@ -9,13 +9,12 @@ the copy began, each as it was when its batch was read (one deleted meanwhile is
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from ._errors import CliError
-from ._index import _gallery_folder, _open_milvus, _open_store
+from ._index import _gallery_folder, _milvus_gallery_names, _open_milvus, _open_store
 
 _MILVUS_KINDS = ("flat", "hnsw", "ivf")
 
@@ -55,8 +54,7 @@ def _gallery_names(args) -> list[str]:
     import index
 
     if args.milvus_uri:
-        return index.milvus_gallery_names(args.milvus_uri, os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
-                                          os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+        return _milvus_gallery_names(args.milvus_uri)
     return index.gallery_names(Path(args.data))
 
 
@@ -64,8 +62,8 @@ def _open_source(args, gallery: str) -> _Source:
     import index
 
     if args.milvus_uri:
-        store = _open_milvus(args.milvus_uri, True, None, None, gallery)
-        return _Source(f"{store.info()['path']}", store.ids(), store.items, store.dim, store.model_id, store.spec,
+        store = _open_milvus(args.milvus_uri, True, None, gallery)
+        return _Source(store.info()["path"], store.ids(), store.items, store.dim, store.model_id, store.spec,
                        store.close)
     path = _gallery_folder(args.data, gallery)
     if not (path / "store.sqlite3").exists():
@@ -89,12 +87,8 @@ def _same_place(args, gallery: str, to_gallery: str) -> bool:
 
 
 def _destination_exists(args, gallery: str) -> bool:
-    import index
-
     if args.to_milvus_uri:
-        return gallery in index.milvus_gallery_names(args.to_milvus_uri,
-                                                     os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
-                                                     os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+        return gallery in _milvus_gallery_names(args.to_milvus_uri)
     return (_gallery_folder(args.to_data, gallery) / "store.sqlite3").exists()
 
 

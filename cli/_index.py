@@ -280,7 +280,7 @@ def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = No
     if embedder is not None:
         vectors = (embedder.dim, embedder.model_id)
     if milvus_uri:
-        return _open_milvus(milvus_uri, read_only, None, kind, gallery, vectors)
+        return _open_milvus(milvus_uri, read_only, kind, gallery, vectors)
     path = _gallery_folder(data, gallery)
     if read_only and not (path / "store.sqlite3").exists():
         named = "" if gallery == "default" else f" --gallery {gallery}"
@@ -295,18 +295,26 @@ def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = No
         raise CliError(str(exc)) from None
 
 
-def _open_milvus(uri: str, read_only: bool, embedder, kind: str | None, gallery: str,
-                 vectors: tuple[int, str] | None = None):
+def _milvus_credentials() -> tuple[str | None, str | None]:
+    """(token, database) for Milvus, from $SIMSEARCH_MILVUS_TOKEN and $SIMSEARCH_MILVUS_DB, as the service reads them."""
+    return os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None, os.environ.get("SIMSEARCH_MILVUS_DB") or None
+
+
+def _milvus_gallery_names(uri: str) -> list[str]:
+    import index
+
+    return index.milvus_gallery_names(uri, *_milvus_credentials())
+
+
+def _open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vectors: tuple[int, str] | None = None):
     import importlib.util
 
     import index
 
     if importlib.util.find_spec("pymilvus") is None:
         raise CliError("--milvus-uri needs pymilvus installed (pip install 'simsearch[milvus]')")
-    if embedder is not None:
-        vectors = (embedder.dim, embedder.model_id)
-    cfg = index.MilvusConfig(uri, token=os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
-                             db_name=os.environ.get("SIMSEARCH_MILVUS_DB") or None, gallery=gallery,
+    token, db_name = _milvus_credentials()
+    cfg = index.MilvusConfig(uri, token=token, db_name=db_name, gallery=gallery,
                              dim=vectors[0] if vectors else None, model_id=vectors[1] if vectors else None,
                              index=kind, read_only=read_only)
     try:
@@ -489,13 +497,12 @@ def _galleries(args) -> int:
     rows = []
     if args.milvus_uri:
         try:
-            names = index.milvus_gallery_names(args.milvus_uri, os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None,
-                                               os.environ.get("SIMSEARCH_MILVUS_DB") or None)
+            names = _milvus_gallery_names(args.milvus_uri)
         except index.StoreError as exc:
             raise CliError(str(exc)) from None
         for name in names:
             try:
-                with _open_milvus(args.milvus_uri, True, None, None, name) as store:
+                with _open_milvus(args.milvus_uri, True, None, name) as store:
                     info = store.info()
                 rows.append({"name": name, "count": info["count"], "model_id": info["model_id"], "path": info["path"]})
             except CliError as exc:   # dropped this moment

@@ -512,8 +512,7 @@ class MilvusStore(ItemChecks):
 
     def get_many(self, ids: Sequence[str]) -> list[Item | None]:
         """get() for many ids: one entry per id, in order, None where absent."""
-        rows = self._get(ids, ["vector", "label", "metadata"])
-        return [self._item(rows[i]) if i in rows else None for i in ids]
+        return self.items(ids, thumbnails=False)
 
     def thumbnail(self, id: str) -> bytes | None:
         """The stored thumbnail bytes of an item, or None."""
@@ -522,7 +521,11 @@ class MilvusStore(ItemChecks):
 
     def ids(self) -> list[str]:
         """Every item's id, in listing order (one scan of the gallery; for copying it whole)."""
-        return [row["id"] for row in sorted(self._scan("", ["seq"]), key=lambda row: row["seq"])]
+        return self._ordered_ids("")
+
+    def _ordered_ids(self, expr: str) -> list[str]:
+        """The ids of the items matching expr (all when empty) in listing order: one scan of their seqs."""
+        return [i for _, i in sorted((r["seq"], r["id"]) for r in self._scan(expr, ["seq"]))]
 
     def items(self, ids: Sequence[str], thumbnails: bool = True) -> list[Item | None]:
         """The items with these ids (vector, label, metadata and, when asked, thumbnail), as
@@ -605,8 +608,7 @@ class MilvusStore(ItemChecks):
         filter as in search. Reads the ids and positions of every matching item to order them."""
         self._check_page(offset, limit)
         expr = self._filter(label, _filter.check_where(where))
-        order = sorted(((r["seq"], r["id"]) for r in self._scan(expr, ["seq"])))
-        page = [i for _, i in order[offset:offset + limit]]
+        page = self._ordered_ids(expr)[offset:offset + limit]
         return [it for it in self.get_many(page) if it is not None]
 
     # ---- search ------------------------------------------------------------------------------

@@ -133,19 +133,17 @@ def test_milvus_settings_refuse_an_index_kind_milvus_does_not_build(monkeypatch)
     assert Settings(milvus_uri="http://m:19530", milvus_token="u:p").milvus_token_value() == "u:p"
 
 
-def _requests(metrics_text: str, route: str) -> float:
-    """simsearch_requests_total for POST `route` with status 200, from Prometheus's text format."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
-               if s.name == "simsearch_requests_total" and s.labels == {"method": "POST", "route": route, "status": "200"})
-
-
 def _sample(metrics_text: str, name: str, labels: dict | None = None) -> list[float]:
+    """The values of the samples `name` with exactly these labels, from Prometheus's text format."""
     from prometheus_client.parser import text_string_to_metric_families
 
     return [s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
             if s.name == name and s.labels == (labels or {})]
+
+
+def _requests(metrics_text: str, route: str) -> float:
+    """simsearch_requests_total for POST `route` with status 200."""
+    return sum(_sample(metrics_text, "simsearch_requests_total", {"method": "POST", "route": route, "status": "200"}))
 
 
 def _each_workers_searches(folder) -> dict[str, float]:
