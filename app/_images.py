@@ -3,6 +3,7 @@ a pixel limit checked before any pixel is decoded, and every failure mapped to a
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
@@ -135,7 +136,7 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
         try:
             img = Image.open(io.BytesIO(data), formats=policy.openers)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
+            raise ApiError(413, "image_too_large", _bomb_message(what, exc, max_pixels)) from None
         except UnidentifiedImageError:
             allowed = sniff_allowed(data, policy)
             if allowed:
@@ -144,14 +145,14 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
             other = sniff_unsupported(data)
             if other:
                 raise ApiError(415, "unsupported_format",
-                               f"{what} is a {other} file; send a {policy.text} image") from None
+                               f"{what} is {_a(other)} file; send a {policy.text} image") from None
             raise ApiError(415, "unsupported_format",
                            f"{what} is not a {policy.text} image (first bytes {data[:8]!r})") from None
         except Exception as exc:  # a malformed header of an allowed format
             raise ApiError(400, "invalid_image", f"{what}: cannot read the image header: {exc}") from None
         if img.format not in policy.allowed:  # a plugin that hands back another format than its own
             raise ApiError(415, "unsupported_format",
-                           f"{what} is a {img.format} file; send a {policy.text} image")
+                           f"{what} is {_a(img.format)} file; send a {policy.text} image")
         w, h = img.size
         if w * h > max_pixels:
             raise ApiError(413, "image_too_large",
@@ -165,10 +166,29 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
                 img.draft(None, (draft, draft))
             img.load()
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ApiError(413, "image_too_large", f"{what}: {exc}") from None
+            raise ApiError(413, "image_too_large", _bomb_message(what, exc, max_pixels)) from None
         except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, ValueError, ...
             raise ApiError(400, "invalid_image", f"{what}: the image data is corrupt or truncated: {exc}") from None
     return img
+
+
+# Format names said letter by letter from a consonant that sounds like a vowel ("an SVG")
+_SAID_AN = {"SVG", "XML/SVG", "SGI", "HDF5", "XBM", "XPM", "MSP", "MPEG", "MPO"}
+
+
+def _a(name: str) -> str:
+    """'a TIFF', 'an ICO', 'an SVG': the article for a format's name."""
+    return ("an " if name[:1].upper() in "AEIOU" or name in _SAID_AN else "a ") + name
+
+
+def _bomb_message(what: str, exc: Exception, max_pixels: int) -> str:
+    # Pillow refuses past its own process-wide limit, which the app only ever raises to max_pixels: say the
+    # limit that applies rather than Pillow's.
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if not found:
+        return f"{what}: {exc}"
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    return f"{what} is {int(found.group(1))} pixels; the limit is {limit}"
 
 
 def make_thumbnail(img: Image.Image, size: int) -> bytes:

@@ -24,12 +24,13 @@ def test_allowed_formats_decode_to_loaded_images(fmt, kw):
 
 
 @pytest.mark.parametrize("name,make,plugin_opens", [
-    ("FITS", crafted.fits, True), ("EPS", crafted.eps, True), ("PDF", crafted.pdf, False),
-    ("TIFF", crafted.tiff, True)])
+    ("a FITS", crafted.fits, True), ("a PostScript/EPS", crafted.eps, True), ("a PDF", crafted.pdf, False),
+    ("a TIFF", crafted.tiff, True), ("an SVG", lambda: b"<svg xmlns='http://www.w3.org/2000/svg'/>", False),
+    ("an ICO", lambda: b"\x00\x00\x01\x00" + bytes(60), False)])
 def test_formats_outside_the_allow_list_are_415_even_those_pillow_could_open(name, make, plugin_opens):
     data = make()
     if plugin_opens:  # without the allow-list, Pillow would hand these to their decoders
-        assert Image.open(io.BytesIO(data)).format in (name, "EPS", "FITS", "TIFF")
+        assert Image.open(io.BytesIO(data)).format in ("EPS", "FITS", "TIFF")
     with pytest.raises(ApiError) as err:
         decode_image(data, LIMIT)
     assert err.value.status == 415 and err.value.code == "unsupported_format"
@@ -115,6 +116,13 @@ def test_decompression_bomb_header_is_413_without_decoding(side):
     with pytest.raises(ApiError) as err:
         decode_image(data, 10**12)   # our own limit out of the way: Pillow's bomb check must still fire
     assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert err.value.message == f"file is {side * side} pixels; the limit is {Image.MAX_IMAGE_PIXELS}"
+
+
+def test_a_bomb_past_pillows_limit_is_told_the_services_own_lower_limit():
+    with pytest.raises(ApiError) as err:
+        decode_image(crafted.png_claiming(10_000, 10_000), 50_000, what="file 0 ('bomb.png')")
+    assert err.value.message == "file 0 ('bomb.png') is 100000000 pixels; the limit is 50000"
 
 
 def test_thumbnail_is_a_jpeg_with_longest_side_the_setting_and_a_smaller_image_is_not_enlarged():
