@@ -14,7 +14,8 @@ from starlette.staticfiles import StaticFiles
 from ._errors import install_error_handlers
 from ._metrics import Metrics
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
-                          RequestIdLogFilter, RequestIdMiddleware, parse_keys, route_resolver)
+                          RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SharedRateLimiter, parse_keys,
+                          route_resolver)
 from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
 from ._service import Service
 from ._settings import Settings
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Pillow's own bomb check must not be stricter than ours (ours is per app, in decode_image).
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)
 
+    limiter = _rate_limiter(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
@@ -47,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await service.stop()
             metrics.close()
+            if isinstance(limiter, SharedRateLimiter):
+                limiter.close()
 
     app = FastAPI(title="simsearch", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -60,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
     keys = KeyRing(parse_keys(settings.api_key.get_secret_value()) if settings.api_key else [], settings.api_key_file)
     app.add_middleware(AuthMiddleware, keys=keys, require_key_for_reads=settings.require_key_for_reads,
-                       rate_limit_per_minute=settings.rate_limit_per_minute, metrics=metrics)
+                       limiter=limiter, metrics=metrics)
     if settings.cors_origin_list():
         # Outside the key check: a browser's preflight carries no key; and the refusals inside (401, 413,
         # 429) get the CORS headers, so that the calling page can read why.
@@ -71,3 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
     return app
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter | SharedRateLimiter | None:
+    if settings.rate_limit_per_minute <= 0:
+        return None
+    if settings.rate_limit_file is not None:   # several processes: one set of buckets for all
+        return SharedRateLimiter(settings.rate_limit_file, settings.rate_limit_per_minute)
+    return RateLimiter(settings.rate_limit_per_minute)

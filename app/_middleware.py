@@ -10,6 +10,7 @@ import hmac
 import logging
 import math
 import re
+import sqlite3
 import sys
 import time
 import uuid
@@ -174,16 +175,80 @@ class RateLimiter:
         """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
         now = time.monotonic()
         tokens, last = self._buckets.pop(client, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[client] = (tokens - 1.0, now)
-            wait = 0.0
-        else:
-            self._buckets[client] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
+        self._buckets[client], wait = _take_token(tokens, last, now, self.capacity, self.rate)
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
         return wait
+
+
+def _take_token(tokens: float, last: float, now: float, capacity: float, rate: float) -> tuple[tuple[float, float], float]:
+    """One step of a token bucket: ((tokens, last) after it, 0.0 or the seconds to wait for a token)."""
+    if last > now:   # another process's later clock reading, or a clock set back: no time has passed
+        now = last
+    tokens = min(capacity, tokens + (now - last) * rate)
+    if tokens >= 1.0:
+        return (tokens - 1.0, now), 0.0
+    return (tokens, now), (1.0 - tokens) / rate
+
+
+class SharedRateLimiter:
+    """RateLimiter's token buckets kept in a SQLite file that several processes on one machine share
+    (`serve --workers N`), so that a client gets `per_minute` requests in all rather than in each process.
+    One short write transaction a request. Should the file fail (a full disk, say), requests are let
+    through and the failure is logged: a broken limiter must not take the service down with it."""
+
+    _PRUNE_EVERY = 1000
+
+    def __init__(self, path: Path | str, per_minute: int):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.path = path
+        self._takes = 0
+        self._failing = False
+        try:
+            self._db = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")   # a crash loses some counts, nothing else
+            self._db.execute("CREATE TABLE IF NOT EXISTS buckets (client TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+                             "last REAL NOT NULL) WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            raise RuntimeError(f"rate limit file {path}: {exc}") from None
+
+    def take(self, client: str) -> float:
+        """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
+        try:
+            wait = self._take(client)
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            if not self._failing:
+                log.warning("rate limit file %s failed (%s): requests are let through until it works again",
+                            self.path, exc)
+            self._failing = True
+            return 0.0
+        if self._failing:
+            log.info("rate limit file %s works again", self.path)
+            self._failing = False
+        return wait
+
+    def _take(self, client: str) -> float:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")   # the write lock first: no other process reads the bucket meanwhile
+        # one clock for all the processes; a monotonic one would restart with the machine, and the file not
+        now = time.time()
+        row = db.execute("SELECT tokens, last FROM buckets WHERE client = ?", (client,)).fetchone()
+        (tokens, last), wait = _take_token(*(row or (self.capacity, now)), now, self.capacity, self.rate)
+        if last > now + 60:   # the clock was set back by more than a minute: start this bucket again from now
+            (tokens, last), wait = _take_token(self.capacity, now, now, self.capacity, self.rate)
+        db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (client, tokens, last))
+        self._takes += 1
+        if self._takes % self._PRUNE_EVERY == 0:   # a bucket untouched for a minute is full: as if absent
+            db.execute("DELETE FROM buckets WHERE last < ?", (now - self.capacity / self.rate,))
+        db.execute("COMMIT")
+        return wait
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _digest(value: str) -> bytes:
@@ -267,11 +332,11 @@ class AuthMiddleware:
     read; then a per-key (or per-client-IP) rate limit answering 429 with Retry-After."""
 
     def __init__(self, app: ASGIApp, keys: KeyRing, require_key_for_reads: bool,
-                 rate_limit_per_minute: int, metrics: Metrics):
+                 limiter: RateLimiter | SharedRateLimiter | None, metrics: Metrics):
         self.app = app
         self.keys = keys
         self.require_key_for_reads = require_key_for_reads
-        self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
+        self.limiter = limiter
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

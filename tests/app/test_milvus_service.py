@@ -146,15 +146,16 @@ def _requests(metrics_text: str, route: str) -> float:
     return sum(_sample(metrics_text, "simsearch_requests_total", {"method": "POST", "route": route, "status": "200"}))
 
 
-def _each_workers_searches(folder) -> dict[str, float]:
-    """{pid: POST /search answered 200} read from each worker's own counter file."""
+def _each_workers_searches(folder, status: str | None = None) -> dict[str, float]:
+    """{pid: POST /search answered (with `status`, when given)} read from each worker's own counter file."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
     counts = {}
     for f in folder.glob("counter_*.db"):
         counts[f.stem.split("_")[1]] = sum(
             s.value for m in MultiProcessCollector.merge([str(f)]) for s in m.samples
-            if s.name == "simsearch_requests_total" and s.labels.get("route") == "/search")
+            if s.name == "simsearch_requests_total" and s.labels.get("route") == "/search"
+            and s.labels.get("status") == (status or s.labels.get("status")))
     return counts
 
 
@@ -217,6 +218,50 @@ def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_c
             assert _requests(text, "/search") == 40   # a dead worker's counts stay: a total never goes back
         search(1)
         assert _requests(scrape(), "/search") == 41
+    finally:
+        stop_server(live)
+        os.killpg(milvus.pid, signal.SIGKILL)
+        milvus.wait()
+    assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))
+    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
+
+
+def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
+    """`serve --workers 2` with a limit of 20 a minute: searches from one client, on fresh connections that
+    both workers answer, get 20 in all (plus what refills meanwhile), not 20 from each worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    milvus = _milvus_server(tmp_path / "milvus", port)
+    (tmp_path / "tmp").mkdir()
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "20", "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "TMPDIR": str(tmp_path / "tmp")}
+    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
+
+    def search(_: int) -> httpx.Response:
+        with httpx.Client(timeout=60) as fresh:   # a new connection: the kernel spreads them over both workers
+            return fresh.post(live.url + "/search?k=1", json={"vector": [1.0] * 256})
+
+    try:
+        deadline = time.monotonic() + 60
+        while live.log.read_text(errors="replace").count("ready in") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
+        assert (folder / "rate-limits.sqlite").is_file()
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(search, range(40)))
+        refilled = (time.monotonic() - start) * 20 / 60
+        ok = [r for r in answers if r.status_code == 200]
+        limited = [r for r in answers if r.status_code == 429]
+        assert len(ok) + len(limited) == 40, [r.text for r in answers]
+        assert 20 <= len(ok) <= 20 + refilled + 1, (len(ok), refilled)
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+        # both workers answered, and both refused
+        assert all(n > 0 for n in _each_workers_searches(folder, "200").values())
+        refused = _each_workers_searches(folder, "429")
+        assert len(refused) == 2 and all(n > 0 for n in refused.values()), refused
     finally:
         stop_server(live)
         os.killpg(milvus.pid, signal.SIGKILL)
