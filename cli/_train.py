@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
+import sys
+import tempfile
 from pathlib import Path
 
 from ._errors import CliError
@@ -172,6 +176,10 @@ def _train(args) -> int:
         raise CliError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
         return _launch(args, cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import faulthandler
+
+        faulthandler.enable()   # a process that crashes (SIGABRT, SIGSEGV) writes where, for _launch to show
     try:
         training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
                        stop_after=args.stop_after)
@@ -181,7 +189,22 @@ def _train(args) -> int:
         raise CliError(str(exc)) from None
     except TypeError as exc:  # a bad --arch keyword reaches the model builder
         raise CliError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_torchrun_process()
     return 0
+
+
+def _end_torchrun_process() -> None:
+    """End one of torchrun's training processes, its work done and written, without the interpreter's
+    teardown: there, about one process in 150 aborted on this machine ("terminate called without an
+    active exception": a C++ thread of torch.distributed destroyed while still joinable, with no Python
+    frame left), which torchrun reports as a failed training."""
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 def _launch(args, cfg) -> int:
@@ -199,8 +222,11 @@ def _launch(args, cfg) -> int:
         if n > torch.cuda.device_count():
             raise CliError(f"--nproc {n} needs a GPU per process and there are {torch.cuda.device_count()}; "
                            f"give --nproc {torch.cuda.device_count()}, or --device cpu")
+    # The main process writes to the console; the others' output goes to files, shown when one fails.
+    logs = tempfile.mkdtemp(prefix="simsearch-train-")
     try:
-        launch = parse_args(["--standalone", f"--nproc-per-node={n}", "--local-ranks-filter=0", "--module", "cli"])
+        launch = parse_args(["--standalone", f"--nproc-per-node={n}", "--local-ranks-filter=0", "--log-dir", logs,
+                             "--redirects", ",".join(f"{r}:3" for r in range(1, n)), "--module", "cli"])
         launch.training_script_args = list(args.argv)  # set, not parsed: torchrun's parser would read our options
         run(launch)
     except ChildFailedError as exc:
@@ -210,10 +236,24 @@ def _launch(args, cfg) -> int:
         if main is not None and main.exitcode > 0:  # not stopped by a signal because another failed
             raise CliError(f"the main training process failed (exit code {main.exitcode}); its output is above") from None
         rank, first = exc.get_first_failure()
-        raise CliError(f"training process {rank} of {n} failed first (exit code {first.exitcode}); only the main "
-                       f"process's output is shown: start the same command with `torchrun --nproc-per-node {n} "
-                       f"$(which simsearch) train ...` to see every process's") from None
+        how = f"exit code {first.exitcode}" + (f", {signal.Signals(-first.exitcode).name}" if first.exitcode < 0 else "")
+        raise CliError(f"training process {rank} of {n} failed first ({how}); "
+                       + _last_lines(Path(logs), rank)) from None
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
+
+
+def _last_lines(logs: Path, rank: int, n: int = 20) -> str:
+    """The end of process `rank`'s error output (else of its output), as torchrun's --redirects wrote it."""
+    for name in ("stderr.log", "stdout.log"):
+        # faulthandler's list of every extension module is one very long line that says nothing here
+        lines = [line for f in logs.glob(f"*/attempt_*/{rank}/{name}")
+                 for line in f.read_text(errors="replace").splitlines()
+                 if line.strip() and not line.startswith("Extension modules:")]
+        if lines:
+            return f"the last of its {name[:6]}:\n  " + "\n  ".join(lines[-n:])
+    return "it wrote nothing"
 
 
 def _architecture_of(artifact: str, overrides: dict) -> dict:

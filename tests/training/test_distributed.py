@@ -149,3 +149,45 @@ def test_impossible_process_counts_are_one_clear_error(tiny_cifar_folder, tmp_pa
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_process_other_than_the_main_one_that_crashes_is_named_with_the_end_of_its_output(tiny_cifar_folder,
+                                                                                             tmp_path):
+    """Only the main process writes to the console; when another one dies (here SIGABRT, as a C++ abort
+    would), the error names it, its signal, and shows the end of what it wrote (faulthandler's stack)."""
+    import signal
+    import time
+
+    env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "cli", "train", str(tiny_cifar_folder), "--out",
+                              str(tmp_path / "x.safetensors"), "--model", "cnn3a", "--epochs", "300", "--batch-size",
+                              "16", "--quiet", "--nproc", "2"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while '"epoch": 2' not in log.read_text() and time.monotonic() < deadline:   # both are training
+            assert p.poll() is None, log.read_text()
+            time.sleep(0.1)
+        rank1 = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _environ(d).get("RANK") == "1"
+                 and _environ(d).get("SIMSEARCH_CACHE") == str(tmp_path)]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signal.SIGABRT)
+        assert p.wait(120) == 2
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = log.read_text()
+    assert "training process 1 of 2 failed first (exit code -6, SIGABRT); the last of its stderr:" in text, text
+    # where it was: faulthandler's stack of the process that died, not of the main one
+    assert "Fatal Python error: Aborted" in text and "training/_trainer.py" in text.split("failed first")[1], text
+    assert "Extension modules:" not in text
+
+
+def _environ(proc: Path) -> dict[str, str]:
+    try:
+        raw = (proc / "environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
