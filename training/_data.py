@@ -33,7 +33,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-_CACHE_VERSION = 3   # 3: ImageFolder splits keep their images' file names
+_CACHE_VERSION = 4   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class
 
 
 class DatasetError(ValueError):
@@ -318,18 +318,17 @@ def _explain(display: str, names: list[str]) -> str:
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded split of indices into (keep, held_out) with `fraction` of every class held out (at least 1
-    per class with 2 or more members)."""
+    """Seeded split of indices into (keep, held_out) with `fraction` of every class held out: at least 2 of
+    a class with 4 or more members (so that retrieval within the held-out part has a match to find for
+    each of them), 1 of a class with 2 or 3, and always at least as many kept."""
     g = torch.Generator().manual_seed(seed)
     keep, held = [], []
     for c in torch.unique(labels):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n = min(max(n, 1), len(idx) - 1)
-        else:
-            n = 0
+        least = 2 if len(idx) >= 4 else 1 if len(idx) >= 2 else 0
+        n = min(max(n, least), len(idx) - max(least, 1))
         held.append(idx[:n])
         keep.append(idx[n:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values

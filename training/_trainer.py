@@ -155,7 +155,9 @@ def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Spli
     val_split: Split | None = None
     if cfg.val_fraction > 0:
         tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
-        train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
+        # a validation split without two images of any class cannot measure precision@1: none, then
+        if len(val_idx) and int(torch.bincount(train_split.labels[val_idx]).max()) >= 2:
+            train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
     return train_split, val_split, test_split
 
 
@@ -344,6 +346,10 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         if sampler_labels is not None:  # the class order it shuffles in place, epoch after epoch
             as_int = {int(k): k for k in sampler.labels}
             sampler.labels = [as_int[k] for k in sampler_labels]
+    if cfg.val_fraction > 0 and val_split is None:
+        log(f"no validation split: {cfg.val_fraction:g} of the training images would not hold two images of any "
+            f"class, and precision@1 needs them; the last epoch is kept (more images a class, or a larger "
+            f"--val-fraction, would give one)")
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
         f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
         f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}"

@@ -128,10 +128,11 @@ def test_imagefolder_without_splits_gets_a_seeded_stratified_test_split(tmp_path
     _image_tree(tmp_path / "photos", with_splits=False)
     a = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3, use_cache=False)
     b = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3)
-    assert len(a.train) == 12 and torch.bincount(a.test.labels).tolist() == [1, 1, 1]
+    # 0.2 of 5 is 1, but a class's test images must find one another: 2 of each
+    assert len(a.train) == 9 and torch.bincount(a.test.labels).tolist() == [2, 2, 2]
     assert torch.equal(a.train.images, b.train.images)
     grey = load_dataset(tmp_path / "photos", in_chans=1, image_size=16)
-    assert grey.train.images.shape == (12, 1, 16, 16)
+    assert grey.train.images.shape == (9, 1, 16, 16)
 
 
 def test_imagefolder_of_phone_photos_reads_heic_avif_and_mpo(tmp_path):
@@ -213,3 +214,14 @@ def test_stratified_split_holds_out_each_class():
     assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == 100
     assert torch.equal(stratified_split(labels, 0.1, seed=0)[1], held)
     assert not torch.equal(stratified_split(labels, 0.1, seed=1)[1], held)
+
+
+def test_a_small_class_has_two_held_out_so_retrieval_among_them_finds_a_match_and_two_kept():
+    # 10% of 12, 5, 4, 3, 2 and 1: 1, 0, 0, 0, 0, 0 by the fraction alone
+    labels = torch.tensor([0] * 12 + [1] * 5 + [2] * 4 + [3] * 3 + [4] * 2 + [5])
+    keep, held = stratified_split(labels, 0.1, seed=0)
+    assert torch.bincount(labels[held], minlength=6).tolist() == [2, 2, 2, 1, 1, 0]
+    assert torch.bincount(labels[keep], minlength=6).tolist() == [10, 3, 2, 2, 1, 1]
+    # and a large fraction still keeps two of a class
+    keep, held = stratified_split(labels, 0.9, seed=0)
+    assert torch.bincount(labels[keep], minlength=6).tolist() == [2, 2, 2, 1, 1, 1]

@@ -328,3 +328,25 @@ def test_a_short_run_with_a_proxy_loss_beats_chance_and_ships_no_proxies(shared_
     assert result.metrics["precision_at_1"] > 0.4, result.metrics   # chance: about 0.1
     art = model.load_artifact(out)
     assert art.heads == {} and art.meta.training["config"]["loss"] == loss
+
+
+def test_a_validation_split_that_cannot_measure_precision_is_left_out_and_said(tiny_cifar_folder, tmp_path):
+    """12 training images a class: a tenth is 1, raised to 2 so that validation can measure precision@1.
+    Three a class would give one each, which cannot: no validation then, and the log says why."""
+    import shutil
+
+    small = tmp_path / "small"
+    for split, n in (("train", 3), ("test", 6)):
+        for c in sorted((tiny_cifar_folder / split).iterdir()):
+            (small / split / c.name).mkdir(parents=True)
+            for f in sorted(c.iterdir())[:n]:
+                shutil.copy(f, small / split / c.name / f.name)
+    cfg = preset("default", epochs=2, batch_size=16, model="cnn3a", augment=False, threads=1)
+    for folder, val, said in ((tiny_cifar_folder, 8, False), (small, 0, True)):
+        lines: list[str] = []
+        result = train(cfg, folder, tmp_path / f"{folder.name}.safetensors", progress=False, log=lines.append)
+        assert any(f", {val} val, " in x for x in lines), lines
+        assert any(x.startswith("no validation split: 0.1 of the training images") for x in lines) == said, lines
+        history = result.history
+        assert all(("val_precision_at_1" in h) == (val > 0) for h in history), history
+        assert all(not math.isnan(h.get("val_precision_at_1", 0.0)) for h in history), history
