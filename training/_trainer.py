@@ -356,6 +356,14 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         f"{f' in {world.size} processes of {batch_size // world.size}' if world else ''}, {cfg.epochs} epochs; "
         f"embeddings with test-time augmentation {tta}")
 
+    if cfg.init_from and main and val_split is not None and start_epoch == 0:
+        # Fine-tuning must not hand back a worse model than it was given: the starting weights are epoch 0,
+        # and an epoch is kept only if it beats them on validation.
+        emb = embed_images(eval_net, val_split.images, mean, std, device, tta=tta)
+        best_p1 = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
+        best_state = _flatten_best({"model": _cpu_state(eval_net), "loss": _cpu_state(eval_loss), "epoch": 0})
+        log(f"the starting model (init_from): validation precision@1 {best_p1:.4f}, which an epoch must beat")
+
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         net.train()
@@ -443,6 +451,9 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         net.load_state_dict({k[6:]: v for k, v in best_state.items() if k.startswith("model.")})
         loss_fn.load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("loss.")})
         best_epoch = int(best_state["_epoch"].item())
+        if best_epoch == 0:
+            log(f"no epoch beat the starting model on validation (precision@1 {best_p1:.4f}): the artifact keeps "
+                f"its weights; a lower --lr, or more images a class, may do better")
     train_seconds = time.time() - t_start
     arch_kwargs = dict(cfg.arch_kwargs)
     if cfg.fold_norm:  # the artifact is the plain architecture; its test scores are measured after folding

@@ -290,6 +290,24 @@ def test_init_from_starts_from_the_artifacts_weights_and_keeps_its_normalisation
     assert "centre" not in art.meta.training  # no validation split, so nothing to choose a share on
 
 
+def test_fine_tuning_that_beats_no_start_on_validation_hands_back_the_starting_weights(mnist_run, shared_data,
+                                                                                       tmp_path):
+    # a learning rate that wrecks the weights: no epoch beats the start, which is what the artifact keeps
+    wreck = dict(QUICK, epochs=2, max_train=240, lr=10.0, val_fraction=0.2, centre=0,
+                 init_from=str(mnist_run.artifact))
+    lines: list[str] = []
+    tuned = train(preset("default", **wreck), shared_data / "mnist", tmp_path / "tuned.safetensors",
+                  progress=False, log=lines.append)
+    assert tuned.metrics["best_epoch"] == 0
+    assert all(h["val_precision_at_1"] < tuned.metrics["val_precision_at_1"] for h in tuned.history), tuned.history
+    assert any(x.startswith("the starting model (init_from): validation precision@1") for x in lines), lines
+    assert any(x.startswith("no epoch beat the starting model on validation") for x in lines), lines
+    start, art = model.load_artifact(mnist_run.artifact), model.load_artifact(tuned.artifact)
+    for (k, a), b in zip(start.model.state_dict().items(), art.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert tuned.metrics["precision_at_1"] == pytest.approx(mnist_run.metrics["precision_at_1"], abs=0.03)
+
+
 def test_init_from_refuses_another_architecture_naming_both(mnist_run, shared_data, tmp_path):
     base = dict(QUICK, epochs=1, max_train=100, max_test=100, init_from=str(mnist_run.artifact))
     with pytest.raises(ValueError, match="it is hybrid1 .* this run trains inn2"):
