@@ -236,7 +236,9 @@ def _launch(args, cfg) -> int:
         if main is not None and main.exitcode > 0:  # not stopped by a signal because another failed
             raise CliError(f"the main training process failed (exit code {main.exitcode}); its output is above") from None
         rank, first = exc.get_first_failure()
-        how = f"exit code {first.exitcode}" + (f", {signal.Signals(-first.exitcode).name}" if first.exitcode < 0 else "")
+        how = f"exit code {first.exitcode}"
+        if first.exitcode < 0 and -first.exitcode in signal.valid_signals():
+            how += f", {signal.Signals(-first.exitcode).name}"
         raise CliError(f"training process {rank} of {n} failed first ({how}); "
                        + _last_lines(Path(logs), rank)) from None
     finally:
