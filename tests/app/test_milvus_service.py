@@ -4,6 +4,7 @@ stores the other finds at once, either may write, a gallery one makes or drops t
 Milvus is down both keep serving /healthz, answer 503 and recover once it is back."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -159,25 +160,40 @@ def _each_workers_searches(folder, status: str | None = None) -> dict[str, float
     return counts
 
 
+@contextlib.contextmanager
+def _two_workers(hybrid1_artifact, tmp_path, rate_limit: int):
+    """A Milvus Lite server, and `serve --workers 2` on it (its temporary folders in tmp_path/tmp); after
+    both are stopped, the workers' temporary folder is gone and their log has no Traceback."""
+    port = free_port()
+    milvus = _milvus_server(tmp_path / "milvus", port)
+    (tmp_path / "tmp").mkdir()
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": str(rate_limit), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "TMPDIR": str(tmp_path / "tmp")}
+    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
+    try:
+        yield live
+    finally:
+        stop_server(live)
+        os.killpg(milvus.pid, signal.SIGKILL)
+        milvus.wait()
+    assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))
+    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
+
+
+def _wait_ready(live, n: int) -> None:
+    """Until the log says `n` workers are ready (a minute at most)."""
+    deadline = time.monotonic() + 60
+    while live.log.read_text(errors="replace").count("ready in") < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live.log.read_text(errors="replace").count("ready in") == n, live.log_tail()
+
+
 def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_count_both_workers(hybrid1_artifact, tmp_path):
     """`serve --workers 2` on a Milvus server: both workers start and answer; every scrape of /metrics,
     whichever worker answers it, counts the searches of both (each worker's own file holds its share),
     counts 2 workers still after one is killed and replaced, and the metrics folder goes at exit."""
     from concurrent.futures import ThreadPoolExecutor
-
-    port = free_port()
-    milvus = _milvus_server(tmp_path / "milvus", port)
-    (tmp_path / "tmp").mkdir()
-    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
-           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
-           "TMPDIR": str(tmp_path / "tmp")}
-    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
-
-    def wait_ready(n: int) -> None:
-        deadline = time.monotonic() + 60
-        while live.log.read_text(errors="replace").count("ready in") < n and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert live.log.read_text(errors="replace").count("ready in") == n, live.log_tail()
 
     def search(i: int) -> None:
         with httpx.Client(timeout=60) as fresh:   # a new connection: the kernel spreads them over both workers
@@ -190,8 +206,8 @@ def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_c
         assert r.status_code == 200, r.text
         return r.text
 
-    try:
-        wait_ready(2)
+    with _two_workers(hybrid1_artifact, tmp_path, rate_limit=0) as live:
+        _wait_ready(live, 2)
         [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
         with httpx.Client(timeout=60) as c:
             r = c.post(live.url + "/index", files=[upload(png(i)) for i in range(3)], data={"id": ["w0", "w1", "w2"]})
@@ -211,19 +227,13 @@ def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_c
                                                                   "status": "201"})) == 1
 
         os.kill(int(next(iter(shares))), signal.SIGKILL)   # uvicorn starts another in its place
-        wait_ready(3)
+        _wait_ready(live, 3)
         for _ in range(4):
             text = scrape()
             assert _sample(text, "simsearch_worker_processes") == [2.0] and _sample(text, "simsearch_ready") == [1.0]
             assert _requests(text, "/search") == 40   # a dead worker's counts stay: a total never goes back
         search(1)
         assert _requests(scrape(), "/search") == 41
-    finally:
-        stop_server(live)
-        os.killpg(milvus.pid, signal.SIGKILL)
-        milvus.wait()
-    assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))
-    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
 
 
 def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
@@ -231,22 +241,12 @@ def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
     both workers answer, get 20 in all (plus what refills meanwhile), not 20 from each worker."""
     from concurrent.futures import ThreadPoolExecutor
 
-    port = free_port()
-    milvus = _milvus_server(tmp_path / "milvus", port)
-    (tmp_path / "tmp").mkdir()
-    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
-           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "20", "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
-           "TMPDIR": str(tmp_path / "tmp")}
-    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
-
     def search(_: int) -> httpx.Response:
         with httpx.Client(timeout=60) as fresh:   # a new connection: the kernel spreads them over both workers
             return fresh.post(live.url + "/search?k=1", json={"vector": [1.0] * 256})
 
-    try:
-        deadline = time.monotonic() + 60
-        while live.log.read_text(errors="replace").count("ready in") < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+    with _two_workers(hybrid1_artifact, tmp_path, rate_limit=20) as live:
+        _wait_ready(live, 2)
         [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
         assert (folder / "rate-limits.sqlite").is_file()
         start = time.monotonic()
@@ -262,12 +262,6 @@ def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
         assert all(n > 0 for n in _each_workers_searches(folder, "200").values())
         refused = _each_workers_searches(folder, "429")
         assert len(refused) == 2 and all(n > 0 for n in refused.values()), refused
-    finally:
-        stop_server(live)
-        os.killpg(milvus.pid, signal.SIGKILL)
-        milvus.wait()
-    assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))
-    assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
 
 
 def test_the_largest_thumbnail_the_settings_allow_fits_a_milvus_store(tmp_path):
