@@ -382,11 +382,18 @@ class MilvusStore(ItemChecks):
         try:
             self._client.create_collection(self.collection, schema=schema, index_params=params,
                                            consistency_level=_STRONG, properties=props)
-        except Exception:  # noqa: BLE001  (another process made it first: use that one)
-            made = self._properties()
-            if made is None:
-                raise
-            return made
+        except Exception:  # noqa: BLE001  (another process is making it at the same moment: use that one)
+            # The other's collection may not be there yet when ours fails (Milvus Lite refused ours while
+            # making its folder): wait for it, a few seconds at most.
+            for _ in range(50):
+                try:
+                    made = self._properties()
+                except StoreError:   # there, without its properties yet
+                    made = None
+                if made is not None:
+                    return made
+                time.sleep(0.1)
+            raise
         log.info("index: made the Milvus collection %s (gallery %s, %s, dim %d, model %s)", self.collection,
                  self.gallery, spec, config.dim, config.model_id)
         return props

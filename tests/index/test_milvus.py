@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -350,3 +351,31 @@ def test_approximate_index_kinds_are_built_by_milvus_and_find_each_item_first(op
     assert all(h.label == "c1" for h in store.search(vecs[1], k=5, label="c1")[0])
     with pytest.raises(InvalidItemError, match="index kinds are flat, hnsw, ivf"):
         open_milvus(gallery="other", index="ivfpq")
+
+
+def test_processes_making_the_same_gallery_at_once_all_open_it(tmp_path):
+    """Several clients (as several service processes) open the same new gallery at the same moment: one makes
+    the collection, and the others, whose own making fails, wait for it and open it instead of failing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    server = _milvus_server(tmp_path / "data", port)
+    uri = f"http://127.0.0.1:{port}"
+    start = threading.Barrier(4)
+
+    def open_at_once(gallery: str) -> str:
+        start.wait()
+        store = MilvusStore.open(MilvusConfig(uri, dim=DIM, model_id=MODEL, gallery=gallery))
+        try:
+            return store._made
+        finally:
+            store.close()
+
+    try:
+        for n in range(8):
+            with ThreadPoolExecutor(4) as pool:
+                made = list(pool.map(open_at_once, [f"g{n}"] * 4))
+            assert len(set(made)) == 1, made   # one collection, the same for all four
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
