@@ -81,6 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _rate_limiter(settings: Settings) -> RateLimiter | SharedRateLimiter | None:
     if settings.rate_limit_per_minute <= 0:
         return None
-    if settings.rate_limit_file is not None:   # several processes: one set of buckets for all
-        return SharedRateLimiter(settings.rate_limit_file, settings.rate_limit_per_minute)
+    if settings.workers_dir is not None:   # several processes: one set of buckets for all
+        return SharedRateLimiter(settings.workers_dir / "rate-limits.sqlite", settings.rate_limit_per_minute)
     return RateLimiter(settings.rate_limit_per_minute)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import anyio.to_thread
 import numpy as np
@@ -34,9 +34,13 @@ class GroupCommitter:
     """
 
     def __init__(self, upsert: Callable[[Sequence[Any]], Any], item_error: type[BaseException],
-                 metrics: Metrics, search: Callable[..., list] | None = None):
+                 metrics: Metrics, search: Callable[..., list] | None = None,
+                 workers_lock: ContextManager | None = None):
         self._upsert, self._item_error, self.metrics = upsert, item_error, metrics
         self._search = search  # Store.search: what `skip_duplicates` compares with
+        # Held by a commit that skips duplicates, from its search to its write, so that the other processes
+        # writing the same gallery (serve --workers N on one Milvus) find what it stored.
+        self._workers_lock = workers_lock
         self._pending: list[tuple[list, asyncio.Future, float | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -90,6 +94,13 @@ class GroupCommitter:
     def _commit(self, group: list[tuple[list, asyncio.Future, float | None]]
                 ) -> list[tuple[BaseException | None, list[Duplicate]]]:
         self.metrics.commit_requests.observe(len(group))
+        if self._workers_lock is None or all(threshold is None for _, _, threshold in group):
+            return self._commit_group(group)
+        with self._workers_lock:
+            return self._commit_group(group)
+
+    def _commit_group(self, group: list[tuple[list, asyncio.Future, float | None]]
+                      ) -> list[tuple[BaseException | None, list[Duplicate]]]:
         try:
             kept, skipped = self._without_duplicates(group)
         except Exception as exc:  # noqa: BLE001  (the search failed: the store is closing, say)

@@ -152,6 +152,15 @@ class Service:
         # counting each key's values would read every item's metadata at every gallery's opening
         return store
 
+    def _workers_lock(self):
+        """The lock the processes of one machine share for `skip_duplicates` (a file in SIMSEARCH_WORKERS_DIR),
+        or None for a process on its own."""
+        if self.settings.workers_dir is None:
+            return None
+        from filelock import FileLock
+
+        return FileLock(self.settings.workers_dir / "skip-duplicates.lock")
+
     def gallery_names(self) -> list[str]:
         """The galleries that exist (in the data folder, or in Milvus), the default first. Blocking."""
         import index
@@ -213,7 +222,8 @@ class Service:
         self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
-        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search)
+        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                 self._workers_lock())
         commits.start()
         self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
         self.metrics.track_galleries(self._gallery_sizes)
@@ -322,7 +332,8 @@ class Service:
                                "service's log says why", {"Retry-After": "5"}) from None
             commits = None
             if not s.read_only:
-                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search)
+                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                 self._workers_lock())
                 commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)
             log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())

@@ -63,10 +63,10 @@ class Settings(BaseSettings):
     max_fields_per_request: int = Field(256, ge=1, description="most non-file multipart fields in one request")
     max_field_bytes: int = Field(64 * 1024, ge=1, description="largest non-file multipart field (metadata, id)")
     rate_limit_per_minute: int = Field(1200, ge=0, description="requests per minute per API key or client IP; 0 = off")
-    rate_limit_file: Path | None = Field(None, description="a file (SQLite) holding the rate limits, shared by "
-                                                           "every process on the machine that is given it, so "
-                                                           "that a client gets the limit once in all; `serve "
-                                                           "--workers N` sets one; default: each process its own")
+    workers_dir: Path | None = Field(None, description="a folder that the service processes of one machine "
+                                                       "share (`serve --workers N` sets one): their common rate "
+                                                       "limits, and the lock that has `skip_duplicates` store a "
+                                                       "new picture once among them; default: each on its own")
     max_concurrency: int = Field(64, ge=0, description="requests in flight before answering 503; 0 = off")
     max_galleries: int = Field(100, ge=1, description="most galleries open at once (the default one and named "
                                                        "ones, each its own index in memory)")
@@ -96,13 +96,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{v} holds no key (one per line; blank lines and # comments are skipped)")
         return v
 
-    @field_validator("rate_limit_file")
+    @field_validator("workers_dir")
     @classmethod
-    def _rate_limit_file_in_a_folder(cls, v: Path | None) -> Path | None:
+    def _workers_dir_is_a_folder(cls, v: Path | None) -> Path | None:
         if v is None or not str(v):
             return None
-        if not v.parent.is_dir():
-            raise ValueError(f"{v}: its folder {v.parent} does not exist")
+        if not v.is_dir():
+            raise ValueError(f"{v} is not a folder")
         return v
 
     @model_validator(mode="after")

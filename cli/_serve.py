@@ -97,9 +97,9 @@ def _serve(args) -> int:
                                                                if settings.milvus_uri else
                                                                "one process owns an index in DATA (its writer lock)"))
     made = _metrics_folder() if args.workers != 1 else None
-    if args.workers != 1 and settings.rate_limit_per_minute > 0 and settings.rate_limit_file is None:
-        # the workers share their rate limits through a file beside their metrics (gone with a made folder)
-        os.environ["SIMSEARCH_RATE_LIMIT_FILE"] = str(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / "rate-limits.sqlite")
+    if args.workers != 1 and settings.workers_dir is None:
+        # the workers' rate limits and skip_duplicates lock go beside their metrics (gone with a made folder)
+        os.environ["SIMSEARCH_WORKERS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     try:
         uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
                     workers=args.workers if args.workers != 1 else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -262,6 +263,46 @@ def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
         assert all(n > 0 for n in _each_workers_searches(folder, "200").values())
         refused = _each_workers_searches(folder, "429")
         assert len(refused) == 2 and all(n > 0 for n in refused.values()), refused
+
+
+def test_two_worker_processes_store_a_new_picture_sent_to_both_at_once_only_once(hybrid1_artifact, cifar, tmp_path):
+    """`skip_duplicates` across `serve --workers 2`: the same new picture sent 8 times at once, on fresh
+    connections that both workers answer, is stored once (each of 16 rounds in a gallery of its own); the
+    other 7 are skipped as its duplicates. Without the workers' lock, 2 runs in 3 had a round store it twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _two_workers(hybrid1_artifact, tmp_path, rate_limit=0) as live:
+        _wait_ready(live, 2)
+        [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
+        pictures = cifar["airplane"] + cifar["automobile"]
+        for round_ in range(16):
+            gallery = f"dup{round_}"
+            with httpx.Client(timeout=60) as c:   # made first and emptied: the round races on the picture alone
+                r = c.post(f"{live.url}/index?gallery={gallery}", files=[upload(png(round_))], data={"id": "seed"})
+                assert r.status_code == 201, r.text
+                assert c.delete(f"{live.url}/index/seed?gallery={gallery}").status_code == 204
+            together = threading.Barrier(8)
+
+            def send(i: int) -> dict:
+                with httpx.Client(timeout=60) as fresh:
+                    fresh.get(f"{live.url}/healthz")   # connected (to one worker or the other) before the race
+                    together.wait()
+                    r = fresh.post(f"{live.url}/index?skip_duplicates=0.98&gallery={gallery}",
+                                   files=[upload(pictures[round_], "a.jpg", "image/jpeg")],
+                                   data={"id": f"copy{i}"})
+                assert r.status_code == 201, r.text
+                return r.json()
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(send, range(8)))
+            stored = [a["ids"] for a in answers if a["count"]]
+            assert len(stored) == 1, (round_, answers)
+            [[kept]] = stored
+            skipped = [a["skipped"][0] for a in answers if not a["count"]]
+            assert len(skipped) == 7 and {d["duplicate_of"] for d in skipped} == {kept}, answers
+            with httpx.Client(timeout=60) as c:
+                assert c.get(f"{live.url}/index?gallery={gallery}").json()["count"] == 1
+        assert (folder / "skip-duplicates.lock").exists()
 
 
 def test_the_largest_thumbnail_the_settings_allow_fits_a_milvus_store(tmp_path):

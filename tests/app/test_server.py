@@ -277,7 +277,7 @@ def test_serve_rejects_more_than_one_worker_unless_the_galleries_are_in_a_milvus
     ("SIMSEARCH_IMAGE_FORMATS", "jpeg,tiff", ["'tiff' is none of them"]),
     ("SIMSEARCH_CORS_ORIGINS", "photos.example.com", ["'photos.example.com' is not an origin"]),
     ("SIMSEARCH_RUNTIME", "tensorrt", ["give one of torch, onnx", "'tensorrt'"]),
-    ("SIMSEARCH_RATE_LIMIT_FILE", "/nowhere/limits.sqlite", ["its folder /nowhere does not exist"])])
+    ("SIMSEARCH_WORKERS_DIR", "/nowhere/shared", ["/nowhere/shared is not a folder"])])
 def test_serve_reports_a_bad_setting_in_one_line(tmp_path, name, value, words):
     import os
     import subprocess
