@@ -333,7 +333,7 @@ class Service:
             commits = None
             if not s.read_only:
                 commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                 self._workers_lock())
+                                         self._workers_lock())
                 commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)
             log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())
