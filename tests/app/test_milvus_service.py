@@ -171,11 +171,13 @@ def _two_workers(hybrid1_artifact, tmp_path, rate_limit: int):
     env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
            "SIMSEARCH_RATE_LIMIT_PER_MINUTE": str(rate_limit), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
            "TMPDIR": str(tmp_path / "tmp")}
-    live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
+    live = None
     try:
+        live = start_server(env, tmp_path, args=["--workers", "2", "--log-level", "info"])
         yield live
     finally:
-        stop_server(live)
+        if live is not None:
+            stop_server(live)
         os.killpg(milvus.pid, signal.SIGKILL)
         milvus.wait()
     assert not list((tmp_path / "tmp").glob("simsearch-metrics-*"))

@@ -359,7 +359,6 @@ def test_processes_making_the_same_gallery_at_once_all_open_it(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
-    server = _milvus_server(tmp_path / "data", port)
     uri = f"http://127.0.0.1:{port}"
     start = threading.Barrier(4)
 
@@ -371,6 +370,7 @@ def test_processes_making_the_same_gallery_at_once_all_open_it(tmp_path):
         finally:
             store.close()
 
+    server = _milvus_server(tmp_path / "data", port)
     try:
         for n in range(8):
             with ThreadPoolExecutor(4) as pool:
