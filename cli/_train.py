@@ -286,7 +286,8 @@ def _evaluate(args) -> int:
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
                                          tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
-                                         sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows)
+                                         sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows,
+                                         log=lambda line: print(line, file=sys.stderr))
     except (model.ArtifactError, training.DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file

@@ -33,6 +33,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
 _CACHE_VERSION = 4   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class
 
 
@@ -82,6 +83,17 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def skipped_note(self) -> str | None:
+        """A line naming the images that could not be decoded and were left out, or None when there were none."""
+        sk = self.info.get("skipped_images")
+        if not sk:
+            return None
+        n = sk["count"]
+        shown = "; ".join(sk["first"][:3]) + (" ..." if n > 3 else "")
+        listed = "" if n <= 3 else (" (all named in the metrics file)" if n == len(sk["first"])
+                                    else f" (the first {len(sk['first'])} named in the metrics file)")
+        return f"{self.source}: left out {n} image{'s' if n != 1 else ''} that could not be decoded: {shown}{listed}"
 
     def describe(self) -> dict:
         """A JSON-able summary (recorded in artifacts and metrics files)."""
@@ -238,21 +250,28 @@ def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset
     return Dataset("cifar10", "cifar-batches", load(_CIFAR_TRAIN), load(["test_batch"]), classes, display)
 
 
-def _decode_images(src: _Source, names: list[str], in_chans: int, size: int, desc: str) -> torch.Tensor:
+def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
+                   desc: str) -> tuple[torch.Tensor, dict[str, str]]:
+    """The images that decode, in order, and {name: why} for those that do not (skipped, as `simsearch index
+    build` skips them: one broken file in a user's folder of thousands must not stop the run)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     from model import to_model_array
 
     out = np.empty((len(names), in_chans, size, size), np.uint8)
+    ok = np.ones(len(names), bool)
+    bad: dict[str, str] = {}
     for i, n in enumerate(tqdm(names, desc=desc, unit="img", leave=False, mininterval=2.0,
                                disable=len(names) < 2000)):
         try:
             with Image.open(io.BytesIO(src.read(n))) as im:
                 out[i] = to_model_array(im, in_chans, size)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DatasetError(f"{src.path}: cannot decode image {n!r}: {exc}") from exc
-    return torch.from_numpy(out)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            # SyntaxError: what some of Pillow's plugins raise for a malformed header
+            ok[i] = False
+            bad[n] = f"{type(exc).__name__}: {exc}"
+    return torch.from_numpy(out if ok.all() else out[ok]), bad
 
 
 def _class_tree(names: list[str]) -> dict[str, list[str]]:
@@ -285,12 +304,31 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
         parts = {"all": ("", tree)}
     if len(classes) < 2:
         raise DatasetError(f"{display}: found only {len(classes)} class folder ({classes}); need at least 2")
-    index = {c: i for i, c in enumerate(classes)}
-    splits = {}
+    decoded, skipped = {}, {}
     for key, (sub, tree) in parts.items():
-        files = [(sub + n, index[c]) for c in sorted(tree) for n in sorted(tree[c])]
-        images = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}")
-        splits[key] = Split(images, torch.tensor([y for _, y in files], dtype=torch.long), [f for f, _ in files])
+        files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
+        images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}")
+        skipped.update({n.removeprefix(prefix): why for n, why in bad.items()})
+        decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
+    if skipped:
+        total = sum(len(files) for _, files in decoded.values()) + len(skipped)
+        first = min(skipped.items())
+        if len(skipped) == total:
+            raise DatasetError(f"{display}: none of its {total} images could be decoded (e.g. {first[0]!r}: "
+                               f"{first[1]})")
+        info["skipped_images"] = {"count": len(skipped), "first": [f"{n}: {why}" for n, why in
+                                                                   sorted(skipped.items())[:_SKIPPED_LISTED]]}
+        # a class whose every image was skipped is not a class of this dataset
+        classes = sorted({c for _, files in decoded.values() for _, c in files})
+        if len(classes) < 2:
+            raise DatasetError(f"{display}: only {len(classes)} class folder ({classes}) has images that decode "
+                               f"({len(skipped)} do not, e.g. {first[0]!r}); need at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {key: Split(images, torch.tensor([index[c] for _, c in files], dtype=torch.long), [f for f, _ in files])
+              for key, (images, files) in decoded.items()}
+    if "train" in splits and not len(splits["train"]):
+        raise DatasetError(f"{display}: none of the images in train/ could be decoded "
+                           f"(e.g. {min(n for n in skipped if n.startswith('train/'))!r})")
     if "all" in splits:
         if not 0.0 < test_fraction < 1.0:
             raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")

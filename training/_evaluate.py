@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -283,7 +283,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,
                       centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
-                      sheet_rows: int = 12) -> dict[str, Any]:
+                      sheet_rows: int = 12, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -301,6 +301,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     `confident_mistakes` in the result: the `mistakes` test queries whose nearest neighbour is of another
     class, the most similar pair first, with their files for an ImageFolder (training/_mistakes.py).
     `sheet`: also draw the first `sheet_rows` of them with their neighbours into this PNG.
+    `log` receives a line naming the dataset's images that could not be decoded, when there are any.
     """
     import model
 
@@ -316,6 +317,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
         raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
                            f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
+    if log is not None and ds.skipped_note():
+        log(ds.skipped_note())
     dev = torch.device(device) if device else model.default_device()
     net = art.model.to(dev)
     test = ds.test

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,26 @@ def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), "--out", "/proc/no/such.safetensors",
                    cache=tmp_path)
     assert r.returncode != 0 and "/proc/no" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_users_folder_with_broken_files_trains_and_evaluates_saying_which_were_left_out(tiny_cifar_folder,
+                                                                                          tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_cifar_folder, folder)
+    (folder / "train" / "cat" / "zero-bytes.jpg").write_bytes(b"")
+    good = next((folder / "test" / "ship").iterdir()).read_bytes()
+    (folder / "test" / "ship" / "cut.jpg").write_bytes(good[:len(good) // 3])  # a copy cut short
+    out = tmp_path / "m.safetensors"
+    r = _simsearch("train", str(folder), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+                   "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = f"{folder}: left out 2 images that could not be decoded: test/ship/cut.jpg: OSError: "
+    assert line in r.stdout and "train/cat/zero-bytes.jpg: UnidentifiedImageError" in r.stdout
+    dataset = json.loads(out.with_name("m.metrics.json").read_text())["training"]["dataset"]
+    assert dataset["train_size"] == 48 and dataset["test_size"] == 24 and dataset["skipped_images"]["count"] == 2
+    r = _simsearch("evaluate", str(out), str(folder), cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert line in r.stderr and r.stdout.startswith("24 test images")
 
 
 def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):

@@ -196,8 +196,55 @@ def test_bad_inputs_are_explained(tmp_path):
     (tmp_path / "broken" / "b").mkdir(parents=True)
     (tmp_path / "broken" / "a" / "x.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "broken" / "b" / "y.png").write_bytes(_png((1, 2, 3)))
-    with pytest.raises(DatasetError, match="cannot decode image 'a/x.jpg'"):
+    with pytest.raises(DatasetError, match=r"only 1 class folder \(\['b'\]\) has images that decode "
+                                           r"\(1 do not, e.g. 'a/x.jpg'\)"):
         load_dataset(tmp_path / "broken")
+    (tmp_path / "broken" / "b" / "y.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"none of its 2 images could be decoded \(e.g. 'a/x.jpg': "
+                                           r"UnidentifiedImageError"):
+        load_dataset(tmp_path / "broken")
+
+
+def test_images_that_do_not_decode_are_left_out_named_and_the_rest_keep_their_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMSEARCH_CACHE", str(tmp_path / "cache"))
+    _image_tree(tmp_path / "photos", with_splits=True)
+    (tmp_path / "photos" / "train" / "red" / "empty.jpg").write_bytes(b"")       # an interrupted copy
+    (tmp_path / "photos" / "test" / "blue" / "cut.png").write_bytes(_png((0, 0, 255))[:60])  # truncated
+    (tmp_path / "photos" / "train" / "grey").mkdir()
+    (tmp_path / "photos" / "train" / "grey" / "0.jpg").write_bytes(b"\xff\xd8\xff junk")  # its only image
+    for cached in (False, True):  # the second read comes from the cache, and says the same
+        ds = load_dataset(tmp_path / "photos")
+        assert ds.class_names == ["blue", "green", "red"]  # "grey" has nothing that decodes: not a class
+        assert len(ds.train) == 12 and len(ds.test) == 3
+        for split in (ds.train, ds.test):
+            assert [ds.class_names[y] for y in split.labels.tolist()] == [n.split("/")[1] for n in split.names]
+            assert not any("empty" in n or "cut" in n for n in split.names)
+        red = ds.train.images[ds.train.labels == 2]
+        assert (red[:, 0] == 255).all() and (red[:, 1] == 0).all()
+        skipped = ds.describe()["skipped_images"]
+        assert skipped["count"] == 3
+        assert [f.split(":")[0] for f in skipped["first"]] == ["test/blue/cut.png", "train/grey/0.jpg",
+                                                                "train/red/empty.jpg"]
+        assert "UnidentifiedImageError" in skipped["first"][2]
+        note = ds.skipped_note()
+        assert note.startswith(f"{tmp_path / 'photos'}: left out 3 images that could not be decoded: "
+                               "test/blue/cut.png: ")
+        assert "metrics file" not in note  # all three are on the line itself
+    assert len(list((tmp_path / "cache" / "datasets").glob("*.safetensors"))) == 1
+    assert load_dataset(tmp_path / "photos", image_size=16).skipped_note() is not None
+    clean = tmp_path / "clean"
+    _image_tree(clean, with_splits=True)
+    assert load_dataset(clean).skipped_note() is None and "skipped_images" not in load_dataset(clean).describe()
+
+
+def test_only_the_first_twenty_undecodable_images_are_named_and_all_are_counted(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=False)
+    for i in range(25):
+        (tmp_path / "photos" / "red" / f"bad{i:02d}.jpg").write_bytes(b"nope")
+    ds = load_dataset(tmp_path / "photos", use_cache=False)
+    assert len(ds.train) + len(ds.test) == 15
+    assert ds.info["skipped_images"]["count"] == 25 and len(ds.info["skipped_images"]["first"]) == 20
+    assert ds.skipped_note().endswith("... (the first 20 named in the metrics file)")
 
 
 def test_two_datasets_in_one_folder_is_ambiguous(tmp_path):
