@@ -329,11 +329,10 @@ def _scan(source: Path, labels: bool):
     """(ids, label of each id, reader) for a folder or a tar. The reader maps an id to its bytes."""
     import tarfile
 
-    from model import IMAGE_EXTENSIONS
+    from model import IMAGE_EXTENSIONS, files_under
 
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        ids = [p.relative_to(source).as_posix() for p in files]
+        ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
         return ids, {i: _label_of(i, labels) for i in ids}, None
     if source.is_file() and tarfile.is_tarfile(source):
         tf = tarfile.open(source)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS
+from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
     "IMAGE_EXTENSIONS", "Involution", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES", "count_parameters",
-    "create_model", "default_artifact_path", "default_device", "embed_tensor", "export_onnx", "is_model",
-    "list_models", "load_artifact", "missing_onnx_packages", "read_meta", "register_model", "resave_artifact",
-    "save_artifact", "to_model_array", "to_onnx",
+    "create_model", "default_artifact_path", "default_device", "embed_tensor", "export_onnx", "files_under",
+    "is_model", "list_models", "load_artifact", "missing_onnx_packages", "read_meta", "register_model",
+    "resave_artifact", "save_artifact", "to_model_array", "to_onnx",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that

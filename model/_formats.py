@@ -3,6 +3,8 @@ through pillow-heif when it is installed. Importing `model` registers it with Pi
 `simsearch index build` and the dataset readers all read the same files."""
 from __future__ import annotations
 
+import os
+
 from PIL import Image
 
 
@@ -34,3 +36,27 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     *((".avif",) if AVIF_READABLE else ()),
     *((".heic", ".heif") if HEIF_READABLE else ()),
 )
+
+
+def files_under(folder: str | os.PathLike) -> list[str]:
+    """Every file under `folder`, as sorted posix names relative to it: through linked folders (data is often
+    laid out as folders of links), each link back to a folder it lies in skipped (so a loop ends), and
+    hidden files and folders (`.DS_Store`, macOS's `._IMG_1.jpg`, `.thumbnails/`) left out."""
+    found: list[str] = []
+
+    def walk(path: str, prefix: str, above: frozenset) -> None:
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():  # follows links, as the names of a folder of links mean their targets
+                    st = e.stat()
+                    here = (st.st_dev, st.st_ino)
+                    if here not in above:
+                        walk(e.path, f"{prefix}{e.name}/", above | {here})
+                elif e.is_file():  # a dangling link is neither, and is passed over
+                    found.append(prefix + e.name)
+
+    st = os.stat(folder)
+    walk(os.fspath(folder), "", frozenset({(st.st_dev, st.st_ino)}))
+    return sorted(found)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from model import IMAGE_EXTENSIONS
+from model import IMAGE_EXTENSIONS, files_under
 
 from ._files import write_whole
 
@@ -111,8 +111,7 @@ class _Source:
         self.path = path
         self._tar: tarfile.TarFile | None = None
         if path.is_dir():
-            files = [p for p in path.rglob("*") if p.is_file() or (p.is_symlink() and p.exists())]
-            self.names = sorted(p.relative_to(path).as_posix() for p in files)
+            self.names = files_under(path)
         elif path.is_file() and tarfile.is_tarfile(path):
             self._tar = tarfile.open(path)
             self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}

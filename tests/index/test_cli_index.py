@@ -56,6 +56,22 @@ def test_build_from_a_tar_labels_from_class_folders_skips_broken_files_and_store
         assert thumb.startswith(b"\xff\xd8") and len(thumb) > 100
 
 
+def test_build_from_a_folder_of_linked_class_folders_indexes_their_images_under_the_links_names(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    source = _extract(gallery_tar, tmp_path / "src") / "test"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "kitten").symlink_to(source / "cat")
+    (linked / "boat").symlink_to(source / "ship")
+    (linked / "._boat.jpg").write_bytes(b"macOS metadata, not a picture")
+    data = tmp_path / "data"
+    assert main(["index", "build", str(linked), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    assert "indexed 16 images (1 skipped)" in capsys.readouterr().out  # cat's broken.jpg
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.labels() == {"kitten": 8, "boat": 8}
+        assert store.get("boat/0003.jpg").label == "boat"
+
+
 def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     folder = _extract(gallery_tar, tmp_path / "first", only=10)
     data = tmp_path / "data"

@@ -62,3 +62,23 @@ def test_a_phone_format_query_finds_its_own_picture_among_jpegs(photos, fmt):
     sims = queries @ gallery.T
     assert (sims.argmax(axis=1) == np.arange(len(photos))).all()
     assert sims.diagonal().min() > 0.95
+
+
+def test_files_under_follows_linked_folders_ends_a_loop_and_leaves_out_hidden_and_dangling_files(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "cats").mkdir(parents=True)
+    (elsewhere / "cats" / "a.jpg").write_bytes(b"a")
+    (elsewhere / "dog.png").write_bytes(b"d")
+    root = tmp_path / "photos"
+    (root / "dogs" / ".thumbnails").mkdir(parents=True)
+    (root / "dogs" / ".thumbnails" / "t.jpg").write_bytes(b"t")
+    (root / "dogs" / "._1.jpg").write_bytes(b"apple double")
+    (root / "dogs" / "1.jpg").symlink_to(elsewhere / "dog.png")      # a linked file, under its link's name
+    (root / "dogs" / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")  # dangling
+    (root / "cats").symlink_to(elsewhere / "cats")                      # a linked folder
+    (root / "also-cats").symlink_to(elsewhere / "cats")                 # the same folder under a second name
+    (elsewhere / "cats" / "up").symlink_to(root)                        # a loop back to the top
+    (root / "dogs" / "self").symlink_to(root / "dogs")                  # a loop to itself
+    names = model.files_under(root)
+    # each link that leads back to a folder it lies in ("up", "self") is passed over
+    assert names == ["also-cats/a.jpg", "cats/a.jpg", "dogs/1.jpg"]

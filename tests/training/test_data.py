@@ -150,6 +150,18 @@ def test_imagefolder_of_phone_photos_reads_heic_avif_and_mpo(tmp_path):
             assert (mean - torch.tensor(colours[c], dtype=torch.float)).abs().max() < 12, (c, mean)
 
 
+def test_an_imagefolder_made_of_links_to_class_folders_reads_their_images(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=True)
+    split = tmp_path / "linked"  # a split laid out with links, as data-prep scripts often do
+    for part in ("train", "test"):
+        (split / part).mkdir(parents=True)
+        for c in ("red", "blue"):
+            (split / part / c).symlink_to(tmp_path / "photos" / part / c)
+    ds = load_dataset(split, use_cache=False)
+    assert ds.class_names == ["blue", "red"] and len(ds.train) == 8 and len(ds.test) == 2
+    assert ds.test.names == ["test/blue/4.png", "test/red/4.png"]
+
+
 def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):
     _image_tree(tmp_path / "tree" / "shapes", with_splits=True)
     with tarfile.open(tmp_path / "shapes.tar.gz", "w:gz") as tar:
