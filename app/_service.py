@@ -103,6 +103,10 @@ class Service:
 
         path = self.settings.resolved_model_path()
         try:
+            model.import_models(self.settings.model_modules)
+        except model.ModelModuleError as exc:
+            raise RuntimeError(f"SIMSEARCH_MODEL_MODULES: {exc}") from None
+        try:
             embedder = model.Embedder.from_file(path, device=self.settings.device, trace=self.settings.trace_model,
                                                 runtime=self.settings.runtime)
         except FileNotFoundError:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMSEARCH_", extra="ignore", validate_default=True)
 
     model_path: Path | None = Field(None, description="model artifact; default: the bundled CIFAR-10 Hybrid-1")
+    model_modules: str = Field("", description="comma-separated modules or .py files that register architectures "
+                                               "of your own (@model.register_model), imported before the model "
+                                               "loads")
     data_dir: Path = Field(Path("data"), description="directory holding the index (<data_dir>/index)")
     index: str = Field("flat", description="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string")
     milvus_uri: str | None = Field(None, description="keep the galleries in Milvus instead of data_dir: a Milvus server "

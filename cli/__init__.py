@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -27,12 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_user_models() -> None:
+    """SIMSEARCH_MODEL_MODULES: the modules or .py files that register a user's own architectures, for every
+    command (train builds them, the others load artifacts of them). Unset: model is not even imported, so
+    the HTTP clients stay without torch."""
+    specs = os.environ.get("SIMSEARCH_MODEL_MODULES", "").strip()
+    if specs:
+        import model
+
+        try:
+            model.import_models(specs)
+        except model.ModelModuleError as exc:
+            raise CliError(f"SIMSEARCH_MODEL_MODULES: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for a command that starts itself again in other processes (train --nproc)
     try:
+        if getattr(args, "imports_user_models", True):
+            _import_user_models()
         return int(args.func(args) or 0)
     except CliError as exc:
         print(f"simsearch {args.command}: error: {exc}", file=sys.stderr)

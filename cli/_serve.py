@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-format", default=env("SIMSEARCH_LOG_FORMAT", "text"), choices=("text", "json"),
                    help="text (uvicorn's lines) or json (one object a line: time, level, logger, message, "
                         "request_id; method, path, status on access lines). Default text")
-    p.set_defaults(func=_serve)
+    # the service imports SIMSEARCH_MODEL_MODULES itself, after OMP_NUM_THREADS is set (torch comes with them)
+    p.set_defaults(func=_serve, imports_user_models=False)
 
 
 def _serve(args) -> int:

@@ -168,7 +168,8 @@ def _train(args) -> int:
     import model
 
     if not model.is_model(cfg.model):
-        raise CliError(f"unknown model {cfg.model!r}; known: {', '.join(model.list_models())}")
+        raise CliError(f"unknown model {cfg.model!r}; known: {', '.join(model.list_models())} (an architecture of "
+                       "your own: name the module or .py file that registers it in SIMSEARCH_MODEL_MODULES)")
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got {args.out!r}")

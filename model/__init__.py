@@ -20,14 +20,16 @@ if TYPE_CHECKING:
     from ._params import count_parameters, default_artifact_path
     from ._pddm import PDDM
     from ._preprocess import to_model_array
-    from ._registry import create_model, is_model, list_models, register_model
+    from ._registry import (ModelModuleError, create_model, import_models, is_model, list_models, model_source,
+                            register_model)
 
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
-    "IMAGE_EXTENSIONS", "Involution", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES", "count_parameters",
-    "create_model", "default_artifact_path", "default_device", "embed_tensor", "export_onnx", "files_under",
-    "is_model", "list_models", "load_artifact", "missing_onnx_packages", "read_meta", "register_model",
-    "resave_artifact", "save_artifact", "to_model_array", "to_onnx",
+    "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES",
+    "count_parameters", "create_model", "default_artifact_path", "default_device", "embed_tensor",
+    "export_onnx", "files_under", "import_models", "is_model", "list_models", "load_artifact",
+    "missing_onnx_packages", "model_source", "read_meta", "register_model", "resave_artifact", "save_artifact",
+    "to_model_array", "to_onnx",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
@@ -39,7 +41,8 @@ _SOURCES = {
     "_involution": ("Involution",),
     "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
     "_preprocess": ("to_model_array",),
-    "_registry": ("create_model", "is_model", "list_models", "register_model"),
+    "_registry": ("ModelModuleError", "create_model", "import_models", "is_model", "list_models", "model_source",
+                  "register_model"),
     "_params": ("count_parameters", "default_artifact_path"),
     "_pddm": ("PDDM",),
 }

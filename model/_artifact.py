@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._registry import create_model
+from ._registry import create_model, is_model, list_models
 
 FORMAT = "simsearch-artifact/1"
 _META_KEY = "simsearch"
@@ -37,6 +37,8 @@ class ArtifactMeta(BaseModel):
     name: str = Field(description="human name, e.g. hybrid1-cifar10")
     arch: str = Field(description="registered architecture name")
     arch_kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments besides in_chans")
+    arch_source: str | None = Field(None, description="for an architecture of the user's own: the module or .py "
+                                                      "file that registered it (SIMSEARCH_MODEL_MODULES)")
     in_chans: int = 3
     image_size: int = 32
     mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -121,6 +123,10 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{path}: cannot read the weights: {exc}") from exc
+    if not is_model(meta.arch):
+        where = f"it was registered by {meta.arch_source!r}; " if meta.arch_source else ""
+        raise ArtifactError(f"{path}: architecture {meta.arch!r} is not known here ({where}name the module or .py "
+                            f"file that registers it in SIMSEARCH_MODEL_MODULES); known: {', '.join(list_models())}")
     try:
         model = meta.build()
     except (KeyError, TypeError, ValueError) as exc:

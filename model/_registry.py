@@ -1,11 +1,21 @@
-"""Name -> builder registry for the model zoo (the timm pattern)."""
+"""Name -> builder registry for the model zoo (the timm pattern), and architectures of a user's own."""
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
 
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_SOURCES: dict[str, str] = {}   # architecture -> the module or file of a user's that registered it
+_IMPORTED: dict[str, str] = {}  # module name or resolved file path -> what it was imported as
+
+
+class ModelModuleError(Exception):
+    """A module of the user's architectures could not be imported; the message names it and says why."""
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -37,3 +47,48 @@ def create_model(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
     return builder(**kwargs)
+
+
+def import_models(specs: str | Iterable[str]) -> list[str]:
+    """Import the modules that register a user's own architectures with `@register_model`, so that
+    `create_model`, training and artifacts know them. `specs`: dotted module names (importable from
+    sys.path) or paths to .py files, as a list or one comma-separated string. Importing one again does
+    nothing. Returns the architectures these imports registered; raises ModelModuleError naming the spec."""
+    if isinstance(specs, str):
+        specs = [s.strip() for s in specs.split(",")]
+    new: list[str] = []
+    for spec in (s for s in specs if s):
+        is_file = spec.endswith(".py") or "/" in spec or "\\" in spec
+        key = str(Path(spec).expanduser().resolve()) if is_file else spec
+        if key in _IMPORTED:
+            continue
+        before = set(_MODELS)
+        try:
+            if is_file:
+                path = Path(key)
+                if not path.is_file():
+                    raise ModelModuleError(f"model module {spec!r}: no such file")
+                name = f"simsearch_user_models.{path.stem}"
+                module_spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except ModelModuleError:
+            raise
+        except Exception as exc:  # the user's code: any error is theirs to see, with where it came from
+            for name in set(_MODELS) - before:  # half-imported: forget what it registered
+                del _MODELS[name]
+            raise ModelModuleError(f"cannot import model module {spec!r}: {type(exc).__name__}: {exc}") from exc
+        _IMPORTED[key] = spec
+        added = sorted(set(_MODELS) - before)
+        _SOURCES.update({name: key for name in added})
+        new += added
+    return new
+
+
+def model_source(name: str) -> str | None:
+    """The module name or .py file that registered architecture `name` through import_models; None for
+    the built-in zoo (and for names not registered)."""
+    return _SOURCES.get(name)

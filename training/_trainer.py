@@ -492,6 +492,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                      "history": history,
                      "torch": torch.__version__}
     meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=arch_kwargs,
+                            arch_source=zoo.model_source(cfg.model),
                             in_chans=ds.in_chans, image_size=ds.image_size, mean=mean, std=std,
                             embed_dim=cfg.embed_dim, class_names=list(ds.class_names), training=training_info,
                             metrics=metrics, heads=loss_fn.head_meta(), tta=tta)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import model
 
+from ..user_models import write_user_models
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _simsearch(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+def _simsearch(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -90,6 +92,33 @@ def test_a_users_folder_with_broken_files_trains_and_evaluates_saying_which_were
     r = _simsearch("evaluate", str(out), str(folder), cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert line in r.stderr and r.stdout.startswith("24 test images")
+
+
+def test_an_architecture_of_the_users_own_trains_and_evaluates_through_simsearch_model_modules(tiny_cifar_folder,
+                                                                                              tmp_path):
+    module = write_user_models(tmp_path / "mine", arch="users_cnn")
+    out = tmp_path / "mine.safetensors"
+    args = ["train", str(tiny_cifar_folder), "--out", str(out), "--model", "users_cnn", "--epochs", "1",
+            "--batch-size", "16", "--threads", "1", "--quiet"]
+    r = _simsearch(*args, cache=tmp_path)
+    assert r.returncode == 2 and "unknown model 'users_cnn'" in r.stderr and "SIMSEARCH_MODEL_MODULES" in r.stderr
+    r = _simsearch(*args, cache=tmp_path, env={"SIMSEARCH_MODEL_MODULES": str(module)})
+    assert r.returncode == 0, r.stderr
+    meta = model.read_meta(out)
+    assert meta.arch == "users_cnn" and meta.arch_source == str(module.resolve()) and meta.embed_dim == 256
+    assert meta.metrics["parameters"] == 16 * 27 + 16 + 32 * 144 + 32 + 32 * 256 + 256
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), cache=tmp_path)
+    assert r.returncode == 2 and f"it was registered by '{module.resolve()}'" in r.stderr
+    # the same module by its dotted name, found on PYTHONPATH
+    r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), cache=tmp_path,
+                   env={"SIMSEARCH_MODEL_MODULES": "my_models", "PYTHONPATH": str(module.parent)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("24 test images")
+    r = _simsearch("models", cache=tmp_path, env={"SIMSEARCH_MODEL_MODULES": "my_models,no_such_models",
+                                                  "PYTHONPATH": str(module.parent)})
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("simsearch models: error: SIMSEARCH_MODEL_MODULES: cannot import model module "
+                                "'no_such_models': ModuleNotFoundError: No module named 'no_such_models'")
 
 
 def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):
