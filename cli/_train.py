@@ -164,7 +164,9 @@ def _train(args) -> int:
     try:
         cfg = training.preset(args.preset, **overrides).validate()
     except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        hint = (" (a loss of your own: name the module or .py file that registers it in SIMSEARCH_MODEL_MODULES)"
+                if str(exc).startswith("unknown loss") else "")
+        raise CliError(f"{exc}{hint}") from None
     import model
 
     if not model.is_model(cfg.model):

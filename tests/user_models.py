@@ -1,4 +1,5 @@
-"""A user's own architecture, as a .py file they would write: what SIMSEARCH_MODEL_MODULES imports in tests."""
+"""A user's own architecture and loss, as .py files they would write: what SIMSEARCH_MODEL_MODULES imports in
+tests."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,4 +33,36 @@ def write_user_models(folder: Path, arch: str = "users_cnn", stem: str = "my_mod
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.py"
     path.write_text(SOURCE.replace("def NAME(", f"def {arch}("))
+    return path
+
+
+LOSS_SOURCE = '''
+"""A loss of a user's own: pytorch-metric-learning's triplet margin loss with its hard-triplet miner."""
+from pytorch_metric_learning import losses, miners
+
+from training import MetricLoss, register_loss
+
+
+class _Triplet(MetricLoss):
+    needs_pairs = True  # class-balanced batches
+
+    def __init__(self, margin):
+        super().__init__()
+        self.loss, self.miner = losses.TripletMarginLoss(margin=margin), miners.TripletMarginMiner(margin=margin)
+
+    def forward(self, embeddings, labels):
+        return self.loss(embeddings, labels, self.miner(embeddings, labels))
+
+
+@register_loss("users_triplet")
+def _users_triplet(embed_dim, num_classes, margin=0.1, **_):
+    return _Triplet(margin)
+'''
+
+
+def write_user_loss(folder: Path, stem: str = "my_losses") -> Path:
+    """Write a module registering the loss "users_triplet" as folder/<stem>.py; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.py"
+    path.write_text(LOSS_SOURCE)
     return path

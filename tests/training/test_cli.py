@@ -10,7 +10,7 @@ from pathlib import Path
 
 import model
 
-from ..user_models import write_user_models
+from ..user_models import write_user_loss, write_user_models
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,18 +94,23 @@ def test_a_users_folder_with_broken_files_trains_and_evaluates_saying_which_were
     assert line in r.stderr and r.stdout.startswith("24 test images")
 
 
-def test_an_architecture_of_the_users_own_trains_and_evaluates_through_simsearch_model_modules(tiny_cifar_folder,
-                                                                                              tmp_path):
+def test_an_architecture_and_a_loss_of_the_users_own_train_and_evaluate_through_simsearch_model_modules(
+        tiny_cifar_folder, tmp_path):
     module = write_user_models(tmp_path / "mine", arch="users_cnn")
+    loss = write_user_loss(tmp_path / "mine")
     out = tmp_path / "mine.safetensors"
-    args = ["train", str(tiny_cifar_folder), "--out", str(out), "--model", "users_cnn", "--epochs", "1",
-            "--batch-size", "16", "--threads", "1", "--quiet"]
+    args = ["train", str(tiny_cifar_folder), "--out", str(out), "--model", "users_cnn", "--loss", "users_triplet",
+            "--set", 'loss_kwargs={"margin": 0.2}', "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]
     r = _simsearch(*args, cache=tmp_path)
+    assert r.returncode == 2 and "unknown loss 'users_triplet'" in r.stderr and "SIMSEARCH_MODEL_MODULES" in r.stderr
+    r = _simsearch(*args, cache=tmp_path, env={"SIMSEARCH_MODEL_MODULES": str(loss)})
     assert r.returncode == 2 and "unknown model 'users_cnn'" in r.stderr and "SIMSEARCH_MODEL_MODULES" in r.stderr
-    r = _simsearch(*args, cache=tmp_path, env={"SIMSEARCH_MODEL_MODULES": str(module)})
+    r = _simsearch(*args, cache=tmp_path, env={"SIMSEARCH_MODEL_MODULES": f"{module},{loss}"})
     assert r.returncode == 0, r.stderr
     meta = model.read_meta(out)
     assert meta.arch == "users_cnn" and meta.arch_source == str(module.resolve()) and meta.embed_dim == 256
+    assert meta.training["config"]["loss"] == "users_triplet" and meta.training["config"]["m_per_class"] > 0
+    assert meta.training["config"]["loss_kwargs"] == {"margin": 0.2}
     assert meta.metrics["parameters"] == 16 * 27 + 16 + 32 * 144 + 32 + 32 * 256 + 256
     r = _simsearch("evaluate", str(out), str(tiny_cifar_folder), cache=tmp_path)
     assert r.returncode == 2 and f"it was registered by '{module.resolve()}'" in r.stderr
