@@ -63,23 +63,21 @@ def import_models(specs: str | Iterable[str]) -> list[str]:
         if key in _IMPORTED:
             continue
         before = set(_MODELS)
+        if is_file and not Path(key).is_file():
+            raise ModelModuleError(f"model module {spec!r}: no such file")
+        module_name = f"simsearch_user_models.{Path(key).stem}" if is_file else spec
         try:
             if is_file:
-                path = Path(key)
-                if not path.is_file():
-                    raise ModelModuleError(f"model module {spec!r}: no such file")
-                name = f"simsearch_user_models.{path.stem}"
-                module_spec = importlib.util.spec_from_file_location(name, path)
+                module_spec = importlib.util.spec_from_file_location(module_name, key)
                 module = importlib.util.module_from_spec(module_spec)
-                sys.modules[name] = module
+                sys.modules[module_name] = module
                 module_spec.loader.exec_module(module)
             else:
                 importlib.import_module(spec)
-        except ModelModuleError:
-            raise
         except Exception as exc:  # the user's code: any error is theirs to see, with where it came from
             for name in set(_MODELS) - before:  # half-imported: forget what it registered
                 del _MODELS[name]
+            sys.modules.pop(module_name, None)
             raise ModelModuleError(f"cannot import model module {spec!r}: {type(exc).__name__}: {exc}") from exc
         _IMPORTED[key] = spec
         added = sorted(set(_MODELS) - before)

@@ -68,4 +68,5 @@ def test_a_module_that_cannot_be_imported_is_named_with_its_error_and_registers_
                                                      r"registered twice"):
         model.import_models(str(broken))
     assert not model.is_model("users_cnn_c")  # what it registered before failing is forgotten
+    assert "simsearch_user_models.broken_models" not in sys.modules
     assert model.create_model("hybrid1").embed_dim == 256  # and the zoo's own is untouched
