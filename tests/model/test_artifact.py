@@ -31,11 +31,15 @@ def test_hybrid1_artifact_is_under_one_million_bytes(hybrid1_artifact):
 
 def test_artifact_is_plain_safetensors_with_json_metadata(hybrid1_artifact):
     raw = hybrid1_artifact.read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    size = int.from_bytes(raw[:8], "little")  # (its first byte may well be 0x80: a length, not pickle's mark)
+    header = json.loads(raw[8:8 + size])
     meta = json.loads(header["__metadata__"]["simsearch"])
     assert meta["arch"] == "hybrid1" and meta["in_chans"] == 3 and meta["embed_dim"] == 256
     assert "model.embed.weight" in header
-    assert b"pickle" not in raw and not raw.startswith(b"\x80")  # no pickle protocol header
+    # nothing but the JSON header and the tensors' raw bytes, end to end: no room for a pickle
+    spans = sorted(t["data_offsets"] for k, t in header.items() if k != "__metadata__")
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert 8 + size + spans[-1][1] == len(raw) and b"pickle" not in raw
 
 
 def test_extra_heads_are_stored_beside_the_model(tmp_path):
