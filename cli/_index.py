@@ -332,7 +332,10 @@ def _scan(source: Path, labels: bool):
     from model import IMAGE_EXTENSIONS, files_under
 
     if source.is_dir():
-        ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        try:
+            ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        except OSError as exc:  # a folder inside that cannot be listed
+            raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
         return ids, {i: _label_of(i, labels) for i in ids}, None
     if source.is_file() and tarfile.is_tarfile(source):
         tf = tarfile.open(source)

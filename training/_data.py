@@ -111,7 +111,10 @@ class _Source:
         self.path = path
         self._tar: tarfile.TarFile | None = None
         if path.is_dir():
-            self.names = files_under(path)
+            try:
+                self.names = files_under(path)
+            except OSError as exc:  # a folder inside that cannot be listed: say which, not a traceback
+                raise DatasetError(f"{path}: cannot list {exc.filename}: {exc.strerror}") from None
         elif path.is_file() and tarfile.is_tarfile(path):
             self._tar = tarfile.open(path)
             self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
