@@ -133,7 +133,6 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
-            name = (task / "comm").read_text().strip()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()

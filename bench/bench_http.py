@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -164,7 +163,7 @@ def main() -> None:
         targets["png32_10k_c8_p99_ms"] = {"value": r["p99_ms"], "target": "< 20", "met": r["p99_ms"] < 20}
     for size, g in results["galleries"].items():
         runs = g["runs"]
-        if f"search_jpeg640_c8" in runs:
+        if "search_jpeg640_c8" in runs:
             v = runs["search_jpeg640_c8"]["ratio_to_healthz"]
             targets[f"jpeg640_{size}_c8_ratio"] = {"value": v, "target": ">= 0.3", "met": v >= 0.3}
         for kind in kinds:  # the batching target is about single-image requests

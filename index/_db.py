@@ -220,7 +220,7 @@ def check_wal(db_path: Path) -> None:
         log.error("index: journal %s header checksum mismatch; SQLite will ignore the journal", wal)
         return
     frame = 24 + page_size
-    off, frames, committed_end, last_commit_frames = 32, 0, 32, 0
+    off, frames, last_commit_frames = 32, 0, 0
     while off + frame <= len(data):
         hdr = data[off:off + 24]
         _pgno, commit, fs1, fs2, fc1, fc2 = struct.unpack(">6I", hdr)
@@ -236,7 +236,7 @@ def check_wal(db_path: Path) -> None:
         frames += 1
         off += frame
         if commit:
-            committed_end, last_commit_frames = off, frames
+            last_commit_frames = frames
     uncommitted = frames - last_commit_frames
     tail = len(data) - off
     partial = 0 < tail < frame and (tail < 16 or struct.unpack(">2I", data[off + 8:off + 16]) == (salt1, salt2))

@@ -6,7 +6,6 @@ How each number is computed is documented in docs/training.md ("Evaluation").
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

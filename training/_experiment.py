@@ -193,7 +193,7 @@ def table1_markdown(results: list[dict[str, Any]], header: dict[str, Any]) -> st
     by = {(r["dataset"], r["model"], r["loss"]): r for r in results}
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in results)]
     models = [m for m in PAPER_TABLE1 if any(r["model"] == m for r in results)]
-    lines = [f"# Paper Table 1, regenerated", "", f"Command: `{header['command']}`  ",
+    lines = ["# Paper Table 1, regenerated", "", f"Command: `{header['command']}`  ",
              f"Date: {header['date']}  ", f"Machine: {header['machine'].get('cpu', '?')}, "
              f"{header['machine']['cpu_count']} CPUs, torch {header['machine']['torch']}, "
              f"CUDA: {header['machine']['cuda']}  ", f"Recipe: {header['recipe']}", ""]

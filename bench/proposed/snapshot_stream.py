@@ -11,7 +11,6 @@ whether both give the same vectors count and checksum verdict. A proposal for in
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from . import crafted
 from .conftest import encode, pattern, running
 
 pytestmark = pytest.mark.anyio

@@ -91,7 +91,7 @@ async def test_photos_are_decoded_while_the_model_thread_is_busy_with_the_previo
     assert not first.done() and not second.done()
     assert decoded_in[0].startswith("simsearch-embed") and decoded_in[1].startswith("simsearch-decode"), decoded_in
     model.release.set()
-    (v1, hits1), (v2, hits2) = await first, await second
+    (_, hits1), (_, hits2) = await first, await second
     assert hits1 == [[("hit", 1.0)]] and hits2 == [[("hit", 2.0)]]   # each request got its own answer
     assert model.batches == [1, 1, 1]
     assert metrics.registry.get_sample_value("simsearch_decoded_ahead_batches_total") == 1   # the second only
