@@ -112,7 +112,8 @@ class Service:
         except FileNotFoundError:
             raise RuntimeError(f"the model artifact {path} does not exist (set SIMSEARCH_MODEL_PATH)") from None
         except Exception as exc:
-            raise RuntimeError(f"cannot load the model artifact {path}: {exc}") from exc
+            detail = str(exc).removeprefix(f"{path}: ")   # the model's errors name the file already
+            raise RuntimeError(f"cannot load the model artifact {path}: {detail}") from exc
         self.pddm = model.PDDM.from_artifact(embedder.artifact)
         return embedder
 

@@ -53,3 +53,16 @@ def test_the_service_serves_an_architecture_of_the_users_own_named_in_simsearch_
         assert httpx.get(live.url + "/healthz", timeout=10).status_code == 200
     finally:
         stop_server(live)
+
+    # the module not named at all: not ready, naming the artifact once, the architecture and where it came from
+    live = start_server(env, tmp_path, ready=False, log_name="unnamed.log")
+    try:
+        r = httpx.get(live.url + "/readyz", timeout=10)
+        assert r.status_code == 503
+        message = r.json()["error"]["message"]
+        assert (f"cannot load the model artifact {artifact}: architecture 'users_cnn_served' is not known here "
+                f"(it was registered by '{module}'") in message, message
+        assert message.count(str(artifact)) == 1, message
+        assert httpx.get(live.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        stop_server(live)
