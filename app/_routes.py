@@ -33,6 +33,7 @@ log = logging.getLogger("simsearch.app")
 STATIC_DIR = FsPath(__file__).resolve().parent / "static"
 MAX_ID_CHARS = 1024   # the store's limit
 MAX_LABEL_CHARS = 256
+MAX_OFFSET = 2**62   # the store's limit: offset + limit must fit SQLite's 64-bit integers
 # Read-your-writes across replicas: every write answers with the gallery's position after it, and a read
 # that sends it back is answered from a state at least that new (docs/service.md, "Reading your own writes").
 POSITION_HEADER = "X-Simsearch-Position"
@@ -328,16 +329,20 @@ def _per_file(values: list[Any], n: int, name: str, allow_one: bool) -> list[Any
         return values
     if allow_one and len(values) == 1:
         return values * n
-    expected = f"1 or {n}" if allow_one else f"{n}"
+    expected = f"1 or {n}" if allow_one and n > 1 else f"{n}"
     raise ApiError(422, f"invalid_{name}", f"got {len(values)} `{name}` parts for {n} files; send {expected} (or none)")
 
 
 def _check_id(value: str) -> str:
-    # '/' is allowed (`simsearch index build` uses relative paths as ids); the id routes take it.
+    # '/' is allowed (`simsearch index build` uses relative paths as ids); the id routes take it. A '.' or '..'
+    # between slashes is not: curl, browsers and HTTP libraries resolve it away in /index/{id}, so such an item
+    # could be stored but never fetched, edited or deleted by its id.
     if (not value or len(value) > MAX_ID_CHARS or value != value.strip() or value.endswith("/thumbnail")
-            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+            or any(segment in (".", "..") for segment in value.split("/"))):
         raise ApiError(422, "invalid_id", f"id {value[:80]!r} is not valid: 1-{MAX_ID_CHARS} characters, no control "
-                                          "characters, no surrounding spaces, not ending in '/thumbnail'")
+                                          "characters, no surrounding spaces, no '.' or '..' between slashes, not "
+                                          "ending in '/thumbnail'")
     return value
 
 
@@ -678,7 +683,7 @@ async def add(request: Request, gallery: str = _gallery(),
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
             summary="gallery size, dimension, model, index kind, and a page of the listing",
             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
-async def info(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+async def info(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=1000),
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
                where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
                vector: bool = Query(False, description="include each item's stored vector (to export the gallery)"),

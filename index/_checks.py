@@ -14,6 +14,7 @@ from ._types import Item
 
 MAX_ID_LEN = 1024
 MAX_METADATA_BYTES = 64 * 1024
+MAX_OFFSET = 2**62   # offset + limit must fit SQLite's 64-bit integers
 KEEP = object()   # update(): the label is not changed
 
 
@@ -48,10 +49,10 @@ class ItemChecks:
 
     @staticmethod
     def _check_page(offset: Any, limit: Any) -> None:
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidItemError(f"offset must be a non-negative integer, got {offset!r}")
-        if not isinstance(limit, int) or limit < 0:
-            raise InvalidItemError(f"limit must be a non-negative integer, got {limit!r}")
+        if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidItemError(f"offset must be a whole number from 0 to {MAX_OFFSET}, got {offset!r}")
+        if not isinstance(limit, int) or not 0 <= limit <= MAX_OFFSET:
+            raise InvalidItemError(f"limit must be a whole number from 0 to {MAX_OFFSET}, got {limit!r}")
 
     @staticmethod
     def _check_search(k: Any, max_distance: Any) -> None:

@@ -440,6 +440,7 @@ async def test_listing_paginates_in_insertion_order_with_counts(make_settings):
         assert [i["id"] for i in only_a["items"]] == ["i0", "i2", "i4"]
         assert_error(await c.get("/index?limit=0"), 422, "invalid_parameter", "limit")
         assert_error(await c.get("/index?offset=-1"), 422, "invalid_parameter", "offset")
+        assert_error(await c.get(f"/index?offset={2**63}"), 422, "invalid_parameter", "offset")   # past SQLite's integers
 
 
 async def test_thumbnail_is_stored_as_jpeg_of_the_configured_size(make_settings):

@@ -158,6 +158,8 @@ async def test_malformed_metadata_is_422(make_settings, metadata, word):
     ({"id": ["ok", "a/thumbnail"]}, "invalid_id", "'/thumbnail'"),
     ({"id": ["ok", " padded"]}, "invalid_id", "padded"),
     ({"id": ["ok", "x" * 1025]}, "invalid_id", "1-1024"),
+    ({"id": ["ok", "photos/../cat.jpg"]}, "invalid_id", "no '.' or '..' between slashes"),   # unreachable by URL
+    ({"id": ["./cat.jpg", "ok"]}, "invalid_id", "'./cat.jpg' is not valid"),
     ({"label": ["a", "b", "c"]}, "invalid_label", "3 `label` parts"),
     ({"label": "bad\x01label"}, "invalid_label", "control"),
     ({"metadata": ['{"a": 1}', '{"b": 2}', '{}']}, "invalid_metadata", "3 `metadata` parts"),
@@ -166,6 +168,20 @@ async def test_ids_labels_and_metadata_that_do_not_fit_the_files_are_422(make_se
     async with running(make_settings()) as c:
         r = await c.post("/index", files=[upload(png(1)), upload(png(2))], data=data)
         assert_error(r, 422, code, word)
+
+
+async def test_dots_inside_an_id_are_kept_and_the_item_is_reached_by_its_url(make_settings):
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(png(1))], data={"id": "photos.2024/..cat..jpg/.x"})
+        assert r.status_code == 201, r.text
+        assert (await c.get("/index/photos.2024/..cat..jpg/.x")).json()["id"] == "photos.2024/..cat..jpg/.x"
+        assert (await c.delete("/index/photos.2024/..cat..jpg/.x")).status_code == 204
+
+
+async def test_too_many_labels_for_one_file_is_422_asking_for_one(make_settings):
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(png(1))], data={"label": ["a", "b"]})
+        assert_error(r, 422, "invalid_label", "got 2 `label` parts for 1 files; send 1 (or none)")
 
 
 # ---- limits --------------------------------------------------------------------------------------

@@ -511,6 +511,8 @@ def test_list_paginates_in_insertion_order_and_filters_by_label(open_store):
     assert store.labels() == {"even": 13, "odd": 12}
     with pytest.raises(InvalidItemError, match="offset"):
         store.list(offset=-1)
+    with pytest.raises(InvalidItemError, match="offset must be a whole number from 0 to"):
+        store.list(offset=2**63)   # past SQLite's 64-bit integers: refused, not an OverflowError
 
 
 @pytest.mark.parametrize("bad, match", [
