@@ -35,7 +35,16 @@ def _assert_same(got: list[Item], want: list[Item]) -> None:
 
 def _hits(capsys, query, model, place: list[str]) -> list[tuple[str, float]]:
     assert main(["search", str(query), "-k", "5", "--json", "--model", str(model), *place]) == 0
-    return [(h["id"], round(h["score"], 5)) for h in json.loads(capsys.readouterr().out)]
+    return [(h["id"], h["score"]) for h in json.loads(capsys.readouterr().out)]
+
+
+def _assert_same_hits(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    """The same scores in the same order, and the same items, where two items whose scores tie (the test
+    model puts several ships within 1e-5 of each other) may come in either order: FAISS and Milvus break
+    ties differently."""
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    clear = [s for _, s in want][-1] + 1e-5   # a tie at the k-th place may bring in either item
+    assert {i for i, s in got if s > clear} == {i for i, s in want if s > clear}
 
 
 def test_every_gallery_goes_from_a_folder_into_milvus_and_back_with_the_same_items_and_answers(
@@ -65,9 +74,9 @@ def test_every_gallery_goes_from_a_folder_into_milvus_and_back_with_the_same_ite
 
     query = photos / "ship" / "0003.jpg"
     want = _hits(capsys, query, hybrid1_artifact, ["--data", str(data), "--gallery", "pets"])
-    assert want[0] == ("ship/0003.jpg", 1.0)
-    assert _hits(capsys, query, hybrid1_artifact, ["--milvus-uri", uri, "--gallery", "pets"]) == want
-    assert _hits(capsys, query, hybrid1_artifact, ["--data", str(back), "--gallery", "pets"]) == want
+    assert want[0][0] == "ship/0003.jpg" and want[0][1] == pytest.approx(1.0, abs=1e-5)
+    _assert_same_hits(_hits(capsys, query, hybrid1_artifact, ["--milvus-uri", uri, "--gallery", "pets"]), want)
+    _assert_same_hits(_hits(capsys, query, hybrid1_artifact, ["--data", str(back), "--gallery", "pets"]), want)
 
     # Again: the same items replaced, nothing doubled
     assert main(["index", "copy", "--milvus-uri", uri, "--gallery", "pets", "--to-data", str(back)]) == 0
