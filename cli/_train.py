@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -158,6 +159,10 @@ def _train(args) -> int:
         overrides["fold_norm"] = True
     if args.init and args.model is None and not args.arch:
         overrides.update(_architecture_of(args.init, overrides))
+    known = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    for key, _ in args.set:
+        if key not in known:
+            raise CliError(f"--set {key}: not a training setting; the settings are {', '.join(sorted(known))}")
     overrides.update(dict(args.set))
     if args.arch:
         overrides["arch_kwargs"] = {**overrides.get("arch_kwargs", {}), **dict(args.arch)}

@@ -219,6 +219,8 @@ def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
                           (["train", str(tmp_path / "empty"), "--out", out, "--model", "resnet9"],
                            "unknown model 'resnet9'"),
                           (["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m.pt")], "must end in .safetensors"),
+                          (["train", str(tmp_path / "empty"), "--out", out, "--set", "lr_decay=0.5"],
+                           "--set lr_decay: not a training setting; the settings are amp, arch_kwargs,"),
                           (["evaluate", str(tmp_path / "nope.safetensors"), str(tmp_path)], "no such model artifact")]:
         assert cli.main(args) == 2
         assert message in capsys.readouterr().err
