@@ -31,6 +31,16 @@ _DROPPED = "its folder was deleted or made anew by the service that writes"   # 
 GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
 
+def _serve_with(stored_model: str | None) -> str:
+    """What to set to serve a gallery of `stored_model`'s vectors: the bundled artifact when it is one."""
+    import model
+
+    found = model.bundled_artifact(stored_model) if stored_model else None
+    if found is not None:
+        return f"; it was made with the bundled {found.name}: serve it with SIMSEARCH_MODEL_PATH={found}"
+    return "; serve it with that model's artifact (SIMSEARCH_MODEL_PATH, or simsearch serve --model)"
+
+
 @dataclass
 class Gallery:
     """One gallery the service has open: its store, and (when it writes) its group committer."""
@@ -130,6 +140,8 @@ class Service:
             store = index.Store.open(cfg)
         except index.StoreMissingError:  # read-only, before the service that writes created it: _load waits
             raise
+        except index.ModelMismatchError as exc:
+            raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}{_serve_with(exc.stored_model)}") from exc
         except Exception as exc:
             hint = ("; the disk is read-only: to serve the index as it is, set SIMSEARCH_READ_ONLY=true "
                     "(simsearch serve --read-only)" if getattr(exc, "errno", None) == errno.EROFS else "")

@@ -117,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "what it wrote since (after stopping it, for an exact copy). Items stored "
                                     "without a thumbnail are reported and left out (exit status 1).")
     r.add_argument("dest", help="a new folder, or one an earlier run of this command filled; the index goes to DEST/index")
-    _common(r, model=True)
+    _common(r, model=False)
+    r.add_argument("--model", help="the new model's artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
     r.add_argument("--index", help="index kind of the new index (default: the kind DATA's index uses)")
     r.add_argument("--batch-size", type=int, default=256, help="items embedded and committed together (256)")
     r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -214,7 +215,8 @@ def _common(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> No
                    help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
     _gallery_option(p)
     if model:
-        p.add_argument("--model", help="model artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+        p.add_argument("--model", help="model artifact (.safetensors); default: the bundled model that made the "
+                                       "gallery's vectors, the bundled cifar10 Hybrid-1 for a new gallery")
     if milvus:
         _milvus_option(p)
 
@@ -267,6 +269,27 @@ def _embedder(path: str | None):
         return model.Embedder.from_file(artifact)
     except model.ArtifactError as exc:
         raise CliError(f"--model {artifact}: {exc}") from None
+
+
+def _embedder_for(path: str | None, data: str, gallery: str = "default", milvus_uri: str | None = None):
+    """--model's artifact. Without it, the bundled artifact that made the gallery's vectors, so that a gallery
+    indexed with hybrid1-mnist, say, is searched and added to with it; the default one for a new gallery."""
+    if path or milvus_uri:
+        return _embedder(path)
+    import index
+    import model
+
+    folder = _gallery_folder(data, gallery)
+    try:
+        with index.StoreReader(folder) as reader:
+            recorded = reader.model_id
+    except index.StoreError:
+        return _embedder(None)   # no store yet (what is wrong with one that cannot be read is said when it opens)
+    found = model.bundled_artifact(recorded)
+    if found is None:
+        raise CliError(f"the index at {folder} holds vectors of model {recorded!r}, which is none of the bundled "
+                       "models: pass that model's artifact with --model")
+    return _embedder(str(found))
 
 
 def _open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
@@ -402,7 +425,7 @@ def _build(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
-    embedder = _embedder(args.model)
+    embedder = _embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
     ids, labels, tar = _scan(source, not args.no_labels)
     if not ids:
         from model import IMAGE_EXTENSIONS
@@ -723,7 +746,7 @@ def _search(args) -> int:
             for tf in tars:
                 tf.close()
         return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
-    embedder = _embedder(args.model)
+    embedder = _embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
     pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0

@@ -7,7 +7,12 @@ class StoreError(Exception):
 
 
 class ModelMismatchError(StoreError):
-    """The store holds vectors of another model or dimension than the one asked for."""
+    """The store holds vectors of another model or dimension than the one asked for; `stored_model` is the
+    model id it holds."""
+
+    def __init__(self, message: str, stored_model: str | None = None) -> None:
+        super().__init__(message)
+        self.stored_model = stored_model
 
 
 class InvalidItemError(StoreError, ValueError):

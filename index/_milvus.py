@@ -341,7 +341,8 @@ class MilvusStore(ItemChecks):
             self._client.close()
             raise ModelMismatchError(
                 f"gallery {self.gallery!r} in Milvus ({self.collection}) holds vectors of model {self.model_id!r} "
-                f"(dim {self.dim}), not {config.model_id!r} (dim {config.dim}); use that model, or another gallery")
+                f"(dim {self.dim}), not {config.model_id!r} (dim {config.dim}); use that model, or another gallery",
+                stored_model=self.model_id)
         return self
 
     def _load(self) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
     "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES",
-    "count_parameters", "create_model", "default_artifact_path", "default_device", "embed_tensor",
+    "bundled_artifact", "count_parameters", "create_model", "default_artifact_path", "default_device", "embed_tensor",
     "export_onnx", "files_under", "import_models", "is_model", "list_models", "load_artifact",
     "missing_onnx_packages", "model_source", "read_meta", "register_model", "resave_artifact", "save_artifact",
     "to_model_array", "to_onnx",
@@ -35,7 +35,7 @@ __all__ = [
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
 # create_model and load_artifact always see every registered architecture.
 _SOURCES = {
-    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "load_artifact", "read_meta",
+    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "bundled_artifact", "load_artifact", "read_meta",
                   "resave_artifact", "save_artifact"),
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),

@@ -179,6 +179,20 @@ def _parse_meta(header: dict[str, Any]) -> ArtifactMeta:
     return meta
 
 
+def bundled_artifact(model_id: str) -> Path | None:
+    """The artifact in model/weights whose model id (name@sha12, as Artifact.model_id) is `model_id`, or None."""
+    from ._params import WEIGHTS_DIR
+
+    name, _, sha = model_id.rpartition("@")
+    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        try:
+            if read_meta(path).name == name and _sha256(path)[:12] == sha:
+                return path
+        except ArtifactError:
+            continue
+    return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

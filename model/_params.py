@@ -4,7 +4,7 @@ from pathlib import Path
 
 from torch import nn
 
-_WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parent / "weights"   # the bundled artifacts
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -16,4 +16,4 @@ def count_parameters(model: nn.Module) -> int:
 
 def default_artifact_path(dataset: str = "cifar10") -> Path:
     """The bundled Hybrid-1 artifact trained on `dataset` (cifar10, fashion-mnist or mnist)."""
-    return _WEIGHTS / f"hybrid1-{dataset}.safetensors"
+    return WEIGHTS_DIR / f"hybrid1-{dataset}.safetensors"

@@ -347,6 +347,33 @@ def test_filter_keys_are_indexed_before_ready_and_kept_current(hybrid1_artifact,
         stop_server(live)
 
 
+def test_a_gallery_of_another_models_vectors_is_not_served_and_the_model_to_serve_it_with_is_named(
+        hybrid1_artifact, cifar, tmp_path):
+    import model
+    from cli import main
+
+    from .conftest import start_server, stop_server
+
+    folder = tmp_path / "photos" / "cars"
+    folder.mkdir(parents=True)
+    (folder / "0.jpg").write_bytes(cifar["automobile"][0])
+    mnist = model.default_artifact_path("mnist")
+    for data, made_with, says in ((tmp_path / "bundled", mnist, f"serve it with SIMSEARCH_MODEL_PATH={mnist}"),
+                                  (tmp_path / "own", hybrid1_artifact, "serve it with that model's artifact")):
+        assert main(["index", "build", str(tmp_path / "photos"), "--model", str(made_with), "--data", str(data)]) == 0
+        live = start_server({"SIMSEARCH_DATA_DIR": str(data), "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path,
+                            ready=False, log_name=f"{data.name}.log")   # the default model, not the gallery's
+        try:
+            r = httpx.get(live.url + "/readyz", timeout=10)
+            assert r.status_code == 503
+            message = r.json()["error"]["message"]
+            assert f"holds vectors of model '{model.Embedder.from_file(made_with).model_id}'" in message, message
+            assert says in message, message
+            assert httpx.get(live.url + "/healthz", timeout=10).status_code == 200
+        finally:
+            stop_server(live)
+
+
 def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifar, tmp_path):
     import io
     from pathlib import Path

@@ -385,3 +385,33 @@ def test_duplicates_finds_a_copy_under_another_label_and_a_re_encoded_copy_and_n
         assert message in capsys.readouterr().err
     assert main(["index", "duplicates", "--data", str(tmp_path / "none")]) == 2
     assert "no index at" in capsys.readouterr().err
+
+
+def test_without_model_a_gallery_is_searched_and_grown_with_the_bundled_model_that_made_it(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    import model
+
+    mnist = model.default_artifact_path("mnist")   # a bundled model that is not the default one
+    data = tmp_path / "data"
+    images = _extract(gallery_tar, tmp_path / "photos")
+    assert main(["index", "build", str(images / "test" / "cat"), "--model", str(mnist), "--data", str(data)]) == 0
+    query = images / "test" / "cat" / "0003.jpg"
+    capsys.readouterr()
+    assert main(["search", str(query), "--data", str(data), "-k", "2", "--json"]) == 0   # no --model
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["id"] == "0003.jpg" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert main(["index", "build", str(images / "test"), "--data", str(data)]) == 0   # grown, no --model
+    capsys.readouterr()
+    assert main(["index", "stats", "--data", str(data), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] == 8 + 24 and stats["model_id"] == model.Embedder.from_file(mnist).model_id
+
+    # made by a model of the user's own: named, with what to pass
+    other = tmp_path / "other"
+    assert main(["index", "build", str(images / "test" / "cat"), "--model", str(hybrid1_artifact),
+                 "--data", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(query), "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"the index at {other / 'index'} holds vectors of model 'hybrid1-test@" in err
+    assert "none of the bundled models: pass that model's artifact with --model" in err
