@@ -288,7 +288,8 @@ def _embedder_for(path: str | None, data: str, gallery: str = "default", milvus_
     found = model.bundled_artifact(recorded)
     if found is None:
         raise CliError(f"the index at {folder} holds vectors of model {recorded!r}, which is none of the bundled "
-                       "models: pass that model's artifact with --model")
+                       "models: pass that model's artifact with --model (or build the index again, into "
+                       "another --data folder, with the model you have)")
     return _embedder(str(found))
 
 

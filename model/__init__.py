@@ -12,8 +12,8 @@ from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSI
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
-    from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, load_artifact, read_meta,
-                            resave_artifact, save_artifact)
+    from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, bundled_artifact, load_artifact,
+                            read_meta, resave_artifact, save_artifact)
     from ._embedder import Embedder, default_device, embed_tensor
     from ._involution import Involution
     from ._onnx import OnnxUnavailable, export_onnx, to_onnx
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
     "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES",
-    "bundled_artifact", "count_parameters", "create_model", "default_artifact_path", "default_device", "embed_tensor",
-    "export_onnx", "files_under", "import_models", "is_model", "list_models", "load_artifact",
+    "bundled_artifact", "count_parameters", "create_model", "default_artifact_path", "default_device",
+    "embed_tensor", "export_onnx", "files_under", "import_models", "is_model", "list_models", "load_artifact",
     "missing_onnx_packages", "model_source", "read_meta", "register_model", "resave_artifact", "save_artifact",
     "to_model_array", "to_onnx",
 ]
@@ -35,8 +35,8 @@ __all__ = [
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
 # create_model and load_artifact always see every registered architecture.
 _SOURCES = {
-    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "bundled_artifact", "load_artifact", "read_meta",
-                  "resave_artifact", "save_artifact"),
+    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "bundled_artifact", "load_artifact",
+                  "read_meta", "resave_artifact", "save_artifact"),
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
     "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
