@@ -28,3 +28,13 @@ def test_bundled_artifact_loads_embeds_and_records_its_scores(path):
     assert art.meta.metrics["parameters"] == model.count_parameters(art.model)
     # the scores were measured with the test-time augmentation the service applies
     assert art.meta.metrics.get("tta", "none") == art.meta.tta
+
+
+def test_each_bundled_artifact_is_found_by_its_model_id_and_nothing_else_is():
+    for path in WEIGHTS:
+        assert model.bundled_artifact(model.load_artifact(path).model_id) == path
+    some = model.load_artifact(WEIGHTS[0]).model_id
+    name, _, sha = some.rpartition("@")
+    assert model.bundled_artifact(f"{name}@{'0' * 12}") is None   # the same name, other weights
+    assert model.bundled_artifact(f"other@{sha}") is None
+    assert model.bundled_artifact("no id at all") is None
