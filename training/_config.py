@@ -66,7 +66,9 @@ class TrainConfig:
     # layer's bias (training/_centre.py): cosine similarity then weighs what tells images apart more. None:
     # the share (0, 0.25, 0.5, 0.75 or 1) with the best precision@1 on the validation split; 0 without one.
     centre: float | None = None
-    val_fraction: float = 0.1  # held out of train to pick the best epoch by precision@1; 0 keeps the last
+    # Held out of train to pick the best epoch by precision@1; 0 keeps the last. A dataset with a validation
+    # folder of its own (train/, val/, test/) is validated on that instead, whatever the share (but 0).
+    val_fraction: float = 0.1
     grad_clip: float | None = 5.0
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default

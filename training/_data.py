@@ -1,7 +1,7 @@
 """Dataset readers: IDX (MNIST, Fashion-MNIST), CIFAR-10 python batches, ImageFolder trees and tars.
 
 Every reader returns the same thing, a `Dataset` of uint8 image tensors (N, C, S, S) and int64
-labels for a train and a test split, plus class names. A decoded dataset is cached once as a
+labels for a train and a test split (and a validation split where the dataset has its own), plus class names. A decoded dataset is cached once as a
 safetensors file under $SIMSEARCH_CACHE (default ~/.cache/simsearch/datasets), keyed by the source
 path, its size and modification time and the decoding options, so that training never decodes
 JPEGs twice. Nothing is downloaded here: see `download_dataset` for the one explicit exception.
@@ -34,7 +34,9 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 4   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class
+_CACHE_VERSION = 5   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+# 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split
+_VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 
 
 class DatasetError(ValueError):
@@ -62,7 +64,8 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A decoded dataset: train and test splits, class names and where it came from."""
+    """A decoded dataset: train and test splits, class names and where it came from; `val`, a validation split
+    of the dataset's own (an ImageFolder's val/ beside train/ and test/), or None."""
 
     name: str
     layout: str  # "idx", "cifar-batches" or "imagefolder"
@@ -71,6 +74,7 @@ class Dataset:
     class_names: list[str]
     source: str
     info: dict = field(default_factory=dict)
+    val: Split | None = None
 
     @property
     def in_chans(self) -> int:
@@ -98,7 +102,8 @@ class Dataset:
     def describe(self) -> dict:
         """A JSON-able summary (recorded in artifacts and metrics files)."""
         return {"name": self.name, "layout": self.layout, "source": self.source, "num_classes": self.num_classes,
-                "train_size": len(self.train), "test_size": len(self.test), "in_chans": self.in_chans,
+                "train_size": len(self.train), "test_size": len(self.test),
+                **({"val_size": len(self.val)} if self.val is not None else {}), "in_chans": self.in_chans,
                 "image_size": self.image_size, **self.info}
 
 
@@ -289,15 +294,25 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
                          image_size: int, test_fraction: float, seed: int) -> Dataset:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     info: dict = {}
-    if {"train", "test"} <= tops or {"train", "val"} <= tops:
-        test_dir = "test" if "test" in tops else "val"
-        train_tree = _class_tree([n.split("/", 1)[1] for n in names if n.startswith("train/")])
-        test_tree = _class_tree([n.split("/", 1)[1] for n in names if n.startswith(test_dir + "/")])
+    val_dirs = [d for d in _VAL_DIRS if d in tops]
+    if len(val_dirs) > 1:
+        raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
+    if "train" in tops and ("test" in tops or val_dirs):
+        # train/ + test/, with a validation folder beside them or not; train/ + val/ alone: val/ is the test split
+        test_dir, val_dir = ("test", val_dirs[0] if val_dirs else None) if "test" in tops else (val_dirs[0], None)
+
+        def tree(folder: str) -> dict[str, list[str]]:
+            return _class_tree([n.split("/", 1)[1] for n in names if n.startswith(folder + "/")])
+
+        train_tree, test_tree = tree("train"), tree(test_dir)
         if not train_tree:
             raise DatasetError(f"{display}: train/ has no class folders with images in them")
-        classes = sorted(set(train_tree) | set(test_tree))
-        info["test_from"] = f"{test_dir}/"
         parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
+        info["test_from"] = f"{test_dir}/"
+        if val_dir is not None:
+            parts["val"] = (val_dir + "/", tree(val_dir))
+            info["val_from"] = f"{val_dir}/"
+        classes = sorted(set().union(*(t for _, t in parts.values())))
     else:
         tree = _class_tree(names)
         if not tree:
@@ -331,6 +346,7 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     if "train" in splits and not len(splits["train"]):
         raise DatasetError(f"{display}: none of the images in train/ could be decoded "
                            f"(e.g. {min(n for n in skipped if n.startswith('train/'))!r})")
+    val = splits.pop("val", None)
     if "all" in splits:
         if not 0.0 < test_fraction < 1.0:
             raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
@@ -341,7 +357,8 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     for suffix in (".tar", ".gz", ".tgz", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
     name = name.removesuffix(".tar")
-    return Dataset(name, "imagefolder", splits["train"], splits["test"], classes, display, info)
+    return Dataset(name, "imagefolder", splits["train"], splits["test"], classes, display, info,
+                   val if val is not None and len(val) else None)
 
 
 def _explain(display: str, names: list[str]) -> str:
@@ -435,7 +452,9 @@ def _convert_channels(ds: Dataset, in_chans: int) -> Dataset:
             return x.expand(-1, 3, -1, -1).contiguous()
         raise DatasetError(f"cannot convert {x.shape[1]} channels to {in_chans}")
 
-    ds.train.images, ds.test.images = conv(ds.train.images), conv(ds.test.images)
+    for split in (ds.train, ds.test, ds.val):
+        if split is not None:
+            split.images = conv(split.images)
     return ds
 
 
@@ -444,9 +463,10 @@ def _save_cached(path: Path, ds: Dataset) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(ds, k) for k in ("name", "layout", "class_names", "source", "info")}
-    meta.update(train_names=ds.train.names, test_names=ds.test.names)
-    tensors = {"train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels,
-               "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels}
+    splits = {"train": ds.train, "test": ds.test, **({"val": ds.val} if ds.val is not None else {})}
+    meta.update({f"{k}_names": split.names for k, split in splits.items()})
+    tensors = {f"{k}_{part}": t for k, split in splits.items()
+               for part, t in (("images", split.images.contiguous()), ("labels", split.labels))}
     write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={"dataset": json.dumps(meta)}))
 
 
@@ -457,9 +477,12 @@ def _load_cached(path: Path) -> Dataset:
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["dataset"])
     t = load_file(str(path))
-    return Dataset(meta["name"], meta["layout"], Split(t["train_images"], t["train_labels"], meta["train_names"]),
-                   Split(t["test_images"], t["test_labels"], meta["test_names"]), meta["class_names"], meta["source"],
-                   meta["info"])
+
+    def split(k: str) -> Split | None:
+        return Split(t[f"{k}_images"], t[f"{k}_labels"], meta[f"{k}_names"]) if f"{k}_images" in t else None
+
+    return Dataset(meta["name"], meta["layout"], split("train"), split("test"), meta["class_names"], meta["source"],
+                   meta["info"], split("val"))
 
 
 def download_dataset(name: str, root: str | os.PathLike) -> Path:

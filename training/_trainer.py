@@ -143,7 +143,8 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
 
 def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Split]:
     """The (train, validation or None, test) splits a run with `cfg` uses on `ds`: seeded and stratified, so the
-    same configuration always gets the same images (`max_train`, `max_test`, then `val_fraction` of train)."""
+    same configuration always gets the same images (`max_train`, `max_test`, then `val_fraction` of train, or
+    the dataset's own validation split when it has one)."""
     train_split = ds.train
     if cfg.max_train and cfg.max_train < len(train_split):
         keep, _ = stratified_split(train_split.labels, 1 - cfg.max_train / len(train_split), cfg.seed)
@@ -153,9 +154,12 @@ def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Spli
         keep, _ = stratified_split(test_split.labels, 1 - cfg.max_test / len(test_split), cfg.seed)
         test_split = test_split.subset(keep)
     val_split: Split | None = None
-    if cfg.val_fraction > 0:
+    # a validation split without two images of any class cannot measure precision@1: none, then
+    if cfg.val_fraction > 0 and ds.val is not None:   # the dataset's own (val/ beside train/ and test/)
+        if int(torch.bincount(ds.val.labels).max()) >= 2:
+            val_split = ds.val
+    elif cfg.val_fraction > 0:
         tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
-        # a validation split without two images of any class cannot measure precision@1: none, then
         if len(val_idx) and int(torch.bincount(train_split.labels[val_idx]).max()) >= 2:
             train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
     return train_split, val_split, test_split
@@ -348,10 +352,16 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         if sampler_labels is not None:  # the class order it shuffles in place, epoch after epoch
             as_int = {int(k): k for k in sampler.labels}
             sampler.labels = [as_int[k] for k in sampler_labels]
-    if cfg.val_fraction > 0 and val_split is None:
+    if cfg.val_fraction > 0 and val_split is None and ds.val is not None:
+        log(f"no validation split: {ds.info.get('val_from', 'the validation folder')} holds no two images of any "
+            f"class, and precision@1 needs them; the last epoch is kept")
+    elif cfg.val_fraction > 0 and val_split is None:
         log(f"no validation split: {cfg.val_fraction:g} of the training images would not hold two images of any "
             f"class, and precision@1 needs them; the last epoch is kept (more images a class, or a larger "
             f"--val-fraction, would give one)")
+    elif val_split is not None and val_split is ds.val:
+        log(f"validation split: {ds.info.get('val_from', 'the dataset')} ({len(val_split)} images), not a share of "
+            f"the training images")
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
         f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
         f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}"

@@ -124,6 +124,36 @@ def test_imagefolder_with_train_and_test(tmp_path):
     assert (red[:, 0] == 255).all() and (red[:, 1] == 0).all()
 
 
+@pytest.mark.parametrize("val_dir", ["val", "valid", "validation"])
+def test_a_validation_folder_beside_train_and_test_is_the_validation_split_also_from_the_cache(
+        tmp_path, monkeypatch, val_dir):
+    monkeypatch.setenv("SIMSEARCH_CACHE", str(tmp_path / "cache"))
+    _image_tree(tmp_path / "photos", with_splits=True)
+    for c, rgb in {"red": (255, 0, 0), "blue": (0, 0, 255)}.items():   # no green in it: a class may lack one
+        (tmp_path / "photos" / val_dir / c).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "photos" / val_dir / c / f"v{i}.png").write_bytes(_png(rgb))
+    for ds in (load_dataset(tmp_path / "photos"), load_dataset(tmp_path / "photos")):   # decoded, then cached
+        assert ds.class_names == ["blue", "green", "red"] and len(ds.train) == 12 and len(ds.test) == 3
+        assert ds.val.names == [f"{val_dir}/blue/v0.png", f"{val_dir}/blue/v1.png", f"{val_dir}/red/v0.png",
+                                f"{val_dir}/red/v1.png"]
+        assert ds.val.labels.tolist() == [0, 0, 2, 2] and (ds.val.images[2:, 0] == 255).all()
+        assert ds.describe()["val_size"] == 4 and ds.info["val_from"] == f"{val_dir}/"
+    assert load_dataset(tmp_path / "photos", in_chans=1).val.images.shape == (4, 1, 32, 32)
+    other = tmp_path / "photos" / ("valid" if val_dir != "valid" else "val") / "red"   # a second validation folder
+    other.mkdir(parents=True)
+    (other / "x.png").write_bytes(_png((255, 0, 0)))
+    with pytest.raises(DatasetError, match="keep one validation folder"):
+        load_dataset(tmp_path / "photos", use_cache=False)
+
+
+def test_train_and_val_alone_read_val_as_the_test_split(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=True)
+    (tmp_path / "photos" / "test").rename(tmp_path / "photos" / "val")
+    ds = load_dataset(tmp_path / "photos", use_cache=False)
+    assert len(ds.train) == 12 and len(ds.test) == 3 and ds.val is None and ds.info["test_from"] == "val/"
+
+
 def test_imagefolder_without_splits_gets_a_seeded_stratified_test_split(tmp_path):
     _image_tree(tmp_path / "photos", with_splits=False)
     a = load_dataset(tmp_path / "photos", test_fraction=0.2, split_seed=3, use_cache=False)

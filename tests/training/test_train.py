@@ -368,3 +368,26 @@ def test_a_validation_split_that_cannot_measure_precision_is_left_out_and_said(t
         history = result.history
         assert all(("val_precision_at_1" in h) == (val > 0) for h in history), history
         assert all(not math.isnan(h.get("val_precision_at_1", 0.0)) for h in history), history
+
+
+def test_a_val_folder_beside_train_and_test_validates_and_every_training_image_trains(tiny_cifar_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "three"
+    shutil.copytree(tiny_cifar_folder, folder)
+    for c in sorted((folder / "test").iterdir()):   # 3 of each class's 6 test images move to val/
+        (folder / "val" / c.name).mkdir(parents=True)
+        for f in sorted(c.iterdir())[:3]:
+            f.rename(folder / "val" / c.name / f.name)
+    cfg = preset("default", epochs=2, batch_size=16, model="cnn3a", augment=False, threads=1)
+    lines: list[str] = []
+    result = train(cfg, folder, tmp_path / "three.safetensors", progress=False, log=lines.append)
+    assert any("(48 train, 12 val, 12 test)" in x for x in lines), lines   # no share of train held out
+    assert "validation split: val/ (12 images), not a share of the training images" in lines
+    assert all("val_precision_at_1" in h for h in result.history), result.history
+    dataset = model.load_artifact(result.artifact).meta.training["dataset"]
+    assert dataset["val_from"] == "val/" and dataset["val_size"] == 12 and dataset["train_size"] == 48
+
+    lines.clear()   # --val-fraction 0 still means no validation: the last epoch
+    train(cfg.replace(val_fraction=0.0), folder, tmp_path / "last.safetensors", progress=False, log=lines.append)
+    assert any("(48 train, 0 val, 12 test)" in x for x in lines), lines
