@@ -99,6 +99,14 @@ class Dataset:
                                     else f" (the first {len(sk['first'])} named in the metrics file)")
         return f"{self.source}: left out {n} image{'s' if n != 1 else ''} that could not be decoded: {shown}{listed}"
 
+    def notes(self) -> list[str]:
+        """Lines to tell the user about how the dataset was read: images left out, folders not read."""
+        lines = [note] if (note := self.skipped_note()) else []
+        if ignored := self.info.get("ignored_folders"):
+            lines.append(f"{self.source}: not read: {', '.join(f + '/' for f in ignored)} (beside train/, only test/ "
+                         f"and a validation folder, val/, valid/ or validation/, are)")
+        return lines
+
     def describe(self) -> dict:
         """A JSON-able summary (recorded in artifacts and metrics files)."""
         return {"name": self.name, "layout": self.layout, "source": self.source, "num_classes": self.num_classes,
@@ -309,6 +317,9 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
             raise DatasetError(f"{display}: train/ has no class folders with images in them")
         parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
         info["test_from"] = f"{test_dir}/"
+        with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
+        if ignored := sorted(with_images - {"train", test_dir, val_dir}):
+            info["ignored_folders"] = ignored
         if val_dir is not None:
             parts["val"] = (val_dir + "/", tree(val_dir))
             info["val_from"] = f"{val_dir}/"

@@ -316,8 +316,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
         raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
                            f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
-    if log is not None and ds.skipped_note():
-        log(ds.skipped_note())
+    for line in ds.notes() if log is not None else []:
+        log(line)
     dev = torch.device(device) if device else model.default_device()
     net = art.model.to(dev)
     test = ds.test

@@ -222,8 +222,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
     if not isinstance(data, Dataset) and main:
         dist_.barrier(world)
-    if main and ds.skipped_note():
-        log(ds.skipped_note())
+    for line in ds.notes() if main else []:
+        log(line)
     _seed_all(cfg.seed)
     train_split, val_split, test_split = run_splits(cfg, ds)
 

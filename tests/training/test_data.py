@@ -147,6 +147,30 @@ def test_a_validation_folder_beside_train_and_test_is_the_validation_split_also_
         load_dataset(tmp_path / "photos", use_cache=False)
 
 
+def test_folders_beside_train_and_test_that_are_not_read_are_named(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=True)
+    for extra in ("unlabelled", "extra"):
+        (tmp_path / "photos" / extra / "red").mkdir(parents=True)
+        (tmp_path / "photos" / extra / "red" / "x.png").write_bytes(_png((255, 0, 0)))
+    (tmp_path / "photos" / "notes").mkdir()
+    (tmp_path / "photos" / "notes" / "readme.txt").write_text("no images here")   # not named: nothing to read
+    ds = load_dataset(tmp_path / "photos", use_cache=False)
+    assert len(ds.train) == 12 and len(ds.test) == 3 and ds.info["ignored_folders"] == ["extra", "unlabelled"]
+    assert ds.notes() == [f"{tmp_path / 'photos'}: not read: extra/, unlabelled/ (beside train/, only test/ and a "
+                          "validation folder, val/, valid/ or validation/, are)"]
+    assert load_dataset(tmp_path / "photos").notes() == ds.notes()   # from the cache too
+    clean = tmp_path / "clean"
+    _image_tree(clean, with_splits=True)
+    assert load_dataset(clean, use_cache=False).notes() == []
+
+
+def test_train_alone_reads_its_class_folders_with_a_test_split_drawn_from_them(tmp_path):
+    _image_tree(tmp_path / "photos" / "train", with_splits=False)
+    ds = load_dataset(tmp_path / "photos", use_cache=False)
+    assert ds.class_names == ["blue", "green", "red"] and len(ds.train) == 9 and len(ds.test) == 6
+    assert sorted(ds.train.names + ds.test.names)[:2] == ["blue/0.png", "blue/1.png"]   # a lone top folder is entered
+
+
 def test_train_and_val_alone_read_val_as_the_test_split(tmp_path):
     _image_tree(tmp_path / "photos", with_splits=True)
     (tmp_path / "photos" / "test").rename(tmp_path / "photos" / "val")
