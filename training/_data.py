@@ -1,10 +1,11 @@
 """Dataset readers: IDX (MNIST, Fashion-MNIST), CIFAR-10 python batches, ImageFolder trees and tars.
 
 Every reader returns the same thing, a `Dataset` of uint8 image tensors (N, C, S, S) and int64
-labels for a train and a test split (and a validation split where the dataset has its own), plus class names. A decoded dataset is cached once as a
-safetensors file under $SIMSEARCH_CACHE (default ~/.cache/simsearch/datasets), keyed by the source
-path, its size and modification time and the decoding options, so that training never decodes
-JPEGs twice. Nothing is downloaded here: see `download_dataset` for the one explicit exception.
+labels for a train and a test split (and a validation split where the dataset has its own), plus class
+names. A decoded dataset is cached once as a safetensors file under $SIMSEARCH_CACHE (default
+~/.cache/simsearch/datasets), keyed by the source path, its size and modification time and the decoding
+options, so that training never decodes JPEGs twice. Nothing is downloaded here: see `download_dataset`
+for the one explicit exception.
 """
 from __future__ import annotations
 
@@ -301,8 +302,9 @@ def _class_tree(names: list[str]) -> dict[str, list[str]]:
 def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
                          image_size: int, test_fraction: float, seed: int) -> Dataset:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
     info: dict = {}
-    val_dirs = [d for d in _VAL_DIRS if d in tops]
+    val_dirs = [d for d in _VAL_DIRS if d in with_images]
     if len(val_dirs) > 1:
         raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
     if "train" in tops and ("test" in tops or val_dirs):
@@ -317,10 +319,9 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
             raise DatasetError(f"{display}: train/ has no class folders with images in them")
         parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
         info["test_from"] = f"{test_dir}/"
-        with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
         if ignored := sorted(with_images - {"train", test_dir, val_dir}):
             info["ignored_folders"] = ignored
-        if val_dir is not None:
+        if val_dir is not None and tree(val_dir):
             parts["val"] = (val_dir + "/", tree(val_dir))
             info["val_from"] = f"{val_dir}/"
         classes = sorted(set().union(*(t for _, t in parts.values())))
