@@ -363,7 +363,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         log(f"validation split: {ds.info.get('val_from', 'the dataset')} ({len(val_split)} images), not a share of "
             f"the training images")
     log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
-        f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) on {device}; "
+        f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) of "
+        f"{ds.in_chans}x{ds.image_size}x{ds.image_size} on {device}; "
         f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}"
         f"{f' in {world.size} processes of {batch_size // world.size}' if world else ''}, {cfg.epochs} epochs; "
         f"embeddings with test-time augmentation {tta}")

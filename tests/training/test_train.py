@@ -382,7 +382,7 @@ def test_a_val_folder_beside_train_and_test_validates_and_every_training_image_t
     cfg = preset("default", epochs=2, batch_size=16, model="cnn3a", augment=False, threads=1)
     lines: list[str] = []
     result = train(cfg, folder, tmp_path / "three.safetensors", progress=False, log=lines.append)
-    assert any("(48 train, 12 val, 12 test)" in x for x in lines), lines   # no share of train held out
+    assert any("(48 train, 12 val, 12 test) of 3x32x32 on" in x for x in lines), lines   # no share of train held out
     assert "validation split: val/ (12 images), not a share of the training images" in lines
     assert all("val_precision_at_1" in h for h in result.history), result.history
     dataset = model.load_artifact(result.artifact).meta.training["dataset"]
