@@ -1,6 +1,7 @@
 """Name -> builder registry for the model zoo (the timm pattern), and architectures of a user's own."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -65,7 +66,9 @@ def import_models(specs: str | Iterable[str]) -> list[str]:
         before = set(_MODELS)
         if is_file and not Path(key).is_file():
             raise ModelModuleError(f"model module {spec!r}: no such file")
-        module_name = f"simsearch_user_models.{Path(key).stem}" if is_file else spec
+        # a file's module is named after its stem and its path, so that two users' models.py never collide
+        module_name = (f"simsearch_user_models.{Path(key).stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+                       if is_file else spec)
         try:
             if is_file:
                 module_spec = importlib.util.spec_from_file_location(module_name, key)

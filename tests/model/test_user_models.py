@@ -56,6 +56,14 @@ def test_an_artifact_of_an_architecture_not_imported_names_the_file_that_registe
             "module or .py file that registers it in SIMSEARCH_MODEL_MODULES); known: cnn3a") in fresh.stdout
 
 
+def test_two_files_of_the_same_name_in_two_folders_are_two_modules(registry, tmp_path):
+    first = write_user_models(tmp_path / "team_a", arch="users_cnn_d")
+    second = write_user_models(tmp_path / "team_b", arch="users_cnn_e")   # both my_models.py
+    assert model.import_models([str(first), str(second)]) == ["users_cnn_d", "users_cnn_e"]
+    modules = {sys.modules[n].__file__ for n in sys.modules if n.startswith("simsearch_user_models.my_models")}
+    assert modules == {str(first.resolve()), str(second.resolve())}
+
+
 def test_a_module_that_cannot_be_imported_is_named_with_its_error_and_registers_nothing(registry, tmp_path):
     with pytest.raises(model.ModelModuleError, match="model module 'no_such_module_here': ModuleNotFoundError"):
         model.import_models("no_such_module_here")
@@ -68,5 +76,5 @@ def test_a_module_that_cannot_be_imported_is_named_with_its_error_and_registers_
                                                      r"registered twice"):
         model.import_models(str(broken))
     assert not model.is_model("users_cnn_c")  # what it registered before failing is forgotten
-    assert "simsearch_user_models.broken_models" not in sys.modules
+    assert not [n for n in sys.modules if n.startswith("simsearch_user_models.broken_models")]
     assert model.create_model("hybrid1").embed_dim == 256  # and the zoo's own is untouched
