@@ -274,22 +274,32 @@ def _embedder(path: str | None):
 def _embedder_for(path: str | None, data: str, gallery: str = "default", milvus_uri: str | None = None):
     """--model's artifact. Without it, the bundled artifact that made the gallery's vectors, so that a gallery
     indexed with hybrid1-mnist, say, is searched and added to with it; the default one for a new gallery."""
-    if path or milvus_uri:
+    if path:
         return _embedder(path)
+    import importlib.util
+
     import index
     import model
 
-    folder = _gallery_folder(data, gallery)
     try:
-        with index.StoreReader(folder) as reader:
-            recorded = reader.model_id
+        if milvus_uri:
+            if importlib.util.find_spec("pymilvus") is None:
+                return _embedder(None)   # opening the gallery says what to install
+            token, db_name = _milvus_credentials()
+            with index.MilvusStore.open(index.MilvusConfig(milvus_uri, token=token, db_name=db_name, gallery=gallery,
+                                                           read_only=True)) as store:
+                recorded, where = store.model_id, f"gallery {gallery!r} in Milvus"
+        else:
+            folder = _gallery_folder(data, gallery)
+            with index.StoreReader(folder) as reader:
+                recorded, where = reader.model_id, f"the index at {folder}"
     except index.StoreError:
-        return _embedder(None)   # no store yet (what is wrong with one that cannot be read is said when it opens)
+        return _embedder(None)   # no gallery yet (what is wrong with one that cannot be read is said when it opens)
     found = model.bundled_artifact(recorded)
     if found is None:
-        raise CliError(f"the index at {folder} holds vectors of model {recorded!r}, which is none of the bundled "
-                       "models: pass that model's artifact with --model (or build the index again, into "
-                       "another --data folder, with the model you have)")
+        raise CliError(f"{where} holds vectors of model {recorded!r}, which is none of the bundled models: pass "
+                       "that model's artifact with --model (or build the gallery again, elsewhere, with the model "
+                       "you have)")
     return _embedder(str(found))
 
 

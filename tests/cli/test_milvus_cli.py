@@ -47,6 +47,16 @@ def test_the_index_commands_build_search_count_and_delete_a_gallery_in_milvus(hy
         assert "deleted 6 items" in capsys.readouterr().out
         with MilvusStore.open(MilvusConfig(uri, gallery="pets")) as store:
             assert store.labels() == {"ship": 6}
+        # without --model: the bundled model that made the gallery, or one line asking for it
+        import model
+
+        mnist = ["--milvus-uri", uri, "--gallery", "digits", "--data", str(tmp_path / "unused")]
+        assert main(["index", "build", str(folder), "--model", str(model.default_artifact_path("mnist")), *mnist]) == 0
+        capsys.readouterr()
+        assert main(["search", str(query), "-k", "1", "--json", *mnist]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["id"] == "ship/0003.jpg"
+        assert main(["search", str(query), *common]) == 2
+        assert ("gallery 'pets' in Milvus holds vectors of model 'hybrid1-test@" in capsys.readouterr().err)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
