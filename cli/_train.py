@@ -255,15 +255,19 @@ def _launch(args, cfg) -> int:
     return 0
 
 
-def _last_lines(logs: Path, rank: int, n: int = 20) -> str:
-    """The end of process `rank`'s error output (else of its output), as torchrun's --redirects wrote it."""
+def _last_lines(logs: Path, rank: int, n: int = 20, stack: int = 60) -> str:
+    """The end of process `rank`'s error output (else of its output), as torchrun's --redirects wrote it: its
+    last `n` lines, or, when it died with faulthandler's report, that report from its first line (what killed it)
+    on, up to `stack` lines (where it was: a deep stack would push the first line out of the last 20)."""
     for name in ("stderr.log", "stdout.log"):
         # faulthandler's list of every extension module is one very long line that says nothing here
         lines = [line for f in logs.glob(f"*/attempt_*/{rank}/{name}")
                  for line in f.read_text(errors="replace").splitlines()
                  if line.strip() and not line.startswith("Extension modules:")]
         if lines:
-            return f"the last of its {name[:6]}:\n  " + "\n  ".join(lines[-n:])
+            fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
+            shown = lines[fatal[-1]:fatal[-1] + stack] if fatal else lines[-n:]
+            return f"the last of its {name[:6]}:\n  " + "\n  ".join(shown)
     return "it wrote nothing"
 
 

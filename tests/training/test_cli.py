@@ -224,3 +224,19 @@ def test_user_mistakes_give_one_clear_line_and_status_2(tmp_path, capsys):
                           (["evaluate", str(tmp_path / "nope.safetensors"), str(tmp_path)], "no such model artifact")]:
         assert cli.main(args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_failed_process_is_shown_from_the_start_of_its_crash_report_however_deep_its_stack(tmp_path):
+    from cli._train import _last_lines
+
+    err = tmp_path / "run" / "attempt_0" / "1" / "stderr.log"
+    err.parent.mkdir(parents=True)
+    frames = [f'  File "/site-packages/kornia/deep.py", line {i} in f{i}' for i in range(30)]
+    err.write_text("\n".join(["noise"] * 50 + ["Fatal Python error: Aborted", "", "Current thread 0x1 (most recent "
+                              "call first):", *frames, '  File "training/_trainer.py", line 396 in _train',
+                              "", "Extension modules: numpy, torch (total: 2)"]) + "\n")
+    shown = _last_lines(tmp_path, 1)
+    assert shown.startswith("the last of its stderr:\n  Fatal Python error: Aborted\n  Current thread")
+    assert shown.endswith('training/_trainer.py", line 396 in _train') and "noise" not in shown
+    err.write_text("\n".join(f"line {i}" for i in range(50)) + "\n")   # no crash report: the last 20 lines
+    assert _last_lines(tmp_path, 1) == "the last of its stderr:\n  " + "\n  ".join(f"line {i}" for i in range(30, 50))
