@@ -276,25 +276,24 @@ def _embedder_for(path: str | None, data: str, gallery: str = "default", milvus_
     indexed with hybrid1-mnist, say, is searched and added to with it; the default one for a new gallery."""
     if path:
         return _embedder(path)
-    import importlib.util
-
     import index
     import model
 
-    try:
-        if milvus_uri:
-            if importlib.util.find_spec("pymilvus") is None:
-                return _embedder(None)   # opening the gallery says what to install
-            token, db_name = _milvus_credentials()
-            with index.MilvusStore.open(index.MilvusConfig(milvus_uri, token=token, db_name=db_name, gallery=gallery,
-                                                           read_only=True)) as store:
-                recorded, where = store.model_id, f"gallery {gallery!r} in Milvus"
-        else:
-            folder = _gallery_folder(data, gallery)
+    # no gallery yet: the default model (what is wrong with one that cannot be read is said when it opens)
+    if milvus_uri:
+        try:
+            store = _open_milvus(milvus_uri, True, None, gallery)
+        except CliError:
+            return _embedder(None)
+        with store:
+            recorded, where = store.model_id, f"gallery {gallery!r} in Milvus"
+    else:
+        folder = _gallery_folder(data, gallery)
+        try:
             with index.StoreReader(folder) as reader:
                 recorded, where = reader.model_id, f"the index at {folder}"
-    except index.StoreError:
-        return _embedder(None)   # no gallery yet (what is wrong with one that cannot be read is said when it opens)
+        except index.StoreError:
+            return _embedder(None)
     found = model.bundled_artifact(recorded)
     if found is None:
         raise CliError(f"{where} holds vectors of model {recorded!r}, which is none of the bundled models: pass "
