@@ -154,15 +154,20 @@ def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Spli
         keep, _ = stratified_split(test_split.labels, 1 - cfg.max_test / len(test_split), cfg.seed)
         test_split = test_split.subset(keep)
     val_split: Split | None = None
-    # a validation split without two images of any class cannot measure precision@1: none, then
     if cfg.val_fraction > 0 and ds.val is not None:   # the dataset's own (val/ beside train/ and test/)
-        if int(torch.bincount(ds.val.labels).max()) >= 2:
+        if _measures_precision(ds.val.labels):
             val_split = ds.val
     elif cfg.val_fraction > 0:
         tr_idx, val_idx = stratified_split(train_split.labels, cfg.val_fraction, cfg.seed)
-        if len(val_idx) and int(torch.bincount(train_split.labels[val_idx]).max()) >= 2:
+        if _measures_precision(train_split.labels[val_idx]):
             train_split, val_split = train_split.subset(tr_idx), train_split.subset(val_idx)
     return train_split, val_split, test_split
+
+
+def _measures_precision(labels: torch.Tensor) -> bool:
+    """Whether a validation split of these labels can measure precision@1: it needs two images of some class
+    (without, no split is made)."""
+    return len(labels) > 0 and int(torch.bincount(labels).max()) >= 2
 
 
 def _centre(net: nn.Module, ce_head: dict | None, share: float | None, train_split: Split, val_split: Split | None,
