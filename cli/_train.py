@@ -71,8 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the student also learns its in-batch similarities (--set distill_weight=W, "
                         "distill_temperature=T; 1.0, 0.1) and, with --set distill_logits_weight=W (0; "
                         "distill_logits_temperature=T, 4.0), its classifier's soft labels")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of the training images held out to pick the best epoch (0: the last "
-                        "epoch); a val/ folder beside train/ and test/ is used instead")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the training images held out to pick the best epoch (0: the last epoch); a val/ "
+                        "folder beside train/ and test/ is used instead")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
