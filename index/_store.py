@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -60,6 +61,10 @@ class Store(ItemChecks):
         self._rw = RWLock()
         self._writer = threading.Lock()      # one write (commit + apply) at a time
         self._local = threading.local()
+        # Each thread's read connection closes when the thread ends (its finalizer, below) or when the store
+        # closes: the threads that read come and go (anyio's pool lets idle ones exit), and a list holding
+        # their connections kept every one open, files and page cache, for as long as the service ran.
+        self._thread_conns: list[weakref.finalize] = []
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._maint_thread: threading.Thread | None = None
@@ -361,8 +366,8 @@ class Store(ItemChecks):
     def _read_conn(self) -> sqlite3.Connection:
         """A per-thread connection for reads (WAL readers never block the writer)."""
         self._check_open()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
             try:
                 conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
                     sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -371,10 +376,16 @@ class Store(ItemChecks):
                     raise StoreClosedError(f"the store at {self._path} was deleted or made anew by the process "
                                            "that writes it") from None
                 raise
-            self._local.conn = conn
+            holder = self._local.holder = _ConnHolder(conn)
+            done = weakref.finalize(holder, conn.close)   # the thread's locals go when the thread ends
             with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+                self._thread_conns = [f for f in self._thread_conns if f.alive]
+                self._thread_conns.append(done)
+                closing = self._closed
+            if closing:   # close() ran since the check above, and did not see this connection
+                done()
+                self._check_open()
+        return holder.conn
 
     def _describe(self) -> str:
         return f"the store at {self._path}"
@@ -1103,8 +1114,11 @@ class Store(ItemChecks):
     def _release(self) -> None:
         with self._conns_lock:
             conns, self._conns = self._conns, []
+            thread_conns, self._thread_conns = self._thread_conns, []
         for c in conns:
             c.close()
+        for done in thread_conns:
+            done()   # closes a connection whose thread is still alive; nothing for one closed already
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
@@ -1120,6 +1134,16 @@ class Store(ItemChecks):
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r}, {self.spec}, {len(self._rows)} items)"
+
+
+class _ConnHolder:
+    """A thread's read connection, in an object a finalizer can watch (a sqlite3 connection takes no weak
+    reference)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 def _train_sample(n: int) -> int:

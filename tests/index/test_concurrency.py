@@ -1,7 +1,9 @@
 """Searches run while writes happen, and no reader ever sees half of a write."""
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +73,56 @@ def test_concurrent_searches_during_writes_see_each_write_whole(open_store, kind
     assert {h.metadata["gen"] for h in store.search(centre, k=GROUP, label="group")[0]} == {59}
     assert {h.id for h in store.search(centre, k=50, where={"in": "group"})[0]} == {f"g{j}" for j in range(GROUP)}
     assert store.count() == 1000 + GROUP + 59 * 5
+
+
+def _open_files(path) -> int:
+    """This process's open descriptors of the file at `path` (Linux's /proc)."""
+    fd_dir = Path("/proc/self/fd")
+    count = 0
+    for fd in fd_dir.iterdir():
+        try:
+            count += os.readlink(fd) == str(path)
+        except OSError:   # closed since the listing
+            pass
+    return count
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_reading_threads_connection_closes_when_the_thread_ends(open_store, tmp_path, read_only):
+    # A service's reading threads come and go (anyio's pool lets idle ones exit); each opened its own
+    # connection, and the store kept them all open until it closed: descriptors and page cache grew for
+    # as long as the service ran.
+    writer = open_store(tmp_path / "s")
+    vecs = unit(np.random.default_rng(0), 5)
+    writer.upsert([Item(f"id{i}", vecs[i]) for i in range(5)])
+    store = open_store(tmp_path / "s", read_only=True) if read_only else writer
+    db = (tmp_path / "s" / "store.sqlite3").resolve()
+    before = _open_files(db)
+
+    def read():
+        assert store.get("id3").id == "id3"
+
+    for _ in range(12):
+        t = threading.Thread(target=read)
+        t.start()
+        t.join()
+    # SQLite keeps one closed connection's descriptor while another connection of the process holds a
+    # lock on the file (closing it would drop that lock), and hands it to the next connection it opens.
+    assert _open_files(db) <= before + 1
+
+    # A thread still reading when the store closes has its connection closed with the store.
+    started, release = threading.Event(), threading.Event()
+
+    def read_and_wait():
+        read()
+        started.set()
+        release.wait(10)
+
+    t = threading.Thread(target=read_and_wait)
+    t.start()
+    started.wait(10)
+    store.close()
+    writer.close()
+    assert _open_files(db) == 0
+    release.set()
+    t.join()
