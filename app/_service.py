@@ -211,7 +211,7 @@ class Service:
         if s.milvus_uri:
             index.drop_milvus_gallery(s.milvus_uri, name, s.milvus_token_value(), s.milvus_db)
         else:
-            shutil.rmtree(index.gallery_path(s.data_dir, name).parent)
+            index.remove_gallery(s.data_dir, name)
 
     async def _load(self) -> None:
         import index
@@ -243,6 +243,10 @@ class Service:
                                  self._workers_lock())
         commits.start()
         self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
+        if not (s.read_only or s.milvus_uri):   # the writer: what deleted galleries left behind goes
+            left = await anyio.to_thread.run_sync(index.remove_deleted_galleries, s.data_dir)
+            if left:
+                log.info("removed what %d deleted galleries had left on disk", left)
         self.metrics.track_galleries(self._gallery_sizes)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage

@@ -17,7 +17,8 @@ from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._faiss import PRESETS
-from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path
+from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
+                         remove_gallery)
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._milvus import MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
@@ -31,5 +32,6 @@ __all__ = [
     "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
-    "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "vote",
+    "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",
+    "remove_gallery", "vote",
 ]

@@ -3,13 +3,20 @@ names), a named one in DATA/galleries/<name>/index. Names are lower-case letters
 that they are the same folder on every file system."""
 from __future__ import annotations
 
+import logging
 import re
+import shutil
+import time
+import uuid
 from pathlib import Path
 
 from ._db import DB_NAME
 from ._errors import InvalidItemError
 
+log = logging.getLogger("simsearch.index")
+
 DEFAULT_GALLERY = "default"
+_DELETED = ".deleted-"   # a named gallery's folder on its way out: hidden from gallery_names
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -35,3 +42,40 @@ def gallery_names(data_dir: Path) -> list[str]:
         names += sorted(p.name for p in root.iterdir()
                         if _NAME.fullmatch(p.name) and p.name != DEFAULT_GALLERY and (p / "index" / DB_NAME).is_file())
     return names
+
+
+def remove_gallery(data_dir: Path, name: str) -> None:
+    """Delete the named gallery's folder. It is first renamed aside (one atomic step), so that from then on
+    nothing lists or opens it, then removed. A reader that opened it just before the rename may still add
+    SQLite's shared-memory file while it goes, so the removal is tried again; what is still left is
+    removed by remove_deleted_galleries, at the service's next start."""
+    if name == DEFAULT_GALLERY:   # its folder is the data folder's index/, beside the named galleries
+        raise InvalidItemError("the default gallery is not removed this way")
+    folder = gallery_path(data_dir, name).parent
+    aside = folder.with_name(f"{_DELETED}{name}-{uuid.uuid4().hex[:8]}")
+    folder.rename(aside)
+    _remove_tree(aside)
+
+
+def remove_deleted_galleries(data_dir: Path) -> int:
+    """Remove what remove_gallery left of deleted galleries' folders; how many were found."""
+    root = Path(data_dir) / "galleries"
+    left = sorted(root.glob(_DELETED + "*")) if root.is_dir() else []
+    for folder in left:
+        _remove_tree(folder)
+    return len(left)
+
+
+def _remove_tree(folder: Path, attempts: int = 5) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            shutil.rmtree(folder)
+            return
+        except OSError as exc:
+            if not folder.exists():
+                return
+            if attempt == attempts:
+                log.warning("index: %s of a deleted gallery is left on disk (%s); the service removes it at its "
+                            "next start", folder, exc)
+                return
+            time.sleep(0.02 * attempt)   # a reader's file appeared (or went) meanwhile

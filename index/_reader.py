@@ -7,6 +7,7 @@ never block that process's writes. Each call reads the store as it is at that ca
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -62,8 +63,14 @@ class StoreReader:
         if not db.is_file():
             raise StoreError(f"no store at {self.path} (no {_db.DB_NAME} there)")
         self._conn = _db.connect(db, read_only=True)
-        meta = _db.get_meta(self._conn)
+        try:
+            meta = _db.get_meta(self._conn)
+        except sqlite3.Error as exc:   # no tables yet (a store being made this moment), or not a store
+            self._conn.close()
+            raise StoreError(f"the store at {self.path} has no records to read ({exc}): it is being made, or "
+                             f"{_db.DB_NAME} is not a simsearch store") from None
         if "model_id" not in meta:
+            self._conn.close()
             raise StoreError(f"the store at {self.path} is empty (no model recorded)")
         self.model_id: str = meta["model_id"]
         self.dim = int(meta["dim"])

@@ -173,3 +173,51 @@ def test_a_replica_asked_for_a_gallery_the_writer_just_dropped_says_404_before_i
                       ).status_code == 201
         assert r.get("/index", params={"gallery": "brief"}).json()["count"] == 1
         assert _first(r, png(6), gallery="brief") == "eight"
+
+
+def test_listing_galleries_while_one_is_made_and_dropped_never_fails_either(hybrid1_artifact, tmp_path):
+    # GET /galleries reads the folders of galleries this process has not open, so it used to open a
+    # gallery being made (its database had no tables yet: 500) or being deleted (the reader's SQLite
+    # files appeared in the folder under removal, and DELETE got 500 "Directory not empty").
+    import threading
+
+    left = tmp_path / "data" / "galleries" / ".deleted-old-0123abcd" / "index"   # what an earlier removal left
+    left.mkdir(parents=True)
+    (left / "store.sqlite3-shm").write_bytes(b"x")
+    live = start_server(_env(hybrid1_artifact, tmp_path), tmp_path)
+    assert not left.exists(), "the service removes what deleted galleries left, at its start"
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def list_galleries():
+        with httpx.Client(base_url=live.url, timeout=60, headers=KEY) as c:
+            while not stop.is_set():
+                r = c.get("/galleries")
+                if r.status_code != 200:
+                    failures.append(f"GET /galleries: {r.status_code} {r.text[:200]}")
+                elif any(g["name"].startswith(".") for g in r.json()["galleries"]):
+                    failures.append(f"GET /galleries listed a folder on its way out: {r.text[:200]}")
+
+    listers = [threading.Thread(target=list_galleries) for _ in range(3)]
+    try:
+        for t in listers:
+            t.start()
+        with httpx.Client(base_url=live.url, timeout=60, headers=KEY) as c:
+            deadline = time.monotonic() + 8
+            cycles = 0
+            while time.monotonic() < deadline or cycles < 10:
+                made = c.post("/index", params={"gallery": "churn"}, files=[upload(png(cycles))])
+                dropped = c.delete("/galleries/churn")
+                if made.status_code != 201 or dropped.status_code != 200:
+                    failures.append(f"make {made.status_code} {made.text[:200]}; drop {dropped.status_code} "
+                                    f"{dropped.text[:200]}")
+                cycles += 1
+    finally:
+        stop.set()
+        for t in listers:
+            t.join(60)
+        stop_server(live)
+    assert not failures, failures[:5]
+    galleries = tmp_path / "data" / "galleries"
+    assert not list(galleries.iterdir()), "a dropped gallery left its folder"   # nor a leftover
+    assert "Traceback" not in live.log_tail(20_000)

@@ -3,12 +3,13 @@ a gallery's folder was deleted or made anew."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
 
-from index import (DEFAULT_GALLERY, InvalidItemError, Item, Store, StoreConfig, StoreReader, check_gallery_name,
-                   gallery_names, gallery_path)
+from index import (DEFAULT_GALLERY, InvalidItemError, Item, Store, StoreConfig, StoreError, StoreReader,
+                   check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries, remove_gallery)
 
 from .conftest import DIM, unit
 
@@ -79,3 +80,36 @@ def test_a_follower_reading_in_a_new_thread_after_its_folder_was_deleted_says_th
         assert "deleted or made anew" in str(raised[0])
     finally:
         follower.close()
+
+
+def test_removing_a_gallery_hides_it_at_once_even_from_a_reader_that_has_it_open(tmp_path):
+    Store.open(StoreConfig(gallery_path(tmp_path, "shoes"), dim=DIM, model_id="m")).close()
+    reader = StoreReader(gallery_path(tmp_path, "shoes"))   # its SQLite files stay open through the removal
+    try:
+        remove_gallery(tmp_path, "shoes")
+        assert gallery_names(tmp_path) == []
+        with pytest.raises(StoreError, match="no store at"):
+            StoreReader(gallery_path(tmp_path, "shoes"))
+    finally:
+        reader.close()
+    with pytest.raises(InvalidItemError, match="default gallery"):
+        remove_gallery(tmp_path, DEFAULT_GALLERY)
+
+
+def test_what_a_removal_left_is_not_a_gallery_and_goes_at_the_next_clean_up(tmp_path):
+    Store.open(StoreConfig(gallery_path(tmp_path, "kept"), dim=DIM, model_id="m")).close()
+    left = tmp_path / "galleries" / ".deleted-shoes-0123abcd" / "index"
+    left.mkdir(parents=True)
+    (left / "store.sqlite3-shm").write_bytes(b"x")   # a reader's file, made while the folder went
+    assert gallery_names(tmp_path) == ["kept"]
+    assert remove_deleted_galleries(tmp_path) == 1
+    assert [p.name for p in (tmp_path / "galleries").iterdir()] == ["kept"]
+    assert remove_deleted_galleries(tmp_path / "nowhere") == 0
+
+
+def test_a_reader_of_a_store_whose_tables_are_not_made_yet_raises_a_store_error(tmp_path):
+    folder = gallery_path(tmp_path, "new")
+    folder.mkdir(parents=True)
+    sqlite3.connect(folder / "store.sqlite3").close()   # the file exists; the store's schema does not yet
+    with pytest.raises(StoreError, match="has no records to read .*no such table: meta"):
+        StoreReader(folder)
