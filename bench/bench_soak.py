@@ -1,0 +1,385 @@
+"""A long mixed load on one `simsearch serve`: does its memory, its threads or its open files grow, does
+any request get a 5xx, and is every acknowledged write still there afterwards, and after a restart?
+
+    .venv/bin/python bench/bench_soak.py [--minutes 25] [--clients 6] [--live 300] [--tag _s39]
+
+The clients (threads, each with its own keep-alive connection) pick requests at random, by weight:
+searches of PNGs and photos (with label and metadata filters), /batch/search, /classify, /embed,
+neighbours of a stored item, adds of 1-4 CIFAR-10 test JPEGs into three galleries, label edits,
+deletions (each client keeps about --live/--clients items of its own, so the galleries stay the same
+size and growth is not data), listings, /metrics, and bad requests (bytes that are no image, a
+truncated JPEG, k=0, a malformed filter, an unknown gallery, no file) that must get their 4xx.
+Client 0 also drops and remakes a fourth gallery every 30 s. The main thread samples the server's
+VmRSS, its threads, its open files and the size of its data folder; the growth is fitted over the
+second half of the run (after the caches and the allocator have settled). At the end each client checks its items over HTTP (present
+with their last label, or 404 once deleted), the server is stopped with SIGTERM, started again on
+the same folder and checked once more. The reference is the server's own size once warm.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import _server  # noqa: E402
+
+GALLERIES = ("default", "a", "b")
+CHURN = "churn"
+# weights of the request kinds; the rest of the mix is adds and deletes, driven by --live
+MIX = {"search_png": 20, "search_photo": 6, "search_filtered": 6, "batch_search": 3, "classify": 3, "embed": 2,
+       "search_by_id": 5, "add": 14, "patch": 4, "delete": 10, "list": 3, "item": 3, "metrics": 1,
+       "galleries": 1, "bad": 8}
+BAD_EXPECTED = {"not_an_image": 415, "truncated_jpeg": 400, "k_zero": 422, "bad_where": 422,
+                "unknown_gallery": 404, "no_file": 400}
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (the server's, should it start any)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _count(pid: int, what: str) -> int:
+    """Entries of /proc/PID/<what> (fd: open files, task: threads) summed over the process tree."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += len(os.listdir(f"/proc/{p}/{what}"))
+        except OSError:
+            pass
+    return total
+
+
+def _rss_mib(pid: int) -> float:
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += _server.rss_bytes(p)
+        except OSError:
+            pass
+    return total / 2 ** 20
+
+
+def _disk_mib(folder: Path) -> float:
+    """Bytes of the files under a folder (the data folder: databases, WAL, snapshots)."""
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:   # removed since the listing (a dropped gallery)
+            pass
+    return total / 2 ** 20
+
+
+def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) pairs, per hour."""
+    if len(samples) < 3:
+        return float("nan")
+    ts, vs = zip(*samples)
+    tm, vm = statistics.fmean(ts), statistics.fmean(vs)
+    den = sum((t - tm) ** 2 for t in ts)
+    return 3600 * sum((t - tm) * (v - vm) for t, v in samples) / den if den else float("nan")
+
+
+class Client(threading.Thread):
+    """One client: its own connection, its own items (ids c<N>-<n>), its own record of what the server
+    acknowledged."""
+
+    def __init__(self, n: int, url: str, stop: threading.Event, jpegs: list[bytes], pngs: list[bytes],
+                 photos: list[bytes], live_target: int, seed: int):
+        super().__init__(daemon=True)
+        import httpx
+
+        self.n, self.stop, self.jpegs, self.pngs, self.photos = n, stop, jpegs, pngs, photos
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.rng = random.Random(seed)
+        self.live_target = live_target
+        self.live: dict[str, tuple[str, str]] = {}      # id -> (gallery, label), as acknowledged
+        self.deleted: dict[str, str] = {}               # id -> gallery, deletion acknowledged
+        self.counter = 0
+        self.statuses: collections.Counter = collections.Counter()   # (kind, status)
+        self.unexpected: list[str] = []
+        self.unexpected_count = 0
+        self.last_churn = time.monotonic()
+
+    def _expect(self, kind: str, r, ok: tuple[int, ...]) -> bool:
+        self.statuses[(kind, r.status_code)] += 1
+        if r.status_code not in ok:
+            self.unexpected_count += 1
+            if len(self.unexpected) < 50:
+                self.unexpected.append(f"{kind}: {r.status_code} {r.text[:300]}")
+            return False
+        return True
+
+    def _files(self, pool: list[bytes], count: int, mime: str) -> list:
+        return [("file", (f"f{i}", self.rng.choice(pool), mime)) for i in range(count)]
+
+    def run(self) -> None:
+        kinds, weights = zip(*MIX.items())
+        while not self.stop.is_set():
+            kind = self.rng.choices(kinds, weights)[0]
+            # keep about live_target items: add when short, delete when over
+            if kind == "add" and len(self.live) > 1.2 * self.live_target:
+                kind = "delete"
+            elif kind == "delete" and len(self.live) < 0.8 * self.live_target:
+                kind = "add"
+            try:
+                getattr(self, "_" + kind)()
+                if self.n == 0 and time.monotonic() - self.last_churn > 30:
+                    self._churn()
+            except Exception as exc:  # noqa: BLE001 - a dropped connection is a finding, not a crash of the bench
+                self.statuses[(kind, type(exc).__name__)] += 1
+                self.unexpected_count += 1
+                if len(self.unexpected) < 50:
+                    self.unexpected.append(f"{kind}: {type(exc).__name__}: {exc}")
+
+    def _gallery(self) -> str:
+        return self.rng.choice(GALLERIES)
+
+    def _search_png(self) -> None:
+        r = self.http.post("/search", params={"k": 10, "gallery": self._gallery()},
+                           files=self._files(self.pngs, 1, "image/png"))
+        self._expect("search_png", r, (200, 404))   # 404: a gallery not made yet
+
+    def _search_photo(self) -> None:
+        r = self.http.post("/search", params={"k": 10}, files=self._files(self.photos, 1, "image/jpeg"))
+        self._expect("search_photo", r, (200, 404))
+
+    def _search_filtered(self) -> None:
+        params = {"k": 5, "gallery": self._gallery()}
+        if self.rng.random() < 0.5:
+            params["label"] = f"l{self.rng.randrange(10)}"
+        else:
+            params["where"] = json.dumps({"client": {"$in": [0, 1, 2]}, "n": {"$gte": self.rng.randrange(1000)}})
+        r = self.http.post("/search", params=params, files=self._files(self.jpegs, 1, "image/jpeg"))
+        self._expect("search_filtered", r, (200, 404))
+
+    def _batch_search(self) -> None:
+        r = self.http.post("/batch/search", params={"k": 5}, files=self._files(self.jpegs, 8, "image/jpeg"))
+        self._expect("batch_search", r, (200, 404))
+
+    def _classify(self) -> None:
+        r = self.http.post("/classify", params={"k": 5}, files=self._files(self.jpegs, 1, "image/jpeg"))
+        self._expect("classify", r, (200, 404))
+
+    def _embed(self) -> None:
+        r = self.http.post("/embed", files=self._files(self.jpegs, 2, "image/jpeg"))
+        self._expect("embed", r, (200,))
+
+    def _search_by_id(self) -> None:
+        if not self.live:
+            return
+        item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
+        r = self.http.post(f"/search/{item_id}", params={"k": 5, "gallery": gallery})
+        self._expect("search_by_id", r, (200,))
+
+    def _add(self) -> None:
+        gallery = self._gallery()
+        count = self.rng.randint(1, 4)
+        ids = [f"c{self.n}-{self.counter + i}" for i in range(count)]
+        self.counter += count
+        labels = [f"l{self.rng.randrange(10)}" for _ in ids]
+        data = {"id": ids, "label": labels,
+                "metadata": [json.dumps({"client": self.n, "n": int(i.rsplit("-", 1)[1])}) for i in ids]}
+        r = self.http.post("/index", params={"gallery": gallery}, files=self._files(self.jpegs, count, "image/jpeg"),
+                           data=data)
+        if self._expect("add", r, (201,)):
+            for i, lb in zip(r.json()["ids"], labels):
+                self.live[i] = (gallery, lb)
+
+    def _patch(self) -> None:
+        if not self.live:
+            return
+        item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
+        label = f"l{self.rng.randrange(10)}"
+        r = self.http.patch(f"/index/{item_id}", params={"gallery": gallery}, json={"label": label})
+        if self._expect("patch", r, (200,)):
+            self.live[item_id] = (gallery, label)
+
+    def _delete(self) -> None:
+        if not self.live:
+            return
+        item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
+        r = self.http.delete(f"/index/{item_id}", params={"gallery": gallery})
+        if self._expect("delete", r, (204,)):
+            del self.live[item_id]
+            self.deleted[item_id] = gallery
+
+    def _list(self) -> None:
+        r = self.http.get("/index", params={"gallery": self._gallery(), "limit": 50,
+                                            "offset": self.rng.randrange(200)})
+        self._expect("list", r, (200, 404))
+
+    def _item(self) -> None:
+        if not self.live:
+            return
+        item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
+        r = self.http.get(f"/index/{item_id}" + ("/thumbnail" if self.rng.random() < 0.5 else ""),
+                          params={"gallery": gallery})
+        self._expect("item", r, (200,))
+
+    def _metrics(self) -> None:
+        self._expect("metrics", self.http.get("/metrics"), (200,))
+
+    def _galleries(self) -> None:
+        self._expect("galleries", self.http.get("/galleries"), (200,))
+
+    def _bad(self) -> None:
+        case = self.rng.choice(list(BAD_EXPECTED))
+        jpeg = self.rng.choice(self.jpegs)
+        if case == "not_an_image":
+            r = self.http.post("/search", files=[("file", ("x.jpg", os.urandom(500), "image/jpeg"))])
+        elif case == "truncated_jpeg":
+            r = self.http.post("/search", files=[("file", ("x.jpg", jpeg[: len(jpeg) // 3], "image/jpeg"))])
+        elif case == "k_zero":
+            r = self.http.post("/search", params={"k": 0}, files=[("file", ("x.jpg", jpeg, "image/jpeg"))])
+        elif case == "bad_where":
+            r = self.http.post("/search", params={"where": '{"n": {"$gte": '},
+                               files=[("file", ("x.jpg", jpeg, "image/jpeg"))])
+        elif case == "unknown_gallery":
+            r = self.http.post("/search", params={"gallery": f"nope{self.rng.randrange(10**6)}"},
+                               files=[("file", ("x.jpg", jpeg, "image/jpeg"))])
+        else:
+            r = self.http.post("/search", data={"k": "3"})
+        self._expect("bad:" + case, r, (BAD_EXPECTED[case],))
+
+    def _churn(self) -> None:
+        """Drop the churn gallery (if there) and make it again with a few items."""
+        self.last_churn = time.monotonic()
+        r = self.http.delete(f"/galleries/{CHURN}")
+        self._expect("churn_drop", r, (200, 404))
+        r = self.http.post("/index", params={"gallery": CHURN}, files=self._files(self.jpegs, 4, "image/jpeg"))
+        self._expect("churn_add", r, (201,))
+
+    def check(self, http=None) -> dict:
+        """Every acknowledged item present with its last label; every acknowledged deletion absent."""
+        http = http or self.http
+        wrong = []
+        for item_id, (gallery, label) in self.live.items():
+            r = http.get(f"/index/{item_id}", params={"gallery": gallery})
+            if r.status_code != 200 or r.json().get("label") != label:
+                wrong.append(f"{gallery}/{item_id}: {r.status_code} {r.text[:120]} (expected label {label})")
+        for item_id, gallery in self.deleted.items():
+            r = http.get(f"/index/{item_id}", params={"gallery": gallery})
+            if r.status_code != 404:
+                wrong.append(f"{gallery}/{item_id}: deleted but {r.status_code}")
+        return {"live": len(self.live), "deleted": len(self.deleted), "wrong": wrong[:20], "wrong_count": len(wrong)}
+
+
+def _check_all(url: str, clients: list[Client]) -> dict:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        parts = [c.check(http) for c in clients]
+    return {"live": sum(p["live"] for p in parts), "deleted": sum(p["deleted"] for p in parts),
+            "wrong_count": sum(p["wrong_count"] for p in parts), "wrong": [w for p in parts for w in p["wrong"]][:20]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--live", type=int, default=300, help="items the clients keep in all (adds and deletes balance)")
+    ap.add_argument("--sample-seconds", type=float, default=10.0)
+    ap.add_argument("--artifact", type=Path)
+    ap.add_argument("--server-env", action="append", default=[], metavar="K=V")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+
+    machine = _common.machine()
+    artifact, art_kind = _common.chosen_artifact(args.artifact, "bench-soak-")
+    jpegs = _common.cifar_test_jpegs(200)
+    pngs = _common.png_32(32)
+    photos = _common.photo_640x480()
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+    result: dict = {"command": _common.command_line(), "machine": machine, "artifact": art_kind,
+                    "minutes": args.minutes, "clients": args.clients, "live_target": args.live, "mix": MIX}
+    with _server.Server(data_dir, artifact, env=env) as srv:
+        srv.wait_ready()
+        stop = threading.Event()
+        clients = [Client(i, srv.url, stop, jpegs, pngs, photos, max(1, args.live // args.clients), seed=i)
+                   for i in range(args.clients)]
+        t0 = time.monotonic()
+        for c in clients:
+            c.start()
+        samples = []
+        end = t0 + 60 * args.minutes
+        while time.monotonic() < end:
+            time.sleep(min(args.sample_seconds, max(0.0, end - time.monotonic())))
+            if srv.proc.poll() is not None:
+                result["server_exited"] = srv.proc.returncode
+                break
+            s = {"t": round(time.monotonic() - t0, 1), "rss_mib": round(_rss_mib(srv.pid), 1),
+                 "processes": len(_tree(srv.pid)), "threads": _count(srv.pid, "task"), "fds": _count(srv.pid, "fd"),
+                 "disk_mib": round(_disk_mib(data_dir), 2),
+                 "requests": sum(sum(c.statuses.values()) for c in clients)}
+            samples.append(s)
+            print(f"  {s['t']:7.0f} s  rss {s['rss_mib']:7.1f} MiB  threads {s['threads']:3d}  fds {s['fds']:4d}  disk {s['disk_mib']:6.1f} MiB  "
+                  f"requests {s['requests']}", flush=True)
+        stop.set()
+        for c in clients:
+            c.join(120)
+        result["peak_rss_mib_main_process"] = round(_server.peak_rss_bytes(srv.pid) / 2 ** 20, 1)
+        result["check_before_restart"] = _check_all(srv.url, clients)
+        result["log_tail"] = srv.log_path.read_text(errors="replace")[-3000:]
+    with _server.Server(data_dir, artifact, env=env) as srv:
+        srv.wait_ready()
+        result["check_after_restart"] = _check_all(srv.url, clients)
+
+    statuses: collections.Counter = collections.Counter()
+    for c in clients:
+        statuses.update(c.statuses)
+    by_kind: dict[str, dict[str, int]] = collections.defaultdict(dict)
+    for (kind, status), n in sorted(statuses.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        by_kind[kind][str(status)] = n
+    second_half = [s for s in samples if s["t"] >= samples[-1]["t"] / 2] if samples else []
+    result.update({
+        "requests": sum(statuses.values()),
+        "requests_per_second": round(sum(statuses.values()) / max(samples[-1]["t"], 1e-9), 1) if samples else 0,
+        "server_5xx": sum(n for (_, st), n in statuses.items() if isinstance(st, int) and st >= 500),
+        "unexpected": [u for c in clients for u in c.unexpected][:50],
+        "unexpected_count": sum(c.unexpected_count for c in clients),
+        "statuses": by_kind,
+        "samples": samples,
+        "warm_rss_mib": second_half[0]["rss_mib"] if second_half else None,
+        "final_rss_mib": samples[-1]["rss_mib"] if samples else None,
+        "rss_growth_mib_per_hour_second_half": round(_slope_per_hour([(s["t"], s["rss_mib"]) for s in second_half]), 2),
+        "threads_min_max": [min(s["threads"] for s in samples), max(s["threads"] for s in samples)] if samples else None,
+        "fds_min_max": [min(s["fds"] for s in samples), max(s["fds"] for s in samples)] if samples else None,
+        "disk_mib_min_max": [min(s["disk_mib"] for s in samples), max(s["disk_mib"] for s in samples)] if samples else None,
+    })
+    print(f"{result['requests']} requests ({result['requests_per_second']}/s), 5xx: {result['server_5xx']}, "
+          f"unexpected: {result['unexpected_count']}")
+    print(f"RSS warm {result['warm_rss_mib']} MiB -> final {result['final_rss_mib']} MiB, second-half growth "
+          f"{result['rss_growth_mib_per_hour_second_half']} MiB/h; threads "
+          f"{result['threads_min_max']}, fds {result['fds_min_max']}, data folder {result['disk_mib_min_max']} MiB")
+    for when in ("check_before_restart", "check_after_restart"):
+        c = result[when]
+        print(f"{when}: {c['live']} live, {c['deleted']} deleted, {c['wrong_count']} wrong {c['wrong'][:3]}")
+    for u in result["unexpected"][:10]:
+        print("  unexpected:", u)
+    _common.write_result("soak" + args.tag, result)
+
+
+if __name__ == "__main__":
+    main()
