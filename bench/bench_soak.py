@@ -11,9 +11,10 @@ size and growth is not data), listings, /metrics, and bad requests (bytes that a
 truncated JPEG, k=0, a malformed filter, an unknown gallery, no file) that must get their 4xx.
 Client 0 also drops and remakes a fourth gallery every 30 s. The main thread samples the server's
 VmRSS, its threads, its open files and the size of its data folder; the growth is fitted over the
-second half of the run (after the caches and the allocator have settled). At the end each client checks its items over HTTP (present
-with their last label, or 404 once deleted), the server is stopped with SIGTERM, started again on
-the same folder and checked once more. The reference is the server's own size once warm.
+second half of the run (after the caches and the allocator have settled). At the end each client
+checks its items over HTTP (present with their last label, or 404 once deleted), the server is
+stopped with SIGTERM, started again on the same folder and checked once more. The reference is the
+server's own size once warm.
 """
 from __future__ import annotations
 
@@ -334,11 +335,12 @@ def main() -> None:
                  "disk_mib": round(_disk_mib(data_dir), 2),
                  "requests": sum(sum(c.statuses.values()) for c in clients)}
             samples.append(s)
-            print(f"  {s['t']:7.0f} s  rss {s['rss_mib']:7.1f} MiB  threads {s['threads']:3d}  fds {s['fds']:4d}  disk {s['disk_mib']:6.1f} MiB  "
-                  f"requests {s['requests']}", flush=True)
+            print(f"  {s['t']:7.0f} s  rss {s['rss_mib']:7.1f} MiB  threads {s['threads']:3d}  fds {s['fds']:4d}  "
+                  f"disk {s['disk_mib']:6.1f} MiB  requests {s['requests']}", flush=True)
         stop.set()
         for c in clients:
             c.join(120)
+            c.http.close()
         result["peak_rss_mib_main_process"] = round(_server.peak_rss_bytes(srv.pid) / 2 ** 20, 1)
         result["check_before_restart"] = _check_all(srv.url, clients)
         result["log_tail"] = srv.log_path.read_text(errors="replace")[-3000:]
@@ -364,9 +366,8 @@ def main() -> None:
         "warm_rss_mib": second_half[0]["rss_mib"] if second_half else None,
         "final_rss_mib": samples[-1]["rss_mib"] if samples else None,
         "rss_growth_mib_per_hour_second_half": round(_slope_per_hour([(s["t"], s["rss_mib"]) for s in second_half]), 2),
-        "threads_min_max": [min(s["threads"] for s in samples), max(s["threads"] for s in samples)] if samples else None,
-        "fds_min_max": [min(s["fds"] for s in samples), max(s["fds"] for s in samples)] if samples else None,
-        "disk_mib_min_max": [min(s["disk_mib"] for s in samples), max(s["disk_mib"] for s in samples)] if samples else None,
+        **{f"{key}_min_max": [min(s[key] for s in samples), max(s[key] for s in samples)] if samples else None
+           for key in ("threads", "fds", "disk_mib")},
     })
     print(f"{result['requests']} requests ({result['requests_per_second']}/s), 5xx: {result['server_5xx']}, "
           f"unexpected: {result['unexpected_count']}")
