@@ -119,6 +119,14 @@ class Server:
         self.stop()
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (a `serve --workers N` supervisor's workers)."""
+    try:
+        return [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    except OSError:   # the process has just exited
+        return [pid]
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (VmRSS in /proc/PID/status)."""
     m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())

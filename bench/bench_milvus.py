@@ -31,12 +31,7 @@ from bench_http import query_files  # noqa: E402
 def _tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its children (the uvicorn supervisor's workers)."""
     total = 0.0
-    pids = [pid]
-    try:
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in _server.process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

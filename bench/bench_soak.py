@@ -1,7 +1,8 @@
 """A long mixed load on one `simsearch serve`: does its memory, its threads or its open files grow, does
 any request get a 5xx, and is every acknowledged write still there afterwards, and after a restart?
 
-    .venv/bin/python bench/bench_soak.py [--minutes 25] [--clients 6] [--live 300] [--tag _s39]
+    .venv/bin/python bench/bench_soak.py [--minutes 25] [--clients 6] [--live 300] [--replica] [--tag _s39]
+    .venv/bin/python bench/bench_soak.py --milvus --workers 2 [...]     # needs the milvus extra
 
 The clients (threads, each with its own keep-alive connection) pick requests at random, by weight:
 searches of PNGs and photos (with label and metadata filters), /batch/search, /classify, /embed,
@@ -15,14 +16,29 @@ second half of the run (after the caches and the allocator have settled). At the
 checks its items over HTTP (present with their last label, or 404 once deleted), the server is
 stopped with SIGTERM, started again on the same folder and checked once more. The reference is the
 server's own size once warm.
+
+Every read of a gallery the client has written to carries the position of its last write there
+(`X-Simsearch-After`), so a search by id of its own item must answer 200, and reading one of its items
+must give the label it last set (or 404 once deleted). With --replica a read-only `simsearch serve` runs
+on the same data folder and the clients send every read to it, every write to the writer: the replica
+must follow the writer, the churn gallery included, and give each client its own writes through the
+header. Both processes are sampled, and both are checked at the end and after the restart.
+
+With --milvus the galleries live in a Milvus Lite server process started for the run (the service's
+--milvus-uri), and --workers N runs N service processes behind one port; their memory, threads and open
+files are summed, and the Milvus server's memory is sampled beside them. Each new connection may land on
+another worker, so after remaking the churn gallery client 0 reads its new items back on fresh
+connections: a worker that has not yet seen the gallery dropped and made again must still find them.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -64,6 +80,45 @@ def _disk_mib(folder: Path) -> float:
     return total / 2 ** 20
 
 
+def _process_sample(srv: _server.Server) -> dict:
+    """RSS, threads and open files of the server, summed over its workers when it has any."""
+    pids = _server.process_tree(srv.pid)
+    return {"rss_mib": round(sum(max(0, _server.rss_bytes(p)) for p in pids) / 2 ** 20, 1),
+            "threads": sum(_count(p, "task") for p in pids), "fds": sum(_count(p, "fd") for p in pids),
+            **({"processes": len(pids)} if len(pids) > 1 else {})}
+
+
+def _peak_rss_mib(srv: _server.Server) -> float:
+    """Peak RSS of the server (with workers: the sum of each process's own peak)."""
+    return round(sum(max(0, _server.peak_rss_bytes(p)) for p in _server.process_tree(srv.pid)) / 2 ** 20, 1)
+
+
+@contextlib.contextmanager
+def _milvus(wanted: bool, folder: Path):
+    """A Milvus Lite server process for the run, or None: (its process, its URI)."""
+    if not wanted:
+        yield None, None
+        return
+    from bench_milvus import milvus_server
+
+    proc, uri = milvus_server(folder)
+    try:
+        yield proc, uri
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _replica(wanted: bool, data_dir: Path, artifact: Path, env: dict[str, str]):
+    """A read-only `simsearch serve` on the writer's data folder, or None."""
+    if not wanted:
+        yield None
+        return
+    with _server.Server(data_dir, artifact, env=env, extra_args=["--read-only"]) as rep:
+        yield rep
+
+
 def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) pairs, per hour."""
     if len(samples) < 3:
@@ -75,16 +130,20 @@ def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
 
 
 class Client(threading.Thread):
-    """One client: its own connection, its own items (ids c<N>-<n>), its own record of what the server
-    acknowledged."""
+    """One client: its own connections (one to the writer, one to the replica when there is one), its own
+    items (ids c<N>-<n>), its own record of what the writer acknowledged and of where each gallery stood
+    after its last write there."""
 
     def __init__(self, n: int, url: str, stop: threading.Event, jpegs: list[bytes], pngs: list[bytes],
-                 photos: list[bytes], live_target: int, seed: int):
+                 photos: list[bytes], live_target: int, seed: int, read_url: str | None = None):
         super().__init__(daemon=True)
         import httpx
 
         self.n, self.stop, self.jpegs, self.pngs, self.photos = n, stop, jpegs, pngs, photos
         self.http = httpx.Client(base_url=url, timeout=60)
+        self.read = httpx.Client(base_url=read_url, timeout=60) if read_url else self.http
+        self.positions: dict[str, str] = {}             # gallery -> X-Simsearch-Position of the last write
+        self.recently_deleted: collections.deque = collections.deque(maxlen=50)
         self.rng = random.Random(seed)
         self.live_target = live_target
         self.live: dict[str, tuple[str, str]] = {}      # id -> (gallery, label), as acknowledged
@@ -93,16 +152,33 @@ class Client(threading.Thread):
         self.statuses: collections.Counter = collections.Counter()   # (kind, status)
         self.unexpected: list[str] = []
         self.unexpected_count = 0
+        self.unexpected_5xx = 0
+        self.expected_503 = 0     # a read of the churn gallery as it goes (503 index_unavailable, Retry-After)
         self.last_churn = time.monotonic()
 
     def _expect(self, kind: str, r, ok: tuple[int, ...]) -> bool:
         self.statuses[(kind, r.status_code)] += 1
         if r.status_code not in ok:
             self.unexpected_count += 1
+            self.unexpected_5xx += r.status_code >= 500
             if len(self.unexpected) < 50:
                 self.unexpected.append(f"{kind}: {r.status_code} {r.text[:300]}")
             return False
+        self.expected_503 += r.status_code == 503
         return True
+
+    def _after(self, gallery: str) -> dict[str, str]:
+        """The header that asks for a state holding this client's writes to the gallery."""
+        return {"X-Simsearch-After": self.positions[gallery]} if gallery in self.positions else {}
+
+    def _wrote(self, gallery: str, r) -> None:
+        if "X-Simsearch-Position" in r.headers:
+            self.positions[gallery] = r.headers["X-Simsearch-Position"]
+
+    def close(self) -> None:
+        self.http.close()
+        if self.read is not self.http:
+            self.read.close()
 
     def _files(self, pool: list[bytes], count: int, mime: str) -> list:
         return [("file", (f"f{i}", self.rng.choice(pool), mime)) for i in range(count)]
@@ -130,41 +206,49 @@ class Client(threading.Thread):
         return self.rng.choice(GALLERIES)
 
     def _search_png(self) -> None:
-        r = self.http.post("/search", params={"k": 10, "gallery": self._gallery()},
+        # the churn gallery too, which may be gone (404) or going (503, a read under way when it went)
+        gallery = self.rng.choice((*GALLERIES, CHURN))
+        r = self.read.post("/search", params={"k": 10, "gallery": gallery}, headers=self._after(gallery),
                            files=self._files(self.pngs, 1, "image/png"))
-        self._expect("search_png", r, (200, 404))   # 404: a gallery not made yet
+        ok = (200,) if gallery in self.positions else (200, 404, 503) if gallery == CHURN else (200, 404)
+        self._expect("search_png", r, ok)   # 404: a gallery not made yet
 
     def _search_photo(self) -> None:
-        r = self.http.post("/search", params={"k": 10}, files=self._files(self.photos, 1, "image/jpeg"))
-        self._expect("search_photo", r, (200, 404))
+        r = self.read.post("/search", params={"k": 10}, headers=self._after("default"),
+                           files=self._files(self.photos, 1, "image/jpeg"))
+        self._expect("search_photo", r, (200,) if "default" in self.positions else (200, 404))
 
     def _search_filtered(self) -> None:
-        params = {"k": 5, "gallery": self._gallery()}
+        gallery = self._gallery()
+        params = {"k": 5, "gallery": gallery}
         if self.rng.random() < 0.5:
             params["label"] = f"l{self.rng.randrange(10)}"
         else:
             params["where"] = json.dumps({"client": {"$in": [0, 1, 2]}, "n": {"$gte": self.rng.randrange(1000)}})
-        r = self.http.post("/search", params=params, files=self._files(self.jpegs, 1, "image/jpeg"))
-        self._expect("search_filtered", r, (200, 404))
+        r = self.read.post("/search", params=params, headers=self._after(gallery),
+                           files=self._files(self.jpegs, 1, "image/jpeg"))
+        self._expect("search_filtered", r, (200,) if gallery in self.positions else (200, 404))
 
     def _batch_search(self) -> None:
-        r = self.http.post("/batch/search", params={"k": 5}, files=self._files(self.jpegs, 8, "image/jpeg"))
-        self._expect("batch_search", r, (200, 404))
+        r = self.read.post("/batch/search", params={"k": 5}, headers=self._after("default"),
+                           files=self._files(self.jpegs, 8, "image/jpeg"))
+        self._expect("batch_search", r, (200,) if "default" in self.positions else (200, 404))
 
     def _classify(self) -> None:
-        r = self.http.post("/classify", params={"k": 5}, files=self._files(self.jpegs, 1, "image/jpeg"))
-        self._expect("classify", r, (200, 404))
+        r = self.read.post("/classify", params={"k": 5}, headers=self._after("default"),
+                           files=self._files(self.jpegs, 1, "image/jpeg"))
+        self._expect("classify", r, (200,) if "default" in self.positions else (200, 404))
 
     def _embed(self) -> None:
-        r = self.http.post("/embed", files=self._files(self.jpegs, 2, "image/jpeg"))
+        r = self.read.post("/embed", files=self._files(self.jpegs, 2, "image/jpeg"))
         self._expect("embed", r, (200,))
 
     def _search_by_id(self) -> None:
         if not self.live:
             return
         item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
-        r = self.http.post(f"/search/{item_id}", params={"k": 5, "gallery": gallery})
-        self._expect("search_by_id", r, (200,))
+        r = self.read.post(f"/search/{item_id}", params={"k": 5, "gallery": gallery}, headers=self._after(gallery))
+        self._expect("search_by_id", r, (200,))   # its own item, asked for with its last position there
 
     def _add(self) -> None:
         gallery = self._gallery()
@@ -177,6 +261,7 @@ class Client(threading.Thread):
         r = self.http.post("/index", params={"gallery": gallery}, files=self._files(self.jpegs, count, "image/jpeg"),
                            data=data)
         if self._expect("add", r, (201,)):
+            self._wrote(gallery, r)
             for i, lb in zip(r.json()["ids"], labels):
                 self.live[i] = (gallery, lb)
 
@@ -187,6 +272,7 @@ class Client(threading.Thread):
         label = f"l{self.rng.randrange(10)}"
         r = self.http.patch(f"/index/{item_id}", params={"gallery": gallery}, json={"label": label})
         if self._expect("patch", r, (200,)):
+            self._wrote(gallery, r)
             self.live[item_id] = (gallery, label)
 
     def _delete(self) -> None:
@@ -195,27 +281,47 @@ class Client(threading.Thread):
         item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
         r = self.http.delete(f"/index/{item_id}", params={"gallery": gallery})
         if self._expect("delete", r, (204,)):
+            self._wrote(gallery, r)
             del self.live[item_id]
             self.deleted[item_id] = gallery
+            self.recently_deleted.append(item_id)
 
     def _list(self) -> None:
-        r = self.http.get("/index", params={"gallery": self._gallery(), "limit": 50,
-                                            "offset": self.rng.randrange(200)})
-        self._expect("list", r, (200, 404))
+        gallery = self.rng.choice((*GALLERIES, CHURN))
+        r = self.read.get("/index", params={"gallery": gallery, "limit": 50, "offset": self.rng.randrange(200)},
+                          headers=self._after(gallery))
+        self._expect("list", r, (200,) if gallery in self.positions else (200, 404, 503) if gallery == CHURN
+                     else (200, 404))
 
     def _item(self) -> None:
+        """One of its items: the label it last set, its thumbnail, or 404 for one it deleted."""
+        if self.recently_deleted and self.rng.random() < 0.2:
+            item_id = self.rng.choice(self.recently_deleted)
+            gallery = self.deleted[item_id]
+            r = self.read.get(f"/index/{item_id}", params={"gallery": gallery}, headers=self._after(gallery))
+            self._expect("item_deleted", r, (404,))
+            return
         if not self.live:
             return
-        item_id, (gallery, _) = self.rng.choice(list(self.live.items()))
-        r = self.http.get(f"/index/{item_id}" + ("/thumbnail" if self.rng.random() < 0.5 else ""),
-                          params={"gallery": gallery})
-        self._expect("item", r, (200,))
+        item_id, (gallery, label) = self.rng.choice(list(self.live.items()))
+        if self.rng.random() < 0.5:
+            r = self.read.get(f"/index/{item_id}/thumbnail", params={"gallery": gallery}, headers=self._after(gallery))
+            self._expect("thumbnail", r, (200,))
+            return
+        r = self.read.get(f"/index/{item_id}", params={"gallery": gallery}, headers=self._after(gallery))
+        if self._expect("item", r, (200,)) and r.json().get("label") != label:
+            self.statuses[("item", "stale_label")] += 1
+            self.unexpected_count += 1
+            if len(self.unexpected) < 50:
+                self.unexpected.append(f"item {gallery}/{item_id}: label {r.json().get('label')!r}, set {label!r}")
 
     def _metrics(self) -> None:
-        self._expect("metrics", self.http.get("/metrics"), (200,))
+        http = self.read if self.rng.random() < 0.5 else self.http
+        self._expect("metrics", http.get("/metrics"), (200,))
 
     def _galleries(self) -> None:
-        self._expect("galleries", self.http.get("/galleries"), (200,))
+        http = self.read if self.rng.random() < 0.5 else self.http
+        self._expect("galleries", http.get("/galleries"), (200,))
 
     def _bad(self) -> None:
         case = self.rng.choice(list(BAD_EXPECTED))
@@ -242,17 +348,26 @@ class Client(threading.Thread):
         r = self.http.delete(f"/galleries/{CHURN}")
         self._expect("churn_drop", r, (200, 404))
         r = self.http.post("/index", params={"gallery": CHURN}, files=self._files(self.jpegs, 4, "image/jpeg"))
-        self._expect("churn_add", r, (201,))
+        if not self._expect("churn_add", r, (201,)):
+            return
+        import httpx
+
+        # on fresh connections, which another worker may answer: the new gallery's items, never a 404
+        for item_id in r.json()["ids"]:
+            with httpx.Client(base_url=str(self.read.base_url), timeout=60) as fresh:
+                got = fresh.get(f"/index/{item_id}", params={"gallery": CHURN}, headers=self._after(CHURN))
+            self._expect("churn_read", got, (200,))
 
     def check(self, http) -> dict:
-        """Every acknowledged item present with its last label; every acknowledged deletion absent."""
+        """Every acknowledged item present with its last label; every acknowledged deletion absent (asked
+        with the client's last position in each gallery, which a replica must reach first)."""
         wrong = []
         for item_id, (gallery, label) in self.live.items():
-            r = http.get(f"/index/{item_id}", params={"gallery": gallery})
+            r = http.get(f"/index/{item_id}", params={"gallery": gallery}, headers=self._after(gallery))
             if r.status_code != 200 or r.json().get("label") != label:
                 wrong.append(f"{gallery}/{item_id}: {r.status_code} {r.text[:120]} (expected label {label})")
         for item_id, gallery in self.deleted.items():
-            r = http.get(f"/index/{item_id}", params={"gallery": gallery})
+            r = http.get(f"/index/{item_id}", params={"gallery": gallery}, headers=self._after(gallery))
             if r.status_code != 404:
                 wrong.append(f"{gallery}/{item_id}: deleted but {r.status_code}")
         return {"live": len(self.live), "deleted": len(self.deleted), "wrong": wrong[:20], "wrong_count": len(wrong)}
@@ -267,6 +382,46 @@ def _check_all(url: str, clients: list[Client]) -> dict:
             "wrong_count": sum(p["wrong_count"] for p in parts), "wrong": [w for p in parts for w in p["wrong"]][:20]}
 
 
+def _soak(args, srv: _server.Server, rep: _server.Server | None, milvus, data_dir: Path, pools, result: dict
+          ) -> list[Client]:
+    """Run the clients for --minutes while sampling the processes into result["samples"]; the clients,
+    stopped."""
+    stop = threading.Event()
+    clients = [Client(i, srv.url, stop, *pools, max(1, args.live // args.clients), seed=i,
+                      read_url=rep.url if rep is not None else None)
+               for i in range(args.clients)]
+    t0 = time.monotonic()
+    for c in clients:
+        c.start()
+    samples = result["samples"] = []
+    end = t0 + 60 * args.minutes
+    while time.monotonic() < end:
+        time.sleep(min(args.sample_seconds, max(0.0, end - time.monotonic())))
+        exited = {name: p.returncode for name, p in (("server", srv.proc), ("replica", rep and rep.proc),
+                                                     ("milvus", milvus)) if p is not None and p.poll() is not None}
+        if exited:
+            result["server_exited"] = exited
+            break
+        s = {"t": round(time.monotonic() - t0, 1), **_process_sample(srv),
+             "disk_mib": round(_disk_mib(data_dir), 2),
+             "requests": sum(sum(c.statuses.values()) for c in clients)}
+        if rep is not None:
+            s.update({"replica_" + k: v for k, v in _process_sample(rep).items()})
+        if milvus is not None:
+            s["milvus_rss_mib"] = round(_server.rss_bytes(milvus.pid) / 2 ** 20, 1)
+        samples.append(s)
+        print(f"  {s['t']:7.0f} s  rss {s['rss_mib']:7.1f} MiB  threads {s['threads']:3d}  fds {s['fds']:4d}  "
+              f"disk {s['disk_mib']:6.1f} MiB  requests {s['requests']}"
+              + (f"  replica: rss {s['replica_rss_mib']:7.1f} MiB  threads {s['replica_threads']:3d}  "
+                 f"fds {s['replica_fds']:4d}" if rep is not None else "")
+              + (f"  milvus: rss {s['milvus_rss_mib']:7.1f} MiB" if milvus is not None else ""), flush=True)
+    stop.set()
+    for c in clients:
+        c.join(120)
+        c.close()
+    return clients
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=25.0)
@@ -275,8 +430,16 @@ def main() -> None:
     ap.add_argument("--sample-seconds", type=float, default=10.0)
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V")
+    ap.add_argument("--replica", action="store_true",
+                    help="reads go to a read-only simsearch serve on the same data folder, writes to the writer")
+    ap.add_argument("--milvus", action="store_true", help="the galleries in a Milvus Lite server started for the run")
+    ap.add_argument("--workers", type=int, default=1, help="service processes (more than 1 needs --milvus)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
+    if args.workers > 1 and not args.milvus:
+        ap.error("--workers above 1 needs --milvus (serve runs several workers only on a Milvus server)")
+    if args.replica and args.milvus:
+        ap.error("--replica is for a data folder; with --milvus every worker reads and writes the same galleries")
 
     machine = _common.machine()
     artifact, art_kind = _common.chosen_artifact(args.artifact, "bench-soak-")
@@ -286,39 +449,31 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     env = dict(kv.split("=", 1) for kv in args.server_env)
     result: dict = {"command": _common.command_line(), "machine": machine, "artifact": art_kind,
-                    "minutes": args.minutes, "clients": args.clients, "live_target": args.live, "mix": MIX}
-    with _server.Server(data_dir, artifact, env=env) as srv:
-        srv.wait_ready()
-        stop = threading.Event()
-        clients = [Client(i, srv.url, stop, jpegs, pngs, photos, max(1, args.live // args.clients), seed=i)
-                   for i in range(args.clients)]
-        t0 = time.monotonic()
-        for c in clients:
-            c.start()
-        samples = []
-        end = t0 + 60 * args.minutes
-        while time.monotonic() < end:
-            time.sleep(min(args.sample_seconds, max(0.0, end - time.monotonic())))
-            if srv.proc.poll() is not None:
-                result["server_exited"] = srv.proc.returncode
-                break
-            s = {"t": round(time.monotonic() - t0, 1), "rss_mib": round(srv.rss_bytes() / 2 ** 20, 1),
-                 "threads": _count(srv.pid, "task"), "fds": _count(srv.pid, "fd"),
-                 "disk_mib": round(_disk_mib(data_dir), 2),
-                 "requests": sum(sum(c.statuses.values()) for c in clients)}
-            samples.append(s)
-            print(f"  {s['t']:7.0f} s  rss {s['rss_mib']:7.1f} MiB  threads {s['threads']:3d}  fds {s['fds']:4d}  "
-                  f"disk {s['disk_mib']:6.1f} MiB  requests {s['requests']}", flush=True)
-        stop.set()
-        for c in clients:
-            c.join(120)
-            c.http.close()
-        result["peak_rss_mib"] = round(_server.peak_rss_bytes(srv.pid) / 2 ** 20, 1)
-        result["check_before_restart"] = _check_all(srv.url, clients)
-        result["log_tail"] = srv.log_path.read_text(errors="replace")[-3000:]
-    with _server.Server(data_dir, artifact, env=env) as srv:
-        srv.wait_ready()
-        result["check_after_restart"] = _check_all(srv.url, clients)
+                    "minutes": args.minutes, "clients": args.clients, "live_target": args.live, "mix": MIX,
+                    "replica": args.replica, "milvus": args.milvus, "workers": args.workers}
+    with _milvus(args.milvus, data_dir / "milvus") as (mproc, uri):
+        serve_args = ["--milvus-uri", uri, "--workers", str(args.workers)] if args.milvus else []
+        with _server.Server(data_dir, artifact, env=env, extra_args=serve_args) as srv, \
+                _replica(args.replica, data_dir, artifact, env) as rep:
+            srv.wait_ready()
+            if rep is not None:
+                rep.wait_ready()
+            clients = _soak(args, srv, rep, mproc, data_dir, (jpegs, pngs, photos), result)
+            result["peak_rss_mib"] = _peak_rss_mib(srv)
+            result["check_before_restart"] = _check_all(srv.url, clients)
+            result["log_tail"] = srv.log_path.read_text(errors="replace")[-3000:]
+            if rep is not None:
+                result["replica_peak_rss_mib"] = _peak_rss_mib(rep)
+                result["replica_check_before_restart"] = _check_all(rep.url, clients)
+                result["replica_log_tail"] = rep.log_path.read_text(errors="replace")[-3000:]
+        with _server.Server(data_dir, artifact, env=env, extra_args=serve_args) as srv, \
+                _replica(args.replica, data_dir, artifact, env) as rep:
+            srv.wait_ready()
+            result["check_after_restart"] = _check_all(srv.url, clients)
+            if rep is not None:
+                rep.wait_ready()
+                result["replica_check_after_restart"] = _check_all(rep.url, clients)
+    samples = result["samples"]
 
     statuses: collections.Counter = collections.Counter()
     for c in clients:
@@ -330,7 +485,8 @@ def main() -> None:
     result.update({
         "requests": sum(statuses.values()),
         "requests_per_second": round(sum(statuses.values()) / max(samples[-1]["t"], 1e-9), 1) if samples else 0,
-        "server_5xx": sum(n for (_, st), n in statuses.items() if isinstance(st, int) and st >= 500),
+        "server_5xx": sum(c.unexpected_5xx for c in clients),
+        "expected_503": sum(c.expected_503 for c in clients),
         "unexpected": [u for c in clients for u in c.unexpected][:50],
         "unexpected_count": sum(c.unexpected_count for c in clients),
         "statuses": by_kind,
@@ -341,12 +497,27 @@ def main() -> None:
         **{f"{key}_min_max": [min(s[key] for s in samples), max(s[key] for s in samples)] if samples else None
            for key in ("threads", "fds", "disk_mib")},
     })
+    if args.replica:
+        result.update({
+            "replica_warm_rss_mib": second_half[0]["replica_rss_mib"] if second_half else None,
+            "replica_final_rss_mib": samples[-1]["replica_rss_mib"] if samples else None,
+            "replica_rss_growth_mib_per_hour_second_half": round(
+                _slope_per_hour([(s["t"], s["replica_rss_mib"]) for s in second_half]), 2),
+            **{f"replica_{key}_min_max": [min(s["replica_" + key] for s in samples),
+                                          max(s["replica_" + key] for s in samples)] if samples else None
+               for key in ("threads", "fds")},
+        })
     print(f"{result['requests']} requests ({result['requests_per_second']}/s), 5xx: {result['server_5xx']}, "
           f"unexpected: {result['unexpected_count']}")
     print(f"RSS warm {result['warm_rss_mib']} MiB -> final {result['final_rss_mib']} MiB, second-half growth "
           f"{result['rss_growth_mib_per_hour_second_half']} MiB/h; threads "
           f"{result['threads_min_max']}, fds {result['fds_min_max']}, data folder {result['disk_mib_min_max']} MiB")
-    for when in ("check_before_restart", "check_after_restart"):
+    if args.replica:
+        print(f"replica: RSS warm {result['replica_warm_rss_mib']} MiB -> final {result['replica_final_rss_mib']} "
+              f"MiB, second-half growth {result['replica_rss_growth_mib_per_hour_second_half']} MiB/h; threads "
+              f"{result['replica_threads_min_max']}, fds {result['replica_fds_min_max']}")
+    for when in ("check_before_restart", "check_after_restart") + (
+            ("replica_check_before_restart", "replica_check_after_restart") if args.replica else ()):
         c = result[when]
         print(f"{when}: {c['live']} live, {c['deleted']} deleted, {c['wrong_count']} wrong {c['wrong'][:3]}")
     for u in result["unexpected"][:10]:
