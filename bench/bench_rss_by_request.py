@@ -35,26 +35,26 @@ class _Rounds:
     def files(self, n: int) -> list:
         return [("file", (f"f{i}.jpg", self.rng.choice(self.jpegs), "image/jpeg")) for i in range(n)]
 
-    def _ok(self, r, status: int) -> None:
+    def expect(self, r, status: int) -> None:
         if r.status_code != status:
             raise SystemExit(f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:300]}")
 
     def churn(self, i: int) -> None:
         self.http.delete("/galleries/churn")   # 404 the first time
-        self._ok(self.http.post("/index", params={"gallery": "churn"}, files=self.files(4)), 201)
+        self.expect(self.http.post("/index", params={"gallery": "churn"}, files=self.files(4)), 201)
 
     def adddel(self, i: int) -> None:
         ids = [f"a{self.counter}", f"a{self.counter + 1}"]
         self.counter += 2
-        self._ok(self.http.post("/index", files=self.files(2), data={"id": ids}), 201)
+        self.expect(self.http.post("/index", files=self.files(2), data={"id": ids}), 201)
         for item_id in ids:
-            self._ok(self.http.delete(f"/index/{item_id}"), 204)
+            self.expect(self.http.delete(f"/index/{item_id}"), 204)
 
     def patch(self, i: int) -> None:
-        self._ok(self.http.patch("/index/w0a", json={"label": f"l{i % 10}"}), 200)
+        self.expect(self.http.patch("/index/w0a", json={"label": f"l{i % 10}"}), 200)
 
     def search(self, i: int) -> None:
-        self._ok(self.http.post("/search", files=self.files(1)), 200)
+        self.expect(self.http.post("/search", files=self.files(1)), 200)
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
             return round(srv.rss_bytes() / 2 ** 20, 1)
 
         for i in range(50):
-            rounds._ok(http.post("/index", files=rounds.files(2), data={"id": [f"w{i}a", f"w{i}b"]}), 201)
+            rounds.expect(http.post("/index", files=rounds.files(2), data={"id": [f"w{i}a", f"w{i}b"]}), 201)
         result["warm_rss_mib"] = mib()
         print(f"warm: {result['warm_rss_mib']} MiB", flush=True)
         for phase in phases:
