@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import _server  # noqa: E402
 
 
 def _rss_mib() -> float:
-    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    return _server.rss_bytes(os.getpid()) / 2 ** 20
 
 
 def _case(mode: str, threads: int, ops: int) -> dict:

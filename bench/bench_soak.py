@@ -159,13 +159,24 @@ class Client(threading.Thread):
     def _expect(self, kind: str, r, ok: tuple[int, ...]) -> bool:
         self.statuses[(kind, r.status_code)] += 1
         if r.status_code not in ok:
-            self.unexpected_count += 1
             self.unexpected_5xx += r.status_code >= 500
-            if len(self.unexpected) < 50:
-                self.unexpected.append(f"{kind}: {r.status_code} {r.text[:300]}")
+            self._unexpected(f"{kind}: {r.status_code} {r.text[:300]}")
             return False
         self.expected_503 += r.status_code == 503
         return True
+
+    def _unexpected(self, what: str) -> None:
+        """Count a finding; keep the first 50 of them to print."""
+        self.unexpected_count += 1
+        if len(self.unexpected) < 50:
+            self.unexpected.append(what)
+
+    def _read_ok(self, gallery: str) -> tuple[int, ...]:
+        """The answers a read of a gallery may get: once this client has written to it, only 200; before
+        that 404 too (not made yet), and for the churn gallery 503 (a read under way as it went)."""
+        if gallery in self.positions:
+            return (200,)
+        return (200, 404, 503) if gallery == CHURN else (200, 404)
 
     def _after(self, gallery: str) -> dict[str, str]:
         """The header that asks for a state holding this client's writes to the gallery."""
@@ -198,25 +209,21 @@ class Client(threading.Thread):
                     self._churn()
             except Exception as exc:  # noqa: BLE001 - a dropped connection is a finding, not a crash of the bench
                 self.statuses[(kind, type(exc).__name__)] += 1
-                self.unexpected_count += 1
-                if len(self.unexpected) < 50:
-                    self.unexpected.append(f"{kind}: {type(exc).__name__}: {exc}")
+                self._unexpected(f"{kind}: {type(exc).__name__}: {exc}")
 
     def _gallery(self) -> str:
         return self.rng.choice(GALLERIES)
 
     def _search_png(self) -> None:
-        # the churn gallery too, which may be gone (404) or going (503, a read under way when it went)
-        gallery = self.rng.choice((*GALLERIES, CHURN))
+        gallery = self.rng.choice((*GALLERIES, CHURN))   # the churn gallery too
         r = self.read.post("/search", params={"k": 10, "gallery": gallery}, headers=self._after(gallery),
                            files=self._files(self.pngs, 1, "image/png"))
-        ok = (200,) if gallery in self.positions else (200, 404, 503) if gallery == CHURN else (200, 404)
-        self._expect("search_png", r, ok)   # 404: a gallery not made yet
+        self._expect("search_png", r, self._read_ok(gallery))
 
     def _search_photo(self) -> None:
         r = self.read.post("/search", params={"k": 10}, headers=self._after("default"),
                            files=self._files(self.photos, 1, "image/jpeg"))
-        self._expect("search_photo", r, (200,) if "default" in self.positions else (200, 404))
+        self._expect("search_photo", r, self._read_ok("default"))
 
     def _search_filtered(self) -> None:
         gallery = self._gallery()
@@ -227,17 +234,17 @@ class Client(threading.Thread):
             params["where"] = json.dumps({"client": {"$in": [0, 1, 2]}, "n": {"$gte": self.rng.randrange(1000)}})
         r = self.read.post("/search", params=params, headers=self._after(gallery),
                            files=self._files(self.jpegs, 1, "image/jpeg"))
-        self._expect("search_filtered", r, (200,) if gallery in self.positions else (200, 404))
+        self._expect("search_filtered", r, self._read_ok(gallery))
 
     def _batch_search(self) -> None:
         r = self.read.post("/batch/search", params={"k": 5}, headers=self._after("default"),
                            files=self._files(self.jpegs, 8, "image/jpeg"))
-        self._expect("batch_search", r, (200,) if "default" in self.positions else (200, 404))
+        self._expect("batch_search", r, self._read_ok("default"))
 
     def _classify(self) -> None:
         r = self.read.post("/classify", params={"k": 5}, headers=self._after("default"),
                            files=self._files(self.jpegs, 1, "image/jpeg"))
-        self._expect("classify", r, (200,) if "default" in self.positions else (200, 404))
+        self._expect("classify", r, self._read_ok("default"))
 
     def _embed(self) -> None:
         r = self.read.post("/embed", files=self._files(self.jpegs, 2, "image/jpeg"))
@@ -290,8 +297,7 @@ class Client(threading.Thread):
         gallery = self.rng.choice((*GALLERIES, CHURN))
         r = self.read.get("/index", params={"gallery": gallery, "limit": 50, "offset": self.rng.randrange(200)},
                           headers=self._after(gallery))
-        self._expect("list", r, (200,) if gallery in self.positions else (200, 404, 503) if gallery == CHURN
-                     else (200, 404))
+        self._expect("list", r, self._read_ok(gallery))
 
     def _item(self) -> None:
         """One of its items: the label it last set, its thumbnail, or 404 for one it deleted."""
@@ -311,9 +317,7 @@ class Client(threading.Thread):
         r = self.read.get(f"/index/{item_id}", params={"gallery": gallery}, headers=self._after(gallery))
         if self._expect("item", r, (200,)) and r.json().get("label") != label:
             self.statuses[("item", "stale_label")] += 1
-            self.unexpected_count += 1
-            if len(self.unexpected) < 50:
-                self.unexpected.append(f"item {gallery}/{item_id}: label {r.json().get('label')!r}, set {label!r}")
+            self._unexpected(f"item {gallery}/{item_id}: label {r.json().get('label')!r}, set {label!r}")
 
     def _metrics(self) -> None:
         http = self.read if self.rng.random() < 0.5 else self.http
