@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from model import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE
 
@@ -189,24 +189,3 @@ def _bomb_message(what: str, exc: Exception, max_pixels: int) -> str:
         return f"{what}: {exc}"
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     return f"{what} is {int(found.group(1))} pixels; the limit is {limit}"
-
-
-def make_thumbnail(img: Image.Image, size: int) -> bytes:
-    """A JPEG thumbnail whose longest side is `size` pixels, or the image's own size when it is smaller
-    (oriented by EXIF, alpha on white). Never enlarged: the page scales it for display, and
-    `simsearch index reembed` embeds from it, where an enlarged copy of a small image costs
-    fidelity (docs/index.md, "A new model for a gallery")."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    scale = size / max(w, h)
-    if scale < 1 and (w, h) != (round(w * scale), round(h * scale)):
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=85, optimize=True)
-    return out.getvalue()

@@ -19,9 +19,11 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import FileResponse, JSONResponse
 
+from model import Crop, draft_size, make_thumbnail, parse_crop
+
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
-from ._images import decode_image, make_thumbnail
+from ._images import decode_image
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
                        GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
                        SearchResponse, SkippedItem)
@@ -374,6 +376,29 @@ def _check_where(text: str | None) -> str | None:
     return json.dumps(value, sort_keys=True)
 
 
+def _crop_param():
+    return Query(None, max_length=200, description="use a region of each image instead of the whole of it: "
+                 "left,top,right,bottom as fractions (0 to 1) of its width and height as displayed (EXIF "
+                 "orientation applied), e.g. 0.25,0.1,0.75,0.9; the region is embedded as a whole image would be "
+                 "(and POST /index keeps it as the item's thumbnail)")
+
+
+def _check_crop(text: str | None) -> Crop | None:
+    """The `crop` query parameter as a model.Crop, or None; 422 naming what is wrong."""
+    if text is None or text == "":
+        return None
+    try:
+        return parse_crop(text)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+def _no_crop_for_vectors(crop: Crop | None) -> None:
+    if crop is not None:
+        raise ApiError(422, "invalid_parameter", "crop is a region of an image; a JSON vector query has no image "
+                                                 "(crop the image before embedding it)")
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -388,18 +413,21 @@ def _parse_metadata(text: str, i: int) -> dict[str, Any]:
 
 # ---- CPU work (runs in threads) ----------------------------------------------------------------
 
-def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: int) -> tuple[np.ndarray, list]:
+def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: int,
+             crop: Crop | None = None) -> tuple[np.ndarray, list]:
     # The model's input is made exactly as Embedder.embed makes it from a file (its own JPEG draft),
     # so an image indexed here, by `simsearch index build` or searched for gets the same vector.
+    # With `crop` only that region of each image is embedded, and stored as its thumbnail.
     max_pixels, policy = service.settings.max_pixels, service.image_policy
+    preprocess = service.embedder.preprocess if crop is None else (lambda im: service.embedder.preprocess(im, crop))
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        arrays.append(decode_image(data, max_pixels, what=what, convert=service.embedder.preprocess, policy=policy))
+        arrays.append(decode_image(data, max_pixels, what=what, convert=preprocess, policy=policy))
         if thumbnail_size:
-            img = decode_image(data, max_pixels, draft=thumbnail_size, what=what, policy=policy)
+            img = decode_image(data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
             try:
-                thumbs.append(make_thumbnail(img, thumbnail_size))
+                thumbs.append(make_thumbnail(img, thumbnail_size, crop))
             except Exception as exc:  # noqa: BLE001  (a decoded image the thumbnailer cannot handle)
                 raise ApiError(400, "invalid_image", f"{what}: cannot make a thumbnail: {exc}") from None
         else:
@@ -497,24 +525,27 @@ async def search(request: Request,
                                                         "PDDM head and return the best k (needs an artifact "
                                                         "with a PDDM head; at least k)"),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                 crop: str | None = _crop_param(),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    hits = await _search_one(request, service, _search_params(service, k, label, max_distance, rerank, where, g.name))
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name)
+    hits = await _search_one(request, service, params, _check_crop(crop))
     return _search_answer(service, hits, k, t0, rerank, vote)
 
 
-async def _search_one(request: Request, service: Service, params: SearchParams) -> list:
-    """The hits of the one query a request carries: an image (a multipart `file` part or the body) or a
-    JSON vector."""
+async def _search_one(request: Request, service: Service, params: SearchParams, crop: Crop | None = None) -> list:
+    """The hits of the one query a request carries: an image (a multipart `file` part or the body), or
+    its region `crop`, or a JSON vector."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":  # a vector: no image, no model; the store only
+        _no_crop_for_vectors(crop)
         vector = _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
         hits = await anyio.to_thread.run_sync(service.search, vector, params)
     else:
         files = await _uploads(request, media_type, max_count=1)
         # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
-        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], 1, params)
+        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1, params)
     return hits[0]
 
 
@@ -532,10 +563,11 @@ async def classify(request: Request,
                                                                   "precision (match_thresholds)"),
                    where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
                                                                                 "metadata filter vote; " + _WHERE_DOC),
-                   gallery: str = _gallery(), after: str | None = _after()):
+                   crop: str | None = _crop_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    hits = await _search_one(request, service, _search_params(service, k, None, max_distance, None, where, g.name))
+    params = _search_params(service, k, None, max_distance, None, where, g.name)
+    hits = await _search_one(request, service, params, _check_crop(crop))
     return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": False, "candidates": None})
@@ -552,14 +584,17 @@ async def batch_search(request: Request,
                                                           description="only neighbours at most this far (0..2)"),
                        rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       crop: str | None = _crop_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name)
+    region = _check_crop(crop)   # the same region of every image
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
+        _no_crop_for_vectors(region)
         vectors = _query_vectors(await _read_body(request), service.embedder.dim,
                                  service.settings.max_files_per_request, service.model_id)
         names: list[str | None] = [None] * len(vectors)
@@ -575,7 +610,8 @@ async def batch_search(request: Request,
             finally:
                 await form.close()
         # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
-        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files), params)
+        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0], len(files),
+                                                       params)
     return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found],
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
@@ -587,11 +623,12 @@ async def batch_search(request: Request,
              summary="the model's embedding of one or more images (nothing is stored)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
              openapi_extra=_embed_body())
-async def embed(request: Request):
+async def embed(request: Request, crop: str | None = _crop_param()):
     service = _service(request)
+    region = _check_crop(crop)   # the same region of every image
     files = await _uploads(request, _media_type(request.headers.get("content-type", "")))
     # the same decoding and batching as a search, so a vector here is the one a search would use
-    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0)[0], len(files))
+    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0], len(files))
     return JSONResponse({"model": service.model_id, "dimension": service.embedder.dim,
                          "vectors": vectors.tolist()})
 
@@ -633,7 +670,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                   "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
                   "metadata": {"type": "array", "items": {"type": "string"},
                                "description": "a JSON object: one for all files, or one per file"}}))
-async def add(request: Request, gallery: str = _gallery(),
+async def add(request: Request, gallery: str = _gallery(), crop: str | None = _crop_param(),
               skip_duplicates: float | None = Query(
                   None, gt=0, le=1, allow_inf_nan=False,
                   description="do not store a file whose cosine similarity with an item of another id in the gallery "
@@ -645,6 +682,7 @@ async def add(request: Request, gallery: str = _gallery(),
 
     service = _service(request, write=True)
     thumb = service.settings.thumbnail_size
+    region = _check_crop(crop)   # the same region of every image: embedded, and kept as its thumbnail
     form = await _read_form(request, {"file", "id", "label", "metadata"})
     try:
         files = await _file_parts(form)
@@ -659,7 +697,8 @@ async def add(request: Request, gallery: str = _gallery(),
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
-    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb, limiter=service.decode_limiter)
+    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb, region,
+                                                    limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)
     items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
              for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]

@@ -1,5 +1,5 @@
 """Resident memory of one process that encodes JPEG thumbnails (as `POST /index` makes them, with
-app's `make_thumbnail`) on one thread, on a new thread each time, and spread over N long-lived threads
+service's `model.make_thumbnail`) on one thread, on a new thread each time, and spread over N long-lived threads
 (as anyio's worker threads share a server's requests). One process per case, so each starts clean.
 
     .venv/bin/python bench/bench_jpeg_threads.py [--ops 72000] [--threads 1,4,12,24] [--decode-only]
@@ -41,7 +41,7 @@ def _case(mode: str, threads: int, ops: int, decode_only: bool) -> dict:
     from PIL import Image
 
     sys.path.insert(0, str(_common.REPO))
-    from app._images import make_thumbnail
+    from model import make_thumbnail
 
     jpegs = _common.cifar_test_jpegs(200)
 

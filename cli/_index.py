@@ -14,6 +14,8 @@ from typing import Callable
 from ._errors import CliError
 
 THUMB_PX = 96
+_ORIENTATION = 0x0112       # the EXIF tag
+_TURNED = (5, 6, 7, 8)      # its values for a picture stored on its side: width and height swap for display
 
 
 def _default_data() -> str:
@@ -200,6 +202,9 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
     p.add_argument("-k", type=int, default=k, help=k_help)
     p.add_argument("--where", metavar="JSON", help=where_help)
     p.add_argument("--max-distance", type=float, help=distance_help)
+    p.add_argument("--crop", metavar="L,T,R,B", help="use only this region of each query image: left,top,right,"
+                                                      "bottom as fractions (0 to 1) of its width and height, e.g. "
+                                                      "0.25,0.1,0.75,0.9 (the service's crop=)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--url", help=url_help)
     p.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
@@ -385,24 +390,39 @@ def _label_of(id_: str, labels: bool) -> str | None:
     return parts[-2] if labels and len(parts) >= 2 else None
 
 
-def _decode(data: bytes, embedder, thumbs: bool):
-    """bytes -> (model array, thumbnail JPEG bytes or None, (w, h)). Runs in worker threads."""
+def _model_input(data: bytes, embedder, crop=None):
+    """Image bytes -> the model's input array, made as the service makes it from an upload (the decoder's
+    draft mode for photos, EXIF orientation, the region `crop`), so that one image gets one vector whether
+    it was indexed or searched here or through the service. Runs in worker threads."""
     import io
 
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        size = im.size
-        arr = embedder.preprocess(im)
+        return embedder.preprocess(im, crop)
+
+
+def _decode(data: bytes, embedder, thumbs: bool):
+    """bytes -> (model array, thumbnail JPEG bytes or None, (w, h) as displayed), for `index build`: the
+    thumbnail as the service makes one (model.make_thumbnail: upright, alpha on white), from a second
+    decoding at its own draft scale. Runs in worker threads."""
+    import io
+
+    from PIL import Image
+
+    import model
+
+    arr = _model_input(data, embedder)
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        if im.getexif().get(_ORIENTATION, 1) in _TURNED:
+            w, h = h, w
         thumb = None
         if thumbs:
-            t = im.convert("RGB")
-            t.thumbnail((THUMB_PX, THUMB_PX))
-            buf = io.BytesIO()
-            t.save(buf, "JPEG", quality=85)
-            thumb = buf.getvalue()
-    return arr, thumb, size
+            if im.format in model.DRAFT_FORMATS:
+                im.draft(None, (THUMB_PX, THUMB_PX))
+            thumb = model.make_thumbnail(im, THUMB_PX)
+    return arr, thumb, (w, h)
 
 
 def _model_threads(threads: int | None) -> None:
@@ -684,6 +704,18 @@ def _reembed(args) -> int:
     return reembed(args)
 
 
+def _crop_arg(text: str | None):
+    """--crop as a model.Crop, or None; CliError naming what is wrong."""
+    if text is None:
+        return None
+    import model
+
+    try:
+        return model.parse_crop(text)
+    except ValueError as exc:
+        raise CliError(f"--crop: {exc}") from None
+
+
 def _where_arg(text: str | None) -> dict | None:
     """--where parsed and checked, or None; CliError naming what is wrong."""
     import json
@@ -740,6 +772,7 @@ def _search(args) -> int:
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
     where = _where_arg(args.where)  # before the model loads
+    crop = _crop_arg(args.crop)
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
@@ -765,7 +798,7 @@ def _search(args) -> int:
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
                 try:
-                    arrays.append(_decode(read(), embedder, False)[0])
+                    arrays.append(_model_input(read(), embedder, crop))
                     chunk.append((name, label))
                 except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
                     if single:

@@ -25,7 +25,7 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     import httpx
 
     params = {k: v for k, v in (("k", args.k), ("label", args.label), ("where", args.where),
-                                ("max_distance", args.max_distance), ("rerank", args.rerank),
+                                ("max_distance", args.max_distance), ("rerank", args.rerank), ("crop", args.crop),
                                 ("gallery", None if args.gallery == "default" else args.gallery)) if v is not None}
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
     url = args.url.rstrip("/")

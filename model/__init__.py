@@ -1,14 +1,18 @@
 """model: pixels to vectors. The involution layer, the model zoo, the artifact format, the Embedder.
 
-Only the image formats are imported with the package: they need Pillow, not torch. Everything else is
-imported on first use, so the HTTP clients (`simsearch index upload`, `simsearch search --url`) that
-only need the list of image file extensions do not pay torch's second and hundreds of MiB."""
+Only the image handling (formats, regions, the model's input arrays, thumbnails) is imported with the
+package: it needs Pillow and numpy, not torch. Everything else is imported on first use, so the HTTP
+clients (`simsearch index upload`, `simsearch search --url`) that only need the list of image file
+extensions, and the service answering /healthz while it loads, do not pay torch's second and hundreds of
+MiB."""
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._crop import Crop, crop_box, draft_size, parse_crop
 from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under
+from ._preprocess import make_thumbnail, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
@@ -19,16 +23,16 @@ if TYPE_CHECKING:
     from ._onnx import OnnxUnavailable, export_onnx, to_onnx
     from ._params import count_parameters, default_artifact_path
     from ._pddm import PDDM
-    from ._preprocess import to_model_array
     from ._registry import (ModelModuleError, create_model, import_models, is_model, list_models, model_source,
                             register_model)
 
 __all__ = [
-    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "DRAFT_FORMATS", "Embedder", "HEIF_READABLE",
-    "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM", "RUNTIMES", "TTA_MODES",
-    "bundled_artifact", "count_parameters", "create_model", "default_artifact_path", "default_device",
-    "embed_tensor", "export_onnx", "files_under", "import_models", "is_model", "list_models", "load_artifact",
-    "missing_onnx_packages", "model_source", "read_meta", "register_model", "resave_artifact", "save_artifact",
+    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
+    "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
+    "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
+    "default_artifact_path", "default_device", "draft_size", "embed_tensor", "export_onnx", "files_under",
+    "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail", "missing_onnx_packages",
+    "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact", "save_artifact",
     "to_model_array", "to_onnx",
 ]
 
@@ -40,7 +44,6 @@ _SOURCES = {
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
     "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
-    "_preprocess": ("to_model_array",),
     "_registry": ("ModelModuleError", "create_model", "import_models", "is_model", "list_models", "model_source",
                   "register_model"),
     "_params": ("count_parameters", "default_artifact_path"),

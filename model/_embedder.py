@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
+from ._crop import Crop
 from ._preprocess import to_model_array
 from ._runtimes import RUNTIMES
 
@@ -131,9 +132,10 @@ class Embedder:
     def model_id(self) -> str:
         return self.artifact.model_id
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One image -> uint8 (C, S, S) array as the model sees it (decode-side work, thread-safe)."""
-        return to_model_array(image, self.meta.in_chans, self.meta.image_size)
+    def preprocess(self, image: Image.Image, crop: Crop | None = None) -> np.ndarray:
+        """One image (or its region `crop`, model.parse_crop) -> uint8 (C, S, S) array as the model sees
+        it (decode-side work, thread-safe)."""
+        return to_model_array(image, self.meta.in_chans, self.meta.image_size, crop)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed PIL images of any size and mode: float32 (N, dim), each row of unit length."""

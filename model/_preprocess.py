@@ -1,23 +1,33 @@
 """Any PIL image -> a fixed-size uint8 array in the model's channel layout."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._crop import Crop, check_crop, crop_box, draft_size
 from ._formats import DRAFT_FORMATS
 
 _HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def to_model_array(image: Image.Image, in_chans: int, size: int) -> np.ndarray:
-    """Orient by EXIF, flatten transparency onto white, convert to L or RGB, resize the short side
-    to `size` and centre-crop to size x size. Returns uint8 (in_chans, size, size)."""
+def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | None = None) -> np.ndarray:
+    """Orient by EXIF, keep only the region `crop` when one is given (model.parse_crop), flatten
+    transparency onto white, convert to L or RGB, resize the short side to `size` and centre-crop to
+    size x size. Returns uint8 (in_chans, size, size)."""
     mode = "L" if in_chans == 1 else "RGB"
+    if crop is not None:
+        crop = check_crop(crop)
     if image.format in DRAFT_FORMATS and image.mode in ("L", "RGB", "CMYK", "YCbCr"):
         # Let libjpeg decode at a reduced scale (never smaller than needed), or pillow-heif decode the
-        # HEIC's embedded thumbnail when it is large enough: much cheaper for photos.
-        image.draft(mode, (size, size))
+        # HEIC's embedded thumbnail when it is large enough: much cheaper for photos. A region must
+        # still have `size` pixels each way, so the whole image is asked for at size / its narrower side.
+        need = draft_size(size, crop)
+        image.draft(mode, (need, need))
     image = ImageOps.exif_transpose(image)
+    if crop is not None:
+        image = image.crop(crop_box(crop, *image.size))
     image = _to_mode(image, mode)
     w, h = image.size
     if (w, h) != (size, size):
@@ -28,6 +38,26 @@ def to_model_array(image: Image.Image, in_chans: int, size: int) -> np.ndarray:
         image = image.crop((left, top, left + size, top + size))
     arr = np.asarray(image, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> bytes:
+    """A JPEG thumbnail of `image` (or of its region `crop`) as displayed: oriented by EXIF, alpha on
+    white, its longest side `size` pixels, or the image's own size when it is smaller. Never enlarged:
+    the page scales it for display, and `simsearch index reembed` embeds from it, where an enlarged copy
+    of a small image costs fidelity (docs/index.md, "A new model for a gallery"). The service and
+    `simsearch index build` both store what this makes."""
+    image = ImageOps.exif_transpose(image)
+    if crop is not None:
+        image = image.crop(crop_box(check_crop(crop), *image.size))
+    image = _to_mode(image, "RGB")
+    w, h = image.size
+    scale = size / max(w, h)
+    if scale < 1 and (w, h) != (round(w * scale), round(h * scale)):
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS,
+                             reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:

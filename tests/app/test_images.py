@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from app._errors import ApiError
-from app._images import decode_image, image_policy, make_thumbnail
+from app._images import decode_image, image_policy
+from model import make_thumbnail
 
 from ..photo_formats import encode_as
 from . import crafted

@@ -314,7 +314,7 @@ def test_the_largest_thumbnail_the_settings_allow_fits_a_milvus_store(tmp_path):
     from PIL import Image
 
     import index
-    from app._images import make_thumbnail
+    from model import make_thumbnail
     from app._settings import MILVUS_MAX_THUMBNAIL_SIZE
 
     noise = Image.fromarray((np.random.default_rng(0).random((1200, 1600, 3)) * 255).astype("uint8"))

@@ -234,6 +234,54 @@ def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(pa
     screenshot(page, "page.png")
 
 
+def test_dragging_over_part_of_the_query_photo_searches_that_region_and_the_whole_image_comes_back(
+        page, gallery, tmp_path):
+    import io
+
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    # A 640x480 "photo": a car from the gallery fills the frame, an airplane of the gallery sits small in
+    # its bottom-left corner, at BOX
+    car_id = next(i for i in gallery if gallery[i][1] == "automobile")
+    plane_id = next(i for i in gallery if gallery[i][1] == "airplane")
+    box = (40, 260, 200, 420)
+    photo = Image.open(io.BytesIO(gallery[car_id][2])).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+    photo.paste(Image.open(io.BytesIO(gallery[plane_id][2])).convert("RGB").resize((160, 160), Image.Resampling.BICUBIC),
+                box[:2])
+    path = tmp_path / "street.jpg"
+    photo.save(path, "JPEG", quality=92)
+    choose_k(page, 4)
+    upload(page, path)
+    wait_for_search(page)
+    whole = result_ids(page)
+    assert whole[0] == car_id, whole
+    img = page.find_element("css selector", "#query-frame img")
+    w, h = img.size["width"], img.size["height"]
+    assert w > 100 and abs(w / h - 640 / 480) < 0.02, (w, h)   # shown whole, not cut to a square
+    # drag from the airplane's top-left to its bottom-right (offsets from the picture's centre)
+    at = [(box[0] + 2) * w / 640 - w / 2, (box[1] + 2) * h / 480 - h / 2,
+          (box[2] - 2) * w / 640 - w / 2, (box[3] - 2) * h / 480 - h / 2]
+    ActionChains(page).move_to_element_with_offset(img, at[0], at[1]).click_and_hold() \
+        .move_to_element_with_offset(img, (at[0] + at[2]) / 2, (at[1] + at[3]) / 2) \
+        .move_to_element_with_offset(img, at[2], at[3]).release().perform()
+    wait_for_search(page, previous=whole)
+    region = result_ids(page)
+    assert region[0] == plane_id, region
+    # the region said in words: the airplane's box, 6-31 % across and 54-88 % down, to a pixel of the picture
+    assert re.search(r"Searching a region: [67]%–3[01]% across, 5[45]%–8[678]% down", page.find_element("id", "query").text)
+    assert page.find_element("id", "crop-box").is_displayed()
+    screenshot(page, "page-region.png")
+    # a click is not a region: nothing changes
+    ActionChains(page).move_to_element_with_offset(img, 0, 0).click().perform()
+    assert result_ids(page) == region and page.find_element("id", "crop-box").is_displayed()
+    page.find_element("id", "whole-image").click()
+    wait_for_search(page, previous=region)
+    assert result_ids(page) == whole
+    assert not page.find_element("id", "crop-box").is_displayed()
+    assert not page.find_element("id", "whole-image").is_displayed()
+
+
 def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_path):
     _, _, query = search_gallery_image(page, gallery, 12, 4, tmp_path)
     before = result_ids(page)

@@ -50,8 +50,7 @@ def _serve(artifact, data, tmp_path):
 def _embed_thumbnail(store: Store, id_: str) -> np.ndarray:
     import model
 
-    with Image.open(io.BytesIO(store.thumbnail(id_))) as im:
-        im.load()  # decoded whole, as `index build` and `reembed` do (not in JPEG draft mode)
+    with Image.open(io.BytesIO(store.thumbnail(id_))) as im:   # as `reembed` and the service decode it
         return model.Embedder.from_file(NEW, device="cpu").embed([im])[0]
 
 

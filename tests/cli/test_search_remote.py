@@ -55,6 +55,17 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
 
         assert main(["search", str(photos / "ship" / "0001.jpg"), "-k", "1", "--url", live.url]) == 0
         assert capsys.readouterr().out.split()[-1] == "ship/0001.jpg"
+        # a region of each query (--crop) is sent as the service's crop=, and answered as the local search does
+        region = {where: ["search", str(photos / "ship"), "-k", "2", "--crop", "0.25,0.25,1,1", *args] for where, args in
+                  (("local", ["--data", str(tmp_path / "data"), "--model", str(hybrid1_artifact)]),
+                   ("remote", ["--url", live.url]))}
+        runs = runs_with_and_without_json(capsys, **region)
+        assert [[h["id"] for h in r["results"]] for r in runs["remote"]] == \
+            [[h["id"] for h in r["results"]] for r in runs["local"]]
+        for got, want in zip(runs["remote"], runs["local"]):
+            assert [h["score"] for h in got["results"]] == pytest.approx([h["score"] for h in want["results"]], abs=1e-4)
+        # a region of an indexed image: near it, but not the exact self-match (score 1) the whole image gives
+        assert all(r["results"][0]["score"] < 1 - 1e-5 for r in runs["local"] + runs["remote"])
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:

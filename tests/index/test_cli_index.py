@@ -183,6 +183,44 @@ def test_build_and_search_read_the_files_phones_write(shared_data, hybrid1_artif
     assert {h["id"] for h in hits} == {"car/0.mpo", "car/1.heic", "car/2.avif"}
 
 
+def test_build_stores_a_portrait_phone_photo_upright_with_the_vector_the_service_gives_it(
+        shared_data, hybrid1_artifact, tmp_path, capsys):
+    import numpy as np
+
+    import model
+
+    # A phone's portrait: stored 640x480 on its side with EXIF orientation 6 (displayed 480x640)
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        photo = phone_sized(Image.open(tar.extractfile("cifar10-jpeg/test/automobile/0000.jpg")))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=92, exif=exif)
+    (tmp_path / "photos" / "car").mkdir(parents=True)
+    (tmp_path / "photos" / "car" / "portrait.jpg").write_bytes(out.getvalue())
+    data = tmp_path / "data"
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        item = store.get("car/portrait.jpg")
+        thumb = Image.open(io.BytesIO(store.thumbnail("car/portrait.jpg")))
+    assert item.metadata == {"width": 480, "height": 640}   # as displayed
+    assert thumb.size == (72, 96)   # upright, as the service's thumbnail and the search page show it
+    # the vector the service and model.Embedder give the file (its JPEG decoded at a reduced scale)
+    direct = model.Embedder.from_file(hybrid1_artifact, device="cpu").embed([Image.open(io.BytesIO(out.getvalue()))])
+    assert np.abs(item.vector - direct[0]).max() < 1e-6
+    # a search with a region of the file, here and as the service would embed it
+    assert main(["search", str(tmp_path / "photos" / "car" / "portrait.jpg"), "--data", str(data),
+                 "--model", str(hybrid1_artifact), "-k", "1", "--json", "--crop", "0,0,0.5,0.5"]) == 0
+    region = json.loads(capsys.readouterr().out)[0]
+    upright = Image.open(io.BytesIO(out.getvalue())).transpose(Image.Transpose.ROTATE_270)
+    cut = model.Embedder.from_file(hybrid1_artifact, device="cpu").embed([upright.crop((0, 0, 240, 320))])[0]
+    assert region["id"] == "car/portrait.jpg"
+    assert region["score"] == pytest.approx(float(np.dot(cut, item.vector)), abs=2e-3)
+    assert main(["search", str(tmp_path / "photos"), "--data", str(data), "--crop", "0.5,0,0.2,1"]) == 2
+    assert "--crop: crop 0.5,0,0.2,1: left must be less than right" in capsys.readouterr().err
+
+
 def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     import model
     import torch
