@@ -50,7 +50,8 @@ def _serve(artifact, data, tmp_path):
 def _embed_thumbnail(store: Store, id_: str) -> np.ndarray:
     import model
 
-    with Image.open(io.BytesIO(store.thumbnail(id_))) as im:   # as `reembed` and the service decode it
+    with Image.open(io.BytesIO(store.thumbnail(id_))) as im:
+        im.load()  # decoded whole, as `reembed` does (not in JPEG draft mode)
         return model.Embedder.from_file(NEW, device="cpu").embed([im])[0]
 
 
@@ -123,6 +124,30 @@ def test_reembed_to_the_bundled_default_leaves_out_items_stored_without_thumbnai
     with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
         assert new.count() == 12 and new.labels() == {"ship": 6, "truck": 6}
         assert new.model_id.startswith("hybrid1-cifar10@")
+
+
+def test_reembed_embeds_each_thumbnail_decoded_whole_not_at_the_reduced_scale_of_an_upload(
+        hybrid1_artifact, photos, tmp_path, capsys):
+    import model
+
+    # photos of 256 px, so that the 96 px thumbnails `index build` stores are large enough for draft mode
+    for i, data in list(photos.items())[:6]:
+        path = tmp_path / "photos" / i
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(data)).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC).save(path, quality=90)
+    data = str(tmp_path / "old")
+    assert main(["index", "build", str(tmp_path / "photos"), "--data", data, "--model", str(hybrid1_artifact)]) == 0
+    assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW)]) == 0
+    capsys.readouterr()
+    drafted = model.Embedder.from_file(NEW, device="cpu")
+    with Store.open(StoreConfig(tmp_path / "old" / "index", read_only=True)) as old, \
+            Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        ids = [item.id for item in old.list(limit=100)]
+        assert len(ids) == 6
+        for id_ in ids:
+            assert np.abs(new.get(id_).vector - _embed_thumbnail(old, id_)).max() < 1e-6
+            as_upload = drafted.embed([Image.open(io.BytesIO(old.thumbnail(id_)))])[0]
+            assert np.abs(new.get(id_).vector - as_upload).max() > 1e-4   # the two decodings do differ
 
 
 def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photos, tmp_path, capsys):
