@@ -14,8 +14,6 @@ from typing import Callable
 from ._errors import CliError
 
 THUMB_PX = 96
-_ORIENTATION = 0x0112       # the EXIF tag
-_TURNED = (5, 6, 7, 8)      # its values for a picture stored on its side: width and height swap for display
 
 
 def _default_data() -> str:
@@ -414,15 +412,13 @@ def _decode(data: bytes, embedder, thumbs: bool):
 
     arr = _model_input(data, embedder)
     with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if im.getexif().get(_ORIENTATION, 1) in _TURNED:
-            w, h = h, w
+        size = model.displayed_size(im)
         thumb = None
         if thumbs:
             if im.format in model.DRAFT_FORMATS:
                 im.draft(None, (THUMB_PX, THUMB_PX))
             thumb = model.make_thumbnail(im, THUMB_PX)
-    return arr, thumb, (w, h)
+    return arr, thumb, size
 
 
 def _model_threads(threads: int | None) -> None:

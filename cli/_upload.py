@@ -179,12 +179,16 @@ def _retry_after(value: str | None) -> float:
 
 
 def _size(data: bytes) -> dict[str, int]:
-    """Width and height from the image's header (no decoding); {} where Pillow cannot tell."""
+    """Width and height as displayed (after the EXIF orientation, as `index build` stores them), from the
+    image's header (no decoding); {} where Pillow cannot tell."""
     from PIL import Image
+
+    import model
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return {"width": im.width, "height": im.height}
+            width, height = model.displayed_size(im)
+            return {"width": width, "height": height}
     except Exception:  # noqa: BLE001  (the service gives the reason when it refuses the file)
         return {}
 

@@ -40,6 +40,17 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+_ORIENTATION = 0x0112    # the EXIF tag
+_TURNED = (5, 6, 7, 8)   # its values for a picture stored on its side
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image as displayed, after its EXIF orientation, read from the header alone
+    (nothing is decoded): a phone's portrait stored 640x480 on its side is (480, 640)."""
+    w, h = image.size
+    return (h, w) if image.getexif().get(_ORIENTATION, 1) in _TURNED else (w, h)
+
+
 def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> bytes:
     """A JPEG thumbnail of `image` (or of its region `crop`) as displayed: oriented by EXIF, alpha on
     white, its longest side `size` pixels, or the image's own size when it is smaller. Never enlarged:

@@ -75,6 +75,24 @@ def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, ph
     assert len(listing(live)) == 13
 
 
+def test_upload_stores_a_phone_portraits_size_as_displayed_as_build_does(live, tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    photo = Image.new("RGB", (640, 480), (200, 30, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6   # stored on its side, displayed 480 wide and 640 high
+    out = io.BytesIO()
+    photo.save(out, "JPEG", exif=exif)
+    (tmp_path / "portraits").mkdir()
+    (tmp_path / "portraits" / "IMG_0001.JPG").write_bytes(out.getvalue())
+    assert main(["index", "upload", str(tmp_path / "portraits"), "--url", live.url, "--api-key", KEY]) == 0
+    assert listing(live)["IMG_0001.JPG"]["metadata"] == {"width": 480, "height": 640}
+    thumb = httpx.get(live.url + "/index/IMG_0001.JPG/thumbnail").content
+    assert Image.open(io.BytesIO(thumb)).size == (96, 128)
+
+
 def test_upload_can_leave_out_copies_of_what_the_service_holds(shared_data, tmp_path, capsys):
     import io
 
