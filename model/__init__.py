@@ -30,10 +30,10 @@ __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
     "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
     "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
-    "default_artifact_path", "default_device", "displayed_size", "draft_size", "embed_tensor", "export_onnx", "files_under",
-    "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail", "missing_onnx_packages",
-    "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact", "save_artifact",
-    "to_model_array", "to_onnx",
+    "default_artifact_path", "default_device", "displayed_size", "draft_size", "embed_tensor", "export_onnx",
+    "files_under", "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail",
+    "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
+    "save_artifact", "to_model_array", "to_onnx",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
