@@ -280,6 +280,20 @@ def test_dragging_over_part_of_the_query_photo_searches_that_region_and_the_whol
     assert result_ids(page) == whole
     assert not page.find_element("id", "crop-box").is_displayed()
     assert not page.find_element("id", "whole-image").is_displayed()
+    # the same from the keyboard: Enter shows the middle half, Shift+arrows resize it, arrows move it
+    from selenium.webdriver.common.keys import Keys
+
+    frame = page.find_element("id", "query-frame")
+    frame.send_keys(Keys.ENTER)
+    assert "Region 25%–75% across, 25%–75% down" in page.find_element("id", "crop-hint").text
+    assert result_ids(page) == whole   # shown, not searched yet
+    ActionChains(page).key_down(Keys.SHIFT).send_keys(Keys.ARROW_LEFT * 5 + Keys.ARROW_UP * 4).key_up(Keys.SHIFT) \
+        .send_keys(Keys.ARROW_LEFT * 4 + Keys.ARROW_DOWN * 6).perform()
+    assert "Region 5%–30% across, 55%–85% down" in page.find_element("id", "crop-hint").text
+    frame.send_keys(Keys.ENTER)
+    wait_for_search(page, previous=whole)
+    assert result_ids(page)[0] == plane_id
+    assert "Searching a region: 5%–30% across, 55%–85% down" in page.find_element("id", "crop-hint").text
 
 
 def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_path):
