@@ -231,6 +231,9 @@ def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(pa
         assert card["loaded"], f"thumbnail of {card['id']} did not load"
         assert card["alt"] and card["id"] in card["alt"]
     assert query.name in page.find_element("id", "query").text
+    # the 32x32 query is shown whole and large enough to drag a region on (200x200), not as a 32 px speck
+    shown = page.find_element("css selector", "#query-frame img").size
+    assert (shown["width"], shown["height"]) == (200, 200), shown
     screenshot(page, "page.png")
 
 
