@@ -419,11 +419,11 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     # so an image indexed here, by `simsearch index build` or searched for gets the same vector.
     # With `crop` only that region of each image is embedded, and stored as its thumbnail.
     max_pixels, policy = service.settings.max_pixels, service.image_policy
-    preprocess = service.embedder.preprocess if crop is None else (lambda im: service.embedder.preprocess(im, crop))
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        arrays.append(decode_image(data, max_pixels, what=what, convert=preprocess, policy=policy))
+        arrays.append(decode_image(data, max_pixels, what=what, convert=lambda im: service.embedder.preprocess(im, crop),
+                                   policy=policy))
         if thumbnail_size:
             img = decode_image(data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
             try:

@@ -33,6 +33,7 @@ import faiss  # noqa: E402
 import model  # noqa: E402
 from bench._common import SHARED_DATA, command_line, machine, write_result  # noqa: E402
 from tests.app._browser import cifar10_images  # noqa: E402
+from tests.photo_formats import made_up_photo  # noqa: E402
 
 SCENE = (640, 480)
 
@@ -41,10 +42,9 @@ def _scene(obj: bytes, background: bytes, share: float, rng: np.random.Generator
     """A 640x480 JPEG with `obj` pasted, `share` of the height on a side, on `background` scaled up;
     and the pasted box as a crop (fractions)."""
     w, h = SCENE
-    scene = Image.open(io.BytesIO(background)).convert("RGB").resize(SCENE, Image.Resampling.BICUBIC)
     side = round(share * h)
     x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    scene.paste(Image.open(io.BytesIO(obj)).convert("RGB").resize((side, side), Image.Resampling.BICUBIC), (x, y))
+    scene = made_up_photo(background, obj, (x, y, x + side, y + side), SCENE)
     out = io.BytesIO()
     scene.save(out, "JPEG", quality=90)
     return out.getvalue(), (x / w, y / h, (x + side) / w, (y + side) / h)

@@ -79,6 +79,7 @@ def main() -> None:
     from PIL import Image
 
     import faiss
+    import index
     import model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,8 +101,6 @@ def main() -> None:
         ids_ref, from_originals = vectors(tmp / "originals")
         # reembed decodes a thumbnail whole; what the other choice, the reduced scale of an upload, would give
         embedder = model.Embedder.from_file(args.new, device="cpu")
-        import index
-
         with index.StoreReader(tmp / "old" / "index") as reader:
             drafted = embedder.embed([Image.open(io.BytesIO(it.thumbnail)) for it in reader.items(ids)])
     assert ids == ids_ref, "the two indexes hold different items"

@@ -11,6 +11,7 @@ from PIL import Image
 
 import model
 
+from ..photo_formats import made_up_photo
 from .conftest import encode, running, settings_for
 from .test_api import assert_error, still_serving, upload
 
@@ -23,10 +24,7 @@ CROP = "0.0625,0.541667,0.3125,0.875"   # BOX as fractions of 640x480 (rounded o
 
 def _scene(background: bytes, obj: bytes) -> Image.Image:
     """A 640x480 'photo': one CIFAR-10 image filling the frame, another pasted small into a corner."""
-    scene = Image.open(io.BytesIO(background)).convert("RGB").resize(SCENE, Image.Resampling.BICUBIC)
-    side = BOX[2] - BOX[0]
-    scene.paste(Image.open(io.BytesIO(obj)).convert("RGB").resize((side, side), Image.Resampling.BICUBIC), BOX[:2])
-    return scene
+    return made_up_photo(background, obj, BOX, SCENE)
 
 
 @pytest.fixture

@@ -239,19 +239,16 @@ def test_uploading_a_gallery_image_shows_k_neighbours_with_its_own_copy_first(pa
 
 def test_dragging_over_part_of_the_query_photo_searches_that_region_and_the_whole_image_comes_back(
         page, gallery, tmp_path):
-    import io
-
-    from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
+
+    from ..photo_formats import made_up_photo
 
     # A 640x480 "photo": a car from the gallery fills the frame, an airplane of the gallery sits small in
     # its bottom-left corner, at BOX
     car_id = next(i for i in gallery if gallery[i][1] == "automobile")
     plane_id = next(i for i in gallery if gallery[i][1] == "airplane")
     box = (40, 260, 200, 420)
-    photo = Image.open(io.BytesIO(gallery[car_id][2])).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
-    photo.paste(Image.open(io.BytesIO(gallery[plane_id][2])).convert("RGB").resize((160, 160), Image.Resampling.BICUBIC),
-                box[:2])
+    photo = made_up_photo(gallery[car_id][2], gallery[plane_id][2], box)
     path = tmp_path / "street.jpg"
     photo.save(path, "JPEG", quality=92)
     choose_k(page, 4)
