@@ -2,6 +2,7 @@
 event loop; the body is parsed here (not by FastAPI params) so the multipart limits apply."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -399,6 +400,34 @@ def _no_crop_for_vectors(crop: Crop | None) -> None:
                                                  "(crop the image before embedding it)")
 
 
+MAX_EXAMPLES = 100   # like + unlike ids in one search
+
+
+def _examples_param(which: str, doc: str):
+    return Query([], alias=which, description=f"{doc}: the id of a gallery item (repeat the parameter for more, "
+                 f"at most {MAX_EXAMPLES} like and unlike ids together). The query moves towards the liked "
+                 "items' vectors and away from the unliked ones' (relevance feedback), and no marked item is "
+                 "returned; with no image or vector in the body, the liked items alone are the query")
+
+
+def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
+    """The like and unlike ids, each once, checked; 422 naming what is wrong."""
+    like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
+    for value in like + unlike:
+        _check_id(value)
+    if len(like) + len(unlike) > MAX_EXAMPLES:
+        raise ApiError(422, "invalid_parameter", f"{len(like)} like and {len(unlike)} unlike ids; at most "
+                                                 f"{MAX_EXAMPLES} together")
+    both = sorted(set(like) & set(unlike))
+    if both:
+        raise ApiError(422, "invalid_parameter", f"id(s) {both[:5]} are both liked and unliked; mark each item "
+                                                 "one way")
+    if rerank is not None and (like or unlike):
+        raise ApiError(422, "invalid_parameter", f"rerank={rerank} re-orders by the PDDM score of one image's "
+                                                 "embedding; a query refined by like/unlike is a mix of several")
+    return like, unlike
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -526,11 +555,19 @@ async def search(request: Request,
                                                         "with a PDDM head; at least k)"),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                  crop: str | None = _crop_param(),
+                 like: list[str] = _examples_param("like", "more like this item"),
+                 unlike: list[str] = _examples_param("unlike", "less like this item"),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name)
-    hits = await _search_one(request, service, params, _check_crop(crop))
+    like, unlike = _check_examples(like, unlike, rerank)
+    region = _check_crop(crop)
+    if like or unlike:
+        hits = await _search_refined(service, g, params, await _request_query(request, service, region), like,
+                                     unlike)
+    else:
+        hits = await _search_one(request, service, params, region)
     return _search_answer(service, hits, k, t0, rerank, vote)
 
 
@@ -547,6 +584,50 @@ async def _search_one(request: Request, service: Service, params: SearchParams, 
         # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
         _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1, params)
     return hits[0]
+
+
+async def _request_query(request: Request, service: Service, crop: Crop | None) -> np.ndarray | None:
+    """The query vector a request carries, embedded when it is an image (or its region `crop`); None
+    for a request with no body at all (a search by liked items alone)."""
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":
+        _no_crop_for_vectors(crop)
+        return _query_vector(await _read_body(request), service.embedder.dim, service.model_id)[0]
+    if not media_type and not await _read_body(request):
+        return None   # (a body without a Content-Type is refused by _uploads, as for any search)
+    files = await _uploads(request, media_type, max_count=1)
+    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1)
+    return vectors[0]
+
+
+async def _search_refined(service: Service, g: Gallery, params: SearchParams, query: np.ndarray | None,
+                          like: list[str], unlike: list[str], start: str | None = None) -> list:
+    """The hits of `query` (or of the item `start`, or of nothing) moved towards the items `like` and away
+    from the items `unlike` (index.refine_query); no marked item, nor `start`, is among them. 422 naming a
+    marked id the gallery does not hold, 404 for a missing `start`."""
+    from index import refine_query   # see _vote_dict
+
+    ids = ([start] if start is not None else []) + like + unlike
+    items = await anyio.to_thread.run_sync(g.store.get_many, ids)
+    if start is not None:
+        first, items = items[0], items[1:]
+        if first is None:
+            raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
+        query = first.vector
+    missing = [i for i, item in zip(like + unlike, items) if item is None]
+    if missing:
+        raise ApiError(422, "invalid_parameter", f"like/unlike: no item with id(s) {missing[:5]} in gallery "
+                                                 f"{g.name!r}" + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+    vectors = np.stack([item.vector for item in items]) if items else np.zeros((0, service.embedder.dim), np.float32)
+    try:
+        refined = refine_query(query, vectors[:len(like)], vectors[len(like):])
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+    marked = set(ids)
+    # k + the marked items, so that k are left when they are dropped
+    found = await anyio.to_thread.run_sync(service.search, refined[None],
+                                           dataclasses.replace(params, k=params.k + len(marked)))
+    return [h for h in found[0] if h.id not in marked][:params.k]
 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],
@@ -640,9 +721,16 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       like: list[str] = _examples_param("like", "more like this item"),
+                       unlike: list[str] = _examples_param("unlike", "less like this item"),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
+    like, unlike = _check_examples(like, unlike, None)
+    if like or unlike:
+        params = _search_params(service, k, label, max_distance, None, where, g.name)
+        hits = await _search_refined(service, g, params, None, like, unlike, start=id)
+        return _search_answer(service, hits, k, t0, None, vote)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
 

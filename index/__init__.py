@@ -9,6 +9,7 @@
     replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
+    refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
@@ -17,6 +18,7 @@ from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._faiss import PRESETS
+from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
 from ._reader import Check, Row, StoreReader
@@ -29,9 +31,9 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
+    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",
-    "remove_gallery", "vote",
+    "refine_query", "remove_gallery", "UNLIKE_WEIGHT", "vote",
 ]

@@ -98,3 +98,12 @@ async def test_rerank_without_a_pddm_head_is_a_422_that_says_so(hybrid1_artifact
         assert "PDDM" in r.json()["error"]["message"]
         ok = await c.post("/search?k=3", files=[upload(jpeg)])
         assert ok.status_code == 200 and ok.json()["reranked"] is False
+
+
+async def test_rerank_of_a_query_refined_by_like_is_a_422_that_says_why(pddm_artifact, tmp_path, jpeg):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        assert (await c.post("/index", files=[upload(jpeg)], data={"id": "a"})).status_code == 201
+        r = await c.post("/search?k=3&rerank=5&like=a", files=[upload(jpeg)])
+        assert r.status_code == 422, r.text
+        assert "like/unlike" in r.json()["error"]["message"]
+        assert (await c.post("/search?k=3&rerank=5", files=[upload(jpeg)])).status_code == 200

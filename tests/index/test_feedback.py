@@ -1,0 +1,43 @@
+"""index.refine_query: Rocchio's formula over stored vectors, a unit vector out, and a clear error when
+nothing is left to search with."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_query_moves_towards_the_mean_of_the_liked_and_away_from_the_mean_of_the_unliked():
+    rng = np.random.default_rng(0)
+    q, like, unlike = _unit(rng, 1)[0], _unit(rng, 3), _unit(rng, 2)
+    got = refine_query(q, like, unlike)
+    want = q + LIKE_WEIGHT * like.mean(0) - UNLIKE_WEIGHT * unlike.mean(0)
+    assert got.dtype == np.float32 and got.shape == q.shape
+    assert np.allclose(got, want / np.linalg.norm(want), atol=1e-6)
+    assert float(got @ like.mean(0)) > float(q @ like.mean(0))
+    assert float(got @ unlike.mean(0)) < float(q @ unlike.mean(0))
+
+
+def test_no_marks_leave_the_query_as_it_is_and_liked_items_alone_are_a_query():
+    rng = np.random.default_rng(1)
+    q, like = _unit(rng, 1)[0], _unit(rng, 2)
+    none = np.zeros((0, 16), np.float32)
+    assert np.allclose(refine_query(q, none, none), q, atol=1e-6)
+    mean = like.mean(0)
+    assert np.allclose(refine_query(None, like, none), mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_nothing_to_search_with_is_a_value_error_that_says_why():
+    rng = np.random.default_rng(2)
+    a = _unit(rng, 1)
+    none = np.zeros((0, 16), np.float32)
+    with pytest.raises(ValueError, match="nothing to search with"):
+        refine_query(None, none, a)
+    with pytest.raises(ValueError, match="cancel out"):   # a query that is exactly what the marks take away
+        refine_query(-(LIKE_WEIGHT - UNLIKE_WEIGHT) * a[0], a, a)
