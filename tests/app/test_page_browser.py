@@ -312,6 +312,77 @@ def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_p
     assert all(c["loaded"] for c in result_cards(page))
 
 
+def _mark(driver, item_id: str, mark: str) -> None:
+    driver.find_element("css selector", f'#results li:has(button.result[data-id="{item_id}"]) .marks button.{mark}').click()
+
+
+def _marked(driver) -> dict[str, str]:
+    """The cards whose More (like) or Less (unlike) button is pressed."""
+    return driver.execute_script("""
+        const out = {};
+        for (const li of document.querySelectorAll('#results li')) {
+          const b = li.querySelector('button.result'), on = li.querySelector('.marks button[aria-pressed=true]');
+          if (b && on) out[b.dataset.id] = on.classList.contains('like') ? 'like' : 'unlike';
+        }
+        return out;""")
+
+
+def _api_ids(page_server, path: str, marks: dict[str, str], files=None) -> list[str]:
+    """The ids the API itself answers for this search with these marks (the page must show exactly these)."""
+    params = [("k", "8"), ("vote", "true")] + [(mark, i) for i, mark in marks.items()]
+    r = httpx.post(page_server.url + path, params=params, files=files, timeout=120)
+    assert r.status_code == 200, r.text
+    return [h["id"] for h in r.json()["results"]]
+
+
+def test_marking_results_more_or_less_like_and_searching_again_moves_the_query(page, page_server, gallery, tmp_path):
+    own, label, query = search_gallery_image(page, gallery, 4, 8, tmp_path)
+    cards = result_cards(page)
+    feedback = page.find_element("id", "feedback")
+    assert not feedback.is_displayed()
+    marks = {c["id"]: "like" if c["label"] == label else "unlike" for c in cards}
+    for item_id, mark in marks.items():
+        _mark(page, item_id, mark)
+    _mark(page, cards[-1]["id"], "unlike")   # pressed twice: unmarked
+    marks.pop(cards[-1]["id"])
+    assert _marked(page) == marks
+    liked = sum(m == "like" for m in marks.values())
+    assert feedback.is_displayed()
+    assert page.find_element("id", "feedback-text").text == \
+        f"Marked: {liked} more like this, {len(marks) - liked} less like this."
+    before = result_ids(page)
+    page.find_element("id", "feedback-search").click()
+    wait_for_search(page, previous=before)
+    assert page.find_element("id", "search-error").text == ""
+    after = result_ids(page)
+    assert after == _api_ids(page_server, "/search", marks, [("file", (query.name, query.read_bytes(), "image/jpeg"))])
+    assert not set(after) & set(marks), "marked items are not shown again"
+    screenshot(page, "page-marks.png")
+    # marks add up over rounds, and clearing them brings back the plain search
+    marks[after[0]] = "unlike"
+    _mark(page, after[0], "unlike")
+    page.find_element("id", "feedback-search").click()
+    wait_for_search(page, previous=after)
+    assert result_ids(page) == _api_ids(page_server, "/search", marks,
+                                        [("file", (query.name, query.read_bytes(), "image/jpeg"))])
+    before = result_ids(page)
+    page.find_element("id", "feedback-clear").click()
+    wait_for_search(page, previous=before)
+    assert result_ids(page)[0] == own and not feedback.is_displayed()
+    # a search from a result card starts with no marks (those of the last query go), and its marks refine
+    # that item's neighbours
+    start = result_ids(page)[1]
+    _mark(page, result_ids(page)[2], "like")
+    page.find_element("css selector", f'#results button.result[data-id="{start}"]').click()
+    wait_for_search(page, previous=before)
+    assert not feedback.is_displayed() and _marked(page) == {}
+    first = result_ids(page)
+    _mark(page, first[0], "like")
+    page.find_element("id", "feedback-search").click()
+    wait_for_search(page, previous=first)
+    assert result_ids(page) == _api_ids(page_server, f"/search/{quote(start, safe='')}", {first[0]: "like"})
+
+
 def _majority(labels: list[str]) -> tuple[str, int]:
     """The label most cards have, a tie going to the nearest (POST /classify's rule), and its count."""
     counts = {label: labels.count(label) for label in labels}
