@@ -403,11 +403,11 @@ def _no_crop_for_vectors(crop: Crop | None) -> None:
 MAX_EXAMPLES = 100   # like + unlike ids in one search
 
 
-def _examples_param(which: str, doc: str):
-    return Query([], alias=which, description=f"{doc}: the id of a gallery item (repeat the parameter for more, "
-                 f"at most {MAX_EXAMPLES} like and unlike ids together). The query moves towards the liked "
-                 "items' vectors and away from the unliked ones' (relevance feedback), and no marked item is "
-                 "returned; with no image or vector in the body, the liked items alone are the query")
+def _examples_param(doc: str):
+    return Query([], description=f"{doc}: the id of a gallery item (repeat the parameter for more, at most "
+                 f"{MAX_EXAMPLES} like and unlike ids together). The query moves towards the liked items' vectors "
+                 "and away from the unliked ones' (relevance feedback), and no marked item is returned; on POST "
+                 "/search with no body at all, the marks alone are the query")
 
 
 def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
@@ -555,8 +555,8 @@ async def search(request: Request,
                                                         "with a PDDM head; at least k)"),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                  crop: str | None = _crop_param(),
-                 like: list[str] = _examples_param("like", "more like this item"),
-                 unlike: list[str] = _examples_param("unlike", "less like this item"),
+                 like: list[str] = _examples_param("more like this item"),
+                 unlike: list[str] = _examples_param("less like this item"),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
@@ -721,8 +721,8 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       like: list[str] = _examples_param("like", "more like this item"),
-                       unlike: list[str] = _examples_param("unlike", "less like this item"),
+                       like: list[str] = _examples_param("more like this item"),
+                       unlike: list[str] = _examples_param("less like this item"),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)

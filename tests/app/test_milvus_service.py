@@ -11,9 +11,12 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus")
+
+import index  # noqa: E402
 
 from ..index.test_milvus import _milvus_server  # noqa: E402
 from .conftest import free_port, start_server, stop_server  # noqa: E402
@@ -60,6 +63,15 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
         r = c.post(b.url + "/index?skip_duplicates=0.98", files=[upload(png(2))], data={"id": "copy"}, headers=KEY)
         assert r.status_code == 201 and r.json()["count"] == 0, r.text   # a's p2, found by b's check
         assert r.json()["skipped"][0]["duplicate_of"] == "p2"
+        # a search refined by marks (like=/unlike=) reads the marked items' vectors from Milvus
+        def vector(i):
+            return np.array(c.get(b.url + f"/index/{i}?vector=true").json()["vector"], np.float32)[None]
+        query = np.array(c.post(b.url + "/embed", files=[upload(png(2))]).json()["vectors"][0])
+        refined = c.post(b.url + "/search?k=2&like=p1&unlike=p0", files=[upload(png(2))])
+        assert refined.status_code == 200, refined.text
+        want = index.refine_query(query, vector("p1"), vector("p0"))
+        plain = c.post(a.url + "/search?k=4", json={"vector": want.tolist()}).json()["results"]
+        assert [h["id"] for h in refined.json()["results"]] == [h["id"] for h in plain if h["id"] not in ("p0", "p1")]
         # either one writes: b edits and deletes, a sees it
         assert c.patch(b.url + "/index/p0", json={"label": "z"}, headers=KEY).status_code == 200
         assert c.delete(b.url + "/index/p3", headers=KEY).status_code == 204
