@@ -3,7 +3,7 @@
 A person searches, looks at the first page of k results, marks some, and asks again. Here the person is
 simulated from CIFAR-10 (JPEG) labels: a result of the query's class is liked, any other unliked. The
 gallery is the first `--gallery-per-class` training images of each class, the queries the first
-`--queries-per-class` test images (or, with `--queries-from train`, the training images after the
+`--queries-per-class` test images (`--data` for another dataset; or, with `--queries-from train`, the training images after the
 gallery's, to choose the weights on), embedded as the service embeds uploads (`Embedder.preprocess` on the
 opened JPEG) and searched in a FAISS IndexFlatIP. The second page is searched with the refined query,
 the marked items left out (as the service does); its precision@k is set beside the first search's next
@@ -48,11 +48,36 @@ def _marks(page: np.ndarray, relevant: np.ndarray, marking: str) -> tuple[np.nda
     return like, unlike
 
 
+def _cifar10_images(_, per_class: int, split: str, skip: int) -> list:
+    """(name, label, a function opening it) for CIFAR-10 (JPEG) images: the files' own bytes, as uploaded."""
+    return [(name, label, lambda d=data: Image.open(io.BytesIO(d)))
+            for name, label, data in cifar10_images(SHARED_DATA, per_class, split=split, skip=skip)]
+
+
+def _dataset_images(path: str, per_class: int, split: str, skip: int) -> list:
+    """The same for any dataset simsearch train reads, from its decoded arrays."""
+    from training import load_dataset
+
+    ds = load_dataset(path)
+    part = getattr(ds, split)
+    labels = part.labels.numpy()
+    out = []
+    for c, label in enumerate(ds.class_names):
+        for i in np.flatnonzero(labels == c)[skip:skip + per_class]:
+            arr = part.images[i].numpy()
+            pixels = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+            out.append((f"{split}-{i}", label, lambda p=pixels: Image.fromarray(p)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifact", default=str(REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"))
     ap.add_argument("--gallery-per-class", type=int, default=1000)
     ap.add_argument("--queries-per-class", type=int, default=100)
+    ap.add_argument("--data", default=None,
+                    help="another labelled dataset (as for simsearch train: IDX files, an ImageFolder, ...) in place "
+                         "of the CIFAR-10 JPEGs, e.g. ../shared/data/fashion-mnist: kinds of image the model never saw")
     ap.add_argument("--queries-from", choices=("test", "train"), default="test",
                     help="train: training images after the gallery's (to choose the weights on, not on the test split)")
     ap.add_argument("-k", type=int, default=10, help="results on a page")
@@ -62,11 +87,12 @@ def main() -> None:
     embedder = model.Embedder.from_file(args.artifact, device="cpu")
 
     def embed(items) -> np.ndarray:
-        return embedder.embed_arrays(np.stack([embedder.preprocess(Image.open(io.BytesIO(d))) for _, _, d in items]))
+        return embedder.embed_arrays(np.stack([embedder.preprocess(open_image()) for _, _, open_image in items]))
 
-    gallery = cifar10_images(SHARED_DATA, args.gallery_per_class, split="train")
-    queries = (cifar10_images(SHARED_DATA, args.queries_per_class) if args.queries_from == "test" else
-               cifar10_images(SHARED_DATA, args.queries_per_class, split="train", skip=args.gallery_per_class))
+    images = _dataset_images if args.data else _cifar10_images
+    gallery = images(args.data, args.gallery_per_class, "train", 0)
+    queries = (images(args.data, args.queries_per_class, "test", 0) if args.queries_from == "test" else
+               images(args.data, args.queries_per_class, "train", args.gallery_per_class))
     G, Q = embed(gallery), embed(queries)
     g_labels = np.array([label for _, label, _ in gallery])
     q_labels = np.array([label for _, label, _ in queries])
@@ -110,7 +136,7 @@ def main() -> None:
               f"{baseline['next_page_unmarked']}); the marks alone, no query {row['marks_alone_no_query']}")
     write_result("feedback" + args.tag, {
         "command": command_line(), "machine": machine(), "seconds": round(time.time() - started, 1),
-        "artifact": embedder.model_id, "gallery": len(G), "queries": len(Q), "queries_from": args.queries_from, "k": k,
+        "artifact": embedder.model_id, "data": args.data or "cifar10-jpeg.tar", "gallery": len(G), "queries": len(Q), "queries_from": args.queries_from, "k": k,
         "service_weights": {"like": index.LIKE_WEIGHT, "unlike": index.UNLIKE_WEIGHT},
         "precision_at_k": baseline, "second_page_precision_at_k": rows})
 
