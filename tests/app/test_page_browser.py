@@ -383,6 +383,83 @@ def test_marking_results_more_or_less_like_and_searching_again_moves_the_query(p
     assert result_ids(page) == _api_ids(page_server, f"/search/{quote(start, safe='')}", {first[0]: "like"})
 
 
+def _status(page) -> str:
+    return page.find_element("id", "search-status").text
+
+
+def _wait_status(page, text: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(page, WAIT).until(lambda d: _status(d) == text or d.find_element("id", "search-error").text.strip())
+    assert page.find_element("id", "search-error").text == "" and _status(page) == text
+
+
+def test_browsing_the_gallery_lists_it_page_by_page_and_its_cards_edit_and_delete_items(page, page_server, shared_data):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    extra = cifar10_images(shared_data, 1, split="train")[:2]
+    ids = ["browse/a.jpg", "browse/b.jpg"]
+    key = {"X-API-Key": API_KEY}
+    with httpx.Client(base_url=page_server.url, timeout=120) as client:
+        r = client.post("/index", files=[("file", (n, d, "image/jpeg")) for n, _, d in extra],
+                        data={"id": ids, "label": "temp"}, headers=key)
+        assert r.status_code == 201, r.text
+        try:
+            _open_add_panel(page)
+            page.find_element("id", "api-key").send_keys(API_KEY)   # writes from a card carry it, as adding does
+            count = client.get("/index").json()["count"]
+            choose_k(page, 8)
+            page.find_element("id", "browse").click()
+            _wait_status(page, f"8 of {count} items")
+            listing = client.get("/index", params={"limit": 16}).json()["items"]
+            assert result_ids(page) == [it["id"] for it in listing[:8]]
+            assert page.find_elements("css selector", "#results .score") == []   # listed, not scored
+            page.find_element("id", "browse-more").click()
+            _wait_status(page, f"16 of {count} items")
+            assert result_ids(page) == [it["id"] for it in listing]
+            # the filters apply to the listing
+            page.find_element("id", "label-filter").send_keys("temp")
+            page.find_element("id", "browse").click()
+            _wait_status(page, "2 of 2 items matching the filters")
+            assert result_ids(page) == ids and not page.find_element("id", "browse-more").is_displayed()
+            # a card's label edited (PATCH) ...
+            card = f'#results li:has(button.result[data-id="{ids[0]}"])'
+            page.find_element("css selector", f"{card} .edit-open").click()
+            field = page.find_element("css selector", f"{card} .edit input")
+            field.clear()
+            field.send_keys("renamed")
+            page.find_element("css selector", f"{card} .edit button:not(.danger)").click()
+            _wait_status(page, f"Saved: {ids[0]} is now labelled renamed.")
+            assert client.get(f"/index/{ids[0]}").json()["label"] == "renamed"
+            assert page.find_element("css selector", f"{card} .label").text == "renamed"
+            screenshot(page, "page-browse.png")
+            # ... and another deleted, asked twice
+            card = f'#results li:has(button.result[data-id="{ids[1]}"])'
+            page.find_element("css selector", f"{card} .edit-open").click()
+            delete = page.find_element("css selector", f"{card} .edit button.danger")
+            delete.click()
+            assert delete.text == "Really delete?" and client.get(f"/index/{ids[1]}").status_code == 200
+            delete.click()
+            _wait_status(page, f"Deleted {ids[1]}.")
+            assert client.get(f"/index/{ids[1]}").status_code == 404 and result_ids(page) == [ids[0]]
+            WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == str(count - 1))
+            # marks on listed cards are a query of their own: the liked images alone
+            page.find_element("id", "label-filter").clear()
+            page.find_element("id", "browse").click()
+            _wait_status(page, f"8 of {count - 1} items")
+            listed = result_ids(page)
+            _mark(page, listed[0], "like")
+            _mark(page, listed[1], "like")
+            page.find_element("id", "feedback-search").click()
+            wait_for_search(page, previous=listed)
+            assert page.find_element("id", "search-error").text == ""
+            assert result_ids(page) == _api_ids(page_server, "/search", {listed[0]: "like", listed[1]: "like"})
+            assert "marked More like this" in page.find_element("id", "query").text
+        finally:
+            client.delete(f"/index/{ids[0]}", headers=key)
+            client.delete(f"/index/{ids[1]}", headers=key)
+
+
 def _majority(labels: list[str]) -> tuple[str, int]:
     """The label most cards have, a tie going to the nearest (POST /classify's rule), and its count."""
     counts = {label: labels.count(label) for label in labels}
@@ -674,6 +751,8 @@ def test_a_read_only_replica_serves_the_page_without_the_add_form(page, page_ser
         upload(page, query)
         wait_for_search(page)
         assert page.find_element("id", "search-error").text == "" and result_ids(page)[0] == query_id
+        assert page.find_elements("css selector", "#results .edit-open") == []   # no Edit on a replica's cards
+        assert page.find_elements("css selector", "#results .marks button.like")   # marks still
     finally:
         stop_server(replica)
 
