@@ -127,3 +127,24 @@ async def test_wrong_marks_are_422s_that_name_them_and_the_service_keeps_serving
         r = await c.post(f"/search?like={a}", content=b"\xff\xd8not really", headers={"Content-Type": ""})
         assert r.status_code == 415, r.text
         await still_serving(c)
+
+
+async def test_marks_are_ids_of_the_gallery_searched(trained, photos):
+    gallery, queries = photos
+    async with running(trained()) as c:
+        await _index(c, gallery[:20])
+        pets = gallery[20:23]
+        r = await c.post("/index?gallery=pets", files=[upload(d, n, "image/jpeg") for n, _, d in pets],
+                         data={"id": [n for n, _, _ in pets]})
+        assert r.status_code == 201, r.text
+        got = await c.post(f"/search?gallery=pets&k=5&like={pets[0][0]}")
+        assert [h["id"] for h in got.json()["results"]] == await _by_vector_in(c, "pets", pets[0][0], 5)
+        # an id of the default gallery is not one of pets'
+        assert_error(await c.post(f"/search?gallery=pets&like={gallery[0][0]}"), 422, "invalid_parameter",
+                     repr(gallery[0][0]), "'pets'")
+
+
+async def _by_vector_in(c, gallery: str, item: str, k: int) -> list[str]:
+    vector = (await c.get(f"/index/{item}?vector=true&gallery={gallery}")).json()["vector"]
+    r = await c.post(f"/search?k={k + 1}&gallery={gallery}", json={"vector": vector})
+    return [h["id"] for h in r.json()["results"] if h["id"] != item][:k]
