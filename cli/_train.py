@@ -112,6 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "each with its neighbours, into this PNG: duplicates filed under two classes and wrong "
                         "labels come first")
     p.add_argument("--mistakes-rows", type=int, default=12, help="rows of the mistakes sheet (default 12)")
+    p.add_argument("--map", default=None, metavar="PNG",
+                   help="also draw a map of the test images, placed by t-SNE of their embeddings and framed in "
+                        "their class's colour, into this PNG, with how far it can be trusted")
+    p.add_argument("--map-points", type=int, default=2000, help="test images on the map (default 2000, a seeded "
+                                                                "sample; t-SNE takes about 10 s a thousand on a CPU)")
     p.add_argument("--out", default=None, help="also write a copy of the artifact that uses this --tta and records "
                                                "these scores (same weights)")
     p.add_argument("--name", default=None, help="with --out: the copy's artifact name (default the same)")
@@ -297,10 +302,15 @@ def _evaluate(args) -> int:
         raise CliError(f"--mistakes-sheet writes a PNG: give a name ending in .png, got {args.mistakes_sheet!r}")
     if not 1 <= args.mistakes_rows <= 1000:
         raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
+    if args.map is not None and not args.map.lower().endswith(".png"):
+        raise CliError(f"--map writes a PNG: give a name ending in .png, got {args.map!r}")
+    if not 10 <= args.map_points <= 20000:
+        raise CliError(f"--map-points must be 10..20000, got {args.map_points}")
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
                                          tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
                                          sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows,
+                                         map_path=args.map, map_points=args.map_points,
                                          log=lambda line: print(line, file=sys.stderr))
     except (model.ArtifactError, training.DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -311,6 +321,11 @@ def _evaluate(args) -> int:
     print(training.format_metrics(res))
     if args.mistakes_sheet:
         print(f"wrote {args.mistakes_sheet}: {res['mistakes_sheet']['rows']} queries with their neighbours")
+    if args.map:
+        m = res["map"]
+        print(f"wrote {args.map}: {m['points']:,} test images; trustworthiness {m['trustworthiness']:.3f}; nearest "
+              f"neighbour of the same class {m['same_class_nearest_on_map']:.3f} on the map, "
+              f"{m['same_class_nearest_in_embedding']:.3f} in the embedding")
     if args.out:
         print(f"wrote {args.out} (tta {res['tta']})")
     return 0

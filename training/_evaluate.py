@@ -282,7 +282,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,
                       centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
-                      sheet_rows: int = 12, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      sheet_rows: int = 12, map_path: str | os.PathLike | None = None, map_points: int = 2000,
+                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -300,6 +301,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     `confident_mistakes` in the result: the `mistakes` test queries whose nearest neighbour is of another
     class, the most similar pair first, with their files for an ImageFolder (training/_mistakes.py).
     `sheet`: also draw the first `sheet_rows` of them with their neighbours into this PNG.
+    `map_path`: also draw a map of `map_points` of the test images, placed by t-SNE of their embeddings, into
+    this PNG (training/_map.py); `map` in the result says how far it can be trusted.
     `log` receives a line naming the dataset's images that could not be decoded, when there are any.
     """
     import model
@@ -349,6 +352,12 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         mistakes_sheet(sheet, test.images, test.labels, emb, found[:sheet_rows], class_names=list(ds.class_names),
                        names=test.names, title=title)
         res["mistakes_sheet"] = {"path": str(sheet), "rows": min(sheet_rows, len(found))}
+    if map_path is not None:
+        from ._map import embedding_map
+
+        res["map"] = embedding_map(map_path, test.images, test.labels, emb, class_names=list(ds.class_names),
+                                   points=map_points, seed=seed,
+                                   title=f"{art.model_id} on {ds.name}: test images placed by t-SNE of their embeddings")
     res["dataset"] = ds.describe()
     res["model_id"] = art.model_id
     res["tta"] = tta
@@ -360,7 +369,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
         # the mistakes name this dataset's images: the copy keeps the scores only
         scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id", "confident_mistakes",
-                                                                  "mistakes_sheet")}
+                                                                  "mistakes_sheet", "map")}
         update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
         if out_name and out_name != meta.name:
             update.update(name=out_name, training={**meta.training, "trained_as": meta.training.get("trained_as",

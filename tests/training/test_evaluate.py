@@ -233,3 +233,46 @@ def test_evaluate_prints_the_confident_mistakes_and_refuses_a_sheet_that_is_not_
                            "--mistakes-rows must be 1..1000, got 0")]:
         assert cli.main(["evaluate", artifact, str(root), *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_map_places_each_test_image_near_its_class_and_says_how_far_it_can_be_trusted(shared_data, tmp_path):
+    import numpy as np
+
+    import model
+    from training import evaluate_artifact
+    from training._map import PALETTE, embedding_map
+
+    path = tmp_path / "map.png"
+    res = evaluate_artifact(model.default_artifact_path("mnist"), shared_data / "mnist", device="cpu", max_test=500,
+                            map_path=path, map_points=300)
+    m = res["map"]
+    assert m["path"] == str(path) and m["points"] == 300
+    # the bundled MNIST model separates the digits: on the map too, nearly every image's nearest is of its class
+    assert m["same_class_nearest_in_embedding"] > 0.95 and m["same_class_nearest_on_map"] > 0.9
+    assert m["trustworthiness"] > 0.9
+    im = Image.open(path).convert("RGB")
+    assert im.size == (1400 + 240, 1400 + 28)
+    colours = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in PALETTE[:10]}
+    seen = {px for _, px in im.getcolors(1 << 20)}
+    assert colours <= seen, "every digit's frame colour is drawn"
+    # the checks measure something: the same images placed by random vectors find their class by chance only
+    rng = np.random.default_rng(0)
+    labels = torch.arange(300) % 10
+    images = torch.zeros(300, 1, 28, 28, dtype=torch.uint8)
+    noise = embedding_map(tmp_path / "noise.png", images, labels, torch.from_numpy(rng.standard_normal((300, 64))),
+                          points=300)
+    assert noise["same_class_nearest_on_map"] < 0.3 and noise["same_class_nearest_in_embedding"] < 0.3
+
+
+def test_evaluate_draws_the_map_and_refuses_a_map_that_is_not_a_png(shared_data, tmp_path, capsys):
+    import cli
+    import model
+
+    artifact, data = str(model.default_artifact_path("mnist")), str(shared_data / "mnist")
+    assert cli.main(["evaluate", artifact, data, "--device", "cpu", "--max-test", "200", "--map",
+                     str(tmp_path / "m.png"), "--map-points", "100"]) == 0
+    assert f"wrote {tmp_path / 'm.png'}: 100 test images; trustworthiness " in capsys.readouterr().out
+    for args, message in [(["--map", str(tmp_path / "m.jpg")], "--map writes a PNG: give a name ending in .png"),
+                          (["--map", str(tmp_path / "m.png"), "--map-points", "5"], "--map-points must be 10..20000, got 5")]:
+        assert cli.main(["evaluate", artifact, data, *args]) == 2
+        assert message in capsys.readouterr().err
