@@ -564,8 +564,8 @@ async def search(request: Request,
     like, unlike = _check_examples(like, unlike, rerank)
     region = _check_crop(crop)
     if like or unlike:
-        hits = await _search_refined(service, g, params, await _request_query(request, service, region), like,
-                                     unlike)
+        hits = (await _search_refined(service, g, params, [await _request_query(request, service, region)], like,
+                                      unlike))[0]
     else:
         hits = await _search_one(request, service, params, region)
     return _search_answer(service, hits, k, t0, rerank, vote)
@@ -600,11 +600,12 @@ async def _request_query(request: Request, service: Service, crop: Crop | None) 
     return vectors[0]
 
 
-async def _search_refined(service: Service, g: Gallery, params: SearchParams, query: np.ndarray | None,
-                          like: list[str], unlike: list[str], start: str | None = None) -> list:
-    """The hits of `query` (or of the item `start`, or of nothing) moved towards the items `like` and away
-    from the items `unlike` (index.refine_query); no marked item, nor `start`, is among them. 422 naming a
-    marked id the gallery does not hold, 404 for a missing `start`."""
+async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],
+                          like: list[str], unlike: list[str], start: str | None = None) -> list[list]:
+    """The hits of each query vector (None: no query, the marks alone; or the item `start` as the one
+    query) moved towards the items `like` and away from the items `unlike` (index.refine_query); no marked
+    item, nor `start`, is among them. 422 naming a marked id the gallery does not hold, 404 for a missing
+    `start`."""
     from index import refine_query   # see _vote_dict
 
     ids = ([start] if start is not None else []) + like + unlike
@@ -613,21 +614,22 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
         first, items = items[0], items[1:]
         if first is None:
             raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
-        query = first.vector
+        queries = [first.vector]
     missing = [i for i, item in zip(like + unlike, items) if item is None]
     if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ApiError(422, "invalid_parameter", f"like/unlike: no item with id(s) {missing[:5]} in gallery "
-                                                 f"{g.name!r}" + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
-    vectors = np.stack([item.vector for item in items]) if items else np.zeros((0, service.embedder.dim), np.float32)
+                                                 f"{g.name!r}{more}")
+    vectors = np.stack([item.vector for item in items])   # the route asked for at least one mark
     try:
-        refined = refine_query(query, vectors[:len(like)], vectors[len(like):])
+        refined = np.stack([refine_query(q, vectors[:len(like)], vectors[len(like):]) for q in queries])
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from None
     marked = set(ids)
     # k + the marked items, so that k are left when they are dropped
-    found = await anyio.to_thread.run_sync(service.search, refined[None],
+    found = await anyio.to_thread.run_sync(service.search, refined,
                                            dataclasses.replace(params, k=params.k + len(marked)))
-    return [h for h in found[0] if h.id not in marked][:params.k]
+    return [[h for h in hits if h.id not in marked][:params.k] for hits in found]
 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],
@@ -666,6 +668,8 @@ async def batch_search(request: Request,
                        rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                        crop: str | None = _crop_param(),
+                       like: list[str] = _examples_param("more like this item, for every query"),
+                       unlike: list[str] = _examples_param("less like this item, for every query"),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
@@ -673,13 +677,17 @@ async def batch_search(request: Request,
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name)
     region = _check_crop(crop)   # the same region of every image
+    like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         _no_crop_for_vectors(region)
         vectors = _query_vectors(await _read_body(request), service.embedder.dim,
                                  service.settings.max_files_per_request, service.model_id)
         names: list[str | None] = [None] * len(vectors)
-        hits = await anyio.to_thread.run_sync(service.search, vectors, params)
+        if like or unlike:
+            hits = await _search_refined(service, g, params, list(vectors), like, unlike)
+        else:
+            hits = await anyio.to_thread.run_sync(service.search, vectors, params)
     else:
         if _is_raw_image(media_type):
             files, names = [("the body", await _read_body(request))], [None]
@@ -691,8 +699,13 @@ async def batch_search(request: Request,
             finally:
                 await form.close()
         # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
-        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0], len(files),
-                                                       params)
+        if like or unlike:
+            vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0],
+                                                              len(files))
+            hits = await _search_refined(service, g, params, list(vectors), like, unlike)
+        else:
+            _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0],
+                                                           len(files), params)
     return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found],
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
@@ -729,7 +742,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
     like, unlike = _check_examples(like, unlike, None)
     if like or unlike:
         params = _search_params(service, k, label, max_distance, None, where, g.name)
-        hits = await _search_refined(service, g, params, None, like, unlike, start=id)
+        hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
         return _search_answer(service, hits, k, t0, None, vote)
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None

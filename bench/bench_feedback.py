@@ -3,9 +3,9 @@
 A person searches, looks at the first page of k results, marks some, and asks again. Here the person is
 simulated from CIFAR-10 (JPEG) labels: a result of the query's class is liked, any other unliked. The
 gallery is the first `--gallery-per-class` training images of each class, the queries the first
-`--queries-per-class` test images (`--data` for another dataset; or, with `--queries-from train`, the training images after the
-gallery's, to choose the weights on), embedded as the service embeds uploads (`Embedder.preprocess` on the
-opened JPEG) and searched in a FAISS IndexFlatIP. The second page is searched with the refined query,
+`--queries-per-class` test images (`--data` for another dataset; or, with `--queries-from train`, the
+training images after the gallery's, to choose the weights on), embedded as the service embeds uploads
+(`Embedder.preprocess` on the opened JPEG) and searched in a FAISS IndexFlatIP. The second page is searched with the refined query,
 the marked items left out (as the service does); its precision@k is set beside the first search's next
 page (ranks k+1 to 2k), which is what asking for more without marking gives. Three ways of marking:
 every result on the page; one click each way (the first result of the class liked, the first of another
@@ -136,7 +136,8 @@ def main() -> None:
               f"{baseline['next_page_unmarked']}); the marks alone, no query {row['marks_alone_no_query']}")
     write_result("feedback" + args.tag, {
         "command": command_line(), "machine": machine(), "seconds": round(time.time() - started, 1),
-        "artifact": embedder.model_id, "data": args.data or "cifar10-jpeg.tar", "gallery": len(G), "queries": len(Q), "queries_from": args.queries_from, "k": k,
+        "artifact": embedder.model_id, "data": args.data or "cifar10-jpeg.tar", "gallery": len(G), "queries": len(Q),
+        "queries_from": args.queries_from, "k": k,
         "service_weights": {"like": index.LIKE_WEIGHT, "unlike": index.UNLIKE_WEIGHT},
         "precision_at_k": baseline, "second_page_precision_at_k": rows})
 

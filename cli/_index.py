@@ -174,6 +174,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--label", help="only neighbours with this label")
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
+    q.add_argument("--like", action="append", default=[], metavar="ID",
+                   help="more like this gallery item (repeat for more): every query moves towards the liked items "
+                        "and away from the unliked ones, and no marked item is printed (the service's like=)")
+    q.add_argument("--unlike", action="append", default=[], metavar="ID", help="less like this gallery item")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -189,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "it for a wanted precision)",
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
-    v.set_defaults(func=_search, classify=True, label=None, rerank=None)
+    v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[])
 
 
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
@@ -769,6 +773,12 @@ def _search(args) -> int:
         raise CliError(f"-k must be at least 1, got {args.k}")
     where = _where_arg(args.where)  # before the model loads
     crop = _crop_arg(args.crop)
+    like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))
+    if set(like) & set(unlike):
+        raise CliError(f"--like and --unlike both name {sorted(set(like) & set(unlike))[:5]}; mark each item one way")
+    if (like or unlike) and args.rerank is not None:
+        raise CliError("--rerank re-orders by the PDDM score of one image's embedding; a query refined by "
+                       "--like/--unlike is a mix of several")
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
@@ -790,6 +800,7 @@ def _search(args) -> int:
     store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0
     try:
+        refine = _marks(store, like, unlike, args.gallery)
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
@@ -804,8 +815,11 @@ def _search(args) -> int:
             if not chunk:
                 continue
             vecs = embedder.embed_arrays(np.stack(arrays))
-            found = store.search(vecs, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
-                                 where=where)
+            if refine is not None:
+                found = refine(vecs, k=args.k, label=args.label, max_distance=args.max_distance, where=where)
+            else:
+                found = store.search(vecs, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
+                                     where=where)
             for (name, label), vec, hits in zip(chunk, vecs, found):
                 if pddm is not None:
                     hits = _rerank(store, pddm, vec, hits, args.k)
@@ -820,6 +834,30 @@ def _search(args) -> int:
         for tf in tars:
             tf.close()
     return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
+
+
+def _marks(store, like: list[str], unlike: list[str], gallery: str):
+    """None without --like/--unlike; else search(vecs, k, **filters): each query refined by the marked items'
+    stored vectors as the service's like=/unlike= refine it (index.refine_query), the marked items left out.
+    CliError naming a marked id the gallery does not hold."""
+    import numpy as np
+
+    import index
+
+    if not like and not unlike:
+        return None
+    items = store.get_many(like + unlike)
+    missing = [i for i, item in zip(like + unlike, items) if item is None]
+    if missing:
+        raise CliError(f"--like/--unlike: no item with id(s) {missing[:5]} in gallery {gallery!r}")
+    marks = np.stack([item.vector for item in items])
+    marked = set(like + unlike)
+
+    def search(vecs, k: int, **filters) -> list[list]:
+        refined = np.stack([index.refine_query(v, marks[:len(like)], marks[len(like):]) for v in vecs])
+        found = store.search(refined, k=k + len(marked), **filters)
+        return [[h for h in hits if h.id not in marked][:k] for hits in found]
+    return search
 
 
 class _Answers:

@@ -31,7 +31,8 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS", "PRESET_NAMES",
+    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
+    "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",

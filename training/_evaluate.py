@@ -357,7 +357,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
 
         res["map"] = embedding_map(map_path, test.images, test.labels, emb, class_names=list(ds.class_names),
                                    points=map_points, seed=seed,
-                                   title=f"{art.model_id} on {ds.name}: test images placed by t-SNE of their embeddings")
+                                   title=f"{art.model_id} on {ds.name}: test images placed by t-SNE of their "
+                                         "embeddings")
     res["dataset"] = ds.describe()
     res["model_id"] = art.model_id
     res["tta"] = tta

@@ -41,8 +41,9 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
              random_state=seed).fit_transform(x)
     y = (y - y.min(0)) / np.maximum(y.max(0) - y.min(0), 1e-12)   # 0..1 both ways
     lab = labels[pick].numpy()
+    near = min(_NEIGHBOURS, (len(pick) - 1) // 2)
     checks = {"points": int(len(pick)),
-              "trustworthiness": round(float(trustworthiness(x, y, n_neighbors=min(_NEIGHBOURS, (len(pick) - 1) // 2))), 4),
+              "trustworthiness": round(float(trustworthiness(x, y, n_neighbors=near)), 4),
               "same_class_nearest_on_map": _same_class_nearest(y, lab),
               "same_class_nearest_in_embedding": _same_class_nearest(x, lab, cosine=True)}
 

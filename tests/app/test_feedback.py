@@ -64,7 +64,8 @@ async def test_marking_a_page_of_results_finds_more_of_the_liked_kind_than_the_n
             got = [h["id"] for h in r.json()["results"]]
             assert len(got) == 10 and not set(got) & set(page), (page, got)
             if name == queries[0][0]:   # the query is refine_query's, exactly: the same ids as that vector finds
-                query = np.array((await c.post("/embed", files=[upload(data, name, "image/jpeg")])).json()["vectors"][0])
+                embedded = await c.post("/embed", files=[upload(data, name, "image/jpeg")])
+                query = np.array(embedded.json()["vectors"][0])
                 vector = index.refine_query(query, await _vectors(c, like), await _vectors(c, unlike))
                 assert got == await _by_vector(c, vector, 10, set(page))
                 assert r.json()["vote"]["label"] is not None
@@ -148,3 +149,22 @@ async def _by_vector_in(c, gallery: str, item: str, k: int) -> list[str]:
     vector = (await c.get(f"/index/{item}?vector=true&gallery={gallery}")).json()["vector"]
     r = await c.post(f"/search?k={k + 1}&gallery={gallery}", json={"vector": vector})
     return [h["id"] for h in r.json()["results"] if h["id"] != item][:k]
+
+
+async def test_a_batch_applies_the_same_marks_to_every_query_as_search_does_to_one(trained, photos):
+    gallery, queries = photos
+    async with running(trained()) as c:
+        await _index(c, gallery)
+        marks = f"like={gallery[0][0]}&like={gallery[1][0]}&unlike={gallery[40][0]}"
+        files = [upload(d, n, "image/jpeg") for n, _, d in queries[:4]]
+        batch = await c.post(f"/batch/search?k=5&{marks}", files=files)
+        assert batch.status_code == 200, batch.text
+        vectors = (await c.post("/embed", files=files)).json()["vectors"]
+        by_vector = await c.post(f"/batch/search?k=5&{marks}", json={"vectors": vectors})
+        for i, (name, _, data) in enumerate(queries[:4]):
+            one = (await c.post(f"/search?k=5&{marks}", files=[upload(data, name, "image/jpeg")])).json()["results"]
+            assert [h["id"] for h in batch.json()["queries"][i]["results"]] == [h["id"] for h in one]
+            assert [h["id"] for h in by_vector.json()["queries"][i]["results"]] == [h["id"] for h in one]
+        plain = await c.post("/batch/search?k=5", files=files)
+        assert [q["results"] for q in plain.json()["queries"]] != [q["results"] for q in batch.json()["queries"]]
+        assert_error(await c.post("/batch/search?like=nope", files=files), 422, "invalid_parameter", "'nope'")

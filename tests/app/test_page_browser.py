@@ -313,7 +313,8 @@ def test_clicking_a_result_searches_from_that_gallery_image(page, gallery, tmp_p
 
 
 def _mark(driver, item_id: str, mark: str) -> None:
-    driver.find_element("css selector", f'#results li:has(button.result[data-id="{item_id}"]) .marks button.{mark}').click()
+    card = f'#results li:has(button.result[data-id="{item_id}"])'
+    driver.find_element("css selector", f"{card} .marks button.{mark}").click()
 
 
 def _marked(driver) -> dict[str, str]:

@@ -66,6 +66,25 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
             assert [h["score"] for h in got["results"]] == pytest.approx([h["score"] for h in want["results"]], abs=1e-4)
         # a region of an indexed image: near it, but not the exact self-match (score 1) the whole image gives
         assert all(r["results"][0]["score"] < 1 - 1e-5 for r in runs["local"] + runs["remote"])
+        # marks (--like/--unlike) are sent as the service's like=/unlike=, and answered as the local search does
+        marks = ["--like", "ship/0002.jpg", "--like", "ship/0003.jpg", "--unlike", "ship/0001.jpg"]
+        refined = {where: ["search", str(photos / "ship"), "-k", "3", *marks, *args] for where, args in
+                   (("local", ["--data", str(tmp_path / "data"), "--model", str(hybrid1_artifact)]),
+                    ("remote", ["--url", live.url]))}
+        runs = runs_with_and_without_json(capsys, **refined)
+        assert [[h["id"] for h in r["results"]] for r in runs["remote"]] == \
+            [[h["id"] for h in r["results"]] for r in runs["local"]]
+        assert len(runs["local"]) == 4 and all(len(r["results"]) == 3 for r in runs["local"])
+        assert not {h["id"] for r in runs["local"] for h in r["results"]} & {"ship/0001.jpg", "ship/0002.jpg",
+                                                                              "ship/0003.jpg"}
+        data = ["--data", str(tmp_path / "data"), "--model", str(hybrid1_artifact)]
+        for args, message in [(["--like", "no/such.jpg"], "no item with id(s) ['no/such.jpg'] in gallery 'default'"),
+                              (["--like", "ship/0002.jpg", "--unlike", "ship/0002.jpg"], "both name ['ship/0002.jpg']"),
+                              (["--like", "ship/0002.jpg", "--rerank", "5"], "--rerank re-orders")]:
+            assert main(["search", str(photos / "ship" / "0000.jpg"), *args, *data]) == 2
+            assert message in capsys.readouterr().err
+        assert main(["search", str(photos / "ship" / "0000.jpg"), "--like", "no/such.jpg", "--url", live.url]) != 0
+        assert "no item with id(s) ['no/such.jpg']" in capsys.readouterr().err
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:
