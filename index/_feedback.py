@@ -4,7 +4,7 @@ After a first page of results a person marks some as what they want (`like`) and
 (`unlike`). Moving the query towards the mean of the liked vectors and away from the mean of the
 unliked ones finds more of the wanted items on the next page than the next page of the first search
 does (bench/bench_feedback.py; docs/index.md "More like these"). The weights are the ones that bench
-chose on CIFAR-10 (JPEG) for both bundled models.
+chose for the two bundled CIFAR-10 models, on training images held out of the gallery.
 """
 from __future__ import annotations
 

@@ -456,6 +456,10 @@ def test_browsing_the_gallery_lists_it_page_by_page_and_its_cards_edit_and_delet
             assert page.find_element("id", "search-error").text == ""
             assert result_ids(page) == _api_ids(page_server, "/search", {listed[0]: "like", listed[1]: "like"})
             assert "marked More like this" in page.find_element("id", "query").text
+            # with no query but the marks, clearing them goes back to the listing
+            page.find_element("id", "feedback-clear").click()
+            _wait_status(page, f"8 of {count - 1} items")
+            assert result_ids(page) == listed
         finally:
             client.delete(f"/index/{ids[0]}", headers=key)
             client.delete(f"/index/{ids[1]}", headers=key)
