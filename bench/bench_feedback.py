@@ -9,7 +9,7 @@ training images after the gallery's, to choose the weights on), embedded as the 
 the marked items left out (as the service does); its precision@k is set beside the first search's next
 page (ranks k+1 to 2k), which is what asking for more without marking gives. Three ways of marking:
 every result on the page; one click each way (the first result of the class liked, the first of another
-class unliked); likes only. And the weights: the service's (index.LIKE_WEIGHT, UNLIKE_WEIGHT) and a grid
+class unliked); likes only; and `--rounds` of it, the marks adding up. And the weights: the service's (index.LIKE_WEIGHT, UNLIKE_WEIGHT) and a grid
 around them, and the marks alone with no query (with the service's weights, 2 mean(liked) - mean(unliked):
 the "average vector" rule of Qdrant's recommendation API).
 
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--queries-from", choices=("test", "train"), default="test",
                     help="train: training images after the gallery's (to choose the weights on, not on the test split)")
     ap.add_argument("-k", type=int, default=10, help="results on a page")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of marking a page and searching again, the marks "
+                                                          "adding up as on the search page (3)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
     args = ap.parse_args()
     started, k = time.time(), args.k
@@ -125,6 +127,32 @@ def main() -> None:
             hits[qi] = (g_labels[first[qi, k:]] == q_labels[qi]).mean()
         return round(float(hits.mean()), 4)
 
+    def rounds_of(marking: str) -> list[float]:
+        """precision@k of the page each round shows: the person marks the page shown, the marks add up (as on
+        the search page) and the refined search, marked items left out, shows the next page."""
+        liked, unliked = [set() for _ in Q], [set() for _ in Q]
+        shown, out = list(page), []
+        for _ in range(args.rounds):
+            vectors = []
+            for qi in range(len(Q)):
+                like, unlike = _marks(shown[qi], g_labels[shown[qi]] == q_labels[qi], marking)
+                liked[qi] |= set(like.tolist())
+                unliked[qi] |= set(unlike.tolist())
+                vectors.append(index.refine_query(Q[qi], G[sorted(liked[qi])], G[sorted(unliked[qi])]))
+            widest = max(len(a) + len(b) for a, b in zip(liked, unliked))
+            _, found = flat.search(np.stack(vectors), k + widest)
+            shown = [np.array([f for f in row if f not in liked[qi] and f not in unliked[qi]][:k])
+                     for qi, row in enumerate(found)]
+            out.append(round(float(np.mean([(g_labels[s_] == q_labels[qi]).mean() for qi, s_ in enumerate(shown)])), 4))
+        return out
+
+    _, deeper = flat.search(Q, (args.rounds + 1) * k)
+    rounds = {"unmarked_next_pages": [round(float((g_labels[deeper[:, r * k:(r + 1) * k]] == q_labels[:, None]).mean()), 4)
+                                      for r in range(1, args.rounds + 1)],
+              **{marking: rounds_of(marking) for marking in MARKINGS}}
+    for name, figures in rounds.items():
+        print(f"rounds, {name}: {figures}")
+
     rows = []
     for marking in MARKINGS:
         row = {"marking": marking, "service_weights": second_page(marking),
@@ -139,7 +167,7 @@ def main() -> None:
         "artifact": embedder.model_id, "data": args.data or "cifar10-jpeg.tar", "gallery": len(G), "queries": len(Q),
         "queries_from": args.queries_from, "k": k,
         "service_weights": {"like": index.LIKE_WEIGHT, "unlike": index.UNLIKE_WEIGHT},
-        "precision_at_k": baseline, "second_page_precision_at_k": rows})
+        "precision_at_k": baseline, "second_page_precision_at_k": rows, "rounds": rounds})
 
 
 if __name__ == "__main__":
