@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._mistakes import picture
+
 # 20 colours told apart on white (Kelly's, less the whites and greys): class i gets PALETTE[i % 20]
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000075",
            "#808000", "#800000", "#469990", "#bfef45", "#ffe119", "#dcbeff", "#aaffc3", "#fabed4", "#ffd8b1",
@@ -56,7 +58,7 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
     for i in np.random.default_rng(seed + 1).permutation(len(pick)):   # no class drawn on top of all the others
         px, py = int(2 + y[i, 0] * span), int(_HEAD + 2 + y[i, 1] * span)
         draw.rectangle([px - 2, py - 2, px + side + 1, py + side + 1], fill=PALETTE[int(lab[i]) % len(PALETTE)])
-        canvas.paste(_picture(images[pick[i]], side), (px, py))
+        canvas.paste(picture(images[pick[i]], side), (px, py))
     x0, line = _SIDE + 12, 20
     classes, counts = np.unique(lab, return_counts=True)
     draw.text((x0, _HEAD), "classes (images on the map)", fill="black", font=font)
@@ -75,19 +77,15 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
     return {"path": str(out), **checks}
 
 
-def _picture(pixels: torch.Tensor, side: int):
-    from PIL import Image
-
-    arr = pixels.numpy()
-    im = Image.fromarray(arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)))
-    return im.convert("RGB").resize((side, side), Image.Resampling.NEAREST if max(im.size) <= side // 2
-                                    else Image.Resampling.BILINEAR)
-
-
 def _same_class_nearest(points: np.ndarray, labels: np.ndarray, cosine: bool = False) -> float:
-    """The share of points whose nearest other point (Euclidean; cosine for unit vectors) has their label."""
-    p = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
-    d = -(p @ p.T) if cosine else torch.cdist(p, p)
-    d.fill_diagonal_(float("inf"))
-    nearest = d.argmin(1).numpy()
+    """The share of points whose nearest other point (Euclidean; inner product for unit vectors) has their
+    label, from a FAISS exact search (no N x N matrix)."""
+    import faiss
+
+    p = np.ascontiguousarray(points, dtype=np.float32)
+    index = faiss.IndexFlatIP(p.shape[1]) if cosine else faiss.IndexFlatL2(p.shape[1])
+    index.add(p)
+    _, found = index.search(p, 2)
+    # the point itself is normally first; where a duplicate tied with it, take whichever is not itself
+    nearest = np.where(found[:, 0] == np.arange(len(p)), found[:, 1], found[:, 0])
     return round(float((labels[nearest] == labels).mean()), 4)

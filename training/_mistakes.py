@@ -72,12 +72,6 @@ def mistakes_sheet(path: str | os.PathLike, images: torch.Tensor, labels: torch.
     def cls(i: int) -> str:
         return _class_name(labels, i, class_names)
 
-    def tile(i: int) -> Image.Image:
-        pixels = images[i].numpy()
-        im = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
-        small = max(im.size) <= _TILE // 2
-        return im.convert("RGB").resize((_TILE, _TILE), Image.Resampling.NEAREST if small else Image.Resampling.BILINEAR)
-
     for r, q in enumerate(rows):
         y = head + _PAD + r * (cell_h + _PAD)
         others = [int(j) for j in found[r].tolist() if int(j) != q][:k]
@@ -85,7 +79,7 @@ def mistakes_sheet(path: str | os.PathLike, images: torch.Tensor, labels: torch.
             x = _PAD + c * (cell_w + _PAD)
             frame = QUERY if c == 0 else RIGHT if int(labels[i]) == int(labels[q]) else WRONG
             draw.rectangle([x, y, x + cell_w - 1, y + cell_w - 1], fill=frame)
-            sheet.paste(tile(i), (x + _BORDER, y + _BORDER))
+            sheet.paste(picture(images[i], _TILE), (x + _BORDER, y + _BORDER))
             cos = "query" if c == 0 else f"cos {float(emb[q] @ emb[i]):.3f}"
             lines = [_fit(draw, cls(i), font, cell_w), cos,
                      _fit(draw, names[i], font, cell_w, keep_end=True) if names is not None else f"test image {i}"]
@@ -95,6 +89,17 @@ def mistakes_sheet(path: str | os.PathLike, images: torch.Tensor, labels: torch.
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, "PNG")
     return path
+
+
+def picture(pixels: torch.Tensor, side: int):
+    """One image of a split (uint8 C x H x W) as an RGB PIL image `side` pixels square: small images enlarged
+    with their pixels kept sharp."""
+    from PIL import Image
+
+    arr = pixels.numpy()
+    im = Image.fromarray(arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)))
+    small = max(im.size) <= side // 2
+    return im.convert("RGB").resize((side, side), Image.Resampling.NEAREST if small else Image.Resampling.BILINEAR)
 
 
 def _class_name(labels: torch.Tensor, i: int, class_names: list[str] | None) -> str:

@@ -274,6 +274,6 @@ def test_evaluate_draws_the_map_and_refuses_a_map_that_is_not_a_png(shared_data,
     assert f"wrote {tmp_path / 'm.png'}: 100 test images; trustworthiness " in capsys.readouterr().out
     for args, message in [(["--map", str(tmp_path / "m.jpg")], "--map writes a PNG: give a name ending in .png"),
                           (["--map", str(tmp_path / "m.png"), "--map-points", "5"],
-                           "--map-points must be 10..20000, got 5")]:
+                           "--map-points must be 10..5000, got 5")]:
         assert cli.main(["evaluate", artifact, data, *args]) == 2
         assert message in capsys.readouterr().err
