@@ -25,8 +25,8 @@ from model import Crop, draft_size, make_thumbnail, parse_crop
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image
-from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, EmbedResponse, ErrorResponse,
-                       GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
+from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, DuplicatesResponse, EmbedResponse,
+                       ErrorResponse, GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
                        SearchResponse, SkippedItem)
 from ._service import DEFAULT_GALLERY, GALLERY_NAME, Gallery, Service
 from ._settings import Settings
@@ -849,6 +849,35 @@ async def info(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), li
                         read_only=service.settings.read_only, position=position, gallery=g.name)
     return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}),
                         headers={POSITION_HEADER: position})
+
+
+@router.get("/duplicates", response_model=DuplicatesResponse, tags=["gallery"],
+            summary="pairs of gallery items that look alike (copies, near-copies, one picture under two labels), "
+                    "the most alike first",
+            responses={k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503)})
+async def duplicates(request: Request,
+                     min_score: float = Query(0.98, gt=0, le=1, allow_inf_nan=False,
+                                              description="cosine at which two items count as alike: 0.98 catches "
+                                                          "copies (re-encoded, resized), lower values look-alikes"),
+                     k: int = Query(5, ge=1, le=100, description="nearest items looked at for each item"),
+                     conflicts: bool = Query(False, description="only pairs whose labels differ"),
+                     limit: int = Query(100, ge=1, le=10_000, description="most pairs in the answer"),
+                     gallery: str = _gallery(), after: str | None = _after()):
+    import index as index_pkg  # see add()
+
+    service, g = await _reading(request, after, gallery)
+    cap = service.settings.max_duplicates_items
+    count = await anyio.to_thread.run_sync(g.store.count)
+    if cap and count > cap:
+        raise ApiError(422, "gallery_too_large", f"gallery {g.name!r} holds {count} items; this service looks for "
+                                                 f"look-alikes in galleries of at most {cap} "
+                                                 "(SIMSEARCH_MAX_DUPLICATES_ITEMS): run `simsearch index duplicates` "
+                                                 "beside it, which reads the same gallery")
+    items, pairs = await anyio.to_thread.run_sync(lambda: index_pkg.find_duplicates(g.store, min_score, k))
+    shown = [p for p in pairs if p["labels_differ"]] if conflicts else pairs
+    return JSONResponse({"items": items, "min_score": min_score, "k": k, "pairs_found": len(pairs),
+                         "labels_differ": sum(p["labels_differ"] for p in pairs), "pairs": shown[:limit],
+                         "truncated": len(shown) > limit, "gallery": g.name})
 
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",

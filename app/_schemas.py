@@ -117,6 +117,27 @@ class GalleriesResponse(BaseModel):
     max_galleries: int = Field(description="how many may be open at once (SIMSEARCH_MAX_GALLERIES)")
 
 
+class DuplicatePair(BaseModel):
+    score: float = Field(description="cosine of the two items' vectors")
+    a: str = Field(description="one id (the pair's ids in order)")
+    b: str
+    label_a: str | None = None
+    label_b: str | None = None
+    labels_differ: bool = Field(description="the same picture, or near it, under two labels")
+
+
+class DuplicatesResponse(BaseModel):
+    items: int = Field(description="items searched")
+    min_score: float
+    k: int
+    pairs_found: int = Field(description="pairs at min_score or more, before `conflicts` and `limit`")
+    labels_differ: int = Field(description="of them, pairs whose labels differ")
+    pairs: list[DuplicatePair] = Field(description="the most alike first; only those whose labels differ with "
+                                                   "conflicts=true; at most `limit`")
+    truncated: bool = Field(description="more pairs than `limit` matched")
+    gallery: str
+
+
 class GalleryDeleted(BaseModel):
     name: str
     deleted: int = Field(description="items the gallery held")

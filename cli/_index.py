@@ -611,8 +611,6 @@ def _check(args) -> int:
 def _duplicates(args) -> int:
     import json
 
-    import numpy as np
-
     if not 0 < args.min_score <= 1:
         raise CliError(f"--min-score is a cosine in (0, 1], got {args.min_score}")
     if not 1 <= args.k <= 1000:
@@ -621,30 +619,16 @@ def _duplicates(args) -> int:
         raise CliError(f"--limit must be 0 (all) or more, got {args.limit}")
     from tqdm import tqdm
 
+    import index
+
     store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
-    pairs: dict[tuple[str, str], dict] = {}   # each pair once, its ids in order
-    items = 0
     try:
         bar = tqdm(total=store.count(), unit="item", desc="searching", leave=False)   # on stderr
-        while True:
-            page = store.list(items, 1024)
-            if not page:
-                break
-            items += len(page)
-            bar.update(len(page))
-            found = store.search(np.stack([it.vector for it in page]), k=args.k + 1)   # + 1: the item itself
-            for item, hits in zip(page, found):
-                for h in hits:
-                    if h.id == item.id or h.score < args.min_score:
-                        continue
-                    (a, la), (b, lb) = sorted([(item.id, item.label), (h.id, h.label)], key=lambda p: p[0])
-                    pairs.setdefault((a, b), {"score": min(1.0, h.score), "a": a, "b": b, "label_a": la,
-                                              "label_b": lb, "labels_differ": la != lb})
+        items, rows = index.find_duplicates(store, args.min_score, args.k, progress=lambda n: bar.update(n - bar.n))
         bar.close()
     finally:
         store.close()
-    rows = sorted(pairs.values(), key=lambda p: (-p["score"], p["a"], p["b"]))
-    conflicts = sum(p["labels_differ"] for p in rows)
+    total, conflicts = len(rows), sum(p["labels_differ"] for p in rows)
     if args.conflicts:
         rows = [p for p in rows if p["labels_differ"]]
     if args.json:
@@ -654,7 +638,7 @@ def _duplicates(args) -> int:
         print(f"{p['score']:.4f}  {p['a']} ({p['label_a'] or '-'})  {p['b']} ({p['label_b'] or '-'})"
               + ("  labels differ" if p["labels_differ"] else ""))
     shown = "" if not args.limit or len(rows) <= args.limit else f" (the first {args.limit} printed; --limit 0 for all)"
-    print(f"{len(pairs)} pairs at cosine {args.min_score:g} or more among {items} items, {conflicts} of them with "
+    print(f"{total} pairs at cosine {args.min_score:g} or more among {items} items, {conflicts} of them with "
           f"different labels{shown}")
     return 0
 

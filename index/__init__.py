@@ -10,6 +10,7 @@
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
+    find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
@@ -17,6 +18,7 @@
 from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
+from ._duplicates import find_duplicates
 from ._faiss import PRESETS
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
@@ -35,6 +37,6 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
-    "drop_milvus_gallery", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",
+    "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",
     "refine_query", "remove_gallery", "UNLIKE_WEIGHT", "vote",
 ]

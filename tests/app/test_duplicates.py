@@ -108,3 +108,64 @@ def test_requests_racing_with_the_same_new_photo_store_it_once(server):
     assert len(skipped) == 3 and {s["duplicate_of"] for s in skipped} == set(stored)
     listing = httpx.get(f"{server.url}/index?gallery=race", headers={"X-API-Key": SERVER_KEY}).json()
     assert [it["id"] for it in listing["items"]] == stored
+
+
+# ---- GET /duplicates: the look-alike pairs a gallery holds ---------------------------------------
+
+async def test_get_duplicates_finds_the_copies_marks_a_label_conflict_and_agrees_with_the_cli(make_settings, cifar,
+                                                                                               capsys):
+    import json
+
+    from cli import main
+
+    planes, cars = cifar["airplane"], cifar["automobile"]
+    settings = make_settings(model_path=BUNDLED)
+    async with running(settings) as c:
+        files = [jpeg_file(d) for d in planes[:4] + cars[:4]]
+        ids = [f"plane{i}" for i in range(4)] + [f"car{i}" for i in range(4)]
+        labels = ["airplane"] * 4 + ["automobile"] * 4
+        assert (await c.post("/index", files=files, data={"id": ids, "label": labels})).status_code == 201
+        # a copy of plane0 under its own label, and one of car1 filed as an airplane
+        r = await c.post("/index", files=[jpeg_file(copy_of(planes[0])), jpeg_file(copy_of(cars[1]))],
+                         data={"id": ["plane0-copy", "car1-copy"], "label": ["airplane", "airplane"]})
+        assert r.status_code == 201
+        found = await c.get("/duplicates")
+        assert found.status_code == 200, found.text
+        body = found.json()
+        assert body["items"] == 10 and body["gallery"] == "default" and body["min_score"] == 0.98
+        pairs = {(p["a"], p["b"]): p for p in body["pairs"]}
+        assert set(pairs) == {("plane0", "plane0-copy"), ("car1", "car1-copy")}, body
+        assert pairs[("car1", "car1-copy")]["labels_differ"] is True
+        assert pairs[("car1", "car1-copy")]["label_a"] == "automobile"
+        assert pairs[("plane0", "plane0-copy")]["labels_differ"] is False
+        assert body["pairs_found"] == 2 and body["labels_differ"] == 1 and body["truncated"] is False
+        assert [p["score"] for p in body["pairs"]] == sorted((p["score"] for p in body["pairs"]), reverse=True)
+        only = (await c.get("/duplicates?conflicts=true")).json()
+        assert [(p["a"], p["b"]) for p in only["pairs"]] == [("car1", "car1-copy")] and only["pairs_found"] == 2
+        one = (await c.get("/duplicates?limit=1")).json()
+        assert len(one["pairs"]) == 1 and one["truncated"] is True
+        # a lower bar finds look-alikes too, more pairs than copies
+        assert (await c.get("/duplicates?min_score=0.5&k=3")).json()["pairs_found"] > 2
+        # the same pairs as `simsearch index duplicates`, reading the gallery beside the service
+        assert main(["index", "duplicates", "--data", str(settings.data_dir), "--json"]) == 0
+        cli_pairs = json.loads(capsys.readouterr().out)["pairs"]
+        assert [(p["a"], p["b"], p["labels_differ"]) for p in cli_pairs] == \
+            [(p["a"], p["b"], p["labels_differ"]) for p in body["pairs"]]
+
+
+async def test_get_duplicates_of_a_gallery_over_the_limit_is_a_422_that_names_the_setting(make_settings, cifar):
+    async with running(make_settings(model_path=BUNDLED, max_duplicates_items=3)) as c:
+        files = [jpeg_file(d) for d in cifar["airplane"][:4]]
+        assert (await c.post("/index", files=files, data={"id": ["a", "b", "c", "d"]})).status_code == 201
+        r = await c.get("/duplicates")
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["code"] == "gallery_too_large" and "4 items" in err["message"] and \
+            "SIMSEARCH_MAX_DUPLICATES_ITEMS" in err["message"] and "simsearch index duplicates" in err["message"]
+        for bad in ("min_score=0", "min_score=1.5", "k=0", "limit=0"):
+            assert (await c.get(f"/duplicates?{bad}")).status_code == 422
+        # a named gallery under the limit is served
+        assert (await c.post("/index?gallery=pets", files=files[:2], data={"id": ["p", "q"]})).status_code == 201
+        small = await c.get("/duplicates?gallery=pets")
+        assert small.status_code == 200 and small.json()["items"] == 2 and small.json()["gallery"] == "pets"
+        assert (await c.get("/healthz")).status_code == 200

@@ -465,6 +465,55 @@ def test_browsing_the_gallery_lists_it_page_by_page_and_its_cards_edit_and_delet
             client.delete(f"/index/{ids[1]}", headers=key)
 
 
+def test_find_copies_shows_each_pair_of_look_alikes_and_a_copy_is_deleted_from_its_card(page, page_server, gallery):
+    import io
+
+    from PIL import Image
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key = {"X-API-Key": API_KEY}
+    originals = list(gallery.items())[:2]   # (id, (name, label, jpeg))
+    copies = {}
+    for n, (item_id, (_, label, data)) in enumerate(originals):
+        out = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=75)   # saved again, as a messenger would
+        copies[f"copies/{n}.jpg"] = (out.getvalue(), label if n == 0 else "not-" + label)
+    with httpx.Client(base_url=page_server.url, timeout=120) as client:
+        r = client.post("/index", files=[("file", (i, d, "image/jpeg")) for i, (d, _) in copies.items()],
+                        data={"id": list(copies), "label": [lb for _, lb in copies.values()]}, headers=key)
+        assert r.status_code == 201, r.text
+        try:
+            _open_add_panel(page)
+            page.find_element("id", "api-key").send_keys(API_KEY)
+            want = client.get("/duplicates", params={"min_score": 0.98, "limit": 200}).json()
+            assert want["pairs_found"] >= 2
+            page.find_element("id", "find-copies").click()
+            _wait_status(page, f"{want['pairs_found']} pairs among {want['items']} images, "
+                               f"{want['labels_differ']} with different labels")
+            heads = [h.text for h in page.find_elements("css selector", "#results li.pair .pair-head")]
+            assert len(heads) == want["pairs_found"]
+            for i, (head, pair) in enumerate(zip(heads, want["pairs"])):
+                assert head.startswith(f"Pair {i + 1}: cosine {pair['score']:.3f}")
+                assert ("labels differ" in head) == pair["labels_differ"]
+            assert result_ids(page) == [i for p in want["pairs"] for i in (p["a"], p["b"])]
+            differ = [p for p in want["pairs"] if "copies/1.jpg" in (p["a"], p["b"])]
+            assert differ and differ[0]["labels_differ"]
+            # the copy filed under another label, deleted from its card
+            card = '#results li:has(> button.result[data-id="copies/1.jpg"])'
+            page.find_element("css selector", f"{card} .edit-open").click()
+            delete = page.find_element("css selector", f"{card} .edit button.danger")
+            delete.click()
+            delete.click()
+            _wait_status(page, "Deleted copies/1.jpg.")
+            assert client.get("/index/copies/1.jpg").status_code == 404
+            WebDriverWait(page, WAIT).until(lambda d: "copies/1.jpg" not in result_ids(d))
+            screenshot(page, "page-copies.png")
+        finally:
+            for i in copies:
+                client.delete(f"/index/{i}", headers=key)
+
+
 def _majority(labels: list[str]) -> tuple[str, int]:
     """The label most cards have, a tie going to the nearest (POST /classify's rule), and its count."""
     counts = {label: labels.count(label) for label in labels}
