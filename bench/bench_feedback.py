@@ -5,12 +5,12 @@ simulated from CIFAR-10 (JPEG) labels: a result of the query's class is liked, a
 gallery is the first `--gallery-per-class` training images of each class, the queries the first
 `--queries-per-class` test images (`--data` for another dataset; or, with `--queries-from train`, the
 training images after the gallery's, to choose the weights on), embedded as the service embeds uploads
-(`Embedder.preprocess` on the opened JPEG) and searched in a FAISS IndexFlatIP. The second page is searched with the refined query,
-the marked items left out (as the service does); its precision@k is set beside the first search's next
-page (ranks k+1 to 2k), which is what asking for more without marking gives. Three ways of marking:
-every result on the page; one click each way (the first result of the class liked, the first of another
-class unliked); likes only; and `--rounds` of it, the marks adding up. And the weights: the service's (index.LIKE_WEIGHT, UNLIKE_WEIGHT) and a grid
-around them, and the marks alone with no query (with the service's weights, 2 mean(liked) - mean(unliked):
+(`Embedder.preprocess` on the opened JPEG) and searched in a FAISS IndexFlatIP. The second page is
+searched with the refined query, the marked items left out (as the service does); its precision@k is set
+beside the first search's next page (ranks k+1 to 2k), which is what asking for more without marking
+gives. Three ways of marking: every result on the page; one click each way (the first result of the class
+liked, the first of another class unliked); likes only; and `--rounds` of it, the marks adding up. And the
+weights: the service's (index.LIKE_WEIGHT, UNLIKE_WEIGHT) and a grid around them, and the marks alone with no query (with the service's weights, 2 mean(liked) - mean(unliked):
 the "average vector" rule of Qdrant's recommendation API).
 
     .venv/bin/python bench/bench_feedback.py [--artifact model/weights/hybrid1-cifar10.safetensors] [--tag _s42]
@@ -147,8 +147,8 @@ def main() -> None:
         return out
 
     _, deeper = flat.search(Q, (args.rounds + 1) * k)
-    rounds = {"unmarked_next_pages": [round(float((g_labels[deeper[:, r * k:(r + 1) * k]] == q_labels[:, None]).mean()), 4)
-                                      for r in range(1, args.rounds + 1)],
+    next_pages = [g_labels[deeper[:, r * k:(r + 1) * k]] == q_labels[:, None] for r in range(1, args.rounds + 1)]
+    rounds = {"unmarked_next_pages": [round(float(hits.mean()), 4) for hits in next_pages],
               **{marking: rounds_of(marking) for marking in MARKINGS}}
     for name, figures in rounds.items():
         print(f"rounds, {name}: {figures}")

@@ -37,6 +37,7 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
-    "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names", "remove_deleted_galleries",
+    "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
+    "remove_deleted_galleries",
     "refine_query", "remove_gallery", "UNLIKE_WEIGHT", "vote",
 ]
