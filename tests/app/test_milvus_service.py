@@ -5,6 +5,8 @@ Milvus is down both keep serving /healthz, answer 503 and recover once it is bac
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import signal
 import threading
@@ -17,6 +19,8 @@ import pytest
 pytest.importorskip("pymilvus")
 
 import index  # noqa: E402
+
+from cli import main as cli_main  # noqa: E402
 
 from ..index.test_milvus import _milvus_server  # noqa: E402
 from .conftest import free_port, start_server, stop_server  # noqa: E402
@@ -49,7 +53,8 @@ def two_services(hybrid1_artifact, tmp_path):
 
 
 def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services):
-    (a, b), _ = two_services
+    (a, b), (_, _, port) = two_services
+    milvus_uri = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=60) as c:
         r = c.post(a.url + "/index", files=[upload(png(i)) for i in range(4)],
                    data={"id": [f"p{i}" for i in range(4)], "label": ["x", "x", "y", "y"],
@@ -72,6 +77,15 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
         want = index.refine_query(query, vector("p1"), vector("p0"))
         plain = c.post(a.url + "/search?k=4", json={"vector": want.tolist()}).json()["results"]
         assert [h["id"] for h in refined.json()["results"]] == [h["id"] for h in plain if h["id"] not in ("p0", "p1")]
+        # the look-alike pairs over HTTP read Milvus too, the same pairs `simsearch index duplicates` finds there
+        dup = c.get(b.url + "/duplicates", params={"min_score": 0.1, "k": 3})
+        assert dup.status_code == 200, dup.text
+        assert dup.json()["items"] == 4 and dup.json()["pairs_found"] > 0
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert cli_main(["index", "duplicates", "--milvus-uri", milvus_uri, "--min-score", "0.1", "-k", "3",
+                             "--json"]) == 0
+        assert [(p["a"], p["b"]) for p in json.loads(out.getvalue())["pairs"]] == \
+            [(p["a"], p["b"]) for p in dup.json()["pairs"]]
         # either one writes: b edits and deletes, a sees it
         assert c.patch(b.url + "/index/p0", json={"label": "z"}, headers=KEY).status_code == 200
         assert c.delete(b.url + "/index/p3", headers=KEY).status_code == 204
