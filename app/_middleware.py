@@ -108,6 +108,12 @@ def is_write(method: str, path: str) -> bool:
     return method in _WRITE_METHODS and (path == "/index" or path.startswith(("/index/", "/galleries/")))
 
 
+def is_gallery_scan(path: str) -> bool:
+    """GET /duplicates searches a whole gallery with each of its items: an operator's tool that costs seconds
+    of CPU, so it takes the key as writes do."""
+    return path.rstrip("/") == "/duplicates"
+
+
 def route_resolver(app) -> Callable[[Scope], str]:
     """A function giving the route template of a request (bounded label values for metrics)."""
 
@@ -345,7 +351,8 @@ class AuthMiddleware:
         headers = Headers(scope=scope)
         key = presented_key(headers)
         key_ok = key is not None and bool(self.keys) and self.keys.accepts(key)
-        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], scope["path"]))
+        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], scope["path"])
+                                         or is_gallery_scan(scope["path"]))
         if needs_key and key is None:
             self.metrics.rejected.labels("missing_key").inc()
             return await send_error(send, 401, "missing_api_key",

@@ -153,10 +153,16 @@ async def test_get_duplicates_finds_the_copies_marks_a_label_conflict_and_agrees
             [(p["a"], p["b"], p["labels_differ"]) for p in body["pairs"]]
 
 
-async def test_get_duplicates_of_a_gallery_over_the_limit_is_a_422_that_names_the_setting(make_settings, cifar):
-    async with running(make_settings(model_path=BUNDLED, max_duplicates_items=3)) as c:
+async def test_get_duplicates_needs_the_key_and_over_the_limit_is_a_422_that_names_the_setting(make_settings,
+                                                                                                 cifar):
+    async with running(make_settings(model_path=BUNDLED, max_duplicates_items=3, api_key="scan-key")) as c:
+        c.headers["X-API-Key"] = "scan-key"
         files = [jpeg_file(d) for d in cifar["airplane"][:4]]
         assert (await c.post("/index", files=files, data={"id": ["a", "b", "c", "d"]})).status_code == 201
+        # a scan of the whole gallery takes the key, as a write does, though searches do not
+        assert (await c.get("/duplicates", headers={"X-API-Key": ""})).status_code == 401
+        assert (await c.get("/duplicates", headers={"X-API-Key": "wrong"})).status_code == 403
+        assert (await c.post("/search?k=1", files=files[:1], headers={"X-API-Key": ""})).status_code == 200
         r = await c.get("/duplicates")
         assert r.status_code == 422, r.text
         err = r.json()["error"]

@@ -78,7 +78,7 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
         plain = c.post(a.url + "/search?k=4", json={"vector": want.tolist()}).json()["results"]
         assert [h["id"] for h in refined.json()["results"]] == [h["id"] for h in plain if h["id"] not in ("p0", "p1")]
         # the look-alike pairs over HTTP read Milvus too, the same pairs `simsearch index duplicates` finds there
-        dup = c.get(b.url + "/duplicates", params={"min_score": 0.1, "k": 3})
+        dup = c.get(b.url + "/duplicates", params={"min_score": 0.1, "k": 3}, headers=KEY)
         assert dup.status_code == 200, dup.text
         assert dup.json()["items"] == 4 and dup.json()["pairs_found"] > 0
         with contextlib.redirect_stdout(io.StringIO()) as out:
