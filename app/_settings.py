@@ -71,11 +71,12 @@ class Settings(BaseSettings):
                                                        "limits, and the lock that has `skip_duplicates` store a "
                                                        "new picture once among them; default: each on its own")
     max_concurrency: int = Field(64, ge=0, description="requests in flight before answering 503; 0 = off")
-    max_duplicates_items: int = Field(100_000, ge=0, description="GET /duplicates searches the whole gallery with "
-                                                                  "each of its items (19 s for 60,000 on 2 cores, "
-                                                                  "growing with the square): refused for a larger "
-                                                                  "gallery, which `simsearch index duplicates` "
-                                                                  "serves beside the service; 0 = no limit")
+    max_duplicates_items: int = Field(50_000, ge=0, description="GET /duplicates searches the whole gallery with "
+                                                                 "each of its items (19 s for 60,000 on 2 cores, "
+                                                                 "growing with the square; the compose gateway "
+                                                                 "waits 60 s): refused for a larger gallery, which "
+                                                                 "`simsearch index duplicates` serves beside the "
+                                                                 "service; 0 = no limit")
     max_galleries: int = Field(100, ge=1, description="most galleries open at once (the default one and named "
                                                        "ones, each its own index in memory)")
     batch_max_size: int = Field(32, ge=1, description="most images embedded together")
