@@ -606,30 +606,28 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
     query) moved towards the items `like` and away from the items `unlike` (index.refine_query); no marked
     item, nor `start`, is among them. 422 naming a marked id the gallery does not hold, 404 for a missing
     `start`."""
-    from index import refine_query   # see _vote_dict
+    from index import search_refined   # see _vote_dict
 
-    ids = ([start] if start is not None else []) + like + unlike
-    items = await anyio.to_thread.run_sync(g.store.get_many, ids)
-    if start is not None:
-        first, items = items[0], items[1:]
-        if first is None:
-            raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
-        queries = [first.vector]
-    missing = [i for i, item in zip(like + unlike, items) if item is None]
-    if missing:
+    def run():
+        queries_of = queries
+        if start is not None:
+            item = g.store.get(start)
+            if item is None:
+                raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
+            queries_of = [item.vector]
+        return search_refined(g.store, queries_of, like, unlike, params.k,
+                              search=lambda v, n: service.search(v, dataclasses.replace(params, k=n)),
+                              exclude=[start] if start is not None else ())
+
+    try:
+        return await anyio.to_thread.run_sync(run)
+    except KeyError as exc:
+        missing = exc.args[0]
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ApiError(422, "invalid_parameter", f"like/unlike: no item with id(s) {missing[:5]} in gallery "
-                                                 f"{g.name!r}{more}")
-    vectors = np.stack([item.vector for item in items])   # the route asked for at least one mark
-    try:
-        refined = np.stack([refine_query(q, vectors[:len(like)], vectors[len(like):]) for q in queries])
+                                                 f"{g.name!r}{more}") from None
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from None
-    marked = set(ids)
-    # k + the marked items, so that k are left when they are dropped
-    found = await anyio.to_thread.run_sync(service.search, refined,
-                                           dataclasses.replace(params, k=params.k + len(marked)))
-    return [[h for h in hits if h.id not in marked][:params.k] for hits in found]
 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],

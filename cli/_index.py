@@ -821,26 +821,22 @@ def _search(args) -> int:
 
 
 def _marks(store, like: list[str], unlike: list[str], gallery: str):
-    """None without --like/--unlike; else search(vecs, k, **filters): each query refined by the marked items'
-    stored vectors as the service's like=/unlike= refine it (index.refine_query), the marked items left out.
-    CliError naming a marked id the gallery does not hold."""
-    import numpy as np
-
+    """None without --like/--unlike; else search(vecs, k, **filters): each query refined by the marked items
+    and searched as the service's like=/unlike= do it (index.search_refined). CliError naming a marked id the
+    gallery does not hold."""
     import index
 
     if not like and not unlike:
         return None
-    items = store.get_many(like + unlike)
-    missing = [i for i, item in zip(like + unlike, items) if item is None]
-    if missing:
-        raise CliError(f"--like/--unlike: no item with id(s) {missing[:5]} in gallery {gallery!r}")
-    marks = np.stack([item.vector for item in items])
-    marked = set(like + unlike)
 
     def search(vecs, k: int, **filters) -> list[list]:
-        refined = np.stack([index.refine_query(v, marks[:len(like)], marks[len(like):]) for v in vecs])
-        found = store.search(refined, k=k + len(marked), **filters)
-        return [[h for h in hits if h.id not in marked][:k] for hits in found]
+        try:
+            return index.search_refined(store, list(vecs), like, unlike, k,
+                                        search=lambda v, n: store.search(v, k=n, **filters))
+        except KeyError as exc:
+            raise CliError(f"--like/--unlike: no item with id(s) {exc.args[0][:5]} in gallery {gallery!r}") from None
+        except ValueError as exc:   # a query the marks cancel out
+            raise CliError(f"--like/--unlike: {exc}") from None
     return search
 
 

@@ -10,6 +10,7 @@
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
+    search_refined(store, [q], like=["a"], unlike=["b"], k=10)   # searched so, the marked items left out
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
@@ -20,7 +21,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, Store
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._duplicates import find_duplicates
 from ._faiss import PRESETS
-from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query
+from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query, search_refined
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
 from ._reader import Check, Row, StoreReader
@@ -39,5 +40,5 @@ __all__ = [
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
-    "refine_query", "remove_gallery", "UNLIKE_WEIGHT", "vote",
+    "refine_query", "remove_gallery", "search_refined", "UNLIKE_WEIGHT", "vote",
 ]

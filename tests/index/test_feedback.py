@@ -7,6 +7,8 @@ import pytest
 
 from index import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query
 
+from .conftest import DIM
+
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
@@ -41,3 +43,22 @@ def test_nothing_to_search_with_is_a_value_error_that_says_why():
         refine_query(None, none, a)
     with pytest.raises(ValueError, match="cancel out"):   # a query that is exactly what the marks take away
         refine_query(-(LIKE_WEIGHT - UNLIKE_WEIGHT) * a[0], a, a)
+
+
+def test_search_refined_searches_the_refined_query_leaves_the_marks_out_and_names_unknown_marks(open_store):
+    from index import Item, search_refined
+
+    rng = np.random.default_rng(3)
+    store = open_store()
+    vectors = _unit(rng, 30, DIM)
+    store.upsert([Item(f"i{n}", v) for n, v in enumerate(vectors)])
+    q = _unit(rng, 1, DIM)[0]
+    like, unlike = ["i1", "i2"], ["i3"]
+    got = search_refined(store, [q, None], like, unlike, 5, exclude=["i4"])
+    want = refine_query(q, vectors[1:3], vectors[3:4])
+    ranked = [f"i{n}" for n in np.argsort(-(vectors @ want))]
+    assert [h.id for h in got[0]] == [i for i in ranked if i not in {"i1", "i2", "i3", "i4"}][:5]
+    assert len(got[1]) == 5 and not {h.id for h in got[1]} & {"i1", "i2", "i3", "i4"}
+    with pytest.raises(KeyError) as missing:
+        search_refined(store, [q], ["i1", "nope"], ["gone"], 5)
+    assert missing.value.args[0] == ["nope", "gone"]
