@@ -25,6 +25,8 @@ class SearchParams:
     rerank: int | None = None   # re-order this many nearest candidates with the PDDM head, keep k
     where: str | None = None    # metadata filter: a JSON object, keys sorted (hashable, one batch group)
     gallery: str = "default"   # which gallery to search
+    group_by: str | None = None   # "label" or "metadata.KEY": k groups, each with its group_size nearest items
+    group_size: int = 1
 
 
 @dataclass

@@ -2,7 +2,6 @@
 event loop; the body is parsed here (not by FastAPI params) so the multipart limits apply."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -410,6 +409,23 @@ def _examples_param(doc: str):
                  "/search with no body at all, the marks alone are the query")
 
 
+MAX_GROUPED_RESULTS = 1000   # k groups x group_size items in one answer
+
+
+def _group_by_param():
+    return Query(None, max_length=MAX_LABEL_CHARS + 9,
+                 description="return the k nearest groups instead of the k nearest items: `label` (items of one "
+                             "label), or `metadata.KEY` (items with one value for that metadata key, e.g. "
+                             "metadata.product); each group with its group_size nearest items, groups ranked by "
+                             "their nearest item; items without a value are skipped. The answer's `groups` lists "
+                             "them, and `results` holds their items group after group")
+
+
+def _group_size_param():
+    return Query(1, ge=1, le=100, description="with group_by: items each group returns (k x group_size at most "
+                                              f"{MAX_GROUPED_RESULTS})")
+
+
 def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
     """The like and unlike ids, each once, checked; 422 naming what is wrong."""
     like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
@@ -466,7 +482,8 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
 
 
 def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
-                   rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY) -> SearchParams:
+                   rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY,
+                   group_by: str | None = None, group_size: int = 1) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
     if rerank is not None:
         if service.pddm is None:
@@ -475,7 +492,23 @@ def _search_params(service: Service, k: int, label: str | None, max_distance: fl
         if rerank < k:
             raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
                                                      "of nearest candidates the PDDM re-orders")
-    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery)
+    if group_by is not None:
+        from index import check_group_by   # see _vote_dict
+        try:
+            check_group_by(group_by)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_parameter", str(exc)) from None
+        if rerank is not None:
+            raise ApiError(422, "invalid_parameter", "rerank and group_by do not go together: rerank re-orders a "
+                                                     "fixed number of nearest items, group_by reads as many as the "
+                                                     "groups need")
+        if k * group_size > MAX_GROUPED_RESULTS:
+            raise ApiError(422, "invalid_parameter", f"k={k} groups of group_size={group_size} is {k * group_size} "
+                                                     f"items; at most {MAX_GROUPED_RESULTS} in one answer")
+    elif group_size != 1:
+        raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or metadata.KEY)")
+    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery, group_by,
+                        group_size)
 
 
 def _finite(x: float) -> float:
@@ -500,11 +533,23 @@ def _vote_dict(hits) -> dict[str, Any]:
     return {"label": decided.label, "confidence": decided.confidence, "votes": decided.votes}
 
 
-def _search_answer(service: Service, hits, k: int, t0: float, rerank: int | None, vote: bool) -> JSONResponse:
+def _results(hits, group_by: str | None) -> dict[str, Any]:
+    """`results` of an answer, and with group_by its `groups` (the same hit objects, grouped)."""
+    results = [_hit_dict(h) for h in hits]
+    if not group_by:
+        return {"results": results}
+    from index import group_hits   # see _vote_dict
+
+    as_dict = {id(h): d for h, d in zip(hits, results)}
+    return {"results": results, "groups": [{"value": value, "results": [as_dict[id(h)] for h in members]}
+                                           for value, members in group_hits(hits, group_by)]}
+
+
+def _search_answer(service: Service, hits, params: SearchParams, t0: float, vote: bool) -> JSONResponse:
     """A SearchResponse, built by hand and sent as is: validating the response model again costs
     event-loop time on the hottest route (docs/results/benchmarks.md, P5); the model still documents it."""
-    answer = {"results": [_hit_dict(h) for h in hits], "k": k, "took_ms": (time.perf_counter() - t0) * 1000,
-              "model": service.model_id, "reranked": rerank is not None, "candidates": rerank}
+    answer = {**_results(hits, params.group_by), "k": params.k, "took_ms": (time.perf_counter() - t0) * 1000,
+              "model": service.model_id, "reranked": params.rerank is not None, "candidates": params.rerank}
     if vote:
         answer["vote"] = _vote_dict(hits)
     return JSONResponse(answer)
@@ -557,10 +602,11 @@ async def search(request: Request,
                  crop: str | None = _crop_param(),
                  like: list[str] = _examples_param("more like this item"),
                  unlike: list[str] = _examples_param("less like this item"),
+                 group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size)
     like, unlike = _check_examples(like, unlike, rerank)
     region = _check_crop(crop)
     if like or unlike:
@@ -568,7 +614,7 @@ async def search(request: Request,
                                       unlike))[0]
     else:
         hits = await _search_one(request, service, params, region)
-    return _search_answer(service, hits, k, t0, rerank, vote)
+    return _search_answer(service, hits, params, t0, vote)
 
 
 async def _search_one(request: Request, service: Service, params: SearchParams, crop: Crop | None = None) -> list:
@@ -606,7 +652,7 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
     query) moved towards the items `like` and away from the items `unlike` (index.refine_query); no marked
     item, nor `start`, is among them. 422 naming a marked id the gallery does not hold, 404 for a missing
     `start`."""
-    from index import search_refined   # see _vote_dict
+    from index import refine_queries   # see _vote_dict
 
     def run():
         queries_of = queries
@@ -615,9 +661,9 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
             if item is None:
                 raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
             queries_of = [item.vector]
-        return search_refined(g.store, queries_of, like, unlike, params.k,
-                              search=lambda v, n: service.search(v, dataclasses.replace(params, k=n)),
-                              exclude=[start] if start is not None else ())
+        refined = refine_queries(g.store, queries_of, like, unlike)
+        # the service's search, so that filters, groups and the gallery checks apply as to any search
+        return service.search(refined, params, exclude=like + unlike + ([start] if start is not None else []))
 
     try:
         return await anyio.to_thread.run_sync(run)
@@ -668,12 +714,13 @@ async def batch_search(request: Request,
                        crop: str | None = _crop_param(),
                        like: list[str] = _examples_param("more like this item, for every query"),
                        unlike: list[str] = _examples_param("less like this item, for every query"),
+                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size)
     region = _check_crop(crop)   # the same region of every image
     like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
@@ -704,7 +751,7 @@ async def batch_search(request: Request,
         else:
             _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0],
                                                            len(files), params)
-    return JSONResponse({"queries": [{"name": n, "results": [_hit_dict(h) for h in found],
+    return JSONResponse({"queries": [{"name": n, **_results(found, group_by),
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
                          "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
@@ -734,20 +781,20 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                        like: list[str] = _examples_param("more like this item"),
                        unlike: list[str] = _examples_param("less like this item"),
+                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     like, unlike = _check_examples(like, unlike, None)
-    if like or unlike:
-        params = _search_params(service, k, label, max_distance, None, where, g.name)
+    params = _search_params(service, k, label, max_distance, None, where, g.name, group_by, group_size)
+    if like or unlike or group_by:   # the item's vector, refined or not, through the service's search
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
-        return _search_answer(service, hits, k, t0, None, vote)
-    label, where = _check_label(label), _check_where(where)
-    where_filter = json.loads(where) if where else None
+        return _search_answer(service, hits, params, t0, vote)
+    where_filter = json.loads(params.where) if params.where else None
 
     def run():
         t = time.perf_counter()
-        hits = g.store.search_by_id(id, k=k, label=label, max_distance=max_distance, where=where_filter)
+        hits = g.store.search_by_id(id, k=k, label=params.label, max_distance=max_distance, where=where_filter)
         service.metrics.search_seconds.observe(time.perf_counter() - t)
         return hits
 
@@ -755,7 +802,7 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
         hits = await anyio.to_thread.run_sync(run)
     except KeyError:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
-    return _search_answer(service, hits, k, t0, None, vote)
+    return _search_answer(service, hits, params, t0, vote)
 
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],

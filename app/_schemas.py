@@ -33,9 +33,16 @@ class Vote(BaseModel):
     votes: dict[str, int] = Field(description="votes by label, most first")
 
 
+class Group(BaseModel):
+    value: Any = Field(description="the label, or the metadata key's value, the group's items share")
+    results: list[Hit] = Field(description="its nearest items (at most group_size), nearest first")
+
+
 class SearchResponse(_Answer):
-    results: list[Hit] = Field(description="nearest first")
+    results: list[Hit] = Field(description="nearest first; with `group_by`, group after group (the nearest group "
+                                           "first), each group's items nearest first")
     vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
+    groups: list[Group] | None = Field(None, description="with `group_by` only: the groups, the nearest first")
 
 
 class ClassifyResponse(_Answer):
@@ -48,8 +55,9 @@ class ClassifyResponse(_Answer):
 
 class QueryResults(BaseModel):
     name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` part")
-    results: list[Hit] = Field(description="nearest first")
+    results: list[Hit] = Field(description="nearest first (with `group_by`: group after group)")
     vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
+    groups: list[Group] | None = Field(None, description="with `group_by` only: the groups, the nearest first")
 
 
 class BatchSearchResponse(_Answer):

@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import anyio
 import anyio.to_thread
@@ -424,20 +424,25 @@ class Service:
                        f"{g.store.position()}: it was not answered by a write to this gallery (another "
                        "gallery's, or one since replaced?)")
 
-    def search(self, queries: np.ndarray, params: SearchParams) -> list:
+    def search(self, queries: np.ndarray, params: SearchParams, exclude: Collection[str] = ()) -> list:
         """The hits of each query vector (unit rows) under params, in params.gallery: the store's search,
-        then the PDDM re-ranking when asked for. Blocking: run it in a worker thread."""
+        then the PDDM re-ranking when asked for, or its groups (index.search_grouped) with params.group_by;
+        no item in `exclude` among them. Blocking: run it in a worker thread."""
+        from index import search_hits   # imported when used: the app answers /healthz before FAISS loads
+
         g = self.galleries.get(params.gallery)
         if g is None:   # dropped since the request began
             raise ApiError(503, "index_unavailable", f"gallery {params.gallery!r} was closed while this request was "
                            "under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
-        store = g.store
-        found = store.search(queries, k=params.rerank or params.k, label=params.label,
-                             max_distance=params.max_distance,
-                             where=json.loads(params.where) if params.where else None)
+        store, where = g.store, json.loads(params.where) if params.where else None
+
+        def nearest(vectors: np.ndarray, n: int) -> list:
+            return store.search(vectors, k=n, label=params.label, max_distance=params.max_distance, where=where)
+
         if not params.rerank:
-            return found
-        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, found)]
+            return search_hits(nearest, queries, params.k, exclude, params.group_by, params.group_size)
+        # (the routes refuse rerank with like/unlike and with group_by: nothing to leave out or group here)
+        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, nearest(queries, params.rerank))]
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int) -> list:
         """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""

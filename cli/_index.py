@@ -178,6 +178,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="more like this gallery item (repeat for more): every query moves towards the liked items "
                         "and away from the unliked ones, and no marked item is printed (the service's like=)")
     q.add_argument("--unlike", action="append", default=[], metavar="ID", help="less like this gallery item")
+    q.add_argument("--group-by", metavar="FIELD",
+                   help="print the k nearest groups instead of the k nearest items: `label`, or `metadata.KEY` "
+                        "(e.g. metadata.product); groups rank by their nearest item, items without a value are "
+                        "skipped (the service's group_by)")
+    q.add_argument("--group-size", type=int, default=1, metavar="N", help="with --group-by: items printed a group (1)")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -193,7 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "it for a wanted precision)",
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
-    v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[])
+    v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[], group_by=None,
+                   group_size=1)
 
 
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
@@ -763,6 +769,7 @@ def _search(args) -> int:
     if (like or unlike) and args.rerank is not None:
         raise CliError("--rerank re-orders by the PDDM score of one image's embedding; a query refined by "
                        "--like/--unlike is a mix of several")
+    _check_groups(args)
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
@@ -784,7 +791,7 @@ def _search(args) -> int:
     store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0
     try:
-        refine = _marks(store, like, unlike, args.gallery)
+        search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size)
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
@@ -799,11 +806,7 @@ def _search(args) -> int:
             if not chunk:
                 continue
             vecs = embedder.embed_arrays(np.stack(arrays))
-            if refine is not None:
-                found = refine(vecs, k=args.k, label=args.label, max_distance=args.max_distance, where=where)
-            else:
-                found = store.search(vecs, k=args.rerank or args.k, label=args.label, max_distance=args.max_distance,
-                                     where=where)
+            found = search(vecs, args.rerank or args.k, label=args.label, max_distance=args.max_distance, where=where)
             for (name, label), vec, hits in zip(chunk, vecs, found):
                 if pddm is not None:
                     hits = _rerank(store, pddm, vec, hits, args.k)
@@ -820,23 +823,46 @@ def _search(args) -> int:
     return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
 
 
-def _marks(store, like: list[str], unlike: list[str], gallery: str):
-    """None without --like/--unlike; else search(vecs, k, **filters): each query refined by the marked items
-    and searched as the service's like=/unlike= do it (index.search_refined). CliError naming a marked id the
-    gallery does not hold."""
+def _check_groups(args) -> None:
+    """--group-by and --group-size checked as the service checks group_by and group_size; CliError otherwise."""
     import index
 
-    if not like and not unlike:
-        return None
+    if args.group_by is None:
+        if args.group_size != 1:
+            raise CliError(f"--group-size {args.group_size} needs --group-by (label or metadata.KEY)")
+        return
+    try:
+        index.check_group_by(args.group_by)
+    except ValueError as exc:
+        raise CliError(f"--{str(exc).replace('_', '-', 1)}") from None
+    if args.rerank is not None:
+        raise CliError("--rerank and --group-by do not go together: --rerank re-orders a fixed number of nearest "
+                       "items, --group-by reads as many as the groups need")
+    if not 1 <= args.group_size <= 100:
+        raise CliError(f"--group-size must be 1..100, got {args.group_size}")
+    if args.k * args.group_size > 1000:
+        raise CliError(f"-k {args.k} groups of --group-size {args.group_size} is {args.k * args.group_size} items; "
+                       "at most 1000")
+
+
+def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by: str | None, group_size: int):
+    """search(vecs, k, **filters): the k nearest hits of each query (or with group_by its k nearest groups),
+    each query first refined by the --like/--unlike items and those left out, as the service's searches do
+    (index.refine_queries, index.search_hits). CliError naming a marked id the gallery does not hold."""
+    import index
 
     def search(vecs, k: int, **filters) -> list[list]:
-        try:
-            return index.search_refined(store, list(vecs), like, unlike, k,
-                                        search=lambda v, n: store.search(v, k=n, **filters))
-        except KeyError as exc:
-            raise CliError(f"--like/--unlike: no item with id(s) {exc.args[0][:5]} in gallery {gallery!r}") from None
-        except ValueError as exc:   # a query the marks cancel out
-            raise CliError(f"--like/--unlike: {exc}") from None
+        queries = vecs
+        if like or unlike:
+            try:
+                queries = index.refine_queries(store, list(vecs), like, unlike)
+            except KeyError as exc:
+                raise CliError(f"--like/--unlike: no item with id(s) {exc.args[0][:5]} in gallery "
+                               f"{gallery!r}") from None
+            except ValueError as exc:   # a query the marks cancel out
+                raise CliError(f"--like/--unlike: {exc}") from None
+        return index.search_hits(lambda v, n: store.search(v, k=n, **filters), queries, k, like + unlike,
+                                 group_by, group_size)
     return search
 
 
@@ -876,8 +902,12 @@ def _search_summary(args, labelled: int, agree: int, failed: int, n: int, unknow
 def _print_hits(name: str, label: str | None, hits: list, args, single: bool, reranked: bool) -> None:
     import json
 
+    groups = None
+    if args.group_by:   # the hits come group after group; say which group each is in
+        from index import group_hits, group_value
+        groups = group_hits(hits, args.group_by)
     if args.json:
-        rows = [h.__dict__ for h in hits]
+        rows = [h.__dict__ if groups is None else {**h.__dict__, "group": group_value(h, args.group_by)} for h in hits]
         print(json.dumps(rows, indent=2) if single else json.dumps({"query": name, "label": label, "results": rows}))
         return
     if not single:
@@ -886,8 +916,13 @@ def _print_hits(name: str, label: str | None, hits: list, args, single: bool, re
         print(f"re-ranked the {args.rerank} nearest candidates with the PDDM head")
     if not hits:
         print("no neighbours")
-    for rank, h in enumerate(hits, 1):
-        print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
+    rank = 0
+    for value, members in groups if groups is not None else [(None, hits)]:
+        if groups is not None:
+            print(f"{args.group_by} = {json.dumps(value)}")
+        for h in members:
+            rank += 1
+            print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")
 
 
 def _print_vote(name: str, label: str | None, decided, hits: list, args, single: bool) -> None:

@@ -10,7 +10,10 @@
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
-    search_refined(store, [q], like=["a"], unlike=["b"], k=10)   # searched so, the marked items left out
+    refine_queries(store, [q], like=["a"], unlike=["b"])   # those queries refined by the stored items' vectors
+    search_hits(lambda v, n: store.search(v, k=n), queries, k=10, exclude=["a", "b"])   # the marked items left out
+    search_grouped(lambda v, n: store.search(v, k=n), [q], k=10, group_by="label")   # the 10 nearest labels,
+        each with its nearest item (group_by="metadata.product", group_size=3: products, 3 photos each)
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
@@ -21,7 +24,9 @@ from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, Store
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._duplicates import find_duplicates
 from ._faiss import PRESETS
-from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_query, search_refined
+from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_queries, refine_query
+from ._groups import (MAX_GROUP_CANDIDATES, check_group_by, group_hits, group_value, search_grouped,
+                      search_hits)
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
 from ._reader import Check, Row, StoreReader
@@ -34,11 +39,12 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
+    "Check", "DEFAULT_GALLERY", "MAX_GROUP_CANDIDATES", "check_group_by", "group_hits", "group_value",
+    "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
-    "refine_query", "remove_gallery", "search_refined", "UNLIKE_WEIGHT", "vote",
+    "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",
 ]

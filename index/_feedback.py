@@ -8,7 +8,7 @@ chose for the two bundled CIFAR-10 models, on training images held out of the ga
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -41,25 +41,15 @@ def refine_query(query: np.ndarray | None, like: np.ndarray, unlike: np.ndarray,
     return (vector / norm).astype(np.float32)
 
 
-def search_refined(store, queries: Sequence[np.ndarray | None], like: list[str], unlike: list[str], k: int,
-                   search: Callable[[np.ndarray, int], list[list]] | None = None,
-                   exclude: Iterable[str] = ()) -> list[list]:
-    """The k hits of each query (a unit vector, or None: the marks alone) refined by the stored vectors of
-    the items `like` and `unlike` (refine_query); no marked item, nor any in `exclude`, is among them.
-
-    `search(vectors, n)` runs the search (default: store.search with no filter); it is asked for k plus the
-    items left out, so that k remain. At least one mark is needed. KeyError, with the list of ids, for marked
-    items the store does not hold; ValueError from refine_query when a query has nothing left to search with.
-    """
-    if not like and not unlike:
-        raise ValueError("search_refined needs at least one liked or unliked item")
+def refine_queries(store, queries: Sequence[np.ndarray | None], like: list[str], unlike: list[str]) -> np.ndarray:
+    """(n, dim) unit rows: each query (a unit vector, or None: the marks alone) refined by the stored vectors
+    of the items `like` and `unlike` (refine_query). KeyError, with the list of ids, for marked items the
+    store does not hold; ValueError from refine_query when a query has nothing left to search with."""
     marked = like + unlike
     items = store.get_many(marked)
     missing = [i for i, item in zip(marked, items) if item is None]
     if missing:
         raise KeyError(missing)
-    vectors = np.stack([item.vector for item in items])
-    refined = np.stack([refine_query(q, vectors[:len(like)], vectors[len(like):]) for q in queries])
-    left_out = set(marked) | set(exclude)
-    found = (search or (lambda v, n: store.search(v, k=n)))(refined, k + len(left_out))
-    return [[h for h in hits if h.id not in left_out][:k] for hits in found]
+    vectors = np.stack([item.vector for item in items]) if items else np.zeros((0, 0), np.float32)
+    return np.stack([refine_query(q, vectors[:len(like)], vectors[len(like):]) for q in queries])
+

@@ -77,6 +77,15 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
         want = index.refine_query(query, vector("p1"), vector("p0"))
         plain = c.post(a.url + "/search?k=4", json={"vector": want.tolist()}).json()["results"]
         assert [h["id"] for h in refined.json()["results"]] == [h["id"] for h in plain if h["id"] not in ("p0", "p1")]
+        # groups over Milvus: the nearest item of each label, the labels nearest first
+        grouped = c.post(b.url + "/search?k=5&group_by=label", files=[upload(png(2))])
+        assert grouped.status_code == 200, grouped.text
+        nearest = c.post(b.url + "/search?k=4", files=[upload(png(2))]).json()["results"]
+        want: list[tuple[str, str]] = []
+        for h in nearest:
+            if h["label"] not in [label for label, _ in want]:
+                want.append((h["label"], h["id"]))
+        assert [(g["value"], g["results"][0]["id"]) for g in grouped.json()["groups"]] == want and len(want) == 2
         # the look-alike pairs over HTTP read Milvus too, the same pairs `simsearch index duplicates` finds there
         dup = c.get(b.url + "/duplicates", params={"min_score": 0.1, "k": 3}, headers=KEY)
         assert dup.status_code == 200, dup.text

@@ -107,3 +107,12 @@ async def test_rerank_of_a_query_refined_by_like_is_a_422_that_says_why(pddm_art
         assert r.status_code == 422, r.text
         assert "like/unlike" in r.json()["error"]["message"]
         assert (await c.post("/search?k=3&rerank=5", files=[upload(jpeg)])).status_code == 200
+
+
+async def test_rerank_with_group_by_is_a_422_that_says_why(pddm_artifact, tmp_path, jpeg):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        assert (await c.post("/index", files=[upload(jpeg)], data={"id": "a", "label": "x"})).status_code == 201
+        r = await c.post("/search?k=3&rerank=5&group_by=label", files=[upload(jpeg)])
+        assert r.status_code == 422, r.text
+        assert "rerank and group_by" in r.json()["error"]["message"]
+        assert (await c.post("/search?k=3&group_by=label", files=[upload(jpeg)])).status_code == 200

@@ -85,6 +85,22 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
             assert message in capsys.readouterr().err
         assert main(["search", str(photos / "ship" / "0000.jpg"), "--like", "no/such.jpg", "--url", live.url]) != 0
         assert "no item with id(s) ['no/such.jpg']" in capsys.readouterr().err
+        # groups (--group-by/--group-size) are asked for as the service's group_by=, and answered as locally
+        grouped = {where: ["search", str(photos / "cat"), "-k", "3", "--group-by", "label", "--group-size", "2", *args]
+                   for where, args in (("local", data), ("remote", ["--url", live.url]))}
+        runs = runs_with_and_without_json(capsys, **grouped)
+        assert [[(h["group"], h["id"]) for h in r["results"]] for r in runs["remote"]] == \
+            [[(h["group"], h["id"]) for h in r["results"]] for r in runs["local"]]
+        for r in runs["local"]:   # 3 labels, 2 items each, one group after another, the query's own first
+            assert [h["group"] for h in r["results"]][::2] == [h["group"] for h in r["results"]][1::2]
+            assert len({h["group"] for h in r["results"]}) == 3 and r["results"][0]["group"] == "cat"
+            assert all(h["group"] == h["label"] for h in r["results"])
+        assert runs["local text"].out.count('label = "dog"') == runs["remote text"].out.count('label = "dog"') == 4
+        for args, message in [(["--group-size", "2"], "--group-size 2 needs --group-by"),
+                              (["--group-by", "year"], "--group-by='year'"),
+                              (["--group-by", "label", "--rerank", "5"], "--rerank and --group-by")]:
+            assert main(["search", str(photos / "ship" / "0000.jpg"), *args, *data]) == 2
+            assert message in capsys.readouterr().err
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:

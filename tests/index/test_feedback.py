@@ -45,8 +45,8 @@ def test_nothing_to_search_with_is_a_value_error_that_says_why():
         refine_query(-(LIKE_WEIGHT - UNLIKE_WEIGHT) * a[0], a, a)
 
 
-def test_search_refined_searches_the_refined_query_leaves_the_marks_out_and_names_unknown_marks(open_store):
-    from index import Item, search_refined
+def test_refined_queries_searched_with_the_marks_left_out_find_what_the_refined_vector_finds(open_store):
+    from index import Item, refine_queries, search_hits
 
     rng = np.random.default_rng(3)
     store = open_store()
@@ -54,11 +54,13 @@ def test_search_refined_searches_the_refined_query_leaves_the_marks_out_and_name
     store.upsert([Item(f"i{n}", v) for n, v in enumerate(vectors)])
     q = _unit(rng, 1, DIM)[0]
     like, unlike = ["i1", "i2"], ["i3"]
-    got = search_refined(store, [q, None], like, unlike, 5, exclude=["i4"])
+    refined = refine_queries(store, [q, None], like, unlike)
     want = refine_query(q, vectors[1:3], vectors[3:4])
+    assert np.allclose(refined[0], want, atol=1e-6)
+    got = search_hits(lambda v, n: store.search(v, k=n), refined, 5, exclude=like + unlike + ["i4"])
     ranked = [f"i{n}" for n in np.argsort(-(vectors @ want))]
     assert [h.id for h in got[0]] == [i for i in ranked if i not in {"i1", "i2", "i3", "i4"}][:5]
     assert len(got[1]) == 5 and not {h.id for h in got[1]} & {"i1", "i2", "i3", "i4"}
     with pytest.raises(KeyError) as missing:
-        search_refined(store, [q], ["i1", "nope"], ["gone"], 5)
+        refine_queries(store, [q], ["i1", "nope"], ["gone"])
     assert missing.value.args[0] == ["nope", "gone"]

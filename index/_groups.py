@@ -1,0 +1,106 @@
+"""The k nearest items with some left out, or the k nearest groups of items: over any search function.
+
+Grouped search: the best k groups of gallery items (by label or by a metadata key), each with its best
+few items, instead of the k best items.
+
+A gallery often holds several photos of one thing: a product shot from four sides, one person's
+album, bursts from a phone. The k nearest items are then the same thing k times. Grouping answers
+"which k things are nearest", as Qdrant's search groups and Milvus's grouping search do. Over any
+store: the nearest items are read in growing pages until k groups are full, the gallery (after the
+filters) runs out, or MAX_GROUP_CANDIDATES items have been read.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+MAX_GROUP_CANDIDATES = 16_384   # nearest items read for one grouped query (Milvus's own cap on a search's limit)
+_METADATA = "metadata."
+
+
+def check_group_by(group_by: str) -> str:
+    """`label`, or `metadata.KEY` (a top-level key of the items' metadata); ValueError naming it otherwise."""
+    if group_by == "label" or (group_by.startswith(_METADATA) and len(group_by) > len(_METADATA)):
+        return group_by
+    raise ValueError(f"group_by={group_by!r}: give `label`, or `metadata.KEY` for a key of the items' metadata "
+                     "(e.g. metadata.product)")
+
+
+def group_value(hit, group_by: str) -> Any:
+    """The value `hit` is grouped under (its label, or its metadata's value for the key), None when it has none."""
+    if group_by == "label":
+        return hit.label
+    return hit.metadata.get(group_by[len(_METADATA):]) if isinstance(hit.metadata, dict) else None
+
+
+def _key(value: Any) -> str:
+    # JSON's equality, as the `where` filters compare: 2024 and 2024.0 alike, "2024" and true apart
+    return json.dumps(_same_numbers(value), sort_keys=True, separators=(",", ":"))
+
+
+def _same_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_same_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _same_numbers(v) for k, v in value.items()}
+    return value
+
+
+def group_hits(hits: list, group_by: str) -> list[tuple[Any, list]]:
+    """(value, hits) of each group of `hits` in the order the groups first appear; hits without a value skipped."""
+    groups: dict[str, tuple[Any, list]] = {}
+    for h in hits:
+        value = group_value(h, group_by)
+        if value is not None:
+            groups.setdefault(_key(value), (value, []))[1].append(h)
+    return list(groups.values())
+
+
+def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.ndarray, k: int, group_by: str,
+                   group_size: int = 1, exclude: Iterable[str] = (),
+                   max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list]:
+    """Each query's best k groups, by their nearest item, each with its group_size nearest items: one flat
+    list of hits a query, group after group (the nearest group first), each group's hits nearest first.
+
+    `search(vectors, n)` returns the n nearest hits of each row, filters applied (e.g. store.search). Items
+    with no value for `group_by` (no label, or no such metadata key) and ids in `exclude` are skipped.
+    Fewer than k groups come back when the nearest `max_candidates` items hold fewer.
+    """
+    check_group_by(group_by)
+    left_out = set(exclude)
+    queries = np.asarray(queries, dtype=np.float32).reshape(-1, np.asarray(queries).shape[-1])
+    out: list[list | None] = [None] * len(queries)
+    pending = list(range(len(queries)))
+    n = min(max_candidates, max(64, 4 * k * group_size) + len(left_out))
+    while pending:
+        found = search(queries[pending], n)
+        still = []
+        for row, hits in zip(pending, found):
+            # the groups rank by their nearest item, so the first k to appear are the answer; each holds its
+            # nearest members once group_size are read, or once every item there is has been read
+            groups = group_hits([h for h in hits if h.id not in left_out], group_by)[:k]
+            done = len(groups) == k and all(len(members) >= group_size for _, members in groups)
+            if done or len(hits) < n or n >= max_candidates:
+                out[row] = [h for _, members in groups for h in members[:group_size]]
+            else:
+                still.append(row)
+        pending, n = still, min(max_candidates, 4 * n)
+    return out   # type: ignore[return-value]
+
+
+def search_hits(search: Callable[[np.ndarray, int], list[list]], queries: np.ndarray, k: int,
+                exclude: Iterable[str] = (), group_by: str | None = None, group_size: int = 1) -> list[list]:
+    """Each query's k nearest hits with no id of `exclude` among them (`search` is asked for as many more),
+    or with group_by its k nearest groups (search_grouped). `search(vectors, n)` as for search_grouped:
+    what the service's searches and `simsearch search` run after the model, whatever the query."""
+    if group_by:
+        return search_grouped(search, queries, k, group_by, group_size, exclude)
+    left_out = set(exclude)
+    found = search(queries, k + len(left_out))
+    if not left_out:
+        return found
+    return [[h for h in hits if h.id not in left_out][:k] for hits in found]
