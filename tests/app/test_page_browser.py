@@ -577,6 +577,53 @@ def test_metadata_filter_limits_results_and_a_bad_one_is_explained(page, page_se
     assert page.find_element("id", "search-error").text == expected and "'n'" in expected
 
 
+def test_one_result_per_label_or_metadata_value_shows_the_services_groups_and_a_bad_key_its_error(
+        page, page_server, gallery, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
+    files = {"file": ("q.jpg", query.read_bytes(), "image/jpeg")}
+
+    def api_groups(params: str) -> list[tuple]:
+        r = httpx.post(f"{page_server.url}/search?{params}", files=files, timeout=120)
+        assert r.status_code == 200, r.text
+        return [(g["value"], [h["id"] for h in g["results"]]) for g in r.json()["groups"]]
+
+    choose_k(page, 4)
+    page.find_element("id", "group-by").send_keys("label")
+    upload(page, query)
+    wait_for_search(page)
+    want = api_groups("k=4&group_by=label")
+    assert result_ids(page) == [ids[0] for _, ids in want] and len({c["label"] for c in result_cards(page)}) == 4
+    # two a group: asked again at once, each group on a row of its own under its label
+    before = result_ids(page)
+    Select(page.find_element("id", "group-size")).select_by_visible_text("2")
+    wait_for_search(page, previous=before)
+    rows = page.execute_script("""return [...document.querySelectorAll('#results li.group')].map(g => [
+        g.querySelector('.group-head').textContent,
+        [...g.querySelectorAll('button.result')].map(b => b.dataset.id)]);""")
+    assert rows == [[f"label: {value}", ids] for value, ids in api_groups("k=4&group_by=label&group_size=2")]
+    # one per metadata value: the cards say which
+    before = result_ids(page)
+    Select(page.find_element("id", "group-size")).select_by_visible_text("1")
+    wait_for_search(page, previous=before)
+    box = page.find_element("id", "group-by")
+    box.clear()
+    before = result_ids(page)
+    box.send_keys("metadata.n", Keys.TAB)
+    wait_for_search(page, previous=before)
+    want = api_groups("k=4&group_by=metadata.n")
+    assert len(want) == PER_CLASS and result_ids(page) == [ids[0] for _, ids in want]
+    captions = [e.text for e in page.find_elements("css selector", "#results button.result .group")]
+    assert captions == [f"n: {value}" for value, _ in want]
+    box.clear()
+    box.send_keys("year", Keys.TAB)
+    wait_for_search(page)
+    expected = api_error_message(page_server, "/search?group_by=year", files=files)
+    assert page.find_element("id", "search-error").text == expected and "metadata.KEY" in expected
+
+
 def test_an_empty_answer_under_a_filter_says_whether_anything_matches(page, gallery, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
