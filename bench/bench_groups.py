@@ -11,7 +11,8 @@ the gallery). For a page of k=10, plain and grouped by product (group_by=metadat
 distinct products it shows, how often the query's product is first, and how often it is on the page at
 all. Then the cost of each search, one query at a time and 32 at a time, in the same run (interleaved):
 plain k=10; by product, group_size 1 and 3; by label (10 labels: the tenth can lie deep); and how many
-pages of nearest items each grouped search read.
+pages of nearest items each grouped search read; and, for where that time goes, the Store's search of
+10 to 16,384 items beside FAISS's own search of the same vectors.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def main() -> None:
                                                    snapshot_every=0))
         try:
             store.upsert(items)
-            result = _study(store, Q, chosen, args)
+            result = _study(store, np.stack([it.vector for it in items]), Q, chosen)
         finally:
             store.close()
     _common.write_result("groups" + args.tag, {
@@ -79,7 +80,7 @@ def main() -> None:
         "query_view": QUERY_VIEW, "queries": len(Q), "k": K, **result})
 
 
-def _study(store, Q: np.ndarray, chosen: np.ndarray, args) -> dict:
+def _study(store, gallery: np.ndarray, Q: np.ndarray, chosen: np.ndarray) -> dict:
     import index
 
     pages: list[int] = []
@@ -125,6 +126,14 @@ def _study(store, Q: np.ndarray, chosen: np.ndarray, args) -> dict:
             read[name] = {"searches_a_query": round(len(pages) / len(Q), 3), "largest_page": max(pages),
                           "items_read_a_query": round(sum(pages) / len(Q), 1)}
             print(f"{name}: {read[name]}", flush=True)
+    # where a deep read's time goes: the Store's search of n items beside FAISS's own search of the same vectors
+    import faiss
+
+    flat = faiss.IndexFlatIP(Q.shape[1])
+    flat.add(gallery)
+    for n in (10, 64, 1024, 16384):
+        cases[f"Store.search, k={n}"] = lambda n=n: len(store.search(Q[:1], k=n))
+        cases[f"FAISS IndexFlatIP.search, k={n}"] = lambda n=n: len(flat.search(Q[:1], min(n, flat.ntotal))[0])
     speed = _common.interleaved(cases, rounds=5, seconds=0.5)
     timing = {name: {"queries_per_s_median": round(r["median"], 1),
                      "ms_a_query_median": round(1000 / r["median"], 3)} for name, r in speed.items()}
