@@ -35,9 +35,16 @@ def group_value(hit, group_by: str) -> Any:
     return hit.metadata.get(group_by[len(_METADATA):]) if isinstance(hit.metadata, dict) else None
 
 
-def _key(value: Any) -> str:
-    # JSON's equality, as the `where` filters compare: 2024 and 2024.0 alike, "2024" and true apart
-    return json.dumps(_same_numbers(value), sort_keys=True, separators=(",", ":"))
+def _key(value: Any) -> tuple:
+    # JSON's equality, as the `where` filters compare: 2024 and 2024.0 alike (Python's too: equal, one hash),
+    # "2024" and true apart; a list or an object by its content, through JSON (sorted keys)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, bool):   # before int: True is an int to Python, not to JSON
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)
+    return ("j", json.dumps(_same_numbers(value), sort_keys=True, separators=(",", ":")))
 
 
 def _same_numbers(value: Any) -> Any:
@@ -52,7 +59,7 @@ def _same_numbers(value: Any) -> Any:
 
 def group_hits(hits: list, group_by: str) -> list[tuple[Any, list]]:
     """(value, hits) of each group of `hits` in the order the groups first appear; hits without a value skipped."""
-    groups: dict[str, tuple[Any, list]] = {}
+    groups: dict[tuple, tuple[Any, list]] = {}
     for h in hits:
         value = group_value(h, group_by)
         if value is not None:

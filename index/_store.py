@@ -22,7 +22,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreC
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
-from ._types import Hit, Item, StoreConfig, score_to_distance
+from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
 
@@ -872,7 +872,7 @@ class Store(ItemChecks):
         D = _faiss.to_scores(index, D)
         out = []
         for qi in range(len(q)):
-            pairs = [(int(f), float(s)) for f, s in zip(I[qi], D[qi]) if f >= 0 and f != ex]
+            pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
             if len(pairs) < want:
                 # The approximate index found fewer than exist (a selective filter, or
                 # removed vectors crowding the candidates): answer this query exactly.
@@ -934,7 +934,7 @@ class Store(ItemChecks):
         built: dict[str, dict[Any, int | set[int]]] = {k: {} for k in keys}
         counts: dict[str, int] | None = {} if self._meta_keys is None else None
         for fid, (_id, _label, meta_json) in self._rows.items():
-            meta = json.loads(meta_json)
+            meta = parse_metadata(meta_json)
             if counts is not None:
                 for k in meta:
                     counts[k] = counts.get(k, 0) + 1
@@ -952,7 +952,7 @@ class Store(ItemChecks):
         """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
         if self._meta_keys is None:
             return []
-        meta = json.loads(meta_json)
+        meta = parse_metadata(meta_json)
         for k in meta:
             n = self._meta_keys.get(k, 0) + delta
             if n > 0:
@@ -990,7 +990,7 @@ class Store(ItemChecks):
             if max_distance is not None and dist > max_distance:
                 break  # sorted by score, so the rest are farther
             id_, label, meta = self._rows[fid]
-            hits.append(Hit(id_, score, dist, label, json.loads(meta)))
+            hits.append(Hit(id_, score, dist, label, parse_metadata(meta)))
         return hits
 
     # ---- maintenance -------------------------------------------------------------------------
@@ -1160,7 +1160,7 @@ def _blobs_to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
 def _row_to_item(row, dim: int) -> Item:
     id_, blob, label, meta = row
     return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
-                metadata=json.loads(meta))
+                metadata=parse_metadata(meta))
 
 
 def _broad_candidates(k: int, population: int, total: int) -> int:
