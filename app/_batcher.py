@@ -27,6 +27,7 @@ class SearchParams:
     gallery: str = "default"   # which gallery to search
     group_by: str | None = None   # "label" or "metadata.KEY": k groups, each with its group_size nearest items
     group_size: int = 1
+    exclude: tuple[str, ...] = ()   # ids never returned (shown already, marked, the query item itself)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 event loop; the body is parsed here (not by FastAPI params) so the multipart limits apply."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -426,6 +427,27 @@ def _group_size_param():
                                               f"{MAX_GROUPED_RESULTS})")
 
 
+MAX_EXCLUDED = 1000   # exclude ids in one search
+
+
+def _exclude_param():
+    return Query([], description="leave out this gallery item (repeat the parameter for more, at most "
+                                 f"{MAX_EXCLUDED}): no item with one of these ids is returned, and the search reads "
+                                 "as many more, so that k remain. For a next page of new items: the search page "
+                                 "leaves out what it has shown when it searches again with marks. An id the "
+                                 "gallery does not hold is no error")
+
+
+def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
+    """The exclude ids, each once and checked, as SearchParams holds them; 422 naming what is wrong."""
+    ids = tuple(dict.fromkeys(exclude))
+    for value in ids:
+        _check_id(value)
+    if len(ids) > MAX_EXCLUDED:
+        raise ApiError(422, "invalid_parameter", f"{len(ids)} exclude ids; at most {MAX_EXCLUDED} in one search")
+    return ids
+
+
 def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
     """The like and unlike ids, each once, checked; 422 naming what is wrong."""
     like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
@@ -483,7 +505,7 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
 
 def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
                    rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY,
-                   group_by: str | None = None, group_size: int = 1) -> SearchParams:
+                   group_by: str | None = None, group_size: int = 1, exclude: list[str] | None = None) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
     if rerank is not None:
         if service.pddm is None:
@@ -508,7 +530,7 @@ def _search_params(service: Service, k: int, label: str | None, max_distance: fl
     elif group_size != 1:
         raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or metadata.KEY)")
     return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery, group_by,
-                        group_size)
+                        group_size, _check_exclude(exclude or []))
 
 
 def _finite(x: float) -> float:
@@ -603,10 +625,12 @@ async def search(request: Request,
                  like: list[str] = _examples_param("more like this item"),
                  unlike: list[str] = _examples_param("less like this item"),
                  group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                 exclude: list[str] = _exclude_param(),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
+                            exclude)
     like, unlike = _check_examples(like, unlike, rerank)
     region = _check_crop(crop)
     if like or unlike:
@@ -663,7 +687,8 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
             queries_of = [item.vector]
         refined = refine_queries(g.store, queries_of, like, unlike)
         # the service's search, so that filters, groups and the gallery checks apply as to any search
-        return service.search(refined, params, exclude=like + unlike + ([start] if start is not None else []))
+        left_out = params.exclude + tuple(like + unlike + ([start] if start is not None else []))
+        return service.search(refined, dataclasses.replace(params, exclude=left_out))
 
     try:
         return await anyio.to_thread.run_sync(run)
@@ -715,12 +740,14 @@ async def batch_search(request: Request,
                        like: list[str] = _examples_param("more like this item, for every query"),
                        unlike: list[str] = _examples_param("less like this item, for every query"),
                        group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                       exclude: list[str] = _exclude_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
+                            exclude)
     region = _check_crop(crop)   # the same region of every image
     like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
@@ -782,12 +809,14 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        like: list[str] = _examples_param("more like this item"),
                        unlike: list[str] = _examples_param("less like this item"),
                        group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                       exclude: list[str] = _exclude_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     like, unlike = _check_examples(like, unlike, None)
-    params = _search_params(service, k, label, max_distance, None, where, g.name, group_by, group_size)
-    if like or unlike or group_by:   # the item's vector, refined or not, through the service's search
+    params = _search_params(service, k, label, max_distance, None, where, g.name, group_by, group_size,
+                            exclude)
+    if like or unlike or group_by or params.exclude:   # the item's vector, through the service's search
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
         return _search_answer(service, hits, params, t0, vote)
     where_filter = json.loads(params.where) if params.where else None

@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -424,10 +424,10 @@ class Service:
                        f"{g.store.position()}: it was not answered by a write to this gallery (another "
                        "gallery's, or one since replaced?)")
 
-    def search(self, queries: np.ndarray, params: SearchParams, exclude: Collection[str] = ()) -> list:
+    def search(self, queries: np.ndarray, params: SearchParams) -> list:
         """The hits of each query vector (unit rows) under params, in params.gallery: the store's search,
         then the PDDM re-ranking when asked for, or its groups (index.search_grouped) with params.group_by;
-        no item in `exclude` among them. Blocking: run it in a worker thread."""
+        no item of params.exclude among them. Blocking: run it in a worker thread."""
         from index import search_hits   # imported when used: the app answers /healthz before FAISS loads
 
         g = self.galleries.get(params.gallery)
@@ -440,9 +440,10 @@ class Service:
             return store.search(vectors, k=n, label=params.label, max_distance=params.max_distance, where=where)
 
         if not params.rerank:
-            return search_hits(nearest, queries, params.k, exclude, params.group_by, params.group_size)
-        # (the routes refuse rerank with like/unlike and with group_by: nothing to leave out or group here)
-        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, nearest(queries, params.rerank))]
+            return search_hits(nearest, queries, params.k, params.exclude, params.group_by, params.group_size)
+        # the PDDM re-orders the `rerank` nearest that are not left out (the routes refuse it with group_by)
+        found = search_hits(nearest, queries, params.rerank, params.exclude)
+        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, found)]
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int) -> list:
         """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""

@@ -127,10 +127,12 @@ def main() -> None:
             hits[qi] = (g_labels[first[qi, k:]] == q_labels[qi]).mean()
         return round(float(hits.mean()), 4)
 
-    def rounds_of(marking: str) -> list[float]:
+    def rounds_of(marking: str, seen_left_out: bool = False) -> list[float]:
         """precision@k of the page each round shows: the person marks the page shown, the marks add up (as on
-        the search page) and the refined search, marked items left out, shows the next page."""
+        the search page) and the refined search, marked items left out, shows the next page; with
+        seen_left_out, every item shown before is left out too (exclude=), so each page is new."""
         liked, unliked = [set() for _ in Q], [set() for _ in Q]
+        seen = [set(row.tolist()) for row in page]
         shown, out = list(page), []
         for _ in range(args.rounds):
             vectors = []
@@ -139,17 +141,19 @@ def main() -> None:
                 liked[qi] |= set(like.tolist())
                 unliked[qi] |= set(unlike.tolist())
                 vectors.append(index.refine_query(Q[qi], G[sorted(liked[qi])], G[sorted(unliked[qi])]))
-            widest = max(len(a) + len(b) for a, b in zip(liked, unliked))
-            _, found = flat.search(np.stack(vectors), k + widest)
-            shown = [np.array([f for f in row if f not in liked[qi] and f not in unliked[qi]][:k])
-                     for qi, row in enumerate(found)]
+            left_out = [(seen[qi] if seen_left_out else set()) | liked[qi] | unliked[qi] for qi in range(len(Q))]
+            _, found = flat.search(np.stack(vectors), k + max(len(x) for x in left_out))
+            shown = [np.array([f for f in row if f not in left_out[qi]][:k]) for qi, row in enumerate(found)]
+            for qi, row in enumerate(shown):
+                seen[qi] |= set(row.tolist())
             out.append(round(float(np.mean([(g_labels[s_] == q_labels[qi]).mean() for qi, s_ in enumerate(shown)])), 4))
         return out
 
     _, deeper = flat.search(Q, (args.rounds + 1) * k)
     next_pages = [g_labels[deeper[:, r * k:(r + 1) * k]] == q_labels[:, None] for r in range(1, args.rounds + 1)]
     rounds = {"unmarked_next_pages": [round(float(hits.mean()), 4) for hits in next_pages],
-              **{marking: rounds_of(marking) for marking in MARKINGS}}
+              **{marking: rounds_of(marking) for marking in MARKINGS},
+              **{f"{marking}, seen left out": rounds_of(marking, True) for marking in MARKINGS}}
     for name, figures in rounds.items():
         print(f"rounds, {name}: {figures}")
 

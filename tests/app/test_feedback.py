@@ -168,3 +168,38 @@ async def test_a_batch_applies_the_same_marks_to_every_query_as_search_does_to_o
         plain = await c.post("/batch/search?k=5", files=files)
         assert [q["results"] for q in plain.json()["queries"]] != [q["results"] for q in batch.json()["queries"]]
         assert_error(await c.post("/batch/search?like=nope", files=files), 422, "invalid_parameter", "'nope'")
+
+
+async def test_excluded_ids_are_left_out_of_every_kind_of_search_and_k_still_come_back(trained, photos):
+    gallery, queries = photos
+    async with running(trained()) as c:
+        await _index(c, gallery[:120])
+        name, _, data = queries[0]
+        query = [upload(data, name, "image/jpeg")]
+        plain = [h["id"] for h in (await c.post("/search?k=12", files=query)).json()["results"]]
+        shown = plain[:4] + ["no-such-item"]   # an id the gallery does not hold is no error
+        left_out = "&".join(f"exclude={i}" for i in shown)
+        r = await c.post(f"/search?k=8&{left_out}", files=query)
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["results"]] == plain[4:12]
+        # with marks: the marked and the excluded items are both left out, k remain
+        marked = await c.post(f"/search?k=8&like={plain[5]}&{left_out}", files=query)
+        got = [h["id"] for h in marked.json()["results"]]
+        assert len(got) == 8 and not set(got) & {*plain[:4], plain[5]}
+        # an item's neighbours, a batch of vectors, groups
+        start = plain[0]
+        by_id = [h["id"] for h in (await c.post(f"/search/{start}?k=12")).json()["results"]]
+        r = await c.post(f"/search/{start}?k=6&exclude={by_id[0]}&exclude={by_id[2]}")
+        assert [h["id"] for h in r.json()["results"]] == [i for i in by_id if i not in (by_id[0], by_id[2])][:6]
+        vector = (await c.post("/embed", files=query)).json()["vectors"][0]
+        batch = await c.post(f"/batch/search?k=8&{left_out}", json={"vectors": [vector, vector]})
+        assert [[h["id"] for h in q["results"]] for q in batch.json()["queries"]] == [plain[4:12]] * 2
+        grouped = await c.post(f"/search?k=10&group_by=label&{left_out}", files=query)
+        labels = {label for _, label, _ in gallery[:120]}
+        assert len(grouped.json()["groups"]) == len(labels) and not set(shown) & {h["id"] for h in grouped.json()["results"]}
+        # wrong ones: too many, or not an id
+        too_many = "&".join(f"exclude=x{i}" for i in range(1001))
+        assert_error(await c.post(f"/search?{too_many}", files=query), 422, "invalid_parameter", "1001 exclude ids",
+                     "at most 1000")
+        assert_error(await c.post("/search?exclude=%01bad", files=query), 422, "invalid_id")
+        await still_serving(c)

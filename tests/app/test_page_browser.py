@@ -328,9 +328,11 @@ def _marked(driver) -> dict[str, str]:
         return out;""")
 
 
-def _api_ids(page_server, path: str, marks: dict[str, str], files=None) -> list[str]:
-    """The ids the API itself answers for this search with these marks (the page must show exactly these)."""
-    params = [("k", "8"), ("vote", "true")] + [(mark, i) for i, mark in marks.items()]
+def _api_ids(page_server, path: str, marks: dict[str, str], files=None, exclude=()) -> list[str]:
+    """The ids the API itself answers for this search with these marks, these ids left out (the page must
+    show exactly these)."""
+    params = [("k", "8"), ("vote", "true")] + [(mark, i) for i, mark in marks.items()] + \
+        [("exclude", i) for i in exclude]
     r = httpx.post(page_server.url + path, params=params, files=files, timeout=120)
     assert r.status_code == 200, r.text
     return [h["id"] for h in r.json()["results"]]
@@ -356,16 +358,17 @@ def test_marking_results_more_or_less_like_and_searching_again_moves_the_query(p
     wait_for_search(page, previous=before)
     assert page.find_element("id", "search-error").text == ""
     after = result_ids(page)
-    assert after == _api_ids(page_server, "/search", marks, [("file", (query.name, query.read_bytes(), "image/jpeg"))])
-    assert not set(after) & set(marks), "marked items are not shown again"
+    files = [("file", (query.name, query.read_bytes(), "image/jpeg"))]
+    # what was shown and left unmarked is left out too (exclude=): the page shows new images
+    assert after == _api_ids(page_server, "/search", marks, files, exclude=[cards[-1]["id"]])
+    assert not set(after) & {c["id"] for c in cards}, "nothing shown before is shown again"
     screenshot(page, "page-marks.png")
     # marks add up over rounds, and clearing them brings back the plain search
     marks[after[0]] = "unlike"
     _mark(page, after[0], "unlike")
     page.find_element("id", "feedback-search").click()
     wait_for_search(page, previous=after)
-    assert result_ids(page) == _api_ids(page_server, "/search", marks,
-                                        [("file", (query.name, query.read_bytes(), "image/jpeg"))])
+    assert result_ids(page) == _api_ids(page_server, "/search", marks, files, exclude=[cards[-1]["id"], *after[1:]])
     before = result_ids(page)
     page.find_element("id", "feedback-clear").click()
     wait_for_search(page, previous=before)
@@ -381,7 +384,8 @@ def test_marking_results_more_or_less_like_and_searching_again_moves_the_query(p
     _mark(page, first[0], "like")
     page.find_element("id", "feedback-search").click()
     wait_for_search(page, previous=first)
-    assert result_ids(page) == _api_ids(page_server, f"/search/{quote(start, safe='')}", {first[0]: "like"})
+    assert result_ids(page) == _api_ids(page_server, f"/search/{quote(start, safe='')}", {first[0]: "like"},
+                                        exclude=first[1:])
 
 
 def _status(page) -> str:

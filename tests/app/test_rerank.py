@@ -116,3 +116,17 @@ async def test_rerank_with_group_by_is_a_422_that_says_why(pddm_artifact, tmp_pa
         assert r.status_code == 422, r.text
         assert "rerank and group_by" in r.json()["error"]["message"]
         assert (await c.post("/search?k=3&group_by=label", files=[upload(jpeg)])).status_code == 200
+
+
+async def test_rerank_reorders_the_nearest_candidates_that_are_not_excluded(pddm_artifact, cifar, tmp_path):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        _, images = await index_gallery(c, cifar)
+        queries = images[:1]   # a gallery image: its own copy is the nearest, and is left out below
+        plain = (await c.post("/search?k=8", files=[upload(queries[0])])).json()["results"]
+        left_out = [h["id"] for h in plain[:6]]   # of the 8 nearest, only 2 may come back
+        r = await c.post("/search?k=4&rerank=8&" + "&".join(f"exclude={i}" for i in left_out),
+                         files=[upload(queries[0])])
+        assert r.status_code == 200, r.text
+        got = [h["id"] for h in r.json()["results"]]
+        candidates = [h["id"] for h in (await c.post("/search?k=14", files=[upload(queries[0])])).json()["results"]]
+        assert len(got) == 4 and set(got) <= set(candidates[6:]) and not set(got) & set(left_out)
