@@ -437,6 +437,25 @@ def test_browsing_the_gallery_lists_it_page_by_page_and_its_cards_edit_and_delet
             _wait_status(page, f"Saved: {ids[0]} is now labelled renamed.")
             assert client.get(f"/index/{ids[0]}").json()["label"] == "renamed"
             assert page.find_element("css selector", f"{card} .label").text == "renamed"
+            # ... its metadata too: a key added, one changed, one removed; the page sends the merge patch
+            box = page.find_element("css selector", f"{card} .edit textarea")
+            assert json.loads(box.get_attribute("value")) == {}
+            box.clear()
+            box.send_keys('{"album": "x", "keep": [1, 2]}')
+            page.find_element("css selector", f"{card} .edit button:not(.danger)").click()
+            _wait_status(page, f'Saved: {ids[0]} is now labelled renamed. Its metadata: {{"album":"x","keep":[1,2]}}.')
+            assert client.get(f"/index/{ids[0]}").json()["metadata"] == {"album": "x", "keep": [1, 2]}
+            box.clear()
+            box.send_keys('{"keep": [1, 2], "stars": 5}')
+            page.find_element("css selector", f"{card} .edit button:not(.danger)").click()
+            _wait_status(page, f'Saved: {ids[0]} is now labelled renamed. Its metadata: {{"keep":[1,2],"stars":5}}.')
+            assert client.get(f"/index/{ids[0]}").json()["metadata"] == {"keep": [1, 2], "stars": 5}
+            box.clear()
+            box.send_keys('["not", "an object"]')
+            page.find_element("css selector", f"{card} .edit button:not(.danger)").click()
+            assert page.find_element("id", "search-error").text == \
+                f'The metadata of {ids[0]} must be a JSON object, such as {{"album": "trip"}}: got ["not","an object"]'
+            assert client.get(f"/index/{ids[0]}").json()["metadata"] == {"keep": [1, 2], "stars": 5}
             screenshot(page, "page-browse.png")
             # ... and another deleted, asked twice
             card = f'#results li:has(button.result[data-id="{ids[1]}"])'
