@@ -26,6 +26,7 @@ from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
 from ._images import decode_image
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, DuplicatesResponse, EmbedResponse,
+                       FacetsResponse,
                        ErrorResponse, GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
                        SearchResponse, SkippedItem)
 from ._service import DEFAULT_GALLERY, GALLERY_NAME, Gallery, Service
@@ -952,6 +953,35 @@ async def duplicates(request: Request,
     return JSONResponse({"items": items, "min_score": min_score, "k": k, "pairs_found": len(pairs),
                          "labels_differ": sum(p["labels_differ"] for p in pairs), "pairs": shown[:limit],
                          "truncated": len(shown) > limit, "gallery": g.name})
+
+
+@router.get("/facets", response_model=FacetsResponse, tags=["gallery"],
+            summary="how the items that match the filters spread over a label's or a metadata key's values, "
+                    "the most common first",
+            responses={k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503)})
+async def facets(request: Request,
+                 field: str = Query(max_length=MAX_LABEL_CHARS + 9,
+                                    description="`label`, or `metadata.KEY` for a top-level key of the items' "
+                                                "metadata (e.g. metadata.album)"),
+                 label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only items with this label"),
+                 where: str | None = Query(None, max_length=4096, description="only items matching this metadata "
+                                                                              "filter; " + _WHERE_DOC),
+                 limit: int = Query(100, ge=1, le=1000, description="most values in the answer"),
+                 gallery: str = _gallery(), after: str | None = _after()):
+    from index import check_group_by   # see _vote_dict
+
+    _, g = await _reading(request, after, gallery)
+    try:
+        check_group_by(field)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc).replace("group_by", "field", 1)) from None
+    label, where = _check_label(label), _check_where(where)
+    found = await anyio.to_thread.run_sync(lambda: g.store.facets(field, label, json.loads(where) if where else None))
+    shown = found.values[:limit]
+    return JSONResponse({"field": field, "items": found.items,
+                         "values": [{"value": v, "count": n} for v, n in shown], "distinct": len(found.values),
+                         "others": sum(n for _, n in found.values[limit:]), "missing": found.missing,
+                         "not_scalar": found.not_scalar, "gallery": g.name})
 
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",

@@ -146,6 +146,22 @@ class DuplicatesResponse(BaseModel):
     gallery: str
 
 
+class FacetValue(BaseModel):
+    value: Any = Field(description="a label, or a JSON scalar the metadata key holds (2024 and 2024.0 are one)")
+    count: int = Field(description="items with this value")
+
+
+class FacetsResponse(BaseModel):
+    field: str = Field(description="`label` or `metadata.KEY`, as asked")
+    items: int = Field(description="items that match the filters (all of the gallery's without any)")
+    values: list[FacetValue] = Field(description="the most common first (a tie: by the value's text); at most `limit`")
+    distinct: int = Field(description="how many values there are, shown or not")
+    others: int = Field(description="items whose value is one of those past `limit`")
+    missing: int = Field(description="items with no value: no label, or no such metadata key")
+    not_scalar: int = Field(description="items whose value is a list or an object (not counted by value)")
+    gallery: str
+
+
 class GalleryDeleted(BaseModel):
     name: str
     deleted: int = Field(description="items the gallery held")

@@ -3,9 +3,10 @@ costs (run by hand).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_groups.py [--products 2000] [--queries 500] [--tag _s43]
 
-A shop's gallery: --products CIFAR-10 (JPEG) test images (a tenth of each class), each a product photographed 5 ways (the
-picture, and 4 of bench_copies' edits: mirrored, cropped 28/32, 20 % brighter, rotated 5 degrees), stored
-in a real index.Store (FAISS flat, exact) with metadata {"product": n} and the image's class as label.
+A shop's gallery: --products CIFAR-10 (JPEG) test images (a tenth of each class), each a product
+photographed 5 ways (the picture, and 4 of bench_copies' edits: mirrored, cropped 28/32, 20 % brighter,
+rotated 5 degrees), stored in a real index.Store (FAISS flat, exact) with metadata {"product": n} and the
+image's class as label.
 The queries: --queries of the products as a customer's photo (the 5th edit, JPEG quality 30, never in
 the gallery). For a page of k=10, plain and grouped by product (group_by=metadata.product): how many
 distinct products it shows, how often the query's product is first, and how often it is on the page at

@@ -14,6 +14,7 @@
     search_hits(lambda v, n: store.search(v, k=n), queries, k=10, exclude=["a", "b"])   # the marked items left out
     search_grouped(lambda v, n: store.search(v, k=n), [q], k=10, group_by="label")   # the 10 nearest labels,
         each with its nearest item (group_by="metadata.product", group_size=3: products, 3 photos each)
+    store.facets("metadata.album", where={"year": 2024})   # Facet: each album's number of items, most first
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
@@ -23,6 +24,7 @@ from ._backup import backup
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._duplicates import find_duplicates
+from ._facets import Facet
 from ._faiss import PRESETS
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_queries, refine_query
 from ._groups import (MAX_GROUP_CANDIDATES, check_group_by, group_hits, group_value, search_grouped,
@@ -39,7 +41,7 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "MAX_GROUP_CANDIDATES", "check_group_by", "group_hits", "group_value",
+    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "check_group_by", "group_hits", "group_value",
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",

@@ -52,4 +52,3 @@ def refine_queries(store, queries: Sequence[np.ndarray | None], like: list[str],
         raise KeyError(missing)
     vectors = np.stack([item.vector for item in items]) if items else np.zeros((0, 0), np.float32)
     return np.stack([refine_query(q, vectors[:len(like)], vectors[len(like):]) for q in queries])
-

@@ -34,6 +34,7 @@ from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, StoreError,
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
+from ._facets import Facet, facet
 from ._types import Hit, Item, score_to_distance
 
 log = logging.getLogger("index")
@@ -595,6 +596,30 @@ class MilvusStore(ItemChecks):
         for row in self._scan("", ["label"]):
             counts[row.get("label")] = counts.get(row.get("label"), 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+    def facets(self, field: str, label: str | None = None, where: dict[str, Any] | None = None) -> Facet:
+        """As Store.facets, counted from the matching rows' labels and metadata, read in pages."""
+        from ._groups import check_group_by
+
+        self._check_open()
+        check_group_by(field)
+        expr = self._filter(label, _filter.check_where(where))
+        key = None if field == "label" else field[len("metadata."):]
+        counts: dict[Any, int] = {}
+        items = 0
+        for row in self._scan(expr, ["label"] if key is None else ["metadata"]):
+            items += 1
+            if key is None:
+                value_key = row.get("label")
+                if value_key is None:
+                    continue
+            else:
+                meta = json.loads(row["metadata"])
+                if key not in meta:
+                    continue
+                value_key = _filter.value_key(meta[key])
+            counts[value_key] = counts.get(value_key, 0) + 1
+        return facet(field, items, counts)
 
     def index_metadata(self, keys: Iterable[str]) -> dict[str, int]:
         """Each key's number of distinct values (Milvus filters need no index built by simsearch)."""

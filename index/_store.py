@@ -22,6 +22,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreC
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError)
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
+from ._facets import Facet, facet
 from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
@@ -764,6 +765,31 @@ class Store(ItemChecks):
         """Histogram of labels: label -> number of items (None for unlabelled)."""
         with self._rw.read():
             return {k: len(v) for k, v in sorted(self._by_label.items(), key=lambda kv: str(kv[0])) if v}
+
+    def facets(self, field: str, label: str | None = None, where: dict[str, Any] | None = None) -> Facet:
+        """How the items with this label and matching `where` spread over the values of `field` ("label" or
+        "metadata.KEY"): index.Facet, the most common value first. From the label and key indexes (a key's
+        index is built the first time, as a filter on it builds it). ValueError for a field that is neither."""
+        from ._groups import check_group_by
+
+        self._check_open()
+        check_group_by(field)
+        conditions = _filter.check_where(where)
+        with self._rw.read():
+            filtered = label is not None or conditions is not None
+            allowed = set(self._filter_fids(label, conditions).tolist()) if filtered else None
+            if field == "label":
+                index: dict[Any, Any] = {lb: fids for lb, fids in self._by_label.items() if lb is not None}
+            else:
+                index = self._meta_index(field[len("metadata."):])
+            counts = {}
+            for value_key, fids in index.items():
+                if isinstance(fids, int):   # a value one item holds is kept as its bare id
+                    counts[value_key] = int(allowed is None or fids in allowed)
+                else:
+                    counts[value_key] = len(fids) if allowed is None else len(allowed.intersection(fids))
+            items = len(allowed) if allowed is not None else len(self._rows)
+        return facet(field, items, counts)
 
     def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
              where: dict[str, Any] | None = None) -> list[Item]:

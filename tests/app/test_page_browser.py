@@ -178,6 +178,15 @@ def test_page_shows_gallery_size_and_model(page, page_server, gallery):
     assert page.find_element("id", "gallery-count").text == str(info["count"])
     assert info["count"] >= len(gallery)
     assert page.find_element("id", "gallery-model").text == str(info["model"])
+    # the label fields offer the gallery's labels with their sizes, as GET /facets counts them
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    facets = httpx.get(page_server.url + "/facets", params={"field": "label", "limit": 1000}, timeout=30).json()
+    want = sorted((v["value"], f'{v["count"]} image{"" if v["count"] == 1 else "s"}') for v in facets["values"])
+    options = lambda d: d.execute_script(   # noqa: E731
+        "return [...document.querySelectorAll('#known-labels option')].map(o => [o.value, o.textContent]);")
+    WebDriverWait(page, WAIT).until(lambda d: len(options(d)) >= len(want))
+    assert sorted(map(tuple, options(page))) == want and len(want) >= 10
 
 
 def test_a_heic_photo_is_searched_from_the_page_though_the_browser_cannot_show_it(page, gallery, tmp_path):

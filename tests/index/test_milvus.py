@@ -24,6 +24,7 @@ from index._milvus import _gallery_of, collection_name, match_fields, where_expr
 
 from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
+from .test_facets import CASES, _by_hand, _items, _same  # noqa: E402
 from .test_store import _OPS_METAS, _reference  # noqa: E402
 
 MODEL = "test-model@000000000000"
@@ -379,3 +380,13 @@ def test_processes_making_the_same_gallery_at_once_all_open_it(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_facets_count_as_the_faiss_stores_do(open_milvus, open_store):
+    items = _items()
+    milvus, faiss_store = open_milvus(), open_store()
+    milvus.upsert(items)
+    faiss_store.upsert(items)
+    for field, filters, keep in CASES:
+        got, want = milvus.facets(field, **filters), faiss_store.facets(field, **filters)
+        assert _same(got, want) and _same(got, _by_hand(items, field, keep)), (field, filters, got, want)
