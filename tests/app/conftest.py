@@ -100,6 +100,14 @@ def make_settings(hybrid1_artifact, tmp_path):
     return lambda **kw: settings_for(hybrid1_artifact, tmp_path / "data", **kw)
 
 
+@pytest.fixture
+def trained(tmp_path):
+    """make_settings with the bundled, trained CIFAR-10 model (the service's default) in place of the seeded one."""
+    import model
+
+    return lambda **kw: settings_for(model.default_artifact_path(), tmp_path / "data", **kw)
+
+
 # ---- a real server process ---------------------------------------------------------------------
 
 def free_port() -> int:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model
 
 from ..photo_formats import made_up_photo
-from .conftest import encode, running, settings_for
+from .conftest import encode, running
 from .test_api import assert_error, still_serving, upload
 
 pytestmark = pytest.mark.anyio
@@ -26,11 +25,6 @@ def _scene(background: bytes, obj: bytes) -> Image.Image:
     """A 640x480 'photo': one CIFAR-10 image filling the frame, another pasted small into a corner."""
     return made_up_photo(background, obj, BOX, SCENE)
 
-
-@pytest.fixture
-def trained(tmp_path):
-    """Settings for the bundled CIFAR-10 model (what a user runs), in this test's data folder."""
-    return lambda **kw: settings_for(model.default_artifact_path(), tmp_path / "data", **kw)
 
 
 async def _gallery(c, cifar) -> None:

@@ -8,10 +8,9 @@ import json
 
 import pytest
 
-import model
 
 from ._browser import cifar10_images
-from .conftest import running, settings_for
+from .conftest import running
 from .test_api import assert_error, still_serving, upload
 
 pytestmark = pytest.mark.anyio
@@ -22,10 +21,6 @@ def photos(shared_data):
     """A gallery of 12 real training images a class, and 2 test images a class as queries."""
     return cifar10_images(shared_data, 12, split="train"), cifar10_images(shared_data, 2)
 
-
-@pytest.fixture
-def trained(tmp_path):
-    return lambda **kw: settings_for(model.default_artifact_path(), tmp_path / "data", **kw)
 
 
 async def _index(c, gallery, metadata=None) -> None:

@@ -100,22 +100,14 @@ async def test_rerank_without_a_pddm_head_is_a_422_that_says_so(hybrid1_artifact
         assert ok.status_code == 200 and ok.json()["reranked"] is False
 
 
-async def test_rerank_of_a_query_refined_by_like_is_a_422_that_says_why(pddm_artifact, tmp_path, jpeg):
-    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
-        assert (await c.post("/index", files=[upload(jpeg)], data={"id": "a"})).status_code == 201
-        r = await c.post("/search?k=3&rerank=5&like=a", files=[upload(jpeg)])
-        assert r.status_code == 422, r.text
-        assert "like/unlike" in r.json()["error"]["message"]
-        assert (await c.post("/search?k=3&rerank=5", files=[upload(jpeg)])).status_code == 200
-
-
-async def test_rerank_with_group_by_is_a_422_that_says_why(pddm_artifact, tmp_path, jpeg):
+@pytest.mark.parametrize("other,words", [("like=a", "like/unlike"), ("group_by=label", "rerank and group_by")])
+async def test_rerank_with_marks_or_groups_is_a_422_that_says_why(pddm_artifact, tmp_path, jpeg, other, words):
     async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
         assert (await c.post("/index", files=[upload(jpeg)], data={"id": "a", "label": "x"})).status_code == 201
-        r = await c.post("/search?k=3&rerank=5&group_by=label", files=[upload(jpeg)])
+        r = await c.post(f"/search?k=3&rerank=5&{other}", files=[upload(jpeg)])
         assert r.status_code == 422, r.text
-        assert "rerank and group_by" in r.json()["error"]["message"]
-        assert (await c.post("/search?k=3&group_by=label", files=[upload(jpeg)])).status_code == 200
+        assert words in r.json()["error"]["message"]
+        assert (await c.post(f"/search?k=3&{other}", files=[upload(jpeg)])).status_code == 200
 
 
 async def test_rerank_reorders_the_nearest_candidates_that_are_not_excluded(pddm_artifact, cifar, tmp_path):
