@@ -506,7 +506,8 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
 
 def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
                    rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY,
-                   group_by: str | None = None, group_size: int = 1, exclude: list[str] | None = None) -> SearchParams:
+                   group_by: str | None = None, group_size: int = 1,
+                   exclude: list[str] | None = None) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
     if rerank is not None:
         if service.pddm is None:
@@ -674,9 +675,9 @@ async def _request_query(request: Request, service: Service, crop: Crop | None) 
 async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],
                           like: list[str], unlike: list[str], start: str | None = None) -> list[list]:
     """The hits of each query vector (None: no query, the marks alone; or the item `start` as the one
-    query) moved towards the items `like` and away from the items `unlike` (index.refine_query); no marked
-    item, nor `start`, is among them. 422 naming a marked id the gallery does not hold, 404 for a missing
-    `start`."""
+    query) moved towards the items `like` and away from the items `unlike` (index.refine_query), searched
+    as params ask; no marked item, nor `start`, nor one of params.exclude is among them. 422 naming a marked
+    id the gallery does not hold, 404 for a missing `start`."""
     from index import refine_queries   # see _vote_dict
 
     def run():
@@ -976,7 +977,8 @@ async def facets(request: Request,
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc).replace("group_by", "field", 1)) from None
     label, where = _check_label(label), _check_where(where)
-    found = await anyio.to_thread.run_sync(lambda: g.store.facets(field, label, json.loads(where) if where else None))
+    where_filter = json.loads(where) if where else None
+    found = await anyio.to_thread.run_sync(lambda: g.store.facets(field, label, where_filter))
     shown = found.values[:limit]
     return JSONResponse({"field": field, "items": found.items,
                          "values": [{"value": v, "count": n} for v, n in shown], "distinct": len(found.values),
