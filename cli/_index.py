@@ -183,6 +183,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(e.g. metadata.product); groups rank by their nearest item, items without a value are "
                         "skipped (the service's group_by)")
     q.add_argument("--group-size", type=int, default=1, metavar="N", help="with --group-by: items printed a group (1)")
+    q.add_argument("--exclude", action="append", default=[], metavar="ID",
+                   help="never print this gallery item (repeat for more; the service's exclude=)")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -199,7 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
     v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[], group_by=None,
-                   group_size=1)
+                   group_size=1, exclude=[])
 
 
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
@@ -791,7 +793,7 @@ def _search(args) -> int:
     store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0
     try:
-        search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size)
+        search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude)
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
@@ -845,10 +847,12 @@ def _check_groups(args) -> None:
                        "at most 1000")
 
 
-def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by: str | None, group_size: int):
+def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by: str | None, group_size: int,
+              exclude: list[str]):
     """search(vecs, k, **filters): the k nearest hits of each query (or with group_by its k nearest groups),
-    each query first refined by the --like/--unlike items and those left out, as the service's searches do
-    (index.refine_queries, index.search_hits). CliError naming a marked id the gallery does not hold."""
+    each query first refined by the --like/--unlike items, those and the --exclude ones left out, as the
+    service's searches do (index.refine_queries, index.search_hits). CliError naming a marked id the gallery
+    does not hold."""
     import index
 
     def search(vecs, k: int, **filters) -> list[list]:
@@ -861,7 +865,7 @@ def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by:
                                f"{gallery!r}") from None
             except ValueError as exc:   # a query the marks cancel out
                 raise CliError(f"--like/--unlike: {exc}") from None
-        return index.search_hits(lambda v, n: store.search(v, k=n, **filters), queries, k, like + unlike,
+        return index.search_hits(lambda v, n: store.search(v, k=n, **filters), queries, k, like + unlike + exclude,
                                  group_by, group_size)
     return search
 

@@ -85,6 +85,16 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
             assert message in capsys.readouterr().err
         assert main(["search", str(photos / "ship" / "0000.jpg"), "--like", "no/such.jpg", "--url", live.url]) != 0
         assert "no item with id(s) ['no/such.jpg']" in capsys.readouterr().err
+        # --exclude is sent as the service's exclude=, and answered as the local search does (each query image
+        # is its own nearest item, above: leaving out ship/0000.jpg and ship/0002.jpg changes their answers)
+        left_out = ["ship/0000.jpg", "ship/0002.jpg", "cat/0001.jpg"]
+        excluded = {where: ["search", str(photos / "ship"), "-k", "3", *[a for i in left_out for a in ("--exclude", i)],
+                            *args] for where, args in (("local", data), ("remote", ["--url", live.url]))}
+        runs = runs_with_and_without_json(capsys, **excluded)
+        assert [[h["id"] for h in r["results"]] for r in runs["remote"]] == \
+            [[h["id"] for h in r["results"]] for r in runs["local"]]
+        assert all(len(r["results"]) == 3 and not {h["id"] for h in r["results"]} & set(left_out)
+                   for r in runs["local"])
         # groups (--group-by/--group-size) are asked for as the service's group_by=, and answered as locally
         grouped = {where: ["search", str(photos / "cat"), "-k", "3", "--group-by", "label", "--group-size", "2", *args]
                    for where, args in (("local", data), ("remote", ["--url", live.url]))}
