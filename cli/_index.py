@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "decoding workers keep the other cores)")
     b.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
+    b.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
     b.set_defaults(func=_build)
 
     s = isub.add_parser("stats", help="count, model, index kind and labels of the index")
@@ -103,6 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer (120)")
     u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
     u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
+    u.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
     u.add_argument("--skip-duplicates", type=float, default=None, metavar="SCORE",
                    help="leave out each image whose cosine similarity with one the service holds (or this upload "
                         "sent before it) is at least SCORE, and name it: 0.98 catches copies, re-encoded or resized "
@@ -446,6 +448,27 @@ def _model_threads(threads: int | None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+_METADATA_HELP = ("each image's metadata from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
+                  "\"cat/001.jpg\", \"album\": \"trip\", \"year\": 2024}, the id being the path relative to "
+                  "SOURCE) or CSV (.csv, a header with an id column; every other cell a string value); added to "
+                  "{width, height}, and taking their place when it names them")
+
+
+def _metadata_for(path: str | None, ids: list[str]) -> dict[str, dict]:
+    """--metadata read (id -> metadata object), saying how many of its rows name no image of the source."""
+    if path is None:
+        return {}
+    from ._metadata_file import read_metadata_file
+
+    extra = read_metadata_file(path)
+    unknown = sorted(set(extra) - set(ids))
+    if unknown:
+        print(f"--metadata {path}: {len(unknown)} of its {len(extra)} rows name no image here "
+              f"(e.g. {', '.join(repr(i) for i in unknown[:3])}); the ids are paths relative to the source",
+              file=sys.stderr)
+    return extra
+
+
 def _build(args) -> int:
     _model_threads(args.threads)
 
@@ -469,6 +492,7 @@ def _build(args) -> int:
         from model import IMAGE_EXTENSIONS
 
         raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
+    extra = _metadata_for(args.metadata, ids)
     store = _open_store(args.data, False, embedder, args.index, gallery=args.gallery, milvus_uri=args.milvus_uri,
                         locked_hint=". While `simsearch serve` runs on it, add images through the service: "
                                     f"simsearch index upload {args.source} --url http://HOST:PORT --api-key KEY")
@@ -477,6 +501,10 @@ def _build(args) -> int:
         todo = [i for i in ids if i not in done]
         print(f"{len(ids)} images in {source}: {len(done)} already indexed, {len(todo)} to embed "
               f"with {embedder.model_id} into {store.info()['path']}")
+        kept = len(set(extra) & done)
+        if kept:
+            print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
+                  "(PATCH /index/{id} changes it)", file=sys.stderr)
         failed = 0
 
         def read(id_: str) -> bytes:
@@ -508,7 +536,7 @@ def _build(args) -> int:
                 if good:
                     vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
                     store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
-                                             metadata={"width": r[2][0], "height": r[2][1]})
+                                             metadata={"width": r[2][0], "height": r[2][1], **extra.get(i, {})})
                                   for (i, r), v in zip(good, vecs)])
                 bar.update(len(chunk))
         info = store.info()
@@ -517,6 +545,9 @@ def _build(args) -> int:
     except index.StorageError as exc:  # every batch committed before it is kept: a re-run resumes
         raise CliError(f"{exc}. The images indexed before are kept: free space, then run the same "
                        "command again to go on") from None
+    except index.InvalidItemError as exc:   # metadata from --metadata the store refuses (too large, ...)
+        raise CliError(f"{exc}. The images indexed before are kept: mend --metadata {args.metadata}, then run the "
+                       "same command again to go on") from None
     finally:
         store.close()
         if tar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ def upload(args) -> int:
     import httpx
     from tqdm import tqdm
 
-    from ._index import _scan
+    from ._index import _metadata_for, _scan
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -36,6 +37,7 @@ def upload(args) -> int:
     ids, labels, tar = _scan(source, not args.no_labels)
     if not ids:
         raise CliError(f"no images in {source}")
+    extra = _metadata_for(args.metadata, ids)
     try:  # HEIC sizes for the metadata; without it they go without, and the service decides about them
         import pillow_heif
 
@@ -53,6 +55,10 @@ def upload(args) -> int:
             todo = [i for i in ids if i not in have]
             print(f"{len(ids)} images in {source}: {len(ids) - len(todo)} already in the service, "
                   f"{len(todo)} to upload to {url}")
+            kept = len(set(extra) & have)
+            if kept:
+                print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
+                      "they have (--replace sends them again, with it)", file=sys.stderr)
 
             def read(id_: str) -> bytes:
                 if tar is None:
@@ -72,14 +78,15 @@ def upload(args) -> int:
 
             def send(files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
                 """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
-                status, message, answer = _post(client, files, labels, dedupe)
+                status, message, answer = _post(client, files, labels, extra, dedupe)
                 if status == 201:
                     return stored_of(answer), []
                 if status not in (400, 413, 415, 422):
                     raise CliError(_fatal(status, message, url))
                 stored, refused = 0, []  # one of them is refused: learn which, keep the rest
                 for one in files:
-                    st, msg, ans = _post(client, [one], labels, dedupe) if len(files) > 1 else (status, message, answer)
+                    st, msg, ans = (_post(client, [one], labels, extra, dedupe) if len(files) > 1
+                                    else (status, message, answer))
                     if st == 201:
                         stored += stored_of(ans)
                     elif st in (400, 413, 415, 422):
@@ -138,11 +145,11 @@ def _ids_in_service(client) -> set[str]:
     return have
 
 
-def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None],
+def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None], extra: dict[str, dict],
           params: dict) -> tuple[int, str, dict]:
-    """POST /index of these (id, bytes), with their labels and {"width", "height"} as `index build`
-    records; (status, the service's message, its answer when it stored them)."""
-    data = {"id": [i for i, _ in files], "metadata": [json.dumps(_size(b)) for _, b in files]}
+    """POST /index of these (id, bytes), with their labels and {"width", "height"} and the --metadata file's
+    keys as `index build` records; (status, the service's message, its answer when it stored them)."""
+    data = {"id": [i for i, _ in files], "metadata": [json.dumps({**_size(b), **extra.get(i, {})}) for i, b in files]}
     if any(labels[i] is not None for i, _ in files):
         data["label"] = [labels[i] or "" for i, _ in files]
     r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,

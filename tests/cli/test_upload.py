@@ -73,6 +73,20 @@ def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, ph
     out = capsys.readouterr().out
     assert "12 already in the service, 2 to upload" in out and "uploaded 1 images (1 rejected" in out
     assert len(listing(live)) == 13
+    # --metadata: each new image's keys from a file beside the images, added to its size as build adds them
+    (photos / "cat" / "0009.jpg").write_bytes((photos / "cat" / "0001.jpg").read_bytes())
+    meta = photos.parent / "meta.jsonl"
+    meta.write_text('{"id": "cat/0009.jpg", "album": "trip", "year": 2024}\n{"id": "dog/0002.jpg", "album": "x"}\n')
+    assert main(args + ["--metadata", str(meta)]) == 0
+    captured = capsys.readouterr()
+    assert "1 of the images it names are in the service already and keep the metadata" in captured.err
+    items = listing(live)
+    assert items["cat/0009.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "trip", "year": 2024}
+    assert items["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32}
+    # --replace sends every image again, with the file's metadata
+    assert main(args + ["--metadata", str(meta), "--replace"]) == 0
+    capsys.readouterr()
+    assert listing(live)["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "x"}
 
 
 def test_upload_stores_a_phone_portraits_size_as_displayed_as_build_does(live, tmp_path, capsys):

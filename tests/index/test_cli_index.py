@@ -87,6 +87,53 @@ def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_art
         assert store.get("test/ship/0000.jpg").label == "ship"  # ids are paths relative to SOURCE
 
 
+def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
+                                                                         capsys):
+    folder = _extract(gallery_tar, tmp_path / "photos") / "test"
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text('{"id": "cat/0000.jpg", "album": "trip", "year": 2024, "tags": ["a", "b"]}\n\n'
+                    '{"id": "dog/0001.jpg", "width": 999}\n{"id": "nowhere/9.jpg", "album": "x"}\n')
+    data = tmp_path / "data"
+    args = ["--model", str(hybrid1_artifact), "--data", str(data)]
+    assert main(["index", "build", str(folder), *args, "--metadata", str(meta)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of its 3 rows name no image here (e.g. 'nowhere/9.jpg')" in err
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.get("cat/0000.jpg").metadata == {"width": 32, "height": 32, "album": "trip", "year": 2024,
+                                                      "tags": ["a", "b"]}
+        assert store.get("dog/0001.jpg").metadata == {"width": 999, "height": 32}   # the file's value wins
+        assert store.get("ship/0001.jpg").metadata == {"width": 32, "height": 32}
+        assert [h.id for h in store.search(store.get("cat/0000.jpg").vector, k=5, where={"year": 2024})[0]] == \
+            ["cat/0000.jpg"]
+    # a re-run resumes: what is indexed keeps its metadata, and says so (exit 1: the one image left to do is
+    # the tar's broken file, and it fails again)
+    assert main(["index", "build", str(folder), *args, "--metadata", str(meta)]) == 1
+    assert "2 of the images it names are indexed already and keep the metadata they have" in capsys.readouterr().err
+    # CSV: a header with an id column; every cell a string, an empty one no key
+    csv_file = tmp_path / "meta.csv"
+    csv_file.write_text('id,album,year\ncat/0002.jpg,"home, sweet",2023\nship/0003.jpg,,2022\n', encoding="utf-8")
+    assert main(["index", "build", str(folder), *args, "--gallery", "csv", "--metadata", str(csv_file)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "galleries" / "csv" / "index", read_only=True)) as store:
+        assert store.get("cat/0002.jpg").metadata == {"width": 32, "height": 32, "album": "home, sweet", "year": "2023"}
+        assert store.get("ship/0003.jpg").metadata == {"width": 32, "height": 32, "year": "2022"}
+    # a wrong file: one line that says where and what, before the model loads, nothing indexed
+    wrong = [("bad.jsonl", '{"id": "cat/0004.jpg"}\n{"id": "x", nope}\n', "bad.jsonl, line 2: not JSON"),
+             ("list.jsonl", '["cat/0004.jpg"]\n', "line 1: a JSON object is needed, got list"),
+             ("nan.jsonl", '{"id": "cat/0004.jpg", "v": NaN}\n', "line 1: not JSON: NaN"),
+             ("noid.jsonl", '{"album": "x"}\n', 'line 1: no "id"'),
+             ("twice.csv", "id,a\ncat/0004.jpg,1\ncat/0004.jpg,2\n", "line 3: the id 'cat/0004.jpg' is given a second"),
+             ("noid.csv", "name,a\nx,1\n", 'must name the columns, one of them "id"'),
+             ("cells.csv", "id,a\ncat/0004.jpg,1,2\n", "line 2: 3 cells for 2 columns"),
+             ("meta.txt", "id\n", "give a .jsonl")]
+    for name, text, words in wrong:
+        (tmp_path / name).write_text(text)
+        assert main(["index", "build", str(folder), *args, "--gallery", "bad", "--metadata", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (data / "galleries" / "bad").exists()
+
+
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
