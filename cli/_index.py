@@ -545,9 +545,10 @@ def _build(args) -> int:
     except index.StorageError as exc:  # every batch committed before it is kept: a re-run resumes
         raise CliError(f"{exc}. The images indexed before are kept: free space, then run the same "
                        "command again to go on") from None
-    except index.InvalidItemError as exc:   # metadata from --metadata the store refuses (too large, ...)
-        raise CliError(f"{exc}. The images indexed before are kept: mend --metadata {args.metadata}, then run the "
-                       "same command again to go on") from None
+    except index.InvalidItemError as exc:   # an item the store refuses: its --metadata too large, ...
+        mend = f"mend --metadata {args.metadata}, then " if args.metadata else ""
+        raise CliError(f"{exc}. The images indexed before are kept: {mend}run the same command again to go "
+                       "on") from None
     finally:
         store.close()
         if tar is not None:

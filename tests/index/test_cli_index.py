@@ -117,7 +117,7 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
     with Store.open(StoreConfig(data / "galleries" / "csv" / "index", read_only=True)) as store:
         assert store.get("cat/0002.jpg").metadata == {"width": 32, "height": 32, "album": "home, sweet", "year": "2023"}
         assert store.get("ship/0003.jpg").metadata == {"width": 32, "height": 32, "year": "2022"}
-    # a wrong file: one line that says where and what, before the model loads, nothing indexed
+    # a wrong file: one line that says where and what, before anything is embedded or stored
     wrong = [("bad.jsonl", '{"id": "cat/0004.jpg"}\n{"id": "x", nope}\n', "bad.jsonl, line 2: not JSON"),
              ("list.jsonl", '["cat/0004.jpg"]\n', "line 1: a JSON object is needed, got list"),
              ("nan.jsonl", '{"id": "cat/0004.jpg", "v": NaN}\n', "line 1: not JSON: NaN"),
@@ -132,6 +132,12 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (data / "galleries" / "bad").exists()
+    # metadata the store refuses (over 64 KB of JSON) stops the build in one line; what came before is kept
+    (tmp_path / "big.jsonl").write_text(json.dumps({"id": "cat/0004.jpg", "notes": "x" * 70_000}) + "\n")
+    assert main(["index", "build", str(folder), *args, "--gallery", "big", "--metadata", str(tmp_path / "big.jsonl"),
+                 "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "item 'cat/0004.jpg': metadata is" in err and f"mend --metadata {tmp_path / 'big.jsonl'}" in err
 
 
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
