@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
     b.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
+    b.add_argument("--exif", action="store_true", help=_EXIF_HELP)
     b.set_defaults(func=_build)
 
     s = isub.add_parser("stats", help="count, model, index kind and labels of the index")
@@ -105,6 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
     u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     u.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
+    u.add_argument("--exif", action="store_true", help=_EXIF_HELP)
     u.add_argument("--skip-duplicates", type=float, default=None, metavar="SCORE",
                    help="leave out each image whose cosine similarity with one the service holds (or this upload "
                         "sent before it) is at least SCORE, and name it: 0.98 catches copies, re-encoded or resized "
@@ -414,10 +416,11 @@ def _model_input(data: bytes, embedder, crop=None):
         return embedder.preprocess(im, crop)
 
 
-def _decode(data: bytes, embedder, thumbs: bool):
-    """bytes -> (model array, thumbnail JPEG bytes or None, (w, h) as displayed), for `index build`: the
-    thumbnail as the service makes one (model.make_thumbnail: upright, alpha on white), from a second
-    decoding at its own draft scale. Runs in worker threads."""
+def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False):
+    """bytes -> (model array, thumbnail JPEG bytes or None, metadata: {width, height} as displayed, and with
+    `exif` when and with what it was taken), for `index build`: the thumbnail as the service makes one
+    (model.make_thumbnail: upright, alpha on white), from a second decoding at its own draft scale. Runs in
+    worker threads."""
     import io
 
     from PIL import Image
@@ -426,13 +429,17 @@ def _decode(data: bytes, embedder, thumbs: bool):
 
     arr = _model_input(data, embedder)
     with Image.open(io.BytesIO(data)) as im:
-        size = model.displayed_size(im)
+        width, height = model.displayed_size(im)
+        meta = {"width": width, "height": height}
+        if exif:
+            from ._metadata_file import exif_metadata
+            meta.update(exif_metadata(im))
         thumb = None
         if thumbs:
             if im.format in model.DRAFT_FORMATS:
                 im.draft(None, (THUMB_PX, THUMB_PX))
             thumb = model.make_thumbnail(im, THUMB_PX)
-    return arr, thumb, size
+    return arr, thumb, meta
 
 
 def _model_threads(threads: int | None) -> None:
@@ -448,6 +455,9 @@ def _model_threads(threads: int | None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+_EXIF_HELP = ("also store when each photo was taken and with what camera, from its EXIF: {\"taken\": "
+              "\"2024-06-01T14:03:22+02:00\", \"camera\": \"Apple iPhone 13\"} (each only when the photo "
+              "records it), so that searches can filter on them (where={\"taken\": {\"$gte\": \"2024\"}})")
 _METADATA_HELP = ("each image's metadata from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
                   "\"cat/001.jpg\", \"album\": \"trip\", \"year\": 2024}, the id being the path relative to "
                   "SOURCE) or CSV (.csv, a header with an id column; every other cell a string value); added to "
@@ -516,7 +526,7 @@ def _build(args) -> int:
         def work(item):
             id_, data = item
             try:
-                return id_, _decode(data, embedder, not args.no_thumbnails), None
+                return id_, _decode(data, embedder, not args.no_thumbnails, args.exif), None
             except Exception as exc:  # a broken file is reported and skipped, not fatal
                 return id_, None, exc
 
@@ -536,7 +546,7 @@ def _build(args) -> int:
                 if good:
                     vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
                     store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
-                                             metadata={"width": r[2][0], "height": r[2][1], **extra.get(i, {})})
+                                             metadata={**r[2], **extra.get(i, {})})
                                   for (i, r), v in zip(good, vecs)])
                 bar.update(len(chunk))
         info = store.info()

@@ -1,11 +1,17 @@
-"""`--metadata FILE` of `index build` and `index upload`: each image's metadata from a file beside the images,
-as a vector database imports payloads. JSON Lines (`.jsonl`, `.ndjson`), one object a line with the image's
-`id` (its path relative to SOURCE, as the ids are made) and its other keys, typed as JSON; or CSV (`.csv`),
-a header with an `id` column, each other column a key whose cells are strings (an empty cell: no key)."""
+"""Each image's metadata beyond {width, height}, for `index build` and `index upload` alike.
+
+`--exif`: when the photo was taken and with what camera, from its EXIF (`exif_metadata`).
+
+`--metadata FILE`: each image's metadata from a file beside the images, as a vector database imports
+payloads (`read_metadata_file`). JSON Lines (`.jsonl`, `.ndjson`), one object a line with the image's `id`
+(its path relative to SOURCE, as the ids are made) and its other keys, typed as JSON; or CSV (`.csv`), a
+header with an `id` column, each other column a key whose cells are strings (an empty cell: no key).
+"""
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +72,44 @@ def _csv_rows(f, path: Path):
             raise CliError(f"--metadata {path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
                            f"cells for {len(reader.fieldnames)} columns")
         yield reader.line_num, {k: v for k, v in row.items() if v not in ("", None) or k == "id"}
+
+
+_EXIF_IFD = 0x8769
+_MAKE, _MODEL, _DATETIME = 0x010F, 0x0110, 0x0132
+_DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+_EXIF_TIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+_OFFSET = re.compile(r"[+-]\d{2}:\d{2}")
+
+
+def exif_metadata(image) -> dict[str, str]:
+    """`taken` (ISO 8601, "2024-06-01T14:03:22", with the camera's "+02:00" when it recorded one: the
+    original's time, else the file's) and `camera` ("Apple iPhone 13") from an opened image's EXIF, each
+    only when it is there and well formed (a phone's photo has both; a screenshot or a scan may have none)."""
+    out: dict[str, str] = {}
+    try:
+        exif = image.getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # noqa: BLE001  (EXIF Pillow cannot read is as good as none)
+        return out
+    when = _text(sub.get(_DATETIME_ORIGINAL)) or _text(exif.get(_DATETIME))
+    m = _EXIF_TIME.fullmatch(when or "")
+    if m:
+        offset = _text(sub.get(_OFFSET_TIME_ORIGINAL)) if sub.get(_DATETIME_ORIGINAL) else None
+        y, mo, d, h, mi, sec = m.groups()
+        out["taken"] = f"{y}-{mo}-{d}T{h}:{mi}:{sec}" + (offset if offset and _OFFSET.fullmatch(offset) else "")
+    make, model = _text(exif.get(_MAKE)), _text(exif.get(_MODEL))
+    if model and make and model.lower().startswith(make.lower()):   # "Canon" "Canon EOS R5": said once
+        make = None
+    camera = " ".join(filter(None, (make, model)))
+    if camera:
+        out["camera"] = camera
+    return out
+
+
+def _text(value) -> str | None:
+    # EXIF strings come NUL-padded, sometimes as bytes
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    return value.strip("\x00 ").strip() or None

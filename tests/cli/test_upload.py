@@ -107,6 +107,58 @@ def test_upload_stores_a_phone_portraits_size_as_displayed_as_build_does(live, t
     assert Image.open(io.BytesIO(thumb)).size == (96, 128)
 
 
+def _photos_with_exif(folder: Path) -> dict[str, dict]:
+    """Three pictures as cameras and phones write them, and the metadata --exif should give each."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir()
+    made = {}
+    for name, tags, sub, want in [
+            ("phone.jpg", {0x010F: "Apple", 0x0110: "iPhone 13"},
+             {0x9003: "2024:06:01 14:03:22", 0x9011: "+02:00"},
+             {"taken": "2024-06-01T14:03:22+02:00", "camera": "Apple iPhone 13"}),
+            ("camera.jpg", {0x010F: "Canon\x00", 0x0110: "Canon EOS R5", 0x0132: "2023:12:24 18:00:05"}, {},
+             {"taken": "2023-12-24T18:00:05", "camera": "Canon EOS R5"}),
+            ("odd.jpg", {0x0132: "sometime in May"}, {}, {})]:
+        exif = Image.Exif()
+        for tag, value in tags.items():
+            exif[tag] = value
+        for tag, value in sub.items():
+            exif.get_ifd(0x8769)[tag] = value
+        out = io.BytesIO()
+        Image.new("RGB", (40, 30), (20, 120, 60)).save(out, "JPEG", exif=exif)
+        (folder / name).write_bytes(out.getvalue())
+        made[name] = {"width": 40, "height": 30, **want}
+    Image.new("RGB", (40, 30)).save(folder / "screenshot.png")
+    made["screenshot.png"] = {"width": 40, "height": 30}
+    return made
+
+
+def test_upload_and_build_store_when_and_with_what_a_photo_was_taken_with_exif(live, hybrid1_artifact, tmp_path,
+                                                                              capsys):
+    from index import Store, StoreConfig
+
+    want = _photos_with_exif(tmp_path / "photos")
+    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, "--exif"]) == 0
+    assert {i: it["metadata"] for i, it in listing(live).items()} == want
+    data = tmp_path / "local"
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data", str(data),
+                 "--exif"]) == 0
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert {i: store.get(i).metadata for i in want} == want
+        hits = store.search(store.get("phone.jpg").vector, k=4, where={"taken": {"$gte": "2024"}})[0]
+        assert [h.id for h in hits] == ["phone.jpg"]
+    # without --exif: the size alone, as before
+    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY,
+                 "--gallery", "plain"]) == 0
+    r = httpx.get(live.url + "/index", params={"gallery": "plain"})
+    assert {it["metadata"]["width"] for it in r.json()["items"]} == {40} and \
+        all(set(it["metadata"]) == {"width", "height"} for it in r.json()["items"])
+    capsys.readouterr()
+
+
 def test_upload_can_leave_out_copies_of_what_the_service_holds(shared_data, tmp_path, capsys):
     import io
 
