@@ -93,7 +93,7 @@ def exif_metadata(image) -> dict[str, str]:
         return out
     when = _text(sub.get(_DATETIME_ORIGINAL)) or _text(exif.get(_DATETIME))
     m = _EXIF_TIME.fullmatch(when or "")
-    if m:
+    if m and "00" not in (m.group(2), m.group(3)):   # a camera with no clock set writes 0000:00:00 00:00:00
         offset = _text(sub.get(_OFFSET_TIME_ORIGINAL)) if sub.get(_DATETIME_ORIGINAL) else None
         y, mo, d, h, mi, sec = m.groups()
         out["taken"] = f"{y}-{mo}-{d}T{h}:{mi}:{sec}" + (offset if offset and _OFFSET.fullmatch(offset) else "")

@@ -121,7 +121,8 @@ def _photos_with_exif(folder: Path) -> dict[str, dict]:
              {"taken": "2024-06-01T14:03:22+02:00", "camera": "Apple iPhone 13"}),
             ("camera.jpg", {0x010F: "Canon\x00", 0x0110: "Canon EOS R5", 0x0132: "2023:12:24 18:00:05"}, {},
              {"taken": "2023-12-24T18:00:05", "camera": "Canon EOS R5"}),
-            ("odd.jpg", {0x0132: "sometime in May"}, {}, {})]:
+            ("odd.jpg", {0x0132: "sometime in May"}, {}, {}),
+            ("unset.jpg", {0x0110: "DSC-W800"}, {0x9003: "0000:00:00 00:00:00"}, {"camera": "DSC-W800"})]:
         exif = Image.Exif()
         for tag, value in tags.items():
             exif[tag] = value
