@@ -35,7 +35,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, St
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._facets import Facet, facet
-from ._types import Hit, Item, score_to_distance
+from ._types import Hit, Item, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
 
@@ -513,7 +513,7 @@ class MilvusStore(ItemChecks):
 
     def _item(self, row: dict) -> Item:
         return Item(row["id"], np.asarray(row["vector"], dtype=np.float32), row.get("label"),
-                    json.loads(row["metadata"]))
+                    parse_metadata(row["metadata"]))
 
     def get(self, id: str) -> Item | None:
         """The item with this id (vector, label, metadata; thumbnail not loaded), or None."""
@@ -614,7 +614,7 @@ class MilvusStore(ItemChecks):
                 if value_key is None:
                     continue
             else:
-                meta = json.loads(row["metadata"])
+                meta = parse_metadata(row["metadata"])
                 if key not in meta:
                     continue
                 value_key = _filter.value_key(meta[key])
@@ -629,7 +629,7 @@ class MilvusStore(ItemChecks):
             raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")
         values: dict[str, set] = {k: set() for k in keys}
         for row in self._scan("", ["metadata"]):
-            meta = json.loads(row["metadata"])
+            meta = parse_metadata(row["metadata"])
             for k in keys:
                 if k in meta:
                     values[k].add(_filter.value_key(meta[k]))
@@ -687,7 +687,8 @@ class MilvusStore(ItemChecks):
                 if max_distance is not None and distance > max_distance:
                     continue
                 entity = h.get("entity") or {}
-                row.append(Hit(str(h["id"]), score, distance, entity.get("label"), json.loads(entity["metadata"])))
+                row.append(Hit(str(h["id"]), score, distance, entity.get("label"),
+                               parse_metadata(entity["metadata"])))
             out.append(row[:k])
         return out
 

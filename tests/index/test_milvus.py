@@ -390,3 +390,16 @@ def test_facets_count_as_the_faiss_stores_do(open_milvus, open_store):
     for field, filters, keep in CASES:
         got, want = milvus.facets(field, **filters), faiss_store.facets(field, **filters)
         assert _same(got, want) and _same(got, _by_hand(items, field, keep)), (field, filters, got, want)
+
+
+def test_metadata_comes_back_exactly_as_stored_in_milvus_too(open_milvus):
+    # what a JSON parser could change, within what Milvus holds (its JSON field refuses integers beyond 64
+    # bits): the ends of int64, floats at the edge of their precision, integral floats, nesting
+    metas = [{"max": 2 ** 63 - 1, "min": -(2 ** 63), "one": 1.0}, {"f": 0.1 + 0.2, "tiny": 5e-324, "z": -0.0},
+             {"nested": {"a": [1, 2.5, None, True, "caf\u00e9"]}}]
+    vecs = unit(np.random.default_rng(21), len(metas))
+    store = open_milvus()
+    store.upsert([Item(f"x{i}", vecs[i], None, m) for i, m in enumerate(metas)])
+    for i, m in enumerate(metas):
+        for got in (store.get(f"x{i}").metadata, store.search(vecs[i], k=1)[0][0].metadata):
+            assert got == m and [type(v) for v in got.values()] == [type(v) for v in m.values()]
