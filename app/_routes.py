@@ -973,9 +973,9 @@ async def facets(request: Request,
 
     _, g = await _reading(request, after, gallery)
     try:
-        check_group_by(field)
+        check_group_by(field, "field")
     except ValueError as exc:
-        raise ApiError(422, "invalid_parameter", str(exc).replace("group_by", "field", 1)) from None
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
     label, where = _check_label(label), _check_where(where)
     where_filter = json.loads(where) if where else None
     found = await anyio.to_thread.run_sync(lambda: g.store.facets(field, label, where_filter))

@@ -20,12 +20,19 @@ MAX_GROUP_CANDIDATES = 16_384   # nearest items read for one grouped query (Milv
 _METADATA = "metadata."
 
 
-def check_group_by(group_by: str) -> str:
-    """`label`, or `metadata.KEY` (a top-level key of the items' metadata); ValueError naming it otherwise."""
+def check_group_by(group_by: str, name: str = "group_by") -> str:
+    """`label`, or `metadata.KEY` (a top-level key of the items' metadata); ValueError naming it (as the
+    parameter `name`: group_by, or a facet's field) otherwise."""
     if group_by == "label" or (group_by.startswith(_METADATA) and len(group_by) > len(_METADATA)):
         return group_by
-    raise ValueError(f"group_by={group_by!r}: give `label`, or `metadata.KEY` for a key of the items' metadata "
+    raise ValueError(f"{name}={group_by!r}: give `label`, or `metadata.KEY` for a key of the items' metadata "
                      "(e.g. metadata.product)")
+
+
+def _field_key(field: str) -> str | None:
+    """None for `label`, else the key of `metadata.KEY`; ValueError (check_group_by's) for another field."""
+    check_group_by(field)
+    return None if field == "label" else field[len(_METADATA):]
 
 
 def group_value(hit, group_by: str) -> Any:

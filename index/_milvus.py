@@ -599,12 +599,11 @@ class MilvusStore(ItemChecks):
 
     def facets(self, field: str, label: str | None = None, where: dict[str, Any] | None = None) -> Facet:
         """As Store.facets, counted from the matching rows' labels and metadata, read in pages."""
-        from ._groups import check_group_by
+        from ._groups import _field_key
 
         self._check_open()
-        check_group_by(field)
+        key = _field_key(field)
         expr = self._filter(label, _filter.check_where(where))
-        key = None if field == "label" else field[len("metadata."):]
         counts: dict[Any, int] = {}
         items = 0
         for row in self._scan(expr, ["label"] if key is None else ["metadata"]):

@@ -770,18 +770,18 @@ class Store(ItemChecks):
         """How the items with this label and matching `where` spread over the values of `field` ("label" or
         "metadata.KEY"): index.Facet, the most common value first. From the label and key indexes (a key's
         index is built the first time, as a filter on it builds it). ValueError for a field that is neither."""
-        from ._groups import check_group_by
+        from ._groups import _field_key
 
         self._check_open()
-        check_group_by(field)
+        key = _field_key(field)
         conditions = _filter.check_where(where)
         with self._rw.read():
             filtered = label is not None or conditions is not None
             allowed = set(self._filter_fids(label, conditions).tolist()) if filtered else None
-            if field == "label":
+            if key is None:
                 index: dict[Any, Any] = {lb: fids for lb, fids in self._by_label.items() if lb is not None}
             else:
-                index = self._meta_index(field[len("metadata."):])
+                index = self._meta_index(key)
             counts = {}
             for value_key, fids in index.items():
                 if isinstance(fids, int):   # a value one item holds is kept as its bare id
