@@ -426,7 +426,7 @@ class Service:
 
     def search(self, queries: np.ndarray, params: SearchParams) -> list:
         """The hits of each query vector (unit rows) under params, in params.gallery: the store's search,
-        then the PDDM re-ranking when asked for, or its groups (index.search_grouped) with params.group_by;
+        then the PDDM re-ranking when asked for, or its groups (store.search_grouped) with params.group_by;
         no item of params.exclude among them. Blocking: run it in a worker thread."""
         from index import search_hits   # imported when used: the app answers /healthz before FAISS loads
 
@@ -434,15 +434,13 @@ class Service:
         if g is None:   # dropped since the request began
             raise ApiError(503, "index_unavailable", f"gallery {params.gallery!r} was closed while this request was "
                            "under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
-        store, where = g.store, json.loads(params.where) if params.where else None
-
-        def nearest(vectors: np.ndarray, n: int) -> list:
-            return store.search(vectors, k=n, label=params.label, max_distance=params.max_distance, where=where)
-
+        store = g.store
+        filters = {"label": params.label, "max_distance": params.max_distance,
+                   "where": json.loads(params.where) if params.where else None}
         if not params.rerank:
-            return search_hits(nearest, queries, params.k, params.exclude, params.group_by, params.group_size)
+            return search_hits(store, queries, params.k, params.exclude, params.group_by, params.group_size, **filters)
         # the PDDM re-orders the `rerank` nearest that are not left out (the routes refuse it with group_by)
-        found = search_hits(nearest, queries, params.rerank, params.exclude)
+        found = search_hits(store, queries, params.rerank, params.exclude, **filters)
         return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, found)]
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int) -> list:

@@ -907,8 +907,7 @@ def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by:
                                f"{gallery!r}") from None
             except ValueError as exc:   # a query the marks cancel out
                 raise CliError(f"--like/--unlike: {exc}") from None
-        return index.search_hits(lambda v, n: store.search(v, k=n, **filters), queries, k, like + unlike + exclude,
-                                 group_by, group_size)
+        return index.search_hits(store, queries, k, like + unlike + exclude, group_by, group_size, **filters)
     return search
 
 

@@ -11,9 +11,10 @@
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
     refine_queries(store, [q], like=["a"], unlike=["b"])   # those queries refined by the stored items' vectors
-    search_hits(lambda v, n: store.search(v, k=n), queries, k=10, exclude=["a", "b"])   # the marked items left out
-    search_grouped(lambda v, n: store.search(v, k=n), [q], k=10, group_by="label")   # the 10 nearest labels,
-        each with its nearest item (group_by="metadata.product", group_size=3: products, 3 photos each)
+    search_hits(store, queries, k=10, exclude=["a", "b"], where={"year": 2024})   # the marked items left out
+    store.search_grouped([q], k=10, group_by="label")   # the 10 nearest labels, each with its nearest item
+        (group_by="metadata.product", group_size=3: products, 3 photos each)
+    search_grouped(lambda v, n: store.search(v, k=n), [q], k=10, group_by="label")   # the same over any search
     store.facets("metadata.album", where={"year": 2024})   # Facet: each album's number of items, most first
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)

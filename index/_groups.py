@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ._errors import InvalidItemError
+
 MAX_GROUP_CANDIDATES = 16_384   # nearest items read for one grouped query (Milvus's own cap on a search's limit)
 _METADATA = "metadata."
 
@@ -27,6 +29,11 @@ def check_group_by(group_by: str, name: str = "group_by") -> str:
         return group_by
     raise ValueError(f"{name}={group_by!r}: give `label`, or `metadata.KEY` for a key of the items' metadata "
                      "(e.g. metadata.product)")
+
+
+def _check_group_size(group_size) -> None:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise InvalidItemError(f"group_size must be a positive integer, got {group_size!r}")
 
 
 def _field_key(field: str) -> str | None:
@@ -74,47 +81,85 @@ def group_hits(hits: list, group_by: str) -> list[tuple[Any, list]]:
     return list(groups.values())
 
 
+def value_key(value: Any) -> tuple | None:
+    """What groups compare a group value by (JSON's equality, as the filters); None for no value."""
+    return None if value is None else _key(value)
+
+
+def first_groups(candidates: Iterable, k: int, group_size: int, key_of: Callable[[Any], Any]) -> tuple[list, bool]:
+    """(chosen, full): of `candidates` in their order (nearest first), the first group_size of each of the
+    first k groups to appear, group after group; full when k groups of group_size were found. key_of gives
+    a candidate's group as a hashable key (value_key of its value), None for none (skipped). Stops reading
+    as soon as the answer is full."""
+    groups: dict[Any, list] = {}
+    full = 0
+    for c in candidates:
+        key = key_of(c)
+        if key is None:
+            continue
+        members = groups.get(key)
+        if members is None:
+            if len(groups) == k:   # the groups rank by their nearest item: a group first seen now is not among them
+                continue
+            members = groups[key] = []
+        if len(members) < group_size:
+            members.append(c)
+            if len(members) == group_size:
+                full += 1
+                if full == k:
+                    break
+    return [c for members in groups.values() for c in members], full == k
+
+
+def first_page(k: int, group_size: int, excluded: int, max_candidates: int = MAX_GROUP_CANDIDATES) -> int:
+    """How many nearest items a grouped search reads first; each further read is 4x the last, up to
+    max_candidates."""
+    return min(max_candidates, max(64, 4 * k * group_size) + excluded)
+
+
 def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.ndarray, k: int, group_by: str,
                    group_size: int = 1, exclude: Iterable[str] = (),
                    max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list]:
     """Each query's best k groups, by their nearest item, each with its group_size nearest items: one flat
     list of hits a query, group after group (the nearest group first), each group's hits nearest first.
 
-    `search(vectors, n)` returns the n nearest hits of each row, filters applied (e.g. store.search). Items
-    with no value for `group_by` (no label, or no such metadata key) and ids in `exclude` are skipped.
-    Fewer than k groups come back when the nearest `max_candidates` items hold fewer.
+    `search(vectors, n)` returns the n nearest hits of each row, filters applied (e.g. MilvusStore.search).
+    Items with no value for `group_by` (no label, or no such metadata key) and ids in `exclude` are skipped.
+    Fewer than k groups come back when the nearest `max_candidates` items hold fewer. Store.search_grouped
+    gives the same answer without making a hit of every item it reads (several times faster).
     """
     check_group_by(group_by)
+    _check_group_size(group_size)
     left_out = set(exclude)
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, np.asarray(queries).shape[-1])
     out: list[list | None] = [None] * len(queries)
     pending = list(range(len(queries)))
-    n = min(max_candidates, max(64, 4 * k * group_size) + len(left_out))
+    n = first_page(k, group_size, len(left_out), max_candidates)
     while pending:
         found = search(queries[pending], n)
         still = []
         for row, hits in zip(pending, found):
-            # the groups rank by their nearest item, so the first k to appear are the answer; each holds its
-            # nearest members once group_size are read, or once every item there is has been read
-            groups = group_hits([h for h in hits if h.id not in left_out], group_by)[:k]
-            done = len(groups) == k and all(len(members) >= group_size for _, members in groups)
-            if done or len(hits) < n or n >= max_candidates:
-                out[row] = [h for _, members in groups for h in members[:group_size]]
+            chosen, full = first_groups((h for h in hits if h.id not in left_out), k, group_size,
+                                        lambda h: value_key(group_value(h, group_by)))
+            # read on while the groups are not full and there is more to read
+            if full or len(hits) < n or n >= max_candidates:
+                out[row] = chosen
             else:
                 still.append(row)
         pending, n = still, min(max_candidates, 4 * n)
     return out   # type: ignore[return-value]
 
 
-def search_hits(search: Callable[[np.ndarray, int], list[list]], queries: np.ndarray, k: int,
-                exclude: Iterable[str] = (), group_by: str | None = None, group_size: int = 1) -> list[list]:
-    """Each query's k nearest hits with no id of `exclude` among them (`search` is asked for as many more),
-    or with group_by its k nearest groups (search_grouped). `search(vectors, n)` as for search_grouped:
-    what the service's searches and `simsearch search` run after the model, whatever the query."""
+def search_hits(store, queries: np.ndarray, k: int, exclude: Iterable[str] = (), group_by: str | None = None,
+                group_size: int = 1, **filters) -> list[list]:
+    """Each query's k nearest hits in `store` (a Store or MilvusStore) with no id of `exclude` among them
+    (the store is asked for as many more), or with group_by its k nearest groups (store.search_grouped);
+    `filters` (label, where, max_distance) as for store.search. What the service's searches and `simsearch
+    search` run after the model, whatever the query."""
     if group_by:
-        return search_grouped(search, queries, k, group_by, group_size, exclude)
+        return store.search_grouped(queries, k, group_by, group_size, exclude, **filters)
     left_out = set(exclude)
-    found = search(queries, k + len(left_out))
+    found = store.search(queries, k=k + len(left_out), **filters)
     if not left_out:
         return found
     return [[h for h in hits if h.id not in left_out][:k] for hits in found]

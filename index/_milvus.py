@@ -35,6 +35,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, St
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._facets import Facet, facet
+from ._groups import MAX_GROUP_CANDIDATES, search_grouped
 from ._types import Hit, Item, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
@@ -653,6 +654,16 @@ class MilvusStore(ItemChecks):
         q = self._check_vector(queries, "query", batch=True)
         self._check_search(k, max_distance)
         return self._search(q, k, label, max_distance, _filter.check_where(where), None)
+
+    def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
+                       exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
+                       where: dict[str, Any] | None = None,
+                       max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list[Hit]]:
+        """Each query's k nearest groups, as Store.search_grouped: index.search_grouped over this store's
+        search, for labels too (Milvus's own grouping search takes a scalar field, not a key of the metadata
+        JSON; one path for both keeps their answers alike)."""
+        return search_grouped(lambda v, n: self.search(v, k=n, label=label, max_distance=max_distance, where=where),
+                              queries, k, group_by, group_size, exclude, max_candidates)
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
                      max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -23,6 +24,8 @@ from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreC
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
 from ._facets import Facet, facet
+from ._groups import (MAX_GROUP_CANDIDATES, _check_group_size, _field_key, first_groups, first_page,
+                      value_key)
 from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
@@ -770,8 +773,6 @@ class Store(ItemChecks):
         """How the items with this label and matching `where` spread over the values of `field` ("label" or
         "metadata.KEY"): index.Facet, the most common value first. From the label and key indexes (a key's
         index is built the first time, as a filter on it builds it). ValueError for a field that is neither."""
-        from ._groups import _field_key
-
         self._check_open()
         key = _field_key(field)
         conditions = _filter.check_where(where)
@@ -826,6 +827,53 @@ class Store(ItemChecks):
         self._check_search(k, max_distance)
         return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
 
+    def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
+                       exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
+                       where: dict[str, Any] | None = None,
+                       max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list[Hit]]:
+        """Each query's k nearest groups of items by `group_by` ("label" or "metadata.KEY"), each with its
+        group_size nearest items, as index.search_grouped defines them (one flat list a query, group after
+        group), with no id of `exclude`; label, where and max_distance as in search. The same answer as
+        index.search_grouped over this store's search, found from the FAISS ids and the in-memory labels:
+        a hit is made only of the items returned (bench_groups.py). ValueError for another group_by."""
+        key = _field_key(group_by)
+        self._check_open()
+        q = self._check_vector(queries, "query", batch=True)
+        self._check_search(k, max_distance)
+        _check_group_size(group_size)
+        conditions, left_out = _filter.check_where(where), set(exclude)
+        return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
+                                                           conditions, max_candidates))
+
+    def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates):
+        rows = self._rows
+        ex = {self._fid_of[i] for i in left_out if i in self._fid_of}
+        if key is None:
+            def key_of(pair):   # a label is a string or None: its own key
+                return rows[pair[0]][1]
+        else:
+            def key_of(pair):
+                return value_key(parse_metadata(rows[pair[0]][2]).get(key))
+        out: list = [None] * len(q)
+        pending = list(range(len(q)))
+        n = first_page(k, group_size, len(ex), max_candidates)
+        while pending:
+            found = self._pairs_locked(q[pending], n, label, None, conditions)
+            if found is None:
+                return None
+            still = []
+            for row, pairs in zip(pending, found):
+                near = (p for p in pairs if p[0] not in ex) if ex else pairs
+                if max_distance is not None:   # the pairs are nearest first
+                    near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
+                chosen, full = first_groups(near, k, group_size, key_of)
+                if full or len(pairs) < n or n >= max_candidates:
+                    out[row] = self._hits(chosen, None)
+                else:
+                    still.append(row)
+            pending, n = still, min(max_candidates, 4 * n)
+        return out
+
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
                      max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
         """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
@@ -837,10 +885,15 @@ class Store(ItemChecks):
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
 
     def _search(self, q, k, label, max_distance, exclude, where=None):
+        return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where))
+
+    def _retrying(self, locked: Callable[[], Any]) -> Any:
+        """locked() under the read lock, again while it returns None (its exact fallback met a write
+        committed but not yet applied)."""
         attempt, deadline = 0, time.monotonic() + SEARCH_RETRY_SECONDS
         while True:
             with self._rw.read():
-                result = self._search_locked(q, k, label, max_distance, exclude, where)
+                result = locked()
             if result is not None:
                 return result
             attempt += 1  # the exact fallback met a write committed but not yet applied: retry
@@ -851,6 +904,14 @@ class Store(ItemChecks):
             time.sleep(min(0.001 * attempt, 0.05))
 
     def _search_locked(self, q, k, label, max_distance, exclude, where=None):
+        found = self._pairs_locked(q, k, label, exclude, where)
+        if found is None:
+            return None
+        return [self._hits(pairs[:k], max_distance) for pairs in found]
+
+    def _pairs_locked(self, q, k, label, exclude, where):
+        """(FAISS id, score) of the k nearest items of each query, nearest first, `exclude` (one id) not
+        among them; None when the exact fallback met a write in flight (the caller retries)."""
         filtered = label is not None or where is not None
         allowed = self._filter_fids(label, where) if filtered else None
         population = len(allowed) if filtered else len(self._rows)
@@ -905,7 +966,7 @@ class Store(ItemChecks):
                 pairs = self._exact_locked(q[qi], want, label, allowed, ex)
                 if pairs is None:
                     return None
-            out.append(self._hits(pairs[:k], max_distance))
+            out.append(pairs[:k])
         return out
 
     def _search_broad(self, q, kk, allowed, population, params):

@@ -57,7 +57,7 @@ def test_refined_queries_searched_with_the_marks_left_out_find_what_the_refined_
     refined = refine_queries(store, [q, None], like, unlike)
     want = refine_query(q, vectors[1:3], vectors[3:4])
     assert np.allclose(refined[0], want, atol=1e-6)
-    got = search_hits(lambda v, n: store.search(v, k=n), refined, 5, exclude=like + unlike + ["i4"])
+    got = search_hits(store, refined, 5, exclude=like + unlike + ["i4"])
     ranked = [f"i{n}" for n in np.argsort(-(vectors @ want))]
     assert [h.id for h in got[0]] == [i for i in ranked if i not in {"i1", "i2", "i3", "i4"}][:5]
     assert len(got[1]) == 5 and not {h.id for h in got[1]} & {"i1", "i2", "i3", "i4"}

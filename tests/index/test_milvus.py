@@ -403,3 +403,22 @@ def test_metadata_comes_back_exactly_as_stored_in_milvus_too(open_milvus):
     for i, m in enumerate(metas):
         for got in (store.get(f"x{i}").metadata, store.search(vecs[i], k=1)[0][0].metadata):
             assert got == m and [type(v) for v in got.values()] == [type(v) for v in m.values()]
+
+
+def test_grouped_searches_find_the_groups_the_faiss_store_finds(open_milvus, open_store):
+    rng = np.random.default_rng(22)
+    vectors = unit(rng, 300)
+    items = [Item(f"i{n}", v, label=f"c{n % 7}", metadata={"product": n % 30, "shop": n % 2})
+             for n, v in enumerate(vectors)]
+    milvus, faiss_store = open_milvus(), open_store()
+    milvus.upsert(items)
+    faiss_store.upsert(items)
+    q = unit(rng, 3)
+    for group_by, k, size, filters in [("label", 5, 2, {}), ("metadata.product", 8, 3, {"where": {"shop": 1}}),
+                                       ("metadata.product", 4, 1, {"label": "c3", "max_distance": 1.3})]:
+        first = [row[0].id for row in faiss_store.search_grouped(q, k, group_by, size, **filters)]
+        got = milvus.search_grouped(q, k, group_by, size, exclude=first, **filters)
+        want = faiss_store.search_grouped(q, k, group_by, size, exclude=first, **filters)
+        assert not {h.id for row in want for h in row} & set(first)
+        assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in want], (group_by, filters)
+        assert all(len(row) == k * size for row in want) or "max_distance" in filters
