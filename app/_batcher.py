@@ -28,6 +28,7 @@ class SearchParams:
     group_by: str | None = None   # "label" or "metadata.KEY": k groups, each with its group_size nearest items
     group_size: int = 1
     exclude: tuple[str, ...] = ()   # ids never returned (shown already, marked, the query item itself)
+    offset: int = 0   # nearest items (or groups) skipped: the next page
 
 
 @dataclass

@@ -412,6 +412,7 @@ def _examples_param(doc: str):
 
 
 MAX_GROUPED_RESULTS = 1000   # k groups x group_size items in one answer
+MAX_SEARCH_WINDOW = 10_000   # offset + k items (with group_by: x group_size) a search reads to answer
 
 
 def _group_by_param():
@@ -437,6 +438,12 @@ def _exclude_param():
                                  "as many more, so that k remain. For a next page of new items: the search page "
                                  "leaves out what it has shown when it searches again with marks. An id the "
                                  "gallery does not hold is no error")
+
+
+def _offset_param():
+    return Query(0, ge=0, le=MAX_SEARCH_WINDOW, description="skip this many nearest items first (with group_by: this "
+                                                           "many groups), for the next page: offset=10&k=10 gives "
+                                                           f"the 11th to 20th; offset + k at most {MAX_SEARCH_WINDOW}")
 
 
 def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
@@ -507,15 +514,21 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
 def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
                    rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY,
                    group_by: str | None = None, group_size: int = 1,
-                   exclude: list[str] | None = None) -> SearchParams:
+                   exclude: list[str] | None = None, offset: int = 0) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
+    if (offset + k) * (group_size if group_by else 1) > MAX_SEARCH_WINDOW:
+        read = f"offset={offset} + k={k}" + (f" groups of group_size={group_size}" if group_by else "")
+        raise ApiError(422, "invalid_parameter", f"{read}: a search reads at most {MAX_SEARCH_WINDOW} items to "
+                                                 "answer; narrow it with filters, or leave out what was seen "
+                                                 "(exclude)")
     if rerank is not None:
         if service.pddm is None:
             raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
                                                      "head; rerank needs an artifact trained with the PDDM")
-        if rerank < k:
-            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least k={k}: it is the number "
-                                                     "of nearest candidates the PDDM re-orders")
+        if rerank < offset + k:
+            at_least = f"offset + k = {offset + k}" if offset else f"k={k}"
+            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least {at_least}: it is the "
+                                                     "number of nearest candidates the PDDM re-orders")
     if group_by is not None:
         from index import check_group_by   # see _vote_dict
         try:
@@ -532,7 +545,7 @@ def _search_params(service: Service, k: int, label: str | None, max_distance: fl
     elif group_size != 1:
         raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or metadata.KEY)")
     return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery, group_by,
-                        group_size, _check_exclude(exclude or []))
+                        group_size, _check_exclude(exclude or []), offset)
 
 
 def _finite(x: float) -> float:
@@ -573,7 +586,8 @@ def _search_answer(service: Service, hits, params: SearchParams, t0: float, vote
     """A SearchResponse, built by hand and sent as is: validating the response model again costs
     event-loop time on the hottest route (docs/results/benchmarks.md, P5); the model still documents it."""
     answer = {**_results(hits, params.group_by), "k": params.k, "took_ms": (time.perf_counter() - t0) * 1000,
-              "model": service.model_id, "reranked": params.rerank is not None, "candidates": params.rerank}
+              "model": service.model_id, "reranked": params.rerank is not None, "candidates": params.rerank,
+              "offset": params.offset}
     if vote:
         answer["vote"] = _vote_dict(hits)
     return JSONResponse(answer)
@@ -627,12 +641,12 @@ async def search(request: Request,
                  like: list[str] = _examples_param("more like this item"),
                  unlike: list[str] = _examples_param("less like this item"),
                  group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                 exclude: list[str] = _exclude_param(),
+                 exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
-                            exclude)
+                            exclude, offset)
     like, unlike = _check_examples(like, unlike, rerank)
     region = _check_crop(crop)
     if like or unlike:
@@ -742,14 +756,14 @@ async def batch_search(request: Request,
                        like: list[str] = _examples_param("more like this item, for every query"),
                        unlike: list[str] = _examples_param("less like this item, for every query"),
                        group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                       exclude: list[str] = _exclude_param(),
+                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
-                            exclude)
+                            exclude, offset)
     region = _check_crop(crop)   # the same region of every image
     like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
@@ -784,7 +798,7 @@ async def batch_search(request: Request,
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
                          "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
-                         "reranked": rerank is not None, "candidates": rerank})
+                         "reranked": rerank is not None, "candidates": rerank, "offset": offset})
 
 
 @router.post("/embed", response_model=EmbedResponse, tags=["search"],
@@ -811,14 +825,14 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        like: list[str] = _examples_param("more like this item"),
                        unlike: list[str] = _examples_param("less like this item"),
                        group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                       exclude: list[str] = _exclude_param(),
+                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     like, unlike = _check_examples(like, unlike, None)
     params = _search_params(service, k, label, max_distance, None, where, g.name, group_by, group_size,
-                            exclude)
-    if like or unlike or group_by or params.exclude:   # the item's vector, through the service's search
+                            exclude, offset)
+    if like or unlike or group_by or params.exclude or offset:   # the item's vector, through the service's search
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
         return _search_answer(service, hits, params, t0, vote)
     where_filter = json.loads(params.where) if params.where else None

@@ -22,6 +22,7 @@ class _Answer(BaseModel):
     model: str = Field(description="the model that embedded the queries (name@sha12)")
     reranked: bool = Field(False, description="whether the PDDM head re-ordered the candidates")
     candidates: int | None = Field(None, description="how many nearest candidates were re-ordered (rerank)")
+    offset: int = Field(0, description="how many nearest items (with group_by: groups) were skipped: `offset`")
 
 
 class Vote(BaseModel):

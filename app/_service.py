@@ -438,19 +438,21 @@ class Service:
         filters = {"label": params.label, "max_distance": params.max_distance,
                    "where": json.loads(params.where) if params.where else None}
         if not params.rerank:
-            return search_hits(store, queries, params.k, params.exclude, params.group_by, params.group_size, **filters)
+            return search_hits(store, queries, params.k, params.exclude, params.group_by, params.group_size,
+                               params.offset, **filters)
         # the PDDM re-orders the `rerank` nearest that are not left out (the routes refuse it with group_by)
         found = search_hits(store, queries, params.rerank, params.exclude, **filters)
-        return [self._rerank(store, q, hits, params.k) for q, hits in zip(queries, found)]
+        return [self._rerank(store, q, hits, params.k, params.offset) for q, hits in zip(queries, found)]
 
-    def _rerank(self, store, query: np.ndarray, hits: list, k: int) -> list:
-        """The best k of `hits` by the PDDM score (the hits keep their cosine score and distance)."""
+    def _rerank(self, store, query: np.ndarray, hits: list, k: int, offset: int = 0) -> list:
+        """The best k of `hits` by the PDDM score after the best `offset` (the hits keep their cosine score and
+        distance)."""
         items = store.get_many([h.id for h in hits])
         kept = [(h, it) for h, it in zip(hits, items) if it is not None]  # deleted meanwhile
         if not kept:
             return []
         order, _ = self.pddm.rerank(query, np.stack([it.vector for _, it in kept]))
-        return [kept[i][0] for i in order[:k]]
+        return [kept[i][0] for i in order[offset:offset + k]]
 
     def require_ready(self) -> None:
         """Raise 503 not_ready (with the reason) until the model and index are loaded."""

@@ -189,6 +189,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--group-size", type=int, default=1, metavar="N", help="with --group-by: items printed a group (1)")
     q.add_argument("--exclude", action="append", default=[], metavar="ID",
                    help="never print this gallery item (repeat for more; the service's exclude=)")
+    q.add_argument("--offset", type=int, default=0, metavar="N",
+                   help="skip the N nearest first (with --group-by, N groups): the next page, -k 10 --offset 10 "
+                        "prints the 11th to 20th (the service's offset=)")
     q.set_defaults(func=_search, classify=False)
 
     v = sub.add_parser("classify", help="print the label the nearest gallery images agree on, for an image (or many)",
@@ -205,7 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
     v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[], group_by=None,
-                   group_size=1, exclude=[])
+                   group_size=1, exclude=[], offset=0)
 
 
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
@@ -814,6 +817,7 @@ def _search(args) -> int:
         raise CliError("--rerank re-orders by the PDDM score of one image's embedding; a query refined by "
                        "--like/--unlike is a mix of several")
     _check_groups(args)
+    _check_offset(args)
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
@@ -831,11 +835,13 @@ def _search(args) -> int:
                 tf.close()
         return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
     embedder = _embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
-    pddm = _reranker(embedder, args.rerank, args.k) if args.rerank is not None else None
+    pddm = _reranker(embedder, args.rerank, args.k, args.offset) if args.rerank is not None else None
     store = _open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     agree = labelled = failed = 0
     try:
-        search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude)
+        # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
+        search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
+                           0 if pddm is not None else args.offset)
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
@@ -853,7 +859,7 @@ def _search(args) -> int:
             found = search(vecs, args.rerank or args.k, label=args.label, max_distance=args.max_distance, where=where)
             for (name, label), vec, hits in zip(chunk, vecs, found):
                 if pddm is not None:
-                    hits = _rerank(store, pddm, vec, hits, args.k)
+                    hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
                 answer = show(name, label, hits)
                 if label is not None:
                     labelled += 1
@@ -889,12 +895,22 @@ def _check_groups(args) -> None:
                        "at most 1000")
 
 
+def _check_offset(args) -> None:
+    """--offset checked as the service checks offset; CliError otherwise."""
+    if args.offset < 0:
+        raise CliError(f"--offset must be at least 0, got {args.offset}")
+    if (args.offset + args.k) * (args.group_size if args.group_by else 1) > 10_000:
+        raise CliError(f"--offset {args.offset} + -k {args.k}" + (f" groups of --group-size {args.group_size}"
+                                                                  if args.group_by else "") +
+                       ": a search reads at most 10000 items to answer")
+
+
 def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by: str | None, group_size: int,
-              exclude: list[str]):
-    """search(vecs, k, **filters): the k nearest hits of each query (or with group_by its k nearest groups),
-    each query first refined by the --like/--unlike items, those and the --exclude ones left out, as the
-    service's searches do (index.refine_queries, index.search_hits). CliError naming a marked id the gallery
-    does not hold."""
+              exclude: list[str], offset: int = 0):
+    """search(vecs, k, **filters): the k nearest hits of each query (or with group_by its k nearest groups)
+    after the `offset` nearest, each query first refined by the --like/--unlike items, those and the --exclude
+    ones left out, as the service's searches do (index.refine_queries, index.search_hits). CliError naming a
+    marked id the gallery does not hold."""
     import index
 
     def search(vecs, k: int, **filters) -> list[list]:
@@ -907,7 +923,7 @@ def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by:
                                f"{gallery!r}") from None
             except ValueError as exc:   # a query the marks cancel out
                 raise CliError(f"--like/--unlike: {exc}") from None
-        return index.search_hits(store, queries, k, like + unlike + exclude, group_by, group_size, **filters)
+        return index.search_hits(store, queries, k, like + unlike + exclude, group_by, group_size, offset, **filters)
     return search
 
 
@@ -961,7 +977,7 @@ def _print_hits(name: str, label: str | None, hits: list, args, single: bool, re
         print(f"re-ranked the {args.rerank} nearest candidates with the PDDM head")
     if not hits:
         print("no neighbours")
-    rank = 0
+    rank = args.offset   # the next page goes on counting
     for value, members in groups if groups is not None else [(None, hits)]:
         if groups is not None:
             print(f"{args.group_by} = {json.dumps(value)}")
@@ -1014,24 +1030,26 @@ def _queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[],
     return out, tars
 
 
-def _reranker(embedder, n: int, k: int):
-    """The artifact's PDDM head for --rerank N (CliError without one, or when N < k)."""
+def _reranker(embedder, n: int, k: int, offset: int = 0):
+    """The artifact's PDDM head for --rerank N (CliError without one, or when N < k + offset)."""
     import model
 
-    if n < k:
-        raise CliError(f"--rerank {n} must be at least -k {k}: it is the number of nearest candidates re-ordered")
+    if n < k + offset:
+        at_least = f"-k {k} + --offset {offset}" if offset else f"-k {k}"
+        raise CliError(f"--rerank {n} must be at least {at_least}: it is the number of nearest candidates re-ordered")
     pddm = model.PDDM.from_artifact(embedder.artifact)
     if pddm is None:
         raise CliError(f"--rerank: the model {embedder.model_id} has no PDDM head (train one with --loss pddm)")
     return pddm
 
 
-def _rerank(store, pddm, query, hits: list, k: int) -> list:
-    """The best k of `hits` by PDDM score against their stored vectors (cosine score and distance kept)."""
+def _rerank(store, pddm, query, hits: list, k: int, offset: int = 0) -> list:
+    """The best k of `hits` by PDDM score against their stored vectors after the best `offset` (cosine score and
+    distance kept)."""
     import numpy as np
 
     kept = [(h, it) for h, it in zip(hits, store.get_many([h.id for h in hits])) if it is not None]
     if not kept:
         return []
     order, _ = pddm.rerank(query, np.stack([it.vector for _, it in kept]))
-    return [kept[i][0] for i in order[:k]]
+    return [kept[i][0] for i in order[offset:offset + k]]

@@ -29,7 +29,8 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
                                 ("gallery", None if args.gallery == "default" else args.gallery),
                                 ("like", args.like or None), ("unlike", args.unlike or None),
                                 ("group_by", args.group_by), ("exclude", args.exclude or None),
-                                ("group_size", args.group_size if args.group_by else None)) if v is not None}
+                                ("group_size", args.group_size if args.group_by else None),
+                                ("offset", args.offset or None)) if v is not None}
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
     url = args.url.rstrip("/")
     agree = labelled = failed = 0

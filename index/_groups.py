@@ -151,15 +151,19 @@ def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.
 
 
 def search_hits(store, queries: np.ndarray, k: int, exclude: Iterable[str] = (), group_by: str | None = None,
-                group_size: int = 1, **filters) -> list[list]:
+                group_size: int = 1, offset: int = 0, **filters) -> list[list]:
     """Each query's k nearest hits in `store` (a Store or MilvusStore) with no id of `exclude` among them
     (the store is asked for as many more), or with group_by its k nearest groups (store.search_grouped);
+    `offset` of them skipped first (the next page: the hits offset+1 to offset+k, or those groups);
     `filters` (label, where, max_distance) as for store.search. What the service's searches and `simsearch
     search` run after the model, whatever the query."""
     if group_by:
-        return store.search_grouped(queries, k, group_by, group_size, exclude, **filters)
+        found = store.search_grouped(queries, offset + k, group_by, group_size, exclude, **filters)
+        if not offset:
+            return found
+        return [[h for _, members in group_hits(hits, group_by)[offset:] for h in members] for hits in found]
     left_out = set(exclude)
-    found = store.search(queries, k=k + len(left_out), **filters)
-    if not left_out:
+    found = store.search(queries, k=offset + k + len(left_out), **filters)
+    if not left_out and not offset:
         return found
-    return [[h for h in hits if h.id not in left_out][:k] for hits in found]
+    return [[h for h in hits if h.id not in left_out][offset:offset + k] for hits in found]

@@ -658,6 +658,56 @@ def test_one_result_per_label_or_metadata_value_shows_the_services_groups_and_a_
     assert page.find_element("id", "search-error").text == expected and "metadata.KEY" in expected
 
 
+def test_show_more_results_adds_the_next_page_of_the_same_search_until_it_runs_out(page, page_server, gallery,
+                                                                                  tmp_path):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
+    files = {"file": ("q.jpg", query.read_bytes(), "image/jpeg")}
+
+    def api(params: str) -> dict:
+        r = httpx.post(f"{page_server.url}/search?{params}", files=files, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def more(count: int) -> None:
+        page.find_element("id", "search-more").click()
+        WebDriverWait(page, WAIT).until(lambda d: len(result_ids(d)) == count
+                                        and d.find_element("id", "search-more").is_enabled())
+
+    choose_k(page, 8)
+    upload(page, query)
+    wait_for_search(page)
+    assert page.find_element("id", "search-more").is_displayed()
+    more(16)
+    assert result_ids(page) == [h["id"] for h in api("k=16")["results"]]
+    ranks = page.execute_script("return [...document.querySelectorAll('#results button.result')]"
+                                ".map(b => b.getAttribute('aria-label').split(':')[0]);")
+    assert ranks == [f"Result {n}" for n in range(1, 17)]   # the ranks go on from the first page
+    assert page.find_element("id", "search-status").text == "16 results"
+    more(24)
+    more(30)   # the gallery's 30: the last page is short, and no more is offered
+    assert result_ids(page) == [h["id"] for h in api("k=30")["results"]]
+    assert not page.find_element("id", "search-more").is_displayed()
+    # two per label: the next page is the next labels (leaving the field, or choosing, searches again at once)
+    choose_k(page, 4)
+    before = result_ids(page)
+    page.find_element("id", "group-by").send_keys("label", Keys.TAB)
+    wait_for_search(page, previous=before)
+    before = result_ids(page)
+    Select(page.find_element("id", "group-size")).select_by_visible_text("2")
+    wait_for_search(page, previous=before)
+    more(16)
+    rows = page.execute_script("""return [...document.querySelectorAll('#results li.group')].map(g => [
+        g.querySelector('.group-head').textContent,
+        [...g.querySelectorAll('button.result')].map(b => b.dataset.id)]);""")
+    assert rows == [[f"label: {g['value']}", [h["id"] for h in g["results"]]]
+                    for g in api("k=8&group_by=label&group_size=2")["groups"]]
+    more(20)   # 10 labels in all
+    assert not page.find_element("id", "search-more").is_displayed()
+
+
 def test_an_empty_answer_under_a_filter_says_whether_anything_matches(page, gallery, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 

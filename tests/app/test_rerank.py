@@ -82,6 +82,11 @@ async def test_rerank_reorders_the_faiss_candidates_by_pddm_score(pddm_artifact,
         assert batch.status_code == 200 and batch.json()["reranked"] is True, batch.text
         answers = [[h["id"] for h in q["results"]] for q in batch.json()["queries"]]
         assert answers == [expected_order(pddm_artifact, images, ids, other, 12, 5), got]
+        # the next page is the PDDM's next five of the same 12 candidates
+        page = await c.post("/search?k=5&offset=5&rerank=12", files=[upload(query)])
+        assert page.status_code == 200 and page.json()["offset"] == 5, page.text
+        assert [h["id"] for h in page.json()["results"]] == expected_order(pddm_artifact, images, ids, query, 12,
+                                                                           10)[5:]
 
 
 async def test_rerank_fewer_candidates_than_k_is_a_422(pddm_artifact, tmp_path, jpeg):
@@ -89,6 +94,9 @@ async def test_rerank_fewer_candidates_than_k_is_a_422(pddm_artifact, tmp_path, 
         r = await c.post("/search?k=10&rerank=5", files=[upload(jpeg)])
         assert r.status_code == 422, r.text
         assert "rerank" in r.json()["error"]["message"]
+        r = await c.post("/search?k=5&offset=5&rerank=8", files=[upload(jpeg)])
+        assert r.status_code == 422, r.text
+        assert "rerank=8 must be at least offset + k = 10" in r.json()["error"]["message"]
 
 
 async def test_rerank_without_a_pddm_head_is_a_422_that_says_so(hybrid1_artifact, tmp_path, jpeg):

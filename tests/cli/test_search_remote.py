@@ -111,6 +111,28 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
                               (["--group-by", "label", "--rerank", "5"], "--rerank and --group-by")]:
             assert main(["search", str(photos / "ship" / "0000.jpg"), *args, *data]) == 2
             assert message in capsys.readouterr().err
+        # --offset is sent as the service's offset=: the next page, locally and remotely the same
+        whole = {where: ["search", str(photos / "ship"), "-k", "6", *args]
+                 for where, args in (("local", data), ("remote", ["--url", live.url]))}
+        paged = {where: ["search", str(photos / "ship"), "-k", "3", "--offset", "3", *args]
+                 for where, args in (("local", data), ("remote", ["--url", live.url]))}
+        runs, pages = runs_with_and_without_json(capsys, **whole), runs_with_and_without_json(capsys, **paged)
+        for where in ("local", "remote"):
+            assert [[h["id"] for h in r["results"]] for r in pages[where]] == \
+                [[h["id"] for h in r["results"]][3:] for r in runs["local"]]
+        assert "\n  4  " in pages["local text"].out and "\n  1  " not in pages["local text"].out   # ranks go on
+        grouped_page = {where: ["search", str(photos / "cat"), "-k", "2", "--offset", "1", "--group-by", "label",
+                                *args] for where, args in (("local", data), ("remote", ["--url", live.url]))}
+        pages = runs_with_and_without_json(capsys, **grouped_page)
+        assert [[h["group"] for h in r["results"]] for r in pages["remote"]] == \
+            [[h["group"] for h in r["results"]] for r in pages["local"]]
+        assert all(len(r["results"]) == 2 and "cat" not in {h["group"] for h in r["results"]} for r in pages["local"])
+        for args, message in [(["--offset", "-1"], "--offset must be at least 0, got -1"),
+                              (["--offset", "9995", "-k", "6"], "at most 10000"),
+                              (["--offset", "3", "-k", "3", "--rerank", "5"], "--rerank 5 must be at least -k 3 + "
+                                                                          "--offset 3")]:
+            assert main(["search", str(photos / "ship" / "0000.jpg"), *args, *data]) == 2
+            assert message in capsys.readouterr().err
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:

@@ -216,3 +216,21 @@ def test_a_group_first_seen_after_the_k_groups_is_left_out_while_they_fill(open_
     assert [h.id for h in grouped(store, q[None], 1, "label", 2)[0]] == ["a1", "a2"]
     assert [h.id for h in grouped(store, q[None], 2, "label", 2)[0]] == ["a1", "a2", "b1", "b2"]
     assert [h.id for h in grouped(store, q[None], 2, "label", 3)[0]] == ["a1", "a2", "b1", "b2"]
+
+
+def test_search_hits_at_an_offset_gives_the_next_items_or_the_next_groups(open_store):
+    rng = np.random.default_rng(11)
+    vectors = unit(rng, 300)
+    items = [Item(f"i{n}", v, label=f"c{n % 9}") for n, v in enumerate(vectors)]
+    store = open_store()
+    store.upsert(items)
+    q = unit(rng, 2)
+    for exclude in ([], ["i1", "i2", "i3"]):
+        whole = search_hits(store, q, 300, exclude=exclude, where=None)
+        for offset in (0, 7, 35, 299):
+            page = search_hits(store, q, 10, exclude=exclude, offset=offset)
+            assert [[h.id for h in row] for row in page] == [[h.id for h in row][offset:offset + 10] for row in whole]
+    whole = search_hits(store, q, 8, group_by="label", group_size=2)
+    page = search_hits(store, q, 3, group_by="label", group_size=2, offset=5)
+    assert [[h.id for h in row] for row in page] == [[h.id for h in row][10:16] for row in whole]
+    assert search_hits(store, q, 3, group_by="label", offset=9) == [[], []]   # 9 labels: none left
