@@ -292,18 +292,18 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
     return form
 
 
-async def _uploads(request: Request, media_type: str, max_count: int | None = None) -> list[tuple[str, bytes]]:
+async def _uploads(request: Request, media_type: str) -> list[tuple[str, bytes]]:
     """The images of a search or embed request: the body itself (an image media type), or its `file` parts."""
     if _is_raw_image(media_type):
         return [("the body", await _read_body(request))]
     form = await _read_form(request, {"file"})
     try:
-        return await _file_parts(form, max_count)
+        return await _file_parts(form)
     finally:
         await form.close()
 
 
-async def _file_parts(form: FormData, max_count: int | None = None) -> list[tuple[str, bytes]]:
+async def _file_parts(form: FormData) -> list[tuple[str, bytes]]:
     files = form.getlist("file")
     if not files:
         raise ApiError(400, "missing_file", "no `file` part in the form; send the image as a file part named `file`")
@@ -313,8 +313,6 @@ async def _file_parts(form: FormData, max_count: int | None = None) -> list[tupl
             raise ApiError(400, "missing_file",
                            f"`file` part {i} is a plain field, not a file upload (give it a filename)")
         out.append((f"file {i} ({part.filename!r})" if part.filename else f"file {i}", await part.read()))
-    if max_count is not None and len(out) > max_count:
-        raise ApiError(422, "too_many_files", f"this route takes exactly one `file` part, got {len(out)}")
     return out
 
 
@@ -444,6 +442,25 @@ def _offset_param():
     return Query(0, ge=0, le=MAX_SEARCH_WINDOW, description="skip this many nearest items first (with group_by: this "
                                                            "many groups), for the next page: offset=10&k=10 gives "
                                                            f"the 11th to 20th; offset + k at most {MAX_SEARCH_WINDOW}")
+
+
+def _combine_param():
+    return Query("mean", description="with several `file` parts, how the photos make one query: `mean`, items near "
+                                     "all of them (the mean of their embeddings; for photos of a kind the model "
+                                     "knows), or `best`, items near any of them (each photo searched, every item "
+                                     "at its best score; for kinds of image the model never saw)")
+
+
+def _check_combine(combine: str, group_by: str | None, rerank: int | None) -> str:
+    if combine not in ("mean", "best"):
+        raise ApiError(422, "invalid_parameter", f"combine={combine!r}: give `mean` (items near all the photos) or "
+                                                 "`best` (items near any of them)")
+    if combine == "best" and (group_by or rerank is not None):
+        what = "group_by" if group_by else "rerank"
+        raise ApiError(422, "invalid_parameter", f"combine=best and {what} do not go together: best merges each "
+                                                 f"photo's nearest items, {what} works on one query; use "
+                                                 "combine=mean")
+    return combine
 
 
 def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
@@ -642,48 +659,88 @@ async def search(request: Request,
                  unlike: list[str] = _examples_param("less like this item"),
                  group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
                  exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
+                 combine: str = _combine_param(),
                  vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
                             exclude, offset)
     like, unlike = _check_examples(like, unlike, rerank)
-    region = _check_crop(crop)
-    if like or unlike:
-        hits = (await _search_refined(service, g, params, [await _request_query(request, service, region)], like,
-                                      unlike))[0]
-    else:
-        hits = await _search_one(request, service, params, region)
+    combine = _check_combine(combine, group_by, rerank)
+    hits = await _search_request(request, service, g, params, _check_crop(crop), like, unlike, combine)
     return _search_answer(service, hits, params, t0, vote)
 
 
 async def _search_one(request: Request, service: Service, params: SearchParams, crop: Crop | None = None) -> list:
     """The hits of the one query a request carries: an image (a multipart `file` part or the body), or
-    its region `crop`, or a JSON vector."""
+    its region `crop`, or several images together (several `file` parts: their mean), or a JSON vector."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":  # a vector: no image, no model; the store only
         _no_crop_for_vectors(crop)
         vector = _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
         hits = await anyio.to_thread.run_sync(service.search, vector, params)
     else:
-        files = await _uploads(request, media_type, max_count=1)
-        # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
-        _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1, params)
+        files = await _uploads(request, media_type)
+        if len(files) > 1:   # several photos of what is wanted: one query, their mean
+            vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], len(files))
+            hits = await anyio.to_thread.run_sync(service.search, _together(vectors), params)
+        else:
+            # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
+            _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1, params)
     return hits[0]
 
 
-async def _request_query(request: Request, service: Service, crop: Crop | None) -> np.ndarray | None:
-    """The query vector a request carries, embedded when it is an image (or its region `crop`); None
-    for a request with no body at all (a search by liked items alone)."""
+def _together(vectors: np.ndarray) -> np.ndarray:
+    """(1, dim): the unit mean of the images' vectors, the one query several photos of a thing make; 422 when
+    they cancel out (no direction is left to search in)."""
+    mean = vectors.astype(np.float64).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise ApiError(422, "invalid_query", f"the {len(vectors)} images point opposite ways in the model's space: "
+                                             "their mean is no direction to search in; search with combine=best "
+                                             "(items near any of them)")
+    return (mean / norm).astype(np.float32)[None]
+
+
+async def _request_queries(request: Request, service: Service, crop: Crop | None) -> np.ndarray | None:
+    """The query vectors a request carries, (n, dim): a JSON vector, or its images embedded (or their region
+    `crop`); None for a request with no body at all (a search by liked items alone)."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         _no_crop_for_vectors(crop)
-        return _query_vector(await _read_body(request), service.embedder.dim, service.model_id)[0]
+        return _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
     if not media_type and not await _read_body(request):
         return None   # (a body without a Content-Type is refused by _uploads, as for any search)
-    files = await _uploads(request, media_type, max_count=1)
-    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1)
-    return vectors[0]
+    files = await _uploads(request, media_type)
+    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], len(files))
+    return vectors
+
+
+async def _search_request(request: Request, service: Service, g: Gallery, params: SearchParams,
+                          crop: Crop | None, like: list[str], unlike: list[str], combine: str) -> list:
+    """The hits of what a search request carries (an image, several, a vector, or only marks), refined by
+    the marks, several images combined as `combine` says (_check_combine)."""
+    if not (like or unlike or combine == "best"):
+        return await _search_one(request, service, params, crop)
+    queries = await _request_queries(request, service, crop)
+    if queries is not None and len(queries) > 1 and combine == "best":
+        # each photo's offset + k nearest, merged: every item at its best score over the photos
+        wide = dataclasses.replace(params, k=params.offset + params.k, offset=0)
+        if like or unlike:
+            found = await _search_refined(service, g, wide, list(queries), like, unlike)
+        else:
+            found = await anyio.to_thread.run_sync(service.search, queries, wide)
+        from index import best_of   # see _vote_dict
+
+        return best_of(found, params.k, params.offset)
+    if queries is None:
+        query = None
+    else:
+        query = _together(queries)[0] if len(queries) > 1 else queries[0]
+    if not (like or unlike):
+        return (await anyio.to_thread.run_sync(service.search, query[None], params))[0]
+    return (await _search_refined(service, g, params, [query], like, unlike))[0]
+
 
 
 async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],
@@ -731,11 +788,13 @@ async def classify(request: Request,
                                                                   "precision (match_thresholds)"),
                    where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
                                                                                 "metadata filter vote; " + _WHERE_DOC),
-                   crop: str | None = _crop_param(), gallery: str = _gallery(), after: str | None = _after()):
+                   crop: str | None = _crop_param(), combine: str = _combine_param(),
+                   gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
     params = _search_params(service, k, None, max_distance, None, where, g.name)
-    hits = await _search_one(request, service, params, _check_crop(crop))
+    hits = await _search_request(request, service, g, params, _check_crop(crop), [], [],
+                                 _check_combine(combine, None, None))
     return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": False, "candidates": None})

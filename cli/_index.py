@@ -222,6 +222,13 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
     p.add_argument("--crop", metavar="L,T,R,B", help="use only this region of each query image: left,top,right,"
                                                       "bottom as fractions (0 to 1) of its width and height, e.g. "
                                                       "0.25,0.1,0.75,0.9 (the service's crop=)")
+    p.add_argument("--together", action="store_true",
+                   help="the query images are several photos of one kind of thing: one query, the mean of their "
+                        "embeddings (as the service's POST /search with several file parts)")
+    p.add_argument("--combine", choices=("mean", "best"), default="mean",
+                   help="with --together: `mean`, images near all of them (the mean of their embeddings; for a "
+                        "kind the model knows), or `best`, images near any of them (each searched, every item at "
+                        "its best score; for kinds of image the model never saw) (the service's combine=)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--url", help=url_help)
     p.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
@@ -818,17 +825,27 @@ def _search(args) -> int:
                        "--like/--unlike is a mix of several")
     _check_groups(args)
     _check_offset(args)
+    if args.combine != "mean":
+        if not args.together:
+            raise CliError(f"--combine {args.combine} is how --together makes one query of several images; "
+                           "add --together")
+        if args.group_by or args.rerank is not None:
+            raise CliError(f"--combine best and --{'group-by' if args.group_by else 'rerank'} do not go together: "
+                           "best merges each image's nearest items; use --combine mean")
     if args.url and args.model:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     queries, tars = _queries(args.images)
-    single = len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0]))
+    single = args.together or (len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0])))
     show = _Answers(args, single)
     if args.url:
         from . import _remote
 
         try:
+            if args.together:
+                _remote.search_together(args, _read_together(queries), show)
+                return 0
             labelled, agree, failed = _remote.search(args, queries, single, show)
         finally:
             for tf in tars:
@@ -842,6 +859,30 @@ def _search(args) -> int:
         # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
         search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
                            0 if pddm is not None else args.offset)
+        if args.together:   # one query: the unit mean of every image's vector
+            arrays = []
+            for name, data in _read_together(queries):
+                try:
+                    arrays.append(_model_input(data, embedder, crop))
+                except Exception as exc:  # noqa: BLE001  (one query: any image it cannot read ends it)
+                    raise CliError(f"cannot read image {name}: {exc}") from None
+            vecs = embedder.embed_arrays(np.stack(arrays))
+            if args.combine == "best" and len(vecs) > 1:   # each photo's offset + k nearest, merged
+                wide = _searcher(store, like, unlike, args.gallery, None, 1, args.exclude)
+                found = wide(vecs, args.offset + args.k, label=args.label, max_distance=args.max_distance, where=where)
+                show(f"{len(arrays)} images together", None, index.best_of(found, args.k, args.offset))
+                return 0
+            mean = vecs.astype(np.float64).mean(axis=0)
+            if float(np.linalg.norm(mean)) < 1e-6:
+                raise CliError(f"--together: the {len(arrays)} images cancel out (their mean is no direction to "
+                               "search in); search them one by one")
+            vec = (mean / np.linalg.norm(mean)).astype(np.float32)
+            hits = search(vec[None], args.rerank or args.k, label=args.label, max_distance=args.max_distance,
+                          where=where)[0]
+            if pddm is not None:
+                hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
+            show(f"{len(arrays)} images together", None, hits)
+            return 0
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
@@ -893,6 +934,17 @@ def _check_groups(args) -> None:
     if args.k * args.group_size > 1000:
         raise CliError(f"-k {args.k} groups of --group-size {args.group_size} is {args.k * args.group_size} items; "
                        "at most 1000")
+
+
+def _read_together(queries) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every query image for --together, each read; CliError naming one that cannot be."""
+    photos = []
+    for name, _, read in queries:
+        try:
+            photos.append((name, read()))
+        except OSError as exc:
+            raise CliError(f"cannot read image {name}: {exc}") from None
+    return photos
 
 
 def _check_offset(args) -> None:

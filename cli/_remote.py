@@ -24,22 +24,13 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     skipped)."""
     import httpx
 
-    params = {k: v for k, v in (("k", args.k), ("label", args.label), ("where", args.where),
-                                ("max_distance", args.max_distance), ("rerank", args.rerank), ("crop", args.crop),
-                                ("gallery", None if args.gallery == "default" else args.gallery),
-                                ("like", args.like or None), ("unlike", args.unlike or None),
-                                ("group_by", args.group_by), ("exclude", args.exclude or None),
-                                ("group_size", args.group_size if args.group_by else None),
-                                ("offset", args.offset or None)) if v is not None}
+    params = _params(args)
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
     url = args.url.rstrip("/")
     agree = labelled = failed = 0
     limit = MAX_FILES
     try:
-        headers = {"X-API-Key": key} if key else {}
-        if args.after:
-            headers["X-Simsearch-After"] = args.after
-        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout) as client:
+        with httpx.Client(base_url=url, headers=_headers(args, key), timeout=args.timeout) as client:
             todo = list(queries)
             while todo:
                 chunk, size = [], 0
@@ -75,6 +66,46 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     return labelled, agree, failed
+
+
+def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., str | None]) -> None:
+    """Search the service at args.url with every photo as one query (its POST /search with several `file`
+    parts: their mean); show(name, None, hits) the answer. CliError with the service's words when it refuses."""
+    import httpx
+
+    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    url = args.url.rstrip("/")
+    files = [("file", (Path(name).name or "query", data)) for name, data in photos]
+    try:
+        with httpx.Client(base_url=url, headers=_headers(args, key), timeout=args.timeout) as client:
+            r = _request(client, "POST", "/search", params=_params(args), files=files)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    if r.status_code == 401:
+        raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "
+                       f"SIMSEARCH_API_KEY ({_message(r)})")
+    if r.status_code != 200:
+        raise CliError(_fatal(r.status_code, _message(r), url))
+    show(f"{len(photos)} images together", None, [SimpleNamespace(**h) for h in r.json()["results"]])
+
+
+def _params(args) -> dict:
+    """The service's query parameters for these options (those not given left out)."""
+    return {k: v for k, v in (("k", args.k), ("label", args.label), ("where", args.where),
+                              ("max_distance", args.max_distance), ("rerank", args.rerank), ("crop", args.crop),
+                              ("gallery", None if args.gallery == "default" else args.gallery),
+                              ("like", args.like or None), ("unlike", args.unlike or None),
+                              ("group_by", args.group_by), ("exclude", args.exclude or None),
+                              ("group_size", args.group_size if args.group_by else None),
+                              ("offset", args.offset or None),
+                              ("combine", args.combine if args.combine != "mean" else None)) if v is not None}
+
+
+def _headers(args, key: str) -> dict[str, str]:
+    headers = {"X-API-Key": key} if key else {}
+    if args.after:
+        headers["X-Simsearch-After"] = args.after
+    return headers
 
 
 def _size_hint(query) -> int:

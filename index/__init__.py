@@ -15,6 +15,7 @@
     store.search_grouped([q], k=10, group_by="label")   # the 10 nearest labels, each with its nearest item
         (group_by="metadata.product", group_size=3: products, 3 photos each)
     search_grouped(lambda v, n: store.search(v, k=n), [q], k=10, group_by="label")   # the same over any search
+    best_of(search_hits(store, photos, k=10), k=10)   # several photos' hits as one: each item at its best score
     store.facets("metadata.album", where={"year": 2024})   # Facet: each album's number of items, most first
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
@@ -28,7 +29,7 @@ from ._duplicates import find_duplicates
 from ._facets import Facet
 from ._faiss import PRESETS
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_queries, refine_query
-from ._groups import (MAX_GROUP_CANDIDATES, check_group_by, group_hits, group_value, search_grouped,
+from ._groups import (MAX_GROUP_CANDIDATES, best_of, check_group_by, group_hits, group_value, search_grouped,
                       search_hits)
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
@@ -42,7 +43,8 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "check_group_by", "group_hits", "group_value",
+    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "best_of", "check_group_by", "group_hits",
+    "group_value",
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",

@@ -150,6 +150,17 @@ def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.
     return out   # type: ignore[return-value]
 
 
+def best_of(found: list[list], k: int, offset: int = 0) -> list:
+    """Several queries' hits as one list (several photos, "near any of them"): each item once, at its best
+    score over the queries, the best first; the `offset` best skipped, then k. Ask each query for offset + k."""
+    best: dict[str, Any] = {}
+    for hits in found:
+        for h in hits:
+            if h.id not in best or h.score > best[h.id].score:
+                best[h.id] = h
+    return sorted(best.values(), key=lambda h: -h.score)[offset:offset + k]
+
+
 def search_hits(store, queries: np.ndarray, k: int, exclude: Iterable[str] = (), group_by: str | None = None,
                 group_size: int = 1, offset: int = 0, **filters) -> list[list]:
     """Each query's k nearest hits in `store` (a Store or MilvusStore) with no id of `exclude` among them

@@ -708,6 +708,48 @@ def test_show_more_results_adds_the_next_page_of_the_same_search_until_it_runs_o
     assert not page.find_element("id", "search-more").is_displayed()
 
 
+def test_several_photos_picked_at_once_search_together_as_the_service_answers_them(page, page_server, gallery,
+                                                                                  shared_data, tmp_path):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    cats = [(n, d) for n, label, d in cifar10_images(shared_data, 3, split="train") if label == "cat"]
+    paths = []
+    for name, data in cats:   # training images: not in the gallery
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    files = [("file", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
+
+    def api(params: str) -> list[str]:
+        r = httpx.post(f"{page_server.url}/search?{params}", files=files, timeout=120)
+        assert r.status_code == 200, r.text
+        return [h["id"] for h in r.json()["results"]]
+
+    choose_k(page, 8)
+    page.find_element("css selector", "input#file[type=file]").send_keys("\n".join(str(p) for p in paths))
+    wait_for_search(page)
+    assert result_ids(page) == api("k=8")
+    assert page.find_element("id", "query-caption").text.startswith("Query: 3 photos together")
+    alts = [img.get_attribute("alt") for img in page.find_elements("css selector", "#query .query-photos img")]
+    assert alts == [f"Query image {i + 1} of 3: {p.name}" for i, p in enumerate(paths)]
+    assert not page.find_elements("id", "query-frame")   # no region to drag: that is for one photo
+    # the next page is the same three photos' next page
+    page.find_element("id", "search-more").click()
+    WebDriverWait(page, WAIT).until(lambda d: len(result_ids(d)) == 16)
+    assert result_ids(page) == api("k=16")
+    # near any of them: each photo searched, every item at its best score (combine=best), asked again at once
+    before = result_ids(page)
+    Select(page.find_element("id", "combine")).select_by_value("best")
+    wait_for_search(page, previous=before)
+    assert result_ids(page) == api("k=8&combine=best")
+    # one photo again: its own answer, and a region can be chosen
+    before = result_ids(page)
+    upload(page, paths[0])
+    wait_for_search(page, previous=before)
+    assert result_ids(page) == [h["id"] for h in httpx.post(f"{page_server.url}/search?k=8", files=files[:1],
+                                                             timeout=120).json()["results"]]
+    assert page.find_elements("id", "query-frame")
+
+
 def test_an_empty_answer_under_a_filter_says_whether_anything_matches(page, gallery, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 

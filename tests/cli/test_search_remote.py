@@ -133,6 +133,38 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
                                                                           "--offset 3")]:
             assert main(["search", str(photos / "ship" / "0000.jpg"), *args, *data]) == 2
             assert message in capsys.readouterr().err
+        # --together: the images are one query (the service's /search with several file parts), the same both ways
+        ships = [str(photos / "ship" / f"000{i}.jpg") for i in (1, 2, 3)]
+        found = {}
+        for where, args in (("local", data), ("remote", ["--url", live.url])):   # one query: one answer, as for one file
+            assert main(["search", *ships, "-k", "5", "--together", "--json", *args]) == 0
+            found[where] = [h["id"] for h in json.loads(capsys.readouterr().out)]
+        assert found["remote"] == found["local"] and len(found["local"]) == 5
+        assert main(["search", ships[0], "-k", "5", "--json", *data]) == 0
+        assert [h["id"] for h in json.loads(capsys.readouterr().out)] != found["local"]
+        # --combine best: near any of them, each image's nearest merged at their best scores, the same both ways
+        mixed = [ships[0], str(photos / "dog" / "0001.jpg"), str(photos / "cat" / "0002.jpg")]
+        for where, args in (("local", data), ("remote", ["--url", live.url])):
+            assert main(["search", *mixed, "-k", "4", "--offset", "1", "--together", "--combine", "best", "--json",
+                         *args]) == 0
+            found[where] = [(h["id"], h["score"]) for h in json.loads(capsys.readouterr().out)]
+        assert [i for i, _ in found["remote"]] == [i for i, _ in found["local"]]
+        best: dict = {}
+        for image in mixed:
+            assert main(["search", image, "-k", "5", "--json", *data]) == 0
+            for h in json.loads(capsys.readouterr().out):
+                best[h["id"]] = max(best.get(h["id"], -2.0), h["score"])
+        assert [i for i, _ in found["local"]] == [i for i, _ in sorted(best.items(), key=lambda kv: -kv[1])][1:5]
+        for args, message in [(["--combine", "best"], "add --together"),
+                              (["--together", "--combine", "best", "--group-by", "label"], "--combine best and --group-by")]:
+            assert main(["search", *mixed, *args, *data]) == 2
+            assert message in capsys.readouterr().err
+        for where, args in (("local", data), ("remote", ["--url", live.url])):
+            assert main(["classify", *ships, "-k", "3", "--together", *args]) == 0, where
+            assert "ship" in capsys.readouterr().out
+            bad = [*ships, str(photos / "cat" / "notes.jpg")]
+            assert main(["search", *bad, "--together", *args]) != 0, where
+            assert "notes.jpg" in capsys.readouterr().err
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:

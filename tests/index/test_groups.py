@@ -234,3 +234,14 @@ def test_search_hits_at_an_offset_gives_the_next_items_or_the_next_groups(open_s
     page = search_hits(store, q, 3, group_by="label", group_size=2, offset=5)
     assert [[h.id for h in row] for row in page] == [[h.id for h in row][10:16] for row in whole]
     assert search_hits(store, q, 3, group_by="label", offset=9) == [[], []]   # 9 labels: none left
+
+
+def test_best_of_merges_several_queries_hits_each_item_once_at_its_best_score():
+    from index import Hit, best_of
+
+    def hit(i, score):
+        return Hit(i, score, float(np.sqrt(2 - 2 * score)), None, {})
+
+    found = [[hit("a", 0.9), hit("b", 0.5), hit("c", 0.4)], [hit("c", 0.95), hit("a", 0.3)], []]
+    assert [(h.id, h.score) for h in best_of(found, 3)] == [("c", 0.95), ("a", 0.9), ("b", 0.5)]
+    assert [h.id for h in best_of(found, 5, offset=1)] == ["a", "b"]
