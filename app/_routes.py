@@ -70,9 +70,10 @@ _MODEL_FIELD = {"type": "string", "description": "optional: the model that made 
 
 
 def _search_body() -> dict[str, Any]:
-    spec = _multipart("one image: a multipart `file` part, or the image itself as the body; or a vector, "
+    spec = _multipart("one image: a multipart `file` part, or the image itself as the body; or several photos of "
+                      "what is wanted, a `file` part each, searched as one query (combine=); or a vector, "
                       'as JSON {"vector": [...]} (a vector from POST /embed or GET /index/{id}?vector=true)',
-                      {"file": {"type": "string", "format": "binary"}})
+                      {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}})
     binary = {"schema": {"type": "string", "format": "binary"}}
     spec["requestBody"]["content"].update({t: binary for t in _RAW_IMAGE_TYPES})
     spec["requestBody"]["content"]["application/json"] = {"schema": {
