@@ -152,6 +152,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("--batch-size", type=int, default=1000, help="items read and written together (1000)")
     y.set_defaults(func=_copy)
 
+    e = isub.add_parser("edit", help="set metadata of items already indexed, from a file (no embedding)",
+                        description="Apply each row of --metadata to the item of its id, as a JSON merge patch on "
+                                    "its metadata: each key given is set (in JSON Lines a key given as null is "
+                                    "removed), the others kept; labels, vectors and thumbnails stay. For items "
+                                    "indexed before their metadata was at hand (`index build --metadata` gives new "
+                                    "images theirs). In DATA while no service has it open, in Milvus, or with "
+                                    "--url through a running service (PATCH /index/{id}). Run again after an "
+                                    "interruption: applying a row twice changes nothing more.")
+    e.add_argument("--metadata", metavar="FILE", required=True,
+                   help="the metadata to set, from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
+                        "\"cat/001.jpg\", \"album\": \"trip\", \"draft\": null}: album set, draft removed) or CSV "
+                        "(.csv, a header with an id column; every other non-empty cell sets its column's key to "
+                        "that string)")
+    _common(e, model=False, milvus=True)
+    e.add_argument("--url", help="edit through a running service instead, e.g. http://127.0.0.1:8000")
+    e.add_argument("--api-key", help="with --url: the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    e.add_argument("--timeout", type=float, default=120, help="with --url: seconds to wait for one answer (120)")
+    e.set_defaults(func=_edit)
+
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "
                                     "matching --where. Without --yes, only says how many would go. While "
@@ -524,7 +543,7 @@ def _build(args) -> int:
         kept = len(set(extra) & done)
         if kept:
             print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
-                  "(PATCH /index/{id} changes it)", file=sys.stderr)
+                  f"(`simsearch index edit --metadata {args.metadata}` sets it on them)", file=sys.stderr)
         failed = 0
 
         def read(id_: str) -> bytes:
@@ -734,6 +753,16 @@ def _upload(args) -> int:
     from ._upload import upload
 
     return upload(args)
+
+
+def _edit(args) -> int:
+    from ._edit import edit
+
+    if args.url and args.milvus_uri:
+        raise CliError("give --url (a running service) or --milvus-uri (Milvus itself), not both")
+    return edit(args, lambda read_only: _open_store(
+        args.data, read_only, gallery=args.gallery, milvus_uri=args.milvus_uri,
+        locked_hint=". While `simsearch serve` runs, edit through it: add --url"))
 
 
 def _copy(args) -> int:

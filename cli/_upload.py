@@ -58,7 +58,8 @@ def upload(args) -> int:
             kept = len(set(extra) & have)
             if kept:
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
-                      "they have (--replace sends them again, with it)", file=sys.stderr)
+                      f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}` sets it on "
+                      "them)", file=sys.stderr)
 
             def read(id_: str) -> bytes:
                 if tar is None:

@@ -3,6 +3,7 @@ store, resumed where it stopped, refused files reported and skipped, and a missi
 service said in one line; and both HTTP clients (`index upload`, `search --url`) run without torch."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,10 +84,43 @@ def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, ph
     items = listing(live)
     assert items["cat/0009.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "trip", "year": 2024}
     assert items["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32}
+    assert "simsearch index edit --metadata" in captured.err   # what sets it on them: below
     # --replace sends every image again, with the file's metadata
     assert main(args + ["--metadata", str(meta), "--replace"]) == 0
     capsys.readouterr()
     assert listing(live)["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "x"}
+
+
+def test_index_edit_sets_metadata_on_items_a_service_holds_through_it(live, photos, tmp_path, capsys):
+    assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0
+    capsys.readouterr()
+    meta = tmp_path / "later.jsonl"
+    meta.write_text('{"id": "cat/0001.jpg", "album": "trip", "year": 2024}\n'
+                    '{"id": "dog/0002.jpg", "width": null, "shelf": {"row": 2}}\n{"id": "gone/1.jpg", "album": "x"}\n')
+    edit = ["index", "edit", "--metadata", str(meta), "--url", live.url]
+    assert main(edit + ["--api-key", "wrong"]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    for _ in range(2):   # applied twice: the same metadata
+        assert main(edit + ["--api-key", KEY]) == 0
+        captured = capsys.readouterr()
+        assert "updated the metadata of 2 items" in captured.out
+        assert "1 of its 3 rows name no item in gallery 'default' ('gone/1.jpg')" in captured.err
+        items = listing(live)
+        assert items["cat/0001.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "trip", "year": 2024}
+        assert items["dog/0002.jpg"]["metadata"] == {"height": 32, "shelf": {"row": 2}}   # width removed
+        assert items["ship/0001.jpg"]["metadata"] == {"width": 32, "height": 32}
+    # searches filter by it at once
+    hit = httpx.post(live.url + "/search?k=3", params={"where": '{"album": "trip"}'},
+                     files={"file": ("q.jpg", (photos / "cat" / "0001.jpg").read_bytes())})
+    assert [h["id"] for h in hit.json()["results"]] == ["cat/0001.jpg"]
+    # a row the service refuses (metadata over its limit) stops in one line, naming the item
+    (tmp_path / "big.jsonl").write_text(json.dumps({"id": "ship/0001.jpg", "notes": "x" * 70_000}) + "\n")
+    assert main(["index", "edit", "--metadata", str(tmp_path / "big.jsonl"), "--url", live.url, "--api-key", KEY]) == 2
+    err = capsys.readouterr().err
+    assert "item 'ship/0001.jpg'" in err and "mend --metadata" in err and len(err.strip().splitlines()) == 1
+    # nothing named is held: exit 1
+    (tmp_path / "none.csv").write_text("id,album\nno/such.jpg,x\n")
+    assert main(["index", "edit", "--metadata", str(tmp_path / "none.csv"), "--url", live.url, "--api-key", KEY]) == 1
 
 
 def test_upload_stores_a_phone_portraits_size_as_displayed_as_build_does(live, tmp_path, capsys):

@@ -140,6 +140,48 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
     assert "item 'cat/0004.jpg': metadata is" in err and f"mend --metadata {tmp_path / 'big.jsonl'}" in err
 
 
+def test_index_edit_sets_metadata_from_a_file_on_items_already_indexed(gallery_tar, hybrid1_artifact, tmp_path,
+                                                                       capsys):
+    folder = _extract(gallery_tar, tmp_path / "photos") / "test"
+    data = tmp_path / "data"
+    assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        vector = store.get("cat/0000.jpg").vector
+    meta = tmp_path / "later.jsonl"
+    meta.write_text('{"id": "cat/0000.jpg", "album": "trip", "year": 2024}\n'
+                    '{"id": "dog/0001.jpg", "height": null, "tags": ["a"]}\n{"id": "nowhere/9.jpg", "album": "x"}\n')
+    for _ in range(2):   # applied twice: the same metadata
+        assert main(["index", "edit", "--metadata", str(meta), "--data", str(data)]) == 0
+        captured = capsys.readouterr()
+        assert "updated the metadata of 2 items" in captured.out
+        assert "1 of its 3 rows name no item in gallery 'default' ('nowhere/9.jpg')" in captured.err
+        with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+            assert store.get("cat/0000.jpg").metadata == {"width": 32, "height": 32, "album": "trip", "year": 2024}
+            assert store.get("dog/0001.jpg").metadata == {"width": 32, "tags": ["a"]}
+            assert store.get("dog/0001.jpg").label == "dog"
+            assert [h.id for h in store.search(vector, k=3, where={"album": "trip"})[0]] == ["cat/0000.jpg"]
+    csv_file = tmp_path / "later.csv"
+    csv_file.write_text("id,album\nship/0001.jpg,sea\n")
+    # while another process (a service) holds the index for writing: one line that says to go through it
+    with Store.open(StoreConfig(data / "index")):
+        assert main(["index", "edit", "--metadata", str(csv_file), "--data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert "edit through it: add --url" in err and len(err.strip().splitlines()) == 1
+    assert main(["index", "edit", "--metadata", str(csv_file), "--data", str(data)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.get("ship/0001.jpg").metadata == {"width": 32, "height": 32, "album": "sea"}
+    # no row names an item: exit 1; a file that is not one: 2, before anything changes
+    (tmp_path / "none.jsonl").write_text('{"id": "no/such.jpg", "album": "x"}\n')
+    assert main(["index", "edit", "--metadata", str(tmp_path / "none.jsonl"), "--data", str(data)]) == 1
+    (tmp_path / "bad.jsonl").write_text('{"id": "cat/0000.jpg", "album": "y"}\n{nope}\n')
+    assert main(["index", "edit", "--metadata", str(tmp_path / "bad.jsonl"), "--data", str(data)]) == 2
+    assert "bad.jsonl, line 2: not JSON" in capsys.readouterr().err
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.get("cat/0000.jpg").metadata["album"] == "trip"
+
+
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0

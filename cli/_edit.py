@@ -1,0 +1,93 @@
+"""`simsearch index edit --metadata FILE`: metadata from a file onto items already in a gallery, in a stopped
+index (or Milvus) or through a running service (PATCH /index/{id}).
+
+`index build --metadata` and `index upload --metadata` give new images their metadata; an item indexed
+before keeps its own. This is for those: an album, a product, a date added afterwards, without embedding
+anything again. Each row is a JSON merge patch (RFC 7396) on its item's metadata: each key given is set,
+and in JSON Lines a key given as null is removed; keys not given are kept. Applying a file twice gives the
+same metadata, so an interrupted run is simply run again.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import quote
+
+from ._errors import CliError
+from ._metadata_file import read_metadata_file
+
+
+def edit(args, open_store) -> int:
+    """Apply args.metadata to the gallery (open_store(read_only) -> a store, or args.url for a service).
+    Prints what was changed and which rows name no item; 1 when rows were given and none named an item."""
+    rows = read_metadata_file(args.metadata)
+    if not rows:
+        print(f"--metadata {args.metadata}: no rows; nothing to change")
+        return 0
+    changed, missing = (_by_http(args, rows) if args.url else _in_store(open_store, rows))
+    print(f"updated the metadata of {changed} item{'' if changed == 1 else 's'}")
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        print(f"--metadata {args.metadata}: {len(missing)} of its {len(rows)} rows name no item in gallery "
+              f"{args.gallery!r} ({shown}); ids are the images' paths relative to the folder that was indexed",
+              file=sys.stderr)
+    return 1 if changed == 0 else 0
+
+
+def _in_store(open_store, rows: dict[str, dict]) -> tuple[int, list[str]]:
+    import index
+    from tqdm import tqdm
+
+    store = open_store(False)
+    changed, missing = 0, []
+    try:
+        held = store.has_ids(list(rows))
+        for id_, patch in tqdm(rows.items(), total=len(rows), unit="item", desc="editing", disable=None):
+            if id_ not in held:
+                missing.append(id_)
+                continue
+            try:
+                store.update(id_, metadata_patch=patch)
+            except KeyError:   # deleted meanwhile (a Milvus gallery others write to)
+                missing.append(id_)
+                continue
+            except index.InvalidItemError as exc:
+                raise CliError(f"item {id_!r}: {exc} (mend --metadata, then run again: what was applied stays, "
+                               "and applying it again changes nothing)") from None
+            changed += 1
+    except index.StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    return changed, missing
+
+
+def _by_http(args, rows: dict[str, dict]) -> tuple[int, list[str]]:
+    import httpx
+    from tqdm import tqdm
+
+    from ._upload import _fatal, _message, _request
+
+    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    url = args.url.rstrip("/")
+    params = {} if args.gallery == "default" else {"gallery": args.gallery}
+    changed, missing = 0, []
+    try:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client, \
+                tqdm(total=len(rows), unit="item", desc="editing", disable=None) as bar:
+            for id_, patch in rows.items():
+                r = _request(client, "PATCH", f"/index/{quote(id_, safe='')}", params=params,
+                             json={"metadata": patch})
+                bar.update(1)
+                if r.status_code == 404 and '"not_found"' in r.text:
+                    missing.append(id_)
+                elif r.status_code == 200:
+                    changed += 1
+                elif r.status_code == 422:
+                    raise CliError(f"item {id_!r}: {_message(r)} (mend --metadata, then run again: what was applied "
+                                   "stays, and applying it again changes nothing)")
+                else:
+                    raise CliError(_fatal(r.status_code, _message(r), url))
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    return changed, missing
