@@ -734,6 +734,8 @@ async def _search_request(request: Request, service: Service, g: Gallery, params
         from index import best_of   # see _vote_dict
 
         return best_of(found, params.k, params.offset)
+    if queries is None and not (like or unlike):   # no body and no marks: nothing to search with, said as
+        return await _search_one(request, service, params, crop)   # any search without an image says it
     if queries is None:
         query = None
     else:
@@ -741,7 +743,6 @@ async def _search_request(request: Request, service: Service, g: Gallery, params
     if not (like or unlike):
         return (await anyio.to_thread.run_sync(service.search, query[None], params))[0]
     return (await _search_refined(service, g, params, [query], like, unlike))[0]
-
 
 
 async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],

@@ -108,4 +108,6 @@ async def test_combine_best_gives_the_items_nearest_to_any_photo_each_at_its_bes
         assert _ids(one.json()["results"]) == _ids((await c.post("/search?k=5", files=_files(mixed[:1]))).json()["results"])
         for params, words in [("combine=all", "combine='all'"), ("combine=best&group_by=label", "combine=best and group_by")]:
             assert_error(await c.post(f"/search?{params}", files=_files(mixed)), 422, "invalid_parameter", words)
+        for route in ("/search", "/classify"):   # no photo and no marks: said as for any search without an image
+            assert_error(await c.post(f"{route}?combine=best"), 415, "unsupported_media_type", "`file` part")
         await still_serving(c)
