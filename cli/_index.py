@@ -866,7 +866,8 @@ def _search(args) -> int:
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     queries, tars = _queries(args.images)
-    single = args.together or (len(queries) == 1 and Path(args.images[0]).is_file() and not _is_tar(Path(args.images[0])))
+    first = Path(args.images[0])
+    single = args.together or (len(queries) == 1 and first.is_file() and not _is_tar(first))
     show = _Answers(args, single)
     if args.url:
         from . import _remote

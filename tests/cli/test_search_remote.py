@@ -136,7 +136,8 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
         # --together: the images are one query (the service's /search with several file parts), the same both ways
         ships = [str(photos / "ship" / f"000{i}.jpg") for i in (1, 2, 3)]
         found = {}
-        for where, args in (("local", data), ("remote", ["--url", live.url])):   # one query: one answer, as for one file
+        # one query: one answer, as for one file
+        for where, args in (("local", data), ("remote", ["--url", live.url])):
             assert main(["search", *ships, "-k", "5", "--together", "--json", *args]) == 0
             found[where] = [h["id"] for h in json.loads(capsys.readouterr().out)]
         assert found["remote"] == found["local"] and len(found["local"]) == 5
@@ -156,7 +157,8 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
                 best[h["id"]] = max(best.get(h["id"], -2.0), h["score"])
         assert [i for i, _ in found["local"]] == [i for i, _ in sorted(best.items(), key=lambda kv: -kv[1])][1:5]
         for args, message in [(["--combine", "best"], "add --together"),
-                              (["--together", "--combine", "best", "--group-by", "label"], "--combine best and --group-by")]:
+                              (["--together", "--combine", "best", "--group-by", "label"],
+                               "--combine best and --group-by")]:
             assert main(["search", *mixed, *args, *data]) == 2
             assert message in capsys.readouterr().err
         for where, args in (("local", data), ("remote", ["--url", live.url])):
