@@ -70,6 +70,22 @@ def _dataset_images(path: str, per_class: int, split: str, skip: int) -> list:
     return out
 
 
+def labelled_embeddings(embedder, data: str | None, gallery_per_class: int, queries_per_class: int,
+                        queries_from: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(gallery vectors, query vectors, their labels): the first gallery_per_class training images of each class
+    of CIFAR-10 (JPEG) or `data`, and the first queries_per_class test images (or, queries_from "train", the
+    training images after the gallery's), embedded as the service embeds uploads."""
+    def embed(items) -> np.ndarray:
+        return embedder.embed_arrays(np.stack([embedder.preprocess(open_image()) for _, _, open_image in items]))
+
+    images = _dataset_images if data else _cifar10_images
+    gallery = images(data, gallery_per_class, "train", 0)
+    queries = (images(data, queries_per_class, "test", 0) if queries_from == "test" else
+               images(data, queries_per_class, "train", gallery_per_class))
+    return (embed(gallery), embed(queries), np.array([label for _, label, _ in gallery]),
+            np.array([label for _, label, _ in queries]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifact", default=str(REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"))
@@ -87,17 +103,8 @@ def main() -> None:
     args = ap.parse_args()
     started, k = time.time(), args.k
     embedder = model.Embedder.from_file(args.artifact, device="cpu")
-
-    def embed(items) -> np.ndarray:
-        return embedder.embed_arrays(np.stack([embedder.preprocess(open_image()) for _, _, open_image in items]))
-
-    images = _dataset_images if args.data else _cifar10_images
-    gallery = images(args.data, args.gallery_per_class, "train", 0)
-    queries = (images(args.data, args.queries_per_class, "test", 0) if args.queries_from == "test" else
-               images(args.data, args.queries_per_class, "train", args.gallery_per_class))
-    G, Q = embed(gallery), embed(queries)
-    g_labels = np.array([label for _, label, _ in gallery])
-    q_labels = np.array([label for _, label, _ in queries])
+    G, Q, g_labels, q_labels = labelled_embeddings(embedder, args.data, args.gallery_per_class,
+                                                   args.queries_per_class, args.queries_from)
     flat = faiss.IndexFlatIP(embedder.dim)
     flat.add(G)
     _, first = flat.search(Q, 2 * k)

@@ -28,7 +28,7 @@ import faiss  # noqa: E402
 
 import model  # noqa: E402
 from bench._common import command_line, machine, write_result  # noqa: E402
-from bench.bench_feedback import _cifar10_images, _dataset_images  # noqa: E402
+from bench.bench_feedback import labelled_embeddings  # noqa: E402
 
 PHOTOS = (1, 2, 3, 5)
 
@@ -46,16 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     started, k = time.time(), args.k
     embedder = model.Embedder.from_file(args.artifact, device="cpu")
-
-    def embed(items) -> np.ndarray:
-        return embedder.embed_arrays(np.stack([embedder.preprocess(open_image()) for _, _, open_image in items]))
-
-    images = _dataset_images if args.data else _cifar10_images
-    gallery = images(args.data, args.gallery_per_class, "train", 0)
-    queries = images(args.data, args.queries_per_class, "test", 0)
-    G, Q = embed(gallery), embed(queries)
-    g_labels = np.array([label for _, label, _ in gallery])
-    q_labels = np.array([label for _, label, _ in queries])
+    G, Q, g_labels, q_labels = labelled_embeddings(embedder, args.data, args.gallery_per_class,
+                                                   args.queries_per_class)
     flat = faiss.IndexFlatIP(embedder.dim)
     flat.add(G)
     rng = np.random.default_rng(args.seed)
