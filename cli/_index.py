@@ -47,6 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
+    f = isub.add_parser("facets", help="how the items spread over a label or a metadata key's values, most first",
+                        description="Count the items of each value of FIELD (`label`, or `metadata.KEY` for a "
+                                    "top-level key of the items' metadata), the most common first, under --label "
+                                    "and --where: which albums, sources or years a gallery holds and how many of "
+                                    "each (the service's GET /facets). Reads the index without locking it, so it "
+                                    "works while the service serves it.")
+    f.add_argument("field", metavar="FIELD", help="label, or metadata.KEY (e.g. metadata.album)")
+    _common(f, model=False, milvus=True)
+    f.add_argument("--label", help="only items with this label")
+    f.add_argument("--where", metavar="JSON", help='only items whose metadata matches, e.g. \'{"year": 2024}\'')
+    f.add_argument("--limit", type=int, default=100, help="most values printed (100); the rest are counted")
+    f.add_argument("--json", action="store_true", help="print JSON (as GET /facets answers)")
+    f.set_defaults(func=_facets)
+
     g = isub.add_parser("galleries", help="the galleries of a data folder (the default one and named ones), with "
                                           "their sizes and models")
     g.add_argument("--data", default=_default_data(), action=_DataFolder,
@@ -621,6 +635,55 @@ def _stats(args) -> int:
         for label, n in info["labels"].items():
             print(f"  {label:<{width}}  {n}")
     return 0
+
+
+def _facets(args) -> int:
+    import json
+
+    import index
+
+    try:
+        index.check_group_by(args.field, "FIELD")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    where = _where_arg(args.where)
+    store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
+    try:
+        found = store.facets(args.field, args.label, where)
+    except index.InvalidItemError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    shown, others = found.values[:args.limit], sum(n for _, n in found.values[args.limit:])
+    if args.json:
+        print(json.dumps({"field": args.field, "items": found.items, "values": [{"value": v, "count": n}
+                                                                                  for v, n in shown],
+                          "distinct": len(found.values), "others": others, "missing": found.missing,
+                          "not_scalar": found.not_scalar, "gallery": args.gallery}, indent=2))
+        return 0
+    print(f"{args.field}: {len(found.values)} value{'' if len(found.values) == 1 else 's'} over {found.items} "
+          f"item{'' if found.items == 1 else 's'}")
+    rows = [(v if isinstance(v, str) and not _reads_as_json(v) else json.dumps(v), n) for v, n in shown]
+    width = max((len(text) for text, _ in rows), default=0)
+    for text, n in rows:
+        print(f"  {text:<{width}}  {n}")
+    for what, n in (("others", others), ("no value", found.missing), ("a list or an object", found.not_scalar)):
+        if n:
+            print(f"  ({what}: {n})")
+    return 0
+
+
+def _reads_as_json(text: str) -> bool:
+    """Whether a string value would print like another JSON value ("2024", "true"): it is then quoted."""
+    import json
+
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _galleries(args) -> int:

@@ -182,6 +182,44 @@ def test_index_edit_sets_metadata_from_a_file_on_items_already_indexed(gallery_t
         assert store.get("cat/0000.jpg").metadata["album"] == "trip"
 
 
+def test_index_facets_counts_the_items_of_each_value_as_get_facets_does(gallery_tar, hybrid1_artifact, tmp_path,
+                                                                          capsys):
+    folder = _extract(gallery_tar, tmp_path / "photos") / "test"
+    data = tmp_path / "data"
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text('{"id": "cat/0000.jpg", "year": 2024}\n{"id": "cat/0001.jpg", "year": "2024"}\n'
+                    '{"id": "dog/0001.jpg", "year": 2024.0}\n{"id": "ship/0001.jpg", "year": [2024]}\n')
+    assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), "--data", str(data),
+                 "--metadata", str(meta)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        labels = store.labels()
+        total = store.count()
+    assert main(["index", "facets", "label", "--data", str(data)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"label: {len(labels)} values over {total} items"
+    assert sorted((line.split()[0], int(line.split()[1])) for line in out[1:]) == sorted(labels.items())
+    # JSON's equality: 2024 and 2024.0 one value, "2024" another (quoted, so that it reads as a string)
+    assert main(["index", "facets", "metadata.year", "--data", str(data)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"metadata.year: 2 values over {total} items"
+    assert [line.split() for line in out[1:3]] == [["2024", "2"], ['"2024"', "1"]]
+    assert f"(no value: {total - 4})" in out[3] and "(a list or an object: 1)" in out[4]
+    assert main(["index", "facets", "metadata.year", "--label", "cat", "--limit", "1", "--json", "--data",
+                 str(data)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["values"] == [{"value": 2024, "count": 1}] and got["others"] == 1 and got["distinct"] == 2
+    assert got["items"] == labels["cat"] and got["missing"] == labels["cat"] - 2
+    # under a metadata filter
+    assert main(["index", "facets", "metadata.year", "--where", '{"year": {"$gte": 2000}}', "--json", "--data",
+                 str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["values"] == [{"value": 2024, "count": 2}]
+    for args, words in [(["year"], "FIELD='year'"), (["label", "--where", "{nope"], "--where"),
+                        (["label", "--limit", "0"], "--limit must be at least 1")]:
+        assert main(["index", "facets", *args, "--data", str(data)]) == 2
+        assert words in capsys.readouterr().err
+
+
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
