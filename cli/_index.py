@@ -247,7 +247,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
                    url_help: str) -> None:
     """The options `search` and `classify` share: the queries, where the gallery is, and how to ask."""
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files, folders or tars of them")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files, folders or tars of them (search: "
+                                                             "none with --like, the marked items alone the query)")
     _common(p, model=True, milvus=True)
     p.add_argument("-k", type=int, default=k, help=k_help)
     p.add_argument("--where", metavar="JSON", help=where_help)
@@ -917,6 +918,11 @@ def _search(args) -> int:
                        "--like/--unlike is a mix of several")
     _check_groups(args)
     _check_offset(args)
+    if not args.images and (args.classify or not like):
+        raise CliError("give query images" + ("" if args.classify else ", or --like ID: the marked items alone are "
+                                                                      "then the query"))
+    if not args.images and (args.together or crop):
+        raise CliError(f"--{'together' if args.together else 'crop'} needs query images")
     if args.combine != "mean":
         if not args.together:
             raise CliError(f"--combine {args.combine} is how --together makes one query of several images; "
@@ -929,14 +935,14 @@ def _search(args) -> int:
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     queries, tars = _queries(args.images)
-    first = Path(args.images[0])
-    single = args.together or (len(queries) == 1 and first.is_file() and not _is_tar(first))
+    first = Path(args.images[0]) if args.images else None
+    single = args.together or not args.images or (len(queries) == 1 and first.is_file() and not _is_tar(first))
     show = _Answers(args, single)
     if args.url:
         from . import _remote
 
         try:
-            if args.together:
+            if args.together or not args.images:   # one query: the images together, or the marks alone
                 _remote.search_together(args, _read_together(queries), show)
                 return 0
             labelled, agree, failed = _remote.search(args, queries, single, show)
@@ -952,6 +958,10 @@ def _search(args) -> int:
         # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
         search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
                            0 if pddm is not None else args.offset)
+        if not args.images:   # the marks alone: 2 mean(liked) - mean(unliked), as the service's no-body search
+            show("the marked items", None, search([None], args.k, label=args.label, max_distance=args.max_distance,
+                                                  where=where)[0])
+            return 0
         if args.together:   # one query: the unit mean of every image's vector
             arrays = []
             for name, data in _read_together(queries):
@@ -1170,7 +1180,7 @@ def _queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[],
             tf, members = tar
             tars.append(tf)
             out += [(f"{arg}:{i}", labels[i], lambda m=members[i], tf=tf: tf.extractfile(m).read()) for i in ids]
-    if not out:
+    if paths and not out:   # (no paths at all: a search by marked items alone)
         raise CliError(f"no query images in {' '.join(paths)}")
     return out, tars
 

@@ -70,7 +70,8 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
 
 def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., str | None]) -> None:
     """Search the service at args.url with every photo as one query (its POST /search with several `file`
-    parts: their mean); show(name, None, hits) the answer. CliError with the service's words when it refuses."""
+    parts: their mean), or with none, the marks alone (no body); show(name, None, hits) the answer. CliError
+    with the service's words when it refuses."""
     import httpx
 
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
@@ -78,7 +79,7 @@ def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., s
     files = [("file", (Path(name).name or "query", data)) for name, data in photos]
     try:
         with httpx.Client(base_url=url, headers=_headers(args, key), timeout=args.timeout) as client:
-            r = _request(client, "POST", "/search", params=_params(args), files=files)
+            r = _request(client, "POST", "/search", params=_params(args), files=files or None)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     if r.status_code == 401:
@@ -86,7 +87,8 @@ def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., s
                        f"SIMSEARCH_API_KEY ({_message(r)})")
     if r.status_code != 200:
         raise CliError(_fatal(r.status_code, _message(r), url))
-    show(f"{len(photos)} images together", None, [SimpleNamespace(**h) for h in r.json()["results"]])
+    name = f"{len(photos)} images together" if photos else "the marked items"
+    show(name, None, [SimpleNamespace(**h) for h in r.json()["results"]])
 
 
 def _params(args) -> dict:

@@ -143,6 +143,20 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
         assert found["remote"] == found["local"] and len(found["local"]) == 5
         assert main(["search", ships[0], "-k", "5", "--json", *data]) == 0
         assert [h["id"] for h in json.loads(capsys.readouterr().out)] != found["local"]
+        # --like with no image: the marked items alone are the query (the service's search with no body)
+        marks_only = ["--like", "ship/0002.jpg", "--like", "ship/0003.jpg", "--unlike", "dog/0001.jpg"]
+        for where, args in (("local", data), ("remote", ["--url", live.url])):
+            assert main(["search", *marks_only, "-k", "4", "--json", *args]) == 0
+            found[where] = [h["id"] for h in json.loads(capsys.readouterr().out)]
+        no_body = httpx.post(live.url + "/search?k=4&like=ship/0002.jpg&like=ship/0003.jpg&unlike=dog/0001.jpg")
+        assert found["local"] == found["remote"] == [h["id"] for h in no_body.json()["results"]]
+        assert len(found["local"]) == 4 and not {"ship/0002.jpg", "ship/0003.jpg"} & set(found["local"])
+        for args, message in [([], "give query images, or --like ID"), (["--unlike", "dog/0001.jpg"], "--like ID"),
+                              (["--like", "ship/0002.jpg", "--together"], "--together needs query images")]:
+            assert main(["search", *args, *data]) == 2
+            assert message in capsys.readouterr().err
+        assert main(["classify", *data]) == 2
+        assert "give query images" in capsys.readouterr().err
         # --combine best: near any of them, each image's nearest merged at their best scores, the same both ways
         mixed = [ships[0], str(photos / "dog" / "0001.jpg"), str(photos / "cat" / "0002.jpg")]
         for where, args in (("local", data), ("remote", ["--url", live.url])):
