@@ -53,7 +53,7 @@ def two_services(hybrid1_artifact, tmp_path):
 
 
 def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services):
-    (a, b), (_, _, port) = two_services
+    (a, b), (_, folder, port) = two_services
     milvus_uri = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=60) as c:
         r = c.post(a.url + "/index", files=[upload(png(i)) for i in range(4)],
@@ -95,6 +95,18 @@ def test_two_services_on_one_milvus_see_each_others_writes_at_once(two_services)
                              "--json"]) == 0
         assert [(p["a"], p["b"]) for p in json.loads(out.getvalue())["pairs"]] == \
             [(p["a"], p["b"]) for p in dup.json()["pairs"]]
+        # metadata from a file onto the items in Milvus (`index edit`), seen by the services and by `index facets`
+        (folder.parent / "later.jsonl").write_text(
+            '{"id": "p1", "album": "trip"}\n{"id": "p2", "album": "trip"}\n{"id": "p0", "n": null}\n')
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert cli_main(["index", "edit", "--metadata", str(folder.parent / "later.jsonl"), "--milvus-uri", milvus_uri]) == 0
+        assert "updated the metadata of 3 items" in out.getvalue()
+        assert c.get(a.url + "/index/p2").json()["metadata"] == {"n": 2, "album": "trip"}
+        assert c.get(a.url + "/index/p0").json()["metadata"] == {}
+        facets = c.get(b.url + "/facets", params={"field": "metadata.album"}).json()
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert cli_main(["index", "facets", "metadata.album", "--milvus-uri", milvus_uri, "--json"]) == 0
+        assert json.loads(out.getvalue())["values"] == facets["values"] == [{"value": "trip", "count": 2}]
         # either one writes: b edits and deletes, a sees it
         assert c.patch(b.url + "/index/p0", json={"label": "z"}, headers=KEY).status_code == 200
         assert c.delete(b.url + "/index/p3", headers=KEY).status_code == 204
