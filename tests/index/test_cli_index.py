@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from cli import main
 from index import Store, StoreConfig
 
 from ..photo_formats import PHONE_FORMATS, SUFFIX, encode_as, phone_sized
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +223,15 @@ def test_index_facets_counts_the_items_of_each_value_as_get_facets_does(gallery_
                         (["label", "--limit", "0"], "--limit must be at least 1")]:
         assert main(["index", "facets", *args, "--data", str(data)]) == 2
         assert words in capsys.readouterr().err
+    # printed into a pipe whose reader has gone (`| head`): no traceback
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "index", "facets", "label", "--data", str(data)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
 
 
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
