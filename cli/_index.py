@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
     b.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
     b.add_argument("--exif", action="store_true", help=_EXIF_HELP)
+    b.add_argument("--gps", action="store_true", help=_GPS_HELP)
     b.set_defaults(func=_build)
 
     s = isub.add_parser("stats", help="count, model, index kind and labels of the index")
@@ -121,6 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     u.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
     u.add_argument("--exif", action="store_true", help=_EXIF_HELP)
+    u.add_argument("--gps", action="store_true", help=_GPS_HELP)
     u.add_argument("--skip-duplicates", type=float, default=None, metavar="SCORE",
                    help="leave out each image whose cosine similarity with one the service holds (or this upload "
                         "sent before it) is at least SCORE, and name it: 0.98 catches copies, re-encoded or resized "
@@ -460,11 +462,11 @@ def _model_input(data: bytes, embedder, crop=None):
         return embedder.preprocess(im, crop)
 
 
-def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False):
+def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False, gps: bool = False):
     """bytes -> (model array, thumbnail JPEG bytes or None, metadata: {width, height} as displayed, and with
-    `exif` when and with what it was taken), for `index build`: the thumbnail as the service makes one
-    (model.make_thumbnail: upright, alpha on white), from a second decoding at its own draft scale. Runs in
-    worker threads."""
+    `exif` when and with what it was taken, with `gps` where), for `index build`: the thumbnail as the
+    service makes one (model.make_thumbnail: upright, alpha on white), from a second decoding at its own
+    draft scale. Runs in worker threads."""
     import io
 
     from PIL import Image
@@ -478,6 +480,9 @@ def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False):
         if exif:
             from ._metadata_file import exif_metadata
             meta.update(exif_metadata(im))
+        if gps:
+            from ._metadata_file import gps_metadata
+            meta.update(gps_metadata(im))
         thumb = None
         if thumbs:
             if im.format in model.DRAFT_FORMATS:
@@ -502,6 +507,10 @@ def _model_threads(threads: int | None) -> None:
 _EXIF_HELP = ("also store when each photo was taken and with what camera, from its EXIF: {\"taken\": "
               "\"2024-06-01T14:03:22+02:00\", \"camera\": \"Apple iPhone 13\"} (each only when the photo "
               "records it), so that searches can filter on them (where={\"taken\": {\"$gte\": \"2024\"}})")
+_GPS_HELP = ("also store where each photo was taken, from its EXIF GPS: {\"lat\": 48.858370, \"lon\": 2.294481, "
+             "\"altitude\": 35.0} (decimal degrees, south and west negative; only for a photo that records a fix), "
+             "so that searches can filter on a box (where={\"lat\": {\"$gte\": 48.8, \"$lte\": 48.9}, \"lon\": "
+             "{\"$gte\": 2.2, \"$lte\": 2.4}}). Off unless asked: a location is personal data")
 _METADATA_HELP = ("each image's metadata from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
                   "\"cat/001.jpg\", \"album\": \"trip\", \"year\": 2024}, the id being the path relative to "
                   "SOURCE) or CSV (.csv, a header with an id column; every other cell a string value); added to "
@@ -570,7 +579,7 @@ def _build(args) -> int:
         def work(item):
             id_, data = item
             try:
-                return id_, _decode(data, embedder, not args.no_thumbnails, args.exif), None
+                return id_, _decode(data, embedder, not args.no_thumbnails, args.exif, args.gps), None
             except Exception as exc:  # a broken file is reported and skipped, not fatal
                 return id_, None, exc
 

@@ -2,6 +2,8 @@
 
 `--exif`: when the photo was taken and with what camera, from its EXIF (`exif_metadata`).
 
+`--gps`: where it was taken, from its EXIF GPS (`gps_metadata`): off unless asked, as a location is personal.
+
 `--metadata FILE`: each image's metadata from a file beside the images, as a vector database imports
 payloads (`read_metadata_file`). JSON Lines (`.jsonl`, `.ndjson`), one object a line with the image's `id`
 (its path relative to SOURCE, as the ids are made) and its other keys, typed as JSON; or CSV (`.csv`), a
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,8 @@ def _csv_rows(f, path: Path):
 
 
 _EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_LAT_REF, _LAT, _LON_REF, _LON, _ALT_REF, _ALT, _GPS_STATUS = 1, 2, 3, 4, 5, 6, 9
 _MAKE, _MODEL, _DATETIME = 0x010F, 0x0110, 0x0132
 _DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 _EXIF_TIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
@@ -104,6 +109,50 @@ def exif_metadata(image) -> dict[str, str]:
     if camera:
         out["camera"] = camera
     return out
+
+
+def gps_metadata(image) -> dict[str, float]:
+    """`lat` and `lon` (decimal degrees, 6 places: south and west negative) and `altitude` (metres, below sea
+    level negative, when recorded) from an opened image's EXIF GPS, only when it records a fix that is well
+    formed: no fix ("V" status), a position at exactly 0, 0 (what some cameras write without one), or
+    degrees, minutes or seconds out of range give nothing. Top-level numbers, so a `where` box filters them."""
+    try:
+        gps = image.getexif().get_ifd(_GPS_IFD)
+    except Exception:  # noqa: BLE001  (EXIF Pillow cannot read is as good as none)
+        return {}
+    if not gps or (_text(gps.get(_GPS_STATUS)) or "A").upper() == "V":
+        return {}
+    lat = _degrees(gps.get(_LAT), _text(gps.get(_LAT_REF)), "NS", 90)
+    lon = _degrees(gps.get(_LON), _text(gps.get(_LON_REF)), "EW", 180)
+    if lat is None or lon is None or (lat == 0 and lon == 0):
+        return {}
+    out = {"lat": lat, "lon": lon}
+    altitude = _number(gps.get(_ALT))
+    if altitude is not None:
+        below = gps.get(_ALT_REF) in (1, b"\x01")
+        out["altitude"] = round(-altitude if below else altitude, 1)
+    return out
+
+
+def _degrees(dms, ref: str | None, refs: str, limit: float) -> float | None:
+    # degrees, minutes, seconds (three rationals) and N/S or E/W -> signed decimal degrees
+    if not ref or ref.upper() not in refs or not isinstance(dms, tuple) or len(dms) != 3:
+        return None
+    parts = [_number(x) for x in dms]
+    if any(x is None or x < 0 for x in parts) or parts[1] >= 60 or parts[2] >= 60:
+        return None
+    value = parts[0] + parts[1] / 60 + parts[2] / 3600
+    if value > limit:
+        return None
+    return round(-value if ref.upper() == refs[1] else value, 6)
+
+
+def _number(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _text(value) -> str | None:

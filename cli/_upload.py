@@ -79,15 +79,15 @@ def upload(args) -> int:
 
             def send(files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
                 """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
-                status, message, answer = _post(client, files, labels, extra, dedupe, args.exif)
+                status, message, answer = _post(client, files, labels, extra, dedupe, args.exif, args.gps)
                 if status == 201:
                     return stored_of(answer), []
                 if status not in (400, 413, 415, 422):
                     raise CliError(_fatal(status, message, url))
                 stored, refused = 0, []  # one of them is refused: learn which, keep the rest
                 for one in files:
-                    st, msg, ans = (_post(client, [one], labels, extra, dedupe, args.exif) if len(files) > 1
-                                    else (status, message, answer))
+                    st, msg, ans = (_post(client, [one], labels, extra, dedupe, args.exif, args.gps)
+                                    if len(files) > 1 else (status, message, answer))
                     if st == 201:
                         stored += stored_of(ans)
                     elif st in (400, 413, 415, 422):
@@ -147,12 +147,12 @@ def _ids_in_service(client) -> set[str]:
 
 
 def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None], extra: dict[str, dict],
-          params: dict, exif: bool = False) -> tuple[int, str, dict]:
+          params: dict, exif: bool = False, gps: bool = False) -> tuple[int, str, dict]:
     """POST /index of these (id, bytes), with their labels and metadata as `index build` records it ({width,
-    height}, with `exif` the photo's, and the --metadata file's keys); (status, the service's message, its
-    answer when it stored them)."""
+    height}, with `exif` and `gps` the photo's, and the --metadata file's keys); (status, the service's
+    message, its answer when it stored them)."""
     data = {"id": [i for i, _ in files],
-            "metadata": [json.dumps({**_described(b, exif), **extra.get(i, {})}) for i, b in files]}
+            "metadata": [json.dumps({**_described(b, exif, gps), **extra.get(i, {})}) for i, b in files]}
     if any(labels[i] is not None for i, _ in files):
         data["label"] = [labels[i] or "" for i, _ in files]
     r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,
@@ -188,20 +188,21 @@ def _retry_after(value: str | None) -> float:
         return 1.0
 
 
-def _described(data: bytes, exif: bool) -> dict:
+def _described(data: bytes, exif: bool, gps: bool = False) -> dict:
     """Width and height as displayed (after the EXIF orientation), and with `exif` when and with what the
-    photo was taken, as `index build` stores them, from the image's header (no decoding); {} where Pillow
-    cannot tell."""
+    photo was taken, with `gps` where, as `index build` stores them, from the image's header (no decoding);
+    {} where Pillow cannot tell."""
     from PIL import Image
 
     import model
 
-    from ._metadata_file import exif_metadata
+    from ._metadata_file import exif_metadata, gps_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = model.displayed_size(im)
-            return {"width": width, "height": height, **(exif_metadata(im) if exif else {})}
+            return {"width": width, "height": height, **(exif_metadata(im) if exif else {}),
+                    **(gps_metadata(im) if gps else {})}
     except Exception:  # noqa: BLE001  (the service gives the reason when it refuses the file)
         return {}
 

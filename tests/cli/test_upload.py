@@ -194,6 +194,57 @@ def test_upload_and_build_store_when_and_with_what_a_photo_was_taken_with_exif(l
     capsys.readouterr()
 
 
+def _photos_with_gps(folder: Path) -> dict[str, dict]:
+    """Pictures with EXIF GPS as phones write it (and as they write it wrong), and the keys --gps should give."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir()
+    made = {}
+    for name, gps, want in [
+            ("paris.jpg", {1: "N", 2: (48.0, 51.0, 30.132), 3: "E", 4: (2.0, 17.0, 40.1316), 5: b"\x00", 6: 35.0},
+             {"lat": 48.858370, "lon": 2.294481, "altitude": 35.0}),
+            ("sydney.jpg", {1: "S", 2: (33.0, 51.0, 25.0), 3: "E", 4: (151.0, 12.0, 55.0)},
+             {"lat": -33.856944, "lon": 151.215278}),
+            ("dead-sea.jpg", {1: "N", 2: (31.0, 30.0, 0.0), 3: "E", 4: (35.0, 30.0, 0.0), 5: b"\x01", 6: 430.5},
+             {"lat": 31.5, "lon": 35.5, "altitude": -430.5}),
+            ("no-fix.jpg", {9: "V", 1: "N", 2: (1.0, 2.0, 3.0), 3: "E", 4: (4.0, 5.0, 6.0)}, {}),
+            ("zero.jpg", {1: "N", 2: (0.0, 0.0, 0.0), 3: "E", 4: (0.0, 0.0, 0.0)}, {}),
+            ("minutes.jpg", {1: "N", 2: (10.0, 75.0, 0.0), 3: "W", 4: (4.0, 5.0, 6.0)}, {}),
+            ("half.jpg", {1: "N", 2: (10.0, 5.0, 0.0)}, {})]:
+        exif = Image.Exif()
+        exif.get_ifd(0x8825).update(gps)
+        out = io.BytesIO()
+        Image.new("RGB", (40, 30), (20, 120, 60)).save(out, "JPEG", exif=exif)
+        (folder / name).write_bytes(out.getvalue())
+        made[name] = {"width": 40, "height": 30, **want}
+    return made
+
+
+def test_upload_and_build_store_where_a_photo_was_taken_with_gps_and_a_box_filters_it(live, hybrid1_artifact,
+                                                                                     tmp_path, capsys):
+    from index import Store, StoreConfig
+
+    want = _photos_with_gps(tmp_path / "photos")
+    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, "--gps"]) == 0
+    assert {i: it["metadata"] for i, it in listing(live).items()} == want
+    data = tmp_path / "local"
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data", str(data),
+                 "--gps"]) == 0
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert {i: store.get(i).metadata for i in want} == want
+        france = {"lat": {"$gte": 41.0, "$lte": 51.5}, "lon": {"$gte": -5.5, "$lte": 10.0}}
+        hits = store.search(store.get("sydney.jpg").vector, k=7, where=france)[0]
+        assert [h.id for h in hits] == ["paris.jpg"]
+    # without --gps: no location, even with --exif
+    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, "--exif",
+                 "--gallery", "private"]) == 0
+    r = httpx.get(live.url + "/index", params={"gallery": "private"})
+    assert all(set(it["metadata"]) == {"width", "height"} for it in r.json()["items"])
+    capsys.readouterr()
+
+
 def test_upload_can_leave_out_copies_of_what_the_service_holds(shared_data, tmp_path, capsys):
     import io
 
