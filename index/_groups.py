@@ -111,10 +111,31 @@ def first_groups(candidates: Iterable, k: int, group_size: int, key_of: Callable
     return [c for members in groups.values() for c in members], full == k
 
 
-def first_page(k: int, group_size: int, excluded: int, max_candidates: int = MAX_GROUP_CANDIDATES) -> int:
-    """How many nearest items a grouped search reads first; each further read is 4x the last, up to
-    max_candidates."""
-    return min(max_candidates, max(64, 4 * k * group_size) + excluded)
+def read_groups(nearest: Callable[[list[int], int], list[list] | None], queries: int, k: int, group_size: int,
+                key_of: Callable[[Any], Any], kept: Callable[[list], Iterable], excluded: int,
+                max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list] | None:
+    """Each query's first_groups, read in growing pages: `nearest(rows, n)` gives the n nearest candidates of
+    each of those query rows (nearest first), or None to give up (the caller retries); `kept(candidates)` the
+    ones that may be grouped (not left out, near enough). The first read is at least 64 (more for large
+    answers, and `excluded` more), each further one 4x the last, until a query's groups are full, its search
+    gives fewer than asked, or max_candidates were read. What Store.search_grouped and search_grouped share."""
+    out: list[list | None] = [None] * queries
+    pending = list(range(queries))
+    n = min(max_candidates, max(64, 4 * k * group_size) + excluded)
+    while pending:
+        found = nearest(pending, n)
+        if found is None:
+            return None
+        still = []
+        for row, candidates in zip(pending, found):
+            chosen, full = first_groups(kept(candidates), k, group_size, key_of)
+            # read on while the groups are not full and there is more to read
+            if full or len(candidates) < n or n >= max_candidates:
+                out[row] = chosen
+            else:
+                still.append(row)
+        pending, n = still, min(max_candidates, 4 * n)
+    return out   # type: ignore[return-value]
 
 
 def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.ndarray, k: int, group_by: str,
@@ -132,22 +153,10 @@ def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.
     _check_group_size(group_size)
     left_out = set(exclude)
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, np.asarray(queries).shape[-1])
-    out: list[list | None] = [None] * len(queries)
-    pending = list(range(len(queries)))
-    n = first_page(k, group_size, len(left_out), max_candidates)
-    while pending:
-        found = search(queries[pending], n)
-        still = []
-        for row, hits in zip(pending, found):
-            chosen, full = first_groups((h for h in hits if h.id not in left_out), k, group_size,
-                                        lambda h: value_key(group_value(h, group_by)))
-            # read on while the groups are not full and there is more to read
-            if full or len(hits) < n or n >= max_candidates:
-                out[row] = chosen
-            else:
-                still.append(row)
-        pending, n = still, min(max_candidates, 4 * n)
-    return out   # type: ignore[return-value]
+    return read_groups(lambda rows, n: search(queries[rows], n), len(queries), k, group_size,
+                       lambda h: value_key(group_value(h, group_by)),
+                       lambda hits: (h for h in hits if h.id not in left_out), len(left_out),
+                       max_candidates)   # type: ignore[return-value]
 
 
 def best_of(found: list[list], k: int, offset: int = 0) -> list:

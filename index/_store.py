@@ -24,8 +24,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreC
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
 from ._facets import Facet, facet
-from ._groups import (MAX_GROUP_CANDIDATES, _check_group_size, _field_key, first_groups, first_page,
-                      value_key)
+from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
 from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
@@ -854,25 +853,16 @@ class Store(ItemChecks):
         else:
             def key_of(pair):
                 return value_key(parse_metadata(rows[pair[0]][2]).get(key))
-        out: list = [None] * len(q)
-        pending = list(range(len(q)))
-        n = first_page(k, group_size, len(ex), max_candidates)
-        while pending:
-            found = self._pairs_locked(q[pending], n, label, None, conditions)
-            if found is None:
-                return None
-            still = []
-            for row, pairs in zip(pending, found):
-                near = (p for p in pairs if p[0] not in ex) if ex else pairs
-                if max_distance is not None:   # the pairs are nearest first
-                    near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
-                chosen, full = first_groups(near, k, group_size, key_of)
-                if full or len(pairs) < n or n >= max_candidates:
-                    out[row] = self._hits(chosen, None)
-                else:
-                    still.append(row)
-            pending, n = still, min(max_candidates, 4 * n)
-        return out
+
+        def kept(pairs):
+            near = (p for p in pairs if p[0] not in ex) if ex else pairs
+            if max_distance is not None:   # the pairs are nearest first
+                near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
+            return near
+
+        found = read_groups(lambda pending, n: self._pairs_locked(q[pending], n, label, None, conditions), len(q), k,
+                            group_size, key_of, kept, len(ex), max_candidates)
+        return None if found is None else [self._hits(chosen, None) for chosen in found]
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
                      max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
