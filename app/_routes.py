@@ -694,13 +694,14 @@ async def _search_one(request: Request, service: Service, params: SearchParams, 
 def _together(vectors: np.ndarray) -> np.ndarray:
     """(1, dim): the unit mean of the images' vectors, the one query several photos of a thing make; 422 when
     they cancel out (no direction is left to search in)."""
-    mean = vectors.astype(np.float64).mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    if not np.isfinite(norm) or norm < 1e-6:
+    from index import mean_query   # see _vote_dict
+
+    try:
+        return mean_query(vectors)[None]
+    except ValueError:
         raise ApiError(422, "invalid_query", f"the {len(vectors)} images point opposite ways in the model's space: "
                                              "their mean is no direction to search in; search with combine=best "
-                                             "(items near any of them)")
-    return (mean / norm).astype(np.float32)[None]
+                                             "(items near any of them)") from None
 
 
 async def _request_queries(request: Request, service: Service, crop: Crop | None) -> np.ndarray | None:

@@ -984,11 +984,11 @@ def _search(args) -> int:
                 found = wide(vecs, args.offset + args.k, label=args.label, max_distance=args.max_distance, where=where)
                 show(f"{len(arrays)} images together", None, index.best_of(found, args.k, args.offset))
                 return 0
-            mean = vecs.astype(np.float64).mean(axis=0)
-            if float(np.linalg.norm(mean)) < 1e-6:
+            try:
+                vec = index.mean_query(vecs)
+            except ValueError:
                 raise CliError(f"--together: the {len(arrays)} images cancel out (their mean is no direction to "
-                               "search in); search them one by one")
-            vec = (mean / np.linalg.norm(mean)).astype(np.float32)
+                               "search in); search them one by one") from None
             hits = search(vec[None], args.rerank or args.k, label=args.label, max_distance=args.max_distance,
                           where=where)[0]
             if pddm is not None:

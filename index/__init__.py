@@ -28,7 +28,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, Store
 from ._duplicates import find_duplicates
 from ._facets import Facet
 from ._faiss import PRESETS
-from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, refine_queries, refine_query
+from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, mean_query, refine_queries, refine_query
 from ._groups import (MAX_GROUP_CANDIDATES, best_of, check_group_by, group_hits, group_value, search_grouped,
                       search_hits)
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
@@ -51,5 +51,5 @@ __all__ = [
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
-    "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",
+    "mean_query", "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",
 ]

@@ -41,6 +41,16 @@ def refine_query(query: np.ndarray | None, like: np.ndarray, unlike: np.ndarray,
     return (vector / norm).astype(np.float32)
 
 
+def mean_query(vectors: np.ndarray) -> np.ndarray:
+    """The unit mean of (n, dim) query vectors: the one query several photos of a thing make (the service's
+    several `file` parts, `simsearch search --together`). ValueError when they cancel out."""
+    mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise ValueError(f"the {len(vectors)} images cancel out: their mean is no direction to search in")
+    return (mean / norm).astype(np.float32)
+
+
 def refine_queries(store, queries: Sequence[np.ndarray | None], like: list[str], unlike: list[str]) -> np.ndarray:
     """(n, dim) unit rows: each query (a unit vector, or None: the marks alone) refined by the stored vectors
     of the items `like` and `unlike` (refine_query). KeyError, with the list of ids, for marked items the

@@ -64,3 +64,15 @@ def test_refined_queries_searched_with_the_marks_left_out_find_what_the_refined_
     with pytest.raises(KeyError) as missing:
         refine_queries(store, [q], ["i1", "nope"], ["gone"])
     assert missing.value.args[0] == ["nope", "gone"]
+
+
+def test_mean_query_is_the_unit_mean_of_several_photos_and_refuses_ones_that_cancel_out():
+    from index import mean_query
+
+    rng = np.random.default_rng(9)
+    photos = _unit(rng, 3, DIM)
+    mean = photos.mean(axis=0)
+    assert np.allclose(mean_query(photos), mean / np.linalg.norm(mean), atol=1e-6)
+    assert mean_query(photos).dtype == np.float32
+    with pytest.raises(ValueError, match="the 2 images cancel out"):
+        mean_query(np.stack([photos[0], -photos[0]]))
