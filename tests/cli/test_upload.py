@@ -171,18 +171,28 @@ def _photos_with_exif(folder: Path) -> dict[str, dict]:
     return made
 
 
+def _stored_both_ways(live, artifact, tmp_path, flag: str, want: dict[str, dict]) -> Path:
+    """tmp_path/photos sent to the service with `flag` and built locally with it, each storing exactly `want`
+    as every image's metadata; the local data folder."""
+    from index import Store, StoreConfig
+
+    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, flag]) == 0
+    assert {i: it["metadata"] for i, it in listing(live).items()} == want
+    data = tmp_path / "local"
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(artifact), "--data", str(data),
+                 flag]) == 0
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert {i: store.get(i).metadata for i in want} == want
+    return data
+
+
 def test_upload_and_build_store_when_and_with_what_a_photo_was_taken_with_exif(live, hybrid1_artifact, tmp_path,
                                                                               capsys):
     from index import Store, StoreConfig
 
     want = _photos_with_exif(tmp_path / "photos")
-    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, "--exif"]) == 0
-    assert {i: it["metadata"] for i, it in listing(live).items()} == want
-    data = tmp_path / "local"
-    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data", str(data),
-                 "--exif"]) == 0
+    data = _stored_both_ways(live, hybrid1_artifact, tmp_path, "--exif", want)
     with Store.open(StoreConfig(data / "index", read_only=True)) as store:
-        assert {i: store.get(i).metadata for i in want} == want
         hits = store.search(store.get("phone.jpg").vector, k=4, where={"taken": {"$gte": "2024"}})[0]
         assert [h.id for h in hits] == ["phone.jpg"]
     # without --exif: the size alone, as before
@@ -227,13 +237,8 @@ def test_upload_and_build_store_where_a_photo_was_taken_with_gps_and_a_box_filte
     from index import Store, StoreConfig
 
     want = _photos_with_gps(tmp_path / "photos")
-    assert main(["index", "upload", str(tmp_path / "photos"), "--url", live.url, "--api-key", KEY, "--gps"]) == 0
-    assert {i: it["metadata"] for i, it in listing(live).items()} == want
-    data = tmp_path / "local"
-    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data", str(data),
-                 "--gps"]) == 0
+    data = _stored_both_ways(live, hybrid1_artifact, tmp_path, "--gps", want)
     with Store.open(StoreConfig(data / "index", read_only=True)) as store:
-        assert {i: store.get(i).metadata for i in want} == want
         france = {"lat": {"$gte": 41.0, "$lte": 51.5}, "lon": {"$gte": -5.5, "$lte": 10.0}}
         hits = store.search(store.get("sydney.jpg").vector, k=7, where=france)[0]
         assert [h.id for h in hits] == ["paris.jpg"]
