@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset path (see above)")
     p.add_argument("--out", "-o", required=True, help="artifact to write (.safetensors); also writes .metrics.json")
     p.add_argument("--model", default=None, help="zoo architecture (simsearch models; default hybrid1)")
-    p.add_argument("--loss", default=None, help="ce, ms, ce+ms (the default), nsoftmax, nsoftmax+ms, proxy_anchor, "
-                                                "arcface or pddm (docs/training.md)")
+    p.add_argument("--loss", default=None, help="ce, ms, triplet, contrastive, circle, supcon, nsoftmax, proxy_anchor, "
+                                                "arcface, pddm, or several joined by + (ce+ms, the default; "
+                                                "docs/training.md)")
     p.add_argument("--preset", default="default", help="default (our recipe) or paper (Adam 1e-3, no augmentation)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

@@ -98,10 +98,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first impossible setting."""
-        from ._losses import list_losses
+        from ._losses import check_loss_options
 
-        if self.loss not in list_losses():
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(list_losses())}")
+        check_loss_options(self.loss, self.loss_kwargs)
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:

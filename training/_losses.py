@@ -2,16 +2,20 @@
 its trainable parameters (the cross-entropy head) and names the heads to store in the artifact.
 
 Registered: "ce" (a Linear head on the raw embedding + cross-entropy; the head is dropped from the
-embedding model and stored beside it as "ce_head"), "ms" (pytorch-metric-learning's
-MultiSimilarityLoss on cosine similarity with its MultiSimilarityMiner), "ce+ms" (their weighted sum),
-"nsoftmax" (pml's NormalizedSoftmaxLoss: cosine to a learned proxy per class), "nsoftmax+ms",
-"proxy_anchor" (pml's ProxyAnchorLoss, its proxies learning 100 times faster) and "arcface" (pml's
-ArcFaceLoss: an additive angular margin to the class proxies).
+embedding model and stored beside it as "ce_head"); the pair losses of pytorch-metric-learning over a
+class-balanced batch, "ms" (MultiSimilarityLoss with its MultiSimilarityMiner), "triplet"
+(TripletMarginLoss on the triplets a TripletMarginMiner picks), "contrastive" (ContrastiveLoss), "circle"
+(CircleLoss) and "supcon" (SupConLoss); the proxy losses, "nsoftmax" (NormalizedSoftmaxLoss: cosine to a
+learned proxy per class), "proxy_anchor" (ProxyAnchorLoss, its proxies learning 100 times faster) and
+"arcface" (ArcFaceLoss: an additive angular margin to the class proxies); "pddm" (training/_pddm.py).
+Names joined by "+" are their weighted sum ("ce+ms", the default; "ce+supcon"), each part weighted by the
+option `<part>_weight` (1 unless set) and given every other option its factory takes.
 Add one with @register_loss("name") on a factory taking (embed_dim, num_classes, **options).
 """
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -51,17 +55,58 @@ def register_loss(name: str):
 
 
 def list_losses() -> list[str]:
-    """Names of the registered losses."""
+    """Names of the registered losses (any of them joined by "+" is a loss too)."""
     return sorted(_LOSSES)
 
 
+def check_loss_name(name: str) -> list[str]:
+    """The parts of the loss `name` (itself when registered, else the registered names joined by "+");
+    ValueError naming the first unknown or repeated part."""
+    if name in _LOSSES:
+        return [name]
+    parts = name.split("+")
+    for i, part in enumerate(parts):
+        if part not in _LOSSES:
+            what = f"unknown loss {part!r}" + (f" in {name!r}" if len(parts) > 1 else "")
+            raise ValueError(f"{what}; known: {', '.join(list_losses())}, or several joined by +")
+        if part in parts[:i]:
+            raise ValueError(f"loss {name!r} names {part!r} twice")
+    return parts
+
+
+def check_loss_options(name: str, options: dict[str, Any]) -> None:
+    """ValueError naming an option in `options` that no part of the built-in loss `name` takes (a misspelt
+    "margn" would otherwise be ignored); a loss of a user's own takes what its factory says it does."""
+    parts = check_loss_name(name)
+    taken: set[str] = set()
+    for part in parts:
+        factory = _LOSSES[part]
+        if not factory.__module__.startswith(__name__.rpartition(".")[0] + "."):
+            return
+        taken |= {n for n, p in inspect.signature(factory).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"embed_dim", "num_classes"}
+        if len(parts) > 1:
+            taken.add(f"{part}_weight")
+    for key in options:
+        if key not in taken and key != "label_smoothing":   # the trainer passes it to every loss
+            raise ValueError(f"loss option {key!r} is not one that loss {name!r} takes; it takes "
+                             f"{', '.join(sorted(taken))}")
+
+
 def create_loss(name: str, embed_dim: int, num_classes: int, **options) -> MetricLoss:
-    """Build the loss `name` for embeddings of `embed_dim` and `num_classes` classes."""
-    try:
-        factory = _LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(list_losses())}") from None
-    return factory(embed_dim=embed_dim, num_classes=num_classes, **options)
+    """Build the loss `name` for embeddings of `embed_dim` and `num_classes` classes; for names joined by
+    "+", their weighted sum, the option `<part>_weight` weighting each part (1 by default). An option no
+    part takes is refused (ValueError)."""
+    check_loss_options(name, options)
+    parts = check_loss_name(name)
+    if len(parts) == 1:
+        return _LOSSES[name](embed_dim=embed_dim, num_classes=num_classes, **options)
+    weights = {part: float(options.pop(f"{part}_weight", 1.0)) for part in parts}
+    for part, w in weights.items():
+        if not w >= 0:
+            raise ValueError(f"loss option {part}_weight must be a number of at least 0, got {w}")
+    return Combined({part: _LOSSES[part](embed_dim=embed_dim, num_classes=num_classes, **options) for part in parts},
+                    weights)
 
 
 class CrossEntropyLoss(MetricLoss):
@@ -87,24 +132,34 @@ class CrossEntropyLoss(MetricLoss):
         return {"ce_head": {"type": "linear", "in_features": self.embed_dim, "out_features": self.num_classes}}
 
 
-class MultiSimilarity(MetricLoss):
-    """pytorch-metric-learning MultiSimilarityLoss(alpha, beta, base) on pairs mined by
-    MultiSimilarityMiner(epsilon); cosine similarity (the embeddings are L2-normalised inside)."""
+class PairLoss(MetricLoss):
+    """A pytorch-metric-learning loss over the pairs (or triplets) of a class-balanced batch (`self.loss`),
+    on those `self.miner` picks when there is one, else on all of them; called on float32 embeddings."""
 
     needs_pairs = True
+    loss: nn.Module
+    miner: nn.Module | None
 
-    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
-                 mine: bool = True, **_):
+    def __init__(self, loss: nn.Module, miner: nn.Module | None = None):
         super().__init__()
-        from pytorch_metric_learning import losses, miners
-
-        self.loss = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-        self.miner = miners.MultiSimilarityMiner(epsilon=epsilon) if mine else None
+        self.loss, self.miner = loss, miner
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = embeddings.float()
-        pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs)
+        mined = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, mined)
+
+
+class MultiSimilarity(PairLoss):
+    """pytorch-metric-learning MultiSimilarityLoss(alpha, beta, base) on pairs mined by
+    MultiSimilarityMiner(epsilon); cosine similarity (the embeddings are L2-normalised inside)."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
+                 mine: bool = True, **_):
+        from pytorch_metric_learning import losses, miners
+
+        super().__init__(losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base),
+                         miners.MultiSimilarityMiner(epsilon=epsilon) if mine else None)
 
 
 class _ProxyLoss(MetricLoss):
@@ -197,26 +252,9 @@ def _ms(embed_dim: int, num_classes: int, alpha: float = 2.0, beta: float = 50.0
     return MultiSimilarity(alpha, beta, base, epsilon)
 
 
-@register_loss("ce+ms")
-def _ce_ms(embed_dim: int, num_classes: int, ce_weight: float = 1.0, ms_weight: float = 1.0,
-           label_smoothing: float = 0.0, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
-           epsilon: float = 0.1, **_) -> MetricLoss:
-    return Combined({"ce": CrossEntropyLoss(embed_dim, num_classes, label_smoothing),
-                     "ms": MultiSimilarity(alpha, beta, base, epsilon)}, {"ce": ce_weight, "ms": ms_weight})
-
-
 @register_loss("nsoftmax")
 def _nsoftmax(embed_dim: int, num_classes: int, temperature: float = 0.05, **_) -> MetricLoss:
     return NormalizedSoftmax(embed_dim, num_classes, temperature)
-
-
-@register_loss("nsoftmax+ms")
-def _nsoftmax_ms(embed_dim: int, num_classes: int, nsoftmax_weight: float = 1.0, ms_weight: float = 1.0,
-                 temperature: float = 0.05, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
-                 epsilon: float = 0.1, **_) -> MetricLoss:
-    return Combined({"nsoftmax": NormalizedSoftmax(embed_dim, num_classes, temperature),
-                     "ms": MultiSimilarity(alpha, beta, base, epsilon)},
-                    {"nsoftmax": nsoftmax_weight, "ms": ms_weight})
 
 
 @register_loss("proxy_anchor")
@@ -228,3 +266,46 @@ def _proxy_anchor(embed_dim: int, num_classes: int, margin: float = 0.1, alpha: 
 @register_loss("arcface")
 def _arcface(embed_dim: int, num_classes: int, margin: float = 28.6, scale: float = 64.0, **_) -> MetricLoss:
     return ArcFace(embed_dim, num_classes, margin, scale)
+
+
+_TRIPLETS = ("all", "hard", "semihard", "easy")
+
+
+@register_loss("triplet")
+def _triplet(embed_dim: int, num_classes: int, margin: float = 0.2, triplets: str = "semihard", **_) -> MetricLoss:
+    """pml's TripletMarginLoss(margin) on the triplets TripletMarginMiner(margin, triplets) picks: "semihard"
+    (the negative farther than the positive, but within the margin; FaceNet's choice), "hard", "all" or
+    "easy". Distances are Euclidean between the L2-normalised embeddings, which rank as cosine does."""
+    from pytorch_metric_learning import losses, miners
+
+    if triplets not in _TRIPLETS:
+        raise ValueError(f"loss option triplets must be one of {', '.join(_TRIPLETS)}, got {triplets!r}")
+    return PairLoss(losses.TripletMarginLoss(margin=margin),
+                    miners.TripletMarginMiner(margin=margin, type_of_triplets=triplets))
+
+
+@register_loss("contrastive")
+def _contrastive(embed_dim: int, num_classes: int, pos_margin: float = 0.0, neg_margin: float = 1.0,
+                 **_) -> MetricLoss:
+    """pml's ContrastiveLoss: positive pairs pulled within `pos_margin`, negative ones pushed beyond
+    `neg_margin` (Euclidean between the L2-normalised embeddings: 1.0 is a cosine of 0.5)."""
+    from pytorch_metric_learning import losses
+
+    return PairLoss(losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin))
+
+
+@register_loss("circle")
+def _circle(embed_dim: int, num_classes: int, m: float = 0.4, gamma: float = 80.0, **_) -> MetricLoss:
+    """pml's CircleLoss (Sun et al., 2020) on cosine similarity: relaxation `m`, scale `gamma`."""
+    from pytorch_metric_learning import losses
+
+    return PairLoss(losses.CircleLoss(m=m, gamma=gamma))
+
+
+@register_loss("supcon")
+def _supcon(embed_dim: int, num_classes: int, temperature: float = 0.1, **_) -> MetricLoss:
+    """pml's SupConLoss (Khosla et al., 2020): each image's cosine to its class's others, against all the
+    batch's, softmaxed at `temperature`."""
+    from pytorch_metric_learning import losses
+
+    return PairLoss(losses.SupConLoss(temperature=temperature))

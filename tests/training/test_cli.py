@@ -126,6 +126,19 @@ def test_an_architecture_and_a_loss_of_the_users_own_train_and_evaluate_through_
                                 "'no_such_models': ModuleNotFoundError: No module named 'no_such_models'")
 
 
+def test_a_misspelt_loss_or_loss_option_stops_train_before_any_work_naming_it(tiny_cifar_folder, tmp_path):
+    out = tmp_path / "never.safetensors"
+    base = ["train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--quiet"]
+    r = _simsearch(*base, "--loss", "ce+tripplet", cache=tmp_path)
+    assert r.returncode == 2 and "unknown loss 'tripplet' in 'ce+tripplet'; known: " in r.stderr
+    assert "triplet" in r.stderr and "Traceback" not in r.stderr
+    r = _simsearch(*base, "--loss", "ce+triplet", "--set", 'loss_kwargs={"margn": 0.3}', cache=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "loss option 'margn' is not one that loss 'ce+triplet' takes; it takes ce_weight, label_smoothing, " \
+           "margin, triplet_weight, triplets" in r.stderr
+    assert not out.exists()
+
+
 def test_fold_norm_flag_writes_the_plain_hybrid1_on_a_users_folder(tiny_cifar_folder, tmp_path):
     out = tmp_path / "folded.safetensors"
     r = _simsearch("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--batch-size", "16",

@@ -15,10 +15,26 @@ def _batch(seed=0, n_per_class=4, classes=4, dim=16):
     return centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=g), labels
 
 
-def test_registry_lists_the_three_losses():
-    assert {"ce", "ms", "ce+ms"} <= set(list_losses())
-    with pytest.raises(ValueError, match="unknown loss 'triplet'"):
-        create_loss("triplet", 16, 4)
+def test_registry_lists_the_losses_and_names_what_it_does_not_know():
+    assert {"ce", "ms", "triplet", "contrastive", "circle", "supcon", "nsoftmax", "arcface"} <= set(list_losses())
+    with pytest.raises(ValueError, match="unknown loss 'lifted'; known: .*supcon.*, or several joined by"):
+        create_loss("lifted", 16, 4)
+    with pytest.raises(ValueError, match="unknown loss 'tripplet' in 'ce\\+tripplet'"):
+        create_loss("ce+tripplet", 16, 4)
+    with pytest.raises(ValueError, match="loss 'ms\\+ce\\+ms' names 'ms' twice"):
+        create_loss("ms+ce+ms", 16, 4)
+    with pytest.raises(ValueError, match="supcon_weight must be a number of at least 0, got -1.0"):
+        create_loss("ce+supcon", 16, 4, supcon_weight=-1)
+
+
+def test_an_option_no_part_of_a_built_in_loss_takes_is_refused_with_those_it_takes():
+    with pytest.raises(ValueError, match="loss option 'margn' is not one that loss 'ce\\+ms' takes; it takes alpha, "
+                                         "base, beta, ce_weight, epsilon, label_smoothing, ms_weight$"):
+        create_loss("ce+ms", 16, 4, margn=0.1)
+    with pytest.raises(ValueError, match="'temperature' is not one that loss 'triplet' takes; it takes margin, "
+                                         "triplets$"):
+        create_loss("triplet", 16, 4, temperature=0.1)
+    create_loss("triplet", 16, 4, label_smoothing=0.0, margin=0.1)   # the trainer passes label_smoothing to any
 
 
 def test_ce_has_a_head_that_is_stored_and_matches_plain_cross_entropy():
@@ -49,6 +65,41 @@ def test_combined_is_the_weighted_sum_and_gradients_reach_the_head():
     assert torch.allclose(total, 0.5 * parts["ce"](emb, labels) + 2.0 * parts["ms"](emb, labels))
     total.backward()
     assert both.heads()["ce_head"].weight.grad is not None and emb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["triplet", "contrastive", "circle", "supcon"])
+def test_pair_losses_are_small_for_separated_classes_and_large_for_shuffled_labels(name):
+    emb, labels = _batch()
+    loss = create_loss(name, 16, 4)
+    assert loss.needs_pairs and loss.heads() == {} and list(loss.parameters()) == []
+    separated = torch.nn.functional.one_hot(labels, 16).float()   # orthogonal per class, identical within
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    low, high = loss(separated, labels).item(), loss(emb, shuffled).item()
+    assert low < 0.25 * high and high > 0.05, (low, high)
+    emb.requires_grad_(True)
+    loss(emb, shuffled).backward()
+    assert emb.grad.abs().sum() > 0
+
+
+def test_triplet_mining_is_chosen_by_name_and_a_wrong_one_is_named():
+    emb, labels = _batch()
+    semihard, every = create_loss("triplet", 16, 4), create_loss("triplet", 16, 4, triplets="all")
+    assert semihard.miner.type_of_triplets == "semihard" and every.miner.type_of_triplets == "all"
+    assert semihard.miner(emb, labels)[0].numel() < every.miner(emb, labels)[0].numel()
+    with pytest.raises(ValueError, match="triplets must be one of all, hard, semihard, easy, got 'hardest'"):
+        create_loss("triplet", 16, 4, triplets="hardest")
+
+
+def test_any_losses_joined_by_plus_are_their_weighted_sum_each_given_its_own_options():
+    emb, labels = _batch()
+    emb.requires_grad_(True)
+    both = create_loss("ce+supcon", 16, 4, supcon_weight=0.25, temperature=0.5)
+    assert list(both.parts) == ["ce", "supcon"] and both.needs_pairs and set(both.heads()) == {"ce_head"}
+    assert both.parts["supcon"].loss.temperature == 0.5
+    total = both(emb, labels)
+    assert torch.allclose(total, both.parts["ce"](emb, labels) + 0.25 * both.parts["supcon"](emb, labels))
+    total.backward()
+    assert both.heads()["ce_head"].weight.grad is not None
 
 
 def test_a_new_loss_plugs_in_by_name():

@@ -160,6 +160,10 @@ def test_resume_accepts_a_checkpoint_from_before_newer_config_fields(shared_data
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         preset("default", loss="hinge").validate()
+    with pytest.raises(ValueError, match="unknown loss 'hinge' in 'ce\\+hinge'"):
+        preset("default", loss="ce+hinge").validate()
+    with pytest.raises(ValueError, match="loss option 'margn' is not one that loss 'ce\\+ms' takes"):
+        preset("default", loss="ce+ms", loss_kwargs={"margn": 0.2}).validate()
     with pytest.raises(ValueError, match="schedule must be"):
         preset("default", schedule="linear").validate()
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
@@ -346,6 +350,16 @@ def test_a_short_run_with_a_proxy_loss_beats_chance_and_ships_no_proxies(shared_
     assert result.metrics["precision_at_1"] > 0.4, result.metrics   # chance: about 0.1
     art = model.load_artifact(out)
     assert art.heads == {} and art.meta.training["config"]["loss"] == loss
+
+
+@pytest.mark.parametrize("loss", ["triplet", "ce+supcon"])
+def test_a_short_run_with_a_pair_loss_or_a_sum_of_losses_beats_chance(shared_data, tmp_path, loss):
+    out = tmp_path / "pairs.safetensors"
+    result = train(preset("default", **{**QUICK, "loss": loss}), shared_data / "mnist", out, progress=False,
+                   log=lambda _: None)
+    assert result.metrics["precision_at_1"] > 0.4, result.metrics   # chance: about 0.1
+    art = model.load_artifact(out)
+    assert art.meta.training["config"]["loss"] == loss and set(art.heads) == ({"ce_head"} if "ce" in loss else set())
 
 
 def test_a_validation_split_that_cannot_measure_precision_is_left_out_and_said(tiny_cifar_folder, tmp_path):
