@@ -914,7 +914,38 @@ class Store(ItemChecks):
         want = min(k, population)
         if want <= 0:
             return [[] for _ in range(len(q))]
-        kk = min(k + (ex is not None), population + (ex is not None))
+        total = population + (ex is not None)
+        # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
+        # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
+        probe = min(k + 1 + (ex is not None), total)
+        D, I = self._faiss_locked(q, probe, allowed, population)
+        out = []
+        for qi in range(len(q)):
+            pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
+            if len(pairs) < want:
+                # The approximate index found fewer than exist (a selective filter, or
+                # removed vectors crowding the candidates): answer this query exactly.
+                pairs = self._exact_locked(q[qi], want, label, allowed, ex)
+                if pairs is None:
+                    return None
+            elif len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
+                pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex)
+            out.append(sorted(pairs, key=lambda p: (-p[1], p[0]))[:k])
+        return out
+
+    def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex):
+        """One query's pairs read on (twice as many each time) until every item scoring `tied` is among them."""
+        while pairs[-1][1] >= tied and n < total:
+            n = min(2 * n, total)
+            D, I = self._faiss_locked(q1, n, allowed, population)
+            pairs = [(f, s) for f, s in zip(I[0].tolist(), D[0].tolist()) if f >= 0 and f != ex]
+            if len(pairs) < n - (ex is not None):   # the approximate index has no more to give
+                break
+        return pairs
+
+    def _faiss_locked(self, q, kk, allowed, population):
+        """(scores, FAISS ids) of the kk nearest items of each query among `allowed` (every item when None),
+        removed items never among them; -1 pads a row short of kk."""
         index = self._index
         sel = keep = None
         if allowed is not None:
@@ -926,7 +957,7 @@ class Store(ItemChecks):
             keep = (keep or []) + [dead, not_dead]
             sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
         cfg = self.config
-        widen = len(self._rows) / max(population, 1) if filtered else 1.0
+        widen = len(self._rows) / max(population, 1) if allowed is not None else 1.0
         params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
         blas_from = _faiss.blas_min_queries(index)
@@ -946,18 +977,7 @@ class Store(ItemChecks):
         else:
             D, I = index.search(q, kk, params=params)
         del keep, sel
-        D = _faiss.to_scores(index, D)
-        out = []
-        for qi in range(len(q)):
-            pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
-            if len(pairs) < want:
-                # The approximate index found fewer than exist (a selective filter, or
-                # removed vectors crowding the candidates): answer this query exactly.
-                pairs = self._exact_locked(q[qi], want, label, allowed, ex)
-                if pairs is None:
-                    return None
-            out.append(pairs[:k])
-        return out
+        return _faiss.to_scores(index, D), I
 
     def _search_broad(self, q, kk, allowed, population, params):
         """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
@@ -1044,10 +1064,10 @@ class Store(ItemChecks):
         caller then retries."""
         applied = self._applied_seq
         if label is None:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ?",
+            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ? ORDER BY seq",
                                              (applied,)).fetchall()
         else:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ?",
+            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ? ORDER BY seq",
                                              (label, applied)).fetchall()
         keep = self._rows if allowed is None else set(allowed.tolist())
         rows = [r for r in rows if r[0] in keep and r[0] in self._rows and r[0] != ex]

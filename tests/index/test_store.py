@@ -687,3 +687,28 @@ def test_a_check_beside_a_writer_that_snapshots_finds_nothing_wrong(tmp_path):
     store.close()
     assert len(checks) > 1 and all(c.ok for c in checks), [c.problems for c in checks if not c.ok][:1]
     assert checks[-1].items >= 20
+
+
+@pytest.mark.parametrize("kind", PRESET_NAMES)
+def test_copies_of_one_photo_scoring_the_same_page_in_one_order_each_copy_once(open_store, kind):
+    """Equal scores are settled by the order the items were added, whatever k: pages of a search
+    (offset, exclude, filters) hold every copy once, where FAISS alone orders ties by k."""
+    from index import search_hits
+
+    rng = np.random.default_rng(11)
+    store = open_store(index=kind)
+    others = unit(rng, 300)
+    copy = unit(rng, 1)[0]
+    _fill(store, others, ["other"] * 300)
+    store.upsert([Item(f"copy{i:02d}", copy, label="copy", metadata={"n": i}) for i in range(12)])
+    query = (copy + 0.3 * unit(rng, 1)[0])[None].astype(np.float32)
+    every = [h.id for h in store.search(query, k=12)[0]]
+    assert every == [f"copy{i:02d}" for i in range(12)]
+    for filters in ({}, {"label": "copy"}, {"where": {"n": {"$gte": 0}}}):
+        pages = [h.id for o in range(0, 12, 3) for h in search_hits(store, query, 3, offset=o, **filters)[0]]
+        assert pages == every, filters
+        for k in (1, 5, 7, 11):
+            assert [h.id for h in store.search(query, k=k, **filters)[0]] == every[:k], (filters, k)
+    left_out = search_hits(store, query, 4, exclude=["copy00", "copy05"], offset=4)[0]
+    assert [h.id for h in left_out] == [i for i in every if i not in ("copy00", "copy05")][4:8]
+    assert [h.id for h in store.search_by_id("copy03", k=4)] == ["copy00", "copy01", "copy02", "copy04"]
