@@ -58,6 +58,32 @@ def test_transparent_pixels_are_flattened_onto_white(embedder):
     np.testing.assert_allclose(embedder.embed([clear]), embedder.embed([white]), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_large_transparent_image_shrunk_before_flattening_is_the_one_flattened_first(mode):
+    """Flattening touches the small picture (an 8000x8000 PNG costs it 1.5 s at full size), and the pixels
+    are those of flattening onto white at full size, then resizing, to rounding (8-bit premultiplied alpha)."""
+    rng = np.random.default_rng(5)
+
+    def blocks(*shape):   # 30 x 41 blocks of 10 x 10 pixels: a picture with something in it at 32 x 32
+        return np.kron(rng.integers(0, shape[-1] if mode == "P" else 256, (30, 41) + shape[:-1]),
+                       np.ones((10, 10) + (1,) * (len(shape) - 1), dtype=np.int64)).astype(np.uint8)
+
+    if mode == "P":
+        image = Image.fromarray(blocks(4), "P")
+        image.putpalette([200, 30, 30, 30, 200, 30, 30, 30, 200, 9, 9, 9])
+        image.info["transparency"] = 3
+    else:
+        pixels = blocks(len(mode), 256)
+        pixels[..., -1] = np.where(pixels[..., -1] < 100, 0, pixels[..., -1])
+        image = Image.fromarray(pixels, mode)
+    rgba = image.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    for chans, target in ((3, "RGB"), (1, "L")):
+        first = model.to_model_array(flat.convert(target), chans, 32).astype(int)
+        got = model.to_model_array(image, chans, 32).astype(int)
+        assert np.abs(got - first).max() <= 3 and np.abs(got - first).mean() < 1 and got.std() > 10
+
+
 def test_same_image_gives_the_same_vector_alone_or_in_a_batch(embedder):
     images = [_photo(seed=i) for i in range(9)]  # more than one batch of 4
     together = embedder.embed(images)
