@@ -40,7 +40,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 
 def files_under(folder: str | os.PathLike) -> list[str]:
     """Every file under `folder`, as sorted posix names relative to it: through linked folders (data is often
-    laid out as folders of links), each link back to a folder it lies in skipped (so a loop ends), and
+    laid out as folders of links), each link back to a folder it lies in skipped (so a loop ends; `folder`'s
+    own parent folders count too, so a link to one of them does not lead outside `folder`), and
     hidden files and folders (`.DS_Store`, macOS's `._IMG_1.jpg`, `.thumbnails/`) left out."""
     found: list[str] = []
 
@@ -57,6 +58,21 @@ def files_under(folder: str | os.PathLike) -> list[str]:
                 elif e.is_file():  # a dangling link is neither, and is passed over
                     found.append(prefix + e.name)
 
-    st = os.stat(folder)
-    walk(os.fspath(folder), "", frozenset({(st.st_dev, st.st_ino)}))
+    walk(os.fspath(folder), "", _folders_containing(folder))
     return sorted(found)
+
+
+def _folders_containing(folder: str | os.PathLike) -> frozenset:
+    """(device, inode) of `folder` and of every folder it lies in, by the path given and by its real path
+    (its links resolved): a link inside `folder` to any of them leads back to it, and is not followed."""
+    st = os.stat(folder)  # one that is not there raises here, as the walk would
+    seen = {(st.st_dev, st.st_ino)}
+    for path in (os.path.abspath(folder), os.path.realpath(folder)):
+        while (parent := os.path.dirname(path)) != path:
+            path = parent
+            try:
+                st = os.stat(path)
+            except OSError:  # a folder that cannot be looked at cannot be told apart; the walk goes on
+                continue
+            seen.add((st.st_dev, st.st_ino))
+    return frozenset(seen)

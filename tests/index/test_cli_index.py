@@ -77,6 +77,22 @@ def test_build_from_a_folder_of_linked_class_folders_indexes_their_images_under_
         assert store.get("boat/0003.jpg").label == "boat"
 
 
+def test_build_and_search_of_a_folder_do_not_go_up_a_link_to_a_folder_it_lies_in(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    photos = _extract(gallery_tar, tmp_path / "src") / "test"
+    ships = photos / "ship"
+    (ships / "loop").symlink_to("..")   # back to photos/, which holds cat/ and dog/ too
+    data = tmp_path / "data"
+    assert main(["index", "build", str(ships), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    assert "8 images in" in capsys.readouterr().out
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        assert store.count() == 8 and store.labels() == {None: 8}
+    assert main(["search", str(ships), "--data", str(data), "--model", str(hybrid1_artifact), "-k", "1",
+                 "--json"]) == 0
+    queries = [json.loads(line)["query"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(queries) == [str(ships / f"{i:04d}.jpg") for i in range(8)]
+
+
 def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     folder = _extract(gallery_tar, tmp_path / "first", only=10)
     data = tmp_path / "data"

@@ -82,3 +82,20 @@ def test_files_under_follows_linked_folders_ends_a_loop_and_leaves_out_hidden_an
     names = model.files_under(root)
     # each link that leads back to a folder it lies in ("up", "self") is passed over
     assert names == ["also-cats/a.jpg", "cats/a.jpg", "dogs/1.jpg"]
+
+
+def test_files_under_passes_over_links_to_the_folders_its_root_lies_in(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "dogs").mkdir(parents=True)
+    (photos / "dogs" / "d.jpg").write_bytes(b"d")
+    (photos / "top.jpg").write_bytes(b"t")
+    root = photos / "ships"
+    root.mkdir()
+    (root / "s.jpg").write_bytes(b"s")
+    (root / "loop").symlink_to("..")                 # the root's parent, by a relative link
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(tmp_path)       # its grandparent, by an absolute link, from further down
+    (root / "dogs").symlink_to(photos / "dogs")      # a folder beside it: followed, as any linked folder
+    assert model.files_under(root) == ["dogs/d.jpg", "s.jpg"]
+    (tmp_path / "via").symlink_to(root)              # the root reached through a link: its real parents count
+    assert model.files_under(tmp_path / "via") == ["dogs/d.jpg", "s.jpg"]

@@ -216,6 +216,18 @@ def test_an_imagefolder_made_of_links_to_class_folders_reads_their_images(tmp_pa
     assert ds.test.names == ["test/blue/4.png", "test/red/4.png"]
 
 
+def test_an_imagefolder_does_not_go_up_a_link_to_a_folder_it_lies_in(tmp_path):
+    _image_tree(tmp_path / "all", with_splits=False)
+    root = tmp_path / "all" / "red"   # read on its own, red/ is a folder of class folders
+    for c in ("light", "dark"):
+        (root / c).mkdir()
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(_png((255, 0, 0)))
+    (root / "light" / "loop").symlink_to("../..")   # back to all/, which holds green/ and blue/
+    ds = load_dataset(root, use_cache=False)
+    assert ds.class_names == ["dark", "light"] and len(ds.train) + len(ds.test) == 6
+
+
 def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):
     _image_tree(tmp_path / "tree" / "shapes", with_splits=True)
     with tarfile.open(tmp_path / "shapes.tar.gz", "w:gz") as tar:
