@@ -229,9 +229,13 @@ def _held(client) -> str:
     """How many items the service holds now ("?" when it does not say), and the position its gallery
     is at (X-Simsearch-Position), when it says."""
     try:
-        body = _request(client, "GET", "/index", params={"limit": 1}).json()
+        r = _request(client, "GET", "/index", params={"limit": 1})
+        if r.status_code == 404:   # a named gallery that nothing was stored in is not made
+            return "0 items"
+        body = r.json()
+        count = body["count"]
     except Exception:  # noqa: BLE001
         return "?"
     position = body.get("position")
-    return f"{body['count']} items" + (f" (position {position}: `--after {position}` makes a search through a "
-                                       "replica see them)" if position else "")
+    return f"{count} items" + (f" (position {position}: `--after {position}` makes a search through a "
+                               "replica see them)" if position else "")

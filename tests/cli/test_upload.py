@@ -91,6 +91,16 @@ def test_upload_stores_what_build_would_resumes_and_skips_refused_files(live, ph
     assert listing(live)["dog/0002.jpg"]["metadata"] == {"width": 32, "height": 32, "album": "x"}
 
 
+def test_an_upload_the_service_takes_nothing_of_exits_1_and_says_a_new_gallery_holds_0_items(live, tmp_path, capsys):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not a jpeg")
+    for _ in range(2):   # not one image taken, the gallery not made: 1, every time
+        assert main(["index", "upload", str(junk), "--url", live.url, "--api-key", KEY, "--gallery", "junk"]) == 1
+        out = capsys.readouterr().out
+        assert "uploaded 0 images (1 rejected by the service); it holds 0 items" in out
+
+
 def test_index_edit_sets_metadata_on_items_a_service_holds_through_it(live, photos, tmp_path, capsys):
     assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0
     capsys.readouterr()
