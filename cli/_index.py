@@ -616,7 +616,9 @@ def _build(args) -> int:
         store.close()
         if tar is not None:
             tar[0].close()
-    return 1 if failed and failed == len(todo) else 0
+    # 1: not one image of SOURCE could be read. A re-run whose only images left to do are the unreadable
+    # ones an earlier run skipped (and reports again) has nothing new to do: 0.
+    return 1 if failed and failed == len(todo) and not done else 0
 
 
 # ---- stats and search ---------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def upload(args) -> int:
             tar[0].close()
     dups = f", {len(left_out)} left out as look-alikes" if args.skip_duplicates is not None else ""
     print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service{dups}); it holds {held}")
-    return 1 if rejected and not uploaded else 0
+    # 1: the service took not one image of SOURCE, as `index build` (a re-run with only the refused files
+    # left to send, the others in the service already, reports them again and has nothing new to do: 0)
+    return 1 if rejected and not uploaded and not (have & set(ids)) else 0
 
 
 def _ids_in_service(client) -> set[str]:

@@ -101,6 +101,13 @@ def test_an_upload_the_service_takes_nothing_of_exits_1_and_says_a_new_gallery_h
         assert "uploaded 0 images (1 rejected by the service); it holds 0 items" in out
 
 
+def test_an_upload_with_only_refused_files_left_exits_0(live, photos, capsys):
+    for run in range(2):   # the second has nothing new to send but the refused file, which is refused again
+        assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0
+        out = capsys.readouterr().out
+        assert f"uploaded {12 if run == 0 else 0} images (1 rejected by the service)" in out
+
+
 def test_index_edit_sets_metadata_on_items_a_service_holds_through_it(live, photos, tmp_path, capsys):
     assert main(["index", "upload", str(photos), "--url", live.url, "--api-key", KEY]) == 0
     capsys.readouterr()

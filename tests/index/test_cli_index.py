@@ -108,6 +108,24 @@ def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_art
         assert store.get("test/ship/0000.jpg").label == "ship"  # ids are paths relative to SOURCE
 
 
+def test_a_rebuild_with_only_unreadable_files_left_reports_them_and_exits_0_and_1_only_when_none_read(
+        gallery_tar, hybrid1_artifact, tmp_path, capsys):
+    folder = _extract(gallery_tar, tmp_path / "src") / "test"
+    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    for run in range(2):   # the second has nothing new to do but the broken file, which fails again
+        assert main(["index", "build", str(folder), *args]) == 0
+        captured = capsys.readouterr()
+        assert f"indexed {24 if run == 0 else 0} images (1 skipped)" in captured.out
+        assert "skipped cat/broken.jpg" in captured.out + captured.err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "b.png").write_bytes(b"")
+    for _ in range(2):   # not one image could be read: 1, every time
+        assert main(["index", "build", str(broken), *args, "--gallery", "broken"]) == 1
+        assert "indexed 0 images (2 skipped)" in capsys.readouterr().out
+
+
 def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
                                                                          capsys):
     folder = _extract(gallery_tar, tmp_path / "photos") / "test"
@@ -126,9 +144,9 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
         assert store.get("ship/0001.jpg").metadata == {"width": 32, "height": 32}
         assert [h.id for h in store.search(store.get("cat/0000.jpg").vector, k=5, where={"year": 2024})[0]] == \
             ["cat/0000.jpg"]
-    # a re-run resumes: what is indexed keeps its metadata, and says so (exit 1: the one image left to do is
-    # the tar's broken file, and it fails again)
-    assert main(["index", "build", str(folder), *args, "--metadata", str(meta)]) == 1
+    # a re-run resumes: what is indexed keeps its metadata, and says so (the one image left to do is the tar's
+    # broken file, which fails again: nothing new to do, exit 0)
+    assert main(["index", "build", str(folder), *args, "--metadata", str(meta)]) == 0
     assert "2 of the images it names are indexed already and keep the metadata they have" in capsys.readouterr().err
     # CSV: a header with an id column; every cell a string, an empty one no key
     csv_file = tmp_path / "meta.csv"
