@@ -424,7 +424,11 @@ def _open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vect
 # ---- build -------------------------------------------------------------------------------------
 
 def _scan(source: Path, labels: bool):
-    """(ids, label of each id, reader) for a folder or a tar. The reader maps an id to its bytes."""
+    """(ids, label of each id, reader, links left out) for a folder or a tar. The reader maps an id to its bytes
+    (None for a folder). A tar is read as the folder it was made of: hidden members (`._IMG_1.jpg`, `.DS_Store`,
+    anything in a `.folder/`) left out and a single top folder descended (a tar of `photos/` has the ids a build
+    of `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further); its symbolic links are left out
+    and counted."""
     import tarfile
 
     from model import IMAGE_EXTENSIONS, files_under
@@ -434,14 +438,41 @@ def _scan(source: Path, labels: bool):
             ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
         except OSError as exc:  # a folder inside that cannot be listed
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
-        return ids, {i: _label_of(i, labels) for i in ids}, None
+        return ids, {i: _label_of(i, labels) for i in ids}, None, 0
     if source.is_file() and tarfile.is_tarfile(source):
         tf = tarfile.open(source)
-        members = {m.name.removeprefix("./"): m for m in tf.getmembers()
-                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS}
+        inside = False   # made inside the folder (`tar cf x.tar -C photos .`): the names are relative to it
+        named = []
+        for m in tf.getmembers():
+            name = m.name
+            inside |= name == "." or name.startswith("./")
+            while name.startswith("./"):
+                name = name[2:]
+            name = name.rstrip("/")
+            if name and name != "." and not any(part.startswith(".") for part in name.split("/")):
+                named.append((name, m))
+        tops = {name.split("/", 1)[0] for name, _ in named}
+        top = tops.pop() if len(tops) == 1 and not inside else None
+        if top is not None and any(name == top and not m.isdir() for name, m in named):
+            top = None   # a tar of one file
+        members, links = {}, 0
+        for name, m in named:
+            if top is not None:
+                if name == top:
+                    continue
+                name = name[len(top) + 1:]
+            if m.issym():
+                links += 1
+            elif (m.isfile() or m.islnk()) and name.lower().endswith(IMAGE_EXTENSIONS):
+                members[name] = m   # a hard link is read as the file it is another name of
         ids = sorted(members)
-        return ids, {i: _label_of(i, labels) for i in ids}, (tf, members)
+        return ids, {i: _label_of(i, labels) for i in ids}, (tf, members), links
     raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+def _links_note(links: int) -> str:
+    """What the summary line says of a tar's symbolic links, which are left out ("" when it has none)."""
+    return f" ({links} symbolic link{'s' if links != 1 else ''} in it left out)" if links else ""
 
 
 def _label_of(id_: str, labels: bool) -> str | None:
@@ -550,7 +581,7 @@ def _build(args) -> int:
     if not source.exists():
         raise CliError(f"source {source} does not exist")
     embedder = _embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
-    ids, labels, tar = _scan(source, not args.no_labels)
+    ids, labels, tar, links = _scan(source, not args.no_labels)
     if not ids:
         from model import IMAGE_EXTENSIONS
 
@@ -562,8 +593,8 @@ def _build(args) -> int:
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
         todo = [i for i in ids if i not in done]
-        print(f"{len(ids)} images in {source}: {len(done)} already indexed, {len(todo)} to embed "
-              f"with {embedder.model_id} into {store.info()['path']}")
+        print(f"{len(ids)} images in {source}{_links_note(links)}: {len(done)} already indexed, {len(todo)} to "
+              f"embed with {embedder.model_id} into {store.info()['path']}")
         kept = len(set(extra) & done)
         if kept:
             print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
@@ -1184,7 +1215,7 @@ def _queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[],
             continue
         if not path.exists():
             raise CliError(f"cannot read image {arg}: no such file or folder")
-        ids, labels, tar = _scan(path, True)
+        ids, labels, tar, _ = _scan(path, True)
         if tar is None:
             out += [(str(path / i), labels[i], (path / i).read_bytes) for i in ids]
         else:

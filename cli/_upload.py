@@ -22,7 +22,7 @@ def upload(args) -> int:
     import httpx
     from tqdm import tqdm
 
-    from ._index import _metadata_for, _scan
+    from ._index import _links_note, _metadata_for, _scan
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -34,7 +34,7 @@ def upload(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
-    ids, labels, tar = _scan(source, not args.no_labels)
+    ids, labels, tar, links = _scan(source, not args.no_labels)
     if not ids:
         raise CliError(f"no images in {source}")
     extra = _metadata_for(args.metadata, ids)
@@ -53,8 +53,8 @@ def upload(args) -> int:
                           timeout=args.timeout) as client:
             have = set() if args.replace else _ids_in_service(client)
             todo = [i for i in ids if i not in have]
-            print(f"{len(ids)} images in {source}: {len(ids) - len(todo)} already in the service, "
-                  f"{len(todo)} to upload to {url}")
+            print(f"{len(ids)} images in {source}{_links_note(links)}: {len(ids) - len(todo)} already in the "
+                  f"service, {len(todo)} to upload to {url}")
             kept = len(set(extra) & have)
             if kept:
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "

@@ -55,9 +55,9 @@ def test_build_from_a_tar_labels_from_class_folders_skips_broken_files_and_store
     with Store.open(StoreConfig(data / "index", read_only=True)) as store:
         assert store.count() == 24
         assert store.labels() == {"cat": 8, "dog": 8, "ship": 8}
-        item = store.get("cifar10-jpeg/test/dog/0003.jpg")
+        item = store.get("test/dog/0003.jpg")
         assert item.label == "dog" and item.metadata == {"width": 32, "height": 32}
-        thumb = store.thumbnail("cifar10-jpeg/test/dog/0003.jpg")
+        thumb = store.thumbnail("test/dog/0003.jpg")
         assert thumb.startswith(b"\xff\xd8") and len(thumb) > 100
 
 
@@ -91,6 +91,48 @@ def test_build_and_search_of_a_folder_do_not_go_up_a_link_to_a_folder_it_lies_in
                  "--json"]) == 0
     queries = [json.loads(line)["query"] for line in capsys.readouterr().out.splitlines()]
     assert sorted(queries) == [str(ships / f"{i:04d}.jpg") for i in range(8)]
+
+
+def _png(rgb) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _items(data: Path) -> dict[str, str | None]:
+    with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+        return {it.id: it.label for it in store.list(0, 1000)}
+
+
+def test_a_tar_of_a_folder_gives_the_ids_and_labels_a_build_of_the_folder_gives(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "my photos"
+    for c, rgb in {"ships": (0, 0, 255), "dogs": (200, 120, 0)}.items():
+        (photos / c).mkdir(parents=True)
+        for i in range(2):
+            (photos / c / f"img {i}.png").write_bytes(_png(rgb))
+        (photos / c / "._img 0.png").write_bytes(b"macOS metadata, not a picture")
+    (photos / "top.png").write_bytes(_png((0, 255, 0)))
+    (photos / ".DS_Store").write_bytes(b"junk")
+    (photos / ".thumbnails").mkdir()
+    (photos / ".thumbnails" / "t.png").write_bytes(_png((9, 9, 9)))
+    args = ["--model", str(hybrid1_artifact)]
+    assert main(["index", "build", str(photos), *args, "--data", str(tmp_path / "d")]) == 0
+    want = _items(tmp_path / "d")
+    assert want == {"dogs/img 0.png": "dogs", "dogs/img 1.png": "dogs", "ships/img 0.png": "ships",
+                    "ships/img 1.png": "ships", "top.png": None}
+    (photos / "ships" / "link.png").symlink_to(photos / "top.png")
+    with tarfile.open(tmp_path / "of.tar", "w") as tf:       # tar cf of.tar "my photos"
+        tf.add(photos, arcname="my photos")
+    with tarfile.open(tmp_path / "in.tar.gz", "w:gz") as tf:   # tar czf in.tar.gz -C "my photos" .
+        tf.add(photos, arcname=".")
+    capsys.readouterr()
+    for tar in ("of.tar", "in.tar.gz"):
+        data = tmp_path / f"d {tar}"
+        assert main(["index", "build", str(tmp_path / tar), *args, "--data", str(data)]) == 0
+        out = capsys.readouterr().out
+        assert f"5 images in {tmp_path / tar} (1 symbolic link in it left out):" in out
+        assert "indexed 5 images (0 skipped)" in out
+        assert _items(data) == want
 
 
 def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_artifact, tmp_path, capsys):
@@ -282,7 +324,7 @@ def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, t
     query = _extract(gallery_tar, tmp_path / "q") / "test" / "ship" / "0002.jpg"
     assert main(["search", str(query), "--data", str(data), "--model", str(hybrid1_artifact), "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[0].endswith("cifar10-jpeg/test/ship/0002.jpg") and "d=0.0000" in lines[0]
+    assert len(lines) == 3 and lines[0].endswith("test/ship/0002.jpg") and "d=0.0000" in lines[0]
     assert main(["search", str(query), "--data", str(data), "--model", str(hybrid1_artifact),
                  "-k", "4", "--label", "cat", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
@@ -328,7 +370,7 @@ def test_delete_counts_first_then_removes_by_id_label_or_filter(gallery_tar, hyb
     assert main(["index", "delete", "--data", str(data), "--where", '{"width": {"$gte": 32}}', "--label", "dog",
                  "--yes"]) == 0
     assert "deleted 8 items" in capsys.readouterr().out and count() == 8
-    assert main(["index", "delete", "--data", str(data), "cifar10-jpeg/test/ship/0001.jpg", "nope", "--yes"]) == 0
+    assert main(["index", "delete", "--data", str(data), "test/ship/0001.jpg", "nope", "--yes"]) == 0
     assert "deleted 1 item\n" in capsys.readouterr().out and count() == 7
     for args, words in ((["--yes"], "give the ids to delete, or --label"), (["x", "--label", "ship"], "not both"),
                         (["--where", '{"width": {"$near": 1}}'], "--where: 'width' has an unknown operator")):
@@ -467,13 +509,13 @@ def test_check_names_each_damaged_item_and_the_snapshot_and_passes_a_sound_index
     assert "ok: checked 24 items (hybrid1-test@" in out and "thumbnails decoded" in out
 
     db = sqlite3.connect(data / "index" / "store.sqlite3")
-    (v,), = db.execute("SELECT vector FROM items WHERE id = 'cifar10-jpeg/test/cat/0001.jpg'")
+    (v,), = db.execute("SELECT vector FROM items WHERE id = 'test/cat/0001.jpg'")
     flipped = bytearray(v)
     flipped[3] ^= 0x40  # the exponent's top bit of the first component: 1e38-scale
-    db.execute("UPDATE items SET vector = ? WHERE id = 'cifar10-jpeg/test/cat/0001.jpg'", (bytes(flipped),))
-    db.execute("UPDATE items SET vector = substr(vector, 1, 100) WHERE id = 'cifar10-jpeg/test/dog/0002.jpg'")
-    db.execute("UPDATE items SET metadata = '{\"width\": 3' WHERE id = 'cifar10-jpeg/test/ship/0003.jpg'")
-    db.execute("UPDATE thumbnails SET data = ? WHERE id = 'cifar10-jpeg/test/ship/0004.jpg'", (b"\xff\xd8\xff" + bytes(200),))
+    db.execute("UPDATE items SET vector = ? WHERE id = 'test/cat/0001.jpg'", (bytes(flipped),))
+    db.execute("UPDATE items SET vector = substr(vector, 1, 100) WHERE id = 'test/dog/0002.jpg'")
+    db.execute("UPDATE items SET metadata = '{\"width\": 3' WHERE id = 'test/ship/0003.jpg'")
+    db.execute("UPDATE thumbnails SET data = ? WHERE id = 'test/ship/0004.jpg'", (b"\xff\xd8\xff" + bytes(200),))
     db.commit()
     db.close()
     snap = data / "index" / "index.snapshot"
@@ -483,10 +525,10 @@ def test_check_names_each_damaged_item_and_the_snapshot_and_passes_a_sound_index
     out = capsys.readouterr().out
     damaged = [ln for ln in out.splitlines() if ln.startswith("damaged: ")]
     assert len(damaged) == 5, out
-    assert "item 'cifar10-jpeg/test/cat/0001.jpg': its vector has norm" in out
-    assert "item 'cifar10-jpeg/test/dog/0002.jpg': its vector has 100 bytes" in out
-    assert "item 'cifar10-jpeg/test/ship/0003.jpg': its metadata is unreadable" in out
-    assert "item 'cifar10-jpeg/test/ship/0004.jpg': its thumbnail does not decode" in out
+    assert "item 'test/cat/0001.jpg': its vector has norm" in out
+    assert "item 'test/dog/0002.jpg': its vector has 100 bytes" in out
+    assert "item 'test/ship/0003.jpg': its metadata is unreadable" in out
+    assert "item 'test/ship/0004.jpg': its thumbnail does not decode" in out
     assert "index.snapshot: truncated" in out and "rebuilds from the database" in out
     assert out.strip().splitlines()[-1].startswith("5 problems in 24 items")
 
@@ -502,7 +544,7 @@ def test_search_with_a_folder_or_tar_of_labelled_queries_reports_each_and_the_la
     assert main(["search", str(gallery_tar), *args, "-k", "2"]) == 0
     captured = capsys.readouterr()
     assert "skipped " in captured.err and "broken.jpg" in captured.err and "1 of 25 queries could not be read" in captured.err
-    assert f"{gallery_tar}:cifar10-jpeg/test/dog/0003.jpg  (label dog)" in captured.out
+    assert f"{gallery_tar}:test/dog/0003.jpg  (label dog)" in captured.out
     assert captured.out.strip().splitlines()[-1] == \
         "24 of 24 queries with a label (1.000) have a nearest neighbour of that label"
 
@@ -517,7 +559,7 @@ def test_search_with_a_folder_or_tar_of_labelled_queries_reports_each_and_the_la
     for r in lines[:-1]:  # each labelled by its class folder, each finding itself first
         rel = Path(r["query"]).relative_to(folder / "test").as_posix()
         assert r["label"] == rel.split("/")[0]
-        assert r["results"][0]["id"] == f"cifar10-jpeg/test/{rel}" and r["results"][0]["distance"] < 1e-3
+        assert r["results"][0]["id"] == f"test/{rel}" and r["results"][0]["distance"] < 1e-3
 
 
 def test_every_index_command_works_on_a_named_gallery_beside_the_default_one(gallery_tar, hybrid1_artifact, tmp_path,
