@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = isub.add_parser("build", help="embed a folder or tar of images into the index (resumable)")
     b.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one; "
-                                  "an image's folder name is its label (ImageFolder layout)")
+                                  "an image's class folder is its label, the class `simsearch train` makes "
+                                  "it (ImageFolder: shoes/2023/x.jpg is shoes, train/cat/x.jpg is cat)")
     _common(b, model=True, milvus=True)
     b.add_argument("--index", help="flat (exact, default for a new store), hnsw, ivf, ivfpq, or a FAISS "
                                    "factory string; an existing store keeps its kind unless given")
@@ -106,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u = isub.add_parser("upload", help="send a folder or tar of images to a running service (resumable)",
                         description="Add the images of SOURCE to a running `simsearch serve` over its HTTP API (POST "
                                     "/index), as `index build` would add them to a stopped one: the path relative "
-                                    "to SOURCE is the id, the folder the label, {width, height} the metadata. Ids "
+                                    "to SOURCE is the id, the class folder the label, {width, height} the metadata. Ids "
                                     "the service already holds are skipped (unless --replace), so an interrupted "
                                     "upload continues where it stopped; a file the service refuses is reported "
                                     "and skipped; 429 and 503 answers are waited out.")
@@ -438,7 +439,7 @@ def _scan(source: Path, labels: bool):
             ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
         except OSError as exc:  # a folder inside that cannot be listed
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
-        return ids, {i: _label_of(i, labels) for i in ids}, None, 0
+        return ids, _labels_of(ids, labels), None, 0
     if source.is_file() and tarfile.is_tarfile(source):
         tf = tarfile.open(source)
         inside = False   # made inside the folder (`tar cf x.tar -C photos .`): the names are relative to it
@@ -466,7 +467,7 @@ def _scan(source: Path, labels: bool):
             elif (m.isfile() or m.islnk()) and name.lower().endswith(IMAGE_EXTENSIONS):
                 members[name] = m   # a hard link is read as the file it is another name of
         ids = sorted(members)
-        return ids, {i: _label_of(i, labels) for i in ids}, (tf, members), links
+        return ids, _labels_of(ids, labels), (tf, members), links
     raise CliError(f"source {source} is neither a folder nor a tar archive")
 
 
@@ -475,10 +476,25 @@ def _links_note(links: int) -> str:
     return f" ({links} symbolic link{'s' if links != 1 else ''} in it left out)" if links else ""
 
 
-def _label_of(id_: str, labels: bool) -> str | None:
-    """ImageFolder: the folder an image sits in names its class; top-level images have none."""
-    parts = id_.split("/")
-    return parts[-2] if labels and len(parts) >= 2 else None
+_SPLITS = ("train", "test", "val", "valid", "validation")   # the split folders `simsearch train` reads (training/_data)
+
+
+def _labels_of(ids: list[str], labels: bool) -> dict[str, str | None]:
+    """Each id's label, as `simsearch train` would class the image (ImageFolder): its top folder under SOURCE
+    (photos/shoes/2023/IMG.jpg: "shoes"), or where SOURCE is split into train/ and test/ (or a validation
+    folder), or holds just one of those, its top folder under the split (train/cat/x.jpg: "cat"). An image
+    directly in SOURCE, or directly in a split folder, has none; so does every image with `labels` off."""
+    if not labels:
+        return dict.fromkeys(ids)
+    tops = {i.split("/", 1)[0] for i in ids if "/" in i}
+    split = ("train" in tops and bool(tops & set(_SPLITS[1:]))) or (len(tops) == 1 and tops <= set(_SPLITS))
+    out: dict[str, str | None] = {}
+    for i in ids:
+        parts = i.split("/")
+        if split and parts[0] in _SPLITS:
+            parts = parts[1:]
+        out[i] = parts[0] if len(parts) >= 2 else None
+    return out
 
 
 def _model_input(data: bytes, embedder, crop=None):

@@ -135,6 +135,35 @@ def test_a_tar_of_a_folder_gives_the_ids_and_labels_a_build_of_the_folder_gives(
         assert _items(data) == want
 
 
+def test_build_labels_an_image_by_the_class_train_gives_it_and_keeps_its_path_as_id(hybrid1_artifact, tmp_path,
+                                                                                     capsys):
+    from training import load_dataset
+
+    photos, split = tmp_path / "photos", tmp_path / "split"
+    files = {photos: {"shoes/2023/a.png": (200, 0, 0), "shoes/b.png": (210, 0, 0), "bags/c.png": (0, 0, 200),
+                      "bags/d.png": (0, 0, 210), "top.png": (0, 200, 0)},
+             split: {"train/cat/a.png": (200, 0, 0), "train/cat/2023/b.png": (210, 0, 0),
+                     "train/dog/c.png": (0, 0, 200), "test/cat/d.png": (220, 0, 0), "test/dog/e.png": (0, 0, 220),
+                     "train/loose.png": (0, 200, 0)}}
+    want = {photos: {"shoes/2023/a.png": "shoes", "shoes/b.png": "shoes", "bags/c.png": "bags", "bags/d.png": "bags",
+                     "top.png": None},
+            split: {"train/cat/a.png": "cat", "train/cat/2023/b.png": "cat", "train/dog/c.png": "dog",
+                    "test/cat/d.png": "cat", "test/dog/e.png": "dog", "train/loose.png": None}}
+    for root, made in files.items():
+        for name, rgb in made.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(_png(rgb))
+        data = tmp_path / f"data-{root.name}"
+        assert main(["index", "build", str(root), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+        assert _items(data) == want[root]
+        # the classes `simsearch train` makes of the same folder
+        assert load_dataset(root, use_cache=False).class_names == sorted({v for v in want[root].values() if v})
+    # --no-labels: none
+    assert main(["index", "build", str(split), "--model", str(hybrid1_artifact), "--data", str(tmp_path / "t"),
+                 "--no-labels"]) == 0
+    assert set(_items(tmp_path / "t").values()) == {None}
+
+
 def test_build_resumes_skipping_what_is_already_indexed(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     folder = _extract(gallery_tar, tmp_path / "first", only=10)
     data = tmp_path / "data"
