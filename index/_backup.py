@@ -50,7 +50,9 @@ def backup(source: Path, dest: Path) -> dict:
         raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): the copy needs about "
                            f"{src_db.stat().st_size / 1e6:.1f} MB; nothing was left there", full=True) from None
     finally:
-        for leftover in (part, part.with_name(part.name + "-journal")):  # the journal of a failed copy too
-            leftover.unlink(missing_ok=True)
+        # the journal of a failed copy too, and the -wal and -shm the check's read-only connection leaves
+        # beside a copy in WAL mode (it cannot remove them; nothing was written to them)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            part.with_name(part.name + suffix).unlink(missing_ok=True)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta.get("model_id"),
             "dim": int(meta["dim"]) if "dim" in meta else None, "bytes": (dest / _db.DB_NAME).stat().st_size}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import Store, StoreConfig
+from index import Item, Store, StoreConfig
 
 from ._writer import DIM, vector_for
 
@@ -88,3 +88,16 @@ def test_a_backup_onto_a_full_disk_is_one_clear_line_and_leaves_nothing_behind(t
     assert "is full" in r.stderr and "the copy needs about 12" in r.stderr, r.stderr
     left = subprocess.run([*inside, "find", str(mount / "copy")], capture_output=True, text=True, check=True)
     assert left.stdout.split() == [str(mount / "copy"), str(mount / "copy" / "index")]
+
+
+def test_a_backup_folder_holds_the_copied_store_alone_with_no_leftover_part_files(tmp_path, capsys):
+    from cli import main
+
+    with Store.open(StoreConfig(tmp_path / "data" / "index", dim=DIM, model_id="test-model@000000000000",
+                                snapshot_every=0)) as store:
+        store.upsert([Item(f"item-{i}", vector_for(i)) for i in range(5)])
+    assert main(["index", "backup", str(tmp_path / "bk 1"), "--data", str(tmp_path / "data")]) == 0
+    assert "copied 5 items" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "bk 1").rglob("*")) == ["index", "store.sqlite3"]
+    with Store.open(StoreConfig(tmp_path / "bk 1" / "index", read_only=True)) as copy:
+        assert copy.count() == 5
