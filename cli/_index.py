@@ -676,7 +676,10 @@ def _stats(args) -> int:
     store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
     try:
         info = store.info()
-        info["labels"] = {str(k): v for k, v in store.labels().items()}
+        counts = store.labels()
+        # JSON keys are strings: the unlabelled items are counted apart, not as a label "None"
+        info["labels"] = {k: v for k, v in counts.items() if k is not None}
+        info["unlabelled"] = counts.get(None, 0)
     finally:
         store.close()
     if args.json:
@@ -688,11 +691,13 @@ def _stats(args) -> int:
     print(f"kind      {info['index']} -> {info['index_kind']}" + (" (exact)" if info["exact"] else ""))
     if "last_seq" in info:   # a Milvus gallery has no sequence or snapshot of its own
         print(f"last seq  {info['last_seq']} (snapshot at {info['snapshot_seq']})")
-    if info["labels"]:
+    if info["labels"] or info["unlabelled"]:
         print("labels")
-        width = max(len(k) for k in info["labels"])
+        width = max((len(k) for k in info["labels"]), default=0)
         for label, n in info["labels"].items():
             print(f"  {label:<{width}}  {n}")
+        if info["unlabelled"]:   # as `index facets label` says it
+            print(f"  (no value: {info['unlabelled']})")
     return 0
 
 

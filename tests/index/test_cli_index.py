@@ -339,6 +339,23 @@ def test_index_facets_counts_the_items_of_each_value_as_get_facets_does(gallery_
     assert done.returncode == 1 and done.stderr == "", done.stderr
 
 
+def test_stats_counts_unlabelled_items_apart_from_a_label_named_none(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "lab"
+    (photos / "None").mkdir(parents=True)
+    (photos / "None" / "a.png").write_bytes(_png((200, 0, 0)))
+    for i in range(2):
+        (photos / f"top{i}.png").write_bytes(_png((0, 0, 200 + i)))
+    data = tmp_path / "data"
+    assert main(["index", "build", str(photos), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["index", "stats", "--data", str(data), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] == 3 and stats["labels"] == {"None": 1} and stats["unlabelled"] == 2
+    assert main(["index", "stats", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "labels\n  None  1\n  (no value: 2)\n" in out
+
+
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["index", "build", str(gallery_tar), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
