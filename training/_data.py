@@ -35,8 +35,8 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 5   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
-# 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split
+_CACHE_VERSION = 6   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+# 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 
 
@@ -389,17 +389,32 @@ def _explain(display: str, names: list[str]) -> str:
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of indices into (keep, held_out) with `fraction` of every class held out: at least 2 of
     a class with 4 or more members (so that retrieval within the held-out part has a match to find for
-    each of them), 1 of a class with 2 or 3, and always at least as many kept."""
+    each of them), 1 of a class with 2 or 3, and always at least as many kept. In all, round(fraction x N)
+    are held out wherever those bounds allow (each class's share rounded, the rounding then evened out over
+    the classes it moved most), so keeping `1 - m / N` of N keeps exactly m (`--max-train`, `--max-test`)."""
     g = torch.Generator().manual_seed(seed)
-    keep, held = [], []
+    shuffled, want, lo, hi = [], [], [], []
     for c in torch.unique(labels):
         idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n = int(round(len(idx) * fraction))
+        shuffled.append(idx[torch.randperm(len(idx), generator=g)])
         least = 2 if len(idx) >= 4 else 1 if len(idx) >= 2 else 0
-        n = min(max(n, least), len(idx) - max(least, 1))
-        held.append(idx[:n])
-        keep.append(idx[n:])
+        want.append(len(idx) * fraction)
+        lo.append(min(least, len(idx) - max(least, 1)))
+        hi.append(len(idx) - max(least, 1))
+    n = [min(max(int(round(w)), a), b) for w, a, b in zip(want, lo, hi)]
+    target = int(round(len(labels) * fraction))
+    while sum(n) < target:   # one more from the class rounded down most that can give one
+        room = [c for c in range(len(n)) if n[c] < hi[c]]
+        if not room:
+            break
+        n[min(room, key=lambda c: (n[c] - want[c], c))] += 1
+    while sum(n) > target:   # one fewer from the class rounded up most that can keep one more
+        room = [c for c in range(len(n)) if n[c] > lo[c]]
+        if not room:
+            break
+        n[max(room, key=lambda c: (n[c] - want[c], -c))] -= 1
+    held = [idx[:k] for idx, k in zip(shuffled, n)]
+    keep = [idx[k:] for idx, k in zip(shuffled, n)]
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
 
 

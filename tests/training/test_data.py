@@ -350,3 +350,23 @@ def test_a_small_class_has_two_held_out_so_retrieval_among_them_finds_a_match_an
     # and a large fraction still keeps two of a class
     keep, held = stratified_split(labels, 0.9, seed=0)
     assert torch.bincount(labels[keep], minlength=6).tolist() == [2, 2, 2, 1, 1, 1]
+
+
+def test_a_stratified_subset_of_at_most_m_images_holds_exactly_m_and_each_class_its_share():
+    # MNIST's test and train class sizes: --max-test 200 and --max-train 300 kept 201 and 301 (per-class rounding)
+    for sizes, m in (([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009], 200),
+                     ([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949], 300)):
+        labels = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+        keep, held = stratified_split(labels, 1 - m / len(labels), seed=0)
+        assert len(keep) == m and len(keep) + len(held) == len(labels)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        sizes = rng.integers(10, 60, size=rng.integers(2, 9)).tolist()
+        labels = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+        for m in range(2 * len(sizes) + 8, len(labels) - 2 * len(sizes) - 8, 7):
+            keep, held = stratified_split(labels, 1 - m / len(labels), seed=1)
+            assert len(keep) == m, (sizes, m)
+            want = np.array(sizes) * m / len(labels)
+            if (want >= 3).all() and (np.array(sizes) - want >= 3).all():   # no class at its 2 kept or held
+                share = torch.bincount(labels[keep], minlength=len(sizes)).numpy() - want
+                assert (np.abs(share) < 1).all(), (sizes, m, share)
