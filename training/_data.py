@@ -328,7 +328,7 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     else:
         tree = _class_tree(names)
         if not tree:
-            raise DatasetError(_explain(display, names))
+            raise DatasetError(_explain(display, names, prefix))
         classes = sorted(tree)
         parts = {"all": ("", tree)}
     if len(classes) < 2:
@@ -373,9 +373,13 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
                    val if val is not None and len(val) else None)
 
 
-def _explain(display: str, names: list[str]) -> str:
+def _explain(display: str, names: list[str], prefix: str = "") -> str:
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
     loose = [n for n in names if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
+    if loose and prefix:   # every file is in one folder, descended into: that is one class
+        return (f"{display}: found one class ({prefix.rstrip('/').rsplit('/', 1)[-1]!r}, {len(loose)} "
+                f"image{'s' if len(loose) != 1 else ''}); need at least 2: put each class's images in its own "
+                f"folder, <class>/<image>")
     if loose:
         return (f"{display}: found images but no class folders (e.g. {loose[0]!r}): put each class's images in "
                 f"its own folder, <class>/<image>, with at least 2 classes")

@@ -263,8 +263,13 @@ def test_bad_inputs_are_explained(tmp_path):
         load_dataset(tmp_path / "notes")
     (tmp_path / "one" / "only").mkdir(parents=True)
     (tmp_path / "one" / "only" / "x.png").write_bytes(_png((1, 2, 3)))
-    with pytest.raises(DatasetError, match="no class folders"):
-        load_dataset(tmp_path / "one")
+    with pytest.raises(DatasetError, match=r"one: found one class \('only', 1 image\); need at least 2"):
+        load_dataset(tmp_path / "one")   # one class folder: descended into, its images are that class
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(_png((1, 2, 3)))
+    (tmp_path / "flat" / "y.png").write_bytes(_png((1, 2, 3)))
+    with pytest.raises(DatasetError, match="found images but no class folders"):
+        load_dataset(tmp_path / "flat")
     for split in ("train", "test"):
         (tmp_path / "single" / split / "only").mkdir(parents=True)
         (tmp_path / "single" / split / "only" / "x.png").write_bytes(_png((1, 2, 3)))
