@@ -589,6 +589,7 @@ def _build(args) -> int:
     from tqdm import tqdm
 
     import index
+    from model._formats import unreadable_reason
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.batch_size < 1:
@@ -628,7 +629,7 @@ def _build(args) -> int:
             try:
                 return id_, _decode(data, embedder, not args.no_thumbnails, args.exif, args.gps), None
             except Exception as exc:  # a broken file is reported and skipped, not fatal
-                return id_, None, exc
+                return id_, None, unreadable_reason(exc, data)
 
         with ThreadPoolExecutor(max(1, args.workers)) as pool, \
                 tqdm(total=len(todo), unit="img", desc="indexing") as bar:
@@ -642,7 +643,7 @@ def _build(args) -> int:
                 for i, _r, e in results:
                     if e is not None:
                         failed += 1
-                        tqdm.write(f"skipped {i}: {type(e).__name__}: {e}")
+                        tqdm.write(f"skipped {i}: {e}")
                 if good:
                     vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
                     store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
@@ -968,6 +969,7 @@ def _search(args) -> int:
     import numpy as np
 
     import index
+    from model._formats import unreadable_reason
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
@@ -1031,7 +1033,7 @@ def _search(args) -> int:
                 try:
                     arrays.append(_model_input(data, embedder, crop))
                 except Exception as exc:  # noqa: BLE001  (one query: any image it cannot read ends it)
-                    raise CliError(f"cannot read image {name}: {exc}") from None
+                    raise CliError(f"cannot read image {name}: {unreadable_reason(exc, data)}") from None
             vecs = embedder.embed_arrays(np.stack(arrays))
             if args.combine == "best" and len(vecs) > 1:   # each photo's offset + k nearest, merged
                 wide = _searcher(store, like, unlike, args.gallery, None, 1, args.exclude)
@@ -1052,14 +1054,17 @@ def _search(args) -> int:
         for start in range(0, len(queries), 256):
             chunk, arrays = [], []
             for name, label, read in queries[start:start + 256]:
+                data = None
                 try:
-                    arrays.append(_model_input(read(), embedder, crop))
+                    data = read()
+                    arrays.append(_model_input(data, embedder, crop))
                     chunk.append((name, label))
                 except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
+                    why = unreadable_reason(exc, data)
                     if single:
-                        raise CliError(f"cannot read image {name}: {exc}") from None
+                        raise CliError(f"cannot read image {name}: {why}") from None
                     failed += 1
-                    print(f"skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    print(f"skipped {name}: {why}", file=sys.stderr)
             if not chunk:
                 continue
             vecs = embedder.embed_arrays(np.stack(arrays))

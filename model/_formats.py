@@ -76,3 +76,17 @@ def _folders_containing(folder: str | os.PathLike) -> frozenset:
                 continue
             seen.add((st.st_dev, st.st_ino))
     return frozenset(seen)
+
+
+def unreadable_reason(exc: BaseException, data: bytes | None = None) -> str:
+    """Why a file did not decode, as `Type: what` for the line that names it: Pillow's "cannot identify image
+    file <_io.BytesIO object at 0x...>" said in words (an empty file; not an image Pillow can read, with its
+    size), any other error as it is. `data`: the file's bytes, where they were read."""
+    from PIL import UnidentifiedImageError
+
+    name = type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        if data is not None and not data:
+            return f"{name}: empty file (0 bytes)"
+        return f"{name}: not an image Pillow can read" + (f" ({len(data)} bytes)" if data is not None else "")
+    return f"{name}: {exc}"

@@ -274,19 +274,22 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
     from tqdm import tqdm
 
     from model import to_model_array
+    from model._formats import unreadable_reason
 
     out = np.empty((len(names), in_chans, size, size), np.uint8)
     ok = np.ones(len(names), bool)
     bad: dict[str, str] = {}
     for i, n in enumerate(tqdm(names, desc=desc, unit="img", leave=False, mininterval=2.0,
                                disable=len(names) < 2000)):
+        data = None
         try:
-            with Image.open(io.BytesIO(src.read(n))) as im:
+            data = src.read(n)
+            with Image.open(io.BytesIO(data)) as im:
                 out[i] = to_model_array(im, in_chans, size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             # SyntaxError: what some of Pillow's plugins raise for a malformed header
             ok[i] = False
-            bad[n] = f"{type(exc).__name__}: {exc}"
+            bad[n] = unreadable_reason(exc, data)
     return torch.from_numpy(out if ok.all() else out[ok]), bad
 
 

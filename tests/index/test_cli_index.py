@@ -197,6 +197,26 @@ def test_a_rebuild_with_only_unreadable_files_left_reports_them_and_exits_0_and_
         assert "indexed 0 images (2 skipped)" in capsys.readouterr().out
 
 
+def test_build_and_search_say_an_empty_file_or_one_that_is_no_image_in_words(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "good.png").write_bytes(_png((200, 0, 0)))
+    (photos / "junk.jpg").write_bytes(b"not a jpeg")
+    (photos / "empty.png").write_bytes(b"")
+    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    assert main(["index", "build", str(photos), *args]) == 0
+    build = capsys.readouterr()
+    assert main(["search", str(photos), *args, "-k", "1"]) == 0
+    search = capsys.readouterr()
+    for said in (build.out + build.err, search.err.replace(f"{photos}/", "")):   # search names the queries' paths
+        assert "skipped empty.png: UnidentifiedImageError: empty file (0 bytes)" in said
+        assert "skipped junk.jpg: UnidentifiedImageError: not an image Pillow can read (10 bytes)" in said
+        assert "0x" not in said
+    assert main(["search", str(photos / "empty.png"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {photos / 'empty.png'}: UnidentifiedImageError: empty file (0 bytes)" in err
+
+
 def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
                                                                          capsys):
     folder = _extract(gallery_tar, tmp_path / "photos") / "test"

@@ -99,3 +99,18 @@ def test_files_under_passes_over_links_to_the_folders_its_root_lies_in(tmp_path)
     assert model.files_under(root) == ["dogs/d.jpg", "s.jpg"]
     (tmp_path / "via").symlink_to(root)              # the root reached through a link: its real parents count
     assert model.files_under(tmp_path / "via") == ["dogs/d.jpg", "s.jpg"]
+
+
+def test_a_file_that_does_not_decode_is_said_in_words_without_a_memory_address():
+    def reason(data: bytes) -> str:
+        try:
+            Image.open(io.BytesIO(data)).load()
+        except Exception as exc:  # noqa: BLE001
+            return model._formats.unreadable_reason(exc, data)
+        raise AssertionError("it decoded")
+
+    assert reason(b"") == "UnidentifiedImageError: empty file (0 bytes)"
+    assert reason(b"not a jpeg") == "UnidentifiedImageError: not an image Pillow can read (10 bytes)"
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(png, "PNG")
+    assert reason(png.getvalue()[:60]).startswith("OSError: ")   # cut short: Pillow's own words, which say so

@@ -375,3 +375,12 @@ def test_a_stratified_subset_of_at_most_m_images_holds_exactly_m_and_each_class_
             if (want >= 3).all() and (np.array(sizes) - want >= 3).all():   # no class at its 2 kept or held
                 share = torch.bincount(labels[keep], minlength=len(sizes)).numpy() - want
                 assert (np.abs(share) < 1).all(), (sizes, m, share)
+
+
+def test_an_empty_file_or_one_that_is_no_image_is_named_in_words_without_a_memory_address(tmp_path):
+    _image_tree(tmp_path / "photos", with_splits=True)
+    (tmp_path / "photos" / "train" / "red" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "train" / "red" / "notes.png").write_bytes(b"shopping list")
+    first = load_dataset(tmp_path / "photos", use_cache=False).describe()["skipped_images"]["first"]
+    assert first == ["train/red/empty.jpg: UnidentifiedImageError: empty file (0 bytes)",
+                     "train/red/notes.png: UnidentifiedImageError: not an image Pillow can read (13 bytes)"]
