@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import FormData, UploadFile
@@ -43,7 +43,30 @@ MAX_OFFSET = 2**62   # the store's limit: offset + limit must fit SQLite's 64-bi
 POSITION_HEADER = "X-Simsearch-Position"
 AFTER_HEADER = "X-Simsearch-After"
 
-router = APIRouter()
+def _declared_query(dependant) -> frozenset[str]:
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _declared_query(sub)
+    return frozenset(names)
+
+
+async def _known_query_only(request: Request) -> None:
+    """422 for a query parameter the endpoint does not take: a misspelt `lable=cat` or a `rerank` where
+    there is none would otherwise be ignored, and the answer would look right."""
+    route = request.scope.get("route")
+    if route is None or not request.scope.get("query_string") or not route.include_in_schema:
+        return   # the page's own address carries what its script reads (?gallery=NAME), and a browser's extras
+    known = getattr(route, "_simsearch_query", None)   # found once a route (routes are not hashable)
+    if known is None:
+        known = route._simsearch_query = _declared_query(route.dependant)
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ApiError(422, "invalid_parameter", f"{request.method} {route.path_format} takes no query parameter "
+                       f"{', '.join(map(repr, unknown))}; it takes: {takes}")
+
+
+router = APIRouter(dependencies=[Depends(_known_query_only)])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
@@ -370,6 +393,9 @@ def _check_where(text: str | None) -> str | None:
     value = _json(text, "invalid_parameter", f"where={text[:80]!r}")
     import index as index_pkg  # see add()
 
+    if value is None:   # JSON null is no filter to the store; as a parameter it is a mistake, said as one
+        raise ApiError(422, "invalid_parameter", 'where=null: give a non-empty JSON object of metadata keys and '
+                                                 'values, e.g. {"source": "phone"}, or leave where out')
     try:
         index_pkg.check_where(value)
     except index_pkg.InvalidItemError as exc:
@@ -497,10 +523,16 @@ def _reject_constant(name: str):
 
 
 def _parse_metadata(text: str, i: int) -> dict[str, Any]:
+    import index as index_pkg  # see add()
+
     value = _json(text, "invalid_metadata", f"metadata part {i}")
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_metadata",
                        f"metadata part {i} must be a JSON object, got {type(value).__name__}: {text[:60]!r}")
+    try:   # as the store will (1e999 is an infinity to Python, too big a number for JSON), before any write
+        index_pkg.check_metadata(value, f"metadata part {i}")
+    except index_pkg.InvalidItemError as exc:
+        raise ApiError(422, "invalid_metadata", str(exc)) from None
     return value
 
 
@@ -613,13 +645,13 @@ def _search_answer(service: Service, hits, params: SearchParams, t0: float, vote
 
 # ---- routes ------------------------------------------------------------------------------------
 
-@router.get("/healthz", tags=["probes"], summary="liveness: the process answers")
+@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["probes"], summary="liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["probes"], summary="readiness: model and index loaded",
-            responses={503: _ERRORS[503]})
+@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["probes"], summary="readiness: model and index loaded",
+                  responses={503: _ERRORS[503]})
 async def readyz(request: Request):
     service: Service = request.app.state.service
     if not service.ready:

@@ -8,6 +8,7 @@
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
     replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
+    check_metadata({"album": "trip"})   # an item's metadata as every store checks it, before a write
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
     refine_queries(store, [q], like=["a"], unlike=["b"])   # those queries refined by the stored items' vectors
@@ -23,6 +24,7 @@
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
 """
 from ._backup import backup
+from ._checks import check_metadata
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._duplicates import find_duplicates
@@ -48,7 +50,8 @@ __all__ = [
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
-    "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name", "check_where",
+    "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup", "check_gallery_name",
+    "check_metadata", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
     "mean_query", "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",

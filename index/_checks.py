@@ -18,6 +18,21 @@ MAX_OFFSET = 2**62   # offset + limit must fit SQLite's 64-bit integers
 KEEP = object()   # update(): the label is not changed
 
 
+def check_metadata(metadata: Any, what: str = "metadata") -> str:
+    """`metadata` (a dict) as the JSON a store keeps; InvalidItemError naming what is wrong: not an object,
+    not JSON (NaN, or an infinity such as 1e999 read as a float), or more than MAX_METADATA_BYTES of it.
+    What every store checks of an item's metadata, for a caller to check first."""
+    if not isinstance(metadata, dict):
+        raise InvalidItemError(f"{what} must be a JSON object (dict), got {type(metadata).__name__}")
+    try:
+        meta_json = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidItemError(f"{what} is not JSON-serialisable: {exc}") from None
+    if len(meta_json) > MAX_METADATA_BYTES:
+        raise InvalidItemError(f"{what} is {len(meta_json)} bytes of JSON, more than {MAX_METADATA_BYTES}")
+    return meta_json
+
+
 class ItemChecks:
     """Validation of items and queries against a store's `dim` and `model_id`, and of its state
     (`_closed`, `config.read_only`), all set by the store."""
@@ -86,17 +101,7 @@ class ItemChecks:
     def _validate(self, item: Item):
         if item.label is not None and not isinstance(item.label, str):
             raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
-        meta = item.metadata if item.metadata is not None else {}
-        if not isinstance(meta, dict):
-            raise InvalidItemError(f"item {item.id!r}: metadata must be a JSON object (dict), "
-                                   f"got {type(meta).__name__}")
-        try:
-            meta_json = json.dumps(meta, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidItemError(f"item {item.id!r}: metadata is not JSON-serialisable: {exc}") from None
-        if len(meta_json) > MAX_METADATA_BYTES:
-            raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, "
-                                   f"more than {MAX_METADATA_BYTES}")
+        meta_json = check_metadata(item.metadata if item.metadata is not None else {}, f"item {item.id!r}: metadata")
         thumb = item.thumbnail
         if thumb is not None and not isinstance(thumb, (bytes, bytearray, memoryview)):
             raise InvalidItemError(f"item {item.id!r}: thumbnail must be bytes, got {type(thumb).__name__}")

@@ -152,7 +152,7 @@ async def test_where_filters_searches_by_metadata_with_json_types(make_settings)
     ('{"tags": ["x"]}', ["'tags'", "must be a string, number, true, false or null"]),
     ('{"year": {"$after": 2020}}', ["'year'", "unknown operator '$after'", "$gte"]),
     ('{"year": {"$in": 2020}}', ["'year'.$in must be a non-empty list"]),
-    ('{"n": NaN}', ["not valid JSON", "NaN"])])
+    ('{"n": NaN}', ["not valid JSON", "NaN"]), ("null", ["where=null", "or leave where out"])])
 async def test_a_bad_where_is_422_naming_it_and_the_service_keeps_serving(make_settings, where, words):
     async with running(make_settings()) as c:
         await c.post("/index", files=[upload(png(1))], data={"id": "x"})
@@ -180,6 +180,7 @@ async def test_where_operators_and_delete_by_filter_over_the_api(make_settings):
         assert (await c.get("/index", params={"where": '{"src": "phone"}'})).json()["matching"] == 3
         # DELETE /index: what matches goes, and only that; never without a filter
         assert_error(await c.delete("/index"), 422, "invalid_parameter", "needs label or where")
+        assert_error(await c.delete("/index", params={"where": "null"}), 422, "invalid_parameter", "where=null")
         assert_error(await c.delete("/index", params={"where": '{"year": {"$gt": []}}'}), 422,
                      "invalid_parameter", "'year'.$gt must be a number or a string")
         r = await c.delete("/index", params={"where": '{"src": "phone", "year": {"$lte": 2021}}'})

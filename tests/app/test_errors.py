@@ -143,12 +143,17 @@ async def test_out_of_range_query_parameters_are_422_naming_the_value(make_setti
 
 @pytest.mark.parametrize("metadata,word", [
     ("{not json", "not valid JSON"), ('["a", "list"]', "must be a JSON object, got list"),
-    ('"text"', "got str"), ('{"x": NaN}', "NaN"), ("", "not valid JSON")])
-async def test_malformed_metadata_is_422(make_settings, metadata, word):
-    async with running(make_settings()) as c:
+    ('"text"', "got str"), ('{"x": NaN}', "NaN"), ("", "not valid JSON"),
+    ('{"x": 1e999}', "metadata part 0 is not JSON-serialisable"),
+    ('{"x": "' + "a" * 70_000 + '"}', "metadata part 0 is 70008 bytes of JSON, more than 65536")])
+async def test_malformed_metadata_is_422_and_a_gallery_it_would_have_made_is_not_made(make_settings, metadata, word):
+    async with running(make_settings(max_field_bytes=100_000)) as c:
         r = await c.post("/index", files=[upload(png(1))], data={"metadata": metadata})
         assert_error(r, 422, "invalid_metadata", word)
         assert (await c.get("/index")).json()["count"] == 0
+        r = await c.post("/index?gallery=ghost", files=[upload(png(1))], data={"metadata": metadata})
+        assert_error(r, 422, "invalid_metadata", word)
+        assert "ghost" not in [g["name"] for g in (await c.get("/galleries")).json()["galleries"]]
 
 
 @pytest.mark.parametrize("data,code,word", [

@@ -161,6 +161,23 @@ def test_bad_images_over_http_are_client_errors_and_the_server_keeps_serving(ser
     assert_alive(server, client)
 
 
+def test_a_query_parameter_an_endpoint_does_not_take_is_422_naming_it_over_http(server, client):
+    """A misspelt or misplaced parameter would otherwise be ignored and the answer look right."""
+    r = assert_error(client.post("/search?k=3&lable=cat", files=[upload(png(1))]), 422, "invalid_parameter",
+                     "POST /search takes no query parameter 'lable'; it takes: ")
+    assert "label" in r["message"] and "max_distance" in r["message"]
+    assert_error(client.post("/search/no-such-id?rerank=5&crop=0,0,1,1"), 422, "invalid_parameter",
+                 "POST /search/{id} takes no query parameter 'crop', 'rerank'")
+    assert_error(client.post("/classify?offset=10", files=[upload(png(1))]), 422, "invalid_parameter", "'offset'")
+    assert client.get("/?gallery=default&utm_source=mail").status_code == 200   # the page's address is its own
+    assert client.post("/search?k=3&label=cat", files=[upload(png(1))]).status_code == 200
+    # probes answer HEAD as load balancers send it: the status, no body
+    for path in ("/healthz", "/readyz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+    assert_alive(server, client)
+
+
 def test_k_out_of_range_and_unknown_id_over_http(server, client):
     assert_error(client.post("/search?k=5000", files=[upload(png(1))]), 422, "invalid_parameter", "k")
     assert_error(client.post("/search/no-such-id"), 404, "not_found", "no-such-id")
