@@ -41,6 +41,9 @@ def copy(args) -> int:
         raise CliError("give the destination: --to-data FOLDER or --to-milvus-uri URI (one of them)")
     if args.all and (args.gallery != "default" or args.to_gallery is not None):
         raise CliError("--all copies every gallery under its own name: give it without --gallery and --to-gallery")
+    for option, name in (("--gallery", args.gallery), ("--to-gallery", args.to_gallery)):
+        if name is not None:   # said against the option it was given with, before anything is opened
+            _check_name(option, name)
     names = _gallery_names(args) if args.all else [args.gallery]
     if not names:
         raise CliError(f"no galleries in {args.milvus_uri or args.data} to copy")
@@ -48,6 +51,15 @@ def copy(args) -> int:
     for name in names:
         status |= _copy_gallery(args, name, args.to_gallery or name)
     return status
+
+
+def _check_name(option: str, name: str) -> None:
+    import index
+
+    try:
+        index.check_gallery_name(name)
+    except index.InvalidItemError as exc:
+        raise CliError(f"{option}: {exc}") from None
 
 
 def _gallery_names(args) -> list[str]:

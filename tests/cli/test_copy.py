@@ -140,6 +140,10 @@ def test_an_operators_mistakes_are_one_line_each(tmp_path, capsys):
         (d + ["--all", "--gallery", "pets", "--to-data", str(tmp_path / "x")], "--all copies every gallery"),
         (d + ["--gallery", "pets", "--to-data", str(tmp_path / "x")], "no index at"),
         (d + ["--batch-size", "0", "--to-data", str(tmp_path / "x")], "--batch-size must be at least 1, got 0"),
+        (d + ["--to-data", str(tmp_path / "x"), "--to-gallery", "My Gallery"],   # named as the option it came with
+         "error: --to-gallery: a gallery name is 1 to 63 lower-case letters"),
+        (d + ["--to-milvus-uri", str(tmp_path / "g.db"), "--to-gallery", "My Gallery"], "error: --to-gallery: "),
+        (d + ["--to-data", str(tmp_path / "x"), "--gallery", "Hats!"], "error: --gallery: a gallery name is"),
     ]
     for argv, words in cases:
         assert main(argv) == 2, argv
