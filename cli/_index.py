@@ -210,7 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    'e.g. \'{"source": "phone", "year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")',
                    distance_help="only neighbours within this distance (0..2)",
                    url_help="search a running service instead (its POST /batch/search, many queries a request), "
-                            "e.g. http://127.0.0.1:8000; --data and --model are then its own")
+                            "e.g. http://127.0.0.1:8000; --data and --model are then its own",
+                   images_help=" (none with --like: the marked items alone are the query)")
     q.add_argument("--label", help="only neighbours with this label")
     q.add_argument("--rerank", type=int, metavar="N", help="re-order the N nearest candidates with the model's "
                                                             "PDDM head and print the best k (N >= k)")
@@ -248,10 +249,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: str, distance_help: str,
-                   url_help: str) -> None:
+                   url_help: str, images_help: str = "") -> None:
     """The options `search` and `classify` share: the queries, where the gallery is, and how to ask."""
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files, folders or tars of them (search: "
-                                                             "none with --like, the marked items alone the query)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files, folders or tars of them" + images_help)
     _common(p, model=True, milvus=True)
     p.add_argument("-k", type=int, default=k, help=k_help)
     p.add_argument("--where", metavar="JSON", help=where_help)

@@ -77,3 +77,12 @@ def test_classify_refuses_a_bad_k_or_filter_in_one_line(photos, tmp_path, capsys
         assert main(["classify", str(photos / "ship" / "0002.jpg"), "--data", str(tmp_path / "data"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("simsearch classify: error:") and said in err and len(err.strip().splitlines()) == 1
+
+
+def test_classify_help_offers_only_options_classify_has(capsys):
+    for command in ("classify", "search"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert ("--like" in said) == (command == "search"), said
