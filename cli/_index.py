@@ -240,8 +240,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "classified as their folder's label is reported.")
     _query_options(v, k=1, k_help="how many nearest items vote (1: the nearest item's label)",
                    where_help="only gallery items whose metadata matches vote (as for search)",
-                   distance_help="only items within this distance vote; none: unknown (`simsearch evaluate` gives "
-                                 "it for a wanted precision)",
+                   distance_help="only items within this distance (0..2) vote; none: unknown (`simsearch evaluate` "
+                                 "gives it for a wanted precision)",
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
     v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[], group_by=None,
@@ -973,6 +973,8 @@ def _search(args) -> int:
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
+    if args.max_distance is not None and not 0 <= args.max_distance <= 2:   # NaN too
+        raise CliError(f"--max-distance must be 0..2 (the distance between two unit vectors), got {args.max_distance}")
     where = _where_arg(args.where)  # before the model loads
     crop = _crop_arg(args.crop)
     like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))

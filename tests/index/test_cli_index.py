@@ -217,6 +217,17 @@ def test_build_and_search_say_an_empty_file_or_one_that_is_no_image_in_words(hyb
     assert f"cannot read image {photos / 'empty.png'}: UnidentifiedImageError: empty file (0 bytes)" in err
 
 
+def test_search_and_classify_refuse_a_max_distance_outside_0_to_2_in_one_line(tmp_path, capsys):
+    query = tmp_path / "q.png"
+    query.write_bytes(_png((200, 0, 0)))
+    for command in ("search", "classify"):
+        for value in ("5", "2.5", "-0.1", "nan"):
+            assert main([command, str(query), "--data", str(tmp_path / "data"), "--max-distance", value]) == 2
+            err = capsys.readouterr().err
+            assert f"--max-distance must be 0..2 (the distance between two unit vectors), got {float(value)}" in err
+            assert len(err.strip().splitlines()) == 1
+
+
 def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
                                                                          capsys):
     folder = _extract(gallery_tar, tmp_path / "photos") / "test"
