@@ -1205,7 +1205,7 @@ def _print_hits(name: str, label: str | None, hits: list, args, single: bool, re
     rank = args.offset   # the next page goes on counting
     for value, members in groups if groups is not None else [(None, hits)]:
         if groups is not None:
-            print(f"{args.group_by} = {json.dumps(value)}")
+            print(f"{args.group_by} = {json.dumps(value, ensure_ascii=False)}")
         for h in members:
             rank += 1
             print(f"{rank:>3}  {h.score:.4f}  d={h.distance:.4f}  {h.label or '-':<12} {h.id}")

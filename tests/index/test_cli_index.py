@@ -228,6 +228,19 @@ def test_search_and_classify_refuse_a_max_distance_outside_0_to_2_in_one_line(tm
             assert len(err.strip().splitlines()) == 1
 
 
+def test_search_by_group_prints_each_groups_label_as_it_is_written(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for label, rgb in {"飛行機": (200, 200, 255), "Chats é": (120, 80, 40)}.items():
+        (photos / label).mkdir(parents=True)
+        (photos / label / "a.png").write_bytes(_png(rgb))
+    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    assert main(["index", "build", str(photos), *args]) == 0
+    capsys.readouterr()
+    assert main(["search", str(photos / "飛行機" / "a.png"), *args, "-k", "2", "--group-by", "label"]) == 0
+    headers = sorted(line for line in capsys.readouterr().out.splitlines() if line.startswith("label = "))
+    assert headers == ['label = "Chats é"', 'label = "飛行機"']
+
+
 def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
                                                                          capsys):
     folder = _extract(gallery_tar, tmp_path / "photos") / "test"
