@@ -594,6 +594,8 @@ def _build(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
@@ -631,7 +633,7 @@ def _build(args) -> int:
             except Exception as exc:  # a broken file is reported and skipped, not fatal
                 return id_, None, unreadable_reason(exc, data)
 
-        with ThreadPoolExecutor(max(1, args.workers)) as pool, \
+        with ThreadPoolExecutor(args.workers) as pool, \
                 tqdm(total=len(todo), unit="img", desc="indexing") as bar:
             for start in range(0, len(todo), args.batch_size):
                 chunk = todo[start:start + args.batch_size]

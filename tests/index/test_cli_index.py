@@ -241,6 +241,17 @@ def test_search_by_group_prints_each_groups_label_as_it_is_written(hybrid1_artif
     assert headers == ['label = "Chats é"', 'label = "飛行機"']
 
 
+def test_build_refuses_fewer_than_one_worker_in_one_line(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(_png((200, 0, 0)))
+    for value in ("0", "-5"):
+        assert main(["index", "build", str(tmp_path / "photos"), "--data", str(tmp_path / "data"),
+                     "--workers", value]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --workers must be at least 1, got {value}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
 def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_tar, hybrid1_artifact, tmp_path,
                                                                          capsys):
     folder = _extract(gallery_tar, tmp_path / "photos") / "test"
