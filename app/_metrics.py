@@ -46,6 +46,9 @@ class Metrics:
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.decoded_ahead = Counter("simsearch_decoded_ahead_batches", "batches decoded in the decode thread "
                                      "while the model thread worked on the one before (photos)", registry=r)
+        self.slow_decodes = Counter("simsearch_slow_decode_requests", "query requests whose images were decoded "
+                                    "apart from the micro-batcher, one at a time, being slow to decode (large PNGs)",
+                                    registry=r)
         self.decode_seconds = Histogram("simsearch_decode_seconds", "time to decode and preprocess one image",
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.commit_requests = Histogram("simsearch_index_commit_requests",

@@ -24,7 +24,7 @@ from model import Crop, draft_size, make_thumbnail, parse_crop
 
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
-from ._images import decode_image
+from ._images import decode_image, slow_to_decode
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, DuplicatesResponse, EmbedResponse,
                        FacetsResponse,
                        ErrorResponse, GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
@@ -715,12 +715,28 @@ async def _search_one(request: Request, service: Service, params: SearchParams, 
     else:
         files = await _uploads(request, media_type)
         if len(files) > 1:   # several photos of what is wanted: one query, their mean
-            vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], len(files))
+            vectors, _ = await _embedded(service, files, crop)
             hits = await anyio.to_thread.run_sync(service.search, _together(vectors), params)
         else:
             # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
-            _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], 1, params)
+            _, hits = await _embedded(service, files, crop, params)
     return hits[0]
+
+
+async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop | None,
+                    params: SearchParams | None = None) -> tuple[np.ndarray, Any]:
+    """The images' vectors, and with `params` the one image's hits, through the micro-batcher. Images that
+    are slow to decode (a large PNG: nothing decodes it at a reduced scale) are decoded first in a thread of
+    their own, one request at a time, so that the batches of everyone else's queries never wait behind them."""
+    def decode() -> np.ndarray:
+        return _prepare(service, files, 0, crop)[0]
+
+    policy = service.image_policy
+    if any(slow_to_decode(data, policy) for _, data in files):
+        service.metrics.slow_decodes.inc()
+        arrays = await anyio.to_thread.run_sync(decode, limiter=service.slow_decode_limiter)
+        return await service.batcher.submit(arrays, params)
+    return await service.batcher.submit_encoded(decode, len(files), params)
 
 
 def _together(vectors: np.ndarray) -> np.ndarray:
@@ -746,7 +762,7 @@ async def _request_queries(request: Request, service: Service, crop: Crop | None
     if not media_type and not await _read_body(request):
         return None   # (a body without a Content-Type is refused by _uploads, as for any search)
     files = await _uploads(request, media_type)
-    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, crop)[0], len(files))
+    vectors, _ = await _embedded(service, files, crop)
     return vectors
 
 
@@ -882,12 +898,10 @@ async def batch_search(request: Request,
                 await form.close()
         # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
         if like or unlike:
-            vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0],
-                                                              len(files))
+            vectors, _ = await _embedded(service, files, region)
             hits = await _search_refined(service, g, params, list(vectors), like, unlike)
         else:
-            _, hits = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0],
-                                                           len(files), params)
+            _, hits = await _embedded(service, files, region, params)
     return JSONResponse({"queries": [{"name": n, **_results(found, group_by),
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
@@ -904,7 +918,7 @@ async def embed(request: Request, crop: str | None = _crop_param()):
     region = _check_crop(crop)   # the same region of every image
     files = await _uploads(request, _media_type(request.headers.get("content-type", "")))
     # the same decoding and batching as a search, so a vector here is the one a search would use
-    vectors, _ = await service.batcher.submit_encoded(lambda: _prepare(service, files, 0, region)[0], len(files))
+    vectors, _ = await _embedded(service, files, region)
     return JSONResponse({"model": service.model_id, "dimension": service.embedder.dim,
                          "vectors": vectors.tolist()})
 

@@ -72,11 +72,15 @@ class Service:
         self._catch_up_lock = asyncio.Lock()   # one on-demand refresh at a time (catch_up)
         self._stopping = False
         self.decode_limiter: anyio.CapacityLimiter | None = None
+        self.slow_decode_limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
         # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        # A query image slow to decode (a large PNG) is decoded here, one at a time, not in the micro-batcher,
+        # whose batches of everyone else's queries would wait behind it (app/_routes.py, _embedded).
+        self.slow_decode_limiter = anyio.CapacityLimiter(1)
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="simsearch-load")
 
     async def wait_loaded(self) -> None:

@@ -138,3 +138,38 @@ def test_thumbnail_of_transparent_png_is_flattened_on_white():
     thumb = Image.open(io.BytesIO(make_thumbnail(decode_image(encode(img, "PNG"), LIMIT), 32)))
     r, g, b = thumb.convert("RGB").getpixel((16, 16))
     assert min(r, g, b) > 240
+
+
+@pytest.mark.anyio
+async def test_a_query_image_slow_to_decode_is_decoded_apart_and_embedded_as_any_other(make_settings):
+    """A large PNG (decoded whole, at full size) goes through a thread of its own, not the micro-batcher
+    that everyone's small queries share (bench_slow_decode.py); its vector is the one the model gives it."""
+    import model
+
+    from app._images import slow_to_decode
+
+    from .conftest import running
+    from .test_api import upload
+
+    big = encode(pattern(4, (2100, 2000), "RGBA"), "PNG")
+    small, photo = encode(pattern(5), "PNG"), encode(pattern(6, (4000, 3000)), "JPEG", quality=80)
+    assert slow_to_decode(big) and not slow_to_decode(small) and not slow_to_decode(photo)
+    assert slow_to_decode(encode(pattern(7, (2100, 2000)), "WEBP")) and not slow_to_decode(b"not an image")
+    settings = make_settings()
+    async with running(settings) as c:
+        async def slow() -> float:
+            text = (await c.get("/metrics")).text
+            return float(next(line.split()[-1] for line in text.splitlines()
+                              if line.startswith("simsearch_slow_decode_requests_total")))
+
+        for query in (small, photo):
+            assert (await c.post("/search?k=1", files=[upload(query)])).status_code == 200
+        assert await slow() == 0
+        r = await c.post("/embed", files=[upload(big), upload(small)])
+        assert r.status_code == 200 and await slow() == 1
+        want = model.Embedder.from_file(settings.model_path, device="cpu").embed(
+            [Image.open(io.BytesIO(big)), Image.open(io.BytesIO(small))])
+        np.testing.assert_allclose(np.array(r.json()["vectors"]), want, atol=1e-5)
+        await c.post("/index", files=[upload(big)], data={"id": "big"})
+        r = await c.post("/search?k=1", files=[upload(big)])
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == "big" and await slow() == 2
