@@ -37,6 +37,8 @@ def reembed(args) -> int:
     _model_threads(args.threads)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
 
     import logging
 
@@ -125,7 +127,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
         except Exception as exc:  # noqa: BLE001  (a thumbnail Pillow cannot read: reported, not fatal)
             return item, None, exc
 
-    with ThreadPoolExecutor(max(1, args.workers)) as pool, tqdm(total=len(todo), unit="img", desc="re-embedding") as bar:
+    with ThreadPoolExecutor(args.workers) as pool, tqdm(total=len(todo), unit="img", desc="re-embedding") as bar:
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start:start + args.batch_size]
             items = [it for it in reader.items(chunk) if it is not None]  # None: deleted since the listing

@@ -169,6 +169,9 @@ def test_reembed_mistakes_are_one_line_and_touch_nothing(hybrid1_artifact, photo
                                                              str(hybrid1_artifact))
     assert not (tmp_path / "new").exists()
     assert "is the --data folder" in refused(data, "--data", data, "--model", str(NEW))
+    assert "--workers must be at least 1, got -5" in refused(str(tmp_path / "new"), "--data", data, "--model",
+                                                             str(NEW), "--workers", "-5")
+    assert not (tmp_path / "new").exists()
     assert "did not make; give a new or empty folder" in refused(other, "--data", data, "--model", str(NEW))
     assert "no store at" in refused(str(tmp_path / "new"), "--data", str(tmp_path / "nothing"), "--model", str(NEW))
     assert main(["index", "reembed", str(tmp_path / "new"), "--data", data, "--model", str(NEW), "--index", "hnsw"]) == 0
