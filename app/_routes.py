@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+import unicodedata
 import uuid
 from pathlib import Path as FsPath
 from typing import Any
@@ -256,11 +257,13 @@ def _query_vectors(body: bytes, dim: int, max_count: int, model_id: str) -> np.n
 
 
 def _unit_vector(vec: Any, dim: int, what: str) -> np.ndarray:
-    if not isinstance(vec, list) or len(vec) != dim or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
+    if not isinstance(vec, list) or len(vec) != dim:
         shape = f"a list of {len(vec)} values" if isinstance(vec, list) else type(vec).__name__
         raise ApiError(422, "invalid_vector", f"{what} must be a list of {dim} numbers (the model's dimension), "
                                               f"got {shape}")
+    for i, x in enumerate(vec):
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            raise ApiError(422, "invalid_vector", f"{what}[{i}] must be a number, got {json.dumps(x)[:40]}")
     arr = np.asarray(vec, dtype=np.float64)
     scale = np.abs(arr).max()  # divided out first, so that no square overflows
     if not np.isfinite(scale) or scale == 0:
@@ -359,12 +362,18 @@ def _per_file(values: list[Any], n: int, name: str, allow_one: bool) -> list[Any
     raise ApiError(422, f"invalid_{name}", f"got {len(values)} `{name}` parts for {n} files; send {expected} (or none)")
 
 
+def _has_control(text: str) -> bool:
+    """A control character (C0, DEL, C1 such as U+0085) or a line or paragraph separator (U+2028, U+2029):
+    what would break a log line, a CSV row or a header that carries the text."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
 def _check_id(value: str) -> str:
     # '/' is allowed (`simsearch index build` uses relative paths as ids); the id routes take it. A '.' or '..'
     # between slashes is not: curl, browsers and HTTP libraries resolve it away in /index/{id}, so such an item
     # could be stored but never fetched, edited or deleted by its id.
     if (not value or len(value) > MAX_ID_CHARS or value != value.strip() or value.endswith("/thumbnail")
-            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+            or _has_control(value)
             or any(segment in (".", "..") for segment in value.split("/"))):
         raise ApiError(422, "invalid_id", f"id {value[:80]!r} is not valid: 1-{MAX_ID_CHARS} characters, no control "
                                           "characters, no surrounding spaces, no '.' or '..' between slashes, not "
@@ -375,7 +384,7 @@ def _check_id(value: str) -> str:
 def _check_label(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    if len(value) > MAX_LABEL_CHARS or any(ord(c) < 32 for c in value):
+    if len(value) > MAX_LABEL_CHARS or _has_control(value):
         raise ApiError(422, "invalid_label", f"label {value[:40]!r} is not valid: at most {MAX_LABEL_CHARS} "
                                              "characters, no control characters")
     return value

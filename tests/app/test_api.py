@@ -274,7 +274,9 @@ async def test_search_by_vector_answers_as_the_image_would_and_refuses_bad_vecto
                             (b'{"vector": [1, 2, 3]}', ["list of 256 numbers", "got a list of 3 values"]),
                             (json.dumps({"vector": [0] * 256}).encode(), ["finite, non-zero length"]),
                             (b'{"vector": [1e999' + b', 0' * 255 + b']}', ["finite, non-zero length"]),  # inf
-                            (json.dumps({"vector": [True] * 256}).encode(), ["list of 256 numbers"]),
+                            (json.dumps({"vector": [True] * 256}).encode(), ["vector[0] must be a number, got true"]),
+                            (json.dumps({"vector": [0.5] * 7 + [[1]] + [0.5] * 248}).encode(),
+                             ["vector[7] must be a number, got [1]"]),
                             (b'{"vector": [NaN]}', ["not valid JSON", "NaN"])):
             assert_error(await c.post("/search", content=body, headers={"Content-Type": "application/json"}),
                          422, "invalid_vector", *words)

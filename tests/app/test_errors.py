@@ -166,6 +166,8 @@ async def test_malformed_metadata_is_422_and_a_gallery_it_would_have_made_is_not
     ({"id": ["./cat.jpg", "ok"]}, "invalid_id", "'./cat.jpg' is not valid"),
     ({"label": ["a", "b", "c"]}, "invalid_label", "3 `label` parts"),
     ({"label": "bad\x01label"}, "invalid_label", "control"),
+    ({"label": "next\x85line"}, "invalid_label", "control"), ({"id": ["ok", "a\u2028b"]}, "invalid_id", "control"),
+    ({"id": ["ok", "del\x7f"]}, "invalid_id", "control"), ({"label": "del\x7f"}, "invalid_label", "control"),
     ({"metadata": ['{"a": 1}', '{"b": 2}', '{}']}, "invalid_metadata", "3 `metadata` parts"),
 ])
 async def test_ids_labels_and_metadata_that_do_not_fit_the_files_are_422(make_settings, data, code, word):
