@@ -9,6 +9,7 @@ the copy began, each as it was when its batch was read (one deleted meanwhile is
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -140,7 +141,8 @@ def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
             dest.close()
     finally:
         source.close()
-    serve = (f"--milvus-uri {args.to_milvus_uri}" if args.to_milvus_uri else f"--data {args.to_data}") + \
+    serve = (f"--milvus-uri {args.to_milvus_uri}" if args.to_milvus_uri
+             else f"--data {shlex.quote(str(args.to_data))}") + \
         ("" if to_gallery == "default" else f" (gallery {to_gallery})")
     more = f", {count - copied} of them held before and kept" if count > copied else ""
     print(f"copied {copied} of the {len(source.ids)} items of {source.where} ({source.model_id}) to {where}; "

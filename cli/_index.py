@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -608,7 +609,8 @@ def _build(args) -> int:
     extra = _metadata_for(args.metadata, ids)
     store = _open_store(args.data, False, embedder, args.index, gallery=args.gallery, milvus_uri=args.milvus_uri,
                         locked_hint=". While `simsearch serve` runs on it, add images through the service: "
-                                    f"simsearch index upload {args.source} --url http://HOST:PORT --api-key KEY")
+                                    f"simsearch index upload {shlex.quote(str(args.source))} --url http://HOST:PORT "
+                                    "--api-key KEY")
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
         todo = [i for i in ids if i not in done]
@@ -875,7 +877,7 @@ def _backup(args) -> int:
     except OSError as exc:  # DEST not writable, disk full: the message names the file
         raise CliError(f"cannot write the copy into {dest}: {exc}") from None
     print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
-          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; serve it with --data {dest}")
+          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; serve it with --data {shlex.quote(str(dest))}")
     return 0
 
 
@@ -948,10 +950,18 @@ def _delete(args) -> int:
         raise CliError("give either ids or --label/--where, not both")
     store = _open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)  # read-only: counting works while the service runs
     try:
-        n = len(store.has_ids(args.ids)) if args.ids else store.count(args.label, where)
+        held = store.has_ids(args.ids) if args.ids else set()
+        n = len(held) if args.ids else store.count(args.label, where)
         total, place = store.count(), store.info()["path"]
     finally:
         store.close()
+    absent = [i for i in dict.fromkeys(args.ids) if i not in held]
+    if absent:   # a mistyped id is said, not passed over as "deleted 0 items"
+        names = ", ".join(repr(i) for i in absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        print(f"{len(absent)} of the ids given {'is' if len(absent) == 1 else 'are'} not in {place}: {names}",
+              file=sys.stderr)
+        if not held:
+            return 1
     if not args.yes:
         print(f"would delete {n} of the {total} items in {place}; run again with --yes to delete them")
         return 0

@@ -12,6 +12,7 @@ edits keep it, and those are compared).
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from ._errors import CliError
@@ -152,7 +153,8 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
     state["since_seq"] = last_seq
     _write_state(dest, state)
     count = store.count()
-    serve = f"--data {args.dest}" + (f" --model {args.model}" if args.model else " (the bundled default model)")
+    serve = f"--data {shlex.quote(str(args.dest))}" + (f" --model {shlex.quote(str(args.model))}" if args.model
+                                                     else " (the bundled default model)")
     print(f"re-embedded {len(todo) - len(missed)} items; {dest} holds {count} items of {embedder.model_id}. "
           f"Serve it with {serve}; run this again to catch up with writes made to the source meanwhile")
     if small:

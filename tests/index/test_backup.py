@@ -67,6 +67,7 @@ def test_a_backup_into_a_folder_in_use_or_from_no_store_is_one_clear_line(tmp_pa
     assert r.returncode == 2 and "no store at" in r.stderr and "Traceback" not in r.stderr
     r = _cli("backup", str(tmp_path / "copy #3"), "--data", str(data))
     assert r.returncode == 0 and "copied 0 items (model m@0" in r.stdout, r.stderr
+    assert f"serve it with --data '{tmp_path / 'copy #3'}'" in r.stdout   # quoted, so that it pastes into a shell
     for path in (data, tmp_path / "copy #3"):
         copy = Store.open(StoreConfig(path / "index", read_only=True))
         assert copy.model_id == "m@0"

@@ -472,7 +472,10 @@ def test_delete_counts_first_then_removes_by_id_label_or_filter(gallery_tar, hyb
                  "--yes"]) == 0
     assert "deleted 8 items" in capsys.readouterr().out and count() == 8
     assert main(["index", "delete", "--data", str(data), "test/ship/0001.jpg", "nope", "--yes"]) == 0
-    assert "deleted 1 item\n" in capsys.readouterr().out and count() == 7
+    out, err = capsys.readouterr()
+    assert "deleted 1 item\n" in out and count() == 7 and "1 of the ids given is not in " in err and "'nope'" in err
+    assert main(["index", "delete", "--data", str(data), "nope", "test/ship/0001.jpg", "--yes"]) == 1   # none held
+    assert "2 of the ids given are not in" in capsys.readouterr().err and count() == 7
     for args, words in ((["--yes"], "give the ids to delete, or --label"), (["x", "--label", "ship"], "not both"),
                         (["--where", '{"width": {"$near": 1}}'], "--where: 'width' has an unknown operator")):
         assert main(["index", "delete", "--data", str(data), *args]) == 2
