@@ -160,12 +160,15 @@ def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_a
     emb = F.one_hot(torch.tensor([0, 0, 1, 1, 2]), 3).float()  # every neighbour is of the other class
     rows = match_thresholds(emb, labels)["match_thresholds"]
     assert [(r["max_distance"], r["answered"]) for r in rows] == [(None, 0.0)] * 3
-    assert "max_distance for" not in format_metrics(evaluate_embeddings(emb, labels))
+    said = format_metrics(evaluate_embeddings(emb, labels))
+    assert "max_distance for" not in said
+    assert "no max_distance reaches a precision of 0.90, 0.95, 0.99 for the top hit on this test split" in said
     # item 4 is alone in its class: it is left out, so the other four alone decide
     labels = torch.tensor([0, 0, 1, 1, 2])
     rows = match_thresholds(emb, labels)["match_thresholds"]
     assert [(r["precision"], r["answered"]) for r in rows] == [(1.0, 1.0)] * 3
     assert "0.90 -> 0.000 (answers 100.0 %)" in format_metrics({"match_thresholds": rows})
+    assert "no max_distance reaches" not in format_metrics({"match_thresholds": rows})
 
 
 def test_a_cut_that_keeps_a_few_queries_of_thousands_says_so_rather_than_zero_percent():
