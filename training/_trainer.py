@@ -340,6 +340,9 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         np.random.set_state(_np_state(state))
         random.seed(int(state["epoch"]) + cfg.seed)
         log(f"resumed from {ckpt} at epoch {start_epoch}")
+    elif ckpt.exists():   # said, so that a forgotten --resume does not throw away an interrupted run unseen
+        log(f"{ckpt} holds an earlier, unfinished run: starting afresh, and replacing it after the first epoch "
+            "(simsearch train --resume continues it instead)")
 
     # Every process starts from the main one's weights (DDP copies the network's when it wraps it), and draws its
     # own augmentations.

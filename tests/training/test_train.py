@@ -77,6 +77,11 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(shar
     assert train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
                  log=logs.append, stop_after=1) is None
     assert (tmp_path / "b.safetensors.ckpt").exists() and not (tmp_path / "b.safetensors").exists()
+    again: list[str] = []   # without resume: said, then started afresh (seeded, so the same first epoch again)
+    assert train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False, log=again.append,
+                 stop_after=1) is None
+    assert any("b.safetensors.ckpt holds an earlier, unfinished run: starting afresh" in line for line in again)
+    assert not any("holds an earlier" in line for line in logs)
     resumed = train(cfg, shared_data / "fashion-mnist", tmp_path / "b.safetensors", progress=False,
                     log=logs.append, resume=True)
     assert any("resumed" in line and "epoch 1" in line for line in logs)
