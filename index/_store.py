@@ -96,6 +96,8 @@ class Store(ItemChecks):
             if not self._db_path.exists():
                 raise StoreMissingError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
         else:
+            if cfg.index and cfg.dim and not self._db_path.exists():
+                _faiss.validate_spec(cfg.index, cfg.dim)   # before anything is made: no empty store is left behind
             self._path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             _db.check_wal(self._db_path)

@@ -599,9 +599,10 @@ def test_a_second_writer_is_refused_and_read_only_refuses_writes(open_store, tmp
         ro.close()
 
 
-def test_unknown_index_kind_is_refused_naming_it(open_store):
+def test_unknown_index_kind_is_refused_naming_it_and_leaves_no_store_behind(open_store, tmp_path):
     with pytest.raises(InvalidItemError, match="'IVFbogus'"):
         open_store(index="IVFbogus")
+    assert not (tmp_path / "store").exists()   # a later open must not find an empty store of no model
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
