@@ -8,11 +8,12 @@ seconds are recorded, one row a loss, into docs/results/bench_losses<TAG>.json. 
 other, so the seconds compare within one run of this script only.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_losses.py [--losses ce,ms,ce+ms,triplet,...] [--epochs 10]
-        [--model hybrid1] [--data ../shared/data/fashion-mnist] [--max-train N] [--tag _s45]
+        [--model hybrid1] [--data ../shared/data/fashion-mnist] [--max-train N] [--loss-kwargs JSON] [--tag _s45]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -38,15 +39,18 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss-kwargs", default="{}", help='options for every loss of the run, as JSON '
+                                                        '(e.g. \'{"triplets": "all"}\')')
     ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
     args = ap.parse_args()
+    loss_kwargs = json.loads(args.loss_kwargs)
     from training import preset, train
 
     rows, started = {}, time.time()
     with tempfile.TemporaryDirectory() as work:
         for loss in args.losses.split(","):
             cfg = preset(args.preset, model=args.model, loss=loss, epochs=args.epochs, threads=args.threads,
-                         seed=args.seed, max_train=args.max_train)
+                         seed=args.seed, max_train=args.max_train, loss_kwargs=loss_kwargs)
             t0 = time.time()
             result = train(cfg, args.data, Path(work) / "model.safetensors", progress=False, log=lambda _: None)
             row = {k: round(float(result.metrics[k]), 4) for k in KEPT if result.metrics.get(k) is not None}
@@ -56,7 +60,7 @@ def main() -> None:
     write_result("losses" + args.tag, {
         "command": command_line(), "machine": machine(), "seconds": round(time.time() - started, 1),
         "data": args.data, "model": args.model, "preset": args.preset, "epochs": args.epochs,
-        "max_train": args.max_train, "seed": args.seed, "results": rows})
+        "max_train": args.max_train, "seed": args.seed, "loss_kwargs": loss_kwargs, "results": rows})
 
 
 if __name__ == "__main__":

@@ -272,10 +272,11 @@ _TRIPLETS = ("all", "hard", "semihard", "easy")
 
 
 @register_loss("triplet")
-def _triplet(embed_dim: int, num_classes: int, margin: float = 0.2, triplets: str = "semihard", **_) -> MetricLoss:
-    """pml's TripletMarginLoss(margin) on the triplets TripletMarginMiner(margin, triplets) picks: "semihard"
-    (the negative farther than the positive, but within the margin; FaceNet's choice), "hard", "all" or
-    "easy". Distances are Euclidean between the L2-normalised embeddings, which rank as cosine does."""
+def _triplet(embed_dim: int, num_classes: int, margin: float = 0.2, triplets: str = "all", **_) -> MetricLoss:
+    """pml's TripletMarginLoss(margin) on the triplets TripletMarginMiner(margin, triplets) picks: "all" (every
+    triplet within the margin), "semihard" (the negative farther than the positive, but within the margin;
+    FaceNet's choice, which trained far worse here: bench_losses.py), "hard" or "easy". Distances are
+    Euclidean between the L2-normalised embeddings, which rank as cosine does."""
     from pytorch_metric_learning import losses, miners
 
     if triplets not in _TRIPLETS:

@@ -83,7 +83,7 @@ def test_pair_losses_are_small_for_separated_classes_and_large_for_shuffled_labe
 
 def test_triplet_mining_is_chosen_by_name_and_a_wrong_one_is_named():
     emb, labels = _batch()
-    semihard, every = create_loss("triplet", 16, 4), create_loss("triplet", 16, 4, triplets="all")
+    semihard, every = create_loss("triplet", 16, 4, triplets="semihard"), create_loss("triplet", 16, 4)
     assert semihard.miner.type_of_triplets == "semihard" and every.miner.type_of_triplets == "all"
     assert semihard.miner(emb, labels)[0].numel() < every.miner(emb, labels)[0].numel()
     with pytest.raises(ValueError, match="triplets must be one of all, hard, semihard, easy, got 'hardest'"):
