@@ -1072,3 +1072,93 @@ def test_the_page_of_a_named_gallery_counts_searches_and_shows_that_gallery(page
     assert count >= len(gallery)
     WebDriverWait(page, WAIT).until(lambda d: d.find_element("id", "gallery-count").text == str(count))
     assert page.find_element("id", "gallery-info").text.startswith(f"Gallery: {count} images")
+    # a page shown again from the browser's history (Back) shows its own gallery in the choice, whatever it held
+    page.execute_script("const s = document.getElementById('gallery-select'); s.value = 'pets';"
+                        "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}));")
+    assert Select(page.find_element("id", "gallery-select")).first_selected_option.text.startswith("default")
+
+
+def test_a_result_deleted_from_its_card_is_not_a_result_skipped_by_show_more(page, page_server, gallery, tmp_path):
+    """The next page is asked for by offset: with a shown result deleted it starts one item sooner, or the
+    first result of the next page would never be shown."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, _, query = gallery_image_file(gallery, 3, tmp_path)
+    data = query.read_bytes()
+    ids = [f"copies/{i}.jpg" for i in range(3)]   # the query's copies: its nearest, whatever the model
+    key = {"X-API-Key": API_KEY}
+    r = httpx.post(page_server.url + "/index", files=[("file", (i, data, "image/jpeg")) for i in ids],
+                   data={"id": ids}, headers=key, timeout=60)
+    assert r.status_code == 201, r.text
+    try:
+        _open_add_panel(page)
+        page.find_element("id", "api-key").send_keys(API_KEY)
+        choose_k(page, 4)
+        upload(page, query)
+        wait_for_search(page)
+        first = result_ids(page)
+        assert set(ids) <= set(first)
+        card = f'#results li:has(button.result[data-id="{ids[1]}"])'
+        page.find_element("css selector", f"{card} .edit-open").click()
+        delete = page.find_element("css selector", f"{card} .edit button.danger")
+        delete.click()
+        delete.click()
+        _wait_status(page, f"Deleted {ids[1]}.")
+        page.find_element("id", "search-more").click()
+        WebDriverWait(page, WAIT).until(lambda d: len(result_ids(d)) == 7)
+        answer = httpx.post(page_server.url + "/search?k=7", files={"file": ("q.jpg", data, "image/jpeg")},
+                            timeout=60).json()["results"]
+        assert result_ids(page) == [h["id"] for h in answer]   # every result shown once, none skipped
+    finally:
+        for i in ids:
+            httpx.delete(f"{page_server.url}/index/{i}", headers=key, timeout=60)
+
+
+def test_an_api_key_no_header_can_carry_is_said_in_words_not_as_the_service_being_down(page, gallery, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_add_panel(page)
+    page.find_element("id", "api-key").send_keys("sekret\u2019")   # a curly quote, as pasted from a document
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
+    upload(page, query)
+    wait_for_search(page)
+    error = page.find_element("id", "search-error").text
+    assert "The API key (under Add images) holds a character a request header cannot carry" in error
+    assert "could not be reached" not in error
+    from selenium.webdriver.common.keys import Keys
+
+    page.find_element("id", "api-key").send_keys(Keys.BACKSPACE)   # the key put right: searching works again
+    upload(page, query)
+    WebDriverWait(page, WAIT).until(lambda d: not d.find_element("id", "search-error").text and result_ids(d))
+
+
+def test_an_empty_answer_after_marking_every_match_says_they_were_marked_or_shown(page, gallery, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, label, query = gallery_image_file(gallery, 0, tmp_path)
+    page.find_element("id", "label-filter").send_keys(label)   # its 3 images
+    choose_k(page, 4)
+    upload(page, query)
+    wait_for_search(page)
+    shown = result_ids(page)
+    assert len(shown) == PER_CLASS
+    _mark(page, shown[0], "like")
+    page.find_element("id", "feedback-search").click()
+    words = f"{PER_CLASS} items match the filters, but every one of them is marked or was shown already"
+    WebDriverWait(page, WAIT).until(lambda d: words in d.find_element("id", "results").text,
+                                    f"{words!r} not shown: {page.find_element('id', 'results').text!r}")
+
+
+def test_a_photo_with_a_long_name_on_a_phone_screen_keeps_the_page_within_the_screen(page, gallery, tmp_path):
+    _, _, query = gallery_image_file(gallery, 0, tmp_path)
+    long_name = query.with_name("IMG_20240601_140322_HDR_portrait_mode_with_a_very_long_name.jpg")
+    long_name.write_bytes(query.read_bytes())
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                         {"width": 375, "height": 800, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        upload(page, long_name)
+        wait_for_search(page)
+        assert page.find_element("id", "search-error").text == ""
+        assert page.execute_script("return document.documentElement.scrollWidth") <= 375
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
