@@ -44,7 +44,9 @@ MAX_OFFSET = 2**62   # the store's limit: offset + limit must fit SQLite's 64-bi
 POSITION_HEADER = "X-Simsearch-Position"
 AFTER_HEADER = "X-Simsearch-After"
 
+
 def _declared_query(dependant) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included."""
     names = {f.alias for f in dependant.query_params}
     for sub in dependant.dependencies:
         names |= _declared_query(sub)

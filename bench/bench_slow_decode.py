@@ -43,8 +43,8 @@ def _stats(ms: list[float]) -> dict:
     if not ms:
         return {"n": 0}
     q = sorted(ms)
-    return {"n": len(ms), "p50_ms": round(statistics.median(q), 1), "p99_ms": round(q[min(len(q) - 1, int(0.99 * len(q)))], 1),
-            "max_ms": round(q[-1], 1)}
+    return {"n": len(ms), "p50_ms": round(statistics.median(q), 1),
+            "p99_ms": round(q[min(len(q) - 1, int(0.99 * len(q)))], 1), "max_ms": round(q[-1], 1)}
 
 
 def main() -> None:

@@ -877,7 +877,8 @@ def _backup(args) -> int:
     except OSError as exc:  # DEST not writable, disk full: the message names the file
         raise CliError(f"cannot write the copy into {dest}: {exc}") from None
     print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
-          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; serve it with --data {shlex.quote(str(dest))}")
+          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; "
+          f"serve it with --data {shlex.quote(str(dest))}")
     return 0
 
 
