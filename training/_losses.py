@@ -76,7 +76,8 @@ def check_loss_name(name: str) -> list[str]:
 
 def check_loss_options(name: str, options: dict[str, Any]) -> None:
     """ValueError naming an option in `options` that no part of the built-in loss `name` takes (a misspelt
-    "margn" would otherwise be ignored); a loss of a user's own takes what its factory says it does."""
+    "margn" would otherwise be ignored). A name with a part registered outside `training` (a user's own loss)
+    is not checked: its factory may read any option."""
     parts = check_loss_name(name)
     taken: set[str] = set()
     for part in parts:
