@@ -101,6 +101,42 @@ class InvConvNet(nn.Module):
         return out.train(self.training)
 
 
+    @torch.no_grad()
+    def load_plain(self, plain: "InvConvNet") -> None:
+        """Load `plain`, this architecture without the optional BatchNorms (as `fused()` makes it, and as the
+        shipped models are), into this one, the inverse of `fused()`: every weight is copied, and each
+        BatchNorm starts as the identity in eval mode (scale 1, running mean 0, running variance 1 - eps),
+        taking over the bias of the convolution before it, so the two compute the same in eval mode until
+        training moves them. (A convolution that has neither a bias nor a BatchNorm here, the second of a
+        residual branch, loses the plain one's bias: `fused()` models have none there.) ValueError when
+        `plain` is not this architecture without them."""
+        plain_free = {k: v for k, v in plain.config.items() if k not in ("norm", "head_norm")}
+        ours_free = {k: v for k, v in self.config.items() if k not in ("norm", "head_norm")}
+        if plain_free != ours_free or plain.config["norm"] or plain.config["head_norm"]:
+            raise ValueError(f"a model built with {plain.config} is not this one ({self.config}) without its "
+                             "BatchNorms")
+        pairs, sources = _conv_norm_pairs(self.features), _conv_norm_pairs(plain.features)
+        for (conv, bn), (source, _) in zip(pairs, sources):
+            conv.weight.copy_(source.weight)
+            if conv.bias is not None:
+                conv.bias.copy_(source.bias)
+            if bn is not None:
+                _identity(bn, source.bias)
+        for src, dst in zip(_involutions(plain.features), _involutions(self.features)):
+            dst.load_state_dict(src.state_dict())
+        if isinstance(self.head_norm, nn.BatchNorm1d):
+            _identity(self.head_norm, torch.zeros_like(self.head_norm.bias))
+        self.embed.load_state_dict(plain.embed.state_dict())
+
+
+def _identity(bn: nn.modules.batchnorm._BatchNorm, bias: torch.Tensor) -> None:
+    """`bn` as x + bias in eval mode."""
+    bn.weight.fill_(1.0)
+    bn.bias.copy_(bias)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
+
+
 def _scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as x * scale + shift, per channel."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -106,19 +106,36 @@ def _init_from(net: nn.Module, cfg: TrainConfig, in_chans: int, image_size: int)
         raise ValueError(f"init_from {cfg.init_from}: it is {meta.arch} for {meta.in_chans}x{meta.image_size}x"
                          f"{meta.image_size} images with {meta.embed_dim}-d embeddings; this run trains {cfg.model} "
                          f"for {in_chans}x{image_size}x{image_size} with {cfg.embed_dim}-d")
-    # BatchNorms that fold_norm (or norm=true) adds start fresh; every other weight must be there.
+    # A plain model (the shipped ones) into the same one with BatchNorms (fold_norm, norm=true): the layers
+    # behind them sit at other places, so they are copied layer by layer, each BatchNorm starting as the identity
+    # (what the model computes is unchanged in eval mode: the first validation measures the start as it is).
+    plain_into_normed = (callable(getattr(net, "load_plain", None)) and type(art.model) is type(net)
+                         and not _has_norm(art.model) and _has_norm(net))
+    if plain_into_normed:
+        try:
+            net.load_plain(art.model)
+        except ValueError as exc:
+            raise ValueError(f"init_from {cfg.init_from}: {exc}") from None
+        return list(meta.mean), list(meta.std), art.model_id
+    # Otherwise by name; BatchNorms this run adds that the artifact lacks start fresh, every other weight must be there.
     norm_keys = {f"{name}.{k}" for name, mod in net.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
                  for k in mod.state_dict()}
     try:
         missing, unexpected = net.load_state_dict(art.model.state_dict(), strict=False)
     except RuntimeError as exc:  # same names, other shapes (widths, kernel size)
         raise ValueError(f"init_from {cfg.init_from}: its weights do not fit {cfg.model} with "
-                         f"{cfg.arch_kwargs or 'default arguments'}: {str(exc).splitlines()[-1].strip()}") from None
+                         f"{cfg.arch_kwargs or 'default arguments'}{' and fold_norm' if cfg.fold_norm else ''}: "
+                         f"{str(exc).splitlines()[-1].strip()}") from None
     if unexpected or set(missing) - norm_keys:
         raise ValueError(f"init_from {cfg.init_from}: its architecture ({meta.arch_kwargs or 'default arguments'}) "
                          f"is not the one trained here ({cfg.arch_kwargs or 'default arguments'}): "
                          f"missing {sorted(set(missing) - norm_keys)[:4]}, unexpected {sorted(unexpected)[:4]}")
     return list(meta.mean), list(meta.std), art.model_id
+
+
+def _has_norm(net: nn.Module) -> bool:
+    config = getattr(net, "config", {})
+    return bool(config.get("norm") or config.get("head_norm"))
 
 
 def _checkpoint_path(out: Path) -> Path:

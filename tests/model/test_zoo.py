@@ -130,6 +130,25 @@ def test_folding_the_batchnorms_keeps_the_function_and_gives_the_plain_architect
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", [{}, {"strides": (1, 2, 2)}, {"residual": True, "widths": (32, 64, 64)}],
+                         ids=["hybrid1", "strides122", "residual"])
+def test_a_plain_model_loads_into_the_one_with_batchnorms_computing_the_same_and_folds_back_to_itself(arch):
+    """load_plain is fused() backwards: what fine-tuning a shipped (plain) model with fold_norm starts from."""
+    trained = _with_trained_norm_statistics(model.create_model("hybrid1", norm=True, head_norm=True, **arch), 3)
+    plain = trained.fused().eval()   # a plain model as the shipped ones are (no bias where no BatchNorm takes it)
+    normed = model.create_model("hybrid1", norm=True, head_norm=True, **arch)
+    normed.load_plain(plain)
+    normed.eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = plain(x)
+        torch.testing.assert_close(normed(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(normed.fused().eval()(x), expected, rtol=1e-4, atol=1e-5)
+    assert expected.abs().max() > 0.1
+    with pytest.raises(ValueError, match="is not this one"):
+        model.create_model("hybrid1", norm=True, widths=(8, 16, 32)).load_plain(plain)
+
+
 def test_the_papers_hybrid1_counts_hold_after_folding():
     for in_chans, expected in ((1, 116_344), (3, 116_634)):
         net = model.create_model("hybrid1", in_chans=in_chans, norm=True, head_norm=True)
