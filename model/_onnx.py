@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import os
@@ -150,8 +151,9 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
 
     tried, best = {}, None
     # onnxruntime's quantizer logs to the root logger, advising pre-processing (which fails on this
-    # graph's Expand)
-    with tempfile.TemporaryDirectory(prefix="simsearch-int8-") as tmp, _errors_only(None):
+    # graph's Expand), and its histogram calibrators print their progress on stdout, which is the caller's
+    with tempfile.TemporaryDirectory(prefix="simsearch-int8-") as tmp, _errors_only(None), \
+            contextlib.redirect_stdout(io.StringIO()):
         for name, (method, extra) in _CALIBRATIONS.items():
             out = Path(tmp) / "int8.onnx"
             q.quantize_static(onnx.load_from_string(data), out, _Batches(), quant_format=q.QuantFormat.QDQ,
