@@ -698,9 +698,9 @@ def _stats(args) -> int:
         print(f"last seq  {info['last_seq']} (snapshot at {info['snapshot_seq']})")
     if info["labels"] or info["unlabelled"]:
         print("labels")
-        width = max((len(k) for k in info["labels"]), default=0)
-        for label, n in info["labels"].items():
-            print(f"  {label:<{width}}  {n}")
+        width = max((_display_width(k) for k in info["labels"]), default=0)
+        for label, n in info["labels"].items():   # padded by the columns a terminal gives it (猫 takes two)
+            print(f"  {label}{' ' * (width - _display_width(label))}  {n}")
         if info["unlabelled"]:   # as `index facets label` says it
             print(f"  (no value: {info['unlabelled']})")
     return 0
@@ -939,6 +939,13 @@ def _where_arg(text: str | None) -> dict | None:
     except index.InvalidItemError as exc:
         raise CliError(f"--{exc}") from None
     return where
+
+
+def _display_width(text: str) -> int:
+    """The terminal columns `text` takes: two for a wide or full-width character (CJK), none for a combining one."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _delete(args) -> int:

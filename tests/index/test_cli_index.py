@@ -409,6 +409,14 @@ def test_stats_counts_unlabelled_items_apart_from_a_label_named_none(hybrid1_art
     assert main(["index", "stats", "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "labels\n  None  1\n  (no value: 2)\n" in out
+    # the counts stand in one column in a terminal, whatever script the labels are in (a CJK character takes two)
+    (photos / "飛行機").mkdir()
+    (photos / "飛行機" / "b.png").write_bytes(_png((0, 200, 0)))
+    assert main(["index", "build", str(photos), "--model", str(hybrid1_artifact), "--data", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["index", "stats", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "\n  None    1\n  飛行機  1\n" in out
 
 
 def test_stats_and_search_from_the_command_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
