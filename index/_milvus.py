@@ -676,31 +676,41 @@ class MilvusStore(ItemChecks):
         return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
 
     def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:
-        # `exclude` (search_by_id's own item) is dropped from k + 1 hits here, not in the expression: an
-        # id may hold characters no Milvus literal can
         expr = self._filter(label, conditions)
-        limit = k + (exclude is not None)
+        # One past the answer (and the left-out item): a tie across the answer's end shows, and is then read
+        # whole, so that equal scores (copies of one photo) are settled by insertion order, the same for every k,
+        # as Store.search settles them: pages never repeat an item
+        limit = min(k + 1 + (exclude is not None), MAX_GROUP_CANDIDATES)
+        out = []
+        for qi, row in enumerate(self._nearest(q, limit, expr, exclude)):
+            n = limit
+            if len(row) > k and row[k][0] == row[k - 1][0]:
+                tied = row[k][0]
+                while row[-1][0] >= tied and len(row) >= n - (exclude is not None) and n < MAX_GROUP_CANDIDATES:
+                    n = min(2 * n, MAX_GROUP_CANDIDATES)
+                    row = self._nearest(q[qi:qi + 1], n, expr, exclude)[0]
+            hits = []
+            for score, _seq, id_, label_, meta in sorted(row, key=lambda r: (-r[0], r[1]))[:k]:
+                distance = score_to_distance(score)
+                if max_distance is not None and distance > max_distance:
+                    break   # nearest first: the rest are farther
+                hits.append(Hit(id_, score, distance, label_, parse_metadata(meta)))
+            out.append(hits)
+        return out
+
+    def _nearest(self, q: np.ndarray, limit: int, expr: str, exclude: str | None) -> list[list[tuple]]:
+        """(score, seq, id, label, metadata JSON) of the `limit` nearest items of each query matching `expr`,
+        nearest first, `exclude` (search_by_id's own item) dropped here, not in the expression: an id may hold
+        characters no Milvus literal can."""
         params = {"metric_type": "IP", "params": dict(_INDEXES.get(self.spec, _INDEXES["flat"])[2])}
         if "ef" in params["params"]:
             params["params"]["ef"] = max(params["params"]["ef"], limit)
         found = self._client.search(self.collection, data=q.tolist(), limit=limit, filter=expr,
-                                    output_fields=["label", "metadata"], search_params=params,
+                                    output_fields=["seq", "label", "metadata"], search_params=params,
                                     consistency_level=_STRONG)
-        out = []
-        for hits in found:
-            row = []
-            for h in hits:
-                if str(h["id"]) == exclude:
-                    continue
-                score = float(h["distance"])
-                distance = score_to_distance(score)
-                if max_distance is not None and distance > max_distance:
-                    continue
-                entity = h.get("entity") or {}
-                row.append(Hit(str(h["id"]), score, distance, entity.get("label"),
-                               parse_metadata(entity["metadata"])))
-            out.append(row[:k])
-        return out
+        return [[(float(h["distance"]), int((h.get("entity") or {}).get("seq", 0)), str(h["id"]),
+                  (h.get("entity") or {}).get("label"), (h.get("entity") or {})["metadata"])
+                 for h in hits if str(h["id"]) != exclude] for hits in found]
 
     # ---- the rest of Store's surface -------------------------------------------------------
 

@@ -110,6 +110,24 @@ def test_search_finds_the_exact_nearest_items_as_the_faiss_store_does(open_milvu
     assert (hit.id, hit.label, hit.metadata) == ("i4", "c4", {"j": 4}) and hit.score == pytest.approx(1, abs=1e-5)
 
 
+def test_copies_of_one_photo_page_in_the_order_they_were_added_as_in_the_faiss_store(open_milvus, open_store):
+    rng = np.random.default_rng(12)
+    copy, others = unit(rng, 1)[0], unit(rng, 200)
+    items = ([Item(f"o{j}", others[j], "other") for j in range(200)]
+             + [Item(f"copy{i:02d}", copy, "copy", {"n": i}) for i in range(12)])
+    milvus, faiss_store = open_milvus(), open_store()
+    for store in (milvus, faiss_store):
+        for start in range(0, len(items), 50):   # in batches: the order of adding is the order of the batches
+            store.upsert(items[start:start + 50])
+    query = (copy + 0.3 * unit(rng, 1)[0])[None].astype(np.float32)
+    every = [h.id for h in milvus.search(query, k=12)[0]]
+    assert every == [f"copy{i:02d}" for i in range(12)] == [h.id for h in faiss_store.search(query, k=12)[0]]
+    for filters in ({}, {"label": "copy"}):
+        pages = [h.id for o in range(0, 12, 3) for h in index.search_hits(milvus, query, 3, offset=o, **filters)[0]]
+        assert pages == every, filters
+    assert [h.id for h in milvus.search_by_id("copy03", k=4)] == ["copy00", "copy01", "copy02", "copy04"]
+
+
 @pytest.mark.parametrize("where", [w for w, _ in [
     ({"year": {"$gte": 2020}}, 0), ({"year": {"$in": [2019, "2020", True]}}, 0), ({"src": {"$ne": "phone"}}, 0),
     ({"tags": {"$ne": "x"}}, 0), ({"nobody": {"$ne": 1}}, 0), ({"src": {"$in": ["phone", None], "$ne": None}}, 0),
