@@ -511,6 +511,12 @@ def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
     return ids
 
 
+def _rerank_param():
+    return Query(None, ge=1, le=1000, description="re-order this many nearest candidates with the model's PDDM head "
+                                                  "and return the best k (needs an artifact with a PDDM head; at "
+                                                  "least offset + k)")
+
+
 def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
     """The like and unlike ids, each once, checked; 422 naming what is wrong."""
     like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
@@ -693,10 +699,7 @@ async def search(request: Request,
                  label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
                  max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
                                                     description="only neighbours at most this far (0..2)"),
-                 rerank: int | None = Query(None, ge=1, le=1000,
-                                            description="re-order this many nearest candidates with the model's "
-                                                        "PDDM head and return the best k (needs an artifact "
-                                                        "with a PDDM head; at least k)"),
+                 rerank: int | None = _rerank_param(),
                  where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                  crop: str | None = _crop_param(),
                  like: list[str] = _examples_param("more like this item"),
@@ -945,13 +948,14 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
                        unlike: list[str] = _examples_param("less like this item"),
                        group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
                        exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
+                       rerank: int | None = _rerank_param(),
                        vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    like, unlike = _check_examples(like, unlike, None)
-    params = _search_params(service, k, label, max_distance, None, where, g.name, group_by, group_size,
+    like, unlike = _check_examples(like, unlike, rerank)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
                             exclude, offset)
-    if like or unlike or group_by or params.exclude or offset:   # the item's vector, through the service's search
+    if like or unlike or group_by or params.exclude or offset or rerank:   # the item's vector, as any query's
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
         return _search_answer(service, hits, params, t0, vote)
     where_filter = json.loads(params.where) if params.where else None

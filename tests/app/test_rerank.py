@@ -130,3 +130,16 @@ async def test_rerank_reorders_the_nearest_candidates_that_are_not_excluded(pddm
         got = [h["id"] for h in r.json()["results"]]
         candidates = [h["id"] for h in (await c.post("/search?k=14", files=[upload(queries[0])])).json()["results"]]
         assert len(got) == 4 and set(got) <= set(candidates[6:]) and not set(got) & set(left_out)
+
+
+async def test_rerank_on_a_search_from_a_gallery_item_reorders_its_nearest_others(pddm_artifact, cifar, tmp_path):
+    async with running(settings_for(pddm_artifact, tmp_path / "data", rate_limit_per_minute=0)) as c:
+        ids, images = await index_gallery(c, cifar)
+        r = await c.post(f"/search/{ids[0]}?k=4&rerank=8")
+        assert r.status_code == 200, r.text
+        assert r.json()["reranked"] is True and r.json()["candidates"] == 8
+        got = [h["id"] for h in r.json()["results"]]
+        # outside the service: the item's 8 nearest others (it is not its own neighbour), re-ordered by the PDDM
+        assert got == expected_order(pddm_artifact, images[1:], ids[1:], images[0], 8, 4)
+        nearest = [h["id"] for h in (await c.post(f"/search/{ids[0]}?k=8")).json()["results"]]
+        assert ids[0] not in got and set(got) <= set(nearest)

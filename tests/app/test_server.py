@@ -166,8 +166,8 @@ def test_a_query_parameter_an_endpoint_does_not_take_is_422_naming_it_over_http(
     r = assert_error(client.post("/search?k=3&lable=cat", files=[upload(png(1))]), 422, "invalid_parameter",
                      "POST /search takes no query parameter 'lable'; it takes: ")
     assert "label" in r["message"] and "max_distance" in r["message"]
-    assert_error(client.post("/search/no-such-id?rerank=5&crop=0,0,1,1"), 422, "invalid_parameter",
-                 "POST /search/{id} takes no query parameter 'crop', 'rerank'")
+    assert_error(client.post("/search/no-such-id?crop=0,0,1,1&combine=best"), 422, "invalid_parameter",
+                 "POST /search/{id} takes no query parameter 'combine', 'crop'")
     assert_error(client.post("/classify?offset=10", files=[upload(png(1))]), 422, "invalid_parameter", "'offset'")
     assert client.get("/?gallery=default&utm_source=mail").status_code == 200   # the page's address is its own
     assert client.post("/search?k=3&label=cat", files=[upload(png(1))]).status_code == 200
