@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +98,27 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first impossible setting."""
+        """Raise ValueError naming the first impossible setting (a value of the wrong type included)."""
         from ._losses import check_loss_options
 
+        self._check_types()
         check_loss_options(self.loss, self.loss_kwargs)
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be at least 1, got {self.embed_dim}")
+        if self.in_chans is not None and self.in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grey) or 3 (colour), got {self.in_chans}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        for what in ("max_train", "max_test"):
+            if getattr(self, what) is not None and getattr(self, what) < 1:
+                raise ValueError(f"{what} must be at least 1 (leave it out for every image), got {getattr(self, what)}")
+        if self.m_per_class < 2:
+            raise ValueError(f"m_per_class must be at least 2 (images of a class in a batch), got {self.m_per_class}")
+        if not 0 <= self.label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        self._check_device()
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -140,6 +158,61 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self
+
+    def _check_types(self) -> None:
+        """ValueError naming the first field whose value is not of its declared type (a number where a number
+        belongs; an int is a float too, a bool is neither)."""
+        import math
+        import typing
+
+        for name, hint in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            kinds = set(typing.get_args(hint)) if typing.get_origin(hint) is types.UnionType else {hint}
+            if value is None and type(None) in kinds:
+                continue
+            kind = next(k for k in kinds if k is not type(None))
+            origin = typing.get_origin(kind) or kind
+            if origin is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                what = "a number"
+            elif origin is int:
+                ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif origin is bool:
+                ok, what = isinstance(value, bool), "true or false"
+            elif origin is str:
+                ok, what = isinstance(value, str), "a string"
+            elif origin is dict:
+                ok, what = isinstance(value, dict) and all(isinstance(k, str) for k in value), "a JSON object"
+            elif origin is list:
+                ok, what = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+            else:
+                continue
+            if not ok:
+                raise ValueError(f"{name} must be {what}{' or null' if type(None) in kinds else ''}, got {value!r}")
+
+    def _check_device(self) -> None:
+        """ValueError for a device torch does not know, or a GPU this machine does not have."""
+        if self.device is None:
+            return
+        import torch
+
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+        if dev.type == "cpu":
+            return
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ValueError(f"device {self.device!r}: no CUDA GPU is available here (give cpu, or leave it out)")
+            if dev.index is not None and dev.index >= count:
+                raise ValueError(f"device {self.device!r}: there {'is' if count == 1 else 'are'} {count} CUDA "
+                                 f"GPU{'s' if count != 1 else ''} here (cuda:0 .. cuda:{count - 1})")
+            return
+        if dev.type == "mps" and torch.backends.mps.is_available():
+            return
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

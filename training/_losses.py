@@ -79,19 +79,47 @@ def check_loss_options(name: str, options: dict[str, Any]) -> None:
     "margn" would otherwise be ignored). A name with a part registered outside `training` (a user's own loss)
     is not checked: its factory may read any option."""
     parts = check_loss_name(name)
-    taken: set[str] = set()
+    if not isinstance(options, dict):
+        raise ValueError(f"loss_kwargs must be a JSON object (option: value, ...), got {options!r}")
+    taken: dict[str, type] = {}   # option -> the type its default has
     for part in parts:
         factory = _LOSSES[part]
         if not factory.__module__.startswith(__name__.rpartition(".")[0] + "."):
             return
-        taken |= {n for n, p in inspect.signature(factory).parameters.items()
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"embed_dim", "num_classes"}
+        taken.update({n: type(p.default) for n, p in inspect.signature(factory).parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("embed_dim", "num_classes")})
         if len(parts) > 1:
-            taken.add(f"{part}_weight")
-    for key in options:
+            taken[f"{part}_weight"] = float
+    for key, value in options.items():
         if key not in taken and key != "label_smoothing":   # the trainer passes it to every loss
             raise ValueError(f"loss option {key!r} is not one that loss {name!r} takes; it takes "
                              f"{', '.join(sorted(taken))}")
+        _check_option_value(key, value, taken.get(key, float))
+
+
+# Options of the built-in losses that only a positive number makes sense for (a temperature or a scale divides
+# or multiplies the similarities; a negative one turns the loss around).
+POSITIVE_OPTIONS = ("temperature", "scale", "gamma", "alpha", "beta", "proxy_lr_scale")
+
+
+def _check_option_value(key: str, value: Any, kind: type) -> None:
+    """ValueError naming the option when `value` is not of the type of its default (`kind`), or not positive
+    for an option in POSITIVE_OPTIONS."""
+    import math
+
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"loss option {key} must be a number, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"loss option {key} must be an integer, got {value!r}")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"loss option {key} must be true or false, got {value!r}")
+    elif kind is str and not isinstance(value, str):
+        raise ValueError(f"loss option {key} must be a string, got {value!r}")
+    if key in POSITIVE_OPTIONS and not value > 0:
+        raise ValueError(f"loss option {key} must be positive, got {value!r}")
 
 
 def create_loss(name: str, embed_dim: int, num_classes: int, **options) -> MetricLoss:

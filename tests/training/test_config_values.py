@@ -1,0 +1,61 @@
+"""TrainConfig.validate() refuses impossible values and values of the wrong type, naming them, so that the
+Python API and `simsearch train` refuse the same ones (the command line with one line and exit status 2)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training import preset
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(embed_dim=0), "embed_dim must be at least 1, got 0"),
+    (dict(embed_dim=-4), "embed_dim must be at least 1, got -4"),
+    (dict(image_size=0), "image_size must be at least 1, got 0"),
+    (dict(threads=0), "threads must be at least 1, got 0"),
+    (dict(threads=-1), "threads must be at least 1, got -1"),
+    (dict(max_train=0), "max_train must be at least 1 (leave it out for every image), got 0"),
+    (dict(max_train=-5), "max_train must be at least 1 (leave it out for every image), got -5"),
+    (dict(max_test=0), "max_test must be at least 1 (leave it out for every image), got 0"),
+    (dict(m_per_class=2.5), "m_per_class must be an integer, got 2.5"),
+    (dict(m_per_class="abc"), "m_per_class must be an integer, got 'abc'"),
+    (dict(m_per_class=1), "m_per_class must be at least 2 (images of a class in a batch), got 1"),
+    (dict(epochs=True), "epochs must be an integer, got True"),
+    (dict(lr="fast"), "lr must be a number, got 'fast'"),
+    (dict(lr=float("nan")), "lr must be a number, got nan"),
+    (dict(threads="2"), "threads must be an integer or null, got '2'"),
+    (dict(teachers="t.safetensors"), "teachers must be a list of strings, got 't.safetensors'"),
+    (dict(label_smoothing=2), "label_smoothing must be in [0, 1], got 2"),
+    (dict(in_chans=2), "in_chans must be 1 (grey) or 3 (colour), got 2"),
+    (dict(device="tpu"), "device must be cpu, cuda or cuda:N, got 'tpu'"),
+    (dict(device="gpu"), "device must be cpu, cuda or cuda:N, got 'gpu'"),
+    (dict(loss_kwargs="{ms_weight:2}"), "loss_kwargs must be a JSON object, got '{ms_weight:2}'"),
+    (dict(loss_kwargs=[1, 2]), "loss_kwargs must be a JSON object, got [1, 2]"),
+    (dict(loss_kwargs={"ms_weight": "abc"}), "loss option ms_weight must be a number, got 'abc'"),
+    (dict(loss="supcon", loss_kwargs={"temperature": "hot"}), "loss option temperature must be a number, got 'hot'"),
+    (dict(loss="supcon", loss_kwargs={"temperature": -1}), "loss option temperature must be positive, got -1"),
+    (dict(loss="nsoftmax", loss_kwargs={"temperature": 0}), "loss option temperature must be positive, got 0"),
+    (dict(loss="arcface", loss_kwargs={"scale": -64}), "loss option scale must be positive, got -64"),
+    (dict(loss="circle", loss_kwargs={"gamma": 0}), "loss option gamma must be positive, got 0"),
+    (dict(loss="ms", loss_kwargs={"alpha": -2}), "loss option alpha must be positive, got -2"),
+    (dict(loss="ms", loss_kwargs={"beta": 0}), "loss option beta must be positive, got 0"),
+    (dict(loss="pddm", loss_kwargs={"hidden": 1.5}), "loss option hidden must be an integer, got 1.5"),
+    (dict(loss="triplet", loss_kwargs={"triplets": 3}), "loss option triplets must be a string, got 3"),
+])
+def test_impossible_settings_are_refused_by_validate_naming_them(changes, message):
+    with pytest.raises(ValueError) as exc:
+        preset("default", **changes).validate()
+    assert str(exc.value) == message
+
+
+def test_settings_of_the_right_kind_still_pass():
+    preset("default", warmup_epochs=1, lr=1, threads=1, image_size=16, in_chans=1, max_train=1, max_test=1,
+           m_per_class=2, label_smoothing=0.1, device="cpu", hflip=None, centre=None, teachers=["t.safetensors"],
+           loss="ce+supcon", loss_kwargs={"temperature": 0.2, "supcon_weight": 2, "label_smoothing": 0.1}).validate()
+    preset("default", loss="pddm", loss_kwargs={"hidden": 64, "per": "batch", "detach": False}).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_is_refused_where_there_is_no_gpu():
+    with pytest.raises(ValueError, match="device 'cuda': no CUDA GPU is available here"):
+        preset("default", device="cuda").validate()
