@@ -13,9 +13,11 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -120,6 +122,14 @@ class Dataset:
 # Sources: a folder or a tar, both seen as a set of relative posix names with a byte reader.
 
 
+# What listing a tar (compressed or not) that is cut short or corrupt raises.
+_DAMAGED_ARCHIVE = (EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError)
+
+
+def _damaged(path: Path, exc: BaseException) -> DatasetError:
+    return DatasetError(f"{path}: the archive is damaged or cut short ({type(exc).__name__}: {exc}); copy it again")
+
+
 class _Source:
     def __init__(self, path: Path):
         self.path = path
@@ -130,8 +140,12 @@ class _Source:
             except OSError as exc:  # a folder inside that cannot be listed: say which, not a traceback
                 raise DatasetError(f"{path}: cannot list {exc.filename}: {exc.strerror}") from None
         elif path.is_file() and tarfile.is_tarfile(path):
-            self._tar = tarfile.open(path)
-            self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+            try:
+                self._tar = tarfile.open(path)
+                self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+            except _DAMAGED_ARCHIVE as exc:
+                self.close()
+                raise _damaged(path, exc) from None
             self.names = sorted(self._members)
         elif path.exists():
             raise DatasetError(f"{path}: not a folder or a tar archive")
@@ -469,12 +483,28 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
 def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed) -> Dataset:
     prefix, names = _strip_common_dir(src.names)
     idx = _find_idx(names, display)
+    cifar = _find_cifar(names, display)
+    found = []   # every dataset the path holds: reading one of two silently would train on the wrong images
+    if idx:
+        found.append(f"MNIST-style IDX files in {_folder_of(idx)}")
+    if cifar:
+        found.append(f"CIFAR-10 batches in {_folder_of(cifar)}")
+    if found and (tree := _class_tree(names)):
+        found.append(f"image class folders ({', '.join(sorted(f + '/' for f in tree)[:4])}"
+                     f"{', ...' if len(tree) > 4 else ''})")
+    if len(found) > 1:
+        raise DatasetError(f"{display}: holds {len(found)} datasets, {' and '.join(found)}; one was expected: "
+                           f"pass the folder of one of them, or move the other out")
     if idx:
         return _idx_dataset(src, {k: prefix + v for k, v in idx.items()}, display)
-    cifar = _find_cifar(names, display)
     if cifar:
         return _cifar_dataset(src, {k: prefix + v for k, v in cifar.items()}, display)
     return _imagefolder_dataset(src, prefix, names, display, in_chans or 3, image_size or 32, test_fraction, seed)
+
+
+def _folder_of(files: dict[str, str]) -> str:
+    folder = str(PurePosixPath(next(iter(files.values()))).parent)
+    return "the top folder" if folder == "." else f"{folder}/"
 
 
 def _convert_channels(ds: Dataset, in_chans: int) -> Dataset:
