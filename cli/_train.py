@@ -44,7 +44,8 @@ def _kv(text: str) -> tuple[str, object]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a zoo model on a dataset and write a model artifact",
-                       description="Train any zoo model with cross-entropy and/or Multi-Similarity loss. DATA is a "
+                       description="Train any zoo model with any of the built-in losses (--loss), or a weighted "
+                                   "sum of several. DATA is a "
                                    "folder with MNIST-style IDX files, a cifar-10-batches-py folder, an ImageFolder "
                                    "tree (train/<class>/..., test/<class>/..., or just <class>/...), or a .tar of one.")
     p.add_argument("data", help="dataset path (see above)")
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the training images held out to pick the best epoch (0: the last epoch); a val/ "
                         "folder beside train/ and test/ is used instead")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, at least 1 (default: torch's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train in N processes (torchrun, DistributedDataParallel), each on its share of every batch: "
@@ -191,8 +192,16 @@ def _train(args) -> int:
         raise CliError(f"--out must end in .safetensors, got {args.out!r}")
     if args.nproc < 1:
         raise CliError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise CliError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
+    from training._trainer import check_run
+
+    try:
+        check_run(out, args.stop_after)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
-        return _launch(args, cfg)
+        return _launch(args, cfg, data)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import faulthandler
 
@@ -202,10 +211,8 @@ def _train(args) -> int:
                        stop_after=args.stop_after)
     except training.DatasetError as exc:
         raise CliError(str(exc)) from None
-    except ValueError as exc:  # e.g. a checkpoint written with another configuration
+    except ValueError as exc:  # e.g. a checkpoint written with another configuration, or a bad --arch keyword
         raise CliError(str(exc)) from None
-    except TypeError as exc:  # a bad --arch keyword reaches the model builder
-        raise CliError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_torchrun_process()
     return 0
@@ -224,7 +231,7 @@ def _end_torchrun_process() -> None:
     os._exit(0)
 
 
-def _launch(args, cfg) -> int:
+def _launch(args, cfg, data: Path) -> int:
     """Run this same command in `args.nproc` processes under torchrun (one machine), showing the main process's
     output; each of them trains its share (training/_distributed.py)."""
     import torch
@@ -239,6 +246,13 @@ def _launch(args, cfg) -> int:
         if n > torch.cuda.device_count():
             raise CliError(f"--nproc {n} needs a GPU per process and there are {torch.cuda.device_count()}; "
                            f"give --nproc {torch.cuda.device_count()}, or --device cpu")
+    # What can be checked before starting the processes is (the dataset is read, and cached for them, here).
+    from training._trainer import check_processes
+
+    try:
+        check_processes(cfg, data, n)
+    except ValueError as exc:  # DatasetError too
+        raise CliError(str(exc)) from None
     # The main process writes to the console; the others' output goes to files, shown when one fails.
     logs = tempfile.mkdtemp(prefix="simsearch-train-")
     try:
@@ -306,6 +320,8 @@ def _evaluate(args) -> int:
         raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
     if args.map is not None and not args.map.lower().endswith(".png"):
         raise CliError(f"--map writes a PNG: give a name ending in .png, got {args.map!r}")
+    if args.max_test is not None and args.max_test < 1:
+        raise CliError(f"--max-test must be at least 1 (leave it out for every test image), got {args.max_test}")
     if not 10 <= args.map_points <= 5000:
         raise CliError(f"--map-points must be 10..5000, got {args.map_points}")
     try:

@@ -25,6 +25,13 @@ class _Backbone(nn.Module):
         return self.embed(self.pool(self.features(x)).flatten(1))
 
 
+def _refuse_others(builder: str, others: dict, takes: str = "in_chans, embed_dim, small_input") -> None:
+    """TypeError naming the arguments (--arch) a baseline builder was given but does not take: they would
+    otherwise be dropped, yet recorded in the artifact as if they had shaped it."""
+    if others:
+        raise TypeError(f"{builder} takes no argument {', '.join(sorted(others))}; it takes {takes}")
+
+
 def _stem_conv(old: nn.Conv2d, in_chans: int, small_input: bool, kernel_size: int | None = None) -> nn.Conv2d:
     k = kernel_size or old.kernel_size[0]
     stride = 1 if small_input else old.stride
@@ -32,8 +39,9 @@ def _stem_conv(old: nn.Conv2d, in_chans: int, small_input: bool, kernel_size: in
 
 
 @register_model
-def mobilenet_v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **_) -> nn.Module:
+def mobilenet_v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **others) -> nn.Module:
     """torchvision MobileNetV2 base + Linear(1280 -> embed_dim)."""
+    _refuse_others("mobilenet_v2", others)
     from torchvision.models import mobilenet_v2 as tv
 
     m = tv()
@@ -42,8 +50,9 @@ def mobilenet_v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = Tr
 
 
 @register_model
-def efficientnet_b0(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **_) -> nn.Module:
+def efficientnet_b0(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **others) -> nn.Module:
     """torchvision EfficientNet-B0 base + Linear(1280 -> embed_dim)."""
+    _refuse_others("efficientnet_b0", others)
     from torchvision.models import efficientnet_b0 as tv
 
     m = tv()
@@ -52,8 +61,9 @@ def efficientnet_b0(in_chans: int = 3, embed_dim: int = 256, small_input: bool =
 
 
 @register_model
-def resnet50(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **_) -> nn.Module:
+def resnet50(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **others) -> nn.Module:
     """torchvision ResNet-50 base + Linear(2048 -> embed_dim); small_input uses a 3x3 stem, no max-pool."""
+    _refuse_others("resnet50", others)
     from torchvision.models import resnet50 as tv
 
     m = tv()
@@ -65,8 +75,9 @@ def resnet50(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, 
 
 
 @register_model
-def vgg16(in_chans: int = 3, embed_dim: int = 256, **_) -> nn.Module:
+def vgg16(in_chans: int = 3, embed_dim: int = 256, **others) -> nn.Module:
     """torchvision VGG-16 convolutional base + global pool + Linear(512 -> embed_dim)."""
+    _refuse_others("vgg16", others, "in_chans, embed_dim")
     from torchvision.models import vgg16 as tv
 
     m = tv()
@@ -75,8 +86,9 @@ def vgg16(in_chans: int = 3, embed_dim: int = 256, **_) -> nn.Module:
 
 
 @register_model
-def resnet50v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **_) -> nn.Module:
+def resnet50v2(in_chans: int = 3, embed_dim: int = 256, small_input: bool = True, **others) -> nn.Module:
     """timm ResNet50-V2 (pre-activation, the paper's Table 2 model) base + Linear(2048 -> embed_dim)."""
+    _refuse_others("resnet50v2", others)
     import timm
 
     m = timm.create_model("resnetv2_50", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)

@@ -217,11 +217,77 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     and the others return None.
     """
     cfg.validate()
+    check_run(out, stop_after)
     world, device_name = dist_.join(cfg.device)
     try:
         return _train(cfg, data, Path(out), name, resume, progress, log, stop_after, world, device_name)
     finally:
         dist_.leave(world)
+
+
+def check_run(out: str | os.PathLike, stop_after: int | None = None) -> None:
+    """ValueError, before any work, for an artifact path that cannot be written (a folder there) or a
+    `stop_after` of no epochs."""
+    if Path(out).is_dir():
+        raise ValueError(f"{out} is a folder; the artifact is a file (give a name ending in .safetensors)")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after must be at least 1 epoch, got {stop_after!r}")
+
+
+def _check_shares(batch_size: int, m: int, processes: int) -> None:
+    if batch_size % processes:
+        fits = [n for n in range(2, min(batch_size, 64) + 1) if batch_size % n == 0]
+        raise ValueError(f"a batch of {batch_size}{f' ({batch_size // m} classes x {m})' if m else ''} does not "
+                         f"split into {processes} equal shares, one for each process: use {', '.join(map(str, fits))} "
+                         f"processes, or another batch size")
+
+
+def check_processes(cfg: TrainConfig, data: str | os.PathLike, processes: int) -> None:
+    """Before starting `processes` training processes (torchrun): ValueError (DatasetError for the data) when the
+    run's batch cannot be shared among them equally, or the model cannot be built for the data. Reads the
+    dataset, which is then cached for the processes."""
+    cfg.validate()
+    ds = load_dataset(data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+    loss_fn = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
+                          **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs})
+    batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
+    _check_shares(batch_size, m, processes)
+    _build(cfg, ds.in_chans, ds.image_size)
+
+
+def _build(cfg: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
+    """The network `cfg` trains, built and tried on two blank images, so that arguments the builder does not take,
+    or take but cannot build with (stride 0), or an image size too small for it, stop the run here, naming them
+    (ValueError)."""
+    import model as zoo
+
+    build_kwargs = {"norm": True, "head_norm": True, **cfg.arch_kwargs} if cfg.fold_norm else cfg.arch_kwargs
+    what = f"{cfg.model} with {cfg.arch_kwargs or 'default arguments'}"
+    cannot_fold = ValueError(f"fold_norm needs a model that can fold its BatchNorms (the hybrid/cnn/inn family); "
+                             f"{cfg.model!r} cannot")
+    try:
+        net = zoo.create_model(cfg.model, in_chans=in_chans, embed_dim=cfg.embed_dim, **build_kwargs)
+    except TypeError as exc:  # an argument the builder does not take, or one of the wrong kind
+        if cfg.fold_norm:
+            try:
+                plain = zoo.create_model(cfg.model, in_chans=in_chans, embed_dim=cfg.embed_dim, **cfg.arch_kwargs)
+            except (TypeError, ValueError):
+                plain = None
+            if plain is not None and not callable(getattr(plain, "fused", None)):
+                raise cannot_fold from None
+        raise ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    if cfg.fold_norm and not callable(getattr(net, "fused", None)):
+        raise cannot_fold
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, in_chans, image_size, image_size))
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"{what} cannot embed {in_chans}x{image_size}x{image_size} images: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return net.train()
 
 
 def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool, log, stop_after,
@@ -249,11 +315,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     _seed_all(cfg.seed)
     train_split, val_split, test_split = run_splits(cfg, ds)
 
-    build_kwargs = {"norm": True, "head_norm": True, **cfg.arch_kwargs} if cfg.fold_norm else cfg.arch_kwargs
-    net = zoo.create_model(cfg.model, in_chans=ds.in_chans, embed_dim=cfg.embed_dim, **build_kwargs).to(device)
-    if cfg.fold_norm and not callable(getattr(net, "fused", None)):
-        raise ValueError(f"fold_norm needs a model that can fold its BatchNorms (the hybrid/cnn/inn family); "
-                         f"{cfg.model!r} cannot")
+    net = _build(cfg, ds.in_chans, ds.image_size).to(device)
     # Normalisation statistics (stored in the artifact, used by the Embedder): those the starting
     # weights were trained with, else those of the training images.
     init_id = None
@@ -282,16 +344,21 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
-    if world is not None and batch_size % world.size:
-        fits = [n for n in range(2, min(batch_size, 64) + 1) if batch_size % n == 0]
-        raise ValueError(f"a batch of {batch_size}{f' ({batch_size // m} classes x {m})' if m else ''} does not "
-                         f"split into {world.size} equal shares, one for each process: use {', '.join(map(str, fits))} "
-                         f"processes, or another batch size")
+    if world is not None:
+        _check_shares(batch_size, m, world.size)
     n_train = len(train_split)
     steps_per_epoch = max(1, n_train // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = _augmenter(cfg, ds)
+    if aug is not None:  # tried once on blank images (its random draws not taken from the run's)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                aug(torch.zeros(2, ds.in_chans, ds.image_size, ds.image_size))
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"augmentation (crop_padding {cfg.crop_padding}, rotate {cfg.rotate}, scale {cfg.scale}, "
+                             f"erase {cfg.erase}) cannot work on {ds.in_chans}x{ds.image_size}x{ds.image_size} "
+                             f"images: {str(exc).splitlines()[0]}") from None
     # A model that learnt to ignore mirroring embeds better as the mean over an image and its mirror image.
     tta = cfg.tta or ("hflip" if _trains_with_flips(cfg, ds) else "none")
     trained = nn.ModuleDict({"net": net, "loss": loss_fn})  # what the moving average follows
@@ -476,7 +543,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg, ema,
                          [int(k) for k in sampler.labels] if loss_fn.needs_pairs else None)
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
-            log(f"stopped after epoch {epoch + 1}; resume with the same configuration and resume=True")
+            log(f"stopped after epoch {epoch + 1}; continue with the same command and --resume (in Python: the "
+                "same configuration and resume=True)")
             dist_.finish(world)
             return None
 

@@ -148,6 +148,8 @@ def test_impossible_process_counts_are_one_clear_error(tiny_cifar_folder, tmp_pa
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+    # refused before torchrun starts the processes: none of its reports of stopping them
+    assert "SIGTERM" not in r.stderr and "exitcode" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.safetensors").exists()
 
 
