@@ -662,13 +662,15 @@ def _search_answer(service: Service, hits, params: SearchParams, t0: float, vote
 
 # ---- routes ------------------------------------------------------------------------------------
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["probes"], summary="liveness: the process answers")
+@router.get("/healthz", tags=["probes"], summary="liveness: the process answers (HEAD too: the status alone)")
+@router.head("/healthz", include_in_schema=False)   # as some load balancers probe; one operation in the OpenAPI
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["probes"], summary="readiness: model and index loaded",
-                  responses={503: _ERRORS[503]})
+@router.get("/readyz", tags=["probes"], summary="readiness: model and index loaded (HEAD too: the status alone)",
+            responses={503: _ERRORS[503]})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request):
     service: Service = request.app.state.service
     if not service.ready:
