@@ -547,6 +547,9 @@ async def test_probes_openapi_and_page(make_settings):
         for path in ("/search", "/search/{id}", "/index", "/index/{id}", "/index/{id}/thumbnail", "/healthz"):
             assert path in spec["paths"], path
         assert "multipart/form-data" in spec["paths"]["/search"]["post"]["requestBody"]["content"]
+        ids = [op["operationId"] for methods in spec["paths"].values() for op in methods.values()]
+        assert len(ids) == len(set(ids))   # a client generator names a function by each
+        assert (await c.head("/healthz")).status_code == 200 and "head" not in spec["paths"]["/healthz"]
         assert (await c.get("/docs")).status_code == 200
         page = await c.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
