@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ._errors import CliError
@@ -206,6 +207,7 @@ def _train(args) -> int:
         import faulthandler
 
         faulthandler.enable()   # a process that crashes (SIGABRT, SIGSEGV) writes where, for _launch to show
+    started = time.time()
     try:
         training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
                        stop_after=args.stop_after)
@@ -213,6 +215,14 @@ def _train(args) -> int:
         raise CliError(str(exc)) from None
     except ValueError as exc:  # e.g. a checkpoint written with another configuration, or a bad --arch keyword
         raise CliError(str(exc)) from None
+    except KeyboardInterrupt:   # said with what to run next, when this run kept an epoch to go on from
+        ckpt = out.with_name(out.name + ".ckpt")
+        if ckpt.exists() and ckpt.stat().st_mtime >= started:
+            again = "the same command again" if args.resume else "the same command with --resume"
+            print(f"interrupted; {ckpt} holds the last finished epoch: run {again} to go on from it", file=sys.stderr)
+        else:
+            print("interrupted before this run finished an epoch (nothing of it kept to go on from)", file=sys.stderr)
+        return 130
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_torchrun_process()
     return 0

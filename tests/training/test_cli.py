@@ -253,3 +253,24 @@ def test_a_failed_process_is_shown_from_the_start_of_its_crash_report_however_de
     assert shown.endswith('training/_trainer.py", line 396 in _train') and "noise" not in shown
     err.write_text("\n".join(f"line {i}" for i in range(50)) + "\n")   # no crash report: the last 20 lines
     assert _last_lines(tmp_path, 1) == "the last of its stderr:\n  " + "\n  ".join(f"line {i}" for i in range(30, 50))
+
+
+def test_ctrl_c_after_an_epoch_says_how_to_go_on_and_resume_goes_on(tiny_cifar_folder, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "stopped.safetensors"
+    args = [sys.executable, "-m", "cli", "train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "200",
+            "--batch-size", "16", "--threads", "1", "--quiet"]
+    env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out.with_name(out.name + ".ckpt")
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)   # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"interrupted; {ckpt} holds the last finished epoch: run the same command with --resume" in err
+    assert "Traceback" not in err and not out.exists()
