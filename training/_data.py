@@ -15,6 +15,7 @@ import io
 import json
 import lzma
 import os
+import shutil
 import pickle
 import tarfile
 import zlib
@@ -559,8 +560,19 @@ def download_dataset(name: str, root: str | os.PathLike) -> Path:
                                    "cifar10": datasets.CIFAR10}
     if name not in makers:
         raise DatasetError(f"cannot download {name!r}; known: {sorted(makers)}")
-    for train in (True, False):
-        makers[name](str(root), train=train, download=True)
+    made = {"mnist": [root / "MNIST"], "fashion-mnist": [root / "FashionMNIST"],
+            "cifar10": [root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"]}[name]
+    new = [p for p in made if not p.exists()]
+    try:
+        for train in (True, False):
+            makers[name](str(root), train=train, download=True)
+    except BaseException:   # no network, or interrupted: what this call began is not left to look like a dataset
+        for path in new:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
     return {"mnist": root / "MNIST" / "raw", "fashion-mnist": root / "FashionMNIST" / "raw",
             "cifar10": root / "cifar-10-batches-py"}[name]
 

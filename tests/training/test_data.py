@@ -384,3 +384,17 @@ def test_an_empty_file_or_one_that_is_no_image_is_named_in_words_without_a_memor
     first = load_dataset(tmp_path / "photos", use_cache=False).describe()["skipped_images"]["first"]
     assert first == ["train/red/empty.jpg: UnidentifiedImageError: empty file (0 bytes)",
                      "train/red/notes.png: UnidentifiedImageError: not an image Pillow can read (13 bytes)"]
+
+
+@pytest.mark.parametrize("name, maker", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_a_download_that_fails_leaves_no_empty_dataset_folder_behind(tmp_path, monkeypatch, name, maker):
+    """--download without a network: the error, and no folder that a later run would take for the dataset."""
+    from torchvision import datasets
+
+    from training import download_dataset
+
+    monkeypatch.setattr(getattr(datasets, maker), "mirrors", ["http://127.0.0.1:9/"])   # refused at once, offline
+    (tmp_path / "mine.txt").write_text("kept")
+    with pytest.raises(RuntimeError, match="Error downloading"):
+        download_dataset(name, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
