@@ -102,7 +102,8 @@ class TrainConfig:
         from ._losses import check_loss_options
 
         self._check_types()
-        check_loss_options(self.loss, self.loss_kwargs)
+        check_loss_options(self.loss, {"label_smoothing": self.label_smoothing, **self.loss_kwargs}
+                           if isinstance(self.loss_kwargs, dict) else self.loss_kwargs)
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim must be at least 1, got {self.embed_dim}")
         if self.in_chans is not None and self.in_chans not in (1, 3):

@@ -91,7 +91,8 @@ def check_loss_options(name: str, options: dict[str, Any]) -> None:
         if len(parts) > 1:
             taken[f"{part}_weight"] = float
     for key, value in options.items():
-        if key not in taken and key != "label_smoothing":   # the trainer passes it to every loss
+        # the trainer passes label_smoothing to every loss: 0 means nothing, more is for a loss that takes it
+        if key not in taken and not (key == "label_smoothing" and not options[key]):
             raise ValueError(f"loss option {key!r} is not one that loss {name!r} takes; it takes "
                              f"{', '.join(sorted(taken))}")
         _check_option_value(key, value, taken.get(key, float))

@@ -172,6 +172,9 @@ def test_bad_config_values_are_named():
         preset("default", loss="ce+hinge").validate()
     with pytest.raises(ValueError, match="loss option 'margn' is not one that loss 'ce\\+ms' takes"):
         preset("default", loss="ce+ms", loss_kwargs={"margn": 0.2}).validate()
+    with pytest.raises(ValueError, match="'label_smoothing' is not one that loss 'ms' takes"):   # no CE head to smooth
+        preset("default", loss="ms", label_smoothing=0.1).validate()
+    preset("default", loss="ce+ms", label_smoothing=0.1).validate()
     with pytest.raises(ValueError, match="schedule must be"):
         preset("default", schedule="linear").validate()
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
