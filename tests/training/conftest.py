@@ -1,10 +1,24 @@
 """Fixtures for training tests: a private dataset cache and small real datasets cut from ../shared/data."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m cli ARGS` from the repository, its dataset cache in `cache`, one torch thread, as a user's
+    shell would run it (not inside torchrun: WORLD_SIZE dropped)."""
+    full = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
+    full.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=full, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,12 @@ from pathlib import Path
 import model
 
 from ..user_models import write_user_loss, write_user_models
+from .conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _simsearch(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
 
 
 def test_train_then_evaluate_an_imagefolder(tiny_cifar_folder, tmp_path):
@@ -263,7 +261,10 @@ def test_ctrl_c_after_an_epoch_says_how_to_go_on_and_resume_goes_on(tiny_cifar_f
     args = [sys.executable, "-m", "cli", "train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "200",
             "--batch-size", "16", "--threads", "1", "--quiet"]
     env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal's user sends it: a suite started in the background (`bash .ci/run &`) passes SIGINT
+    # on ignored, and Python then never raises KeyboardInterrupt; the child gets the default back
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = out.with_name(out.name + ".ckpt")
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 names the value: exit status 2, never a traceback, a silent fallback or a blame put elsewhere."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,12 @@ import pytest
 
 import model
 from training import preset, train
+from .conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _simsearch(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from training import DatasetError, load_dataset
+from .conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _simsearch(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
 
 
 def test_a_tar_gz_cut_short_is_a_dataset_error(tiny_cifar_folder, tmp_path):

@@ -14,15 +14,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import model
+from .conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _simsearch(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMSEARCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
 
 
 def _batch(seed: int = 3):
