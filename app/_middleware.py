@@ -211,14 +211,25 @@ class SharedRateLimiter:
         self.path = path
         self._takes = 0
         self._failing = False
-        try:
-            self._db = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")   # a crash loses some counts, nothing else
-            self._db.execute("CREATE TABLE IF NOT EXISTS buckets (client TEXT PRIMARY KEY, tokens REAL NOT NULL, "
-                             "last REAL NOT NULL) WITHOUT ROWID")
-        except sqlite3.Error as exc:
-            raise RuntimeError(f"rate limit file {path}: {exc}") from None
+        # Workers started together open the file at once; switching it to WAL takes a lock that SQLite's busy
+        # timeout does not wait for, so "database is locked" there is waited out, for 10 s at most.
+        deadline = time.monotonic() + 10.0
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")   # a crash loses some counts, nothing else
+                db.execute("CREATE TABLE IF NOT EXISTS buckets (client TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+                           "last REAL NOT NULL) WITHOUT ROWID")
+                self._db = db
+                break
+            except sqlite3.Error as exc:
+                if db is not None:
+                    db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise RuntimeError(f"rate limit file {path}: {exc}") from None
+                time.sleep(0.02)
 
     def take(self, client: str) -> float:
         """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""

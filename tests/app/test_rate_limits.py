@@ -18,6 +18,26 @@ def _take_many(path: str, per_minute: int, client: str, n: int, ready, start, ou
     out.put(sum(limiter.take(client) == 0.0 for _ in range(n)))
 
 
+def test_a_worker_that_opens_the_file_while_another_holds_it_locked_waits_instead_of_failing(tmp_path):
+    """Workers started together open the file at once; one that met the other's lock (longer than SQLite's
+    busy timeout of 2 s, in setting up WAL) failed to start with "database is locked"."""
+    import threading
+
+    path = str(tmp_path / "limits.sqlite")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Timer(3.0, holder.execute, args=("COMMIT",))
+    released.start()
+    try:
+        began = time.monotonic()
+        limiter = SharedRateLimiter(path, 60)
+        assert time.monotonic() - began >= 2.5   # it waited for the lock to go, and then opened the file
+        assert limiter.take("ip:10.0.0.9") == 0.0
+    finally:
+        released.join()
+        holder.close()
+
+
 def test_two_processes_on_one_file_share_each_clients_bucket(tmp_path):
     path = str(tmp_path / "limits.sqlite")
     ctx = multiprocessing.get_context("spawn")
