@@ -68,6 +68,19 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _id_with_line_break(request: Request) -> str | None:
+    """The id in /index/{id} or /search/{id} when it holds a line feed, which the routes' path parameter
+    does not match (so the request would read as "no route"); else None."""
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    for prefix in ("/index/", "/search/"):
+        if path.startswith(prefix) and "\n" in path:
+            return path[len(prefix):]
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map ApiError, HTTP exceptions and parameter validation onto the JSON error shape. (Unexpected
     exceptions are answered by RequestIdMiddleware: a 500 with no internals in the message, logged
@@ -82,6 +95,10 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
+            item = _id_with_line_break(request)
+            if item is not None:
+                return error_response(422, "invalid_id", f"id {item[:80]!r} is not valid: an id holds no control "
+                                                         "characters, and no item has this one")
             message = f"no route for {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"

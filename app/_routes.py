@@ -141,7 +141,8 @@ def _service(request: Request, write: bool = False) -> Service:
 
 
 def _after() -> Any:
-    return Header(None, alias=AFTER_HEADER, max_length=64,
+    # no max_length: a position too long to be one is a 400 invalid_position like any malformed one
+    return Header(None, alias=AFTER_HEADER,
                   description="answer from a state of the gallery at least as new as this position (the "
                               f"{POSITION_HEADER} a write answered): read-your-writes on a read-only replica, "
                               "which applies the writer's changes first when it is behind")

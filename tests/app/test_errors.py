@@ -342,6 +342,16 @@ async def test_unknown_routes_and_methods_are_json(make_settings):
         assert_error(await c.put("/search"), 405, "method_not_allowed", "PUT")
 
 
+async def test_an_id_with_a_line_break_in_the_url_is_an_invalid_id_not_no_route(make_settings):
+    # the routes' {id:path} does not match a line feed, so without this it read "no route for GET /index/..."
+    async with running(make_settings()) as c:
+        for method, url in (("GET", "/index/foo%0D%0Abar"), ("DELETE", "/index/a%0Ab"), ("POST", "/search/x%0Ay"),
+                            ("GET", "/index/foo%0Abar/thumbnail")):
+            assert_error(await c.request(method, url), 422, "invalid_id", "control characters")
+        assert_error(await c.get("/nope%0Athere"), 404, "not_found", "no route")
+        await still_serving(c)
+
+
 async def test_an_unexpected_error_is_a_json_500_naming_the_request_id_and_logged_with_it(caplog):
     """What no route handles is answered by the outermost middleware while the request's id is still
     known: the JSON error shape, the id in the body and the header, the traceback in the log."""

@@ -170,6 +170,8 @@ def test_a_read_sent_with_a_writes_position_sees_that_write_on_a_replica_that_ha
                 bad = r_.get("/index", headers={"X-Simsearch-After": "yesterday"})
                 assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_position"
                 assert "yesterday" in bad.json()["error"]["message"]
+                too_long = r_.get("/index", headers={"X-Simsearch-After": "9" * 70 + ".1"})   # was a 422 by length
+                assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_position"
                 ahead = r_.post("/search", files=[upload(png(1))], headers={"X-Simsearch-After": "99.0"})
                 assert ahead.status_code == 409 and ahead.json()["error"]["code"] == "position_ahead"
                 assert "99.0" in ahead.json()["error"]["message"] and "6.1" in ahead.json()["error"]["message"]
