@@ -15,9 +15,6 @@ from .conftest import run_cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--device", "tpu"], "device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--threads", "-1"], "threads must be at least 1, got -1"),
@@ -42,8 +39,8 @@ _simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/trainin
 ])
 def test_train_refuses_impossible_options_with_one_line(tiny_cifar_folder, tmp_path, args, message):
     out = tmp_path / "x.safetensors"
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--quiet", *args,
-                   cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--quiet", *args,
+                cache=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "Traceback" not in r.stderr and "bad model arguments {}" not in r.stderr
@@ -56,13 +53,13 @@ def test_out_naming_a_folder_is_refused_before_the_data_is_read(tmp_path):
     folder.mkdir()
     with pytest.raises(ValueError, match="isdir.safetensors is a folder; the artifact is a file"):
         train(preset("default", epochs=1), tmp_path / "no-such-data", folder, progress=False, log=lambda _: None)
-    r = _simsearch("train", str(tmp_path / "no-such-data"), "--out", str(folder), "--quiet", cache=tmp_path)
+    r = run_cli("train", str(tmp_path / "no-such-data"), "--out", str(folder), "--quiet", cache=tmp_path)
     assert r.returncode == 2 and "is a folder" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_stop_after_tells_the_command_line_to_use_resume(tiny_cifar_folder, tmp_path):
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--epochs", "2",
-                   "--stop-after", "1", "--batch-size", "16", "--threads", "1", "--quiet", cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--epochs", "2",
+                "--stop-after", "1", "--batch-size", "16", "--threads", "1", "--quiet", cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "stopped after epoch 1; continue with the same command and --resume" in r.stdout
 
@@ -77,8 +74,8 @@ def test_train_help_names_the_losses_and_resume():
 
 
 def test_evaluate_refuses_a_max_test_below_one(tiny_cifar_folder, tmp_path):
-    r = _simsearch("evaluate", str(REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"),
-                   str(tiny_cifar_folder), "--max-test", "-3", cache=tmp_path)
+    r = run_cli("evaluate", str(REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"),
+                str(tiny_cifar_folder), "--max-test", "-3", cache=tmp_path)
     assert r.returncode == 2 and "--max-test must be at least 1" in r.stderr and "-3" in r.stderr
 
 

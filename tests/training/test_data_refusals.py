@@ -13,9 +13,6 @@ from .conftest import run_cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
-
-
 def test_a_tar_gz_cut_short_is_a_dataset_error(tiny_cifar_folder, tmp_path):
     whole = tmp_path / "photos.tar.gz"
     with tarfile.open(whole, "w:gz") as tar:
@@ -25,7 +22,7 @@ def test_a_tar_gz_cut_short_is_a_dataset_error(tiny_cifar_folder, tmp_path):
     cut.write_bytes(data[:len(data) // 2])
     with pytest.raises(DatasetError, match="cut.tar.gz: the archive is damaged or cut short"):
         load_dataset(cut, use_cache=False)
-    r = _simsearch("train", str(cut), "--out", str(tmp_path / "x.safetensors"), "--quiet", cache=tmp_path)
+    r = run_cli("train", str(cut), "--out", str(tmp_path / "x.safetensors"), "--quiet", cache=tmp_path)
     assert r.returncode == 2 and "the archive is damaged or cut short (EOFError" in r.stderr
     assert "Traceback" not in r.stderr
 

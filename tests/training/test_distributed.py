@@ -19,9 +19,6 @@ from .conftest import run_cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-_simsearch = run_cli   # python -m cli, as a user's shell runs it (tests/training/conftest.py)
-
-
 def _batch(seed: int = 3):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 3, 8, 8, generator=g)
@@ -91,20 +88,20 @@ def test_n_processes_train_the_weights_one_process_would_and_resume(tiny_cifar_f
               "--batch-size", "16", "--quiet"]
     if teacher:
         t = tmp_path / "teacher.safetensors"
-        r = _simsearch("train", str(tiny_cifar_folder), "--out", str(t), "--loss", "ce", "--epochs", "1",
-                       "--batch-size", "16", "--quiet", cache=tmp_path)
+        r = run_cli("train", str(tiny_cifar_folder), "--out", str(t), "--loss", "ce", "--epochs", "1",
+                    "--batch-size", "16", "--quiet", cache=tmp_path)
         assert r.returncode == 0, r.stderr
         common += ["--teacher", str(t), "--set", "distill_logits_weight=0.5"]
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(one), *common, cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(one), *common, cache=tmp_path)
     assert r.returncode == 0, r.stderr
     # N processes, stopped after the first epoch and resumed
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(two), *common, "--nproc", str(nproc),
-                   "--stop-after", "1", cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(two), *common, "--nproc", str(nproc),
+                "--stop-after", "1", cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert not two.exists() and two.with_name(two.name + ".ckpt").exists()
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(two), *common, "--nproc", str(nproc), "--resume",
-                   cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(two), *common, "--nproc", str(nproc), "--resume",
+                cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and f"in {nproc} processes of {16 // nproc}" in r.stdout
     assert r.stdout.count("wrote ") == 1  # the main process alone reports and writes
@@ -121,8 +118,8 @@ def test_n_processes_train_the_weights_one_process_would_and_resume(tiny_cifar_f
 
 def test_the_default_recipe_in_two_processes_writes_a_working_hybrid1(tiny_cifar_folder, tmp_path):
     out = tmp_path / "h.safetensors"
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "2", "--batch-size", "16",
-                   "--nproc", "2", "--quiet", cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+                "--nproc", "2", "--quiet", cache=tmp_path)
     assert r.returncode == 0, r.stderr
     meta = model.read_meta(out)
     assert meta.arch == "hybrid1" and meta.training["processes"] == 2 and meta.metrics["test_size"] == 24
@@ -140,8 +137,8 @@ def test_the_default_recipe_in_two_processes_writes_a_working_hybrid1(tiny_cifar
                                              "for each process: use 2, 4, 8, 16 processes, or another batch size"),
 ])
 def test_impossible_process_counts_are_one_clear_error(tiny_cifar_folder, tmp_path, args, message):
-    r = _simsearch("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--epochs", "1",
-                   "--quiet", *args, cache=tmp_path)
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(tmp_path / "x.safetensors"), "--epochs", "1",
+                "--quiet", *args, cache=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "Traceback" not in r.stderr
