@@ -209,7 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "share whose nearest neighbour has the query's label is reported.")
     _query_options(q, k=10, k_help="number of neighbours (10)", where_help='only neighbours whose metadata matches, '
                    'e.g. \'{"source": "phone", "year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")',
-                   distance_help="only neighbours within this distance (0..2)",
+                   distance_help="only neighbours within this distance (0 or more: distances between unit "
+                                 "vectors lie in 0..2, so 2 or more keeps every item)",
                    url_help="search a running service instead (its POST /batch/search, many queries a request), "
                             "e.g. http://127.0.0.1:8000; --data and --model are then its own",
                    images_help=" (none with --like: the marked items alone are the query)")
@@ -241,8 +242,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "classified as their folder's label is reported.")
     _query_options(v, k=1, k_help="how many nearest items vote (1: the nearest item's label)",
                    where_help="only gallery items whose metadata matches vote (as for search)",
-                   distance_help="only items within this distance (0..2) vote; none: unknown (`simsearch evaluate` "
-                                 "gives it for a wanted precision)",
+                   distance_help="only items within this distance vote (0 or more; 2 or more keeps every item); "
+                                 "none: unknown (`simsearch evaluate` gives it for a wanted precision)",
                    url_help="classify with a running service instead (its POST /batch/search, many queries a "
                             "request, voted here as its /classify votes)")
     v.set_defaults(func=_search, classify=True, label=None, rerank=None, like=[], unlike=[], group_by=None,
@@ -986,6 +987,8 @@ def _delete(args) -> int:
 
 
 def _search(args) -> int:
+    import math
+
     import numpy as np
 
     import index
@@ -993,8 +996,9 @@ def _search(args) -> int:
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
-    if args.max_distance is not None and not 0 <= args.max_distance <= 2:   # NaN too
-        raise CliError(f"--max-distance must be 0..2 (the distance between two unit vectors), got {args.max_distance}")
+    if args.max_distance is not None and not 0 <= args.max_distance < math.inf:   # NaN too, as the service's
+        raise CliError(f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, "
+                       f"so 2 or more keeps every item), got {args.max_distance}")
     where = _where_arg(args.where)  # before the model loads
     crop = _crop_arg(args.crop)
     like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))

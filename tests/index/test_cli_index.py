@@ -217,15 +217,36 @@ def test_build_and_search_say_an_empty_file_or_one_that_is_no_image_in_words(hyb
     assert f"cannot read image {photos / 'empty.png'}: UnidentifiedImageError: empty file (0 bytes)" in err
 
 
-def test_search_and_classify_refuse_a_max_distance_outside_0_to_2_in_one_line(tmp_path, capsys):
+def test_search_and_classify_refuse_a_negative_or_nan_max_distance_in_one_line(tmp_path, capsys):
     query = tmp_path / "q.png"
     query.write_bytes(_png((200, 0, 0)))
     for command in ("search", "classify"):
-        for value in ("5", "2.5", "-0.1", "nan"):
+        for value in ("-0.1", "nan", "inf"):
             assert main([command, str(query), "--data", str(tmp_path / "data"), "--max-distance", value]) == 2
             err = capsys.readouterr().err
-            assert f"--max-distance must be 0..2 (the distance between two unit vectors), got {float(value)}" in err
+            assert f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, so 2 " \
+                   f"or more keeps every item), got {float(value)}" in err
             assert len(err.strip().splitlines()) == 1
+
+
+def test_search_and_classify_take_a_max_distance_over_2_as_the_service_does(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for label, rgb in {"red": (200, 0, 0), "blue": (0, 0, 200)}.items():
+        (photos / label).mkdir(parents=True)
+        (photos / label / "a.png").write_bytes(_png(rgb))
+    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    assert main(["index", "build", str(photos), *args]) == 0
+    capsys.readouterr()
+    for value in ("2", "2.5", "5"):   # 2 or more keeps every item
+        assert main(["search", str(photos / "red" / "a.png"), *args, "-k", "5", "--json", "--max-distance", value]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 2
+        assert main(["classify", str(photos / "red" / "a.png"), *args, "-k", "2", "--max-distance", value]) == 0
+        assert "must be" not in capsys.readouterr().err
+    from cli import build_parser
+
+    helps = {a.dest: a.help for c in ("search", "classify")
+             for a in build_parser()._subparsers._group_actions[0].choices[c]._actions}
+    assert "2 or more keeps every item" in helps["max_distance"]
 
 
 def test_search_by_group_prints_each_groups_label_as_it_is_written(hybrid1_artifact, tmp_path, capsys):
