@@ -1055,11 +1055,22 @@ def _search(args) -> int:
             return 0
         if args.together:   # one query: the unit mean of every image's vector
             arrays = []
-            for name, data in _read_together(queries):
+            for name, _, read in queries:
+                data = None
                 try:
+                    data = read()
                     arrays.append(_model_input(data, embedder, crop))
-                except Exception as exc:  # noqa: BLE001  (one query: any image it cannot read ends it)
-                    raise CliError(f"cannot read image {name}: {unreadable_reason(exc, data)}") from None
+                except Exception as exc:  # noqa: BLE001  (one unreadable image is reported and left out)
+                    why = unreadable_reason(exc, data)
+                    if len(queries) == 1:
+                        raise CliError(f"cannot read image {name}: {why}") from None
+                    failed += 1
+                    print(f"skipped {name}: {why}", file=sys.stderr)
+            if failed:
+                print(f"{failed} of {len(queries)} images could not be read"
+                      + ("" if arrays else "; nothing to search with"), file=sys.stderr)
+                if not arrays:
+                    return 1
             vecs = embedder.embed_arrays(np.stack(arrays))
             if args.combine == "best" and len(vecs) > 1:   # each photo's offset + k nearest, merged
                 wide = _searcher(store, like, unlike, args.gallery, None, 1, args.exclude)

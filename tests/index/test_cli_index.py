@@ -249,6 +249,29 @@ def test_search_and_classify_take_a_max_distance_over_2_as_the_service_does(hybr
     assert "2 or more keeps every item" in helps["max_distance"]
 
 
+def test_search_together_skips_an_image_it_cannot_read_and_counts_it(hybrid1_artifact, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for label, rgb in {"red": (200, 0, 0), "blue": (0, 0, 200)}.items():
+        (photos / label).mkdir(parents=True)
+        (photos / label / "a.png").write_bytes(_png(rgb))
+    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    assert main(["index", "build", str(photos), *args]) == 0
+    capsys.readouterr()
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    red, blue = photos / "red" / "a.png", photos / "blue" / "a.png"
+    assert main(["search", str(red), str(junk), str(blue), "--together", *args, "-k", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 2
+    assert f"skipped {junk}: UnidentifiedImageError: not an image Pillow can read (10 bytes)" in err
+    assert "1 of 3 images could not be read" in err
+    # as many skipped as the one-by-one search skips, and the same exit status when none can be read
+    assert main(["search", str(junk), str(junk), "--together", *args]) == 1
+    assert "2 of 2 images could not be read" in capsys.readouterr().err
+    assert main(["search", str(junk), "--together", *args]) == 2   # one image: as a single query, refused
+    assert f"cannot read image {junk}" in capsys.readouterr().err
+
+
 def test_search_by_group_prints_each_groups_label_as_it_is_written(hybrid1_artifact, tmp_path, capsys):
     photos = tmp_path / "photos"
     for label, rgb in {"飛行機": (200, 200, 255), "Chats é": (120, 80, 40)}.items():
