@@ -105,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset path (same layouts as train)")
     p.add_argument("--device", default=None)
     p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, at least 1 (default: torch's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while a large dataset is decoded")
     # model.TTA_MODES, spelt out: building the parser must not import torch
     p.add_argument("--tta", default=None, choices=("none", "hflip"),
                    help="test-time augmentation (default: the artifact's own, as the service embeds); hflip averages "
@@ -197,6 +199,8 @@ def _train(args) -> int:
         raise CliError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     from training._trainer import check_run
 
+    from training._trainer import ModelArgumentError
+
     try:
         check_run(out, args.stop_after)
     except ValueError as exc:
@@ -213,7 +217,9 @@ def _train(args) -> int:
                        stop_after=args.stop_after)
     except training.DatasetError as exc:
         raise CliError(str(exc)) from None
-    except ValueError as exc:  # e.g. a checkpoint written with another configuration, or a bad --arch keyword
+    except ModelArgumentError as exc:  # said as the option was given
+        raise CliError(_arch_error(exc)) from None
+    except ValueError as exc:  # e.g. a checkpoint written with another configuration
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:   # said with what to run next, when this run kept an epoch to go on from
         ckpt = out.with_name(out.name + ".ckpt")
@@ -226,6 +232,17 @@ def _train(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_torchrun_process()
     return 0
+
+
+def _arch_error(exc) -> str:
+    """A training.ModelArgumentError as one line naming the --arch option and its value as typed."""
+    shown = exc.value if isinstance(exc.value, str) else json.dumps(exc.value)
+    default = exc.default
+    if isinstance(default, tuple):
+        default = list(default)
+    hint = f"; its default is {json.dumps(default) if not isinstance(default, str) else default}" \
+        if default is not None else ""
+    return f"--arch {exc.key}={shown}: {exc.model} cannot be built with it ({exc.reason}){hint}"
 
 
 def _end_torchrun_process() -> None:
@@ -257,10 +274,12 @@ def _launch(args, cfg, data: Path) -> int:
             raise CliError(f"--nproc {n} needs a GPU per process and there are {torch.cuda.device_count()}; "
                            f"give --nproc {torch.cuda.device_count()}, or --device cpu")
     # What can be checked before starting the processes is (the dataset is read, and cached for them, here).
-    from training._trainer import check_processes
+    from training._trainer import ModelArgumentError, check_processes
 
     try:
-        check_processes(cfg, data, n)
+        check_processes(cfg, data, n, progress=not args.quiet)
+    except ModelArgumentError as exc:
+        raise CliError(_arch_error(exc)) from None
     except ValueError as exc:  # DatasetError too
         raise CliError(str(exc)) from None
     # The main process writes to the console; the others' output goes to files, shown when one fails.
@@ -334,12 +353,18 @@ def _evaluate(args) -> int:
         raise CliError(f"--max-test must be at least 1 (leave it out for every test image), got {args.max_test}")
     if not 10 <= args.map_points <= 5000:
         raise CliError(f"--map-points must be 10..5000, got {args.map_points}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
                                          tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
                                          sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows,
                                          map_path=args.map, map_points=args.map_points,
-                                         log=lambda line: print(line, file=sys.stderr))
+                                         log=lambda line: print(line, file=sys.stderr), progress=not args.quiet)
     except (model.ArtifactError, training.DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file

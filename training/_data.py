@@ -41,6 +41,7 @@ _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all
 _CACHE_VERSION = 6   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
 # 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
+_BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
 
 
 class DatasetError(ValueError):
@@ -282,9 +283,10 @@ def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset
 
 
 def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
-                   desc: str) -> tuple[torch.Tensor, dict[str, str]]:
+                   desc: str, progress: bool = True) -> tuple[torch.Tensor, dict[str, str]]:
     """The images that decode, in order, and {name: why} for those that do not (skipped, as `simsearch index
-    build` skips them: one broken file in a user's folder of thousands must not stop the run)."""
+    build` skips them: one broken file in a user's folder of thousands must not stop the run). A progress bar
+    on stderr for `_BAR_FROM` images or more, unless `progress` is False."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
@@ -295,7 +297,7 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
     ok = np.ones(len(names), bool)
     bad: dict[str, str] = {}
     for i, n in enumerate(tqdm(names, desc=desc, unit="img", leave=False, mininterval=2.0,
-                               disable=len(names) < 2000)):
+                               disable=not progress or len(names) < _BAR_FROM)):
         data = None
         try:
             data = src.read(n)
@@ -318,7 +320,7 @@ def _class_tree(names: list[str]) -> dict[str, list[str]]:
 
 
 def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
-                         image_size: int, test_fraction: float, seed: int) -> Dataset:
+                         image_size: int, test_fraction: float, seed: int, progress: bool = True) -> Dataset:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
     info: dict = {}
@@ -354,7 +356,8 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     decoded, skipped = {}, {}
     for key, (sub, tree) in parts.items():
         files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
-        images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}")
+        images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
+                                     progress)
         skipped.update({n.removeprefix(prefix): why for n, why in bad.items()})
         decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
     if skipped:
@@ -450,13 +453,15 @@ def cache_dir() -> Path:
 
 
 def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_size: int | None = None,
-                 test_fraction: float = 0.2, split_seed: int = 0, use_cache: bool = True) -> Dataset:
+                 test_fraction: float = 0.2, split_seed: int = 0, use_cache: bool = True,
+                 progress: bool = True) -> Dataset:
     """Read the dataset at `path`, autodetecting its layout (IDX, CIFAR batches, ImageFolder, a tar of one).
 
     `in_chans` and `image_size` apply to ImageFolder data (default 3 and 32; images are decoded with
     model.to_model_array, the same preprocessing the service uses). IDX and CIFAR data keep their
     native shape. A folder of class folders without train/ and test/ gets a seeded stratified test
     split of `test_fraction`. Raises DatasetError with an explanation when the layout is unknown.
+    `progress`: a progress bar on stderr while a large ImageFolder is decoded (False: none, as `--quiet`).
     """
     path = Path(path).expanduser()
     src = _Source(path)
@@ -471,7 +476,7 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
                 return _load_cached(cached)
             except Exception:  # a damaged cache entry is rebuilt
                 pass
-        ds = _read(src, str(path), in_chans, image_size, test_fraction, split_seed)
+        ds = _read(src, str(path), in_chans, image_size, test_fraction, split_seed, progress)
         if in_chans is not None and ds.in_chans != in_chans:
             ds = _convert_channels(ds, in_chans)
         if use_cache:
@@ -481,7 +486,7 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
         src.close()
 
 
-def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed) -> Dataset:
+def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed, progress: bool = True) -> Dataset:
     prefix, names = _strip_common_dir(src.names)
     idx = _find_idx(names, display)
     cifar = _find_cifar(names, display)
@@ -500,7 +505,8 @@ def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed)
         return _idx_dataset(src, {k: prefix + v for k, v in idx.items()}, display)
     if cifar:
         return _cifar_dataset(src, {k: prefix + v for k, v in cifar.items()}, display)
-    return _imagefolder_dataset(src, prefix, names, display, in_chans or 3, image_size or 32, test_fraction, seed)
+    return _imagefolder_dataset(src, prefix, names, display, in_chans or 3, image_size or 32, test_fraction, seed,
+                                progress)
 
 
 def _folder_of(files: dict[str, str]) -> str:

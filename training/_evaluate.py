@@ -283,7 +283,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                       out: str | os.PathLike | None = None, out_name: str | None = None,
                       centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
                       sheet_rows: int = 12, map_path: str | os.PathLike | None = None, map_points: int = 2000,
-                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      log: Callable[[str], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -304,18 +304,23 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     `map_path`: also draw a map of `map_points` of the test images, placed by t-SNE of their embeddings, into
     this PNG (training/_map.py); `map` in the result says how far it can be trusted.
     `log` receives a line naming the dataset's images that could not be decoded, when there are any.
+    `progress`: a progress bar on stderr while a large ImageFolder is decoded (False: none).
+
+    Raises ValueError for a `max_test` below 1 (None, the default, evaluates every test image) or an unknown `tta`.
     """
     import model
 
     from ._data import DatasetError, load_dataset, stratified_split
 
+    if max_test is not None and (isinstance(max_test, bool) or not isinstance(max_test, int) or max_test < 1):
+        raise ValueError(f"max_test must be an integer of at least 1 (None for every test image), got {max_test!r}")
     if tta is not None and tta not in model.TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(model.TTA_MODES)}")
     art = model.load_artifact(artifact)
     meta = art.meta
     tta = meta.tta if tta is None else tta
     ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
-                      split_seed=split_seed)
+                      split_seed=split_seed, progress=progress)
     if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
         raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
                            f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")

@@ -20,7 +20,8 @@ from ._config import TrainConfig
 from ._data import Dataset, Split, load_dataset, stratified_split
 from . import _distributed as dist_
 from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
-from ._evaluate import embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
+from ._evaluate import _nearest_neighbours, embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
+from ._mistakes import confident_mistakes
 from ._files import write_whole
 from ._losses import MetricLoss, create_loss
 
@@ -242,17 +243,61 @@ def _check_shares(batch_size: int, m: int, processes: int) -> None:
                          f"processes, or another batch size")
 
 
-def check_processes(cfg: TrainConfig, data: str | os.PathLike, processes: int) -> None:
+def check_processes(cfg: TrainConfig, data: str | os.PathLike, processes: int, progress: bool = True) -> None:
     """Before starting `processes` training processes (torchrun): ValueError (DatasetError for the data) when the
     run's batch cannot be shared among them equally, or the model cannot be built for the data. Reads the
-    dataset, which is then cached for the processes."""
+    dataset, which is then cached for the processes (`progress`: a bar while a large one is decoded)."""
     cfg.validate()
-    ds = load_dataset(data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+    ds = load_dataset(data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction,
+                      progress=progress)
+    check_image_size(cfg, ds)
     loss_fn = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                           **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs})
     batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
     _check_shares(batch_size, m, processes)
     _build(cfg, ds.in_chans, ds.image_size)
+
+
+class ModelArgumentError(ValueError):
+    """A model builder argument (`arch_kwargs`) the model cannot be built with: `key`, `value`, the `model`, the
+    builder's `reason`, and the builder's `default` for it when the model reports one (else None)."""
+
+    def __init__(self, model: str, key: str, value: Any, reason: str, default: Any = None):
+        self.model, self.key, self.value, self.reason, self.default = model, key, value, reason, default
+        hint = f"; its default is {list(default) if isinstance(default, tuple) else default!r}" \
+            if default is not None else ""
+        super().__init__(f"bad model argument {key}={value!r}: {model} cannot be built with it ({reason}){hint}")
+
+
+def _culprit(cfg: TrainConfig, in_chans: int) -> ModelArgumentError | None:
+    """The first of `cfg.arch_kwargs` that the model cannot be built with on its own, as a ModelArgumentError,
+    or None when each builds alone (the arguments fail only together)."""
+    import model as zoo
+
+    for key, value in cfg.arch_kwargs.items():
+        try:
+            zoo.create_model(cfg.model, in_chans=in_chans, embed_dim=cfg.embed_dim, **{key: value})
+        except Exception as exc:  # noqa: BLE001  (a builder's own code: whatever it raises names the problem)
+            try:
+                default = getattr(zoo.create_model(cfg.model, in_chans=in_chans, embed_dim=cfg.embed_dim),
+                                  "config", {}).get(key)
+            except Exception:  # noqa: BLE001
+                default = None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            return ModelArgumentError(cfg.model, key, value, f"{type(exc).__name__}: {first}".rstrip(": "),
+                                      default)
+    return None
+
+
+def check_image_size(cfg: TrainConfig, ds: Dataset) -> None:
+    """ValueError naming `cfg.image_size` when the data was not decoded to it: IDX (MNIST, Fashion-MNIST) and
+    CIFAR-10 batches keep their own size (image_size applies to ImageFolder data), and a size asked for must
+    not be passed over in silence."""
+    if cfg.image_size is not None and cfg.image_size != ds.image_size:
+        kind = {"idx": "MNIST-style IDX", "cifar-batches": "CIFAR-10 batch"}.get(ds.layout, ds.layout)
+        raise ValueError(f"image_size {cfg.image_size}: {ds.source} is {kind} data of {ds.image_size}x"
+                         f"{ds.image_size} images, which are not resized (image_size applies to ImageFolder "
+                         f"data); leave it out or give {ds.image_size}")
 
 
 def _build(cfg: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
@@ -275,9 +320,9 @@ def _build(cfg: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
                 plain = None
             if plain is not None and not callable(getattr(plain, "fused", None)):
                 raise cannot_fold from None
-        raise ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+        raise _culprit(cfg, in_chans) or ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
     except ValueError as exc:
-        raise ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+        raise _culprit(cfg, in_chans) or ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
     if cfg.fold_norm and not callable(getattr(net, "fused", None)):
         raise cannot_fold
     net.eval()
@@ -307,9 +352,10 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     if not isinstance(data, Dataset) and not main:
         dist_.barrier(world)  # the main process decodes and caches the data first; the others read the cache
     ds = data if isinstance(data, Dataset) else load_dataset(
-        data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+        data, in_chans=cfg.in_chans, image_size=cfg.image_size, test_fraction=cfg.test_fraction, progress=progress)
     if not isinstance(data, Dataset) and main:
         dist_.barrier(world)
+    check_image_size(cfg, ds)
     for line in ds.notes() if main else []:
         log(line)
     _seed_all(cfg.seed)
@@ -577,9 +623,13 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
 
     # Final evaluation on the test split.
     emb = embed_images(net, test_split.images, mean, std, device, tta=tta)
+    neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike, as evaluate_artifact
     metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
                                   ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m),
-                                  class_names=list(ds.class_names))
+                                  class_names=list(ds.class_names), neighbours=neighbours)
+    # in the metrics file, as `simsearch evaluate --json` has them; not in the artifact, whose copies by
+    # `evaluate --out` leave them out too (they name this dataset's images)
+    mistakes = confident_mistakes(test_split.labels, neighbours, 10, list(ds.class_names), test_split.names)
     metrics["best_epoch"] = best_epoch
     metrics["tta"] = tta
     if val_split is not None:
@@ -603,8 +653,9 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
     metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
     # written whole: a finished run is recognised by this file (experiments reuse it)
-    text = json.dumps({"artifact": str(out), "name": artifact_name, "metrics": metrics,
-                       "training": training_info}, indent=2) + "\n"
+    text = json.dumps({"artifact": str(out), "name": artifact_name,
+                       "metrics": {**metrics, "confident_mistakes": mistakes}, "training": training_info},
+                      indent=2) + "\n"
     write_whole(metrics_path, lambda tmp: tmp.write_text(text))
     if ckpt.exists():
         ckpt.unlink()

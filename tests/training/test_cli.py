@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import model
+from PIL import Image
 
 from ..user_models import write_user_loss, write_user_models
 from .conftest import run_cli
@@ -272,3 +273,36 @@ def test_ctrl_c_after_an_epoch_says_how_to_go_on_and_resume_goes_on(tiny_cifar_f
     assert proc.returncode == 130, err
     assert f"interrupted; {ckpt} holds the last finished epoch: run the same command with --resume" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_quiet_hides_the_decode_progress_bar_of_a_large_dataset_in_train_and_evaluate(tmp_path):
+    # 2,000 images: the size from which decoding shows a bar (training/_data.py, _BAR_FROM)
+    photos = tmp_path / "photos"
+    for c, rgb in enumerate([(200, 30, 30), (30, 30, 200)]):
+        (photos / f"class{c}").mkdir(parents=True)
+        for i in range(1000):
+            Image.new("RGB", (4, 4), (rgb[0], (i * 7) % 256, rgb[2])).save(photos / f"class{c}" / f"{i}.png")
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train", str(photos), "--out", str(out), "--epochs", "1", "--max-train", "64", "--max-test", "32",
+                "--batch-size", "16", "--threads", "1", "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "decode" not in r.stderr and "img/s" not in r.stderr, r.stderr
+    r = run_cli("evaluate", str(out), str(photos), "--max-test", "32", "--threads", "1", "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "decode" not in r.stderr and "img/s" not in r.stderr, r.stderr
+    assert "32 test images" in r.stdout
+
+
+def test_a_training_runs_metrics_file_records_its_confident_mistakes_as_evaluate_does(tiny_cifar_folder, tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train", str(tiny_cifar_folder), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+                "--threads", "1", "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(out.with_name("m.metrics.json").read_text())["metrics"]
+    r = run_cli("evaluate", str(out), str(tiny_cifar_folder), "--json", str(tmp_path / "eval.json"), cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    pairs = [(m["query_file"], m["neighbour_file"]) for m in metrics["confident_mistakes"]]
+    assert pairs and pairs == [(m["query_file"], m["neighbour_file"]) for m in evaluated["confident_mistakes"]]
+    assert metrics["confident_mistakes"][0]["query_file"].startswith("test/")
+    assert "confident_mistakes" not in model.read_meta(out).metrics   # as evaluate --out copies leave them out

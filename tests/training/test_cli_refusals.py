@@ -34,8 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
     (["--set", "loss_kwargs={ms_weight:2}"], "loss_kwargs must be a JSON object, got '{ms_weight:2}'"),
     (["--set", 'loss_kwargs={"ms_weight":"abc"}'], "loss option ms_weight must be a number, got 'abc'"),
     (["--model", "mobilenet_v2", "--arch", "stride=1"],
-     "bad model arguments {'stride': 1}: mobilenet_v2 takes no argument stride; it takes in_chans, embed_dim, "
-     "small_input"),
+     "--arch stride=1: mobilenet_v2 cannot be built with it (TypeError: mobilenet_v2 takes no argument stride; it "
+     "takes in_chans, embed_dim, small_input)"),
+    (["--arch", "widths=abc"], "error: --arch widths=abc: hybrid1 cannot be built with it (TypeError: not all "
+                               "arguments converted during string formatting); its default is [16, 64, 128]"),
+    (["--arch", "norm=true", "--arch", 'widths=[8,"x"]'], '--arch widths=[8, "x"]: hybrid1 cannot be built with it'),
 ])
 def test_train_refuses_impossible_options_with_one_line(tiny_cifar_folder, tmp_path, args, message):
     out = tmp_path / "x.safetensors"
@@ -71,6 +74,24 @@ def test_train_help_names_the_losses_and_resume():
     text = " ".join(r.stdout.split())
     assert "and/or Multi-Similarity" not in text and "any of the built-in losses (--loss)" in text
     assert "--resume" in text and "resume=True" not in text
+
+
+def test_image_size_on_idx_data_is_refused_naming_the_value_not_passed_over(shared_data, tmp_path):
+    out = tmp_path / "x.safetensors"
+    r = run_cli("train", str(shared_data / "mnist"), "--out", str(out), "--epochs", "1", "--max-train", "64",
+                "--image-size", "16", "--quiet", cache=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert (f"error: image_size 16: {shared_data / 'mnist'} is MNIST-style IDX data of 28x28 images, which are not "
+            f"resized (image_size applies to ImageFolder data); leave it out or give 28") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_evaluate_refuses_threads_below_one(tiny_cifar_folder, tmp_path):
+    r = run_cli("evaluate", str(REPO / "model" / "weights" / "hybrid1-cifar10.safetensors"),
+                str(tiny_cifar_folder), "--threads", "0", cache=tmp_path)
+    assert r.returncode == 2 and "--threads must be at least 1, got 0" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_evaluate_refuses_a_max_test_below_one(tiny_cifar_folder, tmp_path):

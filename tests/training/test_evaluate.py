@@ -280,3 +280,12 @@ def test_evaluate_draws_the_map_and_refuses_a_map_that_is_not_a_png(shared_data,
                            "--map-points must be 10..5000, got 5")]:
         assert cli.main(["evaluate", artifact, data, *args]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [-3, 0, 2.5, True])
+def test_evaluate_artifact_refuses_a_max_test_below_one_naming_it(hybrid1_artifact, tiny_cifar_folder, value):
+    from training import evaluate_artifact
+
+    with pytest.raises(ValueError, match=rf"max_test must be an integer of at least 1 \(None for every test "
+                                         rf"image\), got {value!r}"):
+        evaluate_artifact(hybrid1_artifact, tiny_cifar_folder, max_test=value)
