@@ -1034,8 +1034,7 @@ def _search(args) -> int:
 
         try:
             if args.together or not args.images:   # one query: the images together, or the marks alone
-                _remote.search_together(args, _read_together(queries), show)
-                return 0
+                return _remote.search_together(args, _read_together(queries), len(queries), show)
             labelled, agree, failed = _remote.search(args, queries, single, show)
         finally:
             for tf in tars:
@@ -1145,13 +1144,16 @@ def _check_groups(args) -> None:
 
 
 def _read_together(queries) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every query image for --together, each read; CliError naming one that cannot be."""
+    """(name, bytes) of every query image for --together that can be read; one that cannot is skipped,
+    said on stderr (CliError naming it when it is the only one)."""
     photos = []
     for name, _, read in queries:
         try:
             photos.append((name, read()))
         except OSError as exc:
-            raise CliError(f"cannot read image {name}: {exc}") from None
+            if len(queries) == 1:
+                raise CliError(f"cannot read image {name}: {exc}") from None
+            print(f"skipped {name}: {exc}", file=sys.stderr)
     return photos
 
 

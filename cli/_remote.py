@@ -68,20 +68,30 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     return labelled, agree, failed
 
 
-def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., str | None]) -> None:
+def search_together(args, photos: list[tuple[str, bytes]], asked: int, show: Callable[..., str | None]) -> int:
     """Search the service at args.url with every photo as one query (its POST /search with several `file`
-    parts: their mean), or with none, the marks alone (no body); show(name, None, hits) the answer. CliError
-    with the service's words when it refuses."""
+    parts: their mean), or with none, the marks alone (no body); show(name, None, hits) the answer. `asked`
+    is how many images were given (those that could not be read are not in photos): an image the service
+    cannot read is skipped, said on stderr, as the local search does. The exit status: 0, or 1 when no
+    image could be read. CliError with the service's words when it refuses the search."""
     import httpx
 
     key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
     url = args.url.rstrip("/")
-    files = [("file", (Path(name).name or "query", data)) for name, data in photos]
     try:
         with httpx.Client(base_url=url, headers=_headers(args, key), timeout=args.timeout) as client:
-            r = _request(client, "POST", "/search", params=_params(args), files=files or None)
+            r = _search_with(client, args, photos) if photos or not asked else None
+            if r is not None and r.status_code in (400, 413, 415) and _code(r) not in _TOO_BIG and len(photos) > 1:
+                # one image the service cannot read fails the whole query: ask which, and search with the rest
+                photos = [p for p in photos if _readable_by(client, p)]
+                r = _search_with(client, args, photos) if photos else None
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    if asked > len(photos):
+        print(f"{asked - len(photos)} of {asked} images could not be read" + ("" if photos else "; nothing to search "
+                                                                                 "with"), file=sys.stderr)
+        if not photos:
+            return 1
     if r.status_code == 401:
         raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "
                        f"SIMSEARCH_API_KEY ({_message(r)})")
@@ -89,6 +99,22 @@ def search_together(args, photos: list[tuple[str, bytes]], show: Callable[..., s
         raise CliError(_fatal(r.status_code, _message(r), url))
     name = f"{len(photos)} images together" if photos else "the marked items"
     show(name, None, [SimpleNamespace(**h) for h in r.json()["results"]])
+    return 0
+
+
+def _search_with(client, args, photos: list[tuple[str, bytes]]):
+    files = [("file", (Path(name).name or "query", data)) for name, data in photos]
+    return _request(client, "POST", "/search", params=_params(args), files=files or None)
+
+
+def _readable_by(client, photo: tuple[str, bytes]) -> bool:
+    """Whether the service reads this image (its POST /embed of it alone); when not, its reason on stderr."""
+    name, data = photo
+    r = _request(client, "POST", "/embed", files=[("file", (Path(name).name or "query", data))])
+    if r.status_code in (400, 413, 415):
+        print(f"skipped {name}: {_message(r)}", file=sys.stderr)
+        return False
+    return True
 
 
 def _params(args) -> dict:

@@ -182,12 +182,21 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
                                "--combine best and --group-by")]:
             assert main(["search", *mixed, *args, *data]) == 2
             assert message in capsys.readouterr().err
+        assert main(["search", *ships, "-k", "5", "--together", "--json", *data]) == 0
+        together = [h["id"] for h in json.loads(capsys.readouterr().out)]
+        notes = str(photos / "cat" / "notes.jpg")
         for where, args in (("local", data), ("remote", ["--url", live.url])):
             assert main(["classify", *ships, "-k", "3", "--together", *args]) == 0, where
             assert "ship" in capsys.readouterr().out
-            bad = [*ships, str(photos / "cat" / "notes.jpg")]
-            assert main(["search", *bad, "--together", *args]) != 0, where
-            assert "notes.jpg" in capsys.readouterr().err
+            # an image that cannot be read is skipped and said, the rest searched together, the same both ways
+            assert main(["search", *ships, notes, "-k", "5", "--together", "--json", *args]) == 0, where
+            out, err = capsys.readouterr()
+            assert [h["id"] for h in json.loads(out)] == together, where
+            assert f"skipped {notes}:" in err and "1 of 4 images could not be read" in err, (where, err)
+            assert main(["search", notes, notes, "--together", *args]) == 1, where
+            assert "2 of 2 images could not be read; nothing to search with" in capsys.readouterr().err, where
+            assert main(["search", notes, "--together", *args]) == 2, where   # one image: refused as one query
+            assert "notes.jpg" in capsys.readouterr().err, where
         metrics = httpx.get(live.url + "/metrics").text
         assert 'route="/batch/search",status="413"' in metrics and 'route="/batch/search",status="200"' in metrics
     finally:
