@@ -1,7 +1,9 @@
 """Service settings: SIMSEARCH_* environment variables (the CLI sets them too)."""
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -13,6 +15,13 @@ MILVUS_INDEXES = ("flat", "hnsw", "ivf")   # index._milvus's kinds, without impo
 # A thumbnail this size fits index._milvus.MAX_THUMBNAIL (49,149 bytes): at 384 px the largest measured
 # was 33,532 bytes (noise, the worst case for JPEG); at 512, a 640x480 photo's was 52,691
 MILVUS_MAX_THUMBNAIL_SIZE = 384
+
+
+# SIMSEARCH_* variables that are not settings below but are read elsewhere: by `simsearch serve` (workers,
+# log format), training's dataset cache, the compose file and image build, the benches and tests
+_OTHER_VARIABLES = frozenset({"SIMSEARCH_WORKERS", "SIMSEARCH_LOG_FORMAT", "SIMSEARCH_CACHE", "SIMSEARCH_VARIANT",
+                              "SIMSEARCH_GATEWAY_PORT", "SIMSEARCH_EXTRAS", "SIMSEARCH_BENCH_DIR",
+                              "SIMSEARCH_SHARED_DATA"})
 
 
 class Settings(BaseSettings):
@@ -208,6 +217,24 @@ class Settings(BaseSettings):
             raise ValueError(f"SIMSEARCH_RUNTIME onnx runs on the CPU; SIMSEARCH_DEVICE {self.device} needs "
                              "SIMSEARCH_RUNTIME torch")
         return self
+
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str]) -> list[str]:
+        """One line for each SIMSEARCH_* variable in environ that nothing reads, naming the setting it
+        may have meant: a misspelt setting (SIMSEARCH_DATA for SIMSEARCH_DATA_DIR) is otherwise left
+        unused without a word. Not an error: a platform may set such names of its own (Kubernetes
+        sets SIMSEARCH_SERVICE_HOST for a service called simsearch)."""
+        known = {"SIMSEARCH_" + name.upper() for name in cls.model_fields} | _OTHER_VARIABLES
+        lines = []
+        for name in sorted(environ):
+            upper = name.upper()
+            if upper.startswith("SIMSEARCH_") and upper not in known:
+                # the setting it begins (SIMSEARCH_DATA: SIMSEARCH_DATA_DIR), else one spelt alike
+                near = sorted((k for k in known if k.startswith(upper + "_")), key=len)[:1] or \
+                    difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+                guess = f" (did you mean {near[0]}?)" if near else ""
+                lines.append(f"{name} is not a setting and is ignored{guess}")
+        return lines
 
     def resolved_model_path(self) -> Path:
         """The artifact to load: model_path, or the bundled CIFAR-10 Hybrid-1."""

@@ -5,6 +5,7 @@ import argparse
 import copy
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "environment variable (docs/service.md); options given here win.")
     env = os.environ.get
     p.add_argument("--host", default=env("SIMSEARCH_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(env("SIMSEARCH_PORT", "8000")), help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=env("SIMSEARCH_PORT", "8000"),
+                   help="port (default $SIMSEARCH_PORT, else 8000)")
     p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
     p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
     p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default flat)")
@@ -62,6 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve, imports_user_models=False)
 
 
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number (from --port, else SIMSEARCH_PORT; Kubernetes sets SIMSEARCH_PORT="
+            "tcp://... for a Service named simsearch: pass --port, or set enableServiceLinks: false)") from None
+
+
 def _serve(args) -> int:
     # One OpenMP thread for torch and FAISS (before either is imported): the event loop needs a core,
     # and spinning intra-op threads on busy cores cost 10-100x (docs/results/benchmarks.md, P2).
@@ -92,6 +103,8 @@ def _serve(args) -> int:
         settings = Settings()
     except ValidationError as exc:
         raise CliError("invalid setting: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    for line in Settings.unknown_variables(os.environ):
+        print(f"simsearch serve: warning: {line}", file=sys.stderr)
     if args.workers != 1 and (settings.milvus_uri is None or "://" not in settings.milvus_uri):
         raise CliError(f"--workers {args.workers}: several worker processes need the galleries in a Milvus server "
                        "(--milvus-uri http://HOST:19530): " + ("a Milvus Lite file is opened by one process"

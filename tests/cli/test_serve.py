@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+import httpx
 import pytest
 
 from cli._errors import CliError
 from cli._serve import _metrics_folder
+from tests.app.conftest import start_server, stop_server
 
 
 def test_the_workers_metrics_folder_given_by_the_operator_is_emptied_of_the_last_runs_counts(tmp_path, monkeypatch):
@@ -38,3 +42,31 @@ def test_a_metrics_folder_that_cannot_be_used_is_one_clear_error(tmp_path, monke
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "file"))
     with pytest.raises(CliError, match=r"PROMETHEUS_MULTIPROC_DIR=.*file: cannot use it"):
         _metrics_folder()
+
+
+def test_a_misspelt_setting_is_named_at_start_with_the_setting_it_meant_and_the_service_still_serves(
+        hybrid1_artifact, tmp_path):
+    # SIMSEARCH_DATA (for SIMSEARCH_DATA_DIR) was left unused without a word: the index went to ./data
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA": str(tmp_path / "meant"),
+                         "SIMSEARCH_DATA_DIR": str(tmp_path / "data"), "SIMSEARCH_SERVICE_HOST": "10.0.0.7",
+                         "SIMSEARCH_WORKERS": "1"}, tmp_path)
+    try:
+        assert httpx.get(live.url + "/readyz").status_code == 200
+        log = live.log.read_text()
+        assert "SIMSEARCH_DATA is not a setting and is ignored (did you mean SIMSEARCH_DATA_DIR?)" in log, log
+        assert "SIMSEARCH_SERVICE_HOST is not a setting and is ignored\n" in log, log   # no guess for it
+        assert "SIMSEARCH_DATA_DIR is not" not in log and "SIMSEARCH_WORKERS" not in log   # read by serve itself
+    finally:
+        stop_server(live)
+
+
+def test_a_port_variable_that_is_not_a_number_is_one_clear_error_of_serve_alone(tmp_path):
+    # Kubernetes sets SIMSEARCH_PORT=tcp://IP:PORT for a Service called simsearch; it broke every command
+    env = {**os.environ, "SIMSEARCH_PORT": "tcp://10.0.0.7:8000"}
+    exe = [sys.executable, "-m", "cli"]
+    served = subprocess.run([*exe, "serve"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert served.returncode == 2 and "'tcp://10.0.0.7:8000' is not a port number" in served.stderr, served.stderr
+    assert "Traceback" not in served.stderr and "enableServiceLinks" in served.stderr
+    helped = subprocess.run([*exe, "index", "--help"], env=env, capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert helped.returncode == 0, helped.stderr
