@@ -115,12 +115,14 @@ def to_onnx(artifact: Artifact, opset: int | None = None, int8_calibration: np.n
 _CALIBRATIONS = {"minmax": ("MinMax", {}), "percentile 99.9": ("Percentile", {"CalibPercentile": 99.9}),
                  "percentile 99.99": ("Percentile", {"CalibPercentile": 99.99}),
                  "percentile 99.999": ("Percentile", {"CalibPercentile": 99.999})}
+# The most images fed to the calibrators at once (memory: their activations are kept per batch).
+_CALIBRATION_BATCH = 64
 
 
 def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes:
     """ONNX Runtime's static quantization of the graph: weights int8 per output channel, activations
     uint8, as QuantizeLinear/DequantizeLinear pairs that any ONNX runtime reads. The activation ranges
-    come from three quarters of `images`, by each of the _CALIBRATIONS; the one whose vectors stay
+    come from about three quarters of `images`, by each of the _CALIBRATIONS; the one whose vectors stay
     closest to torch's on the other quarter (mean cosine; no labels needed) is kept, and the figures of
     all of them are stored in the file's `simsearch.int8` metadata.
 
@@ -136,14 +138,19 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
     if images.ndim != 4 or not len(images):
         raise ValueError(f"int8 calibration needs uint8 images (N, C, S, S), got shape {images.shape}")
     held = len(images) // 4 if len(images) >= 8 else 0
-    fit, check = (images[:-held], images[-held:]) if held else (images, images)
-    check = check[:256]
+    # The histogram (Percentile) calibrators stack the batches' outputs, so every batch must be the same
+    # size: as few batches as keep each at most _CALIBRATION_BATCH images, all of one size; the few left
+    # over (fewer than the number of batches) join the held-out images rather than make a short batch.
+    batches = -(-(len(images) - held) // _CALIBRATION_BATCH)
+    size = (len(images) - held) // batches
+    fit = images[:batches * size]
+    check = (images[batches * size:] if held else images)[:256]
     with torch.no_grad():
         want = wrapped(torch.from_numpy(check)).numpy()
 
     class _Batches(q.CalibrationDataReader):
         def __init__(self):
-            self._next = iter(fit[i:i + 64] for i in range(0, len(fit), 64))
+            self._next = iter(fit[i:i + size] for i in range(0, len(fit), size))
 
         def get_next(self):
             batch = next(self._next, None)

@@ -103,13 +103,13 @@ def test_the_export_says_nothing_where_torchvision_is_not_installed():
 
 @pytest.fixture(scope="module")
 def training_arrays(shared_data) -> np.ndarray:
-    """64 real CIFAR-10 (JPEG) training images as the model's uint8 input: calibration data."""
+    """100 real CIFAR-10 (JPEG) training images as the model's uint8 input: calibration data."""
     out = []
     with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
         for m in tar:
             if m.isfile() and m.name.split("/")[1:2] == ["train"]:
                 out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
-            if len(out) == 64:
+            if len(out) == 100:
                 return np.stack(out)
     pytest.fail("no CIFAR-10 training images in the tar")
 
@@ -117,7 +117,7 @@ def training_arrays(shared_data) -> np.ndarray:
 def test_an_int8_graph_is_smaller_and_embeds_close_to_torch_on_unseen_photos(training_arrays, photos):
     embedder = model.Embedder.from_file(WEIGHTS / "hybrid1-cifar10.safetensors", device="cpu")
     float_graph = model.to_onnx(embedder.artifact)
-    int8_graph = model.to_onnx(embedder.artifact, int8_calibration=training_arrays)
+    int8_graph = model.to_onnx(embedder.artifact, int8_calibration=training_arrays[:64])
     assert len(int8_graph) < 0.5 * len(float_graph)
     proto = onnx.load_from_string(int8_graph)
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
@@ -135,6 +135,18 @@ def test_an_int8_graph_is_smaller_and_embeds_close_to_torch_on_unseen_photos(tra
     got = ort.InferenceSession(int8_graph, providers=["CPUExecutionProvider"]).run(["embeddings"], {"images": arrays})[0]
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert (got * embedder.embed_arrays(arrays)).sum(1).mean() > 0.9
+
+
+def test_int8_calibration_on_a_count_that_is_not_a_multiple_of_the_batch_feeds_batches_of_one_size(training_arrays):
+    # 100 images: 75 to fit, more than one batch of 64. The histogram (percentile) calibrators cannot
+    # stack batches of different sizes ("inhomogeneous shape"), so the 75 go as two batches of 37 and the
+    # one left over joins the 25 held out to choose among the calibrations.
+    art = model.load_artifact(WEIGHTS / "hybrid1-cifar10.safetensors")
+    proto = onnx.load_from_string(model.to_onnx(art, int8_calibration=training_arrays))
+    report = json.loads({p.key: p.value for p in proto.metadata_props}["simsearch.int8"])
+    assert (report["calibration_images"], report["checked_images"]) == (74, 26)
+    assert set(report["tried"]) == {"minmax", "percentile 99.9", "percentile 99.99", "percentile 99.999"}
+    assert report["mean_cosine_to_float"] >= 0.9
 
 
 def test_int8_calibration_that_is_not_a_batch_of_images_is_refused():
