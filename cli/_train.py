@@ -143,7 +143,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images per run")
     p.add_argument("--max-test", type=int, default=None, help="evaluate on this many test images (default all)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out-dir", default="docs/results", help="where the Markdown and JSON go")
+    p.add_argument("--out-dir", default=None,
+                   help="where the Markdown and JSON go (default docs/results; a reduced run, with fewer --epochs, "
+                        "--max-train, --max-test, --datasets, --models, --losses or another --preset, writes into "
+                        "its --work-dir instead, so that it never replaces the full tables)")
     p.add_argument("--work-dir", default=None,
                    help="where per-run artifacts go (default a cache folder); processes sharing one never "
                         "train the same run")

@@ -382,21 +382,60 @@ def run_from_cli(args) -> int:
     epochs = _parse_epochs(args.epochs)
     command = "simsearch " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("simsearch") else \
         " ".join(sys.argv)
-    work = Path(args.work_dir) if args.work_dir else None
+    models = _parse_list(args.models, list(PAPER_TABLE1), list(PAPER_TABLE1), "models") \
+        if args.which == "table1" else None
+    work = Path(args.work_dir) if args.work_dir else \
+        cache_dir() / "experiments" / ("paper-table1" if args.which == "table1" else "ablation-act")
+    reductions = experiment_reductions(args) if args.which != "table2" else []
+    out_dir = output_dir(args.out_dir, reductions, work)
     if args.which == "table1":
-        models = _parse_list(args.models, list(PAPER_TABLE1), list(PAPER_TABLE1), "models")
         md, js = run_table1(data_root, datasets=datasets, models=models, losses=losses, epochs=epochs,
                             preset_name=args.preset, max_train=args.max_train, max_test=args.max_test,
-                            threads=args.threads,
-                            out_dir=Path(args.out_dir), work_dir=work, command=command)
+                            threads=args.threads, out_dir=out_dir, work_dir=work, command=command)
     elif args.which == "ablation":
         md, js = run_ablation(data_root, datasets=datasets, losses=losses, epochs=epochs, preset_name=args.preset,
-                              max_train=args.max_train, threads=args.threads, out_dir=Path(args.out_dir),
+                              max_train=args.max_train, threads=args.threads, out_dir=out_dir,
                               work_dir=work, command=command, max_test=args.max_test)
     else:
         rows = table2_costs(threads=args.threads)
         md, js = write_results("paper-table2-cost", table2_markdown(rows, command),
                                {"command": command, "machine": machine(), "rows": rows, "paper": PAPER_TABLE2,
-                                "gpu_assumed_tflops": GPU_TFLOPS}, Path(args.out_dir))
+                                "gpu_assumed_tflops": GPU_TFLOPS}, out_dir)
     print(f"wrote {md} and {js}")
+    if reductions and args.out_dir is None:
+        print(f"a reduced run ({', '.join(reductions)}), so its tables went to its work folder, not "
+              f"{RESULTS_DIR}/ (which holds the full ones); give --out-dir {RESULTS_DIR} to write them there")
     return 0
+
+
+# Where `simsearch experiment` writes its tables by default: the committed, full-length results.
+RESULTS_DIR = "docs/results"
+
+
+def experiment_reductions(args) -> list[str]:
+    """The options of a `simsearch experiment table1|ablation` command that make it a reduced run (fewer
+    epochs, images, datasets, models or losses, or another preset than the paper's), as given: none for
+    the full run."""
+    given = []
+    if args.epochs and _parse_epochs(args.epochs) != PAPER_EPOCHS:
+        given.append(f"--epochs {args.epochs}")
+    for option in ("max_train", "max_test"):
+        if getattr(args, option) is not None:
+            given.append(f"--{option.replace('_', '-')} {getattr(args, option)}")
+    subsets = [("datasets", list(DATASETS)), ("losses", ["ce", "ms"])]
+    if args.which == "table1":
+        subsets.append(("models", list(PAPER_TABLE1)))
+    for option, full in subsets:
+        if getattr(args, option) and set(_parse_list(getattr(args, option), full, full, option)) != set(full):
+            given.append(f"--{option} {getattr(args, option)}")
+    if args.preset != "paper":
+        given.append(f"--preset {args.preset}")
+    return given
+
+
+def output_dir(out_dir: str | None, reductions: list[str], work_dir: Path) -> Path:
+    """Where an experiment's tables go: --out-dir where given; else a reduced run's work folder, so that a
+    try-out never replaces the full tables in docs/results; else docs/results."""
+    if out_dir is not None:
+        return Path(out_dir)
+    return work_dir if reductions else Path(RESULTS_DIR)

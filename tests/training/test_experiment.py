@@ -10,8 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from training import _experiment as exp
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_table1_slice_writes_ours_beside_the_papers(shared_data, tmp_path):
@@ -84,3 +87,44 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(shared_data, tmp_path):
     assert "[1/1] mnist-inn2-ce" in logs and not any(line.startswith("waiting") for line in logs)
     assert rows[0]["parameters"] == 560
     assert not (tmp_path / "mnist-inn2-ce.lock").exists()  # released once the run is written
+
+
+def test_a_reduced_table1_run_writes_into_its_work_folder_not_over_the_full_table(shared_data, tmp_path):
+    # The smallest real run, from a folder that has docs/results/ as the repository does: a reduced run used
+    # to replace docs/results/paper-table1.{md,json}, the committed 48-run table, without a word.
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    (results / "paper-table1.md").write_text("the full table")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "cli", "experiment", "table1", "--data-root", str(shared_data),
+                        "--datasets", "mnist", "--models", "inn2", "--losses", "ce", "--epochs", "1",
+                        "--max-train", "100", "--max-test", "100", "--threads", "1", "--work-dir", "work"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (results / "paper-table1.md").read_text() == "the full table"
+    assert not (results / "paper-table1.json").exists()
+    assert json.loads((tmp_path / "work" / "paper-table1.json").read_text())["results"][0]["model"] == "inn2"
+    assert "wrote work/paper-table1.md and work/paper-table1.json" in r.stdout
+    assert ("a reduced run (--epochs 1, --max-train 100, --max-test 100, --datasets mnist, --losses ce, --models "
+            "inn2), so its tables went to its work folder, not docs/results/") in r.stdout
+    assert "give --out-dir docs/results to write them there" in r.stdout
+
+
+def test_only_the_full_experiment_writes_into_docs_results_unless_out_dir_is_given(tmp_path):
+    from cli import build_parser
+
+    def where(*argv):
+        args = build_parser().parse_args(["experiment", *argv])
+        return exp.output_dir(args.out_dir, exp.experiment_reductions(args), tmp_path)
+
+    assert where("table1") == where("table1", "--threads", "1") == Path("docs/results")
+    # the paper's own settings spelt out are the full run too
+    assert where("table1", "--epochs", "20,20,25", "--datasets", "cifar10,mnist,fashion-mnist",
+                 "--losses", "ms,ce", "--preset", "paper") == Path("docs/results")
+    for reduced in (["--epochs", "2"], ["--max-train", "5000"], ["--max-test", "100"], ["--datasets", "mnist"],
+                    ["--models", "inn2"], ["--losses", "ce"], ["--preset", "default"]):
+        assert where("table1", *reduced) == tmp_path, reduced
+        assert where("table1", *reduced, "--out-dir", "docs/results") == Path("docs/results"), reduced
+    assert where("ablation", "--datasets", "cifar10", "--preset", "default", "--epochs", "10") == tmp_path
+    assert where("ablation", "--models", "inn2") == Path("docs/results")  # ablation has no --models to reduce
+    assert where("table2") == Path("docs/results")
