@@ -638,22 +638,28 @@ def _vote_dict(hits) -> dict[str, Any]:
     return {"label": decided.label, "confidence": decided.confidence, "votes": decided.votes}
 
 
-def _results(hits, group_by: str | None) -> dict[str, Any]:
-    """`results` of an answer, and with group_by its `groups` (the same hit objects, grouped)."""
+def _results(hits, group_by: str | None, offset: int) -> dict[str, Any]:
+    """`results` of an answer, and with group_by its `groups` (the same hit objects, grouped; a `note` when
+    there are none on a first page)."""
     results = [_hit_dict(h) for h in hits]
     if not group_by:
         return {"results": results}
     from index import group_hits   # see _vote_dict
 
     as_dict = {id(h): d for h, d in zip(hits, results)}
-    return {"results": results, "groups": [{"value": value, "results": [as_dict[id(h)] for h in members]}
-                                           for value, members in group_hits(hits, group_by)]}
+    answer = {"results": results, "groups": [{"value": value, "results": [as_dict[id(h)] for h in members]}
+                                             for value, members in group_hits(hits, group_by)]}
+    if not hits and not offset:   # an empty answer by itself reads as a broken search, or a gallery with nothing in it
+        answer["note"] = (f"no groups: no item found has a value for {group_by} (items without one are skipped; "
+                          "GET /facets?field=" + group_by + " counts the items that have one)")
+    return answer
 
 
 def _search_answer(service: Service, hits, params: SearchParams, t0: float, vote: bool) -> JSONResponse:
     """A SearchResponse, built by hand and sent as is: validating the response model again costs
     event-loop time on the hottest route (docs/results/benchmarks.md, P5); the model still documents it."""
-    answer = {**_results(hits, params.group_by), "k": params.k, "took_ms": (time.perf_counter() - t0) * 1000,
+    answer = {**_results(hits, params.group_by, params.offset), "k": params.k,
+              "took_ms": (time.perf_counter() - t0) * 1000,
               "model": service.model_id, "reranked": params.rerank is not None, "candidates": params.rerank,
               "offset": params.offset}
     if vote:
@@ -919,7 +925,7 @@ async def batch_search(request: Request,
             hits = await _search_refined(service, g, params, list(vectors), like, unlike)
         else:
             _, hits = await _embedded(service, files, region, params)
-    return JSONResponse({"queries": [{"name": n, **_results(found, group_by),
+    return JSONResponse({"queries": [{"name": n, **_results(found, group_by, offset),
                                       **({"vote": _vote_dict(found)} if vote else {})}
                                      for n, found in zip(names, hits)],
                          "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,

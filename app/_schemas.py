@@ -44,6 +44,8 @@ class SearchResponse(_Answer):
                                            "first), each group's items nearest first")
     vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
     groups: list[Group] | None = Field(None, description="with `group_by` only: the groups, the nearest first")
+    note: str | None = Field(None, description="with `group_by` and no groups only: why there may be none (no "
+                                               "item found has a value for that field)")
 
 
 class ClassifyResponse(_Answer):
@@ -59,6 +61,8 @@ class QueryResults(BaseModel):
     results: list[Hit] = Field(description="nearest first (with `group_by`: group after group)")
     vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
     groups: list[Group] | None = Field(None, description="with `group_by` only: the groups, the nearest first")
+    note: str | None = Field(None, description="with `group_by` and no groups only: why there may be none (no "
+                                               "item found has a value for that field)")
 
 
 class BatchSearchResponse(_Answer):

@@ -93,7 +93,15 @@ async def test_group_by_a_metadata_key_skips_items_without_it_and_groups_json_va
         assert all("album" in h["metadata"] for h in r.json()["results"])
         # more groups asked than there are: every one there is
         r = await c.post("/search?k=9&group_by=metadata.album", **query)
-        assert sorted(g["value"] for g in r.json()["groups"]) == [0, 1, 2, 3]
+        assert sorted(g["value"] for g in r.json()["groups"]) == [0, 1, 2, 3] and "note" not in r.json()
+        # a key no item has: no groups, and the answer says why rather than looking like a broken search
+        for route in ("/search", "/batch/search"):
+            r = await c.post(route + "?k=3&group_by=metadata.albun", **query)
+            answer = r.json()["queries"][0] if route == "/batch/search" else r.json()
+            assert answer["groups"] == [] and answer["results"] == []
+            assert "no item found has a value for metadata.albun" in answer["note"], answer
+        past_the_end = (await c.post("/search?k=3&offset=30&group_by=metadata.album", **query)).json()
+        assert past_the_end["groups"] == [] and "note" not in past_the_end   # an empty next page is no puzzle
 
 
 async def test_an_items_groups_leave_the_item_out_and_marks_refine_a_grouped_search(trained, photos):
