@@ -206,7 +206,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(searched recursively) or tars of images, embedded in batches. With several "
                                    "queries, --json prints one JSON object a line ({\"query\", \"label\", "
                                    "\"results\"}), and where the queries sit in class folders (ImageFolder) the "
-                                   "share whose nearest neighbour has the query's label is reported.")
+                                   "share whose nearest neighbour has the query's label is reported (on stderr "
+                                   "with --json, so that stdout holds JSON only).")
     _query_options(q, k=10, k_help="number of neighbours (10)", where_help='only neighbours whose metadata matches, '
                    'e.g. \'{"source": "phone", "year": {"$gte": 2020}}\' (operators: docs/index.md "Filters")',
                    distance_help="only neighbours within this distance (0 or more: distances between unit "
@@ -239,7 +240,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the label of the nearest of the tied), and no item within --max-distance "
                                    "means unknown. Queries as for `simsearch search`; with several, --json prints "
                                    "one JSON object a line, and where the queries sit in class folders the share "
-                                   "classified as their folder's label is reported.")
+                                   "classified as their folder's label is reported (on stderr with --json, so that "
+                                   "stdout holds JSON only).")
     _query_options(v, k=1, k_help="how many nearest items vote (1: the nearest item's label)",
                    where_help="only gallery items whose metadata matches vote (as for search)",
                    distance_help="only items within this distance vote (0 or more; 2 or more keeps every item); "
@@ -1211,12 +1213,15 @@ class _Answers:
 
 
 def _search_summary(args, labelled: int, agree: int, failed: int, n: int, unknown: int) -> int:
-    if args.classify and not args.json and n - failed > 1:
+    # With --json, stdout holds JSON Lines only: the summary lines go to stderr
+    out = sys.stderr if args.json else sys.stdout
+    if args.classify and n - failed > 1:
         answered = n - failed - unknown
-        print(f"{answered} of {n - failed} queries classified ({answered / (n - failed):.3f}), {unknown} unknown")
-    if labelled and not args.json:
+        print(f"{answered} of {n - failed} queries classified ({answered / (n - failed):.3f}), {unknown} unknown",
+              file=out)
+    if labelled:
         what = "are classified as" if args.classify else "have a nearest neighbour of"
-        print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) {what} that label")
+        print(f"{agree} of {labelled} queries with a label ({agree / labelled:.3f}) {what} that label", file=out)
     if failed:
         print(f"{failed} of {n} queries could not be read", file=sys.stderr)
     return 1 if failed == n else 0

@@ -51,6 +51,8 @@ def test_classify_votes_as_the_services_classify_does_locally_and_through_the_se
             lines = runs[name].out.splitlines()
             assert lines[-2:] == ["12 of 12 queries classified (1.000), 0 unknown",
                                   f"{right} of 12 queries with a label ({right / 12:.3f}) are classified as that label"]
+            # with --json the same two lines go to stderr (stdout holds the JSON lines only)
+            assert runs[name.replace("text", "json stderr")].splitlines()[-2:] == lines[-2:]
             first = runs["local"][0]
             assert lines[0].startswith(f"{first['query']}  (label {first['query_label']})  ->  {first['label']}  "
                                        f"(confidence {first['confidence']:.2f}; votes ")

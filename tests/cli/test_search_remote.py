@@ -15,12 +15,14 @@ from tests.app.conftest import stop_server
 
 
 def runs_with_and_without_json(capsys, **commands: list[str]) -> dict:
-    """Each command run with --json (its JSON lines, under its name) and without (what it printed, under
-    "<name> text"), each expected to exit 0."""
+    """Each command run with --json (its JSON lines, under its name, and its stderr under "<name> json
+    stderr") and without (what it printed, under "<name> text"), each expected to exit 0."""
     runs = {}
     for name, args in commands.items():
         assert main(args + ["--json"]) == 0
-        runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        printed = capsys.readouterr()
+        runs[name] = [json.loads(line) for line in printed.out.splitlines()]
+        runs[name + " json stderr"] = printed.err
         assert main(args) == 0
         runs[name + " text"] = capsys.readouterr()
     return runs
@@ -45,6 +47,9 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
         remote = runs["remote text"]
         assert remote.out.splitlines()[-1] == runs["local text"].out.splitlines()[-1] == \
             "12 of 12 queries with a label (1.000) have a nearest neighbour of that label"
+        # with --json the same line goes to stderr (stdout holds the JSON lines only, each parsed above)
+        for name in ("local json stderr", "remote json stderr"):
+            assert "12 of 12 queries with a label (1.000) have a nearest neighbour of that label\n" in runs[name]
         assert "cat/notes.jpg: file 0 ('notes.jpg') is not a JPEG" in remote.err and "1 of 13 queries could not be read" in remote.err
 
         assert main(["search", str(photos / "dog"), "-k", "2", "--json", "--url", live.url,
