@@ -14,7 +14,9 @@ from typing import Callable
 
 from ._errors import CliError
 
-THUMB_PX = 96
+# The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
+# (app/_settings.py), so that a gallery's items get one size whether built here or sent to POST /index.
+THUMB_PX = 128
 
 
 def _default_data() -> str:
@@ -40,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "decoding workers keep the other cores)")
     b.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
     b.add_argument("--no-thumbnails", action="store_true", help="do not store a thumbnail with each item")
+    b.add_argument("--thumbnail-size", type=int, default=THUMB_PX, metavar="PX",
+                   help=f"longest side of each stored JPEG thumbnail (default {THUMB_PX}, as the service's "
+                        "SIMSEARCH_THUMBNAIL_SIZE; a smaller image is kept at its own size, never enlarged; "
+                        "0 stores none, as --no-thumbnails)")
     b.add_argument("--metadata", metavar="FILE", help=_METADATA_HELP)
     b.add_argument("--exif", action="store_true", help=_EXIF_HELP)
     b.add_argument("--gps", action="store_true", help=_GPS_HELP)
@@ -513,7 +519,7 @@ def _model_input(data: bytes, embedder, crop=None):
         return embedder.preprocess(im, crop)
 
 
-def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False, gps: bool = False):
+def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool = False):
     """bytes -> (model array, thumbnail JPEG bytes or None, metadata: {width, height} as displayed, and with
     `exif` when and with what it was taken, with `gps` where), for `index build`: the thumbnail as the
     service makes one (model.make_thumbnail: upright, alpha on white), from a second decoding at its own
@@ -535,10 +541,10 @@ def _decode(data: bytes, embedder, thumbs: bool, exif: bool = False, gps: bool =
             from ._metadata_file import gps_metadata
             meta.update(gps_metadata(im))
         thumb = None
-        if thumbs:
+        if thumb_px:
             if im.format in model.DRAFT_FORMATS:
-                im.draft(None, (THUMB_PX, THUMB_PX))
-            thumb = model.make_thumbnail(im, THUMB_PX)
+                im.draft(None, (thumb_px, thumb_px))
+            thumb = model.make_thumbnail(im, thumb_px)
     return arr, thumb, meta
 
 
@@ -600,6 +606,8 @@ def _build(args) -> int:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 <= args.thumbnail_size <= 1024:   # the service's bounds for SIMSEARCH_THUMBNAIL_SIZE
+        raise CliError(f"--thumbnail-size must be 0 to 1024, got {args.thumbnail_size}")
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
@@ -634,7 +642,8 @@ def _build(args) -> int:
         def work(item):
             id_, data = item
             try:
-                return id_, _decode(data, embedder, not args.no_thumbnails, args.exif, args.gps), None
+                return id_, _decode(data, embedder, 0 if args.no_thumbnails else args.thumbnail_size, args.exif,
+                                    args.gps), None
             except Exception as exc:  # a broken file is reported and skipped, not fatal
                 return id_, None, unreadable_reason(exc, data)
 

@@ -130,7 +130,7 @@ def test_reembed_embeds_each_thumbnail_decoded_whole_not_at_the_reduced_scale_of
         hybrid1_artifact, photos, tmp_path, capsys):
     import model
 
-    # photos of 256 px, so that the 96 px thumbnails `index build` stores are large enough for draft mode
+    # photos of 256 px, so that the 128 px thumbnails `index build` stores are large enough for draft mode
     for i, data in list(photos.items())[:6]:
         path = tmp_path / "photos" / i
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,10 @@ def test_reembed_onto_a_full_disk_stops_with_one_line_and_the_same_command_finis
     mount, inside = small_disk
     photos = noise_folder(tmp_path / "photos", 1000, seed=4)
     data = str(tmp_path / "data")
-    assert main(["index", "build", str(photos), "--data", data, "--model", str(hybrid1_artifact)]) == 0
+    # 96 px thumbnails of noise (about 6 KB each, half of 128 px ones): 1000 of them fit the 16 MB disk once
+    # the ballast is gone
+    assert main(["index", "build", str(photos), "--data", data, "--model", str(hybrid1_artifact),
+                 "--thumbnail-size", "96"]) == 0
     reembed = [*inside, sys.executable, "-m", "cli", "index", "reembed", str(mount / "new"), "--data", data,
                "--model", str(NEW), "--batch-size", "32"]
     first = subprocess.run(reembed, capture_output=True, text=True, timeout=300, cwd=REPO)

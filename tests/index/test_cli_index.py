@@ -584,7 +584,7 @@ def test_build_stores_a_portrait_phone_photo_upright_with_the_vector_the_service
         item = store.get("car/portrait.jpg")
         thumb = Image.open(io.BytesIO(store.thumbnail("car/portrait.jpg")))
     assert item.metadata == {"width": 480, "height": 640}   # as displayed
-    assert thumb.size == (72, 96)   # upright, as the service's thumbnail and the search page show it
+    assert thumb.size == (96, 128)   # upright, as the service's thumbnail and the search page show it
     # the vector the service and model.Embedder give the file (its JPEG decoded at a reduced scale)
     direct = model.Embedder.from_file(hybrid1_artifact, device="cpu").embed([Image.open(io.BytesIO(out.getvalue()))])
     assert np.abs(item.vector - direct[0]).max() < 1e-6
@@ -598,6 +598,40 @@ def test_build_stores_a_portrait_phone_photo_upright_with_the_vector_the_service
     assert region["score"] == pytest.approx(float(np.dot(cut, item.vector)), abs=2e-3)
     assert main(["search", str(tmp_path / "photos"), "--data", str(data), "--crop", "0.5,0,0.2,1"]) == 2
     assert "--crop: crop 0.5,0,0.2,1: left must be less than right" in capsys.readouterr().err
+
+
+def test_build_stores_thumbnails_of_the_size_the_service_stores_or_the_size_asked_for(
+        shared_data, hybrid1_artifact, tmp_path, capsys):
+    from app._settings import Settings
+
+    import model
+
+    # a 640x480 photo: `index build` stored 96 px thumbnails while POST /index stores 128 px, so one gallery
+    # held two sizes depending on how its items arrived
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        photo = phone_sized(Image.open(tar.extractfile("cifar10-jpeg/test/ship/0000.jpg")))
+    (tmp_path / "photos" / "ship").mkdir(parents=True)
+    photo.save(tmp_path / "photos" / "ship" / "wide.jpg", quality=92)
+    served = Settings.model_fields["thumbnail_size"].default
+    for args, size in (([], (served, served * 3 // 4)), (["--thumbnail-size", "64"], (64, 48)),
+                       (["--thumbnail-size", "0"], None)):
+        data = tmp_path / ("data-" + (args[1] if args else "default"))
+        assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data",
+                     str(data), *args]) == 0
+        with Store.open(StoreConfig(data / "index", read_only=True)) as store:
+            stored = store.thumbnail("ship/wide.jpg")
+        if size is None:
+            assert stored is None
+            continue
+        assert Image.open(io.BytesIO(stored)).size == size, args
+        with Image.open(tmp_path / "photos" / "ship" / "wide.jpg") as im:   # what the service's thumbnailer makes
+            im.draft(None, (size[0], size[0]))
+            assert stored == model.make_thumbnail(im, size[0])
+    capsys.readouterr()
+    for bad in ("-1", "1025"):
+        assert main(["index", "build", str(tmp_path / "photos"), "--model", str(hybrid1_artifact), "--data",
+                     str(tmp_path / "bad"), "--thumbnail-size", bad]) == 2
+        assert f"--thumbnail-size must be 0 to 1024, got {bad}" in capsys.readouterr().err
 
 
 def test_cli_user_errors_exit_2_with_one_clear_line(gallery_tar, hybrid1_artifact, tmp_path, capsys):
