@@ -27,6 +27,8 @@ from ._settings import Settings
 log = logging.getLogger("simsearch.app")
 
 DEFAULT_GALLERY = "default"   # index.DEFAULT_GALLERY, without importing index (and FAISS) before /healthz answers
+LOCK_RETRY_SECONDS = 2.0   # how often loading tries again for a writer lock another process holds
+LOCK_LOG_SECONDS = 60.0    # and how often it says again that it waits
 _DROPPED = "its folder was deleted or made anew by the service that writes"   # why a replica forgets a gallery
 GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
@@ -71,6 +73,9 @@ class Service:
         self._follow_task: asyncio.Task | None = None
         self._catch_up_lock = asyncio.Lock()   # one on-demand refresh at a time (catch_up)
         self._stopping = False
+        self._stop_event = asyncio.Event()   # set by stop(): a load waiting for the store gives up at once
+        self._lock_waited: float | None = None   # when loading began to wait for another process's writer lock
+        self._lock_logged = 0.0
         self.decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
 
@@ -90,7 +95,8 @@ class Service:
 
     async def stop(self) -> None:
         """Stop the batcher and close the store (waits for a load in progress to finish first)."""
-        self._stopping = True   # a read-only load waiting for the store gives up
+        self._stopping = True   # a load waiting for the store (read-only) or for the writer lock gives up
+        self._stop_event.set()
         if self._load_task is not None and not self._load_task.done():
             try:
                 await self._load_task
@@ -142,7 +148,7 @@ class Service:
                                 read_only=s.read_only)
         try:
             store = index.Store.open(cfg)
-        except index.StoreMissingError:  # read-only, before the service that writes created it: _load waits
+        except (index.StoreMissingError, index.StoreLockedError):  # _load waits for the writer to make it, or to go
             raise
         except index.ModelMismatchError as exc:
             raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}{_serve_with(exc.stored_model)}") from exc
@@ -231,8 +237,11 @@ class Service:
                     if not self.reason.startswith("waiting"):
                         log.warning("read-only: waiting for the service that writes to create the store (%s)", exc)
                     self.reason = f"waiting for the service that writes to create the store: {exc}"
-                    await asyncio.sleep(1.0)
-                    if self._stopping:
+                    if await self._paused(1.0):
+                        return
+                except index.StoreLockedError as exc:  # another writer (the old instance of a rolling update)
+                    self._waiting_for_lock(exc)
+                    if await self._paused(LOCK_RETRY_SECONDS):
                         return
         except Exception as exc:  # noqa: BLE001  (reported by /readyz; /healthz keeps answering)
             self.reason = str(exc)
@@ -261,6 +270,9 @@ class Service:
         if (s.read_only or s.milvus_uri) and s.refresh_seconds > 0:
             self.metrics.followed.set_to_current_time()   # the store as opened is the writer's state now
             self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="simsearch-follow")
+        if self._lock_waited is not None:
+            log.warning("index: the writer lock of %s is free: opened it after waiting %.0f s", self._data_index(),
+                        time.perf_counter() - self._lock_waited)
         self.metrics.ready.set(1)
         self.ready = True
         self.reason = ""
@@ -269,6 +281,37 @@ class Service:
                  embedder.runtime, s.index, store.count(),
                  ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
+
+    async def _paused(self, seconds: float) -> bool:
+        """Wait `seconds`, or less when the service stops: True when it is stopping."""
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self._stopping
+
+    def _data_index(self) -> str:
+        import index
+
+        return str(index.gallery_path(self.settings.data_dir, DEFAULT_GALLERY))
+
+    def _waiting_for_lock(self, exc: Exception) -> None:
+        """Another process holds the index's writer lock: say so on /readyz, in operator words, and in the log
+        once, then once a minute (not at every try)."""
+        pid = getattr(exc, "pid", None)
+        holder = f"another process (pid {pid})" if pid else "another process"
+        self.reason = (f"waiting for the writer lock of the index at {self._data_index()}, which {holder} holds "
+                       f"(one process at a time writes an index). Retrying every {LOCK_RETRY_SECONDS:g} s: this "
+                       "service becomes ready once that process exits. Stop it, or set SIMSEARCH_READ_ONLY=true "
+                       "(simsearch serve --read-only) to serve the index beside it as a read-only replica")
+        now = time.perf_counter()
+        if self._lock_waited is None:
+            self._lock_waited = self._lock_logged = now
+            log.warning("not ready yet: %s", self.reason)
+        elif now - self._lock_logged >= LOCK_LOG_SECONDS:
+            self._lock_logged = now
+            log.warning("not ready yet: still waiting (%.0f s) for the writer lock of %s, held by %s",
+                        now - self._lock_waited, self._data_index(), holder)
 
     async def _follow(self) -> None:
         """Read-only: apply another process's writes to each open gallery every refresh_seconds; forget a

@@ -124,8 +124,10 @@ class Store(ItemChecks):
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise StoreLockedError(f"the store at {self._path} is open for writing in another "
-                                   f"process (pid {holder or '?'}); open it read_only to inspect it") from None
+            err = StoreLockedError(f"the store at {self._path} is open for writing in another "
+                                   f"process (pid {holder or '?'}); open it read_only to inspect it")
+            err.pid = int(holder) if holder.isdigit() else None   # the holder's, for the service to name
+            raise err from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd

@@ -1,0 +1,89 @@
+"""What the service says and does at start: it waits for a writer lock another process holds (a rolling
+update, a quick restart) and becomes ready once it is free; it warns when anyone who reaches its port can
+write, and logs the limits in force; it exports the replica's follow timestamp only where it follows."""
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import pytest
+
+from .conftest import running, settings_for, start_server, stop_server
+from .test_api import png, upload
+
+
+def test_a_service_started_while_another_holds_the_writer_lock_waits_and_serves_once_it_exits(
+        hybrid1_artifact, tmp_path):
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
+    old = start_server(env, tmp_path, log_name="old.log")
+    new = None
+    try:
+        with httpx.Client(base_url=old.url, timeout=60) as c:
+            assert c.post("/index", files=[upload(png(1))], data={"id": "kept"}).status_code == 201
+        new = start_server(env, tmp_path, log_name="new.log", ready=False)
+        time.sleep(5)   # two tries more: still waiting, one log line
+        r = httpx.get(new.url + "/readyz", timeout=10)
+        assert r.status_code == 503, r.text
+        reason = r.json()["error"]["message"]
+        assert f"writer lock of the index at {tmp_path / 'data' / 'index'}" in reason, reason
+        assert f"pid {old.proc.pid}" in reason and "becomes ready once that process exits" in reason, reason
+        assert "SIMSEARCH_READ_ONLY=true" in reason and "read_only to inspect" not in reason, reason
+        assert new.alive()
+        stop_server(old)
+        deadline = time.monotonic() + 30
+        while httpx.get(new.url + "/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, new.log_tail()
+            time.sleep(0.2)
+        with httpx.Client(base_url=new.url, timeout=60) as c:
+            assert c.get("/index/kept").status_code == 200
+            assert c.post("/index", files=[upload(png(2))], data={"id": "new"}).status_code == 201
+        log = new.log.read_text(errors="replace")
+        assert log.count(f"not ready yet: waiting for the writer lock of the index at {tmp_path / 'data'}") == 1, log
+        assert "still waiting" not in log and "the writer lock of" in log and "is free" in log, log
+    finally:
+        stop_server(old)
+        if new is not None:
+            stop_server(new)
+    assert "Traceback" not in new.log.read_text(errors="replace"), new.log_tail()
+
+
+@pytest.mark.anyio
+async def test_the_lock_wait_is_logged_once_then_once_a_minute_and_other_load_failures_stay_as_they_were(
+        make_settings, hybrid1_artifact, tmp_path, caplog, monkeypatch):
+    import asyncio
+
+    from app import _service
+
+    monkeypatch.setattr(_service, "LOCK_RETRY_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(_service, "LOCK_LOG_SECONDS", 0.5, raising=False)
+    settings = make_settings()
+    holder = running(settings)   # another app on the same folder: it holds the writer lock
+    await holder.__aenter__()
+    try:
+        with caplog.at_level(logging.INFO, logger="simsearch.app"):
+            async with running(settings, wait_ready=False) as client:
+                service = client.app.state.service
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 1.2:
+                    r = await client.get("/readyz")
+                    assert r.status_code == 503
+                    await asyncio.sleep(0.05)
+                assert "writer lock" in r.json()["error"]["message"] and not service.ready
+                held, holder = holder, None
+                await held.__aexit__(None, None, None)
+                await asyncio.wait_for(service.wait_loaded(), 30)
+                assert (await client.get("/readyz")).status_code == 200
+        lines = [rec.getMessage() for rec in caplog.records if "not ready yet" in rec.getMessage()]
+        # about 24 tries in 1.2 s: one line first, then one each 0.5 s
+        assert 2 <= len(lines) <= 4 and "still waiting" in lines[1], lines
+    finally:
+        if holder is not None:
+            await holder.__aexit__(None, None, None)
+    # a failure that is not the lock is reported once, as before, and not retried
+    (tmp_path / "afile").write_text("not a folder")
+    async with running(settings_for(hybrid1_artifact, tmp_path / "afile")) as client:
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and "cannot open the index at" in r.text, r.text
+        assert client.app.state.service._load_task.done()
