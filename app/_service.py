@@ -33,6 +33,25 @@ _DROPPED = "its folder was deleted or made anew by the service that writes"   # 
 GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
 
+def _loopback(host: str) -> bool:
+    """Whether `host` (SIMSEARCH_HOST) is reached only from this machine: a loopback address, or a name whose
+    every address is one."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False   # every address
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in found)
+
+
 def _serve_with(stored_model: str | None) -> str:
     """What to set to serve a gallery of `stored_model`'s vectors: the bundled artifact when it is one."""
     import model
@@ -81,12 +100,32 @@ class Service:
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
+        self._log_limits()
         # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         # A query image slow to decode (a large PNG) is decoded here, one at a time, not in the micro-batcher,
         # whose batches of everyone else's queries would wait behind it (app/_routes.py, _embedded).
         self.slow_decode_limiter = anyio.CapacityLimiter(1)
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="simsearch-load")
+
+    def _log_limits(self) -> None:
+        """One line with the limits in force, and a warning when anyone who reaches the port can write."""
+        s = self.settings
+        keyed = s.api_key is not None or s.api_key_file is not None
+        if s.read_only:
+            writes = "none (read-only)"
+        elif keyed:
+            writes = "need an API key" + (", reads too" if s.require_key_for_reads else "")
+        else:
+            writes = "need no API key"
+        log.info("limits: writes %s; rate limit %s; request bodies up to %s bytes; %s; images up to %s pixels",
+                 writes, f"{s.rate_limit_per_minute} a minute per key or client IP" if s.rate_limit_per_minute
+                 else "off", f"{s.max_body_bytes:,}", f"at most {s.max_concurrency} requests in flight"
+                 if s.max_concurrency else "no cap on requests in flight", f"{s.max_pixels:,}")
+        if not keyed and not s.read_only and not _loopback(s.host):
+            log.warning("writes need no API key and the service listens on %s: anyone who reaches port %d can add, "
+                        "change and delete items and galleries. Set SIMSEARCH_API_KEY (or SIMSEARCH_API_KEY_FILE, "
+                        "simsearch serve --api-key-file) to require a key", s.host or "every address", s.port)
 
     async def wait_loaded(self) -> None:
         """Wait until loading has finished (successfully or not)."""

@@ -4,6 +4,7 @@ write, and logs the limits in force; it exports the replica's follow timestamp o
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import httpx
@@ -87,3 +88,36 @@ async def test_the_lock_wait_is_logged_once_then_once_a_minute_and_other_load_fa
         r = await client.get("/readyz")
         assert r.status_code == 503 and "cannot open the index at" in r.text, r.text
         assert client.app.state.service._load_task.done()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host, key, warned", [
+    ("0.0.0.0", None, True), ("::", None, True), ("10.1.2.3", None, True),
+    ("0.0.0.0", "k", False), ("127.0.0.1", None, False), ("localhost", None, False), ("::1", None, False)])
+async def test_open_writes_on_an_address_others_reach_are_warned_of_and_the_limits_logged(
+        make_settings, caplog, host, key, warned):
+    settings = make_settings(host=host, api_key=key, rate_limit_per_minute=600, max_concurrency=8)
+    with caplog.at_level(logging.INFO, logger="simsearch.app"):
+        async with running(settings, wait_ready=False):
+            pass
+    warnings = [rec for rec in caplog.records if "anyone who reaches port" in rec.getMessage()]
+    assert len(warnings) == warned
+    if warned:
+        assert warnings[0].levelno == logging.WARNING
+        message = warnings[0].getMessage()
+        assert f"listens on {host}" in message and "SIMSEARCH_API_KEY" in message, message
+    limits = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("limits: ")]
+    assert len(limits) == 1, limits
+    assert re.search(r"writes need (no|an) API key; rate limit 600 a minute per key or client IP; request bodies "
+                     r"up to 10,485,760 bytes; at most 8 requests in flight", limits[0]), limits[0]
+    assert ("writes need an API key" in limits[0]) == bool(key)
+
+
+@pytest.mark.anyio
+async def test_a_read_only_replica_is_not_warned_of_open_writes(make_settings, caplog):
+    settings = make_settings(host="0.0.0.0", read_only=True)
+    with caplog.at_level(logging.INFO, logger="simsearch.app"):
+        async with running(settings, wait_ready=False):
+            pass
+    assert not [rec for rec in caplog.records if "anyone who reaches" in rec.getMessage()]
+    assert any("limits: writes none (read-only)" in rec.getMessage() for rec in caplog.records)
