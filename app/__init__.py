@@ -17,7 +17,7 @@ from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitM
                           RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SharedRateLimiter, parse_keys,
                           route_resolver)
 from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
-from ._service import Service
+from ._service import Service, follows_writer
 from ._settings import Settings
 
 __all__ = ["RequestIdLogFilter", "Settings", "create_app"]
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     once, /readyz (and every route that needs them) answers 503 until they are loaded, with the
     reason when loading failed."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(follows=follows_writer(settings))
     service = Service(settings, metrics)
     # Pillow's own bomb check must not be stricter than ours (ours is per app, in decode_image).
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)

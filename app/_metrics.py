@@ -21,7 +21,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """The service's metrics: requests by route and status, embed and search time, gallery size."""
 
-    def __init__(self) -> None:
+    def __init__(self, follows: bool = False) -> None:
+        """follows: this service applies another process's writes (a read-only replica, or a worker beside others
+        on one Milvus, refreshing): only then is there a simsearch_index_followed_timestamp_seconds."""
         # Read where prometheus_client reads it (its values live in files there when it is set).
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -62,10 +64,11 @@ class Metrics:
             r.register(collector)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded (in every worker)", registry=r,
                            multiprocess_mode="livemin")
+        # Left out where nothing is followed (the writer): a 0 there made `time() - followed > 60` fire on every writer.
         self.followed = Gauge("simsearch_index_followed_timestamp_seconds",
                               "read-only replicas: when the writer's changes were last read (Unix time; alert "
                               "when it falls minutes behind; the oldest worker's)", registry=r,
-                              multiprocess_mode="livemin")
+                              multiprocess_mode="livemin") if follows else None
         self.follow_errors = Counter("simsearch_index_follow_errors",
                                      "read-only replicas: failed reads of the writer's changes", registry=r)
         self.catch_ups = Counter("simsearch_index_catch_ups", "read-only replicas: reads that had the writer's "

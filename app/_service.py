@@ -33,6 +33,12 @@ _DROPPED = "its folder was deleted or made anew by the service that writes"   # 
 GALLERY_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"   # the names index.check_gallery_name takes, for FastAPI to check
 
 
+def follows_writer(settings: Settings) -> bool:
+    """Whether the service applies another process's writes every refresh_seconds: a read-only replica, or a
+    process beside others on one Milvus (the writer of a DATA folder has nothing to follow)."""
+    return bool(settings.read_only or settings.milvus_uri) and settings.refresh_seconds > 0
+
+
 def _loopback(host: str) -> bool:
     """Whether `host` (SIMSEARCH_HOST) is reached only from this machine: a loopback address, or a name whose
     every address is one."""
@@ -306,8 +312,8 @@ class Service:
         # few seconds, which was the p99 of /search (docs/results/benchmarks.md).
         await anyio.to_thread.run_sync(gc.collect)
         gc.freeze()
-        if (s.read_only or s.milvus_uri) and s.refresh_seconds > 0:
-            self.metrics.followed.set_to_current_time()   # the store as opened is the writer's state now
+        if follows_writer(s):
+            self._followed_now()   # the store as opened is the writer's state now
             self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="simsearch-follow")
         if self._lock_waited is not None:
             log.warning("index: the writer lock of %s is free: opened it after waiting %.0f s", self._data_index(),
@@ -390,10 +396,14 @@ class Service:
         except Exception:
             self.metrics.follow_errors.inc()
             raise
-        self.metrics.followed.set_to_current_time()
+        self._followed_now()
         if added or removed or changed:
             log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
                      added, removed, changed, store.count())
+
+    def _followed_now(self) -> None:
+        if self.metrics.followed is not None:   # none where nothing is followed (a replica with refresh 0)
+            self.metrics.followed.set_to_current_time()
 
     async def gallery(self, name: str, create: bool = False) -> Gallery:
         """The open gallery `name` (a valid name: the HTTP layer checks it), opened now when it is on disk

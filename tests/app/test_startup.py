@@ -121,3 +121,19 @@ async def test_a_read_only_replica_is_not_warned_of_open_writes(make_settings, c
             pass
     assert not [rec for rec in caplog.records if "anyone who reaches" in rec.getMessage()]
     assert any("limits: writes none (read-only)" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.anyio
+async def test_the_follow_timestamp_is_exported_by_replicas_that_follow_and_not_by_the_writer(make_settings):
+    name = "simsearch_index_followed_timestamp_seconds"
+    async with running(make_settings()) as writer:
+        assert (await writer.post("/index", files=[upload(png(1))], data={"id": "a"})).status_code == 201
+        text = (await writer.get("/metrics")).text
+        assert name not in text   # a 0 here made time() - followed > 60 fire on every writer
+        assert "simsearch_ready 1.0" in text
+        async with running(make_settings(read_only=True)) as replica:
+            text = (await replica.get("/metrics")).text
+            found = re.search(rf"^{name} (\S+)$", text, re.M)
+            assert found and time.time() - 60 < float(found[1]) <= time.time(), text
+        async with running(make_settings(read_only=True, refresh_seconds=0)) as still:   # follows nothing
+            assert name not in (await still.get("/metrics")).text
