@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", AFTER_HEADER],
                            expose_headers=["X-Request-ID", "Retry-After", "Allow", POSITION_HEADER], max_age=600)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app),
+                       wrote=service.refusals.succeeded)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
     return app
 

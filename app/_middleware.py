@@ -139,10 +139,12 @@ def route_resolver(app) -> Callable[[Scope], str]:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request and its latency by method, route template and status."""
+    """Counts every HTTP request and its latency by method, route template and status; calls `wrote()` after
+    each write answered 2xx (writes work: Service.refusals)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, resolve: Callable[[Scope], str]):
-        self.app, self.metrics, self.resolve = app, metrics, resolve
+    def __init__(self, app: ASGIApp, metrics: Metrics, resolve: Callable[[Scope], str],
+                 wrote: Callable[[], None] | None = None):
+        self.app, self.metrics, self.resolve, self.wrote = app, metrics, resolve, wrote
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,6 +167,8 @@ class MetricsMiddleware:
             labels = (scope["method"], route, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            if self.wrote is not None and 200 <= status < 300 and is_write(scope["method"], scope["path"]):
+                self.wrote()
 
 
 class RateLimiter:

@@ -5,16 +5,19 @@ the test needs no root; the server runs inside that namespace (`nsenter`; tests/
 small_disk)."""
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 
 import httpx
 import numpy as np
+import pytest
 
 import cli
 
 from ..conftest import noise_png as _noise_png
-from .conftest import start_server, stop_server
-from .test_api import upload
+from .conftest import running, start_server, stop_server
+from .test_api import png, upload
 
 
 def fill_until_refused(client: httpx.Client, rng: np.random.Generator, acknowledged: list[str]):
@@ -82,6 +85,9 @@ def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_ack
             assert float(free[0].split()[1]) > 1_000_000
         log = live.log_tail(50_000)
         assert f"write refused by the disk (request fill-{ids[0]})" in log and str(mount) in log and "is full" in log
+        # one ERROR line for the run of refusals (4 writes, a gallery, the upload), then one when writes work again
+        assert log.count("write refused by the disk") == 1 and "gallery new not made" not in log, log
+        assert "writes succeed again: 5 were refused for lack of disk space" in log, log
     finally:
         stop_server(live)
     assert "Traceback" not in live.log.read_text(errors="replace"), live.log_tail()
@@ -95,3 +101,54 @@ def test_a_full_disk_refuses_writes_with_507_keeps_serving_and_loses_nothing_ack
             assert c.get(f"/index/{ids[-1]}/thumbnail").status_code == 200
     finally:
         stop_server(live)
+
+
+@pytest.mark.anyio
+async def test_refused_writes_log_one_error_then_a_count_a_minute_then_a_line_when_writes_work_again(
+        make_settings, caplog):
+    import index
+
+    def full(*_args, **_kw):
+        raise index.StorageError("the disk holding /data/index is full (0 bytes free)", full=True)
+
+    now = [1000.0]
+    async with running(make_settings()) as client:
+        service = client.app.state.service
+        service.refusals._clock = lambda: now[0]
+        g = service.galleries["default"]
+        assert (await client.post("/index", files=[upload(png(1))], data={"id": "kept"})).status_code == 201
+        upsert = g.commits._upsert
+        g.commits._upsert, g.store.delete = full, full
+        with caplog.at_level(logging.INFO, logger="simsearch.app"):
+            for i in range(5):
+                r = await client.post("/index", files=[upload(png(2))], data={"id": f"x{i}"})
+                assert r.status_code == 507, r.text
+            lines = [rec for rec in caplog.records if "refused" in rec.getMessage()]
+            assert len(lines) == 1 and lines[0].levelno == logging.ERROR, [rec.getMessage() for rec in lines]
+            assert "write refused by the disk" in lines[0].getMessage() and "is full" in lines[0].getMessage()
+            now[0] += 61   # a minute on: the next refusal brings one line counting those since the first
+            assert (await client.delete("/index/kept")).status_code == 507
+            assert (await client.post("/index", files=[upload(png(2))], data={"id": "y"})).status_code == 507
+            lines = [rec.getMessage() for rec in caplog.records if "refused" in rec.getMessage()]
+            assert len(lines) == 2 and lines[1].startswith("5 more writes refused for lack of disk space in the last "
+                                                           "61 s"), lines
+            g.commits._upsert = upsert
+            del g.store.delete
+            assert (await client.post("/index", files=[upload(png(3))], data={"id": "z"})).status_code == 201
+            back = [rec for rec in caplog.records if rec.getMessage().startswith("writes succeed again")]
+            assert len(back) == 1 and back[0].getMessage().startswith(
+                "writes succeed again: 7 were refused for lack of disk space over 61 s (1 of them since the last "
+                "line)"), back[0].getMessage()
+            assert (await client.post("/index", files=[upload(png(4))], data={"id": "w"})).status_code == 201
+            # a new run begins with its own ERROR line
+            g.commits._upsert = full
+            assert (await client.post("/index", files=[upload(png(2))], data={"id": "v"})).status_code == 507
+            lines = [rec.getMessage() for rec in caplog.records if "refused" in rec.getMessage()]
+            assert len(lines) == 4 and lines[3].startswith("write refused by the disk"), lines
+            assert len([rec for rec in caplog.records if rec.getMessage().startswith("writes succeed again")]) == 1
+            g.commits._upsert = upsert
+        metrics = (await client.get("/metrics")).text
+        # every refusal is counted, logged or not
+        assert re.search(r'^simsearch_requests_total\{method="POST",route="/index",status="507"\} 7.0$', metrics, re.M)
+        assert re.search(r'^simsearch_requests_total\{method="DELETE",route="/index/\{id\}",status="507"\} 1.0$',
+                         metrics, re.M), metrics
