@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import os
 import shutil
 import sys
@@ -83,8 +84,6 @@ def _serve(args) -> int:
         raise CliError(f"--port {args.port} is not a port number (0-65535)")
     if args.api_key_file is not None:  # read by the service, again whenever it changes
         args.api_key_file = args.api_key_file.resolve()
-    if args.model is not None and not Path(args.model).is_file():
-        raise CliError(f"--model {args.model}: no such file")
     for name, var in _ENV.items():
         value = getattr(args, name, None)
         if value is not None:
@@ -105,6 +104,10 @@ def _serve(args) -> int:
         raise CliError("invalid setting: " + "; ".join(_describe(e) for e in exc.errors())) from None
     for line in Settings.unknown_variables(os.environ):
         print(f"simsearch serve: warning: {line}", file=sys.stderr)
+    if args.log_format not in ("text", "json"):   # argparse checks choices on the command line, not the default
+        raise CliError(f"SIMSEARCH_LOG_FORMAT {args.log_format!r}: give text or json")
+    _check_settings(settings)
+    _check_address(args.host, args.port)
     if args.workers != 1 and (settings.milvus_uri is None or "://" not in settings.milvus_uri):
         raise CliError(f"--workers {args.workers}: several worker processes need the galleries in a Milvus server "
                        "(--milvus-uri http://HOST:19530): " + ("a Milvus Lite file is opened by one process"
@@ -124,6 +127,79 @@ def _serve(args) -> int:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
     return 0
+
+
+def _check_settings(settings) -> None:
+    """What would otherwise keep the service running but never ready, checked before anything loads: the
+    model file, the data folder, the index kind and the device. CliError naming the setting and value."""
+    model_path = settings.model_path
+    if model_path is not None and not model_path.is_file():
+        why = "is a folder, not a model artifact" if model_path.is_dir() else "no such file"
+        raise CliError(f"SIMSEARCH_MODEL_PATH (--model) {str(model_path)!r}: {why}")
+    if settings.milvus_uri is None:
+        data = settings.data_dir
+        nearest = next((p for p in (data, *data.absolute().parents) if p.exists()), None)
+        if nearest is not None and not nearest.is_dir():
+            raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: {str(nearest)!r} is a file, not a folder")
+        if nearest is not None and nearest != data and not settings.read_only and not os.access(nearest, os.W_OK):
+            raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: cannot make it ({str(nearest)!r} is not "
+                           "writable)")
+        if settings.index not in _index_presets():
+            _check_factory(settings)
+    device = settings.device
+    if device is not None:
+        kind, _, number = device.partition(":")
+        if kind not in ("cpu", "cuda", "mps", "xpu") or (number and not number.isdigit()) or (kind == "cpu" and number):
+            raise CliError(f"SIMSEARCH_DEVICE (--device) {device!r}: give cpu, cuda, cuda:N (or mps, xpu), "
+                           "or leave it out to use a GPU when there is one")
+        if kind == "cuda":
+            import torch
+
+            count = torch.cuda.device_count()
+            if count <= int(number or 0):
+                raise CliError(f"SIMSEARCH_DEVICE (--device) {device!r}: " + (
+                    f"this machine has {count} CUDA device(s)" if count else "no CUDA device is usable here "
+                                                                             "(no NVIDIA GPU or driver)"))
+
+
+def _index_presets() -> tuple[str, ...]:
+    import index
+
+    return index.PRESET_NAMES
+
+
+def _check_factory(settings) -> None:
+    """A FAISS factory string (SIMSEARCH_INDEX not a preset) checked against the model's dimension."""
+    import index
+    import model
+
+    try:
+        dim = model.read_meta(settings.resolved_model_path()).embed_dim
+    except Exception:  # noqa: BLE001  (the service says what is wrong with the model when it loads it)
+        return
+    try:
+        index.check_index_kind(settings.index, dim)
+    except index.InvalidItemError as exc:
+        raise CliError(f"SIMSEARCH_INDEX (--index): {exc}") from None
+
+
+def _check_address(host: str, port: int) -> None:
+    """Whether `serve` can listen on host:port, found out before the model and index load (uvicorn binds
+    after they start loading, and its error did not name the address)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"SIMSEARCH_HOST (--host) {host!r}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds it
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            in_use = " (another process listens there: stop it, or give --port)" if exc.errno == errno.EADDRINUSE else ""
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}{in_use}") from None
 
 
 def _metrics_folder() -> Path | None:

@@ -30,6 +30,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, Store
 from ._duplicates import find_duplicates
 from ._facets import Facet
 from ._faiss import PRESETS
+from ._faiss import validate_spec as check_index_kind
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, mean_query, refine_queries, refine_query
 from ._groups import (MAX_GROUP_CANDIDATES, best_of, check_group_by, group_hits, group_value, search_grouped,
                       search_hits)
@@ -51,7 +52,7 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup",
-    "check_gallery_name", "check_metadata", "check_where",
+    "check_gallery_name", "check_index_kind", "check_metadata", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
     "mean_query", "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",

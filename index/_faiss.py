@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ def validate_spec(spec: str, dim: int) -> None:
     try:
         _new_index(factory_for(spec, dim, 100_000), dim)
     except Exception as exc:  # FAISS raises RuntimeError with its C++ message
+        # FAISS's message begins with the C++ function and source line: "Error in ... at FILE.cpp:N: why"
+        why = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip())
         raise InvalidItemError(f"index {spec!r} is not a preset ({', '.join(PRESETS)}) "
-                               f"nor a valid FAISS factory string: {str(exc).strip()[:200]}") from None
+                               f"nor a valid FAISS factory string for dimension {dim}: {why[:200]}") from None
 
 
 def _new_index(factory: str, dim: int) -> faiss.Index:

@@ -70,3 +70,43 @@ def test_a_port_variable_that_is_not_a_number_is_one_clear_error_of_serve_alone(
     helped = subprocess.run([*exe, "index", "--help"], env=env, capture_output=True, text=True, cwd=tmp_path,
                             timeout=120)
     assert helped.returncode == 0, helped.stderr
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("SIMSEARCH_MODEL_PATH", "{tmp}/nonexistent.safetensors", "SIMSEARCH_MODEL_PATH (--model) '{tmp}/nonexistent"
+                                                              ".safetensors': no such file"),
+    ("SIMSEARCH_MODEL_PATH", "{tmp}", "is a folder, not a model artifact"),
+    ("SIMSEARCH_DATA_DIR", "{tmp}/a-file/data", "SIMSEARCH_DATA_DIR (--data) '{tmp}/a-file/data': '{tmp}/a-file' is a "
+                                                "file, not a folder"),
+    ("SIMSEARCH_INDEX", "bogus", "SIMSEARCH_INDEX (--index): index 'bogus' is not a preset (flat, hnsw, ivf, ivfpq) "
+                                 "nor a valid FAISS factory string for dimension 256: could not parse index string"),
+    ("SIMSEARCH_DEVICE", "tpu", "SIMSEARCH_DEVICE (--device) 'tpu': give cpu, cuda"),
+    ("SIMSEARCH_LOG_FORMAT", "JSON", "SIMSEARCH_LOG_FORMAT 'JSON': give text or json"),
+    ("SIMSEARCH_HOST", "nosuchhost.invalid", "SIMSEARCH_HOST (--host) 'nosuchhost.invalid': not an address"),
+])
+def test_a_setting_that_would_keep_the_service_never_ready_is_one_line_at_start_naming_it(tmp_path, variable, value,
+                                                                                        words):
+    # each of these used to start a process that answered /healthz but stayed not ready, its reason in the log
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {**os.environ, "SIMSEARCH_DATA_DIR": str(tmp_path / "data"), variable: value.format(tmp=tmp_path)}
+    served = subprocess.run([sys.executable, "-m", "cli", "serve", "--port", "0"], env=env, capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    assert served.returncode == 2, served.stderr[-2000:]
+    assert words.format(tmp=tmp_path) in served.stderr and "Traceback" not in served.stderr, served.stderr
+    assert not (tmp_path / "data").exists()   # nothing was made
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "SIMSEARCH_DATA_DIR": str(tmp_path / "data")}
+        served = subprocess.run([sys.executable, "-m", "cli", "serve", "--port", str(port)], env=env,
+                                capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert served.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in served.stderr, \
+        served.stderr[-2000:]
+    # it used to load the model, open (and lock) the index and say "ready in ..." after the bind failed
+    assert "Started server process" not in served.stderr and not (tmp_path / "data").exists()
