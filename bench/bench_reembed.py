@@ -6,7 +6,8 @@ again with the new model (`simsearch index build`): time, and what the thumbnail
 
 The gallery: --gallery CIFAR-10 (JPEG) test images (a tenth of each class) in class folders, written as they are
 (32x32) or, with --enlarge F, enlarged F times and saved as JPEG quality 90 (originals larger than
-the 96 px thumbnails `index build` stores, as users' photos are). It is indexed with --old (the
+the thumbnails `index build` stores, 96 px when this was measured, 128 px since 2026-12-05, as users'
+photos are). It is indexed with --old (the
 bundled default), re-embedded from the thumbnails with --new (default `hybrid1-res-cifar10`), and
 indexed again from the originals with --new: the reference. Reported: the images/s of both, the
 cosine between each item's two --new vectors (and, beside it, what the thumbnail would give decoded at
