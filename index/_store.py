@@ -259,7 +259,7 @@ class Store(ItemChecks):
             return None
         m = snap.meta
         if (m.get("model_id"), m.get("dim"), m.get("spec")) != (self.model_id, self.dim, self.spec):
-            log.warning("index: snapshot is for model %s dim %s index %s, the store is %s dim %d "
+            log.warning("index: snapshot is for model %s dim %s index %s, this service asks for %s dim %d "
                         "index %s; rebuilding", m.get("model_id"), m.get("dim"), m.get("spec"),
                         self.model_id, self.dim, self.spec)
             return None
