@@ -14,6 +14,9 @@ from starlette.types import Send
 # The id of the request being served (set by RequestIdMiddleware), for error bodies and log lines:
 # contextvars follow the request's task, and anyio copies them into the worker threads it runs.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The code of the error the request is being answered with, for its access log line: a 400 is then told
+# apart (empty_file, invalid_image, missing_file) without the client's body.
+ERROR_CODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("error_code", default=None)
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -37,6 +40,7 @@ class ApiError(Exception):
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The JSON document of every error response, with the request's id (to quote when reporting it)."""
     body = {"code": code, "message": message}
+    ERROR_CODE.set(code)
     rid = REQUEST_ID.get()
     if rid is not None:
         body["request_id"] = rid

@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import REQUEST_ID, ApiError, send_error
+from ._errors import ERROR_CODE, REQUEST_ID, ApiError, send_error
 from ._metrics import Metrics
 
 log = logging.getLogger("simsearch.app")
@@ -67,7 +67,7 @@ class RequestIdMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), header]}
             await send(message)
 
-        token = REQUEST_ID.set(rid)
+        token, code_token = REQUEST_ID.set(rid), ERROR_CODE.set(None)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # noqa: BLE001  (answered and logged; the server keeps serving)
@@ -88,13 +88,18 @@ class RequestIdMiddleware:
                              f"internal error ({type(exc).__name__}); see the server log")
         finally:
             REQUEST_ID.reset(token)
+            ERROR_CODE.reset(code_token)
 
 
 class RequestIdLogFilter(logging.Filter):
-    """Sets `request_id` on every log record: the id of the request it was logged in, or "-"."""
+    """Sets `request_id` on every log record: the id of the request it was logged in, or "-"; and
+    `error_code`, the code of the error that request is answered with (None before one, or without),
+    with `error_suffix` for text lines (" code=..." or "")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get() or "-"
+        record.error_code = ERROR_CODE.get()
+        record.error_suffix = f" code={record.error_code}" if record.error_code else ""
         return True
 
 

@@ -244,7 +244,7 @@ def _log_config(level: str, fmt: str) -> dict:
         for name in ("default", "access"):
             config["formatters"][name] = {"()": "cli._serve._json_formatter"}
     else:
-        config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
+        config["formatters"]["access"]["fmt"] += "%(error_suffix)s request_id=%(request_id)s"
     return config
 
 
@@ -261,9 +261,13 @@ def _json_formatter():
             super().add_fields(log_data, record, message_dict)
             if log_data.get("request_id") == "-":  # not logged inside a request
                 del log_data["request_id"]
+            log_data.pop("error_suffix", None)   # the text lines' form of error_code
+            code = log_data.pop("error_code", None)
             if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
                 client, method, path, version, status = record.args
                 log_data.update(client=client, method=method, path=path, http_version=version, status=int(status))
+                if code:   # the error this request was answered with
+                    log_data["code"] = code
 
     return AccessJsonFormatter(["asctime", "levelname", "name", "message"], datefmt="%Y-%m-%dT%H:%M:%S%z",
                                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},

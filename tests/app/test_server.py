@@ -457,7 +457,11 @@ def test_every_answer_carries_a_request_id_kept_from_a_sane_caller_and_logged_wi
             time.sleep(0.1)
         lines = live.log.read_text().splitlines()
         assert any('"POST /search?k=1 HTTP/1.1" 200' in ln and ln.endswith("request_id=trace-search") for ln in lines)
-        assert any('"GET /index/nothing-here HTTP/1.1" 404' in ln and ln.endswith("request_id=trace-404") for ln in lines)
+        # an error's access line names its code (a 400 is empty_file, invalid_image, missing_file, ...)
+        assert any(ln.endswith('"GET /index/nothing-here HTTP/1.1" 404 Not Found code=not_found request_id=trace-404')
+                   for ln in lines), lines
+        assert any(ln.endswith('"POST /index HTTP/1.1" 401 Unauthorized code=missing_api_key request_id=trace-401') for ln in lines)
+        assert not any(" code=" in ln for ln in lines if "trace-search" in ln)   # none on a success
         assert not any("has space" in ln for ln in lines)
     finally:
         stop_server(live)
@@ -532,6 +536,7 @@ def test_json_logs_are_one_object_a_line_with_the_request_fields(hybrid1_artifac
         "request_id": "json-1", "client": by_id["json-1"]["client"], "method": "POST", "path": "/search?k=1",
         "http_version": "1.1", "status": 200}
     assert by_id["json-2"]["status"] == 404 and by_id["json-2"]["path"] == "/index/absent"
+    assert by_id["json-2"]["code"] == "not_found"   # and json-1, a success, has none (compared whole above)
     loggers = {r["logger"] for r in records}
     assert {"uvicorn.error", "uvicorn.access", "simsearch.app", "index"} <= loggers
     assert any(r["logger"] == "simsearch.app" and r["message"].startswith("ready in") for r in records)
