@@ -619,7 +619,7 @@ def test_metadata_filter_limits_results_and_a_bad_one_is_explained(page, page_se
 def test_one_result_per_label_or_metadata_value_shows_the_services_groups_and_a_bad_key_its_error(
         page, page_server, gallery, tmp_path):
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     _, _, query = gallery_image_file(gallery, 0, tmp_path)
     files = {"file": ("q.jpg", query.read_bytes(), "image/jpeg")}
@@ -663,6 +663,12 @@ def test_one_result_per_label_or_metadata_value_shows_the_services_groups_and_a_
     wait_for_search(page)
     expected = api_error_message(page_server, "/search?group_by=year", files=files)
     assert page.find_element("id", "search-error").text == expected and "metadata.KEY" in expected
+    # a key no item has: the empty list says so, in the service's words, not "is the gallery empty?"
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("metadata.nope", Keys.TAB)
+    WebDriverWait(page, 30).until(lambda d: d.find_elements("css selector", "#results li.empty"))
+    empty = page.find_element("css selector", "#results li.empty").text
+    assert empty.startswith("No groups: no item found has a value for metadata.nope"), empty
 
 
 def test_show_more_results_adds_the_next_page_of_the_same_search_until_it_runs_out(page, page_server, gallery,
