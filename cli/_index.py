@@ -103,12 +103,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--json", action="store_true", help="print one JSON object: the settings and every pair")
     x.set_defaults(func=_duplicates)
 
-    k = isub.add_parser("backup", help="copy the index, consistently, while the service keeps serving it",
-                        description="Copy the gallery (ids, vectors, labels, metadata, thumbnails) as it is at one "
-                                    "moment into DEST, a new or empty folder, which then serves as a --data folder "
-                                    "of its own. Safe while `simsearch serve` runs on DATA.")
-    k.add_argument("dest", help="a new or empty folder; the copy goes to DEST/index")
-    _common(k, model=False)
+    k = isub.add_parser("backup", help="copy every gallery, consistently, while the service keeps serving them",
+                        description="Copy every gallery of DATA (ids, vectors, labels, metadata, thumbnails), each "
+                                    "as it is at one moment, with every write acknowledged before the backup began, "
+                                    "into DEST, a new or empty folder outside DATA/index and DATA/galleries, laid out "
+                                    "as DATA is: DEST then serves as a --data folder of its own, with the same "
+                                    "galleries. Safe while `simsearch serve` runs on DATA. A backup that fails leaves "
+                                    "DEST as it was.")
+    k.add_argument("dest", help="a new or empty folder; the default gallery goes to DEST/index, a named one to "
+                                "DEST/galleries/NAME/index")
+    k.add_argument("--data", default=_default_data(), action=_DataFolder,
+                   help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
+    k.add_argument("--gallery", metavar="NAME",
+                   help="back up this gallery alone ('default' for the default one), into its place in DEST "
+                        "(DEST/galleries/NAME/index; the default one: DEST/index)")
     k.set_defaults(func=_backup)
 
     u = isub.add_parser("upload", help="send a folder or tar of images to a running service (resumable)",
@@ -882,15 +890,26 @@ def _backup(args) -> int:
     import index
 
     dest = Path(args.dest)
+    names = None
+    if args.gallery is not None:
+        _gallery_folder(args.data, args.gallery)  # a name no gallery can have: one line
+        names = [args.gallery]
     try:
-        copied = index.backup(_gallery_folder(args.data, args.gallery), _gallery_folder(dest, args.gallery))
+        copied = index.backup_galleries(Path(args.data), dest, names)
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:  # DEST not writable, disk full: the message names the file
         raise CliError(f"cannot write the copy into {dest}: {exc}") from None
-    print(f"copied {copied['items']} items (model {copied['model_id']}, up to write {copied['last_seq']}, "
-          f"{copied['bytes'] / 2 ** 20:.1f} MiB) to {_gallery_folder(dest, args.gallery)}; "
-          f"serve it with --data {shlex.quote(str(dest))}")
+    for c in copied:
+        if c.get("deleted"):
+            print(f"{c['gallery']}: not copied, deleted while the backup ran")
+            continue
+        print(f"{c['gallery']}: copied {c['items']} item{'' if c['items'] == 1 else 's'} (model {c['model_id']}, "
+              f"up to write {c['last_seq']}, {c['bytes'] / 2 ** 20:.1f} MiB) to {c['path']}")
+    done = [c for c in copied if not c.get("deleted")]
+    items = sum(c["items"] for c in done)
+    print(f"backed up {len(done)} galler{'y' if len(done) == 1 else 'ies'} ({items} item{'' if items == 1 else 's'}) "
+          f"into {dest}; serve it with --data {shlex.quote(str(dest))}")
     return 0
 
 

@@ -3,6 +3,7 @@
     from index import Store, StoreConfig, Item, Hit
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
     backup(path, dest)   # a consistent copy while another process serves the store
+    backup_galleries(data_dir, dest)   # each gallery of a data folder so, into DEST laid out as DATA is
     StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
     StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
@@ -23,7 +24,7 @@
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
 """
-from ._backup import backup
+from ._backup import backup, backup_galleries
 from ._checks import check_metadata
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
@@ -52,6 +53,7 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup",
+    "backup_galleries",
     "check_gallery_name", "check_index_kind", "check_metadata", "check_where",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",

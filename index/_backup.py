@@ -4,27 +4,106 @@ The FAISS snapshot is not copied: it is derived, and a store opened without one 
 database. The copy is taken in one step inside one read transaction, so it is the store as it was at
 one moment (every write committed before it, none after it), and WAL readers never block the
 writer that keeps serving meanwhile.
+
+backup_galleries copies every gallery of a data folder that way, one after the other (each at its own
+moment), into a staging folder inside the destination, and moves them to their places only when all are
+copied and checked: a backup that fails, or is interrupted, leaves no half-made copy behind.
 """
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
+from typing import Iterable
 
 from . import _db
 from ._errors import StorageError, StoreError
+from ._galleries import DEFAULT_GALLERY, gallery_names, gallery_path, live_folders
+
+# Where backup_galleries copies before the copies take their places; one left by a backup killed midway
+# is all a retry finds in DEST, and the retry removes it.
+STAGE = ".simsearch-backup.part"
 
 
 def backup(source: Path, dest: Path) -> dict:
     """Copy the store in folder `source` (the one holding store.sqlite3, e.g. DATA/index) into the
     new or empty folder `dest`, which is then a store of its own. Returns what the copy holds:
     {"items", "last_seq", "model_id", "dim", "bytes"}. Raises StoreError naming the folder when
-    `source` holds no store or `dest` is not empty."""
+    `source` holds no store or `dest` is not empty. A copy that fails leaves `dest` as it found it (the
+    folders it made for it removed)."""
     source, dest = Path(source), Path(dest)
+    _check_source(source)
+    _check_empty(dest)
+    made = _make_folder(dest)
+    try:
+        return _copy(source, dest, shown=dest, needs=(source / _db.DB_NAME).stat().st_size)
+    except BaseException:
+        _remove_made(made)
+        raise
+
+
+def backup_galleries(data_dir: Path, dest: Path, names: Iterable[str] | None = None) -> list[dict]:
+    """Back up the galleries of the data folder `data_dir` (every one with a store, or those `names`) into
+    `dest`, a new or empty folder outside DATA/index and DATA/galleries, laid out as a data folder: the
+    default gallery in DEST/index, a named one in DEST/galleries/NAME/index, so that `serve --data DEST`
+    serves them under the same names. Each is a consistent copy (backup) holding every write acknowledged
+    before this call began. Returns one dict per gallery, in order: backup's keys plus "gallery" and "path"
+    (its folder in `dest`), or {"gallery", "deleted": True} for a listed gallery deleted before its copy began.
+    Raises StoreError (StorageError for a full disk) and OSError; then `dest` is left as it was found."""
+    data_dir, dest = Path(data_dir), Path(dest)
+    explicit = names is not None
+    names = list(names) if explicit else gallery_names(data_dir)
+    if explicit:
+        for name in names:
+            _check_source(gallery_path(data_dir, name))
+    elif not names:
+        raise StoreError(f"no store at {gallery_path(data_dir)} (no {_db.DB_NAME} there) and no named gallery in "
+                         f"{live_folders(data_dir)[1]}: nothing to back up")
+    _check_outside(data_dir, dest)
+    stage = dest / STAGE
+    if dest.is_dir() and [p.name for p in dest.iterdir()] == [STAGE]:
+        shutil.rmtree(stage)  # what a backup killed midway left: never a copy of its own
+    _check_empty(dest)
+    sources = [gallery_path(data_dir, name) for name in names]
+    needs = sum(_size(src / _db.DB_NAME) for src in sources)
+    made = _make_folder(dest)
+    moved: list[Path] = []
+    try:
+        stage.mkdir()
+        results = []
+        for name, src in zip(names, sources):
+            if not explicit and not (src / _db.DB_NAME).is_file():
+                results.append({"gallery": name, "deleted": True})  # deleted since it was listed
+                continue
+            try:
+                copied = _copy(src, gallery_path(stage, name), shown=dest, needs=needs)
+            except StoreError:
+                if explicit or (src / _db.DB_NAME).is_file():
+                    raise
+                folder = gallery_path(stage, name)  # its store went as the copy began: no folder for it
+                shutil.rmtree(folder if name == DEFAULT_GALLERY else folder.parent, ignore_errors=True)
+                results.append({"gallery": name, "deleted": True})
+                continue
+            results.append({"gallery": name, "path": gallery_path(dest, name), **copied})
+        for child in sorted(stage.iterdir()):  # index, galleries: each one rename
+            if child.is_dir() and not any(child.iterdir()):
+                child.rmdir()
+                continue
+            child.replace(dest / child.name)
+            moved.append(dest / child.name)
+        stage.rmdir()
+        return results
+    except BaseException:
+        for path in [stage, *moved]:
+            shutil.rmtree(path, ignore_errors=True)
+        _remove_made(made)
+        raise
+
+
+def _copy(source: Path, dest: Path, shown: Path, needs: int) -> dict:
+    """backup's copy of the store in `source` into the folder `dest` (made when missing); a full disk is a
+    StorageError naming `shown` and the `needs` bytes."""
     src_db = source / _db.DB_NAME
-    if not src_db.is_file():
-        raise StoreError(f"no store at {source} (no {_db.DB_NAME} there)")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise StoreError(f"{dest} is not an empty folder; a backup goes into a new or empty one")
     dest.mkdir(parents=True, exist_ok=True)
     part = dest / (_db.DB_NAME + ".part")
     try:
@@ -47,8 +126,8 @@ def backup(source: Path, dest: Path) -> dict:
     except sqlite3.OperationalError as exc:
         if _db.disk_refusal(exc) != sqlite3.SQLITE_FULL:
             raise
-        raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): the copy needs about "
-                           f"{src_db.stat().st_size / 1e6:.1f} MB; nothing was left there", full=True) from None
+        raise StorageError(f"the disk holding {shown} is full ({_db.free_space(dest)}): the copy needs about "
+                           f"{needs / 1e6:.1f} MB; nothing was left there", full=True) from None
     finally:
         # the journal of a failed copy too, and the -wal and -shm the check's read-only connection leaves
         # beside a copy in WAL mode (it cannot remove them; nothing was written to them)
@@ -56,3 +135,49 @@ def backup(source: Path, dest: Path) -> dict:
             part.with_name(part.name + suffix).unlink(missing_ok=True)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta.get("model_id"),
             "dim": int(meta["dim"]) if "dim" in meta else None, "bytes": (dest / _db.DB_NAME).stat().st_size}
+
+
+def _check_source(source: Path) -> None:
+    if not (source / _db.DB_NAME).is_file():
+        raise StoreError(f"no store at {source} (no {_db.DB_NAME} there)")
+
+
+def _check_empty(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StoreError(f"{dest} is not an empty folder; a backup goes into a new or empty one")
+
+
+def _check_outside(data_dir: Path, dest: Path) -> None:
+    """StoreError when `dest` is the data folder or lies in the folders of its galleries' stores, where a copy
+    would become a gallery of the live service, or go with one it deletes."""
+    target = dest.resolve()
+    if target == data_dir.resolve():
+        raise StoreError(f"{dest} is the data folder being backed up; a backup goes into a folder of its own")
+    for live in live_folders(data_dir):
+        live = live.resolve()
+        if target == live or live in target.parents:
+            raise StoreError(f"{dest} is inside {live}, where the live galleries of {data_dir} are kept; "
+                             f"a backup goes elsewhere (outside DATA/index and DATA/galleries)")
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; the folders it made, outermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folders _make_folder made, innermost first, where they are empty again."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -34,6 +34,13 @@ def gallery_path(data_dir: Path, name: str = DEFAULT_GALLERY) -> Path:
     return Path(data_dir) / "index" if name == DEFAULT_GALLERY else Path(data_dir) / "galleries" / name / "index"
 
 
+def live_folders(data_dir: Path) -> tuple[Path, Path]:
+    """The folders of `data_dir` that hold its galleries' stores, which the service opens, creates and deletes:
+    DATA/index and DATA/galleries. Nothing else belongs in them (a backup put there would be served as a
+    gallery, or taken away with one)."""
+    return Path(data_dir) / "index", Path(data_dir) / "galleries"
+
+
 def gallery_names(data_dir: Path) -> list[str]:
     """The galleries that have a store in `data_dir`, the default first (when it has one), then by name."""
     names = [DEFAULT_GALLERY] if (Path(data_dir) / "index" / DB_NAME).is_file() else []
