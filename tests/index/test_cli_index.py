@@ -229,14 +229,21 @@ def test_search_and_classify_refuse_a_negative_or_nan_max_distance_in_one_line(t
             assert len(err.strip().splitlines()) == 1
 
 
-def test_search_and_classify_take_a_max_distance_over_2_as_the_service_does(hybrid1_artifact, tmp_path, capsys):
+def _red_and_blue_gallery(artifact, tmp_path, capsys) -> tuple:
+    """photos/red/a.png and photos/blue/a.png indexed into tmp_path/data: (the photos folder, the model
+    and data options)."""
     photos = tmp_path / "photos"
     for label, rgb in {"red": (200, 0, 0), "blue": (0, 0, 200)}.items():
         (photos / label).mkdir(parents=True)
         (photos / label / "a.png").write_bytes(_png(rgb))
-    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
+    args = ["--model", str(artifact), "--data", str(tmp_path / "data")]
     assert main(["index", "build", str(photos), *args]) == 0
     capsys.readouterr()
+    return photos, args
+
+
+def test_search_and_classify_take_a_max_distance_over_2_as_the_service_does(hybrid1_artifact, tmp_path, capsys):
+    photos, args = _red_and_blue_gallery(hybrid1_artifact, tmp_path, capsys)
     for value in ("2", "2.5", "5"):   # 2 or more keeps every item
         assert main(["search", str(photos / "red" / "a.png"), *args, "-k", "5", "--json", "--max-distance", value]) == 0
         assert len(json.loads(capsys.readouterr().out)) == 2
@@ -250,13 +257,7 @@ def test_search_and_classify_take_a_max_distance_over_2_as_the_service_does(hybr
 
 
 def test_search_together_skips_an_image_it_cannot_read_and_counts_it(hybrid1_artifact, tmp_path, capsys):
-    photos = tmp_path / "photos"
-    for label, rgb in {"red": (200, 0, 0), "blue": (0, 0, 200)}.items():
-        (photos / label).mkdir(parents=True)
-        (photos / label / "a.png").write_bytes(_png(rgb))
-    args = ["--model", str(hybrid1_artifact), "--data", str(tmp_path / "data")]
-    assert main(["index", "build", str(photos), *args]) == 0
-    capsys.readouterr()
+    photos, args = _red_and_blue_gallery(hybrid1_artifact, tmp_path, capsys)
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a jpeg")
     red, blue = photos / "red" / "a.png", photos / "blue" / "a.png"
