@@ -459,7 +459,7 @@ class Service:
             raise
         self._followed_now()
         if added or removed or changed:
-            log.info("index: followed the writer: %d items added, %d removed, %d edited (%d in all)",
+            log.info("index: followed the writer: %d added, %d removed, %d edited (%d items in all)",
                      added, removed, changed, store.count())
 
     def _followed_now(self) -> None:
