@@ -285,6 +285,12 @@ def _launch(args, cfg, data: Path) -> int:
         raise CliError(_arch_error(exc)) from None
     except ValueError as exc:  # DatasetError too
         raise CliError(str(exc)) from None
+    from training._trainer import lock_run, unlock_run
+
+    try:   # the processes' run holds OUT's lock through this one (train() takes none in them)
+        lock = lock_run(args.out)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     # The main process writes to the console; the others' output goes to files, shown when one fails.
     logs = tempfile.mkdtemp(prefix="simsearch-train-")
     try:
@@ -306,6 +312,7 @@ def _launch(args, cfg, data: Path) -> int:
                        + _last_lines(Path(logs), rank)) from None
     finally:
         shutil.rmtree(logs, ignore_errors=True)
+        unlock_run(args.out, lock)
     return 0
 
 

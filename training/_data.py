@@ -38,8 +38,10 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 6   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
-# 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact
+_CACHE_VERSION = 7   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+# 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact;
+# 7: the info names empty class folders, loose images, test-only classes and the folder descended into
+_NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
 
@@ -110,6 +112,20 @@ class Dataset:
         if ignored := self.info.get("ignored_folders"):
             lines.append(f"{self.source}: not read: {', '.join(f + '/' for f in ignored)} (beside train/, only test/ "
                          f"and a validation folder, val/, valid/ or validation/, are)")
+        if root := self.info.get("root"):
+            classes = self.class_names
+            lines.append(f"{self.source}: its only folder, {root}/, is read as the dataset root: its "
+                         f"{len(classes)} sub-folders are the classes ({', '.join(classes[:4])}"
+                         f"{', ...' if len(classes) > 4 else ''})")
+        if not_read := self.info.get("not_read"):
+            shown = [f"{n} ({why})" for n, why in list(not_read.items())[:_NOT_READ_SHOWN]]
+            more = f" and {len(not_read) - _NOT_READ_SHOWN} more" if len(not_read) > _NOT_READ_SHOWN else ""
+            lines.append(f"{self.source}: not read: {', '.join(shown)}{more}")
+        if only := self.info.get("test_only_classes"):
+            test_dir = self.info.get("test_from", "test/")
+            lines.append(f"{self.source}: {test_dir} has {len(only)} class{'es' if len(only) != 1 else ''} with no "
+                         f"training images: {', '.join(only[:_NOT_READ_SHOWN])}"
+                         f"{' ...' if len(only) > _NOT_READ_SHOWN else ''} (scored by retrieval only)")
         return lines
 
     def describe(self) -> dict:
@@ -319,11 +335,32 @@ def _class_tree(names: list[str]) -> dict[str, list[str]]:
     return tree
 
 
+def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[str, list[str]]) -> dict[str, str]:
+    """{what: why} for what lies in the class-folder level `sub` (relative to the dataset root, "" or "train/")
+    but is no class: folders without images (empty, or other files only) and images outside a class folder."""
+    out: dict[str, str] = {}
+    inside = [n[len(sub):] for n in names if n.startswith(sub)]
+    folders = {n.split("/", 1)[0] for n in inside if "/" in n}
+    if src._tar is None:   # a folder: empty folders are not among the file names
+        try:
+            folders |= {e.name for e in os.scandir(src.path / prefix / sub)
+                        if e.is_dir() and not e.name.startswith(".")}
+        except OSError:
+            pass
+    for f in sorted(folders - set(tree)):
+        out[f"{sub}{f}/"] = "no images"
+    for n in inside:
+        if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS):
+            out[f"{sub}{n}"] = "not in a class folder"
+    return out
+
+
 def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
                          image_size: int, test_fraction: float, seed: int, progress: bool = True) -> Dataset:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
     info: dict = {}
+    not_read: dict[str, str] = {}
     val_dirs = [d for d in _VAL_DIRS if d in with_images]
     if len(val_dirs) > 1:
         raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
@@ -345,12 +382,28 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
             parts["val"] = (val_dir + "/", tree(val_dir))
             info["val_from"] = f"{val_dir}/"
         classes = sorted(set().union(*(t for _, t in parts.values())))
+        not_read = _not_read(src, prefix, "train/", names, train_tree)
+        if only := sorted(set(test_tree) - set(train_tree)):
+            info["test_only_classes"] = only
     else:
         tree = _class_tree(names)
         if not tree:
             raise DatasetError(_explain(display, names, prefix))
         classes = sorted(tree)
         parts = {"all": ("", tree)}
+        not_read = _not_read(src, prefix, "", names, tree)
+        loose = [n for n, why in not_read.items() if why == "not in a class folder"]
+        if prefix and loose and len(classes) < 2:
+            # the one folder descended into holds images itself: it is the class, not its sub-folder
+            top = prefix.rstrip("/").rsplit("/", 1)[-1]
+            count = sum(map(len, tree.values())) + len(loose)
+            raise DatasetError(f"{display}: found only 1 class folder ({top!r}, {count} images, sub-folders "
+                               f"included); need at least 2: put each class's images in its own folder, "
+                               f"<class>/<image>")
+        if prefix:
+            info["root"] = prefix.rstrip("/")
+    if not_read:
+        info["not_read"] = not_read
     if len(classes) < 2:
         raise DatasetError(f"{display}: found only {len(classes)} class folder ({classes}); need at least 2")
     decoded, skipped = {}, {}

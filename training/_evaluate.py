@@ -274,7 +274,24 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head:
     out.update(class_report(embeddings, labels, class_names, neighbours=neighbours))
     out.update(match_thresholds(embeddings, labels, neighbours=neighbours))
     out["test_size"] = int(len(labels))
+    out.update(unscored_classes(labels, class_names))
     return out
+
+
+def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
+    """What leave-one-out retrieval cannot score on a split: `unscored_classes`, {class: why} for each class with
+    fewer than two items (one item has no other of its class to find; with `class_names`, a class with none is
+    named too), and `scored_queries`, the items precision@1 and the other retrieval metrics count."""
+    classes, sizes = torch.unique(labels, return_counts=True)
+    count = dict(zip(classes.tolist(), sizes.tolist()))
+    ids = range(len(class_names)) if class_names else classes.tolist()
+    unscored = {}
+    for c in ids:
+        n = count.get(c, 0)
+        if n < 2:
+            unscored[class_names[c] if class_names and c < len(class_names) else str(c)] = \
+                "no test image" if n == 0 else "1 test image"
+    return {"unscored_classes": unscored, "scored_queries": int(sizes[sizes > 1].sum())}
 
 
 def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
@@ -398,12 +415,19 @@ def format_metrics(m: dict[str, Any]) -> str:
         "ce_loss", "ce_accuracy", "ms_loss", "ms_loss_plain", "mean_cos_same_class", "mean_cos_other_class"]
     what = []
     if "test_size" in m:
-        what.append(f"{m['test_size']} test images")
+        scored = m.get("scored_queries", m["test_size"])
+        what.append(f"{m['test_size']} test images" + (f" ({scored} scored; the other {m['test_size'] - scored} are "
+                                                        "alone in their class)" if scored != m["test_size"] else ""))
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
     if m.get("centre"):
         what.append(f"centred by {m['centre']:g} of the mean embedding")
     lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
+    if unscored := m.get("unscored_classes"):   # said: an average that leaves rare classes out must say so
+        shown = [f"{c} ({why})" for c, why in list(unscored.items())[:8]]
+        lines.append(f"{len(unscored)} class{'es' if len(unscored) != 1 else ''} not scored (fewer than 2 test "
+                     f"images, nothing of the class to find): {', '.join(shown)}"
+                     f"{' ... (all in the metrics file)' if len(unscored) > 8 else ''}")
     worst = sorted((c for c in m.get("per_class", []) if c["precision_at_1"] is not None),
                    key=lambda c: c["precision_at_1"])[:5]
     if worst:

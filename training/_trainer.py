@@ -182,6 +182,26 @@ def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Spli
     return train_split, val_split, test_split
 
 
+def _small_classes(train_split: Split, class_names: list[str], m: int) -> str | None:
+    """A line naming the classes with fewer training images than the class-balanced sampler's `m` per class
+    (their images repeat within a batch) and those with none, or None when there are none (or no sampler)."""
+    if not m:
+        return None
+    counts = torch.bincount(train_split.labels, minlength=len(class_names)).tolist()
+    few = sorted((n, c) for c, n in enumerate(counts) if 0 < n < m)
+    none = [class_names[c] for c, n in enumerate(counts) if n == 0]
+    parts = []
+    if few:
+        shown = ", ".join(f"{class_names[c]} {n}" for n, c in few[:5])
+        parts.append(f"{len(few)} class{'es have' if len(few) != 1 else ' has'} fewer than m_per_class={m} "
+                     f"training images, so their images repeat within a batch (smallest: {shown}"
+                     f"{', ...' if len(few) > 5 else ''})")
+    if none:
+        parts.append(f"{len(none)} class{'es have' if len(none) != 1 else ' has'} no training image "
+                     f"({', '.join(none[:5])}{', ...' if len(none) > 5 else ''})")
+    return "; ".join(parts) if parts else None
+
+
 def _measures_precision(labels: torch.Tensor) -> bool:
     """Whether a validation split of these labels can measure precision@1: it needs two images of some class
     (without, no split is made)."""
@@ -219,11 +239,63 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     """
     cfg.validate()
     check_run(out, stop_after)
-    world, device_name = dist_.join(cfg.device)
+    # one run at a time writes `out` (torchrun's processes: the command that started them holds the lock)
+    lock = lock_run(out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
     try:
-        return _train(cfg, data, Path(out), name, resume, progress, log, stop_after, world, device_name)
+        world, device_name = dist_.join(cfg.device)
+        try:
+            return _train(cfg, data, Path(out), name, resume, progress, log, stop_after, world, device_name)
+        finally:
+            dist_.leave(world)
     finally:
-        dist_.leave(world)
+        if lock is not None:
+            unlock_run(out, lock)
+
+
+class RunLockedError(ValueError):
+    """Another live process is training into the same artifact path (it holds OUT.lock)."""
+
+
+def _lock_path(out: str | os.PathLike) -> Path:
+    return Path(out).with_name(Path(out).name + ".lock")
+
+
+def lock_run(out: str | os.PathLike) -> int:
+    """Take the lock on artifact path `out` (an flock on OUT.lock beside it, naming this process's id): an open
+    descriptor to give to unlock_run. RunLockedError naming the holder's process id when another process holds
+    it. The kernel drops an flock when its holder exits, killed or not, so a dead run never blocks the next."""
+    import fcntl
+
+    lock = _lock_path(out)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode(errors="replace").strip()
+            except OSError:
+                pid = ""
+            os.close(fd)
+            raise RunLockedError(f"another run{f' (pid {pid})' if pid else ''} is writing {out} (it holds {lock}): "
+                                 "wait for it to end, or give another --out") from None
+        try:   # the holder removes the file as it ends: a descriptor opened before that locks a stale file
+            current = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def unlock_run(out: str | os.PathLike, fd: int) -> None:
+    """Give back the lock lock_run took on `out`, removing its file."""
+    _lock_path(out).unlink(missing_ok=True)
+    os.close(fd)
 
 
 def check_run(out: str | os.PathLike, stop_after: int | None = None) -> None:
@@ -392,6 +464,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
     if world is not None:
         _check_shares(batch_size, m, world.size)
+    if (small := _small_classes(train_split, ds.class_names, m)) and main:
+        log(small)
     n_train = len(train_split)
     steps_per_epoch = max(1, n_train // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
@@ -470,6 +544,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         np.random.set_state(_np_state(state))
         random.seed(int(state["epoch"]) + cfg.seed)
         log(f"resumed from {ckpt} at epoch {start_epoch}")
+    elif resume:   # said: a mistyped --out would otherwise retrain from scratch unseen
+        log(f"no checkpoint {ckpt}: starting from the first epoch")
     elif ckpt.exists():   # said, so that a forgotten --resume does not throw away an interrupted run unseen
         log(f"{ckpt} holds an earlier, unfinished run: starting afresh, and replacing it after the first epoch "
             "(simsearch train --resume continues it instead)")
@@ -639,7 +715,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     metrics["size_kb_float32"] = round(metrics["parameters"] * 4 / 1024, 2)
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
-    training_info = {"config": cfg.to_dict(), "dataset": ds.describe(), "device": str(device), "init_from": init_id,
+    training_info = {"config": cfg.to_dict(), "dataset": _data_used(ds, train_split, val_split, test_split),
+                     "device": str(device), "init_from": init_id,
                      "teachers": teacher_ids, **centring,
                      "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
                      "batch_size_used": batch_size, "m_per_class_used": m, "processes": world.size if world else 1,
@@ -662,6 +739,18 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     log(format_metrics(metrics))
     log(f"wrote {out} and {metrics_path} ({train_seconds:.0f} s)")
     return TrainResult(out, metrics, history, metrics_path)
+
+
+def _data_used(ds: Dataset, train_split: Split, val_split: Split | None, test_split: Split) -> dict[str, Any]:
+    """ds.describe() with the sizes of the splits the run used (after max_train, max_test and the validation
+    split), the dataset's own beside them, and every class's train, val and test counts."""
+    splits = {"train": train_split, "val": val_split, "test": test_split}
+    counts = {k: torch.bincount(s.labels, minlength=ds.num_classes).tolist() if s is not None else
+              [0] * ds.num_classes for k, s in splits.items()}
+    return {**ds.describe(), "dataset_train_size": len(ds.train), "dataset_test_size": len(ds.test),
+            "train_size": len(train_split), "val_size": len(val_split) if val_split is not None else 0,
+            "test_size": len(test_split),
+            "class_counts": {name: {k: counts[k][i] for k in splits} for i, name in enumerate(ds.class_names)}}
 
 
 def _ema_of(trained: nn.ModuleDict, decay: float):
