@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ._errors import CliError
 from ._index import _is_tar, _queries
@@ -88,9 +89,19 @@ def _export(args) -> int:
 
         props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         int8 = json.loads(props["simsearch.int8"])
-        print(f"int8, {int8['calibration']} ranges from {int8['calibration_images']} images of {args.int8}; its "
-              f"vectors' cosine to the float model's on {int8['checked_images']} others: mean "
+        n = int8["calibration_images"]
+        on = (f"{int8['checked_images']} others" if int8.get("held_out", True) else
+              f"the same {n} image{'s' if n != 1 else ''} (none held out)")
+        print(f"int8, {int8['calibration']} ranges from {n} image{'s' if n != 1 else ''} of {args.int8}; its "
+              f"vectors' cosine to the float model's on {on}: mean "
               f"{int8['mean_cosine_to_float']:.4f}, least {int8['min_cosine_to_float']:.4f}")
+        if not int8.get("held_out", True):
+            from model._onnx import INT8_HELD_OUT_FROM
+
+            print(f"warning: {n} calibration image{'s are' if n != 1 else ' is'} too few: from "
+                  f"{INT8_HELD_OUT_FROM} on, a quarter is held out to check the int8 graph (and choose its "
+                  f"calibration) on images it was not calibrated on; here the check reused the calibration images, "
+                  f"so it says little. Calibrate on a few hundred images like those it will embed", file=sys.stderr)
     return 0
 
 
@@ -106,6 +117,8 @@ def _calibration_images(source: str, count: int, meta):
 
     if count < 1:
         raise CliError(f"--calibration-images {count}: give a positive number")
+    if not Path(source).exists():
+        raise CliError(f"--int8 {source}: does not exist")
     if not Path(source).is_dir() and not _is_tar(Path(source)):
         raise CliError(f"--int8 {source}: give an image folder or a tar of one")
     try:

@@ -111,6 +111,9 @@ def to_onnx(artifact: Artifact, opset: int | None = None, int8_calibration: np.n
     return data
 
 
+# From this many calibration images a quarter is held out to check the int8 graph (and choose its calibration)
+# on images it was not calibrated on; below, it is checked on the calibration images themselves.
+INT8_HELD_OUT_FROM = 8
 # How activation ranges are calibrated: the candidates tried, each on the same images.
 _CALIBRATIONS = {"minmax": ("MinMax", {}), "percentile 99.9": ("Percentile", {"CalibPercentile": 99.9}),
                  "percentile 99.99": ("Percentile", {"CalibPercentile": 99.99}),
@@ -137,7 +140,7 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if images.ndim != 4 or not len(images):
         raise ValueError(f"int8 calibration needs uint8 images (N, C, S, S), got shape {images.shape}")
-    held = len(images) // 4 if len(images) >= 8 else 0
+    held = len(images) // 4 if len(images) >= INT8_HELD_OUT_FROM else 0
     # The histogram (Percentile) calibrators stack the batches' outputs, so every batch must be the same
     # size: as few batches as keep each at most _CALIBRATION_BATCH images, all of one size; the few left
     # over (fewer than the number of batches) join the held-out images rather than make a short batch.
@@ -180,7 +183,8 @@ def _quantize_int8(data: bytes, images: np.ndarray, wrapped: nn.Module) -> bytes
                            f"{len(check)} calibration images); calibrate on images like those it will embed")
     entry = proto.metadata_props.add()
     entry.key = "simsearch.int8"
-    entry.value = json.dumps({"calibration_images": len(fit), "checked_images": len(check), "calibration": name,
+    entry.value = json.dumps({"calibration_images": len(fit), "checked_images": len(check), "held_out": bool(held),
+                              "calibration": name,
                               **tried[name], "tried": tried})
     return proto.SerializeToString()
 

@@ -83,3 +83,20 @@ def test_model_export_int8_mistakes_are_one_clear_line(hybrid1_artifact, tmp_pat
         out = _run("model-export", str(hybrid1_artifact), "--out", str(tmp_path / "m.onnx"), *args)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_model_export_int8_on_too_few_images_warns_that_none_were_held_out_and_a_missing_path_is_named(
+        hybrid1_artifact, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (40, 30), (200, 40, 10)).save(tmp_path / "one" / "a.png")
+    out = _run("model-export", str(hybrid1_artifact), "--out", str(tmp_path / "m.onnx"), "--int8",
+               str(tmp_path / "one"))
+    assert out.returncode == 0, out.stderr
+    assert "ranges from 1 image of" in out.stdout and "on the same 1 image (none held out)" in out.stdout
+    assert "warning: 1 calibration image is too few: from 8 on, a quarter is held out" in out.stderr
+    out = _run("model-export", str(hybrid1_artifact), "--out", str(tmp_path / "m2.onnx"), "--int8",
+               str(tmp_path / "nonexist"))
+    assert out.returncode == 2 and "--int8" in out.stderr and "nonexist: does not exist" in out.stderr
+    assert not (tmp_path / "m2.onnx").exists()
