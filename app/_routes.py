@@ -365,10 +365,15 @@ def _per_file(values: list[Any], n: int, name: str, allow_one: bool) -> list[Any
     raise ApiError(422, f"invalid_{name}", f"got {len(values)} `{name}` parts for {n} files; send {expected} (or none)")
 
 
+# Text direction overrides and isolates: "rtl\u202egpj.exe" shows as "rtlexe.jpg"
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _has_control(text: str) -> bool:
-    """A control character (C0, DEL, C1 such as U+0085) or a line or paragraph separator (U+2028, U+2029):
-    what would break a log line, a CSV row or a header that carries the text."""
-    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+    """A control character (C0, DEL, C1 such as U+0085), a line or paragraph separator (U+2028, U+2029),
+    a lone surrogate (not text: no answer could carry it) or a text direction override: what would break a
+    log line, a CSV row, a header or a JSON answer that carries the text, or make it show as other text."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") or c in _BIDI_CONTROLS for c in text)
 
 
 def _check_id(value: str) -> str:

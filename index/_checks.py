@@ -30,7 +30,19 @@ def check_metadata(metadata: Any, what: str = "metadata") -> str:
         raise InvalidItemError(f"{what} is not JSON-serialisable: {exc}") from None
     if len(meta_json) > MAX_METADATA_BYTES:
         raise InvalidItemError(f"{what} is {len(meta_json)} bytes of JSON, more than {MAX_METADATA_BYTES}")
+    check_text(metadata, what)
     return meta_json
+
+
+def check_text(value: Any, what: str) -> None:
+    """InvalidItemError when a string in `value` (a JSON value: its keys too) holds a lone surrogate
+    (U+D800..U+DFFF, which JSON's "\\ud800" escape can make): no UTF-8 text can carry it, so every answer
+    that held it would fail to be written."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidItemError(f"{what} holds a lone surrogate ({exc.object[exc.start]!r}, a half of a UTF-16 "
+                               "pair), which is not text") from None
 
 
 class ItemChecks:

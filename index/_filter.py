@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
+from ._checks import check_text
 from ._errors import InvalidItemError
 
 # A condition is (key, op, operand). Ops: "eq"/"ne" (a value key), "in"/"nin" (a tuple of value keys),
@@ -75,11 +76,31 @@ def _union(entries: Iterable[Any]) -> set[int]:
     return out
 
 
+MAX_WHERE_DEPTH = 32   # $and/$or nested this deep; deeper is no filter a person writes (and ran out of stack)
+
+
 def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
     """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none.
     Raises InvalidItemError naming the key and value that are wrong."""
     if where is None:
         return None
+    check_text(where, "where")
+    _check_depth(where)
+    return _conditions(where)
+
+
+def _check_depth(where: Any) -> None:
+    # counted without recursion, before the recursive parse below meets Python's stack limit
+    level = [where]
+    for _ in range(MAX_WHERE_DEPTH + 1):
+        level = [sub for f in level if isinstance(f, dict) for op in _LOGICAL if isinstance(f.get(op), list)
+                 for sub in f[op]]
+        if not level:
+            return
+    raise InvalidItemError(f"where: $and/$or nested more than {MAX_WHERE_DEPTH} deep")
+
+
+def _conditions(where: Any) -> tuple[Condition, ...]:
     if not isinstance(where, dict) or not where:  # also an empty or null filter inside $or/$and
         raise InvalidItemError('where must be a non-empty object of metadata keys and values, e.g. '
                                f'{{"source": "phone"}} or {{"year": {{"$gte": 2020}}}}; got {where!r:.80}')
@@ -106,7 +127,7 @@ def _sub_filter(op: str, i: int, sub: Any) -> tuple[Condition, ...]:
     if not isinstance(sub, dict):
         raise InvalidItemError(f"where: {op}[{i}] must be a filter object, got {sub!r:.60}")
     try:
-        return check_where(sub)
+        return _conditions(sub)
     except InvalidItemError as exc:
         raise InvalidItemError(f"where: {op}[{i}]: {str(exc).removeprefix('where: ')}") from None
 

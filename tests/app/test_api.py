@@ -600,3 +600,32 @@ async def test_requests_before_the_model_is_loaded_get_503(make_settings):
         assert (await c.get("/healthz")).status_code == 200
         assert_error(await c.get("/readyz"), 503, "not_ready", "loading")
         assert_error(await c.post("/search", files=[upload(png(1))]), 503, "not_ready")
+
+
+async def test_text_no_answer_could_carry_is_refused_where_it_comes_in_and_answers_keep_working(make_settings):
+    # JSON's "\ud800" escape makes a lone surrogate: stored, it made every listing and search that met the
+    # item a 500 (its answer could not be encoded), until someone found and deleted it
+    lone = '"\\ud800"'
+    async with running(make_settings()) as c:
+        r = await c.post("/index", files=[upload(png(1))], data={"id": "ok", "metadata": '{"a": 1}'})
+        assert r.status_code == 201, r.text
+        r = await c.post("/index", files=[upload(png(2))], data={"id": "x", "metadata": '{"a": ' + lone + '}'})
+        assert_error(r, 422, "invalid_metadata", "lone surrogate")
+        for body in ('{"label": ' + lone + '}', '{"metadata": {"b": [1, ' + lone + ']}}',
+                     '{"metadata": {' + lone + ': 1}}'):
+            r = await c.patch("/index/ok", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422 and r.json()["error"]["code"] in ("invalid_label", "invalid_metadata"), r.text
+        for where in ('{"a": ' + lone + '}', '{"$or": [{"a": 1}, {' + lone + ': 2}]}'):
+            assert_error(await c.get("/index", params={"where": where}), 422, "invalid_parameter", "lone surrogate")
+        # text shown as other text: a direction override ("rtl\u202egpj.exe" shows as "rtlexe.jpg")
+        assert_error(await c.post("/index", files=[upload(png(3))], data={"id": "rtl\u202egpj.exe"}), 422, "invalid_id")
+        # a filter nested past any a person writes: a 422, not a 500 from Python's stack
+        deep = '{"n":1}'
+        for _ in range(370):   # within the 4096 characters a where may have
+            deep = '{"$and":[' + deep + ']}'
+        assert_error(await c.post("/search?k=1", files=[upload(png(4))], params={"where": deep}), 422,
+                     "invalid_parameter", "nested more than 32 deep")
+        listing = await c.get("/index")
+        assert listing.status_code == 200 and [i["id"] for i in listing.json()["items"]] == ["ok"]
+        assert (await c.get("/index/ok")).json()["metadata"] == {"a": 1}
+        await still_serving(c)
