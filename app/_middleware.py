@@ -18,6 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -426,12 +427,37 @@ class BodyTooLarge(ApiError):
         super().__init__(413, "body_too_large", f"the request body is larger than the limit of {limit} bytes")
 
 
+class BodyTimeout(ApiError):
+    """The client stopped sending its body, or sent it too slowly (a slow-body "slowloris")."""
+
+    def __init__(self, message: str):
+        # the rest of the body may still come: the connection is closed rather than read on
+        super().__init__(408, "body_timeout", message, {"Connection": "close"})
+
+
+# The slowest average rate a body may arrive at, in bytes a second, once it has been waited for longer than
+# BODY_RATE_GRACE_SECONDS: a phone uploading on a poor mobile link sends tens of KB a second, a client that
+# trickles a few bytes to hold a request open sends less.
+BODY_MIN_RATE = 1024
+BODY_RATE_GRACE_SECONDS = 30.0
+
+
 class BodyLimitMiddleware:
     """Refuses a Content-Length over the limit before reading anything, and cuts a body without
-    Content-Length (chunked) as soon as the bytes received pass the limit."""
+    Content-Length (chunked) as soon as the bytes received pass the limit.
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
+    With `timeout` > 0 it also bounds how long a body may take, so that clients that send headers and then
+    a trickle (or nothing) cannot hold the concurrency cap's slots: each wait for more body bytes lasts at
+    most `timeout` seconds (nginx's client_body_timeout), and once the waits add up to more than `grace`
+    seconds the body must have come at `min_rate` bytes a second on average over them. Otherwise: 408
+    `body_timeout`, with `Connection: close`. Only the time spent waiting for the body counts (not the
+    route's own work between reads), and only until the body is complete: a route that then waits for the
+    client to disconnect is not timed."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, timeout: float = 0.0,
+                 min_rate: float = BODY_MIN_RATE, grace: float = BODY_RATE_GRACE_SECONDS):
         self.app, self.limit, self.metrics = app, limit, metrics
+        self.timeout, self.min_rate, self.grace = timeout, min_rate, grace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -447,11 +473,35 @@ class BodyLimitMiddleware:
                 return await send_error(send, 413, "body_too_large",
                                         f"Content-Length {declared} is larger than the limit of {self.limit} bytes")
         received = 0
+        waited = 0.0          # seconds spent waiting for body messages
+        complete = self.timeout <= 0   # once the body is in (or with no timeout), reads are not timed
         started = False
+
+        async def timed_receive() -> Message:
+            nonlocal waited, complete
+            # the wait ends at the per-read timeout, or where the average rate would fall under min_rate
+            budget = max(self.grace, received / self.min_rate) - waited if self.min_rate > 0 else math.inf
+            wait = min(self.timeout, budget)
+            t0 = time.monotonic()
+            message = None
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    message = await receive()
+            waited += time.monotonic() - t0
+            if message is None:
+                self.metrics.rejected.labels("body_timeout").inc()
+                if wait < self.timeout:
+                    raise BodyTimeout(f"the request body came too slowly: {received} bytes in {waited:.0f} s, "
+                                      f"under {self.min_rate:.0f} bytes a second")
+                raise BodyTimeout(f"no part of the request body came for {self.timeout:g} s "
+                                  f"({received} bytes received)")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
 
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            message = await receive() if complete else await timed_receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
@@ -467,7 +517,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, watch_send)
-        except BodyTooLarge as exc:
+        except (BodyTooLarge, BodyTimeout) as exc:
             if started:
                 raise
-            await send_error(send, exc.status, exc.code, exc.message)
+            await send_error(send, exc.status, exc.code, exc.message, exc.headers)

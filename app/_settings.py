@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     refresh_seconds: float = Field(5.0, ge=0, description="read_only: how often to apply the writes another process "
                                                           "makes to the same folder; 0 = serve it as it was at start")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body (413 past it)")
+    body_timeout_seconds: float = Field(30.0, ge=0, description="longest wait for the next bytes of a request "
+                                                                "body, and past 30 s of waiting the body must "
+                                                                "average 1 KB/s (408 body_timeout otherwise); "
+                                                                "0 = off")
     # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
     # photos are decoded at reduced scale, so only the other formats ever hold that many pixels.
     max_pixels: int = Field(64_000_000, ge=1, description="largest image in pixels (width x height)")
