@@ -18,6 +18,7 @@ from ._mistakes import confident_mistakes, mistakes_sheet
 RETRIEVAL_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 RECALL_AT = (1, 5, 10)
 MATCH_PRECISIONS = (0.9, 0.95, 0.99)
+FEW_QUERIES = 30   # a match threshold kept by fewer queries than this is shown with how few it rests on
 
 
 def _accuracy_calculator(k: int | str | None = "max_bin_count"):
@@ -232,8 +233,9 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
     neighbour lies within d, a share of at least p found their own class (scikit-learn's
     precision_recall_curve, the neighbour's distance as the score); `max_distance` lies halfway from d to the
     next query's distance, so it keeps the same queries. Beside it `precision`, that share, and
-    `answered`, the share of the queries that keep their hit. `max_distance` is None where no distance
-    reaches p. Queries whose class has no other item are left out, as in precision@1.
+    `answered`, the share of the queries that keep their hit, and `queries`, how many that is (what the
+    threshold rests on). `max_distance` is None where no distance reaches p. Queries whose class has no other
+    item are left out, as in precision@1.
     """
     from sklearn.metrics import precision_recall_curve
 
@@ -241,7 +243,8 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
     _, inverse, sizes = torch.unique(labels, return_inverse=True, return_counts=True)
     keep = sizes[inverse] > 1
     right, dist = (labels[idx] == labels)[keep].numpy(), dist[keep].double().numpy()
-    rows = [{"target_precision": p, "max_distance": None, "precision": None, "answered": 0.0} for p in precisions]
+    rows = [{"target_precision": p, "max_distance": None, "precision": None, "answered": 0.0, "queries": 0}
+            for p in precisions]
     if not right.any():
         return {"match_thresholds": rows}
     precision, _, thresholds = precision_recall_curve(right, -dist)
@@ -253,7 +256,8 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
             beyond = distances[distances > last]
             # halfway to the next query's distance, so that rounding in another search cannot move the cut
             cut = float((last + beyond[0]) / 2 if len(beyond) else last)
-            row.update(max_distance=cut, precision=float(precision[reached[0]]), answered=float((dist <= cut).mean()))
+            row.update(max_distance=cut, precision=float(precision[reached[0]]), answered=float((dist <= cut).mean()),
+                       queries=int((dist <= cut).sum()))
     return {"match_thresholds": rows}
 
 
@@ -361,13 +365,24 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
             art.heads = {**art.heads, "ce_head": head}  # what `out` writes
     emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size, tta)
     head = art.heads.get("ce_head")
-    if head is not None and meta.class_names and meta.class_names != ds.class_names:
-        head = None  # classes differ: a CE loss against this head would be meaningless
+    ce_left_out = None
+    if head is None:
+        loss = (meta.training or {}).get("config", {}).get("loss")
+        ce_left_out = ("no ce_loss or ce_accuracy: the model has no classifier head"
+                       + (f" (trained with loss {loss})" if loss else ""))
+    elif meta.class_names and meta.class_names != ds.class_names:
+        head = None  # classes differ: a CE loss against this head would be meaningless; said, not left out unseen
+        ce_left_out = (f"no ce_loss or ce_accuracy: the model's classifier has {_classes(meta.class_names)} and this "
+                       f"dataset {_classes(ds.class_names)}"
+                       + (" (the same, in another order)" if sorted(meta.class_names) == sorted(ds.class_names)
+                          else ""))
     neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike
     res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours)
     found = confident_mistakes(test.labels, neighbours, max(mistakes, sheet_rows if sheet else 0),
                                list(ds.class_names), test.names)
     res["confident_mistakes"] = found[:mistakes]
+    if ce_left_out:
+        res["ce_left_out"] = ce_left_out
     if sheet is not None:
         title = (f"{art.model_id} on {ds.name}: the {min(sheet_rows, len(found))} test images whose nearest "
                  f"neighbour is of another class, the nearest first")
@@ -400,6 +415,12 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         new_meta = meta.model_copy(update=update)
         model.resave_artifact(art, out, new_meta)
     return res
+
+
+def _classes(names: list[str]) -> str:
+    """'10 classes (airplane, automobile, bird, ...)' for a message."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} class{'es' if len(names) != 1 else ''} ({shown})"
 
 
 def _share(x: float) -> str:
@@ -444,12 +465,22 @@ def format_metrics(m: dict[str, Any]) -> str:
     found = [t for t in targets if t["max_distance"] is not None]
     if found:
         lines.append("max_distance for a top hit of the right class with a precision of: " + ", ".join(
-            f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {_share(t['answered'])})" for t in found))
+            f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {_share(t['answered'])}"
+            f"{_few(t.get('queries'))})" for t in found))
+    if m.get("ce_left_out"):
+        lines.append(m["ce_left_out"])
     if targets and len(found) < len(targets):   # said, not left out: no distance keeps the top hits that right
         lines.append("no max_distance reaches a precision of " + ", ".join(
             f"{t['target_precision']:.2f}" for t in targets if t["max_distance"] is None)
             + " for the top hit on this test split (the nearest are too often of another class at every distance)")
     return "\n".join(lines)
+
+
+def _few(queries: int | None) -> str:
+    """For a match threshold kept by few queries: how many it rests on (a precision measured on 2 says little)."""
+    if queries is None or queries >= FEW_QUERIES:
+        return ""
+    return f"; rests on {queries} quer{'ies' if queries != 1 else 'y'} only, too few to trust"
 
 
 def _image(mistake: dict[str, Any], which: str) -> str:

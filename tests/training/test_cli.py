@@ -84,7 +84,8 @@ def test_a_users_folder_with_broken_files_trains_and_evaluates_saying_which_were
     line = f"{folder}: left out 2 images that could not be decoded: test/ship/cut.jpg: OSError: "
     assert line in r.stdout and "train/cat/zero-bytes.jpg: UnidentifiedImageError" in r.stdout
     dataset = json.loads(out.with_name("m.metrics.json").read_text())["training"]["dataset"]
-    assert dataset["train_size"] == 48 and dataset["test_size"] == 24 and dataset["skipped_images"]["count"] == 2
+    assert dataset["dataset_train_size"] == 48 and dataset["test_size"] == 24 and dataset["skipped_images"]["count"] == 2
+    assert dataset["train_size"] + dataset["val_size"] == 48 and dataset["val_size"] > 0   # the sizes the run used
     r = run_cli("evaluate", str(out), str(folder), cache=tmp_path)
     assert r.returncode == 0, r.stderr
     assert line in r.stderr and r.stdout.startswith("24 test images")

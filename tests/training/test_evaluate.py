@@ -167,7 +167,7 @@ def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_a
     labels = torch.tensor([0, 0, 1, 1, 2])
     rows = match_thresholds(emb, labels)["match_thresholds"]
     assert [(r["precision"], r["answered"]) for r in rows] == [(1.0, 1.0)] * 3
-    assert "0.90 -> 0.000 (answers 100.0 %)" in format_metrics({"match_thresholds": rows})
+    assert "0.90 -> 0.000 (answers 100.0 %; rests on 4 queries only" in format_metrics({"match_thresholds": rows})
     assert "no max_distance reaches" not in format_metrics({"match_thresholds": rows})
 
 

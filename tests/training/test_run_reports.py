@@ -95,7 +95,12 @@ def test_train_and_evaluate_say_what_was_not_scored_and_record_the_data_used(tmp
     assert sum(c["test"] for c in data["class_counts"].values()) == data["test_size"] == metrics["test_size"]
     r = run_cli("evaluate", str(out), str(photos), "--threads", "1", "--quiet", cache=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "lone (no test image)" in r.stdout
+    assert "lone (no test image)" in r.stdout and "no ce_loss" not in r.stdout
+    _classes(tmp_path / "other", {"x": 4, "y": 4})   # other classes: the CE figures are left out, saying why
+    r = run_cli("evaluate", str(out), str(tmp_path / "other"), "--threads", "1", "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("no ce_loss or ce_accuracy: the model's classifier has 5 classes (big, lone, mid, ...) and this dataset "
+            "2 classes (x, y)") in r.stdout and "ce_accuracy " not in r.stdout
 
 
 def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path):
@@ -115,3 +120,18 @@ def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path):
     assert not out.with_name(out.name + ".lock").exists()
     r = run_cli("train", str(tmp_path / "nothing"), "--out", str(out), "--epochs", "1", cache=tmp_path)
     assert "another run" not in r.stderr and "no such file or folder" in r.stderr
+
+
+def test_a_match_threshold_resting_on_few_queries_says_how_few():
+    from training._evaluate import format_metrics, match_thresholds
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(60, 64, generator=g)
+    labels = torch.arange(60) % 20   # three of each class, spread at random: the nearest is mostly wrong
+    emb[1] = emb[0] + 1e-4   # but two queries find each other, of one class, nearest of all
+    labels[1] = labels[0]
+    rows = match_thresholds(emb, labels)["match_thresholds"]
+    assert rows[0]["max_distance"] is not None and rows[0]["queries"] < 30
+    assert rows[0]["queries"] == round(rows[0]["answered"] * 60)
+    text = format_metrics({"match_thresholds": rows})
+    assert f"rests on {rows[0]['queries']} queries only, too few to trust" in text
