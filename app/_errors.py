@@ -62,12 +62,27 @@ async def send_error(send: Send, status: int, code: str, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
+# How much of an invalid value a validation message repeats: enough to recognise it, never the whole of a
+# 4 KB filter or a longer value (the answer would be as long as the input).
+_ECHO_CHARS = 200
+
+
+def _echo(value: Any) -> str:
+    """repr(value), cut to about _ECHO_CHARS characters with an ellipsis and the value's length."""
+    text = repr(value)
+    if len(text) <= _ECHO_CHARS:
+        return text
+    size = len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else len(text)
+    unit = "bytes" if isinstance(value, bytes) else "items" if isinstance(value, (list, tuple, dict)) else "characters"
+    return f"{text[:_ECHO_CHARS]}... ({size} {unit})"
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body", "header")]
         where = ".".join(loc) or "request"
-        got = f" (got {err['input']!r})" if "input" in err and err["input"] is not None else ""
+        got = f" (got {_echo(err['input'])})" if "input" in err and err["input"] is not None else ""
         parts.append(f"{where}: {err.get('msg', 'invalid')}{got}")
     return "; ".join(parts) or "invalid request"
 

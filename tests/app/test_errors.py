@@ -369,3 +369,17 @@ async def test_an_unexpected_error_is_a_json_500_naming_the_request_id_and_logge
     assert "the disk went away" not in r.text  # internals stay in the log
     record = next(rec for rec in caplog.records if "unhandled error" in rec.getMessage())
     assert "POST /index (request trace-500)" in record.getMessage() and record.exc_info[1].args == ("the disk went away",)
+
+
+async def test_a_validation_message_repeats_at_most_200_characters_of_the_invalid_value(make_settings):
+    """A 29 KB `where` (over its 4096-character limit) got a 29 KB error repeating all of it: now the
+    first 200 characters, an ellipsis and the length."""
+    where = '{"a": "' + "x" * 29_000 + '"}'
+    async with running(make_settings()) as c:
+        r = await c.get("/index", params={"where": where})
+        err = assert_error(r, 422, "invalid_parameter", "where", "at most 4096 characters",
+                           f"... ({len(where)} characters)")
+        assert len(r.content) < 800 and repr(where)[:200] in err["message"]
+        # a short invalid value is still repeated whole
+        err = assert_error(await c.post("/search?k=ten", files=[upload(png(1))]), 422, "invalid_parameter")
+        assert "(got 'ten')" in err["message"]
