@@ -76,18 +76,25 @@ def slow_to_decode(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, pixels: in
     """Whether decoding `data` is slow: more than `pixels` pixels in a format that is decoded whole (PNG,
     WebP, GIF, BMP, AVIF; JPEG and HEIC decode at the model's scale). From the header alone; False for what
     is not an image of the policy's formats (decode_image says what is wrong with it)."""
+    return whole_decode_pixels(data, policy) > pixels
+
+
+def whole_decode_pixels(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> int:
+    """The pixels decoding `data` must produce, for a format decoded whole (PNG, WebP, GIF, BMP, AVIF); 0 for
+    JPEG and HEIC (decoded at the model's scale) and for what is not an image of the policy's formats. From
+    the header alone."""
     if data[:2] == b"\xff\xd8":
-        return False
+        return 0
     if data[:8] == _PNG and len(data) >= 24:   # IHDR's width and height, without Pillow (the common query)
         width, height = struct.unpack(">II", data[16:24])
-        return width * height > pixels
+        return width * height
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bomb's warning is decode_image's to give
             with Image.open(io.BytesIO(data), formats=policy.openers) as img:
-                return img.format not in DRAFT_FORMATS and img.size[0] * img.size[1] > pixels
+                return 0 if img.format in DRAFT_FORMATS else img.size[0] * img.size[1]
     except Exception:  # noqa: BLE001
-        return False
+        return 0
 
 
 def sniff_allowed(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> str | None:

@@ -25,7 +25,7 @@ from model import Crop, draft_size, make_thumbnail, parse_crop
 
 from ._batcher import SearchParams
 from ._errors import REQUEST_ID, ApiError, error_response
-from ._images import decode_image, slow_to_decode
+from ._images import decode_image, slow_to_decode, whole_decode_pixels
 from ._schemas import (BatchSearchResponse, ClassifyResponse, DeleteResponse, DuplicatesResponse, EmbedResponse,
                        FacetsResponse,
                        ErrorResponse, GalleriesResponse, GalleryDeleted, GalleryOut, IndexInfo, IndexResponse, ItemOut,
@@ -761,10 +761,36 @@ async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop
 
     policy = service.image_policy
     if any(slow_to_decode(data, policy) for _, data in files):
+        _check_whole_decode_budget(service, files)
+        if service.slow_decodes_waiting >= SLOW_DECODE_QUEUE:
+            # a queue past this holds request slots for nothing but to wait: everyone else would get 503s
+            service.metrics.rejected.labels("slow_decode_queue").inc()
+            raise ApiError(503, "overloaded", f"{service.slow_decodes_waiting} requests with large images that "
+                           "decode whole (PNG, WebP, GIF, BMP, AVIF) are already waiting to be decoded, one at a "
+                           "time; retry shortly, or send a smaller image or a JPEG", {"Retry-After": "2"})
         service.metrics.slow_decodes.inc()
-        arrays = await anyio.to_thread.run_sync(decode, limiter=service.slow_decode_limiter)
+        service.slow_decodes_waiting += 1
+        try:
+            arrays = await anyio.to_thread.run_sync(decode, limiter=service.slow_decode_limiter)
+        finally:
+            service.slow_decodes_waiting -= 1
         return await service.batcher.submit(arrays, params)
     return await service.batcher.submit_encoded(decode, len(files), params)
+
+
+SLOW_DECODE_QUEUE = 8   # requests decoding large whole-decoded images, the one at work included (~0.7 s each at most)
+
+
+def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]]) -> None:
+    """413 when the images of one request that decode whole hold more pixels in all than one image may
+    (SIMSEARCH_MAX_PIXELS): 64 such images of 64 MP in a 165 KB request held the slow lane 43 s."""
+    budget = service.settings.max_pixels
+    total = sum(whole_decode_pixels(data, service.image_policy) for _, data in files)
+    if budget and total > budget:
+        raise ApiError(413, "image_too_large", f"the {len(files)} images of this request hold {total:,} pixels in "
+                       f"formats decoded whole (PNG, WebP, GIF, BMP, AVIF), more than the {budget:,} one request "
+                       "may (SIMSEARCH_MAX_PIXELS); send fewer or smaller images, or JPEGs (decoded at the "
+                       "model's scale)")
 
 
 def _together(vectors: np.ndarray) -> np.ndarray:

@@ -162,6 +162,7 @@ class Service:
         self.refusals = WriteRefusals()   # the log of writes the disk refuses (installed while the app runs)
         self.decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
+        self.slow_decodes_waiting = 0   # requests in or waiting for slow_decode_limiter (on the event loop: no lock)
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""

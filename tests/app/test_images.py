@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import anyio
 import numpy as np
 import pytest
 from PIL import Image
@@ -173,3 +174,38 @@ async def test_a_query_image_slow_to_decode_is_decoded_apart_and_embedded_as_any
         await c.post("/index", files=[upload(big)], data={"id": "big"})
         r = await c.post("/search?k=1", files=[upload(big)])
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "big" and await slow() == 2
+
+
+@pytest.mark.anyio
+async def test_large_whole_decoded_images_cannot_hold_the_service_a_request_is_bounded_and_the_queue_is_short(
+        make_settings):
+    """From a security pass: 64 copies of a 2.5 KB 64 MP WebP in one /search held the one-at-a-time lane 43 s,
+    and 64 such requests every request slot for tens of minutes. A request's whole-decoded pixels are bounded
+    by what one image may hold, and past a short queue such a request is a 503 at once."""
+    from .conftest import running
+    from .test_api import assert_error, still_serving, upload
+
+    settings = make_settings(max_pixels=50_000_000)
+    plain = encode(Image.new("RGB", (6000, 6000), (90, 140, 30)), "PNG")   # 36 MP in about 100 KB
+    async with running(settings) as c:
+        err = assert_error(await c.post("/search?k=1", files=[upload(plain), upload(plain)]), 413, "image_too_large",
+                           "72,000,000 pixels", "more than the 50,000,000 one request may")
+        assert "JPEG" in err["message"]
+        assert (await c.post("/search?k=1", files=[upload(plain)])).status_code == 200   # one fits
+
+        async def search() -> int:
+            return (await c.post("/search?k=1", files=[upload(plain)])).status_code
+
+        results = []
+
+        async def run_one() -> None:
+            results.append(await search())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(14):
+                tg.start_soon(run_one)
+        # eight at most wait for the lane (one decoding): the rest are told to come back, not queued
+        assert results.count(503) >= 14 - 8 and results.count(200) >= 1 and set(results) <= {200, 503}, results
+        metrics = (await c.get("/metrics")).text
+        assert 'simsearch_rejected_requests_total{reason="slow_decode_queue"}' in metrics
+        await still_serving(c)
