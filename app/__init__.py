@@ -14,8 +14,8 @@ from starlette.staticfiles import StaticFiles
 from ._errors import install_error_handlers
 from ._metrics import Metrics
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
-                          RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SharedRateLimiter, parse_keys,
-                          route_resolver)
+                          RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SecurityHeadersMiddleware,
+                          SharedRateLimiter, install_access_log_redaction, parse_keys, route_resolver)
 from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
 from ._service import Service, follows_writer
 from ._settings import Settings
@@ -76,7 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After", "Allow", POSITION_HEADER], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app),
                        wrote=service.refusals.succeeded)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the middlewares' refusals too, has an id
+    app.add_middleware(RequestIdMiddleware)  # every answer, the middlewares' refusals too, has an id
+    app.add_middleware(SecurityHeadersMiddleware)   # outermost: nosniff (and frame-ancestors on pages) on every answer
+    install_access_log_redaction()   # an API key put in a query string is not written to the access log
     return app
 
 

@@ -104,6 +104,69 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
+# Query parameters whose value may be a secret (a client that puts its API key in the URL): their values are
+# replaced in access log lines. (The service never takes a key from the query string, but the line would keep it.)
+_SECRET_PARAMS = re.compile(r"(?i)(?<=[?&])((?:[a-z0-9_.-]*[_.-])?(?:api[_-]?key|key|token|access[_-]?token|"
+                            r"password|secret))=[^&#\s]*")
+
+
+def redact_query(path: str) -> str:
+    """`path` (with its query string) with the values of key-like parameters (api_key, key, token, ...) replaced
+    by `[redacted]`."""
+    return _SECRET_PARAMS.sub(r"\1=[redacted]", path) if "?" in path else path
+
+
+class AccessLogRedactFilter(logging.Filter):
+    """On uvicorn.access records (args: client, method, path with query, HTTP version, status), replaces the
+    values of key-like query parameters, so that an API key a client put in the URL is not kept in the log,
+    in text and JSON lines alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def install_access_log_redaction() -> None:
+    """Put AccessLogRedactFilter on the uvicorn.access logger (once), whatever configured the logging."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogRedactFilter) for f in logger.filters):
+        logger.addFilter(AccessLogRedactFilter())
+
+
+# Sent on every answer: no MIME sniffing (a thumbnail or JSON answer is never run as a script or page).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Sent on HTML answers (the search page, /docs, /redoc): only pages of this origin may frame them, so that no
+# other site can overlay the page that holds the API key field (clickjacking). Scripts are not restricted:
+# /docs loads Swagger UI from a CDN.
+_HTML_HEADERS = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-frame-options", b"SAMEORIGIN"))
+
+
+class SecurityHeadersMiddleware:
+    """Adds X-Content-Type-Options: nosniff to every answer, and to HTML ones Content-Security-Policy:
+    frame-ancestors 'self' and X-Frame-Options: SAMEORIGIN (a header the answer already has is kept)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {k.lower() for k, _ in headers}
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                extra = [_NOSNIFF] + (list(_HTML_HEADERS) if ctype.lower().startswith(b"text/html") else [])
+                headers += [(k, v) for k, v in extra if k not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def is_open_path(path: str) -> bool:
     """Probes, docs, the search page and its static files: no key, no rate limit."""
     return path in _OPEN_PATHS or path.startswith("/static/")

@@ -206,3 +206,53 @@ async def test_only_body_reads_are_timed_not_a_wait_for_the_disconnect_after_it_
     # ...and waited for with the timeout at 0 (off)
     sent, metrics = await _run({"timeout": 0}, stalled, app_reads=2)
     assert sent[0]["status"] == 200 and metrics.rejected.counts == {}
+
+
+# ---- security headers and the access log ---------------------------------------------------------
+
+def test_every_answer_is_nosniff_and_the_page_and_docs_cannot_be_framed_by_another_site(live):
+    """Finding 7: X-Content-Type-Options: nosniff on every answer (the page, JSON, errors, a middleware's
+    refusal, thumbnails, probes); frame-ancestors 'self' and X-Frame-Options: SAMEORIGIN on the HTML pages
+    (the search page holds an API key field). The policy restricts framing only: /docs still loads Swagger
+    UI from its CDN."""
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        writer = {"X-API-Key": live.key}
+        assert c.post("/index", files=[upload(png(5))], data={"id": "hdr"}, headers=writer).status_code == 201
+        answers = {"page": c.get("/"), "docs": c.get("/docs"), "redoc": c.get("/redoc"),
+                   "openapi": c.get("/openapi.json"), "healthz": c.get("/healthz"), "metrics": c.get("/metrics"),
+                   "search": c.post("/search?k=1", files=[upload(png(5))]), "missing": c.get("/index/absent"),
+                   "no key": c.post("/index", files=[upload(png(6))]), "thumbnail": c.get("/index/hdr/thumbnail"),
+                   "bad parameter": c.post("/search?k=0", files=[upload(png(5))])}
+    expected = {"page": 200, "docs": 200, "redoc": 200, "openapi": 200, "healthz": 200, "metrics": 200,
+                "search": 200, "missing": 404, "no key": 401, "thumbnail": 200, "bad parameter": 422}
+    assert {name: r.status_code for name, r in answers.items()} == expected
+    for name, r in answers.items():
+        assert r.headers.get("x-content-type-options") == "nosniff", name
+        html = r.headers["content-type"].startswith("text/html")
+        assert html == (name in ("page", "docs", "redoc")), name
+        assert r.headers.get("content-security-policy") == ("frame-ancestors 'self'" if html else None), name
+        assert r.headers.get("x-frame-options") == ("SAMEORIGIN" if html else None), name
+    assert answers["thumbnail"].headers["content-type"] == "image/jpeg"
+    # /docs is Swagger UI from jsdelivr (unreachable offline); the policy names no script or style sources
+    assert "cdn.jsdelivr.net/npm/swagger-ui-dist" in answers["docs"].text and "/openapi.json" in answers["docs"].text
+
+
+def test_an_api_key_put_in_a_query_string_is_not_written_to_the_access_log(live):
+    """Finding 7: a client that sends its key as ?api_key= (refused: the key is taken from headers only) had it
+    written to the access log in the clear; key-like parameters (api_key, key, token, ...) are redacted."""
+    secrets = ["sekrit-in-url-1", "sekrit-in-url-2", "sekrit-in-url-3"]
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        r = c.post(f"/index?api_key={secrets[0]}&gallery=default", files=[upload(png(8))],
+                   headers={"X-Request-ID": "redact-1"})
+        assert r.status_code == 401
+        c.get(f"/index?k=5&token={secrets[1]}", headers={"X-Request-ID": "redact-2"})
+        c.get(f"/healthz?X-Api-Key={secrets[2]}", headers={"X-Request-ID": "redact-3"})
+    deadline = time.monotonic() + 10
+    while "redact-3" not in live.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = live.log.read_text()
+    assert not any(s in text for s in secrets), [ln for ln in text.splitlines() if "sekrit" in ln]
+    lines = [ln for ln in text.splitlines() if "request_id=redact-" in ln]
+    assert len(lines) == 3, lines
+    assert '"POST /index?api_key=[redacted]&gallery=default HTTP/1.1" 401' in lines[0]
+    assert "/index?k=5&token=[redacted] " in lines[1] and "/healthz?X-Api-Key=[redacted] " in lines[2]

@@ -526,6 +526,8 @@ def test_json_logs_are_one_object_a_line_with_the_request_fields(hybrid1_artifac
         with httpx.Client(base_url=live.url, timeout=60) as c:
             assert c.post("/search?k=1", files=[upload(png(3))], headers={"X-Request-ID": "json-1"}).status_code == 200
             assert c.get("/index/absent", headers={"X-Request-ID": "json-2"}).status_code == 404
+            # a key put in the query string is redacted in JSON lines too
+            assert c.get("/healthz?api_key=sekrit-json", headers={"X-Request-ID": "json-3"}).status_code == 422
     finally:
         stop_server(live)
     records = [json.loads(line) for line in live.log.read_text().splitlines() if line.strip()]
@@ -537,6 +539,7 @@ def test_json_logs_are_one_object_a_line_with_the_request_fields(hybrid1_artifac
         "http_version": "1.1", "status": 200}
     assert by_id["json-2"]["status"] == 404 and by_id["json-2"]["path"] == "/index/absent"
     assert by_id["json-2"]["code"] == "not_found"   # and json-1, a success, has none (compared whole above)
+    assert by_id["json-3"]["path"] == "/healthz?api_key=[redacted]" and "sekrit-json" not in live.log.read_text()
     loggers = {r["logger"] for r in records}
     assert {"uvicorn.error", "uvicorn.access", "simsearch.app", "index"} <= loggers
     assert any(r["logger"] == "simsearch.app" and r["message"].startswith("ready in") for r in records)
