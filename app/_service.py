@@ -185,9 +185,10 @@ class Service:
             writes = "need an API key" + (", reads too" if s.require_key_for_reads else "")
         else:
             writes = "need no API key"
-        log.info("limits: writes %s; rate limit %s; request bodies up to %s bytes; %s; images up to %s pixels",
+        log.info("limits: writes %s; rate limit %s; request bodies up to %s bytes (%s); %s; images up to %s pixels",
                  writes, f"{s.rate_limit_per_minute} a minute per key or client IP" if s.rate_limit_per_minute
-                 else "off", f"{s.max_body_bytes:,}", f"at most {s.max_concurrency} requests in flight"
+                 else "off", f"{s.max_body_bytes:,}", f"stalled {s.body_timeout_seconds:g} s: cut"
+                 if s.body_timeout_seconds else "no body timeout", f"at most {s.max_concurrency} requests in flight"
                  if s.max_concurrency else "no cap on requests in flight", f"{s.max_pixels:,}")
         if not keyed and not s.read_only and not _loopback(s.host):
             log.warning("writes need no API key and the service listens on %s: anyone who reaches port %d can add, "

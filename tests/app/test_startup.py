@@ -109,7 +109,7 @@ async def test_open_writes_on_an_address_others_reach_are_warned_of_and_the_limi
     limits = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("limits: ")]
     assert len(limits) == 1, limits
     assert re.search(r"writes need (no|an) API key; rate limit 600 a minute per key or client IP; request bodies "
-                     r"up to 10,485,760 bytes; at most 8 requests in flight", limits[0]), limits[0]
+                     r"up to 10,485,760 bytes \(stalled 30 s: cut\); at most 8 requests in flight", limits[0]), limits[0]
     assert ("writes need an API key" in limits[0]) == bool(key)
 
 
