@@ -36,7 +36,9 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # A caller's id is kept when it is 1-200 visible ASCII characters (a UUID, nginx's $request_id, AWS's
 # "Root=1-..."); anything else (spaces, control characters, longer) could forge log lines: replaced.
-_REQUEST_ID_OK = re.compile(r"[\x21-\x7e]{1,200}")
+# Visible ASCII without quotes or backslashes, as the gateway takes it (deploy/nginx.conf's map): one id
+# for a request on both sides, safe in a log line and in JSON written by hand
+_REQUEST_ID_OK = re.compile(r"[!#-\[\]-~]{1,200}")
 
 
 class RequestIdMiddleware:
