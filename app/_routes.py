@@ -185,16 +185,18 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _write_refused(exc: Exception) -> ApiError:
+def _write_refused(exc: Exception, service: Service) -> ApiError:
     """The answer to a write the store did not make (it changed nothing). A disk that is full or
-    failing is the operator's to fix: its path and free space go to the log, not to the client."""
+    failing is the operator's to fix: its path and free space go to the log (the first of a run of
+    refusals, then a count a minute: service.refusals), not to the client."""
     import index as index_pkg
 
     if isinstance(exc, index_pkg.ReadOnlyError):
         return _read_only()
     if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down
         return ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}", {"Retry-After": "5"})
-    log.error("write refused by the disk (request %s): %s", REQUEST_ID.get(), exc)
+    if service.refusals.refused(exc.full):
+        log.error("write refused by the disk (request %s): %s", REQUEST_ID.get(), exc)
     if exc.full:
         return ApiError(507, "insufficient_storage", "the service's disk is full: this write was not stored and "
                         "changed nothing; searches still work. Retry once the operator has freed space")
@@ -1068,7 +1070,7 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None
     except index_pkg.StoreError as exc:
-        raise _write_refused(exc) from None
+        raise _write_refused(exc, service) from None
     left_out = {d.position for d in skipped}
     stored = [i for pos, i in enumerate(ids) if pos not in left_out]
     answer = IndexResponse(ids=stored, count=len(stored), skipped=[
@@ -1205,7 +1207,7 @@ async def delete_matching(request: Request,
                           gallery: str = _gallery()):
     import index as index_pkg  # see add()
 
-    _, g = await _writing(request, gallery)
+    service, g = await _writing(request, gallery)
     label, where = _check_label(label), _check_where(where)
     if label is None and where is None:
         raise ApiError(422, "invalid_parameter", "DELETE /index needs label or where (it never empties the gallery; "
@@ -1213,7 +1215,7 @@ async def delete_matching(request: Request,
     try:
         gone = await anyio.to_thread.run_sync(g.store.delete_where, label, json.loads(where) if where else None)
     except index_pkg.StoreError as exc:
-        raise _write_refused(exc) from None
+        raise _write_refused(exc, service) from None
     return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump(), headers=_position(g))
 
 
@@ -1229,7 +1231,7 @@ async def delete_matching(request: Request,
 async def update_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> JSONResponse:
     import index as index_pkg  # see add()
 
-    _, g = await _writing(request, gallery)
+    service, g = await _writing(request, gallery)
     id = _check_id(id)
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type not in ("application/json", "application/merge-patch+json"):
@@ -1256,7 +1258,7 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "invalid_metadata", str(exc)) from None
     except index_pkg.StoreError as exc:
-        raise _write_refused(exc) from None
+        raise _write_refused(exc, service) from None
     return JSONResponse(_item_out(item, False).model_dump(exclude={"vector"}), headers=_position(g))
 
 
@@ -1265,13 +1267,13 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
 async def delete_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> Response:
     import index as index_pkg  # see add()
 
-    _, g = await _writing(request, gallery)
+    service, g = await _writing(request, gallery)
     try:
         deleted = await anyio.to_thread.run_sync(g.store.delete, [id])
     except index_pkg.InvalidItemError:  # an id no item can have (too long, say): as absent as any other
         deleted = []
     except index_pkg.StoreError as exc:
-        raise _write_refused(exc) from None
+        raise _write_refused(exc, service) from None
     if id not in deleted:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery")
     return Response(status_code=204, headers=_position(g))

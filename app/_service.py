@@ -69,17 +69,13 @@ def _serve_with(stored_model: str | None) -> str:
     return "; serve it with that model's artifact (SIMSEARCH_MODEL_PATH, or simsearch serve --model)"
 
 
-class WriteRefusals(logging.Filter):
+class WriteRefusals:
     """The log of the writes a disk refuses (full, or failing), which otherwise took one ERROR line each (3,201
     in 15 s from 4 clients): the first refusal of a run is logged as it is, then at most one line a minute counts
     those since, and a line says when a write succeeds again. The metrics count every one (each is a 507 or a
-    503 in simsearch_requests_total). A filter on the app's logger, which app/_routes.py logs each refusal to
-    (MESSAGE); refused() for those logged here."""
-
-    MESSAGE = "write refused by the disk (request %s): %s"   # app/_routes.py, _write_refused
+    503 in simsearch_requests_total). Whoever logs a refusal asks refused() first."""
 
     def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        super().__init__()
         self.interval, self._clock = interval, clock
         self._lock = threading.Lock()
         self._began: float | None = None   # when the run of refusals began; None: writes succeed
@@ -87,11 +83,6 @@ class WriteRefusals(logging.Filter):
         self._total = 0                    # refusals in this run
         self._unlogged = 0                 # of them, those since the last line
         self._full = False                 # the last refusal's disk was full
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != self.MESSAGE or not isinstance(record.args, tuple) or len(record.args) != 2:
-            return True
-        return self.refused(bool(getattr(record.args[1], "full", False)))
 
     def refused(self, full: bool) -> bool:
         """Count one refused write: True when it is to be logged (the first of a run); the others are counted,
@@ -159,14 +150,13 @@ class Service:
         self._stop_event = asyncio.Event()   # set by stop(): a load waiting for the store gives up at once
         self._lock_waited: float | None = None   # when loading began to wait for another process's writer lock
         self._lock_logged = 0.0
-        self.refusals = WriteRefusals()   # the log of writes the disk refuses (installed while the app runs)
+        self.refusals = WriteRefusals()   # the log of writes the disk refuses
         self.decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decodes_waiting = 0   # requests in or waiting for slow_decode_limiter (on the event loop: no lock)
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
-        log.addFilter(self.refusals)
         self._log_limits()
         # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
@@ -224,7 +214,6 @@ class Service:
             if g.commits is not None:
                 await g.commits.stop()
             await anyio.to_thread.run_sync(g.store.close)
-        log.removeFilter(self.refusals)
 
     def _open_model(self):
         import model
