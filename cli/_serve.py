@@ -144,7 +144,9 @@ def _check_settings(settings) -> None:
         if nearest is not None and nearest != data and not settings.read_only and not os.access(nearest, os.W_OK):
             raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: cannot make it ({str(nearest)!r} is not "
                            "writable)")
-        if settings.index not in _index_presets():
+        import index
+
+        if settings.index not in index.PRESET_NAMES:
             _check_factory(settings)
     device = settings.device
     if device is not None:
@@ -160,12 +162,6 @@ def _check_settings(settings) -> None:
                 raise CliError(f"SIMSEARCH_DEVICE (--device) {device!r}: " + (
                     f"this machine has {count} CUDA device(s)" if count else "no CUDA device is usable here "
                                                                              "(no NVIDIA GPU or driver)"))
-
-
-def _index_presets() -> tuple[str, ...]:
-    import index
-
-    return index.PRESET_NAMES
 
 
 def _check_factory(settings) -> None:
