@@ -4,7 +4,6 @@ work folder (runs already there are reused, so an interrupted experiment continu
 docs/results/ as Markdown and JSON with the command and the machine."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ import torch
 
 from ._config import preset
 from ._data import cache_dir, load_dataset
+from ._files import claim_lock
 
 # The paper's numbers (test-set loss of the model trained with that loss). Hybrid-1 MNIST CE is printed
 # as 0.749 in the paper's table, an evident typo for 0.0749 (the text and the issue use 0.0749).
@@ -95,21 +95,6 @@ def _parse_epochs(text: str | None) -> dict[str, int]:
     return dict(zip(PAPER_EPOCHS, parts))
 
 
-def _claim(lock: Path) -> int | None:
-    """An open descriptor holding the cell's lock file exclusively, or None while another process holds it.
-    The kernel drops an flock when its holder exits, killed or not, so a dead process never blocks a run
-    (its run resumes from its checkpoint); the file names the holder's process id for whoever looks."""
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
 def _tag(cell: dict[str, Any]) -> str:
     return cell.get("tag") or f"{cell['dataset']}-{cell['model']}-{cell['loss']}"
 
@@ -154,7 +139,7 @@ def run_cells(cells: list[dict[str, Any]], data_root: Path, work_dir: Path, log=
             saved = _finished(metrics_path, cfg)
             if saved is None:
                 lock = work_dir / f"{tag}.lock"
-                held = _claim(lock)
+                held = claim_lock(lock)   # a killed run's cell resumes from its checkpoint
                 if held is None:
                     deferred.append(i)
                     continue

@@ -22,7 +22,7 @@ from . import _distributed as dist_
 from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import _nearest_neighbours, embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._mistakes import confident_mistakes
-from ._files import write_whole
+from ._files import claim_lock, write_whole
 from ._losses import MetricLoss, create_loss
 
 
@@ -264,20 +264,15 @@ def lock_run(out: str | os.PathLike) -> int:
     """Take the lock on artifact path `out` (an flock on OUT.lock beside it, naming this process's id): an open
     descriptor to give to unlock_run. RunLockedError naming the holder's process id when another process holds
     it. The kernel drops an flock when its holder exits, killed or not, so a dead run never blocks the next."""
-    import fcntl
-
     lock = _lock_path(out)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = claim_lock(lock)
+        if fd is None:
             try:
-                pid = os.read(fd, 32).decode(errors="replace").strip()
+                pid = lock.read_text(errors="replace")[:32].strip()
             except OSError:
                 pid = ""
-            os.close(fd)
             raise RunLockedError(f"another run{f' (pid {pid})' if pid else ''} is writing {out} (it holds {lock}): "
                                  "wait for it to end, or give another --out") from None
         try:   # the holder removes the file as it ends: a descriptor opened before that locks a stale file
@@ -285,11 +280,8 @@ def lock_run(out: str | os.PathLike) -> int:
         except FileNotFoundError:
             current = False
         if current:
-            break
+            return fd
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
 
 
 def unlock_run(out: str | os.PathLike, fd: int) -> None:
