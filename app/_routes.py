@@ -690,7 +690,7 @@ async def readyz(request: Request):
     if not service.ready:
         return error_response(503, "not_ready", f"the service is not ready: {service.reason}", {"Retry-After": "5"})
     return {"status": "ready", "model": service.model_id, "runtime": service.embedder.runtime,
-            "index": service.settings.index, "read_only": service.settings.read_only}
+            "index": service.store.spec, "read_only": service.settings.read_only}
 
 
 @router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
@@ -1100,7 +1100,7 @@ async def info(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), li
     more = len(items) > limit
     listing = IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
                         model=service.model_id,
-                        index=str(store_info.get("index") or service.settings.index),
+                        index=str(store_info.get("index")),
                         index_kind=store_info.get("index_kind"),
                         items=[_item_out(it, vector) for it in items[:limit]],
                         offset=offset, limit=limit, next_offset=offset + limit if more else None,

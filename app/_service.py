@@ -375,7 +375,7 @@ class Service:
         self.reason = ""
         log.info("ready in %.1f s: model %s (test-time augmentation %s, %s), index %s (%d items%s), "
                  "uploads as %s", time.perf_counter() - t0, embedder.model_id, embedder.meta.tta,
-                 embedder.runtime, s.index, store.count(),
+                 embedder.runtime, store.spec, store.count(),
                  ", read-only" if s.read_only else "",
                  ", ".join(self.image_policy.allowed))
 

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
                                                "of your own (@model.register_model), imported before the model "
                                                "loads")
     data_dir: Path = Field(Path("data"), description="directory holding the index (<data_dir>/index)")
-    index: str = Field("flat", description="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string")
+    index: str | None = Field(None, description="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string; "
+                                                 "unset, a gallery keeps the kind it has and a new one is flat")
     milvus_uri: str | None = Field(None, description="keep the galleries in Milvus instead of data_dir: a Milvus server "
                                                      "(http://milvus:19530), which many service processes share, "
                                                      "or a Milvus Lite file (galleries.db, one process); the "
@@ -170,6 +171,11 @@ class Settings(BaseSettings):
     def _empty_device_is_auto(cls, v: str | None) -> str | None:
         return v or None
 
+    @field_validator("index")
+    @classmethod
+    def _empty_index_keeps_the_gallerys(cls, v: str | None) -> str | None:
+        return v or None   # compose's ${SIMSEARCH_INDEX:-} passes "" for "not given"
+
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, v: str) -> str:
@@ -202,7 +208,7 @@ class Settings(BaseSettings):
 
         if importlib.util.find_spec("pymilvus") is None:
             raise ValueError("SIMSEARCH_MILVUS_URI needs pymilvus installed (pip install 'simsearch[milvus]')")
-        if self.index not in MILVUS_INDEXES:
+        if self.index is not None and self.index not in MILVUS_INDEXES:
             raise ValueError(f"SIMSEARCH_INDEX {self.index!r}: with SIMSEARCH_MILVUS_URI the index kinds are "
                              f"{', '.join(MILVUS_INDEXES)} (Milvus builds and keeps the index)")
         if self.thumbnail_size > MILVUS_MAX_THUMBNAIL_SIZE:

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="port (default $SIMSEARCH_PORT, else 8000)")
     p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
     p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
-    p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default flat)")
+    p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default: "
+                                   "each gallery keeps its kind; a new one is flat)")
     p.add_argument("--milvus-uri", help="keep the galleries in Milvus instead of DATA: a server (http://milvus:19530; "
                                         "many service processes may share it) or a Milvus Lite file (galleries.db); "
                                         "SIMSEARCH_MILVUS_TOKEN for its credentials (the milvus extra)")
@@ -146,7 +147,7 @@ def _check_settings(settings) -> None:
                            "writable)")
         import index
 
-        if settings.index not in index.PRESET_NAMES:
+        if settings.index is not None and settings.index not in index.PRESET_NAMES:
             _check_factory(settings)
     device = settings.device
     if device is not None:

@@ -221,3 +221,34 @@ def test_listing_galleries_while_one_is_made_and_dropped_never_fails_either(hybr
     galleries = tmp_path / "data" / "galleries"
     assert not list(galleries.iterdir()), "a dropped gallery left its folder"   # nor a leftover
     assert "Traceback" not in live.log_tail(20_000)
+
+
+def test_a_restart_without_simsearch_index_keeps_each_gallerys_kind_and_a_given_one_rebuilds(
+        hybrid1_artifact, tmp_path):
+    env = _env(hybrid1_artifact, tmp_path)
+    live = start_server({**env, "SIMSEARCH_INDEX": "hnsw"}, tmp_path)
+    try:
+        for gallery in ("default", "a"):
+            assert httpx.post(live.url + "/index", params={"gallery": gallery}, files=[upload(png(1))],
+                              data={"id": "one"}, headers=KEY, timeout=60).status_code == 201
+    finally:
+        stop_server(live)
+    # Empty is "not given" (compose's ${SIMSEARCH_INDEX:-}), as leaving it out is
+    live = start_server({**env, "SIMSEARCH_INDEX": ""}, tmp_path, log_name="unset.log")
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.get("/readyz").json()["index"] == "hnsw"
+            for gallery in ("default", "a"):
+                listing = c.get("/index", params={"gallery": gallery}).json()
+                assert (listing["index"], listing["count"]) == ("hnsw", 1), listing
+                assert "HNSW" in listing["index_kind"], listing
+        assert "rebuilding" not in live.log_tail(20_000)
+    finally:
+        stop_server(live)
+    live = start_server({**env, "SIMSEARCH_INDEX": "flat"}, tmp_path, log_name="flat.log")   # asked: rebuilt
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.get("/readyz").json()["index"] == "flat"
+            assert c.get("/index").json()["index"] == "flat" and _first(c, png(1)) == "one"
+    finally:
+        stop_server(live)
