@@ -124,13 +124,21 @@ class Store(ItemChecks):
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            err = StoreLockedError(f"the store at {self._path} is open for writing in another "
-                                   f"process (pid {holder or '?'}); open it read_only to inspect it")
+            if holder == str(os.getpid()):   # flock is per open file: another Store of this process holds it
+                where = ("this process (another Store object on it, not closed: close() it, or drop every "
+                         "reference to it)")
+            else:
+                where = f"another process (pid {holder or '?'})"
+            err = StoreLockedError(f"the store at {self._path} is open for writing in {where}; "
+                                   "open it read_only to inspect it")
             err.pid = int(holder) if holder.isdigit() else None   # the holder's, for the service to name
             raise err from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        # A Store dropped without close() lets go of the lock when it is collected (the finalizer holds
+        # the descriptor, not the Store); close() runs the same finalizer, so the descriptor closes once
+        self._lock_done = weakref.finalize(self, os.close, fd)
 
     def _init_meta(self, meta: dict[str, str]) -> None:
         cfg = self.config
@@ -1224,7 +1232,7 @@ class Store(ItemChecks):
         if conn is not None:
             conn.close()
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            self._lock_done()   # closes the descriptor (once: a finalizer runs at most once)
             self._lock_fd = None
 
     def __enter__(self) -> "Store":

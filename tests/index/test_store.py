@@ -1,6 +1,7 @@
 """Store behaviour: writes, reads, search options, validation, model records (real FAISS, real SQLite)."""
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -589,10 +590,22 @@ def test_reopening_with_another_model_or_dim_raises_model_mismatch_naming_both(o
     assert (again.model_id, again.dim, again.count()) == ("model-a@111111111111", DIM, 1)
 
 
+def test_a_store_dropped_without_close_lets_go_of_its_writer_lock_when_collected(tmp_path):
+    store = Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id="m@000000000000"))
+    store.upsert([Item("a", unit(np.random.default_rng(0), 1)[0])])
+    del store   # never closed
+    gc.collect()
+    again = Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id="m@000000000000"))
+    try:
+        assert again.get("a") is not None
+    finally:
+        again.close()
+
+
 def test_a_second_writer_is_refused_and_read_only_refuses_writes(open_store, tmp_path):
     store = open_store()
     store.upsert([Item("a", np.ones(DIM, np.float32))])
-    with pytest.raises(StoreLockedError, match="another process"):
+    with pytest.raises(StoreLockedError, match="open for writing in this process"):   # the holder is this test
         Store.open(StoreConfig(tmp_path / "store", dim=DIM, model_id=store.model_id))
     ro = Store.open(StoreConfig(tmp_path / "store", read_only=True))
     try:
