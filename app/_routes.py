@@ -1081,7 +1081,16 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
             summary="gallery size, dimension, model, index kind, and a page of the listing",
             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
-async def info(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=1000),
+async def info(request: Request,
+               offset: int = Query(0, ge=0, le=MAX_OFFSET,
+                                   description="items to skip (after `after`, when given). Unstable under writes: a "
+                                               "delete before the offset moves an item back across it, which the next "
+                                               "page then skips; to export, page with `after`"),
+               limit: int = Query(100, ge=1, le=1000),
+               after_item: int | None = Query(None, alias="after", ge=0, le=2**63 - 1,
+                                              description="list only the items after this listing position: the "
+                                                          "`next_after` of the page before (keyset paging, stable "
+                                                          "under writes; an item replaced since comes again, later)"),
                label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="list only this label"),
                where: str | None = Query(None, max_length=4096, description=_WHERE_DOC.replace("neighbours", "items")),
                vector: bool = Query(False, description="include each item's stored vector (to export the gallery)"),
@@ -1093,17 +1102,19 @@ async def info(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), li
     def run():
         position = g.store.position()   # first: the listing is at least this new
         matching = g.store.count(label, where_filter) if label or where_filter else None
-        return position, g.store.info(), matching, g.store.list(offset=offset, limit=limit + 1,
-                                                                label=label, where=where_filter)
+        return position, g.store.info(), matching, g.store.list_positions(offset=offset, limit=limit + 1, label=label,
+                                                                          where=where_filter, after=after_item)
 
-    position, store_info, matching, items = await anyio.to_thread.run_sync(run)
-    more = len(items) > limit
+    position, store_info, matching, listed = await anyio.to_thread.run_sync(run)
+    more = len(listed) > limit
+    items = [it for _, it in listed]
     listing = IndexInfo(count=int(store_info.get("count", 0)), matching=matching, dimension=service.embedder.dim,
                         model=service.model_id,
                         index=str(store_info.get("index")),
                         index_kind=store_info.get("index_kind"),
                         items=[_item_out(it, vector) for it in items[:limit]],
                         offset=offset, limit=limit, next_offset=offset + limit if more else None,
+                        after=after_item, next_after=listed[limit - 1][0] if more else None,
                         read_only=service.settings.read_only, position=position, gallery=g.name)
     return JSONResponse(listing.model_dump(exclude=None if vector else {"items": {"__all__": {"vector"}}}),
                         headers={POSITION_HEADER: position})

@@ -535,7 +535,11 @@ class MilvusStore(ItemChecks):
 
     def _ordered_ids(self, expr: str) -> list[str]:
         """The ids of the items matching expr (all when empty) in listing order: one scan of their seqs."""
-        return [i for _, i in sorted((r["seq"], r["id"]) for r in self._scan(expr, ["seq"]))]
+        return [i for _, i in self._ordered(expr)]
+
+    def _ordered(self, expr: str) -> list[tuple[int, str]]:
+        """(seq, id) of the items matching expr (all when empty), in listing order."""
+        return sorted((int(r["seq"]), r["id"]) for r in self._scan(expr, ["seq"]))
 
     def items(self, ids: Sequence[str], thumbnails: bool = True) -> list[Item | None]:
         """The items with these ids (vector, label, metadata and, when asked, thumbnail), as
@@ -636,13 +640,25 @@ class MilvusStore(ItemChecks):
         return {k: len(v) for k, v in values.items()}
 
     def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
-             where: dict[str, Any] | None = None) -> list[Item]:
+             where: dict[str, Any] | None = None, after: int | None = None) -> list[Item]:
         """Items in insertion order (an upsert moves an item to the end), paginated; label and where
-        filter as in search. Reads the ids and positions of every matching item to order them."""
+        filter as in search; after: only those listed after this listing position (Store.list)."""
+        return [item for _, item in self.list_positions(offset, limit, label, where, after)]
+
+    def list_positions(self, offset: int = 0, limit: int = 100, label: str | None = None,
+                       where: dict[str, Any] | None = None, after: int | None = None) -> list[tuple[int, Item]]:
+        """list(), each item with its listing position (its seq), as Store.list_positions. Reads the ids and
+        positions of every matching item to order them."""
         self._check_page(offset, limit)
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63):
+            raise InvalidItemError(f"after must be a listing position (a whole number from 0 to 2**63-1), "
+                                   f"got {after!r}")
         expr = self._filter(label, _filter.check_where(where))
-        page = self._ordered_ids(expr)[offset:offset + limit]
-        return [it for it in self.get_many(page) if it is not None]
+        if after is not None:
+            expr = f"seq > {after}" + (f" and ({expr})" if expr else "")
+        page = self._ordered(expr)[offset:offset + limit]
+        items = self.get_many([i for _, i in page])
+        return [(seq, it) for (seq, _), it in zip(page, items) if it is not None]
 
     # ---- search ------------------------------------------------------------------------------
 

@@ -804,24 +804,35 @@ class Store(ItemChecks):
         return facet(field, items, counts)
 
     def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
-             where: dict[str, Any] | None = None) -> list[Item]:
+             where: dict[str, Any] | None = None, after: int | None = None) -> list[Item]:
         """Items in insertion order (an upsert moves an item to the end), paginated; label and where
-        filter as in search."""
+        filter as in search. after: only the items listed after this listing position (keyset paging,
+        see list_positions); offset then counts from there."""
+        return [item for _, item in self.list_positions(offset, limit, label, where, after)]
+
+    def list_positions(self, offset: int = 0, limit: int = 100, label: str | None = None,
+                       where: dict[str, Any] | None = None, after: int | None = None) -> list[tuple[int, Item]]:
+        """list(), each item with its listing position (an integer that grows in insertion order; a
+        replaced item gets a new, larger one). The last item's position, given back as `after`, is the
+        next page: unlike an offset, a delete before it moves no item across it."""
         self._check_page(offset, limit)
+        after = _check_after(after)
         conn = self._read_conn()
         if where is not None:
             where = _filter.check_where(where)
             with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
-                seqs = self._filter_fids(label, where)[offset:offset + limit].tolist()
-            rows = conn.execute(f"SELECT id, vector, label, metadata FROM items WHERE seq IN "
+                fids = self._filter_fids(label, where)
+                start = int(np.searchsorted(fids, after, side="right")) + offset
+                seqs = fids[start:start + limit].tolist()
+            rows = conn.execute(f"SELECT seq, id, vector, label, metadata FROM items WHERE seq IN "
                                 f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall() if seqs else []
         elif label is None:
-            rows = conn.execute("SELECT id, vector, label, metadata FROM items ORDER BY seq "
-                                "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ? ORDER BY seq "
+                                "LIMIT ? OFFSET ?", (after, limit, offset)).fetchall()
         else:
-            rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE label = ? "
-                                "ORDER BY seq LIMIT ? OFFSET ?", (label, limit, offset)).fetchall()
-        return [_row_to_item(r, self.dim) for r in rows]
+            rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE label = ? AND seq > ? "
+                                "ORDER BY seq LIMIT ? OFFSET ?", (label, after, limit, offset)).fetchall()
+        return [(r[0], _row_to_item(r[1:], self.dim)) for r in rows]
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -1264,6 +1275,15 @@ def _blobs_to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def _check_after(after: Any) -> int:
+    """A listing position to page after (None: from the start, -1), as list() takes it."""
+    if after is None:
+        return -1
+    if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63:
+        raise InvalidItemError(f"after must be a listing position (a whole number from 0 to 2**63-1), got {after!r}")
+    return after
 
 
 def _row_to_item(row, dim: int) -> Item:

@@ -446,6 +446,41 @@ async def test_listing_paginates_in_insertion_order_with_counts(make_settings):
         assert_error(await c.get(f"/index?offset={2**63}"), 422, "invalid_parameter", "offset")   # past SQLite's integers
 
 
+async def test_listing_paged_by_next_after_skips_no_unchanged_item_when_an_earlier_one_is_deleted(make_settings):
+    async with running(make_settings(index="flat")) as c:
+        ids = [f"p{i:02d}" for i in range(9)]
+        await c.post("/index", files=[upload(png(i)) for i in range(9)],
+                     data={"id": ids, "label": ["a", "b", "a"] * 3, "metadata": [json.dumps({"n": i}) for i in range(9)]})
+
+        async def export(query: str, between=None) -> list[str]:
+            seen, after, pages = [], None, 0
+            while True:
+                page = (await c.get(f"/index?limit=3{query}" + (f"&after={after}" if after is not None else ""))).json()
+                assert page["after"] == after
+                seen += [i["id"] for i in page["items"]]
+                after, pages = page["next_after"], pages + 1
+                if after is None:
+                    return seen
+                if between is not None and pages == 1:
+                    await between()
+
+        async def delete_and_replace():   # another client: deletes an item already read, re-posts another
+            assert (await c.delete("/index/p00")).status_code == 204
+            r = await c.post("/index", files=[upload(png(1))], data={"id": "p01", "label": "b"})
+            assert r.status_code == 201
+
+        # with offsets the delete would move p03 back onto the first page, and the second page start at p04
+        assert await export("", delete_and_replace) == ids + ["p01"]   # the replaced item again, at the end
+        assert await export("&label=a") == ["p02", "p03", "p05", "p06", "p08"]
+        assert await export("&where=" + json.dumps({"n": {"$gte": 6}})) == ["p06", "p07", "p08"]
+        first = (await c.get("/index?limit=2")).json()
+        assert [i["id"] for i in first["items"]] == ["p02", "p03"] and first["next_offset"] == 2
+        assert [i["id"] for i in (await c.get(f"/index?limit=2&after={first['next_after']}&offset=1")).json()["items"]] \
+            == ["p05", "p06"]   # an offset counts on from `after`
+        assert_error(await c.get("/index?after=-1"), 422, "invalid_parameter", "after")
+        assert_error(await c.get("/index?after=1.5"), 422, "invalid_parameter", "after")
+
+
 async def test_thumbnail_is_stored_as_jpeg_of_the_configured_size(make_settings):
     async with running(make_settings(thumbnail_size=96)) as c:
         await c.post("/index", files=[upload(png(1, (300, 150)))], data={"id": "wide"})

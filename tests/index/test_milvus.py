@@ -25,7 +25,7 @@ from index._milvus import _gallery_of, collection_name, match_fields, where_expr
 from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
 from .test_facets import CASES, _by_hand, _items, _same  # noqa: E402
-from .test_store import _OPS_METAS, _reference  # noqa: E402
+from .test_store import _OPS_METAS, _reference, check_paging_after_a_position  # noqa: E402
 
 MODEL = "test-model@000000000000"
 
@@ -440,3 +440,7 @@ def test_grouped_searches_find_the_groups_the_faiss_store_finds(open_milvus, ope
         assert not {h.id for row in want for h in row} & set(first)
         assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in want], (group_by, filters)
         assert all(len(row) == k * size for row in want) or "max_distance" in filters
+
+
+def test_paging_after_a_listing_position_skips_no_unchanged_item_as_the_faiss_store_does(open_milvus):
+    check_paging_after_a_position(open_milvus())

@@ -730,3 +730,48 @@ def test_copies_of_one_photo_scoring_the_same_page_in_one_order_each_copy_once(o
     left_out = search_hits(store, query, 4, exclude=["copy00", "copy05"], offset=4)[0]
     assert [h.id for h in left_out] == [i for i in every if i not in ("copy00", "copy05")][4:8]
     assert [h.id for h in store.search_by_id("copy03", k=4)] == ["copy00", "copy01", "copy02", "copy04"]
+
+
+def export_by_position(store, page: int, between_pages=lambda n: None, **filters) -> list[str]:
+    """The ids an exporter reads, a page at a time by listing position (`after`), calling
+    between_pages(n) after the n-th page (writes by someone else)."""
+    seen: list[str] = []
+    after = None
+    for n in range(100):
+        got = store.list_positions(limit=page, after=after, **filters)
+        assert [it.id for _, it in got] == [it.id for it in store.list(limit=page, after=after, **filters)]
+        if not got:
+            return seen
+        seen += [it.id for _, it in got]
+        after = got[-1][0]
+        between_pages(n)
+    raise AssertionError("the listing never ended")
+
+
+def check_paging_after_a_position(store) -> None:
+    """Keyset paging (list(after=)), for every store kind: a delete of an item already read moves no other
+    item across the cursor; a replaced item is read again at the end; label and where narrow it."""
+    vecs = unit(np.random.default_rng(5), 12)
+    items = [Item(f"p{j:02d}", vecs[j], "ab"[j % 2], {"n": j}) for j in range(12)]
+    store.upsert(items)
+
+    def writes(n):
+        if n == 0:   # after the first page: delete an item it held, replace another
+            store.delete(["p00"])
+            store.upsert([items[2]])
+
+    seen = export_by_position(store, 4, writes)
+    assert seen == [f"p{j:02d}" for j in range(12)] + ["p02"]   # nothing unchanged skipped; p02 again, last
+    assert export_by_position(store, 2, label="a") == ["p04", "p06", "p08", "p10", "p02"]
+    assert export_by_position(store, 3, label="b", where={"n": {"$gte": 5}}) == ["p05", "p07", "p09", "p11"]
+    assert export_by_position(store, 2, where={"n": {"$lt": 4}}) == ["p01", "p03", "p02"]
+    first = store.list_positions(limit=2)
+    assert [it.id for it in store.list(after=first[0][0], offset=1, limit=2)] == ["p04", "p05"]   # offset counts on
+    assert store.list(after=2**63 - 1) == []
+    for bad in (-1, "3", True, 2**63, 1.5):
+        with pytest.raises(InvalidItemError, match=r"after must be a listing position.*got"):
+            store.list(after=bad)
+
+
+def test_paging_after_a_listing_position_skips_no_unchanged_item_when_earlier_ones_are_deleted(open_store):
+    check_paging_after_a_position(open_store())
