@@ -15,22 +15,58 @@ _HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | None = None) -> np.ndarray:
     """Orient by EXIF, keep only the region `crop` when one is given (model.parse_crop), flatten
     transparency onto white, convert to L or RGB, resize the short side to `size` and centre-crop to
-    size x size. Returns uint8 (in_chans, size, size)."""
+    size x size. Returns uint8 (in_chans, size, size). `image` itself is never changed.
+
+    A JPEG, MPO or HEIC not decoded yet (as Image.open hands it over) is decoded at a reduced scale, as the
+    service and `simsearch index build` decode every file; one already decoded (after .load(), .convert(),
+    make_thumbnail) is used at full size, which gives slightly other pixels (cosine about 0.998 or more
+    between the two vectors with the bundled models)."""
     mode = "L" if in_chans == 1 else "RGB"
     if crop is not None:
         crop = check_crop(crop)
-    if image.format in DRAFT_FORMATS and image.mode in ("L", "RGB", "CMYK", "YCbCr"):
-        # Let libjpeg decode at a reduced scale (never smaller than needed), or pillow-heif decode the
-        # HEIC's embedded thumbnail when it is large enough: much cheaper for photos. A region must
-        # still have `size` pixels each way, so the whole image is asked for at size / its narrower side.
-        need = draft_size(size, crop)
-        image.draft(mode, (need, need))
+    # A JPEG or HEIC not decoded yet is decoded at a reduced scale, from a second opening of its data: the
+    # caller's image is never changed (Image.draft would shrink it in place for good).
+    drafted = _drafted(image, mode, draft_size(size, crop))
+    image = image if drafted is None else drafted
     image = ImageOps.exif_transpose(image)
     if crop is not None:
         image = image.crop(crop_box(crop, *image.size))
     image = _to_mode(_fit(_with_alpha(image), size) if _has_alpha(image) else image, mode)
     arr = np.asarray(_fit(image, size), dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
+    """A fresh opening of `image`'s not yet decoded data, in draft mode: libjpeg decodes at a reduced
+    scale (never smaller than `need` x `need`), pillow-heif from the HEIC's embedded thumbnail when it is
+    large enough; much cheaper for photos (a region must still have the model's size each way, so `need`
+    is the size over the region's narrower fraction). None when `image` cannot be drafted: not a JPEG,
+    MPO or HEIC, already decoded (its pixels are what the caller has: they are used as they are), its file
+    not readable again, or the caller moved to another picture of the file (`image.seek`). Drafting a
+    second opening rather than `image` itself leaves the caller's image whole: the same pixels as drafting
+    it, for a header parsed twice (microseconds)."""
+    if image.format not in DRAFT_FORMATS or image.mode not in ("L", "RGB", "CMYK", "YCbCr"):
+        return None
+    fp = getattr(image, "fp", None)
+    if fp is None or getattr(fp, "closed", False):   # decoded from a file of its own, or closed
+        return None
+    if image.format != "HEIF" and not image.tile:   # decoded (pillow-heif keeps no tiles; it drops fp instead)
+        return None
+    if image.tell():   # another picture of an MPO than its first: a second opening would show the first
+        return None
+    try:
+        position = fp.tell()
+        try:
+            # MPO files are opened by the JPEG plugin
+            fresh = Image.open(fp, formats=["JPEG" if image.format == "MPO" else image.format])
+        finally:
+            fp.seek(position)
+    except Exception:  # noqa: BLE001  (a stream that cannot seek or be read again: decode the image itself)
+        return None
+    if (fresh.format, fresh.size, fresh.mode) != (image.format, image.size, image.mode):
+        return None
+    fresh.draft(mode, (need, need))
+    return fresh
 
 
 def _fit(image: Image.Image, size: int) -> Image.Image:

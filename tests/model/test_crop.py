@@ -73,8 +73,11 @@ def test_a_small_region_of_a_large_jpeg_still_gets_enough_pixels_from_the_reduce
     # 1/2 .. 1/8 scale only while the region keeps 32 px, and the quadrants' edges must stay in place
     data = _bytes(_scene((4000, 3000)), "JPEG", quality=92)
     crop = (0.475, 0.475, 0.525, 0.525)
+    region = model.to_model_array(_open(data), 3, 32, crop)
+    need = model.draft_size(32, model.parse_crop(",".join(map(str, crop))))
     drafted = _open(data)
-    region = model.to_model_array(drafted, 3, 32, crop)
+    drafted.draft("RGB", (need, need))
+    np.testing.assert_array_equal(region, model.to_model_array(drafted, 3, 32, crop))  # made from this decoding:
     assert drafted.size[0] < 4000  # decoded at a reduced scale ...
     assert drafted.size[0] * 0.05 >= 32 and drafted.size[1] * 0.05 >= 32   # ... that leaves the region 32 px
     whole = _open(data)

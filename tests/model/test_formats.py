@@ -48,7 +48,11 @@ def test_a_heic_is_embedded_from_its_thumbnail_when_that_is_large_enough(photos)
     im = _open(data)
     assert im.format == "HEIF" and im.size == (640, 480)
     small = model.to_model_array(im, 3, 32)
-    assert im.size == (160, 120)  # the embedded thumbnail was decoded, not the 640x480 picture
+    thumbnail = _open(data)
+    thumbnail.draft("RGB", (32, 32))
+    assert thumbnail.size == (160, 120)
+    # the embedded thumbnail was decoded, not the 640x480 picture
+    np.testing.assert_array_equal(small, model.to_model_array(thumbnail, 3, 32))
     full = _open(data)
     full.load()  # decoded at full size first: no draft is possible any more
     assert np.abs(small.astype(int) - model.to_model_array(full, 3, 32)).mean() < 3
