@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 
 from ._errors import install_error_handlers
 from ._metrics import Metrics
+from ._openapi import install_openapi
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
                           RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SecurityHeadersMiddleware,
                           SharedRateLimiter, install_access_log_redaction, parse_keys, route_resolver)
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     install_error_handlers(app)
+    install_openapi(app, keyed=bool(settings.api_key) or settings.api_key_file is not None,
+                    key_for_reads=settings.require_key_for_reads)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     # Added innermost first: metrics -> CORS -> key and rate limit -> concurrency cap -> body limit -> routes.

@@ -126,6 +126,7 @@ def _batch_search_body() -> dict[str, Any]:
 def _embed_body() -> dict[str, Any]:
     spec = _search_body()
     spec["requestBody"]["description"] = "one or more multipart `file` parts, or one image itself as the body"
+    del spec["requestBody"]["content"]["application/json"]   # POST /embed takes images only (a vector is one already)
     form = spec["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     form["file"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
     return spec
@@ -145,7 +146,11 @@ def _after() -> Any:
     return Header(None, alias=AFTER_HEADER,
                   description="answer from a state of the gallery at least as new as this position (the "
                               f"{POSITION_HEADER} a write answered): read-your-writes on a read-only replica, "
-                              "which applies the writer's changes first when it is behind")
+                              "which applies the writer's changes first when it is behind. Opaque: two whole numbers "
+                              "joined by a dot (the last write's sequence number, the edit count), each of which only "
+                              "grows: to keep the newest of several, compare them as pairs of integers, never as "
+                              "decimals (1.10 is after 1.9). Empty: as if not sent",
+                  examples=["1042.7"])
 
 
 def _gallery() -> Any:
@@ -159,7 +164,7 @@ async def _reading(request: Request, after: str | None, gallery: str) -> tuple[S
     up to X-Simsearch-After when it is sent."""
     service = _service(request)
     g = await service.gallery(gallery)
-    if after is not None:
+    if after is not None and after.strip():   # empty: as if not sent (fetch's `{[AFTER_HEADER]: pos ?? ''}`)
         await service.catch_up(g, after.strip())
     return service, g
 
@@ -494,7 +499,8 @@ def _combine_param():
     return Query("mean", description="with several `file` parts, how the photos make one query: `mean`, items near "
                                      "all of them (the mean of their embeddings; for photos of a kind the model "
                                      "knows), or `best`, items near any of them (each photo searched, every item "
-                                     "at its best score; for kinds of image the model never saw)")
+                                     "at its best score; for kinds of image the model never saw)",
+                 json_schema_extra={"enum": ["mean", "best"]})   # checked by _check_combine, whose message says more
 
 
 def _check_combine(combine: str, group_by: str | None, rerank: int | None) -> str:
@@ -984,7 +990,7 @@ async def embed(request: Request, crop: str | None = _crop_param()):
 
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 422, 429, 503)})
 async def search_by_id(request: Request, id: str = Path(description="gallery id"),
                        k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
@@ -1123,7 +1129,7 @@ async def info(request: Request,
 @router.get("/duplicates", response_model=DuplicatesResponse, tags=["gallery"],
             summary="pairs of gallery items that look alike (copies, near-copies, one picture under two labels), "
                     "the most alike first",
-            responses={k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def duplicates(request: Request,
                      min_score: float = Query(0.98, gt=0, le=1, allow_inf_nan=False,
                                               description="cosine at which two items count as alike: 0.98 catches "
@@ -1152,7 +1158,7 @@ async def duplicates(request: Request,
 @router.get("/facets", response_model=FacetsResponse, tags=["gallery"],
             summary="how the items that match the filters spread over a label's or a metadata key's values, "
                     "the most common first",
-            responses={k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def facets(request: Request,
                  field: str = Query(max_length=MAX_LABEL_CHARS + 9,
                                     description="`label`, or `metadata.KEY` for a top-level key of the items' "
@@ -1181,7 +1187,7 @@ async def facets(request: Request,
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
-                                                **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)}})
+                                                **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)}})
 async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(),
                     after: str | None = _after()) -> Response:
     _, g = await _reading(request, after, gallery)
@@ -1192,7 +1198,7 @@ async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(
 
 
 @router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",
-            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 429, 503)})
+            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def get_item(request: Request, id: str = Path(),
                    vector: bool = Query(False, description="include the stored vector"), gallery: str = _gallery(),
                    after: str | None = _after()):
@@ -1234,7 +1240,7 @@ async def delete_matching(request: Request,
               summary="change an item's label and/or metadata, keeping its image, vector and place",
               responses={k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)},
               openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {
-                  "type": "object", "additionalProperties": False,
+                  "type": "object", "additionalProperties": False, "minProperties": 1,   # {}: a 422, nothing to change
                   "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
                                  "metadata": {"type": "object", "description": "a JSON merge patch (RFC 7396): "
                                               "each key given is set, a key given as null is removed"}}}}
@@ -1250,7 +1256,7 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
                                                       f"{media_type or 'none'!r}")
     body = _json(await _read_body(request), "invalid_metadata", "the body")
     if not isinstance(body, dict) or not body or set(body) - {"label", "metadata"}:
-        got = sorted(body) if isinstance(body, dict) else type(body).__name__
+        got = (sorted(body) if body else "{} (nothing to change)") if isinstance(body, dict) else type(body).__name__
         raise ApiError(422, "invalid_metadata", f'the body must be an object with "label" and/or "metadata", got {got}')
     changes: dict[str, Any] = {}
     if "label" in body:
@@ -1274,7 +1280,7 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
-               responses={k: _ERRORS[k] for k in (401, 403, 404, 429, 503, 507)}, response_class=Response)
+               responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}, response_class=Response)
 async def delete_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> Response:
     import index as index_pkg  # see add()
 

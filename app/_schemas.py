@@ -178,8 +178,10 @@ class GalleryDeleted(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="what went wrong, stable: for programs (docs/service.md, Errors)")
+    message: str = Field(description="for people: names the value that was wrong")
+    request_id: str | None = Field(None, description="the request's id (its X-Request-ID): quote it when reporting "
+                                                     "an error; the service's log line of the request holds it")
 
 
 class ErrorResponse(BaseModel):

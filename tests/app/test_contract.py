@@ -1,0 +1,176 @@
+"""The HTTP contract against a real `simsearch serve` process: what /openapi.json declares is what the server
+answers (a client generated from it parses every error it gets), and what a 405 says."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import httpx
+import pytest
+
+from .conftest import encode, pattern, start_server, stop_server
+
+KEY = "contract-key"
+MAX_BODY = 200_000
+PORTS = range(18950, 19000)   # this suite's servers stay in this range
+
+
+def _port() -> int:
+    """A free port in PORTS (tried from a place that depends on the process, so parallel runs differ)."""
+    for n in range(len(PORTS)):
+        port = PORTS[(os.getpid() + n) % len(PORTS)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+@pytest.fixture(scope="module")
+def live(hybrid1_artifact, tmp_path_factory):
+    work = tmp_path_factory.mktemp("contract")
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                           "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work, port=_port())
+    r = httpx.post(server.url + "/index", headers={"X-API-Key": KEY}, files=[("file", ("a.jpg", encode(pattern(1), "JPEG"), "image/jpeg"))],
+                   data={"id": "known", "label": "cat"})
+    assert r.status_code == 201, r.text
+    yield server
+    stop_server(server)
+    assert "Traceback" not in server.log.read_text(errors="replace"), server.log_tail()
+
+
+# ---- a small JSON Schema check (the subset the service's document uses) -------------------------------
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _problems(value, schema: dict, spec: dict, at: str = "$") -> list[str]:
+    """Where `value` breaks `schema` ($ref, anyOf, type, enum, required, properties, additionalProperties,
+    items); [] when it fits."""
+    if "$ref" in schema:
+        return _problems(value, spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]], spec, at)
+    if "anyOf" in schema:
+        tried = [_problems(value, s, spec, at) for s in schema["anyOf"]]
+        return [] if any(not t for t in tried) else [f"{at}: fits none of anyOf: {tried}"]
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        fits = any((k == "integer" and isinstance(value, int) and not isinstance(value, bool))
+                   or (k == "number" and isinstance(value, (int, float)) and not isinstance(value, bool))
+                   or (k in _TYPES and isinstance(value, _TYPES[k])) for k in kinds)
+        if not fits:
+            return [f"{at}: {value!r:.80} is not {kinds}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{at}: {value!r} not in {schema['enum']}"]
+    out = []
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        out += [f"{at}: {key!r} is missing" for key in schema.get("required", []) if key not in value]
+        if schema.get("additionalProperties") is False:
+            out += [f"{at}: {key!r} is not declared" for key in value if key not in props]
+        for key, sub in props.items():
+            if key in value:
+                out += _problems(value[key], sub, spec, f"{at}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            out += _problems(v, schema["items"], spec, f"{at}[{i}]")
+    return out
+
+
+# ---- the walk ---------------------------------------------------------------------------------------
+
+_REQUIRED = {"field": "label"}   # a value for each required query parameter
+
+
+def _provocations(method: str, path: str, op: dict) -> list[tuple[str, dict]]:
+    """(what it is, httpx.request keyword arguments) of requests made to go wrong in every declared way that a
+    single server can show: no key, a wrong key, an unknown query parameter, a malformed, an ahead and an empty
+    X-Simsearch-After, an unknown id or gallery, an id with a line feed, a body not of a declared type, a body
+    over the limit, and a JSON body where JSON is declared."""
+    required = [p["name"] for p in op.get("parameters", []) if p["in"] == "query" and p.get("required")]
+    assert set(required) <= set(_REQUIRED), f"{method} {path}: give a value of {required} in _REQUIRED"
+    url = path.replace("{id}", "nope").replace("{name}", "nope") + "?" + "&".join(f"{n}={_REQUIRED[n]}" for n in required)
+    key = {"X-API-Key": KEY}
+    params = {p["name"] for p in op.get("parameters", [])}
+    body_types = set(op.get("requestBody", {}).get("content", {}))
+    out = [("no key", {"url": url + "&bogus=1"}),
+           ("a wrong key", {"url": url, "headers": {"X-API-Key": "wrong"}}),
+           ("an unknown query parameter", {"url": url + "&bogus=1", "headers": key})]
+    if "X-Simsearch-After" in params:
+        out += [("a malformed position", {"url": url, "headers": {**key, "X-Simsearch-After": "bad"}}),
+                ("a position ahead", {"url": url, "headers": {**key, "X-Simsearch-After": "99999999999.0"}}),
+                ("an empty position", {"url": url, "headers": {**key, "X-Simsearch-After": ""}})]
+    if "gallery" in params and not (method == "post" and path == "/index"):   # a POST /index makes it
+        out.append(("an unknown gallery", {"url": url, "params": {"gallery": "nope"}, "headers": key}))
+    if "{id}" in path:
+        out.append(("an id with a line feed", {"url": url.replace("nope", "a%0Ab", 1), "headers": key}))
+    if method in ("post", "patch"):
+        out += [("a text body", {"url": url, "content": b"hello", "headers": {**key, "Content-Type": "text/plain"}}),
+                ("a body over the limit", {"url": url, "content": b"x" * (MAX_BODY + 1),
+                                           "headers": {**key, "Content-Type": "application/octet-stream"}})]
+    if "application/json" in body_types:
+        out.append(("a JSON body", {"url": url, "json": {"vector": [0.0] * 4}, "headers": key}))
+    return out
+
+
+def test_every_error_a_route_answers_is_declared_in_openapi_with_the_body_it_has(live):
+    spec = httpx.get(live.url + "/openapi.json").json()
+    wrong, seen = [], {}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            declared = op["responses"]
+            for what, request in _provocations(method, path, op):
+                request["url"] = live.url + request["url"]
+                r = httpx.request(method.upper(), timeout=30, **request)
+                seen.setdefault((method, path), set()).add(r.status_code)
+                where = f"{method.upper()} {path}, {what}: {r.status_code}"
+                if what == "a JSON body" and r.status_code == 415:
+                    wrong.append(f"{where}: application/json is declared, and refused")
+                if what == "an empty position" and r.status_code == 400:
+                    wrong.append(f"{where}: an empty X-Simsearch-After is refused")
+                if r.status_code < 400:
+                    continue
+                if str(r.status_code) not in declared:
+                    wrong.append(f"{where} is not declared ({r.text[:120]})")
+                    continue
+                schema = declared[str(r.status_code)].get("content", {}).get("application/json", {}).get("schema")
+                if schema is None:
+                    wrong.append(f"{where}: declared with no JSON schema")
+                    continue
+                named = schema.get("$ref", "").rsplit("/", 1)[-1]
+                if "error" not in spec["components"]["schemas"].get(named, schema).get("required", []):
+                    wrong.append(f"{where}: declared as {named or schema}, which is not the error envelope")
+                body = r.json()
+                wrong += [f"{where}: {p}" for p in _problems(body, schema, spec)]
+                # the service's envelope, whatever was declared (FastAPI's {"detail": ...} has no required keys)
+                if body.get("error", {}).get("request_id") != r.headers.get("x-request-id"):
+                    wrong.append(f"{where}: the body's request_id is not the X-Request-ID header")
+    assert not wrong, "\n".join(wrong)
+    # every operation was shown to answer its 422 (a query parameter it does not take); writes their 401 and 403
+    for (method, path), statuses in seen.items():
+        assert 422 in statuses, (method, path, statuses)
+        if "security" in spec["paths"][path][method]:
+            assert {401, 403} <= statuses, (method, path, statuses)
+    assert seen[("post", "/search/{id}")] >= {404, 413} and seen[("get", "/facets")] >= {400, 409}
+    assert spec["components"]["schemas"]["ErrorDetail"]["properties"]["request_id"]
+    assert "application/json" not in spec["paths"]["/embed"]["post"]["requestBody"]["content"]
+
+
+def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
+    spec = httpx.get(live.url + "/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {**schemes["ApiKeyHeader"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["BearerAuth"]["type"] == "http" and schemes["BearerAuth"]["scheme"] == "bearer"
+    keyed = {(m.upper(), p) for p, item in spec["paths"].items() for m, op in item.items() if "security" in op}
+    assert keyed == {("POST", "/index"), ("DELETE", "/index"), ("PATCH", "/index/{id}"), ("DELETE", "/index/{id}"),
+                     ("DELETE", "/galleries/{name}"), ("GET", "/duplicates")}
+    for method, path in keyed:   # and those are the ones the server refuses without it
+        r = httpx.request(method, live.url + path.replace("{id}", "known").replace("{name}", "nope"))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", (method, path)
+    assert httpx.get(live.url + "/index/known").status_code == 200   # a read without: no security declared
+    assert httpx.get(live.url + "/index", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert json.dumps(spec).count("HTTPValidationError") == 0
