@@ -14,8 +14,33 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from . import _galleries as g
 from ._errors import CliError
-from ._index import _gallery_folder, _milvus_gallery_names, _open_milvus, _open_store
+
+
+def register_index(isub) -> None:
+    """`simsearch index copy`'s options (the index command's subparsers call this)."""
+    y = isub.add_parser("copy", help="copy a gallery with its vectors: folder to Milvus, Milvus to folder, or alike",
+                        description="Copy the gallery of --data (or --milvus-uri) into --to-data or --to-milvus-uri: "
+                                    "every item's id, vector, label, metadata and thumbnail, in listing order, "
+                                    "nothing embedded again (the destination is for the same model). The source is "
+                                    "only read, so a service can keep serving it; stop its writes first for an exact "
+                                    "copy. Items the destination holds already are replaced by the source's, others "
+                                    "it holds are kept. A copy cut off is run again (it writes every item again). "
+                                    "Exit status 1 when an item could not be copied exactly (each is named: Milvus "
+                                    "holds smaller thumbnails, labels and metadata than a folder).")
+    g.common_options(y, model=False, milvus=True)
+    y.add_argument("--to-data", metavar="FOLDER", help="the destination: a data folder (its DATA/index, or "
+                                                       "DATA/galleries/NAME/index)")
+    y.add_argument("--to-milvus-uri", metavar="URI", help="the destination: a Milvus server (http://HOST:19530) or a "
+                                                          "Milvus Lite file (.db); credentials and database as for "
+                                                          "--milvus-uri")
+    y.add_argument("--to-gallery", metavar="NAME", help="the destination gallery's name (default: the source's)")
+    y.add_argument("--all", action="store_true", help="copy every gallery of the source, each under its own name")
+    y.add_argument("--index", help="index kind of a new destination (default: the source's; flat when Milvus "
+                                   "does not build it)")
+    y.add_argument("--batch-size", type=int, default=1000, help="items read and written together (1000)")
+    y.set_defaults(func=copy)
 
 _MILVUS_KINDS = ("flat", "hnsw", "ivf")
 
@@ -67,7 +92,7 @@ def _gallery_names(args) -> list[str]:
     import index
 
     if args.milvus_uri:
-        return _milvus_gallery_names(args.milvus_uri)
+        return g.milvus_gallery_names(args.milvus_uri)
     return index.gallery_names(Path(args.data))
 
 
@@ -75,10 +100,10 @@ def _open_source(args, gallery: str) -> _Source:
     import index
 
     if args.milvus_uri:
-        store = _open_milvus(args.milvus_uri, True, None, gallery)
+        store = g.open_milvus(args.milvus_uri, True, None, gallery)
         return _Source(store.info()["path"], store.ids(), store.items, store.dim, store.model_id, store.spec,
                        store.close)
-    path = _gallery_folder(args.data, gallery)
+    path = g.gallery_folder(args.data, gallery)
     if not (path / "store.sqlite3").exists():
         raise CliError(f"no index at {path} to copy")
     try:
@@ -95,14 +120,14 @@ def _same_place(args, gallery: str, to_gallery: str) -> bool:
     if args.milvus_uri and args.to_milvus_uri:
         return args.milvus_uri.rstrip("/") == args.to_milvus_uri.rstrip("/")
     if not args.milvus_uri and args.to_data:
-        return _gallery_folder(args.data, gallery).resolve() == _gallery_folder(args.to_data, gallery).resolve()
+        return g.gallery_folder(args.data, gallery).resolve() == g.gallery_folder(args.to_data, gallery).resolve()
     return False
 
 
 def _destination_exists(args, gallery: str) -> bool:
     if args.to_milvus_uri:
-        return gallery in _milvus_gallery_names(args.to_milvus_uri)
-    return (_gallery_folder(args.to_data, gallery) / "store.sqlite3").exists()
+        return gallery in g.milvus_gallery_names(args.to_milvus_uri)
+    return (g.gallery_folder(args.to_data, gallery) / "store.sqlite3").exists()
 
 
 def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
@@ -121,7 +146,7 @@ def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
                 print(f"note: Milvus does not build the source's index kind {kind!r}: the copy is flat (exact); "
                       "give --index hnsw or ivf for an approximate one")
                 kind = "flat"
-        dest = _open_store(args.to_data or "", False, kind=kind, gallery=to_gallery, milvus_uri=args.to_milvus_uri,
+        dest = g.open_store(args.to_data or "", False, kind=kind, gallery=to_gallery, milvus_uri=args.to_milvus_uri,
                            vectors=(source.dim, source.model_id),
                            locked_hint=f". Stop the service serving {args.to_data} first, or copy into another folder")
         where = dest.info()["path"]

@@ -13,8 +13,39 @@ import os
 import sys
 from urllib.parse import quote
 
+from . import _galleries as g
 from ._errors import CliError
 from ._metadata_file import read_metadata_file
+
+
+def register_index(isub) -> None:
+    """`simsearch index edit`'s options (the index command's subparsers call this)."""
+    e = isub.add_parser("edit", help="set metadata of items already indexed, from a file (no embedding)",
+                        description="Apply each row of --metadata to the item of its id, as a JSON merge patch on "
+                                    "its metadata: each key given is set (in JSON Lines a key given as null is "
+                                    "removed), the others kept; labels, vectors and thumbnails stay. For items "
+                                    "indexed before their metadata was at hand (`index build --metadata` gives new "
+                                    "images theirs). In DATA while no service has it open, in Milvus, or with "
+                                    "--url through a running service (PATCH /index/{id}). Run again after an "
+                                    "interruption: applying a row twice changes nothing more.")
+    e.add_argument("--metadata", metavar="FILE", required=True,
+                   help="the metadata to set, from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
+                        "\"cat/001.jpg\", \"album\": \"trip\", \"draft\": null}: album set, draft removed) or CSV "
+                        "(.csv, a header with an id column; every other non-empty cell sets its column's key to "
+                        "that string)")
+    g.common_options(e, model=False, milvus=True)
+    e.add_argument("--url", help="edit through a running service instead, e.g. http://127.0.0.1:8000")
+    e.add_argument("--api-key", help="with --url: the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    e.add_argument("--timeout", type=float, default=120, help="with --url: seconds to wait for one answer (120)")
+    e.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.url and args.milvus_uri:
+        raise CliError("give --url (a running service) or --milvus-uri (Milvus itself), not both")
+    return edit(args, lambda read_only: g.open_store(
+        args.data, read_only, gallery=args.gallery, milvus_uri=args.milvus_uri,
+        locked_hint=". While `simsearch serve` runs, edit through it: add --url"))
 
 
 def edit(args, open_store) -> int:

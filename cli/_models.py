@@ -6,7 +6,7 @@ import json
 import sys
 
 from ._errors import CliError
-from ._index import _is_tar, _queries
+from . import _galleries as g
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -119,10 +119,10 @@ def _calibration_images(source: str, count: int, meta):
         raise CliError(f"--calibration-images {count}: give a positive number")
     if not Path(source).exists():
         raise CliError(f"--int8 {source}: does not exist")
-    if not Path(source).is_dir() and not _is_tar(Path(source)):
+    if not Path(source).is_dir() and not g.is_tar(Path(source)):
         raise CliError(f"--int8 {source}: give an image folder or a tar of one")
     try:
-        found, tars = _queries([source])
+        found, tars = g.queries([source])
     except CliError:
         raise CliError(f"--int8 {source}: no images in it") from None
     try:

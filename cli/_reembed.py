@@ -12,11 +12,32 @@ edits keep it, and those are compared).
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
+from . import _galleries as g
 from ._errors import CliError
-from ._index import _embedder, _gallery_folder, _model_threads, _open_store
+
+
+def register_index(isub) -> None:
+    """`simsearch index reembed`'s options (the index command's subparsers call this)."""
+    r = isub.add_parser("reembed", help="embed the index again with another model, from its thumbnails, into a new folder",
+                        description="Embed every item of the index in DATA again with --model, from the thumbnail "
+                                    "stored with it, into a new index in DEST/index (ids, labels, metadata and "
+                                    "thumbnails copied, same index kind unless --index). DATA is only read, so "
+                                    "`simsearch serve` can keep serving it meanwhile; run again to catch up with "
+                                    "what it wrote since (after stopping it, for an exact copy). Items stored "
+                                    "without a thumbnail are reported and left out (exit status 1).")
+    r.add_argument("dest", help="a new folder, or one an earlier run of this command filled; the index goes to DEST/index")
+    g.common_options(r, model=False)
+    r.add_argument("--model", help="the new model's artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+    r.add_argument("--index", help="index kind of the new index (default: the kind DATA's index uses)")
+    r.add_argument("--batch-size", type=int, default=256, help="items embedded and committed together (256)")
+    r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads decoding thumbnails (default: CPU count, at most 8)")
+    r.add_argument("--threads", type=int, default=None, help="torch and FAISS threads for the model (default 1)")
+    r.set_defaults(func=reembed)
 
 STATE_NAME = "reembed.json"
 
@@ -35,7 +56,7 @@ def _thumbnail_input(thumbnail: bytes, embedder):
 
 
 def reembed(args) -> int:
-    _model_threads(args.threads)
+    g.model_threads(args.threads)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 1:
@@ -46,10 +67,10 @@ def reembed(args) -> int:
     import index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source, dest = _gallery_folder(args.data, args.gallery), _gallery_folder(args.dest, args.gallery)
+    source, dest = g.gallery_folder(args.data, args.gallery), g.gallery_folder(args.dest, args.gallery)
     if dest.resolve() == source.resolve():
         raise CliError(f"DEST {args.dest} is the --data folder; re-embed into a new folder, then serve that")
-    embedder = _embedder(args.model)
+    embedder = g.embedder_from(args.model)
     try:
         reader = index.StoreReader(source)
     except index.StoreError as exc:
@@ -59,7 +80,7 @@ def reembed(args) -> int:
             raise CliError(f"the index at {source} already holds vectors of {embedder.model_id}; "
                            "give --model the artifact to re-embed with")
         state = _read_state(dest, source)
-        store = _open_store(args.dest, False, embedder, args.index or (None if state else reader.index_spec),
+        store = g.open_store(args.dest, False, embedder, args.index or (None if state else reader.index_spec),
                             gallery=args.gallery,
                             locked_hint=f". Stop the service serving {args.dest} first")
         try:

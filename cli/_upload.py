@@ -11,7 +11,37 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import _galleries as g
 from ._errors import CliError
+
+
+def register_index(isub) -> None:
+    """`simsearch index upload`'s options (the index command's subparsers call this)."""
+    u = isub.add_parser("upload", help="send a folder or tar of images to a running service (resumable)",
+                        description="Add the images of SOURCE to a running `simsearch serve` over its HTTP API (POST "
+                                    "/index), as `index build` would add them to a stopped one: the path relative "
+                                    "to SOURCE is the id, the class folder the label, {width, height} the metadata. Ids "
+                                    "the service already holds are skipped (unless --replace), so an interrupted "
+                                    "upload continues where it stopped; a file the service refuses is reported "
+                                    "and skipped; 429 and 503 answers are waited out.")
+    u.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one")
+    u.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
+    g.gallery_option(u)
+    u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    u.add_argument("--batch-size", type=int, default=32,
+                   help="images per request (32; at most the service's SIMSEARCH_MAX_FILES_PER_REQUEST, 64 by default)")
+    u.add_argument("--parallel", type=int, default=2, help="requests in flight (2)")
+    u.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer (120)")
+    u.add_argument("--replace", action="store_true", help="send every image, also those the service holds")
+    u.add_argument("--no-labels", action="store_true", help="do not take labels from folder names")
+    u.add_argument("--metadata", metavar="FILE", help=g.METADATA_HELP)
+    u.add_argument("--exif", action="store_true", help=g.EXIF_HELP)
+    u.add_argument("--gps", action="store_true", help=g.GPS_HELP)
+    u.add_argument("--skip-duplicates", type=float, default=None, metavar="SCORE",
+                   help="leave out each image whose cosine similarity with one the service holds (or this upload "
+                        "sent before it) is at least SCORE, and name it: 0.98 catches copies, re-encoded or resized "
+                        "(POST /index?skip_duplicates)")
+    u.set_defaults(func=upload)
 
 RETRIES = 8            # 429 and 503 answers waited out (Retry-After), so many times a request
 RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s apart), so many times
@@ -22,7 +52,6 @@ def upload(args) -> int:
     import httpx
     from tqdm import tqdm
 
-    from ._index import _links_note, _metadata_for, _scan
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -34,10 +63,10 @@ def upload(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
-    ids, labels, tar, links = _scan(source, not args.no_labels)
+    ids, labels, tar, links = g.scan(source, not args.no_labels)
     if not ids:
         raise CliError(f"no images in {source}")
-    extra = _metadata_for(args.metadata, ids)
+    extra = g.metadata_for(args.metadata, ids)
     try:  # HEIC sizes for the metadata; without it they go without, and the service decides about them
         import pillow_heif
 
@@ -53,7 +82,7 @@ def upload(args) -> int:
                           timeout=args.timeout) as client:
             have = set() if args.replace else _ids_in_service(client)
             todo = [i for i in ids if i not in have]
-            print(f"{len(ids)} images in {source}{_links_note(links)}: {len(ids) - len(todo)} already in the "
+            print(f"{len(ids)} images in {source}{g.links_note(links)}: {len(ids) - len(todo)} already in the "
                   f"service, {len(todo)} to upload to {url}")
             kept = len(set(extra) & have)
             if kept:

@@ -1,0 +1,356 @@
+"""What the gallery commands share (index build/stats/..., search, classify, upload, copy, reembed, edit): the
+--data/--gallery/--model/--milvus-uri options, opening a gallery's store and its model, reading a folder or tar
+of images with their labels and metadata, and the query and filter arguments. Not a command itself."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ._errors import CliError
+
+# The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
+# (app/_settings.py), so that a gallery's items get one size whether built here or sent to POST /index.
+THUMB_PX = 128
+
+
+def default_data() -> str:
+    return os.environ.get("SIMSEARCH_DATA_DIR", "data")
+
+
+def common_options(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> None:
+    p.add_argument("--data", default=default_data(), action=DataFolder,
+                   help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
+    gallery_option(p)
+    if model:
+        p.add_argument("--model", help="model artifact (.safetensors); default: the bundled model that made the "
+                                       "gallery's vectors, the bundled cifar10 Hybrid-1 for a new gallery")
+    if milvus:
+        milvus_option(p)
+
+
+class MilvusUriFromEnv(str):
+    """$SIMSEARCH_MILVUS_URI as the default of --milvus-uri: set aside by a --data given on the command line."""
+
+
+class DataFolder(argparse.Action):
+    """--data given on the command line: the folder is meant, even where $SIMSEARCH_MILVUS_URI is set (as in
+    the service's container); an explicit --milvus-uri still wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if isinstance(getattr(namespace, "milvus_uri", None), MilvusUriFromEnv):
+            namespace.milvus_uri = None
+
+
+def milvus_option(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get("SIMSEARCH_MILVUS_URI")
+    p.add_argument("--milvus-uri", default=MilvusUriFromEnv(env) if env else None,
+                   help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
+                        "$SIMSEARCH_MILVUS_URI unless --data is given; its credentials from $SIMSEARCH_MILVUS_TOKEN, "
+                        "its database from $SIMSEARCH_MILVUS_DB)")
+
+
+def gallery_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gallery", default="default", metavar="NAME",
+                   help="a named gallery (DATA/galleries/NAME/index; through a service, its ?gallery=NAME) instead "
+                        "of the default one")
+
+
+def gallery_folder(data: str, gallery: str) -> Path:
+    """The store folder of --gallery in --data; CliError for a name no gallery can have."""
+    import index
+
+    try:
+        return index.gallery_path(Path(data), gallery)
+    except index.InvalidItemError as exc:
+        raise CliError(f"--gallery: {exc}") from None
+
+
+def embedder_from(path: str | None):
+    import model
+
+    artifact = Path(path) if path else model.default_artifact_path("cifar10")
+    if not artifact.exists():
+        raise CliError(f"no model artifact at {artifact}" + ("" if path else "; pass --model"))
+    try:
+        return model.Embedder.from_file(artifact)
+    except model.ArtifactError as exc:
+        raise CliError(f"--model {artifact}: {exc}") from None
+
+
+def embedder_for(path: str | None, data: str, gallery: str = "default", milvus_uri: str | None = None):
+    """--model's artifact. Without it, the bundled artifact that made the gallery's vectors, so that a gallery
+    indexed with hybrid1-mnist, say, is searched and added to with it; the default one for a new gallery."""
+    if path:
+        return embedder_from(path)
+    import index
+    import model
+
+    # no gallery yet: the default model (what is wrong with one that cannot be read is said when it opens)
+    if milvus_uri:
+        try:
+            store = open_milvus(milvus_uri, True, None, gallery)
+        except CliError:
+            return embedder_from(None)
+        with store:
+            recorded, where = store.model_id, f"gallery {gallery!r} in Milvus"
+    else:
+        folder = gallery_folder(data, gallery)
+        try:
+            with index.StoreReader(folder) as reader:
+                recorded, where = reader.model_id, f"the index at {folder}"
+        except index.StoreError:
+            return embedder_from(None)
+    found = model.bundled_artifact(recorded)
+    if found is None:
+        raise CliError(f"{where} holds vectors of model {recorded!r}, which is none of the bundled models: pass "
+                       "that model's artifact with --model (or build the gallery again, elsewhere, with the model "
+                       "you have)")
+    return embedder_from(str(found))
+
+
+def open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
+                gallery: str = "default", milvus_uri: str | None = None, vectors: tuple[int, str] | None = None):
+    """The store of `gallery` in DATA (DATA/index for the default one), or in Milvus at milvus_uri, for
+    the vectors of `embedder` (or `vectors`: their dim and model id; neither: what the store records);
+    CliError for every store error, `locked_hint` appended when another process (a running service)
+    holds it for writing."""
+    import index
+
+    if embedder is not None:
+        vectors = (embedder.dim, embedder.model_id)
+    if milvus_uri:
+        return open_milvus(milvus_uri, read_only, kind, gallery, vectors)
+    path = gallery_folder(data, gallery)
+    if read_only and not (path / "store.sqlite3").exists():
+        named = "" if gallery == "default" else f" --gallery {gallery}"
+        raise CliError(f"no index at {path} (build one with `simsearch index build SOURCE --data {data}{named}`)")
+    cfg = index.StoreConfig(path=path, dim=vectors[0] if vectors else None,
+                            model_id=vectors[1] if vectors else None, index=kind, read_only=read_only)
+    try:
+        return index.Store.open(cfg)
+    except index.StoreLockedError as exc:
+        raise CliError(f"{exc}{locked_hint}") from None
+    except index.StoreError as exc:  # mismatch, lock, corrupt database, bad --index: all user-facing
+        raise CliError(str(exc)) from None
+
+
+def milvus_credentials() -> tuple[str | None, str | None]:
+    """(token, database) for Milvus, from $SIMSEARCH_MILVUS_TOKEN and $SIMSEARCH_MILVUS_DB, as the service reads them."""
+    return os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None, os.environ.get("SIMSEARCH_MILVUS_DB") or None
+
+
+def milvus_gallery_names(uri: str) -> list[str]:
+    import index
+
+    return index.milvus_gallery_names(uri, *milvus_credentials())
+
+
+def open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vectors: tuple[int, str] | None = None):
+    import importlib.util
+
+    import index
+
+    if importlib.util.find_spec("pymilvus") is None:
+        raise CliError("--milvus-uri needs pymilvus installed (pip install 'simsearch[milvus]')")
+    token, db_name = milvus_credentials()
+    cfg = index.MilvusConfig(uri, token=token, db_name=db_name, gallery=gallery,
+                             dim=vectors[0] if vectors else None, model_id=vectors[1] if vectors else None,
+                             index=kind, read_only=read_only)
+    try:
+        return index.MilvusStore.open(cfg)
+    except index.StoreError as exc:   # mismatch, unreachable, bad --index or --gallery
+        raise CliError(str(exc)) from None
+
+
+def scan(source: Path, labels: bool):
+    """(ids, label of each id, reader, links left out) for a folder or a tar. The reader maps an id to its bytes
+    (None for a folder). A tar is read as the folder it was made of: hidden members (`._IMG_1.jpg`, `.DS_Store`,
+    anything in a `.folder/`) left out and a single top folder descended (a tar of `photos/` has the ids a build
+    of `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further); its symbolic links are left out
+    and counted."""
+    import tarfile
+
+    from model import IMAGE_EXTENSIONS, files_under
+
+    if source.is_dir():
+        try:
+            ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        except OSError as exc:  # a folder inside that cannot be listed
+            raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
+        return ids, labels_of(ids, labels), None, 0
+    if source.is_file() and tarfile.is_tarfile(source):
+        tf = tarfile.open(source)
+        inside = False   # made inside the folder (`tar cf x.tar -C photos .`): the names are relative to it
+        named = []
+        for m in tf.getmembers():
+            name = m.name
+            inside |= name == "." or name.startswith("./")
+            while name.startswith("./"):
+                name = name[2:]
+            name = name.rstrip("/")
+            if name and name != "." and not any(part.startswith(".") for part in name.split("/")):
+                named.append((name, m))
+        tops = {name.split("/", 1)[0] for name, _ in named}
+        top = tops.pop() if len(tops) == 1 and not inside else None
+        if top is not None and any(name == top and not m.isdir() for name, m in named):
+            top = None   # a tar of one file
+        members, links = {}, 0
+        for name, m in named:
+            if top is not None:
+                if name == top:
+                    continue
+                name = name[len(top) + 1:]
+            if m.issym():
+                links += 1
+            elif (m.isfile() or m.islnk()) and name.lower().endswith(IMAGE_EXTENSIONS):
+                members[name] = m   # a hard link is read as the file it is another name of
+        ids = sorted(members)
+        return ids, labels_of(ids, labels), (tf, members), links
+    raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+def links_note(links: int) -> str:
+    """What the summary line says of a tar's symbolic links, which are left out ("" when it has none)."""
+    return f" ({links} symbolic link{'s' if links != 1 else ''} in it left out)" if links else ""
+
+
+SPLITS = ("train", "test", "val", "valid", "validation")   # the split folders `simsearch train` reads (training/_data)
+
+
+def labels_of(ids: list[str], labels: bool) -> dict[str, str | None]:
+    """Each id's label, as `simsearch train` would class the image (ImageFolder): its top folder under SOURCE
+    (photos/shoes/2023/IMG.jpg: "shoes"), or where SOURCE is split into train/ and test/ (or a validation
+    folder), or holds just one of those, its top folder under the split (train/cat/x.jpg: "cat"). An image
+    directly in SOURCE, or directly in a split folder, has none; so does every image with `labels` off."""
+    if not labels:
+        return dict.fromkeys(ids)
+    tops = {i.split("/", 1)[0] for i in ids if "/" in i}
+    split = ("train" in tops and bool(tops & set(SPLITS[1:]))) or (len(tops) == 1 and tops <= set(SPLITS))
+    out: dict[str, str | None] = {}
+    for i in ids:
+        parts = i.split("/")
+        if split and parts[0] in SPLITS:
+            parts = parts[1:]
+        out[i] = parts[0] if len(parts) >= 2 else None
+    return out
+
+
+def model_input(data: bytes, embedder, crop=None):
+    """Image bytes -> the model's input array, made as the service makes it from an upload (the decoder's
+    draft mode for photos, EXIF orientation, the region `crop`), so that one image gets one vector whether
+    it was indexed or searched here or through the service. Runs in worker threads."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return embedder.preprocess(im, crop)
+
+
+def model_threads(threads: int | None) -> None:
+    """--threads for a command that decodes in worker threads and embeds (build, reembed). OpenMP reads
+    its thread count when torch or FAISS is first imported, so this runs first. One intra-op thread by
+    default: the decoding workers need the other cores, and spinning OpenMP threads beside them made
+    the build 5.5x slower on 2 cores (docs/results/benchmarks.md, ingestion)."""
+    if threads is not None:
+        if threads < 1:
+            raise CliError(f"--threads must be at least 1, got {threads}")
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+EXIF_HELP = ("also store when each photo was taken and with what camera, from its EXIF: {\"taken\": "
+              "\"2024-06-01T14:03:22+02:00\", \"camera\": \"Apple iPhone 13\"} (each only when the photo "
+              "records it), so that searches can filter on them (where={\"taken\": {\"$gte\": \"2024\"}})")
+
+
+GPS_HELP = ("also store where each photo was taken, from its EXIF GPS: {\"lat\": 48.858370, \"lon\": 2.294481, "
+             "\"altitude\": 35.0} (decimal degrees, south and west negative; only for a photo that records a fix), "
+             "so that searches can filter on a box (where={\"lat\": {\"$gte\": 48.8, \"$lte\": 48.9}, \"lon\": "
+             "{\"$gte\": 2.2, \"$lte\": 2.4}}). Off unless asked: a location is personal data")
+
+
+METADATA_HELP = ("each image's metadata from a file: JSON Lines (.jsonl, one object a line: {\"id\": "
+                  "\"cat/001.jpg\", \"album\": \"trip\", \"year\": 2024}, the id being the path relative to "
+                  "SOURCE) or CSV (.csv, a header with an id column; every other cell a string value); added to "
+                  "{width, height}, and taking their place when it names them")
+
+
+def metadata_for(path: str | None, ids: list[str]) -> dict[str, dict]:
+    """--metadata read (id -> metadata object), saying how many of its rows name no image of the source."""
+    if path is None:
+        return {}
+    from ._metadata_file import read_metadata_file
+
+    extra = read_metadata_file(path)
+    unknown = sorted(set(extra) - set(ids))
+    if unknown:
+        print(f"--metadata {path}: {len(unknown)} of its {len(extra)} rows name no image here "
+              f"(e.g. {', '.join(repr(i) for i in unknown[:3])}); the ids are paths relative to the source",
+              file=sys.stderr)
+    return extra
+
+
+def crop_arg(text: str | None):
+    """--crop as a model.Crop, or None; CliError naming what is wrong."""
+    if text is None:
+        return None
+    import model
+
+    try:
+        return model.parse_crop(text)
+    except ValueError as exc:
+        raise CliError(f"--crop: {exc}") from None
+
+
+def where_arg(text: str | None) -> dict | None:
+    """--where parsed and checked, or None; CliError naming what is wrong."""
+    import json
+
+    import index
+
+    if not text:
+        return None
+    try:
+        where = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"--where {text!r} is not valid JSON: {exc}") from None
+    try:
+        index.check_where(where)
+    except index.InvalidItemError as exc:
+        raise CliError(f"--{exc}") from None
+    return where
+
+
+def is_tar(path: Path) -> bool:
+    import tarfile
+
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+def queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[], bytes]]], list]:
+    """(name, label, read) of each query: a file as given (no label), or every image in a folder or tar
+    with its class folder as label (ImageFolder); read() returns the bytes. Also the tars opened."""
+    out, tars = [], []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_file() and not is_tar(path):
+            out.append((arg, None, path.read_bytes))
+            continue
+        if not path.exists():
+            raise CliError(f"cannot read image {arg}: no such file or folder")
+        ids, labels, tar, _ = scan(path, True)
+        if tar is None:
+            out += [(str(path / i), labels[i], (path / i).read_bytes) for i in ids]
+        else:
+            tf, members = tar
+            tars.append(tf)
+            out += [(f"{arg}:{i}", labels[i], lambda m=members[i], tf=tf: tf.extractfile(m).read()) for i in ids]
+    if paths and not out:   # (no paths at all: a search by marked items alone)
+        raise CliError(f"no query images in {' '.join(paths)}")
+    return out, tars
