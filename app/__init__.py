@@ -14,7 +14,8 @@ from starlette.staticfiles import StaticFiles
 from ._errors import install_error_handlers
 from ._metrics import Metrics
 from ._openapi import install_openapi
-from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, KeyRing, MetricsMiddleware,
+from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, HeadMiddleware, KeyRing,
+                          MetricsMiddleware,
                           RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SecurityHeadersMiddleware,
                           SharedRateLimiter, install_access_log_redaction, parse_keys, route_resolver)
 from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
@@ -63,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     key_for_reads=settings.require_key_for_reads)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    # Added innermost first: metrics -> CORS -> key and rate limit -> concurrency cap -> body limit -> routes.
+    # Added innermost first: metrics -> CORS -> key and rate limit -> concurrency cap -> body limit -> HEAD -> routes.
+    app.add_middleware(HeadMiddleware)   # innermost: HEAD wherever GET, past the key check and limits as a GET
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics,
                        timeout=settings.body_timeout_seconds)
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)

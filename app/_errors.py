@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import Send
 
 # The id of the request being served (set by RequestIdMiddleware), for error bodies and log lines:
@@ -100,6 +101,30 @@ def _id_with_line_break(request: Request) -> str | None:
     return None
 
 
+def all_routes(routes):
+    """The routes of an app, the included routers' flattened (FastAPI wraps each included router in one route)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from all_routes(inner.routes)
+        else:
+            yield route
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path takes (Starlette's 405 names only the first matching route's), HEAD
+    wherever GET is (app._middleware.HeadMiddleware serves it)."""
+    scope = dict(request.scope)
+    methods: set[str] = set()
+    for route in all_routes(request.app.router.routes):
+        taken = getattr(route, "methods", None)
+        if taken and route.matches({**scope, "method": next(iter(taken))})[0] == Match.FULL:
+            methods |= set(taken)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map ApiError, HTTP exceptions and parameter validation onto the JSON error shape. (Unexpected
     exceptions are answered by RequestIdMiddleware: a 500 with no internals in the message, logged
@@ -120,7 +145,10 @@ def install_error_handlers(app: FastAPI) -> None:
                                                          "characters, and no item has this one")
             message = f"no route for {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
+            allowed = _allowed_methods(request)
+            message = f"method {request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
+            return error_response(405, code, message, {**(getattr(exc, "headers", None) or {}),
+                                                       "Allow": ", ".join(allowed)})
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

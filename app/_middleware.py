@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import ERROR_CODE, REQUEST_ID, ApiError, send_error
+from ._errors import ERROR_CODE, REQUEST_ID, ApiError, all_routes, send_error
 from ._metrics import Metrics
 
 log = logging.getLogger("simsearch.app")
@@ -39,6 +39,36 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Visible ASCII without quotes or backslashes, as the gateway takes it (deploy/nginx.conf's map): one id
 # for a request on both sides, safe in a log line and in JSON written by hand
 _REQUEST_ID_OK = re.compile(r"[!#-\[\]-~]{1,200}")
+
+
+class HeadMiddleware:
+    """HEAD wherever GET is served (RFC 9110 9.1): the GET route answers, its headers go out and its body does
+    not. A route of its own for HEAD (/healthz, /readyz) answers as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._head_paths: set[str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or self._has_head_route(scope):
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return   # the rest of the body: dropped
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, headers_only)
+
+    @staticmethod
+    def _has_head_route(scope: Scope) -> bool:
+        app = scope.get("app")
+        for route in all_routes(getattr(getattr(app, "router", None), "routes", ())):
+            if "HEAD" in (getattr(route, "methods", None) or ()) and route.matches(scope)[0] == Match.FULL:
+                return True
+        return False
 
 
 class RequestIdMiddleware:
@@ -188,17 +218,9 @@ def is_gallery_scan(path: str) -> bool:
 def route_resolver(app) -> Callable[[Scope], str]:
     """A function giving the route template of a request (bounded label values for metrics)."""
 
-    def flat(routes):
-        for route in routes:
-            inner = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
-            if inner is not None:
-                yield from flat(inner.routes)
-            else:
-                yield route
-
     def resolve(scope: Scope) -> str:
         partial = None
-        for route in flat(app.router.routes):
+        for route in all_routes(app.router.routes):
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 return getattr(route, "path_format", None) or getattr(route, "path", "other")

@@ -174,3 +174,27 @@ def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
     assert httpx.get(live.url + "/index/known").status_code == 200   # a read without: no security declared
     assert httpx.get(live.url + "/index", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert json.dumps(spec).count("HTTPValidationError") == 0
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("PATCH", "/index", "DELETE, GET, HEAD, POST"),
+    ("PUT", "/index/known", "DELETE, GET, HEAD, PATCH"),
+    ("PUT", "/index/known/thumbnail", "DELETE, GET, HEAD, PATCH"),   # also the item "known/thumbnail"'s path
+    ("POST", "/healthz", "GET, HEAD"),
+    ("OPTIONS", "/readyz", "GET, HEAD"),
+    ("GET", "/embed", "POST"),
+])
+def test_a_405_names_in_allow_every_method_the_path_takes(live, method, path, allow):
+    r = httpx.request(method, live.url + path, headers={"X-API-Key": KEY})
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+    assert r.headers["allow"] == allow and allow in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/index/known/thumbnail", "/index/known", "/index", "/galleries", "/facets?field=label",
+                                  "/metrics", "/", "/healthz"])
+def test_head_answers_wherever_get_does_with_the_get_headers_and_no_body(live, path):
+    got, head = httpx.get(live.url + path), httpx.head(live.url + path)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    if path.endswith("thumbnail"):
+        assert head.headers["content-length"] == str(len(got.content))
