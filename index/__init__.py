@@ -21,6 +21,7 @@
     store.facets("metadata.album", where={"year": 2024})   # Facet: each album's number of items, most first
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
+    incomplete(path)   # what a copy into the store that did not finish left said (None: the store is whole)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
 """
@@ -37,6 +38,7 @@ from ._groups import (MAX_GROUP_CANDIDATES, best_of, check_group_by, group_hits,
                       search_hits)
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
+from ._incomplete import clear_incomplete, incomplete, mark_incomplete
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._milvus import MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
@@ -54,7 +56,8 @@ __all__ = [
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup",
     "backup_galleries",
-    "check_gallery_name", "check_index_kind", "check_metadata", "check_where",
+    "check_gallery_name", "check_index_kind", "check_metadata", "check_where", "clear_incomplete", "incomplete",
+    "mark_incomplete",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
     "mean_query", "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",
