@@ -20,6 +20,7 @@ if TYPE_CHECKING:
                             read_meta, resave_artifact, save_artifact)
     from ._embedder import Embedder, default_device, embed_tensor
     from ._involution import Involution
+    from ._normalize import PixelNormalize
     from ._onnx import OnnxUnavailable, export_onnx, to_onnx
     from ._params import count_parameters, default_artifact_path
     from ._pddm import PDDM
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
     "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
-    "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
+    "PixelNormalize", "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
     "default_artifact_path", "default_device", "displayed_size", "draft_size", "embed_tensor", "export_onnx",
     "files_under", "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail",
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
@@ -43,6 +44,7 @@ _SOURCES = {
                   "read_meta", "resave_artifact", "save_artifact"),
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
+    "_normalize": ("PixelNormalize",),
     "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
     "_registry": ("ModelModuleError", "create_model", "import_models", "is_model", "list_models", "model_source",
                   "register_model"),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
 from ._crop import Crop
+from ._normalize import PixelNormalize
 from ._preprocess import to_model_array
 from ._runtimes import RUNTIMES
 
@@ -36,15 +37,6 @@ def embed_tensor(net: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> to
         y = net(torch.cat([x, x.flip(3)]))
         return (y[:n] + y[n:]) * 0.5
     raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_MODES)}")
-
-
-def pixel_scaling(meta: ArtifactMeta, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, C, 1, 1), with uint8 pixels x * scale + shift = (x / 255 - mean) / std:
-    the model's input normalisation as one multiply-add (the Embedder's and the exported graph's)."""
-    c = meta.in_chans
-    mean = torch.tensor(meta.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
-    std = torch.tensor(meta.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
-    return 1.0 / (255.0 * std), -mean / std
 
 
 def _traced(net: torch.nn.Module, in_chans: int, size: int, device: torch.device) -> torch.nn.Module | None:
@@ -109,13 +101,14 @@ class Embedder:
         #: what runs the network: "onnxruntime", "TorchScript graph" or "eager modules"
         self.runtime = "onnxruntime" if self._session is not None else (
             "TorchScript graph" if self.traced else "eager modules")
+        # (x / 255 - mean) / std as x * scale + shift, in place on the float copy: no further
+        # allocations (fresh multi-MB tensors cost page faults); see docs/results/benchmarks.md.
+        self._normalize = PixelNormalize(self.meta.mean, self.meta.std).to(self.device)
+        # Read by bench/bench_embed.py alone, which times the normalisation's earlier forms against this one.
+        self._scale, self._shift = self._normalize.byte_scale, self._normalize.shift
         c = self.meta.in_chans
         self._mean = torch.tensor(self.meta.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._std = torch.tensor(self.meta.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        # (x / 255 - mean) / std as x * scale + shift, in place on the float copy: no further
-        # allocations (fresh multi-MB tensors cost page faults) and equal to within float rounding;
-        # see docs/results/benchmarks.md.
-        self._scale, self._shift = pixel_scaling(self.meta, self.device)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,
@@ -156,6 +149,6 @@ class Embedder:
         out = []
         for start in range(0, len(batch), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch[start:start + self.batch_size])).to(self.device)
-            x = x.to(torch.float32, copy=True).mul_(self._scale).add_(self._shift)  # never the caller's memory
+            x = self._normalize(x)   # a float copy: never the caller's memory
             out.append(F.normalize(embed_tensor(self._net, x, self.meta.tta).float(), dim=1).cpu())
         return (out[0] if len(out) == 1 else torch.cat(out)).numpy().astype(np.float32, copy=False)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._artifact import Artifact, ArtifactMeta
-from ._embedder import embed_tensor, pixel_scaling
+from ._embedder import embed_tensor
+from ._normalize import PixelNormalize
 from ._runtimes import missing_onnx_packages
 
 MIN_OPSET = 18
@@ -49,13 +50,10 @@ class _Exported(nn.Module):
     def __init__(self, net: nn.Module, meta: ArtifactMeta):
         super().__init__()
         self.net, self.tta = net, meta.tta
-        scale, shift = pixel_scaling(meta)
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
+        self.normalize = PixelNormalize(meta.mean, meta.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) * self.scale + self.shift
-        return F.normalize(embed_tensor(self.net, x, self.tta).float(), dim=1)
+        return F.normalize(embed_tensor(self.net, self.normalize(images), self.tta).float(), dim=1)
 
 
 def to_onnx(artifact: Artifact, opset: int | None = None, int8_calibration: np.ndarray | None = None) -> bytes:

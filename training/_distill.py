@@ -135,24 +135,24 @@ class AugmentedViewTeachers:
 
     def __init__(self, paths: list[str], in_chans: int, image_size: int, device: torch.device,
                  class_names: list[str] | None = None):
+        import model as zoo
+
         arts = _load_teachers(paths, in_chans, image_size, class_names)
         self.ids = [a.model_id for a in arts]
         self._teachers = []
         for art in arts:
             net = art.model.to(device).eval()  # __call__ runs under no_grad: no gradient reaches it
-            c = art.meta.in_chans
-            mean = torch.tensor(list(art.meta.mean), dtype=torch.float32, device=device).view(1, c, 1, 1)
-            std = torch.tensor(list(art.meta.std), dtype=torch.float32, device=device).view(1, c, 1, 1)
+            normalize = zoo.PixelNormalize(art.meta.mean, art.meta.std).to(device)
             head = art.heads.get("ce_head") if class_names is not None else None
-            self._teachers.append((net, mean, std, head))
+            self._teachers.append((net, normalize, head))
 
     @torch.no_grad()
     def __call__(self, views: torch.Tensor) -> Teaching:
         from ._evaluate import head_logits
 
         parts, logits = [], []
-        for net, mean, std, head in self._teachers:
-            emb = net((views - mean) / std).float()
+        for net, normalize, head in self._teachers:
+            emb = net(normalize(views)).float()   # views: floats in [0, 1]
             parts.append(F.normalize(emb, dim=1))
             if head is not None:
                 logits.append(head_logits(emb, head))

@@ -54,13 +54,10 @@ def embed_images(net: nn.Module, images: torch.Tensor, mean, std, device: torch.
     device = torch.device(device)
     was_training = net.training
     net.eval()
-    c = images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    normalize = model.PixelNormalize(mean, std).to(device)
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device).float().div_(255.0)
-        out.append(model.embed_tensor(net, (x - m) / s, tta).float().cpu())
+        out.append(model.embed_tensor(net, normalize(images[i:i + batch_size].to(device)), tta).float().cpu())
     net.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(net, "embed_dim", 0))
 
