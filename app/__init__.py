@@ -8,10 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from PIL import Image
-from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
-from ._errors import install_error_handlers
+from ._errors import JsonCORSMiddleware, install_error_handlers
 from ._metrics import Metrics
 from ._openapi import install_openapi
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, HeadMiddleware, KeyRing,
@@ -75,9 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origin_list():
         # Outside the key check: a browser's preflight carries no key; and the refusals inside (401, 413,
         # 429) get the CORS headers, so that the calling page can read why.
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(),
+        app.add_middleware(JsonCORSMiddleware, allow_origins=settings.cors_origin_list(),
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", AFTER_HEADER],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID", AFTER_HEADER],
                            expose_headers=["X-Request-ID", "Retry-After", "Allow", POSITION_HEADER], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app),
                        wrote=service.refusals.succeeded)

@@ -7,8 +7,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 from starlette.types import Send
 
@@ -155,3 +157,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_parameter", _describe_validation(exc))
 
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose preflight refusals (an origin, method or header not allowed) are the API's JSON
+    error, 400 `cors_preflight_refused`, instead of a text/plain body."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode("latin-1")   # "Disallowed CORS origin, headers"
+        asked = {"origin": request_headers.get("origin"),
+                 "method": request_headers.get("access-control-request-method"),
+                 "headers": request_headers.get("access-control-request-headers")}
+        named = "; ".join(f"{k} {v!r}"[:200] for k, v in asked.items() if v)
+        keep = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return error_response(400, "cors_preflight_refused", f"{reason} (asked: {named}); the service allows the "
+                              "origins in SIMSEARCH_CORS_ORIGINS", keep)

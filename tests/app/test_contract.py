@@ -13,6 +13,7 @@ from .conftest import encode, pattern, start_server, stop_server
 
 KEY = "contract-key"
 MAX_BODY = 200_000
+ORIGIN = "https://app.example.com"
 PORTS = range(18950, 19000)   # this suite's servers stay in this range
 
 
@@ -34,7 +35,7 @@ def live(hybrid1_artifact, tmp_path_factory):
     work = tmp_path_factory.mktemp("contract")
     server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
                            "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY),
-                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work, port=_port())
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_CORS_ORIGINS": ORIGIN}, work, port=_port())
     r = httpx.post(server.url + "/index", headers={"X-API-Key": KEY}, files=[("file", ("a.jpg", encode(pattern(1), "JPEG"), "image/jpeg"))],
                    data={"id": "known", "label": "cat"})
     assert r.status_code == 201, r.text
@@ -198,3 +199,24 @@ def test_head_answers_wherever_get_does_with_the_get_headers_and_no_body(live, p
     assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
     if path.endswith("thumbnail"):
         assert head.headers["content-length"] == str(len(got.content))
+
+
+def test_a_cors_preflight_allows_the_bearer_header_the_api_takes_and_refuses_as_a_json_error(live):
+    def preflight(origin=ORIGIN, method="POST", headers="authorization"):
+        return httpx.options(live.url + "/index", headers={"Origin": origin, "Access-Control-Request-Method": method,
+                                                           "Access-Control-Request-Headers": headers})
+
+    for asked in ("authorization", "x-api-key", "content-type, x-request-id, x-simsearch-after"):
+        r = preflight(headers=asked)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN, (asked, r.text)
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = httpx.post(live.url + "/index", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"},
+                   files=[("file", ("b.jpg", encode(pattern(2), "JPEG"), "image/jpeg"))], data={"id": "by-bearer"})
+    assert r.status_code == 201 and r.headers["access-control-allow-origin"] == ORIGIN, r.text
+    for refused, words in ((preflight(origin="https://evil.example"), ("origin", "evil.example")),
+                           (preflight(headers="x-other"), ("headers", "x-other")),
+                           (preflight(method="PUT"), ("method", "PUT"))):
+        assert refused.status_code == 400 and refused.headers["content-type"] == "application/json", refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "cors_preflight_refused" and error["request_id"] == refused.headers["x-request-id"]
+        assert all(w in error["message"] for w in words), error
