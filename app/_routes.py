@@ -3,6 +3,7 @@ event loop; the body is parsed here (not by FastAPI params) so the multipart lim
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -1187,6 +1188,8 @@ async def facets(request: Request,
 
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
+                                                304: {"description": "If-None-Match names the thumbnail's ETag: "
+                                                                     "unchanged"},
                                                 **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)}})
 async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(),
                     after: str | None = _after()) -> Response:
@@ -1194,7 +1197,21 @@ async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(
     data = await anyio.to_thread.run_sync(g.store.thumbnail, id)
     if not data:
         raise ApiError(404, "not_found", f"no thumbnail for id {id!r} (no such item, or stored without one)")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+    # no-cache: a browser asks again each time, and If-None-Match makes that a 304 without the image while it is
+    # the same; an image replaced under the id (POST /index again) shows at once, where max-age=60 showed the old
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2, weak comparison) names this entity tag, or is `*`."""
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 @router.get("/index/{id:path}", response_model=ItemOut, tags=["gallery"], summary="one gallery item",

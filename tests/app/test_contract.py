@@ -220,3 +220,22 @@ def test_a_cors_preflight_allows_the_bearer_header_the_api_takes_and_refuses_as_
         error = refused.json()["error"]
         assert error["code"] == "cors_preflight_refused" and error["request_id"] == refused.headers["x-request-id"]
         assert all(w in error["message"] for w in words), error
+
+
+def test_a_thumbnail_revalidates_by_etag_so_a_replaced_image_is_never_served_stale(live):
+    def post(seed):
+        r = httpx.post(live.url + "/index", headers={"X-API-Key": KEY}, data={"id": "thumb"},
+                       files=[("file", ("t.jpg", encode(pattern(seed), "JPEG"), "image/jpeg"))])
+        assert r.status_code == 201, r.text
+
+    url = live.url + "/index/thumb/thumbnail"
+    post(3)
+    first = httpx.get(url)
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and "no-cache" in first.headers["cache-control"] and etag.startswith('"')
+    same = httpx.get(url, headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+    assert httpx.get(url, headers={"If-None-Match": f'"other", W/{etag}'}).status_code == 304
+    post(4)   # the same id, another image
+    again = httpx.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.content != first.content and again.headers["etag"] != etag
