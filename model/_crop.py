@@ -25,8 +25,17 @@ def parse_crop(text: str) -> Crop:
 
 
 def check_crop(crop: Crop) -> Crop:
-    """`crop` as a tuple of floats when it is a region of the image; ValueError otherwise."""
-    left, top, right, bottom = (float(v) for v in crop)
+    """`crop` (four numbers, or their text as parse_crop reads it) as a tuple of floats when it is a region of
+    the image; ValueError otherwise."""
+    if isinstance(crop, str):
+        return parse_crop(crop)
+    try:
+        values = tuple(float(v) for v in crop)
+    except (TypeError, ValueError):
+        raise ValueError(f"crop={crop!r} must be {_FORM}") from None
+    if len(values) != 4:
+        raise ValueError(f"crop={crop!r} has {len(values)} values; it must be {_FORM}")
+    left, top, right, bottom = values
     if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (left, top, right, bottom)):
         raise ValueError(f"crop {_text(crop)}: every value must be between 0 and 1 (fractions of the image's "
                          "width and height)")

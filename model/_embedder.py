@@ -1,9 +1,10 @@
 """Embedder: PIL images in, L2-normalised float32 vectors out."""
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
 from ._crop import Crop
+from ._formats import unreadable_reason
 from ._normalize import PixelNormalize
 from ._preprocess import to_model_array
 from ._runtimes import RUNTIMES
@@ -85,7 +87,9 @@ class Embedder:
             torch.device("cpu") if runtime == "onnx" else default_device())
         if runtime == "onnx" and self.device.type != "cpu":
             raise ValueError(f"the onnx runtime runs on the CPU; device {self.device} needs runtime torch")
-        self.batch_size = batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
         self.model = artifact.model.to(self.device).eval()
         self._session = None
         graph = None
@@ -130,19 +134,61 @@ class Embedder:
         it (decode-side work, thread-safe)."""
         return to_model_array(image, self.meta.in_chans, self.meta.image_size, crop)
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed PIL images of any size and mode: float32 (N, dim), each row of unit length."""
-        if not images:
+    def embed(self, images: Iterable[Image.Image | str | os.PathLike]) -> np.ndarray:
+        """Embed a list (or any iterable) of images: PIL images of any size and mode, or paths of image files
+        (str or os.PathLike), which are opened, decoded as the service and `simsearch index build` decode
+        files, and closed here. Returns float32 (N, dim), each row of unit length; an empty list gives (0, dim).
+
+        The caller's PIL images are not changed. One freshly opened (Image.open, not yet decoded) gets the
+        vector the service gives its file; one already decoded (.load(), .convert("RGB"), a thumbnail made
+        from it) a vector a little off it (cosine about 0.998 or more), as its JPEG is then used at full
+        size (model.to_model_array). Pixels already made (uint8 (N, C, S, S)) go to `embed_arrays`.
+
+        Raises TypeError for one image or path given alone (put it in a list) and for an item of another
+        kind, naming it; FileNotFoundError for a path that is not there; ValueError naming a file that does
+        not decode as an image."""
+        if isinstance(images, (Image.Image, str, bytes, os.PathLike)):
+            raise TypeError(f"embed takes a list of images or paths, got one {_kind(images)}: embed([image])")
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"embed takes a list of PIL images or file paths, got a {_kind(images)}; uint8 "
+                            f"pixel arrays (N, {self.meta.in_chans}, {self.meta.image_size}, "
+                            f"{self.meta.image_size}) go to embed_arrays")
+        try:
+            items = list(images)
+        except TypeError:
+            raise TypeError(f"embed takes a list of PIL images or file paths, got {_kind(images)}") from None
+        if not items:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_arrays(np.stack([self.preprocess(im) for im in images]))
+        return self.embed_arrays(np.stack([self._array(item, i) for i, item in enumerate(items)]))
+
+    def _array(self, item: Image.Image | str | os.PathLike, i: int) -> np.ndarray:
+        """One item of `embed`'s list as the model's uint8 input."""
+        if isinstance(item, Image.Image):
+            return self.preprocess(item)
+        if not isinstance(item, (str, os.PathLike)):
+            hint = "; uint8 pixel arrays go to embed_arrays" if isinstance(item, (np.ndarray, torch.Tensor)) else ""
+            raise TypeError(f"embed: item {i} is {_kind(item)}, not a PIL image or a file path{hint}")
+        try:
+            with Image.open(item) as im:
+                return self.preprocess(im)
+        except (FileNotFoundError, IsADirectoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001  (any decoder failure: the file is not a readable image)
+            raise ValueError(f"{os.fspath(item)}: cannot read it as an image ({unreadable_reason(exc)})") from exc
 
     @torch.inference_mode()
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Embed preprocessed uint8 arrays of shape (N, C, S, S)."""
+        """Embed pixels as `preprocess` (model.to_model_array) makes them: uint8 (N, C, S, S), values 0..255,
+        C and S the artifact's (meta.in_chans, meta.image_size). Arrays of another integer dtype are taken
+        when every value is within 0..255. Floats are refused, whatever their range: [0, 1], 0..255 and
+        mean/std-normalised floats all occur, and guessing would give wrong vectors without a word; scale
+        floats in [0, 1] with `(x * 255).round().astype(np.uint8)`. An empty batch (0, C, S, S) gives (0, dim).
+        Raises ValueError naming the dtype, shape or values that do not fit."""
+        batch = self._check_batch(batch)
+        if not len(batch):
+            return np.zeros((0, self.dim), np.float32)
         if self._session is not None:
             # One call holds the whole graph (scaling, network, tta, normalisation) and releases the GIL.
-            if not len(batch):
-                return np.zeros((0, self.dim), np.float32)
             return np.concatenate([self._session.run(None, {"images": np.ascontiguousarray(
                 batch[start:start + self.batch_size], dtype=np.uint8)})[0]
                 for start in range(0, len(batch), self.batch_size)]).astype(np.float32, copy=False)
@@ -152,3 +198,40 @@ class Embedder:
             x = self._normalize(x)   # a float copy: never the caller's memory
             out.append(F.normalize(embed_tensor(self._net, x, self.meta.tta).float(), dim=1).cpu())
         return (out[0] if len(out) == 1 else torch.cat(out)).numpy().astype(np.float32, copy=False)
+
+    def _check_batch(self, batch) -> np.ndarray:
+        """`batch` as uint8 (N, C, S, S) for this model, or ValueError (TypeError for what is no array) naming
+        what does not fit."""
+        c, size = self.meta.in_chans, self.meta.image_size
+        want = f"uint8 (N, {c}, {size}, {size})"
+        if isinstance(batch, torch.Tensor):
+            batch = batch.detach().cpu().numpy()
+        if not isinstance(batch, np.ndarray):
+            raise TypeError(f"embed_arrays takes a numpy array {want}, got {_kind(batch)}"
+                            + ("; PIL images and file paths go to embed" if isinstance(batch, (list, tuple)) else ""))
+        if batch.ndim != 4 or batch.shape[1:] != (c, size, size):
+            hint = ""
+            if batch.ndim == 3 and batch.shape in ((c, size, size), (size, size, c)):
+                hint = "; one image: add the batch axis (array[None])"
+            elif batch.ndim == 4 and batch.shape[1:] == (size, size, c):
+                hint = "; channels last: array.transpose(0, 3, 1, 2)"
+            elif batch.ndim == 4 and batch.shape[1] == c:
+                hint = f"; images are made {size}x{size} by preprocess (model.to_model_array)"
+            raise ValueError(f"embed_arrays: an array of shape {batch.shape}, expected {want}{hint}")
+        if batch.dtype != np.uint8:
+            if not np.issubdtype(batch.dtype, np.integer):
+                raise ValueError(f"embed_arrays: an array of dtype {batch.dtype}, expected {want} pixels 0..255; "
+                                 "floats in [0, 1]: (array * 255).round().astype(np.uint8)")
+            if batch.size and (batch.min() < 0 or batch.max() > 255):
+                raise ValueError(f"embed_arrays: {batch.dtype} values from {batch.min()} to {batch.max()}, expected "
+                                 f"pixels 0..255 ({want})")
+            batch = batch.astype(np.uint8)
+        return batch
+
+
+def _kind(value) -> str:
+    """What `value` is, for a message: its type, with the shape of an array."""
+    name = type(value).__module__.split(".")[0] + "." + type(value).__qualname__
+    name = type(value).__qualname__ if type(value).__module__ == "builtins" else name
+    shape = getattr(value, "shape", None)
+    return f"a {name}" + (f" of shape {tuple(shape)}" if shape is not None else "")
