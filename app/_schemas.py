@@ -114,9 +114,9 @@ class IndexInfo(BaseModel):
     next_offset: int | None = Field(description="offset of the next page (with the same `after`); null on the last "
                                                 "page. Unstable under writes: use next_after to export")
     after: int | None = Field(None, description="the `after` asked for")
-    next_after: int | None = Field(None, description="the listing position of this page's last item: `after=` for the "
-                                                     "next page, which no write moves an unchanged item across; null on "
-                                                     "the last page")
+    next_after: int | None = Field(None, description="the listing position of this page's last item: `after=` for "
+                                                     "the next page, which no write moves an unchanged item across; "
+                                                     "null on the last page")
     read_only: bool = Field(False, description="this service serves the index read-only (SIMSEARCH_READ_ONLY): "
                                                "writes to it get 405")
     position: str | None = Field(None, description="where this listing stands in the writer's history (what "

@@ -450,7 +450,8 @@ async def test_listing_paged_by_next_after_skips_no_unchanged_item_when_an_earli
     async with running(make_settings(index="flat")) as c:
         ids = [f"p{i:02d}" for i in range(9)]
         await c.post("/index", files=[upload(png(i)) for i in range(9)],
-                     data={"id": ids, "label": ["a", "b", "a"] * 3, "metadata": [json.dumps({"n": i}) for i in range(9)]})
+                     data={"id": ids, "label": ["a", "b", "a"] * 3,
+                           "metadata": [json.dumps({"n": i}) for i in range(9)]})
 
         async def export(query: str, between=None) -> list[str]:
             seen, after, pages = [], None, 0
@@ -475,8 +476,8 @@ async def test_listing_paged_by_next_after_skips_no_unchanged_item_when_an_earli
         assert await export("&where=" + json.dumps({"n": {"$gte": 6}})) == ["p06", "p07", "p08"]
         first = (await c.get("/index?limit=2")).json()
         assert [i["id"] for i in first["items"]] == ["p02", "p03"] and first["next_offset"] == 2
-        assert [i["id"] for i in (await c.get(f"/index?limit=2&after={first['next_after']}&offset=1")).json()["items"]] \
-            == ["p05", "p06"]   # an offset counts on from `after`
+        on = (await c.get(f"/index?limit=2&after={first['next_after']}&offset=1")).json()
+        assert [i["id"] for i in on["items"]] == ["p05", "p06"]   # an offset counts on from `after`
         assert_error(await c.get("/index?after=-1"), 422, "invalid_parameter", "after")
         assert_error(await c.get("/index?after=1.5"), 422, "invalid_parameter", "after")
 

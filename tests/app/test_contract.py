@@ -35,9 +35,10 @@ def live(hybrid1_artifact, tmp_path_factory):
     work = tmp_path_factory.mktemp("contract")
     server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
                            "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY),
-                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_CORS_ORIGINS": ORIGIN}, work, port=_port())
-    r = httpx.post(server.url + "/index", headers={"X-API-Key": KEY}, files=[("file", ("a.jpg", encode(pattern(1), "JPEG"), "image/jpeg"))],
-                   data={"id": "known", "label": "cat"})
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_CORS_ORIGINS": ORIGIN},
+                          work, port=_port())
+    r = httpx.post(server.url + "/index", headers={"X-API-Key": KEY}, data={"id": "known", "label": "cat"},
+                   files=[("file", ("a.jpg", encode(pattern(1), "JPEG"), "image/jpeg"))])
     assert r.status_code == 201, r.text
     yield server
     stop_server(server)
@@ -94,7 +95,8 @@ def _provocations(method: str, path: str, op: dict) -> list[tuple[str, dict]]:
     over the limit, and a JSON body where JSON is declared."""
     required = [p["name"] for p in op.get("parameters", []) if p["in"] == "query" and p.get("required")]
     assert set(required) <= set(_REQUIRED), f"{method} {path}: give a value of {required} in _REQUIRED"
-    url = path.replace("{id}", "nope").replace("{name}", "nope") + "?" + "&".join(f"{n}={_REQUIRED[n]}" for n in required)
+    url = path.replace("{id}", "nope").replace("{name}", "nope")
+    url += "?" + "&".join(f"{n}={_REQUIRED[n]}" for n in required)
     key = {"X-API-Key": KEY}
     params = {p["name"] for p in op.get("parameters", [])}
     body_types = set(op.get("requestBody", {}).get("content", {}))
@@ -191,8 +193,8 @@ def test_a_405_names_in_allow_every_method_the_path_takes(live, method, path, al
     assert r.headers["allow"] == allow and allow in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path", ["/index/known/thumbnail", "/index/known", "/index", "/galleries", "/facets?field=label",
-                                  "/metrics", "/", "/healthz"])
+@pytest.mark.parametrize("path", ["/index/known/thumbnail", "/index/known", "/index", "/galleries",
+                                  "/facets?field=label", "/metrics", "/", "/healthz"])
 def test_head_answers_wherever_get_does_with_the_get_headers_and_no_body(live, path):
     got, head = httpx.get(live.url + path), httpx.head(live.url + path)
     assert head.status_code == got.status_code == 200, head.text
