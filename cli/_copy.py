@@ -150,6 +150,9 @@ def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
                            vectors=(source.dim, source.model_id),
                            locked_hint=f". Stop the service serving {args.to_data} first, or copy into another folder")
         where = dest.info()["path"]
+        folder = None if args.to_milvus_uri else g.gallery_folder(args.to_data, to_gallery)
+        if folder is not None:   # a copy cut off leaves a store that says so (index stats, check, serve)
+            index.mark_incomplete(folder, "index copy", source.where)
         copied, bare, left_out = 0, [], []
         try:
             with tqdm(total=len(source.ids), unit="item", desc=f"copying {gallery}") as bar:
@@ -160,6 +163,8 @@ def _copy_gallery(args, gallery: str, to_gallery: str) -> int:
                     bar.update(len(chunk))
             dest.snapshot()   # a folder: its FAISS snapshot now; Milvus: its rows sealed, for fast searches
             count = dest.count()
+            if folder is not None:
+                index.clear_incomplete(folder)
         except index.StorageError as exc:
             raise CliError(f"{exc}. What was copied is kept: free space, then run the same command again") from None
         finally:

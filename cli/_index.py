@@ -265,6 +265,8 @@ def _build(args) -> int:
 def _stats(args) -> int:
     import json
 
+    import index
+
     store = g.open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
     try:
         info = store.info()
@@ -274,6 +276,7 @@ def _stats(args) -> int:
         info["unlabelled"] = counts.get(None, 0)
     finally:
         store.close()
+    info["incomplete"] = None if args.milvus_uri else index.incomplete(g.gallery_folder(args.data, args.gallery))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -290,6 +293,8 @@ def _stats(args) -> int:
             print(f"  {label}{' ' * (width - _display_width(label))}  {n}")
         if info["unlabelled"]:   # as `index facets label` says it
             print(f"  (no value: {info['unlabelled']})")
+    if info["incomplete"]:
+        print(f"incomplete: {info['incomplete']}")
     return 0
 
 

@@ -131,6 +131,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
         state = {"source": str(source.resolve()), "source_model": reader.model_id, "since_seq": last_seq}
         _write_state(dest, state)
     since = int(state["since_seq"])
+    index.mark_incomplete(dest, "index reembed", str(source))   # until this run has caught up: said if cut off
     with index.StoreReader(dest) as own:
         _, have = own.rows()
     gone = [i for i in have if i not in rows]
@@ -173,6 +174,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
         store.delete(missed)
     state["since_seq"] = last_seq
     _write_state(dest, state)
+    index.clear_incomplete(dest)
     count = store.count()
     serve = f"--data {shlex.quote(str(args.dest))}" + (f" --model {shlex.quote(str(args.model))}" if args.model
                                                      else " (the bundled default model)")

@@ -19,6 +19,7 @@ from typing import Iterable
 from . import _db
 from ._errors import StorageError, StoreError
 from ._galleries import DEFAULT_GALLERY, gallery_names, gallery_path, live_folders
+from ._incomplete import INCOMPLETE_NAME
 
 # Where backup_galleries copies before the copies take their places; one left by a backup killed midway
 # is all a retry finds in DEST, and the retry removes it.
@@ -123,6 +124,8 @@ def _copy(source: Path, dest: Path, shown: Path, needs: int) -> dict:
         if check != "ok":
             raise StoreError(f"the copy of {source} failed SQLite's integrity check: {check}")
         part.replace(dest / _db.DB_NAME)  # only a checked copy gets the name a store is opened by
+        if (source / INCOMPLETE_NAME).exists():   # a copy of a part is one too
+            shutil.copyfile(source / INCOMPLETE_NAME, dest / INCOMPLETE_NAME)
     except sqlite3.OperationalError as exc:
         if _db.disk_refusal(exc) != sqlite3.SQLITE_FULL:
             raise

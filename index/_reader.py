@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _db, _faiss
 from ._errors import StoreError
+from ._incomplete import incomplete
 from ._store import SNAPSHOT_NAME, _row_to_item
 from ._types import Item
 
@@ -120,9 +121,12 @@ class StoreReader:
         """Look over the whole store for damage, reading only (safe while a service serves it): SQLite's
         quick_check, the record (last_seq not behind any item), every item's vector (its length, finite,
         of unit norm: a flipped bit shows there, as SQLite keeps no checksums of its own), label and
-        metadata, the change log's triggers, and the FAISS snapshot's checksum and place. Each problem
-        names the item or file."""
+        metadata, the change log's triggers, and the FAISS snapshot's checksum and place; and a copy into it
+        (`index copy`, `index reembed`) that did not finish. Each problem names the item or file."""
         conn, out = self._conn, Check()
+        unfinished = incomplete(self.path)
+        if unfinished:   # sound, but a part of what it was filled from
+            out.add(unfinished)
         for (line,) in conn.execute("PRAGMA quick_check"):
             if line != "ok":
                 out.add(f"SQLite: {line}")

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pymilvus")
 
 from cli import main  # noqa: E402
-from index import Item, MilvusConfig, MilvusStore, Store, StoreConfig, StoreReader  # noqa: E402
+from index import Item, MilvusConfig, MilvusStore, Store, StoreConfig, StoreError, StoreReader  # noqa: E402
 
 
 def _folder_items(path) -> list[Item]:
@@ -181,3 +181,52 @@ def test_an_explicit_data_folder_is_read_even_where_the_milvus_uri_is_set_in_the
     assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["default"]   # the folder's
     assert main(["index", "galleries", "--json"]) == 0
     assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["default", "f"]   # Milvus's
+
+
+def test_a_copy_killed_midway_leaves_a_store_that_says_it_is_a_part_until_the_same_command_finishes_it(
+        tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    rng = np.random.default_rng(5)
+    data, dest = tmp_path / "data", tmp_path / "dest"
+    with Store.open(StoreConfig(data / "index", dim=16, model_id="m@1")) as source:
+        vecs = rng.standard_normal((20_000, 16)).astype(np.float32)
+        source.upsert([Item(f"i{n}", v / np.linalg.norm(v), "a") for n, v in enumerate(vecs)])
+    copy = [sys.executable, "-m", "cli", "index", "copy", "--data", str(data), "--to-data", str(dest),
+            "--batch-size", "20"]   # a commit every 20 items: slow enough to be cut off midway
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen(copy, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with StoreReader(dest / "index") as part:
+                    if part.count() >= 200:
+                        break
+            except StoreError:   # not made yet
+                pass
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGKILL)
+    finally:
+        run.wait(30)
+    with StoreReader(dest / "index") as part:
+        assert 0 < part.count() < 20_000   # cut off midway: a store that opens, holding a part
+    assert main(["index", "check", "--data", str(dest)]) == 1
+    assert "`simsearch index copy` from " in capsys.readouterr().out
+    assert main(["index", "stats", "--data", str(dest), "--json"]) == 0
+    assert "did not finish" in json.loads(capsys.readouterr().out)["incomplete"]
+    assert main(["index", "backup", str(tmp_path / "saved"), "--data", str(dest)]) == 0   # a copy of a part is one
+    assert main(["index", "check", "--data", str(tmp_path / "saved")]) == 1
+    assert "did not finish" in capsys.readouterr().out
+
+    assert main(copy[3:]) == 0   # the same command again: the whole source, and no mark
+    capsys.readouterr()
+    assert main(["index", "check", "--data", str(dest)]) == 0
+    assert main(["index", "stats", "--data", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "items     20000" in out and "incomplete" not in out

@@ -269,12 +269,19 @@ def test_reembed_onto_a_full_disk_stops_with_one_line_and_the_same_command_finis
     assert first.returncode == 2, first.stdout + first.stderr
     last = first.stderr.strip().splitlines()[-1]
     assert "is full" in last and "What was copied is kept" in last and "Traceback" not in first.stderr
+    # the part copied opens as a store of its own: it says it is a part
+    check = [*inside, sys.executable, "-m", "cli", "index", "check", "--data", str(mount / "new")]
+    cut = subprocess.run(check, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert cut.returncode == 1 and "`simsearch index reembed` from " in cut.stdout, cut.stdout + cut.stderr
+    assert "did not finish" in cut.stdout and "Run the same command again" in cut.stdout
 
     subprocess.run([*inside, "rm", str(mount / "ballast")], check=True)
     second = subprocess.run(reembed, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert second.returncode == 0, second.stdout + second.stderr
     done = int(second.stdout.split(" to embed with ")[1].split("already copied")[0].split(", ")[1])
     assert 0 < done < 1000 and "holds 1000 items of hybrid1-res-cifar10@" in second.stdout
+    whole = subprocess.run(check, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert whole.returncode == 0 and whole.stdout.startswith("ok: "), whole.stdout + whole.stderr
 
 
 def test_reembed_of_a_named_gallery_goes_to_the_same_name_in_dest(hybrid1_artifact, photos, tmp_path, capsys):
