@@ -253,6 +253,9 @@ class Service:
             hint = ("; the disk is read-only: to serve the index as it is, set SIMSEARCH_READ_ONLY=true "
                     "(simsearch serve --read-only)" if getattr(exc, "errno", None) == errno.EROFS else "")
             raise RuntimeError(f"cannot open the index at {cfg.path}: {exc}{hint}") from exc
+        unfinished = index.incomplete(cfg.path)
+        if unfinished:   # served as it is (a part of its source is still a gallery), and said
+            log.warning("gallery %r: %s", name, unfinished)
         if s.filter_keys:  # before ready, so that no search waits for a key's index
             t0 = time.perf_counter()
             values = store.index_metadata(s.filter_keys.split(","))

@@ -137,3 +137,18 @@ async def test_the_follow_timestamp_is_exported_by_replicas_that_follow_and_not_
             assert found and time.time() - 60 < float(found[1]) <= time.time(), text
         async with running(make_settings(read_only=True, refresh_seconds=0)) as still:   # follows nothing
             assert name not in (await still.get("/metrics")).text
+
+
+@pytest.mark.anyio
+async def test_a_gallery_a_copy_into_did_not_finish_is_served_and_said_to_be_a_part(make_settings, tmp_path, caplog):
+    import index
+
+    async with running(make_settings()) as c:   # makes the default gallery's store
+        assert (await c.post("/index", files=[upload(png(1))], data={"id": "one"})).status_code == 201
+    index.mark_incomplete(tmp_path / "data" / "index", "index copy", "/srv/old")
+    with caplog.at_level(logging.INFO, logger="simsearch.app"):
+        async with running(make_settings()) as c:
+            assert (await c.get("/index")).json()["count"] == 1
+    said = [rec for rec in caplog.records if "did not finish" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
+    assert "gallery 'default': `simsearch index copy` from /srv/old" in said[0].getMessage()
