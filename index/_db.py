@@ -186,6 +186,18 @@ def get_meta(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
+def check_schema(meta: dict[str, str], path: Path) -> None:
+    """StoreError when the store at `path` was written by a newer simsearch, whose schema this one does not
+    know: serving it (and marking it back down to this schema at the next write) could lose what it added."""
+    have = meta.get("schema", "1")
+    if not have.isdigit():
+        raise StoreCorruptError(f"the store at {path} records schema {have!r}, not a number")
+    if int(have) > SCHEMA_VERSION:
+        raise StoreError(f"the store at {path} was written by a newer simsearch (store schema {have}; this one "
+                         f"reads schema {SCHEMA_VERSION} and older): serve it with that version, or a backup made "
+                         "before the upgrade with this one")
+
+
 def check_wal(db_path: Path) -> None:
     """Look at the WAL (the journal) before SQLite replays it and log clearly what will not be
     recovered: frames after the last committed transaction, or a torn / corrupt tail. SQLite

@@ -70,6 +70,11 @@ class StoreReader:
             self._conn.close()
             raise StoreError(f"the store at {self.path} has no records to read ({exc}): it is being made, or "
                              f"{_db.DB_NAME} is not a simsearch store") from None
+        try:
+            _db.check_schema(meta, self.path)
+        except StoreError:
+            self._conn.close()
+            raise
         if "model_id" not in meta:
             self._conn.close()
             raise StoreError(f"the store at {self.path} is empty (no model recorded)")

@@ -104,6 +104,11 @@ class Store(ItemChecks):
         self._conn = _db.connect(self._db_path, cfg.read_only)
         st = os.stat(self._db_path)
         self._db_file = (st.st_dev, st.st_ino)   # folder_changed(): is it still this file?
+        try:
+            recorded = _db.get_meta(self._conn)
+        except sqlite3.Error:   # no tables yet (a new store), or damage said below
+            recorded = {}
+        _db.check_schema(recorded, self._path)   # before anything is written to a newer simsearch's store
         if not cfg.read_only:
             _db.init_schema(self._conn)
             self._has_log = _db.init_changes(self._conn)   # idempotent: restores a trigger lost by hand too
@@ -226,6 +231,7 @@ class Store(ItemChecks):
             self._snapshot_seq = 0
         else:
             self._index, self._factory = snap.index, snap.meta["factory"]
+            held = snap.index.ntotal   # the snapshot's own, before the replay below adds to the index
             _faiss.make_room(self._index)
             self._trained_n = int(snap.meta.get("trained_n", 0))
             self._snapshot_seq = snap.seq
@@ -240,7 +246,7 @@ class Store(ItemChecks):
             self._remove_fids(stale)
             self._add_fids(np.concatenate([missing, tail]))
             log.info("index: loaded snapshot at seq %d (%d vectors), replayed %d writes and %d "
-                     "removals after it", snap.seq, snap.index.ntotal, len(tail), len(stale))
+                     "removals after it", snap.seq, held, len(tail), len(stale))
         self._applied_seq = self._last_seq
         self._maybe_train_locked()
         self._setup_gpu()

@@ -775,3 +775,24 @@ def check_paging_after_a_position(store) -> None:
 
 def test_paging_after_a_listing_position_skips_no_unchanged_item_when_earlier_ones_are_deleted(open_store):
     check_paging_after_a_position(open_store())
+
+
+def test_a_store_a_newer_simsearch_wrote_is_refused_for_reading_and_writing_and_left_as_it_was(tmp_path):
+    import sqlite3
+
+    from index import StoreError, StoreReader
+
+    path = tmp_path / "store"
+    with Store.open(StoreConfig(path, dim=4, model_id="m@1")) as store:
+        store.upsert([Item("a", np.array([1, 0, 0, 0], dtype=np.float32))])
+    with sqlite3.connect(path / "store.sqlite3") as conn:
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.close()
+    for open_it in (lambda: Store.open(StoreConfig(path, dim=4, model_id="m@1")),
+                    lambda: Store.open(StoreConfig(path, read_only=True)), lambda: StoreReader(path)):
+        with pytest.raises(StoreError, match=r"written by a newer simsearch \(store schema 2; this one reads "
+                                             r"schema 1 and older\)"):
+            open_it()
+    with sqlite3.connect(path / "store.sqlite3") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)   # not marked down
+    conn.close()
