@@ -22,7 +22,7 @@ from . import _distributed as dist_
 from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import _nearest_neighbours, embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._mistakes import confident_mistakes
-from ._files import claim_lock, write_whole
+from ._files import check_run, lock_run, unlock_run, write_whole
 from ._losses import MetricLoss, create_loss
 
 
@@ -250,53 +250,6 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     finally:
         if lock is not None:
             unlock_run(out, lock)
-
-
-class RunLockedError(ValueError):
-    """Another live process is training into the same artifact path (it holds OUT.lock)."""
-
-
-def _lock_path(out: str | os.PathLike) -> Path:
-    return Path(out).with_name(Path(out).name + ".lock")
-
-
-def lock_run(out: str | os.PathLike) -> int:
-    """Take the lock on artifact path `out` (an flock on OUT.lock beside it, naming this process's id): an open
-    descriptor to give to unlock_run. RunLockedError naming the holder's process id when another process holds
-    it. The kernel drops an flock when its holder exits, killed or not, so a dead run never blocks the next."""
-    lock = _lock_path(out)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = claim_lock(lock)
-        if fd is None:
-            try:
-                pid = lock.read_text(errors="replace")[:32].strip()
-            except OSError:
-                pid = ""
-            raise RunLockedError(f"another run{f' (pid {pid})' if pid else ''} is writing {out} (it holds {lock}): "
-                                 "wait for it to end, or give another --out") from None
-        try:   # the holder removes the file as it ends: a descriptor opened before that locks a stale file
-            current = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            return fd
-        os.close(fd)
-
-
-def unlock_run(out: str | os.PathLike, fd: int) -> None:
-    """Give back the lock lock_run took on `out`, removing its file."""
-    _lock_path(out).unlink(missing_ok=True)
-    os.close(fd)
-
-
-def check_run(out: str | os.PathLike, stop_after: int | None = None) -> None:
-    """ValueError, before any work, for an artifact path that cannot be written (a folder there) or a
-    `stop_after` of no epochs."""
-    if Path(out).is_dir():
-        raise ValueError(f"{out} is a folder; the artifact is a file (give a name ending in .safetensors)")
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
-        raise ValueError(f"stop_after must be at least 1 epoch, got {stop_after!r}")
 
 
 def _check_shares(batch_size: int, m: int, processes: int) -> None:
