@@ -7,7 +7,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,7 +209,8 @@ def _measures_precision(labels: torch.Tensor) -> bool:
 
 
 def _centre(net: nn.Module, ce_head: dict | None, share: float | None, train_split: Split, val_split: Split | None,
-            mean, std, device: torch.device, tta: str, seed: int, log: Callable[[str], None]) -> tuple[dict | None, dict]:
+            mean, std, device: torch.device, tta: str, seed: int,
+            log: Callable[[str], None]) -> tuple[dict | None, dict]:
     """Take `share` (None: the best on the validation split) of the training images' mean embedding off `net`'s
     embeddings (training/_centre.py). Returns the CE head's state moved to match, and what meta.training records."""
     shift = mean_embedding(net, train_split.images, mean, std, device, tta, seed=seed)
@@ -352,20 +353,42 @@ def _build(cfg: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
     return net.train()
 
 
-def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool, log, stop_after,
-           world: dist_.World | None, device_name: str | None) -> TrainResult | None:
-    import model as zoo
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """What every step of one run reads: the configuration, the data and the splits it uses, the network and the
+    loss being trained, the normalisation statistics, and where (device, processes) and how it reports."""
 
+    cfg: TrainConfig
+    ds: Dataset
+    train_split: Split
+    val_split: Split | None
+    test_split: Split
+    net: nn.Module
+    loss_fn: MetricLoss
+    mean: list[float]
+    std: list[float]
+    init_id: str | None   # the model id of the artifact the weights started from (init_from)
+    centrable: bool
+    device: torch.device
+    world: dist_.World | None
+    progress: bool
+    log: Callable[[str], None]
+
+    @property
+    def main(self) -> bool:
+        """This process validates, checkpoints and writes the artifact (the only one without torchrun)."""
+        return self.world is None or self.world.main
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+
+def _prepare(cfg: TrainConfig, data, world: dist_.World | None, device: torch.device, progress: bool,
+             log: Callable[[str], None]) -> _Run:
+    """Read the data, draw the run's splits, build the network (or start it from cfg.init_from), take the
+    normalisation statistics and make the loss: the seeded start of every run."""
     main = world is None or world.main
-    if not main:
-        progress, log = False, (lambda _msg: None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    use_amp = cfg.amp and device.type == "cuda"
-    t_start = time.time()
-
     if not isinstance(data, Dataset) and not main:
         dist_.barrier(world)  # the main process decodes and caches the data first; the others read the cache
     ds = data if isinstance(data, Dataset) else load_dataset(
@@ -398,6 +421,28 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                          f"but the CE one; {cfg.model!r} with loss {cfg.loss!r} is not")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
+    return _Run(cfg, ds, train_split, val_split, test_split, net, loss_fn, mean, std, init_id, centrable, device,
+                world, progress, log)
+
+
+@dataclass
+class _Steps:
+    """How the run steps: the batch plan (size, m of each class, steps an epoch), the optimiser over `params`,
+    its learning-rate schedule and the gradient scaler (mixed precision)."""
+
+    batch_size: int
+    m: int   # images of each class in a batch; 0: plain shuffling
+    steps_per_epoch: int
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
+def _optimiser(run: _Run) -> _Steps:
+    """The batch plan (checked against the processes' shares), the optimiser over the network's and the loss's
+    parameters, and its schedule."""
+    cfg, net, loss_fn = run.cfg, run.net, run.loss_fn
     # The loss's own parameters (heads, proxies) join the network's group unless the loss gives them a
     # learning rate of their own (proxies learning faster): one group as before keeps old checkpoints resumable.
     loss_groups = loss_fn.param_groups(cfg.lr)
@@ -405,18 +450,23 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                "lr": cfg.lr}] + [g for g in loss_groups if g["lr"] != cfg.lr]
     params = [p for g in groups for p in g["params"]]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
-    if world is not None:
-        _check_shares(batch_size, m, world.size)
-    if (small := _small_classes(train_split, ds.class_names, m)) and main:
-        log(small)
-    n_train = len(train_split)
-    steps_per_epoch = max(1, n_train // batch_size)
+    opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=run.device.type == "cuda")
+    batch_size, m = _batch_plan(cfg, run.ds.num_classes, loss_fn.needs_pairs)
+    if run.world is not None:
+        _check_shares(batch_size, m, run.world.size)
+    if (small := _small_classes(run.train_split, run.ds.class_names, m)) and run.main:
+        run.log(small)
+    steps_per_epoch = max(1, len(run.train_split) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp)
+    return _Steps(batch_size, m, steps_per_epoch, params, opt, sched, scaler)
+
+
+def _checked_augmenter(cfg: TrainConfig, ds: Dataset) -> nn.Module | None:
+    """_augmenter, tried once on blank images (its random draws not taken from the run's): ValueError naming the
+    settings when it cannot work on the data's images."""
     aug = _augmenter(cfg, ds)
-    if aug is not None:  # tried once on blank images (its random draws not taken from the run's)
+    if aug is not None:
         try:
             with torch.random.fork_rng(devices=[]):
                 aug(torch.zeros(2, ds.in_chans, ds.image_size, ds.image_size))
@@ -424,46 +474,111 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
             raise ValueError(f"augmentation (crop_padding {cfg.crop_padding}, rotate {cfg.rotate}, scale {cfg.scale}, "
                              f"erase {cfg.erase}) cannot work on {ds.in_chans}x{ds.image_size}x{ds.image_size} "
                              f"images: {str(exc).splitlines()[0]}") from None
-    # A model that learnt to ignore mirroring embeds better as the mean over an image and its mirror image.
-    tta = cfg.tta or ("hflip" if _trains_with_flips(cfg, ds) else "none")
-    trained = nn.ModuleDict({"net": net, "loss": loss_fn})  # what the moving average follows
-    ema = _ema_of(trained, cfg.ema) if cfg.ema else None
-    # What is validated, kept as the best epoch and shipped: the moving average when there is one.
-    eval_net, eval_loss = (ema.module["net"], ema.module["loss"]) if ema is not None else (net, loss_fn)
-    train_images = _resident(train_split.images, device)
-    train_labels = train_split.labels.to(train_images.device)  # beside the images: one index serves both
-    teacher_emb, teacher_logits, teacher_ids, distill, distill_logits = None, None, [], None, None
-    view_teachers = None
-    if cfg.distill_logits_weight:
-        student_head = loss_fn.heads().get("ce_head")
-        if student_head is None:
-            raise ValueError(f"distill logits weight needs a loss with a cross-entropy head (ce, ce+ms), "
-                             f"not {cfg.loss!r}")
-        distill_logits = LogitDistillation(cfg.distill_logits_temperature)
-    if cfg.teachers:
-        class_names = list(ds.class_names) if distill_logits is not None else None
-        if cfg.distill_views == "augmented":
-            log(f"{' and '.join(cfg.teachers)} embed every augmented batch (teacher)")
-            view_teachers = AugmentedViewTeachers(cfg.teachers, ds.in_chans, ds.image_size, device, class_names)
-            teacher_ids = view_teachers.ids
-        else:
-            log(f"{' and '.join(cfg.teachers)} embed the {n_train} training images (teacher)")
-            teacher_emb, teacher_logits, teacher_ids = teacher_embeddings(
-                cfg.teachers, train_split.images, ds.in_chans, ds.image_size, device, class_names)
-            teacher_emb = teacher_emb.to(train_images.device)
-            if teacher_logits is not None:
-                teacher_logits = teacher_logits.to(train_images.device)
-        # distill_weight=0 (soft labels alone): no similarity matrix per step only to multiply it by 0
-        distill = SimilarityDistillation(cfg.distill_temperature) if cfg.distill_weight else None
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return aug
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_p1, best_state = 0, -1.0, None
-    sampler_labels = None
-    ckpt = _checkpoint_path(out)
+
+@dataclass
+class _Teachers:
+    """Distillation (training/_distill.py): the teachers' embeddings (and class logits) of each batch, and the
+    terms they add to the loss. Without cfg.teachers it adds nothing."""
+
+    cfg: TrainConfig
+    ids: list[str]
+    views: AugmentedViewTeachers | None = None   # distill_views "augmented": they embed every batch
+    emb: torch.Tensor | None = None               # distill_views "clean": every training image, embedded once
+    logits: torch.Tensor | None = None
+    distill: SimilarityDistillation | None = None
+    distill_logits: LogitDistillation | None = None
+    student_head: nn.Module | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the teachers embed each batch (so their embeddings are gathered with the students')."""
+        return self.views is not None or self.emb is not None
+
+    @classmethod
+    def build(cls, run: _Run, store: torch.device) -> "_Teachers":
+        """The teachers of `run` (loaded, and for clean views their embeddings taken, on `store`, where the
+        training images are)."""
+        cfg, ds = run.cfg, run.ds
+        teachers = cls(cfg, [])
+        if cfg.distill_logits_weight:
+            teachers.student_head = run.loss_fn.heads().get("ce_head")
+            if teachers.student_head is None:
+                raise ValueError(f"distill logits weight needs a loss with a cross-entropy head (ce, ce+ms), "
+                                 f"not {cfg.loss!r}")
+            teachers.distill_logits = LogitDistillation(cfg.distill_logits_temperature)
+        if cfg.teachers:
+            class_names = list(ds.class_names) if teachers.distill_logits is not None else None
+            if cfg.distill_views == "augmented":
+                run.log(f"{' and '.join(cfg.teachers)} embed every augmented batch (teacher)")
+                teachers.views = AugmentedViewTeachers(cfg.teachers, ds.in_chans, ds.image_size, run.device,
+                                                       class_names)
+                teachers.ids = teachers.views.ids
+            else:
+                run.log(f"{' and '.join(cfg.teachers)} embed the {len(run.train_split)} training images (teacher)")
+                emb, logits, teachers.ids = teacher_embeddings(
+                    cfg.teachers, run.train_split.images, ds.in_chans, ds.image_size, run.device, class_names)
+                teachers.emb = emb.to(store)
+                if logits is not None:
+                    teachers.logits = logits.to(store)
+            # distill_weight=0 (soft labels alone): no similarity matrix per step only to multiply it by 0
+            teachers.distill = SimilarityDistillation(cfg.distill_temperature) if cfg.distill_weight else None
+        return teachers
+
+    def targets(self, idx: torch.Tensor, xb: torch.Tensor, device: torch.device, use_amp: bool):
+        """(embeddings, logits or None) of the batch of training images `idx`, `xb` as augmented (before
+        normalisation); (None, None) without teachers."""
+        if self.views is not None:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                t_emb, t_logits, _ = self.views(xb)
+            return t_emb, t_logits
+        if self.emb is not None:
+            t_logits = self.logits[idx].to(device, non_blocking=True) if self.logits is not None else None
+            return self.emb[idx].to(device, non_blocking=True), t_logits
+        return None, None
+
+    def add_terms(self, loss: torch.Tensor, emb: torch.Tensor, t_emb, t_logits) -> torch.Tensor:
+        """`loss` plus the weighted distillation terms of the student's embeddings `emb`."""
+        if self.distill is not None:
+            loss = loss + self.cfg.distill_weight * self.distill(emb, t_emb)
+        if self.distill_logits is not None:
+            loss = loss + self.cfg.distill_logits_weight * self.distill_logits(self.student_head(emb.float()),
+                                                                               t_logits)
+        return loss
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: the epoch it starts at, the best validation precision@1 so far and the weights that
+    scored it (flattened, see _flatten_best; None: the last epoch is kept), the per-epoch history, and the
+    class order of the class-balanced sampler (None: a new one)."""
+
+    start_epoch: int = 0
+    best_p1: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    sampler_labels: list | None = None
+
+    def keep(self, p1: float, shipped: nn.ModuleDict, epoch: int) -> None:
+        """The weights of `shipped` (net and loss) after `epoch` are the best so far, at precision@1 `p1`."""
+        self.best_p1 = p1
+        self.best_state = _flatten_best({"model": _cpu_state(shipped["net"]), "loss": _cpu_state(shipped["loss"]),
+                                         "epoch": epoch})
+
+    def stops_after(self, epoch: int, stop_after: int | None, epochs: int) -> bool:
+        """Whether this session ends after `epoch` (0-based) by stop_after, before the last epoch."""
+        return stop_after is not None and epoch + 1 - self.start_epoch >= stop_after and epoch + 1 < epochs
+
+
+def _restore(ckpt: Path, resume: bool, run: _Run, steps: _Steps, ema, tta: str) -> tuple[_Progress, str]:
+    """The checkpoint `ckpt` loaded into the run's network, loss, optimiser, schedule, scaler, moving average
+    and random generators when `resume` (its configuration must be ours), and the progress it records, with the
+    test-time augmentation the run then uses; a fresh start otherwise (saying so where one might not expect it)."""
+    cfg, log = run.cfg, run.log
+    done = _Progress()
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = torch.load(ckpt, map_location=run.device, weights_only=True)
         # Fields added to TrainConfig after the checkpoint was written take their defaults (which keep the
         # old behaviour), so a run survives an upgrade of simsearch.
         ours = json.loads(json.dumps(cfg.to_dict()))
@@ -474,43 +589,48 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                              + ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))
         if cfg.tta is None and "tta" not in json.loads(state["config"]):
             tta = "none"  # started before test-time augmentation existed: validate and ship as it began
-        net.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        run.net.load_state_dict(state["model"])
+        run.loss_fn.load_state_dict(state["loss"])
+        steps.opt.load_state_dict(state["optimizer"])
+        steps.sched.load_state_dict(state["scheduler"])
+        steps.scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        start_epoch, best_p1 = int(state["epoch"]), float(state["best_p1"])
-        best_state = state.get("best_model") or None
-        history = json.loads(state["history"])
-        sampler_labels = json.loads(state.get("sampler_labels", "null"))
+        done.start_epoch, done.best_p1 = int(state["epoch"]), float(state["best_p1"])
+        done.best_state = state.get("best_model") or None
+        done.history = json.loads(state["history"])
+        done.sampler_labels = json.loads(state.get("sampler_labels", "null"))
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(_np_state(state))
         random.seed(int(state["epoch"]) + cfg.seed)
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
+        log(f"resumed from {ckpt} at epoch {done.start_epoch}")
     elif resume:   # said: a mistyped --out would otherwise retrain from scratch unseen
         log(f"no checkpoint {ckpt}: starting from the first epoch")
     elif ckpt.exists():   # said, so that a forgotten --resume does not throw away an interrupted run unseen
         log(f"{ckpt} holds an earlier, unfinished run: starting afresh, and replacing it after the first epoch "
             "(simsearch train --resume continues it instead)")
+    return done, tta
 
-    # Every process starts from the main one's weights (DDP copies the network's when it wraps it), and draws its
-    # own augmentations.
-    dist_.broadcast_module(world, loss_fn)
-    step_net = net
-    if world is not None:
-        step_net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        if not main:
-            torch.manual_seed(cfg.seed + 7919 * world.rank + start_epoch)
-    loss_params = list(loss_fn.parameters())
-    if loss_fn.needs_pairs:
-        from pytorch_metric_learning.samplers import MPerClassSampler
-        sampler = MPerClassSampler(train_split.labels.numpy(), m, batch_size=batch_size,
-                                   length_before_new_iter=steps_per_epoch * batch_size)
-        if sampler_labels is not None:  # the class order it shuffles in place, epoch after epoch
-            as_int = {int(k): k for k in sampler.labels}
-            sampler.labels = [as_int[k] for k in sampler_labels]
+
+def _sampler(run: _Run, steps: _Steps, sampler_labels: list | None):
+    """The class-balanced sampler of a pair loss (pml's MPerClassSampler), in the class order a checkpoint
+    recorded (`sampler_labels`); None for a loss that shuffles plainly."""
+    if not run.loss_fn.needs_pairs:
+        return None
+    from pytorch_metric_learning.samplers import MPerClassSampler
+    sampler = MPerClassSampler(run.train_split.labels.numpy(), steps.m, batch_size=steps.batch_size,
+                               length_before_new_iter=steps.steps_per_epoch * steps.batch_size)
+    if sampler_labels is not None:  # the class order it shuffles in place, epoch after epoch
+        as_int = {int(k): k for k in sampler.labels}
+        sampler.labels = [as_int[k] for k in sampler_labels]
+    return sampler
+
+
+def _log_start(run: _Run, steps: _Steps, tta: str) -> None:
+    """The lines that open a run: the validation split it uses (or why none), then what trains on what."""
+    import model as zoo
+
+    cfg, ds, val_split, log, world = run.cfg, run.ds, run.val_split, run.log, run.world
     if cfg.val_fraction > 0 and val_split is None and ds.val is not None:
         log(f"no validation split: {ds.info.get('val_from', 'the validation folder')} holds no two images of any "
             f"class, and precision@1 needs them; the last epoch is kept")
@@ -521,95 +641,180 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     elif val_split is not None and val_split is ds.val:
         log(f"validation split: {ds.info.get('val_from', 'the dataset')} ({len(val_split)} images), not a share of "
             f"the training images")
-    log(f"training {cfg.model} ({zoo.count_parameters(net):,} parameters) with {cfg.loss} on {ds.name} "
-        f"({n_train} train, {len(val_split) if val_split else 0} val, {len(test_split)} test) of "
-        f"{ds.in_chans}x{ds.image_size}x{ds.image_size} on {device}; "
+    batch_size, m = steps.batch_size, steps.m
+    log(f"training {cfg.model} ({zoo.count_parameters(run.net):,} parameters) with {cfg.loss} on {ds.name} "
+        f"({len(run.train_split)} train, {len(val_split) if val_split else 0} val, {len(run.test_split)} test) of "
+        f"{ds.in_chans}x{ds.image_size}x{ds.image_size} on {run.device}; "
         f"batch {batch_size}{f' = {batch_size // m} classes x {m}' if m else ''}"
         f"{f' in {world.size} processes of {batch_size // world.size}' if world else ''}, {cfg.epochs} epochs; "
         f"embeddings with test-time augmentation {tta}")
 
-    if cfg.init_from and main and val_split is not None and start_epoch == 0:
+
+def _val_precision(run: _Run, net: nn.Module, tta: str) -> float:
+    """`net`'s precision@1 on the validation split, rounded as the history records it."""
+    emb = embed_images(net, run.val_split.images, run.mean, run.std, run.device, tta=tta)
+    return round(retrieval_metrics(emb, run.val_split.labels, only_p1=True)["precision_at_1"], 5)
+
+
+def _step_net(run: _Run, start_epoch: int) -> nn.Module:
+    """The network each step runs: under torchrun wrapped in DDP, with every process starting from the main one's
+    weights (DDP copies the network's when it wraps it; the loss's are sent here) and drawing its own
+    augmentations."""
+    world = run.world
+    dist_.broadcast_module(world, run.loss_fn)
+    if world is None:
+        return run.net
+    step_net = nn.parallel.DistributedDataParallel(run.net,
+                                                   device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if not run.main:
+        torch.manual_seed(run.cfg.seed + 7919 * world.rank + start_epoch)
+    return step_net
+
+
+def _validate(run: _Run, shipped: nn.ModuleDict, tta: str, done: _Progress, rec: dict[str, Any]) -> None:
+    """The end of an epoch in the main process: `shipped`'s validation precision@1 into the epoch's record `rec`
+    (the weights kept when it is the best yet), and `rec` into the history."""
+    if run.val_split is not None:
+        rec["val_precision_at_1"] = _val_precision(run, shipped["net"], tta)
+        if rec["val_precision_at_1"] > done.best_p1:
+            done.keep(rec["val_precision_at_1"], shipped, rec["epoch"])
+    done.history.append(rec)
+
+
+@dataclass
+class _Batches:
+    """The training images and labels where they stay for the run (_resident), drawn in an order each epoch
+    (the class-balanced `sampler`, else shuffled) and augmented by `aug`."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sampler: Any
+    aug: nn.Module | None
+
+    def order(self, world: dist_.World | None) -> torch.Tensor:
+        """This epoch's order of the training images, the same in every process."""
+        if self.sampler is not None:
+            order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        else:
+            order = torch.randperm(len(self.images))
+        return dist_.broadcast(world, order).to(self.images.device)  # one batch order for every process
+
+    def sampler_labels(self) -> list[int] | None:
+        """The sampler's class order, for the checkpoint (None without a sampler)."""
+        return [int(k) for k in self.sampler.labels] if self.sampler is not None else None
+
+
+def _train_epoch(run: _Run, steps: _Steps, batches: _Batches, teachers: _Teachers, step_net: nn.Module,
+                 trained: nn.ModuleDict, ema, mean_t: torch.Tensor, std_t: torch.Tensor,
+                 epoch: int) -> tuple[torch.Tensor, int]:
+    """One epoch of optimiser steps (and moving-average updates); (the summed loss, on the device, and the
+    number of steps)."""
+    from tqdm import tqdm
+
+    cfg, device, world, net, loss_fn = run.cfg, run.device, run.world, run.net, run.loss_fn
+    batch_size, opt, scaler = steps.batch_size, steps.opt, steps.scaler
+    net.train()
+    loss_fn.train()
+    loss_params = list(loss_fn.parameters())
+    order = batches.order(world)
+    total, count = torch.zeros((), device=device), 0  # summed on the device: no sync per step
+    bar = tqdm(range(steps.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress,
+               leave=False, mininterval=1.0)
+    for step in bar:
+        idx = dist_.share(world, order[step * batch_size:(step + 1) * batch_size])
+        xb = batches.images[idx].to(device, non_blocking=True).float().div_(255.0)
+        if batches.aug is not None:
+            xb = batches.aug(xb)
+        t_emb, t_logits = teachers.targets(idx, xb, device, run.use_amp)
+        xb = (xb - mean_t) / std_t
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = batches.labels[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+            emb = step_net(xb)
+        if world is not None:  # the whole batch, in every process: the loss a single process would compute
+            if teachers.active:
+                emb, yb, t_emb, t_logits = dist_.gather(world, emb, yb, t_emb, t_logits)
+            else:
+                emb, yb = dist_.gather(world, emb, yb)
+        loss = teachers.add_terms(loss_fn(emb.float(), yb), emb, t_emb, t_logits)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        dist_.average_gradients(world, loss_params)
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(steps.params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        steps.sched.step()
+        if ema is not None:
+            ema.update_parameters(trained)
+        total += loss.detach()
+        count += 1
+        if run.progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{total.item() / count:.4f}")
+    bar.close()
+    return total, count
+
+
+def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool, log, stop_after,
+           world: dist_.World | None, device_name: str | None) -> TrainResult | None:
+    """One run in this process (train() holds OUT.lock and the process group): the data and the network
+    (_prepare), the optimiser (_optimiser), the augmentation, the moving average and the teachers; the checkpoint
+    (_restore); the epochs (_train_epoch; the main process validates and checkpoints after each); then _finish
+    writes the artifact and its metrics. None where this session stops early (stop_after) and in the processes
+    other than the main one."""
+    main = world is None or world.main
+    if not main:
+        progress, log = False, (lambda _msg: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t_start = time.time()
+
+    run = _prepare(cfg, data, world, device, progress, log)
+    steps = _optimiser(run)
+    aug = _checked_augmenter(cfg, run.ds)
+    # A model that learnt to ignore mirroring embeds better as the mean over an image and its mirror image.
+    tta = cfg.tta or ("hflip" if _trains_with_flips(cfg, run.ds) else "none")
+    trained = nn.ModuleDict({"net": run.net, "loss": run.loss_fn})  # what the moving average follows
+    ema = _ema_of(trained, cfg.ema) if cfg.ema else None
+    # What is validated, kept as the best epoch and shipped: the moving average when there is one.
+    shipped = ema.module if ema is not None else trained
+    train_images = _resident(run.train_split.images, device)
+    train_labels = run.train_split.labels.to(train_images.device)  # beside the images: one index serves both
+    teachers = _Teachers.build(run, train_images.device)
+    mean, std = run.mean, run.std
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    ckpt = _checkpoint_path(out)
+    done, tta = _restore(ckpt, resume, run, steps, ema, tta)
+    step_net = _step_net(run, done.start_epoch)
+    batches = _Batches(train_images, train_labels, _sampler(run, steps, done.sampler_labels), aug)
+    _log_start(run, steps, tta)
+
+    if cfg.init_from and main and run.val_split is not None and done.start_epoch == 0:
         # Fine-tuning must not hand back a worse model than it was given: the starting weights are epoch 0,
         # and an epoch is kept only if it beats them on validation.
-        emb = embed_images(eval_net, val_split.images, mean, std, device, tta=tta)
-        best_p1 = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
-        best_state = _flatten_best({"model": _cpu_state(eval_net), "loss": _cpu_state(eval_loss), "epoch": 0})
-        log(f"the starting model (init_from): validation precision@1 {best_p1:.4f}, which an epoch must beat")
+        done.keep(_val_precision(run, shipped["net"], tta), shipped, 0)
+        log(f"the starting model (init_from): validation precision@1 {done.best_p1:.4f}, which an epoch must beat")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(done.start_epoch, cfg.epochs):
         t0 = time.time()
-        net.train()
-        loss_fn.train()
-        if loss_fn.needs_pairs:
-            order = torch.tensor(list(iter(sampler)), dtype=torch.long)
-        else:
-            order = torch.randperm(n_train)
-        order = dist_.broadcast(world, order).to(train_images.device)  # one batch order for every process
-        total, count = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False, mininterval=1.0)
-        for step in bar:
-            idx = dist_.share(world, order[step * batch_size:(step + 1) * batch_size])
-            xb = train_images[idx].to(device, non_blocking=True).float().div_(255.0)
-            if aug is not None:
-                xb = aug(xb)
-            if view_teachers is not None:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    t_emb, t_logits, _ = view_teachers(xb)
-            elif teacher_emb is not None:
-                t_emb = teacher_emb[idx].to(device, non_blocking=True)
-                t_logits = teacher_logits[idx].to(device, non_blocking=True) if teacher_logits is not None else None
-            xb = (xb - mean_t) / std_t
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = train_labels[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                emb = step_net(xb)
-            if world is not None:  # the whole batch, in every process: the loss a single process would compute
-                if view_teachers is not None or teacher_emb is not None:
-                    emb, yb, t_emb, t_logits = dist_.gather(world, emb, yb, t_emb, t_logits)
-                else:
-                    emb, yb = dist_.gather(world, emb, yb)
-            loss = loss_fn(emb.float(), yb)
-            if distill is not None:
-                loss = loss + cfg.distill_weight * distill(emb, t_emb)
-            if distill_logits is not None:
-                loss = loss + cfg.distill_logits_weight * distill_logits(student_head(emb.float()), t_logits)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            dist_.average_gradients(world, loss_params)
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(trained)
-            total += loss.detach()
-            count += 1
-            if progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{total.item() / count:.4f}")
-        bar.close()
+        total, count = _train_epoch(run, steps, batches, teachers, step_net, trained, ema, mean_t, std_t, epoch)
         if not main:  # the main process validates and checkpoints
-            if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
+            if done.stops_after(epoch, stop_after, cfg.epochs):
                 dist_.finish(world)
                 return None
             continue
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(total.item() / max(count, 1), 5),
-                               "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
-        if val_split is not None:
-            emb = embed_images(eval_net, val_split.images, mean, std, device, tta=tta)
-            rec["val_precision_at_1"] = round(retrieval_metrics(emb, val_split.labels, only_p1=True)["precision_at_1"], 5)
-            if rec["val_precision_at_1"] > best_p1:
-                best_p1 = rec["val_precision_at_1"]
-                best_state = {"model": _cpu_state(eval_net), "loss": _cpu_state(eval_loss), "epoch": epoch + 1}
-                best_state = _flatten_best(best_state)
-        history.append(rec)
+                               "lr": steps.opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
+        _validate(run, shipped, tta, done, rec)
         log(json.dumps(rec))
-        _save_checkpoint(ckpt, net, loss_fn, opt, sched, scaler, epoch + 1, best_p1, best_state, history, cfg, ema,
-                         [int(k) for k in sampler.labels] if loss_fn.needs_pairs else None)
-        if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
+        _save_checkpoint(ckpt, run.net, run.loss_fn, steps.opt, steps.sched, steps.scaler, epoch + 1, done.best_p1,
+                         done.best_state, done.history, cfg, ema, batches.sampler_labels())
+        if done.stops_after(epoch, stop_after, cfg.epochs):
             log(f"stopped after epoch {epoch + 1}; continue with the same command and --resume (in Python: the "
                 "same configuration and resume=True)")
             dist_.finish(world)
@@ -618,15 +823,33 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     dist_.finish(world)  # the main process alone from here: centring, the test scores, the artifact
     if not main:
         return None
-    net, loss_fn = eval_net, eval_loss
-    best_epoch = cfg.epochs
-    if best_state is not None:
-        net.load_state_dict({k[6:]: v for k, v in best_state.items() if k.startswith("model.")})
-        loss_fn.load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("loss.")})
-        best_epoch = int(best_state["_epoch"].item())
-        if best_epoch == 0:
-            log(f"no epoch beat the starting model on validation (precision@1 {best_p1:.4f}): the artifact keeps "
-                f"its weights; a lower --lr, or more images a class, may do better")
+    return _finish(run, shipped, done, tta, steps, teachers.ids, out, name, t_start)
+
+
+def _best_weights(run: _Run, shipped: nn.ModuleDict, done: _Progress) -> int:
+    """Load the best epoch's weights (done.best_state) into `shipped`; the epoch kept (cfg.epochs: the last)."""
+    if done.best_state is None:
+        return run.cfg.epochs
+    best_state = done.best_state
+    shipped["net"].load_state_dict({k[6:]: v for k, v in best_state.items() if k.startswith("model.")})
+    shipped["loss"].load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("loss.")})
+    best_epoch = int(best_state["_epoch"].item())
+    if best_epoch == 0:
+        run.log(f"no epoch beat the starting model on validation (precision@1 {done.best_p1:.4f}): the artifact "
+                f"keeps its weights; a lower --lr, or more images a class, may do better")
+    return best_epoch
+
+
+def _finish(run: _Run, shipped: nn.ModuleDict, done: _Progress, tta: str, steps: _Steps, teacher_ids: list[str],
+            out: Path, name: str | None, t_start: float) -> TrainResult:
+    """The best epoch's weights, folded and centred, scored on the test split and written: the artifact `out`
+    and its metrics file."""
+    import model as zoo
+
+    cfg, ds, device, log = run.cfg, run.ds, run.device, run.log
+    train_split, val_split, test_split, mean, std = run.train_split, run.val_split, run.test_split, run.mean, run.std
+    net, loss_fn = shipped["net"], shipped["loss"]
+    best_epoch = _best_weights(run, shipped, done)
     train_seconds = time.time() - t_start
     arch_kwargs = dict(cfg.arch_kwargs)
     if cfg.fold_norm:  # the artifact is the plain architecture; its test scores are measured after folding
@@ -636,7 +859,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     heads = loss_fn.heads()
     ce_head = {k: v.detach().cpu() for k, v in heads["ce_head"].state_dict().items()} if "ce_head" in heads else None
     centring: dict[str, Any] = {}
-    if cfg.centre or (cfg.centre is None and val_split is not None and centrable):
+    if cfg.centre or (cfg.centre is None and val_split is not None and run.centrable):
         ce_head, centring = _centre(net, ce_head, cfg.centre, train_split, val_split, mean, std, device, tta,
                                     cfg.seed, log)
         if ce_head is not None:
@@ -654,18 +877,19 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     metrics["best_epoch"] = best_epoch
     metrics["tta"] = tta
     if val_split is not None:
-        metrics["val_precision_at_1"] = best_p1
+        metrics["val_precision_at_1"] = done.best_p1
     net = net.to("cpu").to(memory_format=torch.contiguous_format)
     metrics["parameters"] = zoo.count_parameters(net)
     metrics["size_kb_float32"] = round(metrics["parameters"] * 4 / 1024, 2)
 
     artifact_name = name or f"{cfg.model}-{ds.name}"
     training_info = {"config": cfg.to_dict(), "dataset": _data_used(ds, train_split, val_split, test_split),
-                     "device": str(device), "init_from": init_id,
+                     "device": str(device), "init_from": run.init_id,
                      "teachers": teacher_ids, **centring,
-                     "train_seconds": round(train_seconds, 1), "epochs_run": len(history),
-                     "batch_size_used": batch_size, "m_per_class_used": m, "processes": world.size if world else 1,
-                     "history": history,
+                     "train_seconds": round(train_seconds, 1), "epochs_run": len(done.history),
+                     "batch_size_used": steps.batch_size, "m_per_class_used": steps.m,
+                     "processes": run.world.size if run.world else 1,
+                     "history": done.history,
                      "torch": torch.__version__}
     meta = zoo.ArtifactMeta(name=artifact_name, arch=cfg.model, arch_kwargs=arch_kwargs,
                             arch_source=zoo.model_source(cfg.model),
@@ -679,11 +903,12 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
                        "metrics": {**metrics, "confident_mistakes": mistakes}, "training": training_info},
                       indent=2) + "\n"
     write_whole(metrics_path, lambda tmp: tmp.write_text(text))
+    ckpt = _checkpoint_path(out)
     if ckpt.exists():
         ckpt.unlink()
     log(format_metrics(metrics))
     log(f"wrote {out} and {metrics_path} ({train_seconds:.0f} s)")
-    return TrainResult(out, metrics, history, metrics_path)
+    return TrainResult(out, metrics, done.history, metrics_path)
 
 
 def _data_used(ds: Dataset, train_split: Split, val_split: Split | None, test_split: Split) -> dict[str, Any]:
