@@ -15,6 +15,7 @@ Add one with @register_loss("name") on a factory taking (embed_dim, num_classes,
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import torch
@@ -106,8 +107,6 @@ POSITIVE_OPTIONS = ("temperature", "scale", "gamma", "alpha", "beta", "proxy_lr_
 def _check_option_value(key: str, value: Any, kind: type) -> None:
     """ValueError naming the option when `value` is not of the type of its default (`kind`), or not positive
     for an option in POSITIVE_OPTIONS."""
-    import math
-
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"loss option {key} must be a number, got {value!r}")
@@ -209,7 +208,7 @@ class NormalizedSoftmax(_ProxyLoss):
     It trains for the cosine search the service runs; a linear head on the raw embedding ("ce") can classify
     well while nearest neighbours lag behind it. The proxies are dropped after training."""
 
-    def __init__(self, embed_dim: int, num_classes: int, temperature: float = 0.05):
+    def __init__(self, embed_dim: int, num_classes: int, temperature: float):
         super().__init__()
         from pytorch_metric_learning import losses
 
@@ -223,8 +222,7 @@ class ProxyAnchor(_ProxyLoss):
     paper. As there, the proxies learn `proxy_lr_scale` (100) times faster than the network; they are
     dropped after training."""
 
-    def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.1, alpha: float = 32.0,
-                 proxy_lr_scale: float = 100.0):
+    def __init__(self, embed_dim: int, num_classes: int, margin: float, alpha: float, proxy_lr_scale: float):
         super().__init__()
         from pytorch_metric_learning import losses
 
@@ -241,7 +239,7 @@ class ArcFace(_ProxyLoss):
     weight per class, scaled by `scale`, with an additive angular `margin` (degrees) on the true class.
     The weights are dropped after training."""
 
-    def __init__(self, embed_dim: int, num_classes: int, margin: float = 28.6, scale: float = 64.0):
+    def __init__(self, embed_dim: int, num_classes: int, margin: float, scale: float):
         super().__init__()
         from pytorch_metric_learning import losses
 
@@ -271,6 +269,9 @@ class Combined(MetricLoss):
         return [g for p in self.parts.values() for g in p.param_groups(lr)]
 
 
+# The factories state the options' defaults, once: check_loss_options reads their types from the signatures, and
+# the proxy losses' classes take every value from them. MultiSimilarity keeps defaults of its own, the same ones,
+# because PDDMLoss() builds one with them.
 @register_loss("ce")
 def _ce(embed_dim: int, num_classes: int, label_smoothing: float = 0.0, **_) -> MetricLoss:
     return CrossEntropyLoss(embed_dim, num_classes, label_smoothing)
