@@ -66,6 +66,10 @@ def _serve_with(stored_model: str | None) -> str:
     found = model.bundled_artifact(stored_model) if stored_model else None
     if found is not None:
         return f"; it was made with the bundled {found.name}: serve it with SIMSEARCH_MODEL_PATH={found}"
+    earlier = model.earlier_bundled(stored_model) if stored_model else None
+    if earlier is not None:
+        return (f"; it was made with {earlier.describe()}: serve it with SIMSEARCH_MODEL_PATH set to that file (or "
+                "move the gallery to a model you have: `simsearch index reembed`)")
     return "; serve it with that model's artifact (SIMSEARCH_MODEL_PATH, or simsearch serve --model)"
 
 

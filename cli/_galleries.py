@@ -105,6 +105,10 @@ def embedder_for(path: str | None, data: str, gallery: str = "default", milvus_u
         except index.StoreError:
             return embedder_from(None)
     found = model.bundled_artifact(recorded)
+    earlier = model.earlier_bundled(recorded) if found is None else None
+    if earlier is not None:
+        raise CliError(f"{where} holds vectors of model {recorded!r}, {earlier.describe()}: pass that file with "
+                       "--model (or move the gallery to a model you have: `simsearch index reembed`)")
     if found is None:
         raise CliError(f"{where} holds vectors of model {recorded!r}, which is none of the bundled models: pass "
                        "that model's artifact with --model (or build the gallery again, elsewhere, with the model "

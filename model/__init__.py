@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._crop import Crop, crop_box, draft_size, parse_crop
+from ._earlier import earlier_bundled
 from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under
 from ._preprocess import displayed_size, make_thumbnail, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
@@ -31,7 +32,8 @@ __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
     "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
     "PixelNormalize", "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
-    "default_artifact_path", "default_device", "displayed_size", "draft_size", "embed_tensor", "export_onnx",
+    "default_artifact_path", "default_device", "displayed_size", "draft_size", "earlier_bundled", "embed_tensor",
+    "export_onnx",
     "files_under", "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail",
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
     "save_artifact", "to_model_array", "to_onnx",

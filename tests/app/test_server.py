@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import select
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -389,6 +391,52 @@ def test_a_gallery_of_another_models_vectors_is_not_served_and_the_model_to_serv
             assert httpx.get(live.url + "/healthz", timeout=10).status_code == 200
         finally:
             stop_server(live)
+
+
+def test_a_gallery_of_an_earlier_bundled_model_is_told_the_commit_that_gives_the_file_back_and_serves_with_it(
+        cifar, tmp_path):
+    """An operator whose gallery was made with a default model since replaced: /readyz names the `git show`
+    that writes the file back, and the service serves the gallery with the file that command writes."""
+    import shlex
+    import subprocess
+
+    import model
+    from cli import main
+
+    from .conftest import start_server, stop_server
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = subprocess.run(["git", "-C", str(root), "show", "6e453df:model/weights/hybrid1-cifar10.safetensors"],
+                             capture_output=True)
+    if shipped.returncode != 0:
+        pytest.skip("needs a full git clone of simsearch (the file of commit 6e453df)")
+    old = tmp_path / "shipped.safetensors"
+    old.write_bytes(shipped.stdout)
+    (tmp_path / "photos" / "cars").mkdir(parents=True)
+    (tmp_path / "photos" / "cars" / "0.jpg").write_bytes(cifar["automobile"][0])
+    data = tmp_path / "data"
+    assert main(["index", "build", str(tmp_path / "photos"), "--model", str(old), "--data", str(data)]) == 0
+    env = {"SIMSEARCH_DATA_DIR": str(data), "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
+    live = start_server(env, tmp_path, ready=False, log_name="default.log")   # today's default model
+    try:
+        r = httpx.get(live.url + "/readyz", timeout=10)
+        assert r.status_code == 503
+        message = r.json()["error"]["message"]
+    finally:
+        stop_server(live)
+    assert f"'{model.Embedder.from_file(old).model_id}'" in message, message
+    assert "shipped in commit 6e453df (2026-11-30) and replaced since" in message, message
+    command = message.split("in a clone of simsearch, `")[1].split("`")[0]
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True,
+                   env={"GIT_DIR": str(root / ".git"), "PATH": os.environ["PATH"]})
+    recovered = tmp_path / shlex.split(command)[-1]
+    live = start_server({**env, "SIMSEARCH_MODEL_PATH": str(recovered)}, tmp_path, log_name="recovered.log")
+    try:
+        hits = httpx.post(live.url + "/search", params={"k": 1}, timeout=60,
+                          files=[upload(cifar["automobile"][0], "q.jpg", "image/jpeg")]).json()["results"]
+        assert hits[0]["id"] == "cars/0.jpg" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    finally:
+        stop_server(live)
 
 
 def test_a_model_with_mirror_averaging_finds_an_image_from_its_mirror_image(cifar, tmp_path):
