@@ -200,14 +200,66 @@ def _errors_only(logger_name: str | None):
 
 
 def to_onnx_in_child(artifact: Artifact, opset: int | None = None) -> bytes:
-    """`to_onnx` run in a fresh (spawned) process, for a process that goes on serving: torch's exporter
-    and onnxscript take about 260 MiB that would otherwise stay in it for good (docs/results/benchmarks.md,
-    thirtieth session). Costs a few seconds more: the child imports torch."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """`to_onnx` run in a fresh Python process, for a process that goes on serving: torch's exporter and
+    onnxscript take about 260 MiB that would otherwise stay in it for good (docs/results/benchmarks.md,
+    thirtieth session). Costs a few seconds more: the child imports torch. Raises what `to_onnx` raises.
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(to_onnx, artifact, opset).result()
+    The child is `python -c`, handed the artifact (pickled) on its stdin, not a multiprocessing child: the
+    "spawn" start method imports the caller's __main__ module again in the child, which runs a script written
+    without `if __name__ == "__main__":` a second time (exporting, opening stores, ...) and then fails. The
+    child takes the caller's sys.path. A network the child could not rebuild is exported in this process:
+    one with a class of the running script's own (defined in __main__), or of a .py file that
+    model.import_models loaded (its module cannot be imported by name)."""
+    import pickle
+    import subprocess
+    import sys
+
+    if any(type(m).__module__ == "__main__" for m in artifact.model.modules()):
+        return to_onnx(artifact, opset)
+    cpu = Artifact(artifact.meta, copy.deepcopy(artifact.model).cpu(), artifact.heads, artifact.sha256)
+    try:
+        payload = pickle.dumps(list(sys.path)) + pickle.dumps((cpu, opset))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return to_onnx(artifact, opset)
+    done = subprocess.run([sys.executable, "-c", _CHILD], input=payload, capture_output=True)
+    try:
+        status, value = pickle.loads(done.stdout)
+    except Exception:  # noqa: BLE001  (the child died before it answered: its stderr says why)
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"the ONNX export's child process failed (exit status {done.returncode}): "
+                           + " / ".join(tail)) from None
+    if status == "error":
+        raise value
+    return value
+
+
+# The child of to_onnx_in_child: its stdout is kept for the answer (prints go to stderr instead).
+_CHILD = """
+import os, pickle, sys
+answer = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)
+sys.path[:] = pickle.load(sys.stdin.buffer)
+from model._onnx import _export_for_parent
+_export_for_parent(sys.stdin.buffer, answer)
+"""
+
+
+def _export_for_parent(source, answer) -> None:
+    """In to_onnx_in_child's child: read (artifact, opset) from `source`, write ("ok", bytes) or ("error",
+    the exception) to `answer`."""
+    import pickle
+
+    try:
+        artifact, opset = pickle.load(source)
+        result = ("ok", to_onnx(artifact, opset))
+    except Exception as exc:  # noqa: BLE001  (handed to the parent, which raises it)
+        try:
+            pickle.dumps(exc)
+            result = ("error", exc)
+        except Exception:  # noqa: BLE001
+            result = ("error", RuntimeError(f"{type(exc).__name__}: {exc}"))
+    answer.write(pickle.dumps(result))
+    answer.flush()
 
 
 def _check(data: bytes, wrapped: nn.Module, size: tuple[int, int, int]) -> None:
