@@ -21,7 +21,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -212,16 +212,21 @@ def _strip_common_dir(names: list[str]) -> tuple[str, list[str]]:
 # Readers.
 
 
-def _read_idx(data: bytes) -> np.ndarray:
+def _read_idx(data: bytes, name: str) -> np.ndarray:
+    """The array in the IDX file `name` (its bytes `data`, gzipped or not); DatasetError naming the file."""
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:   # a cut-off download
+            raise DatasetError(f"{name}: not a whole gzip file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DatasetError("not an IDX file of unsigned bytes (bad magic number)")
+        raise DatasetError(f"{name}: not an IDX file of unsigned bytes (it starts with {data[:4].hex(' ')}, "
+                           "not 00 00 08 and a dimension count)")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(data, dtype=np.uint8, offset=min(4 + 4 * ndim, len(data)))
     if body.size != int(np.prod(dims)):
-        raise DatasetError(f"IDX file is truncated: header says {dims}, found {body.size} values")
+        raise DatasetError(f"{name}: the IDX file is truncated: its header says {dims}, it holds {body.size} values")
     return body.reshape(dims)
 
 
@@ -249,10 +254,12 @@ def _find_idx(names: list[str], display: str) -> dict[str, str] | None:
 
 
 def _idx_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
-    arrays = {k: _read_idx(src.read(v)) for k, v in files.items()}
+    arrays = {k: _read_idx(src.read(v), f"{display}/{v}") for k, v in files.items()}
     for split in ("train", "test"):
-        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
-            raise DatasetError(f"{display}: {split} images and labels differ in count")
+        images, labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if images != labels:
+            raise DatasetError(f"{display}: {files[f'{split}_images']} holds {images} images but "
+                               f"{files[f'{split}_labels']} {labels} labels")
     fashion = "fashion" in str(src.path).lower()
     classes = FASHION_CLASSES if fashion else MNIST_CLASSES
     nclass = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
@@ -634,14 +641,3 @@ def download_dataset(name: str, root: str | os.PathLike) -> Path:
         raise
     return {"mnist": root / "MNIST" / "raw", "fashion-mnist": root / "FashionMNIST" / "raw",
             "cifar10": root / "cifar-10-batches-py"}[name]
-
-
-def iter_batches(x: Iterable, n: int):  # small helper used by evaluation
-    buf = []
-    for item in x:
-        buf.append(item)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf

@@ -573,7 +573,7 @@ async def test_metrics_count_requests_by_route_and_status_and_time_embed_and_sea
         assert _sample(text, "simsearch_ready") == 1
 
 
-async def test_probes_openapi_and_page(make_settings):
+async def test_the_probes_answer_the_openapi_lists_each_route_once_and_the_page_is_served(make_settings):
     async with running(make_settings()) as c:
         assert (await c.get("/healthz")).json() == {"status": "ok"}
         ready = (await c.get("/readyz")).json()

@@ -187,7 +187,7 @@ def test_k_out_of_range_and_unknown_id_over_http(server, client):
     assert_alive(server, client)
 
 
-def test_wrong_or_missing_key_over_http(server, client):
+def test_writes_without_a_key_are_401_and_with_a_wrong_one_403_and_the_server_serves_on(server, client):
     assert_error(client.post("/index", files=[upload(png(1))]), 401, "missing_api_key")
     assert_error(client.post("/index", files=[upload(png(1))], headers={"Authorization": "Bearer nope"}),
                  403, "invalid_api_key")

@@ -35,7 +35,7 @@ def _synthetic_idx(folder, gz: bool, n_train=30, n_test=10, seed=0):
     return arrays
 
 
-def test_real_mnist_and_fashion(shared_data):
+def test_the_real_mnist_and_fashion_idx_files_load_with_their_sizes_means_counts_and_class_names(shared_data):
     mnist = load_dataset(shared_data / "mnist")
     assert mnist.train.images.shape == (60000, 1, 28, 28) and mnist.train.images.dtype == torch.uint8
     assert mnist.test.images.shape == (10000, 1, 28, 28)
@@ -47,7 +47,7 @@ def test_real_mnist_and_fashion(shared_data):
 
 
 @pytest.mark.slow
-def test_real_cifar_tar(shared_data):
+def test_the_real_cifar10_jpeg_tar_loads_as_an_imagefolder_of_ten_classes_of_5000_and_1000(shared_data):
     ds = load_dataset(shared_data / "cifar10-jpeg.tar")
     assert ds.layout == "imagefolder"
     assert ds.train.images.shape == (50000, 3, 32, 32) and len(ds.test) == 10000
@@ -57,7 +57,7 @@ def test_real_cifar_tar(shared_data):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_synthetic_idx(tmp_path, gz):
+def test_idx_files_gzipped_or_not_load_pixel_for_pixel_with_digit_class_names(tmp_path, gz):
     arrays = _synthetic_idx(tmp_path / "digits", gz)
     ds = load_dataset(tmp_path / "digits")
     assert ds.layout == "idx" and ds.class_names == [str(i) for i in range(10)]
@@ -73,15 +73,29 @@ def test_idx_in_torchvision_raw_layout_inside_a_tar(tmp_path):
     assert len(ds.train) == 30 and len(ds.test) == 10
 
 
-def test_truncated_idx_is_explained(tmp_path):
+def test_a_truncated_or_foreign_idx_file_is_named_with_what_is_wrong(tmp_path):
     _synthetic_idx(tmp_path / "d", gz=False)
     data = (tmp_path / "d" / "t10k-images-idx3-ubyte").read_bytes()
     (tmp_path / "d" / "t10k-images-idx3-ubyte").write_bytes(data[:-100])
-    with pytest.raises(DatasetError, match="truncated"):
+    with pytest.raises(DatasetError, match=r"d/t10k-images-idx3-ubyte: the IDX file is truncated: its header says "
+                                           r"\[10, 28, 28\], it holds 7740 values"):
         load_dataset(tmp_path / "d")
+    (tmp_path / "d" / "t10k-images-idx3-ubyte").write_bytes(b"\x89PNG" + data[4:])   # another kind of file
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: not an IDX file of unsigned bytes \(it starts "
+                                           r"with 89 50 4e 47"):
+        load_dataset(tmp_path / "d")
+    _synthetic_idx(tmp_path / "d", gz=False, n_test=9)   # labels of another size than the images
+    _write_idx(tmp_path / "d" / "t10k-labels-idx1-ubyte", np.arange(10) % 10, gz=False)
+    with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte holds 9 images but t10k-labels-idx1-ubyte 10 labels"):
+        load_dataset(tmp_path / "d")
+    _synthetic_idx(tmp_path / "z", gz=True)
+    gz = (tmp_path / "z" / "train-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "z" / "train-labels-idx1-ubyte.gz").write_bytes(gz[:len(gz) // 2])   # a cut-off download
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte.gz: not a whole gzip file"):
+        load_dataset(tmp_path / "z")
 
 
-def test_cifar_python_batches(tmp_path):
+def test_cifar_python_batches_load_channel_major_rows_found_from_the_parent_folder(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(1)
@@ -115,7 +129,7 @@ def _image_tree(root, with_splits: bool):
     (root / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
 
 
-def test_imagefolder_with_train_and_test(tmp_path):
+def test_an_imagefolder_with_train_and_test_loads_sorted_class_names_and_each_split_s_pixels(tmp_path):
     _image_tree(tmp_path / "photos", with_splits=True)
     ds = load_dataset(tmp_path / "photos")
     assert ds.class_names == ["blue", "green", "red"]
