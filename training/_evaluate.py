@@ -6,7 +6,7 @@ How each number is computed is documented in docs/training.md ("Evaluation").
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,12 +62,14 @@ def embed_images(net: nn.Module, images: torch.Tensor, mean, std, device: torch.
     return torch.cat(out) if out else torch.zeros(0, getattr(net, "embed_dim", 0))
 
 
-def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, k: int | str | None = "max_bin_count",
+def retrieval_metrics(embeddings, labels, k: int | str | None = "max_bin_count",
                       only_p1: bool = False) -> dict[str, float]:
     """Leave-one-out retrieval over one split: every item queries all the others (cosine, via FAISS on
-    L2-normalised vectors). precision@1, R-precision, MAP@R and recall@1/5/10, each in [0, 1]."""
+    L2-normalised vectors). precision@1, R-precision, MAP@R and recall@1/5/10, each in [0, 1]. Embeddings
+    and labels as evaluate_embeddings takes them (tensors or numpy arrays; labels ids or names)."""
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+    embeddings, labels, _ = _as_tensors(embeddings, labels)
     emb = F.normalize(embeddings.float(), dim=1).numpy().astype(np.float32)
     lab = labels.numpy()
     if only_p1:
@@ -258,13 +260,26 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
     return {"match_thresholds": rows}
 
 
-def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head: dict | None = None,
+def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
                         ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None, *,
-                        neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
-    """All test metrics from raw embeddings: retrieval metrics, ce_loss (when a CE head is given), ms_loss,
+                        neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        precisions: Sequence[float] = MATCH_PRECISIONS) -> dict[str, Any]:
+    """All test metrics from embeddings (N, D): retrieval metrics, ce_loss (when a CE head is given), ms_loss,
     ms_loss_plain, the per-class report (class_report; `class_names[label]` names the classes) and the
-    distances for a wanted precision of the top hit (match_thresholds). `neighbours`: the result of
-    `_nearest_neighbours(embeddings)` when the caller has it already."""
+    distances for each wanted precision of the top hit in `precisions` (match_thresholds; each in (0, 1]).
+    `neighbours`: the result of `_nearest_neighbours(embeddings)` when the caller has it already.
+
+    `embeddings`: a torch tensor or a numpy array (what model.Embedder.embed returns); `labels`: N integer
+    class ids or N class names (str), as a tensor, an array or a list. Names are numbered in sorted order
+    and, without `class_names`, name the classes in the report. Raises TypeError for other kinds and
+    ValueError for lengths that differ or a precision outside (0, 1], naming them."""
+    embeddings, labels, names = _as_tensors(embeddings, labels)
+    class_names = class_names if class_names is not None else names
+    precisions = tuple(precisions)
+    bad = [p for p in precisions if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1]
+    if bad or not precisions:
+        raise ValueError(f"precisions {list(precisions)}: give target precisions of the top hit in (0, 1], e.g. "
+                         f"{list(MATCH_PRECISIONS)}")
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
         out.update(ce_loss(embeddings, labels, ce_head))
@@ -273,10 +288,38 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, ce_head:
     out.update(similarity_stats(embeddings, labels))
     neighbours = neighbours if neighbours is not None else _nearest_neighbours(embeddings)
     out.update(class_report(embeddings, labels, class_names, neighbours=neighbours))
-    out.update(match_thresholds(embeddings, labels, neighbours=neighbours))
+    out.update(match_thresholds(embeddings, labels, precisions, neighbours=neighbours))
     out["test_size"] = int(len(labels))
     out.update(unscored_classes(labels, class_names))
     return out
+
+
+def _as_tensors(embeddings, labels) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """(embeddings as a float tensor (N, D), labels as int64 (N,), the class names when labels were names)."""
+    if isinstance(embeddings, np.ndarray):
+        embeddings = torch.from_numpy(np.ascontiguousarray(embeddings))
+    if not isinstance(embeddings, torch.Tensor):
+        raise TypeError(f"embeddings: a torch tensor or numpy array (N, D), got {type(embeddings).__name__}")
+    if embeddings.dim() != 2 or not embeddings.is_floating_point():
+        raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} and dtype {embeddings.dtype}: expected "
+                         "floats (N, D)")
+    names = None
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu()
+    else:
+        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+            raise TypeError(f"labels: N class ids or names (a tensor, array or list), got {type(labels).__name__}")
+        values = np.asarray(labels)
+        if values.dtype.kind in "US" or (values.dtype == object and all(isinstance(v, str) for v in labels)):
+            names = sorted({str(v) for v in labels})
+            number = {n: i for i, n in enumerate(names)}
+            values = np.array([number[str(v)] for v in labels], dtype=np.int64)
+        elif values.dtype.kind not in "iu" and len(values):
+            raise TypeError(f"labels of dtype {values.dtype}: give integer class ids or class names (str)")
+        labels = torch.from_numpy(values.astype(np.int64).reshape(-1))
+    if labels.dim() != 1 or len(labels) != len(embeddings):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(embeddings)} embeddings: one label each")
+    return embeddings.cpu(), labels.long(), names
 
 
 def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
@@ -301,7 +344,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                       out: str | os.PathLike | None = None, out_name: str | None = None,
                       centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
                       sheet_rows: int = 12, map_path: str | os.PathLike | None = None, map_points: int = 2000,
-                      log: Callable[[str], None] | None = None, progress: bool = True) -> dict[str, Any]:
+                      log: Callable[[str], None] | None = None, progress: bool = True,
+                      precisions: Sequence[float] = MATCH_PRECISIONS) -> dict[str, Any]:
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
@@ -323,6 +367,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     this PNG (training/_map.py); `map` in the result says how far it can be trusted.
     `log` receives a line naming the dataset's images that could not be decoded, when there are any.
     `progress`: a progress bar on stderr while a large ImageFolder is decoded (False: none).
+    `precisions`: the precisions of the top hit to calibrate a `max_distance` for (match_thresholds).
 
     Raises ValueError for a `max_test` below 1 (None, the default, evaluates every test image) or an unknown `tta`.
     """
@@ -374,7 +419,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
                        + (" (the same, in another order)" if sorted(meta.class_names) == sorted(ds.class_names)
                           else ""))
     neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike
-    res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours)
+    res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours,
+                              precisions=precisions)
     found = confident_mistakes(test.labels, neighbours, max(mistakes, sheet_rows if sheet else 0),
                                list(ds.class_names), test.names)
     res["confident_mistakes"] = found[:mistakes]
