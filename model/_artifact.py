@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -53,6 +53,13 @@ class ArtifactMeta(BaseModel):
         "none", description="test-time augmentation of every embedding: 'hflip' averages it with the embedding "
                             "of the mirrored image (twice the compute); see model.embed_tensor")
 
+    @model_validator(mode="after")
+    def _one_mean_and_std_per_channel(self) -> "ArtifactMeta":
+        if not len(self.mean) == len(self.std) == self.in_chans:
+            raise ValueError(f"mean {self.mean} and std {self.std} must give one value per channel each "
+                             f"(in_chans={self.in_chans})")
+        return self
+
     def build(self) -> nn.Module:
         """An untrained model of this artifact's architecture."""
         return create_model(self.arch, in_chans=self.in_chans, embed_dim=self.embed_dim, **self.arch_kwargs)
@@ -73,9 +80,53 @@ class Artifact:
 
 def save_artifact(path: str | os.PathLike, model: nn.Module, meta: ArtifactMeta,
                   heads: dict[str, nn.Module] | None = None) -> Path:
-    """Write `model` (and optional named heads) with `meta` to `path`, atomically."""
+    """Write `model` (and optional named heads) with `meta` to `path`, atomically.
+
+    The file keeps `model`'s weights, and `meta` says how to build the network they go into
+    (`meta.build()`: arch, arch_kwargs, in_chans, embed_dim). Options that change no weight's shape (a
+    stride, the activation) are in meta alone, so before writing, the network meta builds is given the
+    weights and must compute `model`'s embeddings on random images. Raises ArtifactError when it cannot
+    be built, the weights do not fit it, or it computes other embeddings (naming the arguments `model`
+    was built with, when create_model built it)."""
+    _check_meta_builds(model, meta)
     head_states = {name: head.state_dict() for name, head in (heads or {}).items()}
     return _write(Path(path), _tensors(model.state_dict(), head_states), meta)
+
+
+def _check_meta_builds(model: nn.Module, meta: ArtifactMeta) -> None:
+    """ArtifactError unless meta.build() with `model`'s weights embeds as `model` does (eval mode, random
+    images of meta's size; `model` is left in the mode it was in)."""
+    built_as = getattr(model, "simsearch_built_as", None)
+    said = f"meta builds create_model({meta.arch!r}, in_chans={meta.in_chans}, embed_dim={meta.embed_dim}" + "".join(
+        f", {k}={v!r}" for k, v in meta.arch_kwargs.items()) + ")"
+    if built_as is not None:
+        name, kwargs = built_as
+        said += "; the network was built by create_model(" + ", ".join(
+            [repr(name)] + [f"{k}={v!r}" for k, v in kwargs.items()]) + ")"
+    try:
+        rebuilt = meta.build()
+        rebuilt.load_state_dict(model.state_dict())
+    except Exception as exc:  # noqa: BLE001  (any builder's or load_state_dict's failure)
+        raise ArtifactError(f"meta does not describe this network ({said}): the weights do not fit architecture "
+                            f"{meta.arch!r}: {type(exc).__name__}: {exc}") from exc
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(2, meta.in_chans, meta.image_size, meta.image_size,
+                    generator=torch.Generator().manual_seed(0)).to(device)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            want = model(x).float()
+            got = rebuilt.to(device).eval()(x).float()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    if got.shape != want.shape or not float((got - want).abs().max()) <= 1e-4 * scale:
+        raise ArtifactError(f"meta does not describe this network ({said}): with these weights it computes other "
+                            "embeddings; give meta.arch_kwargs the arguments the network was built with (stride, "
+                            "act, widths, ...)")
 
 
 def resave_artifact(artifact: Artifact, path: str | os.PathLike, meta: ArtifactMeta) -> Path:

@@ -41,13 +41,16 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered architecture `name`; kwargs go to its builder (in_chans, act, stride, ...).
 
     Every built model maps (N, in_chans, H, W) float images to (N, embed_dim) embeddings and has
-    the attributes `embed_dim` and `in_chans`.
+    the attributes `embed_dim` and `in_chans`, and `simsearch_built_as`: (name, kwargs), what built it
+    (save_artifact names it when the artifact's metadata would build another network).
     """
     try:
         builder = _MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
-    return builder(**kwargs)
+    net = builder(**kwargs)
+    net.simsearch_built_as = (name, dict(kwargs))
+    return net
 
 
 def import_models(specs: str | Iterable[str]) -> list[str]:

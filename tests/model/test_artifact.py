@@ -69,11 +69,43 @@ def test_safetensors_without_simsearch_metadata_is_refused(tmp_path):
         model.load_artifact(tmp_path / "plain.safetensors")
 
 
-def test_weights_of_another_architecture_are_refused(tmp_path):
+def test_weights_of_another_architecture_are_refused_at_save_and_at_load(tmp_path):
     meta = model.ArtifactMeta(name="x", arch="hybrid1")
-    path = model.save_artifact(tmp_path / "x.safetensors", model.create_model("cnn3b"), meta)
     with pytest.raises(model.ArtifactError, match="do not fit architecture 'hybrid1'"):
-        model.load_artifact(path)
+        model.save_artifact(tmp_path / "x.safetensors", model.create_model("cnn3b"), meta)
+    # a file written some other way (another tool, an older simsearch) is refused when loaded
+    from safetensors.torch import save_file
+
+    state = {f"model.{k}": v.contiguous() for k, v in model.create_model("cnn3b").state_dict().items()}
+    save_file(state, str(tmp_path / "x.safetensors"), metadata={"simsearch": meta.model_dump_json()})
+    with pytest.raises(model.ArtifactError, match="do not fit architecture 'hybrid1'"):
+        model.load_artifact(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("kwargs", [{"stride": 1}, {"act": "relu"}, {"strides": (1, 2, 2)}])
+def test_a_network_built_with_options_meta_leaves_out_is_refused_naming_them(tmp_path, kwargs):
+    net = model.create_model("hybrid1", **kwargs)
+    option = next(iter(kwargs))
+    refusal = rf"built by create_model\('hybrid1', {option}=.*other embeddings.*arch_kwargs"
+    with pytest.raises(model.ArtifactError, match=refusal):
+        model.save_artifact(tmp_path / "s.safetensors", net, model.ArtifactMeta(name="s", arch="hybrid1"))
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_a_network_saved_with_its_options_reloads_computing_its_embeddings(tmp_path):
+    torch.manual_seed(0)
+    net = model.create_model("hybrid1", stride=1, act="relu").train()
+    meta = model.ArtifactMeta(name="s1", arch="hybrid1", arch_kwargs={"stride": 1, "act": "relu"})
+    path = model.save_artifact(tmp_path / "s1.safetensors", net, meta)
+    assert net.training   # the check at save left the caller's network in its mode
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.load_artifact(path).model(x), net.eval()(x))
+
+
+def test_a_mean_or_std_of_another_length_than_the_channels_is_refused():
+    with pytest.raises(ValueError, match=r"mean \[0.5, 0.5, 0.5\] and std .* one value per channel.*in_chans=1"):
+        model.ArtifactMeta(name="g", arch="hybrid1", in_chans=1)
 
 
 def test_missing_file_names_the_path(tmp_path):
