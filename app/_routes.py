@@ -461,8 +461,13 @@ def _examples_param(doc: str):
                  "/search with no body at all, the marks alone are the query")
 
 
+# index's MAX_GROUPED_RESULTS and MAX_SEARCH_WINDOW (and MAX_K, MAX_GROUP_SIZE below), which the command line
+# applies: written here as well because index, with FAISS, is imported only once the service loads
+# (tests/app/test_groups.py holds them equal)
 MAX_GROUPED_RESULTS = 1000   # k groups x group_size items in one answer
 MAX_SEARCH_WINDOW = 10_000   # offset + k items (with group_by: x group_size) a search reads to answer
+MAX_K = 1000                 # neighbours (or groups) in one answer
+MAX_GROUP_SIZE = 100         # items a group returns
 
 
 def _group_by_param():
@@ -475,8 +480,8 @@ def _group_by_param():
 
 
 def _group_size_param():
-    return Query(1, ge=1, le=100, description="with group_by: items each group returns (k x group_size at most "
-                                              f"{MAX_GROUPED_RESULTS})")
+    return Query(1, ge=1, le=MAX_GROUP_SIZE,
+                 description=f"with group_by: items each group returns (k x group_size at most {MAX_GROUPED_RESULTS})")
 
 
 MAX_EXCLUDED = 1000   # exclude ids in one search
@@ -718,7 +723,7 @@ async def page():
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
 async def search(request: Request,
-                 k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
+                 k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours"),
                  label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
                  max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
                                                     description="only neighbours at most this far (0..2)"),
@@ -922,7 +927,7 @@ async def classify(request: Request,
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_batch_search_body())
 async def batch_search(request: Request,
-                       k: int = Query(10, ge=1, le=1000, description="how many neighbours for each query"),
+                       k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours for each query"),
                        label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
                                                           description="only neighbours at most this far (0..2)"),
@@ -993,7 +998,7 @@ async def embed(request: Request, crop: str | None = _crop_param()):
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 422, 429, 503)})
 async def search_by_id(request: Request, id: str = Path(description="gallery id"),
-                       k: int = Query(10, ge=1, le=1000), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
+                       k: int = Query(10, ge=1, le=MAX_K), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
                        max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
                        where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
                        like: list[str] = _examples_param("more like this item"),

@@ -98,8 +98,8 @@ def _search(args) -> int:
     import index
     from model._formats import unreadable_reason
 
-    if args.k < 1:
-        raise CliError(f"-k must be at least 1, got {args.k}")
+    if not 1 <= args.k <= index.MAX_K:   # as the service's k
+        raise CliError(f"-k must be 1..{index.MAX_K}, got {args.k}")
     if args.max_distance is not None and not 0 <= args.max_distance < math.inf:   # NaN too, as the service's
         raise CliError(f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, "
                        f"so 2 or more keeps every item), got {args.max_distance}")
@@ -240,11 +240,11 @@ def _check_groups(args) -> None:
     if args.rerank is not None:
         raise CliError("--rerank and --group-by do not go together: --rerank re-orders a fixed number of nearest "
                        "items, --group-by reads as many as the groups need")
-    if not 1 <= args.group_size <= 100:
-        raise CliError(f"--group-size must be 1..100, got {args.group_size}")
-    if args.k * args.group_size > 1000:
+    if not 1 <= args.group_size <= index.MAX_GROUP_SIZE:
+        raise CliError(f"--group-size must be 1..{index.MAX_GROUP_SIZE}, got {args.group_size}")
+    if args.k * args.group_size > index.MAX_GROUPED_RESULTS:
         raise CliError(f"-k {args.k} groups of --group-size {args.group_size} is {args.k * args.group_size} items; "
-                       "at most 1000")
+                       f"at most {index.MAX_GROUPED_RESULTS}")
 
 
 def _read_together(queries) -> list[tuple[str, bytes]]:
@@ -263,12 +263,14 @@ def _read_together(queries) -> list[tuple[str, bytes]]:
 
 def _check_offset(args) -> None:
     """--offset checked as the service checks offset; CliError otherwise."""
+    import index
+
     if args.offset < 0:
         raise CliError(f"--offset must be at least 0, got {args.offset}")
-    if (args.offset + args.k) * (args.group_size if args.group_by else 1) > 10_000:
+    if (args.offset + args.k) * (args.group_size if args.group_by else 1) > index.MAX_SEARCH_WINDOW:
         raise CliError(f"--offset {args.offset} + -k {args.k}" + (f" groups of --group-size {args.group_size}"
                                                                   if args.group_by else "") +
-                       ": a search reads at most 10000 items to answer")
+                       f": a search reads at most {index.MAX_SEARCH_WINDOW} items to answer")
 
 
 def _searcher(store, like: list[str], unlike: list[str], gallery: str, group_by: str | None, group_size: int,

@@ -34,8 +34,8 @@ from ._facets import Facet
 from ._faiss import PRESETS
 from ._faiss import validate_spec as check_index_kind
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, mean_query, refine_queries, refine_query
-from ._groups import (MAX_GROUP_CANDIDATES, best_of, check_group_by, group_hits, group_value, search_grouped,
-                      search_hits)
+from ._groups import (MAX_GROUP_CANDIDATES, MAX_GROUP_SIZE, MAX_GROUPED_RESULTS, MAX_K, MAX_SEARCH_WINDOW, best_of,
+                      check_group_by, group_hits, group_value, search_grouped, search_hits)
 from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
                          remove_gallery)
 from ._incomplete import clear_incomplete, incomplete, mark_incomplete
@@ -49,7 +49,8 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "best_of", "check_group_by", "group_hits",
+    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "MAX_GROUP_SIZE", "MAX_GROUPED_RESULTS", "MAX_K",
+    "MAX_SEARCH_WINDOW", "best_of", "check_group_by", "group_hits",
     "group_value",
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",

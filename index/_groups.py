@@ -19,6 +19,12 @@ import numpy as np
 from ._errors import InvalidItemError
 
 MAX_GROUP_CANDIDATES = 16_384   # nearest items read for one grouped query (Milvus's own cap on a search's limit)
+# How much one search may ask for, the same through the service and the command line (each says a breach in
+# its own spelling: k=10 there, -k 10 here)
+MAX_K = 1000                  # neighbours (or groups) in one answer
+MAX_GROUP_SIZE = 100          # items a group returns
+MAX_GROUPED_RESULTS = 1000    # k groups x group_size items in one answer
+MAX_SEARCH_WINDOW = 10_000    # offset + k items (with group_by: x group_size) a search reads to answer
 _METADATA = "metadata."
 
 

@@ -144,3 +144,11 @@ async def test_wrong_group_parameters_are_422s_that_name_them_and_the_service_ke
         r = await c.post("/search?group_by=label&group_size=0", files=query)
         assert r.status_code == 422, r.text
         await still_serving(c)
+
+
+def test_the_service_limits_one_search_as_the_command_line_does():
+    import app._routes
+    import index
+
+    for name in ("MAX_K", "MAX_GROUP_SIZE", "MAX_GROUPED_RESULTS", "MAX_SEARCH_WINDOW"):
+        assert getattr(app._routes, name) == getattr(index, name), name

@@ -75,7 +75,8 @@ def test_classify_votes_as_the_services_classify_does_locally_and_through_the_se
 
 
 def test_classify_refuses_a_bad_k_or_filter_in_one_line(photos, tmp_path, capsys):  # noqa: F811
-    for args, said in ((["-k", "0"], "-k must be at least 1, got 0"), (["--where", "{"], "--where")):
+    for args, said in ((["-k", "0"], "-k must be 1..1000, got 0"), (["-k", "1001"], "-k must be 1..1000, got 1001"),
+                       (["--where", "{"], "--where")):
         assert main(["classify", str(photos / "ship" / "0002.jpg"), "--data", str(tmp_path / "data"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("simsearch classify: error:") and said in err and len(err.strip().splitlines()) == 1
