@@ -11,7 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._images import FORMAT_NAMES, image_policy
 
-MILVUS_INDEXES = ("flat", "hnsw", "ivf")   # index._milvus's kinds, without importing index before /healthz
+# index.MILVUS_INDEX_KINDS, without importing index before /healthz (tests/app/test_groups.py holds them equal)
+MILVUS_INDEXES = ("flat", "hnsw", "ivf")
 # A thumbnail this size fits index._milvus.MAX_THUMBNAIL (49,149 bytes): at 384 px the largest measured
 # was 33,532 bytes (noise, the worst case for JPEG); at 512, a 640x480 photo's was 52,691
 MILVUS_MAX_THUMBNAIL_SIZE = 384

@@ -41,7 +41,7 @@ from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gal
 from ._incomplete import clear_incomplete, incomplete, mark_incomplete
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
-from ._milvus import MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
+from ._milvus import MILVUS_INDEX_KINDS, MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
 from ._store import Store
 from ._types import Hit, Item, StoreConfig
 from ._vote import Vote, vote
@@ -50,7 +50,7 @@ PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
     "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "MAX_GROUP_SIZE", "MAX_GROUPED_RESULTS", "MAX_K",
-    "MAX_SEARCH_WINDOW", "best_of", "check_group_by", "group_hits",
+    "MAX_SEARCH_WINDOW", "MILVUS_INDEX_KINDS", "best_of", "check_group_by", "group_hits",
     "group_value",
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",
     "PRESET_NAMES",

@@ -52,6 +52,7 @@ _INDEXES = {               # simsearch's index kinds as Milvus index parameters 
     "hnsw": ("HNSW", {"M": 32, "efConstruction": 200}, {"ef": 128}),
     "ivf": ("IVF_FLAT", {"nlist": 1024}, {"nprobe": 32}),
 }
+MILVUS_INDEX_KINDS = tuple(_INDEXES)   # the index kinds a gallery in Milvus can have
 _STRONG = "Strong"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
