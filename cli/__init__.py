@@ -32,7 +32,9 @@ def _import_user_models() -> None:
     """SIMSEARCH_MODEL_MODULES: the modules or .py files that register a user's own architectures, for every
     command (train builds them, the others load artifacts of them). Unset: model is not even imported, so
     the HTTP clients stay without torch."""
-    specs = os.environ.get("SIMSEARCH_MODEL_MODULES", "").strip()
+    from ._env import ClientEnv
+
+    specs = ClientEnv.read().model_modules
     if specs:
         import model
 

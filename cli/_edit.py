@@ -9,11 +9,11 @@ same metadata, so an interrupted run is simply run again.
 """
 from __future__ import annotations
 
-import os
 import sys
 from urllib.parse import quote
 
 from . import _galleries as g
+from ._env import ClientEnv
 from ._errors import CliError
 from ._metadata_file import read_metadata_file
 
@@ -35,7 +35,8 @@ def register_index(isub) -> None:
                         "that string)")
     g.common_options(e, model=False, milvus=True)
     e.add_argument("--url", help="edit through a running service instead, e.g. http://127.0.0.1:8000")
-    e.add_argument("--api-key", help="with --url: the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    e.add_argument("--api-key", help="with --url: the service's API key for writes (default $SIMSEARCH_API_KEY, "
+                                     "else the first key of $SIMSEARCH_API_KEY_FILE)")
     e.add_argument("--timeout", type=float, default=120, help="with --url: seconds to wait for one answer (120)")
     e.set_defaults(func=_run)
 
@@ -99,7 +100,7 @@ def _by_http(args, rows: dict[str, dict]) -> tuple[int, list[str]]:
 
     from ._upload import _fatal, _message, _request
 
-    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     params = {} if args.gallery == "default" else {"gallery": args.gallery}
     changed, missing = 0, []

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ._env import ClientEnv
 from ._errors import CliError
 
 # The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
@@ -17,7 +18,7 @@ THUMB_PX = 128
 
 
 def default_data() -> str:
-    return os.environ.get("SIMSEARCH_DATA_DIR", "data")
+    return ClientEnv.read().data_dir
 
 
 def common_options(p: argparse.ArgumentParser, model: bool, milvus: bool = False) -> None:
@@ -46,7 +47,7 @@ class DataFolder(argparse.Action):
 
 
 def milvus_option(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get("SIMSEARCH_MILVUS_URI")
+    env = ClientEnv.read().milvus_uri
     p.add_argument("--milvus-uri", default=MilvusUriFromEnv(env) if env else None,
                    help="the galleries in Milvus instead of DATA, as the service's SIMSEARCH_MILVUS_URI (default "
                         "$SIMSEARCH_MILVUS_URI unless --data is given; its credentials from $SIMSEARCH_MILVUS_TOKEN, "
@@ -143,8 +144,10 @@ def open_store(data: str, read_only: bool, embedder=None, kind: str | None = Non
 
 
 def milvus_credentials() -> tuple[str | None, str | None]:
-    """(token, database) for Milvus, from $SIMSEARCH_MILVUS_TOKEN and $SIMSEARCH_MILVUS_DB, as the service reads them."""
-    return os.environ.get("SIMSEARCH_MILVUS_TOKEN") or None, os.environ.get("SIMSEARCH_MILVUS_DB") or None
+    """(token, database) for Milvus, from $SIMSEARCH_MILVUS_TOKEN and $SIMSEARCH_MILVUS_DB, as the service reads
+    them."""
+    env = ClientEnv.read()
+    return env.milvus_token, env.milvus_db
 
 
 def milvus_gallery_names(uri: str) -> list[str]:

@@ -3,12 +3,12 @@ and its answers printed as the local search prints them."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+from ._env import ClientEnv
 from ._errors import CliError
 from ._upload import _fatal, _message, _request
 
@@ -25,7 +25,7 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
     import httpx
 
     params = _params(args)
-    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     agree = labelled = failed = 0
     limit = MAX_FILES
@@ -76,7 +76,7 @@ def search_together(args, photos: list[tuple[str, bytes]], asked: int, show: Cal
     image could be read. CliError with the service's words when it refuses the search."""
     import httpx
 
-    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     try:
         with httpx.Client(base_url=url, headers=_headers(args, key), timeout=args.timeout) as client:

@@ -83,7 +83,7 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--url", help=url_help)
     p.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
-                                     "$SIMSEARCH_API_KEY)")
+                                     "$SIMSEARCH_API_KEY, else the first key of $SIMSEARCH_API_KEY_FILE)")
     p.add_argument("--timeout", type=float, default=120.0, help="with --url: seconds to wait for an answer (120)")
     p.add_argument("--after", metavar="POSITION", help="with --url: answers from a gallery at least as new as this "
                                                        "position (what a write or `index upload` reported), from a "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -12,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import _galleries as g
+from ._env import ClientEnv
 from ._errors import CliError
 
 
@@ -27,7 +27,8 @@ def register_index(isub) -> None:
     u.add_argument("source", help="a folder of images (searched recursively) or a .tar/.tar.gz of one")
     u.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     g.gallery_option(u)
-    u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY)")
+    u.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY, else the first "
+                                     "key of $SIMSEARCH_API_KEY_FILE)")
     u.add_argument("--batch-size", type=int, default=32,
                    help="images per request (32; at most the service's SIMSEARCH_MAX_FILES_PER_REQUEST, 64 by default)")
     u.add_argument("--parallel", type=int, default=2, help="requests in flight (2)")
@@ -73,7 +74,7 @@ def upload(args) -> int:
         pillow_heif.register_heif_opener()
     except ImportError:
         pass
-    key = args.api_key or os.environ.get("SIMSEARCH_API_KEY") or ""
+    key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     try:
         # ?gallery= on every request (the default gallery takes none: a service from before galleries works)
@@ -247,7 +248,8 @@ def _message(r) -> str:
 
 def _fatal(status: int, message: str, url: str) -> str:
     if status == 401:
-        return f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY ({message})"
+        return (f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY "
+                f"(or SIMSEARCH_API_KEY_FILE) ({message})")
     if status == 403:
         return f"the service at {url} refused the API key ({message})"
     if status == 507:  # what was stored before is kept, and skipped by the next run

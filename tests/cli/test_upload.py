@@ -336,3 +336,29 @@ def test_upload_and_remote_search_work_where_torch_cannot_be_imported(live, phot
     assert found.returncode == 0, found.stderr
     assert "12 of 12 queries with a label (1.000) have a nearest neighbour of that label" in found.stdout
     assert "1 of 13 queries could not be read" in found.stderr
+
+
+def test_the_clients_send_the_first_key_of_the_variable_or_the_key_file_as_the_service_reads_them(
+        hybrid1_artifact, photos, tmp_path, capsys, monkeypatch):
+    """SIMSEARCH_API_KEY may hold several keys (comma-separated, during a rotation) and SIMSEARCH_API_KEY_FILE
+    one a line with # comments, for the service; `index upload` and `index edit --url` read them alike (the
+    whole "old,new" used to be sent, and the key file was not read)."""
+    server = serving(hybrid1_artifact, tmp_path, SIMSEARCH_API_KEY=f"{KEY},next-key")
+    try:
+        monkeypatch.setenv("SIMSEARCH_API_KEY", f"{KEY}, next-key")
+        assert main(["index", "upload", str(photos / "cat"), "--url", server.url]) == 0
+        keys = tmp_path / "keys"
+        keys.write_text("# rotated 2026-12-05\n\nnext-key\n")
+        monkeypatch.delenv("SIMSEARCH_API_KEY")
+        monkeypatch.setenv("SIMSEARCH_API_KEY_FILE", str(keys))
+        assert main(["index", "upload", str(photos / "dog"), "--url", server.url]) == 0
+        rows = tmp_path / "meta.jsonl"
+        rows.write_text('{"id": "0001.jpg", "album": "trip"}\n')
+        assert main(["index", "edit", "--metadata", str(rows), "--url", server.url]) == 0
+        assert listing(server)["0001.jpg"]["metadata"]["album"] == "trip"
+        monkeypatch.setenv("SIMSEARCH_API_KEY_FILE", str(tmp_path / "absent"))
+        capsys.readouterr()
+        assert main(["index", "upload", str(photos / "ship"), "--url", server.url]) == 2
+        assert f"SIMSEARCH_API_KEY_FILE '{tmp_path / 'absent'}': No such file or directory" in capsys.readouterr().err
+    finally:
+        stop_server(server)

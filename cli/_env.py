@@ -1,0 +1,53 @@
+"""The SIMSEARCH_* variables the command line reads, in one place (the service reads its own through app's
+Settings): where galleries are (--data, --milvus-uri defaults), and the key the HTTP clients (index upload,
+index edit --url, search --url) send."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import CliError
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    """The variables as the command line reads them; `ClientEnv.read()` takes them from the environment."""
+    data_dir: str = "data"
+    milvus_uri: str | None = None
+    milvus_token: str | None = None
+    milvus_db: str | None = None
+    api_key: str | None = None
+    api_key_file: str | None = None
+    model_modules: str = ""
+
+    @classmethod
+    def read(cls) -> "ClientEnv":
+        """The SIMSEARCH_* variables of this process (empty counts as unset where a default applies)."""
+        env = os.environ.get
+        return cls(data_dir=env("SIMSEARCH_DATA_DIR", "data"), milvus_uri=env("SIMSEARCH_MILVUS_URI") or None,
+                   milvus_token=env("SIMSEARCH_MILVUS_TOKEN") or None, milvus_db=env("SIMSEARCH_MILVUS_DB") or None,
+                   api_key=env("SIMSEARCH_API_KEY") or None, api_key_file=env("SIMSEARCH_API_KEY_FILE") or None,
+                   model_modules=env("SIMSEARCH_MODEL_MODULES", "").strip())
+
+    def write_key(self, given: str | None) -> str:
+        """The key to send: --api-key as given, else the first of SIMSEARCH_API_KEY's keys, else the first of
+        SIMSEARCH_API_KEY_FILE's, as the service reads both (one a line or comma-separated, # comments); ""
+        for none. CliError naming a key file that cannot be read."""
+        if given:
+            return given
+        if self.api_key:
+            return next(iter(_keys(self.api_key)), "")
+        if self.api_key_file:
+            try:
+                text = Path(self.api_key_file).read_text()
+            except OSError as exc:
+                raise CliError(f"SIMSEARCH_API_KEY_FILE {self.api_key_file!r}: {exc.strerror}") from None
+            return next(iter(_keys(text)), "")
+        return ""
+
+
+def _keys(text: str) -> list[str]:
+    # the service's parse_keys (app/_middleware.py), which the command line does not import
+    lines = (line.strip() for line in text.splitlines())
+    return [k.strip() for line in lines if line and not line.startswith("#") for k in line.split(",") if k.strip()]
