@@ -705,7 +705,7 @@ class _Batches:
 
 
 def _train_epoch(run: _Run, steps: _Steps, batches: _Batches, teachers: _Teachers, step_net: nn.Module,
-                 trained: nn.ModuleDict, ema, mean_t: torch.Tensor, std_t: torch.Tensor,
+                 trained: nn.ModuleDict, ema, normalize: nn.Module,
                  epoch: int) -> tuple[torch.Tensor, int]:
     """One epoch of optimiser steps (and moving-average updates); (the summed loss, on the device, and the
     number of steps)."""
@@ -726,7 +726,7 @@ def _train_epoch(run: _Run, steps: _Steps, batches: _Batches, teachers: _Teacher
         if batches.aug is not None:
             xb = batches.aug(xb)
         t_emb, t_logits = teachers.targets(idx, xb, device, run.use_amp)
-        xb = (xb - mean_t) / std_t
+        xb = normalize(xb)   # as the Embedder feeds the network when it serves
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = batches.labels[idx].to(device, non_blocking=True)
@@ -764,6 +764,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     (_restore); the epochs (_train_epoch; the main process validates and checkpoints after each); then _finish
     writes the artifact and its metrics. None where this session stops early (stop_after) and in the processes
     other than the main one."""
+    import model as zoo
+
     main = world is None or world.main
     if not main:
         progress, log = False, (lambda _msg: None)
@@ -784,9 +786,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
     train_images = _resident(run.train_split.images, device)
     train_labels = run.train_split.labels.to(train_images.device)  # beside the images: one index serves both
     teachers = _Teachers.build(run, train_images.device)
-    mean, std = run.mean, run.std
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    normalize = zoo.PixelNormalize(run.mean, run.std).to(device)   # as the Embedder's, bit for bit
 
     ckpt = _checkpoint_path(out)
     done, tta = _restore(ckpt, resume, run, steps, ema, tta)
@@ -802,7 +802,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
 
     for epoch in range(done.start_epoch, cfg.epochs):
         t0 = time.time()
-        total, count = _train_epoch(run, steps, batches, teachers, step_net, trained, ema, mean_t, std_t, epoch)
+        total, count = _train_epoch(run, steps, batches, teachers, step_net, trained, ema, normalize, epoch)
         if not main:  # the main process validates and checkpoints
             if done.stops_after(epoch, stop_after, cfg.epochs):
                 dist_.finish(world)
