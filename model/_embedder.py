@@ -108,11 +108,6 @@ class Embedder:
         # (x / 255 - mean) / std as x * scale + shift, in place on the float copy: no further
         # allocations (fresh multi-MB tensors cost page faults); see docs/results/benchmarks.md.
         self._normalize = PixelNormalize(self.meta.mean, self.meta.std).to(self.device)
-        # Read by bench/bench_embed.py alone, which times the normalisation's earlier forms against this one.
-        self._scale, self._shift = self._normalize.byte_scale, self._normalize.shift
-        c = self.meta.in_chans
-        self._mean = torch.tensor(self.meta.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self._std = torch.tensor(self.meta.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,
