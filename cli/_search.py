@@ -91,19 +91,43 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
 
 
 def _search(args) -> int:
+    """`simsearch search` and `simsearch classify`: the options checked, the queries read, then each answered
+    here (_search_local) or by the service at --url."""
+    where, crop, like, unlike = _checked(args)
+    queries, tars = g.queries(args.images)
+    first = Path(args.images[0]) if args.images else None
+    single = args.together or not args.images or (len(queries) == 1 and first.is_file() and not g.is_tar(first))
+    show = _Answers(args, single)
+    try:
+        if args.url:
+            from . import _remote
+
+            if args.together or not args.images:   # one query: the images together, or the marks alone
+                return _remote.search_together(args, _read_together(queries), len(queries), show)
+            labelled, agree, failed = _remote.search(args, queries, single, show)
+        else:
+            labelled, agree, failed = _search_local(args, queries, single, show, where, crop, like, unlike)
+            if labelled is None:   # one answer, given
+                return failed
+    finally:
+        for tf in tars:
+            tf.close()
+    return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
+
+
+def _checked(args):
+    """(where, crop, like, unlike) from the options, each checked as the service checks its parameters, before
+    the model loads; CliError naming the option otherwise."""
     import math
 
-    import numpy as np
-
     import index
-    from model._formats import unreadable_reason
 
     if not 1 <= args.k <= index.MAX_K:   # as the service's k
         raise CliError(f"-k must be 1..{index.MAX_K}, got {args.k}")
     if args.max_distance is not None and not 0 <= args.max_distance < math.inf:   # NaN too, as the service's
         raise CliError(f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, "
                        f"so 2 or more keeps every item), got {args.max_distance}")
-    where = g.where_arg(args.where)  # before the model loads
+    where = g.where_arg(args.where)
     crop = g.crop_arg(args.crop)
     like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))
     if set(like) & set(unlike):
@@ -129,100 +153,102 @@ def _search(args) -> int:
         raise CliError("--model with --url: the service searches with its own model")
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
-    queries, tars = g.queries(args.images)
-    first = Path(args.images[0]) if args.images else None
-    single = args.together or not args.images or (len(queries) == 1 and first.is_file() and not g.is_tar(first))
-    show = _Answers(args, single)
-    if args.url:
-        from . import _remote
+    return where, crop, like, unlike
 
-        try:
-            if args.together or not args.images:   # one query: the images together, or the marks alone
-                return _remote.search_together(args, _read_together(queries), len(queries), show)
-            labelled, agree, failed = _remote.search(args, queries, single, show)
-        finally:
-            for tf in tars:
-                tf.close()
-        return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
+
+def _search_local(args, queries, single: bool, show, where, crop, like, unlike):
+    """Answer the queries from the gallery in --data (or --milvus-uri): (queries with a label, of them those
+    given that label, queries skipped), or (None, None, exit status) where one answer was given (the marks
+    alone, or --together)."""
+    import numpy as np
+
+    import index
+
     embedder = g.embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
     pddm = _reranker(embedder, args.rerank, args.k, args.offset) if args.rerank is not None else None
     store = g.open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
-    agree = labelled = failed = 0
+    filters = {"label": args.label, "max_distance": args.max_distance, "where": where}
     try:
         # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
         search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
                            0 if pddm is not None else args.offset)
         if not args.images:   # the marks alone: 2 mean(liked) - mean(unliked), as the service's no-body search
-            show("the marked items", None, search([None], args.k, label=args.label, max_distance=args.max_distance,
-                                                  where=where)[0])
-            return 0
-        if args.together:   # one query: the unit mean of every image's vector
-            arrays = []
-            for name, _, read in queries:
-                data = None
-                try:
-                    data = read()
-                    arrays.append(g.model_input(data, embedder, crop))
-                except Exception as exc:  # noqa: BLE001  (one unreadable image is reported and left out)
-                    why = unreadable_reason(exc, data)
-                    if len(queries) == 1:
-                        raise CliError(f"cannot read image {name}: {why}") from None
-                    failed += 1
-                    print(f"skipped {name}: {why}", file=sys.stderr)
-            if failed:
-                print(f"{failed} of {len(queries)} images could not be read"
-                      + ("" if arrays else "; nothing to search with"), file=sys.stderr)
-                if not arrays:
-                    return 1
-            vecs = embedder.embed_arrays(np.stack(arrays))
-            if args.combine == "best" and len(vecs) > 1:   # each photo's offset + k nearest, merged
-                wide = _searcher(store, like, unlike, args.gallery, None, 1, args.exclude)
-                found = wide(vecs, args.offset + args.k, label=args.label, max_distance=args.max_distance, where=where)
-                show(f"{len(arrays)} images together", None, index.best_of(found, args.k, args.offset))
-                return 0
-            try:
-                vec = index.mean_query(vecs)
-            except ValueError:
-                raise CliError(f"--together: the {len(arrays)} images cancel out (their mean is no direction to "
-                               "search in); search them one by one") from None
-            hits = search(vec[None], args.rerank or args.k, label=args.label, max_distance=args.max_distance,
-                          where=where)[0]
-            if pddm is not None:
-                hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
-            show(f"{len(arrays)} images together", None, hits)
-            return 0
+            show("the marked items", None, search([None], args.k, **filters)[0])
+            return None, None, 0
+        if args.together:
+            return None, None, _search_together(args, queries, embedder, store, pddm, search, show, filters, crop,
+                                                like, unlike)
+        agree = labelled = failed = 0
         for start in range(0, len(queries), 256):
-            chunk, arrays = [], []
-            for name, label, read in queries[start:start + 256]:
-                data = None
-                try:
-                    data = read()
-                    arrays.append(g.model_input(data, embedder, crop))
-                    chunk.append((name, label))
-                except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
-                    why = unreadable_reason(exc, data)
-                    if single:
-                        raise CliError(f"cannot read image {name}: {why}") from None
-                    failed += 1
-                    print(f"skipped {name}: {why}", file=sys.stderr)
+            chunk, arrays, skipped = _model_inputs(queries[start:start + 256], embedder, crop, fatal=single)
+            failed += skipped
             if not chunk:
                 continue
             vecs = embedder.embed_arrays(np.stack(arrays))
-            found = search(vecs, args.rerank or args.k, label=args.label, max_distance=args.max_distance, where=where)
-            for (name, label), vec, hits in zip(chunk, vecs, found):
+            for (name, label), vec, hits in zip(chunk, vecs, search(vecs, args.rerank or args.k, **filters)):
                 if pddm is not None:
                     hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
                 answer = show(name, label, hits)
                 if label is not None:
                     labelled += 1
                     agree += answer == label
+        return labelled, agree, failed
     except index.StoreError as exc:
         raise CliError(str(exc)) from None
     finally:
         store.close()
-        for tf in tars:
-            tf.close()
-    return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
+
+
+def _search_together(args, queries, embedder, store, pddm, search, show, filters: dict, crop, like, unlike) -> int:
+    """--together: one query of every image (the unit mean of their vectors, or with --combine best each
+    image's nearest items merged), answered once; the exit status (1: no image could be read)."""
+    import numpy as np
+
+    import index
+
+    _, arrays, failed = _model_inputs(queries, embedder, crop, fatal=len(queries) == 1)
+    if failed:
+        print(f"{failed} of {len(queries)} images could not be read"
+              + ("" if arrays else "; nothing to search with"), file=sys.stderr)
+        if not arrays:
+            return 1
+    vecs = embedder.embed_arrays(np.stack(arrays))
+    said = f"{len(arrays)} images together"
+    if args.combine == "best" and len(vecs) > 1:   # each photo's offset + k nearest, merged
+        wide = _searcher(store, like, unlike, args.gallery, None, 1, args.exclude)
+        show(said, None, index.best_of(wide(vecs, args.offset + args.k, **filters), args.k, args.offset))
+        return 0
+    try:
+        vec = index.mean_query(vecs)
+    except ValueError:
+        raise CliError(f"--together: the {len(arrays)} images cancel out (their mean is no direction to "
+                       "search in); search them one by one") from None
+    hits = search(vec[None], args.rerank or args.k, **filters)[0]
+    if pddm is not None:
+        hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
+    show(said, None, hits)
+    return 0
+
+
+def _model_inputs(queries, embedder, crop, fatal: bool):
+    """([(name, label)], [model input array], how many skipped) of the queries read; one that cannot be read
+    is said on stderr and skipped, or with `fatal` a CliError naming it."""
+    from model._formats import unreadable_reason
+
+    kept, arrays, skipped = [], [], 0
+    for name, label, read in queries:
+        data = None
+        try:
+            data = read()
+            arrays.append(g.model_input(data, embedder, crop))
+            kept.append((name, label))
+        except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
+            why = unreadable_reason(exc, data)
+            if fatal:
+                raise CliError(f"cannot read image {name}: {why}") from None
+            skipped += 1
+            print(f"skipped {name}: {why}", file=sys.stderr)
+    return kept, arrays, skipped
 
 
 def _check_groups(args) -> None:
