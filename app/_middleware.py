@@ -546,7 +546,7 @@ class BodyLimitMiddleware:
         self.app, self.limit, self.metrics = app, limit, metrics
         self.timeout, self.min_rate, self.grace = timeout, min_rate, grace
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: C901 (one pass over the ASGI messages; its branches are the body-size and timeout states)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = Headers(scope=scope).get("content-length")

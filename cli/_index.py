@@ -164,7 +164,7 @@ def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool 
     return arr, thumb, meta
 
 
-def _build(args) -> int:
+def _build(args) -> int:  # noqa: C901 (to split: reading, decoding and writing of a build)
     g.model_threads(args.threads)
 
     import logging

@@ -362,7 +362,7 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     return out
 
 
-def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
+def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,  # noqa: C901 (to split: find the tree, choose the splits, decode)
                          image_size: int, test_fraction: float, seed: int, progress: bool = True) -> Dataset:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}

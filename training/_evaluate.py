@@ -338,7 +338,7 @@ def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None)
     return {"unscored_classes": unscored, "scored_queries": int(sizes[sizes > 1].sum())}
 
 
-def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
+def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,  # noqa: C901 (to split: load, embed, score, report)
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,

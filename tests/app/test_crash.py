@@ -25,7 +25,7 @@ def _seed(writer: int, i: int) -> int:
     return writer * 100_000 + i
 
 
-def test_sigkill_of_the_server_while_clients_write_loses_no_acknowledged_write(hybrid1_artifact, tmp_path):
+def test_sigkill_of_the_server_while_clients_write_loses_no_acknowledged_write(hybrid1_artifact, tmp_path):  # noqa: C901 (one scenario, step by step)
     env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
            "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
     live = start_server(env, tmp_path)

@@ -28,7 +28,7 @@ def runs_with_and_without_json(capsys, **commands: list[str]) -> dict:
     return runs
 
 
-def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_image(
+def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_image(  # noqa: C901 (one scenario, step by step)
         hybrid1_artifact, photos, tmp_path, capsys):  # noqa: F811
     # a service that takes at most 5 files a request: the 13 queries are sent in smaller requests
     live = serving(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_FILES_PER_REQUEST="5")
