@@ -17,6 +17,10 @@ from torch import nn
 from ._registry import create_model, is_model, list_models
 
 FORMAT = "simsearch-artifact/1"
+# The metadata fields that change how an image is embedded, which this version applies. A field of this kind
+# added later goes into an artifact's `requires`, so that a version from before it refuses the file instead of
+# embedding without it under the same model id (a gallery would then mix two models' vectors).
+KNOWN_REQUIREMENTS = ("tta",)
 _META_KEY = "simsearch"
 _MODEL_PREFIX = "model."
 
@@ -52,6 +56,10 @@ class ArtifactMeta(BaseModel):
     tta: TTA = Field(
         "none", description="test-time augmentation of every embedding: 'hflip' averages it with the embedding "
                             "of the mirrored image (twice the compute); see model.embed_tensor")
+    requires: list[str] = Field(
+        default_factory=list, description="the fields of this metadata a reader must apply to embed as the "
+                                          "writer did (written by save: 'tta' when it is not 'none'); a reader "
+                                          "that does not know one refuses the artifact rather than embed otherwise")
 
     @model_validator(mode="after")
     def _one_mean_and_std_per_channel(self) -> "ArtifactMeta":
@@ -144,6 +152,8 @@ def _tensors(model_state: dict[str, torch.Tensor], head_states: dict[str, dict[s
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: ArtifactMeta) -> Path:
+    required = sorted(set(meta.requires) | ({"tta"} if meta.tta != "none" else set()))
+    meta = meta.model_copy(update={"requires": required})
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -227,6 +237,11 @@ def _parse_meta(header: dict[str, Any]) -> ArtifactMeta:
         raise ArtifactError(f"invalid artifact metadata: {exc}") from exc
     if meta.format != FORMAT:
         raise ArtifactError(f"unsupported artifact format {meta.format!r} (this version reads {FORMAT!r})")
+    unknown = sorted(set(meta.requires) - set(KNOWN_REQUIREMENTS))
+    if unknown:
+        raise ArtifactError(f"the artifact requires {unknown}, which this version of simsearch does not apply (it "
+                            f"applies {list(KNOWN_REQUIREMENTS)}): it was written by a newer simsearch; load it with "
+                            "that version, as its embeddings would differ here")
     return meta
 
 

@@ -124,3 +124,24 @@ def test_saved_artifact_is_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_an_artifact_records_what_changes_its_embeddings_and_one_a_newer_version_requires_is_refused(tmp_path):
+    """`requires` names the metadata a reader must apply (tta, for a mirror-averaging model): an artifact
+    requiring something this version does not apply is refused, not embedded otherwise under the same id."""
+    torch.manual_seed(2)
+    net = model.create_model("hybrid1", in_chans=3)
+    plain = model.save_artifact(tmp_path / "plain.safetensors", net,
+                                model.ArtifactMeta(name="p", arch="hybrid1"))
+    assert model.read_meta(plain).requires == []
+    mirrored = model.save_artifact(tmp_path / "tta.safetensors", net,
+                                   model.ArtifactMeta(name="t", arch="hybrid1", tta="hflip"))
+    assert model.read_meta(mirrored).requires == ["tta"]
+    artifact = model.load_artifact(mirrored)
+    future = model.resave_artifact(artifact, tmp_path / "future.safetensors",
+                                   artifact.meta.model_copy(update={"requires": ["tta", "grey_world"]}))
+    with pytest.raises(model.ArtifactError, match=r"the artifact requires \['grey_world'\], which this version of "
+                                                  r"simsearch does not apply"):
+        model.Embedder.from_file(future)
+    with pytest.raises(model.ArtifactError, match="written by a newer simsearch"):
+        model.read_meta(future)
