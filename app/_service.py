@@ -12,7 +12,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import anyio
 import anyio.to_thread
@@ -24,6 +24,9 @@ from ._errors import ApiError
 from ._images import image_policy
 from ._metrics import Metrics
 from ._settings import Settings
+
+if TYPE_CHECKING:   # index (FAISS) loads after /healthz answers
+    from index import GalleryStore
 
 log = logging.getLogger("simsearch.app")
 
@@ -126,7 +129,7 @@ class Gallery:
     """One gallery the service has open: its store, and (when it writes) its group committer."""
 
     name: str
-    store: Any                           # index.Store
+    store: GalleryStore                  # index.Store or index.MilvusStore
     commits: GroupCommitter | None
 
 

@@ -7,10 +7,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ._env import ClientEnv
 from ._errors import CliError
+
+if TYPE_CHECKING:   # index (FAISS) is imported by the commands that open a gallery, when they run
+    from index import GalleryStore
 
 # The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
 # (app/_settings.py), so that a gallery's items get one size whether built here or sent to POST /index.
@@ -118,7 +121,8 @@ def embedder_for(path: str | None, data: str, gallery: str = "default", milvus_u
 
 
 def open_store(data: str, read_only: bool, embedder=None, kind: str | None = None, locked_hint: str = "",
-                gallery: str = "default", milvus_uri: str | None = None, vectors: tuple[int, str] | None = None):
+                gallery: str = "default", milvus_uri: str | None = None,
+                vectors: tuple[int, str] | None = None) -> GalleryStore:
     """The store of `gallery` in DATA (DATA/index for the default one), or in Milvus at milvus_uri, for
     the vectors of `embedder` (or `vectors`: their dim and model id; neither: what the store records);
     CliError for every store error, `locked_hint` appended when another process (a running service)

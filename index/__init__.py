@@ -24,6 +24,7 @@
     incomplete(path)   # what a copy into the store that did not finish left said (None: the store is whole)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
+    GalleryStore   # that surface, as a typing.Protocol: what code that takes either store may use
 """
 from ._backup import backup, backup_galleries
 from ._checks import check_metadata
@@ -33,6 +34,7 @@ from ._duplicates import find_duplicates
 from ._facets import Facet
 from ._faiss import PRESETS
 from ._faiss import validate_spec as check_index_kind
+from ._gallery import GalleryStore
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, mean_query, refine_queries, refine_query
 from ._groups import (MAX_GROUP_CANDIDATES, MAX_GROUP_SIZE, MAX_GROUPED_RESULTS, MAX_K, MAX_SEARCH_WINDOW, best_of,
                       check_group_by, group_hits, group_value, search_grouped, search_hits)
@@ -49,7 +51,8 @@ from ._vote import Vote, vote
 PRESET_NAMES = tuple(PRESETS)
 
 __all__ = [
-    "Check", "DEFAULT_GALLERY", "Facet", "MAX_GROUP_CANDIDATES", "MAX_GROUP_SIZE", "MAX_GROUPED_RESULTS", "MAX_K",
+    "Check", "DEFAULT_GALLERY", "Facet", "GalleryStore", "MAX_GROUP_CANDIDATES", "MAX_GROUP_SIZE",
+    "MAX_GROUPED_RESULTS", "MAX_K",
     "MAX_SEARCH_WINDOW", "MILVUS_INDEX_KINDS", "best_of", "check_group_by", "group_hits",
     "group_value",
     "search_grouped", "Hit", "InvalidItemError", "Item", "LIKE_WEIGHT", "ModelMismatchError", "PRESETS",

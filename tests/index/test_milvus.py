@@ -444,3 +444,9 @@ def test_grouped_searches_find_the_groups_the_faiss_store_finds(open_milvus, ope
 
 def test_paging_after_a_listing_position_skips_no_unchanged_item_as_the_faiss_store_does(open_milvus):
     check_paging_after_a_position(open_milvus())
+
+
+def test_a_milvus_store_has_every_method_and_attribute_of_a_gallery_store(open_milvus):
+    from index import GalleryStore
+
+    assert isinstance(open_milvus(), GalleryStore)

@@ -796,3 +796,10 @@ def test_a_store_a_newer_simsearch_wrote_is_refused_for_reading_and_writing_and_
     with sqlite3.connect(path / "store.sqlite3") as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)   # not marked down
     conn.close()
+
+
+def test_a_folder_store_has_every_method_and_attribute_of_a_gallery_store(tmp_path):
+    from index import GalleryStore
+
+    with Store.open(StoreConfig(tmp_path / "s", dim=4, model_id="m@1")) as store:
+        assert isinstance(store, GalleryStore)
