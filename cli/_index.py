@@ -174,7 +174,7 @@ def _build(args) -> int:  # noqa: C901 (to split: reading, decoding and writing 
     from tqdm import tqdm
 
     import index
-    from model._formats import unreadable_reason
+    from model import unreadable_reason
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.batch_size < 1:

@@ -96,7 +96,7 @@ def _export(args) -> int:
               f"vectors' cosine to the float model's on {on}: mean "
               f"{int8['mean_cosine_to_float']:.4f}, least {int8['min_cosine_to_float']:.4f}")
         if not int8.get("held_out", True):
-            from model._onnx import INT8_HELD_OUT_FROM
+            from model import INT8_HELD_OUT_FROM
 
             print(f"warning: {n} calibration image{'s are' if n != 1 else ' is'} too few: from "
                   f"{INT8_HELD_OUT_FROM} on, a quarter is held out to check the int8 graph (and choose its "

@@ -233,7 +233,7 @@ def _search_together(args, queries, embedder, store, pddm, search, show, filters
 def _model_inputs(queries, embedder, crop, fatal: bool):
     """([(name, label)], [model input array], how many skipped) of the queries read; one that cannot be read
     is said on stderr and skipped, or with `fatal` a CliError naming it."""
-    from model._formats import unreadable_reason
+    from model import unreadable_reason
 
     kept, arrays, skipped = [], [], 0
     for name, label, read in queries:

@@ -200,9 +200,7 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
         raise CliError(f"--nproc must be at least 1, got {args.nproc}")
     if args.stop_after is not None and args.stop_after < 1:
         raise CliError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
-    from training._trainer import check_run
-
-    from training._trainer import ModelArgumentError
+    from training import ModelArgumentError, check_run
 
     try:
         check_run(out, args.stop_after)
@@ -277,7 +275,7 @@ def _launch(args, cfg, data: Path) -> int:
             raise CliError(f"--nproc {n} needs a GPU per process and there are {torch.cuda.device_count()}; "
                            f"give --nproc {torch.cuda.device_count()}, or --device cpu")
     # What can be checked before starting the processes is (the dataset is read, and cached for them, here).
-    from training._trainer import ModelArgumentError, check_processes
+    from training import ModelArgumentError, check_processes
 
     try:
         check_processes(cfg, data, n, progress=not args.quiet)
@@ -285,7 +283,7 @@ def _launch(args, cfg, data: Path) -> int:
         raise CliError(_arch_error(exc)) from None
     except ValueError as exc:  # DatasetError too
         raise CliError(str(exc)) from None
-    from training._trainer import lock_run, unlock_run
+    from training import lock_run, unlock_run
 
     try:   # the processes' run holds OUT's lock through this one (train() takes none in them)
         lock = lock_run(args.out)

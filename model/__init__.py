@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._crop import Crop, crop_box, draft_size, parse_crop
 from ._earlier import earlier_bundled
-from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under
+from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under, unreadable_reason
 from ._preprocess import displayed_size, make_thumbnail, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._embedder import Embedder, default_device, embed_tensor
     from ._involution import Involution
     from ._normalize import PixelNormalize
-    from ._onnx import OnnxUnavailable, export_onnx, to_onnx
+    from ._onnx import INT8_HELD_OUT_FROM, OnnxUnavailable, export_onnx, to_onnx
     from ._params import count_parameters, default_artifact_path
     from ._pddm import PDDM
     from ._registry import (ModelModuleError, create_model, import_models, is_model, list_models, model_source,
@@ -36,7 +36,7 @@ __all__ = [
     "export_onnx",
     "files_under", "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail",
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
-    "save_artifact", "to_model_array", "to_onnx",
+    "save_artifact", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
@@ -47,7 +47,7 @@ _SOURCES = {
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
     "_normalize": ("PixelNormalize",),
-    "_onnx": ("OnnxUnavailable", "export_onnx", "to_onnx"),
+    "_onnx": ("INT8_HELD_OUT_FROM", "OnnxUnavailable", "export_onnx", "to_onnx"),
     "_registry": ("ModelModuleError", "create_model", "import_models", "is_model", "list_models", "model_source",
                   "register_model"),
     "_params": ("count_parameters", "default_artifact_path"),

@@ -9,11 +9,12 @@ from ._data import Dataset, DatasetError, Split, cache_dir, download_dataset, lo
 from ._evaluate import evaluate_artifact, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._losses import MetricLoss, create_loss, list_losses, register_loss
 from . import _pddm  # noqa: F401  (registers the "pddm" loss)
-from ._trainer import ModelArgumentError, TrainResult, train
+from ._files import RunLockedError, check_run, lock_run, unlock_run
+from ._trainer import ModelArgumentError, TrainResult, check_processes, train
 
 __all__ = [
-    "PRESETS", "Dataset", "DatasetError", "MetricLoss", "ModelArgumentError", "Split", "TrainConfig", "TrainResult",
-    "cache_dir",
+    "PRESETS", "Dataset", "DatasetError", "MetricLoss", "ModelArgumentError", "RunLockedError", "Split",
+    "TrainConfig", "TrainResult", "cache_dir", "check_processes", "check_run", "lock_run", "unlock_run",
     "create_loss", "download_dataset", "evaluate_artifact", "evaluate_embeddings", "format_metrics",
     "list_losses", "load_dataset", "preset", "register_loss", "retrieval_metrics", "train",
 ]

@@ -314,7 +314,7 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
     from tqdm import tqdm
 
     from model import to_model_array
-    from model._formats import unreadable_reason
+    from model import unreadable_reason
 
     out = np.empty((len(names), in_chans, size, size), np.uint8)
     ok = np.ones(len(names), bool)
