@@ -184,7 +184,7 @@ def _position(g: Gallery) -> dict[str, str]:
 def _read_only() -> ApiError:
     return ApiError(405, "read_only", "this service serves its index read-only (SIMSEARCH_READ_ONLY): add, "
                                       "change and delete items through the service that owns the index",
-                    {"Allow": "GET"})
+                    {"Allow": "GET, HEAD"})   # what a read-only service does on the paths that write
 
 
 def _settings(request: Request) -> Settings:
