@@ -176,6 +176,27 @@ async def _writing(request: Request, gallery: str, create: bool = False) -> tupl
     return service, await service.gallery(gallery, create=create)
 
 
+class _FieldNotUtf8(MultiPartException):
+    def __init__(self, field: str, at: int, byte: int):
+        super().__init__(f"form field {field!r} is not UTF-8")
+        self.field, self.at, self.byte = field, at, byte
+
+
+class _Utf8FormParser(MultiPartParser):
+    """Starlette's multipart parser, except that a text field (a part without a filename) that is not UTF-8 is
+    refused: Starlette reads it as Latin-1 instead, so a label or an id sent in another encoding was stored as
+    other characters without a word."""
+
+    def on_part_end(self) -> None:
+        part = getattr(self, "_current_part", None)
+        if part is not None and part.file is None and getattr(self, "_charset", "utf-8") == "utf-8":
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _FieldNotUtf8(part.field_name, exc.start, part.data[exc.start]) from None
+        super().on_part_end()
+
+
 def _position(g: Gallery) -> dict[str, str]:
     """The header that tells a client where the gallery stands after its write."""
     return {POSITION_HEADER: g.store.position()}
@@ -307,12 +328,15 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
                        + (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
                           "application/octet-stream; or a vector as an application/json body)"
                           if request.url.path.rstrip("/").endswith("/search") else ""))
-    parser = MultiPartParser(request.headers, request.stream(), max_files=s.max_files_per_request,
+    parser = _Utf8FormParser(request.headers, request.stream(), max_files=s.max_files_per_request,
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:
         form = await parser.parse()
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
+    except _FieldNotUtf8 as exc:
+        raise ApiError(422, "invalid_field", f"form field {exc.field!r} is not UTF-8 text (byte {exc.at} is "
+                                             f"0x{exc.byte:02x}); send text fields in UTF-8") from None
     except MultiPartException as exc:
         msg = exc.message
         if msg.startswith("Too many files"):

@@ -129,6 +129,21 @@ async def test_unknown_and_misplaced_fields_are_422(make_settings):
         assert_error(await c.post("/index", files=[("image", ("a.png", png(1)))]), 422, "unknown_field", "'image'")
 
 
+async def test_a_text_field_that_is_not_utf8_is_422_naming_it_and_nothing_is_stored(make_settings):
+    """Starlette reads such a field as Latin-1: a label sent in Windows-1252 was stored as other characters."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + png(1) + b"\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"label\"\r\n\r\ncaf\xe9\r\n--b--\r\n")
+    async with running(make_settings()) as c:
+        r = await c.post("/index", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert_error(r, 422, "invalid_field", "form field 'label' is not UTF-8 text (byte 3 is 0xe9)")
+        assert (await c.get("/index")).json()["count"] == 0
+        utf8 = body.replace(b"caf\xe9", "café".encode())
+        r = await c.post("/index", content=utf8, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 201 and (await c.get("/index")).json()["items"][0]["label"] == "café"
+        await still_serving(c)
+
+
 # ---- parameters ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("query,word", [("k=0", "k"), ("k=1001", "k"), ("k=ten", "k"), ("k=-3", "k"),
