@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -82,12 +83,14 @@ class ItemChecks:
             raise InvalidItemError(f"limit must be a whole number from 0 to {MAX_OFFSET}, got {limit!r}")
 
     @staticmethod
-    def _check_search(k: Any, max_distance: Any) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    def _check_search(k: Any, max_distance: Any) -> tuple[int, float | None]:
+        # numbers.Integral and Real: numpy's integers and floats too, which notebooks hand over
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise InvalidItemError(f"k must be a positive integer, got {k!r}")
-        if max_distance is not None and (not isinstance(max_distance, (int, float)) or isinstance(max_distance, bool)
+        if max_distance is not None and (not isinstance(max_distance, numbers.Real) or isinstance(max_distance, bool)
                                          or not math.isfinite(max_distance) or max_distance < 0):
             raise InvalidItemError(f"max_distance must be a non-negative number, got {max_distance!r}")
+        return int(k), (None if max_distance is None else float(max_distance))   # as FAISS and Milvus take them
 
     @staticmethod
     def _check_id(id_: Any) -> str:
@@ -122,15 +125,16 @@ class ItemChecks:
     def _check_vector(self, v: Any, what: str, batch: bool = False) -> np.ndarray:
         """float32, L2-normalised copy; InvalidItemError naming the wrong shape, dtype or value."""
         arr = np.asarray(v)
+        given = arr.shape   # as the caller gave it, for the message
         if not (np.issubdtype(arr.dtype, np.floating)):
             raise InvalidItemError(f"{what}: vector dtype must be floating point, got {arr.dtype}")
         if batch and arr.ndim == 1:
             arr = arr[None]
-        want = "(n, %d)" % self.dim if batch else "(%d,)" % self.dim
+        want = "(n, %d) or (%d,)" % (self.dim, self.dim) if batch else "(%d,)" % self.dim
         if (batch and (arr.ndim != 2 or arr.shape[1] != self.dim)) or \
                 (not batch and arr.shape != (self.dim,)):
             raise InvalidItemError(f"{what}: vector shape must be {want} for model {self.model_id!r}, "
-                                   f"got {arr.shape}")
+                                   f"got {given}")
         arr = np.array(arr, dtype=np.float32, ndmin=2)
         if not np.isfinite(arr).all():
             raise InvalidItemError(f"{what}: vector contains NaN or infinity")

@@ -42,9 +42,10 @@ def _check_group_size(group_size) -> None:
         raise InvalidItemError(f"group_size must be a positive integer, got {group_size!r}")
 
 
-def _field_key(field: str) -> str | None:
-    """None for `label`, else the key of `metadata.KEY`; ValueError (check_group_by's) for another field."""
-    check_group_by(field)
+def _field_key(field: str, name: str = "group_by") -> str | None:
+    """None for `label`, else the key of `metadata.KEY`; ValueError (check_group_by's, naming the argument
+    `name`) for another field."""
+    check_group_by(field, name)
     return None if field == "label" else field[len(_METADATA):]
 
 

@@ -608,7 +608,7 @@ class MilvusStore(ItemChecks):
         from ._groups import _field_key
 
         self._check_open()
-        key = _field_key(field)
+        key = _field_key(field, "field")
         expr = self._filter(label, _filter.check_where(where))
         counts: dict[Any, int] = {}
         items = 0
@@ -669,7 +669,7 @@ class MilvusStore(ItemChecks):
         where and max_distance as in Store.search."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
-        self._check_search(k, max_distance)
+        k, max_distance = self._check_search(k, max_distance)
         return self._search(q, k, label, max_distance, _filter.check_where(where), None)
 
     def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
@@ -689,7 +689,7 @@ class MilvusStore(ItemChecks):
         item = self.get(id)
         if item is None:
             raise KeyError(id)
-        self._check_search(k, max_distance)
+        k, max_distance = self._check_search(k, max_distance)
         return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
 
     def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:

@@ -96,9 +96,16 @@ class Store(ItemChecks):
             if not self._db_path.exists():
                 raise StoreMissingError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
         else:
-            if cfg.index and cfg.dim and not self._db_path.exists():
-                _faiss.validate_spec(cfg.index, cfg.dim)   # before anything is made: no empty store is left behind
-            self._path.mkdir(parents=True, exist_ok=True)
+            if not self._db_path.exists():   # before anything is made: no empty store is left behind
+                if cfg.model_id is None or cfg.dim is None:
+                    raise StoreError(f"a new store at {self._path} needs model_id and dim "
+                                     f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")
+                if cfg.index:
+                    _faiss.validate_spec(cfg.index, cfg.dim)
+            try:
+                self._path.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise StoreError(f"cannot make a store at {self._path}: it, or a folder above it, is a file") from None
             self._take_lock()
             _db.check_wal(self._db_path)
         self._conn = _db.connect(self._db_path, cfg.read_only)
@@ -791,7 +798,7 @@ class Store(ItemChecks):
         "metadata.KEY"): index.Facet, the most common value first. From the label and key indexes (a key's
         index is built the first time, as a filter on it builds it). ValueError for a field that is neither."""
         self._check_open()
-        key = _field_key(field)
+        key = _field_key(field, "field")
         conditions = _filter.check_where(where)
         with self._rw.read():
             filtered = label is not None or conditions is not None
@@ -852,7 +859,7 @@ class Store(ItemChecks):
         distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
-        self._check_search(k, max_distance)
+        k, max_distance = self._check_search(k, max_distance)
         return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
 
     def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
@@ -867,7 +874,7 @@ class Store(ItemChecks):
         key = _field_key(group_by)
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
-        self._check_search(k, max_distance)
+        k, max_distance = self._check_search(k, max_distance)
         _check_group_size(group_size)
         conditions, left_out = _filter.check_where(where), set(exclude)
         return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
@@ -900,7 +907,7 @@ class Store(ItemChecks):
         item = self.get(id)
         if item is None:
             raise KeyError(id)
-        self._check_search(k, max_distance)
+        k, max_distance = self._check_search(k, max_distance)
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
 
     def _search(self, q, k, label, max_distance, exclude, where=None):

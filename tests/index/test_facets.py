@@ -82,6 +82,6 @@ def test_facets_follow_writes_and_a_field_that_is_not_one_is_a_value_error(open_
     after = dict(store.facets("metadata.src").values)
     assert after["drone"] == 1 and after["phone"] == before["phone"] - 2   # i1 moved, i2 gone (both phone)
     assert store.facets("label").items == len(items) - 1
-    with pytest.raises(ValueError, match="group_by='year'"):
+    with pytest.raises(ValueError, match="field='year'"):
         store.facets("year")
 

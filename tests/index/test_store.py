@@ -803,3 +803,33 @@ def test_a_folder_store_has_every_method_and_attribute_of_a_gallery_store(tmp_pa
 
     with Store.open(StoreConfig(tmp_path / "s", dim=4, model_id="m@1")) as store:
         assert isinstance(store, GalleryStore)
+
+
+def test_numpy_numbers_are_taken_for_k_and_max_distance_and_messages_name_what_the_caller_gave(tmp_path):
+    """What a numpy- or pandas-driven notebook hands over: np.int64 k (FAISS refused it with a SWIG
+    overload error), a (3,) query named as (3,), not (1, 3), and a facet field named `field`."""
+    rng = np.random.default_rng(3)
+    with Store.open(StoreConfig(tmp_path / "s", dim=DIM, model_id="m@1", index="hnsw")) as store:
+        store.upsert([Item(f"i{n}", v) for n, v in enumerate(unit(rng, 20))])
+        q = unit(rng, 1)[0]
+        assert len(store.search(q, k=np.int64(3), max_distance=np.float32(2.0))[0]) == 3
+        assert len(store.search_by_id("i1", k=np.int32(2))) == 2
+        with pytest.raises(InvalidItemError, match=rf"must be \(n, {DIM}\) or \({DIM},\) .*, got \(3,\)"):
+            store.search(q[:3])
+        with pytest.raises(ValueError, match="^field='even': give `label`"):
+            store.facets("even")
+        with pytest.raises(InvalidItemError, match="k must be a positive integer, got 2.0"):
+            store.search(q, k=2.0)
+
+
+def test_opening_a_new_store_without_its_model_or_on_a_file_is_refused_and_leaves_nothing(tmp_path):
+    from index import StoreError
+
+    with pytest.raises(StoreError, match="needs model_id and dim"):
+        Store.open(StoreConfig(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()   # no LOCK, no empty database a later open would call empty
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="cannot make a store at .*afile: it, or a folder above it, is a file"):
+        Store.open(StoreConfig(tmp_path / "afile", dim=DIM, model_id="m@1"))
+    with pytest.raises(StoreError, match="is a file"):
+        Store.open(StoreConfig(tmp_path / "afile" / "below", dim=DIM, model_id="m@1"))
