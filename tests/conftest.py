@@ -37,6 +37,22 @@ def hybrid1_artifact(tmp_path_factory) -> Path:
     return model.save_artifact(tmp_path_factory.mktemp("artifact") / "hybrid1-test.safetensors", net, meta)
 
 
+def cifar_model_arrays(shared_data: Path, split: str, n: int) -> np.ndarray:
+    """The first n real CIFAR-10 (JPEG) images of `split` (train or test) as the model's uint8 input (n, 3, 32, 32)."""
+    import tarfile
+
+    import model
+
+    out = []
+    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
+        for m in tar:
+            if m.isfile() and m.name.split("/")[1:2] == [split]:
+                out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
+                if len(out) == n:   # C-contiguous, as a batch a caller makes (to_model_array's are views)
+                    return np.ascontiguousarray(np.stack(out))
+    raise AssertionError(f"fewer than {n} CIFAR-10 {split} images in the tar")
+
+
 def noise_png(rng: np.random.Generator, size: int = 128) -> bytes:
     """A PNG of random pixels: noise does not compress, so each stored thumbnail takes its full share
     of a disk."""

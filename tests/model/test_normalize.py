@@ -1,27 +1,20 @@
 """model.PixelNormalize: the one place pixels become the network's input, (x / 255 - mean) / std."""
 from __future__ import annotations
 
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import model
+
+from ..conftest import cifar_model_arrays
 
 
 @pytest.fixture(scope="module")
 def pixels(shared_data) -> torch.Tensor:
     """Twelve real CIFAR-10 test images as uint8 (12, 3, 32, 32)."""
-    out = []
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        for m in tar:
-            if m.isfile() and m.name.split("/")[1:2] == ["test"]:
-                out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
-            if len(out) == 12:
-                break
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
+    return torch.from_numpy(cifar_model_arrays(shared_data, "test", 12))
 
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]

@@ -14,6 +14,8 @@ from PIL import Image
 
 import model
 
+from ..conftest import cifar_model_arrays
+
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 # One of each kind: the faithful RGB model (no tta), the residual stride-1 one (hflip), a grey one.
 KINDS = ["hybrid1-cifar10", "hybrid1-res-s1-cifar10", "hybrid1-mnist"]
@@ -104,14 +106,7 @@ def test_the_export_says_nothing_where_torchvision_is_not_installed():
 @pytest.fixture(scope="module")
 def training_arrays(shared_data) -> np.ndarray:
     """100 real CIFAR-10 (JPEG) training images as the model's uint8 input: calibration data."""
-    out = []
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        for m in tar:
-            if m.isfile() and m.name.split("/")[1:2] == ["train"]:
-                out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
-            if len(out) == 100:
-                return np.stack(out)
-    pytest.fail("no CIFAR-10 training images in the tar")
+    return cifar_model_arrays(shared_data, "train", 100)
 
 
 def test_an_int8_graph_is_smaller_and_embeds_close_to_torch_on_unseen_photos(training_arrays, photos):

@@ -2,30 +2,23 @@
 that the vectors training measures are the ones the service serves."""
 from __future__ import annotations
 
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import model
 from training._distill import AugmentedViewTeachers
 from training._evaluate import embed_images
 
+from ..conftest import cifar_model_arrays
+
 
 @pytest.fixture(scope="module")
 def pixels(shared_data) -> torch.Tensor:
     """Sixteen real CIFAR-10 test images as uint8 (16, 3, 32, 32)."""
-    out = []
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        for m in tar:
-            if m.isfile() and m.name.split("/")[1:2] == ["test"]:
-                out.append(model.to_model_array(Image.open(tar.extractfile(m)), 3, 32))
-            if len(out) == 16:
-                break
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
+    return torch.from_numpy(cifar_model_arrays(shared_data, "test", 16))
 
 
 @pytest.fixture(scope="module")
