@@ -26,7 +26,7 @@ def check_metadata(metadata: Any, what: str = "metadata") -> str:
     if not isinstance(metadata, dict):
         raise InvalidItemError(f"{what} must be a JSON object (dict), got {type(metadata).__name__}")
     try:
-        meta_json = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+        meta_json = json.dumps(metadata, separators=(",", ":"), allow_nan=False, default=_numpy_scalar)
     except (TypeError, ValueError) as exc:
         raise InvalidItemError(f"{what} is not JSON-serialisable: {exc}") from None
     if len(meta_json) > MAX_METADATA_BYTES:
@@ -35,12 +35,20 @@ def check_metadata(metadata: Any, what: str = "metadata") -> str:
     return meta_json
 
 
+def _numpy_scalar(value: Any) -> Any:
+    """json.dumps' `default`: a numpy scalar (np.float32(0.5), np.int64(3), np.bool_) as the Python number or
+    bool it holds, what a numpy- or pandas-driven caller hands over; anything else is not JSON (TypeError)."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def check_text(value: Any, what: str) -> None:
     """InvalidItemError when a string in `value` (a JSON value: its keys too) holds a lone surrogate
     (U+D800..U+DFFF, which JSON's "\\ud800" escape can make): no UTF-8 text can carry it, so every answer
     that held it would fail to be written."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, default=_numpy_scalar).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidItemError(f"{what} holds a lone surrogate ({exc.object[exc.start]!r}, a half of a UTF-16 "
                                "pair), which is not text") from None

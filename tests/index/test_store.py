@@ -833,3 +833,18 @@ def test_opening_a_new_store_without_its_model_or_on_a_file_is_refused_and_leave
         Store.open(StoreConfig(tmp_path / "afile", dim=DIM, model_id="m@1"))
     with pytest.raises(StoreError, match="is a file"):
         Store.open(StoreConfig(tmp_path / "afile" / "below", dim=DIM, model_id="m@1"))
+
+
+def test_numpy_scalars_in_metadata_are_stored_as_the_json_numbers_they_hold_and_filter_alike(tmp_path):
+    rng = np.random.default_rng(4)
+    with Store.open(StoreConfig(tmp_path / "s", dim=DIM, model_id="m@1")) as store:
+        vecs = unit(rng, 2)
+        store.upsert([Item("a", vecs[0], metadata={"score": np.float32(0.5), "n": np.int64(3), "ok": np.bool_(True)}),
+                      Item("b", vecs[1], metadata={"score": 0.25, "n": 4, "ok": False})])
+        assert store.get("a").metadata == {"score": 0.5, "n": 3, "ok": True}
+        assert type(store.get("a").metadata["n"]) is int
+        assert [h.id for h in store.search(vecs[1], k=2, where={"n": {"$lt": 4}})[0]] == ["a"]
+        with pytest.raises(InvalidItemError, match="not JSON-serialisable"):
+            store.upsert([Item("c", vecs[0], metadata={"v": np.zeros(2)})])   # an array is no scalar
+        with pytest.raises(InvalidItemError, match="not JSON-serialisable"):
+            store.upsert([Item("c", vecs[0], metadata={"v": np.float64("nan")})])
