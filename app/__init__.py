@@ -17,7 +17,10 @@ from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitM
                           MetricsMiddleware,
                           RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SecurityHeadersMiddleware,
                           SharedRateLimiter, install_access_log_redaction, parse_keys, route_resolver)
-from ._routes import AFTER_HEADER, POSITION_HEADER, STATIC_DIR, router
+from ._answers import POSITION_HEADER
+from ._params import AFTER_HEADER
+from ._routes import router
+from ._routes_probes import STATIC_DIR
 from ._service import Service, follows_writer
 from ._settings import Settings
 

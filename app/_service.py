@@ -168,7 +168,7 @@ class Service:
         # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         # A query image slow to decode (a large PNG) is decoded here, one at a time, not in the micro-batcher,
-        # whose batches of everyone else's queries would wait behind it (app/_routes.py, _embedded).
+        # whose batches of everyone else's queries would wait behind it (app/_embedding.py, _embedded).
         self.slow_decode_limiter = anyio.CapacityLimiter(1)
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="simsearch-load")
 

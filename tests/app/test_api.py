@@ -593,9 +593,9 @@ async def test_the_probes_answer_the_openapi_lists_each_route_once_and_the_page_
 
 
 async def test_page_absent_is_a_json_404(make_settings, monkeypatch, tmp_path):
-    import app._routes
+    import app._routes_probes
 
-    monkeypatch.setattr(app._routes, "STATIC_DIR", tmp_path / "empty")
+    monkeypatch.setattr(app._routes_probes, "STATIC_DIR", tmp_path / "empty")
     async with running(make_settings()) as c:
         assert_error(await c.get("/"), 404, "not_found", "index.html")
 

@@ -147,10 +147,10 @@ async def test_wrong_group_parameters_are_422s_that_name_them_and_the_service_ke
 
 
 def test_the_service_limits_one_search_as_the_command_line_does_and_knows_milvus_s_index_kinds():
-    import app._routes
+    import app._params
     import app._settings
     import index
 
     for name in ("MAX_K", "MAX_GROUP_SIZE", "MAX_GROUPED_RESULTS", "MAX_SEARCH_WINDOW"):
-        assert getattr(app._routes, name) == getattr(index, name), name
+        assert getattr(app._params, name) == getattr(index, name), name
     assert app._settings.MILVUS_INDEXES == index.MILVUS_INDEX_KINDS

@@ -1,0 +1,298 @@
+"""The search routes: POST /search, /classify, /batch/search, /embed and /search/{id}, and how a search
+request's images, vectors and like/unlike marks become the queries searched. CPU work (decoding, the model,
+FAISS) runs in threads, never on the event loop. index (FAISS) is imported inside the functions that use it:
+the service answers /healthz before FAISS and torch load."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import anyio.to_thread
+import numpy as np
+from fastapi import Path, Query, Request
+from starlette.responses import JSONResponse
+
+from model import Crop
+
+from ._answers import _ERRORS, _hit_dict, _results, _search_answer, _vote_dict
+from ._batcher import SearchParams
+from ._bodies import (_batch_search_body, _embed_body, _file_parts, _is_raw_image, _media_type, _query_vector,
+                      _query_vectors, _read_body, _read_form, _search_body, _uploads)
+from ._embedding import _embedded
+from ._errors import ApiError
+from ._params import (MAX_K, MAX_LABEL_CHARS, _WHERE_DOC, _after, _check_combine, _check_crop, _check_examples,
+                      _combine_param, _crop_param, _examples_param, _exclude_param, _gallery, _group_by_param,
+                      _group_size_param, _no_crop_for_vectors, _offset_param, _reading, _rerank_param, _router,
+                      _search_params, _service, _vote_param)
+from ._schemas import BatchSearchResponse, ClassifyResponse, EmbedResponse, SearchResponse
+from ._service import Gallery, Service
+
+router = _router()
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"],
+             summary="the k gallery items nearest to an uploaded image",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+             openapi_extra=_search_body())
+async def search(request: Request,
+                 k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours"),
+                 label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
+                 max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                    description="only neighbours at most this far (0..2)"),
+                 rerank: int | None = _rerank_param(),
+                 where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                 crop: str | None = _crop_param(),
+                 like: list[str] = _examples_param("more like this item"),
+                 unlike: list[str] = _examples_param("less like this item"),
+                 group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                 exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
+                 combine: str = _combine_param(),
+                 vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+    t0 = time.perf_counter()
+    service, g = await _reading(request, after, gallery)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
+                            exclude, offset)
+    like, unlike = _check_examples(like, unlike, rerank)
+    combine = _check_combine(combine, group_by, rerank)
+    hits = await _search_request(request, service, g, params, _check_crop(crop), like, unlike, combine)
+    return _search_answer(service, hits, params, t0, vote)
+
+
+async def _search_one(request: Request, service: Service, params: SearchParams, crop: Crop | None = None) -> list:
+    """The hits of the one query a request carries: an image (a multipart `file` part or the body), or
+    its region `crop`, or several images together (several `file` parts: their mean), or a JSON vector."""
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":  # a vector: no image, no model; the store only
+        _no_crop_for_vectors(crop)
+        vector = _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
+        hits = await anyio.to_thread.run_sync(service.search, vector, params)
+    else:
+        files = await _uploads(request, media_type)
+        if len(files) > 1:   # several photos of what is wanted: one query, their mean
+            vectors, _ = await _embedded(service, files, crop)
+            hits = await anyio.to_thread.run_sync(service.search, _together(vectors), params)
+        else:
+            # Decoded in the batcher's threads, a batch at a time: one thread hop per batch.
+            _, hits = await _embedded(service, files, crop, params)
+    return hits[0]
+
+
+def _together(vectors: np.ndarray) -> np.ndarray:
+    """(1, dim): the unit mean of the images' vectors, the one query several photos of a thing make; 422 when
+    they cancel out (no direction is left to search in)."""
+    from index import mean_query   # when used (module docstring)
+
+    try:
+        return mean_query(vectors)[None]
+    except ValueError:
+        raise ApiError(422, "invalid_query", f"the {len(vectors)} images point opposite ways in the model's space: "
+                                             "their mean is no direction to search in; search with combine=best "
+                                             "(items near any of them)") from None
+
+
+async def _request_queries(request: Request, service: Service, crop: Crop | None) -> np.ndarray | None:
+    """The query vectors a request carries, (n, dim): a JSON vector, or its images embedded (or their region
+    `crop`); None for a request with no body at all (a search by liked items alone)."""
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":
+        _no_crop_for_vectors(crop)
+        return _query_vector(await _read_body(request), service.embedder.dim, service.model_id)
+    if not media_type and not await _read_body(request):
+        return None   # (a body without a Content-Type is refused by _uploads, as for any search)
+    files = await _uploads(request, media_type)
+    vectors, _ = await _embedded(service, files, crop)
+    return vectors
+
+
+async def _search_request(request: Request, service: Service, g: Gallery, params: SearchParams,
+                          crop: Crop | None, like: list[str], unlike: list[str], combine: str) -> list:
+    """The hits of what a search request carries (an image, several, a vector, or only marks), refined by
+    the marks, several images combined as `combine` says (_check_combine)."""
+    if not (like or unlike or combine == "best"):
+        return await _search_one(request, service, params, crop)
+    queries = await _request_queries(request, service, crop)
+    if queries is not None and len(queries) > 1 and combine == "best":
+        # each photo's offset + k nearest, merged: every item at its best score over the photos
+        wide = dataclasses.replace(params, k=params.offset + params.k, offset=0)
+        if like or unlike:
+            found = await _search_refined(service, g, wide, list(queries), like, unlike)
+        else:
+            found = await anyio.to_thread.run_sync(service.search, queries, wide)
+        from index import best_of   # when used (module docstring)
+
+        return best_of(found, params.k, params.offset)
+    if queries is None and not (like or unlike):   # no body and no marks: nothing to search with, said as
+        return await _search_one(request, service, params, crop)   # any search without an image says it
+    if queries is None:
+        query = None
+    else:
+        query = _together(queries)[0] if len(queries) > 1 else queries[0]
+    if not (like or unlike):
+        return (await anyio.to_thread.run_sync(service.search, query[None], params))[0]
+    return (await _search_refined(service, g, params, [query], like, unlike))[0]
+
+
+async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],
+                          like: list[str], unlike: list[str], start: str | None = None) -> list[list]:
+    """The hits of each query vector (None: no query, the marks alone; or the item `start` as the one
+    query) moved towards the items `like` and away from the items `unlike` (index.refine_query), searched
+    as params ask; no marked item, nor `start`, nor one of params.exclude is among them. 422 naming a marked
+    id the gallery does not hold, 404 for a missing `start`."""
+    from index import refine_queries   # when used (module docstring)
+
+    def run():
+        queries_of = queries
+        if start is not None:
+            item = g.store.get(start)
+            if item is None:
+                raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
+            queries_of = [item.vector]
+        refined = refine_queries(g.store, queries_of, like, unlike)
+        # the service's search, so that filters, groups and the gallery checks apply as to any search
+        left_out = params.exclude + tuple(like + unlike + ([start] if start is not None else []))
+        return service.search(refined, dataclasses.replace(params, exclude=left_out))
+
+    try:
+        return await anyio.to_thread.run_sync(run)
+    except KeyError as exc:
+        missing = exc.args[0]
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ApiError(422, "invalid_parameter", f"like/unlike: no item with id(s) {missing[:5]} in gallery "
+                                                 f"{g.name!r}{more}") from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+@router.post("/classify", response_model=ClassifyResponse, tags=["search"],
+             summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+             openapi_extra=_search_body())
+async def classify(request: Request,
+                   k: int = Query(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones "
+                                                               "abstain; 1: the nearest item's label)"),
+                   max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                      description="only items at most this far vote; none that "
+                                                                  "near: label null (unknown). `simsearch "
+                                                                  "evaluate` gives the distance for a wanted "
+                                                                  "precision (match_thresholds)"),
+                   where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
+                                                                                "metadata filter vote; " + _WHERE_DOC),
+                   crop: str | None = _crop_param(), combine: str = _combine_param(),
+                   gallery: str = _gallery(), after: str | None = _after()):
+    t0 = time.perf_counter()
+    service, g = await _reading(request, after, gallery)
+    params = _search_params(service, k, None, max_distance, None, where, g.name)
+    hits = await _search_request(request, service, g, params, _check_crop(crop), [], [],
+                                 _check_combine(combine, None, None))
+    return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": k,
+                         "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": False, "candidates": None})
+
+
+@router.post("/batch/search", response_model=BatchSearchResponse, tags=["search"],
+             summary="the k gallery items nearest to each of several images (or vectors), in one request",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+             openapi_extra=_batch_search_body())
+async def batch_search(request: Request,
+                       k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours for each query"),
+                       label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
+                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                          description="only neighbours at most this far (0..2)"),
+                       rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       crop: str | None = _crop_param(),
+                       like: list[str] = _examples_param("more like this item, for every query"),
+                       unlike: list[str] = _examples_param("less like this item, for every query"),
+                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
+                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+    # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
+    # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
+    t0 = time.perf_counter()
+    service, g = await _reading(request, after, gallery)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
+                            exclude, offset)
+    region = _check_crop(crop)   # the same region of every image
+    like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
+    media_type = _media_type(request.headers.get("content-type", ""))
+    if media_type == "application/json":
+        _no_crop_for_vectors(region)
+        vectors = _query_vectors(await _read_body(request), service.embedder.dim,
+                                 service.settings.max_files_per_request, service.model_id)
+        names: list[str | None] = [None] * len(vectors)
+        if like or unlike:
+            hits = await _search_refined(service, g, params, list(vectors), like, unlike)
+        else:
+            hits = await anyio.to_thread.run_sync(service.search, vectors, params)
+    else:
+        if _is_raw_image(media_type):
+            files, names = [("the body", await _read_body(request))], [None]
+        else:
+            form = await _read_form(request, {"file"})
+            try:
+                files = await _file_parts(form)
+                names = [part.filename or None for part in form.getlist("file")]  # type: ignore[union-attr]
+            finally:
+                await form.close()
+        # a corrupt file fails the request, naming it (as /embed and /index do): no partial answers
+        if like or unlike:
+            vectors, _ = await _embedded(service, files, region)
+            hits = await _search_refined(service, g, params, list(vectors), like, unlike)
+        else:
+            _, hits = await _embedded(service, files, region, params)
+    return JSONResponse({"queries": [{"name": n, **_results(found, group_by, offset),
+                                      **({"vote": _vote_dict(found)} if vote else {})}
+                                     for n, found in zip(names, hits)],
+                         "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": rerank is not None, "candidates": rerank, "offset": offset})
+
+
+@router.post("/embed", response_model=EmbedResponse, tags=["search"],
+             summary="the model's embedding of one or more images (nothing is stored)",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503)},
+             openapi_extra=_embed_body())
+async def embed(request: Request, crop: str | None = _crop_param()):
+    service = _service(request)
+    region = _check_crop(crop)   # the same region of every image
+    files = await _uploads(request, _media_type(request.headers.get("content-type", "")))
+    # the same decoding and batching as a search, so a vector here is the one a search would use
+    vectors, _ = await _embedded(service, files, region)
+    return JSONResponse({"model": service.model_id, "dimension": service.embedder.dim,
+                         "vectors": vectors.tolist()})
+
+
+@router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
+             summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
+             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 422, 429, 503)})
+async def search_by_id(request: Request, id: str = Path(description="gallery id"),
+                       k: int = Query(10, ge=1, le=MAX_K), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
+                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
+                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
+                       like: list[str] = _examples_param("more like this item"),
+                       unlike: list[str] = _examples_param("less like this item"),
+                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
+                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
+                       rerank: int | None = _rerank_param(),
+                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+    t0 = time.perf_counter()
+    service, g = await _reading(request, after, gallery)
+    like, unlike = _check_examples(like, unlike, rerank)
+    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
+                            exclude, offset)
+    if like or unlike or group_by or params.exclude or offset or rerank:   # the item's vector, as any query's
+        hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
+        return _search_answer(service, hits, params, t0, vote)
+    where_filter = json.loads(params.where) if params.where else None
+
+    def run():
+        t = time.perf_counter()
+        hits = g.store.search_by_id(id, k=k, label=params.label, max_distance=max_distance, where=where_filter)
+        service.metrics.search_seconds.observe(time.perf_counter() - t)
+        return hits
+
+    try:
+        hits = await anyio.to_thread.run_sync(run)
+    except KeyError:
+        raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
+    return _search_answer(service, hits, params, t0, vote)
