@@ -1,9 +1,9 @@
 """Benchmark variant (never imported by the project): every query image goes through the micro-batcher,
-as before slow-to-decode images were decoded apart (app/_routes.py, _embedded), for the before/after of
+as before slow-to-decode images were decoded apart (app/_embedding.py, _embedded), for the before/after of
 bench_slow_decode.py."""
 import sys
 
-import app._routes as _routes
+import app._embedding as _embedding
 
-_routes.slow_to_decode = lambda *args, **kwargs: False
+_embedding.slow_to_decode = lambda *args, **kwargs: False
 sys.stderr.write("bench variant no_slow_decode_lane active\n")
