@@ -382,10 +382,11 @@ def test_cards_name_what_they_show_with_the_distance_and_a_card_marked_less_keep
     upload(page, query)
     wait_for_search(page)
     cards = page.execute_script("""return [...document.querySelectorAll('#results button.result')].map(b =>
-        ({id: b.dataset.id, name: b.getAttribute('aria-label'), shown: b.innerText,
+        ({id: b.dataset.id, name: b.getAttribute('aria-label'), shown: b.textContent,
           distance: b.querySelector('.score small').textContent}));""")
     for card in cards:
-        # label in name: what the card shows is, word for word and in order, part of what it is called
+        # label in name: what the card shows (its text as axe-core reads it: the parts' text run together, so
+        # they need a space between them) is, word for word and in order, part of what it is called
         assert _contains(_tokens(card["name"]), _tokens(card["shown"])), card
         assert "distance" in card["name"] and card["distance"] in card["name"], card   # "d 0.454 (distance)"
     _mark(page, cards[1]["id"], "unlike")
