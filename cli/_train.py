@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -175,7 +174,7 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
         overrides["fold_norm"] = True
     if args.init and args.model is None and not args.arch:
         overrides.update(_architecture_of(args.init, overrides))
-    known = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    known = set(training.TrainConfig.model_fields)
     for key, _ in args.set:
         if key not in known:
             raise CliError(f"--set {key}: not a training setting; the settings are {', '.join(sorted(known))}")
@@ -184,6 +183,8 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
         overrides["arch_kwargs"] = {**overrides.get("arch_kwargs", {}), **dict(args.arch)}
     try:
         cfg = training.preset(args.preset, **overrides).validate()
+    except training.ConfigError as exc:
+        raise CliError(_config_error(exc)) from None
     except (TypeError, ValueError) as exc:
         hint = (" (a loss of your own: name the module or .py file that registers it in SIMSEARCH_MODEL_MODULES)"
                 if str(exc).startswith("unknown loss") else "")
@@ -233,6 +234,14 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_torchrun_process()
     return 0
+
+
+def _config_error(exc) -> str:
+    """A training.ConfigError as `simsearch train` says it: a setting that has an option of its own is
+    named as the option (the others are given as --set FIELD=VALUE, under the field's name)."""
+    if exc.field == "teachers" and not exc.value:
+        return str(exc).replace("(teachers is empty)", "(--teacher ARTIFACT)")
+    return str(exc)
 
 
 def _arch_error(exc) -> str:

@@ -4,7 +4,7 @@ the experiment that regenerates the paper's tables.
     from training import TrainConfig, preset, train, evaluate_artifact, load_dataset
     result = train(preset("default", model="hybrid1", loss="ce+ms", epochs=30), "../shared/data/mnist", "m.safetensors")
 """
-from ._config import PRESETS, TrainConfig, preset
+from ._config import PRESETS, ConfigError, TrainConfig, preset
 from ._data import Dataset, DatasetError, Split, cache_dir, download_dataset, load_dataset
 from ._evaluate import evaluate_artifact, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._losses import MetricLoss, create_loss, list_losses, register_loss
@@ -13,8 +13,8 @@ from ._files import RunLockedError, check_run, lock_run, unlock_run
 from ._trainer import ModelArgumentError, TrainResult, check_processes, train
 
 __all__ = [
-    "PRESETS", "Dataset", "DatasetError", "MetricLoss", "ModelArgumentError", "RunLockedError", "Split",
-    "TrainConfig", "TrainResult", "cache_dir", "check_processes", "check_run", "lock_run", "unlock_run",
+    "PRESETS", "ConfigError", "Dataset", "DatasetError", "MetricLoss", "ModelArgumentError", "RunLockedError",
+    "Split", "TrainConfig", "TrainResult", "cache_dir", "check_processes", "check_run", "lock_run", "unlock_run",
     "create_loss", "download_dataset", "evaluate_artifact", "evaluate_embeddings", "format_metrics",
     "list_losses", "load_dataset", "preset", "register_loss", "retrieval_metrics", "train",
 ]

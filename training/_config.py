@@ -1,18 +1,45 @@
 """TrainConfig: the one typed description of a training run, with named presets."""
 from __future__ import annotations
 
-import dataclasses
 import types
-from dataclasses import dataclass, field
-from typing import Any
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model import TTA_MODES
+
+# A JSON number: an int or a float, kept as given (to_dict writes 1 as 1, as the records written before did),
+# never a bool, never nan or infinity.
+Number = int | float
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run (recorded in the artifact's meta.training)."""
+class ConfigError(ValueError):
+    """A setting that cannot be (of a TrainConfig or an ExperimentConfig), said in one line: `field` names it,
+    `value` is what was given."""
+
+    def __init__(self, message: str, field: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.field, self.value = field, value
+
+
+def _rule(default: Any, says: str, **bounds: Any) -> Any:
+    """A field that pydantic holds to `bounds` (ge, gt, le, lt; or to its Literal choices); a value outside
+    them is refused as `says`, then the value."""
+    return Field(default, description=says, **bounds)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (recorded in the artifact's meta.training).
+
+    Made, each value is checked (its type, its range, its choices; pydantic); a bad one is a ConfigError
+    naming it. `validate()` then checks what depends on this process: the loss is registered and takes the
+    options given, and the device is on this machine (a config read back from a record need not pass that)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     model: str = "hybrid1"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model kwargs: stride, act, widths, norm...
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # create_model kwargs: stride, act, widths, norm...
     # Train with BatchNorm after every convolution and before the embedding layer, and fold it into the
     # weights for the artifact, which keeps the plain architecture (arch_kwargs less norm/head_norm).
     fold_norm: bool = False
@@ -23,28 +50,30 @@ class TrainConfig:
     # ensemble whose cosine similarity is the mean of theirs): beside `loss`, the student matches the teachers'
     # in-batch similarity distributions at `distill_temperature`, weighted by `distill_weight`
     # (training/_distill.py).
-    teachers: list[str] = field(default_factory=list)
+    teachers: list[str] = Field(default_factory=list)
     # What the teachers embed: "clean" (each training image once, unaugmented, before the first epoch) or
     # "augmented" (every batch as the student sees it: consistent, and one teacher forward pass per step).
-    distill_views: str = "clean"
-    distill_weight: float = 1.0
-    distill_temperature: float = 0.1
+    distill_views: Literal["clean", "augmented"] = _rule("clean", "distill views must be clean or augmented")
+    distill_weight: Number = _rule(1.0, "distill weight must be at least 0", ge=0)
+    distill_temperature: Number = _rule(0.1, "distill temperature must be positive", gt=0)
     # Soft labels as well (Hinton's knowledge distillation): the student's cross-entropy head learns the teachers'
     # class distributions at this temperature, weighted by this (0: off). Needs teachers with a cross-entropy
     # head for the same classes and a loss with one ("ce", "ce+ms").
-    distill_logits_weight: float = 0.0
-    distill_logits_temperature: float = 4.0
-    embed_dim: int = 256
+    distill_logits_weight: Number = _rule(0.0, "distill logits weight must be at least 0", ge=0)
+    distill_logits_temperature: Number = _rule(4.0, "distill logits temperature must be positive", gt=0)
+    embed_dim: int = _rule(256, "embed_dim must be at least 1", ge=1)
     loss: str = "ce+ms"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon
-    epochs: int = 30
-    batch_size: int = 128
-    m_per_class: int = 8  # class-balanced batches (pml MPerClassSampler) for pair losses
-    optimizer: str = "adamw"  # "adam" or "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.02
-    schedule: str = "cosine"  # "none", "cosine" (per step, with warmup) or "step"
-    warmup_epochs: float = 1.0
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. ce_weight, ms_weight, alpha, beta, epsilon
+    epochs: int = _rule(30, "epochs must be at least 1", ge=1)
+    batch_size: int = _rule(128, "batch size must be at least 2", ge=2)
+    # class-balanced batches (pml MPerClassSampler) for pair losses
+    m_per_class: int = _rule(8, "m_per_class must be at least 2 (images of a class in a batch)", ge=2)
+    optimizer: Literal["adam", "adamw"] = _rule("adamw", "optimizer must be adam or adamw")
+    lr: Number = _rule(2e-3, "learning rate must be positive", gt=0)
+    weight_decay: Number = 0.02
+    # "none", "cosine" (per step, with warmup) or "step"
+    schedule: Literal["none", "cosine", "step"] = _rule("cosine", "schedule must be none, cosine or step")
+    warmup_epochs: Number = 1.0
     step_size: int = 10  # epochs between x0.1 steps for schedule="step"
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
     crop_padding: int = 4
@@ -52,168 +81,137 @@ class TrainConfig:
     # Extra augmentation, off by default: random rotation by up to `rotate` degrees and scaling by up to
     # +-`scale` (kornia RandomAffine; suits digits), and random erasing of one rectangle with
     # probability `erase` (kornia RandomErasing, i.e. cutout; suits photos and clothing).
-    rotate: float = 0.0
-    scale: float = 0.0
-    erase: float = 0.0
-    label_smoothing: float = 0.0
+    rotate: Number = _rule(0.0, "rotate must be in [0, 180] degrees", ge=0, le=180)
+    scale: Number = _rule(0.0, "scale must be in [0, 1)", ge=0, lt=1)
+    erase: Number = _rule(0.0, "erase is a probability in [0, 1]", ge=0, le=1)
+    label_smoothing: Number = _rule(0.0, "label_smoothing must be in [0, 1]", ge=0, le=1)
     # Test-time augmentation stored in the artifact and used by validation, the test scores, the indexer and
     # the service (model.embed_tensor): "none" or "hflip" (average with the mirrored image's embedding; twice the
     # compute). None: "hflip" when the run trains with horizontal flips, else "none".
-    tta: str | None = None
+    tta: Literal[TTA_MODES] | None = _rule(None, f"tta must be {' or '.join(TTA_MODES)}")
     # Decay of an exponential moving average of the weights (embedding network and heads), updated every
     # step; 0 turns it off. When on, the average is what is validated, kept as the best epoch and shipped.
-    ema: float = 0.0
+    ema: Number = _rule(0.0, "ema is a decay in [0, 1)", ge=0, lt=1)
     # Take this share of the training images' mean embedding off every embedding, folded into the embedding
     # layer's bias (training/_centre.py): cosine similarity then weighs what tells images apart more. None:
     # the share (0, 0.25, 0.5, 0.75 or 1) with the best precision@1 on the validation split; 0 without one.
-    centre: float | None = None
+    centre: Number | None = _rule(None, "centre is a share of the mean embedding in [0, 1]", ge=0, le=1)
     # Held out of train to pick the best epoch by precision@1; 0 keeps the last. A dataset with a validation
     # folder of its own (train/, val/, test/) is validated on that instead, whatever the share (but 0).
-    val_fraction: float = 0.1
-    grad_clip: float | None = 5.0
+    val_fraction: Number = _rule(0.1, "val fraction must be in [0, 1)", ge=0, lt=1)
+    grad_clip: Number | None = 5.0
     seed: int = 0
-    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    # torch.set_num_threads; None leaves torch's default
+    threads: int | None = _rule(None, "threads must be at least 1", ge=1)
     device: str | None = None  # None: cuda when present, else cpu
     amp: bool = True  # mixed precision on CUDA only
-    in_chans: int | None = None  # ImageFolder decoding: channels (default 3) and size (default 32)
-    image_size: int | None = None
-    test_fraction: float = 0.2  # for class-folder trees without train/ and test/
-    max_train: int | None = None  # use at most this many training images (seeded, stratified), for quick runs
-    max_test: int | None = None  # evaluate on at most this many test images (seeded, stratified)
+    # ImageFolder decoding: channels (default 3) and size (default 32)
+    in_chans: int | None = _rule(None, "in_chans must be 1 (grey) or 3 (colour)")
+    image_size: int | None = _rule(None, "image_size must be at least 1", ge=1)
+    test_fraction: Number = 0.2  # for class-folder trees without train/ and test/
+    # use at most this many training images (seeded, stratified), for quick runs
+    max_train: int | None = _rule(None, "max_train must be at least 1 (leave it out for every image)", ge=1)
+    # evaluate on at most this many test images (seeded, stratified)
+    max_test: int | None = _rule(None, "max_test must be at least 1 (leave it out for every image)", ge=1)
     eval_ms_batch: int = 64  # evaluation's MS loss: batches of this size with M per class (see docs/training.md)
     eval_ms_m: int = 8
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _refusal(exc, values) from None
+
+    @field_validator("in_chans")
+    @classmethod
+    def _grey_or_colour(cls, value: int | None) -> int | None:
+        if value not in (None, 1, 3):
+            raise ValueError("in_chans")   # said as the field's rule
+        return value
+
+    @model_validator(mode="after")
+    def _teachers_for_soft_labels(self) -> "TrainConfig":
+        if self.distill_logits_weight and not self.teachers:
+            raise ConfigError("distill logits weight needs a teacher (teachers is empty)", "teachers",
+                              self.teachers)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, in declaration order, as JSON-ready values (what artifacts and checkpoints record)."""
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        """The config a to_dict() recorded (fields added since then take their defaults)."""
         return cls(**d)
 
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with `changes`, checked as a new config is."""
+        return type(self)(**{**dict(self), **changes})
 
-    def validate(self) -> "TrainConfig":  # noqa: C901 (one check a field; pydantic would replace it)
-        """Raise ValueError naming the first impossible setting (a value of the wrong type included)."""
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError for what this process cannot run: a loss it does not know or options the loss does not
+        take, a device it does not have. Returns the config."""
         from ._losses import check_loss_options
 
-        self._check_types()
-        check_loss_options(self.loss, {"label_smoothing": self.label_smoothing, **self.loss_kwargs}
-                           if isinstance(self.loss_kwargs, dict) else self.loss_kwargs)
-        if self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be at least 1, got {self.embed_dim}")
-        if self.in_chans is not None and self.in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 (grey) or 3 (colour), got {self.in_chans}")
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
-        for what in ("max_train", "max_test"):
-            if getattr(self, what) is not None and getattr(self, what) < 1:
-                raise ValueError(f"{what} must be at least 1 (leave it out for every image), got {getattr(self, what)}")
-        if self.m_per_class < 2:
-            raise ValueError(f"m_per_class must be at least 2 (images of a class in a batch), got {self.m_per_class}")
-        if not 0 <= self.label_smoothing <= 1:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        check_loss_options(self.loss, {"label_smoothing": self.label_smoothing, **self.loss_kwargs})
         self._check_device()
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch size must be at least 2, got {self.batch_size}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("none", "cosine", "step"):
-            raise ValueError(f"schedule must be none, cosine or step, got {self.schedule!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.rotate <= 180:
-            raise ValueError(f"rotate must be in [0, 180] degrees, got {self.rotate}")
-        if not 0 <= self.scale < 1:
-            raise ValueError(f"scale must be in [0, 1), got {self.scale}")
-        if not 0 <= self.erase <= 1:
-            raise ValueError(f"erase is a probability in [0, 1], got {self.erase}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema is a decay in [0, 1), got {self.ema}")
-        from model import TTA_MODES
-
-        if self.tta is not None and self.tta not in TTA_MODES:
-            raise ValueError(f"tta must be {' or '.join(TTA_MODES)}, got {self.tta!r}")
-        if self.distill_weight < 0:
-            raise ValueError(f"distill weight must be at least 0, got {self.distill_weight}")
-        if self.distill_temperature <= 0:
-            raise ValueError(f"distill temperature must be positive, got {self.distill_temperature}")
-        if self.distill_logits_weight < 0:
-            raise ValueError(f"distill logits weight must be at least 0, got {self.distill_logits_weight}")
-        if self.distill_logits_temperature <= 0:
-            raise ValueError(f"distill logits temperature must be positive, got {self.distill_logits_temperature}")
-        if self.distill_views not in ("clean", "augmented"):
-            raise ValueError(f"distill views must be clean or augmented, got {self.distill_views!r}")
-        if self.distill_logits_weight and not self.teachers:
-            raise ValueError("distill logits weight needs a teacher (--teacher ARTIFACT)")
-        if self.centre is not None and not 0 <= self.centre <= 1:
-            raise ValueError(f"centre is a share of the mean embedding in [0, 1], got {self.centre}")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
         return self
 
-    def _check_types(self) -> None:
-        """ValueError naming the first field whose value is not of its declared type (a number where a number
-        belongs; an int is a float too, a bool is neither)."""
-        import math
-        import typing
-
-        for name, hint in typing.get_type_hints(type(self)).items():
-            value = getattr(self, name)
-            kinds = set(typing.get_args(hint)) if typing.get_origin(hint) is types.UnionType else {hint}
-            if value is None and type(None) in kinds:
-                continue
-            kind = next(k for k in kinds if k is not type(None))
-            origin = typing.get_origin(kind) or kind
-            if origin is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                what = "a number"
-            elif origin is int:
-                ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            elif origin is bool:
-                ok, what = isinstance(value, bool), "true or false"
-            elif origin is str:
-                ok, what = isinstance(value, str), "a string"
-            elif origin is dict:
-                ok, what = isinstance(value, dict) and all(isinstance(k, str) for k in value), "a JSON object"
-            elif origin is list:
-                ok, what = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
-            else:
-                continue
-            if not ok:
-                raise ValueError(f"{name} must be {what}{' or null' if type(None) in kinds else ''}, got {value!r}")
-
     def _check_device(self) -> None:
-        """ValueError for a device torch does not know, or a GPU this machine does not have."""
+        """ConfigError for a device torch does not know, or a GPU this machine does not have."""
         if self.device is None:
             return
         import torch
 
+        unknown = ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}", "device", self.device)
         try:
             dev = torch.device(self.device)
         except RuntimeError:
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+            raise unknown from None
         if dev.type == "cpu":
             return
         if dev.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0:
-                raise ValueError(f"device {self.device!r}: no CUDA GPU is available here (give cpu, or leave it out)")
+                raise ConfigError(f"device {self.device!r}: no CUDA GPU is available here (give cpu, or leave "
+                                       "it out)", "device", self.device)
             if dev.index is not None and dev.index >= count:
-                raise ValueError(f"device {self.device!r}: there {'is' if count == 1 else 'are'} {count} CUDA "
-                                 f"GPU{'s' if count != 1 else ''} here (cuda:0 .. cuda:{count - 1})")
+                raise ConfigError(f"device {self.device!r}: there {'is' if count == 1 else 'are'} {count} CUDA "
+                                       f"GPU{'s' if count != 1 else ''} here (cuda:0 .. cuda:{count - 1})",
+                                       "device", self.device)
             return
         if dev.type == "mps" and torch.backends.mps.is_available():
             return
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        raise unknown
+
+
+# How a refusal names the kind of value a field takes.
+_KINDS = {int: "an integer", bool: "true or false", str: "a string", dict: "a JSON object", list: "a list of strings"}
+# pydantic's error types for a value of the right kind outside a field's rule (its bounds, its choices)
+_RULE_BROKEN = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error", "value_error"}
+
+
+def _refusal(exc: ValidationError, given: dict[str, Any]) -> ConfigError:
+    """pydantic's first complaint about a TrainConfig as one line naming the field and the value given."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return ConfigError(f"unknown TrainConfig fields: {unknown}", unknown[0], given[unknown[0]])
+    error = errors[0]
+    if not error["loc"]:   # a rule between fields, raised as a ConfigError
+        return error["ctx"]["error"]
+    name = str(error["loc"][0])
+    info = TrainConfig.model_fields[name]
+    value = given.get(name, info.get_default(call_default_factory=True))
+    if info.description and error["type"] in _RULE_BROKEN:
+        return ConfigError(f"{info.description}, got {value!r}", name, value)
+    union = typing.get_origin(info.annotation) in (typing.Union, types.UnionType)
+    arms = set(typing.get_args(info.annotation)) if union else {info.annotation}
+    optional = " or null" if type(None) in arms else ""
+    kind = "a number" if float in arms else \
+        next(_KINDS.get(typing.get_origin(a) or a, "valid") for a in arms if a is not type(None))
+    return ConfigError(f"{name} must be {kind}{optional}, got {value!r}", name, value)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,10 +2,14 @@
 Python API and `simsearch train` refuse the same ones (the command line with one line and exit status 2)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from pydantic import ValidationError
 
-from training import preset
+import model
+from training import ConfigError, TrainConfig, preset
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -59,3 +63,60 @@ def test_settings_of_the_right_kind_still_pass():
 def test_cuda_is_refused_where_there_is_no_gpu():
     with pytest.raises(ValueError, match="device 'cuda': no CUDA GPU is available here"):
         preset("default", device="cuda").validate()
+
+
+# A config as the dataclass TrainConfig (before pydantic) recorded it in checkpoints and metrics.json: json.dumps of
+# to_dict() of preset("default", lr=1, rotate=10, centre=0, grad_clip=None, teachers=["a", "b"], in_chans=1,
+# loss_kwargs={"ms_weight": 2}, arch_kwargs={"widths": [8, 16]}, tta="hflip"). Resuming and reusing a finished
+# experiment compare the recorded JSON with the config's own.
+RECORDED_BEFORE = (
+    '{"model": "hybrid1", "arch_kwargs": {"widths": [8, 16]}, "fold_norm": false, "init_from": null, "teachers": '
+    '["a", "b"], "distill_views": "clean", "distill_weight": 1.0, "distill_temperature": 0.1, '
+    '"distill_logits_weight": 0.0, "distill_logits_temperature": 4.0, "embed_dim": 256, "loss": "ce+ms", '
+    '"loss_kwargs": {"ms_weight": 2}, "epochs": 30, "batch_size": 128, "m_per_class": 8, "optimizer": "adamw", "lr": '
+    '1, "weight_decay": 0.02, "schedule": "cosine", "warmup_epochs": 1.0, "step_size": 10, "augment": true, '
+    '"crop_padding": 4, "hflip": null, "rotate": 10, "scale": 0.0, "erase": 0.0, "label_smoothing": 0.0, "tta": '
+    '"hflip", "ema": 0.0, "centre": 0, "val_fraction": 0.1, "grad_clip": null, "seed": 0, "threads": null, "device": '
+    'null, "amp": true, "in_chans": 1, "image_size": null, "test_fraction": 0.2, "max_train": null, "max_test": null, '
+    '"eval_ms_batch": 64, "eval_ms_m": 8}')
+
+
+def test_a_config_recorded_before_loads_and_is_recorded_again_the_same():
+    recorded = json.loads(RECORDED_BEFORE)
+    cfg = TrainConfig.from_dict(recorded)
+    assert json.dumps(cfg.to_dict()) == RECORDED_BEFORE   # the same keys, order and numbers (1 stays 1, not 1.0)
+    assert cfg == preset("default", lr=1, rotate=10, centre=0, grad_clip=None, teachers=["a", "b"], in_chans=1,
+                         loss_kwargs={"ms_weight": 2}, arch_kwargs={"widths": [8, 16]}, tta="hflip")
+    assert cfg.replace(epochs=2).to_dict() == {**recorded, "epochs": 2} and cfg.epochs == 30
+    # a record from before a field existed: the field takes its default
+    assert TrainConfig.from_dict({k: v for k, v in recorded.items() if k != "eval_ms_m"}).eval_ms_m == 8
+
+
+@pytest.mark.parametrize("path", sorted(model.default_artifact_path("mnist").parent.glob("*.safetensors")),
+                         ids=lambda p: p.name)
+def test_the_bundled_artifacts_training_configs_load_as_recorded(path):
+    recorded = model.read_meta(path).training["config"]
+    again = TrainConfig.from_dict(recorded).to_dict()
+    assert json.dumps({k: again[k] for k in recorded}) == json.dumps(recorded)
+
+
+def test_a_config_is_checked_when_made_and_refusals_carry_the_field():
+    with pytest.raises(ConfigError) as exc:
+        TrainConfig(embed_dim=0)
+    assert (exc.value.field, exc.value.value, str(exc.value)) == ("embed_dim", 0, "embed_dim must be at least 1, got 0")
+    with pytest.raises(ConfigError, match="val fraction must be in \\[0, 1\\), got 1"):
+        preset("default").replace(val_fraction=1)
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig fields: \['epoch', 'lrate'\]"):
+        TrainConfig.from_dict({"epoch": 3, "lrate": 0.1})
+    with pytest.raises(ConfigError, match=r"distill logits weight needs a teacher \(teachers is empty\)"):
+        preset("default", distill_logits_weight=0.5)
+    for changes, message in [(dict(in_chans=True), "in_chans must be an integer or null, got True"),
+                             (dict(optimizer="sgd"), "optimizer must be adam or adamw, got 'sgd'"),
+                             (dict(teachers=["a", 1]), "teachers must be a list of strings, got ['a', 1]"),
+                             (dict(hflip="yes"), "hflip must be true or false or null, got 'yes'"),
+                             (dict(tta=None, centre=float("inf")), "centre must be a number or null, got inf")]:
+        with pytest.raises(ConfigError) as exc:
+            preset("default", **changes)
+        assert str(exc.value) == message
+    with pytest.raises(ValidationError, match="frozen"):   # a change is a replace(), checked
+        preset("default").epochs = 0
