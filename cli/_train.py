@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -402,10 +403,61 @@ def _evaluate(args) -> int:  # noqa: C901 (to split: options, then the report)
 
 
 def _experiment(args) -> int:
-    _import_training("experiment")
-    from training import _experiment as exp
-
+    training = _import_training("experiment")
     try:
-        return exp.run_from_cli(args)
+        cfg = _experiment_config(args)
+        md, js = training.run_experiment(cfg, log=print)
+    except training.ConfigError as exc:
+        raise CliError(_as_option(exc)) from None
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    print(f"wrote {md} and {js}")
+    reductions = [f"--{what.replace('_', '-')} {getattr(args, what)}" for what in cfg.reduced()]
+    if reductions and args.out_dir is None:
+        full = cfg.RESULTS_DIR
+        print(f"a reduced run ({', '.join(reductions)}), so its tables went to its work folder, not "
+              f"{full}/ (which holds the full ones); give --out-dir {full} to write them there")
+    return 0
+
+
+def _experiment_config(args):
+    """`simsearch experiment`'s options as a training.ExperimentConfig (the options left out take its defaults)."""
+    from training import ExperimentConfig
+
+    def names(text: str | None) -> list[str] | None:   # "mnist,cifar10"
+        return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+    given = {"datasets": names(args.datasets), "losses": names(args.losses), "epochs": _epochs(args.epochs),
+             "models": names(args.models) if args.which == "table1" else None,   # the ablation's is hybrid1
+             **{what: Path(getattr(args, what)) for what in ("data_root", "out_dir", "work_dir")
+                if getattr(args, what)}}
+    command = "simsearch " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("simsearch") else \
+        " ".join(sys.argv)
+    return ExperimentConfig(args.which, preset=args.preset, max_train=args.max_train, max_test=args.max_test,
+                            threads=args.threads, command=command, **{k: v for k, v in given.items() if v is not None})
+
+
+def _epochs(text: str | None) -> dict[str, int] | None:
+    """--epochs N or MNIST,FASHION,CIFAR as epochs per dataset."""
+    from training import ExperimentConfig
+
+    if not text:
+        return None
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 3):
+        raise CliError(f"--epochs takes N or MNIST,FASHION,CIFAR, got {text!r}")
+    return dict(zip(ExperimentConfig.PAPER_EPOCHS, parts * 3 if len(parts) == 1 else parts))
+
+
+def _as_option(exc) -> str:
+    """A training.ConfigError about an ExperimentConfig setting, which begins with the setting's name, begun with
+    its option instead (data_root: --data-root)."""
+    from training import ExperimentConfig
+
+    said, field = str(exc), exc.field
+    if field in {f.name for f in dataclasses.fields(ExperimentConfig)} - {"which"} and said.startswith(field + " "):
+        return f"--{field.replace('_', '-')}{said[len(field):]}"
+    return said

@@ -9,12 +9,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from ._config import preset
+from ._config import ConfigError, preset
 from ._data import cache_dir, load_dataset
 from ._files import claim_lock
 
@@ -57,6 +58,74 @@ DATASETS = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "Fas
             "cifar10": ("cifar10-jpeg.tar", "CIFAR-10 (JPEG)")}
 PAPER_EPOCHS = {"mnist": 20, "fashion-mnist": 20, "cifar10": 25}
 LOSS_KEY = {"ce": "ce_loss", "ms": "ms_loss"}
+LOSSES = ["ce", "ms"]
+# Where `simsearch experiment` writes its tables by default: the committed, full-length results.
+RESULTS_DIR = "docs/results"
+# Where the datasets are looked for by default: the shared data folder beside the repository.
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: which table, over which cells (datasets x models x losses), trained how (a preset, epochs per
+    dataset, fewer images), and where its runs and tables go. The defaults are the paper's full run."""
+
+    which: Literal["table1", "ablation", "table2"]
+    data_root: Path = DATA_ROOT   # holds mnist/, fashion-mnist/, cifar10-jpeg.tar
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    models: list[str] = field(default_factory=lambda: list(PAPER_TABLE1))   # table1's; the ablation's is hybrid1
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))
+    epochs: dict[str, int] = field(default_factory=lambda: dict(PAPER_EPOCHS))   # per dataset
+    preset: str = "paper"
+    max_train: int | None = None   # train on at most this many images per run
+    max_test: int | None = None    # evaluate on at most this many test images
+    threads: int | None = None
+    out_dir: Path | None = None    # None: RESULTS_DIR for the full run, the work folder for a reduced one
+    work_dir: Path | None = None   # per-run artifacts; None: a cache folder
+    command: str = ""              # recorded with the tables (default: this process's command line)
+
+    PAPER_EPOCHS: ClassVar[dict[str, int]] = PAPER_EPOCHS
+    RESULTS_DIR: ClassVar[str] = RESULTS_DIR
+
+    def __post_init__(self) -> None:
+        if self.which not in ("table1", "ablation", "table2"):
+            raise ConfigError(f"which must be table1, table2 or ablation, got {self.which!r}", "which", self.which)
+        for what, known in (("datasets", list(DATASETS)), ("models", list(PAPER_TABLE1)), ("losses", LOSSES)):
+            bad = [t for t in getattr(self, what) if t not in known]
+            if bad:
+                raise ConfigError(f"unknown {what} {bad}; known: {', '.join(known)}", what, getattr(self, what))
+        missing = [d for d in self.datasets if d not in self.epochs]
+        if missing:
+            raise ConfigError(f"epochs has no entry for {', '.join(missing)}, got {self.epochs}", "epochs",
+                              self.epochs)
+
+    def reduced(self) -> list[str]:
+        """The fields that make this a reduced run (fewer epochs, images, datasets, models or losses, or another
+        preset than the paper's): none for the full run, or for table2, which trains nothing."""
+        if self.which == "table2":
+            return []
+        given = ["epochs"] if self.epochs != PAPER_EPOCHS else []
+        given += [what for what in ("max_train", "max_test") if getattr(self, what) is not None]
+        subsets = [("datasets", list(DATASETS)), ("losses", LOSSES)]
+        if self.which == "table1":
+            subsets.append(("models", list(PAPER_TABLE1)))
+        given += [what for what, full in subsets if set(getattr(self, what)) != set(full)]
+        return given + (["preset"] if self.preset != "paper" else [])
+
+    def work_folder(self) -> Path:
+        """Where the per-run artifacts and metrics go (runs already there are reused)."""
+        return self.work_dir or cache_dir() / "experiments" / ("paper-table1" if self.which == "table1"
+                                                               else "ablation-act")
+
+    def results_dir(self) -> Path:
+        """Where the tables go: out_dir where given; else a reduced run's work folder, so that a try-out never
+        replaces the full tables in RESULTS_DIR; else RESULTS_DIR."""
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        return self.work_folder() if self.reduced() else Path(RESULTS_DIR)
+
+    def recorded_command(self) -> str:
+        return self.command or " ".join(sys.argv)
 
 
 def machine() -> dict[str, Any]:
@@ -72,27 +141,6 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return info
-
-
-def _parse_list(text: str | None, default: list[str], known: list[str], what: str) -> list[str]:
-    if not text:
-        return default
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in known]
-    if bad:
-        raise ValueError(f"unknown {what} {bad}; known: {', '.join(known)}")
-    return items
-
-
-def _parse_epochs(text: str | None) -> dict[str, int]:
-    if not text:
-        return dict(PAPER_EPOCHS)
-    parts = [int(p) for p in str(text).split(",")]
-    if len(parts) == 1:
-        return {k: parts[0] for k in PAPER_EPOCHS}
-    if len(parts) != 3:
-        raise ValueError(f"--epochs takes N or MNIST,FASHION,CIFAR, got {text!r}")
-    return dict(zip(PAPER_EPOCHS, parts))
 
 
 def _tag(cell: dict[str, Any]) -> str:
@@ -238,63 +286,72 @@ def write_results(name: str, markdown: str, payload: dict[str, Any], out_dir: Pa
     return md, js
 
 
-def run_table1(data_root: Path, *, datasets: list[str], models: list[str], losses: list[str],
-               epochs: dict[str, int], preset_name: str = "paper", max_train: int | None = None,
-               max_test: int | None = None, threads: int | None = None, out_dir: Path = Path("docs/results"), work_dir: Path | None = None,
-               name: str = "paper-table1", command: str = "", log=print) -> tuple[Path, Path]:
-    """Regenerate Table 1 (or the chosen subset) and write `name`.md/.json into out_dir."""
-    work_dir = work_dir or cache_dir() / "experiments" / name
+def _cells(cfg: ExperimentConfig, models: list[str], acts: tuple[str | None, ...] = (None,)) -> list[dict[str, Any]]:
+    """Every run of `cfg`: dataset x model x loss (x activation, for the ablation), each with its overrides."""
+    cells = []
+    for d in cfg.datasets:
+        for m in models:
+            for l in cfg.losses:
+                for act in acts:
+                    cell = {"dataset": d, "model": m, "loss": l, "preset": cfg.preset,
+                            "overrides": {"epochs": cfg.epochs[d], "max_train": cfg.max_train,
+                                          "max_test": cfg.max_test, "threads": cfg.threads}}
+                    if act is not None:
+                        cell["tag"] = f"{d}-{m}-{act}-{l}"
+                        cell["overrides"]["arch_kwargs"] = {"act": act}
+                    cells.append(cell)
+    return cells
+
+
+def run_table1(cfg: ExperimentConfig, log=print) -> tuple[Path, Path]:
+    """Regenerate Table 1 (or the chosen subset) and write paper-table1.md/.json into cfg.results_dir()."""
+    work_dir = cfg.work_folder()
     work_dir.mkdir(parents=True, exist_ok=True)
-    cells = [{"dataset": d, "model": m, "loss": l, "preset": preset_name,
-              "overrides": {"epochs": epochs[d], "max_train": max_train, "max_test": max_test, "threads": threads}}
-             for d in datasets for m in models for l in losses]
     t0 = time.time()
-    results = run_cells(cells, data_root, work_dir, log)
+    results = run_cells(_cells(cfg, cfg.models), cfg.data_root, work_dir, log)
+    epochs, max_train, max_test = cfg.epochs, cfg.max_train, cfg.max_test
     reduced = []
-    if any(epochs[d] != PAPER_EPOCHS[d] for d in datasets):
-        reduced.append(f"epochs {', '.join(f'{d} {epochs[d]}' for d in datasets)} instead of the paper's "
+    if any(epochs[d] != PAPER_EPOCHS[d] for d in cfg.datasets):
+        reduced.append(f"epochs {', '.join(f'{d} {epochs[d]}' for d in cfg.datasets)} instead of the paper's "
                        f"20/20/25")
     if max_train:
         reduced.append(f"at most {max_train} training images per run (seeded, stratified)")
     if max_test:
         reduced.append(f"evaluated on {max_test} test images (seeded, stratified)")
-    header = {"command": command or " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": machine(), "recipe": f"preset {preset_name!r} "
-              f"({json.dumps({k: v for k, v in preset(preset_name).to_dict().items() if k in ('optimizer', 'lr', 'batch_size', 'augment', 'schedule', 'weight_decay')})})",
+    recipe = {k: v for k, v in preset(cfg.preset).to_dict().items()
+              if k in ("optimizer", "lr", "batch_size", "augment", "schedule", "weight_decay")}
+    header = {"command": cfg.recorded_command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": machine(), "recipe": f"preset {cfg.preset!r} ({json.dumps(recipe)})",
               "notes": ("**Reduced run:** " + "; ".join(reduced) + ". CPU time did not allow the paper's full "
                         "schedule; rerun the command without the reductions on a GPU.") if reduced else "",
               "wall_seconds": round(time.time() - t0, 1)}
     md = table1_markdown(results, header)
-    return write_results(name, md, {**header, "paper": PAPER_TABLE1, "results": results}, out_dir)
+    return write_results("paper-table1", md, {**header, "paper": PAPER_TABLE1, "results": results},
+                         cfg.results_dir())
 
 
-def run_ablation(data_root: Path, *, datasets: list[str], losses: list[str], epochs: dict[str, int],
-                 preset_name: str, max_train: int | None, threads: int | None, out_dir: Path,
-                 work_dir: Path | None, command: str = "", log=print, max_test: int | None = None) -> tuple[Path, Path]:
+def run_ablation(cfg: ExperimentConfig, log=print) -> tuple[Path, Path]:
     """Hybrid-1 with GELU against the same with ReLU (the paper's activation claim)."""
-    work_dir = work_dir or cache_dir() / "experiments" / "ablation-act"
+    work_dir = cfg.work_folder()
     work_dir.mkdir(parents=True, exist_ok=True)
-    cells = [{"dataset": d, "model": "hybrid1", "loss": l, "preset": preset_name, "tag": f"{d}-hybrid1-{act}-{l}",
-              "overrides": {"epochs": epochs[d], "max_train": max_train, "max_test": max_test, "threads": threads,
-                            "arch_kwargs": {"act": act}}}
-             for d in datasets for l in losses for act in ("gelu", "relu")]
-    results = run_cells(cells, data_root, work_dir, log)
-    lines = ["# Ablation: GELU vs ReLU in Hybrid-1", "", f"Command: `{command or ' '.join(sys.argv)}`  ",
+    results = run_cells(_cells(cfg, ["hybrid1"], ("gelu", "relu")), cfg.data_root, work_dir, log)
+    lines = ["# Ablation: GELU vs ReLU in Hybrid-1", "", f"Command: `{cfg.recorded_command()}`  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
              f"Machine: {machine().get('cpu', '?')}  ",
-             f"Recipe: preset {preset_name!r}, epochs {epochs}, max_train {max_train}, max_test {max_test}", "",
+             f"Recipe: preset {cfg.preset!r}, epochs {cfg.epochs}, max_train {cfg.max_train}, "
+             f"max_test {cfg.max_test}", "",
              "| Dataset | Loss | GELU loss | ReLU loss | GELU p@1 | ReLU p@1 | GELU MAP@R | ReLU MAP@R |",
              "|---|---|---|---|---|---|---|---|"]
     by = {(r["dataset"], r["loss"], r["arch_kwargs"].get("act")): r for r in results}
-    for d in datasets:
-        for l in losses:
+    for d in cfg.datasets:
+        for l in cfg.losses:
             g, r = by[(d, l, "gelu")], by[(d, l, "relu")]
             lines.append(f"| {DATASETS[d][1]} | {l.upper()} | {_fmt(g['loss_value'])} | {_fmt(r['loss_value'])} | "
                          f"{g['precision_at_1']:.4f} | {r['precision_at_1']:.4f} | {g['map_at_r']:.4f} | "
                          f"{r['map_at_r']:.4f} |")
     lines.append("")
     return write_results("ablation-gelu-relu", "\n".join(lines),
-                         {"command": command, "machine": machine(), "results": results}, out_dir)
+                         {"command": cfg.command, "machine": machine(), "results": results}, cfg.results_dir())
 
 
 def table2_costs(batch: int = 64, steps: int = 3, threads: int | None = None, log=print) -> list[dict[str, Any]]:
@@ -356,71 +413,16 @@ def table2_markdown(rows: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_from_cli(args) -> int:
-    """`simsearch experiment table1|ablation|table2` (see cli/_train.py for the options)."""
-    data_root = Path(args.data_root) if args.data_root else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if args.which != "table2" and not data_root.is_dir():
-        raise ValueError(f"--data-root {data_root} is not a folder (it should hold mnist/, fashion-mnist/, "
-                         f"cifar10-jpeg.tar)")
-    datasets = _parse_list(args.datasets, list(DATASETS), list(DATASETS), "datasets")
-    losses = _parse_list(args.losses, ["ce", "ms"], ["ce", "ms"], "losses")
-    epochs = _parse_epochs(args.epochs)
-    command = "simsearch " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("simsearch") else \
-        " ".join(sys.argv)
-    models = _parse_list(args.models, list(PAPER_TABLE1), list(PAPER_TABLE1), "models") \
-        if args.which == "table1" else None
-    work = Path(args.work_dir) if args.work_dir else \
-        cache_dir() / "experiments" / ("paper-table1" if args.which == "table1" else "ablation-act")
-    reductions = experiment_reductions(args) if args.which != "table2" else []
-    out_dir = output_dir(args.out_dir, reductions, work)
-    if args.which == "table1":
-        md, js = run_table1(data_root, datasets=datasets, models=models, losses=losses, epochs=epochs,
-                            preset_name=args.preset, max_train=args.max_train, max_test=args.max_test,
-                            threads=args.threads, out_dir=out_dir, work_dir=work, command=command)
-    elif args.which == "ablation":
-        md, js = run_ablation(data_root, datasets=datasets, losses=losses, epochs=epochs, preset_name=args.preset,
-                              max_train=args.max_train, threads=args.threads, out_dir=out_dir,
-                              work_dir=work, command=command, max_test=args.max_test)
-    else:
-        rows = table2_costs(threads=args.threads)
-        md, js = write_results("paper-table2-cost", table2_markdown(rows, command),
-                               {"command": command, "machine": machine(), "rows": rows, "paper": PAPER_TABLE2,
-                                "gpu_assumed_tflops": GPU_TFLOPS}, out_dir)
-    print(f"wrote {md} and {js}")
-    if reductions and args.out_dir is None:
-        print(f"a reduced run ({', '.join(reductions)}), so its tables went to its work folder, not "
-              f"{RESULTS_DIR}/ (which holds the full ones); give --out-dir {RESULTS_DIR} to write them there")
-    return 0
-
-
-# Where `simsearch experiment` writes its tables by default: the committed, full-length results.
-RESULTS_DIR = "docs/results"
-
-
-def experiment_reductions(args) -> list[str]:
-    """The options of a `simsearch experiment table1|ablation` command that make it a reduced run (fewer
-    epochs, images, datasets, models or losses, or another preset than the paper's), as given: none for
-    the full run."""
-    given = []
-    if args.epochs and _parse_epochs(args.epochs) != PAPER_EPOCHS:
-        given.append(f"--epochs {args.epochs}")
-    for option in ("max_train", "max_test"):
-        if getattr(args, option) is not None:
-            given.append(f"--{option.replace('_', '-')} {getattr(args, option)}")
-    subsets = [("datasets", list(DATASETS)), ("losses", ["ce", "ms"])]
-    if args.which == "table1":
-        subsets.append(("models", list(PAPER_TABLE1)))
-    for option, full in subsets:
-        if getattr(args, option) and set(_parse_list(getattr(args, option), full, full, option)) != set(full):
-            given.append(f"--{option} {getattr(args, option)}")
-    if args.preset != "paper":
-        given.append(f"--preset {args.preset}")
-    return given
-
-
-def output_dir(out_dir: str | None, reductions: list[str], work_dir: Path) -> Path:
-    """Where an experiment's tables go: --out-dir where given; else a reduced run's work folder, so that a
-    try-out never replaces the full tables in docs/results; else docs/results."""
-    if out_dir is not None:
-        return Path(out_dir)
-    return work_dir if reductions else Path(RESULTS_DIR)
+def run_experiment(cfg: ExperimentConfig, log=print) -> tuple[Path, Path]:
+    """Run `cfg.which` (table1, ablation, table2) and write its Markdown and JSON; returns their paths."""
+    if cfg.which != "table2" and not Path(cfg.data_root).is_dir():
+        raise ConfigError(f"data_root {cfg.data_root} is not a folder (it should hold mnist/, fashion-mnist/, "
+                          f"cifar10-jpeg.tar)", "data_root", cfg.data_root)
+    if cfg.which == "table1":
+        return run_table1(cfg, log)
+    if cfg.which == "ablation":
+        return run_ablation(cfg, log)
+    rows = table2_costs(threads=cfg.threads, log=log)
+    return write_results("paper-table2-cost", table2_markdown(rows, cfg.command),
+                         {"command": cfg.command, "machine": machine(), "rows": rows, "paper": PAPER_TABLE2,
+                          "gpu_assumed_tflops": GPU_TFLOPS}, cfg.results_dir())

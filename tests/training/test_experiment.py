@@ -12,6 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from training import ConfigError, ExperimentConfig, run_experiment
 from training import _experiment as exp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,10 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_table1_slice_writes_ours_beside_the_papers(shared_data, tmp_path):
     logs: list[str] = []
-    kwargs = dict(datasets=["mnist"], models=["inn2"], losses=["ce", "ms"], epochs={"mnist": 1},
-                  preset_name="paper", max_train=300, max_test=500, threads=1, out_dir=tmp_path / "results",
-                  work_dir=tmp_path / "work", command="test", log=logs.append)
-    md, js = exp.run_table1(shared_data, **kwargs)
+    cfg = ExperimentConfig("table1", data_root=shared_data, datasets=["mnist"], models=["inn2"], losses=["ce", "ms"],
+                           epochs={"mnist": 1}, preset="paper", max_train=300, max_test=500, threads=1,
+                           out_dir=tmp_path / "results", work_dir=tmp_path / "work", command="test")
+    md, js = run_experiment(cfg, log=logs.append)
+    assert (md, js) == (tmp_path / "results" / "paper-table1.md", tmp_path / "results" / "paper-table1.json")
     payload = json.loads(js.read_text())
     rows = {r["loss"]: r for r in payload["results"]}
     assert set(rows) == {"ce", "ms"} and rows["ce"]["parameters"] == 560  # the paper's count
@@ -34,7 +38,7 @@ def test_table1_slice_writes_ours_beside_the_papers(shared_data, tmp_path):
     assert f"{rows['ms']['ms_loss_plain']:.4f}" in text
     # a second call reuses both finished runs instead of training again
     logs.clear()
-    exp.run_table1(shared_data, **kwargs)
+    exp.run_table1(cfg, log=logs.append)
     assert not any(line.startswith("[") for line in logs)
 
 
@@ -112,10 +116,11 @@ def test_a_reduced_table1_run_writes_into_its_work_folder_not_over_the_full_tabl
 
 def test_only_the_full_experiment_writes_into_docs_results_unless_out_dir_is_given(tmp_path):
     from cli import build_parser
+    from cli._train import _experiment_config
 
     def where(*argv):
-        args = build_parser().parse_args(["experiment", *argv])
-        return exp.output_dir(args.out_dir, exp.experiment_reductions(args), tmp_path)
+        args = build_parser().parse_args(["experiment", *argv, "--work-dir", str(tmp_path)])
+        return _experiment_config(args).results_dir()
 
     assert where("table1") == where("table1", "--threads", "1") == Path("docs/results")
     # the paper's own settings spelt out are the full run too
@@ -128,3 +133,28 @@ def test_only_the_full_experiment_writes_into_docs_results_unless_out_dir_is_giv
     assert where("ablation", "--datasets", "cifar10", "--preset", "default", "--epochs", "10") == tmp_path
     assert where("ablation", "--models", "inn2") == Path("docs/results")  # ablation has no --models to reduce
     assert where("table2") == Path("docs/results")
+
+
+def test_an_experiment_config_names_the_setting_that_cannot_be_and_the_command_line_its_option(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown datasets \['svhn'\]; known: mnist, fashion-mnist, cifar10"):
+        ExperimentConfig("table1", datasets=["mnist", "svhn"])
+    with pytest.raises(ConfigError, match=r"unknown losses \['arcface'\]; known: ce, ms"):
+        ExperimentConfig("ablation", losses=["arcface"])
+    with pytest.raises(ConfigError, match="epochs has no entry for cifar10"):
+        ExperimentConfig("table1", epochs={"mnist": 1, "fashion-mnist": 1})
+    with pytest.raises(ConfigError) as exc:
+        run_experiment(ExperimentConfig("table1", data_root=tmp_path / "none"))
+    assert (exc.value.field, str(exc.value)) == ("data_root", f"data_root {tmp_path / 'none'} is not a folder (it "
+                                                              "should hold mnist/, fashion-mnist/, cifar10-jpeg.tar)")
+    assert ExperimentConfig("table1").reduced() == []
+    assert ExperimentConfig("table2", datasets=["mnist"], epochs={"mnist": 1}).reduced() == []   # trains nothing
+    assert ExperimentConfig("ablation", epochs={**ExperimentConfig.PAPER_EPOCHS, "mnist": 2}, max_test=10,
+                            losses=["ms"], preset="default").reduced() == ["epochs", "max_test", "losses", "preset"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for argv, said in [(["--data-root", str(tmp_path / "none")], f"--data-root {tmp_path / 'none'} is not a folder"),
+                       (["--datasets", "mnist,svhn"], "unknown datasets ['svhn']; known: mnist, fashion-mnist"),
+                       (["--epochs", "1,2"], "--epochs takes N or MNIST,FASHION,CIFAR, got '1,2'"),
+                       (["--epochs", "x"], "--epochs takes N or MNIST,FASHION,CIFAR, got 'x'")]:
+        r = subprocess.run([sys.executable, "-m", "cli", "experiment", "table1", *argv], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
