@@ -3,8 +3,6 @@ answers (a client generated from it parses every error it gets), and what a 405 
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import httpx
 import pytest
@@ -14,20 +12,6 @@ from .conftest import encode, pattern, start_server, stop_server
 KEY = "contract-key"
 MAX_BODY = 200_000
 ORIGIN = "https://app.example.com"
-PORTS = range(18950, 19000)   # this suite's servers stay in this range
-
-
-def _port() -> int:
-    """A free port in PORTS (tried from a place that depends on the process, so parallel runs differ)."""
-    for n in range(len(PORTS)):
-        port = PORTS[(os.getpid() + n) % len(PORTS)]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +20,7 @@ def live(hybrid1_artifact, tmp_path_factory):
     server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
                            "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY),
                            "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_CORS_ORIGINS": ORIGIN},
-                          work, port=_port())
+                          work)
     r = httpx.post(server.url + "/index", headers={"X-API-Key": KEY}, data={"id": "known", "label": "cat"},
                    files=[("file", ("a.jpg", encode(pattern(1), "JPEG"), "image/jpeg"))])
     assert r.status_code == 201, r.text

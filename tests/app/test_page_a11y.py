@@ -9,7 +9,6 @@ device emulation; touches are DevTools touch events; forced colours are DevTools
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from . import test_page_browser as pages
 from ._browser import cifar10_images, require_chromium
-from .conftest import free_port, start_server, stop_server
+from .conftest import start_server, stop_server
 from .test_page_browser import (
     API_KEY,
     MAX_BODY_BYTES,
@@ -42,18 +41,6 @@ browser = pages.browser
 page = pages.page
 
 
-def _port() -> int:
-    """A free port in 19200-19299 (kept apart from other servers on a shared machine), else any free one."""
-    for port in range(19200, 19300):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory, hybrid1_artifact):
     """This module's own `simsearch serve`, as test_page_browser.py's (its `gallery` and `page` use it)."""
@@ -61,7 +48,7 @@ def page_server(tmp_path_factory, hybrid1_artifact):
     work = tmp_path_factory.mktemp("a11y-server")
     live = start_server({"SIMSEARCH_MODEL_PATH": str(_artifact(hybrid1_artifact)),
                          "SIMSEARCH_DATA_DIR": str(work / "data"), "SIMSEARCH_API_KEY": API_KEY,
-                         "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}, work, port=_port())
+                         "SIMSEARCH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}, work)
     yield live
     stop_server(live)
 
