@@ -47,7 +47,6 @@ class HeadMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._head_paths: set[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "HEAD" or self._has_head_route(scope):
