@@ -26,7 +26,8 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     for what, data in files:
         t0 = time.perf_counter()
         arrays.append(decode_image(data, max_pixels, what=what,
-                                   convert=lambda im: service.embedder.preprocess(im, crop), policy=policy))
+                                   convert=lambda im: service.embedder.preprocess(im, crop, owned=True),
+                                   policy=policy))
         if thumbnail_size:
             img = decode_image(data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
             try:

@@ -259,7 +259,7 @@ def model_input(data: bytes, embedder, crop=None):
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        return embedder.preprocess(im, crop)
+        return embedder.preprocess(im, crop, owned=True)
 
 
 def model_threads(threads: int | None) -> None:

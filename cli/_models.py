@@ -132,7 +132,7 @@ def _calibration_images(source: str, count: int, meta):
         for _, _, read in picked:
             try:
                 with Image.open(io.BytesIO(read())) as im:
-                    arrays.append(model.to_model_array(im, meta.in_chans, meta.image_size))
+                    arrays.append(model.to_model_array(im, meta.in_chans, meta.image_size, owned=True))
             except Exception:  # noqa: BLE001  (a file that is not an image is skipped, and counted)
                 failed += 1
     finally:

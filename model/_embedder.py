@@ -124,10 +124,11 @@ class Embedder:
     def model_id(self) -> str:
         return self.artifact.model_id
 
-    def preprocess(self, image: Image.Image, crop: Crop | None = None) -> np.ndarray:
+    def preprocess(self, image: Image.Image, crop: Crop | None = None, owned: bool = False) -> np.ndarray:
         """One image (or its region `crop`, model.parse_crop) -> uint8 (C, S, S) array as the model sees
-        it (decode-side work, thread-safe)."""
-        return to_model_array(image, self.meta.in_chans, self.meta.image_size, crop)
+        it (decode-side work, thread-safe). `owned`: the caller opened `image` for this alone, and it may be
+        drafted in place (model.to_model_array)."""
+        return to_model_array(image, self.meta.in_chans, self.meta.image_size, crop, owned)
 
     def embed(self, images: Iterable[Image.Image | str | os.PathLike]) -> np.ndarray:
         """Embed a list (or any iterable) of images: PIL images of any size and mode, or paths of image files
@@ -165,7 +166,7 @@ class Embedder:
             raise TypeError(f"embed: item {i} is {_kind(item)}, not a PIL image or a file path{hint}")
         try:
             with Image.open(item) as im:
-                return self.preprocess(im)
+                return self.preprocess(im, owned=True)
         except (FileNotFoundError, IsADirectoryError):
             raise
         except Exception as exc:  # noqa: BLE001  (any decoder failure: the file is not a readable image)

@@ -325,7 +325,7 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
         try:
             data = src.read(n)
             with Image.open(io.BytesIO(data)) as im:
-                out[i] = to_model_array(im, in_chans, size)
+                out[i] = to_model_array(im, in_chans, size, owned=True)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             # SyntaxError: what some of Pillow's plugins raise for a malformed header
             ok[i] = False

@@ -71,3 +71,14 @@ def test_another_picture_of_an_mpo_is_embedded_as_that_picture(photo):
     second = model.to_model_array(im, 3, 32).astype(int)
     assert np.abs(second - model.to_model_array(_open(encode_as(upside_down, "JPEG")), 3, 32)).mean() < 3
     assert np.abs(second - model.to_model_array(_open(encode_as(photo, "JPEG")), 3, 32)).mean() > 10
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "MPO", "HEIC"])
+def test_an_image_the_caller_owns_is_drafted_in_place_to_the_same_pixels(photo, fmt):
+    """owned=True (the service's uploads, files opened by path): no second opening, the caller's image is the
+    one drafted, and the model's input is what a caller's image left whole gets."""
+    data = encode_as(photo, fmt)
+    owned = _open(data)
+    got = model.to_model_array(owned, 3, 32, owned=True)
+    assert owned.size[0] < 640   # drafted in place (a HEIC from its embedded thumbnail)
+    np.testing.assert_array_equal(got, model.to_model_array(_open(data), 3, 32))
