@@ -91,6 +91,14 @@ class ItemChecks:
             raise InvalidItemError(f"limit must be a whole number from 0 to {MAX_OFFSET}, got {limit!r}")
 
     @staticmethod
+    def _check_after(after: Any) -> int | None:
+        """A listing position to page after (list(after=...)), or None for the first page."""
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63):
+            raise InvalidItemError(f"after must be a listing position (a whole number from 0 to 2**63-1), "
+                                   f"got {after!r}")
+        return after
+
+    @staticmethod
     def _check_search(k: Any, max_distance: Any) -> tuple[int, float | None]:
         # numbers.Integral and Real: numpy's integers and floats too, which notebooks hand over
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:

@@ -651,9 +651,7 @@ class MilvusStore(ItemChecks):
         """list(), each item with its listing position (its seq), as Store.list_positions. Reads the ids and
         positions of every matching item to order them."""
         self._check_page(offset, limit)
-        if after is not None and (not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63):
-            raise InvalidItemError(f"after must be a listing position (a whole number from 0 to 2**63-1), "
-                                   f"got {after!r}")
+        after = self._check_after(after)
         expr = self._filter(label, _filter.check_where(where))
         if after is not None:
             expr = f"seq > {after}" + (f" and ({expr})" if expr else "")

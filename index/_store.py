@@ -829,7 +829,9 @@ class Store(ItemChecks):
         replaced item gets a new, larger one). The last item's position, given back as `after`, is the
         next page: unlike an offset, a delete before it moves no item across it."""
         self._check_page(offset, limit)
-        after = _check_after(after)
+        after = self._check_after(after)
+        if after is None:   # from the first item: every seq is at least 1
+            after = -1
         conn = self._read_conn()
         if where is not None:
             where = _filter.check_where(where)
@@ -1288,15 +1290,6 @@ def _blobs_to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
-
-
-def _check_after(after: Any) -> int:
-    """A listing position to page after (None: from the start, -1), as list() takes it."""
-    if after is None:
-        return -1
-    if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63:
-        raise InvalidItemError(f"after must be a listing position (a whole number from 0 to 2**63-1), got {after!r}")
-    return after
 
 
 def _row_to_item(row, dim: int) -> Item:
