@@ -167,15 +167,12 @@ class Settings(BaseSettings):
         """The origins allowed to call the API from a browser (empty: none)."""
         return [o for o in self.cors_origins.split(",") if o]
 
-    @field_validator("device")
+    @field_validator("device", "index")
     @classmethod
-    def _empty_device_is_auto(cls, v: str | None) -> str | None:
+    def _empty_is_unset(cls, v: str | None) -> str | None:
+        # an empty variable (compose's ${SIMSEARCH_INDEX:-}) is "not given": a GPU when there is one; each
+        # gallery's own index kind
         return v or None
-
-    @field_validator("index")
-    @classmethod
-    def _empty_index_keeps_the_gallerys(cls, v: str | None) -> str | None:
-        return v or None   # compose's ${SIMSEARCH_INDEX:-} passes "" for "not given"
 
     @field_validator("runtime")
     @classmethod
