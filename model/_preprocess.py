@@ -26,7 +26,7 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
 
     `owned`: the caller opened `image` for this call and uses it no further (the service's uploads, files
     read by path), so it is drafted in place: the same pixels without the second opening that leaves a
-    caller's image whole (about 30 us of the 2.1 ms a 640x480 JPEG takes here, medians of six rounds)."""
+    caller's image whole (822 against 796 us a 640x480 JPEG: docs/results/benchmarks.md, 47th session)."""
     mode = "L" if in_chans == 1 else "RGB"
     if crop is not None:
         crop = check_crop(crop)
