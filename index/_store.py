@@ -97,9 +97,7 @@ class Store(ItemChecks):
                 raise StoreMissingError(f"no store at {self._path} ({_db.DB_NAME} is missing)")
         else:
             if not self._db_path.exists():   # before anything is made: no empty store is left behind
-                if cfg.model_id is None or cfg.dim is None:
-                    raise StoreError(f"a new store at {self._path} needs model_id and dim "
-                                     f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")
+                self._check_new_store_config()
                 if cfg.index:
                     _faiss.validate_spec(cfg.index, cfg.dim)
             try:
@@ -128,6 +126,13 @@ class Store(ItemChecks):
         self._init_meta(meta)
         self._open_index()
         _faiss.blas_min_queries(self._index)   # measured now (if at all), not in the first search
+
+    def _check_new_store_config(self) -> None:
+        """StoreError unless the config says what a new store records first: its model id and dimension."""
+        cfg = self.config
+        if cfg.model_id is None or cfg.dim is None:
+            raise StoreError(f"a new store at {self._path} needs model_id and dim "
+                             f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")
 
     def _take_lock(self) -> None:
         fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -170,9 +175,7 @@ class Store(ItemChecks):
         else:
             if cfg.read_only:
                 raise StoreMissingError(f"the store at {self._path} is empty (no model recorded)")
-            if cfg.model_id is None or cfg.dim is None:
-                raise StoreError(f"a new store at {self._path} needs model_id and dim "
-                                 f"(got model_id={cfg.model_id!r}, dim={cfg.dim!r})")
+            self._check_new_store_config()   # (a database left without its model by an older version)
             if not isinstance(cfg.dim, int) or cfg.dim <= 0:
                 raise InvalidItemError(f"dim must be a positive integer, got {cfg.dim!r}")
             self.model_id, self.dim = cfg.model_id, cfg.dim
