@@ -24,6 +24,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StorageError, StoreC
 from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
 from ._facets import Facet, facet
+from ._meta_indexes import MetaIndexes
 from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
 from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
 
@@ -75,7 +76,6 @@ class Store(ItemChecks):
         self._snapshot_lock = threading.Lock()
         self._gpu = None
         self._version = 0                    # bumped on every applied write (caches, GPU mirror)
-        self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
         self._data_version: int | None = None
         self._edits_seen: str | None = None                     # the writer's edit count at the last refresh
@@ -214,13 +214,7 @@ class Store(ItemChecks):
         self._rows: dict[int, tuple[str, str | None, str]] = {}
         self._fid_of: dict[str, int] = {}
         self._by_label: dict[str | None, set[int]] = {}
-        # metadata key -> (its value, as _filter.value_key) -> FAISS ids (one id as a bare int, see
-        # _filter.add): built for a key the first time a search filters on it, then kept up to date
-        # by every write. _meta_keys counts the items that have each key (None until the first
-        # metadata filter), so that a filter on a key no item has costs nothing: readers cannot make
-        # the store scan for keys that writers never stored.
-        self._by_meta: dict[str, dict[Any, int | set[int]]] = {}
-        self._meta_keys: dict[str, int] | None = None
+        self._meta = MetaIndexes(self._rows, self._by_label)   # the metadata indexes behind filters
         self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
         if self.config.read_only:
             # Read before the rows: a change committed in between is then applied again by the first
@@ -672,27 +666,23 @@ class Store(ItemChecks):
         if self._fid_of.get(id_) == fid:   # not when a newer version of the item is already there
             del self._fid_of[id_]
         self._by_label[label].discard(fid)
-        for key, value in self._meta_changed(meta, -1):
-            _filter.discard(self._by_meta[key], value, fid)
+        self._meta.discard(fid, meta)
 
     def _remember_locked(self, fid: int, id_: str, label: str | None, meta_json: str) -> None:
         """Add the row `fid` to the in-memory maps (the write lock held; FAISS is the caller's)."""
         self._rows[fid] = (id_, label, meta_json)
         self._fid_of[id_] = fid
         self._by_label.setdefault(label, set()).add(fid)
-        for key, value in self._meta_changed(meta_json, +1):
-            _filter.add(self._by_meta[key], value, fid)
+        self._meta.add(fid, meta_json)
 
     def _relabel_locked(self, fid: int, label: str | None, meta_json: str) -> None:
         """Give the row `fid` a new label and metadata (the write lock held): its vector stays."""
         id_, old_label, old_meta = self._rows[fid]
         self._by_label[old_label].discard(fid)
         self._by_label.setdefault(label, set()).add(fid)
-        for key, value in self._meta_changed(old_meta, -1):
-            _filter.discard(self._by_meta[key], value, fid)
+        self._meta.discard(fid, old_meta)
         self._rows[fid] = (id_, label, meta_json)
-        for key, value in self._meta_changed(meta_json, +1):
-            _filter.add(self._by_meta[key], value, fid)
+        self._meta.add(fid, meta_json)
 
     def _maintenance_due(self) -> str | None:
         n = len(self._rows)
@@ -786,10 +776,10 @@ class Store(ItemChecks):
             raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")
         self._check_open()
         with self._rw.read():
-            todo = [k for k in keys if k not in self._by_meta]
+            todo = [k for k in keys if k not in self._meta.by_key]
             if todo:
-                self._build_meta_indexes(todo, keep=True)
-            return {k: len(self._by_meta[k]) for k in keys}
+                self._meta.build(todo, keep=True)
+            return {k: len(self._meta.by_key[k]) for k in keys}
 
     def labels(self) -> dict[str | None, int]:
         """Histogram of labels: label -> number of items (None for unlabelled)."""
@@ -809,7 +799,7 @@ class Store(ItemChecks):
             if key is None:
                 index: dict[Any, Any] = {lb: fids for lb, fids in self._by_label.items() if lb is not None}
             else:
-                index = self._meta_index(key)
+                index = self._meta.index(key)
             counts = {}
             for value_key, fids in index.items():
                 if isinstance(fids, int):   # a value one item holds is kept as its bare id
@@ -1043,61 +1033,7 @@ class Store(ItemChecks):
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where` (see _filter), from the label and metadata indexes; cached until the next write."""
-        key = (label, where)
-        cached = self._filter_cache.get(key)
-        if cached is not None and cached[0] == self._version:
-            return cached[1]
-        within = [self._by_label.get(label, set())] if label is not None else []
-        fids = _filter.matching(where or (), self._meta_index, within, self._rows.keys)
-        arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
-        if len(self._filter_cache) > 64:
-            self._filter_cache.clear()
-        self._filter_cache[key] = (self._version, arr)
-        return arr
-
-    def _meta_index(self, key: str) -> dict[Any, int | set[int]]:
-        """The index of one metadata key, built the first time (see _build_meta_indexes). Empty, and
-        not kept, for a key no item has."""
-        built = self._by_meta.get(key)
-        if built is not None:
-            return built
-        if self._meta_keys is not None and key not in self._meta_keys:
-            return {}
-        return self._build_meta_indexes([key], keep=False)[key]
-
-    def _build_meta_indexes(self, keys: list[str], keep: bool) -> dict[str, dict[Any, int | set[int]]]:
-        """Build the indexes of these keys in one pass over every item's metadata (under the read lock:
-        no write runs meanwhile; two searches may both build one, alike), counting every key's items
-        the first time. A key no item has is kept (current from then on) only when `keep`."""
-        built: dict[str, dict[Any, int | set[int]]] = {k: {} for k in keys}
-        counts: dict[str, int] | None = {} if self._meta_keys is None else None
-        for fid, (_id, _label, meta_json) in self._rows.items():
-            meta = parse_metadata(meta_json)
-            if counts is not None:
-                for k in meta:
-                    counts[k] = counts.get(k, 0) + 1
-            for k, values in built.items():
-                if k in meta:
-                    _filter.add(values, _filter.value_key(meta[k]), fid)
-        if counts is not None:
-            self._meta_keys = counts
-        for k, values in built.items():
-            if keep or k in self._meta_keys:
-                self._by_meta[k] = values
-        return built
-
-    def _meta_changed(self, meta_json: str, delta: int) -> list[tuple[str, Any]]:
-        """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
-        if self._meta_keys is None:
-            return []
-        meta = parse_metadata(meta_json)
-        for k in meta:
-            n = self._meta_keys.get(k, 0) + delta
-            if n > 0:
-                self._meta_keys[k] = n
-            else:
-                self._meta_keys.pop(k, None)
-        return [(k, _filter.value_key(meta[k])) for k in meta if k in self._by_meta]
+        return self._meta.filter_fids(label, where, self._version)
 
     def _exact_locked(self, qv, want, label, allowed, ex):
         """Exact scores over the candidates (`allowed`, or every item when None), from the database.
@@ -1308,7 +1244,7 @@ def _broad_candidates(k: int, population: int, total: int) -> int:
 
 
 def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see _filter_fids)."""
+    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see MetaIndexes.filter_fids)."""
     if len(sorted_ids) == 0:
         return np.zeros(np.shape(ids), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)

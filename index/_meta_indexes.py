@@ -1,0 +1,100 @@
+"""The FAISS store's indexes behind `where` filters: per metadata key, its values -> the FAISS ids of the items
+holding them, and the filter results of recent searches. Store holds one; it takes no lock of its own: the
+store calls it under the locks it already holds (the read lock to search, the write lock to change it)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _filter
+from ._types import parse_metadata
+
+
+class MetaIndexes:
+    """The metadata indexes and the filter cache over a store's in-memory rows.
+
+    rows (FAISS id -> (id, label, metadata json)) and by_label (label -> FAISS ids) are the store's own maps,
+    read here and changed only by the store, which tells this object of each change (add, discard)."""
+
+    def __init__(self, rows: dict[int, tuple[str, str | None, str]], by_label: dict[str | None, set[int]]) -> None:
+        self._rows = rows
+        self._by_label = by_label
+        # metadata key -> (its value, as _filter.value_key) -> FAISS ids (one id as a bare int, see
+        # _filter.add): built for a key the first time a search filters on it, then kept up to date
+        # by every write. _meta_keys counts the items that have each key (None until the first
+        # metadata filter), so that a filter on a key no item has costs nothing: readers cannot make
+        # the store scan for keys that writers never stored.
+        self.by_key: dict[str, dict[Any, int | set[int]]] = {}
+        self._meta_keys: dict[str, int] | None = None
+        self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
+
+    def filter_fids(self, label: str | None, where: tuple | None, version: int) -> np.ndarray:
+        """FAISS ids of the items with this label (any label when None) whose metadata matches
+        `where` (see _filter), from the label and metadata indexes; cached until the next write
+        (`version`: the store's count of applied writes)."""
+        key = (label, where)
+        cached = self._filter_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        within = [self._by_label.get(label, set())] if label is not None else []
+        fids = _filter.matching(where or (), self.index, within, self._rows.keys)
+        arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
+        if len(self._filter_cache) > 64:
+            self._filter_cache.clear()
+        self._filter_cache[key] = (version, arr)
+        return arr
+
+    def index(self, key: str) -> dict[Any, int | set[int]]:
+        """The index of one metadata key, built the first time (see build). Empty, and
+        not kept, for a key no item has."""
+        built = self.by_key.get(key)
+        if built is not None:
+            return built
+        if self._meta_keys is not None and key not in self._meta_keys:
+            return {}
+        return self.build([key], keep=False)[key]
+
+    def build(self, keys: list[str], keep: bool) -> dict[str, dict[Any, int | set[int]]]:
+        """Build the indexes of these keys in one pass over every item's metadata (under the read lock:
+        no write runs meanwhile; two searches may both build one, alike), counting every key's items
+        the first time. A key no item has is kept (current from then on) only when `keep`."""
+        built: dict[str, dict[Any, int | set[int]]] = {k: {} for k in keys}
+        counts: dict[str, int] | None = {} if self._meta_keys is None else None
+        for fid, (_id, _label, meta_json) in self._rows.items():
+            meta = parse_metadata(meta_json)
+            if counts is not None:
+                for k in meta:
+                    counts[k] = counts.get(k, 0) + 1
+            for k, values in built.items():
+                if k in meta:
+                    _filter.add(values, _filter.value_key(meta[k]), fid)
+        if counts is not None:
+            self._meta_keys = counts
+        for k, values in built.items():
+            if keep or k in self._meta_keys:
+                self.by_key[k] = values
+        return built
+
+    def add(self, fid: int, meta_json: str) -> None:
+        """Count in the metadata of the row `fid`, now in the store (the write lock held)."""
+        for key, value in self._changed(meta_json, +1):
+            _filter.add(self.by_key[key], value, fid)
+
+    def discard(self, fid: int, meta_json: str) -> None:
+        """Count out the metadata the row `fid` had, gone from the store or edited (the write lock held)."""
+        for key, value in self._changed(meta_json, -1):
+            _filter.discard(self.by_key[key], value, fid)
+
+    def _changed(self, meta_json: str, delta: int) -> list[tuple[str, Any]]:
+        """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
+        if self._meta_keys is None:
+            return []
+        meta = parse_metadata(meta_json)
+        for k in meta:
+            n = self._meta_keys.get(k, 0) + delta
+            if n > 0:
+                self._meta_keys[k] = n
+            else:
+                self._meta_keys.pop(k, None)
+        return [(k, _filter.value_key(meta[k])) for k in meta if k in self.by_key]
