@@ -8,6 +8,7 @@ device emulation; touches are DevTools touch events; forced colours are DevTools
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -429,3 +430,268 @@ def test_control_borders_contrast_forced_colours_states_and_text_sizes_follow_th
     assert style["pressed"] != style["plain"], style
     assert style["liked"] != "none", style
     assert style["primary"] != "none" and float(style["primaryWidth"].rstrip("px")) >= 1, style
+
+
+def test_a_skip_link_is_the_first_tab_stop_shown_on_focus_and_takes_the_focus_to_the_results(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    address = page.current_url
+    assert _box(page, "#skip-link")["bottom"] <= 0, "the skip link is on the screen before it has the focus"
+    ActionChains(page).send_keys(Keys.TAB).perform()   # the first stop on the page
+    assert _focused(page) == "A#skip-link"
+    _wait(page, lambda d: _box(d, "#skip-link")["top"] >= 0, "the focused skip link did not come onto the screen")
+    link = page.find_element("id", "skip-link")
+    assert link.is_displayed() and link.text == "Skip to the results"
+    assert _in_view(page, "#skip-link")
+    link.send_keys(Keys.ENTER)
+    assert _focused(page) == "H2#results-title"
+    assert page.current_url == address   # no #fragment left in the address (nor in a gallery's link)
+    ActionChains(page).send_keys(Keys.TAB).perform()   # on into the results, past the whole search form
+    assert _focused(page) == "BUTTON#browse"
+    _wait(page, lambda d: _box(d, "#skip-link")["bottom"] <= 0, "the skip link stayed on the screen without the focus")
+
+
+def _editor_state(page, card: str) -> dict:
+    return page.execute_script("""
+        const li = document.querySelector(arguments[0]), form = li.querySelector('.edit');
+        return {open: !!form && !form.hidden, expanded: li.querySelector('.edit-open').getAttribute('aria-expanded'),
+                label: form && form.querySelector('input').value, meta: form && form.querySelector('textarea').value,
+                remove: form && form.querySelector('.danger').textContent,
+                focusOnEdit: document.activeElement === li.querySelector('.edit-open')};""", card)
+
+
+def test_escape_in_a_cards_editor_closes_it_unsaved_and_gives_the_focus_back_to_its_edit_button(
+        page, page_server, gallery, tmp_path):
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.keys import Keys
+
+    _, _, query = gallery_image_file(gallery, 7, tmp_path)
+    choose_k(page, 4)
+    upload(page, query)
+    wait_for_search(page)
+    item_id = _ids(page)[1]
+    item_url = f"{page_server.url}/index/{quote(item_id, safe='')}"
+    stored = httpx.get(item_url, timeout=60).json()
+    card = f'#results li:has(button.result[data-id="{item_id}"])'
+    shown_label = page.find_element("css selector", f"{card} button.result .label").text
+    edit = page.find_element("css selector", f"{card} button.edit-open")
+    edit.send_keys(Keys.ENTER)
+    _wait(page, lambda d: _editor_state(d, card)["open"])
+    label = page.switch_to.active_element
+    assert label.get_attribute("aria-label") == f"Label of {item_id}"
+    label.send_keys(Keys.CONTROL, "a")
+    label.send_keys("escaped-label", Keys.ESCAPE)   # from the label field
+    state = _editor_state(page, card)
+    assert not state["open"] and state["expanded"] == "false" and state["focusOnEdit"], state
+    # opened again: the fields as stored; the metadata typed over, Delete armed, then Escape from Delete
+    edit.send_keys(Keys.ENTER)
+    _wait(page, lambda d: _editor_state(d, card)["open"] and _editor_state(d, card)["meta"])
+    state = _editor_state(page, card)
+    assert state["label"] == (stored["label"] or "") and json.loads(state["meta"]) == stored["metadata"], state
+    meta = page.find_element("css selector", f"{card} .edit textarea")
+    meta.send_keys(Keys.CONTROL, "a")
+    meta.send_keys('{"escaped": true}', Keys.TAB, Keys.TAB, Keys.ENTER)   # Save passed over, Delete pressed once
+    assert _editor_state(page, card)["remove"] == "Really delete?"
+    assert page.switch_to.active_element.text == "Really delete?"
+    page.switch_to.active_element.send_keys(Keys.ESCAPE)
+    state = _editor_state(page, card)
+    assert not state["open"] and state["expanded"] == "false" and state["focusOnEdit"], state
+    edit.send_keys(Keys.ENTER)
+    _wait(page, lambda d: _editor_state(d, card)["open"])
+    state = _editor_state(page, card)
+    assert json.loads(state["meta"]) == stored["metadata"] and state["remove"] == "Delete", state
+    # nothing was saved (nor deleted): the service and the card say what they said before
+    time.sleep(1)
+    after = httpx.get(item_url, timeout=60)
+    assert after.status_code == 200 and after.json()["label"] == stored["label"]
+    assert after.json()["metadata"] == stored["metadata"]
+    assert page.find_element("css selector", f"{card} button.result .label").text == shown_label
+    assert "Saved" not in page.find_element("id", "search-status").text
+
+
+def _tie(page, field_id: str) -> list:
+    """A field's aria-invalid and aria-describedby, as a screen reader reads them."""
+    return page.execute_script("const e = document.getElementById(arguments[0]);"
+                               "return [e.getAttribute('aria-invalid'), e.getAttribute('aria-describedby')];", field_id)
+
+
+def test_an_error_about_a_search_field_or_a_cards_metadata_is_tied_to_that_field_until_it_changes(
+        page, gallery, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    # a file the service cannot read as an image: tied to the file input
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    upload(page, text)
+    _wait(page, lambda d: d.find_element("id", "search-error").text)
+    assert _tie(page, "file") == ["true", "search-error"]
+    _, _, query = gallery_image_file(gallery, 8, tmp_path)
+    choose_k(page, 4)
+    upload(page, query)   # another file: the error and the tie go
+    wait_for_search(page)
+    assert page.find_element("id", "search-error").text == "" and _tie(page, "file") == ["false", None]
+    # a metadata filter the service refuses: tied to that field, not to the file; typing in it clears both
+    where = page.find_element("id", "where-filter")
+    where.send_keys('{"n": [1]}', Keys.ENTER)
+    _wait(page, lambda d: d.find_element("id", "search-error").text.startswith("where"))
+    assert _tie(page, "where-filter") == ["true", "search-error"]
+    assert _tie(page, "file") == ["false", None]
+    where.send_keys(Keys.BACK_SPACE)
+    assert page.find_element("id", "search-error").text == ""
+    assert _tie(page, "where-filter") == ["false", None]
+    where.clear()
+    # One result per a key the service refuses: its hint kept in its description, the error added and taken off
+    group = page.find_element("id", "group-by")
+    group.send_keys("year", Keys.TAB)   # a change: searched again at once
+    _wait(page, lambda d: d.find_element("id", "search-error").text.startswith("group_by"))
+    assert _tie(page, "group-by") == ["true", "group-hint search-error"]
+    group.send_keys(Keys.BACK_SPACE)
+    assert _tie(page, "group-by") == ["false", "group-hint"]
+    assert page.find_element("id", "search-error").text == ""
+    # a card's metadata that is not a JSON object (the page's own check): tied to its box in the editor
+    page.execute_script("document.getElementById('group-by').value = ''")
+    page.find_element("id", "search-again").click()
+    wait_for_search(page)
+    card = f'#results li:has(button.result[data-id="{_ids(page)[0]}"])'
+    page.find_element("css selector", f"{card} button.edit-open").click()
+    meta = page.find_element("css selector", f"{card} .edit textarea")
+    meta.send_keys(Keys.CONTROL, "a")
+    meta.send_keys("[1]")
+    page.find_element("css selector", f"{card} .edit button.secondary").click()   # Save
+    _wait(page, lambda d: "must be a JSON object" in d.find_element("id", "search-error").text)
+    tied = page.execute_script("const m = arguments[0];"
+                               "return [m.getAttribute('aria-invalid'), m.getAttribute('aria-describedby')];", meta)
+    assert tied == ["true", "search-error"]
+    meta.send_keys(Keys.BACK_SPACE)
+    assert page.find_element("id", "search-error").text == ""
+    assert meta.get_attribute("aria-invalid") == "false" and meta.get_attribute("aria-describedby") is None
+
+
+def test_an_error_about_max_distance_or_an_add_form_field_is_tied_to_that_field_until_it_changes(
+        page, gallery, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    _, _, query = gallery_image_file(gallery, 9, tmp_path)
+    box = page.find_element("id", "max-distance")
+    box.send_keys("1e")   # not a number: the page's own error
+    upload(page, query)
+    _wait(page, lambda d: d.find_element("id", "search-error").text.startswith("Max distance"))
+    assert _tie(page, "max-distance") == ["true", "search-error"] and _tie(page, "file") == [None, None]
+    box.send_keys("-1")
+    assert page.find_element("id", "search-error").text == "" and _tie(page, "max-distance") == ["false", None]
+    # the add form: no files chosen, then a key the service refuses
+    _open_add_panel(page)
+    page.find_element("id", "add-submit").click()
+    _wait(page, lambda d: d.find_element("id", "add-error").text)
+    assert _tie(page, "add-files") == ["true", "add-error"]
+    page.find_element("id", "add-files").send_keys(str(query))
+    assert page.find_element("id", "add-error").text == "" and _tie(page, "add-files") == ["false", None]
+    key = page.find_element("id", "api-key")
+    key.send_keys("not-the-key")
+    page.find_element("id", "add-submit").click()
+    _wait(page, lambda d: d.find_element("id", "add-error").text)
+    assert _tie(page, "api-key") == ["true", "api-key-hint add-error"]
+    assert _tie(page, "add-files") == ["false", None]
+    key.send_keys(Keys.BACK_SPACE)
+    assert page.find_element("id", "add-error").text == "" and _tie(page, "api-key") == ["false", "api-key-hint"]
+
+
+# Every control a person can press or type in, measured as a finger meets it: a visually hidden input by the
+# label that stands for it (the file input by its drop zone).
+_TARGETS = """
+    const controls = 'a[href], button, input, select, textarea, summary, [tabindex]:not([tabindex="-1"])';
+    return [...document.querySelectorAll(controls)]
+      .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
+      .map(e => { const t = e.classList.contains('visually-hidden') ? e.closest('label') : e;
+                  const r = t.getBoundingClientRect();
+                  return {what: `${e.tagName.toLowerCase()}#${e.id}.${e.className}`,
+                          text: e.textContent.trim().slice(0, 30), width: r.width, height: r.height}; });"""
+
+
+def test_every_control_is_a_touch_target_of_24_css_pixels_or_more_on_a_phone_screen(
+        page, page_server, gallery, shared_data, tmp_path):
+    extra = cifar10_images(shared_data, 1, skip=PER_CLASS + 7)[:1]
+    key = {"X-API-Key": API_KEY}
+    r = httpx.post(page_server.url + "/index", params={"gallery": "zz-targets"}, headers=key,
+                   files=[("file", (name, data, "image/jpeg")) for name, _, data in extra], timeout=60)
+    assert r.status_code == 201, r.text   # a second gallery: the header offers the Galleries choice
+    _, photo = _photo(gallery, 10, tmp_path)
+    _emulate(page, 375, 667)
+    try:
+        page.get(page_server.url + "/")
+        _wait(page, lambda d: d.find_element("id", "gallery-choice").is_displayed())
+        _open_add_panel(page)
+        choose_k(page, 4)
+        upload(page, photo)   # a photo: the region picker and Select a region
+        wait_for_search(page)
+        ids = _ids(page)
+        _mark(page, ids[0], "like")   # the marks line with its two buttons
+        card = f'#results li:has(button.result[data-id="{ids[1]}"])'
+        page.find_element("css selector", f"{card} button.edit-open").click()   # a card's editor
+        targets = page.execute_script(_TARGETS)
+        assert page.execute_script("return document.documentElement.clientWidth") == 375
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        httpx.delete(page_server.url + "/galleries/zz-targets", headers=key, timeout=60)
+    shown = " ".join(t["what"] for t in targets)
+    for what in ("#skip-link", "#gallery-select", "#gallery-open", "#file", "#k", "#search-again", "summary",
+                 "#add-skip", "#add-files", "#region-mode", "#feedback-search", ".like", ".unlike", "edit-open",
+                 "textarea", "danger", "#browse", "#query-frame"):
+        assert what in shown, f"{what} was not measured: {shown}"
+    small = [t for t in targets if t["width"] < 24 - 0.01 or t["height"] < 24 - 0.01]
+    assert not small, small
+
+
+# The longest transition or animation anywhere on the page (every element and its ::before and ::after), in
+# seconds, and where: an animation's duration times its iterations (infinite: forever).
+_LONGEST_MOTION = """
+    const seconds = (t) => parseFloat(t) * (t.trim().endsWith('ms') ? 0.001 : 1);
+    let longest = {seconds: 0, what: null};
+    for (const e of document.querySelectorAll('*')) for (const pseudo of [null, '::before', '::after']) {
+      const s = getComputedStyle(e, pseudo);
+      const runs = s.transitionDuration.split(',').map(seconds);
+      if (s.animationName.split(',').some(n => n.trim() !== 'none')) {
+        const counts = s.animationIterationCount.split(',').map(c => c.trim() === 'infinite' ? Infinity : +c);
+        s.animationDuration.split(',').forEach((d, i) => runs.push(seconds(d) * counts[i % counts.length]));
+      }
+      const most = Math.max(...runs);
+      if (most > longest.seconds) longest = {seconds: most, what: `${e.tagName}#${e.id}.${e.className}${pseudo || ''}`};
+    }
+    return longest;"""
+
+
+def test_with_reduced_motion_asked_for_no_transition_lasts_over_a_hundredth_of_a_second_nor_a_scroll_is_smooth(
+        page, gallery, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    # without the setting the skip link slides in: a motion there is to take away
+    moving = page.execute_script(_LONGEST_MOTION)
+    assert moving["seconds"] > 0.01, moving
+    _, _, query = gallery_image_file(gallery, 11, tmp_path)
+    page.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                         {"features": [{"name": "prefers-reduced-motion", "value": "reduce"}]})
+    _emulate(page, 375, 667)
+    try:
+        page.get(page.current_url)
+        _wait(page, lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
+        assert page.execute_script("return matchMedia('(prefers-reduced-motion: reduce)').matches")
+        # every scroll the page asks for is instant: a search from the form brings the results up, the skip link
+        page.execute_script("window.scrolls = []; const into = Element.prototype.scrollIntoView;"
+                            "Element.prototype.scrollIntoView = function (o) {"
+                            "  window.scrolls.push(o && o.behavior); return into.call(this, o); };")
+        choose_k(page, 4)
+        upload(page, query)
+        wait_for_search(page)
+        page.execute_script("scrollTo(0, 0); document.getElementById('skip-link').focus()")
+        assert _focused(page) == "A#skip-link"
+        still = page.execute_script(_LONGEST_MOTION)   # with the skip link focused, results shown
+        page.switch_to.active_element.send_keys(Keys.ENTER)
+        assert _focused(page) == "H2#results-title"
+        scrolls = page.execute_script("return window.scrolls")
+    finally:
+        page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert still["seconds"] <= 0.01, still
+    assert len(scrolls) >= 2 and set(scrolls) == {"auto"}, scrolls

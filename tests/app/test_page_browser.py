@@ -213,7 +213,7 @@ def test_the_drop_zone_is_reached_by_keyboard_and_labelled(page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    ActionChains(page).send_keys(Keys.TAB).perform()    # the first stop on the page
+    ActionChains(page).send_keys(Keys.TAB, Keys.TAB).perform()    # the first stop after the skip link
     focused = page.switch_to.active_element
     assert focused.get_attribute("id") == "file" and focused.get_attribute("type") == "file"
     label = page.execute_script("return arguments[0].labels[0].textContent", focused)
