@@ -3,7 +3,6 @@ the FAISS index is derived from it and snapshotted. See docs/index.md."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -22,8 +21,9 @@ from ._checks import KEEP, ItemChecks, merge_patch, parse_position
 from ._rwlock import RWLock
 from ._facets import Facet, facet
 from ._store_open import StoreOpening, _blobs_to_matrix
-from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
-from ._types import Hit, Item, StoreConfig, parse_metadata, score_to_distance
+from ._store_search import StoreSearch
+from ._groups import _field_key
+from ._types import Item, StoreConfig, parse_metadata
 
 log = logging.getLogger("index")
 
@@ -31,12 +31,10 @@ SNAPSHOT_NAME = "index.snapshot"
 COMPACT_MIN = 256          # removed-but-present vectors (HNSW, refine) tolerated before a rebuild
 SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write call, else in background
 CHANGES_KEPT = 100_000     # change-log entries kept; a follower further behind compares listings
-BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
-BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
 
 
-class Store(StoreOpening, ItemChecks):
+class Store(StoreOpening, StoreSearch, ItemChecks):
     """A durable gallery of vectors with string ids. Open with Store.open(config).
 
     Thread-safe: searches run concurrently with each other and with writes; a write becomes
@@ -544,70 +542,6 @@ class Store(StoreOpening, ItemChecks):
 
     # ---- search ------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
-               max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
-        """The k nearest items of each query row (inner product on unit vectors), best first.
-        label: only items with this label (k of them when k exist). where: only items whose metadata
-        matches, e.g. {"source": "phone", "year": {"$gte": 2020}}: each key with this value (a JSON
-        scalar, compared with its JSON type: 1 matches 1 and 1.0, not "1" or true) or these operators
-        ($eq $ne $in $nin $exists $gt $gte $lt $lte; docs/index.md). max_distance: only hits with
-        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
-        self._check_open()
-        q = self._check_vector(queries, "query", batch=True)
-        k, max_distance = self._check_search(k, max_distance)
-        return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
-
-    def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
-                       exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
-                       where: dict[str, Any] | None = None,
-                       max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list[Hit]]:
-        """Each query's k nearest groups of items by `group_by` ("label" or "metadata.KEY"), each with its
-        group_size nearest items, as index.search_grouped defines them (one flat list a query, group after
-        group), with no id of `exclude`; label, where and max_distance as in search. The same answer as
-        index.search_grouped over this store's search, found from the FAISS ids and the in-memory labels:
-        a hit is made only of the items returned (bench_groups.py). ValueError for another group_by."""
-        key = _field_key(group_by)
-        self._check_open()
-        q = self._check_vector(queries, "query", batch=True)
-        k, max_distance = self._check_search(k, max_distance)
-        _check_group_size(group_size)
-        conditions, left_out = _filter.check_where(where), set(exclude)
-        return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
-                                                           conditions, max_candidates))
-
-    def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates):
-        rows = self._rows
-        ex = {self._fid_of[i] for i in left_out if i in self._fid_of}
-        if key is None:
-            def key_of(pair):   # a label is a string or None: its own key
-                return rows[pair[0]][1]
-        else:
-            def key_of(pair):
-                return value_key(parse_metadata(rows[pair[0]][2]).get(key))
-
-        def kept(pairs):
-            near = (p for p in pairs if p[0] not in ex) if ex else pairs
-            if max_distance is not None:   # the pairs are nearest first
-                near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
-            return near
-
-        found = read_groups(lambda pending, n: self._pairs_locked(q[pending], n, label, None, conditions), len(q), k,
-                            group_size, key_of, kept, len(ex), max_candidates)
-        return None if found is None else [self._hits(chosen, None) for chosen in found]
-
-    def search_by_id(self, id: str, k: int = 10, label: str | None = None,
-                     max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
-        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
-        where = _filter.check_where(where)
-        item = self.get(id)
-        if item is None:
-            raise KeyError(id)
-        k, max_distance = self._check_search(k, max_distance)
-        return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
-
-    def _search(self, q, k, label, max_distance, exclude, where=None):
-        return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where))
-
     def _retrying(self, locked: Callable[[], Any]) -> Any:
         """locked() under the read lock, again while it returns None (its exact fallback met a write
         committed but not yet applied)."""
@@ -624,148 +558,10 @@ class Store(StoreOpening, ItemChecks):
                                  "reopening the store (restarting the service) rebuilds that state")
             time.sleep(min(0.001 * attempt, 0.05))
 
-    def _search_locked(self, q, k, label, max_distance, exclude, where=None):
-        found = self._pairs_locked(q, k, label, exclude, where)
-        if found is None:
-            return None
-        return [self._hits(pairs[:k], max_distance) for pairs in found]
-
-    def _pairs_locked(self, q, k, label, exclude, where):
-        """(FAISS id, score) of the k nearest items of each query, nearest first, `exclude` (one id) not
-        among them; None when the exact fallback met a write in flight (the caller retries)."""
-        filtered = label is not None or where is not None
-        allowed = self._filter_fids(label, where) if filtered else None
-        population = len(allowed) if filtered else len(self._rows)
-        if exclude is not None and exclude in self._fid_of:
-            ex = self._fid_of[exclude]
-            if not filtered or _in_sorted(allowed, np.array([ex]))[0]:
-                population -= 1
-        else:
-            ex = None
-        want = min(k, population)
-        if want <= 0:
-            return [[] for _ in range(len(q))]
-        total = population + (ex is not None)
-        # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
-        # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
-        probe = min(k + 1 + (ex is not None), total)
-        D, I = self._faiss_locked(q, probe, allowed, population)
-        out = []
-        for qi in range(len(q)):
-            pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
-            if len(pairs) < want:
-                # The approximate index found fewer than exist (a selective filter, or
-                # removed vectors crowding the candidates): answer this query exactly.
-                pairs = self._exact_locked(q[qi], want, label, allowed, ex)
-                if pairs is None:
-                    return None
-            elif len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
-                pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex)
-            out.append(sorted(pairs, key=lambda p: (-p[1], p[0]))[:k])
-        return out
-
-    def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex):
-        """One query's pairs read on (twice as many each time) until every item scoring `tied` is among them."""
-        while pairs[-1][1] >= tied and n < total:
-            n = min(2 * n, total)
-            D, I = self._faiss_locked(q1, n, allowed, population)
-            pairs = [(f, s) for f, s in zip(I[0].tolist(), D[0].tolist()) if f >= 0 and f != ex]
-            if len(pairs) < n - (ex is not None):   # the approximate index has no more to give
-                break
-        return pairs
-
-    def _faiss_locked(self, q, kk, allowed, population):
-        """(scores, FAISS ids) of the kk nearest items of each query among `allowed` (every item when None),
-        removed items never among them; -1 pads a row short of kk."""
-        index = self._index
-        sel = keep = None
-        if allowed is not None:
-            keep = [allowed]
-            sel = faiss.IDSelectorBatch(allowed)
-        if self._dead:
-            dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
-            not_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
-            keep = (keep or []) + [dead, not_dead]
-            sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
-        cfg = self.config
-        widen = len(self._rows) / max(population, 1) if allowed is not None else 1.0
-        params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
-        gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
-        blas_from = _faiss.blas_min_queries(index)
-        if (allowed is not None and gpu is None and not self._dead and blas_from is not None
-                and len(q) >= blas_from and population * BROAD_FILTER >= len(self._rows)
-                and _broad_candidates(kk, population, len(self._rows)) <= BROAD_MAX_CANDIDATES):
-            # FAISS's exact search with a selector goes vector by vector, never through BLAS: for a
-            # batch and a filter that keeps much of the gallery, searching everything through BLAS
-            # for more candidates and keeping the allowed ones is 2-3x cheaper (bench_filter.py).
-            # A query left short by it takes the selector path after all.
-            D, I = self._search_broad(q, kk, allowed, population, params)
-        elif gpu is not None:
-            D, I = gpu.search(q, kk)
-        elif params is None:
-            _faiss.tune_exact_search(index)
-            D, I = index.search(q, kk)
-        else:
-            D, I = index.search(q, kk, params=params)
-        del keep, sel
-        return _faiss.to_scores(index, D), I
-
-    def _search_broad(self, q, kk, allowed, population, params):
-        """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
-        candidates; queries it leaves short are searched again with the selector (`params`)."""
-        index = self._index
-        over = _broad_candidates(kk, population, len(self._rows))
-        _faiss.tune_exact_search(index)
-        D, I = index.search(q, over)
-        ok = _in_sorted(allowed, I)  # I's -1 pads never match
-        D_out = np.full((len(q), kk), -np.inf, dtype=D.dtype)
-        I_out = np.full((len(q), kk), -1, dtype=np.int64)
-        short = []
-        for row in range(len(q)):
-            hits = np.flatnonzero(ok[row])[:kk]
-            if len(hits) < kk:
-                short.append(row)
-            D_out[row, :len(hits)], I_out[row, :len(hits)] = D[row, hits], I[row, hits]
-        if short:
-            D_out[short], I_out[short] = index.search(q[short], kk, params=params)
-        return D_out, I_out
-
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where` (see _filter), from the label and metadata indexes; cached until the next write."""
         return self._meta.filter_fids(label, where, self._version)
-
-    def _exact_locked(self, qv, want, label, allowed, ex):
-        """Exact scores over the candidates (`allowed`, or every item when None), from the database.
-        None when the database is ahead of the applied state for them (a write in flight); the
-        caller then retries."""
-        applied = self._applied_seq
-        if label is None:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ? ORDER BY seq",
-                                             (applied,)).fetchall()
-        else:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ? ORDER BY seq",
-                                             (label, applied)).fetchall()
-        keep = self._rows if allowed is None else set(allowed.tolist())
-        rows = [r for r in rows if r[0] in keep and r[0] in self._rows and r[0] != ex]
-        expected = len(self._rows) if allowed is None else len(allowed)
-        expected -= ex is not None and ex in keep
-        if len(rows) != expected:
-            return None
-        fids = np.array([r[0] for r in rows], dtype=np.int64)
-        scores = _blobs_to_matrix([r[1] for r in rows], self.dim) @ qv
-        top = np.argsort(-scores, kind="stable")[:want]
-        return [(int(fids[i]), float(scores[i])) for i in top]
-
-    def _hits(self, pairs, max_distance) -> list[Hit]:
-        hits = []
-        for fid, score in pairs:
-            dist = score_to_distance(score)
-            if max_distance is not None and dist > max_distance:
-                break  # sorted by score, so the rest are farther
-            id_, label, meta = self._rows[fid]
-            hits.append(Hit(id_, score, dist, label, parse_metadata(meta)))
-        return hits
 
     # ---- maintenance -------------------------------------------------------------------------
 
@@ -925,16 +721,3 @@ def _row_to_item(row, dim: int) -> Item:
     return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
                 metadata=parse_metadata(meta))
 
-
-def _broad_candidates(k: int, population: int, total: int) -> int:
-    """Candidates an unfiltered search needs to hold k of `population` allowed items among `total`,
-    with room to spare (twice the expected number, plus 16)."""
-    return min(total, int(k * total / max(population, 1) * 2) + 16)
-
-
-def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see MetaIndexes.filter_fids)."""
-    if len(sorted_ids) == 0:
-        return np.zeros(np.shape(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[pos] == ids
