@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from ._errors import ApiError
+from ._middleware import route_path
 from ._settings import Settings
 
 
@@ -185,7 +186,7 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
                        f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}"
                        + (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
                           "application/octet-stream; or a vector as an application/json body)"
-                          if request.url.path.rstrip("/").endswith("/search") else ""))
+                          if route_path(request.scope).rstrip("/").endswith("/search") else ""))
     parser = _Utf8FormParser(request.headers, request.stream(), max_files=s.max_files_per_request,
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:

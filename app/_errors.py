@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -93,14 +94,23 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def _id_with_line_break(request: Request) -> str | None:
     """The id in /index/{id} or /search/{id} when it holds a line feed, which the routes' path parameter
     does not match (so the request would read as "no route"); else None."""
-    path = request.scope.get("path", "")
-    root = request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
+    path = get_route_path(request.scope)
     for prefix in ("/index/", "/search/"):
         if path.startswith(prefix) and "\n" in path:
             return path[len(prefix):]
     return None
+
+
+def _prefix_kept(request: Request) -> str:
+    """When the route path still begins with the root path (the request came with the prefix on, from a gateway that
+    did not strip it, and uvicorn put the prefix before it once more): a sentence saying so, else ""."""
+    root = request.scope.get("root_path", "")
+    path = get_route_path(request.scope)
+    if not root or not (path == root or path.startswith(root + "/")):
+        return ""
+    return (f" (the service runs under the root path {root} and puts it before every path it receives: the gateway "
+            f"must strip {root} before passing a request on, nginx's `location {root}/ {{ proxy_pass "
+            "http://SERVICE/; }`)")
 
 
 def all_routes(routes):
@@ -145,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
             if item is not None:
                 return error_response(422, "invalid_id", f"id {item[:80]!r} is not valid: an id holds no control "
                                                          "characters, and no item has this one")
-            message = f"no route for {request.method} {request.url.path}"
+            message = f"no route for {request.method} {request.url.path}{_prefix_kept(request)}"
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             message = f"method {request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import anyio
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -198,6 +199,13 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path as the routes see it: without the root path (SIMSEARCH_ROOT_PATH, uvicorn's --root-path),
+    which uvicorn puts before the path it received. What a request is (a write, a probe, an open page) is decided
+    on this path, so that a prefix changes none of it. Starlette's own reading, the one its routing matches on."""
+    return get_route_path(scope)
+
+
 def is_open_path(path: str) -> bool:
     """Probes, docs, the search page and its static files: no key, no rate limit."""
     return path in _OPEN_PATHS or path.startswith("/static/")
@@ -259,7 +267,7 @@ class MetricsMiddleware:
             labels = (scope["method"], route, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
-            if self.wrote is not None and 200 <= status < 300 and is_write(scope["method"], scope["path"]):
+            if self.wrote is not None and 200 <= status < 300 and is_write(scope["method"], route_path(scope)):
                 self.wrote()
 
 
@@ -453,13 +461,16 @@ class AuthMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open_path(scope["path"]):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = route_path(scope)
+        if is_open_path(path):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         key = presented_key(headers)
         key_ok = key is not None and bool(self.keys) and self.keys.accepts(key)
-        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], scope["path"])
-                                         or is_gallery_scan(scope["path"]))
+        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], path)
+                                         or is_gallery_scan(path))
         if needs_key and key is None:
             self.metrics.rejected.labels("missing_key").inc()
             return await send_error(send, 401, "missing_api_key",
@@ -492,7 +503,7 @@ class ConcurrencyLimitMiddleware:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or scope["path"] in PROBE_PATHS:
+        if scope["type"] != "http" or self.limit <= 0 or route_path(scope) in PROBE_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
             self.metrics.rejected.labels("overloaded").inc()

@@ -16,6 +16,10 @@ MILVUS_INDEXES = ("flat", "hnsw", "ivf")
 # A thumbnail this size fits index._milvus.MAX_THUMBNAIL (49,149 bytes): at 384 px the largest measured
 # was 33,532 bytes (noise, the worst case for JPEG); at 512, a 640x480 photo's was 52,691
 MILVUS_MAX_THUMBNAIL_SIZE = 384
+# A root path: "/" and non-empty parts of the characters a URL path holds as they are (uvicorn puts the prefix in
+# both the decoded path and the raw one, so no % escapes, and ASCII only), no part "." or "..", which browsers
+# take out of a URL
+_ROOT_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+")
 
 
 # SIMSEARCH_* variables that are not settings below but are read elsewhere: by `simsearch serve` (workers,
@@ -99,6 +103,30 @@ class Settings(BaseSettings):
     thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    root_path: str = Field("", description="the path prefix the service is reached under behind a gateway that "
+                                           "strips it (/simsearch for https://host/simsearch/): `simsearch serve` "
+                                           "gives it to uvicorn as the ASGI root_path, so that /docs loads "
+                                           "/simsearch/openapi.json and redirects keep the prefix; default: none")
+
+    @field_validator("root_path")
+    @classmethod
+    def _path_prefix(cls, v: str) -> str:
+        if not v:
+            return v
+        if v == "/":
+            raise ValueError("/ is the root itself: leave it unset (empty) to serve at the root")
+        if not v.startswith("/"):
+            why = "it must start with / (/simsearch, say)"
+        elif v.endswith("/"):
+            why = f"it must not end with / (give {v.rstrip('/')!r})"
+        elif "?" in v or "#" in v:
+            why = "it holds ? or # (a prefix has no query or fragment)"
+        elif not _ROOT_PATH.fullmatch(v):
+            why = ("each part between slashes must be non-empty, not . or .., and of letters, digits and "
+                   "-._~!$&'()*+,;=:@ only (no spaces, % escapes or non-ASCII)")
+        else:
+            return v
+        raise ValueError(f"not a path prefix: {why}")
 
     @field_validator("api_key")
     @classmethod

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,9 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx here (scripts/test installs Debian's nginx-light)")
 
 
-def _gateway_conf(work: Path, service_port: int, port: int) -> Path:
+def gateway_conf(work: Path, service_port: int, port: int, more: str = "") -> Path:
+    """deploy/nginx.conf with the stand-ins for the compose network, listening on `port` and passing requests to
+    the service on `service_port`; `more` is put at the end of its http block (another server, say)."""
     conf = (REPO / "deploy" / "nginx.conf").read_text()
     swaps = [("pid /tmp/nginx.pid;", f"pid {work}/nginx.pid;"),
              ("include /tmp/simsearch-resolver.conf;", ""),
@@ -33,6 +36,9 @@ def _gateway_conf(work: Path, service_port: int, port: int) -> Path:
         assert old in conf, f"deploy/nginx.conf no longer holds {old!r}: update this test's stand-ins"
         conf = conf.replace(old, new)
     conf = re.sub(r"/tmp/(\w+_temp)", lambda m: f"{work}/{m.group(1)}", conf)
+    if more:
+        end = conf.rstrip().rfind("}")   # the http block's
+        conf = conf[:end] + more + "\n" + conf[end:]
     (work / "cors.conf").write_text('map $http_origin $cors_origin {\n    default "";\n}\n')
     path = work / "nginx.conf"
     path.write_text(conf)
@@ -46,30 +52,44 @@ def gateway(hybrid1_artifact, tmp_path):
     service = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
                             "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "20", "FORWARDED_ALLOW_IPS": "*"}, tmp_path,
                            ["--log-level", "info"])   # the access lines, with the client's address
+    try:
+        work = gateway_folder(tmp_path)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with running_nginx(gateway_conf(work, service.port, port), work, url + "/healthz"):
+            yield url, service
+    finally:
+        stop_server(service)
+
+
+def gateway_folder(tmp_path: Path) -> Path:
+    """A folder for nginx's configuration, logs and temporary files."""
     work = tmp_path / "gateway"
     work.mkdir()
     os.chmod(work, 0o777)   # nginx's workers run as nobody when it is started as root
-    port = free_port()
-    conf = _gateway_conf(work, service.port, port)
+    return work
+
+
+@contextmanager
+def running_nginx(conf: Path, work: Path, probe: str):
+    """nginx run with `conf` until the block ends, once `probe` (a URL through it) answers 200."""
     nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             assert nginx.poll() is None, nginx.stdout.read().decode(errors="replace")
             try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(probe, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "the gateway did not answer in 30 s"
+            assert time.monotonic() < deadline, f"the gateway did not answer {probe} in 30 s"
             time.sleep(0.1)
-        yield url, service
+        yield nginx
     finally:
         nginx.terminate()
         nginx.wait(10)
-        stop_server(service)
 
 
 def test_a_client_behind_the_gateway_cannot_choose_the_address_its_rate_limit_is_counted_by(gateway):

@@ -110,3 +110,19 @@ def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path):
         served.stderr[-2000:]
     # it used to load the model, open (and lock) the index and say "ready in ..." after the bind failed
     assert "Started server process" not in served.stderr and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("given, words", [
+    (["--root-path", "/simsearch/"], "SIMSEARCH_ROOT_PATH: Value error, not a path prefix: it must not end with / "
+                                     "(give '/simsearch') (got '/simsearch/')"),
+    (["--root-path", "simsearch"], "it must start with / (/simsearch, say) (got 'simsearch')"),
+    (["--root-path", "/"], "/ is the root itself: leave it unset (empty) to serve at the root (got '/')"),
+    (["--root-path", "/photos?x=1"], "it holds ? or # (a prefix has no query or fragment) (got '/photos?x=1')"),
+    (["--root-path", "/two words"], "no spaces, % escapes or non-ASCII) (got '/two words')"),
+])
+def test_a_root_path_that_is_no_path_prefix_is_one_line_at_start_naming_it(tmp_path, given, words):
+    env = {**os.environ, "SIMSEARCH_DATA_DIR": str(tmp_path / "data")}
+    served = subprocess.run([sys.executable, "-m", "cli", "serve", "--port", "0", *given], env=env,
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert served.returncode == 2 and words in served.stderr and "Traceback" not in served.stderr, served.stderr
+    assert not (tmp_path / "data").exists()
