@@ -3,14 +3,17 @@ ingress that strips the prefix, in front of the compose gateway (deploy/nginx.co
 a `simsearch serve` process, spoken to over HTTP."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
 import pytest
 
-from .conftest import LiveServer, encode, free_port, pattern, start_server, stop_server
+from .conftest import REPO, LiveServer, encode, free_port, pattern, start_server, stop_server
 from .test_gateway import NGINX, gateway_conf, gateway_folder, running_nginx
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx here (scripts/test installs Debian's nginx-light)")
@@ -117,3 +120,14 @@ def test_a_request_that_keeps_the_prefix_is_told_the_gateway_must_strip_it(prefi
     # an unknown path through the gateway is named as the client sent it, without that advice
     unknown = httpx.get(prefixed.url + "/nowhere", timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["message"] == f"no route for GET {PREFIX}/nowhere"
+
+
+def test_the_command_line_reaches_the_service_under_its_prefix(prefixed, tmp_path):
+    stored = httpx.post(prefixed.url + "/index", files=[_image(11)], data={"id": "cli-11"},
+                        headers={"X-API-Key": KEY}, timeout=30)
+    assert stored.status_code == 201, stored.text
+    query = tmp_path / "query.jpg"
+    query.write_bytes(_image(11)[1][1])
+    found = subprocess.run([sys.executable, "-m", "cli", "search", str(query), "--url", prefixed.url + "/", "-k", "1"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert found.returncode == 0 and "cli-11" in found.stdout, found.stdout + found.stderr
