@@ -14,8 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from ._errors import ApiError
-from ._middleware import route_path
+from ._errors import ApiError, route_path
 from ._settings import Settings
 
 

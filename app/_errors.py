@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -91,10 +90,23 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def route_path(scope) -> str:
+    """The request's path as the routes match it: without the root path (SIMSEARCH_ROOT_PATH, uvicorn's
+    --root-path), which uvicorn puts before the path it received. What a request is (a write, a probe, an open
+    page) is decided on this path, so that a prefix changes none of it. (Starlette's routing reads it the same
+    way, in a private helper of its own.)"""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    rest = path[len(root):]
+    return rest if rest == "" or rest.startswith("/") else path
+
+
 def _id_with_line_break(request: Request) -> str | None:
     """The id in /index/{id} or /search/{id} when it holds a line feed, which the routes' path parameter
     does not match (so the request would read as "no route"); else None."""
-    path = get_route_path(request.scope)
+    path = route_path(request.scope)
     for prefix in ("/index/", "/search/"):
         if path.startswith(prefix) and "\n" in path:
             return path[len(prefix):]
@@ -105,7 +117,7 @@ def _prefix_kept(request: Request) -> str:
     """When the route path still begins with the root path (the request came with the prefix on, from a gateway that
     did not strip it, and uvicorn put the prefix before it once more): a sentence saying so, else ""."""
     root = request.scope.get("root_path", "")
-    path = get_route_path(request.scope)
+    path = route_path(request.scope)
     if not root or not (path == root or path.startswith(root + "/")):
         return ""
     return (f" (the service runs under the root path {root} and puts it before every path it receives: the gateway "

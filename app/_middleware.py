@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 import anyio
-from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import ERROR_CODE, REQUEST_ID, ApiError, all_routes, send_error
+from ._errors import ERROR_CODE, REQUEST_ID, ApiError, all_routes, route_path, send_error
 from ._metrics import Metrics
 
 log = logging.getLogger("simsearch.app")
@@ -197,13 +196,6 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def route_path(scope: Scope) -> str:
-    """The request's path as the routes see it: without the root path (SIMSEARCH_ROOT_PATH, uvicorn's --root-path),
-    which uvicorn puts before the path it received. What a request is (a write, a probe, an open page) is decided
-    on this path, so that a prefix changes none of it. Starlette's own reading, the one its routing matches on."""
-    return get_route_path(scope)
 
 
 def is_open_path(path: str) -> bool:
