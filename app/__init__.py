@@ -14,9 +14,9 @@ from ._errors import JsonCORSMiddleware, install_error_handlers
 from ._metrics import Metrics
 from ._openapi import install_openapi
 from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, HeadMiddleware, KeyRing,
-                          MetricsMiddleware,
-                          RateLimiter, RequestIdLogFilter, RequestIdMiddleware, SecurityHeadersMiddleware,
-                          SharedRateLimiter, install_access_log_redaction, parse_keys, route_resolver)
+                          MetricsMiddleware, RateLimiter, RequestIdLogFilter, RequestIdMiddleware, RootPathMiddleware,
+                          SecurityHeadersMiddleware, SharedRateLimiter, install_access_log_redaction, parse_keys,
+                          route_resolver)
 from ._answers import POSITION_HEADER
 from ._params import AFTER_HEADER
 from ._routes import router
@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     key_for_reads=settings.require_key_for_reads)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    # Added innermost first: metrics -> CORS -> key and rate limit -> concurrency cap -> body limit -> HEAD -> routes.
+    # A request passes root path -> security headers -> request id -> metrics -> CORS -> key and rate limit ->
+    # concurrency cap -> body limit -> HEAD -> routes; they are added innermost first.
     app.add_middleware(HeadMiddleware)   # innermost: HEAD wherever GET, past the key check and limits as a GET
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics,
                        timeout=settings.body_timeout_seconds)
@@ -84,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app),
                        wrote=service.refusals.succeeded)
     app.add_middleware(RequestIdMiddleware)  # every answer, the middlewares' refusals too, has an id
-    app.add_middleware(SecurityHeadersMiddleware)   # outermost: nosniff (and frame-ancestors on pages) on every answer
+    app.add_middleware(SecurityHeadersMiddleware)   # nosniff (and frame-ancestors on pages) on every answer
+    if settings.root_path:   # outermost: the prefix put on (or kept), before any middleware reads a path
+        app.add_middleware(RootPathMiddleware, root_path=settings.root_path)
     install_access_log_redaction()   # an API key put in a query string is not written to the access log
     return app
 

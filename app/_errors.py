@@ -113,18 +113,6 @@ def _id_with_line_break(request: Request) -> str | None:
     return None
 
 
-def _prefix_kept(request: Request) -> str:
-    """When the route path still begins with the root path (the request came with the prefix on, from a gateway that
-    did not strip it, and uvicorn put the prefix before it once more): a sentence saying so, else ""."""
-    root = request.scope.get("root_path", "")
-    path = route_path(request.scope)
-    if not root or not (path == root or path.startswith(root + "/")):
-        return ""
-    return (f" (the service runs under the root path {root} and puts it before every path it receives: the gateway "
-            f"must strip {root} before passing a request on, nginx's `location {root}/ {{ proxy_pass "
-            "http://SERVICE/; }`)")
-
-
 def all_routes(routes):
     """The routes of an app, the included routers' flattened (FastAPI wraps each included router in one route)."""
     for route in routes:
@@ -167,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
             if item is not None:
                 return error_response(422, "invalid_id", f"id {item[:80]!r} is not valid: an id holds no control "
                                                          "characters, and no item has this one")
-            message = f"no route for {request.method} {request.url.path}{_prefix_kept(request)}"
+            message = f"no route for {request.method} {request.url.path}"
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             message = f"method {request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"

@@ -174,6 +174,28 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _HTML_HEADERS = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-frame-options", b"SAMEORIGIN"))
 
 
+class RootPathMiddleware:
+    """The service under a path prefix (SIMSEARCH_ROOT_PATH, /simsearch), whether the gateway strips the prefix
+    or passes it on: a path without it gets it put before it, as uvicorn's own --root-path does, and a path with
+    it is left as it is (uvicorn's would put it there twice: a 404), and the ASGI root_path is set. Outermost, so
+    that every middleware and route sees the one shape, and reads its decisions from route_path."""
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            if not (path == self.root or path.startswith(self.root + "/")):
+                raw = scope.get("raw_path")
+                scope = dict(scope, path=self.root + path)
+                if raw is not None:
+                    scope["raw_path"] = self.root.encode("ascii") + raw
+            scope["root_path"] = self.root
+        await self.app(scope, receive, send)
+
+
 class SecurityHeadersMiddleware:
     """Adds X-Content-Type-Options: nosniff to every answer, and to HTML ones Content-Security-Policy:
     frame-ancestors 'self' and X-Frame-Options: SAMEORIGIN (a header the answer already has is kept)."""

@@ -103,10 +103,10 @@ class Settings(BaseSettings):
     thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    root_path: str = Field("", description="the path prefix the service is reached under behind a gateway that "
-                                           "strips it (/simsearch for https://host/simsearch/): `simsearch serve` "
-                                           "gives it to uvicorn as the ASGI root_path, so that /docs loads "
-                                           "/simsearch/openapi.json and redirects keep the prefix; default: none")
+    root_path: str = Field("", description="the path prefix the service is reached under behind a gateway "
+                                           "(/simsearch for https://host/simsearch/), stripped by the gateway or "
+                                           "not: the ASGI root_path, so that /docs loads /simsearch/openapi.json "
+                                           "and redirects keep the prefix; default: none")
 
     @field_validator("root_path")
     @classmethod

@@ -33,9 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=env("SIMSEARCH_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=env("SIMSEARCH_PORT", "8000"),
                    help="port (default $SIMSEARCH_PORT, else 8000)")
-    p.add_argument("--root-path", help="the path prefix a gateway reaches the service under and strips before "
-                                       "passing requests on (/simsearch for https://host/simsearch/): the ASGI "
-                                       "root_path, so that /docs and redirects carry it (default: none)")
+    p.add_argument("--root-path", help="the path prefix a gateway reaches the service under, whether it strips it "
+                                       "before passing requests on or not (/simsearch for https://host/simsearch/): "
+                                       "the ASGI root_path, so that /docs and redirects carry it (default: none)")
     p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
     p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
     p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default: "
@@ -126,7 +126,6 @@ def _serve(args) -> int:
         uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
                     workers=args.workers if args.workers != 1 else None,
                     log_config=_log_config(args.log_level, args.log_format), proxy_headers=True,
-                    root_path=settings.root_path,   # uvicorn puts it before each request's path, as ASGI has it
                     forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                     timeout_graceful_shutdown=10)
     finally:

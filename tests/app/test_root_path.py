@@ -1,6 +1,6 @@
 """The service under a path prefix (https://host/simsearch/): `simsearch serve --root-path /simsearch` behind an
-ingress that strips the prefix, in front of the compose gateway (deploy/nginx.conf), all of them real: nginx and
-a `simsearch serve` process, spoken to over HTTP."""
+ingress that strips the prefix, in front of the compose gateway (deploy/nginx.conf), and reached with the prefix
+kept (a gateway that passes it on), all of them real: nginx and a `simsearch serve` process, over HTTP."""
 from __future__ import annotations
 
 import os
@@ -111,13 +111,28 @@ def test_the_search_page_under_a_prefix_reaches_the_api_through_it(prefixed):
         assert r.status_code == 200, (relative, r.text[:500])
 
 
-def test_a_request_that_keeps_the_prefix_is_told_the_gateway_must_strip_it(prefixed):
-    # uvicorn puts the root path before every path it receives: /simsearch/readyz sent as it is reads as
-    # /simsearch/simsearch/readyz, which no route serves
-    kept = httpx.get(prefixed.service.url + PREFIX + "/readyz", timeout=30)
-    assert kept.status_code == 404, kept.text
-    assert f"must strip {PREFIX} before passing a request on" in kept.json()["error"]["message"], kept.text
-    # an unknown path through the gateway is named as the client sent it, without that advice
+def test_a_gateway_that_passes_the_prefix_on_reaches_the_same_service(prefixed):
+    # what an ingress without the strip sends (/simsearch/readyz as it is): uvicorn's own --root-path would read
+    # it as /simsearch/simsearch/readyz, a 404; the service keeps a prefix that is there
+    kept = prefixed.service.url + PREFIX
+    ready = httpx.get(kept + "/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+    refused = httpx.post(kept + "/index", files=[_image(9)], data={"id": "kept-9"}, timeout=30)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key", refused.text
+    stored = httpx.post(kept + "/index", files=[_image(9)], data={"id": "kept-9"}, headers={"X-API-Key": KEY},
+                        timeout=30)
+    assert stored.status_code == 201, stored.text
+    # a write through one way is read through the other (one service, one gallery)
+    hits = httpx.post(prefixed.url + "/search?k=1", files=[_image(9)], timeout=30).json()["results"]
+    assert [h["id"] for h in hits] == ["kept-9"], hits
+    docs = httpx.get(kept + "/docs", timeout=30)
+    assert docs.status_code == 200 and f"'{PREFIX}/openapi.json'" in docs.text, docs.text[:2000]
+    assert httpx.get(kept + "/openapi.json", timeout=30).json()["servers"][0]["url"] == PREFIX
+    page = httpx.get(kept + "/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:500]
+    for static in (kept + "/static/index.html", prefixed.url + "/static/index.html"):   # the mounted files
+        assert httpx.get(static, timeout=30).status_code == 200, static
+    # an unknown path is named as the client sent it
     unknown = httpx.get(prefixed.url + "/nowhere", timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["message"] == f"no route for GET {PREFIX}/nowhere"
 
