@@ -362,77 +362,17 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     return out
 
 
-def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,  # noqa: C901 (to split: find the tree, choose the splits, decode)
+def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
                          image_size: int, test_fraction: float, seed: int, progress: bool = True) -> Dataset:
-    tops = {n.split("/", 1)[0] for n in names if "/" in n}
-    with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
     info: dict = {}
-    not_read: dict[str, str] = {}
-    val_dirs = [d for d in _VAL_DIRS if d in with_images]
-    if len(val_dirs) > 1:
-        raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
-    if "train" in tops and ("test" in tops or val_dirs):
-        # train/ + test/, with a validation folder beside them or not; train/ + val/ alone: val/ is the test split
-        test_dir, val_dir = ("test", val_dirs[0] if val_dirs else None) if "test" in tops else (val_dirs[0], None)
-
-        def tree(folder: str) -> dict[str, list[str]]:
-            return _class_tree([n.split("/", 1)[1] for n in names if n.startswith(folder + "/")])
-
-        train_tree, test_tree = tree("train"), tree(test_dir)
-        if not train_tree:
-            raise DatasetError(f"{display}: train/ has no class folders with images in them")
-        parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
-        info["test_from"] = f"{test_dir}/"
-        if ignored := sorted(with_images - {"train", test_dir, val_dir}):
-            info["ignored_folders"] = ignored
-        if val_dir is not None and tree(val_dir):
-            parts["val"] = (val_dir + "/", tree(val_dir))
-            info["val_from"] = f"{val_dir}/"
-        classes = sorted(set().union(*(t for _, t in parts.values())))
-        not_read = _not_read(src, prefix, "train/", names, train_tree)
-        if only := sorted(set(test_tree) - set(train_tree)):
-            info["test_only_classes"] = only
-    else:
-        tree = _class_tree(names)
-        if not tree:
-            raise DatasetError(_explain(display, names, prefix))
-        classes = sorted(tree)
-        parts = {"all": ("", tree)}
-        not_read = _not_read(src, prefix, "", names, tree)
-        loose = [n for n, why in not_read.items() if why == "not in a class folder"]
-        if prefix and loose and len(classes) < 2:
-            # the one folder descended into holds images itself: it is the class, not its sub-folder
-            top = prefix.rstrip("/").rsplit("/", 1)[-1]
-            count = sum(map(len, tree.values())) + len(loose)
-            raise DatasetError(f"{display}: found only 1 class folder ({top!r}, {count} images, sub-folders "
-                               f"included); need at least 2: put each class's images in its own folder, "
-                               f"<class>/<image>")
-        if prefix:
-            info["root"] = prefix.rstrip("/")
+    parts, classes, not_read = _imagefolder_parts(src, prefix, names, display, info)
     if not_read:
         info["not_read"] = not_read
     if len(classes) < 2:
         raise DatasetError(f"{display}: found only {len(classes)} class folder ({classes}); need at least 2")
-    decoded, skipped = {}, {}
-    for key, (sub, tree) in parts.items():
-        files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
-        images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
-                                     progress)
-        skipped.update({n.removeprefix(prefix): why for n, why in bad.items()})
-        decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
+    decoded, skipped = _decode_parts(src, prefix, parts, in_chans, image_size, progress)
     if skipped:
-        total = sum(len(files) for _, files in decoded.values()) + len(skipped)
-        first = min(skipped.items())
-        if len(skipped) == total:
-            raise DatasetError(f"{display}: none of its {total} images could be decoded (e.g. {first[0]!r}: "
-                               f"{first[1]})")
-        info["skipped_images"] = {"count": len(skipped), "first": [f"{n}: {why}" for n, why in
-                                                                   sorted(skipped.items())[:_SKIPPED_LISTED]]}
-        # a class whose every image was skipped is not a class of this dataset
-        classes = sorted({c for _, files in decoded.values() for _, c in files})
-        if len(classes) < 2:
-            raise DatasetError(f"{display}: only {len(classes)} class folder ({classes}) has images that decode "
-                               f"({len(skipped)} do not, e.g. {first[0]!r}); need at least 2")
+        classes = _note_skipped(display, decoded, skipped, info)
     index = {c: i for i, c in enumerate(classes)}
     splits = {key: Split(images, torch.tensor([index[c] for _, c in files], dtype=torch.long), [f for f, _ in files])
               for key, (images, files) in decoded.items()}
@@ -441,17 +381,127 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
                            f"(e.g. {min(n for n in skipped if n.startswith('train/'))!r})")
     val = splits.pop("val", None)
     if "all" in splits:
-        if not 0.0 < test_fraction < 1.0:
-            raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
-        train_idx, test_idx = stratified_split(splits["all"].labels, test_fraction, seed)
-        splits = {"train": splits["all"].subset(train_idx), "test": splits["all"].subset(test_idx)}
-        info.update(test_from=f"seeded stratified {test_fraction:g} of each class", split_seed=seed)
+        splits = _held_out_test(splits["all"], test_fraction, seed, info)
+    return Dataset(_dataset_name(src), "imagefolder", splits["train"], splits["test"], classes, display, info,
+                   val if val is not None and len(val) else None)
+
+
+_Parts = dict[str, tuple[str, dict[str, list[str]]]]   # split -> (its folder within the dataset, its class tree)
+
+
+def _imagefolder_parts(src: _Source, prefix: str, names: list[str], display: str,
+                       info: dict) -> tuple[_Parts, list[str], dict[str, str]]:
+    """Where an ImageFolder's splits lie: (split -> (folder, class tree), the classes, what is not read), the
+    layout noted in `info`. train/ beside test/ or a validation folder are splits of their own; otherwise the
+    class folders make one part ("all") that is split later."""
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
+    val_dirs = [d for d in _VAL_DIRS if d in with_images]
+    if len(val_dirs) > 1:
+        raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
+    if "train" in tops and ("test" in tops or val_dirs):
+        # train/ + test/, with a validation folder beside them or not; train/ + val/ alone: val/ is the test split
+        test_dir, val_dir = ("test", val_dirs[0] if val_dirs else None) if "test" in tops else (val_dirs[0], None)
+        return _split_folder_parts(src, prefix, names, display, info, with_images, test_dir, val_dir)
+    return _class_folder_parts(src, prefix, names, display, info)
+
+
+def _split_folder_parts(src: _Source, prefix: str, names: list[str], display: str, info: dict,
+                        with_images: set[str], test_dir: str,
+                        val_dir: str | None) -> tuple[_Parts, list[str], dict[str, str]]:
+    """_imagefolder_parts for train/ beside `test_dir` (test/, or a validation folder standing for it) and
+    `val_dir`, a validation folder beside both, or None."""
+    def tree(folder: str) -> dict[str, list[str]]:
+        return _class_tree([n.split("/", 1)[1] for n in names if n.startswith(folder + "/")])
+
+    train_tree, test_tree = tree("train"), tree(test_dir)
+    if not train_tree:
+        raise DatasetError(f"{display}: train/ has no class folders with images in them")
+    parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
+    info["test_from"] = f"{test_dir}/"
+    if ignored := sorted(with_images - {"train", test_dir, val_dir}):
+        info["ignored_folders"] = ignored
+    if val_dir is not None and tree(val_dir):
+        parts["val"] = (val_dir + "/", tree(val_dir))
+        info["val_from"] = f"{val_dir}/"
+    classes = sorted(set().union(*(t for _, t in parts.values())))
+    not_read = _not_read(src, prefix, "train/", names, train_tree)
+    if only := sorted(set(test_tree) - set(train_tree)):
+        info["test_only_classes"] = only
+    return parts, classes, not_read
+
+
+def _class_folder_parts(src: _Source, prefix: str, names: list[str], display: str,
+                        info: dict) -> tuple[_Parts, list[str], dict[str, str]]:
+    """_imagefolder_parts for class folders alone (<class>/<image>), under `prefix`, the one folder descended
+    into when there is one."""
+    tree = _class_tree(names)
+    if not tree:
+        raise DatasetError(_explain(display, names, prefix))
+    classes = sorted(tree)
+    not_read = _not_read(src, prefix, "", names, tree)
+    loose = [n for n, why in not_read.items() if why == "not in a class folder"]
+    if prefix and loose and len(classes) < 2:
+        # the one folder descended into holds images itself: it is the class, not its sub-folder
+        top = prefix.rstrip("/").rsplit("/", 1)[-1]
+        count = sum(map(len, tree.values())) + len(loose)
+        raise DatasetError(f"{display}: found only 1 class folder ({top!r}, {count} images, sub-folders "
+                           f"included); need at least 2: put each class's images in its own folder, "
+                           f"<class>/<image>")
+    if prefix:
+        info["root"] = prefix.rstrip("/")
+    return {"all": ("", tree)}, classes, not_read
+
+
+def _decode_parts(src: _Source, prefix: str, parts: _Parts, in_chans: int, image_size: int, progress: bool
+                  ) -> tuple[dict[str, tuple[torch.Tensor, list[tuple[str, str]]]], dict[str, str]]:
+    """Each part's images decoded, in class then file order: ({split: (images, [(file, class)] of those that
+    decoded)}, {file: why} for those that did not)."""
+    decoded, skipped = {}, {}
+    for key, (sub, tree) in parts.items():
+        files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
+        images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
+                                     progress)
+        skipped.update({n.removeprefix(prefix): why for n, why in bad.items()})
+        decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
+    return decoded, skipped
+
+
+def _note_skipped(display: str, decoded: dict[str, tuple[torch.Tensor, list[tuple[str, str]]]],
+                  skipped: dict[str, str], info: dict) -> list[str]:
+    """The classes left once the images that did not decode are skipped, those noted in `info`; a dataset of
+    which none, or fewer than 2 classes, decode is refused."""
+    total = sum(len(files) for _, files in decoded.values()) + len(skipped)
+    first = min(skipped.items())
+    if len(skipped) == total:
+        raise DatasetError(f"{display}: none of its {total} images could be decoded (e.g. {first[0]!r}: "
+                           f"{first[1]})")
+    info["skipped_images"] = {"count": len(skipped), "first": [f"{n}: {why}" for n, why in
+                                                               sorted(skipped.items())[:_SKIPPED_LISTED]]}
+    # a class whose every image was skipped is not a class of this dataset
+    classes = sorted({c for _, files in decoded.values() for _, c in files})
+    if len(classes) < 2:
+        raise DatasetError(f"{display}: only {len(classes)} class folder ({classes}) has images that decode "
+                           f"({len(skipped)} do not, e.g. {first[0]!r}); need at least 2")
+    return classes
+
+
+def _held_out_test(every: Split, test_fraction: float, seed: int, info: dict) -> dict[str, Split]:
+    """{"train", "test"}: a seeded stratified `test_fraction` of each class held out of `every` (the images of a
+    dataset without a test/ folder), noted in `info`."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    train_idx, test_idx = stratified_split(every.labels, test_fraction, seed)
+    info.update(test_from=f"seeded stratified {test_fraction:g} of each class", split_seed=seed)
+    return {"train": every.subset(train_idx), "test": every.subset(test_idx)}
+
+
+def _dataset_name(src: _Source) -> str:
+    """The dataset's name: its folder's or tar's, without the archive's suffixes."""
     name = src.path.name
     for suffix in (".tar", ".gz", ".tgz", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
-    name = name.removesuffix(".tar")
-    return Dataset(name, "imagefolder", splits["train"], splits["test"], classes, display, info,
-                   val if val is not None and len(val) else None)
+    return name.removesuffix(".tar")
 
 
 def _explain(display: str, names: list[str], prefix: str = "") -> str:

@@ -338,7 +338,7 @@ def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None)
     return {"unscored_classes": unscored, "scored_queries": int(sizes[sizes > 1].sum())}
 
 
-def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,  # noqa: C901 (to split: load, embed, score, report)
+def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
                       batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
                       max_test: int | None = None, seed: int = 0, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,
@@ -373,51 +373,18 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     """
     import model
 
-    from ._data import DatasetError, load_dataset, stratified_split
-
-    if max_test is not None and (isinstance(max_test, bool) or not isinstance(max_test, int) or max_test < 1):
-        raise ValueError(f"max_test must be an integer of at least 1 (None for every test image), got {max_test!r}")
-    if tta is not None and tta not in model.TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(model.TTA_MODES)}")
+    _check_evaluate_options(max_test, tta)
     art = model.load_artifact(artifact)
     meta = art.meta
     tta = meta.tta if tta is None else tta
-    ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
-                      split_seed=split_seed, progress=progress)
-    if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
-        raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
-                           f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
-    for line in ds.notes() if log is not None else []:
-        log(line)
+    ds = _dataset_for(art, data, test_fraction, split_seed, progress, log)
     dev = torch.device(device) if device else model.default_device()
     net = art.model.to(dev)
-    test = ds.test
-    if max_test and max_test < len(test):
-        keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
-        test = test.subset(keep)
+    test = _test_subset(ds.test, max_test, seed)
     if centre:
-        from ._centre import can_centre, fold_shift, mean_embedding  # here: _centre imports this module
-
-        if not can_centre(net, art.heads):
-            raise ValueError(f"cannot centre {artifact}: it needs a Linear embedding layer and no head but the CE "
-                             f"one (its heads: {sorted(art.heads) or 'none'})")
-        shift = mean_embedding(net, ds.train.images, meta.mean, meta.std, dev, tta)
-        head = fold_shift(net, centre * shift, art.heads.get("ce_head"))
-        if head is not None:
-            art.heads = {**art.heads, "ce_head": head}  # what `out` writes
+        _centre_weights(art, artifact, net, ds.train.images, centre, dev, tta)
     emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size, tta)
-    head = art.heads.get("ce_head")
-    ce_left_out = None
-    if head is None:
-        loss = (meta.training or {}).get("config", {}).get("loss")
-        ce_left_out = ("no ce_loss or ce_accuracy: the model has no classifier head"
-                       + (f" (trained with loss {loss})" if loss else ""))
-    elif meta.class_names and meta.class_names != ds.class_names:
-        head = None  # classes differ: a CE loss against this head would be meaningless; said, not left out unseen
-        ce_left_out = (f"no ce_loss or ce_accuracy: the model's classifier has {_classes(meta.class_names)} and this "
-                       f"dataset {_classes(ds.class_names)}"
-                       + (" (the same, in another order)" if sorted(meta.class_names) == sorted(ds.class_names)
-                          else ""))
+    head, ce_left_out = _ce_head(art, ds.class_names)
     neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike
     res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours,
                               precisions=precisions)
@@ -427,11 +394,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if ce_left_out:
         res["ce_left_out"] = ce_left_out
     if sheet is not None:
-        title = (f"{art.model_id} on {ds.name}: the {min(sheet_rows, len(found))} test images whose nearest "
-                 f"neighbour is of another class, the nearest first")
-        mistakes_sheet(sheet, test.images, test.labels, emb, found[:sheet_rows], class_names=list(ds.class_names),
-                       names=test.names, title=title)
-        res["mistakes_sheet"] = {"path": str(sheet), "rows": min(sheet_rows, len(found))}
+        res["mistakes_sheet"] = _draw_mistakes(sheet, sheet_rows, found, art, ds, test, emb)
     if map_path is not None:
         from ._map import embedding_map
 
@@ -446,18 +409,107 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     if centre:
         res["centre"] = centre
     if out is not None:
-        # Scores measured here replace the recorded ones; what only training knew stays.
-        kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
-        # the mistakes name this dataset's images: the copy keeps the scores only
-        scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id", "confident_mistakes",
-                                                                  "mistakes_sheet", "map")}
-        update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
-        if out_name and out_name != meta.name:
-            update.update(name=out_name, training={**meta.training, "trained_as": meta.training.get("trained_as",
-                                                                                                 meta.name)})
-        new_meta = meta.model_copy(update=update)
-        model.resave_artifact(art, out, new_meta)
+        _write_evaluated_copy(art, out, out_name, tta, res)
     return res
+
+
+def _check_evaluate_options(max_test: int | None, tta: str | None) -> None:
+    """evaluate_artifact's refusals of a `max_test` or `tta` it cannot use, before anything is read."""
+    import model
+
+    if max_test is not None and (isinstance(max_test, bool) or not isinstance(max_test, int) or max_test < 1):
+        raise ValueError(f"max_test must be an integer of at least 1 (None for every test image), got {max_test!r}")
+    if tta is not None and tta not in model.TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(model.TTA_MODES)}")
+
+
+def _dataset_for(art, data: str | os.PathLike, test_fraction: float, split_seed: int, progress: bool,
+                 log: Callable[[str], None] | None):
+    """The dataset at `data` decoded at the artifact's channels and size (refused when its images cannot be),
+    its notes (images not decoded, ...) given to `log`."""
+    from ._data import DatasetError, load_dataset
+
+    meta = art.meta
+    ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
+                      split_seed=split_seed, progress=progress)
+    if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
+        raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
+                           f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
+    for line in ds.notes() if log is not None else []:
+        log(line)
+    return ds
+
+
+def _test_subset(test, max_test: int | None, seed: int):
+    """The test split, or its seeded stratified subset of `max_test` images when it holds more."""
+    from ._data import stratified_split
+
+    if max_test and max_test < len(test):
+        keep, _ = stratified_split(test.labels, 1 - max_test / len(test), seed)
+        test = test.subset(keep)
+    return test
+
+
+def _centre_weights(art, artifact: str | os.PathLike, net: nn.Module, train_images: torch.Tensor, centre: float,
+                    dev: torch.device, tta: str) -> None:
+    """Take `centre` of the training images' mean embedding off `net`'s output, folded into its weights and the
+    artifact's CE head (what `out` writes)."""
+    from ._centre import can_centre, fold_shift, mean_embedding  # here: _centre imports this module
+
+    if not can_centre(net, art.heads):
+        raise ValueError(f"cannot centre {artifact}: it needs a Linear embedding layer and no head but the CE "
+                         f"one (its heads: {sorted(art.heads) or 'none'})")
+    shift = mean_embedding(net, train_images, art.meta.mean, art.meta.std, dev, tta)
+    head = fold_shift(net, centre * shift, art.heads.get("ce_head"))
+    if head is not None:
+        art.heads = {**art.heads, "ce_head": head}  # what `out` writes
+
+
+def _ce_head(art, class_names: list[str]) -> tuple[dict | None, str | None]:
+    """(the artifact's CE head, or None where there is none or its classes are not the dataset's; why there is
+    no CE loss then, for the result)."""
+    meta = art.meta
+    head = art.heads.get("ce_head")
+    if head is None:
+        loss = (meta.training or {}).get("config", {}).get("loss")
+        return None, ("no ce_loss or ce_accuracy: the model has no classifier head"
+                      + (f" (trained with loss {loss})" if loss else ""))
+    if meta.class_names and meta.class_names != class_names:
+        # classes differ: a CE loss against this head would be meaningless; said, not left out unseen
+        return None, (f"no ce_loss or ce_accuracy: the model's classifier has {_classes(meta.class_names)} and this "
+                      f"dataset {_classes(class_names)}"
+                      + (" (the same, in another order)" if sorted(meta.class_names) == sorted(class_names) else ""))
+    return head, None
+
+
+def _draw_mistakes(sheet: str | os.PathLike, sheet_rows: int, found: list[dict[str, Any]], art, ds, test,
+                   emb: torch.Tensor) -> dict[str, Any]:
+    """The first `sheet_rows` confident mistakes drawn with their neighbours into the PNG `sheet`; what the
+    result says of it."""
+    title = (f"{art.model_id} on {ds.name}: the {min(sheet_rows, len(found))} test images whose nearest "
+             f"neighbour is of another class, the nearest first")
+    mistakes_sheet(sheet, test.images, test.labels, emb, found[:sheet_rows], class_names=list(ds.class_names),
+                   names=test.names, title=title)
+    return {"path": str(sheet), "rows": min(sheet_rows, len(found))}
+
+
+def _write_evaluated_copy(art, out: str | os.PathLike, out_name: str | None, tta: str, res: dict[str, Any]) -> None:
+    """A copy of the artifact at `out` that embeds with `tta` and records the scores in `res`, renamed
+    `out_name` when given."""
+    import model
+
+    meta = art.meta
+    # Scores measured here replace the recorded ones; what only training knew stays.
+    kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
+    # the mistakes name this dataset's images: the copy keeps the scores only
+    scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id", "confident_mistakes",
+                                                         "mistakes_sheet", "map")}
+    update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
+    if out_name and out_name != meta.name:
+        update.update(name=out_name, training={**meta.training, "trained_as": meta.training.get("trained_as",
+                                                                                             meta.name)})
+    new_meta = meta.model_copy(update=update)
+    model.resave_artifact(art, out, new_meta)
 
 
 def _classes(names: list[str]) -> str:
