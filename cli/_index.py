@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import _copy, _edit, _galleries as g, _reembed, _upload
 from ._errors import CliError
@@ -164,25 +165,15 @@ def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool 
     return arr, thumb, meta
 
 
-def _build(args) -> int:  # noqa: C901 (to split: reading, decoding and writing of a build)
+def _build(args) -> int:
     g.model_threads(args.threads)
 
     import logging
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-    from tqdm import tqdm
 
     import index
-    from model import unreadable_reason
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {args.workers}")
-    if not 0 <= args.thumbnail_size <= 1024:   # the service's bounds for SIMSEARCH_THUMBNAIL_SIZE
-        raise CliError(f"--thumbnail-size must be 0 to 1024, got {args.thumbnail_size}")
+    _check_build_options(args)
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
@@ -206,41 +197,8 @@ def _build(args) -> int:  # noqa: C901 (to split: reading, decoding and writing 
         if kept:
             print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
                   f"(`simsearch index edit --metadata {args.metadata}` sets it on them)", file=sys.stderr)
-        failed = 0
-
-        def read(id_: str) -> bytes:
-            if tar is None:
-                return (source / id_).read_bytes()
-            tf, members = tar
-            return tf.extractfile(members[id_]).read()
-
-        def work(item):
-            id_, data = item
-            try:
-                return id_, _decode(data, embedder, 0 if args.no_thumbnails else args.thumbnail_size, args.exif,
-                                    args.gps), None
-            except Exception as exc:  # a broken file is reported and skipped, not fatal
-                return id_, None, unreadable_reason(exc, data)
-
-        with ThreadPoolExecutor(args.workers) as pool, \
-                tqdm(total=len(todo), unit="img", desc="indexing") as bar:
-            for start in range(0, len(todo), args.batch_size):
-                chunk = todo[start:start + args.batch_size]
-                # A tar is read sequentially in this thread; decoding fans out to the pool.
-                blobs = [(i, read(i)) for i in chunk] if tar is not None else None
-                results = list(pool.map(work, blobs)) if blobs is not None else \
-                    list(pool.map(lambda i: work((i, read(i))), chunk))
-                good = [(i, r) for i, r, e in results if e is None]
-                for i, _r, e in results:
-                    if e is not None:
-                        failed += 1
-                        tqdm.write(f"skipped {i}: {e}")
-                if good:
-                    vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
-                    store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
-                                             metadata={**r[2], **extra.get(i, {})})
-                                  for (i, r), v in zip(good, vecs)])
-                bar.update(len(chunk))
+        failed = _index_images(args, todo, lambda id_: _read_image(source, tar, id_), tar is not None, labels,
+                               extra, embedder, store)
         info = store.info()
         print(f"indexed {len(todo) - failed} images ({failed} skipped); the index holds {info['count']} "
               f"items ({info['index_kind']})")
@@ -258,6 +216,67 @@ def _build(args) -> int:  # noqa: C901 (to split: reading, decoding and writing 
     # 1: not one image of SOURCE could be read. A re-run whose only images left to do are the unreadable
     # ones an earlier run skipped (and reports again) has nothing new to do: 0.
     return 1 if failed and failed == len(todo) and not done else 0
+
+
+def _check_build_options(args) -> None:
+    """`index build`'s refusals of options out of their range, before anything is read."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 <= args.thumbnail_size <= 1024:   # the service's bounds for SIMSEARCH_THUMBNAIL_SIZE
+        raise CliError(f"--thumbnail-size must be 0 to 1024, got {args.thumbnail_size}")
+
+
+def _read_image(source: Path, tar, id_: str) -> bytes:
+    """The bytes of image `id_` of SOURCE, a folder or (tar: (its open TarFile, {id: member})) a tar."""
+    if tar is None:
+        return (source / id_).read_bytes()
+    tf, members = tar
+    return tf.extractfile(members[id_]).read()
+
+
+def _index_images(args, todo: list[str], read: Callable[[str], bytes], sequential: bool,
+                  labels: dict[str, str | None], extra: dict[str, dict], embedder, store) -> int:
+    """Decode, embed and store the images `todo`, a batch (--batch-size) at a time, each batch committed, with a
+    progress bar; the images that cannot be decoded are named and skipped: how many were. `read` gives an image's
+    bytes: in this thread when `sequential` (a tar), else in the decoding workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from tqdm import tqdm
+
+    import index
+    from model import unreadable_reason
+
+    thumb_px = 0 if args.no_thumbnails else args.thumbnail_size
+    failed = 0
+
+    def work(item):
+        id_, data = item
+        try:
+            return id_, _decode(data, embedder, thumb_px, args.exif, args.gps), None
+        except Exception as exc:  # a broken file is reported and skipped, not fatal
+            return id_, None, unreadable_reason(exc, data)
+
+    with ThreadPoolExecutor(args.workers) as pool, tqdm(total=len(todo), unit="img", desc="indexing") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            # A tar is read sequentially in this thread; decoding fans out to the pool.
+            results = list(pool.map(work, [(i, read(i)) for i in chunk])) if sequential else \
+                list(pool.map(lambda i: work((i, read(i))), chunk))
+            good = [(i, r) for i, r, e in results if e is None]
+            for i, _r, e in results:
+                if e is not None:
+                    failed += 1
+                    tqdm.write(f"skipped {i}: {e}")
+            if good:
+                vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
+                store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
+                                         metadata={**r[2], **extra.get(i, {})})
+                              for (i, r), v in zip(good, vecs)])
+            bar.update(len(chunk))
+    return failed
 
 
 # ---- stats and search ---------------------------------------------------------------------------

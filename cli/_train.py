@@ -153,28 +153,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_experiment)
 
 
-def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then the launch)
+def _train(args) -> int:
     training = _import_training("train")
 
+    data = _dataset_path(args, training)
+    cfg = _train_config(args, training)
+    out = _checked_out(args)
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
+        return _launch(args, cfg, data)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import faulthandler
+
+        faulthandler.enable()   # a process that crashes (SIGABRT, SIGSEGV) writes where, for _launch to show
+    from training import ModelArgumentError
+
+    started = time.time()
+    try:
+        training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
+                       stop_after=args.stop_after)
+    except training.DatasetError as exc:
+        raise CliError(str(exc)) from None
+    except ModelArgumentError as exc:  # said as the option was given
+        raise CliError(_arch_error(exc)) from None
+    except ValueError as exc:  # e.g. a checkpoint written with another configuration
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:   # said with what to run next, when this run kept an epoch to go on from
+        _say_interrupted(out, started, args.resume)
+        return 130
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_torchrun_process()
+    return 0
+
+
+def _dataset_path(args, training) -> Path:
+    """DATA, after downloading --download's dataset into it when asked to."""
     data = Path(args.data)
     if args.download:
         try:
             data = training.download_dataset(args.download, data)
         except Exception as exc:  # network errors: say what failed
             raise CliError(f"could not download {args.download} into {args.data}: {exc}") from None
-    overrides = {k: v for k, v in {
-        "model": args.model, "loss": args.loss, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "weight_decay": args.weight_decay, "schedule": args.schedule, "val_fraction": args.val_fraction,
-        "seed": args.seed, "threads": args.threads, "device": args.device, "image_size": args.image_size,
-        "in_chans": args.in_chans, "max_train": args.max_train,
-        "max_test": args.max_test, "init_from": args.init,
-        "teachers": args.teacher or None}.items() if v is not None}
-    if args.no_augment:
-        overrides["augment"] = False
-    if args.fold_norm:
-        overrides["fold_norm"] = True
-    if args.init and args.model is None and not args.arch:
-        overrides.update(_architecture_of(args.init, overrides))
+    return data
+
+
+def _train_config(args, training):
+    """`simsearch train`'s options as a validated training.TrainConfig (the preset's values where an option is
+    left out), refused as the options were given."""
+    overrides = _overrides(args)
     known = set(training.TrainConfig.model_fields)
     for key, _ in args.set:
         if key not in known:
@@ -195,6 +220,31 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
     if not model.is_model(cfg.model):
         raise CliError(f"unknown model {cfg.model!r}; known: {', '.join(model.list_models())} (an architecture of "
                        "your own: name the module or .py file that registers it in SIMSEARCH_MODEL_MODULES)")
+    return cfg
+
+
+def _overrides(args) -> dict:
+    """The TrainConfig fields that the options (--set and --arch aside) give: those left out are not among them;
+    with --init and neither --model nor --arch, the architecture is the artifact's."""
+    overrides = {k: v for k, v in {
+        "model": args.model, "loss": args.loss, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "weight_decay": args.weight_decay, "schedule": args.schedule, "val_fraction": args.val_fraction,
+        "seed": args.seed, "threads": args.threads, "device": args.device, "image_size": args.image_size,
+        "in_chans": args.in_chans, "max_train": args.max_train,
+        "max_test": args.max_test, "init_from": args.init,
+        "teachers": args.teacher or None}.items() if v is not None}
+    if args.no_augment:
+        overrides["augment"] = False
+    if args.fold_norm:
+        overrides["fold_norm"] = True
+    if args.init and args.model is None and not args.arch:
+        overrides.update(_architecture_of(args.init, overrides))
+    return overrides
+
+
+def _checked_out(args) -> Path:
+    """--out, refused (as are --nproc and --stop-after out of their range) before anything is trained: it must
+    be a .safetensors file that this run may write (training.check_run)."""
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got {args.out!r}")
@@ -202,39 +252,23 @@ def _train(args) -> int:  # noqa: C901 (to split: options to TrainConfig, then t
         raise CliError(f"--nproc must be at least 1, got {args.nproc}")
     if args.stop_after is not None and args.stop_after < 1:
         raise CliError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
-    from training import ModelArgumentError, check_run
+    from training import check_run
 
     try:
         check_run(out, args.stop_after)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
-        return _launch(args, cfg, data)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import faulthandler
+    return out
 
-        faulthandler.enable()   # a process that crashes (SIGABRT, SIGSEGV) writes where, for _launch to show
-    started = time.time()
-    try:
-        training.train(cfg, data, out, name=args.name, resume=args.resume, progress=not args.quiet,
-                       stop_after=args.stop_after)
-    except training.DatasetError as exc:
-        raise CliError(str(exc)) from None
-    except ModelArgumentError as exc:  # said as the option was given
-        raise CliError(_arch_error(exc)) from None
-    except ValueError as exc:  # e.g. a checkpoint written with another configuration
-        raise CliError(str(exc)) from None
-    except KeyboardInterrupt:   # said with what to run next, when this run kept an epoch to go on from
-        ckpt = out.with_name(out.name + ".ckpt")
-        if ckpt.exists() and ckpt.stat().st_mtime >= started:
-            again = "the same command again" if args.resume else "the same command with --resume"
-            print(f"interrupted; {ckpt} holds the last finished epoch: run {again} to go on from it", file=sys.stderr)
-        else:
-            print("interrupted before this run finished an epoch (nothing of it kept to go on from)", file=sys.stderr)
-        return 130
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _end_torchrun_process()
-    return 0
+
+def _say_interrupted(out: Path, started: float, resume: bool) -> None:
+    """What to run next after Ctrl-C, when this run (begun at `started`) kept an epoch to go on from."""
+    ckpt = out.with_name(out.name + ".ckpt")
+    if ckpt.exists() and ckpt.stat().st_mtime >= started:
+        again = "the same command again" if resume else "the same command with --resume"
+        print(f"interrupted; {ckpt} holds the last finished epoch: run {again} to go on from it", file=sys.stderr)
+    else:
+        print("interrupted before this run finished an epoch (nothing of it kept to go on from)", file=sys.stderr)
 
 
 def _config_error(exc) -> str:
@@ -353,27 +387,12 @@ def _architecture_of(artifact: str, overrides: dict) -> dict:
     return {k: v for k, v in found.items() if k not in overrides}
 
 
-def _evaluate(args) -> int:  # noqa: C901 (to split: options, then the report)
+def _evaluate(args) -> int:
     import model
 
     training = _import_training("evaluate")
-    if args.name and not args.out:
-        raise CliError("--name names the copy that --out writes; give --out too")
-    if args.centre is not None and not 0 <= args.centre <= 1:
-        raise CliError(f"--centre is a share of the mean embedding in [0, 1], got {args.centre}")
-    if args.mistakes_sheet is not None and not args.mistakes_sheet.lower().endswith(".png"):
-        raise CliError(f"--mistakes-sheet writes a PNG: give a name ending in .png, got {args.mistakes_sheet!r}")
-    if not 1 <= args.mistakes_rows <= 1000:
-        raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
-    if args.map is not None and not args.map.lower().endswith(".png"):
-        raise CliError(f"--map writes a PNG: give a name ending in .png, got {args.map!r}")
-    if args.max_test is not None and args.max_test < 1:
-        raise CliError(f"--max-test must be at least 1 (leave it out for every test image), got {args.max_test}")
-    if not 10 <= args.map_points <= 5000:
-        raise CliError(f"--map-points must be 10..5000, got {args.map_points}")
+    _check_evaluate_options(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -390,6 +409,33 @@ def _evaluate(args) -> int:  # noqa: C901 (to split: options, then the report)
     if args.json_out:  # before printing: a closed stdout (`| head`) must not lose the file
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     print(training.format_metrics(res))
+    _say_written(args, res)
+    return 0
+
+
+def _check_evaluate_options(args) -> None:
+    """`simsearch evaluate`'s refusals of options out of their range or that do not go together, before
+    anything is read."""
+    if args.name and not args.out:
+        raise CliError("--name names the copy that --out writes; give --out too")
+    if args.centre is not None and not 0 <= args.centre <= 1:
+        raise CliError(f"--centre is a share of the mean embedding in [0, 1], got {args.centre}")
+    if args.mistakes_sheet is not None and not args.mistakes_sheet.lower().endswith(".png"):
+        raise CliError(f"--mistakes-sheet writes a PNG: give a name ending in .png, got {args.mistakes_sheet!r}")
+    if not 1 <= args.mistakes_rows <= 1000:
+        raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
+    if args.map is not None and not args.map.lower().endswith(".png"):
+        raise CliError(f"--map writes a PNG: give a name ending in .png, got {args.map!r}")
+    if args.max_test is not None and args.max_test < 1:
+        raise CliError(f"--max-test must be at least 1 (leave it out for every test image), got {args.max_test}")
+    if not 10 <= args.map_points <= 5000:
+        raise CliError(f"--map-points must be 10..5000, got {args.map_points}")
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be at least 1, got {args.threads}")
+
+
+def _say_written(args, res: dict) -> None:
+    """A line for each file `simsearch evaluate` wrote beside the metrics: the mistakes sheet, the map, the copy."""
     if args.mistakes_sheet:
         print(f"wrote {args.mistakes_sheet}: {res['mistakes_sheet']['rows']} queries with their neighbours")
     if args.map:
@@ -399,7 +445,6 @@ def _evaluate(args) -> int:  # noqa: C901 (to split: options, then the report)
               f"{m['same_class_nearest_in_embedding']:.3f} in the embedding")
     if args.out:
         print(f"wrote {args.out} (tta {res['tta']})")
-    return 0
 
 
 def _experiment(args) -> int:

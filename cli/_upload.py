@@ -9,6 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from . import _galleries as g
 from ._env import ClientEnv
@@ -49,17 +50,10 @@ RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s
 PAGE = 1000            # ids listed per GET /index when finding what the service already holds
 
 
-def upload(args) -> int:  # noqa: C901 (to split: the send loop and its retries)
+def upload(args) -> int:
     import httpx
-    from tqdm import tqdm
 
-
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.parallel < 1:
-        raise CliError(f"--parallel must be at least 1, got {args.parallel}")
-    if args.skip_duplicates is not None and not 0 < args.skip_duplicates <= 1:
-        raise CliError(f"--skip-duplicates is a cosine similarity in (0, 1], got {args.skip_duplicates}")
+    _check_upload_options(args)
     dedupe = {"skip_duplicates": args.skip_duplicates} if args.skip_duplicates is not None else {}
     source = Path(args.source)
     if not source.exists():
@@ -68,12 +62,7 @@ def upload(args) -> int:  # noqa: C901 (to split: the send loop and its retries)
     if not ids:
         raise CliError(f"no images in {source}")
     extra = g.metadata_for(args.metadata, ids)
-    try:  # HEIC sizes for the metadata; without it they go without, and the service decides about them
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-    except ImportError:
-        pass
+    _register_heif()
     key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     try:
@@ -90,76 +79,129 @@ def upload(args) -> int:  # noqa: C901 (to split: the send loop and its retries)
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
                       f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}` sets it on "
                       "them)", file=sys.stderr)
-
-            def read(id_: str) -> bytes:
-                if tar is None:
-                    return (source / id_).read_bytes()
-                tf, members = tar
-                return tf.extractfile(members[id_]).read()
-
-            def stored_of(answer: dict) -> int:
-                if dedupe and "skipped" not in answer and not warned:
-                    warned.append(True)
-                    tqdm.write(f"warning: the service at {url} does not know skip_duplicates (an older simsearch): "
-                               "it stores copies too")
-                for s in answer.get("skipped", []):
-                    tqdm.write(f"left out {s['id']}: a look-alike of {s['duplicate_of']} ({s['score']:.4f})")
-                left_out.extend(s["id"] for s in answer.get("skipped", []))
-                return answer["count"]
-
-            def send(files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
-                """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
-                status, message, answer = _post(client, files, labels, extra, dedupe, args.exif, args.gps)
-                if status == 201:
-                    return stored_of(answer), []
-                if status not in (400, 413, 415, 422):
-                    raise CliError(_fatal(status, message, url))
-                stored, refused = 0, []  # one of them is refused: learn which, keep the rest
-                for one in files:
-                    st, msg, ans = (_post(client, [one], labels, extra, dedupe, args.exif, args.gps)
-                                    if len(files) > 1 else (status, message, answer))
-                    if st == 201:
-                        stored += stored_of(ans)
-                    elif st in (400, 413, 415, 422):
-                        refused.append(one[0])
-                        tqdm.write(f"rejected {one[0]}: {st} {msg}")
-                    else:
-                        raise CliError(_fatal(st, msg, url))
-                return stored, refused
-
-            uploaded, rejected, left_out, warned = 0, [], [], []
-            # Batches are read here (a tar in order) and sent by `parallel` threads, so the service
-            # embeds one batch while the next is on its way; at most 2 x parallel batches are read ahead.
-            with tqdm(total=len(todo), unit="img", desc="uploading") as bar, \
-                    ThreadPoolExecutor(args.parallel) as pool:
-                pending: deque = deque()
-
-                def finish() -> None:
-                    nonlocal uploaded
-                    future, n = pending.popleft()
-                    stored, refused = future.result()
-                    uploaded += stored
-                    rejected.extend(refused)
-                    bar.update(n)
-
-                for start in range(0, len(todo), args.batch_size):
-                    files = [(i, read(i)) for i in todo[start:start + args.batch_size]]
-                    pending.append((pool.submit(send, files), len(files)))
-                    if len(pending) >= 2 * args.parallel:
-                        finish()
-                while pending:
-                    finish()
+            sender = _Sender(client, url, labels, extra, dedupe, args.exif, args.gps)
+            uploaded, rejected = _send_all(todo, lambda id_: _read(source, tar, id_), sender.send, args.batch_size,
+                                           args.parallel)
             held = _held(client)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
         if tar is not None:
             tar[0].close()
-    dups = f", {len(left_out)} left out as look-alikes" if args.skip_duplicates is not None else ""
+    dups = f", {len(sender.left_out)} left out as look-alikes" if args.skip_duplicates is not None else ""
     print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service{dups}); it holds {held}")
     # 1: the service took not one image of SOURCE, as `index build` (a re-run with only the refused files
     # left to send, the others in the service already, reports them again and has nothing new to do: 0)
     return 1 if rejected and not uploaded and not (have & set(ids)) else 0
+
+
+def _check_upload_options(args) -> None:
+    """The refusals of options out of their range, before anything is read or sent."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.parallel < 1:
+        raise CliError(f"--parallel must be at least 1, got {args.parallel}")
+    if args.skip_duplicates is not None and not 0 < args.skip_duplicates <= 1:
+        raise CliError(f"--skip-duplicates is a cosine similarity in (0, 1], got {args.skip_duplicates}")
+
+
+def _register_heif() -> None:
+    """HEIC sizes for the metadata; without pillow-heif they go without, and the service decides about them."""
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+
+
+def _read(source: Path, tar, id_: str) -> bytes:
+    """The bytes of image `id_` of SOURCE, a folder or (tar: (its open TarFile, {id: member})) a tar."""
+    if tar is None:
+        return (source / id_).read_bytes()
+    tf, members = tar
+    return tf.extractfile(members[id_]).read()
+
+
+class _Sender:
+    """Sends batches to the service (POST /index) from worker threads: each batch whole, or one file at a time
+    when the service refuses one of them, to learn which; remembers the look-alikes it left out."""
+
+    def __init__(self, client, url: str, labels: dict[str, str | None], extra: dict[str, dict], dedupe: dict,
+                 exif: bool, gps: bool):
+        self.client, self.url, self.labels, self.extra = client, url, labels, extra
+        self.dedupe, self.exif, self.gps = dedupe, exif, gps
+        self.left_out: list[str] = []   # ids the service left out as look-alikes
+        self._warned: list[bool] = []   # whether the service was said not to know skip_duplicates
+
+    def send(self, files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
+        """Upload one batch: (how many were stored, the ids refused). In a worker thread."""
+        status, message, answer = self._post(files)
+        if status == 201:
+            return self._stored_of(answer), []
+        if status not in (400, 413, 415, 422):
+            raise CliError(_fatal(status, message, self.url))
+        stored, refused = 0, []  # one of them is refused: learn which, keep the rest
+        for one in files:
+            st, msg, ans = self._post([one]) if len(files) > 1 else (status, message, answer)
+            if st == 201:
+                stored += self._stored_of(ans)
+            elif st in (400, 413, 415, 422):
+                refused.append(one[0])
+                _write(f"rejected {one[0]}: {st} {msg}")
+            else:
+                raise CliError(_fatal(st, msg, self.url))
+        return stored, refused
+
+    def _post(self, files: list[tuple[str, bytes]]) -> tuple[int, str, dict]:
+        return _post(self.client, files, self.labels, self.extra, self.dedupe, self.exif, self.gps)
+
+    def _stored_of(self, answer: dict) -> int:
+        """How many of a batch the service stored, saying which it left out as look-alikes."""
+        if self.dedupe and "skipped" not in answer and not self._warned:
+            self._warned.append(True)
+            _write(f"warning: the service at {self.url} does not know skip_duplicates (an older simsearch): "
+                   "it stores copies too")
+        for s in answer.get("skipped", []):
+            _write(f"left out {s['id']}: a look-alike of {s['duplicate_of']} ({s['score']:.4f})")
+        self.left_out.extend(s["id"] for s in answer.get("skipped", []))
+        return answer["count"]
+
+
+def _write(line: str) -> None:
+    """A line on the console above the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
+def _send_all(todo: list[str], read: Callable[[str], bytes], send: Callable[[list[tuple[str, bytes]]],
+              tuple[int, list[str]]], batch_size: int, parallel: int) -> tuple[int, list[str]]:
+    """Every id of `todo` sent in batches, with a progress bar: (how many the service stored, the ids it refused)."""
+    from tqdm import tqdm
+
+    uploaded, rejected = 0, []
+    # Batches are read here (a tar in order) and sent by `parallel` threads, so the service
+    # embeds one batch while the next is on its way; at most 2 x parallel batches are read ahead.
+    with tqdm(total=len(todo), unit="img", desc="uploading") as bar, ThreadPoolExecutor(parallel) as pool:
+        pending: deque = deque()
+
+        def finish() -> None:
+            nonlocal uploaded
+            future, n = pending.popleft()
+            stored, refused = future.result()
+            uploaded += stored
+            rejected.extend(refused)
+            bar.update(n)
+
+        for start in range(0, len(todo), batch_size):
+            files = [(i, read(i)) for i in todo[start:start + batch_size]]
+            pending.append((pool.submit(send, files), len(files)))
+            if len(pending) >= 2 * parallel:
+                finish()
+        while pending:
+            finish()
+    return uploaded, rejected
 
 
 def _ids_in_service(client) -> set[str]:
