@@ -1,16 +1,19 @@
-"""What a request asks for besides its body: the query parameters and headers the routes declare (FastAPI
-Query and Header factories), the limits they hold to and the checks that turn them into what the service takes
-(422 naming the one that is wrong); the router's check that a request sends no parameter its route does not
-declare; and the ready service and gallery a request is for.
+"""What a request asks for besides its body: the query parameters and headers the routes declare (the searches'
+as query-parameter models, SearchQuery and its kin; the others' as FastAPI Query and Header factories), the limits
+they hold to and the checks that turn them into what the service takes (422 naming the one that is wrong); the
+router's check that a request sends no parameter its route does not declare, nor a single-valued one twice; and
+the ready service and gallery a request is for.
 index (FAISS) is imported inside the functions that use it: the service answers /healthz before FAISS and
 torch load."""
 from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi._compat import field_annotation_is_sequence
+from pydantic import BaseModel, Field
 
 from model import Crop, parse_crop
 
@@ -27,32 +30,70 @@ MAX_OFFSET = 2**62   # the store's limit: offset + limit must fit SQLite's 64-bi
 AFTER_HEADER = "X-Simsearch-After"
 
 
-def _declared_query(dependant) -> frozenset[str]:
-    """The query parameters a route declares, its dependencies' included."""
-    names = {f.alias for f in dependant.query_params}
+def _declared_query(dependant) -> dict[str, bool]:
+    """The query parameters a route declares, its dependencies' and its query-parameter models' fields included
+    (SearchQuery): each name, and whether it takes several values (a list: `exclude=a&exclude=b`), as FastAPI
+    decides it (a list annotation: all the values; any other: the last one only)."""
+    names: dict[str, bool] = {}
+    for field in dependant.query_params:
+        model = field.field_info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names.update({f.alias or name: field_annotation_is_sequence(f.annotation)
+                          for name, f in model.model_fields.items()})
+        else:
+            names[field.alias] = field_annotation_is_sequence(field.field_info.annotation)
     for sub in dependant.dependencies:
-        names |= _declared_query(sub)
-    return frozenset(names)
+        names.update(_declared_query(sub))
+    return names
 
 
 async def _known_query_only(request: Request) -> None:
     """422 for a query parameter the endpoint does not take: a misspelt `lable=cat` or a `rerank` where
-    there is none would otherwise be ignored, and the answer would look right."""
+    there is none would otherwise be ignored, and the answer would look right. And 422 for one that takes a
+    single value given more than once (`k=3&k=50`), of which FastAPI would take the last: a client's bug
+    (two code paths that each set k) would pass unseen. List parameters (`exclude`, `like`) repeat."""
     route = request.scope.get("route")
     if route is None or not request.scope.get("query_string") or not route.include_in_schema:
         return   # the page's own address carries what its script reads (?gallery=NAME), and a browser's extras
     known = getattr(route, "_simsearch_query", None)   # found once a route (routes are not hashable)
     if known is None:
         known = route._simsearch_query = _declared_query(route.dependant)
-    unknown = sorted({name for name in request.query_params if name not in known})
+    query = request.query_params
+    unknown = sorted({name for name in query if name not in known})
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
         raise ApiError(422, "invalid_parameter", f"{request.method} {route.path_format} takes no query parameter "
                        f"{', '.join(map(repr, unknown))}; it takes: {takes}")
+    given = query.multi_items()
+    if len(given) != len(query):   # a name given more than once (len: the distinct names)
+        _single_values_once(request.method, route.path_format, given, known)
+
+
+def _single_values_once(method: str, path: str, given: list[tuple[str, str]], known: dict[str, bool]) -> None:
+    """422 naming each single-valued parameter in `given` (the query's name, value pairs) given more than
+    once, and its values."""
+    values: dict[str, list[str]] = {}
+    for name, value in given:
+        values.setdefault(name, []).append(value)
+    twice = [name for name, got in values.items() if len(got) > 1 and not known[name]]
+    if not twice:
+        return
+
+    def said(name: str) -> str:
+        got = values[name]
+        shown = ", ".join(repr(v) if len(v) <= 40 else repr(v[:40]) + "..." for v in got[:5])
+        more = f" and {len(got) - 5} more" if len(got) > 5 else ""
+        return f"{name!r} {len(got)} times ({shown}{more})"
+
+    repeatable = sorted(name for name, many in known.items() if many)
+    also = f"; only {', '.join(repeatable)} may repeat" if repeatable else ""
+    raise ApiError(422, "invalid_parameter", f"{method} {path} takes one value of each query parameter, and got "
+                   f"{'; '.join(map(said, twice))}: send each once{also}")
 
 
 def _router() -> APIRouter:
-    """A router whose routes refuse a query parameter they do not declare (_known_query_only)."""
+    """A router whose routes refuse a query parameter they do not declare, and a single-valued one given twice
+    (_known_query_only)."""
     return APIRouter(dependencies=[Depends(_known_query_only)])
 
 
@@ -180,11 +221,11 @@ def _no_crop_for_vectors(crop: Crop | None) -> None:
 MAX_EXAMPLES = 100   # like + unlike ids in one search
 
 
-def _examples_param(doc: str):
-    return Query([], description=f"{doc}: the id of a gallery item (repeat the parameter for more, at most "
-                 f"{MAX_EXAMPLES} like and unlike ids together). The query moves towards the liked items' vectors "
-                 "and away from the unliked ones' (relevance feedback), and no marked item is returned; on POST "
-                 "/search with no body at all, the marks alone are the query")
+def _examples_doc(doc: str) -> str:
+    return (f"{doc}: the id of a gallery item (repeat the parameter for more, at most {MAX_EXAMPLES} like and unlike "
+            "ids together). The query moves towards the liked items' vectors and away from the unliked ones' "
+            "(relevance feedback), and no marked item is returned; on POST /search with no body at all, the marks "
+            "alone are the query")
 
 
 # index's MAX_GROUPED_RESULTS and MAX_SEARCH_WINDOW (and MAX_K, MAX_GROUP_SIZE below), which the command line
@@ -196,35 +237,17 @@ MAX_K = 1000                 # neighbours (or groups) in one answer
 MAX_GROUP_SIZE = 100         # items a group returns
 
 
-def _group_by_param():
-    return Query(None, max_length=MAX_LABEL_CHARS + 9,
-                 description="return the k nearest groups instead of the k nearest items: `label` (items of one "
-                             "label), or `metadata.KEY` (items with one value for that metadata key, e.g. "
-                             "metadata.product); each group with its group_size nearest items, groups ranked by "
-                             "their nearest item; items without a value are skipped. The answer's `groups` lists "
-                             "them, and `results` holds their items group after group")
-
-
-def _group_size_param():
-    return Query(1, ge=1, le=MAX_GROUP_SIZE,
-                 description=f"with group_by: items each group returns (k x group_size at most {MAX_GROUPED_RESULTS})")
+_GROUP_BY_DOC = ("return the k nearest groups instead of the k nearest items: `label` (items of one label), or "
+                 "`metadata.KEY` (items with one value for that metadata key, e.g. metadata.product); each group "
+                 "with its group_size nearest items, groups ranked by their nearest item; items without a value are "
+                 "skipped. The answer's `groups` lists them, and `results` holds their items group after group")
 
 
 MAX_EXCLUDED = 1000   # exclude ids in one search
-
-
-def _exclude_param():
-    return Query([], description="leave out this gallery item (repeat the parameter for more, at most "
-                                 f"{MAX_EXCLUDED}): no item with one of these ids is returned, and the search reads "
-                                 "as many more, so that k remain. For a next page of new items: the search page "
-                                 "leaves out what it has shown when it searches again with marks. An id the "
-                                 "gallery does not hold is no error")
-
-
-def _offset_param():
-    return Query(0, ge=0, le=MAX_SEARCH_WINDOW, description="skip this many nearest items first (with group_by: this "
-                                                           "many groups), for the next page: offset=10&k=10 gives "
-                                                           f"the 11th to 20th; offset + k at most {MAX_SEARCH_WINDOW}")
+_EXCLUDE_DOC = (f"leave out this gallery item (repeat the parameter for more, at most {MAX_EXCLUDED}): no item with "
+                "one of these ids is returned, and the search reads as many more, so that k remain. For a next page "
+                "of new items: the search page leaves out what it has shown when it searches again with marks. An id "
+                "the gallery does not hold is no error")
 
 
 def _combine_param():
@@ -257,12 +280,6 @@ def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
     return ids
 
 
-def _rerank_param():
-    return Query(None, ge=1, le=1000, description="re-order this many nearest candidates with the model's PDDM head "
-                                                  "and return the best k (needs an artifact with a PDDM head; at "
-                                                  "least offset + k)")
-
-
 def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
     """The like and unlike ids, each once, checked; 422 naming what is wrong."""
     like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
@@ -281,11 +298,9 @@ def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> t
     return like, unlike
 
 
-def _search_params(service: Service, k: int, label: str | None, max_distance: float | None,
-                   rerank: int | None, where: str | None, gallery: str = DEFAULT_GALLERY,
-                   group_by: str | None = None, group_size: int = 1,
-                   exclude: list[str] | None = None, offset: int = 0) -> SearchParams:
+def _search_params(service: Service, q: SearchQuery, gallery: str = DEFAULT_GALLERY) -> SearchParams:
     """A search's query parameters, checked; 422 naming the one that is wrong."""
+    k, offset, rerank, group_by, group_size = q.k, q.offset, q.rerank, q.group_by, q.group_size
     if (offset + k) * (group_size if group_by else 1) > MAX_SEARCH_WINDOW:
         read = f"offset={offset} + k={k}" + (f" groups of group_size={group_size}" if group_by else "")
         raise ApiError(422, "invalid_parameter", f"{read}: a search reads at most {MAX_SEARCH_WINDOW} items to "
@@ -314,10 +329,63 @@ def _search_params(service: Service, k: int, label: str | None, max_distance: fl
                                                      f"items; at most {MAX_GROUPED_RESULTS} in one answer")
     elif group_size != 1:
         raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or metadata.KEY)")
-    return SearchParams(k, _check_label(label), max_distance, rerank, _check_where(where), gallery, group_by,
-                        group_size, _check_exclude(exclude or []), offset)
+    return SearchParams(k, _check_label(q.label), q.max_distance, rerank, _check_where(q.where), gallery, group_by,
+                        group_size, _check_exclude(q.exclude), offset)
 
 
-def _vote_param():
-    return Query(False, description="also say which label the returned neighbours agree on (`vote`: label, "
-                                    "confidence, votes), decided as POST /classify decides it, over these results")
+_RERANK_DOC = ("re-order this many nearest candidates with the model's PDDM head and return the best k (needs an "
+               "artifact with a PDDM head; at least offset + k)")
+
+
+# The bounds of the parameters more than one of the models below takes, said once
+_MaxDistance = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
+_Where = Annotated[str | None, Field(max_length=4096)]
+_K = Annotated[int, Field(ge=1, le=MAX_K)]
+
+
+class SearchQuery(BaseModel):
+    """The query parameters of a search by neighbours (POST /search, /search/{id}, /batch/search), declared once:
+    a route takes it as `Annotated[SearchQuery, Query()]`, and /openapi.json lists each field as a parameter of
+    its own. FastAPI checks the types and bounds (a 422 naming the parameter); _search_params and _check_examples
+    what depends on several of them."""
+
+    k: _K = Field(10, description="how many neighbours")
+    label: str | None = Field(None, max_length=MAX_LABEL_CHARS, description="only this label")
+    max_distance: _MaxDistance = Field(None, description="only neighbours at most this far (0..2)")
+    rerank: int | None = Field(None, ge=1, le=1000, description=_RERANK_DOC)
+    where: _Where = Field(None, description=_WHERE_DOC)
+    like: list[str] = Field([], description=_examples_doc("more like this item"))
+    unlike: list[str] = Field([], description=_examples_doc("less like this item"))
+    group_by: str | None = Field(None, max_length=MAX_LABEL_CHARS + 9, description=_GROUP_BY_DOC)
+    group_size: int = Field(1, ge=1, le=MAX_GROUP_SIZE, description="with group_by: items each group returns (k x "
+                                                                    f"group_size at most {MAX_GROUPED_RESULTS})")
+    exclude: list[str] = Field([], description=_EXCLUDE_DOC)
+    offset: int = Field(0, ge=0, le=MAX_SEARCH_WINDOW, description="skip this many nearest items first (with "
+                        "group_by: this many groups), for the next page: offset=10&k=10 gives the 11th to 20th; "
+                        f"offset + k at most {MAX_SEARCH_WINDOW}")
+    vote: bool = Field(False, description="also say which label the returned neighbours agree on (`vote`: label, "
+                                          "confidence, votes), decided as POST /classify decides it, over these "
+                                          "results")
+
+
+class BatchSearchQuery(SearchQuery):
+    """SearchQuery for POST /batch/search: the same parameters, said of each of its queries."""
+
+    k: _K = Field(10, description="how many neighbours for each query")
+    like: list[str] = Field([], description=_examples_doc("more like this item, for every query"))
+    unlike: list[str] = Field([], description=_examples_doc("less like this item, for every query"))
+
+
+class ClassifyQuery(BaseModel):
+    """The query parameters of POST /classify (besides crop, combine and gallery), as SearchQuery is a search's."""
+
+    k: int = Field(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones abstain; 1: the "
+                                                "nearest item's label)")
+    max_distance: _MaxDistance = Field(None, description="only items at most this far vote; none that near: label "
+                                                         "null (unknown). `simsearch evaluate` gives the distance for "
+                                                         "a wanted precision (match_thresholds)")
+    where: _Where = Field(None, description="only gallery items matching this metadata filter vote; " + _WHERE_DOC)
+
+    def search(self) -> SearchQuery:
+        """The search whose neighbours vote: k of them, filtered as asked (built as checked: no second check)."""
+        return SearchQuery.model_construct(k=self.k, max_distance=self.max_distance, where=self.where)

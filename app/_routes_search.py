@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import Annotated
 
 import anyio.to_thread
 import numpy as np
@@ -21,10 +22,9 @@ from ._bodies import (_batch_search_body, _embed_body, _file_parts, _is_raw_imag
                       _query_vectors, _read_body, _read_form, _search_body, _uploads)
 from ._embedding import _embedded
 from ._errors import ApiError
-from ._params import (MAX_K, MAX_LABEL_CHARS, _WHERE_DOC, _after, _check_combine, _check_crop, _check_examples,
-                      _combine_param, _crop_param, _examples_param, _exclude_param, _gallery, _group_by_param,
-                      _group_size_param, _no_crop_for_vectors, _offset_param, _reading, _rerank_param, _router,
-                      _search_params, _service, _vote_param)
+from ._params import (BatchSearchQuery, ClassifyQuery, SearchQuery, _after, _check_combine, _check_crop,
+                      _check_examples, _combine_param, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router,
+                      _search_params, _service)
 from ._schemas import BatchSearchResponse, ClassifyResponse, EmbedResponse, SearchResponse
 from ._service import Gallery, Service
 
@@ -35,28 +35,15 @@ router = _router()
              summary="the k gallery items nearest to an uploaded image",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
-async def search(request: Request,
-                 k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours"),
-                 label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
-                 max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
-                                                    description="only neighbours at most this far (0..2)"),
-                 rerank: int | None = _rerank_param(),
-                 where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                 crop: str | None = _crop_param(),
-                 like: list[str] = _examples_param("more like this item"),
-                 unlike: list[str] = _examples_param("less like this item"),
-                 group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                 exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
-                 combine: str = _combine_param(),
-                 vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+async def search(request: Request, q: Annotated[SearchQuery, Query()], crop: str | None = _crop_param(),
+                 combine: str = _combine_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
-                            exclude, offset)
-    like, unlike = _check_examples(like, unlike, rerank)
-    combine = _check_combine(combine, group_by, rerank)
+    params = _search_params(service, q, g.name)
+    like, unlike = _check_examples(q.like, q.unlike, q.rerank)
+    combine = _check_combine(combine, q.group_by, q.rerank)
     hits = await _search_request(request, service, g, params, _check_crop(crop), like, unlike, combine)
-    return _search_answer(service, hits, params, t0, vote)
+    return _search_answer(service, hits, params, t0, q.vote)
 
 
 async def _search_one(request: Request, service: Service, params: SearchParams, crop: Crop | None = None) -> list:
@@ -168,24 +155,14 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
              summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
-async def classify(request: Request,
-                   k: int = Query(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones "
-                                                               "abstain; 1: the nearest item's label)"),
-                   max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
-                                                      description="only items at most this far vote; none that "
-                                                                  "near: label null (unknown). `simsearch "
-                                                                  "evaluate` gives the distance for a wanted "
-                                                                  "precision (match_thresholds)"),
-                   where: str | None = Query(None, max_length=4096, description="only gallery items matching this "
-                                                                                "metadata filter vote; " + _WHERE_DOC),
-                   crop: str | None = _crop_param(), combine: str = _combine_param(),
-                   gallery: str = _gallery(), after: str | None = _after()):
+async def classify(request: Request, q: Annotated[ClassifyQuery, Query()], crop: str | None = _crop_param(),
+                   combine: str = _combine_param(), gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, None, max_distance, None, where, g.name)
+    params = _search_params(service, q.search(), g.name)
     hits = await _search_request(request, service, g, params, _check_crop(crop), [], [],
                                  _check_combine(combine, None, None))
-    return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": k,
+    return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": params.k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": False, "candidates": None})
 
@@ -194,27 +171,15 @@ async def classify(request: Request,
              summary="the k gallery items nearest to each of several images (or vectors), in one request",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_batch_search_body())
-async def batch_search(request: Request,
-                       k: int = Query(10, ge=1, le=MAX_K, description="how many neighbours for each query"),
-                       label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only this label"),
-                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False,
-                                                          description="only neighbours at most this far (0..2)"),
-                       rerank: int | None = Query(None, ge=1, le=1000, description="as for POST /search"),
-                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       crop: str | None = _crop_param(),
-                       like: list[str] = _examples_param("more like this item, for every query"),
-                       unlike: list[str] = _examples_param("less like this item, for every query"),
-                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
-                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+async def batch_search(request: Request, q: Annotated[BatchSearchQuery, Query()], crop: str | None = _crop_param(),
+                       gallery: str = _gallery(), after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
-                            exclude, offset)
+    params = _search_params(service, q, g.name)
     region = _check_crop(crop)   # the same region of every image
-    like, unlike = _check_examples(like, unlike, rerank)   # the same marks for every query
+    like, unlike = _check_examples(q.like, q.unlike, q.rerank)   # the same marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         _no_crop_for_vectors(region)
@@ -241,11 +206,11 @@ async def batch_search(request: Request,
             hits = await _search_refined(service, g, params, list(vectors), like, unlike)
         else:
             _, hits = await _embedded(service, files, region, params)
-    return JSONResponse({"queries": [{"name": n, **_results(found, group_by, offset),
-                                      **({"vote": _vote_dict(found)} if vote else {})}
+    return JSONResponse({"queries": [{"name": n, **_results(found, params.group_by, params.offset),
+                                      **({"vote": _vote_dict(found)} if q.vote else {})}
                                      for n, found in zip(names, hits)],
-                         "k": k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
-                         "reranked": rerank is not None, "candidates": rerank, "offset": offset})
+                         "k": params.k, "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
+                         "reranked": params.rerank is not None, "candidates": params.rerank, "offset": params.offset})
 
 
 @router.post("/embed", response_model=EmbedResponse, tags=["search"],
@@ -265,29 +230,21 @@ async def embed(request: Request, crop: str | None = _crop_param()):
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 422, 429, 503)})
-async def search_by_id(request: Request, id: str = Path(description="gallery id"),
-                       k: int = Query(10, ge=1, le=MAX_K), label: str | None = Query(None, max_length=MAX_LABEL_CHARS),
-                       max_distance: float | None = Query(None, ge=0, allow_inf_nan=False),
-                       where: str | None = Query(None, max_length=4096, description=_WHERE_DOC),
-                       like: list[str] = _examples_param("more like this item"),
-                       unlike: list[str] = _examples_param("less like this item"),
-                       group_by: str | None = _group_by_param(), group_size: int = _group_size_param(),
-                       exclude: list[str] = _exclude_param(), offset: int = _offset_param(),
-                       rerank: int | None = _rerank_param(),
-                       vote: bool = _vote_param(), gallery: str = _gallery(), after: str | None = _after()):
+async def search_by_id(request: Request, q: Annotated[SearchQuery, Query()], id: str = Path(description="gallery id"),
+                       gallery: str = _gallery(), after: str | None = _after()):
     t0 = time.perf_counter()
     service, g = await _reading(request, after, gallery)
-    like, unlike = _check_examples(like, unlike, rerank)
-    params = _search_params(service, k, label, max_distance, rerank, where, g.name, group_by, group_size,
-                            exclude, offset)
-    if like or unlike or group_by or params.exclude or offset or rerank:   # the item's vector, as any query's
+    like, unlike = _check_examples(q.like, q.unlike, q.rerank)
+    params = _search_params(service, q, g.name)
+    if like or unlike or params.group_by or params.exclude or params.offset or params.rerank:   # as any query
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
-        return _search_answer(service, hits, params, t0, vote)
+        return _search_answer(service, hits, params, t0, q.vote)
     where_filter = json.loads(params.where) if params.where else None
 
     def run():
         t = time.perf_counter()
-        hits = g.store.search_by_id(id, k=k, label=params.label, max_distance=max_distance, where=where_filter)
+        hits = g.store.search_by_id(id, k=params.k, label=params.label, max_distance=params.max_distance,
+                                    where=where_filter)
         service.metrics.search_seconds.observe(time.perf_counter() - t)
         return hits
 
@@ -295,4 +252,4 @@ async def search_by_id(request: Request, id: str = Path(description="gallery id"
         hits = await anyio.to_thread.run_sync(run)
     except KeyError:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
-    return _search_answer(service, hits, params, t0, vote)
+    return _search_answer(service, hits, params, t0, q.vote)

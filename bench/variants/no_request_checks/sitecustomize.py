@@ -1,6 +1,7 @@
 """Benchmark variant (never imported by the project): the service without the forty-fifth session's two
-per-request checks, the query-parameter check (a router dependency) and the header peek for images slow to
-decode, for their cost in bench_http.py beside the code as it is."""
+per-request checks, the query-parameter check (a router dependency: no parameter the route does not take, none
+it takes one value of given twice) and the header peek for images slow to decode, for their cost in
+bench_http.py beside the code as it is."""
 import sys
 
 import app._embedding as _embedding
