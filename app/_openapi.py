@@ -1,11 +1,12 @@
 """The OpenAPI document as the service answers: FastAPI's, with what its generator cannot know put right, so
-that a client generated from /openapi.json parses every answer it gets."""
+that a client generated from /openapi.json parses every answer it gets and knows every header it carries."""
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import FastAPI
 
+from ._answers import POSITION_HEADER
 from ._middleware import is_gallery_scan, is_write
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
@@ -18,6 +19,45 @@ SECURITY_SCHEMES = {
     "BearerAuth": {"type": "http", "scheme": "bearer", "description": "the API key as `Authorization: Bearer <key>`"},
 }
 _KEY = [{"ApiKeyHeader": []}, {"BearerAuth": []}]
+
+# The headers the service's answers carry (components.headers), each referenced from every response that carries
+# it: X-Request-ID, X-Content-Type-Options and Vary from all (fix_openapi), Retry-After from each 429 and 503, and
+# WWW-Authenticate from each 401 (fix_openapi); the position from the routes that send it (`responses=` of the
+# route, with declares()). tests/app/test_contract.py holds the server to it: a header sent and not declared fails.
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {"required": True, "schema": {"type": "string"},
+                     "description": "the request's id: the caller's X-Request-ID when it is 1-200 visible ASCII "
+                                    "characters (no quotes or backslashes), else a new one (32 hex characters); an "
+                                    "error body's `request_id`, and in the service's log lines of the request"},
+    "X-Content-Type-Options": {"required": True, "schema": {"type": "string", "enum": ["nosniff"]},
+                               "description": "nosniff: a browser takes the answer as its Content-Type says, never "
+                                              "as a script or a page"},
+    "Vary": {"required": False, "schema": {"type": "string"},
+             "description": "Origin, from a service that answers the pages of other origins (SIMSEARCH_CORS_ORIGINS): "
+                            "a cache keeps an answer for each origin"},
+    "Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1},
+                    "description": "seconds to wait before trying again"},
+    "WWW-Authenticate": {"required": True, "schema": {"type": "string", "enum": ["Bearer"]},
+                         "description": "how to send the API key: `Authorization: Bearer <key>` (or X-API-Key)"},
+    POSITION_HEADER: {"required": True,
+                      "schema": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$", "examples": ["1042.7"]},
+                      "description": "where the gallery stands after this write (on GET /index: the state the "
+                                     "listing was read from): send it back as X-Simsearch-After to read from a state "
+                                     "at least as new (read-your-writes on a read-only replica). Two whole numbers "
+                                     "joined by a dot, each of which only grows: compare them as pairs of integers"},
+}
+_HEADER_REF = "#/components/headers/"
+_ON_EVERY_ANSWER = ("X-Request-ID", "X-Content-Type-Options", "Vary")
+_ON_STATUS = {"401": ("WWW-Authenticate",), "429": ("Retry-After",), "503": ("Retry-After",)}
+
+
+def declares(*headers: str) -> dict[str, Any]:
+    """A route's `responses` entry for a status whose answers carry `headers` (names in RESPONSE_HEADERS), e.g.
+    `responses={201: declares(POSITION_HEADER)}`: merged by FastAPI into that status's response."""
+    unknown = [h for h in headers if h not in RESPONSE_HEADERS]
+    if unknown:
+        raise ValueError(f"no header {unknown} in app/_openapi.py RESPONSE_HEADERS")
+    return {"headers": {h: {"$ref": _HEADER_REF + h} for h in headers}}
 
 
 def _error_422() -> dict[str, Any]:
@@ -38,7 +78,9 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dic
     - every operation can answer 422 in the service's error shape (a query parameter it does not take, an
       invalid id), never FastAPI's `{"detail": [...]}`, which the service never sends;
     - the key: both ways of sending it as security schemes, required on the operations that need one
-      (writes and GET /duplicates, every one with SIMSEARCH_REQUIRE_KEY_FOR_READS) when a key is set."""
+      (writes and GET /duplicates, every one with SIMSEARCH_REQUIRE_KEY_FOR_READS) when a key is set;
+    - the headers the middleware puts on answers, declared on each response that carries them
+      (RESPONSE_HEADERS), as components.headers."""
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
             if method not in _METHODS:
@@ -48,6 +90,10 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dic
                 responses["422"] = _error_422()
             if keyed and (key_for_reads or is_write(method.upper(), path) or is_gallery_scan(path)):
                 op["security"] = list(_KEY)
+            for status, response in responses.items():
+                headers = response.setdefault("headers", {})
+                for name in _ON_EVERY_ANSWER + _ON_STATUS.get(status, ()):
+                    headers.setdefault(name, {"$ref": _HEADER_REF + name})
     components = schema.setdefault("components", {})
     schemas = components.get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -56,6 +102,7 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dic
                 and not _refers_to({k: v for k, v in schemas.items() if k != unused}, f"#/components/schemas/{unused}"):
             del schemas[unused]
     components["securitySchemes"] = dict(SECURITY_SCHEMES)
+    components["headers"] = dict(RESPONSE_HEADERS)
     return schema
 
 

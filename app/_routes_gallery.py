@@ -18,6 +18,7 @@ from ._bodies import (_file_parts, _json, _media_type, _multipart, _parse_metada
                       _strings)
 from ._embedding import _prepare
 from ._errors import ApiError
+from ._openapi import declares
 from ._params import (MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id, _check_label,
                       _check_where, _crop_param, _gallery, _reading, _router, _service, _writing)
 from ._schemas import (DeleteResponse, DuplicatesResponse, FacetsResponse, GalleriesResponse, GalleryDeleted,
@@ -29,7 +30,8 @@ router = _router()
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],
              summary="add (or replace, by id) one or more images",
-             responses={k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503, 507)},
+             responses={201: declares(POSITION_HEADER),
+                        **{k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503, 507)}},
              openapi_extra=_multipart(
                  "one or more images with optional ids, labels and metadata",
                  {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
@@ -90,7 +92,8 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
             summary="gallery size, dimension, model, index kind, and a page of the listing",
-            responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
+            responses={200: declares(POSITION_HEADER),
+                       **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)}})
 async def info(request: Request,
                offset: int = Query(0, ge=0, le=MAX_OFFSET,
                                    description="items to skip (after `after`, when given). Unstable under writes: a "
@@ -189,10 +192,20 @@ async def facets(request: Request,
                          "not_scalar": found.not_scalar, "gallery": g.name})
 
 
+# what a thumbnail answer (200 or 304) carries besides the headers of every answer (app/_openapi.py)
+_THUMBNAIL_HEADERS = {
+    "ETag": {"required": True, "schema": {"type": "string"},
+             "description": "the thumbnail's entity tag: send it back as If-None-Match for a 304 while it is the same"},
+    "Cache-Control": {"required": True, "schema": {"type": "string", "enum": ["private, no-cache"]},
+                      "description": "ask again each time (If-None-Match makes it a 304 without the image): an image "
+                                     "replaced under the id shows at once"},
+}
+
+
 @router.get("/index/{id:path}/thumbnail", tags=["gallery"], summary="the item's stored JPEG thumbnail",
-            response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}, "headers": _THUMBNAIL_HEADERS},
                                                 304: {"description": "If-None-Match names the thumbnail's ETag: "
-                                                                     "unchanged"},
+                                                                     "unchanged", "headers": _THUMBNAIL_HEADERS},
                                                 **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)}})
 async def thumbnail(request: Request, id: str = Path(), gallery: str = _gallery(),
                     after: str | None = _after()) -> Response:
@@ -231,7 +244,8 @@ async def get_item(request: Request, id: str = Path(),
 
 @router.delete("/index", response_model=DeleteResponse, tags=["gallery"],
                summary="remove every gallery item that matches a label and/or a metadata filter",
-               responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)})
+               responses={200: declares(POSITION_HEADER),
+                          **{k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}})
 async def delete_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS,
                                                     description="items with this label"),
@@ -254,7 +268,8 @@ async def delete_matching(request: Request,
 
 @router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
               summary="change an item's label and/or metadata, keeping its image, vector and place",
-              responses={k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)},
+              responses={200: declares(POSITION_HEADER),
+                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
               openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {
                   "type": "object", "additionalProperties": False, "minProperties": 1,   # {}: a 422, nothing to change
                   "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
@@ -297,7 +312,8 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
 
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
-               responses={k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}, response_class=Response)
+               responses={204: declares(POSITION_HEADER),
+                          **{k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}}, response_class=Response)
 async def delete_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> Response:
     import index as index_pkg  # when used (module docstring)
 

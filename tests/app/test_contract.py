@@ -1,8 +1,10 @@
 """The HTTP contract against a real `simsearch serve` process: what /openapi.json declares is what the server
-answers (a client generated from it parses every error it gets), and what a 405 says."""
+answers (a client generated from it parses every error it gets, and knows every header it is sent), and what a
+405 says."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -104,38 +106,81 @@ def _provocations(method: str, path: str, op: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def test_every_error_a_route_answers_is_declared_in_openapi_with_the_body_it_has(live):
+def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
+    """(method, path, what, response) of a request that succeeds on each operation (and the thumbnail's 304), in
+    an order that makes what the next one needs: the items h1 and h2, the gallery `headers`."""
+    key = {"X-API-Key": KEY}
+    image = [("file", ("h.jpg", encode(pattern(5), "JPEG"), "image/jpeg"))]
+    steps = [("get", "/healthz", "/healthz", {}), ("get", "/readyz", "/readyz", {}),
+             ("get", "/metrics", "/metrics", {}),
+             ("post", "/index", "/index", {"headers": key, "data": {"id": ["h1", "h2"], "label": ["dog", "gone"]},
+                                           "files": image * 2}),
+             ("post", "/index", "/index?gallery=headers", {"headers": key, "files": image}),
+             ("get", "/index", "/index", {}), ("get", "/index/{id}", "/index/h1", {}),
+             ("get", "/index/{id}/thumbnail", "/index/h1/thumbnail", {}),
+             ("patch", "/index/{id}", "/index/h1", {"headers": key, "json": {"label": "cow"}}),
+             ("post", "/search", "/search", {"files": image}), ("post", "/search/{id}", "/search/h1", {}),
+             ("post", "/batch/search", "/batch/search", {"files": image}),
+             ("post", "/classify", "/classify", {"files": image}),
+             ("post", "/embed", "/embed", {"files": image}), ("get", "/duplicates", "/duplicates", {"headers": key}),
+             ("get", "/facets", "/facets?field=label", {}), ("get", "/galleries", "/galleries", {}),
+             ("delete", "/galleries/{name}", "/galleries/headers", {"headers": key}),
+             ("delete", "/index", "/index?label=gone", {"headers": key}),
+             ("delete", "/index/{id}", "/index/h1", {"headers": key})]
+    out = []
+    for method, path, target, request in steps:
+        r = httpx.request(method.upper(), url + target, timeout=30, **request)
+        assert r.status_code < 300, (method, target, r.text)
+        out.append((method, path, "a request that succeeds", r))
+        if path.endswith("/thumbnail"):
+            again = httpx.get(url + target, headers={"If-None-Match": r.headers["etag"]})
+            assert again.status_code == 304, again.text
+            out.append((method, path, "If-None-Match of its ETag", again))
+    return out
+
+
+@pytest.fixture(scope="module")
+def walked(live) -> list[tuple[str, str, str, httpx.Response]]:
+    """(method, path, what, response) of the requests the contract is checked on: every operation of
+    /openapi.json made to go wrong in each way _provocations knows, then made to succeed (_succeed)."""
     spec = httpx.get(live.url + "/openapi.json").json()
-    wrong, seen = [], {}
+    out = []
     for path, item in spec["paths"].items():
         for method, op in item.items():
-            declared = op["responses"]
             for what, request in _provocations(method, path, op):
                 request["url"] = live.url + request["url"]
-                r = httpx.request(method.upper(), timeout=30, **request)
-                seen.setdefault((method, path), set()).add(r.status_code)
-                where = f"{method.upper()} {path}, {what}: {r.status_code}"
-                if what == "a JSON body" and r.status_code == 415:
-                    wrong.append(f"{where}: application/json is declared, and refused")
-                if what == "an empty position" and r.status_code == 400:
-                    wrong.append(f"{where}: an empty X-Simsearch-After is refused")
-                if r.status_code < 400:
-                    continue
-                if str(r.status_code) not in declared:
-                    wrong.append(f"{where} is not declared ({r.text[:120]})")
-                    continue
-                schema = declared[str(r.status_code)].get("content", {}).get("application/json", {}).get("schema")
-                if schema is None:
-                    wrong.append(f"{where}: declared with no JSON schema")
-                    continue
-                named = schema.get("$ref", "").rsplit("/", 1)[-1]
-                if "error" not in spec["components"]["schemas"].get(named, schema).get("required", []):
-                    wrong.append(f"{where}: declared as {named or schema}, which is not the error envelope")
-                body = r.json()
-                wrong += [f"{where}: {p}" for p in _problems(body, schema, spec)]
-                # the service's envelope, whatever was declared (FastAPI's {"detail": ...} has no required keys)
-                if body.get("error", {}).get("request_id") != r.headers.get("x-request-id"):
-                    wrong.append(f"{where}: the body's request_id is not the X-Request-ID header")
+                out.append((method, path, what, httpx.request(method.upper(), timeout=30, **request)))
+    return out + _succeed(live.url)
+
+
+def test_every_error_a_route_answers_is_declared_in_openapi_with_the_body_it_has(live, walked):
+    spec = httpx.get(live.url + "/openapi.json").json()
+    wrong, seen = [], {}
+    for method, path, what, r in walked:
+        declared = spec["paths"][path][method]["responses"]
+        seen.setdefault((method, path), set()).add(r.status_code)
+        where = f"{method.upper()} {path}, {what}: {r.status_code}"
+        if what == "a JSON body" and r.status_code == 415:
+            wrong.append(f"{where}: application/json is declared, and refused")
+        if what == "an empty position" and r.status_code == 400:
+            wrong.append(f"{where}: an empty X-Simsearch-After is refused")
+        if r.status_code < 400:
+            continue
+        if str(r.status_code) not in declared:
+            wrong.append(f"{where} is not declared ({r.text[:120]})")
+            continue
+        schema = declared[str(r.status_code)].get("content", {}).get("application/json", {}).get("schema")
+        if schema is None:
+            wrong.append(f"{where}: declared with no JSON schema")
+            continue
+        named = schema.get("$ref", "").rsplit("/", 1)[-1]
+        if "error" not in spec["components"]["schemas"].get(named, schema).get("required", []):
+            wrong.append(f"{where}: declared as {named or schema}, which is not the error envelope")
+        body = r.json()
+        wrong += [f"{where}: {p}" for p in _problems(body, schema, spec)]
+        # the service's envelope, whatever was declared (FastAPI's {"detail": ...} has no required keys)
+        if body.get("error", {}).get("request_id") != r.headers.get("x-request-id"):
+            wrong.append(f"{where}: the body's request_id is not the X-Request-ID header")
     assert not wrong, "\n".join(wrong)
     # every operation was shown to answer its 422 (a query parameter it does not take); writes their 401 and 403
     for (method, path), statuses in seen.items():
@@ -145,6 +190,69 @@ def test_every_error_a_route_answers_is_declared_in_openapi_with_the_body_it_has
     assert seen[("post", "/search/{id}")] >= {404, 413} and seen[("get", "/facets")] >= {400, 409}
     assert spec["components"]["schemas"]["ErrorDetail"]["properties"]["request_id"]
     assert "application/json" not in spec["paths"]["/embed"]["post"]["requestBody"]["content"]
+
+
+# What HTTP itself puts on an answer (its framing, the date, the server's name): no API's to declare (and OpenAPI
+# ignores a declared Content-Type)
+_TRANSPORT_HEADERS = frozenset({"content-type", "content-length", "date", "server", "connection", "transfer-encoding"})
+
+
+def _fits_header(value: str, schema: dict) -> bool:
+    """Whether a header's value fits its declared schema (type integer or string, enum, pattern, minimum)."""
+    if schema.get("type") == "integer":
+        return value.isdigit() and int(value) >= schema.get("minimum", 0)
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    return re.search(schema.get("pattern", ""), value) is not None   # a JSON Schema pattern: a search, as here
+
+
+@pytest.fixture(scope="module")
+def unready(tmp_path_factory) -> list[tuple[str, str, str, httpx.Response]]:
+    """(method, path, what, response) of the answers a server gives that the live one does not: a 503 (a model
+    file that is none: it never becomes ready) and a 429 (a rate limit of one request a minute)."""
+    work = tmp_path_factory.mktemp("unready")
+    (work / "broken.safetensors").write_bytes(b"not a model")
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(work / "broken.safetensors"),
+                           "SIMSEARCH_DATA_DIR": str(work / "data"), "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "1"},
+                          work, ready=False)
+    try:
+        answers = [("get", "/readyz", "no model", httpx.get(server.url + "/readyz")),
+                   ("post", "/search", "no model", httpx.post(server.url + "/search")),
+                   ("post", "/search", "the rate limit's second request", httpx.post(server.url + "/search"))]
+    finally:
+        stop_server(server)
+    assert [r.status_code for _, _, _, r in answers] == [503, 503, 429], [r.text for _, _, _, r in answers]
+    return answers
+
+
+def test_every_header_an_answer_carries_is_declared_in_openapi_for_its_operation_and_status(live, walked, unready):
+    """A client generated from /openapi.json knows each header it can be sent (X-Request-ID, Retry-After, the
+    position a write answers), and gets each one declared as always sent: a route that starts sending a header
+    of its own, or stops sending one, fails here."""
+    spec = httpx.get(live.url + "/openapi.json").json()
+    components = spec["components"]["headers"]
+    wrong, succeeded = [], set()
+    for method, path, what, r in walked + unready:
+        where = f"{method.upper()} {path}, {what}: {r.status_code}"
+        response = spec["paths"][path][method]["responses"].get(str(r.status_code))
+        if response is None:
+            wrong.append(f"{where}: the status is not declared")
+            continue
+        if r.status_code < 300:
+            succeeded.add((method, path))
+        declared = {name.lower(): components[h["$ref"].rsplit("/", 1)[1]] if "$ref" in h else h
+                    for name, h in response.get("headers", {}).items()}
+        sent = {name.lower() for name in r.headers} - _TRANSPORT_HEADERS
+        wrong += [f"{where}: sends {name}, not declared" for name in sorted(sent - set(declared))]
+        wrong += [f"{where}: {name} is declared as always sent, and was not" for name, h in sorted(declared.items())
+                  if h.get("required") and name not in sent]
+        wrong += [f"{where}: {name}: {r.headers[name]!r} is not {declared[name]['schema']}" for name in sorted(sent)
+                  if name in declared and not _fits_header(r.headers[name], declared[name]["schema"])]
+    assert not wrong, "\n".join(wrong)
+    every = {(m, p) for p, item in spec["paths"].items() for m in item}
+    assert succeeded == every, f"no request that succeeds for {sorted(every - succeeded)}: add one to _succeed"
+    for name in ("X-Request-ID", "Retry-After", "X-Simsearch-Position"):
+        assert components[name]["description"] and components[name]["schema"], name
 
 
 def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
