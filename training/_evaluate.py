@@ -263,7 +263,8 @@ def match_thresholds(embeddings: torch.Tensor, labels: torch.Tensor, precisions=
 def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
                         ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None, *,
                         neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
-                        precisions: Sequence[float] = MATCH_PRECISIONS) -> dict[str, Any]:
+                        precisions: Sequence[float] = MATCH_PRECISIONS, reference=None,
+                        reference_labels=None) -> dict[str, Any]:
     """All test metrics from embeddings (N, D): retrieval metrics, ce_loss (when a CE head is given), ms_loss,
     ms_loss_plain, the per-class report (class_report; `class_names[label]` names the classes) and the
     distances for each wanted precision of the top hit in `precisions` (match_thresholds; each in (0, 1]).
@@ -272,7 +273,23 @@ def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
     `embeddings`: a torch tensor or a numpy array (what model.Embedder.embed returns); `labels`: N integer
     class ids or N class names (str), as a tensor, an array or a list. Names are numbered in sorted order
     and, without `class_names`, name the classes in the report. Raises TypeError for other kinds and
-    ValueError for lengths that differ or a precision outside (0, 1], naming them."""
+    ValueError for lengths that differ or a precision outside (0, 1], naming them.
+
+    `reference` and `reference_labels` (M, D) and (M,), given together, of the same kinds: score the
+    embeddings as queries against this separate reference set (a gallery) instead of each against the others
+    (leave-one-out): the retrieval metrics of pml's AccuracyCalculator with `ref_includes_query=False`, as
+    `retrieval_metrics` computes them; ce_loss of the queries; `test_size` (the queries) and `reference_size`;
+    `unscored_classes`, the queries' classes that no reference item has (pml leaves such queries out), and
+    `scored_queries`. The MS losses, the similarity means, the per-class report and the match thresholds
+    describe one set scored against itself and are left out (so `ms_m`, `ms_classes` and `precisions` are
+    not used). Raises ValueError for a reference of another dimension than the queries, or labels of
+    another length than the reference, naming them, and TypeError for names in one set and ids in the other.
+    """
+    if reference is not None or reference_labels is not None:
+        if neighbours is not None:
+            raise ValueError("neighbours are the leave-one-out ones of a set scored against itself: give them "
+                             "without reference")
+        return _evaluate_against(embeddings, labels, reference, reference_labels, ce_head, class_names)
     embeddings, labels, names = _as_tensors(embeddings, labels)
     class_names = class_names if class_names is not None else names
     precisions = tuple(precisions)
@@ -294,32 +311,98 @@ def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
     return out
 
 
-def _as_tensors(embeddings, labels) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """(embeddings as a float tensor (N, D), labels as int64 (N,), the class names when labels were names)."""
+def _as_tensors(embeddings, labels, what: str = "embeddings",
+                what_labels: str = "labels") -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """(embeddings as a float tensor (N, D), labels as int64 (N,), the class names when labels were names);
+    `what` and `what_labels`: the arguments as the messages name them."""
     if isinstance(embeddings, np.ndarray):
         embeddings = torch.from_numpy(np.ascontiguousarray(embeddings))
     if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"embeddings: a torch tensor or numpy array (N, D), got {type(embeddings).__name__}")
+        raise TypeError(f"{what}: a torch tensor or numpy array (N, D), got {type(embeddings).__name__}")
     if embeddings.dim() != 2 or not embeddings.is_floating_point():
-        raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} and dtype {embeddings.dtype}: expected "
+        raise ValueError(f"{what} of shape {tuple(embeddings.shape)} and dtype {embeddings.dtype}: expected "
                          "floats (N, D)")
     names = None
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu()
     else:
         if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
-            raise TypeError(f"labels: N class ids or names (a tensor, array or list), got {type(labels).__name__}")
+            raise TypeError(f"{what_labels}: N class ids or names (a tensor, array or list), got "
+                            f"{type(labels).__name__}")
         values = np.asarray(labels)
         if values.dtype.kind in "US" or (values.dtype == object and all(isinstance(v, str) for v in labels)):
             names = sorted({str(v) for v in labels})
             number = {n: i for i, n in enumerate(names)}
             values = np.array([number[str(v)] for v in labels], dtype=np.int64)
         elif values.dtype.kind not in "iu" and len(values):
-            raise TypeError(f"labels of dtype {values.dtype}: give integer class ids or class names (str)")
+            raise TypeError(f"{what_labels} of dtype {values.dtype}: give integer class ids or class names (str)")
         labels = torch.from_numpy(values.astype(np.int64).reshape(-1))
     if labels.dim() != 1 or len(labels) != len(embeddings):
-        raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(embeddings)} embeddings: one label each")
+        raise ValueError(f"{what_labels} of shape {tuple(labels.shape)} for {len(embeddings)} {what}: one label "
+                         "each")
     return embeddings.cpu(), labels.long(), names
+
+
+def _evaluate_against(queries, labels, reference, reference_labels, ce_head: dict | None,
+                      class_names: list[str] | None) -> dict[str, Any]:
+    """evaluate_embeddings of `queries` against a separate reference set (see there)."""
+    if reference is None or reference_labels is None:
+        given, missing = ("reference", "reference_labels") if reference is not None else \
+            ("reference_labels", "reference")
+        raise TypeError(f"{given} without {missing}: give the reference vectors and their labels together")
+    queries, labels, reference, reference_labels, names = _queries_and_reference(queries, labels, reference,
+                                                                                 reference_labels)
+    class_names = class_names if class_names is not None else names
+    out: dict[str, Any] = _retrieval_against(queries, labels, reference, reference_labels)
+    if ce_head is not None:
+        out.update(ce_loss(queries, labels, ce_head))
+    out["test_size"] = int(len(labels))
+    out["reference_size"] = int(len(reference_labels))
+    absent = sorted(set(labels.tolist()) - set(reference_labels.tolist()))
+    out["unscored_classes"] = {class_names[c] if class_names and c < len(class_names) else str(c):
+                               "not in the reference" for c in absent}
+    out["scored_queries"] = int(torch.isin(labels, reference_labels).sum())
+    return out
+
+
+def _queries_and_reference(queries, labels, reference, reference_labels):
+    """(queries, labels, reference, reference_labels, the class names) as tensors, checked to go together:
+    vectors of one dimension; class names in both sets (numbered together, in sorted order) or ids in both."""
+    queries, labels, names = _as_tensors(queries, labels)
+    reference, reference_labels, reference_names = _as_tensors(reference, reference_labels, "reference vectors",
+                                                               "reference_labels")
+    if reference.shape[1] != queries.shape[1]:
+        raise ValueError(f"reference vectors of dimension {reference.shape[1]} for queries of dimension "
+                         f"{queries.shape[1]}: both must be the same model's embeddings")
+    if not len(reference):
+        raise ValueError("reference vectors: none given (0 rows); the queries need a reference set to be scored "
+                         "against")
+    if (names is None) != (reference_names is None):
+        kinds = ("class names", "class ids") if names is not None else ("class ids", "class names")
+        raise TypeError(f"labels are {kinds[0]} and reference_labels {kinds[1]}: give both as names or both as ids")
+    if names is not None:
+        joint = sorted(set(names) | set(reference_names))
+        labels, reference_labels = _renumbered(labels, names, joint), _renumbered(reference_labels,
+                                                                                  reference_names, joint)
+        names = joint
+    return queries, labels, reference, reference_labels, names
+
+
+def _renumbered(labels: torch.Tensor, names: list[str], joint: list[str]) -> torch.Tensor:
+    """Labels numbered in `names` numbered in `joint` instead (names numbered over both sets)."""
+    place = {n: i for i, n in enumerate(joint)}
+    return torch.tensor([place[n] for n in names], dtype=torch.long)[labels]
+
+
+def _retrieval_against(queries: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor,
+                       reference_labels: torch.Tensor) -> dict[str, float]:
+    """retrieval_metrics of the queries against the reference set: each query's nearest reference items by
+    cosine (FAISS on L2-normalised vectors), no query counted as its own reference (ref_includes_query=False)."""
+    calc = _accuracy_calculator()
+    query = F.normalize(queries.float(), dim=1).numpy().astype(np.float32)
+    ref = F.normalize(reference.float(), dim=1).numpy().astype(np.float32)
+    res = calc.get_accuracy(query, labels.numpy(), ref, reference_labels.numpy(), ref_includes_query=False)
+    return {k: float(v) for k, v in res.items()}
 
 
 def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
@@ -529,21 +612,14 @@ def format_metrics(m: dict[str, Any]) -> str:
     images, so a figure is only comparable with one measured the same way)."""
     keys = list(RETRIEVAL_METRICS) + [f"recall_at_{r}" for r in RECALL_AT] + [
         "ce_loss", "ce_accuracy", "ms_loss", "ms_loss_plain", "mean_cos_same_class", "mean_cos_other_class"]
-    what = []
-    if "test_size" in m:
-        scored = m.get("scored_queries", m["test_size"])
-        what.append(f"{m['test_size']} test images" + (f" ({scored} scored; the other {m['test_size'] - scored} are "
-                                                        "alone in their class)" if scored != m["test_size"] else ""))
-    if "tta" in m:
-        what.append(f"test-time augmentation {m['tta']}")
-    if m.get("centre"):
-        what.append(f"centred by {m['centre']:g} of the mean embedding")
+    what = _measured(m)
     lines = ([", ".join(what)] if what else []) + [f"{k:30s} {m[k]:.4f}" for k in keys if k in m]
     if unscored := m.get("unscored_classes"):   # said: an average that leaves rare classes out must say so
         shown = [f"{c} ({why})" for c, why in list(unscored.items())[:8]]
-        lines.append(f"{len(unscored)} class{'es' if len(unscored) != 1 else ''} not scored (fewer than 2 test "
-                     f"images, nothing of the class to find): {', '.join(shown)}"
-                     f"{' ... (all in the metrics file)' if len(unscored) > 8 else ''}")
+        why = ("none in the reference" if "reference_size" in m else
+               "fewer than 2 test images, nothing of the class to find")
+        lines.append(f"{len(unscored)} class{'es' if len(unscored) != 1 else ''} not scored ({why}): "
+                     f"{', '.join(shown)}{' ... (all in the metrics file)' if len(unscored) > 8 else ''}")
     worst = sorted((c for c in m.get("per_class", []) if c["precision_at_1"] is not None),
                    key=lambda c: c["precision_at_1"])[:5]
     if worst:
@@ -569,6 +645,27 @@ def format_metrics(m: dict[str, Any]) -> str:
             f"{t['target_precision']:.2f}" for t in targets if t["max_distance"] is None)
             + " for the top hit on this test split (the nearest are too often of another class at every distance)")
     return "\n".join(lines)
+
+
+def _measured(m: dict[str, Any]) -> list[str]:
+    """What format_metrics's first line says was measured: how many test images (queries, against how large a
+    reference set), scored how."""
+    what = []
+    if "test_size" in m:
+        scored = m.get("scored_queries", m["test_size"])
+        if "reference_size" in m:
+            what.append(f"{m['test_size']} queries against {m['reference_size']} reference items"
+                        + (f" ({scored} scored; the other {m['test_size'] - scored} have no reference item of their "
+                           "class)" if scored != m["test_size"] else ""))
+        else:
+            what.append(f"{m['test_size']} test images" + (f" ({scored} scored; the other {m['test_size'] - scored} "
+                                                            "are alone in their class)" if scored != m["test_size"]
+                                                            else ""))
+    if "tta" in m:
+        what.append(f"test-time augmentation {m['tta']}")
+    if m.get("centre"):
+        what.append(f"centred by {m['centre']:g} of the mean embedding")
+    return what
 
 
 def _few(queries: int | None) -> str:
