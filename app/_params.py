@@ -8,11 +8,11 @@ torch load."""
 from __future__ import annotations
 
 import json
+import types
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi._compat import field_annotation_is_sequence
 from pydantic import BaseModel, Field
 
 from model import Crop, parse_crop
@@ -30,6 +30,15 @@ MAX_OFFSET = 2**62   # the store's limit: offset + limit must fit SQLite's 64-bi
 AFTER_HEADER = "X-Simsearch-After"
 
 
+def _takes_several(annotation: Any) -> bool:
+    """Whether a query parameter of this type takes all its values (`list[str]`: exclude=a&exclude=b), as FastAPI
+    reads a sequence annotation, rather than one."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):   # list[str] | None
+        return any(_takes_several(arg) for arg in get_args(annotation))
+    return (origin or annotation) in (list, set, frozenset, tuple)
+
+
 def _declared_query(dependant) -> dict[str, bool]:
     """The query parameters a route declares, its dependencies' and its query-parameter models' fields included
     (SearchQuery): each name, and whether it takes several values (a list: `exclude=a&exclude=b`), as FastAPI
@@ -38,10 +47,10 @@ def _declared_query(dependant) -> dict[str, bool]:
     for field in dependant.query_params:
         model = field.field_info.annotation
         if isinstance(model, type) and issubclass(model, BaseModel):
-            names.update({f.alias or name: field_annotation_is_sequence(f.annotation)
+            names.update({f.alias or name: _takes_several(f.annotation)
                           for name, f in model.model_fields.items()})
         else:
-            names[field.alias] = field_annotation_is_sequence(field.field_info.annotation)
+            names[field.alias] = _takes_several(field.field_info.annotation)
     for sub in dependant.dependencies:
         names.update(_declared_query(sub))
     return names
