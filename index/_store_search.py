@@ -231,7 +231,7 @@ def _broad_candidates(k: int, population: int, total: int) -> int:
     return min(total, int(k * total / max(population, 1) * 2) + 16)
 
 def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see MetaIndexes.filter_fids)."""
+    """Which of `ids` are in the sorted array `sorted_ids` (the filter's ids, see _filter_fids)."""
     if len(sorted_ids) == 0:
         return np.zeros(np.shape(ids), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
