@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     install_openapi(app, keyed=bool(settings.api_key) or settings.api_key_file is not None,
-                    key_for_reads=settings.require_key_for_reads)
+                    key_for_reads=settings.require_key_for_reads, read_only=settings.read_only)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     # A request passes root path -> security headers -> request id -> metrics -> CORS -> key and rate limit ->

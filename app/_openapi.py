@@ -39,6 +39,8 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
                     "description": "seconds to wait before trying again"},
     "WWW-Authenticate": {"required": True, "schema": {"type": "string", "enum": ["Bearer"]},
                          "description": "how to send the API key: `Authorization: Bearer <key>` (or X-API-Key)"},
+    "Allow": {"required": True, "schema": {"type": "string", "examples": ["GET, HEAD"]},
+              "description": "the methods the path takes (on a read-only service's writes: GET, HEAD)"},
     POSITION_HEADER: {"required": True,
                       "schema": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$", "examples": ["1042.7"]},
                       "description": "where the gallery stands after this write (on GET /index: the state the "
@@ -73,12 +75,20 @@ def _refers_to(node: Any, ref: str) -> bool:
     return False
 
 
-def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dict[str, Any]:
+def _read_only_405() -> dict[str, Any]:
+    return {"description": "this service serves its index read-only (SIMSEARCH_READ_ONLY, `read_only`): writes go "
+                           "to the service that owns the index",
+            "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+            "headers": {"Allow": {"$ref": _HEADER_REF + "Allow"}}}
+
+
+def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_only: bool = False) -> dict[str, Any]:
     """Put right, in place, what FastAPI's generator gets wrong about this service:
     - every operation can answer 422 in the service's error shape (a query parameter it does not take, an
       invalid id), never FastAPI's `{"detail": [...]}`, which the service never sends;
     - the key: both ways of sending it as security schemes, required on the operations that need one
       (writes and GET /duplicates, every one with SIMSEARCH_REQUIRE_KEY_FOR_READS) when a key is set;
+    - a read-only service (SIMSEARCH_READ_ONLY) answers every write 405, with Allow;
     - the headers the middleware puts on answers, declared on each response that carries them
       (RESPONSE_HEADERS), as components.headers."""
     for path, item in schema.get("paths", {}).items():
@@ -90,6 +100,8 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dic
                 responses["422"] = _error_422()
             if keyed and (key_for_reads or is_write(method.upper(), path) or is_gallery_scan(path)):
                 op["security"] = list(_KEY)
+            if read_only and is_write(method.upper(), path):
+                responses["405"] = _read_only_405()
             for status, response in responses.items():
                 headers = response.setdefault("headers", {})
                 for name in _ON_EVERY_ANSWER + _ON_STATUS.get(status, ()):
@@ -106,12 +118,12 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool) -> dic
     return schema
 
 
-def install_openapi(app: FastAPI, keyed: bool, key_for_reads: bool) -> None:
+def install_openapi(app: FastAPI, keyed: bool, key_for_reads: bool, read_only: bool = False) -> None:
     """app.openapi() (and /openapi.json, /docs) answers the corrected document, built once."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = fix_openapi(FastAPI.openapi(app), keyed, key_for_reads)
+            app.openapi_schema = fix_openapi(FastAPI.openapi(app), keyed, key_for_reads, read_only)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -9,6 +9,8 @@ import re
 import httpx
 import pytest
 
+from app._middleware import is_write
+
 from .conftest import encode, pattern, start_server, stop_server
 
 KEY = "contract-key"
@@ -225,14 +227,12 @@ def unready(tmp_path_factory) -> list[tuple[str, str, str, httpx.Response]]:
     return answers
 
 
-def test_every_header_an_answer_carries_is_declared_in_openapi_for_its_operation_and_status(live, walked, unready):
-    """A client generated from /openapi.json knows each header it can be sent (X-Request-ID, Retry-After, the
-    position a write answers), and gets each one declared as always sent: a route that starts sending a header
-    of its own, or stops sending one, fails here."""
-    spec = httpx.get(live.url + "/openapi.json").json()
+def _undeclared_headers(spec: dict, answers) -> tuple[list[str], set[tuple[str, str]]]:
+    """What in `answers` ((method, path, what, response)) breaks `spec`'s declared statuses and headers, and the
+    operations that answered a success."""
     components = spec["components"]["headers"]
     wrong, succeeded = [], set()
-    for method, path, what, r in walked + unready:
+    for method, path, what, r in answers:
         where = f"{method.upper()} {path}, {what}: {r.status_code}"
         response = spec["paths"][path][method]["responses"].get(str(r.status_code))
         if response is None:
@@ -248,11 +248,53 @@ def test_every_header_an_answer_carries_is_declared_in_openapi_for_its_operation
                   if h.get("required") and name not in sent]
         wrong += [f"{where}: {name}: {r.headers[name]!r} is not {declared[name]['schema']}" for name in sorted(sent)
                   if name in declared and not _fits_header(r.headers[name], declared[name]["schema"])]
+    return wrong, succeeded
+
+
+def test_every_header_an_answer_carries_is_declared_in_openapi_for_its_operation_and_status(live, walked, unready):
+    """A client generated from /openapi.json knows each header it can be sent (X-Request-ID, Retry-After, the
+    position a write answers), and gets each one declared as always sent: a route that starts sending a header
+    of its own, or stops sending one, fails here."""
+    spec = httpx.get(live.url + "/openapi.json").json()
+    components = spec["components"]["headers"]
+    wrong, succeeded = _undeclared_headers(spec, walked + unready)
     assert not wrong, "\n".join(wrong)
     every = {(m, p) for p, item in spec["paths"].items() for m in item}
     assert succeeded == every, f"no request that succeeds for {sorted(every - succeeded)}: add one to _succeed"
     for name in ("X-Request-ID", "Retry-After", "X-Simsearch-Position"):
         assert components[name]["description"] and components[name]["schema"], name
+
+
+def test_a_read_only_service_declares_the_405_with_allow_that_each_write_answers(live, hybrid1_artifact):
+    """A replica (SIMSEARCH_READ_ONLY) over the live server's gallery: its /openapi.json declares on every write
+    the 405 `read_only` it answers, with the body and headers it has."""
+    work = live.log.parent / "read-only"
+    work.mkdir(exist_ok=True)
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact),
+                           "SIMSEARCH_DATA_DIR": str(live.log.parent / "data"), "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work)
+    try:
+        spec = httpx.get(server.url + "/openapi.json").json()
+        writes = [(m, p) for p, item in spec["paths"].items() for m in item if is_write(m.upper(), p)]
+        image = [("file", ("w.jpg", encode(pattern(3), "JPEG"), "image/jpeg"))]
+        answers = []
+        for method, path in writes:
+            target = path.replace("{id}", "known").replace("{name}", "default")
+            query = "?label=cat" if (method, target) == ("delete", "/index") else ""
+            r = httpx.request(method.upper(), server.url + target + query, timeout=30,
+                              **({"files": image} if method == "post" else
+                                 {"json": {"label": "dog"}} if method == "patch" else {}))
+            assert r.status_code == 405 and r.json()["error"]["code"] == "read_only", (method, target, r.text)
+            answers.append((method, path, "a write to a read-only service", r))
+    finally:
+        stop_server(server)
+    assert {(m.upper(), p) for m, p in writes} >= {("POST", "/index"), ("DELETE", "/index"), ("PATCH", "/index/{id}"),
+                                                   ("DELETE", "/index/{id}")}, writes
+    wrong, _ = _undeclared_headers(spec, answers)
+    assert not wrong, "\n".join(wrong)
+    for method, path, _, r in answers:
+        declared = spec["paths"][path][method]["responses"]["405"]["content"]["application/json"]["schema"]
+        assert not _problems(r.json(), declared, spec), (method, path, r.text)
+    assert r.headers["allow"] == "GET, HEAD"
 
 
 def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
