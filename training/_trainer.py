@@ -43,13 +43,19 @@ def _seed_all(seed: int) -> None:
 
 
 def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[int, int]:
-    """(batch_size, m_per_class) for class-balanced batches; m=0 means plain shuffling."""
+    """(batch_size, m_per_class) for class-balanced batches; m=0 means plain shuffling. `num_classes`: the classes
+    the training split holds (a class only test/ has cannot fill a batch: pml's sampler refuses the plan)."""
     if not needs_pairs:
         return cfg.batch_size, 0
     m = cfg.m_per_class
     if m * num_classes < cfg.batch_size:  # too few classes to fill a batch with m of each: raise m
         m = max(2, cfg.batch_size // num_classes)
     return max(m, (cfg.batch_size // m) * m), m
+
+
+def _classes_in(split: Split) -> int:
+    """How many classes have images in `split`."""
+    return int(torch.unique(split.labels).numel())
 
 
 def _trains_with_flips(cfg: TrainConfig, ds: Dataset) -> bool:
@@ -271,7 +277,7 @@ def check_processes(cfg: TrainConfig, data: str | os.PathLike, processes: int, p
     check_image_size(cfg, ds)
     loss_fn = create_loss(cfg.loss, cfg.embed_dim, ds.num_classes,
                           **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs})
-    batch_size, m = _batch_plan(cfg, ds.num_classes, loss_fn.needs_pairs)
+    batch_size, m = _batch_plan(cfg, _classes_in(run_splits(cfg, ds)[0]), loss_fn.needs_pairs)
     _check_shares(batch_size, m, processes)
     _build(cfg, ds.in_chans, ds.image_size)
 
@@ -451,7 +457,7 @@ def _optimiser(run: _Run) -> _Steps:
     params = [p for g in groups for p in g["params"]]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=run.device.type == "cuda")
-    batch_size, m = _batch_plan(cfg, run.ds.num_classes, loss_fn.needs_pairs)
+    batch_size, m = _batch_plan(cfg, _classes_in(run.train_split), loss_fn.needs_pairs)
     if run.world is not None:
         _check_shares(batch_size, m, run.world.size)
     if (small := _small_classes(run.train_split, run.ds.class_names, m)) and run.main:

@@ -103,6 +103,19 @@ def test_train_and_evaluate_say_what_was_not_scored_and_record_the_data_used(tmp
             "2 classes (x, y)") in r.stdout and "ce_accuracy " not in r.stdout
 
 
+def test_a_class_only_the_test_split_has_does_not_break_the_class_balanced_batches(tmp_path):
+    # 4 classes in all and 3 in train/: batches of 32 planned as 4 classes x 8 were 3 x 8 = 24 images, which
+    # pml's MPerClassSampler refuses (a traceback); planned on the classes train/ holds, 3 x 10
+    _classes(tmp_path / "split" / "train", {"red": 12, "blue": 12, "green": 12})
+    _classes(tmp_path / "split" / "test", {"red": 3, "blue": 3, "green": 3, "zebra": 3})
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train", str(tmp_path / "split"), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                "--threads", "1", "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    training = json.loads(out.with_name("m.metrics.json").read_text())["training"]
+    assert (training["batch_size_used"], training["m_per_class_used"]) == (30, 10), training
+
+
 def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path):
     import os
 
