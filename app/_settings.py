@@ -29,6 +29,15 @@ _OTHER_VARIABLES = frozenset({"SIMSEARCH_WORKERS", "SIMSEARCH_LOG_FORMAT", "SIMS
                               "SIMSEARCH_SHARED_DATA"})
 
 
+def _served_first_segments() -> set[str]:
+    """The first path segment of every route the service serves (search, index, ..., docs, static)."""
+    from ._errors import all_routes
+    from ._routes import router
+
+    routes = {getattr(route, "path", "").split("/")[1] for route in all_routes(router.routes)}
+    return (routes | {"docs", "redoc", "openapi.json", "static"}) - {""}   # FastAPI's pages, the mounted files
+
+
 class Settings(BaseSettings):
     """Everything the service can be told. Each field is read from SIMSEARCH_<FIELD> (e.g.
     SIMSEARCH_API_KEY, SIMSEARCH_MAX_BODY_BYTES); limits of 0 switch that limit off where noted."""
@@ -124,6 +133,11 @@ class Settings(BaseSettings):
         elif not _ROOT_PATH.fullmatch(v):
             why = ("each part between slashes must be non-empty, not . or .., and of letters, digits and "
                    "-._~!$&'()*+,;=:@ only (no spaces, % escapes or non-ASCII)")
+        elif (first := v.split("/")[1]) in _served_first_segments():
+            # the service takes paths with the prefix and without it: /search under a prefix /search could not
+            # be told from the root
+            why = (f"/{first} is a path the service serves itself, so a request for it could not be told from "
+                   "one under the prefix: choose another prefix (/simsearch, say)")
         else:
             return v
         raise ValueError(f"not a path prefix: {why}")

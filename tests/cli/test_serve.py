@@ -119,6 +119,11 @@ def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path):
     (["--root-path", "/"], "/ is the root itself: leave it unset (empty) to serve at the root (got '/')"),
     (["--root-path", "/photos?x=1"], "it holds ? or # (a prefix has no query or fragment) (got '/photos?x=1')"),
     (["--root-path", "/two words"], "no spaces, % escapes or non-ASCII) (got '/two words')"),
+    # the service serves paths with the prefix and without: /search/... could not be told from /search
+    (["--root-path", "/search"], "/search is a path the service serves itself, so a request for it could not be "
+                                 "told from one under the prefix: choose another prefix (/simsearch, say) (got "
+                                 "'/search')"),
+    (["--root-path", "/static/photos"], "/static is a path the service serves itself"),
 ])
 def test_a_root_path_that_is_no_path_prefix_is_one_line_at_start_naming_it(tmp_path, given, words):
     env = {**os.environ, "SIMSEARCH_DATA_DIR": str(tmp_path / "data")}
