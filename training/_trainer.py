@@ -42,6 +42,9 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[int, int]:
     """(batch_size, m_per_class) for class-balanced batches; m=0 means plain shuffling. `num_classes`: the classes
     the training split holds (a class only test/ has cannot fill a batch: pml's sampler refuses the plan)."""
@@ -125,7 +128,7 @@ def _init_from(net: nn.Module, cfg: TrainConfig, in_chans: int, image_size: int)
             raise ValueError(f"init_from {cfg.init_from}: {exc}") from None
         return list(meta.mean), list(meta.std), art.model_id
     # Otherwise by name; BatchNorms this run adds that the artifact lacks start fresh, every other weight must be there.
-    norm_keys = {f"{name}.{k}" for name, mod in net.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+    norm_keys = {f"{name}.{k}" for name, mod in net.named_modules() if isinstance(mod, _BATCH_NORMS)
                  for k in mod.state_dict()}
     try:
         missing, unexpected = net.load_state_dict(art.model.state_dict(), strict=False)
