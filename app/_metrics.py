@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest,
+                               multiprocess)
 from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,8 +59,11 @@ class Metrics:
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self._gallery_sizes: Callable[[], dict[str, int]] = dict
         self._disk_folder: Path | None = None
-        # Read at each scrape from this process's state, not counted: any worker's answer is the answer.
-        self._state = (_GallerySizes(lambda: self._gallery_sizes()), _DiskFree(lambda: self._disk_folder))
+        # Read at each scrape from this process's state, not counted: any worker's answer is the answer. The
+        # process's own figures (process_resident_memory_bytes: the index lives in memory; CPU seconds, open files)
+        # are prometheus_client's, of the process that answers (with several workers, the one the scrape reached).
+        self._state = (_GallerySizes(lambda: self._gallery_sizes()), _DiskFree(lambda: self._disk_folder),
+                       ProcessCollector(registry=None))
         for collector in self._state:
             r.register(collector)
         self.ready = Gauge("simsearch_ready", "1 when the model and index are loaded (in every worker)", registry=r,

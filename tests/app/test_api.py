@@ -571,6 +571,8 @@ async def test_metrics_count_requests_by_route_and_status_and_time_embed_and_sea
         assert _sample(text, "simsearch_search_seconds_count") >= 1
         assert _sample(text, "simsearch_gallery_items") == 2
         assert _sample(text, "simsearch_ready") == 1
+        # the process's memory (the index lives in it), CPU time and open files, for an operator's alerts
+        assert _sample(text, "process_resident_memory_bytes") > 50e6 and _sample(text, "process_open_fds") > 0
 
 
 async def test_the_probes_answer_the_openapi_lists_each_route_once_and_the_page_is_served(make_settings):
