@@ -132,7 +132,8 @@ class GalleryOut(BaseModel):
 
 class GalleriesResponse(BaseModel):
     galleries: list[GalleryOut] = Field(description="the default gallery first, then the named ones by name")
-    max_galleries: int = Field(description="how many may be open at once (SIMSEARCH_MAX_GALLERIES)")
+    max_galleries: int = Field(description="how many galleries the service makes, the default one included "
+                                           "(SIMSEARCH_MAX_GALLERIES); those already there always open")
 
 
 class DuplicatePair(BaseModel):

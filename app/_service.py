@@ -470,7 +470,7 @@ class Service:
     async def gallery(self, name: str, create: bool = False) -> Gallery:
         """The open gallery `name` (a valid name: the HTTP layer checks it), opened now when it is on disk
         but not open yet; with create (a write that adds items), made when it does not exist. 404 when it
-        does not exist (and is not to be made), 422 when SIMSEARCH_MAX_GALLERIES are open already.
+        does not exist (and is not to be made), 422 when it is to be made and SIMSEARCH_MAX_GALLERIES exist already.
         Read-only, a named gallery the writer dropped (or dropped and made again) since it was opened is
         forgotten at once, not at the next refresh: 404, or the new one."""
         g = self.galleries.get(name)
@@ -485,14 +485,17 @@ class Service:
                     return g
                 await self._forget(g, _DROPPED)
             s = self.settings
-            exists = name in await anyio.to_thread.run_sync(self.gallery_names)
+            names = await anyio.to_thread.run_sync(self.gallery_names)
+            exists = name in names
             if not exists and not (create and not s.read_only):
                 how = "POST /index?gallery=NAME makes one" if not s.read_only else \
                     "galleries are made through the service that writes (this one is read-only)"
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} ({how})")
-            if len(self.galleries) >= s.max_galleries:
-                raise ApiError(422, "too_many_galleries", f"this service holds at most {s.max_galleries} galleries "
-                               f"(SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+            # The cap is on making galleries: one already there always opens (a restart with a lower cap, or with
+            # more galleries than a first use would open, still serves every one of them).
+            if not exists and len(names) >= s.max_galleries:
+                raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
+                               f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
             try:
                 store = await anyio.to_thread.run_sync(self._open_store, self.embedder, name)
             except index.StoreMissingError:   # read-only, and the writer has not finished making it

@@ -109,24 +109,31 @@ def test_named_galleries_keep_their_items_apart_and_are_listed_edited_and_droppe
     assert "Traceback" not in live.log_tail(20_000)
 
 
-def test_galleries_outlast_a_restart_and_are_capped(hybrid1_artifact, tmp_path):
-    env = _env(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_GALLERIES="2")
-    live = start_server(env, tmp_path)
+def test_galleries_outlast_a_restart_and_making_them_is_capped_never_opening_them(hybrid1_artifact, tmp_path):
+    live = start_server(_env(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_GALLERIES="3"), tmp_path)
     try:
-        assert httpx.post(live.url + "/index", params={"gallery": "a"}, files=[upload(png(1))], data={"id": "one"},
-                          headers=KEY, timeout=60).status_code == 201
-        refused = httpx.post(live.url + "/index", params={"gallery": "b"}, files=[upload(png(2))], headers=KEY, timeout=60)
-        assert_error(refused, 422, "too_many_galleries", "SIMSEARCH_MAX_GALLERIES", "'b'")
-        assert not (tmp_path / "data" / "galleries" / "b").exists()
+        for name, seed in (("a", 1), ("b", 2)):
+            assert httpx.post(live.url + "/index", params={"gallery": name}, files=[upload(png(seed))],
+                              data={"id": name + "-one"}, headers=KEY, timeout=60).status_code == 201
+        refused = httpx.post(live.url + "/index", params={"gallery": "c"}, files=[upload(png(3))], headers=KEY, timeout=60)
+        assert_error(refused, 422, "too_many_galleries", "SIMSEARCH_MAX_GALLERIES", "'c'", "at most 3")
+        assert not (tmp_path / "data" / "galleries" / "c").exists()
     finally:
         stop_server(live)
-    live = start_server(env, tmp_path, log_name="again.log")
+    # a lower cap after the restart: the three galleries there all open (the cap counted open galleries, and b,
+    # opened after a, was a 422 for reads too); making one more is still refused
+    live = start_server(_env(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_GALLERIES="2"), tmp_path, log_name="again.log")
     try:
         with httpx.Client(base_url=live.url, timeout=60) as c:
             assert c.get("/galleries").json()["galleries"] == [
-                {"name": "default", "count": 0, "open": True}, {"name": "a", "count": 1, "open": False}]
-            assert _first(c, png(1), gallery="a") == "one"   # opened when first asked for
-            assert c.get("/galleries").json()["galleries"][1] == {"name": "a", "count": 1, "open": True}
+                {"name": "default", "count": 0, "open": True}, {"name": "a", "count": 1, "open": False},
+                {"name": "b", "count": 1, "open": False}]
+            assert _first(c, png(1), gallery="a") == "a-one"   # opened when first asked for
+            assert _first(c, png(2), gallery="b") == "b-one"
+            assert [g["open"] for g in c.get("/galleries").json()["galleries"]] == [True, True, True]
+            assert c.post("/index", params={"gallery": "b"}, files=[upload(png(4))], headers=KEY).status_code == 201
+            assert_error(c.post("/index", params={"gallery": "c"}, files=[upload(png(3))], headers=KEY),
+                         422, "too_many_galleries", "at most 2")
     finally:
         stop_server(live)
 
