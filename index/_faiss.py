@@ -319,6 +319,7 @@ class GpuMirror:
 
 # ---- snapshots -------------------------------------------------------------------------------
 
+SNAPSHOT_NAME = "index.snapshot"   # its file in a store's folder
 _MAGIC = b"SIMSNAP1"
 _HEADER = struct.Struct("<8sQQI")  # magic, header-json length, payload length, crc32(json+payload)
 

@@ -17,8 +17,7 @@ import numpy as np
 from . import _db, _faiss
 from ._errors import StoreError
 from ._incomplete import incomplete
-from ._store import SNAPSHOT_NAME, _row_to_item
-from ._types import Item
+from ._types import Item, item_from_row
 
 
 class Row(NamedTuple):
@@ -112,7 +111,7 @@ class StoreReader:
                 f"{'LEFT JOIN thumbnails t ON t.id = i.id ' if thumbnails else ''}WHERE i.id IN ({marks})",
                 chunk).fetchall()
             for *row, thumb in rows:
-                item = found[row[0]] = _row_to_item(row, self.dim)
+                item = found[row[0]] = item_from_row(row)
                 item.thumbnail = None if thumb is None else bytes(thumb)
         return [found.get(i) for i in ids]
 
@@ -147,7 +146,7 @@ class StoreReader:
         for trigger in _db.missing_change_triggers(conn):
             out.add(f"the change log lacks its trigger {trigger!r}: read-only replicas would miss deletions or "
                     "edits; opening the store for writing (the service that writes to it) restores it")
-        snap = self.path / SNAPSHOT_NAME
+        snap = self.path / _faiss.SNAPSHOT_NAME
         if not snap.exists():
             out.notes.append("no snapshot: the next start builds the index from the database")
         else:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import _db, _filter
+from . import _db, _faiss, _filter
 from ._errors import InvalidItemError, StoreClosedError, StoreError
 from ._checks import ItemChecks
 from ._rwlock import RWLock
@@ -33,11 +33,10 @@ from ._store_open import StoreOpening
 from ._store_search import StoreSearch
 from ._store_writes import StoreWrites
 from ._groups import _field_key
-from ._types import Item, StoreConfig, parse_metadata
+from ._types import Item, StoreConfig, item_from_row
 
 log = logging.getLogger("index")
 
-SNAPSHOT_NAME = "index.snapshot"
 CHANGES_KEPT = 100_000     # change-log entries kept; a follower further behind compares listings
 SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 
@@ -61,7 +60,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         self.config = config
         self._path = config.path
         self._db_path = self._path / _db.DB_NAME
-        self._snap_path = self._path / SNAPSHOT_NAME
+        self._snap_path = self._path / _faiss.SNAPSHOT_NAME
         self._closed = False
         self._lock_fd: int | None = None
         self._rw = RWLock()
@@ -127,7 +126,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         """The item with this id (vector, label, metadata; thumbnail not loaded), or None."""
         row = self._read_conn().execute("SELECT id, vector, label, metadata FROM items WHERE id = ?",
                                         (id,)).fetchone()
-        return None if row is None else _row_to_item(row, self.dim)
+        return None if row is None else item_from_row(row)
 
     def get_many(self, ids: Sequence[str]) -> list[Item | None]:
         """get() for many ids in few queries (e.g. re-ranking candidates): one entry per id, in
@@ -139,7 +138,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             chunk = unique[i:i + 500]
             rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE id IN "
                                 f"({','.join('?' * len(chunk))})", chunk).fetchall()
-            found.update((row[0], _row_to_item(row, self.dim)) for row in rows)
+            found.update((row[0], item_from_row(row)) for row in rows)
         return [found.get(i) for i in ids]
 
     def thumbnail(self, id: str) -> bytes | None:
@@ -240,7 +239,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         else:
             rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE label = ? AND seq > ? "
                                 "ORDER BY seq LIMIT ? OFFSET ?", (label, after, limit, offset)).fetchall()
-        return [(r[0], _row_to_item(r[1:], self.dim)) for r in rows]
+        return [(r[0], item_from_row(r[1:])) for r in rows]
 
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
@@ -329,10 +328,3 @@ class _ConnHolder:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-
-
-def _row_to_item(row, dim: int) -> Item:
-    id_, blob, label, meta = row
-    return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
-                metadata=parse_metadata(meta))
-

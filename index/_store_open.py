@@ -20,6 +20,7 @@ from . import _db, _faiss
 from ._errors import (InvalidItemError, ModelMismatchError, StoreCorruptError, StoreError, StoreLockedError,
                       StoreMissingError)
 from ._meta_indexes import MetaIndexes
+from ._types import vectors_from_blobs
 
 log = logging.getLogger("index")
 
@@ -294,7 +295,7 @@ class StoreOpening:
                                     f"({','.join('?' * len(chunk))})", [int(x) for x in chunk]).fetchall()
             if rows:
                 out_ids.append(np.array([r[0] for r in rows], dtype=np.int64))
-                out_vecs.append(_blobs_to_matrix([r[1] for r in rows], self.dim))
+                out_vecs.append(vectors_from_blobs([r[1] for r in rows], self.dim))
         if not out_ids:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
         return np.concatenate(out_ids), np.concatenate(out_vecs)
@@ -332,9 +333,3 @@ class StoreOpening:
 def _train_sample(n: int) -> int:
     # FAISS k-means uses at most 256 points a centroid; sample no more than that from SQLite.
     return min(n, 256 * _faiss.nlist_for(n))
-
-
-def _blobs_to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
-    if not blobs:
-        return np.zeros((0, dim), np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)

@@ -11,8 +11,7 @@ import numpy as np
 
 from . import _faiss, _filter
 from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
-from ._store_open import _blobs_to_matrix
-from ._types import Hit, parse_metadata, score_to_distance
+from ._types import Hit, parse_metadata, score_to_distance, vectors_from_blobs
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
@@ -210,7 +209,7 @@ class StoreSearch:
         if len(rows) != expected:
             return None
         fids = np.array([r[0] for r in rows], dtype=np.int64)
-        scores = _blobs_to_matrix([r[1] for r in rows], self.dim) @ qv
+        scores = vectors_from_blobs([r[1] for r in rows], self.dim) @ qv
         top = np.argsort(-scores, kind="stable")[:want]
         return [(int(fids[i]), float(scores[i])) for i in top]
 

@@ -15,8 +15,7 @@ import numpy as np
 from . import _db, _filter
 from ._checks import KEEP, merge_patch
 from ._errors import InvalidItemError, StorageError, StoreError
-from ._store_open import _blobs_to_matrix
-from ._types import Item
+from ._types import Item, vectors_from_blobs
 
 log = logging.getLogger("index")
 
@@ -240,7 +239,7 @@ class StoreWrites:
                 self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
                 self._edits = max(int(edits or 0), self._edits)
                 return 0, 0, 0
-            vectors = _blobs_to_matrix([r[2] for r in fresh], self.dim) if fresh else None
+            vectors = vectors_from_blobs([r[2] for r in fresh], self.dim) if fresh else None
             with self._rw.write():
                 self._remove_fids(gone)
                 for fid in gone:

@@ -1,4 +1,5 @@
-"""The store's value types: configuration, items and search hits."""
+"""The store's value types: configuration, items and search hits; and the decoding of a stored row's vector
+and metadata, which every part of the FAISS store and StoreReader share."""
 from __future__ import annotations
 
 import json
@@ -87,3 +88,17 @@ def parse_metadata(text: str) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
+
+
+def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """Stored vectors (each dim float32s as bytes) as one read-only (len(blobs), dim) matrix."""
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def item_from_row(row) -> Item:
+    """The Item of a stored row (id, vector bytes, label, metadata json), its thumbnail not loaded."""
+    id_, blob, label, meta = row
+    return Item(id=id_, vector=np.frombuffer(blob, dtype=np.float32).copy(), label=label,
+                metadata=parse_metadata(meta))
