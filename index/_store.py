@@ -4,11 +4,13 @@ the FAISS index is derived from it and snapshotted. See docs/index.md."""
 # read, a write's apply writes; _writer: one write at a time; _rebuild_lock, _snapshot_lock) and its in-memory
 # state (_rows, _fid_of, _by_label, _index, _dead, _applied_seq, _version) too closely to pass them around:
 #   _store.py          the class: its state (__init__), read connections, reads (get, list, count, facets...),
-#                      the filter ids, closing; and the two steps that read the constants tests tune here
+#                      the filter ids, closing
 #   _store_open.py     StoreOpening: the folder's lock, the meta table, the index recovered from its snapshot
 #                      or built, and the vectors read from SQLite into an index
-#   _store_writes.py   StoreWrites: upsert, update, delete(_where), their transaction and apply; refresh
-#   _store_search.py   StoreSearch: search, search_grouped, search_by_id (FAISS, exact fallback, ties)
+#   _store_writes.py   StoreWrites: upsert, update, delete(_where), their transaction and apply, the change log
+#                      kept to CHANGES_KEPT entries; refresh
+#   _store_search.py   StoreSearch: search, search_grouped, search_by_id (FAISS, exact fallback, ties), retried
+#                      for up to SEARCH_RETRY_SECONDS while a committed write is being applied
 #   _store_maintain.py StoreMaintenance: rebuild, snapshot, the background thread; position, reaches, info
 # The metadata indexes behind filters own their state: a MetaIndexes (_meta_indexes.py) that Store calls
 # under the locks it holds.
@@ -17,9 +19,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 import weakref
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -36,9 +37,6 @@ from ._groups import _field_key
 from ._types import Item, StoreConfig, item_from_row
 
 log = logging.getLogger("index")
-
-CHANGES_KEPT = 100_000     # change-log entries kept; a follower further behind compares listings
-SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 
 
 class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks):
@@ -245,36 +243,6 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where` (see _filter), from the label and metadata indexes; cached until the next write."""
         return self._meta.filter_fids(label, where, self._version)
-
-    # ---- the writes' and the searches' steps that read SEARCH_RETRY_SECONDS and CHANGES_KEPT --------
-    # (here, where tests tune them on index._store)
-
-    def _prune_changes(self, conn: sqlite3.Connection) -> None:
-        """Keep the change log to its last CHANGES_KEPT entries (in a write's transaction, now and then)."""
-        if not self._has_log:
-            return
-        top = _db.change_log_top(conn) or 0
-        if top - self._changes_pruned > 2 * CHANGES_KEPT:
-            cut = top - CHANGES_KEPT
-            conn.execute("DELETE FROM changes WHERE n <= ?", (cut,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('changes_pruned', ?)", (str(cut),))
-            self._changes_pruned = cut   # if the write rolls back, the next prune merely comes later
-
-    def _retrying(self, locked: Callable[[], Any]) -> Any:
-        """locked() under the read lock, again while it returns None (its exact fallback met a write
-        committed but not yet applied)."""
-        attempt, deadline = 0, time.monotonic() + SEARCH_RETRY_SECONDS
-        while True:
-            with self._rw.read():
-                result = locked()
-            if result is not None:
-                return result
-            attempt += 1  # the exact fallback met a write committed but not yet applied: retry
-            if time.monotonic() > deadline:  # not a write in flight: the in-memory state is wrong
-                raise StoreError(f"the exact search of {self._path} found the database and the in-memory "
-                                 f"index disagreeing for {SEARCH_RETRY_SECONDS} s (a bug: please report it); "
-                                 "reopening the store (restarting the service) rebuilds that state")
-            time.sleep(min(0.001 * attempt, 0.05))
 
     # ---- closing -----------------------------------------------------------------------------
 

@@ -4,12 +4,14 @@ index finds too few, and ties at the answer's end settled by FAISS id. Part of S
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import faiss
 import numpy as np
 
 from . import _faiss, _filter
+from ._errors import StoreError
 from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
 from ._types import Hit, parse_metadata, score_to_distance, vectors_from_blobs
 
@@ -18,8 +20,10 @@ BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates
 
 
 class StoreSearch:
-    """Store's searches. Each runs its *_locked part under the read lock through Store._retrying, which
-    runs it again while the exact fallback meets a write committed but not yet applied."""
+    """Store's searches. Each runs its *_locked part under the read lock through _retrying, which runs it
+    again while the exact fallback meets a write committed but not yet applied."""
+
+    SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 
     def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
                max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
@@ -81,6 +85,22 @@ class StoreSearch:
             raise KeyError(id)
         k, max_distance = self._check_search(k, max_distance)
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
+
+    def _retrying(self, locked: Callable[[], Any]) -> Any:
+        """locked() under the read lock, again while it returns None (its exact fallback met a write
+        committed but not yet applied)."""
+        attempt, deadline = 0, time.monotonic() + self.SEARCH_RETRY_SECONDS
+        while True:
+            with self._rw.read():
+                result = locked()
+            if result is not None:
+                return result
+            attempt += 1  # the exact fallback met a write committed but not yet applied: retry
+            if time.monotonic() > deadline:  # not a write in flight: the in-memory state is wrong
+                raise StoreError(f"the exact search of {self._path} found the database and the in-memory "
+                                 f"index disagreeing for {self.SEARCH_RETRY_SECONDS} s (a bug: please report it); "
+                                 "reopening the store (restarting the service) rebuilds that state")
+            time.sleep(min(0.001 * attempt, 0.05))
 
     def _search(self, q, k, label, max_distance, exclude, where=None):
         return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where))

@@ -23,6 +23,8 @@ log = logging.getLogger("index")
 class StoreWrites:
     """Store's writes (one at a time, under _writer) and their replication to read-only stores (refresh)."""
 
+    CHANGES_KEPT = 100_000   # change-log entries kept; a follower further behind compares listings
+
     def upsert(self, items: Sequence[Item]) -> int:
         """Add or replace items (same id: replaced, including label, metadata and thumbnail).
         Returns the number written. Durable when it returns: the commit is fsynced, so it
@@ -147,6 +149,17 @@ class StoreWrites:
             if refused is not None:
                 raise refused from exc
             raise
+
+    def _prune_changes(self, conn: sqlite3.Connection) -> None:
+        """Keep the change log to its last CHANGES_KEPT entries (in a write's transaction, now and then)."""
+        if not self._has_log:
+            return
+        top = _db.change_log_top(conn) or 0
+        if top - self._changes_pruned > 2 * self.CHANGES_KEPT:
+            cut = top - self.CHANGES_KEPT
+            conn.execute("DELETE FROM changes WHERE n <= ?", (cut,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('changes_pruned', ?)", (str(cut),))
+            self._changes_pruned = cut   # if the write rolls back, the next prune merely comes later
 
     def _refused_write(self, exc: BaseException) -> StorageError | None:
         """The StorageError to raise for a write the disk refused (full, read-only, I/O error), or None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import Item, StoreError
+from index import Item, Store, StoreError
 
 from .conftest import DIM, unit
 
@@ -170,9 +170,7 @@ def test_a_follower_applies_deletions_and_edits_from_the_change_log_without_read
 
 
 def test_a_follower_further_behind_than_the_kept_log_compares_the_listing(open_store, tmp_path, monkeypatch):
-    import index._store as store_module
-
-    monkeypatch.setattr(store_module, "CHANGES_KEPT", 2)
+    monkeypatch.setattr(Store, "CHANGES_KEPT", 2)
     rng = np.random.default_rng(8)
     vectors = unit(rng, 20)
     writer = open_store()

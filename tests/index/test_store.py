@@ -312,9 +312,7 @@ def test_a_filter_on_a_key_with_a_value_per_item_follows_every_write(open_store)
 
 
 def test_a_search_that_cannot_reconcile_memory_with_the_database_fails_instead_of_hanging(open_store, monkeypatch):
-    import index._store as store_module
-
-    monkeypatch.setattr(store_module, "SEARCH_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(Store, "SEARCH_RETRY_SECONDS", 0.3)
     store = open_store()
     vecs = unit(np.random.default_rng(16), 3)
     store.upsert([Item(f"h{i}", vecs[i], "a", {}) for i in range(3)])
