@@ -13,7 +13,7 @@ the FAISS index is derived from it and snapshotted. See docs/index.md."""
 #                      for up to SEARCH_RETRY_SECONDS while a committed write is being applied
 #   _store_maintain.py StoreMaintenance: rebuild, snapshot, the background thread; position, reaches, info
 # The metadata indexes behind filters own their state: a MetaIndexes (_meta_indexes.py) that Store calls
-# under the locks it holds.
+# under the locks it holds. Every field of the store, whichever part uses it, is declared in Store.__init__.
 from __future__ import annotations
 
 import logging
@@ -22,6 +22,7 @@ import threading
 import weakref
 from typing import Any, Iterable, Sequence
 
+import faiss
 import numpy as np
 
 from . import _db, _faiss, _filter
@@ -34,6 +35,7 @@ from ._store_open import StoreOpening
 from ._store_search import StoreSearch
 from ._store_writes import StoreWrites
 from ._groups import _field_key
+from ._meta_indexes import MetaIndexes
 from ._types import Item, StoreConfig, item_from_row
 
 log = logging.getLogger("index")
@@ -55,14 +57,29 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         return cls(config)
 
     def __init__(self, config: StoreConfig) -> None:
+        # Every field of a Store, whichever part reads or sets it. Those declared without a value are set by
+        # _open (from the database and the snapshot); the rest start as they are here, and _open fills them in.
         self.config = config
         self._path = config.path
         self._db_path = self._path / _db.DB_NAME
         self._snap_path = self._path / _faiss.SNAPSHOT_NAME
         self._closed = False
-        self._lock_fd: int | None = None
-        self._rw = RWLock()
-        self._writer = threading.Lock()      # one write (commit + apply) at a time
+        self.model_id: str                     # what the store holds, as its meta table records it
+        self.dim: int
+        self.spec: str                         # the index kind asked for ("flat", "hnsw", ..., a factory string)
+        self._needs_training: bool             # that kind is trained (IVF, PQ) once the gallery is big enough
+
+        # locks
+        self._lock_fd: int | None = None       # the folder's LOCK file, held while open for writing
+        self._lock_done: weakref.finalize      # closes _lock_fd, once (set with it)
+        self._rw = RWLock()                    # searches read; applying a write, or swapping an index, writes
+        self._writer = threading.Lock()        # one write (commit + apply) at a time
+        self._rebuild_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+
+        # connections
+        self._conn: sqlite3.Connection         # the writes' (a read-only store's: opening's only)
+        self._db_file: tuple[int, int]         # the database file's (device, inode) when opened: folder_changed()
         self._local = threading.local()
         # Each thread's read connection closes when the thread ends (its finalizer, below) or when the store
         # closes: the threads that read come and go (anyio's pool lets idle ones exit), and a list holding
@@ -70,19 +87,35 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         self._thread_conns: list[weakref.finalize] = []
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._maint_thread: threading.Thread | None = None
-        self._rebuild_lock = threading.Lock()
-        self._snapshot_lock = threading.Lock()
-        self._gpu = None
-        self._version = 0                    # bumped on every applied write (caches, GPU mirror)
-        self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
-        self._data_version: int | None = None
-        self._edits_seen: str | None = None                     # the writer's edit count at the last refresh
+
+        # The applied state searches see (changed under _rw's write lock). A FAISS id is its row's seq.
+        self._rows: dict[int, tuple[str, str | None, str]] = {}   # FAISS id -> (id, label, metadata json)
+        self._fid_of: dict[str, int] = {}                          # item id -> FAISS id
+        self._by_label: dict[str | None, set[int]] = {}            # label -> FAISS ids
+        self._meta = MetaIndexes(self._rows, self._by_label)       # the metadata indexes behind filters
+        self._index: faiss.Index                 # from the snapshot or built; a rebuild swaps in another
+        self._factory: str                       # the FAISS factory string _index was made from
+        self._dead: set[int] = set()             # FAISS ids still in an index that cannot remove
+        self._trained_n = 0                      # the gallery size the index was trained on (0: untrained)
+        self._gpu: _faiss.GpuMirror | None = None
+        self._version = 0                        # bumped on every applied write (caches, GPU mirror)
+
+        # where the store stands in its writes
+        self._last_seq = 0                     # the last committed write's sequence number (meta 'last_seq')
+        self._applied_seq = 0                  # the last write searches see
+        self._snapshot_seq = 0                 # the last write the snapshot on disk holds
         self._edits = 0                        # label/metadata edits in the state searches see (position())
         self._edits_counted = False            # the store counts them (meta 'edits'; a writer's view)
-        self._log_seen: int | None = None      # the last change-log entry applied (None: compare listings)
         self._has_log = False                  # the store keeps the change log (a writer's view)
-        self._changes_pruned = 0
+        self._changes_pruned = 0               # the change log's entries up to this one are pruned
+        self._maint_thread: threading.Thread | None = None   # the background rebuild or snapshot
+
+        # following a writer (a read-only store's refresh())
+        self._follow_conn: sqlite3.Connection | None = None   # refresh()'s, and its last data_version
+        self._data_version: int | None = None
+        self._edits_seen: str | None = None    # the writer's edit count at the last refresh
+        self._log_seen: int | None = None      # the last change-log entry applied (None: compare listings)
+
         try:
             self._open()
         except BaseException:

@@ -24,7 +24,8 @@ SYNC_REBUILD_MAX = 100_000  # up to this size a due rebuild runs in the write ca
 
 class StoreMaintenance:
     """Store's rebuilds and snapshots (the rebuild under _rebuild_lock, off to the side of searches and writes;
-    the snapshot under _snapshot_lock), and its position in its writer's history."""
+    the snapshot under _snapshot_lock), and its position in its writer's history. The fields it uses are Store's,
+    declared in Store.__init__."""
 
     def _maintenance_due(self) -> str | None:
         n = len(self._rows)

@@ -19,7 +19,6 @@ import numpy as np
 from . import _db, _faiss
 from ._errors import (InvalidItemError, ModelMismatchError, StoreCorruptError, StoreError, StoreLockedError,
                       StoreMissingError)
-from ._meta_indexes import MetaIndexes
 from ._types import vectors_from_blobs
 
 log = logging.getLogger("index")
@@ -28,7 +27,8 @@ LOCK_NAME = "LOCK"
 
 
 class StoreOpening:
-    """Store's opening and recovery (its __init__ calls _open), and the reading of vectors into an index."""
+    """Store's opening and recovery (its __init__ calls _open, which sets the fields __init__ declares without
+    a value and fills in the in-memory maps), and the reading of vectors into an index."""
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -153,12 +153,6 @@ class StoreOpening:
 
     def _open_index(self) -> None:
         t0 = time.perf_counter()
-        # In-memory view of the applied state: FAISS id (= row seq) -> (id, label, metadata json).
-        self._rows: dict[int, tuple[str, str | None, str]] = {}
-        self._fid_of: dict[str, int] = {}
-        self._by_label: dict[str | None, set[int]] = {}
-        self._meta = MetaIndexes(self._rows, self._by_label)   # the metadata indexes behind filters
-        self._dead: set[int] = set()         # FAISS ids still in an index that cannot remove
         if self.config.read_only:
             # Read before the rows: a change committed in between is then applied again by the first
             # refresh, which is harmless, rather than missed.

@@ -21,7 +21,8 @@ BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates
 
 class StoreSearch:
     """Store's searches. Each runs its *_locked part under the read lock through _retrying, which runs it
-    again while the exact fallback meets a write committed but not yet applied."""
+    again while the exact fallback meets a write committed but not yet applied. The fields it reads are Store's,
+    declared in Store.__init__."""
 
     SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 

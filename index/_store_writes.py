@@ -21,7 +21,8 @@ log = logging.getLogger("index")
 
 
 class StoreWrites:
-    """Store's writes (one at a time, under _writer) and their replication to read-only stores (refresh)."""
+    """Store's writes (one at a time, under _writer) and their replication to read-only stores (refresh).
+    The fields it uses are Store's, declared in Store.__init__."""
 
     CHANGES_KEPT = 100_000   # change-log entries kept; a follower further behind compares listings
 
