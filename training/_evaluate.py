@@ -353,6 +353,14 @@ def _evaluate_against(queries, labels, reference, reference_labels, ce_head: dic
     queries, labels, reference, reference_labels, names = _queries_and_reference(queries, labels, reference,
                                                                                  reference_labels)
     class_names = class_names if class_names is not None else names
+    if not bool(torch.isin(labels, reference_labels).any()):   # pml would ask FAISS for 0 neighbours (an assert)
+
+        def shown(ids):
+            ids = sorted(set(ids.tolist()))
+            said = [class_names[c] if class_names and c < len(class_names) else str(c) for c in ids[:5]]
+            return ", ".join(said) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
+        raise ValueError(f"no query's class is in the reference (queries: {shown(labels)}; reference: "
+                         f"{shown(reference_labels)}): there is nothing of its class for any query to find")
     out: dict[str, Any] = _retrieval_against(queries, labels, reference, reference_labels)
     if ce_head is not None:
         out.update(ce_loss(queries, labels, ce_head))

@@ -139,3 +139,6 @@ def test_a_reference_that_does_not_go_with_the_queries_is_refused_naming_it():
         training.evaluate_embeddings(queries, labels, reference_labels=REFERENCE_LABELS)
     with pytest.raises(TypeError, match="labels are class ids and reference_labels class names"):
         training.evaluate_embeddings(queries, labels, reference=REFERENCE, reference_labels=list("aabb"))
+    # no query of a class the reference has: pml asked FAISS for 0 neighbours ("'k > 0' failed")
+    with pytest.raises(ValueError, match=r"no query's class is in the reference \(queries: dog; reference: a, b\)"):
+        training.evaluate_embeddings(queries, ["dog", "dog"], reference=REFERENCE, reference_labels=list("aabb"))
