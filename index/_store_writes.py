@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -207,70 +207,96 @@ class StoreWrites:
         if not self.config.read_only:
             raise StoreError(f"the store at {self._path} is open for writing: it holds every write already")
         with self._writer:
-            if self._follow_conn is None:  # one connection: PRAGMA data_version counts per connection
-                self._follow_conn = _db.connect(self._db_path, read_only=True)
-                with self._conns_lock:
-                    self._conns.append(self._follow_conn)
-            conn = self._follow_conn
+            conn = self._follow_connection()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
                 return 0, 0, 0
-            conn.execute("BEGIN")   # the changes and the new rows from one state of the database
-            try:
-                meta = _db.get_meta(conn)
-                last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
-                log_top = _db.change_log_top(conn)
-                if (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
-                        and int(meta.get("changes_pruned", 0)) <= self._log_seen):
-                    # The log holds every deletion and edit since the last look: read only those rows
-                    # (a row gone from the table was deleted; one still there may have been edited).
-                    touched = conn.execute(
-                        "SELECT c.seq, i.id, i.label, i.metadata FROM (SELECT DISTINCT seq FROM changes "
-                        "WHERE n > ?) AS c LEFT JOIN items AS i ON i.seq = c.seq", (self._log_seen,)).fetchall()
-                    current = {r[0]: r[1:] for r in touched if r[1] is not None}
-                    gone = {r[0] for r in touched if r[1] is None and r[0] in self._rows}
-                    changed = [fid for fid, row in current.items() if self._rows.get(fid, row) != row]
-                else:
-                    # No log (a store from before it), the follower further behind than it reaches, or
-                    # a log made anew since the last look (it counts from 1 again): compare the listing.
-                    # Labels and metadata only when the writer has edited some since the last look (or
-                    # does not count its edits).
-                    compare = edits is None or edits != self._edits_seen
-                    query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
-                    current = {row[0]: row[1:] for row in conn.execute(query)}
-                    gone = {fid for fid in self._rows if fid not in current}
-                    changed = [fid for fid, row in current.items() if fid in self._rows and self._rows[fid] != row] \
-                        if compare else []
-                fresh = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ?",
-                                     (self._applied_seq,)).fetchall()
-            finally:
-                conn.execute("COMMIT")
-            self._data_version, self._edits_seen, self._log_seen = version, edits, log_top
-            fresh = [r for r in fresh if r[0] not in self._rows]
-            # A replaced item is its id under a new seq: its old row goes (the log does not list it).
-            gone.update(self._fid_of[r[1]] for r in fresh if r[1] in self._fid_of)
-            if not (gone or changed or fresh):   # writes that left nothing to apply (added, then deleted)
-                self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
-                self._edits = max(int(edits or 0), self._edits)
+            changes = self._changes_since(conn)
+            self._data_version, self._edits_seen, self._log_seen = version, changes.edits, changes.log_top
+            if not (changes.gone or changes.changed or changes.fresh):   # writes that left nothing to apply
+                self._caught_up(changes)                                  # (added, then deleted): no _after_write
                 return 0, 0, 0
-            vectors = vectors_from_blobs([r[2] for r in fresh], self.dim) if fresh else None
-            with self._rw.write():
-                self._remove_fids(gone)
-                for fid in gone:
-                    self._forget_locked(fid)
-                for fid in changed:
-                    self._relabel_locked(fid, current[fid][1], current[fid][2])
-                if fresh:
-                    self._index.add_with_ids(vectors, np.array([r[0] for r in fresh], dtype=np.int64))
-                    for fid, id_, _blob, label, meta in fresh:
-                        self._remember_locked(fid, id_, label, meta)
-                self._applied_seq = self._last_seq = max(last_seq, self._applied_seq)
-                self._edits = max(int(edits or 0), self._edits)
-                self._version += 1
+            self._apply_changes(changes)
         # As the writer does after its writes: train an approximate index that has become big enough,
         # compact one that hides many removed vectors (HNSW), each in the background when large.
-        self._after_write(len(fresh) + len(gone))
-        return len(fresh), len(gone), len(changed)
+        self._after_write(len(changes.fresh) + len(changes.gone))
+        return len(changes.fresh), len(changes.gone), len(changes.changed)
+
+    def _follow_connection(self) -> sqlite3.Connection:
+        """refresh()'s connection, opened the first time: one, as PRAGMA data_version counts per connection."""
+        if self._follow_conn is None:
+            self._follow_conn = _db.connect(self._db_path, read_only=True)
+            with self._conns_lock:
+                self._conns.append(self._follow_conn)
+        return self._follow_conn
+
+    def _changes_since(self, conn: sqlite3.Connection) -> _Changes:
+        """What the writer committed since the last refresh, read from one state of the database: from the
+        change log where it reaches back that far, else by comparing the listing (the writer lock held)."""
+        conn.execute("BEGIN")   # the changes and the new rows from one state of the database
+        try:
+            meta = _db.get_meta(conn)
+            last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
+            log_top = _db.change_log_top(conn)
+            if (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
+                    and int(meta.get("changes_pruned", 0)) <= self._log_seen):
+                gone, changed = self._logged_changes(conn)
+            else:
+                gone, changed = self._listed_changes(conn, edits)
+            fresh = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ?",
+                                 (self._applied_seq,)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        fresh = [r for r in fresh if r[0] not in self._rows]
+        # A replaced item is its id under a new seq: its old row goes (the log does not list it).
+        gone.update(self._fid_of[r[1]] for r in fresh if r[1] in self._fid_of)
+        return _Changes(last_seq, edits, log_top, gone, changed, fresh)
+
+    def _logged_changes(self, conn: sqlite3.Connection) -> tuple[set[int], dict[int, tuple]]:
+        """(gone, changed) from the change log, which holds every deletion and edit since the last look: only
+        those rows are read (a row gone from the table was deleted; one still there may have been edited)."""
+        touched = conn.execute(
+            "SELECT c.seq, i.id, i.label, i.metadata FROM (SELECT DISTINCT seq FROM changes "
+            "WHERE n > ?) AS c LEFT JOIN items AS i ON i.seq = c.seq", (self._log_seen,)).fetchall()
+        current = {r[0]: r[1:] for r in touched if r[1] is not None}
+        gone = {r[0] for r in touched if r[1] is None and r[0] in self._rows}
+        changed = {fid: row for fid, row in current.items() if self._rows.get(fid, row) != row}
+        return gone, changed
+
+    def _listed_changes(self, conn: sqlite3.Connection, edits: str | None) -> tuple[set[int], dict[int, tuple]]:
+        """(gone, changed) by comparing the listing with the rows applied: for a store without a log (from before
+        it), a follower further behind than the log reaches, or a log made anew since the last look (it counts
+        from 1 again). Labels and metadata are compared only when the writer has edited some since the last
+        look (or does not count its edits)."""
+        compare = edits is None or edits != self._edits_seen
+        query = "SELECT seq, id, label, metadata FROM items" if compare else "SELECT seq FROM items"
+        current = {row[0]: row[1:] for row in conn.execute(query)}
+        gone = {fid for fid in self._rows if fid not in current}
+        changed = {fid: row for fid, row in current.items() if fid in self._rows and self._rows[fid] != row} \
+            if compare else {}
+        return gone, changed
+
+    def _apply_changes(self, changes: _Changes) -> None:
+        """Make what refresh() read visible to searches, all at once (exclusive lock)."""
+        fresh = changes.fresh
+        vectors = vectors_from_blobs([r[2] for r in fresh], self.dim) if fresh else None
+        with self._rw.write():
+            self._remove_fids(changes.gone)
+            for fid in changes.gone:
+                self._forget_locked(fid)
+            for fid, (_id, label, meta_json) in changes.changed.items():
+                self._relabel_locked(fid, label, meta_json)
+            if fresh:
+                self._index.add_with_ids(vectors, np.array([r[0] for r in fresh], dtype=np.int64))
+                for fid, id_, _blob, label, meta in fresh:
+                    self._remember_locked(fid, id_, label, meta)
+            self._caught_up(changes)
+            self._version += 1
+
+    def _caught_up(self, changes: _Changes) -> None:
+        """Move the store's position to the writer's, as refresh() read it (never back)."""
+        self._applied_seq = self._last_seq = max(changes.last_seq, self._applied_seq)
+        self._edits = max(int(changes.edits or 0), self._edits)
 
     # ---- the in-memory maps (rows, ids, labels, metadata indexes) -------------------------
 
@@ -297,3 +323,14 @@ class StoreWrites:
         self._meta.discard(fid, old_meta)
         self._rows[fid] = (id_, label, meta_json)
         self._meta.add(fid, meta_json)
+
+
+class _Changes(NamedTuple):
+    """What a follower's refresh() read of its writer's commits since the last one, from one state of the database."""
+
+    last_seq: int                 # the writer's last write
+    edits: str | None             # its count of label/metadata edits (None: it does not count them)
+    log_top: int | None           # the change log's last entry (None: no log)
+    gone: set[int]                # FAISS ids deleted or replaced
+    changed: dict[int, tuple]     # FAISS id -> (id, label, metadata json) of a row whose label or metadata changed
+    fresh: list[tuple]            # rows written since: (seq, id, vector bytes, label, metadata json)
