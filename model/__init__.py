@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._crop import Crop, crop_box, draft_size, parse_crop
 from ._earlier import earlier_bundled
-from ._formats import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, files_under, unreadable_reason
+from ._formats import (AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, TarListing, files_under, list_tar,
+                       unreadable_reason)
 from ._preprocess import displayed_size, make_thumbnail, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
@@ -31,10 +32,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
     "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
-    "PixelNormalize", "RUNTIMES", "TTA_MODES", "bundled_artifact", "count_parameters", "create_model", "crop_box",
+    "PixelNormalize", "RUNTIMES", "TTA_MODES", "TarListing", "bundled_artifact", "count_parameters", "create_model",
+    "crop_box",
     "default_artifact_path", "default_device", "displayed_size", "draft_size", "earlier_bundled", "embed_tensor",
     "export_onnx",
-    "files_under", "import_models", "is_model", "list_models", "load_artifact", "make_thumbnail",
+    "files_under", "import_models", "list_tar", "is_model", "list_models", "load_artifact", "make_thumbnail",
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
     "save_artifact", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
 ]

@@ -4,8 +4,13 @@ through pillow-heif when it is installed. Importing `model` registers it with Pi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    import tarfile
 
 
 def _register_heif() -> bool:
@@ -60,6 +65,50 @@ def files_under(folder: str | os.PathLike) -> list[str]:
 
     walk(os.fspath(folder), "", _folders_containing(folder))
     return sorted(found)
+
+
+@dataclass(frozen=True)
+class TarListing:
+    """A tar's members named as the files of the folder it was made of (`list_tar`)."""
+
+    files: dict[str, tarfile.TarInfo]   # name -> member: regular files, and hard links (a file's other names)
+    folders: list[str]
+    links: list[str]   # symbolic links, left out: what they point to need not be in the tar
+    inside: bool   # made inside the folder (`tar cf x.tar -C photos .`): its names begin with ./
+
+
+def list_tar(tar: tarfile.TarFile) -> TarListing:
+    """The members of `tar` as `files_under` names a folder's files: relative posix names, a leading `./` taken
+    off as a prefix (`./.thumbs/a.jpg` is `.thumbs/a.jpg`, not `thumbs/a.jpg`), and hidden members
+    (`._IMG_1.jpg`, `.DS_Store`, anything in a `.thumbnails/`) left out, so that a tar of a folder holds the
+    names the folder does."""
+    files: dict[str, tarfile.TarInfo] = {}
+    folders: list[str] = []
+    links: list[str] = []
+    inside = False
+    for m in tar.getmembers():
+        inside |= m.name == "." or m.name.startswith("./")
+        name = _member_name(m.name)
+        if name is None:
+            continue
+        if m.issym():
+            links.append(name)
+        elif m.isfile() or m.islnk():
+            files[name] = m
+        elif m.isdir():
+            folders.append(name)
+    return TarListing(files, folders, links, inside)
+
+
+def _member_name(name: str) -> str | None:
+    """A tar member's name relative to the folder the tar was made of; None for that folder itself and for a
+    hidden member."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.rstrip("/")
+    if not name or any(part.startswith(".") for part in name.split("/")):
+        return None
+    return name
 
 
 def _folders_containing(folder: str | os.PathLike) -> frozenset:

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from model import IMAGE_EXTENSIONS, files_under
+from model import IMAGE_EXTENSIONS, files_under, list_tar
 
 from ._files import write_whole
 
@@ -38,9 +38,10 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 7   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+_CACHE_VERSION = 8   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
 # 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact;
-# 7: the info names empty class folders, loose images, test-only classes and the folder descended into
+# 7: the info names empty class folders, loose images, test-only classes and the folder descended into;
+# 8: a tar made inside its folder (./ names) leaves its hidden members out, and a tar's hard links are read
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
@@ -149,6 +150,9 @@ def _damaged(path: Path, exc: BaseException) -> DatasetError:
 
 
 class _Source:
+    """A folder or a tar: its files' relative posix names (`names`, hidden ones left out: a tar is read as the
+    folder it was made of) and `read(name)`, a file's bytes."""
+
     def __init__(self, path: Path):
         self.path = path
         self._tar: tarfile.TarFile | None = None
@@ -160,7 +164,7 @@ class _Source:
         elif path.is_file() and tarfile.is_tarfile(path):
             try:
                 self._tar = tarfile.open(path)
-                self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+                self._members = list_tar(self._tar).files
             except _DAMAGED_ARCHIVE as exc:
                 self.close()
                 raise _damaged(path, exc) from None
@@ -169,7 +173,11 @@ class _Source:
             raise DatasetError(f"{path}: not a folder or a tar archive")
         else:
             raise DatasetError(f"{path}: no such file or folder")
-        self.names = [n for n in self.names if not any(part.startswith(".") for part in n.split("/"))]
+
+    @property
+    def is_tar(self) -> bool:
+        """Whether the source is a tar, not a folder."""
+        return self._tar is not None
 
     def read(self, name: str) -> bytes:
         if self._tar is not None:
@@ -348,7 +356,7 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     out: dict[str, str] = {}
     inside = [n[len(sub):] for n in names if n.startswith(sub)]
     folders = {n.split("/", 1)[0] for n in inside if "/" in n}
-    if src._tar is None:   # a folder: empty folders are not among the file names
+    if not src.is_tar:   # a folder: empty folders are not among the file names
         try:
             folders |= {e.name for e in os.scandir(src.path / prefix / sub)
                         if e.is_dir() and not e.name.startswith(".")}

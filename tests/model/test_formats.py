@@ -118,3 +118,29 @@ def test_a_file_that_does_not_decode_is_said_in_words_without_a_memory_address()
     png = io.BytesIO()
     Image.new("RGB", (64, 48), (1, 2, 3)).save(png, "PNG")
     assert reason(png.getvalue()[:60]).startswith("OSError: ")   # cut short: Pillow's own words, which say so
+
+
+def test_list_tar_names_a_tar_s_members_as_files_under_names_the_folder_it_was_made_of(tmp_path):
+    root = tmp_path / "photos"
+    (root / "dogs" / ".thumbnails").mkdir(parents=True)
+    (root / "dogs" / ".thumbnails" / "t.jpg").write_bytes(b"t")
+    (root / "dogs" / "._1.jpg").write_bytes(b"apple double")
+    (root / "dogs" / "1.jpg").write_bytes(b"d")
+    (root / "dogs" / "2.jpg").hardlink_to(root / "dogs" / "1.jpg")   # stored as a hard link to 1.jpg
+    (root / ".DS_Store").write_bytes(b"junk")
+    (root / "empty").mkdir()
+    (root / "link.jpg").symlink_to(root / "dogs" / "1.jpg")
+    with tarfile.open(tmp_path / "in.tar", "w") as tf:   # tar cf in.tar -C photos .
+        tf.add(root, arcname=".")
+    with tarfile.open(tmp_path / "of.tar", "w") as tf:   # tar cf of.tar photos
+        tf.add(root, arcname="photos")
+    with tarfile.open(tmp_path / "in.tar") as tf:
+        made_inside = model.list_tar(tf)
+        assert sorted(made_inside.files) == ["dogs/1.jpg", "dogs/2.jpg"]
+        assert tf.extractfile(made_inside.files["dogs/2.jpg"]).read() == b"d"
+    assert made_inside.links == ["link.jpg"] and sorted(made_inside.folders) == ["dogs", "empty"]
+    assert made_inside.inside and sorted([*made_inside.files, *made_inside.links]) == model.files_under(root)
+    with tarfile.open(tmp_path / "of.tar") as tf:
+        made_of = model.list_tar(tf)
+    assert sorted(made_of.files) == ["photos/dogs/1.jpg", "photos/dogs/2.jpg"] and not made_of.inside
+    assert made_of.links == ["photos/link.jpg"] and sorted(made_of.folders) == ["photos", "photos/dogs", "photos/empty"]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
+import subprocess
 import tarfile
 
 import numpy as np
@@ -256,6 +258,26 @@ def test_tar_of_an_imagefolder_and_the_cache(tmp_path, monkeypatch):
     assert ds.test.names == ["test/blue/4.png", "test/green/4.png", "test/red/4.png"]
     assert again.train.names == ds.train.names and len(ds.train.names) == 12
     assert ds.train.subset([5, 0]).names == [ds.train.names[5], ds.train.names[0]]
+
+
+def test_a_tar_made_inside_a_folder_reads_the_classes_images_and_notes_that_folder_reads(tmp_path):
+    src = tmp_path / "src"
+    _image_tree(src, with_splits=False)   # blue/, green/, red/ and a .DS_Store
+    (src / ".thumbs").mkdir()   # a photo viewer's thumbnails: hidden, no class
+    for i in range(3):
+        (src / ".thumbs" / f"{i}.png").write_bytes(_png((9, 9, 9)))
+    (src / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")   # macOS's file beside a copied 0.png
+    (src / "loose.png").write_bytes(_png((1, 2, 3)))   # in no class folder
+    os.link(src / "red" / "0.png", src / "red" / "again.png")   # the tar holds one of the two as a hard link
+    subprocess.run(["tar", "cf", str(tmp_path / "src.tar"), "-C", str(src), "."], check=True)
+    with tarfile.open(tmp_path / "src.tar") as made:
+        members = made.getmembers()
+    assert {"./.thumbs/0.png", "./._0.png"} <= {m.name for m in members} and any(m.islnk() for m in members)
+    folder, tar = (load_dataset(path, use_cache=False) for path in (src, tmp_path / "src.tar"))
+    assert tar.class_names == folder.class_names == ["blue", "green", "red"]
+    assert tar.info["not_read"] == folder.info["not_read"] == {"loose.png": "not in a class folder"}
+    assert sorted(tar.train.names + tar.test.names) == sorted(folder.train.names + folder.test.names)
+    assert len(tar.train) + len(tar.test) == 16
 
 
 def test_files_are_named_in_a_split_made_from_one_folder_and_not_for_idx(tmp_path, shared_data):
