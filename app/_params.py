@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import types
 import unicodedata
+import weakref
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from model import Crop, parse_crop
 
@@ -56,6 +57,11 @@ def _declared_query(dependant) -> dict[str, bool]:
     return names
 
 
+# What each route declares (_declared_query), found once a route, keyed by id(route): routes are not hashable (a
+# WeakKeyDictionary cannot hold them), and each entry goes with its route (a router made and let go, as in a test)
+_QUERY_OF: dict[int, dict[str, bool]] = {}
+
+
 async def _known_query_only(request: Request) -> None:
     """422 for a query parameter the endpoint does not take: a misspelt `lable=cat` or a `rerank` where
     there is none would otherwise be ignored, and the answer would look right. And 422 for one that takes a
@@ -64,9 +70,10 @@ async def _known_query_only(request: Request) -> None:
     route = request.scope.get("route")
     if route is None or not request.scope.get("query_string") or not route.include_in_schema:
         return   # the page's own address carries what its script reads (?gallery=NAME), and a browser's extras
-    known = getattr(route, "_simsearch_query", None)   # found once a route (routes are not hashable)
+    known = _QUERY_OF.get(id(route))
     if known is None:
-        known = route._simsearch_query = _declared_query(route.dependant)
+        known = _QUERY_OF[id(route)] = _declared_query(route.dependant)
+        weakref.finalize(route, _QUERY_OF.pop, id(route), None)   # an id is reused once its route is gone
     query = request.query_params
     unknown = sorted({name for name in query if name not in known})
     if unknown:
@@ -127,10 +134,12 @@ def _after() -> Any:
                   examples=["1042.7"])
 
 
+_GALLERY_DOC = ("which gallery: `default` (the service's first, in DATA/index) or a named one (lower-case letters, "
+                "digits, - and _), which the first POST /index to it makes")
+
+
 def _gallery() -> Any:
-    return Query(DEFAULT_GALLERY, min_length=1, max_length=63, pattern=GALLERY_NAME,
-                 description="which gallery: `default` (the service's first, in DATA/index) or a named one "
-                             "(lower-case letters, digits, - and _), which the first POST /index to it makes")
+    return Query(DEFAULT_GALLERY, min_length=1, max_length=63, pattern=GALLERY_NAME, description=_GALLERY_DOC)
 
 
 async def _reading(request: Request, after: str | None, gallery: str) -> tuple[Service, Gallery]:
@@ -204,11 +213,13 @@ def _check_where(text: str | None) -> str | None:
     return json.dumps(value, sort_keys=True)
 
 
+_CROP_DOC = ("use a region of each image instead of the whole of it: left,top,right,bottom as fractions (0 to 1) of "
+             "its width and height as displayed (EXIF orientation applied), e.g. 0.25,0.1,0.75,0.9; the region is "
+             "embedded as a whole image would be (and POST /index keeps it as the item's thumbnail)")
+
+
 def _crop_param():
-    return Query(None, max_length=200, description="use a region of each image instead of the whole of it: "
-                 "left,top,right,bottom as fractions (0 to 1) of its width and height as displayed (EXIF "
-                 "orientation applied), e.g. 0.25,0.1,0.75,0.9; the region is embedded as a whole image would be "
-                 "(and POST /index keeps it as the item's thumbnail)")
+    return Query(None, max_length=200, description=_CROP_DOC)
 
 
 def _check_crop(text: str | None) -> Crop | None:
@@ -258,30 +269,25 @@ _EXCLUDE_DOC = (f"leave out this gallery item (repeat the parameter for more, at
                 "of new items: the search page leaves out what it has shown when it searches again with marks. An id "
                 "the gallery does not hold is no error")
 
-
-def _combine_param():
-    return Query("mean", description="with several `file` parts, how the photos make one query: `mean`, items near "
-                                     "all of them (the mean of their embeddings; for photos of a kind the model "
-                                     "knows), or `best`, items near any of them (each photo searched, every item "
-                                     "at its best score; for kinds of image the model never saw)",
-                 json_schema_extra={"enum": ["mean", "best"]})   # checked by _check_combine, whose message says more
+_COMBINE_DOC = ("with several `file` parts, how the photos make one query: `mean`, items near all of them (the mean of "
+                "their embeddings; for photos of a kind the model knows), or `best`, items near any of them (each "
+                "photo searched, every item at its best score; for kinds of image the model never saw)")
 
 
-def _check_combine(combine: str, group_by: str | None, rerank: int | None) -> str:
+def _check_combine(combine: str) -> None:
     if combine not in ("mean", "best"):
         raise ApiError(422, "invalid_parameter", f"combine={combine!r}: give `mean` (items near all the photos) or "
                                                  "`best` (items near any of them)")
-    if combine == "best" and (group_by or rerank is not None):
-        what = "group_by" if group_by else "rerank"
-        raise ApiError(422, "invalid_parameter", f"combine=best and {what} do not go together: best merges each "
-                                                 f"photo's nearest items, {what} works on one query; use "
-                                                 "combine=mean")
-    return combine
 
 
-def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
-    """The exclude ids, each once and checked, as SearchParams holds them; 422 naming what is wrong."""
-    ids = tuple(dict.fromkeys(exclude))
+def _not_with_best(what: str) -> ApiError:
+    return ApiError(422, "invalid_parameter", f"combine=best and {what} do not go together: best merges each photo's "
+                                              f"nearest items, {what} works on one query; use combine=mean")
+
+
+def _check_exclude(exclude: list[str]) -> list[str]:
+    """The exclude ids, each once and checked; 422 naming what is wrong."""
+    ids = list(dict.fromkeys(exclude))
     for value in ids:
         _check_id(value)
     if len(ids) > MAX_EXCLUDED:
@@ -289,7 +295,7 @@ def _check_exclude(exclude: list[str]) -> tuple[str, ...]:
     return ids
 
 
-def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> tuple[list[str], list[str]]:
+def _check_examples(like: list[str], unlike: list[str]) -> tuple[list[str], list[str]]:
     """The like and unlike ids, each once, checked; 422 naming what is wrong."""
     like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
     for value in like + unlike:
@@ -301,62 +307,48 @@ def _check_examples(like: list[str], unlike: list[str], rerank: int | None) -> t
     if both:
         raise ApiError(422, "invalid_parameter", f"id(s) {both[:5]} are both liked and unliked; mark each item "
                                                  "one way")
-    if rerank is not None and (like or unlike):
-        raise ApiError(422, "invalid_parameter", f"rerank={rerank} re-orders by the PDDM score of one image's "
-                                                 "embedding; a query refined by like/unlike is a mix of several")
     return like, unlike
 
 
-def _search_params(service: Service, q: SearchQuery, gallery: str = DEFAULT_GALLERY) -> SearchParams:
-    """A search's query parameters, checked; 422 naming the one that is wrong."""
-    k, offset, rerank, group_by, group_size = q.k, q.offset, q.rerank, q.group_by, q.group_size
-    if (offset + k) * (group_size if group_by else 1) > MAX_SEARCH_WINDOW:
-        read = f"offset={offset} + k={k}" + (f" groups of group_size={group_size}" if group_by else "")
-        raise ApiError(422, "invalid_parameter", f"{read}: a search reads at most {MAX_SEARCH_WINDOW} items to "
-                                                 "answer; narrow it with filters, or leave out what was seen "
-                                                 "(exclude)")
-    if rerank is not None:
-        if service.pddm is None:
-            raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
-                                                     "head; rerank needs an artifact trained with the PDDM")
-        if rerank < offset + k:
-            at_least = f"offset + k = {offset + k}" if offset else f"k={k}"
-            raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least {at_least}: it is the "
-                                                     "number of nearest candidates the PDDM re-orders")
-    if group_by is not None:
-        from index import check_group_by   # when used (module docstring)
-        try:
-            check_group_by(group_by)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_parameter", str(exc)) from None
-        if rerank is not None:
-            raise ApiError(422, "invalid_parameter", "rerank and group_by do not go together: rerank re-orders a "
-                                                     "fixed number of nearest items, group_by reads as many as the "
-                                                     "groups need")
-        if k * group_size > MAX_GROUPED_RESULTS:
-            raise ApiError(422, "invalid_parameter", f"k={k} groups of group_size={group_size} is {k * group_size} "
-                                                     f"items; at most {MAX_GROUPED_RESULTS} in one answer")
-    elif group_size != 1:
-        raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or metadata.KEY)")
-    return SearchParams(k, _check_label(q.label), q.max_distance, rerank, _check_where(q.where), gallery, group_by,
-                        group_size, _check_exclude(q.exclude), offset)
+def _check_group_by(group_by: str) -> None:
+    from index import check_group_by   # when used (module docstring)
+    try:
+        check_group_by(group_by)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+def _check_can_rerank(service: Service, rerank: int, read: int, offset: int) -> None:
+    """422 when the service's model has no PDDM head, or when rerank re-orders fewer than the `read` (offset + k)
+    nearest items the answer needs."""
+    if service.pddm is None:
+        raise ApiError(422, "invalid_parameter", f"rerank={rerank}: the model {service.model_id} has no PDDM "
+                                                 "head; rerank needs an artifact trained with the PDDM")
+    if rerank < read:
+        at_least = f"offset + k = {read}" if offset else f"k={read}"
+        raise ApiError(422, "invalid_parameter", f"rerank={rerank} must be at least {at_least}: it is the "
+                                                 "number of nearest candidates the PDDM re-orders")
 
 
 _RERANK_DOC = ("re-order this many nearest candidates with the model's PDDM head and return the best k (needs an "
                "artifact with a PDDM head; at least offset + k)")
-
-
-# The bounds of the parameters more than one of the models below takes, said once
+# The parameters more than one of the models below takes, said once
 _MaxDistance = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
 _Where = Annotated[str | None, Field(max_length=4096)]
 _K = Annotated[int, Field(ge=1, le=MAX_K)]
+_Crop = Annotated[str | None, Field(max_length=200, description=_CROP_DOC)]
+# checked by _check_combine, whose message says more than the enum's would
+_Combine = Annotated[str, Field(description=_COMBINE_DOC, json_schema_extra={"enum": ["mean", "best"]})]
+_Gallery = Annotated[str, Field(min_length=1, max_length=63, pattern=GALLERY_NAME, description=_GALLERY_DOC)]
 
 
-class SearchQuery(BaseModel):
-    """The query parameters of a search by neighbours (POST /search, /search/{id}, /batch/search), declared once:
-    a route takes it as `Annotated[SearchQuery, Query()]`, and /openapi.json lists each field as a parameter of
-    its own. FastAPI checks the types and bounds (a 422 naming the parameter); _search_params and _check_examples
-    what depends on several of them."""
+class NeighbourQuery(BaseModel):
+    """The query parameters of a search by neighbours, declared once: POST /search, /search/{id} and /batch/search
+    each take a model made of this one with what else that route takes (SearchQuery, SearchByIdQuery,
+    BatchSearchQuery), as `Annotated[Model, Query()]`, and /openapi.json lists each field as a parameter of its
+    own. Every route checks a request in one order: FastAPI the types and bounds (a 422 naming each wrong one); then
+    the model what the request alone decides, the first wrong thing named (`_check_request`); then `params`, what
+    needs the service. The route makes the one call, `q.params(service, gallery)`."""
 
     k: _K = Field(10, description="how many neighbours")
     label: str | None = Field(None, max_length=MAX_LABEL_CHARS, description="only this label")
@@ -376,17 +368,109 @@ class SearchQuery(BaseModel):
                                           "confidence, votes), decided as POST /classify decides it, over these "
                                           "results")
 
+    _region: Crop | None = PrivateAttr(None)
 
-class BatchSearchQuery(SearchQuery):
-    """SearchQuery for POST /batch/search: the same parameters, said of each of its queries."""
+    @model_validator(mode="after")
+    def _checked(self) -> NeighbourQuery:
+        # Runs once every field has its type and bounds. An ApiError passes through FastAPI as it is: a 422 with
+        # the service's code (invalid_id, invalid_label) and message, where pydantic's ValueError would be one
+        # about the query as a whole.
+        self._check_request()
+        return self
+
+    def _check_request(self) -> None:
+        """The checks the request alone decides (no service, no index: it may not have loaded yet), in the order
+        every search route says them; the ids each once, the label None for an empty one."""
+        k, offset, group_by, group_size = self.k, self.offset, self.group_by, self.group_size
+        if (offset + k) * (group_size if group_by else 1) > MAX_SEARCH_WINDOW:
+            read = f"offset={offset} + k={k}" + (f" groups of group_size={group_size}" if group_by else "")
+            raise ApiError(422, "invalid_parameter", f"{read}: a search reads at most {MAX_SEARCH_WINDOW} items to "
+                                                     "answer; narrow it with filters, or leave out what was seen "
+                                                     "(exclude)")
+        if group_by is not None and k * group_size > MAX_GROUPED_RESULTS:
+            raise ApiError(422, "invalid_parameter", f"k={k} groups of group_size={group_size} is {k * group_size} "
+                                                     f"items; at most {MAX_GROUPED_RESULTS} in one answer")
+        if group_by is None and group_size != 1:
+            raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or "
+                                                     "metadata.KEY)")
+        self.label = _check_label(self.label)
+        self.exclude = _check_exclude(self.exclude)
+        self.like, self.unlike = _check_examples(self.like, self.unlike)
+
+    @property
+    def region(self) -> Crop | None:
+        """The crop parameter as a model.Crop (None: the whole image, or a route that takes no crop)."""
+        return self._region
+
+    def params(self, service: Service, gallery: str) -> SearchParams:
+        """What the search asks the index for, after the checks that need the service: rerank needs a model with
+        a PDDM head (said before anything else about rerank), then its other limits; group_by and where as the
+        index reads them. 422 naming what is wrong."""
+        if self.rerank is not None:
+            _check_can_rerank(service, self.rerank, self.offset + self.k, self.offset)
+        if self.group_by is not None:
+            _check_group_by(self.group_by)
+        if self.rerank is not None:
+            self._check_rerank_alone()
+        return SearchParams(self.k, self.label, self.max_distance, self.rerank, _check_where(self.where), gallery,
+                            self.group_by, self.group_size, tuple(self.exclude), self.offset)
+
+    def _check_rerank_alone(self) -> None:
+        """422 for what rerank cannot work with: groups, or a query refined by marks."""
+        if self.group_by is not None:
+            raise ApiError(422, "invalid_parameter", "rerank and group_by do not go together: rerank re-orders a "
+                                                     "fixed number of nearest items, group_by reads as many as the "
+                                                     "groups need")
+        if self.like or self.unlike:
+            raise ApiError(422, "invalid_parameter", f"rerank={self.rerank} re-orders by the PDDM score of one "
+                                                     "image's embedding; a query refined by like/unlike is a mix of "
+                                                     "several")
+
+
+class SearchQuery(NeighbourQuery):
+    """POST /search's query parameters: NeighbourQuery's, and crop, combine and gallery."""
+
+    crop: _Crop = None
+    combine: _Combine = "mean"
+    gallery: _Gallery = DEFAULT_GALLERY
+
+    def _check_request(self) -> None:
+        super()._check_request()
+        _check_combine(self.combine)
+        if self.combine == "best" and self.group_by:
+            raise _not_with_best("group_by")
+        self._region = _check_crop(self.crop)
+
+    def _check_rerank_alone(self) -> None:
+        super()._check_rerank_alone()
+        if self.combine == "best":
+            raise _not_with_best("rerank")
+
+
+class SearchByIdQuery(NeighbourQuery):
+    """POST /search/{id}'s query parameters: NeighbourQuery's, and gallery (no image: no crop, no combine)."""
+
+    gallery: _Gallery = DEFAULT_GALLERY
+
+
+class BatchSearchQuery(NeighbourQuery):
+    """POST /batch/search's query parameters: NeighbourQuery's, said of each of its queries, and crop (the same
+    region of every image) and gallery. No combine: each image is a query of its own."""
 
     k: _K = Field(10, description="how many neighbours for each query")
     like: list[str] = Field([], description=_examples_doc("more like this item, for every query"))
     unlike: list[str] = Field([], description=_examples_doc("less like this item, for every query"))
+    crop: _Crop = None
+    gallery: _Gallery = DEFAULT_GALLERY
+
+    def _check_request(self) -> None:
+        super()._check_request()
+        self._region = _check_crop(self.crop)
 
 
 class ClassifyQuery(BaseModel):
-    """The query parameters of POST /classify (besides crop, combine and gallery), as SearchQuery is a search's."""
+    """The query parameters of POST /classify, as SearchQuery is a search's, checked in the same order: the
+    request's own (combine, then crop), then in `params` the service's (where)."""
 
     k: int = Field(1, ge=1, le=100, description="how many nearest items vote (unlabelled ones abstain; 1: the "
                                                 "nearest item's label)")
@@ -394,7 +478,24 @@ class ClassifyQuery(BaseModel):
                                                          "null (unknown). `simsearch evaluate` gives the distance for "
                                                          "a wanted precision (match_thresholds)")
     where: _Where = Field(None, description="only gallery items matching this metadata filter vote; " + _WHERE_DOC)
+    crop: _Crop = None
+    combine: _Combine = "mean"
+    gallery: _Gallery = DEFAULT_GALLERY
 
-    def search(self) -> SearchQuery:
-        """The search whose neighbours vote: k of them, filtered as asked (built as checked: no second check)."""
-        return SearchQuery.model_construct(k=self.k, max_distance=self.max_distance, where=self.where)
+    _region: Crop | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _checked(self) -> ClassifyQuery:
+        # as NeighbourQuery._checked: once the fields have their types and bounds; an ApiError passes through
+        _check_combine(self.combine)
+        self._region = _check_crop(self.crop)
+        return self
+
+    @property
+    def region(self) -> Crop | None:
+        """The crop parameter as a model.Crop (None: the whole image)."""
+        return self._region
+
+    def params(self, service: Service, gallery: str) -> SearchParams:
+        """The search whose neighbours vote: k of them, filtered as asked; 422 for a `where` the index refuses."""
+        return SearchParams(self.k, max_distance=self.max_distance, where=_check_where(self.where), gallery=gallery)

@@ -22,9 +22,8 @@ from ._bodies import (_batch_search_body, _embed_body, _file_parts, _is_raw_imag
                       _query_vectors, _read_body, _read_form, _search_body, _uploads)
 from ._embedding import _embedded
 from ._errors import ApiError
-from ._params import (BatchSearchQuery, ClassifyQuery, SearchQuery, _after, _check_combine, _check_crop,
-                      _check_examples, _combine_param, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router,
-                      _search_params, _service)
+from ._params import (BatchSearchQuery, ClassifyQuery, SearchByIdQuery, SearchQuery, _after, _check_crop, _crop_param,
+                      _no_crop_for_vectors, _reading, _router, _service)
 from ._schemas import BatchSearchResponse, ClassifyResponse, EmbedResponse, SearchResponse
 from ._service import Gallery, Service
 
@@ -35,14 +34,11 @@ router = _router()
              summary="the k gallery items nearest to an uploaded image",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
-async def search(request: Request, q: Annotated[SearchQuery, Query()], crop: str | None = _crop_param(),
-                 combine: str = _combine_param(), gallery: str = _gallery(), after: str | None = _after()):
+async def search(request: Request, q: Annotated[SearchQuery, Query()], after: str | None = _after()):
     t0 = time.perf_counter()
-    service, g = await _reading(request, after, gallery)
-    params = _search_params(service, q, g.name)
-    like, unlike = _check_examples(q.like, q.unlike, q.rerank)
-    combine = _check_combine(combine, q.group_by, q.rerank)
-    hits = await _search_request(request, service, g, params, _check_crop(crop), like, unlike, combine)
+    service, g = await _reading(request, after, q.gallery)
+    params = q.params(service, g.name)
+    hits = await _search_request(request, service, g, params, q.region, q.like, q.unlike, q.combine)
     return _search_answer(service, hits, params, t0, q.vote)
 
 
@@ -95,7 +91,7 @@ async def _request_queries(request: Request, service: Service, crop: Crop | None
 async def _search_request(request: Request, service: Service, g: Gallery, params: SearchParams,
                           crop: Crop | None, like: list[str], unlike: list[str], combine: str) -> list:
     """The hits of what a search request carries (an image, several, a vector, or only marks), refined by
-    the marks, several images combined as `combine` says (_check_combine)."""
+    the marks, several images combined as `combine` says (`mean` or `best`, SearchQuery)."""
     if not (like or unlike or combine == "best"):
         return await _search_one(request, service, params, crop)
     queries = await _request_queries(request, service, crop)
@@ -155,13 +151,11 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
              summary="the label the gallery items nearest to an image agree on (classification by retrieval)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_search_body())
-async def classify(request: Request, q: Annotated[ClassifyQuery, Query()], crop: str | None = _crop_param(),
-                   combine: str = _combine_param(), gallery: str = _gallery(), after: str | None = _after()):
+async def classify(request: Request, q: Annotated[ClassifyQuery, Query()], after: str | None = _after()):
     t0 = time.perf_counter()
-    service, g = await _reading(request, after, gallery)
-    params = _search_params(service, q.search(), g.name)
-    hits = await _search_request(request, service, g, params, _check_crop(crop), [], [],
-                                 _check_combine(combine, None, None))
+    service, g = await _reading(request, after, q.gallery)
+    params = q.params(service, g.name)
+    hits = await _search_request(request, service, g, params, q.region, [], [], q.combine)
     return JSONResponse({**_vote_dict(hits), "results": [_hit_dict(h) for h in hits], "k": params.k,
                          "took_ms": (time.perf_counter() - t0) * 1000, "model": service.model_id,
                          "reranked": False, "candidates": None})
@@ -171,15 +165,13 @@ async def classify(request: Request, q: Annotated[ClassifyQuery, Query()], crop:
              summary="the k gallery items nearest to each of several images (or vectors), in one request",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
              openapi_extra=_batch_search_body())
-async def batch_search(request: Request, q: Annotated[BatchSearchQuery, Query()], crop: str | None = _crop_param(),
-                       gallery: str = _gallery(), after: str | None = _after()):
+async def batch_search(request: Request, q: Annotated[BatchSearchQuery, Query()], after: str | None = _after()):
     # One request, one model call and one index call for up to SIMSEARCH_MAX_FILES_PER_REQUEST queries:
     # on a small machine most of a single search's cost is HTTP (docs/results/benchmarks.md).
     t0 = time.perf_counter()
-    service, g = await _reading(request, after, gallery)
-    params = _search_params(service, q, g.name)
-    region = _check_crop(crop)   # the same region of every image
-    like, unlike = _check_examples(q.like, q.unlike, q.rerank)   # the same marks for every query
+    service, g = await _reading(request, after, q.gallery)
+    params = q.params(service, g.name)
+    region, like, unlike = q.region, q.like, q.unlike   # the same region of every image, marks for every query
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         _no_crop_for_vectors(region)
@@ -230,12 +222,12 @@ async def embed(request: Request, crop: str | None = _crop_param()):
 @router.post("/search/{id:path}", response_model=SearchResponse, tags=["search"],
              summary="the k gallery items nearest to an item already in the gallery (itself excluded)",
              responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 422, 429, 503)})
-async def search_by_id(request: Request, q: Annotated[SearchQuery, Query()], id: str = Path(description="gallery id"),
-                       gallery: str = _gallery(), after: str | None = _after()):
+async def search_by_id(request: Request, q: Annotated[SearchByIdQuery, Query()],
+                       id: str = Path(description="gallery id"), after: str | None = _after()):
     t0 = time.perf_counter()
-    service, g = await _reading(request, after, gallery)
-    like, unlike = _check_examples(q.like, q.unlike, q.rerank)
-    params = _search_params(service, q, g.name)
+    service, g = await _reading(request, after, q.gallery)
+    params = q.params(service, g.name)
+    like, unlike = q.like, q.unlike
     if like or unlike or params.group_by or params.exclude or params.offset or params.rerank:   # as any query
         hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
         return _search_answer(service, hits, params, t0, q.vote)

@@ -1,8 +1,9 @@
 """The first error a bad search request gets, on each search route (POST /search, /search/{id}, /batch/search,
 /classify): a table of bad requests and the answer each route gives, so that the checks the routes share (their
 query models in app/_params.py) say the same thing in the same order everywhere, and a parameter a route does not
-take is refused by name. Real app in process (TestClient, with its lifespan), the seeded model with a PDDM head so
-that rerank's own checks are reached, and the plain one, which takes no rerank."""
+take (crop on /search/{id}, combine on /batch/search, offset on /classify) is refused by name. Real app in process
+(TestClient, with its lifespan), the seeded model with a PDDM head so that rerank's own checks are reached, and the
+plain one, which takes no rerank."""
 from __future__ import annotations
 
 import time
@@ -118,29 +119,42 @@ ONE_WRONG = {
     "gallery=Bad!": on(ROUTES, GALLERY_NAME),
 }
 
-# several things wrong at once: which is said first
+# Several things wrong at once: the first said, in one order on every route. A parameter the route does not take;
+# FastAPI's types and bounds (every wrong one); the request's own checks (the search window, groups, label, exclude,
+# like/unlike, combine, crop); the gallery (404 when there is none of that name); the service's (rerank, group_by
+# and where as the index reads them). Until the checks were the query models' (app/_params.py), each route made
+# them in its own order: the rows marked "was" answered otherwise.
 SEVERAL_WRONG = {
-    "offset=9995&like=qb&unlike=qb": {"/search": WINDOW, "/search/qa": BOTH_MARKED, "/batch/search": WINDOW,
+    # was: /search/{id} said BOTH_MARKED (it checked the marks first)
+    "offset=9995&like=qb&unlike=qb": {**on(SEARCHES, WINDOW),
                                       "/classify": takes_no("/classify", "like", "offset", "unlike")},
+    # was: /classify said CROP_TEXT (it checked crop before combine)
     "crop=a,b&combine=all": {"/search": COMBINE, "/search/qa": takes_no("/search/qa", "combine", "crop"),
-                             "/batch/search": takes_no("/batch/search", "combine"), "/classify": CROP_TEXT},
+                             "/batch/search": takes_no("/batch/search", "combine"), "/classify": COMBINE},
+    # was: /batch/search said CROP_TEXT (it checked crop before the marks)
     "crop=a,b&like=qb&unlike=qb": {"/search": BOTH_MARKED, "/search/qa": takes_no("/search/qa", "crop"),
-                                   "/batch/search": CROP_TEXT, "/classify": takes_no("/classify", "like", "unlike")},
-    "crop=a,b&where=%7B": {**on(ROUTES, WHERE_JSON), "/search/qa": takes_no("/search/qa", "crop")},
-    "like=qb&unlike=qb&group_by=colour": {"/search": GROUP_BY, "/search/qa": BOTH_MARKED, "/batch/search": GROUP_BY,
+                                   "/batch/search": BOTH_MARKED, "/classify": takes_no("/classify", "like", "unlike")},
+    # was: WHERE_JSON (where was checked with the search's parameters, crop after them)
+    "crop=a,b&where=%7B": {**on(ROUTES, CROP_TEXT), "/search/qa": takes_no("/search/qa", "crop")},
+    # was: GROUP_BY on /search and /batch/search, BOTH_MARKED on /search/{id}
+    "like=qb&unlike=qb&group_by=colour": {**on(SEARCHES, BOTH_MARKED),
                                           "/classify": takes_no("/classify", "group_by", "like", "unlike")},
     "k=0&like=qb&unlike=qb": {**on(SEARCHES, K_ZERO), "/classify": takes_no("/classify", "like", "unlike")},
     "gallery=Bad!&group_size=3": {**on(SEARCHES, GALLERY_NAME), "/classify": takes_no("/classify", "group_size")},
-    "gallery=nope&group_size=3": {**on(SEARCHES, NO_GALLERY), "/classify": takes_no("/classify", "group_size")},
-    "gallery=nope&crop=a,b": {**on(ROUTES, NO_GALLERY), "/search/qa": takes_no("/search/qa", "crop")},
+    # was: NO_GALLERY (the gallery was looked up before any of the request's own checks)
+    "gallery=nope&group_size=3": {**on(SEARCHES, bad("group_size=3 needs group_by (label or metadata.KEY)")),
+                                  "/classify": takes_no("/classify", "group_size")},
+    # was: NO_GALLERY
+    "gallery=nope&crop=a,b": {**on(ROUTES, CROP_TEXT), "/search/qa": takes_no("/search/qa", "crop")},
+    "gallery=nope&where=%7B": on(ROUTES, NO_GALLERY),
 }
 
-# on the service whose model has no PDDM head: what rerank asks is refused for that first
+# On the service whose model has no PDDM head: rerank is refused for that before anything else about it
 WITHOUT_PDDM = {
     "rerank=20&group_by=label": on(SEARCHES, NO_PDDM),
     "rerank=5&offset=3": on(SEARCHES, NO_PDDM),
-    "like=qb&rerank=20": {"/search": NO_PDDM, "/batch/search": NO_PDDM,
-                          "/search/qa": "a query refined by like/unlike is a mix of several"},
+    # was: /search/{id} said "a query refined by like/unlike is a mix of several" (it checked the marks first)
+    "like=qb&rerank=20": on(SEARCHES, NO_PDDM),
     "combine=best&rerank=20": {"/search": NO_PDDM},
 }
 
