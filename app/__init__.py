@@ -13,10 +13,11 @@ from starlette.staticfiles import StaticFiles
 from ._errors import JsonCORSMiddleware, install_error_handlers
 from ._metrics import Metrics
 from ._openapi import install_openapi
-from ._middleware import (AuthMiddleware, BodyLimitMiddleware, ConcurrencyLimitMiddleware, HeadMiddleware, KeyRing,
-                          MetricsMiddleware, RateLimiter, RequestIdLogFilter, RequestIdMiddleware, RootPathMiddleware,
-                          SecurityHeadersMiddleware, SharedRateLimiter, install_access_log_redaction, parse_keys,
-                          route_resolver)
+from ._access_log import RequestIdLogFilter, install_access_log_redaction
+from ._auth import AuthMiddleware, KeyRing, parse_keys
+from ._middleware import (BodyLimitMiddleware, ConcurrencyLimitMiddleware, HeadMiddleware, MetricsMiddleware,
+                          RequestIdMiddleware, RootPathMiddleware, SecurityHeadersMiddleware, route_resolver)
+from ._rate_limit import RateLimiter, SharedRateLimiter
 from ._answers import POSITION_HEADER
 from ._params import AFTER_HEADER
 from ._routes import router

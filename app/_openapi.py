@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ._answers import POSITION_HEADER
-from ._middleware import is_gallery_scan, is_write
+from ._paths import is_gallery_scan, is_write
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
 _VALIDATION_REF = "#/components/schemas/HTTPValidationError"

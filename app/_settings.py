@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     def _readable_key_file(cls, v: Path | None) -> Path | None:
         if v is None or not str(v):
             return None
-        from ._middleware import parse_keys
+        from ._auth import parse_keys
 
         try:
             keys = parse_keys(v.read_text())

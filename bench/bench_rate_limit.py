@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import _common  # noqa: E402
 
-from app._middleware import RateLimiter, SharedRateLimiter  # noqa: E402
+from app._rate_limit import RateLimiter, SharedRateLimiter  # noqa: E402
 
 CLIENTS = [f"ip:10.0.{i // 256}.{i % 256}" for i in range(1000)]
 

@@ -48,6 +48,6 @@ class ClientEnv:
 
 
 def _keys(text: str) -> list[str]:
-    # the service's parse_keys (app/_middleware.py), which the command line does not import
+    # the service's parse_keys (app/_auth.py), which the command line does not import
     lines = (line.strip() for line in text.splitlines())
     return [k.strip() for line in lines if line and not line.startswith("#") for k in line.split(",") if k.strip()]

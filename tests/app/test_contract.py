@@ -9,7 +9,7 @@ import re
 import httpx
 import pytest
 
-from app._middleware import is_write
+from app._paths import is_write
 
 from .conftest import encode, pattern, start_server, stop_server
 

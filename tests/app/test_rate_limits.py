@@ -1,4 +1,4 @@
-"""Rate limits shared by several processes (`app._middleware.SharedRateLimiter`, the file `serve --workers N`
+"""Rate limits shared by several processes (`app._rate_limit.SharedRateLimiter`, the file `serve --workers N`
 gives its workers): one set of buckets for all, a clock set back locks nobody out, and a failing file lets
 requests through instead of failing them. The whole service with two workers: tests/app/test_milvus_service.py."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import multiprocessing
 import sqlite3
 import time
 
-from app._middleware import SharedRateLimiter
+from app._rate_limit import SharedRateLimiter
 
 
 def _take_many(path: str, per_minute: int, client: str, n: int, ready, start, out) -> None:

@@ -1,0 +1,51 @@
+"""Logging filters: the request id (and error code) on every log record, and key-like query parameters
+redacted from uvicorn's access log lines."""
+from __future__ import annotations
+
+import logging
+import re
+
+from ._errors import ERROR_CODE, REQUEST_ID
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Sets `request_id` on every log record: the id of the request it was logged in, or "-"; and
+    `error_code`, the code of the error that request is answered with (None before one, or without),
+    with `error_suffix` for text lines (" code=..." or "")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get() or "-"
+        record.error_code = ERROR_CODE.get()
+        record.error_suffix = f" code={record.error_code}" if record.error_code else ""
+        return True
+
+
+# Query parameters whose value may be a secret (a client that puts its API key in the URL): their values are
+# replaced in access log lines. (The service never takes a key from the query string, but the line would keep it.)
+_SECRET_PARAMS = re.compile(r"(?i)(?<=[?&])((?:[a-z0-9_.-]*[_.-])?(?:api[_-]?key|key|token|access[_-]?token|"
+                            r"password|secret))=[^&#\s]*")
+
+
+def redact_query(path: str) -> str:
+    """`path` (with its query string) with the values of key-like parameters (api_key, key, token, ...) replaced
+    by `[redacted]`."""
+    return _SECRET_PARAMS.sub(r"\1=[redacted]", path) if "?" in path else path
+
+
+class AccessLogRedactFilter(logging.Filter):
+    """On uvicorn.access records (args: client, method, path with query, HTTP version, status), replaces the
+    values of key-like query parameters, so that an API key a client put in the URL is not kept in the log,
+    in text and JSON lines alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def install_access_log_redaction() -> None:
+    """Put AccessLogRedactFilter on the uvicorn.access logger (once), whatever configured the logging."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogRedactFilter) for f in logger.filters):
+        logger.addFilter(AccessLogRedactFilter())
