@@ -105,8 +105,9 @@ class Settings(BaseSettings):
                                                                  "waits 60 s): refused for a larger gallery, which "
                                                                  "`simsearch index duplicates` serves beside the "
                                                                  "service; 0 = no limit")
-    max_galleries: int = Field(100, ge=1, description="most galleries open at once (the default one and named "
-                                                       "ones, each its own index in memory)")
+    max_galleries: int = Field(100, ge=1, description="most galleries the service makes, the default one "
+                                                       "included (each open one holds its index in memory); those "
+                                                       "already in the data folder always open")
     batch_max_size: int = Field(32, ge=1, description="most images embedded together")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")

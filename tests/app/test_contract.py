@@ -271,7 +271,8 @@ def test_a_read_only_service_declares_the_405_with_allow_that_each_write_answers
     work = live.log.parent / "read-only"
     work.mkdir(exist_ok=True)
     server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact),
-                           "SIMSEARCH_DATA_DIR": str(live.log.parent / "data"), "SIMSEARCH_READ_ONLY": "true", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work)
+                           "SIMSEARCH_DATA_DIR": str(live.log.parent / "data"), "SIMSEARCH_READ_ONLY": "true",
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, work)
     try:
         spec = httpx.get(server.url + "/openapi.json").json()
         writes = [(m, p) for p, item in spec["paths"].items() for m in item if is_write(m.upper(), p)]
