@@ -105,7 +105,6 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         self._applied_seq = 0                  # the last write searches see
         self._snapshot_seq = 0                 # the last write the snapshot on disk holds
         self._edits = 0                        # label/metadata edits in the state searches see (position())
-        self._edits_counted = False            # the store counts them (meta 'edits'; a writer's view)
         self._has_log = False                  # the store keeps the change log (a writer's view)
         self._changes_pruned = 0               # the change log's entries up to this one are pruned
         self._maint_thread: threading.Thread | None = None   # the background rebuild or snapshot

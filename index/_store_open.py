@@ -132,7 +132,6 @@ class StoreOpening:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
-        self._edits_counted = "edits" in meta
         if "edits" not in meta and not cfg.read_only:
             # The count of label/metadata edits, which lets read-only followers skip comparing them. A
             # store from before it starts counting here; on a full disk it starts at a later open
@@ -141,7 +140,6 @@ class StoreOpening:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
                     self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('edits', '0')")
-                self._edits_counted = True
             except sqlite3.OperationalError as exc:
                 if self._conn.in_transaction:   # a failed COMMIT leaves it open
                     self._conn.execute("ROLLBACK")
