@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from urllib.parse import quote
 
-from . import _galleries as g
+from . import _galleries as g, _http
 from ._env import ClientEnv
 from ._errors import CliError
 from ._metadata_file import read_metadata_file
@@ -98,8 +98,6 @@ def _by_http(args, rows: dict[str, dict]) -> tuple[int, list[str]]:
     import httpx
     from tqdm import tqdm
 
-    from ._upload import _fatal, _message, _request
-
     key = ClientEnv.read().write_key(args.api_key)
     url = args.url.rstrip("/")
     params = {} if args.gallery == "default" else {"gallery": args.gallery}
@@ -108,7 +106,7 @@ def _by_http(args, rows: dict[str, dict]) -> tuple[int, list[str]]:
         with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client, \
                 tqdm(total=len(rows), unit="item", desc="editing", disable=None) as bar:
             for id_, patch in rows.items():
-                r = _request(client, "PATCH", f"/index/{quote(id_, safe='')}", params=params,
+                r = _http.request(client, "PATCH", f"/index/{quote(id_, safe='')}", params=params,
                              json={"metadata": patch})
                 bar.update(1)
                 if r.status_code == 404 and '"not_found"' in r.text:
@@ -116,10 +114,10 @@ def _by_http(args, rows: dict[str, dict]) -> tuple[int, list[str]]:
                 elif r.status_code == 200:
                     changed += 1
                 elif r.status_code == 422:
-                    raise CliError(f"item {id_!r}: {_message(r)} (mend --metadata, then run again: what was applied "
-                                   "stays, and applying it again changes nothing)")
+                    raise CliError(f"item {id_!r}: {_http.error_message(r)} (mend --metadata, then run again: what "
+                                   "was applied stays, and applying it again changes nothing)")
                 else:
-                    raise CliError(_fatal(r.status_code, _message(r), url))
+                    raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     return changed, missing

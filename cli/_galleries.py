@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -13,7 +14,10 @@ from ._env import ClientEnv
 from ._errors import CliError
 
 if TYPE_CHECKING:   # index (FAISS) is imported by the commands that open a gallery, when they run
+    import tarfile
+
     from index import GalleryStore
+    from model import TarListing
 
 # The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
 # (app/_settings.py), so that a gallery's items get one size whether built here or sent to POST /index.
@@ -177,51 +181,65 @@ def open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vecto
         raise CliError(str(exc)) from None
 
 
-def scan(source: Path, labels: bool):
-    """(ids, label of each id, reader, links left out) for a folder or a tar. The reader maps an id to its bytes
-    (None for a folder). A tar is read as the folder it was made of: hidden members (`._IMG_1.jpg`, `.DS_Store`,
-    anything in a `.folder/`) left out and a single top folder descended (a tar of `photos/` has the ids a build
-    of `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further); its symbolic links are left out
-    and counted."""
+class ImageSource:
+    """The images of SOURCE, a folder or a tar (`scan`): `ids`, their paths relative to SOURCE (sorted), `labels`,
+    each id's label (None: none), `links`, how many symbolic links a tar held (left out), and `read(id)`, an
+    image's bytes. A tar stays open until `close()`."""
+
+    def __init__(self, path: Path, ids: list[str], labels: dict[str, str | None], tar: tarfile.TarFile | None = None,
+                 members: dict[str, tarfile.TarInfo] | None = None, links: int = 0):
+        self.path, self.ids, self.labels, self.links = path, ids, labels, links
+        self._tar, self._members = tar, members
+
+    @property
+    def is_tar(self) -> bool:
+        """Whether SOURCE is a tar, whose images are read one after the other (a folder's in any order)."""
+        return self._tar is not None
+
+    def read(self, id_: str) -> bytes:
+        """The bytes of image `id_`."""
+        if self._tar is None:
+            return (self.path / id_).read_bytes()
+        return self._tar.extractfile(self._members[id_]).read()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+
+def scan(source: Path, labels: bool) -> ImageSource:
+    """The images of a folder or a tar, with their labels (`labels_of`). A tar is read as the folder it was
+    made of (model.list_tar: hidden members, `._IMG_1.jpg`, `.DS_Store`, anything in a `.folder/`, left out, and
+    its symbolic links, counted) with a single top folder descended (a tar of `photos/` has the ids a build of
+    `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further)."""
     import tarfile
 
-    from model import IMAGE_EXTENSIONS, files_under
+    from model import IMAGE_EXTENSIONS, files_under, list_tar
 
     if source.is_dir():
         try:
             ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
         except OSError as exc:  # a folder inside that cannot be listed
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
-        return ids, labels_of(ids, labels), None, 0
-    if source.is_file() and tarfile.is_tarfile(source):
+        return ImageSource(source, ids, labels_of(ids, labels))
+    if is_tar(source):
         tf = tarfile.open(source)
-        inside = False   # made inside the folder (`tar cf x.tar -C photos .`): the names are relative to it
-        named = []
-        for m in tf.getmembers():
-            name = m.name
-            inside |= name == "." or name.startswith("./")
-            while name.startswith("./"):
-                name = name[2:]
-            name = name.rstrip("/")
-            if name and name != "." and not any(part.startswith(".") for part in name.split("/")):
-                named.append((name, m))
-        tops = {name.split("/", 1)[0] for name, _ in named}
-        top = tops.pop() if len(tops) == 1 and not inside else None
-        if top is not None and any(name == top and not m.isdir() for name, m in named):
-            top = None   # a tar of one file
-        members, links = {}, 0
-        for name, m in named:
-            if top is not None:
-                if name == top:
-                    continue
-                name = name[len(top) + 1:]
-            if m.issym():
-                links += 1
-            elif (m.isfile() or m.islnk()) and name.lower().endswith(IMAGE_EXTENSIONS):
-                members[name] = m   # a hard link is read as the file it is another name of
+        listing = list_tar(tf)
+        strip = len(top) + 1 if (top := _top_folder(listing)) else 0
+        members = {name[strip:]: m for name, m in listing.files.items() if name.lower().endswith(IMAGE_EXTENSIONS)}
         ids = sorted(members)
-        return ids, labels_of(ids, labels), (tf, members), links
+        return ImageSource(source, ids, labels_of(ids, labels), tf, members, len(listing.links))
     raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+def _top_folder(listing: TarListing) -> str | None:
+    """The one folder at the top of a tar that holds all else, to be descended into; None
+    for a tar made inside its folder (`tar cf x.tar -C photos .`), of several, or of one file."""
+    tops = {name.split("/", 1)[0] for name in [*listing.files, *listing.folders, *listing.links]}
+    if listing.inside or len(tops) != 1:
+        return None
+    top = tops.pop()
+    return None if top in listing.files or top in listing.links else top
 
 
 def links_note(links: int) -> str:
@@ -344,10 +362,11 @@ def is_tar(path: Path) -> bool:
     return path.is_file() and tarfile.is_tarfile(path)
 
 
-def queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[], bytes]]], list]:
+def queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[], bytes]]], list[ImageSource]]:
     """(name, label, read) of each query: a file as given (no label), or every image in a folder or tar
-    with its class folder as label (ImageFolder); read() returns the bytes. Also the tars opened."""
-    out, tars = [], []
+    with its class folder as label (ImageFolder); read() returns the bytes. Also the folders and tars
+    scanned, to close."""
+    out, sources = [], []
     for arg in paths:
         path = Path(arg)
         if path.is_file() and not is_tar(path):
@@ -355,13 +374,10 @@ def queries(paths: list[str]) -> tuple[list[tuple[str, str | None, Callable[[], 
             continue
         if not path.exists():
             raise CliError(f"cannot read image {arg}: no such file or folder")
-        ids, labels, tar, _ = scan(path, True)
-        if tar is None:
-            out += [(str(path / i), labels[i], (path / i).read_bytes) for i in ids]
-        else:
-            tf, members = tar
-            tars.append(tf)
-            out += [(f"{arg}:{i}", labels[i], lambda m=members[i], tf=tf: tf.extractfile(m).read()) for i in ids]
+        source = scan(path, True)
+        sources.append(source)
+        out += [(f"{arg}:{i}" if source.is_tar else str(path / i), source.labels[i], partial(source.read, i))
+                for i in source.ids]
     if paths and not out:   # (no paths at all: a search by marked items alone)
         raise CliError(f"no query images in {' '.join(paths)}")
-    return out, tars
+    return out, sources

@@ -178,7 +178,8 @@ def _build(args) -> int:
     if not source.exists():
         raise CliError(f"source {source} does not exist")
     embedder = g.embedder_for(args.model, args.data, args.gallery, args.milvus_uri)
-    ids, labels, tar, links = g.scan(source, not args.no_labels)
+    images = g.scan(source, not args.no_labels)
+    ids = images.ids
     if not ids:
         from model import IMAGE_EXTENSIONS
 
@@ -191,14 +192,13 @@ def _build(args) -> int:
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
         todo = [i for i in ids if i not in done]
-        print(f"{len(ids)} images in {source}{g.links_note(links)}: {len(done)} already indexed, {len(todo)} to "
+        print(f"{len(ids)} images in {source}{g.links_note(images.links)}: {len(done)} already indexed, {len(todo)} to "
               f"embed with {embedder.model_id} into {store.info()['path']}")
         kept = len(set(extra) & done)
         if kept:
             print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
                   f"(`simsearch index edit --metadata {args.metadata}` sets it on them)", file=sys.stderr)
-        failed = _index_images(args, todo, lambda id_: _read_image(source, tar, id_), tar is not None, labels,
-                               extra, embedder, store)
+        failed = _index_images(args, todo, images.read, images.is_tar, images.labels, extra, embedder, store)
         info = store.info()
         print(f"indexed {len(todo) - failed} images ({failed} skipped); the index holds {info['count']} "
               f"items ({info['index_kind']})")
@@ -211,8 +211,7 @@ def _build(args) -> int:
                        "on") from None
     finally:
         store.close()
-        if tar is not None:
-            tar[0].close()
+        images.close()
     # 1: not one image of SOURCE could be read. A re-run whose only images left to do are the unreadable
     # ones an earlier run skipped (and reports again) has nothing new to do: 0.
     return 1 if failed and failed == len(todo) and not done else 0
@@ -226,14 +225,6 @@ def _check_build_options(args) -> None:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if not 0 <= args.thumbnail_size <= 1024:   # the service's bounds for SIMSEARCH_THUMBNAIL_SIZE
         raise CliError(f"--thumbnail-size must be 0 to 1024, got {args.thumbnail_size}")
-
-
-def _read_image(source: Path, tar, id_: str) -> bytes:
-    """The bytes of image `id_` of SOURCE, a folder or (tar: (its open TarFile, {id: member})) a tar."""
-    if tar is None:
-        return (source / id_).read_bytes()
-    tf, members = tar
-    return tf.extractfile(members[id_]).read()
 
 
 def _index_images(args, todo: list[str], read: Callable[[str], bytes], sequential: bool,

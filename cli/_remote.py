@@ -8,9 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+from . import _http
 from ._env import ClientEnv
 from ._errors import CliError
-from ._upload import _fatal, _message, _request
 
 MAX_FILES = 64                 # the service's default SIMSEARCH_MAX_FILES_PER_REQUEST
 MAX_BYTES = 8 * 1024 * 1024    # under its default 10 MiB body limit
@@ -94,9 +94,9 @@ def search_together(args, photos: list[tuple[str, bytes]], asked: int, show: Cal
             return 1
     if r.status_code == 401:
         raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "
-                       f"SIMSEARCH_API_KEY ({_message(r)})")
+                       f"SIMSEARCH_API_KEY ({_http.error_message(r)})")
     if r.status_code != 200:
-        raise CliError(_fatal(r.status_code, _message(r), url))
+        raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
     name = f"{len(photos)} images together" if photos else "the marked items"
     show(name, None, [SimpleNamespace(**h) for h in r.json()["results"]])
     return 0
@@ -104,15 +104,15 @@ def search_together(args, photos: list[tuple[str, bytes]], asked: int, show: Cal
 
 def _search_with(client, args, photos: list[tuple[str, bytes]]):
     files = [("file", (Path(name).name or "query", data)) for name, data in photos]
-    return _request(client, "POST", "/search", params=_params(args), files=files or None)
+    return _http.request(client, "POST", "/search", params=_params(args), files=files or None)
 
 
 def _readable_by(client, photo: tuple[str, bytes]) -> bool:
     """Whether the service reads this image (its POST /embed of it alone); when not, its reason on stderr."""
     name, data = photo
-    r = _request(client, "POST", "/embed", files=[("file", (Path(name).name or "query", data))])
+    r = _http.request(client, "POST", "/embed", files=[("file", (Path(name).name or "query", data))])
     if r.status_code in (400, 413, 415):
-        print(f"skipped {name}: {_message(r)}", file=sys.stderr)
+        print(f"skipped {name}: {_http.error_message(r)}", file=sys.stderr)
         return False
     return True
 
@@ -149,12 +149,12 @@ def _ask(client, chunk, params, url: str, single: bool) -> tuple[list, str]:
     """POST one request of queries: (each query's hits, or None where the service refused its image;
     the service's message when the request as a whole was too big)."""
     files = [("file", (Path(name).name or "query", data)) for name, _, data in chunk]
-    r = _request(client, "POST", "/batch/search", params=params, files=files)
+    r = _http.request(client, "POST", "/batch/search", params=params, files=files)
     if r.status_code == 200:
         return [q["results"] for q in r.json()["queries"]], ""
     code = _code(r)
     if r.status_code == 413 and code in _TOO_BIG:
-        return [], _message(r)
+        return [], _http.error_message(r)
     if r.status_code in (400, 413, 415) and len(chunk) > 1:
         # One image the service cannot read fails its whole request: ask one at a time, so that
         # only that one is skipped, with the service's reason.
@@ -166,12 +166,12 @@ def _ask(client, chunk, params, url: str, single: bool) -> tuple[list, str]:
             out.extend([None] if too_big else hits)
         return out, ""
     if r.status_code in (400, 413, 415) and not single:
-        print(f"skipped {chunk[0][0]}: {_message(r)}", file=sys.stderr)
+        print(f"skipped {chunk[0][0]}: {_http.error_message(r)}", file=sys.stderr)
         return [None], ""
     if r.status_code == 401:
         raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "
-                       f"SIMSEARCH_API_KEY ({_message(r)})")
-    raise CliError(_fatal(r.status_code, _message(r), url))
+                       f"SIMSEARCH_API_KEY ({_http.error_message(r)})")
+    raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
 
 
 def _code(r) -> str:

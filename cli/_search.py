@@ -94,7 +94,7 @@ def _search(args) -> int:
     """`simsearch search` and `simsearch classify`: the options checked, the queries read, then each answered
     here (_search_local) or by the service at --url."""
     where, crop, like, unlike = _checked(args)
-    queries, tars = g.queries(args.images)
+    queries, sources = g.queries(args.images)
     first = Path(args.images[0]) if args.images else None
     single = args.together or not args.images or (len(queries) == 1 and first.is_file() and not g.is_tar(first))
     show = _Answers(args, single)
@@ -110,8 +110,8 @@ def _search(args) -> int:
             if labelled is None:   # one answer, given
                 return failed
     finally:
-        for tf in tars:
-            tf.close()
+        for source in sources:
+            source.close()
     return _search_summary(args, labelled, agree, failed, len(queries), show.unknown)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import json
 import sys
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import _galleries as g
+from . import _galleries as g, _http
 from ._env import ClientEnv
 from ._errors import CliError
 
@@ -45,8 +44,6 @@ def register_index(isub) -> None:
                         "(POST /index?skip_duplicates)")
     u.set_defaults(func=upload)
 
-RETRIES = 8            # 429 and 503 answers waited out (Retry-After), so many times a request
-RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s apart), so many times
 PAGE = 1000            # ids listed per GET /index when finding what the service already holds
 
 
@@ -58,7 +55,8 @@ def upload(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source {source} does not exist")
-    ids, labels, tar, links = g.scan(source, not args.no_labels)
+    images = g.scan(source, not args.no_labels)
+    ids = images.ids
     if not ids:
         raise CliError(f"no images in {source}")
     extra = g.metadata_for(args.metadata, ids)
@@ -72,22 +70,20 @@ def upload(args) -> int:
                           timeout=args.timeout) as client:
             have = set() if args.replace else _ids_in_service(client)
             todo = [i for i in ids if i not in have]
-            print(f"{len(ids)} images in {source}{g.links_note(links)}: {len(ids) - len(todo)} already in the "
+            print(f"{len(ids)} images in {source}{g.links_note(images.links)}: {len(ids) - len(todo)} already in the "
                   f"service, {len(todo)} to upload to {url}")
             kept = len(set(extra) & have)
             if kept:
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
                       f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}` sets it on "
                       "them)", file=sys.stderr)
-            sender = _Sender(client, url, labels, extra, dedupe, args.exif, args.gps)
-            uploaded, rejected = _send_all(todo, lambda id_: _read(source, tar, id_), sender.send, args.batch_size,
-                                           args.parallel)
-            held = _held(client)
+            sender = _Sender(client, url, images.labels, extra, dedupe, args.exif, args.gps)
+            uploaded, rejected = _send_all(todo, images.read, sender.send, args.batch_size, args.parallel)
+            held = _http.held(client)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
-        if tar is not None:
-            tar[0].close()
+        images.close()
     dups = f", {len(sender.left_out)} left out as look-alikes" if args.skip_duplicates is not None else ""
     print(f"uploaded {uploaded} images ({len(rejected)} rejected by the service{dups}); it holds {held}")
     # 1: the service took not one image of SOURCE, as `index build` (a re-run with only the refused files
@@ -115,14 +111,6 @@ def _register_heif() -> None:
         pass
 
 
-def _read(source: Path, tar, id_: str) -> bytes:
-    """The bytes of image `id_` of SOURCE, a folder or (tar: (its open TarFile, {id: member})) a tar."""
-    if tar is None:
-        return (source / id_).read_bytes()
-    tf, members = tar
-    return tf.extractfile(members[id_]).read()
-
-
 class _Sender:
     """Sends batches to the service (POST /index) from worker threads: each batch whole, or one file at a time
     when the service refuses one of them, to learn which; remembers the look-alikes it left out."""
@@ -140,7 +128,7 @@ class _Sender:
         if status == 201:
             return self._stored_of(answer), []
         if status not in (400, 413, 415, 422):
-            raise CliError(_fatal(status, message, self.url))
+            raise CliError(_http.fatal(status, message, self.url))
         stored, refused = 0, []  # one of them is refused: learn which, keep the rest
         for one in files:
             st, msg, ans = self._post([one]) if len(files) > 1 else (status, message, answer)
@@ -150,7 +138,7 @@ class _Sender:
                 refused.append(one[0])
                 _write(f"rejected {one[0]}: {st} {msg}")
             else:
-                raise CliError(_fatal(st, msg, self.url))
+                raise CliError(_http.fatal(st, msg, self.url))
         return stored, refused
 
     def _post(self, files: list[tuple[str, bytes]]) -> tuple[int, str, dict]:
@@ -209,11 +197,11 @@ def _ids_in_service(client) -> set[str]:
     have: set[str] = set()
     offset = 0
     while offset is not None:
-        r = _request(client, "GET", "/index", params={"offset": offset, "limit": PAGE})
+        r = _http.request(client, "GET", "/index", params={"offset": offset, "limit": PAGE})
         if r.status_code == 404 and not have:   # a named gallery not made yet: the first upload makes it
             return have
         if r.status_code != 200:
-            raise CliError(_fatal(r.status_code, _message(r), str(client.base_url)))
+            raise CliError(_http.fatal(r.status_code, _http.error_message(r), str(client.base_url)))
         body = r.json()
         have.update(item["id"] for item in body["items"])
         offset = body["next_offset"]
@@ -229,37 +217,9 @@ def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None],
             "metadata": [json.dumps({**_described(b, exif, gps), **extra.get(i, {})}) for i, b in files]}
     if any(labels[i] is not None for i, _ in files):
         data["label"] = [labels[i] or "" for i, _ in files]
-    r = _request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,
+    r = _http.request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,
                  params=params)   # httpx adds them to the client's ?gallery=
-    return r.status_code, _message(r), (r.json() if r.status_code == 201 else {})
-
-
-def _request(client, method: str, path: str, **kwargs):
-    """One request, waiting out 429 and 503 (Retry-After) and refused or dropped connections."""
-    import httpx
-
-    busy = dropped = 0
-    while True:
-        try:
-            r = client.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
-            if dropped == RECONNECTS:
-                raise
-            time.sleep(0.25 * 2 ** dropped)
-            dropped += 1
-            continue
-        if r.status_code not in (429, 503) or busy == RETRIES:
-            return r
-        busy += 1
-        time.sleep(_retry_after(r.headers.get("Retry-After")))
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds to wait from a Retry-After header (ours are seconds; a date or nothing: 1 s), at most 30."""
-    try:
-        return min(max(float(value), 0.0), 30.0)
-    except (TypeError, ValueError):
-        return 1.0
+    return r.status_code, _http.error_message(r), (r.json() if r.status_code == 201 else {})
 
 
 def _described(data: bytes, exif: bool, gps: bool = False) -> dict:
@@ -279,38 +239,3 @@ def _described(data: bytes, exif: bool, gps: bool = False) -> dict:
                     **(gps_metadata(im) if gps else {})}
     except Exception:  # noqa: BLE001  (the service gives the reason when it refuses the file)
         return {}
-
-
-def _message(r) -> str:
-    try:
-        return r.json()["error"]["message"]
-    except Exception:  # noqa: BLE001
-        return r.text[:200]
-
-
-def _fatal(status: int, message: str, url: str) -> str:
-    if status == 401:
-        return (f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY "
-                f"(or SIMSEARCH_API_KEY_FILE) ({message})")
-    if status == 403:
-        return f"the service at {url} refused the API key ({message})"
-    if status == 507:  # what was stored before is kept, and skipped by the next run
-        return (f"the service at {url} answered 507: {message}. Run the same command again once it has "
-                "space: it skips what is already stored")
-    return f"the service at {url} answered {status}: {message}"
-
-
-def _held(client) -> str:
-    """How many items the service holds now ("?" when it does not say), and the position its gallery
-    is at (X-Simsearch-Position), when it says."""
-    try:
-        r = _request(client, "GET", "/index", params={"limit": 1})
-        if r.status_code == 404:   # a named gallery that nothing was stored in is not made
-            return "0 items"
-        body = r.json()
-        count = body["count"]
-    except Exception:  # noqa: BLE001
-        return "?"
-    position = body.get("position")
-    return f"{count} items" + (f" (position {position}: `--after {position}` makes a search through a "
-                               "replica see them)" if position else "")

@@ -1,0 +1,76 @@
+"""Talking to a running service over HTTP, for the commands that do (index upload, index edit --url, search and
+classify --url): one request with its 429/503 answers waited out and dropped connections retried, the service's
+error message, and the line a command ends with when the service refuses it."""
+from __future__ import annotations
+
+import time
+
+RETRIES = 8            # 429 and 503 answers waited out (Retry-After), so many times a request
+RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s apart), so many times
+
+
+def request(client, method: str, path: str, **kwargs):
+    """One request on the httpx `client`, waiting out 429 and 503 (Retry-After) and refused or dropped
+    connections; the last answer, or the last connection error raised."""
+    import httpx
+
+    busy = dropped = 0
+    while True:
+        try:
+            r = client.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            if dropped == RECONNECTS:
+                raise
+            time.sleep(0.25 * 2 ** dropped)
+            dropped += 1
+            continue
+        if r.status_code not in (429, 503) or busy == RETRIES:
+            return r
+        busy += 1
+        time.sleep(retry_after(r.headers.get("Retry-After")))
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (ours are seconds; a date or nothing: 1 s), at most 30."""
+    try:
+        return min(max(float(value), 0.0), 30.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def error_message(r) -> str:
+    """The service's message in its error answer `r`, or the start of the body of one that is not its own."""
+    try:
+        return r.json()["error"]["message"]
+    except Exception:  # noqa: BLE001
+        return r.text[:200]
+
+
+def fatal(status: int, message: str, url: str) -> str:
+    """What a command says when the service at `url` answers `status` (with `message`) and it cannot go on:
+    which key to pass for a 401, what to do after a 507."""
+    if status == 401:
+        return (f"the service at {url} needs an API key for writes: pass --api-key or set SIMSEARCH_API_KEY "
+                f"(or SIMSEARCH_API_KEY_FILE) ({message})")
+    if status == 403:
+        return f"the service at {url} refused the API key ({message})"
+    if status == 507:  # what was stored before is kept, and skipped by the next run
+        return (f"the service at {url} answered 507: {message}. Run the same command again once it has "
+                "space: it skips what is already stored")
+    return f"the service at {url} answered {status}: {message}"
+
+
+def held(client) -> str:
+    """How many items the service holds now ("?" when it does not say), and the position its gallery
+    is at (X-Simsearch-Position), when it says."""
+    try:
+        r = request(client, "GET", "/index", params={"limit": 1})
+        if r.status_code == 404:   # a named gallery that nothing was stored in is not made
+            return "0 items"
+        body = r.json()
+        count = body["count"]
+    except Exception:  # noqa: BLE001
+        return "?"
+    position = body.get("position")
+    return f"{count} items" + (f" (position {position}: `--after {position}` makes a search through a "
+                               "replica see them)" if position else "")
