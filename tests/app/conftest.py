@@ -15,12 +15,26 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image, ImageDraw
+
+import model
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_KEY = "server-test-key"
 SERVER_MAX_BODY = 1_000_000
 SERVER_MAX_CONCURRENCY = 4
+
+
+@pytest.fixture(scope="module")
+def pddm_artifact(hybrid1_artifact, tmp_path_factory):
+    """The seeded Hybrid-1 test artifact plus a seeded PDDM head (rerank=N re-orders with it)."""
+    art = model.load_artifact(hybrid1_artifact)
+    torch.manual_seed(7)
+    head = model.PDDM(embed_dim=art.meta.embed_dim)
+    meta = art.meta.model_copy(update={"name": "hybrid1-pddm-test", "heads": {"pddm": head.build_args}})
+    return model.save_artifact(tmp_path_factory.mktemp("pddm") / "hybrid1-pddm.safetensors", art.model, meta,
+                               heads={"pddm": head})
 
 
 @pytest.fixture

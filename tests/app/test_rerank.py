@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import model
@@ -14,17 +13,6 @@ import model
 from .conftest import running, settings_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def pddm_artifact(hybrid1_artifact, tmp_path_factory):
-    """The seeded Hybrid-1 test artifact plus a seeded PDDM head."""
-    art = model.load_artifact(hybrid1_artifact)
-    torch.manual_seed(7)
-    head = model.PDDM(embed_dim=art.meta.embed_dim)
-    meta = art.meta.model_copy(update={"name": "hybrid1-pddm-test", "heads": {"pddm": head.build_args}})
-    return model.save_artifact(tmp_path_factory.mktemp("pddm") / "hybrid1-pddm.safetensors", art.model, meta,
-                               heads={"pddm": head})
 
 
 def upload(data: bytes, name: str = "q.jpg"):

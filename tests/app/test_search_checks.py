@@ -9,10 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 from starlette.testclient import TestClient
 
-import model
 from app import create_app
 
 from .conftest import settings_for
@@ -157,17 +155,6 @@ WITHOUT_PDDM = {
     "like=qb&rerank=20": on(SEARCHES, NO_PDDM),
     "combine=best&rerank=20": {"/search": NO_PDDM},
 }
-
-
-@pytest.fixture(scope="module")
-def pddm_artifact(hybrid1_artifact, tmp_path_factory):
-    """The seeded Hybrid-1 test artifact plus a seeded PDDM head (as tests/app/test_rerank.py makes it)."""
-    art = model.load_artifact(hybrid1_artifact)
-    torch.manual_seed(7)
-    head = model.PDDM(embed_dim=art.meta.embed_dim)
-    meta = art.meta.model_copy(update={"name": "hybrid1-pddm-test", "heads": {"pddm": head.build_args}})
-    return model.save_artifact(tmp_path_factory.mktemp("pddm") / "hybrid1-pddm.safetensors", art.model, meta,
-                               heads={"pddm": head})
 
 
 def _serving(artifact, data_dir):
