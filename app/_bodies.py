@@ -44,6 +44,35 @@ def _search_body() -> dict[str, Any]:
     return spec
 
 
+def _index_body() -> dict[str, Any]:
+    """POST /index's body: images with their ids, labels and metadata as a form, or vectors as JSON."""
+    spec = _multipart(
+        "one or more images with optional ids, labels and metadata; or vectors, as JSON "
+        '{"model": "name@sha12", "items": [{"id": ..., "vector": [...], "label": ..., "metadata": {...}}, ...]}',
+        {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+         "id": {"type": "array", "items": {"type": "string"},
+                "description": "one per file; generated when absent; an existing id is replaced"},
+         "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
+         "metadata": {"type": "array", "items": {"type": "string"},
+                      "description": "a JSON object: one for all files, or one per file"}})
+    item = {"type": "object", "required": ["vector"], "additionalProperties": False, "properties": {
+        "id": {"type": ["string", "null"], "description": "generated when absent; an existing id is replaced"},
+        "vector": {"type": "array", "items": {"type": "number"},
+                   "description": "the model's dimension; stored normalised to unit length"},
+        "label": {"type": ["string", "null"]},
+        "metadata": {"type": ["object", "null"], "description": "a JSON object, as a form's metadata part"}}}
+    spec["requestBody"]["content"]["application/json"] = {"schema": {
+        "type": "object", "required": ["model", "items"], "additionalProperties": False,
+        "properties": {"model": {**_MODEL_FIELD, "description": "the model that made the vectors (name@sha12, as "
+                                                                "/readyz, GET /index and an exported ONNX file's "
+                                                                "simsearch.model_id give it); another model's "
+                                                                "vectors are refused with 409"},
+                       "items": {"type": "array", "minItems": 1, "items": item,
+                                 "description": "at most SIMSEARCH_MAX_FILES_PER_REQUEST items (413 past it); "
+                                                "ids unique within the request"}}}}
+    return spec
+
+
 def _batch_search_body() -> dict[str, Any]:
     spec = _embed_body()
     spec["requestBody"]["description"] = ("the query images as multipart `file` parts (or one image itself as "
@@ -109,15 +138,22 @@ def _json(text: str | bytes, code: str, what: str) -> Any:
         raise ApiError(422, code, f"{what} is not valid JSON: {exc}") from None
 
 
-def _vector_body(body: bytes, key: str, shape: str, model_id: str) -> dict:
-    """A JSON search body: an object with `key` and optionally `model`, which must be this service's
+def _vector_body(body: bytes, key: str, shape: str, model_id: str, model_required: bool = False) -> dict:
+    """A JSON body of vectors: an object with `key` and `model` (optional unless `model_required`: a write
+    needs it, or another model's vectors would be mixed into the gallery), which must be this service's
     model (vectors of two models cannot be compared); 422 or 409 naming what is wrong."""
     value = _json(body, "invalid_vector", "the body")
     if not isinstance(value, dict) or key not in value or not set(value) <= {key, "model"}:
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
-        raise ApiError(422, "invalid_vector", f'the JSON body must be {{"{key}": {shape}}}, with an optional '
-                                              f'"model", and nothing else; got {got}')
+        model_is = '"model": "name@sha12"' if model_required else 'an optional "model"'
+        raise ApiError(422, "invalid_vector", f'the JSON body must be {{"{key}": {shape}}}, with {model_is}, '
+                                              f"and nothing else; got {got}")
     model = value.get("model")
+    if model is None and model_required:
+        raise ApiError(422, "invalid_vector", f'"model" is required: the model that made the vectors (name@sha12: '
+                                              f"{model_id!r} here, as GET /index, /readyz and an exported ONNX "
+                                              "file's simsearch.model_id name it), so that no other model's vector "
+                                              "is mixed into the gallery")
     if model is not None and not isinstance(model, str):
         raise ApiError(422, "invalid_vector", f"model must be a string (name@sha12), got {type(model).__name__}")
     if model is not None and model != model_id:
@@ -173,6 +209,14 @@ async def _read_body(request: Request) -> bytes:
         raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
 
 
+# What else the routes that read a form take, by the last segment of their path, for the 415 of another body
+_OTHER_BODIES = {
+    "search": (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
+               "application/octet-stream; or a vector as an application/json body)"),
+    "index": ' (or vectors, as an application/json body {"model": "name@sha12", "items": [{"vector": [...]}, ...]})',
+}
+
+
 async def _read_form(request: Request, allowed: set[str]) -> FormData:
     """Parse a multipart body with the part-count and field-size limits of the settings."""
     s = _settings(request)
@@ -183,9 +227,7 @@ async def _read_form(request: Request, allowed: set[str]) -> FormData:
     if not ctype.lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
                        f"expected a multipart/form-data body with a `file` part, got Content-Type {ctype or 'none'!r}"
-                       + (" (or the image itself as the body, with Content-Type image/jpeg, image/png, ... or "
-                          "application/octet-stream; or a vector as an application/json body)"
-                          if route_path(request.scope).rstrip("/").endswith("/search") else ""))
+                       + _OTHER_BODIES.get(route_path(request.scope).rstrip("/").rsplit("/", 1)[-1], ""))
     parser = _Utf8FormParser(request.headers, request.stream(), max_files=s.max_files_per_request,
                              max_fields=s.max_fields_per_request, max_part_size=s.max_field_bytes)
     try:
@@ -260,14 +302,21 @@ def _reject_constant(name: str):
 
 
 def _parse_metadata(text: str, i: int) -> dict[str, Any]:
+    value = _json(text, "invalid_metadata", f"metadata part {i}")
+    return _checked_metadata(value, f"metadata part {i}", text)
+
+
+def _checked_metadata(value: Any, what: str, text: str | None = None) -> dict[str, Any]:
+    """`value` (JSON, read from `text` when given) as an item's metadata; 422 invalid_metadata naming `what` is
+    wrong with it, as the store would say it, before any write."""
     import index as index_pkg  # when used (module docstring)
 
-    value = _json(text, "invalid_metadata", f"metadata part {i}")
     if not isinstance(value, dict):
+        shown = text if text is not None else json.dumps(value)
         raise ApiError(422, "invalid_metadata",
-                       f"metadata part {i} must be a JSON object, got {type(value).__name__}: {text[:60]!r}")
+                       f"{what} must be a JSON object, got {type(value).__name__}: {shown[:60]!r}")
     try:   # as the store will (1e999 is an infinity to Python, too big a number for JSON), before any write
-        index_pkg.check_metadata(value, f"metadata part {i}")
+        index_pkg.check_metadata(value, what)
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "invalid_metadata", str(exc)) from None
     return value

@@ -1,58 +1,82 @@
-"""The gallery routes: add items (POST /index), list, get, change and delete them, their thumbnails, the
-look-alikes (/duplicates), how items spread over values (/facets), and the named galleries. CPU work (the
-model, FAISS, SQLite) runs in threads, never on the event loop. index (FAISS) is imported inside the functions
-that use it: the service answers /healthz before FAISS and torch load."""
+"""The gallery routes: add items (POST /index: images, or vectors as JSON), list, get, change and delete them,
+their thumbnails, the look-alikes (/duplicates), how items spread over values (/facets), and the named galleries.
+CPU work (the model, FAISS, SQLite) runs in threads, never on the event loop. index (FAISS) is imported inside the
+functions that use it: the service answers /healthz before FAISS and torch load."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import anyio.to_thread
+import numpy as np
 from fastapi import Path, Query, Request, Response
 from starlette.responses import JSONResponse
 
+from model import Crop
+
 from ._answers import POSITION_HEADER, _ERRORS, _item_out, _position, _write_refused
-from ._bodies import (_file_parts, _json, _media_type, _multipart, _parse_metadata, _per_file, _read_body, _read_form,
-                      _strings)
+from ._bodies import (_checked_metadata, _file_parts, _index_body, _json, _media_type, _parse_metadata, _per_file,
+                      _read_body, _read_form, _strings, _unit_vector, _vector_body)
 from ._embedding import _prepare
 from ._errors import ApiError
 from ._openapi import declares
 from ._params import (MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id, _check_label,
-                      _check_where, _crop_param, _gallery, _reading, _router, _service, _writing)
+                      _check_where, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router, _service, _writing)
 from ._schemas import (DeleteResponse, DuplicatesResponse, FacetsResponse, GalleriesResponse, GalleryDeleted,
                        GalleryOut, IndexInfo, IndexResponse, ItemOut, SkippedItem)
-from ._service import GALLERY_NAME
+from ._service import GALLERY_NAME, Service
 
 router = _router()
 
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],
-             summary="add (or replace, by id) one or more images",
+             summary="add (or replace, by id) one or more images, or vectors",
              responses={201: declares(POSITION_HEADER),
-                        **{k: _ERRORS[k] for k in (400, 401, 403, 413, 415, 422, 429, 503, 507)}},
-             openapi_extra=_multipart(
-                 "one or more images with optional ids, labels and metadata",
-                 {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                  "id": {"type": "array", "items": {"type": "string"},
-                         "description": "one per file; generated when absent; an existing id is replaced"},
-                  "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
-                  "metadata": {"type": "array", "items": {"type": "string"},
-                               "description": "a JSON object: one for all files, or one per file"}}))
+                        **{k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503, 507)}},
+             openapi_extra=_index_body())
 async def add(request: Request, gallery: str = _gallery(), crop: str | None = _crop_param(),
               skip_duplicates: float | None = Query(
                   None, gt=0, le=1, allow_inf_nan=False,
-                  description="do not store a file whose cosine similarity with an item of another id in the gallery "
-                              "(or a file stored before it) is at least this; 0.98 catches copies (re-encoded, "
-                              "resized), lower values look-alikes. The answer's `skipped` names each file left out "
-                              "and its look-alike. Decided as the items are committed, so two requests carrying the "
-                              "same new image at once store it once")):
+                  description="do not store a file (or a JSON item) whose cosine similarity with an item of another "
+                              "id in the gallery (or one stored before it) is at least this; 0.98 catches copies "
+                              "(re-encoded, resized), lower values look-alikes. The answer's `skipped` names each one "
+                              "left out and its look-alike. Decided as the items are committed, so two requests "
+                              "carrying the same new image at once store it once")):
     import index as index_pkg  # imported when used: the app answers /healthz before torch and FAISS load
 
     service = _service(request, write=True)
-    thumb = service.settings.thumbnail_size
     region = _check_crop(crop)   # the same region of every image: embedded, and kept as its thumbnail
+    if _media_type(request.headers.get("content-type", "")) == "application/json":
+        _no_crop_for_vectors(region)
+        items = _json_items(await _read_body(request), service)
+    else:
+        items = await _image_items(request, service, region)
+    _, g = await _writing(request, gallery, create=True)   # once the request is known to be sound
+    try:
+        skipped = await g.commits.upsert(items, skip_duplicates)   # with the other requests waiting to commit
+    except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
+        raise ApiError(503, "index_unavailable", f"gallery {g.name!r} was closed while this request was under way "
+                       "(deleted, or the service is stopping); nothing of it was stored",
+                       {"Retry-After": "1"}) from None
+    except index_pkg.InvalidItemError as exc:
+        raise ApiError(422, "rejected_by_index", str(exc)) from None
+    except index_pkg.StoreError as exc:
+        raise _write_refused(exc, service) from None
+    left_out = {d.position for d in skipped}
+    stored = [it.id for pos, it in enumerate(items) if pos not in left_out]
+    answer = IndexResponse(ids=stored, count=len(stored), skipped=[
+        SkippedItem(file=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score) for d in skipped])
+    return JSONResponse(answer.model_dump(), status_code=201, headers=_position(g))
+
+
+async def _image_items(request: Request, service: Service, region: Crop | None) -> list:
+    """The items of a multipart POST /index: its `file` parts embedded (their region `region`) and thumbnailed,
+    with their `id`, `label` and `metadata` parts; 4xx naming what is wrong."""
+    import index as index_pkg  # when used (module docstring)
+
     form = await _read_form(request, {"file", "id", "label", "metadata"})
     try:
         files = await _file_parts(form)
@@ -67,27 +91,77 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
-    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, thumb, region,
-                                                    limiter=service.decode_limiter)
+    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, service.settings.thumbnail_size,
+                                                    region, limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)
-    items = [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
-             for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
-    _, g = await _writing(request, gallery, create=True)   # once the request is known to be sound
+    return [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
+            for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]
+
+
+_JSON_ITEM_KEYS = frozenset({"id", "vector", "label", "metadata"})
+
+
+def _json_items(body: bytes, service: Service) -> list:
+    """The items of a JSON POST /index body, {"model": ..., "items": [{"id", "vector", "label", "metadata"},
+    ...]}: each vector checked and made unit length as a JSON search vector is (no image, so no thumbnail), and
+    its id, label and metadata as a form's; 422 naming the item and what is wrong, 409 for another model's
+    vectors (mixed into the gallery, they would match nothing they look like), 413 for more items than a form
+    may carry files."""
+    import index as index_pkg  # when used (module docstring)
+
+    given = _vector_body(body, "items", '[{"id": ..., "vector": [...], "label": ..., "metadata": {...}}, ...]',
+                         service.model_id, model_required=True)["items"]
+    if not isinstance(given, list) or not given:
+        raise ApiError(422, "invalid_vector", "items must be a non-empty list of items, got "
+                                              f"{json.dumps(given)[:60]}")
+    cap = service.settings.max_files_per_request
+    if len(given) > cap:
+        raise ApiError(413, "too_many_vectors", f"{len(given)} items in one request; at most {cap}, as many as a "
+                                                "form may carry files (SIMSEARCH_MAX_FILES_PER_REQUEST)")
+    first_of: dict[str, int] = {}
+    items = []
+    for i, value in enumerate(given):
+        with _naming(f"items[{i}]"):
+            id_, vector, label, metadata = _json_item(value, service.embedder.dim)
+        if id_ in first_of:
+            raise ApiError(422, "invalid_id", f"items[{first_of[id_]}] and items[{i}] have the same id {id_!r}: "
+                                              "the ids of one request must differ")
+        if id_ is not None:
+            first_of[id_] = i
+        items.append(index_pkg.Item(id=id_ if id_ is not None else uuid.uuid4().hex, vector=vector, label=label,
+                                    metadata=metadata))
+    return items
+
+
+def _json_item(value: Any, dim: int) -> tuple[str | None, np.ndarray, str | None, dict[str, Any] | None]:
+    """One item of a JSON POST /index body, checked: (its id or None, its unit vector, label, metadata)."""
+    if not isinstance(value, dict) or "vector" not in value or not value.keys() <= _JSON_ITEM_KEYS:
+        got = f"keys {sorted(value)}" if isinstance(value, dict) else type(value).__name__
+        raise ApiError(422, "invalid_vector", 'must be an object with "vector" and optionally "id", "label" and '
+                                              f'"metadata", got {got}')
+    vector = _unit_vector(value["vector"], dim, "vector")
+    id_ = value.get("id")
+    if id_ is not None and not isinstance(id_, str):
+        raise ApiError(422, "invalid_id", f"id must be a string, got {json.dumps(id_)[:60]}")
+    metadata = value.get("metadata")
+    return (None if id_ is None else _check_id(id_), vector, _json_label(value.get("label")),
+            None if metadata is None else _checked_metadata(metadata, "metadata"))
+
+
+def _json_label(value: Any) -> str | None:
+    """A label given in JSON: a string (checked as a form's label part is; "" is none) or null."""
+    if value is not None and not isinstance(value, str):
+        raise ApiError(422, "invalid_label", f"label must be a string or null, got {json.dumps(value)[:60]}")
+    return _check_label(value)
+
+
+@contextlib.contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """An ApiError raised inside says first which part of the request it is about (`items[3]: ...`)."""
     try:
-        skipped = await g.commits.upsert(items, skip_duplicates)   # with the other requests waiting to commit
-    except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
-        raise ApiError(503, "index_unavailable", f"gallery {g.name!r} was closed while this request was under way "
-                       "(deleted, or the service is stopping); nothing of it was stored",
-                       {"Retry-After": "1"}) from None
-    except index_pkg.InvalidItemError as exc:
-        raise ApiError(422, "rejected_by_index", str(exc)) from None
-    except index_pkg.StoreError as exc:
-        raise _write_refused(exc, service) from None
-    left_out = {d.position for d in skipped}
-    stored = [i for pos, i in enumerate(ids) if pos not in left_out]
-    answer = IndexResponse(ids=stored, count=len(stored), skipped=[
-        SkippedItem(file=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score) for d in skipped])
-    return JSONResponse(answer.model_dump(), status_code=201, headers=_position(g))
+        yield
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.code, f"{what}: {exc.message}", exc.headers) from None
 
 
 @router.get("/index", response_model=IndexInfo, tags=["gallery"],
@@ -99,7 +173,9 @@ async def info(request: Request,
                                    description="items to skip (after `after`, when given). Unstable under writes: a "
                                                "delete before the offset moves an item back across it, which the next "
                                                "page then skips; to export, page with `after`"),
-               limit: int = Query(100, ge=1, le=1000),
+               limit: int = Query(100, ge=0, le=1000,
+                                  description="items in the page; 0 lists none: the counts alone (`count`, and "
+                                              "`matching` with `label` or `where`), with no next page"),
                after_item: int | None = Query(None, alias="after", ge=0, le=2**63 - 1,
                                               description="list only the items after this listing position: the "
                                                           "`next_after` of the page before (keyset paging, stable "
@@ -115,6 +191,8 @@ async def info(request: Request,
     def run():
         position = g.store.position()   # first: the listing is at least this new
         matching = g.store.count(label, where_filter) if label or where_filter else None
+        if not limit:   # counting: nothing to read, and no page after this one (it would be this one again)
+            return position, g.store.info(), matching, []
         return position, g.store.info(), matching, g.store.list_positions(offset=offset, limit=limit + 1, label=label,
                                                                           where=where_filter, after=after_item)
 
@@ -291,10 +369,7 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
         raise ApiError(422, "invalid_metadata", f'the body must be an object with "label" and/or "metadata", got {got}')
     changes: dict[str, Any] = {}
     if "label" in body:
-        if body["label"] is not None and not isinstance(body["label"], str):
-            raise ApiError(422, "invalid_label",
-                           f"label must be a string or null, got {json.dumps(body['label'])[:60]}")
-        changes["label"] = _check_label(body["label"])
+        changes["label"] = _json_label(body["label"])
     if "metadata" in body:
         if not isinstance(body["metadata"], dict):
             raise ApiError(422, "invalid_metadata", "metadata must be a JSON object (a merge patch: null removes a "

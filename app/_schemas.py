@@ -77,17 +77,19 @@ class EmbedResponse(BaseModel):
 
 
 class SkippedItem(BaseModel):
-    file: int = Field(description="its place among the request's `file` parts, from 0")
+    file: int = Field(description="its place among the request's `file` parts (or a JSON body's `items`), from 0")
     id: str = Field(description="the id it would have had")
     duplicate_of: str = Field(description="the id of the look-alike already stored (or stored before it)")
     score: float = Field(description="their cosine similarity, at least `skip_duplicates`")
 
 
 class IndexResponse(BaseModel):
-    ids: list[str] = Field(description="the ids of the stored items, in the order of the `file` parts")
+    ids: list[str] = Field(description="the ids of the stored items, in the order of the `file` parts (or of a "
+                                       "JSON body's `items`)")
     count: int = Field(description="how many items were stored")
     skipped: list[SkippedItem] = Field(default_factory=list,
-                                       description="with `skip_duplicates`: the files not stored, as look-alikes")
+                                       description="with `skip_duplicates`: the files (or JSON items) not "
+                                                   "stored, as look-alikes")
 
 
 class DeleteResponse(BaseModel):
@@ -112,11 +114,12 @@ class IndexInfo(BaseModel):
     offset: int
     limit: int
     next_offset: int | None = Field(description="offset of the next page (with the same `after`); null on the last "
-                                                "page. Unstable under writes: use next_after to export")
+                                                "page, and with limit=0. Unstable under writes: use next_after to "
+                                                "export")
     after: int | None = Field(None, description="the `after` asked for")
     next_after: int | None = Field(None, description="the listing position of this page's last item: `after=` for "
                                                      "the next page, which no write moves an unchanged item across; "
-                                                     "null on the last page")
+                                                     "null on the last page, and with limit=0")
     read_only: bool = Field(False, description="this service serves the index read-only (SIMSEARCH_READ_ONLY): "
                                                "writes to it get 405")
     position: str | None = Field(None, description="where this listing stands in the writer's history (what "

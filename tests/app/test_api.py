@@ -446,6 +446,24 @@ async def test_listing_paginates_in_insertion_order_with_counts(make_settings):
         assert_error(await c.get(f"/index?offset={2**63}"), 422, "invalid_parameter", "offset")   # past SQLite's integers
 
 
+async def test_a_listing_with_limit_0_counts_the_items_and_lists_none_with_no_next_page(make_settings):
+    async with running(make_settings(index="flat")) as c:
+        await c.post("/index", files=[upload(png(i)) for i in range(3)],
+                     data={"id": ["c0", "c1", "c2"], "label": ["a", "b", "a"],
+                           "metadata": [json.dumps({"n": i}) for i in range(3)]})
+        r = await c.get("/index?limit=0")
+        assert r.status_code == 200, r.text
+        counted = r.json()
+        assert counted["count"] == 3 and counted["matching"] is None and counted["items"] == []
+        assert counted["limit"] == 0 and counted["next_offset"] is None and counted["next_after"] is None
+        assert counted["position"] == r.headers["x-simsearch-position"]
+        only_a = (await c.get("/index", params={"limit": 0, "label": "a", "where": '{"n": {"$gte": 1}}'})).json()
+        assert only_a["count"] == 3 and only_a["matching"] == 1 and only_a["items"] == []
+        paged = (await c.get("/index?limit=0&offset=1&after=1")).json()
+        assert paged["items"] == [] and paged["next_offset"] is None and paged["next_after"] is None
+        assert_error(await c.get("/index?limit=-1"), 422, "invalid_parameter", "limit")
+
+
 async def test_listing_paged_by_next_after_skips_no_unchanged_item_when_an_earlier_one_is_deleted(make_settings):
     async with running(make_settings(index="flat")) as c:
         ids = [f"p{i:02d}" for i in range(9)]

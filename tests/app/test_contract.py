@@ -80,7 +80,7 @@ def _provocations(method: str, path: str, op: dict) -> list[tuple[str, dict]]:
     """(what it is, httpx.request keyword arguments) of requests made to go wrong in every declared way that a
     single server can show: no key, a wrong key, an unknown query parameter, a malformed, an ahead and an empty
     X-Simsearch-After, an unknown id or gallery, an id with a line feed, a body not of a declared type, a body
-    over the limit, and a JSON body where JSON is declared."""
+    over the limit, and a JSON body where JSON is declared (and one of another model's vectors where they are)."""
     required = [p["name"] for p in op.get("parameters", []) if p["in"] == "query" and p.get("required")]
     assert set(required) <= set(_REQUIRED), f"{method} {path}: give a value of {required} in _REQUIRED"
     url = path.replace("{id}", "nope").replace("{name}", "nope")
@@ -105,18 +105,30 @@ def _provocations(method: str, path: str, op: dict) -> list[tuple[str, dict]]:
                                            "headers": {**key, "Content-Type": "application/octet-stream"}})]
     if "application/json" in body_types:
         out.append(("a JSON body", {"url": url, "json": {"vector": [0.0] * 4}, "headers": key}))
+        schema = op["requestBody"]["content"]["application/json"]["schema"]
+        if "model" in schema.get("properties", {}):   # vectors: another model's are refused before they are read
+            other = {**{name: _VECTORS_OF[name] for name in schema["required"]}, "model": "other@000000000000"}
+            out.append(("another model's vectors", {"url": url, "json": other, "headers": key}))
     return out
+
+
+_VECTORS_OF = {"vector": [0.0] * 4, "vectors": [[0.0] * 4], "items": [{"vector": [0.0] * 4}], "model": None}
 
 
 def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
     """(method, path, what, response) of a request that succeeds on each operation (and the thumbnail's 304), in
-    an order that makes what the next one needs: the items h1 and h2, the gallery `headers`."""
+    an order that makes what the next one needs: the items h1 and h2 (and hv, written as a vector), the gallery
+    `headers`."""
     key = {"X-API-Key": KEY}
     image = [("file", ("h.jpg", encode(pattern(5), "JPEG"), "image/jpeg"))]
+    listing = httpx.get(url + "/index").json()
+    unit = [1.0] + [0.0] * (listing["dimension"] - 1)
+    vectors = {"model": listing["model"], "items": [{"id": "hv", "vector": unit, "label": "gone"}]}
     steps = [("get", "/healthz", "/healthz", {}), ("get", "/readyz", "/readyz", {}),
              ("get", "/metrics", "/metrics", {}),
              ("post", "/index", "/index", {"headers": key, "data": {"id": ["h1", "h2"], "label": ["dog", "gone"]},
                                            "files": image * 2}),
+             ("post", "/index", "/index", {"headers": key, "json": vectors}),   # vectors, as JSON
              ("post", "/index", "/index?gallery=headers", {"headers": key, "files": image}),
              ("get", "/index", "/index", {}), ("get", "/index/{id}", "/index/h1", {}),
              ("get", "/index/{id}/thumbnail", "/index/h1/thumbnail", {}),
@@ -192,6 +204,9 @@ def test_every_error_a_route_answers_is_declared_in_openapi_with_the_body_it_has
     assert seen[("post", "/search/{id}")] >= {404, 413} and seen[("get", "/facets")] >= {400, 409}
     assert spec["components"]["schemas"]["ErrorDetail"]["properties"]["request_id"]
     assert "application/json" not in spec["paths"]["/embed"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(spec["paths"]["/index"]["post"]["requestBody"]["content"])
+    for op in (("post", "/index"), ("post", "/search"), ("post", "/batch/search")):
+        assert 409 in seen[op], (op, seen[op])   # another model's vectors
 
 
 # What HTTP itself puts on an answer (its framing, the date, the server's name): no API's to declare (and OpenAPI
