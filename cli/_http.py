@@ -1,27 +1,36 @@
 """Talking to a running service over HTTP, for the commands that do (index upload, index edit --url, search and
-classify --url): one request with its 429/503 answers waited out and dropped connections retried, the service's
-error message, and the line a command ends with when the service refuses it."""
+classify --url): one request with its 429/503 answers waited out and dropped connections retried (for long
+enough to ride out a restart, where the caller asks), the service's error message, and the line a command ends
+with when the service refuses it."""
 from __future__ import annotations
 
 import time
 
 RETRIES = 8            # 429 and 503 answers waited out (Retry-After), so many times a request
-RECONNECTS = 3         # a refused or dropped connection retried (0.25, 0.5, 1 s apart), so many times
+RECONNECT_SECONDS = 1.75   # a refused or dropped connection retried for so long (0.25, 0.5, 1 s apart)
 
 
-def request(client, method: str, path: str, **kwargs):
+def request(client, method: str, path: str, reconnect_seconds: float = RECONNECT_SECONDS,
+            on_reconnect=None, **kwargs):
     """One request on the httpx `client`, waiting out 429 and 503 (Retry-After) and refused or dropped
-    connections; the last answer, or the last connection error raised."""
+    connections for `reconnect_seconds` (waits doubling from 0.25 s, at most 5 s each; a long window rides out
+    a service restarting); the last answer, or the last connection error raised. `on_reconnect(exc, seconds)`
+    is called before the first retry of a dropped connection."""
     import httpx
 
     busy = dropped = 0
+    waited = 0.0
     while True:
         try:
             r = client.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
-            if dropped == RECONNECTS:
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            pause = min(0.25 * 2 ** dropped, 5.0)
+            if waited + pause > reconnect_seconds:
                 raise
-            time.sleep(0.25 * 2 ** dropped)
+            if dropped == 0 and on_reconnect is not None:
+                on_reconnect(exc, reconnect_seconds)
+            time.sleep(pause)
+            waited += pause
             dropped += 1
             continue
         if r.status_code not in (429, 503) or busy == RETRIES:
@@ -60,11 +69,11 @@ def fatal(status: int, message: str, url: str) -> str:
     return f"the service at {url} answered {status}: {message}"
 
 
-def held(client) -> str:
+def held(client, reconnect_seconds: float = RECONNECT_SECONDS) -> str:
     """How many items the service holds now ("?" when it does not say), and the position its gallery
     is at (X-Simsearch-Position), when it says."""
     try:
-        r = request(client, "GET", "/index", params={"limit": 1})
+        r = request(client, "GET", "/index", reconnect_seconds=reconnect_seconds, params={"limit": 1})
         if r.status_code == 404:   # a named gallery that nothing was stored in is not made
             return "0 items"
         body = r.json()

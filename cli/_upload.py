@@ -79,7 +79,7 @@ def upload(args) -> int:
                       "them)", file=sys.stderr)
             sender = _Sender(client, url, images.labels, extra, dedupe, args.exif, args.gps)
             uploaded, rejected = _send_all(todo, images.read, sender.send, args.batch_size, args.parallel)
-            held = _http.held(client)
+            held = _http.held(client, RIDE_OUT_SECONDS)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:
@@ -109,6 +109,9 @@ def _register_heif() -> None:
         pillow_heif.register_heif_opener()
     except ImportError:
         pass
+
+
+RIDE_OUT_SECONDS = 60.0   # how long a lost service is waited for mid-upload (a restart loads its model)
 
 
 class _Sender:
@@ -142,7 +145,12 @@ class _Sender:
         return stored, refused
 
     def _post(self, files: list[tuple[str, bytes]]) -> tuple[int, str, dict]:
-        return _post(self.client, files, self.labels, self.extra, self.dedupe, self.exif, self.gps)
+        return _post(self.client, files, self.labels, self.extra, self.dedupe, self.exif, self.gps,
+                     self._lost)
+
+    def _lost(self, exc: Exception, seconds: float) -> None:
+        _write(f"lost the service at {self.url} ({type(exc).__name__}: {exc}); trying again for up to "
+               f"{seconds:.0f} s (a restart; what it acknowledged is kept, and the batch is sent again)")
 
     def _stored_of(self, answer: dict) -> int:
         """How many of a batch the service stored, saying which it left out as look-alikes."""
@@ -209,7 +217,7 @@ def _ids_in_service(client) -> set[str]:
 
 
 def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None], extra: dict[str, dict],
-          params: dict, exif: bool = False, gps: bool = False) -> tuple[int, str, dict]:
+          params: dict, exif: bool = False, gps: bool = False, lost=None) -> tuple[int, str, dict]:
     """POST /index of these (id, bytes), with their labels and metadata as `index build` records it ({width,
     height}, with `exif` and `gps` the photo's, and the --metadata file's keys); (status, the service's
     message, its answer when it stored them)."""
@@ -217,8 +225,11 @@ def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None],
             "metadata": [json.dumps({**_described(b, exif, gps), **extra.get(i, {})}) for i, b in files]}
     if any(labels[i] is not None for i, _ in files):
         data["label"] = [labels[i] or "" for i, _ in files]
-    r = _http.request(client, "POST", "/index", files=[("file", (Path(i).name, b)) for i, b in files], data=data,
-                 params=params)   # httpx adds them to the client's ?gallery=
+    # Once sending, a lost connection is waited out for RIDE_OUT_SECONDS (a service restarting: a batch sent again
+    # is stored once, by its ids); the first contact fails at once (a wrong --url)
+    r = _http.request(client, "POST", "/index", reconnect_seconds=RIDE_OUT_SECONDS, on_reconnect=lost,
+                      files=[("file", (Path(i).name, b)) for i, b in files], data=data,
+                      params=params)   # httpx adds them to the client's ?gallery=
     return r.status_code, _http.error_message(r), (r.json() if r.status_code == 201 else {})
 
 

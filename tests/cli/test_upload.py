@@ -303,6 +303,34 @@ def test_upload_without_the_key_or_the_service_says_so_in_one_line(live, photos,
     assert "cannot reach the service at http://127.0.0.1:9" in capsys.readouterr().err
 
 
+def test_an_upload_rides_out_a_restart_of_the_service_and_loses_nothing(hybrid1_artifact, shared_data, tmp_path):
+    # 150 images one a request: the service is killed (SIGKILL) after the first 20 are stored and started again
+    # on the same port and data; the upload, which ended at the first refused connection, waits for it
+    photos = cifar_folder(shared_data, tmp_path / "many", range(50))
+    server = serving(hybrid1_artifact, tmp_path)
+    upload = subprocess.Popen([sys.executable, "-m", "cli", "index", "upload", str(photos), "--url", server.url,
+                               "--api-key", KEY, "--batch-size", "1", "--parallel", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        while len(listing(server)) < 20:
+            assert upload.poll() is None, upload.communicate()
+        server.proc.kill()
+        server.proc.wait(10)
+        server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                               "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path,
+                              log_name="again.log", port=server.port)
+        out, err = upload.communicate(timeout=120)
+        assert upload.returncode == 0, out + err
+        assert f"lost the service at {server.url}" in out and "trying again for up to 60 s" in out, out
+        assert "it holds 150 items" in out, out
+        assert sorted(listing(server)) == sorted(f"{c}/{n}" for c in ("cat", "dog", "ship")
+                                                 for n in sorted(p.name for p in (photos / c).iterdir())), out
+    finally:
+        upload.kill()
+        stop_server(server)
+
+
 def test_upload_waits_out_the_rate_limit_and_loses_nothing(hybrid1_artifact, photos, tmp_path, capsys):
     # 12 requests a minute, so a burst of 12, then one every 5 s: the upload's 15 requests meet 429s
     server = serving(hybrid1_artifact, tmp_path, SIMSEARCH_RATE_LIMIT_PER_MINUTE="12")
