@@ -75,7 +75,9 @@ async def test_non_multipart_bodies_are_415_except_a_raw_image_or_a_vector_on_se
     async with running(make_settings()) as c:
         assert_error(await c.post("/index", content=png(1), headers={"content-type": "image/png"}),
                      415, "unsupported_media_type", "image/png")
-        assert_error(await c.post("/index", json={"file": "x"}), 415, "unsupported_media_type", "application/json")
+        assert_error(await c.post("/index", content=b"x", headers={"content-type": "text/plain"}), 415,
+                     "unsupported_media_type", "text/plain", "vectors, as an application/json body")
+        assert_error(await c.post("/index", json={"file": "x"}), 422, "invalid_vector", '{"items": [')
         assert_error(await c.post("/search", content=b"x", headers={"content-type": "text/plain"}), 415,
                      "unsupported_media_type", "text/plain", "the image itself as the body", "a vector")
         assert_error(await c.post("/search", json={"file": "x"}), 422, "invalid_vector", '{"vector": [...]}')
