@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._filter import NOT_SCALAR
+from ._filter import LIST, NOT_SCALAR, is_element
 
 
 @dataclass
@@ -19,7 +19,9 @@ class Facet:
 
     values: (value, items) of each value, the most common first (a tie: by the value's text). A metadata
     value counts when it is a JSON scalar (a string, a number, true, false or null); 2024 and 2024.0 are one.
-    missing: items with no value (no label; no such key). not_scalar: items whose value is a list or an object.
+    A list counts once under each distinct scalar element (["red", "blue"]: one for each), so the counts of
+    a key holding lists may add up to more than its items. missing: items with no value (no label; no such
+    key). not_scalar: items whose value is an object, or a list with no scalar element (an empty one too).
     """
 
     field: str
@@ -30,13 +32,21 @@ class Facet:
 
 
 def facet(field: str, items: int, counts: dict[Any, int]) -> Facet:
-    """The Facet of `items` matching items whose values, as _filter.value_key makes them, were counted in
+    """The Facet of `items` matching items whose values, as _filter.value_keys makes them, were counted in
     `counts` (items with no value are not in it: they are the rest)."""
     counts = dict(counts)
-    not_scalar = counts.pop(NOT_SCALAR, 0)
-    values = [(_value(vk), n) for vk, n in counts.items() if n]
+    not_scalar, lists = counts.pop(NOT_SCALAR, 0), counts.pop(LIST, 0)
+    merged: dict[Any, int] = {}
+    valued = lists   # items with a value: a scalar's holders, and each list with a scalar element once
+    for vk, n in counts.items():
+        if is_element(vk):
+            vk = vk[1]
+        else:
+            valued += n
+        merged[vk] = merged.get(vk, 0) + n
+    values = [(_value(vk), n) for vk, n in merged.items() if n]
     values.sort(key=lambda vn: (-vn[1], str(vn[0])))
-    return Facet(field, items, values, items - sum(n for _, n in values) - not_scalar, not_scalar)
+    return Facet(field, items, values, items - valued - not_scalar, not_scalar)
 
 
 def _value(value_key: Any) -> Any:

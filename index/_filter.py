@@ -16,7 +16,9 @@ Condition = tuple[str, str, Any]
 _RANGE_OPS = {"$gt": (0, False), "$gte": (0, True), "$lt": (1, False), "$lte": (1, True)}
 OPERATORS = ("$eq", "$ne", "$in", "$nin", "$exists", *_RANGE_OPS)
 _LOGICAL = {"$or": "or", "$and": "and"}  # {"$or": [filter, ...]}: any of them; "$and": all of them
-NOT_SCALAR = ("json",)  # the value key of a list or object: found by $exists and $ne, never equal to a query
+NOT_SCALAR = ("json",)  # an object, or a list without a scalar element: found by $exists and $ne, never equal
+LIST = ("list",)        # a list with a scalar element: its elements are indexed too, each as element_key(value)
+_ELEMENT = "elem"
 
 
 def value_key(value: Any) -> Any:
@@ -28,6 +30,32 @@ def value_key(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return (type(value).__name__, value)
     return NOT_SCALAR
+
+
+def element_key(vk: Any) -> tuple:
+    """The index key of a list element whose value key is vk: apart from the scalar vk, so that facets can
+    tell the items that hold vk from those whose list holds it."""
+    return (_ELEMENT, vk)
+
+
+def is_element(key: Any) -> bool:
+    """Whether an index key is an element_key."""
+    return type(key) is tuple and key[0] == _ELEMENT
+
+
+def value_keys(value: Any) -> list[Any]:
+    """The index keys of a metadata value: a scalar's value_key; for a list, LIST and the element_key of each
+    distinct scalar element (elements that are lists or objects are not matched), or NOT_SCALAR when it has
+    none (an empty list too); NOT_SCALAR for an object."""
+    if isinstance(value, list):
+        elements = dict.fromkeys(element_key(vk) for vk in map(value_key, value) if vk != NOT_SCALAR)
+        return [LIST, *elements] if elements else [NOT_SCALAR]
+    return [value_key(value)]
+
+
+def distinct_values(index: dict[Any, Any]) -> int:
+    """How many distinct scalar values a key's index holds, held alone or in lists."""
+    return len({key[1] if is_element(key) else key for key in index if key != LIST and key != NOT_SCALAR})
 
 
 # A key's index maps value key -> ids. A value held by one item (a timestamp, a file name) maps to the
@@ -195,17 +223,8 @@ def matching(conditions: Iterable[Condition], index_of: Callable[[str], dict[Any
         if op == "and":
             include.extend(_as_set(matching(sub, index_of, [], universe)) for sub in operand)
             continue
-        values = index_of(key)
-        if op == "eq":
-            include.append(_ids(values.get(operand)))
-        elif op == "ne":
-            exclude.append(_ids(values.get(operand)))
-        elif op in ("in", "nin"):
-            (include if op == "in" else exclude).append(_union(values[v] for v in operand if v in values))
-        elif op == "exists":
-            (include if operand else exclude).append(_union(values.values()))
-        else:
-            include.append(_union(ids for vk, ids in values.items() if _in_range(vk, operand)))
+        ids, included = _condition_ids(index_of(key), op, operand)
+        (include if included else exclude).append(ids)
     if include:
         include.sort(key=len)
         found = include[0].intersection(*include[1:])
@@ -215,6 +234,39 @@ def matching(conditions: Iterable[Condition], index_of: Callable[[str], dict[Any
         return universe()
     for ids in exclude:
         found -= ids
+    return found
+
+
+def _condition_ids(values: dict[Any, Any], op: str, operand: Any) -> tuple[set[int], bool]:
+    """(ids, True) of the items one key's condition keeps, or (ids, False) of those it leaves out. A list
+    value is held by each of its scalar elements: MongoDB's rule, any element matches ($ne/$nin: none does)."""
+    if op == "eq" or op == "ne":
+        held = _holding(values, operand)
+        return (_ids(held[0]) if len(held) == 1 else _union(held)), op == "eq"   # one: the index's own set
+    if op == "in" or op == "nin":
+        return _union(e for v in operand for e in _holding(values, v)), op == "in"
+    if op == "exists":   # every list with an element is under LIST: its elements need not be read
+        held = values.values() if LIST not in values else (ids for vk, ids in values.items() if not is_element(vk))
+        return _union(held), operand
+    return _range_ids(values, operand), True
+
+
+def _holding(values: dict[Any, Any], vk: Any) -> list[Any]:
+    # the entries of the items whose value is vk, and of those whose list holds it
+    return [e for e in (values.get(vk), values.get(element_key(vk))) if e is not None]
+
+
+def _range_ids(values: dict[Any, Any], range_: tuple) -> set[int]:
+    """The items with a value in the range, or a list with an element above the lower bound and an element
+    (maybe another) below the upper one: MongoDB's rule, each bound a condition of its own."""
+    found = _union(ids for vk, ids in values.items() if _in_range(vk, range_))
+    if LIST in values:
+        kind, low, low_incl, high, high_incl = range_
+        bounds = ([(kind, low, low_incl, None, False)] if low is not None else []) + \
+                 ([(kind, None, False, high, high_incl)] if high is not None else [])
+        per_bound = [_union(ids for vk, ids in values.items() if is_element(vk) and _in_range(vk[1], b))
+                     for b in bounds]
+        found |= per_bound[0].intersection(*per_bound[1:])
     return found
 
 

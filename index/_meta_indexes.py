@@ -20,11 +20,11 @@ class MetaIndexes:
     def __init__(self, rows: dict[int, tuple[str, str | None, str]], by_label: dict[str | None, set[int]]) -> None:
         self._rows = rows
         self._by_label = by_label
-        # metadata key -> (its value, as _filter.value_key) -> FAISS ids (one id as a bare int, see
-        # _filter.add): built for a key the first time a search filters on it, then kept up to date
-        # by every write. _meta_keys counts the items that have each key (None until the first
-        # metadata filter), so that a filter on a key no item has costs nothing: readers cannot make
-        # the store scan for keys that writers never stored.
+        # metadata key -> (its value, as _filter.value_keys: a list's under each scalar element too) -> FAISS
+        # ids (one id as a bare int, see _filter.add): built for a key the first time a search filters on it,
+        # then kept up to date by every write. _meta_keys counts the items that have each key (None until
+        # the first metadata filter), so that a filter on a key no item has costs nothing: readers cannot
+        # make the store scan for keys that writers never stored.
         self.by_key: dict[str, dict[Any, int | set[int]]] = {}
         self._meta_keys: dict[str, int] | None = None
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
@@ -68,7 +68,12 @@ class MetaIndexes:
                     counts[k] = counts.get(k, 0) + 1
             for k, values in built.items():
                 if k in meta:
-                    _filter.add(values, _filter.value_key(meta[k]), fid)
+                    value = meta[k]
+                    if type(value) is list:   # the rest one key each, without value_keys' list: builds stay fast
+                        for vk in _filter.value_keys(value):
+                            _filter.add(values, vk, fid)
+                    else:
+                        _filter.add(values, _filter.value_key(value), fid)
         if counts is not None:
             self._meta_keys = counts
         for k, values in built.items():
@@ -87,7 +92,8 @@ class MetaIndexes:
             _filter.discard(self.by_key[key], value, fid)
 
     def _changed(self, meta_json: str, delta: int) -> list[tuple[str, Any]]:
-        """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key."""
+        """Count this metadata's keys in (+1) or out (-1); (key, value key) for each indexed key's value
+        keys (a list's LIST and each element's)."""
         if self._meta_keys is None:
             return []
         meta = parse_metadata(meta_json)
@@ -97,4 +103,4 @@ class MetaIndexes:
                 self._meta_keys[k] = n
             else:
                 self._meta_keys.pop(k, None)
-        return [(k, _filter.value_key(meta[k])) for k in meta if k in self.by_key]
+        return [(k, vk) for k in meta if k in self.by_key for vk in _filter.value_keys(meta[k])]

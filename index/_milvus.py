@@ -216,7 +216,10 @@ def _hash(text: str) -> str:
 def match_fields(label: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
     """The `match` object of an item: "l" the label's hash; for each metadata key (by its hash h):
     "e"+h for any value, and one of "h"+h (a string's hash) with "s"+h (the string, for ranges), "n"+h (a
-    number), "b"+h (1 true, 0 false) or "z"+h (null). Lists and objects get "e"+h alone."""
+    number), "b"+h (1 true, 0 false) or "z"+h (null). A list with scalar elements: "a"+h, the hashes of its
+    elements (_element_hash: typed, so that json_contains keeps JSON's types apart), with "x"+h and "y"+h the
+    least and greatest of its numbers and "p"+h and "q"+h of its strings (any element in a range: see
+    where_expression). Objects, and elements that are lists or objects, get "e"+h alone."""
     out: dict[str, Any] = {}
     if label is not None:
         out["l"] = _hash(label)
@@ -232,7 +235,37 @@ def match_fields(label: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
             out["n" + h] = value
         elif value is None:
             out["z" + h] = 1
+        elif isinstance(value, list):
+            out.update(_list_fields(h, value))
     return out
+
+
+def _list_fields(h: str, value: list) -> dict[str, Any]:
+    scalars = [v for v in value if _filter.value_key(v) != _filter.NOT_SCALAR]
+    if not scalars:
+        return {}
+    out: dict[str, Any] = {"a" + h: sorted({_element_hash(v) for v in scalars})}
+    numbers = [v for v in scalars if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    strings = [v for v in scalars if isinstance(v, str)]
+    if numbers:
+        out["x" + h], out["y" + h] = min(numbers), max(numbers)
+    if strings:
+        out["p" + h], out["q" + h] = min(strings), max(strings)
+    return out
+
+
+def _element_hash(value: str | int | float | bool | None) -> str:
+    """A list element's hash, of its JSON type and value: numbers by value (2024 and 2024.0 are one, as
+    _filter.value_key has them; an integral float is written as its integer)."""
+    if isinstance(value, str):
+        return _hash("s" + value)
+    if isinstance(value, bool):
+        return _hash("b" + str(int(value)))
+    if value is None:
+        return _hash("z")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _hash("n" + repr(value))
 
 
 def _path(kind: str, key: str) -> str:
@@ -267,40 +300,60 @@ def _equals(key: str, vk: Any) -> tuple[str, str]:
     return f"{p} == {_literal(vk)}", p
 
 
-def _not_equals(key: str, vk: Any) -> str:
-    # Milvus's comparisons with a missing path are null, and so is their negation: the presence test
-    # makes an item without the key match, as $ne asks
-    expr, p = _equals(key, vk)
-    return f"(not exists {p} or not ({expr}))"
+def _element_of(key: str, vks: Sequence[Any]) -> str:
+    """The expression that key holds a list with an element among the value keys vks."""
+    hashes = [_element_hash(vk[1] if isinstance(vk, tuple) else vk) for vk in vks]
+    if len(hashes) == 1:
+        return f'json_contains({_path("a", key)}, "{hashes[0]}")'
+    return f'json_contains_any({_path("a", key)}, [{", ".join(chr(34) + x + chr(34) for x in hashes)}])'
+
+
+def _holds(key: str, vks: Sequence[Any]) -> str:
+    """The expression that key has one of the value keys vks, alone or as a list's element."""
+    return "(" + " or ".join([_equals(key, vk)[0] for vk in vks] + [_element_of(key, vks)]) + ")"
+
+
+def _holds_none(key: str, vks: Sequence[Any]) -> str:
+    # Milvus's comparisons with a missing path are null, and so is their negation: each presence test
+    # makes an item without the key (or without a list) match, as $ne and $nin ask
+    terms = []
+    for vk in vks:
+        expr, p = _equals(key, vk)
+        terms.append(f"(not exists {p} or not ({expr}))")
+    terms.append(f"(not exists {_path('a', key)} or not {_element_of(key, vks)})")
+    return "(" + " and ".join(terms) + ")"
+
+
+def _in_range(key: str, range_: tuple) -> str:
+    """A range: a scalar in it, or a list with an element above the lower bound and one (maybe another) below
+    the upper one (_filter._range_ids): its greatest above the one, its least below the other."""
+    kind, low, low_incl, high, high_incl = range_
+    p = _path("s" if kind == "str" else "n", key)
+    least, greatest = (_path("p", key), _path("q", key)) if kind == "str" else (_path("x", key), _path("y", key))
+    scalar, listed = [], []   # a missing path compares as null: no exists test needed
+    if low is not None:
+        scalar.append(f"{p} {'>=' if low_incl else '>'} {_literal(low)}")
+        listed.append(f"{greatest} {'>=' if low_incl else '>'} {_literal(low)}")
+    if high is not None:
+        scalar.append(f"{p} {'<=' if high_incl else '<'} {_literal(high)}")
+        listed.append(f"{least} {'<=' if high_incl else '<'} {_literal(high)}")
+    return f"(({' and '.join(scalar)}) or ({' and '.join(listed)}))"
 
 
 def where_expression(conditions: Iterable[_filter.Condition]) -> str:
     """A filter's conditions (index.check_where's canonical form) as one Milvus boolean expression."""
     parts = []
     for key, op, operand in conditions:
-        if op == "or":
-            parts.append("(" + " or ".join(where_expression(sub) for sub in operand) + ")")
-        elif op == "and":
-            parts.append("(" + " and ".join(where_expression(sub) for sub in operand) + ")")
-        elif op == "eq":
-            parts.append(_equals(key, operand)[0])
-        elif op == "ne":
-            parts.append(_not_equals(key, operand))
-        elif op == "in":
-            parts.append("(" + " or ".join(_equals(key, v)[0] for v in operand) + ")")
-        elif op == "nin":
-            parts.append("(" + " and ".join(_not_equals(key, v) for v in operand) + ")")
+        if op == "or" or op == "and":
+            parts.append("(" + f" {op} ".join(where_expression(sub) for sub in operand) + ")")
+        elif op == "eq" or op == "in":
+            parts.append(_holds(key, [operand] if op == "eq" else operand))
+        elif op == "ne" or op == "nin":
+            parts.append(_holds_none(key, [operand] if op == "ne" else operand))
         elif op == "exists":
             parts.append(f"{'' if operand else 'not '}exists {_path('e', key)}")
         else:   # range: numbers with numbers, strings with strings
-            kind, low, low_incl, high, high_incl = operand
-            p = _path("s" if kind == "str" else "n", key)
-            terms = []   # a missing path compares as null: no exists test needed
-            if low is not None:
-                terms.append(f"{p} {'>=' if low_incl else '>'} {_literal(low)}")
-            if high is not None:
-                terms.append(f"{p} {'<=' if high_incl else '<'} {_literal(high)}")
-            parts.append("(" + " and ".join(terms) + ")")
+            parts.append(_in_range(key, operand))
     return " and ".join(parts)
 
 
@@ -420,8 +473,9 @@ class MilvusStore(ItemChecks):
                                    f"{MAX_THUMBNAIL} a Milvus store holds (a smaller SIMSEARCH_THUMBNAIL_SIZE)")
         match = match_fields(label, json.loads(meta_json))
         if len(json.dumps(match)) > MAX_TEXT:
-            raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys need more than "
-                                   f"the {MAX_TEXT} bytes a Milvus store gives the filter fields of one item")
+            raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys (and their lists' "
+                                   f"elements) need more than the {MAX_TEXT} bytes a Milvus store gives the filter "
+                                   "fields of one item")
         return {"id": item.id, "seq": seq, "vector": vector.tolist(), "label": label, "metadata": meta_json,
                 "match": match, "thumbnail": base64.b64encode(thumb).decode("ascii") if thumb is not None else None}
 
@@ -615,15 +669,12 @@ class MilvusStore(ItemChecks):
         for row in self._scan(expr, ["label"] if key is None else ["metadata"]):
             items += 1
             if key is None:
-                value_key = row.get("label")
-                if value_key is None:
-                    continue
-            else:
+                found = [] if row.get("label") is None else [row["label"]]
+            else:   # a list: under LIST and each element's key (_filter.value_keys)
                 meta = parse_metadata(row["metadata"])
-                if key not in meta:
-                    continue
-                value_key = _filter.value_key(meta[key])
-            counts[value_key] = counts.get(value_key, 0) + 1
+                found = _filter.value_keys(meta[key]) if key in meta else []
+            for vk in found:
+                counts[vk] = counts.get(vk, 0) + 1
         return facet(field, items, counts)
 
     def index_metadata(self, keys: Iterable[str]) -> dict[str, int]:
@@ -632,13 +683,13 @@ class MilvusStore(ItemChecks):
         bad = [k for k in keys if not isinstance(k, str) or not k]
         if bad:
             raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")
-        values: dict[str, set] = {k: set() for k in keys}
+        values: dict[str, dict] = {k: {} for k in keys}
         for row in self._scan("", ["metadata"]):
             meta = parse_metadata(row["metadata"])
             for k in keys:
                 if k in meta:
-                    values[k].add(_filter.value_key(meta[k]))
-        return {k: len(v) for k, v in values.items()}
+                    values[k].update(dict.fromkeys(_filter.value_keys(meta[k])))
+        return {k: _filter.distinct_values(v) for k, v in values.items()}
 
     def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
              where: dict[str, Any] | None = None, after: int | None = None) -> list[Item]:

@@ -13,7 +13,7 @@ from index import Facet, Item
 
 from .conftest import unit
 
-_YEARS = [2024, 2024.0, "2024", True, None, [1, 2], {"a": 1}, 2023]
+_YEARS = [2024, 2024.0, "2024", True, None, [1, 2], {"a": 1}, 2023, [2024, "x", "x", [2023]], [], [{"b": 1}]]
 
 
 def _items(n: int = 120) -> list[Item]:
@@ -36,10 +36,15 @@ def _by_hand(items: list[Item], field: str, keep) -> Facet:
         else:
             key = field.split(".", 1)[1]
             value, has = it.metadata.get(key), key in it.metadata
+        # a list counts under each distinct scalar element (not under those that are lists or objects)
+        elements = {json.dumps(float(e) if type(e) in (int, float) else e)
+                    for e in (value if isinstance(value, list) else []) if not isinstance(e, (list, dict))}
         if not has:
             missing += 1
-        elif isinstance(value, (list, dict)):
+        elif isinstance(value, dict) or (isinstance(value, list) and not elements):
             not_scalar += 1
+        elif isinstance(value, list):
+            counts.update(elements)
         else:   # JSON's equality: 2024 == 2024.0, "2024" and true apart
             counts[json.dumps(float(value) if type(value) in (int, float) else value)] += 1
     values = sorted(((json.loads(k), n) for k, n in counts.items()), key=lambda vn: (-vn[1], str(vn[0])))

@@ -25,7 +25,8 @@ from index._milvus import _gallery_of, collection_name, match_fields, where_expr
 from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
 from .test_facets import CASES, _by_hand, _items, _same  # noqa: E402
-from .test_store import _OPS_METAS, _reference, check_paging_after_a_position  # noqa: E402
+from .test_list_filters import reference as _reference  # noqa: E402  (lists: any element matches)
+from .test_store import _OPS_METAS, check_paging_after_a_position  # noqa: E402
 
 MODEL = "test-model@000000000000"
 
@@ -248,9 +249,17 @@ def test_galleries_map_to_collections_one_to_one_and_are_listed_and_dropped(open
 
 
 def test_match_fields_keep_json_types_apart():
-    m = match_fields("cat", {"a": 1, "b": True, "c": None, "d": "1", "e": [1]})
+    m = match_fields("cat", {"a": 1, "b": True, "c": None, "d": "1", "e": [1], "f": [[1], {}], "g": {"x": 1}})
     kinds = sorted(k[0] for k in m if k != "l")
-    assert kinds == ["b", "e", "e", "e", "e", "e", "h", "n", "s", "z"] and "l" in m
+    assert kinds == ["a", "b", "e", "e", "e", "e", "e", "e", "e", "h", "n", "s", "x", "y", "z"] and "l" in m
+
+
+def test_list_elements_are_matched_by_their_json_type_and_value():
+    # a list's elements by typed hash: 1 and 1.0 are one, "1", true and null are others
+    m = match_fields(None, {"a": [1.0, True, None, "1", "1"], "b": [1], "c": [True], "d": ["1"], "e": [None]})
+    hashes = [m[k] for k in m if k.startswith("a")]
+    assert len(hashes[0]) == 4 and all(set(h) <= set(hashes[0]) for h in hashes[1:])
+    assert len({h[0] for h in hashes[1:]}) == 4
 
 
 def _milvus_server(data_dir, port: int) -> subprocess.Popen:
