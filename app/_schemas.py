@@ -162,7 +162,7 @@ class DuplicatesResponse(BaseModel):
 
 class FacetValue(BaseModel):
     value: Any = Field(description="a label, or a JSON scalar the metadata key holds (2024 and 2024.0 are one)")
-    count: int = Field(description="items with this value")
+    count: int = Field(description="items with this value, or with a list that holds it")
 
 
 class FacetsResponse(BaseModel):
@@ -172,7 +172,8 @@ class FacetsResponse(BaseModel):
     distinct: int = Field(description="how many values there are, shown or not")
     others: int = Field(description="items whose value is one of those past `limit`")
     missing: int = Field(description="items with no value: no label, or no such metadata key")
-    not_scalar: int = Field(description="items whose value is a list or an object (not counted by value)")
+    not_scalar: int = Field(description="items whose value is an object, or a list without a scalar element "
+                                        "(not counted by value; a list counts once under each of its values)")
     gallery: str
 
 

@@ -340,7 +340,8 @@ def _facets(args) -> int:
     width = max((len(text) for text, _ in rows), default=0)
     for text, n in rows:
         print(f"  {text:<{width}}  {n}")
-    for what, n in (("others", others), ("no value", found.missing), ("a list or an object", found.not_scalar)):
+    for what, n in (("others", others), ("no value", found.missing),
+                    ("an object, or a list of no scalar", found.not_scalar)):
         if n:
             print(f"  ({what}: {n})")
     return 0

@@ -208,7 +208,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             todo = [k for k in keys if k not in self._meta.by_key]
             if todo:
                 self._meta.build(todo, keep=True)
-            return {k: len(self._meta.by_key[k]) for k in keys}
+            return {k: _filter.distinct_values(self._meta.by_key[k]) for k in keys}   # a list's elements too
 
     def labels(self) -> dict[str | None, int]:
         """Histogram of labels: label -> number of items (None for unlabelled)."""
