@@ -120,9 +120,11 @@ def _random_value(rng: np.random.Generator):
     return _VALUES[rng.integers(len(_VALUES))]
 
 
-def _random_condition(rng: np.random.Generator, depth: int = 0) -> dict:
-    key = f"k{rng.integers(2)}"
-    pick = lambda: _VALUES[rng.integers(len(_VALUES) - 1)]  # noqa: E731  (scalars only)
+def random_condition(rng: np.random.Generator, scalars: list, keys: int, depth: int = 0) -> dict:
+    """A random filter on the keys k0..k{keys-1}: each operator, with values drawn from `scalars`, and $or/$and of
+    such (two deep at most). test_milvus draws its filters with it too."""
+    key = f"k{rng.integers(keys)}"
+    pick = lambda: scalars[rng.integers(len(scalars))]  # noqa: E731
     op = rng.integers(9 if depth < 2 else 7)
     if op < 2:
         return {key: pick()} if op == 0 else {key: {"$ne": pick()}}
@@ -135,7 +137,8 @@ def _random_condition(rng: np.random.Generator, depth: int = 0) -> dict:
         return {key: {"$gte" if rng.integers(2) else "$gt": low, "$lte" if rng.integers(2) else "$lt": high}}
     if op == 6:
         return {key: {"$gt" if rng.integers(2) else "$lte": ["1", "x", "2020", "é"][rng.integers(4)]}}
-    return {"$or" if op == 7 else "$and": [_random_condition(rng, depth + 1) for _ in range(rng.integers(1, 4))]}
+    return {"$or" if op == 7 else "$and": [random_condition(rng, scalars, keys, depth + 1)
+                                           for _ in range(rng.integers(1, 4))]}
 
 
 def test_random_filters_over_lists_select_what_the_reference_says(open_any):
@@ -148,7 +151,7 @@ def test_random_filters_over_lists_select_what_the_reference_says(open_any):
     for _ in range(120):
         where = {}
         for _ in range(rng.integers(1, 3)):
-            where.update(_random_condition(rng))
+            where.update(random_condition(rng, _VALUES[:-1], keys=2))   # scalars only
         want = [f"m{i:03d}" for i, m in enumerate(metas) if reference(m, where)]
         assert [it.id for it in store.list(limit=1000, where=where)] == want, where
         told_apart += 0 < len(want) < len(metas)

@@ -25,6 +25,7 @@ from index._milvus import _gallery_of, collection_name, match_fields, where_expr
 from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
 from .test_facets import CASES, _by_hand, _items, _same  # noqa: E402
+from .test_list_filters import random_condition  # noqa: E402
 from .test_list_filters import reference as _reference  # noqa: E402  (lists: any element matches)
 from .test_store import _OPS_METAS, check_paging_after_a_position  # noqa: E402
 
@@ -147,29 +148,6 @@ _VALUES = [1, 1.0, 2, -3.5, 2020, "1", "x", "y", "2020-06-30", 'q"uote', "back\\
            [1], {"o": 1}]
 
 
-def _random_condition(rng: np.random.Generator, depth: int = 0) -> dict:
-    key = f"k{rng.integers(3)}"
-    pick = lambda: _VALUES[rng.integers(len(_VALUES) - 2)]  # noqa: E731  (scalars only)
-    op = rng.integers(9 if depth < 2 else 7)
-    if op == 0:
-        return {key: pick()}
-    if op == 1:
-        return {key: {"$ne": pick()}}
-    if op == 2:
-        return {key: {"$in": [pick() for _ in range(rng.integers(1, 4))]}}
-    if op == 3:
-        return {key: {"$nin": [pick() for _ in range(rng.integers(1, 4))]}}
-    if op == 4:
-        return {key: {"$exists": bool(rng.integers(2))}}
-    if op == 5:
-        low, high = sorted([float(rng.integers(-5, 2030)), float(rng.integers(-5, 2030))])
-        return {key: {"$gte" if rng.integers(2) else "$gt": low, "$lte" if rng.integers(2) else "$lt": high}}
-    if op == 6:
-        return {key: {"$gt" if rng.integers(2) else "$lte": ["1", "x", "2020", "é"][rng.integers(4)]}}
-    logical = "$or" if op == 7 else "$and"
-    return {logical: [_random_condition(rng, depth + 1) for _ in range(rng.integers(1, 4))]}
-
-
 def test_random_filters_select_the_same_items_in_milvus_as_the_reference_and_the_faiss_store(open_milvus, open_store):
     """Milvus's own JSON comparisons take true for 1 and a null value for a missing key; the store's
     typed `match` fields must give the FAISS store's answers (docs/index.md "Filters") on every value."""
@@ -186,7 +164,7 @@ def test_random_filters_select_the_same_items_in_milvus_as_the_reference_and_the
     for _ in range(150):
         where = {}
         for _ in range(rng.integers(1, 3)):
-            where.update(_random_condition(rng))
+            where.update(random_condition(rng, _VALUES[:-2], keys=3))   # scalars only
         want = [f"m{i:03d}" for i, m in enumerate(metas) if _reference(m, where)]
         assert [it.id for it in faiss_store.list(limit=1000, where=where)] == want, where
         assert [it.id for it in milvus.list(limit=1000, where=where)] == want, (where, where_expression(index.check_where(where)))
