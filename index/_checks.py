@@ -115,6 +115,14 @@ class ItemChecks:
                                    f"characters without NUL, got {id_!r:.80}")
         return id_
 
+    def _check_update(self, id_: Any, metadata_patch: Any) -> str:
+        """An update's id, checked, once its metadata patch is known to be a JSON object or None (`update`)."""
+        id_ = self._check_id(id_)
+        if metadata_patch is not None and not isinstance(metadata_patch, dict):
+            raise InvalidItemError(f"item {id_!r}: the metadata patch must be a JSON object (dict), "
+                                   f"got {type(metadata_patch).__name__}")
+        return id_
+
     def _check_vectors(self, batch: list[Item]) -> np.ndarray:
         """The items' vectors as one normalised float32 matrix (checked all at once: fast)."""
         arrs = [np.asarray(item.vector) for item in batch]

@@ -517,10 +517,7 @@ class MilvusStore(ItemChecks):
         listing; as Store.update (label None removes it; metadata_patch is an RFC 7396 merge patch).
         KeyError when no item has the id. Two processes editing one item at once: the last write wins."""
         self._check_writable()
-        id = self._check_id(id)
-        if metadata_patch is not None and not isinstance(metadata_patch, dict):
-            raise InvalidItemError(f"item {id!r}: the metadata patch must be a JSON object (dict), "
-                                   f"got {type(metadata_patch).__name__}")
+        id = self._check_update(id, metadata_patch)
         with self._lock:
             row = self._get([id], ["seq", "vector", "label", "metadata", "thumbnail"]).get(id)
             if row is None:

@@ -64,10 +64,7 @@ class StoreWrites:
         set, a key given as None is removed, objects merge key by key. KeyError when no item has
         the id. Durable on return; searches see the change all at once."""
         self._check_writable()
-        id = self._check_id(id)
-        if metadata_patch is not None and not isinstance(metadata_patch, dict):
-            raise InvalidItemError(f"item {id!r}: the metadata patch must be a JSON object (dict), "
-                                   f"got {type(metadata_patch).__name__}")
+        id = self._check_update(id, metadata_patch)
         with self._writer:
             self._check_writable()
             row = self._conn.execute("SELECT seq, vector, label, metadata FROM items WHERE id = ?", (id,)).fetchone()

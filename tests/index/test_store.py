@@ -302,6 +302,16 @@ def test_index_metadata_builds_key_indexes_up_front_and_keeps_them_current(open_
         store.index_metadata(["album", ""])
 
 
+def test_an_update_with_a_patch_that_is_no_object_or_a_bad_id_is_refused_before_anything_is_read(open_store):
+    store = open_store()
+    store.upsert([Item("u0", unit(np.random.default_rng(3), 1)[0], "cat", {"a": 1})])
+    with pytest.raises(InvalidItemError, match=r"item 'u0': the metadata patch must be a JSON object \(dict\), got list"):
+        store.update("u0", metadata_patch=[1])
+    with pytest.raises(InvalidItemError, match="an id must be a non-empty string"):
+        store.update("", metadata_patch={"a": 2})
+    assert store.get("u0").metadata == {"a": 1}
+
+
 def test_update_changes_label_and_metadata_in_place_durably_and_filters_follow(open_store, tmp_path):
     store = open_store()
     vecs = unit(np.random.default_rng(18), 3)
