@@ -190,7 +190,11 @@ def _unit_vector(vec: Any, dim: int, what: str) -> np.ndarray:
     for i, x in enumerate(vec):
         if not isinstance(x, (int, float)) or isinstance(x, bool):
             raise ApiError(422, "invalid_vector", f"{what}[{i}] must be a number, got {json.dumps(x)[:40]}")
-    arr = np.asarray(vec, dtype=np.float64)
+    try:
+        arr = np.asarray(vec, dtype=np.float64)
+    except OverflowError:   # an integer past float64 (10**309 written out: valid JSON); 1e309 reads as inf
+        raise ApiError(422, "invalid_vector", f"{what} must have a finite, non-zero length (a number in it is too "
+                                              "large for a float)") from None
     scale = np.abs(arr).max()  # divided out first, so that no square overflows
     if not np.isfinite(scale) or scale == 0:
         raise ApiError(422, "invalid_vector", f"{what} must have a finite, non-zero length")

@@ -143,6 +143,13 @@ def test_each_json_body_post_index_refuses_names_the_item_and_what_is_wrong_and_
     r = httpx.post(live.url + "/index", content=big.replace("12345.0", "1e999"),
                    headers={**key, "Content-Type": "application/json"})
     assert_error(r, 422, "invalid_vector", "items[0]", "finite")
+    # an integer past a float's range, written out (valid JSON): was a 500 (numpy's OverflowError), here and in search
+    huge = big.replace("12345.0", "1" + "0" * 309)
+    r = httpx.post(live.url + "/index", content=huge, headers={**key, "Content-Type": "application/json"})
+    assert_error(r, 422, "invalid_vector", "items[0]", "too large for a float")
+    query = json.dumps({"vector": [12345.0] + [0.0] * (dim - 1)}).replace("12345.0", "1" + "0" * 309)
+    r = httpx.post(live.url + "/search", content=query, headers={"Content-Type": "application/json"})
+    assert_error(r, 422, "invalid_vector", "too large for a float")
     big_meta = json.dumps({"model": model, "items": [{"vector": [1.0] * dim, "metadata": {"n": 1}}]})
     r = httpx.post(live.url + "/index", content=big_meta.replace('"n": 1', '"n": 1e999'),
                    headers={**key, "Content-Type": "application/json"})
