@@ -243,8 +243,9 @@ def _top_folder(listing: TarListing) -> str | None:
 
 
 def links_note(links: int) -> str:
-    """What the summary line says of a tar's symbolic links, which are left out ("" when it has none)."""
-    return f" ({links} symbolic link{'s' if links != 1 else ''} in it left out)" if links else ""
+    """What the summary line says of a tar's links left out (symbolic, or hard links to a file the tar lacks; ""
+    when it has none)."""
+    return f" ({links} link{'s' if links != 1 else ''} in it left out)" if links else ""
 
 
 SPLITS = ("train", "test", "val", "valid", "validation")   # the split folders `simsearch train` reads (training/_data)

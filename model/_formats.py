@@ -73,7 +73,7 @@ class TarListing:
 
     files: dict[str, tarfile.TarInfo]   # name -> member: regular files, and hard links (a file's other names)
     folders: list[str]
-    links: list[str]   # symbolic links, left out: what they point to need not be in the tar
+    links: list[str]   # symbolic links, and hard links to a file the tar lacks: left out
     inside: bool   # made inside the folder (`tar cf x.tar -C photos .`): its names begin with ./
 
 
@@ -85,13 +85,16 @@ def list_tar(tar: tarfile.TarFile) -> TarListing:
     files: dict[str, tarfile.TarInfo] = {}
     folders: list[str] = []
     links: list[str] = []
+    stored: set[str] = set()   # the regular files' names as the tar holds them: what a hard link may name
     inside = False
     for m in tar.getmembers():
         inside |= m.name == "." or m.name.startswith("./")
+        if m.isfile():
+            stored.add(m.name)
         name = _member_name(m.name)
         if name is None:
             continue
-        if m.issym():
+        if m.issym() or (m.islnk() and m.linkname not in stored):   # a hard link's file must come before it
             links.append(name)
         elif m.isfile() or m.islnk():
             files[name] = m

@@ -130,7 +130,7 @@ def test_a_tar_of_a_folder_gives_the_ids_and_labels_a_build_of_the_folder_gives(
         data = tmp_path / f"d {tar}"
         assert main(["index", "build", str(tmp_path / tar), *args, "--data", str(data)]) == 0
         out = capsys.readouterr().out
-        assert f"5 images in {tmp_path / tar} (1 symbolic link in it left out):" in out
+        assert f"5 images in {tmp_path / tar} (1 link in it left out):" in out
         assert "indexed 5 images (0 skipped)" in out
         assert _items(data) == want
 

@@ -120,6 +120,22 @@ def test_a_file_that_does_not_decode_is_said_in_words_without_a_memory_address()
     assert reason(png.getvalue()[:60]).startswith("OSError: ")   # cut short: Pillow's own words, which say so
 
 
+def test_a_hard_link_to_a_file_the_tar_lacks_is_left_out_as_a_link_not_read_as_a_file(tmp_path):
+    # tarfile reads such a member with a KeyError: training's load_dataset stopped with a traceback on it
+    with tarfile.open(tmp_path / "x.tar", "w") as tf:
+        real = tarfile.TarInfo("a/1.jpg")
+        real.size = 1
+        tf.addfile(real, io.BytesIO(b"d"))
+        for name, target in (("a/2.jpg", "a/1.jpg"), ("a/3.jpg", "a/gone.jpg")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.LNKTYPE, target
+            tf.addfile(link)
+    with tarfile.open(tmp_path / "x.tar") as tf:
+        listed = model.list_tar(tf)
+        assert sorted(listed.files) == ["a/1.jpg", "a/2.jpg"] and listed.links == ["a/3.jpg"]
+        assert all(tf.extractfile(m).read() == b"d" for m in listed.files.values())
+
+
 def test_list_tar_names_a_tar_s_members_as_files_under_names_the_folder_it_was_made_of(tmp_path):
     root = tmp_path / "photos"
     (root / "dogs" / ".thumbnails").mkdir(parents=True)
