@@ -141,6 +141,14 @@ def random_condition(rng: np.random.Generator, scalars: list, keys: int, depth: 
                                            for _ in range(rng.integers(1, 4))]}
 
 
+def random_where(rng: np.random.Generator, scalars: list, keys: int) -> dict:
+    """A random filter of one or two random_condition's, merged as a `where` takes them."""
+    where: dict = {}
+    for _ in range(rng.integers(1, 3)):
+        where.update(random_condition(rng, scalars, keys))
+    return where
+
+
 def test_random_filters_over_lists_select_what_the_reference_says(open_any):
     rng = np.random.default_rng(11)
     metas = [{f"k{k}": _random_value(rng) for k in range(2) if rng.random() < 0.8} for _ in range(200)]
@@ -149,9 +157,7 @@ def test_random_filters_over_lists_select_what_the_reference_says(open_any):
     store.upsert([Item(f"m{i:03d}", vecs[i], None, m) for i, m in enumerate(metas)])
     told_apart = 0
     for _ in range(120):
-        where = {}
-        for _ in range(rng.integers(1, 3)):
-            where.update(random_condition(rng, _VALUES[:-1], keys=2))   # scalars only
+        where = random_where(rng, _VALUES[:-1], keys=2)   # scalars only
         want = [f"m{i:03d}" for i, m in enumerate(metas) if reference(m, where)]
         assert [it.id for it in store.list(limit=1000, where=where)] == want, where
         told_apart += 0 < len(want) < len(metas)

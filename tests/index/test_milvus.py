@@ -25,7 +25,7 @@ from index._milvus import _gallery_of, collection_name, match_fields, where_expr
 from ..app.conftest import free_port  # noqa: E402
 from .conftest import DIM, unit  # noqa: E402
 from .test_facets import CASES, _by_hand, _items, _same  # noqa: E402
-from .test_list_filters import random_condition  # noqa: E402
+from .test_list_filters import random_where  # noqa: E402
 from .test_list_filters import reference as _reference  # noqa: E402  (lists: any element matches)
 from .test_store import _OPS_METAS, check_paging_after_a_position  # noqa: E402
 
@@ -162,9 +162,7 @@ def test_random_filters_select_the_same_items_in_milvus_as_the_reference_and_the
     faiss_store.upsert(items)
     nonempty = 0
     for _ in range(150):
-        where = {}
-        for _ in range(rng.integers(1, 3)):
-            where.update(random_condition(rng, _VALUES[:-2], keys=3))   # scalars only
+        where = random_where(rng, _VALUES[:-2], keys=3)   # scalars only
         want = [f"m{i:03d}" for i, m in enumerate(metas) if _reference(m, where)]
         assert [it.id for it in faiss_store.list(limit=1000, where=where)] == want, where
         assert [it.id for it in milvus.list(limit=1000, where=where)] == want, (where, where_expression(index.check_where(where)))
