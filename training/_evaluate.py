@@ -640,14 +640,15 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append("most confident mistakes (a query -> its nearest neighbour, of another class; cosine):")
         lines += [f"  {_image(c, 'query')} -> {_image(c, 'neighbour')}  {c['cosine']:.3f}"
                   for c in m["confident_mistakes"][:5]]
+    if m.get("ce_left_out"):
+        lines.append(m["ce_left_out"])
+    # the calibration last: the docs say the console "ends with" the max_distance to search with
     targets = m.get("match_thresholds", [])
     found = [t for t in targets if t["max_distance"] is not None]
     if found:
         lines.append("max_distance for a top hit of the right class with a precision of: " + ", ".join(
             f"{t['target_precision']:.2f} -> {t['max_distance']:.3f} (answers {_share(t['answered'])}"
             f"{_few(t.get('queries'))})" for t in found))
-    if m.get("ce_left_out"):
-        lines.append(m["ce_left_out"])
     if targets and len(found) < len(targets):   # said, not left out: no distance keeps the top hits that right
         lines.append("no max_distance reaches a precision of " + ", ".join(
             f"{t['target_precision']:.2f}" for t in targets if t["max_distance"] is None)

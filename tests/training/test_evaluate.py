@@ -171,6 +171,16 @@ def test_no_cut_reaches_a_precision_when_the_nearest_neighbour_is_always_wrong_a
     assert "no max_distance reaches" not in format_metrics({"match_thresholds": rows})
 
 
+def test_the_console_ends_with_the_max_distance_to_search_with_even_when_the_ce_loss_was_left_out():
+    # docs/service.md and own-photos.md: `simsearch evaluate` "ends with" the calibration line
+    rows = [{"target_precision": 0.9, "max_distance": 0.5, "precision": 0.9, "answered": 0.4},
+            {"target_precision": 0.99, "max_distance": None, "precision": None, "answered": 0.0}]
+    said = format_metrics({"match_thresholds": rows, "ce_left_out": "ce_loss left out: the artifact has no head"})
+    assert said.splitlines()[-2].startswith("max_distance for a top hit")
+    assert said.splitlines()[-1].startswith("no max_distance reaches a precision of 0.99")
+    assert "ce_loss left out" in said
+
+
 def test_a_cut_that_keeps_a_few_queries_of_thousands_says_so_rather_than_zero_percent():
     rows = [{"target_precision": 0.9, "max_distance": 0.194, "precision": 1.0, "answered": 0.0003}]
     assert "0.90 -> 0.194 (answers under 0.05 %)" in format_metrics({"match_thresholds": rows})
