@@ -1,6 +1,6 @@
 """Reading a request's body: the image itself or multipart `file` parts (with the settings' part-count and
 field-size limits: the body is parsed here, not by FastAPI params, so that they apply), text fields in UTF-8,
-per-file fields, JSON vectors and metadata; and the OpenAPI description of the bodies the routes read.
+per-file fields, JSON vectors, ids and metadata; and the OpenAPI description of the bodies the routes read.
 index (FAISS) is imported inside the functions that use it: the service answers /healthz before FAISS and
 torch load."""
 from __future__ import annotations
@@ -76,13 +76,19 @@ def _index_body() -> dict[str, Any]:
 def _batch_search_body() -> dict[str, Any]:
     spec = _embed_body()
     spec["requestBody"]["description"] = ("the query images as multipart `file` parts (or one image itself as "
-                                          'the body); or query vectors, as JSON {"vectors": [[...], ...]}')
-    spec["requestBody"]["content"]["application/json"] = {"schema": {
-        "type": "object", "required": ["vectors"], "additionalProperties": False,
-        "properties": {"vectors": {"type": "array", "minItems": 1, "items": {
-            "type": "array", "items": {"type": "number"},
-            "description": "the model's dimension; normalised to unit length"}},
-            "model": _MODEL_FIELD}}}
+                                          'the body); or query vectors, as JSON {"vectors": [[...], ...]}; or '
+                                          'gallery items, as JSON {"ids": [...]}, each searched with its stored '
+                                          "vector, itself excluded (as POST /search/{id})")
+    vectors = {"type": "object", "required": ["vectors"], "additionalProperties": False,
+               "properties": {"vectors": {"type": "array", "minItems": 1, "items": {
+                   "type": "array", "items": {"type": "number"},
+                   "description": "the model's dimension; normalised to unit length"}},
+                   "model": _MODEL_FIELD}}
+    ids = {"type": "object", "required": ["ids"], "additionalProperties": False,
+           "properties": {"ids": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                                  "description": "ids of gallery items, at most SIMSEARCH_MAX_FILES_PER_REQUEST "
+                                                 "(413 past it); one the gallery does not hold is a 404 naming it"}}}
+    spec["requestBody"]["content"]["application/json"] = {"schema": {"oneOf": [vectors, ids]}}
     return spec
 
 
@@ -142,12 +148,17 @@ def _vector_body(body: bytes, key: str, shape: str, model_id: str, model_require
     """A JSON body of vectors: an object with `key` and `model` (optional unless `model_required`: a write
     needs it, or another model's vectors would be mixed into the gallery), which must be this service's
     model (vectors of two models cannot be compared); 422 or 409 naming what is wrong."""
-    value = _json(body, "invalid_vector", "the body")
+    return _vector_object(_json(body, "invalid_vector", "the body"), key, shape, model_id, model_required)
+
+
+def _vector_object(value: Any, key: str, shape: str, model_id: str, model_required: bool = False,
+                   or_else: str = "") -> dict:
+    """_vector_body of the body's JSON `value`; `or_else` says what other body the route takes, in the 422."""
     if not isinstance(value, dict) or key not in value or not set(value) <= {key, "model"}:
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
         model_is = '"model": "name@sha12"' if model_required else 'an optional "model"'
         raise ApiError(422, "invalid_vector", f'the JSON body must be {{"{key}": {shape}}}, with {model_is}, '
-                                              f"and nothing else; got {got}")
+                                              f"and nothing else{or_else}; got {got}")
     model = value.get("model")
     if model is None and model_required:
         raise ApiError(422, "invalid_vector", f'"model" is required: the model that made the vectors (name@sha12: '
@@ -169,10 +180,38 @@ def _query_vector(body: bytes, dim: int, model_id: str) -> np.ndarray:
     return _unit_vector(value["vector"], dim, "vector")[None]
 
 
-def _query_vectors(body: bytes, dim: int, max_count: int, model_id: str) -> np.ndarray:
-    """The `vectors` of a JSON batch search body, as an (n, dim) float32 array; 422 (413 for too many)
-    naming the vector that is wrong."""
-    value = _vector_body(body, "vectors", "[[...], ...]", model_id)
+def _batch_queries(body: bytes, dim: int, max_count: int, model_id: str) -> np.ndarray | list[str]:
+    """The queries of a JSON batch search body: its `vectors` as an (n, dim) float32 array, or its `ids`
+    ({"ids": [...]}: gallery items, searched with their stored vectors) as a list of strings, each checked by
+    the caller; 422 (413 for too many) naming what is wrong."""
+    value = _json(body, "invalid_vector", "the body")
+    if isinstance(value, dict) and "ids" in value:
+        return _query_ids(value, max_count)
+    return _query_vectors(value, dim, max_count, model_id)
+
+
+def _query_ids(value: dict, max_count: int) -> list[str]:
+    if set(value) != {"ids"}:
+        raise ApiError(422, "invalid_parameter", 'the JSON body must be {"ids": [...]} and nothing else (the stored '
+                                                 'vectors are the queries: no "model", no "vectors"); got '
+                                                 f"{sorted(value)}")
+    ids = value["ids"]
+    if not isinstance(ids, list) or not ids:
+        raise ApiError(422, "invalid_parameter", "ids must be a non-empty list of gallery ids, got "
+                                                 f"{json.dumps(ids)[:40]}")
+    if len(ids) > max_count:
+        raise ApiError(413, "too_many_ids", f"{len(ids)} ids in one request; at most {max_count} "
+                                            "(SIMSEARCH_MAX_FILES_PER_REQUEST)")
+    for i, id_ in enumerate(ids):
+        if not isinstance(id_, str):
+            raise ApiError(422, "invalid_id", f"ids[{i}] must be a string, got {json.dumps(id_)[:40]}")
+    return ids
+
+
+def _query_vectors(value: Any, dim: int, max_count: int, model_id: str) -> np.ndarray:
+    """The `vectors` of a JSON batch search body (its parsed `value`), as an (n, dim) float32 array; 422 (413
+    for too many) naming the vector that is wrong."""
+    value = _vector_object(value, "vectors", "[[...], ...]", model_id, or_else=' (or {"ids": [...]})')
     vectors = value["vectors"]
     if not isinstance(vectors, list) or not vectors:
         raise ApiError(422, "invalid_vector", "vectors must be a non-empty list of vectors")

@@ -8,6 +8,7 @@ torch load."""
 from __future__ import annotations
 
 import json
+import math
 import types
 import unicodedata
 import weakref
@@ -332,8 +333,30 @@ def _check_can_rerank(service: Service, rerank: int, read: int, offset: int) -> 
 
 _RERANK_DOC = ("re-order this many nearest candidates with the model's PDDM head and return the best k (needs an "
                "artifact with a PDDM head; at least offset + k)")
+_MIN_SCORE_DOC = ("only neighbours with at least this cosine similarity (their `score`, -1..1): the same cut as "
+                  "max_distance in the other unit, applied as max_distance = sqrt(2 - 2 min_score), so a neighbour "
+                  "whose score is exactly min_score is kept; give one of the two (both: 422)")
+
+
+def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
+    """The max_distance a search applies: max_distance as given, or min_score's, sqrt(2 - 2 min_score), computed
+    as the index computes a hit's distance from its score (index.score_to_distance), so that an item whose score
+    is min_score exactly has that distance exactly and is kept. min_score=-1 is no cut at all: a float32 score can
+    lie just past -1, and the answer shows it as -1 (_answers._hit_dict). 422 naming both when both are given."""
+    if min_score is None:
+        return max_distance
+    if max_distance is not None:
+        raise ApiError(422, "invalid_parameter", f"max_distance={max_distance} and min_score={min_score} are "
+                                                 "one cut in two units (distance = sqrt(2 - 2 score)); keep one: "
+                                                 "min_score for a cosine similarity, max_distance for a distance")
+    if min_score <= -1:
+        return None
+    return math.sqrt(max(0.0, 2.0 - 2.0 * min_score))
+
+
 # The parameters more than one of the models below takes, said once
 _MaxDistance = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
+_MinScore = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False, description=_MIN_SCORE_DOC)]
 _Where = Annotated[str | None, Field(max_length=4096)]
 _K = Annotated[int, Field(ge=1, le=MAX_K)]
 _Crop = Annotated[str | None, Field(max_length=200, description=_CROP_DOC)]
@@ -353,6 +376,7 @@ class NeighbourQuery(BaseModel):
     k: _K = Field(10, description="how many neighbours")
     label: str | None = Field(None, max_length=MAX_LABEL_CHARS, description="only this label")
     max_distance: _MaxDistance = Field(None, description="only neighbours at most this far (0..2)")
+    min_score: _MinScore = None
     rerank: int | None = Field(None, ge=1, le=1000, description=_RERANK_DOC)
     where: _Where = Field(None, description=_WHERE_DOC)
     like: list[str] = Field([], description=_examples_doc("more like this item"))
@@ -369,6 +393,7 @@ class NeighbourQuery(BaseModel):
                                           "results")
 
     _region: Crop | None = PrivateAttr(None)
+    _max_distance: float | None = PrivateAttr(None)   # max_distance, or min_score's (_distance_cut)
 
     @model_validator(mode="after")
     def _checked(self) -> NeighbourQuery:
@@ -394,6 +419,7 @@ class NeighbourQuery(BaseModel):
             raise ApiError(422, "invalid_parameter", f"group_size={group_size} needs group_by (label or "
                                                      "metadata.KEY)")
         self.label = _check_label(self.label)
+        self._max_distance = _distance_cut(self.max_distance, self.min_score)
         self.exclude = _check_exclude(self.exclude)
         self.like, self.unlike = _check_examples(self.like, self.unlike)
 
@@ -412,7 +438,7 @@ class NeighbourQuery(BaseModel):
             _check_group_by(self.group_by)
         if self.rerank is not None:
             self._check_rerank_alone()
-        return SearchParams(self.k, self.label, self.max_distance, self.rerank, _check_where(self.where), gallery,
+        return SearchParams(self.k, self.label, self._max_distance, self.rerank, _check_where(self.where), gallery,
                             self.group_by, self.group_size, tuple(self.exclude), self.offset)
 
     def _check_rerank_alone(self) -> None:
@@ -477,16 +503,19 @@ class ClassifyQuery(BaseModel):
     max_distance: _MaxDistance = Field(None, description="only items at most this far vote; none that near: label "
                                                          "null (unknown). `simsearch evaluate` gives the distance for "
                                                          "a wanted precision (match_thresholds)")
+    min_score: _MinScore = None
     where: _Where = Field(None, description="only gallery items matching this metadata filter vote; " + _WHERE_DOC)
     crop: _Crop = None
     combine: _Combine = "mean"
     gallery: _Gallery = DEFAULT_GALLERY
 
     _region: Crop | None = PrivateAttr(None)
+    _max_distance: float | None = PrivateAttr(None)   # max_distance, or min_score's (_distance_cut)
 
     @model_validator(mode="after")
     def _checked(self) -> ClassifyQuery:
         # as NeighbourQuery._checked: once the fields have their types and bounds; an ApiError passes through
+        self._max_distance = _distance_cut(self.max_distance, self.min_score)
         _check_combine(self.combine)
         self._region = _check_crop(self.crop)
         return self
@@ -498,4 +527,4 @@ class ClassifyQuery(BaseModel):
 
     def params(self, service: Service, gallery: str) -> SearchParams:
         """The search whose neighbours vote: k of them, filtered as asked; 422 for a `where` the index refuses."""
-        return SearchParams(self.k, max_distance=self.max_distance, where=_check_where(self.where), gallery=gallery)
+        return SearchParams(self.k, max_distance=self._max_distance, where=_check_where(self.where), gallery=gallery)

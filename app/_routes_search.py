@@ -18,12 +18,12 @@ from model import Crop
 
 from ._answers import _ERRORS, _hit_dict, _results, _search_answer, _vote_dict
 from ._batcher import SearchParams
-from ._bodies import (_batch_search_body, _embed_body, _file_parts, _is_raw_image, _media_type, _query_vector,
-                      _query_vectors, _read_body, _read_form, _search_body, _uploads)
+from ._bodies import (_batch_queries, _batch_search_body, _embed_body, _file_parts, _is_raw_image, _media_type,
+                      _query_vector, _read_body, _read_form, _search_body, _uploads)
 from ._embedding import _embedded
 from ._errors import ApiError
-from ._params import (BatchSearchQuery, ClassifyQuery, SearchByIdQuery, SearchQuery, _after, _check_crop, _crop_param,
-                      _no_crop_for_vectors, _reading, _router, _service)
+from ._params import (BatchSearchQuery, ClassifyQuery, SearchByIdQuery, SearchQuery, _after, _check_crop, _check_id,
+                      _crop_param, _no_crop_for_vectors, _reading, _router, _service)
 from ._schemas import BatchSearchResponse, ClassifyResponse, EmbedResponse, SearchResponse
 from ._service import Gallery, Service
 
@@ -117,24 +117,26 @@ async def _search_request(request: Request, service: Service, g: Gallery, params
 
 
 async def _search_refined(service: Service, g: Gallery, params: SearchParams, queries: list[np.ndarray | None],
-                          like: list[str], unlike: list[str], start: str | None = None) -> list[list]:
-    """The hits of each query vector (None: no query, the marks alone; or the item `start` as the one
-    query) moved towards the items `like` and away from the items `unlike` (index.refine_query), searched
-    as params ask; no marked item, nor `start`, nor one of params.exclude is among them. 422 naming a marked
-    id the gallery does not hold, 404 for a missing `start`."""
+                          like: list[str], unlike: list[str], starts: list[str] = ()) -> list[list]:
+    """The hits of each query vector (None: no query, the marks alone; or with `starts`, the stored vector of
+    each of these items, one query each) moved towards the items `like` and away from the items `unlike`
+    (index.refine_query), searched as params ask; no marked item, nor one of params.exclude, nor a query's own
+    item (of `starts`) is among them. 422 naming a marked id the gallery does not hold, 404 naming the items of
+    `starts` it does not hold."""
     from index import refine_queries   # when used (module docstring)
 
     def run():
         queries_of = queries
-        if start is not None:
-            item = g.store.get(start)
-            if item is None:
-                raise ApiError(404, "not_found", f"no item with id {start!r} in the gallery")
-            queries_of = [item.vector]
-        refined = refine_queries(g.store, queries_of, like, unlike)
+        if starts:
+            queries_of = [item.vector for item in _stored(g, starts)]
+        refined = refine_queries(g.store, queries_of, like, unlike) if like or unlike else np.stack(queries_of)
         # the service's search, so that filters, groups and the gallery checks apply as to any search
-        left_out = params.exclude + tuple(like + unlike + ([start] if start is not None else []))
-        return service.search(refined, dataclasses.replace(params, exclude=left_out))
+        left_out = params.exclude + tuple(like + unlike)
+        if not starts:
+            return service.search(refined, dataclasses.replace(params, exclude=left_out))
+        # each query leaves out its own item: one search each (all in this one thread)
+        return [service.search(query[None], dataclasses.replace(params, exclude=left_out + (start,)))[0]
+                for start, query in zip(starts, refined)]
 
     try:
         return await anyio.to_thread.run_sync(run)
@@ -145,6 +147,18 @@ async def _search_refined(service: Service, g: Gallery, params: SearchParams, qu
                                                  f"{g.name!r}{more}") from None
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+def _stored(g: Gallery, ids: list[str]) -> list:
+    """The stored items of these ids, in order; 404 naming those the gallery does not hold."""
+    items = g.store.get_many(ids)
+    missing = list(dict.fromkeys(id_ for id_, item in zip(ids, items) if item is None))
+    if len(missing) == 1:
+        raise ApiError(404, "not_found", f"no item with id {missing[0]!r} in the gallery")
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ApiError(404, "not_found", f"no items with ids {missing[:5]} in the gallery{more}")
+    return items
 
 
 @router.post("/classify", response_model=ClassifyResponse, tags=["search"],
@@ -175,13 +189,17 @@ async def batch_search(request: Request, q: Annotated[BatchSearchQuery, Query()]
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type == "application/json":
         _no_crop_for_vectors(region)
-        vectors = _query_vectors(await _read_body(request), service.embedder.dim,
+        queries = _batch_queries(await _read_body(request), service.embedder.dim,
                                  service.settings.max_files_per_request, service.model_id)
-        names: list[str | None] = [None] * len(vectors)
-        if like or unlike:
-            hits = await _search_refined(service, g, params, list(vectors), like, unlike)
+        if isinstance(queries, list):   # {"ids": [...]}: each item's neighbours, as POST /search/{id} gives them
+            names: list[str | None] = [_check_id(id_) for id_ in queries]
+            hits = await _search_refined(service, g, params, [None] * len(queries), like, unlike, starts=queries)
+        elif like or unlike:
+            names = [None] * len(queries)
+            hits = await _search_refined(service, g, params, list(queries), like, unlike)
         else:
-            hits = await anyio.to_thread.run_sync(service.search, vectors, params)
+            names = [None] * len(queries)
+            hits = await anyio.to_thread.run_sync(service.search, queries, params)
     else:
         if _is_raw_image(media_type):
             files, names = [("the body", await _read_body(request))], [None]
@@ -229,7 +247,7 @@ async def search_by_id(request: Request, q: Annotated[SearchByIdQuery, Query()],
     params = q.params(service, g.name)
     like, unlike = q.like, q.unlike
     if like or unlike or params.group_by or params.exclude or params.offset or params.rerank:   # as any query
-        hits = (await _search_refined(service, g, params, [None], like, unlike, start=id))[0]
+        hits = (await _search_refined(service, g, params, [None], like, unlike, starts=[id]))[0]
         return _search_answer(service, hits, params, t0, q.vote)
     where_filter = json.loads(params.where) if params.where else None
 

@@ -20,11 +20,11 @@ ROUTES = ("/search", "/search/qa", "/batch/search", "/classify")
 SEARCHES = ROUTES[:3]   # the searches by neighbours: /classify takes fewer parameters
 
 _TAKES = {
-    "/search/qa": ("POST /search/{id}", "exclude, gallery, group_by, group_size, k, label, like, max_distance, offset, "
-                                        "rerank, unlike, vote, where"),
+    "/search/qa": ("POST /search/{id}", "exclude, gallery, group_by, group_size, k, label, like, max_distance, "
+                                        "min_score, offset, rerank, unlike, vote, where"),
     "/batch/search": ("POST /batch/search", "crop, exclude, gallery, group_by, group_size, k, label, like, "
-                                            "max_distance, offset, rerank, unlike, vote, where"),
-    "/classify": ("POST /classify", "combine, crop, gallery, k, max_distance, where"),
+                                            "max_distance, min_score, offset, rerank, unlike, vote, where"),
+    "/classify": ("POST /classify", "combine, crop, gallery, k, max_distance, min_score, where"),
 }
 
 
@@ -57,6 +57,8 @@ BAD_ID = "is not valid: 1-1024 characters, no control characters, no surrounding
 NO_GALLERY = bad("no gallery named 'nope' (POST /index?gallery=NAME makes one)", 404, "gallery_not_found")
 GALLERY_NAME = bad("gallery: String should match pattern '^[a-z0-9][a-z0-9_-]{0,62}$' (got 'Bad!')")
 K_ZERO = bad("k: Input should be greater than or equal to 1 (got '0')")
+BOTH_CUTS = bad("max_distance=0.8 and min_score=0.5 are one cut in two units (distance = sqrt(2 - 2 score)); keep "
+                "one: min_score for a cosine similarity, max_distance for a distance")
 NO_PDDM = "has no PDDM head; rerank needs an artifact trained with the PDDM"
 
 # query -> {route: (status, code, message)}, on the service whose model has a PDDM head
@@ -115,11 +117,13 @@ ONE_WRONG = {
                              "/search/qa": takes_no("/search/qa", "crop")},
     "k=0": on(ROUTES, K_ZERO),
     "gallery=Bad!": on(ROUTES, GALLERY_NAME),
+    "min_score=1.5": on(ROUTES, bad("min_score: Input should be less than or equal to 1 (got '1.5')")),
+    "max_distance=0.8&min_score=0.5": on(ROUTES, BOTH_CUTS),
 }
 
 # Several things wrong at once: the first said, in one order on every route. A parameter the route does not take;
-# FastAPI's types and bounds (every wrong one); the request's own checks (the search window, groups, label, exclude,
-# like/unlike, combine, crop); the gallery (404 when there is none of that name); the service's (rerank, group_by
+# FastAPI's types and bounds (every wrong one); the request's own checks (the search window, groups, label, the
+# distance cut (max_distance and min_score both given), exclude, like/unlike, combine, crop); the gallery (404 when there is none of that name); the service's (rerank, group_by
 # and where as the index reads them). Until the checks were the query models' (app/_params.py), each route made
 # them in its own order: the rows marked "was" answered otherwise.
 SEVERAL_WRONG = {
@@ -145,6 +149,20 @@ SEVERAL_WRONG = {
     # was: NO_GALLERY
     "gallery=nope&crop=a,b": {**on(ROUTES, CROP_TEXT), "/search/qa": takes_no("/search/qa", "crop")},
     "gallery=nope&where=%7B": on(ROUTES, NO_GALLERY),
+    # the distance cut among the request's own checks: after the label, before the marks, combine and crop
+    "label=a%01b&max_distance=0.8&min_score=0.5": {
+        **on(SEARCHES, bad("label 'a\\x01b' is not valid: at most 256 characters, no control characters",
+                           code="invalid_label")),
+        "/classify": takes_no("/classify", "label")},
+    "max_distance=0.8&min_score=0.5&like=qb&unlike=qb": {
+        **on(SEARCHES, BOTH_CUTS), "/classify": takes_no("/classify", "like", "unlike")},
+    "max_distance=0.8&min_score=0.5&combine=all&crop=a,b": {
+        **on(ROUTES, BOTH_CUTS), "/search/qa": takes_no("/search/qa", "combine", "crop"),
+        "/batch/search": takes_no("/batch/search", "combine")},
+    "min_score=7&max_distance=0.8&group_size=3": {**on(ROUTES, bad("min_score: Input should be less than or equal "
+                                                                   "to 1 (got '7')")),
+                                                  "/classify": takes_no("/classify", "group_size")},
+    "gallery=nope&max_distance=0.8&min_score=0.5": on(ROUTES, BOTH_CUTS),
 }
 
 # On the service whose model has no PDDM head: rerank is refused for that before anything else about it
