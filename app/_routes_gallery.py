@@ -31,11 +31,13 @@ from ._service import GALLERY_NAME, Service
 
 router = _router()
 
+_NAME_DOC = "the gallery's name: 1 to 63 lower-case letters, digits, - and _, beginning with a letter or a digit"
+
 
 @router.post("/index", status_code=201, response_model=IndexResponse, tags=["gallery"],
              summary="add (or replace, by id) one or more images, or vectors",
              responses={201: declares(POSITION_HEADER),
-                        **{k: _ERRORS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429, 503, 507)}},
+                        **{k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)}},
              openapi_extra=_index_body())
 async def add(request: Request, gallery: str = _gallery(), crop: str | None = _crop_param(),
               skip_duplicates: float | None = Query(
@@ -54,7 +56,10 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
         items = _json_items(await _read_body(request), service)
     else:
         items = await _image_items(request, service, region)
-    _, g = await _writing(request, gallery, create=True)   # once the request is known to be sound
+    # once the request is known to be sound; a gallery that does not exist is made, unless the operator has
+    # galleries made only on request (PUT /galleries/NAME), where a typo in the name would store items unseen
+    g, made = await service.open_gallery(gallery, create=service.settings.create_galleries_on_write,
+                                         by="POST /index (SIMSEARCH_CREATE_GALLERIES_ON_WRITE)")
     try:
         skipped = await g.commits.upsert(items, skip_duplicates)   # with the other requests waiting to commit
     except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
@@ -68,8 +73,10 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
     left_out = {d.position for d in skipped}
     stored = [it.id for pos, it in enumerate(items) if pos not in left_out]
     answer = IndexResponse(ids=stored, count=len(stored), skipped=[
-        SkippedItem(file=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score) for d in skipped])
-    return JSONResponse(answer.model_dump(), status_code=201, headers=_position(g))
+        SkippedItem(file=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score) for d in skipped],
+        gallery_created=made)
+    return JSONResponse(answer.model_dump(exclude=None if made else {"gallery_created"}), status_code=201,
+                        headers=_position(g))
 
 
 async def _image_items(request: Request, service: Service, region: Crop | None) -> list:
@@ -424,6 +431,19 @@ async def galleries(request: Request):
 
     listed = await anyio.to_thread.run_sync(run)
     return JSONResponse(GalleriesResponse(galleries=listed, max_galleries=service.settings.max_galleries).model_dump())
+
+
+@router.put("/galleries/{name}", status_code=201, response_model=GalleryOut, tags=["gallery"],
+            summary="make a named gallery (empty), or find it there already: 201 when made, 200 when it existed",
+            responses={200: {"model": GalleryOut, "description": "the gallery existed already (made before, or the "
+                                                                 "default one): nothing changed"},
+                       201: {"description": "the gallery was made, empty"},
+                       **{k: _ERRORS[k] for k in (401, 403, 422, 429, 503, 507)}})
+async def make_gallery(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC)):
+    service = _service(request, write=True)
+    g, made = await service.open_gallery(name, create=True, by=f"PUT /galleries/{name}")
+    count = await anyio.to_thread.run_sync(g.store.count)
+    return JSONResponse(GalleryOut(name=g.name, count=count, open=True).model_dump(), status_code=201 if made else 200)
 
 
 @router.delete("/galleries/{name}", response_model=GalleryDeleted, tags=["gallery"],

@@ -90,6 +90,9 @@ class IndexResponse(BaseModel):
     skipped: list[SkippedItem] = Field(default_factory=list,
                                        description="with `skip_duplicates`: the files (or JSON items) not "
                                                    "stored, as look-alikes")
+    gallery_created: bool = Field(False, description="true when this write made the gallery (`gallery=NAME` "
+                                                     "named none, and SIMSEARCH_CREATE_GALLERIES_ON_WRITE is on); "
+                                                     "sent only then, so that a typo in a name shows")
 
 
 class DeleteResponse(BaseModel):

@@ -3,6 +3,7 @@ after startup so that /healthz answers at once and /readyz flips when everything
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
 import gc
 import json
@@ -469,28 +470,33 @@ class Service:
 
     async def gallery(self, name: str, create: bool = False) -> Gallery:
         """The open gallery `name` (a valid name: the HTTP layer checks it), opened now when it is on disk
-        but not open yet; with create (a write that adds items), made when it does not exist. 404 when it
-        does not exist (and is not to be made), 422 when it is to be made and SIMSEARCH_MAX_GALLERIES exist already.
-        Read-only, a named gallery the writer dropped (or dropped and made again) since it was opened is
-        forgotten at once, not at the next refresh: 404, or the new one."""
+        but not open yet; with create, made when it does not exist (open_gallery)."""
+        g, _ = await self.open_gallery(name, create)
+        return g
+
+    async def open_gallery(self, name: str, create: bool = False, by: str = "a write") -> tuple[Gallery, bool]:
+        """The open gallery `name` (a valid name: the HTTP layer checks it), and whether this call made it:
+        opened now when it is on disk but not open yet; with create, made when it does not exist (logged once,
+        saying `by` what). 404 when it does not exist (and is not to be made), naming the nearest names and how
+        to make one; 422 when it is to be made and SIMSEARCH_MAX_GALLERIES exist already. Read-only, a named
+        gallery the writer dropped (or dropped and made again) since it was opened is forgotten at once, not at
+        the next refresh: 404, or the new one."""
         g = self.galleries.get(name)
         if g is not None and not self._dropped_by_writer(g):
-            return g
+            return g, False
         import index
 
         async with self._gallery_lock:
             g = self.galleries.get(name)
             if g is not None:
                 if not self._dropped_by_writer(g):
-                    return g
+                    return g, False
                 await self._forget(g, _DROPPED)
             s = self.settings
             names = await anyio.to_thread.run_sync(self.gallery_names)
             exists = name in names
             if not exists and not (create and not s.read_only):
-                how = "POST /index?gallery=NAME makes one" if not s.read_only else \
-                    "galleries are made through the service that writes (this one is read-only)"
-                raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} ({how})")
+                raise ApiError(404, "gallery_not_found", self._not_found(name, names))
             # The cap is on making galleries: one already there always opens (a restart with a lower cap, or with
             # more galleries than a first use would open, still serves every one of them).
             if not exists and len(names) >= s.max_galleries:
@@ -501,26 +507,48 @@ class Service:
             except index.StoreMissingError:   # read-only, and the writer has not finished making it
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} yet") from None
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
-                if not exists and not s.milvus_uri:   # nothing half-made is left to be listed as a gallery
-                    await anyio.to_thread.run_sync(
-                        lambda: shutil.rmtree(index.gallery_path(s.data_dir, name).parent, ignore_errors=True))
-                cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
-                if (isinstance(cause, index.StorageError) and cause.full) or getattr(cause, "errno", None) == errno.ENOSPC:
-                    if self.refusals.refused(full=True):
-                        log.error("index: gallery %s not made: %s", name, cause)
-                    raise ApiError(507, "insufficient_storage", f"the service's disk is full: gallery {name!r} was "
-                                   "not made and nothing was stored; retry once the operator has freed space") from None
-                log.error("index: cannot open gallery %s: %s", name, exc)
-                raise ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
-                               "service's log says why", {"Retry-After": "5"}) from None
+                raise await self._not_opened(name, exists, exc) from None
             commits = None
             if not s.read_only:
                 commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
                                          self._workers_lock())
                 commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)
-            log.info("gallery %s %s: %d items", name, "opened" if exists else "made", store.count())
-            return g
+            log.info("gallery %s %s: %d items", name, "opened" if exists else f"made by {by}", store.count())
+            return g, not exists
+
+    def _not_found(self, name: str, names: list[str]) -> str:
+        """The 404's message for gallery `name`, which is none of `names`: the names spelt nearest, and how a
+        gallery is made here."""
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        did = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+        if self.settings.read_only:
+            return f"no gallery named {name!r} (galleries are made through the service that writes (this one is " \
+                   f"read-only)){did}"
+        if self.settings.create_galleries_on_write:
+            return f"no gallery named {name!r} (POST /index?gallery=NAME makes one){did}"
+        return (f"no gallery named {name!r}; this service makes a gallery only when asked "
+                f"(SIMSEARCH_CREATE_GALLERIES_ON_WRITE is false): PUT /galleries/{name} makes it (`simsearch "
+                f"galleries create {name} --url URL`){did}")
+
+    async def _not_opened(self, name: str, exists: bool, exc: Exception) -> ApiError:
+        """The answer to gallery `name` failing to open (or be made) with `exc`, which is logged: 507 for a full
+        disk, else 503; a gallery half-made is removed first, so that nothing of it is listed."""
+        import index
+
+        s = self.settings
+        if not exists and not s.milvus_uri:   # nothing half-made is left to be listed as a gallery
+            await anyio.to_thread.run_sync(
+                lambda: shutil.rmtree(index.gallery_path(s.data_dir, name).parent, ignore_errors=True))
+        cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
+        if (isinstance(cause, index.StorageError) and cause.full) or getattr(cause, "errno", None) == errno.ENOSPC:
+            if self.refusals.refused(full=True):
+                log.error("index: gallery %s not made: %s", name, cause)
+            return ApiError(507, "insufficient_storage", f"the service's disk is full: gallery {name!r} was "
+                            "not made and nothing was stored; retry once the operator has freed space")
+        log.error("index: cannot open gallery %s: %s", name, exc)
+        return ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
+                        "service's log says why", {"Retry-After": "5"})
 
     def _dropped_by_writer(self, g: Gallery, request: bool = True) -> bool:
         # read-only: one stat of the database file, so that a replica never answers from a gallery that no

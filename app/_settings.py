@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     max_galleries: int = Field(100, ge=1, description="most galleries the service makes, the default one "
                                                        "included (each open one holds its index in memory); those "
                                                        "already in the data folder always open")
+    create_galleries_on_write: bool = Field(True, description="the first write (POST /index) to a gallery that "
+                                                               "does not exist makes it; false: only PUT "
+                                                               "/galleries/NAME makes one, and a write to a name "
+                                                               "no gallery has is a 404 (a typo stores nothing)")
     batch_max_size: int = Field(32, ge=1, description="most images embedded together")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     thumbnail_size: int = Field(128, ge=0, le=1024, description="longest side of stored thumbnails; 0 = store none")
