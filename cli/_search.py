@@ -48,10 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Classification by retrieval, as the service's POST /classify: the k nearest "
                                    "gallery items vote with their labels (unlabelled ones abstain; a tie goes to "
                                    "the label of the nearest of the tied), and no item within --max-distance "
-                                   "means unknown. Queries as for `simsearch search`; with several, --json prints "
-                                   "one JSON object a line, and where the queries sit in class folders the share "
-                                   "classified as their folder's label is reported (on stderr with --json, so that "
-                                   "stdout holds JSON only).")
+                                   "(or --min-score) means unknown. Queries as for `simsearch search`; with "
+                                   "several, --json prints one JSON object a line, and where the queries sit in "
+                                   "class folders the share classified as their folder's label is reported (on "
+                                   "stderr with --json, so that stdout holds JSON only).")
     _query_options(v, k=1, k_help="how many nearest items vote (1: the nearest item's label)",
                    where_help="only gallery items whose metadata matches vote (as for search)",
                    distance_help="only items within this distance vote (0 or more; 2 or more keeps every item); "
@@ -70,6 +70,11 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
     p.add_argument("-k", type=int, default=k, help=k_help)
     p.add_argument("--where", metavar="JSON", help=where_help)
     p.add_argument("--max-distance", type=float, help=distance_help)
+    p.add_argument("--min-score", type=float, metavar="SCORE",
+                   help="the same cut as --max-distance in the other unit: only neighbours with at least this "
+                        "cosine similarity (the printed score, -1..1; the service's min_score), applied as "
+                        "--max-distance sqrt(2 - 2 SCORE), so a neighbour whose score is SCORE exactly is kept; "
+                        "give one of the two")
     p.add_argument("--crop", metavar="L,T,R,B", help="use only this region of each query image: left,top,right,"
                                                       "bottom as fractions (0 to 1) of its width and height, e.g. "
                                                       "0.25,0.1,0.75,0.9 (the service's crop=)")
@@ -127,6 +132,7 @@ def _checked(args):
     if args.max_distance is not None and not 0 <= args.max_distance < math.inf:   # NaN too, as the service's
         raise CliError(f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, "
                        f"so 2 or more keeps every item), got {args.max_distance}")
+    args.max_distance = _distance_cut(args.max_distance, args.min_score)
     where = g.where_arg(args.where)
     crop = g.crop_arg(args.crop)
     like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))
@@ -154,6 +160,23 @@ def _checked(args):
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     return where, crop, like, unlike
+
+
+def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
+    """The --max-distance a search applies: as given, or --min-score's, sqrt(2 - 2 min_score), computed as the
+    index computes a hit's distance from its score (so that a hit whose score is min_score exactly is kept), here
+    and through a service (its max_distance, the same cut as its min_score). -1 is no cut (a float32 score can lie
+    just past -1). CliError when both are given, or for a score outside -1..1."""
+    import math
+
+    if min_score is None:
+        return max_distance
+    if not -1 <= min_score <= 1:   # NaN too, as the service's
+        raise CliError(f"--min-score must be a cosine similarity, -1..1, got {min_score}")
+    if max_distance is not None:
+        raise CliError(f"--max-distance {max_distance} and --min-score {min_score} are one cut in two units "
+                       "(distance = sqrt(2 - 2 score)); keep one")
+    return None if min_score == -1 else math.sqrt(max(0.0, 2.0 - 2.0 * min_score))
 
 
 def _search_local(args, queries, single: bool, show, where, crop, like, unlike):
@@ -393,8 +416,9 @@ def _print_vote(name: str, label: str | None, decided, hits: list, args, single:
         return
     said = (f"{decided.label}  (confidence {decided.confidence:.2f}; votes "
             + ", ".join(f"{lb} {n}" for lb, n in decided.votes.items()) + ")") if decided.label is not None else \
-        ("unknown  (no labelled gallery item" + (f" within {args.max_distance}" if args.max_distance is not None
-                                                  else "") + ")")
+        ("unknown  (no labelled gallery item" + (f" with a score of at least {args.min_score}"
+                                                  if args.min_score is not None else f" within {args.max_distance}"
+                                                  if args.max_distance is not None else "") + ")")
     print(said if single else f"{name}" + (f"  (label {label})" if label is not None else "") + f"  ->  {said}")
 
 
