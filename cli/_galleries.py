@@ -1,6 +1,7 @@
 """What the gallery commands share (index build/stats/..., search, classify, upload, copy, reembed, edit): the
 --data/--gallery/--model/--milvus-uri options, opening a gallery's store and its model, reading a folder or tar
-of images with their labels and metadata, and the query and filter arguments. Not a command itself."""
+of images with their labels and metadata, and the query and filter arguments. And `simsearch galleries create`,
+which makes a named gallery in a running service (PUT /galleries/NAME)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,63 @@ if TYPE_CHECKING:   # index (FAISS) is imported by the commands that open a gall
 # The longest side of the thumbnails `index build` stores: the service's SIMSEARCH_THUMBNAIL_SIZE default
 # (app/_settings.py), so that a gallery's items get one size whether built here or sent to POST /index.
 THUMB_PX = 128
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """`simsearch galleries`: the named galleries of a running service, over its HTTP API."""
+    p = sub.add_parser("galleries", help="make a named gallery in a running service (create)",
+                       description="The named galleries of a running `simsearch serve`, over its HTTP API. "
+                                   "(`simsearch index galleries --data DATA` lists those of a data folder.)")
+    gsub = p.add_subparsers(dest="galleries_command", required=True, metavar="SUBCOMMAND")
+    c = gsub.add_parser("create", help="make a named gallery, empty (nothing changes when it exists already)",
+                        description="Make the gallery NAME in a running service (PUT /galleries/NAME): empty, ready "
+                                    "for `simsearch index upload --gallery NAME`. Where the service makes galleries "
+                                    "only on request (SIMSEARCH_CREATE_GALLERIES_ON_WRITE=false, `serve "
+                                    "--no-create-galleries-on-write`), a write to a name no gallery has is refused, "
+                                    "so that a typo stores nothing. A gallery that exists already is left as it is "
+                                    "(exit status 0).")
+    c.add_argument("name", metavar="NAME", help="the gallery's name: 1 to 63 lower-case letters, digits, - and _")
+    c.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
+    c.add_argument("--api-key", help="the service's API key for writes (default $SIMSEARCH_API_KEY, else the first "
+                                     "key of $SIMSEARCH_API_KEY_FILE)")
+    c.add_argument("--timeout", type=float, default=60, help="seconds to wait for the answer (60)")
+    c.set_defaults(func=_create)
+
+
+def _create(args) -> int:
+    """`simsearch galleries create NAME --url URL`: PUT /galleries/NAME, and one line saying what happened."""
+    from urllib.parse import quote
+
+    import httpx
+
+    from . import _http
+
+    key = ClientEnv.read().write_key(args.api_key)
+    url = args.url.rstrip("/")
+    try:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}, timeout=args.timeout) as client:
+            r = _http.request(client, "PUT", f"/galleries/{quote(args.name, safe='')}")
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the service at {url}: {exc}") from None
+    if r.status_code in (200, 201):
+        count = r.json().get("count")
+        print(f"made gallery {args.name!r} in {url}" if r.status_code == 201 else
+              f"gallery {args.name!r} exists already in {url} ({count} items): nothing changed")
+        return 0
+    if r.status_code == 405 and '"method_not_allowed"' in r.text:
+        raise CliError(f"the service at {url} makes no gallery on request (a simsearch from before PUT "
+                       f"/galleries/NAME): its first write to it makes one (`simsearch index upload --gallery "
+                       f"{args.name}`)")
+    raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
+
+
+def made_gallery_line(answer: dict, gallery: str) -> str | None:
+    """What `index upload` says when a POST /index answer tells that this write made the gallery (its
+    `gallery_created`), so that a misspelt --gallery shows: the line, or None."""
+    if not answer.get("gallery_created"):
+        return None
+    return (f"made gallery {gallery!r} (the service had none of that name; `simsearch galleries create` makes one "
+            "beforehand, and `serve --no-create-galleries-on-write` refuses a write to a name it lacks)")
 
 
 def default_data() -> str:

@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-only", action="store_true",
                    help="serve the index without writing to it (a backup, read-only media, replicas beside the "
                         "service that writes, whose writes it applies every SIMSEARCH_REFRESH_SECONDS): writes get 405")
+    p.add_argument("--create-galleries-on-write", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the first write (POST /index?gallery=NAME) to a gallery that does not exist makes "
+                        "it (default $SIMSEARCH_CREATE_GALLERIES_ON_WRITE, else yes); --no-create-galleries-on-write: "
+                        "only PUT /galleries/NAME (`simsearch galleries create`) makes one, and a write to a "
+                        "misspelt name is a 404 instead of a new gallery")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 10 MiB)")
     p.add_argument("--max-pixels", type=int, help="largest image, width x height (default 64,000,000)")
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 503 (default 64)")
@@ -97,6 +102,8 @@ def _serve(args) -> int:
         os.environ["SIMSEARCH_REQUIRE_KEY_FOR_READS"] = "true"
     if args.read_only:
         os.environ["SIMSEARCH_READ_ONLY"] = "true"
+    if args.create_galleries_on_write is not None:
+        os.environ["SIMSEARCH_CREATE_GALLERIES_ON_WRITE"] = "true" if args.create_galleries_on_write else "false"
 
     import uvicorn
     from pydantic import ValidationError
