@@ -21,10 +21,27 @@ KEEP = object()   # update(): the label is not changed
 
 def check_metadata(metadata: Any, what: str = "metadata") -> str:
     """`metadata` (a dict) as the JSON a store keeps; InvalidItemError naming what is wrong: not an object,
-    not JSON (NaN, or an infinity such as 1e999 read as a float), or more than MAX_METADATA_BYTES of it.
-    What every store checks of an item's metadata, for a caller to check first."""
+    a key that starts with "$" (no filter could find it), not JSON (NaN, or an infinity such as 1e999 read
+    as a float), or more than MAX_METADATA_BYTES of it. What every store checks of an item's metadata, for a
+    caller to check first."""
     if not isinstance(metadata, dict):
         raise InvalidItemError(f"{what} must be a JSON object (dict), got {type(metadata).__name__}")
+    _check_keys(metadata, what)
+    return _metadata_json(metadata, what)
+
+
+def _check_keys(metadata: dict, what: str, patch: bool = False) -> None:
+    """InvalidItemError naming the first top-level key of `metadata` that starts with "$": in a `where`
+    filter such a key is an operator ($or, $and) or the item's label ($label), so no filter could ever find
+    it. In a merge `patch`, such a key given as None passes: it removes the key, how an older item sheds one."""
+    for key, value in metadata.items():
+        if isinstance(key, str) and key.startswith("$") and not (patch and value is None):
+            raise InvalidItemError(f"{what}: the key {key!r:.60} starts with \"$\", which a where filter reads "
+                                   "as an operator or as $label (the item's label), so no filter could find it; "
+                                   "give it another name")
+
+
+def _metadata_json(metadata: dict, what: str) -> str:
     try:
         meta_json = json.dumps(metadata, separators=(",", ":"), allow_nan=False, default=_numpy_scalar)
     except (TypeError, ValueError) as exc:
@@ -121,6 +138,8 @@ class ItemChecks:
         if metadata_patch is not None and not isinstance(metadata_patch, dict):
             raise InvalidItemError(f"item {id_!r}: the metadata patch must be a JSON object (dict), "
                                    f"got {type(metadata_patch).__name__}")
+        if metadata_patch is not None:   # the keys it sets; those the item has already stay (see _validate)
+            _check_keys(metadata_patch, f"item {id_!r}: the metadata patch", patch=True)
         return id_
 
     def _check_vectors(self, batch: list[Item]) -> np.ndarray:
@@ -137,10 +156,13 @@ class ItemChecks:
             self._check_vector(arrs[j], f"item {batch[j].id!r}")
         return mat / norms[:, None]
 
-    def _validate(self, item: Item):
+    def _validate(self, item: Item, patched: bool = False):
+        """(label, metadata JSON, thumbnail bytes) of an item to write. patched: its metadata is an update's,
+        whose patch _check_update checked: a "$" key there was stored before such keys were refused, and stays."""
         if item.label is not None and not isinstance(item.label, str):
             raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
-        meta_json = check_metadata(item.metadata if item.metadata is not None else {}, f"item {item.id!r}: metadata")
+        metadata, what = item.metadata if item.metadata is not None else {}, f"item {item.id!r}: metadata"
+        meta_json = _metadata_json(metadata, what) if patched else check_metadata(metadata, what)
         thumb = item.thumbnail
         if thumb is not None and not isinstance(thumb, (bytes, bytearray, memoryview)):
             raise InvalidItemError(f"item {item.id!r}: thumbnail must be bytes, got {type(thumb).__name__}")

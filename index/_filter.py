@@ -19,6 +19,10 @@ _LOGICAL = {"$or": "or", "$and": "and"}  # {"$or": [filter, ...]}: any of them; 
 NOT_SCALAR = ("json",)  # an object, or a list without a scalar element: found by $exists and $ne, never equal
 LIST = ("list",)        # a list with a scalar element: its elements are indexed too, each as element_key(value)
 _ELEMENT = "elem"
+# The pseudo-key of an item's label inside `where`: a key of its own, its conditions (key "$label") matched
+# against the labels (a string, or none) as a metadata key's are against its values. A metadata key that starts
+# with "$" could never be filtered on, so none is written any more (index.check_metadata): this one is free.
+LABEL = "$label"
 
 
 def value_key(value: Any) -> Any:
@@ -108,8 +112,9 @@ MAX_WHERE_DEPTH = 32   # $and/$or nested this deep; deeper is no filter a person
 
 
 def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
-    """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none.
-    Raises InvalidItemError naming the key and value that are wrong."""
+    """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none. The key
+    "$label" (LABEL) is the item's label, with string values only. Raises InvalidItemError naming the key and
+    value that are wrong."""
     if where is None:
         return None
     check_text(where, "where")
@@ -140,9 +145,10 @@ def _conditions(where: Any) -> tuple[Condition, ...]:
             if not isinstance(value, list) or not value:
                 raise InvalidItemError(f"where: {key} must be a non-empty list of filters, got {value!r:.60}")
             conditions.append((key, _LOGICAL[key], tuple(_sub_filter(key, i, sub) for i, sub in enumerate(value))))
-        elif key.startswith("$"):
-            raise InvalidItemError(f"where: {key!r:.40} is not a logical operator; at the top of a filter "
-                                   f"they are {', '.join(_LOGICAL)} (the others go under a key)")
+        elif key.startswith("$") and key != LABEL:
+            raise InvalidItemError(f"where: {key!r:.40} is not a logical operator nor {LABEL!r}; at the top of a "
+                                   f"filter they are {', '.join(_LOGICAL)} (the others go under a key), and {LABEL} "
+                                   "(the item's label)")
         elif isinstance(value, dict):
             conditions += _operators(key, value)
         else:
@@ -161,11 +167,19 @@ def _sub_filter(op: str, i: int, sub: Any) -> tuple[Condition, ...]:
 
 
 def _scalar(key: str, value: Any, what: str = "") -> Any:
+    if key == LABEL and not isinstance(value, str):
+        _not_a_label(value, what)
     if value is not None and not isinstance(value, (str, int, float, bool)) or (
             isinstance(value, float) and not math.isfinite(value)):
         raise InvalidItemError(f"where: {key!r}{what} must be a string, number, true, false or null, "
                                f"got {value!r:.60} (operators: {', '.join(OPERATORS)})")
     return value
+
+
+def _not_a_label(value: Any, what: str) -> None:
+    # a label is a string or none: any other value could only ever match nothing, so it is a mistake
+    raise InvalidItemError(f"where: {LABEL!r}{what} must be a string (a label is text), got {value!r:.60}; "
+                           f'the unlabelled items are {{"{LABEL}": {{"$exists": false}}}}')
 
 
 def _scalar_key(key: str, value: Any, what: str = "") -> Any:
@@ -192,6 +206,8 @@ def _operators(key: str, ops: dict[str, Any]) -> list[Condition]:
                 raise InvalidItemError(f"where: {key!r}.$exists must be true or false, got {operand!r:.60}")
             out.append((key, "exists", operand))
         elif op in _RANGE_OPS:
+            if key == LABEL and not isinstance(operand, str):
+                _not_a_label(operand, f".{op}")
             if isinstance(operand, bool) or not isinstance(operand, (int, float, str)) or (
                     isinstance(operand, float) and not math.isfinite(operand)):
                 raise InvalidItemError(f"where: {key!r}.{op} must be a number or a string, got {operand!r:.60}")

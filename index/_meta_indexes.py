@@ -28,6 +28,7 @@ class MetaIndexes:
         self.by_key: dict[str, dict[Any, int | set[int]]] = {}
         self._meta_keys: dict[str, int] | None = None
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
+        self._labels = _LabelIndex(by_label)   # where's "$label": the label index, read as a key's
 
     def filter_fids(self, label: str | None, where: tuple | None, version: int) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
@@ -47,7 +48,9 @@ class MetaIndexes:
 
     def index(self, key: str) -> dict[Any, int | set[int]]:
         """The index of one metadata key, built the first time (see build). Empty, and
-        not kept, for a key no item has."""
+        not kept, for a key no item has. For _filter.LABEL, the items' labels (the unlabelled not in it)."""
+        if key == _filter.LABEL:
+            return self._labels   # type: ignore[return-value]   # read as a dict is, never changed
         built = self.by_key.get(key)
         if built is not None:
             return built
@@ -104,3 +107,25 @@ class MetaIndexes:
             else:
                 self._meta_keys.pop(k, None)
         return [(k, vk) for k in meta if k in self.by_key for vk in _filter.value_keys(meta[k])]
+
+
+class _LabelIndex:
+    """The store's label -> FAISS ids map as the index of a metadata key whose value is the label: what
+    _filter.matching reads of an index (get, values, items, in), the unlabelled items (the label None) left out,
+    as an item without a key is. A view, not a copy: a filter on labels costs no pass over them all."""
+
+    def __init__(self, by_label: dict[str | None, set[int]]) -> None:
+        self._by_label = by_label
+
+    def get(self, vk: Any, default: Any = None) -> Any:
+        # only a string is a label's value key (a list element's key, true, false and null are tuples)
+        return self._by_label.get(vk, default) if isinstance(vk, str) else default
+
+    def __contains__(self, vk: Any) -> bool:
+        return isinstance(vk, str) and vk in self._by_label
+
+    def items(self):
+        return ((label, fids) for label, fids in self._by_label.items() if label is not None)
+
+    def values(self):
+        return (fids for label, fids in self._by_label.items() if label is not None)

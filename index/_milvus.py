@@ -340,12 +340,34 @@ def _in_range(key: str, range_: tuple) -> str:
     return f"(({' and '.join(scalar)}) or ({' and '.join(listed)}))"
 
 
+_LABEL_PATH = 'match["l"]'   # an item's label's hash (match_fields), absent when it has none
+
+
+def _label_condition(op: str, operand: Any) -> str:
+    """A condition on where's "$label" (_filter.LABEL): the label's hash in `match` (any text, control
+    characters too), a missing one as a missing key ($ne and $nin match it); a range on the label field
+    itself (a null label compares as nothing, as a missing key)."""
+    if op == "exists":
+        return f"{'' if operand else 'not '}exists {_LABEL_PATH}"
+    if op == "range":   # strings only (_filter refuses other bounds on $label)
+        _kind, low, low_incl, high, high_incl = operand
+        bounds = ([f"label {'>=' if low_incl else '>'} {_literal(low)}"] if low is not None else []) + \
+                 ([f"label {'<=' if high_incl else '<'} {_literal(high)}"] if high is not None else [])
+        return "(" + " and ".join(bounds) + ")"
+    labels = [operand] if op in ("eq", "ne") else operand
+    any_of = "(" + " or ".join(f'{_LABEL_PATH} == "{_hash(label)}"' for label in labels) + ")"
+    # a comparison with a missing path is null, and so is its negation: the presence test lets the unlabelled in
+    return any_of if op in ("eq", "in") else f"(not exists {_LABEL_PATH} or not {any_of})"
+
+
 def where_expression(conditions: Iterable[_filter.Condition]) -> str:
     """A filter's conditions (index.check_where's canonical form) as one Milvus boolean expression."""
     parts = []
     for key, op, operand in conditions:
         if op == "or" or op == "and":
             parts.append("(" + f" {op} ".join(where_expression(sub) for sub in operand) + ")")
+        elif key == _filter.LABEL:
+            parts.append(_label_condition(op, operand))
         elif op == "eq" or op == "in":
             parts.append(_holds(key, [operand] if op == "eq" else operand))
         elif op == "ne" or op == "nin":
@@ -460,8 +482,8 @@ class MilvusStore(ItemChecks):
     def _describe(self) -> str:
         return f"the gallery {self.gallery!r} in Milvus"
 
-    def _row(self, item: Item, vector: np.ndarray, seq: int) -> dict[str, Any]:
-        label, meta_json, thumb = self._validate(item)
+    def _row(self, item: Item, vector: np.ndarray, seq: int, patched: bool = False) -> dict[str, Any]:
+        label, meta_json, thumb = self._validate(item, patched)
         if len(meta_json) > MAX_TEXT:
             raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, more than the "
                                    f"{MAX_TEXT} a Milvus store holds")
@@ -528,7 +550,7 @@ class MilvusStore(ItemChecks):
             thumb = row.get("thumbnail")
             item = Item(id, np.asarray(row["vector"], dtype=np.float32), row.get("label") if label is KEEP else label,
                         meta, base64.b64decode(thumb) if thumb is not None else None)
-            self._client.upsert(self.collection, [self._row(item, item.vector, int(row["seq"]))])
+            self._client.upsert(self.collection, [self._row(item, item.vector, int(row["seq"]), patched=True)])
         return Item(id, item.vector, item.label, json.loads(json.dumps(meta)))
 
     def delete(self, ids: Iterable[str]) -> list[str]:

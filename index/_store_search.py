@@ -32,7 +32,8 @@ class StoreSearch:
         label: only items with this label (k of them when k exist). where: only items whose metadata
         matches, e.g. {"source": "phone", "year": {"$gte": 2020}}: each key with this value (a JSON
         scalar, compared with its JSON type: 1 matches 1 and 1.0, not "1" or true) or these operators
-        ($eq $ne $in $nin $exists $gt $gte $lt $lte; docs/index.md). max_distance: only hits with
+        ($eq $ne $in $nin $exists $gt $gte $lt $lte; docs/index.md), "$label" for the label (unlabelled: as
+        without a key), $or and $and of such. max_distance: only hits with
         distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)

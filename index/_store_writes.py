@@ -74,7 +74,8 @@ class StoreWrites:
             meta = json.loads(old_meta)
             if metadata_patch is not None:
                 meta = merge_patch(meta, metadata_patch)
-            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is KEEP else label, meta))
+            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is KEEP else label, meta),
+                                                     patched=True)
             with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
                 conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
                 counted = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "

@@ -120,11 +120,15 @@ def _random_value(rng: np.random.Generator):
     return _VALUES[rng.integers(len(_VALUES))]
 
 
-def random_condition(rng: np.random.Generator, scalars: list, keys: int, depth: int = 0) -> dict:
+def random_condition(rng: np.random.Generator, scalars: list, keys: int, depth: int = 0,
+                     labels: list[str] | None = None) -> dict:
     """A random filter on the keys k0..k{keys-1}: each operator, with values drawn from `scalars`, and $or/$and of
-    such (two deep at most). test_milvus draws its filters with it too."""
-    key = f"k{rng.integers(keys)}"
-    pick = lambda: scalars[rng.integers(len(scalars))]  # noqa: E731
+    such (two deep at most). test_milvus draws its filters with it too. With `labels`, a third of the conditions
+    are on "$label" instead, each operator with values drawn from `labels` (a label is a string: no other values)."""
+    key, values = f"k{rng.integers(keys)}", scalars
+    if labels is not None and rng.random() < 1 / 3:
+        key, values = "$label", labels
+    pick = lambda: values[rng.integers(len(values))]  # noqa: E731
     op = rng.integers(9 if depth < 2 else 7)
     if op < 2:
         return {key: pick()} if op == 0 else {key: {"$ne": pick()}}
@@ -132,20 +136,24 @@ def random_condition(rng: np.random.Generator, scalars: list, keys: int, depth: 
         return {key: {"$in" if op == 2 else "$nin": [pick() for _ in range(rng.integers(1, 4))]}}
     if op == 4:
         return {key: {"$exists": bool(rng.integers(2))}}
+    if op == 5 and key == "$label":
+        low, high = sorted([pick(), pick()])
+        return {key: {"$gte" if rng.integers(2) else "$gt": low, "$lte" if rng.integers(2) else "$lt": high}}
     if op == 5:
         low, high = sorted([float(rng.integers(-5, 2030)), float(rng.integers(-5, 2030))])
         return {key: {"$gte" if rng.integers(2) else "$gt": low, "$lte" if rng.integers(2) else "$lt": high}}
     if op == 6:
         return {key: {"$gt" if rng.integers(2) else "$lte": ["1", "x", "2020", "é"][rng.integers(4)]}}
-    return {"$or" if op == 7 else "$and": [random_condition(rng, scalars, keys, depth + 1)
+    return {"$or" if op == 7 else "$and": [random_condition(rng, scalars, keys, depth + 1, labels)
                                            for _ in range(rng.integers(1, 4))]}
 
 
-def random_where(rng: np.random.Generator, scalars: list, keys: int) -> dict:
-    """A random filter of one or two random_condition's, merged as a `where` takes them."""
+def random_where(rng: np.random.Generator, scalars: list, keys: int, labels: list[str] | None = None) -> dict:
+    """A random filter of one or two random_condition's, merged as a `where` takes them (with `labels`: some on
+    "$label", see random_condition)."""
     where: dict = {}
     for _ in range(rng.integers(1, 3)):
-        where.update(random_condition(rng, scalars, keys))
+        where.update(random_condition(rng, scalars, keys, labels=labels))
     return where
 
 
