@@ -194,7 +194,8 @@ def _check_label(value: str | None) -> str | None:
 
 _WHERE_DOC = ('only neighbours whose metadata matches: a JSON object of keys and values (strings, numbers, '
               'true, false, null), or of keys and operators ($eq $ne $in $nin $exists $gt $gte $lt $lte), and '
-              '$or / $and of such objects, e.g. {"source": "phone", "year": {"$gte": 2020}} (URL-encoded)')
+              '$or / $and of such objects; "$label" for the item\'s label (string values; unlabelled items match '
+              '$ne/$nin), e.g. {"source": "phone", "year": {"$gte": 2020}} (URL-encoded)')
 
 
 def _check_where(text: str | None) -> str | None:
