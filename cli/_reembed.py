@@ -141,7 +141,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
     if gone:
         store.delete(gone)
 
-    left_out: dict[str, list[str]] = {"no thumbnail": [], "unreadable thumbnail": []}
+    left_out: dict[str, list[str]] = {"no thumbnail": [], "unreadable thumbnail": [], "refused by DEST": []}
     small = 0
 
     def work(item):
@@ -165,8 +165,9 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
                     small += max(decoded[1]) < embedder.meta.image_size
             if good:
                 vecs = embedder.embed_arrays(np.stack([arr for _, arr in good]))
-                store.upsert([index.Item(id=it.id, vector=v, label=it.label, metadata=it.metadata,
-                                         thumbnail=it.thumbnail) for (it, _), v in zip(good, vecs)])
+                _upsert(store, [index.Item(id=it.id, vector=v, label=it.label, metadata=it.metadata,
+                                           thumbnail=it.thumbnail) for (it, _), v in zip(good, vecs)],
+                        left_out["refused by DEST"])
             bar.update(len(chunk))
 
     missed = [i for ids in left_out.values() for i in ids]
@@ -184,10 +185,33 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
         print(f"note: {small} thumbnails were smaller than the model's input ({embedder.meta.image_size} px): "
               "their vectors come from upscaled thumbnails, not from the originals")
     for why, ids in left_out.items():
-        if ids:
+        if ids and why == "refused by DEST":
+            print(f"not copied, {why}: {len(ids)} items (first: {', '.join(ids[:3])}); each reason is above: "
+                  "change those items in the source (`simsearch index edit` or PATCH /index/ID) and run this again")
+        elif ids:
             print(f"not copied, {why}: {len(ids)} items (first: {', '.join(ids[:3])}); add them from their "
                   f"original images with `simsearch index build SOURCE --data {args.dest} --model ...`")
     return 1 if missed else 0
+
+
+def _upsert(store, items: list, refused: list[str]) -> None:
+    """Write a batch; when DEST refuses it, each item alone, the refused ones named with the reason. An item
+    stored long ago may hold what a write no longer takes (a metadata key beginning with '$', refused since the
+    forty-ninth session): it must not stop the whole copy."""
+    import index
+    from tqdm import tqdm
+
+    try:
+        store.upsert(items)
+        return
+    except index.InvalidItemError:
+        pass
+    for item in items:
+        try:
+            store.upsert([item])
+        except index.InvalidItemError as exc:
+            refused.append(item.id)
+            tqdm.write(f"skipped {item.id}: {exc}")
 
 
 def _edited(row, have) -> bool:

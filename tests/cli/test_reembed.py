@@ -126,6 +126,35 @@ def test_reembed_to_the_bundled_default_leaves_out_items_stored_without_thumbnai
         assert new.model_id.startswith("hybrid1-cifar10@")
 
 
+def test_reembed_leaves_out_and_names_an_old_item_dest_refuses_and_copies_the_rest(hybrid1_artifact, photos,
+                                                                                   tmp_path, capsys):
+    """An item stored before metadata keys beginning with '$' were refused: the new gallery refuses it, the copy
+    goes on without it, says which and why, and exits 1; once the key is renamed in the source, a rerun copies it."""
+    import sqlite3
+
+    folder = tmp_path / "photos"
+    for i, data in list(photos.items())[:6]:
+        (folder / i).parent.mkdir(parents=True, exist_ok=True)
+        (folder / i).write_bytes(data)
+    data = tmp_path / "old"
+    assert main(["index", "build", str(folder), "--data", str(data), "--model", str(hybrid1_artifact)]) == 0
+    with sqlite3.connect(data / "index" / "store.sqlite3") as conn:   # as a gallery written before the refusal holds it
+        conn.execute("""UPDATE items SET metadata = '{"$old":1}' WHERE id = 'cat/0001.jpg'""")
+    capsys.readouterr()
+    args = ["index", "reembed", str(tmp_path / "new"), "--data", str(data), "--model", str(NEW)]
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "skipped cat/0001.jpg:" in out.out and "$old" in out.out
+    assert "not copied, refused by DEST: 1 items (first: cat/0001.jpg)" in out.out
+    with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        assert new.count() == 5 and new.get("cat/0001.jpg") is None
+    with Store.open(StoreConfig(data / "index")) as old:   # the key renamed: the next run copies the item
+        old.update("cat/0001.jpg", metadata_patch={"$old": None, "old": 1})
+    assert main(args) == 0
+    with Store.open(StoreConfig(tmp_path / "new" / "index", read_only=True)) as new:
+        assert new.count() == 6 and new.get("cat/0001.jpg").metadata == {"old": 1}
+
+
 def test_reembed_embeds_each_thumbnail_decoded_whole_not_at_the_reduced_scale_of_an_upload(
         hybrid1_artifact, photos, tmp_path, capsys):
     import model
