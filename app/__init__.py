@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Outside the key check: a browser's preflight carries no key; and the refusals inside (401, 413,
         # 429) get the CORS headers, so that the calling page can read why.
         app.add_middleware(JsonCORSMiddleware, allow_origins=settings.cors_origin_list(),
-                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID", AFTER_HEADER],
                            expose_headers=["X-Request-ID", "Retry-After", "Allow", POSITION_HEADER], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=route_resolver(app),

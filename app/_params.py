@@ -136,7 +136,8 @@ def _after() -> Any:
 
 
 _GALLERY_DOC = ("which gallery: `default` (the service's first, in DATA/index) or a named one (lower-case letters, "
-                "digits, - and _), which the first POST /index to it makes")
+                "digits, - and _), which PUT /galleries/NAME makes (and, unless SIMSEARCH_CREATE_GALLERIES_ON_WRITE is "
+                "false, the first POST /index to it)")
 
 
 def _gallery() -> Any:

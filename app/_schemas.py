@@ -57,7 +57,8 @@ class ClassifyResponse(_Answer):
 
 
 class QueryResults(BaseModel):
-    name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` part")
+    name: str | None = Field(None, description="the query's file name as sent, when it came as a named `file` "
+                                        "part; for a search by ids (a JSON body {\"ids\": [...]}), the query's id")
     results: list[Hit] = Field(description="nearest first (with `group_by`: group after group)")
     vote: Vote | None = Field(None, description="with `vote=true` only: the label these results agree on")
     groups: list[Group] | None = Field(None, description="with `group_by` only: the groups, the nearest first")

@@ -77,7 +77,7 @@ def upload(args) -> int:
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
                       f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}` sets it on "
                       "them)", file=sys.stderr)
-            sender = _Sender(client, url, images.labels, extra, dedupe, args.exif, args.gps)
+            sender = _Sender(client, url, images.labels, extra, dedupe, args.exif, args.gps, args.gallery)
             uploaded, rejected = _send_all(todo, images.read, sender.send, args.batch_size, args.parallel)
             held = _http.held(client, RIDE_OUT_SECONDS)
     except httpx.TransportError as exc:
@@ -119,9 +119,9 @@ class _Sender:
     when the service refuses one of them, to learn which; remembers the look-alikes it left out."""
 
     def __init__(self, client, url: str, labels: dict[str, str | None], extra: dict[str, dict], dedupe: dict,
-                 exif: bool, gps: bool):
+                 exif: bool, gps: bool, gallery: str = "default"):
         self.client, self.url, self.labels, self.extra = client, url, labels, extra
-        self.dedupe, self.exif, self.gps = dedupe, exif, gps
+        self.dedupe, self.exif, self.gps, self.gallery = dedupe, exif, gps, gallery
         self.left_out: list[str] = []   # ids the service left out as look-alikes
         self._warned: list[bool] = []   # whether the service was said not to know skip_duplicates
 
@@ -153,7 +153,11 @@ class _Sender:
                f"{seconds:.0f} s (a restart; what it acknowledged is kept, and the batch is sent again)")
 
     def _stored_of(self, answer: dict) -> int:
-        """How many of a batch the service stored, saying which it left out as look-alikes."""
+        """How many of a batch the service stored, saying which it left out as look-alikes, and when its write
+        made the gallery (a misspelt --gallery shows)."""
+        made = g.made_gallery_line(answer, self.gallery)
+        if made is not None:
+            _write(made)
         if self.dedupe and "skipped" not in answer and not self._warned:
             self._warned.append(True)
             _write(f"warning: the service at {self.url} does not know skip_duplicates (an older simsearch): "

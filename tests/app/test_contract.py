@@ -129,6 +129,8 @@ def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
              ("post", "/index", "/index", {"headers": key, "data": {"id": ["h1", "h2"], "label": ["dog", "gone"]},
                                            "files": image * 2}),
              ("post", "/index", "/index", {"headers": key, "json": vectors}),   # vectors, as JSON
+             ("put", "/galleries/{name}", "/galleries/headers", {"headers": key}),   # 201: made
+             ("put", "/galleries/{name}", "/galleries/headers", {"headers": key}),   # 200: there already
              ("post", "/index", "/index?gallery=headers", {"headers": key, "files": image}),
              ("get", "/index", "/index", {}), ("get", "/index/{id}", "/index/h1", {}),
              ("get", "/index/{id}/thumbnail", "/index/h1/thumbnail", {}),
@@ -320,7 +322,7 @@ def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
     assert schemes["BearerAuth"]["type"] == "http" and schemes["BearerAuth"]["scheme"] == "bearer"
     keyed = {(m.upper(), p) for p, item in spec["paths"].items() for m, op in item.items() if "security" in op}
     assert keyed == {("POST", "/index"), ("DELETE", "/index"), ("PATCH", "/index/{id}"), ("DELETE", "/index/{id}"),
-                     ("DELETE", "/galleries/{name}"), ("GET", "/duplicates")}
+                     ("PUT", "/galleries/{name}"), ("DELETE", "/galleries/{name}"), ("GET", "/duplicates")}
     for method, path in keyed:   # and those are the ones the server refuses without it
         r = httpx.request(method, live.url + path.replace("{id}", "known").replace("{name}", "nope"))
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", (method, path)
@@ -336,6 +338,7 @@ def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
     ("POST", "/healthz", "GET, HEAD"),
     ("OPTIONS", "/readyz", "GET, HEAD"),
     ("GET", "/embed", "POST"),
+    ("POST", "/galleries/shoes", "DELETE, PUT"),
 ])
 def test_a_405_names_in_allow_every_method_the_path_takes(live, method, path, allow):
     r = httpx.request(method, live.url + path, headers={"X-API-Key": KEY})
@@ -362,12 +365,14 @@ def test_a_cors_preflight_allows_the_bearer_header_the_api_takes_and_refuses_as_
         r = preflight(headers=asked)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN, (asked, r.text)
         assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    for method in ("PUT", "PATCH", "DELETE"):   # PUT /galleries/NAME makes a gallery from a page too
+        assert preflight(method=method).status_code == 200, method
     r = httpx.post(live.url + "/index", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"},
                    files=[("file", ("b.jpg", encode(pattern(2), "JPEG"), "image/jpeg"))], data={"id": "by-bearer"})
     assert r.status_code == 201 and r.headers["access-control-allow-origin"] == ORIGIN, r.text
     for refused, words in ((preflight(origin="https://evil.example"), ("origin", "evil.example")),
                            (preflight(headers="x-other"), ("headers", "x-other")),
-                           (preflight(method="PUT"), ("method", "PUT"))):
+                           (preflight(method="TRACE"), ("method", "TRACE"))):
         assert refused.status_code == 400 and refused.headers["content-type"] == "application/json", refused.text
         error = refused.json()["error"]
         assert error["code"] == "cors_preflight_refused" and error["request_id"] == refused.headers["x-request-id"]

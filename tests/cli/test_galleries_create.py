@@ -56,3 +56,19 @@ def test_an_upload_is_told_the_line_to_print_only_when_its_write_made_the_galler
     line = made_gallery_line({"ids": ["a"], "count": 1, "skipped": [], "gallery_created": True}, "shoes")
     assert line is not None and line.startswith("made gallery 'shoes'")
     assert made_gallery_line({"ids": ["a"], "count": 1, "skipped": []}, "shoes") is None
+
+
+def test_an_upload_whose_write_makes_its_gallery_says_so_once(hybrid1_artifact, cat_and_ship_photos, tmp_path,
+                                                              capsys):
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                           "SIMSEARCH_API_KEY": KEY, "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+    try:
+        upload = ["index", "upload", str(cat_and_ship_photos), "--url", server.url, "--api-key", KEY,
+                  "--gallery", "shoes", "--batch-size", "5"]
+        assert main(upload) == 0
+        out = capsys.readouterr().out
+        assert out.count("made gallery 'shoes'") == 1 and "uploaded 12 images" in out, out
+        assert main([*upload, "--replace"]) == 0
+        assert "made gallery" not in capsys.readouterr().out
+    finally:
+        stop_server(server)
