@@ -41,6 +41,16 @@ def _check_keys(metadata: dict, what: str, patch: bool = False) -> None:
                                    "give it another name")
 
 
+def _check_patch(metadata_patch: Any, what: str) -> None:
+    """InvalidItemError when an update's metadata patch is neither None nor a JSON object, or sets a key that
+    starts with "$" (the keys it sets; those an item has already stay, see ItemChecks._validate)."""
+    if metadata_patch is None:
+        return
+    if not isinstance(metadata_patch, dict):
+        raise InvalidItemError(f"{what} must be a JSON object (dict), got {type(metadata_patch).__name__}")
+    _check_keys(metadata_patch, what, patch=True)
+
+
 def _metadata_json(metadata: dict, what: str) -> str:
     try:
         meta_json = json.dumps(metadata, separators=(",", ":"), allow_nan=False, default=_numpy_scalar)
@@ -135,12 +145,21 @@ class ItemChecks:
     def _check_update(self, id_: Any, metadata_patch: Any) -> str:
         """An update's id, checked, once its metadata patch is known to be a JSON object or None (`update`)."""
         id_ = self._check_id(id_)
-        if metadata_patch is not None and not isinstance(metadata_patch, dict):
-            raise InvalidItemError(f"item {id_!r}: the metadata patch must be a JSON object (dict), "
-                                   f"got {type(metadata_patch).__name__}")
-        if metadata_patch is not None:   # the keys it sets; those the item has already stay (see _validate)
-            _check_keys(metadata_patch, f"item {id_!r}: the metadata patch", patch=True)
+        _check_patch(metadata_patch, f"item {id_!r}: the metadata patch")
         return id_
+
+    @staticmethod
+    def _check_update_where(selects: bool, new_label: Any, metadata_patch: Any) -> None:
+        """What `update_where` is given, before any item is read: a selection (`selects`: a label or a where
+        filter), something to change, a label that is a string or None, a patch that is a JSON object."""
+        if not selects:
+            raise InvalidItemError("update_where needs a label or a where filter: it changes only the items they "
+                                   "select, never every item of the store unasked")
+        if new_label is KEEP and metadata_patch is None:
+            raise InvalidItemError("update_where needs new_label and/or metadata_patch: nothing to change")
+        if new_label is not KEEP and new_label is not None and not isinstance(new_label, str):
+            raise InvalidItemError(f"new_label must be a string or None, got {new_label!r:.80}")
+        _check_patch(metadata_patch, "the metadata patch")
 
     def _check_vectors(self, batch: list[Item]) -> np.ndarray:
         """The items' vectors as one normalised float32 matrix (checked all at once: fast)."""

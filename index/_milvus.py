@@ -483,6 +483,13 @@ class MilvusStore(ItemChecks):
         return f"the gallery {self.gallery!r} in Milvus"
 
     def _row(self, item: Item, vector: np.ndarray, seq: int, patched: bool = False) -> dict[str, Any]:
+        label, meta_json, thumb, match = self._fields(item, patched)
+        return {"id": item.id, "seq": seq, "vector": vector.tolist(), "label": label, "metadata": meta_json,
+                "match": match, "thumbnail": base64.b64encode(thumb).decode("ascii") if thumb is not None else None}
+
+    def _fields(self, item: Item, patched: bool = False) -> tuple[str | None, str, bytes | None, dict[str, Any]]:
+        """(label, metadata JSON, thumbnail bytes, `match`) of an item to write, each checked against what a
+        Milvus collection holds; InvalidItemError naming the item and what is too large."""
         label, meta_json, thumb = self._validate(item, patched)
         if len(meta_json) > MAX_TEXT:
             raise InvalidItemError(f"item {item.id!r}: metadata is {len(meta_json)} bytes of JSON, more than the "
@@ -498,8 +505,7 @@ class MilvusStore(ItemChecks):
             raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys (and their lists' "
                                    f"elements) need more than the {MAX_TEXT} bytes a Milvus store gives the filter "
                                    "fields of one item")
-        return {"id": item.id, "seq": seq, "vector": vector.tolist(), "label": label, "metadata": meta_json,
-                "match": match, "thumbnail": base64.b64encode(thumb).decode("ascii") if thumb is not None else None}
+        return label, meta_json, thumb, match
 
     def _next_seqs(self, n: int) -> int:
         # insertion order across processes: the clock in microseconds, never backwards in this process
@@ -544,14 +550,53 @@ class MilvusStore(ItemChecks):
             row = self._get([id], ["seq", "vector", "label", "metadata", "thumbnail"]).get(id)
             if row is None:
                 raise KeyError(id)
-            meta = json.loads(row["metadata"])
-            if metadata_patch is not None:
-                meta = merge_patch(meta, metadata_patch)
-            thumb = row.get("thumbnail")
-            item = Item(id, np.asarray(row["vector"], dtype=np.float32), row.get("label") if label is KEEP else label,
-                        meta, base64.b64decode(thumb) if thumb is not None else None)
+            item = self._patched(row, label, metadata_patch)
             self._client.upsert(self.collection, [self._row(item, item.vector, int(row["seq"]), patched=True)])
-        return Item(id, item.vector, item.label, json.loads(json.dumps(meta)))
+        return Item(id, item.vector, item.label, json.loads(json.dumps(item.metadata)))
+
+    def update_where(self, label: str | None = None, where: dict[str, Any] | None = None, *,
+                     new_label: Any = KEEP, metadata_patch: dict[str, Any] | None = None) -> list[str]:
+        """Change the label and/or metadata of every item with this label and/or matching this filter (one
+        of the two is required), each as `update` changes one; returns the ids of the items changed. Every
+        matching item's new label and metadata are checked first: one that would be refused refuses the call,
+        naming it, with nothing changed. Then the rows are rewritten (upserted) _PAGE at a time, each page
+        acknowledged by Milvus before the next: not one atomic write. Readers can see some pages changed and
+        not yet others, and a failure part-way (Milvus unreachable) leaves the pages before it changed: run
+        the call again (a merge patch applied twice changes nothing more). An item deleted meanwhile stays
+        deleted; one another process edits meanwhile: the last write wins, as with `update`."""
+        self._check_writable()
+        conditions = _filter.check_where(where)
+        self._check_update_where(label is not None or conditions is not None, new_label, metadata_patch)
+        expr = self._filter(label, conditions)
+        with self._lock:
+            ids = []
+            for row in self._scan(expr, ["label", "metadata"]):   # every one checked before any is written
+                self._fields(self._patched(row, new_label, metadata_patch), patched=True)
+                ids.append(row["id"])
+            changed: list[str] = []
+            for i in range(0, len(ids), _PAGE):
+                rows = self._get(ids[i:i + _PAGE], ["seq", "vector", "label", "metadata", "thumbnail"])
+                page = []
+                for id_ in ids[i:i + _PAGE]:
+                    if id_ in rows:   # not one deleted since: an upsert would bring it back
+                        item = self._patched(rows[id_], new_label, metadata_patch)
+                        page.append(self._row(item, item.vector, int(rows[id_]["seq"]), patched=True))
+                if page:
+                    self._client.upsert(self.collection, page)
+                changed += [r["id"] for r in page]
+        return changed
+
+    @staticmethod
+    def _patched(row: dict, label: Any, metadata_patch: dict[str, Any] | None) -> Item:
+        """The item of a stored row (its vector and thumbnail when read) with `label` (KEEP: its own) and
+        `metadata_patch` applied: what `update` writes back."""
+        meta = json.loads(row["metadata"])
+        if metadata_patch is not None:
+            meta = merge_patch(meta, metadata_patch)
+        thumb = row.get("thumbnail")
+        vector = np.asarray(row["vector"], dtype=np.float32) if "vector" in row else None
+        return Item(row["id"], vector, row.get("label") if label is KEEP else label, meta,
+                    base64.b64decode(thumb) if thumb is not None else None)
 
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Delete items by id; returns the ids that existed (and are now gone)."""

@@ -7,7 +7,7 @@ the FAISS index is derived from it and snapshotted. See docs/index.md."""
 #                      the filter ids, closing
 #   _store_open.py     StoreOpening: the folder's lock, the meta table, the index recovered from its snapshot
 #                      or built, and the vectors read from SQLite into an index
-#   _store_writes.py   StoreWrites: upsert, update, delete(_where), their transaction and apply, the change log
+#   _store_writes.py   StoreWrites: upsert, update(_where), delete(_where), their transaction and apply, the change log
 #                      kept to CHANGES_KEPT entries; refresh
 #   _store_search.py   StoreSearch: search, search_grouped, search_by_id (FAISS, exact fallback, ties), retried
 #                      for up to SEARCH_RETRY_SECONDS while a committed write is being applied

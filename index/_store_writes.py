@@ -71,21 +71,58 @@ class StoreWrites:
             if row is None:
                 raise KeyError(id)
             fid, blob, old_label, old_meta = row
-            meta = json.loads(old_meta)
-            if metadata_patch is not None:
-                meta = merge_patch(meta, metadata_patch)
-            new_label, meta_json, _ = self._validate(Item(id, None, old_label if label is KEEP else label, meta),
-                                                     patched=True)
-            with self._transaction() as conn:  # the same row (seq, vector): the FAISS index is untouched
-                conn.execute("UPDATE items SET label = ?, metadata = ? WHERE id = ?", (new_label, meta_json, id))
-                counted = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-                                       "WHERE key = 'edits'").rowcount == 1
-                self._prune_changes(conn)
-            with self._rw.write():
-                self._relabel_locked(fid, new_label, meta_json)
-                self._edits += counted   # as followers will read it: uncounted edits do not move position()
-                self._version += 1
+            new_label, meta_json = self._patched(id, old_label, old_meta, label, metadata_patch)
+            self._edit_locked([(fid, id, new_label, meta_json)])
         return Item(id, np.frombuffer(blob, dtype=np.float32).copy(), new_label, json.loads(meta_json))
+
+    def update_where(self, label: str | None = None, where: dict[str, Any] | None = None, *,
+                     new_label: Any = KEEP, metadata_patch: dict[str, Any] | None = None) -> list[str]:
+        """Change the label and/or metadata of every item with this label and matching `where` (as in search;
+        one of the two is required), each as `update` changes one: new_label the new label (None removes it),
+        kept when not given; metadata_patch a JSON merge patch (RFC 7396) on each item's metadata. Returns the
+        ids of the items changed (every one that matched). One write: each item's new label and metadata are
+        checked first, and one that would be refused (metadata grown too large, say) refuses the call, naming
+        the item, with nothing changed; then all are committed in one transaction and searches see them all at
+        once. No write runs between choosing the items and changing them. Durable on return."""
+        self._check_writable()
+        conditions = _filter.check_where(where)
+        self._check_update_where(label is not None or conditions is not None, new_label, metadata_patch)
+        with self._writer:
+            self._check_writable()
+            with self._rw.read():
+                chosen = [(fid, self._rows[fid]) for fid in self._filter_fids(label, conditions).tolist()]
+            # the applied rows are the committed ones: every write is applied before _writer is let go
+            changed = [(fid, id_, *self._patched(id_, old_label, old_meta, new_label, metadata_patch))
+                       for fid, (id_, old_label, old_meta) in chosen]
+            if changed:
+                self._edit_locked(changed)
+        return [id_ for _fid, id_, _label, _meta in changed]
+
+    def _patched(self, id_: str, old_label: str | None, old_meta: str, label: Any,
+                 metadata_patch: dict[str, Any] | None) -> tuple[str | None, str]:
+        """(label, metadata JSON) of the item `id_` once `label` (KEEP: its own) and `metadata_patch` are
+        applied to what it has; InvalidItemError naming it when the result would be refused."""
+        meta = json.loads(old_meta)
+        if metadata_patch is not None:
+            meta = merge_patch(meta, metadata_patch)
+        new_label, meta_json, _ = self._validate(Item(id_, None, old_label if label is KEEP else label, meta),
+                                                 patched=True)
+        return new_label, meta_json
+
+    def _edit_locked(self, changed: list[tuple[int, str, str | None, str]]) -> None:
+        """Give the rows (FAISS id, id, label, metadata JSON) their new labels and metadata: one transaction, one
+        edit in the count followers read (position()), then visible to searches all at once (_writer held)."""
+        with self._transaction() as conn:  # the same rows (seq, vector): the FAISS index is untouched
+            conn.executemany("UPDATE items SET label = ?, metadata = ? WHERE id = ?",
+                             ((label, meta_json, id_) for _fid, id_, label, meta_json in changed))
+            counted = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                                   "WHERE key = 'edits'").rowcount == 1
+            self._prune_changes(conn)
+        with self._rw.write():
+            for fid, _id, label, meta_json in changed:
+                self._relabel_locked(fid, label, meta_json)
+            self._edits += counted   # as followers will read it: uncounted edits do not move position()
+            self._version += 1
 
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Delete items by id; returns the ids that existed (and are now gone). Durable on return."""
