@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -43,11 +44,11 @@ class ArtifactMeta(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments besides in_chans")
     arch_source: str | None = Field(None, description="for an architecture of the user's own: the module or .py "
                                                       "file that registered it (SIMSEARCH_MODEL_MODULES)")
-    in_chans: int = 3
-    image_size: int = 32
+    in_chans: int = Field(3, ge=1)
+    image_size: int = Field(32, ge=1)
     mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
-    embed_dim: int = 256
+    embed_dim: int = Field(256, ge=1)
     class_names: list[str] = Field(default_factory=list)
     training: dict[str, Any] = Field(default_factory=dict, description="data and recipe it was trained with")
     metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation scores")
@@ -66,6 +67,9 @@ class ArtifactMeta(BaseModel):
         if not len(self.mean) == len(self.std) == self.in_chans:
             raise ValueError(f"mean {self.mean} and std {self.std} must give one value per channel each "
                              f"(in_chans={self.in_chans})")
+        if not all(s > 0 and math.isfinite(s) for s in self.std) or not all(math.isfinite(m) for m in self.mean):
+            # pixels are divided by std: 0 would give infinite inputs, every embedding alike
+            raise ValueError(f"std {self.std} must be positive and mean {self.mean} finite")
         return self
 
     def build(self) -> nn.Module:
@@ -173,13 +177,13 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], meta: ArtifactMeta) -> 
 
 def read_meta(path: str | os.PathLike) -> ArtifactMeta:
     """Only the metadata header of an artifact."""
-    return _parse_meta(_read_header(Path(path)))
+    return _parse_meta(_read_header(Path(path)), Path(path))
 
 
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> Artifact:
     """Load an artifact; raises ArtifactError with the reason when the file is not usable."""
     path = Path(path)
-    meta = _parse_meta(_read_header(path))
+    meta = _parse_meta(_read_header(path), path)
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
@@ -191,7 +195,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     try:
         model = meta.build()
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: cannot build architecture {meta.arch!r}: {exc}") from exc
+        raise ArtifactError(f"{path}: cannot build architecture {meta.arch!r}{_culprit(meta)}: {exc}") from exc
     except ModuleNotFoundError as exc:  # the torchvision/timm baselines, on an install without them
         package = (exc.name or "?").split(".")[0]
         raise ArtifactError(f"{path}: architecture {meta.arch!r} needs the package {package!r}, which is not "
@@ -206,7 +210,37 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         prefix = name + "."
         heads[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     model.to(device).eval()
+    _try_once(path, meta, model, device)
     return Artifact(meta, model, heads, _sha256(path))
+
+
+def _try_once(path: Path, meta: ArtifactMeta, model: nn.Module, device: str | torch.device) -> None:
+    """ArtifactError naming `path` unless `model` embeds one blank image of meta's channels and size: builder
+    arguments that only fail when the network runs (a stride given as a string, edited into the file), or an
+    image size too small for the architecture, are refused at load rather than at the first image embedded."""
+    x = torch.zeros(1, meta.in_chans, meta.image_size, meta.image_size, device=device)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # noqa: BLE001  (any architecture's own code: whatever it raises says why)
+        first = (str(exc).splitlines() or [""])[0]
+        given = _culprit(meta) or f" (arch_kwargs {meta.arch_kwargs})"
+        raise ArtifactError(f"{path}: architecture {meta.arch!r} cannot embed a {meta.in_chans}x{meta.image_size}x"
+                            f"{meta.image_size} image (image_size {meta.image_size}){given}: {type(exc).__name__}: "
+                            f"{first}") from exc
+
+
+def _culprit(meta: ArtifactMeta) -> str:
+    """' with arch_kwargs KEY=VALUE', the first builder argument the architecture cannot be built and run with
+    on its own (at meta's channels and image size), or '' when each works alone."""
+    x = torch.zeros(1, meta.in_chans, meta.image_size, meta.image_size)
+    for key, value in meta.arch_kwargs.items():
+        try:
+            with torch.no_grad():
+                create_model(meta.arch, in_chans=meta.in_chans, embed_dim=meta.embed_dim, **{key: value}).eval()(x)
+        except Exception:  # noqa: BLE001  (as in _try_once)
+            return f" with arch_kwargs {key}={value!r}"
+    return ""
 
 
 def _read_header(path: Path) -> dict[str, Any]:
@@ -224,25 +258,43 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: no such model artifact") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: not a safetensors file: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: not a safetensors file: its header is a JSON {type(header).__name__}, "
+                            "not an object")
     return header
 
 
-def _parse_meta(header: dict[str, Any]) -> ArtifactMeta:
-    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+def _parse_meta(header: dict[str, Any], path: Path) -> ArtifactMeta:
+    metadata = header.get("__metadata__")
+    raw = metadata.get(_META_KEY) if isinstance(metadata, dict) else None
     if raw is None:
-        raise ArtifactError("the safetensors file has no simsearch metadata (was it written by simsearch?)")
+        raise ArtifactError(f"{path}: the safetensors file has no simsearch metadata (was it written by simsearch?)")
+    if not isinstance(raw, str):
+        raise ArtifactError(f"{path}: invalid artifact metadata: a JSON {type(raw).__name__} where the metadata's "
+                            "JSON text belongs")
     try:
         meta = ArtifactMeta.model_validate_json(raw)
     except ValidationError as exc:
-        raise ArtifactError(f"invalid artifact metadata: {exc}") from exc
+        raise ArtifactError(f"{path}: invalid artifact metadata: {_said(exc)}") from exc
     if meta.format != FORMAT:
-        raise ArtifactError(f"unsupported artifact format {meta.format!r} (this version reads {FORMAT!r})")
+        raise ArtifactError(f"{path}: unsupported artifact format {meta.format!r} (this version reads {FORMAT!r})")
     unknown = sorted(set(meta.requires) - set(KNOWN_REQUIREMENTS))
     if unknown:
-        raise ArtifactError(f"the artifact requires {unknown}, which this version of simsearch does not apply (it "
-                            f"applies {list(KNOWN_REQUIREMENTS)}): it was written by a newer simsearch; load it with "
-                            "that version, as its embeddings would differ here")
+        raise ArtifactError(f"{path}: the artifact requires {unknown}, which this version of simsearch does not "
+                            f"apply (it applies {list(KNOWN_REQUIREMENTS)}): it was written by a newer simsearch; "
+                            "load it with that version, as its embeddings would differ here")
     return meta
+
+
+def _said(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each naming its field and the value found there."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        found = f" (found {err['input']!r})" if field and not isinstance(err.get("input"), (dict, list)) else ""
+        parts.append(f"{field}: {msg}{found}" if field else msg)
+    return "; ".join(parts)
 
 
 def bundled_artifact(model_id: str) -> Path | None:

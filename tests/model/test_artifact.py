@@ -145,3 +145,44 @@ def test_an_artifact_records_what_changes_its_embeddings_and_one_a_newer_version
         model.Embedder.from_file(future)
     with pytest.raises(model.ArtifactError, match="written by a newer simsearch"):
         model.read_meta(future)
+
+
+def _edited(artifact, dest, header=None, **meta_changes):
+    """A copy of `artifact` at `dest` with its safetensors header replaced by `header`, or with these metadata
+    fields changed (as a hand edit or a damaged copy would leave it); the tensors' bytes are kept."""
+    raw = artifact.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    if header is None:
+        header = json.loads(raw[8:8 + size])
+        meta = {**json.loads(header["__metadata__"]["simsearch"]), **meta_changes}
+        header["__metadata__"]["simsearch"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dest.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
+    return dest
+
+
+@pytest.mark.parametrize("changes,said", [
+    ({"image_size": 0}, r"image_size: Input should be greater than or equal to 1 \(found 0\)"),
+    ({"image_size": -5}, r"image_size: .* \(found -5\)"),
+    ({"embed_dim": 0}, r"embed_dim: .* \(found 0\)"),
+    ({"std": [0, 0, 0]}, r"std \[0.0, 0.0, 0.0\] must be positive"),
+    ({"arch_kwargs": {"stride": "x"}}, r"cannot embed a 3x32x32 image \(image_size 32\) with arch_kwargs stride='x'"),
+])
+def test_a_hand_edited_artifact_is_refused_at_load_naming_the_file_and_the_field(hybrid1_artifact, tmp_path,
+                                                                                  changes, said):
+    edited = _edited(hybrid1_artifact, tmp_path / "edited.safetensors", **changes)
+    with pytest.raises(model.ArtifactError, match=rf"^{tmp_path / 'edited.safetensors'}: .*{said}"):
+        model.Embedder.from_file(edited, device="cpu")
+
+
+@pytest.mark.parametrize("header,said", [
+    ([], "not a safetensors file: its header is a JSON list, not an object"),
+    ({"__metadata__": "x"}, "the safetensors file has no simsearch metadata"),
+    ({"__metadata__": {"simsearch": 7}}, "invalid artifact metadata: a JSON int where"),
+])
+def test_a_header_of_another_shape_is_refused_naming_the_file(hybrid1_artifact, tmp_path, header, said):
+    edited = _edited(hybrid1_artifact, tmp_path / "odd.safetensors", header=header)
+    for read in (model.read_meta, model.load_artifact):
+        with pytest.raises(model.ArtifactError, match=rf"^{tmp_path / 'odd.safetensors'}: {said}"):
+            read(edited)
