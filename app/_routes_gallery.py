@@ -26,7 +26,7 @@ from ._openapi import declares
 from ._params import (MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id, _check_label,
                       _check_where, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router, _service, _writing)
 from ._schemas import (DeleteResponse, DuplicatesResponse, FacetsResponse, GalleriesResponse, GalleryDeleted,
-                       GalleryOut, IndexInfo, IndexResponse, ItemOut, SkippedItem)
+                       GalleryOut, IndexInfo, IndexResponse, ItemOut, SkippedItem, UpdateResponse)
 from ._service import GALLERY_NAME, Service
 
 router = _router()
@@ -351,21 +351,18 @@ async def delete_matching(request: Request,
     return JSONResponse(DeleteResponse(deleted=len(gone)).model_dump(), headers=_position(g))
 
 
-@router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
-              summary="change an item's label and/or metadata, keeping its image, vector and place",
-              responses={200: declares(POSITION_HEADER),
-                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
-              openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {
-                  "type": "object", "additionalProperties": False, "minProperties": 1,   # {}: a 422, nothing to change
-                  "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
-                                 "metadata": {"type": "object", "description": "a JSON merge patch (RFC 7396): "
-                                              "each key given is set, a key given as null is removed"}}}}
-                  for t in ("application/json", "application/merge-patch+json")}}})
-async def update_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> JSONResponse:
-    import index as index_pkg  # when used (module docstring)
+# The body of PATCH /index/{id} and PATCH /index, as both take it
+_PATCH_BODY = {"requestBody": {"required": True, "content": {t: {"schema": {
+    "type": "object", "additionalProperties": False, "minProperties": 1,   # {}: a 422, nothing to change
+    "properties": {"label": {"type": ["string", "null"], "description": "the new label; null removes it"},
+                   "metadata": {"type": "object", "description": "a JSON merge patch (RFC 7396): "
+                                "each key given is set, a key given as null is removed"}}}}
+    for t in ("application/json", "application/merge-patch+json")}}}
 
-    service, g = await _writing(request, gallery)
-    id = _check_id(id)
+
+async def _patch_body(request: Request) -> dict[str, Any]:
+    """The changes a PATCH body asks for: {"label": ..., "metadata_patch": ...} (each when given), checked;
+    415 for a body that is not JSON, 422 naming what is wrong."""
     media_type = _media_type(request.headers.get("content-type", ""))
     if media_type not in ("application/json", "application/merge-patch+json"):
         raise ApiError(415, "unsupported_media_type", f"expected a JSON body (application/json), got Content-Type "
@@ -382,6 +379,53 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
             raise ApiError(422, "invalid_metadata", "metadata must be a JSON object (a merge patch: null removes a "
                                                     f"key), got {json.dumps(body['metadata'])[:60]}")
         changes["metadata_patch"] = body["metadata"]
+    return changes
+
+
+@router.patch("/index", response_model=UpdateResponse, tags=["gallery"],
+              summary="change the label and/or metadata of every gallery item that matches a label and/or a metadata "
+                      "filter, keeping their images, vectors and places",
+              responses={200: declares(POSITION_HEADER),
+                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
+              openapi_extra=_PATCH_BODY)
+async def update_matching(request: Request,
+                          label: str | None = Query(None, max_length=MAX_LABEL_CHARS,
+                                                    description="items with this label"),
+                          where: str | None = Query(None, max_length=4096,
+                                                    description=_WHERE_DOC.replace("neighbours", "items")),
+                          gallery: str = _gallery()) -> JSONResponse:
+    import index as index_pkg  # when used (module docstring)
+
+    service, g = await _writing(request, gallery)
+    label, where = _check_label(label), _check_where(where)
+    if label is None and where is None:
+        raise ApiError(422, "invalid_parameter", "PATCH /index needs label or where: it changes only the items they "
+                                                 "select (GET /index with the same parameters lists them); to change "
+                                                 "one item, PATCH /index/{id}")
+    changes = await _patch_body(request)
+    if "label" in changes:
+        changes["new_label"] = changes.pop("label")
+    where_filter = json.loads(where) if where else None
+    try:
+        changed = await anyio.to_thread.run_sync(lambda: g.store.update_where(label, where_filter, **changes))
+    except index_pkg.InvalidItemError as exc:
+        raise ApiError(422, "invalid_metadata", str(exc)) from None
+    except index_pkg.StoreError as exc:
+        raise _write_refused(exc, service) from None
+    return JSONResponse(UpdateResponse(updated=len(changed)).model_dump(), headers=_position(g))
+
+
+@router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
+              summary="change an item's label and/or metadata, keeping its image, vector and place",
+              responses={200: declares(POSITION_HEADER),
+                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
+              openapi_extra=_PATCH_BODY)
+async def update_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> JSONResponse:
+    import index as index_pkg  # when used (module docstring)
+
+    service, g = await _writing(request, gallery)
+    id = _check_id(id)
+    changes = await _patch_body(request)
     try:
         item = await anyio.to_thread.run_sync(lambda: g.store.update(id, **changes))
     except KeyError:

@@ -100,6 +100,11 @@ class DeleteResponse(BaseModel):
     deleted: int = Field(description="how many items were removed (durably, before this answer)")
 
 
+class UpdateResponse(BaseModel):
+    updated: int = Field(description="how many items matched and now have the label and/or metadata patch given "
+                                     "(durably, before this answer); one that had them already counts too")
+
+
 class ItemOut(BaseModel):
     id: str
     label: str | None = None
