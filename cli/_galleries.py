@@ -240,14 +240,16 @@ def open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vecto
 
 
 class ImageSource:
-    """The images of SOURCE, a folder or a tar (`scan`): `ids`, their paths relative to SOURCE (sorted), `labels`,
-    each id's label (None: none), `links`, how many symbolic links a tar held (left out), and `read(id)`, an
-    image's bytes. A tar stays open until `close()`."""
+    """The images of SOURCE, a folder or a tar (`scan`): `ids`, their paths relative to SOURCE (sorted; a name that
+    is not UTF-8 as `_readable_name` writes it), `labels`, each id's label (None: none), `links`, how many symbolic
+    links a tar held (left out), and `read(id)`, an image's bytes. A tar stays open until `close()`."""
 
     def __init__(self, path: Path, ids: list[str], labels: dict[str, str | None], tar: tarfile.TarFile | None = None,
-                 members: dict[str, tarfile.TarInfo] | None = None, links: int = 0):
+                 members: dict[str, tarfile.TarInfo] | None = None, links: int = 0,
+                 names: dict[str, str] | None = None):
         self.path, self.ids, self.labels, self.links = path, ids, labels, links
         self._tar, self._members = tar, members
+        self._names = names or {}   # id -> the file's real name, where they differ (a name that is not UTF-8)
 
     @property
     def is_tar(self) -> bool:
@@ -255,10 +257,13 @@ class ImageSource:
         return self._tar is not None
 
     def read(self, id_: str) -> bytes:
-        """The bytes of image `id_`."""
+        """The bytes of image `id_`; CliError naming a tar whose member is cut short."""
         if self._tar is None:
-            return (self.path / id_).read_bytes()
-        return self._tar.extractfile(self._members[id_]).read()
+            return (self.path / self._names.get(id_, id_)).read_bytes()
+        try:
+            return self._tar.extractfile(self._members[id_]).read()
+        except _damaged_archive_errors() as exc:
+            raise _damaged(self.path, exc) from None
 
     def close(self) -> None:
         if self._tar is not None:
@@ -269,25 +274,80 @@ def scan(source: Path, labels: bool) -> ImageSource:
     """The images of a folder or a tar, with their labels (`labels_of`). A tar is read as the folder it was
     made of (model.list_tar: hidden members, `._IMG_1.jpg`, `.DS_Store`, anything in a `.folder/`, left out, and
     its symbolic links, counted) with a single top folder descended (a tar of `photos/` has the ids a build of
-    `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further)."""
+    `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further). A file name that is not UTF-8
+    (Latin-1, from an old zip or share) gets the id `_readable_name` writes, said in one line on stderr; a tar
+    cut short or damaged is a CliError naming it."""
     import tarfile
 
     from model import IMAGE_EXTENSIONS, files_under, list_tar
 
     if source.is_dir():
         try:
-            ids = [n for n in files_under(source) if n.lower().endswith(IMAGE_EXTENSIONS)]
+            names = files_under(source)
         except OSError as exc:  # a folder inside that cannot be listed
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
-        return ImageSource(source, ids, labels_of(ids, labels))
+        written, real = _readable_names(source, names)
+        ids = [n for n in written if n.lower().endswith(IMAGE_EXTENSIONS)]
+        return ImageSource(source, ids, labels_of(ids, labels, written), names=real)
     if is_tar(source):
-        tf = tarfile.open(source)
-        listing = list_tar(tf)
+        tf = None
+        try:
+            tf = tarfile.open(source)
+            listing = list_tar(tf)
+        except _damaged_archive_errors() as exc:
+            if tf is not None:
+                tf.close()
+            raise _damaged(source, exc) from None
         strip = len(top) + 1 if (top := _top_folder(listing)) else 0
-        members = {name[strip:]: m for name, m in listing.files.items() if name.lower().endswith(IMAGE_EXTENSIONS)}
-        ids = sorted(members)
-        return ImageSource(source, ids, labels_of(ids, labels), tf, members, len(listing.links))
+        stored = {name[strip:]: m for name, m in listing.files.items()}
+        written, real = _readable_names(source, list(stored))
+        members = {w: stored[real.get(w, w)] for w in written}
+        ids = sorted(w for w in written if w.lower().endswith(IMAGE_EXTENSIONS))
+        return ImageSource(source, ids, labels_of(ids, labels, written), tf, members, len(listing.links))
     raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+def _damaged_archive_errors() -> tuple[type[BaseException], ...]:
+    """What opening, listing or reading a tar (compressed or not) that is cut short or corrupt raises: those
+    training/_data.py's _DAMAGED_ARCHIVE catches, so that the CLI words it as `simsearch train` does."""
+    import lzma
+    import tarfile
+    import zlib
+
+    return EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError
+
+
+def _damaged(path: Path, exc: BaseException) -> CliError:
+    return CliError(f"{path}: the archive is damaged or cut short ({type(exc).__name__}: {exc}); copy it again")
+
+
+def _readable_name(name: str) -> str:
+    """A file name as an id holds it: unchanged when it is UTF-8; else each byte that is not UTF-8 written as
+    \\xNN (Latin-1 `café.jpg` is `caf\\xe9.jpg`). Python holds such a byte as a lone surrogate, which neither a
+    store nor a JSON answer takes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
+def _readable_names(source: Path, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the names as `_readable_name` writes them, {written: real name} where they differ), said in one line on
+    stderr when some do. One that written so is another file's real name (a real `caf\\xe9.jpg` beside the
+    Latin-1 `café.jpg`: rare) is left out, and named."""
+    real = {w: n for n in names if (w := _readable_name(n)) != n}
+    if not real:
+        return names, {}
+    for w in sorted(set(real) & set(names)):
+        print(f"skipped {w}: its name is not UTF-8, and written readably it is another file's name", file=sys.stderr)
+        del real[w]
+    if real:
+        many = len(real) != 1
+        whose = "their ids write" if many else "its id writes"
+        print(f"{source}: {len(real)} file name{'s are' if many else ' is'} not UTF-8; {whose} each such byte as "
+              f"\\xNN: {'e.g. ' if many else ''}{min(real)}", file=sys.stderr)
+    return [w for n in names if (w := _readable_name(n)) == n or real.get(w) == n], real
 
 
 def _top_folder(listing: TarListing) -> str | None:
@@ -309,22 +369,56 @@ def links_note(links: int) -> str:
 SPLITS = ("train", "test", "val", "valid", "validation")   # the split folders `simsearch train` reads (training/_data)
 
 
-def labels_of(ids: list[str], labels: bool) -> dict[str, str | None]:
-    """Each id's label, as `simsearch train` would class the image (ImageFolder): its top folder under SOURCE
-    (photos/shoes/2023/IMG.jpg: "shoes"), or where SOURCE is split into train/ and test/ (or a validation
-    folder), or holds just one of those, its top folder under the split (train/cat/x.jpg: "cat"). An image
-    directly in SOURCE, or directly in a split folder, has none; so does every image with `labels` off."""
+def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> dict[str, str | None]:
+    """Each id's label, the class `simsearch train` makes of the image (ImageFolder), given `names`, every file
+    under SOURCE (the ids when not given). That is its top folder under the dataset's root (photos/shoes/2023/IMG.jpg:
+    "shoes"), or, where the root is split into train/ and test/ (or a validation folder), or holds just one of those,
+    its top folder under the split (train/cat/x.jpg: "cat"). Split folders are named in any case (Train/, TEST/). The
+    root is SOURCE, or the one folder all its files lie in, descended as training descends it (wrap/pics/cats/1.jpg:
+    "cats") where training finds classes there. An image directly in the root or in a split folder has none; so
+    does every image with `labels` off."""
     if not labels:
         return dict.fromkeys(ids)
-    tops = {i.split("/", 1)[0] for i in ids if "/" in i}
+    names = ids if names is None else names
+    root = _dataset_root(names)
+    if root and not _has_classes([n[len(root):] for n in names]):
+        root = ""   # training finds no classes there: the folders under SOURCE are the labels
+    rel = [n[len(root):] for n in names]
+    tops = {n.split("/", 1)[0].lower() for n in rel if "/" in n}
     split = ("train" in tops and bool(tops & set(SPLITS[1:]))) or (len(tops) == 1 and tops <= set(SPLITS))
     out: dict[str, str | None] = {}
     for i in ids:
-        parts = i.split("/")
-        if split and parts[0] in SPLITS:
+        parts = i[len(root):].split("/")
+        if split and parts[0].lower() in SPLITS:
             parts = parts[1:]
-        out[i] = parts[0] if len(parts) >= 2 else None
+        out[i] = (parts[0] or None) if len(parts) >= 2 else None
     return out
+
+
+def _dataset_root(names: list[str]) -> str:
+    """The folders every name lies in, one in the next ("wrap/pics/"; "" when there are none), as training
+    descends them to its dataset root (training/_data.py, _strip_common_dir)."""
+    root = ""
+    while names and all("/" in n for n in names):
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) != 1:
+            break
+        top = tops.pop()
+        root += top + "/"
+        names = [n.split("/", 1)[1] for n in names]
+    return root
+
+
+def _has_classes(names: list[str]) -> bool:
+    """Whether training reads classes from the files `names` below a root it descended to: train/ beside test/
+    or a validation folder, or 2 or more class folders with images (one class beside loose images, it refuses;
+    training/_data.py, _imagefolder_parts)."""
+    from model import IMAGE_EXTENSIONS
+
+    tops = {n.split("/", 1)[0].lower() for n in names if "/" in n}
+    if "train" in tops and bool(tops & set(SPLITS[1:])):
+        return True
+    return len({n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}) >= 2
 
 
 def model_input(data: bytes, embedder, crop=None):

@@ -105,10 +105,11 @@ def list_tar(tar: tarfile.TarFile) -> TarListing:
 
 def _member_name(name: str) -> str | None:
     """A tar member's name relative to the folder the tar was made of; None for that folder itself and for a
-    hidden member."""
-    while name.startswith("./"):
-        name = name[2:]
-    name = name.rstrip("/")
+    hidden member. A leading `/` goes as `./` does (a hand-made tar of `/abs/b/3.jpg` holds `abs/b/3.jpg`, as GNU
+    tar and tarfile.add write it), and so do empty parts (`a//b.jpg`), so that no part of a name is empty."""
+    while name.startswith(("./", "/")):
+        name = name[2:] if name.startswith("./") else name[1:]
+    name = "/".join(part for part in name.split("/") if part)
     if not name or any(part.startswith(".") for part in name.split("/")):
         return None
     return name

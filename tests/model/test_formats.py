@@ -160,3 +160,16 @@ def test_list_tar_names_a_tar_s_members_as_files_under_names_the_folder_it_was_m
         made_of = model.list_tar(tf)
     assert sorted(made_of.files) == ["photos/dogs/1.jpg", "photos/dogs/2.jpg"] and not made_of.inside
     assert made_of.links == ["photos/link.jpg"] and sorted(made_of.folders) == ["photos", "photos/dogs", "photos/empty"]
+
+
+def test_list_tar_takes_a_leading_slash_and_empty_parts_off_member_names_as_gnu_tar_does(tmp_path):
+    # a hand-made tar of absolute names (GNU tar and tarfile.add strip the /): the names of the folder it was
+    # made of, so that no part of one is empty (the CLI labelled such images "", training read its classes)
+    with tarfile.open(tmp_path / "abs.tar", "w") as tf:
+        for name in ("/abs/a/1.jpg", "//abs/b//2.jpg", "/abs/.thumbs/t.jpg", "/"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"d"))
+    with tarfile.open(tmp_path / "abs.tar") as tf:
+        listed = model.list_tar(tf)
+    assert sorted(listed.files) == ["abs/a/1.jpg", "abs/b/2.jpg"] and not listed.inside
