@@ -105,6 +105,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset path (same layouts as train)")
     p.add_argument("--device", default=None)
     p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the seed of the --max-test subset (default: the one the artifact was trained with, so "
+                        "that it is the subset `simsearch train --max-test` scored)")
+    p.add_argument("--test-fraction", type=float, default=None, metavar="SHARE",
+                   help="for a folder of class folders without test/: the share of each class held out as the test "
+                        "split (default: the one the artifact was trained with, so that on its own training data "
+                        "the images its training held out are scored)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, at least 1 (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar while a large dataset is decoded")
     # model.TTA_MODES, spelt out: building the parser must not import torch
@@ -258,7 +265,34 @@ def _checked_out(args) -> Path:
         check_run(out, args.stop_after)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    _check_writable("--out", out)
     return out
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """CliError naming `option` and `path`, before any work, unless a file can be written at `path`: its folder
+    is made when missing (as writing it would), and a file is made and removed there to be sure."""
+    if path.is_dir():
+        raise CliError(f"{option} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{option} {path}: cannot write there ({_why_not(path, exc)})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CliError(f"{option} {path}: cannot write there ({exc.strerror or exc} in {path.parent})") from None
+
+
+def _why_not(path: Path, exc: OSError) -> str:
+    """Why `path`'s folder could not be made: a file where a folder of its path should be, named, or the
+    system's reason with the folder it was making."""
+    for folder in reversed(path.parents):
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
 
 
 def _say_interrupted(out: Path, started: float, resume: bool) -> None:
@@ -392,12 +426,17 @@ def _evaluate(args) -> int:
 
     training = _import_training("evaluate")
     _check_evaluate_options(args)
+    for option, path in (("--json", args.json_out), ("--out", args.out), ("--mistakes-sheet", args.mistakes_sheet),
+                         ("--map", args.map)):
+        if path:   # before the evaluation, which can take long: its results must have somewhere to go
+            _check_writable(option, Path(path))
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
+                                         seed=args.seed, test_fraction=args.test_fraction,
                                          tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
                                          sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows,
                                          map_path=args.map, map_points=args.map_points,
@@ -407,7 +446,10 @@ def _evaluate(args) -> int:
     except OSError as exc:  # e.g. --out in a folder that cannot be written; the message names the file
         raise CliError(str(exc)) from None
     if args.json_out:  # before printing: a closed stdout (`| head`) must not lose the file
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+        try:
+            Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+        except OSError as exc:   # checked up front, so a disk that filled since
+            raise CliError(f"--json {args.json_out}: cannot write it ({exc.strerror or exc})") from None
     print(training.format_metrics(res))
     _say_written(args, res)
     return 0
@@ -426,6 +468,8 @@ def _check_evaluate_options(args) -> None:
         raise CliError(f"--mistakes-rows must be 1..1000, got {args.mistakes_rows}")
     if args.map is not None and not args.map.lower().endswith(".png"):
         raise CliError(f"--map writes a PNG: give a name ending in .png, got {args.map!r}")
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        raise CliError(f"--test-fraction is a share of each class, between 0 and 1, got {args.test_fraction}")
     if args.max_test is not None and args.max_test < 1:
         raise CliError(f"--max-test must be at least 1 (leave it out for every test image), got {args.max_test}")
     if not 10 <= args.map_points <= 5000:

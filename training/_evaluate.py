@@ -430,8 +430,8 @@ def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None)
 
 
 def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, device: str | None = None,
-                      batch_size: int = 512, test_fraction: float = 0.2, split_seed: int = 0,
-                      max_test: int | None = None, seed: int = 0, tta: str | None = None,
+                      batch_size: int = 512, test_fraction: float | None = None, split_seed: int = 0,
+                      max_test: int | None = None, seed: int | None = None, tta: str | None = None,
                       out: str | os.PathLike | None = None, out_name: str | None = None,
                       centre: float | None = None, mistakes: int = 10, sheet: str | os.PathLike | None = None,
                       sheet_rows: int = 12, map_path: str | os.PathLike | None = None, map_points: int = 2000,
@@ -440,9 +440,15 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     """Evaluate a model artifact on the test split of the dataset at `data` (any layout load_dataset reads).
 
     The images are decoded at the artifact's channels and size; labels are mapped to the artifact's
-    class names when it has them, so the CE head's classes line up. `max_test` evaluates a seeded
-    stratified subset (the same one `simsearch train --max-test` with that `seed` uses). `tta` overrides
-    the artifact's test-time augmentation (None: the artifact's own, which is what the service computes).
+    class names when it has them, so the CE head's classes line up. A folder of class folders without a
+    test/ folder has `test_fraction` of each class held out (seeded by `split_seed`, 0 as in training) as
+    its test split. `max_test` evaluates a seeded stratified subset (the same one `simsearch train
+    --max-test` with that `seed` uses). `test_fraction` and `seed` left out (None) are the ones the
+    artifact records it was trained with (its `training["config"]`; 0.2 and 0 when it records none), so
+    that evaluating a model on its own training data scores the images its training held out; `log`
+    receives a line saying which were used and where they came from, when they chose the images. `tta`
+    overrides the artifact's test-time augmentation (None: the artifact's own, which is what the service
+    computes).
 
     `out`: also write a copy of the artifact (same weights and heads) whose `tta` is the one evaluated here
     and whose recorded scores are these, e.g. to turn mirror-image averaging on for a trained model;
@@ -468,10 +474,12 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     art = model.load_artifact(artifact)
     meta = art.meta
     tta = meta.tta if tta is None else tta
-    ds = _dataset_for(art, data, test_fraction, split_seed, progress, log)
+    split = _split_settings(meta, test_fraction, seed)
+    ds = _dataset_for(art, data, split["test_fraction"], split_seed, progress, log)
     dev = torch.device(device) if device else model.default_device()
     net = art.model.to(dev)
-    test = _test_subset(ds.test, max_test, seed)
+    test = _test_subset(ds.test, max_test, split["seed"])
+    _say_split(ds, split, max_test, len(test), log)
     if centre:
         _centre_weights(art, artifact, net, ds.train.images, centre, dev, tta)
     emb = embed_images(net, test.images, meta.mean, meta.std, dev, batch_size, tta)
@@ -490,10 +498,11 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
         from ._map import embedding_map
 
         res["map"] = embedding_map(map_path, test.images, test.labels, emb, class_names=list(ds.class_names),
-                                   points=map_points, seed=seed,
+                                   points=map_points, seed=split["seed"],
                                    title=f"{art.model_id} on {ds.name}: test images placed by t-SNE of their "
                                          "embeddings")
     res["dataset"] = ds.describe()
+    res["test_split"] = split
     res["model_id"] = art.model_id
     res["tta"] = tta
     res["parameters"] = model.count_parameters(art.model)
@@ -512,6 +521,41 @@ def _check_evaluate_options(max_test: int | None, tta: str | None) -> None:
         raise ValueError(f"max_test must be an integer of at least 1 (None for every test image), got {max_test!r}")
     if tta is not None and tta not in model.TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(model.TTA_MODES)}")
+
+
+def _split_settings(meta, test_fraction: float | None, seed: int | None) -> dict[str, Any]:
+    """{"test_fraction", "seed", "from": {each: where it came from}}: the values given, else those of the
+    training config the artifact records (what `simsearch train` held out and drew its --max-test subset with),
+    else the defaults, 0.2 and 0."""
+    config = meta.training.get("config") if isinstance(meta.training, dict) else None
+    config = config if isinstance(config, dict) else {}
+    recorded = {"test_fraction": config.get("test_fraction"), "seed": config.get("seed")}
+    usable = {"test_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+              "seed": lambda v: isinstance(v, int) and not isinstance(v, bool)}
+    given, default = {"test_fraction": test_fraction, "seed": seed}, {"test_fraction": 0.2, "seed": 0}
+    split: dict[str, Any] = {"from": {}}
+    for key in ("test_fraction", "seed"):
+        if given[key] is not None:
+            split[key], split["from"][key] = given[key], "given"
+        elif usable[key](recorded[key]):
+            split[key], split["from"][key] = recorded[key], "the artifact's training config"
+        else:
+            split[key], split["from"][key] = default[key], "the default (the artifact records none)"
+    return split
+
+
+def _say_split(ds, split: dict[str, Any], max_test: int | None, scored: int,
+               log: Callable[[str], None] | None) -> None:
+    """A line for each value that chose the test images: the share held out of a dataset without a test/
+    folder, and the seed of a --max-test subset, with where each came from."""
+    if log is None:
+        return
+    if "split_seed" in ds.info:   # held out by load_dataset, not a test/ folder's
+        log(f"test split: {split['test_fraction']:g} of each class held out (test_fraction {split['test_fraction']:g}"
+            f", {split['from']['test_fraction']}; split seed {ds.info['split_seed']})")
+    if max_test and scored < len(ds.test):
+        log(f"max_test {max_test}: a stratified subset of {scored} of the {len(ds.test)} test images drawn with "
+            f"seed {split['seed']} ({split['from']['seed']})")
 
 
 def _dataset_for(art, data: str | os.PathLike, test_fraction: float, split_seed: int, progress: bool,
@@ -593,7 +637,7 @@ def _write_evaluated_copy(art, out: str | os.PathLike, out_name: str | None, tta
     # Scores measured here replace the recorded ones; what only training knew stays.
     kept = {k: v for k, v in meta.metrics.items() if k in ("best_epoch", "val_precision_at_1", "size_kb_float32")}
     # the mistakes name this dataset's images: the copy keeps the scores only
-    scores = {k: v for k, v in res.items() if k not in ("dataset", "model_id", "confident_mistakes",
+    scores = {k: v for k, v in res.items() if k not in ("dataset", "test_split", "model_id", "confident_mistakes",
                                                          "mistakes_sheet", "map")}
     update: dict[str, Any] = {"tta": tta, "metrics": {**kept, **scores, "evaluated_from": art.model_id}}
     if out_name and out_name != meta.name:
