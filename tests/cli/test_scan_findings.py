@@ -140,3 +140,20 @@ def test_a_tar_of_absolute_names_gives_the_ids_and_labels_a_tar_made_by_gnu_tar_
             tf.addfile(info, io.BytesIO(data))
     assert _build(tmp_path / "abs.tar", tmp_path / "data", hybrid1_artifact) == 0
     assert _items(tmp_path / "data") == {"a/0.png": "a", "a/1.png": "a", "b/0.png": "b"}
+
+
+def test_upload_sends_a_file_whose_name_is_not_utf8_under_the_id_build_gives_it(hybrid1_artifact, tmp_path, capsys):
+    import httpx
+
+    from tests.app.conftest import start_server, stop_server
+
+    photos = _write(tmp_path / "photos", [f"a/{LATIN1}", "a/0.png", "b/0.png"])
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "d"),
+                           "SIMSEARCH_API_KEY": "k", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+    try:
+        assert main(["index", "upload", str(photos), "--url", server.url, "--api-key", "k"]) == 0
+        assert "uploaded 3 images (0 rejected by the service)" in capsys.readouterr().out
+        items = httpx.get(server.url + "/index", params={"limit": 10}).json()["items"]
+    finally:
+        stop_server(server)
+    assert {it["id"]: it["label"] for it in items} == {"a/caf\\xe9.png": "a", "a/0.png": "a", "b/0.png": "b"}
