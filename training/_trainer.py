@@ -2,6 +2,8 @@
 seeded, resumable from a per-epoch checkpoint, best epoch kept on a validation split."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -45,15 +47,47 @@ def _seed_all(seed: int) -> None:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+# The smallest batch a pair loss learns from: two classes of two images (a positive and a negative pair).
+_SMALLEST_PAIR_BATCH = 4
+
+
 def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[int, int]:
     """(batch_size, m_per_class) for class-balanced batches; m=0 means plain shuffling. `num_classes`: the classes
-    the training split holds (a class only test/ has cannot fill a batch: pml's sampler refuses the plan)."""
+    the training split holds (a class only test/ has cannot fill a batch: pml's sampler refuses the plan).
+    A batch of a pair loss holds two classes at least (one class has no negative pair: the loss is 0 and nothing is
+    learnt): m is lowered to half the batch when the batch holds fewer than two of m; a batch below 4 is refused
+    (ValueError naming the smallest that works)."""
     if not needs_pairs:
         return cfg.batch_size, 0
-    m = cfg.m_per_class
+    _check_pair_batch(cfg, needs_pairs)
+    m = min(cfg.m_per_class, cfg.batch_size // 2)   # two classes a batch at least (_pair_batch_note says so)
     if m * num_classes < cfg.batch_size:  # too few classes to fill a batch with m of each: raise m
         m = max(2, cfg.batch_size // num_classes)
     return max(m, (cfg.batch_size // m) * m), m
+
+
+def _check_pair_batch(cfg: TrainConfig, needs_pairs: bool | None = None) -> None:
+    """ValueError when the batch of a pair loss cannot hold two classes of two images. `needs_pairs` None: asked of
+    cfg.loss (built for two classes), so that the run is refused before its data is read."""
+    if cfg.batch_size >= _SMALLEST_PAIR_BATCH:
+        return
+    if needs_pairs is None:
+        needs_pairs = create_loss(cfg.loss, cfg.embed_dim, 2,
+                                  **{"label_smoothing": cfg.label_smoothing, **cfg.loss_kwargs}).needs_pairs
+    if needs_pairs:
+        raise ValueError(f"batch size {cfg.batch_size} cannot hold two classes of two images, and loss {cfg.loss} "
+                         f"learns from pairs of images of different classes: give a batch size of "
+                         f"{_SMALLEST_PAIR_BATCH} or more")
+
+
+def _pair_batch_note(cfg: TrainConfig, m: int) -> str | None:
+    """A line saying that m_per_class was lowered so that a batch holds two classes (_batch_plan), or None."""
+    if not m or cfg.batch_size // cfg.m_per_class >= 2:
+        return None
+    return (f"batch size {cfg.batch_size} would hold one class of m_per_class={cfg.m_per_class}, and loss {cfg.loss} "
+            f"learns from pairs of images of different classes: {m} images of each class instead, "
+            f"{cfg.batch_size // m} classes a batch (a batch size of {2 * cfg.m_per_class} or more keeps "
+            f"m_per_class={cfg.m_per_class})")
 
 
 def _classes_in(split: Split) -> int:
@@ -191,6 +225,30 @@ def run_splits(cfg: TrainConfig, ds: Dataset) -> tuple[Split, Split | None, Spli
     return train_split, val_split, test_split
 
 
+def _more_than_asked(cfg: TrainConfig, ds: Dataset, train_split: Split, val_split: Split | None,
+                     test_split: Split) -> list[str]:
+    """Lines saying where max_train or max_test kept more images than asked (run_splits): a stratified subset keeps
+    every class, at least 2 images of one with 4 or more and 1 of a smaller one (stratified_split)."""
+    kept_train = len(train_split) + (len(val_split) if val_split is not None and val_split is not ds.val else 0)
+    lines = []
+    for flag, cap, kept, whole in (("--max-train", cfg.max_train, kept_train, ds.train),
+                                   ("--max-test", cfg.max_test, len(test_split), ds.test)):
+        if not cap or kept <= cap:
+            continue
+        counts = [n for n in torch.bincount(whole.labels).tolist() if n]
+        two = sum(n >= 4 for n in counts)
+        one = len(counts) - two
+        if two and one:
+            floor = (f"2 images of each class with 4 or more ({two} class{'es' if two > 1 else ''}) and 1 of each "
+                     f"smaller one ({one} class{'es' if one > 1 else ''})")
+        else:
+            floor = f"{2 if two else 1} image{'s' if two else ''} of each of the {len(counts)} classes"
+        what = "training" if flag == "--max-train" else "test"
+        lines.append(f"{flag} {cap} kept {kept} {what} images, not {cap}: a stratified subset keeps every class, "
+                     f"at least {floor}")
+    return lines
+
+
 def _small_classes(train_split: Split, class_names: list[str], m: int) -> str | None:
     """A line naming the classes with fewer training images than the class-balanced sampler's `m` per class
     (their images repeat within a batch) and those with none, or None when there are none (or no sampler)."""
@@ -248,6 +306,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
     and the others return None.
     """
     cfg.validate()
+    _check_pair_batch(cfg)
     check_run(out, stop_after)
     # one run at a time writes `out` (torchrun's processes: the command that started them holds the lock)
     lock = lock_run(out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
@@ -392,6 +451,11 @@ class _Run:
     def use_amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
 
+    @functools.cached_property
+    def data_identity(self) -> dict[str, Any]:
+        """What the checkpoint records of the data the run trains on (_data_identity), taken once."""
+        return _data_identity(self.ds, self.train_split, self.val_split)
+
 
 def _prepare(cfg: TrainConfig, data, world: dist_.World | None, device: torch.device, progress: bool,
              log: Callable[[str], None]) -> _Run:
@@ -409,6 +473,8 @@ def _prepare(cfg: TrainConfig, data, world: dist_.World | None, device: torch.de
         log(line)
     _seed_all(cfg.seed)
     train_split, val_split, test_split = run_splits(cfg, ds)
+    for line in _more_than_asked(cfg, ds, train_split, val_split, test_split) if main else []:
+        log(line)
 
     net = _build(cfg, ds.in_chans, ds.image_size).to(device)
     # Normalisation statistics (stored in the artifact, used by the Embedder): those the starting
@@ -463,6 +529,8 @@ def _optimiser(run: _Run) -> _Steps:
     batch_size, m = _batch_plan(cfg, _classes_in(run.train_split), loss_fn.needs_pairs)
     if run.world is not None:
         _check_shares(batch_size, m, run.world.size)
+    if (lowered := _pair_batch_note(cfg, m)) and run.main:
+        run.log(lowered)
     if (small := _small_classes(run.train_split, run.ds.class_names, m)) and run.main:
         run.log(small)
     steps_per_epoch = max(1, len(run.train_split) // batch_size)
@@ -580,39 +648,95 @@ class _Progress:
         return stop_after is not None and epoch + 1 - self.start_epoch >= stop_after and epoch + 1 < epochs
 
 
+# TrainConfig fields that decide where and how fast a run computes, not what it learns: a checkpoint resumes
+# whatever they are (a run killed on a GPU finishes on the CPU). threads: torch's CPU threads; device: cpu or cuda
+# (None: cuda when present). The other things of that kind are no TrainConfig fields and were never compared:
+# the number of processes (torchrun, --nproc), the progress bar and the log.
+_RUNTIME_ONLY = ("threads", "device")
+
+
+def _config_differences(state: dict, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(what differs between the configuration a checkpoint `state` was written with and `cfg`, as "key X there,
+    Y here" phrases; the same of the runtime-only fields, which do not stop a resume). Fields added to TrainConfig
+    after the checkpoint was written take their defaults (which keep the old behaviour), so a run survives an
+    upgrade of simsearch."""
+    ours = json.loads(json.dumps(cfg.to_dict()))
+    theirs = {**json.loads(json.dumps(TrainConfig().to_dict())), **json.loads(state["config"])}
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    said = {k: f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ}
+    return [v for k, v in said.items() if k not in _RUNTIME_ONLY], [v for k, v in said.items() if k in _RUNTIME_ONLY]
+
+
+def _data_difference(state: dict, run: _Run) -> str | None:
+    """"dataset A there, B here" when the checkpoint `state` was written for other data than the run's (other
+    classes, other split sizes, other images or labels), else None; None too for a checkpoint written before
+    checkpoints recorded their data."""
+    if "data" not in state:
+        return None
+    theirs, ours = json.loads(state["data"]), run.data_identity
+    compared = ("class_names", "train_size", "val_size", "digest")   # not the name or path: the data may move
+    if all(theirs.get(k) == ours.get(k) for k in compared):
+        return None
+    there, here = _data_said(theirs), _data_said(ours)
+    if there == here:
+        here = here[:-1] + "; other images or labels)"
+    return f"dataset {there} there, {here} here"
+
+
+def _data_said(identity: dict[str, Any]) -> str:
+    """A _data_identity as "NAME (K classes: a, b, ...; N training images)"."""
+    classes = identity["class_names"]
+    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{identity['name']} ({len(classes)} classes: {shown}; {identity['train_size']} training images)"
+
+
+def _load_state(ckpt: Path, state: dict, run: _Run, steps: _Steps, ema) -> None:
+    """The checkpoint's weights and optimiser, schedule, scaler and moving-average states into the run's;
+    ValueError naming the checkpoint when they do not fit (a checkpoint of other data, written before the
+    checkpoint recorded its data)."""
+    try:
+        run.net.load_state_dict(state["model"])
+        run.loss_fn.load_state_dict(state["loss"])
+        steps.opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{ckpt}: its weights do not fit this run (another dataset or model?): "
+                         f"{first[-1].strip() if first else type(exc).__name__}") from None
+    steps.sched.load_state_dict(state["scheduler"])
+    if state["scaler"] or not steps.scaler.is_enabled():  # written on a CPU, resumed with mixed precision: a new one
+        steps.scaler.load_state_dict(state["scaler"])
+
+
 def _restore(ckpt: Path, resume: bool, run: _Run, steps: _Steps, ema, tta: str) -> tuple[_Progress, str]:
     """The checkpoint `ckpt` loaded into the run's network, loss, optimiser, schedule, scaler, moving average
-    and random generators when `resume` (its configuration must be ours), and the progress it records, with the
-    test-time augmentation the run then uses; a fresh start otherwise (saying so where one might not expect it)."""
+    and random generators when `resume` (its configuration and data must be ours, but for _RUNTIME_ONLY fields),
+    and the progress it records, with the test-time augmentation the run then uses; a fresh start otherwise
+    (saying so where one might not expect it)."""
     cfg, log = run.cfg, run.log
     done = _Progress()
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=run.device, weights_only=True)
-        # Fields added to TrainConfig after the checkpoint was written take their defaults (which keep the
-        # old behaviour), so a run survives an upgrade of simsearch.
-        ours = json.loads(json.dumps(cfg.to_dict()))
-        theirs = {**json.loads(json.dumps(TrainConfig().to_dict())), **json.loads(state["config"])}
-        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        differ, runtime = _config_differences(state, cfg)
+        if (data := _data_difference(state, run)) is not None:
+            differ.append(data)
         if differ:
             raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration: "
-                             + ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))
+                             + ", ".join(differ))
         if cfg.tta is None and "tta" not in json.loads(state["config"]):
             tta = "none"  # started before test-time augmentation existed: validate and ship as it began
-        run.net.load_state_dict(state["model"])
-        run.loss_fn.load_state_dict(state["loss"])
-        steps.opt.load_state_dict(state["optimizer"])
-        steps.sched.load_state_dict(state["scheduler"])
-        steps.scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        _load_state(ckpt, state, run, steps, ema)
         done.start_epoch, done.best_p1 = int(state["epoch"]), float(state["best_p1"])
         done.best_state = state.get("best_model") or None
         done.history = json.loads(state["history"])
         done.sampler_labels = json.loads(state.get("sampler_labels", "null"))
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         np.random.set_state(_np_state(state))
         random.seed(int(state["epoch"]) + cfg.seed)
-        log(f"resumed from {ckpt} at epoch {done.start_epoch}")
+        log(f"resumed from {ckpt} at epoch {done.start_epoch}"
+            + (f" ({'; '.join(runtime)}: these say where and how fast it computes, not what it learns)"
+               if runtime else ""))
     elif resume:   # said: a mistyped --out would otherwise retrain from scratch unseen
         log(f"no checkpoint {ckpt}: starting from the first epoch")
     elif ckpt.exists():   # said, so that a forgotten --resume does not throw away an interrupted run unseen
@@ -822,7 +946,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         _validate(run, shipped, tta, done, rec)
         log(json.dumps(rec))
         _save_checkpoint(ckpt, run.net, run.loss_fn, steps.opt, steps.sched, steps.scaler, epoch + 1, done.best_p1,
-                         done.best_state, done.history, cfg, ema, batches.sampler_labels())
+                         done.best_state, done.history, cfg, ema, batches.sampler_labels(), run.data_identity)
         if done.stops_after(epoch, stop_after, cfg.epochs):
             log(f"stopped after epoch {epoch + 1}; continue with the same command and --resume (in Python: the "
                 "same configuration and resume=True)")
@@ -932,6 +1056,19 @@ def _data_used(ds: Dataset, train_split: Split, val_split: Split | None, test_sp
             "class_counts": {name: {k: counts[k][i] for k in splits} for i, name in enumerate(ds.class_names)}}
 
 
+def _data_identity(ds: Dataset, train_split: Split, val_split: Split | None) -> dict[str, Any]:
+    """What a checkpoint records of the data a run trains on, so that --resume can refuse other data: the dataset's
+    name and class names, the training and validation split sizes and a digest of their images and labels (not of
+    paths or file times: a dataset moved or copied elsewhere is the same data)."""
+    h = hashlib.sha256()
+    for split in (train_split, val_split):
+        if split is not None:
+            h.update(np.ascontiguousarray(split.images.numpy()).data)
+            h.update(split.labels.numpy().astype("<i8").tobytes())
+    return {"name": ds.name, "class_names": list(ds.class_names), "train_size": len(train_split),
+            "val_size": len(val_split) if val_split is not None else 0, "digest": h.hexdigest()}
+
+
 def _ema_of(trained: nn.ModuleDict, decay: float):
     """A moving average of the net and the loss together (torch's AveragedModel), so the shipped embedding
     and the heads it is scored with come from the same average; BatchNorm statistics are averaged too."""
@@ -957,7 +1094,8 @@ def _np_state(state: dict):
 
 
 def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, best_p1: float, best_state,
-                     history: list, cfg: TrainConfig, ema=None, sampler_labels: list[int] | None = None) -> None:
+                     history: list, cfg: TrainConfig, ema=None, sampler_labels: list[int] | None = None,
+                     data: dict[str, Any] | None = None) -> None:
     ns = np.random.get_state()
     state = {"model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
              "ema": ema.state_dict() if ema is not None else {},
@@ -965,5 +1103,7 @@ def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, b
              "best_model": best_state or {}, "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
              "torch_rng": torch.get_rng_state(), "sampler_labels": json.dumps(sampler_labels),
              "numpy_rng": json.dumps([ns[0], ns[1].tolist(), ns[2], ns[3], ns[4]])}
+    if data is not None:
+        state["data"] = json.dumps(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, lambda tmp: torch.save(state, tmp))
