@@ -38,12 +38,16 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 8   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+_CACHE_VERSION = 9   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
 # 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact;
 # 7: the info names empty class folders, loose images, test-only classes and the folder descended into;
-# 8: a tar made inside its folder (./ names) leaves its hidden members out, and a tar's hard links are read
+# 8: a tar made inside its folder (./ names) leaves its hidden members out, and a tar's hard links are read;
+# 9: split folders in any case (Train/, Test/), loose images in test/ or a validation folder named as not read
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
+# The split folders an ImageFolder may hold, matched in any case (Windows and Kaggle give Train/, Test/): the same
+# rule as cli/_galleries.py's SPLITS, so that `index build` labels an image with the class training gives it.
+_SPLIT_DIRS = ("train", "test", *_VAL_DIRS)
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
 
 
@@ -83,6 +87,8 @@ class Dataset:
     source: str
     info: dict = field(default_factory=dict)
     val: Split | None = None
+    # Why this decoding could not be cached, for notes(); not part of the dataset (describe() leaves it out).
+    cache_note: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def in_chans(self) -> int:
@@ -110,6 +116,8 @@ class Dataset:
     def notes(self) -> list[str]:
         """Lines to tell the user about how the dataset was read: images left out, folders not read."""
         lines = [note] if (note := self.skipped_note()) else []
+        if self.cache_note:
+            lines.append(self.cache_note)
         if ignored := self.info.get("ignored_folders"):
             lines.append(f"{self.source}: not read: {', '.join(f + '/' for f in ignored)} (beside train/, only test/ "
                          f"and a validation folder, val/, valid/ or validation/, are)")
@@ -192,14 +200,15 @@ class _Source:
 
     def fingerprint(self) -> str:
         """Changes whenever the source's content plausibly changes (names, sizes, mtimes)."""
-        h = hashlib.sha256(str(self.path.resolve()).encode())
+        # os.fsencode: a name that is not UTF-8 (a Latin-1 café.jpg from an old zip) reaches us with surrogates
+        h = hashlib.sha256(os.fsencode(self.path.resolve()))
         if self._tar is not None:
             st = self.path.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
         else:
             for n in self.names:
                 st = (self.path / n).stat()
-                h.update(f"{n}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(os.fsencode(n) + f":{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
 
@@ -268,7 +277,8 @@ def _idx_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
         if images != labels:
             raise DatasetError(f"{display}: {files[f'{split}_images']} holds {images} images but "
                                f"{files[f'{split}_labels']} {labels} labels")
-    fashion = "fashion" in str(src.path).lower()
+    own = _idx_folder_name(src, files["train_images"]).lower()
+    fashion = "fashion" in own
     classes = FASHION_CLASSES if fashion else MNIST_CLASSES
     nclass = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
     if nclass != 10:
@@ -279,8 +289,20 @@ def _idx_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
         images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
         return Split(images, torch.from_numpy(arrays[f"{kind}_labels"].astype(np.int64)))
 
-    name = "fashion-mnist" if fashion else ("mnist" if "mnist" in str(src.path).lower() else src.path.stem)
+    name = "fashion-mnist" if fashion else ("mnist" if "mnist" in own else _readable(src.path.stem))
     return Dataset(name, "idx", split("train"), split("test"), list(classes), display)
+
+
+def _idx_folder_name(src: _Source, file: str) -> str:
+    """The name of the folder holding the IDX file `file` (a name within `src`), or of its parent where that is
+    torchvision's raw/ (FashionMNIST/raw/): what says whether these are digits or clothes, where the rest of the
+    path (fashion-stuff/mnist/) says nothing about them."""
+    where = Path(os.path.abspath(src.path))   # `.` named by the folder it is, a link by its own name
+    chain = [*where.parts[:-1], _archive_stem(where.name), *PurePosixPath(file).parent.parts]
+    chain = [part for part in chain if part not in ("", ".", "/")]
+    if len(chain) > 1 and chain[-1].lower() == "raw":
+        chain.pop()
+    return chain[-1] if chain else ""
 
 
 def _find_cifar(names: list[str], display: str) -> dict[str, str] | None:
@@ -298,18 +320,37 @@ def _unpickle(data: bytes) -> dict:
     return pickle.loads(data, encoding="latin1")
 
 
+# What unpickling a CIFAR batch that is cut short, or is no CIFAR batch, raises.
+_NOT_A_BATCH = (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+
+
+def _cifar_batch(src: _Source, file: str, display: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32), labels (N,)) of the CIFAR python batch `file`; DatasetError naming the file when it
+    is cut short (a download stopped half-way) or holds something else."""
+    try:
+        d = _unpickle(src.read(file))
+        images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64).reshape(-1)
+    except _NOT_A_BATCH as exc:
+        raise DatasetError(f"{display}/{file}: not a whole CIFAR batch ({type(exc).__name__}: {exc}); "
+                           "copy it again") from None
+    if len(images) != len(labels):
+        raise DatasetError(f"{display}/{file}: holds {len(images)} images but {len(labels)} labels; copy it again")
+    return images, labels
+
+
 def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
     def load(batches: list[str]) -> Split:
-        xs, ys = [], []
-        for b in batches:
-            d = _unpickle(src.read(files[b]))
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
+        xs, ys = zip(*(_cifar_batch(src, files[b], display) for b in batches))
         return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
     classes = CIFAR10_CLASSES
     if "batches.meta" in files:
-        classes = list(_unpickle(src.read(files["batches.meta"])).get("label_names", classes))
+        try:
+            classes = list(_unpickle(src.read(files["batches.meta"])).get("label_names", classes))
+        except _NOT_A_BATCH as exc:
+            raise DatasetError(f"{display}/{files['batches.meta']}: not a whole CIFAR batches.meta "
+                               f"({type(exc).__name__}: {exc}); copy it again") from None
     return Dataset("cifar10", "cifar-batches", load(_CIFAR_TRAIN), load(["test_batch"]), classes, display)
 
 
@@ -334,8 +375,9 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
             data = src.read(n)
             with Image.open(io.BytesIO(data)) as im:
                 out[i] = to_model_array(im, in_chans, size, owned=True)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            # SyntaxError: what some of Pillow's plugins raise for a malformed header
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # SyntaxError: what some of Pillow's plugins raise for a malformed header; DecompressionBombError (no
+            # OSError): an image over Pillow's pixel limit, a stitched panorama or a large scan
             ok[i] = False
             bad[n] = unreadable_reason(exc, data)
     return torch.from_numpy(out if ok.all() else out[ok]), bad
@@ -351,8 +393,9 @@ def _class_tree(names: list[str]) -> dict[str, list[str]]:
 
 
 def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[str, list[str]]) -> dict[str, str]:
-    """{what: why} for what lies in the class-folder level `sub` (relative to the dataset root, "" or "train/")
-    but is no class: folders without images (empty, or other files only) and images outside a class folder."""
+    """{what: why} for what lies in the class-folder level `sub` (relative to the dataset root: "", "train/",
+    "test/" or a validation folder) but is no class: folders without images (empty, or other files only) and
+    images outside a class folder."""
     out: dict[str, str] = {}
     inside = [n[len(sub):] for n in names if n.startswith(sub)]
     folders = {n.split("/", 1)[0] for n in inside if "/" in n}
@@ -363,10 +406,10 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
         except OSError:
             pass
     for f in sorted(folders - set(tree)):
-        out[f"{sub}{f}/"] = "no images"
+        out[_readable(f"{sub}{f}/")] = "no images"
     for n in inside:
         if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS):
-            out[f"{sub}{n}"] = "not in a class folder"
+            out[_readable(f"{sub}{n}")] = "not in a class folder"
     return out
 
 
@@ -377,21 +420,24 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     if not_read:
         info["not_read"] = not_read
     if len(classes) < 2:
-        raise DatasetError(f"{display}: found only {len(classes)} class folder ({classes}); need at least 2")
+        raise DatasetError(f"{display}: found only {len(classes)} class folder ({_readables(classes)}); "
+                           "need at least 2")
     decoded, skipped = _decode_parts(src, prefix, parts, in_chans, image_size, progress)
     if skipped:
         classes = _note_skipped(display, decoded, skipped, info)
     index = {c: i for i, c in enumerate(classes)}
-    splits = {key: Split(images, torch.tensor([index[c] for _, c in files], dtype=torch.long), [f for f, _ in files])
-              for key, (images, files) in decoded.items()}
-    if "train" in splits and not len(splits["train"]):
-        raise DatasetError(f"{display}: none of the images in train/ could be decoded "
-                           f"(e.g. {min(n for n in skipped if n.startswith('train/'))!r})")
+    splits = {key: Split(images, torch.tensor([index[c] for _, c in files], dtype=torch.long),
+                         _readables([f for f, _ in files])) for key, (images, files) in decoded.items()}
+    for key in ("train", "test"):   # a split folder whose every image failed to decode
+        if key in splits and not len(splits[key]):
+            folder = _readable(parts[key][0])
+            raise DatasetError(f"{display}: none of the images in {folder} could be decoded "
+                               f"(e.g. {min(n for n in skipped if n.startswith(folder))!r})")
     val = splits.pop("val", None)
     if "all" in splits:
-        splits = _held_out_test(splits["all"], test_fraction, seed, info)
-    return Dataset(_dataset_name(src), "imagefolder", splits["train"], splits["test"], classes, display, info,
-                   val if val is not None and len(val) else None)
+        splits = _held_out_test(splits["all"], test_fraction, seed, info, display, bool(skipped))
+    return Dataset(_dataset_name(src), "imagefolder", splits["train"], splits["test"], _readables(classes), display,
+                   info, val if val is not None and len(val) else None)
 
 
 _Parts = dict[str, tuple[str, dict[str, list[str]]]]   # split -> (its folder within the dataset, its class tree)
@@ -401,42 +447,75 @@ def _imagefolder_parts(src: _Source, prefix: str, names: list[str], display: str
                        info: dict) -> tuple[_Parts, list[str], dict[str, str]]:
     """Where an ImageFolder's splits lie: (split -> (folder, class tree), the classes, what is not read), the
     layout noted in `info`. train/ beside test/ or a validation folder are splits of their own; otherwise the
-    class folders make one part ("all") that is split later."""
+    class folders make one part ("all") that is split later. Split folders are found in any case (Train/)."""
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     with_images = {n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}
-    val_dirs = [d for d in _VAL_DIRS if d in with_images]
+    split_dirs = _split_dirs(tops, display)
+    val_dirs = [split_dirs[d] for d in _VAL_DIRS if split_dirs.get(d) in with_images]
     if len(val_dirs) > 1:
         raise DatasetError(f"{display}: holds both {val_dirs[0]}/ and {val_dirs[1]}/; keep one validation folder")
-    if "train" in tops and ("test" in tops or val_dirs):
+    train_dir, test_dir = split_dirs.get("train"), split_dirs.get("test")
+    if train_dir and (test_dir or val_dirs):
         # train/ + test/, with a validation folder beside them or not; train/ + val/ alone: val/ is the test split
-        test_dir, val_dir = ("test", val_dirs[0] if val_dirs else None) if "test" in tops else (val_dirs[0], None)
-        return _split_folder_parts(src, prefix, names, display, info, with_images, test_dir, val_dir)
+        test_dir, val_dir = (test_dir, val_dirs[0] if val_dirs else None) if test_dir else (val_dirs[0], None)
+        return _split_folder_parts(src, prefix, names, display, info, with_images, (train_dir, test_dir, val_dir))
     return _class_folder_parts(src, prefix, names, display, info)
 
 
+def _split_dirs(tops: set[str], display: str) -> dict[str, str]:
+    """The split folders among the top folders `tops`, by their name in lower case: {"train": "Train", "test":
+    "Test"}. Two that differ only in case (train/ and Train/) are refused: which one is meant is a guess."""
+    found: dict[str, str] = {}
+    for top in sorted(tops):
+        kind = top.lower()
+        if kind in _SPLIT_DIRS:
+            if kind in found:
+                raise DatasetError(f"{display}: holds both {found[kind]}/ and {top}/; keep one of them")
+            found[kind] = top
+    return found
+
+
 def _split_folder_parts(src: _Source, prefix: str, names: list[str], display: str, info: dict,
-                        with_images: set[str], test_dir: str,
-                        val_dir: str | None) -> tuple[_Parts, list[str], dict[str, str]]:
-    """_imagefolder_parts for train/ beside `test_dir` (test/, or a validation folder standing for it) and
-    `val_dir`, a validation folder beside both, or None."""
+                        with_images: set[str],
+                        dirs: tuple[str, str, str | None]) -> tuple[_Parts, list[str], dict[str, str]]:
+    """_imagefolder_parts for `dirs`: train/, beside test/ (or a validation folder standing for it) and a
+    validation folder beside both, or None, each by its own name (Train/). A test split with no class folders of
+    images is refused here, before any decoding: there would be nothing to score the model on."""
     def tree(folder: str) -> dict[str, list[str]]:
         return _class_tree([n.split("/", 1)[1] for n in names if n.startswith(folder + "/")])
 
-    train_tree, test_tree = tree("train"), tree(test_dir)
+    train_dir, test_dir, val_dir = dirs
+    train_tree, test_tree = tree(train_dir), tree(test_dir)
     if not train_tree:
-        raise DatasetError(f"{display}: train/ has no class folders with images in them")
-    parts = {"train": ("train/", train_tree), "test": (test_dir + "/", test_tree)}
+        raise DatasetError(f"{display}: {train_dir}/ has no class folders with images in them")
+    not_read = _not_read(src, prefix, train_dir + "/", names, train_tree)
+    in_test = _not_read(src, prefix, test_dir + "/", names, test_tree)
+    if not test_tree:
+        raise DatasetError(_no_test_classes(display, train_dir, test_dir, in_test))
+    not_read.update(in_test)
+    parts = {"train": (train_dir + "/", train_tree), "test": (test_dir + "/", test_tree)}
     info["test_from"] = f"{test_dir}/"
-    if ignored := sorted(with_images - {"train", test_dir, val_dir}):
-        info["ignored_folders"] = ignored
-    if val_dir is not None and tree(val_dir):
-        parts["val"] = (val_dir + "/", tree(val_dir))
-        info["val_from"] = f"{val_dir}/"
+    if ignored := sorted(with_images - {train_dir, test_dir, val_dir}):
+        info["ignored_folders"] = _readables(ignored)
+    if val_dir is not None:
+        val_tree = tree(val_dir)
+        not_read.update(_not_read(src, prefix, val_dir + "/", names, val_tree))
+        if val_tree:
+            parts["val"] = (val_dir + "/", val_tree)
+            info["val_from"] = f"{val_dir}/"
     classes = sorted(set().union(*(t for _, t in parts.values())))
-    not_read = _not_read(src, prefix, "train/", names, train_tree)
     if only := sorted(set(test_tree) - set(train_tree)):
-        info["test_only_classes"] = only
+        info["test_only_classes"] = _readables(only)
     return parts, classes, not_read
+
+
+def _no_test_classes(display: str, train_dir: str, test_dir: str, in_test: dict[str, str]) -> str:
+    """Why a test folder with no class folders of images is refused, naming the images loose in it."""
+    loose = [n for n, why in in_test.items() if why == "not in a class folder"]
+    said = (f": {', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''} {'is' if len(loose) == 1 else 'are'} "
+            "not in a class folder" if loose else "")
+    return (f"{display}: {test_dir}/ has no class folders with images in them{said}; put the test images in "
+            f"{test_dir}/<class>/, or move {test_dir}/ out to hold a test split out of {train_dir}/")
 
 
 def _class_folder_parts(src: _Source, prefix: str, names: list[str], display: str,
@@ -451,26 +530,26 @@ def _class_folder_parts(src: _Source, prefix: str, names: list[str], display: st
     loose = [n for n, why in not_read.items() if why == "not in a class folder"]
     if prefix and loose and len(classes) < 2:
         # the one folder descended into holds images itself: it is the class, not its sub-folder
-        top = prefix.rstrip("/").rsplit("/", 1)[-1]
+        top = _readable(prefix.rstrip("/").rsplit("/", 1)[-1])
         count = sum(map(len, tree.values())) + len(loose)
         raise DatasetError(f"{display}: found only 1 class folder ({top!r}, {count} images, sub-folders "
                            f"included); need at least 2: put each class's images in its own folder, "
                            f"<class>/<image>")
     if prefix:
-        info["root"] = prefix.rstrip("/")
+        info["root"] = _readable(prefix.rstrip("/"))
     return {"all": ("", tree)}, classes, not_read
 
 
 def _decode_parts(src: _Source, prefix: str, parts: _Parts, in_chans: int, image_size: int, progress: bool
                   ) -> tuple[dict[str, tuple[torch.Tensor, list[tuple[str, str]]]], dict[str, str]]:
     """Each part's images decoded, in class then file order: ({split: (images, [(file, class)] of those that
-    decoded)}, {file: why} for those that did not)."""
+    decoded)}, {file, as _readable gives it: why} for those that did not)."""
     decoded, skipped = {}, {}
     for key, (sub, tree) in parts.items():
         files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
         images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
                                      progress)
-        skipped.update({n.removeprefix(prefix): why for n, why in bad.items()})
+        skipped.update({_readable(n.removeprefix(prefix)): why for n, why in bad.items()})
         decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
     return decoded, skipped
 
@@ -489,34 +568,61 @@ def _note_skipped(display: str, decoded: dict[str, tuple[torch.Tensor, list[tupl
     # a class whose every image was skipped is not a class of this dataset
     classes = sorted({c for _, files in decoded.values() for _, c in files})
     if len(classes) < 2:
-        raise DatasetError(f"{display}: only {len(classes)} class folder ({classes}) has images that decode "
-                           f"({len(skipped)} do not, e.g. {first[0]!r}); need at least 2")
+        raise DatasetError(f"{display}: only {len(classes)} class folder ({_readables(classes)}) has images that "
+                           f"decode ({len(skipped)} do not, e.g. {first[0]!r}); need at least 2")
     return classes
 
 
-def _held_out_test(every: Split, test_fraction: float, seed: int, info: dict) -> dict[str, Split]:
+def _held_out_test(every: Split, test_fraction: float, seed: int, info: dict, display: str,
+                   skipped: bool) -> dict[str, Split]:
     """{"train", "test"}: a seeded stratified `test_fraction` of each class held out of `every` (the images of a
-    dataset without a test/ folder), noted in `info`."""
+    dataset without a test/ folder), noted in `info`. DatasetError when nothing can be held out (every class has
+    one image; `skipped`: images that did not decode were left out first)."""
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
     train_idx, test_idx = stratified_split(every.labels, test_fraction, seed)
+    if not len(test_idx):   # a class of one image stays in train: with no class of two, no test split is left
+        raise DatasetError(f"{display}: no class has 2 or more images{' that decode' if skipped else ''}, so none "
+                           "can be held out to test on: give the classes at least 2 images each, or split them "
+                           "yourself into train/<class>/ and test/<class>/")
     info.update(test_from=f"seeded stratified {test_fraction:g} of each class", split_seed=seed)
     return {"train": every.subset(train_idx), "test": every.subset(test_idx)}
 
 
 def _dataset_name(src: _Source) -> str:
     """The dataset's name: its folder's or tar's, without the archive's suffixes."""
-    name = src.path.name
+    return _readable(_archive_stem(src.path.name))
+
+
+def _archive_stem(name: str) -> str:
+    """A file or folder name without an archive's suffixes (.tar, .tar.gz, .tgz, ...)."""
     for suffix in (".tar", ".gz", ".tgz", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
     return name.removesuffix(".tar")
 
 
+def _readable(name: str) -> str:
+    """`name` as it can be printed and written to JSON: a file name that is not UTF-8 (a Latin-1 café.jpg from an
+    old zip or a camera) reaches Python with surrogates in it, which no message can print; its odd bytes are
+    written as \\xe9. Names that are UTF-8 are returned as they are."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _readables(names: list[str]) -> list[str]:
+    """_readable of each of `names`."""
+    return [_readable(n) for n in names]
+
+
 def _explain(display: str, names: list[str], prefix: str = "") -> str:
+    names = _readables(names)
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
     loose = [n for n in names if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
     if loose and prefix:   # every file is in one folder, descended into: that is one class
-        return (f"{display}: found one class ({prefix.rstrip('/').rsplit('/', 1)[-1]!r}, {len(loose)} "
+        return (f"{display}: found one class ({_readable(prefix.rstrip('/').rsplit('/', 1)[-1])!r}, {len(loose)} "
                 f"image{'s' if len(loose) != 1 else ''}); need at least 2: put each class's images in its own "
                 f"folder, <class>/<image>")
     if loose:
@@ -583,22 +689,22 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
     """
     path = Path(path).expanduser()
     src = _Source(path)
+    display = _readable(str(path))
     try:
         # The readable extensions are in the key: a tar's fingerprint does not change when HEIC support
         # is installed, but the images read from it do.
         key = hashlib.sha256(json.dumps([_CACHE_VERSION, src.fingerprint(), in_chans, image_size, test_fraction,
                                          split_seed, IMAGE_EXTENSIONS]).encode()).hexdigest()[:24]
         cached = cache_dir() / "datasets" / f"{key}.safetensors"
-        if use_cache and cached.exists():
-            try:
-                return _load_cached(cached)
-            except Exception:  # a damaged cache entry is rebuilt
-                pass
-        ds = _read(src, str(path), in_chans, image_size, test_fraction, split_seed, progress)
+        if use_cache and (hit := _cached_dataset(cached)) is not None:
+            return hit
+        ds = _read(src, display, in_chans, image_size, test_fraction, split_seed, progress)
+        if not len(ds.test):   # every reader refuses this with its reason; no run may end on an empty test split
+            raise DatasetError(f"{display}: its test split holds no images: there is nothing to score a model on")
         if in_chans is not None and ds.in_chans != in_chans:
             ds = _convert_channels(ds, in_chans)
         if use_cache:
-            _save_cached(cached, ds)
+            ds.cache_note = _cache(cached, ds)
         return ds
     finally:
         src.close()
@@ -645,6 +751,28 @@ def _convert_channels(ds: Dataset, in_chans: int) -> Dataset:
         if split is not None:
             split.images = conv(split.images)
     return ds
+
+
+def _cached_dataset(path: Path) -> Dataset | None:
+    """The dataset cached at `path`, or None where there is none or it cannot be read (it is then decoded again)."""
+    try:
+        return _load_cached(path) if path.is_file() else None
+    except Exception:  # a damaged or unreadable cache entry is rebuilt
+        return None
+
+
+def _cache(path: Path, ds: Dataset) -> str | None:
+    """Save `ds` to the cache file `path`; None, or where the cache cannot be written (a read-only home, an odd
+    $SIMSEARCH_CACHE, a full disk), the note to show: the cache only saves decoding again, so the run goes on."""
+    from safetensors import SafetensorError   # what safetensors raises for a file it cannot write
+
+    try:
+        _save_cached(path, ds)
+    except (OSError, SafetensorError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (f"could not cache the decoded dataset in {path.parent} ({why}): it will be decoded again next "
+                "time; set SIMSEARCH_CACHE to a folder that can be written")
+    return None
 
 
 def _save_cached(path: Path, ds: Dataset) -> None:

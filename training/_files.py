@@ -2,6 +2,7 @@
 artifact path (OUT.lock) built on it."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -10,10 +11,16 @@ from typing import Callable
 
 def write_whole(path: Path, write: Callable[[Path], object]) -> None:
     """Have `write` fill a temporary file beside `path`, then rename it over `path`: a reader (another
-    process resuming or reusing a run, say) sees the old file or the new one, never half of one."""
+    process resuming or reusing a run, say) sees the old file or the new one, never half of one. Where writing
+    fails (a full disk), the temporary file is removed and the error raised."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):   # the error that stopped the write is the one to tell
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def claim_lock(lock: Path) -> int | None:
