@@ -144,7 +144,8 @@ def embedder_from(path: str | None):
     try:
         return model.Embedder.from_file(artifact)
     except model.ArtifactError as exc:
-        raise CliError(f"--model {artifact}: {exc}") from None
+        said = str(exc)   # most ArtifactErrors start with the file already
+        raise CliError(f"--model {said}" if said.startswith(str(artifact)) else f"--model {artifact}: {said}") from None
 
 
 def embedder_for(path: str | None, data: str, gallery: str = "default", milvus_uri: str | None = None):

@@ -31,6 +31,11 @@ class GalleryStore(Protocol):
     def delete_where(self, label: str | None = None, where: dict[str, Any] | None = None) -> list[str]:
         """Delete every item with this label and matching `where`; the ids gone."""
 
+    def update_where(self, label: str | None = None, where: dict[str, Any] | None = None, *, new_label: Any = ...,
+                     metadata_patch: dict[str, Any] | None = None) -> list[str]:
+        """Change the label and/or metadata (a JSON merge patch) of every item with this label and matching
+        `where`; the ids changed."""
+
     def get(self, id: str) -> Item | None:
         """The item with this id (no thumbnail), or None."""
 
