@@ -242,7 +242,7 @@ def open_milvus(uri: str, read_only: bool, kind: str | None, gallery: str, vecto
 
 class ImageSource:
     """The images of SOURCE, a folder or a tar (`scan`): `ids`, their paths relative to SOURCE (sorted; a name that
-    is not UTF-8 as `_readable_name` writes it), `labels`, each id's label (None: none), `links`, how many symbolic
+    is not UTF-8 as `model.readable_name` writes it), `labels`, each id's label (None: none), `links`, how many symbolic
     links a tar held (left out), and `read(id)`, an image's bytes. A tar stays open until `close()`."""
 
     def __init__(self, path: Path, ids: list[str], labels: dict[str, str | None], tar: tarfile.TarFile | None = None,
@@ -259,11 +259,13 @@ class ImageSource:
 
     def read(self, id_: str) -> bytes:
         """The bytes of image `id_`; CliError naming a tar whose member is cut short."""
+        from model import DAMAGED_ARCHIVE_ERRORS
+
         if self._tar is None:
             return (self.path / self._names.get(id_, id_)).read_bytes()
         try:
             return self._tar.extractfile(self._members[id_]).read()
-        except _damaged_archive_errors() as exc:
+        except DAMAGED_ARCHIVE_ERRORS as exc:
             raise _damaged(self.path, exc) from None
 
     def close(self) -> None:
@@ -276,11 +278,11 @@ def scan(source: Path, labels: bool) -> ImageSource:
     made of (model.list_tar: hidden members, `._IMG_1.jpg`, `.DS_Store`, anything in a `.folder/`, left out, and
     its symbolic links, counted) with a single top folder descended (a tar of `photos/` has the ids a build of
     `photos/` has; one made inside it, `./cat/1.jpg`, is descended no further). A file name that is not UTF-8
-    (Latin-1, from an old zip or share) gets the id `_readable_name` writes, said in one line on stderr; a tar
+    (Latin-1, from an old zip or share) gets the id `model.readable_name` writes, said in one line on stderr; a tar
     cut short or damaged is a CliError naming it."""
     import tarfile
 
-    from model import IMAGE_EXTENSIONS, files_under, list_tar
+    from model import DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, list_tar
 
     if source.is_dir():
         try:
@@ -295,7 +297,7 @@ def scan(source: Path, labels: bool) -> ImageSource:
         try:
             tf = tarfile.open(source)
             listing = list_tar(tf)
-        except _damaged_archive_errors() as exc:
+        except DAMAGED_ARCHIVE_ERRORS as exc:
             if tf is not None:
                 tf.close()
             raise _damaged(source, exc) from None
@@ -308,36 +310,17 @@ def scan(source: Path, labels: bool) -> ImageSource:
     raise CliError(f"source {source} is neither a folder nor a tar archive")
 
 
-def _damaged_archive_errors() -> tuple[type[BaseException], ...]:
-    """What opening, listing or reading a tar (compressed or not) that is cut short or corrupt raises: those
-    training/_data.py's _DAMAGED_ARCHIVE catches, so that the CLI words it as `simsearch train` does."""
-    import lzma
-    import tarfile
-    import zlib
-
-    return EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError
-
-
 def _damaged(path: Path, exc: BaseException) -> CliError:
     return CliError(f"{path}: the archive is damaged or cut short ({type(exc).__name__}: {exc}); copy it again")
 
 
-def _readable_name(name: str) -> str:
-    """A file name as an id holds it: unchanged when it is UTF-8; else each byte that is not UTF-8 written as
-    \\xNN (Latin-1 `café.jpg` is `caf\\xe9.jpg`). Python holds such a byte as a lone surrogate, which neither a
-    store nor a JSON answer takes."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return name
-
-
 def _readable_names(source: Path, names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(the names as `_readable_name` writes them, {written: real name} where they differ), said in one line on
+    """(the names as `model.readable_name` writes them, {written: real name} where they differ), said in one line on
     stderr when some do. One that written so is another file's real name (a real `caf\\xe9.jpg` beside the
     Latin-1 `café.jpg`: rare) is left out, and named."""
-    real = {w: n for n in names if (w := _readable_name(n)) != n}
+    from model import readable_name
+
+    real = {w: n for n in names if (w := readable_name(n)) != n}
     if not real:
         return names, {}
     for w in sorted(set(real) & set(names)):
@@ -348,7 +331,7 @@ def _readable_names(source: Path, names: list[str]) -> tuple[list[str], dict[str
         whose = "their ids write" if many else "its id writes"
         print(f"{source}: {len(real)} file name{'s are' if many else ' is'} not UTF-8; {whose} each such byte as "
               f"\\xNN: {'e.g. ' if many else ''}{min(real)}", file=sys.stderr)
-    return [w for n in names if (w := _readable_name(n)) == n or real.get(w) == n], real
+    return [w for n in names if (w := readable_name(n)) == n or real.get(w) == n], real
 
 
 def _top_folder(listing: TarListing) -> str | None:
@@ -367,9 +350,6 @@ def links_note(links: int) -> str:
     return f" ({links} link{'s' if links != 1 else ''} in it left out)" if links else ""
 
 
-SPLITS = ("train", "test", "val", "valid", "validation")   # the split folders `simsearch train` reads (training/_data)
-
-
 def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> dict[str, str | None]:
     """Each id's label, the class `simsearch train` makes of the image (ImageFolder), given `names`, every file
     under SOURCE (the ids when not given). That is its top folder under the dataset's root (photos/shoes/2023/IMG.jpg:
@@ -378,46 +358,34 @@ def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> d
     root is SOURCE, or the one folder all its files lie in, descended as training descends it (wrap/pics/cats/1.jpg:
     "cats") where training finds classes there. An image directly in the root or in a split folder has none; so
     does every image with `labels` off."""
+    from model import SPLIT_FOLDERS, common_folder
+
     if not labels:
         return dict.fromkeys(ids)
     names = ids if names is None else names
-    root = _dataset_root(names)
+    root, _ = common_folder(names)
     if root and not _has_classes([n[len(root):] for n in names]):
         root = ""   # training finds no classes there: the folders under SOURCE are the labels
     rel = [n[len(root):] for n in names]
     tops = {n.split("/", 1)[0].lower() for n in rel if "/" in n}
-    split = ("train" in tops and bool(tops & set(SPLITS[1:]))) or (len(tops) == 1 and tops <= set(SPLITS))
+    split = ("train" in tops and bool(tops & set(SPLIT_FOLDERS[1:]))) or (len(tops) == 1 and tops <= set(SPLIT_FOLDERS))
     out: dict[str, str | None] = {}
     for i in ids:
         parts = i[len(root):].split("/")
-        if split and parts[0].lower() in SPLITS:
+        if split and parts[0].lower() in SPLIT_FOLDERS:
             parts = parts[1:]
         out[i] = (parts[0] or None) if len(parts) >= 2 else None
     return out
-
-
-def _dataset_root(names: list[str]) -> str:
-    """The folders every name lies in, one in the next ("wrap/pics/"; "" when there are none), as training
-    descends them to its dataset root (training/_data.py, _strip_common_dir)."""
-    root = ""
-    while names and all("/" in n for n in names):
-        tops = {n.split("/", 1)[0] for n in names}
-        if len(tops) != 1:
-            break
-        top = tops.pop()
-        root += top + "/"
-        names = [n.split("/", 1)[1] for n in names]
-    return root
 
 
 def _has_classes(names: list[str]) -> bool:
     """Whether training reads classes from the files `names` below a root it descended to: train/ beside test/
     or a validation folder, or 2 or more class folders with images (one class beside loose images, it refuses;
     training/_data.py, _imagefolder_parts)."""
-    from model import IMAGE_EXTENSIONS
+    from model import IMAGE_EXTENSIONS, SPLIT_FOLDERS
 
     tops = {n.split("/", 1)[0].lower() for n in names if "/" in n}
-    if "train" in tops and bool(tops & set(SPLITS[1:])):
+    if "train" in tops and bool(tops & set(SPLIT_FOLDERS[1:])):
         return True
     return len({n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}) >= 2
 

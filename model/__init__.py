@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._crop import Crop, crop_box, draft_size, parse_crop
 from ._earlier import earlier_bundled
-from ._formats import (AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS, TarListing, files_under, list_tar,
+from ._formats import (AVIF_READABLE, DAMAGED_ARCHIVE_ERRORS, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS,
+                       SPLIT_FOLDERS, TarListing, common_folder, files_under, list_tar, readable_name,
                        unreadable_reason)
 from ._preprocess import displayed_size, make_thumbnail, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
                             register_model)
 
 __all__ = [
-    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DRAFT_FORMATS", "Embedder",
+    "AVIF_READABLE", "Artifact", "ArtifactError", "ArtifactMeta", "Crop", "DAMAGED_ARCHIVE_ERRORS", "DRAFT_FORMATS",
+    "Embedder", "SPLIT_FOLDERS", "common_folder", "readable_name",
     "HEIF_READABLE", "IMAGE_EXTENSIONS", "Involution", "ModelModuleError", "OnnxUnavailable", "PDDM",
     "PixelNormalize", "RUNTIMES", "TTA_MODES", "TarListing", "bundled_artifact", "count_parameters", "create_model",
     "crop_box",

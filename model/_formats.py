@@ -3,14 +3,13 @@ through pillow-heif when it is installed. Importing `model` registers it with Pi
 `simsearch index build` and the dataset readers all read the same files."""
 from __future__ import annotations
 
+import lzma
 import os
+import tarfile
+import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image
-
-if TYPE_CHECKING:
-    import tarfile
 
 
 def _register_heif() -> bool:
@@ -41,6 +40,40 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     *((".avif",) if AVIF_READABLE else ()),
     *((".heic", ".heif") if HEIF_READABLE else ()),
 )
+
+
+#: The split folders an ImageFolder may hold, matched in any case (Windows and Kaggle give Train/, Test/):
+#: training reads its splits by them and `simsearch index build` labels by them, so an image gets one class.
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+
+#: What opening, listing or reading a tar (compressed or not) that is cut short or corrupt raises.
+DAMAGED_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (EOFError, tarfile.TarError, zlib.error, lzma.LZMAError,
+                                                           OSError)
+
+
+def common_folder(names: list[str]) -> tuple[str, list[str]]:
+    """("wrap/pics/", the names below it): the folders every name lies in, one in the next ("" when there are
+    none), and the names relative to them: the dataset root training descends to, and `index build` labels by."""
+    prefix = ""
+    while names and all("/" in n for n in names):
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) != 1:
+            break
+        top = tops.pop()
+        prefix += top + "/"
+        names = [n.split("/", 1)[1] for n in names]
+    return prefix, names
+
+
+def readable_name(name: str) -> str:
+    """A file name as it can be printed, written to JSON and stored as an id: unchanged when it is UTF-8; else each
+    byte that is not UTF-8 written as \\xNN (a Latin-1 `café.jpg` from an old zip or share is `caf\\xe9.jpg`).
+    Python holds such a byte as a lone surrogate, which no message, store or JSON answer takes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def files_under(folder: str | os.PathLike) -> list[str]:

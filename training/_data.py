@@ -13,12 +13,10 @@ import gzip
 import hashlib
 import io
 import json
-import lzma
 import os
 import shutil
 import pickle
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -26,7 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from model import IMAGE_EXTENSIONS, files_under, list_tar
+from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, SPLIT_FOLDERS, common_folder, files_under, list_tar,
+                   readable_name)
 
 from ._files import write_whole
 
@@ -45,9 +44,6 @@ _CACHE_VERSION = 9   # 3: ImageFolder splits keep their images' file names; 4: t
 # 9: split folders in any case (Train/, Test/), loose images in test/ or a validation folder named as not read
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
-# The split folders an ImageFolder may hold, matched in any case (Windows and Kaggle give Train/, Test/): the same
-# rule as cli/_galleries.py's SPLITS, so that `index build` labels an image with the class training gives it.
-_SPLIT_DIRS = ("train", "test", *_VAL_DIRS)
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
 
 
@@ -150,7 +146,6 @@ class Dataset:
 
 
 # What listing a tar (compressed or not) that is cut short or corrupt raises.
-_DAMAGED_ARCHIVE = (EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError)
 
 
 def _damaged(path: Path, exc: BaseException) -> DatasetError:
@@ -173,7 +168,7 @@ class _Source:
             try:
                 self._tar = tarfile.open(path)
                 self._members = list_tar(self._tar).files
-            except _DAMAGED_ARCHIVE as exc:
+            except DAMAGED_ARCHIVE_ERRORS as exc:
                 self.close()
                 raise _damaged(path, exc) from None
             self.names = sorted(self._members)
@@ -210,19 +205,6 @@ class _Source:
                 st = (self.path / n).stat()
                 h.update(os.fsencode(n) + f":{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
-
-
-def _strip_common_dir(names: list[str]) -> tuple[str, list[str]]:
-    """If every name lies under one top folder, descend into it (repeatedly)."""
-    prefix = ""
-    while names and all("/" in n for n in names):
-        tops = {n.split("/", 1)[0] for n in names}
-        if len(tops) != 1:
-            break
-        top = tops.pop()
-        prefix += top + "/"
-        names = [n.split("/", 1)[1] for n in names]
-    return prefix, names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +271,7 @@ def _idx_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
         images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
         return Split(images, torch.from_numpy(arrays[f"{kind}_labels"].astype(np.int64)))
 
-    name = "fashion-mnist" if fashion else ("mnist" if "mnist" in own else _readable(src.path.stem))
+    name = "fashion-mnist" if fashion else ("mnist" if "mnist" in own else readable_name(src.path.stem))
     return Dataset(name, "idx", split("train"), split("test"), list(classes), display)
 
 
@@ -406,10 +388,10 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
         except OSError:
             pass
     for f in sorted(folders - set(tree)):
-        out[_readable(f"{sub}{f}/")] = "no images"
+        out[readable_name(f"{sub}{f}/")] = "no images"
     for n in inside:
         if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS):
-            out[_readable(f"{sub}{n}")] = "not in a class folder"
+            out[readable_name(f"{sub}{n}")] = "not in a class folder"
     return out
 
 
@@ -430,7 +412,7 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
                          _readables([f for f, _ in files])) for key, (images, files) in decoded.items()}
     for key in ("train", "test"):   # a split folder whose every image failed to decode
         if key in splits and not len(splits[key]):
-            folder = _readable(parts[key][0])
+            folder = readable_name(parts[key][0])
             raise DatasetError(f"{display}: none of the images in {folder} could be decoded "
                                f"(e.g. {min(n for n in skipped if n.startswith(folder))!r})")
     val = splits.pop("val", None)
@@ -468,7 +450,7 @@ def _split_dirs(tops: set[str], display: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for top in sorted(tops):
         kind = top.lower()
-        if kind in _SPLIT_DIRS:
+        if kind in SPLIT_FOLDERS:
             if kind in found:
                 raise DatasetError(f"{display}: holds both {found[kind]}/ and {top}/; keep one of them")
             found[kind] = top
@@ -530,13 +512,13 @@ def _class_folder_parts(src: _Source, prefix: str, names: list[str], display: st
     loose = [n for n, why in not_read.items() if why == "not in a class folder"]
     if prefix and loose and len(classes) < 2:
         # the one folder descended into holds images itself: it is the class, not its sub-folder
-        top = _readable(prefix.rstrip("/").rsplit("/", 1)[-1])
+        top = readable_name(prefix.rstrip("/").rsplit("/", 1)[-1])
         count = sum(map(len, tree.values())) + len(loose)
         raise DatasetError(f"{display}: found only 1 class folder ({top!r}, {count} images, sub-folders "
                            f"included); need at least 2: put each class's images in its own folder, "
                            f"<class>/<image>")
     if prefix:
-        info["root"] = _readable(prefix.rstrip("/"))
+        info["root"] = readable_name(prefix.rstrip("/"))
     return {"all": ("", tree)}, classes, not_read
 
 
@@ -549,7 +531,7 @@ def _decode_parts(src: _Source, prefix: str, parts: _Parts, in_chans: int, image
         files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
         images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
                                      progress)
-        skipped.update({_readable(n.removeprefix(prefix)): why for n, why in bad.items()})
+        skipped.update({readable_name(n.removeprefix(prefix)): why for n, why in bad.items()})
         decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
     return decoded, skipped
 
@@ -591,7 +573,7 @@ def _held_out_test(every: Split, test_fraction: float, seed: int, info: dict, di
 
 def _dataset_name(src: _Source) -> str:
     """The dataset's name: its folder's or tar's, without the archive's suffixes."""
-    return _readable(_archive_stem(src.path.name))
+    return readable_name(_archive_stem(src.path.name))
 
 
 def _archive_stem(name: str) -> str:
@@ -601,20 +583,9 @@ def _archive_stem(name: str) -> str:
     return name.removesuffix(".tar")
 
 
-def _readable(name: str) -> str:
-    """`name` as it can be printed and written to JSON: a file name that is not UTF-8 (a Latin-1 café.jpg from an
-    old zip or a camera) reaches Python with surrogates in it, which no message can print; its odd bytes are
-    written as \\xe9. Names that are UTF-8 are returned as they are."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 def _readables(names: list[str]) -> list[str]:
-    """_readable of each of `names`."""
-    return [_readable(n) for n in names]
+    """readable_name of each of `names`."""
+    return [readable_name(n) for n in names]
 
 
 def _explain(display: str, names: list[str], prefix: str = "") -> str:
@@ -622,7 +593,7 @@ def _explain(display: str, names: list[str], prefix: str = "") -> str:
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
     loose = [n for n in names if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
     if loose and prefix:   # every file is in one folder, descended into: that is one class
-        return (f"{display}: found one class ({_readable(prefix.rstrip('/').rsplit('/', 1)[-1])!r}, {len(loose)} "
+        return (f"{display}: found one class ({readable_name(prefix.rstrip('/').rsplit('/', 1)[-1])!r}, {len(loose)} "
                 f"image{'s' if len(loose) != 1 else ''}); need at least 2: put each class's images in its own "
                 f"folder, <class>/<image>")
     if loose:
@@ -689,7 +660,7 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
     """
     path = Path(path).expanduser()
     src = _Source(path)
-    display = _readable(str(path))
+    display = readable_name(str(path))
     try:
         # The readable extensions are in the key: a tar's fingerprint does not change when HEIC support
         # is installed, but the images read from it do.
@@ -711,7 +682,7 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
 
 
 def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed, progress: bool = True) -> Dataset:
-    prefix, names = _strip_common_dir(src.names)
+    prefix, names = common_folder(src.names)
     idx = _find_idx(names, display)
     cifar = _find_cifar(names, display)
     found = []   # every dataset the path holds: reading one of two silently would train on the wrong images
