@@ -39,18 +39,24 @@ class MetaIndexes:
         if cached is not None and cached[0] == version:
             return cached[1]
         within = [self._by_label.get(label, set())] if label is not None else []
-        fids = _filter.matching(where or (), self.index, within, self._rows.keys)
+        fids = _filter.matching(where or (), self._filter_index, within, self._rows.keys)
         arr = np.sort(np.fromiter(fids, dtype=np.int64, count=len(fids)))  # sorted: _search_broad, list
         if len(self._filter_cache) > 64:
             self._filter_cache.clear()
         self._filter_cache[key] = (version, arr)
         return arr
 
-    def index(self, key: str) -> dict[Any, int | set[int]]:
-        """The index of one metadata key, built the first time (see build). Empty, and
-        not kept, for a key no item has. For _filter.LABEL, the items' labels (the unlabelled not in it)."""
+    def _filter_index(self, key: str) -> dict[Any, int | set[int]]:
+        """What a filter's condition on `key` reads: the index of that metadata key, or for where's "$label"
+        (_filter.LABEL) the items' labels (the unlabelled not in it). Only filters: a facet or a group of
+        metadata.$label reads a metadata key of that name, as MilvusStore does."""
         if key == _filter.LABEL:
             return self._labels   # type: ignore[return-value]   # read as a dict is, never changed
+        return self.index(key)
+
+    def index(self, key: str) -> dict[Any, int | set[int]]:
+        """The index of one metadata key, built the first time (see build). Empty, and
+        not kept, for a key no item has."""
         built = self.by_key.get(key)
         if built is not None:
             return built

@@ -54,6 +54,16 @@ _CASES = [
 ]
 
 
+def test_a_facet_of_metadata_dollar_label_reads_a_metadata_key_of_that_name_not_the_labels(open_any):
+    # "$label" names the label inside a filter only: a facet (or a group) of metadata.$label reads the metadata,
+    # where no item written today has such a key, the same in both stores
+    store = open_any()
+    _stored(store)
+    got = store.facets("metadata.$label")
+    assert (got.items, got.values, got.missing) == (len(_ITEMS), [], len(_ITEMS))
+    assert store.facets("label").values != []
+
+
 def test_each_label_condition_selects_the_items_by_their_label_in_search_count_list_and_facets(open_any):
     store = open_any()
     vecs = _stored(store)
