@@ -82,6 +82,10 @@ def _read_only_405() -> dict[str, Any]:
             "headers": {"Allow": {"$ref": _HEADER_REF + "Allow"}}}
 
 
+_FORBIDDEN = ("the API key is wrong (invalid_api_key), or its scope does not allow this request (key_scope: a "
+              "read-only key on a write, a key limited to some galleries on another)")
+
+
 def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_only: bool = False) -> dict[str, Any]:
     """Put right, in place, what FastAPI's generator gets wrong about this service:
     - every operation can answer 422 in the service's error shape (a query parameter it does not take, an
@@ -100,6 +104,8 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_o
                 responses["422"] = _error_422()
             if keyed and (key_for_reads or is_write(method.upper(), path) or is_gallery_scan(path)):
                 op["security"] = list(_KEY)
+            if keyed and "403" in responses:   # a scoped key (SIMSEARCH_API_KEY_FILE) is refused out of its scope
+                responses["403"]["description"] = _FORBIDDEN
             if read_only and is_write(method.upper(), path):
                 responses["405"] = _read_only_405()
             for status, response in responses.items():

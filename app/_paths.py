@@ -5,6 +5,10 @@ on the path without its root path (route_path).
 """
 from __future__ import annotations
 
+from starlette.datastructures import QueryParams
+
+DEFAULT_GALLERY = "default"   # the gallery of a request that names none (_service.DEFAULT_GALLERY)
+
 # Paths that never need a key, are never rate limited and never count against the concurrency cap.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _OPEN_PATHS = PROBE_PATHS | {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"}
@@ -25,3 +29,22 @@ def is_gallery_scan(path: str) -> bool:
     """GET /duplicates searches a whole gallery with each of its items: an operator's tool that costs seconds
     of CPU, so it takes the key as writes do."""
     return path.rstrip("/") == "/duplicates"
+
+
+# Routes that read or write no gallery: a key limited to some galleries may use them.
+_NO_GALLERY_PATHS = frozenset({"/embed"})
+GALLERY_LIST_PATH = "/galleries"
+_GALLERY_PREFIX = "/galleries/"
+
+
+def galleries_named(path: str, query: QueryParams) -> list[str] | None:
+    """The galleries a request asks for: the name in /galleries/{name}, else every value of the `gallery` query
+    parameter (each, so that a repeated one, which the route refuses, cannot pass with one allowed name), else
+    the default gallery; None for a request on no gallery (/embed, the list of galleries). `query` is parsed as
+    the routes parse it (Starlette's QueryParams), and `path` is decoded as they match it."""
+    if path.startswith(_GALLERY_PREFIX):
+        name = path[len(_GALLERY_PREFIX):]
+        return [name[:-1] if name.endswith("/") else name]   # a trailing / is redirected to the name
+    if path.rstrip("/") in _NO_GALLERY_PATHS or path.rstrip("/") == GALLERY_LIST_PATH:
+        return None
+    return query.getlist("gallery") or [DEFAULT_GALLERY]

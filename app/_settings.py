@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     runtime: str = Field("torch", description="what runs the network: torch, or onnx (exported to ONNX at start and "
                                               "run by onnxruntime on the CPU; needs the onnx extra)")
     api_key: SecretStr | None = Field(None, description="key required for writes (and reads, see below); several "
-                                                        "keys comma-separated")
-    api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), read again "
-                                                        "when it changes: keys rotate without a restart")
+                                                        "keys comma-separated, each with full access")
+    api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), each may be "
+                                                        "scoped (`KEY read`, `KEY galleries=a,b`), read again when "
+                                                        "it changes: keys and scopes change without a restart")
     require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
     read_only: bool = Field(False, description="serve the index without writing to it (a backup, read-only "
                                                "media, replicas beside the service that writes); writes get 405")
@@ -150,6 +151,11 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        from ._auth import parse_keys
+
+        if v is not None and any(len(k.split()) > 1 for k in parse_keys(v.get_secret_value())):
+            raise ValueError("a key holds a space: SIMSEARCH_API_KEY takes full-access keys only, comma-separated; "
+                             "scoped keys (`KEY read`, `KEY galleries=NAME,...`) go in SIMSEARCH_API_KEY_FILE")
         return v if v is not None and v.get_secret_value() else None
 
     @field_validator("api_key_file")
@@ -157,12 +163,14 @@ class Settings(BaseSettings):
     def _readable_key_file(cls, v: Path | None) -> Path | None:
         if v is None or not str(v):
             return None
-        from ._auth import parse_keys
+        from ._auth import KeyFileError, parse_key_file
 
         try:
-            keys = parse_keys(v.read_text())
+            keys = parse_key_file(v.read_text())
         except OSError as exc:
             raise ValueError(f"{v}: {exc.strerror}") from None
+        except KeyFileError as exc:   # names the line, never the key
+            raise ValueError(f"{v}: {exc}") from None
         if not keys:
             raise ValueError(f"{v} holds no key (one per line; blank lines and # comments are skipped)")
         return v
