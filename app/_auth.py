@@ -182,9 +182,9 @@ class KeyRing:
         before = len(self.scopes)
         self.scopes = [(_digest(k), scope) for k, scope in keys]
         kinds = Counter(scope.kind for _, scope in keys)
-        log.info("API keys read from %s: %d (%s; %s)", self.file, len(self.scopes),
-                 ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())),
-                 "at start" if before == 0 else f"{before} before")
+        log.info("API keys read from %s: %d (%s): %s", self.file, len(self.scopes),
+                 "at start" if before == 0 else f"{before} before",
+                 ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
 
 
 class AuthMiddleware:
