@@ -367,7 +367,13 @@ def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> d
     if root and not _has_classes([n[len(root):] for n in names]):
         root = ""   # training finds no classes there: the folders under SOURCE are the labels
     rel = [n[len(root):] for n in names]
-    tops = {n.split("/", 1)[0].lower() for n in rel if "/" in n}
+    real_tops = sorted({n.split("/", 1)[0] for n in rel if "/" in n})
+    tops = {t.lower() for t in real_tops}
+    for kind in tops & set(SPLIT_FOLDERS):   # train/ beside Train/: which one is meant is a guess, as training says
+        both = [t for t in real_tops if t.lower() == kind]
+        if len(both) > 1:
+            raise CliError(f"{root or './'} holds both {both[0]}/ and {both[1]}/ (split folders are read in any case, "
+                           "as `simsearch train` reads them); keep one of them")
     split = ("train" in tops and bool(tops & set(SPLIT_FOLDERS[1:]))) or (len(tops) == 1 and tops <= set(SPLIT_FOLDERS))
     out: dict[str, str | None] = {}
     for i in ids:

@@ -86,6 +86,12 @@ def test_build_reads_train_and_test_folders_named_in_any_case_as_splits(hybrid1_
                                          "Train/loose.png": None}
 
 
+def test_build_refuses_train_beside_Train_as_train_does(hybrid1_artifact, tmp_path, capsys):
+    both = _write(tmp_path / "both", [f"{s}/{c}/0.png" for s in ("Train", "train", "test") for c in ("a", "b")])
+    assert _build(both, tmp_path / "data", hybrid1_artifact) == 2
+    assert "holds both Train/ and train/" in capsys.readouterr().err
+
+
 def test_build_labels_a_wrapped_folder_by_the_classes_train_reads_in_it_and_keeps_the_ids(hybrid1_artifact,
                                                                                           tmp_path):
     from training import load_dataset
