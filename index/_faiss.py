@@ -229,6 +229,14 @@ def _measure_blas_switch(base: faiss.IndexFlat) -> int:
         faiss.cvar.distance_compute_blas_threshold = saved
 
 
+def search_with(index, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+    """index.search(queries, k, params=params), also where faiss.contrib.torch_utils has been imported (by
+    pytorch-metric-learning's inference module, so by `training`): it replaces every FAISS class's search with
+    one that takes torch tensors but no `params`, keeping FAISS's own as search_numpy."""
+    search = getattr(index, "search_numpy", None) or index.search
+    return search(queries, k, params=params)
+
+
 def tune_exact_search(index: faiss.Index) -> None:
     """Set FAISS's BLAS switch (a process-wide setting) for exact search on this index: from
     blas_min_queries(index) queries. Either path gives the exact result; only the speed differs."""

@@ -189,7 +189,7 @@ class StoreSearch:
             _faiss.tune_exact_search(index)
             D, I = index.search(q, kk)
         else:
-            D, I = index.search(q, kk, params=params)
+            D, I = _faiss.search_with(index, q, kk, params)
         del keep, sel
         return _faiss.to_scores(index, D), I
 
@@ -210,7 +210,7 @@ class StoreSearch:
                 short.append(row)
             D_out[row, :len(hits)], I_out[row, :len(hits)] = D[row, hits], I[row, hits]
         if short:
-            D_out[short], I_out[short] = index.search(q[short], kk, params=params)
+            D_out[short], I_out[short] = _faiss.search_with(index, q[short], kk, params)
         return D_out, I_out
 
     def _exact_locked(self, qv, want, label, allowed, ex):
