@@ -4,6 +4,10 @@ the experiment that regenerates the paper's tables.
     from training import TrainConfig, preset, train, evaluate_artifact, load_dataset
     result = train(preset("default", model="hybrid1", loss="ce+ms", epochs=30), "../shared/data/mnist", "m.safetensors")
 """
+from ._faiss_params import keep_faiss_params
+
+keep_faiss_params()   # before any pytorch-metric-learning import (_faiss_params.py says why)
+
 from ._config import PRESETS, ConfigError, TrainConfig, preset
 from ._data import Dataset, DatasetError, Split, cache_dir, download_dataset, load_dataset
 from ._evaluate import evaluate_artifact, evaluate_embeddings, format_metrics, retrieval_metrics
