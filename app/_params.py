@@ -8,7 +8,6 @@ torch load."""
 from __future__ import annotations
 
 import json
-import math
 import types
 import unicodedata
 import weakref
@@ -341,8 +340,8 @@ _MIN_SCORE_DOC = ("only neighbours with at least this cosine similarity (their `
 
 
 def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
-    """The max_distance a search applies: max_distance as given, or min_score's, sqrt(2 - 2 min_score), computed
-    as the index computes a hit's distance from its score (index.score_to_distance), so that an item whose score
+    """The max_distance a search applies: max_distance as given, or min_score's, sqrt(2 - 2 min_score), by the
+    function the index computes a hit's distance from its score with (index.score_to_distance), so that an item whose score
     is min_score exactly has that distance exactly and is kept. min_score=-1 is no cut at all: a float32 score can
     lie just past -1, and the answer shows it as -1 (_answers._hit_dict). 422 naming both when both are given."""
     if min_score is None:
@@ -353,7 +352,9 @@ def _distance_cut(max_distance: float | None, min_score: float | None) -> float 
                                                  "min_score for a cosine similarity, max_distance for a distance")
     if min_score <= -1:
         return None
-    return math.sqrt(max(0.0, 2.0 - 2.0 * min_score))
+    from index import score_to_distance   # when used (module docstring)
+
+    return score_to_distance(min_score)
 
 
 # The parameters more than one of the models below takes, said once

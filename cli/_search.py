@@ -163,11 +163,11 @@ def _checked(args):
 
 
 def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
-    """The --max-distance a search applies: as given, or --min-score's, sqrt(2 - 2 min_score), computed as the
-    index computes a hit's distance from its score (so that a hit whose score is min_score exactly is kept), here
+    """The --max-distance a search applies: as given, or --min-score's, sqrt(2 - 2 min_score), by the
+    function the index computes a hit's distance from its score with (so that a hit whose score is min_score exactly is kept), here
     and through a service (its max_distance, the same cut as its min_score). -1 is no cut (a float32 score can lie
     just past -1). CliError when both are given, or for a score outside -1..1."""
-    import math
+    import index   # as _checked does (FAISS is loaded for --url searches too)
 
     if min_score is None:
         return max_distance
@@ -176,7 +176,7 @@ def _distance_cut(max_distance: float | None, min_score: float | None) -> float 
     if max_distance is not None:
         raise CliError(f"--max-distance {max_distance} and --min-score {min_score} are one cut in two units "
                        "(distance = sqrt(2 - 2 score)); keep one")
-    return None if min_score == -1 else math.sqrt(max(0.0, 2.0 - 2.0 * min_score))
+    return None if min_score == -1 else index.score_to_distance(min_score)
 
 
 def _search_local(args, queries, single: bool, show, where, crop, like, unlike):

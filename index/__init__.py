@@ -10,6 +10,7 @@
     replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
     check_metadata({"album": "trip"})   # an item's metadata as every store checks it, before a write
+    score_to_distance(0.9)   # the distance (the service's max_distance) of a hit whose cosine is 0.9
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
     refine_query(q, liked_vectors, unliked_vectors)   # relevance feedback: more like these, less like those
     refine_queries(store, [q], like=["a"], unlike=["b"])   # those queries refined by the stored items' vectors
@@ -45,7 +46,7 @@ from ._reader import Check, Row, StoreReader
 from ._filter import check_where
 from ._milvus import MILVUS_INDEX_KINDS, MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
 from ._store import Store
-from ._types import Hit, Item, StoreConfig
+from ._types import Hit, Item, StoreConfig, score_to_distance
 from ._vote import Vote, vote
 
 PRESET_NAMES = tuple(PRESETS)
@@ -64,5 +65,6 @@ __all__ = [
     "mark_incomplete",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "remove_deleted_galleries",
-    "mean_query", "refine_queries", "refine_query", "remove_gallery", "search_hits", "UNLIKE_WEIGHT", "vote",
+    "mean_query", "refine_queries", "refine_query", "remove_gallery", "score_to_distance", "search_hits", "UNLIKE_WEIGHT",
+    "vote",
 ]
