@@ -166,7 +166,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
             if good:
                 vecs = embedder.embed_arrays(np.stack([arr for _, arr in good]))
                 _upsert(store, [index.Item(id=it.id, vector=v, label=it.label, metadata=it.metadata,
-                                           thumbnail=it.thumbnail) for (it, _), v in zip(good, vecs)],
+                                           thumbnail=it.thumbnail) for (it, _), v in zip(good, vecs, strict=True)],
                         left_out["refused by DEST"])
             bar.update(len(chunk))
 

@@ -538,7 +538,7 @@ def _epochs(text: str | None) -> dict[str, int] | None:
         parts = []
     if len(parts) not in (1, 3):
         raise CliError(f"--epochs takes N or MNIST,FASHION,CIFAR, got {text!r}")
-    return dict(zip(ExperimentConfig.PAPER_EPOCHS, parts * 3 if len(parts) == 1 else parts))
+    return dict(zip(ExperimentConfig.PAPER_EPOCHS, parts * 3 if len(parts) == 1 else parts, strict=True))
 
 
 def _as_option(exc) -> str:

@@ -53,7 +53,7 @@ class InvConvNet(nn.Module):
         if len(strides) != len(widths):
             raise ValueError(f"strides {strides} must give one stride per convolution {tuple(widths)}")
         chans = in_chans
-        for i, (width, s) in enumerate(zip(widths, strides)):
+        for i, (width, s) in enumerate(zip(widths, strides, strict=True)):
             block: list[nn.Module] = [nn.Conv2d(chans, width, 3, stride=s, padding=1, bias=not norm)]
             if norm:
                 block.append(nn.BatchNorm2d(width))
@@ -83,14 +83,14 @@ class InvConvNet(nn.Module):
         pairs, targets = _conv_norm_pairs(self.features), _conv_norm_pairs(out.features)
         if len(pairs) != len(targets):  # cannot happen for models this class builds
             raise RuntimeError(f"{len(pairs)} convolutions to fold into {len(targets)}")
-        for (conv, bn), (target, _) in zip(pairs, targets):
+        for (conv, bn), (target, _) in zip(pairs, targets, strict=True):
             weight, bias = conv.weight, conv.bias if conv.bias is not None else torch.zeros_like(target.bias)
             if bn is not None:
                 scale, shift = _scale_shift(bn)
                 weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale + shift
             target.weight.copy_(weight)
             target.bias.copy_(bias)
-        for src, dst in zip(_involutions(self.features), _involutions(out.features)):
+        for src, dst in zip(_involutions(self.features), _involutions(out.features), strict=True):
             dst.load_state_dict(src.state_dict())
         weight, bias = self.embed.weight, self.embed.bias
         if isinstance(self.head_norm, nn.BatchNorm1d):
@@ -116,13 +116,13 @@ class InvConvNet(nn.Module):
             raise ValueError(f"a model built with {plain.config} is not this one ({self.config}) without its "
                              "BatchNorms")
         pairs, sources = _conv_norm_pairs(self.features), _conv_norm_pairs(plain.features)
-        for (conv, bn), (source, _) in zip(pairs, sources):
+        for (conv, bn), (source, _) in zip(pairs, sources, strict=True):
             conv.weight.copy_(source.weight)
             if conv.bias is not None:
                 conv.bias.copy_(source.bias)
             if bn is not None:
                 _identity(bn, source.bias)
-        for src, dst in zip(_involutions(plain.features), _involutions(self.features)):
+        for src, dst in zip(_involutions(plain.features), _involutions(self.features), strict=True):
             dst.load_state_dict(src.state_dict())
         if isinstance(self.head_norm, nn.BatchNorm1d):
             _identity(self.head_norm, torch.zeros_like(self.head_norm.bias))
@@ -154,7 +154,7 @@ def _conv_norm_pairs(features: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2
     for seq in features.modules():
         if isinstance(seq, nn.Sequential):
             kids = list(seq)
-            following.update({id(a): b for a, b in zip(kids, kids[1:])
+            following.update({id(a): b for a, b in zip(kids, kids[1:], strict=False)
                               if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)})
     return [(m, following.get(id(m))) for m in features.modules()
             if isinstance(m, nn.Conv2d) and id(m) not in inside]

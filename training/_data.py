@@ -323,7 +323,7 @@ def _cifar_batch(src: _Source, file: str, display: str) -> tuple[np.ndarray, np.
 
 def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset:
     def load(batches: list[str]) -> Split:
-        xs, ys = zip(*(_cifar_batch(src, files[b], display) for b in batches))
+        xs, ys = zip(*(_cifar_batch(src, files[b], display) for b in batches), strict=True)
         return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
     classes = CIFAR10_CLASSES
@@ -621,7 +621,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         want.append(len(idx) * fraction)
         lo.append(min(least, len(idx) - max(least, 1)))
         hi.append(len(idx) - max(least, 1))
-    n = [min(max(int(round(w)), a), b) for w, a, b in zip(want, lo, hi)]
+    n = [min(max(int(round(w)), a), b) for w, a, b in zip(want, lo, hi, strict=True)]
     target = int(round(len(labels) * fraction))
     while sum(n) < target:   # one more from the class rounded down most that can give one
         room = [c for c in range(len(n)) if n[c] < hi[c]]
@@ -633,8 +633,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         if not room:
             break
         n[max(room, key=lambda c: (n[c] - want[c], -c))] -= 1
-    held = [idx[:k] for idx, k in zip(shuffled, n)]
-    keep = [idx[k:] for idx, k in zip(shuffled, n)]
+    held = [idx[:k] for idx, k in zip(shuffled, n, strict=True)]
+    keep = [idx[k:] for idx, k in zip(shuffled, n, strict=True)]
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
 
 

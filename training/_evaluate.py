@@ -160,7 +160,7 @@ def ms_loss_plain(embeddings: torch.Tensor, labels: torch.Tensor, batch_size: in
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     batches = order.split(batch_size)
     values = _ms_batch_losses(embeddings, labels, batches, alpha, beta, base, epsilon, mined=True)
-    total = sum(v * len(idx) for v, idx in zip(values, batches))
+    total = sum(v * len(idx) for v, idx in zip(values, batches, strict=True))
     return {"ms_loss_plain": total / max(len(order), 1),
             "ms_loss_plain_settings": {"batch_size": batch_size, "order": "seeded shuffle", "alpha": alpha,
                                        "beta": beta, "base": base, "miner_epsilon": epsilon, "seed": seed}}
@@ -220,7 +220,7 @@ def class_report(embeddings: torch.Tensor, labels: torch.Tensor, class_names: li
     counts, at = torch.topk(counts, min(top, len(counts)))
     confusions = [{"query_class": names[j // n], "neighbour_class": names[j % n], "count": c,
                    "share_of_class": c / int(sizes[j // n])}
-                  for c, j in zip(counts.tolist(), pairs[at].tolist())]
+                  for c, j in zip(counts.tolist(), pairs[at].tolist(), strict=True)]
     return {"per_class": per_class, "confusions": confusions}
 
 
@@ -418,7 +418,7 @@ def unscored_classes(labels: torch.Tensor, class_names: list[str] | None = None)
     fewer than two items (one item has no other of its class to find; with `class_names`, a class with none is
     named too), and `scored_queries`, the items precision@1 and the other retrieval metrics count."""
     classes, sizes = torch.unique(labels, return_counts=True)
-    count = dict(zip(classes.tolist(), sizes.tolist()))
+    count = dict(zip(classes.tolist(), sizes.tolist(), strict=True))
     ids = range(len(class_names)) if class_names else classes.tolist()
     unscored = {}
     for c in ids:

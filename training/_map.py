@@ -62,7 +62,7 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
     x0, line = _SIDE + 12, 20
     classes, counts = np.unique(lab, return_counts=True)
     draw.text((x0, _HEAD), "classes (images on the map)", fill="black", font=font)
-    for row, (c, count) in enumerate(zip(classes[:40], counts[:40]), start=1):
+    for row, (c, count) in enumerate(zip(classes[:40], counts[:40], strict=True), start=1):
         top = _HEAD + row * line
         draw.rectangle([x0, top + 2, x0 + 14, top + 14], fill=PALETTE[int(c) % len(PALETTE)])
         name = class_names[int(c)] if class_names and int(c) < len(class_names) else str(int(c))
