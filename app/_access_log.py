@@ -1,22 +1,34 @@
-"""Logging filters: the request id (and error code) on every log record, and key-like query parameters
-redacted from uvicorn's access log lines."""
+"""Logging filters: the request id, error code and API key class on every log record, and key-like query
+parameters redacted from uvicorn's access log lines."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 
 from ._errors import ERROR_CODE, REQUEST_ID
 
+# Which of the service's API keys the request was served under (set by AuthMiddleware), for its access log
+# line: the key's class (KeyScope.kind: full, read, galleries, read+galleries, or "invalid" for a key that is
+# none of them) and the line of SIMSEARCH_API_KEY_FILE that gave it (None for SIMSEARCH_API_KEY). None when
+# the request sent no key, or no key was looked at (a probe, the docs, a service without keys). Never the key.
+KEY_USED: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar("key_used", default=None)
+
 
 class RequestIdLogFilter(logging.Filter):
-    """Sets `request_id` on every log record: the id of the request it was logged in, or "-"; and
+    """Sets `request_id` on every log record: the id of the request it was logged in, or "-";
     `error_code`, the code of the error that request is answered with (None before one, or without),
-    with `error_suffix` for text lines (" code=..." or "")."""
+    with `error_suffix` for text lines (" code=..." or ""); and `key_class` and `key_line`, the API key the
+    request was served under (KEY_USED; both None without one), with `key_suffix` for text lines
+    (" key=read key_line=3", " key=full", or "")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get() or "-"
         record.error_code = ERROR_CODE.get()
         record.error_suffix = f" code={record.error_code}" if record.error_code else ""
+        record.key_class, record.key_line = KEY_USED.get() or (None, None)
+        record.key_suffix = "" if record.key_class is None else f" key={record.key_class}" + (
+            "" if record.key_line is None else f" key_line={record.key_line}")
         return True
 
 

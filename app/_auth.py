@@ -10,12 +10,13 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ._access_log import KEY_USED
 from ._errors import route_path, send_error
 from ._metrics import Metrics
 from ._paths import GALLERY_LIST_PATH, galleries_named, is_gallery_scan, is_open_path, is_write
@@ -49,10 +50,12 @@ def parse_keys(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class KeyScope:
-    """What a key may do: every request (the default), reads only, and/or only some galleries."""
+    """What a key may do: every request (the default), reads only, and/or only some galleries; and the line of
+    the key file that says so (for the access log; None for SIMSEARCH_API_KEY's keys)."""
 
     read_only: bool = False
     galleries: frozenset[str] | None = None   # None: every gallery
+    line: int | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -97,7 +100,7 @@ def _line_scope(options: list[str], number: int) -> KeyScope:
             raise KeyFileError(f"line {number}: word {place} repeats an option; give each once")
         else:
             raise KeyFileError(f"line {number}: word {place} is not an option ({_OPTIONS_DOC})")
-    return KeyScope(read_only, galleries)
+    return KeyScope(read_only, galleries, number)
 
 
 def parse_key_file(text: str) -> list[tuple[str, KeyScope]]:
@@ -209,6 +212,8 @@ class AuthMiddleware:
         key = presented_key(headers)
         key_scope = self.keys.scope_of(key) if key is not None and self.keys else None
         key_ok = key_scope is not None
+        if key is not None and self.keys:   # which key, for the access log line (never the key itself)
+            KEY_USED.set((key_scope.kind, key_scope.line) if key_ok else ("invalid", None))
         needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], path)
                                          or is_gallery_scan(path))
         if needs_key and key is None:

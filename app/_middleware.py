@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._access_log import KEY_USED
 from ._errors import ERROR_CODE, REQUEST_ID, ApiError, all_routes, route_path, send_error
 from ._metrics import Metrics
 from ._paths import PROBE_PATHS, is_write
@@ -90,7 +91,7 @@ class RequestIdMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), header]}
             await send(message)
 
-        token, code_token = REQUEST_ID.set(rid), ERROR_CODE.set(None)
+        token, code_token, key_token = REQUEST_ID.set(rid), ERROR_CODE.set(None), KEY_USED.set(None)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # noqa: BLE001  (answered and logged; the server keeps serving)
@@ -113,6 +114,7 @@ class RequestIdMiddleware:
         finally:
             REQUEST_ID.reset(token)
             ERROR_CODE.reset(code_token)
+            KEY_USED.reset(key_token)
 
 
 # Sent on every answer: no MIME sniffing (a thumbnail or JSON answer is never run as a script or page).

@@ -252,13 +252,14 @@ def _log_config(level: str, fmt: str) -> dict:
         for name in ("default", "access"):
             config["formatters"][name] = {"()": "cli._serve._json_formatter"}
     else:
-        config["formatters"]["access"]["fmt"] += "%(error_suffix)s request_id=%(request_id)s"
+        config["formatters"]["access"]["fmt"] += "%(key_suffix)s%(error_suffix)s request_id=%(request_id)s"
     return config
 
 
 def _json_formatter():
     """A python-json-logger formatter: time, level, logger, message, request_id (inside a request), the
-    traceback as exc_info, and for access lines client, method, path, http_version and status."""
+    traceback as exc_info, and for access lines client, method, path, http_version and status, with code (an
+    error's), key and key_line (the API key's class and key file line, when the request sent a key)."""
     import logging
 
     from pythonjsonlogger.core import RESERVED_ATTRS
@@ -269,13 +270,19 @@ def _json_formatter():
             super().add_fields(log_data, record, message_dict)
             if log_data.get("request_id") == "-":  # not logged inside a request
                 del log_data["request_id"]
-            log_data.pop("error_suffix", None)   # the text lines' form of error_code
+            for text_form in ("error_suffix", "key_suffix"):   # the text lines' form of error_code, key_*
+                log_data.pop(text_form, None)
             code = log_data.pop("error_code", None)
+            key_class, key_line = log_data.pop("key_class", None), log_data.pop("key_line", None)
             if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
                 client, method, path, version, status = record.args
                 log_data.update(client=client, method=method, path=path, http_version=version, status=int(status))
                 if code:   # the error this request was answered with
                     log_data["code"] = code
+                if key_class:   # the API key it was served under: its class, and its line in the key file
+                    log_data["key"] = key_class
+                    if key_line is not None:
+                        log_data["key_line"] = key_line
 
     return AccessJsonFormatter(["asctime", "levelname", "name", "message"], datefmt="%Y-%m-%dT%H:%M:%S%z",
                                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
