@@ -26,7 +26,9 @@ POSITION_HEADER = "X-Simsearch-Position"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
         400: "a file part is missing, empty, corrupt or truncated; malformed multipart; a malformed X-Simsearch-After",
-        401: "the API key is missing", 403: "the API key is wrong",
+        401: "the API key is missing",
+        403: "the API key is not one of the service's keys (`invalid_api_key`), or its scope does not allow this "
+             "request (`key_scope`); app/_openapi.py declares on each operation the reasons it can have",
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
         404: "no item with this id; no gallery of that name",

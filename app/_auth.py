@@ -214,8 +214,7 @@ class AuthMiddleware:
         key_ok = key_scope is not None
         if key is not None and self.keys:   # which key, for the access log line (never the key itself)
             KEY_USED.set((key_scope.kind, key_scope.line) if key_ok else ("invalid", None))
-        needs_key = bool(self.keys) and (self.require_key_for_reads or is_write(scope["method"], path)
-                                         or is_gallery_scan(path))
+        needs_key = bool(self.keys) and key_needed(scope["method"], path, self.require_key_for_reads)
         if needs_key and key is None:
             self.metrics.rejected.labels("missing_key").inc()
             return await send_error(send, 401, "missing_api_key",
@@ -223,7 +222,7 @@ class AuthMiddleware:
                                     "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
         if needs_key and not key_ok:
             self.metrics.rejected.labels("wrong_key").inc()
-            return await send_error(send, 403, "invalid_api_key", "the API key is not valid")
+            return await send_error(send, 403, "invalid_api_key", "the API key sent is not one of the service's keys")
         # A key's scope limits whatever it is used for, reads too when they need no key (a request without one
         # is then an anonymous read, which its scope does not concern).
         refusal = out_of_scope(key_scope, scope["method"], path, QueryParams(scope["query_string"])) \
@@ -247,6 +246,12 @@ class AuthMiddleware:
                 and path.rstrip("/") == GALLERY_LIST_PATH:
             return await self.app(scope, receive, _listing_only(key_scope.galleries, send))
         await self.app(scope, receive, send)
+
+
+def key_needed(method: str, path: str, key_for_reads: bool) -> bool:
+    """Whether a service with keys refuses this request without a valid one (401, 403 invalid_api_key): writes,
+    gallery scans, and every request with SIMSEARCH_REQUIRE_KEY_FOR_READS (the open paths never reach this)."""
+    return key_for_reads or is_write(method, path) or is_gallery_scan(path)
 
 
 def out_of_scope(key_scope: KeyScope, method: str, path: str, query: QueryParams) -> str | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import QueryParams
 
-from ._answers import POSITION_HEADER
-from ._paths import is_gallery_scan, is_write
+from ._answers import _ERRORS, POSITION_HEADER
+from ._auth import key_needed
+from ._paths import galleries_named, is_open_path, is_write
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
 _VALIDATION_REF = "#/components/schemas/HTTPValidationError"
@@ -82,16 +84,45 @@ def _read_only_405() -> dict[str, Any]:
             "headers": {"Allow": {"$ref": _HEADER_REF + "Allow"}}}
 
 
-_FORBIDDEN = ("the API key is wrong (invalid_api_key), or its scope does not allow this request (key_scope: a "
-              "read-only key on a write, a key limited to some galleries on another)")
+# Each reason a 403 can have (AuthMiddleware), as the operations that can answer it declare it.
+_WRONG_KEY = "the API key sent is not one of the service's keys (`invalid_api_key`)"
+_READ_ONLY_KEY = "the key may only read (`KEY read` in the key file) and this is a write (`key_scope`)"
+_OTHER_GALLERY = ("the key may only use some galleries (`KEY galleries=...` in the key file) and this request is on "
+                  "another (`key_scope`)")
 
 
-def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_only: bool = False) -> dict[str, Any]:
+def forbidden_reasons(method: str, path: str, keyed: bool, key_for_reads: bool, scoped: bool) -> list[str]:
+    """Why the service can answer this operation 403, in words naming each code (empty: it never does): a wrong
+    key where the operation needs a key; with a key file (`scoped`), a read-only key on a write, and a key
+    limited to some galleries on any operation on a gallery (reads too: a scope holds whether or not the
+    request needs a key)."""
+    if not keyed or is_open_path(path):
+        return []
+    write = is_write(method, path)
+    reasons = [_WRONG_KEY] if key_needed(method, path, key_for_reads) else []
+    if scoped and write:
+        reasons.append(_READ_ONLY_KEY)
+    if scoped and galleries_named(path, QueryParams()) is not None:
+        reasons.append(_OTHER_GALLERY)
+    return reasons
+
+
+def _forbidden_403(reasons: list[str]) -> dict[str, Any]:
+    return {"description": "; or ".join(reasons),
+            "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}}}
+
+
+def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_only: bool = False,
+                scoped: bool | None = None) -> dict[str, Any]:
     """Put right, in place, what FastAPI's generator gets wrong about this service:
     - every operation can answer 422 in the service's error shape (a query parameter it does not take, an
       invalid id), never FastAPI's `{"detail": [...]}`, which the service never sends;
     - the key: both ways of sending it as security schemes, required on the operations that need one
       (writes and GET /duplicates, every one with SIMSEARCH_REQUIRE_KEY_FOR_READS) when a key is set;
+    - 403 declared on exactly the operations that can answer it, with the reasons each can have
+      (forbidden_reasons; `scoped`: keys come from a key file, which can limit them; None: as `keyed`); a
+      route that checks a key itself declares its own 403 (a description other than _ERRORS[403]'s), which
+      is kept while the service has keys;
     - a read-only service (SIMSEARCH_READ_ONLY) answers every write 405, with Allow;
     - the headers the middleware puts on answers, declared on each response that carries them
       (RESPONSE_HEADERS), as components.headers."""
@@ -102,10 +133,14 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_o
             responses = op.setdefault("responses", {})
             if "422" not in responses or _refers_to(responses["422"], _VALIDATION_REF):
                 responses["422"] = _error_422()
-            if keyed and (key_for_reads or is_write(method.upper(), path) or is_gallery_scan(path)):
+            if keyed and key_needed(method.upper(), path, key_for_reads):
                 op["security"] = list(_KEY)
-            if keyed and "403" in responses:   # a scoped key (SIMSEARCH_API_KEY_FILE) is refused out of its scope
-                responses["403"]["description"] = _FORBIDDEN
+            own = responses.get("403", {}).get("description") not in (None, _ERRORS[403]["description"])
+            reasons = forbidden_reasons(method.upper(), path, keyed, key_for_reads, keyed if scoped is None else scoped)
+            if reasons and not own:
+                responses["403"] = _forbidden_403(reasons)
+            elif not keyed or not (reasons or own):
+                responses.pop("403", None)
             if read_only and is_write(method.upper(), path):
                 responses["405"] = _read_only_405()
             for status, response in responses.items():
@@ -124,12 +159,17 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_o
     return schema
 
 
-def install_openapi(app: FastAPI, keyed: bool, key_for_reads: bool, read_only: bool = False) -> None:
-    """app.openapi() (and /openapi.json, /docs) answers the corrected document, built once."""
+def install_openapi(app: FastAPI, keyed: bool, key_for_reads: bool, read_only: bool = False,
+                    scoped: bool | None = None) -> None:
+    """app.openapi() (and /openapi.json, /docs) answers the corrected document, built once. `scoped`: whether
+    the keys come from a key file (whose keys may be limited); None: read from app.state.settings when the
+    document is first asked for, else as `keyed`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = fix_openapi(FastAPI.openapi(app), keyed, key_for_reads, read_only)
+            settings = getattr(app.state, "settings", None)
+            limited = scoped if scoped is not None or settings is None else settings.api_key_file is not None
+            app.openapi_schema = fix_openapi(FastAPI.openapi(app), keyed, key_for_reads, read_only, limited)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
