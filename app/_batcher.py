@@ -29,6 +29,17 @@ class SearchParams:
     group_size: int = 1
     exclude: tuple[str, ...] = ()   # ids never returned (shown already, marked, the query item itself)
     offset: int = 0   # nearest items (or groups) skipped: the next page
+    # The search's own index parameters (None, False: the gallery's). Part of the batch key like the rest: requests
+    # that differ in them never share an index call (MicroBatcher._process groups by the whole SearchParams).
+    nprobe: int | None = None      # IVF lists probed
+    ef_search: int | None = None   # HNSW candidates kept
+    exact: bool = False            # every vector compared at full precision
+
+    def tuning(self) -> dict:
+        """The search's own index parameters as a store's search takes them (keyword arguments), {} for none:
+        the store searches with its own, as it did before they existed."""
+        given = {"nprobe": self.nprobe, "ef_search": self.ef_search, "exact": self.exact or None}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass

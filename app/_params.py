@@ -341,8 +341,8 @@ _MIN_SCORE_DOC = ("only neighbours with at least this cosine similarity (their `
 
 def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
     """The max_distance a search applies: max_distance as given, or min_score's, sqrt(2 - 2 min_score), by the
-    function the index computes a hit's distance from its score with (index.score_to_distance), so that an item whose score
-    is min_score exactly has that distance exactly and is kept. min_score=-1 is no cut at all: a float32 score can
+    function the index computes a hit's distance from its score with (index.score_to_distance), so that an item whose
+    score is min_score exactly has that distance exactly and is kept. min_score=-1 is no cut at all: a float32 score can
     lie just past -1, and the answer shows it as -1 (_answers._hit_dict). 422 naming both when both are given."""
     if min_score is None:
         return max_distance
@@ -357,6 +357,39 @@ def _distance_cut(max_distance: float | None, min_score: float | None) -> float 
     return score_to_distance(min_score)
 
 
+# index's NLIST_MAX and EF_SEARCH_MAX (index/_faiss.py), the bounds of a search's own nprobe and ef_search, written
+# here for the same reason (tests/app/test_search_params_http.py holds them equal)
+MAX_NPROBE = 16384
+MAX_EF_SEARCH = 32768
+_NPROBE_DOC = ("IVF galleries (index ivf or ivfpq): how many of the index's lists this search probes, 1 to the number "
+               "of lists it has (`index_kind` in GET /index names it, e.g. IndexIVFFlat(nlist=400)), in place of the "
+               "gallery's own (an eighth of them, 16 to 128): more is nearer the exact answer, and slower. A label or "
+               "where filter widens it as it widens the gallery's own. 422 for a gallery of another kind")
+_EF_SEARCH_DOC = (f"HNSW galleries (index hnsw): how many candidates this search keeps as it walks the graph, k to "
+                  f"{MAX_EF_SEARCH}, in place of the gallery's own (128): more is nearer the exact answer, and slower. "
+                  "A label or where filter widens it as it widens the gallery's own. 422 for a gallery of another kind")
+_EXACT_DOC = ("compare the query with every vector of the gallery at full precision, the answer a flat index gives, "
+              "to see what an approximate index misses (its recall): flat as always; ivf probes every list; hnsw "
+              "searches the flat store of its vectors instead of its graph; ivfpq compares the stored vectors "
+              "themselves, read from the database (slow: about a second per million items). Not with nprobe or "
+              "ef_search")
+
+
+def _check_tuning(k: int, nprobe: int | None, ef_search: int | None, exact: bool) -> None:
+    """422 for what a search's own index parameters cannot mean whatever the gallery: exact with nprobe or
+    ef_search, ef_search below k. (Whether the gallery's kind takes them, and nprobe's bound, its number of lists,
+    need the gallery: Service.search.)"""
+    if exact and (nprobe is not None or ef_search is not None):
+        given = "nprobe" if nprobe is not None else "ef_search"
+        raise ApiError(422, "invalid_parameter", f"exact=true compares every vector: {given}="
+                                                 f"{nprobe if nprobe is not None else ef_search} has nothing left to "
+                                                 "set; give one of the two")
+    if ef_search is not None and ef_search < k:
+        raise ApiError(422, "invalid_parameter", f"ef_search={ef_search} is less than k={k}: HNSW keeps ef_search "
+                                                 f"candidates and returns the best k of them; give {k}.."
+                                                 f"{MAX_EF_SEARCH}")
+
+
 # The parameters more than one of the models below takes, said once
 _MaxDistance = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
 _MinScore = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False, description=_MIN_SCORE_DOC)]
@@ -366,6 +399,18 @@ _Crop = Annotated[str | None, Field(max_length=200, description=_CROP_DOC)]
 # checked by _check_combine, whose message says more than the enum's would
 _Combine = Annotated[str, Field(description=_COMBINE_DOC, json_schema_extra={"enum": ["mean", "best"]})]
 _Gallery = Annotated[str, Field(min_length=1, max_length=63, pattern=GALLERY_NAME, description=_GALLERY_DOC)]
+_Nprobe = Annotated[int | None, Field(ge=1, le=MAX_NPROBE, description=_NPROBE_DOC)]
+_EfSearch = Annotated[int | None, Field(ge=1, le=MAX_EF_SEARCH, description=_EF_SEARCH_DOC)]
+_Exact = Annotated[bool, Field(description=_EXACT_DOC)]
+
+
+def _tuned(service: Service, gallery: str, params: SearchParams) -> SearchParams:
+    """params, once the service has said that the gallery's store takes its own index parameters (422 for a
+    gallery in Milvus until it does: Service.search_tuning), before any image is decoded."""
+    g = service.galleries.get(gallery)
+    if g is not None and (params.nprobe is not None or params.ef_search is not None or params.exact):
+        service.search_tuning(g, params)
+    return params
 
 
 class NeighbourQuery(BaseModel):
@@ -394,6 +439,9 @@ class NeighbourQuery(BaseModel):
     vote: bool = Field(False, description="also say which label the returned neighbours agree on (`vote`: label, "
                                           "confidence, votes), decided as POST /classify decides it, over these "
                                           "results")
+    nprobe: _Nprobe = None
+    ef_search: _EfSearch = None
+    exact: _Exact = False
 
     _region: Crop | None = PrivateAttr(None)
     _max_distance: float | None = PrivateAttr(None)   # max_distance, or min_score's (_distance_cut)
@@ -425,6 +473,7 @@ class NeighbourQuery(BaseModel):
         self._max_distance = _distance_cut(self.max_distance, self.min_score)
         self.exclude = _check_exclude(self.exclude)
         self.like, self.unlike = _check_examples(self.like, self.unlike)
+        _check_tuning(k, self.nprobe, self.ef_search, self.exact)
 
     @property
     def region(self) -> Crop | None:
@@ -441,8 +490,10 @@ class NeighbourQuery(BaseModel):
             _check_group_by(self.group_by)
         if self.rerank is not None:
             self._check_rerank_alone()
-        return SearchParams(self.k, self.label, self._max_distance, self.rerank, _check_where(self.where), gallery,
-                            self.group_by, self.group_size, tuple(self.exclude), self.offset)
+        return _tuned(service, gallery, SearchParams(self.k, self.label, self._max_distance, self.rerank,
+                                                     _check_where(self.where), gallery, self.group_by, self.group_size,
+                                                     tuple(self.exclude), self.offset, self.nprobe, self.ef_search,
+                                                     self.exact))
 
     def _check_rerank_alone(self) -> None:
         """422 for what rerank cannot work with: groups, or a query refined by marks."""
@@ -511,6 +562,9 @@ class ClassifyQuery(BaseModel):
     crop: _Crop = None
     combine: _Combine = "mean"
     gallery: _Gallery = DEFAULT_GALLERY
+    nprobe: _Nprobe = None
+    ef_search: _EfSearch = None
+    exact: _Exact = False
 
     _region: Crop | None = PrivateAttr(None)
     _max_distance: float | None = PrivateAttr(None)   # max_distance, or min_score's (_distance_cut)
@@ -521,6 +575,7 @@ class ClassifyQuery(BaseModel):
         self._max_distance = _distance_cut(self.max_distance, self.min_score)
         _check_combine(self.combine)
         self._region = _check_crop(self.crop)
+        _check_tuning(self.k, self.nprobe, self.ef_search, self.exact)
         return self
 
     @property
@@ -530,4 +585,6 @@ class ClassifyQuery(BaseModel):
 
     def params(self, service: Service, gallery: str) -> SearchParams:
         """The search whose neighbours vote: k of them, filtered as asked; 422 for a `where` the index refuses."""
-        return SearchParams(self.k, max_distance=self._max_distance, where=_check_where(self.where), gallery=gallery)
+        return _tuned(service, gallery, SearchParams(self.k, max_distance=self._max_distance,
+                                                     where=_check_where(self.where), gallery=gallery,
+                                                     nprobe=self.nprobe, ef_search=self.ef_search, exact=self.exact))

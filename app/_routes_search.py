@@ -250,16 +250,21 @@ async def search_by_id(request: Request, q: Annotated[SearchByIdQuery, Query()],
         hits = (await _search_refined(service, g, params, [None], like, unlike, starts=[id]))[0]
         return _search_answer(service, hits, params, t0, q.vote)
     where_filter = json.loads(params.where) if params.where else None
+    tuning = service.search_tuning(g, params)   # nprobe, ef_search, exact: {} for the gallery's own
 
     def run():
         t = time.perf_counter()
         hits = g.store.search_by_id(id, k=params.k, label=params.label, max_distance=params.max_distance,
-                                    where=where_filter)
+                                    where=where_filter, **tuning)
         service.metrics.search_seconds.observe(time.perf_counter() - t)
         return hits
+
+    from index import InvalidItemError   # when used (module docstring)
 
     try:
         hits = await anyio.to_thread.run_sync(run)
     except KeyError:
         raise ApiError(404, "not_found", f"no item with id {id!r} in the gallery") from None
+    except InvalidItemError as exc:   # a parameter the gallery's index kind does not take, or beyond its lists
+        raise ApiError(422, "invalid_parameter", f"gallery {g.name!r}: {exc}") from None
     return _search_answer(service, hits, params, t0, q.vote)

@@ -6,6 +6,7 @@ import asyncio
 import difflib
 import errno
 import gc
+import inspect
 import json
 import logging
 import os
@@ -123,6 +124,15 @@ class WriteRefusals:
                 self._total, self._unlogged, self._began, None, 0, 0)
         log.warning("writes succeed again: %d were refused %s over %.0f s (%d of them since the last line)", total,
                     "for lack of disk space" if self._full else "by the disk", now - began, unlogged)
+
+
+def _takes_tuning(store) -> bool:
+    """Whether `store`'s searches take a search's own index parameters (nprobe, ef_search, exact): index.Store's
+    do; index.MilvusStore's take them once its search declares them."""
+    return _TAKES_TUNING.setdefault(type(store), "exact" in inspect.signature(type(store).search).parameters)
+
+
+_TAKES_TUNING: dict[type, bool] = {}
 
 
 @dataclass
@@ -618,8 +628,6 @@ class Service:
         """The hits of each query vector (unit rows) under params, in params.gallery: the store's search,
         then the PDDM re-ranking when asked for, or its groups (store.search_grouped) with params.group_by;
         no item of params.exclude among them. Blocking: run it in a worker thread."""
-        from index import search_hits   # imported when used: the app answers /healthz before FAISS loads
-
         g = self.galleries.get(params.gallery)
         if g is None:   # dropped since the request began
             raise ApiError(503, "index_unavailable", f"gallery {params.gallery!r} was closed while this request was "
@@ -627,12 +635,36 @@ class Service:
         store = g.store
         filters = {"label": params.label, "max_distance": params.max_distance,
                    "where": json.loads(params.where) if params.where else None}
+        tuning = self.search_tuning(g, params)
+        if not tuning:   # the gallery's own index parameters (the store's search as it always was)
+            return self._search_in(store, queries, params, filters)
+        from index import InvalidItemError
+
+        try:
+            return self._search_in(store, queries, params, {**filters, **tuning})
+        except InvalidItemError as exc:   # a parameter the gallery's index kind does not take, or beyond its lists
+            raise ApiError(422, "invalid_parameter", f"gallery {g.name!r}: {exc}") from None
+
+    def _search_in(self, store, queries: np.ndarray, params: SearchParams, filters: dict) -> list:
+        from index import search_hits   # imported when used: the app answers /healthz before FAISS loads
+
         if not params.rerank:
             return search_hits(store, queries, params.k, params.exclude, params.group_by, params.group_size,
                                params.offset, **filters)
         # the PDDM re-orders the `rerank` nearest that are not left out (the routes refuse it with group_by)
         found = search_hits(store, queries, params.rerank, params.exclude, **filters)
         return [self._rerank(store, q, hits, params.k, params.offset) for q, hits in zip(queries, found)]
+
+    def search_tuning(self, g: Gallery, params: SearchParams) -> dict:
+        """params' own index parameters (nprobe, ef_search, exact) as g's store takes them, {} for none; 422 when
+        some are given and the store takes none (a MilvusStore that does not take them yet: docs/service.md
+        "Search parameters")."""
+        tuning = params.tuning()
+        if tuning and not _takes_tuning(g.store):
+            raise ApiError(422, "invalid_parameter", f"{', '.join(f'{k}={v}' for k, v in tuning.items())}: gallery "
+                           f"{g.name!r} is kept in Milvus, whose searches here take no nprobe, ef_search or exact yet; "
+                           "search without them (the gallery's own parameters apply)")
+        return tuning
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int, offset: int = 0) -> list:
         """The best k of `hits` by the PDDM score after the best `offset` (the hits keep their cosine score and

@@ -126,7 +126,9 @@ def _params(args) -> dict:
                               ("group_by", args.group_by), ("exclude", args.exclude or None),
                               ("group_size", args.group_size if args.group_by else None),
                               ("offset", args.offset or None),
-                              ("combine", args.combine if args.combine != "mean" else None)) if v is not None}
+                              ("combine", args.combine if args.combine != "mean" else None),
+                              ("nprobe", args.nprobe), ("ef_search", args.ef_search),
+                              ("exact", "true" if args.exact else None)) if v is not None}
 
 
 def _headers(args, key: str) -> dict[str, str]:

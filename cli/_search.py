@@ -85,6 +85,15 @@ def _query_options(p: argparse.ArgumentParser, k: int, k_help: str, where_help: 
                    help="with --together: `mean`, images near all of them (the mean of their embeddings; for a "
                         "kind the model knows), or `best`, images near any of them (each searched, every item at "
                         "its best score; for kinds of image the model never saw) (the service's combine=)")
+    p.add_argument("--nprobe", type=int, metavar="N",
+                   help="an IVF gallery (index ivf, ivfpq): probe N of its lists (1 to its number of lists) in place "
+                        "of its own number; more is nearer the exact answer, and slower (the service's nprobe=)")
+    p.add_argument("--ef-search", type=int, metavar="N",
+                   help="an HNSW gallery (index hnsw): keep N candidates (k to 32768) in place of its own 128; more "
+                        "is nearer the exact answer, and slower (the service's ef_search=)")
+    p.add_argument("--exact", action="store_true",
+                   help="compare every vector of the gallery at full precision, whatever its index (the answer a "
+                        "flat index gives): to see what an approximate index misses (the service's exact=true)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--url", help=url_help)
     p.add_argument("--api-key", help="with --url, where the service needs a key for searches (default "
@@ -143,6 +152,7 @@ def _checked(args):
                        "--like/--unlike is a mix of several")
     _check_groups(args)
     _check_offset(args)
+    _check_tuning(args)
     if not args.images and (args.classify or not like):
         raise CliError("give query images" + ("" if args.classify else ", or --like ID: the marked items alone are "
                                                                       "then the query"))
@@ -160,6 +170,33 @@ def _checked(args):
     if args.after and not args.url:
         raise CliError("--after is for a search through a service (--url); a local search reads the index as it is")
     return where, crop, like, unlike
+
+
+def _check_tuning(args) -> None:
+    """--nprobe, --ef-search and --exact checked as the service checks nprobe, ef_search and exact before it
+    reads the gallery (whose index kind and number of lists the store checks); CliError otherwise."""
+    for option, value in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search)):
+        if value is not None and value < 1:
+            raise CliError(f"{option} must be a positive number, got {value}")
+        if value is not None and args.exact:
+            raise CliError(f"--exact compares every vector: {option} {value} has nothing left to set; give one of "
+                           "the two")
+    if args.ef_search is not None and args.ef_search < args.k:
+        raise CliError(f"--ef-search {args.ef_search} is less than -k {args.k}: HNSW keeps that many candidates and "
+                       "prints the best k of them; give at least -k")
+
+
+def _tuning(args, store) -> dict:
+    """--nprobe, --ef-search, --exact as the store's search takes them ({} for none: the gallery's own);
+    CliError for a store whose search takes none (a gallery in Milvus, until its store does)."""
+    import inspect
+
+    given = {"nprobe": args.nprobe, "ef_search": args.ef_search, "exact": args.exact or None}
+    tuning = {name: value for name, value in given.items() if value is not None}
+    if tuning and "exact" not in inspect.signature(type(store).search).parameters:
+        raise CliError("--nprobe, --ef-search and --exact: this gallery is kept in Milvus, whose searches here take "
+                       "none of them yet; search without them")
+    return tuning
 
 
 def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
@@ -192,6 +229,7 @@ def _search_local(args, queries, single: bool, show, where, crop, like, unlike):
     store = g.open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     filters = {"label": args.label, "max_distance": args.max_distance, "where": where}
     try:
+        filters.update(_tuning(args, store))
         # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
         search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
                            0 if pddm is not None else args.offset)

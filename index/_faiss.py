@@ -1,6 +1,7 @@
 """The derived FAISS side: presets, building and training, search parameters, snapshots, GPU."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -36,12 +37,17 @@ HNSW_EF_MAX = 2048  # the most a label filter widens efSearch to
 # vectors, 32 gave 0.996 (docs/results/index.md, "IVF and IVF-PQ search parameters").
 IVFPQ_K_FACTOR = 32
 IVF_NPROBE_MAX = 128
+# The bounds of a search's own nprobe and ef_search (Store.search): no preset makes more lists than
+# NLIST_MAX (nlist_for), and an efSearch beyond EF_SEARCH_MAX (Milvus's own bound on ef) reads about every
+# vector of a gallery HNSW is worth building for: exact=True answers that question exactly.
+NLIST_MAX = 16384
+EF_SEARCH_MAX = 32768
 
 
 def nlist_for(n: int) -> int:
     """IVF list count for a gallery of n vectors: about 4*sqrt(n), with at least 39 training
-    points a list (FAISS's own minimum), clamped to [8, 16384]."""
-    return int(max(8, min(16384, 4 * math.sqrt(n), n // 39)))
+    points a list (FAISS's own minimum), clamped to [8, NLIST_MAX]."""
+    return int(max(8, min(NLIST_MAX, 4 * math.sqrt(n), n // 39)))
 
 
 def nprobe_for(nlist: int) -> int:
@@ -286,6 +292,65 @@ def _params_for(base, sel, k, nprobe, ef_search, widen=1.0):
     if sel is None:
         return None
     return faiss.SearchParameters(sel=sel)
+
+
+@functools.lru_cache(maxsize=64)
+def knobs(spec: str, dim: int) -> frozenset[str]:
+    """The search parameters an index of kind `spec` takes: "nprobe" where it is an IVF index (ivf,
+    ivfpq), "ef_search" where it is an HNSW graph (hnsw), none for flat (exact). Decided on the kind, not
+    on the index a store holds now: an IVF gallery below its training threshold searches exactly, and
+    takes nprobe all the same (it will need it)."""
+    sample = _new_index(factory_for(spec, dim, 100_000), dim)
+    found = set()
+    if _find(sample, faiss.IndexIVF) is not None:
+        found.add("nprobe")
+    if _find(sample, faiss.IndexHNSW) is not None:
+        found.add("ef_search")
+    return frozenset(found)
+
+
+def nlist_of(index: faiss.Index) -> int | None:
+    """The number of lists of the IVF index in `index`, or None when it holds none (flat, HNSW, or an
+    IVF gallery searched exactly until it is trained)."""
+    ivf = _find(index, faiss.IndexIVF)
+    return None if ivf is None else int(ivf.nlist)
+
+
+def exact_in_index(index: faiss.Index) -> bool:
+    """Whether `index` can compare every vector it holds at full precision: flat (always), IVF-Flat (its
+    lists hold the vectors as they are: probe every one, exact_params) and HNSW-Flat (its flat storage,
+    search_storage). Not PQ or SQ kinds (ivfpq), whose vectors are compressed: the store compares the
+    stored vectors instead."""
+    return is_exact(index) or isinstance(index, faiss.IndexIVFFlat) or hnsw_storage(index) is not None
+
+
+def exact_params(index: faiss.Index, sel, k: int):
+    """search_params's (parameters, objects to keep alive) under which an IVF-Flat `index` probes every
+    list: it then compares every vector, exactly."""
+    return search_params(index, sel, k, int(index.nlist), None, None)
+
+
+def hnsw_storage(index: faiss.Index) -> faiss.Index | None:
+    """The flat index holding every vector of an HNSW-Flat index (its graph's storage), or None for
+    another kind: exact search of an HNSW gallery searches it (search_storage)."""
+    base = inner(index)
+    if isinstance(index, faiss.IndexIDMap) and isinstance(base, faiss.IndexHNSW):
+        storage = faiss.downcast_index(base.storage)
+        if isinstance(storage, faiss.IndexFlat):
+            return storage
+    return None
+
+
+def search_storage(index: faiss.Index, storage: faiss.Index, queries: np.ndarray, k: int,
+                   sel) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, external ids) of the k nearest vectors in an HNSW index's flat `storage`
+    (hnsw_storage), every vector compared: the exact answer of the graph's own search. `sel` selects
+    external ids, as for search_params."""
+    tsel = faiss.IDSelectorTranslated(index.id_map, sel) if sel is not None else None
+    params = faiss.SearchParameters(sel=tsel) if tsel is not None else None
+    D, I = search_with(storage, queries, k, params)
+    id_map = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())
+    return D, np.where(I >= 0, id_map[np.maximum(I, 0)], -1)
 
 
 def describe(index: faiss.Index) -> str:

@@ -66,16 +66,21 @@ class GalleryStore(Protocol):
         """list(), each item with its listing position (the cursor of the next page)."""
 
     def search(self, queries: np.ndarray, k: int = 10, label: str | None = None, max_distance: float | None = None,
-               where: dict[str, Any] | None = None) -> list[list[Hit]]:
-        """The k nearest items of each query row, best first."""
+               where: dict[str, Any] | None = None, *, nprobe: int | None = None, ef_search: int | None = None,
+               exact: bool = False) -> list[list[Hit]]:
+        """The k nearest items of each query row, best first. nprobe, ef_search, exact: this search's own index
+        parameters (docs/CONTRACTS.md; a store whose search does not declare them takes none: the service then
+        answers 422)."""
 
     def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
                        exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
-                       where: dict[str, Any] | None = None, max_candidates: int = ...) -> list[list[Hit]]:
+                       where: dict[str, Any] | None = None, max_candidates: int = ..., *, nprobe: int | None = None,
+                       ef_search: int | None = None, exact: bool = False) -> list[list[Hit]]:
         """Each query's k nearest groups by `group_by`, each with its group_size nearest items."""
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None, max_distance: float | None = None,
-                     where: dict[str, Any] | None = None) -> list[Hit]:
+                     where: dict[str, Any] | None = None, *, nprobe: int | None = None, ef_search: int | None = None,
+                     exact: bool = False) -> list[Hit]:
         """Neighbours of a stored item (itself excluded); KeyError when it is absent."""
 
     def index_metadata(self, keys: Iterable[str]) -> dict[str, int]:

@@ -4,6 +4,7 @@ index finds too few, and ties at the answer's end settled by FAISS id. Part of S
 from __future__ import annotations
 
 import itertools
+import numbers
 import time
 from typing import Any, Callable, Iterable
 
@@ -11,12 +12,54 @@ import faiss
 import numpy as np
 
 from . import _faiss, _filter
-from ._errors import StoreError
+from ._errors import InvalidItemError, StoreError
 from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
-from ._types import Hit, parse_metadata, score_to_distance, vectors_from_blobs
+from ._types import Hit, SearchTuning, parse_metadata, score_to_distance, vectors_from_blobs
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
+_EXACT_CHUNK = 65_536      # stored vectors compared at a time by exact=True from the database (_exact_pairs_locked)
+_KINDS_OF = {"nprobe": "IVF indexes (ivf, ivfpq)", "ef_search": "HNSW indexes (hnsw)"}
+
+
+def check_tuning(spec: str, dim: int, nlist: int | None, nprobe, ef_search, exact) -> SearchTuning | None:
+    """A search's own index parameters (Store.search's nprobe, ef_search, exact) for a gallery of index kind `spec`
+    whose IVF index has `nlist` lists (None: none yet), as a SearchTuning; None when none is given (the store's own
+    apply). InvalidItemError naming the wrong value: not a positive integer (nprobe, ef_search) or a bool (exact);
+    exact with either of the others; a parameter the kind does not take (nprobe: IVF, ef_search: HNSW); nprobe
+    above nlist (or NLIST_MAX before training); ef_search above EF_SEARCH_MAX. An ef_search below the candidates
+    a search reads (k, one more for ties, and more for what search_hits leaves out) is raised to them: HNSW returns
+    no more than it keeps. (The service and the command line refuse one below the k asked for.)"""
+    if nprobe is None and ef_search is None and exact is False:
+        return None
+    if not isinstance(exact, bool):
+        raise InvalidItemError(f"exact must be True or False, got {exact!r}")
+    for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise InvalidItemError(f"{name} must be a positive integer, got {value!r}")
+        if exact:
+            raise InvalidItemError(f"exact=True compares every vector: {name}={value} has nothing left to set; "
+                                   "give one of the two")
+        takes = _faiss.knobs(spec, dim)
+        if name not in takes:
+            other = (f", which takes {' and '.join(sorted(takes))} instead" if takes else
+                     ", which compares every vector already (exact)")
+            raise InvalidItemError(f"{name}={value} applies to {_KINDS_OF[name]}; this gallery's index is "
+                                   f"{spec!r}{other}")
+    if nprobe is not None:
+        most = nlist or _faiss.NLIST_MAX
+        if nprobe > most:
+            lists = (f"the {nlist} lists of this gallery's IVF index" if nlist else
+                     f"{_faiss.NLIST_MAX}, the most lists an IVF index here has")
+            raise InvalidItemError(f"nprobe={nprobe} is more than {lists}: give 1..{most} (exact: the exact "
+                                   "answer)")
+    if ef_search is not None:
+        if ef_search > _faiss.EF_SEARCH_MAX:
+            raise InvalidItemError(f"ef_search={ef_search} is more than {_faiss.EF_SEARCH_MAX}: give "
+                                   f"1..{_faiss.EF_SEARCH_MAX} (exact: the exact answer)")
+    return SearchTuning(None if nprobe is None else int(nprobe), None if ef_search is None else int(ef_search), exact)
 
 
 class StoreSearch:
@@ -27,38 +70,55 @@ class StoreSearch:
     SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 
     def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
-               max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
+               max_distance: float | None = None, where: dict[str, Any] | None = None, *,
+               nprobe: int | None = None, ef_search: int | None = None, exact: bool = False) -> list[list[Hit]]:
         """The k nearest items of each query row (inner product on unit vectors), best first.
         label: only items with this label (k of them when k exist). where: only items whose metadata
         matches, e.g. {"source": "phone", "year": {"$gte": 2020}}: each key with this value (a JSON
         scalar, compared with its JSON type: 1 matches 1 and 1.0, not "1" or true) or these operators
         ($eq $ne $in $nin $exists $gt $gte $lt $lte; docs/index.md), "$label" for the label (unlabelled: as
         without a key), $or and $and of such. max_distance: only hits with
-        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim)."""
+        distance = sqrt(2 - 2*score) <= max_distance. Accepts (dim,) or (n, dim).
+        nprobe (IVF kinds: lists probed), ef_search (HNSW: candidates kept, at most EF_SEARCH_MAX) and exact (every
+        vector compared at full precision) are this search's own index parameters, in place of the store's
+        (StoreConfig); a filter widens nprobe and ef_search as it widens the store's (docs/index.md "Search
+        parameters"). InvalidItemError for one the gallery's kind does not take, or out of its bounds
+        (check_tuning)."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
         k, max_distance = self._check_search(k, max_distance)
-        return self._search(q, k, label, max_distance, exclude=None, where=_filter.check_where(where))
+        conditions = _filter.check_where(where)
+        tuning = self._check_tuning(nprobe, ef_search, exact)
+        return self._search(q, k, label, max_distance, exclude=None, where=conditions, tuning=tuning)
+
+    def _check_tuning(self, nprobe, ef_search, exact) -> SearchTuning | None:
+        if nprobe is None and ef_search is None and exact is False:   # the store's own parameters: no checks
+            return None
+        return check_tuning(self.spec, self.dim, _faiss.nlist_of(self._index), nprobe, ef_search, exact)
 
     def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
                        exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
-                       where: dict[str, Any] | None = None,
-                       max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list[Hit]]:
+                       where: dict[str, Any] | None = None, max_candidates: int = MAX_GROUP_CANDIDATES, *,
+                       nprobe: int | None = None, ef_search: int | None = None,
+                       exact: bool = False) -> list[list[Hit]]:
         """Each query's k nearest groups of items by `group_by` ("label" or "metadata.KEY"), each with its
         group_size nearest items, as index.search_grouped defines them (one flat list a query, group after
         group), with no id of `exclude`; label, where and max_distance as in search. The same answer as
         index.search_grouped over this store's search, found from the FAISS ids and the in-memory labels:
-        a hit is made only of the items returned (bench_groups.py). ValueError for another group_by."""
+        a hit is made only of the items returned (bench_groups.py). ValueError for another group_by. nprobe,
+        ef_search and exact as in search (ef_search at least k groups)."""
         key = _field_key(group_by)
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
         k, max_distance = self._check_search(k, max_distance)
         _check_group_size(group_size)
         conditions, left_out = _filter.check_where(where), set(exclude)
+        tuning = self._check_tuning(nprobe, ef_search, exact)
         return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
-                                                           conditions, max_candidates))
+                                                           conditions, max_candidates, tuning))
 
-    def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates):
+    def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates,
+                        tuning=None):
         rows = self._rows
         ex = {self._fid_of[i] for i in left_out if i in self._fid_of}
         if key is None:
@@ -74,19 +134,23 @@ class StoreSearch:
                 near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
             return near
 
-        found = read_groups(lambda pending, n: self._pairs_locked(q[pending], n, label, None, conditions), len(q), k,
+        found = read_groups(lambda pending, n: self._pairs_locked(q[pending], n, label, None, conditions, tuning),
+                            len(q), k,
                             group_size, key_of, kept, len(ex), max_candidates)
         return None if found is None else [self._hits(chosen, None) for chosen in found]
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
-                     max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
-        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
+                     max_distance: float | None = None, where: dict[str, Any] | None = None, *,
+                     nprobe: int | None = None, ef_search: int | None = None, exact: bool = False) -> list[Hit]:
+        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent. nprobe,
+        ef_search and exact as in search."""
         where = _filter.check_where(where)
         item = self.get(id)
         if item is None:
             raise KeyError(id)
         k, max_distance = self._check_search(k, max_distance)
-        return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where)[0]
+        tuning = self._check_tuning(nprobe, ef_search, exact)
+        return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where, tuning=tuning)[0]
 
     def _retrying(self, locked: Callable[[], Any]) -> Any:
         """locked() under the read lock, again while it returns None (its exact fallback met a write
@@ -104,18 +168,19 @@ class StoreSearch:
                                  "reopening the store (restarting the service) rebuilds that state")
             time.sleep(min(0.001 * attempt, 0.05))
 
-    def _search(self, q, k, label, max_distance, exclude, where=None):
-        return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where))
+    def _search(self, q, k, label, max_distance, exclude, where=None, tuning=None):
+        return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where, tuning))
 
-    def _search_locked(self, q, k, label, max_distance, exclude, where=None):
-        found = self._pairs_locked(q, k, label, exclude, where)
+    def _search_locked(self, q, k, label, max_distance, exclude, where=None, tuning=None):
+        found = self._pairs_locked(q, k, label, exclude, where, tuning)
         if found is None:
             return None
         return [self._hits(pairs[:k], max_distance) for pairs in found]
 
-    def _pairs_locked(self, q, k, label, exclude, where):
+    def _pairs_locked(self, q, k, label, exclude, where, tuning=None):
         """(FAISS id, score) of the k nearest items of each query, nearest first, `exclude` (one id) not
-        among them; None when the exact fallback met a write in flight (the caller retries)."""
+        among them, under the search's own parameters `tuning` (None: the store's); None when the exact
+        fallback met a write in flight (the caller retries)."""
         filtered = label is not None or where is not None
         allowed = self._filter_fids(label, where) if filtered else None
         population = len(allowed) if filtered else len(self._rows)
@@ -128,11 +193,13 @@ class StoreSearch:
         want = min(k, population)
         if want <= 0:
             return [[] for _ in range(len(q))]
+        if tuning is not None and tuning.exact and not _faiss.exact_in_index(self._index):
+            return self._exact_pairs_locked(q, k, label, allowed, ex)   # IVF-PQ: compressed vectors
         total = population + (ex is not None)
         # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
         # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
         probe = min(k + 1 + (ex is not None), total)
-        D, I = self._faiss_locked(q, probe, allowed, population)
+        D, I = self._faiss_locked(q, probe, allowed, population, tuning)
         out = []
         for qi in range(len(q)):
             pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
@@ -143,23 +210,25 @@ class StoreSearch:
                 if pairs is None:
                     return None
             elif len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
-                pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex)
+                pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex,
+                                          tuning)
             out.append(sorted(pairs, key=lambda p: (-p[1], p[0]))[:k])
         return out
 
-    def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex):
+    def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex, tuning=None):
         """One query's pairs read on (twice as many each time) until every item scoring `tied` is among them."""
         while pairs[-1][1] >= tied and n < total:
             n = min(2 * n, total)
-            D, I = self._faiss_locked(q1, n, allowed, population)
+            D, I = self._faiss_locked(q1, n, allowed, population, tuning)
             pairs = [(f, s) for f, s in zip(I[0].tolist(), D[0].tolist()) if f >= 0 and f != ex]
             if len(pairs) < n - (ex is not None):   # the approximate index has no more to give
                 break
         return pairs
 
-    def _faiss_locked(self, q, kk, allowed, population):
+    def _faiss_locked(self, q, kk, allowed, population, tuning=None):
         """(scores, FAISS ids) of the kk nearest items of each query among `allowed` (every item when None),
-        removed items never among them; -1 pads a row short of kk."""
+        removed items never among them, under the search's own parameters `tuning` (None: the store's); -1
+        pads a row short of kk."""
         index = self._index
         sel = keep = None
         if allowed is not None:
@@ -172,6 +241,10 @@ class StoreSearch:
             sel = not_dead if sel is None else faiss.IDSelectorAnd(sel, not_dead)
         cfg = self.config
         widen = len(self._rows) / max(population, 1) if allowed is not None else 1.0
+        if tuning is not None and not _faiss.is_exact(index):   # (a flat index takes exact=True as it is)
+            D, I = self._tuned_locked(index, q, kk, sel, widen, tuning)
+            del keep, sel
+            return _faiss.to_scores(index, D), I
         params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
         gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
         blas_from = _faiss.blas_min_queries(index)
@@ -192,6 +265,51 @@ class StoreSearch:
             D, I = _faiss.search_with(index, q, kk, params)
         del keep, sel
         return _faiss.to_scores(index, D), I
+
+    def _tuned_locked(self, index, q, kk, sel, widen, tuning: SearchTuning) -> tuple[np.ndarray, np.ndarray]:
+        """(FAISS's values, FAISS ids) of the kk nearest of each query under the search's own parameters, on the
+        CPU (the GPU copy takes no parameters): nprobe and ef_search in place of the store's, widened as theirs
+        are; exact on an index that holds every vector in full (_faiss.exact_in_index): an IVF-Flat index probes
+        every list, an HNSW-Flat index's flat storage is searched instead of its graph."""
+        if tuning.exact:
+            storage = _faiss.hnsw_storage(index)
+            if storage is not None:
+                return _faiss.search_storage(index, storage, q, kk, sel)
+            params, _sub = _faiss.exact_params(index, sel, kk)
+        else:
+            cfg = self.config
+            params, _sub = _faiss.search_params(index, sel, kk, tuning.nprobe or cfg.nprobe,
+                                                tuning.ef_search or cfg.ef_search, cfg.k_factor, widen)
+        return _faiss.search_with(index, q, kk, params)
+
+    def _exact_pairs_locked(self, q, k, label, allowed, ex):
+        """Each query's k nearest (FAISS id, score) pairs by (score, FAISS id) among `allowed` (every item when
+        None), `ex` left out, from the stored vectors (the database), every one compared at full precision:
+        exact=True on an index whose vectors are compressed (IVF-PQ). Read _EXACT_CHUNK vectors at a time; None
+        when the database is ahead of the applied state for them (a write in flight; the caller retries)."""
+        sql, args = "SELECT seq, vector FROM items WHERE seq <= ?", [self._applied_seq]
+        if label is not None:
+            sql, args = sql + " AND label = ?", args + [label]
+        cursor = self._read_conn().execute(sql + " ORDER BY seq", args)
+        live = np.sort(np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))) if allowed is None else allowed
+        best_s = np.zeros((len(q), 0), np.float32)
+        best_f = np.zeros((len(q), 0), np.int64)
+        seen = 0
+        while rows := cursor.fetchmany(_EXACT_CHUNK):
+            fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            kept = _in_sorted(live, fids) & (fids != (-1 if ex is None else ex))
+            if not kept.any():
+                continue
+            fids = fids[kept]
+            seen += len(fids)
+            scores = q @ vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim).T
+            cand_s = np.concatenate([best_s, scores], axis=1)
+            cand_f = np.concatenate([best_f, np.broadcast_to(fids, scores.shape)], axis=1)
+            order = np.lexsort((cand_f, -cand_s))[:, :k]   # by score, ties by FAISS id (as every answer)
+            best_s, best_f = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_f, order, 1)
+        if seen != len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])):
+            return None
+        return [list(zip(f.tolist(), s.tolist())) for f, s in zip(best_f, best_s)]
 
     def _search_broad(self, q, kk, allowed, population, params):
         """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more

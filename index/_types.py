@@ -48,6 +48,17 @@ class StoreConfig:
         self.path = Path(self.path)
 
 
+@dataclass(frozen=True)
+class SearchTuning:
+    """A search's own index parameters, which replace the store's (StoreConfig's nprobe and ef_search)
+    for that search: nprobe (IVF lists probed), ef_search (HNSW candidates kept), or exact (every
+    vector compared at full precision). Store.search checks them (_store_search.check_tuning)."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    exact: bool = False
+
+
 @dataclass
 class Item:
     """One gallery entry. vector is float32 (dim,); it is stored L2-normalised."""
