@@ -19,8 +19,8 @@ def vectors():
     return unit(rng, N), unit(rng, 40)
 
 
-def _filled(open_store, kind: str, gallery: np.ndarray):
-    store = open_store(index=kind, train_threshold=1000)
+def _filled(open_store, kind: str, gallery: np.ndarray, **config):
+    store = open_store(index=kind, train_threshold=1000, **config)
     store.upsert([Item(f"i{i}", v, label="odd" if i % 2 else "even") for i, v in enumerate(gallery)])
     store.rebuild()   # trained on every vector
     return store
@@ -44,7 +44,8 @@ def _recall(found, truth) -> float:
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_exact_gives_the_brute_force_answer_on_every_approximate_kind(open_store, vectors, kind):
     gallery, queries = vectors
-    store = _filled(open_store, kind, gallery)
+    # the store's own parameters as small as they go: exact owes them nothing
+    store = _filled(open_store, kind, gallery, nprobe=1, ef_search=1)
     truth = _brute_force(gallery, queries, K)
     found = store.search(queries, k=K, exact=True)
     for hits, (ids, scores) in zip(found, truth):
@@ -85,8 +86,9 @@ def test_a_filter_widens_the_searchs_own_nprobe_as_it_widens_the_stores(open_sto
     odd = np.arange(1, N, 2)
     truth = _brute_force(gallery, queries, K, odd)
     # nprobe=2 probes 4 lists for a filter keeping half the gallery: as many allowed candidates as 2 unfiltered
-    assert _recall(store.search(queries, k=K, label="odd", nprobe=2), truth) > \
-        _recall(store.search(queries, k=K, nprobe=1), _brute_force(gallery, queries, K))
+    # lists hold, and more of the filtered answer than 2 lists would find
+    widened = _recall(store.search(queries, k=K, label="odd", nprobe=2), truth)
+    assert widened > _recall(store.search(queries, k=K, nprobe=2), _brute_force(gallery, queries, K)) + 0.05
 
 
 @pytest.mark.parametrize("kind, kw, message", [
