@@ -1,7 +1,7 @@
 """Talking to a running service over HTTP, for the commands that do (index upload, index edit --url, search and
-classify --url): one request with its 429/503 answers waited out and dropped connections retried (for long
-enough to ride out a restart, where the caller asks), the service's error message, and the line a command ends
-with when the service refuses it."""
+classify --url, index backup --url): one request with its 429/503 answers waited out and dropped connections
+retried (for long enough to ride out a restart, where the caller asks), a download streamed into a file, the
+service's error message, and the line a command ends with when the service refuses it."""
 from __future__ import annotations
 
 import time
@@ -83,3 +83,35 @@ def held(client, reconnect_seconds: float = RECONNECT_SECONDS) -> str:
     position = body.get("position")
     return f"{count} items" + (f" (position {position}: `--after {position}` makes a search through a "
                                "replica see them)" if position else "")
+
+
+def download(client, path: str, out, reconnect_seconds: float = RECONNECT_SECONDS, **kwargs):
+    """GET `path` on the httpx `client` with its body streamed into the binary file `out`, as `request` makes a
+    request (429 and 503 waited out, refused connections retried before the answer begins): the answer, whose
+    body is in `out` when it is a 200 (and read, for its message, when it is not). Raises httpx's error for a
+    body cut off (fewer bytes than its Content-Length, a dropped connection); a retry never begins again once
+    part of a body is written."""
+    import httpx
+
+    busy = dropped = 0
+    waited = 0.0
+    while True:
+        try:
+            with client.stream("GET", path, **kwargs) as r:
+                if r.status_code == 200:
+                    for chunk in r.iter_bytes(1 << 20):
+                        out.write(chunk)
+                    return r
+                r.read()
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            pause = min(0.25 * 2 ** dropped, 5.0)
+            if out.tell() > 0 or waited + pause > reconnect_seconds:
+                raise
+            time.sleep(pause)
+            waited += pause
+            dropped += 1
+            continue
+        if r.status_code not in (429, 503) or busy == RETRIES:
+            return r
+        busy += 1
+        time.sleep(retry_after(r.headers.get("Retry-After")))

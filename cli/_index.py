@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import _copy, _edit, _galleries as g, _reembed, _upload
+from ._env import ClientEnv
 from ._errors import CliError
 
 
@@ -111,7 +112,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data directory (default $SIMSEARCH_DATA_DIR or ./data)")
     k.add_argument("--gallery", metavar="NAME",
                    help="back up this gallery alone ('default' for the default one), into its place in DEST "
-                        "(DEST/galleries/NAME/index; the default one: DEST/index)")
+                        "(DEST/galleries/NAME/index; the default one: DEST/index); with --url, the gallery to "
+                        "download (default: the default one)")
+    k.add_argument("--url", help="download the backup from a running service instead (GET /galleries/NAME/backup), "
+                                 "e.g. http://127.0.0.1:8000: for a service whose disk you cannot reach; one gallery, "
+                                 "--gallery, checked before it takes its place in DEST")
+    k.add_argument("--api-key", help="with --url: an API key that may write the gallery (default $SIMSEARCH_API_KEY, "
+                                     "else the first key of $SIMSEARCH_API_KEY_FILE); a `read` key is refused")
+    k.add_argument("--timeout", type=float, default=600,
+                   help="with --url: seconds to wait for the answer to begin and between its parts (600)")
     k.set_defaults(func=_backup)
 
     # commands whose code lives in a module of its own, in the order `simsearch index --help` lists them
@@ -472,6 +481,8 @@ def _check_thumbnails(reader, found) -> None:
 def _backup(args) -> int:
     import index
 
+    if args.url:
+        return _backup_by_http(args)
     dest = Path(args.dest)
     names = None
     if args.gallery is not None:
@@ -493,6 +504,56 @@ def _backup(args) -> int:
     items = sum(c["items"] for c in done)
     print(f"backed up {len(done)} galler{'y' if len(done) == 1 else 'ies'} ({items} item{'' if items == 1 else 's'}) "
           f"into {dest}; serve it with --data {shlex.quote(str(dest))}")
+    return 0
+
+
+def _backup_by_http(args) -> int:
+    """`index backup --url URL [--gallery NAME] DEST`: GET /galleries/NAME/backup downloaded into DEST, checked,
+    then in its place (DEST/index, DEST/galleries/NAME/index); a download cut off or refused leaves DEST as it
+    was."""
+    from urllib.parse import quote
+
+    import httpx
+
+    import index
+    from index._backup import receive_backup   # (index.receive_backup, once index exports it)
+
+    from . import _http
+
+    name = args.gallery or "default"
+    g.gallery_folder(args.data, name)   # a name no gallery can have: one line
+    url, dest = args.url.rstrip("/"), Path(args.dest)
+    key = ClientEnv.read().write_key(args.api_key)
+    said: dict[str, str] = {}
+
+    def download(out) -> None:
+        try:
+            with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {},
+                              timeout=args.timeout) as client:
+                r = _http.download(client, f"/galleries/{quote(name, safe='')}/backup", out)
+        except httpx.HTTPError as exc:
+            raise CliError(f"the backup from {url} did not arrive whole ({type(exc).__name__}: {exc}); nothing "
+                           f"was left in {dest}") from None
+        if r.status_code != 200:
+            raise CliError(_http.fatal(r.status_code, _http.error_message(r), url) + f"; nothing was left in {dest}")
+        said.update(r.headers)
+
+    try:
+        got = receive_backup(dest, name, download)
+    except index.StoreError as exc:
+        raise CliError(f"{exc}; nothing was left in {dest}") from None
+    except OSError as exc:  # DEST not writable: the message names the file
+        raise CliError(f"cannot write the backup into {dest}: {exc}") from None
+    if str(got["items"]) != said.get("x-simsearch-items") or str(got["last_seq"]) != said.get("x-simsearch-last-seq"):
+        print(f"warning: the service said {said.get('x-simsearch-items')} items up to write "
+              f"{said.get('x-simsearch-last-seq')}; the file holds {got['items']} up to write {got['last_seq']}",
+              file=sys.stderr)
+    if said.get("x-simsearch-incomplete") == "true":
+        print(f"warning: gallery {name!r} is marked incomplete on the service (a copy into it did not finish): "
+              "the backup holds a part of its source", file=sys.stderr)
+    print(f"{name}: downloaded {got['items']} item{'' if got['items'] == 1 else 's'} (model {got['model_id']}, up to "
+          f"write {got['last_seq']}, {got['bytes'] / 2 ** 20:.1f} MiB) from {url} to {got['path']}, checked; serve it "
+          f"with --data {shlex.quote(str(dest))}")
     return 0
 
 

@@ -8,17 +8,23 @@ writer that keeps serving meanwhile.
 backup_galleries copies every gallery of a data folder that way, one after the other (each at its own
 moment), into a staging folder inside the destination, and moves them to their places only when all are
 copied and checked: a backup that fails, or is interrupted, leaves no half-made copy behind.
+
+backup_needs says how much room a copy may take (the service checks its temporary folder's free space with it
+before GET /galleries/NAME/backup copies there), and receive_backup places such a copy, downloaded, as a
+gallery of a new data folder, checked first, the same way: a download cut off leaves nothing behind.
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from . import _db
 from ._errors import StorageError, StoreError
-from ._galleries import DEFAULT_GALLERY, gallery_names, gallery_path, live_folders
+from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, live_folders
 from ._incomplete import INCOMPLETE_NAME
 
 # Where backup_galleries copies before the copies take their places; one left by a backup killed midway
@@ -99,6 +105,78 @@ def backup_galleries(data_dir: Path, dest: Path, names: Iterable[str] | None = N
             shutil.rmtree(path, ignore_errors=True)
         _remove_made(made)
         raise
+
+
+def backup_needs(source: Path) -> int:
+    """The most bytes a copy of the store in folder `source` can take: its database and the WAL beside it (the
+    copy holds the pages of both that are in use, and no more)."""
+    db = Path(source) / _db.DB_NAME
+    return _size(db) + _size(db.with_name(db.name + "-wal"))
+
+
+def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], None]) -> dict:
+    """Make the new or empty folder `dest` a data folder holding gallery `name` (DEST/index for the default one,
+    DEST/galleries/NAME/index for a named one): `write(file)` writes the store's database, a copy as backup makes
+    it (GET /galleries/NAME/backup's download), into a file in a staging folder inside `dest`; it is checked
+    (SQLite's integrity check, a store's record) and only then moved to its place. Returns backup's keys plus
+    "gallery" and "path". Raises StoreError for a file that is not a sound store, StorageError for a full disk,
+    and whatever `write` raises (a download cut off); then `dest` is left as it was found."""
+    dest = Path(dest)
+    name = check_gallery_name(name)
+    stage = dest / STAGE
+    if dest.is_dir() and [p.name for p in dest.iterdir()] == [STAGE]:
+        shutil.rmtree(stage)  # what a download killed midway left: never a store of its own
+    _check_empty(dest)
+    made = _make_folder(dest)
+    try:
+        folder = gallery_path(stage, name)
+        folder.mkdir(parents=True)
+        db = folder / _db.DB_NAME
+        try:
+            with open(db, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): nothing was left there",
+                               full=True) from None
+        received = _checked(db, f"the file received for gallery {name!r}")
+        for child in sorted(stage.iterdir()):   # index, or galleries: one rename
+            child.replace(dest / child.name)
+        stage.rmdir()
+        return {"gallery": name, "path": gallery_path(dest, name), **received}
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_made(made)
+        raise
+
+
+def _checked(db: Path, what: str) -> dict:
+    """What the store database `db` holds (backup's keys), read after SQLite's integrity check and the store's
+    own (its record and schema); StoreError naming `what` when it is not a sound store. The -wal and -shm a
+    read-only look leaves beside a database in WAL mode are removed (nothing was written to them)."""
+    try:
+        conn = _db.connect(db, read_only=True)
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            meta = _db.get_meta(conn) if check == "ok" else {}
+            items = conn.execute("SELECT count(*) FROM items").fetchone()[0] if check == "ok" else 0
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, StoreError) as exc:
+        raise StoreError(f"{what} is not a simsearch store: {exc}") from None
+    finally:
+        for suffix in ("-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+    if check != "ok":
+        raise StoreError(f"{what} failed SQLite's integrity check: {check}")
+    if "model_id" not in meta or "dim" not in meta:
+        raise StoreError(f"{what} is not a simsearch store: it records no model")
+    _db.check_schema(meta, db.parent)
+    return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta["model_id"],
+            "dim": int(meta["dim"]), "bytes": db.stat().st_size}
 
 
 def _copy(source: Path, dest: Path, shown: Path, needs: int) -> dict:

@@ -1,0 +1,218 @@
+"""GET /galleries/{name}/backup over a real `simsearch serve`: a backup taken while writes go on holds every write
+acknowledged before it and, placed as DATA/galleries/NAME/index/store.sqlite3, is served by `simsearch serve --data`
+with all of them; it needs a key that may write the gallery (a `read` key, a key of other galleries and no key are
+refused, reads open or not); a download the client cuts off leaves no temporary copy behind; a read-only replica
+serves backups; a service on Milvus answers 501 naming `simsearch index copy`."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from .conftest import running, settings_for, start_server, stop_server
+from .test_api import assert_error
+
+FULL, READ, HATS = "backup-full-key", "backup-read-key", "backup-hats-key"
+KEY_FILE = f"{FULL}\n{READ} read\n{HATS} galleries=hats\n"
+
+
+@pytest.fixture(scope="module")
+def live(hybrid1_artifact, tmp_path_factory):
+    """A server with the keys of KEY_FILE, reads open, its temporary folder (TMPDIR) a folder of the test's own;
+    the gallery `shoes` made. Yields (server, its data folder, its temporary folder, the model id, the dimension)."""
+    work = tmp_path_factory.mktemp("backup-http")
+    (work / "keys").write_text(KEY_FILE)
+    (work / "tmp").mkdir()
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "TMPDIR": str(work / "tmp")},
+                          work, ["--api-key-file", str(work / "keys"), "--log-level", "info"])
+    try:
+        assert httpx.put(server.url + "/galleries/shoes", headers={"X-API-Key": FULL}).status_code == 201
+        listing = httpx.get(server.url + "/index").json()
+        yield server, work / "data", work / "tmp", listing["model"], listing["dimension"]
+    finally:
+        stop_server(server)
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, server.log_tail()
+    assert not [k for k in (FULL, READ, HATS) if k in log], "a key was written to the log"
+
+
+def _items(model: str, dim: int, ids: list[str]) -> dict:
+    rng = np.random.default_rng()
+    vectors = rng.normal(size=(len(ids), dim))
+    return {"model": model, "items": [{"id": i, "vector": v.tolist(), "label": "shoe", "metadata": {"n": i}}
+                                      for i, v in zip(ids, vectors)]}
+
+
+def _write(url: str, model: str, dim: int, ids: list[str], gallery: str = "shoes") -> None:
+    r = httpx.post(url + "/index", params={"gallery": gallery}, json=_items(model, dim, ids),
+                   headers={"X-API-Key": FULL}, timeout=60)
+    assert r.status_code == 201, r.text
+
+
+def test_a_backup_taken_while_writes_go_on_holds_every_write_acknowledged_before_it_and_serves_as_a_gallery(
+        live, hybrid1_artifact, tmp_path):
+    server, _, tmp, model, dim = live
+    _write(server.url, model, dim, [f"before-{i}" for i in range(40)])
+    acknowledged: list[str] = []
+    stop, failures = threading.Event(), []
+
+    def keep_writing():
+        n = 0
+        while not stop.is_set():
+            ids = [f"during-{n}-{j}" for j in range(5)]
+            try:
+                _write(server.url, model, dim, ids)
+            except AssertionError as exc:   # noqa: PERF203
+                failures.append(str(exc))
+                return
+            acknowledged.extend(ids)
+            n += 1
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        while len(acknowledged) < 50:
+            time.sleep(0.01)
+        before = list(acknowledged)   # acknowledged before the backup is asked for: each must be in it
+        searched = httpx.post(server.url + "/search/before-1", params={"gallery": "shoes"}, timeout=60)
+        r = httpx.get(server.url + "/galleries/shoes/backup", headers={"X-API-Key": FULL}, timeout=60)
+        during = len(acknowledged)
+    finally:
+        stop.set()
+        writer.join()
+    assert not failures, failures
+    assert searched.status_code == 200, searched.text
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.sqlite3"
+    assert re.fullmatch(r'attachment; filename="simsearch-shoes-\d{8}T\d{6}Z\.sqlite3"',
+                        r.headers["content-disposition"]), r.headers["content-disposition"]
+    assert int(r.headers["content-length"]) == len(r.content) and r.headers["x-simsearch-model"] == model
+    assert list(tmp.iterdir()) == [], "the temporary copy was left behind"
+
+    restored = tmp_path / "restored"
+    (restored / "galleries" / "shoes" / "index").mkdir(parents=True)
+    (restored / "galleries" / "shoes" / "index" / "store.sqlite3").write_bytes(r.content)
+    copy = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"},
+                        tmp_path, ["--data", str(restored)], log_name="restored.log")
+    try:
+        served = httpx.get(copy.url + "/index", params={"gallery": "shoes", "limit": 0}).json()
+        assert served["count"] == int(r.headers["x-simsearch-items"]), (served, dict(r.headers))
+        ids = {it["id"] for page in _pages(copy.url, "shoes") for it in page}
+        assert {f"before-{i}" for i in range(40)} | set(before) <= ids
+        assert len(ids) <= 40 + during   # nothing that was never written
+        item = httpx.get(copy.url + "/index/before-3", params={"gallery": "shoes", "vector": "true"}).json()
+        assert item["metadata"] == {"n": "before-3"} and len(item["vector"]) == dim
+        hits = httpx.post(copy.url + "/search/before-3", params={"gallery": "shoes", "k": 3}, timeout=60).json()
+        assert len(hits["results"]) == 3 and {h["id"] for h in hits["results"]} <= ids, hits   # its FAISS rebuilt
+    finally:
+        stop_server(copy)
+    db = sqlite3.connect(restored / "galleries" / "shoes" / "index" / "store.sqlite3")
+    assert str(db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]) == \
+        r.headers["x-simsearch-last-seq"]
+    db.close()
+
+
+def _pages(url: str, gallery: str):
+    after = None
+    while True:
+        page = httpx.get(url + "/index", params={"gallery": gallery, "limit": 1000,
+                                                  **({"after": after} if after is not None else {})}).json()
+        yield page["items"]
+        after = page.get("next_after")
+        if after is None:
+            return
+
+
+def test_the_default_gallery_is_backed_up_as_gallery_default(live):
+    server, _, _, model, dim = live
+    _write(server.url, model, dim, ["plain-1", "plain-2"], gallery="default")
+    r = httpx.get(server.url + "/galleries/default/backup", headers={"Authorization": f"Bearer {FULL}"})
+    assert r.status_code == 200, r.text
+    assert 'filename="simsearch-default-' in r.headers["content-disposition"]
+    assert int(r.headers["x-simsearch-items"]) >= 2
+    assert_error(httpx.get(server.url + "/galleries/nope/backup", headers={"X-API-Key": FULL}), 404,
+                 "gallery_not_found", "nope")
+
+
+def test_a_backup_needs_a_key_that_may_write_the_gallery_even_where_reads_need_none(live):
+    server, _, tmp, _, _ = live
+    url = server.url + "/galleries/shoes/backup"
+    assert httpx.get(server.url + "/index", params={"gallery": "shoes"}).status_code == 200   # reads are open
+    assert_error(httpx.get(url), 401, "missing_api_key", "backup")
+    assert_error(httpx.get(url, headers={"X-API-Key": "not-a-key"}), 403, "invalid_api_key")
+    assert_error(httpx.get(url, headers={"X-API-Key": READ}), 403, "key_scope", "write")
+    assert httpx.get(server.url + "/index", params={"gallery": "shoes"}, headers={"X-API-Key": READ}).status_code \
+        == 200   # the read key reads the gallery
+    assert_error(httpx.get(url, headers={"X-API-Key": HATS}), 403, "key_scope")   # a key of other galleries
+    assert httpx.get(url, headers={"X-API-Key": FULL}).status_code == 200
+    assert list(tmp.iterdir()) == []
+    metrics = httpx.get(server.url + "/metrics").text
+    assert re.search(r'simsearch_requests_total\{[^}]*route="/galleries/\{name\}/backup"[^}]*status="200"', metrics)
+
+
+def test_a_download_the_client_cuts_off_leaves_no_temporary_copy(live):
+    import index
+
+    server, data, tmp, model, dim = live
+    big = index.gallery_path(data, "big")   # made beside the service, which opens it when asked for
+    rng = np.random.default_rng(7)
+    with index.Store.open(index.StoreConfig(big, dim=dim, model_id=model)) as store:
+        for start in range(0, 200, 100):   # 13 MB of thumbnails: more than the sockets' buffers hold (below)
+            vectors = rng.normal(size=(100, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.upsert([index.Item(f"b{start + j}", vectors[j], None, None, rng.bytes(64_000)) for j in range(100)])
+    small_buffer = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)])
+    with httpx.Client(timeout=60, transport=small_buffer) as client:   # (a receive buffer left to grow takes 32 MB)
+        with client.stream("GET", server.url + "/galleries/big/backup", headers={"X-API-Key": FULL}) as r:
+            assert r.status_code == 200, r.read()
+            assert int(r.headers["content-length"]) > 12_000_000
+            next(r.iter_raw(65536))
+            assert list(tmp.iterdir()) == []   # unlinked once open: the open file is all that holds it
+            assert _open_backups(server.proc.pid), "the copy being sent is not open"
+    deadline = time.monotonic() + 20
+    while _open_backups(server.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _open_backups(server.proc.pid), "the copy of a download cut off is still open (its disk space held)"
+    assert "backup download cut off by the client" in server.log_tail(20_000)
+
+
+def _open_backups(pid: int) -> list[str]:
+    """The temporary backup copies the process `pid` holds open."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:   # closed meanwhile
+            continue
+        if "simsearch-backup-" in target:
+            found.append(target)
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_read_only_replica_serves_backups(live, hybrid1_artifact):
+    server, data, _, model, dim = live
+    _write(server.url, model, dim, ["replica-1"])
+    async with running(settings_for(hybrid1_artifact, data, read_only=True, api_key=FULL)) as client:
+        r = await client.get("/galleries/shoes/backup", headers={"X-API-Key": FULL})
+        assert r.status_code == 200, r.text
+        assert int(r.headers["x-simsearch-items"]) >= 1 and r.content.startswith(b"SQLite format 3\0")
+
+
+@pytest.mark.anyio
+async def test_a_service_on_milvus_answers_501_naming_index_copy(make_settings, tmp_path):
+    pytest.importorskip("pymilvus")
+    async with running(make_settings(milvus_uri=str(tmp_path / "galleries.db"), api_key=FULL)) as client:
+        assert client.app.state.service.ready, client.app.state.service.reason
+        r = await client.get("/galleries/default/backup", headers={"X-API-Key": FULL})
+        assert_error(r, 501, "not_supported", "simsearch index copy")

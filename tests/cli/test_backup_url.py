@@ -1,0 +1,98 @@
+"""`simsearch index backup --url URL [--gallery NAME] DEST` against a real `simsearch serve`: the gallery's backup
+downloaded, checked and put where `serve --data DEST` serves it (a named gallery in DEST/galleries/NAME/index, the
+default one in DEST/index); a refused key, a download cut off and a file that is not a store leave nothing in
+DEST."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+import index
+from cli import main
+
+from ..app.conftest import start_server, stop_server
+
+KEY = "backup-url-key"
+
+
+@pytest.fixture(scope="module")
+def live(hybrid1_artifact, tmp_path_factory):
+    """A server with the key KEY, 30 items in the gallery `shoes` and 2 in the default one."""
+    work = tmp_path_factory.mktemp("backup-url")
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": KEY}, work)
+    try:
+        listing = httpx.get(server.url + "/index").json()
+        vectors = np.random.default_rng(3).normal(size=(32, listing["dimension"]))
+        for gallery, ids in (("shoes", range(30)), ("default", range(30, 32))):
+            body = {"model": listing["model"],
+                    "items": [{"id": f"i{i}", "vector": vectors[i].tolist(), "label": gallery} for i in ids]}
+            r = httpx.post(server.url + "/index", params={"gallery": gallery}, json=body, headers={"X-API-Key": KEY})
+            assert r.status_code == 201, r.text
+        yield server
+    finally:
+        stop_server(server)
+
+
+def test_a_gallery_downloaded_with_url_is_checked_and_put_where_serve_data_serves_it(live, tmp_path, capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "shoes: downloaded 30 items" in out and "checked" in out and f"--data {dest}" in out, out
+    folder = dest / "galleries" / "shoes" / "index"
+    assert sorted(p.name for p in dest.iterdir()) == ["galleries"]
+    assert sorted(p.name for p in folder.iterdir()) == ["store.sqlite3"]
+    with index.StoreReader(folder) as reader:
+        assert reader.count() == 30 and reader.check().ok
+        assert {row.label for row in reader.rows()[1].values()} == {"shoes"}
+
+    plain = tmp_path / "plain"
+    assert main(["index", "backup", "--url", live.url, "--api-key", KEY, str(plain)]) == 0   # the default gallery
+    with index.StoreReader(plain / "index") as reader:
+        assert reader.count() == 2
+
+
+def test_a_refused_key_leaves_nothing_in_dest(live, tmp_path, capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", "wrong", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "refused the API key" in err and "nothing was left" in err, err
+    assert not dest.exists()
+
+
+def _one_answer(head: bytes, body: bytes) -> tuple[str, threading.Thread]:
+    """A server on a free port that answers one request with `head` and `body` and then closes the connection
+    (a service that dies mid-download, or answers what is not a store): its URL, and its thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(head + body)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+@pytest.mark.parametrize("length, body, said", [
+    (1_000_000, b"SQLite format 3\0" + b"\0" * 5000, "did not arrive whole"),   # the connection dropped midway
+    (5016, b"SQLite format 3\0" + b"\0" * 5000, "not a simsearch store"),     # whole, and not a store
+])
+def test_a_download_cut_off_or_not_a_store_leaves_nothing_in_dest(tmp_path, capsys, length, body, said):
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.sqlite3\r\nContent-Length: {length}\r\n"
+            "X-Simsearch-Items: 3\r\nX-Simsearch-Last-Seq: 3\r\n\r\n").encode()
+    url, thread = _one_answer(head, body)
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    assert main(["index", "backup", "--url", url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 2
+    thread.join(10)
+    err = capsys.readouterr().err
+    assert said in err and "nothing was left" in err, err
+    assert list(dest.iterdir()) == []   # the staging folder and its part file gone
