@@ -2,12 +2,14 @@
 acknowledged before it and, placed as DATA/galleries/NAME/index/store.sqlite3, is served by `simsearch serve --data`
 with all of them; it needs a key that may write the gallery (a `read` key, a key of other galleries and no key are
 refused, reads open or not); a download the client cuts off leaves no temporary copy behind; a read-only replica
-serves backups; a service on Milvus answers 501 naming `simsearch index copy`."""
+serves backups; a service on Milvus answers 501 naming `simsearch index copy`; a temporary folder without room for
+the copy is a 507 naming the bytes it needs."""
 from __future__ import annotations
 
 import os
 import re
 import socket
+import subprocess
 import sqlite3
 import threading
 import time
@@ -216,3 +218,33 @@ async def test_a_service_on_milvus_answers_501_naming_index_copy(make_settings, 
         assert client.app.state.service.ready, client.app.state.service.reason
         r = await client.get("/galleries/default/backup", headers={"X-API-Key": FULL})
         assert_error(r, 501, "not_supported", "simsearch index copy")
+
+
+def test_a_backup_the_temporary_folder_has_no_room_for_is_refused_507_naming_the_bytes_it_needs(
+        hybrid1_artifact, tmp_path, small_disk):
+    import index
+
+    mount, inside = small_disk   # 8 MB free
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "TMPDIR": str(mount)}, tmp_path, prefix=inside)
+    try:
+        listing = httpx.get(server.url + "/index").json()
+        rng = np.random.default_rng(8)
+        for name, n in (("big", 160), ("small", 10)):   # 10 MB of thumbnails, and 640 kB
+            vectors = rng.normal(size=(n, listing["dimension"])).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            config = index.StoreConfig(index.gallery_path(tmp_path / "data", name), dim=listing["dimension"],
+                                       model_id=listing["model"])
+            with index.Store.open(config) as store:
+                store.upsert([index.Item(f"{name}{j}", vectors[j], None, None, rng.bytes(64_000)) for j in range(n)])
+        needs = (tmp_path / "data" / "galleries" / "big" / "index" / "store.sqlite3").stat().st_size
+        err = assert_error(httpx.get(server.url + "/galleries/big/backup"), 507, "insufficient_storage",
+                           "'big'", "TMPDIR")
+        said = re.search(r"needs about (\d+) bytes of temporary space .* has (\d+) free", err["message"])
+        assert said and int(said[1]) >= needs > int(said[2]), err   # refused before a byte was copied
+        r = httpx.get(server.url + "/galleries/small/backup")
+        assert r.status_code == 200 and r.headers["x-simsearch-items"] == "10", r.text[:200]
+        left = subprocess.run([*inside, "ls", "-A", str(mount)], capture_output=True, text=True, check=True).stdout
+        assert left.split() == ["ballast"], left
+    finally:
+        stop_server(server)
