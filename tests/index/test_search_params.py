@@ -128,3 +128,19 @@ def test_exact_on_a_flat_gallery_is_its_own_search(open_store, vectors):
     store.upsert([Item(f"i{i}", v) for i, v in enumerate(gallery[:500])])
     assert [[h.id for h in hits] for hits in store.search(queries, k=K, exact=True)] == \
         [[h.id for h in hits] for hits in store.search(queries, k=K)]
+
+
+def test_grouped_searches_and_their_pages_take_the_parameters_as_plain_searches_do(open_store, vectors):
+    import index
+
+    gallery, queries = vectors
+    store = _filled(open_store, "ivf", gallery, nprobe=1)
+    for kw in ({"exact": True}, {"nprobe": 3}):
+        grouped = store.search_grouped(queries[:8], k=2, group_by="label", group_size=3, **kw)
+        assert grouped == index.search_grouped(lambda v, n: store.search(v, k=n, **kw), queries[:8], k=2,
+                                               group_by="label", group_size=3)
+    odd = np.arange(1, N, 2)
+    # the next page of an exact search (search_hits: offset and exclude read more of the store's search)
+    page = index.search_hits(store, queries[:4], K, exclude=["i1"], offset=K, label="odd", exact=True)
+    for hits, (ids, _) in zip(page, _brute_force(gallery, queries[:4], 2 * K + 1, odd)):
+        assert [h.id for h in hits] == [i for i in ids if i != "i1"][K:2 * K]
