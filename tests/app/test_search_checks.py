@@ -20,11 +20,13 @@ ROUTES = ("/search", "/search/qa", "/batch/search", "/classify")
 SEARCHES = ROUTES[:3]   # the searches by neighbours: /classify takes fewer parameters
 
 _TAKES = {
-    "/search/qa": ("POST /search/{id}", "exclude, gallery, group_by, group_size, k, label, like, max_distance, "
-                                        "min_score, offset, rerank, unlike, vote, where"),
-    "/batch/search": ("POST /batch/search", "crop, exclude, gallery, group_by, group_size, k, label, like, "
-                                            "max_distance, min_score, offset, rerank, unlike, vote, where"),
-    "/classify": ("POST /classify", "combine, crop, gallery, k, max_distance, min_score, where"),
+    "/search/qa": ("POST /search/{id}", "ef_search, exact, exclude, gallery, group_by, group_size, k, label, like, "
+                                        "max_distance, min_score, nprobe, offset, rerank, unlike, vote, where"),
+    "/batch/search": ("POST /batch/search", "crop, ef_search, exact, exclude, gallery, group_by, group_size, k, "
+                                            "label, like, max_distance, min_score, nprobe, offset, rerank, unlike, "
+                                            "vote, where"),
+    "/classify": ("POST /classify", "combine, crop, ef_search, exact, gallery, k, max_distance, min_score, nprobe, "
+                                    "where"),
 }
 
 
