@@ -9,6 +9,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -58,11 +60,13 @@ class Metrics:
                                          "POST /index requests committed together (one transaction and fsync)",
                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self._gallery_sizes: Callable[[], dict[str, int]] = dict
+        self._unopened_sizes: Callable[[], dict[str, int]] | None = None
         self._disk_folder: Path | None = None
         # Read at each scrape from this process's state, not counted: any worker's answer is the answer. The
         # process's own figures (process_resident_memory_bytes: the index lives in memory; CPU seconds, open files)
         # are prometheus_client's, of the process that answers (with several workers, the one the scrape reached).
-        self._state = (_GallerySizes(lambda: self._gallery_sizes()), _DiskFree(lambda: self._disk_folder),
+        self._state = (_GallerySizes(lambda: self._gallery_sizes(), lambda: self._unopened_sizes),
+                       _DiskFree(lambda: self._disk_folder),
                        ProcessCollector(registry=None))
         for collector in self._state:
             r.register(collector)
@@ -78,9 +82,15 @@ class Metrics:
         self.catch_ups = Counter("simsearch_index_catch_ups", "read-only replicas: reads that had the writer's "
                                  "changes applied first, being behind their X-Simsearch-After", registry=r)
 
-    def track_galleries(self, sizes: Callable[[], dict[str, int]]) -> None:
-        """Read each open gallery's size from `sizes()` ({name: items}) at every scrape."""
+    def track_galleries(self, sizes: Callable[[], dict[str, int]],
+                        unopened: Callable[[], dict[str, int]] | None = None) -> None:
+        """Read each open gallery's size from `sizes()` ({name: items}) at every scrape; and, given `unopened`
+        ({name: items} of the galleries this process has not opened, read without opening them: blocking), theirs
+        too, read in a thread of its own at most once every UNOPENED_EVERY seconds, so that a sum over galleries
+        counts every one."""
         self._gallery_sizes = sizes
+        self._unopened_sizes = unopened
+        self._state[0].read_unopened()   # now, so that the first scrape has them
 
     def track_disk(self, folder: Path) -> None:
         """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""
@@ -125,27 +135,73 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _GallerySizes:
-    """simsearch_gallery_items{gallery} (items in each open gallery) and simsearch_galleries (how many are
-    open), read at each scrape."""
+UNOPENED_EVERY = 60.0   # seconds between reads of the sizes of the galleries not open (a read opens each store)
+_ITEMS_HELP = ("items in each gallery: an open one's now, one this process has not opened (not used since the "
+               "start) as read at most a minute before, without opening it")
+_OPEN_ITEMS_HELP = "items in each gallery open in this process (one not used since the start is left out)"
 
-    def __init__(self, sizes: Callable[[], dict[str, int]]):
+
+class _GallerySizes:
+    """simsearch_gallery_items{gallery} (items in each gallery: the open ones read at each scrape, the others,
+    when the service says how, from _UnopenedSizes) and simsearch_galleries (how many are open)."""
+
+    def __init__(self, sizes: Callable[[], dict[str, int]], unopened: Callable[[], Callable | None]):
         self._sizes = sizes
+        self._unopened = _UnopenedSizes(unopened)
 
     def describe(self):
         return []   # the names are known only at a scrape (auto_describe would call collect() at registration)
+
+    def read_unopened(self) -> None:
+        """Start reading the sizes of the galleries not open (in the background), when the service reads them."""
+        self._unopened.latest(set())
 
     def collect(self):
         try:
             sizes = self._sizes()
         except Exception:  # noqa: BLE001  (closed during shutdown: no values rather than a failed scrape)
             sizes = {}
-        items = GaugeMetricFamily("simsearch_gallery_items", "items in each open gallery", labels=["gallery"])
-        for name, count in sizes.items():
+        unopened = self._unopened.latest(set(sizes))
+        items = GaugeMetricFamily("simsearch_gallery_items", _OPEN_ITEMS_HELP if unopened is None else _ITEMS_HELP,
+                                  labels=["gallery"])
+        for name, count in {**(unopened or {}), **sizes}.items():
             items.add_metric([name], float(count))
         yield items
-        yield GaugeMetricFamily("simsearch_galleries", "galleries open (the default one and named ones)",
-                                value=float(len(sizes)))
+        yield GaugeMetricFamily("simsearch_galleries", "galleries open in this process (the default one and named "
+                                "ones used since the start)", value=float(len(sizes)))
+
+
+class _UnopenedSizes:
+    """The sizes of the galleries not open, read by `reader()()` (None: the service reads none) in a thread, at
+    most once every UNOPENED_EVERY seconds and never two at once: a scrape never waits on it (the read opens each
+    store, which for Milvus is a round trip each) and answers the last sizes read."""
+
+    def __init__(self, reader: Callable[[], Callable[[], dict[str, int]] | None]):
+        self._reader = reader
+        self._sizes: dict[str, int] = {}
+        self._read_at = -float("inf")
+        self._reading = threading.Lock()
+
+    def latest(self, open_now: set[str]) -> dict[str, int] | None:
+        """The last sizes read, less the galleries open now (counted by the caller); a new read started when
+        they are older than UNOPENED_EVERY; None when the service reads none."""
+        read = self._reader()
+        if read is None:
+            return None
+        if time.monotonic() - self._read_at >= UNOPENED_EVERY and self._reading.acquire(blocking=False):
+            self._read_at = time.monotonic()
+            threading.Thread(target=self._read, args=(read,), name="simsearch-gallery-sizes", daemon=True).start()
+        for name in open_now & self._sizes.keys():   # counted open from now on: a size read before is stale
+            self._sizes.pop(name, None)
+        return dict(self._sizes)
+
+    def _read(self, read: Callable[[], dict[str, int]]) -> None:
+        try:
+            self._sizes = dict(read())
+        except Exception:  # noqa: BLE001  (the data folder or Milvus unreachable now: the last sizes stay)
+            pass
+        finally:
+            self._reading.release()
 
 
 class _DiskFree:
