@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._access_log import KEY_USED
 from ._errors import route_path, send_error
 from ._metrics import Metrics
-from ._paths import GALLERY_LIST_PATH, galleries_named, is_gallery_scan, is_open_path, is_write
+from ._paths import GALLERY_LIST_PATH, galleries_named, is_backup, is_gallery_scan, is_open_path, is_write
 from ._rate_limit import RateLimiter, SharedRateLimiter
 
 log = logging.getLogger("simsearch.app")
@@ -250,15 +250,24 @@ class AuthMiddleware:
 
 def key_needed(method: str, path: str, key_for_reads: bool) -> bool:
     """Whether a service with keys refuses this request without a valid one (401, 403 invalid_api_key): writes,
-    gallery scans, and every request with SIMSEARCH_REQUIRE_KEY_FOR_READS (the open paths never reach this)."""
-    return key_for_reads or is_write(method, path) or is_gallery_scan(path)
+    gallery scans, backups, and every request with SIMSEARCH_REQUIRE_KEY_FOR_READS (the open paths never reach
+    this)."""
+    return key_for_reads or is_write(method, path) or is_gallery_scan(path) or is_backup(path)
+
+
+def refused_to_read_keys(method: str, path: str) -> bool:
+    """Whether a key that may only read (`KEY read`) is refused this request (403 key_scope): writes, and backups
+    (they hand over every item of a gallery at once)."""
+    return is_write(method, path) or is_backup(path)
 
 
 def out_of_scope(key_scope: KeyScope, method: str, path: str, query: QueryParams) -> str | None:
     """Why a key of this scope may not make this request (for a 403 key_scope), or None when it may. Names
     the gallery asked for and what the key may do, never the key."""
-    if key_scope.read_only and is_write(method, path):
-        return f"this API key may {key_scope.may_do()}: {method} {path} is a write"
+    if key_scope.read_only and refused_to_read_keys(method, path):
+        why = f"{method} {path} is a write" if is_write(method, path) else \
+            "a backup hands over every item of the gallery at once, so it needs a key that may write the gallery"
+        return f"this API key may {key_scope.may_do()}: {why}"
     if key_scope.galleries is None:
         return None
     outside = [name for name in galleries_named(path, query) or [] if name not in key_scope.galleries]

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.datastructures import QueryParams
 
 from ._answers import _ERRORS, POSITION_HEADER
-from ._auth import key_needed
+from ._auth import key_needed, refused_to_read_keys
 from ._paths import galleries_named, is_open_path, is_write
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
@@ -86,21 +86,21 @@ def _read_only_405() -> dict[str, Any]:
 
 # Each reason a 403 can have (AuthMiddleware), as the operations that can answer it declare it.
 _WRONG_KEY = "the API key sent is not one of the service's keys (`invalid_api_key`)"
-_READ_ONLY_KEY = "the key may only read (`KEY read` in the key file) and this is a write (`key_scope`)"
+_READ_ONLY_KEY = ("the key may only read (`KEY read` in the key file) and this request needs one that may write "
+                  "(`key_scope`)")
 _OTHER_GALLERY = ("the key may only use some galleries (`KEY galleries=...` in the key file) and this request is on "
                   "another (`key_scope`)")
 
 
 def forbidden_reasons(method: str, path: str, keyed: bool, key_for_reads: bool, scoped: bool) -> list[str]:
     """Why the service can answer this operation 403, in words naming each code (empty: it never does): a wrong
-    key where the operation needs a key; with a key file (`scoped`), a read-only key on a write, and a key
+    key where the operation needs a key; with a key file (`scoped`), a read-only key on a write (or a backup), and a key
     limited to some galleries on any operation on a gallery (reads too: a scope holds whether or not the
     request needs a key)."""
     if not keyed or is_open_path(path):
         return []
-    write = is_write(method, path)
     reasons = [_WRONG_KEY] if key_needed(method, path, key_for_reads) else []
-    if scoped and write:
+    if scoped and refused_to_read_keys(method, path):
         reasons.append(_READ_ONLY_KEY)
     if scoped and galleries_named(path, QueryParams()) is not None:
         reasons.append(_OTHER_GALLERY)

@@ -31,17 +31,28 @@ def is_gallery_scan(path: str) -> bool:
     return path.rstrip("/") == "/duplicates"
 
 
+def is_backup(path: str) -> bool:
+    """GET /galleries/<name>/backup hands over every item of a gallery at once: it takes the key as writes do,
+    and a key that may only read may not take it."""
+    return path.startswith(_GALLERY_PREFIX) and path.endswith(_BACKUP_SUFFIX) and \
+        "/" not in path[len(_GALLERY_PREFIX):-len(_BACKUP_SUFFIX)]
+
+
 # Routes that read or write no gallery: a key limited to some galleries may use them.
 _NO_GALLERY_PATHS = frozenset({"/embed"})
 GALLERY_LIST_PATH = "/galleries"
 _GALLERY_PREFIX = "/galleries/"
+_BACKUP_SUFFIX = "/backup"
 
 
 def galleries_named(path: str, query: QueryParams) -> list[str] | None:
-    """The galleries a request asks for: the name in /galleries/{name}, else every value of the `gallery` query
-    parameter (each, so that a repeated one, which the route refuses, cannot pass with one allowed name), else
+    """The galleries a request asks for: the name in /galleries/{name} (and /galleries/{name}/backup), else every
+    value of the `gallery` query parameter (each, so that a repeated one, which the route refuses, cannot pass with
+    one allowed name), else
     the default gallery; None for a request on no gallery (/embed, the list of galleries). `query` is parsed as
     the routes parse it (Starlette's QueryParams), and `path` is decoded as they match it."""
+    if is_backup(path):
+        return [path[len(_GALLERY_PREFIX):-len(_BACKUP_SUFFIX)]]
     if path.startswith(_GALLERY_PREFIX):
         name = path[len(_GALLERY_PREFIX):]
         return [name[:-1] if name.endswith("/") else name]   # a trailing / is redirected to the name

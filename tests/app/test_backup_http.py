@@ -156,6 +156,10 @@ def test_a_backup_needs_a_key_that_may_write_the_gallery_even_where_reads_need_n
     assert httpx.get(server.url + "/index", params={"gallery": "shoes"}, headers={"X-API-Key": READ}).status_code \
         == 200   # the read key reads the gallery
     assert_error(httpx.get(url, headers={"X-API-Key": HATS}), 403, "key_scope")   # a key of other galleries
+    r = httpx.put(server.url + "/galleries/hats", headers={"X-API-Key": HATS})   # its own gallery: made, backed up
+    assert r.status_code in (200, 201), r.text
+    r = httpx.get(server.url + "/galleries/hats/backup", headers={"X-API-Key": HATS})
+    assert r.status_code == 200 and 'filename="simsearch-hats-' in r.headers["content-disposition"], r.text[:300]
     assert httpx.get(url, headers={"X-API-Key": FULL}).status_code == 200
     assert list(tmp.iterdir()) == []
     metrics = httpx.get(server.url + "/metrics").text

@@ -141,6 +141,7 @@ def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
              ("post", "/classify", "/classify", {"files": image}),
              ("post", "/embed", "/embed", {"files": image}), ("get", "/duplicates", "/duplicates", {"headers": key}),
              ("get", "/facets", "/facets?field=label", {}), ("get", "/galleries", "/galleries", {}),
+             ("get", "/galleries/{name}/backup", "/galleries/headers/backup", {"headers": key}),
              ("delete", "/galleries/{name}", "/galleries/headers", {"headers": key}),
              ("delete", "/index", "/index?label=gone", {"headers": key}),
              ("delete", "/index/{id}", "/index/h1", {"headers": key})]
@@ -324,7 +325,8 @@ def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
     keyed = {(m.upper(), p) for p, item in spec["paths"].items() for m, op in item.items() if "security" in op}
     assert keyed == {("POST", "/index"), ("DELETE", "/index"), ("PATCH", "/index/{id}"), ("PATCH", "/index"),
                      ("DELETE", "/index/{id}"),
-                     ("PUT", "/galleries/{name}"), ("DELETE", "/galleries/{name}"), ("GET", "/duplicates")}
+                     ("PUT", "/galleries/{name}"), ("DELETE", "/galleries/{name}"), ("GET", "/duplicates"),
+                     ("GET", "/galleries/{name}/backup")}
     for method, path in keyed:   # and those are the ones the server refuses without it
         r = httpx.request(method, live.url + path.replace("{id}", "known").replace("{name}", "nope"))
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", (method, path)

@@ -56,9 +56,19 @@ def test_a_read_only_key_on_a_write_is_refused_by_its_scope_as_the_write_declare
     message = _refused(c.delete("/index/absent", headers={"X-API-Key": READ}), "key_scope")
     assert "may read only" in message and "is a write" in message
     declared = _declared_403(spec, "delete", "/index/{id}")
-    assert "may only read (`KEY read` in the key file) and this is a write (`key_scope`)" in declared
+    assert "may only read (`KEY read` in the key file) and this request needs one that may write (`key_scope`)" \
+        in declared
     message = _refused(c.put("/galleries/socks", headers={"X-API-Key": READ}), "key_scope")
     assert "`KEY read`" in _declared_403(spec, "put", "/galleries/{name}")
+
+
+def test_a_read_only_key_on_a_backup_is_refused_by_its_scope_as_the_backup_declares(key_file_server):
+    c, spec = key_file_server
+    message = _refused(c.get("/galleries/default/backup", headers={"X-API-Key": READ}), "key_scope")
+    assert "needs a key that may write the gallery" in message
+    declared = _declared_403(spec, "get", "/galleries/{name}/backup")
+    assert "`invalid_api_key`" in declared and "`key_scope`" in declared
+    _refused(c.get("/galleries/default/backup", headers={"X-API-Key": WRONG}), "invalid_api_key")
 
 
 def test_a_gallery_limited_key_on_another_gallery_is_refused_by_its_scope_as_reads_and_writes_declare(key_file_server):
