@@ -10,8 +10,9 @@ DATA/galleries/NAME/index/store.sqlite3 (the FAISS snapshot is derived: rebuilt 
 
 A backup hands over every item of the gallery (vectors, metadata, thumbnails) at once, so it is not a read: where
 the service has API keys it always needs one (reads open or not), a key that may write the gallery (a `read` key
-is refused; a `galleries=` key only for its galleries). A service without keys serves it to anyone, as it lets
-anyone read and write everything."""
+is refused; a `galleries=` key only for its galleries). AuthMiddleware decides that before the route runs
+(_auth.key_needed and refused_to_read_keys, _paths.is_backup). A service without keys serves it to anyone, as it
+lets anyone read and write everything."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,6 @@ from fastapi import Path, Request, Response
 from starlette.types import Receive, Scope, Send
 
 from ._answers import _ERRORS
-from ._auth import AuthMiddleware, KeyRing, presented_key
 from ._errors import ApiError
 from ._params import _router, _service
 from ._service import GALLERY_NAME, Service
@@ -57,13 +57,8 @@ _HEADERS = {
                         "description": "the gallery is marked incomplete: a copy into it (`index copy`, `index "
                                        "reembed`) did not finish, so the backup holds a part of its source"},
 }
-_BACKUP_ERRORS = {
-    **{k: _ERRORS[k] for k in (404, 422, 429, 503)},
-    401: {**_ERRORS[401], "description": "the service has API keys and none was sent (`missing_api_key`): a backup "
-                                         "always needs one, even where reads need none"},
-    403: {**_ERRORS[403], "description": "the API key sent is not one of the service's keys (`invalid_api_key`); "
-                                         "or it may not write this gallery (`key_scope`): a `read` key, or one "
-                                         "limited to other galleries"},
+_BACKUP_ERRORS = {   # 403's reasons are the document's (_openapi.forbidden_reasons), as for every route
+    **{k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503)},
     501: {**_ERRORS[503], "description": "the galleries are in Milvus: `simsearch index copy` copies them"},
     507: {**_ERRORS[507], "description": "the service's temporary folder has no room for the copy (the message "
                                          "says how many bytes it needs)"},
@@ -78,7 +73,6 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
     import index
 
     service = _service(request)
-    _check_key(request, name)
     if service.settings.milvus_uri:
         raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus, which backs up its own data; "
                        f"to copy gallery {name!r} into a data folder, run `simsearch index copy --milvus-uri URI "
@@ -130,38 +124,6 @@ def _copy_to_temp(service: Service, source: FsPath, name: str) -> FsPath:
                        f"temporary space and the service's temporary folder has {free} free; the operator can free "
                        "space there, or point TMPDIR at a larger disk")
     return FsPath(tempfile.mkdtemp(prefix=f"simsearch-backup-{name}-", dir=where))
-
-
-def _key_ring(request: Request) -> KeyRing | None:
-    """The API keys the app checks (those its AuthMiddleware was given), or None when it has none."""
-    for middleware in request.app.user_middleware:
-        if middleware.cls is AuthMiddleware:
-            keys = middleware.kwargs["keys"]
-            return keys if keys else None
-    return None
-
-
-def _check_key(request: Request, name: str) -> None:
-    """A backup needs, where the service has keys, a key that may write gallery `name`: 401 without one, 403
-    invalid_api_key for a wrong one, 403 key_scope for a `read` key or one limited to other galleries."""
-    keys = _key_ring(request)
-    if keys is None:
-        return
-    rejected = request.app.state.metrics.rejected
-    key = presented_key(request.headers)
-    if key is None:
-        rejected.labels("missing_key").inc()
-        raise ApiError(401, "missing_api_key", "a backup needs an API key (it hands over every item of the "
-                       "gallery), in the X-API-Key header or 'Authorization: Bearer <key>'",
-                       {"WWW-Authenticate": "Bearer"})
-    scope = keys.scope_of(key)
-    if scope is None:
-        rejected.labels("wrong_key").inc()
-        raise ApiError(403, "invalid_api_key", "the API key sent is not one of the service's keys")
-    if scope.read_only or (scope.galleries is not None and name not in scope.galleries):
-        rejected.labels("key_scope").inc()
-        raise ApiError(403, "key_scope", f"a backup hands over every item of gallery {name!r} at once, so it needs "
-                       f"a key that may write that gallery; this API key may {scope.may_do()}")
 
 
 class _TempFileResponse(Response):
