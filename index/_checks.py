@@ -21,9 +21,9 @@ KEEP = object()   # update(): the label is not changed
 
 def check_metadata(metadata: Any, what: str = "metadata") -> str:
     """`metadata` (a dict) as the JSON a store keeps; InvalidItemError naming what is wrong: not an object,
-    a key that starts with "$" (no filter could find it), not JSON (NaN, or an infinity such as 1e999 read
-    as a float), or more than MAX_METADATA_BYTES of it. What every store checks of an item's metadata, for a
-    caller to check first."""
+    a key that starts with "$" or holds a "." (no filter could find it), not JSON (NaN, or an infinity such as
+    1e999 read as a float), or more than MAX_METADATA_BYTES of it. What every store checks of an item's
+    metadata, for a caller to check first."""
     if not isinstance(metadata, dict):
         raise InvalidItemError(f"{what} must be a JSON object (dict), got {type(metadata).__name__}")
     _check_keys(metadata, what)
@@ -31,19 +31,35 @@ def check_metadata(metadata: Any, what: str = "metadata") -> str:
 
 
 def _check_keys(metadata: dict, what: str, patch: bool = False) -> None:
-    """InvalidItemError naming the first top-level key of `metadata` that starts with "$": in a `where`
-    filter such a key is an operator ($or, $and) or the item's label ($label), so no filter could ever find
-    it. In a merge `patch`, such a key given as None passes: it removes the key, how an older item sheds one."""
+    """InvalidItemError naming the first key no `where` filter could ever find: a top-level key that starts
+    with "$" (in a filter, an operator such as $or, or the item's label, $label), or a key holding a "." in
+    `metadata` or in an object under it, at any depth (not inside a list): a filter, a facet and group_by read
+    "cam.make" as the path to cam's make. In a merge `patch`, such a key given as None passes: it removes the
+    key, how an older item sheds one."""
     for key, value in metadata.items():
         if isinstance(key, str) and key.startswith("$") and not (patch and value is None):
             raise InvalidItemError(f"{what}: the key {key!r:.60} starts with \"$\", which a where filter reads "
                                    "as an operator or as $label (the item's label), so no filter could find it; "
                                    "give it another name")
+    objects: list[tuple[str, dict]] = [("", metadata)]
+    while objects:   # a loop, not recursion: a deep object cannot exhaust the stack
+        inside, obj = objects.pop()
+        for key, value in obj.items():
+            text = key if isinstance(key, str) else json.dumps(key)   # as JSON writes it: 1.5 -> "1.5"
+            if "." in text and not (patch and value is None):
+                where = f" (in {inside!r:.60})" if inside else ""
+                raise InvalidItemError(
+                    f"{what}: the key {text!r:.60}{where} holds a \".\", which a where filter, a facet and group_by "
+                    f"read as a path into nested objects (\"cam.make\": the key make of the object cam), so no "
+                    f"filter could find it; nest it ({{\"cam\": {{\"make\": ...}}}}) or give it another name")
+            if type(value) is dict:
+                objects.append((f"{inside}.{text}" if inside else text, value))
 
 
 def _check_patch(metadata_patch: Any, what: str) -> None:
     """InvalidItemError when an update's metadata patch is neither None nor a JSON object, or sets a key that
-    starts with "$" (the keys it sets; those an item has already stay, see ItemChecks._validate)."""
+    starts with "$" or holds a "." (the keys it sets; those an item has already stay, see
+    ItemChecks._validate)."""
     if metadata_patch is None:
         return
     if not isinstance(metadata_patch, dict):
@@ -177,7 +193,8 @@ class ItemChecks:
 
     def _validate(self, item: Item, patched: bool = False):
         """(label, metadata JSON, thumbnail bytes) of an item to write. patched: its metadata is an update's,
-        whose patch _check_update checked: a "$" key there was stored before such keys were refused, and stays."""
+        whose patch _check_update checked: a "$" key or a dotted key there was stored before such keys were
+        refused, and stays."""
         if item.label is not None and not isinstance(item.label, str):
             raise InvalidItemError(f"item {item.id!r}: label must be a string or None, got {item.label!r:.80}")
         metadata, what = item.metadata if item.metadata is not None else {}, f"item {item.id!r}: metadata"

@@ -15,13 +15,14 @@ from ._filter import LIST, NOT_SCALAR, is_element
 
 @dataclass
 class Facet:
-    """The items that match a filter, by their value of `field` ("label" or "metadata.KEY").
+    """The items that match a filter, by their value of `field` ("label" or "metadata.KEY"; a KEY with dots
+    is a path into nested objects, "metadata.cam.make", read as a `where` filter reads it).
 
     values: (value, items) of each value, the most common first (a tie: by the value's text). A metadata
     value counts when it is a JSON scalar (a string, a number, true, false or null); 2024 and 2024.0 are one.
     A list counts once under each distinct scalar element (["red", "blue"]: one for each), so the counts of
     a key holding lists may add up to more than its items. missing: items with no value (no label; no such
-    key). not_scalar: items whose value is an object, or a list with no scalar element (an empty one too).
+    key or path). not_scalar: items whose value is an object, or a list with no scalar element (an empty one too).
     """
 
     field: str

@@ -3,7 +3,7 @@ store's per-key indexes of metadata values. See docs/index.md "Filters"."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ._checks import check_text
 from ._errors import InvalidItemError
@@ -23,6 +23,50 @@ _ELEMENT = "elem"
 # against the labels (a string, or none) as a metadata key's are against its values. A metadata key that starts
 # with "$" could never be filtered on, so none is written any more (index.check_metadata): this one is free.
 LABEL = "$label"
+
+
+# A key with dots is a path into nested objects: "cam.make" reads the key "make" of the object under "cam", in
+# filters, facets and groups alike (lookup). A path never descends into a list. New metadata holds no key with a
+# dot (index.check_metadata refuses one, at any depth a path reaches); an item stored before that may hold the
+# top-level key "a.b" itself, and then "a.b" reads that key, as it did before paths (lookup, nested_paths).
+PATH_SEPARATOR = "."
+MISSING = object()   # lookup's answer for an item without a value there
+
+
+def lookup(metadata: dict[str, Any], key: str) -> Any:
+    """The value at `key` in an item's metadata, MISSING when it has none: the top-level key `key` when the
+    item has it (without a dot, the only reading), else the path through nested objects that `key`'s dots
+    spell ("cam.make": cam's make; "a.b.c": a's b's c). A path stops at anything that is not an object: it
+    never descends into a list."""
+    if key in metadata:
+        return metadata[key]
+    if PATH_SEPARATOR not in key:
+        return MISSING
+    value: Any = metadata
+    for part in key.split(PATH_SEPARATOR):
+        if type(value) is not dict or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def nested_paths(metadata: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(path, value) of every dotted path that lookup reads a value at in this metadata through nested objects
+    (not its top-level keys): each key of an object under a key without a dot, at any depth, with its dotted
+    path. A path that is also a top-level key of the item is left out (lookup reads that key there), and a
+    nested key with a dot is never reached (no path spells it). What a store that precomputes its filters'
+    fields (MilvusStore) and the FAISS store's key counts read."""
+    stack = [(k, v) for k, v in metadata.items() if type(v) is dict and PATH_SEPARATOR not in k]
+    while stack:   # a loop, not recursion: a deep object cannot exhaust the stack
+        prefix, obj = stack.pop()
+        for sub, value in obj.items():
+            if PATH_SEPARATOR in sub:
+                continue
+            path = prefix + PATH_SEPARATOR + sub
+            if path not in metadata:
+                yield path, value
+            if type(value) is dict:
+                stack.append((path, value))
 
 
 def value_key(value: Any) -> Any:
@@ -113,8 +157,8 @@ MAX_WHERE_DEPTH = 32   # $and/$or nested this deep; deeper is no filter a person
 
 def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
     """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none. The key
-    "$label" (LABEL) is the item's label, with string values only. Raises InvalidItemError naming the key and
-    value that are wrong."""
+    "$label" (LABEL) is the item's label, with string values only; a key with dots is a path into nested
+    objects (lookup). Raises InvalidItemError naming the key and value that are wrong."""
     if where is None:
         return None
     check_text(where, "where")
@@ -215,9 +259,13 @@ def _operators(key: str, ops: dict[str, Any]) -> list[Condition]:
             if bounds[end] is not None:
                 raise InvalidItemError(f"where: {key!r} has two {'lower' if end == 0 else 'upper'} bounds")
             bounds[end], inclusive[end] = operand, incl
+        elif isinstance(op, str) and not op.startswith("$"):   # {"cam": {"make": ...}}: the path is "cam.make"
+            raise InvalidItemError(f"where: {key!r} has an unknown operator {op!r:.40}; a nested object is not "
+                                   f"matched whole: for the key {op!r:.40} inside {key!r:.40}, write the path "
+                                   f"{(key + PATH_SEPARATOR + op)!r:.80} (the operators are {', '.join(OPERATORS)})")
         else:
             raise InvalidItemError(f"where: {key!r} has an unknown operator {op!r:.40}; the operators are "
-                                   f"{', '.join(OPERATORS)} (a nested object cannot be matched)")
+                                   f"{', '.join(OPERATORS)}")
     if bounds != [None, None]:
         kinds = {"str" if isinstance(b, str) else "number" for b in bounds if b is not None}
         if len(kinds) > 1:

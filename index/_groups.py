@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ._errors import InvalidItemError
+from ._filter import MISSING, lookup
 
 MAX_GROUP_CANDIDATES = 16_384   # nearest items read for one grouped query (Milvus's own cap on a search's limit)
 # How much one search may ask for, the same through the service and the command line (each says a breach in
@@ -29,12 +30,13 @@ _METADATA = "metadata."
 
 
 def check_group_by(group_by: str, name: str = "group_by") -> str:
-    """`label`, or `metadata.KEY` (a top-level key of the items' metadata); ValueError naming it (as the
-    parameter `name`: group_by, or a facet's field) otherwise."""
+    """`label`, or `metadata.KEY` (a key of the items' metadata; with dots, a path into nested objects:
+    `metadata.cam.make`, see metadata_value); ValueError naming it (as the parameter `name`: group_by, or a
+    facet's field) otherwise."""
     if group_by == "label" or (group_by.startswith(_METADATA) and len(group_by) > len(_METADATA)):
         return group_by
     raise ValueError(f"{name}={group_by!r}: give `label`, or `metadata.KEY` for a key of the items' metadata "
-                     "(e.g. metadata.product)")
+                     "(e.g. metadata.product, or metadata.cam.make for a key inside an object)")
 
 
 def _check_group_size(group_size) -> None:
@@ -49,11 +51,20 @@ def _field_key(field: str, name: str = "group_by") -> str | None:
     return None if field == "label" else field[len(_METADATA):]
 
 
+def metadata_value(metadata: dict[str, Any], key: str) -> Any:
+    """The value a group or a facet of `metadata.KEY` reads for `key` in an item's metadata, as a `where`
+    filter reads it (index.check_where): the top-level key, or with dots the path through nested objects
+    (never into a list); None when there is none."""
+    value = lookup(metadata, key)
+    return None if value is MISSING else value
+
+
 def group_value(hit, group_by: str) -> Any:
-    """The value `hit` is grouped under (its label, or its metadata's value for the key), None when it has none."""
+    """The value `hit` is grouped under (its label, or its metadata's value at the key or path), None when it
+    has none."""
     if group_by == "label":
         return hit.label
-    return hit.metadata.get(group_by[len(_METADATA):]) if isinstance(hit.metadata, dict) else None
+    return metadata_value(hit.metadata, group_by[len(_METADATA):]) if isinstance(hit.metadata, dict) else None
 
 
 def _key(value: Any) -> tuple:

@@ -26,6 +26,12 @@ class MetaIndexes:
         # the first metadata filter), so that a filter on a key no item has costs nothing: readers cannot
         # make the store scan for keys that writers never stored.
         self.by_key: dict[str, dict[Any, int | set[int]]] = {}
+        # A key with dots (a path into nested objects, _filter.lookup) is indexed the same way, built and kept
+        # alike; _paths names those of by_key, which a write reads by lookup instead of as top-level keys.
+        # _meta_keys counts the nested paths too (_filter.nested_paths), so that a path no item has costs
+        # nothing either. A top-level key's index and count cost what they did before paths: only a value
+        # that is an object is walked.
+        self._paths: set[str] = set()
         self._meta_keys: dict[str, int] | None = None
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         self._labels = _LabelIndex(by_label)   # where's "$label": the label index, read as a key's
@@ -60,7 +66,7 @@ class MetaIndexes:
         built = self.by_key.get(key)
         if built is not None:
             return built
-        if self._meta_keys is not None and key not in self._meta_keys:
+        if self._meta_keys is not None and key not in self._meta_keys:   # nested paths are counted too
             return {}
         return self.build([key], keep=False)[key]
 
@@ -69,13 +75,17 @@ class MetaIndexes:
         no write runs meanwhile; two searches may both build one, alike), counting every key's items
         the first time. A key no item has is kept (current from then on) only when `keep`."""
         built: dict[str, dict[Any, int | set[int]]] = {k: {} for k in keys}
+        top = [(k, v) for k, v in built.items() if _filter.PATH_SEPARATOR not in k]
+        paths = [(k, v) for k, v in built.items() if _filter.PATH_SEPARATOR in k]
         counts: dict[str, int] | None = {} if self._meta_keys is None else None
         for fid, (_id, _label, meta_json) in self._rows.items():
             meta = parse_metadata(meta_json)
             if counts is not None:
                 for k in meta:
                     counts[k] = counts.get(k, 0) + 1
-            for k, values in built.items():
+                if meta_json.find("{", 1) != -1:   # maybe an object inside (or a "{" in a string): its paths
+                    _count_paths(counts, meta, +1)
+            for k, values in top:
                 if k in meta:
                     value = meta[k]
                     if type(value) is list:   # the rest one key each, without value_keys' list: builds stay fast
@@ -83,11 +93,15 @@ class MetaIndexes:
                             _filter.add(values, vk, fid)
                     else:
                         _filter.add(values, _filter.value_key(value), fid)
+            if paths:
+                _add_paths(paths, meta, fid)
         if counts is not None:
             self._meta_keys = counts
         for k, values in built.items():
             if keep or k in self._meta_keys:
                 self.by_key[k] = values
+                if _filter.PATH_SEPARATOR in k:
+                    self._paths.add(k)
         return built
 
     def add(self, fid: int, meta_json: str) -> None:
@@ -106,13 +120,43 @@ class MetaIndexes:
         if self._meta_keys is None:
             return []
         meta = parse_metadata(meta_json)
+        counts = self._meta_keys
         for k in meta:
-            n = self._meta_keys.get(k, 0) + delta
+            n = counts.get(k, 0) + delta
             if n > 0:
-                self._meta_keys[k] = n
+                counts[k] = n
             else:
-                self._meta_keys.pop(k, None)
-        return [(k, vk) for k in meta if k in self.by_key for vk in _filter.value_keys(meta[k])]
+                counts.pop(k, None)
+        if meta_json.find("{", 1) != -1:   # maybe an object inside (or a "{" in a string): its paths too
+            _count_paths(counts, meta, delta)
+        if not self._paths:
+            return [(k, vk) for k in meta if k in self.by_key for vk in _filter.value_keys(meta[k])]
+        changed = [(k, vk) for k in meta if k in self.by_key and k not in self._paths
+                   for vk in _filter.value_keys(meta[k])]
+        for k in self._paths:   # read by lookup: a literal top-level "a.b" of an older item, else the path
+            value = _filter.lookup(meta, k)
+            if value is not _filter.MISSING:
+                changed += [(k, vk) for vk in _filter.value_keys(value)]
+        return changed
+
+
+def _add_paths(paths: list[tuple[str, dict[Any, Any]]], meta: dict[str, Any], fid: int) -> None:
+    """Index the values an item holds at these paths (each read by _filter.lookup)."""
+    for path, values in paths:
+        value = _filter.lookup(meta, path)
+        if value is not _filter.MISSING:
+            for vk in _filter.value_keys(value):
+                _filter.add(values, vk, fid)
+
+
+def _count_paths(counts: dict[str, int], meta: dict[str, Any], delta: int) -> None:
+    """Count one item's nested paths (_filter.nested_paths) in (+1) or out (-1)."""
+    for k, _value in _filter.nested_paths(meta):
+        n = counts.get(k, 0) + delta
+        if n > 0:
+            counts[k] = n
+        else:
+            counts.pop(k, None)
 
 
 class _LabelIndex:

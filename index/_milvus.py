@@ -214,29 +214,46 @@ def _hash(text: str) -> str:
 
 
 def match_fields(label: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
-    """The `match` object of an item: "l" the label's hash; for each metadata key (by its hash h):
-    "e"+h for any value, and one of "h"+h (a string's hash) with "s"+h (the string, for ranges), "n"+h (a
-    number), "b"+h (1 true, 0 false) or "z"+h (null). A list with scalar elements: "a"+h, the hashes of its
-    elements (_element_hash: typed, so that json_contains keeps JSON's types apart), with "x"+h and "y"+h the
-    least and greatest of its numbers and "p"+h and "q"+h of its strings (any element in a range: see
-    where_expression). Objects, and elements that are lists or objects, get "e"+h alone."""
+    """The `match` object of an item's label and top-level metadata keys: "l" the label's hash; for each
+    metadata key (by its hash h): "e"+h for any value, and one of "h"+h (a string's hash) with "s"+h (the
+    string, for ranges), "n"+h (a number), "b"+h (1 true, 0 false) or "z"+h (null). A list with scalar
+    elements: "a"+h, the hashes of its elements (_element_hash: typed, so that json_contains keeps JSON's types
+    apart), with "x"+h and "y"+h the least and greatest of its numbers and "p"+h and "q"+h of its strings (any
+    element in a range: see where_expression). Objects, and elements that are lists or objects, get "e"+h
+    alone: the keys inside an object are path_fields'."""
     out: dict[str, Any] = {}
     if label is not None:
         out["l"] = _hash(label)
     for key, value in metadata.items():
-        h = _hash(key)
-        out["e" + h] = 1
-        if isinstance(value, str):
-            out["h" + h] = _hash(value)
-            out["s" + h] = value
-        elif isinstance(value, bool):
-            out["b" + h] = int(value)
-        elif isinstance(value, (int, float)):
-            out["n" + h] = value
-        elif value is None:
-            out["z" + h] = 1
-        elif isinstance(value, list):
-            out.update(_list_fields(h, value))
+        out.update(_key_fields(key, value))
+    return out
+
+
+def path_fields(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The `match` fields of each dotted path into the metadata's nested objects (_filter.nested_paths:
+    "cam.make", not into lists), each as match_fields has a top-level key, under the hash of the path as it is
+    spelt: a condition on a path is then the condition on a key of that name (where_expression), and an older
+    item's top-level key spelt with the dots comes first (nested_paths leaves the path out)."""
+    out: dict[str, Any] = {}
+    for path, value in _filter.nested_paths(metadata):
+        out.update(_key_fields(path, value))
+    return out
+
+
+def _key_fields(key: str, value: Any) -> dict[str, Any]:
+    h = _hash(key)
+    out: dict[str, Any] = {"e" + h: 1}
+    if isinstance(value, str):
+        out["h" + h] = _hash(value)
+        out["s" + h] = value
+    elif isinstance(value, bool):
+        out["b" + h] = int(value)
+    elif isinstance(value, (int, float)):
+        out["n" + h] = value
+    elif value is None:
+        out["z" + h] = 1
+    elif isinstance(value, list):
+        out.update(_list_fields(h, value))
     return out
 
 
@@ -500,11 +517,12 @@ class MilvusStore(ItemChecks):
         if thumb is not None and len(thumb) > MAX_THUMBNAIL:
             raise InvalidItemError(f"item {item.id!r}: the thumbnail is {len(thumb)} bytes, more than the "
                                    f"{MAX_THUMBNAIL} a Milvus store holds (a smaller SIMSEARCH_THUMBNAIL_SIZE)")
-        match = match_fields(label, json.loads(meta_json))
+        meta = json.loads(meta_json)
+        match = {**match_fields(label, meta), **path_fields(meta)}
         if len(json.dumps(match)) > MAX_TEXT:
-            raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys (and their lists' "
-                                   f"elements) need more than the {MAX_TEXT} bytes a Milvus store gives the filter "
-                                   "fields of one item")
+            raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys (their lists' "
+                                   f"elements, and the keys of the objects under them) need more than the {MAX_TEXT} "
+                                   "bytes a Milvus store gives the filter fields of one item")
         return label, meta_json, thumb, match
 
     def _next_seqs(self, n: int) -> int:
@@ -734,9 +752,9 @@ class MilvusStore(ItemChecks):
             items += 1
             if key is None:
                 found = [] if row.get("label") is None else [row["label"]]
-            else:   # a list: under LIST and each element's key (_filter.value_keys)
-                meta = parse_metadata(row["metadata"])
-                found = _filter.value_keys(meta[key]) if key in meta else []
+            else:   # a list: under LIST and each element's key (_filter.value_keys); a path as a filter reads it
+                value = _filter.lookup(parse_metadata(row["metadata"]), key)
+                found = [] if value is _filter.MISSING else _filter.value_keys(value)
             for vk in found:
                 counts[vk] = counts.get(vk, 0) + 1
         return facet(field, items, counts)
@@ -751,8 +769,9 @@ class MilvusStore(ItemChecks):
         for row in self._scan("", ["metadata"]):
             meta = parse_metadata(row["metadata"])
             for k in keys:
-                if k in meta:
-                    values[k].update(dict.fromkeys(_filter.value_keys(meta[k])))
+                value = _filter.lookup(meta, k)   # a top-level key, or a path into nested objects
+                if value is not _filter.MISSING:
+                    values[k].update(dict.fromkeys(_filter.value_keys(value)))
         return {k: _filter.distinct_values(v) for k, v in values.items()}
 
     def list(self, offset: int = 0, limit: int = 100, label: str | None = None,
