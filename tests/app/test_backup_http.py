@@ -252,3 +252,19 @@ def test_a_backup_the_temporary_folder_has_no_room_for_is_refused_507_naming_the
         assert left.split() == ["ballast"], left
     finally:
         stop_server(server)
+
+
+def test_a_backup_of_a_gallery_marked_incomplete_says_so(live):
+    import index
+
+    server, data, _, model, dim = live
+    folder = index.gallery_path(data, "part")   # as an `index copy` cut off leaves it
+    vector = np.zeros(dim, dtype=np.float32)
+    vector[0] = 1
+    with index.Store.open(index.StoreConfig(folder, dim=dim, model_id=model)) as store:
+        store.upsert([index.Item("p0", vector)])
+    index.mark_incomplete(folder, "index copy", "http://milvus:19530")
+    r = httpx.get(server.url + "/galleries/part/backup", headers={"X-API-Key": FULL})
+    assert r.status_code == 200 and r.headers["x-simsearch-incomplete"] == "true", r.headers
+    whole = httpx.get(server.url + "/galleries/shoes/backup", headers={"X-API-Key": FULL})
+    assert "x-simsearch-incomplete" not in whole.headers
