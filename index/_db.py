@@ -30,19 +30,21 @@ CREATE INDEX IF NOT EXISTS items_label_seq ON items(label, seq);
 CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 # The change log that read-only followers apply instead of comparing the whole listing: the seq of
-# every row deleted or edited in place. Triggers write it, so every writer records it, whichever
-# version of this code (or the sqlite3 shell) it is. A replaced item needs no entry: it comes back
-# with its id under a new seq. Old entries are pruned; `changes_pruned` in meta is the last n gone.
-# One transaction: a table without its triggers would be a log that misses changes.
-_CHANGES_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS changes (n INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS items_deleted_log AFTER DELETE ON items
-    BEGIN INSERT INTO changes (seq) VALUES (OLD.seq); END;
-CREATE TRIGGER IF NOT EXISTS items_edited_log AFTER UPDATE OF label, metadata ON items
-    BEGIN INSERT INTO changes (seq) VALUES (NEW.seq); END;
-COMMIT;
-"""
+# every row deleted, replaced or edited in place. Triggers write it, so every writer records it, whichever
+# version of this code (or the sqlite3 shell) it is. A replaced row needs its own trigger: the delete that
+# INSERT OR REPLACE makes fires no DELETE trigger (SQLite's recursive_triggers is off, per connection), so
+# a BEFORE INSERT trigger logs the seq of the row the insert is about to replace. Without it a follower
+# that held the old row and missed the new one (replaced, then deleted, between two refreshes) kept it.
+# Old entries are pruned; `changes_pruned` in meta is the last n gone (see restart_changes).
+_CHANGES_TABLE = "CREATE TABLE IF NOT EXISTS changes (n INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL)"
+_CHANGE_TRIGGERS = {
+    "items_deleted_log": "AFTER DELETE ON items BEGIN INSERT INTO changes (seq) VALUES (OLD.seq); END",
+    "items_edited_log": "AFTER UPDATE OF label, metadata ON items "
+                        "BEGIN INSERT INTO changes (seq) VALUES (NEW.seq); END",
+    "items_replaced_log": "BEFORE INSERT ON items BEGIN INSERT INTO changes (seq) "
+                          "SELECT seq FROM items WHERE id = NEW.id; END",
+}
+CHANGE_TRIGGERS = tuple(_CHANGE_TRIGGERS)
 
 
 def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
@@ -146,9 +148,23 @@ def init_schema(conn: sqlite3.Connection) -> None:
 
 def init_changes(conn: sqlite3.Connection) -> bool:
     """Add the change log, or what of it is missing, to a store (one from before it); False when the disk
-    refuses the write (full): the store works without it, its followers compare listings instead."""
+    refuses the write (full): the store works without it, its followers compare listings instead. A log that
+    lacked a trigger (one from before the trigger, or one dropped by hand) missed changes: it is restarted
+    (restart_changes), so that every follower compares the listing once and so drops what it missed."""
     try:
-        conn.executescript(_CHANGES_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")   # one transaction: a table without its triggers is a log that misses
+        had_log = has_changes(conn)
+        lacking = missing_change_triggers(conn)
+        conn.execute(_CHANGES_TABLE)
+        for name, body in _CHANGE_TRIGGERS.items():
+            conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
+        if had_log and lacking:
+            restart_changes(conn)
+        conn.execute("COMMIT")
+        if had_log and lacking:
+            log.warning("index: the change log of %s lacked its trigger(s) %s, so it may have missed changes: "
+                        "added; read-only followers compare the whole listing once", _conn_path(conn),
+                        ", ".join(lacking))
     except sqlite3.OperationalError as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -158,12 +174,24 @@ def init_changes(conn: sqlite3.Connection) -> bool:
     return True
 
 
-CHANGE_TRIGGERS = ("items_deleted_log", "items_edited_log")
+def restart_changes(conn: sqlite3.Connection) -> None:
+    """Mark every entry of the change log so far as pruned, and one entry more (seq 0, which is no row's), in
+    the caller's write transaction: every follower, however far it had read, then compares the whole listing
+    once (its refresh finds `changes_pruned` beyond the last entry it read) and follows the log from there."""
+    n = conn.execute("INSERT INTO changes (seq) VALUES (0)").lastrowid
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('changes_pruned', ?)", (str(n),))
+
+
+def _conn_path(conn: sqlite3.Connection) -> str:
+    """The file of the connection's main database (for a log line)."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row else "?"
 
 
 def missing_change_triggers(conn: sqlite3.Connection) -> list[str]:
-    """The change log's triggers a store lacks while it has the log (dropped by hand): without them its
-    followers would miss deletions or edits."""
+    """The change log's triggers a store lacks while it has the log (dropped by hand, or from before the trigger
+    was added; a writer of this version adds them at open): without them its followers would miss deletions,
+    replacements or edits."""
     if not has_changes(conn):
         return []
     have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}

@@ -273,8 +273,7 @@ class StoreWrites:
             meta = _db.get_meta(conn)
             last_seq, edits = int(meta.get("last_seq", 0)), meta.get("edits")
             log_top = _db.change_log_top(conn)
-            if (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
-                    and int(meta.get("changes_pruned", 0)) <= self._log_seen):
+            if self._log_reaches(conn, meta, log_top):
                 gone, changed = self._logged_changes(conn)
             else:
                 gone, changed = self._listed_changes(conn, edits)
@@ -283,13 +282,23 @@ class StoreWrites:
         finally:
             conn.execute("COMMIT")
         fresh = [r for r in fresh if r[0] not in self._rows]
-        # A replaced item is its id under a new seq: its old row goes (the log does not list it).
+        # A replaced item is its id under a new seq: its old row goes (the log lists it too, since the
+        # items_replaced_log trigger; a listing compared finds it gone as well).
         gone.update(self._fid_of[r[1]] for r in fresh if r[1] in self._fid_of)
         return _Changes(last_seq, edits, log_top, gone, changed, fresh)
 
+    def _log_reaches(self, conn: sqlite3.Connection, meta: dict[str, str], log_top: int | None) -> bool:
+        """Whether the change log holds every deletion, replacement and edit since the last look: it exists,
+        was not made anew or pruned past the last entry read, and has all its triggers (a writer of a version
+        from before one, or a trigger dropped by hand, writes changes the log misses)."""
+        return (log_top is not None and self._log_seen is not None and log_top >= self._log_seen
+                and int(meta.get("changes_pruned", 0)) <= self._log_seen
+                and not _db.missing_change_triggers(conn))
+
     def _logged_changes(self, conn: sqlite3.Connection) -> tuple[set[int], dict[int, tuple]]:
-        """(gone, changed) from the change log, which holds every deletion and edit since the last look: only
-        those rows are read (a row gone from the table was deleted; one still there may have been edited)."""
+        """(gone, changed) from the change log, which holds every deletion, replacement and edit since the last
+        look: only those rows are read (a row gone from the table was deleted or replaced; one still there may
+        have been edited)."""
         touched = conn.execute(
             "SELECT c.seq, i.id, i.label, i.metadata FROM (SELECT DISTINCT seq FROM changes "
             "WHERE n > ?) AS c LEFT JOIN items AS i ON i.seq = c.seq", (self._log_seen,)).fetchall()
