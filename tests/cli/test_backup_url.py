@@ -96,3 +96,24 @@ def test_a_download_cut_off_or_not_a_store_leaves_nothing_in_dest(tmp_path, caps
     err = capsys.readouterr().err
     assert said in err and "nothing was left" in err, err
     assert list(dest.iterdir()) == []   # the staging folder and its part file gone
+
+
+def test_a_download_whose_gallery_is_marked_incomplete_or_differs_from_its_headers_is_kept_with_a_warning(
+        tmp_path, capsys):
+    vector = np.zeros(8, dtype=np.float32)
+    vector[0] = 1
+    with index.Store.open(index.StoreConfig(tmp_path / "src", dim=8, model_id="m@000000000000")) as store:
+        store.upsert([index.Item("a", vector), index.Item("b", vector)])
+    index.backup(tmp_path / "src", tmp_path / "clean")   # one file, its write-ahead log folded in
+    body = (tmp_path / "clean" / "store.sqlite3").read_bytes()
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.sqlite3\r\nContent-Length: {len(body)}\r\n"
+            "X-Simsearch-Items: 3\r\nX-Simsearch-Last-Seq: 2\r\nX-Simsearch-Incomplete: true\r\n\r\n").encode()
+    url, thread = _one_answer(head, body)
+    dest = tmp_path / "dest"
+    assert main(["index", "backup", "--url", url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    thread.join(10)
+    captured = capsys.readouterr()
+    assert "the service said 3 items up to write 2; the file holds 2 up to write 2" in captured.err, captured.err
+    assert "marked incomplete" in captured.err and "shoes: downloaded 2 items" in captured.out
+    with index.StoreReader(dest / "galleries" / "shoes" / "index") as reader:
+        assert reader.count() == 2
