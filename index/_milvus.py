@@ -36,6 +36,7 @@ from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, St
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._facets import Facet, facet
 from ._groups import MAX_GROUP_CANDIDATES, search_grouped
+from ._store_search import check_tuning
 from ._types import Hit, Item, parse_metadata, score_to_distance
 
 log = logging.getLogger("index")
@@ -796,48 +797,74 @@ class MilvusStore(ItemChecks):
     # ---- search ------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int = 10, label: str | None = None,
-               max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[list[Hit]]:
+               max_distance: float | None = None, where: dict[str, Any] | None = None, *,
+               nprobe: int | None = None, ef_search: int | None = None, exact: bool = False) -> list[list[Hit]]:
         """The k nearest items of each query row (inner product on unit vectors), best first; label,
-        where and max_distance as in Store.search."""
+        where and max_distance as in Store.search. nprobe (ivf), ef_search (hnsw) and exact as Store.search
+        takes them (_tuning): Milvus's search_params nprobe and ef for this search."""
         self._check_open()
         q = self._check_vector(queries, "query", batch=True)
         k, max_distance = self._check_search(k, max_distance)
-        return self._search(q, k, label, max_distance, _filter.check_where(where), None)
+        conditions = _filter.check_where(where)
+        return self._search(q, k, label, max_distance, conditions, None, self._tuning(nprobe, ef_search, exact))
+
+    def _tuning(self, nprobe, ef_search, exact) -> dict | None:
+        """Milvus's search_params for a search's own nprobe, ef_search, exact (None: the gallery's own), checked as
+        Store checks them (check_tuning: the kind's parameter, nprobe 1..nlist). exact: flat as always, ivf probes
+        every list (exact: IVF_FLAT's lists hold the vectors as they are); hnsw has no exact search in Milvus:
+        InvalidItemError saying so."""
+        nlist = _INDEXES["ivf"][1]["nlist"] if self.spec == "ivf" else None
+        tuning = check_tuning(self.spec, self.dim, nlist, nprobe, ef_search, exact)
+        if tuning is None:
+            return None
+        if tuning.exact:
+            if self.spec == "hnsw":
+                raise InvalidItemError("exact=True: a gallery in Milvus with an HNSW index has no exact search (Milvus "
+                                       "searches only its graph); a large ef_search comes nearest")
+            return {"nprobe": nlist} if nlist else {}
+        return {"nprobe": tuning.nprobe} if tuning.nprobe is not None else {"ef": tuning.ef_search}
 
     def search_grouped(self, queries: np.ndarray, k: int, group_by: str, group_size: int = 1,
                        exclude: Iterable[str] = (), label: str | None = None, max_distance: float | None = None,
-                       where: dict[str, Any] | None = None,
-                       max_candidates: int = MAX_GROUP_CANDIDATES) -> list[list[Hit]]:
+                       where: dict[str, Any] | None = None, max_candidates: int = MAX_GROUP_CANDIDATES, *,
+                       nprobe: int | None = None, ef_search: int | None = None,
+                       exact: bool = False) -> list[list[Hit]]:
         """Each query's k nearest groups, as Store.search_grouped: index.search_grouped over this store's
         search, for labels too (Milvus's own grouping search takes a scalar field, not a key of the metadata
         JSON; one path for both keeps their answers alike)."""
-        return search_grouped(lambda v, n: self.search(v, k=n, label=label, max_distance=max_distance, where=where),
+        self._tuning(nprobe, ef_search, exact)   # refused before any search
+        return search_grouped(lambda v, n: self.search(v, k=n, label=label, max_distance=max_distance, where=where,
+                                                       nprobe=nprobe, ef_search=ef_search, exact=exact),
                               queries, k, group_by, group_size, exclude, max_candidates)
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
-                     max_distance: float | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
-        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent."""
+                     max_distance: float | None = None, where: dict[str, Any] | None = None, *,
+                     nprobe: int | None = None, ef_search: int | None = None, exact: bool = False) -> list[Hit]:
+        """Neighbours of a stored item (the item itself excluded). KeyError when it is absent. nprobe,
+        ef_search and exact as in search."""
         conditions = _filter.check_where(where)
+        tuning = self._tuning(nprobe, ef_search, exact)   # a parameter the gallery cannot take: refused whatever the id
         item = self.get(id)
         if item is None:
             raise KeyError(id)
         k, max_distance = self._check_search(k, max_distance)
-        return self._search(item.vector[None], k, label, max_distance, conditions, id)[0]
+        return self._search(item.vector[None], k, label, max_distance, conditions, id, tuning)[0]
 
-    def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude) -> list[list[Hit]]:
+    def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude,
+                tuning: dict | None = None) -> list[list[Hit]]:
         expr = self._filter(label, conditions)
         # One past the answer (and the left-out item): a tie across the answer's end shows, and is then read
         # whole, so that equal scores (copies of one photo) are settled by insertion order, the same for every k,
         # as Store.search settles them: pages never repeat an item
         limit = min(k + 1 + (exclude is not None), MAX_GROUP_CANDIDATES)
         out = []
-        for qi, row in enumerate(self._nearest(q, limit, expr, exclude)):
+        for qi, row in enumerate(self._nearest(q, limit, expr, exclude, tuning)):
             n = limit
             if len(row) > k and row[k][0] == row[k - 1][0]:
                 tied = row[k][0]
                 while row[-1][0] >= tied and len(row) >= n - (exclude is not None) and n < MAX_GROUP_CANDIDATES:
                     n = min(2 * n, MAX_GROUP_CANDIDATES)
-                    row = self._nearest(q[qi:qi + 1], n, expr, exclude)[0]
+                    row = self._nearest(q[qi:qi + 1], n, expr, exclude, tuning)[0]
             hits = []
             for score, _seq, id_, label_, meta in sorted(row, key=lambda r: (-r[0], r[1]))[:k]:
                 distance = score_to_distance(score)
@@ -847,11 +874,12 @@ class MilvusStore(ItemChecks):
             out.append(hits)
         return out
 
-    def _nearest(self, q: np.ndarray, limit: int, expr: str, exclude: str | None) -> list[list[tuple]]:
+    def _nearest(self, q: np.ndarray, limit: int, expr: str, exclude: str | None,
+                 tuning: dict | None = None) -> list[list[tuple]]:
         """(score, seq, id, label, metadata JSON) of the `limit` nearest items of each query matching `expr`,
         nearest first, `exclude` (search_by_id's own item) dropped here, not in the expression: an id may hold
         characters no Milvus literal can."""
-        params = {"metric_type": "IP", "params": dict(_INDEXES.get(self.spec, _INDEXES["flat"])[2])}
+        params = {"metric_type": "IP", "params": {**_INDEXES.get(self.spec, _INDEXES["flat"])[2], **(tuning or {})}}
         if "ef" in params["params"]:
             params["params"]["ef"] = max(params["params"]["ef"], limit)
         found = self._client.search(self.collection, data=q.tolist(), limit=limit, filter=expr,
