@@ -13,7 +13,8 @@ import numpy as np
 
 from . import _faiss, _filter
 from ._errors import InvalidItemError, StoreError
-from ._groups import MAX_GROUP_CANDIDATES, _check_group_size, _field_key, read_groups, value_key
+from ._groups import (MAX_GROUP_CANDIDATES, _check_group_size, _field_key, metadata_value, read_groups,
+                      value_key)
 from ._types import Hit, SearchTuning, parse_metadata, score_to_distance, vectors_from_blobs
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
@@ -126,7 +127,7 @@ class StoreSearch:
                 return rows[pair[0]][1]
         else:
             def key_of(pair):
-                return value_key(parse_metadata(rows[pair[0]][2]).get(key))
+                return value_key(metadata_value(parse_metadata(rows[pair[0]][2]), key))   # a dotted key: a path
 
         def kept(pairs):
             near = (p for p in pairs if p[0] not in ex) if ex else pairs
