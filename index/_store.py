@@ -256,13 +256,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             after = -1
         conn = self._read_conn()
         if where is not None:
-            where = _filter.check_where(where)
-            with self._rw.read():  # the page's FAISS ids (= seq, in insertion order) from the indexes
-                fids = self._filter_fids(label, where)
-                start = int(np.searchsorted(fids, after, side="right")) + offset
-                seqs = fids[start:start + limit].tolist()
-            rows = conn.execute(f"SELECT seq, id, vector, label, metadata FROM items WHERE seq IN "
-                                f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall() if seqs else []
+            rows = self._filtered_page(conn, offset, limit, label, _filter.check_where(where), after)
         elif label is None:
             rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ? ORDER BY seq "
                                 "LIMIT ? OFFSET ?", (after, limit, offset)).fetchall()
@@ -270,6 +264,26 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE label = ? AND seq > ? "
                                 "ORDER BY seq LIMIT ? OFFSET ?", (label, after, limit, offset)).fetchall()
         return [(r[0], item_from_row(r[1:])) for r in rows]
+
+    def _filtered_page(self, conn: sqlite3.Connection, offset: int, limit: int, label: str | None,
+                       where: tuple, after: int) -> list[tuple]:
+        """list_positions' rows with this label matching `where`: the page's seqs (= FAISS ids, in insertion
+        order) chosen from the in-memory indexes under the read lock, then read from the database after it is
+        let go (so that no write waits on that read). A row replaced or deleted in between (committed before it
+        was applied, or after the choice) is no longer there: the page goes on from the last seq chosen until it
+        is full or the matching items run out, so that a page is short only at the end of the listing."""
+        rows: list[tuple] = []
+        while len(rows) < limit:
+            with self._rw.read():
+                fids = self._filter_fids(label, where)
+                start = int(np.searchsorted(fids, after, side="right")) + offset
+                seqs = fids[start:start + limit - len(rows)].tolist()
+            if not seqs:
+                break
+            rows += conn.execute(f"SELECT seq, id, vector, label, metadata FROM items WHERE seq IN "
+                                 f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall()
+            after, offset = seqs[-1], 0   # the offset counted from the first `after`: skipped once
+        return rows
 
     def _filter_fids(self, label: str | None, where: tuple | None) -> np.ndarray:
         """FAISS ids of the items with this label (any label when None) whose metadata matches
