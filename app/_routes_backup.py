@@ -106,9 +106,9 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
 
 def _needs(source: FsPath) -> int:
     """The most bytes the copy of the store in `source` can take."""
-    from index._backup import backup_needs   # (index.backup_needs, once index exports it)
+    import index
 
-    return backup_needs(source)
+    return index.backup_needs(source)
 
 
 def _copy_to_temp(service: Service, source: FsPath, name: str) -> FsPath:

@@ -516,7 +516,6 @@ def _backup_by_http(args) -> int:
     import httpx
 
     import index
-    from index._backup import receive_backup   # (index.receive_backup, once index exports it)
 
     from . import _http
 
@@ -539,7 +538,7 @@ def _backup_by_http(args) -> int:
         said.update(r.headers)
 
     try:
-        got = receive_backup(dest, name, download)
+        got = index.receive_backup(dest, name, download)
     except index.StoreError as exc:
         raise CliError(f"{exc}; nothing was left in {dest}") from None
     except OSError as exc:  # DEST not writable: the message names the file

@@ -4,6 +4,8 @@
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
     backup(path, dest)   # a consistent copy while another process serves the store
     backup_galleries(data_dir, dest)   # each gallery of a data folder so, into DEST laid out as DATA is
+    backup_needs(path)   # the most bytes a copy of that store can take (GET /galleries/NAME/backup checks room)
+    receive_backup(dest, "shoes", write)   # a downloaded copy checked and put in DEST/galleries/shoes/index
     StoreReader(path).rows()   # ids, seqs, labels, metadata, read without loading the index
     StoreReader(path).check()  # damage: SQLite pages, vectors, metadata, the snapshot
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
@@ -27,7 +29,7 @@
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
     GalleryStore   # that surface, as a typing.Protocol: what code that takes either store may use
 """
-from ._backup import backup, backup_galleries
+from ._backup import backup, backup_galleries, backup_needs, receive_backup
 from ._checks import check_metadata
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
@@ -60,7 +62,7 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup",
-    "backup_galleries",
+    "backup_galleries", "backup_needs", "receive_backup",
     "check_gallery_name", "check_index_kind", "check_metadata", "check_where", "clear_incomplete", "incomplete",
     "mark_incomplete",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
