@@ -543,7 +543,8 @@ class Service:
 
     async def _not_opened(self, name: str, exists: bool, exc: Exception) -> ApiError:
         """The answer to gallery `name` failing to open (or be made) with `exc`, which is logged: 507 for a full
-        disk, else 503; a gallery half-made is removed first, so that nothing of it is listed."""
+        disk, 409 for a gallery of another model's vectors (no retry opens it), else 503; a gallery half-made is
+        removed first, so that nothing of it is listed."""
         import index
 
         s = self.settings
@@ -556,9 +557,20 @@ class Service:
                 log.error("index: gallery %s not made: %s", name, cause)
             return ApiError(507, "insufficient_storage", f"the service's disk is full: gallery {name!r} was "
                             "not made and nothing was stored; retry once the operator has freed space")
+        if isinstance(cause, index.ModelMismatchError):   # permanent: no retry would open it
+            log.warning("index: gallery %s not opened: %s", name, cause)
+            return self._other_model(name, cause.stored_model)
         log.error("index: cannot open gallery %s: %s", name, exc)
         return ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
                         "service's log says why", {"Retry-After": "5"})
+
+    def _other_model(self, name: str, stored_model: str | None) -> ApiError:
+        """The 409 for gallery `name`, which holds the vectors of `stored_model`, not of this service's model."""
+        return ApiError(409, "model_mismatch",
+                        f"gallery {name!r} holds the vectors of model {stored_model!r}, not of {self.model_id!r}, the "
+                        "model this service embeds with, so it cannot be searched or written here: serve it with a "
+                        f"service of that model, move it to this one (`simsearch index reembed DEST --data DATA "
+                        f"--gallery {name} --model NEW`, then serve DEST), or delete it (DELETE /galleries/{name})")
 
     def _dropped_by_writer(self, g: Gallery, request: bool = True) -> bool:
         # read-only: one stat of the database file, so that a replica never answers from a gallery that no
@@ -575,13 +587,47 @@ class Service:
         if name == DEFAULT_GALLERY:
             raise ApiError(422, "invalid_gallery", "the default gallery cannot be deleted (delete its items with "
                            "DELETE /index?label=... or ?where=...)")
-        g = await self.gallery(name)   # open: this process holds its lock, so no other writer has it
+        try:
+            g = await self.gallery(name)   # open: this process holds its lock, so no other writer has it
+        except ApiError as exc:
+            if exc.code != "model_mismatch":
+                raise
+            return await self._drop_other_model(name)
         async with self._gallery_lock:
             if self.galleries.get(name) is not g:   # another request dropped it meanwhile
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} (just deleted)")
             count = await anyio.to_thread.run_sync(g.store.count)
             await self._forget(g, "deleted")
             await anyio.to_thread.run_sync(self._remove_gallery, name)
+        return count
+
+    async def _drop_other_model(self, name: str) -> int:
+        """drop_gallery of a gallery that holds another model's vectors (so it is never opened to serve): opened
+        for the model it records, which takes its lock as an open gallery's is held, counted, closed, removed."""
+        import index
+
+        s = self.settings
+
+        def drop() -> int:
+            if s.milvus_uri:
+                store = index.MilvusStore.open(index.MilvusConfig(s.milvus_uri, token=s.milvus_token_value(),
+                                                                  db_name=s.milvus_db, gallery=name))
+            else:
+                store = index.Store.open(index.StoreConfig(path=index.gallery_path(s.data_dir, name), use_gpu=False,
+                                                           snapshot_every=0))
+            try:
+                count = store.count()
+            finally:
+                store.close()
+            self._remove_gallery(name)
+            return count
+
+        async with self._gallery_lock:   # as drop_gallery holds it: no request opens or makes the gallery meanwhile
+            try:
+                count = await anyio.to_thread.run_sync(drop)
+            except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
+                raise await self._not_opened(name, True, exc) from None
+        log.info("gallery %s deleted (it held another model's vectors): %d items", name, count)
         return count
 
     async def _forget(self, g: Gallery, why: str) -> None:
