@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._access_log import KEY_USED
 from ._errors import route_path, send_error
 from ._metrics import Metrics
-from ._paths import GALLERY_LIST_PATH, galleries_named, is_backup, is_gallery_scan, is_open_path, is_write
+from ._paths import (GALLERY_LIST_PATH, METRICS_PATH, PROBE_PATHS, galleries_named, is_backup, is_gallery_scan,
+                     is_open_path, is_write)
 from ._rate_limit import RateLimiter, SharedRateLimiter
 
 log = logging.getLogger("simsearch.app")
@@ -206,7 +207,9 @@ class AuthMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = route_path(scope)
-        if is_open_path(path):
+        # /metrics names every gallery and its size: open where reads are (GET /galleries shows them to anyone
+        # there), else it takes a key as reads do
+        if is_open_path(path) or (path == METRICS_PATH and not self.require_key_for_reads):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         key = presented_key(headers)
@@ -230,7 +233,7 @@ class AuthMiddleware:
         if refusal is not None:
             self.metrics.rejected.labels("key_scope").inc()
             return await send_error(send, 403, "key_scope", refusal)
-        if self.limiter is not None:
+        if self.limiter is not None and path not in PROBE_PATHS:   # /metrics: scraped, never rate limited
             if key_ok:
                 client = "key:" + _digest(key).hex()[:16]  # one bucket per key, shared by all who hold it
             else:
@@ -250,8 +253,8 @@ class AuthMiddleware:
 
 def key_needed(method: str, path: str, key_for_reads: bool) -> bool:
     """Whether a service with keys refuses this request without a valid one (401, 403 invalid_api_key): writes,
-    gallery scans, backups, and every request with SIMSEARCH_REQUIRE_KEY_FOR_READS (the open paths never reach
-    this)."""
+    gallery scans, backups, and every request with SIMSEARCH_REQUIRE_KEY_FOR_READS, /metrics among them (the open
+    paths never reach this)."""
     return key_for_reads or is_write(method, path) or is_gallery_scan(path) or is_backup(path)
 
 
@@ -270,6 +273,9 @@ def out_of_scope(key_scope: KeyScope, method: str, path: str, query: QueryParams
         return f"this API key may {key_scope.may_do()}: {why}"
     if key_scope.galleries is None:
         return None
+    if path == METRICS_PATH:   # reached where reads need a key (AuthMiddleware lets it through otherwise)
+        return (f"this API key may {key_scope.may_do()}: /metrics names every gallery and its size, so it needs "
+                f"a key not limited to some galleries")
     outside = [name for name in galleries_named(path, query) or [] if name not in key_scope.galleries]
     if not outside:
         return None

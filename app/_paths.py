@@ -9,14 +9,18 @@ from starlette.datastructures import QueryParams
 
 DEFAULT_GALLERY = "default"   # the gallery of a request that names none (_service.DEFAULT_GALLERY)
 
-# Paths that never need a key, are never rate limited and never count against the concurrency cap.
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_OPEN_PATHS = PROBE_PATHS | {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"}
+METRICS_PATH = "/metrics"
+# Paths that are never rate limited and never count against the concurrency cap, so that they answer under load.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", METRICS_PATH})
+# Paths that never need a key. Not /metrics: it names every gallery and its size, which GET /galleries shows
+# only to those who may read, so it takes the key as reads do (AuthMiddleware); the probes stay open.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc",
+                         "/favicon.ico"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def is_open_path(path: str) -> bool:
-    """Probes, docs, the search page and its static files: no key, no rate limit."""
+    """The liveness and readiness probes, docs, the search page and its static files: no key, no rate limit."""
     return path in _OPEN_PATHS or path.startswith("/static/")
 
 
@@ -38,8 +42,9 @@ def is_backup(path: str) -> bool:
         "/" not in path[len(_GALLERY_PREFIX):-len(_BACKUP_SUFFIX)]
 
 
-# Routes that read or write no gallery: a key limited to some galleries may use them.
-_NO_GALLERY_PATHS = frozenset({"/embed"})
+# Routes that read or write no one gallery: the galleries a key is limited to do not decide them (/metrics, which
+# counts every gallery, is refused to such keys by AuthMiddleware where reads need a key).
+_NO_GALLERY_PATHS = frozenset({"/embed", METRICS_PATH})
 GALLERY_LIST_PATH = "/galleries"
 _GALLERY_PREFIX = "/galleries/"
 _BACKUP_SUFFIX = "/backup"
@@ -48,9 +53,9 @@ _BACKUP_SUFFIX = "/backup"
 def galleries_named(path: str, query: QueryParams) -> list[str] | None:
     """The galleries a request asks for: the name in /galleries/{name} (and /galleries/{name}/backup), else every
     value of the `gallery` query parameter (each, so that a repeated one, which the route refuses, cannot pass with
-    one allowed name), else
-    the default gallery; None for a request on no gallery (/embed, the list of galleries). `query` is parsed as
-    the routes parse it (Starlette's QueryParams), and `path` is decoded as they match it."""
+    one allowed name), else the default gallery; None for a request on no one gallery (/embed, /metrics, the list
+    of galleries). `query` is parsed as the routes parse it (Starlette's QueryParams), and `path` is decoded as
+    they match it."""
     if is_backup(path):
         return [path[len(_GALLERY_PREFIX):-len(_BACKUP_SUFFIX)]]
     if path.startswith(_GALLERY_PREFIX):
