@@ -28,11 +28,13 @@ class MetaIndexes:
         self.by_key: dict[str, dict[Any, int | set[int]]] = {}
         # A key with dots (a path into nested objects, _filter.lookup) is indexed the same way, built and kept
         # alike; _paths names those of by_key, which a write reads by lookup instead of as top-level keys.
-        # _meta_keys counts the nested paths too (_filter.nested_paths), so that a path no item has costs
-        # nothing either. A top-level key's index and count cost what they did before paths: only a value
-        # that is an object is walked.
+        # _path_counts counts the items that have each nested path (_filter.nested_paths), so that a path no
+        # item has costs nothing either: None until the first index of a path, whose pass counts them, then
+        # kept current by every write. Until then (a gallery never filtered on a path) paths cost nothing:
+        # the top-level keys are indexed and counted as they were before paths.
         self._paths: set[str] = set()
         self._meta_keys: dict[str, int] | None = None
+        self._path_counts: dict[str, int] | None = None
         self._filter_cache: dict[Any, tuple[int, np.ndarray]] = {}  # (label, where) -> (version, fids)
         self._labels = _LabelIndex(by_label)   # where's "$label": the label index, read as a key's
 
@@ -66,9 +68,14 @@ class MetaIndexes:
         built = self.by_key.get(key)
         if built is not None:
             return built
-        if self._meta_keys is not None and key not in self._meta_keys:   # nested paths are counted too
+        counted = self._meta_keys is not None and (self._path_counts is not None or _filter.PATH_SEPARATOR not in key)
+        if counted and not self._has(key):
             return {}
         return self.build([key], keep=False)[key]
+
+    def _has(self, key: str) -> bool:
+        """Whether an item has this key, or this nested path (an older item may hold "a.b" as a top-level key)."""
+        return key in self._meta_keys or (self._path_counts is not None and key in self._path_counts)
 
     def build(self, keys: list[str], keep: bool) -> dict[str, dict[Any, int | set[int]]]:
         """Build the indexes of these keys in one pass over every item's metadata (under the read lock:
@@ -78,13 +85,12 @@ class MetaIndexes:
         top = [(k, v) for k, v in built.items() if _filter.PATH_SEPARATOR not in k]
         paths = [(k, v) for k, v in built.items() if _filter.PATH_SEPARATOR in k]
         counts: dict[str, int] | None = {} if self._meta_keys is None else None
+        path_counts: dict[str, int] | None = {} if paths and self._path_counts is None else None
         for fid, (_id, _label, meta_json) in self._rows.items():
             meta = parse_metadata(meta_json)
             if counts is not None:
                 for k in meta:
                     counts[k] = counts.get(k, 0) + 1
-                if meta_json.find("{", 1) != -1:   # maybe an object inside (or a "{" in a string): its paths
-                    _count_paths(counts, meta, +1)
             for k, values in top:
                 if k in meta:
                     value = meta[k]
@@ -95,10 +101,14 @@ class MetaIndexes:
                         _filter.add(values, _filter.value_key(value), fid)
             if paths:
                 _add_paths(paths, meta, fid)
+                if path_counts is not None and meta_json.find("{", 1) != -1:   # maybe an object inside
+                    _count_paths(path_counts, meta, +1)
         if counts is not None:
             self._meta_keys = counts
+        if path_counts is not None:
+            self._path_counts = path_counts
         for k, values in built.items():
-            if keep or k in self._meta_keys:
+            if keep or self._has(k):
                 self.by_key[k] = values
                 if _filter.PATH_SEPARATOR in k:
                     self._paths.add(k)
@@ -120,15 +130,14 @@ class MetaIndexes:
         if self._meta_keys is None:
             return []
         meta = parse_metadata(meta_json)
-        counts = self._meta_keys
         for k in meta:
-            n = counts.get(k, 0) + delta
+            n = self._meta_keys.get(k, 0) + delta
             if n > 0:
-                counts[k] = n
+                self._meta_keys[k] = n
             else:
-                counts.pop(k, None)
-        if meta_json.find("{", 1) != -1:   # maybe an object inside (or a "{" in a string): its paths too
-            _count_paths(counts, meta, delta)
+                self._meta_keys.pop(k, None)
+        if self._path_counts is not None and meta_json.find("{", 1) != -1:   # maybe an object inside: its paths
+            _count_paths(self._path_counts, meta, delta)
         if not self._paths:
             return [(k, vk) for k in meta if k in self.by_key for vk in _filter.value_keys(meta[k])]
         changed = [(k, vk) for k in meta if k in self.by_key and k not in self._paths
