@@ -245,9 +245,11 @@ class AuthMiddleware:
                 return await send_error(send, 429, "rate_limited",
                                         f"more than {int(self.limiter.capacity)} requests a minute; "
                                         f"retry in {retry} s", {"Retry-After": str(retry)})
-        if key_ok and key_scope.galleries is not None and scope["method"] == "GET" \
+        if key_ok and key_scope.galleries is not None and scope["method"] in ("GET", "HEAD") \
                 and path.rstrip("/") == GALLERY_LIST_PATH:
-            return await self.app(scope, receive, _listing_only(key_scope.galleries, send))
+            # HEAD as its GET: the list is made and filtered here, and only its headers go out
+            listing = _listing_only(key_scope.galleries, send, head=scope["method"] == "HEAD")
+            return await self.app(dict(scope, method="GET"), receive, listing)
         await self.app(scope, receive, send)
 
 
@@ -283,10 +285,10 @@ def out_of_scope(key_scope: KeyScope, method: str, path: str, query: QueryParams
     return f"this API key may not use the gallery {shown}; it may {key_scope.may_do()}"
 
 
-def _listing_only(galleries: frozenset[str], send: Send) -> Send:
+def _listing_only(galleries: frozenset[str], send: Send, head: bool = False) -> Send:
     """`send` for GET /galleries answered to a key limited to `galleries`: the list holds those alone (the
-    body is held until its end, then sent with its new length). A 200 whose body is not the list becomes a
-    500: the other galleries are never shown."""
+    body is held until its end, then sent with its new length; with `head`, for a HEAD, that length and no
+    body). A 200 whose body is not the list becomes a 500: the other galleries are never shown."""
     start: dict = {}
     chunks: list[bytes] = []
 
@@ -309,6 +311,6 @@ def _listing_only(galleries: frozenset[str], send: Send) -> Send:
             body = json.dumps(listing).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
     return send_listing
