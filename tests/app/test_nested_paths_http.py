@@ -1,6 +1,6 @@
 """Dotted paths into nested metadata over real HTTP to a `simsearch serve` process: POST /index with nested
-metadata, then /search?where= on a path and GET /facets?field=metadata.cam.make read the nested values
-(docs/index.md "Filters"); a metadata key with a dot is a 422 naming it."""
+metadata, then /search?where= on a path, GET /facets?field=metadata.cam.make and group_by=metadata.cam.make
+read the nested values (docs/index.md "Filters"); a metadata key with a dot is a 422 naming it."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ _METAS = {"p0": {"cam": {"make": "Canon", "iso": 100}}, "p1": {"cam": {"make": "
           "p2": {"cam": {"make": "Canon", "iso": 800}}, "p3": {"cam": "Canon"}, "p4": {"make": "Canon"}}
 
 
-def test_nested_metadata_is_searched_and_faceted_by_a_dotted_path(live):
+def test_nested_metadata_is_searched_faceted_and_grouped_by_a_dotted_path(live):
     with httpx.Client(base_url=live.url, timeout=60) as c:
         ids = list(_METAS)
         r = c.post("/index", files=[upload(png(i)) for i in range(len(ids))],
@@ -41,6 +41,11 @@ def test_nested_metadata_is_searched_and_faceted_by_a_dotted_path(live):
         facets = c.get("/facets", params={"field": "metadata.cam.make"}).json()
         assert (facets["items"], [(v["value"], v["count"]) for v in facets["values"]], facets["missing"]) == \
             (5, [("Canon", 2), ("Nikon", 1)], 2)
+        grouped = c.post("/search", params={"k": 5, "group_by": "metadata.cam.make", "group_size": 3},
+                         files=[upload(png(0))])
+        assert grouped.status_code == 200, grouped.text
+        assert sorted((g["value"], sorted(h["id"] for h in g["results"])) for g in grouped.json()["groups"]) == \
+            [("Canon", ["p0", "p2"]), ("Nikon", ["p1"])]
         refused = c.post("/index", files=[upload(png(9))], data={"id": "d", "metadata": json.dumps({"cam.make": "x"})})
         assert_error(refused, 422, "invalid_metadata", "'cam.make'", 'holds a "."')
         assert c.get("/index/d").status_code == 404

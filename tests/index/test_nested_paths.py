@@ -116,11 +116,8 @@ def test_facets_and_groups_of_a_dotted_field_read_the_nested_value(open_any):
     assert sorted(h.id for h in over_any) == ["n0", "n1", "n2", "n9"]
 
 
-def test_milvus_grouped_search_groups_by_a_dotted_path_as_grouping_its_hits_does(tmp_path):
-    pytest.importorskip("pymilvus")
-    from index import MilvusConfig, MilvusStore
-
-    store = MilvusStore.open(MilvusConfig(uri=str(tmp_path / "m.db"), dim=DIM, model_id=MODEL))
+def test_each_stores_grouped_search_groups_by_a_dotted_path_as_grouping_its_hits_does(open_any):
+    store = open_any()
     vecs = unit(np.random.default_rng(4), len(_METAS))
     store.upsert([Item(f"n{i}", vecs[i], None, m) for i, m in enumerate(_METAS)])
     for query in vecs[:3]:
@@ -129,7 +126,6 @@ def test_milvus_grouped_search_groups_by_a_dotted_path_as_grouping_its_hits_does
         assert [h.id for h in found] == [h.id for h in want] and len(found) == 3
         assert [h.id for h in index.search_hits(store, query, 10, group_by="metadata.cam.make")[0]] == \
             [h.id for h in index.search_grouped(lambda v, n: store.search(v, k=n), query, 10, "metadata.cam.make")[0]]
-    store.close()
 
 
 def test_a_path_goes_through_objects_only_and_a_literal_top_level_key_comes_first():
