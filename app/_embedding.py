@@ -3,16 +3,17 @@ embedded by the service's micro-batcher; images that are slow to decode go throu
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import anyio.to_thread
 import numpy as np
+from PIL import Image
 
-from model import Crop, draft_size, make_thumbnail
+from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail
 
 from ._batcher import SearchParams
 from ._errors import ApiError
-from ._images import decode_image, slow_to_decode, whole_decode_pixels
+from ._images import SLOW_DECODE_PIXELS, decode_image, whole_decode_size
 from ._service import Service
 
 
@@ -25,11 +26,14 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        arrays.append(decode_image(data, max_pixels, what=what,
-                                   convert=lambda im: service.embedder.preprocess(im, crop, owned=True),
-                                   policy=policy))
+        array, whole = decode_image(data, max_pixels, what=what, convert=_model_input(service, crop, thumbnail_size),
+                                    policy=policy)
+        arrays.append(array)
         if thumbnail_size:
-            img = decode_image(data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
+            # a JPEG or HEIC is decoded again at the thumbnail's own (larger) draft scale; the model's input
+            # must come from its own draft, or its vector would differ from a search's for the same file
+            img = whole if whole is not None else decode_image(
+                data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
             try:
                 thumbs.append(make_thumbnail(img, thumbnail_size, crop))
             except Exception as exc:  # noqa: BLE001  (a decoded image the thumbnailer cannot handle)
@@ -40,6 +44,19 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     return np.stack(arrays), thumbs
 
 
+def _model_input(service: Service, crop: Crop | None,
+                 thumbnail_size: int) -> Callable[[Image.Image], tuple[np.ndarray, Image.Image | None]]:
+    """decode_image's `convert`: (the model's input, the decoded image when the thumbnail is to be made from
+    it). An image decoded whole (PNG, WebP, GIF, BMP, AVIF) is decoded once for both, as nothing decodes it at
+    a smaller scale: decoding it again for the thumbnail doubled the CPU of POST /index (h1 F5)."""
+    def convert(img: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
+        if thumbnail_size and img.format not in DRAFT_FORMATS:
+            img.load()   # the same pixels to_model_array would decode; it leaves the image as it is
+            return service.embedder.preprocess(img, crop), img
+        return service.embedder.preprocess(img, crop, owned=True), None
+    return convert
+
+
 async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop | None,
                     params: SearchParams | None = None) -> tuple[np.ndarray, Any]:
     """The images' vectors, and with `params` the one image's hits, through the micro-batcher. Images that
@@ -48,9 +65,8 @@ async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop
     def decode() -> np.ndarray:
         return _prepare(service, files, 0, crop)[0]
 
-    policy = service.image_policy
-    if any(slow_to_decode(data, policy) for _, data in files):
-        _check_whole_decode_budget(service, files)
+    sizes = _check_whole_decode_budget(service, files)
+    if any(size > SLOW_DECODE_PIXELS for size in sizes):
         if service.slow_decodes_waiting >= SLOW_DECODE_QUEUE:
             # a queue past this holds request slots for nothing but to wait: everyone else would get 503s
             service.metrics.rejected.labels("slow_decode_queue").inc()
@@ -70,16 +86,27 @@ async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop
 SLOW_DECODE_QUEUE = 8   # requests decoding large whole-decoded images, the one at work included (~0.7 s each at most)
 
 
-def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]]) -> None:
-    """413 when the images of one request that decode whole hold more pixels in all than one image may
-    (SIMSEARCH_MAX_PIXELS): 64 such images of 64 MP in a 165 KB request held the slow lane 43 s."""
-    budget = service.settings.max_pixels
-    sizes = [whole_decode_pixels(data, service.image_policy) for _, data in files]
-    if any(size > budget for size in sizes):
-        return   # one image over the limit: decode_image refuses it, naming it
+def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]], write: bool = False) -> list[int]:
+    """Before any image of a request is decoded: 413 when the images that decode whole (PNG, WebP, GIF, BMP,
+    AVIF) hold more pixels in all than a search may (SIMSEARCH_MAX_PIXELS, what one image may) or, with
+    `write`, a POST /index (SIMSEARCH_MAX_INDEX_PIXELS, never less), or when one image is over
+    SIMSEARCH_MAX_PIXELS. 64 such images of 64 MP in a 165 KB search held the slow lane 43 s; 60 PNGs of 49 MP
+    in a 9 MB POST /index took 110 s of CPU (h1 F5). Returns each image's whole-decoded pixels (0 for JPEG
+    and HEIC, decoded at the model's scale)."""
+    settings, policy = service.settings, service.image_policy
+    budget, setting = ((max(settings.max_index_pixels, settings.max_pixels), "SIMSEARCH_MAX_INDEX_PIXELS") if write
+                       else (settings.max_pixels, "SIMSEARCH_MAX_PIXELS"))
+    sizes = []
+    for what, data in files:
+        width, height = whole_decode_size(data, policy)
+        if width * height > settings.max_pixels:
+            # as decode_image says it, but before the images ahead of it are decoded
+            raise ApiError(413, "image_too_large", f"{what} is {width}x{height} = {width * height} pixels; the "
+                                                   f"limit is {settings.max_pixels}")
+        sizes.append(width * height)
     total = sum(sizes)
     if total > budget:
         raise ApiError(413, "image_too_large", f"the {len(files)} images of this request hold {total:,} pixels in "
                        f"formats decoded whole (PNG, WebP, GIF, BMP, AVIF), more than the {budget:,} one request "
-                       "may (SIMSEARCH_MAX_PIXELS); send fewer or smaller images, or JPEGs (decoded at the "
-                       "model's scale)")
+                       f"may ({setting}); send fewer or smaller images, or JPEGs (decoded at the model's scale)")
+    return sizes

@@ -83,18 +83,26 @@ def whole_decode_pixels(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> in
     """The pixels decoding `data` must produce, for a format decoded whole (PNG, WebP, GIF, BMP, AVIF); 0 for
     JPEG and HEIC (decoded at the model's scale) and for what is not an image of the policy's formats. From
     the header alone."""
+    width, height = whole_decode_size(data, policy)
+    return width * height
+
+
+def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, int]:
+    """(width, height) of an image in a format decoded whole (PNG, WebP, GIF, BMP, AVIF); (0, 0) for JPEG and
+    HEIC (decoded at the model's scale) and for what is not an image of the policy's formats. From the header
+    alone."""
     if data[:2] == b"\xff\xd8":
-        return 0
-    if data[:8] == _PNG and len(data) >= 24:   # IHDR's width and height, without Pillow (the common query)
+        return 0, 0
+    if data[:8] == _PNG and len(data) >= 24 and "PNG" in policy.openers:   # IHDR's, without Pillow (the common query)
         width, height = struct.unpack(">II", data[16:24])
-        return width * height
+        return width, height
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bomb's warning is decode_image's to give
             with Image.open(io.BytesIO(data), formats=policy.openers) as img:
-                return 0 if img.format in DRAFT_FORMATS else img.size[0] * img.size[1]
+                return (0, 0) if img.format in DRAFT_FORMATS else img.size
     except Exception:  # noqa: BLE001
-        return 0
+        return 0, 0
 
 
 def sniff_allowed(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> str | None:

@@ -20,7 +20,7 @@ from model import Crop
 from ._answers import POSITION_HEADER, _ERRORS, _item_out, _position, _write_refused
 from ._bodies import (_checked_metadata, _file_parts, _index_body, _json, _media_type, _parse_metadata, _per_file,
                       _read_body, _read_form, _strings, _unit_vector, _vector_body)
-from ._embedding import _prepare
+from ._embedding import _check_whole_decode_budget, _prepare
 from ._errors import ApiError
 from ._openapi import declares
 from ._params import (MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id, _check_label,
@@ -98,6 +98,7 @@ async def _image_items(request: Request, service: Service, region: Crop | None) 
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
+    _check_whole_decode_budget(service, files, write=True)   # before any image is decoded (h1 F5)
     arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, service.settings.thumbnail_size,
                                                     region, limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     # 64 MP lets the 48 and 50 MP modes of current phones through (8064x6048, 8160x6120); JPEG and HEIC
     # photos are decoded at reduced scale, so only the other formats ever hold that many pixels.
     max_pixels: int = Field(64_000_000, ge=1, description="largest image in pixels (width x height)")
+    # A search's images that decode whole (PNG, WebP, GIF, BMP, AVIF) may hold max_pixels in all; a write, which
+    # needs a key and carries a batch (`simsearch index upload` sends 32 files a request), 4 times as many:
+    # 32 PNGs of 8 MP, about 5 s of one core to decode (docs/results/benchmarks.md)
+    max_index_pixels: int = Field(256_000_000, ge=1, description="most pixels the images of one POST /index that "
+                                                                  "decode whole (PNG, WebP, GIF, BMP, AVIF) may "
+                                                                  "hold in all, never less than max_pixels (a "
+                                                                  "search's may hold max_pixels)")
     image_formats: str = Field(",".join(FORMAT_NAMES),
                                description="comma-separated formats uploads may be in, of " + ", ".join(FORMAT_NAMES)
                                            + " (jpeg includes MPO; heif includes HEIC; avif and heif only "
