@@ -81,13 +81,11 @@ def _run(args) -> int:
 def edit_where(args, open_store) -> int:
     """Give every item args.label and args.where select args.set_label and/or the merge patch args.set_metadata,
     in the gallery (open_store(read_only) -> a store) or through args.url; prints how many changed."""
-    import json
-
     where = g.where_arg(args.where)
     patch = None
     if args.set_metadata is not None:
         try:
-            patch = json.loads(args.set_metadata)
+            patch = g.user_json(args.set_metadata, "--set")
         except ValueError as exc:
             raise CliError(f"--set {args.set_metadata!r:.80} is not valid JSON: {exc}") from None
         if not isinstance(patch, dict):

@@ -9,7 +9,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._env import ClientEnv
 from ._errors import CliError
@@ -465,16 +465,46 @@ def crop_arg(text: str | None):
         raise CliError(f"--crop: {exc}") from None
 
 
-def where_arg(text: str | None) -> dict | None:
-    """--where parsed and checked, or None; CliError naming what is wrong."""
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object of the parsed JSON; _RepeatedKey naming a key given twice in it, which JSON parsers settle by
+    keeping the last value: {"n": {"$gte": 25}, "n": {"$lt": 5}} would filter on n < 5 alone, silently."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
+
+
+# What to do about a repeated key in a filter: what the service's 422 says (app/_bodies.py).
+WHERE_HINT = ' (several conditions on one key go in one object, {"n": {"$gte": 1, "$lt": 5}}, or in $and)'
+
+
+def user_json(text: str | bytes, what: str, hint: str = "", **loads_kw) -> Any:
+    """JSON a user gives (an option's value, a line of a file) parsed as json.loads parses it (`loads_kw`
+    passed on), except that an object giving one key twice is refused, as the service refuses it: CliError
+    "`what` gives the key 'K' twice in one object ..." (and `hint`). ValueError as json.loads for what is not
+    JSON, for the caller to say where."""
     import json
 
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, **loads_kw)
+    except _RepeatedKey as exc:
+        raise CliError(f"{what} gives the key {exc.args[0]!r} twice in one object, and only one of the two could be "
+                       f"used: give each key once{hint}") from None
+
+
+def where_arg(text: str | None) -> dict | None:
+    """--where parsed and checked, or None; CliError naming what is wrong."""
     import index
 
     if not text:
         return None
     try:
-        where = json.loads(text)
+        where = user_json(text, "--where", WHERE_HINT)
     except ValueError as exc:
         raise CliError(f"--where {text!r} is not valid JSON: {exc}") from None
     try:

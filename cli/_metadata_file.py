@@ -12,13 +12,13 @@ header with an `id` column, each other column a key whose cells are strings (an 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 from ._errors import CliError
+from ._galleries import user_json
 
 
 def read_metadata_file(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -57,7 +57,7 @@ def _json_rows(f, path: Path):
         if not text.strip():
             continue
         try:
-            row = json.loads(text, parse_constant=_reject_constant)
+            row = user_json(text, f"--metadata {path}, line {line},", parse_constant=_reject_constant)
         except ValueError as exc:
             raise CliError(f"--metadata {path}, line {line}: not JSON: {exc}") from None
         if not isinstance(row, dict):
@@ -70,6 +70,9 @@ def _csv_rows(f, path: Path):
     if not reader.fieldnames or "id" not in reader.fieldnames:
         raise CliError(f"--metadata {path}: the first line must name the columns, one of them \"id\"; got "
                        f"{reader.fieldnames}")
+    twice = next((name for i, name in enumerate(reader.fieldnames) if name in reader.fieldnames[:i]), None)
+    if twice is not None:   # a row would keep the last such column's cell alone, silently
+        raise CliError(f"--metadata {path}: the first line names the column {twice!r} twice; name each once")
     for row in reader:
         if None in row:   # more cells than the header has columns
             raise CliError(f"--metadata {path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
