@@ -58,10 +58,7 @@ def _run(args) -> int:
     open_store = lambda read_only: g.open_store(   # noqa: E731
         args.data, read_only, gallery=args.gallery, milvus_uri=args.milvus_uri,
         locked_hint=". While `simsearch serve` runs, edit through it: add --url")
-    if args.label == "":   # over --url an empty label parameter is no label at all: refused in both modes alike
-        raise CliError("--label '': give a label; to select the unlabelled items, give --where "
-                       "'{\"$label\": {\"$exists\": false}}' (and for items whose label is the empty string, which "
-                       "only the Python API stores, --where '{\"$label\": \"\"}')")
+    g.check_label_arg(args.label)
     selects = args.label is not None or args.where is not None
     changes = args.set_metadata is not None or args.set_label is not None
     if args.metadata is not None:

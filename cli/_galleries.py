@@ -497,6 +497,16 @@ def user_json(text: str | bytes, what: str, hint: str = "", **loads_kw) -> Any:
                        f"used: give each key once{hint}") from None
 
 
+def check_label_arg(label: str | None) -> None:
+    """CliError for --label '': over --url an empty label parameter is no label at all (the service's), so that
+    it would select every item there and the items labelled "" in DATA; refused in both modes alike, saying how to
+    select the unlabelled items."""
+    if label == "":
+        raise CliError("--label '': give a label; to select the unlabelled items, give --where "
+                       "'{\"$label\": {\"$exists\": false}}' (and for items whose label is the empty string, which "
+                       "only the Python API stores, --where '{\"$label\": \"\"}')")
+
+
 def where_arg(text: str | None) -> dict | None:
     """--where parsed and checked, or None; CliError naming what is wrong."""
     import index

@@ -142,6 +142,7 @@ def _checked(args):
         raise CliError(f"--max-distance must be a number of 0 or more (distances between unit vectors lie in 0..2, "
                        f"so 2 or more keeps every item), got {args.max_distance}")
     args.max_distance = _distance_cut(args.max_distance, args.min_score)
+    g.check_label_arg(args.label)
     where = g.where_arg(args.where)
     crop = g.crop_arg(args.crop)
     like, unlike = list(dict.fromkeys(args.like)), list(dict.fromkeys(args.unlike))
