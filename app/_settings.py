@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(64_000_000, ge=1, description="largest image in pixels (width x height)")
     # A search's images that decode whole (PNG, WebP, GIF, BMP, AVIF) may hold max_pixels in all; a write, which
     # needs a key and carries a batch (`simsearch index upload` sends 32 files a request), 4 times as many:
-    # 32 PNGs of 8 MP, about 5 s of one core to decode (docs/results/benchmarks.md)
+    # 32 PNGs of 8 MP, about 4 s of one core (8 of 12 MP took 1.5 s: bench/bench_index_decode.py)
     max_index_pixels: int = Field(256_000_000, ge=1, description="most pixels the images of one POST /index that "
                                                                   "decode whole (PNG, WebP, GIF, BMP, AVIF) may "
                                                                   "hold in all, never less than max_pixels (a "
