@@ -197,7 +197,7 @@ def _build(args) -> int:
     store = g.open_store(args.data, False, embedder, args.index, gallery=args.gallery, milvus_uri=args.milvus_uri,
                         locked_hint=". While `simsearch serve` runs on it, add images through the service: "
                                     f"simsearch index upload {shlex.quote(str(args.source))} --url http://HOST:PORT "
-                                    "--api-key KEY")
+                                    "--api-key KEY" + _gallery_arg(args.gallery))
     try:
         done = store.has_ids(ids)  # resume: what an earlier (interrupted) run committed
         todo = [i for i in ids if i not in done]
@@ -206,7 +206,8 @@ def _build(args) -> int:
         kept = len(set(extra) & done)
         if kept:
             print(f"--metadata: {kept} of the images it names are indexed already and keep the metadata they have "
-                  f"(`simsearch index edit --metadata {args.metadata}` sets it on them)", file=sys.stderr)
+                  f"(`simsearch index edit --metadata {shlex.quote(str(args.metadata))}"
+                  f"{_where_args(args.data, args.gallery, args.milvus_uri)}` sets it on them)", file=sys.stderr)
         failed = _index_images(args, todo, images.read, images.is_tar, images.labels, extra, embedder, store)
         info = store.info()
         print(f"indexed {len(todo) - failed} images ({failed} skipped); the index holds {info['count']} "
@@ -424,11 +425,24 @@ def _check(args) -> int:
         print(f"ok: checked {checked}" + (", thumbnails decoded" if args.thumbnails else ""))
         return 0
     listed = " (first 50 listed)" if found.damaged > len(found.problems) else ""
+    # the remedy names the gallery checked: the same id in the default gallery is another, healthy item
+    over_http = "DELETE /index/ID" + ("" if args.gallery == "default" else f"?gallery={args.gallery}")
     print(f"{found.damaged} problems{listed} in {checked}"
-          + f". Damaged items can be deleted (`simsearch index delete ID ... --data {args.data} --yes`, or "
-          "over HTTP) and added again from their images; a damaged snapshot is rebuilt by the next start; "
-          "for SQLite damage restore a backup (docs/index.md)")
+          + f". Damaged items can be deleted (`simsearch index delete ID ...{_where_args(args.data, args.gallery)} "
+          f"--yes`, or {over_http}) and added again from their images; a damaged snapshot is rebuilt by the next "
+          "start; for SQLite damage restore a backup (docs/index.md)")
     return 1
+
+
+def _where_args(data: str, gallery: str = "default", milvus_uri: str | None = None) -> str:
+    """The options, with a space before each, that make a printed command act on the same gallery as the one
+    running: --data DATA (or --milvus-uri URI) and --gallery NAME for a named gallery, quoted for a shell."""
+    where = f" --milvus-uri {shlex.quote(milvus_uri)}" if milvus_uri else f" --data {shlex.quote(str(data))}"
+    return where + _gallery_arg(gallery)
+
+
+def _gallery_arg(gallery: str) -> str:
+    return "" if gallery == "default" else f" --gallery {shlex.quote(gallery)}"
 
 
 def _duplicates(args) -> int:
