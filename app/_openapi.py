@@ -9,7 +9,7 @@ from starlette.datastructures import QueryParams
 
 from ._answers import _ERRORS, POSITION_HEADER
 from ._auth import key_needed, refused_to_read_keys
-from ._paths import galleries_named, is_open_path, is_write
+from ._paths import METRICS_PATH, galleries_named, is_open_path, is_write
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
 _VALIDATION_REF = "#/components/schemas/HTTPValidationError"
@@ -90,6 +90,8 @@ _READ_ONLY_KEY = ("the key may only read (`KEY read` in the key file) and this r
                   "(`key_scope`)")
 _OTHER_GALLERY = ("the key may only use some galleries (`KEY galleries=...` in the key file) and this request is on "
                   "another (`key_scope`)")
+_EVERY_GALLERY = ("the key may only use some galleries (`KEY galleries=...` in the key file) and /metrics names every "
+                  "gallery and its size (`key_scope`)")
 
 
 def forbidden_reasons(method: str, path: str, keyed: bool, key_for_reads: bool, scoped: bool) -> list[str]:
@@ -104,6 +106,8 @@ def forbidden_reasons(method: str, path: str, keyed: bool, key_for_reads: bool, 
         reasons.append(_READ_ONLY_KEY)
     if scoped and galleries_named(path, QueryParams()) is not None:
         reasons.append(_OTHER_GALLERY)
+    if scoped and key_for_reads and path == METRICS_PATH:
+        reasons.append(_EVERY_GALLERY)
     return reasons
 
 

@@ -34,7 +34,8 @@ async def readyz(request: Request):
             "index": service.store.spec, "read_only": service.settings.read_only}
 
 
-@router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response,
+            responses={401: _ERRORS[401], 403: _ERRORS[403]})   # where reads need a key (AuthMiddleware)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

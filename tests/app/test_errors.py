@@ -285,8 +285,11 @@ async def test_reads_need_the_key_when_configured_but_probes_and_page_do_not(mak
         assert_error(await c.get("/index"), 401, "missing_api_key")
         assert_error(await c.get("/index", headers={"X-API-Key": "nope"}), 403, "invalid_api_key")
         assert (await c.get("/index", headers={"X-API-Key": KEY})).status_code == 200
-        for path in ("/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json"):
+        for path in ("/healthz", "/readyz", "/", "/docs", "/openapi.json"):
             assert (await c.get(path)).status_code == 200, path
+        # /metrics names every gallery and its size: it takes the key as reads do (tests/app/test_metrics_access.py)
+        assert_error(await c.get("/metrics"), 401, "missing_api_key")
+        assert (await c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
 
 
 async def test_the_key_is_checked_before_the_body_is_read(make_settings):

@@ -81,3 +81,10 @@ def test_metrics_stay_open_where_reads_need_no_key(server):
         assert r.status_code == 200 and "simsearch_requests_total" in r.text, r.text[:300]
         assert all(f'simsearch_gallery_items{{gallery="{name}"}}' in r.text for name in names), (names, r.text)
         assert c.get("/metrics", headers={"X-API-Key": "not-a-key"}).status_code == 200   # as a read with a wrong key
+
+
+def test_the_openapi_document_declares_the_401_and_each_403_metrics_can_answer_where_reads_need_a_key(closed):
+    op = closed.get("/openapi.json").json()["paths"]["/metrics"]["get"]
+    assert "401" in op["responses"] and op.get("security"), op
+    forbidden = op["responses"]["403"]["description"]
+    assert "invalid_api_key" in forbidden and "/metrics names every gallery" in forbidden, forbidden
