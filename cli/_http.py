@@ -69,9 +69,10 @@ def fatal(status: int, message: str, url: str) -> str:
     return f"the service at {url} answered {status}: {message}"
 
 
-def held(client, reconnect_seconds: float = RECONNECT_SECONDS) -> str:
+def held(client, reconnect_seconds: float = RECONNECT_SECONDS, gallery: str = "default") -> str:
     """How many items the service holds now ("?" when it does not say), and the position its gallery
-    is at (X-Simsearch-Position), when it says."""
+    is at (X-Simsearch-Position), when it says, with the search options that wait for it (a position is
+    the gallery's own: --gallery NAME goes with it)."""
     try:
         r = request(client, "GET", "/index", reconnect_seconds=reconnect_seconds, params={"limit": 1})
         if r.status_code == 404:   # a named gallery that nothing was stored in is not made
@@ -81,7 +82,8 @@ def held(client, reconnect_seconds: float = RECONNECT_SECONDS) -> str:
     except Exception:  # noqa: BLE001
         return "?"
     position = body.get("position")
-    return f"{count} items" + (f" (position {position}: `--after {position}` makes a search through a "
+    after = f"--after {position}" if gallery == "default" else f"--gallery {gallery} --after {position}"
+    return f"{count} items" + (f" (position {position}: `{after}` makes a search through a "
                                "replica see them)" if position else "")
 
 

@@ -75,11 +75,12 @@ def upload(args) -> int:
             kept = len(set(extra) & have)
             if kept:
                 print(f"--metadata: {kept} of the images it names are in the service already and keep the metadata "
-                      f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}` sets it on "
+                      f"they have (`simsearch index edit --metadata {args.metadata} --url {args.url}"
+                      f"{'' if args.gallery == 'default' else ' --gallery ' + args.gallery}` sets it on "
                       "them)", file=sys.stderr)
             sender = _Sender(client, url, images.labels, extra, dedupe, args.exif, args.gps, args.gallery)
             uploaded, rejected = _send_all(todo, images.read, sender.send, args.batch_size, args.parallel)
-            held = _http.held(client, RIDE_OUT_SECONDS)
+            held = _http.held(client, RIDE_OUT_SECONDS, args.gallery)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the service at {url}: {exc}") from None
     finally:

@@ -34,3 +34,21 @@ def test_the_delete_check_prints_for_a_damaged_named_gallery_deletes_there_not_i
     with Store.open(StoreConfig(data / "galleries" / "up" / "index", read_only=True)) as up:
         assert up.count() == 11 and not up.has_ids(["cat/0001.jpg"])
     assert "DELETE /index/ID?gallery=up" in out   # the HTTP way names it too
+
+
+def test_the_after_option_upload_prints_for_a_named_gallery_makes_a_search_of_that_gallery_succeed(
+        cat_and_ship_photos, hybrid1_artifact, tmp_path, capsys):
+    from tests.app.conftest import start_server, stop_server
+
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                           "SIMSEARCH_API_KEY": "k", "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+    try:
+        assert main(["index", "upload", str(cat_and_ship_photos), "--url", server.url, "--api-key", "k",
+                     "--gallery", "up"]) == 0
+        out = capsys.readouterr().out
+        printed = re.search(r"`([^`]*--after [^`]*)`", out).group(1)   # the default gallery is behind it
+        query = str(cat_and_ship_photos / "cat" / "0001.jpg")
+        assert main(["search", query, "--url", server.url, "-k", "1", *shlex.split(printed)]) == 0, printed
+        assert "cat/0001.jpg" in capsys.readouterr().out
+    finally:
+        stop_server(server)
