@@ -78,11 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Read the whole index and report damage: SQLite's quick_check, every item's "
                                     "vector (length, finite, unit norm), label and metadata, the FAISS snapshot's "
                                     "checksum, and with --thumbnails every thumbnail decoded. Reads only, so it is "
-                                    "safe while `simsearch serve` runs on DATA. Exit status 1 when anything is "
-                                    "damaged.")
+                                    "safe while `simsearch serve` runs on DATA. Every gallery of DATA, the "
+                                    "default one and the named ones, each with its result, unless --gallery names "
+                                    "one. Exit status 1 when anything is damaged.")
     g.common_options(c, model=False)
     c.add_argument("--thumbnails", action="store_true", help="also decode every stored thumbnail (slower)")
-    c.set_defaults(func=_check)
+    c.set_defaults(func=_check, gallery=None)   # None: every gallery, as backup copies every one
 
     x = isub.add_parser("duplicates", help="pairs of gallery items that look alike, the most alike first",
                         description="Search the gallery with every one of its own items and print the pairs at "
@@ -407,7 +408,32 @@ def _galleries(args) -> int:
 def _check(args) -> int:
     import index
 
-    path = g.gallery_folder(args.data, args.gallery)
+    if args.gallery is not None:
+        return _check_gallery(args, args.gallery)
+    names = index.gallery_names(Path(args.data))
+    if not names:
+        raise CliError(f"no galleries in {args.data} (neither {Path(args.data) / 'index'} nor "
+                       f"{Path(args.data) / 'galleries' / 'NAME' / 'index'} holds a store)")
+    damaged = []
+    for name in names:
+        try:
+            failed = _check_gallery(args, name)
+        except CliError as exc:   # one gallery that cannot be opened is said; the others are still checked
+            print(f"damaged: gallery {name!r}: {exc}")
+            failed = 1
+        if failed:
+            damaged.append(name)
+    if len(names) > 1:
+        print(f"checked {len(names)} galleries of {args.data} ({', '.join(names)}): "
+              + (f"{len(damaged)} damaged: {', '.join(damaged)}" if damaged else "all ok"))
+    return 1 if damaged else 0
+
+
+def _check_gallery(args, gallery: str) -> int:
+    """`index check` of one gallery: its notes, damage and result printed; 1 when it is damaged."""
+    import index
+
+    path = g.gallery_folder(args.data, gallery)
     try:
         reader = index.StoreReader(path)
     except index.StoreError as exc:
@@ -426,9 +452,9 @@ def _check(args) -> int:
         return 0
     listed = " (first 50 listed)" if found.damaged > len(found.problems) else ""
     # the remedy names the gallery checked: the same id in the default gallery is another, healthy item
-    over_http = "DELETE /index/ID" + ("" if args.gallery == "default" else f"?gallery={args.gallery}")
+    over_http = "DELETE /index/ID" + ("" if gallery == "default" else f"?gallery={gallery}")
     print(f"{found.damaged} problems{listed} in {checked}"
-          + f". Damaged items can be deleted (`simsearch index delete ID ...{_where_args(args.data, args.gallery)} "
+          + f". Damaged items can be deleted (`simsearch index delete ID ...{_where_args(args.data, gallery)} "
           f"--yes`, or {over_http}) and added again from their images; a damaged snapshot is rebuilt by the next "
           "start; for SQLite damage restore a backup (docs/index.md)")
     return 1

@@ -52,3 +52,24 @@ def test_the_after_option_upload_prints_for_a_named_gallery_makes_a_search_of_th
         assert "cat/0001.jpg" in capsys.readouterr().out
     finally:
         stop_server(server)
+
+
+def test_check_without_gallery_checks_every_gallery_and_fails_for_damage_in_a_named_one(
+        cat_and_ship_photos, hybrid1_artifact, tmp_path, capsys):
+    data = tmp_path / "data"
+    _build(cat_and_ship_photos, data, hybrid1_artifact)
+    _build(cat_and_ship_photos, data, hybrid1_artifact, "up")
+    _build(cat_and_ship_photos / "ship", data, hybrid1_artifact, "boats")
+    capsys.readouterr()
+    assert main(["index", "check", "--data", str(data)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"checked 3 galleries of {data} (default, boats, up): all ok"
+
+    with sqlite3.connect(data / "galleries" / "up" / "index" / "store.sqlite3") as db:
+        db.execute("UPDATE items SET metadata = '{not json' WHERE id = 'cat/0001.jpg'")
+    assert main(["index", "check", "--data", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "damaged: item 'cat/0001.jpg'" in out and "--gallery up --yes" in out
+    assert out.count("ok: checked ") == 2
+    assert out.strip().splitlines()[-1] == f"checked 3 galleries of {data} (default, boats, up): 1 damaged: up"
+    assert main(["index", "check", "--data", str(data), "--gallery", "default"]) == 0   # one gallery, named
