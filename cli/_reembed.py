@@ -1,5 +1,6 @@
-"""`simsearch index reembed DEST --data DATA --model NEW`: the gallery of DATA embedded again by another
-model, from the thumbnails it stores, into a new index in DEST/index.
+"""`simsearch index reembed DEST --data DATA --model NEW`: every gallery of DATA (or the one --gallery names)
+embedded again by another model, from the thumbnails it stores, into a new index in the same place in DEST
+(DEST/index, DEST/galleries/NAME/index), so that DEST serves as DATA did.
 
 The source is only read (a read-only SQLite connection), so the service keeps serving it meanwhile. A
 run makes DEST mirror the source as it was when the run began; running again catches up with what the
@@ -23,9 +24,11 @@ from ._errors import CliError
 def register_index(isub) -> None:
     """`simsearch index reembed`'s options (the index command's subparsers call this)."""
     r = isub.add_parser("reembed", help="embed the index again with another model, from its thumbnails, into a new folder",
-                        description="Embed every item of the index in DATA again with --model, from the thumbnail "
-                                    "stored with it, into a new index in DEST/index (ids, labels, metadata and "
-                                    "thumbnails copied, same index kind unless --index). DATA is only read, so "
+                        description="Embed every item of every gallery of DATA again with --model, from the "
+                                    "thumbnail stored with it, into a new index in the same place in DEST (DEST/index, "
+                                    "DEST/galleries/NAME/index; ids, labels, metadata and thumbnails copied, same "
+                                    "index kind unless --index), so that DEST serves as DATA did; --gallery NAME: "
+                                    "that gallery alone. DATA is only read, so "
                                     "`simsearch serve` can keep serving it meanwhile; run again to catch up with "
                                     "what it wrote since (after stopping it, for an exact copy). Items stored "
                                     "without a thumbnail are reported and left out (exit status 1).")
@@ -37,7 +40,7 @@ def register_index(isub) -> None:
     r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads decoding thumbnails (default: CPU count, at most 8)")
     r.add_argument("--threads", type=int, default=None, help="torch and FAISS threads for the model (default 1)")
-    r.set_defaults(func=reembed)
+    r.set_defaults(func=reembed, gallery=None)   # None: every gallery of DATA, as backup copies every one
 
 STATE_NAME = "reembed.json"
 
@@ -67,10 +70,33 @@ def reembed(args) -> int:
     import index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source, dest = g.gallery_folder(args.data, args.gallery), g.gallery_folder(args.dest, args.gallery)
-    if dest.resolve() == source.resolve():
+    if g.gallery_folder(args.dest, "default").resolve() == g.gallery_folder(args.data, "default").resolve():
         raise CliError(f"DEST {args.dest} is the --data folder; re-embed into a new folder, then serve that")
+    everyone = index.gallery_names(Path(args.data))
+    names = everyone if args.gallery is None else [args.gallery]
+    if not names:
+        raise CliError(f"--data {args.data}: no store at {Path(args.data) / 'index'} and no gallery in "
+                       f"{Path(args.data) / 'galleries'}")
     embedder = g.embedder_from(args.model)
+    missed = 0
+    for name in names:
+        missed += _reembed_gallery(args, name, embedder)
+    serve = f"--data {shlex.quote(str(args.dest))}" + (f" --model {shlex.quote(str(args.model))}" if args.model
+                                                     else " (the bundled default model)")
+    others = [n for n in everyone if n not in names]
+    held = (f"{args.dest} holds {'the gallery' if len(names) == 1 else 'the galleries'} of {args.data} "
+            f"({', '.join(names)})" if not others else
+            f"{args.dest} holds gallery {names[0]!r} of {args.data} only, not {', '.join(others)} (without "
+            "--gallery every gallery is re-embedded)")
+    print(f"{held}. Serve it with {serve}; run this again to catch up with writes made to the source meanwhile")
+    return 1 if missed else 0
+
+
+def _reembed_gallery(args, gallery: str, embedder) -> int:
+    """Re-embed one gallery of DATA into its place in DEST; 1 when items were left out, else 0."""
+    import index
+
+    source, dest = g.gallery_folder(args.data, gallery), g.gallery_folder(args.dest, gallery)
     try:
         reader = index.StoreReader(source)
     except index.StoreError as exc:
@@ -81,10 +107,10 @@ def reembed(args) -> int:
                            "give --model the artifact to re-embed with")
         state = _read_state(dest, source)
         store = g.open_store(args.dest, False, embedder, args.index or (None if state else reader.index_spec),
-                            gallery=args.gallery,
+                            gallery=gallery,
                             locked_hint=f". Stop the service serving {args.dest} first")
         try:
-            return _copy(args, reader, store, state, dest, source, embedder)
+            return _copy(args, gallery, reader, store, state, dest, source, embedder)
         except index.StorageError as exc:  # what was copied is kept: the next run goes on from there
             raise CliError(f"{exc}. What was copied is kept: free space, then run the same command "
                            "again to go on") from None
@@ -118,7 +144,7 @@ def _write_state(dest: Path, state: dict) -> None:
     part.replace(dest / STATE_NAME)
 
 
-def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, embedder) -> int:
+def _copy(args, gallery: str, reader, store, state: dict | None, dest: Path, source: Path, embedder) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -177,10 +203,7 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
     _write_state(dest, state)
     index.clear_incomplete(dest)
     count = store.count()
-    serve = f"--data {shlex.quote(str(args.dest))}" + (f" --model {shlex.quote(str(args.model))}" if args.model
-                                                     else " (the bundled default model)")
-    print(f"re-embedded {len(todo) - len(missed)} items; {dest} holds {count} items of {embedder.model_id}. "
-          f"Serve it with {serve}; run this again to catch up with writes made to the source meanwhile")
+    print(f"re-embedded {len(todo) - len(missed)} items; {dest} holds {count} items of {embedder.model_id}")
     if small:
         print(f"note: {small} thumbnails were smaller than the model's input ({embedder.meta.image_size} px): "
               "their vectors come from upscaled thumbnails, not from the originals")
@@ -190,7 +213,8 @@ def _copy(args, reader, store, state: dict | None, dest: Path, source: Path, emb
                   "change those items in the source (`simsearch index edit` or PATCH /index/ID) and run this again")
         elif ids:
             print(f"not copied, {why}: {len(ids)} items (first: {', '.join(ids[:3])}); add them from their "
-                  f"original images with `simsearch index build SOURCE --data {args.dest} --model ...`")
+                  f"original images with `simsearch index build SOURCE --data {shlex.quote(str(args.dest))}"
+                  f"{'' if gallery == 'default' else ' --gallery ' + shlex.quote(gallery)} --model ...`")
     return 1 if missed else 0
 
 
