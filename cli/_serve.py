@@ -27,8 +27,9 @@ _ENV = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (search, index, metrics, the search page)",
-                       description="Run the HTTP service with uvicorn. Every option is also a SIMSEARCH_* "
-                                   "environment variable (docs/service.md); options given here win.")
+                       description="Run the HTTP service with uvicorn. Every option but --log-level is also a "
+                                   "SIMSEARCH_* environment variable (docs/service.md lists them); options given "
+                                   "here win.")
     env = os.environ.get
     p.add_argument("--host", default=env("SIMSEARCH_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=env("SIMSEARCH_PORT", "8000"),
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=env("SIMSEARCH_WORKERS", "1"),
                    help="uvicorn worker processes (default $SIMSEARCH_WORKERS, else 1); more than 1 needs --milvus-uri "
                         "with a Milvus server, since one process owns an index in DATA; /metrics counts them all")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default info); given here only: no SIMSEARCH_LOG_LEVEL is read")
     p.add_argument("--log-format", default=env("SIMSEARCH_LOG_FORMAT", "text"), choices=("text", "json"),
                    help="text (uvicorn's lines) or json (one object a line: time, level, logger, message, "
                         "request_id; method, path, status on access lines). Default text")
