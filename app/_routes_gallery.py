@@ -331,7 +331,7 @@ async def get_item(request: Request, id: str = Path(),
 @router.delete("/index", response_model=DeleteResponse, tags=["gallery"],
                summary="remove every gallery item that matches a label and/or a metadata filter",
                responses={200: declares(POSITION_HEADER),
-                          **{k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}})
+                          **{k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503, 507)}})
 async def delete_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS,
                                                     description="items with this label"),
@@ -387,7 +387,7 @@ async def _patch_body(request: Request) -> dict[str, Any]:
               summary="change the label and/or metadata of every gallery item that matches a label and/or a metadata "
                       "filter, keeping their images, vectors and places",
               responses={200: declares(POSITION_HEADER),
-                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
+                         **{k: _ERRORS[k] for k in (401, 403, 404, 409, 413, 415, 422, 429, 503, 507)}},
               openapi_extra=_PATCH_BODY)
 async def update_matching(request: Request,
                           label: str | None = Query(None, max_length=MAX_LABEL_CHARS,
@@ -419,7 +419,7 @@ async def update_matching(request: Request,
 @router.patch("/index/{id:path}", response_model=ItemOut, tags=["gallery"],
               summary="change an item's label and/or metadata, keeping its image, vector and place",
               responses={200: declares(POSITION_HEADER),
-                         **{k: _ERRORS[k] for k in (401, 403, 404, 413, 415, 422, 429, 503, 507)}},
+                         **{k: _ERRORS[k] for k in (401, 403, 404, 409, 413, 415, 422, 429, 503, 507)}},
               openapi_extra=_PATCH_BODY)
 async def update_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> JSONResponse:
     import index as index_pkg  # when used (module docstring)
@@ -440,7 +440,7 @@ async def update_item(request: Request, id: str = Path(), gallery: str = _galler
 
 @router.delete("/index/{id:path}", status_code=204, tags=["gallery"], summary="remove a gallery item",
                responses={204: declares(POSITION_HEADER),
-                          **{k: _ERRORS[k] for k in (401, 403, 404, 422, 429, 503, 507)}}, response_class=Response)
+                          **{k: _ERRORS[k] for k in (401, 403, 404, 409, 422, 429, 503, 507)}}, response_class=Response)
 async def delete_item(request: Request, id: str = Path(), gallery: str = _gallery()) -> Response:
     import index as index_pkg  # when used (module docstring)
 
@@ -483,7 +483,7 @@ async def galleries(request: Request):
             responses={200: {"model": GalleryOut, "description": "the gallery existed already (made before, or the "
                                                                  "default one): nothing changed"},
                        201: {"description": "the gallery was made, empty"},
-                       **{k: _ERRORS[k] for k in (401, 403, 422, 429, 503, 507)}})
+                       **{k: _ERRORS[k] for k in (401, 403, 409, 422, 429, 503, 507)}})
 async def make_gallery(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC)):
     service = _service(request, write=True)
     g, made = await service.open_gallery(name, create=True, by=f"PUT /galleries/{name}")
