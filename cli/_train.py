@@ -166,6 +166,8 @@ def _train(args) -> int:
     data = _dataset_path(args, training)
     cfg = _train_config(args, training)
     out = _checked_out(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:   # said once, not by each of torchrun's processes
+        _say_replacing(out)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of torchrun's processes
         return _launch(args, cfg, data)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -267,6 +269,29 @@ def _checked_out(args) -> Path:
         raise CliError(str(exc)) from None
     _check_writable("--out", out)
     return out
+
+
+def _say_replacing(out: Path) -> None:
+    """One line when --out is an artifact already, naming its model id: a gallery built with it opens under that
+    model only, and once the file is replaced `index reembed` is the way to move such a gallery."""
+    if not out.is_file():
+        return
+    import hashlib
+
+    import model
+
+    try:
+        name = model.read_meta(out).name
+    except model.ArtifactError:
+        print(f"note: --out {out} exists (not a readable artifact); this run replaces it", file=sys.stderr)
+        return
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    print(f"note: this run replaces {out} (model {name}@{h.hexdigest()[:12]}) when it ends: a gallery built with "
+          f"it opens under that model only (`simsearch index reembed NEWDATA --data DATA --model {out}` moves one "
+          "to the new model; another --out keeps both)", file=sys.stderr)
 
 
 def _check_writable(option: str, path: Path) -> None:
