@@ -6,6 +6,7 @@ from __future__ import annotations
 import lzma
 import os
 import tarfile
+import unicodedata
 import zlib
 from dataclasses import dataclass
 
@@ -66,14 +67,33 @@ def common_folder(names: list[str]) -> tuple[str, list[str]]:
 
 
 def readable_name(name: str) -> str:
-    """A file name as it can be printed, written to JSON and stored as an id: unchanged when it is UTF-8; else each
-    byte that is not UTF-8 written as \\xNN (a Latin-1 `café.jpg` from an old zip or share is `caf\\xe9.jpg`).
-    Python holds such a byte as a lone surrogate, which no message, store or JSON answer takes."""
+    """A file name as it can be printed, written to JSON and stored as an id the service takes: unchanged when it
+    is UTF-8 text an id may be; else each byte that is not UTF-8 written as \\xNN (a Latin-1 `café.jpg` from an
+    old zip or share is `caf\\xe9.jpg`: Python holds such a byte as a lone surrogate, which no message, store or
+    JSON answer takes), and each character no id may hold, and white space at either end, written as \\xNN or
+    \\uNNNN (`new\\x0aline.jpg`), so that the item can be fetched, edited and deleted by its id over HTTP."""
     try:
         name.encode("utf-8")
-        return name
     except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
+        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    if name == name.strip() and not any(map(_no_id_holds, name)):
+        return name
+    start, end = len(name) - len(name.lstrip()), len(name.rstrip())
+    return "".join(_escaped(c) if _no_id_holds(c) or not start <= i < end else c for i, c in enumerate(name))
+
+
+# Text direction overrides and isolates: "rtl\u202egpj.exe" shows as "rtlexe.jpg"
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _no_id_holds(c: str) -> bool:
+    # the service's rule for ids and labels (app/_params.py's _has_control, which model cannot import): a control
+    # character (C0, DEL, C1), a line or paragraph separator, a lone surrogate, a text direction override
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") or c in _BIDI_CONTROLS
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
 def files_under(folder: str | os.PathLike) -> list[str]:
