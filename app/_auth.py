@@ -42,6 +42,15 @@ def presented_key(headers: Headers) -> str | None:
     return None
 
 
+_SENDABLE = re.compile(r"[\x21-\x7e]+")   # what an HTTP header carries as it is: visible ASCII, no space
+
+
+def unsendable(keys: list[str]) -> int | None:
+    """The place (1, 2, ...) of the first key holding a character no client can send in an HTTP header (a letter
+    beyond ASCII, a control character), or None: a service taking such a key would refuse every client."""
+    return next((place for place, key in enumerate(keys, start=1) if not _SENDABLE.fullmatch(key)), None)
+
+
 def parse_keys(text: str) -> list[str]:
     """The keys in a SIMSEARCH_API_KEY value (full-access keys): comma-separated or one per line, surrounding
     spaces ignored, blank lines and lines starting with # skipped."""
@@ -108,15 +117,21 @@ def parse_key_file(text: str) -> list[tuple[str, KeyScope]]:
     """The keys of a key file's text with their scopes: one line each, `KEY` (full access), `KEY read` (reads
     only), `KEY galleries=a,b` (only those galleries), or both options; a line may also hold several keys
     comma-separated, which then share its options. Blank lines and lines starting with # are skipped.
-    KeyFileError naming the line (never the key) for an unknown option, a bad gallery name or a key given twice."""
+    KeyFileError naming the line (never the key) for an unknown option, a bad gallery name, a key given twice or one
+    no client could send (not visible ASCII). A byte order mark at the start is skipped."""
     keys: list[tuple[str, KeyScope]] = []
     first_line: dict[str, int] = {}
+    text = text.removeprefix("\ufeff")   # the byte order mark Notepad and PowerShell 5 write before UTF-8
     for number, line in enumerate(text.splitlines(), start=1):
         words = re.sub(r"\s*,\s*", ",", line).split()   # "a, b": two keys, as before options
         if not words or words[0].startswith("#"):
             continue
         scope = _line_scope(words[1:], number)
         for key in (k for k in words[0].split(",") if k):
+            if unsendable([key]):
+                raise KeyFileError(f"line {number}: a key holds a character an HTTP header cannot carry (a letter "
+                                   f"beyond ASCII, a control character): no client could send it; keys are "
+                                   f"visible ASCII")
             if key in first_line:
                 raise KeyFileError(f"line {number}: a key of line {first_line[key]} again; give each key once, "
                                    f"with all its options")

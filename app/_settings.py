@@ -158,11 +158,15 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
-        from ._auth import parse_keys
+        from ._auth import parse_keys, unsendable
 
-        if v is not None and any(len(k.split()) > 1 for k in parse_keys(v.get_secret_value())):
+        keys = parse_keys(v.get_secret_value()) if v is not None else []
+        if any(len(k.split()) > 1 for k in keys):
             raise ValueError("a key holds a space: SIMSEARCH_API_KEY takes full-access keys only, comma-separated; "
                              "scoped keys (`KEY read`, `KEY galleries=NAME,...`) go in SIMSEARCH_API_KEY_FILE")
+        if unsendable(keys):
+            raise ValueError(f"key {unsendable(keys)} holds a character an HTTP header cannot carry (a letter beyond "
+                             "ASCII, a control character): no client could send it; keys are visible ASCII")
         return v if v is not None and v.get_secret_value() else None
 
     @field_validator("api_key_file")
