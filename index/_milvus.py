@@ -784,15 +784,22 @@ class MilvusStore(ItemChecks):
     def list_positions(self, offset: int = 0, limit: int = 100, label: str | None = None,
                        where: dict[str, Any] | None = None, after: int | None = None) -> list[tuple[int, Item]]:
         """list(), each item with its listing position (its seq), as Store.list_positions. Reads the ids and
-        positions of every matching item to order them."""
+        positions of every matching item to order them. The page's items are read by a second query: one deleted
+        in between is made up for by the next matching ones (the ids read again, on from the last position
+        chosen), so that a page is short only at the end of the listing."""
         self._check_page(offset, limit)
         after = self._check_after(after)
         expr = self._filter(label, _filter.check_where(where))
-        if after is not None:
-            expr = f"seq > {after}" + (f" and ({expr})" if expr else "")
-        page = self._ordered(expr)[offset:offset + limit]
-        items = self.get_many([i for _, i in page])
-        return [(seq, it) for (seq, _), it in zip(page, items) if it is not None]
+        listed: list[tuple[int, Item]] = []
+        while len(listed) < limit:
+            since = expr if after is None else f"seq > {after}" + (f" and ({expr})" if expr else "")
+            page = self._ordered(since)[offset:offset + limit - len(listed)]
+            if not page:
+                break
+            items = self.get_many([i for _, i in page])
+            listed += [(seq, it) for (seq, _), it in zip(page, items) if it is not None]
+            after, offset = page[-1][0], 0   # the offset counted from the first `after`: skipped once
+        return listed
 
     # ---- search ------------------------------------------------------------------------------
 
