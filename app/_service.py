@@ -378,7 +378,7 @@ class Service:
             left = await anyio.to_thread.run_sync(index.remove_deleted_galleries, s.data_dir)
             if left:
                 log.info("removed what %d deleted galleries had left on disk", left)
-        self.metrics.track_galleries(self._gallery_sizes)
+        self.metrics.track_galleries(self._gallery_sizes, self._unopened_sizes)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage
         # collector's reach: a full collection over it took 110 ms, and under load one ran every
@@ -460,6 +460,15 @@ class Service:
                 sizes[name] = g.store.count()
             except Exception:  # noqa: BLE001  (closed this moment: left out of this scrape)
                 continue
+        return sizes
+
+    def _unopened_sizes(self) -> dict[str, int]:
+        """Items in each gallery this process has not opened, read without opening them (for the metrics, which
+        call it in a thread of their own at most once a minute). Blocking."""
+        sizes = {}
+        for name in self.gallery_names():
+            if name not in self.galleries and (count := self.unopened_count(name)) is not None:
+                sizes[name] = count
         return sizes
 
     def _refresh(self, store) -> None:

@@ -85,3 +85,35 @@ def test_without_a_reader_of_the_galleries_not_open_the_help_says_they_are_left_
     sizes, help_text = _items(m)
     assert sizes == {"default": 2.0} and "left out" in help_text
     m.close()
+
+
+def test_a_restarted_service_counts_the_items_of_galleries_no_request_has_opened_yet(hybrid1_artifact, tmp_path):
+    """Over a real `simsearch serve`: items written to a named gallery, the service restarted; before any request
+    on that gallery, /metrics has its items (a sum over galleries is the whole), and /galleries agrees."""
+    import httpx
+
+    from .conftest import start_server, stop_server
+
+    env = {"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}
+    live = start_server(env, tmp_path)
+    try:
+        listing = httpx.get(live.url + "/index").json()
+        items = [{"id": f"v{i}", "vector": [float(i == j) for j in range(listing["dimension"])]} for i in range(3)]
+        r = httpx.post(live.url + "/index", params={"gallery": "shoes"},
+                       json={"model": listing["model"], "items": items})
+        assert r.status_code == 201, r.text
+    finally:
+        stop_server(live)
+    live = start_server(env, tmp_path, log_name="restarted.log")
+    try:
+        def scraped() -> dict[str, float]:
+            family = next(f for f in text_string_to_metric_families(httpx.get(live.url + "/metrics").text)
+                          if f.name == "simsearch_gallery_items")
+            return {s.labels["gallery"]: s.value for s in family.samples}
+
+        assert _soon(lambda: scraped() == {"default": 0.0, "shoes": 3.0})
+        shoes = next(g for g in httpx.get(live.url + "/galleries").json()["galleries"] if g["name"] == "shoes")
+        assert shoes == {**shoes, "count": 3, "open": False}   # not opened by the scrape
+    finally:
+        stop_server(live)
