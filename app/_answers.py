@@ -32,7 +32,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "the body, a field, the number of parts or the image's pixel count is over a limit",
         415: "not a JPEG, PNG, WebP, GIF, BMP, AVIF or HEIC image (decided from the bytes)",
         404: "no item with this id; no gallery of that name",
-        409: "X-Simsearch-After names a position this gallery never had; a JSON vector's `model` is not this service's",
+        409: "X-Simsearch-After names a position this gallery never had; a JSON vector's `model` is not this "
+             "service's; the gallery holds another model's vectors (model_mismatch: reembed it, or delete it)",
         422: "a parameter, id, label or metadata is invalid", 429: "rate limited",
         503: "not ready, or over the concurrency limit; for a write, the index cannot take writes",
         507: "the service's disk is full: the write was not stored"}.items()}
