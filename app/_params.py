@@ -404,15 +404,6 @@ _EfSearch = Annotated[int | None, Field(ge=1, le=MAX_EF_SEARCH, description=_EF_
 _Exact = Annotated[bool, Field(description=_EXACT_DOC)]
 
 
-def _tuned(service: Service, gallery: str, params: SearchParams) -> SearchParams:
-    """params, once the service has said that the gallery's store takes its own index parameters (422 for a
-    gallery in Milvus until it does: Service.search_tuning), before any image is decoded."""
-    g = service.galleries.get(gallery)
-    if g is not None and (params.nprobe is not None or params.ef_search is not None or params.exact):
-        service.search_tuning(g, params)
-    return params
-
-
 class NeighbourQuery(BaseModel):
     """The query parameters of a search by neighbours, declared once: POST /search, /search/{id} and /batch/search
     each take a model made of this one with what else that route takes (SearchQuery, SearchByIdQuery,
@@ -490,10 +481,9 @@ class NeighbourQuery(BaseModel):
             _check_group_by(self.group_by)
         if self.rerank is not None:
             self._check_rerank_alone()
-        return _tuned(service, gallery, SearchParams(self.k, self.label, self._max_distance, self.rerank,
-                                                     _check_where(self.where), gallery, self.group_by, self.group_size,
-                                                     tuple(self.exclude), self.offset, self.nprobe, self.ef_search,
-                                                     self.exact))
+        return SearchParams(self.k, self.label, self._max_distance, self.rerank, _check_where(self.where), gallery,
+                            self.group_by, self.group_size, tuple(self.exclude), self.offset, self.nprobe,
+                            self.ef_search, self.exact)
 
     def _check_rerank_alone(self) -> None:
         """422 for what rerank cannot work with: groups, or a query refined by marks."""
@@ -585,6 +575,5 @@ class ClassifyQuery(BaseModel):
 
     def params(self, service: Service, gallery: str) -> SearchParams:
         """The search whose neighbours vote: k of them, filtered as asked; 422 for a `where` the index refuses."""
-        return _tuned(service, gallery, SearchParams(self.k, max_distance=self._max_distance,
-                                                     where=_check_where(self.where), gallery=gallery,
-                                                     nprobe=self.nprobe, ef_search=self.ef_search, exact=self.exact))
+        return SearchParams(self.k, max_distance=self._max_distance, where=_check_where(self.where), gallery=gallery,
+                            nprobe=self.nprobe, ef_search=self.ef_search, exact=self.exact)

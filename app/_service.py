@@ -6,7 +6,6 @@ import asyncio
 import difflib
 import errno
 import gc
-import inspect
 import json
 import logging
 import os
@@ -126,13 +125,6 @@ class WriteRefusals:
                     "for lack of disk space" if self._full else "by the disk", now - began, unlogged)
 
 
-def _takes_tuning(store) -> bool:
-    """Whether `store`'s searches take a search's own index parameters (nprobe, ef_search, exact): index.Store's
-    do; index.MilvusStore's take them once its search declares them."""
-    return _TAKES_TUNING.setdefault(type(store), "exact" in inspect.signature(type(store).search).parameters)
-
-
-_TAKES_TUNING: dict[type, bool] = {}
 
 
 @dataclass
@@ -711,15 +703,9 @@ class Service:
         return [self._rerank(store, q, hits, params.k, params.offset) for q, hits in zip(queries, found)]
 
     def search_tuning(self, g: Gallery, params: SearchParams) -> dict:
-        """params' own index parameters (nprobe, ef_search, exact) as g's store takes them, {} for none; 422 when
-        some are given and the store takes none (a MilvusStore that does not take them yet: docs/service.md
-        "Search parameters")."""
-        tuning = params.tuning()
-        if tuning and not _takes_tuning(g.store):
-            raise ApiError(422, "invalid_parameter", f"{', '.join(f'{k}={v}' for k, v in tuning.items())}: gallery "
-                           f"{g.name!r} is kept in Milvus, whose searches here take no nprobe, ef_search or exact yet; "
-                           "search without them (the gallery's own parameters apply)")
-        return tuning
+        """params' own index parameters (nprobe, ef_search, exact) as g's store takes them (every GalleryStore
+        does), {} for none."""
+        return params.tuning()
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int, offset: int = 0) -> list:
         """The best k of `hits` by the PDDM score after the best `offset` (the hits keep their cosine score and

@@ -48,7 +48,7 @@ WINDOW = bad("offset=9995 + k=10: a search reads at most 10000 items to answer; 
              "what was seen (exclude)")
 BOTH_MARKED = bad("id(s) ['qb'] are both liked and unliked; mark each item one way")
 GROUP_BY = bad("group_by='colour': give `label`, or `metadata.KEY` for a key of the items' metadata (e.g. "
-               "metadata.product)")
+               "metadata.product, or metadata.cam.make for a key inside an object)")
 CROP_TEXT = bad("crop='a,b' must be four numbers left,top,right,bottom, fractions (0 to 1) of the image's width and "
                 "height, with left < right and top < bottom, e.g. 0.25,0.1,0.75,0.9")
 COMBINE = bad("combine='all': give `mean` (items near all the photos) or `best` (items near any of them)")
