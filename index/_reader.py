@@ -144,8 +144,9 @@ class StoreReader:
         finally:
             conn.execute("COMMIT")
         for trigger in _db.missing_change_triggers(conn):
-            out.add(f"the change log lacks its trigger {trigger!r}: read-only replicas would miss deletions or "
-                    "edits; opening the store for writing (the service that writes to it) restores it")
+            out.add(f"the change log lacks its trigger {trigger!r}: replicas of an earlier version would miss "
+                    "deletions, replacements or edits (this version's compare the whole listing instead); opening the "
+                    "store for writing (the service that writes to it) restores it")
         snap = self.path / _faiss.SNAPSHOT_NAME
         if not snap.exists():
             out.notes.append("no snapshot: the next start builds the index from the database")

@@ -151,7 +151,7 @@ def test_a_follower_applies_deletions_and_edits_from_the_change_log_without_read
     writer.delete(["i1", "i2"])
     writer.update("i3", label="c")
     writer.update("i3", metadata_patch={"tag": "x"})           # twice: one change
-    writer.upsert([Item("i4", vectors[20], "a", {"n": 4})])   # replaced: not in the log, found by its id
+    writer.upsert([Item("i4", vectors[20], "a", {"n": 4})])   # replaced: its old row logged (items_replaced_log)
     writer.upsert([Item("new", vectors[21], "b", {})])
     writer.update("new", label="c")                             # added and edited since the last look
     writer.delete(["i5"])
@@ -277,7 +277,7 @@ def test_a_lost_change_log_trigger_is_named_by_check_and_restored_by_the_next_wr
         db.execute("DROP TRIGGER items_deleted_log")
     with StoreReader(folder) as reader:
         found = reader.check()
-    assert not found.ok and any("items_deleted_log" in p and "replicas would miss" in p for p in found.problems)
+    assert not found.ok and any("items_deleted_log" in p and "would miss deletions" in p for p in found.problems)
     with Store.open(StoreConfig(folder, read_only=True)) as follower:
         with Store.open(config) as writer:   # restores the trigger
             writer.delete(["i1"])
