@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="file of the keys, one per line (# comments), each may be "
                                                         "scoped (`KEY read`, `KEY galleries=a,b`), read again when "
                                                         "it changes: keys and scopes change without a restart")
-    require_key_for_reads: bool = Field(False, description="also require the key for searches and listings")
+    require_key_for_reads: bool = Field(False, description="also require the key for searches, listings and /metrics")
     read_only: bool = Field(False, description="serve the index without writing to it (a backup, read-only "
                                                "media, replicas beside the service that writes); writes get 405")
     refresh_seconds: float = Field(5.0, ge=0, description="read_only: how often to apply the writes another process "
