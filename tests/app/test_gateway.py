@@ -111,3 +111,55 @@ def test_the_gateway_keeps_its_port_in_the_services_redirects_and_refuses_a_larg
                      headers={"Content-Type": "application/octet-stream"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large", big.text
     assert httpx.get(url + "/index?limit=1").status_code == 200   # and it passes on what fits
+
+
+def test_a_backup_waits_past_the_gateways_read_timeout_for_its_copy_while_other_requests_do_not(tmp_path):
+    """The backup's location waits up to 600 s for its first byte (the service makes and checks the copy first);
+    shown with the gateway's other read timeouts cut to 1 s and a stand-in service that answers after 2 s, since
+    a real copy that outlasts 60 s needs tens of millions of items."""
+    import http.server
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(2)
+            body = b"SQLite format 3\0" + b"x" * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        work = gateway_folder(tmp_path)
+        port = free_port()
+        conf = gateway_conf(work, slow.server_address[1], port)
+        text = conf.read_text()
+        assert text.count("proxy_read_timeout 60s;") == 1
+        conf.write_text(text.replace("proxy_read_timeout 60s;", "proxy_read_timeout 1s;"))
+        url = f"http://127.0.0.1:{port}"
+        nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:   # the gateway is up once it answers at all (the stand-in answers everything slowly)
+                assert nginx.poll() is None, nginx.stdout.read().decode(errors="replace")
+                try:
+                    httpx.get(url + "/index", timeout=5)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the gateway did not start in 30 s"
+                    time.sleep(0.1)
+            backup = httpx.get(url + "/galleries/shoes/backup", timeout=30)
+            assert backup.status_code == 200 and backup.content.startswith(b"SQLite format 3"), backup.text[:200]
+            other = httpx.get(url + "/index", timeout=30)
+            assert other.status_code == 503 and other.json()["error"]["code"] == "unavailable", other.text
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+    finally:
+        slow.shutdown()
