@@ -108,7 +108,9 @@ class StoreOpening:
                 raise ModelMismatchError(
                     f"the store at {self._path} holds vectors of model {have_model!r} (dim "
                     f"{have_dim}), not of model {cfg.model_id!r} (dim {cfg.dim}); use another "
-                    f"--data folder or re-index with that model", stored_model=have_model)
+                    f"--data folder, or move this gallery to the new model with `simsearch index reembed "
+                    f"NEWDATA --data DATA --model NEW` (it re-embeds the stored thumbnails) and use NEWDATA",
+                    stored_model=have_model)
             self.model_id, self.dim = have_model, have_dim
             self.spec = cfg.index or meta.get("index", "flat")
             self._last_seq = int(meta.get("last_seq", 0))
