@@ -35,15 +35,19 @@ class ClientEnv:
         SIMSEARCH_API_KEY_FILE's, as the service reads both (one a line or comma-separated, # comments); ""
         for none. CliError naming a key file that cannot be read."""
         if given:
-            return given
+            return _sendable(given, "--api-key")
         if self.api_key:
-            return next(iter(_keys(self.api_key)), "")
+            return _sendable(next(iter(_keys(self.api_key)), ""), "SIMSEARCH_API_KEY (its first key)")
         if self.api_key_file:
-            try:
-                text = Path(self.api_key_file).read_text()
+            where = f"SIMSEARCH_API_KEY_FILE {self.api_key_file!r}"
+            try:   # utf-8-sig: the byte order mark Windows editors write is no part of the first key
+                text = Path(self.api_key_file).read_text(encoding="utf-8-sig")
             except OSError as exc:
-                raise CliError(f"SIMSEARCH_API_KEY_FILE {self.api_key_file!r}: {exc.strerror}") from None
-            return next(iter(_keys(text)), "")
+                raise CliError(f"{where}: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise CliError(f"{where} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})") \
+                    from None
+            return _sendable(next(iter(_keys(text)), ""), f"{where} (its first key)")
         return ""
 
 
@@ -51,3 +55,12 @@ def _keys(text: str) -> list[str]:
     # the service's parse_keys (app/_auth.py), which the command line does not import
     lines = (line.strip() for line in text.splitlines())
     return [k.strip() for line in lines if line and not line.startswith("#") for k in line.split(",") if k.strip()]
+
+
+def _sendable(key: str, source: str) -> str:
+    """`key`, or CliError naming `source` (never the key) when an HTTP header cannot carry it: a character beyond
+    ASCII or a control character (httpx would stop with a UnicodeEncodeError traceback, the service refuse it)."""
+    if any(not " " <= c <= "~" for c in key):
+        raise CliError(f"the API key from {source} holds a character an HTTP header cannot carry (a letter beyond "
+                       "ASCII or a control character): write the key in printable ASCII")
+    return key
