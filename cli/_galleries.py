@@ -68,8 +68,8 @@ def _create(args) -> int:
         return 0
     if r.status_code == 405 and '"method_not_allowed"' in r.text:
         raise CliError(f"the service at {url} makes no gallery on request (a simsearch from before PUT "
-                       f"/galleries/NAME): its first write to it makes one (`simsearch index upload --gallery "
-                       f"{args.name}`)")
+                       f"/galleries/NAME): its first write to it makes one (`simsearch index upload SOURCE --url "
+                       f"{url} --gallery {args.name}`)")
     raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
 
 
@@ -324,13 +324,15 @@ def _readable_names(source: Path, names: list[str]) -> tuple[list[str], dict[str
     if not real:
         return names, {}
     for w in sorted(set(real) & set(names)):
-        print(f"skipped {w}: its name is not UTF-8, and written readably it is another file's name", file=sys.stderr)
+        print(f"skipped {w}: its name is not UTF-8 or holds what an id cannot, and written readably it is another "
+              "file's name", file=sys.stderr)
         del real[w]
     if real:
         many = len(real) != 1
         whose = "their ids write" if many else "its id writes"
-        print(f"{source}: {len(real)} file name{'s are' if many else ' is'} not UTF-8; {whose} each such byte as "
-              f"\\xNN: {'e.g. ' if many else ''}{min(real)}", file=sys.stderr)
+        print(f"{source}: {len(real)} file name{'s are' if many else ' is'} not UTF-8 or hold{'' if many else 's'} "
+              f"what an id cannot (a control character, white space at an end); {whose} each such byte or "
+              f"character as \\xNN: {'e.g. ' if many else ''}{min(real)}", file=sys.stderr)
     return [w for n in names if (w := readable_name(n)) == n or real.get(w) == n], real
 
 

@@ -50,7 +50,8 @@ def test_build_indexes_a_file_whose_name_is_not_utf8_under_a_readable_id_and_eve
     # batches of 2: the store took the batches before the bad name, then stopped there for good
     assert _build(photos, data, hybrid1_artifact, "--batch-size", "2") == 0
     out, err = capsys.readouterr()
-    assert f"{photos}: 1 file name is not UTF-8; its id writes each such byte as \\xNN: a/caf\\xe9.png" in err
+    assert (f"{photos}: 1 file name is not UTF-8 or holds what an id cannot (a control character, white space at "
+            "an end); its id writes each such byte or character as \\xNN: a/caf\\xe9.png") in err
     assert "indexed 7 images (0 skipped)" in out
     items = _items(data)
     assert len(items) == 7 and items["a/caf\\xe9.png"] == "a" and items["b/2.png"] == "b"
@@ -72,8 +73,9 @@ def test_a_name_that_written_readably_is_another_files_is_left_out_and_named(hyb
     photos = _write(tmp_path / "photos", [f"a/{LATIN1}", "a/caf\\xe9.png", "b/1.png"])
     assert _build(photos, tmp_path / "data", hybrid1_artifact) == 0
     err = capsys.readouterr().err
-    assert "skipped a/caf\\xe9.png: its name is not UTF-8, and written readably it is another file's name" in err
-    assert "not UTF-8;" not in err   # no other such name is stored
+    assert "skipped a/caf\\xe9.png: its name is not UTF-8 or holds what an id cannot, and written readably it is " \
+        "another file's name" in err
+    assert "white space at an end);" not in err   # no other such name is stored
     assert _items(tmp_path / "data") == {"a/caf\\xe9.png": "a", "b/1.png": "b"}
 
 
