@@ -4,6 +4,7 @@ index edit --url, search --url) send."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class ClientEnv:
             except UnicodeDecodeError as exc:
                 raise CliError(f"{where} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})") \
                     from None
-            return _sendable(next(iter(_keys(text)), ""), f"{where} (its first key)")
+            return _sendable(next(iter(_file_keys(text)), ""), f"{where} (its first key)")
         return ""
 
 
@@ -55,6 +56,13 @@ def _keys(text: str) -> list[str]:
     # the service's parse_keys (app/_auth.py), which the command line does not import
     lines = (line.strip() for line in text.splitlines())
     return [k.strip() for line in lines if line and not line.startswith("#") for k in line.split(",") if k.strip()]
+
+
+def _file_keys(text: str) -> list[str]:
+    # the keys of a key file as the service's parse_key_file reads them: a line's first word holds its keys
+    # (comma-separated), the words after it are options (`KEY read`, `KEY galleries=a,b`), never part of a key
+    words = (re.sub(r"\s*,\s*", ",", line).split() for line in text.splitlines())
+    return [k for line in words if line and not line[0].startswith("#") for k in line[0].split(",") if k]
 
 
 def _sendable(key: str, source: str) -> str:

@@ -27,6 +27,16 @@ def test_a_key_file_with_a_byte_order_mark_sends_its_first_key_without_it(live, 
     assert "uploaded 6 images" in capsys.readouterr().out
 
 
+def test_the_first_key_of_a_key_file_line_with_options_is_its_first_word(live, cat_and_ship_photos, tmp_path,
+                                                                         monkeypatch, capsys):
+    keys = tmp_path / "keys"   # the service's key file syntax: options after the key are no part of it
+    keys.write_text("# keys\nbom-key-1 galleries=default\n")
+    monkeypatch.delenv("SIMSEARCH_API_KEY", raising=False)
+    monkeypatch.setenv("SIMSEARCH_API_KEY_FILE", str(keys))
+    assert main(["index", "upload", str(cat_and_ship_photos / "cat"), "--url", live.url]) == 0
+    assert "uploaded 6 images" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("source", ["file", "variable", "option"])
 def test_a_key_no_header_can_carry_is_one_line_naming_its_source_not_the_key(cat_and_ship_photos, tmp_path,
                                                                              monkeypatch, capsys, source):
