@@ -330,6 +330,7 @@ def _facets(args) -> int:
         raise CliError(str(exc)) from None
     if args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
+    g.check_label_arg(args.label)
     where = g.where_arg(args.where)
     store = g.open_store(args.data, True, gallery=args.gallery, milvus_uri=args.milvus_uri)
     try:
@@ -606,6 +607,7 @@ def _display_width(text: str) -> int:
 def _delete(args) -> int:
     import index
 
+    g.check_label_arg(args.label)
     where = g.where_arg(args.where)
     if not args.ids and args.label is None and where is None:
         raise CliError("give the ids to delete, or --label and/or --where (it never empties the index)")

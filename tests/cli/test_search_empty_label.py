@@ -44,3 +44,11 @@ def test_a_label_still_filters_here_and_through_a_service(gallery, capsys):
         assert main(args + ["--label", "dog"]) == 0, capsys.readouterr().err
         hits = json.loads(capsys.readouterr().out)
         assert hits and {h["label"] for h in hits} == {"dog"}, (args, hits)
+
+
+@pytest.mark.parametrize("command", [["index", "facets", "label"], ["index", "delete", "--yes"]])
+def test_index_facets_and_delete_refuse_an_empty_label_in_the_same_words(tmp_path, capsys, command):
+    # nothing is opened: the option is refused first (an empty DATA folder would be another error)
+    assert main(command + ["--label", "", "--data", str(tmp_path / "data")]) == 2
+    says = capsys.readouterr().err
+    assert "--label ''" in says and '{"$label": {"$exists": false}}' in says, says
