@@ -7,7 +7,8 @@
 `--metadata FILE`: each image's metadata from a file beside the images, as a vector database imports
 payloads (`read_metadata_file`). JSON Lines (`.jsonl`, `.ndjson`), one object a line with the image's `id`
 (its path relative to SOURCE, as the ids are made) and its other keys, typed as JSON; or CSV (`.csv`), a
-header with an `id` column, each other column a key whose cells are strings (an empty cell: no key).
+header with an `id` column, each other column a key whose cells are strings (an empty cell: no key); a column
+with dots in its name, `cam.make`, a key inside an object (`{"cam": {"make": ...}}`), as filters read it.
 """
 from __future__ import annotations
 
@@ -73,11 +74,39 @@ def _csv_rows(f, path: Path):
     twice = next((name for i, name in enumerate(reader.fieldnames) if name in reader.fieldnames[:i]), None)
     if twice is not None:   # a row would keep the last such column's cell alone, silently
         raise CliError(f"--metadata {path}: the first line names the column {twice!r} twice; name each once")
+    paths = _column_paths(reader.fieldnames, path)
     for row in reader:
         if None in row:   # more cells than the header has columns
             raise CliError(f"--metadata {path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
                            f"cells for {len(reader.fieldnames)} columns")
-        yield reader.line_num, {k: v for k, v in row.items() if v not in ("", None) or k == "id"}
+        out: dict[str, Any] = {}
+        for column, value in row.items():
+            if value not in ("", None) or column == "id":
+                *outer, last = paths[column]
+                inside = out
+                for key in outer:
+                    inside = inside.setdefault(key, {})
+                inside[last] = value
+        yield reader.line_num, out
+
+
+def _column_paths(columns: list[str], path: Path) -> dict[str, list[str]]:
+    """Each CSV column's place in an item's metadata: "album" a key, "cam.make" the key make of the object cam
+    (a dotted path, as a where filter, a facet and group_by read it; the stores refuse a key holding a dot).
+    CliError naming the column for an empty part ("cam.", "a..b") or a column that is both a value and an object
+    ("cam" beside "cam.make")."""
+    paths = {c: ([c] if c == "id" else c.split(".")) for c in columns}
+    for column, parts in paths.items():
+        if "" in parts:
+            raise CliError(f"--metadata {path}: the column {column!r} has an empty part between its dots; a dotted "
+                           "column names a key inside an object, cam.make the key make of cam")
+    prefixes = {tuple(parts[:i]): column for column, parts in paths.items() for i in range(1, len(parts))}
+    clash = next((c for c, parts in paths.items() if tuple(parts) in prefixes), None)
+    if clash is not None:
+        raise CliError(f"--metadata {path}: the column {clash!r} gives {clash!r} a value and the column "
+                       f"{prefixes[tuple(paths[clash])]!r} puts a key inside it; an item's {clash!r} is one or the "
+                       "other: rename one column")
+    return paths
 
 
 _EXIF_IFD = 0x8769

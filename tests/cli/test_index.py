@@ -327,6 +327,16 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
     with Store.open(StoreConfig(data / "galleries" / "csv" / "index", read_only=True)) as store:
         assert store.get("cat/0002.jpg").metadata == {"width": 32, "height": 32, "album": "home, sweet", "year": "2023"}
         assert store.get("ship/0003.jpg").metadata == {"width": 32, "height": 32, "year": "2022"}
+    # a dotted column is a key inside an object, as filters read cam.make (the stores refuse a key with a dot)
+    dotted = tmp_path / "dotted.csv"
+    dotted.write_text("id,cam.make,cam.lens.mm\ncat/0002.jpg,Canon,50\nship/0003.jpg,Nikon,\n", encoding="utf-8")
+    assert main(["index", "build", str(folder), *args, "--gallery", "dotted", "--metadata", str(dotted)]) == 0
+    capsys.readouterr()
+    with Store.open(StoreConfig(data / "galleries" / "dotted" / "index", read_only=True)) as store:
+        assert store.get("cat/0002.jpg").metadata == {"width": 32, "height": 32,
+                                                      "cam": {"make": "Canon", "lens": {"mm": "50"}}}
+        assert store.get("ship/0003.jpg").metadata["cam"] == {"make": "Nikon"}
+        assert store.count(where={"cam.make": "Canon"}) == 1
     # a wrong file: one line that says where and what, before anything is embedded or stored
     wrong = [("bad.jsonl", '{"id": "cat/0004.jpg"}\n{"id": "x", nope}\n', "bad.jsonl, line 2: not JSON"),
              ("list.jsonl", '["cat/0004.jpg"]\n', "line 1: a JSON object is needed, got list"),
@@ -335,7 +345,10 @@ def test_build_takes_each_images_metadata_from_a_json_lines_or_csv_file(gallery_
              ("twice.csv", "id,a\ncat/0004.jpg,1\ncat/0004.jpg,2\n", "line 3: the id 'cat/0004.jpg' is given a second"),
              ("noid.csv", "name,a\nx,1\n", 'must name the columns, one of them "id"'),
              ("cells.csv", "id,a\ncat/0004.jpg,1,2\n", "line 2: 3 cells for 2 columns"),
-             ("meta.txt", "id\n", "give a .jsonl")]
+             ("meta.txt", "id\n", "give a .jsonl"),
+             ("clash.csv", "id,cam,cam.make\ncat/0004.jpg,1,2\n", "the column 'cam' gives 'cam' a value and the column "
+                                                                   "'cam.make' puts a key inside it"),
+             ("empty.csv", "id,cam.\ncat/0004.jpg,1\n", "the column 'cam.' has an empty part")]
     for name, text, words in wrong:
         (tmp_path / name).write_text(text)
         assert main(["index", "build", str(folder), *args, "--gallery", "bad", "--metadata", str(tmp_path / name)]) == 2
