@@ -151,15 +151,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
-def _json(text: str | bytes, code: str, what: str) -> Any:
+def _json(text: str | bytes, code: str, what: str, twice_hint: str = "") -> Any:
     """Strict JSON (no NaN or Infinity, no key twice in one object); a 422 with `code` saying what in `what` is
-    wrong."""
+    wrong (`twice_hint` after the words for a key given twice)."""
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except _RepeatedKey as exc:
         raise ApiError(422, code, f"{what} gives the key {exc.args[0]!r} twice in one object, and only one of the "
-                                  "two could be used: give each key once (several conditions on one key go in one "
-                                  'object, {"n": {"$gte": 1, "$lt": 5}}, or in $and)') from None
+                                  f"two could be used: give each key once{twice_hint}") from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(422, code, f"{what} is not valid JSON: {exc}") from None
 

@@ -202,7 +202,8 @@ def _check_where(text: str | None) -> str | None:
     """The `where` query parameter as canonical JSON (keys sorted), or None; 422 naming what is wrong."""
     if text is None or text == "":
         return None
-    value = _json(text, "invalid_parameter", f"where={text[:80]!r}")
+    value = _json(text, "invalid_parameter", f"where={text[:80]!r}",
+                  ' (several conditions on one key go in one object, {"n": {"$gte": 1, "$lt": 5}}, or in $and)')
     import index as index_pkg  # when used (module docstring)
 
     if value is None:   # JSON null is no filter to the store; as a parameter it is a mistake, said as one

@@ -187,17 +187,10 @@ def _check_tuning(args) -> None:
                        "prints the best k of them; give at least -k")
 
 
-def _tuning(args, store) -> dict:
-    """--nprobe, --ef-search, --exact as the store's search takes them ({} for none: the gallery's own);
-    CliError for a store whose search takes none (a gallery in Milvus, until its store does)."""
-    import inspect
-
+def _tuning(args) -> dict:
+    """--nprobe, --ef-search, --exact as the store's search takes them ({} for none: the gallery's own)."""
     given = {"nprobe": args.nprobe, "ef_search": args.ef_search, "exact": args.exact or None}
-    tuning = {name: value for name, value in given.items() if value is not None}
-    if tuning and "exact" not in inspect.signature(type(store).search).parameters:
-        raise CliError("--nprobe, --ef-search and --exact: this gallery is kept in Milvus, whose searches here take "
-                       "none of them yet; search without them")
-    return tuning
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _distance_cut(max_distance: float | None, min_score: float | None) -> float | None:
@@ -230,7 +223,7 @@ def _search_local(args, queries, single: bool, show, where, crop, like, unlike):
     store = g.open_store(args.data, True, embedder, gallery=args.gallery, milvus_uri=args.milvus_uri)
     filters = {"label": args.label, "max_distance": args.max_distance, "where": where}
     try:
-        filters.update(_tuning(args, store))
+        filters.update(_tuning(args))
         # with --rerank the PDDM re-orders the N nearest, and the offset skips the best of its order
         search = _searcher(store, like, unlike, args.gallery, args.group_by, args.group_size, args.exclude,
                            0 if pddm is not None else args.offset)

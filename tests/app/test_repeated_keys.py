@@ -47,3 +47,7 @@ def test_metadata_giving_a_key_twice_is_refused_on_upload_and_on_patch(live):
         assert_error(c.patch("/index/p0", content=b'{"metadata": {"b": 1, "b": 2}}',
                              headers={"content-type": "application/json"}), 422, "invalid_metadata", "'b' twice")
         assert c.get("/index/p0").json()["metadata"] == {"n": 0}
+        twice = c.patch("/index/p0", content=b'{"label": "x", "label": "y"}',
+                        headers={"content-type": "application/json"})
+        assert_error(twice, 422, "invalid_metadata", "'label' twice")
+        assert "$and" not in twice.json()["error"]["message"]   # the hint for filters is for filters
