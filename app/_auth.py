@@ -113,6 +113,17 @@ def _line_scope(options: list[str], number: int) -> KeyScope:
     return KeyScope(read_only, galleries, number)
 
 
+def read_key_file(path: Path) -> list[tuple[str, KeyScope]]:
+    """parse_key_file of the file at `path`, read as UTF-8 (a byte order mark skipped) or, after its byte order
+    mark, UTF-16 (what PowerShell 5's `>` and Out-File write); KeyFileError for other bytes, OSError as open's."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): save it as UTF-8") from None
+    return parse_key_file(text)
+
+
 def parse_key_file(text: str) -> list[tuple[str, KeyScope]]:
     """The keys of a key file's text with their scopes: one line each, `KEY` (full access), `KEY read` (reads
     only), `KEY galleries=a,b` (only those galleries), or both options; a line may also hold several keys
@@ -190,7 +201,7 @@ class KeyRing:
         keys, why = [], f"unreadable ({seen[1]})"
         if seen[0] != "unreadable":
             try:
-                keys, why = parse_key_file(self.file.read_text()), "empty"
+                keys, why = read_key_file(self.file), "empty"
             except OSError as exc:
                 why = f"unreadable ({exc.strerror})"
             except KeyFileError as exc:

@@ -174,10 +174,10 @@ class Settings(BaseSettings):
     def _readable_key_file(cls, v: Path | None) -> Path | None:
         if v is None or not str(v):
             return None
-        from ._auth import KeyFileError, parse_key_file
+        from ._auth import KeyFileError, read_key_file
 
         try:
-            keys = parse_key_file(v.read_text())
+            keys = read_key_file(v)
         except OSError as exc:
             raise ValueError(f"{v}: {exc.strerror}") from None
         except KeyFileError as exc:   # names the line, never the key

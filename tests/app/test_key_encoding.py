@@ -12,9 +12,10 @@ from .conftest import start_server, stop_server
 from .test_scoped_keys import _serve_refused
 
 
-def test_a_key_file_starting_with_a_byte_order_mark_gives_a_key_clients_can_use(hybrid1_artifact, tmp_path):
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])   # Notepad's UTF-8; PowerShell 5's `>` and Out-File
+def test_a_key_file_starting_with_a_byte_order_mark_gives_a_key_clients_can_use(hybrid1_artifact, tmp_path, encoding):
     keys = tmp_path / "keys"
-    keys.write_bytes(b"\xef\xbb\xbfbom-key-1\r\nread-key-2 read\r\n")
+    keys.write_bytes("bom-key-1\r\nread-key-2 read\r\n".encode(encoding))
     live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
                          "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path, ["--api-key-file", str(keys)])
     try:
@@ -41,3 +42,10 @@ def test_the_key_variable_refuses_a_key_no_client_could_send_naming_its_place_no
                          [], tmp_path)
     assert "SIMSEARCH_API_KEY" in out and "key 2 holds a character an HTTP header cannot carry" in out, out
     assert "good-key" not in out and "\u00e9-key" not in out, out
+
+
+def test_a_key_file_in_another_encoding_stops_the_service_saying_so(hybrid1_artifact, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_bytes("caf\u00e9-key\n".encode("latin-1"))
+    out = _serve_refused({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact)}, ["--api-key-file", str(keys)], tmp_path)
+    assert "not UTF-8 text (byte 3 is 0xe9): save it as UTF-8" in out and "caf" not in out, out
