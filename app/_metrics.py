@@ -92,6 +92,11 @@ class Metrics:
         self._unopened_sizes = unopened
         self._state[0].read_unopened()   # now, so that the first scrape has them
 
+    def forget_gallery(self, name: str) -> None:
+        """The gallery `name` was deleted: simsearch_gallery_items stops reporting it now, not at the next read of
+        the sizes of the galleries not open (up to UNOPENED_EVERY seconds later)."""
+        self._state[0].forget(name)
+
     def track_disk(self, folder: Path) -> None:
         """Read the free space of the disk holding `folder` at every scrape (to alert before it is full)."""
         self._disk_folder = folder
@@ -156,6 +161,10 @@ class _GallerySizes:
         """Start reading the sizes of the galleries not open (in the background), when the service reads them."""
         self._unopened.latest(set())
 
+    def forget(self, name: str) -> None:
+        """Leave the deleted gallery `name` out of the sizes of the galleries not open."""
+        self._unopened.forget(name)
+
     def collect(self):
         try:
             sizes = self._sizes()
@@ -181,6 +190,7 @@ class _UnopenedSizes:
         self._sizes: dict[str, int] = {}
         self._read_at = -float("inf")
         self._reading = threading.Lock()
+        self._deleted: set[str] = set()   # deleted while a read was under way: left out of what it answers
 
     def latest(self, open_now: set[str]) -> dict[str, int] | None:
         """The last sizes read, less the galleries open now (counted by the caller); a new read started when
@@ -195,9 +205,18 @@ class _UnopenedSizes:
             self._sizes.pop(name, None)
         return dict(self._sizes)
 
+    def forget(self, name: str) -> None:
+        """The gallery `name` was deleted: out of the sizes now, and out of those of a read under way."""
+        self._deleted.add(name)
+        self._sizes.pop(name, None)
+
     def _read(self, read: Callable[[], dict[str, int]]) -> None:
+        self._deleted = set()
         try:
-            self._sizes = dict(read())
+            sizes = dict(read())
+            for name in self._deleted:   # listed by the read before it was deleted
+                sizes.pop(name, None)
+            self._sizes = sizes
         except Exception:  # noqa: BLE001  (the data folder or Milvus unreachable now: the last sizes stay)
             pass
         finally:

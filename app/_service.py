@@ -600,6 +600,7 @@ class Service:
             count = await anyio.to_thread.run_sync(g.store.count)
             await self._forget(g, "deleted")
             await anyio.to_thread.run_sync(self._remove_gallery, name)
+        self.metrics.forget_gallery(name)   # its size read before it was opened: not reported for up to a minute
         return count
 
     async def _drop_other_model(self, name: str) -> int:
@@ -628,6 +629,7 @@ class Service:
                 count = await anyio.to_thread.run_sync(drop)
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
                 raise await self._not_opened(name, True, exc) from None
+        self.metrics.forget_gallery(name)
         log.info("gallery %s deleted (it held another model's vectors): %d items", name, count)
         return count
 

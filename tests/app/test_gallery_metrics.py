@@ -117,3 +117,41 @@ def test_a_restarted_service_counts_the_items_of_galleries_no_request_has_opened
         assert shoes == {**shoes, "count": 3, "open": False}   # not opened by the scrape
     finally:
         stop_server(live)
+
+
+def test_a_deleted_gallery_leaves_the_items_gauge_at_once_though_it_was_never_opened(hybrid1_artifact, tmp_path):
+    """Over a real `simsearch serve`: a gallery on disk this process never opened, counted from its read of the
+    galleries not open; DELETE /galleries/NAME, and the very next scrape leaves it out (not a minute later)."""
+    import httpx
+    import numpy as np
+
+    import index
+
+    from .conftest import start_server, stop_server
+
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                         "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+    try:
+        listing = httpx.get(live.url + "/index").json()
+        vector = np.zeros(listing["dimension"], dtype=np.float32)
+        vector[0] = 1
+        config = index.StoreConfig(index.gallery_path(tmp_path / "data", "other"), dim=listing["dimension"],
+                                   model_id=listing["model"])
+        with index.Store.open(config) as store:   # made beside the service, which has not opened it
+            store.upsert([index.Item("o1", vector), index.Item("o2", vector)])
+        stop_server(live)
+        live = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact),
+                             "SIMSEARCH_DATA_DIR": str(tmp_path / "data"), "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"},
+                            tmp_path, log_name="restarted.log")
+
+        def scraped() -> dict[str, float]:
+            family = next(f for f in text_string_to_metric_families(httpx.get(live.url + "/metrics").text)
+                          if f.name == "simsearch_gallery_items")
+            return {s.labels["gallery"]: s.value for s in family.samples}
+
+        assert _soon(lambda: scraped().get("other") == 2.0), scraped()
+        r = httpx.delete(live.url + "/galleries/other")
+        assert r.status_code == 200 and r.json()["deleted"] == 2, r.text
+        assert "other" not in scraped()
+    finally:
+        stop_server(live)
