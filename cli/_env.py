@@ -41,8 +41,9 @@ class ClientEnv:
             return _sendable(next(iter(_keys(self.api_key)), ""), "SIMSEARCH_API_KEY (its first key)")
         if self.api_key_file:
             where = f"SIMSEARCH_API_KEY_FILE {self.api_key_file!r}"
-            try:   # utf-8-sig: the byte order mark Windows editors write is no part of the first key
-                text = Path(self.api_key_file).read_text(encoding="utf-8-sig")
+            try:   # as the service reads it: UTF-8 (a byte order mark skipped), or UTF-16 after its byte order mark
+                raw = Path(self.api_key_file).read_bytes()
+                text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8-sig")
             except OSError as exc:
                 raise CliError(f"{where}: {exc.strerror}") from None
             except UnicodeDecodeError as exc:

@@ -17,10 +17,11 @@ def live(hybrid1_artifact, tmp_path):
     stop_server(server)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
 def test_a_key_file_with_a_byte_order_mark_sends_its_first_key_without_it(live, cat_and_ship_photos, tmp_path,
-                                                                          monkeypatch, capsys):
+                                                                          monkeypatch, capsys, encoding):
     keys = tmp_path / "keys"
-    keys.write_bytes(b"\xef\xbb\xbfbom-key-1\r\n")
+    keys.write_bytes("bom-key-1\r\n".encode(encoding))
     monkeypatch.delenv("SIMSEARCH_API_KEY", raising=False)
     monkeypatch.setenv("SIMSEARCH_API_KEY_FILE", str(keys))
     assert main(["index", "upload", str(cat_and_ship_photos / "cat"), "--url", live.url]) == 0
