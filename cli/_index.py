@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import _copy, _edit, _galleries as g, _reembed, _upload
+from . import _copy, _edit, _galleries as g, _reembed, _upgrade, _upload
 from ._env import ClientEnv
 from ._errors import CliError
 
@@ -129,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _reembed.register_index(isub)
     _copy.register_index(isub)
     _edit.register_index(isub)
+    _upgrade.register_index(isub)
 
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "
@@ -566,7 +567,7 @@ def _backup_by_http(args) -> int:
     key = ClientEnv.read().write_key(args.api_key)
     said: dict[str, str] = {}
 
-    def download(out) -> None:
+    def download(out) -> dict | None:
         try:
             with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {},
                               timeout=args.timeout) as client:
@@ -577,6 +578,14 @@ def _backup_by_http(args) -> int:
         if r.status_code != 200:
             raise CliError(_http.fatal(r.status_code, _http.error_message(r), url) + f"; nothing was left in {dest}")
         said.update(r.headers)
+        if r.headers.get("x-simsearch-incomplete") != "true":
+            return None
+        # the service's gallery is a part of its source (a copy into it did not finish): so is this copy of it
+        return {"command": "index backup --url", "source": f"gallery {name} of {url}",
+                "said": f"it is a backup (`simsearch index backup --url`) of gallery {name!r} of {url}, which the "
+                        "service marks incomplete (X-Simsearch-Incomplete: a copy into it did not finish there), so "
+                        "it holds a part of its source. Finish that copy on the service (run its `index copy` or "
+                        "`index reembed` again), then take the backup again"}
 
     try:
         got = index.receive_backup(dest, name, download)
@@ -588,9 +597,10 @@ def _backup_by_http(args) -> int:
         print(f"warning: the service said {said.get('x-simsearch-items')} items up to write "
               f"{said.get('x-simsearch-last-seq')}; the file holds {got['items']} up to write {got['last_seq']}",
               file=sys.stderr)
-    if said.get("x-simsearch-incomplete") == "true":
+    if got["incomplete"]:
         print(f"warning: gallery {name!r} is marked incomplete on the service (a copy into it did not finish): "
-              "the backup holds a part of its source", file=sys.stderr)
+              f"the backup holds a part of its source, and is marked so in {got['path']} (`index stats`, `index "
+              "check` and the service say it)", file=sys.stderr)
     print(f"{name}: downloaded {got['items']} item{'' if got['items'] == 1 else 's'} (model {got['model_id']}, up to "
           f"write {got['last_seq']}, {got['bytes'] / 2 ** 20:.1f} MiB) from {url} to {got['path']}, checked; serve it "
           f"with --data {shlex.quote(str(dest))}")

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Iterable
 from . import _db
 from ._errors import StorageError, StoreError
 from ._galleries import DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, live_folders
-from ._incomplete import INCOMPLETE_NAME
+from ._incomplete import INCOMPLETE_NAME, incomplete, mark_incomplete
 
 # Where backup_galleries copies before the copies take their places; one left by a backup killed midway
 # is all a retry finds in DEST, and the retry removes it.
@@ -114,13 +114,16 @@ def backup_needs(source: Path) -> int:
     return _size(db) + _size(db.with_name(db.name + "-wal"))
 
 
-def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], None]) -> dict:
+def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], dict | None]) -> dict:
     """Make the new or empty folder `dest` a data folder holding gallery `name` (DEST/index for the default one,
     DEST/galleries/NAME/index for a named one): `write(file)` writes the store's database, a copy as backup makes
     it (GET /galleries/NAME/backup's download), into a file in a staging folder inside `dest`; it is checked
-    (SQLite's integrity check, a store's record) and only then moved to its place. Returns backup's keys plus
-    "gallery" and "path". Raises StoreError for a file that is not a sound store, StorageError for a full disk,
-    and whatever `write` raises (a download cut off); then `dest` is left as it was found."""
+    (SQLite's integrity check, a store's record) and only then moved to its place. `write` returns None, or, for
+    the copy of a store marked incomplete, mark_incomplete's keyword arguments (command, source, said): the copy
+    takes its place marked, as backup's copy of a part is. Returns backup's keys plus "gallery", "path" and
+    "incomplete" (the mark's sentence, or None). Raises StoreError for a file that is not a sound store,
+    StorageError for a full disk, and whatever `write` raises (a download cut off); then `dest` is left as it was
+    found."""
     dest = Path(dest)
     name = check_gallery_name(name)
     stage = dest / STAGE
@@ -134,7 +137,7 @@ def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], None]) -> 
         db = folder / _db.DB_NAME
         try:
             with open(db, "wb") as out:
-                write(out)
+                mark = write(out)
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
@@ -143,10 +146,13 @@ def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], None]) -> 
             raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): nothing was left there",
                                full=True) from None
         received = _checked(db, f"the file received for gallery {name!r}")
+        if mark is not None:   # in the staged folder: the copy never stands in DEST without its mark
+            mark_incomplete(folder, **mark)
         for child in sorted(stage.iterdir()):   # index, or galleries: one rename
             child.replace(dest / child.name)
         stage.rmdir()
-        return {"gallery": name, "path": gallery_path(dest, name), **received}
+        path = gallery_path(dest, name)
+        return {"gallery": name, "path": path, "incomplete": incomplete(path), **received}
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_made(made)

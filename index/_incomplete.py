@@ -12,12 +12,16 @@ from pathlib import Path
 INCOMPLETE_NAME = "incomplete.json"
 
 
-def mark_incomplete(path: Path, command: str, source: str) -> None:
-    """Mark the store folder `path` as being filled by `command` (e.g. "index copy") from `source`."""
+def mark_incomplete(path: Path, command: str, source: str, said: str | None = None) -> None:
+    """Mark the store folder `path` as being filled by `command` (e.g. "index copy") from `source`. `said`: what
+    the mark says of the store instead (a sentence), where `command` finished and its source was a part already
+    (a backup of a gallery marked incomplete), so that running it again finishes nothing."""
     path.mkdir(parents=True, exist_ok=True)
     part = path / (INCOMPLETE_NAME + ".part")
-    part.write_text(json.dumps({"command": command, "source": source, "pid": os.getpid(),
-                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    mark = {"command": command, "source": source, "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if said is not None:
+        mark["said"] = said
+    part.write_text(json.dumps(mark) + "\n")
     part.replace(path / INCOMPLETE_NAME)
 
 
@@ -31,10 +35,13 @@ def incomplete(path: Path) -> str | None:
     try:
         mark = json.loads((path / INCOMPLETE_NAME).read_text())
         command, source, started = mark["command"], mark["source"], mark["started"]
+        said = mark.get("said")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return (f"the store at {path} is marked incomplete ({INCOMPLETE_NAME} is there but unreadable): a copy "
                 "into it did not finish")
+    if isinstance(said, str) and said:
+        return f"the store at {path} is marked incomplete: {said}"
     return (f"`simsearch {command}` from {source} into {path}, started {started}, did not finish: the store "
             f"holds a part of its source. Run the same command again to finish it")

@@ -117,3 +117,28 @@ def test_a_download_whose_gallery_is_marked_incomplete_or_differs_from_its_heade
     assert "marked incomplete" in captured.err and "shoes: downloaded 2 items" in captured.out
     with index.StoreReader(dest / "galleries" / "shoes" / "index") as reader:
         assert reader.count() == 2
+
+
+def test_a_gallery_marked_incomplete_on_the_service_is_downloaded_marked_so_that_index_stats_says_it(
+        live, tmp_path, capsys):
+    data = live.log.parent / "data"   # the service's data folder (its work folder's)
+    listing = httpx.get(live.url + "/index").json()
+    folder = index.gallery_path(data, "part")   # as an `index copy` cut off leaves it, beside the service
+    vector = np.zeros(listing["dimension"], dtype=np.float32)
+    vector[0] = 1
+    with index.Store.open(index.StoreConfig(folder, dim=listing["dimension"], model_id=listing["model"])) as store:
+        store.upsert([index.Item("p0", vector)])
+    index.mark_incomplete(folder, "index copy", "http://milvus:19530")
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "part", "--api-key", KEY, str(dest)]) == 0
+    captured = capsys.readouterr()
+    copied = dest / "galleries" / "part" / "index"
+    assert "marked incomplete" in captured.err and f"marked so in {copied}" in captured.err, captured.err
+    said = index.incomplete(copied)
+    assert said and "backup" in said and "'part'" in said and live.url in said and "holds a part" in said, said
+    assert main(["index", "stats", "--data", str(dest), "--gallery", "part"]) == 0
+    assert "marked incomplete" in capsys.readouterr().out
+    whole = tmp_path / "whole"   # a gallery not marked: its copy is not either
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(whole)]) == 0
+    assert index.incomplete(whole / "galleries" / "shoes" / "index") is None
+    assert "incomplete" not in capsys.readouterr().err
