@@ -77,30 +77,37 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
         raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus, which backs up its own data; "
                        f"to copy gallery {name!r} into a data folder, run `simsearch index copy --milvus-uri URI "
                        f"--gallery {name} --to-data DEST` (docs/index.md)")
-    g = await service.gallery(name)   # 404 naming the nearest names when there is none
-    source = index.gallery_path(service.settings.data_dir, g.name)
-    folder = await anyio.to_thread.run_sync(_copy_to_temp, service, source, g.name)
+    try:
+        await service.gallery(name)   # 404 naming the nearest names when there is none
+    except ApiError as exc:
+        # A gallery of another model's vectors is never opened to serve (409), yet a backup needs no model: its
+        # store is copied from its folder as for any other, and X-Simsearch-Model names the model it holds. The
+        # operator without disk access gets it out this way (or deletes it).
+        if exc.code != "model_mismatch":
+            raise
+    source = index.gallery_path(service.settings.data_dir, name)
+    folder = await anyio.to_thread.run_sync(_copy_to_temp, service, source, name)
     try:
         copied = await anyio.to_thread.run_sync(index.backup, source, folder / "store")
         taken = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        headers = {"Content-Disposition": f'attachment; filename="simsearch-{g.name}-{taken}.sqlite3"',
+        headers = {"Content-Disposition": f'attachment; filename="simsearch-{name}-{taken}.sqlite3"',
                    "Cache-Control": "no-store", ITEMS_HEADER: str(copied["items"]),
                    LAST_SEQ_HEADER: str(copied["last_seq"])}
         if copied["model_id"] and copied["model_id"].isascii():
             headers[MODEL_HEADER] = copied["model_id"]
         if index.incomplete(source):
             headers[INCOMPLETE_HEADER] = "true"
-        log.info("backup of gallery %s: %d items, up to write %d, %d bytes", g.name, copied["items"],
+        log.info("backup of gallery %s: %d items, up to write %d, %d bytes", name, copied["items"],
                  copied["last_seq"], copied["bytes"])
         return _TempFileResponse(folder, folder / "store" / "store.sqlite3", headers)
     except BaseException as exc:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
         if isinstance(exc, index.StorageError) and exc.full:
             raise ApiError(507, "insufficient_storage", f"the service's temporary folder ran out of room while "
-                           f"copying gallery {g.name!r} (it needs about {_needs(source)} bytes); the operator "
+                           f"copying gallery {name!r} (it needs about {_needs(source)} bytes); the operator "
                            "can free space there, or point TMPDIR at a larger disk") from None
         if isinstance(exc, index.StoreError) and not (source / "store.sqlite3").exists():
-            raise ApiError(404, "gallery_not_found", f"gallery {g.name!r} was deleted while it was copied") from None
+            raise ApiError(404, "gallery_not_found", f"gallery {name!r} was deleted while it was copied") from None
         raise
 
 

@@ -3,7 +3,7 @@ acknowledged before it and, placed as DATA/galleries/NAME/index/store.sqlite3, i
 with all of them; it needs a key that may write the gallery (a `read` key, a key of other galleries and no key are
 refused, reads open or not); a download the client cuts off leaves no temporary copy behind; a read-only replica
 serves backups; a service on Milvus answers 501 naming `simsearch index copy`; a temporary folder without room for
-the copy is a 507 naming the bytes it needs."""
+the copy is a 507 naming the bytes it needs; a gallery of another model's vectors is backed up, naming its model."""
 from __future__ import annotations
 
 import os
@@ -268,3 +268,25 @@ def test_a_backup_of_a_gallery_marked_incomplete_says_so(live):
     assert r.status_code == 200 and r.headers["x-simsearch-incomplete"] == "true", r.headers
     whole = httpx.get(server.url + "/galleries/shoes/backup", headers={"X-API-Key": FULL})
     assert "x-simsearch-incomplete" not in whole.headers
+
+
+def test_a_gallery_of_another_models_vectors_is_backed_up_naming_the_model_it_holds(live, tmp_path):
+    import index
+
+    server, data, tmp, _, _ = live
+    vector = np.zeros(16, dtype=np.float32)
+    vector[0] = 1
+    folder = index.gallery_path(data, "elsewhere")   # made beside the service, by another model
+    with index.Store.open(index.StoreConfig(folder, dim=16, model_id="othermodel@123")) as store:
+        store.upsert([index.Item("e0", vector), index.Item("e1", vector)])
+    assert_error(httpx.get(server.url + "/index", params={"gallery": "elsewhere"}), 409, "model_mismatch")
+    r = httpx.get(server.url + "/galleries/elsewhere/backup", headers={"X-API-Key": FULL})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-simsearch-model"] == "othermodel@123" and r.headers["x-simsearch-items"] == "2", r.headers
+    assert 'filename="simsearch-elsewhere-' in r.headers["content-disposition"]
+    (tmp_path / "store.sqlite3").write_bytes(r.content)
+    with index.StoreReader(tmp_path) as reader:
+        assert reader.count() == 2 and reader.check().ok
+    assert list(tmp.iterdir()) == []
+    assert_error(httpx.get(server.url + "/galleries/elsewhere-not/backup", headers={"X-API-Key": FULL}), 404,
+                 "gallery_not_found", "elsewhere")   # a name that is none: still 404, naming the nearest
