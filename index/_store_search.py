@@ -19,7 +19,8 @@ from ._types import Hit, SearchTuning, parse_metadata, score_to_distance, vector
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
-_EXACT_CHUNK = 65_536      # stored vectors compared at a time by exact=True from the database (_exact_pairs_locked)
+_EXACT_CHUNK = 65_536      # stored vectors compared at a time by exact=True from the database (_exact_scan)
+_SCAN_SPARE = 64           # nearest read past those asked by that scan, for items deleted while it ran (_scanned)
 _KINDS_OF = {"nprobe": "IVF indexes (ivf, ivfpq)", "ef_search": "HNSW indexes (hnsw)"}
 
 
@@ -115,11 +116,16 @@ class StoreSearch:
         _check_group_size(group_size)
         conditions, left_out = _filter.check_where(where), set(exclude)
         tuning = self._check_tuning(nprobe, ef_search, exact)
+        if self._scans_database(tuning):   # one scan for every page read_groups reads, outside the lock
+            return self._scanned(q, max_candidates, label, conditions, None,
+                                 lambda nearest: self._grouped_locked(q, k, key, group_size, left_out, label,
+                                                                      max_distance, conditions, max_candidates,
+                                                                      nearest=nearest))
         return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
                                                            conditions, max_candidates, tuning))
 
     def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates,
-                        tuning=None):
+                        tuning=None, nearest=None):
         rows = self._rows
         ex = {self._fid_of[i] for i in left_out if i in self._fid_of}
         if key is None:
@@ -135,9 +141,10 @@ class StoreSearch:
                 near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
             return near
 
-        found = read_groups(lambda pending, n: self._pairs_locked(q[pending], n, label, None, conditions, tuning),
-                            len(q), k,
-                            group_size, key_of, kept, len(ex), max_candidates)
+        if nearest is None:
+            def nearest(pending, n):
+                return self._pairs_locked(q[pending], n, label, None, conditions, tuning)
+        found = read_groups(nearest, len(q), k, group_size, key_of, kept, len(ex), max_candidates)
         return None if found is None else [self._hits(chosen, None) for chosen in found]
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
@@ -153,12 +160,15 @@ class StoreSearch:
         tuning = self._check_tuning(nprobe, ef_search, exact)
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where, tuning=tuning)[0]
 
-    def _retrying(self, locked: Callable[[], Any]) -> Any:
-        """locked() under the read lock, again while it returns None (its exact fallback met a write
-        committed but not yet applied)."""
+    def _retrying(self, locked: Callable[[], Any], lock: bool = True) -> Any:
+        """locked() under the read lock (lock=False: it takes the lock itself), again while it returns None (its
+        exact fallback met a write committed but not yet applied)."""
         attempt, deadline = 0, time.monotonic() + self.SEARCH_RETRY_SECONDS
         while True:
-            with self._rw.read():
+            if lock:
+                with self._rw.read():
+                    result = locked()
+            else:
                 result = locked()
             if result is not None:
                 return result
@@ -170,7 +180,48 @@ class StoreSearch:
             time.sleep(min(0.001 * attempt, 0.05))
 
     def _search(self, q, k, label, max_distance, exclude, where=None, tuning=None):
+        if self._scans_database(tuning):
+            return self._scanned(q, k, label, where, exclude,
+                                 lambda nearest: [self._hits(pairs[:k], max_distance)
+                                                  for pairs in nearest(range(len(q)), k)])
         return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where, tuning))
+
+    def _scans_database(self, tuning) -> bool:
+        """exact=True on an index whose vectors are compressed (IVF-PQ): the stored vectors are read instead."""
+        return tuning is not None and tuning.exact and not _faiss.exact_in_index(self._index)
+
+    def _scanned(self, q, need, label, where, exclude, finish):
+        """finish(nearest) for exact=True from the database (_scans_database), which holds the read lock only
+        to choose what to compare and to make the answer, never for the scan: a scan of a large gallery takes
+        seconds, and a write waiting for the lock (writer-preferring) would stop every search behind it.
+        nearest(rows, n) gives the n nearest (FAISS id, score) pairs of those query rows (n <= need), nearest
+        first, of the items in the gallery now: a FAISS id is a row's seq, and its vector never changes (a
+        replaced item gets a new seq), so a score read once stays right while the item is there; an item
+        deleted, replaced or no longer matching since the scan is dropped, and read from a scan of
+        _SCAN_SPARE more than need, a scan that lost more than that is made again (_retrying)."""
+        def attempt():
+            with self._rw.read():
+                live = self._filter_fids(label, where)
+                applied = self._applied_seq
+                ex = self._fid_of.get(exclude) if exclude is not None else None
+            n = need + _SCAN_SPARE
+            found = self._exact_scan(q, n, label, live, applied, ex)
+            if found is None:
+                return None
+            complete = len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])) <= n
+            with self._rw.read():
+                now = self._filter_fids(label, where)
+                ex_now = self._fid_of.get(exclude) if exclude is not None else None
+                lists = []
+                for pairs in found:
+                    fids = np.fromiter((f for f, _ in pairs), dtype=np.int64, count=len(pairs))
+                    there = _in_sorted(now, fids) & (fids != (-1 if ex_now is None else ex_now))
+                    kept = [p for p, ok in zip(pairs, there.tolist()) if ok]
+                    if not complete and len(kept) < need:
+                        return None   # more of the nearest went than the scan read in spare: scan again
+                    lists.append(kept)
+                return finish(lambda rows, n: [lists[r][:n] for r in rows])
+        return self._retrying(attempt, lock=False)
 
     def _search_locked(self, q, k, label, max_distance, exclude, where=None, tuning=None):
         found = self._pairs_locked(q, k, label, exclude, where, tuning)
@@ -194,8 +245,9 @@ class StoreSearch:
         want = min(k, population)
         if want <= 0:
             return [[] for _ in range(len(q))]
-        if tuning is not None and tuning.exact and not _faiss.exact_in_index(self._index):
-            return self._exact_pairs_locked(q, k, label, allowed, ex)   # IVF-PQ: compressed vectors
+        if self._scans_database(tuning):   # only when a rebuild trained an IVF-PQ index since the caller looked
+            live = allowed if filtered else self._filter_fids(None, None)
+            return self._exact_scan(q, k, label, live, self._applied_seq, ex)
         total = population + (ex is not None)
         # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
         # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
@@ -283,34 +335,34 @@ class StoreSearch:
                                                 tuning.ef_search or cfg.ef_search, cfg.k_factor, widen)
         return _faiss.search_with(index, q, kk, params)
 
-    def _exact_pairs_locked(self, q, k, label, allowed, ex):
-        """Each query's k nearest (FAISS id, score) pairs by (score, FAISS id) among `allowed` (every item when
-        None), `ex` left out, from the stored vectors (the database), every one compared at full precision:
-        exact=True on an index whose vectors are compressed (IVF-PQ). Read _EXACT_CHUNK vectors at a time; None
-        when the database is ahead of the applied state for them (a write in flight; the caller retries)."""
-        sql, args = "SELECT seq, vector FROM items WHERE seq <= ?", [self._applied_seq]
+    def _exact_scan(self, q, n, label, live, applied, ex):
+        """Each query's n nearest (FAISS id, score) pairs by (score, FAISS id) among the FAISS ids `live` (sorted),
+        `ex` left out, from the stored vectors of seq <= `applied` (the database), every one compared at full
+        precision; _EXACT_CHUNK vectors at a time, with no lock held: one SELECT is one read transaction, a
+        consistent snapshot (WAL). None when that snapshot lacks one of `live` (deleted since: the caller
+        retries)."""
+        sql, args = "SELECT seq, vector FROM items WHERE seq <= ?", [applied]
         if label is not None:
             sql, args = sql + " AND label = ?", args + [label]
         cursor = self._read_conn().execute(sql + " ORDER BY seq", args)
-        live = np.sort(np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))) if allowed is None else allowed
-        best_s = np.zeros((len(q), 0), np.float32)
-        best_f = np.zeros((len(q), 0), np.int64)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(q))]
         seen = 0
-        while rows := cursor.fetchmany(_EXACT_CHUNK):
-            fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            kept = _in_sorted(live, fids) & (fids != (-1 if ex is None else ex))
-            if not kept.any():
-                continue
-            fids = fids[kept]
-            seen += len(fids)
-            scores = q @ vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim).T
-            cand_s = np.concatenate([best_s, scores], axis=1)
-            cand_f = np.concatenate([best_f, np.broadcast_to(fids, scores.shape)], axis=1)
-            order = np.lexsort((cand_f, -cand_s))[:, :k]   # by score, ties by FAISS id (as every answer)
-            best_s, best_f = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_f, order, 1)
+        try:
+            while rows := cursor.fetchmany(_EXACT_CHUNK):
+                fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                kept = _in_sorted(live, fids) & (fids != (-1 if ex is None else ex))
+                if not kept.any():
+                    continue
+                fids = fids[kept]
+                seen += len(fids)
+                scores = q @ vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim).T
+                best = [_best(np.concatenate([s, row]), np.concatenate([f, fids]), n)
+                        for (s, f), row in zip(best, scores)]
+        finally:
+            cursor.close()
         if seen != len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])):
             return None
-        return [list(zip(f.tolist(), s.tolist())) for f, s in zip(best_f, best_s)]
+        return [list(zip(f.tolist(), s.tolist())) for s, f in best]
 
     def _search_broad(self, q, kk, allowed, population, params):
         """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
@@ -363,6 +415,15 @@ class StoreSearch:
             id_, label, meta = self._rows[fid]
             hits.append(Hit(id_, score, dist, label, parse_metadata(meta)))
         return hits
+
+
+def _best(scores: np.ndarray, fids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best of (scores, fids) by score, ties by FAISS id (as every answer), best first."""
+    if len(scores) > n:   # what cannot be among the n best goes first: a partition, not a sort of them all
+        keep = scores >= np.partition(scores, len(scores) - n)[len(scores) - n]
+        scores, fids = scores[keep], fids[keep]
+    order = np.lexsort((fids, -scores))[:n]
+    return scores[order], fids[order]
 
 
 def _broad_candidates(k: int, population: int, total: int) -> int:
