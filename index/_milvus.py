@@ -55,6 +55,13 @@ _INDEXES = {               # simsearch's index kinds as Milvus index parameters 
 }
 MILVUS_INDEX_KINDS = tuple(_INDEXES)   # the index kinds a gallery in Milvus can have
 _STRONG = "Strong"
+# The layout of `match` that this code writes, kept in each row as match["v"]: 1 (no "v") typed top-level keys,
+# 2 (no "v") list elements too, 3 dotted paths too. A row of an older layout lacks fields that some conditions
+# read (where_expression): _check_layout refuses those conditions while such rows hold what they would miss.
+MATCH_LAYOUT = 3
+_LAYOUT_PATH = 'match["v"]'
+_OLD_ROWS = f"(not exists {_LAYOUT_PATH} or {_LAYOUT_PATH} < {MATCH_LAYOUT})"
+_CURRENT_FOR = 60.0   # seconds a count of no old rows is trusted (a process of older code may still write one)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -397,6 +404,35 @@ def where_expression(conditions: Iterable[_filter.Condition]) -> str:
     return " and ".join(parts)
 
 
+def _layout_keys(conditions: Iterable[_filter.Condition]) -> set[str]:
+    """The top-level metadata keys under which a row of an older `match` layout may hold what a condition reads
+    and its `match` does not describe: a path's first key (an object there: no path fields before layout 3),
+    and the key of a condition on values (eq, in, ne, nin, a range), which a list's elements answer too (none
+    before layout 2). $exists on a top-level key and $label read fields every layout has."""
+    keys: set[str] = set()
+    for key, op, operand in conditions:
+        if op == "or" or op == "and":
+            for sub in operand:
+                keys |= _layout_keys(sub)
+        elif key != _filter.LABEL:
+            if _filter.PATH_SEPARATOR in key:
+                keys.add(key.split(_filter.PATH_SEPARATOR)[0])
+            if op != "exists":
+                keys.add(key)   # a path too: an older item may hold the top-level key "a.b" itself, as a list
+    return keys
+
+
+def _holds_structure(key: str) -> str:
+    """The expression that a row holds an object or a list under this top-level key without element fields:
+    what an older layout's `match` says of an object, and of every list before layout 2."""
+    return f"(exists {_path('e', key)} and " + " and ".join(f"not exists {_path(kind, key)}" for kind in "hnbza") + ")"
+
+
+def layout_match(label: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The `match` object this code writes for an item's label and metadata (MATCH_LAYOUT)."""
+    return {**match_fields(label, metadata), **path_fields(metadata), "v": MATCH_LAYOUT}
+
+
 class MilvusStore(ItemChecks):
     """A gallery in a Milvus collection, with Store's methods (docs/CONTRACTS.md). Open with
     MilvusStore.open(config). Thread-safe (pymilvus's client is); writes acknowledged by Milvus."""
@@ -413,6 +449,7 @@ class MilvusStore(ItemChecks):
         self._last_seq = 0
         self._unflushed = 0   # rows this process wrote since its last flush
         self._closed = False
+        self._current_since: float | None = None   # when a count last found no row of an older layout
         try:
             props = self._properties()
             if props is None:
@@ -519,7 +556,7 @@ class MilvusStore(ItemChecks):
             raise InvalidItemError(f"item {item.id!r}: the thumbnail is {len(thumb)} bytes, more than the "
                                    f"{MAX_THUMBNAIL} a Milvus store holds (a smaller SIMSEARCH_THUMBNAIL_SIZE)")
         meta = json.loads(meta_json)
-        match = {**match_fields(label, meta), **path_fields(meta)}
+        match = layout_match(label, meta)
         if len(json.dumps(match)) > MAX_TEXT:
             raise InvalidItemError(f"item {item.id!r}: its {len(item.metadata or {})} metadata keys (their lists' "
                                    f"elements, and the keys of the objects under them) need more than the {MAX_TEXT} "
@@ -702,8 +739,77 @@ class MilvusStore(ItemChecks):
             parts.append(f"label == {_literal(label)}" if not _CONTROL.search(label)
                          else f'match["l"] == "{_hash(label)}"')
         if conditions is not None:
+            self._check_layout(conditions)
             parts.append("(" + where_expression(conditions) + ")")
         return " and ".join(parts)
+
+    def _count_rows(self, expr: str) -> int:
+        self._check_open()
+        rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"], consistency_level=_STRONG)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def old_layout_rows(self) -> int:
+        """The number of rows written before this code's `match` layout (MATCH_LAYOUT): rows whose filter fields
+        lack what some filters read, until upgrade_layout rewrites them."""
+        return self._count_rows(_OLD_ROWS)
+
+    def _check_layout(self, conditions) -> None:
+        """Refuse (InvalidItemError) a filter that rows of an older `match` layout would answer wrongly: a
+        condition on a path, or on values under a key where such a row holds an object or a list (_layout_keys).
+        A gallery found to hold no such row is trusted for _CURRENT_FOR seconds: one count query a minute."""
+        keys = _layout_keys(conditions)
+        since = self._current_since
+        if not keys or (since is not None and time.monotonic() - since < _CURRENT_FOR):
+            return
+        checked_at = time.monotonic()
+        old = self.old_layout_rows()
+        if old == 0:
+            self._current_since = checked_at
+            return
+        wrong = self._count_rows(f"{_OLD_ROWS} and (" + " or ".join(_holds_structure(k) for k in sorted(keys)) + ")")
+        if wrong:
+            named = ", ".join(repr(k) for k in sorted(keys)[:5])
+            raise InvalidItemError(
+                f"where: {self._describe()} holds {old} item{'' if old == 1 else 's'} written before its filter fields "
+                f"described paths into objects and lists' elements, and {wrong} of them hold an object or a list under "
+                f"{'one of ' if len(keys) > 1 else ''}{named}, for which this filter would answer wrongly (a path "
+                f"would miss them; $ne, $nin and $exists: false would match them). Rewrite their filter fields first "
+                f"(safe while the service runs): simsearch index upgrade --milvus-uri URI --gallery {self.gallery}")
+
+    def upgrade_layout(self, page: int = _PAGE, progress=None) -> tuple[int, list[str]]:
+        """Rewrite the `match` of every row written before MATCH_LAYOUT from the row's own label and metadata,
+        `page` rows a write (each page read, then upserted with its id, seq, vector, label, metadata and thumbnail
+        as read: only `match` changes). Resumable: a second run finds only the rows not yet rewritten. A row
+        deleted or rewritten by another process before its page is read is left alone; one edited or deleted
+        by another process between its page's read and write (milliseconds) gets its page's copy back.
+        progress(rewritten, total), when given, after each page. Returns (rows rewritten, ids of rows whose new
+        `match` exceeds what Milvus holds: left as they were)."""
+        self._check_writable()
+        page = max(1, min(int(page), _PAGE))
+        ids = [r["id"] for r in self._scan(_OLD_ROWS, [])]
+        rewritten, too_large = 0, []
+        for i in range(0, len(ids), page):
+            with self._lock:
+                rows = self._get(ids[i:i + page], ["seq", "vector", "label", "metadata", "thumbnail", "match"])
+                out = []
+                for id_ in ids[i:i + page]:
+                    row = rows.get(id_)
+                    if row is None or (row.get("match") or {}).get("v", 0) >= MATCH_LAYOUT:
+                        continue   # deleted, or written by this code, since the scan
+                    match = layout_match(row.get("label"), json.loads(row["metadata"]))
+                    if len(json.dumps(match)) > MAX_TEXT:
+                        too_large.append(id_)
+                        continue
+                    out.append({"id": id_, "seq": int(row["seq"]), "vector": [float(x) for x in row["vector"]],
+                                "label": row.get("label"), "metadata": row["metadata"], "match": match,
+                                "thumbnail": row.get("thumbnail")})
+                if out:
+                    self._client.upsert(self.collection, out)
+            rewritten += len(out)
+            if progress is not None:
+                progress(rewritten, len(ids))
+        self._current_since = None
+        return rewritten, too_large
 
     def _scan(self, expr: str, fields: list[str]):
         """Every row matching expr (all when empty), with these fields and the id: one query when they
@@ -728,10 +834,7 @@ class MilvusStore(ItemChecks):
 
     def count(self, label: str | None = None, where: dict[str, Any] | None = None) -> int:
         """Number of items (with this label, and matching this metadata filter, when given)."""
-        expr = self._filter(label, _filter.check_where(where))
-        self._check_open()
-        rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"], consistency_level=_STRONG)
-        return int(rows[0]["count(*)"]) if rows else 0
+        return self._count_rows(self._filter(label, _filter.check_where(where)))
 
     def labels(self) -> dict[str | None, int]:
         """Histogram of labels: label -> number of items (None for unlabelled)."""
