@@ -267,19 +267,35 @@ def ids_of(index: faiss.Index) -> np.ndarray:
 def search_params(index: faiss.Index, sel, k: int, nprobe: int | None, ef_search: int | None,
                   k_factor: int | None, widen: float = 1.0):
     """(SearchParameters for this index kind, objects to keep alive while it is used): the
-    selector (on external ids) plus nprobe / efSearch / k_factor. `widen` (>= 1) multiplies
+    selector (on external ids) plus nprobe / efSearch / k_factor, for the IVF or HNSW index wherever it
+    sits (under a refine or a pre-transform too: PCA32,IVF16,Flat). `widen` (>= 1) multiplies
     nprobe and efSearch: a filter that keeps a fraction f of the gallery passes widen = 1/f so
     that as many allowed candidates are examined as an unfiltered search examines."""
     base = inner(index)
-    if isinstance(base, faiss.IndexRefine):
-        # IndexRefine passes only base_index_params to its base index, with the base's internal
-        # ids; IndexIDMap translates only params.sel. So translate for the base ourselves.
-        tsel = faiss.IDSelectorTranslated(index.id_map, sel) if sel is not None else None
-        sub = _params_for(faiss.downcast_index(base.base_index), tsel, k, nprobe, ef_search, widen)
-        params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor or IVFPQ_K_FACTOR),
-                                                   base_index_params=sub)
-        return params, (sub, tsel)
+    if isinstance(base, (faiss.IndexRefine, faiss.IndexPreTransform)):
+        # IndexRefine and IndexPreTransform pass only their sub-index's own parameters on (base_index_params,
+        # index_params), which name the sub-index's internal ids; IndexIDMap translates only params.sel.
+        # So translate for the sub-index ourselves.
+        tsel = faiss.IDSelectorTranslated(index.id_map, sel) if sel is not None and base is not index else sel
+        params, keep = _nested_params(base, tsel, k, nprobe, ef_search, k_factor, widen)
+        return params, (keep, tsel)
     return _params_for(base, sel, k, nprobe, ef_search, widen), None
+
+
+def _nested_params(index, sel, k, nprobe, ef_search, k_factor, widen):
+    """(parameters, objects to keep alive) of an index under refines and pre-transforms, for the IVF or HNSW
+    index at the bottom; `sel` on that bottom index's ids."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        sub, keep = _nested_params(index.base_index, sel, k, nprobe, ef_search, k_factor, widen)
+        return faiss.IndexRefineSearchParameters(k_factor=float(k_factor or IVFPQ_K_FACTOR),
+                                                 base_index_params=sub), (sub, keep)
+    if isinstance(index, faiss.IndexPreTransform):
+        sub, keep = _nested_params(index.index, sel, k, nprobe, ef_search, k_factor, widen)
+        if sub is None:
+            return None, keep
+        return faiss.SearchParametersPreTransform(index_params=sub), (sub, keep)
+    return _params_for(index, sel, k, nprobe, ef_search, widen), None
 
 
 def _params_for(base, sel, k, nprobe, ef_search, widen=1.0):

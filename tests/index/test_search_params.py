@@ -144,3 +144,32 @@ def test_grouped_searches_and_their_pages_take_the_parameters_as_plain_searches_
     page = index.search_hits(store, queries[:4], K, exclude=["i1"], offset=K, label="odd", exact=True)
     for hits, (ids, _) in zip(page, _brute_force(gallery, queries[:4], 2 * K + 1, odd)):
         assert [h.id for h in hits] == [i for i in ids if i != "i1"][K:2 * K]
+
+
+def test_nprobe_reaches_an_ivf_index_under_a_pre_transform(open_store, vectors):
+    gallery, queries = vectors
+    # PCA to as many dimensions as it has: a rotation, so probing every list is the exact answer
+    store = _filled(open_store, "PCA32,IVF16,Flat", gallery)
+    truth = _brute_force(gallery, queries, K)
+    one, every = store.search(queries, k=K, nprobe=1), store.search(queries, k=K, nprobe=16)
+    assert _recall(one, truth) < 0.9, "nprobe=1 probed every list"
+    assert [[h.id for h in hits] for hits in every] == [ids for ids, _ in truth]
+    # a filter's selector reaches it too, as do exact=True and the store's own nprobe
+    odd = np.arange(1, N, 2)
+    filtered = store.search(queries, k=K, label="odd", nprobe=16)
+    assert [[h.id for h in hits] for hits in filtered] == [ids for ids, _ in _brute_force(gallery, queries, K, odd)]
+    exact = store.search(queries, k=K, exact=True)
+    assert [[h.id for h in hits] for hits in exact] == [ids for ids, _ in truth]
+    store.close()
+    own = open_store(index="PCA32,IVF16,Flat", nprobe=16)
+    assert [[h.id for h in hits] for hits in own.search(queries, k=K)] == [ids for ids, _ in truth]
+    own.close()
+    assert _recall(open_store(index="PCA32,IVF16,Flat", nprobe=1).search(queries, k=K), truth) < 0.9
+
+
+def test_ef_search_reaches_an_hnsw_index_under_a_pre_transform(open_store, vectors):
+    gallery, queries = vectors
+    store = _filled(open_store, "PCA32,HNSW32,Flat", gallery)
+    truth = _brute_force(gallery, queries, K)
+    assert _recall(store.search(queries, k=K, ef_search=K), truth) < _recall(
+        store.search(queries, k=K, ef_search=512), truth)
