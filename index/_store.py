@@ -271,7 +271,9 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         order) chosen from the in-memory indexes under the read lock, then read from the database after it is
         let go (so that no write waits on that read). A row replaced or deleted in between (committed before it
         was applied, or after the choice) is no longer there: the page goes on from the last seq chosen until it
-        is full or the matching items run out, so that a page is short only at the end of the listing."""
+        is full or the matching items run out, so that a page is short only at the end of the listing. An item
+        replaced after it was read can be met again there, at its new seq: the page keeps that later version
+        only (an id at most once in a page, in insertion order)."""
         rows: list[tuple] = []
         while len(rows) < limit:
             with self._rw.read():
@@ -280,8 +282,9 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
                 seqs = fids[start:start + limit - len(rows)].tolist()
             if not seqs:
                 break
-            rows += conn.execute(f"SELECT seq, id, vector, label, metadata FROM items WHERE seq IN "
-                                 f"({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall()
+            rows = _latest_of_each(rows + conn.execute(
+                f"SELECT seq, id, vector, label, metadata FROM items WHERE seq IN ({','.join('?' * len(seqs))}) "
+                "ORDER BY seq", seqs).fetchall())
             after, offset = seqs[-1], 0   # the offset counted from the first `after`: skipped once
         return rows
 
@@ -332,6 +335,12 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r}, {self.spec}, {len(self._rows)} items)"
+
+
+def _latest_of_each(rows: list[tuple]) -> list[tuple]:
+    """Rows (seq, id, ...) in seq order with each id's last row only: an item's later version."""
+    last = {row[1]: n for n, row in enumerate(rows)}
+    return [row for n, row in enumerate(rows) if last[row[1]] == n]
 
 
 class _ConnHolder:

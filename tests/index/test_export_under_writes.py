@@ -47,6 +47,7 @@ def test_a_filtered_export_under_writes_sees_every_item_there_throughout_once_an
             while len(pages) < 10_000:
                 page = store.list_positions(limit=PAGE + 1, where={"k": 1}, after=after)   # as the route asks
                 pages.append(len(page))
+                assert len({it.id for _, it in page}) == len(page), [it.id for _, it in page]   # an id once a page
                 seen += [it.id for _, it in page[:PAGE]]
                 if len(page) <= PAGE:   # the route's "no next page"
                     break
@@ -69,3 +70,49 @@ def test_a_filtered_page_with_an_offset_skips_it_once(open_store):
     after = page[-1][0]
     assert [it.id for _, it in store.list_positions(offset=1, limit=3, where={"k": 0}, after=after)] == \
         ["i12", "i14", "i16"]
+
+
+class _WritesWhileReading:
+    """The store's read connection, with writes made by the store itself around the first read of a page's rows
+    (the moment between choosing them and reading them, and right after): what a writer thread does at the
+    worst moment, made certain."""
+
+    def __init__(self, conn, before, after):
+        self._conn, self._before, self._after = conn, before, after
+
+    def execute(self, sql, args=()):
+        if "seq IN" not in sql or self._before is None:
+            return self._conn.execute(sql, args)
+        before, after, self._before = self._before, self._after, None
+        before()
+        rows = self._conn.execute(sql, args).fetchall()
+        after()
+        return _Rows(rows)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self._rows = rows
+
+    def fetchall(self):
+        return self._rows
+
+
+def test_a_filtered_page_refilled_under_writes_holds_an_id_once_its_later_version(open_store):
+    store = open_store()
+    vectors = unit(np.random.default_rng(7), 7)
+    store.upsert([Item(f"i{j}", vectors[j], None, {"n": 1}) for j in range(5)])
+    read_conn = store._read_conn
+    # i1 deleted after the page was chosen (the page is refilled from the rows after it), and i0, already read,
+    # replaced right after the read (its new version is among the rows the refill reads)
+    wrapped = _WritesWhileReading(read_conn(), lambda: store.delete(["i1"]),
+                                  lambda: store.upsert([Item("i0", vectors[5], None, {"n": 1, "v": 2})]))
+    store._read_conn = lambda: wrapped
+    page = store.list_positions(limit=5, where={"n": 1})
+    store._read_conn = read_conn
+    assert [it.id for _, it in page] == ["i2", "i3", "i4", "i0"]
+    assert page[-1][1].metadata == {"n": 1, "v": 2}   # the later version
+    assert [pos for pos, _ in page] == sorted(pos for pos, _ in page)
