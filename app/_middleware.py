@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._access_log import KEY_USED
 from ._errors import ERROR_CODE, REQUEST_ID, ApiError, all_routes, route_path, send_error
 from ._metrics import Metrics
-from ._paths import PROBE_PATHS, is_write
+from ._paths import PROBE_PATHS, is_backup, is_write
 
 log = logging.getLogger("simsearch.app")
 
@@ -222,7 +222,11 @@ class MetricsMiddleware:
 
 class ConcurrencyLimitMiddleware:
     """Answers 503 at once when `limit` requests are already in flight (probes exempt), so an
-    overloaded server sheds load instead of queueing without bound."""
+    overloaded server sheds load instead of queueing without bound.
+
+    A backup (GET /galleries/NAME/backup) counts while its copy is made and no longer once its answer begins: the
+    rest is a file sent at the pace the client takes it (minutes, hours), which would hold a slot that searches
+    need; the route makes one backup at a time, so what is sent past the cap is bounded."""
 
     def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
         self.app, self.limit, self.metrics = app, limit, metrics
@@ -237,10 +241,20 @@ class ConcurrencyLimitMiddleware:
                                     f"the server is at its limit of {self.limit} requests in flight; retry shortly",
                                     {"Retry-After": "1"})
         self.in_flight += 1
+        counted = True
+
+        async def send_leaving_at_start(message: Message) -> None:
+            nonlocal counted
+            if counted and message["type"] == "http.response.start":
+                counted = False
+                self.in_flight -= 1
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_leaving_at_start if is_backup(route_path(scope)) else send)
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.in_flight -= 1
 
 
 class BodyTooLarge(ApiError):

@@ -3,7 +3,9 @@ acknowledged before it and, placed as DATA/galleries/NAME/index/store.sqlite3, i
 with all of them; it needs a key that may write the gallery (a `read` key, a key of other galleries and no key are
 refused, reads open or not); a download the client cuts off leaves no temporary copy behind; a read-only replica
 serves backups; a service on Milvus answers 501 naming `simsearch index copy`; a temporary folder without room for
-the copy is a 507 naming the bytes it needs; a gallery of another model's vectors is backed up, naming its model."""
+the copy is a 507 naming the bytes it needs; a gallery of another model's vectors is backed up, naming its model;
+a download under way holds no slot of the concurrency cap, a second backup meanwhile is a 429 backup_running, and
+a client that stops taking the download is cut off, its copy closed."""
 from __future__ import annotations
 
 import os
@@ -290,3 +292,108 @@ def test_a_gallery_of_another_models_vectors_is_backed_up_naming_the_model_it_ho
     assert list(tmp.iterdir()) == []
     assert_error(httpx.get(server.url + "/galleries/elsewhere-not/backup", headers={"X-API-Key": FULL}), 404,
                  "gallery_not_found", "elsewhere")   # a name that is none: still 404, naming the nearest
+
+
+def _big_gallery(data: Path, name: str, model: str, dim: int) -> None:
+    """A gallery of 13 MB of thumbnails made beside the service: more than the sockets' buffers hold, so that a
+    client that stops reading holds the download under way."""
+    import index
+
+    rng = np.random.default_rng(11)
+    with index.Store.open(index.StoreConfig(index.gallery_path(data, name), dim=dim, model_id=model)) as store:
+        for start in range(0, 200, 100):
+            vectors = rng.normal(size=(100, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.upsert([index.Item(f"b{start + j}", vectors[j], None, None, rng.bytes(64_000)) for j in range(100)])
+
+
+def _slow_reader() -> httpx.Client:
+    """A client whose socket takes little (a receive buffer left to grow takes 32 MB)."""
+    return httpx.Client(timeout=60, transport=httpx.HTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)]))
+
+
+def test_a_slow_download_holds_no_request_slot_and_a_second_backup_meanwhile_is_refused_429(
+        hybrid1_artifact, tmp_path):
+    """With SIMSEARCH_MAX_CONCURRENCY=1, a backup whose client reads nothing: searches and listings are still
+    served (its slot was given back as the answer began), another backup is refused 429 backup_running with
+    Retry-After (one at a time), and once the first is gone a backup is served again."""
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_MAX_CONCURRENCY": "1",
+                           "TMPDIR": str(tmp_path)}, tmp_path)
+    try:
+        listing = httpx.get(server.url + "/index").json()
+        _big_gallery(tmp_path / "data", "big", listing["model"], listing["dimension"])
+        with _slow_reader() as client, client.stream("GET", server.url + "/galleries/big/backup") as held:
+            assert held.status_code == 200, held.read()
+            pieces = held.iter_raw(65536)   # kept: a generator dropped closes the connection
+            next(pieces)
+            assert _open_backups(server.proc.pid)   # being sent
+            r = httpx.get(server.url + "/index", params={"gallery": "big", "limit": 1})
+            assert r.status_code == 200, r.text
+            r = httpx.post(server.url + "/search/b1", params={"gallery": "big", "k": 2}, timeout=60)
+            assert r.status_code == 200, r.text
+            second = httpx.get(server.url + "/galleries/default/backup")
+            assert_error(second, 429, "backup_running", "another backup", "one at a time")
+            assert second.headers["retry-after"] == "30"
+        deadline = time.monotonic() + 20
+        while _open_backups(server.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = httpx.get(server.url + "/galleries/default/backup")
+        assert r.status_code == 200, r.text
+    finally:
+        stop_server(server)
+    assert "Traceback" not in server.log.read_text(errors="replace"), server.log_tail()
+
+
+def test_a_download_the_client_stops_taking_is_cut_off_its_copy_closed_and_the_next_backup_served(
+        hybrid1_artifact, tmp_path, monkeypatch):
+    """Over a real server (uvicorn in this process, so that the stall limit can be a second): a client that reads
+    the headers and a piece, then nothing while keeping its connection open, is cut off; the temporary copy is
+    closed and the next backup is served."""
+    import tempfile
+
+    import uvicorn
+
+    import app._routes_backup as routes_backup
+    from app import create_app
+
+    from .conftest import free_port
+
+    monkeypatch.setattr(routes_backup, "STALL_SECONDS", 1.0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    served = create_app(settings_for(hybrid1_artifact, tmp_path / "data"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        listing = httpx.get(url + "/index").json()
+        _big_gallery(tmp_path / "data", "big", listing["model"], listing["dimension"])
+        with _slow_reader() as client, client.stream("GET", url + "/galleries/big/backup") as held:
+            assert held.status_code == 200, held.read()
+            pieces = held.iter_raw(65536)   # kept: a generator dropped closes the connection
+            next(pieces)
+            assert _open_backups(os.getpid()), "the copy being sent is not open"
+            deadline = time.monotonic() + 20
+            while _open_backups(os.getpid()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _open_backups(os.getpid()), "a download taking nothing still holds its copy"
+            with pytest.raises(httpx.HTTPError):   # the rest never comes: the connection was closed
+                for _ in pieces:
+                    pass
+        r = httpx.get(url + "/galleries/default/backup")
+        assert r.status_code == 200, r.text
+        assert list(tmp_path.glob("simsearch-backup-*")) == []
+    finally:
+        server.should_exit = True
+        thread.join(30)
