@@ -138,6 +138,8 @@ def test_a_gallery_marked_incomplete_on_the_service_is_downloaded_marked_so_that
     assert said and "backup" in said and "'part'" in said and live.url in said and "holds a part" in said, said
     assert main(["index", "stats", "--data", str(dest), "--gallery", "part"]) == 0
     assert "marked incomplete" in capsys.readouterr().out
+    assert main(["index", "check", "--data", str(dest), "--gallery", "part"]) == 1   # a part: said, exit 1
+    assert "holds a part of its source" in "".join(capsys.readouterr())
     whole = tmp_path / "whole"   # a gallery not marked: its copy is not either
     assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(whole)]) == 0
     assert index.incomplete(whole / "galleries" / "shoes" / "index") is None
