@@ -58,6 +58,8 @@ def _write_refused(exc: Exception, service: Service) -> ApiError:
 
     if isinstance(exc, index_pkg.ReadOnlyError):
         return _read_only()
+    if isinstance(exc, index_pkg.InvalidItemError):   # what the request asked, refused by the store (it says why)
+        return ApiError(422, "invalid_parameter", str(exc))
     if not isinstance(exc, index_pkg.StorageError):  # closed while shutting down
         return ApiError(503, "index_unavailable", f"the index cannot take writes: {exc}", {"Retry-After": "5"})
     if service.refusals.refused(exc.full):

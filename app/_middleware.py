@@ -102,6 +102,11 @@ class RequestIdMiddleware:
                 await send_error(send_with_id, 503, "index_unavailable", "the gallery was closed while this request "
                                  "was under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
                 return
+            if index is not None and isinstance(exc, index.InvalidItemError):
+                # what the request asked, refused by the store, which says why (a filter a Milvus gallery of older
+                # rows cannot answer yet): the caller's to change, not a fault of the service
+                await send_error(send_with_id, 422, "invalid_parameter", str(exc))
+                return
             if index is not None and isinstance(exc, index.StoreUnavailableError):
                 log.error("index unavailable on %s %s (request %s): %s", scope.get("method"), scope.get("path"),
                           rid, exc)
