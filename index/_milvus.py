@@ -889,7 +889,8 @@ class MilvusStore(ItemChecks):
         """list(), each item with its listing position (its seq), as Store.list_positions. Reads the ids and
         positions of every matching item to order them. The page's items are read by a second query: one deleted
         in between is made up for by the next matching ones (the ids read again, on from the last position
-        chosen), so that a page is short only at the end of the listing."""
+        chosen), so that a page is short only at the end of the listing. An item replaced after it was read can be
+        met again there, at its new position: the page keeps that later one only (an id at most once a page)."""
         self._check_page(offset, limit)
         after = self._check_after(after)
         expr = self._filter(label, _filter.check_where(where))
@@ -901,6 +902,8 @@ class MilvusStore(ItemChecks):
                 break
             items = self.get_many([i for _, i in page])
             listed += [(seq, it) for (seq, _), it in zip(page, items) if it is not None]
+            last = {it.id: n for n, (_, it) in enumerate(listed)}   # each id's later entry (the refill's)
+            listed = [entry for n, entry in enumerate(listed) if last[entry[1].id] == n]
             after, offset = page[-1][0], 0   # the offset counted from the first `after`: skipped once
         return listed
 

@@ -57,3 +57,25 @@ def test_a_filtered_export_from_milvus_under_writes_sees_every_item_there_throug
     for seen, pages in exports:
         assert all(n == PAGE + 1 for n in pages[:-1]), pages   # short only at the end
         assert sorted(i for i in seen if i.startswith("s")) == sorted(stable)   # each one, once
+
+
+def test_a_filtered_page_from_milvus_refilled_under_writes_holds_an_id_once_its_later_version(
+        open_milvus):  # noqa: F811
+    store = open_milvus()
+    vectors = unit(np.random.default_rng(7), 7)
+    store.upsert([Item(f"i{j}", vectors[j], None, {"n": 1}) for j in range(5)])
+    get_many, calls = store.get_many, []
+
+    def get_many_under_writes(ids):   # what a writer does at the worst moment, made certain
+        if calls:
+            return get_many(ids)
+        calls.append(ids)
+        store.delete(["i1"])   # chosen, then deleted before the read: the page is refilled after it
+        found = get_many(ids)
+        store.upsert([Item("i0", vectors[5], None, {"n": 1, "v": 2})])   # read, then replaced: met by the refill
+        return found
+
+    store.get_many = get_many_under_writes
+    page = store.list_positions(limit=5, where={"n": 1})
+    assert [it.id for _, it in page] == ["i2", "i3", "i4", "i0"]
+    assert page[-1][1].metadata == {"n": 1, "v": 2}
