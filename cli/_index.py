@@ -416,19 +416,20 @@ def _check(args) -> int:
     if not names:
         raise CliError(f"no galleries in {args.data} (neither {Path(args.data) / 'index'} nor "
                        f"{Path(args.data) / 'galleries' / 'NAME' / 'index'} holds a store)")
-    damaged = []
+    if len(names) == 1:   # as --gallery: a store that cannot be read at all is exit 2, damage found exit 1
+        return _check_gallery(args, names[0])
+    damaged, unread = [], []
     for name in names:
         try:
-            failed = _check_gallery(args, name)
-        except CliError as exc:   # one gallery that cannot be opened is said; the others are still checked
-            print(f"damaged: gallery {name!r}: {exc}")
-            failed = 1
-        if failed:
-            damaged.append(name)
-    if len(names) > 1:
-        print(f"checked {len(names)} galleries of {args.data} ({', '.join(names)}): "
-              + (f"{len(damaged)} damaged: {', '.join(damaged)}" if damaged else "all ok"))
-    return 1 if damaged else 0
+            if _check_gallery(args, name):
+                damaged.append(name)
+        except CliError as exc:   # one gallery that cannot be read is said; the others are still checked
+            print(f"simsearch index check: gallery {name!r} could not be checked: {exc}", file=sys.stderr)
+            unread.append(name)
+    print(f"checked {len(names)} galleries of {args.data} ({', '.join(names)}): "
+          + (f"{len(damaged)} damaged: {', '.join(damaged)}" if damaged else "none damaged" if unread else "all ok")
+          + (f"; {len(unread)} could not be read: {', '.join(unread)}" if unread else ""))
+    return 2 if unread else 1 if damaged else 0
 
 
 def _check_gallery(args, gallery: str) -> int:

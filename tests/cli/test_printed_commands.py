@@ -73,3 +73,10 @@ def test_check_without_gallery_checks_every_gallery_and_fails_for_damage_in_a_na
     assert out.count("ok: checked ") == 2
     assert out.strip().splitlines()[-1] == f"checked 3 galleries of {data} (default, boats, up): 1 damaged: up"
     assert main(["index", "check", "--data", str(data), "--gallery", "default"]) == 0   # one gallery, named
+    # a gallery that cannot be read at all (not damage found in it): said on stderr, the others checked, exit 2
+    (data / "galleries" / "boats" / "index" / "store.sqlite3").write_bytes(b"not a database, " * 64)
+    assert main(["index", "check", "--data", str(data)]) == 2
+    captured = capsys.readouterr()
+    assert "gallery 'boats' could not be checked" in captured.err
+    assert captured.out.strip().splitlines()[-1] == \
+        f"checked 3 galleries of {data} (default, boats, up): 1 damaged: up; 1 could not be read: boats"
