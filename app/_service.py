@@ -571,7 +571,8 @@ class Service:
                         f"gallery {name!r} holds the vectors of model {stored_model!r}, not of {self.model_id!r}, the "
                         "model this service embeds with, so it cannot be searched or written here: serve it with a "
                         f"service of that model, move it to this one (`simsearch index reembed DEST --data DATA "
-                        f"--gallery {name} --model NEW`, then serve DEST), or delete it (DELETE /galleries/{name})")
+                        f"--gallery {name} --model NEW`, then serve DEST), or delete it (DELETE /galleries/{name}; "
+                        f"GET /galleries/{name}/backup first keeps a copy)")
 
     def _dropped_by_writer(self, g: Gallery, request: bool = True) -> bool:
         # read-only: one stat of the database file, so that a replica never answers from a gallery that no
