@@ -250,7 +250,7 @@ async def search_by_id(request: Request, q: Annotated[SearchByIdQuery, Query()],
         hits = (await _search_refined(service, g, params, [None], like, unlike, starts=[id]))[0]
         return _search_answer(service, hits, params, t0, q.vote)
     where_filter = json.loads(params.where) if params.where else None
-    tuning = service.search_tuning(g, params)   # nprobe, ef_search, exact: {} for the gallery's own
+    tuning = params.tuning()   # nprobe, ef_search, exact: {} for the gallery's own
 
     def run():
         t = time.perf_counter()

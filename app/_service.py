@@ -685,7 +685,7 @@ class Service:
         store = g.store
         filters = {"label": params.label, "max_distance": params.max_distance,
                    "where": json.loads(params.where) if params.where else None}
-        tuning = self.search_tuning(g, params)
+        tuning = params.tuning()
         if not tuning:   # the gallery's own index parameters (the store's search as it always was)
             return self._search_in(store, queries, params, filters)
         from index import InvalidItemError
@@ -704,11 +704,6 @@ class Service:
         # the PDDM re-orders the `rerank` nearest that are not left out (the routes refuse it with group_by)
         found = search_hits(store, queries, params.rerank, params.exclude, **filters)
         return [self._rerank(store, q, hits, params.k, params.offset) for q, hits in zip(queries, found)]
-
-    def search_tuning(self, g: Gallery, params: SearchParams) -> dict:
-        """params' own index parameters (nprobe, ef_search, exact) as g's store takes them (every GalleryStore
-        does), {} for none."""
-        return params.tuning()
 
     def _rerank(self, store, query: np.ndarray, hits: list, k: int, offset: int = 0) -> list:
         """The best k of `hits` by the PDDM score after the best `offset` (the hits keep their cosine score and
