@@ -149,31 +149,59 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool = False):
     """bytes -> (model array, thumbnail JPEG bytes or None, metadata: {width, height} as displayed, and with
-    `exif` when and with what it was taken, with `gps` where), for `index build`: the thumbnail as the
-    service makes one (model.make_thumbnail: upright, alpha on white), from a second decoding at its own
-    draft scale. Runs in worker threads."""
-    import io
-
+    `exif` when and with what it was taken, with `gps` where), for `index build`: the model's array as
+    g.model_input makes it and the thumbnail as the service makes one (model.make_thumbnail: upright, alpha on
+    white). Each image is decoded once where one decoding gives both: one decoded whole (PNG, WebP, GIF, BMP,
+    AVIF), and a JPEG whose draft for the model and for the thumbnail come out at the same scale (a small one,
+    CIFAR's 32x32); a larger JPEG or a HEIC is decoded a second time, at the thumbnail's own draft scale, as the
+    service does, since the model's input must come from its own draft. Runs in worker threads."""
     from PIL import Image
 
     import model
 
-    arr = g.model_input(data, embedder)
     with Image.open(io.BytesIO(data)) as im:
-        width, height = model.displayed_size(im)
-        meta = {"width": width, "height": height}
-        if exif:
-            from ._metadata_file import exif_metadata
-            meta.update(exif_metadata(im))
-        if gps:
-            from ._metadata_file import gps_metadata
-            meta.update(gps_metadata(im))
-        thumb = None
-        if thumb_px:
-            if im.format in model.DRAFT_FORMATS:
-                im.draft(None, (thumb_px, thumb_px))
-            thumb = model.make_thumbnail(im, thumb_px)
-    return arr, thumb, meta
+        if im.format in model.DRAFT_FORMATS:
+            arr = embedder.preprocess(im, owned=True)   # drafted in place at the model's scale and decoded
+            # the size and EXIF before a draft (a draft changes the size), and the thumbnail's own draft
+            with Image.open(io.BytesIO(data)) as header:
+                meta = _displayed_metadata(header, exif, gps)
+                thumb = _draft_thumbnail(header, im, thumb_px) if thumb_px else None
+            return arr, thumb, meta
+        # decoded whole, once: for the model, for the metadata (a PNG's EXIF may follow its pixels, and Pillow
+        # decodes it to look) and for the thumbnail
+        im.load()
+        arr = embedder.preprocess(im)
+        meta = _displayed_metadata(im, exif, gps)
+        return arr, model.make_thumbnail(im, thumb_px) if thumb_px else None, meta
+
+
+def _displayed_metadata(im, exif: bool, gps: bool) -> dict:
+    """{width, height} of an opened image as displayed, with `exif` its EXIF's time and camera, with `gps` its
+    position (cli/_metadata_file.py)."""
+    import model
+
+    width, height = model.displayed_size(im)
+    meta = {"width": width, "height": height}
+    if exif:
+        from ._metadata_file import exif_metadata
+        meta.update(exif_metadata(im))
+    if gps:
+        from ._metadata_file import gps_metadata
+        meta.update(gps_metadata(im))
+    return meta
+
+
+def _draft_thumbnail(header, drafted, thumb_px: int) -> bytes:
+    """The thumbnail of a JPEG, MPO or HEIC as the service makes it: from `header` (a fresh opening) drafted at
+    the thumbnail's scale, or from `drafted` (the same file, decoded for the model) when that draft decodes
+    the very same pixels: a JPEG whose two drafts come out at the same scale and mode, decoded only once."""
+    import model
+
+    header.draft(None, (thumb_px, thumb_px))
+    same = (header.format in ("JPEG", "MPO") and drafted.format == header.format
+            and (header.mode, header.size, getattr(header, "decoderconfig", None))
+            == (drafted.mode, drafted.size, getattr(drafted, "decoderconfig", None)))
+    return model.make_thumbnail(drafted if same else header, thumb_px)
 
 
 def _build(args) -> int:
