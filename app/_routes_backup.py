@@ -12,13 +12,22 @@ One backup at a time per process: it costs a whole copy of the store in TMPDIR a
 as it likes, so another is refused (429 `backup_running`, Retry-After) while one is made or sent. A backup counts
 against the concurrency cap (SIMSEARCH_MAX_CONCURRENCY) while its copy is made, not while it is sent
 (ConcurrencyLimitMiddleware gives its slot back as the answer begins): a download at the client's pace holds no
-slot that searches need. A download that takes nothing for STALL_SECONDS is cut off, its copy closed.
+slot that searches need. A download that takes nothing for SIMSEARCH_BACKUP_STALL_SECONDS is cut off, its copy
+closed.
 
 A backup hands over every item of the gallery (vectors, metadata, thumbnails) at once, so it is not a read: where
 the service has API keys it always needs one (reads open or not), a key that may write the gallery (a `read` key
 is refused; a `galleries=` key only for its galleries). AuthMiddleware decides that before the route runs
 (_auth.key_needed and refused_to_read_keys, _paths.is_backup). A service without keys serves it to anyone, as it
-lets anyone read and write everything."""
+lets anyone read and write everything.
+
+PUT /galleries/{name}/backup is the other half: the body, a file as GET sends it, becomes gallery NAME. It is
+streamed into a folder of the data folder (its disk: placing it is one rename), after a check of room where its
+Content-Length is given, up to SIMSEARCH_MAX_RESTORE_BYTES (BodyLimitMiddleware's SIMSEARCH_MAX_BODY_BYTES is sized
+for images), then checked as `index backup --url` checks a download (index.receive_backup: SQLite's integrity check,
+a store's record, a schema this simsearch knows), refused when it holds another model's vectors, and only then
+moved to its place and opened (Service.restore_gallery). A restore refused or cut off leaves nothing behind. It
+takes the key a write takes (a `read` key is refused, as for GET), and a read-only service refuses it as any write."""
 from __future__ import annotations
 
 import logging
@@ -29,13 +38,17 @@ from pathlib import Path as FsPath
 
 import anyio
 import anyio.to_thread
+import anyio.from_thread
 from fastapi import Path, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from ._answers import _ERRORS
 from ._errors import ApiError
 from ._params import _router, _service
-from ._service import GALLERY_NAME, Service
+from ._schemas import GalleryOut
+from ._service import DEFAULT_GALLERY, GALLERY_NAME, Service
 
 log = logging.getLogger("simsearch.app")
 
@@ -47,10 +60,9 @@ LAST_SEQ_HEADER = "X-Simsearch-Last-Seq"    # the number of the last write in it
 MODEL_HEADER = "X-Simsearch-Model"          # the model its vectors are of: serve it with that model
 INCOMPLETE_HEADER = "X-Simsearch-Incomplete"   # "true": the store is a part of its source (index/_incomplete.py)
 CHUNK = 1 << 20
-# A download is cut off when a piece of SEND_PIECE bytes waits STALL_SECONDS to be taken (the client reads nothing,
-# or under about 1 kB a second: as BodyLimitMiddleware's slowest body), its copy closed.
+# A download is cut off when a piece of SEND_PIECE bytes waits SIMSEARCH_BACKUP_STALL_SECONDS (60) to be taken (the
+# client reads nothing, or under about 1 kB a second: as BodyLimitMiddleware's slowest body), its copy closed.
 SEND_PIECE = 1 << 16
-STALL_SECONDS = 60.0
 RUNNING_RETRY_AFTER = 30   # seconds: Retry-After of the 429 while another backup runs
 
 _HEADERS = {
@@ -122,7 +134,8 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
             headers[INCOMPLETE_HEADER] = "true"
         log.info("backup of gallery %s: %d items, up to write %d, %d bytes", name, copied["items"],
                  copied["last_seq"], copied["bytes"])
-        return _TempFileResponse(folder, folder / "store" / "store.sqlite3", headers, running)
+        return _TempFileResponse(folder, folder / "store" / "store.sqlite3", headers, running,
+                                 service.settings.backup_stall_seconds)
     except BaseException as exc:
         running.name = None
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
@@ -133,6 +146,179 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
         if isinstance(exc, index.StoreError) and not (source / "store.sqlite3").exists():
             raise ApiError(404, "gallery_not_found", f"gallery {name!r} was deleted while it was copied") from None
         raise
+
+
+_RESTORE_ERRORS = {   # 403's reasons are the document's (_openapi.forbidden_reasons), as for every route
+    **{k: _ERRORS[k] for k in (401, 403, 429, 503)},
+    405: {**_ERRORS[503], "description": "`read_only`: this service serves its galleries read-only (a replica)"},
+    409: {**_ERRORS[409], "description": "`gallery_exists`: a gallery has the name (a named one: DELETE it first; "
+                                         "the default one is replaced only while it holds no items); "
+                                         "`model_mismatch`: the file holds another model's vectors"},
+    413: {**_ERRORS[413], "description": "the body is larger than SIMSEARCH_MAX_RESTORE_BYTES"},
+    415: {**_ERRORS[415], "description": "a multipart form: send the file itself as the body"},
+    422: {**_ERRORS[422], "description": "`not_a_store`: the body is not a sound simsearch store (what is wrong is "
+                                         "said); `too_many_galleries`"},
+    501: _BACKUP_ERRORS[501],
+    507: {**_ERRORS[507], "description": "the data folder's disk has no room for the file (the message says how many "
+                                         "bytes it needs and has), or filled while it came: nothing was kept"},
+}
+
+
+@router.put("/galleries/{name}/backup", status_code=201, response_model=GalleryOut, tags=["gallery"],
+            summary="restore a backup (the file GET /galleries/NAME/backup sends) as gallery NAME, which is new",
+            openapi_extra={"requestBody": {"required": True, "content": {
+                MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+            responses={201: {"description": "the gallery was made from the file, and serves", "headers": {
+                k: _HEADERS[k] for k in (ITEMS_HEADER, LAST_SEQ_HEADER, MODEL_HEADER)}}, **_RESTORE_ERRORS})
+async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC)) -> JSONResponse:
+    import index
+
+    service = _service(request, write=True)
+    s = service.settings
+    if s.milvus_uri:
+        raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus: a backup file is restored "
+                       "into a data folder, and `simsearch index copy --data DATA --gallery NAME --to-milvus-uri URI` "
+                       "copies a gallery of one into Milvus (docs/index.md)")
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "a multipart form: send the backup file itself as the body "
+                       f"(curl -T FILE, Content-Type {MEDIA_TYPE} or application/octet-stream)")
+    declared = _declared_length(request, s.max_restore_bytes)
+    if name != DEFAULT_GALLERY and name in await anyio.to_thread.run_sync(service.gallery_names):
+        raise ApiError(409, "gallery_exists", f"gallery {name!r} exists: a backup is restored as a new gallery; to "
+                       f"replace it, DELETE /galleries/{name} first (GET /galleries/{name}/backup before that keeps a "
+                       "copy of it), or restore under another name")   # before a byte of the body is read
+    stage = await anyio.to_thread.run_sync(_new_stage, s.data_dir, name, declared)
+    try:
+        write = _body_writer(request, s.max_restore_bytes, name)
+        try:
+            got = await anyio.to_thread.run_sync(index.receive_backup, stage, name, write)
+        except index.StoreError as exc:
+            if isinstance(exc, index.StorageError) and exc.full:
+                log.error("restore of gallery %s refused: %s", name, exc)
+                raise ApiError(507, "insufficient_storage", f"the data folder's disk filled while the backup of "
+                               f"gallery {name!r} came ({_free_space(s.data_dir)} bytes free now): nothing of it was "
+                               "kept; the operator can free space there") from None
+            raise ApiError(422, "not_a_store", str(exc).replace(str(stage), "the body")) from None
+        if got["model_id"] != service.model_id:
+            raise ApiError(409, "model_mismatch", f"the file holds the vectors of model {got['model_id']!r}, not of "
+                           f"{service.model_id!r}, the model this service embeds with, so it could not be searched or "
+                           "written here: restore it on a service of that model, or move it to this one first "
+                           "(`simsearch index reembed`); nothing was kept")
+        g = await service.restore_gallery(name, stage)
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(stage, ignore_errors=True))
+    count = await anyio.to_thread.run_sync(g.store.count)
+    headers = {ITEMS_HEADER: str(got["items"]), LAST_SEQ_HEADER: str(got["last_seq"]), MODEL_HEADER: got["model_id"]}
+    log.info("gallery %s restored from a backup: %d items, up to write %d, %d bytes", name, got["items"],
+             got["last_seq"], got["bytes"])
+    return JSONResponse(GalleryOut(name=name, count=count, open=True).model_dump(), status_code=201, headers=headers)
+
+
+def _declared_length(request: Request, limit: int) -> int | None:
+    """The body's Content-Length (None when it is sent chunked); 413 body_too_large past `limit`."""
+    length = request.headers.get("content-length")
+    declared = int(length) if length is not None and length.isdigit() else None
+    if declared is not None and declared > limit:
+        raise ApiError(413, "body_too_large", f"Content-Length {declared} is larger than the limit of {limit} bytes "
+                       "for a backup file (SIMSEARCH_MAX_RESTORE_BYTES)")
+    return declared
+
+
+def _free_space(folder: FsPath) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _new_stage(data_dir: FsPath, name: str, declared: int | None) -> FsPath:
+    """A new folder in the data folder (on its disk, so that the store received in it takes its place with one
+    rename), when that disk has room for `declared` bytes; 507 insufficient_storage naming the bytes needed and
+    free when it has not. Its name is no gallery's (a leading dot), in no gallery's folder."""
+    free = _free_space(data_dir)
+    if declared is not None and free < declared:
+        log.error("restore of gallery %s refused: it needs %d bytes in %s, which has %d free", name, declared,
+                  data_dir, free)
+        raise ApiError(507, "insufficient_storage", f"the backup of gallery {name!r} needs {declared} bytes on the "
+                       f"service's data disk, which has {free} free; the operator can free space there")
+    return FsPath(tempfile.mkdtemp(prefix=f".simsearch-restore-{name}-", dir=data_dir))
+
+
+def _body_writer(request: Request, limit: int, name: str):
+    """receive_backup's `write`: the request's body, streamed from a worker thread into its file (never whole in
+    memory); 413 body_too_large once it passes `limit` bytes (a body sent without Content-Length), 400 when the
+    client goes away, OSError ENOSPC as the disk fills. Returns mark_incomplete's arguments when the client says
+    (X-Simsearch-Incomplete: true, as GET says it) that the file is a backup of a gallery marked incomplete."""
+    incomplete = request.headers.get(INCOMPLETE_HEADER, "").lower() == "true"
+
+    def write(out) -> dict | None:
+        chunks = request.stream().__aiter__()
+        received = 0
+        while True:
+            try:
+                chunk = anyio.from_thread.run(_next_chunk, chunks)
+            except ClientDisconnect:
+                raise ApiError(400, "client_disconnected", f"the client went away after {received} bytes of the "
+                               f"backup of gallery {name!r}: nothing of it was kept") from None
+            if chunk is None:
+                break
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, "body_too_large", f"the body is larger than the limit of {limit} bytes for a "
+                               "backup file (SIMSEARCH_MAX_RESTORE_BYTES)")
+            out.write(chunk)
+        if not incomplete:
+            return None
+        return {"command": f"PUT /galleries/{name}/backup", "source": "a backup file",
+                "said": f"it was restored (PUT /galleries/{name}/backup) from the backup of a gallery marked "
+                        "incomplete (a copy into it did not finish), so it holds a part of its source"}
+
+    return write
+
+
+async def _next_chunk(chunks) -> bytes | None:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+@router.head("/galleries/{name}/backup", tags=["gallery"], response_class=Response, include_in_schema=False)
+async def backup_head(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC)) -> Response:
+    """HEAD of the backup, without making a copy (HeadMiddleware would run the GET, which makes one and sends none
+    of it): the headers the store tells as it is now. Left out: Content-Length and X-Simsearch-Last-Seq, which the
+    copy knows once made; X-Simsearch-Items is the count now (a GET's copy may hold later writes). The refusals
+    are the GET's (401, 403, 404, 409 never: a gallery of another model is backed up, 501), bodiless."""
+    import index
+
+    service = _service(request)
+    if service.settings.milvus_uri:
+        return Response(status_code=501)
+    try:
+        await service.gallery(name)
+    except ApiError as exc:
+        if exc.code != "model_mismatch":
+            return Response(status_code=exc.status, headers=exc.headers)
+    source = index.gallery_path(service.settings.data_dir, name)
+    try:
+        items, model_id = await anyio.to_thread.run_sync(_store_now, source)
+    except index.StoreError:   # deleted this moment
+        return Response(status_code=404)
+    taken = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    headers = {"Content-Type": MEDIA_TYPE, "Content-Disposition": f'attachment; filename="simsearch-{name}-{taken}'
+               '.sqlite3"', "Cache-Control": "no-store", ITEMS_HEADER: str(items)}
+    if model_id.isascii():
+        headers[MODEL_HEADER] = model_id
+    if index.incomplete(source):
+        headers[INCOMPLETE_HEADER] = "true"
+    answer = Response(headers=headers)
+    del answer.headers["content-length"]   # the copy's, unknown until it is made: not the 0 of this empty answer
+    return answer
+
+
+def _store_now(source: FsPath) -> tuple[int, str]:
+    """The items and the model of the store in `source`, read without copying it."""
+    import index
+
+    with index.StoreReader(source) as reader:
+        return reader.count(), reader.model_id
 
 
 class _Running:
@@ -176,12 +362,12 @@ class _TempFileResponse(Response):
     """A file of a temporary folder sent as the answer. The folder is removed as soon as the file is open (the
     open file keeps its bytes until it is closed, and a process killed meanwhile leaves nothing behind), and in
     any case when the answer ends; a client that goes away stops the sending at once (uvicorn takes what is sent
-    to a closed connection without a word), as one that takes nothing for STALL_SECONDS is cut off, and the file
+    to a closed connection without a word), as one that takes nothing for `stall` seconds is cut off, and the file
     is closed. `running` is given back when the answer ends, however it ends."""
 
-    def __init__(self, folder: FsPath, file: FsPath, headers: dict[str, str], running: _Running):
+    def __init__(self, folder: FsPath, file: FsPath, headers: dict[str, str], running: _Running, stall: float):
         super().__init__(media_type=MEDIA_TYPE, headers=headers)
-        self.folder, self.file, self.running = folder, file, running
+        self.folder, self.file, self.running, self.stall = folder, file, running, stall
         self.headers["content-length"] = str(file.stat().st_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,11 +396,11 @@ class _TempFileResponse(Response):
         while chunk := await f.read(CHUNK):
             for at in range(0, len(chunk), SEND_PIECE):
                 # uvicorn's send waits while the client has not taken what was sent before (its flow control)
-                with anyio.move_on_after(STALL_SECONDS) as waited:
+                with anyio.move_on_after(self.stall) as waited:
                     await send({"type": "http.response.body", "body": chunk[at:at + SEND_PIECE], "more_body": True})
                 if waited.cancelled_caught:
                     log.warning("backup download cut off: the client took nothing for %g s (%d of %s bytes sent); "
-                                "its temporary copy gone", STALL_SECONDS, sent, self.headers["content-length"])
+                                "its temporary copy gone", self.stall, sent, self.headers["content-length"])
                     return   # uvicorn closes the connection of an answer left unfinished
                 sent += len(chunk[at:at + SEND_PIECE])
         await send({"type": "http.response.body", "body": b"", "more_body": False})

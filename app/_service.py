@@ -27,6 +27,8 @@ from ._metrics import Metrics
 from ._settings import Settings
 
 if TYPE_CHECKING:   # index (FAISS) loads after /healthz answers
+    from pathlib import Path
+
     from index import GalleryStore
 
 log = logging.getLogger("simsearch.app")
@@ -603,6 +605,114 @@ class Service:
             await anyio.to_thread.run_sync(self._remove_gallery, name)
         self.metrics.forget_gallery(name)   # its size read before it was opened: not reported for up to a minute
         return count
+
+    async def restore_gallery(self, name: str, stage: Path) -> Gallery:
+        """Serve as gallery `name` the checked store that index.receive_backup put in the folder `stage`, which lies
+        in the data folder (its disk: placing it is one rename): its folder moved to its place, opened (its FAISS
+        index built from the stored vectors, as at any opening) and served. 409 gallery_exists when a gallery has
+        the name: a named one is deleted first (DELETE /galleries/NAME); the default one, which always exists and
+        cannot be deleted, is replaced only while it holds no items (its empty store is moved into `stage`, which
+        the caller removes). 422 too_many_galleries as for a gallery made. A store that does not open is moved
+        back into `stage` and the default gallery's empty store put back and served: the data folder and the
+        service are as they were."""
+        import index
+
+        s = self.settings
+        source, place = index.gallery_path(stage, name), index.gallery_path(s.data_dir, name)
+        if name != DEFAULT_GALLERY:   # the whole folder (DATA/galleries/NAME): one rename
+            source, place = source.parent, place.parent
+        async with self._gallery_lock:   # no request opens, makes or drops a gallery meanwhile
+            names = await anyio.to_thread.run_sync(self.gallery_names)
+            emptied = await self._take_empty_default() if name == DEFAULT_GALLERY and name in names else None
+            if name in names and emptied is None:
+                raise ApiError(409, "gallery_exists", f"gallery {name!r} exists: a backup is restored as a new "
+                               f"gallery; to replace it, DELETE /galleries/{name} first (GET /galleries/{name}/backup "
+                               "before that keeps a copy of it), or restore under another name")
+            if name not in names and len(names) >= s.max_galleries:
+                raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
+                               f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+            aside = stage / "replaced" if emptied is not None else None
+            try:
+                store = await anyio.to_thread.run_sync(self._place_restored, name, source, place, aside)
+            except BaseException as exc:
+                if emptied is not None:
+                    await self._serve_again(emptied)
+                if isinstance(exc, Exception):
+                    raise self._not_restored(name, exc) from None
+                raise
+            commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                     self._workers_lock())
+            commits.start()
+            g = self.galleries[name] = Gallery(name, store, commits)
+            log.info("gallery %s restored from a backup: %d items", name, store.count())
+            return g
+
+    async def _take_empty_default(self) -> Gallery | None:
+        """The default gallery, closed and no longer served, when it holds no items (its queued writes committed
+        first); 409 gallery_exists naming its items when it holds some (it goes on serving)."""
+        g = self.galleries.get(DEFAULT_GALLERY)
+        if g is None:   # not open (a failed restore could not open it again): it opens at its next request
+            return None
+        await g.commits.stop()   # what is queued is committed (and counted); a write from now on is refused
+        count = await anyio.to_thread.run_sync(g.store.count)
+        if count:
+            g.commits.start()
+            raise ApiError(409, "gallery_exists", f"the default gallery holds {count} items; it always exists and "
+                           "cannot be deleted, so a backup replaces it only while it is empty: delete its items "
+                           "first (DELETE /index with label or where; GET /galleries/default/backup keeps a copy), "
+                           "or restore the backup under another name")
+        del self.galleries[DEFAULT_GALLERY]
+        await anyio.to_thread.run_sync(g.store.close)
+        return g
+
+    async def _serve_again(self, g: Gallery) -> None:
+        """The default gallery `g`, closed by _take_empty_default, opened and served again (a restore failed)."""
+        import index
+
+        try:
+            store = await anyio.to_thread.run_sync(self._open_store, self.embedder, g.name)
+        except Exception as exc:  # noqa: BLE001  (it opens again at its next request)
+            log.error("index: gallery %s not opened again after a failed restore: %s", g.name, exc)
+            return
+        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                 self._workers_lock())
+        commits.start()
+        self.galleries[g.name] = Gallery(g.name, store, commits)
+
+    def _place_restored(self, name: str, source: Path, place: Path, aside: Path | None) -> GalleryStore:
+        """Move the folder `source` to `place` (the store there before it, the default gallery's, first to
+        `aside`) and open it; on any failure each is moved back. Blocking."""
+        if aside is not None:
+            place.rename(aside)
+        try:
+            place.parent.mkdir(exist_ok=True)   # DATA/galleries, before the first named gallery
+            source.rename(place)   # refused (ENOTEMPTY) where a folder is in the way
+            try:
+                return self._open_store(self.embedder, name)
+            except BaseException:
+                place.rename(source)
+                raise
+        except BaseException:
+            if aside is not None:
+                aside.rename(place)
+            raise
+
+    def _not_restored(self, name: str, exc: Exception) -> ApiError:
+        """The answer to a restored gallery `name` that did not take its place or open (`exc`, logged)."""
+        import index
+
+        if isinstance(exc, ApiError):
+            return exc
+        cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
+        full = (isinstance(cause, index.StorageError) and cause.full) or getattr(cause, "errno", None) == errno.ENOSPC
+        log.error("index: gallery %s not restored: %s", name, exc)
+        if full:
+            return ApiError(507, "insufficient_storage", f"the service's disk filled while gallery {name!r} was "
+                            "opened: it was not restored and nothing of it was kept; retry once the operator has "
+                            "freed space")
+        return ApiError(503, "index_unavailable", f"gallery {name!r} could not be restored: the received store did "
+                        "not take its place or open (the service's log says why); nothing of it was kept",
+                        {"Retry-After": "5"})
 
     async def _drop_other_model(self, name: str) -> int:
         """drop_gallery of a gallery that holds another model's vectors (so it is never opened to serve): opened

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
                                                        "share (`serve --workers N` sets one): their common rate "
                                                        "limits, and the lock that has `skip_duplicates` store a "
                                                        "new picture once among them; default: each on its own")
+    # A backup is the whole store (1.35 GB at a million items): far past max_body_bytes, which is sized for images
+    max_restore_bytes: int = Field(16 * 1024 ** 3, ge=1, description="largest backup file PUT "
+                                                                     "/galleries/NAME/backup takes (413 past it); "
+                                                                     "the data folder's disk must also have room "
+                                                                     "for it (507 otherwise)")
+    backup_stall_seconds: float = Field(60.0, gt=0, description="a backup download (GET /galleries/NAME/backup) "
+                                                                "whose client takes nothing of it for this long is "
+                                                                "cut off, its temporary copy closed")
     max_concurrency: int = Field(64, ge=0, description="requests in flight before answering 503; 0 = off")
     max_duplicates_items: int = Field(50_000, ge=0, description="GET /duplicates searches the whole gallery with "
                                                                  "each of its items (19 s for 60,000 on 2 cores, "

@@ -163,6 +163,9 @@ def _checked(db: Path, what: str) -> dict:
     """What the store database `db` holds (backup's keys), read after SQLite's integrity check and the store's
     own (its record and schema); StoreError naming `what` when it is not a sound store. The -wal and -shm a
     read-only look leaves beside a database in WAL mode are removed (nothing was written to them)."""
+    wrong = _header_problem(db)
+    if wrong:
+        raise StoreError(f"{what} is not a simsearch store: {wrong}")
     try:
         conn = _db.connect(db, read_only=True)
         try:
@@ -183,6 +186,26 @@ def _checked(db: Path, what: str) -> dict:
     _db.check_schema(meta, db.parent)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta["model_id"],
             "dim": int(meta["dim"]), "bytes": db.stat().st_size}
+
+
+def _header_problem(db: Path) -> str | None:
+    """What SQLite's file header of `db` shows to be wrong with it, in words (a file that is no database, one cut
+    short of the pages its header counts), or None; SQLite's own checks follow."""
+    size = db.stat().st_size
+    with open(db, "rb") as f:
+        head = f.read(100)
+    if not head.startswith(b"SQLite format 3\0"):
+        return f"it is not a SQLite database ({size} bytes beginning {head[:16]!r})"
+    if len(head) < 100:
+        return f"it holds {size} bytes, fewer than SQLite's 100-byte header"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    counted = head[24:28] == head[92:96]   # the header's page count is valid only where these agree
+    if counted and pages and size < page * pages:
+        return (f"it is cut short: {size} bytes of the {page * pages} its header counts ({pages} pages of {page}): "
+                "send the whole file")
+    return None
 
 
 def _copy(source: Path, dest: Path, shown: Path, needs: int) -> dict:

@@ -248,12 +248,32 @@ def test_a_backup_the_temporary_folder_has_no_room_for_is_refused_507_naming_the
                            "'big'", "TMPDIR")
         said = re.search(r"needs about (\d+) bytes of temporary space .* has (\d+) free", err["message"])
         assert said and int(said[1]) >= needs > int(said[2]), err   # refused before a byte was copied
+        head = httpx.head(server.url + "/galleries/big/backup")   # no copy made: no room needed
+        assert head.status_code == 200 and head.headers["x-simsearch-items"] == "160", head.headers
         r = httpx.get(server.url + "/galleries/small/backup")
         assert r.status_code == 200 and r.headers["x-simsearch-items"] == "10", r.text[:200]
         left = subprocess.run([*inside, "ls", "-A", str(mount)], capture_output=True, text=True, check=True).stdout
         assert left.split() == ["ballast"], left
     finally:
         stop_server(server)
+
+
+def test_a_head_of_a_backup_answers_the_headers_known_without_making_a_copy(live):
+    server, _, tmp, model, dim = live
+    _write(server.url, model, dim, ["head-1", "head-2"])
+    items = httpx.get(server.url + "/galleries").json()["galleries"]
+    count = next(g["count"] for g in items if g["name"] == "shoes")
+    r = httpx.head(server.url + "/galleries/shoes/backup", headers={"X-API-Key": FULL})
+    assert r.status_code == 200 and r.content == b"", r.headers
+    assert r.headers["x-simsearch-items"] == str(count) and r.headers["x-simsearch-model"] == model, r.headers
+    assert r.headers["content-type"] == "application/vnd.sqlite3" and r.headers["cache-control"] == "no-store"
+    assert re.fullmatch(r'attachment; filename="simsearch-shoes-\d{8}T\d{6}Z\.sqlite3"',
+                        r.headers["content-disposition"])
+    assert "content-length" not in r.headers and "x-simsearch-last-seq" not in r.headers, r.headers
+    assert list(tmp.iterdir()) == []
+    assert httpx.head(server.url + "/galleries/shoes/backup").status_code == 401
+    assert httpx.head(server.url + "/galleries/shoes/backup", headers={"X-API-Key": READ}).status_code == 403
+    assert httpx.head(server.url + "/galleries/nope/backup", headers={"X-API-Key": FULL}).status_code == 404
 
 
 def test_a_backup_of_a_gallery_marked_incomplete_says_so(live):
@@ -355,14 +375,12 @@ def test_a_download_the_client_stops_taking_is_cut_off_its_copy_closed_and_the_n
 
     import uvicorn
 
-    import app._routes_backup as routes_backup
     from app import create_app
 
     from .conftest import free_port
 
-    monkeypatch.setattr(routes_backup, "STALL_SECONDS", 1.0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    served = create_app(settings_for(hybrid1_artifact, tmp_path / "data"))
+    served = create_app(settings_for(hybrid1_artifact, tmp_path / "data", backup_stall_seconds=1.0))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

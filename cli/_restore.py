@@ -1,0 +1,118 @@
+"""`simsearch index restore --url URL --gallery NAME FILE_OR_DEST`: a backup sent to a running service's PUT
+/galleries/NAME/backup, which makes gallery NAME of it: the other half of `index backup --url`, for an operator who
+cannot reach the service's disk. The file is streamed from disk (never whole in memory), its size sent as
+Content-Length so that the service checks its room first."""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+from . import _http
+from ._env import ClientEnv
+from ._errors import CliError
+
+# index's, without importing index (and FAISS) for an upload
+DB_NAME = "store.sqlite3"
+GALLERY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")   # the names index.check_gallery_name takes
+INCOMPLETE_NAME = "incomplete.json"   # index._incomplete's mark beside a store that holds a part of its source
+CHUNK = 1 << 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `index restore` to the `index` command, which cli/_index.py has registered by then (cli/__init__.py
+    registers the modules in name order); unless it is there already."""
+    isub = next(a for a in sub.choices["index"]._actions if isinstance(a, argparse._SubParsersAction))
+    if "restore" not in isub.choices:
+        register_index(isub)
+
+
+def register_index(isub) -> None:
+    """`simsearch index restore`'s options (the index command's subparsers call this)."""
+    r = isub.add_parser("restore", help="restore a backup into a running service as a new gallery (PUT "
+                                        "/galleries/NAME/backup)",
+                        description="Send a backup to the service at --url, which makes gallery --gallery of it "
+                                    "and serves it at once: the file GET /galleries/NAME/backup sent (curl -o), or "
+                                    "the DEST folder `index backup --url` or `index backup` made (the gallery's "
+                                    "store.sqlite3 in it is sent). The service checks it first (a sound store of "
+                                    "its model) and keeps nothing of a file it refuses. The name must be new: to "
+                                    "replace a gallery, DELETE /galleries/NAME first (curl -X DELETE); the default "
+                                    "gallery, which cannot be deleted, is replaced only while it holds no items. "
+                                    "Prints what the service made; a refusal is one line and exit status 2.")
+    r.add_argument("source", metavar="FILE_OR_DEST", help="the backup file, or a folder `index backup` made")
+    r.add_argument("--url", required=True, help="the running service, e.g. http://127.0.0.1:8000")
+    r.add_argument("--gallery", metavar="NAME", default="default",
+                   help="the gallery to make of it ('default' for the default one, the default)")
+    r.add_argument("--api-key", help="an API key that may write the gallery (default $SIMSEARCH_API_KEY, else the "
+                                     "first key of $SIMSEARCH_API_KEY_FILE); a `read` key is refused")
+    r.add_argument("--timeout", type=float, default=600,
+                   help="seconds to wait for the service between parts and for its answer, which comes once the "
+                        "gallery is checked and open (600)")
+    r.set_defaults(func=restore, imports_user_models=False)
+
+
+def restore(args) -> int:
+    """PUT the backup in args.source to args.url as gallery args.gallery; print the service's answer."""
+    import httpx
+
+    name = args.gallery
+    if not GALLERY_NAME.fullmatch(name):
+        raise CliError(f"--gallery: a gallery name is 1 to 63 lower-case letters, digits, - and _, starting with a "
+                       f"letter or digit; got {name[:80]!r}")
+    file = backup_file(Path(args.source), name)
+    url = args.url.rstrip("/")
+    key = ClientEnv.read().write_key(args.api_key)
+    headers = {"Content-Type": "application/vnd.sqlite3", "Content-Length": str(file.stat().st_size)}
+    if key:
+        headers["X-API-Key"] = key
+    if (file.parent / INCOMPLETE_NAME).is_file():   # the backup of a gallery marked incomplete: restored marked
+        headers["X-Simsearch-Incomplete"] = "true"
+    try:
+        with httpx.Client(base_url=url, timeout=args.timeout) as client:
+            # 429 and 503 waited out (the body is read again from the file); never sent twice after a connection
+            # drops, as a restore may have been made by then
+            r = _http.request(client, "PUT", f"/galleries/{quote(name, safe='')}/backup", reconnect_seconds=0,
+                              content=_FileBody(file), headers=headers)
+    except httpx.HTTPError as exc:
+        raise CliError(f"the backup did not reach the service at {url} whole ({type(exc).__name__}: {exc}); "
+                       f"`GET {url}/galleries` says whether gallery {name!r} was made") from None
+    if r.status_code != 201:
+        raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
+    body = r.json()
+    items = body.get("count")
+    print(f"{name}: restored {items} item{'' if items == 1 else 's'} (model {r.headers.get('x-simsearch-model')}, "
+          f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file} to {url}; it serves now")
+    return 0
+
+
+def backup_file(source: Path, name: str) -> Path:
+    """The store file to send for gallery `name`: `source` itself, or in a folder `index backup` made, the
+    gallery's place in it (DEST/galleries/NAME/index, DEST/index for the default one), else its one store;
+    CliError saying what was looked for."""
+    if source.is_file():
+        return source
+    if not source.is_dir():
+        raise CliError(f"{source} is neither a backup file nor a folder")
+    place = source / "index" if name == "default" else source / "galleries" / name / "index"
+    for candidate in (place / DB_NAME, source / DB_NAME):
+        if candidate.is_file():
+            return candidate
+    found = sorted(source.rglob(DB_NAME))
+    if len(found) == 1:
+        return found[0]
+    held = ", ".join(str(p.relative_to(source)) for p in found[:5]) or "none"
+    raise CliError(f"{source} holds no backup of gallery {name!r} (no {place.relative_to(source) / DB_NAME}); the "
+                   f"stores in it: {held}. Give --gallery the name it was backed up as, or the file itself")
+
+
+class _FileBody:
+    """The file's bytes as a request body, read anew each time it is sent (a retry after a 429)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk

@@ -1,0 +1,102 @@
+"""`simsearch index restore --url URL --gallery NAME FILE_OR_DEST` against a real `simsearch serve`: the DEST folder
+`index backup --url` made (or the bare file) restored after a DELETE, one line saying what the service made, the
+gallery serving at once; a refusal (a name in use, a file that is not a store, a refused key) is one line and exit
+status 2; a 429 is waited out."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from cli import main
+
+from ..app.conftest import start_server, stop_server
+
+KEY = "restore-url-key"
+
+
+@pytest.fixture(scope="module")
+def live(hybrid1_artifact, tmp_path_factory):
+    """A server with the key KEY and 30 items in the gallery `shoes`."""
+    work = tmp_path_factory.mktemp("restore-url")
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(work / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_API_KEY": KEY}, work)
+    try:
+        listing = httpx.get(server.url + "/index").json()
+        vectors = np.random.default_rng(3).normal(size=(30, listing["dimension"]))
+        body = {"model": listing["model"], "items": [{"id": f"i{i}", "vector": v.tolist()} for i, v in
+                                                      enumerate(vectors)]}
+        r = httpx.post(server.url + "/index", params={"gallery": "shoes"}, json=body, headers={"X-API-Key": KEY})
+        assert r.status_code == 201, r.text
+        yield server
+    finally:
+        stop_server(server)
+
+
+def _count(server, gallery: str) -> int | None:
+    return {g["name"]: g["count"] for g in httpx.get(server.url + "/galleries").json()["galleries"]}.get(gallery)
+
+
+def test_a_backup_folder_restored_after_a_delete_serves_again_and_one_line_says_so(live, tmp_path, capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    assert httpx.delete(live.url + "/galleries/shoes", headers={"X-API-Key": KEY}).status_code == 200
+    capsys.readouterr()
+    assert main(["index", "restore", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("shoes: restored 30 items") and "it serves now" in out, out
+    assert _count(live, "shoes") == 30
+    r = httpx.post(live.url + "/search", params={"gallery": "shoes", "k": 3, "like": "i4"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+
+    file = dest / "galleries" / "shoes" / "index" / "store.sqlite3"   # the bare file, under another name
+    assert main(["index", "restore", "--url", live.url, "--gallery", "boots", "--api-key", KEY, str(file)]) == 0
+    assert _count(live, "boots") == 30
+
+
+def test_a_refusal_is_one_line_and_exit_2(live, tmp_path, capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    capsys.readouterr()
+    assert main(["index", "restore", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "409" in err and "DELETE /galleries/shoes" in err, err
+
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"not a store" * 100)
+    assert main(["index", "restore", "--url", live.url, "--gallery", "junk", "--api-key", KEY, str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "422" in err and "not a SQLite database" in err, err
+
+    assert main(["index", "restore", "--url", live.url, "--gallery", "keyless", "--api-key", "wrong", str(dest)]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    both = tmp_path / "both"   # two galleries' stores, neither of them `other`
+    for place in (both / "index", both / "galleries" / "shoes" / "index"):
+        place.mkdir(parents=True)
+        (place / "store.sqlite3").write_bytes((dest / "galleries" / "shoes" / "index" / "store.sqlite3").read_bytes())
+    assert main(["index", "restore", "--url", live.url, "--gallery", "other", "--api-key", KEY, str(both)]) == 2
+    err = capsys.readouterr().err
+    assert "no backup of gallery 'other'" in err and "galleries/shoes/index/store.sqlite3" in err, err
+    assert _count(live, "junk") is None and _count(live, "keyless") is None and _count(live, "other") is None
+
+
+def test_a_429_is_waited_out(hybrid1_artifact, tmp_path, capsys):
+    """A service whose rate limit the key has used up (20 a minute: one more every 3 s) answers 429 with
+    Retry-After; the restore waits it out and is made."""
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "data"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "20", "SIMSEARCH_API_KEY": KEY}, tmp_path)
+    try:
+        file = tmp_path / "default.sqlite3"
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}) as client:
+            file.write_bytes(client.get("/galleries/default/backup").content)
+            while client.get("/index").status_code != 429:
+                pass
+        t0 = time.monotonic()
+        assert main(["index", "restore", "--url", server.url, "--gallery", "waits", "--api-key", KEY,
+                     str(file)]) == 0
+        assert time.monotonic() - t0 >= 1.0
+        assert "waits: restored 0 items" in capsys.readouterr().out
+    finally:
+        stop_server(server)
