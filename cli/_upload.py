@@ -116,8 +116,10 @@ RIDE_OUT_SECONDS = 60.0   # how long a lost service is waited for mid-upload (a 
 
 
 class _Sender:
-    """Sends batches to the service (POST /index) from worker threads: each batch whole, or one file at a time
-    when the service refuses one of them, to learn which; remembers the look-alikes it left out."""
+    """Sends batches to the service (POST /index) from worker threads: each batch whole; halved, down to one
+    file, when the service answers 413 (a body, a number of parts or a number of pixels over its limits), so
+    that many small files under a tight limit still go a few to a request; one file at a time when it refuses
+    one of them otherwise (400, 415, 422), to learn which. Remembers the look-alikes it left out."""
 
     def __init__(self, client, url: str, labels: dict[str, str | None], extra: dict[str, dict], dedupe: dict,
                  exif: bool, gps: bool, gallery: str = "default"):
@@ -133,17 +135,23 @@ class _Sender:
             return self._stored_of(answer), []
         if status not in (400, 413, 415, 422):
             raise CliError(_http.fatal(status, message, self.url))
+        if len(files) == 1:   # refused alone: said with the service's reason (a 413 names its limit)
+            _write(f"rejected {files[0][0]}: {status} {message}")
+            return 0, [files[0][0]]
+        if status == 413:   # too large as a whole: each half may fit (a file too large alone is found in a few)
+            return self._halves(files)
         stored, refused = 0, []  # one of them is refused: learn which, keep the rest
         for one in files:
-            st, msg, ans = self._post([one]) if len(files) > 1 else (status, message, answer)
-            if st == 201:
-                stored += self._stored_of(ans)
-            elif st in (400, 413, 415, 422):
-                refused.append(one[0])
-                _write(f"rejected {one[0]}: {st} {msg}")
-            else:
-                raise CliError(_http.fatal(st, msg, self.url))
+            n, no = self.send([one])
+            stored += n
+            refused.extend(no)
         return stored, refused
+
+    def _halves(self, files: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
+        """`send` of each half of a batch of two files or more, in order."""
+        middle = (len(files) + 1) // 2
+        first, second = self.send(files[:middle]), self.send(files[middle:])
+        return first[0] + second[0], first[1] + second[1]
 
     def _post(self, files: list[tuple[str, bytes]]) -> tuple[int, str, dict]:
         return _post(self.client, files, self.labels, self.extra, self.dedupe, self.exif, self.gps,

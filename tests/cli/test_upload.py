@@ -390,3 +390,53 @@ def test_the_clients_send_the_first_key_of_the_variable_or_the_key_file_as_the_s
         assert f"SIMSEARCH_API_KEY_FILE '{tmp_path / 'absent'}': No such file or directory" in capsys.readouterr().err
     finally:
         stop_server(server)
+
+
+def _posts_to_index(server) -> dict[str, int]:
+    """The service's count of POST /index requests by status, from its /metrics."""
+    import re
+
+    text = httpx.get(server.url + "/metrics").text
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'simsearch_requests_total\{(.*)\} ([0-9.e+]+)', line)
+        if m and 'method="POST"' in m.group(1) and 'route="/index"' in m.group(1):
+            status = re.search(r'status="(\d+)"', m.group(1)).group(1)
+            counts[status] = counts.get(status, 0) + int(float(m.group(2)))
+    return counts
+
+
+def test_an_upload_over_a_small_body_limit_halves_its_batches_and_reports_a_file_too_large_alone(
+        hybrid1_artifact, shared_data, tmp_path, capsys):
+    """A 413 for a whole batch (its body over SIMSEARCH_MAX_BODY_BYTES) used to send the batch again one file a
+    request; the batch is halved instead until it fits, so many small files still go a few to a request, and
+    a file too large alone is reported with the limit while the others go in."""
+    import re
+
+    from PIL import Image
+
+    from tests.photo_formats import phone_sized
+
+    photos = cifar_folder(shared_data, tmp_path / "photos", range(32))   # 96 small JPEGs, about 1.2 KB each
+    large = phone_sized(Image.open(photos / "ship" / "0000.jpg"))
+    (photos / "big").mkdir()
+    large.save(photos / "big" / "photo.jpg", quality=95)
+    limit = 12_000   # a few CIFAR files a request, never the 640x480 photo
+    assert (photos / "big" / "photo.jpg").stat().st_size > limit
+    server = serving(hybrid1_artifact, tmp_path, SIMSEARCH_MAX_BODY_BYTES=str(limit))
+    try:
+        assert main(["index", "upload", str(photos), "--url", server.url, "--api-key", KEY, "--batch-size", "32",
+                     "--parallel", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "uploaded 96 images (1 rejected by the service); it holds 96 items" in out
+        assert re.search(rf"rejected big/photo.jpg: 413 Content-Length \d+ is larger than the limit of {limit} bytes\n",
+                         out), out
+        assert sum(line.startswith("rejected ") for line in out.splitlines()) == 1
+        items = listing(server)
+        files = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
+        assert sorted(items) == [f for f in files if f != "big/photo.jpg"]
+        # halving: 28 requests here (15 of them stored a batch); one file a request after a 413 was 100
+        posts = _posts_to_index(server)
+        assert sum(posts.values()) < len(files) / 3 and posts["201"] < len(files) / 5, posts
+    finally:
+        stop_server(server)
