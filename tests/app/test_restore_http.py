@@ -58,8 +58,8 @@ def _backup(url: str, gallery: str) -> bytes:
 
 
 def _restore(url: str, gallery: str, body, key: str = FULL, **kw) -> httpx.Response:
-    return httpx.put(f"{url}/galleries/{gallery}/backup", content=body, headers={"X-API-Key": key} if key else {},
-                     timeout=60, **kw)
+    kw.setdefault("headers", {"X-API-Key": key} if key else {})
+    return httpx.put(f"{url}/galleries/{gallery}/backup", content=body, timeout=60, **kw)
 
 
 def _searches(url: str, gallery: str, dim: int) -> list:
@@ -108,6 +108,16 @@ def test_a_name_in_use_is_409_gallery_exists_saying_to_delete_it_first(live):
     err = assert_error(_restore(server.url, "shoes", file), 409, "gallery_exists", "DELETE /galleries/shoes")
     assert "GET /galleries/shoes/backup" in err["message"]
     assert _left_in(data) == []
+
+
+def test_a_backup_said_to_be_of_a_gallery_marked_incomplete_is_restored_marked(live):
+    server, data, _, _ = live
+    file = _backup(server.url, "shoes")
+    r = _restore(server.url, "partial", file, headers={"X-API-Key": FULL, "X-Simsearch-Incomplete": "true"})
+    assert r.status_code == 201, r.text
+    assert (data / "galleries" / "partial" / "index" / "incomplete.json").is_file()
+    head = httpx.head(server.url + "/galleries/partial/backup", headers={"X-API-Key": FULL})
+    assert head.headers.get("x-simsearch-incomplete") == "true", head.headers
 
 
 def test_a_body_that_is_not_a_store_is_422_and_the_service_serves_on(live):

@@ -100,3 +100,13 @@ def test_a_429_is_waited_out(hybrid1_artifact, tmp_path, capsys):
         assert "waits: restored 0 items" in capsys.readouterr().out
     finally:
         stop_server(server)
+
+
+def test_a_backup_folder_marked_incomplete_is_restored_marked(live, tmp_path, capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    folder = dest / "galleries" / "shoes" / "index"
+    (folder / "incomplete.json").write_text('{"command": "index copy", "source": "elsewhere", "said": "a part"}')
+    assert main(["index", "restore", "--url", live.url, "--gallery", "marked", "--api-key", KEY, str(dest)]) == 0
+    head = httpx.head(live.url + "/galleries/marked/backup", headers={"X-API-Key": KEY})
+    assert head.headers.get("x-simsearch-incomplete") == "true", head.headers
