@@ -157,7 +157,7 @@ def run_per_artifact(name: str, doc: str, study: Callable[[str, str], dict]) -> 
         ap.error(f"expected ARTIFACT DATA pairs, got {len(args.pairs)} paths")
     torch.set_num_threads(args.threads)
     started = time.time()
-    runs = [study(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2])]
+    runs = [study(a, d) for a, d in zip(args.pairs[::2], args.pairs[1::2], strict=True)]
     write_result(name + args.tag, {"command": command_line(), "machine": machine(),
                                    "seconds": round(time.time() - started, 1), "runs": runs})
 

@@ -103,9 +103,10 @@ def _study(store, gallery: np.ndarray, Q: np.ndarray, chosen: np.ndarray) -> dic
     for name, answers in (("plain", plain), ("by product", grouped)):
         page[name] = {
             "distinct_products_on_the_page": round(float(np.mean([len({product(h) for h in a}) for a in answers])), 3),
-            "query_product_first": round(float(np.mean([product(a[0]) == p for a, p in zip(answers, chosen)])), 4),
+            "query_product_first": round(float(np.mean([product(a[0]) == p
+                                                        for a, p in zip(answers, chosen, strict=True)])), 4),
             "query_product_on_the_page": round(float(np.mean([p in {product(h) for h in a}
-                                                              for a, p in zip(answers, chosen)])), 4),
+                                                              for a, p in zip(answers, chosen, strict=True)])), 4),
             "distinct_labels_on_the_page": round(float(np.mean([len({h.label for h in a}) for a in answers])), 3)}
         print(f"{name}: {page[name]}", flush=True)
 

@@ -140,7 +140,7 @@ def run(kind: str, n: int, gallery: np.ndarray, queries: np.ndarray, truth: np.n
                p50_ms_b32=percentile_ms(lat32, 50), p99_ms_b32=percentile_ms(lat32, 99),
                qps_b32=32 / float(np.median(lat32)))
     row["recall10"] = float(np.mean([len({int(h.id[4:11]) for h in hits} & set(t.tolist())) / 10
-                                     for hits, t in zip(found, truth)]))
+                                     for hits, t in zip(found, truth, strict=True)]))
     # Durability costs: snapshot on close, then a restart (load snapshot, replay nothing).
     t0 = time.perf_counter()
     store.close()

@@ -88,7 +88,8 @@ def run_case(name: str, srv: _server.Server, others: list[int], queries, concs, 
         cpu1 = [_tree_cpu(srv.pid)] + [_tree_cpu(p) for p in others]
         n = max(r["requests"], 1)
         r["service_cpu_ms_per_request"] = 1e3 * (cpu1[0] - cpu0[0]) / n
-        r["milvus_cpu_ms_per_request"] = 1e3 * sum(b - a for a, b in zip(cpu0[1:], cpu1[1:])) / n if others else 0.0
+        r["milvus_cpu_ms_per_request"] = (1e3 * sum(b - a for a, b in zip(cpu0[1:], cpu1[1:], strict=True)) / n
+                                          if others else 0.0)
         r["healthz_rps"], r["ratio_to_healthz"] = ref["rps"], r["ok_rps"] / ref["rps"] if ref["rps"] else None
         out[f"c{conc}"] = r
         print(f"  {name:22s} c={conc:<3d} /healthz {ref['rps']:7.0f} req/s | /search {r['ok_rps']:7.0f} req/s "

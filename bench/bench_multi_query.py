@@ -68,7 +68,7 @@ def main() -> None:
             for s in sets:
                 best: dict[int, float] = {}
                 for j in s:
-                    for f, sc in zip(ids[j].tolist(), scores[j].tolist()):
+                    for f, sc in zip(ids[j].tolist(), scores[j].tolist(), strict=True):
                         best[f] = max(best.get(f, -2.0), sc)
                 merged.append([f for f, _ in sorted(best.items(), key=lambda fs: -fs[1])[:k]])
             rel = np.array([g_labels[m] == q_labels[i] for i, m in enumerate(merged)])

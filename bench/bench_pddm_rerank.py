@@ -37,7 +37,7 @@ def ranking_metrics(ranked_labels: np.ndarray, query_labels: np.ndarray, r_count
     R = the number of other items of the query's class (as pytorch-metric-learning defines them)."""
     rel = ranked_labels == query_labels[:, None]
     p1, rp, mapr = [], [], []
-    for row, r in zip(rel, r_counts):
+    for row, r in zip(rel, r_counts, strict=True):
         hits = row[:r]
         p1.append(float(row[0]))
         rp.append(hits.sum() / r)
@@ -84,7 +84,7 @@ def main() -> None:  # noqa: C901 (a bench script's main)
     qidx = np.arange(n) if args.queries in (0, None) or args.queries >= n else np.sort(
         rng.choice(n, args.queries, replace=False))
     _, nbr = index.search(vecs[qidx], max_r + 1)
-    nbr = np.array([[j for j in row if j != q][:max_r] for q, row in zip(qidx, nbr)])
+    nbr = np.array([[j for j in row if j != q][:max_r] for q, row in zip(qidx, nbr, strict=True)])
     base = ranking_metrics(labels[nbr], labels[qidx], r_counts[qidx])
     quality: dict = {"cosine": base}
     rerank_seconds = {}

@@ -120,7 +120,7 @@ def main() -> None:
     quality = {name: {"precision_at_1": round(float((labels[nn[:, 0]] == q_labels).mean()), 4),
                       "precision_at_10": round(float((labels[nn] == q_labels[:, None]).mean()), 4)}
                for name, nn in found.items()}
-    shared = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found["thumbnails"], found["originals"])])
+    shared = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found["thumbnails"], found["originals"], strict=True)])
     n = len(ids)
     result = {
         "command": _common.command_line(), "machine": _common.machine(), "gallery": n,

@@ -123,7 +123,7 @@ def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) pairs, per hour."""
     if len(samples) < 3:
         return float("nan")
-    ts, vs = zip(*samples)
+    ts, vs = zip(*samples, strict=True)
     tm, vm = statistics.fmean(ts), statistics.fmean(vs)
     den = sum((t - tm) ** 2 for t in ts)
     return 3600 * sum((t - tm) * (v - vm) for t, v in samples) / den if den else float("nan")
@@ -195,7 +195,7 @@ class Client(threading.Thread):
         return [("file", (f"f{i}", self.rng.choice(pool), mime)) for i in range(count)]
 
     def run(self) -> None:
-        kinds, weights = zip(*MIX.items())
+        kinds, weights = zip(*MIX.items(), strict=True)
         while not self.stop.is_set():
             kind = self.rng.choices(kinds, weights)[0]
             # keep about live_target items: add when short, delete when over
@@ -269,7 +269,7 @@ class Client(threading.Thread):
                            data=data)
         if self._expect("add", r, (201,)):
             self._wrote(gallery, r)
-            for i, lb in zip(r.json()["ids"], labels):
+            for i, lb in zip(r.json()["ids"], labels, strict=True):
                 self.live[i] = (gallery, lb)
 
     def _patch(self) -> None:

@@ -42,7 +42,7 @@ for kind in kinds:
             t = time.perf_counter(); st.search(q, k=10); lat.append(time.perf_counter() - t)
         res = st.search(queries, k=10)
         ids = [[int(h.id[2:]) for h in r] for r in res]
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth.tolist())]))
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth.tolist(), strict=True)]))
         t = time.perf_counter()
         for s in range(0, 320, 32): st.search(queries[s:s + 32], k=10)
         b32 = (time.perf_counter() - t) / 10

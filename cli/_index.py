@@ -305,7 +305,7 @@ def _index_images(args, todo: list[str], read: Callable[[str], bytes], sequentia
                 vecs = embedder.embed_arrays(np.stack([r[0] for _i, r in good]))
                 store.upsert([index.Item(id=i, vector=v, label=labels[i], thumbnail=r[1],
                                          metadata={**r[2], **extra.get(i, {})})
-                              for (i, r), v in zip(good, vecs)])
+                              for (i, r), v in zip(good, vecs, strict=True)])
             bar.update(len(chunk))
     return failed
 

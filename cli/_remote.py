@@ -55,7 +55,7 @@ def search(args, queries: list[tuple[str, str | None, Callable[[], bytes]]], sin
                     limit = max(1, len(chunk) // 2)
                     todo[:0] = [(n, lb, (lambda d=d: d)) for n, lb, d in chunk]
                     continue
-                for (name, label, _), hits in zip(chunk, answers):
+                for (name, label, _), hits in zip(chunk, answers, strict=True):
                     if hits is None:
                         failed += 1
                         continue

@@ -240,7 +240,8 @@ def _search_local(args, queries, single: bool, show, where, crop, like, unlike):
             if not chunk:
                 continue
             vecs = embedder.embed_arrays(np.stack(arrays))
-            for (name, label), vec, hits in zip(chunk, vecs, search(vecs, args.rerank or args.k, **filters)):
+            found = search(vecs, args.rerank or args.k, **filters)
+            for (name, label), vec, hits in zip(chunk, vecs, found, strict=True):
                 if pddm is not None:
                     hits = _rerank(store, pddm, vec, hits, args.k, args.offset)
                 answer = show(name, label, hits)
@@ -295,7 +296,7 @@ def _model_inputs(queries, embedder, crop, fatal: bool):
         data = None
         try:
             data = read()
-            arrays.append(g.model_input(data, embedder, crop))
+            arrays.append(g.model_input(data, embedder, crop, name))
             kept.append((name, label))
         except Exception as exc:  # noqa: BLE001  (one unreadable query is reported, not fatal)
             why = unreadable_reason(exc, data)
@@ -472,7 +473,7 @@ def _rerank(store, pddm, query, hits: list, k: int, offset: int = 0) -> list:
     distance kept)."""
     import numpy as np
 
-    kept = [(h, it) for h, it in zip(hits, store.get_many([h.id for h in hits])) if it is not None]
+    kept = [(h, it) for h, it in zip(hits, store.get_many([h.id for h in hits]), strict=True) if it is not None]
     if not kept:
         return []
     order, _ = pddm.rerank(query, np.stack([it.vector for _, it in kept]))
