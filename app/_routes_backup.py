@@ -27,10 +27,14 @@ Content-Length is given, up to SIMSEARCH_MAX_RESTORE_BYTES (BodyLimitMiddleware'
 for images), then checked as `index backup --url` checks a download (index.receive_backup: SQLite's integrity check,
 a store's record, a schema this simsearch knows), refused when it holds another model's vectors, and only then
 moved to its place and opened (Service.restore_gallery). A restore refused or cut off leaves nothing behind. It
-takes the key a write takes (a `read` key is refused, as for GET), and a read-only service refuses it as any write."""
+takes the key a write takes (a `read` key is refused, as for GET), and a read-only service refuses it as any write.
+
+HEAD /galleries/{name}/backup has a route of its own, so that HeadMiddleware does not run the GET (a whole copy made
+and none of it sent): the headers the store tells without a copy."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -176,9 +180,10 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
     service = _service(request, write=True)
     s = service.settings
     if s.milvus_uri:
-        raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus: a backup file is restored "
-                       "into a data folder, and `simsearch index copy --data DATA --gallery NAME --to-milvus-uri URI` "
-                       "copies a gallery of one into Milvus (docs/index.md)")
+        raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus, where a backup file is not "
+                       "restored: put it in a data folder (`simsearch index backup --url` makes one, DEST), then "
+                       f"`simsearch index copy --data DEST --gallery {name} --to-milvus-uri URI` copies it into Milvus "
+                       "(docs/index.md)")
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "a multipart form: send the backup file itself as the body "
                        f"(curl -T FILE, Content-Type {MEDIA_TYPE} or application/octet-stream)")
@@ -198,7 +203,8 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
                 raise ApiError(507, "insufficient_storage", f"the data folder's disk filled while the backup of "
                                f"gallery {name!r} came ({_free_space(s.data_dir)} bytes free now): nothing of it was "
                                "kept; the operator can free space there") from None
-            raise ApiError(422, "not_a_store", str(exc).replace(str(stage), "the body")) from None
+            # the staging folder's paths are the service's own: "the body" to the client
+            raise ApiError(422, "not_a_store", re.sub(re.escape(str(stage)) + r"\S*", "the body", str(exc))) from None
         if got["model_id"] != service.model_id:
             raise ApiError(409, "model_mismatch", f"the file holds the vectors of model {got['model_id']!r}, not of "
                            f"{service.model_id!r}, the model this service embeds with, so it could not be searched or "

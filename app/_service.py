@@ -643,8 +643,7 @@ class Service:
             commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
                                      self._workers_lock())
             commits.start()
-            g = self.galleries[name] = Gallery(name, store, commits)
-            log.info("gallery %s restored from a backup: %d items", name, store.count())
+            g = self.galleries[name] = Gallery(name, store, commits)   # the route logs it, with what it held
             return g
 
     async def _take_empty_default(self) -> Gallery | None:
