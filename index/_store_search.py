@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import faiss
 import numpy as np
@@ -19,8 +19,8 @@ from ._types import Hit, SearchTuning, parse_metadata, score_to_distance, vector
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
-_EXACT_CHUNK = 65_536      # stored vectors compared at a time by exact=True from the database (_exact_scan)
-_SCAN_SPARE = 64           # nearest read past those asked by that scan, for items deleted while it ran (_scanned)
+_EXACT_CHUNK = 65_536      # stored vectors compared at a time by a scan of the database (_exact_scan)
+_SCAN_SPARE = 64           # nearest read past those asked by that scan, for items deleted while it ran
 _KINDS_OF = {"nprobe": "IVF indexes (ivf, ivfpq)", "ef_search": "HNSW indexes (hnsw)"}
 
 
@@ -64,10 +64,34 @@ def check_tuning(spec: str, dim: int, nlist: int | None, nprobe, ef_search, exac
     return SearchTuning(None if nprobe is None else int(nprobe), None if ef_search is None else int(ef_search), exact)
 
 
+class _ExactScan(NamedTuple):
+    """The scan of the database a search under the read lock asks for before it can answer the queries FAISS left
+    short (_answered runs it without the lock): those queries' `n` nearest among the FAISS ids `live` (sorted) but
+    `ex`, from the stored vectors of seq <= `applied`; chosen under the lock that asked."""
+
+    rows: list[int]          # the queries' rows in the search
+    queries: np.ndarray      # their vectors
+    n: int
+    label: str | None
+    live: np.ndarray
+    applied: int
+    ex: int | None
+
+
+class _Scanned(NamedTuple):
+    """One query's _ExactScan, as run: the n nearest (FAISS id, score) pairs of the items chosen, nearest first;
+    whether those are every item chosen; and the items chosen that the database no longer held (sorted)."""
+
+    pairs: list[tuple[int, float]]
+    complete: bool
+    missing: np.ndarray
+
+
 class StoreSearch:
-    """Store's searches. Each runs its *_locked part under the read lock through _retrying, which runs it
-    again while the exact fallback meets a write committed but not yet applied. The fields it reads are Store's,
-    declared in Store.__init__."""
+    """Store's searches. Each runs its *_locked part under the read lock through _answered, which runs the exact
+    fallback's scan of the database (the queries FAISS leaves short) between two holds of the lock, and _retrying,
+    which runs it again while that fallback meets a write committed but not yet applied. The fields it reads are
+    Store's, declared in Store.__init__."""
 
     SEARCH_RETRY_SECONDS = 10   # how long a search waits for a committed write to be applied
 
@@ -121,11 +145,12 @@ class StoreSearch:
                                  lambda nearest: self._grouped_locked(q, k, key, group_size, left_out, label,
                                                                       max_distance, conditions, max_candidates,
                                                                       nearest=nearest))
-        return self._retrying(lambda: self._grouped_locked(q, k, key, group_size, left_out, label, max_distance,
-                                                           conditions, max_candidates, tuning))
+        return self._answered(lambda scanned: self._grouped_locked(q, k, key, group_size, left_out, label,
+                                                                   max_distance, conditions, max_candidates, tuning,
+                                                                   scanned=scanned))
 
     def _grouped_locked(self, q, k, key, group_size, left_out, label, max_distance, conditions, max_candidates,
-                        tuning=None, nearest=None):
+                        tuning=None, nearest=None, scanned=None):
         rows = self._rows
         ex = {self._fid_of[i] for i in left_out if i in self._fid_of}
         if key is None:
@@ -141,11 +166,19 @@ class StoreSearch:
                 near = itertools.takewhile(lambda p: score_to_distance(p[1]) <= max_distance, near)
             return near
 
+        asked: list[_ExactScan] = []   # a page's scan to run without the lock: every page is read again after it
         if nearest is None:
             def nearest(pending, n):
-                return self._pairs_locked(q[pending], n, label, None, conditions, tuning)
+                found = self._pairs_locked(q[pending], n, label, None, conditions, tuning, scanned, pending,
+                                           max_candidates)
+                if isinstance(found, _ExactScan):
+                    asked.append(found)
+                    return None
+                return found
         found = read_groups(nearest, len(q), k, group_size, key_of, kept, len(ex), max_candidates)
-        return None if found is None else [self._hits(chosen, None) for chosen in found]
+        if found is None:
+            return asked[0] if asked else None
+        return [self._hits(chosen, None) for chosen in found]
 
     def search_by_id(self, id: str, k: int = 10, label: str | None = None,
                      max_distance: float | None = None, where: dict[str, Any] | None = None, *,
@@ -159,6 +192,33 @@ class StoreSearch:
         k, max_distance = self._check_search(k, max_distance)
         tuning = self._check_tuning(nprobe, ef_search, exact)
         return self._search(item.vector[None], k, label, max_distance, exclude=id, where=where, tuning=tuning)[0]
+
+    def _answered(self, locked: Callable[[dict[int, _Scanned]], Any]) -> Any:
+        """locked(scanned) under the read lock, again while it returns None (as _retrying). When it returns an
+        _ExactScan (queries FAISS left short, to answer exactly from the database), that scan runs without the lock
+        (a scan of a large gallery takes seconds, and a write waiting for the lock, writer-preferring, would stop
+        every search behind it) into `scanned`, and locked(scanned) answers from it under the lock again
+        (_from_scans), or asks for the scans still missing (another page of a grouped search, or a scan that writes
+        spoilt meanwhile), until it answers."""
+        scanned: dict[int, _Scanned] = {}   # kept across tries: _from_scans checks a scan against the gallery now
+
+        def attempt():
+            with self._rw.read():
+                result = locked(scanned)
+            while isinstance(result, _ExactScan):   # not retried with a pause: a scan that is asked again is run
+                self._run_scan(result, scanned)
+                with self._rw.read():
+                    result = locked(scanned)
+            return result
+        return self._retrying(attempt, lock=False)
+
+    def _run_scan(self, scan: _ExactScan, scanned: dict[int, _Scanned]) -> None:
+        """Run `scan` (no lock held) into `scanned`, by the queries' rows."""
+        found, missing = self._exact_scan(scan.queries, scan.n, scan.label, scan.live, scan.applied, scan.ex)
+        chosen = len(scan.live) - (scan.ex is not None and bool(_in_sorted(scan.live, np.array([scan.ex]))[0]))
+        complete = chosen - len(missing) <= scan.n
+        for row, pairs in zip(scan.rows, found):
+            scanned[row] = _Scanned(pairs, complete, missing)
 
     def _retrying(self, locked: Callable[[], Any], lock: bool = True) -> Any:
         """locked() under the read lock (lock=False: it takes the lock itself), again while it returns None (its
@@ -184,7 +244,8 @@ class StoreSearch:
             return self._scanned(q, k, label, where, exclude,
                                  lambda nearest: [self._hits(pairs[:k], max_distance)
                                                   for pairs in nearest(range(len(q)), k)])
-        return self._retrying(lambda: self._search_locked(q, k, label, max_distance, exclude, where, tuning))
+        return self._answered(lambda scanned: self._search_locked(q, k, label, max_distance, exclude, where, tuning,
+                                                                  scanned))
 
     def _scans_database(self, tuning) -> bool:
         """exact=True on an index whose vectors are compressed (IVF-PQ): the stored vectors are read instead."""
@@ -205,9 +266,9 @@ class StoreSearch:
                 applied = self._applied_seq
                 ex = self._fid_of.get(exclude) if exclude is not None else None
             n = need + _SCAN_SPARE
-            found = self._exact_scan(q, n, label, live, applied, ex)
-            if found is None:
-                return None
+            found, missing = self._exact_scan(q, n, label, live, applied, ex)
+            if len(missing):
+                return None   # an item chosen was deleted meanwhile: scan again
             complete = len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])) <= n
             with self._rw.read():
                 now = self._filter_fids(label, where)
@@ -223,16 +284,18 @@ class StoreSearch:
                 return finish(lambda rows, n: [lists[r][:n] for r in rows])
         return self._retrying(attempt, lock=False)
 
-    def _search_locked(self, q, k, label, max_distance, exclude, where=None, tuning=None):
-        found = self._pairs_locked(q, k, label, exclude, where, tuning)
-        if found is None:
-            return None
+    def _search_locked(self, q, k, label, max_distance, exclude, where=None, tuning=None, scanned=None):
+        found = self._pairs_locked(q, k, label, exclude, where, tuning, scanned)
+        if found is None or isinstance(found, _ExactScan):
+            return found
         return [self._hits(pairs[:k], max_distance) for pairs in found]
 
-    def _pairs_locked(self, q, k, label, exclude, where, tuning=None):
+    def _pairs_locked(self, q, k, label, exclude, where, tuning=None, scanned=None, rows=None, scan_n=None):
         """(FAISS id, score) of the k nearest items of each query, nearest first, `exclude` (one id) not
-        among them, under the search's own parameters `tuning` (None: the store's); None when the exact
-        fallback met a write in flight (the caller retries)."""
+        among them, under the search's own parameters `tuning` (None: the store's). A query FAISS leaves short
+        is answered exactly, from its scan of the database in `scanned` (by its row in the search, `rows`:
+        q's rows by default) if usable (_from_scans), else this is the _ExactScan to run first (for scan_n
+        nearest, k by default); None when a scan met a write in flight (the caller retries)."""
         filtered = label is not None or where is not None
         allowed = self._filter_fids(label, where) if filtered else None
         population = len(allowed) if filtered else len(self._rows)
@@ -245,27 +308,65 @@ class StoreSearch:
         want = min(k, population)
         if want <= 0:
             return [[] for _ in range(len(q))]
+        out: list[list | None] = [None] * len(q)
         if self._scans_database(tuning):   # only when a rebuild trained an IVF-PQ index since the caller looked
+            short = list(range(len(q)))
+        else:
+            short = self._faiss_pairs_locked(q, k, want, allowed, population, ex, tuning, out)
+        if short:
+            # The approximate index found fewer than exist (a selective filter, or removed vectors
+            # crowding the candidates): answer these queries exactly.
             live = allowed if filtered else self._filter_fids(None, None)
-            return self._exact_scan(q, k, label, live, self._applied_seq, ex)
+            return self._from_scans(q, short, range(len(q)) if rows is None else rows, want,
+                                    k if scan_n is None else scan_n, label, live, ex, scanned or {}, out)
+        return out
+
+    def _faiss_pairs_locked(self, q, k, want, allowed, population, ex, tuning, out) -> list[int]:
+        """Fill out[qi] with the k nearest (FAISS id, score) pairs FAISS finds for query qi; the queries it finds
+        fewer than `want` for are left None, and returned."""
         total = population + (ex is not None)
         # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
         # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
         probe = min(k + 1 + (ex is not None), total)
         D, I = self._faiss_locked(q, probe, allowed, population, tuning)
-        out = []
+        short = []
         for qi in range(len(q)):
             pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
             if len(pairs) < want:
-                # The approximate index found fewer than exist (a selective filter, or
-                # removed vectors crowding the candidates): answer this query exactly.
-                pairs = self._exact_locked(q[qi], want, label, allowed, ex)
-                if pairs is None:
-                    return None
-            elif len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
+                short.append(qi)
+                continue
+            if len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
                 pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex,
                                           tuning)
-            out.append(sorted(pairs, key=lambda p: (-p[1], p[0]))[:k])
+            out[qi] = sorted(pairs, key=lambda p: (-p[1], p[0]))[:k]
+        return short
+
+    def _from_scans(self, q, short, rows, want, scan_n, label, live, ex, scanned, out):
+        """`out` with the queries at `short` (places in q) answered by their scans in `scanned` (by `rows`, their
+        rows in the search), of the items among `live` (sorted) but `ex` now: an item deleted, replaced or no longer
+        kept by the filter since its scan was chosen is left out; one added since may be missing. The _ExactScan
+        of those without a usable scan (none yet, or one that lost more of its nearest than it read in spare);
+        None while an item its scan found gone from the database is here still (a write committed, not yet
+        applied: the caller retries, as the lock-held answer would)."""
+        unscanned = []
+        not_ex = -1 if ex is None else ex
+        for qi in short:
+            scan = scanned.get(rows[qi])
+            if scan is None:
+                unscanned.append(qi)
+                continue
+            if len(scan.missing) and (_in_sorted(live, scan.missing) & (scan.missing != not_ex)).any():
+                return None
+            fids = np.fromiter((f for f, _ in scan.pairs), dtype=np.int64, count=len(scan.pairs))
+            there = _in_sorted(live, fids) & (fids != not_ex)
+            kept = [p for p, ok in zip(scan.pairs, there.tolist()) if ok]
+            if len(kept) < want and not scan.complete:
+                unscanned.append(qi)   # more of the nearest went than the scan read in spare: scan again
+                continue
+            out[qi] = kept[:want]
+        if unscanned:
+            return _ExactScan([rows[qi] for qi in unscanned], q[unscanned], min(scan_n, len(live)) + _SCAN_SPARE,
+                              label, live, self._applied_seq, ex)
         return out
 
     def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex, tuning=None):
@@ -336,17 +437,17 @@ class StoreSearch:
         return _faiss.search_with(index, q, kk, params)
 
     def _exact_scan(self, q, n, label, live, applied, ex):
-        """Each query's n nearest (FAISS id, score) pairs by (score, FAISS id) among the FAISS ids `live` (sorted),
+        """(each query's n nearest (FAISS id, score) pairs by (score, FAISS id) among the FAISS ids `live` (sorted),
         `ex` left out, from the stored vectors of seq <= `applied` (the database), every one compared at full
-        precision; _EXACT_CHUNK vectors at a time, with no lock held: one SELECT is one read transaction, a
-        consistent snapshot (WAL). None when that snapshot lacks one of `live` (deleted since: the caller
-        retries)."""
+        precision; the FAISS ids of `live` but `ex` that the database no longer holds, sorted: deleted or replaced
+        since they were chosen). _EXACT_CHUNK vectors at a time, with no lock held: one SELECT is one read
+        transaction, a consistent snapshot (WAL)."""
         sql, args = "SELECT seq, vector FROM items WHERE seq <= ?", [applied]
         if label is not None:
             sql, args = sql + " AND label = ?", args + [label]
         cursor = self._read_conn().execute(sql + " ORDER BY seq", args)
         best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(q))]
-        seen = 0
+        seen: list[np.ndarray] = []
         try:
             while rows := cursor.fetchmany(_EXACT_CHUNK):
                 fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -354,15 +455,17 @@ class StoreSearch:
                 if not kept.any():
                     continue
                 fids = fids[kept]
-                seen += len(fids)
+                seen.append(fids)
                 scores = q @ vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim).T
                 best = [_best(np.concatenate([s, row]), np.concatenate([f, fids]), n)
                         for (s, f), row in zip(best, scores)]
         finally:
             cursor.close()
-        if seen != len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])):
-            return None
-        return [list(zip(f.tolist(), s.tolist())) for s, f in best]
+        found = [list(zip(f.tolist(), s.tolist())) for s, f in best]
+        if sum(map(len, seen)) == len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])):
+            return found, np.zeros(0, np.int64)
+        missing = np.setdiff1d(live, np.concatenate(seen) if seen else np.zeros(0, np.int64), assume_unique=True)
+        return found, (missing if ex is None else missing[missing != ex])
 
     def _search_broad(self, q, kk, allowed, population, params):
         """(D, I) of the kk best allowed items per query, from an unfiltered exact search for more
@@ -383,28 +486,6 @@ class StoreSearch:
         if short:
             D_out[short], I_out[short] = _faiss.search_with(index, q[short], kk, params)
         return D_out, I_out
-
-    def _exact_locked(self, qv, want, label, allowed, ex):
-        """Exact scores over the candidates (`allowed`, or every item when None), from the database.
-        None when the database is ahead of the applied state for them (a write in flight); the
-        caller then retries."""
-        applied = self._applied_seq
-        if label is None:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE seq <= ? ORDER BY seq",
-                                             (applied,)).fetchall()
-        else:
-            rows = self._read_conn().execute("SELECT seq, vector FROM items WHERE label = ? AND seq <= ? ORDER BY seq",
-                                             (label, applied)).fetchall()
-        keep = self._rows if allowed is None else set(allowed.tolist())
-        rows = [r for r in rows if r[0] in keep and r[0] in self._rows and r[0] != ex]
-        expected = len(self._rows) if allowed is None else len(allowed)
-        expected -= ex is not None and ex in keep
-        if len(rows) != expected:
-            return None
-        fids = np.array([r[0] for r in rows], dtype=np.int64)
-        scores = vectors_from_blobs([r[1] for r in rows], self.dim) @ qv
-        top = np.argsort(-scores, kind="stable")[:want]
-        return [(int(fids[i]), float(scores[i])) for i in top]
 
     def _hits(self, pairs, max_distance) -> list[Hit]:
         hits = []
