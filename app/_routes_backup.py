@@ -43,7 +43,7 @@ from pathlib import Path as FsPath
 import anyio
 import anyio.to_thread
 import anyio.from_thread
-from fastapi import Path, Request, Response
+from fastapi import Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
@@ -52,7 +52,7 @@ from ._answers import _ERRORS
 from ._errors import ApiError
 from ._params import _router, _service
 from ._schemas import GalleryOut
-from ._service import DEFAULT_GALLERY, GALLERY_NAME, Service
+from ._service import DEFAULT_GALLERY, GALLERY_NAME, Service, gallery_exists
 
 log = logging.getLogger("simsearch.app")
 
@@ -63,6 +63,7 @@ ITEMS_HEADER = "X-Simsearch-Items"          # items in the copy
 LAST_SEQ_HEADER = "X-Simsearch-Last-Seq"    # the number of the last write in it
 MODEL_HEADER = "X-Simsearch-Model"          # the model its vectors are of: serve it with that model
 INCOMPLETE_HEADER = "X-Simsearch-Incomplete"   # "true": the store is a part of its source (index/_incomplete.py)
+REPLACED_HEADER = "X-Simsearch-Replaced-Items"   # a restore replaced a gallery: the items it held
 CHUNK = 1 << 20
 # A download is cut off when a piece of SEND_PIECE bytes waits SIMSEARCH_BACKUP_STALL_SECONDS (60) to be taken (the
 # client reads nothing, or under about 1 kB a second: as BodyLimitMiddleware's slowest body), its copy closed.
@@ -155,8 +156,8 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
 _RESTORE_ERRORS = {   # 403's reasons are the document's (_openapi.forbidden_reasons), as for every route
     **{k: _ERRORS[k] for k in (401, 403, 429, 503)},
     405: {**_ERRORS[503], "description": "`read_only`: this service serves its galleries read-only (a replica)"},
-    409: {**_ERRORS[409], "description": "`gallery_exists`: a gallery has the name (a named one: DELETE it first; "
-                                         "the default one is replaced only while it holds no items); "
+    409: {**_ERRORS[409], "description": "`gallery_exists`: a gallery has the name, and replace=true was not given "
+                                         "(the default one is then replaced only while it holds no items); "
                                          "`model_mismatch`: the file holds another model's vectors"},
     413: {**_ERRORS[413], "description": "the body is larger than SIMSEARCH_MAX_RESTORE_BYTES"},
     415: {**_ERRORS[415], "description": "a multipart form: send the file itself as the body"},
@@ -173,8 +174,15 @@ _RESTORE_ERRORS = {   # 403's reasons are the document's (_openapi.forbidden_rea
             openapi_extra={"requestBody": {"required": True, "content": {
                 MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
             responses={201: {"description": "the gallery was made from the file, and serves", "headers": {
-                k: _HEADERS[k] for k in (ITEMS_HEADER, LAST_SEQ_HEADER, MODEL_HEADER)}}, **_RESTORE_ERRORS})
-async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC)) -> JSONResponse:
+                **{k: _HEADERS[k] for k in (ITEMS_HEADER, LAST_SEQ_HEADER, MODEL_HEADER)},
+                REPLACED_HEADER: {"required": False, "schema": {"type": "integer"},
+                                  "description": "the items of the gallery it replaced (replace=true, or the default "
+                                                 "gallery while empty)"}}}, **_RESTORE_ERRORS})
+async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, description=_NAME_DOC),
+                  replace: bool = Query(False, description="replace the gallery of that name, when there is one "
+                                                           "(its items are gone once the answer comes; GET its backup "
+                                                           "first to keep them); false: a name in use is a 409")
+                  ) -> JSONResponse:
     import index
 
     service = _service(request, write=True)
@@ -188,10 +196,8 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
         raise ApiError(415, "unsupported_media_type", "a multipart form: send the backup file itself as the body "
                        f"(curl -T FILE, Content-Type {MEDIA_TYPE} or application/octet-stream)")
     declared = _declared_length(request, s.max_restore_bytes)
-    if name != DEFAULT_GALLERY and name in await anyio.to_thread.run_sync(service.gallery_names):
-        raise ApiError(409, "gallery_exists", f"gallery {name!r} exists: a backup is restored as a new gallery; to "
-                       f"replace it, DELETE /galleries/{name} first (GET /galleries/{name}/backup before that keeps a "
-                       "copy of it), or restore under another name")   # before a byte of the body is read
+    if not replace and name != DEFAULT_GALLERY and name in await anyio.to_thread.run_sync(service.gallery_names):
+        raise gallery_exists(name)   # before a byte of the body is read
     stage = await anyio.to_thread.run_sync(_new_stage, s.data_dir, name, declared)
     try:
         write = _body_writer(request, s.max_restore_bytes, name)
@@ -210,13 +216,15 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
                            f"{service.model_id!r}, the model this service embeds with, so it could not be searched or "
                            "written here: restore it on a service of that model, or move it to this one first "
                            "(`simsearch index reembed`); nothing was kept")
-        g = await service.restore_gallery(name, stage)
+        g, replaced = await service.restore_gallery(name, stage, replace)
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(stage, ignore_errors=True))
     count = await anyio.to_thread.run_sync(g.store.count)
     headers = {ITEMS_HEADER: str(got["items"]), LAST_SEQ_HEADER: str(got["last_seq"]), MODEL_HEADER: got["model_id"]}
-    log.info("gallery %s restored from a backup: %d items, up to write %d, %d bytes", name, got["items"],
-             got["last_seq"], got["bytes"])
+    if replaced is not None:
+        headers[REPLACED_HEADER] = str(replaced)
+    log.info("gallery %s restored from a backup: %d items, up to write %d, %d bytes%s", name, got["items"],
+             got["last_seq"], got["bytes"], "" if replaced is None else f"; it replaced one of {replaced} items")
     return JSONResponse(GalleryOut(name=name, count=count, open=True).model_dump(), status_code=201, headers=headers)
 
 

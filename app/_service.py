@@ -129,6 +129,17 @@ class WriteRefusals:
 
 
 
+def gallery_exists(name: str, items: int | None = None) -> ApiError:
+    """The 409 for a restore (PUT /galleries/NAME/backup) of gallery `name`, which exists (holding `items`, where
+    they were counted)."""
+    held = f" and holds {items} items" if items else ""
+    default = (" (the default gallery always exists and cannot be deleted: without replace=true a backup takes "
+               "its place only while it is empty)" if name == DEFAULT_GALLERY else "")
+    return ApiError(409, "gallery_exists", f"gallery {name!r} exists{held}{default}: a backup is restored as a new "
+                    f"gallery unless asked to replace it: PUT /galleries/{name}/backup?replace=true replaces it "
+                    f"(GET /galleries/{name}/backup first keeps a copy), or restore under another name")
+
+
 @dataclass
 class Gallery:
     """One gallery the service has open: its store, and (when it writes) its group committer."""
@@ -606,15 +617,16 @@ class Service:
         self.metrics.forget_gallery(name)   # its size read before it was opened: not reported for up to a minute
         return count
 
-    async def restore_gallery(self, name: str, stage: Path) -> Gallery:
+    async def restore_gallery(self, name: str, stage: Path, replace: bool = False) -> tuple[Gallery, int | None]:
         """Serve as gallery `name` the checked store that index.receive_backup put in the folder `stage`, which lies
         in the data folder (its disk: placing it is one rename): its folder moved to its place, opened (its FAISS
-        index built from the stored vectors, as at any opening) and served. 409 gallery_exists when a gallery has
-        the name: a named one is deleted first (DELETE /galleries/NAME); the default one, which always exists and
-        cannot be deleted, is replaced only while it holds no items (its empty store is moved into `stage`, which
-        the caller removes). 422 too_many_galleries as for a gallery made. A store that does not open is moved
-        back into `stage` and the default gallery's empty store put back and served: the data folder and the
-        service are as they were."""
+        index built from the stored vectors, as at any opening) and served. Returns it, and the items of the
+        gallery it replaced (None where none was). A gallery of that name is replaced only with `replace` (the
+        default one, which always exists and cannot be deleted, also while it holds no items); else 409
+        gallery_exists. The one replaced stops taking writes, has what is queued committed, and is closed; its
+        folder is moved into `stage`, which the caller removes. 422 too_many_galleries as for a gallery made. A
+        store that does not take its place or open is moved back into `stage`, and the gallery it was to replace
+        put back and served again: the data folder and the service are as they were."""
         import index
 
         s = self.settings
@@ -623,20 +635,21 @@ class Service:
             source, place = source.parent, place.parent
         async with self._gallery_lock:   # no request opens, makes or drops a gallery meanwhile
             names = await anyio.to_thread.run_sync(self.gallery_names)
-            emptied = await self._take_empty_default() if name == DEFAULT_GALLERY and name in names else None
-            if name in names and emptied is None:
-                raise ApiError(409, "gallery_exists", f"gallery {name!r} exists: a backup is restored as a new "
-                               f"gallery; to replace it, DELETE /galleries/{name} first (GET /galleries/{name}/backup "
-                               "before that keeps a copy of it), or restore under another name")
-            if name not in names and len(names) >= s.max_galleries:
+            exists = name in names
+            taken, replaced = None, None
+            if exists:
+                if not replace and name != DEFAULT_GALLERY:
+                    raise gallery_exists(name)
+                taken, replaced = await self._take_for_restore(name, empty_only=not replace)
+            elif len(names) >= s.max_galleries:
                 raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
                                f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
-            aside = stage / "replaced" if emptied is not None else None
+            aside = stage / "replaced" if exists else None
             try:
                 store = await anyio.to_thread.run_sync(self._place_restored, name, source, place, aside)
             except BaseException as exc:
-                if emptied is not None:
-                    await self._serve_again(emptied)
+                if taken is not None:
+                    await self._serve_again(taken)
                 if isinstance(exc, Exception):
                     raise self._not_restored(name, exc) from None
                 raise
@@ -644,28 +657,31 @@ class Service:
                                      self._workers_lock())
             commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)   # the route logs it, with what it held
-            return g
+            return g, replaced
 
-    async def _take_empty_default(self) -> Gallery | None:
-        """The default gallery, closed and no longer served, when it holds no items (its queued writes committed
-        first); 409 gallery_exists naming its items when it holds some (it goes on serving)."""
-        g = self.galleries.get(DEFAULT_GALLERY)
-        if g is None:   # not open (a failed restore could not open it again): it opens at its next request
-            return None
-        await g.commits.stop()   # what is queued is committed (and counted); a write from now on is refused
-        count = await anyio.to_thread.run_sync(g.store.count)
-        if count:
-            g.commits.start()
-            raise ApiError(409, "gallery_exists", f"the default gallery holds {count} items; it always exists and "
-                           "cannot be deleted, so a backup replaces it only while it is empty: delete its items "
-                           "first (DELETE /index with label or where; GET /galleries/default/backup keeps a copy), "
-                           "or restore the backup under another name")
-        del self.galleries[DEFAULT_GALLERY]
-        await anyio.to_thread.run_sync(g.store.close)
-        return g
+    async def _take_for_restore(self, name: str, empty_only: bool) -> tuple[Gallery | None, int]:
+        """Gallery `name`, which a restore is to replace, and its items: stopped taking writes (what is queued is
+        committed first, and counted), closed and no longer served; None for one not open (counted without
+        opening it; one of another model's vectors is never opened). With `empty_only`, 409 gallery_exists naming
+        its items when it holds some, and it goes on serving."""
+        g = self.galleries.get(name)
+        if g is None:
+            count = await anyio.to_thread.run_sync(self.unopened_count, name) or 0
+        else:
+            if g.commits is not None:
+                await g.commits.stop()   # a write from now on is refused (503), never acknowledged and lost
+            count = await anyio.to_thread.run_sync(g.store.count)
+        if empty_only and count:
+            if g is not None and g.commits is not None:
+                g.commits.start()
+            raise gallery_exists(name, count)
+        if g is not None:
+            del self.galleries[name]
+            await anyio.to_thread.run_sync(g.store.close)
+        return g, count
 
     async def _serve_again(self, g: Gallery) -> None:
-        """The default gallery `g`, closed by _take_empty_default, opened and served again (a restore failed)."""
+        """Gallery `g`, closed by _take_for_restore, opened and served again (the restore failed)."""
         import index
 
         try:

@@ -1,4 +1,4 @@
-"""`simsearch index restore --url URL --gallery NAME FILE_OR_DEST`: a backup sent to a running service's PUT
+"""`simsearch index restore --url URL --gallery NAME [--replace] FILE_OR_DEST`: a backup sent to a running service's PUT
 /galleries/NAME/backup, which makes gallery NAME of it: the other half of `index backup --url`, for an operator who
 cannot reach the service's disk. The file is streamed from disk (never whole in memory), its size sent as
 Content-Length so that the service checks its room first."""
@@ -36,14 +36,18 @@ def register_index(isub) -> None:
                                     "and serves it at once: the file GET /galleries/NAME/backup sent (curl -o), or "
                                     "the DEST folder `index backup --url` or `index backup` made (the gallery's "
                                     "store.sqlite3 in it is sent). The service checks it first (a sound store of "
-                                    "its model) and keeps nothing of a file it refuses. The name must be new: to "
-                                    "replace a gallery, DELETE /galleries/NAME first (curl -X DELETE); the default "
-                                    "gallery, which cannot be deleted, is replaced only while it holds no items. "
-                                    "Prints what the service made; a refusal is one line and exit status 2.")
+                                    "its model) and keeps nothing of a file it refuses. The name must be new, unless "
+                                    "--replace (the default gallery, which always exists, is also replaced while it "
+                                    "holds no items). Prints what the service made; a refusal is one line and exit "
+                                    "status 2.")
     r.add_argument("source", metavar="FILE_OR_DEST", help="the backup file, or a folder `index backup` made")
     r.add_argument("--url", required=True, help="the running service, e.g. http://127.0.0.1:8000")
     r.add_argument("--gallery", metavar="NAME", default="default",
                    help="the gallery to make of it ('default' for the default one, the default)")
+    r.add_argument("--replace", action="store_true",
+                   help="replace the gallery of that name, when there is one: its items are gone once the service "
+                        "answers (`index backup --url` first keeps them); it is replaced only by a file the service "
+                        "has checked and opened")
     r.add_argument("--api-key", help="an API key that may write the gallery (default $SIMSEARCH_API_KEY, else the "
                                      "first key of $SIMSEARCH_API_KEY_FILE); a `read` key is refused")
     r.add_argument("--timeout", type=float, default=600,
@@ -73,7 +77,8 @@ def restore(args) -> int:
             # 429 and 503 waited out (the body is read again from the file); never sent twice after a connection
             # drops, as a restore may have been made by then
             r = _http.request(client, "PUT", f"/galleries/{quote(name, safe='')}/backup", reconnect_seconds=0,
-                              content=_FileBody(file), headers=headers)
+                              content=_FileBody(file), headers=headers,
+                              params={"replace": "true"} if args.replace else None)
     except httpx.HTTPError as exc:
         raise CliError(f"the backup did not reach the service at {url} whole ({type(exc).__name__}: {exc}); "
                        f"`GET {url}/galleries` says whether gallery {name!r} was made") from None
@@ -81,8 +86,10 @@ def restore(args) -> int:
         raise CliError(_http.fatal(r.status_code, _http.error_message(r), url))
     body = r.json()
     items = body.get("count")
+    replaced = r.headers.get("x-simsearch-replaced-items")
+    instead = f", in place of the gallery of {replaced} items it held" if replaced is not None else ""
     print(f"{name}: restored {items} item{'' if items == 1 else 's'} (model {r.headers.get('x-simsearch-model')}, "
-          f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file} to {url}; it serves now")
+          f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file} to {url}{instead}; it serves now")
     return 0
 
 

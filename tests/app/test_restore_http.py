@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 import subprocess
 
 import httpx
@@ -102,12 +103,42 @@ def test_a_backup_restored_after_a_delete_serves_the_same_hits_at_once_and_is_li
     assert _listed(server.url)["shoes"] == 41
 
 
-def test_a_name_in_use_is_409_gallery_exists_saying_to_delete_it_first(live):
+def test_a_name_in_use_is_409_gallery_exists_saying_how_to_replace_it(live):
     server, data, _, _ = live
     file = _backup(server.url, "shoes")
-    err = assert_error(_restore(server.url, "shoes", file), 409, "gallery_exists", "DELETE /galleries/shoes")
+    err = assert_error(_restore(server.url, "shoes", file), 409, "gallery_exists", "replace=true")
     assert "GET /galleries/shoes/backup" in err["message"]
     assert _left_in(data) == []
+
+
+def test_replace_true_replaces_a_gallery_and_says_how_many_items_it_held(live):
+    server, data, model, dim = live
+    _write(server.url, model, dim, "old", 5)
+    file = _backup(server.url, "shoes")
+    r = _restore(server.url, "old", file, params={"replace": "true"})
+    assert r.status_code == 201, r.text
+    assert r.headers["x-simsearch-replaced-items"] == "5" and r.json()["count"] == _listed(server.url)["shoes"]
+    assert _listed(server.url)["old"] == r.json()["count"]
+    assert [[h["id"] for h in hits] for hits in _searches(server.url, "old", dim)] == \
+        [[h["id"] for h in hits] for hits in _searches(server.url, "shoes", dim)]
+    assert _left_in(data) == [] and sorted(p.name for p in (data / "galleries").iterdir() if p.name.startswith("."))\
+        == []
+
+
+def test_a_replace_whose_store_does_not_open_leaves_the_gallery_serving_as_it_was(live, tmp_path):
+    server, data, model, dim = live
+    _write(server.url, model, dim, "kept", 7)
+    before = _searches(server.url, "kept", dim)
+    (tmp_path / "store.sqlite3").write_bytes(_backup(server.url, "shoes"))
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:   # a sound store whose index FAISS cannot make
+        conn.execute("UPDATE meta SET value = 'NoSuchIndex,Flat' WHERE key = 'index'")
+    conn.close()
+    file = (tmp_path / "store.sqlite3").read_bytes()
+    assert_error(_restore(server.url, "kept", file, params={"replace": "true"}), 503, "index_unavailable",
+                 "nothing of it was kept")
+    assert _listed(server.url)["kept"] == 7 and _searches(server.url, "kept", dim) == before
+    _write(server.url, model, dim, "kept", 8)   # and takes writes
+    assert _listed(server.url)["kept"] == 8 and _left_in(data) == []
 
 
 def test_a_backup_said_to_be_of_a_gallery_marked_incomplete_is_restored_marked(live):
@@ -177,15 +208,19 @@ def test_a_restore_takes_a_key_that_may_write_the_gallery(live):
     assert r.status_code == 201, r.text
 
 
-def test_the_default_gallery_is_restored_while_it_is_empty_and_409_once_it_holds_items(live):
+def test_the_default_gallery_is_restored_while_it_is_empty_and_once_it_holds_items_only_with_replace(live):
     server, data, _, dim = live
     file = _backup(server.url, "shoes")
     assert _listed(server.url)["default"] == 0
     r = _restore(server.url, "default", file)
     assert r.status_code == 201, r.text
-    assert _listed(server.url)["default"] == r.json()["count"] > 0
+    held = r.json()["count"]
+    assert _listed(server.url)["default"] == held > 0
     assert len(_searches(server.url, "default", dim)[0]) == 5
     assert_error(_restore(server.url, "default", file), 409, "gallery_exists", "only while it is empty")
+    r = _restore(server.url, "default", _backup(server.url, "hats"), params={"replace": "true"})
+    assert r.status_code == 201 and r.headers["x-simsearch-replaced-items"] == str(held), r.text
+    assert _listed(server.url)["default"] == r.json()["count"]
     assert _left_in(data) == []
 
 

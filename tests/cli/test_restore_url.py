@@ -62,7 +62,11 @@ def test_a_refusal_is_one_line_and_exit_2(live, tmp_path, capsys):
     capsys.readouterr()
     assert main(["index", "restore", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "409" in err and "DELETE /galleries/shoes" in err, err
+    assert err.count("\n") == 1 and "409" in err and "replace=true" in err, err
+    assert main(["index", "restore", "--url", live.url, "--gallery", "shoes", "--replace", "--api-key", KEY,
+                 str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "in place of the gallery of 30 items it held" in out, out
 
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"not a store" * 100)
