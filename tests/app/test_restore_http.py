@@ -235,6 +235,17 @@ async def test_a_read_only_replica_refuses_a_restore(live, hybrid1_artifact):
 
 
 @pytest.mark.anyio
+async def test_a_replica_serving_a_gallery_serves_the_one_that_replaced_it_at_its_next_request(live, hybrid1_artifact):
+    server, data, model, dim = live
+    _write(server.url, model, dim, "swap", 3)
+    async with running(settings_for(hybrid1_artifact, data, read_only=True)) as replica:
+        assert (await replica.get("/index", params={"gallery": "swap"})).json()["count"] == 3
+        r = _restore(server.url, "swap", _backup(server.url, "shoes"), params={"replace": "true"})
+        assert r.status_code == 201, r.text
+        assert (await replica.get("/index", params={"gallery": "swap"})).json()["count"] == r.json()["count"] > 3
+
+
+@pytest.mark.anyio
 async def test_a_service_on_milvus_answers_501_naming_index_copy(make_settings, tmp_path):
     pytest.importorskip("pymilvus")
     async with running(make_settings(milvus_uri=str(tmp_path / "galleries.db"), api_key=FULL)) as client:
