@@ -55,6 +55,11 @@ _INDEXES = {               # simsearch's index kinds as Milvus index parameters 
 }
 MILVUS_INDEX_KINDS = tuple(_INDEXES)   # the index kinds a gallery in Milvus can have
 _STRONG = "Strong"
+# A Milvus Lite file's first connection: its server (in this process) sometimes answers no connection within
+# pymilvus's 10 s on a loaded machine ("Fail connecting to server on 127.0.0.1:PORT"); the connection is tried
+# again, up to this many times in all, this many seconds apart. A server's (a URI with "://") is tried once.
+_LITE_CONNECT_TRIES = 3
+_LITE_CONNECT_WAIT = 1.0
 # The layout of `match` that this code writes, kept in each row as match["v"]: 1 (no "v") typed top-level keys,
 # 2 (no "v") list elements too, 3 dotted paths too. A row of an older layout lacks fields that some conditions
 # read (where_expression): _check_layout refuses those conditions while such rows hold what they would miss.
@@ -183,10 +188,25 @@ def _client(uri: str, token: str | None, db_name: str | None):
             os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(f"cannot make the folder of the Milvus Lite file {uri}: {exc}") from exc
-    try:
-        return _Guarded(MilvusClient(**kwargs), uri)
-    except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds; the message says which)
-        raise StoreUnavailableError(f"cannot reach Milvus at {redact(uri)}: {exc}") from exc
+    tries, attempt = (1 if "://" in uri else _LITE_CONNECT_TRIES), 1
+    while True:
+        try:
+            return _Guarded(MilvusClient(**kwargs), uri)
+        except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds; the message says which)
+            if attempt >= tries or not _connect_failed(exc):
+                raise StoreUnavailableError(f"cannot reach Milvus at {redact(uri)}: {exc}") from exc
+            attempt += 1
+            log.warning("index: Milvus Lite at %s answered no connection (%s); trying again in %.1f s (try %d of "
+                        "%d)", uri, getattr(exc, "message", exc), _LITE_CONNECT_WAIT, attempt, tries)
+            time.sleep(_LITE_CONNECT_WAIT)
+
+
+def _connect_failed(exc: BaseException) -> bool:
+    """Whether pymilvus's client found no server answering (its CONNECT_FAILED), not another refusal."""
+    from pymilvus.exceptions import MilvusException
+    from pymilvus.client.types import Status
+
+    return isinstance(exc, MilvusException) and getattr(exc, "code", None) == Status.CONNECT_FAILED
 
 
 def redact(uri: str) -> str:
@@ -820,8 +840,8 @@ class MilvusStore(ItemChecks):
         if len(rows) <= _SCAN_PAGE:
             yield from rows
             return
-        it = self._client.query_iterator(self.collection, batch_size=_SCAN_PAGE, filter=expr, output_fields=fields or ["id"],
-                                         consistency_level=_STRONG)
+        it = self._client.query_iterator(self.collection, batch_size=_SCAN_PAGE, filter=expr,
+                                         output_fields=fields or ["id"], consistency_level=_STRONG)
         try:
             while True:
                 with _translated(redact(self.config.uri)):
