@@ -196,3 +196,23 @@ def unreadable_reason(exc: BaseException, data: bytes | None = None) -> str:
             return f"{name}: empty file (0 bytes)"
         return f"{name}: not an image Pillow can read" + (f" ({len(data)} bytes)" if data is not None else "")
     return f"{name}: {exc}"
+
+
+#: How many bytes of a file `looks_like_image` needs.
+IMAGE_HEAD_BYTES = 16
+# The first bytes of the formats read here (what a file of them begins with, whatever its name)
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+_ISO_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file's first `IMAGE_HEAD_BYTES` bytes are those of an image format read here (JPEG, PNG, GIF,
+    WebP, BMP, TIFF, HEIC/AVIF): what tells a photo saved without its ending (`IMG_0001`, `x.jpg_large`) from
+    the notes and databases beside it, without decoding it."""
+    if head.startswith(_IMAGE_MAGIC):
+        return True
+    if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00":   # BMP: its reserved bytes are 0
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS

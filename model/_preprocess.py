@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import io
+import logging
+import threading
+import warnings
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -39,7 +44,7 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
         # caller's image is never changed (Image.draft would shrink it in place for good).
         drafted = _drafted(image, mode, need)
         image = image if drafted is None else drafted
-    image = ImageOps.exif_transpose(image)
+    image = _exif_transposed(image)
     if crop is not None:
         image = image.crop(crop_box(crop, *image.size))
     image = _to_mode(_fit(_with_alpha(image), size) if _has_alpha(image) else image, mode)
@@ -69,7 +74,9 @@ def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
         position = fp.tell()
         try:
             # MPO files are opened by the JPEG plugin
-            fresh = Image.open(fp, formats=["JPEG" if image.format == "MPO" else image.format])
+            # its EXIF was read, and any damage said, as `image` was opened
+            with _exif_warnings_caught(None, said=True) if image.info.get("exif") else nullcontext():
+                fresh = Image.open(fp, formats=["JPEG" if image.format == "MPO" else image.format])
         finally:
             fp.seek(position)
     except Exception:  # noqa: BLE001  (a stream that cannot seek or be read again: decode the image itself)
@@ -113,7 +120,9 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of the image as displayed, after its EXIF orientation, read from the header alone
     (nothing is decoded): a phone's portrait stored 640x480 on its side is (480, 640)."""
     w, h = image.size
-    return (h, w) if image.getexif().get(_ORIENTATION, 1) in _TURNED else (w, h)
+    with _exif_warnings_caught(image):
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    return (h, w) if orientation in _TURNED else (w, h)
 
 
 def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> bytes:
@@ -122,7 +131,7 @@ def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> b
     the page scales it for display, and `simsearch index reembed` embeds from it, where an enlarged copy
     of a small image costs fidelity (docs/index.md, "A new model for a gallery"). The service and
     `simsearch index build` both store what this makes."""
-    image = ImageOps.exif_transpose(image)
+    image = _exif_transposed(image)
     if crop is not None:
         image = image.crop(crop_box(check_crop(crop), *image.size))
     image = _to_mode(image, "RGB")
@@ -159,3 +168,65 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
         peak = 255.0
     arr = np.clip(np.nan_to_num(arr) / peak * 255.0, 0, 255)
     return Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L
+
+
+# Damaged EXIF data (an IFD offset past the end, a cut APP1 segment: phones and editors write them) makes Pillow
+# warn with its own source line and no file named; the image is used without EXIF orientation, as Pillow leaves
+# it. Here that warning is caught and said once per image in words, to the caller's collector (`exif_notes`),
+# which names the file, or else as a log line (the service's carry the request id).
+_EXIF_LOG = logging.getLogger("simsearch.images")
+_EXIF_LOCK = threading.Lock()   # warnings.catch_warnings changes process-wide state: one thread at a time in it
+_COLLECTED = threading.local()
+DAMAGED_EXIF = "its EXIF data is damaged ({why}); it is used without EXIF orientation"
+
+
+@contextmanager
+def exif_notes() -> Iterator[list[str]]:
+    """Collect, in this thread, why the EXIF data of the images handled inside is damaged (Pillow's words, once per
+    image), in place of the log line each gives otherwise (`DAMAGED_EXIF`): the caller names the file."""
+    outer = getattr(_COLLECTED, "notes", None)
+    _COLLECTED.notes = notes = []
+    try:
+        yield notes
+    finally:
+        _COLLECTED.notes = outer
+
+
+def open_image(data: bytes, formats: list[str] | tuple[str, ...] | None = None) -> Image.Image:
+    """`Image.open` of an image's bytes (`formats`: Pillow's), with what damaged EXIF data makes Pillow warn said
+    as `exif_notes` says it (a JPEG's EXIF is read as it is opened, for its DPI). Bytes with no EXIF block in
+    their first 64 KiB, where a JPEG's APP1 lies, are opened as they are, without the lock."""
+    if b"Exif\x00\x00" not in data[:65536]:
+        return Image.open(io.BytesIO(data), formats=formats)
+    with _exif_warnings_caught(None):
+        return Image.open(io.BytesIO(data), formats=formats)
+
+
+def _exif_transposed(image: Image.Image) -> Image.Image:
+    with _exif_warnings_caught(image):
+        return ImageOps.exif_transpose(image)
+
+
+@contextmanager
+def _exif_warnings_caught(image: Image.Image | None, said: bool = False) -> Iterator[None]:
+    """Pillow's warnings while `image`'s EXIF data is read (None: an image is opened) said once in words (see
+    above); other warnings raised meanwhile are passed on as they were. An image whose EXIF bytes were read (or
+    that has none) is not read again, and needs no lock. `said`: damage is caught and not said again."""
+    if image is not None and (not image.info.get("exif") or getattr(image, "_exif", None) is not None
+                              and image._exif._loaded):
+        yield
+        return
+    with _EXIF_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    exif = [w for w in caught if issubclass(w.category, UserWarning) and "EXIF" in str(w.message)]
+    for w in caught:
+        if w not in exif:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if exif and not said:
+        why = " ".join(str(exif[0].message).split())
+        notes = getattr(_COLLECTED, "notes", None)
+        if notes is None:
+            _EXIF_LOG.warning("an image: %s", DAMAGED_EXIF.format(why=why))
+        elif why not in notes:
+            notes.append(why)
