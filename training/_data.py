@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -37,14 +36,22 @@ _IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SKIPPED_LISTED = 20  # undecodable images named in a dataset's description (all are counted)
-_CACHE_VERSION = 9   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
+_CACHE_VERSION = 10   # 3: ImageFolder splits keep their images' file names; 4: two test images of a small class;
 # 5: an ImageFolder's val/ beside train/ and test/ is read as the validation split; 6: a split's total is exact;
 # 7: the info names empty class folders, loose images, test-only classes and the folder descended into;
 # 8: a tar made inside its folder (./ names) leaves its hidden members out, and a tar's hard links are read;
-# 9: split folders in any case (Train/, Test/), loose images in test/ or a validation folder named as not read
+# 9: split folders in any case (Train/, Test/), loose images in test/ or a validation folder named as not read;
+# 10: images with no image ending, a tar's links and empty folders named as not read, damaged EXIF data named
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
+# Files without an image ending whose first bytes are read to tell an image saved without its ending (IMG_0001):
+# the first this many, in name order, so that a tree of many other files is not read through
+_SNIFFED_AT_MOST = 1000
+
+
+#: Why a folder beside train/ is not read (the "not read" line of training, and of `simsearch index build`)
+_BESIDE_SPLITS = "beside train/, only test/ and a validation folder, val/, valid/ or validation/, are"
 
 
 class DatasetError(ValueError):
@@ -114,23 +121,31 @@ class Dataset:
         lines = [note] if (note := self.skipped_note()) else []
         if self.cache_note:
             lines.append(self.cache_note)
-        if ignored := self.info.get("ignored_folders"):
-            lines.append(f"{self.source}: not read: {', '.join(f + '/' for f in ignored)} (beside train/, only test/ "
-                         f"and a validation folder, val/, valid/ or validation/, are)")
+        if exif := self.info.get("damaged_exif"):
+            n = exif["count"]
+            lines.append(f"{self.source}: {n} image{'s' if n != 1 else ''} with damaged EXIF data, used without EXIF "
+                         f"orientation: {'; '.join(exif['first'][:3])}{' ...' if n > 3 else ''}")
         if root := self.info.get("root"):
             classes = self.class_names
             lines.append(f"{self.source}: its only folder, {root}/, is read as the dataset root: its "
                          f"{len(classes)} sub-folders are the classes ({', '.join(classes[:4])}"
                          f"{', ...' if len(classes) > 4 else ''})")
-        if not_read := self.info.get("not_read"):
-            shown = [f"{n} ({why})" for n, why in list(not_read.items())[:_NOT_READ_SHOWN]]
+        # the folders beside train/ and what lies in the class-folder levels, in one line
+        ignored = self.info.get("ignored_folders", [])
+        not_read = self.info.get("not_read", {})
+        if ignored or not_read:
+            shown = [f"{', '.join(f + '/' for f in ignored)} ({_BESIDE_SPLITS})"] if ignored else []
+            shown += [f"{n} ({why})" for n, why in list(not_read.items())[:_NOT_READ_SHOWN]]
             more = f" and {len(not_read) - _NOT_READ_SHOWN} more" if len(not_read) > _NOT_READ_SHOWN else ""
             lines.append(f"{self.source}: not read: {', '.join(shown)}{more}")
         if only := self.info.get("test_only_classes"):
             test_dir = self.info.get("test_from", "test/")
+            case = self.info.get("case_only", {})
+            near = "; ".join(f"{case[c]} differs from {c}/ only in case" for c in only if c in case)
             lines.append(f"{self.source}: {test_dir} has {len(only)} class{'es' if len(only) != 1 else ''} with no "
                          f"training images: {', '.join(only[:_NOT_READ_SHOWN])}"
-                         f"{' ...' if len(only) > _NOT_READ_SHOWN else ''} (scored by retrieval only)")
+                         f"{' ...' if len(only) > _NOT_READ_SHOWN else ''} (scored by retrieval only"
+                         f"{f'; {near}' if near else ''})")
         return lines
 
     def describe(self) -> dict:
@@ -159,6 +174,8 @@ class _Source:
     def __init__(self, path: Path):
         self.path = path
         self._tar: tarfile.TarFile | None = None
+        self.folders: list[str] = []   # a tar's folders (a folder's are looked up when needed)
+        self.links: list[str] = []   # a tar's links, left out (a folder's are followed)
         if path.is_dir():
             try:
                 self.names = files_under(path)
@@ -167,11 +184,13 @@ class _Source:
         elif path.is_file() and tarfile.is_tarfile(path):
             try:
                 self._tar = tarfile.open(path)
-                self._members = list_tar(self._tar).files
+                listing = list_tar(self._tar)
             except DAMAGED_ARCHIVE_ERRORS as exc:
                 self.close()
                 raise _damaged(path, exc) from None
+            self._members = listing.files
             self.names = sorted(self._members)
+            self.folders, self.links = listing.folders, listing.links
         elif path.exists():
             raise DatasetError(f"{path}: not a folder or a tar archive")
         else:
@@ -188,6 +207,19 @@ class _Source:
             assert f is not None
             return f.read()
         return (self.path / name).read_bytes()
+
+    def head(self, name: str) -> bytes:
+        """The first bytes of file `name` (model's IMAGE_HEAD_BYTES), b"" where it cannot be read."""
+        from model._formats import IMAGE_HEAD_BYTES
+
+        try:
+            if self._tar is not None:
+                f = self._tar.extractfile(self._members[name])
+                return f.read(IMAGE_HEAD_BYTES) if f is not None else b""
+            with open(self.path / name, "rb") as f:
+                return f.read(IMAGE_HEAD_BYTES)
+        except DAMAGED_ARCHIVE_ERRORS:
+            return b""
 
     def close(self) -> None:
         if self._tar is not None:
@@ -336,16 +368,18 @@ def _cifar_dataset(src: _Source, files: dict[str, str], display: str) -> Dataset
     return Dataset("cifar10", "cifar-batches", load(_CIFAR_TRAIN), load(["test_batch"]), classes, display)
 
 
-def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
-                   desc: str, progress: bool = True) -> tuple[torch.Tensor, dict[str, str]]:
+def _decode_images(src: _Source, names: list[str], in_chans: int, size: int, desc: str, progress: bool = True,
+                   damaged_exif: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
     """The images that decode, in order, and {name: why} for those that do not (skipped, as `simsearch index
     build` skips them: one broken file in a user's folder of thousands must not stop the run). A progress bar
-    on stderr for `_BAR_FROM` images or more, unless `progress` is False."""
+    on stderr for `_BAR_FROM` images or more, unless `progress` is False. `damaged_exif` gets {name: what} for
+    each image whose EXIF data is damaged (it is used without EXIF orientation)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     from model import to_model_array
     from model import unreadable_reason
+    from model._preprocess import exif_notes, open_image
 
     out = np.empty((len(names), in_chans, size, size), np.uint8)
     ok = np.ones(len(names), bool)
@@ -355,8 +389,10 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int,
         data = None
         try:
             data = src.read(n)
-            with Image.open(io.BytesIO(data)) as im:
+            with exif_notes() as said, open_image(data) as im:
                 out[i] = to_model_array(im, in_chans, size, owned=True)
+            if said and damaged_exif is not None:
+                damaged_exif[n] = said[0]
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             # SyntaxError: what some of Pillow's plugins raise for a malformed header; DecompressionBombError (no
             # OSError): an image over Pillow's pixel limit, a stitched panorama or a large scan
@@ -377,11 +413,14 @@ def _class_tree(names: list[str]) -> dict[str, list[str]]:
 def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[str, list[str]]) -> dict[str, str]:
     """{what: why} for what lies in the class-folder level `sub` (relative to the dataset root: "", "train/",
     "test/" or a validation folder) but is no class: folders without images (empty, or other files only) and
-    images outside a class folder."""
+    images outside a class folder; and, anywhere below it, a tar's links and files that begin as an image does but
+    have no image ending (`_unlisted_images`)."""
     out: dict[str, str] = {}
     inside = [n[len(sub):] for n in names if n.startswith(sub)]
     folders = {n.split("/", 1)[0] for n in inside if "/" in n}
-    if not src.is_tar:   # a folder: empty folders are not among the file names
+    if src.is_tar:   # a tar lists its folders, empty ones too
+        folders |= {rest.split("/", 1)[0] for f in src.folders if (rest := f.removeprefix(prefix + sub)) != f and rest}
+    else:   # a folder: empty folders are not among the file names
         try:
             folders |= {e.name for e in os.scandir(src.path / prefix / sub)
                         if e.is_dir() and not e.name.startswith(".")}
@@ -392,11 +431,26 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     for n in inside:
         if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS):
             out[readable_name(f"{sub}{n}")] = "not in a class folder"
+    for link in src.links:
+        if (rest := link.removeprefix(prefix + sub)) != link:
+            out[readable_name(f"{sub}{rest}")] = "a link in a tar"
+    for n in _unlisted_images(src, prefix, [f"{sub}{n}" for n in inside]):
+        out[readable_name(n)] = "an image without an image ending"
     return out
 
 
+def _unlisted_images(src: _Source, prefix: str, names: list[str]) -> list[str]:
+    """Those of `names` (under `prefix`) without an image ending whose first bytes are an image's (a photo saved as
+    `IMG_0001` or `x.jpg_large`): of the first `_SNIFFED_AT_MOST` such files, 16 bytes of each read."""
+    from model._formats import looks_like_image
+
+    unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
+    return [n for n in unlisted if looks_like_image(src.head(prefix + n))]
+
+
 def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
-                         image_size: int, test_fraction: float, seed: int, progress: bool = True) -> Dataset:
+                         image_size: int, test_fraction: float, seed: int, progress: bool = True,
+                         test_only: bool = False) -> Dataset:
     info: dict = {}
     parts, classes, not_read = _imagefolder_parts(src, prefix, names, display, info)
     if not_read:
@@ -404,14 +458,23 @@ def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: s
     if len(classes) < 2:
         raise DatasetError(f"{display}: found only {len(classes)} class folder ({_readables(classes)}); "
                            "need at least 2")
-    decoded, skipped = _decode_parts(src, prefix, parts, in_chans, image_size, progress)
+    left: _Parts = {}
+    if test_only and "test" in parts:   # a test/ folder of its own: train/ and a validation folder are not decoded
+        left = {key: part for key, part in parts.items() if key != "test"}
+        parts = {"test": parts["test"]}
+        info["not_decoded"] = {key: sum(map(len, tree.values())) for key, (_, tree) in left.items()}
+    decoded, skipped = _decode_parts(src, prefix, parts, in_chans, image_size, progress, info)
     if skipped:
-        classes = _note_skipped(display, decoded, skipped, info)
+        # the classes of the splits not decoded are kept: whether their images decode is not known
+        classes = sorted(set(_note_skipped(display, decoded, skipped, info)).union(*(t for _, t in left.values())))
     index = {c: i for i, c in enumerate(classes)}
     splits = {key: Split(images, torch.tensor([index[c] for _, c in files], dtype=torch.long),
                          _readables([f for f, _ in files])) for key, (images, files) in decoded.items()}
+    if "not_decoded" in info:   # train/ not decoded: an empty split of the same shape
+        splits["train"] = Split(torch.empty((0, in_chans, image_size, image_size), dtype=torch.uint8),
+                                torch.empty((0,), dtype=torch.long), [])
     for key in ("train", "test"):   # a split folder whose every image failed to decode
-        if key in splits and not len(splits[key]):
+        if key in splits and not len(splits[key]) and not (key == "train" and "not_decoded" in info):
             folder = readable_name(parts[key][0])
             raise DatasetError(f"{display}: none of the images in {folder} could be decoded "
                                f"(e.g. {min(n for n in skipped if n.startswith(folder))!r})")
@@ -488,6 +551,10 @@ def _split_folder_parts(src: _Source, prefix: str, names: list[str], display: st
     classes = sorted(set().union(*(t for _, t in parts.values())))
     if only := sorted(set(test_tree) - set(train_tree)):
         info["test_only_classes"] = _readables(only)
+        by_case = {c.lower(): c for c in train_tree}
+        if case := {readable_name(c): readable_name(f"{train_dir}/{by_case[c.lower()]}/") for c in only
+                    if c.lower() in by_case}:
+            info["case_only"] = case
     return parts, classes, not_read
 
 
@@ -522,17 +589,21 @@ def _class_folder_parts(src: _Source, prefix: str, names: list[str], display: st
     return {"all": ("", tree)}, classes, not_read
 
 
-def _decode_parts(src: _Source, prefix: str, parts: _Parts, in_chans: int, image_size: int, progress: bool
-                  ) -> tuple[dict[str, tuple[torch.Tensor, list[tuple[str, str]]]], dict[str, str]]:
+def _decode_parts(src: _Source, prefix: str, parts: _Parts, in_chans: int, image_size: int, progress: bool,
+                  info: dict) -> tuple[dict[str, tuple[torch.Tensor, list[tuple[str, str]]]], dict[str, str]]:
     """Each part's images decoded, in class then file order: ({split: (images, [(file, class)] of those that
-    decoded)}, {file, as _readable gives it: why} for those that did not)."""
-    decoded, skipped = {}, {}
+    decoded)}, {file, as _readable gives it: why} for those that did not). The images with damaged EXIF data
+    are noted in `info`."""
+    decoded, skipped, exif = {}, {}, {}
     for key, (sub, tree) in parts.items():
         files = [(sub + n, c) for c in sorted(tree) for n in sorted(tree[c])]
         images, bad = _decode_images(src, [prefix + f for f, _ in files], in_chans, image_size, f"decode {key}",
-                                     progress)
+                                     progress, exif)
         skipped.update({readable_name(n.removeprefix(prefix)): why for n, why in bad.items()})
         decoded[key] = (images, [(f, c) for f, c in files if prefix + f not in bad])
+    if exif:
+        info["damaged_exif"] = {"count": len(exif), "first": [
+            f"{readable_name(n.removeprefix(prefix))} ({why})" for n, why in sorted(exif.items())[:_SKIPPED_LISTED]]}
     return decoded, skipped
 
 
@@ -649,7 +720,7 @@ def cache_dir() -> Path:
 
 def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_size: int | None = None,
                  test_fraction: float = 0.2, split_seed: int = 0, use_cache: bool = True,
-                 progress: bool = True) -> Dataset:
+                 progress: bool = True, test_only: bool = False) -> Dataset:
     """Read the dataset at `path`, autodetecting its layout (IDX, CIFAR batches, ImageFolder, a tar of one).
 
     `in_chans` and `image_size` apply to ImageFolder data (default 3 and 32; images are decoded with
@@ -657,6 +728,9 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
     native shape. A folder of class folders without train/ and test/ gets a seeded stratified test
     split of `test_fraction`. Raises DatasetError with an explanation when the layout is unknown.
     `progress`: a progress bar on stderr while a large ImageFolder is decoded (False: none, as `--quiet`).
+    `test_only`: an ImageFolder with a test/ folder of its own has only that decoded (what evaluation scores):
+    its train split is empty, and `info["not_decoded"]` counts the files of the splits left (a decoding of the
+    whole dataset already cached is used as it is). Other layouts are read whole.
     """
     path = Path(path).expanduser()
     src = _Source(path)
@@ -669,7 +743,11 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
         cached = cache_dir() / "datasets" / f"{key}.safetensors"
         if use_cache and (hit := _cached_dataset(cached)) is not None:
             return hit
-        ds = _read(src, display, in_chans, image_size, test_fraction, split_seed, progress)
+        if test_only:   # the test split alone is cached apart from the whole
+            cached = cached.with_name(f"{key}-test.safetensors")
+            if use_cache and (hit := _cached_dataset(cached)) is not None:
+                return hit
+        ds = _read(src, display, in_chans, image_size, test_fraction, split_seed, progress, test_only)
         if not len(ds.test):   # every reader refuses this with its reason; no run may end on an empty test split
             raise DatasetError(f"{display}: its test split holds no images: there is nothing to score a model on")
         if in_chans is not None and ds.in_chans != in_chans:
@@ -681,7 +759,8 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
         src.close()
 
 
-def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed, progress: bool = True) -> Dataset:
+def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed, progress: bool = True,
+          test_only: bool = False) -> Dataset:
     prefix, names = common_folder(src.names)
     idx = _find_idx(names, display)
     cifar = _find_cifar(names, display)
@@ -701,7 +780,7 @@ def _read(src: _Source, display: str, in_chans, image_size, test_fraction, seed,
     if cifar:
         return _cifar_dataset(src, {k: prefix + v for k, v in cifar.items()}, display)
     return _imagefolder_dataset(src, prefix, names, display, in_chans or 3, image_size or 32, test_fraction, seed,
-                                progress)
+                                progress, test_only)
 
 
 def _folder_of(files: dict[str, str]) -> str:

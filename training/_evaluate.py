@@ -475,7 +475,8 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     meta = art.meta
     tta = meta.tta if tta is None else tta
     split = _split_settings(meta, test_fraction, seed)
-    ds = _dataset_for(art, data, split["test_fraction"], split_seed, progress, log)
+    # the training images are read for --centre alone (a dataset without a test/ folder is read whole)
+    ds = _dataset_for(art, data, split["test_fraction"], split_seed, progress, log, test_only=not centre)
     dev = torch.device(device) if device else model.default_device()
     net = art.model.to(dev)
     test = _test_subset(ds.test, max_test, split["seed"])
@@ -559,14 +560,14 @@ def _say_split(ds, split: dict[str, Any], max_test: int | None, scored: int,
 
 
 def _dataset_for(art, data: str | os.PathLike, test_fraction: float, split_seed: int, progress: bool,
-                 log: Callable[[str], None] | None):
+                 log: Callable[[str], None] | None, test_only: bool = False):
     """The dataset at `data` decoded at the artifact's channels and size (refused when its images cannot be),
-    its notes (images not decoded, ...) given to `log`."""
+    its notes (images not decoded, ...) given to `log`; `test_only`: its test/ folder alone, where it has one."""
     from ._data import DatasetError, load_dataset
 
     meta = art.meta
     ds = load_dataset(data, in_chans=meta.in_chans, image_size=meta.image_size, test_fraction=test_fraction,
-                      split_seed=split_seed, progress=progress)
+                      split_seed=split_seed, progress=progress, test_only=test_only)
     if ds.image_size != meta.image_size or ds.in_chans != meta.in_chans:
         raise DatasetError(f"{data}: images are {ds.in_chans}x{ds.image_size}x{ds.image_size} but the model "
                            f"expects {meta.in_chans}x{meta.image_size}x{meta.image_size}")
@@ -711,9 +712,10 @@ def _measured(m: dict[str, Any]) -> list[str]:
                         + (f" ({scored} scored; the other {m['test_size'] - scored} have no reference item of their "
                            "class)" if scored != m["test_size"] else ""))
         else:
-            what.append(f"{m['test_size']} test images" + (f" ({scored} scored; the other {m['test_size'] - scored} "
-                                                            "are alone in their class)" if scored != m["test_size"]
-                                                            else ""))
+            alone = m["test_size"] - scored
+            said = "is alone in its" if alone == 1 else "are alone in their"
+            what.append(f"{m['test_size']} test images" + (f" ({scored} scored; the other {alone} {said} class)"
+                                                            if alone else ""))
     if "tta" in m:
         what.append(f"test-time augmentation {m['tta']}")
     if m.get("centre"):
