@@ -282,7 +282,7 @@ def scan(source: Path, labels: bool) -> ImageSource:
     cut short or damaged is a CliError naming it."""
     import tarfile
 
-    from model import DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, list_tar
+    from model import DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, list_tar, readable_name
 
     if source.is_dir():
         try:
@@ -291,7 +291,8 @@ def scan(source: Path, labels: bool) -> ImageSource:
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
         written, real = _readable_names(source, names)
         ids = [n for n in written if n.lower().endswith(IMAGE_EXTENSIONS)]
-        return ImageSource(source, ids, labels_of(ids, labels, written), names=real)
+        _say_not_read(source, _unlisted_images(written, lambda w: _file_head(source / real.get(w, w))), [])
+        return ImageSource(source, ids, _labels_said(source, ids, labels, written), names=real)
     if is_tar(source):
         tf = None
         try:
@@ -306,8 +307,57 @@ def scan(source: Path, labels: bool) -> ImageSource:
         written, real = _readable_names(source, list(stored))
         members = {w: stored[real.get(w, w)] for w in written}
         ids = sorted(w for w in written if w.lower().endswith(IMAGE_EXTENSIONS))
-        return ImageSource(source, ids, labels_of(ids, labels, written), tf, members, len(listing.links))
+        _say_not_read(source, _unlisted_images(written, lambda w: _member_head(tf, members[w])),
+                      [readable_name(link[strip:]) for link in listing.links])
+        return ImageSource(source, ids, _labels_said(source, ids, labels, written), tf, members, len(listing.links))
     raise CliError(f"source {source} is neither a folder nor a tar archive")
+
+
+# Files without an image ending whose first bytes are read to tell an image saved without its ending (IMG_0001):
+# the first this many, in name order, so that a tree of many other files is not read through (as training does)
+_SNIFFED_AT_MOST = 1000
+_NOT_READ_SHOWN = 5   # entries of the "not read" line shown
+
+
+def _unlisted_images(names: list[str], head: Callable[[str], bytes]) -> list[str]:
+    """Those of `names` without an image ending whose first bytes (`head(name)`) are an image's: of the first
+    `_SNIFFED_AT_MOST` such names, 16 bytes of each read."""
+    from model import IMAGE_EXTENSIONS
+    from model._formats import looks_like_image
+
+    unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
+    return [n for n in unlisted if looks_like_image(head(n))]
+
+
+def _file_head(path: Path) -> bytes:
+    from model._formats import IMAGE_HEAD_BYTES
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(IMAGE_HEAD_BYTES)
+    except OSError:
+        return b""
+
+
+def _member_head(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    from model import DAMAGED_ARCHIVE_ERRORS
+    from model._formats import IMAGE_HEAD_BYTES
+
+    try:
+        f = tf.extractfile(member)
+        return f.read(IMAGE_HEAD_BYTES) if f is not None else b""
+    except DAMAGED_ARCHIVE_ERRORS:
+        return b""
+
+
+def _say_not_read(source: Path, unlisted: list[str], links: list[str]) -> None:
+    """One line on stderr naming what in SOURCE is left out that a user may take for an image: files that begin as
+    an image does but have no image ending (the ending chooses what is read), and a tar's links."""
+    why = {**{n: "an image without an image ending" for n in unlisted}, **{n: "a link in a tar" for n in links}}
+    if why:
+        shown = [f"{n} ({w})" for n, w in sorted(why.items())[:_NOT_READ_SHOWN]]
+        more = f" and {len(why) - _NOT_READ_SHOWN} more" if len(why) > _NOT_READ_SHOWN else ""
+        print(f"{source}: not read: {', '.join(shown)}{more}", file=sys.stderr)
 
 
 def _damaged(path: Path, exc: BaseException) -> CliError:
@@ -352,14 +402,30 @@ def links_note(links: int) -> str:
     return f" ({links} link{'s' if links != 1 else ''} in it left out)" if links else ""
 
 
-def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> dict[str, str | None]:
+def _labels_said(source: Path, ids: list[str], labels: bool, names: list[str]) -> dict[str, str | None]:
+    """labels_of, and what a user may not expect of them said on stderr, as `simsearch train` says it of its
+    classes: folders beside train/ that give no label, and labels that differ only in case."""
+    said = labels_of(ids, labels, names, notes := [])
+    for note in notes:
+        print(f"{source}: {note}", file=sys.stderr)
+    return said
+
+
+#: Why a folder beside train/ gives no label (what `simsearch train` says of it, training/_data.py)
+_BESIDE_SPLITS = "beside train/, only test/ and a validation folder, val/, valid/ or validation/, are"
+
+
+def labels_of(ids: list[str], labels: bool, names: list[str] | None = None,
+              notes: list[str] | None = None) -> dict[str, str | None]:
     """Each id's label, the class `simsearch train` makes of the image (ImageFolder), given `names`, every file
     under SOURCE (the ids when not given). That is its top folder under the dataset's root (photos/shoes/2023/IMG.jpg:
     "shoes"), or, where the root is split into train/ and test/ (or a validation folder), or holds just one of those,
     its top folder under the split (train/cat/x.jpg: "cat"). Split folders are named in any case (Train/, TEST/). The
     root is SOURCE, or the one folder all its files lie in, descended as training descends it (wrap/pics/cats/1.jpg:
-    "cats") where training finds classes there. An image directly in the root or in a split folder has none; so
-    does every image with `labels` off."""
+    "cats") where training finds classes there. An image directly in the root or in a split folder has none, and so
+    does one in a folder beside the split folders (train/ and test/ beside extra/: training reads no class from
+    extra/), and every image with `labels` off. `notes` gets a line for each such folder beside the splits, and for
+    labels that differ only in case (train/Yellow/ and test/yellow/: two labels, as they are two classes)."""
     from model import SPLIT_FOLDERS, common_folder
 
     if not labels:
@@ -378,12 +444,30 @@ def labels_of(ids: list[str], labels: bool, names: list[str] | None = None) -> d
                            "as `simsearch train` reads them); keep one of them")
     split = ("train" in tops and bool(tops & set(SPLIT_FOLDERS[1:]))) or (len(tops) == 1 and tops <= set(SPLIT_FOLDERS))
     out: dict[str, str | None] = {}
+    beside: set[str] = set()
     for i in ids:
         parts = i[len(root):].split("/")
         if split and parts[0].lower() in SPLIT_FOLDERS:
             parts = parts[1:]
+        elif split and len(parts) >= 2:   # a folder beside the split folders: no class of training's
+            beside.add(parts[0])
+            parts = parts[-1:]
         out[i] = (parts[0] or None) if len(parts) >= 2 else None
+    if notes is not None:
+        if beside:
+            notes.append(f"not labelled: {', '.join(f'{root}{f}/' for f in sorted(beside))} ({_BESIDE_SPLITS}); "
+                         f"{'its' if len(beside) == 1 else 'their'} images are indexed without a label")
+        notes.extend(_case_only(sorted({v for v in out.values() if v is not None})))
     return out
+
+
+def _case_only(labels: list[str]) -> list[str]:
+    """A line for each group of `labels` that differ only in case."""
+    by_case: dict[str, list[str]] = {}
+    for label in labels:
+        by_case.setdefault(label.lower(), []).append(label)
+    return [f"labels {' and '.join(same)} differ only in case: they are {len(same)} labels, as `simsearch train` "
+            f"makes {len(same)} classes of them" for same in by_case.values() if len(same) > 1]
 
 
 def _has_classes(names: list[str]) -> bool:
@@ -398,16 +482,18 @@ def _has_classes(names: list[str]) -> bool:
     return len({n.split("/", 1)[0] for n in names if "/" in n and n.lower().endswith(IMAGE_EXTENSIONS)}) >= 2
 
 
-def model_input(data: bytes, embedder, crop=None):
+def model_input(data: bytes, embedder, crop=None, name: str = "an image"):
     """Image bytes -> the model's input array, made as the service makes it from an upload (the decoder's
     draft mode for photos, EXIF orientation, the region `crop`), so that one image gets one vector whether
-    it was indexed or searched here or through the service. Runs in worker threads."""
-    import io
+    it was indexed or searched here or through the service. Damaged EXIF data (the image is used without EXIF
+    orientation) is said in a line on stderr naming the file, `name`. Runs in worker threads."""
+    from model._preprocess import DAMAGED_EXIF, exif_notes, open_image
 
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return embedder.preprocess(im, crop, owned=True)
+    with exif_notes() as said, open_image(data) as im:
+        array = embedder.preprocess(im, crop, owned=True)
+    for why in said:
+        print(f"{name}: {DAMAGED_EXIF.format(why=why)}", file=sys.stderr)
+    return array
 
 
 def model_threads(threads: int | None) -> None:
