@@ -3,6 +3,7 @@ a pixel limit checked before any pixel is decoded, and every failure mapped to a
 from __future__ import annotations
 
 import io
+import logging
 import re
 import struct
 import warnings
@@ -12,8 +13,13 @@ from typing import Callable, Iterable, TypeVar
 from PIL import Image, UnidentifiedImageError
 
 from model import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE
+from model._preprocess import DAMAGED_EXIF, exif_notes, open_image
 
-from ._errors import ApiError
+from ._errors import REQUEST_ID, ApiError
+
+_LOG = logging.getLogger("simsearch.images")
+#: What raises the service's pixel limit, said in its 413s
+_PIXELS_SETTING = "SIMSEARCH_MAX_PIXELS, or `simsearch serve --max-pixels`"
 
 T = TypeVar("T")
 
@@ -169,10 +175,20 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
     """
     if not data:
         raise ApiError(400, "empty_file", f"{what} is empty (0 bytes)")
+    with exif_notes() as said:
+        decoded = _decoded(data, max_pixels, draft, what, convert, policy)
+    for why in said:   # the image is used without EXIF orientation, as Pillow leaves it
+        _LOG.warning("%s: %s (request_id=%s)", what, DAMAGED_EXIF.format(why=why), REQUEST_ID.get() or "-")
+    return decoded
+
+
+def _decoded(data: bytes, max_pixels: int, draft: int | None, what: str, convert: Callable[[Image.Image], T] | None,
+             policy: ImagePolicy) -> Image.Image | T:
+    """decode_image's work, the bytes not empty."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=policy.openers)
+            img = open_image(data, formats=policy.openers)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise ApiError(413, "image_too_large", _bomb_message(what, exc, max_pixels)) from None
         except UnidentifiedImageError:
@@ -194,7 +210,7 @@ def decode_image(data: bytes, max_pixels: int, draft: int | None = None, what: s
         w, h = img.size
         if w * h > max_pixels:
             raise ApiError(413, "image_too_large",
-                           f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+                           f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} ({_PIXELS_SETTING})")
         if w < 1 or h < 1:
             raise ApiError(400, "invalid_image", f"{what} has no pixels ({w}x{h})")
         try:
@@ -226,4 +242,4 @@ def _bomb_message(what: str, exc: Exception, max_pixels: int) -> str:
     if not found:
         return f"{what}: {exc}"
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    return f"{what} is {int(found.group(1))} pixels; the limit is {limit}"
+    return f"{what} is {int(found.group(1))} pixels; the limit is {limit} ({_PIXELS_SETTING})"

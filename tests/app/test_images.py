@@ -13,6 +13,8 @@ from app._images import decode_image, image_policy
 from model import make_thumbnail
 
 from ..photo_formats import encode_as
+
+SETTING = "SIMSEARCH_MAX_PIXELS, or `simsearch serve --max-pixels`"   # what a 413 of one image's pixels names
 from . import crafted
 from .conftest import encode, pattern
 
@@ -118,13 +120,13 @@ def test_decompression_bomb_header_is_413_without_decoding(side):
     with pytest.raises(ApiError) as err:
         decode_image(data, 10**12)   # our own limit out of the way: Pillow's bomb check must still fire
     assert (err.value.status, err.value.code) == (413, "image_too_large")
-    assert err.value.message == f"file is {side * side} pixels; the limit is {Image.MAX_IMAGE_PIXELS}"
+    assert err.value.message == f"file is {side * side} pixels; the limit is {Image.MAX_IMAGE_PIXELS} ({SETTING})"
 
 
 def test_a_bomb_past_pillows_limit_is_told_the_services_own_lower_limit():
     with pytest.raises(ApiError) as err:
         decode_image(crafted.png_claiming(10_000, 10_000), 50_000, what="file 0 ('bomb.png')")
-    assert err.value.message == "file 0 ('bomb.png') is 100000000 pixels; the limit is 50000"
+    assert err.value.message == f"file 0 ('bomb.png') is 100000000 pixels; the limit is 50000 ({SETTING})"
 
 
 def test_thumbnail_is_a_jpeg_with_longest_side_the_setting_and_a_smaller_image_is_not_enlarged():
