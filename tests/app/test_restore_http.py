@@ -186,14 +186,13 @@ def test_a_store_of_another_models_vectors_is_409_naming_the_model(live, tmp_pat
 
 def test_a_body_over_the_restore_limit_is_413_declared_or_not(live):
     server, data, _, _ = live
-    assert_error(_restore(server.url, "big", b"\0" * (MAX_RESTORE + 1)), 413, "body_too_large",
-                 "SIMSEARCH_MAX_RESTORE_BYTES")
+    assert_error(_restore(server.url, "big", b"\0" * (MAX_RESTORE + 1)), 413, "body_too_large", str(MAX_RESTORE))
 
     def chunks():   # no Content-Length: counted as it comes
         for _ in range(MAX_RESTORE // 65536 + 2):
             yield b"\0" * 65536
 
-    assert_error(_restore(server.url, "big", chunks()), 413, "body_too_large", "SIMSEARCH_MAX_RESTORE_BYTES")
+    assert_error(_restore(server.url, "big", chunks()), 413, "body_too_large", str(MAX_RESTORE))
     assert "big" not in _listed(server.url) and _left_in(data) == []
 
 
