@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # concurrency cap -> body limit -> HEAD -> routes; they are added innermost first.
     app.add_middleware(HeadMiddleware)   # innermost: HEAD wherever GET, past the key check and limits as a GET
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics,
-                       timeout=settings.body_timeout_seconds)
+                       timeout=settings.body_timeout_seconds, restore_limit=settings.max_restore_bytes)
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
     keys = KeyRing(parse_keys(settings.api_key.get_secret_value()) if settings.api_key else [], settings.api_key_file)
     app.add_middleware(AuthMiddleware, keys=keys, require_key_for_reads=settings.require_key_for_reads,

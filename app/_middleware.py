@@ -265,8 +265,9 @@ class ConcurrencyLimitMiddleware:
 class BodyTooLarge(ApiError):
     """The request body passed the size limit while it was being received."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, "body_too_large", f"the request body is larger than the limit of {limit} bytes")
+    def __init__(self, limit: int, setting: str = "SIMSEARCH_MAX_BODY_BYTES"):
+        super().__init__(413, "body_too_large", f"the request body is larger than the limit of {limit} bytes "
+                         f"({setting})")
 
 
 class BodyTimeout(ApiError):
@@ -297,24 +298,31 @@ class BodyLimitMiddleware:
     client to disconnect is not timed."""
 
     def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, timeout: float = 0.0,
-                 min_rate: float = BODY_MIN_RATE, grace: float = BODY_RATE_GRACE_SECONDS):
+                 min_rate: float = BODY_MIN_RATE, grace: float = BODY_RATE_GRACE_SECONDS,
+                 restore_limit: int | None = None):
         self.app, self.limit, self.metrics = app, limit, metrics
+        # a backup file restored (PUT /galleries/NAME/backup) is a whole store: SIMSEARCH_MAX_RESTORE_BYTES
+        self.restore_limit = limit if restore_limit is None else restore_limit
         self.timeout, self.min_rate, self.grace = timeout, min_rate, grace
 
     # noqa C901 below: one pass over the ASGI messages; its branches are the body-size and timeout states
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: C901
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        restore = scope["method"] == "PUT" and is_backup(route_path(scope))
+        limit = self.restore_limit if restore else self.limit
+        setting = "SIMSEARCH_MAX_RESTORE_BYTES" if restore else "SIMSEARCH_MAX_BODY_BYTES"
         length = Headers(scope=scope).get("content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 return await send_error(send, 400, "bad_request", f"Content-Length is not a number: {length!r}")
-            if declared > self.limit:
+            if declared > limit:
                 self.metrics.rejected.labels("body_too_large").inc()
                 return await send_error(send, 413, "body_too_large",
-                                        f"Content-Length {declared} is larger than the limit of {self.limit} bytes")
+                                        f"Content-Length {declared} is larger than the limit of {limit} bytes "
+                                        f"({setting})")
         received = 0
         waited = 0.0          # seconds spent waiting for body messages
         complete = self.timeout <= 0   # once the body is in (or with no timeout), reads are not timed
@@ -347,9 +355,9 @@ class BodyLimitMiddleware:
             message = await receive() if complete else await timed_receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     self.metrics.rejected.labels("body_too_large").inc()
-                    raise BodyTooLarge(self.limit)
+                    raise BodyTooLarge(limit, setting)
             return message
 
         async def watch_send(message: Message) -> None:

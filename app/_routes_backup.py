@@ -252,7 +252,9 @@ def _new_stage(data_dir: FsPath, name: str, declared: int | None) -> FsPath:
                   data_dir, free)
         raise ApiError(507, "insufficient_storage", f"the backup of gallery {name!r} needs {declared} bytes on the "
                        f"service's data disk, which has {free} free; the operator can free space there")
-    return FsPath(tempfile.mkdtemp(prefix=f".simsearch-restore-{name}-", dir=data_dir))
+    import index
+
+    return index.new_restore_folder(data_dir, name)
 
 
 def _body_writer(request: Request, limit: int, name: str):

@@ -382,7 +382,7 @@ class Service:
         if not (s.read_only or s.milvus_uri):   # the writer: what deleted galleries left behind goes
             left = await anyio.to_thread.run_sync(index.remove_deleted_galleries, s.data_dir)
             if left:
-                log.info("removed what %d deleted galleries had left on disk", left)
+                log.info("removed %d folders left on disk by deleted galleries or restores cut off", left)
         self.metrics.track_galleries(self._gallery_sizes, self._unopened_sizes)
         self.metrics.track_disk(s.data_dir)
         # Move everything loaded so far (torch, FAISS, the store's id tables) out of the garbage

@@ -41,8 +41,8 @@ from ._gallery import GalleryStore
 from ._feedback import LIKE_WEIGHT, UNLIKE_WEIGHT, mean_query, refine_queries, refine_query
 from ._groups import (MAX_GROUP_CANDIDATES, MAX_GROUP_SIZE, MAX_GROUPED_RESULTS, MAX_K, MAX_SEARCH_WINDOW, best_of,
                       check_group_by, group_hits, group_value, search_grouped, search_hits)
-from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries,
-                         remove_gallery)
+from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gallery_path, new_restore_folder,
+                         remove_deleted_galleries, remove_gallery)
 from ._incomplete import clear_incomplete, incomplete, mark_incomplete
 from ._reader import Check, Row, StoreReader
 from ._filter import check_where
@@ -66,7 +66,7 @@ __all__ = [
     "check_gallery_name", "check_index_kind", "check_metadata", "check_where", "clear_incomplete", "incomplete",
     "mark_incomplete",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
-    "remove_deleted_galleries",
+    "new_restore_folder", "remove_deleted_galleries",
     "mean_query", "refine_queries", "refine_query", "remove_gallery", "score_to_distance", "search_hits", "UNLIKE_WEIGHT",
     "vote",
 ]

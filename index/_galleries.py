@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ log = logging.getLogger("simsearch.index")
 
 DEFAULT_GALLERY = "default"
 _DELETED = ".deleted-"   # a named gallery's folder on its way out: hidden from gallery_names
+_RESTORING = ".simsearch-restore-"   # DATA/<this>NAME-*: a backup file on its way in (new_restore_folder)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -64,10 +66,19 @@ def remove_gallery(data_dir: Path, name: str) -> None:
     _remove_tree(aside)
 
 
+def new_restore_folder(data_dir: Path, name: str) -> Path:
+    """A new folder in the data folder (on its disk, so that a store received there takes gallery `name`'s place
+    with one rename) that no listing takes for a gallery; what a killed process leaves of it goes with
+    remove_deleted_galleries."""
+    return Path(tempfile.mkdtemp(prefix=f"{_RESTORING}{name}-", dir=data_dir))
+
+
 def remove_deleted_galleries(data_dir: Path) -> int:
-    """Remove what remove_gallery left of deleted galleries' folders; how many were found."""
+    """Remove what remove_gallery left of deleted galleries' folders, and what a restore killed midway left of its
+    folder (new_restore_folder); how many were found. Only the writer calls it, at its start, before any restore."""
     root = Path(data_dir) / "galleries"
     left = sorted(root.glob(_DELETED + "*")) if root.is_dir() else []
+    left += sorted(Path(data_dir).glob(_RESTORING + "*")) if Path(data_dir).is_dir() else []
     for folder in left:
         _remove_tree(folder)
     return len(left)

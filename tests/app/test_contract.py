@@ -124,6 +124,7 @@ def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
     listing = httpx.get(url + "/index").json()
     unit = [1.0] + [0.0] * (listing["dimension"] - 1)
     vectors = {"model": listing["model"], "items": [{"id": "hv", "vector": unit, "label": "gone"}]}
+    backup = httpx.get(url + "/galleries/default/backup", headers=key, timeout=30).content   # what PUT restores
     steps = [("get", "/healthz", "/healthz", {}), ("get", "/readyz", "/readyz", {}),
              ("get", "/metrics", "/metrics", {}),
              ("post", "/index", "/index", {"headers": key, "data": {"id": ["h1", "h2"], "label": ["dog", "gone"]},
@@ -142,6 +143,7 @@ def _succeed(url: str) -> list[tuple[str, str, str, httpx.Response]]:
              ("post", "/embed", "/embed", {"files": image}), ("get", "/duplicates", "/duplicates", {"headers": key}),
              ("get", "/facets", "/facets?field=label", {}), ("get", "/galleries", "/galleries", {}),
              ("get", "/galleries/{name}/backup", "/galleries/headers/backup", {"headers": key}),
+             ("put", "/galleries/{name}/backup", "/galleries/restored/backup", {"headers": key, "content": backup}),
              ("delete", "/galleries/{name}", "/galleries/headers", {"headers": key}),
              ("delete", "/index", "/index?label=gone", {"headers": key}),
              ("delete", "/index/{id}", "/index/h1", {"headers": key})]
@@ -326,7 +328,7 @@ def test_openapi_declares_how_to_send_the_key_on_the_routes_that_need_it(live):
     assert keyed == {("POST", "/index"), ("DELETE", "/index"), ("PATCH", "/index/{id}"), ("PATCH", "/index"),
                      ("DELETE", "/index/{id}"),
                      ("PUT", "/galleries/{name}"), ("DELETE", "/galleries/{name}"), ("GET", "/duplicates"),
-                     ("GET", "/galleries/{name}/backup")}
+                     ("GET", "/galleries/{name}/backup"), ("PUT", "/galleries/{name}/backup")}
     for method, path in keyed:   # and those are the ones the server refuses without it
         r = httpx.request(method, live.url + path.replace("{id}", "known").replace("{name}", "nope"))
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", (method, path)

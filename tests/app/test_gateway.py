@@ -113,6 +113,15 @@ def test_the_gateway_keeps_its_port_in_the_services_redirects_and_refuses_a_larg
     assert httpx.get(url + "/index?limit=1").status_code == 200   # and it passes on what fits
 
 
+def test_a_restore_larger_than_the_gateways_body_limit_reaches_the_service_whose_limit_counts(gateway):
+    url, _ = gateway
+    body = b"\0" * (12 * 1024 * 1024)   # past the 11 MB every other location takes: the service reads and judges it
+    r = httpx.put(url + "/galleries/restored/backup", content=body, headers={"Content-Type": "application/vnd.sqlite3"},
+                  timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_a_store", r.text
+    assert [g["name"] for g in httpx.get(url + "/galleries").json()["galleries"]] == ["default"]   # none made
+
+
 def test_a_backup_waits_past_the_gateways_read_timeout_for_its_copy_while_other_requests_do_not(tmp_path):
     """The backup's location waits up to 600 s for its first byte (the service makes and checks the copy first);
     shown with the gateway's other read timeouts cut to 1 s and a stand-in service that answers after 2 s, since

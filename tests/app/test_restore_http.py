@@ -252,8 +252,6 @@ async def test_a_service_on_milvus_answers_501_naming_index_copy(make_settings, 
         assert_error(r, 501, "not_supported", "simsearch index copy")
 
 
-@pytest.mark.xfail(strict=True, reason="BodyLimitMiddleware holds every body to SIMSEARCH_MAX_BODY_BYTES until it "
-                   "takes SIMSEARCH_MAX_RESTORE_BYTES for PUT /galleries/NAME/backup (/tmp/s51/A-body-limit.patch)")
 @pytest.mark.anyio
 async def test_a_backup_larger_than_the_body_limit_of_images_is_restored_up_to_the_restore_limit(make_settings):
     async with running(make_settings(max_body_bytes=50_000, api_key=FULL)) as client:

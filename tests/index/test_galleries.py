@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import (DEFAULT_GALLERY, InvalidItemError, Item, Store, StoreConfig, StoreError, StoreReader,
-                   check_gallery_name, gallery_names, gallery_path, remove_deleted_galleries, remove_gallery)
+                   check_gallery_name, gallery_names, gallery_path, new_restore_folder, remove_deleted_galleries, remove_gallery)
 
 from .conftest import DIM, unit
 
@@ -105,6 +105,16 @@ def test_what_a_removal_left_is_not_a_gallery_and_goes_at_the_next_clean_up(tmp_
     assert remove_deleted_galleries(tmp_path) == 1
     assert [p.name for p in (tmp_path / "galleries").iterdir()] == ["kept"]
     assert remove_deleted_galleries(tmp_path / "nowhere") == 0
+
+
+def test_a_restore_folder_is_not_a_gallery_and_what_a_killed_restore_left_goes_at_the_next_clean_up(tmp_path):
+    Store.open(StoreConfig(gallery_path(tmp_path, "kept"), dim=DIM, model_id="m")).close()
+    stage = new_restore_folder(tmp_path, "shoes")
+    assert stage.parent == tmp_path
+    Store.open(StoreConfig(gallery_path(stage, "shoes"), dim=DIM, model_id="m")).close()   # received, not placed
+    assert gallery_names(tmp_path) == ["kept"]
+    assert remove_deleted_galleries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["galleries"]
 
 
 def test_a_reader_of_a_store_whose_tables_are_not_made_yet_raises_a_store_error(tmp_path):
