@@ -5,10 +5,14 @@ thumbnail and metadata (run by hand).
 
 Three folders of real files, each built into a fresh data folder with thumbnails at the default size, by this
 checkout's `cli._index._decode` and by a copy of the one before (`decode_twice_before` below, swapped in), in
-interleaved rounds (after, before, after, before, ...): --cifar CIFAR-10 (JPEG) test images (32x32) from
-../shared/data, --photos 640x480 JPEGs and as many 640x480 PNGs, made with Pillow from scikit-learn's two
-sample photos (bench/_common.py). Reported: the whole command's images/s (median and best of --rounds), and
-the decoding step alone (`_decode` on one thread over the folder's files, no model, no store), images/s.
+interleaved rounds (before, after, after, before, ...: which runs first alternates): --cifar CIFAR-10 (JPEG)
+test images (32x32) from ../shared/data, --photos 640x480 JPEGs and as many 640x480 PNGs, made with Pillow
+from scikit-learn's two sample photos (bench/_common.py). Reported: the whole command's images/s and the CPU
+it took an image (this process's CPU time, all threads: what decoding once saves, and steadier than the wall
+clock on a shared machine), median and best of --rounds, with the median of each round's after / before
+ratio; and
+the decoding step alone (`_decode` on one thread over the folder's files, no model, no store: images/s,
+interleaved 0.5 s at a time, 2 x --rounds rounds).
 
     .venv/bin/python bench/bench_build_decode.py [--cifar 2000] [--photos 200] [--rounds 3] [--tag _s51]
 """
@@ -79,31 +83,33 @@ def folders(root: Path, n_cifar: int, n_photos: int) -> dict[str, Path]:
     return out
 
 
-def build_seconds(folder: Path, data: Path, artifact: Path) -> float:
-    """Wall seconds of one `simsearch index build FOLDER` into the fresh `data`, its output swallowed."""
+def build_seconds(folder: Path, data: Path, artifact: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one `simsearch index build FOLDER` into the fresh `data`,
+    its output swallowed."""
     from cli import main
 
     sink = io.StringIO()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         code = main(["index", "build", str(folder), "--model", str(artifact), "--data", str(data)])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if code != 0:
         raise SystemExit(f"index build {folder} exited {code}:\n{sink.getvalue()[-2000:]}")
-    return seconds
+    return seconds, cpu
 
 
-def decode_rate(decode, files: list[bytes], embedder, thumb_px: int) -> float:
-    """Images/s of `decode` alone over `files`, on this thread."""
-    t0 = time.perf_counter()
-    for data in files:
-        decode(data, embedder, thumb_px)
-    return len(files) / (time.perf_counter() - t0)
+def decode_case(decode, files: list[bytes], embedder, thumb_px: int):
+    """One pass of `decode` over `files` on this thread, as a case of _common.interleaved."""
+    def run() -> int:
+        for data in files:
+            decode(data, embedder, thumb_px)
+        return len(files)
+    return run
 
 
-def _summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 1), "best": round(max(values), 1),
-            "rounds": [round(v, 1) for v in values]}
+def _summary(values: list[float], best=max) -> dict:
+    return {"median": round(statistics.median(values), 2), "best": round(best(values), 2),
+            "rounds": [round(v, 2) for v in values]}
 
 
 def main() -> None:
@@ -125,36 +131,50 @@ def main() -> None:
         result = {"command": _common.command_line(), "machine": _common.machine(), "artifact": artifact_kind,
                   "workers": min(8, os.cpu_count() or 1), "thumbnail_px": g.THUMB_PX}
         build = {(v, c): [] for c in cases for v in variants}
-        decode = {(v, c): [] for c in cases for v in variants}
+        cpu_ms = {(v, c): [] for c in cases for v in variants}
         embedder = model.Embedder.from_file(artifact, device="cpu")
         files = {c: [p.read_bytes() for p in sorted(folder.rglob("*.*"))] for c, folder in cases.items()}
         runs = 0
         try:
             for r in range(args.rounds + 1):   # round 0 warms up (model, imports, page cache) and is not kept
                 for case, folder in cases.items():
-                    for name, fn in variants.items():
+                    # which runs first alternates round by round: the first of a pair came out slower here
+                    for name, fn in list(variants.items())[::1 if r % 2 else -1]:
                         _index._decode = fn
                         runs += 1
-                        seconds = build_seconds(folder, root / f"data{runs}", artifact)
-                        rate = decode_rate(fn, files[case], embedder, g.THUMB_PX)
+                        seconds, cpu = build_seconds(folder, root / f"data{runs}", artifact)
                         if r:
                             build[name, case].append(len(files[case]) / seconds)
-                            decode[name, case].append(rate)
+                            cpu_ms[name, case].append(1e3 * cpu / len(files[case]))
         finally:
             _index._decode = variants["decode once (this checkout)"]
+        decode = {}
+        for case in cases:
+            rates = _common.interleaved({name: decode_case(fn, files[case], embedder, g.THUMB_PX)
+                                         for name, fn in variants.items()}, rounds=2 * args.rounds, seconds=0.5,
+                                        warmup=1)
+            decode.update({(name, case): rates[name]["rounds"] for name in variants})
     result["cases"] = {f"{name} | {case}": {"build_images_per_s": _summary(build[name, case]),
+                                            "build_cpu_ms_per_image": _summary(cpu_ms[name, case], min),
                                             "decode_step_images_per_s_one_thread": _summary(decode[name, case])}
                        for name, case in build}
-    print(f"{'build':28} {'folder':24} {'build img/s median':>18} {'best':>7} {'_decode img/s (1 thread)':>24}")
+    print(f"{'build':28} {'folder':24} {'img/s median':>12} {'best':>7} {'CPU ms/img':>10} {'_decode img/s':>13}")
     for (name, case), values in build.items():
-        print(f"{name:28} {case:24} {statistics.median(values):18.1f} {max(values):7.1f} "
-              f"{statistics.median(decode[name, case]):24.1f}")
+        print(f"{name:28} {case:24} {statistics.median(values):12.1f} {max(values):7.1f} "
+              f"{statistics.median(cpu_ms[name, case]):10.3f} {statistics.median(decode[name, case]):13.1f}")
+    after, before = variants
     for case in cases:
-        once, twice = (statistics.median(build[name, case]) for name in variants)
-        d_once, d_twice = (statistics.median(decode[name, case]) for name in variants)
-        result.setdefault("after_over_before", {})[case] = {"build": round(once / twice, 2),
-                                                            "decode_step": round(d_once / d_twice, 2)}
-        print(f"{case}: after / before images/s: build {once / twice:.2f}, decode step {d_once / d_twice:.2f}")
+        # each round's pair ran back to back: their ratio is steadier than the ratio of medians
+        paired = {what: round(statistics.median(a / b for a, b in zip(got[after, case], got[before, case],
+                                                                     strict=True)), 2)
+                  for what, got in (("build_images_per_s", build), ("decode_step_images_per_s", decode))}
+        paired["build_cpu_per_image_before_over_after"] = round(statistics.median(
+            b / a for a, b in zip(cpu_ms[after, case], cpu_ms[before, case], strict=True)), 2)
+        result.setdefault("after_over_before_paired_median", {})[case] = paired
+        print(f"{case}, median of the rounds' ratios: build images/s after / before "
+              f"{paired['build_images_per_s']:.2f}, build CPU an image before / after "
+              f"{paired['build_cpu_per_image_before_over_after']:.2f}, "
+              f"decode step images/s after / before {paired['decode_step_images_per_s']:.2f}")
     _common.write_result("build_decode" + args.tag, result)
 
 
