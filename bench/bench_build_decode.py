@@ -1,20 +1,21 @@
 """`simsearch index build`: each image decoded once for its vector, thumbnail and metadata where one decoding
-serves them all (a PNG, WebP, GIF, BMP or AVIF; a JPEG whose draft for the model and for the thumbnail come out at
-the same scale, as CIFAR's 32x32), against the build before, which decoded every image a second time for the
-thumbnail and metadata (run by hand).
+serves them all (a PNG, WebP, GIF, BMP or AVIF; a JPEG whose drafts for the model and for the thumbnail come
+out at the same scale, as CIFAR's 32x32 and a phone's 12 MP), against the build before, which decoded every
+image a second time for the thumbnail and metadata (run by hand).
 
-Three folders of real files, each built into a fresh data folder with thumbnails at the default size, by this
+Four folders of real files, each built into a fresh data folder with thumbnails at the default size, by this
 checkout's `cli._index._decode` and by a copy of the one before (`decode_twice_before` below, swapped in), in
 interleaved rounds (before, after, after, before, ...: which runs first alternates): --cifar CIFAR-10 (JPEG)
-test images (32x32) from ../shared/data, --photos 640x480 JPEGs and as many 640x480 PNGs, made with Pillow
-from scikit-learn's two sample photos (bench/_common.py). Reported: the whole command's images/s and the CPU
-it took an image (this process's CPU time, all threads: what decoding once saves, and steadier than the wall
-clock on a shared machine), median and best of --rounds, with the median of each round's after / before
-ratio; and
-the decoding step alone (`_decode` on one thread over the folder's files, no model, no store: images/s,
-interleaved 0.5 s at a time, 2 x --rounds rounds).
+test images (32x32) from ../shared/data; --photos 640x480 JPEGs and as many 640x480 PNGs, and --large
+4032x3024 JPEGs (12 MP, quality 90), made with Pillow from scikit-learn's two sample photos (bench/_common.py).
 
-    .venv/bin/python bench/bench_build_decode.py [--cifar 2000] [--photos 200] [--rounds 3] [--tag _s51]
+Reported: the whole command's images/s and the CPU it took an image (this process's CPU time, all threads:
+what decoding once saves, and steadier than the wall clock on a shared machine), median and best of --rounds,
+with the median of each round's after / before ratio; and the decoding step alone (`_decode` on one thread
+over the folder's files, no model, no store: images/s, interleaved 0.5 s at a time, 2 x --rounds rounds).
+
+    .venv/bin/python bench/bench_build_decode.py [--cifar 2000] [--photos 200] [--large 40] [--rounds 3]
+        [--tag _s51]
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def decode_twice_before(data: bytes, embedder, thumb_px: int, exif: bool = False
     return arr, thumb, meta
 
 
-def folders(root: Path, n_cifar: int, n_photos: int) -> dict[str, Path]:
+def folders(root: Path, n_cifar: int, n_photos: int, n_large: int) -> dict[str, Path]:
     """The three folders of files, written once: {case: folder} (each image in a class folder of its own)."""
     from PIL import Image
 
@@ -73,6 +74,12 @@ def folders(root: Path, n_cifar: int, n_photos: int) -> dict[str, Path]:
         Image.open(io.BytesIO(data)).save(buf, "PNG")
         pngs.append(buf.getvalue())
     cases[f"{n_photos} PNG 640x480"] = ("pngs", [(".png", pngs[i % len(pngs)]) for i in range(n_photos)])
+    large = []
+    for data in photos:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).resize((4032, 3024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+        large.append(buf.getvalue())
+    cases[f"{n_large} JPEG 4032x3024"] = ("large", [(".jpg", large[i % len(large)]) for i in range(n_large)])
     out = {}
     for case, (name, files) in cases.items():
         for i, (suffix, data) in enumerate(files):
@@ -116,6 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cifar", type=int, default=2000, help="CIFAR-10 test JPEGs in the first folder (2000)")
     ap.add_argument("--photos", type=int, default=200, help="640x480 JPEGs, and as many PNGs (200)")
+    ap.add_argument("--large", type=int, default=40, help="4032x3024 JPEGs (40)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -127,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         artifact, artifact_kind = _common.default_or_seeded_artifact(root)
-        cases = folders(root / "images", args.cifar, args.photos)
+        cases = folders(root / "images", args.cifar, args.photos, args.large)
         result = {"command": _common.command_line(), "machine": _common.machine(), "artifact": artifact_kind,
                   "workers": min(8, os.cpu_count() or 1), "thumbnail_px": g.THUMB_PX}
         build = {(v, c): [] for c in cases for v in variants}

@@ -152,8 +152,9 @@ def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool 
     `exif` when and with what it was taken, with `gps` where), for `index build`: the model's array as
     g.model_input makes it and the thumbnail as the service makes one (model.make_thumbnail: upright, alpha on
     white). Each image is decoded once where one decoding gives both: one decoded whole (PNG, WebP, GIF, BMP,
-    AVIF), and a JPEG whose draft for the model and for the thumbnail come out at the same scale (a small one,
-    CIFAR's 32x32); a larger JPEG or a HEIC is decoded a second time, at the thumbnail's own draft scale, as the
+    AVIF), and a JPEG whose drafts for the model and for the thumbnail come out at the same scale and mode (with
+    a 32-pixel model and 128-pixel thumbnails: CIFAR's 32x32, a phone's 12 MP, both at 1/8); any other JPEG (a
+    640x480 one: 1/8 and 1/2) or a HEIC is decoded a second time, at the thumbnail's own draft scale, as the
     service does, since the model's input must come from its own draft. Runs in worker threads."""
     from PIL import Image
 

@@ -52,15 +52,17 @@ def cifar_pictures(shared_data) -> list[Image.Image]:
 
 @pytest.fixture
 def images(cifar_pictures, tmp_path) -> Path:
-    """A folder of the files a gallery is built from: CIFAR's own JPEGs (decoded once), photos of 640x480 as
-    JPEG (decoded at two scales) and as PNG, WebP, GIF and BMP (decoded once), upright or turned by EXIF, CMYK
-    and greyscale JPEGs, an MPO; and in bad/ files that do not decode."""
+    """A folder of the files a gallery is built from: CIFAR's own JPEGs and a 12 MP one (each decoded once, at
+    1/1 and 1/8), photos of 640x480 as JPEG (decoded at two scales) and as PNG, WebP, GIF and BMP (decoded once),
+    upright or turned by EXIF, CMYK and greyscale JPEGs, an MPO; and in bad/ files that do not decode."""
     root = tmp_path / "images"
     (pic, data), (pic2, data2), (pic3, _), (pic4, _) = cifar_pictures
     photo, small = phone_sized(pic3), pic4.resize((60, 45))
+    large = pic.resize((4032, 3024), Image.Resampling.BICUBIC)   # a phone's 12 MP
     files = {
         "cifar/cat.jpg": data, "cifar/ship.jpg": data2,
         "jpeg/photo.jpg": _encoded(photo, "JPEG", quality=90),
+        "jpeg/large.jpg": _encoded(large, "JPEG", quality=90),
         "jpeg/turned.jpg": _encoded(photo, "JPEG", quality=90, exif=_exif(6)),
         "jpeg/small_turned.jpg": _encoded(small, "JPEG", quality=90, exif=_exif(8)),
         "jpeg/cmyk.jpg": _encoded(photo.convert("CMYK"), "JPEG"),
@@ -110,7 +112,7 @@ def test_build_stores_the_vector_thumbnail_and_metadata_each_decoding_on_its_own
     assert main(["index", "build", str(images), "--model", str(artifact), "--data", str(data), "--exif", "--gps",
                  "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "indexed 14 images (4 skipped)" in out
+    assert "indexed 15 images (4 skipped)" in out
     # the files that do not decode, each named with why, as before
     assert "skipped bad/cut.jpg: OSError: image file is truncated (" in out
     assert "skipped bad/cut.png: OSError: image file is truncated\n" in out
@@ -119,7 +121,7 @@ def test_build_stores_the_vector_thumbnail_and_metadata_each_decoding_on_its_own
     embedder = model.Embedder.from_file(artifact, device="cpu")
     good = sorted(p for p in images.rglob("*") if p.is_file() and p.parent.name != "bad")
     with Store.open(StoreConfig(data / "index", read_only=True)) as store:
-        assert store.count() == len(good) == 14
+        assert store.count() == len(good) == 15
         for path in good:
             id_ = path.relative_to(images).as_posix()
             item = store.get(id_)
@@ -156,20 +158,20 @@ def test_build_decodes_a_png_or_a_small_jpeg_once_and_a_photo_jpeg_at_the_models
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
     folder = tmp_path / "some"
-    for name in ("cifar/cat.jpg", "cifar/ship.jpg", "jpeg/photo.jpg", "jpeg/small_turned.jpg", "whole/photo.png",
-                 "whole/photo.webp", "whole/photo.gif"):
+    for name in ("cifar/cat.jpg", "cifar/ship.jpg", "jpeg/photo.jpg", "jpeg/large.jpg", "jpeg/small_turned.jpg",
+                 "whole/photo.png", "whole/photo.webp", "whole/photo.gif"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes((images / name).read_bytes())
     for thumbnails in (["--thumbnail-size", str(THUMB)], ["--no-thumbnails"]):
         decoded.clear()
         assert main(["index", "build", str(folder), "--model", str(hybrid1_artifact), "--data",
                      str(tmp_path / f"data{thumbnails[0]}"), "--workers", "1", *thumbnails]) == 0
-        assert "indexed 7 images (0 skipped)" in capsys.readouterr().out
+        assert "indexed 8 images (0 skipped)" in capsys.readouterr().out
         counts = dict(sorted(decoded.items(), key=lambda kv: (kv[0][0], kv[0][1])))
-        # CIFAR's 32x32 JPEGs and the 60x45 one: once, both drafts being the whole picture; a PNG, WebP or GIF
-        # once (its EXIF, after the pixels in a PNG, read from that decoding); a 640x480 JPEG at 80x60 for
-        # the model and, with thumbnails, at 320x240 for them
-        expected = {("JPEG", (32, 32)): 2, ("JPEG", (60, 45)): 1, ("JPEG", (80, 60)): 1,
+        # CIFAR's 32x32 JPEGs and the 60x45 one: once, both drafts being the whole picture; the 12 MP one once,
+        # both drafts at 1/8; a PNG, WebP or GIF once (its EXIF, after the pixels in a PNG, read from that
+        # decoding); a 640x480 JPEG at 80x60 for the model and, with thumbnails, at 320x240 for them
+        expected = {("JPEG", (32, 32)): 2, ("JPEG", (60, 45)): 1, ("JPEG", (504, 378)): 1, ("JPEG", (80, 60)): 1,
                     ("PNG", (640, 480)): 1, ("WEBP", (640, 480)): 1, ("GIF", (640, 480)): 1}
         if thumbnails[0] != "--no-thumbnails":
             expected["JPEG", (320, 240)] = 1
