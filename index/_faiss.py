@@ -106,6 +106,11 @@ def build(spec: str, dim: int, train_vectors: np.ndarray | None) -> tuple[faiss.
     factory = factory_for(spec, dim, n)
     inner = _new_index(factory, dim)
     if not inner.is_trained:
+        if train_vectors is not None and n < min_training_points(spec, dim):
+            # FAISS would raise, after the writes that made the gallery due are stored: stay exact until then
+            log.info("index: %r trains on at least %d vectors, not %d: exact search until the gallery holds that "
+                     "many", spec, min_training_points(spec, dim), n)
+            train_vectors = None
         if train_vectors is None:
             factory, inner = "Flat", _new_index("Flat", dim)
         else:
@@ -116,6 +121,41 @@ def build(spec: str, dim: int, train_vectors: np.ndarray | None) -> tuple[faiss.
     if isinstance(inner, faiss.IndexIVF):
         return inner, factory
     return faiss.IndexIDMap(inner), factory
+
+
+@functools.lru_cache(maxsize=64)
+def min_training_points(spec: str, dim: int) -> int:
+    """The fewest vectors an index of kind `spec` can be trained on (1: it needs no training). FAISS's k-means
+    needs at least as many points as centroids: an IVF index's lists (nlist_for makes at least 8 of them; a
+    factory string may name more), a product quantizer's 2**nbits codes a sub-vector (256 for PQ4, 16 for PQ4x4fs)
+    and OPQ's 256. A store's train_threshold below it trains once the gallery reaches it (build)."""
+    n = 1
+    for _ in range(8):   # {nlist} grows with n: the least n that covers the centroids of the index made for n
+        sample = _new_index(factory_for(spec, dim, n), dim)
+        need = _centroids(sample)
+        if need <= n:
+            break
+        n = need
+    return n
+
+
+def _centroids(index: faiss.Index) -> int:
+    """The most centroids any k-means of training `index` looks for (0: none)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        opq = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+        return max([_centroids(index.index)] + [256 for t in opq if isinstance(t, faiss.OPQMatrix)])
+    if isinstance(index, faiss.IndexRefine):
+        return max(_centroids(index.base_index), _centroids(index.refine_index))
+    if isinstance(index, faiss.IndexIDMap):
+        return _centroids(index.index)
+    most = int(index.nlist) if isinstance(index, faiss.IndexIVF) else 0
+    pq = getattr(index, "pq", None)
+    if isinstance(pq, faiss.ProductQuantizer):
+        most = max(most, int(pq.ksub))
+    if isinstance(index, faiss.IndexHNSW):
+        most = max(most, _centroids(index.storage))
+    return most
 
 
 def _find(index: faiss.Index, cls):
@@ -367,6 +407,25 @@ def search_storage(index: faiss.Index, storage: faiss.Index, queries: np.ndarray
     D, I = search_with(storage, queries, k, params)
     id_map = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())
     return D, np.where(I >= 0, id_map[np.maximum(I, 0)], -1)
+
+
+def flat_storage(index: faiss.Index, exact_search: bool) -> faiss.Index | None:
+    """The flat index whose vectors a search of `index` compares in full through FAISS's flat code (whose BLAS
+    path scores a row by its place in a block): a flat index's own, an HNSW-Flat's storage when the search is
+    exact (search_storage); None for the other kinds and searches, which score each vector on its own."""
+    if is_exact(index):
+        return inner(index)
+    return hnsw_storage(index) if exact_search else None
+
+
+def vectors_by_id(index: faiss.Index, storage: faiss.Index, fids: np.ndarray) -> np.ndarray:
+    """The vectors of the external ids `fids` (each held) in `storage`, flat_storage(index)."""
+    ids = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())
+    # ids are added in increasing order (a seq each) and removal keeps the order: a binary search finds them
+    pos = np.minimum(np.searchsorted(ids, fids), len(ids) - 1)
+    for j in np.flatnonzero(ids[pos] != fids).tolist():   # (were they not: each found by a scan)
+        pos[j] = int(np.flatnonzero(ids == fids[j])[0])
+    return storage.reconstruct_batch(pos.astype(np.int64))
 
 
 def describe(index: faiss.Index) -> str:

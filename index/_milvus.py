@@ -37,7 +37,7 @@ from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
 from ._facets import Facet, facet
 from ._groups import MAX_GROUP_CANDIDATES, search_grouped
 from ._store_search import check_tuning
-from ._types import Hit, Item, parse_metadata, score_to_distance
+from ._types import Hit, Item, exact_scores, parse_metadata, score_error, score_to_distance
 
 log = logging.getLogger("index")
 
@@ -992,14 +992,9 @@ class MilvusStore(ItemChecks):
         limit = min(k + 1 + (exclude is not None), MAX_GROUP_CANDIDATES)
         out = []
         for qi, row in enumerate(self._nearest(q, limit, expr, exclude, tuning)):
-            n = limit
-            if len(row) > k and row[k][0] == row[k - 1][0]:
-                tied = row[k][0]
-                while row[-1][0] >= tied and len(row) >= n - (exclude is not None) and n < MAX_GROUP_CANDIDATES:
-                    n = min(2 * n, MAX_GROUP_CANDIDATES)
-                    row = self._nearest(q[qi:qi + 1], n, expr, exclude, tuning)[0]
+            row = self._read_on(q[qi:qi + 1], row, k, limit, expr, exclude, tuning)
             hits = []
-            for score, _seq, id_, label_, meta in sorted(row, key=lambda r: (-r[0], r[1]))[:k]:
+            for score, _seq, id_, label_, meta, _served in sorted(row, key=lambda r: (-r[0], r[1]))[:k]:
                 distance = score_to_distance(score)
                 if max_distance is not None and distance > max_distance:
                     break   # nearest first: the rest are farther
@@ -1007,20 +1002,60 @@ class MilvusStore(ItemChecks):
             out.append(hits)
         return out
 
+    def _read_on(self, q1: np.ndarray, row: list[tuple], k: int, n: int, expr: str, exclude: str | None,
+                 tuning: dict | None) -> list[tuple]:
+        """One query's `row` (_nearest's, `n` asked) made whole: the items an approximate index missed when it
+        found fewer than asked while more match (a filter, or IVF's lists probed: the IVF search again, probing
+        every list, exact for IVF_FLAT; HNSW's: the matching rows compared here, _scanned_rows), then read on
+        (twice as many each time) while an item unread could score as much as the k-th: Milvus's score of an
+        item (`served`) is within score_error of its exact_scores, so that item, a tie included, is among them."""
+        margin = score_error(self.dim)
+        if len(row) < n - (exclude is not None) and self._count_rows(expr) > len(row):
+            if self.spec == "hnsw":
+                return self._scanned_rows(q1, expr, exclude)
+            if self.spec == "ivf":
+                tuning = {"nprobe": _INDEXES["ivf"][1]["nlist"]}
+                row = self._nearest(q1, n, expr, exclude, tuning)[0]
+        while row and n < MAX_GROUP_CANDIDATES and len(row) >= n - (exclude is not None):
+            scores = np.array([r[0] for r in row])
+            kth = -np.partition(-scores, min(k, len(row)) - 1)[min(k, len(row)) - 1]
+            if min(r[5] for r in row) + margin < kth:
+                break
+            n = min(2 * n, MAX_GROUP_CANDIDATES)
+            row = self._nearest(q1, n, expr, exclude, tuning)[0]
+        return row
+
+    def _scanned_rows(self, q1: np.ndarray, expr: str, exclude: str | None) -> list[tuple]:
+        """_nearest's rows of every item matching `expr` but `exclude`, each compared (exact_scores), the nearest
+        MAX_GROUP_CANDIDATES of them: the exact answer of a filter HNSW's graph finds too few for."""
+        rows = [r for r in self._scan(expr, ["seq", "vector", "label", "metadata"]) if str(r["id"]) != exclude]
+        if not rows:
+            return []
+        scores = exact_scores(q1, np.array([r["vector"] for r in rows], dtype=np.float32)).tolist()
+        found = [(s, int(r["seq"]), str(r["id"]), r.get("label"), r["metadata"], s) for s, r in zip(scores, rows)]
+        return sorted(found, key=lambda r: (-r[0], r[1]))[:MAX_GROUP_CANDIDATES]
+
     def _nearest(self, q: np.ndarray, limit: int, expr: str, exclude: str | None,
                  tuning: dict | None = None) -> list[list[tuple]]:
-        """(score, seq, id, label, metadata JSON) of the `limit` nearest items of each query matching `expr`,
-        nearest first, `exclude` (search_by_id's own item) dropped here, not in the expression: an id may hold
-        characters no Milvus literal can."""
+        """(score, seq, id, label, metadata JSON, Milvus's score) of the `limit` nearest items of each query
+        matching `expr`, nearest first by Milvus's score, `exclude` (search_by_id's own item) dropped here, not in
+        the expression: an id may hold characters no Milvus literal can. The score is exact_scores' (the same for
+        copies of one vector whatever they are searched with): Milvus's own rounds by an item's place in a block."""
         params = {"metric_type": "IP", "params": {**_INDEXES.get(self.spec, _INDEXES["flat"])[2], **(tuning or {})}}
         if "ef" in params["params"]:
             params["params"]["ef"] = max(params["params"]["ef"], limit)
         found = self._client.search(self.collection, data=q.tolist(), limit=limit, filter=expr,
-                                    output_fields=["seq", "label", "metadata"], search_params=params,
+                                    output_fields=["seq", "label", "metadata", "vector"], search_params=params,
                                     consistency_level=_STRONG)
-        return [[(float(h["distance"]), int((h.get("entity") or {}).get("seq", 0)), str(h["id"]),
-                  (h.get("entity") or {}).get("label"), (h.get("entity") or {})["metadata"])
-                 for h in hits if str(h["id"]) != exclude] for hits in found]
+        out = []
+        for qv, hits in zip(q, found):
+            hits = [h for h in hits if str(h["id"]) != exclude]
+            entities = [h.get("entity") or {} for h in hits]
+            scores = exact_scores(qv, np.array([e["vector"] for e in entities], dtype=np.float32).reshape(
+                len(hits), self.dim)).tolist()
+            out.append([(s, int(e.get("seq", 0)), str(h["id"]), e.get("label"), e["metadata"], float(h["distance"]))
+                        for s, h, e in zip(scores, hits, entities)])
+        return out
 
     # ---- the rest of Store's surface -------------------------------------------------------
 

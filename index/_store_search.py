@@ -15,7 +15,8 @@ from . import _faiss, _filter
 from ._errors import InvalidItemError, StoreError
 from ._groups import (MAX_GROUP_CANDIDATES, _check_group_size, _field_key, metadata_value, read_groups,
                       value_key)
-from ._types import Hit, SearchTuning, parse_metadata, score_to_distance, vectors_from_blobs
+from ._types import (Hit, SearchTuning, exact_scores, parse_metadata, score_error, score_to_distance,
+                     vectors_from_blobs)
 
 BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exact gallery: _search_broad
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
@@ -329,13 +330,17 @@ class StoreSearch:
         # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
         probe = min(k + 1 + (ex is not None), total)
         D, I = self._faiss_locked(q, probe, allowed, population, tuning)
+        storage = _faiss.flat_storage(self._index, tuning is not None and tuning.exact)
         short = []
         for qi in range(len(q)):
             pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
             if len(pairs) < want:
                 short.append(qi)
                 continue
-            if len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
+            if storage is not None:   # scores a query's own, whatever it is searched with (exact_scores)
+                pairs = self._rescored_locked(q[qi:qi + 1], pairs, k, probe, total, allowed, population, ex, tuning,
+                                              storage)
+            elif len(pairs) > k and pairs[k][1] == pairs[k - 1][1]:
                 pairs = self._ties_locked(q[qi:qi + 1], pairs, pairs[k][1], probe, total, allowed, population, ex,
                                           tuning)
             out[qi] = sorted(pairs, key=lambda p: (-p[1], p[0]))[:k]
@@ -368,6 +373,21 @@ class StoreSearch:
             return _ExactScan([rows[qi] for qi in unscanned], q[unscanned], min(scan_n, len(live)) + _SCAN_SPARE,
                               label, live, self._applied_seq, ex)
         return out
+
+    def _rescored_locked(self, q1, pairs, k, n, total, allowed, population, ex, tuning, storage):
+        """One query's pairs from a flat storage (_faiss.flat_storage), each scored by exact_scores, read on (twice
+        as many each time) until no item unread can score as much as the k-th: FAISS's score of an item is within
+        score_error of that, so every item at least as near as the k-th, ties included, is among them."""
+        margin = score_error(self.dim)
+        while True:
+            fids = np.fromiter((f for f, _ in pairs), dtype=np.int64, count=len(pairs))
+            scores = exact_scores(q1, _faiss.vectors_by_id(self._index, storage, fids))
+            kth = -np.partition(-scores, min(k, len(scores)) - 1)[min(k, len(scores)) - 1]
+            if n >= total or len(pairs) < n - (ex is not None) or pairs[-1][1] + margin < kth:
+                return list(zip(fids.tolist(), scores.tolist()))
+            n = min(2 * n, total)
+            D, I = self._faiss_locked(q1, n, allowed, population, tuning)
+            pairs = [(f, s) for f, s in zip(I[0].tolist(), D[0].tolist()) if f >= 0 and f != ex]
 
     def _ties_locked(self, q1, pairs, tied, n, total, allowed, population, ex, tuning=None):
         """One query's pairs read on (twice as many each time) until every item scoring `tied` is among them."""
@@ -447,6 +467,7 @@ class StoreSearch:
             sql, args = sql + " AND label = ?", args + [label]
         cursor = self._read_conn().execute(sql + " ORDER BY seq", args)
         best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(q))]
+        margin = score_error(self.dim)
         seen: list[np.ndarray] = []
         try:
             while rows := cursor.fetchmany(_EXACT_CHUNK):
@@ -456,9 +477,10 @@ class StoreSearch:
                     continue
                 fids = fids[kept]
                 seen.append(fids)
-                scores = q @ vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim).T
-                best = [_best(np.concatenate([s, row]), np.concatenate([f, fids]), n)
-                        for (s, f), row in zip(best, scores)]
+                vectors = vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim)
+                scores = q @ vectors.T   # a matmul picks the candidates, exact_scores scores them
+                best = [_best_exact(qv, row, vectors, fids, near, n, margin)
+                        for qv, row, near in zip(q, scores, best)]
         finally:
             cursor.close()
         found = [list(zip(f.tolist(), s.tolist())) for s, f in best]
@@ -505,6 +527,21 @@ def _best(scores: np.ndarray, fids: np.ndarray, n: int) -> tuple[np.ndarray, np.
         scores, fids = scores[keep], fids[keep]
     order = np.lexsort((fids, -scores))[:n]
     return scores[order], fids[order]
+
+
+def _best_exact(query: np.ndarray, approx: np.ndarray, vectors: np.ndarray, fids: np.ndarray,
+                best: tuple[np.ndarray, np.ndarray], n: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """_best of the n best so far (`best`, by exact_scores) and a chunk of `vectors` (FAISS ids `fids`) whose scores
+    `approx` are a matmul's, each within `margin` (score_error) of its exact score: those that could be among the n
+    best, approx at least the chunk's n-th or the n-th so far less twice that, are scored exactly."""
+    floor = -np.inf
+    if len(approx) > n:
+        floor = np.partition(approx, len(approx) - n)[len(approx) - n] - 2 * margin
+    if len(best[0]) >= n:
+        floor = max(floor, float(best[0][n - 1]) - margin)
+    near = np.flatnonzero(approx >= floor)
+    return _best(np.concatenate([best[0], exact_scores(query, vectors[near])]),
+                 np.concatenate([best[1], fids[near]]), n)
 
 
 def _broad_candidates(k: int, population: int, total: int) -> int:

@@ -81,6 +81,23 @@ class Hit:
     metadata: dict[str, Any]
 
 
+def exact_scores(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The scores (inner products) of one query with each row of `vectors`, as every exact answer gives them:
+    a function of (query, vector) alone. Each product of two float32s is exact in float64 and their float64 sum is
+    rounded to float32 once, so a score is the true inner product rounded, whatever else is scored with it; FAISS's
+    BLAS and SIMD paths, numpy's matmul and Milvus round a row differently by its place in a block, up to
+    score_error apart, which gave exact copies of one vector different scores (ranked out of insertion order)."""
+    q = np.asarray(query, dtype=np.float64).reshape(-1)
+    return (np.asarray(vectors, dtype=np.float64) * q).sum(axis=1).astype(np.float32)
+
+
+def score_error(dim: int) -> float:
+    """How far a float32 score of unit vectors of `dim` floats, however computed (an inner product, or 1 - L2/2),
+    can be from exact_scores': a float32 sum of dim products is within dim units of its last place (2**-24 each)
+    of the true value, and an L2 distance halved doubles that; with room for the norms' own rounding."""
+    return 2.0 * (dim + 4) * 2.0 ** -24
+
+
 def score_to_distance(score: float) -> float:
     """Euclidean distance between unit vectors whose inner product is `score`."""
     return math.sqrt(max(0.0, 2.0 - 2.0 * score))
