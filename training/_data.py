@@ -740,7 +740,7 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
         # is installed, but the images read from it do.
         key = hashlib.sha256(json.dumps([_CACHE_VERSION, src.fingerprint(), in_chans, image_size, test_fraction,
                                          split_seed, IMAGE_EXTENSIONS]).encode()).hexdigest()[:24]
-        cached = cache_dir() / "datasets" / f"{key}.safetensors"
+        whole = cached = cache_dir() / "datasets" / f"{key}.safetensors"
         if use_cache and (hit := _cached_dataset(cached)) is not None:
             return hit
         if test_only:   # the test split alone is cached apart from the whole
@@ -752,8 +752,8 @@ def load_dataset(path: str | os.PathLike, *, in_chans: int | None = None, image_
             raise DatasetError(f"{display}: its test split holds no images: there is nothing to score a model on")
         if in_chans is not None and ds.in_chans != in_chans:
             ds = _convert_channels(ds, in_chans)
-        if use_cache:
-            ds.cache_note = _cache(cached, ds)
+        if use_cache:   # a layout read whole (no test/ folder, IDX, CIFAR) is cached as the whole
+            ds.cache_note = _cache(cached if "not_decoded" in ds.info else whole, ds)
         return ds
     finally:
         src.close()

@@ -137,3 +137,10 @@ def test_a_test_split_decoded_alone_is_cached_apart_and_a_whole_decoding_is_reus
 def test_the_count_of_test_images_alone_in_their_class_agrees_in_number(scored, said):
     text = format_metrics({"test_size": 36, "scored_queries": scored})
     assert said in text
+
+
+def test_a_dataset_read_whole_for_evaluate_is_cached_as_the_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMSEARCH_CACHE", str(tmp_path / "cache"))
+    root = class_folders(tmp_path / "photos", n=5)   # no test/ folder: read whole even for the test split
+    load_dataset(root, progress=False, test_only=True)
+    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if p.name.endswith("-test.safetensors")] == []
