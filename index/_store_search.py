@@ -22,6 +22,8 @@ BROAD_FILTER = 10          # a filter keeping at least 1/BROAD_FILTER of an exac
 BROAD_MAX_CANDIDATES = 4096  # ... unless that search would need more candidates a query than this
 _EXACT_CHUNK = 65_536      # stored vectors compared at a time by a scan of the database (_exact_scan)
 _SCAN_SPARE = 64           # nearest read past those asked by that scan, for items deleted while it ran
+_RESCORE_SPARE = 16       # candidates past k+1 (or k/2) an exact FAISS search reads for _rescored_locked: reading on
+                          # is then rare
 _KINDS_OF = {"nprobe": "IVF indexes (ivf, ivfpq)", "ef_search": "HNSW indexes (hnsw)"}
 
 
@@ -329,8 +331,10 @@ class StoreSearch:
         # One past the answer (and the left-out item): a tie across the answer's end shows, so that equal
         # scores (copies of one photo) are settled by FAISS id, the same for every k: pages never repeat
         probe = min(k + 1 + (ex is not None), total)
-        D, I = self._faiss_locked(q, probe, allowed, population, tuning)
         storage = _faiss.flat_storage(self._index, tuning is not None and tuning.exact)
+        if storage is not None:   # rescored: room for a k-th within score_error of the next (_rescored_locked)
+            probe = min(k + 1 + max(k // 2, _RESCORE_SPARE) + (ex is not None), total)
+        D, I = self._faiss_locked(q, probe, allowed, population, tuning)
         short = []
         for qi in range(len(q)):
             pairs = [(f, s) for f, s in zip(I[qi].tolist(), D[qi].tolist()) if f >= 0 and f != ex]
