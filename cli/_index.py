@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import _copy, _edit, _galleries as g, _reembed, _upgrade, _upload
+from . import _copy, _edit, _galleries as g, _reembed, _restore, _upgrade, _upload
 from ._env import ClientEnv
 from ._errors import CliError
 
@@ -130,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _copy.register_index(isub)
     _edit.register_index(isub)
     _upgrade.register_index(isub)
+    _restore.register_index(isub)
 
     d = isub.add_parser("delete", help="remove items by id, label or metadata filter (asks for --yes)",
                         description="Remove items from the index: the ids given, or every item with --label and/or "

@@ -4,7 +4,6 @@ cannot reach the service's disk. The file is streamed from disk (never whole in 
 Content-Length so that the service checks its room first."""
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -18,14 +17,6 @@ DB_NAME = "store.sqlite3"
 GALLERY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")   # the names index.check_gallery_name takes
 INCOMPLETE_NAME = "incomplete.json"   # index._incomplete's mark beside a store that holds a part of its source
 CHUNK = 1 << 20
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `index restore` to the `index` command, which cli/_index.py has registered by then (cli/__init__.py
-    registers the modules in name order); unless it is there already."""
-    isub = next(a for a in sub.choices["index"]._actions if isinstance(a, argparse._SubParsersAction))
-    if "restore" not in isub.choices:
-        register_index(isub)
 
 
 def register_index(isub) -> None:
