@@ -69,7 +69,7 @@ def test_classes_with_fewer_than_two_test_images_are_named_as_not_scored():
     got = unscored_classes(labels, ["a", "b", "c", "d"])
     assert got == {"unscored_classes": {"b": "1 test image", "c": "no test image"}, "scored_queries": 5}
     text = format_metrics({"test_size": 6, **got})
-    assert text.splitlines()[0] == "6 test images (5 scored; the other 1 are alone in their class)"
+    assert text.splitlines()[0] == "6 test images (5 scored; the other 1 is alone in its class)"
     assert ("2 classes not scored (fewer than 2 test images, nothing of the class to find): b (1 test image), "
             "c (no test image)") in text
 
