@@ -261,8 +261,9 @@ class StoreSearch:
         nearest(rows, n) gives the n nearest (FAISS id, score) pairs of those query rows (n <= need), nearest
         first, of the items in the gallery now: a FAISS id is a row's seq, and its vector never changes (a
         replaced item gets a new seq), so a score read once stays right while the item is there; an item
-        deleted, replaced or no longer matching since the scan is dropped, and read from a scan of
-        _SCAN_SPARE more than need, a scan that lost more than that is made again (_retrying)."""
+        deleted, replaced or no longer matching since the scan (or since it was chosen, so that the scan did not
+        find it) is dropped, and read from a scan of _SCAN_SPARE more than need, a scan that lost more than that
+        is made again (_retrying), as is one that missed an item the gallery holds still (a write in flight)."""
         def attempt():
             with self._rw.read():
                 live = self._filter_fids(label, where)
@@ -270,12 +271,13 @@ class StoreSearch:
                 ex = self._fid_of.get(exclude) if exclude is not None else None
             n = need + _SCAN_SPARE
             found, missing = self._exact_scan(q, n, label, live, applied, ex)
-            if len(missing):
-                return None   # an item chosen was deleted meanwhile: scan again
-            complete = len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])) <= n
+            chosen = len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0]))
+            complete = chosen - len(missing) <= n
             with self._rw.read():
                 now = self._filter_fids(label, where)
                 ex_now = self._fid_of.get(exclude) if exclude is not None else None
+                if len(missing) and (_in_sorted(now, missing) & (missing != (-1 if ex_now is None else ex_now))).any():
+                    return None   # gone from the database, here still: a write committed, not yet applied
                 lists = []
                 for pairs in found:
                     fids = np.fromiter((f for f, _ in pairs), dtype=np.int64, count=len(pairs))
