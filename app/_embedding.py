@@ -9,7 +9,8 @@ import anyio.to_thread
 import numpy as np
 from PIL import Image
 
-from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail
+from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail, thumbnail_draft
+from model._preprocess import open_image
 
 from ._batcher import SearchParams
 from ._errors import ApiError
@@ -26,16 +27,12 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     arrays, thumbs = [], []
     for what, data in files:
         t0 = time.perf_counter()
-        array, whole = decode_image(data, max_pixels, what=what, convert=_model_input(service, crop, thumbnail_size),
-                                    policy=policy)
+        array, whole = decode_image(data, max_pixels, what=what,
+                                    convert=_model_input(service, crop, thumbnail_size, data), policy=policy)
         arrays.append(array)
         if thumbnail_size:
-            # a JPEG or HEIC is decoded again at the thumbnail's own (larger) draft scale; the model's input
-            # must come from its own draft, or its vector would differ from a search's for the same file
-            img = whole if whole is not None else decode_image(
-                data, max_pixels, draft=draft_size(thumbnail_size, crop), what=what, policy=policy)
             try:
-                thumbs.append(make_thumbnail(img, thumbnail_size, crop))
+                thumbs.append(make_thumbnail(whole, thumbnail_size, crop))
             except Exception as exc:  # noqa: BLE001  (a decoded image the thumbnailer cannot handle)
                 raise ApiError(400, "invalid_image", f"{what}: cannot make a thumbnail: {exc}") from None
         else:
@@ -44,16 +41,28 @@ def _prepare(service: Service, files: list[tuple[str, bytes]], thumbnail_size: i
     return np.stack(arrays), thumbs
 
 
-def _model_input(service: Service, crop: Crop | None,
-                 thumbnail_size: int) -> Callable[[Image.Image], tuple[np.ndarray, Image.Image | None]]:
-    """decode_image's `convert`: (the model's input, the decoded image when the thumbnail is to be made from
-    it). An image decoded whole (PNG, WebP, GIF, BMP, AVIF) is decoded once for both, as nothing decodes it at
-    a smaller scale: decoding it again for the thumbnail doubled the CPU of POST /index (h1 F5)."""
+def _model_input(service: Service, crop: Crop | None, thumbnail_size: int,
+                 data: bytes) -> Callable[[Image.Image], tuple[np.ndarray, Image.Image | None]]:
+    """decode_image's `convert` for the image `data`: (the model's input, the decoded image to make the
+    thumbnail from, when there is to be one). An image decoded whole (PNG, WebP, GIF, BMP, AVIF) is decoded
+    once for both, as nothing decodes it at a smaller scale: decoding it again for the thumbnail doubled the
+    CPU of POST /index (h1 F5). A JPEG, MPO or HEIC is decoded for the model at its own draft scale (its
+    vector must be a search's for the same file) and, from a second opening, at the thumbnail's, unless both
+    drafts come out at the same scale and mode (model.thumbnail_draft: CIFAR's 32x32, a phone's 12 MP, both at
+    1/8 with a 32-pixel model and 128-pixel thumbnails): then once. The thumbnail's decoding is done here, so
+    that its failures are decode_image's."""
     def convert(img: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
-        if thumbnail_size and img.format not in DRAFT_FORMATS:
+        if not thumbnail_size:
+            return service.embedder.preprocess(img, crop, owned=True), None
+        if img.format not in DRAFT_FORMATS:
             img.load()   # the same pixels to_model_array would decode; it leaves the image as it is
             return service.embedder.preprocess(img, crop), img
-        return service.embedder.preprocess(img, crop, owned=True), None
+        array = service.embedder.preprocess(img, crop, owned=True)   # drafted in place at the model's scale
+        # opened as decode_image opened it (checked; damaged EXIF said once, as the same note in its collector)
+        fresh = open_image(data, formats=service.image_policy.openers)
+        thumb = thumbnail_draft(img, fresh, draft_size(thumbnail_size, crop))
+        thumb.load()
+        return array, thumb
     return convert
 
 

@@ -167,7 +167,9 @@ def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool 
             # the size and EXIF before a draft (a draft changes the size), and the thumbnail's own draft
             with Image.open(io.BytesIO(data)) as header:
                 meta = _displayed_metadata(header, exif, gps)
-                thumb = _draft_thumbnail(header, im, thumb_px) if thumb_px else None
+                # from `im` when both drafts decode the same pixels (decoded once), else from `header`, drafted
+                thumb = (model.make_thumbnail(model.thumbnail_draft(im, header, thumb_px), thumb_px) if thumb_px
+                         else None)
             return arr, thumb, meta
         # decoded whole, once: for the model, for the metadata (a PNG's EXIF may follow its pixels, and Pillow
         # decodes it to look) and for the thumbnail
@@ -191,19 +193,6 @@ def _displayed_metadata(im, exif: bool, gps: bool) -> dict:
         from ._metadata_file import gps_metadata
         meta.update(gps_metadata(im))
     return meta
-
-
-def _draft_thumbnail(header, drafted, thumb_px: int) -> bytes:
-    """The thumbnail of a JPEG, MPO or HEIC as the service makes it: from `header` (a fresh opening) drafted at
-    the thumbnail's scale, or from `drafted` (the same file, decoded for the model) when that draft decodes
-    the very same pixels: a JPEG whose two drafts come out at the same scale and mode, decoded only once."""
-    import model
-
-    header.draft(None, (thumb_px, thumb_px))
-    same = (header.format in ("JPEG", "MPO") and drafted.format == header.format
-            and (header.mode, header.size, getattr(header, "decoderconfig", None))
-            == (drafted.mode, drafted.size, getattr(drafted, "decoderconfig", None)))
-    return model.make_thumbnail(drafted if same else header, thumb_px)
 
 
 def _build(args) -> int:

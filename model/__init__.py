@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._crop import Crop, crop_box, draft_size, parse_crop
+from ._drafts import thumbnail_draft
 from ._earlier import earlier_bundled
 from ._formats import (AVIF_READABLE, DAMAGED_ARCHIVE_ERRORS, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS,
                        SPLIT_FOLDERS, TarListing, common_folder, files_under, list_tar, readable_name,
@@ -40,7 +41,7 @@ __all__ = [
     "export_onnx",
     "files_under", "import_models", "list_tar", "is_model", "list_models", "load_artifact", "make_thumbnail",
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
-    "save_artifact", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
+    "save_artifact", "thumbnail_draft", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
