@@ -3,6 +3,7 @@ and its answers printed as the local search prints them."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,9 +113,22 @@ def _readable_by(client, photo: tuple[str, bytes]) -> bool:
     name, data = photo
     r = _http.request(client, "POST", "/embed", files=[("file", (Path(name).name or "query", data))])
     if r.status_code in (400, 413, 415):
-        print(f"skipped {name}: {_http.error_message(r)}", file=sys.stderr)
+        print(f"skipped {name}: {_about_the_file(_http.error_message(r))}", file=sys.stderr)
         return False
     return True
+
+
+# The service names a file by its place in the request ("file 0 ('q.jpg') is ...", "file 0 ('q.jpg'): ..."),
+# which means nothing to a user who gave a path: the skip line names the path, and the reason says "it".
+_FILE_IN_REQUEST = re.compile(r"file \d+(?: \('(?:[^'\\]|\\.)*'\)| \(\"(?:[^\"\\]|\\.)*\"\))?(: | )")
+
+
+def _about_the_file(message: str) -> str:
+    """The service's reason for refusing one file, in the words of a line that names the file already."""
+    found = _FILE_IN_REQUEST.match(message)
+    if found is None:
+        return message
+    return message[found.end():] if found.group(1) == ": " else "it " + message[found.end():]
 
 
 def _params(args) -> dict:
@@ -164,11 +178,11 @@ def _ask(client, chunk, params, url: str, single: bool) -> tuple[list, str]:
         for one in chunk:
             hits, too_big = _ask(client, [one], params, url, single)
             if too_big:
-                print(f"skipped {one[0]}: {too_big}", file=sys.stderr)
+                print(f"skipped {one[0]}: {_about_the_file(too_big)}", file=sys.stderr)
             out.extend([None] if too_big else hits)
         return out, ""
     if r.status_code in (400, 413, 415) and not single:
-        print(f"skipped {chunk[0][0]}: {_http.error_message(r)}", file=sys.stderr)
+        print(f"skipped {chunk[0][0]}: {_about_the_file(_http.error_message(r))}", file=sys.stderr)
         return [None], ""
     if r.status_code == 401:
         raise CliError(f"the service at {url} needs an API key for searches: pass --api-key or set "

@@ -47,3 +47,22 @@ def test_the_readme_curl_loop_replaces_held_items_posts_non_images_and_skips_sub
         assert httpx.get(server.url + "/index/cat/0001.jpg").json()["metadata"] == {}
     finally:
         stop_server(server)
+
+
+def test_the_readme_curl_loop_stores_files_whose_names_hold_a_comma_a_semicolon_or_quotes(
+        cat_and_ship_photos, hybrid1_artifact, tmp_path):
+    work = tmp_path / "session"
+    shutil.copytree(cat_and_ship_photos, work / "photos")
+    odd = ["IMG 1, copy.jpg", "a;type=text.jpg", 'say "hi".jpg', "back\\slash.jpg", "it's.jpg"]
+    for name in odd:
+        shutil.copy(cat_and_ship_photos / "cat" / "0001.jpg", work / "photos" / "cat" / name)
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "d"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0"}, tmp_path)
+    try:
+        r = subprocess.run(["bash", "-c", _loop().replace("http://127.0.0.1:8000", server.url)], cwd=work,
+                           capture_output=True, text=True, timeout=120)
+        assert r.stderr == "", r.stderr
+        ids = {i["id"] for i in httpx.get(server.url + "/index", params={"limit": 100}).json()["items"]}
+        assert {f"cat/{n}" for n in odd} <= ids, ids
+    finally:
+        stop_server(server)

@@ -50,7 +50,7 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
         # with --json the same line goes to stderr (stdout holds the JSON lines only, each parsed above)
         for name in ("local json stderr", "remote json stderr"):
             assert "12 of 12 queries with a label (1.000) have a nearest neighbour of that label\n" in runs[name]
-        assert "cat/notes.jpg: file 0 ('notes.jpg') is not a JPEG" in remote.err and "1 of 13 queries could not be read" in remote.err
+        assert "cat/notes.jpg: it is not a JPEG" in remote.err and "1 of 13 queries could not be read" in remote.err
 
         assert main(["search", str(photos / "dog"), "-k", "2", "--json", "--url", live.url,
                      "--where", '{"width": 32}']) == 0
@@ -198,6 +198,7 @@ def test_remote_search_prints_what_the_local_search_prints_and_skips_a_refused_i
             out, err = capsys.readouterr()
             assert [h["id"] for h in json.loads(out)] == together, where
             assert f"skipped {notes}:" in err and "1 of 4 images could not be read" in err, (where, err)
+            assert "file 0" not in err and "'notes.jpg'" not in err, (where, err)   # the path, in the CLI's words
             assert main(["search", notes, notes, "--together", *args]) == 1, where
             assert "2 of 2 images could not be read; nothing to search with" in capsys.readouterr().err, where
             assert main(["search", notes, "--together", *args]) == 2, where   # one image: refused as one query
