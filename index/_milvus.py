@@ -990,9 +990,14 @@ class MilvusStore(ItemChecks):
         # whole, so that equal scores (copies of one photo) are settled by insertion order, the same for every k,
         # as Store.search settles them: pages never repeat an item
         limit = min(k + 1 + (exclude is not None), MAX_GROUP_CANDIDATES)
-        out = []
+        out, matching = [], []   # the count of items matching expr, once asked for
+
+        def count() -> int:
+            if not matching:
+                matching.append(self._count_rows(expr))
+            return matching[0]
         for qi, row in enumerate(self._nearest(q, limit, expr, exclude, tuning)):
-            row = self._read_on(q[qi:qi + 1], row, k, limit, expr, exclude, tuning)
+            row = self._read_on(q[qi:qi + 1], row, k, limit, expr, exclude, tuning, count)
             hits = []
             for score, _seq, id_, label_, meta, _served in sorted(row, key=lambda r: (-r[0], r[1]))[:k]:
                 distance = score_to_distance(score)
@@ -1003,18 +1008,21 @@ class MilvusStore(ItemChecks):
         return out
 
     def _read_on(self, q1: np.ndarray, row: list[tuple], k: int, n: int, expr: str, exclude: str | None,
-                 tuning: dict | None) -> list[tuple]:
+                 tuning: dict | None, count) -> list[tuple]:
         """One query's `row` (_nearest's, `n` asked) made whole: the items an approximate index missed when it
         found fewer than asked while more match (a filter, or IVF's lists probed: the IVF search again, probing
         every list, exact for IVF_FLAT; HNSW's: the matching rows compared here, _scanned_rows), then read on
         (twice as many each time) while an item unread could score as much as the k-th: Milvus's score of an
-        item (`served`) is within score_error of its exact_scores, so that item, a tie included, is among them."""
+        item (`served`) is within score_error of its exact_scores, so that item, a tie included, is among them.
+        count() counts the items matching expr (asked once a search)."""
         margin = score_error(self.dim)
-        if len(row) < n - (exclude is not None) and self._count_rows(expr) > len(row):
+        nlist = _INDEXES["ivf"][1]["nlist"]
+        exact = self.spec == "flat" or (self.spec == "ivf" and (tuning or {}).get("nprobe") == nlist)
+        if not exact and len(row) < n - (exclude is not None) and count() > len(row):
             if self.spec == "hnsw":
                 return self._scanned_rows(q1, expr, exclude)
             if self.spec == "ivf":
-                tuning = {"nprobe": _INDEXES["ivf"][1]["nlist"]}
+                tuning = {"nprobe": nlist}
                 row = self._nearest(q1, n, expr, exclude, tuning)[0]
         while row and n < MAX_GROUP_CANDIDATES and len(row) >= n - (exclude is not None):
             scores = np.array([r[0] for r in row])
