@@ -445,7 +445,12 @@ class Service:
             for g in list(self.galleries.values()):
                 try:
                     if await anyio.to_thread.run_sync(self._dropped_by_writer, g, False):
-                        await self._forget(g, _DROPPED)
+                        if g.name == DEFAULT_GALLERY:   # never forgotten: the new store is served in its place
+                            async with self._gallery_lock:
+                                if self.galleries.get(g.name) is g:
+                                    await self._reopened_default(g)
+                        else:
+                            await self._forget(g, _DROPPED)
                         continue
                     await anyio.to_thread.run_sync(self._refresh, g.store)
                 except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
@@ -515,6 +520,8 @@ class Service:
             if g is not None:
                 if not self._dropped_by_writer(g):
                     return g, False
+                if name == DEFAULT_GALLERY:
+                    return await self._reopened_default(g), False
                 await self._forget(g, _DROPPED)
             s = self.settings
             names = await anyio.to_thread.run_sync(self.gallery_names)
@@ -591,11 +598,35 @@ class Service:
         # read-only: one stat of the database file, so that a replica never answers from a gallery that no
         # longer exists. In Milvus, where any process may drop a gallery, the check is a round trip: the
         # follow loop makes it (request=False); a request meanwhile gets the store's StoreClosedError (503)
-        if g.name == DEFAULT_GALLERY:
-            return False
+        # The default gallery is never dropped, but a restore (PUT /galleries/default/backup) replaces its store
+        # by a rename, which a replica notices as for a named gallery (and opens anew: _reopened_default)
         if self.settings.milvus_uri:
-            return not request and g.store.folder_changed()
+            return g.name != DEFAULT_GALLERY and not request and g.store.folder_changed()
         return self.settings.read_only and g.store.folder_changed()
+
+    async def _reopened_default(self, g: Gallery) -> Gallery:
+        """Read-only (the gallery lock held): the default gallery `g`, whose store the writer replaced (a restore),
+        opened anew and served in its place, `g` closed; `g` itself, served as last read, while the new store does
+        not open yet (the moment between the writer's two renames): a later request or refresh tries again."""
+        import index
+
+        try:
+            store = await anyio.to_thread.run_sync(self._open_store, self.embedder, DEFAULT_GALLERY)
+        except Exception as exc:  # noqa: BLE001  (the old store still reads; said in the log)
+            log.warning("index: the default gallery's store was replaced by the service that writes and does not open "
+                        "yet (%s); serving it as last read", exc)
+            return g
+        commits = None
+        if g.commits is not None:
+            await g.commits.stop()
+            commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                     self._workers_lock())
+            commits.start()
+        new = self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
+        await anyio.to_thread.run_sync(g.store.close)
+        log.info("gallery %s opened anew: its store was replaced by the service that writes (a restore): %d items",
+                 DEFAULT_GALLERY, store.count())
+        return new
 
     async def drop_gallery(self, name: str) -> int:
         """Delete the named gallery `name` (not the default one) and its folder; the items it held."""
