@@ -9,12 +9,11 @@ import anyio.to_thread
 import numpy as np
 from PIL import Image
 
-from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail, thumbnail_draft
-from model._preprocess import open_image
+from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail, open_image, thumbnail_draft
 
 from ._batcher import SearchParams
 from ._errors import ApiError
-from ._images import SLOW_DECODE_PIXELS, decode_image, whole_decode_size
+from ._images import PIXELS_SETTING, SLOW_DECODE_PIXELS, decode_image, whole_decode_size
 from ._service import Service
 
 
@@ -111,7 +110,7 @@ def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]],
         if width * height > settings.max_pixels:
             # as decode_image says it, but before the images ahead of it are decoded
             raise ApiError(413, "image_too_large", f"{what} is {width}x{height} = {width * height} pixels; the "
-                                                   f"limit is {settings.max_pixels}")
+                                                   f"limit is {settings.max_pixels} ({PIXELS_SETTING})")
         sizes.append(width * height)
     total = sum(sizes)
     if total > budget:

@@ -13,13 +13,13 @@ from typing import Callable, Iterable, TypeVar
 from PIL import Image, UnidentifiedImageError
 
 from model import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE
-from model._preprocess import DAMAGED_EXIF, exif_notes, open_image
+from model import DAMAGED_EXIF, exif_notes, open_image
 
 from ._errors import REQUEST_ID, ApiError
 
 _LOG = logging.getLogger("simsearch.images")
 #: What raises the service's pixel limit, said in its 413s
-_PIXELS_SETTING = "SIMSEARCH_MAX_PIXELS, or `simsearch serve --max-pixels`"
+PIXELS_SETTING = "SIMSEARCH_MAX_PIXELS, or `simsearch serve --max-pixels`"
 
 T = TypeVar("T")
 
@@ -210,7 +210,7 @@ def _decoded(data: bytes, max_pixels: int, draft: int | None, what: str, convert
         w, h = img.size
         if w * h > max_pixels:
             raise ApiError(413, "image_too_large",
-                           f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} ({_PIXELS_SETTING})")
+                           f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} ({PIXELS_SETTING})")
         if w < 1 or h < 1:
             raise ApiError(400, "invalid_image", f"{what} has no pixels ({w}x{h})")
         try:
@@ -242,4 +242,4 @@ def _bomb_message(what: str, exc: Exception, max_pixels: int) -> str:
     if not found:
         return f"{what}: {exc}"
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    return f"{what} is {int(found.group(1))} pixels; the limit is {limit} ({_PIXELS_SETTING})"
+    return f"{what} is {int(found.group(1))} pixels; the limit is {limit} ({PIXELS_SETTING})"

@@ -323,14 +323,14 @@ def _unlisted_images(names: list[str], head: Callable[[str], bytes]) -> list[str
     """Those of `names` without an image ending whose first bytes (`head(name)`) are an image's: of the first
     `_SNIFFED_AT_MOST` such names, 16 bytes of each read."""
     from model import IMAGE_EXTENSIONS
-    from model._formats import looks_like_image
+    from model import looks_like_image
 
     unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
     return [n for n in unlisted if looks_like_image(head(n))]
 
 
 def _file_head(path: Path) -> bytes:
-    from model._formats import IMAGE_HEAD_BYTES
+    from model import IMAGE_HEAD_BYTES
 
     try:
         with open(path, "rb") as f:
@@ -341,7 +341,7 @@ def _file_head(path: Path) -> bytes:
 
 def _member_head(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     from model import DAMAGED_ARCHIVE_ERRORS
-    from model._formats import IMAGE_HEAD_BYTES
+    from model import IMAGE_HEAD_BYTES
 
     try:
         f = tf.extractfile(member)
@@ -487,7 +487,7 @@ def model_input(data: bytes, embedder, crop=None, name: str = "an image"):
     draft mode for photos, EXIF orientation, the region `crop`), so that one image gets one vector whether
     it was indexed or searched here or through the service. Damaged EXIF data (the image is used without EXIF
     orientation) is said in a line on stderr naming the file, `name`. Runs in worker threads."""
-    from model._preprocess import DAMAGED_EXIF, exif_notes, open_image
+    from model import DAMAGED_EXIF, exif_notes, open_image
 
     with exif_notes() as said, open_image(data) as im:
         array = embedder.preprocess(im, crop, owned=True)

@@ -157,15 +157,13 @@ def _decode(data: bytes, embedder, thumb_px: int, exif: bool = False, gps: bool 
     a 32-pixel model and 128-pixel thumbnails: CIFAR's 32x32, a phone's 12 MP, both at 1/8); any other JPEG (a
     640x480 one: 1/8 and 1/2) or a HEIC is decoded a second time, at the thumbnail's own draft scale, as the
     service does, since the model's input must come from its own draft. Runs in worker threads."""
-    from PIL import Image
-
     import model
 
-    with Image.open(io.BytesIO(data)) as im:
+    with model.open_image(data) as im:
         if im.format in model.DRAFT_FORMATS:
             arr = embedder.preprocess(im, owned=True)   # drafted in place at the model's scale and decoded
             # the size and EXIF before a draft (a draft changes the size), and the thumbnail's own draft
-            with Image.open(io.BytesIO(data)) as header:
+            with model.open_image(data) as header:
                 meta = _displayed_metadata(header, exif, gps)
                 # from `im` when both drafts decode the same pixels (decoded once), else from `header`, drafted
                 thumb = (model.make_thumbnail(model.thumbnail_draft(im, header, thumb_px), thumb_px) if thumb_px
@@ -269,6 +267,7 @@ def _index_images(args, todo: list[str], read: Callable[[str], bytes], sequentia
     from tqdm import tqdm
 
     import index
+    import model
     from model import unreadable_reason
 
     thumb_px = 0 if args.no_thumbnails else args.thumbnail_size
@@ -277,7 +276,11 @@ def _index_images(args, todo: list[str], read: Callable[[str], bytes], sequentia
     def work(item):
         id_, data = item
         try:
-            return id_, _decode(data, embedder, thumb_px, args.exif, args.gps), None
+            with model.exif_notes() as said:   # damaged EXIF: one line naming the file, not Pillow's warning
+                decoded = _decode(data, embedder, thumb_px, args.exif, args.gps)
+            for why in said:
+                tqdm.write(f"{id_}: {model.DAMAGED_EXIF.format(why=why)}", file=sys.stderr)
+            return id_, decoded, None
         except Exception as exc:  # a broken file is reported and skipped, not fatal
             return id_, None, unreadable_reason(exc, data)
 

@@ -210,7 +210,7 @@ class _Source:
 
     def head(self, name: str) -> bytes:
         """The first bytes of file `name` (model's IMAGE_HEAD_BYTES), b"" where it cannot be read."""
-        from model._formats import IMAGE_HEAD_BYTES
+        from model import IMAGE_HEAD_BYTES
 
         try:
             if self._tar is not None:
@@ -379,7 +379,7 @@ def _decode_images(src: _Source, names: list[str], in_chans: int, size: int, des
 
     from model import to_model_array
     from model import unreadable_reason
-    from model._preprocess import exif_notes, open_image
+    from model import exif_notes, open_image
 
     out = np.empty((len(names), in_chans, size, size), np.uint8)
     ok = np.ones(len(names), bool)
@@ -442,7 +442,7 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
 def _unlisted_images(src: _Source, prefix: str, names: list[str]) -> list[str]:
     """Those of `names` (under `prefix`) without an image ending whose first bytes are an image's (a photo saved as
     `IMG_0001` or `x.jpg_large`): of the first `_SNIFFED_AT_MOST` such files, 16 bytes of each read."""
-    from model._formats import looks_like_image
+    from model import looks_like_image
 
     unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
     return [n for n in unlisted if looks_like_image(src.head(prefix + n))]

@@ -78,7 +78,8 @@ def test_one_image_over_the_limit_is_refused_before_the_images_ahead_of_it_are_d
     ahead = [upload(solid_png(500, (i, 3, 4)), f"a{i}.png") for i in range(2)]
     before = decodes(live)
     assert_error(live.post(path, files=[*ahead, upload(solid_png(1001), "huge.png")]), 413, "image_too_large",
-                 "file 2 ('huge.png') is 1001x1001 = 1002001 pixels; the limit is 1000000")
+                 "file 2 ('huge.png') is 1001x1001 = 1002001 pixels; the limit is 1000000 (SIMSEARCH_MAX_PIXELS, or "
+                 "`simsearch serve --max-pixels`)")
     assert decodes(live) == before
 
 

@@ -88,3 +88,17 @@ def test_search_names_a_query_whose_exif_is_damaged_in_one_line(hybrid1_artifact
     assert err == (f"{query}: its EXIF data is damaged (Corrupt EXIF data. Expecting to read 2 bytes but only got 0.)"
                    "; it is used without EXIF orientation\n")
     assert "cat/1.jpg" in out   # searched all the same
+
+
+def test_build_names_an_image_whose_exif_is_damaged_in_one_line_and_indexes_it(hybrid1_artifact, tmp_path, capsys):
+    photos = _write(tmp_path / "photos", ["dog/1.jpg"])
+    (photos / "cat").mkdir()
+    (photos / "cat" / "bad.jpg").write_bytes(_jpeg(DAMAGED_EXIF))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # Pillow's raw UserWarning would make the image a skipped one
+        assert main(["index", "build", str(photos), "--model", str(hybrid1_artifact), "--data", str(tmp_path / "d"),
+                     "--workers", "1", "--threads", "1", "--exif"]) == 0
+    _out, err = capsys.readouterr()
+    assert err.count("its EXIF data is damaged") == 1, err
+    assert "cat/bad.jpg: its EXIF data is damaged (Corrupt EXIF data." in err and "UserWarning" not in err, err
+    assert _labels(tmp_path / "d") == {"cat/bad.jpg": "cat", "dog/1.jpg": "dog"}
