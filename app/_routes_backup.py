@@ -202,7 +202,8 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
     try:
         write = _body_writer(request, s.max_restore_bytes, name)
         try:
-            got = await anyio.to_thread.run_sync(index.receive_backup, stage, name, write)
+            got = await anyio.to_thread.run_sync(index.receive_backup, stage, name, write,
+                                             (service.model_id, service.embedder.dim))
         except index.StoreError as exc:
             if isinstance(exc, index.StorageError) and exc.full:
                 log.error("restore of gallery %s refused: %s", name, exc)

@@ -16,6 +16,7 @@ gallery of a new data folder, checked first, the same way: a download cut off le
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sqlite3
@@ -114,16 +115,18 @@ def backup_needs(source: Path) -> int:
     return _size(db) + _size(db.with_name(db.name + "-wal"))
 
 
-def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], dict | None]) -> dict:
+def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], dict | None],
+                   model: tuple[str, int] | None = None) -> dict:
     """Make the new or empty folder `dest` a data folder holding gallery `name` (DEST/index for the default one,
     DEST/galleries/NAME/index for a named one): `write(file)` writes the store's database, a copy as backup makes
     it (GET /galleries/NAME/backup's download), into a file in a staging folder inside `dest`; it is checked
     (SQLite's integrity check, a store's record) and only then moved to its place. `write` returns None, or, for
     the copy of a store marked incomplete, mark_incomplete's keyword arguments (command, source, said): the copy
     takes its place marked, as backup's copy of a part is. Returns backup's keys plus "gallery", "path" and
-    "incomplete" (the mark's sentence, or None). Raises StoreError for a file that is not a sound store,
-    StorageError for a full disk, and whatever `write` raises (a download cut off); then `dest` is left as it was
-    found."""
+    "incomplete" (the mark's sentence, or None). Raises StoreError for a file that is not a sound store (as
+    _checked checks it; with `model`, (model id, dimension), one that records that model but vectors of another
+    dimension too), StorageError for a full disk,
+    and whatever `write` raises (a download cut off); then `dest` is left as it was found."""
     dest = Path(dest)
     name = check_gallery_name(name)
     stage = dest / STAGE
@@ -145,7 +148,7 @@ def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], dict | Non
                 raise
             raise StorageError(f"the disk holding {dest} is full ({_db.free_space(dest)}): nothing was left there",
                                full=True) from None
-        received = _checked(db, f"the file received for gallery {name!r}")
+        received = _checked(db, f"the file received for gallery {name!r}", model)
         if mark is not None:   # in the staged folder: the copy never stands in DEST without its mark
             mark_incomplete(folder, **mark)
         for child in sorted(stage.iterdir()):   # index, or galleries: one rename
@@ -159,10 +162,14 @@ def receive_backup(dest: Path, name: str, write: Callable[[BinaryIO], dict | Non
         raise
 
 
-def _checked(db: Path, what: str) -> dict:
+def _checked(db: Path, what: str, model: tuple[str, int] | None = None) -> dict:
     """What the store database `db` holds (backup's keys), read after SQLite's integrity check and the store's
-    own (its record and schema); StoreError naming `what` when it is not a sound store. The -wal and -shm a
-    read-only look leaves beside a database in WAL mode are removed (nothing was written to them)."""
+    own: its record and schema version; schema objects (tables, indexes, triggers, views) none but those
+    simsearch makes (a trigger of the file's own ran at every write: one deleted what was written); every vector
+    of the recorded dimension (that of `model`, (model id, dimension), where it records that model), every
+    item's metadata JSON, an index kind FAISS builds. StoreError naming `what` and the problem when it is not a
+    sound store. The -wal and -shm a read-only look leaves beside a database in WAL mode are removed (nothing was
+    written to them)."""
     wrong = _header_problem(db)
     if wrong:
         raise StoreError(f"{what} is not a simsearch store: {wrong}")
@@ -171,7 +178,8 @@ def _checked(db: Path, what: str) -> dict:
         try:
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]
             meta = _db.get_meta(conn) if check == "ok" else {}
-            items = conn.execute("SELECT count(*) FROM items").fetchone()[0] if check == "ok" else 0
+            wrong = _content_problem(conn, meta, model) if check == "ok" else None
+            items = conn.execute("SELECT count(*) FROM items").fetchone()[0] if check == "ok" and not wrong else 0
         finally:
             conn.close()
     except (sqlite3.DatabaseError, StoreError) as exc:
@@ -181,11 +189,70 @@ def _checked(db: Path, what: str) -> dict:
             db.with_name(db.name + suffix).unlink(missing_ok=True)
     if check != "ok":
         raise StoreError(f"{what} failed SQLite's integrity check: {check}")
-    if "model_id" not in meta or "dim" not in meta:
-        raise StoreError(f"{what} is not a simsearch store: it records no model")
+    if wrong:
+        raise StoreError(f"{what} is not a simsearch store: {wrong}")
     _db.check_schema(meta, db.parent)
     return {"items": items, "last_seq": int(meta.get("last_seq", 0)), "model_id": meta["model_id"],
             "dim": int(meta["dim"]), "bytes": db.stat().st_size}
+
+
+def _content_problem(conn: sqlite3.Connection, meta: dict[str, str], model: tuple[str, int] | None) -> str | None:
+    """What is wrong, in words, with a store's content (its integrity checked): its record, its schema objects,
+    its rows; or None."""
+    if "model_id" not in meta or "dim" not in meta:
+        return "it records no model"
+    if not meta["dim"].isdigit() or int(meta["dim"]) <= 0:
+        return f"it records the dimension {meta['dim']!r}, not a positive integer"
+    have = int(meta["dim"])
+    if model is not None and meta["model_id"] == model[0] and have != model[1]:
+        return (f"it records vectors of dimension {have} for model {model[0]!r}, whose vectors are of dimension "
+                f"{model[1]}")
+    for key in ("last_seq", "edits", "changes_pruned"):
+        if key in meta and not meta[key].isdigit():
+            return f"its record's {key} is {meta[key]!r}, not a number"
+    foreign = _foreign_schema(conn)
+    if foreign:
+        return (f"it holds schema objects simsearch does not make ({', '.join(foreign)}): a store is the tables, "
+                "indexes and triggers simsearch makes, as GET /galleries/NAME/backup sends them")
+    bad = conn.execute("SELECT id, length(vector) FROM items WHERE typeof(vector) != 'blob' OR length(vector) != ? "
+                       "LIMIT 1", (have * 4,)).fetchone()
+    if bad:
+        n = conn.execute("SELECT count(*) FROM items WHERE typeof(vector) != 'blob' OR length(vector) != ?",
+                         (have * 4,)).fetchone()[0]
+        return (f"{n} item(s) hold a vector of the wrong size (item {bad[0]!r}: {bad[1]} bytes, not the {have * 4} "
+                f"of {have} float32 values)")
+    bad = conn.execute("SELECT id FROM items WHERE NOT json_valid(metadata) LIMIT 1").fetchone()
+    if bad:
+        n = conn.execute("SELECT count(*) FROM items WHERE NOT json_valid(metadata)").fetchone()[0]
+        return f"{n} item(s) hold metadata that is not JSON (item {bad[0]!r})"
+    from . import _faiss
+    from ._errors import InvalidItemError
+
+    try:
+        _faiss.validate_spec(meta.get("index", "flat"), have)
+    except InvalidItemError as exc:
+        return f"its record's {exc}"
+    return None
+
+
+def _foreign_schema(conn: sqlite3.Connection) -> list[str]:
+    """The schema objects of the database that simsearch's schema does not make, same name and same SQL, as
+    "type 'name'" (a store from before the change log lacks some of them: a writer adds those at open)."""
+    known = _known_schema()
+    return [f"{kind} {name!r}" for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")
+            if (kind, name, sql) not in known]
+
+
+@functools.lru_cache(maxsize=1)
+def _known_schema() -> frozenset[tuple[str, str, str | None]]:
+    """sqlite_master's (type, name, sql) rows of a store as this simsearch makes it (index/_db.py's schema)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        _db.init_schema(conn)
+        _db.init_changes(conn)
+        return frozenset(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+    finally:
+        conn.close()
 
 
 def _header_problem(db: Path) -> str | None:
@@ -205,6 +272,9 @@ def _header_problem(db: Path) -> str | None:
     if counted and pages and size < page * pages:
         return (f"it is cut short: {size} bytes of the {page * pages} its header counts ({pages} pages of {page}): "
                 "send the whole file")
+    if counted and pages and size > page * pages:   # refused, not cut: a file with more than its store is no copy
+        return (f"it holds {size - page * pages} bytes past the {page * pages} its header counts ({pages} pages of "
+                f"{page}): send the file as GET /galleries/NAME/backup sends it, nothing appended")
     return None
 
 

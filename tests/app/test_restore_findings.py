@@ -5,11 +5,14 @@ it never writes, vectors of the wrong size or dimension, an unknown index kind o
 from __future__ import annotations
 
 
+import sqlite3
+
 import httpx
 import numpy as np
 import pytest
 
 from .conftest import running, settings_for, start_server, stop_server
+from .test_api import assert_error
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +62,60 @@ async def test_a_replica_serves_the_default_gallery_a_restore_replaced_at_its_ne
         hits = (await replica.post("/search", params={"k": 3}, json={"vector": [1.0] * dim})).json()["results"]
         assert hits and all(h["id"].startswith("shoes-") for h in hits), hits
         assert (await replica.get("/readyz")).status_code == 200
+
+
+def _crafted(tmp_path, file: bytes, *sql: str) -> bytes:
+    """`file` (a backup) with `sql` run on it."""
+    path = tmp_path / "crafted.sqlite3"
+    path.write_bytes(file)
+    conn = sqlite3.connect(path)
+    try:
+        for statement in sql:
+            conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+    return path.read_bytes()
+
+
+CRAFTED = {   # what is done to a sound backup, and what the 422 names
+    "a trigger that deletes what is written": (
+        ["CREATE TRIGGER evil AFTER INSERT ON items BEGIN DELETE FROM items; END"], "trigger 'evil'"),
+    "a change-log trigger of its own": (
+        ["DROP TRIGGER items_deleted_log",
+         "CREATE TRIGGER items_deleted_log AFTER DELETE ON items BEGIN SELECT 1; END"],
+        "trigger 'items_deleted_log'"),
+    "a view": (["CREATE VIEW everything AS SELECT * FROM items"], "view 'everything'"),
+    "a table": (["CREATE TABLE extra (x)"], "table 'extra'"),
+    "an index": (["CREATE INDEX items_meta ON items(metadata)"], "index 'items_meta'"),
+    "metadata that is not JSON": (["UPDATE items SET metadata = '{not json' WHERE id = 'shoes-3'"],
+                                  "1 item(s) hold metadata that is not JSON (item 'shoes-3')"),
+    "vectors cut short": (["UPDATE items SET vector = substr(vector, 1, 12)"], "40 item(s) hold a vector of the wrong "
+                          "size"),
+    "another dimension of the same model": (["UPDATE meta SET value = '128' WHERE key = 'dim'"], "dimension 128"),
+    "a dimension of 0": (["UPDATE meta SET value = '0' WHERE key = 'dim'"], "dimension '0'"),
+    "an index kind FAISS does not build": (["UPDATE meta SET value = 'NoSuchIndex,Flat' WHERE key = 'index'"],
+                                           "NoSuchIndex"),
+    "a last_seq that is no number": (["UPDATE meta SET value = 'many' WHERE key = 'last_seq'"], "last_seq"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_file_holding_what_simsearch_never_writes_is_422_naming_it_and_nothing_is_kept(writer, tmp_path, case):
+    server, data, _, _ = writer
+    sql, named = CRAFTED[case]
+    file = _crafted(tmp_path, _backup(server.url, "shoes"), *sql)
+    err = assert_error(_restore(server.url, "crafted", file), 422, "not_a_store", named)
+    assert "gallery" in err["message"]
+    assert "crafted" not in {g["name"] for g in httpx.get(server.url + "/galleries").json()["galleries"]}
+    assert sorted(p.name for p in data.iterdir()) == ["galleries", "index"]
+
+
+def test_bytes_past_the_pages_its_header_counts_are_422_and_nothing_is_kept(writer):
+    server, data, _, _ = writer
+    file = _backup(server.url, "shoes")
+    assert_error(_restore(server.url, "trailing", file + b"appended " * 800), 422, "not_a_store",
+                 "7200 bytes past the")
+    assert_error(_restore(server.url, "trailing", file + bytes(4096)), 422, "not_a_store", "4096 bytes past the")
+    assert sorted(p.name for p in data.iterdir()) == ["galleries", "index"]
+    assert _restore(server.url, "trailing", file).status_code == 201   # the file as GET sent it

@@ -125,17 +125,16 @@ def test_replace_true_replaces_a_gallery_and_says_how_many_items_it_held(live):
         == []
 
 
-def test_a_replace_whose_store_does_not_open_leaves_the_gallery_serving_as_it_was(live, tmp_path):
+def test_a_replace_refused_leaves_the_gallery_serving_as_it_was(live, tmp_path):
     server, data, model, dim = live
     _write(server.url, model, dim, "kept", 7)
     before = _searches(server.url, "kept", dim)
     (tmp_path / "store.sqlite3").write_bytes(_backup(server.url, "shoes"))
-    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:   # a sound store whose index FAISS cannot make
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:   # an index kind FAISS cannot make
         conn.execute("UPDATE meta SET value = 'NoSuchIndex,Flat' WHERE key = 'index'")
     conn.close()
     file = (tmp_path / "store.sqlite3").read_bytes()
-    assert_error(_restore(server.url, "kept", file, params={"replace": "true"}), 503, "index_unavailable",
-                 "nothing of it was kept")
+    assert_error(_restore(server.url, "kept", file, params={"replace": "true"}), 422, "not_a_store", "NoSuchIndex")
     assert _listed(server.url)["kept"] == 7 and _searches(server.url, "kept", dim) == before
     _write(server.url, model, dim, "kept", 8)   # and takes writes
     assert _listed(server.url)["kept"] == 8 and _left_in(data) == []
