@@ -196,8 +196,11 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
         raise ApiError(415, "unsupported_media_type", "a multipart form: send the backup file itself as the body "
                        f"(curl -T FILE, Content-Type {MEDIA_TYPE} or application/octet-stream)")
     declared = _declared_length(request, s.max_restore_bytes)
-    if not replace and name != DEFAULT_GALLERY and name in await anyio.to_thread.run_sync(service.gallery_names):
-        raise gallery_exists(name)   # before a byte of the body is read
+    if not replace and name in await anyio.to_thread.run_sync(service.gallery_names):   # before a byte is read
+        if name != DEFAULT_GALLERY:
+            raise gallery_exists(name)
+        if held := await service.items_held(name):   # the default gallery is replaced while it is empty
+            raise gallery_exists(name, held)
     stage = await anyio.to_thread.run_sync(_new_stage, s.data_dir, name, declared)
     try:
         write = _body_writer(request, s.max_restore_bytes, name)

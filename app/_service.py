@@ -336,6 +336,14 @@ class Service:
         except index.StoreError:   # deleted, or being made, this moment
             return None
 
+    async def items_held(self, name: str) -> int:
+        """The items of gallery `name`, which exists: counted by its open store, or read without opening it (0 for
+        one gone meanwhile)."""
+        g = self.galleries.get(name)
+        if g is not None:
+            return await anyio.to_thread.run_sync(g.store.count)
+        return await anyio.to_thread.run_sync(self.unopened_count, name) or 0
+
     def _remove_gallery(self, name: str) -> None:
         """Delete what holds the named gallery: its folder, or its Milvus collection. Blocking."""
         import index
@@ -694,15 +702,18 @@ class Service:
         """Gallery `name`, which a restore is to replace, and its items: stopped taking writes (what is queued is
         committed first, and counted), closed and no longer served; None for one not open (counted without
         opening it; one of another model's vectors is never opened). With `empty_only`, 409 gallery_exists naming
-        its items when it holds some, and it goes on serving."""
+        its items when it holds some, and it goes on serving: counted before its writes are stopped, so that a
+        restore refused leaves them alone (and again after, for what was queued meanwhile)."""
         g = self.galleries.get(name)
         if g is None:
             count = await anyio.to_thread.run_sync(self.unopened_count, name) or 0
         else:
+            if empty_only and (count := await anyio.to_thread.run_sync(g.store.count)):
+                raise gallery_exists(name, count)
             if g.commits is not None:
                 await g.commits.stop()   # a write from now on is refused (503), never acknowledged and lost
             count = await anyio.to_thread.run_sync(g.store.count)
-        if empty_only and count:
+        if empty_only and count:   # written while the queue was stopped: it serves on
             if g is not None and g.commits is not None:
                 g.commits.start()
             raise gallery_exists(name, count)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 import sqlite3
+import threading
 
 import httpx
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from .conftest import running, settings_for, start_server, stop_server
 from .test_api import assert_error
+from .test_restore_http import _declared_only
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +121,35 @@ def test_bytes_past_the_pages_its_header_counts_are_422_and_nothing_is_kept(writ
     assert_error(_restore(server.url, "trailing", file + bytes(4096)), 422, "not_a_store", "4096 bytes past the")
     assert sorted(p.name for p in data.iterdir()) == ["galleries", "index"]
     assert _restore(server.url, "trailing", file).status_code == 201   # the file as GET sent it
+
+
+def test_a_restore_refused_for_a_default_gallery_holding_items_leaves_its_writes_alone(writer):
+    server, data, model, dim = writer
+    file = _backup(server.url, "shoes")
+    stop, statuses = threading.Event(), []
+
+    def writes(t: int) -> None:
+        n = 0
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                body = {"model": model, "items": [{"id": f"w{t}-{n}", "vector": [1.0 + n % 7] + [0.5] * (dim - 1)}]}
+                statuses.append(client.post(server.url + "/index", json=body).status_code)
+                n += 1
+
+    threads = [threading.Thread(target=writes, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        refused = [_restore(server.url, "default", file).status_code for _ in range(30)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert refused == [409] * 30
+    assert statuses and set(statuses) == {201}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_a_restore_of_the_default_gallery_holding_items_is_409_before_a_byte_of_the_body_is_read(writer):
+    server, _, _, _ = writer
+    status, body = _declared_only(server.url, "/galleries/default/backup", 1_000_000)
+    assert status == 409 and "gallery_exists" in body and "only while it is empty" in body, body
