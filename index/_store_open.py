@@ -250,7 +250,10 @@ class StoreOpening:
         log.info("index: built %s from %d items (%s)", _faiss.describe(index), n, reason)
 
     def _train_threshold(self) -> int:
-        return max(self.config.train_threshold, 1)
+        """The gallery size at which an approximate kind trains: config.train_threshold, but never below the fewest
+        vectors the kind can be trained on (_faiss.min_training_points): below that a write would find the store due,
+        rebuild the same flat index and log it, at every write."""
+        return max(self.config.train_threshold, 1, _faiss.min_training_points(self.spec, self.dim))
 
     def _maybe_train_locked(self) -> bool:
         """Train the approximate index once the gallery is big enough (until then: exact)."""

@@ -27,3 +27,19 @@ def test_writes_below_the_kinds_training_minimum_succeed_and_it_trains_once_ther
         assert store.count() == a + 100
         assert store.info()["index_kind"] == ("IndexFlatIP" if a < 200 else "IndexPreTransform(nlist=8)")
         assert store.search(v[a], k=1)[0][0].id == f"i{a}"
+
+
+def test_writes_between_the_threshold_and_the_kinds_minimum_rebuild_nothing(open_store, caplog):
+    # train_threshold 100, but OPQ trains on at least 256: the gallery at 150..199 stays flat, and each write used
+    # to find the store "due" for training, rebuild the same flat index and log two lines about it
+    store = open_store(dim=DIM, index="OPQ4,IVF{nlist},PQ4", train_threshold=100)
+    v = np.random.default_rng(1).standard_normal((200, DIM)).astype(np.float32)
+    store.upsert([Item(f"i{i}", v[i]) for i in range(150)])
+    caplog.set_level("DEBUG", logger="index")
+    caplog.clear()
+    for i in range(150, 200):
+        store.upsert([Item(f"i{i}", v[i])])
+    assert [r.getMessage() for r in caplog.records if r.name == "index"] == []
+    assert store.info()["index_kind"] == "IndexFlatIP"
+    assert store.info()["train_threshold"] == 256
+    assert store.search(v[199], k=1)[0][0].id == "i199"
