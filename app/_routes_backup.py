@@ -220,10 +220,9 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
                            f"{service.model_id!r}, the model this service embeds with, so it could not be searched or "
                            "written here: restore it on a service of that model, or move it to this one first "
                            "(`simsearch index reembed`); nothing was kept")
-        g, replaced = await service.restore_gallery(name, stage, replace)
+        _, count, replaced = await service.restore_gallery(name, stage, replace)
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(stage, ignore_errors=True))
-    count = await anyio.to_thread.run_sync(g.store.count)
     headers = {ITEMS_HEADER: str(got["items"]), LAST_SEQ_HEADER: str(got["last_seq"]), MODEL_HEADER: got["model_id"]}
     if replaced is not None:
         headers[REPLACED_HEADER] = str(replaced)

@@ -656,12 +656,13 @@ class Service:
         self.metrics.forget_gallery(name)   # its size read before it was opened: not reported for up to a minute
         return count
 
-    async def restore_gallery(self, name: str, stage: Path, replace: bool = False) -> tuple[Gallery, int | None]:
+    async def restore_gallery(self, name: str, stage: Path, replace: bool = False) -> tuple[Gallery, int, int | None]:
         """Serve as gallery `name` the checked store that index.receive_backup put in the folder `stage`, which lies
         in the data folder (its disk: placing it is one rename): its folder moved to its place, opened (its FAISS
-        index built from the stored vectors, as at any opening) and served. Returns it, and the items of the
-        gallery it replaced (None where none was). A gallery of that name is replaced only with `replace` (the
-        default one, which always exists and cannot be deleted, also while it holds no items); else 409
+        index built from the stored vectors, as at any opening) and served. Returns it, its items (counted before
+        another request may replace or drop it), and the items of the gallery it replaced (None where none was). A
+        gallery of that name is replaced only with `replace` (the default one, which always exists and cannot be
+        deleted, also while it holds no items); else 409
         gallery_exists. The one replaced stops taking writes, has what is queued committed, and is closed; its
         folder is moved into `stage`, which the caller removes. 422 too_many_galleries as for a gallery made. A
         store that does not take its place or open is moved back into `stage`, and the gallery it was to replace
@@ -696,7 +697,7 @@ class Service:
                                      self._workers_lock())
             commits.start()
             g = self.galleries[name] = Gallery(name, store, commits)   # the route logs it, with what it held
-            return g, replaced
+            return g, await anyio.to_thread.run_sync(store.count), replaced
 
     async def _take_for_restore(self, name: str, empty_only: bool) -> tuple[Gallery | None, int]:
         """Gallery `name`, which a restore is to replace, and its items: stopped taking writes (what is queued is

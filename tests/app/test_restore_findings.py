@@ -153,3 +153,20 @@ def test_a_restore_of_the_default_gallery_holding_items_is_409_before_a_byte_of_
     server, _, _, _ = writer
     status, body = _declared_only(server.url, "/galleries/default/backup", 1_000_000)
     assert status == 409 and "gallery_exists" in body and "only while it is empty" in body, body
+
+
+def test_concurrent_replacing_restores_of_one_name_are_each_answered_201_with_the_items_restored(writer):
+    server, _, _, _ = writer
+    file = _backup(server.url, "shoes")
+    answers = [None] * 8
+
+    def put(i: int) -> None:
+        answers[i] = _restore(server.url, "same", file, params={"replace": "true"})
+
+    for _ in range(2):
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [(r.status_code, r.json().get("count")) for r in answers] == [(201, 40)] * 8, [r.text for r in answers]
