@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -756,7 +757,9 @@ class Service:
             raise
 
     def _not_restored(self, name: str, exc: Exception) -> ApiError:
-        """The answer to a restored gallery `name` that did not take its place or open (`exc`, logged)."""
+        """The answer to a restored gallery `name` that did not take its place or open (`exc`, logged): 507 for a
+        full disk, 422 not_a_store where the file is the cause (no retry opens it), else 503 with Retry-After (the
+        disk, a lock, a store being closed: passing)."""
         import index
 
         if isinstance(exc, ApiError):
@@ -768,6 +771,12 @@ class Service:
             return ApiError(507, "insufficient_storage", f"the service's disk filled while gallery {name!r} was "
                             "opened: it was not restored and nothing of it was kept; retry once the operator has "
                             "freed space")
+        passing = (OSError, index.StorageError, index.StoreLockedError, index.StoreMissingError,
+                   index.StoreClosedError, index.StoreUnavailableError)
+        if not isinstance(cause, passing):   # the file's own doing (every check passed): no retry opens it
+            why = re.sub(re.escape(str(self.settings.data_dir)) + r"\S*", "the store", str(cause))[:300]
+            return ApiError(422, "not_a_store", f"the file received for gallery {name!r} passed the checks of a store "
+                            f"but does not open as one ({type(cause).__name__}: {why}); nothing of it was kept")
         return ApiError(503, "index_unavailable", f"gallery {name!r} could not be restored: the received store did "
                         "not take its place or open (the service's log says why); nothing of it was kept",
                         {"Retry-After": "5"})

@@ -5,6 +5,7 @@ Content-Length so that the service checks its room first."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +18,8 @@ DB_NAME = "store.sqlite3"
 GALLERY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")   # the names index.check_gallery_name takes
 INCOMPLETE_NAME = "incomplete.json"   # index._incomplete's mark beside a store that holds a part of its source
 CHUNK = 1 << 20
+# the service's 429 and 503 codes answered before it reads a byte of a body: the file is sent again after them
+BEFORE_THE_BODY = frozenset({"rate_limited", "overloaded", "not_ready"})
 
 
 def register_index(isub) -> None:
@@ -65,11 +68,8 @@ def restore(args) -> int:
         headers["X-Simsearch-Incomplete"] = "true"
     try:
         with httpx.Client(base_url=url, timeout=args.timeout) as client:
-            # 429 and 503 waited out (the body is read again from the file); never sent twice after a connection
-            # drops, as a restore may have been made by then
-            r = _http.request(client, "PUT", f"/galleries/{quote(name, safe='')}/backup", reconnect_seconds=0,
-                              content=_FileBody(file), headers=headers,
-                              params={"replace": "true"} if args.replace else None)
+            r = _sent(client, f"/galleries/{quote(name, safe='')}/backup", file, headers,
+                      {"replace": "true"} if args.replace else None)
     except httpx.HTTPError as exc:
         raise CliError(f"the backup did not reach the service at {url} whole ({type(exc).__name__}: {exc}); "
                        f"`GET {url}/galleries` says whether gallery {name!r} was made") from None
@@ -82,6 +82,28 @@ def restore(args) -> int:
     print(f"{name}: restored {items} item{'' if items == 1 else 's'} (model {r.headers.get('x-simsearch-model')}, "
           f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file} to {url}{instead}; it serves now")
     return 0
+
+
+def _sent(client, path: str, file: Path, headers: dict, params: dict | None):
+    """The service's answer to the PUT of `file`. Sent again (read again from the file) only after a 429 or 503
+    with Retry-After that the service gives before it takes the body (a rate limit, the concurrency cap, loading),
+    at most _http.RETRIES times: a refusal of the file itself (422, 409, a 503 once it was received) is the same
+    at every sending, and a backup may be gigabytes. Never sent twice after a connection drops, as a restore may
+    have been made by then."""
+    for tries in range(_http.RETRIES + 1):
+        r = client.request("PUT", path, content=_FileBody(file), headers=headers, params=params)
+        if r.status_code not in (429, 503) or "retry-after" not in r.headers or tries == _http.RETRIES or \
+                _error_code(r) not in BEFORE_THE_BODY:
+            return r
+        time.sleep(_http.retry_after(r.headers.get("Retry-After")))
+    return r
+
+
+def _error_code(r) -> str | None:
+    try:
+        return r.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def backup_file(source: Path, name: str) -> Path:

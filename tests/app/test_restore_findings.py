@@ -170,3 +170,16 @@ def test_concurrent_replacing_restores_of_one_name_are_each_answered_201_with_th
         for t in threads:
             t.join()
         assert [(r.status_code, r.json().get("count")) for r in answers] == [(201, 40)] * 8, [r.text for r in answers]
+
+
+def test_a_file_that_passes_the_checks_but_does_not_open_is_422_and_the_gallery_it_was_to_replace_serves_on(
+        writer, tmp_path):
+    server, data, model, dim = writer
+    _write(server.url, model, dim, "kept", 7)
+    file = _crafted(tmp_path, _backup(server.url, "shoes"), "UPDATE items SET seq = 'x' || seq WHERE id = 'shoes-1'")
+    r = _restore(server.url, "kept", file, params={"replace": "true"})
+    assert_error(r, 422, "not_a_store", "does not open", "nothing of it was kept")
+    assert "retry-after" not in r.headers
+    assert {g["name"]: g["count"] for g in httpx.get(server.url + "/galleries").json()["galleries"]}["kept"] == 7
+    _write(server.url, model, dim, "kept", 1, start=7)   # and takes writes
+    assert sorted(p.name for p in data.iterdir()) == ["galleries", "index"]

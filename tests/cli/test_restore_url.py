@@ -4,6 +4,9 @@ gallery serving at once; a refusal (a name in use, a file that is not a store, a
 status 2; a 429 is waited out."""
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
 
 import httpx
@@ -114,3 +117,45 @@ def test_a_backup_folder_marked_incomplete_is_restored_marked(live, tmp_path, ca
     assert main(["index", "restore", "--url", live.url, "--gallery", "marked", "--api-key", KEY, str(dest)]) == 0
     head = httpx.head(live.url + "/galleries/marked/backup", headers={"X-API-Key": KEY})
     assert head.headers.get("x-simsearch-incomplete") == "true", head.headers
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every PUT (its body read whole) with the status and error code of the server's `answer`, with
+    Retry-After: 1, counting the PUTs and the bytes they brought."""
+
+    def do_PUT(self):   # noqa: N802  (http.server's name)
+        got = len(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.puts.append(got)
+        status, code = self.server.answer
+        body = json.dumps({"error": {"code": code, "message": f"refused as {code}"}}).encode()
+        self.send_response(status)
+        for k, v in (("Content-Type", "application/json"), ("Retry-After", "1"), ("Content-Length", str(len(body)))):
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status,code,sent", [(503, "index_unavailable", 1), (422, "not_a_store", 1),
+                                              (503, "overloaded", 3), (429, "rate_limited", 3)])
+def test_the_file_is_sent_again_only_after_a_refusal_made_before_the_body_is_read(tmp_path, capsys, monkeypatch,
+                                                                                  status, code, sent):
+    from cli import _http
+
+    monkeypatch.setattr(_http, "RETRIES", 2)   # 3 sendings at most, 1 s apart
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    server.puts, server.answer = [], (status, code)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        file = tmp_path / "store.sqlite3"
+        file.write_bytes(b"x" * 100_000)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["index", "restore", "--url", url, "--gallery", "big", "--api-key", KEY, str(file)]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.puts == [100_000] * sent
+    assert str(status) in capsys.readouterr().err
