@@ -36,8 +36,10 @@ def register_index(isub) -> None:
                                     "status 2.")
     r.add_argument("source", metavar="FILE_OR_DEST", help="the backup file, or a folder `index backup` made")
     r.add_argument("--url", required=True, help="the running service, e.g. http://127.0.0.1:8000")
-    r.add_argument("--gallery", metavar="NAME", default="default",
-                   help="the gallery to make of it ('default' for the default one, the default)")
+    r.add_argument("--gallery", metavar="NAME",
+                   help="the gallery to make of it ('default' for the default one); without it, the gallery the "
+                        "store was backed up as, from its place in the folder (DEST/galleries/NAME/index: NAME), "
+                        "else the default one")
     r.add_argument("--replace", action="store_true",
                    help="replace the gallery of that name, when there is one: its items are gone once the service "
                         "answers (`index backup --url` first keeps them); it is replaced only by a file the service "
@@ -55,10 +57,14 @@ def restore(args) -> int:
     import httpx
 
     name = args.gallery
-    if not GALLERY_NAME.fullmatch(name):
-        raise CliError(f"--gallery: a gallery name is 1 to 63 lower-case letters, digits, - and _, starting with a "
-                       f"letter or digit; got {name[:80]!r}")
-    file = backup_file(Path(args.source), name)
+    if name is None:
+        file = backup_file(Path(args.source), "default")
+        name, said = own_gallery(file)
+    else:
+        if not GALLERY_NAME.fullmatch(name):
+            raise CliError(f"--gallery: a gallery name is 1 to 63 lower-case letters, digits, - and _, starting with "
+                           f"a letter or digit; got {name[:80]!r}")
+        file, said = backup_file(Path(args.source), name), ""
     url = args.url.rstrip("/")
     key = ClientEnv.read().write_key(args.api_key)
     headers = {"Content-Type": "application/vnd.sqlite3", "Content-Length": str(file.stat().st_size)}
@@ -80,7 +86,7 @@ def restore(args) -> int:
     replaced = r.headers.get("x-simsearch-replaced-items")
     instead = f", in place of the gallery of {replaced} items it held" if replaced is not None else ""
     print(f"{name}: restored {items} item{'' if items == 1 else 's'} (model {r.headers.get('x-simsearch-model')}, "
-          f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file} to {url}{instead}; it serves now")
+          f"up to write {r.headers.get('x-simsearch-last-seq')}) from {file}{said} to {url}{instead}; it serves now")
     return 0
 
 
@@ -104,6 +110,17 @@ def _error_code(r) -> str | None:
         return r.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def own_gallery(file: Path) -> tuple[str, str]:
+    """The gallery the store `file` was backed up as, from its place (galleries/NAME/index/store.sqlite3: NAME; else
+    the default one), and the words the printed line says it with."""
+    place = file.parent
+    if place.name == "index" and place.parent.parent.name == "galleries" and GALLERY_NAME.fullmatch(
+            place.parent.name):
+        return place.parent.name, f" (gallery {place.parent.name!r}, as its place in the folder says; --gallery " \
+                                  "restores it under another name)"
+    return "default", " (as the default gallery: no --gallery given)"
 
 
 def backup_file(source: Path, name: str) -> Path:

@@ -159,3 +159,15 @@ def test_the_file_is_sent_again_only_after_a_refusal_made_before_the_body_is_rea
         server.server_close()
     assert server.puts == [100_000] * sent
     assert str(status) in capsys.readouterr().err
+
+
+def test_without_gallery_a_folder_holding_one_named_gallerys_store_restores_it_under_its_own_name(live, tmp_path,
+                                                                                                   capsys):
+    dest = tmp_path / "backup"
+    assert main(["index", "backup", "--url", live.url, "--gallery", "shoes", "--api-key", KEY, str(dest)]) == 0
+    assert not (dest / "index").exists()
+    capsys.readouterr()
+    assert main(["index", "restore", "--url", live.url, "--replace", "--api-key", KEY, str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shoes: restored 30 items") and "as its place in the folder says" in out, out
+    assert _count(live, "default") == 0 and _count(live, "shoes") == 30
