@@ -18,6 +18,11 @@ from ._errors import ApiError, route_path
 from ._settings import Settings
 
 
+# a form's `file` parts: at least one (a form without one is a 400 missing_file)
+def _file_parts_schema() -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}
+
+
 def _multipart(description: str, fields: dict[str, Any]) -> dict[str, Any]:
     schema = {"type": "object", "properties": fields, "required": ["file"]}
     return {"requestBody": {"required": True, "description": description,
@@ -33,7 +38,7 @@ def _search_body() -> dict[str, Any]:
     spec = _multipart("one image: a multipart `file` part, or the image itself as the body; or several photos of "
                       "what is wanted, a `file` part each, searched as one query (combine=); or a vector, "
                       'as JSON {"vector": [...]} (a vector from POST /embed or GET /index/{id}?vector=true)',
-                      {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}})
+                      {"file": _file_parts_schema()})
     binary = {"schema": {"type": "string", "format": "binary"}}
     spec["requestBody"]["content"].update({t: binary for t in _RAW_IMAGE_TYPES})
     spec["requestBody"]["content"]["application/json"] = {"schema": {
@@ -49,7 +54,7 @@ def _index_body() -> dict[str, Any]:
     spec = _multipart(
         "one or more images with optional ids, labels and metadata; or vectors, as JSON "
         '{"model": "name@sha12", "items": [{"id": ..., "vector": [...], "label": ..., "metadata": {...}}, ...]}',
-        {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        {"file": _file_parts_schema(),
          "id": {"type": "array", "items": {"type": "string"},
                 "description": "one per file; generated when absent; an existing id is replaced"},
          "label": {"type": "array", "items": {"type": "string"}, "description": "one, or one per file"},
@@ -97,7 +102,7 @@ def _embed_body() -> dict[str, Any]:
     spec["requestBody"]["description"] = "one or more multipart `file` parts, or one image itself as the body"
     del spec["requestBody"]["content"]["application/json"]   # POST /embed takes images only (a vector is one already)
     form = spec["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
-    form["file"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    form["file"] = _file_parts_schema()
     return spec
 
 

@@ -122,6 +122,11 @@ def _service(request: Request, write: bool = False) -> Service:
     return service
 
 
+# what index.parse_position takes, or empty (as if not sent): declared in the schema only, so that a position that
+# does not fit stays the service's 400 invalid_position, not a parameter's 422
+POSITION_PATTERN = r"^([0-9]{1,19}\.[0-9]{1,19})?$"
+
+
 def _after() -> Any:
     # no max_length: a position too long to be one is a 400 invalid_position like any malformed one
     return Header(None, alias=AFTER_HEADER,
@@ -131,7 +136,7 @@ def _after() -> Any:
                               "joined by a dot (the last write's sequence number, the edit count), each of which only "
                               "grows: to keep the newest of several, compare them as pairs of integers, never as "
                               "decimals (1.10 is after 1.9). Empty: as if not sent",
-                  examples=["1042.7"])
+                  examples=["1042.7"], json_schema_extra={"pattern": POSITION_PATTERN})
 
 
 _GALLERY_DOC = ("which gallery: `default` (the service's first, in DATA/index) or a named one (lower-case letters, "
@@ -313,6 +318,11 @@ def _check_examples(like: list[str], unlike: list[str]) -> tuple[list[str], list
     return like, unlike
 
 
+# what index.check_group_by takes (group_by, a facet's field): declared in the schema only, so that one that does not
+# fit stays the 422 that says what to give
+GROUPING_PATTERN = r"^(label|metadata\.[\s\S]+)$"
+
+
 def _check_group_by(group_by: str) -> None:
     from index import check_group_by   # when used (module docstring)
     try:
@@ -421,7 +431,8 @@ class NeighbourQuery(BaseModel):
     where: _Where = Field(None, description=_WHERE_DOC)
     like: list[str] = Field([], description=_examples_doc("more like this item"))
     unlike: list[str] = Field([], description=_examples_doc("less like this item"))
-    group_by: str | None = Field(None, max_length=MAX_LABEL_CHARS + 9, description=_GROUP_BY_DOC)
+    group_by: str | None = Field(None, max_length=MAX_LABEL_CHARS + 9, description=_GROUP_BY_DOC,
+                                 json_schema_extra={"pattern": GROUPING_PATTERN})
     group_size: int = Field(1, ge=1, le=MAX_GROUP_SIZE, description="with group_by: items each group returns (k x "
                                                                     f"group_size at most {MAX_GROUPED_RESULTS})")
     exclude: list[str] = Field([], description=_EXCLUDE_DOC)

@@ -23,8 +23,9 @@ from ._bodies import (_checked_metadata, _file_parts, _index_body, _json, _media
 from ._embedding import _check_whole_decode_budget, _prepare
 from ._errors import ApiError
 from ._openapi import declares
-from ._params import (MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id, _check_label,
-                      _check_where, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router, _service, _writing)
+from ._params import (GROUPING_PATTERN, MAX_LABEL_CHARS, MAX_OFFSET, _WHERE_DOC, _after, _check_crop, _check_id,
+                      _check_label, _check_where, _crop_param, _gallery, _no_crop_for_vectors, _reading, _router,
+                      _service, _writing)
 from ._schemas import (DeleteResponse, DuplicatesResponse, FacetsResponse, GalleriesResponse, GalleryDeleted,
                        GalleryOut, IndexInfo, IndexResponse, ItemOut, SkippedItem, UpdateResponse)
 from ._service import GALLERY_NAME, Service
@@ -253,7 +254,7 @@ async def duplicates(request: Request,
                     "the most common first",
             responses={k: _ERRORS[k] for k in (400, 401, 403, 404, 409, 422, 429, 503)})
 async def facets(request: Request,
-                 field: str = Query(max_length=MAX_LABEL_CHARS + 9,
+                 field: str = Query(max_length=MAX_LABEL_CHARS + 9, json_schema_extra={"pattern": GROUPING_PATTERN},
                                     description="`label`, or `metadata.KEY` for a top-level key of the items' "
                                                 "metadata (e.g. metadata.album)"),
                  label: str | None = Query(None, max_length=MAX_LABEL_CHARS, description="only items with this label"),

@@ -402,3 +402,61 @@ def test_a_thumbnail_revalidates_by_etag_so_a_replaced_image_is_never_served_sta
     post(4)   # the same id, another image
     again = httpx.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 200 and again.content != first.content and again.headers["etag"] != etag
+
+
+# ---- what a schema says a request takes is what the service takes (schemathesis's hunt: test_openapi_fuzz.py)
+
+def _parameter_schemas(spec: dict, name: str) -> list[tuple[str, dict]]:
+    return [(f"{m.upper()} {p}", prm["schema"]) for p, item in spec["paths"].items() for m, op in item.items()
+            for prm in op.get("parameters", []) if prm["name"] == name]
+
+
+def test_every_form_declares_the_file_part_it_cannot_go_without(live):
+    # the `file` array had no minItems: a form with no part at all fitted the schema and was a 400 missing_file
+    spec = httpx.get(live.url + "/openapi.json").json()
+    forms = {f"{m.upper()} {p}": op["requestBody"]["content"]["multipart/form-data"]["schema"]
+             for p, item in spec["paths"].items() for m, op in item.items()
+             if "multipart/form-data" in op.get("requestBody", {}).get("content", {})}
+    assert set(forms) == {"POST /search", "POST /classify", "POST /batch/search", "POST /embed", "POST /index"}
+    for operation, form in forms.items():
+        assert "file" in form["required"] and form["properties"]["file"]["minItems"] == 1, operation
+        method, path = operation.split(" ")
+        r = httpx.request(method, live.url + path, content=b"--b0--\r\n",   # a form of no parts
+                          headers={"X-API-Key": KEY, "Content-Type": "multipart/form-data; boundary=b0"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file", (operation, r.text)
+
+
+def test_the_position_a_read_takes_is_declared_as_the_pattern_it_must_fit(live):
+    # X-Simsearch-After was any string: "null" fitted the schema and was a 400 invalid_position
+    spec = httpx.get(live.url + "/openapi.json").json()
+    declared = _parameter_schemas(spec, "X-Simsearch-After")
+    assert len(declared) >= 9 and all(schema.get("pattern") for _, schema in declared), declared
+    fits = re.compile(declared[0][1]["pattern"]).fullmatch
+    assert all(schema["pattern"] == declared[0][1]["pattern"] for _, schema in declared)
+    position = httpx.get(live.url + "/index").headers["X-Simsearch-Position"]
+    for value in (position, ""):
+        assert fits(value), value
+        assert httpx.get(live.url + "/index", headers={"X-Simsearch-After": value}).status_code == 200, value
+    for value in ("null", "1042", "1.2.3", "-1.2", "1,2", "1" * 20 + ".1"):
+        assert not fits(value), value
+        r = httpx.get(live.url + "/index", headers={"X-Simsearch-After": value})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_position", (value, r.text)
+
+
+def test_a_grouping_and_a_facet_field_are_declared_as_the_pattern_they_must_fit(live):
+    # group_by and /facets' field were any string: "" fitted the schema and was a 422 naming what to give
+    spec = httpx.get(live.url + "/openapi.json").json()
+    declared = _parameter_schemas(spec, "group_by") + [s for s in _parameter_schemas(spec, "field")
+                                                       if s[0] == "GET /facets"]
+    assert {op for op, _ in declared} >= {"POST /search", "POST /search/{id}", "POST /batch/search", "GET /facets"}
+    assert all(schema.get("pattern") == declared[0][1]["pattern"] for _, schema in declared), declared
+    fits = re.compile(declared[0][1]["pattern"]).fullmatch
+    for value in ("label", "metadata.album", "metadata.cam.make"):
+        assert fits(value), value
+        assert httpx.get(live.url + "/facets", params={"field": value}).status_code == 200, value
+    for value in ("", "labels", "metadata.", "metadata", "album"):
+        assert not fits(value), value
+        r = httpx.get(live.url + "/facets", params={"field": value})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", (value, r.text)
+        r = httpx.post(live.url + "/search/known", params={"group_by": value})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", (value, r.text)
