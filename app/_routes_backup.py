@@ -25,7 +25,8 @@ PUT /galleries/{name}/backup is the other half: the body, a file as GET sends it
 streamed into a folder of the data folder (its disk: placing it is one rename), after a check of room where its
 Content-Length is given, up to SIMSEARCH_MAX_RESTORE_BYTES (BodyLimitMiddleware's SIMSEARCH_MAX_BODY_BYTES is sized
 for images), then checked as `index backup --url` checks a download (index.receive_backup: SQLite's integrity check,
-a store's record, a schema this simsearch knows), refused when it holds another model's vectors, and only then
+a store's record, a schema this simsearch knows and no schema object it does not make, vectors of the model's
+dimension, JSON metadata, no byte past its pages), refused when it holds another model's vectors, and only then
 moved to its place and opened (Service.restore_gallery). A restore refused or cut off leaves nothing behind. It
 takes the key a write takes (a `read` key is refused, as for GET), and a read-only service refuses it as any write.
 
