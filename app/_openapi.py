@@ -116,9 +116,21 @@ def _forbidden_403(reasons: list[str]) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}}}
 
 
+def _headers_never_null(op: dict[str, Any]) -> None:
+    """A header parameter FastAPI types `str | None` is declared a string: absent is how a header is not sent, and a
+    client (schemathesis) reading null as a value sends the text `null`, which no header here takes."""
+    for param in op.get("parameters", []):
+        schema = param.get("schema", {})
+        kinds = schema.get("anyOf", [])
+        if param.get("in") == "header" and {"type": "null"} in kinds and len(kinds) == 2:
+            rest = {k: v for k, v in schema.items() if k != "anyOf"}
+            param["schema"] = {**next(k for k in kinds if k != {"type": "null"}), **rest}
+
+
 def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_only: bool = False,
                 scoped: bool | None = None) -> dict[str, Any]:
     """Put right, in place, what FastAPI's generator gets wrong about this service:
+    - a header parameter is a string, never null (_headers_never_null);
     - every operation can answer 422 in the service's error shape (a query parameter it does not take, an
       invalid id), never FastAPI's `{"detail": [...]}`, which the service never sends;
     - the key: both ways of sending it as security schemes, required on the operations that need one
@@ -134,6 +146,7 @@ def fix_openapi(schema: dict[str, Any], keyed: bool, key_for_reads: bool, read_o
         for method, op in item.items():
             if method not in _METHODS:
                 continue
+            _headers_never_null(op)
             responses = op.setdefault("responses", {})
             if "422" not in responses or _refers_to(responses["422"], _VALIDATION_REF):
                 responses["422"] = _error_422()

@@ -460,3 +460,13 @@ def test_a_grouping_and_a_facet_field_are_declared_as_the_pattern_they_must_fit(
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", (value, r.text)
         r = httpx.post(live.url + "/search/known", params={"group_by": value})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", (value, r.text)
+
+
+def test_a_header_parameter_is_declared_a_string_never_null(live):
+    # `str | None` made X-Simsearch-After anyOf string/null: a client sent null as the text "null", a 400
+    spec = httpx.get(live.url + "/openapi.json").json()
+    headers = [(f"{m.upper()} {p} {prm['name']}", prm["schema"]) for p, item in spec["paths"].items()
+               for m, op in item.items() for prm in op.get("parameters", []) if prm["in"] == "header"]
+    assert len(headers) >= 9
+    for where, schema in headers:
+        assert schema.get("type") == "string" and "null" not in json.dumps(schema), (where, schema)
