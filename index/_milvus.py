@@ -55,6 +55,7 @@ _INDEXES = {               # simsearch's index kinds as Milvus index parameters 
 }
 MILVUS_INDEX_KINDS = tuple(_INDEXES)   # the index kinds a gallery in Milvus can have
 _STRONG = "Strong"
+_READ_SPARE = 16   # candidates a search reads past k + 1 (at least; k/8 for a larger k): _search
 # A Milvus Lite file's first connection: its server (in this process) sometimes answers no connection within
 # pymilvus's 10 s on a loaded machine ("Fail connecting to server on 127.0.0.1:PORT"); the connection is tried
 # again, up to this many times in all, this many seconds apart. A server's (a URI with "://") is tried once.
@@ -986,10 +987,12 @@ class MilvusStore(ItemChecks):
     def _search(self, q: np.ndarray, k: int, label, max_distance, conditions, exclude,
                 tuning: dict | None = None) -> list[list[Hit]]:
         expr = self._filter(label, conditions)
-        # One past the answer (and the left-out item): a tie across the answer's end shows, and is then read
-        # whole, so that equal scores (copies of one photo) are settled by insertion order, the same for every k,
-        # as Store.search settles them: pages never repeat an item
-        limit = min(k + 1 + (exclude is not None), MAX_GROUP_CANDIDATES)
+        # Past the answer (and the left-out item): a tie across the answer's end shows, and is then read whole, so
+        # that equal scores (copies of one photo) are settled by insertion order, the same for every k, as
+        # Store.search settles them: pages never repeat an item. _READ_SPARE more, so that an item unread within
+        # score_error of the k-th (_read_on reads on for it) is rare: with one past, a grouped search (k in the
+        # thousands, its scores dense) read on, twice as many, most of the time (3-4x the time, docs/index.md)
+        limit = min(k + 1 + max(k // 8, _READ_SPARE) + (exclude is not None), MAX_GROUP_CANDIDATES)
         out, matching = [], []   # the count of items matching expr, once asked for
 
         def count() -> int:

@@ -336,14 +336,15 @@ class StoreOpening:
             dead.update(fids.tolist())
 
 
-FLAT_HIDDEN_MIN = 256   # removed vectors a flat index hides before it removes them all at once
+FLAT_HIDDEN_MIN = 256    # removed vectors a flat index hides before it removes them all at once
+FLAT_HIDDEN_CAP = 1024   # a search reads this many more at most (a GPU search takes k <= 2048)
 
 
 def flat_hidden_max(ntotal: int) -> int:
-    """The most removed vectors a flat index of `ntotal` vectors hides (_remove_fids): at least FLAT_HIDDEN_MIN, and
-    a thousandth of the index, so that the one pass removing them (O(ntotal)) costs a delete about as much whatever
-    the size; a search reads that many more candidates while they are hidden."""
-    return max(FLAT_HIDDEN_MIN, ntotal // 1000)
+    """The most removed vectors a flat index of `ntotal` vectors hides (_remove_fids): a thousandth of the index, so
+    that the one pass removing them (O(ntotal)) costs a delete about as much whatever the size, within
+    [FLAT_HIDDEN_MIN, FLAT_HIDDEN_CAP]; a search reads that many more candidates while they are hidden."""
+    return max(FLAT_HIDDEN_MIN, min(ntotal // 1000, FLAT_HIDDEN_CAP))
 
 
 def _train_sample(n: int) -> int:
