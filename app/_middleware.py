@@ -100,7 +100,8 @@ class RequestIdMiddleware:
             index = sys.modules.get("index")   # loaded by then; not imported here, before /healthz answers
             if index is not None and isinstance(exc, index.StoreClosedError):
                 await send_error(send_with_id, 503, "index_unavailable", "the gallery was closed while this request "
-                                 "was under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
+                                 "was under way (deleted, replaced by a restore, or the service is stopping); retry",
+                                 {"Retry-After": "1"})
                 return
             if index is not None and isinstance(exc, index.InvalidItemError):
                 # what the request asked, refused by the store, which says why (a filter a Milvus gallery of older

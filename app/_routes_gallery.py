@@ -63,9 +63,9 @@ async def add(request: Request, gallery: str = _gallery(), crop: str | None = _c
                                          by="POST /index (SIMSEARCH_CREATE_GALLERIES_ON_WRITE)")
     try:
         skipped = await g.commits.upsert(items, skip_duplicates)   # with the other requests waiting to commit
-    except RuntimeError:   # its committer stopped: the gallery was just deleted, or the service is stopping
+    except RuntimeError:   # its committer stopped: the gallery was just deleted or replaced, or the service is stopping
         raise ApiError(503, "index_unavailable", f"gallery {g.name!r} was closed while this request was under way "
-                       "(deleted, or the service is stopping); nothing of it was stored",
+                       "(deleted, replaced by a restore, or the service is stopping); nothing of it was stored",
                        {"Retry-After": "1"}) from None
     except index_pkg.InvalidItemError as exc:
         raise ApiError(422, "rejected_by_index", str(exc)) from None

@@ -858,7 +858,8 @@ class Service:
         g = self.galleries.get(params.gallery)
         if g is None:   # dropped since the request began
             raise ApiError(503, "index_unavailable", f"gallery {params.gallery!r} was closed while this request was "
-                           "under way (deleted, or the service is stopping); retry", {"Retry-After": "1"})
+                           "under way (deleted, replaced by a restore, or the service is stopping); retry",
+                           {"Retry-After": "1"})
         store = g.store
         filters = {"label": params.label, "max_distance": params.max_distance,
                    "where": json.loads(params.where) if params.where else None}
