@@ -55,7 +55,6 @@ _INDEXES = {               # simsearch's index kinds as Milvus index parameters 
 }
 MILVUS_INDEX_KINDS = tuple(_INDEXES)   # the index kinds a gallery in Milvus can have
 _STRONG = "Strong"
-_READ_SPARE = 16   # candidates a search reads past k + 1 (at least; k/8 for a larger k): _search
 # A Milvus Lite file's first connection: its server (in this process) sometimes answers no connection within
 # pymilvus's 10 s on a loaded machine ("Fail connecting to server on 127.0.0.1:PORT"); the connection is tried
 # again, up to this many times in all, this many seconds apart. A server's (a URI with "://") is tried once.
@@ -69,6 +68,15 @@ _LAYOUT_PATH = 'match["v"]'
 _OLD_ROWS = f"(not exists {_LAYOUT_PATH} or {_LAYOUT_PATH} < {MATCH_LAYOUT})"
 _CURRENT_FOR = 60.0   # seconds a count of no old rows is trusted (a process of older code may still write one)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _read_spare(k: int) -> int:
+    """Candidates a search of k reads past k + 1 (_search). Each is a vector over the wire (1 KB at dim 256), read
+    for nothing unless an unread item could still reach the k-th score; the items within score_error of it are
+    about 0.02 at k = 10 and up to a few at k in the thousands, where scores are dense (a grouped search's pages).
+    With none, such a page read on, twice as many, most of the time (3x the time); with 16, a batch of 32 at k = 10
+    carried 2.5x the vectors and took 1.3x the time (docs/index.md)."""
+    return 2 + k // 64
 
 
 @dataclass
@@ -989,10 +997,9 @@ class MilvusStore(ItemChecks):
         expr = self._filter(label, conditions)
         # Past the answer (and the left-out item): a tie across the answer's end shows, and is then read whole, so
         # that equal scores (copies of one photo) are settled by insertion order, the same for every k, as
-        # Store.search settles them: pages never repeat an item. _READ_SPARE more, so that an item unread within
-        # score_error of the k-th (_read_on reads on for it) is rare: with one past, a grouped search (k in the
-        # thousands, its scores dense) read on, twice as many, most of the time (3-4x the time, docs/index.md)
-        limit = min(k + 1 + max(k // 8, _READ_SPARE) + (exclude is not None), MAX_GROUP_CANDIDATES)
+        # Store.search settles them: pages never repeat an item. A few more (_read_spare), so that an item unread
+        # within score_error of the k-th (_read_on reads on for it, twice as many) is rare
+        limit = min(k + 1 + _read_spare(k) + (exclude is not None), MAX_GROUP_CANDIDATES)
         out, matching = [], []   # the count of items matching expr, once asked for
 
         def count() -> int:
