@@ -240,7 +240,14 @@ def _foreign_schema(conn: sqlite3.Connection) -> list[str]:
     "type 'name'" (a store from before the change log lacks some of them: a writer adds those at open)."""
     known = _known_schema()
     return [f"{kind} {name!r}" for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")
-            if (kind, name, sql) not in known]
+            if (kind, name, _same_sql(sql)) not in known]
+
+
+def _same_sql(sql: str | None) -> str | None:
+    """A schema object's SQL as written by any simsearch: its words, whatever spaces and line breaks lie between
+    them (the change log's triggers were written on several lines before 2026-12-06, and SQLite keeps the text
+    as it was written)."""
+    return None if sql is None else " ".join(sql.split())
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,7 +257,8 @@ def _known_schema() -> frozenset[tuple[str, str, str | None]]:
     try:
         _db.init_schema(conn)
         _db.init_changes(conn)
-        return frozenset(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+        return frozenset((kind, name, _same_sql(sql))
+                         for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"))
     finally:
         conn.close()
 

@@ -113,6 +113,19 @@ def test_a_file_holding_what_simsearch_never_writes_is_422_naming_it_and_nothing
     assert sorted(p.name for p in data.iterdir()) == ["galleries", "index"]
 
 
+def test_a_backup_of_a_store_whose_change_log_triggers_an_older_simsearch_wrote_is_restored(writer, tmp_path):
+    """Stores made from 2026-12-03 hold the change log's triggers as that code wrote them, on several lines, and
+    SQLite keeps the text as written: the same objects, not foreign ones."""
+    server, _, _, _ = writer
+    older = ["DROP TRIGGER items_deleted_log", "DROP TRIGGER items_edited_log",
+             "CREATE TRIGGER IF NOT EXISTS items_deleted_log AFTER DELETE ON items\n"
+             "    BEGIN INSERT INTO changes (seq) VALUES (OLD.seq); END",
+             "CREATE TRIGGER IF NOT EXISTS items_edited_log AFTER UPDATE OF label, metadata ON items\n"
+             "    BEGIN INSERT INTO changes (seq) VALUES (NEW.seq); END"]
+    r = _restore(server.url, "older", _crafted(tmp_path, _backup(server.url, "shoes"), *older))
+    assert r.status_code == 201 and r.json()["count"] == 40, r.text
+
+
 def test_bytes_past_the_pages_its_header_counts_are_422_and_nothing_is_kept(writer):
     server, data, _, _ = writer
     file = _backup(server.url, "shoes")
