@@ -193,6 +193,21 @@ def random_flat_index(n: int, dim: int, seed: int = 0):
     return index
 
 
+def random_store(folder: Path, n: int, dim: int, seed: int = 0):
+    """An open, writable index.Store in `folder` holding `n` random unit vectors (ids i0, i1, ...; no labels), added
+    20,000 at a time: a stand-in gallery for timing the store's own searches and writes."""
+    import numpy as np
+
+    from index import Item, Store, StoreConfig
+
+    store = Store.open(StoreConfig(path=folder, dim=dim, model_id="bench@0", snapshot_every=0))
+    rng = np.random.default_rng(seed)
+    for at in range(0, n, 20_000):
+        vectors = rng.standard_normal((min(20_000, n - at), dim)).astype(np.float32)   # the store normalises them
+        store.upsert([Item(f"i{i}", v) for i, v in enumerate(vectors, at)])
+    return store
+
+
 def png_32(n: int = 64) -> list[bytes]:
     """32x32 RGB PNG queries: CIFAR-10 test images re-encoded losslessly as PNG."""
     from PIL import Image

@@ -18,19 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import command_line, interleaved, machine, write_result  # noqa: E402
-
-
-def _gallery(folder: Path, n: int, dim: int):
-    from index import Item, Store, StoreConfig
-
-    store = Store.open(StoreConfig(path=folder, dim=dim, model_id="bench@0", snapshot_every=0))
-    rng = np.random.default_rng(0)
-    for at in range(0, n, 10_000):
-        vectors = rng.standard_normal((min(10_000, n - at), dim)).astype(np.float32)
-        store.upsert([Item(f"i{i}", v) for i, v in enumerate(vectors, at)])
-    store.close()
-    return Store.open(StoreConfig(path=folder, read_only=True))
+from bench._common import command_line, interleaved, machine, random_store, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +29,7 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
-    from index import _faiss
+    from index import Store, StoreConfig, _faiss
 
     real = _faiss.flat_storage
 
@@ -49,7 +37,8 @@ def main() -> None:
         _faiss.flat_storage = real if on else (lambda index, exact: None)
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = _gallery(Path(tmp) / "g", args.items, args.dim)
+        random_store(Path(tmp) / "g", args.items, args.dim).close()
+        store = Store.open(StoreConfig(path=Path(tmp) / "g", read_only=True))
         queries = np.random.default_rng(1).standard_normal((32 * 12, args.dim)).astype(np.float32)
         turn = {"i": 0}
 

@@ -23,19 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import command_line, machine  # noqa: E402
-
-
-def _gallery(folder: Path, n: int, dim: int):
-    from index import Item, Store, StoreConfig
-
-    store = Store.open(StoreConfig(path=folder, dim=dim, model_id="bench@0", snapshot_every=0))
-    rng = np.random.default_rng(0)
-    for at in range(0, n, 20_000):
-        v = rng.standard_normal((min(20_000, n - at), dim)).astype(np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        store.upsert([Item(f"i{at + j}", v[j]) for j in range(len(v))])
-    return store
+from bench._common import command_line, machine, random_store  # noqa: E402
 
 
 def _timed_write_lock(store, held: list[float]) -> None:
@@ -86,7 +74,7 @@ def study(n: int, dim: int, deletes: int) -> dict:
     real = store_open.flat_hidden_max
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        store = _gallery(Path(d) / "s", n, dim)
+        store = random_store(Path(d) / "s", n, dim)
         made = time.perf_counter() - t0
         store_open.flat_hidden_max = lambda ntotal: -1   # compact what is hidden, at once
         store.delete(["i0"])
