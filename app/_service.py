@@ -312,6 +312,19 @@ class Service:
 
         return FileLock(self.settings.workers_dir / "skip-duplicates.lock")
 
+    def _serve(self, name: str, store, writes: bool = True) -> Gallery:
+        """Serve `store` as gallery `name` (in place of any served under that name); with `writes`, its group
+        committer started, through which every write to it goes."""
+        import index
+
+        commits = None
+        if writes:
+            commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
+                                     self._workers_lock())
+            commits.start()
+        g = self.galleries[name] = Gallery(name, store, commits)
+        return g
+
     def gallery_names(self) -> list[str]:
         """The galleries that exist (in the data folder, or in Milvus), the default first. Blocking."""
         import index
@@ -384,10 +397,7 @@ class Service:
         self.batcher = MicroBatcher(embedder.embed_arrays, self.search, s.batch_max_size,
                                     s.batch_max_wait_ms / 1000.0, self.metrics)
         self.batcher.start()
-        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                 self._workers_lock())
-        commits.start()
-        self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
+        self._serve(DEFAULT_GALLERY, store)
         if not (s.read_only or s.milvus_uri):   # the writer: what deleted galleries left behind goes
             left = await anyio.to_thread.run_sync(index.remove_deleted_galleries, s.data_dir)
             if left:
@@ -548,12 +558,7 @@ class Service:
                 raise ApiError(404, "gallery_not_found", f"no gallery named {name!r} yet") from None
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
                 raise await self._not_opened(name, exists, exc) from None
-            commits = None
-            if not s.read_only:
-                commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                         self._workers_lock())
-                commits.start()
-            g = self.galleries[name] = Gallery(name, store, commits)
+            g = self._serve(name, store, writes=not s.read_only)
             log.info("gallery %s %s: %d items", name, "opened" if exists else f"made by {by}", store.count())
             return g, not exists
 
@@ -617,21 +622,15 @@ class Service:
         """Read-only (the gallery lock held): the default gallery `g`, whose store the writer replaced (a restore),
         opened anew and served in its place, `g` closed; `g` itself, served as last read, while the new store does
         not open yet (the moment between the writer's two renames): a later request or refresh tries again."""
-        import index
-
         try:
             store = await anyio.to_thread.run_sync(self._open_store, self.embedder, DEFAULT_GALLERY)
         except Exception as exc:  # noqa: BLE001  (the old store still reads; said in the log)
             log.warning("index: the default gallery's store was replaced by the service that writes and does not open "
                         "yet (%s); serving it as last read", exc)
             return g
-        commits = None
         if g.commits is not None:
             await g.commits.stop()
-            commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                     self._workers_lock())
-            commits.start()
-        new = self.galleries[DEFAULT_GALLERY] = Gallery(DEFAULT_GALLERY, store, commits)
+        new = self._serve(DEFAULT_GALLERY, store, writes=g.commits is not None)
         await anyio.to_thread.run_sync(g.store.close)
         log.info("gallery %s opened anew: its store was replaced by the service that writes (a restore): %d items",
                  DEFAULT_GALLERY, store.count())
@@ -694,10 +693,7 @@ class Service:
                 if isinstance(exc, Exception):
                     raise self._not_restored(name, exc) from None
                 raise
-            commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                     self._workers_lock())
-            commits.start()
-            g = self.galleries[name] = Gallery(name, store, commits)   # the route logs it, with what it held
+            g = self._serve(name, store)   # the route logs it, with what it held
             return g, await anyio.to_thread.run_sync(store.count), replaced
 
     async def _take_for_restore(self, name: str, empty_only: bool) -> tuple[Gallery | None, int]:
@@ -726,17 +722,12 @@ class Service:
 
     async def _serve_again(self, g: Gallery) -> None:
         """Gallery `g`, closed by _take_for_restore, opened and served again (the restore failed)."""
-        import index
-
         try:
             store = await anyio.to_thread.run_sync(self._open_store, self.embedder, g.name)
         except Exception as exc:  # noqa: BLE001  (it opens again at its next request)
             log.error("index: gallery %s not opened again after a failed restore: %s", g.name, exc)
             return
-        commits = GroupCommitter(store.upsert, index.InvalidItemError, self.metrics, store.search,
-                                 self._workers_lock())
-        commits.start()
-        self.galleries[g.name] = Gallery(g.name, store, commits)
+        self._serve(g.name, store)
 
     def _place_restored(self, name: str, source: Path, place: Path, aside: Path | None) -> GalleryStore:
         """Move the folder `source` to `place` (the store there before it, the default gallery's, first to
