@@ -282,7 +282,8 @@ def scan(source: Path, labels: bool) -> ImageSource:
     cut short or damaged is a CliError naming it."""
     import tarfile
 
-    from model import DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, list_tar, readable_name
+    from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, images_without_ending, list_tar,
+                       readable_name)
 
     if source.is_dir():
         try:
@@ -291,7 +292,7 @@ def scan(source: Path, labels: bool) -> ImageSource:
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
         written, real = _readable_names(source, names)
         ids = [n for n in written if n.lower().endswith(IMAGE_EXTENSIONS)]
-        _say_not_read(source, _unlisted_images(written, lambda w: _file_head(source / real.get(w, w))), [])
+        _say_not_read(source, images_without_ending(written, lambda w: _file_head(source / real.get(w, w))), [])
         return ImageSource(source, ids, _labels_said(source, ids, labels, written), names=real)
     if is_tar(source):
         tf = None
@@ -307,26 +308,13 @@ def scan(source: Path, labels: bool) -> ImageSource:
         written, real = _readable_names(source, list(stored))
         members = {w: stored[real.get(w, w)] for w in written}
         ids = sorted(w for w in written if w.lower().endswith(IMAGE_EXTENSIONS))
-        _say_not_read(source, _unlisted_images(written, lambda w: _member_head(tf, members[w])),
+        _say_not_read(source, images_without_ending(written, lambda w: _member_head(tf, members[w])),
                       [readable_name(link[strip:]) for link in listing.links])
         return ImageSource(source, ids, _labels_said(source, ids, labels, written), tf, members, len(listing.links))
     raise CliError(f"source {source} is neither a folder nor a tar archive")
 
 
-# Files without an image ending whose first bytes are read to tell an image saved without its ending (IMG_0001):
-# the first this many, in name order, so that a tree of many other files is not read through (as training does)
-_SNIFFED_AT_MOST = 1000
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown
-
-
-def _unlisted_images(names: list[str], head: Callable[[str], bytes]) -> list[str]:
-    """Those of `names` without an image ending whose first bytes (`head(name)`) are an image's: of the first
-    `_SNIFFED_AT_MOST` such names, 16 bytes of each read."""
-    from model import IMAGE_EXTENSIONS
-    from model import looks_like_image
-
-    unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
-    return [n for n in unlisted if looks_like_image(head(n))]
 
 
 def _file_head(path: Path) -> bytes:

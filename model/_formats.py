@@ -9,6 +9,7 @@ import tarfile
 import unicodedata
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 from PIL import Image
 
@@ -216,3 +217,17 @@ def looks_like_image(head: bytes) -> bool:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
     return head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS
+
+
+# Of the files without an image ending, how many (the first, in the order given) are read to tell an image saved
+# without its ending, so that a tree of many other files is not read through
+_SNIFFED_AT_MOST = 1000
+
+
+def images_without_ending(names: list[str], head: Callable[[str], bytes]) -> list[str]:
+    """Those of `names` without an image ending whose first bytes (`head(name)`: IMAGE_HEAD_BYTES of it, b"" where
+    it cannot be read) are an image's (`looks_like_image`: a photo saved as `IMG_0001` or `x.jpg_large`): of the
+    first 1,000 such names, so that a tree of many other files is not read through. What train, evaluate, index
+    build and the upload and search commands name as "not read"."""
+    unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
+    return [n for n in unlisted if looks_like_image(head(n))]

@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, SPLIT_FOLDERS, common_folder, files_under, list_tar,
-                   readable_name)
+from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, SPLIT_FOLDERS, common_folder, files_under,
+                   images_without_ending, list_tar, readable_name)
 
 from ._files import write_whole
 
@@ -45,9 +45,6 @@ _CACHE_VERSION = 10   # 3: ImageFolder splits keep their images' file names; 4: 
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown on the console (all are in the metrics file)
 _VAL_DIRS = ("val", "valid", "validation")   # the names datasets give a validation folder
 _BAR_FROM = 2000   # images to decode from which a progress bar is shown (when progress is on)
-# Files without an image ending whose first bytes are read to tell an image saved without its ending (IMG_0001):
-# the first this many, in name order, so that a tree of many other files is not read through
-_SNIFFED_AT_MOST = 1000
 
 
 #: Why a folder beside train/ is not read (the "not read" line of training, and of `simsearch index build`)
@@ -414,7 +411,7 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     """{what: why} for what lies in the class-folder level `sub` (relative to the dataset root: "", "train/",
     "test/" or a validation folder) but is no class: folders without images (empty, or other files only) and
     images outside a class folder; and, anywhere below it, a tar's links and files that begin as an image does but
-    have no image ending (`_unlisted_images`)."""
+    have no image ending (`model.images_without_ending`)."""
     out: dict[str, str] = {}
     inside = [n[len(sub):] for n in names if n.startswith(sub)]
     folders = {n.split("/", 1)[0] for n in inside if "/" in n}
@@ -434,18 +431,11 @@ def _not_read(src: _Source, prefix: str, sub: str, names: list[str], tree: dict[
     for link in src.links:
         if (rest := link.removeprefix(prefix + sub)) != link:
             out[readable_name(f"{sub}{rest}")] = "a link in a tar"
-    for n in _unlisted_images(src, prefix, [f"{sub}{n}" for n in inside]):
+    for n in images_without_ending([f"{sub}{n}" for n in inside], lambda n: src.head(prefix + n)):
         out[readable_name(n)] = "an image without an image ending"
     return out
 
 
-def _unlisted_images(src: _Source, prefix: str, names: list[str]) -> list[str]:
-    """Those of `names` (under `prefix`) without an image ending whose first bytes are an image's (a photo saved as
-    `IMG_0001` or `x.jpg_large`): of the first `_SNIFFED_AT_MOST` such files, 16 bytes of each read."""
-    from model import looks_like_image
-
-    unlisted = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)][:_SNIFFED_AT_MOST]
-    return [n for n in unlisted if looks_like_image(src.head(prefix + n))]
 
 
 def _imagefolder_dataset(src: _Source, prefix: str, names: list[str], display: str, in_chans: int,
