@@ -203,6 +203,9 @@ def open_image(data: bytes, formats: list[str] | tuple[str, ...] | None = None) 
 
 
 def _exif_transposed(image: Image.Image) -> Image.Image:
+    # Decoded first, outside the lock (exif_transpose's own first step, then a no-op): only the reading of EXIF
+    # data is one thread at a time, never a decode (a JPEG with a JFIF density has its EXIF read only here).
+    image.load()
     with _exif_warnings_caught(image):
         return ImageOps.exif_transpose(image)
 
