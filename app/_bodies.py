@@ -141,27 +141,14 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """An object of the parsed JSON; _RepeatedKey for a key given twice in it, which JSON parsers settle by
-    keeping the last value: {"n": {"$gte": 25}, "n": {"$lt": 5}} would filter on n < 5 alone, silently."""
-    obj = dict(pairs)
-    if len(obj) < len(pairs):
-        seen: set[str] = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise _RepeatedKey(repeated)
-    return obj
-
-
 def _json(text: str | bytes, code: str, what: str, twice_hint: str = "") -> Any:
     """Strict JSON (no NaN or Infinity, no key twice in one object); a 422 with `code` saying what in `what` is
     wrong (`twice_hint` after the words for a key given twice)."""
+    from index import RepeatedKey, unique_keys   # when used (module docstring)
+
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except _RepeatedKey as exc:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+    except RepeatedKey as exc:
         raise ApiError(422, code, f"{what} gives the key {exc.args[0]!r} twice in one object, and only one of the "
                                   f"two could be used: give each key once{twice_hint}") from None
     except (ValueError, RecursionError) as exc:

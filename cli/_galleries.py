@@ -541,20 +541,6 @@ def crop_arg(text: str | None):
         raise CliError(f"--crop: {exc}") from None
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """An object of the parsed JSON; _RepeatedKey naming a key given twice in it, which JSON parsers settle by
-    keeping the last value: {"n": {"$gte": 25}, "n": {"$lt": 5}} would filter on n < 5 alone, silently."""
-    obj = dict(pairs)
-    if len(obj) < len(pairs):
-        seen: set[str] = set()
-        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
-    return obj
-
-
 # What to do about a repeated key in a filter: what the service's 422 says (app/_bodies.py).
 WHERE_HINT = ' (several conditions on one key go in one object, {"n": {"$gte": 1, "$lt": 5}}, or in $and)'
 
@@ -566,9 +552,11 @@ def user_json(text: str | bytes, what: str, hint: str = "", **loads_kw) -> Any:
     JSON, for the caller to say where."""
     import json
 
+    from index import RepeatedKey, unique_keys
+
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, **loads_kw)
-    except _RepeatedKey as exc:
+        return json.loads(text, object_pairs_hook=unique_keys, **loads_kw)
+    except RepeatedKey as exc:
         raise CliError(f"{what} gives the key {exc.args[0]!r} twice in one object, and only one of the two could be "
                        f"used: give each key once{hint}") from None
 

@@ -11,6 +11,7 @@
     Store.open(StoreConfig(path, read_only=True)).refresh()   # a replica: apply another process's writes
     replica.reaches(writer.position())   # read-your-writes: has the replica applied the writer's last write?
     check_where({"year": {"$gte": 2020}})   # a metadata filter's errors, before it is used
+    json.loads(text, object_pairs_hook=unique_keys)   # RepeatedKey for an object giving a key twice
     check_metadata({"album": "trip"})   # an item's metadata as every store checks it, before a write
     score_to_distance(0.9)   # the distance (the service's max_distance) of a hit whose cosine is 0.9
     vote(store.search(q, k=5)[0])   # the label the nearest items agree on (classification by retrieval)
@@ -45,7 +46,7 @@ from ._galleries import (DEFAULT_GALLERY, check_gallery_name, gallery_names, gal
                          remove_deleted_galleries, remove_gallery)
 from ._incomplete import clear_incomplete, incomplete, mark_incomplete
 from ._reader import Check, Row, StoreReader
-from ._filter import check_where
+from ._filter import RepeatedKey, check_where, unique_keys
 from ._milvus import MILVUS_INDEX_KINDS, MilvusConfig, MilvusStore, drop_milvus_gallery, milvus_gallery_names
 from ._store import Store
 from ._types import Hit, Item, StoreConfig, score_to_distance
@@ -68,5 +69,5 @@ __all__ = [
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",
     "new_restore_folder", "remove_deleted_galleries",
     "mean_query", "refine_queries", "refine_query", "remove_gallery", "score_to_distance", "search_hits", "UNLIKE_WEIGHT",
-    "vote",
+    "vote", "RepeatedKey", "unique_keys",
 ]

@@ -152,6 +152,22 @@ def _union(entries: Iterable[Any]) -> set[int]:
     return out
 
 
+class RepeatedKey(ValueError):
+    """unique_keys' error: args[0] is the key given twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads' object_pairs_hook for JSON a user gives (a `where` filter, metadata): the object of the
+    parsed pairs; RepeatedKey naming a key given twice in it, which JSON parsers settle by keeping the last
+    value: {"n": {"$gte": 25}, "n": {"$lt": 5}} would filter on n < 5 alone, silently. Each caller words the
+    error itself (the service's 422, the command line's message)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
+
+
 MAX_WHERE_DEPTH = 32   # $and/$or nested this deep; deeper is no filter a person writes (and ran out of stack)
 
 
