@@ -2,6 +2,7 @@
 service holds its index open, so `index build` cannot write to it meanwhile)."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -248,8 +249,8 @@ def _post(client, files: list[tuple[str, bytes]], labels: dict[str, str | None],
 
 def _described(data: bytes, exif: bool, gps: bool = False) -> dict:
     """Width and height as displayed (after the EXIF orientation), and with `exif` when and with what the
-    photo was taken, with `gps` where, as `index build` stores them, from the image's header (no decoding);
-    {} where Pillow cannot tell."""
+    photo was taken, with `gps` where, as `index build` stores them, from the image's header (no decoding: a
+    PNG's through _png_header); {} where Pillow cannot tell."""
     from PIL import Image
 
     import model
@@ -257,9 +258,60 @@ def _described(data: bytes, exif: bool, gps: bool = False) -> dict:
     from ._metadata_file import exif_metadata, gps_metadata
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as opened, _png_header(opened, data) as im:
             width, height = model.displayed_size(im)
             return {"width": width, "height": height, **(exif_metadata(im) if exif else {}),
                     **(gps_metadata(im) if gps else {})}
     except Exception:  # noqa: BLE001  (the service gives the reason when it refuses the file)
         return {}
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_ANIMATION = (b"acTL", b"fcTL", b"fdAT")
+
+
+def _png_header(opened, data: bytes):
+    """For a PNG (`opened` from `data`), its chunks without its pixels, opened: Pillow reads the chunks before a
+    PNG's pixels as it opens it, and those after them (an eXIf, ImageMagick's "Raw profile type exif", XMP: where
+    many tools write them) as it decodes it, so that PngImageFile.getexif() decodes every PNG without an eXIf
+    before its pixels. `index build` decodes each image and reads them all; here Pillow's own code reads them all,
+    the chunks after the pixels moved to where the pixels were, and nothing is decoded. `opened` itself (read as
+    Pillow reads it, decoding where it must) for any other image, and for a PNG that is animated, has no IDAT or
+    IDATs apart, has chunks that do not lie end to end up to its IEND or its end (cut short), or does not open so.
+    """
+    if opened.format != "PNG":
+        return opened
+    chunks, pos = [], len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        cid, end = data[pos + 4:pos + 8], pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if end > len(data):
+            return opened
+        chunks.append((cid, data[pos:end]))
+        pos = end
+        if cid == b"IEND":
+            break
+    kinds = [cid for cid, _ in chunks]
+    if (kinds[-1:] != [b"IEND"] and pos != len(data)) or b"IDAT" not in kinds \
+            or any(k in kinds for k in _PNG_ANIMATION):
+        return opened
+    first, after = kinds.index(b"IDAT"), len(kinds) - kinds[::-1].index(b"IDAT")
+    if any(k != b"IDAT" for k in kinds[first:after]):
+        return opened
+    try:
+        return _header_png_class()(io.BytesIO(_PNG_SIGNATURE + b"".join(c for k, c in chunks if k != b"IDAT")))
+    except Exception:  # noqa: BLE001  (as Pillow reads the chunks that follow the pixels, or fails to, in a decode)
+        return opened
+
+
+@functools.cache
+def _header_png_class():   # made when first used: PIL is imported by the commands that read images
+    from PIL import Image, PngImagePlugin
+
+    class HeaderPng(PngImagePlugin.PngImageFile):
+        """A PNG whose every chunk is read as it is opened (none follows the pixels: it has none), so that its
+        EXIF is read without the load() PngImageFile.getexif does to read the chunks after the pixels."""
+
+        def getexif(self) -> Image.Exif:
+            return Image.Image.getexif(self)
+
+    return HeaderPng

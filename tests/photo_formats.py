@@ -37,3 +37,37 @@ def encode_as(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     else:
         img.save(out, fmt, quality=quality)
     return out.getvalue()
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG's chunks in order, each as (type, its whole bytes: length, type, data, CRC)."""
+    out, pos = [], 8
+    while pos + 8 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        out.append((data[pos + 4:pos + 8], data[pos:end]))
+        pos = end
+    return out
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk of type `kind` holding `payload`, with its CRC."""
+    import zlib
+
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def png_after_pixels(data: bytes, *extra: bytes, moved: tuple[bytes, ...] = (b"eXIf",)) -> bytes:
+    """The PNG `data` with its chunks of the `moved` types, and the chunks `extra` (png_chunk's), after its
+    pixels (its last IDAT), where many tools write EXIF and text, and Pillow reads them only as it decodes."""
+    chunks = png_chunks(data)
+    kinds = [k for k, _ in chunks]
+    last = len(kinds) - kinds[::-1].index(b"IDAT")
+    kept = [c for k, c in chunks[:last] if k not in moved]
+    late = [c for k, c in chunks[:last] if k in moved] + list(extra)
+    return data[:8] + b"".join(kept + late + [c for _, c in chunks[last:]])
+
+
+def png_with_broken_pixels(data: bytes) -> bytes:
+    """The PNG `data` with its pixels (IDAT) replaced by bytes no decoder reads, every other chunk as it was."""
+    return data[:8] + b"".join(png_chunk(b"IDAT", b"\x00" * (len(c) - 12)) if k == b"IDAT" else c
+                               for k, c in png_chunks(data))

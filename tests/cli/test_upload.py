@@ -267,6 +267,21 @@ def test_upload_and_build_store_where_a_photo_was_taken_with_gps_and_a_box_filte
     capsys.readouterr()
 
 
+def test_upload_and_build_store_a_pngs_exif_alike_before_and_after_its_pixels(live, hybrid1_artifact, tmp_path,
+                                                                             capsys):
+    """PNGs with their EXIF (eXIf, ImageMagick's text, XMP) before and after the pixels: the upload, which reads them
+    without decoding (tests/cli/test_upload_png_exif_without_decoding.py), stores what build stores."""
+    from tests.cli.test_upload_png_exif_without_decoding import PNGS
+
+    (tmp_path / "photos").mkdir()
+    want = {}
+    for i, (data, meta) in enumerate(PNGS.values()):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(data)
+        want[f"{i}.png"] = {k: v for k, v in meta.items() if k not in ("lat", "lon", "altitude")}
+    _stored_both_ways(live, hybrid1_artifact, tmp_path, "--exif", want)
+    capsys.readouterr()
+
+
 def test_upload_can_leave_out_copies_of_what_the_service_holds(shared_data, tmp_path, capsys):
     import io
 
