@@ -6,17 +6,15 @@ before from a decoding of its own; a file that does not decode is refused as bef
 from __future__ import annotations
 
 import io
-import tarfile
-import threading
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 import model
 
-from ..photo_formats import encode_as, phone_sized
-from .conftest import encode, running, settings_for
+from ..photo_formats import cifar_pictures, counted_decodes, decode_once_files, untrained_hybrid1
+from .conftest import running, settings_for
 from .test_api import assert_error, upload
 
 pytestmark = pytest.mark.anyio
@@ -25,57 +23,16 @@ THUMB = 128   # the service's default thumbnail size
 CROP = (0.25, 0.25, 0.75, 0.75)
 
 
-def _exif(orientation: int) -> Image.Exif:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"
-    return exif
-
-
 @pytest.fixture(scope="module")
 def images(shared_data) -> dict[str, bytes]:
-    """CIFAR's own JPEGs and a 12 MP one (each decoded once, at 1/1 and 1/8), photos of 640x480 as JPEG (decoded at
-    two scales) and as PNG, WebP, GIF and BMP (decoded once), upright or turned by EXIF, CMYK and greyscale JPEGs,
-    an MPO, a HEIC where this Pillow reads one."""
-    pictures = []
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        for name in ("cat/0000", "ship/0001", "dog/0002", "automobile/0003"):
-            data = tar.extractfile(f"cifar10-jpeg/test/{name}.jpg").read()
-            pictures.append((Image.open(io.BytesIO(data)).convert("RGB"), data))
-    (pic, data), (_, data2), (pic3, _), (pic4, _) = pictures
-    photo, small = phone_sized(pic3), pic4.resize((60, 45))
-    large = pic.resize((4032, 3024), Image.Resampling.BICUBIC)   # a phone's 12 MP
-    files = {
-        "cifar-cat.jpg": data, "cifar-ship.jpg": data2,
-        "photo.jpg": encode(photo, "JPEG", quality=90),
-        "large.jpg": encode(large, "JPEG", quality=90),
-        "large-turned.jpg": encode(large, "JPEG", quality=90, exif=_exif(6)),
-        "turned.jpg": encode(photo, "JPEG", quality=90, exif=_exif(6)),
-        "small-turned.jpg": encode(small, "JPEG", quality=90, exif=_exif(8)),
-        "cmyk.jpg": encode(photo.convert("CMYK"), "JPEG"),
-        "grey-small.jpg": encode(small.convert("L"), "JPEG"),
-        "camera.mpo": encode_as(photo, "MPO"),
-        "photo.png": encode(photo, "PNG"),
-        "alpha.png": encode(photo.convert("RGBA"), "PNG"),
-        "photo.webp": encode(photo, "WEBP", quality=90),
-        "photo.gif": encode(photo.convert("P"), "GIF"),
-        "small.bmp": encode(small, "BMP"),
-    }
-    if model.HEIF_READABLE:
-        files["phone.heic"] = encode_as(photo, "HEIC")
-    return files
+    """The files of photo_formats.decode_once_files, by id."""
+    return decode_once_files(cifar_pictures(shared_data))
 
 
 @pytest.fixture(scope="module")
 def grey_artifact(tmp_path_factory):
     """A Hybrid-1 greyscale artifact: its draft for the model is in mode L, the thumbnail's in RGB."""
-    import torch
-
-    torch.manual_seed(0)
-    meta = model.ArtifactMeta(name="hybrid1-grey", arch="hybrid1", in_chans=1, image_size=32,
-                              class_names=[f"c{i}" for i in range(10)], mean=[0.5], std=[0.5])
-    return model.save_artifact(tmp_path_factory.mktemp("grey") / "grey.safetensors",
-                               model.create_model("hybrid1", in_chans=1), meta)
+    return untrained_hybrid1(tmp_path_factory.mktemp("grey"), 1)
 
 
 def _thumbnail_of_before(data: bytes, crop=None) -> bytes:
@@ -115,9 +72,9 @@ async def test_post_index_stores_the_vector_and_thumbnail_each_decoding_on_its_o
             assert thumb.status_code == 200 and thumb.content == _thumbnail_of_before(data, crop), name
         # a picture turned by EXIF is stored upright
         if crop is None:
-            assert Image.open(io.BytesIO(store.thumbnail("large-turned.jpg"))).size == (96, 128)
+            assert Image.open(io.BytesIO(store.thumbnail("jpeg/large_turned.jpg"))).size == (96, 128)
         # a file that does not decode is refused as before, naming it
-        for name in ("photo.jpg", "large.jpg"):
+        for name in ("jpeg/photo.jpg", "jpeg/large.jpg"):
             cut = images[name][:len(images[name]) // 2]
             assert_error(await c.post(f"/index{query}", files=[upload(cut, "cut.jpg", "image/jpeg")]), 400,
                          "invalid_image", "file 0 ('cut.jpg'): the image data is corrupt or truncated: image file "
@@ -127,21 +84,10 @@ async def test_post_index_stores_the_vector_and_thumbnail_each_decoding_on_its_o
 @pytest.mark.parametrize("thumbnail_size", [THUMB, 0], ids=["thumbnails", "no-thumbnails"])
 async def test_post_index_decodes_a_png_a_cifar_jpeg_or_a_12mp_jpeg_once_and_a_640x480_jpeg_at_two_scales(
         images, hybrid1_artifact, tmp_path, monkeypatch, thumbnail_size):
-    # every decoding Pillow does, counted by image (the real decoder runs)
-    decoded: dict[tuple[str, tuple[int, int]], int] = {}
-    lock, real_load = threading.Lock(), ImageFile.ImageFile.load
-
-    def counted_load(self):
-        if self.tile:   # pixels still to decode (a loaded image has none)
-            with lock:
-                key = (self.format, self.size)
-                decoded[key] = decoded.get(key, 0) + 1
-        return real_load(self)
-
-    names = ("cifar-cat.jpg", "cifar-ship.jpg", "photo.jpg", "large.jpg", "small-turned.jpg", "photo.png",
-             "photo.webp", "photo.gif")
+    names = ("cifar/cat.jpg", "cifar/ship.jpg", "jpeg/photo.jpg", "jpeg/large.jpg", "jpeg/small_turned.jpg",
+             "whole/photo.png", "whole/photo.webp", "whole/photo.gif")
     async with running(settings_for(hybrid1_artifact, tmp_path / "data", thumbnail_size=thumbnail_size)) as c:
-        monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+        decoded = counted_decodes(monkeypatch)   # the service started
         for name in names:
             r = await c.post("/index", files=[upload(images[name], name, "application/octet-stream")])
             assert r.status_code == 201, (name, r.text)

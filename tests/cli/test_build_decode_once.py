@@ -7,92 +7,37 @@ from __future__ import annotations
 
 import io
 import itertools
-import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 import model
 from cli import main
 from index import Store, StoreConfig
 
-from ..photo_formats import encode_as, phone_sized
+from ..photo_formats import cifar_pictures, counted_decodes, decode_once_files, untrained_hybrid1
 
 THUMB = 128   # `index build`'s default thumbnail size
 
 
-def _encoded(img: Image.Image, fmt: str, **options) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def _exif(orientation: int) -> Image.Exif:
-    """EXIF with an orientation, a camera, a time and a GPS fix."""
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    exif[0x010F], exif[0x0110], exif[0x0132] = "Canon", "Canon EOS R5", "2024:06:01 14:03:22"
-    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 17.0, 40.0)})
-    return exif
-
-
 @pytest.fixture(scope="module")
-def cifar_pictures(shared_data) -> list[Image.Image]:
-    """Four real CIFAR-10 (JPEG) test pictures, and their files."""
-    out = []
-    with tarfile.open(shared_data / "cifar10-jpeg.tar") as tar:
-        for name in ("cat/0000", "ship/0001", "dog/0002", "automobile/0003"):
-            data = tar.extractfile(f"cifar10-jpeg/test/{name}.jpg").read()
-            out.append((Image.open(io.BytesIO(data)).convert("RGB"), data))
-    return out
+def files(shared_data) -> dict[str, bytes]:
+    """The files of photo_formats.decode_once_files, by path, and in bad/ files that do not decode."""
+    files = decode_once_files(cifar_pictures(shared_data))
+    return {**files, "bad/cut.jpg": files["jpeg/photo.jpg"][:3000], "bad/cut.png": files["whole/photo.png"][:5000],
+            "bad/text.jpg": b"not an image at all", "bad/empty.png": b""}
 
 
 @pytest.fixture
-def images(cifar_pictures, tmp_path) -> Path:
-    """A folder of the files a gallery is built from: CIFAR's own JPEGs and a 12 MP one (each decoded once, at
-    1/1 and 1/8), photos of 640x480 as JPEG (decoded at two scales) and as PNG, WebP, GIF and BMP (decoded once),
-    upright or turned by EXIF, CMYK and greyscale JPEGs, an MPO; and in bad/ files that do not decode."""
+def images(files, tmp_path) -> Path:
+    """A folder of the files a gallery is built from (`files`)."""
     root = tmp_path / "images"
-    (pic, data), (pic2, data2), (pic3, _), (pic4, _) = cifar_pictures
-    photo, small = phone_sized(pic3), pic4.resize((60, 45))
-    large = pic.resize((4032, 3024), Image.Resampling.BICUBIC)   # a phone's 12 MP
-    files = {
-        "cifar/cat.jpg": data, "cifar/ship.jpg": data2,
-        "jpeg/photo.jpg": _encoded(photo, "JPEG", quality=90),
-        "jpeg/large.jpg": _encoded(large, "JPEG", quality=90),
-        "jpeg/turned.jpg": _encoded(photo, "JPEG", quality=90, exif=_exif(6)),
-        "jpeg/small_turned.jpg": _encoded(small, "JPEG", quality=90, exif=_exif(8)),
-        "jpeg/cmyk.jpg": _encoded(photo.convert("CMYK"), "JPEG"),
-        "jpeg/grey_small.jpg": _encoded(small.convert("L"), "JPEG"),
-        "jpeg/camera.mpo": encode_as(photo, "MPO"),
-        "whole/photo.png": _encoded(photo, "PNG"),
-        "whole/turned.png": _encoded(photo, "PNG", exif=_exif(6)),
-        "whole/alpha.png": _encoded(photo.convert("RGBA"), "PNG"),
-        "whole/photo.webp": _encoded(photo, "WEBP", quality=90),
-        "whole/photo.gif": _encoded(photo.convert("P"), "GIF"),
-        "whole/photo.bmp": _encoded(small, "BMP"),
-        "bad/cut.jpg": _encoded(photo, "JPEG", quality=90)[:3000],
-        "bad/cut.png": _encoded(photo, "PNG")[:5000],
-        "bad/text.jpg": b"not an image at all",
-        "bad/empty.png": b"",
-    }
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
-
-
-def _artifact(tmp_path: Path, in_chans: int) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    meta = model.ArtifactMeta(name=f"hybrid1-c{in_chans}", arch="hybrid1", in_chans=in_chans, image_size=32,
-                              class_names=[f"c{i}" for i in range(10)], mean=[0.5] * in_chans, std=[0.5] * in_chans)
-    return model.save_artifact(tmp_path / f"c{in_chans}.safetensors", model.create_model("hybrid1", in_chans=in_chans),
-                               meta)
 
 
 def _service_thumbnail(path: Path) -> bytes:
@@ -107,21 +52,21 @@ def _service_thumbnail(path: Path) -> bytes:
 @pytest.mark.parametrize("in_chans", [3, 1], ids=["rgb-model", "grey-model"])
 def test_build_stores_the_vector_thumbnail_and_metadata_each_decoding_on_its_own_gives(images, tmp_path, capsys,
                                                                                        in_chans):
-    artifact = _artifact(tmp_path, in_chans)
+    artifact = untrained_hybrid1(tmp_path, in_chans)
     data = tmp_path / "data"
     assert main(["index", "build", str(images), "--model", str(artifact), "--data", str(data), "--exif", "--gps",
                  "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "indexed 15 images (4 skipped)" in out
+    good = sorted(p for p in images.rglob("*") if p.is_file() and p.parent.name != "bad")
+    assert f"indexed {len(good)} images (4 skipped)" in out
     # the files that do not decode, each named with why, as before
     assert "skipped bad/cut.jpg: OSError: image file is truncated (" in out
     assert "skipped bad/cut.png: OSError: image file is truncated\n" in out
     assert "skipped bad/text.jpg: UnidentifiedImageError: not an image Pillow can read (19 bytes)" in out
     assert "skipped bad/empty.png: UnidentifiedImageError: empty file (0 bytes)" in out
     embedder = model.Embedder.from_file(artifact, device="cpu")
-    good = sorted(p for p in images.rglob("*") if p.is_file() and p.parent.name != "bad")
     with Store.open(StoreConfig(data / "index", read_only=True)) as store:
-        assert store.count() == len(good) == 15
+        assert store.count() == len(good) == 16 + model.HEIF_READABLE
         for path in good:
             id_ = path.relative_to(images).as_posix()
             item = store.get(id_)
@@ -145,18 +90,7 @@ def _thumbnail(data: Path, id_: str) -> bytes:
 
 def test_build_decodes_a_png_or_a_small_jpeg_once_and_a_photo_jpeg_at_the_models_and_the_thumbnails_scale(
         images, hybrid1_artifact, tmp_path, capsys, monkeypatch):
-    # every decoding Pillow does, counted by image (the real decoder runs)
-    decoded: dict[tuple[str, tuple[int, int]], int] = {}
-    lock, real_load = threading.Lock(), ImageFile.ImageFile.load
-
-    def counted_load(self):
-        if self.tile:   # pixels still to decode (a loaded image has none)
-            with lock:
-                key = (self.format, self.size)
-                decoded[key] = decoded.get(key, 0) + 1
-        return real_load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    decoded = counted_decodes(monkeypatch)
     folder = tmp_path / "some"
     for name in ("cifar/cat.jpg", "cifar/ship.jpg", "jpeg/photo.jpg", "jpeg/large.jpg", "jpeg/small_turned.jpg",
                  "whole/photo.png", "whole/photo.webp", "whole/photo.gif"):
