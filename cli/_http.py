@@ -16,16 +16,24 @@ def request(client, method: str, path: str, reconnect_seconds: float = RECONNECT
     connections for `reconnect_seconds` (waits doubling from 0.25 s, at most 5 s each; a long window rides out
     a service restarting); the last answer, or the last connection error raised. `on_reconnect(exc, seconds)`
     is called before the first retry of a dropped connection."""
+    return _retried(lambda: client.request(method, path, **kwargs), reconnect_seconds, on_reconnect)
+
+
+def _retried(send, reconnect_seconds: float, on_reconnect=None, may_reconnect=lambda: True):
+    """send() again while it answers 429 or 503 (RETRIES times at most, Retry-After apart) or raises for a refused
+    or dropped connection (waits doubling from 0.25 s, at most 5 s each, for `reconnect_seconds` in all, and while
+    may_reconnect()); its last answer, or its last connection error raised. `on_reconnect(exc, seconds)` is called
+    before the first retry of a dropped connection."""
     import httpx
 
     busy = dropped = 0
     waited = 0.0
     while True:
         try:
-            r = client.request(method, path, **kwargs)
+            r = send()
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             pause = min(0.25 * 2 ** dropped, 5.0)
-            if waited + pause > reconnect_seconds:
+            if not may_reconnect() or waited + pause > reconnect_seconds:
                 raise
             if dropped == 0 and on_reconnect is not None:
                 on_reconnect(exc, reconnect_seconds)
@@ -93,27 +101,13 @@ def download(client, path: str, out, reconnect_seconds: float = RECONNECT_SECOND
     body is in `out` when it is a 200 (and read, for its message, when it is not). Raises httpx's error for a
     body cut off (fewer bytes than its Content-Length, a dropped connection); a retry never begins again once
     part of a body is written."""
-    import httpx
-
-    busy = dropped = 0
-    waited = 0.0
-    while True:
-        try:
-            with client.stream("GET", path, **kwargs) as r:
-                if r.status_code == 200:
-                    for chunk in r.iter_bytes(1 << 20):
-                        out.write(chunk)
-                    return r
+    def send():
+        with client.stream("GET", path, **kwargs) as r:
+            if r.status_code == 200:
+                for chunk in r.iter_bytes(1 << 20):
+                    out.write(chunk)
+            else:
                 r.read()
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
-            pause = min(0.25 * 2 ** dropped, 5.0)
-            if out.tell() > 0 or waited + pause > reconnect_seconds:
-                raise
-            time.sleep(pause)
-            waited += pause
-            dropped += 1
-            continue
-        if r.status_code not in (429, 503) or busy == RETRIES:
-            return r
-        busy += 1
-        time.sleep(retry_after(r.headers.get("Retry-After")))
+        return r
+
+    return _retried(send, reconnect_seconds, may_reconnect=lambda: out.tell() == 0)
