@@ -135,14 +135,21 @@ class Dataset:
             shown += [f"{n} ({why})" for n, why in list(not_read.items())[:_NOT_READ_SHOWN]]
             more = f" and {len(not_read) - _NOT_READ_SHOWN} more" if len(not_read) > _NOT_READ_SHOWN else ""
             lines.append(f"{self.source}: not read: {', '.join(shown)}{more}")
-        if only := self.info.get("test_only_classes"):
-            test_dir = self.info.get("test_from", "test/")
-            case = self.info.get("case_only", {})
-            near = "; ".join(f"{case[c]} differs from {c}/ only in case" for c in only if c in case)
-            lines.append(f"{self.source}: {test_dir} has {len(only)} class{'es' if len(only) != 1 else ''} with no "
-                         f"training images: {', '.join(only[:_NOT_READ_SHOWN])}"
-                         f"{' ...' if len(only) > _NOT_READ_SHOWN else ''} (scored by retrieval only"
-                         f"{f'; {near}' if near else ''})")
+        lines += self._classes_without_training_notes()
+        return lines
+
+    def _classes_without_training_notes(self) -> list[str]:
+        """A line for test/ and one for a validation folder beside it, each naming its classes that train/ has no
+        images of, and the training folder whose name differs from one only in case (case_only)."""
+        lines, case = [], self.info.get("case_only", {})
+        for key, default, why in (("test", "test/", "scored by retrieval only"), ("val", "val/", "")):
+            if only := self.info.get(f"{key}_only_classes"):
+                near = "; ".join(([why] if why else []) + [f"{case[c]} differs from {c}/ only in case"
+                                                            for c in only if c in case])
+                lines.append(f"{self.source}: {self.info.get(f'{key}_from', default)} has {len(only)} "
+                             f"class{'es' if len(only) != 1 else ''} with no training images: "
+                             f"{', '.join(only[:_NOT_READ_SHOWN])}{' ...' if len(only) > _NOT_READ_SHOWN else ''}"
+                             f"{f' ({near})' if near else ''}")
         return lines
 
     def describe(self) -> dict:
@@ -539,12 +546,13 @@ def _split_folder_parts(src: _Source, prefix: str, names: list[str], display: st
             parts["val"] = (val_dir + "/", val_tree)
             info["val_from"] = f"{val_dir}/"
     classes = sorted(set().union(*(t for _, t in parts.values())))
-    if only := sorted(set(test_tree) - set(train_tree)):
-        info["test_only_classes"] = _readables(only)
-        by_case = {c.lower(): c for c in train_tree}
-        if case := {readable_name(c): readable_name(f"{train_dir}/{by_case[c.lower()]}/") for c in only
-                    if c.lower() in by_case}:
-            info["case_only"] = case
+    by_case = {c.lower(): c for c in train_tree}
+    for key, (_, split_tree) in parts.items():   # test/ and a validation folder's classes with no training images
+        if key != "train" and (only := sorted(set(split_tree) - set(train_tree))):
+            info[f"{key}_only_classes"] = _readables(only)
+            if case := {readable_name(c): readable_name(f"{train_dir}/{by_case[c.lower()]}/") for c in only
+                        if c.lower() in by_case}:
+                info.setdefault("case_only", {}).update(case)
     return parts, classes, not_read
 
 
