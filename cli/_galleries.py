@@ -282,8 +282,8 @@ def scan(source: Path, labels: bool) -> ImageSource:
     cut short or damaged is a CliError naming it."""
     import tarfile
 
-    from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, files_under, images_without_ending, list_tar,
-                       readable_name)
+    from model import (DAMAGED_ARCHIVE_ERRORS, IMAGE_EXTENSIONS, file_head, files_under, images_without_ending,
+                       list_tar, member_head, readable_name)
 
     if source.is_dir():
         try:
@@ -292,7 +292,7 @@ def scan(source: Path, labels: bool) -> ImageSource:
             raise CliError(f"{source}: cannot list {exc.filename}: {exc.strerror}") from None
         written, real = _readable_names(source, names)
         ids = [n for n in written if n.lower().endswith(IMAGE_EXTENSIONS)]
-        _say_not_read(source, images_without_ending(written, lambda w: _file_head(source / real.get(w, w))), [])
+        _say_not_read(source, images_without_ending(written, lambda w: file_head(source / real.get(w, w))), [])
         return ImageSource(source, ids, _labels_said(source, ids, labels, written), names=real)
     if is_tar(source):
         tf = None
@@ -308,34 +308,13 @@ def scan(source: Path, labels: bool) -> ImageSource:
         written, real = _readable_names(source, list(stored))
         members = {w: stored[real.get(w, w)] for w in written}
         ids = sorted(w for w in written if w.lower().endswith(IMAGE_EXTENSIONS))
-        _say_not_read(source, images_without_ending(written, lambda w: _member_head(tf, members[w])),
+        _say_not_read(source, images_without_ending(written, lambda w: member_head(tf, members[w])),
                       [readable_name(link[strip:]) for link in listing.links])
         return ImageSource(source, ids, _labels_said(source, ids, labels, written), tf, members, len(listing.links))
     raise CliError(f"source {source} is neither a folder nor a tar archive")
 
 
 _NOT_READ_SHOWN = 5   # entries of the "not read" line shown
-
-
-def _file_head(path: Path) -> bytes:
-    from model import IMAGE_HEAD_BYTES
-
-    try:
-        with open(path, "rb") as f:
-            return f.read(IMAGE_HEAD_BYTES)
-    except OSError:
-        return b""
-
-
-def _member_head(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    from model import DAMAGED_ARCHIVE_ERRORS
-    from model import IMAGE_HEAD_BYTES
-
-    try:
-        f = tf.extractfile(member)
-        return f.read(IMAGE_HEAD_BYTES) if f is not None else b""
-    except DAMAGED_ARCHIVE_ERRORS:
-        return b""
 
 
 def _say_not_read(source: Path, unlisted: list[str], links: list[str]) -> None:

@@ -14,8 +14,9 @@ from ._crop import Crop, crop_box, draft_size, parse_crop
 from ._drafts import thumbnail_draft
 from ._earlier import earlier_bundled
 from ._formats import (AVIF_READABLE, DAMAGED_ARCHIVE_ERRORS, DRAFT_FORMATS, HEIF_READABLE, IMAGE_EXTENSIONS,
-                       IMAGE_HEAD_BYTES, SPLIT_FOLDERS, TarListing, common_folder, files_under,
-                       images_without_ending, list_tar, looks_like_image, readable_name, unreadable_reason)
+                       IMAGE_HEAD_BYTES, SPLIT_FOLDERS, TarListing, common_folder, file_head, files_under,
+                       images_without_ending, list_tar, looks_like_image, member_head, readable_name,
+                       unreadable_reason)
 from ._preprocess import DAMAGED_EXIF, displayed_size, exif_notes, make_thumbnail, open_image, to_model_array
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
@@ -43,6 +44,7 @@ __all__ = [
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
     "save_artifact", "thumbnail_draft", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
     "DAMAGED_EXIF", "IMAGE_HEAD_BYTES", "exif_notes", "images_without_ending", "looks_like_image", "open_image",
+    "file_head", "member_head",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that

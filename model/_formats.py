@@ -219,6 +219,24 @@ def looks_like_image(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS
 
 
+def file_head(path: str | os.PathLike) -> bytes:
+    """The first IMAGE_HEAD_BYTES bytes of the file at `path` (`looks_like_image`'s), b"" where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(IMAGE_HEAD_BYTES)
+    except OSError:
+        return b""
+
+
+def member_head(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """file_head of a tar's member: b"" where it is no file or cannot be read (the tar cut short or damaged)."""
+    try:
+        f = tf.extractfile(member)
+        return f.read(IMAGE_HEAD_BYTES) if f is not None else b""
+    except DAMAGED_ARCHIVE_ERRORS:
+        return b""
+
+
 # Of the files without an image ending, how many (the first, in the order given) are read to tell an image saved
 # without its ending, so that a tree of many other files is not read through
 _SNIFFED_AT_MOST = 1000

@@ -214,16 +214,11 @@ class _Source:
 
     def head(self, name: str) -> bytes:
         """The first bytes of file `name` (model's IMAGE_HEAD_BYTES), b"" where it cannot be read."""
-        from model import IMAGE_HEAD_BYTES
+        from model import file_head, member_head
 
-        try:
-            if self._tar is not None:
-                f = self._tar.extractfile(self._members[name])
-                return f.read(IMAGE_HEAD_BYTES) if f is not None else b""
-            with open(self.path / name, "rb") as f:
-                return f.read(IMAGE_HEAD_BYTES)
-        except DAMAGED_ARCHIVE_ERRORS:
-            return b""
+        if self._tar is not None:
+            return member_head(self._tar, self._members[name])
+        return file_head(self.path / name)
 
     def close(self) -> None:
         if self._tar is not None:
