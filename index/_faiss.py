@@ -444,6 +444,11 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+# The most neighbours FAISS's GPU indexes select in one search (GPU_MAX_SELECTION_K in faiss/gpu): a larger k
+# (offset + k up to 10,000, grouped searches and hidden deleted vectors read more) is searched on the CPU copy
+GPU_MAX_K = 2048
+
+
 class GpuMirror:
     """A GPU copy of the CPU index for unfiltered searches, re-copied lazily after writes.
     The CPU index stays the master (mutations, selectors, snapshots)."""

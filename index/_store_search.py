@@ -431,7 +431,7 @@ class StoreSearch:
             del keep, sel
             return _faiss.to_scores(index, D), I
         params, _sub = _faiss.search_params(index, sel, kk, cfg.nprobe, cfg.ef_search, cfg.k_factor, widen)
-        gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None) else None
+        gpu = self._gpu.get(index, self._version) if (self._gpu and sel is None and kk <= _faiss.GPU_MAX_K) else None
         blas_from = _faiss.blas_min_queries(index)
         if (allowed is not None and gpu is None and (not self._dead or hidden is not None) and blas_from is not None
                 and len(q) >= blas_from and population * BROAD_FILTER >= len(self._rows)
