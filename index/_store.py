@@ -16,6 +16,7 @@ the FAISS index is derived from it and snapshotted. See docs/index.md."""
 # under the locks it holds. Every field of the store, whichever part uses it, is declared in Store.__init__.
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -87,6 +88,11 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         self._thread_conns: list[weakref.finalize] = []
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # Reads of the database in flight (_reading): close() waits for them before it closes their connections,
+        # which another thread may be using (a connection closed under a running statement crashed the process)
+        self._readers = 0
+        self._readers_cond = threading.Condition()
+        self._closing = False
 
         # The applied state searches see (changed under _rw's write lock). A FAISS id is its row's seq.
         self._rows: dict[int, tuple[str, str | None, str]] = {}   # FAISS id -> (id, label, metadata json)
@@ -147,6 +153,22 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
                 self._check_open()
         return holder.conn
 
+    @contextlib.contextmanager
+    def _reading(self):
+        """This thread's read connection, which close() does not close until the block ends; StoreClosedError
+        once the store is closing."""
+        with self._readers_cond:
+            if self._closing:
+                raise StoreClosedError(f"{self._describe()} is closed")
+            self._readers += 1
+        try:
+            yield self._read_conn()
+        finally:
+            with self._readers_cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._readers_cond.notify_all()
+
     def _describe(self) -> str:
         return f"the store at {self._path}"
 
@@ -154,26 +176,27 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
 
     def get(self, id: str) -> Item | None:
         """The item with this id (vector, label, metadata; thumbnail not loaded), or None."""
-        row = self._read_conn().execute("SELECT id, vector, label, metadata FROM items WHERE id = ?",
-                                        (id,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT id, vector, label, metadata FROM items WHERE id = ?", (id,)).fetchone()
         return None if row is None else item_from_row(row)
 
     def get_many(self, ids: Sequence[str]) -> list[Item | None]:
         """get() for many ids in few queries (e.g. re-ranking candidates): one entry per id, in
         order, None where absent."""
         found: dict[str, Item] = {}
-        conn = self._read_conn()
         unique = list(dict.fromkeys(ids))
-        for i in range(0, len(unique), 500):  # SQLite's bound-parameter limit is 999 on old builds
-            chunk = unique[i:i + 500]
-            rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE id IN "
-                                f"({','.join('?' * len(chunk))})", chunk).fetchall()
-            found.update((row[0], item_from_row(row)) for row in rows)
+        with self._reading() as conn:
+            for i in range(0, len(unique), 500):  # SQLite's bound-parameter limit is 999 on old builds
+                chunk = unique[i:i + 500]
+                rows = conn.execute("SELECT id, vector, label, metadata FROM items WHERE id IN "
+                                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                found.update((row[0], item_from_row(row)) for row in rows)
         return [found.get(i) for i in ids]
 
     def thumbnail(self, id: str) -> bytes | None:
         """The stored thumbnail bytes of an item, or None."""
-        row = self._read_conn().execute("SELECT data FROM thumbnails WHERE id = ?", (id,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT data FROM thumbnails WHERE id = ?", (id,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def __contains__(self, id: str) -> bool:
@@ -254,15 +277,15 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         after = self._check_after(after)
         if after is None:   # from the first item: every seq is at least 1
             after = -1
-        conn = self._read_conn()
-        if where is not None:
-            rows = self._filtered_page(conn, offset, limit, label, _filter.check_where(where), after)
-        elif label is None:
-            rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ? ORDER BY seq "
-                                "LIMIT ? OFFSET ?", (after, limit, offset)).fetchall()
-        else:
-            rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE label = ? AND seq > ? "
-                                "ORDER BY seq LIMIT ? OFFSET ?", (label, after, limit, offset)).fetchall()
+        with self._reading() as conn:
+            if where is not None:
+                rows = self._filtered_page(conn, offset, limit, label, _filter.check_where(where), after)
+            elif label is None:
+                rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE seq > ? ORDER BY seq "
+                                    "LIMIT ? OFFSET ?", (after, limit, offset)).fetchall()
+            else:
+                rows = conn.execute("SELECT seq, id, vector, label, metadata FROM items WHERE label = ? AND "
+                                    "seq > ? ORDER BY seq LIMIT ? OFFSET ?", (label, after, limit, offset)).fetchall()
         return [(r[0], item_from_row(r[1:])) for r in rows]
 
     def _filtered_page(self, conn: sqlite3.Connection, offset: int, limit: int, label: str | None,
@@ -304,13 +327,21 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             t.join()
         try:
             if not self.config.read_only and self._applied_seq != self._snapshot_seq:
-                self.snapshot()
+                self.snapshot()   # (may rebuild: it takes _writer and reads the database itself)
         except OSError as exc:  # a full disk: the database holds every write, the next open replays them
             log.error("index: no snapshot written at close (%s); the next open replays the writes since "
                       "the last one from the database", exc)
         finally:
-            self._closed = True
-            self._release()
+            # Connections are closed only when no other thread is using one: a connection closed under a
+            # statement another thread was stepping crashed the process (a gallery dropped or replaced under
+            # load). Writes run under _writer and check _closed there; reads run in _reading, counted.
+            with self._writer:
+                with self._readers_cond:   # no new read of the database begins; those under way end first
+                    self._closing = True
+                    while self._readers:
+                        self._readers_cond.wait()
+                self._closed = True
+                self._release()
 
     def _release(self) -> None:
         with self._conns_lock:

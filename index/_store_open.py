@@ -278,7 +278,10 @@ class StoreOpening:
     def _fetch_vectors(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(seqs, vectors) of the rows with these seqs, read from the database in chunks."""
         fids = np.sort(np.asarray(fids, dtype=np.int64))
-        conn = self._read_conn()
+        with self._reading() as conn:
+            return self._fetch_vectors_with(conn, fids)
+
+    def _fetch_vectors_with(self, conn, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out_ids, out_vecs = [], []
         for start in range(0, len(fids), 20_000):
             chunk = fids[start:start + 20_000]

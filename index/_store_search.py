@@ -478,24 +478,25 @@ class StoreSearch:
         sql, args = "SELECT seq, vector FROM items WHERE seq <= ?", [applied]
         if label is not None:
             sql, args = sql + " AND label = ?", args + [label]
-        cursor = self._read_conn().execute(sql + " ORDER BY seq", args)
         best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(q))]
         margin = score_error(self.dim)
         seen: list[np.ndarray] = []
-        try:
-            while rows := cursor.fetchmany(_EXACT_CHUNK):
-                fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                kept = _in_sorted(live, fids) & (fids != (-1 if ex is None else ex))
-                if not kept.any():
-                    continue
-                fids = fids[kept]
-                seen.append(fids)
-                vectors = vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim)
-                scores = q @ vectors.T   # a matmul picks the candidates, exact_scores scores them
-                best = [_best_exact(qv, row, vectors, fids, near, n, margin)
-                        for qv, row, near in zip(q, scores, best)]
-        finally:
-            cursor.close()
+        with self._reading() as conn:   # close() waits for the scan to end before it closes the connection
+            cursor = conn.execute(sql + " ORDER BY seq", args)
+            try:
+                while rows := cursor.fetchmany(_EXACT_CHUNK):
+                    fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                    kept = _in_sorted(live, fids) & (fids != (-1 if ex is None else ex))
+                    if not kept.any():
+                        continue
+                    fids = fids[kept]
+                    seen.append(fids)
+                    vectors = vectors_from_blobs([r[1] for r, ok in zip(rows, kept) if ok], self.dim)
+                    scores = q @ vectors.T   # a matmul picks the candidates, exact_scores scores them
+                    best = [_best_exact(qv, row, vectors, fids, near, n, margin)
+                            for qv, row, near in zip(q, scores, best)]
+            finally:
+                cursor.close()
         found = [list(zip(f.tolist(), s.tolist())) for s, f in best]
         if sum(map(len, seen)) == len(live) - (ex is not None and bool(_in_sorted(live, np.array([ex]))[0])):
             return found, np.zeros(0, np.int64)
