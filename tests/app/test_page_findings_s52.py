@@ -1,0 +1,157 @@
+"""The search page's findings of a browser bug hunt (session 52), each driven in headless Chromium against a real
+`simsearch serve`, as test_page_browser.py drives the page (its fixtures and helpers: a server of this module's
+own with 30 CIFAR-10 test images indexed over HTTP, one browser for the module).
+
+Each test names a behaviour the page lacked: a paste with the focus on a control that takes no text, a thumbnail
+that failed for a passing reason, a mark or a delete that crossed into a newer search, the focus after the
+listing's last page, a double click, a key the service asked for, a region picker with no picture, the galleries'
+sizes, and one search per Enter. Answers are held back in the page (its `fetch` wrapped: the request is sent at
+once, its answer handed over when the test says) to make the races happen every time; thumbnail requests are
+made to fail with DevTools' blocked URLs (the browser's own network failure).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import pytest
+
+from . import test_page_browser as pages
+from .test_page_browser import (
+    WAIT,
+    _open_add_panel,
+    choose_k,
+    gallery_image_file,
+    result_ids,
+    upload,
+    wait_for_search,
+)
+
+pytestmark = pytest.mark.browser
+
+# The page tests' fixtures, for this module's own server and browser.
+page_server = pages.page_server
+gallery = pages.gallery
+browser = pages.browser
+page = pages.page
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+def _wait(driver, condition, timeout: float = WAIT, message: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, message)
+
+
+# The page's fetch wrapped: every request noted (method, URL) in window.__sent, and the answers of those that
+# window.__holdIf picks held until the test hands them over (the request itself goes out at once).
+_RECORD = """
+  if (!window.__sent) {
+    window.__sent = []; window.__held = []; window.__holdIf = null;
+    const fetch0 = window.fetch.bind(window);
+    window.fetch = (url, options = {}) => {
+      const method = (options && options.method) || 'GET';
+      window.__sent.push([method, String(url)]);
+      const answer = fetch0(url, options);
+      const hold = window.__holdIf && window.__holdIf(String(url), method);
+      return hold ? new Promise((resolve, reject) => window.__held.push(() => answer.then(resolve, reject))) : answer;
+    };
+  }"""
+
+
+def _record(page) -> None:
+    page.execute_script(_RECORD)
+
+
+def _sent(page, method: str, part: str) -> list[str]:
+    """The URLs of the requests the page has sent with `method` whose URL holds `part`, since _record."""
+    return [u for m, u in page.execute_script("return window.__sent") if m == method and part in u]
+
+
+def _release(page) -> None:
+    page.execute_script("window.__holdIf = null; window.__held.splice(0).forEach((f) => f());")
+
+
+def _card(page, item_id: str, css: str = ""):
+    return page.find_element("css selector", f'#results li:has(> button.result[data-id="{item_id}"]) {css}'.strip())
+
+
+def _active(page) -> str:
+    return page.execute_script("const a = document.activeElement;"
+                               "return a.matches('button.result') ? 'card ' + a.dataset.id : a.tagName + '#' + a.id;")
+
+
+def _png(jpeg: bytes) -> str:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+# ---- pasting an image --------------------------------------------------------------------------------
+
+def test_ctrl_v_of_an_image_searches_it_with_the_focus_on_a_file_input_a_checkbox_or_a_text_field(
+        page, page_server, gallery, tmp_path):
+    """A real Ctrl+V, the image on the browser's clipboard: with the focus on the drop zone's file input (where a
+    keyboard user stands to choose a photo), the add form's checkbox or file input, it is searched; in a text
+    field too (an image is no text to type there); text on the clipboard goes into the text field, unsearched."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    own, _, query = gallery_image_file(gallery, 7, tmp_path)
+    page.execute_cdp_cmd("Emulation.setFocusEmulationEnabled", {"enabled": True})   # the clipboard needs focus
+    page.execute_cdp_cmd("Browser.grantPermissions", {"origin": page_server.url,
+                                                      "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    said = page.execute_async_script("""
+        const [b64, done] = arguments; const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        navigator.clipboard.write([new ClipboardItem({'image/png': new Blob([bytes], {type: 'image/png'})})])
+          .then(() => done('ok'), (e) => done(String(e)));""", _png(query.read_bytes()))
+    assert said == "ok"
+    _record(page)
+    choose_k(page, 4)
+    for field in ("file", "add-skip", "add-files", "label-filter"):
+        if field.startswith("add-"):
+            _open_add_panel(page)
+        page.execute_script("document.getElementById('query').textContent = '';"
+                            "document.getElementById('search-status').textContent = '';"
+                            "document.getElementById(arguments[0]).focus();", field)
+        before = len(_sent(page, "POST", "/search?"))
+        ActionChains(page).key_down(Keys.CONTROL).send_keys("v").key_up(Keys.CONTROL).perform()
+        wait_for_search(page)
+        assert len(_sent(page, "POST", "/search?")) == before + 1, field
+        assert "Query: image.png" in page.find_element("id", "query").text, field
+        assert result_ids(page)[0] == own, field
+    assert page.find_element("id", "label-filter").get_attribute("value") == ""
+    # text: typed into the field, no search
+    said = page.execute_async_script("navigator.clipboard.writeText('cat').then(() => arguments[0]('ok'), "
+                                     "(e) => arguments[0](String(e)))")
+    assert said == "ok"
+    before = len(_sent(page, "POST", "/search?"))
+    ActionChains(page).key_down(Keys.CONTROL).send_keys("v").key_up(Keys.CONTROL).perform()
+    _wait(page, lambda d: d.find_element("id", "label-filter").get_attribute("value") == "cat", 10)
+    time.sleep(0.5)
+    assert len(_sent(page, "POST", "/search?")) == before
+
+
+# ---- a photo the browser cannot show -----------------------------------------------------------------
+
+def test_for_a_photo_the_browser_cannot_show_select_a_region_is_not_offered(page, gallery, tmp_path):
+    """A HEIC photo is searched, but Chromium cannot draw it: there is no picture to select a region of, so
+    neither the Select a region button nor the region picker's key help is there."""
+    from PIL import Image
+
+    from ..photo_formats import encode_as, phone_sized
+
+    _, _, jpeg = gallery_image_file(gallery, 4, tmp_path)
+    heic = tmp_path / "IMG_0002.HEIC"
+    heic.write_bytes(encode_as(phone_sized(Image.open(jpeg)), "HEIC"))
+    choose_k(page, 4)
+    upload(page, heic)
+    wait_for_search(page)
+    _wait(page, lambda d: "(no preview)" in d.find_element("id", "query").text)
+    shown = page.execute_script("""return ['region-mode', 'crop-keys', 'crop-hint', 'query-frame'].filter((id) => {
+        const n = document.getElementById(id); return n && !n.hidden && n.isConnected; });""")
+    assert shown == []
