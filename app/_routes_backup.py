@@ -383,7 +383,8 @@ class _TempFileResponse(Response):
     open file keeps its bytes until it is closed, and a process killed meanwhile leaves nothing behind), and in
     any case when the answer ends; a client that goes away stops the sending at once (uvicorn takes what is sent
     to a closed connection without a word), as one that takes nothing for `stall` seconds is cut off, and the file
-    is closed. `running` is given back when the answer ends, however it ends."""
+    is closed. `running` is given back as soon as the last byte is out (a client may ask for the next backup on the
+    same connection then), or when the answer ends otherwise."""
 
     def __init__(self, folder: FsPath, file: FsPath, headers: dict[str, str], running: _Running, stall: float):
         super().__init__(media_type=MEDIA_TYPE, headers=headers)
@@ -423,6 +424,12 @@ class _TempFileResponse(Response):
                                 "its temporary copy gone", self.stall, sent, self.headers["content-length"])
                     return   # uvicorn closes the connection of an answer left unfinished
                 sent += len(chunk[at:at + SEND_PIECE])
+        # every byte is out: the copy is closed and the next backup may begin before the answer ends, so that a
+        # client that takes one backup after another on one connection (curl with two URLs, a session) is not
+        # refused the second, which it can ask for as soon as it has read the last byte
+        with anyio.CancelScope(shield=True):
+            await f.aclose()
+        self.running.name = None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
