@@ -155,3 +155,52 @@ def test_for_a_photo_the_browser_cannot_show_select_a_region_is_not_offered(page
     shown = page.execute_script("""return ['region-mode', 'crop-keys', 'crop-hint', 'query-frame'].filter((id) => {
         const n = document.getElementById(id); return n && !n.hidden && n.isConnected; });""")
     assert shown == []
+
+
+# ---- a thumbnail that could not be loaded ------------------------------------------------------------
+
+def _block_thumbnails(page, on: bool) -> None:
+    page.execute_cdp_cmd("Network.enable", {})
+    page.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/thumbnail*"] if on else []})
+
+
+_THUMBS = """return [...document.querySelectorAll('#results button.result')].map((b) => {
+    const img = b.querySelector('img'), none = b.querySelector('.no-thumb');
+    return none ? none.textContent
+      : !img ? 'nothing' : !img.complete ? 'loading' : img.naturalWidth ? 'shown' : 'failed';
+  });"""
+
+
+def test_a_thumbnail_that_failed_to_load_is_tried_again_and_shown(page, gallery, tmp_path):
+    """A thumbnail request that failed for a passing reason (here the network: the request blocked) is asked again
+    after a short while, and the picture shown, not "no thumbnail stored" for ever."""
+    _, _, query = gallery_image_file(gallery, 10, tmp_path)
+    choose_k(page, 4)
+    _block_thumbnails(page, True)
+    try:
+        upload(page, query)
+        wait_for_search(page)
+        _wait(page, lambda d: (s := d.execute_script(_THUMBS)) and all(t != "loading" for t in s), 20)
+        states = page.execute_script(_THUMBS)
+    finally:
+        _block_thumbnails(page, False)
+    assert states == ["failed"] * 4, states   # failed, and not said to be missing
+    try:
+        _wait(page, lambda d: d.execute_script(_THUMBS) == ["shown"] * 4, 15)
+    except Exception:
+        raise AssertionError(f"the thumbnails were not tried again: {page.execute_script(_THUMBS)}") from None
+
+
+def test_a_thumbnail_that_still_fails_says_it_could_not_be_loaded_not_that_none_is_stored(page, gallery, tmp_path):
+    _, _, query = gallery_image_file(gallery, 11, tmp_path)
+    choose_k(page, 4)
+    _block_thumbnails(page, True)
+    try:
+        upload(page, query)
+        wait_for_search(page)
+        _wait(page, lambda d: all(t.startswith("thumbnail") or t.startswith("no thumbnail")
+                                  for t in d.execute_script(_THUMBS)), 20)
+        time.sleep(0.3)
+        assert page.execute_script(_THUMBS) == ["thumbnail could not be loaded"] * 4
+    finally:
+        _block_thumbnails(page, False)
