@@ -15,12 +15,15 @@ import base64
 import io
 import time
 
+import httpx
 import pytest
 
 from . import test_page_browser as pages
 from .test_page_browser import (
+    API_KEY,
     WAIT,
     _open_add_panel,
+    _status,
     choose_k,
     gallery_image_file,
     result_ids,
@@ -204,3 +207,86 @@ def test_a_thumbnail_that_still_fails_says_it_could_not_be_loaded_not_that_none_
         assert page.execute_script(_THUMBS) == ["thumbnail could not be loaded"] * 4
     finally:
         _block_thumbnails(page, False)
+
+
+# ---- a mark pressed on the old results while a new query is searched ---------------------------------
+
+def test_a_mark_pressed_on_the_old_results_while_a_new_photo_is_searched_does_not_carry_over(page, gallery, tmp_path):
+    """docs/page.md: a new query starts with no marks. The old grid, shown until the new answer comes, is marked
+    busy and takes no mark: a More pressed on it (a slow upload) is not carried into the new photo's search."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _, _, first = gallery_image_file(gallery, 0, tmp_path)
+    _, _, second = gallery_image_file(gallery, 13, tmp_path)
+    choose_k(page, 4)
+    upload(page, first)
+    wait_for_search(page)
+    old = result_ids(page)
+    _record(page)
+    page.execute_script("window.__holdIf = (u, m) => m === 'POST' && u.includes('/search')")
+    upload(page, second)
+    _wait(page, lambda d: d.execute_script("return window.__held.length") == 1)
+    busy = page.find_element("id", "results").get_attribute("aria-busy")
+    like = _card(page, old[1], ".marks .like")
+    ActionChains(page).move_to_element(like).click().perform()   # a real click where the button is
+    pressed = like.get_attribute("aria-pressed")
+    _release(page)
+    wait_for_search(page, previous=old)
+    assert not page.find_element("id", "feedback").is_displayed()
+    assert not page.find_elements("css selector", "#results li.liked, #results .marks [aria-pressed=true]")
+    page.find_element("id", "search-again").click()
+    wait_for_search(page)
+    time.sleep(0.3)
+    assert not [u for u in _sent(page, "POST", "/search?") if "like=" in u]
+    assert pressed == "false" and busy == "true"   # the old grid, while busy, took no mark
+    assert page.find_element("id", "results").get_attribute("aria-busy") in (None, "false")
+
+
+# ---- a delete answered after a new search began ------------------------------------------------------
+
+def test_a_delete_answered_after_a_new_search_leaves_that_searchs_status_and_next_page_alone(
+        page, page_server, gallery, tmp_path):
+    """A card's delete whose answer comes once the next photo's results are shown: the status line is the new
+    search's still, and its Show more results asks for the page after what it shows (the deleted card was
+    not one of them), as the API answers that search."""
+    own, _, copy = gallery_image_file(gallery, 2, tmp_path)
+    _, _, other = gallery_image_file(gallery, 28, tmp_path)
+    temp = "tmp/late-delete.jpg"
+    r = httpx.post(page_server.url + "/index", headers={"X-API-Key": API_KEY}, data={"id": temp}, timeout=120,
+                   files={"file": ("c.jpg", copy.read_bytes(), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    try:
+        page.refresh()
+        _wait(page, lambda d: d.find_element("id", "gallery-count").text not in ("", "…"))
+        _open_add_panel(page)
+        page.find_element("id", "api-key").send_keys(API_KEY)
+        choose_k(page, 4)
+        upload(page, copy)
+        wait_for_search(page)
+        assert temp in result_ids(page)
+        _record(page)
+        _card(page, temp, ".edit-open").click()
+        delete = _card(page, temp, ".danger")
+        page.execute_script("window.__holdIf = (u, m) => m === 'DELETE'")
+        delete.click()
+        delete.click()
+        _wait(page, lambda d: d.execute_script("return window.__held.length") == 1)
+        page.execute_script("window.__holdIf = null")
+        shown = result_ids(page)
+        upload(page, other)
+        wait_for_search(page, previous=shown)
+        status = _status(page)
+        assert status.startswith("4 results")
+        _release(page)
+        _wait(page, lambda d: not d.execute_script("return window.__held.length") and
+              d.find_element("id", "gallery-count").text == str(len(gallery)))
+        time.sleep(0.3)
+        assert _status(page) == status
+        page.find_element("id", "search-more").click()
+        _wait(page, lambda d: len(result_ids(d)) >= 8 or d.find_element("id", "search-error").text)
+        api = httpx.post(page_server.url + "/search", params={"k": 8, "vote": "true"}, timeout=120,
+                         files={"file": (other.name, other.read_bytes(), "image/jpeg")}).json()
+        assert result_ids(page) == [h["id"] for h in api["results"]]
+        assert _sent(page, "POST", "offset=4")
+    finally:
+        httpx.delete(f"{page_server.url}/index/{temp}", headers={"X-API-Key": API_KEY}, timeout=30)
