@@ -290,3 +290,73 @@ def test_a_delete_answered_after_a_new_search_leaves_that_searchs_status_and_nex
         assert _sent(page, "POST", "offset=4")
     finally:
         httpx.delete(f"{page_server.url}/index/{temp}", headers={"X-API-Key": API_KEY}, timeout=30)
+
+
+# ---- the gallery listing's last page from the keyboard -----------------------------------------------
+
+def test_enter_on_the_listings_show_more_asks_once_and_on_the_last_page_leaves_the_focus_on_its_first_new_card(
+        page, page_server, gallery):
+    from selenium.webdriver.common.keys import Keys
+
+    count = httpx.get(page_server.url + "/index?limit=0", timeout=30).json()["count"]
+    assert 16 < count <= 32, count   # one Show more lists the rest
+    choose_k(page, 16)
+    page.find_element("id", "browse").click()
+    _wait(page, lambda d: _status(d).startswith(f"16 of {count}"))
+    _record(page)
+    more = page.find_element("id", "browse-more")
+    more.send_keys(Keys.ENTER, Keys.ENTER)   # pressed twice before the page comes
+    _wait(page, lambda d: _status(d).startswith(f"{count} of {count}"))
+    time.sleep(0.3)
+    assert not more.is_displayed()
+    cards = page.find_elements("css selector", "#results button.result")
+    assert len(cards) == count and len({c.get_attribute("data-id") for c in cards}) == count
+    assert _active(page) == "card " + cards[16].get_attribute("data-id")
+    assert len(_sent(page, "GET", "offset=16")) == 1
+
+
+# ---- a double click on Search again with these marks -------------------------------------------------
+
+def test_a_double_click_on_search_again_with_these_marks_runs_one_round(page, gallery, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _, _, query = gallery_image_file(gallery, 16, tmp_path)
+    choose_k(page, 4)
+    upload(page, query)
+    wait_for_search(page)
+    _record(page)
+    for gap in (0.0, 0.15):
+        shown = result_ids(page)
+        _card(page, shown[1], ".marks .like").click()
+        before = len(_sent(page, "POST", "/search?"))
+        button = page.find_element("id", "feedback-search")
+        ActionChains(page).move_to_element(button).click().pause(gap).click().perform()
+        wait_for_search(page, previous=shown)
+        time.sleep(0.5)
+        assert len(_sent(page, "POST", "/search?")) == before + 1, f"{gap} s apart"
+
+
+# ---- Enter in One result per -------------------------------------------------------------------------
+
+def test_enter_in_one_result_per_or_search_again_after_editing_it_sends_one_search(page, gallery, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    _, _, query = gallery_image_file(gallery, 19, tmp_path)
+    choose_k(page, 4)
+    upload(page, query)
+    wait_for_search(page)
+    _record(page)
+    group = page.find_element("id", "group-by")
+    group.send_keys("label", Keys.ENTER)
+    _wait(page, lambda d: d.find_elements("css selector", "#results li[data-group]"))
+    wait_for_search(page)
+    time.sleep(0.5)
+    assert len(_sent(page, "POST", "group_by=label")) == 1
+    assert len(_sent(page, "POST", "/search?")) == 1
+    shown = page.execute_script("return document.getElementById('results').innerHTML")
+    group.send_keys(Keys.BACKSPACE * 5)
+    page.find_element("id", "search-again").click()
+    _wait(page, lambda d: d.execute_script("return document.getElementById('results').innerHTML") != shown)
+    wait_for_search(page)
+    time.sleep(0.5)
+    assert len(_sent(page, "POST", "/search?")) == 2
