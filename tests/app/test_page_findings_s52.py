@@ -14,14 +14,18 @@ from __future__ import annotations
 import base64
 import io
 import time
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from . import test_page_browser as pages
+from ._browser import cifar10_images
+from .conftest import start_server, stop_server
 from .test_page_browser import (
     API_KEY,
     WAIT,
+    _artifact,
     _open_add_panel,
     _status,
     choose_k,
@@ -360,3 +364,108 @@ def test_enter_in_one_result_per_or_search_again_after_editing_it_sends_one_sear
     wait_for_search(page)
     time.sleep(0.5)
     assert len(_sent(page, "POST", "/search?")) == 2
+
+
+# ---- a key the service asks for ----------------------------------------------------------------------
+
+def _key_field_state(page) -> dict:
+    return page.execute_script("""const k = document.getElementById('api-key');
+        return {open: document.getElementById('add-panel').open, focused: document.activeElement === k,
+                invalid: k.getAttribute('aria-invalid'), shown: k.getClientRects().length > 0};""")
+
+
+def test_a_save_refused_for_want_of_a_key_opens_the_add_panel_on_the_key_field(page, gallery):
+    """A card's edit saved without the key: the 401 is about the key field, which was inside the closed
+    "Add images" panel; the panel opens and the focus goes to the field, marked invalid."""
+    page.find_element("id", "browse").click()
+    _wait(page, lambda d: len(result_ids(d)) > 0)
+    item = result_ids(page)[0]
+    assert not page.find_element("id", "add-panel").get_attribute("open")
+    _card(page, item, ".edit-open").click()
+    _card(page, item, ".edit .buttons button").click()   # Save
+    _wait(page, lambda d: d.find_element("id", "search-error").text.strip())
+    result = _key_field_state(page)
+    assert result == {"open": True, "focused": True, "invalid": "true", "shown": True}, result
+
+
+def test_where_reads_need_a_key_the_key_field_is_opened_and_once_typed_the_galleries_choice_appears(
+        browser, hybrid1_artifact, shared_data, tmp_path_factory, tmp_path):
+    """SIMSEARCH_REQUIRE_KEY_FOR_READS=true, two galleries: the page loads with nothing it may read; a photo picked
+    is refused for the key, and the page opens the add panel on the key field; the key typed, the size comes and
+    the Galleries choice (GET /galleries, refused at load) appears."""
+    from selenium.webdriver.support.ui import Select
+
+    work = tmp_path_factory.mktemp("page-server-key-reads")
+    live = start_server({"SIMSEARCH_MODEL_PATH": str(_artifact(hybrid1_artifact)),
+                         "SIMSEARCH_DATA_DIR": str(work / "data"), "SIMSEARCH_API_KEY": API_KEY,
+                         "SIMSEARCH_REQUIRE_KEY_FOR_READS": "true"}, work)
+    try:
+        images = cifar10_images(shared_data, 1)[:3]
+        key = {"X-API-Key": API_KEY}
+        for gallery_name, some in (("default", images[:2]), ("pets", images[2:])):
+            r = httpx.post(live.url + "/index", params={"gallery": gallery_name}, headers=key, timeout=120,
+                           files=[("file", (n, d, "image/jpeg")) for n, _, d in some])
+            assert r.status_code == 201, r.text
+        query = tmp_path / images[0][0]
+        query.write_bytes(images[0][2])
+        browser.get(live.url + "/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(live.url + "/")
+        _wait(browser, lambda d: _status(d).startswith("Gallery unavailable"))
+        assert not browser.find_element("id", "gallery-choice").is_displayed()
+        upload(browser, query)
+        wait_for_search(browser)
+        assert browser.find_element("id", "search-error").text.strip()
+        state = _key_field_state(browser)
+        assert state == {"open": True, "focused": True, "invalid": "true", "shown": True}, state
+        browser.switch_to.active_element.send_keys(API_KEY)
+        _wait(browser, lambda d: d.find_element("id", "gallery-choice").is_displayed(), 15)
+        options = [o.text for o in Select(browser.find_element("id", "gallery-select")).options]
+        assert options == ["default (2)", "pets (1)"]
+        assert browser.find_element("id", "gallery-count").text == "2"
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        stop_server(live)
+
+
+# ---- the Galleries choice after the page's own writes ------------------------------------------------
+
+def test_the_galleries_choice_says_the_sizes_after_an_image_is_added_or_deleted_from_the_page(
+        page, page_server, gallery, shared_data, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    (name, _, data), = cifar10_images(shared_data, 1, skip=pages.PER_CLASS + 3)[:1]
+    key = {"X-API-Key": API_KEY}
+    r = httpx.post(page_server.url + "/index", params={"gallery": "choice"}, headers=key, timeout=120,
+                   files={"file": (name, data, "image/jpeg")})
+    assert r.status_code == 201, r.text
+    image = tmp_path / "added.jpg"
+    image.write_bytes(data)
+    n = len(gallery)
+    added = None
+    choice = lambda d: [o.text for o in Select(d.find_element("id", "gallery-select")).options]  # noqa: E731
+    try:
+        page.refresh()
+        _wait(page, lambda d: d.find_element("id", "gallery-choice").is_displayed())
+        before = choice(page)[0]
+        assert before == f"default ({n})" and choice(page)[1] == "choice (1)", choice(page)
+        _open_add_panel(page)
+        page.find_element("id", "api-key").send_keys(API_KEY)
+        page.find_element("id", "add-files").send_keys(str(image))
+        page.find_element("id", "add-submit").click()
+        _wait(page, lambda d: "ok" in (d.find_element("id", "add-status").get_attribute("class") or ""))
+        added = page.find_element("id", "add-status").text.removeprefix("Added 1 image: ").removesuffix(".")
+        _wait(page, lambda d: d.find_element("id", "gallery-count").text == str(n + 1))
+        _wait(page, lambda d: choice(d)[0] == f"default ({n + 1})", 10, f"the choice says {choice(page)}")
+        choose_k(page, 4)
+        upload(page, image)
+        wait_for_search(page)
+        _card(page, added, ".edit-open").click()
+        delete = _card(page, added, ".danger")
+        delete.click()
+        delete.click()
+        _wait(page, lambda d: _status(d).startswith(f"Deleted {added}"))
+        _wait(page, lambda d: choice(d)[0] == before, 10, f"the choice says {choice(page)}")
+    finally:
+        if added:
+            httpx.delete(f"{page_server.url}/index/{quote(added, safe='')}", headers=key, timeout=30)
