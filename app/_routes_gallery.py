@@ -462,20 +462,8 @@ async def delete_item(request: Request, id: str = Path(), gallery: str = _galler
             responses={k: _ERRORS[k] for k in (401, 403, 429, 503)})
 async def galleries(request: Request):
     service = _service(request)
-
-    def run():
-        out = []
-        for name in service.gallery_names():
-            g = service.galleries.get(name)
-            if g is not None:
-                out.append(GalleryOut(name=name, count=g.store.count(), open=True))
-                continue
-            count = service.unopened_count(name)
-            if count is not None:
-                out.append(GalleryOut(name=name, count=count, open=False))
-        return out
-
-    listed = await anyio.to_thread.run_sync(run)
+    rows = await anyio.to_thread.run_sync(service.galleries_listed)
+    listed = [GalleryOut(name=name, count=count, open=is_open) for name, count, is_open in rows]
     return JSONResponse(GalleriesResponse(galleries=listed, max_galleries=service.settings.max_galleries).model_dump())
 
 

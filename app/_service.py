@@ -164,6 +164,10 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.galleries: dict[str, Gallery] = {}   # open ones by name; the default one once loaded
         self._gallery_lock = asyncio.Lock()        # one gallery opened or dropped at a time
+        # Galleries a restore is replacing, with the items each held: listed while they are away (closed, their
+        # folder swapped), as they exist throughout for a client (GET /galleries left them out or closed)
+        self._replacing: dict[str, int] = {}
+        self._replacing_changes = 0   # restores begun and ended: a listing they overlapped is made again
         self.ready = False
         self.reason = "loading the model and the index"
         self.started = time.time()
@@ -333,6 +337,36 @@ class Service:
         if s.milvus_uri:
             return index.milvus_gallery_names(s.milvus_uri, s.milvus_token_value(), s.milvus_db)
         return index.gallery_names(s.data_dir)
+
+    def galleries_listed(self) -> list[tuple[str, int, bool]]:
+        """Each gallery's (name, items, open), the default first: an open one counted by its store, another read
+        without opening it, one a restore is replacing with the items it held until the new one is served. A
+        listing that a replace began or ended during is made again (its folder may have been away while the names
+        were read), a few times at most. Blocking."""
+        for _ in range(20):
+            changes = self._replacing_changes
+            rows = self._galleries_listed(dict(self._replacing))
+            if changes == self._replacing_changes:
+                break
+        return rows
+
+    def _galleries_listed(self, replacing: dict[str, int]) -> list[tuple[str, int, bool]]:
+        names = self.gallery_names()
+        out = []
+        for name in names + sorted(set(replacing) - set(names)):
+            g = self.galleries.get(name)
+            if g is not None:
+                try:
+                    out.append((name, g.store.count(), True))
+                    continue
+                except Exception:  # noqa: BLE001  (closed this moment by a drop or a restore: read it as below)
+                    pass
+            count = replacing.get(name)
+            if count is None:
+                count = self.unopened_count(name)
+            if count is not None:
+                out.append((name, count, False))
+        return out
 
     def unopened_count(self, name: str) -> int | None:
         """Items in a gallery this process has not opened, read without opening it (None: gone). Blocking."""
@@ -677,23 +711,27 @@ class Service:
             names = await anyio.to_thread.run_sync(self.gallery_names)
             exists = name in names
             taken, replaced = None, None
-            if exists:
-                if not replace and name != DEFAULT_GALLERY:
-                    raise gallery_exists(name)
-                taken, replaced = await self._take_for_restore(name, empty_only=not replace)
-            elif len(names) >= s.max_galleries:
+            if not exists and len(names) >= s.max_galleries:
                 raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
                                f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
-            aside = stage / "replaced" if exists else None
+            if exists and not replace and name != DEFAULT_GALLERY:
+                raise gallery_exists(name)
             try:
-                store = await anyio.to_thread.run_sync(self._place_restored, name, source, place, aside)
-            except BaseException as exc:
-                if taken is not None:
-                    await self._serve_again(taken)
-                if isinstance(exc, Exception):
-                    raise self._not_restored(name, exc) from None
-                raise
-            g = self._serve(name, store)   # the route logs it, with what it held
+                if exists:
+                    taken, replaced = await self._take_for_restore(name, empty_only=not replace)
+                aside = stage / "replaced" if exists else None
+                try:
+                    store = await anyio.to_thread.run_sync(self._place_restored, name, source, place, aside)
+                except BaseException as exc:
+                    if taken is not None:
+                        await self._serve_again(taken)
+                    if isinstance(exc, Exception):
+                        raise self._not_restored(name, exc) from None
+                    raise
+                g = self._serve(name, store)   # the route logs it, with what it held
+            finally:
+                if self._replacing.pop(name, None) is not None:
+                    self._replacing_changes += 1
             return g, await anyio.to_thread.run_sync(store.count), replaced
 
     async def _take_for_restore(self, name: str, empty_only: bool) -> tuple[Gallery | None, int]:
@@ -715,6 +753,8 @@ class Service:
             if g is not None and g.commits is not None:
                 g.commits.start()
             raise gallery_exists(name, count)
+        self._replacing[name] = count   # listed with these items until the new one is served (galleries_listed)
+        self._replacing_changes += 1
         if g is not None:
             del self.galleries[name]
             await anyio.to_thread.run_sync(g.store.close)
