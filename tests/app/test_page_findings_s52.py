@@ -392,7 +392,7 @@ def test_where_reads_need_a_key_the_key_field_is_opened_and_once_typed_the_galle
         browser, hybrid1_artifact, shared_data, tmp_path_factory, tmp_path):
     """SIMSEARCH_REQUIRE_KEY_FOR_READS=true, two galleries: the page loads with nothing it may read; a photo picked
     is refused for the key, and the page opens the add panel on the key field; the key typed, the size comes and
-    the Galleries choice (GET /galleries, refused at load) appears."""
+    the Galleries choice (GET /galleries, refused at load) appears; searched again, the thumbnails show."""
     from selenium.webdriver.support.ui import Select
 
     work = tmp_path_factory.mktemp("page-server-key-reads")
@@ -423,6 +423,12 @@ def test_where_reads_need_a_key_the_key_field_is_opened_and_once_typed_the_galle
         options = [o.text for o in Select(browser.find_element("id", "gallery-select")).options]
         assert options == ["default (2)", "pets (1)"]
         assert browser.find_element("id", "gallery-count").text == "2"
+        # the thumbnails (plain <img> requests, sent without the key, refused) are asked for again with it
+        browser.find_element("id", "search-again").click()
+        wait_for_search(browser)
+        assert browser.find_element("id", "search-error").text == ""
+        _wait(browser, lambda d: d.execute_script(_THUMBS) == ["shown"] * 2, 15,
+              f"the thumbnails: {browser.execute_script(_THUMBS)}")
     finally:
         browser.execute_script("sessionStorage.clear()")
         stop_server(live)
