@@ -242,6 +242,7 @@ class StoreWrites:
         if not self.config.read_only:
             raise StoreError(f"the store at {self._path} is open for writing: it holds every write already")
         with self._writer:
+            self._check_open()   # (close() releases the connections under _writer)
             conn = self._follow_connection()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
