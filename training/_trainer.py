@@ -63,7 +63,9 @@ def _batch_plan(cfg: TrainConfig, num_classes: int, needs_pairs: bool) -> tuple[
     m = min(cfg.m_per_class, cfg.batch_size // 2)   # two classes a batch at least (_pair_batch_note says so)
     if m * num_classes < cfg.batch_size:  # too few classes to fill a batch with m of each: raise m
         m = max(2, cfg.batch_size // num_classes)
-    return max(m, (cfg.batch_size // m) * m), m
+    # whole classes of m, and no more of them than the split has (pml's sampler refuses m * classes < batch):
+    # 15 classes at batch 128 and m 8 is 120 = 15 x 8, not 128
+    return max(m, min((cfg.batch_size // m) * m, m * num_classes)), m
 
 
 def _check_pair_batch(cfg: TrainConfig, needs_pairs: bool | None = None) -> None:

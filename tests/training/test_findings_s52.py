@@ -1,0 +1,79 @@
+"""The training side's answers to the findings of session 52's bug hunt: a class-balanced batch never asks pml's
+sampler for more images than m of each class."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import preset, train
+
+TINY = dict(epochs=1, model="cnn3a", augment=False, val_fraction=0.0, threads=1)
+
+
+def _logged(cfg, data, out: Path, **kwargs) -> tuple[object, list[str]]:
+    lines: list[str] = []
+    result = train(cfg, data, out, progress=False, log=lines.append, **kwargs)
+    return result, lines
+
+
+def _many_classes(tiny: Path, dest: Path, classes: int, train_each: int = 3, test_each: int = 2) -> Path:
+    """An ImageFolder tree of `classes` classes (c00, c01, ...) of `train_each` train and `test_each` test images,
+    dealt out of `tiny`'s images (each image in one class only)."""
+    images = sorted(tiny.glob("*/*/*.jpg"))
+    assert len(images) >= classes * (train_each + test_each)
+    it = iter(images)
+    for c in range(classes):
+        for split, n in (("train", train_each), ("test", test_each)):
+            (dest / split / f"c{c:02d}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shutil.copy(next(it), dest / split / f"c{c:02d}" / f"{i}.jpg")
+    return dest
+
+
+# --- F1: the default recipe's class-balanced batch for 13 or 15 classes ---------------------------------------------
+
+def _old_plan(batch: int, m_per_class: int, classes: int) -> tuple[int, int]:
+    """_batch_plan before the fix (raising m, then whole classes of m up to the batch)."""
+    m = min(m_per_class, batch // 2)
+    if m * classes < batch:
+        m = max(2, batch // classes)
+    return max(m, (batch // m) * m), m
+
+
+@pytest.mark.parametrize("batch, m_per_class", [(128, 8), (64, 4), (256, 8), (512, 8), (10, 8), (100, 3), (4, 2)])
+def test_a_class_balanced_batch_never_holds_more_than_m_of_each_class_and_is_unchanged_where_it_fitted(
+        batch, m_per_class):
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    from training._trainer import _batch_plan
+
+    for classes in range(2, 80):
+        size, m = _batch_plan(preset("default", batch_size=batch, m_per_class=m_per_class), classes, True)
+        assert size % m == 0 and size <= m * classes and size <= batch, (batch, m_per_class, classes, size, m)
+        old = _old_plan(batch, m_per_class, classes)
+        if old[0] <= old[1] * classes:   # the plans that worked before are kept as they were
+            assert (size, m) == old, (batch, m_per_class, classes)
+        # pml's own check of the plan (it raised the AssertionError of the finding)
+        MPerClassSampler(np.repeat(np.arange(classes), 2), m, batch_size=size, length_before_new_iter=size)
+
+
+def test_the_default_batch_plans_of_ten_thirteen_and_fifteen_classes():
+    from training._trainer import _batch_plan
+
+    cfg = preset("default")
+    assert (cfg.batch_size, cfg.m_per_class) == (128, 8)
+    assert _batch_plan(cfg, 10, True) == (120, 12)    # as before
+    assert _batch_plan(cfg, 13, True) == (117, 9)     # was 126 = 14 x 9 > 13 x 9: pml's AssertionError
+    assert _batch_plan(cfg, 15, True) == (120, 8)     # was 128 = 16 x 8 > 15 x 8
+    assert _batch_plan(cfg, 16, True) == (128, 8)
+
+
+@pytest.mark.parametrize("classes", [13])
+def test_the_default_recipe_trains_thirteen_classes(tiny_cifar_folder, tmp_path, classes):
+    data = _many_classes(tiny_cifar_folder, tmp_path / "many", classes)
+    result, lines = _logged(preset("default", **TINY), data, tmp_path / "a.safetensors")
+    assert any("batch 117 = 13 classes x 9" in line for line in lines), lines
+    assert result.metrics
