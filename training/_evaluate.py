@@ -31,6 +31,15 @@ def _accuracy_calculator(k: int | str | None = "max_bin_count"):
         def requires_knn(self):
             return super().requires_knn() + [f"recall_at_{r}" for r in RECALL_AT]
 
+        def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
+            # "max_bin_count" alone asks for (largest class - 1) neighbours: with 2 test images a class, recall@5 and
+            # recall@10 would look at 1 neighbour and equal precision@1. Enough for recall@10 too (R-precision and
+            # MAP@R read only the first R of them).
+            k = super().determine_k(bin_counts, num_reference_embeddings, ref_includes_query)
+            if self.k != "max_bin_count":
+                return k
+            return max(k, min(max(RECALL_AT), num_reference_embeddings - int(ref_includes_query)))
+
     def make(r: int):
         def calc(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
             keep = not_lone_query_mask

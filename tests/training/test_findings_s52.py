@@ -1,5 +1,5 @@
 """The training side's answers to the findings of session 52's bug hunt: a class-balanced batch never asks pml's
-sampler for more images than m of each class."""
+sampler for more images than m of each class, recall@5 and recall@10 look at 5 and 10 neighbours."""
 from __future__ import annotations
 
 import shutil
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training import preset, train
 
@@ -77,3 +78,72 @@ def test_the_default_recipe_trains_thirteen_classes(tiny_cifar_folder, tmp_path,
     result, lines = _logged(preset("default", **TINY), data, tmp_path / "a.safetensors")
     assert any("batch 117 = 13 classes x 9" in line for line in lines), lines
     assert result.metrics
+
+
+# --- F2: recall@5 and recall@10 looked at (largest class - 1) neighbours only -----------------------------------------
+
+def _brute_recall(emb: np.ndarray, labels: np.ndarray, r: int, ref: np.ndarray | None = None,
+                  ref_labels: np.ndarray | None = None) -> float:
+    """Recall@r by brute force: a query counts when one of its r most cosine-similar others shares its label."""
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    if ref is None:
+        sim, ref_labels = unit @ unit.T, labels
+        np.fill_diagonal(sim, -np.inf)
+    else:
+        sim = unit @ (ref / np.linalg.norm(ref, axis=1, keepdims=True)).T
+    order = np.argsort(-sim, axis=1)
+    return float((ref_labels[order[:, :r]] == labels[:, None]).any(axis=1).mean())
+
+
+def _plain_pml(emb: np.ndarray, labels: np.ndarray, **kwargs) -> dict[str, float]:
+    """pml's own AccuracyCalculator (k="max_bin_count", as the metrics were computed before the fix)."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from training._evaluate import RETRIEVAL_METRICS
+
+    calc = AccuracyCalculator(include=RETRIEVAL_METRICS, k="max_bin_count", device=torch.device("cpu"))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    if "reference" in kwargs:
+        kwargs["reference"] = kwargs["reference"] / np.linalg.norm(kwargs["reference"], axis=1, keepdims=True)
+    return {k: float(v) for k, v in calc.get_accuracy(unit.astype(np.float32), labels, **kwargs).items()}
+
+
+@pytest.mark.parametrize("sizes", [[2] * 20, [2, 3, 4] * 6])
+def test_recall_at_5_and_10_look_at_5_and_10_neighbours_with_small_test_classes(sizes):
+    from training import retrieval_metrics
+
+    emb = np.random.default_rng(0).normal(size=(sum(sizes), 16)).astype(np.float32)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    got = retrieval_metrics(torch.from_numpy(emb), torch.from_numpy(labels))
+    for r in (1, 5, 10):
+        assert got[f"recall_at_{r}"] == pytest.approx(_brute_recall(emb, labels, r)), r
+    assert got["recall_at_5"] > got["precision_at_1"] and got["recall_at_10"] > got["recall_at_5"]
+    before = _plain_pml(emb, labels)   # the other metrics as pml computes them, unchanged
+    assert {k: got[k] for k in before} == pytest.approx(before, abs=1e-9)
+
+
+def test_recall_at_10_against_a_reference_set_of_small_classes():
+    from training import evaluate_embeddings
+
+    rng = np.random.default_rng(1)
+    ref, ref_labels = rng.normal(size=(40, 16)).astype(np.float32), np.repeat(np.arange(20), 2)
+    queries, labels = rng.normal(size=(30, 16)).astype(np.float32), np.arange(30) % 20
+    got = evaluate_embeddings(queries, labels, reference=ref, reference_labels=ref_labels)
+    for r in (1, 5, 10):
+        assert got[f"recall_at_{r}"] == pytest.approx(_brute_recall(queries, labels, r, ref, ref_labels)), r
+    assert got["recall_at_10"] > got["precision_at_1"]
+    before = _plain_pml(queries, labels, reference=ref, reference_labels=ref_labels, ref_includes_query=False)
+    assert {k: got[k] for k in before} == pytest.approx(before, abs=1e-9)
+
+
+def test_big_test_classes_keep_every_retrieval_metric_as_it_was():
+    from training import retrieval_metrics
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(5), 30)
+    emb = (rng.normal(size=(150, 16)) + 1.5 * np.eye(16)[labels]).astype(np.float32)
+    got = retrieval_metrics(torch.from_numpy(emb), torch.from_numpy(labels))
+    before = _plain_pml(emb, labels)
+    assert {k: got[k] for k in before} == pytest.approx(before, abs=1e-9)
+    for r in (1, 5, 10):
+        assert got[f"recall_at_{r}"] == pytest.approx(_brute_recall(emb, labels, r)), r
