@@ -791,18 +791,16 @@ def _val_precision(run: _Run, net: nn.Module, tta: str) -> float:
     return round(retrieval_metrics(emb, run.val_split.labels, only_p1=True)["precision_at_1"], 5)
 
 
-def _step_net(run: _Run, start_epoch: int) -> nn.Module:
+def _step_net(run: _Run) -> nn.Module:
     """The network each step runs: under torchrun wrapped in DDP, with every process starting from the main one's
-    weights (DDP copies the network's when it wraps it; the loss's are sent here) and drawing its own
-    augmentations."""
+    weights (DDP copies the network's when it wraps it; the loss's are sent here). Each process draws its own
+    augmentations (_train reseeds the others each epoch)."""
     world = run.world
     dist_.broadcast_module(world, run.loss_fn)
     if world is None:
         return run.net
     step_net = nn.parallel.DistributedDataParallel(run.net,
                                                    device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    if not run.main:
-        torch.manual_seed(run.cfg.seed + 7919 * world.rank + start_epoch)
     return step_net
 
 
@@ -925,7 +923,7 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
 
     ckpt = _checkpoint_path(out)
     done, tta = _restore(ckpt, resume, run, steps, ema, tta)
-    step_net = _step_net(run, done.start_epoch)
+    step_net = _step_net(run)
     batches = _Batches(train_images, train_labels, _sampler(run, steps, done.sampler_labels), aug)
     _log_start(run, steps, tta)
 
@@ -937,6 +935,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
 
     for epoch in range(done.start_epoch, cfg.epochs):
         t0 = time.time()
+        if not main:  # its own augmentations, seeded each epoch: a resumed run draws what the uninterrupted one did
+            torch.manual_seed(cfg.seed + 7919 * world.rank + epoch)   # (the checkpoint holds the main one's state)
         total, count = _train_epoch(run, steps, batches, teachers, step_net, trained, ema, normalize, epoch)
         if not main:  # the main process validates and checkpoints
             if done.stops_after(epoch, stop_after, cfg.epochs):

@@ -147,3 +147,26 @@ def test_big_test_classes_keep_every_retrieval_metric_as_it_was():
     assert {k: got[k] for k in before} == pytest.approx(before, abs=1e-9)
     for r in (1, 5, 10):
         assert got[f"recall_at_{r}"] == pytest.approx(_brute_recall(emb, labels, r)), r
+
+
+# --- F3: --nproc 2 with augmentation, stopped and resumed, is the uninterrupted run ----------------------------------
+
+def test_two_processes_with_augmentation_stopped_and_resumed_train_the_uninterrupted_weights(tiny_cifar_folder,
+                                                                                             tmp_path):
+    from safetensors.torch import load_file
+
+    from .conftest import run_cli
+
+    # the other process draws its own augmentations: seeded once at the epoch it started from, a resumed run drew
+    # other ones from the second epoch on
+    common = ["--model", "cnn3a", "--loss", "ce", "--val-fraction", "0", "--epochs", "3", "--batch-size", "16",
+              "--quiet", "--threads", "1", "--nproc", "2"]
+    full, resumed = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors"
+    for out, extra in ((full, []), (resumed, ["--stop-after", "1"]), (resumed, ["--resume"])):
+        r = run_cli("train", str(tiny_cifar_folder), "--out", str(out), *common, *extra, cache=tmp_path)
+        assert r.returncode == 0, r.stderr
+    a, b = load_file(full), load_file(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
