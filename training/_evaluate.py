@@ -103,6 +103,29 @@ def ce_loss(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str
             "ce_accuracy": float((logits.argmax(1) == labels).float().mean().item())}
 
 
+def _ce_of_learnt(embeddings: torch.Tensor, labels: torch.Tensor, head_state: dict[str, torch.Tensor],
+                  ce_classes: Sequence[int] | None, class_names: list[str] | None) -> dict[str, Any]:
+    """ce_loss over the items of the classes the head learnt (`ce_classes`, the classes with training images; None:
+    every class), with `ce_left_out` saying how many items of which other classes were left out (a classifier
+    cannot have learnt a class it saw no image of); no ce_loss when no item is of a class it learnt."""
+    if ce_classes is None:
+        return ce_loss(embeddings, labels, head_state)
+    keep = torch.isin(labels, torch.as_tensor(list(ce_classes), dtype=torch.long))
+    if bool(keep.all()):
+        return ce_loss(embeddings, labels, head_state)
+    absent = sorted(set(labels[~keep].tolist()))
+    said = [class_names[c] if class_names and c < len(class_names) else str(c) for c in absent[:8]]
+    classes = f"{len(absent)} class{'es' if len(absent) != 1 else ''} with no training images " \
+              f"({', '.join(said)}{' ...' if len(absent) > 8 else ''})"
+    if not bool(keep.any()):
+        return {"ce_left_out": f"no ce_loss or ce_accuracy: the {len(labels)} test images are all of {classes}, "
+                               "which the classifier cannot have learnt"}
+    out: dict[str, Any] = ce_loss(embeddings[keep], labels[keep], head_state)
+    out["ce_left_out"] = (f"ce_loss and ce_accuracy over {int(keep.sum())} of the {len(labels)} test images: the "
+                          f"{int((~keep).sum())} of {classes} left out (the classifier cannot have learnt them)")
+    return out
+
+
 def _ms_batch_losses(embeddings: torch.Tensor, labels: torch.Tensor, batches, alpha: float, beta: float,
                      base: float, epsilon: float, mined: bool) -> list[float]:
     """pml's MultiSimilarityLoss on each batch of indices, after its MultiSimilarityMiner when `mined`:
@@ -273,11 +296,14 @@ def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
                         ms_m: int = 8, ms_classes: int = 8, class_names: list[str] | None = None, *,
                         neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
                         precisions: Sequence[float] = MATCH_PRECISIONS, reference=None,
-                        reference_labels=None) -> dict[str, Any]:
+                        reference_labels=None, ce_classes: Sequence[int] | None = None) -> dict[str, Any]:
     """All test metrics from embeddings (N, D): retrieval metrics, ce_loss (when a CE head is given), ms_loss,
     ms_loss_plain, the per-class report (class_report; `class_names[label]` names the classes) and the
     distances for each wanted precision of the top hit in `precisions` (match_thresholds; each in (0, 1]).
     `neighbours`: the result of `_nearest_neighbours(embeddings)` when the caller has it already.
+    `ce_classes`: the class ids the CE head learnt (those with training images; None: all): ce_loss and
+    ce_accuracy count only the items of these, and `ce_left_out` says how many others were left out (all of
+    them: no ce_loss, and `ce_left_out` says why).
 
     `embeddings`: a torch tensor or a numpy array (what model.Embedder.embed returns); `labels`: N integer
     class ids or N class names (str), as a tensor, an array or a list. Names are numbered in sorted order
@@ -298,7 +324,7 @@ def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
         if neighbours is not None:
             raise ValueError("neighbours are the leave-one-out ones of a set scored against itself: give them "
                              "without reference")
-        return _evaluate_against(embeddings, labels, reference, reference_labels, ce_head, class_names)
+        return _evaluate_against(embeddings, labels, reference, reference_labels, ce_head, class_names, ce_classes)
     embeddings, labels, names = _as_tensors(embeddings, labels)
     class_names = class_names if class_names is not None else names
     precisions = tuple(precisions)
@@ -308,7 +334,7 @@ def evaluate_embeddings(embeddings, labels, ce_head: dict | None = None,
                          f"{list(MATCH_PRECISIONS)}")
     out: dict[str, Any] = retrieval_metrics(embeddings, labels)
     if ce_head is not None:
-        out.update(ce_loss(embeddings, labels, ce_head))
+        out.update(_ce_of_learnt(embeddings, labels, ce_head, ce_classes, class_names))
     out.update(ms_loss(embeddings, labels, m=ms_m, classes_per_batch=ms_classes))
     out.update(ms_loss_plain(embeddings, labels))
     out.update(similarity_stats(embeddings, labels))
@@ -353,7 +379,7 @@ def _as_tensors(embeddings, labels, what: str = "embeddings",
 
 
 def _evaluate_against(queries, labels, reference, reference_labels, ce_head: dict | None,
-                      class_names: list[str] | None) -> dict[str, Any]:
+                      class_names: list[str] | None, ce_classes: Sequence[int] | None = None) -> dict[str, Any]:
     """evaluate_embeddings of `queries` against a separate reference set (see there)."""
     if reference is None or reference_labels is None:
         given, missing = ("reference", "reference_labels") if reference is not None else \
@@ -372,7 +398,7 @@ def _evaluate_against(queries, labels, reference, reference_labels, ce_head: dic
                          f"{shown(reference_labels)}): there is nothing of its class for any query to find")
     out: dict[str, Any] = _retrieval_against(queries, labels, reference, reference_labels)
     if ce_head is not None:
-        out.update(ce_loss(queries, labels, ce_head))
+        out.update(_ce_of_learnt(queries, labels, ce_head, ce_classes, class_names))
     out["test_size"] = int(len(labels))
     out["reference_size"] = int(len(reference_labels))
     absent = sorted(set(labels.tolist()) - set(reference_labels.tolist()))
@@ -496,7 +522,7 @@ def evaluate_artifact(artifact: str | os.PathLike, data: str | os.PathLike, *, d
     head, ce_left_out = _ce_head(art, ds.class_names)
     neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike
     res = evaluate_embeddings(emb, test.labels, head, class_names=list(ds.class_names), neighbours=neighbours,
-                              precisions=precisions)
+                              precisions=precisions, ce_classes=_learnt_classes(art, ds.class_names))
     found = confident_mistakes(test.labels, neighbours, max(mistakes, sheet_rows if sheet else 0),
                                list(ds.class_names), test.names)
     res["confident_mistakes"] = found[:mistakes]
@@ -625,6 +651,16 @@ def _ce_head(art, class_names: list[str]) -> tuple[dict | None, str | None]:
                       f"dataset {_classes(class_names)}"
                       + (" (the same, in another order)" if sorted(meta.class_names) == sorted(class_names) else ""))
     return head, None
+
+
+def _learnt_classes(art, class_names: list[str]) -> list[int] | None:
+    """The ids (in `class_names`) of the classes the artifact's training run had training images of, as its
+    metadata records them (training.dataset.class_counts); None where it does not record them."""
+    counts = ((art.meta.training or {}).get("dataset") or {}).get("class_counts")
+    if not isinstance(counts, dict):
+        return None
+    return [i for i, name in enumerate(class_names)
+            if not isinstance(counts.get(name), dict) or counts[name].get("train", 1) > 0]
 
 
 def _draw_mistakes(sheet: str | os.PathLike, sheet_rows: int, found: list[dict[str, Any]], art, ds, test,

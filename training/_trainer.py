@@ -1005,7 +1005,8 @@ def _finish(run: _Run, shipped: nn.ModuleDict, done: _Progress, tta: str, steps:
     neighbours = _nearest_neighbours(emb)   # for the metrics and the mistakes alike, as evaluate_artifact
     metrics = evaluate_embeddings(emb, test_split.labels, ce_head, ms_m=cfg.eval_ms_m,
                                   ms_classes=max(1, cfg.eval_ms_batch // cfg.eval_ms_m),
-                                  class_names=list(ds.class_names), neighbours=neighbours)
+                                  class_names=list(ds.class_names), neighbours=neighbours,
+                                  ce_classes=torch.unique(train_split.labels).tolist())  # a test-only class: no CE
     # in the metrics file, as `simsearch evaluate --json` has them; not in the artifact, whose copies by
     # `evaluate --out` leave them out too (they name this dataset's images)
     mistakes = confident_mistakes(test_split.labels, neighbours, 10, list(ds.class_names), test_split.names)

@@ -170,3 +170,61 @@ def test_two_processes_with_augmentation_stopped_and_resumed_train_the_uninterru
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
+
+# --- F6: test classes with no training images are scored by retrieval only, not by the CE head ------------------------
+
+def test_ce_counts_only_the_test_images_of_classes_the_head_learnt():
+    from training import evaluate_embeddings
+
+    rng = np.random.default_rng(3)
+    emb, labels = torch.from_numpy(rng.normal(size=(24, 8)).astype(np.float32)), torch.arange(24) % 4
+    head = {"weight": torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32)), "bias": torch.zeros(4)}
+    got = evaluate_embeddings(emb, labels, head, class_names=["a", "b", "c", "d"], ce_classes=[0, 1])
+    keep = labels < 2
+    logits = emb[keep] @ head["weight"].T
+    assert got["ce_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels[keep]).item())
+    assert got["ce_accuracy"] == pytest.approx((logits.argmax(1) == labels[keep]).float().mean().item())
+    assert got["ce_left_out"] == ("ce_loss and ce_accuracy over 12 of the 24 test images: the 12 of 2 classes with "
+                                  "no training images (c, d) left out (the classifier cannot have learnt them)")
+    none = evaluate_embeddings(emb, labels, head, class_names=["a", "b", "c", "d"], ce_classes=[])
+    assert "ce_loss" not in none and "ce_accuracy" not in none
+    assert none["ce_left_out"].startswith("no ce_loss or ce_accuracy: the 24 test images are all of 4 classes with "
+                                          "no training images (a, b, c, d)")
+    every = evaluate_embeddings(emb, labels, head, ce_classes=[0, 1, 2, 3])
+    assert "ce_left_out" not in every
+    assert every["ce_loss"] == evaluate_embeddings(emb, labels, head)["ce_loss"]
+
+
+def _test_only_classes(tiny: Path, dest: Path, trained: tuple[str, ...]) -> Path:
+    """`tiny` with training images of the classes `trained` only (test/ keeps all four)."""
+    for cls in trained:
+        shutil.copytree(tiny / "train" / cls, dest / "train" / cls)
+    shutil.copytree(tiny / "test", dest / "test")
+    return dest
+
+
+def test_a_run_with_test_only_classes_leaves_them_out_of_ce_and_evaluate_says_the_same(tiny_cifar_folder, tmp_path):
+    from training import evaluate_artifact
+
+    data = _test_only_classes(tiny_cifar_folder, tmp_path / "open", ("airplane", "automobile"))
+    out = tmp_path / "a.safetensors"
+    result, lines = _logged(preset("default", **TINY, loss="ce"), data, out)
+    said = ("ce_loss and ce_accuracy over 12 of the 24 test images: the 12 of 2 classes with no training images "
+            "(cat, ship) left out (the classifier cannot have learnt them)")
+    assert result.metrics["ce_left_out"] == said
+    assert any(said in line for line in lines), lines
+    evaluated = evaluate_artifact(out, data, progress=False)
+    assert evaluated["ce_left_out"] == said
+    assert evaluated["ce_loss"] == pytest.approx(result.metrics["ce_loss"], abs=1e-5)
+
+
+def test_a_run_whose_test_classes_have_no_training_images_has_no_ce_loss(tiny_cifar_folder, tmp_path):
+    data = tmp_path / "unseen"
+    for split, classes in (("train", ("airplane", "automobile")), ("test", ("cat", "ship"))):
+        for cls in classes:
+            shutil.copytree(tiny_cifar_folder / split / cls, data / split / cls)
+    result, _ = _logged(preset("default", **TINY, loss="ce"), data, tmp_path / "a.safetensors")
+    assert "ce_loss" not in result.metrics and "ce_accuracy" not in result.metrics
+    assert result.metrics["ce_left_out"].startswith("no ce_loss or ce_accuracy: the 12 test images are all of 2 "
+                                                    "classes with no training images (cat, ship)")
+
