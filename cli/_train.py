@@ -174,6 +174,7 @@ def _train(args) -> int:
         import faulthandler
 
         faulthandler.enable()   # a process that crashes (SIGABRT, SIGSEGV) writes where, for _launch to show
+        _end_with_launcher()
     from training import ModelArgumentError
 
     started = time.time()
@@ -349,6 +350,25 @@ def _arch_error(exc) -> str:
     return f"--arch {exc.key}={shown}: {exc.model} cannot be built with it ({exc.reason}){hint}"
 
 
+def _end_with_launcher() -> None:
+    """In a process `--nproc` started: be sent SIGTERM when the `simsearch train` that started it dies (kill -9, the
+    OOM killer), which holds OUT's lock for it; otherwise it would train on and write OUT without the lock.
+    Linux only (prctl's PR_SET_PDEATHSIG); elsewhere it does nothing. torchrun starts the processes from the
+    launcher's main thread, whose end (the process's) is what the signal follows."""
+    launcher = os.environ.get("SIMSEARCH_TRAIN_LAUNCHER")
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:   # PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != launcher:   # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _end_torchrun_process() -> None:
     """End one of torchrun's training processes, its work done and written, without the interpreter's
     teardown: there, about one process in 150 aborted on this machine ("terminate called without an
@@ -366,6 +386,7 @@ def _launch(args, cfg, data: Path) -> int:
     """Run this same command in `args.nproc` processes under torchrun (one machine), showing the main process's
     output; each of them trains its share (training/_distributed.py)."""
     import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -398,7 +419,10 @@ def _launch(args, cfg, data: Path) -> int:
         launch = parse_args(["--standalone", f"--nproc-per-node={n}", "--local-ranks-filter=0", "--log-dir", logs,
                              "--redirects", ",".join(f"{r}:3" for r in range(1, n)), "--module", "cli"])
         launch.training_script_args = list(args.argv)  # set, not parsed: torchrun's parser would read our options
+        os.environ["SIMSEARCH_TRAIN_LAUNCHER"] = str(os.getpid())   # the processes end with this one (_train)
         run(launch)
+    except SignalException as exc:   # Ctrl-C or a kill reached torchrun, which has stopped the processes; the main
+        return 128 + int(exc.sigval)   # one said what to run next (interrupted; OUT.ckpt holds ...) as one alone does
     except ChildFailedError as exc:
         main = exc.failures.get(0)
         if main is not None and main.exitcode == 2:  # the main process said what was wrong, above
@@ -412,6 +436,7 @@ def _launch(args, cfg, data: Path) -> int:
         raise CliError(f"training process {rank} of {n} failed first ({how}); "
                        + _last_lines(Path(logs), rank)) from None
     finally:
+        os.environ.pop("SIMSEARCH_TRAIN_LAUNCHER", None)
         shutil.rmtree(logs, ignore_errors=True)
         unlock_run(args.out, lock)
     return 0

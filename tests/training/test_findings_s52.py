@@ -2,7 +2,12 @@
 sampler for more images than m of each class, recall@5 and recall@10 look at 5 and 10 neighbours."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,7 @@ import torch
 
 from training import preset, train
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(epochs=1, model="cnn3a", augment=False, val_fraction=0.0, threads=1)
 
 
@@ -227,4 +233,84 @@ def test_a_run_whose_test_classes_have_no_training_images_has_no_ce_loss(tiny_ci
     assert "ce_loss" not in result.metrics and "ce_accuracy" not in result.metrics
     assert result.metrics["ce_left_out"].startswith("no ce_loss or ce_accuracy: the 12 test images are all of 2 "
                                                     "classes with no training images (cat, ship)")
+
+
+# --- F4, F5: `train --nproc 2` killed (its processes end with it) or interrupted with Ctrl-C (exit 130) -------------
+
+def _start_in_two_processes(data: Path, out: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`simsearch train --nproc 2` of many epochs in a session of its own, its output in a file."""
+    env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    log = tmp_path / "train.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "train", str(data), "--out", str(out), "--model",
+                                 "cnn3a", "--loss", "ce", "--no-augment", "--val-fraction", "0", "--epochs", "1000",
+                                 "--batch-size", "16", "--quiet", "--threads", "1", "--nproc", "2"],
+                                cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while '{"epoch": 1' not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.2)
+    return proc, log
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_the_training_processes_end_when_the_train_command_that_started_them_is_killed(tiny_cifar_folder,
+                                                                                        tmp_path):
+    proc, log = _start_in_two_processes(tiny_cifar_folder, tmp_path / "a.safetensors", tmp_path)
+    workers = _children(proc.pid)
+    try:
+        assert len(workers) == 2, (workers, log.read_text())
+        proc.kill()   # kill -9: it holds OUT's lock for them, and can stop nothing
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # they trained on, without the lock, and wrote OUT.ckpt beside a --resume started meanwhile
+        assert not any(map(_running, workers)), [w for w in workers if _running(w)]
+    finally:
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a session's Ctrl-C as a terminal sends it")
+def test_ctrl_c_on_training_in_two_processes_says_what_to_run_next_and_exits_130(tiny_cifar_folder, tmp_path):
+    out = tmp_path / "a.safetensors"
+    proc, log = _start_in_two_processes(tiny_cifar_folder, out, tmp_path)
+    workers = _children(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C: the terminal's whole process group
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+    said = log.read_text(errors="replace")
+    # was torchrun's SignalException traceback and exit status 1
+    assert rc == 130, said
+    assert "Traceback" not in said and "SignalException" not in said, said
+    assert f"interrupted; {out}.ckpt holds the last finished epoch" in said, said
 
