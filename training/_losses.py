@@ -120,6 +120,10 @@ def _check_option_value(key: str, value: Any, kind: type) -> None:
         raise ValueError(f"loss option {key} must be a string, got {value!r}")
     if key in POSITIVE_OPTIONS and not value > 0:
         raise ValueError(f"loss option {key} must be positive, got {value!r}")
+    if key.endswith("_weight") and kind is float and not value >= 0:   # a part of a sum: create_loss's own check
+        raise ValueError(f"loss option {key} must be a number of at least 0, got {float(value)}")
+    if key == "triplets" and value not in _TRIPLETS:   # _triplet's own check, before any data is read
+        raise ValueError(f"loss option triplets must be one of {', '.join(_TRIPLETS)}, got {value!r}")
 
 
 def create_loss(name: str, embed_dim: int, num_classes: int, **options) -> MetricLoss:

@@ -2,6 +2,7 @@
 sampler for more images than m of each class, recall@5 and recall@10 look at 5 and 10 neighbours."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -313,4 +314,35 @@ def test_ctrl_c_on_training_in_two_processes_says_what_to_run_next_and_exits_130
     assert rc == 130, said
     assert "Traceback" not in said and "SignalException" not in said, said
     assert f"interrupted; {out}.ckpt holds the last finished epoch" in said, said
+
+
+# --- F8: a negative <part>_weight and an unknown `triplets` refused by validate(), before the data is read ------------
+
+@pytest.mark.parametrize("loss, options, message", [
+    ("ce+ms", {"ms_weight": -1}, "loss option ms_weight must be a number of at least 0, got -1.0"),
+    ("ce+triplet", {"ce_weight": -0.5}, "loss option ce_weight must be a number of at least 0, got -0.5"),
+    ("triplet", {"triplets": "semi"}, "loss option triplets must be one of all, hard, semihard, easy, got 'semi'"),
+    ("ce+triplet", {"triplets": "hardest"},
+     "loss option triplets must be one of all, hard, semihard, easy, got 'hardest'"),
+])
+def test_loss_options_create_loss_refuses_are_refused_by_validate_and_before_the_data_is_read(tmp_path, loss, options,
+                                                                                              message):
+    from .conftest import run_cli
+
+    with pytest.raises(ValueError) as exc:
+        preset("default", loss=loss, loss_kwargs=options).validate()
+    assert str(exc.value) == message
+    with pytest.raises(ValueError) as exc:   # the data is not there: refused before it would be looked for
+        train(preset("default", **TINY, loss=loss, loss_kwargs=options), tmp_path / "no-such-data",
+              tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+    assert str(exc.value) == message
+    r = run_cli("train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "a.safetensors"), "--loss", loss,
+                "--set", f"loss_kwargs={json.dumps(options)}", cache=tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_a_weight_of_0_and_the_known_triplets_still_pass():
+    preset("default", loss="ce+ms", loss_kwargs={"ms_weight": 0}).validate()
+    for triplets in ("all", "hard", "semihard", "easy"):
+        preset("default", loss="triplet", loss_kwargs={"triplets": triplets}).validate()
 
