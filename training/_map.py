@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._mistakes import picture
+from ._mistakes import caption_font, picture
 
 # 20 colours told apart on white (Kelly's, less the whites and greys): class i gets PALETTE[i % 20]
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000075",
@@ -31,7 +31,7 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
                   thumb: int | None = None) -> dict[str, Any]:
     """Write the map of (at most) `points` of the images, a seeded sample, to the PNG `path`; returns
     {path, points, trustworthiness, same_class_nearest_on_map, same_class_nearest_in_embedding}."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
     from sklearn.manifold import TSNE, trustworthiness
 
     n = len(labels)
@@ -52,7 +52,7 @@ def embedding_map(path: str | os.PathLike, images: torch.Tensor, labels: torch.T
     side = thumb or int(np.clip(_SIDE / np.sqrt(len(pick)) * 0.9, 12, 48))   # smaller pictures for more points
     canvas = Image.new("RGB", (_SIDE + _LEGEND, _SIDE + _HEAD), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(13)
+    font = caption_font(13)
     draw.text((8, 6), title or f"{len(pick)} test images placed by t-SNE of their embeddings", fill="black", font=font)
     span = _SIDE - side - 4
     for i in np.random.default_rng(seed + 1).permutation(len(pick)):   # no class drawn on top of all the others

@@ -4,6 +4,7 @@ duplicates filed under two classes, labels that are wrong, classes that overlap.
 them with their neighbours as one PNG, as TensorFlow Similarity's `viz_neighbors_imgs` does for a query."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,25 @@ _CAPTION = 3 * 12     # three lines of text under each tile
 _PAD = 6
 _BORDER = 3
 QUERY, RIGHT, WRONG = (40, 90, 220), (30, 150, 60), (210, 40, 40)   # tile frames: query, same class, other class
+# TrueType fonts with accented, Greek and Cyrillic letters, tried in turn (Pillow looks a bare name up among the
+# system's fonts: XDG's fonts folders on Linux, the Fonts folders on macOS and Windows); Pillow's own default font
+# draws any letter outside ASCII as a box
+FONTS = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+         "/usr/share/fonts/TTF/DejaVuSans.ttf", "LiberationSans-Regular.ttf", "Arial Unicode.ttf", "arial.ttf")
+
+
+@functools.lru_cache(maxsize=8)
+def caption_font(size: int):
+    """The first of FONTS that Pillow finds, at `size` pixels (class names in any alphabet it covers); Pillow's
+    default font where none is installed."""
+    from PIL import ImageFont
+
+    for name in FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size)
 
 
 def confident_mistakes(labels: torch.Tensor, neighbours: tuple[torch.Tensor, torch.Tensor], top: int,
@@ -50,7 +70,7 @@ def mistakes_sheet(path: str | os.PathLike, images: torch.Tensor, labels: torch.
     """Write a PNG with one row per mistake: the query (blue frame) and its `k` nearest neighbours in the
     split, each framed green when of the query's class and red when not, captioned with its class, its
     cosine to the query and its file. Returns the path."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
     from pytorch_metric_learning.utils.inference import FaissKNN
 
     emb = F.normalize(embeddings.float(), dim=1)
@@ -59,7 +79,7 @@ def mistakes_sheet(path: str | os.PathLike, images: torch.Tensor, labels: torch.
     if rows:
         # k + 1 so that the query itself, found first, can be dropped
         _, found = FaissKNN()(emb[rows], k + 1, emb, ref_includes_query=False)
-    font = ImageFont.load_default(11)
+    font = caption_font(11)
     cell_w, cell_h = _TILE + 2 * _BORDER, _TILE + 2 * _BORDER + _CAPTION
     head = 20
     sheet = Image.new("RGB", (_PAD + (k + 1) * (cell_w + _PAD), head + _PAD + max(1, len(rows)) * (cell_h + _PAD)),

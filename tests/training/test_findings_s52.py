@@ -346,3 +346,40 @@ def test_a_weight_of_0_and_the_known_triplets_still_pass():
     for triplets in ("all", "hard", "semihard", "easy"):
         preset("default", loss="triplet", loss_kwargs={"triplets": triplets}).validate()
 
+
+# --- F9: the mistakes sheet and the map draw class names outside ASCII as letters, not boxes -------------------------
+
+def _sheet_and_map(tmp_path: Path, names: list[str], tag: str) -> tuple[bytes, bytes]:
+    from training._evaluate import _nearest_neighbours
+    from training._map import embedding_map
+    from training._mistakes import confident_mistakes, mistakes_sheet
+
+    rng = np.random.default_rng(4)
+    images = torch.from_numpy(rng.integers(0, 255, size=(12, 3, 16, 16), dtype=np.uint8))
+    labels, emb = torch.arange(12) % 3, torch.from_numpy(rng.normal(size=(12, 8)).astype(np.float32))
+    found = confident_mistakes(labels, _nearest_neighbours(emb), 4, names)
+    assert found
+    sheet, chart = tmp_path / f"sheet-{tag}.png", tmp_path / f"map-{tag}.png"
+    mistakes_sheet(sheet, images, labels, emb, found, class_names=names, title="t")
+    embedding_map(chart, images, labels, emb, class_names=names, title="t")
+    return sheet.read_bytes(), chart.read_bytes()
+
+
+def test_the_mistakes_sheet_and_the_map_draw_class_names_outside_ascii_as_letters(tmp_path):
+    from training._mistakes import FONTS
+
+    from PIL import ImageFont
+
+    installed = []
+    for name in FONTS:
+        try:
+            installed.append(ImageFont.truetype(name, 11))
+        except OSError:
+            continue
+    if not installed:
+        pytest.skip(f"none of {FONTS} is installed here: Pillow's default font draws boxes")
+    # Pillow's default font drew é, ж and a character no font has alike (a box): the same pictures
+    letters = _sheet_and_map(tmp_path, ["café", "жук", "ship"], "letters")
+    boxes = _sheet_and_map(tmp_path, ["caf\ue000", "\ue000\ue000\ue000", "ship"], "boxes")
+    assert letters[0] != boxes[0]
+    assert letters[1] != boxes[1]
