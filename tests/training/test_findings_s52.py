@@ -383,3 +383,34 @@ def test_the_mistakes_sheet_and_the_map_draw_class_names_outside_ascii_as_letter
     boxes = _sheet_and_map(tmp_path, ["caf\ue000", "\ue000\ue000\ue000", "ship"], "boxes")
     assert letters[0] != boxes[0]
     assert letters[1] != boxes[1]
+
+
+# --- F7: metrics with nothing to score (a test split of one image a class) are null in JSON, not a bare NaN ----------
+
+def _strict_json(text: str):
+    """json.loads refusing NaN and Infinity, as strict JSON parsers (JavaScript's, jq's) do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_test_split_of_one_image_a_class_writes_null_metrics_into_the_metrics_file_and_evaluate_json(
+        tiny_cifar_folder, tmp_path):
+    from .conftest import run_cli
+
+    data = tmp_path / "single"
+    for cls in ("airplane", "cat"):
+        shutil.copytree(tiny_cifar_folder / "train" / cls, data / "train" / cls)
+        (data / "test" / cls).mkdir(parents=True)
+        shutil.copy(sorted((tiny_cifar_folder / "test" / cls).iterdir())[0], data / "test" / cls / "0.jpg")
+    out = tmp_path / "a.safetensors"
+    result, _ = _logged(preset("default", **TINY, loss="ce"), data, out)
+    assert np.isnan(result.metrics["precision_at_1"])   # in Python: NaN, a float
+    saved = _strict_json(result.metrics_path.read_text())["metrics"]
+    for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r", "recall_at_10"):
+        assert saved[key] is None, key
+    assert saved["ce_loss"] == pytest.approx(result.metrics["ce_loss"])   # the finite ones as they are
+    r = run_cli("evaluate", str(out), str(data), "--json", str(tmp_path / "e.json"), "--quiet", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    evaluated = _strict_json((tmp_path / "e.json").read_text())
+    assert evaluated["precision_at_1"] is None and evaluated["recall_at_5"] is None
