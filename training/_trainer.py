@@ -723,6 +723,12 @@ def _restore(ckpt: Path, resume: bool, run: _Run, steps: _Steps, ema, tta: str) 
         differ, runtime = _config_differences(state, cfg)
         if (data := _data_difference(state, run)) is not None:
             differ.append(data)
+        started = json.loads(state.get("init_id", "null"))   # the starting model of a fine-tune, when recorded
+        if started is not None and started != run.init_id:
+            differ.append(f"starting model (init_from) {started} there, {run.init_id} here ({cfg.init_from} is "
+                          "another model now)")
+        elif started is not None:   # the same model, moved or copied: its file's name is not what it learns from
+            differ = [d for d in differ if not d.startswith("init_from ")]
         if differ:
             raise ValueError(f"{ckpt}: the checkpoint was written with a different configuration: "
                              + ", ".join(differ))
@@ -948,7 +954,8 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         _validate(run, shipped, tta, done, rec)
         log(json.dumps(rec))
         _save_checkpoint(ckpt, run.net, run.loss_fn, steps.opt, steps.sched, steps.scaler, epoch + 1, done.best_p1,
-                         done.best_state, done.history, cfg, ema, batches.sampler_labels(), run.data_identity)
+                         done.best_state, done.history, cfg, ema, batches.sampler_labels(), run.data_identity,
+                         run.init_id)
         if done.stops_after(epoch, stop_after, cfg.epochs):
             log(f"stopped after epoch {epoch + 1}; continue with the same command and --resume (in Python: the "
                 "same configuration and resume=True)")
@@ -1111,7 +1118,7 @@ def _np_state(state: dict):
 
 def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, best_p1: float, best_state,
                      history: list, cfg: TrainConfig, ema=None, sampler_labels: list[int] | None = None,
-                     data: dict[str, Any] | None = None) -> None:
+                     data: dict[str, Any] | None = None, init_id: str | None = None) -> None:
     ns = np.random.get_state()
     state = {"model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
              "ema": ema.state_dict() if ema is not None else {},
@@ -1121,5 +1128,7 @@ def _save_checkpoint(path: Path, net, loss_fn, opt, sched, scaler, epoch: int, b
              "numpy_rng": json.dumps([ns[0], ns[1].tolist(), ns[2], ns[3], ns[4]])}
     if data is not None:
         state["data"] = json.dumps(data)
+    if init_id is not None:   # a fine-tune's starting model: a resume refuses an --init file that is another now
+        state["init_id"] = json.dumps(init_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, lambda tmp: torch.save(state, tmp))

@@ -414,3 +414,33 @@ def test_a_test_split_of_one_image_a_class_writes_null_metrics_into_the_metrics_
     assert r.returncode == 0, r.stderr
     evaluated = _strict_json((tmp_path / "e.json").read_text())
     assert evaluated["precision_at_1"] is None and evaluated["recall_at_5"] is None
+
+
+# --- F10: resuming a fine-tune refuses an --init file that is another model now, and follows one that moved ----------
+
+def test_resuming_a_fine_tune_refuses_an_init_file_that_is_another_model_now_naming_both(tiny_cifar_folder,
+                                                                                           tmp_path):
+    import model
+
+    start, other = tmp_path / "start.safetensors", tmp_path / "other.safetensors"
+    train(preset("default", **TINY, loss="ce"), tiny_cifar_folder, start, name="start", progress=False,
+          log=lambda _: None)
+    train(preset("default", **TINY, loss="ce", seed=1), tiny_cifar_folder, other, name="other", progress=False,
+          log=lambda _: None)
+    start_id, other_id = model.load_artifact(start).model_id, model.load_artifact(other).model_id
+    cfg = preset("default", **{**TINY, "epochs": 2}, loss="ce", init_from=str(start))
+    out = tmp_path / "tuned.safetensors"
+    assert train(cfg, tiny_cifar_folder, out, progress=False, log=lambda _: None, stop_after=1) is None
+    kept = tmp_path / "kept" / "start.safetensors"
+    kept.parent.mkdir()
+    shutil.move(start, kept)
+    shutil.copy(other, start)   # --init's file replaced by another model of the same shape
+    with pytest.raises(ValueError, match=rf"tuned.safetensors.ckpt: the checkpoint was written with a different "
+                                         rf"configuration: starting model \(init_from\) {start_id} there, {other_id} "
+                                         rf"here \({start} is another model now\)$"):
+        train(cfg, tiny_cifar_folder, out, progress=False, log=lambda _: None, resume=True)
+    # the same model moved: --init names where it is now, and the run goes on from its checkpoint
+    result, lines = _logged(cfg.replace(init_from=str(kept)), tiny_cifar_folder, out, resume=True)
+    assert any(line.startswith(f"resumed from {out}.ckpt at epoch 1") for line in lines), lines
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert model.read_meta(out).training["init_from"] == start_id
