@@ -139,9 +139,15 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
                     sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
             except StoreError:
                 if self.config.read_only and self.folder_changed():   # the writer dropped it under us
-                    raise StoreClosedError(f"the store at {self._path} was deleted or made anew by the process "
-                                           "that writes it") from None
+                    raise self._dropped_under_us() from None
                 raise
+            # A read-only store follows a database another process writes, which it may drop or replace (and make
+            # anew) at any moment: a connection opened by path then is to that other database (another gallery's
+            # rows under this store's ids and seqs, or one with no tables yet). Checked once the file is open: the
+            # database this store opened is held open by it, so its (device, inode) names no other file meanwhile.
+            if self.config.read_only and self.folder_changed():
+                conn.close()
+                raise self._dropped_under_us()
             holder = self._local.holder = _ConnHolder(conn)
             done = weakref.finalize(holder, conn.close)   # the thread's locals go when the thread ends
             with self._conns_lock:
@@ -168,6 +174,9 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
                 self._readers -= 1
                 if not self._readers:
                     self._readers_cond.notify_all()
+
+    def _dropped_under_us(self) -> StoreClosedError:
+        return StoreClosedError(f"the store at {self._path} was deleted or made anew by the process that writes it")
 
     def _describe(self) -> str:
         return f"the store at {self._path}"

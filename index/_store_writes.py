@@ -261,7 +261,11 @@ class StoreWrites:
     def _follow_connection(self) -> sqlite3.Connection:
         """refresh()'s connection, opened the first time: one, as PRAGMA data_version counts per connection."""
         if self._follow_conn is None:
-            self._follow_conn = _db.connect(self._db_path, read_only=True)
+            conn = _db.connect(self._db_path, read_only=True)
+            if self.folder_changed():   # opened by path: the database the writer made in this one's place
+                conn.close()
+                raise self._dropped_under_us()
+            self._follow_conn = conn
             with self._conns_lock:
                 self._conns.append(self._follow_conn)
         return self._follow_conn
