@@ -108,8 +108,9 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
         raise ApiError(501, "not_supported", "this service keeps its galleries in Milvus, which backs up its own data; "
                        f"to copy gallery {name!r} into a data folder, run `simsearch index copy --milvus-uri URI "
                        f"--gallery {name} --to-data DEST` (docs/index.md)")
+    g = None
     try:
-        await service.gallery(name)   # 404 naming the nearest names when there is none
+        g = await service.gallery(name)   # 404 naming the nearest names when there is none
     except ApiError as exc:
         # A gallery of another model's vectors is never opened to serve (409), yet a backup needs no model: its
         # store is copied from its folder as for any other, and X-Simsearch-Model names the model it holds. The
@@ -151,6 +152,14 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
                            "can free space there, or point TMPDIR at a larger disk") from None
         if isinstance(exc, index.StoreError) and not (source / "store.sqlite3").exists():
             raise ApiError(404, "gallery_not_found", f"gallery {name!r} was deleted while it was copied") from None
+        # The copy reads the gallery's folder by path: one closed (its -wal and -shm removed as the copy opened
+        # them: "disk I/O error"), dropped and made anew (its database there, perhaps without its tables yet), or
+        # replaced by a restore, while it was copied fails the copy in many ways (no store there, then one again;
+        # "no such table"; the file gone between two looks): passing, not a 500
+        if isinstance(exc, Exception) and g is not None and (service.galleries.get(name) is not g
+                                                             or g.store.folder_changed()):
+            raise ApiError(503, "index_unavailable", f"gallery {name!r} was deleted, replaced or made anew while it "
+                           "was copied; retry", {"Retry-After": "1"}) from None
         raise
 
 
