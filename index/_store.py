@@ -344,7 +344,10 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             # Connections are closed only when no other thread is using one: a connection closed under a
             # statement another thread was stepping crashed the process (a gallery dropped or replaced under
             # load). Writes run under _writer and check _closed there; reads run in _reading, counted.
-            with self._writer:
+            # _snapshot_lock first, as snapshot() (which may rebuild, taking _writer) takes them: a background
+            # snapshot under way ends before, and one that begins after finds the store closed, so that none is
+            # written by path into a folder a drop or a restore has given to another store
+            with self._snapshot_lock, self._writer:
                 with self._readers_cond:   # no new read of the database begins; those under way end first
                     self._closing = True
                     while self._readers:

@@ -106,6 +106,7 @@ class StoreMaintenance:
         Rebuilds first when an approximate index was trained on a gallery 4x smaller than now."""
         self._check_writable()
         with self._snapshot_lock:
+            self._check_open()   # (close() takes _snapshot_lock: a store closed while this one waited writes none)
             if (self._trained_n and len(self._rows) >= 4 * self._trained_n):
                 self.rebuild(f"gallery grew from {self._trained_n} to {len(self._rows)} since training")
             with self._rw.read():
