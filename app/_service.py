@@ -507,6 +507,8 @@ class Service:
                         continue
                     await anyio.to_thread.run_sync(self._refresh, g.store)
                 except Exception as exc:  # noqa: BLE001  (searches go on with what was read before)
+                    if self.galleries.get(g.name) is not g:   # closed meanwhile by a drop or a request: nothing to say
+                        continue
                     if str(exc) != last_error.get(g.name):
                         log.error("index: cannot read the writer's changes to gallery %s: %s; serving it as last "
                                   "read", g.name, exc)
