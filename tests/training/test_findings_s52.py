@@ -240,7 +240,8 @@ def test_a_run_whose_test_classes_have_no_training_images_has_no_ce_loss(tiny_ci
 
 def _start_in_two_processes(data: Path, out: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """`simsearch train --nproc 2` of many epochs in a session of its own, its output in a file."""
-    env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    # TMPDIR: the launcher's log folder (simsearch-train-*), which a killed launcher cannot remove, stays in tmp_path
+    env = {**os.environ, "SIMSEARCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     env.pop("WORLD_SIZE", None)
     log = tmp_path / "train.log"
     with open(log, "wb") as f:
