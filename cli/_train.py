@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -498,24 +497,12 @@ def _evaluate(args) -> int:
         raise CliError(str(exc)) from None
     if args.json_out:  # before printing: a closed stdout (`| head`) must not lose the file
         try:
-            Path(args.json_out).write_text(json.dumps(_json_nulls(res), indent=2, allow_nan=False) + "\n")
+            Path(args.json_out).write_text(json.dumps(training.json_nulls(res), indent=2, allow_nan=False) + "\n")
         except OSError as exc:   # checked up front, so a disk that filled since
             raise CliError(f"--json {args.json_out}: cannot write it ({exc.strerror or exc})") from None
     print(training.format_metrics(res))
     _say_written(args, res)
     return 0
-
-
-def _json_nulls(value):
-    """`value` with each float that is not finite as None (JSON's null, as model-info shows the artifact's): a
-    metric with nothing to score (NaN: no two test images of any class) is otherwise a bare NaN, not JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_nulls(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_nulls(v) for v in value]
-    return value
 
 
 def _check_evaluate_options(args) -> None:

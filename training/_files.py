@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def write_whole(path: Path, write: Callable[[Path], object]) -> None:
@@ -83,3 +84,16 @@ def check_run(out: str | os.PathLike, stop_after: int | None = None) -> None:
         raise ValueError(f"{out} is a folder; the artifact is a file (give a name ending in .safetensors)")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be at least 1 epoch, got {stop_after!r}")
+
+
+def json_nulls(value: Any) -> Any:
+    """`value` (dicts, lists, numbers, ...) with each float that is not finite as None: JSON's null, as the artifact's
+    metadata writes it. A metric with nothing to score (NaN: a test split with no two images of any class) would
+    otherwise be written as a bare NaN, which is not JSON (strict parsers refuse the file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_nulls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_nulls(v) for v in value]
+    return value

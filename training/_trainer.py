@@ -24,7 +24,7 @@ from . import _distributed as dist_
 from ._distill import AugmentedViewTeachers, LogitDistillation, SimilarityDistillation, teacher_embeddings
 from ._evaluate import _nearest_neighbours, embed_images, evaluate_embeddings, format_metrics, retrieval_metrics
 from ._mistakes import confident_mistakes
-from ._files import check_run, lock_run, unlock_run, write_whole
+from ._files import check_run, json_nulls, lock_run, unlock_run, write_whole
 from ._losses import MetricLoss, create_loss
 
 
@@ -1042,7 +1042,7 @@ def _finish(run: _Run, shipped: nn.ModuleDict, done: _Progress, tta: str, steps:
     zoo.save_artifact(out, net, meta, heads={k: v.cpu() for k, v in heads.items()})
     metrics_path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
     # written whole: a finished run is recognised by this file (experiments reuse it)
-    text = json.dumps(_json_nulls({"artifact": str(out), "name": artifact_name,
+    text = json.dumps(json_nulls({"artifact": str(out), "name": artifact_name,
                                   "metrics": {**metrics, "confident_mistakes": mistakes}, "training": training_info}),
                       indent=2, allow_nan=False) + "\n"
     write_whole(metrics_path, lambda tmp: tmp.write_text(text))
@@ -1052,19 +1052,6 @@ def _finish(run: _Run, shipped: nn.ModuleDict, done: _Progress, tta: str, steps:
     log(format_metrics(metrics))
     log(f"wrote {out} and {metrics_path} ({train_seconds:.0f} s)")
     return TrainResult(out, metrics, done.history, metrics_path)
-
-
-def _json_nulls(value: Any) -> Any:
-    """`value` (dicts, lists, numbers, ...) with each float that is not finite as None: JSON's null, as the artifact's
-    metadata writes it. A metric with nothing to score (NaN: a test split with no two images of any class) would
-    otherwise be written as a bare NaN, which is not JSON (strict parsers refuse the file)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_nulls(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_nulls(v) for v in value]
-    return value
 
 
 def _data_used(ds: Dataset, train_split: Split, val_split: Split | None, test_split: Split) -> dict[str, Any]:
