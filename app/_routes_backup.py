@@ -1,8 +1,9 @@
 """GET /galleries/{name}/backup: a consistent copy of a gallery's store, downloaded over HTTP, for operators who
 cannot reach the service's disk (`simsearch index backup` needs it; `simsearch index backup --url` downloads this).
 
-The copy is index.backup's (SQLite's online backup in one read transaction: every write acknowledged before the
-request is in it) made into a folder of the service's temporary folder (TMPDIR), checked for room first, then
+The copy is the open store's (Store.backup: SQLite's online backup in one read transaction through the store's
+own connection, so that a drop or a restore's replace meanwhile waits for it to end; every write acknowledged
+before the request is in it) made into a folder of the service's temporary folder (TMPDIR), checked for room first, then
 streamed; the folder is removed as the sending begins (the open file is read to its end) and the file closed
 however the answer ends (sent, failed, or the client gone). The file is the bare store.sqlite3, which `simsearch
 serve --data DATA` serves placed as DATA/index/store.sqlite3 (the default gallery) or
@@ -130,7 +131,11 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
         running.name = None
         raise
     try:
-        copied = await anyio.to_thread.run_sync(index.backup, source, folder / "store")
+        # An open gallery is copied through its store's own connection, so that a drop or a restore's replace
+        # meanwhile waits for the copy (a store closing already: 503); one of another model's vectors, never
+        # opened, by its folder's path
+        copied = await anyio.to_thread.run_sync(index.backup, source, folder / "store") if g is None else \
+            await anyio.to_thread.run_sync(g.store.backup, folder / "store")
         taken = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         headers = {"Content-Disposition": f'attachment; filename="simsearch-{name}-{taken}.sqlite3"',
                    "Cache-Control": "no-store", ITEMS_HEADER: str(copied["items"]),
@@ -152,10 +157,9 @@ async def backup(request: Request, name: str = Path(pattern=GALLERY_NAME, descri
                            "can free space there, or point TMPDIR at a larger disk") from None
         if isinstance(exc, index.StoreError) and not (source / "store.sqlite3").exists():
             raise ApiError(404, "gallery_not_found", f"gallery {name!r} was deleted while it was copied") from None
-        # The copy reads the gallery's folder by path: one closed (its -wal and -shm removed as the copy opened
-        # them: "disk I/O error"), dropped and made anew (its database there, perhaps without its tables yet), or
-        # replaced by a restore, while it was copied fails the copy in many ways (no store there, then one again;
-        # "no such table"; the file gone between two looks): passing, not a 500
+        # A copy by path (a gallery not opened), or one of a replica whose writer dropped the gallery, replaced it
+        # or made it anew, may meet the files going in many ways ("disk I/O error", "no such table", the file gone
+        # between two looks): passing, not a 500
         if isinstance(exc, Exception) and g is not None and (service.galleries.get(name) is not g
                                                              or g.store.folder_changed()):
             raise ApiError(503, "index_unavailable", f"gallery {name!r} was deleted, replaced or made anew while it "

@@ -3,6 +3,7 @@
     from index import Store, StoreConfig, Item, Hit
     store = Store.open(StoreConfig(path, dim=256, model_id=embedder.model_id))
     backup(path, dest)   # a consistent copy while another process serves the store
+    store.backup(dest)   # the same of a store open here, through its connection: store.close() waits for it
     backup_galleries(data_dir, dest)   # each gallery of a data folder so, into DEST laid out as DATA is
     backup_needs(path)   # the most bytes a copy of that store can take (GET /galleries/NAME/backup checks room)
     receive_backup(dest, "shoes", write)   # a downloaded copy checked and put in DEST/galleries/shoes/index

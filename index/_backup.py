@@ -286,19 +286,38 @@ def _header_problem(db: Path) -> str | None:
     return None
 
 
-def _copy(source: Path, dest: Path, shown: Path, needs: int) -> dict:
-    """backup's copy of the store in `source` into the folder `dest` (made when missing); a full disk is a
-    StorageError naming `shown` and the `needs` bytes."""
+def copy_open_store(conn: sqlite3.Connection, source: Path, dest: Path) -> dict:
+    """backup's copy of the store in folder `source` into the new or empty folder `dest`, read through `conn`,
+    a connection to its database that the caller holds open (Store.backup: its own, which a closing store waits
+    for). Returns and raises as backup does."""
+    dest = Path(dest)
+    _check_empty(dest)
+    made = _make_folder(dest)
+    try:
+        return _copy(source, dest, shown=dest, needs=backup_needs(source), conn=conn)
+    except BaseException:
+        _remove_made(made)
+        raise
+
+
+def _copy(source: Path, dest: Path, shown: Path, needs: int, conn: sqlite3.Connection | None = None) -> dict:
+    """backup's copy of the store in `source` into the folder `dest` (made when missing), read through `conn` or
+    else a connection of its own to the database there; a full disk is a StorageError naming `shown` and the
+    `needs` bytes."""
     src_db = source / _db.DB_NAME
     dest.mkdir(parents=True, exist_ok=True)
     part = dest / (_db.DB_NAME + ".part")
     try:
-        src, out = _db.connect(src_db, read_only=True), sqlite3.connect(part)
+        src = conn if conn is not None else _db.connect(src_db, read_only=True)
         try:
-            src.backup(out)  # one step (pages=-1): one read transaction, one moment of the store
+            out = sqlite3.connect(part)
+            try:
+                src.backup(out)  # one step (pages=-1): one read transaction, one moment of the store
+            finally:
+                out.close()
         finally:
-            out.close()
-            src.close()
+            if conn is None:
+                src.close()
         copy = _db.connect(part, read_only=True)
         try:
             check = copy.execute("PRAGMA integrity_check").fetchone()[0]

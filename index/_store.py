@@ -20,14 +20,17 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 import weakref
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import faiss
 import numpy as np
 
 from . import _db, _faiss, _filter
-from ._errors import InvalidItemError, StoreClosedError, StoreError
+from ._backup import copy_open_store
+from ._errors import InvalidItemError, StorageError, StoreClosedError, StoreError
 from ._checks import ItemChecks
 from ._rwlock import RWLock
 from ._facets import Facet, facet
@@ -40,6 +43,10 @@ from ._meta_indexes import MetaIndexes
 from ._types import Item, StoreConfig, item_from_row
 
 log = logging.getLogger("index")
+
+# seconds a replica's failed copy waits for the database to go, where its writer's drop has removed the -wal and
+# -shm files but not yet the database (Store.backup)
+_GONE_WITHIN = 0.5
 
 
 class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks):
@@ -324,6 +331,31 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         """FAISS ids of the items with this label (any label when None) whose metadata matches
         `where` (see _filter), from the label and metadata indexes; cached until the next write."""
         return self._meta.filter_fids(label, where, self._version)
+
+    def backup(self, dest) -> dict:
+        """A consistent copy of this store into the new or empty folder `dest`, as index.backup(path, dest) makes
+        one, read through the store's own connection: a close() meanwhile (its gallery dropped, or replaced by a
+        restore) waits for the copy to end, where a copy made by path met the files going (StoreClosedError when
+        the store is closing already). Returns backup's {"items", "last_seq", "model_id", "dim", "bytes"}.
+
+        A read-only store follows a database another process writes and may drop or make anew at any moment, its
+        -wal and -shm files going first (the database file after them): a copy then read without the log's pages
+        (no tables), and failing so where the database is gone within a moment, is StoreClosedError, as any read
+        of a store dropped under it is."""
+        with self._reading() as conn:
+            try:
+                return copy_open_store(conn, self._path, Path(dest))
+            except (sqlite3.DatabaseError, StoreError) as exc:
+                if not self.config.read_only or isinstance(exc, (StorageError, StoreClosedError)):
+                    raise
+                changed = self.folder_changed()
+                if not changed:
+                    time.sleep(_GONE_WITHIN)
+                    changed = self.folder_changed()
+                if not changed:
+                    raise   # the database this store opened is still there: a failure of its own, said as it is
+                log.info("index: the copy of %s failed as its writer dropped or replaced it (%s)", self._path, exc)
+                raise self._dropped_under_us() from None
 
     # ---- closing -----------------------------------------------------------------------------
 
