@@ -655,18 +655,22 @@ class _Progress:
 # (None: cuda when present). The other things of that kind are no TrainConfig fields and were never compared:
 # the number of processes (torchrun, --nproc), the progress bar and the log.
 _RUNTIME_ONLY = ("threads", "device")
+# TrainConfig fields that decide only how the finished model is scored on the test split, which no epoch reads: a
+# checkpoint resumes whatever they are too (a run's --max-test lowered to finish sooner)
+_SCORING_ONLY = ("max_test", "eval_ms_batch", "eval_ms_m")
 
 
-def _config_differences(state: dict, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+def _config_differences(state: dict, cfg: TrainConfig) -> tuple[list[str], list[str], list[str]]:
     """(what differs between the configuration a checkpoint `state` was written with and `cfg`, as "key X there,
-    Y here" phrases; the same of the runtime-only fields, which do not stop a resume). Fields added to TrainConfig
-    after the checkpoint was written take their defaults (which keep the old behaviour), so a run survives an
-    upgrade of simsearch."""
+    Y here" phrases; the same of the runtime-only fields and of the scoring-only ones, which do not stop a
+    resume). Fields added to TrainConfig after the checkpoint was written take their defaults (which keep the old
+    behaviour), so a run survives an upgrade of simsearch."""
     ours = json.loads(json.dumps(cfg.to_dict()))
     theirs = {**json.loads(json.dumps(TrainConfig().to_dict())), **json.loads(state["config"])}
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     said = {k: f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ}
-    return [v for k, v in said.items() if k not in _RUNTIME_ONLY], [v for k, v in said.items() if k in _RUNTIME_ONLY]
+    return ([v for k, v in said.items() if k not in _RUNTIME_ONLY + _SCORING_ONLY],
+            [v for k, v in said.items() if k in _RUNTIME_ONLY], [v for k, v in said.items() if k in _SCORING_ONLY])
 
 
 def _data_difference(state: dict, run: _Run) -> str | None:
@@ -720,7 +724,7 @@ def _restore(ckpt: Path, resume: bool, run: _Run, steps: _Steps, ema, tta: str) 
     done = _Progress()
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=run.device, weights_only=True)
-        differ, runtime = _config_differences(state, cfg)
+        differ, runtime, scoring = _config_differences(state, cfg)
         if (data := _data_difference(state, run)) is not None:
             differ.append(data)
         started = json.loads(state.get("init_id", "null"))   # the starting model of a fine-tune, when recorded
@@ -744,7 +748,9 @@ def _restore(ckpt: Path, resume: bool, run: _Run, steps: _Steps, ema, tta: str) 
         random.seed(int(state["epoch"]) + cfg.seed)
         log(f"resumed from {ckpt} at epoch {done.start_epoch}"
             + (f" ({'; '.join(runtime)}: these say where and how fast it computes, not what it learns)"
-               if runtime else ""))
+               if runtime else "")
+            + (f" ({'; '.join(scoring)}: these say how the finished model is scored, not what it learns)"
+               if scoring else ""))
     elif resume:   # said: a mistyped --out would otherwise retrain from scratch unseen
         log(f"no checkpoint {ckpt}: starting from the first epoch")
     elif ckpt.exists():   # said, so that a forgotten --resume does not throw away an interrupted run unseen

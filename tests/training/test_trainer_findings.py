@@ -1,5 +1,5 @@
 """The trainer's answers to findings of a bug hunt: a pair loss's batch holds two classes, --resume refuses other data
-but not other runtime settings, and --max-train/--max-test say when they keep more images than asked."""
+but not other runtime or scoring settings, and --max-train/--max-test say when they keep more images than asked."""
 from __future__ import annotations
 
 import json
@@ -75,6 +75,18 @@ def test_resume_still_refuses_another_configuration_beside_other_threads(tiny_ci
     with pytest.raises(ValueError, match=r"different configuration: lr 0.002 there, 0.1 here$"):
         train(cfg.replace(lr=0.1, threads=2), tiny_cifar_folder, out, progress=False, log=lambda _: None,
               resume=True)
+
+
+def test_resume_accepts_another_max_test_and_scores_on_it(tiny_cifar_folder, tmp_path):
+    # no epoch reads the test split: a run may be finished with fewer (or more) test images than it began with
+    cfg = preset("default", **TINY)
+    out = tmp_path / "a.safetensors"
+    train(cfg, tiny_cifar_folder, out, progress=False, log=lambda _: None, stop_after=1)
+    result, lines = _logged(cfg.replace(max_test=8, eval_ms_m=2), tiny_cifar_folder, out, resume=True)
+    assert any(line.startswith(f"resumed from {out}.ckpt at epoch 1 (eval_ms_m 8 there, 2 here; max_test None "
+                               "there, 8 here: these say how the finished model is scored") for line in lines), lines
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert json.loads(result.metrics_path.read_text())["training"]["dataset"]["test_size"] == 8
 
 
 def _other_classes(tiny: Path, dest: Path) -> Path:
