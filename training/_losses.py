@@ -97,11 +97,26 @@ def check_loss_options(name: str, options: dict[str, Any]) -> None:
             raise ValueError(f"loss option {key!r} is not one that loss {name!r} takes; it takes "
                              f"{', '.join(sorted(taken))}")
         _check_option_value(key, value, taken.get(key, float))
+    pos, neg = options.get("pos_margin", 0.0), options.get("neg_margin", 1.0)
+    if "contrastive" in parts and ("pos_margin" in options or "neg_margin" in options) and not pos < neg:
+        raise ValueError(f"loss option pos_margin ({pos!r}) must be below neg_margin ({neg!r}): positive pairs are "
+                         "pulled within the one, negative ones pushed beyond the other")
 
 
 # Options of the built-in losses that only a positive number makes sense for (a temperature or a scale divides
 # or multiplies the similarities; a negative one turns the loss around).
 POSITIVE_OPTIONS = ("temperature", "scale", "gamma", "alpha", "beta", "proxy_lr_scale")
+# Margins and the like, (least, most, what the value is): below the least a loss is satisfied by anything or turned
+# around (a negative triplet margin: every triplet already "within" it, nothing learnt), above the most it asks for
+# what no unit vectors can give (cosines lie in [-1, 1], Euclidean distances between unit vectors in [0, 2])
+_OPTION_RANGES = {
+    "margin": (0.0, None, "a margin"),            # triplet (distance), proxy_anchor (cosine), arcface (degrees)
+    "epsilon": (0.0, 2.0, "the miner's margin on cosine similarity"),
+    "base": (-1.0, 1.0, "a cosine similarity"),
+    "pos_margin": (0.0, 2.0, "a distance between unit vectors"),
+    "neg_margin": (0.0, 2.0, "a distance between unit vectors"),
+    "m": (0.0, 1.0, "the circle loss's relaxation"),
+}
 
 
 def _check_option_value(key: str, value: Any, kind: type) -> None:
@@ -120,6 +135,11 @@ def _check_option_value(key: str, value: Any, kind: type) -> None:
         raise ValueError(f"loss option {key} must be a string, got {value!r}")
     if key in POSITIVE_OPTIONS and not value > 0:
         raise ValueError(f"loss option {key} must be positive, got {value!r}")
+    if key in _OPTION_RANGES and kind is float:
+        least, most, what = _OPTION_RANGES[key]
+        if value < least or (most is not None and value > most):
+            bounds = f"in [{least:g}, {most:g}]" if most is not None else f"at least {least:g}"
+            raise ValueError(f"loss option {key} ({what}) must be {bounds}, got {value!r}")
     if key.endswith("_weight") and kind is float and not value >= 0:   # a part of a sum: create_loss's own check
         raise ValueError(f"loss option {key} must be a number of at least 0, got {float(value)}")
     if key == "triplets" and value not in _TRIPLETS:   # _triplet's own check, before any data is read

@@ -45,6 +45,17 @@ from training import ConfigError, TrainConfig, preset
     (dict(loss="ms", loss_kwargs={"beta": 0}), "loss option beta must be positive, got 0"),
     (dict(loss="pddm", loss_kwargs={"hidden": 1.5}), "loss option hidden must be an integer, got 1.5"),
     (dict(loss="triplet", loss_kwargs={"triplets": 3}), "loss option triplets must be a string, got 3"),
+    (dict(loss="triplet", loss_kwargs={"margin": -0.2}), "loss option margin (a margin) must be at least 0, got -0.2"),
+    (dict(loss="ms", loss_kwargs={"epsilon": -0.1}),
+     "loss option epsilon (the miner's margin on cosine similarity) must be in [0, 2], got -0.1"),
+    (dict(loss="ms", loss_kwargs={"base": 1.5}), "loss option base (a cosine similarity) must be in [-1, 1], got 1.5"),
+    (dict(loss="contrastive", loss_kwargs={"neg_margin": 3}),
+     "loss option neg_margin (a distance between unit vectors) must be in [0, 2], got 3"),
+    (dict(loss="contrastive", loss_kwargs={"pos_margin": 1.2}),
+     "loss option pos_margin (1.2) must be below neg_margin (1.0): positive pairs are pulled within the one, negative "
+     "ones pushed beyond the other"),
+    (dict(loss="circle", loss_kwargs={"m": -0.4}), "loss option m (the circle loss's relaxation) must be in [0, 1], "
+     "got -0.4"),
 ])
 def test_impossible_settings_are_refused_by_validate_naming_them(changes, message):
     with pytest.raises(ValueError) as exc:
