@@ -162,8 +162,11 @@ class StoreOpening:
             self._fid_of[id_] = seq
             self._by_label.setdefault(label, set()).add(seq)
         max_row_seq = max(self._rows, default=0)
-        if max_row_seq > self._last_seq:  # cannot happen with our writes; trust the rows
-            log.warning("index: rows up to seq %d beyond recorded last_seq %d", max_row_seq, self._last_seq)
+        if max_row_seq > self._last_seq:  # trust the rows
+            # A replica read the record and the rows in two transactions, and its writer committed in between:
+            # nothing wrong. A writer's own store cannot get here with our writes.
+            log.log(logging.DEBUG if self.config.read_only else logging.WARNING,
+                    "index: rows up to seq %d beyond recorded last_seq %d", max_row_seq, self._last_seq)
             self._last_seq = max_row_seq
 
         snap = self._load_snapshot()
