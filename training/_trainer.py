@@ -251,9 +251,10 @@ def _more_than_asked(cfg: TrainConfig, ds: Dataset, train_split: Split, val_spli
     return lines
 
 
-def _small_classes(train_split: Split, class_names: list[str], m: int) -> str | None:
+def _small_classes(train_split: Split, class_names: list[str], m: int, asked: int | None = None) -> str | None:
     """A line naming the classes with fewer training images than the class-balanced sampler's `m` per class
-    (their images repeat within a batch) and those with none, or None when there are none (or no sampler)."""
+    (their images repeat within a batch) and those with none, or None when there are none (or no sampler).
+    `asked`: the configuration's m_per_class, named where the batch plan took another m (_batch_plan)."""
     if not m:
         return None
     counts = torch.bincount(train_split.labels, minlength=len(class_names)).tolist()
@@ -262,7 +263,9 @@ def _small_classes(train_split: Split, class_names: list[str], m: int) -> str | 
     parts = []
     if few:
         shown = ", ".join(f"{class_names[c]} {n}" for n, c in few[:5])
-        parts.append(f"{len(few)} class{'es have' if len(few) != 1 else ' has'} fewer than m_per_class={m} "
+        of = f"m_per_class={m}" if asked in (None, m) else \
+            f"the {m} images of each class a batch takes (m_per_class={asked}, changed to fill the batch)"
+        parts.append(f"{len(few)} class{'es have' if len(few) != 1 else ' has'} fewer than {of} "
                      f"training images, so their images repeat within a batch (smallest: {shown}"
                      f"{', ...' if len(few) > 5 else ''})")
     if none:
@@ -533,7 +536,7 @@ def _optimiser(run: _Run) -> _Steps:
         _check_shares(batch_size, m, run.world.size)
     if (lowered := _pair_batch_note(cfg, m)) and run.main:
         run.log(lowered)
-    if (small := _small_classes(run.train_split, run.ds.class_names, m)) and run.main:
+    if (small := _small_classes(run.train_split, run.ds.class_names, m, cfg.m_per_class)) and run.main:
         run.log(small)
     steps_per_epoch = max(1, len(run.train_split) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))

@@ -89,6 +89,15 @@ def test_resume_accepts_another_max_test_and_scores_on_it(tiny_cifar_folder, tmp
     assert json.loads(result.metrics_path.read_text())["training"]["dataset"]["test_size"] == 8
 
 
+def test_small_classes_are_measured_against_the_m_the_batch_takes_not_m_per_class(tiny_cifar_folder, tmp_path):
+    # 4 classes cannot fill a batch of 128 with 8 of each: the plan takes 32 of each, and 12 images a class are
+    # fewer than that (the line said "fewer than m_per_class=32", a value the configuration never had)
+    _, lines = _logged(preset("default", **{**TINY, "epochs": 1}, loss="ms", batch_size=128), tiny_cifar_folder,
+                       tmp_path / "a.safetensors")
+    assert any("4 classes have fewer than the 32 images of each class a batch takes (m_per_class=8, changed to fill "
+               "the batch) training images" in line for line in lines), lines
+
+
 def _other_classes(tiny: Path, dest: Path) -> Path:
     """`tiny` with two of its four classes."""
     for split in ("train", "test"):
