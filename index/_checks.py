@@ -86,6 +86,21 @@ def _numpy_scalar(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def check_list(values: Any, call: str, of: str = "ids") -> Any:
+    """`values` (a list, tuple, set or any iterable of ids, or of metadata keys) as given; InvalidItemError when
+    it is one string (or bytes) given alone, naming it: iterated, "ab" is the ids "a" and "b", so delete("ab")
+    deleted the items "a" and "b" and kept "ab". `call` is how the message names the parameter: "delete" (a
+    method taking only the list) or "exclude=" (a keyword)."""
+    if isinstance(values, (str, bytes, bytearray, memoryview)):
+        one = values if isinstance(values, (str, bytes)) else bytes(values)
+        kind = "string" if isinstance(values, str) else "bytes"
+        shown = f"{one!r:.80}"
+        fix = f"{call}[{shown}]" if call.endswith("=") else f"{call}([{shown}])"
+        raise InvalidItemError(f"{call.rstrip('=')} takes a list of {of}, got one {kind} {shown}: "
+                               f"put it in a list, {fix}")
+    return values
+
+
 def check_text(value: Any, what: str) -> None:
     """InvalidItemError when a string in `value` (a JSON value: its keys too) holds a lone surrogate
     (U+D800..U+DFFF, which JSON's "\\ud800" escape can make): no UTF-8 text can carry it, so every answer

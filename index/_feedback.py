@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ._checks import check_list
+
 LIKE_WEIGHT = 2.0
 UNLIKE_WEIGHT = 1.0
 
@@ -55,7 +57,7 @@ def refine_queries(store, queries: Sequence[np.ndarray | None], like: list[str],
     """(n, dim) unit rows: each query (a unit vector, or None: the marks alone) refined by the stored vectors
     of the items `like` and `unlike` (refine_query). KeyError, with the list of ids, for marked items the
     store does not hold; ValueError from refine_query when a query has nothing left to search with."""
-    marked = like + unlike
+    marked = list(check_list(like, "like=")) + list(check_list(unlike, "unlike="))
     items = store.get_many(marked)
     missing = [i for i, item in zip(marked, items) if item is None]
     if missing:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ._checks import check_list
 from ._errors import InvalidItemError
 from ._filter import MISSING, lookup
 
@@ -169,7 +170,7 @@ def search_grouped(search: Callable[[np.ndarray, int], list[list]], queries: np.
     """
     check_group_by(group_by)
     _check_group_size(group_size)
-    left_out = set(exclude)
+    left_out = set(check_list(exclude, "exclude="))
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, np.asarray(queries).shape[-1])
     return read_groups(lambda rows, n: search(queries[rows], n), len(queries), k, group_size,
                        lambda h: value_key(group_value(h, group_by)),
@@ -200,7 +201,7 @@ def search_hits(store, queries: np.ndarray, k: int, exclude: Iterable[str] = (),
         if not offset:
             return found
         return [[h for _, members in group_hits(hits, group_by)[offset:] for h in members] for hits in found]
-    left_out = set(exclude)
+    left_out = set(check_list(exclude, "exclude="))
     found = store.search(queries, k=offset + k + len(left_out), **filters)
     if not left_out and not offset:
         return found

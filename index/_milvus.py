@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import _filter
-from ._checks import KEEP, ItemChecks, merge_patch, parse_position
+from ._checks import KEEP, ItemChecks, check_list, merge_patch, parse_position
 from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, StoreError,
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
@@ -686,7 +686,7 @@ class MilvusStore(ItemChecks):
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Delete items by id; returns the ids that existed (and are now gone)."""
         self._check_writable()
-        ids = list(dict.fromkeys(self._check_id(i) for i in ids))
+        ids = list(dict.fromkeys(self._check_id(i) for i in check_list(ids, "delete")))
         if not ids:
             return []
         found = self.has_ids(ids)
@@ -726,7 +726,7 @@ class MilvusStore(ItemChecks):
 
     def get_many(self, ids: Sequence[str]) -> list[Item | None]:
         """get() for many ids: one entry per id, in order, None where absent."""
-        return self.items(ids, thumbnails=False)
+        return self.items(check_list(ids, "get_many"), thumbnails=False)
 
     def thumbnail(self, id: str) -> bytes | None:
         """The stored thumbnail bytes of an item, or None."""
@@ -748,6 +748,7 @@ class MilvusStore(ItemChecks):
     def items(self, ids: Sequence[str], thumbnails: bool = True) -> list[Item | None]:
         """The items with these ids (vector, label, metadata and, when asked, thumbnail), as
         `StoreReader.items` reads them from a folder: one entry per id, in order, None where absent."""
+        check_list(ids, "items")
         rows = self._get(ids, ["vector", "label", "metadata"] + (["thumbnail"] if thumbnails else []))
         out: list[Item | None] = []
         for i in ids:
@@ -760,7 +761,7 @@ class MilvusStore(ItemChecks):
 
     def has_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of `ids` present in the gallery."""
-        return set(self._get(list(ids), ["seq"]))
+        return set(self._get(list(check_list(ids, "has_ids")), ["seq"]))
 
     def _filter(self, label: str | None, conditions) -> str:
         parts = []
@@ -894,7 +895,7 @@ class MilvusStore(ItemChecks):
 
     def index_metadata(self, keys: Iterable[str]) -> dict[str, int]:
         """Each key's number of distinct values (Milvus filters need no index built by simsearch)."""
-        keys = list(dict.fromkeys(keys))
+        keys = list(dict.fromkeys(check_list(keys, "index_metadata", "metadata keys")))
         bad = [k for k in keys if not isinstance(k, str) or not k]
         if bad:
             raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")

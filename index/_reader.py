@@ -15,6 +15,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from . import _db, _faiss
+from ._checks import check_list
 from ._errors import StoreError
 from ._incomplete import incomplete
 from ._types import Item, item_from_row
@@ -102,7 +103,7 @@ class StoreReader:
         """The items with these ids (vector, label, metadata and, when asked, thumbnail): one entry
         per id, in order, None where absent."""
         found: dict[str, Item] = {}
-        unique = list(dict.fromkeys(ids))
+        unique = list(dict.fromkeys(check_list(ids, "items")))
         for i in range(0, len(unique), 500):  # SQLite's bound-parameter limit is 999 on old builds
             chunk = unique[i:i + 500]
             marks = ",".join("?" * len(chunk))

@@ -31,7 +31,7 @@ import numpy as np
 from . import _db, _faiss, _filter
 from ._backup import copy_open_store
 from ._errors import InvalidItemError, StorageError, StoreClosedError, StoreError
-from ._checks import ItemChecks
+from ._checks import ItemChecks, check_list
 from ._rwlock import RWLock
 from ._facets import Facet, facet
 from ._store_maintain import StoreMaintenance
@@ -200,7 +200,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         """get() for many ids in few queries (e.g. re-ranking candidates): one entry per id, in
         order, None where absent."""
         found: dict[str, Item] = {}
-        unique = list(dict.fromkeys(ids))
+        unique = list(dict.fromkeys(check_list(ids, "get_many")))
         with self._reading() as conn:
             for i in range(0, len(unique), 500):  # SQLite's bound-parameter limit is 999 on old builds
                 chunk = unique[i:i + 500]
@@ -221,6 +221,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
 
     def has_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of `ids` present in the store (fast: in memory)."""
+        check_list(ids, "has_ids")
         with self._rw.read():
             return {i for i in ids if i in self._fid_of}
 
@@ -238,7 +239,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         (reading every item's metadata: about 2 s a million items, once for all the keys), and keep
         them current from then on, also for a key no item has yet. Returns each key's number of
         distinct values. For a service: at start-up, so that no search waits for it."""
-        keys = list(dict.fromkeys(keys))
+        keys = list(dict.fromkeys(check_list(keys, "index_metadata", "metadata keys")))
         bad = [k for k in keys if not isinstance(k, str) or not k]
         if bad:
             raise InvalidItemError(f"metadata keys must be non-empty strings, got {bad[0]!r:.40}")

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from . import _faiss, _filter
+from ._checks import check_list
 from ._errors import InvalidItemError, StoreError
 from ._groups import (MAX_GROUP_CANDIDATES, _check_group_size, _field_key, metadata_value, read_groups,
                       value_key)
@@ -141,7 +142,7 @@ class StoreSearch:
         q = self._check_vector(queries, "query", batch=True)
         k, max_distance = self._check_search(k, max_distance)
         _check_group_size(group_size)
-        conditions, left_out = _filter.check_where(where), set(exclude)
+        conditions, left_out = _filter.check_where(where), set(check_list(exclude, "exclude="))
         tuning = self._check_tuning(nprobe, ef_search, exact)
         if self._scans_database(tuning):   # one scan for every page read_groups reads, outside the lock
             return self._scanned(q, max_candidates, label, conditions, None,

@@ -13,7 +13,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from . import _db, _filter
-from ._checks import KEEP, merge_patch
+from ._checks import KEEP, check_list, merge_patch
 from ._errors import InvalidItemError, StorageError, StoreError
 from ._types import Item, vectors_from_blobs
 
@@ -127,7 +127,7 @@ class StoreWrites:
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Delete items by id; returns the ids that existed (and are now gone). Durable on return."""
         self._check_writable()
-        ids = list(dict.fromkeys(self._check_id(i) for i in ids))
+        ids = list(dict.fromkeys(self._check_id(i) for i in check_list(ids, "delete")))
         if not ids:
             return []
         with self._writer:
