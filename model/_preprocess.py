@@ -94,9 +94,24 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
         return image
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None if max(w, h) < 4 * size else 2.0)
     left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > _WHOLE_RESIZE_LIMIT * size * size:
+        # A strip-shaped image would be enlarged whole before its crop: a 3 KB PNG of 1 x 1,000,000 pixels to
+        # 32 x 32,000,000 (GBs, seconds). Only the window the crop keeps is resized instead: the same centre
+        # and scale, some 32x32 pixels' work. (Its pixels may differ from the whole resize's by a rounding, or
+        # by the reduce step; images this narrow, longer than 64 times their width, are rare.)
+        sx, sy = w / nw, h / nh
+        return image.resize((size, size), Image.Resampling.BILINEAR,
+                            box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    # Every other shape: the whole image resized, then cropped, as always (a gallery's stored vectors depend
+    # on these very pixels).
+    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None if max(w, h) < 4 * size else 2.0)
     return image.crop((left, top, left + size, top + size))
+
+
+#: _fit resizes the whole image only while the enlarged image holds at most this many times size x size pixels
+#: (an aspect ratio up to 64:1): within it, at most 256 * size^2 bytes and milliseconds
+_WHOLE_RESIZE_LIMIT = 64
 
 
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
