@@ -31,7 +31,10 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
 
     `owned`: the caller opened `image` for this call and uses it no further (the service's uploads, files
     read by path), so it is drafted in place: the same pixels without the second opening that leaves a
-    caller's image whole (822 against 796 us a 640x480 JPEG: docs/results/benchmarks.md, 47th session)."""
+    caller's image whole (822 against 796 us a 640x480 JPEG: docs/results/benchmarks.md, 47th session).
+
+    Raises ValueError for an image with no pixels (0 wide or high)."""
+    _check_pixels(image)
     mode = "L" if in_chans == 1 else "RGB"
     if crop is not None:
         crop = check_crop(crop)
@@ -50,6 +53,12 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
     image = _to_mode(_fit(_with_alpha(image), size) if _has_alpha(image) else image, mode)
     arr = np.asarray(_fit(image, size), dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _check_pixels(image: Image.Image) -> None:
+    w, h = image.size
+    if w < 1 or h < 1:
+        raise ValueError(f"the image has no pixels ({w}x{h})")
 
 
 def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
@@ -145,7 +154,8 @@ def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> b
     white, its longest side `size` pixels, or the image's own size when it is smaller. Never enlarged:
     the page scales it for display, and `simsearch index reembed` embeds from it, where an enlarged copy
     of a small image costs fidelity (docs/index.md, "A new model for a gallery"). The service and
-    `simsearch index build` both store what this makes."""
+    `simsearch index build` both store what this makes. Raises ValueError for an image with no pixels."""
+    _check_pixels(image)
     image = _exif_transposed(image)
     if crop is not None:
         image = image.crop(crop_box(check_crop(crop), *image.size))
