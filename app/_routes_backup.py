@@ -402,7 +402,9 @@ class _TempFileResponse(Response):
     def __init__(self, folder: FsPath, file: FsPath, headers: dict[str, str], running: _Running, stall: float):
         super().__init__(media_type=MEDIA_TYPE, headers=headers)
         self.folder, self.file, self.running, self.stall = folder, file, running, stall
-        self.headers["content-length"] = str(file.stat().st_size)
+        self.size = file.stat().st_size
+        self.headers["content-length"] = str(self.size)
+        self.all_sent = False   # every byte handed to the server: a disconnect now is no cut-off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -437,6 +439,11 @@ class _TempFileResponse(Response):
                                 "its temporary copy gone", self.stall, sent, self.headers["content-length"])
                     return   # uvicorn closes the connection of an answer left unfinished
                 sent += len(chunk[at:at + SEND_PIECE])
+                if sent >= self.size:
+                    # the last byte is out: give the slot back now, before another read of the file (a thread,
+                    # which a client that has read it all and asks again on a new connection could overtake)
+                    self.all_sent = True
+                    self.running.name = None
         # every byte is out: the copy is closed and the next backup may begin before the answer ends, so that a
         # client that takes one backup after another on one connection (curl with two URLs, a session) is not
         # refused the second, which it can ask for as soon as it has read the last byte
@@ -445,9 +452,9 @@ class _TempFileResponse(Response):
         self.running.name = None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, cancel: anyio.CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, cancel: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        log.info("backup download cut off by the client: stopped, its temporary copy gone")
+        if not self.all_sent:   # uvicorn also answers http.disconnect once the answer is complete
+            log.info("backup download cut off by the client: stopped, its temporary copy gone")
         cancel.cancel()
