@@ -158,6 +158,13 @@ def _check_settings(settings) -> None:
         if nearest is not None and nearest != data and not settings.read_only and not os.access(nearest, os.W_OK):
             raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: cannot make it ({str(nearest)!r} is not "
                            "writable)")
+        if nearest == data and not settings.read_only and not os.access(data, os.W_OK) \
+                and not os.access(data / "index", os.W_OK):
+            # a volume or host folder given to another user (root) at the data folder: /healthz but never ready
+            uid = os.getuid() if hasattr(os, "getuid") else "?"
+            raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: not writable by this process (uid {uid}); "
+                           "give the folder to that user (the image's is 10001: chown 10001:10001 on the host "
+                           "folder mounted there), or serve it read-only (SIMSEARCH_READ_ONLY=true)")
         import index
 
         if settings.index is not None and settings.index not in index.PRESET_NAMES:
