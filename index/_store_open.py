@@ -153,22 +153,7 @@ class StoreOpening:
 
     def _open_index(self) -> None:
         t0 = time.perf_counter()
-        if self.config.read_only:
-            # Read before the rows: a change committed in between is then applied again by the first
-            # refresh, which is harmless, rather than missed.
-            self._log_seen = _db.change_log_top(self._conn)
-        for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
-            self._rows[seq] = (id_, label, meta)
-            self._fid_of[id_] = seq
-            self._by_label.setdefault(label, set()).add(seq)
-        max_row_seq = max(self._rows, default=0)
-        if max_row_seq > self._last_seq:  # trust the rows
-            # A replica read the record and the rows in two transactions, and its writer committed in between:
-            # nothing wrong. A writer's own store cannot get here with our writes.
-            log.log(logging.DEBUG if self.config.read_only else logging.WARNING,
-                    "index: rows up to seq %d beyond recorded last_seq %d", max_row_seq, self._last_seq)
-            self._last_seq = max_row_seq
-
+        self._read_rows()
         snap = self._load_snapshot()
         if snap is None:
             self._rebuild_locked(reason="no usable snapshot")
@@ -204,16 +189,56 @@ class StoreOpening:
                  len(self._rows), _faiss.describe(self._index), self.model_id, self.dim,
                  self._applied_seq, time.perf_counter() - t0)
 
+    def _read_rows(self) -> None:
+        """The items' rows (seq, id, label, metadata) into the in-memory maps, and _last_seq raised to the newest
+        row's seq when the record of it was read before a write the rows hold."""
+        if self.config.read_only:
+            # Read before the rows: a change committed in between is then applied again by the first
+            # refresh, which is harmless, rather than missed.
+            self._log_seen = _db.change_log_top(self._conn)
+        self._rows.clear()   # (in place: the metadata indexes hold these maps)
+        self._fid_of.clear()
+        self._by_label.clear()
+        for seq, id_, label, meta in self._conn.execute("SELECT seq, id, label, metadata FROM items"):
+            self._rows[seq] = (id_, label, meta)
+            self._fid_of[id_] = seq
+            self._by_label.setdefault(label, set()).add(seq)
+        max_row_seq = max(self._rows, default=0)
+        if max_row_seq > self._last_seq:  # trust the rows
+            # A replica read the record and the rows in two transactions, and its writer committed in between:
+            # nothing wrong. A writer's own store cannot get here with our writes.
+            log.log(logging.DEBUG if self.config.read_only else logging.WARNING,
+                    "index: rows up to seq %d beyond recorded last_seq %d", max_row_seq, self._last_seq)
+            self._last_seq = max_row_seq
+
+    def _reread_record(self) -> None:
+        """A read-only store's record (last_seq, then the rows) read again: its writer committed and saved a snapshot
+        of what it committed after this store read them, so that the snapshot read since is ahead of them."""
+        try:
+            recorded = int(_db.get_meta(self._conn).get("last_seq", 0))
+        except (sqlite3.Error, ValueError):
+            recorded = 0   # what the first read found stands; the check after says what is wrong
+        self._last_seq = max(self._last_seq, recorded)
+        self._read_rows()
+
+    def _put_aside(self) -> str:
+        """The snapshot moved out of the way of the next open, for inspection, and what was done, as a log says it:
+        a read-only store moves nothing (the snapshot is its writer's), nor does a writer that cannot."""
+        if self.config.read_only:
+            return f"left {self._snap_path} in place (this store is read-only)"
+        aside = self._set_aside(self._snap_path)
+        if aside == self._snap_path:
+            return f"could not move {self._snap_path} aside (left in place)"
+        return f"moved it to {aside} for inspection"
+
     def _load_snapshot(self) -> _faiss.Snapshot | None:
         if not self._snap_path.exists():
             return None
         try:
             snap = _faiss.read_snapshot(self._snap_path)
         except _faiss.SnapshotError as exc:
-            aside = self._snap_path if self.config.read_only else self._set_aside(self._snap_path)
-            log.error("index: snapshot %s is unusable (%s); moved it to %s and rebuilding the "
-                      "index from the record of truth (%d items)", self._snap_path, exc, aside,
-                      len(self._rows))
+            log.error("index: snapshot %s is unusable (%s); %s; rebuilding the index from the record of truth "
+                      "(%d items)", self._snap_path, exc, self._put_aside(), len(self._rows))
             return None
         m = snap.meta
         if (m.get("model_id"), m.get("dim"), m.get("spec")) != (self.model_id, self.dim, self.spec):
@@ -221,12 +246,17 @@ class StoreOpening:
                         "index %s; rebuilding", m.get("model_id"), m.get("dim"), m.get("spec"),
                         self.model_id, self.dim, self.spec)
             return None
+        if snap.seq > self._last_seq and self.config.read_only:
+            # The writer committed and snapshotted between this store's read of the record and of the snapshot:
+            # the record, read again now, holds what the snapshot does (unless the database did lose writes)
+            log.debug("index: snapshot at seq %d is ahead of the record read at seq %d: reading the record again",
+                      snap.seq, self._last_seq)
+            self._reread_record()
         if snap.seq > self._last_seq:
             log.error("index: snapshot is at seq %d but the record of truth ends at seq %d: the "
                       "database lost acknowledged writes (restored from an older copy, or its "
-                      "journal was removed). Serving what the database holds; the snapshot is "
-                      "moved to %s for inspection", snap.seq, self._last_seq,
-                      self._snap_path if self.config.read_only else self._set_aside(self._snap_path))
+                      "journal was removed). Serving what the database holds; %s", snap.seq, self._last_seq,
+                      self._put_aside())
             return None
         return snap
 
