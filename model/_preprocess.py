@@ -55,6 +55,9 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+_READ_LOCK = threading.Lock()   # one thread at a time copies a caller's image's bytes (_drafted)
+
+
 def _check_pixels(image: Image.Image) -> None:
     w, h = image.size
     if w < 1 or h < 1:
@@ -69,7 +72,9 @@ def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
     MPO or HEIC, already decoded (its pixels are what the caller has: they are used as they are), its file
     not readable again, or the caller moved to another picture of the file (`image.seek`). Drafting a
     second opening rather than `image` itself leaves the caller's image whole: the same pixels as drafting
-    it, for a header parsed twice (microseconds)."""
+    it, for a header parsed twice and the file's bytes copied (microseconds, a millisecond for a 12 MP
+    photo's). The second opening reads a copy of the bytes, not the caller's file object: the same image may
+    be embedded from several threads at once."""
     if image.format not in DRAFT_FORMATS or image.mode not in _DRAFTABLE_MODES:
         return None
     fp = getattr(image, "fp", None)
@@ -80,14 +85,20 @@ def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
     if image.tell():   # another picture of an MPO than its first: a second opening would show the first
         return None
     try:
-        position = fp.tell()
-        try:
-            # MPO files are opened by the JPEG plugin
-            # its EXIF was read, and any damage said, as `image` was opened
-            with _exif_warnings_caught(None, said=True) if image.info.get("exif") else nullcontext():
-                fresh = Image.open(fp, formats=["JPEG" if image.format == "MPO" else image.format])
-        finally:
-            fp.seek(position)
+        # A copy of the file's bytes (compressed: a 12 MP photo's JPEG is some 3 MB, a millisecond to copy), read
+        # under a lock: the fresh image decodes from its own buffer, never from the caller's file object, which
+        # other threads embedding the same image seek and read meanwhile ("image file is truncated").
+        with _READ_LOCK:
+            position = fp.tell()
+            try:
+                fp.seek(0)   # where Image.open read the image from
+                data = fp.read()
+            finally:
+                fp.seek(position)
+        # MPO files are opened by the JPEG plugin
+        # its EXIF was read, and any damage said, as `image` was opened
+        with _exif_warnings_caught(None, said=True) if image.info.get("exif") else nullcontext():
+            fresh = Image.open(io.BytesIO(data), formats=["JPEG" if image.format == "MPO" else image.format])
     except Exception:  # noqa: BLE001  (a stream that cannot seek or be read again: decode the image itself)
         return None
     if (fresh.format, fresh.size, fresh.mode) != (image.format, image.size, image.mode):
