@@ -142,11 +142,12 @@ class Embedder:
 
         Raises TypeError for one image or path given alone (put it in a list) and for an item of another
         kind, naming it; FileNotFoundError for a path that is not there; ValueError naming a file that does
-        not decode as an image."""
+        not decode as an image, and for a PIL image with no pixels or closed before it was decoded (used after
+        its `with Image.open(...)` block)."""
         if isinstance(images, (Image.Image, str, bytes, os.PathLike)):
-            raise TypeError(f"embed takes a list of images or paths, got one {_kind(images)}: embed([image])")
+            raise TypeError(f"embed takes a list of images or paths, got one alone ({_kind(images)}): embed([image])")
         if isinstance(images, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"embed takes a list of PIL images or file paths, got a {_kind(images)}; uint8 "
+            raise TypeError(f"embed takes a list of PIL images or file paths, got {_kind(images)}; uint8 "
                             f"pixel arrays (N, {self.meta.in_chans}, {self.meta.image_size}, "
                             f"{self.meta.image_size}) go to embed_arrays")
         try:
@@ -215,9 +216,12 @@ class Embedder:
                 hint = f"; images are made {size}x{size} by preprocess (model.to_model_array)"
             raise ValueError(f"embed_arrays: an array of shape {batch.shape}, expected {want}{hint}")
         if batch.dtype != np.uint8:
-            if not np.issubdtype(batch.dtype, np.integer):
-                raise ValueError(f"embed_arrays: an array of dtype {batch.dtype}, expected {want} pixels 0..255; "
-                                 "floats in [0, 1]: (array * 255).round().astype(np.uint8)")
+            if not np.issubdtype(batch.dtype, np.integer) or batch.dtype == np.bool_:
+                hint = ("; floats in [0, 1]: (array * 255).round().astype(np.uint8)"
+                        if np.issubdtype(batch.dtype, np.floating) else
+                        "; a mask of booleans: array.astype(np.uint8) * 255" if batch.dtype == np.bool_ else "")
+                raise ValueError(f"embed_arrays: an array of dtype {batch.dtype}, expected {want} pixels "
+                                 f"0..255{hint}")
             if batch.size and (batch.min() < 0 or batch.max() > 255):
                 raise ValueError(f"embed_arrays: {batch.dtype} values from {batch.min()} to {batch.max()}, expected "
                                  f"pixels 0..255 ({want})")

@@ -33,7 +33,8 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
     read by path), so it is drafted in place: the same pixels without the second opening that leaves a
     caller's image whole (822 against 796 us a 640x480 JPEG: docs/results/benchmarks.md, 47th session).
 
-    Raises ValueError for an image with no pixels (0 wide or high)."""
+    Raises ValueError for an image with no pixels (0 wide or high), and for one whose file was closed before
+    it was decoded (used after its `with Image.open(...)` block, or closed)."""
     _check_pixels(image)
     mode = "L" if in_chans == 1 else "RGB"
     if crop is not None:
@@ -62,6 +63,12 @@ def _check_pixels(image: Image.Image) -> None:
     w, h = image.size
     if w < 1 or h < 1:
         raise ValueError(f"the image has no pixels ({w}x{h})")
+    if getattr(image, "tile", None) and getattr(image, "fp", True) is None:
+        # Pillow would fail with a bare AssertionError as it decodes
+        name = f"{image.format} image" if image.format else "image"
+        raise ValueError(f"the {name} ({w}x{h}) was closed before it was decoded (its `with Image.open(...)` "
+                         "block ended, or image.close()): embed it inside the block, or call image.load() there "
+                         "to keep its pixels")
 
 
 def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
@@ -165,7 +172,8 @@ def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> b
     white, its longest side `size` pixels, or the image's own size when it is smaller. Never enlarged:
     the page scales it for display, and `simsearch index reembed` embeds from it, where an enlarged copy
     of a small image costs fidelity (docs/index.md, "A new model for a gallery"). The service and
-    `simsearch index build` both store what this makes. Raises ValueError for an image with no pixels."""
+    `simsearch index build` both store what this makes. Raises ValueError for an image with no pixels, or
+    closed before it was decoded."""
     _check_pixels(image)
     image = _exif_transposed(image)
     if crop is not None:

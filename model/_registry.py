@@ -1,6 +1,7 @@
 """Name -> builder registry for the model zoo (the timm pattern), and architectures of a user's own."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -17,6 +18,15 @@ _IMPORTED: dict[str, str] = {}  # module name or resolved file path -> what it w
 
 class ModelModuleError(Exception):
     """A module of the user's architectures could not be imported; the message names it and says why."""
+
+
+class UnknownModel(KeyError, ValueError):
+    """create_model's error for a name no architecture is registered under: a KeyError (as a dict lookup
+    raises; callers catch that) and a ValueError (a bad argument), whose message reads plainly (a KeyError's
+    alone is shown in quotes) and names the nearest registered names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -43,11 +53,15 @@ def create_model(name: str, **kwargs) -> nn.Module:
     Every built model maps (N, in_chans, H, W) float images to (N, embed_dim) embeddings and has
     the attributes `embed_dim` and `in_chans`, and `simsearch_built_as`: (name, kwargs), what built it
     (save_artifact names it when the artifact's metadata would build another network).
+
+    Raises UnknownModel, a KeyError and a ValueError, for a name not registered, naming the nearest ones.
     """
     try:
         builder = _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+        near = difflib.get_close_matches(str(name), list_models(), n=3, cutoff=0.6)
+        raise UnknownModel(f"unknown model {name!r}" + (f" (nearest: {', '.join(near)})" if near else "")
+                           + f"; known: {', '.join(list_models())}") from None
     net = builder(**kwargs)
     net.simsearch_built_as = (name, dict(kwargs))
     return net

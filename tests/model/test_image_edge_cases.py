@@ -66,3 +66,58 @@ def test_the_same_undecoded_images_embed_from_several_threads_at_once(embedder, 
     finally:
         for im in images:
             im.close()
+
+
+def test_messages_name_the_kind_of_a_wrong_argument_with_one_article(embedder, tmp_path):
+    """They said "got one a PIL.JpegImageFile" and "got a a numpy.ndarray of shape ..."."""
+    import numpy as np
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    with Image.open(tmp_path / "a.jpg") as im:
+        with pytest.raises(TypeError) as one:
+            embedder.embed(im)
+    with pytest.raises(TypeError) as array:
+        embedder.embed(np.zeros((2, 3, 32, 32), np.uint8))
+    for err in (one, array):
+        text = str(err.value)
+        assert " a a " not in text and " one a " not in text, text
+    assert "got one alone (a PIL.JpegImageFile): embed([image])" in str(one.value)
+    assert "got a numpy.ndarray of shape (2, 3, 32, 32); uint8 pixel arrays" in str(array.value)
+
+
+def test_a_bool_array_is_told_how_to_make_pixels_of_a_mask_not_of_floats(embedder):
+    import numpy as np
+
+    with pytest.raises(ValueError) as err:
+        embedder.embed_arrays(np.ones((1, 3, 32, 32), bool))
+    assert "dtype bool" in str(err.value) and "floats" not in str(err.value)
+    assert "array.astype(np.uint8) * 255" in str(err.value)
+    with pytest.raises(ValueError, match=r"dtype float32.*floats in \[0, 1\]"):
+        embedder.embed_arrays(np.ones((1, 3, 32, 32), np.float32))
+
+
+def test_an_image_used_after_its_with_block_closed_is_named_as_closed(embedder, tmp_path):
+    """Pillow failed with a bare AssertionError as it came to decode it."""
+    Image.new("RGB", (50, 40), (1, 2, 3)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (50, 40), (1, 2, 3)).save(tmp_path / "a.png")
+    for name in ("a.jpg", "a.png"):
+        with Image.open(tmp_path / name) as im:
+            pass
+        for call in (lambda: embedder.embed([im]), lambda: model.to_model_array(im, 3, 32),
+                     lambda: model.make_thumbnail(im, 64)):
+            with pytest.raises(ValueError, match=r"was closed before it was decoded .*with Image.open"):
+                call()
+        with Image.open(tmp_path / name) as im:
+            im.load()   # its pixels kept: usable after the block
+        assert (embedder.embed([im]) == embedder.embed([tmp_path / name])).all()
+
+
+def test_an_unknown_model_name_is_a_key_error_and_a_value_error_with_a_plain_message_naming_the_nearest():
+    with pytest.raises(KeyError) as err:
+        model.create_model("hybrid_1")
+    assert isinstance(err.value, ValueError)
+    text = str(err.value)
+    assert text.startswith("unknown model 'hybrid_1' (nearest: hybrid1"), text   # not in a KeyError's quotes
+    assert "known: " in text and "cnn3a" in text
+    with pytest.raises(ValueError, match="unknown model 'zzzz'; known: "):
+        model.create_model("zzzz")
