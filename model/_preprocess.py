@@ -202,7 +202,11 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    # Pillow's own conversion clips 16-bit grey at 255; scale by the value range instead.
+    # Pillow's own conversion clips 16-bit grey at 255. Here each value is scaled by its type's full range, not by
+    # the range the image uses: I;16 (and I holding any value over 255) by 255/65535, F by 255 when no value is over
+    # 1.0 (else as it is), I otherwise as it is; then clipped to 0..255 (NaN as 0). So 12-bit data (0..4095, as
+    # scientific and medical cameras write it) comes out dark, at most 16 of 255, and I values over 65535 white.
+    # Kept so on purpose: stored galleries' vectors were made by it, and another scaling would change them.
     arr = np.asarray(image).astype(np.float64)
     if image.mode == "F":
         peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0

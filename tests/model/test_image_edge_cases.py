@@ -121,3 +121,19 @@ def test_an_unknown_model_name_is_a_key_error_and_a_value_error_with_a_plain_mes
     assert "known: " in text and "cnn3a" in text
     with pytest.raises(ValueError, match="unknown model 'zzzz'; known: "):
         model.create_model("zzzz")
+
+
+def test_high_depth_grey_is_scaled_by_its_types_full_range_as_stored_galleries_were_made():
+    """Not the range the image uses: 12-bit data in I;16 or I comes out dark (at most 16 of 255). Pinned on
+    purpose: another scaling would change the vectors of every stored gallery of such images."""
+    import numpy as np
+
+    from model._preprocess import _high_depth_to_l
+
+    cases = [(Image.fromarray(np.array([[0, 4095]], np.uint16)), [0, 16]),
+             (Image.fromarray(np.array([[0, 4095, 70000]], np.int32), "I"), [0, 16, 255]),
+             (Image.fromarray(np.array([[0, 200]], np.int32), "I"), [0, 200]),
+             (Image.fromarray(np.array([[0, 0.5, 1.0]], np.float32), "F"), [0, 128, 255]),
+             (Image.fromarray(np.array([[0, 2.0, 300.0]], np.float32), "F"), [0, 2, 255])]
+    for image, expected in cases:
+        assert np.asarray(_high_depth_to_l(image)).tolist() == [expected], image.mode
