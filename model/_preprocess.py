@@ -207,15 +207,24 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     # 1.0 (else as it is), I otherwise as it is; then clipped to 0..255 (NaN as 0). So 12-bit data (0..4095, as
     # scientific and medical cameras write it) comes out dark, at most 16 of 255, and I values over 65535 white.
     # Kept so on purpose: stored galleries' vectors were made by it, and another scaling would change them.
-    arr = np.asarray(image).astype(np.float64)
+    raw = np.asarray(image)
     if image.mode == "F":
-        peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
-    elif image.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        peak = 1.0 if raw.size and np.nanmax(raw) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or (raw.size and raw.max() > 255):
         peak = 65535.0
     else:
         peak = 255.0
-    arr = np.clip(np.nan_to_num(arr) / peak * 255.0, 0, 255)
-    return Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L
+    # In float64 as always (the same pixels), a band of rows at a time: the whole image at once held 8 bytes a
+    # pixel several times over (a 141 KB 16-bit PNG of 64 MP took 1.6 GB).
+    out = np.empty(raw.shape, np.uint8)
+    rows = max(1, _HIGH_DEPTH_BAND // max(1, raw.shape[1]))
+    for start in range(0, raw.shape[0], rows):
+        band = raw[start:start + rows].astype(np.float64)
+        out[start:start + rows] = np.clip(np.nan_to_num(band) / peak * 255.0, 0, 255).round()
+    return Image.fromarray(out)  # 2-D uint8 -> mode L
+
+
+_HIGH_DEPTH_BAND = 1 << 18   # values _high_depth_to_l converts at a time (2 MB as float64)
 
 
 # Damaged EXIF data (an IFD offset past the end, a cut APP1 segment: phones and editors write them) makes Pillow

@@ -137,3 +137,68 @@ def test_high_depth_grey_is_scaled_by_its_types_full_range_as_stored_galleries_w
              (Image.fromarray(np.array([[0, 2.0, 300.0]], np.float32), "F"), [0, 2, 255])]
     for image, expected in cases:
         assert np.asarray(_high_depth_to_l(image)).tolist() == [expected], image.mode
+
+
+def _old_high_depth_to_l(image: Image.Image):
+    """_high_depth_to_l as it was before it worked in bands: the pixels stored galleries were made from."""
+    import numpy as np
+
+    arr = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        peak = 65535.0
+    else:
+        peak = 255.0
+    return np.clip(np.nan_to_num(arr) / peak * 255.0, 0, 255).round().astype(np.uint8)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NaN and inf values, as both versions meet them
+@pytest.mark.parametrize("band", [1, 7, 1 << 18])
+def test_high_depth_grey_converted_in_bands_gives_the_very_same_pixels(monkeypatch, band):
+    import numpy as np
+
+    import model._preprocess as pre
+
+    monkeypatch.setattr(pre, "_HIGH_DEPTH_BAND", band)
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 50), (50, 1), (37, 23), (300, 200)]:
+        floats = rng.normal(0.5, 0.6, shape).astype(np.float32)
+        floats.flat[:3] = [np.nan, np.inf, -np.inf][:floats.size]
+        images = [Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16)),
+                  Image.fromarray(rng.integers(0, 4096, shape, dtype=np.uint16)),
+                  Image.fromarray(rng.integers(-100, 100_000, shape, dtype=np.int32), "I"),
+                  Image.fromarray(rng.integers(0, 256, shape, dtype=np.int32), "I"),
+                  Image.fromarray(floats, "F"), Image.fromarray(floats * 300, "F"),
+                  Image.fromarray(np.clip(floats, 0, 1), "F")]
+        for image in images:
+            assert np.array_equal(np.asarray(pre._high_depth_to_l(image)), _old_high_depth_to_l(image)), image.mode
+
+
+def test_a_16_bit_grey_image_is_converted_in_little_memory():
+    """A 16 MP 16-bit PNG took some 370 MB more (float64 copies of the whole image), a 64 MP one 1.6 GB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    child = """if True:
+        import numpy as np
+        from PIL import Image
+        from model._preprocess import _high_depth_to_l
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))   # kB
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 65536, (4000, 4000), dtype=np.uint16))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS")
+        _high_depth_to_l(image)
+        print(status("VmHWM") - before)
+    """
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", child], cwd=repo, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    growth_mb = int(run.stdout.split()[-1]) / 1024
+    # the image's values as an array (32 MB) and the 8-bit result (16 MB), plus a band
+    assert growth_mb < 120, f"peak resident memory grew {growth_mb:.0f} MB"
