@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from ._checks import check_text
 from ._errors import InvalidItemError
 
@@ -174,12 +176,14 @@ MAX_WHERE_DEPTH = 32   # $and/$or nested this deep; deeper is no filter a person
 def check_where(where: dict[str, Any] | None) -> tuple[Condition, ...] | None:
     """A metadata filter as a canonical tuple of conditions, all of which must hold; None for none. The key
     "$label" (LABEL) is the item's label, with string values only; a key with dots is a path into nested
-    objects (lookup). Raises InvalidItemError naming the key and value that are wrong."""
+    objects (lookup). numpy's numbers (np.int64(3), np.float32(0.5), np.bool_) are the numbers they hold, as in
+    metadata. Raises InvalidItemError naming the key and value that are wrong."""
     if where is None:
         return None
-    check_text(where, "where")
     _check_depth(where)
-    return _conditions(where)
+    conditions = _conditions(where)   # (before check_text: it names a value that is not JSON, a set say)
+    check_text(where, "where")
+    return conditions
 
 
 def _check_depth(where: Any) -> None:
@@ -226,7 +230,16 @@ def _sub_filter(op: str, i: int, sub: Any) -> tuple[Condition, ...]:
         raise InvalidItemError(f"where: {op}[{i}]: {str(exc).removeprefix('where: ')}") from None
 
 
+def _plain(value: Any) -> Any:
+    """A numpy number, bool or string (np.int64(3), np.float32(0.5), np.bool_(True)) as the Python one it holds, what a
+    numpy- or pandas-driven caller hands over and what metadata takes (check_metadata); anything else as is."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biufU":
+        return value.item()
+    return value
+
+
 def _scalar(key: str, value: Any, what: str = "") -> Any:
+    value = _plain(value)
     if key == LABEL and not isinstance(value, str):
         _not_a_label(value, what)
     if value is not None and not isinstance(value, (str, int, float, bool)) or (
@@ -262,10 +275,12 @@ def _operators(key: str, ops: dict[str, Any]) -> list[Condition]:
             keys = {_scalar_key(key, v, f".{op}") for v in operand}
             out.append((key, op[1:], tuple(sorted(keys, key=repr))))
         elif op == "$exists":
+            operand = _plain(operand)
             if not isinstance(operand, bool):
                 raise InvalidItemError(f"where: {key!r}.$exists must be true or false, got {operand!r:.60}")
             out.append((key, "exists", operand))
         elif op in _RANGE_OPS:
+            operand = _plain(operand)
             if key == LABEL and not isinstance(operand, str):
                 _not_a_label(operand, f".{op}")
             if isinstance(operand, bool) or not isinstance(operand, (int, float, str)) or (
