@@ -101,6 +101,14 @@ def check_list(values: Any, call: str, of: str = "ids") -> Any:
     return values
 
 
+def asked_for(model_id: str | None, dim: int | None) -> str:
+    """What a config asked a store to hold, as a model mismatch names it: "model 'x' (dim 8)", or the one of the two
+    given ("model 'x'", "dim 16"): a config gives either, the other adopted from the store."""
+    if model_id is None:
+        return f"dim {dim}"
+    return f"model {model_id!r}" + ("" if dim is None else f" (dim {dim})")
+
+
 def check_text(value: Any, what: str) -> None:
     """InvalidItemError when a string in `value` (a JSON value: its keys too) holds a lone surrogate
     (U+D800..U+DFFF, which JSON's "\\ud800" escape can make): no UTF-8 text can carry it, so every answer

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import _filter
-from ._checks import KEEP, ItemChecks, check_list, merge_patch, parse_position
+from ._checks import KEEP, ItemChecks, asked_for, check_list, merge_patch, parse_position
 from ._errors import (InvalidItemError, ModelMismatchError, StoreClosedError, StoreError,
                       StoreMissingError, StoreUnavailableError)
 from ._galleries import DEFAULT_GALLERY, _NAME, check_gallery_name
@@ -503,7 +503,7 @@ class MilvusStore(ItemChecks):
             self._client.close()
             raise ModelMismatchError(
                 f"gallery {self.gallery!r} in Milvus ({self.collection}) holds vectors of model {self.model_id!r} "
-                f"(dim {self.dim}), not {config.model_id!r} (dim {config.dim}); use that model, or another gallery",
+                f"(dim {self.dim}), not {asked_for(config.model_id, config.dim)}; use that model, or another gallery",
                 stored_model=self.model_id)
         return self
 

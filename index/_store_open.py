@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from . import _db, _faiss
+from ._checks import asked_for
 from ._errors import (InvalidItemError, ModelMismatchError, StoreCorruptError, StoreError, StoreLockedError,
                       StoreMissingError)
 from ._types import vectors_from_blobs
@@ -107,7 +108,7 @@ class StoreOpening:
                     (cfg.dim is not None and cfg.dim != have_dim):
                 raise ModelMismatchError(
                     f"the store at {self._path} holds vectors of model {have_model!r} (dim "
-                    f"{have_dim}), not of model {cfg.model_id!r} (dim {cfg.dim}); use another "
+                    f"{have_dim}), not of {asked_for(cfg.model_id, cfg.dim)}; use another "
                     f"--data folder, or move this gallery to the new model with `simsearch index reembed "
                     f"NEWDATA --data DATA --model NEW` (it re-embeds the stored thumbnails) and use NEWDATA",
                     stored_model=have_model)

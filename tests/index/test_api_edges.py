@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import InvalidItemError, Item, check_where
+import index
+from index import InvalidItemError, Item, ModelMismatchError, Store, StoreConfig, check_where
 
 from .conftest import DIM, unit
 
@@ -51,3 +52,27 @@ def test_where_takes_numpy_scalars_as_metadata_does(open_store):
     for bad in (np.float32("nan"), np.array([1, 2]), np.datetime64("2024-01-01")):
         with pytest.raises(InvalidItemError):
             check_where({"n": bad})
+
+
+def test_a_model_mismatch_names_what_was_asked_for_not_none(tmp_path):
+    path = tmp_path / "store"
+    with Store.open(StoreConfig(path, dim=DIM, model_id=MODEL)):
+        pass
+    with pytest.raises(ModelMismatchError) as err:
+        Store.open(StoreConfig(path, dim=16))
+    assert f"holds vectors of model {MODEL!r} (dim {DIM}), not of dim 16;" in str(err.value), str(err.value)
+    assert "None" not in str(err.value)
+    with pytest.raises(ModelMismatchError) as err:
+        Store.open(StoreConfig(path, model_id="other@1"))
+    assert "not of model 'other@1';" in str(err.value) and "None" not in str(err.value), str(err.value)
+    with pytest.raises(ModelMismatchError, match=r"not of model 'other@1' \(dim 16\);"):
+        Store.open(StoreConfig(path, model_id="other@1", dim=16))
+
+
+def test_a_milvus_model_mismatch_names_what_was_asked_for_not_none(tmp_path):
+    pytest.importorskip("pymilvus")
+    uri = str(tmp_path / "milvus.db")
+    index.MilvusStore.open(index.MilvusConfig(uri, dim=DIM, model_id=MODEL)).close()
+    with pytest.raises(ModelMismatchError) as err:
+        index.MilvusStore.open(index.MilvusConfig(uri, dim=16))
+    assert f"(dim {DIM}), not dim 16;" in str(err.value) and "None" not in str(err.value), str(err.value)
