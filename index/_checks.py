@@ -143,9 +143,16 @@ class ItemChecks:
 
     @classmethod
     def _unique(cls, items) -> list[Item]:
-        """The items with checked ids, the last of duplicate ids kept (as one write after the other would)."""
+        """The items with checked ids, the last of duplicate ids kept (as one write after the other would);
+        InvalidItemError for one item given alone, and naming an entry that is not an index.Item (a dict, say)."""
+        if isinstance(items, (Item, dict, str, bytes)):
+            raise InvalidItemError(f"upsert takes a list of index.Item, got one {type(items).__name__} "
+                                   f"{items!r:.80}: upsert([Item(id, vector, label, metadata)])")
         latest: dict[str, Item] = {}
-        for item in items:
+        for n, item in enumerate(items):
+            if not isinstance(item, Item):
+                raise InvalidItemError(f"upsert: entry {n} is a {type(item).__name__}, not an index.Item: "
+                                       f"{item!r:.80}; make each Item(id, vector, label, metadata, thumbnail)")
             latest[cls._check_id(item.id)] = item
         return list(latest.values())
 

@@ -54,6 +54,21 @@ def test_where_takes_numpy_scalars_as_metadata_does(open_store):
             check_where({"n": bad})
 
 
+def test_upsert_refuses_a_dict_or_a_lone_item_saying_to_pass_index_items(open_store):
+    store = open_store()
+    v = unit(np.random.default_rng(1), 1)[0]
+    with pytest.raises(InvalidItemError, match=r"entry 0 is a dict, not an index\.Item: \{'id': 'a'"):
+        store.upsert([{"id": "a", "vector": v}])   # was AttributeError: 'dict' object has no attribute 'id'
+    with pytest.raises(InvalidItemError, match=r"entry 1 is a tuple, not an index\.Item"):
+        store.upsert([Item("a", v), ("b", v)])
+    with pytest.raises(InvalidItemError, match=r"upsert takes a list of index\.Item, got one Item"):
+        store.upsert(Item("a", v))
+    with pytest.raises(InvalidItemError, match=r"upsert takes a list of index\.Item, got one dict"):
+        store.upsert({"id": "a", "vector": v})
+    assert store.count() == 0   # nothing written
+    assert store.upsert([Item("a", v)]) == 1
+
+
 def test_a_model_mismatch_names_what_was_asked_for_not_none(tmp_path):
     path = tmp_path / "store"
     with Store.open(StoreConfig(path, dim=DIM, model_id=MODEL)):
