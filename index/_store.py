@@ -219,6 +219,16 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         with self._rw.read():
             return id in self._fid_of
 
+    def __len__(self) -> int:
+        """The number of items, count() (in memory: no read of the database). MilvusStore has no len(): its
+        count() is a query."""
+        return self.count()
+
+    def __bool__(self) -> bool:
+        """True, however many items: an empty store is still an open store (`if store:` asks that, not
+        whether it holds anything; len(store) says that)."""
+        return True
+
     def has_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of `ids` present in the store (fast: in memory)."""
         check_list(ids, "has_ids")

@@ -91,3 +91,12 @@ def test_a_milvus_model_mismatch_names_what_was_asked_for_not_none(tmp_path):
     with pytest.raises(ModelMismatchError) as err:
         index.MilvusStore.open(index.MilvusConfig(uri, dim=16))
     assert f"(dim {DIM}), not dim 16;" in str(err.value) and "None" not in str(err.value), str(err.value)
+
+
+def test_len_of_a_store_is_its_count_and_an_empty_store_is_still_true(open_store):
+    store = open_store()
+    assert len(store) == 0 and bool(store)   # an open store, empty
+    vecs = unit(np.random.default_rng(2), 3)
+    store.upsert([Item(f"i{n}", vecs[n]) for n in range(3)])
+    store.delete(["i0"])
+    assert len(store) == store.count() == 2
