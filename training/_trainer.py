@@ -263,10 +263,11 @@ def _small_classes(train_split: Split, class_names: list[str], m: int, asked: in
     parts = []
     if few:
         shown = ", ".join(f"{class_names[c]} {n}" for n, c in few[:5])
-        of = f"m_per_class={m}" if asked in (None, m) else \
-            f"the {m} images of each class a batch takes (m_per_class={asked}, changed to fill the batch)"
-        parts.append(f"{len(few)} class{'es have' if len(few) != 1 else ' has'} fewer than {of} "
-                     f"training images, so their images repeat within a batch (smallest: {shown}"
+        of = f"than m_per_class={m}" if asked in (None, m) else \
+            f"than the {m} of each class a batch takes (m_per_class={asked}, {'raised' if m > asked else 'lowered'} " \
+            "to fit the batch)"
+        parts.append(f"{len(few)} class{'es have' if len(few) != 1 else ' has'} fewer training images {of}, "
+                     f"so their images repeat within a batch (smallest: {shown}"
                      f"{', ...' if len(few) > 5 else ''})")
     if none:
         parts.append(f"{len(none)} class{'es have' if len(none) != 1 else ' has'} no training image "

@@ -83,7 +83,7 @@ def test_train_and_evaluate_say_what_was_not_scored_and_record_the_data_used(tmp
     assert r.returncode == 0, r.stderr
     # a --resume with no checkpoint says so, and trains from the first epoch
     assert f"no checkpoint {out}.ckpt: starting from the first epoch" in r.stdout
-    assert "classes have fewer than m_per_class=" in r.stdout and "(smallest: lone 1" in r.stdout
+    assert "classes have fewer training images than " in r.stdout and "(smallest: lone 1" in r.stdout
     assert "not scored (fewer than 2 test images, nothing of the class to find): lone (no test image)" in r.stdout
     saved = json.loads(out.with_name("m.metrics.json").read_text())
     metrics, data = saved["metrics"], saved["training"]["dataset"]

@@ -94,8 +94,8 @@ def test_small_classes_are_measured_against_the_m_the_batch_takes_not_m_per_clas
     # fewer than that (the line said "fewer than m_per_class=32", a value the configuration never had)
     _, lines = _logged(preset("default", **{**TINY, "epochs": 1}, loss="ms", batch_size=128), tiny_cifar_folder,
                        tmp_path / "a.safetensors")
-    assert any("4 classes have fewer than the 32 images of each class a batch takes (m_per_class=8, changed to fill "
-               "the batch) training images" in line for line in lines), lines
+    assert any("4 classes have fewer training images than the 32 of each class a batch takes (m_per_class=8, raised "
+               "to fit the batch), so their images repeat within a batch" in line for line in lines), lines
 
 
 def _other_classes(tiny: Path, dest: Path) -> Path:
