@@ -21,8 +21,8 @@ from ._preprocess import DAMAGED_EXIF, displayed_size, exif_notes, make_thumbnai
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
-    from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, bundled_artifact, load_artifact,
-                            read_meta, resave_artifact, save_artifact)
+    from ._artifact import (TTA_MODES, Artifact, ArtifactError, ArtifactMeta, bundled_artifact, bundled_artifacts,
+                            find_artifact, load_artifact, read_meta, resave_artifact, save_artifact)
     from ._embedder import Embedder, default_device, embed_tensor
     from ._involution import Involution
     from ._normalize import PixelNormalize
@@ -44,14 +44,14 @@ __all__ = [
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
     "save_artifact", "thumbnail_draft", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
     "DAMAGED_EXIF", "IMAGE_HEAD_BYTES", "exif_notes", "images_without_ending", "looks_like_image", "open_image",
-    "file_head", "member_head",
+    "file_head", "member_head", "bundled_artifacts", "find_artifact",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that
 # create_model and load_artifact always see every registered architecture.
 _SOURCES = {
-    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "bundled_artifact", "load_artifact",
-                  "read_meta", "resave_artifact", "save_artifact"),
+    "_artifact": ("TTA_MODES", "Artifact", "ArtifactError", "ArtifactMeta", "bundled_artifact", "bundled_artifacts",
+                  "find_artifact", "load_artifact", "read_meta", "resave_artifact", "save_artifact"),
     "_embedder": ("Embedder", "default_device", "embed_tensor"),
     "_involution": ("Involution",),
     "_normalize": ("PixelNormalize",),

@@ -319,6 +319,47 @@ def bundled_artifact(model_id: str) -> Path | None:
     return None
 
 
+def bundled_artifacts(nearest_to: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The artifacts shipped in model/weights, by name (each file's stem): sorted, or with `nearest_to` (a name
+    or path someone gave) the names nearest to its file name first (difflib), as an error listing them gives."""
+    import difflib
+
+    from ._params import WEIGHTS_DIR
+
+    found = {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+    if nearest_to is None:
+        return found
+    given = Path(nearest_to).name.removesuffix(".safetensors")
+    return {name: found[name] for name in difflib.get_close_matches(given, list(found), n=len(found), cutoff=0.0)}
+
+
+def find_artifact(name_or_path: str | os.PathLike) -> Path:
+    """The artifact file `name_or_path` means: the path itself when something is there (a path that exists
+    always wins, a folder included: reading it says what is wrong), else the bundled artifact of that name (its
+    file stem, with or without .safetensors, or the name in its metadata). ArtifactError "NAME: no such model
+    artifact", listing the bundled names nearest first, when it is neither."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    given = str(name_or_path)
+    bare = path.name == given and given not in (".", "..")   # a name, no folder in it
+    if bare:
+        bundled = bundled_artifacts()
+        stem = given.removesuffix(".safetensors")
+        if stem in bundled:
+            return bundled[stem]
+        for found in bundled.values():
+            try:
+                if read_meta(found).name == stem:
+                    return found
+            except ArtifactError:
+                continue
+    near = list(bundled_artifacts(nearest_to=given))
+    names = f"; the bundled models (give one by name), nearest first: {', '.join(near)}" if near else ""
+    nor = " (no such file, nor the name of a bundled model)" if bare else ""
+    raise ArtifactError(f"{given}: no such model artifact{nor}{names}")
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
