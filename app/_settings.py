@@ -44,7 +44,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SIMSEARCH_", extra="ignore", validate_default=True)
 
-    model_path: Path | None = Field(None, description="model artifact; default: the bundled CIFAR-10 Hybrid-1")
+    model_path: Path | None = Field(None, description="model artifact, or the name of a bundled one (hybrid1-mnist; "
+                                                      "a file of that name wins); default: the bundled CIFAR-10 "
+                                                      "Hybrid-1")
     model_modules: str = Field("", description="comma-separated modules or .py files that register architectures "
                                                "of your own (@model.register_model), imported before the model "
                                                "loads")
@@ -319,9 +321,10 @@ class Settings(BaseSettings):
         return lines
 
     def resolved_model_path(self) -> Path:
-        """The artifact to load: model_path, or the bundled CIFAR-10 Hybrid-1."""
-        if self.model_path is not None:
-            return self.model_path
+        """The artifact to load: model_path (the bundled artifact of that name when no such file exists;
+        model.ArtifactError when neither), or the bundled CIFAR-10 Hybrid-1."""
         import model
 
+        if self.model_path is not None:
+            return model.find_artifact(self.model_path)
         return model.default_artifact_path("cifar10")

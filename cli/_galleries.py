@@ -91,8 +91,9 @@ def common_options(p: argparse.ArgumentParser, model: bool, milvus: bool = False
                    help="data directory; the index lives in DATA/index (default $SIMSEARCH_DATA_DIR or ./data)")
     gallery_option(p)
     if model:
-        p.add_argument("--model", help="model artifact (.safetensors); default: the bundled model that made the "
-                                       "gallery's vectors, the bundled cifar10 Hybrid-1 for a new gallery")
+        p.add_argument("--model", help="model artifact (.safetensors), or the name of a bundled one (`simsearch "
+                                       "models` lists them); default: the bundled model that made the gallery's "
+                                       "vectors, the bundled cifar10 Hybrid-1 for a new gallery")
     if milvus:
         milvus_option(p)
 
@@ -138,7 +139,13 @@ def gallery_folder(data: str, gallery: str) -> Path:
 def embedder_from(path: str | None):
     import model
 
-    artifact = Path(path) if path else model.default_artifact_path("cifar10")
+    if path:
+        try:
+            artifact = model.find_artifact(path)   # a file, else a bundled model's name
+        except model.ArtifactError as exc:
+            raise CliError(f"--model {exc}") from None
+    else:
+        artifact = model.default_artifact_path("cifar10")
     if not artifact.exists():
         raise CliError(f"no model artifact at {artifact}" + ("" if path else "; pass --model"))
     try:

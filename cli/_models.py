@@ -8,21 +8,25 @@ import sys
 from ._errors import CliError
 from . import _galleries as g
 
+ARTIFACT_HELP = ("a .safetensors model artifact: its path, or the name of a bundled one (`simsearch models` lists "
+                 "them: hybrid1-cifar10, hybrid1-fashion-mnist, ...); a file of that name wins")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p = sub.add_parser("models", help="list the model zoo with parameter counts, then the bundled artifacts")
     p.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="input channels (default 3)")
     p.set_defaults(func=_list)
     p = sub.add_parser("model-info", help="print an artifact's metadata as JSON")
-    p.add_argument("artifact", help="path to a .safetensors model artifact")
+    p.add_argument("artifact", help=ARTIFACT_HELP)
     p.set_defaults(func=_info)
     p = sub.add_parser("model-export", help="write an artifact's embedding as an ONNX model (embed on other devices)",
                        description="Write the artifact's embedding as one ONNX file: uint8 images (N, C, S, S), "
                                    "as model.to_model_array makes them, in; the service's unit vectors out "
                                    "(scaling, test-time augmentation and normalisation are in the graph). The "
                                    "graph is checked against torch before it is written. Needs the onnx extra.")
-    p.add_argument("artifact", help="path to a .safetensors model artifact")
-    p.add_argument("--out", "-o", help="the ONNX file to write (default: the artifact's name with .onnx)")
+    p.add_argument("artifact", help=ARTIFACT_HELP)
+    p.add_argument("--out", "-o", help="the ONNX file to write (default: the artifact's name with .onnx, in the "
+                                       "current folder for a bundled model given by name)")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--int8", metavar="IMAGES",
                    help="quantize the graph to int8 (about 2.3x smaller), calibrated on images like those it will "
@@ -43,14 +47,35 @@ def _list(args) -> int:
             continue
         n = model.count_parameters(m)
         print(f"{name:16s} {n:>12,d} parameters  {n * 4 / 1024:>10.2f} KB (float32)")
+    _list_bundled()
     return 0
+
+
+def _list_bundled() -> None:
+    """The artifacts shipped with simsearch, which --model, model-info and model-export take by name."""
+    import model
+
+    print("\nbundled artifacts (give the name to serve --model, index build --model, model-info, model-export):")
+    for name, path in model.bundled_artifacts().items():
+        try:
+            meta = model.read_meta(path)
+        except model.ArtifactError as exc:
+            print(f"{name:32s} unreadable: {exc}")
+            continue
+        data = meta.training.get("dataset")
+        data = data.get("name", "?") if isinstance(data, dict) else (data or "?")
+        p1 = meta.metrics.get("precision_at_1")
+        p1 = f"precision@1 {p1:.4f}" if isinstance(p1, (int, float)) else "precision@1 ?     "
+        named = f"  (named {meta.name!r} inside)" if meta.name != name else ""
+        print(f"{name:32s} trained on {str(data):14s} {p1}  tta {meta.tta:5s} {path.stat().st_size / 1024:>8.1f} KB"
+              f"{named}")
 
 
 def _info(args) -> int:
     import model
 
     try:
-        meta = model.read_meta(args.artifact)
+        meta = model.read_meta(model.find_artifact(args.artifact))
     except model.ArtifactError as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(meta.model_dump(), indent=2))
@@ -71,7 +96,7 @@ def _export(args) -> int:
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: no such folder {out.parent}")
     try:
-        artifact = model.load_artifact(args.artifact, device="cpu")
+        artifact = model.load_artifact(model.find_artifact(args.artifact), device="cpu")
     except model.ArtifactError as exc:   # a missing file included
         raise CliError(str(exc)) from None
     calibration = _calibration_images(args.int8, args.calibration_images, artifact.meta) if args.int8 else None

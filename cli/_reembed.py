@@ -34,7 +34,8 @@ def register_index(isub) -> None:
                                     "without a thumbnail are reported and left out (exit status 1).")
     r.add_argument("dest", help="a new folder, or one an earlier run of this command filled; the index goes to DEST/index")
     g.common_options(r, model=False)
-    r.add_argument("--model", help="the new model's artifact (.safetensors); default: the bundled cifar10 Hybrid-1")
+    r.add_argument("--model", help="the new model's artifact (.safetensors), or the name of a bundled one "
+                                   "(`simsearch models` lists them); default: the bundled cifar10 Hybrid-1")
     r.add_argument("--index", help="index kind of the new index (default: the kind DATA's index uses)")
     r.add_argument("--batch-size", type=int, default=256, help="items embedded and committed together (256)")
     r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),

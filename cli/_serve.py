@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-path", help="the path prefix a gateway reaches the service under, whether it strips it "
                                        "before passing requests on or not (/simsearch for https://host/simsearch/): "
                                        "the ASGI root_path, so that /docs and redirects carry it (default: none)")
-    p.add_argument("--model", help="model artifact (default: the bundled CIFAR-10 Hybrid-1)")
+    p.add_argument("--model", help="model artifact (.safetensors), or the name of a bundled one (hybrid1-mnist; "
+                                   "`simsearch models` lists them; a file of that name wins) (default: the bundled "
+                                   "CIFAR-10 Hybrid-1)")
     p.add_argument("--data", help="data directory; the index lives in DATA/index (default ./data)")
     p.add_argument("--index", help="index preset: flat, hnsw, ivf, ivfpq or a FAISS factory string (default: "
                                    "each gallery keeps its kind; a new one is flat)")
@@ -148,8 +150,17 @@ def _check_settings(settings) -> None:
     model file, the data folder, the index kind and the device. CliError naming the setting and value."""
     model_path = settings.model_path
     if model_path is not None and not model_path.is_file():
-        why = "is a folder, not a model artifact" if model_path.is_dir() else "no such file"
-        raise CliError(f"SIMSEARCH_MODEL_PATH (--model) {str(model_path)!r}: {why}")
+        import model
+
+        try:
+            found = model.find_artifact(model_path)   # a bundled model's name
+        except model.ArtifactError:
+            near = ", ".join(model.bundled_artifacts(nearest_to=model_path))
+            raise CliError(f"SIMSEARCH_MODEL_PATH (--model) {str(model_path)!r}: no such file, nor the name of a "
+                           f"bundled model (give one by name, nearest first: {near})") from None
+        if not found.is_file():
+            why = "is a folder, not a model artifact" if found.is_dir() else "not a file"
+            raise CliError(f"SIMSEARCH_MODEL_PATH (--model) {str(model_path)!r}: {why}")
     if settings.milvus_uri is None:
         data = settings.data_dir
         nearest = next((p for p in (data, *data.absolute().parents) if p.exists()), None)
