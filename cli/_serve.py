@@ -145,6 +145,13 @@ def _serve(args) -> int:
     return 0
 
 
+def _read_only_disk(path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):   # no statvfs (Windows): not known to be
+        return False
+
+
 def _check_settings(settings) -> None:
     """What would otherwise keep the service running but never ready, checked before anything loads: the
     model file, the data folder, the index kind and the device. CliError naming the setting and value."""
@@ -171,7 +178,12 @@ def _check_settings(settings) -> None:
                            "writable)")
         if nearest == data and not settings.read_only and not os.access(data, os.W_OK) \
                 and not os.access(data / "index", os.W_OK):
-            # a volume or host folder given to another user (root) at the data folder: /healthz but never ready
+            # a volume or host folder given to another user (root) at the data folder, or a read-only disk: /healthz
+            # but never ready
+            if _read_only_disk(data):
+                raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r} is on a read-only disk: serve its galleries "
+                               "read-only (SIMSEARCH_READ_ONLY=true, --read-only: searches, no writes), or give it a "
+                               "writable disk")
             uid = os.getuid() if hasattr(os, "getuid") else "?"
             raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: not writable by this process (uid {uid}); "
                            "give the folder to that user (the image's is 10001: chown 10001:10001 on the host "

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,18 +99,23 @@ def test_a_setting_that_would_keep_the_service_never_ready_is_one_line_at_start_
     assert not (tmp_path / "data").exists()   # nothing was made
 
 
-def test_a_data_folder_that_is_there_but_not_writable_is_one_line_at_start_naming_it(private_disk):
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs serve as another user: needs root and setpriv")
+def test_a_data_folder_another_user_owns_is_one_line_at_start_naming_the_uid():
     # an operator's container check (session 53): a host folder owned by root mounted at /data started a service
     # that answered /healthz (the image's HEALTHCHECK: healthy) and stayed not ready for good, "Permission denied"
     # in its log; a data folder that could not be made was one line already, one that is there but not writable not
-    mount, inside = private_disk
-    data = mount / "data"
-    assert subprocess.run([*inside, "mkdir", str(data)], capture_output=True).returncode == 0
-    assert subprocess.run([*inside, "mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
-    served = subprocess.run([*inside, sys.executable, "-m", "cli", "serve", "--port", "0", "--data", str(data)],
-                            capture_output=True, text=True, timeout=120)
+    data = Path(tempfile.mkdtemp(prefix="simsearch-not-yours-"))   # in /tmp: every user may reach it
+    try:
+        data.chmod(0o755)   # root's: another user reads it, cannot write it
+        served = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                 sys.executable, "-m", "cli", "serve", "--port", "0", "--data", str(data)],
+                                env={**os.environ, "HOME": str(data)}, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
     assert served.returncode == 2, served.stderr[-2000:]
-    assert f"SIMSEARCH_DATA_DIR (--data) '{data}': not writable by this process" in served.stderr, served.stderr
+    assert (f"SIMSEARCH_DATA_DIR (--data) '{data}': not writable by this process (uid 65534); give the folder to "
+            "that user") in served.stderr, served.stderr
     assert "Traceback" not in served.stderr, served.stderr
 
 
