@@ -101,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="retrieval metrics and test losses of an artifact on a dataset's test split")
-    p.add_argument("artifact", help="model artifact (.safetensors)")
+    p.add_argument("artifact", help="model artifact (.safetensors), or the name of a bundled one (`simsearch "
+                                    "models` lists them; a file of that name wins)")
     p.add_argument("data", help="dataset path (same layouts as train)")
     p.add_argument("--device", default=None)
     p.add_argument("--max-test", type=int, default=None, help="a seeded stratified subset of this many test images")
@@ -485,7 +486,8 @@ def _evaluate(args) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        res = training.evaluate_artifact(args.artifact, args.data, device=args.device, max_test=args.max_test,
+        artifact = model.find_artifact(args.artifact)   # a file, else a bundled model's name (hybrid1-mnist)
+        res = training.evaluate_artifact(artifact, args.data, device=args.device, max_test=args.max_test,
                                          seed=args.seed, test_fraction=args.test_fraction,
                                          tta=args.tta, out=args.out, out_name=args.name, centre=args.centre,
                                          sheet=args.mistakes_sheet, sheet_rows=args.mistakes_rows,
