@@ -57,8 +57,15 @@ def crop_box(crop: Crop, width: int, height: int) -> tuple[int, int, int, int]:
 def draft_size(size: int, crop: Crop | None) -> int:
     """The side to ask a JPEG or HEIC decoder's draft mode for (a square no smaller than it), so that the
     region `crop` of the decoded image still has `size` pixels each way, whatever the image's shape or
-    orientation."""
-    return size if crop is None else math.ceil(size / min(crop[2] - crop[0], crop[3] - crop[1]))
+    orientation. At most _MAX_DRAFT_SIDE (more than any image's side: a full-size decode), so that a region
+    of a few pixels' width, down to the smallest float (`crop=0,0,5e-324,1`), never overflows."""
+    if crop is None:
+        return size
+    side = size / min(crop[2] - crop[0], crop[3] - crop[1])   # inf for a width under size / 1.8e308
+    return _MAX_DRAFT_SIDE if not side < _MAX_DRAFT_SIDE else math.ceil(side)
+
+
+_MAX_DRAFT_SIDE = 1 << 31   # no image has a side as long (JPEG's and PNG's limits: 65,535 and 2^31 - 1)
 
 
 def _text(crop) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -178,12 +179,17 @@ def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> b
     image = _exif_transposed(image)
     if crop is not None:
         image = image.crop(crop_box(check_crop(crop), *image.size))
+    # Transparency is flattened onto white after the shrink (RGBA and LA are resized with their colour weighted by
+    # alpha: the same picture, within a level or two), so that it touches the small image: flattening a 64 MP RGBA
+    # PNG first held some 730 MB more (s53 H F4). Other modes are converted first, as before (a palette image is
+    # resized nearest-neighbour).
     image = _to_mode(image, "RGB")
     w, h = image.size
     scale = size / max(w, h)
     if scale < 1 and (w, h) != (round(w * scale), round(h * scale)):
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS,
                              reducing_gap=3.0)
+    image = _to_mode(image, "RGB")
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85, optimize=True)
     return out.getvalue()
@@ -252,19 +258,97 @@ def exif_notes() -> Iterator[list[str]]:
 def open_image(data: bytes, formats: list[str] | tuple[str, ...] | None = None) -> Image.Image:
     """`Image.open` of an image's bytes (`formats`: Pillow's), with what damaged EXIF data makes Pillow warn said
     as `exif_notes` says it (a JPEG's EXIF is read as it is opened, for its DPI). Bytes with no EXIF block in
-    their first 64 KiB, where a JPEG's APP1 lies, are opened as they are, without the lock."""
+    their first 64 KiB, where a JPEG's APP1 lies, are opened as they are, without the lock.
+
+    A JPEG of more than MAX_JPEG_SCANS scans, or of more than MAX_JPEG_HEADER_SEGMENTS marker segments before its
+    first scan, raises JpegScanBomb (a DecompressionBombError) before Pillow reads it: see check_jpeg_scans."""
+    if formats is None or "JPEG" in formats:
+        check_jpeg_scans(data)
     if b"Exif\x00\x00" not in data[:65536]:
         return Image.open(io.BytesIO(data), formats=formats)
     with _exif_warnings_caught(None):
         return Image.open(io.BytesIO(data), formats=formats)
 
 
+#: The most scans (SOS segments) a JPEG's first picture may have. libjpeg reads every block of the image again for
+#: each scan of a progressive JPEG, and its API has no limit: a 325 KB file of 20,000 empty 10-byte scans over
+#: 8000 x 8000 pixels took 86 s of CPU (4.8 ms a scan), a 10 MB one some 80 minutes (from a security pass).
+#: Encoders write far fewer: libjpeg's progressive mode 10 for a colour photo, 6 per component otherwise (24 for
+#: CMYK, 60 for the 10 components libjpeg allows at most); mozjpeg's scan search picks some 10-20 of its 64
+#: candidates. 100 leaves room above all of them, and costs at most 0.5 s at 64 MP.
+MAX_JPEG_SCANS = 100
+#: The most marker segments (APPn, DQT, DHT, COM, ...) before a JPEG's first scan: some 10-40 in what cameras and
+#: editors write (an ICC profile takes at most 255 APP2 segments). Past it the service cannot read the frame header
+#: cheaply from the request's bytes (app/_images.py), so such a file is refused rather than read.
+MAX_JPEG_HEADER_SEGMENTS = 1000
+# The next marker of a JPEG: an FF (with any fill FFs before it) that is not the FF 00 of a byte stuffed in entropy
+# coded data, nor a restart marker (FF D0-D7) within it
+_JPEG_MARKER = re.compile(rb"\xff+([\x01-\xcf\xd8-\xfe])")
+
+
+class JpegScanBomb(Image.DecompressionBombError):
+    """A JPEG whose decoding would cost far more than its pixels: more scans than MAX_JPEG_SCANS, or more marker
+    segments before its first scan than MAX_JPEG_HEADER_SEGMENTS."""
+
+
+def jpeg_segments(data: bytes, stop_scans: int, stop_segments: int = MAX_JPEG_HEADER_SEGMENTS) -> tuple[int, int]:
+    """(marker segments before the first scan, scans) of a JPEG's first picture, walking its segments by their
+    lengths as libjpeg reads them, so that the bytes of an EXIF thumbnail, an ICC profile or an MPO's other
+    pictures (whole JPEGs of their own inside or after it) are not counted; up to the first EOI, where the
+    decoder stops. The walk stops once `stop_scans` scans or `stop_segments` segments before the first scan are
+    counted."""
+    pos, segments, scans, end = 2, 0, 0, len(data)
+    while True:
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None:
+            break
+        marker, pos = found.group(1)[0], found.end()
+        if marker == 0xD9:   # EOI
+            break
+        if marker in (0x01, 0xD8):   # TEM, SOI: no length
+            continue
+        if marker == 0xDA:
+            scans += 1
+            if scans >= stop_scans:
+                break
+        elif not scans:
+            segments += 1
+            if segments >= stop_segments:
+                break
+        if pos + 2 > end:
+            break
+        pos += max(2, int.from_bytes(data[pos:pos + 2], "big"))   # its length counts its own two bytes
+    return segments, scans
+
+
+def check_jpeg_scans(data: bytes) -> None:
+    """Raise JpegScanBomb for a JPEG of more scans than MAX_JPEG_SCANS or more marker segments before its first
+    scan than MAX_JPEG_HEADER_SEGMENTS; nothing for any other bytes. The bytes FF DA, which begin every scan,
+    are counted first (in C: a millisecond for 10 MB); only a JPEG holding more of them than the limit (inside
+    an ICC profile or EXIF data they may occur by chance) has its scans counted segment by segment."""
+    if data[:2] != b"\xff\xd8":
+        return
+    many = data.count(b"\xff\xda") > MAX_JPEG_SCANS
+    segments, scans = jpeg_segments(data, MAX_JPEG_SCANS + 1 if many else 1)
+    if scans > MAX_JPEG_SCANS:
+        raise JpegScanBomb(f"a JPEG of more than {MAX_JPEG_SCANS} scans is refused: each scan is a pass of the "
+                           "decoder over the whole image (encoders write some 10 to 60)")
+    if segments >= MAX_JPEG_HEADER_SEGMENTS:
+        raise JpegScanBomb(f"a JPEG of {MAX_JPEG_HEADER_SEGMENTS} or more marker segments before its first scan is "
+                           "refused (encoders write some 10 to 40)")
+
+
 def _exif_transposed(image: Image.Image) -> Image.Image:
     # Decoded first, outside the lock (exif_transpose's own first step, then a no-op): only the reading of EXIF
     # data is one thread at a time, never a decode (a JPEG with a JFIF density has its EXIF read only here).
+    # An image with nothing to turn is used as it is: exif_transpose would hand back a whole copy (244 MB for a
+    # 64 MP RGBA PNG, s53 H F4); nothing here changes the image it returns in place.
     image.load()
     with _exif_warnings_caught(image):
         return ImageOps.exif_transpose(image)
+
+
+_TRANSPOSED = (2, 3, 4, 5, 6, 7, 8)   # the orientations exif_transpose turns or flips
 
 
 @contextmanager

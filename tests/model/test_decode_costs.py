@@ -1,0 +1,87 @@
+"""Images whose decoding would cost far more than their bytes say (session 53, helper H's hunt): model.open_image,
+which the service and `simsearch index build` both open uploads and files with, refuses a JPEG of more scans than
+any encoder writes before Pillow reads it; bytes FF DA inside an ICC profile or an EXIF thumbnail are not scans."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+
+import pytest
+from PIL import Image
+
+import model
+from model._crop import draft_size
+from model._preprocess import MAX_JPEG_SCANS, jpeg_segments
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def many_scan_jpeg(width: int, height: int, scans: int) -> bytes:
+    """A progressive grey JPEG whose AC scans are their 10-byte headers alone (helper H's craft_jpeg_scans.py)."""
+    out = bytearray(b"\xff\xd8")
+    out += _segment(0xDB, b"\x00" + b"\x01" * 64)
+    out += _segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    out += _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
+    out += _segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    out += _segment(0xDA, bytes([1, 1, 0x00, 0, 0, 0])) + b"\x00" * ((blocks + 7) // 8)
+    for _ in range(scans):
+        out += _segment(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
+    return bytes(out + b"\xff\xd9")
+
+
+def jpeg(img: Image.Image, **options) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", **options)
+    return out.getvalue()
+
+
+def test_open_image_refuses_a_jpeg_of_thousands_of_scans_before_decoding_it():
+    bomb = many_scan_jpeg(4000, 4000, 20_000)   # 180 KB; some 25 s to decode
+    started = time.perf_counter()
+    with pytest.raises(Image.DecompressionBombError, match=f"more than {MAX_JPEG_SCANS} scans"):
+        model.open_image(bomb)
+    assert time.perf_counter() - started < 1
+    with pytest.raises(Image.DecompressionBombError):
+        model.open_image(bomb, formats=["JPEG", "PNG"])
+    assert jpeg_segments(bomb, 10**9) == (4, 20_001)
+
+
+def test_jpegs_as_encoders_write_them_open_and_decode():
+    img = Image.effect_mandelbrot((300, 200), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    for options, scans in (({}, 1), ({"progressive": True}, 10), ({"progressive": True, "optimize": True}, 10)):
+        data = jpeg(img, quality=85, **options)
+        assert jpeg_segments(data, 10**9)[1] == scans
+        with model.open_image(data) as im:
+            im.load()
+    with model.open_image(jpeg(img.convert("CMYK"), progressive=True)) as im:   # 18 scans
+        im.load()
+    with model.open_image(many_scan_jpeg(64, 48, MAX_JPEG_SCANS - 1)) as im:   # at the limit, with its DC scan
+        im.load()
+
+
+def test_bytes_ff_da_outside_the_scans_are_not_counted():
+    # an ICC profile and an EXIF thumbnail both holding FF DA hundreds of times, and an MPO's second picture
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    icc = b"\xff\xda" * 5000
+    data = jpeg(img, icc_profile=icc, progressive=True)
+    assert data.count(b"\xff\xda") > MAX_JPEG_SCANS and jpeg_segments(data, 10**9)[1] == 10
+    with model.open_image(data) as im:
+        im.load()
+    out = io.BytesIO()
+    img.save(out, "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48))] * 150)
+    assert jpeg_segments(out.getvalue(), 10**9)[1] == 1   # the first picture's: what is decoded
+    with model.open_image(out.getvalue()) as im:
+        im.load()
+
+
+def test_a_region_narrower_than_any_float_asks_for_a_full_size_decode():
+    for crop in ((0, 0, 5e-324, 1), (0, 0, 1, 5e-324), (0.5, 0.5, 0.5 + 1e-16, 1)):
+        assert draft_size(32, crop) >= 2**31
+        arr = model.to_model_array(Image.new("RGB", (640, 480), (1, 2, 3)), 3, 32, crop)
+        assert arr.shape == (3, 32, 32)
+    assert draft_size(32, (0, 0, 0.5, 1)) == 64 and draft_size(32, None) == 32
+
