@@ -13,7 +13,7 @@ from model import DRAFT_FORMATS, Crop, draft_size, make_thumbnail, open_image, t
 
 from ._batcher import SearchParams
 from ._errors import ApiError
-from ._images import PIXELS_SETTING, SLOW_DECODE_PIXELS, decode_image, whole_decode_size
+from ._images import PIXELS_SETTING, RLE_BMP_COST, SLOW_DECODE_PIXELS, decode_cost, decode_image, whole_decode_size
 from ._service import Service
 
 
@@ -73,14 +73,15 @@ async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop
     def decode() -> np.ndarray:
         return _prepare(service, files, 0, crop)[0]
 
-    sizes = _check_whole_decode_budget(service, files)
+    sizes = _check_whole_decode_budget(service, files, crop=crop)
     if any(size > SLOW_DECODE_PIXELS for size in sizes):
         if service.slow_decodes_waiting >= SLOW_DECODE_QUEUE:
             # a queue past this holds request slots for nothing but to wait: everyone else would get 503s
             service.metrics.rejected.labels("slow_decode_queue").inc()
             raise ApiError(503, "overloaded", f"{service.slow_decodes_waiting} requests with large images that "
-                           "decode whole (PNG, WebP, GIF, BMP, AVIF) are already waiting to be decoded, one at a "
-                           "time; retry shortly, or send a smaller image or a JPEG", {"Retry-After": "2"})
+                           "decode whole (PNG, WebP, GIF, BMP, AVIF, progressive JPEG) are already waiting to be "
+                           "decoded, one at a time; retry shortly, or send a smaller image or a baseline JPEG",
+                           {"Retry-After": "2"})
         service.metrics.slow_decodes.inc()
         service.slow_decodes_waiting += 1
         try:
@@ -94,27 +95,39 @@ async def _embedded(service: Service, files: list[tuple[str, bytes]], crop: Crop
 SLOW_DECODE_QUEUE = 8   # requests decoding large whole-decoded images, the one at work included (~0.7 s each at most)
 
 
-def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]], write: bool = False) -> list[int]:
-    """Before any image of a request is decoded: 413 when the images that decode whole (PNG, WebP, GIF, BMP,
-    AVIF) hold more pixels in all than a search may (SIMSEARCH_MAX_PIXELS, what one image may) or, with
-    `write`, a POST /index (SIMSEARCH_MAX_INDEX_PIXELS, never less), or when one image is over
-    SIMSEARCH_MAX_PIXELS. 64 such images of 64 MP in a 165 KB search held the slow lane 43 s; 60 PNGs of 49 MP
-    in a 9 MB POST /index took 110 s of CPU (h1 F5). Returns each image's whole-decoded pixels (0 for JPEG
-    and HEIC, decoded at the model's scale)."""
+def _check_whole_decode_budget(service: Service, files: list[tuple[str, bytes]], write: bool = False,
+                               crop: Crop | None = None) -> list[int]:
+    """Before any image of a request is decoded: 413 when the images hold more pixels decoded at once in all than a
+    search may (SIMSEARCH_MAX_PIXELS, what one image may) or, with `write`, a POST /index (SIMSEARCH_MAX_INDEX_PIXELS,
+    never less), or when one image is over SIMSEARCH_MAX_PIXELS. 64 such images of 64 MP in a 165 KB search held the
+    slow lane 43 s; 60 PNGs of 49 MP in a 9 MB POST /index took 110 s of CPU (h1 F5). Counted at what their decoding
+    holds at once (whole_decode_size): a PNG, WebP, GIF, BMP or AVIF, and a progressive JPEG, at their size; another
+    JPEG, or a HEIC, at the size of its draft for the model (and with `write` for the thumbnail), with the region
+    `crop`; 64 HEICs of 64 MP without thumbnails, 28 KB each, had taken 40 s and 695 MB in one /batch/search (s53 H
+    F3). An RLE-compressed BMP counts RLE_BMP_COST times its pixels (Pillow decodes it in Python). Returns each
+    image's pixels so counted."""
     settings, policy = service.settings, service.image_policy
     budget, setting = ((max(settings.max_index_pixels, settings.max_pixels), "SIMSEARCH_MAX_INDEX_PIXELS") if write
                        else (settings.max_pixels, "SIMSEARCH_MAX_PIXELS"))
-    sizes = []
+    model_size = service.embedder.meta.image_size if service.embedder is not None else 0
+    need = draft_size(max(model_size, settings.thumbnail_size if write else 0), crop)
+    sizes, rle = [], 0
     for what, data in files:
-        width, height = whole_decode_size(data, policy)
+        width, height = whole_decode_size(data, policy, need)
         if width * height > settings.max_pixels:
             # as decode_image says it, but before the images ahead of it are decoded
             raise ApiError(413, "image_too_large", f"{what} is {width}x{height} = {width * height} pixels; the "
                                                    f"limit is {settings.max_pixels} ({PIXELS_SETTING})")
-        sizes.append(width * height)
+        cost = decode_cost(data, policy)
+        rle += cost > 1
+        sizes.append(width * height * cost)
     total = sum(sizes)
     if total > budget:
-        raise ApiError(413, "image_too_large", f"the {len(files)} images of this request hold {total:,} pixels in "
-                       f"formats decoded whole (PNG, WebP, GIF, BMP, AVIF), more than the {budget:,} one request "
-                       f"may ({setting}); send fewer or smaller images, or JPEGs (decoded at the model's scale)")
+        raise ApiError(413, "image_too_large", f"the {len(files)} images of this request hold {total:,} pixels "
+                       f"decoded at once (images in formats decoded whole: PNG, WebP, GIF, BMP, AVIF, progressive "
+                       f"JPEG; other JPEGs and HEICs at their reduced scale)"
+                       + (f", an RLE-compressed BMP's counted {RLE_BMP_COST} times (Pillow decodes it a pixel at a "
+                          "time)" if rle else "")
+                       + f", more than the {budget:,} one request may ({setting}); send fewer or smaller images, or "
+                       "baseline JPEGs (decoded at the model's scale)")
     return sizes

@@ -78,27 +78,33 @@ SLOW_DECODE_PIXELS = 4_000_000   # a PNG of 2000 x 2000 takes about 0.1 s to dec
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def slow_to_decode(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, pixels: int = SLOW_DECODE_PIXELS) -> bool:
-    """Whether decoding `data` is slow: more than `pixels` pixels in a format that is decoded whole (PNG,
-    WebP, GIF, BMP, AVIF; JPEG and HEIC decode at the model's scale). From the header alone; False for what
-    is not an image of the policy's formats (decode_image says what is wrong with it)."""
-    return whole_decode_pixels(data, policy) > pixels
+def slow_to_decode(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, pixels: int = SLOW_DECODE_PIXELS,
+                   need: int | None = None) -> bool:
+    """Whether decoding `data` is slow: more than `pixels` pixels decoded at once (whole_decode_size). From the
+    header alone; False for what is not an image of the policy's formats (decode_image says what is wrong with
+    it)."""
+    return whole_decode_pixels(data, policy, need) > pixels
 
 
-def whole_decode_pixels(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> int:
-    """The pixels decoding `data` must produce, for a format decoded whole (PNG, WebP, GIF, BMP, AVIF); 0 for
-    JPEG and HEIC (decoded at the model's scale) and for what is not an image of the policy's formats. From
-    the header alone."""
-    width, height = whole_decode_size(data, policy)
+def whole_decode_pixels(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, need: int | None = None) -> int:
+    """The pixels decoding `data` must hold at once (whole_decode_size's width x height). From the header alone."""
+    width, height = whole_decode_size(data, policy, need)
     return width * height
 
 
-def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, int]:
-    """(width, height) of an image in a format decoded whole (PNG, WebP, GIF, BMP, AVIF); (0, 0) for JPEG and
-    HEIC (decoded at the model's scale) and for what is not an image of the policy's formats. From the header
-    alone."""
+_DRAFTABLE_MODES = ("L", "RGB", "CMYK", "YCbCr")   # the modes model.to_model_array drafts a JPEG or HEIC from
+
+
+def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, need: int | None = None) -> tuple[int, int]:
+    """(width, height) of what decoding `data` holds at once, from the header alone: an image in a format decoded
+    whole (PNG, WebP, GIF, BMP, AVIF) at its size; a progressive JPEG at its size too, whatever its draft, since
+    libjpeg keeps the coefficients of the whole image while it reads the scans (2 to 6 bytes a pixel: 372 MB for a
+    64 MP one of 4:4:4, 494 MB in CMYK); another JPEG, or a HEIC, at the size its draft for a square of `need`
+    pixels decodes (model.draft_size: a JPEG at 1/8 to 1/1 of its size, a HEIC from an embedded thumbnail that is
+    large enough, else whole), and (0, 0) without `need` (decoded at the model's scale); (0, 0) for what is not an
+    image of the policy's formats."""
     if data[:2] == b"\xff\xd8":
-        return 0, 0
+        return _jpeg_decode_size(data, need) if "JPEG" in policy.openers else (0, 0)
     if data[:8] == _PNG and len(data) >= 24 and "PNG" in policy.openers:   # IHDR's, without Pillow (the common query)
         width, height = struct.unpack(">II", data[16:24])
         return width, height
@@ -106,9 +112,67 @@ def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bomb's warning is decode_image's to give
             with Image.open(io.BytesIO(data), formats=policy.openers) as img:
-                return (0, 0) if img.format in DRAFT_FORMATS else img.size
+                if img.format not in DRAFT_FORMATS or img.mode not in _DRAFTABLE_MODES:
+                    return img.size
+                if not need:
+                    return 0, 0
+                img.draft(None, (need, need))   # a HEIC's thumbnail chosen, from its header: nothing decoded
+                return img.size
     except Exception:  # noqa: BLE001
         return 0, 0
+
+
+#: How many times its pixels an image in a format that Pillow decodes in Python counts in a request's pixel budget:
+#: an RLE-compressed BMP (4 or 8 bits a pixel), whose runs BmpImagePlugin expands a pixel at a time. A 528 KB one
+#: of 64 MP took 3.6 to 6.3 s and 368 MB where a 64 MP PNG takes 0.8 s (s53 H F5): 8 times a PNG's time a pixel.
+RLE_BMP_COST = 8
+
+
+def decode_cost(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> int:
+    """How many times its pixels decoding `data` counts in a request's pixel budget: RLE_BMP_COST for an RLE BMP
+    (its BITMAPINFOHEADER's compression 1 or 2), else 1. From the header alone."""
+    if data[:2] == b"BM" and len(data) >= 34 and "BMP" in policy.openers:
+        header_size, = struct.unpack("<I", data[14:18])
+        if header_size >= 40 and struct.unpack("<I", data[30:34])[0] in (1, 2):   # BI_RLE8, BI_RLE4
+            return RLE_BMP_COST
+    return 1
+
+
+# A JPEG's next marker (fill FFs, stuffed FF 00 and restart markers skipped), and its frame headers (SOFn) that
+# are not DHT (C4), JPG (C8) or DAC (CC); C2, C6, CA and CE are progressive
+_JPEG_MARKER = re.compile(rb"\xff+([\x01-\xcf\xd8-\xfe])")
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_JPEG_HEADER_SEGMENTS = 1000   # model.open_image refuses a JPEG of more before its first scan (decode_image)
+
+
+def _jpeg_decode_size(data: bytes, need: int | None) -> tuple[int, int]:
+    """whole_decode_size of a JPEG (or MPO: its first picture), from its frame header, found by walking its
+    segments by their lengths (Pillow would read its EXIF data too, on the event loop); (0, 0) when it has none
+    among its first segments (decode_image says what is wrong)."""
+    pos = 2
+    for _ in range(_JPEG_HEADER_SEGMENTS):
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None:
+            break
+        marker, pos = found.group(1)[0], found.end()
+        if marker in (0xD9, 0xDA):   # EOI, or a scan before any frame header
+            break
+        if marker in _JPEG_FRAMES and pos + 7 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 3:pos + 7])
+            if marker in _JPEG_PROGRESSIVE:
+                return width, height
+            if not need:
+                return 0, 0
+            scale = min(width // need, height // need)   # as Pillow's JpegImageFile.draft picks it
+            s = next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
+            return (width + s - 1) // s, (height + s - 1) // s
+        if marker in (0x01, 0xD8):
+            continue
+        if pos + 2 > len(data):
+            break
+        pos += max(2, struct.unpack(">H", data[pos:pos + 2])[0])
+    return 0, 0
 
 
 def sniff_allowed(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> str | None:
