@@ -183,7 +183,7 @@ def make_thumbnail(image: Image.Image, size: int, crop: Crop | None = None) -> b
     # alpha: the same picture, within a level or two), so that it touches the small image: flattening a 64 MP RGBA
     # PNG first held some 730 MB more (s53 H F4). Other modes are converted first, as before (a palette image is
     # resized nearest-neighbour).
-    image = _to_mode(image, "RGB")
+    image = _with_alpha(image) if _has_alpha(image) else _to_mode(image, "RGB")
     w, h = image.size
     scale = size / max(w, h)
     if scale < 1 and (w, h) != (round(w * scale), round(h * scale)):
@@ -345,6 +345,8 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
     # 64 MP RGBA PNG, s53 H F4); nothing here changes the image it returns in place.
     image.load()
     with _exif_warnings_caught(image):
+        if image.getexif().get(_ORIENTATION, 1) not in _TRANSPOSED:
+            return image
         return ImageOps.exif_transpose(image)
 
 
