@@ -99,7 +99,7 @@ async def _image_items(request: Request, service: Service, region: Crop | None) 
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
-    _check_whole_decode_budget(service, files, write=True)   # before any image is decoded (h1 F5)
+    _check_whole_decode_budget(service, files, write=True, crop=region)   # before any image is decoded (h1 F5)
     arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, service.settings.thumbnail_size,
                                                     region, limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)

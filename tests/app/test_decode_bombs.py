@@ -96,6 +96,21 @@ def test_a_crop_that_forbids_a_reduced_jpeg_decode_counts_the_full_size(live):
                  "8,400,000 pixels")
 
 
+def test_a_crop_that_forbids_a_reduced_jpeg_decode_counts_the_full_size_on_index_too(hybrid1_artifact, tmp_path):
+    server = start_server({"SIMSEARCH_MODEL_PATH": str(hybrid1_artifact), "SIMSEARCH_DATA_DIR": str(tmp_path / "d"),
+                           "SIMSEARCH_RATE_LIMIT_PER_MINUTE": "0", "SIMSEARCH_MAX_PIXELS": str(MAX_PIXELS),
+                           "SIMSEARCH_MAX_INDEX_PIXELS": str(MAX_PIXELS)}, tmp_path)
+    try:
+        photos = [upload(encode(pattern(5, (2100, 2000)), "JPEG", quality=80), f"p{i}.jpg", "image/jpeg")
+                  for i in range(2)]
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            assert c.post("/index?crop=0,0,0.5,0.5", files=photos).status_code == 201   # drafted at 1/8
+            assert_error(c.post("/index?crop=0,0,0.001,0.001", files=photos), 413, "image_too_large",
+                         "8,400,000 pixels")   # decoded whole: 2 x 4.2 MP
+    finally:
+        stop_server(server)
+
+
 def test_a_crop_narrower_than_any_float_is_taken(live):
     photo = upload(encode(pattern(6, (640, 480)), "JPEG"), "photo.jpg", "image/jpeg")
     for crop in ("0,0,5e-324,1", "0,0,1,5e-324", "0.5,0.5,0.5000000000000001,1"):
