@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 from PIL import Image
 
@@ -171,3 +172,23 @@ def counted_decodes(monkeypatch) -> dict[tuple[str, tuple[int, int]], int]:
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
     return decoded
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    """One JPEG marker segment: FF, the marker, its length, `payload`."""
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def many_scan_jpeg(width: int, height: int, scans: int) -> bytes:
+    """A progressive grey JPEG whose AC scans are their 10-byte headers alone (libjpeg pads the missing data and
+    walks every block of the image for each): helper H's craft_jpeg_scans.py, mode 'empty'."""
+    out = bytearray(b"\xff\xd8")
+    out += jpeg_segment(0xDB, b"\x00" + b"\x01" * 64)
+    out += jpeg_segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    out += jpeg_segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
+    out += jpeg_segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    out += jpeg_segment(0xDA, bytes([1, 1, 0x00, 0, 0, 0])) + b"\x00" * ((blocks + 7) // 8)   # DC scan
+    for _ in range(scans):
+        out += jpeg_segment(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
+    return bytes(out + b"\xff\xd9")

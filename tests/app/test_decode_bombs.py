@@ -13,27 +13,9 @@ import pytest
 
 from .conftest import encode, pattern, start_server, stop_server
 from .test_api import assert_error, upload
+from ..photo_formats import many_scan_jpeg
 
 MAX_PIXELS = 5_000_000   # above the 4 MP past which an image goes through the slow lane (SLOW_DECODE_PIXELS)
-
-
-def _segment(marker: int, payload: bytes) -> bytes:
-    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def many_scan_jpeg(width: int, height: int, scans: int) -> bytes:
-    """A progressive grey JPEG whose AC scans are their 10-byte headers alone (libjpeg pads the missing data and
-    walks every block of the image for each): helper H's craft_jpeg_scans.py, mode 'empty'."""
-    out = bytearray(b"\xff\xd8")
-    out += _segment(0xDB, b"\x00" + b"\x01" * 64)
-    out += _segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
-    out += _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
-    out += _segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")
-    blocks = ((width + 7) // 8) * ((height + 7) // 8)
-    out += _segment(0xDA, bytes([1, 1, 0x00, 0, 0, 0])) + b"\x00" * ((blocks + 7) // 8)   # DC scan
-    for _ in range(scans):
-        out += _segment(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
-    return bytes(out + b"\xff\xd9")
 
 
 @pytest.fixture(scope="module")

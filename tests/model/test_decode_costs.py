@@ -4,7 +4,6 @@ any encoder writes before Pillow reads it; bytes FF DA inside an ICC profile or 
 from __future__ import annotations
 
 import io
-import struct
 import time
 
 import numpy as np
@@ -15,23 +14,7 @@ import model
 from model._crop import draft_size
 from model._preprocess import MAX_JPEG_SCANS, jpeg_segments
 
-
-def _segment(marker: int, payload: bytes) -> bytes:
-    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def many_scan_jpeg(width: int, height: int, scans: int) -> bytes:
-    """A progressive grey JPEG whose AC scans are their 10-byte headers alone (helper H's craft_jpeg_scans.py)."""
-    out = bytearray(b"\xff\xd8")
-    out += _segment(0xDB, b"\x00" + b"\x01" * 64)
-    out += _segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
-    out += _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
-    out += _segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")
-    blocks = ((width + 7) // 8) * ((height + 7) // 8)
-    out += _segment(0xDA, bytes([1, 1, 0x00, 0, 0, 0])) + b"\x00" * ((blocks + 7) // 8)
-    for _ in range(scans):
-        out += _segment(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
-    return bytes(out + b"\xff\xd9")
+from ..photo_formats import many_scan_jpeg
 
 
 def jpeg(img: Image.Image, **options) -> bytes:
