@@ -49,6 +49,17 @@ log = logging.getLogger("index")
 _GONE_WITHIN = 0.5
 
 
+# seconds close() waits for a connection another thread is closing (it takes milliseconds; a bound, not a wait)
+_CLOSE_WAIT = 10.0
+
+
+def _close_connection(conn: sqlite3.Connection, closed: threading.Event) -> None:
+    try:
+        conn.close()
+    finally:
+        closed.set()
+
+
 class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks):
     """A durable gallery of vectors with string ids. Open with Store.open(config).
 
@@ -92,7 +103,7 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         # Each thread's read connection closes when the thread ends (its finalizer, below) or when the store
         # closes: the threads that read come and go (anyio's pool lets idle ones exit), and a list holding
         # their connections kept every one open, files and page cache, for as long as the service ran.
-        self._thread_conns: list[weakref.finalize] = []
+        self._thread_conns: list[tuple[weakref.finalize, threading.Event]] = []   # the event: closed
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         # Reads of the database in flight (_reading): close() waits for them before it closes their connections,
@@ -156,10 +167,12 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
                 conn.close()
                 raise self._dropped_under_us()
             holder = self._local.holder = _ConnHolder(conn)
-            done = weakref.finalize(holder, conn.close)   # the thread's locals go when the thread ends
+            closed = threading.Event()
+            # the thread's locals go when the thread ends
+            done = weakref.finalize(holder, _close_connection, conn, closed)
             with self._conns_lock:
-                self._thread_conns = [f for f in self._thread_conns if f.alive]
-                self._thread_conns.append(done)
+                self._thread_conns = [(f, c) for f, c in self._thread_conns if f.alive]
+                self._thread_conns.append((done, closed))
                 closing = self._closed
             if closing:   # close() ran since the check above, and did not see this connection
                 done()
@@ -404,8 +417,11 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             thread_conns, self._thread_conns = self._thread_conns, []
         for c in conns:
             c.close()
-        for done in thread_conns:
+        for done, closed in thread_conns:
             done()   # closes a connection whose thread is still alive; nothing for one closed already
+            # and waits for one that its thread, ending just now, is closing itself (its locals collected): close()
+            # returns with every connection closed, so that the folder can go (the last one removes the -wal file)
+            closed.wait(_CLOSE_WAIT)
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()

@@ -84,8 +84,9 @@ def test_the_onnx_export_and_runtime_without_the_onnx_extra_say_what_to_install(
 def test_models_lists_the_hybrid_zoo_and_says_what_the_baselines_need(slim_env):
     r = _cli(slim_env, "models")
     assert r.returncode == 0, r.stderr
-    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.strip()}
     assert "116,634 parameters" in lines["hybrid1"]
+    assert "precision@1" in lines["hybrid1-cifar10"]   # the bundled artifacts after the zoo, without torchvision
     assert "needs torchvision" in lines["resnet50"] and "needs timm" in lines["resnet50v2"]
 
 
