@@ -12,7 +12,7 @@ from typing import Callable, Iterable, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from model import AVIF_READABLE, DRAFT_FORMATS, HEIF_READABLE
+from model import AVIF_READABLE, DRAFT_FORMATS, DRAFTABLE_MODES, HEIF_READABLE, MAX_JPEG_HEADER_SEGMENTS, jpeg_markers
 from model import DAMAGED_EXIF, exif_notes, open_image
 
 from ._errors import REQUEST_ID, ApiError
@@ -92,9 +92,6 @@ def whole_decode_pixels(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, need:
     return width * height
 
 
-_DRAFTABLE_MODES = ("L", "RGB", "CMYK", "YCbCr")   # the modes model.to_model_array drafts a JPEG or HEIC from
-
-
 def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, need: int | None = None) -> tuple[int, int]:
     """(width, height) of what decoding `data` holds at once, from the header alone: an image in a format decoded
     whole (PNG, WebP, GIF, BMP, AVIF) at its size; a progressive JPEG at its size too, whatever its draft, since
@@ -112,7 +109,7 @@ def whole_decode_size(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, need: i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bomb's warning is decode_image's to give
             with Image.open(io.BytesIO(data), formats=policy.openers) as img:
-                if img.format not in DRAFT_FORMATS or img.mode not in _DRAFTABLE_MODES:
+                if img.format not in DRAFT_FORMATS or img.mode not in DRAFTABLE_MODES:
                     return img.size
                 if not need:
                     return 0, 0
@@ -138,25 +135,19 @@ def decode_cost(data: bytes, policy: ImagePolicy = DEFAULT_POLICY) -> int:
     return 1
 
 
-# A JPEG's next marker (fill FFs, stuffed FF 00 and restart markers skipped), and its frame headers (SOFn) that
-# are not DHT (C4), JPG (C8) or DAC (CC); C2, C6, CA and CE are progressive
-_JPEG_MARKER = re.compile(rb"\xff+([\x01-\xcf\xd8-\xfe])")
+# A JPEG's frame headers (SOFn): the markers C0-CF but DHT (C4), JPG (C8) and DAC (CC); C2, C6, CA and CE are
+# progressive
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
-_JPEG_HEADER_SEGMENTS = 1000   # model.open_image refuses a JPEG of more before its first scan (decode_image)
 
 
 def _jpeg_decode_size(data: bytes, need: int | None) -> tuple[int, int]:
     """whole_decode_size of a JPEG (or MPO: its first picture), from its frame header, found by walking its
-    segments by their lengths (Pillow would read its EXIF data too, on the event loop); (0, 0) when it has none
-    among its first segments (decode_image says what is wrong)."""
-    pos = 2
-    for _ in range(_JPEG_HEADER_SEGMENTS):
-        found = _JPEG_MARKER.search(data, pos)
-        if found is None:
-            break
-        marker, pos = found.group(1)[0], found.end()
-        if marker in (0xD9, 0xDA):   # EOI, or a scan before any frame header
+    segments by their lengths (model.jpeg_markers; Pillow would read its EXIF data too, on the event loop); (0, 0)
+    when it has none among its first segments (model.open_image refuses a JPEG of more before its first scan:
+    decode_image says what is wrong)."""
+    for count, (marker, pos) in enumerate(jpeg_markers(data)):
+        if count >= MAX_JPEG_HEADER_SEGMENTS or marker in (0xD9, 0xDA):   # EOI, or a scan before any frame header
             break
         if marker in _JPEG_FRAMES and pos + 7 <= len(data):
             height, width = struct.unpack(">HH", data[pos + 3:pos + 7])
@@ -167,11 +158,6 @@ def _jpeg_decode_size(data: bytes, need: int | None) -> tuple[int, int]:
             scale = min(width // need, height // need)   # as Pillow's JpegImageFile.draft picks it
             s = next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
             return (width + s - 1) // s, (height + s - 1) // s
-        if marker in (0x01, 0xD8):
-            continue
-        if pos + 2 > len(data):
-            break
-        pos += max(2, struct.unpack(">H", data[pos:pos + 2])[0])
     return 0, 0
 
 

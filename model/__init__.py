@@ -17,7 +17,8 @@ from ._formats import (AVIF_READABLE, DAMAGED_ARCHIVE_ERRORS, DRAFT_FORMATS, HEI
                        IMAGE_HEAD_BYTES, SPLIT_FOLDERS, TarListing, common_folder, file_head, files_under,
                        images_without_ending, list_tar, looks_like_image, member_head, readable_name,
                        unreadable_reason)
-from ._preprocess import DAMAGED_EXIF, displayed_size, exif_notes, make_thumbnail, open_image, to_model_array
+from ._preprocess import (DAMAGED_EXIF, DRAFTABLE_MODES, MAX_JPEG_HEADER_SEGMENTS, displayed_size, exif_notes,
+                          jpeg_markers, make_thumbnail, open_image, to_model_array)
 from ._runtimes import RUNTIMES, missing_onnx_packages
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ __all__ = [
     "missing_onnx_packages", "model_source", "parse_crop", "read_meta", "register_model", "resave_artifact",
     "save_artifact", "thumbnail_draft", "to_model_array", "to_onnx", "unreadable_reason", "INT8_HELD_OUT_FROM",
     "DAMAGED_EXIF", "IMAGE_HEAD_BYTES", "exif_notes", "images_without_ending", "looks_like_image", "open_image",
-    "file_head", "member_head", "bundled_artifacts", "find_artifact",
+    "file_head", "member_head", "bundled_artifacts", "find_artifact", "DRAFTABLE_MODES", "MAX_JPEG_HEADER_SEGMENTS",
+    "jpeg_markers",
 ]
 
 # The module each torch-side name lives in. The zoo modules come along on the first of them, so that

@@ -16,7 +16,7 @@ from ._crop import Crop, check_crop, crop_box, draft_size
 from ._formats import DRAFT_FORMATS
 
 _HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-_DRAFTABLE_MODES = ("L", "RGB", "CMYK", "YCbCr")   # the modes a JPEG's or HEIC's draft decodes from
+DRAFTABLE_MODES = ("L", "RGB", "CMYK", "YCbCr")   # the modes a JPEG's or HEIC's draft decodes from
 
 
 def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | None = None,
@@ -42,7 +42,7 @@ def to_model_array(image: Image.Image, in_chans: int, size: int, crop: Crop | No
         crop = check_crop(crop)
     need = draft_size(size, crop)
     if owned:
-        if image.format in DRAFT_FORMATS and image.mode in _DRAFTABLE_MODES:
+        if image.format in DRAFT_FORMATS and image.mode in DRAFTABLE_MODES:
             image.draft(mode, (need, need))
     else:
         # A JPEG or HEIC not decoded yet is decoded at a reduced scale, from a second opening of its data: the
@@ -83,7 +83,7 @@ def _drafted(image: Image.Image, mode: str, need: int) -> Image.Image | None:
     it, for a header parsed twice and the file's bytes copied (microseconds, a millisecond for a 12 MP
     photo's). The second opening reads a copy of the bytes, not the caller's file object: the same image may
     be embedded from several threads at once."""
-    if image.format not in DRAFT_FORMATS or image.mode not in _DRAFTABLE_MODES:
+    if image.format not in DRAFT_FORMATS or image.mode not in DRAFTABLE_MODES:
         return None
     fp = getattr(image, "fp", None)
     if fp is None or getattr(fp, "closed", False):   # decoded from a file of its own, or closed
@@ -291,21 +291,35 @@ class JpegScanBomb(Image.DecompressionBombError):
     segments before its first scan than MAX_JPEG_HEADER_SEGMENTS."""
 
 
-def jpeg_segments(data: bytes, stop_scans: int, stop_segments: int = MAX_JPEG_HEADER_SEGMENTS) -> tuple[int, int]:
-    """(marker segments before the first scan, scans) of a JPEG's first picture, walking its segments by their
-    lengths as libjpeg reads them, so that the bytes of an EXIF thumbnail, an ICC profile or an MPO's other
-    pictures (whole JPEGs of their own inside or after it) are not counted; up to the first EOI, where the
-    decoder stops. The walk stops once `stop_scans` scans or `stop_segments` segments before the first scan are
-    counted."""
-    pos, segments, scans, end = 2, 0, 0, len(data)
+def jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset just past it) of each marker of a JPEG after its SOI, walking its segments by their lengths
+    as libjpeg reads them (a marker's segment, its length counting its own two bytes, is stepped over whole; the
+    entropy-coded data after a scan's header is searched for the next marker, its stuffed FF 00 and restart markers
+    skipped), so that the bytes of an EXIF thumbnail, an ICC profile or an MPO's other pictures (whole JPEGs of
+    their own inside or after it) are not taken for markers. TEM and SOI, which have no length, are yielded too.
+    Ends where the data does; the caller stops at EOI (D9), where the decoder does, or sooner."""
+    pos, end = 2, len(data)
     while True:
         found = _JPEG_MARKER.search(data, pos)
         if found is None:
-            break
+            return
         marker, pos = found.group(1)[0], found.end()
+        yield marker, pos
+        if marker in (0x01, 0xD8):   # TEM, SOI: no length
+            continue
+        if pos + 2 > end:
+            return
+        pos += max(2, int.from_bytes(data[pos:pos + 2], "big"))
+
+
+def jpeg_segments(data: bytes, stop_scans: int, stop_segments: int = MAX_JPEG_HEADER_SEGMENTS) -> tuple[int, int]:
+    """(marker segments before the first scan, scans) of a JPEG's first picture (jpeg_markers), up to the first
+    EOI. The walk stops once `stop_scans` scans or `stop_segments` segments before the first scan are counted."""
+    segments, scans = 0, 0
+    for marker, _ in jpeg_markers(data):
         if marker == 0xD9:   # EOI
             break
-        if marker in (0x01, 0xD8):   # TEM, SOI: no length
+        if marker in (0x01, 0xD8):   # TEM, SOI: no segment
             continue
         if marker == 0xDA:
             scans += 1
@@ -315,9 +329,6 @@ def jpeg_segments(data: bytes, stop_scans: int, stop_segments: int = MAX_JPEG_HE
             segments += 1
             if segments >= stop_segments:
                 break
-        if pos + 2 > end:
-            break
-        pos += max(2, int.from_bytes(data[pos:pos + 2], "big"))   # its length counts its own two bytes
     return segments, scans
 
 
