@@ -145,13 +145,6 @@ def _serve(args) -> int:
     return 0
 
 
-def _read_only_disk(path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):   # no statvfs (Windows): not known to be
-        return False
-
-
 def _check_settings(settings) -> None:
     """What would otherwise keep the service running but never ready, checked before anything loads: the
     model file, the data folder, the index kind and the device. CliError naming the setting and value."""
@@ -169,6 +162,8 @@ def _check_settings(settings) -> None:
             why = "is a folder, not a model artifact" if found.is_dir() else "not a file"
             raise CliError(f"SIMSEARCH_MODEL_PATH (--model) {str(model_path)!r}: {why}")
     if settings.milvus_uri is None:
+        import index
+
         data = settings.data_dir
         nearest = next((p for p in (data, *data.absolute().parents) if p.exists()), None)
         if nearest is not None and not nearest.is_dir():
@@ -180,7 +175,7 @@ def _check_settings(settings) -> None:
                 and not os.access(data / "index", os.W_OK):
             # a volume or host folder given to another user (root) at the data folder, or a read-only disk: /healthz
             # but never ready
-            if _read_only_disk(data):
+            if index.on_read_only_disk(data):
                 raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r} is on a read-only disk: serve its galleries "
                                "read-only (SIMSEARCH_READ_ONLY=true, --read-only: searches, no writes), or give it a "
                                "writable disk")
@@ -188,8 +183,6 @@ def _check_settings(settings) -> None:
             raise CliError(f"SIMSEARCH_DATA_DIR (--data) {str(data)!r}: not writable by this process (uid {uid}); "
                            "give the folder to that user (the image's is 10001: chown 10001:10001 on the host "
                            "folder mounted there), or serve it read-only (SIMSEARCH_READ_ONLY=true)")
-        import index
-
         if settings.index is not None and settings.index not in index.PRESET_NAMES:
             _check_factory(settings)
     device = settings.device

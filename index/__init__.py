@@ -26,6 +26,7 @@
     store.facets("metadata.album", where={"year": 2024})   # Facet: each album's number of items, most first
     find_duplicates(store, min_score=0.98, k=5)   # (items read, look-alike pairs), the most alike first
     gallery_path(data_dir, "shoes")   # DATA/galleries/shoes/index (the default gallery: DATA/index)
+    on_read_only_disk(folder)   # whether a folder lies on a disk mounted read-only (served with read_only=True)
     incomplete(path)   # what a copy into the store that did not finish left said (None: the store is whole)
     MilvusStore.open(MilvusConfig("http://milvus:19530", gallery="shoes", dim=256, model_id=...))   # the same
         surface, the gallery in Milvus: many processes serve and write it (the `milvus` extra)
@@ -33,6 +34,7 @@
 """
 from ._backup import backup, backup_galleries, backup_needs, receive_backup
 from ._checks import check_metadata
+from ._db import on_read_only_disk
 from ._errors import (InvalidItemError, ModelMismatchError, ReadOnlyError, StoreClosedError, StorageError,
                       StoreCorruptError, StoreError, StoreLockedError, StoreMissingError, StoreUnavailableError)
 from ._duplicates import find_duplicates
@@ -64,7 +66,7 @@ __all__ = [
     "PRESET_NAMES",
     "MilvusConfig", "MilvusStore", "ReadOnlyError", "StorageError", "Store", "StoreClosedError", "StoreConfig", "StoreCorruptError", "StoreError",
     "StoreLockedError", "StoreMissingError", "StoreUnavailableError", "StoreReader", "Row", "Vote", "backup",
-    "backup_galleries", "backup_needs", "receive_backup",
+    "backup_galleries", "backup_needs", "receive_backup", "on_read_only_disk",
     "check_gallery_name", "check_index_kind", "check_metadata", "check_where", "clear_incomplete", "incomplete",
     "mark_incomplete",
     "drop_milvus_gallery", "find_duplicates", "gallery_names", "gallery_path", "milvus_gallery_names",

@@ -86,7 +86,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if not (_cannot_open(exc) and _read_only_disk(path) and not _wal_pending(path)):
+        if not (_cannot_open(exc) and on_read_only_disk(path.parent) and not _wal_pending(path)):
             raise
     # A store on a read-only disk (a backup on read-only media, a volume mounted :ro) that no writer
     # has open: SQLite cannot create the WAL's shared-memory file there, so it is read as immutable,
@@ -101,10 +101,11 @@ def _cannot_open(exc: BaseException) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN
 
 
-def _read_only_disk(path: Path) -> bool:
+def on_read_only_disk(folder: Path) -> bool:
+    """Whether `folder` lies on a disk mounted read-only (False where that cannot be told: no statvfs)."""
     try:
-        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
-    except OSError:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):   # AttributeError: no statvfs (Windows)
         return False
 
 
@@ -114,7 +115,7 @@ def _wal_pending(path: Path) -> bool:
 
 
 def _why_not_opened(path: Path) -> str:
-    if _read_only_disk(path) and _wal_pending(path):
+    if on_read_only_disk(path.parent) and _wal_pending(path):
         return (f"It is on a read-only disk, and its write-ahead log ({path.name}-wal) holds writes that are "
                 f"not yet in the database file, which SQLite cannot read without writing there. Copy the "
                 f"folder to a writable disk and open the copy")
