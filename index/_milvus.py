@@ -866,6 +866,16 @@ class MilvusStore(ItemChecks):
         """Number of items (with this label, and matching this metadata filter, when given)."""
         return self._count_rows(self._filter(label, _filter.check_where(where)))
 
+    def __len__(self) -> int:
+        """The number of items, count(), as Store's len(): here a count query to Milvus, not in memory
+        (StoreClosedError once closed, as count())."""
+        return self.count()
+
+    def __bool__(self) -> bool:
+        """True, however many items, as Store: an empty store is still an open store (`if store:` asks
+        that, and asks Milvus nothing; len(store) says whether it holds anything)."""
+        return True
+
     def labels(self) -> dict[str | None, int]:
         """Histogram of labels: label -> number of items (None for unlabelled)."""
         counts: dict[str | None, int] = {}
