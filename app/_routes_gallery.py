@@ -99,9 +99,12 @@ async def _image_items(request: Request, service: Service, region: Crop | None) 
         metas = _per_file([_parse_metadata(t, i) for i, t in enumerate(metas)], n, "metadata", allow_one=True)
     finally:
         await form.close()
-    _check_whole_decode_budget(service, files, write=True, crop=region)   # before any image is decoded (h1 F5)
-    arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, service.settings.thumbnail_size,
-                                                    region, limiter=service.decode_limiter)
+    sizes = _check_whole_decode_budget(service, files, write=True, crop=region)   # before any is decoded (h1 F5)
+    # its images are decoded one after the other: the request holds its largest at once, out of the pixels all
+    # requests' decodes may hold (SIMSEARCH_DECODE_PIXELS_IN_FLIGHT)
+    async with service.decode_budget.hold(max(sizes, default=0)):
+        arrays, thumbs = await anyio.to_thread.run_sync(_prepare, service, files, service.settings.thumbnail_size,
+                                                        region, limiter=service.decode_limiter)
     vectors, _ = await service.batcher.submit(arrays)
     return [index_pkg.Item(id=i, vector=v, label=lb, metadata=m, thumbnail=t)
             for i, v, lb, m, t in zip(ids, vectors, labels, metas, thumbs)]

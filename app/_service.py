@@ -3,6 +3,7 @@ after startup so that /healthz answers at once and /readyz flips when everything
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import errno
 import gc
@@ -13,8 +14,9 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import anyio
 import anyio.to_thread
@@ -128,6 +130,65 @@ class WriteRefusals:
                     "for lack of disk space" if self._full else "by the disk", now - began, unlogged)
 
 
+class PixelBudget:
+    """The pixels the decodes of POST /index may hold at once in all (SIMSEARCH_DECODE_PIXELS_IN_FLIGHT): each
+    decode takes what its decoding holds at once, counted as the request's pixel budget counts it
+    (app/_embedding.py, _check_whole_decode_budget), and waits while that is not left. Counting decodes instead let
+    a 16-core host hold 16 whole 64-MP decodes at once (a WebP's about 1 GB). Small images take little of it, so
+    they decode as many at once as before (as many as there are cores: Service.decode_limiter); a decode larger
+    than the whole budget waits until nothing else is decoded, and then runs alone. First come, first served: a
+    decode waiting for room holds back those after it, so that a stream of small ones never starves a large one.
+    On the event loop (no lock): `hold` is entered by the routes, never by a worker thread."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_flight = 0    # pixels held by the decodes under way
+        self.holding = 0      # decodes under way
+        self.waits = 0        # decodes that had to wait for room, since start
+        self._waiting: deque[list] = deque()   # [pixels, anyio.Event] of each decode waiting, in order
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        """Hold `pixels` of the budget (at most all of it) for the block inside; wait first while they are not
+        left, or while an earlier decode waits."""
+        take = min(max(int(pixels), 0), self.capacity)
+        if self._waiting or self.in_flight + take > self.capacity:
+            self.waits += 1
+            entry = [take, anyio.Event()]
+            self._waiting.append(entry)
+            try:
+                await entry[1].wait()
+            except BaseException:   # cancelled (the client went away): give back what was granted meanwhile
+                if entry[1].is_set():
+                    self._release(take)
+                else:
+                    self._waiting.remove(entry)
+                    self._wake()   # the head of the queue may fit now
+                raise
+        else:
+            self._take(take)
+        try:
+            yield
+        finally:
+            self._release(take)
+
+    def _take(self, take: int) -> None:
+        self.in_flight += take
+        self.holding += 1
+
+    def _release(self, take: int) -> None:
+        self.in_flight -= take
+        self.holding -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let in the waiting decodes, in order, that fit now."""
+        while self._waiting and self.in_flight + self._waiting[0][0] <= self.capacity:
+            take, event = self._waiting.popleft()
+            self._take(take)
+            event.set()
+
+
 
 
 def gallery_exists(name: str, items: int | None = None) -> ApiError:
@@ -180,13 +241,15 @@ class Service:
         self._lock_logged = 0.0
         self.refusals = WriteRefusals()   # the log of writes the disk refuses
         self.decode_limiter: anyio.CapacityLimiter | None = None
+        self.decode_budget = PixelBudget(settings.decode_pixels_in_flight)
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decodes_waiting = 0   # requests in or waiting for slow_decode_limiter (on the event loop: no lock)
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
         self._log_limits()
-        # Decoding holds full-size pixels in memory: at most this many images are decoded at once.
+        # POST /index decodes in as many threads at once as there are cores (more would only wait for the CPU),
+        # and as many as hold at most SIMSEARCH_DECODE_PIXELS_IN_FLIGHT pixels in all (decode_budget)
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         # A query image slow to decode (a large PNG) is decoded here, one at a time, not in the micro-batcher,
         # whose batches of everyone else's queries would wait behind it (app/_embedding.py, _embedded).

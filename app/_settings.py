@@ -90,6 +90,15 @@ class Settings(BaseSettings):
                                                                   "decode whole (PNG, WebP, GIF, BMP, AVIF) may "
                                                                   "hold in all, never less than max_pixels (a "
                                                                   "search's may hold max_pixels)")
+    # What decoding holds is counted in pixels as max_index_pixels counts it. Two 64-MP images decoded whole at once
+    # (a WebP's decode holds about 1 GB, a progressive JPEG's 370-490 MB, a PNG's some 250 MB), or ten 12-MP PNGs;
+    # a phone's JPEG, decoded at 1/8 for the model and a 128-pixel thumbnail, counts 190,000: hundreds at once, so
+    # that small images decode in as many threads as there are cores, as before
+    decode_pixels_in_flight: int = Field(128_000_000, ge=1, description="most pixels the images that POST /index "
+                                                                         "requests decode at once may hold in all, "
+                                                                         "counted as max_index_pixels counts them "
+                                                                         "(past it a decode waits for the others; "
+                                                                         "one larger than it is decoded alone)")
     image_formats: str = Field(",".join(FORMAT_NAMES),
                                description="comma-separated formats uploads may be in, of " + ", ".join(FORMAT_NAMES)
                                            + " (jpeg includes MPO; heif includes HEIC; avif and heif only "
