@@ -66,11 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train with BatchNorm after every convolution and before the embedding layer, folded into "
                         "the weights of the artifact (which keeps the plain architecture and parameter count)")
     p.add_argument("--init", default=None, metavar="ARTIFACT",
-                   help="start from this artifact's embedding network instead of random weights (fine-tuning; "
+                   help="start from this artifact's embedding network (its path, or the name of a bundled one: "
+                        "`simsearch models` lists them) instead of random weights (fine-tuning; "
                         "its normalisation kept); --model, --arch, the embedding size, --in-chans and "
                         "--image-size default to the artifact's")
     p.add_argument("--teacher", action="append", default=[], metavar="ARTIFACT",
-                   help="distil from this artifact (a better model for the same images; repeat for an ensemble): "
+                   help="distil from this artifact (its path, or the name of a bundled one; a better model for the "
+                        "same images; repeat for an ensemble): "
                         "the student also learns its in-batch similarities (--set distill_weight=W, "
                         "distill_temperature=T; 1.0, 0.1) and, with --set distill_logits_weight=W (0; "
                         "distill_logits_temperature=T, 4.0), its classifier's soft labels")
@@ -164,6 +166,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args) -> int:
     training = _import_training("train")
 
+    args.init = args.init and _artifact_option("--init", args.init)
+    args.teacher = [_artifact_option("--teacher", t) for t in args.teacher]
     data = _dataset_path(args, training)
     cfg = _train_config(args, training)
     out = _checked_out(args)
@@ -194,6 +198,19 @@ def _train(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_torchrun_process()
     return 0
+
+
+def _artifact_option(option: str, given: str) -> str:
+    """The artifact that --init or --teacher `given` means, as serve --model and evaluate find it (model.find_artifact:
+    a path that exists as given, else a bundled model's name, resolved to its file); CliError naming the option, and
+    the bundled names nearest first, when it is neither: before the dataset is read or anything trained."""
+    import model
+
+    try:
+        found = model.find_artifact(given)
+    except model.ArtifactError as exc:
+        raise CliError(f"{option}: {exc}") from None
+    return given if Path(given).exists() else str(found)
 
 
 def _dataset_path(args, training) -> Path:
