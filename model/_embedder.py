@@ -1,6 +1,7 @@
 """Embedder: PIL images in, L2-normalised float32 vectors out."""
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import warnings
@@ -15,8 +16,11 @@ from ._artifact import TTA_MODES, Artifact, ArtifactMeta, load_artifact
 from ._crop import Crop
 from ._formats import unreadable_reason
 from ._normalize import PixelNormalize
-from ._preprocess import to_model_array
+from ._preprocess import DAMAGED_EXIF, exif_notes, open_image, to_model_array
 from ._runtimes import RUNTIMES
+
+
+_EXIF_LOG = logging.getLogger("simsearch.images")   # where model.open_image says damaged EXIF data
 
 
 def default_device() -> torch.device:
@@ -142,8 +146,8 @@ class Embedder:
 
         Raises TypeError for one image or path given alone (put it in a list) and for an item of another
         kind, naming it; FileNotFoundError for a path that is not there; ValueError naming a file that does
-        not decode as an image, and for a PIL image with no pixels or closed before it was decoded (used after
-        its `with Image.open(...)` block)."""
+        not decode as an image or that model.open_image refuses (a JPEG of more than 100 scans), and for a PIL
+        image with no pixels or closed before it was decoded (used after its `with Image.open(...)` block)."""
         if isinstance(images, (Image.Image, str, bytes, os.PathLike)):
             raise TypeError(f"embed takes a list of images or paths, got one alone ({_kind(images)}): embed([image])")
         if isinstance(images, (np.ndarray, torch.Tensor)):
@@ -165,13 +169,22 @@ class Embedder:
         if not isinstance(item, (str, os.PathLike)):
             hint = "; uint8 pixel arrays go to embed_arrays" if isinstance(item, (np.ndarray, torch.Tensor)) else ""
             raise TypeError(f"embed: item {i} is {_kind(item)}, not a PIL image or a file path{hint}")
+        # opened as `simsearch index build` and the service open files (model.open_image): with their checks (a
+        # JPEG of 20,000 scans refused at once; Image.open(path) took minutes over it) and their pixels
+        data = None
         try:
-            with Image.open(item) as im:
-                return self.preprocess(im, owned=True)
+            with open(item, "rb") as f:
+                data = f.read()
+            with exif_notes() as said, open_image(data) as im:
+                array = self.preprocess(im, owned=True)
         except (FileNotFoundError, IsADirectoryError):
             raise
         except Exception as exc:  # noqa: BLE001  (any decoder failure: the file is not a readable image)
-            raise ValueError(f"{os.fspath(item)}: cannot read it as an image ({unreadable_reason(exc)})") from exc
+            raise ValueError(f"{os.fspath(item)}: cannot read it as an image ({unreadable_reason(exc, data)})") \
+                from exc
+        for why in said:   # the file named, where open_image alone says "an image"
+            _EXIF_LOG.warning("%s: %s", os.fspath(item), DAMAGED_EXIF.format(why=why))
+        return array
 
     @torch.inference_mode()
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
