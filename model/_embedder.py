@@ -137,7 +137,9 @@ class Embedder:
     def embed(self, images: Iterable[Image.Image | str | os.PathLike]) -> np.ndarray:
         """Embed a list (or any iterable) of images: PIL images of any size and mode, or paths of image files
         (str or os.PathLike), which are opened, decoded as the service and `simsearch index build` decode
-        files, and closed here. Returns float32 (N, dim), each row of unit length; an empty list gives (0, dim).
+        files, and closed here. An iterable is read a batch (batch_size) at a time, each embedded before the next
+        is read: a generator over a large folder is never held whole. Returns float32 (N, dim), each row of unit
+        length; an empty list gives (0, dim).
 
         The caller's PIL images are not changed. One freshly opened (Image.open, not yet decoded) gets the
         vector the service gives its file; one already decoded (.load(), .convert("RGB"), a thumbnail made
@@ -155,12 +157,22 @@ class Embedder:
                             f"pixel arrays (N, {self.meta.in_chans}, {self.meta.image_size}, "
                             f"{self.meta.image_size}) go to embed_arrays")
         try:
-            items = list(images)
+            items = iter(images)
         except TypeError:
             raise TypeError(f"embed takes a list of PIL images or file paths, got {_kind(images)}") from None
-        if not items:
+        # a batch at a time as the items come: a generator over a large folder is never held whole (its images,
+        # and their arrays); the batches are embed_arrays' own (batch_size), so the vectors are the whole list's
+        out, batch = [], []
+        for i, item in enumerate(items):
+            batch.append(self._array(item, i))
+            if len(batch) == self.batch_size:
+                out.append(self.embed_arrays(np.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self.embed_arrays(np.stack(batch)))
+        if not out:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_arrays(np.stack([self._array(item, i) for i, item in enumerate(items)]))
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def _array(self, item: Image.Image | str | os.PathLike, i: int) -> np.ndarray:
         """One item of `embed`'s list as the model's uint8 input."""

@@ -79,3 +79,41 @@ def test_an_empty_file_is_named_as_empty(tmp_path, embedder):
     with pytest.raises(ValueError, match=r"empty\.png: cannot read it as an image \(UnidentifiedImageError: empty "
                                          r"file \(0 bytes\)\)"):
         embedder.embed([tmp_path / "empty.png"])
+
+
+class _Watched(model.Embedder):
+    """An Embedder that notes how many items a generator had handed out each time a batch was embedded."""
+
+    pulled = 0
+
+    def embed_arrays(self, batch):
+        self.calls.append((self.pulled, len(batch)))
+        return super().embed_arrays(batch)
+
+
+def _counted(watched: _Watched, items: list):
+    for item in items:
+        watched.pulled += 1
+        yield item
+
+
+def test_a_generator_is_embedded_a_batch_at_a_time_as_it_is_read_with_the_vectors_of_the_whole_list(files):
+    art = model.load_artifact(model.default_artifact_path(), device="cpu")
+    watched, whole = _Watched(art, "cpu", batch_size=4), model.Embedder(art, "cpu", batch_size=4)
+    watched.calls = []
+    paths = (files * 2)[:10]
+    got = watched.embed(_counted(watched, paths))
+    # each batch embedded once its 4 items were read, not after the whole generator (every decoded item held)
+    assert watched.calls == [(4, 4), (8, 4), (10, 2)]
+    np.testing.assert_array_equal(got, whole.embed(paths))   # the whole list at once, as before: the same vectors
+    watched.calls = []
+    np.testing.assert_array_equal(watched.embed(_counted(watched, [Image.open(f) for f in paths])), got)
+    with pytest.raises(TypeError, match="item 5 is a int"):   # the item named by its place in the whole stream
+        watched.embed(_counted(watched, [*paths[:5], 7, *paths[5:]]))
+    with pytest.raises(ValueError, match=r"-broken\.png: cannot read it as an image"):
+        broken = files[0].with_name("x-broken.png")
+        broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+        watched.embed(iter([*paths[:6], broken]))
+    with pytest.raises(TypeError, match="embed takes a list of PIL images or file paths, got a int"):
+        watched.embed(7)
+    assert watched.embed(iter([])).shape == (0, 256)
