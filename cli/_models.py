@@ -55,7 +55,8 @@ def _list_bundled() -> None:
     """The artifacts shipped with simsearch, which --model, model-info and model-export take by name."""
     import model
 
-    print("\nbundled artifacts (give the name to serve --model, index build --model, model-info, model-export):")
+    print("\nbundled artifacts (give the name to serve --model, index build --model, model-info, model-export, "
+          "evaluate, train --init and --teacher):")
     for name, path in model.bundled_artifacts().items():
         try:
             meta = model.read_meta(path)

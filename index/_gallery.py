@@ -51,6 +51,12 @@ class GalleryStore(Protocol):
     def count(self, label: str | None = None, where: dict[str, Any] | None = None) -> int:
         """Number of items (with this label, matching this metadata filter)."""
 
+    def __len__(self) -> int:
+        """count(): the number of items (StoreClosedError once closed)."""
+
+    def __bool__(self) -> bool:
+        """True, however many items: an empty store is still a store (`if store:`)."""
+
     def labels(self) -> dict[str | None, int]:
         """label -> number of items (None for unlabelled)."""
 

@@ -233,8 +233,8 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
             return id in self._fid_of
 
     def __len__(self) -> int:
-        """The number of items, count() (in memory: no read of the database). MilvusStore has no len(): its
-        count() is a query."""
+        """The number of items, count() (in memory: no read of the database). MilvusStore's len() is its count()
+        too, a query to Milvus."""
         return self.count()
 
     def __bool__(self) -> bool:
