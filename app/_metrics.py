@@ -54,6 +54,11 @@ class Metrics:
         self.slow_decodes = Counter("simsearch_slow_decode_requests", "query requests whose images were decoded "
                                     "apart from the micro-batcher, one at a time, being slow to decode (large PNGs)",
                                     registry=r)
+        self.decode_pixels = Gauge("simsearch_decode_pixels_in_flight", "pixels the images POST /index decodes at "
+                                   "once hold, as SIMSEARCH_DECODE_PIXELS_IN_FLIGHT counts them (at most it, but "
+                                   "for one larger image decoded alone)", registry=r, multiprocess_mode="livesum")
+        self.decode_waits = Counter("simsearch_decode_budget_waits", "POST /index requests whose decoding waited "
+                                    "for room in SIMSEARCH_DECODE_PIXELS_IN_FLIGHT", registry=r)
         self.decode_seconds = Histogram("simsearch_decode_seconds", "time to decode and preprocess one image",
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.commit_requests = Histogram("simsearch_index_commit_requests",

@@ -140,8 +140,9 @@ class PixelBudget:
     decode waiting for room holds back those after it, so that a stream of small ones never starves a large one.
     On the event loop (no lock): `hold` is entered by the routes, never by a worker thread."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, metrics: Metrics | None = None):
         self.capacity = capacity
+        self._metrics = metrics   # simsearch_decode_pixels_in_flight and simsearch_decode_budget_waits, when given
         self.in_flight = 0    # pixels held by the decodes under way
         self.holding = 0      # decodes under way
         self.waits = 0        # decodes that had to wait for room, since start
@@ -154,6 +155,8 @@ class PixelBudget:
         take = min(max(int(pixels), 0), self.capacity)
         if self._waiting or self.in_flight + take > self.capacity:
             self.waits += 1
+            if self._metrics is not None:
+                self._metrics.decode_waits.inc()
             entry = [take, anyio.Event()]
             self._waiting.append(entry)
             try:
@@ -175,10 +178,14 @@ class PixelBudget:
     def _take(self, take: int) -> None:
         self.in_flight += take
         self.holding += 1
+        if self._metrics is not None:
+            self._metrics.decode_pixels.set(self.in_flight)
 
     def _release(self, take: int) -> None:
         self.in_flight -= take
         self.holding -= 1
+        if self._metrics is not None:
+            self._metrics.decode_pixels.set(self.in_flight)
         self._wake()
 
     def _wake(self) -> None:
@@ -241,7 +248,7 @@ class Service:
         self._lock_logged = 0.0
         self.refusals = WriteRefusals()   # the log of writes the disk refuses
         self.decode_limiter: anyio.CapacityLimiter | None = None
-        self.decode_budget = PixelBudget(settings.decode_pixels_in_flight)
+        self.decode_budget = PixelBudget(settings.decode_pixels_in_flight, metrics)
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decodes_waiting = 0   # requests in or waiting for slow_decode_limiter (on the event loop: no lock)
 
