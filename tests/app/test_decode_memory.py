@@ -6,6 +6,7 @@ budget's rules on the event loop (app._service.PixelBudget); the app in-process,
 from __future__ import annotations
 
 import io
+import re
 import resource
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,6 +153,10 @@ async def test_large_uploads_decode_one_at_a_time_under_the_budget_and_small_one
         assert codes == [201] * 3
         assert seen["holding"] == 1 and seen["pixels"] == BIG_PIXELS, seen   # one at a time
         assert budget.waits >= 2 and budget.in_flight == 0 and budget.holding == 0
+        metrics = (await client.get("/metrics")).text   # what an operator sees of it
+        waits = re.search(r"^simsearch_decode_budget_waits_total (\S+)$", metrics, re.M)
+        assert waits and float(waits[1]) == budget.waits, metrics[-3000:]
+        assert re.search(r"^simsearch_decode_pixels_in_flight 0\.0$", metrics, re.M), metrics[-3000:]
 
 
 # ---- a real server's memory ----------------------------------------------------------------------------------
