@@ -200,23 +200,8 @@ def test_a_backup_needs_a_key_that_may_write_the_gallery_even_where_reads_need_n
 
 
 def test_a_download_the_client_cuts_off_leaves_no_temporary_copy(live):
-    import index
-
     server, data, tmp, model, dim = live
-    big = index.gallery_path(data, "big")   # made beside the service, which opens it when asked for
-    rng = np.random.default_rng(7)
-    # more thumbnails than the sockets' buffers hold, or the whole copy is handed to the kernel, and closed, at once:
-    # how much they hold differs from machine to machine (4 MB here; a CI machine took 13 MB), so it is measured
-    held = _loopback_buffers()
-    if held >= 64 << 20:
-        pytest.skip(f"this machine's loopback buffers hold {held} bytes or more: the test's gallery would be too big")
-    size = 3 * held + (4 << 20)
-    items = max(200, math.ceil(size / 64_000 / 100) * 100)
-    with index.Store.open(index.StoreConfig(big, dim=dim, model_id=model)) as store:
-        for start in range(0, items, 100):
-            vectors = rng.normal(size=(100, dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            store.upsert([index.Item(f"b{start + j}", vectors[j], None, None, rng.bytes(64_000)) for j in range(100)])
+    size = _big_gallery(data, "big", model, dim)   # made beside the service, which opens it when asked for
     small_buffer = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)])
     with httpx.Client(timeout=60, transport=small_buffer) as client:   # (a receive buffer left to grow takes 32 MB)
         with client.stream("GET", server.url + "/galleries/big/backup", headers={"X-API-Key": FULL}) as r:
@@ -371,17 +356,25 @@ def test_a_gallery_of_another_models_vectors_is_backed_up_naming_the_model_it_ho
                  "gallery_not_found", "elsewhere")   # a name that is none: still 404, naming the nearest
 
 
-def _big_gallery(data: Path, name: str, model: str, dim: int) -> None:
-    """A gallery of 13 MB of thumbnails made beside the service: more than the sockets' buffers hold, so that a
-    client that stops reading holds the download under way."""
+def _big_gallery(data: Path, name: str, model: str, dim: int) -> int:
+    """A gallery of thumbnails made beside the service, more than this machine's loopback buffers are measured to
+    hold (3x, +4 MB), so that a client that stops reading holds the download under way: how much they hold differs
+    from machine to machine (4 MB here; a CI machine's took a fixed 13 MB whole, so the copy was sent and closed at
+    once). Returns the bytes of thumbnails it holds at least."""
     import index
 
+    held = _loopback_buffers()
+    if held >= 64 << 20:
+        pytest.skip(f"this machine's loopback buffers hold {held} bytes or more: the test's gallery would be too big")
+    size = 3 * held + (4 << 20)
+    items = max(200, math.ceil(size / 64_000 / 100) * 100)
     rng = np.random.default_rng(11)
     with index.Store.open(index.StoreConfig(index.gallery_path(data, name), dim=dim, model_id=model)) as store:
-        for start in range(0, 200, 100):
+        for start in range(0, items, 100):
             vectors = rng.normal(size=(100, dim)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             store.upsert([index.Item(f"b{start + j}", vectors[j], None, None, rng.bytes(64_000)) for j in range(100)])
+    return size
 
 
 def _slow_reader() -> httpx.Client:
