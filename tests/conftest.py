@@ -15,6 +15,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests talk to servers of their own on this machine: a proxy named in the environment (HTTP_PROXY, ALL_PROXY),
+# which httpx and gRPC (Milvus) follow for 127.0.0.1 too, must not catch them, nor those of the servers and commands
+# the tests start (they inherit this)
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1,localhost,::1"]))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

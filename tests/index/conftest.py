@@ -5,6 +5,7 @@ import io
 import tarfile
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -67,3 +68,14 @@ def cifar_embeddings(shared_data, hybrid1_artifact):
     g_arr, g_labels = _cifar_arrays(tar, "train", 500, embedder)
     q_arr, _ = _cifar_arrays(tar, "test", 20, embedder)
     return embedder.embed_arrays(g_arr), g_labels, embedder.embed_arrays(q_arr), embedder.model_id
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS searching on one thread: its OpenMP threads spin on a loaded machine (or compete on one of many cores),
+    and the search's parts under the lock (FAISS) would then take as long as the scan between them, which the tests
+    of searches outside the lock tell apart."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)

@@ -28,7 +28,7 @@ def _brute_force(gallery, queries, k, rows):
     return [[f"i{i}" for i in rows[np.lexsort((rows, -s[rows]))][:k]] for s in scores]
 
 
-def test_a_write_and_a_plain_search_do_not_wait_for_an_exact_scan(open_store):
+def test_a_write_and_a_plain_search_do_not_wait_for_an_exact_scan(open_store, one_faiss_thread):
     rng = np.random.default_rng(3)
     gallery = unit(rng, N)
     store = _filled(open_store, gallery)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
-import faiss
 import numpy as np
-import pytest
 
 from index import Item, search_grouped
 
@@ -33,16 +31,6 @@ def _filled(open_store, gallery):
 def _brute_force(gallery, queries, k, rows):
     scores = queries @ gallery.T
     return [[f"i{i}" for i in rows[np.lexsort((rows, -s[rows]))][:k]] for s in scores]
-
-
-@pytest.fixture
-def one_faiss_thread():
-    """FAISS searching on one thread: its OpenMP threads spin on a loaded machine, and the search's parts under the
-    lock (FAISS) would then take as long as the scan between them, which this test tells apart."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 def test_a_write_and_a_plain_search_do_not_wait_for_the_exact_fallback(open_store, one_faiss_thread):
