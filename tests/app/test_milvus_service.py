@@ -262,13 +262,18 @@ def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_c
         with httpx.Client(timeout=60) as c:
             r = c.post(live.url + "/index", files=[upload(png(i)) for i in range(3)], data={"id": ["w0", "w1", "w2"]})
             assert r.status_code == 201, r.text
+        sent, shares = 0, {}
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(search, range(40)))
-        shares = _each_workers_searches(folder)
-        assert sorted(shares.values()) != [0.0, 40.0] and sum(shares.values()) == 40 and len(shares) == 2, shares
+            # until both workers have answered some: which one accepts a connection is the kernel's choice, and
+            # on some machines one wins a round of 40 whole now and then
+            while sent < 200 and len([n for n in shares.values() if n > 0]) < 2:
+                list(pool.map(search, range(sent, sent + 40)))
+                sent += 40
+                shares = _each_workers_searches(folder)
+        assert all(n > 0 for n in shares.values()) and sum(shares.values()) == sent and len(shares) == 2, shares
         for _ in range(6):   # each scrape may reach either worker
             text = scrape()
-            assert _requests(text, "/search") == 40 and _requests(text, "/index") == 0, text
+            assert _requests(text, "/search") == sent and _requests(text, "/index") == 0, text
             assert _sample(text, "simsearch_worker_processes") == [2.0]
             assert _sample(text, "simsearch_ready") == [1.0]
             assert _sample(text, "simsearch_gallery_items", {"gallery": "default"}) == [3.0]
@@ -281,9 +286,9 @@ def test_serve_with_two_worker_processes_answers_every_request_and_its_metrics_c
         for _ in range(4):
             text = scrape()
             assert _sample(text, "simsearch_worker_processes") == [2.0] and _sample(text, "simsearch_ready") == [1.0]
-            assert _requests(text, "/search") == 40   # a dead worker's counts stay: a total never goes back
+            assert _requests(text, "/search") == sent   # a dead worker's counts stay: a total never goes back
         search(1)
-        assert _requests(scrape(), "/search") == 41
+        assert _requests(scrape(), "/search") == sent + 1
 
 
 def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
@@ -299,13 +304,16 @@ def test_two_worker_processes_share_one_rate_limit(hybrid1_artifact, tmp_path):
         _wait_ready(live, 2)
         [folder] = (tmp_path / "tmp").glob("simsearch-metrics-*")
         assert (folder / "rate-limits.sqlite").is_file()
-        start = time.monotonic()
+        start, answers = time.monotonic(), []
         with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(search, range(40)))
+            # until both workers have refused some: which one accepts a connection is the kernel's choice, and on
+            # some machines one wins a round's refusals whole now and then
+            while len(answers) < 200 and (not answers or len(_each_workers_searches(folder, "429")) < 2):
+                answers += pool.map(search, range(40))
         refilled = (time.monotonic() - start) * 20 / 60
         ok = [r for r in answers if r.status_code == 200]
         limited = [r for r in answers if r.status_code == 429]
-        assert len(ok) + len(limited) == 40, [r.text for r in answers]
+        assert len(ok) + len(limited) == len(answers), [r.text for r in answers]
         assert 20 <= len(ok) <= 20 + refilled + 1, (len(ok), refilled)
         assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
         # both workers answered, and both refused
