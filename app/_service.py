@@ -198,6 +198,31 @@ class PixelBudget:
 
 
 
+OPEN_FILES_CAP = 1 << 20   # the most the soft open-file limit is raised to (where the hard limit is higher or none)
+FILES_PER_GALLERY = 4      # files an open gallery holds: its database, write-ahead log, shared memory and lock
+
+
+def raise_open_file_limit() -> tuple[int, int, int] | None:
+    """Raise this process's soft limit of open files (RLIMIT_NOFILE) to its hard limit, at most OPEN_FILES_CAP:
+    each open gallery holds about FILES_PER_GALLERY files, and the common soft limit of 1024 ran out at a few
+    hundred galleries while the hard one (524288 and more, in containers too) allowed far more. Returns (soft
+    before, soft now, hard), -1 for unlimited; None where there are no such limits (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
+    want = OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_CAP)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:   # macOS: at most OPEN_MAX without an infinite hard limit
+            log.warning("cannot raise the open-file limit (RLIMIT_NOFILE) from %d to %d: %s", soft, want, exc)
+    return before, soft, hard
+
+
 def gallery_exists(name: str, items: int | None = None) -> ApiError:
     """The 409 for a restore (PUT /galleries/NAME/backup) of gallery `name`, which exists (holding `items`, where
     they were counted)."""
@@ -251,9 +276,11 @@ class Service:
         self.decode_budget = PixelBudget(settings.decode_pixels_in_flight, metrics)
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
         self.slow_decodes_waiting = 0   # requests in or waiting for slow_decode_limiter (on the event loop: no lock)
+        self.open_files: tuple[int, int, int] | None = None   # RLIMIT_NOFILE: (soft at start, soft now, hard)
 
     async def start(self) -> None:
         """Begin loading in the background (returns at once)."""
+        self.open_files = raise_open_file_limit()
         self._log_limits()
         # POST /index decodes in as many threads at once as there are cores (more would only wait for the CPU),
         # and as many as hold at most SIMSEARCH_DECODE_PIXELS_IN_FLIGHT pixels in all (decode_budget)
@@ -273,15 +300,34 @@ class Service:
             writes = "need an API key" + (", reads too" if s.require_key_for_reads else "")
         else:
             writes = "need no API key"
-        log.info("limits: writes %s; rate limit %s; request bodies up to %s bytes (%s); %s; images up to %s pixels",
-                 writes, f"{s.rate_limit_per_minute} a minute per key or client IP" if s.rate_limit_per_minute
+        log.info("limits: writes %s; rate limit %s; request bodies up to %s bytes (%s); %s; images up to %s pixels; "
+                 "%s", writes, f"{s.rate_limit_per_minute} a minute per key or client IP" if s.rate_limit_per_minute
                  else "off", f"{s.max_body_bytes:,}", f"stalled {s.body_timeout_seconds:g} s: cut"
                  if s.body_timeout_seconds else "no body timeout", f"at most {s.max_concurrency} requests in flight"
-                 if s.max_concurrency else "no cap on requests in flight", f"{s.max_pixels:,}")
+                 if s.max_concurrency else "no cap on requests in flight", f"{s.max_pixels:,}",
+                 self._open_files_said())
+        files = self.open_files
+        need = FILES_PER_GALLERY * s.max_galleries + 64
+        if files is not None and 0 <= files[1] < need and not s.milvus_uri:
+            log.warning("the open-file limit (RLIMIT_NOFILE soft %d, hard %s) is below the about %d files that %d "
+                        "open galleries hold (SIMSEARCH_MAX_GALLERIES; %d each): galleries past about %d are refused "
+                        "(503 out_of_files) until the limit is raised (ulimit -n, systemd LimitNOFILE=, docker "
+                        "--ulimit nofile=) or SIMSEARCH_MAX_GALLERIES lowered", files[1],
+                        "unlimited" if files[2] < 0 else files[2], need, s.max_galleries, FILES_PER_GALLERY,
+                        max(1, (files[1] - 64) // FILES_PER_GALLERY))
         if not keyed and not s.read_only and not _loopback(s.host):
             log.warning("writes need no API key and the service listens on %s: anyone who reaches port %d can add, "
                         "change and delete items and galleries. Set SIMSEARCH_API_KEY (or SIMSEARCH_API_KEY_FILE, "
                         "simsearch serve --api-key-file) to require a key", s.host or "every address", s.port)
+
+    def _open_files_said(self) -> str:
+        """The open-file limit in words, for the line of limits: the soft limit (and what it was raised from), the
+        hard one."""
+        if self.open_files is None:
+            return "open files: no limit known"
+        before, soft, hard = (f"{v:,}" if v >= 0 else "unlimited" for v in self.open_files)
+        raised = f", raised from {before}" if self.open_files[0] != self.open_files[1] else ""
+        return f"open files up to {soft} (RLIMIT_NOFILE soft{raised}; hard {hard})"
 
     async def wait_loaded(self) -> None:
         """Wait until loading has finished (successfully or not)."""
