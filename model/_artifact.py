@@ -142,6 +142,9 @@ def _check_meta_builds(model: nn.Module, meta: ArtifactMeta) -> None:
     finally:
         for m, training in modes.items():
             m.training = training
+    if tuple(want.shape) != (2, meta.embed_dim):
+        raise ArtifactError(f"meta does not describe this network ({said}): it embeds 2 images as "
+                            f"{tuple(want.shape)}, not (2, {meta.embed_dim}) as meta.embed_dim says")
     scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
     if got.shape != want.shape or not float((got - want).abs().max()) <= 1e-4 * scale:
         raise ArtifactError(f"meta does not describe this network ({said}): with these weights it computes other "
@@ -229,13 +232,17 @@ def _try_once(path: Path, meta: ArtifactMeta, model: nn.Module, device: str | to
     x = torch.zeros(1, meta.in_chans, meta.image_size, meta.image_size, device=device)
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except Exception as exc:  # noqa: BLE001  (any architecture's own code: whatever it raises says why)
         first = (str(exc).splitlines() or [""])[0]
         given = _culprit(meta) or f" (arch_kwargs {meta.arch_kwargs})"
         raise ArtifactError(f"{path}: architecture {meta.arch!r} cannot embed a {meta.in_chans}x{meta.image_size}x"
                             f"{meta.image_size} image (image_size {meta.image_size}){given}: {type(exc).__name__}: "
                             f"{first}") from exc
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (1, meta.embed_dim):
+        raise ArtifactError(f"{path}: architecture {meta.arch!r} embeds an image as {shape}, not the (1, "
+                            f"{meta.embed_dim}) its embed_dim says")
 
 
 def _culprit(meta: ArtifactMeta) -> str:

@@ -415,15 +415,22 @@ def _build(cfg: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
         raise _culprit(cfg, in_chans) or ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
     except ValueError as exc:
         raise _culprit(cfg, in_chans) or ValueError(f"bad model arguments {cfg.arch_kwargs}: {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{what}: its builder returned {type(net).__name__}, not a torch nn.Module")
     if cfg.fold_norm and not callable(getattr(net, "fused", None)):
         raise cannot_fold
     net.eval()
     try:
         with torch.no_grad():
-            net(torch.zeros(2, in_chans, image_size, image_size))
+            out = net(torch.zeros(2, in_chans, image_size, image_size))
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         raise ValueError(f"{what} cannot embed {in_chans}x{image_size}x{image_size} images: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, cfg.embed_dim):
+        raise ValueError(f"{what} embeds 2 images of {in_chans}x{image_size}x{image_size} as {shape}, not "
+                         f"(2, {cfg.embed_dim}): a builder must return a network whose output is (N, embed_dim) for "
+                         f"the embed_dim it is given")
     return net.train()
 
 

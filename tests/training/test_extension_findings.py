@@ -1,0 +1,82 @@
+"""What a user extending training meets (a builder of their own, a Dataset made in Python, a loss factory of their
+own, settings out of range), from a hunt that extended simsearch as a pytorch-metric-learning / timm user: each
+is refused in one line naming what is wrong, before a broken artifact is written or a torch error surfaces."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import model
+from model import _registry
+from training import Dataset, load_dataset, preset, train
+
+TINY = dict(epochs=1, augment=False, val_fraction=0.0, threads=1, batch_size=20)
+
+
+@pytest.fixture(scope="module")
+def mnist_small(shared_data) -> Dataset:
+    """200 training and 100 test MNIST images, as a Dataset made in Python."""
+    ds = load_dataset(shared_data / "mnist", progress=False)
+    return Dataset("mnist-small", ds.layout, ds.train.subset(torch.arange(200)), ds.test.subset(torch.arange(100)),
+                   ds.class_names, ds.source)
+
+
+@pytest.fixture
+def registry():
+    """The registry as it was before the test: what a test registers does not leak into the others."""
+    model.list_models()
+    saved = dict(_registry._MODELS), dict(_registry._SOURCES), dict(_registry._IMPORTED)
+    yield
+    for table, before in zip((_registry._MODELS, _registry._SOURCES, _registry._IMPORTED), saved):
+        table.clear()
+        table.update(before)
+
+
+class _Fixed(nn.Module):
+    """A network of a user's that embeds into `out` dimensions whatever embed_dim it was given."""
+
+    def __init__(self, in_chans: int, out: int, pool: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out, 3, padding=1)
+        self.pool = pool
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.mean((2, 3)) if self.pool else y
+
+
+@pytest.mark.parametrize("loss", ["ms", "ce"])
+def test_a_builder_that_ignores_embed_dim_is_refused_naming_both_shapes(registry, mnist_small, tmp_path, loss):
+    @model.register_model
+    def users_fixed7(in_chans: int = 1, embed_dim: int = 32, **_):
+        return _Fixed(in_chans, 7)
+
+    out = tmp_path / "a.safetensors"
+    with pytest.raises(ValueError, match=r"users_fixed7 with default arguments embeds 2 images of 1x28x28 as "
+                                         r"\(2, 7\), not \(2, 32\): a builder must return a network whose output "
+                                         r"is \(N, embed_dim\)"):
+        train(preset("default", **TINY, model="users_fixed7", embed_dim=32, loss=loss), mnist_small, out,
+              progress=False, log=lambda _: None)
+    assert not out.exists()
+
+
+def test_a_builder_whose_network_does_not_pool_is_refused(registry, mnist_small, tmp_path):
+    @model.register_model
+    def users_unpooled(in_chans: int = 1, embed_dim: int = 32, **_):
+        return _Fixed(in_chans, embed_dim, pool=False)
+
+    with pytest.raises(ValueError, match=r"as \(2, 32, 28, 28\), not \(2, 32\)"):
+        train(preset("default", **TINY, model="users_unpooled", embed_dim=32, loss="ce"), mnist_small,
+              tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+
+
+def test_a_builder_that_returns_no_module_is_refused(registry, mnist_small, tmp_path):
+    @model.register_model
+    def users_not_a_module(in_chans: int = 1, embed_dim: int = 32, **_):
+        return lambda x: x.flatten(1)[:, :embed_dim]
+
+    with pytest.raises(ValueError, match="users_not_a_module with default arguments: its builder returned "
+                                         "function, not a torch nn.Module"):
+        train(preset("default", **TINY, model="users_not_a_module", embed_dim=32, loss="ce"), mnist_small,
+              tmp_path / "a.safetensors", progress=False, log=lambda _: None)
