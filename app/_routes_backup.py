@@ -221,7 +221,14 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
         try:
             got = await anyio.to_thread.run_sync(index.receive_backup, stage, name, write,
                                              (service.model_id, service.embedder.dim))
-        except index.StoreError as exc:
+        except (index.StoreError, OSError) as exc:
+            # out of open files: the service's trouble, not the file's (SQLite's "unable to open database file")
+            refused = service.files_refusals.answer(exc, f"the backup of gallery {name!r} was not received or checked "
+                                                         "(nothing of it was kept)")
+            if refused is not None:
+                raise refused from None
+            if not isinstance(exc, index.StoreError):
+                raise
             if isinstance(exc, index.StorageError) and exc.full:
                 log.error("restore of gallery %s refused: %s", name, exc)
                 raise ApiError(507, "insufficient_storage", f"the data folder's disk filled while the backup of "

@@ -223,6 +223,121 @@ def raise_open_file_limit() -> tuple[int, int, int] | None:
     return before, soft, hard
 
 
+def open_file_limits() -> tuple[int, int] | None:
+    """RLIMIT_NOFILE's (soft, hard) now (-1: unlimited), None where there are none (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _files_open() -> int | None:
+    """How many files this process has open (None where that cannot be told: no /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def _cannot_open(exc: BaseException) -> bool:
+    """SQLite's SQLITE_CANTOPEN ("unable to open database file"), which does not say why: as SQLite raised it, or
+    in the message of the store's error that took its place."""
+    import sqlite3
+
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN) or "unable to open database file" in str(exc)
+
+
+def out_of_files(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is this process (or the system) out of open files: EMFILE
+    or ENFILE, in an OSError or in the message of an error that took its place; or SQLite unable to open a file
+    while this process holds (nearly) as many as its limit allows (SQLite does not say why it could not)."""
+    todo, seen, cannot = [exc], set(), False
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if "Too many open files" in str(e):   # an OSError's message, in the error of the index that took its place
+            return True
+        cannot = cannot or _cannot_open(e)
+        todo += [e.__cause__, e.__context__]
+    limits = open_file_limits()
+    if not cannot or limits is None or limits[0] < 0:
+        return False
+    used = _files_open()
+    if used is None:   # no /proc: try to open one
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY))
+        except OSError as probe:
+            return probe.errno in (errno.EMFILE, errno.ENFILE)
+        return False
+    return used >= limits[0] - max(8, limits[0] // 32)
+
+
+class OutOfFiles:
+    """The answer when the service has run out of open files (a 503 naming the limit and what the operator can
+    do), and its log: the first refusal of a run at ERROR, with its error; then at most one line a minute counting
+    those since, and a line when a gallery opens again. No retry helps until files are freed (galleries deleted,
+    the limit raised and the service restarted), so it is said once, not at every request (as WriteRefusals)."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval, self._clock = interval, clock
+        self._lock = threading.Lock()
+        self._began: float | None = None   # when the run of refusals began; None: none now
+        self._logged = 0.0
+        self._total = 0
+        self._unlogged = 0
+
+    def answer(self, exc: BaseException, what: str) -> ApiError | None:
+        """The 503 out_of_files when `exc` is the process out of open files (`what` failed: "gallery 'x' was not
+        opened"), logged as the class says; None for any other failure."""
+        if not out_of_files(exc):
+            return None
+        limits = open_file_limits() or (-1, -1)
+        soft, hard = ("unlimited" if v < 0 else str(v) for v in limits)
+        now = self._clock()
+        with self._lock:
+            self._total += 1
+            first = self._began is None
+            if first:
+                self._began = self._logged = now
+            else:
+                self._unlogged += 1
+            due = not first and now - self._logged >= self.interval
+            if due:
+                count, since, self._unlogged, self._logged = self._unlogged, now - self._logged, 0, now
+        if first:
+            used = _files_open()
+            log.error("out of open files (%s open; RLIMIT_NOFILE soft %s, hard %s): %s: %s. Each open gallery holds "
+                      "about %d: raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) or lower "
+                      "SIMSEARCH_MAX_GALLERIES; deleting galleries frees theirs. One line a minute while this lasts",
+                      "?" if used is None else used, soft, hard, what, exc, FILES_PER_GALLERY)
+        elif due:
+            log.error("%d more requests refused in the last %.0f s for lack of open files (RLIMIT_NOFILE soft %s, hard "
+                      "%s)", count, since, soft, hard)
+        return ApiError(503, "out_of_files", f"{what}: the service has run out of open files (its limit, "
+                        f"RLIMIT_NOFILE, is {soft}; hard limit {hard}; each open gallery holds about "
+                        f"{FILES_PER_GALLERY}). No retry succeeds until files are freed: the operator can raise the "
+                        "limit or lower SIMSEARCH_MAX_GALLERIES (and restart the service), or delete galleries",
+                        {"Retry-After": "30"})
+
+    def recovered(self) -> None:
+        """A gallery opened: after refusals, say that there are files again (and how many were refused)."""
+        if self._began is None:
+            return
+        now = self._clock()
+        with self._lock:
+            if self._began is None:
+                return
+            total, began, self._began, self._total, self._unlogged = self._total, self._began, None, 0, 0
+        log.warning("galleries open again: %d requests were refused for lack of open files over %.0f s", total,
+                    now - began)
+
+
 def gallery_exists(name: str, items: int | None = None) -> ApiError:
     """The 409 for a restore (PUT /galleries/NAME/backup) of gallery `name`, which exists (holding `items`, where
     they were counted)."""
@@ -272,6 +387,7 @@ class Service:
         self._lock_waited: float | None = None   # when loading began to wait for another process's writer lock
         self._lock_logged = 0.0
         self.refusals = WriteRefusals()   # the log of writes the disk refuses
+        self.files_refusals = OutOfFiles()   # the answer and the log when the process runs out of open files
         self.decode_limiter: anyio.CapacityLimiter | None = None
         self.decode_budget = PixelBudget(settings.decode_pixels_in_flight, metrics)
         self.slow_decode_limiter: anyio.CapacityLimiter | None = None
@@ -497,7 +613,10 @@ class Service:
                     return store.count()
             with index.StoreReader(index.gallery_path(s.data_dir, name)) as reader:
                 return reader.count()
-        except index.StoreError:   # deleted, or being made, this moment
+        except index.StoreError as exc:   # deleted, or being made, this moment; or no file to read it with
+            refused = self.files_refusals.answer(exc, f"gallery {name!r} was not read")
+            if refused is not None:   # not left out of a listing as if it were gone
+                raise refused from None
             return None
 
     async def items_held(self, name: str) -> int:
@@ -711,6 +830,7 @@ class Service:
             except Exception as exc:  # noqa: BLE001  (the path and the cause go to the log)
                 raise await self._not_opened(name, exists, exc) from None
             g = self._serve(name, store, writes=not s.read_only)
+            self.files_refusals.recovered()
             log.info("gallery %s %s: %d items", name, "opened" if exists else f"made by {by}", store.count())
             return g, not exists
 
@@ -747,6 +867,9 @@ class Service:
         if isinstance(cause, index.ModelMismatchError):   # permanent: no retry would open it
             log.warning("index: gallery %s not opened: %s", name, cause)
             return self._other_model(name, cause.stored_model)
+        refused = self.files_refusals.answer(exc, f"gallery {name!r} was not {'opened' if exists else 'made'}")
+        if refused is not None:
+            return refused
         log.error("index: cannot open gallery %s: %s", name, exc)
         return ApiError(503, "index_unavailable", f"gallery {name!r} cannot be opened just now; the "
                         "service's log says why", {"Retry-After": "5"})
@@ -915,6 +1038,10 @@ class Service:
             return exc
         cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
         full = (isinstance(cause, index.StorageError) and cause.full) or getattr(cause, "errno", None) == errno.ENOSPC
+        refused = None if full else self.files_refusals.answer(exc, f"gallery {name!r} was not restored (nothing of "
+                                                                    "it was kept)")
+        if refused is not None:
+            return refused
         log.error("index: gallery %s not restored: %s", name, exc)
         if full:
             return ApiError(507, "insufficient_storage", f"the service's disk filled while gallery {name!r} was "
