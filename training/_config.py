@@ -70,13 +70,14 @@ class TrainConfig(BaseModel):
     m_per_class: int = _rule(8, "m_per_class must be at least 2 (images of a class in a batch)", ge=2)
     optimizer: Literal["adam", "adamw"] = _rule("adamw", "optimizer must be adam or adamw")
     lr: Number = _rule(2e-3, "learning rate must be positive", gt=0)
-    weight_decay: Number = 0.02
+    weight_decay: Number = _rule(0.02, "weight decay must be at least 0", ge=0)
     # "none", "cosine" (per step, with warmup) or "step"
     schedule: Literal["none", "cosine", "step"] = _rule("cosine", "schedule must be none, cosine or step")
-    warmup_epochs: Number = 1.0
-    step_size: int = 10  # epochs between x0.1 steps for schedule="step"
+    warmup_epochs: Number = _rule(1.0, "warmup_epochs must be at least 0", ge=0)
+    # epochs between x0.1 steps for schedule="step"
+    step_size: int = _rule(10, "step_size must be at least 1 (epochs)", ge=1)
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
-    crop_padding: int = 4
+    crop_padding: int = _rule(4, "crop_padding must be at least 0 (pixels; 0: no crop)", ge=0)
     hflip: bool | None = None  # None: on, except for digit datasets (class names 0..9)
     # Extra augmentation, off by default: random rotation by up to `rotate` degrees and scaling by up to
     # +-`scale` (kornia RandomAffine; suits digits), and random erasing of one rectangle with
@@ -99,8 +100,9 @@ class TrainConfig(BaseModel):
     # Held out of train to pick the best epoch by precision@1; 0 keeps the last. A dataset with a validation
     # folder of its own (train/, val/, test/) is validated on that instead, whatever the share (but 0).
     val_fraction: Number = _rule(0.1, "val fraction must be in [0, 1)", ge=0, lt=1)
-    grad_clip: Number | None = 5.0
-    seed: int = 0
+    # a negative max norm would turn every gradient around (torch scales them by max_norm / norm)
+    grad_clip: Number | None = _rule(5.0, "grad_clip must be at least 0 (0 or null: no clipping)", ge=0)
+    seed: int = _rule(0, "seed must be in [0, 2**32 - 1]", ge=0, le=2**32 - 1)   # numpy's range
     # torch.set_num_threads; None leaves torch's default
     threads: int | None = _rule(None, "threads must be at least 1", ge=1)
     device: str | None = None  # None: cuda when present, else cpu
@@ -108,13 +110,15 @@ class TrainConfig(BaseModel):
     # ImageFolder decoding: channels (default 3) and size (default 32)
     in_chans: int | None = _rule(None, "in_chans must be 1 (grey) or 3 (colour)")
     image_size: int | None = _rule(None, "image_size must be at least 1", ge=1)
-    test_fraction: Number = 0.2  # for class-folder trees without train/ and test/
+    # for class-folder trees without train/ and test/
+    test_fraction: Number = _rule(0.2, "test_fraction must be in (0, 1)", gt=0, lt=1)
     # use at most this many training images (seeded, stratified), for quick runs
     max_train: int | None = _rule(None, "max_train must be at least 1 (leave it out for every image)", ge=1)
     # evaluate on at most this many test images (seeded, stratified)
     max_test: int | None = _rule(None, "max_test must be at least 1 (leave it out for every image)", ge=1)
-    eval_ms_batch: int = 64  # evaluation's MS loss: batches of this size with M per class (see docs/training.md)
-    eval_ms_m: int = 8
+    # evaluation's MS loss: batches of this size with M per class (see docs/training.md), two classes at least
+    eval_ms_batch: int = _rule(64, "eval_ms_batch must be at least 4", ge=4)
+    eval_ms_m: int = _rule(8, "eval_ms_m must be at least 2 (images of a class in a batch)", ge=2)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -134,6 +138,14 @@ class TrainConfig(BaseModel):
         if self.distill_logits_weight and not self.teachers:
             raise ConfigError("distill logits weight needs a teacher (teachers is empty)", "teachers",
                               self.teachers)
+        return self
+
+    @model_validator(mode="after")
+    def _two_classes_an_ms_batch(self) -> "TrainConfig":
+        if self.eval_ms_batch < 2 * self.eval_ms_m:
+            raise ConfigError(f"eval_ms_batch {self.eval_ms_batch} must hold two classes of eval_ms_m="
+                              f"{self.eval_ms_m} (at least {2 * self.eval_ms_m}): the MS loss needs negative pairs",
+                              "eval_ms_batch", self.eval_ms_batch)
         return self
 
     def to_dict(self) -> dict[str, Any]:

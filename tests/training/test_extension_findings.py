@@ -3,14 +3,17 @@ own, settings out of range), from a hunt that extended simsearch as a pytorch-me
 is refused in one line naming what is wrong, before a broken artifact is written or a torch error surfaces."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import model
 from model import _registry
-from training import Dataset, load_dataset, preset, train
+from training import ConfigError, Dataset, TrainConfig, load_dataset, preset, train
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(epochs=1, augment=False, val_fraction=0.0, threads=1, batch_size=20)
 
 
@@ -80,3 +83,35 @@ def test_a_builder_that_returns_no_module_is_refused(registry, mnist_small, tmp_
                                          "function, not a torch nn.Module"):
         train(preset("default", **TINY, model="users_not_a_module", embed_dim=32, loss="ce"), mnist_small,
               tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("grad_clip", -1.0, r"grad_clip must be at least 0 \(0 or null: no clipping\), got -1.0"),  # was gradient ascent
+    ("crop_padding", -3, r"crop_padding must be at least 0 .*, got -3"),             # was the crop silently off
+    ("eval_ms_batch", 0, r"eval_ms_batch must be at least 4, got 0"),               # was scored as a batch of 8
+    ("eval_ms_batch", 10, r"eval_ms_batch 10 must hold two classes of eval_ms_m=8 \(at least 16\)"),
+    ("eval_ms_m", 1, r"eval_ms_m must be at least 2 .*, got 1"),
+    ("weight_decay", -0.1, r"weight decay must be at least 0, got -0.1"),
+    ("seed", -1, r"seed must be in \[0, 2\*\*32 - 1\], got -1"),                     # was a numpy error at the start
+    ("step_size", 0, r"step_size must be at least 1 \(epochs\), got 0"),              # was a ZeroDivisionError
+    ("warmup_epochs", -1, r"warmup_epochs must be at least 0, got -1"),
+    ("test_fraction", 0, r"test_fraction must be in \(0, 1\), got 0"),
+    ("test_fraction", 1.5, r"test_fraction must be in \(0, 1\), got 1.5"),
+])
+def test_a_setting_out_of_its_range_is_a_config_error_naming_it(field, value, says):
+    with pytest.raises(ConfigError, match=says) as caught:
+        preset("default", **{field: value})
+    assert (caught.value.field, caught.value.value) == (field, value)
+
+
+def test_every_bundled_models_recorded_config_and_both_presets_are_still_accepted():
+    import json
+
+    from safetensors import safe_open
+
+    for path in sorted(REPO.glob("model/weights/*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            config = json.loads(f.metadata()["simsearch"])["training"]["config"]
+        TrainConfig.from_dict(config)
+    preset("paper")
+    preset("default", grad_clip=0, crop_padding=0, warmup_epochs=0.0, weight_decay=0.0)
