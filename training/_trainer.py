@@ -327,6 +327,32 @@ def train(cfg: TrainConfig, data: str | os.PathLike | Dataset, out: str | os.Pat
             unlock_run(out, lock)
 
 
+def _check_dataset(ds: Dataset) -> None:
+    """ValueError naming what does not fit in a Dataset made in Python: images other than uint8 (N, C, S, S) pixels
+    0..255 in 1 or 3 channels (floats in [0, 1] would be divided by 255 again), non-square images (the artifact
+    records one size), labels that are not integer class ids 0..len(class_names)-1, one per image."""
+    for part in ("train", "val", "test"):
+        split = getattr(ds, part)
+        if split is None:
+            continue
+        im, lab = split.images, split.labels
+        said = f"dataset {ds.name!r}: {part} images"
+        if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 4:
+            kind = f"{im.dtype} {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
+            hint = "; floats in [0, 1]: (images * 255).round().to(torch.uint8)" \
+                if isinstance(im, torch.Tensor) and im.is_floating_point() else ""
+            raise ValueError(f"{said} are {kind}, expected uint8 (N, C, S, S) pixels 0..255{hint}")
+        if im.shape[-1] != im.shape[-2] or im.shape[1] not in (1, 3):
+            raise ValueError(f"{said} of shape {tuple(im.shape)}: expected 1 or 3 channels and square images (the "
+                             "artifact records one image size)")
+        if not isinstance(lab, torch.Tensor) or lab.dim() != 1 or len(lab) != len(im) or \
+                lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+            raise ValueError(f"dataset {ds.name!r}: {part} labels must be integer class ids, one per image")
+        if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= ds.num_classes):
+            raise ValueError(f"dataset {ds.name!r}: {part} labels run from {int(lab.min())} to {int(lab.max())}, but "
+                             f"there are {ds.num_classes} class_names: labels are ids 0..{ds.num_classes - 1}")
+
+
 def _check_shares(batch_size: int, m: int, processes: int) -> None:
     if batch_size % processes:
         fits = [n for n in range(2, min(batch_size, 64) + 1) if batch_size % n == 0]
@@ -475,6 +501,12 @@ def _prepare(cfg: TrainConfig, data, world: dist_.World | None, device: torch.de
     """Read the data, draw the run's splits, build the network (or start it from cfg.init_from), take the
     normalisation statistics and make the loss: the seeded start of every run."""
     main = world is None or world.main
+    if isinstance(data, Dataset):
+        _check_dataset(data)
+    elif not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"data: a path load_dataset reads, or a training.Dataset of uint8 image tensors; got "
+                        f"{type(data).__name__} (a torch Dataset: stack its images as uint8 (N, C, S, S) and its "
+                        f"labels into training.Split(images, labels))")
     if not isinstance(data, Dataset) and not main:
         dist_.barrier(world)  # the main process decodes and caches the data first; the others read the cache
     ds = data if isinstance(data, Dataset) else load_dataset(

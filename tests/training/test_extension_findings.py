@@ -11,7 +11,7 @@ from torch import nn
 
 import model
 from model import _registry
-from training import ConfigError, Dataset, TrainConfig, load_dataset, preset, train
+from training import ConfigError, Dataset, Split, TrainConfig, load_dataset, preset, train
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(epochs=1, augment=False, val_fraction=0.0, threads=1, batch_size=20)
@@ -115,3 +115,52 @@ def test_every_bundled_models_recorded_config_and_both_presets_are_still_accepte
         TrainConfig.from_dict(config)
     preset("paper")
     preset("default", grad_clip=0, crop_padding=0, warmup_epochs=0.0, weight_decay=0.0)
+
+
+def _with_train(ds: Dataset, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> Dataset:
+    train_split = Split(ds.train.images if images is None else images, ds.train.labels if labels is None else labels)
+    return Dataset(ds.name, ds.layout, train_split, ds.test, ds.class_names, ds.source)
+
+
+def test_a_dataset_of_float_images_is_refused_with_the_conversion(mnist_small, tmp_path):
+    # ToTensor's floats in [0, 1] were divided by 255 again: trained on inputs 255 times too small
+    floats = _with_train(mnist_small, images=mnist_small.train.images.float() / 255)
+    with pytest.raises(ValueError, match=r"dataset 'mnist-small': train images are torch.float32 \(200, 1, 28, 28\), "
+                                         r"expected uint8 \(N, C, S, S\) pixels 0..255; floats in \[0, 1\]: "
+                                         r"\(images \* 255\).round\(\).to\(torch.uint8\)"):
+        train(preset("default", **TINY, model="cnn3a", loss="ce"), floats, tmp_path / "a.safetensors",
+              progress=False, log=lambda _: None)
+
+
+def test_a_dataset_of_non_square_images_is_refused(mnist_small, tmp_path):
+    # trained, and the artifact recorded image_size 20 for 28x20 images
+    wide = _with_train(mnist_small, images=mnist_small.train.images[..., :20].contiguous())
+    with pytest.raises(ValueError, match=r"train images of shape \(200, 1, 28, 20\): expected 1 or 3 channels and "
+                                         r"square images"):
+        train(preset("default", **TINY, model="cnn3a", loss="ce"), wide, tmp_path / "a.safetensors",
+              progress=False, log=lambda _: None)
+
+
+def test_a_dataset_whose_labels_run_past_its_class_names_is_refused(mnist_small, tmp_path):
+    # was a bare IndexError
+    labels = mnist_small.train.labels.clone()
+    labels[0] = 12
+    with pytest.raises(ValueError, match=r"train labels run from 0 to 12, but there are 10 class_names: labels are "
+                                         r"ids 0..9"):
+        train(preset("default", **TINY, model="cnn3a", loss="ce"), _with_train(mnist_small, labels=labels),
+              tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+
+
+def test_a_torch_dataset_is_refused_saying_what_train_takes(mnist_small, tmp_path):
+    # was "TypeError: expected str, bytes or os.PathLike object, not TensorDataset"
+    plain = torch.utils.data.TensorDataset(mnist_small.train.images, mnist_small.train.labels)
+    with pytest.raises(TypeError, match=r"data: a path load_dataset reads, or a training.Dataset of uint8 image "
+                                        r"tensors; got TensorDataset \(a torch Dataset: stack its images"):
+        train(preset("default", **TINY, model="cnn3a", loss="ce"), plain, tmp_path / "a.safetensors",
+              progress=False, log=lambda _: None)
+
+
+def test_a_dataset_made_in_python_of_uint8_images_still_trains(mnist_small, tmp_path):
+    result = train(preset("default", **TINY, model="cnn3a", loss="ce"), mnist_small, tmp_path / "a.safetensors",
+                   progress=False, log=lambda _: None)
+    assert result.metrics["precision_at_1"] > 0
