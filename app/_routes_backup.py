@@ -54,7 +54,7 @@ from ._answers import _ERRORS
 from ._errors import ApiError
 from ._params import _router, _service
 from ._schemas import GalleryOut
-from ._service import DEFAULT_GALLERY, GALLERY_NAME, Service, gallery_exists
+from ._service import DEFAULT_GALLERY, GALLERY_NAME, Service, gallery_exists, too_many_galleries
 
 log = logging.getLogger("simsearch.app")
 
@@ -210,7 +210,10 @@ async def restore(request: Request, name: str = Path(pattern=GALLERY_NAME, descr
         raise ApiError(415, "unsupported_media_type", "a multipart form: send the backup file itself as the body "
                        f"(curl -T FILE, Content-Type {MEDIA_TYPE} or application/octet-stream)")
     declared = _declared_length(request, s.max_restore_bytes)
-    if not replace and name in await anyio.to_thread.run_sync(service.gallery_names):   # before a byte is read
+    names = await anyio.to_thread.run_sync(service.gallery_names)   # refused before a byte of the body is read
+    if name not in names and len(names) >= s.max_galleries:   # (checked again under the lock: restore_gallery)
+        raise too_many_galleries(name, s.max_galleries)
+    if not replace and name in names:
         if name != DEFAULT_GALLERY:
             raise gallery_exists(name)
         if held := await service.items_held(name):   # the default gallery is replaced while it is empty

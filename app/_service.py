@@ -338,6 +338,12 @@ class OutOfFiles:
                     now - began)
 
 
+def too_many_galleries(name: str, cap: int) -> ApiError:
+    """The 422 for gallery `name`, which would be one more than SIMSEARCH_MAX_GALLERIES (`cap`)."""
+    return ApiError(422, "too_many_galleries", f"this service makes at most {cap} galleries, the default one "
+                    f"included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+
+
 def gallery_exists(name: str, items: int | None = None) -> ApiError:
     """The 409 for a restore (PUT /galleries/NAME/backup) of gallery `name`, which exists (holding `items`, where
     they were counted)."""
@@ -821,8 +827,7 @@ class Service:
             # The cap is on making galleries: one already there always opens (a restart with a lower cap, or with
             # more galleries than a first use would open, still serves every one of them).
             if not exists and len(names) >= s.max_galleries:
-                raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
-                               f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+                raise too_many_galleries(name, s.max_galleries)
             try:
                 store = await anyio.to_thread.run_sync(self._open_store, self.embedder, name)
             except index.StoreMissingError:   # read-only, and the writer has not finished making it
@@ -953,8 +958,7 @@ class Service:
             exists = name in names
             taken, replaced = None, None
             if not exists and len(names) >= s.max_galleries:
-                raise ApiError(422, "too_many_galleries", f"this service makes at most {s.max_galleries} galleries, "
-                               f"the default one included (SIMSEARCH_MAX_GALLERIES); {name!r} would be one more")
+                raise too_many_galleries(name, s.max_galleries)
             if exists and not replace and name != DEFAULT_GALLERY:
                 raise gallery_exists(name)
             try:
