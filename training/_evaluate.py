@@ -375,6 +375,11 @@ def _as_tensors(embeddings, labels, what: str = "embeddings",
     if labels.dim() != 1 or len(labels) != len(embeddings):
         raise ValueError(f"{what_labels} of shape {tuple(labels.shape)} for {len(embeddings)} {what}: one label "
                          "each")
+    finite = torch.isfinite(embeddings).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise ValueError(f"{what}: {len(bad)} of {len(embeddings)} rows hold NaN or infinity (the first: row "
+                         f"{int(bad[0])}); a network whose weights diverged embeds so")
     return embeddings.cpu(), labels.long(), names
 
 

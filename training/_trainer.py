@@ -993,6 +993,11 @@ def _train(cfg: TrainConfig, data, out: Path, name, resume: bool, progress: bool
         if not main:  # its own augmentations, seeded each epoch: a resumed run draws what the uninterrupted one did
             torch.manual_seed(cfg.seed + 7919 * world.rank + epoch)   # (the checkpoint holds the main one's state)
         total, count = _train_epoch(run, steps, batches, teachers, step_net, trained, ema, normalize, epoch)
+        if not torch.isfinite(total) and not all(bool(torch.isfinite(p).all()) for p in run.net.parameters()):
+            # one sync an epoch (a loss alone may be inf where AMP skips a step); validation would fail unexplained
+            raise ValueError(f"the training loss became {total.item()} in epoch {epoch + 1} and the weights hold NaN "
+                             f"or infinity: they diverged (lr {cfg.lr:g}, grad_clip {cfg.grad_clip}); lower lr"
+                             + ("" if cfg.grad_clip else ", or clip gradients (grad_clip, 5 by default)"))
         if not main:  # the main process validates and checkpoints
             if done.stops_after(epoch, stop_after, cfg.epochs):
                 dist_.finish(world)

@@ -164,3 +164,27 @@ def test_a_dataset_made_in_python_of_uint8_images_still_trains(mnist_small, tmp_
     result = train(preset("default", **TINY, model="cnn3a", loss="ce"), mnist_small, tmp_path / "a.safetensors",
                    progress=False, log=lambda _: None)
     assert result.metrics["precision_at_1"] > 0
+
+
+def test_a_run_whose_weights_diverge_stops_at_that_epoch_naming_lr(mnist_small, tmp_path):
+    # ended in pml's "the first len(query) elements of reference must be equal to query" (NaN != NaN)
+    cfg = preset("default", **{**TINY, "epochs": 2}, model="cnn3a", loss="ce", lr=1e8, grad_clip=None,
+                 schedule="none", optimizer="adam", weight_decay=0.0)
+    lines: list[str] = []
+    with pytest.raises(ValueError, match=r"the training loss became nan in epoch 1 and the weights hold NaN or "
+                                         r"infinity: they diverged \(lr 1e\+08, grad_clip None\); lower lr, or clip "
+                                         r"gradients"):
+        train(cfg, mnist_small, tmp_path / "a.safetensors", progress=False, log=lines.append)
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_retrieval_metrics_refuses_nan_embeddings_naming_the_rows():
+    from training import evaluate_embeddings, retrieval_metrics
+
+    emb = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    emb[3, 0] = float("nan")
+    emb[7] = float("inf")
+    labels = torch.arange(20) % 4
+    for fn in (retrieval_metrics, evaluate_embeddings):
+        with pytest.raises(ValueError, match=r"embeddings: 2 of 20 rows hold NaN or infinity \(the first: row 3\)"):
+            fn(emb, labels)
