@@ -164,11 +164,29 @@ class TrainConfig(BaseModel):
     def validate(self) -> "TrainConfig":
         """Raise ValueError for what this process cannot run: a loss it does not know or options the loss does not
         take, a device it does not have. Returns the config."""
-        from ._losses import check_loss_options
+        from ._losses import check_loss_options, is_builtin_loss
 
-        check_loss_options(self.loss, {"label_smoothing": self.label_smoothing, **self.loss_kwargs})
+        options = {"label_smoothing": self.label_smoothing, **self.loss_kwargs}
+        check_loss_options(self.loss, options)
+        if not is_builtin_loss(self.loss):
+            self._check_loss_builds(options)
         self._check_device()
         return self
+
+    def _check_loss_builds(self, options: dict[str, Any]) -> None:
+        """ConfigError naming the loss when a user's factory cannot make it with these options (whatever it raises,
+        or a result that is no MetricLoss), made once for two classes with torch's random stream left as it was:
+        said before any data is read."""
+        import torch
+
+        from ._losses import create_loss
+
+        try:
+            with torch.random.fork_rng(devices=[]):
+                create_loss(self.loss, self.embed_dim, 2, **options)
+        except Exception as exc:  # noqa: BLE001  (a user's factory: whatever it raises says why)
+            raise ConfigError(f"loss {self.loss!r} cannot be made: {type(exc).__name__}: {exc}", "loss",
+                              self.loss) from None
 
     def _check_device(self) -> None:
         """ConfigError for a device torch does not know, or a GPU this machine does not have."""

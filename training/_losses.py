@@ -75,6 +75,11 @@ def check_loss_name(name: str) -> list[str]:
     return parts
 
 
+def is_builtin_loss(name: str) -> bool:
+    """Whether every part of the loss `name` is registered by `training` itself (not a user's factory)."""
+    return all(_LOSSES[part].__module__.startswith(__name__.rpartition(".")[0] + ".") for part in check_loss_name(name))
+
+
 def check_loss_options(name: str, options: dict[str, Any]) -> None:
     """ValueError naming an option in `options` that no part of the built-in loss `name` takes (a misspelt
     "margn" would otherwise be ignored). A name with a part registered outside `training` (a user's own loss)
@@ -153,13 +158,28 @@ def create_loss(name: str, embed_dim: int, num_classes: int, **options) -> Metri
     check_loss_options(name, options)
     parts = check_loss_name(name)
     if len(parts) == 1:
-        return _LOSSES[name](embed_dim=embed_dim, num_classes=num_classes, **options)
+        return _made(name, embed_dim, num_classes, options)
     weights = {part: float(options.pop(f"{part}_weight", 1.0)) for part in parts}
     for part, w in weights.items():
         if not w >= 0:
             raise ValueError(f"loss option {part}_weight must be a number of at least 0, got {w}")
-    return Combined({part: _LOSSES[part](embed_dim=embed_dim, num_classes=num_classes, **options) for part in parts},
-                    weights)
+    return Combined({part: _made(part, embed_dim, num_classes, options) for part in parts}, weights)
+
+
+def _made(part: str, embed_dim: int, num_classes: int, options: dict[str, Any]) -> MetricLoss:
+    """The registered factory `part` called with `options` (the trainer's label_smoothing of 0 left out for a
+    factory that does not take it); TypeError naming the factory when it returns no MetricLoss."""
+    factory = _LOSSES[part]
+    params = inspect.signature(factory).parameters.values()
+    if not options.get("label_smoothing", 0) and \
+            not any(p.kind is p.VAR_KEYWORD or p.name == "label_smoothing" for p in params):
+        options = {k: v for k, v in options.items() if k != "label_smoothing"}
+    loss = factory(embed_dim=embed_dim, num_classes=num_classes, **options)
+    if not isinstance(loss, MetricLoss):
+        raise TypeError(f"loss {part!r}: its factory {factory.__module__}.{factory.__qualname__} returned "
+                        f"{type(loss).__name__}, not a training.MetricLoss; wrap a pytorch-metric-learning loss "
+                        "(and miner) as training.PairLoss(loss, miner)")
+    return loss
 
 
 class CrossEntropyLoss(MetricLoss):

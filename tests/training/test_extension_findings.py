@@ -188,3 +188,58 @@ def test_retrieval_metrics_refuses_nan_embeddings_naming_the_rows():
     for fn in (retrieval_metrics, evaluate_embeddings):
         with pytest.raises(ValueError, match=r"embeddings: 2 of 20 rows hold NaN or infinity \(the first: row 3\)"):
             fn(emb, labels)
+
+
+@pytest.fixture
+def losses():
+    """The loss registry as it was before the test."""
+    from training import _losses
+
+    saved = dict(_losses._LOSSES)
+    yield
+    _losses._LOSSES.clear()
+    _losses._LOSSES.update(saved)
+
+
+def test_a_loss_factory_returning_a_pml_loss_itself_is_refused_before_the_data_is_read(losses, tmp_path):
+    # was AttributeError: 'NTXentLoss' object has no attribute 'heads', after the data was decoded
+    from pytorch_metric_learning import losses as pml
+
+    from training import register_loss
+
+    @register_loss("users_ntxent_raw")
+    def users_ntxent_raw(embed_dim, num_classes, **_):
+        return pml.NTXentLoss()
+
+    with pytest.raises(ConfigError, match=r"loss 'users_ntxent_raw' cannot be made: TypeError: loss "
+                                          r"'users_ntxent_raw': its factory .*users_ntxent_raw returned NTXentLoss, "
+                                          r"not a training.MetricLoss; wrap a pytorch-metric-learning loss \(and "
+                                          r"miner\) as training.PairLoss\(loss, miner\)"):
+        train(preset("default", **TINY, model="cnn3a", loss="users_ntxent_raw"), tmp_path / "no-such-data",
+              tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+
+
+def test_a_loss_factory_without_options_wrapping_a_pml_loss_in_pair_loss_trains(losses, mnist_small, tmp_path):
+    # a factory without **options got TypeError: unexpected keyword argument 'label_smoothing' (the trainer's 0)
+    from pytorch_metric_learning import losses as pml
+
+    from training import PairLoss, register_loss
+
+    @register_loss("users_ntxent")
+    def users_ntxent(embed_dim, num_classes):
+        return PairLoss(pml.NTXentLoss(temperature=0.1))
+
+    result = train(preset("default", **TINY, model="cnn3a", loss="users_ntxent"), mnist_small,
+                   tmp_path / "a.safetensors", progress=False, log=lambda _: None)
+    assert result.history[0]["train_loss"] > 0
+
+
+def test_a_loss_factory_that_raises_is_a_config_error_naming_the_loss(losses, tmp_path):
+    from training import register_loss
+
+    @register_loss("users_broken")
+    def users_broken(embed_dim, num_classes, **_):
+        raise RuntimeError("needs a margin")
+
+    with pytest.raises(ConfigError, match=r"loss 'users_broken' cannot be made: RuntimeError: needs a margin"):
+        preset("default", loss="users_broken").validate()
