@@ -49,15 +49,16 @@ log = logging.getLogger("index")
 _GONE_WITHIN = 0.5
 
 
-# seconds close() waits for a connection another thread is closing (it takes milliseconds; a bound, not a wait)
-_CLOSE_WAIT = 10.0
-
-
-def _close_connection(conn: sqlite3.Connection, closed: threading.Event) -> None:
-    try:
-        conn.close()
-    finally:
-        closed.set()
+# Read connections a store keeps idle between reads (_reading); one more that a read ends with is closed. Each
+# open connection holds files (the database's descriptor, its -wal; the -shm map is shared) and its own page
+# cache. A service keeps every gallery it opened open and reads in a pool of up to 40 threads: connections kept
+# per thread (or every one ever opened) grew as galleries x threads, past the open-file limit (reads of open
+# galleries failed "unable to open database file"). Two serve a gallery read by one or two threads at a time
+# without reopening; a burst of concurrent reads opens what it needs (never waits) and closes all but two after.
+# (SQLite keeps the database descriptor of a connection closed while another of the process holds a lock on
+# the file, and hands it to the next connection it opens: a writable store's database descriptors stay at the
+# most reads it has had at once, until it closes; the -wal descriptors and page caches go.)
+_IDLE_READ_CONNS = 2
 
 
 class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks):
@@ -99,15 +100,13 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
         # connections
         self._conn: sqlite3.Connection         # the writes' (a read-only store's: opening's only)
         self._db_file: tuple[int, int]         # the database file's (device, inode) when opened: folder_changed()
-        self._local = threading.local()
-        # Each thread's read connection closes when the thread ends (its finalizer, below) or when the store
-        # closes: the threads that read come and go (anyio's pool lets idle ones exit), and a list holding
-        # their connections kept every one open, files and page cache, for as long as the service ran.
-        self._thread_conns: list[tuple[weakref.finalize, threading.Event]] = []   # the event: closed
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[sqlite3.Connection] = []   # others closed with the store (refresh()'s)
         self._conns_lock = threading.Lock()
-        # Reads of the database in flight (_reading): close() waits for them before it closes their connections,
-        # which another thread may be using (a connection closed under a running statement crashed the process)
+        # Reads of the database (_reading), each on a connection of its own for the block, taken from _idle (the
+        # last returned first) or opened anew, and given back at its end, where _idle keeps up to
+        # _IDLE_READ_CONNS. close() waits for the reads under way before it closes any connection: a connection
+        # closed under a statement another thread was stepping crashed the process. All three under _readers_cond.
+        self._idle: list[sqlite3.Connection] = []
         self._readers = 0
         self._readers_cond = threading.Condition()
         self._closing = False
@@ -148,47 +147,53 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
     # ---- connections -------------------------------------------------------------------------
 
     def _read_conn(self) -> sqlite3.Connection:
-        """A per-thread connection for reads (WAL readers never block the writer)."""
-        self._check_open()
-        holder = getattr(self._local, "holder", None)
-        if holder is None:
-            try:
-                conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
-                    sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
-            except StoreError:
-                if self.config.read_only and self.folder_changed():   # the writer dropped it under us
-                    raise self._dropped_under_us() from None
-                raise
-            # A read-only store follows a database another process writes, which it may drop or replace (and make
-            # anew) at any moment: a connection opened by path then is to that other database (another gallery's
-            # rows under this store's ids and seqs, or one with no tables yet). Checked once the file is open: the
-            # database this store opened is held open by it, so its (device, inode) names no other file meanwhile.
-            if self.config.read_only and self.folder_changed():
-                conn.close()
-                raise self._dropped_under_us()
-            holder = self._local.holder = _ConnHolder(conn)
-            closed = threading.Event()
-            # the thread's locals go when the thread ends
-            done = weakref.finalize(holder, _close_connection, conn, closed)
-            with self._conns_lock:
-                self._thread_conns = [(f, c) for f, c in self._thread_conns if f.alive]
-                self._thread_conns.append((done, closed))
-                closing = self._closed
-            if closing:   # close() ran since the check above, and did not see this connection
-                done()
-                self._check_open()
-        return holder.conn
+        """A new connection for reads (WAL readers never block the writer); _reading hands them out."""
+        try:
+            conn = _db.connect(self._db_path, read_only=True) if self.config.read_only else \
+                sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        except StoreError:
+            if self.config.read_only and self.folder_changed():   # the writer dropped it under us
+                raise self._dropped_under_us() from None
+            raise
+        return conn
 
     @contextlib.contextmanager
     def _reading(self):
-        """This thread's read connection, which close() does not close until the block ends; StoreClosedError
-        once the store is closing."""
+        """A read connection for the block, this thread's alone until it ends (every statement of the block on
+        the same one), which close() does not close until then; StoreClosedError once the store is closing."""
         with self._readers_cond:
             if self._closing:
                 raise StoreClosedError(f"{self._describe()} is closed")
             self._readers += 1
+            conn = self._idle.pop() if self._idle else None
         try:
-            yield self._read_conn()
+            if conn is None:
+                conn = self._read_conn()
+            # A read-only store follows a database another process writes, which it may drop or replace (and make
+            # anew) at any moment: a connection opened by path then is to that other database (another gallery's
+            # rows under this store's ids and seqs, or one with no tables yet). Checked once the connection is
+            # taken: the database this store opened is held open by it, so its (device, inode) names no other
+            # file meanwhile; and at every read, so that none answers from a database its writer has dropped.
+            if self.config.read_only and self.folder_changed():
+                conn, taken = None, conn
+                taken.close()   # (this thread's alone: no statement of another runs on it)
+                raise self._dropped_under_us()
+            yield conn
+        finally:
+            self._end_read(conn)
+
+    def _end_read(self, conn: sqlite3.Connection | None) -> None:
+        """A read's end: its connection kept idle (up to _IDLE_READ_CONNS, and only on an open store) or closed,
+        then the read uncounted, so that close() returns with every connection closed. One left in a transaction
+        (a block that ended with BEGIN unanswered) is closed: kept, it would pin its snapshot of the WAL."""
+        try:
+            if conn is not None:
+                with self._readers_cond:
+                    keep = not self._closing and len(self._idle) < _IDLE_READ_CONNS and not conn.in_transaction
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
         finally:
             with self._readers_cond:
                 self._readers -= 1
@@ -414,14 +419,10 @@ class Store(StoreOpening, StoreWrites, StoreSearch, StoreMaintenance, ItemChecks
     def _release(self) -> None:
         with self._conns_lock:
             conns, self._conns = self._conns, []
-            thread_conns, self._thread_conns = self._thread_conns, []
-        for c in conns:
-            c.close()
-        for done, closed in thread_conns:
-            done()   # closes a connection whose thread is still alive; nothing for one closed already
-            # and waits for one that its thread, ending just now, is closing itself (its locals collected): close()
-            # returns with every connection closed, so that the folder can go (the last one removes the -wal file)
-            closed.wait(_CLOSE_WAIT)
+        with self._readers_cond:   # (no read under way: close() waited for them; opening's failure: its own)
+            idle, self._idle = self._idle, []
+        for c in conns + idle:
+            c.close()   # close() returns with every connection closed: the last (the one below) removes the -wal
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
@@ -444,12 +445,3 @@ def _latest_of_each(rows: list[tuple]) -> list[tuple]:
     last = {row[1]: n for n, row in enumerate(rows)}
     return [row for n, row in enumerate(rows) if last[row[1]] == n]
 
-
-class _ConnHolder:
-    """A thread's read connection, in an object a finalizer can watch (a sqlite3 connection takes no weak
-    reference)."""
-
-    __slots__ = ("conn", "__weakref__")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
