@@ -162,16 +162,31 @@ class TrainConfig(BaseModel):
         return type(self)(**{**dict(self), **changes})
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError for what this process cannot run: a loss it does not know or options the loss does not
-        take, a device it does not have. Returns the config."""
+        """Raise ValueError for what this process cannot run: a model or a loss it does not know, options the loss
+        does not take (a user's loss: one it cannot make), a device it does not have. Returns the config."""
         from ._losses import check_loss_options, is_builtin_loss
 
         options = {"label_smoothing": self.label_smoothing, **self.loss_kwargs}
         check_loss_options(self.loss, options)
+        self._check_model()
         if not is_builtin_loss(self.loss):
             self._check_loss_builds(options)
         self._check_device()
         return self
+
+    def _check_model(self) -> None:
+        """ConfigError for a model name no architecture is registered under in this process, naming the nearest."""
+        import difflib
+
+        import model as zoo
+
+        if zoo.is_model(self.model):
+            return
+        near = difflib.get_close_matches(self.model, zoo.list_models(), n=3, cutoff=0.6)
+        raise ConfigError(f"unknown model {self.model!r}" + (f" (nearest: {', '.join(near)})" if near else "")
+                          + f"; known: {', '.join(zoo.list_models())} (an architecture of your own: register it with "
+                          "model.register_model, or import the module that does: model.import_models, or for the "
+                          "simsearch command SIMSEARCH_MODEL_MODULES)", "model", self.model)
 
     def _check_loss_builds(self, options: dict[str, Any]) -> None:
         """ConfigError naming the loss when a user's factory cannot make it with these options (whatever it raises,

@@ -243,3 +243,13 @@ def test_a_loss_factory_that_raises_is_a_config_error_naming_the_loss(losses, tm
 
     with pytest.raises(ConfigError, match=r"loss 'users_broken' cannot be made: RuntimeError: needs a margin"):
         preset("default", loss="users_broken").validate()
+
+
+def test_a_misspelt_model_name_is_a_config_error_from_validate_before_the_data_is_read(tmp_path):
+    # was "bad model arguments {}: unknown model ..." from the trainer, after the data was read
+    with pytest.raises(ConfigError, match=r"unknown model 'hybrdi1' \(nearest: hybrid1.*\); known: "
+                                          r".*model.import_models") as caught:
+        train(preset("default", **TINY, model="hybrdi1"), tmp_path / "no-such-data", tmp_path / "a.safetensors",
+              progress=False, log=lambda _: None)
+    assert (caught.value.field, caught.value.value) == ("model", "hybrdi1")
+
