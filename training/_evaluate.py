@@ -28,9 +28,6 @@ def _accuracy_calculator(k: int | str | None = "max_bin_count"):
         """AccuracyCalculator plus Recall@K (a query counts when any of its K nearest neighbours shares its
         label), the usual deep-metric-learning recall."""
 
-        def requires_knn(self):
-            return super().requires_knn() + [f"recall_at_{r}" for r in RECALL_AT]
-
         def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
             # "max_bin_count" alone asks for (largest class - 1) neighbours: with 2 test images a class, recall@5 and
             # recall@10 would look at 1 neighbour and equal precision@1. Enough for recall@10 too (R-precision and
@@ -47,9 +44,13 @@ def _accuracy_calculator(k: int | str | None = "max_bin_count"):
             return hits.float().mean().item() if len(hits) else float("nan")
         return calc
 
-    for r in RECALL_AT:
+    # an integer k gives each query k neighbours: recall@r beyond them cannot be told, and is left out (it was
+    # recall@k under recall@r's name)
+    recalls = [r for r in RECALL_AT if not isinstance(k, int) or r <= k]
+    for r in recalls:
         setattr(_Calculator, f"calculate_recall_at_{r}", make(r))
-    return _Calculator(include=RETRIEVAL_METRICS + tuple(f"recall_at_{r}" for r in RECALL_AT), k=k,
+    _Calculator.requires_knn = lambda self: AccuracyCalculator.requires_knn(self) + [f"recall_at_{r}" for r in recalls]
+    return _Calculator(include=RETRIEVAL_METRICS + tuple(f"recall_at_{r}" for r in recalls), k=k,
                        device=torch.device("cpu"))
 
 
@@ -75,7 +76,8 @@ def retrieval_metrics(embeddings, labels, k: int | str | None = "max_bin_count",
                       only_p1: bool = False) -> dict[str, float]:
     """Leave-one-out retrieval over one split: every item queries all the others (cosine, via FAISS on
     L2-normalised vectors). precision@1, R-precision, MAP@R and recall@1/5/10, each in [0, 1]. Embeddings
-    and labels as evaluate_embeddings takes them (tensors or numpy arrays; labels ids or names)."""
+    and labels as evaluate_embeddings takes them (tensors or numpy arrays; labels ids or names). `k`: the
+    neighbours each query is given (pml's AccuracyCalculator k); an integer leaves out the recall@r beyond it."""
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
     embeddings, labels, _ = _as_tensors(embeddings, labels)

@@ -253,3 +253,15 @@ def test_a_misspelt_model_name_is_a_config_error_from_validate_before_the_data_i
               progress=False, log=lambda _: None)
     assert (caught.value.field, caught.value.value) == ("model", "hybrdi1")
 
+
+def test_retrieval_metrics_with_an_integer_k_leaves_out_the_recalls_beyond_it():
+    # k=5 reported recall_at_10 computed from 5 neighbours (equal to recall_at_5)
+    from training import retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(120) % 4
+    emb = torch.randn(120, 8, generator=g) + 0.6 * torch.nn.functional.one_hot(labels, 8).float()
+    five = retrieval_metrics(emb, labels, k=5)
+    assert "recall_at_10" not in five and {"recall_at_1", "recall_at_5"} <= set(five)
+    every = retrieval_metrics(emb, labels)
+    assert every["recall_at_10"] > every["recall_at_5"] and every["recall_at_5"] == five["recall_at_5"]
