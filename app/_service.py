@@ -493,14 +493,14 @@ class Service:
                  if s.max_concurrency else "no cap on requests in flight", f"{s.max_pixels:,}",
                  self._open_files_said())
         files = self.open_files
-        need = FILES_PER_GALLERY * s.max_galleries + 64
+        need = (FILES_PER_GALLERY + 2) * s.max_galleries + 64   # 6 each while read, and the service's own
         if files is not None and 0 <= files[1] < need and not s.milvus_uri:
             log.warning("the open-file limit (RLIMIT_NOFILE soft %d, hard %s) is below the about %d files that %d "
-                        "open galleries hold (SIMSEARCH_MAX_GALLERIES; %d each): galleries past about %d are refused "
-                        "(503 out_of_files) until the limit is raised (ulimit -n, systemd LimitNOFILE=, docker "
-                        "--ulimit nofile=) or SIMSEARCH_MAX_GALLERIES lowered", files[1],
+                        "open galleries hold (SIMSEARCH_MAX_GALLERIES; about %d each at rest, %d while read): "
+                        "galleries past about %d are refused (503 out_of_files) until the limit is raised (ulimit -n, "
+                        "systemd LimitNOFILE=, docker --ulimit nofile=) or SIMSEARCH_MAX_GALLERIES lowered", files[1],
                         "unlimited" if files[2] < 0 else files[2], need, s.max_galleries, FILES_PER_GALLERY,
-                        max(1, (files[1] - 64) // FILES_PER_GALLERY))
+                        FILES_PER_GALLERY + 2, max(1, (files[1] - 64) // FILES_PER_GALLERY))
         if not keyed and not s.read_only and not _loopback(s.host):
             log.warning("writes need no API key and the service listens on %s: anyone who reaches port %d can add, "
                         "change and delete items and galleries. Set SIMSEARCH_API_KEY (or SIMSEARCH_API_KEY_FILE, "

@@ -37,12 +37,13 @@ def _serve(hybrid1_artifact, work: Path, nofile: str, env: dict[str, str] | None
 
 
 def test_serve_raises_its_soft_open_file_limit_to_the_hard_one_and_logs_it(hybrid1_artifact, tmp_path):
-    live = _serve(hybrid1_artifact, tmp_path, "1024:4096")
+    live = _serve(hybrid1_artifact, tmp_path, "1024:4096", {"SIMSEARCH_MAX_GALLERIES": "100"})
     try:
         assert _nofile(live.proc.pid) == (4096, 4096)
         text = live.log.read_text(errors="replace")
         line = next(ln for ln in text.splitlines() if "limits: writes" in ln)
         assert "open files up to 4,096 (RLIMIT_NOFILE soft, raised from 1,024; hard 4,096)" in line, line
+        assert "the open-file limit" not in text   # enough for the 100 galleries it makes
     finally:
         stop_server(live)
 
@@ -98,6 +99,9 @@ def test_a_gallery_past_the_open_file_limit_is_a_503_out_of_files_logged_once_an
         with httpx.Client(base_url=live.url, timeout=60) as client:   # one connection: a new one needs a file too
             made, refused = _fill(client, info["model"], info["dimension"])
             assert len(made) >= 20, refused.text
+            # said at start: the limit is below what SIMSEARCH_MAX_GALLERIES galleries hold
+            assert ("the open-file limit (RLIMIT_NOFILE soft 256, hard 256) is below the about 600064 files that "
+                    "100000 open galleries hold") in live.log.read_text(errors="replace")
             body = refused.json()["error"]
             assert (refused.status_code, body["code"]) == (503, "out_of_files"), refused.text
             message = body["message"]
