@@ -201,8 +201,10 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         raise ArtifactError(f"{path}: cannot read the weights: {exc}") from exc
     if not is_model(meta.arch):
         where = f"it was registered by {meta.arch_source!r}; " if meta.arch_source else ""
+        python = f"model.import_models({meta.arch_source!r})" if meta.arch_source else "model.import_models(...)"
         raise ArtifactError(f"{path}: architecture {meta.arch!r} is not known here ({where}name the module or .py "
-                            f"file that registers it in SIMSEARCH_MODEL_MODULES); known: {', '.join(list_models())}")
+                            f"file that registers it in SIMSEARCH_MODEL_MODULES); known: {', '.join(list_models())}; "
+                            f"in Python, import it first: {python}")
     try:
         model = meta.build()
     except (KeyError, TypeError, ValueError) as exc:

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,11 +31,26 @@ class UnknownModel(KeyError, ValueError):
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name; the builder returns an embedding network."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is registered twice")
+    """Register a builder under its function name; the builder returns an embedding network.
+
+    A builder of a user's module imported as any module is (not through import_models) is recorded as registered
+    by that module (model_source; artifacts name it). The same function registered again by the same module (a
+    notebook cell run twice, importlib.reload) replaces the old one with a warning; another function of that name
+    is refused (ValueError)."""
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not callable(fn):
+        raise TypeError(f"register_model takes a builder function, registered under its name; got {fn!r} (a "
+                        "functools.partial has none: define a function that calls it)")
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", name)
+    old = _MODELS.get(name)
+    if old is not None:
+        if (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) != (module, qualname):
+            raise ValueError(f"model {name!r} is registered twice")
+        warnings.warn(f"model {name!r} registered again by {module}.{qualname}: the new builder replaces the old "
+                      "one", stacklevel=2)
     _MODELS[name] = fn
+    if isinstance(module, str) and module != "__main__" and module.split(".")[0] != __name__.split(".")[0]:
+        _SOURCES.setdefault(name, module)   # import_models records a file's path over it
     return fn
 
 
