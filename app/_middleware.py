@@ -114,6 +114,13 @@ class RequestIdMiddleware:
                 await send_error(send_with_id, 503, "index_unavailable", "the database that holds the gallery cannot "
                                  "be reached just now (the service's log says why); retry", {"Retry-After": "5"})
                 return
+            # out of open files (a read that needed a connection of its own): the operator's to fix, said once
+            service = getattr(getattr(scope.get("app"), "state", None), "service", None)
+            refused = None if service is None else service.files_refusals.answer(
+                exc, f"{scope.get('method')} {route_path(scope)} was not answered")
+            if refused is not None:
+                await send_error(send_with_id, refused.status, refused.code, refused.message, refused.headers)
+                return
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
             await send_error(send_with_id, 500, "internal_error",
                              f"internal error ({type(exc).__name__}); see the server log")

@@ -142,3 +142,25 @@ def test_a_gallery_past_the_open_file_limit_is_a_503_out_of_files_logged_once_an
         assert "galleries open again" in live.log.read_text(errors="replace")
     finally:
         stop_server(live)
+
+
+def test_a_read_of_an_open_gallery_that_finds_no_file_is_a_503_out_of_files_not_a_500(hybrid1_artifact, tmp_path):
+    # a read takes a database connection of the gallery's own, opened when none is idle: at the limit it failed
+    # "unable to open database file", a 500 internal_error (OperationalError) with a traceback in the log each time
+    live = _serve(hybrid1_artifact, tmp_path, "256:256")
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            info = client.get("/index", params={"limit": 0}).json()
+            made, refused = _fill(client, info["model"], info["dimension"])
+            assert refused.json()["error"]["code"] == "out_of_files", refused.text
+            answers = [client.get("/index", params={"gallery": name, "limit": 5}) for name in made]
+            codes = {(r.status_code, r.json().get("error", {}).get("code")) for r in answers}
+            assert codes <= {(200, None), (503, "out_of_files")}, codes
+            assert (503, "out_of_files") in codes, "no read met the limit: the test tests nothing"
+            message = next(r for r in answers if r.status_code == 503).json()["error"]["message"]
+            assert message.startswith("GET /index was not answered: the service has run out of open files"), message
+            assert "RLIMIT_NOFILE, is 256" in message, message
+        log_text = live.log.read_text(errors="replace")
+        assert "Traceback" not in log_text and log_text.count("out of open files") == 1, log_text[-3000:]
+    finally:
+        stop_server(live)
