@@ -161,6 +161,18 @@ class TrainConfig(BaseModel):
         """A copy with `changes`, checked as a new config is."""
         return type(self)(**{**dict(self), **changes})
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "TrainConfig":
+        """pydantic's, refused as a new config is: a ConfigError naming the field (not a ValidationError)."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _refusal(exc, dict(obj) if isinstance(obj, dict) else {}) from None
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "TrainConfig":
+        """A copy; with `update`, checked as replace() checks (pydantic's own takes any value unchecked)."""
+        return self.replace(**update) if update else super().model_copy(deep=deep)
+
     def validate(self) -> "TrainConfig":
         """Raise ValueError for what this process cannot run: a model or a loss it does not know, options the loss
         does not take (a user's loss: one it cannot make), a device it does not have. Returns the config."""

@@ -265,3 +265,14 @@ def test_retrieval_metrics_with_an_integer_k_leaves_out_the_recalls_beyond_it():
     assert "recall_at_10" not in five and {"recall_at_1", "recall_at_5"} <= set(five)
     every = retrieval_metrics(emb, labels)
     assert every["recall_at_10"] > every["recall_at_5"] and every["recall_at_5"] == five["recall_at_5"]
+
+
+def test_model_validate_and_model_copy_check_values_as_a_new_config_does():
+    # model_validate raised pydantic's ValidationError; model_copy(update=...) took lr=-1 unchecked
+    with pytest.raises(ConfigError, match=r"learning rate must be positive, got -1") as caught:
+        TrainConfig.model_validate({"lr": -1})
+    assert caught.value.field == "lr"
+    with pytest.raises(ConfigError, match=r"learning rate must be positive, got -1"):
+        TrainConfig().model_copy(update={"lr": -1})
+    assert TrainConfig.model_validate({"lr": 0.01}).lr == 0.01
+    assert TrainConfig().model_copy(update={"epochs": 3}).epochs == 3 and TrainConfig().model_copy() == TrainConfig()
