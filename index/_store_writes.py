@@ -354,8 +354,17 @@ class StoreWrites:
         id_, label, meta = self._rows.pop(fid)
         if self._fid_of.get(id_) == fid:   # not when a newer version of the item is already there
             del self._fid_of[id_]
-        self._by_label[label].discard(fid)
+        self._unlabel_locked(label, fid)
         self._meta.discard(fid, meta)
+
+    def _unlabel_locked(self, label: str | None, fid: int) -> None:
+        """Take `fid` out of its label's set, and drop the set once it is empty: a label no item holds any more is
+        forgotten, as a metadata value is (_filter.discard), so that a gallery whose labels change (an SKU, an order
+        id) does not keep one entry for every label it ever held (the write lock held)."""
+        fids = self._by_label[label]
+        fids.discard(fid)
+        if not fids:
+            del self._by_label[label]
 
     def _remember_locked(self, fid: int, id_: str, label: str | None, meta_json: str) -> None:
         """Add the row `fid` to the in-memory maps (the write lock held; FAISS is the caller's)."""
@@ -367,7 +376,7 @@ class StoreWrites:
     def _relabel_locked(self, fid: int, label: str | None, meta_json: str) -> None:
         """Give the row `fid` a new label and metadata (the write lock held): its vector stays."""
         id_, old_label, old_meta = self._rows[fid]
-        self._by_label[old_label].discard(fid)
+        self._unlabel_locked(old_label, fid)
         self._by_label.setdefault(label, set()).add(fid)
         self._meta.discard(fid, old_meta)
         self._rows[fid] = (id_, label, meta_json)
