@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import threading
+import time
 
 from ._errors import ERROR_CODE, REQUEST_ID
 
@@ -56,8 +58,43 @@ class AccessLogRedactFilter(logging.Filter):
         return True
 
 
+# uvicorn's line for a request it cannot parse (it answers 400 itself: the app never sees the request)
+INVALID_REQUEST = "Invalid HTTP request received."
+
+
+class InvalidRequestLogFilter(logging.Filter):
+    """On uvicorn.error: at most one "Invalid HTTP request received." line a minute (`interval`), the next one
+    saying how many were left out meanwhile. uvicorn writes that WARNING once for every request it cannot parse,
+    naming neither client nor request, so any client could fill the log at WARNING with garbage (a soak: 498
+    lines for 498 such requests)."""
+
+    def __init__(self, interval: float = 60.0, clock=time.monotonic) -> None:
+        super().__init__()
+        self.interval, self._clock = interval, clock
+        self._last: float | None = None   # when the last such line was written
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != INVALID_REQUEST:
+            return True
+        with self._lock:
+            now = self._clock()
+            if self._last is not None and now - self._last < self.interval:
+                self._left_out += 1
+                return False
+            self._last, left_out, self._left_out = now, self._left_out, 0
+        if left_out:
+            record.msg = f"{INVALID_REQUEST} ({left_out} more since the last such line, not logged one by one)"
+        return True
+
+
 def install_access_log_redaction() -> None:
-    """Put AccessLogRedactFilter on the uvicorn.access logger (once), whatever configured the logging."""
+    """Put AccessLogRedactFilter on the uvicorn.access logger and InvalidRequestLogFilter on uvicorn.error (once
+    each), whatever configured the logging."""
     logger = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, AccessLogRedactFilter) for f in logger.filters):
         logger.addFilter(AccessLogRedactFilter())
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, InvalidRequestLogFilter) for f in errors.filters):
+        errors.addFilter(InvalidRequestLogFilter())
