@@ -1,7 +1,7 @@
 """The images POST /index decodes at once hold at most SIMSEARCH_DECODE_PIXELS_IN_FLIGHT pixels in all (counted as
 the request's pixel budget counts them), instead of as many decodes as the machine has cores: a 16-core host could
 hold 16 whole 64-MP decodes at once (about 1 GB each for a WebP). Small images still decode side by side. The
-budget's rules on the event loop (app._service.PixelBudget); the app in-process, its budget watched; and a real
+budget's rules on the event loop (app._capacity.PixelBudget); the app in-process, its budget watched; and a real
 `simsearch serve` whose peak memory (VmHWM) is measured while several large uploads arrive at once."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from app._service import PixelBudget
+from app._capacity import PixelBudget
 
 from .conftest import pattern, running, start_server, stop_server
 from .test_api import upload
