@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 import anyio
 
 from ._errors import ApiError
+from ._refusals import RefusalRun
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -170,19 +171,11 @@ def out_of_files(exc: BaseException) -> bool:
     return used >= limits[0] - max(8, limits[0] // 32)
 
 
-class OutOfFiles:
+class OutOfFiles(RefusalRun):
     """The answer when the service has run out of open files (a 503 naming the limit and what the operator can
     do), and its log: the first refusal of a run at ERROR, with its error; then at most one line a minute counting
     those since, and a line when a gallery opens again. No retry helps until files are freed (galleries deleted,
     the limit raised and the service restarted), so it is said once, not at every request (as WriteRefusals)."""
-
-    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.interval, self._clock = interval, clock
-        self._lock = threading.Lock()
-        self._began: float | None = None   # when the run of refusals began; None: none now
-        self._logged = 0.0
-        self._total = 0
-        self._unlogged = 0
 
     def answer(self, exc: BaseException, what: str) -> ApiError | None:
         """The 503 out_of_files when `exc` is the process out of open files (`what` failed: "gallery 'x' was not
@@ -191,24 +184,15 @@ class OutOfFiles:
             return None
         limits = open_file_limits() or (-1, -1)
         soft, hard = ("unlimited" if v < 0 else str(v) for v in limits)
-        now = self._clock()
-        with self._lock:
-            self._total += 1
-            first = self._began is None
-            if first:
-                self._began = self._logged = now
-            else:
-                self._unlogged += 1
-            due = not first and now - self._logged >= self.interval
-            if due:
-                count, since, self._unlogged, self._logged = self._unlogged, now - self._logged, 0, now
-        if first:
+        said = self._count()
+        if said is True:
             used = _files_open()
             log.error("out of open files (%s open; RLIMIT_NOFILE soft %s, hard %s): %s: %s. Each open gallery holds "
                       "about %d: raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) or lower "
                       "SIMSEARCH_MAX_GALLERIES; deleting galleries frees theirs. One line a minute while this lasts",
                       "?" if used is None else used, soft, hard, what, exc, FILES_PER_GALLERY)
-        elif due:
+        elif said is not False:
+            count, since = said
             log.error("%d more requests refused in the last %.0f s for lack of open files (RLIMIT_NOFILE soft %s, hard "
                       "%s)", count, since, soft, hard)
         return ApiError(503, "out_of_files", f"{what}: the service has run out of open files (its limit, "
@@ -219,15 +203,10 @@ class OutOfFiles:
 
     def recovered(self) -> None:
         """A gallery opened: after refusals, say that there are files again (and how many were refused)."""
-        if self._began is None:
-            return
-        now = self._clock()
-        with self._lock:
-            if self._began is None:
-                return
-            total, began, self._began, self._total, self._unlogged = self._total, self._began, None, 0, 0
-        log.warning("galleries open again: %d requests were refused for lack of open files over %.0f s", total,
-                    now - began)
+        ended = self._end()
+        if ended is not None:
+            log.warning("galleries open again: %d requests were refused for lack of open files over %.0f s",
+                        ended[0], ended[2])
 
 
 STABLE_SECONDS = 2.0   # how long a gallery's files must be unchanged before a count read from them is kept

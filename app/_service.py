@@ -11,10 +11,9 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -26,6 +25,7 @@ from ._commits import GroupCommitter
 from ._errors import ApiError
 from ._images import image_policy
 from ._metrics import Metrics
+from ._refusals import WriteRefusals
 from ._settings import Settings
 
 if TYPE_CHECKING:   # index (FAISS) loads after /healthz answers
@@ -79,54 +79,6 @@ def _serve_with(stored_model: str | None) -> str:
         return (f"; it was made with {earlier.describe()}: serve it with SIMSEARCH_MODEL_PATH set to that file (or "
                 "move the gallery to a model you have: `simsearch index reembed`)")
     return "; serve it with that model's artifact (SIMSEARCH_MODEL_PATH, or simsearch serve --model)"
-
-
-class WriteRefusals:
-    """The log of the writes a disk refuses (full, or failing), which otherwise took one ERROR line each (3,201
-    in 15 s from 4 clients): the first refusal of a run is logged as it is, then at most one line a minute counts
-    those since, and a line says when a write succeeds again. The metrics count every one (each is a 507 or a
-    503 in simsearch_requests_total). Whoever logs a refusal asks refused() first."""
-
-    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.interval, self._clock = interval, clock
-        self._lock = threading.Lock()
-        self._began: float | None = None   # when the run of refusals began; None: writes succeed
-        self._logged = 0.0                 # when its last line was logged
-        self._total = 0                    # refusals in this run
-        self._unlogged = 0                 # of them, those since the last line
-        self._full = False                 # the last refusal's disk was full
-
-    def refused(self, full: bool) -> bool:
-        """Count one refused write: True when it is to be logged (the first of a run); the others are counted,
-        and a line a minute says how many."""
-        now = self._clock()
-        with self._lock:
-            self._full = full
-            self._total += 1
-            if self._began is None:
-                self._began = self._logged = now
-                return True
-            self._unlogged += 1
-            if now - self._logged < self.interval:
-                return False
-            count, since, self._unlogged, self._logged = self._unlogged, now - self._logged, 0, now
-        why = "for lack of disk space" if full else "by the disk"
-        log.error("%d more writes refused %s in the last %.0f s (one line a minute while this lasts, and one when "
-                  "writes succeed again)", count, why, since)
-        return False
-
-    def succeeded(self) -> None:
-        """A write succeeded: after refusals, say that writes work again (and how many were refused)."""
-        if self._began is None:
-            return
-        now = self._clock()
-        with self._lock:
-            if self._began is None:
-                return
-            total, unlogged, began, self._began, self._total, self._unlogged = (
-                self._total, self._unlogged, self._began, None, 0, 0)
-        log.warning("writes succeed again: %d were refused %s over %.0f s (%d of them since the last line)", total,
-                    "for lack of disk space" if self._full else "by the disk", now - began, unlogged)
 
 
 def too_many_galleries(name: str, cap: int) -> ApiError:
